@@ -1,0 +1,198 @@
+//! The transport-independent channel contract.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::Msg;
+use crate::codec::DecodeError;
+
+/// A boxed, sendable future: what the object-safe transport traits return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a message could not be sent. Every variant hands the message back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The peer is gone (its receiving half was dropped, or the connection broke).
+    #[error("channel closed: the peer is gone")]
+    Closed(Box<Msg>),
+    /// The message encodes to a frame larger than the configured maximum.
+    #[error("message of {size} bytes exceeds the maximum frame size of {max} bytes")]
+    TooLarge {
+        /// The message.
+        msg: Box<Msg>,
+        /// Its encoded size.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The message could not be encoded.
+    #[error("message could not be encoded: {reason}")]
+    Encode {
+        /// The message.
+        msg: Box<Msg>,
+        /// The encoder's complaint.
+        reason: String,
+    },
+    /// The transport failed while writing.
+    #[error("transport failed while sending: {source}")]
+    Io {
+        /// The message.
+        msg: Box<Msg>,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+impl SendError {
+    /// Whether the peer is gone (as opposed to a problem with this message).
+    pub fn is_closed(&self) -> bool {
+        matches!(self, SendError::Closed(_) | SendError::Io { .. })
+    }
+
+    /// Takes the unsent message back.
+    pub fn into_msg(self) -> Msg {
+        match self {
+            SendError::Closed(msg)
+            | SendError::TooLarge { msg, .. }
+            | SendError::Encode { msg, .. }
+            | SendError::Io { msg, .. } => *msg,
+        }
+    }
+}
+
+/// Why no message could be received.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The peer is gone, or closed its sending side; no more messages will arrive.
+    #[error("channel closed: the peer is gone")]
+    Closed,
+    /// The peer sent bytes that are not a valid frame.
+    #[error("malformed frame from peer: {0}")]
+    Decode(#[from] DecodeError),
+    /// The transport failed while reading.
+    #[error("transport failed while receiving: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl RecvError {
+    /// Whether the peer is gone.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, RecvError::Closed)
+    }
+}
+
+/// The sending half of a transport. Implement it (with [`RecvHalf`]) to add a transport or to
+/// wrap one (fault injection does).
+///
+/// Sends may be issued concurrently from several tasks; each message is delivered whole and in the
+/// order the sends completed.
+pub trait SendHalf: Send + Sync + fmt::Debug + 'static {
+    /// Sends one message. Fails, handing the message back, when the peer is gone.
+    fn send(&self, msg: Msg) -> BoxFuture<'_, Result<(), SendError>>;
+    /// Closes this direction: the peer receives what was already sent, then `Closed`.
+    /// Later sends fail with `Closed`. Idempotent.
+    fn close(&self);
+}
+
+/// The receiving half of a transport.
+pub trait RecvHalf: Send + fmt::Debug + 'static {
+    /// Receives the next message. After the peer is gone every call returns `Closed` promptly.
+    /// Cancel-safe: dropping the future loses no message.
+    fn recv(&mut self) -> BoxFuture<'_, Result<Msg, RecvError>>;
+}
+
+/// The sending side of a [`Channel`]. Cheap to clone; the direction closes when the last clone is
+/// dropped or [`close`](ChannelTx::close) is called.
+#[derive(Clone, Debug)]
+pub struct ChannelTx {
+    inner: Arc<dyn SendHalf>,
+}
+
+impl ChannelTx {
+    /// Wraps a transport's sending half.
+    pub fn new(half: impl SendHalf) -> Self {
+        ChannelTx {
+            inner: Arc::new(half),
+        }
+    }
+
+    /// Sends one message; see [`SendHalf::send`].
+    pub async fn send(&self, msg: Msg) -> Result<(), SendError> {
+        self.inner.send(msg).await
+    }
+
+    /// Closes this direction; see [`SendHalf::close`].
+    pub fn close(&self) {
+        self.inner.close()
+    }
+}
+
+/// The receiving side of a [`Channel`].
+#[derive(Debug)]
+pub struct ChannelRx {
+    inner: Box<dyn RecvHalf>,
+}
+
+impl ChannelRx {
+    /// Wraps a transport's receiving half.
+    pub fn new(half: impl RecvHalf) -> Self {
+        ChannelRx {
+            inner: Box::new(half),
+        }
+    }
+
+    /// Receives the next message; see [`RecvHalf::recv`].
+    pub async fn recv(&mut self) -> Result<Msg, RecvError> {
+        self.inner.recv().await
+    }
+}
+
+/// One end of a bidirectional message channel between two actors.
+///
+/// Use [`send`](Channel::send) and [`recv`](Channel::recv) directly, or
+/// [`split`](Channel::split) it to read in one task and write from many.
+#[derive(Debug)]
+pub struct Channel {
+    tx: ChannelTx,
+    rx: async_lock::Mutex<ChannelRx>,
+}
+
+impl Channel {
+    /// Assembles a channel from two halves.
+    pub fn new(tx: ChannelTx, rx: ChannelRx) -> Self {
+        Channel {
+            tx,
+            rx: async_lock::Mutex::new(rx),
+        }
+    }
+
+    /// Assembles a channel from a transport's two halves.
+    pub fn from_halves(tx: impl SendHalf, rx: impl RecvHalf) -> Self {
+        Channel::new(ChannelTx::new(tx), ChannelRx::new(rx))
+    }
+
+    /// Sends one message.
+    pub async fn send(&self, msg: Msg) -> Result<(), SendError> {
+        self.tx.send(msg).await
+    }
+
+    /// Receives the next message. Concurrent callers are served one at a time.
+    pub async fn recv(&self) -> Result<Msg, RecvError> {
+        self.rx.lock().await.recv().await
+    }
+
+    /// Closes the sending direction; the peer's `recv` returns `Closed` after what was sent.
+    pub fn close(&self) {
+        self.tx.close()
+    }
+
+    /// Splits into independently usable halves.
+    pub fn split(self) -> (ChannelTx, ChannelRx) {
+        (self.tx, self.rx.into_inner())
+    }
+}

@@ -1,0 +1,432 @@
+//! The messages of the wire protocol and the identities they carry.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Value;
+
+/// The protocol version spoken by this build. Peers with another version are refused at `Hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The identity of one actor: a human-chosen name plus a unique id.
+///
+/// Two actors may share a name; `uid` tells them apart.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ActorId {
+    /// The name given at spawn time (`"worker-3"`).
+    pub name: String,
+    /// A process-tree-unique id (pid, time and a counter, in hex).
+    pub uid: String,
+}
+
+impl ActorId {
+    /// A new identity with a freshly generated unique id.
+    pub fn new(name: impl Into<String>) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        ActorId {
+            name: name.into(),
+            uid: format!("{:x}-{:x}-{:x}", std::process::id(), nanos, n),
+        }
+    }
+
+    /// An identity with an explicit uid (for tests and for decoding).
+    pub fn with_uid(name: impl Into<String>, uid: impl Into<String>) -> Self {
+        ActorId {
+            name: name.into(),
+            uid: uid.into(),
+        }
+    }
+}
+
+impl fmt::Debug for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.name, self.uid)
+    }
+}
+
+impl fmt::Display for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.name, self.uid)
+    }
+}
+
+/// A call id, allocated by the caller, unique per channel and direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Cid(pub u64);
+
+impl fmt::Display for Cid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// The path of a remotely callable function: `"module.path:function"`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FnPath {
+    module: String,
+    function: String,
+}
+
+/// A string that is not a valid [`FnPath`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid function path {input:?}: {reason} (expected \"module.path:function\")")]
+pub struct FnPathError {
+    /// The rejected input.
+    pub input: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c == '_' || c.is_alphabetic() => {}
+        _ => return false,
+    }
+    chars.all(|c| c == '_' || c.is_alphanumeric())
+}
+
+impl FnPath {
+    /// Parses `"a.b:c"`. Every dotted module segment and the function must be identifiers.
+    pub fn parse(input: &str) -> Result<Self, FnPathError> {
+        let err = |reason| FnPathError {
+            input: input.to_owned(),
+            reason,
+        };
+        let (module, function) = input.split_once(':').ok_or_else(|| err("missing ':'"))?;
+        if function.contains(':') {
+            return Err(err("more than one ':'"));
+        }
+        if module.is_empty() {
+            return Err(err("empty module"));
+        }
+        if function.is_empty() {
+            return Err(err("empty function name"));
+        }
+        if !module.split('.').all(is_identifier) {
+            return Err(err("module is not a dotted sequence of identifiers"));
+        }
+        if !is_identifier(function) {
+            return Err(err("function name is not an identifier"));
+        }
+        Ok(FnPath {
+            module: module.to_owned(),
+            function: function.to_owned(),
+        })
+    }
+
+    /// The module part (`"a.b"` of `"a.b:c"`).
+    pub fn module(&self) -> &str {
+        &self.module
+    }
+
+    /// The function part (`"c"` of `"a.b:c"`).
+    pub fn function(&self) -> &str {
+        &self.function
+    }
+}
+
+impl std::str::FromStr for FnPath {
+    type Err = FnPathError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FnPath::parse(s)
+    }
+}
+
+impl TryFrom<&str> for FnPath {
+    type Error = FnPathError;
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        FnPath::parse(s)
+    }
+}
+
+impl fmt::Display for FnPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.module, self.function)
+    }
+}
+
+impl fmt::Debug for FnPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FnPath({self})")
+    }
+}
+
+/// How a `Start` is to be run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CallKind {
+    /// One request, one `Return` (or `Error`).
+    Unary,
+    /// A context: `Started` first, then an optional bidirectional stream, then `Return`.
+    Context,
+}
+
+/// What kind of failure a [`RemoteError`] reports. Queries on errors branch on this, never on text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The function raised or returned an error (or panicked: see `type_name`).
+    Raised,
+    /// The call was cancelled; `canceller` says by whom (`ContextCancelled`).
+    Cancelled,
+    /// No such function in the resolver.
+    NotFound,
+    /// The function's module is not exposed by the actor's spec.
+    ModuleNotExposed,
+    /// The arguments did not have the shape the function takes.
+    BadArguments,
+    /// A protocol rule was broken (`started` twice, a stream before `started`, ...).
+    Protocol,
+    /// The actor runtime itself failed (spawn, teardown, transport).
+    Runtime,
+}
+
+/// A failure that crossed (or will cross) an actor boundary.
+///
+/// It stays one value however many hops it travels: each forwarding actor is appended to
+/// `relay_path` rather than wrapping the error in another.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RemoteError {
+    /// What kind of failure this is.
+    pub kind: ErrorKind,
+    /// The original error's type name (`"ValueError"`, `"my_crate::MyError"`, `"ContextCancelled"`).
+    pub type_name: String,
+    /// The error's message.
+    pub message: String,
+    /// A formatted traceback or backtrace, possibly empty.
+    pub traceback: String,
+    /// The actor in which the error was raised.
+    pub source: ActorId,
+    /// Every actor that forwarded the error after `source`, in order.
+    pub relay_path: Vec<ActorId>,
+    /// For cancellations: the actor that asked for the cancel.
+    pub canceller: Option<ActorId>,
+}
+
+impl RemoteError {
+    /// A new error raised in `source`, with an empty traceback and relay path.
+    pub fn new(
+        kind: ErrorKind,
+        type_name: impl Into<String>,
+        message: impl Into<String>,
+        source: ActorId,
+    ) -> Self {
+        RemoteError {
+            kind,
+            type_name: type_name.into(),
+            message: message.into(),
+            traceback: String::new(),
+            source,
+            relay_path: Vec::new(),
+            canceller: None,
+        }
+    }
+
+    /// A `ContextCancelled` raised in `source` on behalf of `canceller`.
+    pub fn cancelled(source: ActorId, canceller: ActorId) -> Self {
+        let message = format!("cancelled by {canceller}");
+        RemoteError {
+            canceller: Some(canceller),
+            ..RemoteError::new(ErrorKind::Cancelled, "ContextCancelled", message, source)
+        }
+    }
+
+    /// Sets the traceback text.
+    pub fn with_traceback(mut self, traceback: impl Into<String>) -> Self {
+        self.traceback = traceback.into();
+        self
+    }
+
+    /// Records that `hop` forwarded this error.
+    pub fn relayed_by(mut self, hop: ActorId) -> Self {
+        self.relay_path.push(hop);
+        self
+    }
+
+    /// Whether this is a `ContextCancelled`.
+    pub fn is_cancelled(&self) -> bool {
+        self.kind == ErrorKind::Cancelled
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} (in {}", self.type_name, self.message, self.source)?;
+        for hop in &self.relay_path {
+            write!(f, " -> {hop}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+/// One message of the protocol. See DESIGN.md §2 for the exchange each belongs to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Msg {
+    /// First message in each direction: identity and protocol version.
+    Hello {
+        /// The sender's identity.
+        actor: ActorId,
+        /// The sender's [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// The sender's process id.
+        pid: u32,
+        /// The name of the backend the sender runs on (`"thread"`, `"root"`, ...).
+        backend: String,
+    },
+    /// Caller -> callee: run `func`.
+    Start {
+        /// The call id, chosen by the caller.
+        cid: Cid,
+        /// The function to run.
+        func: FnPath,
+        /// Unary call or context.
+        kind: CallKind,
+        /// The arguments.
+        args: Value,
+    },
+    /// Callee -> caller: the function was found and started.
+    StartAck {
+        /// The call.
+        cid: Cid,
+    },
+    /// Callee -> caller: a context's first value, exactly once.
+    Started {
+        /// The call.
+        cid: Cid,
+        /// The value passed to `started`.
+        value: Value,
+    },
+    /// Either way: one stream item.
+    Yield {
+        /// The call.
+        cid: Cid,
+        /// The item.
+        value: Value,
+    },
+    /// Either way: the receiver grants `n` more items.
+    Credit {
+        /// The call.
+        cid: Cid,
+        /// How many more items may be sent.
+        n: u32,
+    },
+    /// Either way: this side's stream is finished.
+    Stop {
+        /// The call.
+        cid: Cid,
+    },
+    /// Callee -> caller: the final result.
+    Return {
+        /// The call.
+        cid: Cid,
+        /// The result.
+        value: Value,
+    },
+    /// Either way: a failure; `cid = None` is actor-level.
+    Error {
+        /// The call, if any.
+        cid: Option<Cid>,
+        /// What failed.
+        error: RemoteError,
+    },
+    /// Caller -> callee: cancel one call.
+    Cancel {
+        /// The call.
+        cid: Cid,
+    },
+    /// Parent (or peer) -> actor: cancel the whole actor runtime.
+    CancelActor {
+        /// Why, for logs.
+        reason: String,
+    },
+    /// Actor -> requester: the `CancelActor` was received and its calls are cancelled.
+    CancelAck,
+}
+
+impl Msg {
+    /// The call this message belongs to, if any.
+    pub fn cid(&self) -> Option<Cid> {
+        match self {
+            Msg::Start { cid, .. }
+            | Msg::StartAck { cid }
+            | Msg::Started { cid, .. }
+            | Msg::Yield { cid, .. }
+            | Msg::Credit { cid, .. }
+            | Msg::Stop { cid }
+            | Msg::Return { cid, .. }
+            | Msg::Cancel { cid } => Some(*cid),
+            Msg::Error { cid, .. } => *cid,
+            Msg::Hello { .. } | Msg::CancelActor { .. } | Msg::CancelAck => None,
+        }
+    }
+
+    /// A short name of the message kind, for logs and fault injection.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Msg::Hello { .. } => "Hello",
+            Msg::Start { .. } => "Start",
+            Msg::StartAck { .. } => "StartAck",
+            Msg::Started { .. } => "Started",
+            Msg::Yield { .. } => "Yield",
+            Msg::Credit { .. } => "Credit",
+            Msg::Stop { .. } => "Stop",
+            Msg::Return { .. } => "Return",
+            Msg::Error { .. } => "Error",
+            Msg::Cancel { .. } => "Cancel",
+            Msg::CancelActor { .. } => "CancelActor",
+            Msg::CancelAck => "CancelAck",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fn_path_parses_dotted_modules() {
+        let p = FnPath::parse("pkg.mod:run_it").unwrap();
+        assert_eq!(p.module(), "pkg.mod");
+        assert_eq!(p.function(), "run_it");
+        assert_eq!(p.to_string(), "pkg.mod:run_it");
+    }
+
+    #[test]
+    fn fn_path_rejects_malformed_input_and_shows_it() {
+        for bad in ["", "nocolon", ":f", "m:", "a..b:f", "a.b:c:d", "1a:f", "a:f-g", "a b:f"] {
+            let err = FnPath::parse(bad).unwrap_err();
+            assert_eq!(err.input, bad);
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn actor_ids_are_unique() {
+        let a = ActorId::new("x");
+        let b = ActorId::new("x");
+        assert_ne!(a, b);
+        assert_eq!(a.name, b.name);
+    }
+
+    #[test]
+    fn relayed_errors_grow_one_path() {
+        let src = ActorId::new("leaf");
+        let mid = ActorId::new("mid");
+        let top = ActorId::new("top");
+        let e = RemoteError::new(ErrorKind::Raised, "ValueError", "boom", src.clone())
+            .relayed_by(mid.clone())
+            .relayed_by(top.clone());
+        assert_eq!(e.relay_path, vec![mid, top]);
+        assert_eq!(e.source, src);
+        assert!(e.to_string().contains("ValueError: boom"));
+    }
+}

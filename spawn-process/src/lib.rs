@@ -1,0 +1,1 @@
+//! `ProcessBackend`: harrow actors in child processes (the same binary re-executed).
