@@ -1,0 +1,213 @@
+//! The callee side: the [`Resolver`] trait, what a served call sees, and how it fails.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use harrow_ipc::{ActorId, CallKind, Cid, ErrorKind, FnPath, RemoteError, Value};
+
+use crate::{MsgStream, Result};
+
+/// The future a resolver returns for one call. Dropping it cancels the call.
+pub type CallFuture = Pin<Box<dyn Future<Output = std::result::Result<Value, CallError>> + Send>>;
+
+/// Finds and starts the functions an actor serves. [`FnRegistry`](crate::FnRegistry) is the Rust
+/// implementation; the subint backend resolves Python functions.
+pub trait Resolver: Send + Sync + fmt::Debug + 'static {
+    /// Starts `call`. Returns the future that runs it, or an error (`NotFound`,
+    /// `ModuleNotExposed`, `BadArguments`) that is sent to the caller instead of `StartAck`.
+    fn start(&self, call: Invocation) -> std::result::Result<CallFuture, CallError>;
+}
+
+/// One incoming call, as handed to a [`Resolver`].
+#[derive(Debug)]
+pub struct Invocation {
+    /// The function asked for.
+    pub func: FnPath,
+    /// Unary call or context.
+    pub kind: CallKind,
+    /// The arguments.
+    pub args: Value,
+    /// The callee's handle on the call (started, stream, cancellation).
+    pub ctx: CalleeContext,
+}
+
+/// A failure of a served call, turned into a [`RemoteError`] on the wire (the link adds the
+/// source actor). Like `anyhow::Error`, it converts from any error with `?`; an error that is
+/// itself remote (a portal [`Error::Remote`](crate::Error::Remote) from a further actor) is relayed
+/// as the same error with this actor added to its relay path.
+pub struct CallError {
+    repr: CallErrorRepr,
+}
+
+enum CallErrorRepr {
+    Local {
+        kind: ErrorKind,
+        type_name: String,
+        message: String,
+        traceback: String,
+    },
+    Relayed(Box<RemoteError>),
+}
+
+impl CallError {
+    /// A new error of `kind` with the given type name and message.
+    pub fn new(kind: ErrorKind, type_name: impl Into<String>, message: impl Into<String>) -> Self {
+        CallError {
+            repr: CallErrorRepr::Local {
+                kind,
+                type_name: type_name.into(),
+                message: message.into(),
+                traceback: String::new(),
+            },
+        }
+    }
+
+    /// An application error (`ErrorKind::Raised`) with a free-form type name.
+    pub fn raised(type_name: impl Into<String>, message: impl Into<String>) -> Self {
+        CallError::new(ErrorKind::Raised, type_name, message)
+    }
+
+    /// Sets the traceback text.
+    pub fn with_traceback(mut self, tb: impl Into<String>) -> Self {
+        if let CallErrorRepr::Local { traceback, .. } = &mut self.repr {
+            *traceback = tb.into();
+        }
+        self
+    }
+
+    /// An error that came from a further actor, forwarded unchanged but for the relay hop.
+    pub fn relay(remote: RemoteError) -> Self {
+        CallError {
+            repr: CallErrorRepr::Relayed(Box::new(remote)),
+        }
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        match &self.repr {
+            CallErrorRepr::Local { kind, .. } => *kind,
+            CallErrorRepr::Relayed(r) => r.kind,
+        }
+    }
+
+    /// Converts to the wire error, raised in (or relayed by) `local`.
+    pub fn into_remote(self, local: &ActorId) -> RemoteError {
+        match self.repr {
+            CallErrorRepr::Local {
+                kind,
+                type_name,
+                message,
+                traceback,
+            } => RemoteError::new(kind, type_name, message, local.clone()).with_traceback(traceback),
+            CallErrorRepr::Relayed(r) => {
+                let mut r = *r;
+                if r.source != *local && r.relay_path.last() != Some(local) {
+                    r.relay_path.push(local.clone());
+                }
+                r
+            }
+        }
+    }
+}
+
+impl fmt::Debug for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            CallErrorRepr::Local {
+                kind,
+                type_name,
+                message,
+                ..
+            } => write!(f, "CallError({kind:?}, {type_name}: {message})"),
+            CallErrorRepr::Relayed(r) => write!(f, "CallError(relayed {r})"),
+        }
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            CallErrorRepr::Local {
+                type_name, message, ..
+            } => write!(f, "{type_name}: {message}"),
+            CallErrorRepr::Relayed(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+impl<E> From<E> for CallError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn from(err: E) -> Self {
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
+        // A remote error (possibly inside a portal error) is relayed, not wrapped.
+        let boxed = match boxed.downcast::<crate::Error>() {
+            Ok(portal_err) => match *portal_err {
+                crate::Error::Remote(remote) => return CallError::relay(*remote),
+                other => Box::new(other) as Box<dyn std::error::Error + Send + Sync>,
+            },
+            Err(b) => b,
+        };
+        let boxed = match boxed.downcast::<RemoteError>() {
+            Ok(remote) => return CallError::relay(*remote),
+            Err(b) => b,
+        };
+        let mut message = boxed.to_string();
+        let mut source = boxed.source();
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        CallError::raised(std::any::type_name::<E>(), message)
+            .with_traceback(std::backtrace::Backtrace::force_capture().to_string())
+    }
+}
+
+/// The callee's handle on one served call.
+#[derive(Debug)]
+pub struct CalleeContext {
+    _private: (),
+}
+
+impl CalleeContext {
+    /// The call id.
+    pub fn cid(&self) -> Cid {
+        unimplemented!("portal helper")
+    }
+
+    /// The actor that called.
+    pub fn caller(&self) -> &ActorId {
+        unimplemented!("portal helper")
+    }
+
+    /// The actor serving the call (this one).
+    pub fn local(&self) -> &ActorId {
+        unimplemented!("portal helper")
+    }
+
+    /// Sends the context's first value to the caller. Exactly once: a second call is an error
+    /// here and is reported to the caller as well. An error for unary calls.
+    pub async fn started(&self, value: Value) -> Result<()> {
+        let _ = value;
+        unimplemented!("portal helper")
+    }
+
+    /// Opens this side of the context's stream. Before `started` it is an error here and is
+    /// reported to the caller as well.
+    pub async fn open_stream(&self) -> Result<MsgStream> {
+        unimplemented!("portal helper")
+    }
+
+    /// Whether a cancel for this call has arrived (the call's future is about to be dropped).
+    pub fn is_cancelled(&self) -> bool {
+        unimplemented!("portal helper")
+    }
+
+    /// Resolves when a cancel for this call arrives, with the canceller.
+    pub async fn cancelled(&self) -> ActorId {
+        unimplemented!("portal helper")
+    }
+}
