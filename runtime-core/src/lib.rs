@@ -1,3 +1,41 @@
 //! The harrow actor runtime: the actor tree, nurseries with one-cancels-all supervision, the
-//! bounded teardown ladder, and the `SpawnBackend` contract every backend implements.
+//! bounded teardown ladder, cancel scopes, SIGINT handling at the root, and the
+//! [`SpawnBackend`] contract every backend implements.
+//!
+//! A program is a tree of actors. [`run_root`] runs the root on the calling thread and hands its
+//! body an [`ActorNursery`]; children are started on a backend (`Arc<dyn SpawnBackend>`) and
+//! reached through a [`Portal`](harrow_portal::Portal). Any function served by an actor can open
+//! a nursery of its own with [`open_nursery`].
+//!
+//! ```
+//! use harrow_runtime_core::{run_root, RootConfig};
+//! let answer = run_root(RootConfig::default().handle_sigint(false), |nursery| async move {
+//!     // nursery.start_actor("worker", backend, spec).await? ...
+//!     let _ = nursery;
+//!     Ok(6 * 7)
+//! })
+//! .unwrap();
+//! assert_eq!(answer, 42);
+//! ```
 #![forbid(unsafe_code)]
+
+mod actor;
+mod backend;
+mod error;
+mod nursery;
+mod root;
+mod scope;
+
+pub use actor::{ActorCtx, ActorExit, ActorInit, current_actor, run_actor};
+pub use backend::{
+    BoxFuture, Capabilities, Child, Exit, HardKill, Runs, SpawnBackend, SpawnError, SpawnSpec,
+    Timeouts,
+};
+pub use error::{BoxError, ChildFailure, Error, NurseryError, Result};
+pub use harrow_ipc as ipc;
+pub use harrow_portal as portal;
+pub use nursery::{
+    ActorNursery, ActorSpec, ChildHandle, ChildOutcome, open_nursery, teardown_bound,
+};
+pub use root::{RootConfig, exit_code, run_root};
+pub use scope::{CancelToken, DeadlineExceeded, fail_after, move_on_after, shield};

@@ -1,2 +1,198 @@
 //! `ThreadBackend`: harrow actors on dedicated OS threads, each with its own executor.
+//!
+//! Every actor gets one named OS thread of its own (never a pooled one) that runs the actor
+//! runtime ([`run_actor`]) on the child's end of an in-memory channel. A child that never yields
+//! stalls only its own thread. A Rust thread cannot be stopped from outside, so the hard kill
+//! detaches it and the runtime reports it leaked, by name.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use harrow_runtime_core::{run_root, ActorSpec, RootConfig};
+//! use harrow_runtime_core::portal::FnRegistry;
+//! use harrow_runtime_core::ipc::Value;
+//! use harrow_spawn_thread::ThreadBackend;
+//!
+//! let mut reg = FnRegistry::new();
+//! reg.unary("math:double", |v: Value| async move {
+//!     Ok(Value::Int(v.as_i64().unwrap_or(0) * 2))
+//! }).unwrap();
+//! let reg = Arc::new(reg);
+//! let out = run_root(RootConfig::default().handle_sigint(false), |n| async move {
+//!     let child = n.start_actor("doubler", ThreadBackend::shared(), ActorSpec::with_resolver(reg)).await?;
+//!     Ok(child.run("math:double", Value::Int(21)).await?)
+//! }).unwrap();
+//! assert_eq!(out, Value::Int(42));
+//! ```
 #![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use harrow_runtime_core::ipc::{ActorId, Channel, mem};
+use harrow_runtime_core::{
+    ActorInit, BoxFuture, Capabilities, Child, Exit, HardKill, Runs, SpawnBackend, SpawnError,
+    SpawnSpec, run_actor,
+};
+
+/// Actors on dedicated OS threads, running Rust functions.
+#[derive(Debug, Default, Clone)]
+pub struct ThreadBackend {
+    stack_size: Option<usize>,
+}
+
+impl ThreadBackend {
+    /// A backend with default thread settings.
+    pub fn new() -> Self {
+        ThreadBackend::default()
+    }
+
+    /// A new backend, ready to hand to a nursery.
+    pub fn shared() -> Arc<dyn SpawnBackend> {
+        Arc::new(ThreadBackend::new())
+    }
+
+    /// Sets the stack size of actor threads.
+    pub fn with_stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = Some(bytes);
+        self
+    }
+}
+
+impl SpawnBackend for ThreadBackend {
+    fn name(&self) -> &'static str {
+        "thread"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(Runs::Rust).with_hard_kill(HardKill::Detaches)
+    }
+
+    fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {
+        let result = self.spawn_now(spec);
+        Box::pin(async move { result })
+    }
+}
+
+impl ThreadBackend {
+    fn spawn_now(&self, spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
+        let id = spec.id.clone();
+        let (parent_end, child_end) = mem::pair();
+        let (done_tx, done_rx) = async_channel::bounded::<()>(1);
+        let init = ActorInit::from_spec(spec, "thread");
+        let mut builder = std::thread::Builder::new().name(thread_name(&id));
+        if let Some(size) = self.stack_size {
+            builder = builder.stack_size(size);
+        }
+        let handle = builder
+            .spawn(move || {
+                // Dropped when the thread's work ends, however it ends (panics included).
+                let _done = done_tx;
+                run_actor(child_end, init);
+            })
+            .map_err(|e| SpawnError::Failed {
+                actor: id.clone(),
+                reason: format!("cannot start its thread: {e}"),
+            })?;
+        tracing::debug!(actor = %id, "thread actor started");
+        Ok(Box::new(ThreadChild {
+            id,
+            channel: Some(parent_end),
+            handle: Some(handle),
+            done: done_rx,
+            detached: false,
+        }))
+    }
+}
+
+/// Thread names are limited to 15 bytes by Linux; keep the most telling part.
+fn thread_name(id: &ActorId) -> String {
+    let mut name: String = id.name.chars().take(15).collect();
+    while name.len() > 15 {
+        name.pop();
+    }
+    name
+}
+
+#[derive(Debug)]
+struct ThreadChild {
+    id: ActorId,
+    channel: Option<Channel>,
+    handle: Option<JoinHandle<()>>,
+    /// Closed (all senders dropped) when the actor thread's closure has returned or unwound.
+    done: async_channel::Receiver<()>,
+    detached: bool,
+}
+
+impl Child for ThreadChild {
+    fn id(&self) -> &ActorId {
+        &self.id
+    }
+
+    fn take_channel(&mut self) -> Option<Channel> {
+        self.channel.take()
+    }
+
+    fn hard_kill(&mut self) -> BoxFuture<'_, Result<(), String>> {
+        // A Rust thread cannot be stopped from outside: detach it. The parent's channel end is
+        // dropped by the runtime, so if the thread ever yields it sees its parent gone and exits.
+        self.detached = true;
+        Box::pin(async { Ok(()) })
+    }
+
+    fn join(&mut self, bound: Duration) -> BoxFuture<'_, Exit> {
+        Box::pin(async move {
+            let Some(handle) = self.handle.take() else {
+                return Exit::Exited;
+            };
+            let finished = futures_lite::future::or(
+                async {
+                    // Err(RecvError) once the thread dropped its sender.
+                    let _ = self.done.recv().await;
+                    true
+                },
+                async {
+                    async_io::Timer::after(bound).await;
+                    false
+                },
+            )
+            .await;
+            if !finished {
+                self.handle = Some(handle);
+                return Exit::Running;
+            }
+            // The closure has ended; the join itself is immediate.
+            match handle.join() {
+                Ok(()) => Exit::Exited,
+                Err(panic) => Exit::Failed(panic_message(&panic)),
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "thread actor {} (OS thread {:?}{})",
+            self.id,
+            thread_name(&self.id),
+            if self.detached { ", detached" } else { "" }
+        )
+    }
+}
+
+impl Drop for ThreadChild {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            tracing::warn!(actor = %self.id, "thread actor dropped while still running; detached");
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".to_owned()
+    }
+}

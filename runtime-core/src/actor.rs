@@ -1,0 +1,345 @@
+//! The actor runtime entry ([`run_actor`]) and the ambient current actor ([`current_actor`]).
+
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::FutureExt;
+use harrow_ipc::{ActorId, Channel};
+use harrow_portal::{Executor, Link, LinkConfig, LinkEnd, LocalInfo, Portal, Resolver};
+
+use crate::backend::{SpawnSpec, Timeouts};
+use crate::scope::{CancelToken, WaitGroup, WaitGroupGuard};
+
+/// The actor this thread is running, if any: its identity, executor, timeouts and the state its
+/// nurseries share. Cheap to clone.
+#[derive(Clone)]
+pub struct ActorCtx {
+    inner: Arc<ActorInner>,
+}
+
+struct ActorInner {
+    id: ActorId,
+    backend: String,
+    exec: Executor,
+    timeouts: Timeouts,
+    link_config: LinkConfig,
+    resolver: Option<Arc<dyn Resolver>>,
+    /// Set when the whole subtree must skip to the hard kill (second SIGINT).
+    escalate: CancelToken,
+    /// Teardowns and shields still running; the actor does not exit before they end.
+    tasks: WaitGroup,
+    /// The portal to the parent, once the handshake is done (none for the root).
+    parent: std::sync::Mutex<Option<Portal>>,
+    /// Set when something other than the parent link asks this actor to cancel itself
+    /// (a child sent `CancelActor` up its link): who asked.
+    self_cancel: std::sync::Mutex<Option<ActorId>>,
+    self_cancel_token: CancelToken,
+}
+
+impl fmt::Debug for ActorCtx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActorCtx")
+            .field("id", &self.inner.id)
+            .field("backend", &self.inner.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ActorCtx {
+    pub(crate) fn new(
+        id: ActorId,
+        backend: impl Into<String>,
+        exec: Executor,
+        timeouts: Timeouts,
+        link_config: LinkConfig,
+        resolver: Option<Arc<dyn Resolver>>,
+    ) -> Self {
+        ActorCtx {
+            inner: Arc::new(ActorInner {
+                id,
+                backend: backend.into(),
+                exec,
+                timeouts,
+                link_config,
+                resolver,
+                escalate: CancelToken::new(),
+                tasks: WaitGroup::default(),
+                parent: std::sync::Mutex::new(None),
+                self_cancel: std::sync::Mutex::new(None),
+                self_cancel_token: CancelToken::new(),
+            }),
+        }
+    }
+
+    /// This actor's identity.
+    pub fn id(&self) -> &ActorId {
+        &self.inner.id
+    }
+
+    /// The backend this actor runs on (`"root"` for the root).
+    pub fn backend(&self) -> &str {
+        &self.inner.backend
+    }
+
+    /// The actor's executor (every task of the actor runs on it, on the actor's own thread).
+    pub fn executor(&self) -> &Executor {
+        &self.inner.exec
+    }
+
+    /// The teardown bounds this actor uses for its children.
+    pub fn timeouts(&self) -> Timeouts {
+        self.inner.timeouts
+    }
+
+    pub(crate) fn link_config(&self) -> LinkConfig {
+        self.inner.link_config.clone()
+    }
+
+    pub(crate) fn resolver(&self) -> Option<Arc<dyn Resolver>> {
+        self.inner.resolver.clone()
+    }
+
+    /// The token that, once cancelled, makes every teardown in this actor skip to the hard kill.
+    pub fn escalation(&self) -> &CancelToken {
+        &self.inner.escalate
+    }
+
+    /// A portal to this actor's parent (none for the root, or before the handshake).
+    pub fn parent(&self) -> Option<Portal> {
+        self.inner
+            .parent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Asks this whole actor to cancel itself on behalf of `canceller`: every call it serves ends
+    /// with `ContextCancelled { canceller }`, its nurseries are torn down, and it exits. For the
+    /// root this cancels the root's nursery.
+    pub fn cancel_self(&self, canceller: ActorId) {
+        let mut slot = self
+            .inner
+            .self_cancel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(canceller);
+        }
+        drop(slot);
+        self.inner.self_cancel_token.cancel();
+    }
+
+    pub(crate) fn self_cancel_token(&self) -> &CancelToken {
+        &self.inner.self_cancel_token
+    }
+
+    pub(crate) fn self_canceller(&self) -> Option<ActorId> {
+        self.inner
+            .self_cancel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_parent(&self, portal: Portal) {
+        *self.inner.parent.lock().unwrap_or_else(|p| p.into_inner()) = Some(portal);
+    }
+
+    pub(crate) fn track(&self) -> WaitGroupGuard {
+        self.inner.tasks.add()
+    }
+
+    pub(crate) async fn wait_tracked(&self, bound: Duration) -> bool {
+        self.inner.tasks.wait_for(bound).await
+    }
+
+    /// Installs this actor as the current one on this thread until the guard drops.
+    pub(crate) fn enter(&self) -> CurrentGuard {
+        let prev = CURRENT.with(|c| c.borrow_mut().replace(self.clone()));
+        CurrentGuard { prev }
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<ActorCtx>> = const { RefCell::new(None) };
+}
+
+pub(crate) struct CurrentGuard {
+    prev: Option<ActorCtx>,
+}
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        let prev = self.prev.take();
+        CURRENT.with(|c| *c.borrow_mut() = prev);
+    }
+}
+
+/// The actor running on this thread: set inside [`run_actor`] and [`run_root`](crate::run_root),
+/// so any function an actor serves can open a nursery of its own.
+pub fn current_actor() -> Option<ActorCtx> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// What a child's runtime needs to start: made by a backend from its [`SpawnSpec`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ActorInit {
+    /// This actor.
+    pub id: ActorId,
+    /// Its parent.
+    pub parent: ActorId,
+    /// The backend's name, said in `Hello` and in the actor's tracing span.
+    pub backend: String,
+    /// The functions this actor serves.
+    pub resolver: Option<Arc<dyn Resolver>>,
+    /// Teardown bounds for this actor's own children.
+    pub timeouts: Timeouts,
+    /// Link tunables.
+    pub link_config: LinkConfig,
+}
+
+impl fmt::Debug for ActorInit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActorInit")
+            .field("id", &self.id)
+            .field("parent", &self.parent)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ActorInit {
+    /// The init for the child described by `spec`, on backend `backend`.
+    pub fn from_spec(spec: SpawnSpec, backend: impl Into<String>) -> Self {
+        ActorInit {
+            id: spec.id,
+            parent: spec.parent,
+            backend: backend.into(),
+            resolver: spec.resolver,
+            timeouts: spec.timeouts,
+            link_config: LinkConfig::default(),
+        }
+    }
+
+    /// Replaces the resolver (backends whose functions are not Rust, such as subint, set theirs).
+    pub fn with_resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+}
+
+/// How an actor's runtime ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ActorExit {
+    /// The parent (or a peer) sent `CancelActor`.
+    Cancelled {
+        /// Who asked.
+        canceller: ActorId,
+    },
+    /// The parent channel broke; the actor cancelled itself (an orphan never runs on).
+    Orphaned(String),
+    /// The `Hello` exchange with the parent failed.
+    HandshakeFailed(String),
+    /// The link was closed locally.
+    Closed,
+}
+
+/// Runs one actor's runtime on the calling thread until it is cancelled or orphaned.
+///
+/// This is the single entry every backend's child side calls: it builds the actor's executor on
+/// this thread, says `Hello` on `channel`, serves the parent's calls with `init.resolver`, lets
+/// served functions open nurseries of their own ([`open_nursery`](crate::open_nursery)), and on
+/// `CancelActor` or a broken parent channel cancels every call, tears down its children (bounded),
+/// flushes its last messages and returns.
+pub fn run_actor(channel: Channel, init: ActorInit) -> ActorExit {
+    let span = tracing::info_span!(
+        "actor",
+        name = %init.id.name,
+        uid = %init.id.uid,
+        backend = %init.backend
+    );
+    let _entered = span.enter();
+    let exec: Executor = Arc::new(async_executor::Executor::new());
+    let ctx = ActorCtx::new(
+        init.id.clone(),
+        init.backend.clone(),
+        exec.clone(),
+        init.timeouts,
+        init.link_config.clone(),
+        init.resolver.clone(),
+    );
+    let _current = ctx.enter();
+    let exit = async_io::block_on(exec.run(actor_main(channel, init, ctx.clone())));
+    tracing::debug!(?exit, "actor exited");
+    exit
+}
+
+async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorExit {
+    let local = LocalInfo {
+        id: init.id.clone(),
+        backend: init.backend.clone(),
+    };
+    let link = match Link::establish(
+        channel,
+        local,
+        init.resolver.clone(),
+        ctx.executor(),
+        init.link_config.clone(),
+    )
+    .await
+    {
+        Ok(link) => link,
+        Err(e) => {
+            tracing::warn!(error = %e, "handshake with parent failed");
+            return ActorExit::HandshakeFailed(e.to_string());
+        }
+    };
+    tracing::debug!(parent = %link.peer().id, "actor serving");
+    ctx.set_parent(link.portal());
+    let end = async { Some(link.closed().await) }
+        .or(async {
+            ctx.self_cancel_token().cancelled().await;
+            None
+        })
+        .await;
+    let Some(end) = end else {
+        // Cancelled from elsewhere (a child asked): same as a CancelActor, with its canceller.
+        let canceller = ctx.self_canceller().unwrap_or_else(|| init.id.clone());
+        tracing::debug!(%canceller, "actor cancelled by a peer");
+        link.cancel_calls(&canceller);
+        let bound = init.timeouts.ladder_bound() + Duration::from_millis(500);
+        link.drain(bound).await;
+        if !ctx.wait_tracked(bound).await {
+            tracing::warn!("teardown of this actor's children did not finish within {bound:?}");
+        }
+        link.close();
+        return ActorExit::Cancelled { canceller };
+    };
+    let exit = match end {
+        LinkEnd::CancelRequested { canceller, reason } => {
+            tracing::debug!(%canceller, %reason, "actor cancelled");
+            ActorExit::Cancelled { canceller }
+        }
+        LinkEnd::Broken(reason) => {
+            tracing::debug!(%reason, "parent channel broke; cancelling self");
+            link.cancel_calls(&init.id);
+            ActorExit::Orphaned(reason)
+        }
+        LinkEnd::Closed => ActorExit::Closed,
+        #[allow(unreachable_patterns)]
+        other => ActorExit::Orphaned(format!("{other:?}")),
+    };
+    // Served calls are cancelled; wait for them to be dropped so that the nurseries they held
+    // have handed their teardown to the actor, then for those teardowns and any shields.
+    let bound = init.timeouts.ladder_bound() + Duration::from_millis(500);
+    link.drain(bound).await;
+    if !ctx.wait_tracked(bound).await {
+        tracing::warn!("teardown of this actor's children did not finish within {bound:?}");
+    }
+    link.close();
+    exit
+}

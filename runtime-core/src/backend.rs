@@ -1,0 +1,293 @@
+//! The contract between the runtime and a backend: [`SpawnBackend`] and [`Child`].
+//!
+//! This is the page a backend author reads. A backend decides *where* an actor runs (an OS thread,
+//! a subinterpreter, a child process); the runtime decides everything else. The runtime calls
+//! [`SpawnBackend::spawn`], performs the `Hello` handshake on the returned child's channel, serves
+//! and supervises it, and tears it down with the ladder of DESIGN.md §4:
+//!
+//! 1. `CancelActor` over the channel, bounded by [`Timeouts::cancel_ack`];
+//! 2. [`Child::join`] bounded by [`Timeouts::graceful_exit`];
+//! 3. [`Child::hard_kill`];
+//! 4. [`Child::join`] bounded by [`Timeouts::hard_kill`]; a child still running is reported leaked.
+//!
+//! # Writing a backend
+//!
+//! - `spawn` starts the child so that it runs [`run_actor`](crate::run_actor) on the child's end of
+//!   a [`Channel`] with an [`ActorInit`](crate::ActorInit) made from the [`SpawnSpec`]. It returns
+//!   once the child is started; it need not wait for the child's `Hello` (the runtime does, bounded).
+//!   Every failure is a [`SpawnError`] naming the actor, never a panic.
+//! - Every method is bounded: `join` never waits longer than its bound, `hard_kill` never blocks.
+//! - A child whose code can't be stopped is reported by `join` as [`Exit::Running`] after
+//!   `hard_kill`; the runtime then reports it leaked and goes on. Never hang instead.
+//! - Declare what the backend can do in [`Capabilities`]; shared code and the conformance suite
+//!   branch on capabilities, never on the backend's name.
+//!
+//! ```
+//! use harrow_runtime_core::{Capabilities, HardKill, Runs};
+//! let caps = Capabilities::new(Runs::Rust).with_hard_kill(HardKill::Detaches);
+//! assert!(caps.parallel);
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use harrow_ipc::{ActorId, Channel, Value};
+use harrow_portal::Resolver;
+
+/// A boxed, sendable future, as returned by the object-safe backend traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What kind of code an actor on this backend runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Runs {
+    /// Rust functions registered in a [`FnRegistry`](harrow_portal::FnRegistry).
+    Rust,
+    /// Python functions (`"package.module:function"`).
+    Python,
+}
+
+/// What [`Child::hard_kill`] can do to a child that ignores the graceful cancel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HardKill {
+    /// The child is ended for sure (a process is SIGKILLed and reaped).
+    Kills,
+    /// Running code is interrupted where it can be (a Python subinterpreter at its next bytecode);
+    /// code blocked in a native call can still outlive the bound and is then leaked.
+    Interrupts,
+    /// Nothing can stop the child's code: it is detached and reported leaked (a Rust thread).
+    Detaches,
+}
+
+/// What a backend can do. Shared code and tests branch on these, never on a backend's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// The child runs in parallel with its parent (its own OS thread or process).
+    pub parallel: bool,
+    /// What a hard kill achieves.
+    pub hard_kill: HardKill,
+    /// Which functions the child runs.
+    pub runs: Runs,
+    /// The child lives in the parent's address space (so in-process resolvers can be passed).
+    pub in_process: bool,
+    /// A child can itself start children with this backend.
+    pub nested: bool,
+}
+
+impl Capabilities {
+    /// Defaults: parallel, in-process, nestable, hard kill that detaches.
+    pub fn new(runs: Runs) -> Self {
+        Capabilities {
+            parallel: true,
+            hard_kill: HardKill::Detaches,
+            runs,
+            in_process: true,
+            nested: true,
+        }
+    }
+
+    /// Sets [`Capabilities::hard_kill`].
+    pub fn with_hard_kill(mut self, hard_kill: HardKill) -> Self {
+        self.hard_kill = hard_kill;
+        self
+    }
+
+    /// Sets [`Capabilities::in_process`].
+    pub fn with_in_process(mut self, in_process: bool) -> Self {
+        self.in_process = in_process;
+        self
+    }
+
+    /// Sets [`Capabilities::nested`].
+    pub fn with_nested(mut self, nested: bool) -> Self {
+        self.nested = nested;
+        self
+    }
+}
+
+/// The bounds of the teardown ladder. Every wait in teardown is one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Timeouts {
+    /// How long to wait for a `CancelAck` (default 0.5 s).
+    pub cancel_ack: Duration,
+    /// How long to wait for the child to exit after the graceful cancel (default 1 s).
+    pub graceful_exit: Duration,
+    /// How long to wait for the child to exit after the hard kill (default 1 s).
+    pub hard_kill: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            cancel_ack: Duration::from_millis(500),
+            graceful_exit: Duration::from_secs(1),
+            hard_kill: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Small bounds for tests: 0.2 s / 0.4 s / 0.4 s.
+    pub fn quick() -> Self {
+        Timeouts {
+            cancel_ack: Duration::from_millis(200),
+            graceful_exit: Duration::from_millis(400),
+            hard_kill: Duration::from_millis(400),
+        }
+    }
+
+    /// The longest the whole ladder can take for one child.
+    pub fn ladder_bound(&self) -> Duration {
+        self.cancel_ack + self.graceful_exit + self.hard_kill
+    }
+}
+
+/// Everything a backend needs to start one child actor.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct SpawnSpec {
+    /// The child's identity (chosen by the nursery).
+    pub id: ActorId,
+    /// The parent's identity.
+    pub parent: ActorId,
+    /// The functions the child serves, for in-process backends that run Rust.
+    pub resolver: Option<Arc<dyn Resolver>>,
+    /// Backend-specific parameters (for example the Python modules a subint actor exposes).
+    pub params: Value,
+    /// The teardown bounds the child uses for its own children.
+    pub timeouts: Timeouts,
+}
+
+impl fmt::Debug for SpawnSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpawnSpec")
+            .field("id", &self.id)
+            .field("parent", &self.parent)
+            .field("resolver", &self.resolver.as_ref().map(|_| "..."))
+            .field("params", &self.params)
+            .field("timeouts", &self.timeouts)
+            .finish()
+    }
+}
+
+impl SpawnSpec {
+    /// A spec for actor `id`, child of `parent`, serving nothing, with default timeouts.
+    pub fn new(id: ActorId, parent: ActorId) -> Self {
+        SpawnSpec {
+            id,
+            parent,
+            resolver: None,
+            params: Value::Null,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// How a child ended, as far as [`Child::join`] can tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Exit {
+    /// The child's runtime returned normally.
+    Exited,
+    /// The child ended abnormally (a panic, a non-zero exit status, a signal it did not ask for).
+    Failed(String),
+    /// The child was ended by [`Child::hard_kill`].
+    Killed,
+    /// The child is still running after the bound.
+    Running,
+}
+
+/// Why a child could not be spawned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The spec is not usable by this backend.
+    #[error("cannot spawn actor {actor}: bad spec: {reason}")]
+    BadSpec {
+        /// The actor.
+        actor: ActorId,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The backend cannot run here (e.g. no suitable Python).
+    #[error("cannot spawn actor {actor}: backend {backend} unavailable: {reason}")]
+    Unavailable {
+        /// The actor.
+        actor: ActorId,
+        /// The backend name.
+        backend: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Starting the child failed.
+    #[error("cannot spawn actor {actor}: {reason}")]
+    Failed {
+        /// The actor.
+        actor: ActorId,
+        /// Why.
+        reason: String,
+    },
+    /// The child started but did not complete the handshake in time or correctly.
+    #[error("actor {actor} did not come up: {reason}")]
+    Handshake {
+        /// The actor.
+        actor: ActorId,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl SpawnError {
+    /// The actor that could not be spawned.
+    pub fn actor(&self) -> &ActorId {
+        match self {
+            SpawnError::BadSpec { actor, .. }
+            | SpawnError::Unavailable { actor, .. }
+            | SpawnError::Failed { actor, .. }
+            | SpawnError::Handshake { actor, .. } => actor,
+        }
+    }
+}
+
+/// Where an actor runs. Object-safe: the runtime holds backends as `Arc<dyn SpawnBackend>`.
+///
+/// See the [module docs](self) for the contract.
+pub trait SpawnBackend: Send + Sync + fmt::Debug + 'static {
+    /// A short lowercase name (`"thread"`, `"process"`, `"subint"`), for logs and reports.
+    fn name(&self) -> &'static str;
+
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Starts a child actor that will run [`run_actor`](crate::run_actor) with `spec`.
+    /// Returns once the child is started (it may not have said `Hello` yet).
+    fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>>;
+}
+
+/// The parent's handle on one running child.
+pub trait Child: Send + fmt::Debug {
+    /// The child's identity.
+    fn id(&self) -> &ActorId;
+
+    /// The parent's end of the channel to the child. Called once by the runtime; later calls
+    /// return `None`.
+    fn take_channel(&mut self) -> Option<Channel>;
+
+    /// Ends the child by force, as far as the backend can ([`Capabilities::hard_kill`]).
+    /// Never blocks for long; the runtime follows it with a bounded [`join`](Child::join).
+    fn hard_kill(&mut self) -> BoxFuture<'_, Result<(), String>>;
+
+    /// Waits at most `bound` for the child to end. Returns [`Exit::Running`] if it has not.
+    /// May be called again after `Running`.
+    fn join(&mut self, bound: Duration) -> BoxFuture<'_, Exit>;
+
+    /// What the child is, for leak reports (thread name, pid, interpreter id...).
+    fn describe(&self) -> String {
+        format!("{}", self.id())
+    }
+}

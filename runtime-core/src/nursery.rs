@@ -1,0 +1,683 @@
+//! [`ActorNursery`]: starting children, supervising them one-cancels-all, and the bounded
+//! teardown ladder.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_lite::FutureExt;
+use harrow_ipc::{ActorId, Value};
+use harrow_portal::{Link, LinkEnd, LocalInfo, Portal, Resolver};
+
+use crate::actor::{ActorCtx, current_actor};
+use crate::backend::{Child, Exit, SpawnBackend, SpawnError, SpawnSpec, Timeouts};
+use crate::error::{BoxError, ChildFailure, Error, NurseryError, Result};
+use crate::scope::{CancelToken, WaitGroup, with_deadline};
+
+/// What to give a new child beyond its name and backend.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct ActorSpec {
+    /// The Rust functions the child serves (in-process backends).
+    pub resolver: Option<Arc<dyn Resolver>>,
+    /// Backend-specific parameters.
+    pub params: Value,
+    /// Teardown bounds for this child's own children (default: the parent's).
+    pub timeouts: Option<Timeouts>,
+}
+
+impl fmt::Debug for ActorSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActorSpec")
+            .field("resolver", &self.resolver.as_ref().map(|_| "..."))
+            .field("params", &self.params)
+            .field("timeouts", &self.timeouts)
+            .finish()
+    }
+}
+
+impl ActorSpec {
+    /// An empty spec.
+    pub fn new() -> Self {
+        ActorSpec::default()
+    }
+
+    /// A spec whose child serves `resolver` (for example a [`FnRegistry`](harrow_portal::FnRegistry)).
+    pub fn with_resolver(resolver: Arc<dyn Resolver>) -> Self {
+        ActorSpec {
+            resolver: Some(resolver),
+            ..ActorSpec::default()
+        }
+    }
+
+    /// Sets backend-specific parameters.
+    pub fn params(mut self, params: Value) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// Sets the child's own teardown bounds.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = Some(timeouts);
+        self
+    }
+}
+
+/// How one child ended, as recorded by its supervisor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChildOutcome {
+    /// It exited by itself after the graceful cancel (or on its own).
+    Exited,
+    /// It ended abnormally.
+    Failed(String),
+    /// The hard kill ended it.
+    Killed,
+    /// It could not be stopped within the bounds and was left running.
+    Leaked(String),
+}
+
+/// One child's record, shared by its supervisor and handles.
+struct ChildSlot {
+    id: ActorId,
+    backend: String,
+    teardown: CancelToken,
+    finished: CancelToken,
+    outcome: Mutex<Option<ChildOutcome>>,
+    result: Mutex<Option<std::result::Result<Value, harrow_portal::Error>>>,
+    result_ready: CancelToken,
+}
+
+/// A started child: a [`Portal`] to it plus its identity and, for [`ActorNursery::run_in_actor`],
+/// its one call's result.
+#[derive(Clone)]
+pub struct ChildHandle {
+    portal: Portal,
+    slot: Arc<ChildSlot>,
+    is_run: bool,
+}
+
+impl fmt::Debug for ChildHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildHandle")
+            .field("id", &self.slot.id)
+            .field("backend", &self.slot.backend)
+            .finish()
+    }
+}
+
+impl std::ops::Deref for ChildHandle {
+    type Target = Portal;
+    fn deref(&self) -> &Portal {
+        &self.portal
+    }
+}
+
+impl ChildHandle {
+    /// The child's identity.
+    pub fn id(&self) -> &ActorId {
+        &self.slot.id
+    }
+
+    /// The child's backend name.
+    pub fn backend(&self) -> &str {
+        &self.slot.backend
+    }
+
+    /// The portal to the child.
+    pub fn portal(&self) -> &Portal {
+        &self.portal
+    }
+
+    /// For a child started with [`ActorNursery::run_in_actor`]: waits for its call's result.
+    pub async fn result(&self) -> std::result::Result<Value, harrow_portal::Error> {
+        if !self.is_run {
+            return Err(harrow_portal::Error::Protocol(format!(
+                "actor {} was started with start_actor, not run_in_actor: it has no result",
+                self.slot.id
+            )));
+        }
+        self.slot.result_ready.cancelled().await;
+        self.slot
+            .result
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| Err(harrow_portal::Error::Closed("no result recorded".into())))
+    }
+
+    /// Tears this child down with the ladder and waits (bounded) for its outcome.
+    pub async fn cancel(&self) -> ChildOutcome {
+        self.slot.teardown.cancel();
+        self.slot.finished.cancelled().await;
+        self.outcome()
+            .unwrap_or_else(|| ChildOutcome::Failed("no outcome recorded".into()))
+    }
+
+    /// How the child ended, once it has.
+    pub fn outcome(&self) -> Option<ChildOutcome> {
+        self.slot
+            .outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A supervisor of child actors. Cheap to clone; every clone is the same nursery.
+///
+/// Obtained from [`open_nursery`] or [`run_root`](crate::run_root). The nursery does not return
+/// until every child has exited or been reported leaked. An error in the body or in any child
+/// cancels all the others (one-cancels-all); errors are collected and returned together.
+#[derive(Clone)]
+pub struct ActorNursery {
+    inner: Arc<NurseryInner>,
+}
+
+struct NurseryInner {
+    actor: ActorCtx,
+    /// One-cancels-all: set on the first failure or when teardown starts.
+    cancel: CancelToken,
+    /// No new children once set.
+    closed: CancelToken,
+    state: Mutex<NurseryState>,
+    supervisors: WaitGroup,
+    pending_results: WaitGroup,
+}
+
+#[derive(Default)]
+struct NurseryState {
+    children: Vec<Arc<ChildSlot>>,
+    failures: Vec<ChildFailure>,
+    body: Option<BoxError>,
+    interrupted: bool,
+}
+
+impl fmt::Debug for ActorNursery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActorNursery")
+            .field("actor", self.inner.actor.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ActorNursery {
+    pub(crate) fn new_root(actor: ActorCtx) -> Self {
+        Self::new(actor)
+    }
+
+    fn new(actor: ActorCtx) -> Self {
+        ActorNursery {
+            inner: Arc::new(NurseryInner {
+                actor,
+                cancel: CancelToken::new(),
+                closed: CancelToken::new(),
+                state: Mutex::new(NurseryState::default()),
+                supervisors: WaitGroup::default(),
+                pending_results: WaitGroup::default(),
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, NurseryState> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The actor this nursery belongs to.
+    pub fn actor(&self) -> &ActorCtx {
+        &self.inner.actor
+    }
+
+    /// Starts a child actor named `name` on `backend`; it lives until cancelled (by
+    /// [`ChildHandle::cancel`], [`cancel`](Self::cancel), a failure elsewhere, or the end of the
+    /// nursery). Returns once the child said `Hello`; a child that fails to come up is a
+    /// [`SpawnError`] and leaves the nursery usable.
+    pub async fn start_actor(
+        &self,
+        name: &str,
+        backend: Arc<dyn SpawnBackend>,
+        spec: ActorSpec,
+    ) -> Result<ChildHandle> {
+        self.start(name, backend, spec, false).await
+    }
+
+    /// Starts a child actor that runs one call, `func(args)`; its result comes through
+    /// [`ChildHandle::result`]. A failing call cancels the rest of the nursery and is returned
+    /// with the nursery's errors. The child is cancelled once its call has returned.
+    pub async fn run_in_actor(
+        &self,
+        name: &str,
+        backend: Arc<dyn SpawnBackend>,
+        func: &str,
+        args: Value,
+        spec: ActorSpec,
+    ) -> Result<ChildHandle> {
+        harrow_ipc::FnPath::parse(func).map_err(harrow_portal::Error::from)?;
+        let handle = self.start(name, backend, spec, true).await?;
+        let portal = handle.portal.clone();
+        let slot = handle.slot.clone();
+        let nursery = self.clone();
+        let func = func.to_owned();
+        let pending = self.inner.pending_results.add();
+        let task = self.inner.actor.executor().spawn(async move {
+            let _pending = pending;
+            let call = portal.run(&func, args);
+            // The call ends early if this child is torn down (its result is then Cancelled).
+            let result = match async { Some(call.await) }
+                .or(async {
+                    slot.teardown.cancelled().await;
+                    None
+                })
+                .await
+            {
+                Some(r) => r,
+                None => Err(harrow_portal::Error::Closed(format!(
+                    "actor {} was torn down before its call returned",
+                    slot.id
+                ))),
+            };
+            if let Err(e) = &result {
+                // Consequences of our own teardown are not failures.
+                if !slot.teardown.is_cancelled() && !nursery.inner.cancel.is_cancelled() {
+                    nursery.fail(ChildFailure::remote(
+                        slot.id.clone(),
+                        slot.backend.clone(),
+                        e.clone(),
+                    ));
+                }
+            }
+            *slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+            slot.result_ready.cancel();
+            // Its one job is done: the child is torn down now.
+            slot.teardown.cancel();
+        });
+        task.detach();
+        Ok(handle)
+    }
+
+    async fn start(
+        &self,
+        name: &str,
+        backend: Arc<dyn SpawnBackend>,
+        spec: ActorSpec,
+        is_run: bool,
+    ) -> Result<ChildHandle> {
+        if self.inner.closed.is_cancelled() {
+            return Err(Error::NurseryClosed);
+        }
+        let actor = &self.inner.actor;
+        let id = ActorId::new(name);
+        if name.is_empty() || name.contains('\0') || name.contains('/') {
+            return Err(SpawnError::BadSpec {
+                actor: id,
+                reason: format!("actor name {name:?} must be non-empty, without '/' or NUL"),
+            }
+            .into());
+        }
+        let mut spawn_spec = SpawnSpec::new(id.clone(), actor.id().clone());
+        spawn_spec.resolver = spec.resolver;
+        spawn_spec.params = spec.params;
+        spawn_spec.timeouts = spec.timeouts.unwrap_or_else(|| actor.timeouts());
+        let link_config = actor.link_config();
+        let come_up = link_config.hello_timeout;
+        let backend_name = backend.name().to_owned();
+        tracing::debug!(child = %id, backend = %backend_name, "spawning");
+
+        let mut child = match with_deadline(come_up, backend.spawn(spawn_spec)).await {
+            Some(Ok(child)) => child,
+            Some(Err(e)) => return Err(e.into()),
+            None => {
+                return Err(SpawnError::Failed {
+                    actor: id,
+                    reason: format!("backend {backend_name} did not start it within {come_up:?}"),
+                }
+                .into());
+            }
+        };
+        let Some(channel) = child.take_channel() else {
+            let reason = "backend returned a child without a channel".to_owned();
+            abandon(child, actor.timeouts()).await;
+            return Err(SpawnError::Failed { actor: id, reason }.into());
+        };
+        let local = LocalInfo {
+            id: actor.id().clone(),
+            backend: actor.backend().to_owned(),
+        };
+        let link = match Link::establish(
+            channel,
+            local,
+            actor.resolver(),
+            actor.executor(),
+            link_config,
+        )
+        .await
+        {
+            Ok(link) => link,
+            Err(e) => {
+                abandon(child, actor.timeouts()).await;
+                return Err(SpawnError::Handshake {
+                    actor: id,
+                    reason: e.to_string(),
+                }
+                .into());
+            }
+        };
+        if link.peer().id != id {
+            let reason = format!("it introduced itself as {}", link.peer().id);
+            link.close();
+            abandon(child, actor.timeouts()).await;
+            return Err(SpawnError::Handshake { actor: id, reason }.into());
+        }
+        let slot = Arc::new(ChildSlot {
+            id: id.clone(),
+            backend: backend_name,
+            teardown: CancelToken::new(),
+            finished: CancelToken::new(),
+            outcome: Mutex::new(None),
+            result: Mutex::new(None),
+            result_ready: CancelToken::new(),
+        });
+        let portal = link.portal();
+        self.state().children.push(slot.clone());
+        // A nursery that started tearing down while we were spawning tears this one down too.
+        if self.inner.cancel.is_cancelled() {
+            slot.teardown.cancel();
+        }
+        let guard = self.inner.supervisors.add();
+        let actor_guard = actor.track();
+        let nursery = self.clone();
+        let sup_slot = slot.clone();
+        actor
+            .executor()
+            .spawn(async move {
+                nursery.supervise(child, link, sup_slot).await;
+                drop(guard);
+                drop(actor_guard);
+            })
+            .detach();
+        Ok(ChildHandle {
+            portal,
+            slot,
+            is_run,
+        })
+    }
+
+    /// Supervises one child until it must go, then runs the ladder.
+    async fn supervise(&self, mut child: Box<dyn Child>, link: Link, slot: Arc<ChildSlot>) {
+        let escalate = self.inner.actor.escalation().clone();
+        enum Why {
+            Teardown,
+            LinkEnded(LinkEnd),
+        }
+        let why = async {
+            slot.teardown.cancelled().await;
+            Why::Teardown
+        }
+        .or(async {
+            self.inner.cancel.cancelled().await;
+            Why::Teardown
+        })
+        .or(async {
+            escalate.cancelled().await;
+            Why::Teardown
+        })
+        .or(async { Why::LinkEnded(link.closed().await) })
+        .await;
+        let timeouts = self.inner.actor.timeouts();
+        let outcome = match why {
+            Why::Teardown => ladder(&mut *child, &link, timeouts, &escalate).await,
+            Why::LinkEnded(LinkEnd::CancelRequested { canceller, reason }) => {
+                // The child asked *us* to cancel (it sent CancelActor up its link).
+                tracing::debug!(child = %slot.id, %canceller, %reason, "child asked its parent to cancel");
+                self.inner.actor.cancel_self(canceller);
+                ladder(&mut *child, &link, timeouts, &escalate).await
+            }
+            Why::LinkEnded(end) => {
+                // The child went away without being asked to: did it exit cleanly?
+                let outcome = ladder(&mut *child, &link, timeouts, &escalate).await;
+                if outcome != ChildOutcome::Exited {
+                    self.fail(ChildFailure::crashed(
+                        slot.id.clone(),
+                        slot.backend.clone(),
+                        format!("its channel ended ({end:?}) and it {outcome:?}"),
+                    ));
+                } else {
+                    tracing::debug!(child = %slot.id, ?end, "child left on its own");
+                }
+                outcome
+            }
+        };
+        link.close();
+        match &outcome {
+            ChildOutcome::Leaked(what) => {
+                tracing::warn!(child = %slot.id, backend = %slot.backend, %what, "child leaked");
+                self.fail(ChildFailure::leaked(
+                    slot.id.clone(),
+                    slot.backend.clone(),
+                    what.clone(),
+                ));
+            }
+            ChildOutcome::Failed(why) if !self.inner.cancel.is_cancelled() => {
+                tracing::warn!(child = %slot.id, %why, "child failed");
+            }
+            _ => tracing::debug!(child = %slot.id, ?outcome, "child ended"),
+        }
+        *slot.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        if !slot.result_ready.is_cancelled() {
+            *slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(
+                harrow_portal::Error::Closed(format!("actor {} ended", slot.id)),
+            ));
+            slot.result_ready.cancel();
+        }
+        slot.finished.cancel();
+    }
+
+    /// Records a failure and cancels everything else (one-cancels-all).
+    fn fail(&self, failure: ChildFailure) {
+        tracing::debug!(%failure, "nursery failure; cancelling the rest");
+        self.state().failures.push(failure);
+        self.inner.cancel.cancel();
+    }
+
+    /// Tears down every current child (gracefully, then by force) and waits for them all.
+    /// The nursery stays usable for new children.
+    pub async fn cancel(&self) {
+        let slots: Vec<_> = self.state().children.clone();
+        for s in &slots {
+            s.teardown.cancel();
+        }
+        for s in &slots {
+            s.finished.cancelled().await;
+        }
+    }
+
+    /// The children started so far, with their outcome once ended.
+    pub fn children(&self) -> Vec<(ActorId, String, Option<ChildOutcome>)> {
+        self.state()
+            .children
+            .iter()
+            .map(|s| {
+                (
+                    s.id.clone(),
+                    s.backend.clone(),
+                    s.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Starts the teardown of the whole nursery (body included), as a failure would.
+    pub(crate) fn cancel_all(&self) {
+        self.inner.cancel.cancel();
+    }
+
+    /// Marks the nursery as interrupted (SIGINT) and starts its teardown.
+    pub(crate) fn interrupt(&self) {
+        self.state().interrupted = true;
+        self.inner.cancel.cancel();
+    }
+
+    /// Ends the nursery: waits for `run_in_actor` results (unless cancelled), then tears every
+    /// child down and waits for all of them.
+    async fn finish(&self) {
+        async {
+            self.inner.pending_results.wait().await;
+        }
+        .or(self.inner.cancel.cancelled())
+        .await;
+        self.inner.closed.cancel();
+        self.inner.cancel.cancel();
+        self.inner.supervisors.wait().await;
+    }
+
+    fn take_error(&self) -> Option<NurseryError> {
+        let mut st = self.state();
+        let err = NurseryError {
+            body: st.body.take(),
+            failures: std::mem::take(&mut st.failures),
+            interrupted: st.interrupted,
+        };
+        (!err.is_empty()).then_some(err)
+    }
+}
+
+/// If an open nursery's future is dropped (its caller was cancelled), its teardown still runs:
+/// handed to the actor's executor and tracked, so the actor does not exit before it ends.
+struct TeardownOnDrop(Option<ActorNursery>);
+
+impl Drop for TeardownOnDrop {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.take() {
+            n.inner.cancel.cancel();
+            let guard = n.inner.actor.track();
+            let exec = n.inner.actor.executor().clone();
+            exec.spawn(async move {
+                n.finish().await;
+                drop(guard);
+            })
+            .detach();
+        }
+    }
+}
+
+/// Opens a nursery in the current actor, runs `body` with it, and returns only after every child
+/// has exited (or been reported leaked).
+///
+/// The body gets a clone of the nursery. When it returns, the nursery waits for the results of
+/// `run_in_actor` children, then cancels the children still running (actors started with
+/// `start_actor` live until then). The first failure (body error, failing call, crashed child)
+/// cancels the body and every other child; all failures come back together in a
+/// [`NurseryError`].
+pub async fn open_nursery<T, F, Fut>(body: F) -> std::result::Result<T, NurseryError>
+where
+    F: FnOnce(ActorNursery) -> Fut,
+    Fut: Future<Output = std::result::Result<T, BoxError>>,
+{
+    let Some(actor) = current_actor() else {
+        return Err(NurseryError {
+            body: Some(Box::new(Error::NoActor)),
+            ..NurseryError::default()
+        });
+    };
+    run_nursery(ActorNursery::new(actor), body).await
+}
+
+pub(crate) async fn run_nursery<T, F, Fut>(
+    nursery: ActorNursery,
+    body: F,
+) -> std::result::Result<T, NurseryError>
+where
+    F: FnOnce(ActorNursery) -> Fut,
+    Fut: Future<Output = std::result::Result<T, BoxError>>,
+{
+    let mut guard = TeardownOnDrop(Some(nursery.clone()));
+    let body_fut = body(nursery.clone());
+    let outcome = async { Some(body_fut.await) }
+        .or(async {
+            nursery.inner.cancel.cancelled().await;
+            None
+        })
+        .await;
+    let value = match outcome {
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "nursery body failed; cancelling children");
+            nursery.state().body = Some(e);
+            nursery.inner.cancel.cancel();
+            None
+        }
+        None => None,
+    };
+    nursery.finish().await;
+    guard.0 = None;
+    match (nursery.take_error(), value) {
+        (None, Some(v)) => Ok(v),
+        (Some(e), _) => Err(e),
+        (None, None) => Err(NurseryError {
+            body: Some("nursery body was cancelled".into()),
+            ..NurseryError::default()
+        }),
+    }
+}
+
+/// Gives up on a child that never came up: hard kill and a bounded join.
+async fn abandon(mut child: Box<dyn Child>, t: Timeouts) {
+    let _ = with_deadline(t.hard_kill, child.hard_kill()).await;
+    if child.join(t.hard_kill).await == Exit::Running {
+        tracing::warn!(child = %child.describe(), "child that failed to come up is leaked");
+    }
+}
+
+/// The teardown ladder for one child; every step is bounded (DESIGN.md §4).
+async fn ladder(
+    child: &mut dyn Child,
+    link: &Link,
+    t: Timeouts,
+    escalate: &CancelToken,
+) -> ChildOutcome {
+    let escalated = || escalate.is_cancelled();
+    // 1. CancelActor, unless the channel is already gone.
+    if !escalated() && !link.is_closed() {
+        let acked = async { Some(link.portal().cancel_actor(t.cancel_ack).await) }
+            .or(async {
+                escalate.cancelled().await;
+                None
+            })
+            .await;
+        tracing::debug!(child = %child.id(), ?acked, "cancel requested");
+    }
+    // 2. Wait for it to exit.
+    if !escalated() {
+        let exit = async { Some(child.join(t.graceful_exit).await) }
+            .or(async {
+                escalate.cancelled().await;
+                None
+            })
+            .await;
+        match exit {
+            Some(Exit::Exited) => return ChildOutcome::Exited,
+            Some(Exit::Failed(why)) => return ChildOutcome::Failed(why),
+            Some(Exit::Killed) => return ChildOutcome::Killed,
+            Some(Exit::Running) | None => {}
+        }
+    }
+    // 3. Hard kill.
+    tracing::debug!(child = %child.id(), "hard kill");
+    let killed = with_deadline(t.hard_kill, child.hard_kill()).await;
+    if let Some(Err(e)) = &killed {
+        tracing::warn!(child = %child.id(), error = %e, "hard kill failed");
+    }
+    // 4. Bounded join; a child still running is leaked.
+    match child.join(t.hard_kill).await {
+        Exit::Exited => ChildOutcome::Exited,
+        Exit::Failed(why) => ChildOutcome::Failed(why),
+        Exit::Killed => ChildOutcome::Killed,
+        Exit::Running => ChildOutcome::Leaked(child.describe()),
+    }
+}
+
+/// How long a full teardown of one child can take, plus a margin: a bound for callers.
+pub fn teardown_bound(t: &Timeouts) -> Duration {
+    t.ladder_bound() + Duration::from_millis(500)
+}

@@ -1,0 +1,176 @@
+//! [`run_root`]: the root actor of a process tree, and the only owner of SIGINT.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_lite::{FutureExt, StreamExt};
+use harrow_ipc::ActorId;
+use harrow_portal::{Executor, LinkConfig, Resolver};
+
+use crate::actor::ActorCtx;
+use crate::backend::Timeouts;
+use crate::error::{BoxError, NurseryError};
+use crate::nursery::{ActorNursery, run_nursery};
+
+/// How the root actor is set up.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RootConfig {
+    /// The root actor's name (default `"root"`).
+    pub name: String,
+    /// Teardown bounds for the root's children (and, by default, the whole tree).
+    pub timeouts: Timeouts,
+    /// Whether the root installs its SIGINT handling (default true). Turn it off when the
+    /// program already handles SIGINT or runs several roots.
+    pub handle_sigint: bool,
+    /// Functions the root serves to its children, if any.
+    pub resolver: Option<Arc<dyn Resolver>>,
+    /// Link tunables.
+    pub link_config: LinkConfig,
+}
+
+impl Default for RootConfig {
+    fn default() -> Self {
+        RootConfig {
+            name: "root".into(),
+            timeouts: Timeouts::default(),
+            handle_sigint: true,
+            resolver: None,
+            link_config: LinkConfig::default(),
+        }
+    }
+}
+
+impl fmt::Debug for RootConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RootConfig")
+            .field("name", &self.name)
+            .field("timeouts", &self.timeouts)
+            .field("handle_sigint", &self.handle_sigint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RootConfig {
+    /// Sets the teardown bounds.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Turns SIGINT handling on or off.
+    pub fn handle_sigint(mut self, on: bool) -> Self {
+        self.handle_sigint = on;
+        self
+    }
+
+    /// Sets the root actor's name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+}
+
+/// Runs the root actor on the calling thread: builds its executor, opens its nursery, runs
+/// `body`, and returns after every actor of the tree has exited or been reported leaked.
+///
+/// With [`RootConfig::handle_sigint`], the first SIGINT cancels the whole tree gracefully and a
+/// second one makes every teardown skip to the hard kill; the result is then an error with
+/// [`NurseryError::is_interrupted`] (exit code 130 by convention, see [`exit_code`]).
+///
+/// ```
+/// use harrow_runtime_core::{run_root, RootConfig};
+/// let v = run_root(RootConfig::default().handle_sigint(false), |_nursery| async { Ok(42) });
+/// assert_eq!(v.unwrap(), 42);
+/// ```
+pub fn run_root<T, F, Fut>(config: RootConfig, body: F) -> Result<T, NurseryError>
+where
+    F: FnOnce(ActorNursery) -> Fut,
+    Fut: Future<Output = Result<T, BoxError>>,
+{
+    let id = ActorId::new(config.name.clone());
+    let span = tracing::info_span!("actor", name = %id.name, uid = %id.uid, backend = "root");
+    let _entered = span.enter();
+    let exec: Executor = Arc::new(async_executor::Executor::new());
+    let ctx = ActorCtx::new(
+        id,
+        "root",
+        exec.clone(),
+        config.timeouts,
+        config.link_config.clone(),
+        config.resolver.clone(),
+    );
+    let _current = ctx.enter();
+    let nursery = ActorNursery::new_root(ctx.clone());
+    let signals = if config.handle_sigint {
+        match async_signal::Signals::new([async_signal::Signal::Int]) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install the SIGINT handler; Ctrl-C will not cancel the tree");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let watch_nursery = nursery.clone();
+    let watch_ctx = ctx.clone();
+    let watcher = async move {
+        let Some(mut signals) = signals else {
+            return std::future::pending::<()>().await;
+        };
+        let mut seen = 0;
+        while let Some(sig) = signals.next().await {
+            if sig.is_err() {
+                continue;
+            }
+            seen += 1;
+            if seen == 1 {
+                tracing::warn!("SIGINT: cancelling the actor tree (again to force)");
+                watch_nursery.interrupt();
+            } else {
+                tracing::warn!("second SIGINT: hard-killing what is left");
+                watch_ctx.escalation().cancel();
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    let self_cancel_nursery = nursery.clone();
+    let self_cancel_ctx = ctx.clone();
+    let self_cancel = async move {
+        self_cancel_ctx.self_cancel_token().cancelled().await;
+        tracing::debug!(canceller = ?self_cancel_ctx.self_canceller(), "root cancelled by a child");
+        self_cancel_nursery.cancel_all();
+    };
+    let main = run_nursery(nursery, body);
+    let result = async_io::block_on(exec.run(async move {
+        let watcher = exec_spawn(&ctx, watcher);
+        let self_cancel = exec_spawn(&ctx, self_cancel);
+        let r = main.await;
+        // Children's teardowns are done; wait for stray detached teardowns (bounded).
+        ctx.wait_tracked(crate::nursery::teardown_bound(&ctx.timeouts()))
+            .await;
+        drop(watcher);
+        drop(self_cancel);
+        r
+    }));
+    result
+}
+
+fn exec_spawn(
+    ctx: &ActorCtx,
+    fut: impl Future<Output = ()> + Send + 'static,
+) -> async_executor::Task<()> {
+    ctx.executor().spawn(fut.or(std::future::pending()))
+}
+
+/// The conventional process exit code for a root's result: 0, 130 when interrupted by SIGINT,
+/// 1 for any other failure.
+pub fn exit_code<T>(result: &Result<T, NurseryError>) -> i32 {
+    match result {
+        Ok(_) => 0,
+        Err(e) if e.is_interrupted() => 130,
+        Err(_) => 1,
+    }
+}

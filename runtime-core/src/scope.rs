@@ -1,0 +1,249 @@
+//! Cancel scopes: deadlines ([`move_on_after`], [`fail_after`]), [`shield`], and the
+//! [`CancelToken`] the runtime signals with.
+//!
+//! In Rust, cancelling a task is dropping its future. A deadline drops the future when it passes;
+//! a shield keeps a future running to completion even if its caller is dropped, on the current
+//! actor's executor, and the actor does not exit before it ends (the parent's hard-kill bound
+//! still applies: a shield defers the graceful cancel, it never absorbs the escalation).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use event_listener::Event;
+use futures_lite::FutureExt;
+
+/// A one-way cancellation signal. Cheap to clone; all clones see the same state.
+#[derive(Clone, Default)]
+pub struct CancelToken {
+    inner: Arc<TokenInner>,
+}
+
+#[derive(Default)]
+struct TokenInner {
+    cancelled: AtomicBool,
+    event: Event,
+}
+
+impl std::fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelToken")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+impl CancelToken {
+    /// A token not yet cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancels: every current and future waiter wakes. Idempotent.
+    pub fn cancel(&self) {
+        if !self.inner.cancelled.swap(true, Ordering::SeqCst) {
+            self.inner.event.notify(usize::MAX);
+        }
+    }
+
+    /// Whether [`cancel`](CancelToken::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the token is cancelled.
+    pub async fn cancelled(&self) {
+        loop {
+            if self.is_cancelled() {
+                return;
+            }
+            let listener = self.inner.event.listen();
+            if self.is_cancelled() {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// Counts outstanding pieces of work and lets others wait for the count to reach zero.
+#[derive(Clone, Default)]
+pub(crate) struct WaitGroup {
+    inner: Arc<WaitGroupInner>,
+}
+
+#[derive(Default)]
+struct WaitGroupInner {
+    count: AtomicUsize,
+    event: Event,
+}
+
+/// Decrements its [`WaitGroup`] when dropped.
+pub(crate) struct WaitGroupGuard {
+    inner: Arc<WaitGroupInner>,
+}
+
+impl Drop for WaitGroupGuard {
+    fn drop(&mut self) {
+        if self.inner.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.inner.event.notify(usize::MAX);
+        }
+    }
+}
+
+impl WaitGroup {
+    pub(crate) fn add(&self) -> WaitGroupGuard {
+        self.inner.count.fetch_add(1, Ordering::SeqCst);
+        WaitGroupGuard {
+            inner: self.inner.clone(),
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.inner.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the count is zero.
+    pub(crate) async fn wait(&self) {
+        loop {
+            if self.count() == 0 {
+                return;
+            }
+            let listener = self.inner.event.listen();
+            if self.count() == 0 {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Waits until the count is zero or `bound` passes; true if it reached zero.
+    pub(crate) async fn wait_for(&self, bound: Duration) -> bool {
+        with_deadline(bound, self.wait()).await.is_some()
+    }
+}
+
+/// Runs `fut` for at most `bound`; `None` if the deadline passed first (the future is dropped).
+pub(crate) async fn with_deadline<F: Future>(bound: Duration, fut: F) -> Option<F::Output> {
+    async { Some(fut.await) }
+        .or(async {
+            async_io::Timer::after(bound).await;
+            None
+        })
+        .await
+}
+
+/// Runs `fut`, cancelling (dropping) it after `bound`. Returns `None` if it was cancelled.
+///
+/// ```
+/// use std::time::Duration;
+/// # futures_lite::future::block_on(async {
+/// let r = harrow_runtime_core::move_on_after(Duration::from_millis(10), std::future::pending::<()>()).await;
+/// assert!(r.is_none());
+/// # });
+/// ```
+pub async fn move_on_after<F: Future>(bound: Duration, fut: F) -> Option<F::Output> {
+    with_deadline(bound, fut).await
+}
+
+/// The deadline of a [`fail_after`] passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("deadline of {0:?} passed")]
+pub struct DeadlineExceeded(pub Duration);
+
+/// Runs `fut`, failing with [`DeadlineExceeded`] (and dropping it) after `bound`.
+pub async fn fail_after<F: Future>(bound: Duration, fut: F) -> Result<F::Output, DeadlineExceeded> {
+    with_deadline(bound, fut)
+        .await
+        .ok_or(DeadlineExceeded(bound))
+}
+
+/// Runs `fut` to completion even if the caller is dropped (cancelled) meanwhile.
+///
+/// Inside an actor, the shielded future runs as a task on the actor's executor and the actor
+/// does not exit before it ends; the graceful cancel waits for it, the hard kill does not.
+/// Outside an actor there is nothing to keep it alive: it simply runs inline.
+pub async fn shield<F>(fut: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match crate::actor::current_actor() {
+        Some(actor) => {
+            let guard = actor.track();
+            let task = actor.executor().spawn(async move {
+                let out = fut.await;
+                drop(guard);
+                out
+            });
+            Detaching(Some(task)).await
+        }
+        // Outside an actor there is no executor to outlive the caller: run inline.
+        None => fut.await,
+    }
+}
+
+/// A task handle that detaches (keeps running) instead of cancelling when dropped.
+struct Detaching<T>(Option<async_executor::Task<T>>);
+
+impl<T> Future for Detaching<T> {
+    type Output = T;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<T> {
+        let task = self.0.as_mut().expect("polled after completion");
+        match task.poll(cx) {
+            std::task::Poll::Ready(v) => {
+                self.0 = None;
+                std::task::Poll::Ready(v)
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<T> Drop for Detaching<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.detach();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::block_on;
+
+    #[test]
+    fn token_wakes_waiters() {
+        let t = CancelToken::new();
+        let t2 = t.clone();
+        let h = std::thread::spawn(move || block_on(t2.cancelled()));
+        t.cancel();
+        h.join().unwrap();
+        assert!(t.is_cancelled());
+    }
+
+    #[test]
+    fn fail_after_times_out() {
+        let r = block_on(fail_after(
+            Duration::from_millis(5),
+            std::future::pending::<()>(),
+        ));
+        assert_eq!(r, Err(DeadlineExceeded(Duration::from_millis(5))));
+        let r = block_on(fail_after(Duration::from_secs(5), async { 3 }));
+        assert_eq!(r, Ok(3));
+    }
+
+    #[test]
+    fn wait_group_counts() {
+        let wg = WaitGroup::default();
+        let g = wg.add();
+        assert!(!block_on(wg.wait_for(Duration::from_millis(5))));
+        drop(g);
+        assert!(block_on(wg.wait_for(Duration::from_secs(5))));
+    }
+}
