@@ -278,8 +278,13 @@ impl ActorNursery {
                 ))),
             };
             if let Err(e) = &result {
-                // Consequences of our own teardown are not failures.
-                if !slot.teardown.is_cancelled() && !nursery.inner.cancel.is_cancelled() {
+                // Consequences of our own teardown (a cancelled call, a channel we closed) are not
+                // failures; anything the child raised is, even if it arrives after the teardown
+                // started, so that simultaneous failures are all reported.
+                let tearing_down =
+                    slot.teardown.is_cancelled() || nursery.inner.cancel.is_cancelled();
+                let consequence = e.is_cancelled() || (e.is_closed() && tearing_down);
+                if !consequence {
                     nursery.fail(ChildFailure::remote(
                         slot.id.clone(),
                         slot.backend.clone(),
@@ -431,6 +436,9 @@ impl ActorNursery {
                 // The child asked *us* to cancel (it sent CancelActor up its link).
                 tracing::debug!(child = %slot.id, %canceller, %reason, "child asked its parent to cancel");
                 self.inner.actor.cancel_self(canceller);
+                // That link is done: closing it tells the child, which then exits as an orphan
+                // would, without waiting for a CancelActor of its own.
+                link.close();
                 ladder(&mut *child, &link, timeouts, &escalate).await
             }
             Why::LinkEnded(end) => {

@@ -1,3 +1,139 @@
-//! harrow's test kit: the backend conformance suite, resource tracker, hang watchdog and fault
-//! injection wrappers.
+//! harrow's test kit: what every harrow test runs under.
+//!
+//! This first part is backend-independent:
+//!
+//! - [`tracker`]: a resource tracker that snapshots this process's threads, open fds, child
+//!   processes and registered counters before a test and requires the same after it (after a
+//!   short settle), naming what leaked;
+//! - [`watchdog`]: a hang watchdog that, when a test outlives its bound, writes every thread's
+//!   native stack (and any registered extra section, such as Python stacks) to a file under
+//!   `target/hang-dumps/`, prints the path and aborts the process, so a hang never wedges the
+//!   runner;
+//! - [`harness`] / [`harness_async`]: run a test body under both.
+//!
+//! And for backends:
+//!
+//! - [`conformance`]: the backend conformance suite, the scenarios of `SCENARIOS.md` stamped out
+//!   as one `#[test]` each by [`conformance_suite!`];
+//! - [`testfns`]: the standard Rust functions the scenarios call;
+//! - [`faults`]: fault-injecting backend and channel wrappers.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! #[test]
+//! fn spawned_thread_is_joined() {
+//!     harrow_testkit::harness(
+//!         "spawned_thread_is_joined",
+//!         Duration::from_secs(60), // hang bound
+//!         Duration::from_secs(2),  // leak settle
+//!         || std::thread::spawn(|| 1 + 1).join().unwrap(),
+//!     );
+//! }
+//! ```
+//!
+//! A test using the tracker must be alone in its process (see [`tracker`]): `cargo nextest`
+//! runs one test per process; under `cargo test`, give it its own integration-test file.
 #![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub mod conformance;
+pub mod faults;
+pub mod testfns;
+pub mod tracker;
+pub mod watchdog;
+
+pub use tracker::{LeakReport, ResourceSnapshot, ResourceTracker, register_counter};
+pub use watchdog::{Watchdog, WatchdogGuard, block_on_bounded, register_dump_section, run_bounded};
+
+/// A generous default hang bound for one test on a loaded machine; below nextest's 120 s backstop
+/// (`.config/nextest.toml`) so that the watchdog dumps stacks before nextest kills the test.
+pub const DEFAULT_BOUND: Duration = Duration::from_secs(90);
+
+/// A default settle for the leak check: long enough for exiting threads and reaped children.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(5);
+
+/// What can go wrong in the test kit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A `/proc` directory could not be listed (not Linux, or `/proc` not mounted).
+    #[error("cannot read {}: {source}", path.display())]
+    Proc {
+        /// The directory that could not be read.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Resources were still held after the settle bound; the report names them.
+    #[error("{0}")]
+    Leaked(Box<LeakReport>),
+    /// The watchdog thread could not be started.
+    #[error("cannot start the hang watchdog thread: {0}")]
+    Watchdog(std::io::Error),
+    /// A hang dump could not be written.
+    #[error("cannot write the hang dump {}: {source}", path.display())]
+    Dump {
+        /// The dump file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The leak report, if this error is a leak.
+    pub fn leak_report(&self) -> Option<&LeakReport> {
+        match self {
+            Error::Leaked(report) => Some(report),
+            _ => None,
+        }
+    }
+}
+
+/// The test kit's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs a test body under the hang watchdog and the resource tracker.
+///
+/// Arms a [`Watchdog`] with `bound` first (so its thread is in the starting snapshot), then
+/// starts a [`ResourceTracker`], runs `f`, and requires every resource taken to be given back
+/// within `settle`.
+///
+/// # Panics
+///
+/// If something leaked (the message names it), if `/proc` cannot be read or the watchdog cannot
+/// be armed, and as `f` does. If `f` outlives `bound`, the process aborts after the hang dump.
+#[track_caller]
+pub fn harness<T>(name: &str, bound: Duration, settle: Duration, f: impl FnOnce() -> T) -> T {
+    let _watchdog = watchdog::arm_or_panic(name, bound);
+    let tracker = start_tracker(name);
+    let out = f();
+    tracker.assert_no_leaks(settle);
+    out
+}
+
+/// [`harness`] for an async body, run to completion on this thread with `async_io::block_on`.
+///
+/// # Panics
+///
+/// As [`harness`].
+#[track_caller]
+pub fn harness_async<F: Future>(
+    name: &str,
+    bound: Duration,
+    settle: Duration,
+    fut: F,
+) -> F::Output {
+    harness(name, bound, settle, || async_io::block_on(fut))
+}
+
+#[track_caller]
+fn start_tracker(name: &str) -> ResourceTracker {
+    ResourceTracker::start().unwrap_or_else(|e| panic!("{name}: resource tracker: {e}"))
+}

@@ -1,0 +1,306 @@
+//! Fault injection: wrappers that implement the same traits as what they wrap.
+//!
+//! - [`FailingBackend`]: a backend whose every spawn fails.
+//! - [`BreakableBackend`]: wraps a backend so that the parent's end of each child's channel can be
+//!   broken on demand or after N messages, as if the peer died; both sides then see `Closed`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_listener::Event;
+use harrow_runtime_core::ipc::{
+    ActorId, BoxFuture as IpcBoxFuture, Channel, ChannelRx, ChannelTx, Msg, RecvError, RecvHalf,
+    SendError, SendHalf,
+};
+use harrow_runtime_core::{
+    BoxFuture, Capabilities, Child, Exit, SpawnBackend, SpawnError, SpawnSpec,
+};
+
+/// A backend whose spawn always fails with a clear [`SpawnError`], for the spawn-failure scenario.
+#[derive(Debug)]
+pub struct FailingBackend {
+    inner: Arc<dyn SpawnBackend>,
+}
+
+impl FailingBackend {
+    /// Fails every spawn, claiming `inner`'s name and capabilities.
+    pub fn wrap(inner: Arc<dyn SpawnBackend>) -> Arc<dyn SpawnBackend> {
+        Arc::new(FailingBackend { inner })
+    }
+}
+
+impl SpawnBackend for FailingBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {
+        Box::pin(async move {
+            Err(SpawnError::Failed {
+                actor: spec.id,
+                reason: "fault injection: this backend's spawns always fail".into(),
+            })
+        })
+    }
+}
+
+/// Which direction a [`Breaker`] counts messages in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Messages the parent sends to the child.
+    ToChild,
+    /// Messages the parent receives from the child.
+    FromChild,
+}
+
+/// Breaks one parent-child channel: after [`Breaker::break_now`], the parent's sends fail, its
+/// receives return `Closed`, and the child's receives return `Closed`.
+#[derive(Clone, Debug)]
+pub struct Breaker {
+    inner: Arc<BreakerInner>,
+}
+
+#[derive(Debug)]
+struct BreakerInner {
+    broken: AtomicBool,
+    event: Event,
+    tx: Mutex<Option<ChannelTx>>,
+    rule: Option<(Direction, usize)>,
+    to_child: AtomicUsize,
+    from_child: AtomicUsize,
+}
+
+impl Breaker {
+    fn new(rule: Option<(Direction, usize)>) -> Self {
+        Breaker {
+            inner: Arc::new(BreakerInner {
+                broken: AtomicBool::new(false),
+                event: Event::new(),
+                tx: Mutex::new(None),
+                rule,
+                to_child: AtomicUsize::new(0),
+                from_child: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Breaks the channel now. Idempotent.
+    pub fn break_now(&self) {
+        if !self.inner.broken.swap(true, Ordering::SeqCst) {
+            if let Some(tx) = self
+                .inner
+                .tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                tx.close();
+            }
+            self.inner.event.notify(usize::MAX);
+        }
+    }
+
+    /// Whether the channel is broken.
+    pub fn is_broken(&self) -> bool {
+        self.inner.broken.load(Ordering::SeqCst)
+    }
+
+    /// Messages that went through, per direction.
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.inner.to_child.load(Ordering::SeqCst),
+            self.inner.from_child.load(Ordering::SeqCst),
+        )
+    }
+
+    fn count(&self, dir: Direction) {
+        let n = match dir {
+            Direction::ToChild => self.inner.to_child.fetch_add(1, Ordering::SeqCst) + 1,
+            Direction::FromChild => self.inner.from_child.fetch_add(1, Ordering::SeqCst) + 1,
+        };
+        if let Some((d, limit)) = self.inner.rule {
+            if d == dir && n >= limit {
+                self.break_now();
+            }
+        }
+    }
+
+    async fn broken(&self) {
+        loop {
+            if self.is_broken() {
+                return;
+            }
+            let l = self.inner.event.listen();
+            if self.is_broken() {
+                return;
+            }
+            l.await;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct BreakTx {
+    tx: ChannelTx,
+    breaker: Breaker,
+}
+
+impl SendHalf for BreakTx {
+    fn send(&self, msg: Msg) -> IpcBoxFuture<'_, Result<(), SendError>> {
+        Box::pin(async move {
+            if self.breaker.is_broken() {
+                return Err(SendError::Closed(Box::new(msg)));
+            }
+            self.tx.send(msg).await?;
+            self.breaker.count(Direction::ToChild);
+            Ok(())
+        })
+    }
+    fn close(&self) {
+        self.tx.close();
+    }
+}
+
+#[derive(Debug)]
+struct BreakRx {
+    rx: Option<ChannelRx>,
+    breaker: Breaker,
+}
+
+impl RecvHalf for BreakRx {
+    fn recv(&mut self) -> IpcBoxFuture<'_, Result<Msg, RecvError>> {
+        Box::pin(async move {
+            if self.breaker.is_broken() {
+                self.rx = None;
+                return Err(RecvError::Closed);
+            }
+            let Some(rx) = self.rx.as_mut() else {
+                return Err(RecvError::Closed);
+            };
+            let breaker = self.breaker.clone();
+            let got = futures_lite::future::or(async { Some(rx.recv().await) }, async {
+                breaker.broken().await;
+                None
+            })
+            .await;
+            match got {
+                Some(Ok(msg)) => {
+                    self.breaker.count(Direction::FromChild);
+                    if self.breaker.is_broken() {
+                        // The limit was reached by this message: it is the last one delivered.
+                        return Ok(msg);
+                    }
+                    Ok(msg)
+                }
+                Some(Err(e)) => Err(e),
+                None => {
+                    self.rx = None;
+                    Err(RecvError::Closed)
+                }
+            }
+        })
+    }
+}
+
+/// Wraps a backend so that every child's channel can be broken (see [`Breaker`]).
+#[derive(Debug)]
+pub struct BreakableBackend {
+    inner: Arc<dyn SpawnBackend>,
+    rule: Option<(Direction, usize)>,
+    breakers: Mutex<Vec<(ActorId, Breaker)>>,
+}
+
+impl BreakableBackend {
+    /// Channels break only when told to.
+    pub fn wrap(inner: Arc<dyn SpawnBackend>) -> Arc<BreakableBackend> {
+        Arc::new(BreakableBackend {
+            inner,
+            rule: None,
+            breakers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Channels break by themselves after `n` messages in `dir`.
+    pub fn break_after(
+        inner: Arc<dyn SpawnBackend>,
+        dir: Direction,
+        n: usize,
+    ) -> Arc<BreakableBackend> {
+        Arc::new(BreakableBackend {
+            inner,
+            rule: Some((dir, n)),
+            breakers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The breaker of the channel to `actor`.
+    pub fn breaker(&self, actor: &ActorId) -> Option<Breaker> {
+        self.breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(id, _)| id == actor)
+            .map(|(_, b)| b.clone())
+    }
+}
+
+impl SpawnBackend for BreakableBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {
+        Box::pin(async move {
+            let mut child = self.inner.spawn(spec).await?;
+            let breaker = Breaker::new(self.rule);
+            let channel = child.take_channel().map(|ch| {
+                let (tx, rx) = ch.split();
+                *breaker.inner.tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+                Channel::from_halves(
+                    BreakTx {
+                        tx,
+                        breaker: breaker.clone(),
+                    },
+                    BreakRx {
+                        rx: Some(rx),
+                        breaker: breaker.clone(),
+                    },
+                )
+            });
+            self.breakers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((child.id().clone(), breaker));
+            Ok(Box::new(BrokenChild { child, channel }) as Box<dyn Child>)
+        })
+    }
+}
+
+#[derive(Debug)]
+struct BrokenChild {
+    child: Box<dyn Child>,
+    channel: Option<Channel>,
+}
+
+impl Child for BrokenChild {
+    fn id(&self) -> &ActorId {
+        self.child.id()
+    }
+    fn take_channel(&mut self) -> Option<Channel> {
+        self.channel.take()
+    }
+    fn hard_kill(&mut self) -> BoxFuture<'_, Result<(), String>> {
+        self.child.hard_kill()
+    }
+    fn join(&mut self, bound: Duration) -> BoxFuture<'_, Exit> {
+        self.child.join(bound)
+    }
+    fn describe(&self) -> String {
+        self.child.describe()
+    }
+}

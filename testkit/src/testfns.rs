@@ -1,0 +1,271 @@
+//! The standard test functions every backend serves for the conformance suite, in Rust.
+//!
+//! Python backends serve the same names from a Python package (see `spawn-subint`'s tests).
+//! Each function's contract is written on it; the scenarios in [`conformance`](crate::conformance)
+//! rely on exactly that.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use harrow_runtime_core::ipc::{ErrorKind, Value};
+use harrow_runtime_core::portal::{CallError, CalleeContext, FnRegistry};
+use harrow_runtime_core::{current_actor, open_nursery, shield};
+
+use crate::conformance::BackendFactory;
+
+/// Set to let `busy` and `block` calls in this process return (so a leaked thread can end).
+pub static RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// Items sent so far by `ctx_produce` in this process.
+pub static PRODUCED: AtomicU64 = AtomicU64::new(0);
+
+/// The error `fail` raises.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TestError(pub String);
+
+fn bad_args(func: &str, want: &str, got: &Value) -> CallError {
+    CallError::new(
+        ErrorKind::BadArguments,
+        "TypeError",
+        format!("{func} takes {want}, got {}", got.kind_name()),
+    )
+}
+
+fn int_arg(func: &str, v: &Value) -> Result<i64, CallError> {
+    v.as_i64().ok_or_else(|| bad_args(func, "an int", v))
+}
+
+/// The registry of the standard test functions, under the module `testfns`.
+///
+/// `factory` is what the nested functions (`spawn_tree`, `relay_fail`, `ctx_spawn_canceller`)
+/// use to start their own children.
+pub fn registry(factory: Arc<dyn BackendFactory>) -> Arc<FnRegistry> {
+    let mut r = FnRegistry::new();
+    register(&mut r, factory).expect("the standard test function paths are valid");
+    Arc::new(r)
+}
+
+fn register(
+    r: &mut FnRegistry,
+    factory: Arc<dyn BackendFactory>,
+) -> Result<(), harrow_runtime_core::ipc::FnPathError> {
+    // echo(v) -> v
+    r.unary("testfns:echo", |v| async move { Ok(v) })?;
+    // add([a, b]) -> a + b
+    r.unary("testfns:add", |v| async move {
+        match v.as_list() {
+            Some([Value::Int(a), Value::Int(b)]) => Ok(Value::Int(a.wrapping_add(*b))),
+            _ => Err(bad_args("add", "[int, int]", &v)),
+        }
+    })?;
+    // fail(msg): raises TestError(msg)
+    r.unary("testfns:fail", |v| async move {
+        let msg = v.as_str().unwrap_or("failed on purpose").to_owned();
+        Err(TestError(msg).into())
+    })?;
+    // fail_slowly({ms, msg}): blocks the actor for `ms` without yielding, then raises
+    // TestError(msg)
+    r.unary("testfns:fail_slowly", |v| async move {
+        let ms = v.get("ms").and_then(Value::as_i64).unwrap_or(0);
+        let msg = v
+            .get("msg")
+            .and_then(Value::as_str)
+            .unwrap_or("failed")
+            .to_owned();
+        std::thread::sleep(Duration::from_millis(ms.max(0) as u64));
+        Err(TestError(msg).into())
+    })?;
+    // sleep_ms(ms): a cooperative sleep
+    r.unary("testfns:sleep_ms", |v| async move {
+        let ms = int_arg("sleep_ms", &v)?;
+        async_io::Timer::after(Duration::from_millis(ms.max(0) as u64)).await;
+        Ok(Value::Null)
+    })?;
+    // busy(): never yields to the executor (until RELEASE is set in this process)
+    r.unary("testfns:busy", |_| async move {
+        while !RELEASE.load(Ordering::SeqCst) {
+            std::hint::spin_loop();
+        }
+        Ok(Value::Null)
+    })?;
+    // block(): a blocking native wait that does not yield (until RELEASE)
+    r.unary("testfns:block", |_| async move {
+        while !RELEASE.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(Value::Null)
+    })?;
+    // produced() -> items sent by ctx_produce in this actor's process
+    r.unary("testfns:produced", |_| async move {
+        Ok(Value::Int(PRODUCED.load(Ordering::SeqCst) as i64))
+    })?;
+    // ctx_started(v): started(v), returns "done"
+    r.context("testfns:ctx_started", |ctx, v| async move {
+        ctx.started(v).await?;
+        Ok(Value::from("done"))
+    })?;
+    // ctx_started_twice(): calls started twice; the second is an error
+    r.context("testfns:ctx_started_twice", |ctx, _| async move {
+        ctx.started(Value::Null).await?;
+        ctx.started(Value::Null).await?;
+        Ok(Value::Null)
+    })?;
+    // ctx_stream_before_started(): opens a stream before started; an error
+    r.context("testfns:ctx_stream_before_started", |ctx, _| async move {
+        let _stream = ctx.open_stream().await?;
+        ctx.started(Value::Null).await?;
+        Ok(Value::Null)
+    })?;
+    // ctx_echo(): started(None), echoes every item until the caller stops; returns the count
+    r.context("testfns:ctx_echo", |ctx, _| async move {
+        ctx.started(Value::Null).await?;
+        let mut stream = ctx.open_stream().await?;
+        let mut n = 0i64;
+        while let Some(item) = stream.recv().await? {
+            stream.send(item).await?;
+            n += 1;
+        }
+        stream.close().await?;
+        Ok(Value::Int(n))
+    })?;
+    // ctx_produce(n): started(None), sends 0..n, closes; returns n
+    r.context("testfns:ctx_produce", |ctx, v| async move {
+        let n = int_arg("ctx_produce", &v)?;
+        ctx.started(Value::Null).await?;
+        let stream = ctx.open_stream().await?;
+        for i in 0..n {
+            stream.send(Value::Int(i)).await?;
+            PRODUCED.fetch_add(1, Ordering::SeqCst);
+        }
+        stream.close().await?;
+        Ok(Value::Int(n))
+    })?;
+    // ctx_close_first(): started(None), closes its side at once, then drains the caller's side;
+    // returns whether a send after close failed (it must)
+    r.context("testfns:ctx_close_first", |ctx, _| async move {
+        ctx.started(Value::Null).await?;
+        let mut stream = ctx.open_stream().await?;
+        stream.close().await?;
+        let send_failed = stream.send(Value::Null).await.is_err();
+        while stream.recv().await?.is_some() {}
+        Ok(Value::Bool(send_failed))
+    })?;
+    // ctx_wait_forever(): started(None), then waits until cancelled
+    r.context("testfns:ctx_wait_forever", |ctx, _| async move {
+        ctx.started(Value::Null).await?;
+        std::future::pending::<()>().await;
+        Ok(Value::Null)
+    })?;
+    // ctx_shielded({ms, marker}): started(None), then a shielded section of `ms` that creates
+    // the file `marker` when it completes
+    r.context("testfns:ctx_shielded", |ctx, v| async move {
+        let ms = v
+            .get("ms")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| bad_args("ctx_shielded", "{ms, marker}", &v))?;
+        let marker = v
+            .get("marker")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad_args("ctx_shielded", "{ms, marker}", &v))?
+            .to_owned();
+        ctx.started(Value::Null).await?;
+        shield(async move {
+            async_io::Timer::after(Duration::from_millis(ms.max(0) as u64)).await;
+            let _ = std::fs::write(&marker, b"done");
+        })
+        .await;
+        Ok(Value::Null)
+    })?;
+    // spawn_tree({depth, breadth}): starts `breadth` children each running spawn_tree(depth-1),
+    // calls started(total actors in this subtree), then waits until cancelled
+    let f = factory.clone();
+    r.context("testfns:spawn_tree", move |ctx, v| {
+        spawn_tree(f.clone(), ctx, v)
+    })?;
+    // relay_fail(msg): starts a child and calls fail(msg) there, propagating its error
+    let f = factory.clone();
+    r.unary("testfns:relay_fail", move |v| {
+        let f = f.clone();
+        async move {
+            let out = open_nursery(|n| async move {
+                let child = n.start_actor("relay-leaf", f.backend(), f.spec()).await?;
+                Ok(child.run(&f.func("fail"), v).await)
+            })
+            .await
+            .map_err(|e| CallError::raised("NurseryError", e.to_string()))?;
+            Ok(out?)
+        }
+    })?;
+    // cancel_parent(): asks this actor's parent to cancel itself
+    r.unary("testfns:cancel_parent", |_| async move {
+        let parent = current_actor()
+            .and_then(|a| a.parent())
+            .ok_or_else(|| CallError::raised("RuntimeError", "no parent"))?;
+        Ok(Value::Bool(
+            parent.cancel_actor(Duration::from_secs(5)).await,
+        ))
+    })?;
+    // ctx_spawn_canceller(): started(None), starts a child that asks this actor to cancel itself,
+    // then waits until cancelled
+    let f = factory;
+    r.context("testfns:ctx_spawn_canceller", move |ctx, _| {
+        let f = f.clone();
+        async move {
+            ctx.started(Value::Null).await?;
+            let _ = open_nursery(|n| async move {
+                n.run_in_actor(
+                    "canceller",
+                    f.backend(),
+                    &f.func("cancel_parent"),
+                    Value::Null,
+                    f.spec(),
+                )
+                .await?;
+                std::future::pending::<()>().await;
+                Ok(())
+            })
+            .await;
+            Ok(Value::Null)
+        }
+    })?;
+    Ok(())
+}
+
+async fn spawn_tree(
+    f: Arc<dyn BackendFactory>,
+    ctx: CalleeContext,
+    v: Value,
+) -> Result<Value, CallError> {
+    let depth = v.get("depth").and_then(Value::as_i64).unwrap_or(1);
+    let breadth = v.get("breadth").and_then(Value::as_i64).unwrap_or(1);
+    if depth <= 1 {
+        ctx.started(Value::Int(1)).await?;
+        std::future::pending::<()>().await;
+        return Ok(Value::Null);
+    }
+    let result = open_nursery(|n| async move {
+        let mut contexts = Vec::new();
+        let mut total = 1;
+        for i in 0..breadth {
+            let child = n
+                .start_actor(&format!("tree-d{}-{i}", depth - 1), f.backend(), f.spec())
+                .await?;
+            let args = Value::Map(vec![
+                ("depth".into(), Value::Int(depth - 1)),
+                ("breadth".into(), Value::Int(breadth)),
+            ]);
+            let (cctx, first) = child.open_context(&f.func("spawn_tree"), args).await?;
+            total += first.as_i64().unwrap_or(0);
+            contexts.push(cctx);
+        }
+        ctx.started(Value::Int(total)).await?;
+        std::future::pending::<()>().await;
+        drop(contexts);
+        Ok(())
+    })
+    .await;
+    result.map_err(|e| CallError::raised("NurseryError", e.to_string()))?;
+    Ok(Value::Null)
+}
