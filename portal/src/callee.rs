@@ -3,10 +3,13 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use harrow_ipc::{ActorId, CallKind, Cid, ErrorKind, FnPath, RemoteError, Value};
+use harrow_ipc::{ActorId, CallKind, Cid, ErrorKind, FnPath, Msg, RemoteError, Value};
 
-use crate::{MsgStream, Result};
+use crate::chan::Chan;
+use crate::link::Shared;
+use crate::{Error, MsgStream, Result};
 
 /// The future a resolver returns for one call. Dropping it cancels the call.
 pub type CallFuture = Pin<Box<dyn Future<Output = std::result::Result<Value, CallError>> + Send>>;
@@ -99,7 +102,9 @@ impl CallError {
                 type_name,
                 message,
                 traceback,
-            } => RemoteError::new(kind, type_name, message, local.clone()).with_traceback(traceback),
+            } => {
+                RemoteError::new(kind, type_name, message, local.clone()).with_traceback(traceback)
+            }
             CallErrorRepr::Relayed(r) => {
                 let mut r = *r;
                 if r.source != *local && r.relay_path.last() != Some(local) {
@@ -166,48 +171,135 @@ where
     }
 }
 
-/// The callee's handle on one served call.
-#[derive(Debug)]
+/// The callee's handle on one served call. Cheap to clone (an `Arc` inside); clones may be
+/// moved into sub-tasks of the call.
+#[derive(Clone)]
 pub struct CalleeContext {
-    _private: (),
+    shared: Arc<Shared>,
+    chan: Arc<Chan>,
+}
+
+impl fmt::Debug for CalleeContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CalleeContext")
+            .field("cid", &self.chan.cid)
+            .field("func", &self.chan.func)
+            .field("caller", &self.shared.peer.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CalleeContext {
+    pub(crate) fn new(shared: Arc<Shared>, chan: Arc<Chan>) -> Self {
+        CalleeContext { shared, chan }
+    }
+
     /// The call id.
     pub fn cid(&self) -> Cid {
-        unimplemented!("portal helper")
+        self.chan.cid
     }
 
     /// The actor that called.
     pub fn caller(&self) -> &ActorId {
-        unimplemented!("portal helper")
+        &self.shared.peer.id
     }
 
     /// The actor serving the call (this one).
     pub fn local(&self) -> &ActorId {
-        unimplemented!("portal helper")
+        &self.shared.local.id
+    }
+
+    /// Whether the call is a unary call or a context.
+    pub fn kind(&self) -> CallKind {
+        self.chan.kind
     }
 
     /// Sends the context's first value to the caller. Exactly once: a second call is an error
     /// here and is reported to the caller as well. An error for unary calls.
     pub async fn started(&self, value: Value) -> Result<()> {
-        let _ = value;
-        unimplemented!("portal helper")
+        let mut st = self.chan.lock();
+        let problem = if self.chan.kind == CallKind::Unary {
+            Some(format!("started() called in unary call {}", self.chan.func))
+        } else if st.started_sent {
+            Some(format!("started() called twice in {}", self.chan.func))
+        } else {
+            None
+        };
+        if let Some(message) = problem {
+            self.shared
+                .protocol_error_to_caller(&self.chan, &mut st, &message);
+            drop(st);
+            self.chan.notify();
+            return Err(Error::Protocol(message));
+        }
+        if let Some(Err(e)) = &st.outcome {
+            return Err(e.clone());
+        }
+        if st.wire_done {
+            return Err(Error::Protocol(format!(
+                "started() after the call to {} finished",
+                self.chan.func
+            )));
+        }
+        st.started_sent = true;
+        self.shared.enqueue(Msg::Started {
+            cid: self.chan.cid,
+            value,
+        });
+        Ok(())
+    }
+
+    /// [`started`](CalleeContext::started) with a typed value (converted through serde).
+    pub async fn started_typed<T: serde::Serialize>(&self, value: &T) -> Result<()> {
+        let value = harrow_ipc::to_value(value).map_err(|e| Error::Value(e.to_string()))?;
+        self.started(value).await
     }
 
     /// Opens this side of the context's stream. Before `started` it is an error here and is
     /// reported to the caller as well.
+    ///
+    /// Grants the caller the credit window for sending to us. Opening twice is an error here only.
     pub async fn open_stream(&self) -> Result<MsgStream> {
-        unimplemented!("portal helper")
+        let mut st = self.chan.lock();
+        if !st.started_sent {
+            let message = format!("stream opened before started() in {}", self.chan.func);
+            self.shared
+                .protocol_error_to_caller(&self.chan, &mut st, &message);
+            drop(st);
+            self.chan.notify();
+            return Err(Error::Protocol(message));
+        }
+        if st.tx_open {
+            return Err(Error::Protocol(format!(
+                "the stream of {} is already open",
+                self.chan.func
+            )));
+        }
+        if let Some(Err(e)) = &st.outcome {
+            return Err(e.clone());
+        }
+        let window = self.shared.window();
+        st.rx_open = true;
+        st.tx_open = true;
+        st.allowance = window;
+        if !st.wire_done {
+            self.shared.enqueue(Msg::Credit {
+                cid: self.chan.cid,
+                n: window,
+            });
+        }
+        drop(st);
+        Ok(MsgStream::new(self.shared.clone(), self.chan.clone()))
     }
 
     /// Whether a cancel for this call has arrived (the call's future is about to be dropped).
     pub fn is_cancelled(&self) -> bool {
-        unimplemented!("portal helper")
+        self.chan.lock().cancelled_by.is_some()
     }
 
-    /// Resolves when a cancel for this call arrives, with the canceller.
+    /// Resolves when a cancel for this call arrives, with the canceller. (When the link itself
+    /// closes or breaks, the canceller is this actor.)
     pub async fn cancelled(&self) -> ActorId {
-        unimplemented!("portal helper")
+        self.chan.wait(|st| st.cancelled_by.clone()).await
     }
 }

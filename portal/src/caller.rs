@@ -1,31 +1,69 @@
 //! The caller side: [`Portal`], [`Context`], [`MsgStream`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use harrow_ipc::{ActorId, Cid, Value};
+use harrow_ipc::{ActorId, CallKind, Cid, Msg, RemoteError, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Result;
+use crate::chan::{Chan, Side};
+use crate::link::{Shared, timeout};
+use crate::{Error, Result};
 
 /// A handle for calling functions in the peer actor. Cheap to clone.
+///
+/// A portal does not keep its link alive: once the [`Link`](crate::Link) is closed or dropped,
+/// every operation fails with [`Error::Closed`].
 #[derive(Clone, Debug)]
 pub struct Portal {
-    _private: (),
+    shared: Arc<Shared>,
+}
+
+/// Cancels a unary call when its future is dropped before the answer arrived.
+struct CallGuard<'a> {
+    shared: &'a Shared,
+    chan: &'a Chan,
+    armed: bool,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared
+                .abandon_call(self.chan, Error::Protocol("the call was dropped".into()));
+        }
+    }
 }
 
 impl Portal {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Portal { shared }
+    }
+
     /// The actor this portal calls.
     pub fn peer(&self) -> &ActorId {
-        unimplemented!("portal helper")
+        &self.shared.peer.id
+    }
+
+    /// The actor this portal calls from (the link's local actor).
+    pub fn local(&self) -> &ActorId {
+        &self.shared.local.id
     }
 
     /// Runs `func` (`"module:function"`) in the peer with `args` and returns its result.
     ///
     /// Dropping the future before it completes sends `Cancel` to the peer without blocking.
     pub async fn run(&self, func: &str, args: Value) -> Result<Value> {
-        let _ = (func, args);
-        unimplemented!("portal helper")
+        let chan = self.shared.start_call(func, CallKind::Unary, args)?;
+        let mut guard = CallGuard {
+            shared: &self.shared,
+            chan: &chan,
+            armed: true,
+        };
+        let outcome = chan.wait(|st| st.outcome.take()).await;
+        guard.armed = false;
+        outcome
     }
 
     /// [`run`](Portal::run) with typed arguments and result, converted through serde.
@@ -34,118 +72,436 @@ impl Portal {
         func: &str,
         args: &A,
     ) -> Result<R> {
-        let _ = (func, args);
-        unimplemented!("portal helper")
+        let args = harrow_ipc::to_value(args).map_err(|e| Error::Value(e.to_string()))?;
+        let value = self.run(func, args).await?;
+        harrow_ipc::from_value(value).map_err(|e| Error::Value(format!("result of {func}: {e}")))
     }
 
     /// Opens a context: starts `func` in the peer and waits for its `started` value.
     ///
     /// Dropping the returned [`Context`] before its result arrived sends `Cancel`.
     pub async fn open_context(&self, func: &str, args: Value) -> Result<(Context, Value)> {
-        let _ = (func, args);
-        unimplemented!("portal helper")
+        let chan = self.shared.start_call(func, CallKind::Context, args)?;
+        let ctx = Context {
+            shared: self.shared.clone(),
+            chan,
+            stream_opened: false,
+        };
+        let first = ctx
+            .chan
+            .wait(|st| {
+                if let Some(v) = st.started.take() {
+                    return Some(Ok(v));
+                }
+                match &st.outcome {
+                    None => None,
+                    Some(Err(e)) => Some(Err(e.clone())),
+                    Some(Ok(_)) => Some(Err(Error::Protocol(format!(
+                        "{func} returned without calling started"
+                    )))),
+                }
+            })
+            .await?;
+        Ok((ctx, first))
+    }
+
+    /// [`open_context`](Portal::open_context) with typed arguments and first value.
+    pub async fn open_context_typed<A: Serialize, S: DeserializeOwned>(
+        &self,
+        func: &str,
+        args: &A,
+    ) -> Result<(Context, S)> {
+        let args = harrow_ipc::to_value(args).map_err(|e| Error::Value(e.to_string()))?;
+        let (ctx, first) = self.open_context(func, args).await?;
+        let first = harrow_ipc::from_value(first)
+            .map_err(|e| Error::Value(format!("started value of {func}: {e}")))?;
+        Ok((ctx, first))
     }
 
     /// Asks the peer to cancel its whole actor runtime. True when it acked within `timeout`;
     /// false on timeout or when the channel is already closed. Never waits longer than `timeout`.
     pub async fn cancel_actor(&self, timeout: Duration) -> bool {
-        let _ = timeout;
-        unimplemented!("portal helper")
+        let reason = format!("cancel requested by {}", self.shared.local.id);
+        self.shared.cancel_actor(timeout, reason).await
     }
 
-    /// Whether the link under this portal has ended.
+    /// [`cancel_actor`](Portal::cancel_actor) with an explicit reason (for the peer's logs).
+    pub async fn cancel_actor_with_reason(&self, timeout: Duration, reason: &str) -> bool {
+        self.shared.cancel_actor(timeout, reason.to_owned()).await
+    }
+
+    /// Whether the link under this portal is closed (calls fail with [`Error::Closed`]).
     pub fn is_closed(&self) -> bool {
-        unimplemented!("portal helper")
+        self.shared.is_dead()
     }
 }
 
 /// The caller's end of a remote context.
+///
+/// Cancellation semantics: a `ContextCancelled` whose canceller is this actor (from
+/// [`cancel`](Context::cancel), or from this actor cancelling the peer actor) is quiet: stream
+/// `recv` returns `Ok(None)` and `cancel` returns `Ok(())`; [`result`](Context::result) still
+/// returns the `Err(Error::Remote)` (with `is_cancelled()`). A cancel by any other actor surfaces as
+/// `Err(Error::Remote)` naming that canceller from `recv` and `result`.
 #[derive(Debug)]
 pub struct Context {
-    _private: (),
+    shared: Arc<Shared>,
+    chan: Arc<Chan>,
+    stream_opened: bool,
 }
 
 impl Context {
     /// The call id.
     pub fn cid(&self) -> Cid {
-        unimplemented!("portal helper")
+        self.chan.cid
     }
 
     /// Opens the bidirectional stream of this context.
+    ///
+    /// Grants the callee the credit window for sending to us. Opening twice is an error.
     pub async fn open_stream(&mut self) -> Result<MsgStream> {
-        unimplemented!("portal helper")
+        if self.stream_opened {
+            return Err(Error::Protocol(format!(
+                "the stream of {} is already open",
+                self.chan.func
+            )));
+        }
+        {
+            let mut st = self.chan.lock();
+            match &st.outcome {
+                Some(Err(e)) => return Err(e.clone()),
+                Some(Ok(_)) => {} // returned: the stream is simply over
+                None => {
+                    let window = self.shared.window();
+                    st.rx_open = true;
+                    st.tx_open = true;
+                    st.allowance = window;
+                    self.shared.enqueue(Msg::Credit {
+                        cid: self.chan.cid,
+                        n: window,
+                    });
+                }
+            }
+        }
+        self.stream_opened = true;
+        Ok(MsgStream::new(self.shared.clone(), self.chan.clone()))
     }
 
     /// Waits for the context's final result (after the callee returned).
     pub async fn result(self) -> Result<Value> {
-        unimplemented!("portal helper")
+        self.chan.wait(|st| st.outcome.clone()).await
+    }
+
+    /// Typed [`result`](Context::result).
+    pub async fn result_typed<R: DeserializeOwned>(self) -> Result<R> {
+        let func = self.chan.func.clone();
+        let value = self.result().await?;
+        harrow_ipc::from_value(value).map_err(|e| Error::Value(format!("result of {func}: {e}")))
     }
 
     /// Cancels the context and waits (bounded by the link's `cancel_timeout`) for the callee to
     /// confirm. A cancel by its own caller is quiet: this returns `Ok(())` and the stream ends.
+    ///
+    /// Also `Ok(())` when the context had already finished. `Err(Error::Closed)` when the link
+    /// closed; `Err(Error::Timeout)` when the callee did not confirm in time (the call is then
+    /// forgotten locally and ends as cancelled).
     pub async fn cancel(&self) -> Result<()> {
-        unimplemented!("portal helper")
+        {
+            let mut st = self.chan.lock();
+            if st.outcome.is_some() {
+                return Ok(());
+            }
+            if !st.cancel_sent {
+                st.cancel_sent = true;
+                self.shared.enqueue(Msg::Cancel { cid: self.chan.cid });
+            }
+        }
+        let bound = self.shared.config.cancel_timeout;
+        let confirmed = timeout(bound, self.chan.wait(|st| st.outcome.clone())).await;
+        match confirmed {
+            Some(Err(Error::Closed(reason))) => Err(Error::Closed(reason)),
+            Some(_) => Ok(()),
+            None => {
+                let err = RemoteError::cancelled(
+                    self.shared.peer.id.clone(),
+                    self.shared.local.id.clone(),
+                );
+                self.shared.abandon_call(&self.chan, Error::from(err));
+                Err(Error::Timeout(format!(
+                    "{} did not confirm the cancel of {} within {bound:?}",
+                    self.shared.peer.id, self.chan.func
+                )))
+            }
+        }
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        if !self.chan.is_finished() {
+            self.shared.abandon_call(
+                &self.chan,
+                Error::Protocol("the context was dropped".into()),
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Streams (both sides).
+
+/// The state behind the sending half: sends `Stop` when the last sending handle is dropped.
+#[derive(Debug)]
+struct TxInner {
+    shared: Arc<Shared>,
+    chan: Arc<Chan>,
+}
+
+impl TxInner {
+    /// Why nothing more may be sent, if so.
+    fn send_blocker(&self, st: &crate::chan::ChanState) -> Option<Error> {
+        if st.local_stopped {
+            return Some(Error::Protocol(format!(
+                "send on the stream of {} after it was closed",
+                self.chan.func
+            )));
+        }
+        match self.chan.side {
+            Side::Caller => match &st.outcome {
+                Some(Ok(_)) => Some(Error::Protocol(format!(
+                    "{} has returned: its stream is over",
+                    self.chan.func
+                ))),
+                Some(Err(e)) => Some(e.clone()),
+                None => None,
+            },
+            Side::Callee => match &st.outcome {
+                Some(Err(e)) => Some(e.clone()),
+                _ if st.wire_done => Some(Error::Protocol(format!(
+                    "the call to {} has finished: its stream is over",
+                    self.chan.func
+                ))),
+                _ => None,
+            },
+        }
+    }
+
+    async fn send(&self, value: Value) -> Result<()> {
+        let mut value = Some(value);
+        self.chan
+            .wait(|st| {
+                if let Some(err) = self.send_blocker(st) {
+                    return Some(Err(err));
+                }
+                if st.credit == 0 {
+                    return None;
+                }
+                st.credit -= 1;
+                let value = value.take().unwrap_or_default();
+                self.shared.enqueue(Msg::Yield {
+                    cid: self.chan.cid,
+                    value,
+                });
+                Some(Ok(()))
+            })
+            .await
+    }
+
+    fn close(&self) -> Result<()> {
+        let mut st = self.chan.lock();
+        if st.local_stopped {
+            return Ok(());
+        }
+        st.local_stopped = true;
+        let over = match self.chan.side {
+            Side::Caller => st.outcome.is_some(),
+            Side::Callee => st.wire_done || st.outcome.is_some(),
+        };
+        if !over {
+            self.shared.enqueue(Msg::Stop { cid: self.chan.cid });
+        }
+        drop(st);
+        self.chan.notify();
+        Ok(())
+    }
+}
+
+impl Drop for TxInner {
+    fn drop(&mut self) {
+        let _ = self.close();
     }
 }
 
 /// A bidirectional stream of values inside a context (either side).
+///
+/// Flow control: the receiver grants the sender `credit_window` items when it opens its stream,
+/// and re-grants consumed items in batches of half the window; [`send`](MsgStream::send) waits
+/// while the sender has no credit. End of stream is explicit: `recv` returns `Ok(None)` once the
+/// peer closed its side (or the call returned); `send` after [`close`](MsgStream::close) is
+/// `Err(Error::Protocol)`. Dropping every sending handle closes the sending side.
 #[derive(Debug)]
 pub struct MsgStream {
-    _private: (),
+    tx: StreamTx,
+    rx: StreamRx,
 }
 
 impl MsgStream {
+    pub(crate) fn new(shared: Arc<Shared>, chan: Arc<Chan>) -> Self {
+        MsgStream {
+            tx: StreamTx {
+                inner: Arc::new(TxInner {
+                    shared: shared.clone(),
+                    chan: chan.clone(),
+                }),
+            },
+            rx: StreamRx { shared, chan },
+        }
+    }
+
     /// Sends one item, waiting for credit when the peer's window is full.
     /// Fails after [`close`](MsgStream::close) or when the peer is gone.
     pub async fn send(&self, value: Value) -> Result<()> {
-        let _ = value;
-        unimplemented!("portal helper")
+        self.tx.send(value).await
+    }
+
+    /// Sends one typed item (converted through serde).
+    pub async fn send_typed<T: Serialize>(&self, item: &T) -> Result<()> {
+        self.tx.send_typed(item).await
     }
 
     /// Receives the next item; `Ok(None)` once the peer stopped its side.
     pub async fn recv(&mut self) -> Result<Option<Value>> {
-        unimplemented!("portal helper")
+        self.rx.recv().await
+    }
+
+    /// Receives the next typed item.
+    pub async fn recv_typed<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
+        self.rx.recv_typed().await
     }
 
     /// Finishes this side of the stream (`Stop`). Idempotent.
     pub async fn close(&self) -> Result<()> {
-        unimplemented!("portal helper")
+        self.tx.close().await
     }
 
     /// Splits into a sending half (cloneable) and a receiving half.
     pub fn split(self) -> (StreamTx, StreamRx) {
-        unimplemented!("portal helper")
+        (self.tx, self.rx)
+    }
+
+    /// Items received and not yet consumed (introspection for tests).
+    #[doc(hidden)]
+    pub fn buffered(&self) -> usize {
+        self.rx.buffered()
+    }
+
+    /// The most items ever buffered on the receiving side (introspection for tests).
+    #[doc(hidden)]
+    pub fn max_buffered(&self) -> usize {
+        self.rx.max_buffered()
     }
 }
 
 /// The sending half of a [`MsgStream`].
 #[derive(Clone, Debug)]
 pub struct StreamTx {
-    _private: (),
+    inner: Arc<TxInner>,
 }
 
 impl StreamTx {
     /// See [`MsgStream::send`].
     pub async fn send(&self, value: Value) -> Result<()> {
-        let _ = value;
-        unimplemented!("portal helper")
+        self.inner.send(value).await
+    }
+
+    /// See [`MsgStream::send_typed`].
+    pub async fn send_typed<T: Serialize>(&self, item: &T) -> Result<()> {
+        let value = harrow_ipc::to_value(item).map_err(|e| Error::Value(e.to_string()))?;
+        self.inner.send(value).await
     }
 
     /// See [`MsgStream::close`].
     pub async fn close(&self) -> Result<()> {
-        unimplemented!("portal helper")
+        self.inner.close()
+    }
+
+    /// Credit currently available for sending without waiting (introspection for tests).
+    #[doc(hidden)]
+    pub fn credit(&self) -> u32 {
+        self.inner.chan.lock().credit
     }
 }
 
 /// The receiving half of a [`MsgStream`].
 #[derive(Debug)]
 pub struct StreamRx {
-    _private: (),
+    shared: Arc<Shared>,
+    chan: Arc<Chan>,
 }
 
 impl StreamRx {
     /// See [`MsgStream::recv`].
     pub async fn recv(&mut self) -> Result<Option<Value>> {
-        unimplemented!("portal helper")
+        let shared = &self.shared;
+        let chan = &self.chan;
+        let threshold = (shared.window() / 2).max(1);
+        chan.wait(|st| {
+            if let Some(v) = st.items.pop_front() {
+                st.consumed += 1;
+                if st.consumed >= threshold && !st.peer_stopped && st.outcome.is_none() {
+                    let n = std::mem::take(&mut st.consumed);
+                    st.allowance += n;
+                    shared.enqueue(Msg::Credit { cid: chan.cid, n });
+                }
+                return Some(Ok(Some(v)));
+            }
+            if st.peer_stopped {
+                return Some(Ok(None));
+            }
+            match &st.outcome {
+                None => None,
+                Some(Ok(_)) => Some(Ok(None)),
+                Some(Err(e)) if chan.side == Side::Caller && shared.is_self_cancel(e) => {
+                    Some(Ok(None))
+                }
+                Some(Err(e)) => Some(Err(e.clone())),
+            }
+        })
+        .await
+    }
+
+    /// This half as a [`Stream`](futures_lite::Stream) of items. It ends after the peer's `Stop`
+    /// (or the call's return), and after yielding one error.
+    pub fn into_stream(self) -> impl futures_lite::Stream<Item = Result<Value>> + Send + 'static {
+        futures_lite::stream::unfold(Some(self), |rx| async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Ok(Some(v)) => Some((Ok(v), Some(rx))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+    }
+
+    /// Receives the next typed item.
+    pub async fn recv_typed<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
+        match self.recv().await? {
+            None => Ok(None),
+            Some(v) => harrow_ipc::from_value(v)
+                .map(Some)
+                .map_err(|e| Error::Value(format!("stream item of {}: {e}", self.chan.func))),
+        }
+    }
+
+    /// Items received and not yet consumed (introspection for tests).
+    #[doc(hidden)]
+    pub fn buffered(&self) -> usize {
+        self.chan.lock().items.len()
+    }
+
+    /// The most items ever buffered (introspection for tests).
+    #[doc(hidden)]
+    pub fn max_buffered(&self) -> usize {
+        self.chan.lock().max_buffered
     }
 }

@@ -4,10 +4,46 @@
 //! A [`Link`] runs over one [`Channel`](harrow_ipc::Channel). It is symmetric: it serves the
 //! peer's calls with a local [`Resolver`] (callee side) and carries local calls to the peer
 //! through a [`Portal`] (caller side).
+//!
+//! - Unary call: [`Portal::run`] (`Start` -> `StartAck` -> `Return | Error`).
+//! - Context: [`Portal::open_context`] returns once the callee called
+//!   [`CalleeContext::started`]; then an optional bidirectional [`MsgStream`] (credit flow control,
+//!   see [`MsgStream`]), then [`Context::result`].
+//! - Cancellation: [`Context::cancel`], dropping a call or context (drop is cancel),
+//!   [`Portal::cancel_actor`], [`Link::cancel_calls`]. A cancel asked for by the caller itself is
+//!   quiet for that caller; one asked for by a third actor surfaces as `ContextCancelled` naming it.
+//! - Failures of served functions (errors and panics) become [`RemoteError`](harrow_ipc::RemoteError)s
+//!   for the caller; errors relayed with `?` through intermediate actors keep their source.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use harrow_portal::{FnRegistry, Link, LinkConfig, LocalInfo};
+//! use harrow_portal::ipc::{mem, ActorId, Value};
+//!
+//! let exec = Arc::new(async_executor::Executor::new());
+//! async_io::block_on(exec.run(async {
+//!     let mut reg = FnRegistry::new();
+//!     reg.unary_typed("math:add", |(a, b): (i64, i64)| async move { Ok(a + b) }).unwrap();
+//!     let (ca, cb) = mem::pair();
+//!     let info = |name: &str| LocalInfo { id: ActorId::new(name), backend: "thread".into() };
+//!     let (caller, _callee) = futures_lite::future::zip(
+//!         Link::establish(ca, info("caller"), None, &exec, LinkConfig::default()),
+//!         Link::establish(cb, info("callee"), Some(Arc::new(reg)), &exec, LinkConfig::default()),
+//!     )
+//!     .await;
+//!     let caller = caller.unwrap(); // keep the Link: dropping it closes the link
+//!     let portal = caller.portal();
+//!     let sum: i64 = portal.run_typed("math:add", &(2, 3)).await.unwrap();
+//!     assert_eq!(sum, 5);
+//!     let err = portal.run("math:nope", Value::Null).await.unwrap_err();
+//!     assert!(err.to_string().contains("math:nope"));
+//! }));
+//! ```
 #![forbid(unsafe_code)]
 
 mod callee;
 mod caller;
+mod chan;
 mod error;
 mod link;
 mod registry;

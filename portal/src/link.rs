@@ -1,11 +1,32 @@
 //! [`Link`]: the protocol engine over one channel.
+//!
+//! Inside a link: one **writer task** drains an unbounded queue of outgoing messages into the
+//! channel (so dropping a call can enqueue `Cancel` synchronously, and writes are batched), one
+//! **reader task** routes every incoming message by `cid` without ever awaiting anything but the
+//! channel (no head-of-line blocking), and one task per served call.
+//!
+//! Call ids: both ends allocate cids, and stream messages (`Yield`, `Credit`, `Stop`) travel both
+//! ways, so the two ends use disjoint cids: the end whose actor id sorts lower allocates even cids,
+//! the other odd ones. Two ends with the same actor id are refused at `Hello`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use harrow_ipc::{ActorId, Channel};
+use event_listener::Event;
+use futures_lite::FutureExt;
+use harrow_ipc::{
+    ActorId, CallKind, Channel, ChannelRx, ChannelTx, Cid, ErrorKind, FnPath, Msg,
+    PROTOCOL_VERSION, RecvError, RemoteError, Value,
+};
+use tracing::debug;
 
-use crate::{Portal, Resolver, Result};
+use crate::chan::{Chan, Side};
+use crate::{CallError, CalleeContext, Error, Invocation, Portal, Resolver, Result};
 
 /// The executor a link spawns its tasks on: the owning actor's own executor.
 pub type Executor = Arc<async_executor::Executor<'static>>;
@@ -21,6 +42,9 @@ pub struct LinkConfig {
     /// Bound on waiting for the callee's answer to a `Cancel` in [`Context::cancel`](crate::Context::cancel)
     /// (default 0.5 s).
     pub cancel_timeout: Duration,
+    /// After [`Link::close`] (or the link breaking), how long the writer may keep flushing
+    /// what was already queued before the channel is closed anyway (default 1 s).
+    pub close_flush_timeout: Duration,
 }
 
 impl Default for LinkConfig {
@@ -29,6 +53,7 @@ impl Default for LinkConfig {
             credit_window: 64,
             hello_timeout: Duration::from_secs(5),
             cancel_timeout: Duration::from_millis(500),
+            close_flush_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -61,6 +86,9 @@ pub struct PeerInfo {
 pub enum LinkEnd {
     /// The peer sent `CancelActor`. The link cancelled every call it was serving and acked; the
     /// owner should now cancel the rest of its actor and exit.
+    ///
+    /// The link keeps routing answers to this side's own calls (so the owner can still drain);
+    /// new `Start`s from the peer are refused with a `ContextCancelled` error.
     CancelRequested {
         /// Who asked.
         canceller: ActorId,
@@ -80,7 +108,7 @@ pub enum LinkEnd {
 /// given executor. Dropping the `Link` closes it.
 #[derive(Debug)]
 pub struct Link {
-    _private: (),
+    shared: Arc<Shared>,
 }
 
 impl Link {
@@ -96,47 +124,890 @@ impl Link {
         exec: &Executor,
         config: LinkConfig,
     ) -> Result<Link> {
-        let _ = (channel, local, resolver, exec, config);
-        unimplemented!("portal helper")
+        let (tx, mut rx) = channel.split();
+        let span = tracing::debug_span!("link", local = %local.id);
+        let _enter = span.enter();
+        let hello = Msg::Hello {
+            actor: local.id.clone(),
+            protocol: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            backend: local.backend.clone(),
+        };
+        if let Err(e) = tx.send(hello).await {
+            return Err(Error::Handshake(format!(
+                "could not send our Hello (channel closed before the handshake?): {e}"
+            )));
+        }
+        let peer = match timeout(config.hello_timeout, rx.recv()).await {
+            None => {
+                tx.close();
+                return Err(Error::Handshake(format!(
+                    "the peer sent no Hello within {:?}",
+                    config.hello_timeout
+                )));
+            }
+            Some(Err(RecvError::Closed)) => {
+                tx.close();
+                return Err(Error::Handshake(
+                    "the channel closed before the peer's Hello arrived".into(),
+                ));
+            }
+            Some(Err(e)) => {
+                tx.close();
+                return Err(Error::Handshake(format!(
+                    "could not read the peer's Hello: {e}"
+                )));
+            }
+            Some(Ok(Msg::Hello {
+                actor,
+                protocol,
+                pid,
+                backend,
+            })) => {
+                if protocol != PROTOCOL_VERSION {
+                    tx.close();
+                    return Err(Error::Handshake(format!(
+                        "protocol version mismatch: peer {actor} speaks version {protocol}, \
+                         this side ({}) speaks version {PROTOCOL_VERSION}",
+                        local.id
+                    )));
+                }
+                if actor == local.id {
+                    tx.close();
+                    return Err(Error::Handshake(format!(
+                        "the peer claims this side's own actor id {actor}"
+                    )));
+                }
+                PeerInfo {
+                    id: actor,
+                    pid,
+                    backend,
+                    protocol,
+                }
+            }
+            Some(Ok(other)) => {
+                tx.close();
+                return Err(Error::Handshake(format!(
+                    "expected Hello as the peer's first message, got {}",
+                    other.kind_name()
+                )));
+            }
+        };
+        debug!(peer = %peer.id, backend = %peer.backend, pid = peer.pid, "link established");
+
+        let parity = u64::from(local.id >= peer.id);
+        let (out, out_rx) = async_channel::unbounded();
+        let shared = Arc::new(Shared {
+            local,
+            peer,
+            config,
+            exec: exec.clone(),
+            resolver,
+            out,
+            state: Mutex::new(LinkState::default()),
+            dead: AtomicBool::new(false),
+            dead_ev: Event::new(),
+            next_cid: AtomicU64::new(2 + parity),
+            parity,
+            enqueued: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            writer_done: AtomicBool::new(false),
+            progress: Event::new(),
+            end: Mutex::new(None),
+            end_ev: Event::new(),
+            acks: AtomicU64::new(0),
+            ack_ev: Event::new(),
+        });
+        exec.spawn(writer(shared.clone(), tx, out_rx)).detach();
+        exec.spawn(reader(shared.clone(), rx)).detach();
+        Ok(Link { shared })
     }
 
     /// Who is on the other end.
     pub fn peer(&self) -> &PeerInfo {
-        unimplemented!("portal helper")
+        &self.shared.peer
+    }
+
+    /// Who is on this end.
+    pub fn local(&self) -> &LocalInfo {
+        &self.shared.local
     }
 
     /// A handle for calling the peer. Cheap to clone; usable from any task.
     pub fn portal(&self) -> Portal {
-        unimplemented!("portal helper")
+        Portal::new(self.shared.clone())
     }
 
     /// Waits until the link ends and says why. Any number of tasks may wait.
     pub async fn closed(&self) -> LinkEnd {
-        unimplemented!("portal helper")
+        loop {
+            if let Some(end) = self.shared.end() {
+                return end;
+            }
+            let listener = self.shared.end_ev.listen();
+            if let Some(end) = self.shared.end() {
+                return end;
+            }
+            listener.await;
+        }
     }
 
-    /// Whether the link has ended.
+    /// Whether the link has ended (whether [`closed`](Link::closed) would resolve now).
     pub fn is_closed(&self) -> bool {
-        unimplemented!("portal helper")
+        self.shared.end().is_some()
+    }
+
+    /// How many calls from the peer this link is serving right now.
+    pub fn served_calls(&self) -> usize {
+        self.shared.lock().served.len()
     }
 
     /// Cancels every call this link is serving for the peer, on behalf of `canceller`: each
     /// answers its caller with `ContextCancelled { canceller }`.
     pub fn cancel_calls(&self, canceller: &ActorId) {
-        let _ = canceller;
-        unimplemented!("portal helper")
+        let served: Vec<Served> = self.shared.lock().served.drain().map(|(_, s)| s).collect();
+        debug!(local = %self.shared.local.id, n = served.len(), %canceller, "cancelling served calls");
+        self.shared.cancel_served(served, canceller);
     }
 
     /// Waits (bounded) until every served call has finished and its last message was handed to
     /// the transport. Returns false on timeout.
     pub async fn drain(&self, bound: Duration) -> bool {
-        let _ = bound;
-        unimplemented!("portal helper")
+        let shared = &self.shared;
+        let drained = || {
+            shared.lock().served.is_empty()
+                && (shared.writer_done.load(Ordering::Acquire)
+                    || shared.written.load(Ordering::Acquire)
+                        >= shared.enqueued.load(Ordering::Acquire))
+        };
+        let wait = async {
+            loop {
+                if drained() {
+                    return;
+                }
+                let listener = shared.progress.listen();
+                if drained() {
+                    return;
+                }
+                listener.await;
+            }
+        };
+        timeout(bound, wait).await.is_some()
     }
 
     /// Closes the link: served calls are cancelled, pending caller operations fail with
     /// [`Error::Closed`](crate::Error::Closed), the channel is closed. Idempotent, never blocks.
+    ///
+    /// What was already queued (including the cancellation errors of the served calls) is still
+    /// written, for at most `LinkConfig::close_flush_timeout`, then the channel is closed.
     pub fn close(&self) {
-        unimplemented!("portal helper")
+        self.shared
+            .shutdown(LinkEnd::Closed, "the link was closed locally".into(), true);
     }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Races `fut` against a timer.
+pub(crate) async fn timeout<T>(bound: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    async { Some(fut.await) }
+        .or(async {
+            async_io::Timer::after(bound).await;
+            None
+        })
+        .await
+}
+
+// ------------------------------------------------------------------------------------------------
+// The engine's shared state.
+
+pub(crate) struct Shared {
+    pub(crate) local: LocalInfo,
+    pub(crate) peer: PeerInfo,
+    pub(crate) config: LinkConfig,
+    exec: Executor,
+    resolver: Option<Arc<dyn Resolver>>,
+    /// The writer's queue.
+    out: async_channel::Sender<Msg>,
+    state: Mutex<LinkState>,
+    /// Mirrors `state.dead.is_some()` for lock-free checks.
+    dead: AtomicBool,
+    dead_ev: Event,
+    next_cid: AtomicU64,
+    parity: u64,
+    enqueued: AtomicU64,
+    written: AtomicU64,
+    writer_done: AtomicBool,
+    /// Writer progress and served calls finishing (for `drain`).
+    progress: Event,
+    end: Mutex<Option<LinkEnd>>,
+    end_ev: Event,
+    acks: AtomicU64,
+    ack_ev: Event,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link")
+            .field("local", &self.local.id)
+            .field("peer", &self.peer.id)
+            .field("dead", &self.dead.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct LinkState {
+    /// Why the link is unusable for new operations.
+    dead: Option<String>,
+    /// Our calls into the peer, by cid.
+    calls: HashMap<Cid, Arc<Chan>>,
+    /// The peer's calls we serve, by cid.
+    served: HashMap<Cid, Served>,
+    /// Set once the peer sent `CancelActor`: later `Start`s are refused.
+    refuse_starts: Option<ActorId>,
+}
+
+pub(crate) struct Served {
+    chan: Arc<Chan>,
+    task: Option<async_executor::Task<()>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn window(&self) -> u32 {
+        self.config.credit_window.max(1)
+    }
+
+    fn end(&self) -> Option<LinkEnd> {
+        self.end.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_end(&self, end: LinkEnd) {
+        {
+            let mut slot = self.end.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                debug!(local = %self.local.id, peer = %self.peer.id, ?end, "link ended");
+                *slot = Some(end);
+            }
+        }
+        self.end_ev.notify(usize::MAX);
+    }
+
+    /// Queues a message for the writer. Never blocks. False when the link is shut down.
+    pub(crate) fn enqueue(&self, msg: Msg) -> bool {
+        self.enqueued.fetch_add(1, Ordering::AcqRel);
+        if self.out.try_send(msg).is_err() {
+            self.enqueued.fetch_sub(1, Ordering::AcqRel);
+            false
+        } else {
+            true
+        }
+    }
+
+    async fn wait_dead(&self) {
+        loop {
+            if self.is_dead() {
+                return;
+            }
+            let listener = self.dead_ev.listen();
+            if self.is_dead() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    // --------------------------------------------------------------------------------------------
+    // Caller side.
+
+    /// Registers a new call and queues its `Start`.
+    pub(crate) fn start_call(&self, func: &str, kind: CallKind, args: Value) -> Result<Arc<Chan>> {
+        let path = FnPath::parse(func)?;
+        let mut st = self.lock();
+        if let Some(reason) = &st.dead {
+            return Err(Error::Closed(reason.clone()));
+        }
+        let cid = Cid(self.next_cid.fetch_add(2, Ordering::Relaxed));
+        let chan = Arc::new(Chan::new(cid, Side::Caller, kind, func.to_owned()));
+        st.calls.insert(cid, chan.clone());
+        self.enqueue(Msg::Start {
+            cid,
+            func: path,
+            kind,
+            args,
+        });
+        Ok(chan)
+    }
+
+    /// The caller gave up on a call (drop, cancel timeout): forget it and, if it was still
+    /// running, tell the callee. Never blocks.
+    pub(crate) fn abandon_call(&self, chan: &Chan, outcome: Error) {
+        let removed = self.lock().calls.remove(&chan.cid).is_some();
+        if removed {
+            let send = {
+                let mut st = chan.lock();
+                !std::mem::replace(&mut st.cancel_sent, true)
+            };
+            if send {
+                debug!(cid = %chan.cid, func = %chan.func, "call dropped: sending Cancel");
+                self.enqueue(Msg::Cancel { cid: chan.cid });
+            }
+        }
+        chan.finish(Err(outcome));
+    }
+
+    /// Whether `err` is a cancellation requested by this actor (quiet for the caller).
+    pub(crate) fn is_self_cancel(&self, err: &Error) -> bool {
+        err.is_cancelled() && err.canceller() == Some(&self.local.id)
+    }
+
+    pub(crate) async fn cancel_actor(&self, bound: Duration, reason: String) -> bool {
+        if self.is_dead() {
+            return false;
+        }
+        let before = self.acks.load(Ordering::Acquire);
+        if !self.enqueue(Msg::CancelActor { reason }) {
+            return false;
+        }
+        debug!(local = %self.local.id, peer = %self.peer.id, "CancelActor sent");
+        let acked = || self.acks.load(Ordering::Acquire) > before;
+        let wait = async {
+            loop {
+                if acked() {
+                    return true;
+                }
+                if self.is_dead() {
+                    return false;
+                }
+                let listener = self.ack_ev.listen();
+                if acked() {
+                    return true;
+                }
+                if self.is_dead() {
+                    return false;
+                }
+                listener.await;
+            }
+        };
+        timeout(bound, wait).await.unwrap_or(false)
+    }
+
+    // --------------------------------------------------------------------------------------------
+    // Callee side.
+
+    fn serve_start(self: &Arc<Self>, cid: Cid, func: FnPath, kind: CallKind, args: Value) {
+        let chan = Arc::new(Chan::new(cid, Side::Callee, kind, func.to_string()));
+        {
+            let mut st = self.lock();
+            if st.dead.is_some() {
+                return;
+            }
+            if let Some(canceller) = &st.refuse_starts {
+                let mut err = RemoteError::cancelled(self.local.id.clone(), canceller.clone());
+                err.message = format!(
+                    "{func} refused: this actor is being cancelled (requested by {canceller})"
+                );
+                self.enqueue(Msg::Error {
+                    cid: Some(cid),
+                    error: err,
+                });
+                return;
+            }
+            if st.served.contains_key(&cid) {
+                let msg = format!("call id {cid} is already in use for another call");
+                self.enqueue(Msg::Error {
+                    cid: Some(cid),
+                    error: RemoteError::new(
+                        ErrorKind::Protocol,
+                        "ProtocolError",
+                        msg,
+                        self.local.id.clone(),
+                    ),
+                });
+                return;
+            }
+            st.served.insert(
+                cid,
+                Served {
+                    chan: chan.clone(),
+                    task: None,
+                },
+            );
+        }
+        let ctx = CalleeContext::new(self.clone(), chan.clone());
+        let started = match &self.resolver {
+            Some(resolver) => resolver.start(Invocation {
+                func: func.clone(),
+                kind,
+                args,
+                ctx,
+            }),
+            None => Err(CallError::new(
+                ErrorKind::NotFound,
+                "NotFound",
+                format!("{func}: this actor serves no functions"),
+            )),
+        };
+        let mut st = self.lock();
+        if !st.served.contains_key(&cid) {
+            // Cancelled (or the link closed) while resolving: the answer was already sent.
+            return;
+        }
+        match started {
+            Err(err) => {
+                debug!(%cid, %func, %err, "resolver refused the call");
+                st.served.remove(&cid);
+                drop(st);
+                let mut cst = chan.lock();
+                if !cst.wire_done {
+                    cst.wire_done = true;
+                    self.enqueue(Msg::Error {
+                        cid: Some(cid),
+                        error: err.into_remote(&self.local.id),
+                    });
+                }
+                drop(cst);
+                self.progress.notify(usize::MAX);
+            }
+            Ok(fut) => {
+                let shared = self.clone();
+                let task = self.exec.spawn(async move {
+                    // The ack goes out from the call's own task, before anything the function
+                    // sends: a function that finishes in its first poll then has its `StartAck`
+                    // and `Return` written in one batch (one wake-up of the caller, not two).
+                    {
+                        let cst = chan.lock();
+                        if !cst.wire_done {
+                            shared.enqueue(Msg::StartAck { cid });
+                        }
+                    }
+                    drop(chan);
+                    let result = AssertUnwindSafe(fut).catch_unwind().await;
+                    shared.complete_served(cid, result);
+                });
+                if let Some(entry) = st.served.get_mut(&cid) {
+                    entry.task = Some(task);
+                }
+            }
+        }
+    }
+
+    fn complete_served(
+        &self,
+        cid: Cid,
+        result: std::thread::Result<std::result::Result<Value, CallError>>,
+    ) {
+        let Some(entry) = self.lock().served.remove(&cid) else {
+            return; // cancelled meanwhile: the cancel answered the caller
+        };
+        let msg = match result {
+            Ok(Ok(value)) => Msg::Return { cid, value },
+            Ok(Err(err)) => {
+                debug!(%cid, func = %entry.chan.func, %err, "served call failed");
+                Msg::Error {
+                    cid: Some(cid),
+                    error: err.into_remote(&self.local.id),
+                }
+            }
+            Err(payload) => {
+                let text = panic_text(payload.as_ref());
+                debug!(%cid, func = %entry.chan.func, panic = %text, "served call panicked");
+                Msg::Error {
+                    cid: Some(cid),
+                    error: RemoteError::new(
+                        ErrorKind::Raised,
+                        "panic",
+                        text,
+                        self.local.id.clone(),
+                    ),
+                }
+            }
+        };
+        {
+            let mut st = entry.chan.lock();
+            if !st.wire_done {
+                st.wire_done = true;
+                self.enqueue(msg);
+            }
+        }
+        entry.chan.notify();
+        if let Some(task) = entry.task {
+            task.detach(); // it is this very task, about to finish
+        }
+        self.progress.notify(usize::MAX);
+    }
+
+    /// Cancels served calls (already removed from the map): answers each caller with
+    /// `ContextCancelled { canceller }` and drops the call's task.
+    pub(crate) fn cancel_served(&self, served: Vec<Served>, canceller: &ActorId) {
+        for entry in served {
+            let err = RemoteError::cancelled(self.local.id.clone(), canceller.clone());
+            {
+                let mut st = entry.chan.lock();
+                st.cancelled_by.get_or_insert_with(|| canceller.clone());
+                if st.outcome.is_none() {
+                    st.outcome = Some(Err(Error::from(err.clone())));
+                }
+                if !st.wire_done {
+                    st.wire_done = true;
+                    self.enqueue(Msg::Error {
+                        cid: Some(entry.chan.cid),
+                        error: err,
+                    });
+                }
+            }
+            entry.chan.notify();
+            drop(entry.task); // drops the call's future
+        }
+        self.progress.notify(usize::MAX);
+    }
+
+    /// A protocol violation in a served call: answer with a `Protocol` error and drop the task.
+    fn fail_served(&self, cid: Cid, message: String) {
+        let Some(entry) = self.lock().served.remove(&cid) else {
+            return;
+        };
+        debug!(%cid, %message, "protocol violation by the caller");
+        {
+            let mut st = entry.chan.lock();
+            if st.outcome.is_none() {
+                st.outcome = Some(Err(Error::Protocol(message.clone())));
+            }
+            if !st.wire_done {
+                st.wire_done = true;
+                self.enqueue(Msg::Error {
+                    cid: Some(cid),
+                    error: RemoteError::new(
+                        ErrorKind::Protocol,
+                        "ProtocolError",
+                        message,
+                        self.local.id.clone(),
+                    ),
+                });
+            }
+        }
+        entry.chan.notify();
+        drop(entry.task);
+        self.progress.notify(usize::MAX);
+    }
+
+    /// Sends a protocol error for a served call from the callee's own handle (`started` twice,
+    /// stream before `started`): the caller sees it; the function keeps running.
+    pub(crate) fn protocol_error_to_caller(
+        &self,
+        chan: &Chan,
+        st: &mut crate::chan::ChanState,
+        message: &str,
+    ) {
+        if !st.wire_done {
+            st.wire_done = true;
+            self.enqueue(Msg::Error {
+                cid: Some(chan.cid),
+                error: RemoteError::new(
+                    ErrorKind::Protocol,
+                    "ProtocolError",
+                    message,
+                    self.local.id.clone(),
+                ),
+            });
+        }
+    }
+
+    // --------------------------------------------------------------------------------------------
+    // Routing and shutdown.
+
+    fn chan_for_stream(&self, cid: Cid) -> Option<Arc<Chan>> {
+        let st = self.lock();
+        if cid.0 % 2 == self.parity {
+            st.calls.get(&cid).cloned()
+        } else {
+            st.served.get(&cid).map(|s| s.chan.clone())
+        }
+    }
+
+    fn handle(self: &Arc<Self>, msg: Msg) {
+        match msg {
+            Msg::Start {
+                cid,
+                func,
+                kind,
+                args,
+            } => self.serve_start(cid, func, kind, args),
+            Msg::Cancel { cid } => {
+                let entry = self.lock().served.remove(&cid);
+                if let Some(entry) = entry {
+                    debug!(%cid, func = %entry.chan.func, "Cancel from the caller");
+                    self.cancel_served(vec![entry], &self.peer.id.clone());
+                }
+            }
+            Msg::StartAck { cid } => {
+                if let Some(chan) = self.lock().calls.get(&cid).cloned() {
+                    chan.lock().acked = true;
+                    chan.notify();
+                }
+            }
+            Msg::Started { cid, value } => {
+                if let Some(chan) = self.lock().calls.get(&cid).cloned() {
+                    {
+                        let mut st = chan.lock();
+                        st.started_seen = true;
+                        st.started = Some(value);
+                    }
+                    chan.notify();
+                }
+            }
+            Msg::Return { cid, value } => {
+                let chan = self.lock().calls.remove(&cid);
+                if let Some(chan) = chan {
+                    chan.finish(Ok(value));
+                }
+            }
+            Msg::Error {
+                cid: Some(cid),
+                error,
+            } => {
+                let chan = self.lock().calls.remove(&cid);
+                match chan {
+                    Some(chan) => {
+                        chan.finish(Err(Error::from(error)));
+                    }
+                    None => debug!(%cid, %error, "error for an unknown call ignored"),
+                }
+            }
+            Msg::Error { cid: None, error } => {
+                debug!(peer = %self.peer.id, %error, "actor-level error from the peer");
+            }
+            Msg::Yield { cid, value } => {
+                let Some(chan) = self.chan_for_stream(cid) else {
+                    return;
+                };
+                let violation = {
+                    let mut st = chan.lock();
+                    if st.outcome.is_some() {
+                        false // ended locally: drop the item
+                    } else if !st.rx_open || st.allowance == 0 {
+                        true
+                    } else {
+                        st.allowance -= 1;
+                        st.items.push_back(value);
+                        st.max_buffered = st.max_buffered.max(st.items.len());
+                        false
+                    }
+                };
+                if violation {
+                    let message = format!(
+                        "stream item for {} (call {cid}) arrived without credit",
+                        chan.func
+                    );
+                    match chan.side {
+                        Side::Caller => {
+                            self.abandon_call(&chan, Error::Protocol(message));
+                        }
+                        Side::Callee => self.fail_served(cid, message),
+                    }
+                } else {
+                    chan.notify();
+                }
+            }
+            Msg::Credit { cid, n } => {
+                if let Some(chan) = self.chan_for_stream(cid) {
+                    {
+                        let mut st = chan.lock();
+                        st.credit = st.credit.saturating_add(n);
+                    }
+                    chan.notify();
+                }
+            }
+            Msg::Stop { cid } => {
+                if let Some(chan) = self.chan_for_stream(cid) {
+                    chan.lock().peer_stopped = true;
+                    chan.notify();
+                }
+            }
+            Msg::CancelActor { reason } => {
+                let served: Vec<Served> = {
+                    let mut st = self.lock();
+                    st.refuse_starts = Some(self.peer.id.clone());
+                    st.served.drain().map(|(_, s)| s).collect()
+                };
+                debug!(local = %self.local.id, peer = %self.peer.id, %reason, n = served.len(),
+                    "CancelActor: cancelling served calls");
+                self.cancel_served(served, &self.peer.id.clone());
+                self.enqueue(Msg::CancelAck);
+                self.set_end(LinkEnd::CancelRequested {
+                    canceller: self.peer.id.clone(),
+                    reason,
+                });
+            }
+            Msg::CancelAck => {
+                self.acks.fetch_add(1, Ordering::AcqRel);
+                self.ack_ev.notify(usize::MAX);
+            }
+            Msg::Hello { actor, .. } => {
+                debug!(%actor, "second Hello ignored");
+            }
+        }
+    }
+
+    /// Ends the link: local operations fail with `Closed(reason)`, served calls are cancelled
+    /// (with an answer to the peer when `graceful`), the writer flushes and closes the channel.
+    pub(crate) fn shutdown(&self, end: LinkEnd, reason: String, graceful: bool) {
+        let (calls, served) = {
+            let mut st = self.lock();
+            if st.dead.is_some() {
+                return;
+            }
+            st.dead = Some(reason.clone());
+            self.dead.store(true, Ordering::Release);
+            (
+                std::mem::take(&mut st.calls),
+                std::mem::take(&mut st.served),
+            )
+        };
+        debug!(local = %self.local.id, peer = %self.peer.id, %reason, calls = calls.len(),
+            served = served.len(), "link shutting down");
+        for chan in calls.into_values() {
+            chan.finish(Err(Error::Closed(reason.clone())));
+        }
+        for (_, entry) in served {
+            {
+                let mut st = entry.chan.lock();
+                st.cancelled_by.get_or_insert_with(|| self.local.id.clone());
+                if st.outcome.is_none() {
+                    st.outcome = Some(Err(Error::Closed(reason.clone())));
+                }
+                if graceful && !st.wire_done {
+                    st.wire_done = true;
+                    self.enqueue(Msg::Error {
+                        cid: Some(entry.chan.cid),
+                        error: RemoteError::cancelled(self.local.id.clone(), self.local.id.clone()),
+                    });
+                }
+            }
+            entry.chan.notify();
+            drop(entry.task);
+        }
+        self.out.close();
+        self.set_end(end);
+        self.dead_ev.notify(usize::MAX);
+        self.ack_ev.notify(usize::MAX);
+        self.progress.notify(usize::MAX);
+    }
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+async fn writer(shared: Arc<Shared>, tx: ChannelTx, out: async_channel::Receiver<Msg>) {
+    let run = async {
+        while let Ok(msg) = out.recv().await {
+            if !write_one(&shared, &tx, msg).await {
+                return;
+            }
+            // Batch whatever else is queued before waking drain waiters.
+            while let Ok(msg) = out.try_recv() {
+                if !write_one(&shared, &tx, msg).await {
+                    return;
+                }
+            }
+            shared.progress.notify(usize::MAX);
+        }
+    };
+    let deadline = async {
+        shared.wait_dead().await;
+        async_io::Timer::after(shared.config.close_flush_timeout).await;
+        debug!(local = %shared.local.id, "writer flush bound reached");
+    };
+    run.or(deadline).await;
+    tx.close();
+    shared.writer_done.store(true, Ordering::Release);
+    shared.progress.notify(usize::MAX);
+}
+
+/// Writes one message. False when the channel is gone (the link is then shut down).
+async fn write_one(shared: &Arc<Shared>, tx: &ChannelTx, msg: Msg) -> bool {
+    let result = tx.send(msg).await;
+    shared.written.fetch_add(1, Ordering::AcqRel);
+    match result {
+        Ok(()) => true,
+        Err(e) if e.is_closed() => {
+            let reason = format!("sending to {} failed: {e}", shared.peer.id);
+            shared.shutdown(LinkEnd::Broken(reason.clone()), reason, false);
+            false
+        }
+        Err(e) => {
+            // This one message cannot travel (too large, unencodable): fail its call, not the link.
+            let text = e.to_string();
+            let msg = e.into_msg();
+            debug!(kind = msg.kind_name(), %text, "message could not be sent");
+            match msg {
+                Msg::Start { cid, .. } => {
+                    let chan = shared.lock().calls.remove(&cid);
+                    if let Some(chan) = chan {
+                        chan.finish(Err(Error::Value(text)));
+                    }
+                }
+                Msg::Started { cid, .. } | Msg::Yield { cid, .. } | Msg::Return { cid, .. } => {
+                    let err = RemoteError::new(
+                        ErrorKind::Runtime,
+                        "SendError",
+                        text,
+                        shared.local.id.clone(),
+                    );
+                    let _ = tx
+                        .send(Msg::Error {
+                            cid: Some(cid),
+                            error: err,
+                        })
+                        .await;
+                }
+                _ => {}
+            }
+            true
+        }
+    }
+}
+
+async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
+    let mut dead = pin!(shared.wait_dead());
+    loop {
+        let next = async { Some(rx.recv().await) }
+            .or(async {
+                dead.as_mut().await;
+                None
+            })
+            .await;
+        match next {
+            None => break,
+            Some(Ok(msg)) => shared.handle(msg),
+            Some(Err(e)) => {
+                let reason = match &e {
+                    RecvError::Closed => format!("the channel to {} closed", shared.peer.id),
+                    other => format!("reading from {} failed: {other}", shared.peer.id),
+                };
+                shared.shutdown(LinkEnd::Broken(reason.clone()), reason, false);
+                break;
+            }
+        }
+    }
+    debug!(local = %shared.local.id, "reader stopped");
 }

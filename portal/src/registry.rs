@@ -2,22 +2,47 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
-use harrow_ipc::{FnPath, Value};
+use harrow_ipc::{CallKind, ErrorKind, FnPath, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{CallError, CallFuture, CalleeContext, Invocation, Resolver};
 
+type Handler = Arc<dyn Fn(Invocation) -> Result<CallFuture, CallError> + Send + Sync>;
+
+struct Entry {
+    kind: CallKind,
+    handler: Handler,
+}
+
 /// Rust functions an actor serves, by [`FnPath`]. Build it once and share it (`Arc`).
+///
+/// ```
+/// use harrow_portal::{FnRegistry, CallError};
+/// use harrow_portal::ipc::Value;
+///
+/// let mut reg = FnRegistry::new();
+/// reg.unary("math:double", |v: Value| async move {
+///     let n = v.as_i64().ok_or_else(|| CallError::raised("TypeError", "expected an int"))?;
+///     Ok(Value::Int(n * 2))
+/// })
+/// .unwrap();
+/// assert!(reg.contains(&"math:double".parse().unwrap()));
+/// ```
 #[derive(Default)]
 pub struct FnRegistry {
-    _entries: HashMap<FnPath, ()>,
+    entries: HashMap<FnPath, Entry>,
 }
 
 impl std::fmt::Debug for FnRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FnRegistry").finish_non_exhaustive()
+        let mut names: Vec<String> = self.entries.keys().map(|p| p.to_string()).collect();
+        names.sort();
+        f.debug_struct("FnRegistry")
+            .field("functions", &names)
+            .finish()
     }
 }
 
@@ -27,14 +52,28 @@ impl FnRegistry {
         FnRegistry::default()
     }
 
+    fn insert(
+        &mut self,
+        path: &str,
+        kind: CallKind,
+        handler: Handler,
+    ) -> Result<&mut Self, harrow_ipc::FnPathError> {
+        let path = FnPath::parse(path)?;
+        self.entries.insert(path, Entry { kind, handler });
+        Ok(self)
+    }
+
     /// Registers a unary function taking and returning [`Value`]s.
     pub fn unary<F, Fut>(&mut self, path: &str, f: F) -> Result<&mut Self, harrow_ipc::FnPathError>
     where
         F: Fn(Value) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Value, CallError>> + Send + 'static,
     {
-        let _ = (path, f);
-        unimplemented!("portal helper")
+        self.insert(
+            path,
+            CallKind::Unary,
+            Arc::new(move |call: Invocation| Ok(Box::pin(f(call.args)) as CallFuture)),
+        )
     }
 
     /// Registers a unary function with typed (serde) arguments and result. Arguments of the
@@ -50,31 +89,76 @@ impl FnRegistry {
         F: Fn(A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, CallError>> + Send + 'static,
     {
-        let _ = (path, f);
-        unimplemented!("portal helper")
+        self.insert(
+            path,
+            CallKind::Unary,
+            Arc::new(move |call: Invocation| {
+                let args: A = harrow_ipc::from_value(call.args).map_err(|e| {
+                    CallError::new(
+                        ErrorKind::BadArguments,
+                        "BadArguments",
+                        format!("bad arguments for {}: {e}", call.func),
+                    )
+                })?;
+                let fut = f(args);
+                let func = call.func;
+                Ok(Box::pin(async move {
+                    let out = fut.await?;
+                    harrow_ipc::to_value(&out).map_err(|e| {
+                        CallError::raised(
+                            "ValueConversion",
+                            format!("the result of {func} did not convert to a Value: {e}"),
+                        )
+                    })
+                }) as CallFuture)
+            }),
+        )
     }
 
     /// Registers a context function: it gets the [`CalleeContext`] to call `started`, open a
     /// stream and watch for cancellation.
-    pub fn context<F, Fut>(&mut self, path: &str, f: F) -> Result<&mut Self, harrow_ipc::FnPathError>
+    pub fn context<F, Fut>(
+        &mut self,
+        path: &str,
+        f: F,
+    ) -> Result<&mut Self, harrow_ipc::FnPathError>
     where
         F: Fn(CalleeContext, Value) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Value, CallError>> + Send + 'static,
     {
-        let _ = (path, f);
-        unimplemented!("portal helper")
+        self.insert(
+            path,
+            CallKind::Context,
+            Arc::new(move |call: Invocation| Ok(Box::pin(f(call.ctx, call.args)) as CallFuture)),
+        )
     }
 
     /// Whether `path` is registered.
     pub fn contains(&self, path: &FnPath) -> bool {
-        let _ = path;
-        unimplemented!("portal helper")
+        self.entries.contains_key(path)
     }
 }
 
 impl Resolver for FnRegistry {
     fn start(&self, call: Invocation) -> Result<CallFuture, CallError> {
-        let _ = call;
-        unimplemented!("portal helper")
+        let Some(entry) = self.entries.get(&call.func) else {
+            return Err(CallError::new(
+                ErrorKind::NotFound,
+                "NotFound",
+                format!("no function {} in this actor", call.func),
+            ));
+        };
+        if entry.kind != call.kind {
+            let (is, asked) = match entry.kind {
+                CallKind::Unary => ("a unary function", "a context"),
+                CallKind::Context => ("a context function", "a unary call"),
+            };
+            return Err(CallError::new(
+                ErrorKind::BadArguments,
+                "BadCallKind",
+                format!("{} is {is} but was called as {asked}", call.func),
+            ));
+        }
+        (entry.handler)(call)
     }
 }

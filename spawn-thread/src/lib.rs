@@ -142,9 +142,11 @@ impl Child for ThreadChild {
 
     fn join(&mut self, bound: Duration) -> BoxFuture<'_, Exit> {
         Box::pin(async move {
-            let Some(handle) = self.handle.take() else {
+            // Keep the handle in place while waiting: this future may be dropped mid-wait
+            // (an escalation), and a later join must still see the thread.
+            if self.handle.is_none() {
                 return Exit::Exited;
-            };
+            }
             let finished = futures_lite::future::or(
                 async {
                     // Err(RecvError) once the thread dropped its sender.
@@ -158,9 +160,11 @@ impl Child for ThreadChild {
             )
             .await;
             if !finished {
-                self.handle = Some(handle);
                 return Exit::Running;
             }
+            let Some(handle) = self.handle.take() else {
+                return Exit::Exited;
+            };
             // The closure has ended; the join itself is immediate.
             match handle.join() {
                 Ok(()) => Exit::Exited,

@@ -16,7 +16,8 @@
 //! - [`conformance`]: the backend conformance suite, the scenarios of `SCENARIOS.md` stamped out
 //!   as one `#[test]` each by [`conformance_suite!`];
 //! - [`testfns`]: the standard Rust functions the scenarios call;
-//! - [`faults`]: fault-injecting backend and channel wrappers.
+//! - [`faults`]: fault-injecting backend and channel wrappers;
+//! - [`sigint`]: the SIGINT harness for scenario binaries.
 //!
 //! # Example
 //!
@@ -44,6 +45,7 @@ use std::time::Duration;
 
 pub mod conformance;
 pub mod faults;
+pub mod sigint;
 pub mod testfns;
 pub mod tracker;
 pub mod watchdog;

@@ -227,6 +227,8 @@ fn register(
                 Ok(())
             })
             .await;
+            // Whatever the nursery did, this call only ends by being cancelled.
+            std::future::pending::<()>().await;
             Ok(Value::Null)
         }
     })?;

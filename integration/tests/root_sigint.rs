@@ -1,0 +1,62 @@
+//! SIGINT at the root (SCENARIOS.md "Signals"): exit code 130, exit within 3 s, nothing left.
+
+use std::process::Command;
+use std::time::Duration;
+
+use harrow_testkit::sigint::{SigintPlan, run_with_sigint};
+
+fn scenario(backend: &str, which: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigint_scenario"));
+    cmd.args([backend, which]);
+    cmd
+}
+
+fn check(backend: &str, which: &str, plan: SigintPlan) {
+    let run = run_with_sigint(scenario(backend, which), &plan)
+        .unwrap_or_else(|e| panic!("{backend}/{which}: {e}"));
+    let out = run.output.join("\n");
+    eprintln!(
+        "{backend}/{which}: exit {:?} after {:?}:\n{out}",
+        run.exit_code, run.exit_after_last
+    );
+    assert_eq!(
+        run.exit_code,
+        Some(130),
+        "{backend}/{which}: output:\n{out}"
+    );
+    assert!(
+        run.exit_after_last <= Duration::from_secs(3),
+        "{backend}/{which}: exit took {:?} after the last SIGINT; output:\n{out}",
+        run.exit_after_last
+    );
+    assert!(
+        run.left_behind.is_empty(),
+        "{backend}/{which}: processes left behind: {:?}",
+        run.left_behind
+    );
+}
+
+fn each_backend(which: &str, plan: impl Fn() -> SigintPlan) {
+    for backend in harrow_integration::backend_names() {
+        harrow_testkit::run_bounded(which, Duration::from_secs(90), || {
+            check(backend, which, plan())
+        });
+    }
+}
+
+#[test]
+fn sigint_at_spawn() {
+    each_backend("spawn", || SigintPlan::at("spawning"));
+}
+
+#[test]
+fn sigint_mid_call() {
+    each_backend("call", || SigintPlan::at("calling"));
+}
+
+#[test]
+fn sigint_twice_hard_kills() {
+    each_backend("twice", || {
+        SigintPlan::at("shielded").then_at("SIGINT: cancelling the actor tree")
+    });
+}

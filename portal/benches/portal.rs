@@ -1,0 +1,310 @@
+//! `cargo bench -p harrow-portal`: unary RPC round trip and one-way stream throughput over mem and
+//! unix, beside raw ping-pong baselines measured in the same run (bare flume pair between two
+//! threads; bare blocking socketpair with 64-byte frames).
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use harrow_portal::ipc::{self, ActorId, Channel, Value};
+use harrow_portal::{Executor, FnRegistry, Link, LinkConfig, LocalInfo};
+
+const ROUNDS: usize = 5;
+const RPC_N: usize = 20_000;
+const STREAM_N: i64 = 300_000;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+/// Median per-round-trip time (µs) of a raw flume ping-pong between two threads.
+fn flume_ping_pong() -> f64 {
+    let (to_b, b_rx) = flume::unbounded::<u64>();
+    let (to_a, a_rx) = flume::unbounded::<u64>();
+    let echo = std::thread::spawn(move || {
+        while let Ok(v) = b_rx.recv() {
+            if to_a.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let t0 = Instant::now();
+        for i in 0..RPC_N as u64 {
+            to_b.send(i).unwrap();
+            assert_eq!(a_rx.recv().unwrap(), i);
+        }
+        rounds.push(t0.elapsed().as_secs_f64() * 1e6 / RPC_N as f64);
+    }
+    drop(to_b);
+    echo.join().unwrap();
+    median(rounds)
+}
+
+/// Median per-round-trip time (µs) of a blocking socketpair ping-pong with 64-byte frames.
+fn socket_ping_pong() -> f64 {
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while b.read_exact(&mut buf).is_ok() {
+            if b.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = [7u8; 64];
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let t0 = Instant::now();
+        for _ in 0..RPC_N {
+            a.write_all(&buf).unwrap();
+            a.read_exact(&mut buf).unwrap();
+        }
+        rounds.push(t0.elapsed().as_secs_f64() * 1e6 / RPC_N as f64);
+    }
+    drop(a);
+    echo.join().unwrap();
+    median(rounds)
+}
+
+fn config(window: u32) -> LinkConfig {
+    let mut c = LinkConfig::default();
+    c.credit_window = window;
+    c
+}
+
+/// Median per-round-trip time (µs) of a flume ping-pong between two async executors, each
+/// driven by `async_io::block_on` on its own thread (what the portal runs on).
+fn flume_async_ping_pong() -> f64 {
+    let (to_b, b_rx) = flume::unbounded::<u64>();
+    let (to_a, a_rx) = flume::unbounded::<u64>();
+    let echo = std::thread::spawn(move || {
+        let exec = async_executor::Executor::new();
+        async_io::block_on(exec.run(async move {
+            while let Ok(v) = b_rx.recv_async().await {
+                if to_a.send(v).is_err() {
+                    break;
+                }
+            }
+        }))
+    });
+    let exec = async_executor::Executor::new();
+    let rounds = async_io::block_on(exec.run(async {
+        let mut rounds = Vec::new();
+        for _ in 0..ROUNDS {
+            let t0 = Instant::now();
+            for i in 0..RPC_N as u64 {
+                to_b.send(i).unwrap();
+                assert_eq!(a_rx.recv_async().await.unwrap(), i);
+            }
+            rounds.push(t0.elapsed().as_secs_f64() * 1e6 / RPC_N as f64);
+        }
+        rounds
+    }));
+    drop(to_b);
+    echo.join().unwrap();
+    median(rounds)
+}
+
+/// Median per-round-trip time (µs) of a flume ping-pong between two async executors, each
+/// driven by `futures_lite::future::block_on` (thread parking, no reactor) on its own thread (what the portal runs on).
+fn flume_async_ping_pong_parking() -> f64 {
+    let (to_b, b_rx) = flume::unbounded::<u64>();
+    let (to_a, a_rx) = flume::unbounded::<u64>();
+    let echo = std::thread::spawn(move || {
+        let exec = async_executor::Executor::new();
+        futures_lite::future::block_on(exec.run(async move {
+            while let Ok(v) = b_rx.recv_async().await {
+                if to_a.send(v).is_err() {
+                    break;
+                }
+            }
+        }))
+    });
+    let exec = async_executor::Executor::new();
+    let rounds = futures_lite::future::block_on(exec.run(async {
+        let mut rounds = Vec::new();
+        for _ in 0..ROUNDS {
+            let t0 = Instant::now();
+            for i in 0..RPC_N as u64 {
+                to_b.send(i).unwrap();
+                assert_eq!(a_rx.recv_async().await.unwrap(), i);
+            }
+            rounds.push(t0.elapsed().as_secs_f64() * 1e6 / RPC_N as f64);
+        }
+        rounds
+    }));
+    drop(to_b);
+    echo.join().unwrap();
+    median(rounds)
+}
+
+fn registry() -> FnRegistry {
+    let mut reg = FnRegistry::new();
+    reg.unary("b:echo", |v| async move { Ok(v) }).unwrap();
+    reg.context("b:produce", |ctx, v| async move {
+        let n = v.as_i64().unwrap_or(0);
+        ctx.started(Value::Null).await?;
+        let s = ctx.open_stream().await?;
+        for i in 0..n {
+            s.send(Value::Int(i)).await?;
+        }
+        s.close().await?;
+        Ok(Value::Int(n))
+    })
+    .unwrap();
+    reg
+}
+
+/// A callee link on its own thread and executor; the caller link on this thread's executor.
+struct Setup {
+    caller_exec: Executor,
+    caller: Link,
+    stop: async_channel::Sender<()>,
+    callee_thread: std::thread::JoinHandle<()>,
+}
+
+fn setup(transport: &str, window: u32) -> Setup {
+    let (ca, cb): (Channel, Channel) = match transport {
+        "mem" => ipc::mem::pair(),
+        _ => ipc::unix::pair().unwrap(),
+    };
+    let (stop, stop_rx) = async_channel::bounded::<()>(1);
+    let callee_thread = std::thread::spawn(move || {
+        let exec: Executor = Arc::new(async_executor::Executor::new());
+        let e2 = exec.clone();
+        async_io::block_on(exec.run(async move {
+            let local = LocalInfo {
+                id: ActorId::new("callee"),
+                backend: "bench".into(),
+            };
+            let link = Link::establish(cb, local, Some(Arc::new(registry())), &e2, config(window))
+                .await
+                .expect("callee link");
+            let _ = stop_rx.recv().await;
+            drop(link);
+        }));
+    });
+    let caller_exec: Executor = Arc::new(async_executor::Executor::new());
+    let local = LocalInfo {
+        id: ActorId::new("caller"),
+        backend: "bench".into(),
+    };
+    let caller = async_io::block_on(caller_exec.run(Link::establish(
+        ca,
+        local,
+        None,
+        &caller_exec,
+        config(window),
+    )))
+    .expect("caller link");
+    Setup {
+        caller_exec,
+        caller,
+        stop,
+        callee_thread,
+    }
+}
+
+impl Setup {
+    fn finish(self) {
+        drop(self.caller);
+        let _ = self.stop.try_send(());
+        self.callee_thread.join().unwrap();
+    }
+}
+
+/// Median per-call time (µs) of a unary RPC round trip.
+fn portal_rpc(transport: &str, window: u32) -> f64 {
+    let s = setup(transport, window);
+    let portal = s.caller.portal();
+    let rounds = async_io::block_on(s.caller_exec.run(async {
+        for _ in 0..1000 {
+            portal.run("b:echo", Value::Int(1)).await.unwrap();
+        }
+        let mut rounds = Vec::new();
+        for _ in 0..ROUNDS {
+            let t0 = Instant::now();
+            for i in 0..RPC_N as i64 {
+                let v = portal.run("b:echo", Value::Int(i)).await.unwrap();
+                debug_assert_eq!(v, Value::Int(i));
+            }
+            rounds.push(t0.elapsed().as_secs_f64() * 1e6 / RPC_N as f64);
+        }
+        rounds
+    }));
+    s.finish();
+    median(rounds)
+}
+
+/// Median items per second of a one-way stream of small items (callee -> caller).
+fn portal_stream(transport: &str, window: u32) -> f64 {
+    let s = setup(transport, window);
+    let portal = s.caller.portal();
+    let rounds = async_io::block_on(s.caller_exec.run(async {
+        let mut rounds = Vec::new();
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            let (mut ctx, _) = portal
+                .open_context("b:produce", Value::Int(STREAM_N))
+                .await
+                .unwrap();
+            let mut st = ctx.open_stream().await.unwrap();
+            let mut n = 0i64;
+            while let Some(v) = st.recv().await.unwrap() {
+                debug_assert_eq!(v, Value::Int(n));
+                n += 1;
+            }
+            assert_eq!(n, STREAM_N);
+            assert_eq!(ctx.result().await.unwrap(), Value::Int(STREAM_N));
+            rounds.push(STREAM_N as f64 / t0.elapsed().as_secs_f64());
+        }
+        rounds
+    }));
+    s.finish();
+    median(rounds)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this too: keep it quick then.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    if quick {
+        println!("portal bench: run with `cargo bench -p harrow-portal` for figures");
+        return;
+    }
+    let flume_rt = flume_ping_pong();
+    let exec_rt = flume_async_ping_pong();
+    let park_rt = flume_async_ping_pong_parking();
+    let sock_rt = socket_ping_pong();
+    println!("baseline  flume ping-pong, bare threads      {flume_rt:8.2} µs/round trip");
+    println!(
+        "baseline  flume ping-pong, executors (async_io::block_on)      {exec_rt:8.2} µs/round trip"
+    );
+    println!(
+        "baseline  flume ping-pong, executors (futures_lite::block_on)  {park_rt:8.2} µs/round trip"
+    );
+    println!("baseline  socketpair 64-byte ping-pong       {sock_rt:8.2} µs/round trip");
+    let mem_rpc = portal_rpc("mem", 64);
+    let unix_rpc = portal_rpc("unix", 64);
+    println!(
+        "portal    unary RPC over mem   {mem_rpc:8.2} µs/call  ({:.2}x bare flume [target <= 2x]; {:.2}x flume between the same executors)",
+        mem_rpc / flume_rt,
+        mem_rpc / exec_rt
+    );
+    println!(
+        "portal    unary RPC over unix  {unix_rpc:8.2} µs/call  ({:.2}x socketpair ping-pong)",
+        unix_rpc / sock_rt
+    );
+    for window in [64, 1024] {
+        let mem_stream = portal_stream("mem", window);
+        let unix_stream = portal_stream("unix", window);
+        println!(
+            "portal    stream over mem,  window {window:4}  {mem_stream:10.0} items/s  (target >= 1,000,000)"
+        );
+        println!(
+            "portal    stream over unix, window {window:4}  {unix_stream:10.0} items/s  (target >= 300,000)"
+        );
+    }
+}

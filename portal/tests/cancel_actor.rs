@@ -1,0 +1,113 @@
+//! `cancel_actor`: the callee cancels every running call, acks, and its link ends; without an ack
+//! in time the caller gets `false`, never a hang.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use harrow_portal::ipc::{ActorId, ErrorKind, Msg, Value};
+use harrow_portal::{Executor, Link, LinkConfig, LinkEnd};
+
+async fn cancel_actor_cancels_calls_acks_and_ends_link(exec: Executor, t: Transport) {
+    let (reg, probe) = standard_registry();
+    let (a, b) = caller_callee(&exec, t, reg).await;
+    let p = a.portal();
+    let unary = exec.spawn({
+        let p = p.clone();
+        async move { p.run("t:block", Value::Null).await }
+    });
+    expect_probe(&probe, "started").await;
+    let (mut ctx, _) = bounded("open", p.open_context("t:ctx_block", Value::Null))
+        .await
+        .unwrap();
+    expect_probe(&probe, "started").await;
+    let mut s = ctx.open_stream().await.unwrap();
+    assert_eq!(b.served_calls(), 2);
+
+    assert!(bounded("cancel_actor", p.cancel_actor(BOUND)).await);
+    expect_probe(&probe, "dropped").await;
+    expect_probe(&probe, "dropped").await;
+    match bounded("b ends", b.closed()).await {
+        LinkEnd::CancelRequested { canceller, reason } => {
+            assert_eq!(canceller, a.local().id);
+            assert!(reason.contains(&a.local().id.name), "{reason}");
+        }
+        other => panic!("unexpected end {other:?}"),
+    }
+    assert!(b.is_closed());
+    // The caller asked for it: its own calls end as cancelled by itself (quiet for streams).
+    let err = bounded("unary", unary).await.unwrap_err();
+    assert!(err.is_cancelled());
+    assert_eq!(err.canceller(), Some(&a.local().id));
+    assert_eq!(bounded("recv", s.recv()).await.unwrap(), None);
+    // Later Starts are refused.
+    let err = bounded("refused", p.run("t:echo", Value::Null))
+        .await
+        .unwrap_err();
+    assert_eq!(err.remote_error().unwrap().kind, ErrorKind::Cancelled);
+    assert!(bounded("drain", b.drain(BOUND)).await);
+}
+
+async fn cancel_actor_without_ack_returns_false_in_time(exec: Executor, t: Transport) {
+    let (ca, cb) = pair(t);
+    let peer_id = ActorId::new("mute");
+    let mute = exec.spawn(async move {
+        raw_hello(&cb, &peer_id).await;
+        let mut seen = Vec::new();
+        while let Ok(m) = cb.recv().await {
+            seen.push(m);
+        }
+        seen
+    });
+    let a = bounded(
+        "establish",
+        Link::establish(ca, local("a"), None, &exec, LinkConfig::default()),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    assert!(!a.portal().cancel_actor(Duration::from_millis(200)).await);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    a.close();
+    let seen = bounded("mute ends", mute).await;
+    assert!(
+        seen.iter().any(|m| matches!(m, Msg::CancelActor { .. })),
+        "{seen:?}"
+    );
+}
+
+async fn cancel_actor_on_closed_link_is_false(exec: Executor, t: Transport) {
+    let (reg, _probe) = standard_registry();
+    let (a, b) = caller_callee(&exec, t, reg).await;
+    let p = a.portal();
+    drop(b);
+    bounded("a sees the end", a.closed()).await;
+    assert!(!bounded("cancel_actor", p.cancel_actor(BOUND)).await);
+    // Also when the peer goes away while we wait for the ack.
+    let (ca, cb) = pair(t);
+    let peer_id = ActorId::new("leaver");
+    let leaver = exec.spawn(async move {
+        raw_hello(&cb, &peer_id).await;
+        let first = cb.recv().await;
+        drop(cb);
+        first
+    });
+    let a = bounded(
+        "establish",
+        Link::establish(ca, local("a"), None, &exec, LinkConfig::default()),
+    )
+    .await
+    .unwrap();
+    assert!(!bounded("cancel_actor", a.portal().cancel_actor(BOUND)).await);
+    assert!(matches!(
+        bounded("leaver", leaver).await,
+        Ok(Msg::CancelActor { .. })
+    ));
+}
+
+both_transports!(
+    cancel_actor_cancels_calls_acks_and_ends_link,
+    cancel_actor_without_ack_returns_false_in_time,
+    cancel_actor_on_closed_link_is_false,
+);

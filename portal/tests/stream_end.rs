@@ -1,0 +1,157 @@
+//! Streams: both directions, explicit end (`Stop`), send after close.
+
+mod common;
+
+use common::*;
+use harrow_portal::ipc::Value;
+use harrow_portal::{Error, Executor, FnRegistry};
+
+async fn echo_stream_both_ways(exec: Executor, t: Transport) {
+    let (reg, _probe) = standard_registry();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    let (mut ctx, first) = bounded("open", a.portal().open_context("t:ctx_echo", Value::Int(0)))
+        .await
+        .unwrap();
+    assert_eq!(first, Value::Int(0));
+    let mut s = ctx.open_stream().await.unwrap();
+    for i in 0..200 {
+        bounded("send", s.send(Value::Int(i))).await.unwrap();
+        assert_eq!(
+            bounded("recv", s.recv()).await.unwrap(),
+            Some(Value::Int(i))
+        );
+    }
+    s.close().await.unwrap();
+    s.close().await.unwrap(); // idempotent
+    assert_eq!(bounded("end", s.recv()).await.unwrap(), None);
+    assert_eq!(
+        bounded("result", ctx.result()).await.unwrap(),
+        Value::Int(200)
+    );
+}
+
+async fn recv_after_peer_stop_ends_cleanly_every_time(exec: Executor, t: Transport) {
+    let (reg, _probe) = standard_registry();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    let (mut ctx, _) = bounded(
+        "open",
+        a.portal().open_context("t:ctx_produce", Value::Int(3)),
+    )
+    .await
+    .unwrap();
+    let mut s = ctx.open_stream().await.unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            bounded("recv", s.recv()).await.unwrap(),
+            Some(Value::Int(i))
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(bounded("end", s.recv()).await.unwrap(), None);
+    }
+    assert_eq!(
+        bounded("result", ctx.result()).await.unwrap(),
+        Value::Int(3)
+    );
+}
+
+async fn send_after_local_close_errors(exec: Executor, t: Transport) {
+    let (reg, _probe) = standard_registry();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    let (mut ctx, _) = bounded("open", a.portal().open_context("t:ctx_echo", Value::Null))
+        .await
+        .unwrap();
+    let s = ctx.open_stream().await.unwrap();
+    let (tx, mut rx) = s.split();
+    tx.send(Value::Int(1)).await.unwrap();
+    tx.close().await.unwrap();
+    let err = tx.send(Value::Int(2)).await.unwrap_err();
+    assert!(matches!(err, Error::Protocol(_)), "{err:?}");
+    assert_eq!(
+        bounded("echo", rx.recv()).await.unwrap(),
+        Some(Value::Int(1))
+    );
+    assert_eq!(bounded("end", rx.recv()).await.unwrap(), None);
+    assert_eq!(
+        bounded("result", ctx.result()).await.unwrap(),
+        Value::Int(1)
+    );
+}
+
+async fn callee_send_after_close_errors_and_reaches_caller(exec: Executor, t: Transport) {
+    let (seen_tx, seen_rx) = async_channel::unbounded();
+    let mut reg = FnRegistry::new();
+    reg.context("t:close_then_send", move |ctx, _| {
+        let seen = seen_tx.clone();
+        async move {
+            ctx.started(Value::Null).await?;
+            let s = ctx.open_stream().await?;
+            s.send(Value::Int(1)).await?;
+            s.close().await?;
+            let r = s.send(Value::Int(2)).await;
+            let _ = seen.try_send(format!("{r:?}"));
+            Ok(Value::Null)
+        }
+    })
+    .unwrap();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    let (mut ctx, _) = bounded(
+        "open",
+        a.portal().open_context("t:close_then_send", Value::Null),
+    )
+    .await
+    .unwrap();
+    let mut s = ctx.open_stream().await.unwrap();
+    assert_eq!(
+        bounded("item", s.recv()).await.unwrap(),
+        Some(Value::Int(1))
+    );
+    assert_eq!(bounded("end", s.recv()).await.unwrap(), None);
+    let saw = bounded("callee", seen_rx.recv()).await.unwrap();
+    assert!(saw.contains("Protocol") && saw.contains("closed"), "{saw}");
+    assert_eq!(bounded("result", ctx.result()).await.unwrap(), Value::Null);
+}
+
+async fn typed_stream_items(exec: Executor, t: Transport) {
+    let (reg, _probe) = standard_registry();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    let (mut ctx, _) = bounded("open", a.portal().open_context("t:ctx_echo", Value::Null))
+        .await
+        .unwrap();
+    let mut s = ctx.open_stream().await.unwrap();
+    s.send_typed(&("x".to_string(), 5u32)).await.unwrap();
+    let back: Option<(String, u32)> = bounded("typed", s.recv_typed()).await.unwrap();
+    assert_eq!(back, Some(("x".to_string(), 5)));
+    drop(s); // dropping the only sending handle closes our side
+    let n: i64 = bounded("result", ctx.result_typed()).await.unwrap();
+    assert_eq!(n, 1);
+}
+
+async fn receiving_half_as_a_stream(exec: Executor, t: Transport) {
+    use futures_lite::StreamExt;
+    let (reg, _probe) = standard_registry();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    let (mut ctx, _) = bounded(
+        "open",
+        a.portal().open_context("t:ctx_produce", Value::Int(100)),
+    )
+    .await
+    .unwrap();
+    let (_tx, rx) = ctx.open_stream().await.unwrap().split();
+    let items: Vec<Value> =
+        bounded("collect", rx.into_stream().map(|r| r.unwrap()).collect()).await;
+    assert_eq!(items, (0..100).map(Value::Int).collect::<Vec<_>>());
+    assert_eq!(
+        bounded("result", ctx.result()).await.unwrap(),
+        Value::Int(100)
+    );
+}
+
+both_transports!(
+    receiving_half_as_a_stream,
+    echo_stream_both_ways,
+    recv_after_peer_stop_ends_cleanly_every_time,
+    send_after_local_close_errors,
+    callee_send_after_close_errors_and_reaches_caller,
+    typed_stream_items,
+);
