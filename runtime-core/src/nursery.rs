@@ -281,8 +281,9 @@ impl ActorNursery {
                 // Consequences of our own teardown (a cancelled call, a channel we closed) are not
                 // failures; anything the child raised is, even if it arrives after the teardown
                 // started, so that simultaneous failures are all reported.
-                let tearing_down =
-                    slot.teardown.is_cancelled() || nursery.inner.cancel.is_cancelled();
+                let tearing_down = slot.teardown.is_cancelled()
+                    || nursery.inner.cancel.is_cancelled()
+                    || nursery.inner.actor.self_cancel_token().is_cancelled();
                 let consequence = e.is_cancelled() || (e.is_closed() && tearing_down);
                 if !consequence {
                     nursery.fail(ChildFailure::remote(
