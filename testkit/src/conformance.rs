@@ -741,6 +741,48 @@ pub fn break_mid_stream<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
+/// How many spawn/call/cancel cycles [`spawn_cancel_soak`] runs.
+pub const SOAK_CYCLES: usize = 500;
+
+/// spawn-cancel-soak: 500 spawn/call/cancel cycles in one process, alternating with bursts of
+/// concurrent spawns; zero hangs and nothing left behind (the regression test for the seed's
+/// destroy race).
+pub fn spawn_cancel_soak<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    let cycles = expect_ok(run_root(root_config(), |n| async move {
+        let mut cycles = 0;
+        while cycles < SOAK_CYCLES {
+            if cycles % 50 == 25 {
+                // A burst of concurrent spawns, each called and cancelled.
+                let mut starts = Vec::new();
+                for i in 0..5 {
+                    let n = n.clone();
+                    let (backend, spec) = (f.backend(), f.spec());
+                    starts.push(async move {
+                        n.start_actor(&format!("soak-burst-{i}"), backend, spec)
+                            .await
+                    });
+                }
+                let echo = f.func("echo");
+                for child in join_all(starts).await {
+                    let child = child?;
+                    assert_eq!(child.run(&echo, Value::Int(1)).await?, Value::Int(1));
+                    assert_eq!(child.cancel().await, ChildOutcome::Exited);
+                    cycles += 1;
+                }
+            } else {
+                let child = n.start_actor("soak", f.backend(), f.spec()).await?;
+                let v = Value::Int(cycles as i64);
+                assert_eq!(child.run(&f.func("echo"), v.clone()).await?, v);
+                assert_eq!(child.cancel().await, ChildOutcome::Exited);
+                cycles += 1;
+            }
+        }
+        Ok(cycles)
+    }));
+    assert!(cycles >= SOAK_CYCLES);
+    Outcome::Passed
+}
+
 async fn join_all<T, Fut: std::future::Future<Output = T>>(futs: Vec<Fut>) -> Vec<T> {
     let mut pinned: Vec<_> = futs.into_iter().map(Box::pin).collect();
     let mut out: Vec<Option<T>> = (0..pinned.len()).map(|_| None).collect();
@@ -793,7 +835,8 @@ macro_rules! conformance_suite {
             non_checkpointing_blocked_child,
             shielded_section,
             dead_channel_cancel,
-            break_mid_stream
+            break_mid_stream,
+            spawn_cancel_soak
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {

@@ -1,0 +1,193 @@
+//! Nursery semantics beyond the conformance scenarios, on the thread backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use harrow_runtime_core::ipc::Value;
+use harrow_runtime_core::{
+    ActorSpec, ChildOutcome, Error, RootConfig, Timeouts, open_nursery, run_root, shield,
+};
+use harrow_spawn_thread::ThreadBackend;
+use harrow_testkit::conformance::BackendFactory;
+use harrow_testkit::testfns;
+
+struct Factory;
+
+impl BackendFactory for Factory {
+    fn backend(&self) -> Arc<dyn harrow_runtime_core::SpawnBackend> {
+        ThreadBackend::shared()
+    }
+    fn spec(&self) -> ActorSpec {
+        ActorSpec::with_resolver(testfns::registry(Arc::new(Factory)))
+    }
+    fn func(&self, name: &str) -> String {
+        format!("testfns:{name}")
+    }
+    fn fail_type_name(&self) -> &'static str {
+        std::any::type_name::<testfns::TestError>()
+    }
+}
+
+fn config() -> RootConfig {
+    RootConfig::default()
+        .handle_sigint(false)
+        .timeouts(Timeouts::quick())
+}
+
+fn bounded<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    harrow_testkit::harness(
+        name,
+        Duration::from_secs(60),
+        harrow_testkit::DEFAULT_SETTLE,
+        f,
+    )
+}
+
+#[test]
+fn a_failing_body_cancels_its_children_and_is_returned() {
+    bounded(
+        "a_failing_body_cancels_its_children_and_is_returned",
+        || {
+            let err = run_root(config(), |n| async move {
+                let f = Factory;
+                let child = n.start_actor("daemon", f.backend(), f.spec()).await?;
+                child.run("testfns:echo", Value::Null).await?;
+                Err::<(), _>("the body gave up".into())
+            })
+            .expect_err("the body failed");
+            assert_eq!(
+                err.body_error().map(|e| e.to_string()),
+                Some("the body gave up".to_owned())
+            );
+            assert!(err.failures().is_empty(), "{err}");
+        },
+    );
+}
+
+#[test]
+fn daemons_still_running_when_the_body_returns_are_cancelled() {
+    bounded(
+        "daemons_still_running_when_the_body_returns_are_cancelled",
+        || {
+            let children = run_root(config(), |n| async move {
+                let f = Factory;
+                n.start_actor("d1", f.backend(), f.spec()).await?;
+                n.start_actor("d2", f.backend(), f.spec()).await?;
+                Ok(n)
+            })
+            .expect("a clean nursery")
+            .children();
+            assert_eq!(children.len(), 2);
+            for (id, backend, outcome) in children {
+                assert_eq!(backend, "thread");
+                assert_eq!(outcome, Some(ChildOutcome::Exited), "{id}");
+            }
+        },
+    );
+}
+
+#[test]
+fn open_nursery_outside_an_actor_is_a_clear_error() {
+    bounded("open_nursery_outside_an_actor_is_a_clear_error", || {
+        let err = futures_lite::future::block_on(open_nursery(|_n| async { Ok(()) }))
+            .expect_err("no actor here");
+        let body = err.body_error().expect("a body error").to_string();
+        assert!(body.contains("no actor runs on this thread"), "{body}");
+    });
+}
+
+#[test]
+fn run_in_actor_rejects_a_malformed_function_path() {
+    bounded("run_in_actor_rejects_a_malformed_function_path", || {
+        run_root(config(), |n| async move {
+            let f = Factory;
+            let err = n
+                .run_in_actor("x", f.backend(), "not a path", Value::Null, f.spec())
+                .await
+                .expect_err("a malformed path");
+            assert!(matches!(err, Error::Portal(_)), "{err}");
+            assert!(err.to_string().contains("not a path"), "{err}");
+            // start_actor'ed children have no result.
+            let child = n.start_actor("daemon", f.backend(), f.spec()).await?;
+            assert!(child.result().await.is_err());
+            Ok(())
+        })
+        .expect("the nursery stays usable");
+    });
+}
+
+#[test]
+fn bad_actor_names_are_refused_and_the_nursery_stays_usable() {
+    bounded("bad_actor_names_are_refused", || {
+        run_root(config(), |n| async move {
+            let f = Factory;
+            for bad in ["", "a/b", "nul\0"] {
+                let err = n
+                    .start_actor(bad, f.backend(), f.spec())
+                    .await
+                    .expect_err("a bad name");
+                assert!(err.to_string().contains("bad spec"), "{err}");
+            }
+            let child = n.start_actor("fine", f.backend(), f.spec()).await?;
+            assert_eq!(
+                child.run("testfns:echo", Value::Int(1)).await?,
+                Value::Int(1)
+            );
+            Ok(())
+        })
+        .expect("usable");
+    });
+}
+
+#[test]
+fn a_child_whose_channel_breaks_while_idle_exits_by_itself() {
+    bounded(
+        "a_child_whose_channel_breaks_while_idle_exits_by_itself",
+        || {
+            let breakable = harrow_testkit::faults::BreakableBackend::wrap(ThreadBackend::shared());
+            let outcome = run_root(config(), |n| {
+                let breakable = breakable.clone();
+                async move {
+                    let f = Factory;
+                    let child = n.start_actor("idle", breakable.clone(), f.spec()).await?;
+                    child.run("testfns:echo", Value::Null).await?;
+                    breakable.breaker(child.id()).expect("breaker").break_now();
+                    // No cancel from us: the supervisor sees the broken link and reaps the orphan.
+                    Ok(child.cancel().await)
+                }
+            })
+            .expect("an orphan that exits cleanly is not a failure");
+            assert_eq!(outcome, ChildOutcome::Exited);
+        },
+    );
+}
+
+#[test]
+fn shield_outside_an_actor_just_runs() {
+    bounded("shield_outside_an_actor_just_runs", || {
+        assert_eq!(futures_lite::future::block_on(shield(async { 5 })), 5);
+    });
+}
+
+#[test]
+fn a_result_can_be_awaited_by_several_handles() {
+    bounded("a_result_can_be_awaited_by_several_handles", || {
+        run_root(config(), |n| async move {
+            let f = Factory;
+            let child = n
+                .run_in_actor(
+                    "adder",
+                    f.backend(),
+                    "testfns:add",
+                    Value::List(vec![Value::Int(1), Value::Int(2)]),
+                    f.spec(),
+                )
+                .await?;
+            let other = child.clone();
+            assert_eq!(child.result().await?, Value::Int(3));
+            assert_eq!(other.result().await?, Value::Int(3));
+            Ok(())
+        })
+        .expect("clean");
+    });
+}
