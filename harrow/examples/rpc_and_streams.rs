@@ -1,0 +1,100 @@
+//! Typed remote calls, a context with a bidirectional stream, and a remote error.
+//!
+//! `cargo run -p harrow --example rpc_and_streams`
+
+use std::sync::Arc;
+
+use harrow::{ActorSpec, CallError, FnRegistry, RootConfig, ThreadBackend, Value, run_root};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct Order {
+    item: String,
+    quantity: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct Quote {
+    item: String,
+    total_cents: u64,
+}
+
+fn functions() -> anyhow::Result<Arc<FnRegistry>> {
+    let mut f = FnRegistry::new();
+    // A typed unary function: serde types in and out, `Value` on the wire.
+    f.unary_typed("shop:quote", |order: Order| async move {
+        if order.quantity == 0 {
+            return Err(CallError::raised("ValueError", "quantity must be positive"));
+        }
+        Ok(Quote {
+            total_cents: 250 * u64::from(order.quantity),
+            item: order.item,
+        })
+    })?;
+    // A context: `started` gives the caller a first value, then both sides stream.
+    f.context("shop:running_total", |ctx, _args| async move {
+        ctx.started(Value::from("ready")).await?;
+        let mut stream = ctx.open_stream().await?;
+        let mut total = 0;
+        while let Some(v) = stream.recv().await? {
+            total += v.as_i64().unwrap_or(0);
+            stream.send(Value::Int(total)).await?;
+        }
+        stream.close().await?;
+        Ok(Value::Int(total))
+    })?;
+    Ok(Arc::new(f))
+}
+
+fn main() -> anyhow::Result<()> {
+    let functions = functions()?;
+    run_root(RootConfig::default(), |n| async move {
+        let shop = n
+            .start_actor(
+                "shop",
+                ThreadBackend::shared(),
+                ActorSpec::with_resolver(functions),
+            )
+            .await?;
+
+        let quote: Quote = shop
+            .run_typed(
+                "shop:quote",
+                &Order {
+                    item: "apple".into(),
+                    quantity: 4,
+                },
+            )
+            .await?;
+        println!("quote: {quote:?}");
+
+        let err = shop
+            .run_typed::<_, Quote>(
+                "shop:quote",
+                &Order {
+                    item: "pear".into(),
+                    quantity: 0,
+                },
+            )
+            .await
+            .expect_err("zero is refused");
+        let remote = err.remote_error().expect("raised remotely");
+        println!(
+            "remote error: {}: {} (from {})",
+            remote.type_name, remote.message, remote.source
+        );
+
+        let (mut ctx, first) = shop.open_context("shop:running_total", Value::Null).await?;
+        println!("context started: {first:?}");
+        let mut stream = ctx.open_stream().await?;
+        for x in [5, 10, 20] {
+            stream.send(Value::Int(x)).await?;
+            println!("running total: {:?}", stream.recv().await?);
+        }
+        stream.close().await?;
+        while stream.recv().await?.is_some() {}
+        println!("final result: {:?}", ctx.result().await?);
+        Ok(())
+    })?;
+    Ok(())
+}
