@@ -444,7 +444,7 @@ impl StreamRx {
     pub async fn recv(&mut self) -> Result<Option<Value>> {
         let shared = &self.shared;
         let chan = &self.chan;
-        let threshold = (shared.window() / 2).max(1);
+        let threshold = (shared.window() / 4).max(1);
         chan.wait(|st| {
             if let Some(v) = st.items.pop_front() {
                 st.consumed += 1;

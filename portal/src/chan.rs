@@ -3,7 +3,8 @@
 //!
 //! Flow control (per stream direction): the sender starts with **zero** credit. The receiver
 //! grants the whole window (`LinkConfig::credit_window`) with one `Credit` when it opens its side
-//! of the stream, then re-grants what it consumed in batches of `window / 2` (at least 1). So the
+//! of the stream, then re-grants what it consumed in batches of `window / 4` (at least 1; smaller
+//! batches keep a fast producer from stalling on the credit round trip). So the
 //! items sent but not yet consumed never exceed the window, and the receiving queue is bounded by
 //! it. An item that arrives without credit is a protocol violation for that call only.
 
