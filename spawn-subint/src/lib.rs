@@ -1,2 +1,94 @@
-//! `SubintBackend`: harrow actors that run Python functions in CPython subinterpreters, each with
-//! its own GIL, owned by a dedicated OS thread.
+//! `harrow-spawn-subint`: harrow actors that run Python functions in CPython subinterpreters,
+//! each with its own GIL, each owned by a dedicated OS thread (DESIGN.md §6).
+//!
+//! - [`InterpThread`] creates one subinterpreter on a fresh `std::thread` named
+//!   `subint-<actor>`, runs every Python call of that actor there, and ends it there
+//!   (`Py_EndInterpreter`) before the thread exits. No pooled thread ever enters an interpreter,
+//!   so the seed's destroy race (a cached worker holding a stale thread state) is impossible by
+//!   construction.
+//! - Calls are `"package.module:function"` ([`FnPath`](harrow_ipc::FnPath)) into modules the
+//!   [`InterpConfig`] exposes. A plain function is a unary call; a generator streams its items;
+//!   a function whose FIRST parameter is named `ctx` gets a `harrow.Context` (`started`,
+//!   `open_stream` -> `Stream` with `send`, `recv` (raises `harrow.EndOfStream` at the end),
+//!   iteration, `close`).
+//! - Arguments: `Null` -> no argument, `List` -> positional arguments, `Map` with `str` keys ->
+//!   keyword arguments, any other value -> one positional argument.
+//! - `Value` <-> Python: None, bool, int (i64; larger is an error), float, str, bytes
+//!   (bytearray accepted), list/tuple -> `List`, dict -> `Map`; anything else is an error naming
+//!   the Python type.
+//! - Cancellation raises `harrow.Cancelled` (a `BaseException`) at the next bytecode boundary
+//!   through `_PyEval_AddPendingCall`, re-armed every [`REARM_INTERVAL`] while the call runs;
+//!   `with harrow.shield():` defers it; `harrow.sleep()` is a cancellable sleep. A call blocked
+//!   in C (`time.sleep`) sees the cancel when the C call returns; shutdown's bound covers the
+//!   rest by leaking the interpreter ([`Exit::Leaked`]).
+//! - The main interpreter is initialised lazily once (`Py_InitializeEx(0)`: no Python signal
+//!   handlers) and its GIL released. The process never calls `Py_FinalizeEx`.
+//! - [`PyResolver`] plugs an interpreter into the portal as the actor's `Resolver`.
+//!
+//! Needs Python >= 3.12 with a shared libpython at build time (`PYO3_PYTHON`, set up by
+//! `scripts/setup`); otherwise everything returns [`Error::Unavailable`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use harrow_ipc::{CallKind, FnPath, Value};
+//! use harrow_spawn_subint::{Exit, InterpConfig, InterpThread};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let actor = InterpThread::spawn(InterpConfig::new("calc").expose("operator"))?;
+//! let call = actor.handle().call(
+//!     FnPath::parse("operator:mul")?,
+//!     CallKind::Unary,
+//!     Value::List(vec![Value::Int(6), Value::Int(7)]),
+//!     None,
+//! );
+//! assert_eq!(futures_lite::future::block_on(call).map_err(|e| e.to_string())?, Value::Int(42));
+//! assert_eq!(actor.shutdown(Duration::from_secs(5)), Exit::Ended);
+//! # Ok(()) }
+//! ```
+#![allow(unsafe_code)]
+// With an unsupported Python the FFI layer is compiled out and much of the plumbing is unused.
+#![cfg_attr(not(harrow_subint), allow(dead_code))]
+
+mod backend;
+mod config;
+mod error;
+mod host;
+mod interp;
+mod resolver;
+mod state;
+
+#[cfg(harrow_subint)]
+mod py;
+#[cfg(harrow_subint)]
+use py as imp;
+
+#[cfg(not(harrow_subint))]
+mod unavailable;
+#[cfg(not(harrow_subint))]
+use unavailable as imp;
+
+pub use backend::SubintBackend;
+pub use config::InterpConfig;
+pub use error::{Error, Result};
+pub use host::{CallHost, HostFuture, StreamHost};
+pub use interp::{CREATE_BOUND, Exit, InterpHandle, InterpThread, PyCall};
+pub use resolver::PyResolver;
+pub use state::{InterpThreadInfo, REARM_INTERVAL, interp_threads, live_interpreters};
+
+/// Whether this build can host subinterpreters (built against Python >= 3.12 with a shared
+/// libpython).
+pub fn available() -> bool {
+    cfg!(harrow_subint)
+}
+
+/// The Python version this crate was built against (`"3.13"`).
+pub fn python_version() -> &'static str {
+    env!("HARROW_SUBINT_PY_VERSION")
+}
+
+/// Creates and ends one bare subinterpreter (no `harrow` module, no call) on a fresh thread and
+/// returns how long that took: the baseline the benchmarks compare spawning against.
+/// Only `config.legacy` and `config.allow_threads` are used.
+pub fn bare_create_end(config: &InterpConfig) -> Result<std::time::Duration> {
+    imp::ensure_main()?;
+    imp::bare_create_end(config)
+}

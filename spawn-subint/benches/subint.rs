@@ -1,0 +1,198 @@
+//! Benchmarks of the subint layer, printed as ratios (run: `cargo bench -p harrow-spawn-subint`).
+//!
+//! - CPU-bound pure Python on 1 and 2 interpreters (own GIL, legacy) and on
+//!   `multiprocessing.Pool(2)`: speedup = 2 x T1 / T2.
+//! - Bare interpreter create+end vs spawn-to-first-reply (InterpThread::spawn + first call).
+//! - Call round trip of a trivial function vs `multiprocessing` `Pool.apply`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow};
+use harrow_ipc::{CallKind, FnPath, Value};
+use harrow_spawn_subint::{InterpConfig, InterpHandle, InterpThread, bare_create_end};
+
+const N: i64 = 3_000_000;
+const BOUND: Duration = Duration::from_secs(60);
+
+fn pyfns() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pyfns")
+}
+
+fn config(name: &str, legacy: bool) -> InterpConfig {
+    InterpConfig::new(name)
+        .expose("harrow_testfns")
+        .sys_path(pyfns())
+        .legacy(legacy)
+}
+
+fn call(h: &InterpHandle, f: &str, args: Value) -> Result<Value> {
+    let fut = h.call(FnPath::parse(f)?, CallKind::Unary, args, None);
+    futures_lite::future::block_on(fut).map_err(|e| anyhow!("{f}: {e:?}"))
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// (T1, T2): one CPU job on one interpreter; two jobs on two interpreters at once.
+fn cpu_speedup(legacy: bool) -> Result<(Duration, Duration)> {
+    let a = InterpThread::spawn(config("bench-a", legacy))?;
+    let b = InterpThread::spawn(config("bench-b", legacy))?;
+    let (ha, hb) = (a.handle(), b.handle());
+    call(&ha, "harrow_testfns:cpu", Value::Int(1000))?;
+    call(&hb, "harrow_testfns:cpu", Value::Int(1000))?;
+    let mut t1 = Vec::new();
+    let mut t2 = Vec::new();
+    for _ in 0..3 {
+        let s = Instant::now();
+        call(&ha, "harrow_testfns:cpu", Value::Int(N))?;
+        t1.push(s.elapsed());
+        let s = Instant::now();
+        let fa = ha.call(
+            FnPath::parse("harrow_testfns:cpu")?,
+            CallKind::Unary,
+            Value::Int(N),
+            None,
+        );
+        let fb = hb.call(
+            FnPath::parse("harrow_testfns:cpu")?,
+            CallKind::Unary,
+            Value::Int(N),
+            None,
+        );
+        let ra = futures_lite::future::block_on(fa);
+        let rb = futures_lite::future::block_on(fb);
+        t2.push(s.elapsed());
+        ra.map_err(|e| anyhow!("{e:?}"))?;
+        rb.map_err(|e| anyhow!("{e:?}"))?;
+    }
+    a.shutdown(BOUND);
+    b.shutdown(BOUND);
+    Ok((median(t1), median(t2)))
+}
+
+const MP_SCRIPT: &str = r#"
+import multiprocessing as mp, time, statistics, sys
+def cpu(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+def noop(x):
+    return x
+if __name__ == "__main__":
+    N = int(sys.argv[1])
+    with mp.Pool(2) as pool:
+        pool.apply(noop, (1,))
+        t1, t2 = [], []
+        for _ in range(3):
+            s = time.perf_counter(); pool.apply(cpu, (N,)); t1.append(time.perf_counter() - s)
+            s = time.perf_counter(); pool.map(cpu, [N, N], chunksize=1); t2.append(time.perf_counter() - s)
+        rt = []
+        for _ in range(500):
+            s = time.perf_counter(); pool.apply(noop, (1,)); rt.append(time.perf_counter() - s)
+    print(statistics.median(t1), statistics.median(t2), statistics.median(rt))
+"#;
+
+fn multiprocessing() -> Result<(f64, f64, f64)> {
+    let py = env!("HARROW_SUBINT_PYTHON");
+    let out = Command::new(py)
+        .arg("-c")
+        .arg(MP_SCRIPT)
+        .arg(N.to_string())
+        .output()
+        .with_context(|| format!("running {py}"))?;
+    if !out.status.success() {
+        return Err(anyhow!("{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        [a, b, c] => Ok((*a, *b, *c)),
+        _ => Err(anyhow!("unexpected output {text:?}")),
+    }
+}
+
+fn main() -> Result<()> {
+    if !harrow_spawn_subint::available() {
+        println!(
+            "subint backend unavailable (Python {}); nothing to bench",
+            harrow_spawn_subint::python_version()
+        );
+        return Ok(());
+    }
+    println!("Python {} , N = {N}", harrow_spawn_subint::python_version());
+
+    let (t1, t2) = cpu_speedup(false)?;
+    println!(
+        "own GIL:   T1 {:.3}s  T2 {:.3}s  speedup 2*T1/T2 = {:.2}x",
+        secs(t1),
+        secs(t2),
+        2.0 * secs(t1) / secs(t2)
+    );
+    let (l1, l2) = cpu_speedup(true)?;
+    println!(
+        "legacy:    T1 {:.3}s  T2 {:.3}s  speedup 2*T1/T2 = {:.2}x",
+        secs(l1),
+        secs(l2),
+        2.0 * secs(l1) / secs(l2)
+    );
+    let (m1, m2, mrt) = multiprocessing()?;
+    println!(
+        "mp.Pool(2): T1 {m1:.3}s  T2 {m2:.3}s  speedup 2*T1/T2 = {:.2}x",
+        2.0 * m1 / m2
+    );
+
+    // Spawn cost.
+    let mut bare = Vec::new();
+    let mut first = Vec::new();
+    let mut ends = Vec::new();
+    for i in 0..21 {
+        bare.push(bare_create_end(&config("bare", false))?);
+        let s = Instant::now();
+        let t = InterpThread::spawn(config(&format!("spawn-{i}"), false))?;
+        call(&t.handle(), "harrow_testfns:echo", Value::Null)?;
+        first.push(s.elapsed());
+        let s = Instant::now();
+        t.shutdown(BOUND);
+        ends.push(s.elapsed());
+    }
+    let (bare, first, ends) = (median(bare), median(first), median(ends));
+    println!(
+        "spawn: bare create+end {:.2} ms; spawn-to-first-reply {:.2} ms (ratio {:.2}x); shutdown {:.2} ms",
+        secs(bare) * 1e3,
+        secs(first) * 1e3,
+        secs(first) / secs(bare),
+        secs(ends) * 1e3
+    );
+
+    // Call round trip.
+    let t = InterpThread::spawn(config("rt", false))?;
+    let h = t.handle();
+    call(&h, "harrow_testfns:echo", Value::Int(1))?;
+    let mut rt = Vec::new();
+    for _ in 0..2000 {
+        let s = Instant::now();
+        call(&h, "harrow_testfns:echo", Value::Int(1))?;
+        rt.push(s.elapsed());
+    }
+    let rt = median(rt);
+    t.shutdown(BOUND);
+    println!(
+        "round trip: subint call {:.1} us; mp Pool.apply {:.1} us; subint is {:.1}x faster",
+        secs(rt) * 1e6,
+        mrt * 1e6,
+        mrt / secs(rt)
+    );
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! [`SubintBackend`]: the `SpawnBackend` whose actors run Python in subinterpreters.
+//!
+//! Per actor, two dedicated OS threads: the interpreter thread ([`InterpThread`]) that owns the
+//! subinterpreter and runs every Python call, and the actor's Rust runtime thread that runs
+//! `run_actor` (dispatcher, link, cancel protocol) with a [`PyResolver`] handing calls to the
+//! interpreter thread. When the runtime returns (cancelled or orphaned) the runtime thread shuts
+//! the interpreter down, bounded by the spec's `hard_kill` timeout; an interpreter that cannot be
+//! ended in time is leaked and `Child::join` reports `Running` (the runtime then reports it).
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use harrow_runtime_core::ipc::{ActorId, Channel, mem};
+use harrow_runtime_core::{
+    ActorInit, BoxFuture, Capabilities, Child, Exit as ChildExit, HardKill, Runs, SpawnBackend,
+    SpawnError, SpawnSpec, run_actor,
+};
+
+use crate::config::InterpConfig;
+use crate::interp::{Exit, InterpHandle, InterpThread};
+use crate::resolver::PyResolver;
+
+/// Actors that run Python functions in CPython subinterpreters (own GIL by default).
+///
+/// The spawn spec's `params` are [`InterpConfig::to_params`] (modules to expose, `sys.path`
+/// entries, legacy mode, threads).
+#[derive(Debug, Default, Clone)]
+pub struct SubintBackend {
+    _private: (),
+}
+
+impl SubintBackend {
+    /// A backend.
+    pub fn new() -> Self {
+        SubintBackend::default()
+    }
+
+    /// A new backend, ready to hand to a nursery.
+    pub fn shared() -> Arc<dyn SpawnBackend> {
+        Arc::new(SubintBackend::new())
+    }
+}
+
+impl SpawnBackend for SubintBackend {
+    fn name(&self) -> &'static str {
+        "subint"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(Runs::Python)
+            .with_hard_kill(HardKill::Interrupts)
+            .with_nested(false)
+    }
+
+    fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {
+        Box::pin(spawn(spec))
+    }
+}
+
+async fn spawn(spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
+    let id = spec.id.clone();
+    if !crate::available() {
+        return Err(SpawnError::Unavailable {
+            actor: id,
+            backend: "subint",
+            reason: crate::error::unavailable_message(),
+        });
+    }
+    let config = InterpConfig::from_params(id.name.clone(), &spec.params).map_err(|e| {
+        SpawnError::BadSpec {
+            actor: id.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    let interp = InterpThread::spawn_async(config)
+        .await
+        .map_err(|e| match e {
+            crate::Error::Unavailable(reason) => SpawnError::Unavailable {
+                actor: id.clone(),
+                backend: "subint",
+                reason,
+            },
+            other => SpawnError::Failed {
+                actor: id.clone(),
+                reason: other.to_string(),
+            },
+        })?;
+    let handle = interp.handle();
+    let resolver = Arc::new(PyResolver::new(interp.handle()));
+    let shutdown_bound = spec.timeouts.hard_kill;
+    let init = ActorInit::from_spec(spec, "subint").with_resolver(resolver);
+    let (parent_end, child_end) = mem::pair();
+    let (done_tx, done_rx) = flume::bounded::<()>(1);
+    let runtime = std::thread::Builder::new()
+        .name(thread_name(&id))
+        .spawn(move || {
+            let _done = done_tx;
+            run_actor(child_end, init);
+            interp.shutdown(shutdown_bound)
+        })
+        .map_err(|e| SpawnError::Failed {
+            actor: id.clone(),
+            reason: format!("cannot start its runtime thread: {e}"),
+        })?;
+    Ok(Box::new(SubintChild {
+        id,
+        channel: Some(parent_end),
+        runtime: Some(runtime),
+        done: done_rx,
+        interp: handle,
+        leaked: None,
+    }))
+}
+
+fn thread_name(id: &ActorId) -> String {
+    let mut name = format!("rt-{}", id.name);
+    while name.len() > 15 {
+        name.pop();
+    }
+    name
+}
+
+struct SubintChild {
+    id: ActorId,
+    channel: Option<Channel>,
+    runtime: Option<JoinHandle<Exit>>,
+    done: flume::Receiver<()>,
+    interp: InterpHandle,
+    leaked: Option<String>,
+}
+
+impl std::fmt::Debug for SubintChild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Child for SubintChild {
+    fn id(&self) -> &ActorId {
+        &self.id
+    }
+
+    fn take_channel(&mut self) -> Option<Channel> {
+        self.channel.take()
+    }
+
+    fn hard_kill(&mut self) -> BoxFuture<'_, Result<(), String>> {
+        // Interrupt the running Python (re-armed `harrow.Cancelled`) and stop taking calls. The
+        // runtime drops its channel end, so the actor runtime sees its parent gone and returns.
+        self.interp.begin_shutdown();
+        Box::pin(async { Ok(()) })
+    }
+
+    fn join(&mut self, bound: Duration) -> BoxFuture<'_, ChildExit> {
+        Box::pin(async move {
+            if self.leaked.is_some() {
+                return ChildExit::Running;
+            }
+            let Some(runtime) = self.runtime.take() else {
+                return ChildExit::Exited;
+            };
+            let finished = futures_lite::future::or(
+                async {
+                    let _ = self.done.recv_async().await;
+                    true
+                },
+                async {
+                    async_io::Timer::after(bound).await;
+                    false
+                },
+            )
+            .await;
+            if !finished {
+                self.runtime = Some(runtime);
+                return ChildExit::Running;
+            }
+            match runtime.join() {
+                Ok(Exit::Ended) => ChildExit::Exited,
+                Ok(Exit::Leaked { reason }) => {
+                    self.leaked = Some(reason);
+                    ChildExit::Running
+                }
+                Err(_) => ChildExit::Failed("the actor runtime thread panicked".into()),
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        match &self.leaked {
+            Some(reason) => format!(
+                "subint actor {} (interpreter thread subint-{}, leaked: {reason})",
+                self.id, self.id.name
+            ),
+            None => format!(
+                "subint actor {} (interpreter thread subint-{})",
+                self.id, self.id.name
+            ),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! [`InterpConfig`]: how one actor's subinterpreter is made.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How one actor's subinterpreter is created and what it may run.
+#[derive(Clone, Debug)]
+pub struct InterpConfig {
+    /// The actor's name: names the OS thread (`subint-<name>`) and every report.
+    pub name: String,
+    /// Modules whose functions may be called (exact dotted names). Calls into any other module
+    /// fail with `ErrorKind::ModuleNotExposed`.
+    pub modules: Vec<String>,
+    /// Entries put at the front of `sys.path`, in order, before any call.
+    pub sys_path: Vec<PathBuf>,
+    /// Legacy mode: share the main interpreter's GIL and allow single-phase-init extension
+    /// modules (`check_multi_interp_extensions = 0`). No parallelism with other legacy
+    /// interpreters; use only for extensions that refuse to load in an isolated interpreter.
+    pub legacy: bool,
+    /// Whether Python code may start threads (`threading.Thread`). Off by default: starting one is
+    /// a Python `RuntimeError`. Allowed threads are cancelled and joined within
+    /// [`thread_join_bound`](Self::thread_join_bound) before the interpreter ends.
+    pub allow_threads: bool,
+    /// How long shutdown waits for Python threads started by user code to end, after
+    /// asking them to stop. A thread still alive then makes the interpreter leak (reported).
+    pub thread_join_bound: Duration,
+}
+
+impl InterpConfig {
+    /// A config for actor `name` that exposes no module yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        InterpConfig {
+            name: name.into(),
+            modules: Vec::new(),
+            sys_path: Vec::new(),
+            legacy: false,
+            allow_threads: false,
+            thread_join_bound: Duration::from_secs(1),
+        }
+    }
+
+    /// Exposes `module` (a dotted module name).
+    pub fn expose(mut self, module: impl Into<String>) -> Self {
+        self.modules.push(module.into());
+        self
+    }
+
+    /// Adds a `sys.path` entry.
+    pub fn sys_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.sys_path.push(path.into());
+        self
+    }
+
+    /// Sets legacy (shared GIL) mode.
+    pub fn legacy(mut self, legacy: bool) -> Self {
+        self.legacy = legacy;
+        self
+    }
+
+    /// Allows or refuses Python threads.
+    pub fn allow_threads(mut self, allow: bool) -> Self {
+        self.allow_threads = allow;
+        self
+    }
+
+    /// Whether `module` may be called.
+    pub fn exposes(&self, module: &str) -> bool {
+        self.modules.iter().any(|m| m == module)
+    }
+}
+
+impl InterpConfig {
+    /// Encodes the config (all but the name) as the `params` of a spawn spec:
+    /// `{"modules": [str], "sys_path": [str], "legacy": bool, "allow_threads": bool,
+    /// "thread_join_bound_ms": int}`.
+    pub fn to_params(&self) -> harrow_ipc::Value {
+        use harrow_ipc::Value;
+        let strs = |v: Vec<String>| Value::List(v.into_iter().map(Value::Str).collect());
+        Value::Map(vec![
+            (Value::from("modules"), strs(self.modules.clone())),
+            (
+                Value::from("sys_path"),
+                strs(
+                    self.sys_path
+                        .iter()
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .collect(),
+                ),
+            ),
+            (Value::from("legacy"), Value::Bool(self.legacy)),
+            (
+                Value::from("allow_threads"),
+                Value::Bool(self.allow_threads),
+            ),
+            (
+                Value::from("thread_join_bound_ms"),
+                Value::Int(i64::try_from(self.thread_join_bound.as_millis()).unwrap_or(i64::MAX)),
+            ),
+        ])
+    }
+
+    /// Decodes spawn-spec `params` (see [`to_params`](Self::to_params); every key is optional,
+    /// `Null` is an empty config) for actor `name`.
+    pub fn from_params(name: impl Into<String>, params: &harrow_ipc::Value) -> crate::Result<Self> {
+        use crate::Error;
+        use harrow_ipc::Value;
+        let mut cfg = InterpConfig::new(name);
+        let entries = match params {
+            Value::Null => return Ok(cfg),
+            Value::Map(entries) => entries,
+            other => {
+                return Err(Error::Config(format!(
+                    "params must be a map, got {}",
+                    other.kind_name()
+                )));
+            }
+        };
+        let strs = |key: &str, v: &Value| -> crate::Result<Vec<String>> {
+            let items = v
+                .as_list()
+                .ok_or_else(|| Error::Config(format!("{key:?} must be a list of str")))?;
+            items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| Error::Config(format!("{key:?} must be a list of str")))
+                })
+                .collect()
+        };
+        let boolean = |key: &str, v: &Value| match v {
+            Value::Bool(b) => Ok(*b),
+            _ => Err(Error::Config(format!("{key:?} must be a bool"))),
+        };
+        for (k, v) in entries {
+            match k.as_str() {
+                Some("modules") => cfg.modules = strs("modules", v)?,
+                Some("sys_path") => {
+                    cfg.sys_path = strs("sys_path", v)?
+                        .into_iter()
+                        .map(PathBuf::from)
+                        .collect()
+                }
+                Some("legacy") => cfg.legacy = boolean("legacy", v)?,
+                Some("allow_threads") => cfg.allow_threads = boolean("allow_threads", v)?,
+                Some("thread_join_bound_ms") => {
+                    let ms = v.as_i64().filter(|ms| *ms >= 0).ok_or_else(|| {
+                        Error::Config("\"thread_join_bound_ms\" must be a non-negative int".into())
+                    })?;
+                    cfg.thread_join_bound = Duration::from_millis(ms as u64);
+                }
+                _ => return Err(Error::Config(format!("unknown key {k:?} in params"))),
+            }
+        }
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,51 @@
+//! The crate's error type.
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong when hosting Python actors in subinterpreters.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The crate was built against a Python that cannot host own-GIL subinterpreters.
+    #[error("subinterpreter backend unavailable: {0}")]
+    Unavailable(String),
+    /// The main interpreter failed to initialise.
+    #[error("Python initialisation failed: {0}")]
+    Init(String),
+    /// `Py_NewInterpreterFromConfig` (or the per-interpreter setup after it) failed.
+    #[error("creating subinterpreter {actor:?} failed: {message}")]
+    Create {
+        /// The actor the interpreter was for.
+        actor: String,
+        /// CPython's `err_msg`, or the Python error raised during setup.
+        message: String,
+    },
+    /// The OS refused to start the interpreter's thread.
+    #[error("could not start the thread for subinterpreter {actor:?}: {message}")]
+    Thread {
+        /// The actor the interpreter was for.
+        actor: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The interpreter's thread has stopped taking jobs (shut down, or it failed).
+    #[error("subinterpreter {0:?} is gone")]
+    Gone(String),
+    /// A bounded wait ran out.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The configuration is invalid.
+    #[error("invalid subinterpreter config: {0}")]
+    Config(String),
+}
+
+/// The message every entry point returns when the configured Python is too old or static.
+pub(crate) fn unavailable_message() -> String {
+    format!(
+        "harrow-spawn-subint was built against Python {} ({}); the subint backend needs Python \
+         >= 3.12 with a shared libpython; run scripts/setup (or set PYO3_PYTHON) and rebuild",
+        env!("HARROW_SUBINT_PY_VERSION"),
+        env!("HARROW_SUBINT_PYTHON"),
+    )
+}

@@ -1,0 +1,33 @@
+//! The seam between a Python context call and the protocol: what `ctx.started()`,
+//! `ctx.open_stream()` and the stream methods do on the Rust side.
+//!
+//! The interpreter thread blocks on these futures (with its GIL released) and wakes up early to
+//! raise `harrow.Cancelled` when the call is cancelled meanwhile. [`PyResolver`](crate::PyResolver)
+//! implements them over the portal's `CalleeContext`; tests can implement them over channels.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use harrow_ipc::Value;
+
+/// A future a host method returns; the error is a message raised in Python as
+/// `harrow.HarrowError`.
+pub type HostFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + 'a>>;
+
+/// The Rust side of one context call (`ctx` in Python).
+pub trait CallHost: Send + Sync + 'static {
+    /// `ctx.started(value)`: sends the context's first value.
+    fn started(&self, value: Value) -> HostFuture<'_, ()>;
+    /// `ctx.open_stream()`: opens this side of the context's stream.
+    fn open_stream(&self) -> HostFuture<'_, Box<dyn StreamHost>>;
+}
+
+/// The Rust side of one open stream (`stream` in Python).
+pub trait StreamHost: Send + 'static {
+    /// `stream.send(value)`.
+    fn send(&mut self, value: Value) -> HostFuture<'_, ()>;
+    /// `stream.recv()`: the next item, `None` once the peer stopped its side.
+    fn recv(&mut self) -> HostFuture<'_, Option<Value>>;
+    /// `stream.close()`: finishes this side. Idempotent.
+    fn close(&mut self) -> HostFuture<'_, ()>;
+}

@@ -1,0 +1,170 @@
+"""harrow: the actor runtime's module inside this subinterpreter (built per interpreter).
+
+- ``Cancelled``: raised in running code when its call (or its actor) is cancelled. A
+  ``BaseException``: ``except Exception`` does not swallow it, ``finally`` blocks run. Code that
+  swallows it anyway gets it again until the call ends or the hard-kill bound passes.
+- ``with shield():`` defers cancellation until the block exits.
+- ``sleep(seconds)``: like ``time.sleep`` but cancellable within about 10 ms.
+- ``checkpoint()``: raises ``Cancelled`` now if a cancel is outstanding (outside a shield).
+- ``Context`` (the ``ctx`` a context function gets): ``started(value=None)``, ``open_stream()``,
+  ``cancelled``.
+- ``Stream``: ``send(v)``, ``recv()`` (raises ``EndOfStream`` once the peer stopped its side),
+  ``close()``, iteration (ends at end of stream), ``with`` (closes on exit).
+"""
+
+import time as _time
+
+
+class Cancelled(BaseException):
+    """The running call was cancelled."""
+
+
+class EndOfStream(Exception):
+    """Stream.recv(): the peer has stopped its side of the stream."""
+
+
+class HarrowError(Exception):
+    """A protocol or transport failure reported by the harrow runtime."""
+
+
+class shield:
+    """``with harrow.shield():`` defers cancellation until the block exits."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        _native_shield_enter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        _native_shield_exit(exc_type is None)
+        return False
+
+
+def checkpoint():
+    """Raise ``Cancelled`` now if this call has an outstanding cancel (outside a shield)."""
+    _native_checkpoint()
+
+
+def sleep(seconds):
+    """Sleep ``seconds``, in slices of at most 10 ms, so that a cancel lands promptly."""
+    deadline = _time.monotonic() + float(seconds)
+    while True:
+        _native_checkpoint()
+        left = deadline - _time.monotonic()
+        if left <= 0:
+            return
+        _time.sleep(0.01 if left > 0.01 else left)
+
+
+_STARTED, _OPEN_STREAM, _SEND, _RECV, _CLOSE, _CANCELLED = range(6)
+
+
+class Stream:
+    """One side of a context's bidirectional stream."""
+
+    __slots__ = ("_op",)
+
+    def __init__(self, op):
+        self._op = op
+
+    def send(self, value):
+        """Send one item (waits for flow-control credit)."""
+        self._op(_SEND, value)
+
+    def recv(self):
+        """The next item; raises ``EndOfStream`` once the peer stopped its side."""
+        return self._op(_RECV, None)
+
+    def close(self):
+        """Finish this side of the stream. Idempotent."""
+        self._op(_CLOSE, None)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return self._op(_RECV, None)
+        except EndOfStream:
+            raise StopIteration from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close()
+        return False
+
+
+class Context:
+    """The callee's handle on a context call."""
+
+    __slots__ = ("_op",)
+
+    def __init__(self, op):
+        self._op = op
+
+    def started(self, value=None):
+        """Send the context's first value to the caller (exactly once)."""
+        self._op(_STARTED, value)
+
+    def open_stream(self):
+        """Open this side of the context's stream (after ``started``)."""
+        self._op(_OPEN_STREAM, None)
+        return Stream(self._op)
+
+    @property
+    def cancelled(self):
+        """Whether a cancel for this call has arrived."""
+        return self._op(_CANCELLED, None)
+
+
+def _describe(f):
+    # (is_generator_function, wants_ctx). Rule: a context function's FIRST parameter is
+    # named ``ctx``. Avoids importing inspect (slow in a fresh interpreter).
+    code = getattr(f, "__code__", None)
+    if code is None:
+        call = getattr(f, "__call__", None)
+        code = getattr(getattr(call, "__func__", None), "__code__", None)
+        if code is None:
+            return (False, False)
+        names = code.co_varnames[1 : code.co_argcount]
+    else:
+        names = code.co_varnames[: code.co_argcount]
+    is_gen = bool(code.co_flags & 0x20)
+    return (is_gen, bool(names) and names[0] == "ctx")
+
+
+def _format_exc(e):
+    t = type(e)
+    mod = getattr(t, "__module__", None) or ""
+    qual = getattr(t, "__qualname__", None) or t.__name__
+    name = qual if mod in ("builtins", "") else mod + "." + qual
+    try:
+        msg = str(e)
+    except BaseException:
+        msg = "<str() of the exception failed>"
+    try:
+        import traceback
+
+        tb = "".join(traceback.format_exception(e))
+    except BaseException:
+        tb = ""
+    return (name, msg, tb)
+
+
+def _live_threads():
+    import sys
+
+    threading = sys.modules.get("threading")
+    if threading is None:
+        return []
+    me = threading.current_thread()
+    return [t for t in threading.enumerate() if t is not me and t.is_alive()]
+
+
+def _join_threads(timeout):
+    for t in _live_threads():
+        t.join(timeout)
+    return [t.ident for t in _live_threads()]

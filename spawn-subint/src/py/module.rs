@@ -1,0 +1,593 @@
+//! The per-interpreter `harrow` module: Python source run in the interpreter, plus C functions
+//! created in that interpreter (`PyCFunction_NewEx` bound to a `PyCapsule` holding Rust state).
+//! Nothing here is process-global except the immutable `PyMethodDef` tables (plain C data).
+
+use std::ffi::{CStr, CString, c_void};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_lite::FutureExt;
+use harrow_ipc::Value;
+use parking_lot::Mutex;
+use pyo3_ffi as ffi;
+
+use super::convert::{self, ConvError};
+use super::obj::{Obj, PyErrSet, PyResult};
+use crate::host::{CallHost, StreamHost};
+use crate::state::{JobState, Shared};
+
+const HARROW_SRC: &CStr = {
+    const SRC: &str = concat!(include_str!("harrow.py"), "\0");
+    match CStr::from_bytes_with_nul(SRC.as_bytes()) {
+        Ok(s) => s,
+        Err(_) => panic!("harrow.py contains a NUL byte"),
+    }
+};
+
+const SHARED_CAPSULE: &CStr = c"harrow._shared";
+const CALL_CAPSULE: &CStr = c"harrow._call";
+
+/// Immutable method tables: plain C data (names, flags, function pointers), no Python object,
+/// so sharing them between interpreters is what CPython's own multi-phase modules do.
+struct Defs([ffi::PyMethodDef; 4]);
+// SAFETY: the table is never written after compile time; CPython only reads it.
+unsafe impl Sync for Defs {}
+
+static DEFS: Defs = Defs([
+    ffi::PyMethodDef {
+        ml_name: c"_native_shield_enter".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: native_shield_enter,
+        },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc: std::ptr::null(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"_native_shield_exit".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: native_shield_exit,
+        },
+        ml_flags: ffi::METH_O,
+        ml_doc: std::ptr::null(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"_native_checkpoint".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: native_checkpoint,
+        },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc: std::ptr::null(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"_op".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: native_op,
+        },
+        ml_flags: ffi::METH_VARARGS,
+        ml_doc: std::ptr::null(),
+    },
+]);
+
+fn def(i: usize) -> *mut ffi::PyMethodDef {
+    (&DEFS.0[i] as *const ffi::PyMethodDef).cast_mut()
+}
+
+/// The `harrow` module of one interpreter and the harness functions taken from it.
+pub(crate) struct HarrowModule {
+    pub(crate) module: Obj,
+    pub(crate) context_cls: Obj,
+    pub(crate) describe: Obj,
+    pub(crate) format_exc: Obj,
+    pub(crate) join_threads: Obj,
+    pub(crate) live_threads: Obj,
+}
+
+impl HarrowModule {
+    /// Builds the module in the current interpreter and registers it in `sys.modules`; stores
+    /// the exception types the Rust side raises in `shared.types`.
+    ///
+    /// # Safety
+    /// Runs on the interpreter's owning thread with its GIL held.
+    pub(crate) unsafe fn build(shared: &Arc<Shared>) -> PyResult<HarrowModule> {
+        // SAFETY: GIL of this interpreter held (caller). All objects made here belong to it.
+        unsafe {
+            let module = Obj::owned(ffi::PyModule_New(c"harrow".as_ptr()))?;
+            let dict = ffi::PyModule_GetDict(module.as_ptr()); // borrowed
+            if dict.is_null() {
+                return Err(PyErrSet);
+            }
+            if ffi::PyDict_SetItemString(dict, c"__builtins__".as_ptr(), ffi::PyEval_GetBuiltins())
+                != 0
+            {
+                return Err(PyErrSet);
+            }
+            // One capsule holding an `Arc<Shared>`, the `self` of the three shield functions.
+            let boxed = Box::into_raw(Box::new(Arc::clone(shared)));
+            let capsule = match Obj::owned(ffi::PyCapsule_New(
+                boxed.cast::<c_void>(),
+                SHARED_CAPSULE.as_ptr(),
+                Some(drop_shared_capsule),
+            )) {
+                Ok(c) => c,
+                Err(e) => {
+                    drop(Box::from_raw(boxed));
+                    return Err(e);
+                }
+            };
+            for (i, name) in [
+                (0, c"_native_shield_enter"),
+                (1, c"_native_shield_exit"),
+                (2, c"_native_checkpoint"),
+            ] {
+                let f = Obj::owned(ffi::PyCFunction_NewEx(
+                    def(i),
+                    capsule.as_ptr(),
+                    std::ptr::null_mut(),
+                ))?;
+                if ffi::PyDict_SetItemString(dict, name.as_ptr(), f.as_ptr()) != 0 {
+                    return Err(PyErrSet);
+                }
+            }
+            let _ran = Obj::owned(ffi::PyRun_String(
+                HARROW_SRC.as_ptr(),
+                ffi::Py_file_input,
+                dict,
+                dict,
+            ))?;
+            let modules = ffi::PyImport_GetModuleDict(); // borrowed
+            if ffi::PyDict_SetItemString(modules, c"harrow".as_ptr(), module.as_ptr()) != 0 {
+                return Err(PyErrSet);
+            }
+            let get = |name: &CStr| Obj::borrowed(ffi::PyDict_GetItemString(dict, name.as_ptr()));
+            let cancelled = get(c"Cancelled")?;
+            let end_of_stream = get(c"EndOfStream")?;
+            let harrow_error = get(c"HarrowError")?;
+            shared
+                .types
+                .cancelled
+                .store(cancelled.into_ptr().cast(), Ordering::SeqCst);
+            shared
+                .types
+                .end_of_stream
+                .store(end_of_stream.into_ptr().cast(), Ordering::SeqCst);
+            shared
+                .types
+                .harrow_error
+                .store(harrow_error.into_ptr().cast(), Ordering::SeqCst);
+            Ok(HarrowModule {
+                context_cls: get(c"Context")?,
+                describe: get(c"_describe")?,
+                format_exc: get(c"_format_exc")?,
+                join_threads: get(c"_join_threads")?,
+                live_threads: get(c"_live_threads")?,
+                module,
+            })
+        }
+    }
+}
+
+/// Releases the type references stored in `shared.types`.
+///
+/// # Safety
+/// Owning thread, GIL held, before the interpreter ends.
+pub(crate) unsafe fn release_types(shared: &Shared) {
+    for slot in [
+        &shared.types.cancelled,
+        &shared.types.end_of_stream,
+        &shared.types.harrow_error,
+    ] {
+        let p = slot.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        if !p.is_null() {
+            // SAFETY: we stored an owned reference of this interpreter; GIL held (caller).
+            unsafe { ffi::Py_DECREF(p.cast()) };
+        }
+    }
+}
+
+unsafe extern "C" fn drop_shared_capsule(capsule: *mut ffi::PyObject) {
+    // SAFETY: called by CPython with the capsule's interpreter's GIL held; the pointer is the
+    // `Box<Arc<Shared>>` we created for this capsule name.
+    unsafe {
+        let p = ffi::PyCapsule_GetPointer(capsule, SHARED_CAPSULE.as_ptr());
+        if !p.is_null() {
+            drop(Box::from_raw(p.cast::<Arc<Shared>>()));
+        }
+    }
+}
+
+/// Raises the exception type stored in `slot` with `msg` (or with no args when `msg` is None).
+///
+/// # Safety
+/// Owning thread of the interpreter whose types `shared` holds, GIL held.
+pub(crate) unsafe fn raise(slot: &std::sync::atomic::AtomicPtr<c_void>, msg: Option<&str>) {
+    let tp = slot.load(Ordering::SeqCst).cast::<ffi::PyObject>();
+    // SAFETY: GIL held (caller); `tp` is a live type object of this interpreter (held by us
+    // until `release_types`), or null, in which case we raise a builtin RuntimeError.
+    unsafe {
+        let tp = if tp.is_null() {
+            ffi::PyExc_RuntimeError
+        } else {
+            tp
+        };
+        match msg {
+            None => ffi::PyErr_SetNone(tp),
+            Some(m) => {
+                let c = CString::new(m.replace('\0', "\\0")).unwrap_or_default();
+                ffi::PyErr_SetString(tp, c.as_ptr());
+            }
+        }
+    }
+}
+
+/// Whether this thread is the interpreter's owning thread.
+///
+/// # Safety
+/// Any thread.
+unsafe fn on_owner(shared: &Shared) -> bool {
+    // SAFETY: `PyThread_get_thread_ident` is callable from any thread.
+    let me = unsafe { ffi::PyThread_get_thread_ident() } as u64;
+    shared.owner_ident.load(Ordering::SeqCst) == me
+}
+
+/// Whether a cancel should be raised now on this thread.
+fn cancel_due(shared: &Shared) -> bool {
+    shared.in_user.load(Ordering::SeqCst)
+        && shared.shield_depth.load(Ordering::SeqCst) == 0
+        && shared.cancel_outstanding()
+}
+
+/// The `Shared` behind a shield/checkpoint function's capsule.
+///
+/// # Safety
+/// GIL held; `slf` is the capsule bound to these functions (it outlives the call).
+unsafe fn shared_from<'a>(slf: *mut ffi::PyObject) -> Option<&'a Shared> {
+    // SAFETY: the capsule holds a live `Box<Arc<Shared>>`, freed only when the capsule dies,
+    // which cannot happen while one of its functions runs.
+    unsafe {
+        let p = ffi::PyCapsule_GetPointer(slf, SHARED_CAPSULE.as_ptr()).cast::<Arc<Shared>>();
+        p.as_ref().map(|a| &**a)
+    }
+}
+
+unsafe extern "C" fn native_shield_enter(
+    slf: *mut ffi::PyObject,
+    _args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython on a thread of this interpreter with its GIL held.
+    unsafe {
+        let Some(shared) = shared_from(slf) else {
+            return std::ptr::null_mut();
+        };
+        if on_owner(shared) {
+            shared.shield_depth.fetch_add(1, Ordering::SeqCst);
+        }
+        none()
+    }
+}
+
+unsafe extern "C" fn native_shield_exit(
+    slf: *mut ffi::PyObject,
+    clean: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython on a thread of this interpreter with its GIL held.
+    unsafe {
+        let Some(shared) = shared_from(slf) else {
+            return std::ptr::null_mut();
+        };
+        if on_owner(shared) {
+            let _ = shared
+                .shield_depth
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1));
+            // Deliver the deferred cancel as the block exits (unless an exception already
+            // propagates: the re-armed injection catches up with it).
+            if clean == ffi::Py_True() && cancel_due(shared) {
+                raise(&shared.types.cancelled, None);
+                return std::ptr::null_mut();
+            }
+        }
+        none()
+    }
+}
+
+unsafe extern "C" fn native_checkpoint(
+    slf: *mut ffi::PyObject,
+    _args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython on a thread of this interpreter with its GIL held.
+    unsafe {
+        let Some(shared) = shared_from(slf) else {
+            return std::ptr::null_mut();
+        };
+        if on_owner(shared) && cancel_due(shared) {
+            raise(&shared.types.cancelled, None);
+            return std::ptr::null_mut();
+        }
+        none()
+    }
+}
+
+unsafe fn none() -> *mut ffi::PyObject {
+    // SAFETY: GIL held (caller); returns a new reference to None.
+    unsafe {
+        let n = ffi::Py_None();
+        ffi::Py_INCREF(n);
+        n
+    }
+}
+
+/// The Rust state behind one call's `ctx` (and its stream).
+pub(crate) struct CallCtx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) job: Arc<JobState>,
+    pub(crate) host: Option<Arc<dyn CallHost>>,
+    pub(crate) stream: Mutex<Option<Box<dyn StreamHost>>>,
+    pub(crate) started: AtomicBool,
+    pub(crate) active: AtomicBool,
+}
+
+/// How a blocking host operation ended.
+pub(crate) enum Blocked<T> {
+    Done(T),
+    Failed(String),
+    Cancelled,
+}
+
+impl CallCtx {
+    /// Runs `fut` to completion with this interpreter's GIL released, waking up early (outcome
+    /// `Cancelled`) when the call is cancelled, unless a shield is active.
+    ///
+    /// # Safety
+    /// Owning thread with the GIL held (it is released and re-taken here). No `Obj` may be
+    /// dropped by `fut`.
+    pub(crate) unsafe fn block<T>(
+        &self,
+        fut: impl Future<Output = Result<T, String>>,
+    ) -> Blocked<T> {
+        let shielded = self.shared.shield_depth.load(Ordering::SeqCst) > 0;
+        if !shielded && self.job.is_cancelled() {
+            return Blocked::Cancelled;
+        }
+        let job = &self.job;
+        // SAFETY: we hold this interpreter's GIL on its owning thread; `PyEval_SaveThread`
+        // releases it and detaches our thread state, `PyEval_RestoreThread` takes both back.
+        // No Python object is touched in between.
+        let ts = unsafe { ffi::PyEval_SaveThread() };
+        let out = async_io::block_on(async {
+            let work = async { Some(fut.await) };
+            if shielded {
+                work.await
+            } else {
+                work.or(async {
+                    job.wait_cancelled().await;
+                    None
+                })
+                .await
+            }
+        });
+        // SAFETY: see above.
+        unsafe { ffi::PyEval_RestoreThread(ts) };
+        match out {
+            Some(Ok(v)) => Blocked::Done(v),
+            Some(Err(e)) => Blocked::Failed(e),
+            None => Blocked::Cancelled,
+        }
+    }
+
+    fn host(&self) -> Result<&Arc<dyn CallHost>, String> {
+        self.host
+            .as_ref()
+            .ok_or_else(|| "ctx is only usable in a context call".to_owned())
+    }
+
+    /// `ctx.started(value)`.
+    ///
+    /// # Safety
+    /// As [`block`](Self::block).
+    pub(crate) unsafe fn started(&self, value: Value) -> Blocked<()> {
+        let host = match self.host() {
+            Ok(h) => Arc::clone(h),
+            Err(e) => return Blocked::Failed(e),
+        };
+        if self.started.swap(true, Ordering::SeqCst) {
+            return Blocked::Failed("started() was already called for this context".into());
+        }
+        // SAFETY: forwarded.
+        unsafe { self.block(host.started(value)) }
+    }
+
+    /// `ctx.open_stream()`.
+    ///
+    /// # Safety
+    /// As [`block`](Self::block).
+    pub(crate) unsafe fn open_stream(&self) -> Blocked<()> {
+        let host = match self.host() {
+            Ok(h) => Arc::clone(h),
+            Err(e) => return Blocked::Failed(e),
+        };
+        if self.stream.lock().is_some() {
+            return Blocked::Failed("the stream of this context is already open".into());
+        }
+        // SAFETY: forwarded.
+        match unsafe { self.block(host.open_stream()) } {
+            Blocked::Done(s) => {
+                *self.stream.lock() = Some(s);
+                Blocked::Done(())
+            }
+            Blocked::Failed(e) => Blocked::Failed(e),
+            Blocked::Cancelled => Blocked::Cancelled,
+        }
+    }
+
+    /// Runs `f` on the open stream.
+    ///
+    /// # Safety
+    /// As [`block`](Self::block).
+    pub(crate) unsafe fn with_stream<T>(
+        &self,
+        f: impl for<'a> FnOnce(&'a mut Box<dyn StreamHost>) -> crate::host::HostFuture<'a, T>,
+    ) -> Blocked<T> {
+        let mut guard = self.stream.lock();
+        let Some(stream) = guard.as_mut() else {
+            return Blocked::Failed("the stream is not open (call ctx.open_stream() first)".into());
+        };
+        // SAFETY: forwarded. The lock is only ever taken on this thread.
+        unsafe { self.block(f(stream)) }
+    }
+}
+
+/// Makes the `ctx` object for one call: `harrow.Context(op)` with `op` a C function bound to a
+/// capsule holding the call's `Arc<CallCtx>`.
+///
+/// # Safety
+/// Owning thread, GIL held.
+pub(crate) unsafe fn make_ctx(h: &HarrowModule, ctx: &Arc<CallCtx>) -> PyResult<Obj> {
+    // SAFETY: GIL held (caller); the capsule owns a `Box<Arc<CallCtx>>` freed by its destructor.
+    unsafe {
+        let boxed = Box::into_raw(Box::new(Arc::clone(ctx)));
+        let capsule = match Obj::owned(ffi::PyCapsule_New(
+            boxed.cast::<c_void>(),
+            CALL_CAPSULE.as_ptr(),
+            Some(drop_call_capsule),
+        )) {
+            Ok(c) => c,
+            Err(e) => {
+                drop(Box::from_raw(boxed));
+                return Err(e);
+            }
+        };
+        let op = Obj::owned(ffi::PyCFunction_NewEx(
+            def(3),
+            capsule.as_ptr(),
+            std::ptr::null_mut(),
+        ))?;
+        Obj::owned(ffi::PyObject_CallOneArg(
+            h.context_cls.as_ptr(),
+            op.as_ptr(),
+        ))
+    }
+}
+
+unsafe extern "C" fn drop_call_capsule(capsule: *mut ffi::PyObject) {
+    // SAFETY: CPython calls this with the GIL held; the pointer is our `Box<Arc<CallCtx>>`.
+    unsafe {
+        let p = ffi::PyCapsule_GetPointer(capsule, CALL_CAPSULE.as_ptr());
+        if !p.is_null() {
+            drop(Box::from_raw(p.cast::<Arc<CallCtx>>()));
+        }
+    }
+}
+
+const OP_STARTED: i64 = 0;
+const OP_OPEN_STREAM: i64 = 1;
+const OP_SEND: i64 = 2;
+const OP_RECV: i64 = 3;
+const OP_CLOSE: i64 = 4;
+const OP_CANCELLED: i64 = 5;
+
+unsafe extern "C" fn native_op(
+    slf: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython on a thread of this interpreter with its GIL held; `slf` is our
+    // call capsule, `args` a tuple.
+    unsafe {
+        let p = ffi::PyCapsule_GetPointer(slf, CALL_CAPSULE.as_ptr()).cast::<Arc<CallCtx>>();
+        let Some(ctx) = p.as_ref() else {
+            return std::ptr::null_mut();
+        };
+        let ctx: &CallCtx = ctx;
+        let shared = &*ctx.shared;
+        if ffi::PyTuple_Size(args) != 2 {
+            raise(
+                &shared.types.harrow_error,
+                Some("internal: _op takes (op, value)"),
+            );
+            return std::ptr::null_mut();
+        }
+        let op = ffi::PyLong_AsLongLong(ffi::PyTuple_GetItem(args, 0));
+        if op == -1 && !ffi::PyErr_Occurred().is_null() {
+            return std::ptr::null_mut();
+        }
+        let arg = ffi::PyTuple_GetItem(args, 1);
+        if op == OP_CANCELLED {
+            let b = ctx.job.is_cancelled();
+            return ffi::PyBool_FromLong(b as std::ffi::c_long);
+        }
+        if !ctx.active.load(Ordering::SeqCst) {
+            raise(
+                &shared.types.harrow_error,
+                Some("this ctx belongs to a call that has ended"),
+            );
+            return std::ptr::null_mut();
+        }
+        if !on_owner(shared) {
+            raise(
+                &shared.types.harrow_error,
+                Some("ctx and its stream can only be used on the thread running the call"),
+            );
+            return std::ptr::null_mut();
+        }
+        let value = if op == OP_STARTED || op == OP_SEND {
+            match convert::to_value(arg) {
+                Ok(v) => v,
+                Err(ConvError::Py(_)) => return std::ptr::null_mut(),
+                Err(ConvError::Unsupported(m)) => {
+                    raise_type_error(&m);
+                    return std::ptr::null_mut();
+                }
+            }
+        } else {
+            Value::Null
+        };
+        let out: Blocked<Option<Value>> = match op {
+            OP_STARTED => map_unit(ctx.started(value)),
+            OP_OPEN_STREAM => map_unit(ctx.open_stream()),
+            OP_SEND => map_unit(ctx.with_stream(|s| s.send(value))),
+            OP_CLOSE => map_unit(ctx.with_stream(|s| s.close())),
+            OP_RECV => match ctx.with_stream(|s| s.recv()) {
+                Blocked::Done(Some(v)) => Blocked::Done(Some(v)),
+                Blocked::Done(None) => {
+                    raise(&shared.types.end_of_stream, Some("end of stream"));
+                    return std::ptr::null_mut();
+                }
+                Blocked::Failed(e) => Blocked::Failed(e),
+                Blocked::Cancelled => Blocked::Cancelled,
+            },
+            _ => Blocked::Failed(format!("internal: unknown op {op}")),
+        };
+        match out {
+            Blocked::Done(None) => none(),
+            Blocked::Done(Some(v)) => match convert::from_value(&v) {
+                Ok(o) => o.into_ptr(),
+                Err(PyErrSet) => std::ptr::null_mut(),
+            },
+            Blocked::Failed(e) => {
+                raise(&shared.types.harrow_error, Some(&e));
+                std::ptr::null_mut()
+            }
+            Blocked::Cancelled => {
+                raise(&shared.types.cancelled, None);
+                std::ptr::null_mut()
+            }
+        }
+    }
+}
+
+fn map_unit(b: Blocked<()>) -> Blocked<Option<Value>> {
+    match b {
+        Blocked::Done(()) => Blocked::Done(None),
+        Blocked::Failed(e) => Blocked::Failed(e),
+        Blocked::Cancelled => Blocked::Cancelled,
+    }
+}
+
+/// Raises `TypeError(msg)`.
+///
+/// # Safety
+/// GIL held.
+pub(crate) unsafe fn raise_type_error(msg: &str) {
+    let c = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
+    // SAFETY: GIL held (caller).
+    unsafe { ffi::PyErr_SetString(ffi::PyExc_TypeError, c.as_ptr()) };
+}

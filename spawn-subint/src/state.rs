@@ -1,0 +1,265 @@
+//! Process-wide and per-interpreter bookkeeping shared between the interpreter threads and the
+//! rest of the runtime: the live-interpreter counter, the diagnostics registry, per-call cancel
+//! state, and the re-arming cancel injector. No Python is touched here.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::ThreadId;
+use std::time::Duration;
+
+use event_listener::Event;
+use parking_lot::Mutex;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static NEXT_INTERP: AtomicU64 = AtomicU64::new(1);
+static REGISTRY: Mutex<Option<HashMap<u64, Weak<Shared>>>> = Mutex::new(None);
+
+/// How many subinterpreters are alive in this process right now: incremented after
+/// `Py_NewInterpreterFromConfig` succeeded, decremented after `Py_EndInterpreter` returned.
+/// A leaked interpreter stays counted. Feeds the testkit resource tracker.
+pub fn live_interpreters() -> usize {
+    LIVE.load(Ordering::SeqCst)
+}
+
+pub(crate) fn interp_created() {
+    LIVE.fetch_add(1, Ordering::SeqCst);
+}
+
+pub(crate) fn interp_ended() {
+    LIVE.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// What an interpreter thread is doing, for diagnostics (hang dumps, leak reports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterpThreadInfo {
+    /// The actor's name.
+    pub name: String,
+    /// The OS thread that owns the interpreter (`None` before it started).
+    pub thread: Option<ThreadId>,
+    /// The function of the call running now (`"module:function"`), if any.
+    pub current_call: Option<String>,
+    /// Whether the interpreter has been reported leaked.
+    pub leaked: bool,
+}
+
+/// Every interpreter thread still registered (alive, or leaked), for diagnostics.
+pub fn interp_threads() -> Vec<InterpThreadInfo> {
+    let reg = REGISTRY.lock();
+    let Some(map) = reg.as_ref() else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u64, InterpThreadInfo)> = map
+        .iter()
+        .filter_map(|(id, w)| w.upgrade().map(|s| (*id, s.info())))
+        .collect();
+    out.sort_by_key(|(id, _)| *id);
+    out.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Cancel state of one call.
+#[derive(Debug)]
+pub(crate) struct JobState {
+    pub(crate) func: String,
+    cancelled: AtomicBool,
+    done: AtomicBool,
+    event: Event,
+}
+
+impl JobState {
+    pub(crate) fn new(func: String) -> Arc<Self> {
+        Arc::new(JobState {
+            func,
+            cancelled: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+            event: Event::new(),
+        })
+    }
+
+    /// Marks the call cancelled and wakes whatever waits on it. Idempotent.
+    pub(crate) fn cancel(&self) {
+        if !self.cancelled.swap(true, Ordering::SeqCst) {
+            self.event.notify(usize::MAX);
+        }
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_done(&self) {
+        self.done.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the call is cancelled.
+    pub(crate) async fn wait_cancelled(&self) {
+        loop {
+            if self.is_cancelled() {
+                return;
+            }
+            let listener = self.event.listen();
+            if self.is_cancelled() {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// Per-interpreter Python type objects the Rust side raises. Raw pointers to objects of ONE
+/// interpreter: only dereferenced on that interpreter's threads with its GIL held.
+#[derive(Debug, Default)]
+pub(crate) struct PyTypes {
+    pub(crate) cancelled: AtomicPtr<c_void>,
+    pub(crate) end_of_stream: AtomicPtr<c_void>,
+    pub(crate) harrow_error: AtomicPtr<c_void>,
+}
+
+/// State of one interpreter shared by its owning thread, its handles, the injector and the C
+/// functions Python calls.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    /// The interpreter (`*mut PyInterpreterState` as an address), 0 when not alive. Whoever
+    /// injects a pending call holds this lock for the duration; the owning thread clears it
+    /// under the lock before `Py_EndInterpreter`, so no injection targets an ended interpreter.
+    pub(crate) interp: Mutex<usize>,
+    /// The call running now.
+    pub(crate) current: Mutex<Option<Arc<JobState>>>,
+    /// True while the owning thread runs user Python code (not harness code).
+    pub(crate) in_user: AtomicBool,
+    /// `with harrow.shield():` nesting depth on the owning thread.
+    pub(crate) shield_depth: AtomicU32,
+    /// `PyThread_get_thread_ident()` of the owning thread.
+    pub(crate) owner_ident: AtomicU64,
+    pub(crate) types: PyTypes,
+    pub(crate) thread: Mutex<Option<ThreadId>>,
+    pub(crate) leaked: AtomicBool,
+    /// Set when shutdown began: the thread takes no new call.
+    pub(crate) closing: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(name: String) -> Arc<Self> {
+        let shared = Arc::new(Shared {
+            id: NEXT_INTERP.fetch_add(1, Ordering::Relaxed),
+            name,
+            interp: Mutex::new(0),
+            current: Mutex::new(None),
+            in_user: AtomicBool::new(false),
+            shield_depth: AtomicU32::new(0),
+            owner_ident: AtomicU64::new(0),
+            types: PyTypes::default(),
+            thread: Mutex::new(None),
+            leaked: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+        });
+        REGISTRY
+            .lock()
+            .get_or_insert_with(HashMap::new)
+            .insert(shared.id, Arc::downgrade(&shared));
+        shared
+    }
+
+    pub(crate) fn unregister(&self) {
+        if let Some(map) = REGISTRY.lock().as_mut() {
+            map.remove(&self.id);
+        }
+    }
+
+    fn info(&self) -> InterpThreadInfo {
+        InterpThreadInfo {
+            name: self.name.clone(),
+            thread: *self.thread.lock(),
+            current_call: self.current.lock().as_ref().map(|j| j.func.clone()),
+            leaked: self.leaked.load(Ordering::SeqCst),
+        }
+    }
+
+    /// The running call, when it has an outstanding cancel.
+    pub(crate) fn cancel_outstanding(&self) -> bool {
+        self.current
+            .lock()
+            .as_ref()
+            .is_some_and(|j| j.is_cancelled() && !j.is_done())
+    }
+
+    /// Cancels the running call (if any) and keeps re-arming the injection until it ends.
+    pub(crate) fn request_cancel(self: &Arc<Self>) {
+        if self.cancel_outstanding() {
+            crate::imp::inject_cancel(self);
+        }
+        injector().send(Arc::downgrade(self));
+    }
+
+    /// Cancels the running call, whatever it is.
+    pub(crate) fn cancel_current(self: &Arc<Self>) {
+        if let Some(job) = self.current.lock().as_ref() {
+            job.cancel();
+        }
+        self.request_cancel();
+    }
+}
+
+/// How often an outstanding cancel is injected again (for code that swallows `BaseException`).
+pub const REARM_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The re-arming injector: one process-wide helper thread that never enters any interpreter (it
+/// holds no thread state and only calls `_PyEval_AddPendingCall`, which needs none).
+pub(crate) struct Injector {
+    tx: flume::Sender<Weak<Shared>>,
+}
+
+impl Injector {
+    fn send(&self, w: Weak<Shared>) {
+        let _ = self.tx.send(w);
+    }
+}
+
+fn injector() -> &'static Injector {
+    static INJECTOR: OnceLock<Injector> = OnceLock::new();
+    INJECTOR.get_or_init(|| {
+        let (tx, rx) = flume::unbounded::<Weak<Shared>>();
+        let spawned = std::thread::Builder::new()
+            .name("subint-cancel-injector".into())
+            .spawn(move || injector_loop(rx));
+        if let Err(e) = spawned {
+            tracing::error!("could not start the subint cancel injector: {e}");
+        }
+        Injector { tx }
+    })
+}
+
+fn injector_loop(rx: flume::Receiver<Weak<Shared>>) {
+    let mut armed: Vec<Weak<Shared>> = Vec::new();
+    loop {
+        let next = if armed.is_empty() {
+            rx.recv().map_err(|_| flume::RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(REARM_INTERVAL)
+        };
+        match next {
+            Ok(w) => {
+                if !armed.iter().any(|a| a.ptr_eq(&w)) {
+                    armed.push(w);
+                }
+                continue;
+            }
+            Err(flume::RecvTimeoutError::Timeout) => {}
+            Err(flume::RecvTimeoutError::Disconnected) => return,
+        }
+        armed.retain(|w| match w.upgrade() {
+            Some(shared) if shared.cancel_outstanding() => {
+                crate::imp::inject_cancel(&shared);
+                true
+            }
+            _ => false,
+        });
+    }
+}

@@ -1,0 +1,476 @@
+//! Calls, values, errors, streams and cancellation in own-GIL subinterpreters.
+//! (Initialises the process-global Python runtime.)
+
+#![cfg(harrow_subint)] // needs Python >= 3.12 (tests/unavailable.rs covers the other case)
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use common::*;
+use harrow_ipc::{CallKind, ErrorKind, FnPath, Value};
+use harrow_spawn_subint::{Exit, InterpConfig, InterpThread, live_interpreters};
+
+#[test]
+fn create_call_end() -> Result<()> {
+    let t = spawn("basic-add")?;
+    let h = t.handle();
+    assert_eq!(
+        call_ok(
+            &h,
+            "harrow_testfns:add",
+            list([Value::Int(2), Value::Int(40)])
+        )?,
+        Value::Int(42)
+    );
+    assert!(live_interpreters() >= 1);
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn every_value_kind_round_trips() -> Result<()> {
+    let t = spawn("basic-values")?;
+    let h = t.handle();
+    let values = vec![
+        Value::Null,
+        Value::Bool(true),
+        Value::Bool(false),
+        Value::Int(i64::MIN),
+        Value::Int(i64::MAX),
+        Value::Float(1.5),
+        Value::Str("héllo ✓".into()),
+        Value::Bytes(vec![0, 1, 255]),
+        list([Value::Int(1), s("two"), list([])]),
+        Value::Map(vec![
+            (s("a"), Value::Int(1)),
+            (Value::Int(7), list([Value::Null])),
+        ]),
+    ];
+    for v in values {
+        // One positional argument: wrap in a list.
+        assert_eq!(call_ok(&h, "harrow_testfns:echo", list([v.clone()]))?, v);
+    }
+    // bool is checked before int, on both sides.
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:type_of", list([Value::Bool(true)]))?,
+        s("bool")
+    );
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:type_of", list([Value::Int(1)]))?,
+        s("int")
+    );
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:type_of", list([Value::Bytes(vec![])]))?,
+        s("bytes")
+    );
+    // A bare scalar is one positional argument; Null is no argument.
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:echo", Value::Int(5))?,
+        Value::Int(5)
+    );
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:echo", Value::Null)?,
+        Value::Null
+    );
+    // A map with str keys is keyword arguments.
+    let kw = Value::Map(vec![(s("a"), Value::Int(1)), (s("c"), Value::Int(3))]);
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:kwargs", kw)?,
+        list([Value::Int(1), Value::Int(10), Value::Int(3)])
+    );
+    // A tuple comes back as a list.
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:gen", Value::Int(3))?,
+        list([Value::Int(0), Value::Int(1), Value::Int(2)])
+    );
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn unsupported_values_are_clear_errors() -> Result<()> {
+    let t = spawn("basic-badvalues")?;
+    let h = t.handle();
+    for (kind, needle) in [
+        ("set", "'set'"),
+        ("object", "'object'"),
+        ("nested", "'set'"),
+        ("bigint", "does not fit in a signed 64-bit integer"),
+    ] {
+        let err = call(&h, "harrow_testfns:bad_return", list([s(kind)]))?.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Raised, "{kind}");
+        assert!(err.to_string().starts_with("TypeError"), "{kind}: {err}");
+        assert!(err.to_string().contains(needle), "{kind}: {err}");
+    }
+    // Keyword arguments need str keys.
+    let err = call(
+        &h,
+        "harrow_testfns:echo",
+        Value::Map(vec![(Value::Int(1), Value::Null)]),
+    )?
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadArguments);
+    // An unhashable dict key in the arguments.
+    let arg = Value::Map(vec![(list([]), Value::Null)]);
+    let err = call(&h, "harrow_testfns:echo", list([arg]))?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadArguments, "{err}");
+    assert!(err.to_string().contains("unhashable"), "{err}");
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn exceptions_carry_type_message_traceback() -> Result<()> {
+    let t = spawn("basic-exc")?;
+    let h = t.handle();
+    let err = call(&h, "harrow_testfns:fail", list([s("bad input")]))?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Raised);
+    assert_eq!(err.to_string(), "ValueError: bad input");
+    let remote = err.into_remote(&harrow_ipc::ActorId::new("basic-exc"));
+    assert!(
+        remote.traceback.contains("Traceback"),
+        "{}",
+        remote.traceback
+    );
+    assert!(remote.traceback.contains("in fail"), "{}", remote.traceback);
+    assert!(
+        remote.traceback.contains("ValueError: bad input"),
+        "{}",
+        remote.traceback
+    );
+
+    let err = call(&h, "harrow_testfns:fail_custom", Value::Null)?.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "harrow_testfns.CustomError: custom failure"
+    );
+    // A wrong number of arguments is a TypeError raised by Python.
+    let err = call(&h, "harrow_testfns:add", list([Value::Int(1)]))?.unwrap_err();
+    assert!(err.to_string().starts_with("TypeError"), "{err}");
+    // The interpreter is still fine after errors.
+    assert_eq!(
+        call_ok(
+            &h,
+            "harrow_testfns:add",
+            list([Value::Int(1), Value::Int(1)])
+        )?,
+        Value::Int(2)
+    );
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn module_not_exposed_and_not_found() -> Result<()> {
+    let t = spawn("basic-expose")?;
+    let h = t.handle();
+    let err = call(&h, "harrow_testfns.other:secret", Value::Null)?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ModuleNotExposed);
+    assert!(err.to_string().contains("harrow_testfns.other"), "{err}");
+    let err = call(&h, "os:getcwd", Value::Null)?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ModuleNotExposed);
+    assert!(h.check_exposed(&FnPath::parse("os:getcwd")?).is_err());
+    let err = call(&h, "harrow_testfns:nope", Value::Null)?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+
+    // An exposed module that does not exist.
+    let t = InterpThread::spawn(config("basic-missing").expose("no_such_module_xyz"))?;
+    let err = call(&t.handle(), "no_such_module_xyz:f", Value::Null)?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("ModuleNotFoundError"), "{err}");
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn context_call_streams_both_ways() -> Result<()> {
+    let t = spawn("basic-ctx")?;
+    let h = t.handle();
+    let (host, ends) = chan_host();
+    let fut = h.call(
+        FnPath::parse("harrow_testfns:ctx_echo")?,
+        CallKind::Context,
+        list([s("hi")]),
+        Some(host),
+    );
+    let worker = std::thread::spawn(move || bounded(BOUND, fut));
+    assert_eq!(ends.started.recv_timeout(BOUND)?, s("hi"));
+    for i in 0..5 {
+        ends.to_py.send(Value::Int(i))?;
+        assert_eq!(
+            ends.from_py.recv_timeout(BOUND)?,
+            list([Value::Int(i), Value::Int(i)])
+        );
+    }
+    drop(ends.to_py); // end of our side: Python's `for item in stream` ends
+    ends.closed.recv_timeout(BOUND)?;
+    let result = worker.join().map_err(|_| anyhow::anyhow!("panicked"))??;
+    assert_eq!(result.map_err(|e| anyhow::anyhow!("{e:?}"))?, Value::Int(5));
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn context_generator_and_stream_end() -> Result<()> {
+    let t = spawn("basic-ctxgen")?;
+    let h = t.handle();
+    // A generator in a context call: started(None), each item streamed, then Stop and None.
+    let (host, ends) = chan_host();
+    let fut = h.call(
+        FnPath::parse("harrow_testfns:gen")?,
+        CallKind::Context,
+        Value::Int(3),
+        Some(host),
+    );
+    assert_eq!(
+        bounded(BOUND, fut)?.map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        Value::Null
+    );
+    assert_eq!(ends.started.try_recv()?, Value::Null);
+    let got: Vec<Value> = ends.from_py.try_iter().collect();
+    assert_eq!(got, vec![Value::Int(0), Value::Int(1), Value::Int(2)]);
+    assert!(ends.closed.try_recv().is_ok());
+
+    // recv() after the end raises EndOfStream.
+    let (host, ends) = chan_host();
+    ends.to_py.send(Value::Int(9))?;
+    drop(ends.to_py);
+    let fut = h.call(
+        FnPath::parse("harrow_testfns:ctx_recv_after_end")?,
+        CallKind::Context,
+        Value::Null,
+        Some(host),
+    );
+    assert_eq!(
+        bounded(BOUND, fut)?.map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        list([Value::Int(9), s("end")])
+    );
+
+    // started twice is an error raised in Python (harrow.HarrowError).
+    let (host, _ends) = chan_host();
+    let fut = h.call(
+        FnPath::parse("harrow_testfns:ctx_started_twice")?,
+        CallKind::Context,
+        Value::Null,
+        Some(host),
+    );
+    let err = bounded(BOUND, fut)?.unwrap_err();
+    assert!(err.to_string().contains("harrow.HarrowError"), "{err}");
+    assert!(err.to_string().contains("already called"), "{err}");
+
+    // An unsupported value passed to started() is a TypeError in Python.
+    let (host, _ends) = chan_host();
+    let fut = h.call(
+        FnPath::parse("harrow_testfns:ctx_bad_started")?,
+        CallKind::Context,
+        Value::Null,
+        Some(host),
+    );
+    let err = bounded(BOUND, fut)?.unwrap_err();
+    assert!(err.to_string().starts_with("TypeError"), "{err}");
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn two_own_gil_interpreters_run_in_parallel() -> Result<()> {
+    let a = spawn("basic-par-a")?;
+    let b = spawn("basic-par-b")?;
+    let (ha, hb) = (a.handle(), b.handle());
+    let ta = std::thread::spawn(move || call_ok(&ha, "harrow_testfns:cpu", Value::Int(200_000)));
+    let tb = std::thread::spawn(move || call_ok(&hb, "harrow_testfns:cpu", Value::Int(200_000)));
+    let expect: i64 = (0..200_000i64).map(|i| i * i).sum();
+    assert_eq!(
+        ta.join().map_err(|_| anyhow::anyhow!("panic"))??,
+        Value::Int(expect)
+    );
+    assert_eq!(
+        tb.join().map_err(|_| anyhow::anyhow!("panic"))??,
+        Value::Int(expect)
+    );
+    assert_eq!(a.shutdown(BOUND), Exit::Ended);
+    assert_eq!(b.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+/// Starts a context call of `f` and waits until Python signalled (via `ctx.started`) that it
+/// reached the point to cancel.
+fn start_ctx(
+    h: &harrow_spawn_subint::InterpHandle,
+    f: &str,
+    args: Value,
+) -> Result<(harrow_spawn_subint::PyCall, ChanHostEnds)> {
+    let (host, ends) = chan_host();
+    let fut = h.call(FnPath::parse(f)?, CallKind::Context, args, Some(host));
+    // The call runs on the interpreter thread whether or not its future is polled.
+    ends.started.recv_timeout(BOUND)?;
+    Ok((fut, ends))
+}
+
+#[test]
+fn cancel_lands_in_a_busy_loop_and_finally_runs() -> Result<()> {
+    let t = spawn("basic-cancel")?;
+    let h = t.handle();
+    let (fut, _ends) = start_ctx(&h, "harrow_testfns:busy_finally", Value::Null)?;
+    fut.cancel();
+    let err = bounded(BOUND, fut)?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert_eq!(err.to_string(), "harrow.Cancelled: ");
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:finally_flag", Value::Null)?,
+        Value::Bool(true)
+    );
+    // Dropping the future cancels too.
+    let (fut, _ends) = start_ctx(&h, "harrow_testfns:busy_finally", Value::Null)?;
+    drop(fut);
+    // The next call runs, so the busy loop ended.
+    assert_eq!(
+        call_ok(
+            &h,
+            "harrow_testfns:add",
+            list([Value::Int(1), Value::Int(2)])
+        )?,
+        Value::Int(3)
+    );
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn code_that_swallows_the_cancel_gets_it_again() -> Result<()> {
+    let t = spawn("basic-swallow")?;
+    let h = t.handle();
+    let (fut, _ends) = start_ctx(&h, "harrow_testfns:swallow_some", list([Value::Int(3)]))?;
+    fut.cancel();
+    let err = bounded(BOUND, fut)?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:swallowed_count", Value::Null)?,
+        Value::Int(3)
+    );
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn shield_defers_the_cancel() -> Result<()> {
+    let t = spawn("basic-shield")?;
+    let h = t.handle();
+    let (fut, _ends) = start_ctx(&h, "harrow_testfns:shielded", list([Value::Float(0.3)]))?;
+    fut.cancel();
+    let err = bounded(BOUND, fut)?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    // The shielded section ran to completion before the cancel landed.
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:shield_completed", Value::Null)?,
+        Value::Bool(true)
+    );
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn harrow_sleep_and_blocked_ctx_ops_are_cancellable() -> Result<()> {
+    let t = spawn("basic-sleep")?;
+    let h = t.handle();
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:harrow_sleep", Value::Float(0.02))?,
+        s("slept")
+    );
+    let fut = start(&h, "harrow_testfns:harrow_sleep", Value::Float(3600.0));
+    assert!(wait_until(BOUND, || harrow_spawn_subint::interp_threads()
+        .iter()
+        .any(|i| i.name == "basic-sleep" && i.current_call.is_some())));
+    fut.cancel();
+    assert_eq!(
+        bounded(BOUND, fut)?.unwrap_err().kind(),
+        ErrorKind::Cancelled
+    );
+
+    // Blocked in stream.recv() (GIL released): the cancel wakes it and finally runs.
+    let (host, ends) = chan_host();
+    let fut = h.call(
+        FnPath::parse("harrow_testfns:ctx_wait")?,
+        CallKind::Context,
+        Value::Null,
+        Some(host),
+    );
+    let waiter = std::thread::spawn(move || bounded(BOUND, fut));
+    assert_eq!(ends.started.recv_timeout(BOUND)?, Value::Null);
+    // Cancel through the handle (as CancelActor would).
+    h.cancel_current();
+    let err = waiter
+        .join()
+        .map_err(|_| anyhow::anyhow!("panic"))??
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:finally_flag", Value::Null)?,
+        Value::Bool(true)
+    );
+    drop(ends);
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn threads_are_refused_by_default_and_joined_when_allowed() -> Result<()> {
+    let t = spawn("basic-nothreads")?;
+    let err = call(&t.handle(), "harrow_testfns:start_thread", Value::Null)?.unwrap_err();
+    assert!(err.to_string().starts_with("RuntimeError"), "{err}");
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+
+    let t = InterpThread::spawn(config("basic-threads").allow_threads(true))?;
+    let h = t.handle();
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:start_thread", Value::Null)?,
+        list([Value::Int(1)])
+    );
+    // A thread that runs until told to stop: cancelled and joined at shutdown.
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:start_spinning_thread", Value::Null)?,
+        Value::Bool(true)
+    );
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn queued_calls_fail_cleanly_at_shutdown() -> Result<()> {
+    let t = spawn("basic-queue")?;
+    let h = t.handle();
+    let busy = start(&h, "harrow_testfns:busy", Value::Null);
+    let queued = start(
+        &h,
+        "harrow_testfns:add",
+        list([Value::Int(1), Value::Int(1)]),
+    );
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(
+        bounded(BOUND, busy)?.unwrap_err().kind(),
+        ErrorKind::Cancelled
+    );
+    assert!(bounded(BOUND, queued)?.is_err());
+    // Calls after shutdown fail at once.
+    assert!(bounded(BOUND, start(&h, "harrow_testfns:add", Value::Null))?.is_err());
+    Ok(())
+}
+
+#[test]
+fn own_gil_refuses_single_phase_extensions() -> Result<()> {
+    let own = spawn("basic-own-gil")?;
+    let err = call(&own.handle(), "harrow_testfns:legacy_only", Value::Null)?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Raised);
+    assert!(err.to_string().contains("ImportError"), "{err}");
+    assert_eq!(own.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn bad_config_is_an_error() {
+    assert!(InterpThread::spawn(InterpConfig::new("")).is_err());
+    let _ = Duration::ZERO;
+}

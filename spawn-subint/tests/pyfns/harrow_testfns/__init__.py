@@ -1,0 +1,217 @@
+"""Python functions the spawn-subint tests call in subinterpreters."""
+
+import time
+
+import harrow
+
+
+def add(a, b):
+    return a + b
+
+
+def echo(value=None):
+    return value
+
+
+def kwargs(a, b=10, *, c=100):
+    return [a, b, c]
+
+
+def fail(msg="boom"):
+    raise ValueError(msg)
+
+
+class CustomError(Exception):
+    pass
+
+
+def fail_custom():
+    raise CustomError("custom failure")
+
+
+def bad_return(kind):
+    if kind == "set":
+        return {1, 2}
+    if kind == "bigint":
+        return 2**80
+    if kind == "object":
+        return object()
+    if kind == "nested":
+        return [1, {"a": {3}}]
+    raise ValueError(kind)
+
+
+def type_of(value):
+    return type(value).__name__
+
+
+def gen(n):
+    for i in range(n):
+        yield i
+
+
+def ctx_echo(ctx, first):
+    """started(first), then echo every received item back doubled-in-a-list, return a count."""
+    ctx.started(first)
+    n = 0
+    stream = ctx.open_stream()
+    for item in stream:
+        stream.send([item, item])
+        n += 1
+    stream.close()
+    return n
+
+
+def ctx_recv_after_end(ctx):
+    ctx.started("go")
+    stream = ctx.open_stream()
+    items = list(stream)
+    try:
+        stream.recv()
+    except harrow.EndOfStream:
+        return items + ["end"]
+    return items
+
+
+def ctx_started_twice(ctx):
+    ctx.started(1)
+    ctx.started(2)
+
+
+def ctx_bad_started(ctx):
+    ctx.started({1, 2})
+
+
+def ctx_wait(ctx):
+    """started, then block in stream.recv() until cancelled; records finally."""
+    global finally_ran
+    finally_ran = False
+    try:
+        ctx.started(None)
+        stream = ctx.open_stream()
+        stream.recv()
+    finally:
+        finally_ran = True
+
+
+finally_ran = False
+
+
+def finally_flag():
+    return finally_ran
+
+
+def busy():
+    while True:
+        pass
+
+
+def busy_finally(ctx):
+    global finally_ran
+    finally_ran = False
+    try:
+        ctx.started("running")
+        while True:
+            pass
+    finally:
+        finally_ran = True
+
+
+swallowed = 0
+
+
+def swallow_some(ctx, times):
+    """Swallows the first `times` cancellations, then a busy loop."""
+    global swallowed
+    swallowed = 0
+    while True:
+        try:
+            if swallowed == 0:
+                ctx.started("running")
+            while True:
+                pass
+        except BaseException:
+            swallowed += 1
+            if swallowed >= times:
+                while True:
+                    pass
+
+
+def swallowed_count():
+    return swallowed
+
+
+def shielded(ctx, seconds):
+    """A shielded busy section of `seconds`; returns whether it completed."""
+    global shield_done
+    shield_done = False
+    with harrow.shield():
+        ctx.started("shielded")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pass
+        shield_done = True
+    while True:
+        pass
+
+
+shield_done = False
+
+
+def shield_completed():
+    return shield_done
+
+
+def sleep_forever():
+    time.sleep(3600)
+
+
+def harrow_sleep(seconds):
+    harrow.sleep(seconds)
+    return "slept"
+
+
+def start_thread():
+    import threading
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(1))
+    t.start()
+    t.join()
+    return out
+
+
+def start_spinning_thread():
+    """Starts a thread that runs until cancelled (harrow.Cancelled via async exception)."""
+    import threading
+
+    def spin():
+        while True:
+            time.sleep(0.001)
+
+    threading.Thread(target=spin).start()
+    return True
+
+
+def legacy_only():
+    """Imports a single-phase-init extension: refused in own-GIL interpreters."""
+    try:
+        import _testsinglephase  # noqa: F401
+    except ModuleNotFoundError:
+        import readline  # noqa: F401
+    return "imported"
+
+
+def cpu(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+
+
+def start_sleeping_thread():
+    """Starts a thread stuck in a long C call: it cannot be cancelled or joined in time."""
+    import threading
+
+    threading.Thread(target=time.sleep, args=(3600,)).start()
+    return True
