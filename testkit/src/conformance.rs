@@ -53,9 +53,17 @@ pub enum Outcome {
 /// The bound every scenario runs under (the watchdog fires after it).
 pub const SCENARIO_BOUND: Duration = Duration::from_secs(60);
 
+/// The bound of the soak scenario, which runs [`SOAK_CYCLES`] cycles (below nextest's 120 s kill).
+pub const SOAK_BOUND: Duration = Duration::from_secs(110);
+
 /// Runs one scenario under the hang watchdog and the resource tracker.
 pub fn run<F: BackendFactory + ?Sized>(name: &str, factory: &F, scenario: fn(&F) -> Outcome) {
-    let outcome = crate::harness(name, SCENARIO_BOUND, crate::DEFAULT_SETTLE, || {
+    let bound = if name.contains("soak") {
+        SOAK_BOUND
+    } else {
+        SCENARIO_BOUND
+    };
+    let outcome = crate::harness(name, bound, crate::DEFAULT_SETTLE, || {
         scenario(factory)
     });
     if let Outcome::Skipped(why) = outcome {
