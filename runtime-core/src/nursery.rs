@@ -671,8 +671,10 @@ async fn ladder(
             Some(Exit::Running) | None => {}
         }
     }
-    // 3. Hard kill.
+    // 3. Hard kill. Dropping the channel first means a child that still yields (but never heard
+    // or never obeyed the cancel) sees its parent gone and exits as an orphan would.
     tracing::debug!(child = %child.id(), "hard kill");
+    link.close();
     let killed = with_deadline(t.hard_kill, child.hard_kill()).await;
     if let Some(Err(e)) = &killed {
         tracing::warn!(child = %child.id(), error = %e, "hard kill failed");

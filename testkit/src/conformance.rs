@@ -19,7 +19,7 @@ use harrow_runtime_core::{
     ActorSpec, ChildOutcome, HardKill, NurseryError, RootConfig, SpawnBackend, Timeouts, run_root,
 };
 
-use crate::faults::{BreakableBackend, Direction, FailingBackend};
+use crate::faults::{BreakableBackend, Direction, FailingBackend, Faults};
 
 /// What the suite needs from a backend: the backend itself, and how to make its children serve
 /// the standard test functions ([`testfns`](crate::testfns) in Rust, or their Python twins).
@@ -63,9 +63,7 @@ pub fn run<F: BackendFactory + ?Sized>(name: &str, factory: &F, scenario: fn(&F)
     } else {
         SCENARIO_BOUND
     };
-    let outcome = crate::harness(name, bound, crate::DEFAULT_SETTLE, || {
-        scenario(factory)
-    });
+    let outcome = crate::harness(name, bound, crate::DEFAULT_SETTLE, || scenario(factory));
     if let Outcome::Skipped(why) = outcome {
         eprintln!("SKIPPED {name}: {why}");
     }
@@ -749,6 +747,58 @@ pub fn break_mid_stream<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
+/// child-ignores-cancel: a child that never hears `CancelActor` is still gone within the
+/// ladder's bound (losing its channel ends it, or the hard kill does).
+pub fn child_ignores_cancel<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    let t = Timeouts::quick();
+    let deaf = BreakableBackend::with_faults(f.backend(), Faults::ignore_cancel());
+    let start = std::cell::Cell::new(None);
+    let outcome = expect_ok(run_root(root_config(), |n| {
+        let (deaf, start) = (deaf.clone(), &start);
+        async move {
+            let child = n.start_actor("deaf", deaf, f.spec()).await?;
+            child.run(&f.func("echo"), Value::Null).await?;
+            start.set(Some(Instant::now()));
+            Ok(child.cancel().await)
+        }
+    }));
+    let elapsed = start.get().map(|s| s.elapsed()).unwrap_or_default();
+    assert!(
+        elapsed <= t.ladder_bound() + Duration::from_secs(2),
+        "{elapsed:?}"
+    );
+    assert!(
+        matches!(outcome, ChildOutcome::Exited | ChildOutcome::Killed),
+        "{outcome:?}"
+    );
+    Outcome::Passed
+}
+
+/// slow-cancel-ack: a `CancelAck` that arrives after the bound; `cancel_actor` says so (false)
+/// and the teardown still ends cleanly, within the bound.
+pub fn slow_cancel_ack<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    let t = Timeouts::quick();
+    let slow = BreakableBackend::with_faults(
+        f.backend(),
+        Faults::none().delay_kind(Direction::FromChild, "CancelAck", t.cancel_ack * 2),
+    );
+    let (acked, outcome) = expect_ok(run_root(root_config(), |n| {
+        let slow = slow.clone();
+        async move {
+            let child = n.start_actor("slow-ack", slow, f.spec()).await?;
+            child.run(&f.func("echo"), Value::Null).await?;
+            let acked = child.cancel_actor(t.cancel_ack).await;
+            Ok((acked, child.cancel().await))
+        }
+    }));
+    assert!(!acked, "the ack came after the bound");
+    assert!(
+        matches!(outcome, ChildOutcome::Exited | ChildOutcome::Killed),
+        "{outcome:?}"
+    );
+    Outcome::Passed
+}
+
 /// How many spawn/call/cancel cycles [`spawn_cancel_soak`] runs.
 pub const SOAK_CYCLES: usize = 500;
 
@@ -844,6 +894,8 @@ macro_rules! conformance_suite {
             shielded_section,
             dead_channel_cancel,
             break_mid_stream,
+            child_ignores_cancel,
+            slow_cancel_ack,
             spawn_cancel_soak
         );
     };

@@ -1,8 +1,10 @@
 //! Fault injection: wrappers that implement the same traits as what they wrap.
 //!
 //! - [`FailingBackend`]: a backend whose every spawn fails.
-//! - [`BreakableBackend`]: wraps a backend so that the parent's end of each child's channel can be
-//!   broken on demand or after N messages, as if the peer died; both sides then see `Closed`.
+//! - [`BreakableBackend`]: wraps a backend so that the parent's end of each child's channel
+//!   misbehaves as its [`Faults`] say: it breaks on demand or after N messages (as if the peer
+//!   died; both sides then see `Closed`), drops every message of a kind (a child that ignores
+//!   `CancelActor`), or delays every message of a kind (a slow `CancelAck`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,6 +58,62 @@ pub enum Direction {
     FromChild,
 }
 
+/// What a [`BreakableBackend`] does to each child's channel.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Break the channel after this many messages in this direction.
+    pub break_after: Option<(Direction, usize)>,
+    /// Silently drop every message of these kinds (`Msg::kind_name`) in these directions.
+    pub drop_kinds: Vec<(Direction, &'static str)>,
+    /// Delay every message of these kinds in these directions.
+    pub delay_kinds: Vec<(Direction, &'static str, Duration)>,
+}
+
+impl Faults {
+    /// No faults but on demand ([`Breaker::break_now`]).
+    pub fn none() -> Self {
+        Faults::default()
+    }
+
+    /// Break after `n` messages in `dir`.
+    pub fn break_after(dir: Direction, n: usize) -> Self {
+        Faults {
+            break_after: Some((dir, n)),
+            ..Faults::default()
+        }
+    }
+
+    /// Drop every message of `kind` in `dir`.
+    pub fn drop_kind(mut self, dir: Direction, kind: &'static str) -> Self {
+        self.drop_kinds.push((dir, kind));
+        self
+    }
+
+    /// Delay every message of `kind` in `dir` by `by`.
+    pub fn delay_kind(mut self, dir: Direction, kind: &'static str, by: Duration) -> Self {
+        self.delay_kinds.push((dir, kind, by));
+        self
+    }
+
+    /// A child that never hears `CancelActor`: only the hard kill (or losing its channel) ends it.
+    pub fn ignore_cancel() -> Self {
+        Faults::default().drop_kind(Direction::ToChild, "CancelActor")
+    }
+
+    fn drops(&self, dir: Direction, msg: &Msg) -> bool {
+        self.drop_kinds
+            .iter()
+            .any(|(d, k)| *d == dir && *k == msg.kind_name())
+    }
+
+    fn delay(&self, dir: Direction, msg: &Msg) -> Option<Duration> {
+        self.delay_kinds
+            .iter()
+            .find(|(d, k, _)| *d == dir && *k == msg.kind_name())
+            .map(|(_, _, by)| *by)
+    }
+}
+
 /// Breaks one parent-child channel: after [`Breaker::break_now`], the parent's sends fail, its
 /// receives return `Closed`, and the child's receives return `Closed`.
 #[derive(Clone, Debug)]
@@ -68,19 +126,19 @@ struct BreakerInner {
     broken: AtomicBool,
     event: Event,
     tx: Mutex<Option<ChannelTx>>,
-    rule: Option<(Direction, usize)>,
+    faults: Faults,
     to_child: AtomicUsize,
     from_child: AtomicUsize,
 }
 
 impl Breaker {
-    fn new(rule: Option<(Direction, usize)>) -> Self {
+    fn new(faults: Faults) -> Self {
         Breaker {
             inner: Arc::new(BreakerInner {
                 broken: AtomicBool::new(false),
                 event: Event::new(),
                 tx: Mutex::new(None),
-                rule,
+                faults,
                 to_child: AtomicUsize::new(0),
                 from_child: AtomicUsize::new(0),
             }),
@@ -121,7 +179,7 @@ impl Breaker {
             Direction::ToChild => self.inner.to_child.fetch_add(1, Ordering::SeqCst) + 1,
             Direction::FromChild => self.inner.from_child.fetch_add(1, Ordering::SeqCst) + 1,
         };
-        if let Some((d, limit)) = self.inner.rule {
+        if let Some((d, limit)) = self.inner.faults.break_after {
             if d == dir && n >= limit {
                 self.break_now();
             }
@@ -154,6 +212,13 @@ impl SendHalf for BreakTx {
             if self.breaker.is_broken() {
                 return Err(SendError::Closed(Box::new(msg)));
             }
+            let faults = &self.breaker.inner.faults;
+            if faults.drops(Direction::ToChild, &msg) {
+                return Ok(());
+            }
+            if let Some(by) = faults.delay(Direction::ToChild, &msg) {
+                async_io::Timer::after(by).await;
+            }
             self.tx.send(msg).await?;
             self.breaker.count(Direction::ToChild);
             Ok(())
@@ -173,54 +238,56 @@ struct BreakRx {
 impl RecvHalf for BreakRx {
     fn recv(&mut self) -> IpcBoxFuture<'_, Result<Msg, RecvError>> {
         Box::pin(async move {
-            if self.breaker.is_broken() {
-                self.rx = None;
-                return Err(RecvError::Closed);
-            }
-            let Some(rx) = self.rx.as_mut() else {
-                return Err(RecvError::Closed);
-            };
-            let breaker = self.breaker.clone();
-            let got = futures_lite::future::or(async { Some(rx.recv().await) }, async {
-                breaker.broken().await;
-                None
-            })
-            .await;
-            match got {
-                Some(Ok(msg)) => {
-                    self.breaker.count(Direction::FromChild);
-                    if self.breaker.is_broken() {
-                        // The limit was reached by this message: it is the last one delivered.
-                        return Ok(msg);
-                    }
-                    Ok(msg)
-                }
-                Some(Err(e)) => Err(e),
-                None => {
+            loop {
+                if self.breaker.is_broken() {
                     self.rx = None;
-                    Err(RecvError::Closed)
+                    return Err(RecvError::Closed);
                 }
+                let Some(rx) = self.rx.as_mut() else {
+                    return Err(RecvError::Closed);
+                };
+                let breaker = self.breaker.clone();
+                let got = futures_lite::future::or(async { Some(rx.recv().await) }, async {
+                    breaker.broken().await;
+                    None
+                })
+                .await;
+                let msg = match got {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        self.rx = None;
+                        return Err(RecvError::Closed);
+                    }
+                };
+                // Reaching the break limit still delivers this message: it is the last one.
+                self.breaker.count(Direction::FromChild);
+                let faults = &self.breaker.inner.faults;
+                if faults.drops(Direction::FromChild, &msg) {
+                    continue;
+                }
+                if let Some(by) = faults.delay(Direction::FromChild, &msg) {
+                    async_io::Timer::after(by).await;
+                }
+                return Ok(msg);
             }
         })
     }
 }
 
-/// Wraps a backend so that every child's channel can be broken (see [`Breaker`]).
+/// Wraps a backend so that every child's channel misbehaves as its [`Faults`] say (see
+/// [`Breaker`] for breaking one on demand).
 #[derive(Debug)]
 pub struct BreakableBackend {
     inner: Arc<dyn SpawnBackend>,
-    rule: Option<(Direction, usize)>,
+    faults: Faults,
     breakers: Mutex<Vec<(ActorId, Breaker)>>,
 }
 
 impl BreakableBackend {
     /// Channels break only when told to.
     pub fn wrap(inner: Arc<dyn SpawnBackend>) -> Arc<BreakableBackend> {
-        Arc::new(BreakableBackend {
-            inner,
-            rule: None,
-            breakers: Mutex::new(Vec::new()),
-        })
+        Self::with_faults(inner, Faults::none())
     }
 
     /// Channels break by themselves after `n` messages in `dir`.
@@ -229,9 +296,14 @@ impl BreakableBackend {
         dir: Direction,
         n: usize,
     ) -> Arc<BreakableBackend> {
+        Self::with_faults(inner, Faults::break_after(dir, n))
+    }
+
+    /// Channels misbehave as `faults` say.
+    pub fn with_faults(inner: Arc<dyn SpawnBackend>, faults: Faults) -> Arc<BreakableBackend> {
         Arc::new(BreakableBackend {
             inner,
-            rule: Some((dir, n)),
+            faults,
             breakers: Mutex::new(Vec::new()),
         })
     }
@@ -257,7 +329,7 @@ impl SpawnBackend for BreakableBackend {
     fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {
         Box::pin(async move {
             let mut child = self.inner.spawn(spec).await?;
-            let breaker = Breaker::new(self.rule);
+            let breaker = Breaker::new(self.faults.clone());
             let channel = child.take_channel().map(|ch| {
                 let (tx, rx) = ch.split();
                 *breaker.inner.tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
