@@ -1,0 +1,243 @@
+//! The child side: reading what the parent left in the environment and handing control to the
+//! actor runtime.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use harrow_runtime_core::ipc::codec::CodecConfig;
+use harrow_runtime_core::ipc::unix;
+use harrow_runtime_core::portal::Resolver;
+use harrow_runtime_core::{ActorExit, ActorInit, run_actor};
+
+use crate::error::{Error, Result};
+use crate::spec::{CHILD_FD_ENV, CHILD_SPEC_ENV, ChildSpec, PARENT_PID_ENV};
+
+/// The exit status of a child whose bootstrap failed (bad environment, parent already gone).
+pub const EXIT_BOOTSTRAP_FAILED: i32 = 2;
+/// The exit status of a child whose `Hello` exchange with its parent failed.
+pub const EXIT_HANDSHAKE_FAILED: i32 = 3;
+
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process was started by a [`ProcessBackend`](crate::ProcessBackend) as a child
+/// actor (and its bootstrap has not been taken yet).
+pub fn is_child() -> bool {
+    !TAKEN.load(Ordering::SeqCst) && std::env::var_os(CHILD_FD_ENV).is_some()
+}
+
+/// What a child process received from its parent: its spec and its end of the channel.
+///
+/// Most programs never see this: [`maybe_run_child`] takes it and runs the actor. It is public
+/// for programs that need to act before the runtime starts (and for tests that play a broken
+/// child).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ChildBootstrap {
+    /// The child's spec.
+    pub spec: ChildSpec,
+    /// The child's end of the channel to its parent (close-on-exec).
+    pub stream: UnixStream,
+    /// The parent's pid.
+    pub parent_pid: i32,
+}
+
+/// An `Arc` of a resolver, as [`maybe_run_child`]'s closure returns it (concrete or `dyn`).
+pub trait IntoResolver {
+    /// The resolver as the runtime holds it.
+    fn into_resolver(self) -> Arc<dyn Resolver>;
+}
+
+impl<R: Resolver> IntoResolver for Arc<R> {
+    fn into_resolver(self) -> Arc<dyn Resolver> {
+        self
+    }
+}
+
+impl IntoResolver for Arc<dyn Resolver> {
+    fn into_resolver(self) -> Arc<dyn Resolver> {
+        self
+    }
+}
+
+fn env_var(var: &'static str) -> Result<String> {
+    std::env::var(var).map_err(|e| Error::Env {
+        var,
+        reason: e.to_string(),
+    })
+}
+
+/// Takes the bootstrap the parent left in this process: `Ok(None)` when this process is not a
+/// child actor (or the bootstrap was already taken).
+///
+/// Sets the parent-death signal (SIGKILL) and checks that the parent is still the one that
+/// started this process, so a child can never outlive its parent unnoticed. Removes the
+/// bootstrap variables from the environment when this process has a single thread (so other
+/// programs it starts do not see them).
+///
+/// # Errors
+///
+/// When the bootstrap variables are malformed, the inherited descriptor is not a socket, or
+/// the parent is already gone.
+pub fn take_bootstrap() -> Result<Option<ChildBootstrap>> {
+    if std::env::var_os(CHILD_FD_ENV).is_none() || TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(None);
+    }
+    let fd_text = env_var(CHILD_FD_ENV)?;
+    let fd: i32 = fd_text
+        .parse()
+        .ok()
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| Error::Env {
+            var: CHILD_FD_ENV,
+            reason: format!("{fd_text:?} is not a descriptor number above 2"),
+        })?;
+    let parent_text = env_var(PARENT_PID_ENV)?;
+    let parent_pid: i32 = parent_text.parse().map_err(|_| Error::Env {
+        var: PARENT_PID_ENV,
+        reason: format!("{parent_text:?} is not a pid"),
+    })?;
+    // Race-free orphan check: set the death signal first, then look at who the parent is. (The
+    // parent also set it before exec; this covers programs started some other way.)
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)).map_err(
+        |e| Error::Io {
+            what: "cannot set the parent-death signal",
+            source: e.into(),
+        },
+    )?;
+    let actual = rustix::process::getppid().map_or(0, |p| p.as_raw_pid());
+    if actual != parent_pid {
+        return Err(Error::ParentGone {
+            expected: parent_pid,
+            actual,
+        });
+    }
+    let spec = ChildSpec::decode(&env_var(CHILD_SPEC_ENV)?)?;
+    // SAFETY: F_GETFD only reads the flags of a descriptor number; it touches no memory.
+    #[allow(unsafe_code)]
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags == -1 {
+        return Err(Error::Fd {
+            fd,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `fd` is open (checked above) and was handed to this process by its parent for the
+    // channel alone; `TAKEN` makes sure it is adopted once, and nothing else in this process
+    // owns it.
+    #[allow(unsafe_code)]
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let stat = rustix::fs::fstat(&owned).map_err(|e| Error::Fd {
+        fd,
+        source: e.into(),
+    })?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
+        return Err(Error::Fd {
+            fd,
+            source: std::io::Error::other("not a socket"),
+        });
+    }
+    // Programs this child starts must not inherit its channel.
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC).map_err(|e| Error::Fd {
+        fd,
+        source: e.into(),
+    })?;
+    remove_bootstrap_env();
+    Ok(Some(ChildBootstrap {
+        spec,
+        stream: UnixStream::from(owned),
+        parent_pid,
+    }))
+}
+
+fn remove_bootstrap_env() {
+    let single_threaded = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count() == 1)
+        .unwrap_or(false);
+    if !single_threaded {
+        // Our own spawns set these variables explicitly, so leaving them is harmless to them.
+        return;
+    }
+    for var in [CHILD_FD_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV] {
+        // SAFETY: this process has a single thread (checked just above), so nothing can read the
+        // environment concurrently.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::remove_var(var)
+        };
+    }
+}
+
+/// Hands control to the harrow runtime when this process is a child actor; returns at once
+/// otherwise. Call it first thing in `main`, before any thread is started:
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use harrow_runtime_core::portal::FnRegistry;
+/// # fn build_registry() -> Arc<FnRegistry> { Arc::new(FnRegistry::new()) }
+/// fn main() {
+///     harrow_spawn_process::maybe_run_child(build_registry);
+///     // ... the program proper: run_root(...) and start actors on ProcessBackend
+/// }
+/// ```
+///
+/// In a child, `resolver` builds the functions the actor serves (usually the same registry the
+/// parent registers), the actor runs until cancelled or orphaned, and the process exits: status
+/// 0 after a cancel or a lost parent, [`EXIT_HANDSHAKE_FAILED`] if the `Hello` exchange failed,
+/// [`EXIT_BOOTSTRAP_FAILED`] (with a message on stderr) if the bootstrap was unusable. If
+/// `RUST_LOG` is set, a `tracing` fmt subscriber writing to stderr is installed; events carry the
+/// actor's span.
+pub fn maybe_run_child<F, R>(resolver: F)
+where
+    F: FnOnce() -> R,
+    R: IntoResolver,
+{
+    let boot = match take_bootstrap() {
+        Ok(None) => return,
+        Ok(Some(boot)) => boot,
+        Err(e) => {
+            eprintln!("harrow child process {}: {e}", std::process::id());
+            std::process::exit(EXIT_BOOTSTRAP_FAILED);
+        }
+    };
+    let code = run_child(boot, resolver().into_resolver());
+    std::process::exit(code)
+}
+
+/// Runs the actor of `boot` serving `resolver` on this thread until it ends; returns the exit
+/// status the process should end with (see [`maybe_run_child`]).
+pub fn run_child(boot: ChildBootstrap, resolver: Arc<dyn Resolver>) -> i32 {
+    init_tracing();
+    let name = boot.spec.id.clone();
+    let channel = match unix::from_stream(boot.stream, CodecConfig::default()) {
+        Ok(channel) => channel,
+        Err(e) => {
+            eprintln!("harrow child {name}: cannot use the inherited channel: {e}");
+            return EXIT_BOOTSTRAP_FAILED;
+        }
+    };
+    let init = ActorInit::from_spec(boot.spec.to_spawn_spec(), "process").with_resolver(resolver);
+    let exit = run_actor(channel, init);
+    let code = match exit {
+        ActorExit::HandshakeFailed(why) => {
+            eprintln!("harrow child {name}: handshake with the parent failed: {why}");
+            EXIT_HANDSHAKE_FAILED
+        }
+        _ => 0,
+    };
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    code
+}
+
+fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
+    }
+}

@@ -1,0 +1,113 @@
+//! The helper binary of the process backend's tests.
+//!
+//! - Started as a child actor (by a `ProcessBackend`), it serves
+//!   [`child_registry`](harrow_process_testchild::child_registry) — unless
+//!   `HARROW_TESTCHILD_MODE` names a misbehaviour (`crash`, `exit-before-hello`, `garbage`,
+//!   `wrong-protocol`).
+//! - With `HARROW_TESTCHILD_ROOT=output`, it is a root that starts one child actor of itself
+//!   (the zero-configuration `ProcessBackend::new()`), has it print to stdout and stderr, and
+//!   exits; the output test reads what reaches its stdout and stderr. `output-plain` does the
+//!   same with the output prefix turned off.
+//! - Otherwise it says what it is and exits with status 2.
+
+use std::io::{Read, Write};
+
+use harrow_process_testchild::{MODE_ENV, Mode, ROOT_ENV, child_registry};
+use harrow_runtime_core::ipc::codec::{CodecConfig, encode};
+use harrow_runtime_core::ipc::{Msg, PROTOCOL_VERSION, Value};
+use harrow_runtime_core::{ActorSpec, RootConfig, Timeouts, run_root};
+use harrow_spawn_process::{ProcessBackend, is_child, maybe_run_child, take_bootstrap};
+
+fn main() -> anyhow::Result<()> {
+    if is_child() {
+        if let Some(mode) = std::env::var(MODE_ENV)
+            .ok()
+            .as_deref()
+            .and_then(Mode::parse)
+        {
+            misbehave(mode)?;
+            return Ok(());
+        }
+    }
+    maybe_run_child(child_registry);
+    match std::env::var(ROOT_ENV).as_deref() {
+        Ok("output") => output_root(true),
+        Ok("output-plain") => output_root(false),
+        _ => {
+            eprintln!(
+                "harrow-process-testchild: a helper binary for harrow-spawn-process's tests; \
+                 it runs as a child actor (or with {ROOT_ENV}=output)"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn misbehave(mode: Mode) -> anyhow::Result<()> {
+    if mode == Mode::Crash {
+        std::process::abort();
+    }
+    let Some(boot) = take_bootstrap()? else {
+        anyhow::bail!("not a child");
+    };
+    let mut stream = boot.stream;
+    match mode {
+        Mode::Crash => unreachable!("handled above"),
+        Mode::ExitBeforeHello => return Ok(()),
+        Mode::Garbage => stream.write_all(&[0xff; 64])?,
+        Mode::WrongProtocol => {
+            let hello = Msg::Hello {
+                actor: boot.spec.id.clone(),
+                protocol: PROTOCOL_VERSION + 1,
+                pid: std::process::id(),
+                backend: "process".into(),
+            };
+            stream.write_all(&encode(&hello, &CodecConfig::default())?)?;
+        }
+    }
+    // Wait for the parent to give up on us (it closes the channel or kills this process; the
+    // parent-death signal covers a parent that dies).
+    let mut sink = [0u8; 4096];
+    while stream.read(&mut sink)? > 0 {}
+    Ok(())
+}
+
+fn output_root(prefix: bool) -> anyhow::Result<()> {
+    let config = RootConfig::default()
+        .handle_sigint(false)
+        .timeouts(Timeouts::quick());
+    run_root(config, |n| async move {
+        let child = n
+            .start_actor(
+                "printer",
+                ProcessBackend::new()
+                    .with_output_prefix(prefix)
+                    .into_shared(),
+                ActorSpec::new(),
+            )
+            .await?;
+        let args = Value::Map(vec![
+            (
+                "out".into(),
+                Value::List(vec!["to stdout 1".into(), "to stdout 2".into()]),
+            ),
+            ("err".into(), Value::List(vec!["to stderr".into()])),
+        ]);
+        child.run("proc:print", args).await?;
+        // Nested: the grandchild's lines carry both prefixes.
+        child
+            .run(
+                "proc:nested_print",
+                Value::Map(vec![(
+                    "out".into(),
+                    Value::List(vec!["from the leaf".into()]),
+                )]),
+            )
+            .await?;
+        let _ = child.cancel().await;
+        Ok(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("root done");
+    Ok(())
+}
