@@ -1,5 +1,8 @@
-//! Framing and encoding of [`Msg`](crate::Msg) for byte transports: a length prefix, then a
+//! Framing and encoding of [`Msg`] for byte transports: a length prefix, then a
 //! bincode 2.0.1 (serde mode) body. This module is the only place that knows the encoding.
+
+use crate::Msg;
+use crate::value::with_depth_limit;
 
 /// Why bytes could not be decoded into a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,4 +31,313 @@ pub enum DecodeError {
     /// The input ended in the middle of a frame.
     #[error("input ended inside a frame")]
     Truncated,
+}
+
+/// Bytes in the length prefix of every frame.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// The default [`CodecConfig::max_frame`]: 64 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+
+/// Limits applied while encoding and decoding.
+///
+/// # Frame format
+///
+/// A frame is a `u32` little-endian body length, then the body: the [`Msg`] encoded by bincode
+/// 2.0.1 in serde mode with `bincode::config::standard()` (little-endian, variable-length
+/// integers). [`Value`](crate::Value)s inside are plain enums in that encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodecConfig {
+    /// The largest body, in bytes, that is encoded or accepted (the prefix is not counted).
+    /// A larger announced length is rejected before any buffer is sized for it. Values above
+    /// `u32::MAX` act as `u32::MAX`.
+    pub max_frame: usize,
+    /// How deeply [`Value`](crate::Value)s may nest (a scalar at the top is depth 1).
+    pub max_depth: usize,
+}
+
+impl Default for CodecConfig {
+    fn default() -> Self {
+        CodecConfig {
+            max_frame: DEFAULT_MAX_FRAME,
+            max_depth: crate::DEFAULT_MAX_DEPTH,
+        }
+    }
+}
+
+impl CodecConfig {
+    fn frame_limit(&self) -> usize {
+        self.max_frame.min(u32::MAX as usize)
+    }
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The encoded body is larger than [`CodecConfig::max_frame`].
+    #[error("message of {size} bytes exceeds the maximum frame size of {max} bytes")]
+    TooLarge {
+        /// The encoded body size.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A value is nested deeper than [`CodecConfig::max_depth`].
+    #[error("values nested deeper than the limit of {limit}")]
+    TooDeep {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The encoder failed for another reason.
+    #[error("encoding failed: {0}")]
+    Failed(String),
+}
+
+/// Encodes `msg` as one frame (prefix and body).
+pub fn encode(msg: &Msg, config: &CodecConfig) -> Result<Vec<u8>, EncodeError> {
+    let mut buf = Vec::with_capacity(64);
+    encode_into(msg, config, &mut buf)?;
+    Ok(buf)
+}
+
+/// Appends one frame for `msg` to `buf` and returns its length (prefix included). On error `buf`
+/// is left as it was.
+pub fn encode_into(
+    msg: &Msg,
+    config: &CodecConfig,
+    buf: &mut Vec<u8>,
+) -> Result<usize, EncodeError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; LENGTH_PREFIX]);
+    let (result, too_deep) = with_depth_limit(config.max_depth, || {
+        bincode::serde::encode_into_std_write(msg, &mut *buf, bincode::config::standard())
+    });
+    let size = buf.len() - start - LENGTH_PREFIX;
+    let error = match result {
+        Ok(_) if size > config.frame_limit() => Some(EncodeError::TooLarge {
+            size,
+            max: config.frame_limit(),
+        }),
+        Ok(_) => None,
+        Err(_) if too_deep => Some(EncodeError::TooDeep {
+            limit: config.max_depth,
+        }),
+        Err(e) => Some(EncodeError::Failed(e.to_string())),
+    };
+    if let Some(error) = error {
+        buf.truncate(start);
+        return Err(error);
+    }
+    // `size <= frame_limit() <= u32::MAX`, so this cannot truncate.
+    let prefix = (size as u32).to_le_bytes();
+    buf[start..start + LENGTH_PREFIX].copy_from_slice(&prefix);
+    Ok(size + LENGTH_PREFIX)
+}
+
+/// Decodes the first frame of `bytes` with the default [`CodecConfig`]; returns the message and
+/// the number of bytes the frame took. Bytes after the frame are left alone.
+pub fn decode_frame(bytes: &[u8]) -> Result<(Msg, usize), DecodeError> {
+    decode_frame_with(bytes, &CodecConfig::default())
+}
+
+/// Decodes the first frame of `bytes`; see [`decode_frame`].
+pub fn decode_frame_with(bytes: &[u8], config: &CodecConfig) -> Result<(Msg, usize), DecodeError> {
+    let len = match frame_len(bytes, config)? {
+        Some(len) => len,
+        None => return Err(DecodeError::Truncated),
+    };
+    let end = LENGTH_PREFIX + len;
+    let body = bytes
+        .get(LENGTH_PREFIX..end)
+        .ok_or(DecodeError::Truncated)?;
+    Ok((decode_body(body, config)?, end))
+}
+
+/// Reads a frame's announced body length, if the prefix is complete, rejecting lengths above the
+/// maximum.
+fn frame_len(bytes: &[u8], config: &CodecConfig) -> Result<Option<usize>, DecodeError> {
+    let Some(prefix) = bytes.first_chunk::<LENGTH_PREFIX>() else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(*prefix);
+    if len as usize > config.frame_limit() {
+        return Err(DecodeError::FrameTooLarge {
+            len: len.into(),
+            max: config.frame_limit(),
+        });
+    }
+    Ok(Some(len as usize))
+}
+
+/// Decodes one frame body (without its prefix). The body must hold exactly one message.
+pub fn decode_body(body: &[u8], config: &CodecConfig) -> Result<Msg, DecodeError> {
+    if body.len() > config.frame_limit() {
+        return Err(DecodeError::FrameTooLarge {
+            len: body.len() as u64,
+            max: config.frame_limit(),
+        });
+    }
+    let (result, too_deep) = with_depth_limit(config.max_depth, || bincode_decode(body));
+    match result {
+        Ok((msg, used)) if used == body.len() => Ok(msg),
+        Ok((_, used)) => Err(DecodeError::TrailingBytes(body.len() - used)),
+        Err(_) if too_deep => Err(DecodeError::TooDeep {
+            limit: config.max_depth,
+        }),
+        Err(bincode::error::DecodeError::UnexpectedEnd { .. }) => Err(DecodeError::Malformed(
+            "the body ends inside the message".into(),
+        )),
+        Err(bincode::error::DecodeError::LimitExceeded) => Err(DecodeError::Malformed(
+            "a length inside the body exceeds what the frame can hold".into(),
+        )),
+        Err(e) => Err(DecodeError::Malformed(e.to_string())),
+    }
+}
+
+/// Runs bincode with a byte limit scaled to the body.
+///
+/// bincode sizes a string's buffer from its announced length before reading it; the limit (which
+/// counts decoded in-memory bytes, up to 16 per encoded byte) caps what a lying length can make it
+/// allocate to a small multiple of the frame actually received. Bodies above 16 MiB get a 4 GiB
+/// cap, which is ample for any real message.
+fn bincode_decode(body: &[u8]) -> Result<(Msg, usize), bincode::error::DecodeError> {
+    use bincode::config::standard;
+    use bincode::serde::decode_from_slice;
+    let len = body.len();
+    if len <= 0x1000 {
+        decode_from_slice(body, standard().with_limit::<0x1_0000>())
+    } else if len <= 0x1_0000 {
+        decode_from_slice(body, standard().with_limit::<0x10_0000>())
+    } else if len <= 0x10_0000 {
+        decode_from_slice(body, standard().with_limit::<0x100_0000>())
+    } else if len <= 0x100_0000 {
+        decode_from_slice(body, standard().with_limit::<0x1000_0000>())
+    } else {
+        decode_from_slice(body, standard().with_limit::<{ u32::MAX as usize }>())
+    }
+}
+
+/// How much a [`FrameDecoder`] asks the transport to read at a time.
+pub const READ_CHUNK: usize = 64 << 10;
+
+/// Splits a byte stream into messages, keeping partial frames between reads.
+///
+/// Read into [`read_buf`](FrameDecoder::read_buf), report how much arrived with
+/// [`commit`](FrameDecoder::commit) (or use [`extend`](FrameDecoder::extend)), then call
+/// [`decode_next`](FrameDecoder::decode_next) until it returns `Ok(None)`.
+///
+/// ```
+/// use harrow_ipc::{codec, Msg};
+/// let config = codec::CodecConfig::default();
+/// let frame = codec::encode(&Msg::CancelAck, &config).unwrap();
+/// let mut decoder = codec::FrameDecoder::new(config);
+/// decoder.extend(&frame[..3]);
+/// assert_eq!(decoder.decode_next().unwrap(), None);
+/// decoder.extend(&frame[3..]);
+/// assert_eq!(decoder.decode_next().unwrap(), Some(Msg::CancelAck));
+/// ```
+#[derive(Debug)]
+pub struct FrameDecoder {
+    config: CodecConfig,
+    // `buf[start..end]` holds received, undecoded bytes; `buf[end..]` is free space.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder with no buffered bytes.
+    pub fn new(config: CodecConfig) -> Self {
+        FrameDecoder {
+            config,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The limits this decoder applies.
+    pub fn config(&self) -> &CodecConfig {
+        &self.config
+    }
+
+    /// Bytes received and not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Free space to read into: at least one byte and, while a large frame is incomplete, enough
+    /// for the rest of it. Fails if the pending frame announces a length above the maximum.
+    pub fn read_buf(&mut self) -> Result<&mut [u8], DecodeError> {
+        // The size the buffer needs: the whole pending frame if its length is known.
+        let pending = &self.buf[self.start..self.end];
+        let needed = match frame_len(pending, &self.config)? {
+            Some(len) => (LENGTH_PREFIX + len).max(READ_CHUNK),
+            None => READ_CHUNK,
+        };
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buf.len() > 4 * READ_CHUNK && needed <= READ_CHUNK {
+                // Drop the memory a past large frame needed.
+                self.buf = Vec::new();
+            }
+        }
+        if self.buf.len() - self.start < needed || self.end == self.buf.len() {
+            // Move the pending bytes to the front, then grow if that is not enough.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.buf.len() < needed || self.end == self.buf.len() {
+                let size = needed.max(self.end + READ_CHUNK.min(needed));
+                self.buf.resize(size, 0);
+            }
+        }
+        Ok(&mut self.buf[self.end..])
+    }
+
+    /// Records that `n` bytes were written at the start of the last [`read_buf`](Self::read_buf).
+    pub fn commit(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
+    }
+
+    /// Appends received bytes.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        let pending = self.end - self.start;
+        if self.buf.len() - self.end < bytes.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.start = 0;
+            self.end = pending;
+            if self.buf.len() - self.end < bytes.len() {
+                self.buf.resize(self.end + bytes.len(), 0);
+            }
+        }
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
+    /// Decodes the next complete frame, or returns `Ok(None)` if more bytes are needed.
+    ///
+    /// A frame whose body is malformed is consumed and reported, so the next call continues
+    /// with the following frame. An oversized length is reported without consuming anything
+    /// (the stream cannot be resynchronised; stop reading it).
+    pub fn decode_next(&mut self) -> Result<Option<Msg>, DecodeError> {
+        let pending = &self.buf[self.start..self.end];
+        let Some(len) = frame_len(pending, &self.config)? else {
+            return Ok(None);
+        };
+        let frame_end = LENGTH_PREFIX + len;
+        if pending.len() < frame_end {
+            return Ok(None);
+        }
+        let body = &pending[LENGTH_PREFIX..frame_end];
+        let result = decode_body(body, &self.config);
+        self.start += frame_end;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        result.map(Some)
+    }
 }

@@ -7,6 +7,9 @@
 //! Unix socket. A dropped or dead peer turns every pending and later `recv` into
 //! [`RecvError::Closed`], promptly.
 //!
+//! Payloads are [`Value`]s; typed code converts its serde types with [`to_value`] and
+//! [`from_value`].
+//!
 //! ```
 //! use harrow_ipc::{mem, Msg};
 //! # futures_lite::future::block_on(async {
@@ -23,10 +26,45 @@ mod channel;
 pub mod codec;
 pub mod mem;
 mod msg;
+mod serde_value;
+pub mod unix;
 mod value;
 
-pub use channel::{BoxFuture, Channel, ChannelRx, ChannelTx, RecvError, RecvHalf, SendError, SendHalf};
+pub use channel::{
+    BoxFuture, Channel, ChannelRx, ChannelTx, RecvError, RecvHalf, SendError, SendHalf,
+};
 pub use msg::{
     ActorId, CallKind, Cid, ErrorKind, FnPath, FnPathError, Msg, PROTOCOL_VERSION, RemoteError,
 };
-pub use value::Value;
+pub use serde_value::{ValueError, from_value, from_value_ref, to_value};
+pub use value::{DEFAULT_MAX_DEPTH, Value};
+
+/// Any failure of this crate, for callers that do not need to know which layer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A message could not be sent.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// No message could be received.
+    #[error(transparent)]
+    Recv(#[from] RecvError),
+    /// Bytes could not be decoded into a message.
+    #[error(transparent)]
+    Decode(#[from] codec::DecodeError),
+    /// A message could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] codec::EncodeError),
+    /// A conversion to or from [`Value`] failed.
+    #[error(transparent)]
+    Value(#[from] ValueError),
+    /// A function path did not parse.
+    #[error(transparent)]
+    FnPath(#[from] FnPathError),
+    /// A transport could not be set up.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// `Result` with this crate's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -258,7 +258,11 @@ impl RemoteError {
 
 impl fmt::Display for RemoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {} (in {}", self.type_name, self.message, self.source)?;
+        write!(
+            f,
+            "{}: {} (in {}",
+            self.type_name, self.message, self.source
+        )?;
         for hop in &self.relay_path {
             write!(f, " -> {hop}")?;
         }
@@ -402,7 +406,9 @@ mod tests {
 
     #[test]
     fn fn_path_rejects_malformed_input_and_shows_it() {
-        for bad in ["", "nocolon", ":f", "m:", "a..b:f", "a.b:c:d", "1a:f", "a:f-g", "a b:f"] {
+        for bad in [
+            "", "nocolon", ":f", "m:", "a..b:f", "a.b:c:d", "1a:f", "a:f-g", "a b:f",
+        ] {
             let err = FnPath::parse(bad).unwrap_err();
             assert_eq!(err.input, bad);
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");

@@ -1,0 +1,351 @@
+//! The Unix socket transport: [`codec`] frames over a `UnixStream`, driven by
+//! async-io. For peers in other processes (or anywhere a byte stream is all there is).
+//!
+//! Same contract as [`mem`](crate::mem): when the peer drops its channel or dies (even in the
+//! middle of a frame) every pending and later `recv` returns [`RecvError::Closed`]; a send to a
+//! peer that is gone hands the message back; [`close`](crate::Channel::close), or dropping the last
+//! [`ChannelTx`](crate::ChannelTx), shuts down the write direction so that the peer receives what
+//! was sent and then `Closed`.
+//!
+//! ```
+//! use harrow_ipc::{unix, Msg};
+//! # futures_lite::future::block_on(async {
+//! let (a, b) = unix::pair().unwrap();
+//! a.send(Msg::CancelAck).await.unwrap();
+//! assert_eq!(b.recv().await.unwrap(), Msg::CancelAck);
+//! drop(a);
+//! assert!(b.recv().await.unwrap_err().is_closed());
+//! # });
+//! ```
+
+use std::io::{self, Read};
+use std::net::Shutdown;
+use std::os::unix::net::{SocketAddr, UnixListener as StdUnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_io::Async;
+use rustix::net::SendFlags;
+
+use crate::channel::BoxFuture;
+use crate::codec::{self, CodecConfig, DecodeError, EncodeError, FrameDecoder};
+use crate::{Channel, Msg, RecvError, RecvHalf, SendError, SendHalf};
+
+/// Makes a connected pair of channels over a fresh socketpair, with the default [`CodecConfig`].
+pub fn pair() -> io::Result<(Channel, Channel)> {
+    pair_with(CodecConfig::default())
+}
+
+/// Makes a connected pair of channels over a fresh socketpair.
+pub fn pair_with(config: CodecConfig) -> io::Result<(Channel, Channel)> {
+    let (a, b) = UnixStream::pair()?;
+    Ok((from_stream(a, config)?, from_stream(b, config)?))
+}
+
+/// Makes a channel of a connected stream (for example one inherited from a parent process).
+/// The stream is switched to non-blocking mode.
+pub fn from_stream(stream: UnixStream, config: CodecConfig) -> io::Result<Channel> {
+    let stream = Arc::new(Async::new(stream)?);
+    Ok(Channel::from_halves(
+        UnixTx::new(stream.clone(), config),
+        UnixRx::new(stream, config),
+    ))
+}
+
+/// Listens on `path` with the default [`CodecConfig`]. The path must not exist yet.
+pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixListener> {
+    bind_with(path, CodecConfig::default())
+}
+
+/// Listens on `path`; accepted channels use `config`. The path must not exist yet.
+pub fn bind_with(path: impl AsRef<Path>, config: CodecConfig) -> io::Result<UnixListener> {
+    Ok(UnixListener {
+        inner: Async::<StdUnixListener>::bind(path)?,
+        config,
+    })
+}
+
+/// Connects to a [`UnixListener`] at `path`, with the default [`CodecConfig`].
+pub async fn connect(path: impl AsRef<Path>) -> io::Result<Channel> {
+    connect_with(path, CodecConfig::default()).await
+}
+
+/// Connects to a [`UnixListener`] at `path`.
+pub async fn connect_with(path: impl AsRef<Path>, config: CodecConfig) -> io::Result<Channel> {
+    let stream = Async::<UnixStream>::connect(path).await?;
+    let stream = Arc::new(stream);
+    Ok(Channel::from_halves(
+        UnixTx::new(stream.clone(), config),
+        UnixRx::new(stream, config),
+    ))
+}
+
+/// A Unix-domain socket listener that yields [`Channel`]s. Made by [`bind`].
+#[derive(Debug)]
+pub struct UnixListener {
+    inner: Async<StdUnixListener>,
+    config: CodecConfig,
+}
+
+impl UnixListener {
+    /// Waits for the next connection.
+    pub async fn accept(&self) -> io::Result<Channel> {
+        let (stream, _addr) = self.inner.accept().await?;
+        let stream = Arc::new(stream);
+        Ok(Channel::from_halves(
+            UnixTx::new(stream.clone(), self.config),
+            UnixRx::new(stream, self.config),
+        ))
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get_ref().local_addr()
+    }
+}
+
+fn shutdown(stream: &Async<UnixStream>, how: Shutdown) {
+    // ENOTCONN once the peer is fully gone: nothing left to shut down.
+    let _ = stream.get_ref().shutdown(how);
+}
+
+fn is_peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+    )
+}
+
+/// The sending half of a Unix channel.
+#[derive(Debug)]
+pub struct UnixTx {
+    stream: Arc<Async<UnixStream>>,
+    config: CodecConfig,
+    // Serialises writers so frames never interleave; holds the reused frame buffer.
+    writer: async_lock::Mutex<Writer>,
+    // Lets the synchronous `close` wait out a frame being written: whoever ends last shuts down.
+    flags: Mutex<TxFlags>,
+}
+
+#[derive(Debug, Default)]
+struct Writer {
+    buf: Vec<u8>,
+    // How much of `buf` is on the wire; `0 < written < buf.len()` after a cancelled send.
+    written: usize,
+}
+
+#[derive(Debug, Default)]
+struct TxFlags {
+    writing: bool,
+    close_requested: bool,
+}
+
+/// Keeps the buffer from pinning the memory of one huge message forever.
+const KEEP_WRITE_BUF: usize = 1 << 20;
+
+impl UnixTx {
+    fn new(stream: Arc<Async<UnixStream>>, config: CodecConfig) -> Self {
+        UnixTx {
+            stream,
+            config,
+            writer: async_lock::Mutex::new(Writer::default()),
+            flags: Mutex::new(TxFlags::default()),
+        }
+    }
+
+    fn flags(&self) -> MutexGuard<'_, TxFlags> {
+        self.flags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn flush(&self, w: &mut Writer) -> io::Result<()> {
+        while w.written < w.buf.len() {
+            let rest = &w.buf[w.written..];
+            let n = self
+                .stream
+                .write_with(|s| {
+                    rustix::net::send(s, rest, SendFlags::NOSIGNAL).map_err(io::Error::from)
+                })
+                .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            w.written += n;
+        }
+        Ok(())
+    }
+
+    async fn send_frame(&self, msg: Msg) -> Result<(), SendError> {
+        if self.flags().close_requested {
+            return Err(SendError::Closed(Box::new(msg)));
+        }
+        let mut w = self.writer.lock().await;
+        if w.written > 0 && w.written < w.buf.len() {
+            // A cancelled send left half a frame on the wire: finish it or the stream is corrupt.
+            if let Err(e) = self.flush(&mut w).await {
+                return Err(io_error(e, msg));
+            }
+        }
+        w.buf.clear();
+        w.written = 0;
+        if w.buf.capacity() > KEEP_WRITE_BUF {
+            w.buf = Vec::new();
+        }
+        if let Err(e) = codec::encode_into(&msg, &self.config, &mut w.buf) {
+            return Err(match e {
+                EncodeError::TooLarge { size, max } => SendError::TooLarge {
+                    msg: Box::new(msg),
+                    size,
+                    max,
+                },
+                other => SendError::Encode {
+                    msg: Box::new(msg),
+                    reason: other.to_string(),
+                },
+            });
+        }
+        {
+            let mut flags = self.flags();
+            if flags.close_requested {
+                w.buf.clear();
+                return Err(SendError::Closed(Box::new(msg)));
+            }
+            flags.writing = true;
+        }
+        let _writing = WritingGuard(self);
+        match self.flush(&mut w).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(io_error(e, msg)),
+        }
+    }
+}
+
+fn io_error(e: io::Error, msg: Msg) -> SendError {
+    if is_peer_gone(&e) {
+        SendError::Closed(Box::new(msg))
+    } else {
+        SendError::Io {
+            msg: Box::new(msg),
+            source: e,
+        }
+    }
+}
+
+/// Marks the end of a frame write (also when the send is cancelled) and performs a `close` that
+/// arrived meanwhile.
+struct WritingGuard<'a>(&'a UnixTx);
+
+impl Drop for WritingGuard<'_> {
+    fn drop(&mut self) {
+        let mut flags = self.0.flags();
+        flags.writing = false;
+        if flags.close_requested {
+            shutdown(&self.0.stream, Shutdown::Write);
+        }
+    }
+}
+
+impl SendHalf for UnixTx {
+    fn send(&self, msg: Msg) -> BoxFuture<'_, Result<(), SendError>> {
+        Box::pin(self.send_frame(msg))
+    }
+
+    fn close(&self) {
+        let mut flags = self.flags();
+        flags.close_requested = true;
+        if !flags.writing {
+            shutdown(&self.stream, Shutdown::Write);
+        }
+    }
+}
+
+impl Drop for UnixTx {
+    fn drop(&mut self) {
+        shutdown(&self.stream, Shutdown::Write);
+    }
+}
+
+/// The receiving half of a Unix channel.
+#[derive(Debug)]
+pub struct UnixRx {
+    stream: Arc<Async<UnixStream>>,
+    // All partial-frame state lives here, so a dropped `recv` future loses nothing.
+    decoder: FrameDecoder,
+    done: bool,
+}
+
+impl UnixRx {
+    fn new(stream: Arc<Async<UnixStream>>, config: CodecConfig) -> Self {
+        UnixRx {
+            stream,
+            decoder: FrameDecoder::new(config),
+            done: false,
+        }
+    }
+
+    /// Stops reading for good: the stream cannot be resynchronised or the peer is gone.
+    fn finish(&mut self) {
+        self.done = true;
+        // Also makes the peer's later sends fail instead of filling a buffer nobody reads.
+        shutdown(&self.stream, Shutdown::Read);
+    }
+
+    fn fail(&mut self, e: DecodeError) -> RecvError {
+        tracing::debug!(error = %e, "unix channel: unrecoverable frame, closing the read side");
+        self.finish();
+        RecvError::Decode(e)
+    }
+
+    async fn recv_frame(&mut self) -> Result<Msg, RecvError> {
+        loop {
+            if self.done {
+                return Err(RecvError::Closed);
+            }
+            match self.decoder.decode_next() {
+                Ok(Some(msg)) => return Ok(msg),
+                Ok(None) => {}
+                Err(e @ DecodeError::FrameTooLarge { .. }) => return Err(self.fail(e)),
+                // The bad frame was consumed; the next one can still be read.
+                Err(e) => return Err(RecvError::Decode(e)),
+            }
+            let buf = match self.decoder.read_buf() {
+                Ok(buf) => buf,
+                Err(e) => return Err(self.fail(e)),
+            };
+            let read = self.stream.read_with(|s| (&*s).read(&mut *buf)).await;
+            match read {
+                Ok(0) => {
+                    if self.decoder.buffered() > 0 {
+                        tracing::debug!(
+                            partial = self.decoder.buffered(),
+                            "unix channel: peer closed in the middle of a frame"
+                        );
+                    }
+                    self.finish();
+                    return Err(RecvError::Closed);
+                }
+                Ok(n) => self.decoder.commit(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_peer_gone(&e) => {
+                    self.finish();
+                    return Err(RecvError::Closed);
+                }
+                Err(e) => return Err(RecvError::Io(e)),
+            }
+        }
+    }
+}
+
+impl RecvHalf for UnixRx {
+    fn recv(&mut self) -> BoxFuture<'_, Result<Msg, RecvError>> {
+        Box::pin(self.recv_frame())
+    }
+}
+
+impl Drop for UnixRx {
+    fn drop(&mut self) {
+        shutdown(&self.stream, Shutdown::Read);
+    }
+}
