@@ -1,5 +1,6 @@
 //! The transport-independent channel contract.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -94,6 +95,23 @@ impl RecvError {
 pub trait SendHalf: Send + Sync + fmt::Debug + 'static {
     /// Sends one message. Fails, handing the message back, when the peer is gone.
     fn send(&self, msg: Msg) -> BoxFuture<'_, Result<(), SendError>>;
+
+    /// Sends the messages of `msgs` in order, taking them out as they go; byte transports write
+    /// them with as few system calls as they can. On failure the error hands back the message that
+    /// failed; those before it were sent and those after it are still in `msgs`.
+    ///
+    /// The default sends them one by one.
+    fn send_batch<'a>(
+        &'a self,
+        msgs: &'a mut VecDeque<Msg>,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async move {
+            while let Some(msg) = msgs.pop_front() {
+                self.send(msg).await?;
+            }
+            Ok(())
+        })
+    }
     /// Closes this direction: the peer receives what was already sent, then `Closed`.
     /// Later sends fail with `Closed`. Idempotent.
     fn close(&self);
@@ -124,6 +142,11 @@ impl ChannelTx {
     /// Sends one message; see [`SendHalf::send`].
     pub async fn send(&self, msg: Msg) -> Result<(), SendError> {
         self.inner.send(msg).await
+    }
+
+    /// Sends several messages; see [`SendHalf::send_batch`].
+    pub async fn send_batch(&self, msgs: &mut VecDeque<Msg>) -> Result<(), SendError> {
+        self.inner.send_batch(msgs).await
     }
 
     /// Closes this direction; see [`SendHalf::close`].

@@ -18,6 +18,7 @@
 //! # });
 //! ```
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::unix::net::{SocketAddr, UnixListener as StdUnixListener, UnixStream};
@@ -222,6 +223,84 @@ impl UnixTx {
     }
 }
 
+/// How many bytes of frames one batched write gathers at most.
+const BATCH_BYTES: usize = 256 * 1024;
+
+impl UnixTx {
+    // `msgs` is non-empty wherever a message is popped below; the `CancelAck` stand-in is never
+    // handed out.
+    async fn send_frames(&self, msgs: &mut VecDeque<Msg>) -> Result<(), SendError> {
+        while !msgs.is_empty() {
+            if self.flags().close_requested {
+                let msg = msgs.pop_front().unwrap_or(Msg::CancelAck);
+                return Err(SendError::Closed(Box::new(msg)));
+            }
+            let mut w = self.writer.lock().await;
+            if w.written > 0 && w.written < w.buf.len() {
+                // A cancelled send left half a frame on the wire: finish it first.
+                if let Err(e) = self.flush(&mut w).await {
+                    let msg = msgs.pop_front().unwrap_or(Msg::CancelAck);
+                    return Err(io_error(e, msg));
+                }
+            }
+            w.buf.clear();
+            w.written = 0;
+            // Encode as many frames as fit in one write; stop at the first that cannot travel.
+            let mut encoded = 0;
+            let mut refused = None;
+            for msg in msgs.iter() {
+                match codec::encode_into(msg, &self.config, &mut w.buf) {
+                    Ok(_) => encoded += 1,
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+                if w.buf.len() >= BATCH_BYTES {
+                    break;
+                }
+            }
+            if encoded > 0 {
+                {
+                    let mut flags = self.flags();
+                    if flags.close_requested {
+                        w.buf.clear();
+                        let msg = msgs.pop_front().unwrap_or(Msg::CancelAck);
+                        return Err(SendError::Closed(Box::new(msg)));
+                    }
+                    flags.writing = true;
+                }
+                let _writing = WritingGuard(self);
+                if let Err(e) = self.flush(&mut w).await {
+                    let msg = msgs.pop_front().unwrap_or(Msg::CancelAck);
+                    return Err(io_error(e, msg));
+                }
+                msgs.drain(..encoded);
+            }
+            if w.buf.capacity() > KEEP_WRITE_BUF {
+                w.buf = Vec::new();
+            }
+            if let Some(e) = refused {
+                let Some(msg) = msgs.pop_front() else {
+                    return Ok(());
+                };
+                return Err(match e {
+                    EncodeError::TooLarge { size, max } => SendError::TooLarge {
+                        msg: Box::new(msg),
+                        size,
+                        max,
+                    },
+                    other => SendError::Encode {
+                        msg: Box::new(msg),
+                        reason: other.to_string(),
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 fn io_error(e: io::Error, msg: Msg) -> SendError {
     if is_peer_gone(&e) {
         SendError::Closed(Box::new(msg))
@@ -250,6 +329,13 @@ impl Drop for WritingGuard<'_> {
 impl SendHalf for UnixTx {
     fn send(&self, msg: Msg) -> BoxFuture<'_, Result<(), SendError>> {
         Box::pin(self.send_frame(msg))
+    }
+
+    fn send_batch<'a>(
+        &'a self,
+        msgs: &'a mut VecDeque<Msg>,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(self.send_frames(msgs))
     }
 
     fn close(&self) {

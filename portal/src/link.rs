@@ -9,7 +9,7 @@
 //! ways, so the two ends use disjoint cids: the end whose actor id sorts lower allocates even cids,
 //! the other odd ones. Two ends with the same actor id are refused at `Hello`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
@@ -21,7 +21,7 @@ use event_listener::Event;
 use futures_lite::FutureExt;
 use harrow_ipc::{
     ActorId, CallKind, Channel, ChannelRx, ChannelTx, Cid, ErrorKind, FnPath, Msg,
-    PROTOCOL_VERSION, RecvError, RemoteError, Value,
+    PROTOCOL_VERSION, RecvError, RemoteError, SendError, Value,
 };
 use tracing::debug;
 
@@ -917,16 +917,31 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// How many queued messages the writer hands the transport at once.
+const WRITE_BATCH: usize = 256;
+
 async fn writer(shared: Arc<Shared>, tx: ChannelTx, out: async_channel::Receiver<Msg>) {
     let run = async {
+        let mut batch = VecDeque::with_capacity(WRITE_BATCH);
         while let Ok(msg) = out.recv().await {
-            if !write_one(&shared, &tx, msg).await {
-                return;
+            // Take whatever else is queued too: byte transports write a batch in one go.
+            batch.push_back(msg);
+            while batch.len() < WRITE_BATCH {
+                match out.try_recv() {
+                    Ok(msg) => batch.push_back(msg),
+                    Err(_) => break,
+                }
             }
-            // Batch whatever else is queued before waking drain waiters.
-            while let Ok(msg) = out.try_recv() {
-                if !write_one(&shared, &tx, msg).await {
-                    return;
+            while !batch.is_empty() {
+                let before = batch.len();
+                let result = tx.send_batch(&mut batch).await;
+                // Sent, plus the one handed back in an error: all left the queue.
+                let done = before - batch.len();
+                shared.written.fetch_add(done as u64, Ordering::AcqRel);
+                if let Err(e) = result {
+                    if !send_failed(&shared, &tx, e).await {
+                        return;
+                    }
                 }
             }
             shared.progress.notify(usize::MAX);
@@ -943,48 +958,42 @@ async fn writer(shared: Arc<Shared>, tx: ChannelTx, out: async_channel::Receiver
     shared.progress.notify(usize::MAX);
 }
 
-/// Writes one message. False when the channel is gone (the link is then shut down).
-async fn write_one(shared: &Arc<Shared>, tx: &ChannelTx, msg: Msg) -> bool {
-    let result = tx.send(msg).await;
-    shared.written.fetch_add(1, Ordering::AcqRel);
-    match result {
-        Ok(()) => true,
-        Err(e) if e.is_closed() => {
-            let reason = format!("sending to {} failed: {e}", shared.peer.id);
-            shared.shutdown(LinkEnd::Broken(reason.clone()), reason, false);
-            false
-        }
-        Err(e) => {
-            // This one message cannot travel (too large, unencodable): fail its call, not the link.
-            let text = e.to_string();
-            let msg = e.into_msg();
-            debug!(kind = msg.kind_name(), %text, "message could not be sent");
-            match msg {
-                Msg::Start { cid, .. } => {
-                    let chan = shared.lock().calls.remove(&cid);
-                    if let Some(chan) = chan {
-                        chan.finish(Err(Error::Value(text)));
-                    }
-                }
-                Msg::Started { cid, .. } | Msg::Yield { cid, .. } | Msg::Return { cid, .. } => {
-                    let err = RemoteError::new(
-                        ErrorKind::Runtime,
-                        "SendError",
-                        text,
-                        shared.local.id.clone(),
-                    );
-                    let _ = tx
-                        .send(Msg::Error {
-                            cid: Some(cid),
-                            error: err,
-                        })
-                        .await;
-                }
-                _ => {}
-            }
-            true
-        }
+/// Deals with a message that could not be sent. False when the channel is gone (the link is then
+/// shut down).
+async fn send_failed(shared: &Arc<Shared>, tx: &ChannelTx, e: SendError) -> bool {
+    if e.is_closed() {
+        let reason = format!("sending to {} failed: {e}", shared.peer.id);
+        shared.shutdown(LinkEnd::Broken(reason.clone()), reason, false);
+        return false;
     }
+    // This one message cannot travel (too large, unencodable): fail its call, not the link.
+    let text = e.to_string();
+    let msg = e.into_msg();
+    debug!(kind = msg.kind_name(), %text, "message could not be sent");
+    match msg {
+        Msg::Start { cid, .. } => {
+            let chan = shared.lock().calls.remove(&cid);
+            if let Some(chan) = chan {
+                chan.finish(Err(Error::Value(text)));
+            }
+        }
+        Msg::Started { cid, .. } | Msg::Yield { cid, .. } | Msg::Return { cid, .. } => {
+            let err = RemoteError::new(
+                ErrorKind::Runtime,
+                "SendError",
+                text,
+                shared.local.id.clone(),
+            );
+            let _ = tx
+                .send(Msg::Error {
+                    cid: Some(cid),
+                    error: err,
+                })
+                .await;
+        }
+        _ => {}
+    }
+    true
 }
 
 async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
