@@ -78,6 +78,9 @@ pub enum ChildOutcome {
     Leaked(String),
 }
 
+/// How many child records a nursery keeps before it forgets those that ended.
+const KEEP_CHILD_RECORDS: usize = 1024;
+
 /// One child's record, shared by its supervisor and handles.
 struct ChildSlot {
     id: ActorId,
@@ -385,7 +388,14 @@ impl ActorNursery {
             result_ready: CancelToken::new(),
         });
         let portal = link.portal();
-        self.state().children.push(slot.clone());
+        {
+            let mut st = self.state();
+            // A long-lived nursery forgets ended children past a bound, so memory stays flat.
+            if st.children.len() >= KEEP_CHILD_RECORDS {
+                st.children.retain(|c| !c.finished.is_cancelled());
+            }
+            st.children.push(slot.clone());
+        }
         // A nursery that started tearing down while we were spawning tears this one down too.
         if self.inner.cancel.is_cancelled() {
             slot.teardown.cancel();
@@ -501,7 +511,8 @@ impl ActorNursery {
         }
     }
 
-    /// The children started so far, with their outcome once ended.
+    /// The children started so far, with their outcome once ended (a nursery that started more
+    /// than 1024 forgets some of those that ended).
     pub fn children(&self) -> Vec<(ActorId, String, Option<ChildOutcome>)> {
         self.state()
             .children
