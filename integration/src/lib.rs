@@ -28,15 +28,52 @@ impl BackendFactory for ThreadFactory {
     }
 }
 
+/// The Python module of the subint backend's standard test functions (the twins of
+/// [`testfns`], in `spawn-subint/tests/pyfns/harrow_testfns/conformance.py`).
+pub const SUBINT_MODULE: &str = "harrow_testfns.conformance";
+
+/// The subint backend serving the Python twins of the standard test functions.
+#[derive(Debug, Default)]
+pub struct SubintFactory;
+
+impl BackendFactory for SubintFactory {
+    fn backend(&self) -> Arc<dyn SpawnBackend> {
+        harrow_spawn_subint::SubintBackend::shared()
+    }
+    fn spec(&self) -> ActorSpec {
+        let config = harrow_spawn_subint::InterpConfig::new("scenario")
+            .expose(SUBINT_MODULE)
+            .sys_path(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../spawn-subint/tests/pyfns"
+            ));
+        let mut spec = ActorSpec::new();
+        spec.params = config.to_params();
+        spec
+    }
+    fn func(&self, name: &str) -> String {
+        format!("{SUBINT_MODULE}:{name}")
+    }
+    fn fail_type_name(&self) -> &'static str {
+        "ValueError"
+    }
+}
+
 /// The factory of the backend called `name`, if this build has it.
 pub fn backend_factory(name: &str) -> Option<Arc<dyn BackendFactory>> {
     match name {
         "thread" => Some(Arc::new(ThreadFactory)),
+        "subint" if harrow_spawn_subint::available() => Some(Arc::new(SubintFactory)),
         _ => None,
     }
 }
 
-/// The backends this build can run scenarios on.
+/// The backends this build can run scenarios on (`subint` only when built against a Python
+/// that can host own-GIL subinterpreters).
 pub fn backend_names() -> &'static [&'static str] {
-    &["thread"]
+    if harrow_spawn_subint::available() {
+        &["thread", "subint"]
+    } else {
+        &["thread"]
+    }
 }

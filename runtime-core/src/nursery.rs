@@ -90,6 +90,8 @@ struct ChildSlot {
     outcome: Mutex<Option<ChildOutcome>>,
     result: Mutex<Option<std::result::Result<Value, harrow_portal::Error>>>,
     result_ready: CancelToken,
+    /// Started by `run_in_actor`: its call's result is what the nursery waits for.
+    runs_call: bool,
 }
 
 /// A started child: a [`Portal`] to it plus its identity and, for [`ActorNursery::run_in_actor`],
@@ -386,6 +388,7 @@ impl ActorNursery {
             outcome: Mutex::new(None),
             result: Mutex::new(None),
             result_ready: CancelToken::new(),
+            runs_call: is_run,
         });
         let portal = link.portal();
         {
@@ -442,7 +445,23 @@ impl ActorNursery {
         .await;
         let timeouts = self.inner.actor.timeouts();
         let outcome = match why {
-            Why::Teardown => ladder(&mut *child, &link, timeouts, &escalate).await,
+            Why::Teardown => {
+                // A one-cancels-all teardown gives a `run_in_actor` call still in flight up to
+                // `cancel_ack` to deliver its result first, so that siblings failing together
+                // are all reported rather than the first pre-empting the others.
+                if slot.runs_call
+                    && !slot.teardown.is_cancelled()
+                    && !slot.result_ready.is_cancelled()
+                    && !escalate.is_cancelled()
+                {
+                    let _ = with_deadline(
+                        timeouts.cancel_ack,
+                        async { slot.result_ready.cancelled().await }.or(escalate.cancelled()),
+                    )
+                    .await;
+                }
+                ladder(&mut *child, &link, timeouts, &escalate).await
+            }
             Why::LinkEnded(LinkEnd::CancelRequested { canceller, reason }) => {
                 // The child asked *us* to cancel (it sent CancelActor up its link).
                 tracing::debug!(child = %slot.id, %canceller, %reason, "child asked its parent to cancel");
@@ -699,7 +718,8 @@ async fn ladder(
     }
 }
 
-/// How long a full teardown of one child can take, plus a margin: a bound for callers.
+/// How long a full teardown of one child can take, plus a margin: a bound for callers. (The
+/// ladder, plus the `cancel_ack` grace a `run_in_actor` call gets in a one-cancels-all teardown.)
 pub fn teardown_bound(t: &Timeouts) -> Duration {
-    t.ladder_bound() + Duration::from_millis(500)
+    t.ladder_bound() + t.cancel_ack + Duration::from_millis(500)
 }

@@ -157,9 +157,11 @@ impl Child for SubintChild {
             if self.leaked.is_some() {
                 return ChildExit::Running;
             }
-            let Some(runtime) = self.runtime.take() else {
+            // Cancel-safe: the handle stays in `self` until the thread is known to be done, so
+            // a join dropped mid-wait (an escalated ladder step) loses nothing.
+            if self.runtime.is_none() {
                 return ChildExit::Exited;
-            };
+            }
             let finished = futures_lite::future::or(
                 async {
                     let _ = self.done.recv_async().await;
@@ -172,9 +174,11 @@ impl Child for SubintChild {
             )
             .await;
             if !finished {
-                self.runtime = Some(runtime);
                 return ChildExit::Running;
             }
+            let Some(runtime) = self.runtime.take() else {
+                return ChildExit::Exited;
+            };
             match runtime.join() {
                 Ok(Exit::Ended) => ChildExit::Exited,
                 Ok(Exit::Leaked { reason }) => {

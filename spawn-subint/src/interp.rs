@@ -111,7 +111,8 @@ impl InterpHandle {
         }
     }
 
-    /// Queues a call of `func` with `args`. `host` is the Rust side of `ctx` (needed for
+    /// Queues a call of `func` with `args` (`Null`: no argument; anything else: exactly one
+    /// positional argument, see the crate doc). `host` is the Rust side of `ctx` (needed for
     /// `CallKind::Context`; without it `ctx` methods raise `harrow.HarrowError`).
     ///
     /// The returned future resolves to the call's result. Dropping it before then cancels the
@@ -243,10 +244,11 @@ impl Drop for PyCall {
 /// use harrow_spawn_subint::{InterpConfig, InterpThread};
 /// use harrow_ipc::{CallKind, FnPath, Value};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let t = InterpThread::spawn(InterpConfig::new("calc").expose("operator"))?;
-/// let call = t.handle().call(FnPath::parse("operator:add")?, CallKind::Unary,
-///     Value::List(vec![Value::Int(2), Value::Int(3)]), None);
-/// assert_eq!(futures_lite::future::block_on(call).unwrap(), Value::Int(5));
+/// let t = InterpThread::spawn(InterpConfig::new("calc").expose("math"))?;
+/// // One argument: the value itself (`Null` would mean no argument).
+/// let call = t.handle().call(FnPath::parse("math:sqrt")?, CallKind::Unary,
+///     Value::Float(16.0), None);
+/// assert_eq!(futures_lite::future::block_on(call).unwrap(), Value::Float(4.0));
 /// t.shutdown(std::time::Duration::from_secs(5));
 /// # Ok(()) }
 /// ```
@@ -293,6 +295,8 @@ impl InterpThread {
                 *thread_shared.thread.lock() = Some(std::thread::current().id());
                 let exit =
                     crate::imp::thread_main(&thread_shared, &thread_config, jobs_rx, ready_tx);
+                // From now on no one may signal this thread (python_stacks).
+                *thread_shared.tid.lock() = 0;
                 if exit == Exit::Ended {
                     thread_shared.unregister();
                 } else {

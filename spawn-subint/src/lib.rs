@@ -11,8 +11,16 @@
 //!   a function whose FIRST parameter is named `ctx` gets a `harrow.Context` (`started`,
 //!   `open_stream` -> `Stream` with `send`, `recv` (raises `harrow.EndOfStream` at the end),
 //!   iteration, `close`).
-//! - Arguments: `Null` -> no argument, `List` -> positional arguments, `Map` with `str` keys ->
-//!   keyword arguments, any other value -> one positional argument.
+//! - Arguments: the call's `Value` reaches Python exactly as a Rust function would see it:
+//!   `Null` -> the function is called with no argument (give it a default, `def f(v=None)`);
+//!   any other value -> exactly ONE positional argument (a `List` stays one `list`, a `Map` one
+//!   `dict`). A function wanting several inputs takes a list or a dict (`def add(ab): a, b = ab`).
+//!   Generators follow the same rule; a context function gets `ctx` first, then the argument.
+//! - Calls of one actor all run on its interpreter thread. While a call waits in a harrow
+//!   operation (`ctx.started`, stream `send`/`recv`/`close`, `harrow.sleep`) with the GIL
+//!   released, the thread serves the actor's other queued calls, each nested on its stack: calls
+//!   interleave at those waits, last in first out (a waiting call resumes once the calls nested
+//!   in it have returned; at most 32 deep). A call running Python code holds the thread.
 //! - `Value` <-> Python: None, bool, int (i64; larger is an error), float, str, bytes
 //!   (bytearray accepted), list/tuple -> `List`, dict -> `Map`; anything else is an error naming
 //!   the Python type.
@@ -33,14 +41,15 @@
 //! use harrow_ipc::{CallKind, FnPath, Value};
 //! use harrow_spawn_subint::{Exit, InterpConfig, InterpThread};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let actor = InterpThread::spawn(InterpConfig::new("calc").expose("operator"))?;
+//! // `math.fsum` takes one iterable: the list arrives as ONE argument.
+//! let actor = InterpThread::spawn(InterpConfig::new("calc").expose("math"))?;
 //! let call = actor.handle().call(
-//!     FnPath::parse("operator:mul")?,
+//!     FnPath::parse("math:fsum")?,
 //!     CallKind::Unary,
-//!     Value::List(vec![Value::Int(6), Value::Int(7)]),
+//!     Value::List(vec![Value::Float(1.5), Value::Float(2.5)]),
 //!     None,
 //! );
-//! assert_eq!(futures_lite::future::block_on(call).map_err(|e| e.to_string())?, Value::Int(42));
+//! assert_eq!(futures_lite::future::block_on(call).map_err(|e| e.to_string())?, Value::Float(4.0));
 //! assert_eq!(actor.shutdown(Duration::from_secs(5)), Exit::Ended);
 //! # Ok(()) }
 //! ```
@@ -72,7 +81,9 @@ pub use error::{Error, Result};
 pub use host::{CallHost, HostFuture, StreamHost};
 pub use interp::{CREATE_BOUND, Exit, InterpHandle, InterpThread, PyCall};
 pub use resolver::PyResolver;
-pub use state::{InterpThreadInfo, REARM_INTERVAL, interp_threads, live_interpreters};
+pub use state::{
+    InterpThreadInfo, REARM_INTERVAL, interp_threads, live_interpreters, python_stacks, warm_up,
+};
 
 /// Whether this build can host subinterpreters (built against Python >= 3.12 with a shared
 /// libpython).

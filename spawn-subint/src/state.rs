@@ -58,6 +58,57 @@ pub fn interp_threads() -> Vec<InterpThreadInfo> {
     out.into_iter().map(|(_, i)| i).collect()
 }
 
+/// Every interpreter still registered (alive, or leaked), oldest first.
+pub(crate) fn registered() -> Vec<Arc<Shared>> {
+    let reg = REGISTRY.lock();
+    let Some(map) = reg.as_ref() else {
+        return Vec::new();
+    };
+    let mut out: Vec<Arc<Shared>> = map.values().filter_map(Weak::upgrade).collect();
+    out.sort_by_key(|s| s.id);
+    out
+}
+
+/// The Python stack of every thread of every live subinterpreter, as CPython's faulthandler
+/// prints them (`File "...", line N in function`, most recent call first), under one header per
+/// actor. Needs no GIL: the dump is taken in a signal handler on each interpreter's owning
+/// thread, so it works while that thread is busy in Python or blocked (for hang dumps; register
+/// it with the testkit's `register_dump_section`). Each interpreter's dump is bounded (2 s).
+///
+/// ```no_run
+/// println!("{}", harrow_spawn_subint::python_stacks());
+/// ```
+pub fn python_stacks() -> String {
+    use std::fmt::Write as _;
+    let all = registered();
+    if all.is_empty() {
+        return "no live subinterpreter\n".into();
+    }
+    let mut out = String::new();
+    for shared in all {
+        let info = shared.info();
+        let _ = writeln!(
+            out,
+            "== subint actor {:?} (thread subint-{}, running {}{})",
+            info.name,
+            info.name,
+            info.current_call.as_deref().unwrap_or("no call"),
+            if info.leaked { ", leaked" } else { "" }
+        );
+        out.push_str(&crate::imp::dump_stack(&shared));
+        out.push('\n');
+    }
+    out
+}
+
+/// Starts the process-wide helpers (the main interpreter, the cancel injector thread) now, so
+/// that they exist before a resource tracker's first snapshot. Idempotent and cheap once done.
+pub fn warm_up() -> crate::Result<()> {
+    crate::imp::ensure_main()?;
+    let _ = injector();
+    Ok(())
+}
+
 /// Cancel state of one call.
 #[derive(Debug)]
 pub(crate) struct JobState {
@@ -140,6 +191,9 @@ pub(crate) struct Shared {
     pub(crate) owner_ident: AtomicU64,
     pub(crate) types: PyTypes,
     pub(crate) thread: Mutex<Option<ThreadId>>,
+    /// The owning thread's OS thread id while it runs `thread_main` (0 before and after); it
+    /// clears it under this lock before exiting, so a holder may signal that thread.
+    pub(crate) tid: Mutex<i32>,
     pub(crate) leaked: AtomicBool,
     /// Set when shutdown began: the thread takes no new call.
     pub(crate) closing: AtomicBool,
@@ -157,6 +211,7 @@ impl Shared {
             owner_ident: AtomicU64::new(0),
             types: PyTypes::default(),
             thread: Mutex::new(None),
+            tid: Mutex::new(0),
             leaked: AtomicBool::new(false),
             closing: AtomicBool::new(false),
         });

@@ -24,6 +24,10 @@ pub(crate) fn thread_main(
 
 pub(crate) fn inject_cancel(_shared: &Shared) {}
 
+pub(crate) fn dump_stack(_shared: &Shared) -> String {
+    format!("(python stacks unavailable: {})\n", unavailable_message())
+}
+
 pub(crate) fn bare_create_end(_config: &InterpConfig) -> Result<std::time::Duration> {
     Err(Error::Unavailable(unavailable_message()))
 }

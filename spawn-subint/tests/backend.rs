@@ -25,7 +25,7 @@ fn python_actor_in_a_nursery() -> Result<()> {
             .run("harrow_testfns:add", list([Value::Int(40), Value::Int(2)]))
             .await?;
         let err = child
-            .run("harrow_testfns:fail", list([s("nope")]))
+            .run("harrow_testfns:fail", s("nope"))
             .await
             .unwrap_err();
         let err_text = err.to_string();

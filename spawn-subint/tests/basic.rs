@@ -49,36 +49,45 @@ fn every_value_kind_round_trips() -> Result<()> {
         ]),
     ];
     for v in values {
-        // One positional argument: wrap in a list.
-        assert_eq!(call_ok(&h, "harrow_testfns:echo", list([v.clone()]))?, v);
+        // Any value but Null is exactly one positional argument, lists and maps included.
+        assert_eq!(call_ok(&h, "harrow_testfns:echo", v.clone())?, v);
     }
-    // bool is checked before int, on both sides.
-    assert_eq!(
-        call_ok(&h, "harrow_testfns:type_of", list([Value::Bool(true)]))?,
-        s("bool")
-    );
-    assert_eq!(
-        call_ok(&h, "harrow_testfns:type_of", list([Value::Int(1)]))?,
-        s("int")
-    );
-    assert_eq!(
-        call_ok(&h, "harrow_testfns:type_of", list([Value::Bytes(vec![])]))?,
-        s("bytes")
-    );
-    // A bare scalar is one positional argument; Null is no argument.
-    assert_eq!(
-        call_ok(&h, "harrow_testfns:echo", Value::Int(5))?,
-        Value::Int(5)
-    );
+    // bool is checked before int, on both sides; a list stays a list, a map a dict.
+    for (v, ty) in [
+        (Value::Bool(true), "bool"),
+        (Value::Int(1), "int"),
+        (Value::Bytes(vec![]), "bytes"),
+        (list([Value::Int(1), Value::Int(2)]), "list"),
+        (Value::Map(vec![(s("a"), Value::Int(1))]), "dict"),
+        (Value::Map(vec![]), "dict"),
+    ] {
+        assert_eq!(call_ok(&h, "harrow_testfns:type_of", v)?, s(ty));
+    }
+    // Null is no argument: the parameter's default.
     assert_eq!(
         call_ok(&h, "harrow_testfns:echo", Value::Null)?,
         Value::Null
     );
-    // A map with str keys is keyword arguments.
-    let kw = Value::Map(vec![(s("a"), Value::Int(1)), (s("c"), Value::Int(3))]);
     assert_eq!(
-        call_ok(&h, "harrow_testfns:kwargs", kw)?,
-        list([Value::Int(1), Value::Int(10), Value::Int(3)])
+        call(&h, "harrow_testfns:fail", Value::Null)?
+            .unwrap_err()
+            .to_string(),
+        "ValueError: boom"
+    );
+    // A map is one dict argument (not keyword arguments), whatever its keys.
+    let m = Value::Map(vec![(s("b"), Value::Int(1)), (Value::Int(7), Value::Null)]);
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:keys", m)?,
+        list([s("b"), Value::Int(7)])
+    );
+    // A list is one list argument: `add` unpacks it.
+    assert_eq!(
+        call_ok(
+            &h,
+            "harrow_testfns:add",
+            list([Value::Int(2), Value::Int(3)])
+        )?,
+        Value::Int(5)
     );
     // A tuple comes back as a list.
     assert_eq!(
@@ -99,22 +108,14 @@ fn unsupported_values_are_clear_errors() -> Result<()> {
         ("nested", "'set'"),
         ("bigint", "does not fit in a signed 64-bit integer"),
     ] {
-        let err = call(&h, "harrow_testfns:bad_return", list([s(kind)]))?.unwrap_err();
+        let err = call(&h, "harrow_testfns:bad_return", s(kind))?.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Raised, "{kind}");
         assert!(err.to_string().starts_with("TypeError"), "{kind}: {err}");
         assert!(err.to_string().contains(needle), "{kind}: {err}");
     }
-    // Keyword arguments need str keys.
-    let err = call(
-        &h,
-        "harrow_testfns:echo",
-        Value::Map(vec![(Value::Int(1), Value::Null)]),
-    )?
-    .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::BadArguments);
-    // An unhashable dict key in the arguments.
+    // An unhashable dict key in the argument.
     let arg = Value::Map(vec![(list([]), Value::Null)]);
-    let err = call(&h, "harrow_testfns:echo", list([arg]))?.unwrap_err();
+    let err = call(&h, "harrow_testfns:echo", arg)?.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BadArguments, "{err}");
     assert!(err.to_string().contains("unhashable"), "{err}");
     assert_eq!(t.shutdown(BOUND), Exit::Ended);
@@ -125,7 +126,7 @@ fn unsupported_values_are_clear_errors() -> Result<()> {
 fn exceptions_carry_type_message_traceback() -> Result<()> {
     let t = spawn("basic-exc")?;
     let h = t.handle();
-    let err = call(&h, "harrow_testfns:fail", list([s("bad input")]))?.unwrap_err();
+    let err = call(&h, "harrow_testfns:fail", s("bad input"))?.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Raised);
     assert_eq!(err.to_string(), "ValueError: bad input");
     let remote = err.into_remote(&harrow_ipc::ActorId::new("basic-exc"));
@@ -146,8 +147,8 @@ fn exceptions_carry_type_message_traceback() -> Result<()> {
         err.to_string(),
         "harrow_testfns.CustomError: custom failure"
     );
-    // A wrong number of arguments is a TypeError raised by Python.
-    let err = call(&h, "harrow_testfns:add", list([Value::Int(1)]))?.unwrap_err();
+    // A missing argument (Null: none given) is a TypeError raised by Python.
+    let err = call(&h, "harrow_testfns:add", Value::Null)?.unwrap_err();
     assert!(err.to_string().starts_with("TypeError"), "{err}");
     // The interpreter is still fine after errors.
     assert_eq!(
@@ -193,7 +194,7 @@ fn context_call_streams_both_ways() -> Result<()> {
     let fut = h.call(
         FnPath::parse("harrow_testfns:ctx_echo")?,
         CallKind::Context,
-        list([s("hi")]),
+        s("hi"),
         Some(host),
     );
     let worker = std::thread::spawn(move || bounded(BOUND, fut));
@@ -343,7 +344,7 @@ fn cancel_lands_in_a_busy_loop_and_finally_runs() -> Result<()> {
 fn code_that_swallows_the_cancel_gets_it_again() -> Result<()> {
     let t = spawn("basic-swallow")?;
     let h = t.handle();
-    let (fut, _ends) = start_ctx(&h, "harrow_testfns:swallow_some", list([Value::Int(3)]))?;
+    let (fut, _ends) = start_ctx(&h, "harrow_testfns:swallow_some", Value::Int(3))?;
     fut.cancel();
     let err = bounded(BOUND, fut)?.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
@@ -359,7 +360,7 @@ fn code_that_swallows_the_cancel_gets_it_again() -> Result<()> {
 fn shield_defers_the_cancel() -> Result<()> {
     let t = spawn("basic-shield")?;
     let h = t.handle();
-    let (fut, _ends) = start_ctx(&h, "harrow_testfns:shielded", list([Value::Float(0.3)]))?;
+    let (fut, _ends) = start_ctx(&h, "harrow_testfns:shielded", Value::Float(0.3))?;
     fut.cancel();
     let err = bounded(BOUND, fut)?.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
@@ -473,4 +474,79 @@ fn own_gil_refuses_single_phase_extensions() -> Result<()> {
 fn bad_config_is_an_error() {
     assert!(InterpThread::spawn(InterpConfig::new("")).is_err());
     let _ = Duration::ZERO;
+}
+
+#[test]
+fn calls_interleave_at_waits_last_in_first_out() -> Result<()> {
+    let t = spawn("basic-nested")?;
+    let h = t.handle();
+    // A call sleeping in harrow.sleep (GIL released): other calls of the actor still run.
+    let sleeper = start(&h, "harrow_testfns:harrow_sleep", Value::Float(3600.0));
+    assert!(wait_until(BOUND, || harrow_spawn_subint::interp_threads()
+        .iter()
+        .any(|i| i.name == "basic-nested"
+            && i.current_call.as_deref()
+                == Some("harrow_testfns:harrow_sleep"))));
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:echo", Value::Int(1))?,
+        Value::Int(1)
+    );
+    // A context call waiting in stream.recv(), nested in the sleeper; calls nest in it too.
+    let (host, ends) = chan_host();
+    let fut = h.call(
+        FnPath::parse("harrow_testfns:ctx_wait")?,
+        CallKind::Context,
+        Value::Null,
+        Some(host),
+    );
+    let waiter = std::thread::spawn(move || bounded(BOUND, fut));
+    assert_eq!(ends.started.recv_timeout(BOUND)?, Value::Null);
+    assert_eq!(
+        call_ok(
+            &h,
+            "harrow_testfns:add",
+            list([Value::Int(1), Value::Int(2)])
+        )?,
+        Value::Int(3)
+    );
+    // Cancelling the outer sleeper takes effect once the call nested in it has returned.
+    sleeper.cancel();
+    drop(ends.to_py); // the waiter's recv() sees the end of the stream and raises EndOfStream
+    let err = waiter
+        .join()
+        .map_err(|_| anyhow::anyhow!("panic"))??
+        .unwrap_err();
+    assert!(err.to_string().contains("EndOfStream"), "{err}");
+    assert_eq!(
+        bounded(BOUND, sleeper)?.unwrap_err().kind(),
+        ErrorKind::Cancelled
+    );
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn shutdown_cancels_every_nested_call() -> Result<()> {
+    let t = spawn("basic-nested-stop")?;
+    let h = t.handle();
+    let outer = start(&h, "harrow_testfns:harrow_sleep", Value::Float(3600.0));
+    let (host, ends) = chan_host();
+    let inner = h.call(
+        FnPath::parse("harrow_testfns:ctx_wait")?,
+        CallKind::Context,
+        Value::Null,
+        Some(host),
+    );
+    assert_eq!(ends.started.recv_timeout(BOUND)?, Value::Null);
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(
+        bounded(BOUND, inner)?.unwrap_err().kind(),
+        ErrorKind::Cancelled
+    );
+    assert_eq!(
+        bounded(BOUND, outer)?.unwrap_err().kind(),
+        ErrorKind::Cancelled
+    );
+    drop(ends);
+    Ok(())
 }

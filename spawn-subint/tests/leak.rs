@@ -81,3 +81,35 @@ fn live_python_thread_leaks_instead_of_aborting() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn shielded_harrow_sleep_outlives_shutdown_and_is_leaked() -> Result<()> {
+    let t = InterpThread::spawn(config("leak-shield").expose("harrow_testfns.conformance"))?;
+    let h = t.handle();
+    let (host, ends) = chan_host();
+    let marker = std::env::temp_dir().join(format!("harrow-leak-shield-{}", std::process::id()));
+    let fut = h.call(
+        harrow_ipc::FnPath::parse("harrow_testfns.conformance:ctx_shielded")?,
+        harrow_ipc::CallKind::Context,
+        Value::Map(vec![
+            ("ms".into(), Value::Int(600_000)),
+            (
+                "marker".into(),
+                Value::Str(marker.to_string_lossy().into_owned()),
+            ),
+        ]),
+        Some(host),
+    );
+    assert_eq!(ends.started.recv_timeout(BOUND)?, Value::Null);
+    // Wait until the shielded sleep runs (its frame shows), then cancel the call: the cancel is
+    // deferred by the shield, and so is shutting down: the bound runs out.
+    assert!(wait_until(BOUND, || harrow_spawn_subint::python_stacks()
+        .contains("in sleep")));
+    drop(fut);
+    match t.shutdown(Duration::from_millis(300)) {
+        Exit::Leaked { reason } => assert!(reason.contains("ctx_shielded"), "{reason}"),
+        other => panic!("expected a leak, got {other:?}"),
+    }
+    assert!(!marker.exists());
+    Ok(())
+}

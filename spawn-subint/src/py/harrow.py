@@ -4,7 +4,8 @@
   ``BaseException``: ``except Exception`` does not swallow it, ``finally`` blocks run. Code that
   swallows it anyway gets it again until the call ends or the hard-kill bound passes.
 - ``with shield():`` defers cancellation until the block exits.
-- ``sleep(seconds)``: like ``time.sleep`` but cancellable within about 10 ms.
+- ``sleep(seconds)``: like ``time.sleep`` but cancellable at once; the actor serves its other
+  calls meanwhile.
 - ``checkpoint()``: raises ``Cancelled`` now if a cancel is outstanding (outside a shield).
 - ``Context`` (the ``ctx`` a context function gets): ``started(value=None)``, ``open_stream()``,
   ``cancelled``.
@@ -47,7 +48,13 @@ def checkpoint():
 
 
 def sleep(seconds):
-    """Sleep ``seconds``, in slices of at most 10 ms, so that a cancel lands promptly."""
+    """Sleep ``seconds``; a cancel ends it at once with ``Cancelled`` (unless shielded).
+
+    In a call, the actor's thread releases the GIL and serves the actor's other calls while it
+    sleeps. Elsewhere (a Python thread) it sleeps in slices of at most 10 ms.
+    """
+    if _native_sleep(float(seconds)):
+        return
     deadline = _time.monotonic() + float(seconds)
     while True:
         _native_checkpoint()

@@ -14,6 +14,7 @@
 mod convert;
 mod module;
 mod obj;
+mod stacks;
 mod worker;
 
 use std::ffi::{c_int, c_void};
@@ -21,6 +22,7 @@ use std::sync::OnceLock;
 
 use pyo3_ffi as ffi;
 
+pub(crate) use stacks::dump as dump_stack;
 pub(crate) use worker::{bare_create_end, thread_main};
 
 use crate::error::{Error, Result};
@@ -66,6 +68,7 @@ pub(crate) fn ensure_main() -> Result<()> {
             if ffi::Py_IsInitialized() == 0 {
                 return Err("Py_InitializeEx(0) did not initialise Python".to_owned());
             }
+            stacks::install();
             let ts = ffi::PyEval_SaveThread();
             Ok(ts as usize)
         }

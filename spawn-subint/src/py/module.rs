@@ -6,8 +6,8 @@ use std::ffi::{CStr, CString, c_void};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use futures_lite::FutureExt;
 use harrow_ipc::Value;
 use parking_lot::Mutex;
 use pyo3_ffi as ffi;
@@ -30,7 +30,7 @@ const CALL_CAPSULE: &CStr = c"harrow._call";
 
 /// Immutable method tables: plain C data (names, flags, function pointers), no Python object,
 /// so sharing them between interpreters is what CPython's own multi-phase modules do.
-struct Defs([ffi::PyMethodDef; 4]);
+struct Defs([ffi::PyMethodDef; 5]);
 // SAFETY: the table is never written after compile time; CPython only reads it.
 unsafe impl Sync for Defs {}
 
@@ -57,6 +57,14 @@ static DEFS: Defs = Defs([
             PyCFunction: native_checkpoint,
         },
         ml_flags: ffi::METH_NOARGS,
+        ml_doc: std::ptr::null(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"_native_sleep".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: native_sleep,
+        },
+        ml_flags: ffi::METH_O,
         ml_doc: std::ptr::null(),
     },
     ffi::PyMethodDef {
@@ -102,7 +110,8 @@ impl HarrowModule {
             {
                 return Err(PyErrSet);
             }
-            // One capsule holding an `Arc<Shared>`, the `self` of the three shield functions.
+            // One capsule holding an `Arc<Shared>`, the `self` of the shield, checkpoint and sleep
+            // functions.
             let boxed = Box::into_raw(Box::new(Arc::clone(shared)));
             let capsule = match Obj::owned(ffi::PyCapsule_New(
                 boxed.cast::<c_void>(),
@@ -119,6 +128,7 @@ impl HarrowModule {
                 (0, c"_native_shield_enter"),
                 (1, c"_native_shield_exit"),
                 (2, c"_native_checkpoint"),
+                (3, c"_native_sleep"),
             ] {
                 let f = Obj::owned(ffi::PyCFunction_NewEx(
                     def(i),
@@ -307,6 +317,47 @@ unsafe extern "C" fn native_checkpoint(
     }
 }
 
+/// `_native_sleep(seconds)`: on the owning thread, inside a call, sleeps with the GIL released
+/// (serving other calls of the actor meanwhile), raises `Cancelled` when the call is cancelled
+/// first (unless shielded: a shielded sleep runs to its end) and returns True. Elsewhere (a
+/// Python thread, no call running) returns False at once: `harrow.sleep` then sleeps in slices.
+unsafe extern "C" fn native_sleep(
+    slf: *mut ffi::PyObject,
+    seconds: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: called by CPython on a thread of this interpreter with its GIL held.
+    unsafe {
+        let Some(shared) = shared_from(slf) else {
+            return std::ptr::null_mut();
+        };
+        let secs = ffi::PyFloat_AsDouble(seconds);
+        if secs == -1.0 && !ffi::PyErr_Occurred().is_null() {
+            return std::ptr::null_mut();
+        }
+        let job = shared.current.lock().clone();
+        let Some(job) = job.filter(|_| on_owner(shared)) else {
+            return ffi::PyBool_FromLong(0);
+        };
+        let shielded = shared.shield_depth.load(Ordering::SeqCst) > 0;
+        if !shielded && job.is_cancelled() {
+            raise(&shared.types.cancelled, None);
+            return std::ptr::null_mut();
+        }
+        // NaN and negative sleep 0; too long for a `Duration` sleeps until cancelled.
+        let timer = match Duration::try_from_secs_f64(if secs > 0.0 { secs } else { 0.0 }) {
+            Ok(d) => async_io::Timer::after(d),
+            Err(_) => async_io::Timer::never(),
+        };
+        match super::worker::wait_released(&job, shielded, timer) {
+            Some(_) => ffi::PyBool_FromLong(1),
+            None => {
+                raise(&shared.types.cancelled, None);
+                std::ptr::null_mut()
+            }
+        }
+    }
+}
+
 unsafe fn none() -> *mut ffi::PyObject {
     // SAFETY: GIL held (caller); returns a new reference to None.
     unsafe {
@@ -335,7 +386,8 @@ pub(crate) enum Blocked<T> {
 
 impl CallCtx {
     /// Runs `fut` to completion with this interpreter's GIL released, waking up early (outcome
-    /// `Cancelled`) when the call is cancelled, unless a shield is active.
+    /// `Cancelled`) when the call is cancelled, unless a shield is active. Other calls of the
+    /// actor may run nested meanwhile (see `worker::wait_released`).
     ///
     /// # Safety
     /// Owning thread with the GIL held (it is released and re-taken here). No `Obj` may be
@@ -348,26 +400,8 @@ impl CallCtx {
         if !shielded && self.job.is_cancelled() {
             return Blocked::Cancelled;
         }
-        let job = &self.job;
-        // SAFETY: we hold this interpreter's GIL on its owning thread; `PyEval_SaveThread`
-        // releases it and detaches our thread state, `PyEval_RestoreThread` takes both back.
-        // No Python object is touched in between.
-        let ts = unsafe { ffi::PyEval_SaveThread() };
-        let out = async_io::block_on(async {
-            let work = async { Some(fut.await) };
-            if shielded {
-                work.await
-            } else {
-                work.or(async {
-                    job.wait_cancelled().await;
-                    None
-                })
-                .await
-            }
-        });
-        // SAFETY: see above.
-        unsafe { ffi::PyEval_RestoreThread(ts) };
-        match out {
+        // SAFETY: forwarded (caller); `fut` touches no Python object.
+        match unsafe { super::worker::wait_released(&self.job, shielded, fut) } {
             Some(Ok(v)) => Blocked::Done(v),
             Some(Err(e)) => Blocked::Failed(e),
             None => Blocked::Cancelled,
@@ -457,7 +491,7 @@ pub(crate) unsafe fn make_ctx(h: &HarrowModule, ctx: &Arc<CallCtx>) -> PyResult<
             }
         };
         let op = Obj::owned(ffi::PyCFunction_NewEx(
-            def(3),
+            def(4),
             capsule.as_ptr(),
             std::ptr::null_mut(),
         ))?;

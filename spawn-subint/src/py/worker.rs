@@ -1,11 +1,14 @@
 //! The body of an interpreter thread: create the interpreter, run jobs, end it — all on this
 //! one OS thread, which then exits.
 
+use std::cell::Cell;
 use std::ffi::{CStr, CString};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_lite::FutureExt;
 use harrow_ipc::{CallKind, ErrorKind, FnPath, Value};
 use harrow_portal::CallError;
 use parking_lot::Mutex;
@@ -17,7 +20,7 @@ use super::obj::{Obj, PyErrSet, PyResult};
 use crate::config::InterpConfig;
 use crate::error::{Error, Result};
 use crate::interp::{CallJob, Exit, Job, cancelled_error};
-use crate::state::{self, Shared};
+use crate::state::{self, JobState, Shared};
 
 /// Runs one interpreter's whole life on the calling (fresh, dedicated) thread. Reports creation
 /// success or failure on `ready`, serves `jobs` until `Job::Shutdown` (or every sender is gone),
@@ -33,6 +36,8 @@ pub(crate) fn thread_main(
         actor: config.name.clone(),
         message,
     };
+    // SAFETY: `gettid` has no preconditions.
+    *shared.tid.lock() = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
     // SAFETY: this thread is fresh (no thread state); `create` follows the lifecycle in the
     // module doc.
     let ts = match unsafe { create(config) } {
@@ -64,23 +69,36 @@ pub(crate) fn thread_main(
     };
     let _ = ready.send(Ok(()));
 
-    loop {
+    let server = Server {
+        setup: py,
+        shared: Arc::clone(shared),
+        config: config.clone(),
+        jobs,
+        depth: Cell::new(0),
+        stop: Cell::new(false),
+    };
+    SERVER.with(|s| s.set(&server as *const Server));
+    while !server.stop.get() {
         // Idle: release the GIL while waiting (essential in legacy mode, where it is shared).
         // SAFETY: GIL held with `ts` current; re-taken right after the wait.
         let job = unsafe {
             let saved = ffi::PyEval_SaveThread();
-            let job = jobs.recv();
+            let job = server.jobs.recv();
             ffi::PyEval_RestoreThread(saved);
             job
         };
         match job {
             Ok(Job::Call(call)) => {
                 // SAFETY: GIL held on the owning thread.
-                unsafe { py.run(shared, config, call) }
+                unsafe { server.setup.run(shared, config, call) }
             }
             Ok(Job::Shutdown) | Err(_) => break,
         }
     }
+    SERVER.with(|s| s.set(std::ptr::null()));
+    let Server {
+        setup: py, jobs, ..
+    } = server;
     // Reject whatever is still queued: the replies' senders drop, their callers see "gone".
     drop(jobs);
 
@@ -105,6 +123,129 @@ pub(crate) fn thread_main(
     // SAFETY: owning thread, GIL held, no Python frame, no other thread state.
     unsafe { end(shared, ts) };
     Exit::Ended
+}
+
+/// How deep calls may nest on the interpreter thread (see [`wait_released`]); beyond that, new
+/// calls wait in the queue until a nested one returns.
+const MAX_NESTED: u32 = 32;
+
+/// The interpreter thread's call server: what a call waiting with the GIL released needs in
+/// order to run the actor's other queued calls meanwhile. Lives in `thread_main`'s frame.
+struct Server {
+    setup: Setup,
+    shared: Arc<Shared>,
+    config: InterpConfig,
+    jobs: flume::Receiver<Job>,
+    /// Calls running nested inside a waiting call right now.
+    depth: Cell<u32>,
+    /// A `Job::Shutdown` was taken (or every sender is gone): serve no more calls.
+    stop: Cell<bool>,
+}
+
+thread_local! {
+    /// The `Server` of this interpreter thread (null on every other thread, and outside the
+    /// serving loop).
+    static SERVER: Cell<*const Server> = const { Cell::new(std::ptr::null()) };
+}
+
+/// What ended one round of waiting in [`wait_released`].
+enum Woke<T> {
+    Done(T),
+    Cancelled,
+    Job(Job),
+    NoMoreJobs,
+}
+
+/// Waits for `fut` with this interpreter's GIL released, on the interpreter's owning thread.
+/// Returns `None` when `job` is cancelled first (unless `shielded`: then only `fut` ends it).
+///
+/// While it waits, the thread serves the actor's other queued calls: each runs nested on this
+/// thread's stack (GIL re-taken), and the wait resumes when it has returned. So calls of one
+/// actor interleave at their waits (`ctx`/stream operations, `harrow.sleep`), last in first out:
+/// a waiting call resumes only after the calls nested in it have returned. A `Job::Shutdown`
+/// taken here stops the serving; shutting down also cancels this call (deferred while shielded).
+///
+/// # Safety
+/// Owning thread of the interpreter with its GIL held (released and re-taken here); `fut` must
+/// not touch Python objects.
+pub(crate) unsafe fn wait_released<T>(
+    job: &JobState,
+    shielded: bool,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
+    let mut fut = std::pin::pin!(fut);
+    let server = SERVER.with(|s| s.get());
+    // SAFETY: a non-null `SERVER` points to the `Server` in `thread_main`'s frame on this very
+    // thread, which outlives every call it runs (the pointer is cleared before it moves).
+    let server = unsafe { server.as_ref() };
+    loop {
+        let serving = server.filter(|s| !s.stop.get() && s.depth.get() < MAX_NESTED);
+        // SAFETY: GIL held with our thread state current (caller); re-taken right below. No
+        // Python object is touched while it is released.
+        let ts = unsafe { ffi::PyEval_SaveThread() };
+        let woke = async_io::block_on(async {
+            let work = async { Woke::Done(fut.as_mut().await) };
+            let cancelled = async {
+                if shielded {
+                    std::future::pending::<()>().await;
+                }
+                job.wait_cancelled().await;
+                Woke::Cancelled
+            };
+            let next = async {
+                match serving {
+                    Some(s) => match s.jobs.recv_async().await {
+                        Ok(j) => Woke::Job(j),
+                        Err(_) => Woke::NoMoreJobs,
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            work.or(cancelled).or(next).await
+        });
+        // SAFETY: see above.
+        unsafe { ffi::PyEval_RestoreThread(ts) };
+        match woke {
+            Woke::Done(v) => return Some(v),
+            Woke::Cancelled => return None,
+            Woke::Job(Job::Call(call)) => {
+                if let Some(s) = server {
+                    // SAFETY: owning thread, GIL held.
+                    unsafe { s.serve_nested(call) };
+                }
+            }
+            Woke::Job(Job::Shutdown) | Woke::NoMoreJobs => {
+                if let Some(s) = server {
+                    s.stop.set(true);
+                }
+            }
+        }
+        if server.is_some_and(|s| s.shared.closing.load(Ordering::SeqCst)) {
+            // Shutting down cancels every running call, the ones below a nested call too.
+            job.cancel();
+        }
+    }
+}
+
+impl Server {
+    /// Runs `call` nested inside a waiting call, saving and restoring the waiting call's
+    /// per-interpreter state around it.
+    ///
+    /// # Safety
+    /// Owning thread, GIL held.
+    unsafe fn serve_nested(&self, call: CallJob) {
+        let shared = &self.shared;
+        let current = shared.current.lock().clone();
+        let shield = shared.shield_depth.load(Ordering::SeqCst);
+        let in_user = shared.in_user.load(Ordering::SeqCst);
+        self.depth.set(self.depth.get() + 1);
+        // SAFETY: forwarded (caller).
+        unsafe { self.setup.run(shared, &self.config, call) };
+        self.depth.set(self.depth.get() - 1);
+        *shared.current.lock() = current;
+        shared.shield_depth.store(shield, Ordering::SeqCst);
+        shared.in_user.store(in_user, Ordering::SeqCst);
+    }
 }
 
 /// Creates the interpreter on this thread and returns its (current, GIL-holding) thread state.
@@ -316,7 +457,7 @@ impl Setup {
             let (is_gen, wants_ctx) = self
                 .describe(&f)
                 .map_err(|_| self.error(ErrorKind::Raised))?;
-            let (pos, kw) = build_args(&args)?;
+            let pos = build_args(&args)?;
             let pos = if wants_ctx {
                 let c = module::make_ctx(&self.harrow, ctx)
                     .map_err(|_| self.error(ErrorKind::Raised))?;
@@ -324,14 +465,17 @@ impl Setup {
             } else {
                 pos
             };
-            let kw_ptr = kw.as_ref().map_or(std::ptr::null_mut(), |k| k.as_ptr());
 
             // A plain or generator function in a context call gets an implicit started(None).
             if kind == CallKind::Context && !wants_ctx {
                 blocked(ctx.started(Value::Null))?;
             }
             let ret = user(shared, || {
-                Obj::owned(ffi::PyObject_Call(f.as_ptr(), pos.as_ptr(), kw_ptr))
+                Obj::owned(ffi::PyObject_Call(
+                    f.as_ptr(),
+                    pos.as_ptr(),
+                    std::ptr::null_mut(),
+                ))
             })
             .map_err(|_| self.error(ErrorKind::Raised))?;
             if is_gen {
@@ -592,13 +736,14 @@ fn bad_args(msg: impl Into<String>) -> CallError {
     CallError::new(ErrorKind::BadArguments, "BadArguments", msg)
 }
 
-/// Maps the call's `Value` to Python arguments: `Null` -> no argument, `List` -> positional
-/// arguments, `Map` with `str` keys -> keyword arguments, anything else -> one positional
-/// argument.
+/// Maps the call's `Value` to Python positional arguments: `Null` -> no argument, any other
+/// value -> exactly one positional argument (a list stays one `list`, a map one `dict`), so a
+/// Python function sees the same value a Rust function would. A function wanting several inputs
+/// takes a list or a dict.
 ///
 /// # Safety
 /// GIL held.
-unsafe fn build_args(args: &Value) -> Result<(Obj, Option<Obj>), CallError> {
+unsafe fn build_args(args: &Value) -> Result<Obj, CallError> {
     let fetch_bad = || {
         // SAFETY: GIL held (caller), an exception is set.
         let text = unsafe { fetch_text() };
@@ -607,44 +752,13 @@ unsafe fn build_args(args: &Value) -> Result<(Obj, Option<Obj>), CallError> {
     // SAFETY: GIL held (caller).
     unsafe {
         match args {
-            Value::Null => Ok((
-                Obj::owned(ffi::PyTuple_New(0)).map_err(|_| fetch_bad())?,
-                None,
-            )),
-            Value::List(items) => {
-                let t = Obj::owned(ffi::PyTuple_New(items.len() as ffi::Py_ssize_t))
-                    .map_err(|_| fetch_bad())?;
-                for (i, v) in items.iter().enumerate() {
-                    let o = convert::from_value(v).map_err(|_| fetch_bad())?;
-                    ffi::PyTuple_SetItem(t.as_ptr(), i as ffi::Py_ssize_t, o.into_ptr());
-                }
-                Ok((t, None))
-            }
-            Value::Map(entries) => {
-                let kw = Obj::owned(ffi::PyDict_New()).map_err(|_| fetch_bad())?;
-                for (k, v) in entries {
-                    let Value::Str(key) = k else {
-                        return Err(bad_args(format!(
-                            "keyword arguments need str keys, got a {} key",
-                            k.kind_name()
-                        )));
-                    };
-                    let ko = convert::str_obj(key).map_err(|_| fetch_bad())?;
-                    let vo = convert::from_value(v).map_err(|_| fetch_bad())?;
-                    if ffi::PyDict_SetItem(kw.as_ptr(), ko.as_ptr(), vo.as_ptr()) != 0 {
-                        return Err(fetch_bad());
-                    }
-                }
-                Ok((
-                    Obj::owned(ffi::PyTuple_New(0)).map_err(|_| fetch_bad())?,
-                    Some(kw),
-                ))
-            }
+            Value::Null => Obj::owned(ffi::PyTuple_New(0)).map_err(|_| fetch_bad()),
             other => {
                 let o = convert::from_value(other).map_err(|_| fetch_bad())?;
                 let t = Obj::owned(ffi::PyTuple_New(1)).map_err(|_| fetch_bad())?;
+                // Steals `o`'s reference.
                 ffi::PyTuple_SetItem(t.as_ptr(), 0, o.into_ptr());
-                Ok((t, None))
+                Ok(t)
             }
         }
     }

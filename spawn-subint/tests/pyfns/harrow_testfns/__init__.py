@@ -1,11 +1,17 @@
-"""Python functions the spawn-subint tests call in subinterpreters."""
+"""Python functions the spawn-subint tests call in subinterpreters.
+
+A call's value arrives as ONE positional argument (``Null``: no argument), so a function that
+wants several inputs takes a list or a dict. ``conformance`` holds the twins of the standard
+Rust test functions (``harrow_testkit::testfns``).
+"""
 
 import time
 
 import harrow
 
 
-def add(a, b):
+def add(ab):
+    a, b = ab
     return a + b
 
 
@@ -13,8 +19,9 @@ def echo(value=None):
     return value
 
 
-def kwargs(a, b=10, *, c=100):
-    return [a, b, c]
+def keys(d):
+    """The keys of a dict argument, in order (a map arrives as one dict)."""
+    return list(d)
 
 
 def fail(msg="boom"):

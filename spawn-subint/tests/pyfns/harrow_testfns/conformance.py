@@ -1,0 +1,145 @@
+"""The standard test functions of the conformance suite, in Python.
+
+Twins of ``harrow_testkit::testfns`` (testkit/src/testfns.rs): same names, same contracts, for
+a backend whose actors cannot start children (the nested functions ``spawn_tree``,
+``relay_fail``, ``cancel_parent`` and ``ctx_spawn_canceller`` are not here: the scenarios that
+use them are skipped when ``Capabilities::nested`` is false).
+
+A call's value arrives as ONE positional argument; a ``Null`` value means no argument, hence the
+``=None`` defaults. The error ``fail`` raises is a ``ValueError``.
+"""
+
+import time
+
+import harrow
+
+# Items sent so far by ctx_produce in this actor (its interpreter).
+_produced = 0
+
+
+def echo(v=None):
+    """echo(v) -> v, unchanged."""
+    return v
+
+
+def add(ab):
+    """add([a, b]) -> a + b."""
+    a, b = ab
+    return a + b
+
+
+def fail(msg=None):
+    """fail(msg): raises ValueError(msg)."""
+    raise ValueError(msg if isinstance(msg, str) else "failed on purpose")
+
+
+def fail_slowly(args=None):
+    """fail_slowly({ms, msg}): blocks for ``ms`` without yielding, then raises ValueError(msg)."""
+    args = args if isinstance(args, dict) else {}
+    ms = args.get("ms", 0)
+    msg = args.get("msg", "failed")
+    time.sleep(max(int(ms), 0) / 1000.0)
+    raise ValueError(msg if isinstance(msg, str) else "failed")
+
+
+def sleep_ms(ms):
+    """sleep_ms(ms): a cooperative (cancellable) sleep."""
+    harrow.sleep(max(int(ms), 0) / 1000.0)
+
+
+def busy(v=None):
+    """busy(): a loop that never waits (a cancel still lands at a bytecode boundary)."""
+    while True:
+        pass
+
+
+def block(v=None):
+    """block(): a blocking native wait that cannot be interrupted."""
+    time.sleep(3600)
+
+
+def produced(v=None):
+    """produced() -> items sent by ctx_produce in this actor."""
+    return _produced
+
+
+def ctx_started(ctx, v=None):
+    """ctx_started(v): started(v), returns "done"."""
+    ctx.started(v)
+    return "done"
+
+
+def ctx_started_twice(ctx, v=None):
+    """ctx_started_twice(): calls started twice; the second is an error."""
+    ctx.started(None)
+    ctx.started(None)
+
+
+def ctx_stream_before_started(ctx, v=None):
+    """ctx_stream_before_started(): opens a stream before started; an error."""
+    ctx.open_stream()
+    ctx.started(None)
+
+
+def ctx_echo(ctx, v=None):
+    """ctx_echo(): started(None), echoes every item until the caller stops; returns the count."""
+    ctx.started(None)
+    stream = ctx.open_stream()
+    n = 0
+    for item in stream:
+        stream.send(item)
+        n += 1
+    stream.close()
+    return n
+
+
+def ctx_produce(ctx, n):
+    """ctx_produce(n): started(None), sends 0..n, closes; returns n."""
+    global _produced
+    ctx.started(None)
+    stream = ctx.open_stream()
+    for i in range(n):
+        stream.send(i)
+        _produced += 1
+    stream.close()
+    return n
+
+
+def ctx_close_first(ctx, v=None):
+    """ctx_close_first(): started(None), closes its side at once, then drains the caller's side;
+    returns whether a send after close failed (it must)."""
+    ctx.started(None)
+    stream = ctx.open_stream()
+    stream.close()
+    try:
+        stream.send(None)
+        send_failed = False
+    except Exception:
+        send_failed = True
+    for _ in stream:
+        pass
+    return send_failed
+
+
+def ctx_wait_forever(ctx, v=None):
+    """ctx_wait_forever(): started(None), then waits until cancelled."""
+    ctx.started(None)
+    while True:
+        harrow.sleep(3600)
+
+
+def ctx_shielded(ctx, args):
+    """ctx_shielded({ms, marker}): started(None), then a shielded section of ``ms`` that creates
+    the file ``marker`` when it completes."""
+    if not isinstance(args, dict) or "ms" not in args or "marker" not in args:
+        raise TypeError("ctx_shielded takes {ms, marker}")
+    ms = int(args["ms"])
+    marker = args["marker"]
+    # The shield is entered before started(): a cancel sent as soon as the caller has the first
+    # value must not land between started() and the shielded section (in Rust there is no
+    # cancellation point there either).
+    with harrow.shield():
+        ctx.started(None)
+        harrow.sleep(max(ms, 0) / 1000.0)
+        with open(marker, "wb") as f:
+            f.write(b"done")
