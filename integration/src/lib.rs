@@ -64,6 +64,9 @@ pub fn backend_factory(name: &str) -> Option<Arc<dyn BackendFactory>> {
     match name {
         "thread" => Some(Arc::new(ThreadFactory)),
         "subint" if harrow_spawn_subint::available() => Some(Arc::new(SubintFactory)),
+        // Children re-execute the running binary, which must hand control to
+        // `harrow_spawn_process::maybe_run_child(harrow_process_testchild::child_registry)` first.
+        "process" => Some(Arc::new(harrow_process_testchild::ProcessFactory::current())),
         _ => None,
     }
 }
@@ -72,8 +75,8 @@ pub fn backend_factory(name: &str) -> Option<Arc<dyn BackendFactory>> {
 /// that can host own-GIL subinterpreters).
 pub fn backend_names() -> &'static [&'static str] {
     if harrow_spawn_subint::available() {
-        &["thread", "subint"]
+        &["thread", "process", "subint"]
     } else {
-        &["thread"]
+        &["thread", "process"]
     }
 }

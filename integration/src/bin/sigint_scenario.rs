@@ -9,6 +9,8 @@ use harrow_runtime_core::{RootConfig, Timeouts, exit_code, run_root};
 use harrow_testkit::sigint::phase;
 
 fn main() {
+    // For the process backend: a child re-executes this binary and is served from here.
+    harrow_spawn_process::maybe_run_child(harrow_process_testchild::child_registry);
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
