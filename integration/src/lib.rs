@@ -57,6 +57,12 @@ impl BackendFactory for SubintFactory {
     fn fail_type_name(&self) -> &'static str {
         "ValueError"
     }
+    fn warm_up(&self) {
+        // The main interpreter and the cancel injector live as long as the process.
+        if let Err(e) = harrow_spawn_subint::warm_up() {
+            eprintln!("subint warm-up failed: {e}");
+        }
+    }
 }
 
 /// The factory of the backend called `name`, if this build has it.

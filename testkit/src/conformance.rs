@@ -39,6 +39,9 @@ pub trait BackendFactory: Send + Sync + 'static {
     /// Called after a scenario that left a child running code that cannot be stopped (a Rust
     /// busy loop on a detached thread): release it so the process can clean up.
     fn release_stuck(&self) {}
+    /// Starts what the backend keeps for the whole process (a runtime, a helper thread), before
+    /// the resource tracker's first snapshot, so that it is not taken for a leak.
+    fn warm_up(&self) {}
 }
 
 /// How a scenario ended when it did not fail.
@@ -63,6 +66,7 @@ pub fn run<F: BackendFactory + ?Sized>(name: &str, factory: &F, scenario: fn(&F)
     } else {
         SCENARIO_BOUND
     };
+    factory.warm_up();
     let outcome = crate::harness(name, bound, crate::DEFAULT_SETTLE, || scenario(factory));
     if let Outcome::Skipped(why) = outcome {
         eprintln!("SKIPPED {name}: {why}");
