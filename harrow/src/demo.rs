@@ -1,109 +1,212 @@
-//! `harrow demo`: a small actor tree on every available backend, shown live.
+//! `harrow demo`: a small actor tree with one actor on each available backend, shown live.
+//!
+//! Phase 1 starts a worker per backend (a Rust thread actor, a Rust process actor, a Python
+//! subint actor) and, on all of them at once: a call, an addition, a bidirectional echo stream,
+//! a remote error. Phase 2 starts a stuck child per backend (a busy loop that never yields).
+//! Phase 3 cancels the whole tree at once, showing what each backend's teardown does to a
+//! well-behaved and to a stuck child. Every figure printed is measured in this run.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::fmt::Display;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use harrow::{
-    ActorNursery, ActorSpec, CallError, ChildOutcome, FnRegistry, RootConfig, SpawnBackend,
-    Timeouts, Value, exit_code, run_root,
+    ActorNursery, ActorSpec, ChildHandle, ChildOutcome, HardKill, RootConfig, SpawnBackend,
+    Timeouts, Value, run_root,
 };
 
-/// Lets the demo's stuck actor end once the demo is over (a Rust thread cannot be killed).
-static RELEASE_STUCK: AtomicBool = AtomicBool::new(false);
+use crate::util::{Job, human, join_all};
 
-struct Clock(Instant);
+/// Items sent through each echo stream (and received back).
+const ITEMS: i64 = 20_000;
 
-impl Clock {
-    fn say(&self, actor: &str, backend: &str, what: impl std::fmt::Display) {
-        println!(
-            "[{:>8.3}s] {actor:<10} {backend:<8} {what}",
-            self.0.elapsed().as_secs_f64()
-        );
+/// What code an actor runs, which decides the function names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Rust,
+    #[cfg_attr(not(feature = "subint"), allow(dead_code))]
+    Python,
+}
+
+impl Flavor {
+    fn func(self, name: &str) -> String {
+        match self {
+            Flavor::Rust => format!("demo:{name}"),
+            Flavor::Python => format!("{}:{name}", crate::pymod::MODULE),
+        }
+    }
+
+    fn error_type(self) -> &'static str {
+        match self {
+            Flavor::Rust => "DivisionByZero",
+            Flavor::Python => "ZeroDivisionError",
+        }
     }
 }
 
+/// One actor as the demo shows it.
 struct Row {
     actor: String,
     backend: String,
-    spawn: Duration,
-    did: String,
+    hard_kill: &'static str,
+    state: &'static str,
+    spawn: Option<Duration>,
+    work: Vec<String>,
+    teardown: Option<Duration>,
     outcome: String,
 }
 
-fn functions() -> anyhow::Result<Arc<FnRegistry>> {
-    let mut f = FnRegistry::new();
-    f.unary("demo:add", |v: Value| async move {
-        let sum = v
-            .as_list()
-            .unwrap_or(&[])
-            .iter()
-            .filter_map(Value::as_i64)
-            .sum::<i64>();
-        Ok(Value::Int(sum))
-    })?;
-    f.unary("demo:divide", |v: Value| async move {
-        match v.as_list() {
-            Some([Value::Int(_), Value::Int(0)]) => Err(CallError::raised(
-                "ZeroDivisionError",
-                "division by zero, on purpose",
-            )),
-            Some([Value::Int(a), Value::Int(b)]) => Ok(Value::Int(a / b)),
-            _ => Err(CallError::raised("TypeError", "divide takes [int, int]")),
-        }
-    })?;
-    f.context("demo:echo", |ctx, _| async move {
-        ctx.started(Value::Null).await?;
-        let mut stream = ctx.open_stream().await?;
-        let mut n = 0;
-        while let Some(item) = stream.recv().await? {
-            stream.send(item).await?;
-            n += 1;
-        }
-        stream.close().await?;
-        Ok(Value::Int(n))
-    })?;
-    f.unary("demo:spin", |_| async move {
-        // Never yields to its executor: only the hard kill can deal with it.
-        while !RELEASE_STUCK.load(Ordering::Relaxed) {
-            std::hint::spin_loop();
-        }
-        Ok(Value::Null)
-    })?;
-    Ok(Arc::new(f))
+/// The live view: every event is printed as it happens and recorded for the summary.
+struct Live {
+    t0: Instant,
+    rows: Mutex<Vec<Row>>,
+    problems: Mutex<Vec<String>>,
 }
 
-async fn rust_worker(
-    n: &ActorNursery,
-    clock: &Clock,
-    name: &str,
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn hard_kill_text(h: HardKill) -> &'static str {
+    match h {
+        HardKill::Kills => "SIGKILL + reap",
+        HardKill::Interrupts => "interrupt Python",
+        HardKill::Detaches => "detach + report",
+        _ => "other",
+    }
+}
+
+impl Live {
+    fn add(&self, actor: &str, backend: &dyn SpawnBackend) {
+        lock(&self.rows).push(Row {
+            actor: actor.into(),
+            backend: backend.name().into(),
+            hard_kill: hard_kill_text(backend.capabilities().hard_kill),
+            state: "starting",
+            spawn: None,
+            work: Vec::new(),
+            teardown: None,
+            outcome: String::new(),
+        });
+    }
+
+    fn with_row(&self, actor: &str, f: impl FnOnce(&mut Row)) {
+        if let Some(r) = lock(&self.rows).iter_mut().find(|r| r.actor == actor) {
+            f(r);
+        }
+    }
+
+    fn event(&self, actor: &str, state: &'static str, what: impl Display) {
+        let mut backend = String::new();
+        self.with_row(actor, |r| {
+            r.state = state;
+            backend = r.backend.clone();
+        });
+        println!(
+            "[{:>7.3}s] {actor:<15} {backend:<8} {state:<10} {what}",
+            self.t0.elapsed().as_secs_f64()
+        );
+    }
+
+    fn work(&self, actor: &str, what: impl Into<String>) {
+        let what = what.into();
+        self.with_row(actor, |r| r.work.push(what));
+    }
+
+    fn problem(&self, actor: &str, what: impl Display) {
+        let msg = format!("{actor}: {what}");
+        println!(
+            "[{:>7.3}s] UNEXPECTED: {msg}",
+            self.t0.elapsed().as_secs_f64()
+        );
+        lock(&self.problems).push(msg);
+    }
+
+    fn tree(&self, title: &str) {
+        let rows = lock(&self.rows);
+        println!(
+            "  ── tree {title}, at {:.3}s ──",
+            self.t0.elapsed().as_secs_f64()
+        );
+        println!("  root (pid {}, this process)", std::process::id());
+        for (i, r) in rows.iter().enumerate() {
+            let branch = if i + 1 == rows.len() {
+                "└──"
+            } else {
+                "├──"
+            };
+            let spawn = r
+                .spawn
+                .map_or("-".into(), |d| format!("up in {}", human(d)));
+            println!(
+                "  {branch} {:<15} {:<8} {:<10} {spawn}",
+                r.actor, r.backend, r.state
+            );
+        }
+    }
+}
+
+/// An actor to start: its name, backend, spec and flavour.
+struct Plan {
+    name: &'static str,
     backend: Arc<dyn SpawnBackend>,
-    functions: Arc<FnRegistry>,
-) -> anyhow::Result<Row> {
-    let bname = backend.name().to_owned();
+    spec: ActorSpec,
+    flavor: Flavor,
+}
+
+async fn start(n: &ActorNursery, live: &Live, plan: &Plan) -> anyhow::Result<ChildHandle> {
+    live.add(plan.name, plan.backend.as_ref());
+    live.event(plan.name, "starting", "start_actor");
     let t0 = Instant::now();
     let child = n
-        .start_actor(name, backend, ActorSpec::with_resolver(functions))
+        .start_actor(plan.name, plan.backend.clone(), plan.spec.clone())
         .await?;
-    let spawn = t0.elapsed();
-    clock.say(name, &bname, format!("started in {spawn:.1?}"));
+    let took = t0.elapsed();
+    live.with_row(plan.name, |r| r.spawn = Some(took));
+    live.event(
+        plan.name,
+        "running",
+        format!("up in {} (spawn to Hello)", human(took)),
+    );
+    Ok(child)
+}
+
+/// Phase 1 on one worker: calls, a bidirectional stream, a remote error.
+async fn work(live: &Live, plan: &Plan, child: &ChildHandle) -> anyhow::Result<()> {
+    let (name, f) = (plan.name, plan.flavor);
+    let t0 = Instant::now();
+    let who = child.run(&f.func("whoami"), Value::Null).await?;
+    live.event(
+        name,
+        "running",
+        format!(
+            "whoami -> {} ({})",
+            who.as_str().unwrap_or("?"),
+            human(t0.elapsed())
+        ),
+    );
 
     let t0 = Instant::now();
     let sum = child
         .run(
-            "demo:add",
+            &f.func("add"),
             Value::List(vec![Value::Int(20), Value::Int(22)]),
         )
         .await?;
-    clock.say(
+    live.event(
         name,
-        &bname,
-        format!("add(20, 22) = {sum:?} in {:.1?}", t0.elapsed()),
+        "running",
+        format!("add([20, 22]) -> {sum:?} ({})", human(t0.elapsed())),
     );
+    if sum != Value::Int(42) {
+        live.problem(name, format!("add returned {sum:?}, not 42"));
+    }
+    live.work(name, "call");
 
-    let (mut ctx, _) = child.open_context("demo:echo", Value::Null).await?;
+    let (mut ctx, first) = child
+        .open_context(&f.func("echo_stream"), Value::Null)
+        .await?;
     let (tx, mut rx) = ctx.open_stream().await?.split();
-    const ITEMS: i64 = 20_000;
     let t0 = Instant::now();
     let send = async {
         for i in 0..ITEMS {
@@ -112,200 +215,380 @@ async fn rust_worker(
         tx.close().await
     };
     let recv = async {
-        let mut n = 0;
-        while rx.recv().await?.is_some() {
+        let mut n = 0i64;
+        while let Some(v) = rx.recv().await? {
+            if v != Value::Int(n) {
+                return Err(harrow::portal::Error::Protocol(format!(
+                    "item {n} came back as {v:?}"
+                )));
+            }
             n += 1;
         }
-        Ok::<_, harrow::portal::Error>(n)
+        Ok(n)
     };
-    let (sent, got) = futures_lite_zip(send, recv).await;
+    let (sent, got) = futures_lite::future::zip(send, recv).await;
     sent?;
     let got = got?;
-    let secs = t0.elapsed().as_secs_f64();
-    let echoed = ctx.result().await?;
-    clock.say(
+    let took = t0.elapsed();
+    let counted = ctx.result().await?;
+    let rate = got as f64 / took.as_secs_f64();
+    live.event(
         name,
-        &bname,
+        "running",
         format!(
-            "echoed {got} items both ways in {:.1} ms ({:.0} items/s), callee counted {echoed:?}",
-            secs * 1e3,
-            got as f64 / secs
+            "stream: started {first:?}, echoed {got} items both ways in {} ({rate:.0} items/s); callee counted {counted:?}",
+            human(took)
         ),
+    );
+    if got != ITEMS || counted != Value::Int(ITEMS) {
+        live.problem(
+            name,
+            format!("echo stream: {got} items back, callee counted {counted:?}, expected {ITEMS}"),
+        );
+    }
+    live.work(
+        name,
+        format!("{}k-item stream {:.0}k/s", ITEMS / 1000, rate / 1e3),
     );
 
     let err = child
         .run(
-            "demo:divide",
+            &f.func("divide"),
             Value::List(vec![Value::Int(1), Value::Int(0)]),
         )
-        .await
-        .expect_err("divide by zero fails");
-    if let Some(remote) = err.remote_error() {
-        clock.say(
-            name,
-            &bname,
-            format!(
-                "remote error {}: {} (raised in {})",
-                remote.type_name, remote.message, remote.source.name
-            ),
-        );
+        .await;
+    match err.as_ref().map_err(|e| e.remote_error()) {
+        Err(Some(remote)) => {
+            live.event(
+                name,
+                "running",
+                format!(
+                    "divide([1, 0]) -> remote error {}: {} (raised in {})",
+                    remote.type_name, remote.message, remote.source.name
+                ),
+            );
+            if f == Flavor::Python {
+                let first = remote.traceback.lines().next().unwrap_or("(no traceback)");
+                let frame = remote
+                    .traceback
+                    .lines()
+                    .rev()
+                    .find(|l| l.trim_start().starts_with("File "))
+                    .map(str::trim)
+                    .unwrap_or("");
+                live.event(name, "running", format!("  traceback: {first} ... {frame}"));
+            }
+            if remote.type_name != f.error_type() {
+                live.problem(
+                    name,
+                    format!(
+                        "expected a {} error, got {}",
+                        f.error_type(),
+                        remote.type_name
+                    ),
+                );
+            }
+            live.work(name, "remote error");
+        }
+        other => live.problem(name, format!("divide by zero did not raise: {other:?}")),
     }
-    let t0 = Instant::now();
-    let outcome = child.cancel().await;
-    clock.say(
-        name,
-        &bname,
-        format!("cancelled: {outcome:?} in {:.1?}", t0.elapsed()),
-    );
-    Ok(Row {
-        actor: name.into(),
-        backend: bname,
-        spawn,
-        did: format!("1 call, {got}-item echo stream, 1 remote error"),
-        outcome: format!("{outcome:?}"),
-    })
+    Ok(())
 }
 
-async fn stuck_child(
-    n: &ActorNursery,
-    clock: &Clock,
-    backend: Arc<dyn SpawnBackend>,
-    functions: Arc<FnRegistry>,
-    timeouts: Timeouts,
-) -> anyhow::Result<Row> {
-    let bname = backend.name().to_owned();
-    let t0 = Instant::now();
-    let child = n
-        .start_actor("stuck", backend, ActorSpec::with_resolver(functions))
+/// Phase 2 on one stuck child: start a busy loop that never yields; returns once it runs.
+async fn get_stuck(
+    live: &Live,
+    plan: &Plan,
+    child: &ChildHandle,
+) -> anyhow::Result<harrow::Context> {
+    let (ctx, first) = child
+        .open_context(&plan.flavor.func("spin"), Value::Null)
         .await?;
-    let spawn = t0.elapsed();
-    clock.say("stuck", &bname, format!("started in {spawn:.1?}"));
-    let spin = child.run("demo:spin", Value::Null);
-    // The call never returns: give it a moment to start spinning, then tear the actor down.
-    let _ = harrow::move_on_after(Duration::from_millis(100), spin).await;
-    clock.say(
-        "stuck",
-        &bname,
-        format!(
-            "spinning without yielding; cancelling (ladder bound {:.1?})",
-            timeouts.ladder_bound()
-        ),
+    // It said so just before entering the loop: give the loop a moment to begin.
+    crate::util::pause(Duration::from_millis(50)).await;
+    live.event(
+        plan.name,
+        "running",
+        format!("said {first:?}: now in a busy loop that never yields"),
+    );
+    live.work(plan.name, "busy loop");
+    Ok(ctx)
+}
+
+/// Phase 3 on one child: cancel it and check the outcome is what its backend promises.
+async fn teardown(live: &Live, plan: &Plan, child: &ChildHandle, stuck: bool) {
+    let name = plan.name;
+    let hard = plan.backend.capabilities().hard_kill;
+    live.event(
+        name,
+        "cancelling",
+        if stuck {
+            format!("cancel; hard kill here = {}", hard_kill_text(hard))
+        } else {
+            "cancel".into()
+        },
     );
     let t0 = Instant::now();
     let outcome = child.cancel().await;
     let took = t0.elapsed();
-    let shown = match &outcome {
-        ChildOutcome::Leaked(what) => format!("leaked after the hard kill: {what}"),
-        other => format!("{other:?}"),
+    let (state, text) = match &outcome {
+        ChildOutcome::Exited => ("exited", "exited".to_owned()),
+        ChildOutcome::Killed => ("killed", "killed".to_owned()),
+        ChildOutcome::Leaked(what) => ("leaked", format!("leaked (reported): {what}")),
+        ChildOutcome::Failed(why) => ("failed", format!("failed: {why}")),
+        other => ("other", format!("{other:?}")),
     };
-    clock.say("stuck", &bname, format!("{shown} in {took:.1?}"));
-    Ok(Row {
-        actor: "stuck".into(),
-        backend: bname,
-        spawn,
-        did: "busy loop, cancel + hard kill".into(),
-        outcome: format!("{} in {took:.1?}", outcome_word(&outcome)),
-    })
-}
-
-fn outcome_word(o: &ChildOutcome) -> &'static str {
-    match o {
-        ChildOutcome::Exited => "exited",
-        ChildOutcome::Failed(_) => "failed",
-        ChildOutcome::Killed => "killed",
-        ChildOutcome::Leaked(_) => "leaked (reported)",
-        _ => "other",
+    let why = match (stuck, hard, state) {
+        (true, HardKill::Detaches, "leaked") => {
+            "; a Rust thread cannot be stopped: detached, and released by the demo at exit"
+        }
+        (true, HardKill::Kills, "killed") => "; no CancelAck from the busy loop, so SIGKILL",
+        (true, HardKill::Interrupts, "exited") => {
+            "; harrow.Cancelled was raised inside `while True: pass` at its next bytecode"
+        }
+        (true, HardKill::Interrupts, "killed") => "; interrupted by the hard kill",
+        _ => "",
+    };
+    live.with_row(name, |r| {
+        r.teardown = Some(took);
+        r.outcome = state.to_owned();
+    });
+    live.event(name, state, format!("{text} after {}{why}", human(took)));
+    let expected = match (stuck, hard) {
+        (false, _) => state == "exited",
+        (true, HardKill::Detaches) => state == "leaked",
+        (true, HardKill::Kills) => state == "killed",
+        (true, _) => state == "exited" || state == "killed",
+    };
+    if !expected {
+        live.problem(name, format!("unexpected teardown outcome: {text}"));
     }
 }
 
-async fn futures_lite_zip<A: std::future::Future, B: std::future::Future>(
-    a: A,
-    b: B,
-) -> (A::Output, B::Output) {
-    let mut a = Box::pin(a);
-    let mut b = Box::pin(b);
-    let (mut ra, mut rb) = (None, None);
-    std::future::poll_fn(|cx| {
-        if ra.is_none() {
-            if let std::task::Poll::Ready(v) = a.as_mut().poll(cx) {
-                ra = Some(v);
-            }
+fn plans(py: Option<&crate::pymod::PyDir>) -> (Vec<Plan>, Vec<Plan>) {
+    let mut workers = Vec::new();
+    let mut stuck = Vec::new();
+    #[cfg(feature = "thread")]
+    {
+        let spec = ActorSpec::with_resolver(crate::fns::registry());
+        for (list, name) in [
+            (&mut workers, "worker-thread"),
+            (&mut stuck, "stuck-thread"),
+        ] {
+            list.push(Plan {
+                name,
+                backend: harrow::ThreadBackend::shared(),
+                spec: spec.clone(),
+                flavor: Flavor::Rust,
+            });
         }
-        if rb.is_none() {
-            if let std::task::Poll::Ready(v) = b.as_mut().poll(cx) {
-                rb = Some(v);
-            }
+    }
+    #[cfg(feature = "process")]
+    for (list, name) in [
+        (&mut workers, "worker-process"),
+        (&mut stuck, "stuck-process"),
+    ] {
+        // A process child serves what `main` passes to `maybe_run_child`.
+        list.push(Plan {
+            name,
+            backend: harrow::ProcessBackend::shared(),
+            spec: ActorSpec::new(),
+            flavor: Flavor::Rust,
+        });
+    }
+    #[cfg(feature = "subint")]
+    if let Some(dir) = py {
+        for (list, name) in [
+            (&mut workers, "worker-python"),
+            (&mut stuck, "stuck-python"),
+        ] {
+            list.push(Plan {
+                name,
+                backend: harrow::SubintBackend::shared(),
+                spec: ActorSpec::new().params(dir.params(name, false)),
+                flavor: Flavor::Python,
+            });
         }
-        if ra.is_some() && rb.is_some() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    (ra.expect("ready"), rb.expect("ready"))
+    }
+    let _ = py;
+    (workers, stuck)
 }
 
-/// Runs the demo; returns the process exit code.
+/// Runs the demo; returns the process exit code (0: everything as expected).
 pub(crate) fn run() -> i32 {
-    let functions = match functions() {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("harrow demo: {e}");
-            return 1;
+    println!(
+        "harrow demo: backends compiled in: {}",
+        harrow::compiled_backends().join(", ")
+    );
+    let py = match harrow::subint_status() {
+        Ok(()) => match crate::pymod::PyDir::create() {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                println!("cannot write the demo's Python module: {e}");
+                return 1;
+            }
+        },
+        Err(why) => {
+            println!("the Python actor is skipped: {why}");
+            None
         }
     };
+    let (workers, stuck) = plans(py.as_ref());
+    if workers.is_empty() {
+        println!("no backend is available in this build");
+        return 1;
+    }
     let timeouts = Timeouts {
         cancel_ack: Duration::from_millis(300),
         graceful_exit: Duration::from_millis(500),
         hard_kill: Duration::from_millis(500),
     };
-    let clock = Clock(Instant::now());
     println!(
-        "harrow demo: backends compiled in: {:?}",
-        harrow::available_backends()
+        "teardown ladder: cancel_ack {} + graceful_exit {} + hard_kill {} (bound {})",
+        human(timeouts.cancel_ack),
+        human(timeouts.graceful_exit),
+        human(timeouts.hard_kill),
+        human(timeouts.ladder_bound())
     );
-    println!("{:>11} {:<10} {:<8} event", "time", "actor", "backend");
-    let started = Instant::now();
-    let rows = std::sync::Mutex::new(Vec::new());
+    println!();
+    println!(
+        "{:>10} {:<15} {:<8} {:<10} event",
+        "time", "actor", "backend", "state"
+    );
+    let live = Live {
+        t0: Instant::now(),
+        rows: Mutex::new(Vec::new()),
+        problems: Mutex::new(Vec::new()),
+    };
     let result = run_root(RootConfig::default().timeouts(timeouts), |n| {
-        let (clock, rows) = (&clock, &rows);
+        let (live, workers, stuck) = (&live, &workers, &stuck);
         async move {
-            let thread: Arc<dyn SpawnBackend> = harrow::ThreadBackend::shared();
-            let row = rust_worker(&n, clock, "worker", thread.clone(), functions.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            rows.lock().unwrap_or_else(|p| p.into_inner()).push(row);
-            let row = stuck_child(&n, clock, thread, functions.clone(), timeouts)
-                .await
-                .map_err(|e| e.to_string())?;
-            rows.lock().unwrap_or_else(|p| p.into_inner()).push(row);
+            // Phase 1: the workers, all at once.
+            let jobs: Vec<Job<'_, Option<ChildHandle>>> = workers
+                .iter()
+                .map(|p| {
+                    let n = n.clone();
+                    Box::pin(async move {
+                        let r = async {
+                            let child = start(&n, live, p).await?;
+                            work(live, p, &child).await?;
+                            Ok::<_, anyhow::Error>(child)
+                        }
+                        .await;
+                        r.map_err(|e| live.problem(p.name, format!("{e:#}"))).ok()
+                    }) as Job<'_, _>
+                })
+                .collect();
+            let worker_handles = join_all(jobs).await;
+            live.tree("after the workers' calls and streams");
+
+            // Phase 2: a stuck child per backend.
+            let jobs: Vec<Job<'_, Option<(ChildHandle, harrow::Context)>>> = stuck
+                .iter()
+                .map(|p| {
+                    let n = n.clone();
+                    Box::pin(async move {
+                        let r = async {
+                            let child = start(&n, live, p).await?;
+                            let ctx = get_stuck(live, p, &child).await?;
+                            Ok::<_, anyhow::Error>((child, ctx))
+                        }
+                        .await;
+                        r.map_err(|e| live.problem(p.name, format!("{e:#}"))).ok()
+                    }) as Job<'_, _>
+                })
+                .collect();
+            let stuck_handles = join_all(jobs).await;
+            live.tree("with the stuck children spinning");
+
+            // Phase 3: cancel everything at once.
+            let mut jobs: Vec<Job<'_, ()>> = Vec::new();
+            for (p, h) in workers.iter().zip(&worker_handles) {
+                if let Some(child) = h {
+                    jobs.push(Box::pin(teardown(live, p, child, false)));
+                }
+            }
+            for (p, h) in stuck.iter().zip(&stuck_handles) {
+                if let Some((child, _ctx)) = h {
+                    jobs.push(Box::pin(teardown(live, p, child, true)));
+                }
+            }
+            let t0 = Instant::now();
+            join_all(jobs).await;
+            println!(
+                "[{:>7.3}s] every child has an outcome, {} after the cancels",
+                live.t0.elapsed().as_secs_f64(),
+                human(t0.elapsed())
+            );
+            drop(stuck_handles);
             Ok(())
         }
     });
-    RELEASE_STUCK.store(true, Ordering::Relaxed);
-    println!();
-    println!("summary ({:.2?} in all)", started.elapsed());
-    println!(
-        "  {:<8} {:<8} {:>10}  {:<46} outcome",
-        "actor", "backend", "spawn", "did"
-    );
-    for r in rows.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        println!(
-            "  {:<8} {:<8} {:>10.1?}  {:<46} {}",
-            r.actor, r.backend, r.spawn, r.did, r.outcome
-        );
-    }
-    let code = exit_code(&result);
+    // The stuck Rust thread was detached: let it go now.
+    crate::fns::release_spinners();
+    let total = live.t0.elapsed();
+    drop(py);
+
+    summary(&live, total);
+    let mut problems = std::mem::take(&mut *lock(&live.problems));
     if let Err(e) = &result {
-        println!("the tree reported: {e}");
-        // A leaked Rust thread is the expected outcome of the stuck-child demo, not a failure.
-        if e.failures().iter().all(|f| f.is_leak()) && e.body_error().is_none() {
+        if e.is_interrupted() {
+            println!("interrupted (SIGINT): the tree was cancelled");
+            return 130;
+        }
+        let expected_leak = |f: &harrow::ChildFailure| {
+            f.is_leak() && f.backend() == "thread" && f.actor().name == "stuck-thread"
+        };
+        if e.body_error().is_some() || !e.failures().iter().all(expected_leak) {
+            problems.push(format!("the tree reported: {e}"));
+        } else {
             println!(
-                "(the leak of the stuck Rust thread is the expected outcome: a thread cannot be killed)"
+                "the root reported {} leak(s), as expected: {}",
+                e.failures().len(),
+                e.failures()
+                    .iter()
+                    .map(|f| f.actor().name.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
-            return 0;
         }
     }
-    code
+    if problems.is_empty() {
+        println!("result: every outcome as expected");
+        0
+    } else {
+        println!("result: {} unexpected outcome(s):", problems.len());
+        for p in &problems {
+            println!("  - {p}");
+        }
+        1
+    }
+}
+
+fn summary(live: &Live, total: Duration) {
+    println!();
+    println!(
+        "summary ({} in all, every figure measured in this run)",
+        human(total)
+    );
+    println!(
+        "  {:<15} {:<8} {:<17} {:>9}  {:<48} {:>9}  outcome",
+        "actor", "backend", "hard kill", "spawn", "did", "teardown"
+    );
+    for r in lock(&live.rows).iter() {
+        println!(
+            "  {:<15} {:<8} {:<17} {:>9}  {:<48} {:>9}  {}",
+            r.actor,
+            r.backend,
+            r.hard_kill,
+            r.spawn.map_or("-".into(), human),
+            r.work.join(", "),
+            r.teardown.map_or("-".into(), human),
+            if r.outcome.is_empty() {
+                r.state
+            } else {
+                &r.outcome
+            }
+        );
+    }
 }

@@ -28,7 +28,32 @@
 //! assert_eq!(sum, Value::Int(6));
 //! ```
 //!
-//! Features (each adds a backend): `thread` (default).
+//! Features, one per backend, all on by default:
+//!
+//! - `thread`: [`ThreadBackend`], actors on dedicated OS threads running Rust functions;
+//! - `process`: [`ProcessBackend`], actors in child processes (the running binary re-executed).
+//!   A program that uses it calls [`maybe_run_child`] first thing in `main`;
+//! - `subint`: [`SubintBackend`], actors running Python functions in CPython subinterpreters
+//!   with their own GIL, configured with [`InterpConfig`]. It needs the Python that
+//!   `scripts/setup` records; a build without one still compiles, warns, and
+//!   [`subint_status`] says why the backend is unavailable.
+//!
+//! A Python actor on the subint backend (its module found through `sys_path`):
+//!
+//! ```no_run
+//! # #[cfg(feature = "subint")] {
+//! use harrow::{run_root, ActorSpec, InterpConfig, RootConfig, SubintBackend, Value};
+//!
+//! let config = InterpConfig::new("py").expose("mymodule").sys_path("/path/to/modules");
+//! let out = run_root(RootConfig::default(), |n| async move {
+//!     let py = n
+//!         .start_actor("py", SubintBackend::shared(), ActorSpec::new().params(config.to_params()))
+//!         .await?;
+//!     // `Value::Null` calls `f()`, any other value is its one positional argument.
+//!     Ok(py.run("mymodule:f", Value::Int(7)).await?)
+//! });
+//! # let _ = out; }
+//! ```
 #![forbid(unsafe_code)]
 
 pub use harrow_runtime_core::ipc::{
@@ -38,19 +63,91 @@ pub use harrow_runtime_core::portal::{
     self, CallError, CalleeContext, Context, FnRegistry, MsgStream, Portal, Resolver,
 };
 pub use harrow_runtime_core::{
-    ActorCtx, ActorNursery, ActorSpec, Capabilities, ChildFailure, ChildHandle, ChildOutcome,
-    HardKill, NurseryError, RootConfig, Runs, SpawnBackend, Timeouts, current_actor, exit_code,
-    fail_after, move_on_after, open_nursery, run_root, shield,
+    ActorCtx, ActorNursery, ActorSpec, BoxError, Capabilities, ChildFailure, ChildHandle,
+    ChildOutcome, HardKill, NurseryError, RootConfig, Runs, SpawnBackend, Timeouts, current_actor,
+    exit_code, fail_after, move_on_after, open_nursery, run_root, shield,
 };
 
 #[cfg(feature = "thread")]
 pub use harrow_spawn_thread::ThreadBackend;
 
-/// The backends compiled into this build, by name.
-pub fn available_backends() -> Vec<&'static str> {
+#[cfg(feature = "process")]
+pub use harrow_spawn_process::{ProcessBackend, is_child, maybe_run_child};
+
+#[cfg(feature = "subint")]
+pub use harrow_spawn_subint::{InterpConfig, SubintBackend};
+
+/// The backend crates themselves, for what the re-exports above leave out.
+pub mod backends {
+    #[cfg(feature = "process")]
+    pub use harrow_spawn_process as process;
+    #[cfg(feature = "subint")]
+    pub use harrow_spawn_subint as subint;
+    #[cfg(feature = "thread")]
+    pub use harrow_spawn_thread as thread;
+}
+
+/// The backends compiled into this build, by name (a compiled-in backend may still be
+/// unavailable at run time: see [`subint_status`]).
+#[allow(clippy::vec_init_then_push)] // which pushes happen depends on the features
+pub fn compiled_backends() -> Vec<&'static str> {
     #[allow(unused_mut)]
     let mut v = Vec::new();
     #[cfg(feature = "thread")]
     v.push("thread");
+    #[cfg(feature = "process")]
+    v.push("process");
+    #[cfg(feature = "subint")]
+    v.push("subint");
     v
+}
+
+/// The backends that can start actors in this process, by name: the compiled-in ones, less
+/// `subint` when [`subint_status`] reports it unavailable.
+pub fn available_backends() -> Vec<&'static str> {
+    let subint_ok = subint_status().is_ok();
+    compiled_backends()
+        .into_iter()
+        .filter(|b| *b != "subint" || subint_ok)
+        .collect()
+}
+
+/// Whether the subint backend can run Python here: `Err` says why not (the feature is off, or
+/// the build has no suitable Python, or the main interpreter failed to start).
+pub fn subint_status() -> Result<(), String> {
+    #[cfg(feature = "subint")]
+    {
+        if build_has_no_python() || !harrow_spawn_subint::available() {
+            return Err(format!(
+                "subint backend unavailable{}",
+                unavailable_reason()
+            ));
+        }
+        harrow_spawn_subint::warm_up().map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "subint"))]
+    {
+        Err("the `subint` feature is off in this build of harrow".to_owned())
+    }
+}
+
+/// Whether `scripts/setup` recorded that this build has no suitable Python.
+#[cfg(feature = "subint")]
+fn build_has_no_python() -> bool {
+    option_env!("HARROW_NO_PYTHON").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+#[cfg(feature = "subint")]
+fn unavailable_reason() -> String {
+    if build_has_no_python() {
+        ": scripts/setup found no CPython >= 3.12 with a shared libpython (HARROW_NO_PYTHON=1); \
+         install one and run scripts/setup again"
+            .to_owned()
+    } else {
+        format!(
+            ": harrow-spawn-subint was built against Python {}, which cannot host own-GIL \
+             subinterpreters (needs CPython >= 3.12 with a shared libpython); run scripts/setup",
+            harrow_spawn_subint::python_version()
+        )
+    }
 }

@@ -1,10 +1,26 @@
 //! The `harrow` command: `harrow demo`, `harrow bench`, `harrow run-py`.
+//!
+//! This binary is also its own process-backend child: `main` first hands control to the runtime
+//! when it was started as a child actor ([`harrow::maybe_run_child`]), and the benchmark's
+//! baselines re-execute it in two plain modes (`HARROW_BENCH_CHILD=bare|echo`).
+// With a backend feature off, the code for it is compiled out and some helpers go unused.
+#![cfg_attr(
+    not(all(feature = "thread", feature = "process", feature = "subint")),
+    allow(dead_code, unused_imports, unused_mut)
+)]
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
+mod fns;
+mod json;
+mod pymod;
+mod runpy;
+mod util;
 
 /// harrow: a structured-concurrency actor runtime.
 #[derive(Debug, Parser)]
@@ -18,45 +34,62 @@ struct Cli {
 enum Command {
     /// Build a small actor tree on every available backend and show it working (a few seconds).
     Demo,
-    /// Run the benchmark suite (each figure beside a baseline measured in the same run).
+    /// Run the benchmark suite: each figure beside a baseline measured in the same run, as a
+    /// ratio; progress on stderr.
     Bench {
-        /// Print machine-readable JSON instead of a table.
+        /// Print machine-readable JSON instead of the tables.
         #[arg(long)]
         json: bool,
+        /// Small sizes, one repetition: a smoke run of a few seconds (figures are rough).
+        #[arg(long)]
+        quick: bool,
     },
-    /// Run a Python function in N subinterpreter actors in parallel.
+    /// Run a Python function in N subinterpreter actors in parallel and print each result as
+    /// JSON (Ctrl-C cancels them all; exit code 130).
     RunPy {
-        /// `package.module:function`
+        /// The function, `package.module:function`.
         function: String,
-        /// How many actors.
-        #[arg(long, default_value_t = 2)]
+        /// How many actors (each runs the function once).
+        #[arg(long, default_value_t = 1)]
         actors: usize,
-        /// Arguments as JSON.
+        /// The argument as JSON: `null` (the default) calls `f()`, anything else `f(arg)`.
         #[arg(long)]
         args: Option<String>,
+        /// A directory to find the module in (repeatable; default: the current directory).
+        #[arg(long = "path", value_name = "DIR")]
+        paths: Vec<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
+    // In a child actor started by the process backend: serve the CLI's functions, then exit.
+    #[cfg(feature = "process")]
+    harrow::maybe_run_child(fns::registry);
+    if let Some(code) = bench::child_mode() {
+        return code;
+    }
+
     let cli = Cli::parse();
+    // The demo and the bench report their expected leaks and kills themselves; RUST_LOG wins.
+    let default = match cli.command {
+        Command::RunPy { .. } => "warn",
+        _ => "error",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
     let code = match cli.command {
         Command::Demo => demo::run(),
-        Command::Bench { json } => not_built("bench", json),
-        Command::RunPy { .. } => not_built("run-py", false),
+        Command::Bench { json, quick } => bench::run(json, quick),
+        Command::RunPy {
+            function,
+            actors,
+            args,
+            paths,
+        } => runpy::run(&function, actors, args.as_deref(), paths),
     };
-    ExitCode::from(code.clamp(0, 255) as u8)
-}
-
-fn not_built(what: &str, _json: bool) -> i32 {
-    eprintln!(
-        "harrow {what}: not built yet (issue 8: the facade's bench and run-py commands land with \
-         the process and subint backends)"
-    );
-    2
+    ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
 }

@@ -1,0 +1,206 @@
+//! `harrow run-py MODULE:FUNCTION --actors N [--args JSON] [--path DIR ...]`: runs a Python
+//! function in N subint actors at once and prints each actor's result as JSON. Ctrl-C cancels
+//! every actor (the root owns SIGINT) and exits with 130.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use harrow::{ActorSpec, FnPath, RootConfig, Value, run_root};
+
+use crate::util::{Job, human, join_all};
+
+/// Exit code for bad input (usage errors).
+const USAGE: i32 = 2;
+
+/// What to run, once validated.
+struct Job1 {
+    func: FnPath,
+    actors: usize,
+    args: Value,
+    paths: Vec<PathBuf>,
+}
+
+fn validate(
+    function: &str,
+    actors: usize,
+    args: Option<&str>,
+    paths: Vec<PathBuf>,
+) -> Result<Job1, String> {
+    let func = FnPath::parse(function).map_err(|e| {
+        format!("bad function {function:?}: {e}; expected MODULE:FUNCTION, e.g. mypkg.tasks:work")
+    })?;
+    if actors == 0 {
+        return Err("--actors must be at least 1".into());
+    }
+    let args = match args {
+        None => Value::Null,
+        Some(text) => {
+            let j: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| format!("bad --args JSON {text:?}: {e}"))?;
+            crate::json::from_json(&j).map_err(|e| format!("bad --args value: {e}"))?
+        }
+    };
+    let paths = if paths.is_empty() {
+        vec![
+            std::env::current_dir()
+                .map_err(|e| format!("cannot read the current directory: {e}"))?,
+        ]
+    } else {
+        paths
+    };
+    let paths = paths
+        .into_iter()
+        .map(|p| {
+            if p.is_dir() {
+                std::fs::canonicalize(&p).map_err(|e| format!("--path {}: {e}", p.display()))
+            } else {
+                Err(format!("--path {}: not a directory", p.display()))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Job1 {
+        func,
+        actors,
+        args,
+        paths,
+    })
+}
+
+/// Whether `module` is a file or package under one of `paths` (it may still be a module of
+/// Python's own library).
+fn found_in(module: &str, paths: &[PathBuf]) -> bool {
+    let rel = module.replace('.', "/");
+    paths.iter().any(|p| {
+        p.join(format!("{rel}.py")).is_file() || p.join(&rel).join("__init__.py").is_file()
+    })
+}
+
+/// Runs the command; returns the exit code.
+pub(crate) fn run(function: &str, actors: usize, args: Option<&str>, paths: Vec<PathBuf>) -> i32 {
+    let job = match validate(function, actors, args, paths) {
+        Ok(j) => j,
+        Err(msg) => {
+            eprintln!("harrow run-py: {msg}");
+            return USAGE;
+        }
+    };
+    if let Err(why) = harrow::subint_status() {
+        eprintln!("harrow run-py: {why}");
+        return USAGE;
+    }
+    run_actors(job)
+}
+
+#[cfg(not(feature = "subint"))]
+fn run_actors(_job: Job1) -> i32 {
+    // Unreachable in practice: `subint_status` already said the feature is off.
+    eprintln!("harrow run-py: the `subint` feature is off in this build");
+    USAGE
+}
+
+#[cfg(feature = "subint")]
+fn run_actors(job: Job1) -> i32 {
+    let module = job.func.module().to_owned();
+    let in_paths = found_in(&module, &job.paths);
+    let shown_paths = job
+        .paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let func = job.func.to_string();
+    let t0 = Instant::now();
+    let result = run_root(RootConfig::default(), |n| {
+        let (job, module, func) = (&job, &module, &func);
+        async move {
+            let starts: Vec<Job<'_, _>> = (0..job.actors)
+                .map(|i| {
+                    let n = n.clone();
+                    Box::pin(async move {
+                        let name = format!("py-{i}");
+                        let mut config = harrow::InterpConfig::new(&name).expose(module.as_str());
+                        for p in &job.paths {
+                            config = config.sys_path(p);
+                        }
+                        let spec = ActorSpec::new().params(config.to_params());
+                        n.start_actor(&name, harrow::SubintBackend::shared(), spec)
+                            .await
+                    }) as Job<'_, _>
+                })
+                .collect();
+            let mut handles: Vec<harrow::ChildHandle> = Vec::new();
+            for h in join_all(starts).await {
+                handles.push(h?);
+            }
+            let started = t0.elapsed();
+            type Outcome = (
+                String,
+                Result<Value, harrow::portal::Error>,
+                std::time::Duration,
+            );
+            let calls: Vec<Job<'_, Outcome>> = handles
+                .iter()
+                .map(|h| {
+                    Box::pin(async move {
+                        let t = Instant::now();
+                        let r = h.run(func, job.args.clone()).await;
+                        (h.id().name.clone(), r, t.elapsed())
+                    }) as Job<'_, _>
+                })
+                .collect();
+            Ok((started, join_all(calls).await))
+        }
+    });
+    match result {
+        Ok((started, results)) => {
+            let mut failed = 0;
+            for (actor, r, took) in &results {
+                match r {
+                    Ok(v) => {
+                        println!("{actor}: {}", crate::json::to_json(v));
+                        eprintln!("  ({actor} returned after {})", human(*took));
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        match e.remote_error() {
+                            Some(remote) => {
+                                println!(
+                                    "{actor}: error: {}: {}",
+                                    remote.type_name, remote.message
+                                );
+                                if remote.type_name.contains("ModuleNotFoundError") || !in_paths {
+                                    eprintln!(
+                                        "  (module {module:?} was looked for in --path entries [{shown_paths}] and in Python's own library)"
+                                    );
+                                }
+                                if !remote.traceback.is_empty() {
+                                    eprintln!("{}", remote.traceback.trim_end());
+                                }
+                            }
+                            None => println!("{actor}: error: {e}"),
+                        }
+                    }
+                }
+            }
+            eprintln!(
+                "{} actor(s) up in {}; all done in {}; {} failed",
+                results.len(),
+                human(started),
+                human(t0.elapsed()),
+                failed
+            );
+            i32::from(failed > 0)
+        }
+        Err(e) if e.is_interrupted() => {
+            eprintln!(
+                "harrow run-py: interrupted (SIGINT): every actor was cancelled ({} after start)",
+                human(t0.elapsed())
+            );
+            130
+        }
+        Err(e) => {
+            eprintln!("harrow run-py: {e}");
+            1
+        }
+    }
+}

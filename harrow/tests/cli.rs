@@ -1,0 +1,382 @@
+//! Smoke tests of the `harrow` command and the examples: each runs the built binary as a child
+//! process with a bound (killed on timeout) and checks its exit code and output.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+const HARROW: &str = env!("CARGO_BIN_EXE_harrow");
+
+/// What a finished child left.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Collects a child's output; returns once it has closed both pipes (it exited) or `bound`
+/// passed, in which case it is killed and this fails.
+fn finish(mut child: Child, bound: Duration, what: &str) -> Result<Run> {
+    let (tx, rx) = mpsc::channel();
+    let mut readers = Vec::new();
+    for (i, pipe) in [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut s);
+            }
+            let _ = tx.send((i, s));
+        }));
+    }
+    drop(tx);
+    let mut out = [String::new(), String::new()];
+    let deadline = std::time::Instant::now() + bound;
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((i, s)) => out[i] = s,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{what}: still running after {bound:?}; killed");
+            }
+        }
+    }
+    let status = child.wait()?;
+    let [stdout, stderr] = out;
+    Ok(Run {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+fn run(program: &Path, args: &[&str], bound: Duration) -> Result<Run> {
+    let child = Command::new(program)
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    finish(child, bound, &format!("{} {args:?}", program.display()))
+}
+
+fn harrow(args: &[&str]) -> Result<Run> {
+    run(Path::new(HARROW), args, Duration::from_secs(90))
+}
+
+/// A temporary directory with `tiny.py`, removed on drop.
+struct PyDir(PathBuf);
+
+impl PyDir {
+    fn new(tag: &str) -> Result<PyDir> {
+        let dir = std::env::temp_dir().join(format!("harrow-cli-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("tiny.py"),
+            "import os, harrow\n\
+             def double(x):\n    return x * 2\n\
+             def describe(d):\n    return {'keys': sorted(d), 'n': len(d)}\n\
+             def boom():\n    raise RuntimeError('nope')\n\
+             def wait_forever():\n    os.write(1, b'ready\\n')\n    while True:\n        harrow.sleep(0.05)\n",
+        )?;
+        Ok(PyDir(dir))
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+impl Drop for PyDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn demo_exits_0_and_shows_every_backend_and_a_summary() -> Result<()> {
+    let r = harrow(&["demo"])?;
+    ensure!(r.status.success(), "demo failed: {r}");
+    let mut backends = vec!["thread", "process"];
+    if harrow::subint_status().is_ok() {
+        backends.push("subint");
+        ensure!(
+            r.stdout.contains("ZeroDivisionError"),
+            "no Python error shown: {r}"
+        );
+    } else {
+        ensure!(
+            r.stdout.contains("skipped"),
+            "no word on the missing subint backend: {r}"
+        );
+    }
+    for b in backends {
+        ensure!(
+            r.stdout.lines().any(|l| l.contains(&format!(" {b} "))),
+            "no {b} actor in the demo: {r}"
+        );
+    }
+    for needle in ["summary", "killed", "leaked", "every outcome as expected"] {
+        ensure!(
+            r.stdout.contains(needle),
+            "demo output lacks {needle:?}: {r}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn bench_quick_json_has_the_documented_fields() -> Result<()> {
+    let r = harrow(&["bench", "--quick", "--json"])?;
+    ensure!(r.status.success(), "bench failed: {r}");
+    let v: serde_json::Value =
+        serde_json::from_str(&r.stdout).with_context(|| format!("not JSON: {r}"))?;
+    let num = |path: &str| -> Result<f64> {
+        v.pointer(path)
+            .and_then(serde_json::Value::as_f64)
+            .with_context(|| format!("no number at {path} in {}", r.stdout))
+    };
+    let mut backends = vec!["thread", "process"];
+    if harrow::subint_status().is_ok() {
+        backends.push("subint");
+    }
+    for b in backends {
+        num(&format!("/backends/{b}/spawn_to_first_reply/harrow_ms"))?;
+        num(&format!("/backends/{b}/spawn_to_first_reply/baseline_ms"))?;
+        num(&format!("/backends/{b}/rpc_round_trip/harrow_us"))?;
+        num(&format!("/backends/{b}/rpc_round_trip/ratio_vs_baseline"))?;
+        num(&format!(
+            "/backends/{b}/stream_echo_throughput/harrow_items_per_s"
+        ))?;
+        num(&format!(
+            "/backends/{b}/stream_echo_throughput/baseline_items_per_s"
+        ))?;
+        num(&format!("/backends/{b}/stuck_child_teardown/harrow_ms"))?;
+        ensure!(
+            v.pointer(&format!("/backends/{b}/stuck_child_teardown/outcome"))
+                .is_some_and(serde_json::Value::is_string),
+            "no teardown outcome for {b}"
+        );
+    }
+    if harrow::subint_status().is_ok() {
+        for mode in ["own_gil", "legacy", "multiprocessing"] {
+            for field in ["t1_ms", "t2_ms", "speedup"] {
+                num(&format!("/parallel_python/{mode}/{field}"))?;
+            }
+        }
+        num("/python_call_round_trip/subint_call_us")?;
+    } else {
+        ensure!(
+            v.pointer("/backends/subint/unavailable").is_some(),
+            "{}",
+            r.stdout
+        );
+    }
+    ensure!(!r.stderr.is_empty(), "no progress on stderr");
+    Ok(())
+}
+
+#[test]
+fn run_py_prints_each_actors_result_as_json() -> Result<()> {
+    if let Err(why) = harrow::subint_status() {
+        // Nothing to run without Python: check the refusal is clear instead.
+        let r = harrow(&["run-py", "tiny:double", "--args", "1"])?;
+        ensure!(
+            r.status.code() == Some(2) && r.stderr.contains("unavailable"),
+            "{why}: {r}"
+        );
+        return Ok(());
+    }
+    let dir = PyDir::new("ok")?;
+    let r = harrow(&[
+        "run-py",
+        "tiny:double",
+        "--actors",
+        "3",
+        "--args",
+        "21",
+        "--path",
+        dir.path(),
+    ])?;
+    ensure!(r.status.success(), "{r}");
+    for i in 0..3 {
+        ensure!(r.stdout.contains(&format!("py-{i}: 42")), "{r}");
+    }
+    let r = harrow(&[
+        "run-py",
+        "tiny:describe",
+        "--args",
+        r#"{"b": [1, 2.5, null], "a": "x"}"#,
+        "--path",
+        dir.path(),
+    ])?;
+    ensure!(r.status.success(), "{r}");
+    ensure!(
+        r.stdout.trim() == r#"py-0: {"keys":["a","b"],"n":2}"#,
+        "{r}"
+    );
+    Ok(())
+}
+
+#[test]
+fn run_py_errors_are_clear() -> Result<()> {
+    let dir = PyDir::new("err")?;
+    let p = dir.path();
+    let usage: [(&[&str], &str); 4] = [
+        (&["run-py", "tiny", "--path", p], "MODULE:FUNCTION"),
+        (
+            &["run-py", "tiny:double", "--actors", "0", "--path", p],
+            "--actors must be at least 1",
+        ),
+        (
+            &["run-py", "tiny:double", "--args", "{bad", "--path", p],
+            "bad --args JSON",
+        ),
+        (
+            &["run-py", "tiny:double", "--path", "/nonexistent/dir"],
+            "not a directory",
+        ),
+    ];
+    for (args, needle) in usage {
+        let r = harrow(args)?;
+        ensure!(r.status.code() == Some(2), "{args:?}: {r}");
+        ensure!(r.stderr.contains(needle), "{args:?}: no {needle:?} in {r}");
+    }
+    if harrow::subint_status().is_err() {
+        return Ok(());
+    }
+    let failing: [(&[&str], &str); 3] = [
+        (
+            &["run-py", "nomodule:f", "--path", p],
+            "ModuleNotFoundError",
+        ),
+        (
+            &["run-py", "tiny:nofunction", "--path", p],
+            "has no function",
+        ),
+        (&["run-py", "tiny:boom", "--path", p], "RuntimeError: nope"),
+    ];
+    for (args, needle) in failing {
+        let r = harrow(args)?;
+        ensure!(r.status.code() == Some(1), "{args:?}: {r}");
+        ensure!(r.stdout.contains(needle), "{args:?}: no {needle:?} in {r}");
+    }
+    Ok(())
+}
+
+#[test]
+fn run_py_ctrl_c_cancels_and_exits_130() -> Result<()> {
+    if harrow::subint_status().is_err() {
+        return Ok(());
+    }
+    let dir = PyDir::new("sigint")?;
+    let mut child = Command::new(HARROW)
+        .args([
+            "run-py",
+            "tiny:wait_forever",
+            "--actors",
+            "2",
+            "--path",
+            dir.path(),
+        ])
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Wait (bounded) until both actors run the function: each writes `ready` (one write(2)
+    // each, so that the two lines cannot interleave).
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut rest = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line == "ready" {
+                let _ = tx.send(());
+            } else {
+                rest.push_str(&line);
+                rest.push('\n');
+            }
+        }
+        rest
+    });
+    for _ in 0..2 {
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the actors did not start within 60 s");
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    ensure!(kill.success(), "kill -INT failed");
+    let r = finish(child, Duration::from_secs(30), "run-py after SIGINT")?;
+    let _ = reader.join();
+    ensure!(r.status.code() == Some(130), "{r}");
+    ensure!(r.stderr.contains("interrupted"), "{r}");
+    Ok(())
+}
+
+/// The examples are built by `cargo test` and nextest (as `cargo test` builds them); run each.
+#[test]
+fn every_example_runs() -> Result<()> {
+    let dir = Path::new(HARROW)
+        .parent()
+        .context("the binary has a directory")?
+        .join("examples");
+    let mut examples = vec![
+        ("hello_nursery", "hello, harrow"),
+        ("rpc_and_streams", "final result"),
+        ("cancel_and_hard_kill", "spinner"),
+        ("process_tree", "a1 is pid"),
+    ];
+    if harrow::subint_status().is_ok() {
+        examples.push(("python_subint", "ZeroDivisionError"));
+    }
+    for (name, needle) in examples {
+        let exe = dir.join(name);
+        ensure!(
+            exe.is_file(),
+            "example {name} is not built at {} (cargo test builds examples)",
+            exe.display()
+        );
+        let r = run(&exe, &[], Duration::from_secs(60))?;
+        ensure!(r.status.success(), "example {name}: {r}");
+        ensure!(
+            r.stdout.contains(needle),
+            "example {name}: no {needle:?} in {r}"
+        );
+    }
+    Ok(())
+}
