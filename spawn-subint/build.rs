@@ -7,13 +7,24 @@ fn main() {
     pyo3_build_config::add_libpython_rpath_link_args();
     println!("cargo::rustc-check-cfg=cfg(harrow_subint)");
     println!("cargo::rerun-if-env-changed=PYO3_PYTHON");
+    println!("cargo::rerun-if-env-changed=HARROW_NO_PYTHON");
     let config = pyo3_build_config::get();
     let v = config.version();
-    let supported = config.implementation() == pyo3_build_config::PythonImplementation::CPython
+    // scripts/setup found no suitable Python: pyo3 is configured from a stand-in file that links
+    // nothing, so no FFI code may be compiled in.
+    let no_python = std::env::var("HARROW_NO_PYTHON").is_ok_and(|v| v == "1");
+    let supported = !no_python
+        && config.implementation() == pyo3_build_config::PythonImplementation::CPython
         && (v.major, v.minor) >= (3, 12)
         && config.shared();
     if supported {
         println!("cargo::rustc-cfg=harrow_subint");
+    } else if no_python {
+        println!(
+            "cargo::warning=harrow-spawn-subint: scripts/setup found no Python >= 3.12 with a \
+             shared libpython; the subint backend will report Unavailable. Install one and run \
+             scripts/setup again."
+        );
     } else {
         println!(
             "cargo::warning=harrow-spawn-subint: Python {}.{} (shared: {}) cannot host own-GIL \
