@@ -144,7 +144,7 @@ where
         self_cancel_nursery.cancel_all();
     };
     let main = run_nursery(nursery, body);
-    let result = async_io::block_on(exec.run(async move {
+    async_io::block_on(exec.run(async move {
         let watcher = exec_spawn(&ctx, watcher);
         let self_cancel = exec_spawn(&ctx, self_cancel);
         let r = main.await;
@@ -154,8 +154,7 @@ where
         drop(watcher);
         drop(self_cancel);
         r
-    }));
-    result
+    }))
 }
 
 fn exec_spawn(
