@@ -195,17 +195,7 @@ impl UnixTx {
             w.buf = Vec::new();
         }
         if let Err(e) = codec::encode_into(&msg, &self.config, &mut w.buf) {
-            return Err(match e {
-                EncodeError::TooLarge { size, max } => SendError::TooLarge {
-                    msg: Box::new(msg),
-                    size,
-                    max,
-                },
-                other => SendError::Encode {
-                    msg: Box::new(msg),
-                    reason: other.to_string(),
-                },
-            });
+            return Err(encode_error(e, msg));
         }
         {
             let mut flags = self.flags();
@@ -284,20 +274,25 @@ impl UnixTx {
                 let Some(msg) = msgs.pop_front() else {
                     return Ok(());
                 };
-                return Err(match e {
-                    EncodeError::TooLarge { size, max } => SendError::TooLarge {
-                        msg: Box::new(msg),
-                        size,
-                        max,
-                    },
-                    other => SendError::Encode {
-                        msg: Box::new(msg),
-                        reason: other.to_string(),
-                    },
-                });
+                return Err(encode_error(e, msg));
             }
         }
         Ok(())
+    }
+}
+
+/// The send error for a message the codec refused, handing the message back.
+fn encode_error(e: EncodeError, msg: Msg) -> SendError {
+    match e {
+        EncodeError::TooLarge { size, max } => SendError::TooLarge {
+            msg: Box::new(msg),
+            size,
+            max,
+        },
+        other => SendError::Encode {
+            msg: Box::new(msg),
+            reason: other.to_string(),
+        },
     }
 }
 

@@ -58,7 +58,10 @@ fn unix_batch_stops_at_a_message_that_cannot_travel() {
             value: Value::Bytes(vec![0; 4096]),
         };
         let mut msgs: VecDeque<Msg> = VecDeque::from([item(1), item(2), big.clone(), item(3)]);
-        let err = tx.send_batch(&mut msgs).await.expect_err("the big one is refused");
+        let err = tx
+            .send_batch(&mut msgs)
+            .await
+            .expect_err("the big one is refused");
         assert!(matches!(err, SendError::TooLarge { .. }), "{err}");
         assert_eq!(err.into_msg(), big);
         assert_eq!(msgs, VecDeque::from([item(3)]), "the rest stays queued");

@@ -25,6 +25,7 @@ mod error;
 mod nursery;
 mod root;
 mod scope;
+mod thread;
 
 pub use actor::{ActorCtx, ActorExit, ActorInit, current_actor, run_actor};
 pub use backend::{
@@ -39,3 +40,4 @@ pub use nursery::{
 };
 pub use root::{RootConfig, exit_code, run_root};
 pub use scope::{CancelToken, DeadlineExceeded, fail_after, move_on_after, shield};
+pub use thread::{DedicatedThread, Joined, panic_message, thread_name};

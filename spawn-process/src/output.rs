@@ -4,8 +4,8 @@
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::process::{ChildStderr, ChildStdout};
-use std::thread::JoinHandle;
 
+use harrow_runtime_core::{DedicatedThread, Joined};
 use rustix::event::{PollFd, PollFlags, poll};
 
 /// A line longer than this is written out in pieces.
@@ -15,9 +15,7 @@ const MAX_LINE: usize = 64 * 1024;
 /// everything that inherited its output have exited.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
-    handle: Option<JoinHandle<()>>,
-    /// Closed (sender dropped) when the thread's work is over.
-    done: async_channel::Receiver<()>,
+    thread: DedicatedThread<()>,
 }
 
 impl Forwarder {
@@ -28,53 +26,22 @@ impl Forwarder {
         stderr: Option<ChildStderr>,
     ) -> io::Result<Forwarder> {
         let prefix = format!("[{name}] ").into_bytes();
-        let (done_tx, done) = async_channel::bounded::<()>(1);
-        let mut thread_name = format!("hw-out-{name}");
-        while thread_name.len() > 15 {
-            thread_name.pop();
-        }
-        let handle = std::thread::Builder::new()
-            .name(thread_name)
-            .spawn(move || {
-                let _done = done_tx;
-                let mut streams = Vec::new();
-                if let Some(s) = stdout {
-                    streams.push(Stream::new(Box::new(s), Target::Stdout));
-                }
-                if let Some(s) = stderr {
-                    streams.push(Stream::new(Box::new(s), Target::Stderr));
-                }
-                forward(&prefix, streams);
-            })?;
-        Ok(Forwarder {
-            handle: Some(handle),
-            done,
-        })
+        let thread = DedicatedThread::spawn(format!("hw-out-{name}"), move || {
+            let mut streams = Vec::new();
+            if let Some(s) = stdout {
+                streams.push(Stream::new(Box::new(s), Target::Stdout));
+            }
+            if let Some(s) = stderr {
+                streams.push(Stream::new(Box::new(s), Target::Stderr));
+            }
+            forward(&prefix, streams);
+        })?;
+        Ok(Forwarder { thread })
     }
 
-    /// Waits for the thread to end; `false` if it did not within `bound`.
+    /// Waits for the thread to end; `false` if it did not within `bound`. Cancel-safe.
     pub(crate) async fn finish(&mut self, bound: std::time::Duration) -> bool {
-        let Some(handle) = self.handle.take() else {
-            return true;
-        };
-        let ended = futures_lite::future::or(
-            async {
-                let _ = self.done.recv().await;
-                true
-            },
-            async {
-                async_io::Timer::after(bound).await;
-                false
-            },
-        )
-        .await;
-        if ended {
-            // Its closure has returned: the join is immediate.
-            let _ = handle.join();
-        } else {
-            self.handle = Some(handle);
-        }
-        ended
+        !matches!(self.thread.join(bound).await, Joined::Running)
     }
 }
 

@@ -8,13 +8,12 @@
 //! ended in time is leaked and `Child::join` reports `Running` (the runtime then reports it).
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use harrow_runtime_core::ipc::{ActorId, Channel, mem};
 use harrow_runtime_core::{
-    ActorInit, BoxFuture, Capabilities, Child, Exit as ChildExit, HardKill, Runs, SpawnBackend,
-    SpawnError, SpawnSpec, run_actor,
+    ActorInit, BoxFuture, Capabilities, Child, DedicatedThread, Exit as ChildExit, HardKill,
+    Joined, Runs, SpawnBackend, SpawnError, SpawnSpec, run_actor,
 };
 
 use crate::config::InterpConfig;
@@ -91,41 +90,27 @@ async fn spawn(spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
     let shutdown_bound = spec.timeouts.hard_kill;
     let init = ActorInit::from_spec(spec, "subint").with_resolver(resolver);
     let (parent_end, child_end) = mem::pair();
-    let (done_tx, done_rx) = flume::bounded::<()>(1);
-    let runtime = std::thread::Builder::new()
-        .name(thread_name(&id))
-        .spawn(move || {
-            let _done = done_tx;
-            run_actor(child_end, init);
-            interp.shutdown(shutdown_bound)
-        })
-        .map_err(|e| SpawnError::Failed {
-            actor: id.clone(),
-            reason: format!("cannot start its runtime thread: {e}"),
-        })?;
+    let runtime = DedicatedThread::spawn(format!("rt-{}", id.name), move || {
+        run_actor(child_end, init);
+        interp.shutdown(shutdown_bound)
+    })
+    .map_err(|e| SpawnError::Failed {
+        actor: id.clone(),
+        reason: format!("cannot start its runtime thread: {e}"),
+    })?;
     Ok(Box::new(SubintChild {
         id,
         channel: Some(parent_end),
-        runtime: Some(runtime),
-        done: done_rx,
+        runtime,
         interp: handle,
         leaked: None,
     }))
 }
 
-fn thread_name(id: &ActorId) -> String {
-    let mut name = format!("rt-{}", id.name);
-    while name.len() > 15 {
-        name.pop();
-    }
-    name
-}
-
 struct SubintChild {
     id: ActorId,
     channel: Option<Channel>,
-    runtime: Option<JoinHandle<Exit>>,
-    done: flume::Receiver<()>,
+    runtime: DedicatedThread<Exit>,
     interp: InterpHandle,
     leaked: Option<String>,
 }
@@ -157,35 +142,18 @@ impl Child for SubintChild {
             if self.leaked.is_some() {
                 return ChildExit::Running;
             }
-            // Cancel-safe: the handle stays in `self` until the thread is known to be done, so
-            // a join dropped mid-wait (an escalated ladder step) loses nothing.
-            if self.runtime.is_none() {
-                return ChildExit::Exited;
-            }
-            let finished = futures_lite::future::or(
-                async {
-                    let _ = self.done.recv_async().await;
-                    true
-                },
-                async {
-                    async_io::Timer::after(bound).await;
-                    false
-                },
-            )
-            .await;
-            if !finished {
-                return ChildExit::Running;
-            }
-            let Some(runtime) = self.runtime.take() else {
-                return ChildExit::Exited;
-            };
-            match runtime.join() {
-                Ok(Exit::Ended) => ChildExit::Exited,
-                Ok(Exit::Leaked { reason }) => {
+            // Cancel-safe (DedicatedThread keeps the handle until the thread is done), so a join
+            // dropped mid-wait (an escalated ladder step) loses nothing.
+            match self.runtime.join(bound).await {
+                Joined::Running => ChildExit::Running,
+                Joined::Finished(Exit::Ended) | Joined::AlreadyJoined => ChildExit::Exited,
+                Joined::Finished(Exit::Leaked { reason }) => {
                     self.leaked = Some(reason);
                     ChildExit::Running
                 }
-                Err(_) => ChildExit::Failed("the actor runtime thread panicked".into()),
+                Joined::Panicked(why) => {
+                    ChildExit::Failed(format!("the actor runtime thread {why}"))
+                }
             }
         })
     }

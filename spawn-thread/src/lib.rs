@@ -26,13 +26,12 @@
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use harrow_runtime_core::ipc::{ActorId, Channel, mem};
 use harrow_runtime_core::{
-    ActorInit, BoxFuture, Capabilities, Child, Exit, HardKill, Runs, SpawnBackend, SpawnError,
-    SpawnSpec, run_actor,
+    ActorInit, BoxFuture, Capabilities, Child, DedicatedThread, Exit, HardKill, Joined, Runs,
+    SpawnBackend, SpawnError, SpawnSpec, run_actor, thread_name,
 };
 
 /// Actors on dedicated OS threads, running Rust functions.
@@ -78,49 +77,33 @@ impl ThreadBackend {
     fn spawn_now(&self, spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
         let id = spec.id.clone();
         let (parent_end, child_end) = mem::pair();
-        let (done_tx, done_rx) = async_channel::bounded::<()>(1);
         let init = ActorInit::from_spec(spec, "thread");
-        let mut builder = std::thread::Builder::new().name(thread_name(&id));
+        let mut builder = std::thread::Builder::new();
         if let Some(size) = self.stack_size {
             builder = builder.stack_size(size);
         }
-        let handle = builder
-            .spawn(move || {
-                // Dropped when the thread's work ends, however it ends (panics included).
-                let _done = done_tx;
-                run_actor(child_end, init);
-            })
-            .map_err(|e| SpawnError::Failed {
-                actor: id.clone(),
-                reason: format!("cannot start its thread: {e}"),
-            })?;
+        let thread = DedicatedThread::spawn_with(builder, id.name.clone(), move || {
+            run_actor(child_end, init);
+        })
+        .map_err(|e| SpawnError::Failed {
+            actor: id.clone(),
+            reason: format!("cannot start its thread: {e}"),
+        })?;
         tracing::debug!(actor = %id, "thread actor started");
         Ok(Box::new(ThreadChild {
             id,
             channel: Some(parent_end),
-            handle: Some(handle),
-            done: done_rx,
+            thread,
             detached: false,
         }))
     }
-}
-
-/// Thread names are limited to 15 bytes by Linux; keep the most telling part.
-fn thread_name(id: &ActorId) -> String {
-    let mut name: String = id.name.chars().take(15).collect();
-    while name.len() > 15 {
-        name.pop();
-    }
-    name
 }
 
 #[derive(Debug)]
 struct ThreadChild {
     id: ActorId,
     channel: Option<Channel>,
-    handle: Option<JoinHandle<()>>,
-    /// Closed (all senders dropped) when the actor thread's closure has returned or unwound.
-    done: async_channel::Receiver<()>,
+    thread: DedicatedThread<()>,
     detached: bool,
 }
 
@@ -134,41 +117,18 @@ impl Child for ThreadChild {
     }
 
     fn hard_kill(&mut self) -> BoxFuture<'_, Result<(), String>> {
-        // A Rust thread cannot be stopped from outside: detach it. The parent's channel end is
-        // dropped by the runtime, so if the thread ever yields it sees its parent gone and exits.
+        // A Rust thread cannot be stopped from outside: mark it detached. The runtime has dropped
+        // the parent's channel end, so if the thread ever yields it sees its parent gone and exits.
         self.detached = true;
         Box::pin(async { Ok(()) })
     }
 
     fn join(&mut self, bound: Duration) -> BoxFuture<'_, Exit> {
         Box::pin(async move {
-            // Keep the handle in place while waiting: this future may be dropped mid-wait
-            // (an escalation), and a later join must still see the thread.
-            if self.handle.is_none() {
-                return Exit::Exited;
-            }
-            let finished = futures_lite::future::or(
-                async {
-                    // Err(RecvError) once the thread dropped its sender.
-                    let _ = self.done.recv().await;
-                    true
-                },
-                async {
-                    async_io::Timer::after(bound).await;
-                    false
-                },
-            )
-            .await;
-            if !finished {
-                return Exit::Running;
-            }
-            let Some(handle) = self.handle.take() else {
-                return Exit::Exited;
-            };
-            // The closure has ended; the join itself is immediate.
-            match handle.join() {
-                Ok(()) => Exit::Exited,
-                Err(panic) => Exit::Failed(panic_message(&panic)),
+            match self.thread.join(bound).await {
+                Joined::Running => Exit::Running,
+                Joined::Finished(()) | Joined::AlreadyJoined => Exit::Exited,
+                Joined::Panicked(why) => Exit::Failed(why),
             }
         })
     }
@@ -177,7 +137,7 @@ impl Child for ThreadChild {
         format!(
             "thread actor {} (OS thread {:?}{})",
             self.id,
-            thread_name(&self.id),
+            thread_name(&self.id.name),
             if self.detached { ", detached" } else { "" }
         )
     }
@@ -185,18 +145,8 @@ impl Child for ThreadChild {
 
 impl Drop for ThreadChild {
     fn drop(&mut self) {
-        if self.handle.is_some() {
+        if self.thread.detach() {
             tracing::warn!(actor = %self.id, "thread actor dropped while still running; detached");
         }
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        format!("panicked: {s}")
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        format!("panicked: {s}")
-    } else {
-        "panicked".to_owned()
     }
 }
