@@ -60,3 +60,13 @@ fn sigint_twice_hard_kills() {
         SigintPlan::at("shielded").then_at("SIGINT: cancelling the actor tree")
     });
 }
+
+#[test]
+fn sigint_after_the_root_returned_takes_its_default_action() {
+    harrow_testkit::run_bounded("after", Duration::from_secs(90), || {
+        let run = run_with_sigint(scenario("thread", "after"), &SigintPlan::at("after-root"))
+            .unwrap_or_else(|e| panic!("after: {e}"));
+        assert_eq!(run.signal, Some(2), "ended by SIGINT: {:?}", run.output);
+        assert_eq!(run.exit_code, None);
+    });
+}

@@ -274,6 +274,9 @@ pub fn run_actor(channel: Channel, init: ActorInit) -> ActorExit {
     );
     let _current = ctx.enter();
     let exit = async_io::block_on(exec.run(actor_main(channel, init, ctx.clone())));
+    // Cancelled tasks still queued hold the actor's context (and so the executor): run the queue
+    // dry so that they drop their futures before the thread ends.
+    while exec.try_tick() {}
     tracing::debug!(?exit, "actor exited");
     exit
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use futures_lite::{FutureExt, StreamExt};
+use futures_lite::FutureExt;
 use harrow_ipc::ActorId;
 use harrow_portal::{Executor, LinkConfig, Resolver};
 
@@ -77,7 +77,8 @@ impl RootConfig {
 ///
 /// With [`RootConfig::handle_sigint`], the first SIGINT cancels the whole tree gracefully and a
 /// second one makes every teardown skip to the hard kill; the result is then an error with
-/// [`NurseryError::is_interrupted`] (exit code 130 by convention, see [`exit_code`]).
+/// [`NurseryError::is_interrupted`] (exit code 130 by convention, see [`exit_code`]). Once no root
+/// is running, SIGINT takes its default action again (the process ends).
 ///
 /// ```
 /// use harrow_runtime_core::{run_root, RootConfig};
@@ -103,8 +104,8 @@ where
     );
     let _current = ctx.enter();
     let nursery = ActorNursery::new_root(ctx.clone());
-    let signals = if config.handle_sigint {
-        match async_signal::Signals::new([async_signal::Signal::Int]) {
+    let sigint = if config.handle_sigint {
+        match sigint::subscribe() {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot install the SIGINT handler; Ctrl-C will not cancel the tree");
@@ -116,15 +117,15 @@ where
     };
     let watch_nursery = nursery.clone();
     let watch_ctx = ctx.clone();
+    // The subscription stays in this frame, so it ends with `run_root` whatever becomes of the
+    // watcher task; the task only holds its receiving end.
+    let sigint_rx = sigint.as_ref().map(|s| s.receiver());
     let watcher = async move {
-        let Some(mut signals) = signals else {
+        let Some(sigint_rx) = sigint_rx else {
             return std::future::pending::<()>().await;
         };
         let mut seen = 0;
-        while let Some(sig) = signals.next().await {
-            if sig.is_err() {
-                continue;
-            }
+        while sigint_rx.recv().await.is_ok() {
             seen += 1;
             if seen == 1 {
                 tracing::warn!("SIGINT: cancelling the actor tree (again to force)");
@@ -144,7 +145,7 @@ where
         self_cancel_nursery.cancel_all();
     };
     let main = run_nursery(nursery, body);
-    async_io::block_on(exec.run(async move {
+    let result = async_io::block_on(exec.run(async move {
         let watcher = exec_spawn(&ctx, watcher);
         let self_cancel = exec_spawn(&ctx, self_cancel);
         let r = main.await;
@@ -154,7 +155,12 @@ where
         drop(watcher);
         drop(self_cancel);
         r
-    }))
+    }));
+    // Cancelled tasks still queued hold the actor's context (and so the executor): run the queue
+    // dry so that they drop their futures now.
+    while exec.try_tick() {}
+    drop(sigint);
+    result
 }
 
 fn exec_spawn(
@@ -171,5 +177,102 @@ pub fn exit_code<T>(result: &Result<T, NurseryError>) -> i32 {
         Ok(_) => 0,
         Err(e) if e.is_interrupted() => 130,
         Err(_) => 1,
+    }
+}
+
+/// The process's one SIGINT handler, shared by every root that handles SIGINT.
+///
+/// It is installed on first use and never removed (signal-hook-registry cannot restore the
+/// previous action: removing ours would leave SIGINT ignored). While at least one root is
+/// running, each SIGINT goes to every running root; when none is, it takes its default action
+/// (the process ends by SIGINT), as if harrow had never installed anything.
+mod sigint {
+    use std::sync::{Mutex, OnceLock};
+
+    use futures_lite::StreamExt;
+
+    struct Hub {
+        roots: Mutex<Vec<(u64, async_channel::Sender<()>)>>,
+        next_id: std::sync::atomic::AtomicU64,
+    }
+
+    static HUB: OnceLock<Result<Hub, String>> = OnceLock::new();
+
+    fn hub() -> Result<&'static Hub, String> {
+        HUB.get_or_init(|| {
+            let mut signals = async_signal::Signals::new([async_signal::Signal::Int])
+                .map_err(|e| format!("cannot register for SIGINT: {e}"))?;
+            std::thread::Builder::new()
+                .name("harrow-sigint".into())
+                .spawn(move || {
+                    // async-io's block_on: it drives the reactor the signal pipe is registered
+                    // with, even when no other thread does.
+                    async_io::block_on(async {
+                        while let Some(sig) = signals.next().await {
+                            if sig.is_ok() {
+                                deliver();
+                            }
+                        }
+                    })
+                })
+                .map_err(|e| format!("cannot start the SIGINT thread: {e}"))?;
+            Ok(Hub {
+                roots: Mutex::new(Vec::new()),
+                next_id: std::sync::atomic::AtomicU64::new(0),
+            })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+    }
+
+    fn deliver() {
+        let Ok(hub) = hub() else { return };
+        let roots = hub.roots.lock().unwrap_or_else(|p| p.into_inner());
+        if roots.is_empty() {
+            drop(roots);
+            // No root is running: behave as if we had never taken SIGINT over.
+            let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGINT);
+            return;
+        }
+        for (_, tx) in roots.iter() {
+            let _ = tx.try_send(());
+        }
+    }
+
+    /// One root's subscription; dropping it unsubscribes.
+    pub(super) struct Subscription {
+        id: u64,
+        rx: async_channel::Receiver<()>,
+    }
+
+    impl Subscription {
+        /// Where this root's SIGINTs arrive.
+        pub(super) fn receiver(&self) -> async_channel::Receiver<()> {
+            self.rx.clone()
+        }
+    }
+
+    impl Drop for Subscription {
+        fn drop(&mut self) {
+            if let Ok(hub) = hub() {
+                hub.roots
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|(id, _)| *id != self.id);
+            }
+        }
+    }
+
+    pub(super) fn subscribe() -> Result<Subscription, String> {
+        let hub = hub()?;
+        let id = hub
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = async_channel::bounded(8);
+        hub.roots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, tx));
+        Ok(Subscription { id, rx })
     }
 }

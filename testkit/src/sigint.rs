@@ -59,6 +59,8 @@ impl SigintPlan {
 pub struct SigintRun {
     /// The exit code, if it exited (rather than died by a signal).
     pub exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
     /// Time from the first SIGINT to the exit.
     pub exit_after_first: Duration,
     /// Time from the last SIGINT to the exit.
@@ -265,6 +267,7 @@ pub fn run_with_sigint(mut cmd: Command, plan: &SigintPlan) -> Result<SigintRun,
     }
     Ok(SigintRun {
         exit_code: status.code(),
+        signal: std::os::unix::process::ExitStatusExt::signal(&status),
         exit_after_first,
         exit_after_last,
         left_behind,

@@ -1,4 +1,4 @@
-//! `sigint_scenario <backend> <spawn|call|twice>`: a root with children on `backend`, printing
+//! `sigint_scenario <backend> <spawn|call|twice|after>`: a root with children on `backend`, printing
 //! phase markers (`harrow-phase: ...`) for the SIGINT harness. Exits with the root's exit code
 //! (130 when interrupted).
 
@@ -20,7 +20,7 @@ fn main() {
         .try_init();
     let args: Vec<String> = std::env::args().collect();
     let (Some(backend), Some(scenario)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: sigint_scenario <backend> <spawn|call|twice>");
+        eprintln!("usage: sigint_scenario <backend> <spawn|call|twice|after>");
         std::process::exit(2);
     };
     let Some(f) = harrow_integration::backend_factory(backend) else {
@@ -40,6 +40,18 @@ fn main() {
     } else {
         Timeouts::default()
     };
+    if scenario == "after" {
+        // A root that has returned leaves SIGINT to its default action (the process ends).
+        let result = run_root(RootConfig::default(), |_n| async { Ok(()) });
+        if let Err(e) = result {
+            eprintln!("root failed: {e}");
+            std::process::exit(1);
+        }
+        phase("after-root");
+        std::thread::sleep(Duration::from_secs(60));
+        eprintln!("still alive 60 s after SIGINT");
+        std::process::exit(3);
+    }
     let scenario = scenario.clone();
     let result = run_root(RootConfig::default().timeouts(timeouts), |n| async move {
         match scenario.as_str() {
