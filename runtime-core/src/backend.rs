@@ -1,32 +1,4 @@
 //! The contract between the runtime and a backend: [`SpawnBackend`] and [`Child`].
-//!
-//! This is the page a backend author reads. A backend decides *where* an actor runs (an OS thread,
-//! a subinterpreter, a child process); the runtime decides everything else. The runtime calls
-//! [`SpawnBackend::spawn`], performs the `Hello` handshake on the returned child's channel, serves
-//! and supervises it, and tears it down with the ladder of DESIGN.md §4:
-//!
-//! 1. `CancelActor` over the channel, bounded by [`Timeouts::cancel_ack`];
-//! 2. [`Child::join`] bounded by [`Timeouts::graceful_exit`];
-//! 3. [`Child::hard_kill`];
-//! 4. [`Child::join`] bounded by [`Timeouts::hard_kill`]; a child still running is reported leaked.
-//!
-//! # Writing a backend
-//!
-//! - `spawn` starts the child so that it runs [`run_actor`](crate::run_actor) on the child's end of
-//!   a [`Channel`] with an [`ActorInit`](crate::ActorInit) made from the [`SpawnSpec`]. It returns
-//!   once the child is started; it need not wait for the child's `Hello` (the runtime does, bounded).
-//!   Every failure is a [`SpawnError`] naming the actor, never a panic.
-//! - Every method is bounded: `join` never waits longer than its bound, `hard_kill` never blocks.
-//! - A child whose code can't be stopped is reported by `join` as [`Exit::Running`] after
-//!   `hard_kill`; the runtime then reports it leaked and goes on. Never hang instead.
-//! - Declare what the backend can do in [`Capabilities`]; shared code and the conformance suite
-//!   branch on capabilities, never on the backend's name.
-//!
-//! ```
-//! use harrow_runtime_core::{Capabilities, HardKill, Runs};
-//! let caps = Capabilities::new(Runs::Rust).with_hard_kill(HardKill::Detaches);
-//! assert!(caps.parallel);
-//! ```
 
 use std::fmt;
 use std::future::Future;
@@ -256,7 +228,37 @@ impl SpawnError {
 
 /// Where an actor runs. Object-safe: the runtime holds backends as `Arc<dyn SpawnBackend>`.
 ///
-/// See the [module docs](self) for the contract.
+/// This is the page a backend author reads. A backend decides *where* an actor runs (an OS thread,
+/// a subinterpreter, a child process); the runtime decides everything else. The runtime calls
+/// [`SpawnBackend::spawn`], performs the `Hello` handshake on the returned child's channel, serves
+/// and supervises it, and tears it down with the ladder of DESIGN.md §4:
+///
+/// 1. `CancelActor` over the channel, bounded by [`Timeouts::cancel_ack`];
+/// 2. [`Child::join`] bounded by [`Timeouts::graceful_exit`];
+/// 3. the runtime drops its end of the channel (a child that still yields exits as an orphan),
+///    then [`Child::hard_kill`];
+/// 4. [`Child::join`] bounded by [`Timeouts::hard_kill`]; a child still running is reported leaked.
+///
+/// # Writing a backend
+///
+/// - `spawn` starts the child so that it runs [`run_actor`](crate::run_actor) on the child's end of
+///   a [`Channel`] with an [`ActorInit`](crate::ActorInit) made from the [`SpawnSpec`]. It returns
+///   once the child is started; it need not wait for the child's `Hello` (the runtime does, bounded).
+///   Every failure is a [`SpawnError`] naming the actor, never a panic.
+/// - Every method is bounded: `join` never waits longer than its bound, `hard_kill` never blocks.
+///   `join` must be cancel-safe (a ladder step can be cut short by an escalation, and `join` is
+///   then called again): [`DedicatedThread`](crate::DedicatedThread) gives an actor thread exactly
+///   that.
+/// - A child whose code can't be stopped is reported by `join` as [`Exit::Running`] after
+///   `hard_kill`; the runtime then reports it leaked and goes on. Never hang instead.
+/// - Declare what the backend can do in [`Capabilities`]; shared code and the conformance suite
+///   branch on capabilities, never on the backend's name.
+///
+/// ```
+/// use harrow_runtime_core::{Capabilities, HardKill, Runs};
+/// let caps = Capabilities::new(Runs::Rust).with_hard_kill(HardKill::Detaches);
+/// assert!(caps.parallel);
+/// ```
 pub trait SpawnBackend: Send + Sync + fmt::Debug + 'static {
     /// A short lowercase name (`"thread"`, `"process"`, `"subint"`), for logs and reports.
     fn name(&self) -> &'static str;

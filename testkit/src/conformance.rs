@@ -1,5 +1,6 @@
 //! The backend conformance suite: the scenarios of `SCENARIOS.md` as functions generic over a
-//! [`BackendFactory`], stamped out as one `#[test]` each by [`conformance_suite!`].
+//! [`BackendFactory`], stamped out as one `#[test]` each by
+//! [`conformance_suite!`](crate::conformance_suite).
 //!
 //! A scenario skips only on declared [`Capabilities`](harrow_runtime_core::Capabilities) (or on
 //! what the factory says its functions can do), printing the reason. Each runs under the hang
