@@ -46,6 +46,7 @@ mod caller;
 mod chan;
 mod error;
 mod link;
+mod panic_trace;
 mod registry;
 
 pub use callee::{CallError, CallFuture, CalleeContext, Invocation, Resolver};

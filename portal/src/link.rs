@@ -594,7 +594,12 @@ impl Shared {
                         }
                     }
                     drop(chan);
-                    let result = AssertUnwindSafe(fut).catch_unwind().await;
+                    // The hook only sees the thread, so take the trace on the thread that
+                    // polled the panicking future, right after the unwind.
+                    let result =
+                        crate::panic_trace::Watched::new(AssertUnwindSafe(fut).catch_unwind())
+                            .await
+                            .map_err(|payload| (payload, crate::panic_trace::take()));
                     shared.complete_served(cid, result);
                 });
                 if let Some(entry) = st.served.get_mut(&cid) {
@@ -607,7 +612,10 @@ impl Shared {
     fn complete_served(
         &self,
         cid: Cid,
-        result: std::thread::Result<std::result::Result<Value, CallError>>,
+        result: std::result::Result<
+            std::result::Result<Value, CallError>,
+            (Box<dyn std::any::Any + Send>, Option<String>),
+        >,
     ) {
         let Some(entry) = self.lock().served.remove(&cid) else {
             return; // cancelled meanwhile: the cancel answered the caller
@@ -621,7 +629,7 @@ impl Shared {
                     error: err.into_remote(&self.local.id),
                 }
             }
-            Err(payload) => {
+            Err((payload, trace)) => {
                 let text = panic_text(payload.as_ref());
                 debug!(%cid, func = %entry.chan.func, panic = %text, "served call panicked");
                 Msg::Error {
@@ -631,7 +639,8 @@ impl Shared {
                         "panic",
                         text,
                         self.local.id.clone(),
-                    ),
+                    )
+                    .with_traceback(trace.unwrap_or_default()),
                 }
             }
         };

@@ -54,6 +54,8 @@ async fn panic_becomes_error_and_serving_continues(exec: Executor, t: Transport)
     assert_eq!(re.kind, ErrorKind::Raised);
     assert_eq!(re.type_name, "panic");
     assert!(re.message.contains("kaboom"), "{re}");
+    // The traceback says where it panicked.
+    assert!(re.traceback.contains("common/mod.rs"), "{}", re.traceback);
     let v = bounded("echo after panic", p.run("t:echo", Value::Int(7))).await;
     assert_eq!(v.unwrap(), Value::Int(7));
 }
