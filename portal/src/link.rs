@@ -612,10 +612,7 @@ impl Shared {
     fn complete_served(
         &self,
         cid: Cid,
-        result: std::result::Result<
-            std::result::Result<Value, CallError>,
-            (Box<dyn std::any::Any + Send>, Option<String>),
-        >,
+        result: std::result::Result<std::result::Result<Value, CallError>, Panicked>,
     ) {
         let Some(entry) = self.lock().served.remove(&cid) else {
             return; // cancelled meanwhile: the cancel answered the caller
@@ -915,6 +912,9 @@ impl Shared {
         self.progress.notify(usize::MAX);
     }
 }
+
+/// A served call that panicked: the payload and, when recorded, where it panicked.
+type Panicked = (Box<dyn std::any::Any + Send>, Option<String>);
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
