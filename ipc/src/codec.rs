@@ -230,12 +230,12 @@ pub const READ_CHUNK: usize = 64 << 10;
 /// ```
 /// use harrow_ipc::{codec, Msg};
 /// let config = codec::CodecConfig::default();
-/// let frame = codec::encode(&Msg::CancelAck, &config).unwrap();
+/// let frame = codec::encode(&Msg::CancelAck { teardown_ms: None }, &config).unwrap();
 /// let mut decoder = codec::FrameDecoder::new(config);
 /// decoder.extend(&frame[..3]);
 /// assert_eq!(decoder.decode_next().unwrap(), None);
 /// decoder.extend(&frame[3..]);
-/// assert_eq!(decoder.decode_next().unwrap(), Some(Msg::CancelAck));
+/// assert_eq!(decoder.decode_next().unwrap(), Some(Msg::CancelAck { teardown_ms: None }));
 /// ```
 #[derive(Debug)]
 pub struct FrameDecoder {

@@ -14,8 +14,8 @@
 //! use harrow_ipc::{mem, Msg};
 //! # futures_lite::future::block_on(async {
 //! let (a, b) = mem::pair();
-//! a.send(Msg::CancelAck).await.unwrap();
-//! assert_eq!(b.recv().await.unwrap(), Msg::CancelAck);
+//! a.send(Msg::CancelAck { teardown_ms: None }).await.unwrap();
+//! assert_eq!(b.recv().await.unwrap(), Msg::CancelAck { teardown_ms: None });
 //! drop(a);
 //! assert!(b.recv().await.unwrap_err().is_closed());
 //! # });

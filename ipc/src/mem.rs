@@ -242,9 +242,12 @@ mod tests {
         block_on(async {
             let (a, b) = pair();
             drop(b);
-            let err = a.send(Msg::CancelAck).await.unwrap_err();
+            let err = a
+                .send(Msg::CancelAck { teardown_ms: None })
+                .await
+                .unwrap_err();
             assert!(err.is_closed());
-            assert_eq!(err.into_msg(), Msg::CancelAck);
+            assert_eq!(err.into_msg(), Msg::CancelAck { teardown_ms: None });
         });
     }
 
@@ -252,10 +255,18 @@ mod tests {
     fn close_delivers_what_was_sent_then_closed() {
         block_on(async {
             let (a, b) = pair();
-            a.send(Msg::CancelAck).await.unwrap();
+            a.send(Msg::CancelAck { teardown_ms: None }).await.unwrap();
             a.close();
-            assert!(a.send(Msg::CancelAck).await.unwrap_err().is_closed());
-            assert_eq!(b.recv().await.unwrap(), Msg::CancelAck);
+            assert!(
+                a.send(Msg::CancelAck { teardown_ms: None })
+                    .await
+                    .unwrap_err()
+                    .is_closed()
+            );
+            assert_eq!(
+                b.recv().await.unwrap(),
+                Msg::CancelAck { teardown_ms: None }
+            );
             assert!(b.recv().await.unwrap_err().is_closed());
             assert!(b.recv().await.unwrap_err().is_closed());
         });

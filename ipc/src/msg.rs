@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::Value;
 
 /// The protocol version spoken by this build. Peers with another version are refused at `Hello`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The identity of one actor: a human-chosen name plus a unique id.
 ///
@@ -186,6 +186,8 @@ pub enum ErrorKind {
     Protocol,
     /// The actor runtime itself failed (spawn, teardown, transport).
     Runtime,
+    /// Several failures together (a nursery's): see [`RemoteError::children`].
+    Group,
 }
 
 /// A failure that crossed (or will cross) an actor boundary.
@@ -208,6 +210,9 @@ pub struct RemoteError {
     pub relay_path: Vec<ActorId>,
     /// For cancellations: the actor that asked for the cancel.
     pub canceller: Option<ActorId>,
+    /// For groups ([`ErrorKind::Group`]): every failure the group collected, each a whole error
+    /// with its own source and relay path (which may be groups themselves).
+    pub children: Vec<RemoteError>,
 }
 
 impl RemoteError {
@@ -226,6 +231,15 @@ impl RemoteError {
             source,
             relay_path: Vec::new(),
             canceller: None,
+            children: Vec::new(),
+        }
+    }
+
+    /// A group of failures collected in `source` (a nursery's errors), with a summary message.
+    pub fn group(message: impl Into<String>, source: ActorId, children: Vec<RemoteError>) -> Self {
+        RemoteError {
+            children,
+            ..RemoteError::new(ErrorKind::Group, "ErrorGroup", message, source)
         }
     }
 
@@ -244,10 +258,38 @@ impl RemoteError {
         self
     }
 
-    /// Records that `hop` forwarded this error.
+    /// Records that `hop` forwarded this error (and with it every member of a group).
     pub fn relayed_by(mut self, hop: ActorId) -> Self {
-        self.relay_path.push(hop);
+        self.add_hop(&hop);
         self
+    }
+
+    fn add_hop(&mut self, hop: &ActorId) {
+        // Iterative, so that no group depth can overflow the stack.
+        let mut todo = vec![self];
+        while let Some(e) = todo.pop() {
+            e.relay_path.push(hop.clone());
+            todo.extend(e.children.iter_mut());
+        }
+    }
+
+    /// Whether this is a group of failures ([`ErrorKind::Group`]).
+    pub fn is_group(&self) -> bool {
+        self.kind == ErrorKind::Group
+    }
+
+    /// Every error of the tree that is not a group, depth first: what actually failed.
+    pub fn leaves(&self) -> Vec<&RemoteError> {
+        let mut out = Vec::new();
+        let mut todo = vec![self];
+        while let Some(e) = todo.pop() {
+            if e.is_group() {
+                todo.extend(e.children.iter().rev());
+            } else {
+                out.push(e);
+            }
+        }
+        out
     }
 
     /// Whether this is a `ContextCancelled`.
@@ -256,8 +298,8 @@ impl RemoteError {
     }
 }
 
-impl fmt::Display for RemoteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl RemoteError {
+    fn fmt_line(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "{}: {} (in {}",
@@ -270,9 +312,43 @@ impl fmt::Display for RemoteError {
     }
 }
 
+/// One line per error; a group's members follow it, indented like Python's `ExceptionGroup`:
+///
+/// ```text
+/// ErrorGroup: 2 failures in nursery (in mid[..])
+///   +-- 1: ValueError: boom (in leaf-a[..] -> mid[..])
+///   +-- 2: ErrorGroup: 1 failure in nursery (in sub[..] -> mid[..])
+///       +-- 1: ValueError: bang (in leaf-b[..] -> sub[..] -> mid[..])
+/// ```
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_line(f)?;
+        // Iterative, so that no group depth can overflow the stack.
+        let mut todo: Vec<(usize, usize, &RemoteError)> = self
+            .children
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, c)| (1, i + 1, c))
+            .collect();
+        while let Some((depth, n, e)) = todo.pop() {
+            write!(f, "\n{:width$}+-- {n}: ", "", width = 4 * depth - 2)?;
+            e.fmt_line(f)?;
+            todo.extend(
+                e.children
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .map(|(i, c)| (depth + 1, i + 1, c)),
+            );
+        }
+        Ok(())
+    }
+}
+
 impl std::error::Error for RemoteError {}
 
-/// One message of the protocol. See DESIGN.md §2 for the exchange each belongs to.
+/// One message of the protocol. `docs/PROTOCOL.md` describes the exchange each belongs to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Msg {
     /// First message in each direction: identity and protocol version.
@@ -352,8 +428,14 @@ pub enum Msg {
         /// Why, for logs.
         reason: String,
     },
-    /// Actor -> requester: the `CancelActor` was received and its calls are cancelled.
-    CancelAck,
+    /// Actor -> requester: the `CancelActor` was received and the actor's calls have ended
+    /// (their cleanup ran, bounded). The answers of those calls precede it on the channel.
+    CancelAck {
+        /// `Some(ms)` when the actor is still tearing down its own children: it will be done
+        /// within `ms` milliseconds, and its parent's wait for its exit honours that (bounded by
+        /// the parent). `None` when nothing is left but to exit.
+        teardown_ms: Option<u64>,
+    },
 }
 
 impl Msg {
@@ -369,7 +451,7 @@ impl Msg {
             | Msg::Return { cid, .. }
             | Msg::Cancel { cid } => Some(*cid),
             Msg::Error { cid, .. } => *cid,
-            Msg::Hello { .. } | Msg::CancelActor { .. } | Msg::CancelAck => None,
+            Msg::Hello { .. } | Msg::CancelActor { .. } | Msg::CancelAck { .. } => None,
         }
     }
 
@@ -387,7 +469,7 @@ impl Msg {
             Msg::Error { .. } => "Error",
             Msg::Cancel { .. } => "Cancel",
             Msg::CancelActor { .. } => "CancelActor",
-            Msg::CancelAck => "CancelAck",
+            Msg::CancelAck { .. } => "CancelAck",
         }
     }
 }

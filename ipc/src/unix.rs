@@ -11,8 +11,8 @@
 //! use harrow_ipc::{unix, Msg};
 //! # futures_lite::future::block_on(async {
 //! let (a, b) = unix::pair().unwrap();
-//! a.send(Msg::CancelAck).await.unwrap();
-//! assert_eq!(b.recv().await.unwrap(), Msg::CancelAck);
+//! a.send(Msg::CancelAck { teardown_ms: None }).await.unwrap();
+//! assert_eq!(b.recv().await.unwrap(), Msg::CancelAck { teardown_ms: None });
 //! drop(a);
 //! assert!(b.recv().await.unwrap_err().is_closed());
 //! # });
@@ -222,14 +222,18 @@ impl UnixTx {
     async fn send_frames(&self, msgs: &mut VecDeque<Msg>) -> Result<(), SendError> {
         while !msgs.is_empty() {
             if self.flags().close_requested {
-                let msg = msgs.pop_front().unwrap_or(Msg::CancelAck);
+                let msg = msgs
+                    .pop_front()
+                    .unwrap_or(Msg::CancelAck { teardown_ms: None });
                 return Err(SendError::Closed(Box::new(msg)));
             }
             let mut w = self.writer.lock().await;
             if w.written > 0 && w.written < w.buf.len() {
                 // A cancelled send left half a frame on the wire: finish it first.
                 if let Err(e) = self.flush(&mut w).await {
-                    let msg = msgs.pop_front().unwrap_or(Msg::CancelAck);
+                    let msg = msgs
+                        .pop_front()
+                        .unwrap_or(Msg::CancelAck { teardown_ms: None });
                     return Err(io_error(e, msg));
                 }
             }
@@ -255,14 +259,18 @@ impl UnixTx {
                     let mut flags = self.flags();
                     if flags.close_requested {
                         w.buf.clear();
-                        let msg = msgs.pop_front().unwrap_or(Msg::CancelAck);
+                        let msg = msgs
+                            .pop_front()
+                            .unwrap_or(Msg::CancelAck { teardown_ms: None });
                         return Err(SendError::Closed(Box::new(msg)));
                     }
                     flags.writing = true;
                 }
                 let _writing = WritingGuard(self);
                 if let Err(e) = self.flush(&mut w).await {
-                    let msg = msgs.pop_front().unwrap_or(Msg::CancelAck);
+                    let msg = msgs
+                        .pop_front()
+                        .unwrap_or(Msg::CancelAck { teardown_ms: None });
                     return Err(io_error(e, msg));
                 }
                 msgs.drain(..encoded);

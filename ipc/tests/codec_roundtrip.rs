@@ -48,6 +48,7 @@ fn error_strategy() -> impl Strategy<Value = RemoteError> {
         Just(ErrorKind::BadArguments),
         Just(ErrorKind::Protocol),
         Just(ErrorKind::Runtime),
+        Just(ErrorKind::Group),
     ];
     (
         kind,
@@ -67,8 +68,15 @@ fn error_strategy() -> impl Strategy<Value = RemoteError> {
                 source,
                 relay_path,
                 canceller,
+                children: Vec::new(),
             },
         )
+        .prop_recursive(3, 12, 3, |inner| {
+            (inner.clone(), prop::collection::vec(inner, 0..3)).prop_map(|(mut group, children)| {
+                group.children = children;
+                group
+            })
+        })
 }
 
 fn msg_strategy() -> impl Strategy<Value = Msg> {
@@ -101,7 +109,7 @@ fn msg_strategy() -> impl Strategy<Value = Msg> {
             .prop_map(|(cid, error)| Msg::Error { cid, error }),
         cid.prop_map(|cid| Msg::Cancel { cid }),
         ".{0,20}".prop_map(|reason| Msg::CancelActor { reason }),
-        Just(Msg::CancelAck),
+        prop::option::of(any::<u64>()).prop_map(|teardown_ms| Msg::CancelAck { teardown_ms }),
     ]
 }
 
@@ -265,12 +273,15 @@ fn garbage_unknown_variants_and_trailing_bytes_are_typed_errors() {
         decode_frame(&frame_of(&[])),
         Err(DecodeError::Malformed(_))
     ));
-    // CancelAck (11) followed by a stray byte.
+    // CancelAck (11) with no teardown (0: None) followed by a stray byte.
     assert_eq!(
-        decode_frame(&frame_of(&[11, 0])).unwrap_err(),
+        decode_frame(&frame_of(&[11, 0, 0])).unwrap_err(),
         DecodeError::TrailingBytes(1)
     );
-    assert_eq!(decode_frame(&frame_of(&[11])).unwrap().0, Msg::CancelAck);
+    assert_eq!(
+        decode_frame(&frame_of(&[11, 0])).unwrap().0,
+        Msg::CancelAck { teardown_ms: None }
+    );
     // Invalid UTF-8 in CancelActor's reason (10): length 2, bytes ff ff.
     assert!(matches!(
         decode_frame(&frame_of(&[10, 2, 0xff, 0xff])),
@@ -289,14 +300,17 @@ fn garbage_unknown_variants_and_trailing_bytes_are_typed_errors() {
 fn a_malformed_frame_does_not_poison_the_stream() {
     let config = CodecConfig::default();
     let mut stream = frame_of(&[200]);
-    codec::encode_into(&Msg::CancelAck, &config, &mut stream).unwrap();
+    codec::encode_into(&Msg::CancelAck { teardown_ms: None }, &config, &mut stream).unwrap();
     let mut decoder = FrameDecoder::new(config);
     decoder.extend(&stream);
     assert!(matches!(
         decoder.decode_next(),
         Err(DecodeError::Malformed(_))
     ));
-    assert_eq!(decoder.decode_next().unwrap(), Some(Msg::CancelAck));
+    assert_eq!(
+        decoder.decode_next().unwrap(),
+        Some(Msg::CancelAck { teardown_ms: None })
+    );
     assert_eq!(decoder.decode_next().unwrap(), None);
 }
 

@@ -114,12 +114,18 @@ fn send_to_a_peer_that_dropped_its_receiver_fails() {
 fn close_delivers_what_was_sent_then_closed() {
     bounded(async {
         let (a, b) = unix::pair().unwrap();
-        a.send(Msg::CancelAck).await.unwrap();
+        a.send(Msg::CancelAck { teardown_ms: None }).await.unwrap();
         a.close();
         a.close();
-        let err = a.send(Msg::CancelAck).await.unwrap_err();
+        let err = a
+            .send(Msg::CancelAck { teardown_ms: None })
+            .await
+            .unwrap_err();
         assert!(err.is_closed());
-        assert_eq!(b.recv().await.unwrap(), Msg::CancelAck);
+        assert_eq!(
+            b.recv().await.unwrap(),
+            Msg::CancelAck { teardown_ms: None }
+        );
         assert!(b.recv().await.unwrap_err().is_closed());
         // The other direction still works.
         b.send(yield_msg(1)).await.unwrap();
@@ -205,15 +211,24 @@ fn a_cancelled_recv_loses_no_data() {
 fn a_malformed_frame_is_reported_and_the_next_one_read() {
     let (ch, mut raw) = raw_peer();
     raw.write_all(&[1, 0, 0, 0, 200]).unwrap();
-    raw.write_all(&codec::encode(&Msg::CancelAck, &CodecConfig::default()).unwrap())
-        .unwrap();
+    raw.write_all(
+        &codec::encode(
+            &Msg::CancelAck { teardown_ms: None },
+            &CodecConfig::default(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
     bounded(async {
         let err = ch.recv().await.unwrap_err();
         assert!(
             matches!(err, RecvError::Decode(DecodeError::Malformed(_))),
             "{err:?}"
         );
-        assert_eq!(ch.recv().await.unwrap(), Msg::CancelAck);
+        assert_eq!(
+            ch.recv().await.unwrap(),
+            Msg::CancelAck { teardown_ms: None }
+        );
     });
 }
 
@@ -256,8 +271,11 @@ fn an_oversized_message_is_handed_back_and_the_channel_still_works() {
         let err = a.send(big.clone()).await.unwrap_err();
         assert!(!err.is_closed());
         assert_eq!(err.into_msg(), big);
-        a.send(Msg::CancelAck).await.unwrap();
-        assert_eq!(b.recv().await.unwrap(), Msg::CancelAck);
+        a.send(Msg::CancelAck { teardown_ms: None }).await.unwrap();
+        assert_eq!(
+            b.recv().await.unwrap(),
+            Msg::CancelAck { teardown_ms: None }
+        );
     });
 }
 

@@ -159,6 +159,15 @@ where
             Ok(remote) => return CallError::relay(*remote),
             Err(b) => b,
         };
+        // An error that stands for a group of remote failures (a nursery's error exposes its
+        // group as its `source`) crosses the wire as that group, so its structure survives.
+        if let Some(group) = boxed
+            .source()
+            .and_then(|s| s.downcast_ref::<RemoteError>())
+            .filter(|r| r.is_group() || r.is_cancelled())
+        {
+            return CallError::relay(group.clone());
+        }
         let mut message = boxed.to_string();
         let mut source = boxed.source();
         while let Some(s) = source {
@@ -166,9 +175,20 @@ where
             message.push_str(&s.to_string());
             source = s.source();
         }
-        CallError::raised(std::any::type_name::<E>(), message)
-            .with_traceback(std::backtrace::Backtrace::force_capture().to_string())
+        let err = CallError::raised(std::any::type_name::<E>(), message);
+        match backtrace_text() {
+            Some(bt) => err.with_traceback(bt),
+            None => err,
+        }
     }
+}
+
+/// A backtrace of the current thread when the environment asks for one (`RUST_BACKTRACE` or
+/// `RUST_LIB_BACKTRACE`, as [`std::backtrace::Backtrace::capture`] reads them), else `None`.
+/// Capturing costs milliseconds, so an error pays for it only when someone wants to read it.
+pub(crate) fn backtrace_text() -> Option<String> {
+    let bt = std::backtrace::Backtrace::capture();
+    (bt.status() == std::backtrace::BacktraceStatus::Captured).then(|| bt.to_string())
 }
 
 /// The callee's handle on one served call. Cheap to clone (an `Arc` inside); clones may be
@@ -292,14 +312,99 @@ impl CalleeContext {
         Ok(MsgStream::new(self.shared.clone(), self.chan.clone()))
     }
 
-    /// Whether a cancel for this call has arrived (the call's future is about to be dropped).
+    /// Whether a cancel for this call has arrived.
     pub fn is_cancelled(&self) -> bool {
         self.chan.lock().cancelled_by.is_some()
     }
 
     /// Resolves when a cancel for this call arrives, with the canceller. (When the link itself
     /// closes or breaks, the canceller is this actor.)
+    ///
+    /// Calling it declares the call cancel-aware (see [`observe_cancel`](Self::observe_cancel)):
+    /// a function that waits for its cancel gets to react to it.
     pub async fn cancelled(&self) -> ActorId {
+        self.observe_cancel();
         self.chan.wait(|st| st.cancelled_by.clone()).await
+    }
+
+    /// Declares that this call observes its own cancellation, so that a cancel does not drop its
+    /// future at once: its stream operations fail with the cancel, [`cancelled`](Self::cancelled)
+    /// resolves, and the future is polled until it ends, for at most the link's
+    /// `cancel_cleanup` (or what [`extend_cleanup`](Self::extend_cleanup) made of it); then it
+    /// is dropped. What it ends with is the caller's answer: a failure (raised before the cancel
+    /// or during the cleanup) is reported as such, an `Err` of kind `Cancelled` or a dropped
+    /// future as `ContextCancelled`, a value as the call's result.
+    ///
+    /// Calls that never declare it are dropped as soon as the cancel arrives (dropping a future
+    /// is how Rust cancels it). A nursery opened inside a served call declares it for its call.
+    pub fn observe_cancel(&self) {
+        self.chan.lock().cancel_aware = true;
+    }
+
+    /// After a cancel arrived, lets a cancel-aware call clean up for `extra` from now, if that
+    /// is later than its current bound (for example to tear its own children down with their
+    /// bounded ladder). The `CancelAck` of an actor cancel then tells the canceller how long that
+    /// is. Does nothing before a cancel.
+    pub fn extend_cleanup(&self, extra: std::time::Duration) {
+        let mut st = self.chan.lock();
+        if st.cancelled_by.is_none() || !st.cancel_aware {
+            return;
+        }
+        let until = std::time::Instant::now() + extra;
+        if st.cleanup_until.is_none_or(|t| t < until) {
+            st.cleanup_until = Some(until);
+        }
+        drop(st);
+        self.chan.notify();
+    }
+}
+
+thread_local! {
+    static CURRENT_CALL: std::cell::RefCell<Option<CalleeContext>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The served call whose future is being polled on this thread, if any: what a library called
+/// from a served function (a nursery, for one) uses to follow that call's cancellation.
+pub fn current_call() -> Option<CalleeContext> {
+    CURRENT_CALL.with(|c| c.borrow().clone())
+}
+
+/// Makes `ctx` the [`current_call`] while `inner` is polled (moved in and out: no clone per poll).
+pub(crate) struct CallScope<F> {
+    ctx: Option<CalleeContext>,
+    inner: F,
+}
+
+impl<F> CallScope<F> {
+    pub(crate) fn new(ctx: CalleeContext, inner: F) -> Self {
+        CallScope {
+            ctx: Some(ctx),
+            inner,
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for CallScope<F> {
+    type Output = F::Output;
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        /// Puts the context back and the previous one in place, even if `inner` panics.
+        struct Restore<'a> {
+            slot: &'a mut Option<CalleeContext>,
+            prev: Option<CalleeContext>,
+        }
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                let prev = self.prev.take();
+                *self.slot = CURRENT_CALL.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
+            }
+        }
+        let CallScope { ctx, inner } = &mut *self;
+        let prev = CURRENT_CALL.with(|c| std::mem::replace(&mut *c.borrow_mut(), ctx.take()));
+        let _restore = Restore { slot: ctx, prev };
+        Pin::new(inner).poll(cx)
     }
 }

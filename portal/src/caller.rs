@@ -121,13 +121,25 @@ impl Portal {
     /// Asks the peer to cancel its whole actor runtime. True when it acked within `timeout`;
     /// false on timeout or when the channel is already closed. Never waits longer than `timeout`.
     pub async fn cancel_actor(&self, timeout: Duration) -> bool {
+        self.cancel_actor_ack(timeout).await.is_some()
+    }
+
+    /// [`cancel_actor`](Portal::cancel_actor), returning the peer's answer: `None` on timeout or
+    /// a closed channel; `Some(teardown)` when it acked, where `teardown` is how long the peer
+    /// said it still needs to tear down its own children before it exits (`None`: it has
+    /// nothing left to do but exit). The ack comes once the peer's calls ended (their cleanup
+    /// ran, bounded), so their answers arrived before it.
+    pub async fn cancel_actor_ack(&self, timeout: Duration) -> Option<Option<Duration>> {
         let reason = format!("cancel requested by {}", self.shared.local.id);
         self.shared.cancel_actor(timeout, reason).await
     }
 
     /// [`cancel_actor`](Portal::cancel_actor) with an explicit reason (for the peer's logs).
     pub async fn cancel_actor_with_reason(&self, timeout: Duration, reason: &str) -> bool {
-        self.shared.cancel_actor(timeout, reason.to_owned()).await
+        self.shared
+            .cancel_actor(timeout, reason.to_owned())
+            .await
+            .is_some()
     }
 
     /// Whether the link under this portal is closed (calls fail with [`Error::Closed`]).
@@ -138,11 +150,12 @@ impl Portal {
 
 /// The caller's end of a remote context.
 ///
-/// Cancellation semantics: a `ContextCancelled` whose canceller is this actor (from
-/// [`cancel`](Context::cancel), or from this actor cancelling the peer actor) is quiet: stream
-/// `recv` returns `Ok(None)` and `cancel` returns `Ok(())`; [`result`](Context::result) still
-/// returns the `Err(Error::Remote)` (with `is_cancelled()`). A cancel by any other actor surfaces as
-/// `Err(Error::Remote)` naming that canceller from `recv` and `result`.
+/// Cancellation semantics: [`cancel`](Context::cancel) returns `Ok(())` once the callee
+/// confirmed (after its cleanup ran, bounded), unless the callee failed meanwhile: a failure
+/// raised during its cleanup is what `cancel` and [`result`](Context::result) return. After a
+/// cancel, stream `recv` and `result` return `Err(Error::Remote)` with `is_cancelled()` and the
+/// canceller, whoever asked: a cancelled stream never looks finished (`Ok(None)` means only
+/// that the callee closed its side or returned).
 #[derive(Debug)]
 pub struct Context {
     shared: Arc<Shared>,
@@ -200,11 +213,13 @@ impl Context {
     }
 
     /// Cancels the context and waits (bounded by the link's `cancel_timeout`) for the callee to
-    /// confirm. A cancel by its own caller is quiet: this returns `Ok(())` and the stream ends.
+    /// confirm, which it does after its cleanup ran (bounded by its `cancel_cleanup`).
     ///
-    /// Also `Ok(())` when the context had already finished. `Err(Error::Closed)` when the link
-    /// closed; `Err(Error::Timeout)` when the callee did not confirm in time (the call is then
-    /// forgotten locally and ends as cancelled).
+    /// `Ok(())` when the callee confirmed the cancel, or had already finished. `Err(Error::Remote)`
+    /// when the callee failed instead (before the cancel landed, or while cleaning up): a cancel
+    /// never hides a failure. `Err(Error::Closed)` when the link closed; `Err(Error::Timeout)`
+    /// when the callee did not confirm in time (the call is then forgotten locally and ends as
+    /// cancelled).
     pub async fn cancel(&self) -> Result<()> {
         {
             let mut st = self.chan.lock();
@@ -219,8 +234,12 @@ impl Context {
         let bound = self.shared.config.cancel_timeout;
         let confirmed = timeout(bound, self.chan.wait(|st| st.outcome.clone())).await;
         match confirmed {
-            Some(Err(Error::Closed(reason))) => Err(Error::Closed(reason)),
-            Some(_) => Ok(()),
+            // Cancelled as asked, or it returned before the cancel landed.
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) if e.is_cancelled() => Ok(()),
+            // The link closed, or the callee failed (before the cancel, or in its cleanup): that
+            // is the outcome, and it is not hidden behind the cancel.
+            Some(Err(e)) => Err(e),
             None => {
                 let err = RemoteError::cancelled(
                     self.shared.peer.id.clone(),
@@ -446,6 +465,13 @@ impl StreamRx {
         let chan = &self.chan;
         let threshold = (shared.window() / 4).max(1);
         chan.wait(|st| {
+            // A cancelled callee learns it at once (its remaining input is moot); a caller gets
+            // what the callee sent before the error.
+            if chan.side == Side::Callee {
+                if let Some(Err(e)) = &st.outcome {
+                    return Some(Err(e.clone()));
+                }
+            }
             if let Some(v) = st.items.pop_front() {
                 st.consumed += 1;
                 if st.consumed >= threshold && !st.peer_stopped && st.outcome.is_none() {
@@ -455,15 +481,14 @@ impl StreamRx {
                 }
                 return Some(Ok(Some(v)));
             }
+            // End of stream means the peer finished: it closed its side, or it returned. A
+            // cancellation (ours too) or a broken link is an error, never an end.
             if st.peer_stopped {
                 return Some(Ok(None));
             }
             match &st.outcome {
                 None => None,
                 Some(Ok(_)) => Some(Ok(None)),
-                Some(Err(e)) if chan.side == Side::Caller && shared.is_self_cancel(e) => {
-                    Some(Ok(None))
-                }
                 Some(Err(e)) => Some(Err(e.clone())),
             }
         })

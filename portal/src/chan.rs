@@ -59,6 +59,12 @@ pub(crate) struct ChanState {
     pub(crate) wire_done: bool,
     /// Callee: who cancelled the call.
     pub(crate) cancelled_by: Option<ActorId>,
+    /// Callee: the function observes its own cancellation (it asked for
+    /// [`CalleeContext::cancelled`](crate::CalleeContext::cancelled) or opted in): on a cancel it
+    /// is polled until it ends, up to `cleanup_until`, instead of being dropped at once.
+    pub(crate) cancel_aware: bool,
+    /// Callee, once cancelled: when a cancel-aware call's cleanup time is up.
+    pub(crate) cleanup_until: Option<std::time::Instant>,
 
     // --- receiving direction of the stream ---
     pub(crate) rx_open: bool,

@@ -15,7 +15,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_listener::Event;
 use futures_lite::FutureExt;
@@ -45,6 +45,13 @@ pub struct LinkConfig {
     /// After [`Link::close`] (or the link breaking), how long the writer may keep flushing
     /// what was already queued before the channel is closed anyway (default 1 s).
     pub close_flush_timeout: Duration,
+    /// Callee side: how long a cancelled call that observes its own cancellation (see
+    /// [`CalleeContext::cancelled`](crate::CalleeContext::cancelled)) may run its cleanup before
+    /// its future is dropped, unless it extends that time
+    /// ([`CalleeContext::extend_cleanup`](crate::CalleeContext::extend_cleanup)). A `CancelActor`
+    /// is acknowledged once every served call ended, or after this bound (default 0.4 s: below
+    /// the caller's `cancel_timeout`, so the answer arrives in time).
+    pub cancel_cleanup: Duration,
 }
 
 impl Default for LinkConfig {
@@ -54,6 +61,7 @@ impl Default for LinkConfig {
             hello_timeout: Duration::from_secs(5),
             cancel_timeout: Duration::from_millis(500),
             close_flush_timeout: Duration::from_secs(1),
+            cancel_cleanup: Duration::from_millis(400),
         }
     }
 }
@@ -212,10 +220,12 @@ impl Link {
             enqueued: AtomicU64::new(0),
             written: AtomicU64::new(0),
             writer_done: AtomicBool::new(false),
+            reader_done: AtomicBool::new(false),
             progress: Event::new(),
             end: Mutex::new(None),
             end_ev: Event::new(),
             acks: AtomicU64::new(0),
+            last_ack_teardown: Mutex::new(None),
             ack_ev: Event::new(),
         });
         exec.spawn(writer(shared.clone(), tx, out_rx)).detach();
@@ -264,10 +274,34 @@ impl Link {
 
     /// Cancels every call this link is serving for the peer, on behalf of `canceller`: each
     /// answers its caller with `ContextCancelled { canceller }`.
+    ///
+    /// A call that observes its own cancellation gets up to `LinkConfig::cancel_cleanup` (or
+    /// what it extended that to) to finish; the others are dropped at once.
     pub fn cancel_calls(&self, canceller: &ActorId) {
-        let served: Vec<Served> = self.shared.lock().served.drain().map(|(_, s)| s).collect();
-        debug!(local = %self.shared.local.id, n = served.len(), %canceller, "cancelling served calls");
-        self.shared.cancel_served(served, canceller);
+        let cids: Vec<Cid> = self.shared.lock().served.keys().copied().collect();
+        debug!(local = %self.shared.local.id, n = cids.len(), %canceller, "cancelling served calls");
+        self.shared.cancel_served(&cids, canceller);
+    }
+
+    /// Resolves once the link's reader and writer have stopped (after [`close`](Link::close) or
+    /// the link breaking, the writer may flush for up to `LinkConfig::close_flush_timeout`).
+    /// Whoever runs the actor's executor should await this, bounded, before it stops running it,
+    /// so that no I/O task (and the channel it holds) outlives the actor.
+    pub async fn io_stopped(&self) {
+        let shared = &self.shared;
+        let done = || {
+            shared.writer_done.load(Ordering::Acquire) && shared.reader_done.load(Ordering::Acquire)
+        };
+        loop {
+            if done() {
+                return;
+            }
+            let listener = shared.progress.listen();
+            if done() {
+                return;
+            }
+            listener.await;
+        }
     }
 
     /// Waits (bounded) until every served call has finished and its last message was handed to
@@ -342,11 +376,14 @@ pub(crate) struct Shared {
     enqueued: AtomicU64,
     written: AtomicU64,
     writer_done: AtomicBool,
+    reader_done: AtomicBool,
     /// Writer progress and served calls finishing (for `drain`).
     progress: Event,
     end: Mutex<Option<LinkEnd>>,
     end_ev: Event,
     acks: AtomicU64,
+    /// The `teardown_ms` of the latest `CancelAck`.
+    last_ack_teardown: Mutex<Option<u64>>,
     ack_ev: Event,
 }
 
@@ -370,6 +407,10 @@ struct LinkState {
     served: HashMap<Cid, Served>,
     /// Set once the peer sent `CancelActor`: later `Start`s are refused.
     refuse_starts: Option<ActorId>,
+    /// `CancelAck`s owed to the peer: sent once every served call has ended (or at the bound).
+    acks_owed: u32,
+    /// Sends the owed acks at the bound if calls are still cleaning up then.
+    ack_timer: Option<async_executor::Task<()>>,
 }
 
 pub(crate) struct Served {
@@ -468,18 +509,19 @@ impl Shared {
         chan.finish(Err(outcome));
     }
 
-    /// Whether `err` is a cancellation requested by this actor (quiet for the caller).
-    pub(crate) fn is_self_cancel(&self, err: &Error) -> bool {
-        err.is_cancelled() && err.canceller() == Some(&self.local.id)
-    }
-
-    pub(crate) async fn cancel_actor(&self, bound: Duration, reason: String) -> bool {
+    /// Sends `CancelActor` and waits (bounded) for the ack: `Some(teardown)` when it came, with
+    /// the time the peer said it still needs to tear its own children down.
+    pub(crate) async fn cancel_actor(
+        &self,
+        bound: Duration,
+        reason: String,
+    ) -> Option<Option<Duration>> {
         if self.is_dead() {
-            return false;
+            return None;
         }
         let before = self.acks.load(Ordering::Acquire);
         if !self.enqueue(Msg::CancelActor { reason }) {
-            return false;
+            return None;
         }
         debug!(local = %self.local.id, peer = %self.peer.id, "CancelActor sent");
         let acked = || self.acks.load(Ordering::Acquire) > before;
@@ -501,7 +543,14 @@ impl Shared {
                 listener.await;
             }
         };
-        timeout(bound, wait).await.unwrap_or(false)
+        if !timeout(bound, wait).await.unwrap_or(false) {
+            return None;
+        }
+        let teardown = *self
+            .last_ack_teardown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Some(teardown.map(Duration::from_millis))
     }
 
     // --------------------------------------------------------------------------------------------
@@ -583,6 +632,7 @@ impl Shared {
             }
             Ok(fut) => {
                 let shared = self.clone();
+                let scope_ctx = CalleeContext::new(self.clone(), chan.clone());
                 let task = self.exec.spawn(async move {
                     // The ack goes out from the call's own task, before anything the function
                     // sends: a function that finishes in its first poll then has its `StartAck`
@@ -593,14 +643,33 @@ impl Shared {
                             shared.enqueue(Msg::StartAck { cid });
                         }
                     }
-                    drop(chan);
                     // The hook only sees the thread, so take the trace on the thread that
                     // polled the panicking future, right after the unwind.
-                    let result =
-                        crate::panic_trace::Watched::new(AssertUnwindSafe(fut).catch_unwind())
-                            .await
-                            .map_err(|payload| (payload, crate::panic_trace::take()));
-                    shared.complete_served(cid, result);
+                    let run = async {
+                        let watched =
+                            crate::panic_trace::Watched::new(crate::callee::CallScope::new(
+                                scope_ctx,
+                                AssertUnwindSafe(fut).catch_unwind(),
+                            ));
+                        Some(
+                            watched
+                                .await
+                                .map_err(|payload| (payload, crate::panic_trace::take())),
+                        )
+                    };
+                    let expired = async {
+                        cleanup_expired(&chan).await;
+                        None
+                    };
+                    match run.or(expired).await {
+                        Some(result) => shared.complete_served(cid, result),
+                        None => {
+                            debug!(%cid, func = %chan.func, "cancelled call's cleanup time is up");
+                            shared.end_served(cid, |shared, chan, st| {
+                                Some(shared.cancelled_answer(chan, st))
+                            });
+                        }
+                    }
                 });
                 if let Some(entry) = st.served.get_mut(&cid) {
                     entry.task = Some(task);
@@ -609,104 +678,211 @@ impl Shared {
         }
     }
 
+    /// The `ContextCancelled` answer for a served call cancelled by `st.cancelled_by`.
+    fn cancelled_answer(&self, chan: &Chan, st: &crate::chan::ChanState) -> Msg {
+        let canceller = st
+            .cancelled_by
+            .clone()
+            .unwrap_or_else(|| self.local.id.clone());
+        Msg::Error {
+            cid: Some(chan.cid),
+            error: RemoteError::cancelled(self.local.id.clone(), canceller),
+        }
+    }
+
+    /// Ends served call `cid`: removes it, queues `answer`'s message as its last one (unless one
+    /// went out already), and sends the `CancelAck`s owed once no served call is left. All under
+    /// the link lock, so that every call's answer precedes the ack on the wire. Returns the entry
+    /// (whose task the caller drops or detaches), or `None` when the call had already ended.
+    fn end_served(
+        &self,
+        cid: Cid,
+        answer: impl FnOnce(&Self, &Chan, &crate::chan::ChanState) -> Option<Msg>,
+    ) -> Option<Served> {
+        let mut st = self.lock();
+        let entry = st.served.remove(&cid)?;
+        {
+            let mut cst = entry.chan.lock();
+            if !cst.wire_done {
+                if let Some(msg) = answer(self, &entry.chan, &cst) {
+                    cst.wire_done = true;
+                    self.enqueue(msg);
+                }
+            }
+        }
+        let timer = if st.served.is_empty() && st.acks_owed > 0 {
+            self.send_owed_acks(&mut st, None);
+            st.ack_timer.take()
+        } else {
+            None
+        };
+        drop(st);
+        if let Some(timer) = timer {
+            timer.detach(); // it may be this very task; it finds nothing owed and ends
+        }
+        entry.chan.notify();
+        self.progress.notify(usize::MAX);
+        Some(entry)
+    }
+
+    fn send_owed_acks(&self, st: &mut LinkState, teardown_ms: Option<u64>) {
+        for _ in 0..std::mem::take(&mut st.acks_owed) {
+            self.enqueue(Msg::CancelAck { teardown_ms });
+        }
+    }
+
     fn complete_served(
         &self,
         cid: Cid,
         result: std::result::Result<std::result::Result<Value, CallError>, Panicked>,
     ) {
-        let Some(entry) = self.lock().served.remove(&cid) else {
-            return; // cancelled meanwhile: the cancel answered the caller
-        };
-        let msg = match result {
-            Ok(Ok(value)) => Msg::Return { cid, value },
-            Ok(Err(err)) => {
-                debug!(%cid, func = %entry.chan.func, %err, "served call failed");
-                Msg::Error {
-                    cid: Some(cid),
-                    error: err.into_remote(&self.local.id),
+        let local = &self.local.id;
+        let entry = self.end_served(cid, |shared, chan, st| {
+            Some(match result {
+                Ok(Ok(value)) => Msg::Return { cid, value },
+                // Cancelled and ended by that cancel: the canonical answer, naming the canceller.
+                Ok(Err(err)) if st.cancelled_by.is_some() && err.kind() == ErrorKind::Cancelled => {
+                    shared.cancelled_answer(chan, st)
                 }
-            }
-            Err((payload, trace)) => {
-                let text = panic_text(payload.as_ref());
-                debug!(%cid, func = %entry.chan.func, panic = %text, "served call panicked");
-                Msg::Error {
-                    cid: Some(cid),
-                    error: RemoteError::new(
-                        ErrorKind::Raised,
-                        "panic",
-                        text,
-                        self.local.id.clone(),
-                    )
-                    .with_traceback(trace.unwrap_or_default()),
+                // A failure, before or during the cleanup of a cancel: the outcome is the failure.
+                Ok(Err(err)) => {
+                    debug!(%cid, func = %chan.func, %err, "served call failed");
+                    Msg::Error {
+                        cid: Some(cid),
+                        error: err.into_remote(local),
+                    }
                 }
-            }
-        };
-        {
-            let mut st = entry.chan.lock();
-            if !st.wire_done {
-                st.wire_done = true;
-                self.enqueue(msg);
-            }
-        }
-        entry.chan.notify();
-        if let Some(task) = entry.task {
+                Err((payload, trace)) => {
+                    let text = panic_text(payload.as_ref());
+                    debug!(%cid, func = %chan.func, panic = %text, "served call panicked");
+                    Msg::Error {
+                        cid: Some(cid),
+                        error: RemoteError::new(ErrorKind::Raised, "panic", text, local.clone())
+                            .with_traceback(trace.unwrap_or_default()),
+                    }
+                }
+            })
+        });
+        if let Some(task) = entry.and_then(|e| e.task) {
             task.detach(); // it is this very task, about to finish
+        }
+    }
+
+    /// Cancels served calls `cids` on behalf of `canceller`. A call that observes its own
+    /// cancellation is told (its stream operations fail, `cancelled()` resolves) and gets until
+    /// its cleanup bound to end; its answer is then whatever it ended with (a failure raised
+    /// during cleanup reaches the caller). Any other call is dropped at once and answered with
+    /// `ContextCancelled { canceller }`.
+    pub(crate) fn cancel_served(&self, cids: &[Cid], canceller: &ActorId) {
+        for &cid in cids {
+            let Some(chan) = self.lock().served.get(&cid).map(|e| e.chan.clone()) else {
+                continue;
+            };
+            let aware = {
+                let mut st = chan.lock();
+                if st.cancelled_by.is_some() {
+                    continue; // already being cancelled
+                }
+                st.cancelled_by = Some(canceller.clone());
+                if st.outcome.is_none() {
+                    let err = RemoteError::cancelled(self.local.id.clone(), canceller.clone());
+                    st.outcome = Some(Err(Error::from(err)));
+                }
+                if st.cancel_aware {
+                    st.cleanup_until = Some(Instant::now() + self.config.cancel_cleanup);
+                }
+                st.cancel_aware
+            };
+            chan.notify();
+            if !aware {
+                let entry = self.end_served(cid, |shared, chan, st| {
+                    Some(shared.cancelled_answer(chan, st))
+                });
+                drop(entry); // drops the call's future
+            }
         }
         self.progress.notify(usize::MAX);
     }
 
-    /// Cancels served calls (already removed from the map): answers each caller with
-    /// `ContextCancelled { canceller }` and drops the call's task.
-    pub(crate) fn cancel_served(&self, served: Vec<Served>, canceller: &ActorId) {
-        for entry in served {
-            let err = RemoteError::cancelled(self.local.id.clone(), canceller.clone());
-            {
-                let mut st = entry.chan.lock();
-                st.cancelled_by.get_or_insert_with(|| canceller.clone());
-                if st.outcome.is_none() {
-                    st.outcome = Some(Err(Error::from(err.clone())));
-                }
-                if !st.wire_done {
-                    st.wire_done = true;
-                    self.enqueue(Msg::Error {
-                        cid: Some(entry.chan.cid),
-                        error: err,
-                    });
-                }
+    /// A `CancelActor` from the peer: refuse new calls, cancel every served one, and ack once
+    /// they all ended (or at the cleanup bound, saying how long the rest still needs).
+    fn cancel_actor_requested(self: &Arc<Self>, reason: String) {
+        let cids: Vec<Cid> = {
+            let mut st = self.lock();
+            st.refuse_starts = Some(self.peer.id.clone());
+            st.served.keys().copied().collect()
+        };
+        debug!(local = %self.local.id, peer = %self.peer.id, %reason, n = cids.len(),
+            "CancelActor: cancelling served calls");
+        self.cancel_served(&cids, &self.peer.id.clone());
+        {
+            let mut st = self.lock();
+            st.acks_owed += 1;
+            if st.served.is_empty() {
+                self.send_owed_acks(&mut st, None);
+            } else if st.ack_timer.is_none() {
+                let shared = self.clone();
+                let bound = self.config.cancel_cleanup;
+                st.ack_timer = Some(self.exec.spawn(async move {
+                    async_io::Timer::after(bound).await;
+                    shared.ack_at_bound();
+                }));
             }
-            entry.chan.notify();
-            drop(entry.task); // drops the call's future
         }
-        self.progress.notify(usize::MAX);
+        self.set_end(LinkEnd::CancelRequested {
+            canceller: self.peer.id.clone(),
+            reason,
+        });
+    }
+
+    /// The cleanup bound passed with calls still running (they extended their cleanup, for
+    /// example to tear down their own children): ack now, saying until when they may run.
+    fn ack_at_bound(&self) {
+        let mut st = self.lock();
+        if st.acks_owed == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let latest = st
+            .served
+            .values()
+            .filter_map(|e| e.chan.lock().cleanup_until)
+            .max();
+        let teardown_ms = latest
+            .and_then(|t| t.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        debug!(local = %self.local.id, n = st.served.len(), ?teardown_ms,
+            "acking CancelActor with calls still cleaning up");
+        self.send_owed_acks(&mut st, teardown_ms);
+        if let Some(timer) = st.ack_timer.take() {
+            timer.detach(); // this very task
+        }
     }
 
     /// A protocol violation in a served call: answer with a `Protocol` error and drop the task.
     fn fail_served(&self, cid: Cid, message: String) {
-        let Some(entry) = self.lock().served.remove(&cid) else {
-            return;
-        };
         debug!(%cid, %message, "protocol violation by the caller");
-        {
-            let mut st = entry.chan.lock();
-            if st.outcome.is_none() {
-                st.outcome = Some(Err(Error::Protocol(message.clone())));
+        let entry = self.end_served(cid, |shared, _, _| {
+            Some(Msg::Error {
+                cid: Some(cid),
+                error: RemoteError::new(
+                    ErrorKind::Protocol,
+                    "ProtocolError",
+                    message.clone(),
+                    shared.local.id.clone(),
+                ),
+            })
+        });
+        if let Some(entry) = entry {
+            {
+                let mut st = entry.chan.lock();
+                if st.outcome.is_none() {
+                    st.outcome = Some(Err(Error::Protocol(message)));
+                }
             }
-            if !st.wire_done {
-                st.wire_done = true;
-                self.enqueue(Msg::Error {
-                    cid: Some(cid),
-                    error: RemoteError::new(
-                        ErrorKind::Protocol,
-                        "ProtocolError",
-                        message,
-                        self.local.id.clone(),
-                    ),
-                });
-            }
+            entry.chan.notify();
         }
-        entry.chan.notify();
-        drop(entry.task);
-        self.progress.notify(usize::MAX);
     }
 
     /// Sends a protocol error for a served call from the callee's own handle (`started` twice,
@@ -752,11 +928,8 @@ impl Shared {
                 args,
             } => self.serve_start(cid, func, kind, args),
             Msg::Cancel { cid } => {
-                let entry = self.lock().served.remove(&cid);
-                if let Some(entry) = entry {
-                    debug!(%cid, func = %entry.chan.func, "Cancel from the caller");
-                    self.cancel_served(vec![entry], &self.peer.id.clone());
-                }
+                debug!(%cid, "Cancel from the caller");
+                self.cancel_served(&[cid], &self.peer.id.clone());
             }
             Msg::StartAck { cid } => {
                 if let Some(chan) = self.lock().calls.get(&cid).cloned() {
@@ -842,22 +1015,12 @@ impl Shared {
                     chan.notify();
                 }
             }
-            Msg::CancelActor { reason } => {
-                let served: Vec<Served> = {
-                    let mut st = self.lock();
-                    st.refuse_starts = Some(self.peer.id.clone());
-                    st.served.drain().map(|(_, s)| s).collect()
-                };
-                debug!(local = %self.local.id, peer = %self.peer.id, %reason, n = served.len(),
-                    "CancelActor: cancelling served calls");
-                self.cancel_served(served, &self.peer.id.clone());
-                self.enqueue(Msg::CancelAck);
-                self.set_end(LinkEnd::CancelRequested {
-                    canceller: self.peer.id.clone(),
-                    reason,
-                });
-            }
-            Msg::CancelAck => {
+            Msg::CancelActor { reason } => self.cancel_actor_requested(reason),
+            Msg::CancelAck { teardown_ms } => {
+                *self
+                    .last_ack_teardown
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = teardown_ms;
                 self.acks.fetch_add(1, Ordering::AcqRel);
                 self.ack_ev.notify(usize::MAX);
             }
@@ -870,7 +1033,7 @@ impl Shared {
     /// Ends the link: local operations fail with `Closed(reason)`, served calls are cancelled
     /// (with an answer to the peer when `graceful`), the writer flushes and closes the channel.
     pub(crate) fn shutdown(&self, end: LinkEnd, reason: String, graceful: bool) {
-        let (calls, served) = {
+        let (calls, served, ack_timer) = {
             let mut st = self.lock();
             if st.dead.is_some() {
                 return;
@@ -880,8 +1043,10 @@ impl Shared {
             (
                 std::mem::take(&mut st.calls),
                 std::mem::take(&mut st.served),
+                st.ack_timer.take(),
             )
         };
+        drop(ack_timer);
         debug!(local = %self.local.id, peer = %self.peer.id, %reason, calls = calls.len(),
             served = served.len(), "link shutting down");
         for chan in calls.into_values() {
@@ -905,11 +1070,30 @@ impl Shared {
             entry.chan.notify();
             drop(entry.task);
         }
+        if graceful {
+            // Every served call has ended now: the acks owed go out with their answers.
+            let mut st = self.lock();
+            self.send_owed_acks(&mut st, None);
+        }
         self.out.close();
         self.set_end(end);
         self.dead_ev.notify(usize::MAX);
         self.ack_ev.notify(usize::MAX);
         self.progress.notify(usize::MAX);
+    }
+}
+
+/// Resolves when a cancelled, cancel-aware call's cleanup time is up (never for other calls).
+async fn cleanup_expired(chan: &Chan) {
+    let mut until = chan
+        .wait(|st| st.cancelled_by.as_ref().and(st.cleanup_until))
+        .await;
+    loop {
+        async_io::Timer::at(until).await;
+        match chan.lock().cleanup_until {
+            Some(later) if later > until => until = later, // extended meanwhile
+            _ => return,
+        }
     }
 }
 
@@ -1028,4 +1212,6 @@ async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
         }
     }
     debug!(local = %shared.local.id, "reader stopped");
+    shared.reader_done.store(true, Ordering::Release);
+    shared.progress.notify(usize::MAX);
 }

@@ -22,7 +22,10 @@ fn install() {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if WATCHING.with(Cell::get) > 0 {
-                let trace = format!("{info}\n{}", std::backtrace::Backtrace::force_capture());
+                // The location is always kept (it is in `info`); the backtrace only when asked
+                // for (RUST_BACKTRACE / RUST_LIB_BACKTRACE): capturing one costs milliseconds.
+                let trace = crate::callee::backtrace_text()
+                    .map_or_else(|| info.to_string(), |bt| format!("{info}\n{bt}"));
                 LAST.with(|l| *l.borrow_mut() = Some(trace));
             }
             previous(info);

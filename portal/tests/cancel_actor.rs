@@ -36,11 +36,14 @@ async fn cancel_actor_cancels_calls_acks_and_ends_link(exec: Executor, t: Transp
         other => panic!("unexpected end {other:?}"),
     }
     assert!(b.is_closed());
-    // The caller asked for it: its own calls end as cancelled by itself (quiet for streams).
+    // The caller asked for it: its own calls end as cancelled by itself, streams included (a
+    // cancelled stream is an error, never a normal end).
     let err = bounded("unary", unary).await.unwrap_err();
     assert!(err.is_cancelled());
     assert_eq!(err.canceller(), Some(&a.local().id));
-    assert_eq!(bounded("recv", s.recv()).await.unwrap(), None);
+    let err = bounded("recv", s.recv()).await.unwrap_err();
+    assert!(err.is_cancelled(), "{err:?}");
+    assert_eq!(err.canceller(), Some(&a.local().id));
     // Later Starts are refused.
     let err = bounded("refused", p.run("t:echo", Value::Null))
         .await

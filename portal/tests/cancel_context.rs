@@ -1,5 +1,6 @@
-//! `Cancel { cid }`: quiet for the caller that asked, loud when a third actor asked, and drop is
-//! cancel (the callee's future is really dropped).
+//! `Cancel { cid }`: confirmed to the caller that asked (a stream it cancelled ends in an error,
+//! never a normal end), loud when a third actor asked, and drop is cancel (the callee's future is
+//! really dropped).
 
 mod common;
 
@@ -10,7 +11,7 @@ use common::*;
 use harrow_portal::ipc::{ErrorKind, Value};
 use harrow_portal::{Executor, LinkConfig, LinkEnd};
 
-async fn self_cancel_is_quiet(exec: Executor, t: Transport) {
+async fn self_cancel_is_confirmed_and_the_stream_errors(exec: Executor, t: Transport) {
     let (reg, probe) = standard_registry();
     let (a, b) = caller_callee(&exec, t, reg).await;
     let (mut ctx, first) = bounded(
@@ -24,7 +25,9 @@ async fn self_cancel_is_quiet(exec: Executor, t: Transport) {
     let mut s = ctx.open_stream().await.unwrap();
     bounded("cancel", ctx.cancel()).await.unwrap();
     expect_probe(&probe, "dropped").await;
-    assert_eq!(bounded("recv", s.recv()).await.unwrap(), None);
+    let err = bounded("recv", s.recv()).await.unwrap_err();
+    assert!(err.is_cancelled(), "{err:?}");
+    assert_eq!(err.canceller(), Some(&a.local().id));
     let err = bounded("result", ctx.result()).await.unwrap_err();
     assert!(err.is_cancelled(), "{err:?}");
     assert_eq!(err.canceller(), Some(&a.local().id));
@@ -172,7 +175,7 @@ async fn cancel_without_confirmation_times_out(exec: Executor, t: Transport) {
     let mut s = ctx.open_stream().await.unwrap();
     let err = bounded("cancel", ctx.cancel()).await.unwrap_err();
     assert!(matches!(err, harrow_portal::Error::Timeout(_)), "{err:?}");
-    assert_eq!(bounded("recv", s.recv()).await.unwrap(), None);
+    assert!(bounded("recv", s.recv()).await.unwrap_err().is_cancelled());
     assert!(
         bounded("result", ctx.result())
             .await
@@ -184,7 +187,7 @@ async fn cancel_without_confirmation_times_out(exec: Executor, t: Transport) {
 }
 
 both_transports!(
-    self_cancel_is_quiet,
+    self_cancel_is_confirmed_and_the_stream_errors,
     cancel_of_finished_context_is_ok,
     dropping_run_future_cancels_the_callee_task,
     dropping_context_cancels_the_callee_task,

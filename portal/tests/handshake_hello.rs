@@ -78,7 +78,13 @@ async fn other_protocol_version_is_refused_clearly(exec: Executor, t: Transport)
 }
 
 async fn other_first_message_is_refused(exec: Executor, t: Transport) {
-    let (err, _) = establish_against(&exec, t, Some(Msg::CancelAck), LinkConfig::default()).await;
+    let (err, _) = establish_against(
+        &exec,
+        t,
+        Some(Msg::CancelAck { teardown_ms: None }),
+        LinkConfig::default(),
+    )
+    .await;
     let Error::Handshake(text) = &err else {
         panic!("{err:?}")
     };
