@@ -183,12 +183,20 @@ where
     }
 }
 
-/// A backtrace of the current thread when the environment asks for one (`RUST_BACKTRACE` or
-/// `RUST_LIB_BACKTRACE`, as [`std::backtrace::Backtrace::capture`] reads them), else `None`.
-/// Capturing costs milliseconds, so an error pays for it only when someone wants to read it.
+/// A backtrace of the current thread for an error crossing to a caller, when asked for with
+/// `RUST_LIB_BACKTRACE=1` (std's switch for library backtraces); `None` otherwise.
+///
+/// `RUST_BACKTRACE` alone does not turn it on: it is often set for the sake of panics, and
+/// capturing and symbolising a backtrace costs from tens of milliseconds to seconds (a debug
+/// build, a fresh process), which would make every failure that much slower to report and skew
+/// who wins a race against a cancel. A panic always keeps its location, and its backtrace follows
+/// `RUST_BACKTRACE` as usual.
 pub(crate) fn backtrace_text() -> Option<String> {
-    let bt = std::backtrace::Backtrace::capture();
-    (bt.status() == std::backtrace::BacktraceStatus::Captured).then(|| bt.to_string())
+    static WANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let wanted = *WANTED.get_or_init(|| {
+        std::env::var("RUST_LIB_BACKTRACE").is_ok_and(|v| !v.is_empty() && v != "0")
+    });
+    wanted.then(|| std::backtrace::Backtrace::force_capture().to_string())
 }
 
 /// The callee's handle on one served call. Cheap to clone (an `Arc` inside); clones may be
@@ -341,13 +349,14 @@ impl CalleeContext {
         self.chan.lock().cancel_aware = true;
     }
 
-    /// After a cancel arrived, lets a cancel-aware call clean up for `extra` from now, if that
-    /// is later than its current bound (for example to tear its own children down with their
-    /// bounded ladder). The `CancelAck` of an actor cancel then tells the canceller how long that
-    /// is. Does nothing before a cancel.
+    /// Lets this cancel-aware call, once cancelled, run until `extra` from now if that is later
+    /// than its cleanup bound: for example to tear its own children down with their bounded
+    /// ladder, or to finish reporting what it ended with. Whether the cancel arrived before or
+    /// arrives after this call. The `CancelAck` of an actor cancel tells the canceller how long
+    /// that is. Does nothing for a call that did not [`observe_cancel`](Self::observe_cancel).
     pub fn extend_cleanup(&self, extra: std::time::Duration) {
         let mut st = self.chan.lock();
-        if st.cancelled_by.is_none() || !st.cancel_aware {
+        if !st.cancel_aware {
             return;
         }
         let until = std::time::Instant::now() + extra;

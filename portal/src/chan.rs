@@ -63,7 +63,8 @@ pub(crate) struct ChanState {
     /// [`CalleeContext::cancelled`](crate::CalleeContext::cancelled) or opted in): on a cancel it
     /// is polled until it ends, up to `cleanup_until`, instead of being dropped at once.
     pub(crate) cancel_aware: bool,
-    /// Callee, once cancelled: when a cancel-aware call's cleanup time is up.
+    /// Callee: when a cancel-aware call's cleanup time is up once cancelled (set at the cancel,
+    /// or before it by `extend_cleanup`).
     pub(crate) cleanup_until: Option<std::time::Instant>,
 
     // --- receiving direction of the stream ---

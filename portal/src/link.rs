@@ -789,7 +789,9 @@ impl Shared {
                     st.outcome = Some(Err(Error::from(err)));
                 }
                 if st.cancel_aware {
-                    st.cleanup_until = Some(Instant::now() + self.config.cancel_cleanup);
+                    // The bound, or later if the call asked for more (before the cancel too).
+                    let bound = Instant::now() + self.config.cancel_cleanup;
+                    st.cleanup_until = Some(st.cleanup_until.map_or(bound, |t| t.max(bound)));
                 }
                 st.cancel_aware
             };
@@ -1061,10 +1063,8 @@ impl Shared {
                 }
                 if graceful && !st.wire_done {
                     st.wire_done = true;
-                    self.enqueue(Msg::Error {
-                        cid: Some(entry.chan.cid),
-                        error: RemoteError::cancelled(self.local.id.clone(), self.local.id.clone()),
-                    });
+                    let answer = self.cancelled_answer(&entry.chan, &st);
+                    self.enqueue(answer);
                 }
             }
             entry.chan.notify();

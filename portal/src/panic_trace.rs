@@ -23,9 +23,13 @@ fn install() {
         std::panic::set_hook(Box::new(move |info| {
             if WATCHING.with(Cell::get) > 0 {
                 // The location is always kept (it is in `info`); the backtrace only when asked
-                // for (RUST_BACKTRACE / RUST_LIB_BACKTRACE): capturing one costs milliseconds.
-                let trace = crate::callee::backtrace_text()
-                    .map_or_else(|| info.to_string(), |bt| format!("{info}\n{bt}"));
+                // for (RUST_BACKTRACE / RUST_LIB_BACKTRACE, as for any panic).
+                let bt = std::backtrace::Backtrace::capture();
+                let trace = if bt.status() == std::backtrace::BacktraceStatus::Captured {
+                    format!("{info}\n{bt}")
+                } else {
+                    info.to_string()
+                };
                 LAST.with(|l| *l.borrow_mut() = Some(trace));
             }
             previous(info);

@@ -213,14 +213,20 @@ impl fmt::Debug for ActorInit {
 
 impl ActorInit {
     /// The init for the child described by `spec`, on backend `backend`.
+    ///
+    /// The link's `cancel_cleanup` (how long a cancelled call may clean up before this actor
+    /// acks its parent's cancel) is three quarters of the spec's `cancel_ack`, so the ack arrives
+    /// within the parent's bound.
     pub fn from_spec(spec: SpawnSpec, backend: impl Into<String>) -> Self {
+        let mut link_config = LinkConfig::default();
+        link_config.cancel_cleanup = spec.timeouts.cancel_ack * 3 / 4;
         ActorInit {
             id: spec.id,
             parent: spec.parent,
             backend: backend.into(),
             resolver: spec.resolver,
             timeouts: spec.timeouts,
-            link_config: LinkConfig::default(),
+            link_config,
         }
     }
 
@@ -319,7 +325,7 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
         if !ctx.wait_tracked(bound).await {
             tracing::warn!("teardown of this actor's children did not finish within {bound:?}");
         }
-        link.close();
+        close_and_flush(&link, &init.link_config).await;
         return ActorExit::Cancelled { canceller };
     };
     let exit = match end {
@@ -343,6 +349,19 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
     if !ctx.wait_tracked(bound).await {
         tracing::warn!("teardown of this actor's children did not finish within {bound:?}");
     }
-    link.close();
+    close_and_flush(&link, &init.link_config).await;
     exit
+}
+
+/// Closes the parent link and lets its writer flush (bounded), so that the last answers and the
+/// `CancelAck` leave, and no I/O task outlives the actor's executor.
+async fn close_and_flush(link: &Link, config: &LinkConfig) {
+    link.close();
+    let bound = config.close_flush_timeout + Duration::from_millis(100);
+    if crate::scope::with_deadline(bound, link.io_stopped())
+        .await
+        .is_none()
+    {
+        tracing::warn!("the parent link's I/O did not stop within {bound:?}");
+    }
 }

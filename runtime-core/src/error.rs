@@ -1,8 +1,9 @@
 //! The runtime's errors: what went wrong starting a child, and what a nursery collected.
 
 use std::fmt;
+use std::sync::OnceLock;
 
-use harrow_ipc::{ActorId, RemoteError};
+use harrow_ipc::{ActorId, ErrorKind, RemoteError};
 
 use crate::backend::SpawnError;
 
@@ -57,6 +58,44 @@ impl ChildFailure {
             actor,
             backend,
             kind: FailureKind::Crashed(why),
+        }
+    }
+
+    /// This failure as a wire error, as the nursery of `local` reports it: a child's remote
+    /// error keeps its source and gets `local` on its relay path; a crash, leak or broken link
+    /// is a `Runtime` error whose source is the child it is about.
+    pub fn to_remote(&self, local: &ActorId) -> RemoteError {
+        match &self.kind {
+            FailureKind::Remote(harrow_portal::Error::Remote(e)) => {
+                (**e).clone().relayed_by(local.clone())
+            }
+            FailureKind::Remote(other) => RemoteError::new(
+                ErrorKind::Runtime,
+                "ChildCallFailed",
+                format!(
+                    "the call to actor {} ({}) failed: {other}",
+                    self.actor, self.backend
+                ),
+                self.actor.clone(),
+            )
+            .relayed_by(local.clone()),
+            FailureKind::Crashed(why) => RemoteError::new(
+                ErrorKind::Runtime,
+                "ActorCrashed",
+                format!("actor {} ({}) crashed: {why}", self.actor, self.backend),
+                self.actor.clone(),
+            )
+            .relayed_by(local.clone()),
+            FailureKind::Leaked(what) => RemoteError::new(
+                ErrorKind::Runtime,
+                "ActorLeaked",
+                format!(
+                    "actor {} ({}) could not be stopped and was leaked: {what}",
+                    self.actor, self.backend
+                ),
+                self.actor.clone(),
+            )
+            .relayed_by(local.clone()),
         }
     }
 
@@ -140,14 +179,42 @@ impl fmt::Debug for ChildFailure {
 /// Everything that went wrong in one nursery: the body's error, if any, and every child failure,
 /// each with its actor. Returned by [`open_nursery`](crate::open_nursery) and
 /// [`run_root`](crate::run_root) after every child has exited or been reported leaked.
-#[derive(Debug, Default)]
+///
+/// It is also a tree of wire errors ([`as_remote`](Self::as_remote)): a served function that
+/// fails with `open_nursery(..).await?` answers its caller with that group, so a failure deep in
+/// a tree reaches the root with its structure, sources and relay paths (`Display` renders it
+/// indented, like Python's `ExceptionGroup`).
+#[derive(Default)]
 pub struct NurseryError {
     pub(crate) body: Option<BoxError>,
     pub(crate) failures: Vec<ChildFailure>,
     pub(crate) interrupted: bool,
+    /// The nursery was torn down because the served call it belongs to was cancelled (by whom).
+    pub(crate) cancelled_by: Option<ActorId>,
+    /// The actor the nursery belongs to (the source of the group).
+    pub(crate) actor: Option<ActorId>,
+    group: OnceLock<RemoteError>,
+}
+
+impl fmt::Debug for NurseryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NurseryError")
+            .field("body", &self.body)
+            .field("failures", &self.failures)
+            .field("interrupted", &self.interrupted)
+            .field("cancelled_by", &self.cancelled_by)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NurseryError {
+    pub(crate) fn new(actor: Option<ActorId>) -> Self {
+        NurseryError {
+            actor,
+            ..NurseryError::default()
+        }
+    }
+
     /// The error the nursery's body returned, if it failed.
     pub fn body_error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         self.body.as_deref()
@@ -173,9 +240,97 @@ impl NurseryError {
         self.interrupted
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.body.is_none() && self.failures.is_empty() && !self.interrupted
+    /// Whether the nursery was torn down because the served call it belongs to was cancelled,
+    /// and by whom. Failures collected meanwhile are still in [`failures`](Self::failures).
+    pub fn cancelled_by(&self) -> Option<&ActorId> {
+        self.cancelled_by.as_ref()
     }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.body.is_none()
+            && self.failures.is_empty()
+            && !self.interrupted
+            && self.cancelled_by.is_none()
+    }
+
+    /// This error as one wire error: a group ([`ErrorKind::Group`]) whose members are the body's
+    /// error and every child failure (see [`ChildFailure::to_remote`]), or, when the nursery was
+    /// only cancelled, the `ContextCancelled` that stands for that.
+    pub fn as_remote(&self) -> &RemoteError {
+        self.group.get_or_init(|| self.build_group())
+    }
+
+    fn build_group(&self) -> RemoteError {
+        let local = self
+            .actor
+            .clone()
+            .unwrap_or_else(|| ActorId::with_uid("unknown", "-"));
+        let mut members = Vec::new();
+        if self.interrupted {
+            members.push(RemoteError::new(
+                ErrorKind::Runtime,
+                "Interrupted",
+                "interrupted (SIGINT)",
+                local.clone(),
+            ));
+        }
+        if let Some(body) = &self.body {
+            members.push(body_to_remote(body.as_ref(), &local));
+        }
+        members.extend(self.failures.iter().map(|f| f.to_remote(&local)));
+        match (&self.cancelled_by, members.is_empty()) {
+            (Some(canceller), true) => RemoteError::cancelled(local, canceller.clone()),
+            (cancelled_by, _) => {
+                let n = members.len();
+                let mut message = format!(
+                    "{n} failure{} in the nursery of {}",
+                    if n == 1 { "" } else { "s" },
+                    local.name
+                );
+                if let Some(c) = cancelled_by {
+                    message.push_str(&format!(" (torn down: cancelled by {c})"));
+                }
+                RemoteError::group(message, local, members)
+            }
+        }
+    }
+}
+
+/// A nursery body's error as a wire error: a remote error is relayed, a nested nursery's error
+/// is its group, anything else is an error raised here.
+fn body_to_remote(
+    body: &(dyn std::error::Error + Send + Sync + 'static),
+    local: &ActorId,
+) -> RemoteError {
+    if let Some(e) = body.downcast_ref::<harrow_portal::Error>() {
+        if let harrow_portal::Error::Remote(r) = e {
+            return (**r).clone().relayed_by(local.clone());
+        }
+    }
+    if let Some(r) = body.downcast_ref::<RemoteError>() {
+        return r.clone().relayed_by(local.clone());
+    }
+    if let Some(n) = body.downcast_ref::<NurseryError>() {
+        return n.as_remote().clone();
+    }
+    if let Some(e) = body.downcast_ref::<crate::Error>() {
+        if let crate::Error::Portal(harrow_portal::Error::Remote(r)) = e {
+            return (**r).clone().relayed_by(local.clone());
+        }
+    }
+    let mut message = body.to_string();
+    let mut source = body.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    RemoteError::new(
+        ErrorKind::Raised,
+        "NurseryBodyError",
+        message,
+        local.clone(),
+    )
 }
 
 impl fmt::Display for NurseryError {
@@ -183,6 +338,9 @@ impl fmt::Display for NurseryError {
         let mut parts = Vec::new();
         if self.interrupted {
             parts.push("interrupted (SIGINT)".to_owned());
+        }
+        if let Some(c) = &self.cancelled_by {
+            parts.push(format!("cancelled by {c}"));
         }
         if let Some(b) = &self.body {
             parts.push(format!("body failed: {b}"));
@@ -194,4 +352,10 @@ impl fmt::Display for NurseryError {
     }
 }
 
-impl std::error::Error for NurseryError {}
+impl std::error::Error for NurseryError {
+    /// The whole failure as a tree of wire errors ([`NurseryError::as_remote`]): what a served
+    /// function's `?` sends to its caller.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.as_remote())
+    }
+}

@@ -90,8 +90,6 @@ struct ChildSlot {
     outcome: Mutex<Option<ChildOutcome>>,
     result: Mutex<Option<std::result::Result<Value, harrow_portal::Error>>>,
     result_ready: CancelToken,
-    /// Started by `run_in_actor`: its call's result is what the nursery waits for.
-    runs_call: bool,
 }
 
 /// A started child: a [`Portal`] to it plus its identity and, for [`ActorNursery::run_in_actor`],
@@ -197,6 +195,8 @@ struct NurseryState {
     failures: Vec<ChildFailure>,
     body: Option<BoxError>,
     interrupted: bool,
+    /// The served call this nursery belongs to was cancelled, by whom.
+    cancelled_by: Option<ActorId>,
 }
 
 impl fmt::Debug for ActorNursery {
@@ -283,13 +283,15 @@ impl ActorNursery {
                 ))),
             };
             if let Err(e) = &result {
-                // Consequences of our own teardown (a cancelled call, a channel we closed) are not
-                // failures; anything the child raised is, even if it arrives after the teardown
-                // started, so that simultaneous failures are all reported.
+                // Consequences of our own teardown (a call cancelled because we cancelled the
+                // child, a channel we closed) are not failures; anything the child raised is,
+                // even if it arrives after the teardown started (the child answers a cancel with
+                // the failure it had, or raised while cleaning up), so that simultaneous failures
+                // are all reported. A cancel nobody here asked for is a failure too.
                 let tearing_down = slot.teardown.is_cancelled()
                     || nursery.inner.cancel.is_cancelled()
                     || nursery.inner.actor.self_cancel_token().is_cancelled();
-                let consequence = e.is_cancelled() || (e.is_closed() && tearing_down);
+                let consequence = (e.is_cancelled() || e.is_closed()) && tearing_down;
                 if !consequence {
                     nursery.fail(ChildFailure::remote(
                         slot.id.clone(),
@@ -388,7 +390,6 @@ impl ActorNursery {
             outcome: Mutex::new(None),
             result: Mutex::new(None),
             result_ready: CancelToken::new(),
-            runs_call: is_run,
         });
         let portal = link.portal();
         {
@@ -445,23 +446,9 @@ impl ActorNursery {
         .await;
         let timeouts = self.inner.actor.timeouts();
         let outcome = match why {
-            Why::Teardown => {
-                // A one-cancels-all teardown gives a `run_in_actor` call still in flight up to
-                // `cancel_ack` to deliver its result first, so that siblings failing together
-                // are all reported rather than the first pre-empting the others.
-                if slot.runs_call
-                    && !slot.teardown.is_cancelled()
-                    && !slot.result_ready.is_cancelled()
-                    && !escalate.is_cancelled()
-                {
-                    let _ = with_deadline(
-                        timeouts.cancel_ack,
-                        async { slot.result_ready.cancelled().await }.or(escalate.cancelled()),
-                    )
-                    .await;
-                }
-                ladder(&mut *child, &link, timeouts, &escalate).await
-            }
+            // The child answers the cancel only after its calls ended, with what they ended
+            // with: a failure raised before or during that cleanup arrives before its ack.
+            Why::Teardown => ladder(&mut *child, &link, timeouts, &escalate).await,
             Why::LinkEnded(LinkEnd::CancelRequested { canceller, reason }) => {
                 // The child asked *us* to cancel (it sent CancelActor up its link).
                 tracing::debug!(child = %slot.id, %canceller, %reason, "child asked its parent to cancel");
@@ -487,6 +474,9 @@ impl ActorNursery {
             }
         };
         link.close();
+        // Let the link's I/O tasks end (the writer flushes for a bounded time), so that nothing
+        // of this child (its channel's fd included) outlives its supervisor.
+        let _ = with_deadline(link_flush_bound(&self.inner.actor), link.io_stopped()).await;
         match &outcome {
             ChildOutcome::Leaked(what) => {
                 tracing::warn!(child = %slot.id, backend = %slot.backend, %what, "child leaked");
@@ -568,15 +558,18 @@ impl ActorNursery {
         self.inner.closed.cancel();
         self.inner.cancel.cancel();
         self.inner.supervisors.wait().await;
+        // Every child's link is closed now, so each `run_in_actor` call has its outcome: wait
+        // for them to be recorded (a failure that arrived just before the teardown included).
+        self.inner.pending_results.wait().await;
     }
 
     fn take_error(&self) -> Option<NurseryError> {
         let mut st = self.state();
-        let err = NurseryError {
-            body: st.body.take(),
-            failures: std::mem::take(&mut st.failures),
-            interrupted: st.interrupted,
-        };
+        let mut err = NurseryError::new(Some(self.inner.actor.id().clone()));
+        err.body = st.body.take();
+        err.failures = std::mem::take(&mut st.failures);
+        err.interrupted = st.interrupted;
+        err.cancelled_by = st.cancelled_by.take();
         (!err.is_empty()).then_some(err)
     }
 }
@@ -614,10 +607,9 @@ where
     Fut: Future<Output = std::result::Result<T, BoxError>>,
 {
     let Some(actor) = current_actor() else {
-        return Err(NurseryError {
-            body: Some(Box::new(Error::NoActor)),
-            ..NurseryError::default()
-        });
+        let mut err = NurseryError::new(None);
+        err.body = Some(Box::new(Error::NoActor));
+        return Err(err);
     };
     run_nursery(ActorNursery::new(actor), body).await
 }
@@ -631,32 +623,62 @@ where
     Fut: Future<Output = std::result::Result<T, BoxError>>,
 {
     let mut guard = TeardownOnDrop(Some(nursery.clone()));
+    // Inside a served call, the nursery follows that call's cancellation: the body is dropped,
+    // the children are torn down (the call's cleanup time is extended by the ladder's bound),
+    // and what they raised meanwhile is still reported, with the cancel.
+    let call = harrow_portal::current_call();
+    if let Some(call) = &call {
+        call.observe_cancel();
+    }
+    let call_cancelled = async {
+        match &call {
+            Some(call) => {
+                let canceller = call.cancelled().await;
+                call.extend_cleanup(teardown_bound(&nursery.inner.actor.timeouts()));
+                canceller
+            }
+            None => std::future::pending().await,
+        }
+    };
     let body_fut = body(nursery.clone());
-    let outcome = async { Some(body_fut.await) }
+    enum Ended<T> {
+        Body(T),
+        Cancelled,
+        CallCancelled(ActorId),
+    }
+    let outcome = async { Ended::Body(body_fut.await) }
         .or(async {
             nursery.inner.cancel.cancelled().await;
-            None
+            Ended::Cancelled
         })
+        .or(async { Ended::CallCancelled(call_cancelled.await) })
         .await;
     let value = match outcome {
-        Some(Ok(v)) => Some(v),
-        Some(Err(e)) => {
+        Ended::Body(Ok(v)) => Some(v),
+        Ended::Body(Err(e)) => {
             tracing::debug!(error = %e, "nursery body failed; cancelling children");
             nursery.state().body = Some(e);
             nursery.inner.cancel.cancel();
             None
         }
-        None => None,
+        Ended::Cancelled => None,
+        Ended::CallCancelled(canceller) => {
+            tracing::debug!(%canceller, "the call holding this nursery was cancelled; tearing down");
+            nursery.state().cancelled_by = Some(canceller);
+            nursery.inner.cancel.cancel();
+            None
+        }
     };
     nursery.finish().await;
     guard.0 = None;
     match (nursery.take_error(), value) {
         (None, Some(v)) => Ok(v),
         (Some(e), _) => Err(e),
-        (None, None) => Err(NurseryError {
-            body: Some("nursery body was cancelled".into()),
-            ..NurseryError::default()
-        }),
+        (None, None) => {
+            let mut err = NurseryError::new(Some(nursery.inner.actor.id().clone()));
+            err.body = Some("nursery body was cancelled".into());
+            Err(err)
+        }
     }
 }
 
@@ -676,19 +698,25 @@ async fn ladder(
     escalate: &CancelToken,
 ) -> ChildOutcome {
     let escalated = || escalate.is_cancelled();
-    // 1. CancelActor, unless the channel is already gone.
+    // 1. CancelActor, unless the channel is already gone. The ack comes once the child's calls
+    // ended; a child still tearing down its own children says for how long.
+    let mut subtree = Duration::ZERO;
     if !escalated() && !link.is_closed() {
-        let acked = async { Some(link.portal().cancel_actor(t.cancel_ack).await) }
+        let acked = async { Some(link.portal().cancel_actor_ack(t.cancel_ack).await) }
             .or(async {
                 escalate.cancelled().await;
                 None
             })
             .await;
         tracing::debug!(child = %child.id(), ?acked, "cancel requested");
+        if let Some(Some(Some(teardown))) = acked {
+            // Honour the child's own (bounded) ladder, within a bound of ours.
+            subtree = teardown.min(t.ladder_bound() * MAX_SUBTREE_LADDERS);
+        }
     }
-    // 2. Wait for it to exit.
+    // 2. Wait for it to exit (and for its subtree, if it said it is tearing one down).
     if !escalated() {
-        let exit = async { Some(child.join(t.graceful_exit).await) }
+        let exit = async { Some(child.join(t.graceful_exit + subtree).await) }
             .or(async {
                 escalate.cancelled().await;
                 None
@@ -718,8 +746,16 @@ async fn ladder(
     }
 }
 
-/// How long a full teardown of one child can take, plus a margin: a bound for callers. (The
-/// ladder, plus the `cancel_ack` grace a `run_in_actor` call gets in a one-cancels-all teardown.)
+/// The most a child may say (in its `CancelAck`) that its own subtree's teardown still takes,
+/// in ladders of ours: a child cannot make its parent wait without bound.
+const MAX_SUBTREE_LADDERS: u32 = 8;
+
+/// How long a full teardown of one child can take, plus a margin: a bound for callers.
 pub fn teardown_bound(t: &Timeouts) -> Duration {
-    t.ladder_bound() + t.cancel_ack + Duration::from_millis(500)
+    t.ladder_bound() + Duration::from_millis(500)
+}
+
+/// How long a closed link's writer may flush before its supervisor stops waiting for it.
+fn link_flush_bound(actor: &ActorCtx) -> Duration {
+    actor.link_config().close_flush_timeout + Duration::from_millis(100)
 }

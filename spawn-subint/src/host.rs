@@ -20,6 +20,17 @@ pub trait CallHost: Send + Sync + 'static {
     fn started(&self, value: Value) -> HostFuture<'_, ()>;
     /// `ctx.open_stream()`: opens this side of the context's stream.
     fn open_stream(&self) -> HostFuture<'_, Box<dyn StreamHost>>;
+
+    /// Whether the caller has cancelled this call. A host operation that failed because of
+    /// that raises `harrow.Cancelled` in Python rather than a `harrow.HarrowError`.
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+
+    /// The Python function has returned or raised; what is left is converting its outcome
+    /// (formatting a traceback can take a while in a fresh interpreter). A cancelled call gets
+    /// time for that, so that what it ended with is not replaced by the cancel.
+    fn user_code_ended(&self) {}
 }
 
 /// The Rust side of one open stream (`stream` in Python).

@@ -9,8 +9,12 @@ use crate::host::{CallHost, HostFuture, StreamHost};
 use crate::interp::InterpHandle;
 
 /// The [`Resolver`] of a subint actor: checks that the function's module is exposed, then runs
-/// the call on the actor's interpreter thread. Dropping the returned future cancels the Python
-/// call (`harrow.Cancelled` is raised in it).
+/// the call on the actor's interpreter thread.
+///
+/// Calls observe their cancellation: on a cancel, `harrow.Cancelled` is raised in the running
+/// Python code and the call goes on until the function ends (its `except`/`finally` run), bounded
+/// by the link's cleanup time; what it ended with is the caller's answer (a failure raised during
+/// the cleanup is reported as such). Dropping the future also cancels the Python call.
 #[derive(Clone, Debug)]
 pub struct PyResolver {
     interp: InterpHandle,
@@ -26,15 +30,35 @@ impl PyResolver {
 impl Resolver for PyResolver {
     fn start(&self, call: Invocation) -> Result<CallFuture, CallError> {
         self.interp.check_exposed(&call.func)?;
+        let ctx = call.ctx.clone();
+        // Before the Python code can run: a cancel from now on lets it clean up.
+        ctx.observe_cancel();
         let host: Arc<dyn CallHost> = Arc::new(CalleeHost { ctx: call.ctx });
-        Ok(Box::pin(self.interp.call(
-            call.func,
-            call.kind,
-            call.args,
-            Some(host),
-        )))
+        let mut py = self
+            .interp
+            .call(call.func, call.kind, call.args, Some(host));
+        Ok(Box::pin(async move {
+            use futures_lite::FutureExt;
+            let first = async { Some((&mut py).await) }
+                .or(async {
+                    ctx.cancelled().await;
+                    None
+                })
+                .await;
+            match first {
+                Some(result) => result,
+                None => {
+                    // Raise `harrow.Cancelled` in it and wait for it to end.
+                    py.cancel();
+                    py.await
+                }
+            }
+        }))
     }
 }
+
+/// How long a cancelled call whose Python code has ended may take to convert its outcome.
+const OUTCOME_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `ctx` of a Python context call, backed by the portal's [`CalleeContext`].
 struct CalleeHost {
@@ -51,6 +75,14 @@ impl CallHost for CalleeHost {
             let s = self.ctx.open_stream().await.map_err(|e| e.to_string())?;
             Ok(Box::new(PortalStream(s)) as Box<dyn StreamHost>)
         })
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.ctx.is_cancelled()
+    }
+
+    fn user_code_ended(&self) {
+        self.ctx.extend_cleanup(OUTCOME_GRACE);
     }
 }
 

@@ -116,7 +116,14 @@ pub(crate) struct JobState {
     cancelled: AtomicBool,
     done: AtomicBool,
     event: Event,
+    /// When `harrow.Cancelled` was last raised in the call: the injector leaves its cleanup
+    /// (`except`/`finally`) alone for [`CLEANUP_GRACE`] after that.
+    delivered_at: parking_lot::Mutex<Option<std::time::Instant>>,
 }
+
+/// After `harrow.Cancelled` was raised in a call, how long the injector waits before raising it
+/// again (for code that swallows it): the cleanup that the first one started gets to run.
+pub(crate) const CLEANUP_GRACE: Duration = Duration::from_millis(100);
 
 impl JobState {
     pub(crate) fn new(func: String) -> Arc<Self> {
@@ -125,7 +132,20 @@ impl JobState {
             cancelled: AtomicBool::new(false),
             done: AtomicBool::new(false),
             event: Event::new(),
+            delivered_at: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// Records that `harrow.Cancelled` was just raised in the call.
+    pub(crate) fn mark_delivered(&self) {
+        *self.delivered_at.lock() = Some(std::time::Instant::now());
+    }
+
+    /// Whether `harrow.Cancelled` was raised in the call less than [`CLEANUP_GRACE`] ago.
+    pub(crate) fn recently_delivered(&self) -> bool {
+        self.delivered_at
+            .lock()
+            .is_some_and(|t| t.elapsed() < CLEANUP_GRACE)
     }
 
     /// Marks the call cancelled and wakes whatever waits on it. Idempotent.
@@ -238,6 +258,19 @@ impl Shared {
     }
 
     /// The running call, when it has an outstanding cancel.
+    /// Whether the injector should raise `harrow.Cancelled` in the running call now: a cancel is
+    /// outstanding and the last one raised is not within its cleanup grace. Records the delivery.
+    pub(crate) fn take_cancel_delivery(&self) -> bool {
+        let current = self.current.lock();
+        match current.as_ref() {
+            Some(j) if j.is_cancelled() && !j.is_done() && !j.recently_delivered() => {
+                j.mark_delivered();
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn cancel_outstanding(&self) -> bool {
         self.current
             .lock()

@@ -64,6 +64,9 @@ impl BackendFactory for SubintFactory {
     fn fail_type_name(&self) -> &'static str {
         "ValueError"
     }
+    fn always_has_traceback(&self) -> bool {
+        true
+    }
     fn bad_spec(&self) -> Option<ActorSpec> {
         // An invalid config: "modules" must be a list of str.
         let mut spec = ActorSpec::new();

@@ -33,6 +33,11 @@ pub trait BackendFactory: Send + Sync + 'static {
     fn func(&self, name: &str) -> String;
     /// The type name the `fail` function's error carries.
     fn fail_type_name(&self) -> &'static str;
+    /// Whether the errors of this backend's functions always carry a traceback (Python's do;
+    /// Rust errors carry a backtrace only when `RUST_LIB_BACKTRACE=1` asks for one).
+    fn always_has_traceback(&self) -> bool {
+        false
+    }
     /// A spec this backend must refuse at spawn (bad spec, missing module), if it has one.
     fn bad_spec(&self) -> Option<ActorSpec> {
         None
@@ -57,12 +62,13 @@ pub enum Outcome {
 /// The bound every scenario runs under (the watchdog fires after it).
 pub const SCENARIO_BOUND: Duration = Duration::from_secs(60);
 
-/// The bound of the soak scenario, which runs [`SOAK_CYCLES`] cycles (below nextest's 120 s kill).
+/// The bound of the soak scenario, which runs [`SOAK_CYCLES`] cycles, and of the scenarios that
+/// repeat themselves (below nextest's 120 s kill).
 pub const SOAK_BOUND: Duration = Duration::from_secs(110);
 
 /// Runs one scenario under the hang watchdog and the resource tracker.
 pub fn run<F: BackendFactory + ?Sized>(name: &str, factory: &F, scenario: fn(&F) -> Outcome) {
-    let bound = if name.contains("soak") {
+    let bound = if name.contains("soak") || name.contains("repeated") {
         SOAK_BOUND
     } else {
         SCENARIO_BOUND
@@ -275,7 +281,18 @@ pub fn remote_error_boxing<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
         assert_eq!(remote.kind, ErrorKind::Raised);
         assert_eq!(remote.type_name, f.fail_type_name());
         assert!(remote.message.contains("boom 42"), "{remote}");
-        assert!(!remote.traceback.is_empty(), "a traceback is carried");
+        // Python errors always carry their traceback; Rust errors carry a backtrace only when
+        // asked for (RUST_LIB_BACKTRACE=1), since capturing one is costly.
+        let asked = std::env::var("RUST_LIB_BACKTRACE").is_ok_and(|v| !v.is_empty() && v != "0");
+        if f.always_has_traceback() || asked {
+            assert!(!remote.traceback.is_empty(), "a traceback is carried");
+        } else {
+            assert!(
+                remote.traceback.is_empty(),
+                "no backtrace unless asked: {}",
+                remote.traceback
+            );
+        }
         assert_eq!(&remote.source, child.id());
         Ok(())
     }));
@@ -352,6 +369,338 @@ pub fn multierror<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     assert!(failed.contains(&"fail-a".to_owned()), "{err}");
     assert!(failed.contains(&"fail-b".to_owned()), "{err}");
     assert!(err.leaks().next().is_none(), "{err}");
+    Outcome::Passed
+}
+
+/// How many children fail together in [`many_failures_together`].
+pub const FAILING_TOGETHER: usize = 25;
+
+/// How many times [`many_failures_together_repeated`] runs it.
+pub const FAILING_TOGETHER_RUNS: usize = 20;
+
+/// A fresh, empty directory for a scenario's gate and markers (removed by the guard).
+///
+/// The gate is a FIFO, `gate`, that this side holds open for writing: an actor waiting at it
+/// opens it for reading, marks itself ready (a file `ready-*`), and blocks in `read` until
+/// [`open_gate`](Self::open_gate) closes the only writer, which wakes every reader at once with
+/// end of file. No polling, so many actors waiting do not load the machine.
+struct ScratchDir {
+    dir: std::path::PathBuf,
+    writer: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+impl ScratchDir {
+    fn new(what: &str) -> Self {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("harrow-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        let gate = dir.join("gate");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &gate,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .expect("a FIFO for the gate");
+        // Read and write: opening does not wait for a reader, and readers never wait for us.
+        let writer = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&gate)
+            .expect("the gate's writing end");
+        ScratchDir {
+            dir,
+            writer: std::sync::Mutex::new(Some(writer)),
+        }
+    }
+
+    fn path(&self) -> String {
+        self.dir.to_string_lossy().into_owned()
+    }
+
+    /// Waits (polling, bounded) until `n` actors marked themselves ready at the gate.
+    async fn wait_ready(&self, n: usize) {
+        let give_up = Instant::now() + Duration::from_secs(45);
+        loop {
+            let ready = std::fs::read_dir(&self.dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .filter(|e| e.file_name().to_string_lossy().starts_with("ready-"))
+                        .count()
+                })
+                .unwrap_or(0);
+            if ready >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "only {ready} of {n} actors reached the gate"
+            );
+            async_io::Timer::after(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Releases every actor waiting at the gate, at once.
+    fn open_gate(&self) {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        self.open_gate(); // never leave an actor blocked at the gate
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// many-failures-together: 25 `run_in_actor` children fail at once, released by one gate; the
+/// nursery reports every failure with its source, none as a cancellation.
+pub fn many_failures_together<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    failing_together_once(f);
+    Outcome::Passed
+}
+
+/// many-failures-together, 20 runs in a row: the outcome is the same every time.
+pub fn many_failures_together_repeated<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    for _ in 0..FAILING_TOGETHER_RUNS {
+        failing_together_once(f);
+    }
+    Outcome::Passed
+}
+
+fn failing_together_once<F: BackendFactory + ?Sized>(f: &F) {
+    let gate = ScratchDir::new("gate");
+    // The default bounds: 25 actors ending at once on a small machine is what is tested, not
+    // how fast they end.
+    let config = root_config().timeouts(Timeouts::default());
+    let path = gate.path();
+    let err = run_root(config, |n| {
+        let gate = &gate;
+        async move {
+            for i in 0..FAILING_TOGETHER {
+                let name = format!("fail-{i}");
+                let args = Value::Map(vec![
+                    ("dir".into(), Value::from(path.as_str())),
+                    ("msg".into(), Value::from(name.as_str())),
+                ]);
+                n.run_in_actor(&name, f.backend(), &f.func("fail_at_gate"), args, f.spec())
+                    .await?;
+            }
+            gate.wait_ready(FAILING_TOGETHER).await;
+            gate.open_gate();
+            Ok(())
+        }
+    })
+    .expect_err("every child fails");
+    let mut names = Vec::new();
+    for failure in err.failures() {
+        assert!(
+            !failure.is_cancelled(),
+            "a failure reported as a cancellation: {err}"
+        );
+        let remote = failure
+            .remote_error()
+            .unwrap_or_else(|| panic!("not a remote error: {failure}; all: {err}"));
+        assert_eq!(remote.type_name, f.fail_type_name(), "{err}");
+        assert_eq!(&remote.source, failure.actor(), "{err}");
+        assert_eq!(remote.message, failure.actor().name, "{err}");
+        names.push(failure.actor().name.clone());
+    }
+    names.sort();
+    let mut want: Vec<_> = (0..FAILING_TOGETHER).map(|i| format!("fail-{i}")).collect();
+    want.sort();
+    assert_eq!(names, want, "every failure, once each: {err}");
+    assert!(err.body_error().is_none(), "{err}");
+}
+
+/// failure-tree: a tree of depth 3 below the root (2 children, 2 grandchildren each, 2 leaves
+/// each) whose 8 leaves all fail together: the root's error is the tree, with every source and
+/// relay path.
+pub fn failure_tree<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    if !f.backend().capabilities().nested {
+        return Outcome::Skipped("the backend's actors cannot start children".into());
+    }
+    let gate = ScratchDir::new("tree");
+    let err = run_root(root_config(), |n| {
+        let gate = &gate;
+        async move {
+            for i in 0..2 {
+                let args = Value::Map(vec![
+                    ("depth".into(), Value::Int(3)),
+                    ("breadth".into(), Value::Int(2)),
+                    ("dir".into(), Value::from(gate.path().as_str())),
+                ]);
+                n.run_in_actor(
+                    &format!("t{i}"),
+                    f.backend(),
+                    &f.func("fail_tree"),
+                    args,
+                    f.spec(),
+                )
+                .await?;
+            }
+            gate.wait_ready(8).await;
+            gate.open_gate();
+            Ok(())
+        }
+    })
+    .expect_err("every leaf fails");
+    assert_eq!(err.failures().len(), 2, "{err}");
+    let mut leaves = 0;
+    for top in err.failures() {
+        let group = top.remote_error().unwrap_or_else(|| panic!("{top}"));
+        assert!(group.is_group(), "{err}");
+        assert_eq!(&group.source, top.actor(), "{err}");
+        assert!(group.relay_path.is_empty(), "{err}");
+        assert_eq!(group.children.len(), 2, "{err}");
+        for mid in &group.children {
+            assert!(mid.is_group(), "{err}");
+            assert_eq!(mid.relay_path, [group.source.clone()], "{err}");
+            assert!(mid.source.name.starts_with(&group.source.name), "{err}");
+            assert_eq!(mid.children.len(), 2, "{err}");
+            for leaf in &mid.children {
+                assert_eq!(leaf.type_name, f.fail_type_name(), "{err}");
+                assert_eq!(leaf.message, format!("leaf {}", leaf.source.name), "{err}");
+                assert!(leaf.source.name.starts_with(&mid.source.name), "{err}");
+                assert_eq!(
+                    leaf.relay_path,
+                    [mid.source.clone(), group.source.clone()],
+                    "{err}"
+                );
+                leaves += 1;
+            }
+        }
+        assert_eq!(group.leaves().len(), 4, "{err}");
+    }
+    assert_eq!(leaves, 8, "{err}");
+    // The text shows the tree.
+    let text = err.as_remote().to_string();
+    assert_eq!(text.matches("+--").count(), 2 + 4 + 8, "{text}");
+    Outcome::Passed
+}
+
+/// cancel-cleanup-error: a cancelled call whose cleanup raises; `cancel()` returns after the
+/// cleanup ran, with the cleanup's error, and the context's result is that error.
+pub fn cancel_cleanup_error<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    // What is tested is the outcome, not its speed: the error may carry a backtrace (with
+    // RUST_BACKTRACE set, formatting one in a debug build can take longer than the default
+    // bound on a loaded machine).
+    let mut config = root_config();
+    config.link_config.cancel_timeout = Duration::from_secs(10);
+    expect_ok(run_root(config, |n| async move {
+        let child = n.start_actor("cleaner", f.backend(), f.spec()).await?;
+        let (ctx, _) = child
+            .open_context(&f.func("ctx_cleanup_fails"), Value::Null)
+            .await?;
+        let err = ctx.cancel().await.expect_err("the cleanup's failure");
+        assert!(
+            !err.is_cancelled(),
+            "a failure reported as a cancellation: {err}"
+        );
+        let remote = err
+            .remote_error()
+            .unwrap_or_else(|| panic!("a remote error, not {err:?}"));
+        assert_eq!(remote.type_name, f.fail_type_name(), "{err}");
+        assert_eq!(remote.message, "cleanup failed", "{err}");
+        assert_eq!(&remote.source, child.id(), "{err}");
+        let again = ctx.result().await.expect_err("the same failure");
+        assert_eq!(again.remote_error(), Some(remote), "{again}");
+        // The actor is fine afterwards.
+        assert_eq!(
+            child.run(&f.func("echo"), Value::Int(3)).await?,
+            Value::Int(3)
+        );
+        Ok(())
+    }));
+    Outcome::Passed
+}
+
+/// cancel-mid-stream: a context cancelled in the middle of a stream; the receiver gets an error
+/// (the cancel), never a normal end.
+pub fn cancel_mid_stream<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    expect_ok(run_root(root_config(), |n| async move {
+        let child = n.start_actor("producer", f.backend(), f.spec()).await?;
+        for _ in 0..5 {
+            let (mut ctx, _) = child
+                .open_context(&f.func("ctx_produce"), Value::Int(1_000_000_000))
+                .await?;
+            let mut stream = ctx.open_stream().await?;
+            for _ in 0..100 {
+                assert!(stream.recv().await?.is_some());
+            }
+            ctx.cancel().await?;
+            let end = loop {
+                match stream.recv().await {
+                    Ok(Some(_)) => continue,
+                    other => break other,
+                }
+            };
+            let err = end.expect_err("a cancelled stream ends in an error, not Ok(None)");
+            assert!(err.is_cancelled(), "{err}");
+            assert_eq!(err.canceller(), Some(n.actor().id()), "{err}");
+        }
+        Ok(())
+    }));
+    Outcome::Passed
+}
+
+/// subtree-budget: the root cancels a child that is tearing down a stuck grandchild; the child
+/// says so in its ack and the root waits for it: only the grandchild can be reported leaked, and
+/// that is reported in the child's answer, never the innocent child itself.
+pub fn subtree_budget<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    let caps = f.backend().capabilities();
+    if !caps.nested {
+        return Outcome::Skipped("the backend's actors cannot start children".into());
+    }
+    let scratch = ScratchDir::new("budget");
+    let marker = scratch.dir.join("busy");
+    let marker_s = marker.to_string_lossy().into_owned();
+    let (outcome, answer) = expect_ok(run_root(root_config(), |n| {
+        let marker = &marker;
+        async move {
+            let middle = n.start_actor("middle", f.backend(), f.spec()).await?;
+            let (ctx, _) = middle
+                .open_context(
+                    &f.func("ctx_hold_stuck_child"),
+                    Value::from(marker_s.as_str()),
+                )
+                .await?;
+            let give_up = Instant::now() + Duration::from_secs(30);
+            while !marker.exists() {
+                assert!(
+                    Instant::now() < give_up,
+                    "the grandchild never started spinning"
+                );
+                async_io::Timer::after(Duration::from_millis(2)).await;
+            }
+            let outcome = middle.cancel().await;
+            let answer = ctx.result().await;
+            Ok((outcome, answer))
+        }
+    }));
+    assert_eq!(
+        outcome,
+        ChildOutcome::Exited,
+        "the middle actor is not the stuck one"
+    );
+    let err = answer.expect_err("the middle's call was torn down");
+    let remote = err.remote_error().expect("a remote error");
+    match caps.hard_kill {
+        HardKill::Detaches => {
+            // The grandchild could not be stopped: the middle reports it, by name.
+            assert!(remote.is_group(), "{err}");
+            let leaked: Vec<_> = remote
+                .leaves()
+                .into_iter()
+                .filter(|e| e.type_name == "ActorLeaked")
+                .map(|e| e.source.name.clone())
+                .collect();
+            assert_eq!(leaked, ["stuck"], "{err}");
+            f.release_stuck();
+        }
+        _ => assert!(remote.is_cancelled(), "the grandchild was stopped: {err}"),
+    }
     Outcome::Passed
 }
 
@@ -549,7 +898,9 @@ pub fn cancel_one_call<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
-/// cancel-by-caller-is-quiet: a context cancelled by its own caller ends without an error there.
+/// cancel-by-caller-is-quiet: a context cancelled by its own caller fails nothing there:
+/// `cancel()` confirms, and the nursery ends cleanly. The cancelled stream is not a normal end:
+/// `recv` reports the cancel (naming this actor), never `Ok(None)`.
 pub fn cancel_by_caller_is_quiet<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     expect_ok(run_root(root_config(), |n| async move {
         let child = n.start_actor("server", f.backend(), f.spec()).await?;
@@ -558,7 +909,12 @@ pub fn cancel_by_caller_is_quiet<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
         stream.send(Value::Int(1)).await?;
         assert_eq!(stream.recv().await?, Some(Value::Int(1)));
         ctx.cancel().await?;
-        assert_eq!(stream.recv().await?, None, "the stream just ends");
+        let err = stream
+            .recv()
+            .await
+            .expect_err("a cancelled stream is no normal end");
+        assert!(err.is_cancelled(), "{err}");
+        assert_eq!(err.canceller(), Some(n.actor().id()), "{err}");
         Ok(())
     }));
     Outcome::Passed
@@ -885,6 +1241,12 @@ macro_rules! conformance_suite {
             remote_error_boxing,
             relay_path,
             multierror,
+            many_failures_together,
+            many_failures_together_repeated,
+            failure_tree,
+            cancel_cleanup_error,
+            cancel_mid_stream,
+            subtree_budget,
             context_started,
             started_twice_and_stream_before_started,
             bidirectional_echo,

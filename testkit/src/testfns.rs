@@ -198,6 +198,91 @@ fn register(
             Ok(out?)
         }
     })?;
+    // fail_at_gate({dir, msg}): waits at the gate in `dir` (marking itself ready), then raises
+    // TestError(msg). It observes its cancellation and keeps
+    // going: once released by the gate it fails whatever cancel arrived meanwhile (failing is its
+    // cleanup), so every child the gate releases reports its failure.
+    r.unary("testfns:fail_at_gate", |v| async move {
+        if let Some(call) = harrow_runtime_core::portal::current_call() {
+            call.observe_cancel();
+        }
+        let (dir, msg) = gate_args("fail_at_gate", &v)?;
+        wait_at_gate(&dir).await?;
+        Err(TestError(msg).into())
+    })?;
+    // fail_tree({depth, breadth, dir}): at depth 1, fail_at_gate({dir, msg: "leaf <name>"});
+    // deeper, a nursery of `breadth` run_in_actor children running fail_tree(depth - 1), whose
+    // failures it raises as one group (`?` on the nursery's error)
+    let f = factory.clone();
+    r.unary("testfns:fail_tree", move |v| {
+        let f = f.clone();
+        async move {
+            let depth = v.get("depth").and_then(Value::as_i64).unwrap_or(1);
+            let breadth = v.get("breadth").and_then(Value::as_i64).unwrap_or(1);
+            let (dir, _) = gate_args("fail_tree", &v)?;
+            let me = current_actor()
+                .map(|a| a.id().name.clone())
+                .unwrap_or_default();
+            if depth <= 1 {
+                if let Some(call) = harrow_runtime_core::portal::current_call() {
+                    call.observe_cancel();
+                }
+                wait_at_gate(&dir).await?;
+                return Err(TestError(format!("leaf {me}")).into());
+            }
+            open_nursery(|n| async move {
+                for i in 0..breadth {
+                    let args = Value::Map(vec![
+                        ("depth".into(), Value::Int(depth - 1)),
+                        ("breadth".into(), Value::Int(breadth)),
+                        ("dir".into(), Value::from(dir.as_str())),
+                    ]);
+                    let name = format!("{me}.{i}");
+                    n.run_in_actor(&name, f.backend(), &f.func("fail_tree"), args, f.spec())
+                        .await?;
+                }
+                Ok(())
+            })
+            .await?;
+            Ok(Value::Null)
+        }
+    })?;
+    // busy_marker(path): writes the file `path`, then never yields (until RELEASE)
+    r.unary("testfns:busy_marker", |v| async move {
+        let path = v
+            .as_str()
+            .ok_or_else(|| bad_args("busy_marker", "a path", &v))?;
+        std::fs::write(path, b"busy").map_err(|e| CallError::raised("IOError", e.to_string()))?;
+        while !RELEASE.load(Ordering::SeqCst) {
+            std::hint::spin_loop();
+        }
+        Ok(Value::Null)
+    })?;
+    // ctx_hold_stuck_child(marker): a nursery with one child running busy_marker(marker) (its
+    // backend cannot be cancelled gracefully), started(None), then waits until cancelled; its
+    // nursery's outcome (the stuck child's teardown) is the call's answer
+    let f = factory.clone();
+    r.context("testfns:ctx_hold_stuck_child", move |ctx, v| {
+        let f = f.clone();
+        async move {
+            open_nursery(|n| async move {
+                let stuck = n.start_actor("stuck", f.backend(), f.spec()).await?;
+                ctx.started(Value::Null).await?;
+                stuck.run(&f.func("busy_marker"), v).await?;
+                Ok(())
+            })
+            .await?;
+            Ok(Value::Null)
+        }
+    })?;
+    // ctx_cleanup_fails(): started(None), waits until cancelled, then fails in its cleanup with
+    // TestError("cleanup failed")
+    r.context("testfns:ctx_cleanup_fails", |ctx, _| async move {
+        ctx.started(Value::Null).await?;
+        ctx.cancelled().await;
+        async_io::Timer::after(Duration::from_millis(20)).await;
+        Err(TestError("cleanup failed".into()).into())
+    })?;
     // cancel_parent(): asks this actor's parent to cancel itself
     r.unary("testfns:cancel_parent", |_| async move {
         let parent = current_actor()
@@ -214,7 +299,9 @@ fn register(
         let f = f.clone();
         async move {
             ctx.started(Value::Null).await?;
-            let _ = open_nursery(|n| async move {
+            // The nursery follows this call's cancellation: it ends with the cancel (naming the
+            // canceller), which `?` answers the caller with.
+            open_nursery(|n| async move {
                 n.run_in_actor(
                     "canceller",
                     f.backend(),
@@ -226,13 +313,48 @@ fn register(
                 std::future::pending::<()>().await;
                 Ok(())
             })
-            .await;
-            // Whatever the nursery did, this call only ends by being cancelled.
-            std::future::pending::<()>().await;
+            .await?;
             Ok(Value::Null)
         }
     })?;
     Ok(())
+}
+
+fn gate_args(func: &str, v: &Value) -> Result<(String, String), CallError> {
+    let dir = v
+        .get("dir")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_args(func, "{dir, ...}", v))?
+        .to_owned();
+    let msg = v
+        .get("msg")
+        .and_then(Value::as_str)
+        .unwrap_or("failed at the gate")
+        .to_owned();
+    Ok((dir, msg))
+}
+
+/// Waits at the gate in `dir` (see the conformance suite's scratch directory): opens the FIFO
+/// `dir/gate` for reading, marks this actor ready, and blocks (not yielding) until the gate's
+/// only writer closes it.
+async fn wait_at_gate(dir: &str) -> Result<(), CallError> {
+    use std::io::Read;
+    let io = |e: std::io::Error| CallError::raised("IOError", e.to_string());
+    let dir = std::path::Path::new(dir);
+    let mut gate = std::fs::File::open(dir.join("gate")).map_err(io)?;
+    let uid = current_actor()
+        .map(|a| a.id().uid.clone())
+        .unwrap_or_default();
+    std::fs::write(dir.join(format!("ready-{uid}")), b"ready").map_err(io)?;
+    let mut buf = [0u8; 16];
+    loop {
+        match gate.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        }
+    }
 }
 
 async fn spawn_tree(
@@ -268,6 +390,6 @@ async fn spawn_tree(
         Ok(())
     })
     .await;
-    result.map_err(|e| CallError::raised("NurseryError", e.to_string()))?;
+    result?;
     Ok(Value::Null)
 }

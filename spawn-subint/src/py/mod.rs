@@ -111,7 +111,7 @@ unsafe extern "C" fn pending_cancel(arg: *mut c_void) -> c_int {
                 .shield_depth
                 .load(std::sync::atomic::Ordering::SeqCst)
                 == 0
-            && shared.cancel_outstanding()
+            && shared.take_cancel_delivery()
         {
             module::raise(&shared.types.cancelled, None);
             return -1;

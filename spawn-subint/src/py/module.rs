@@ -292,7 +292,7 @@ unsafe extern "C" fn native_shield_exit(
             // Deliver the deferred cancel as the block exits (unless an exception already
             // propagates: the re-armed injection catches up with it).
             if clean == ffi::Py_True() && cancel_due(shared) {
-                raise(&shared.types.cancelled, None);
+                raise_cancelled(shared);
                 return std::ptr::null_mut();
             }
         }
@@ -310,7 +310,7 @@ unsafe extern "C" fn native_checkpoint(
             return std::ptr::null_mut();
         };
         if on_owner(shared) && cancel_due(shared) {
-            raise(&shared.types.cancelled, None);
+            raise_cancelled(shared);
             return std::ptr::null_mut();
         }
         none()
@@ -340,7 +340,7 @@ unsafe extern "C" fn native_sleep(
         };
         let shielded = shared.shield_depth.load(Ordering::SeqCst) > 0;
         if !shielded && job.is_cancelled() {
-            raise(&shared.types.cancelled, None);
+            raise_cancelled(shared);
             return std::ptr::null_mut();
         }
         // NaN and negative sleep 0; too long for a `Duration` sleeps until cancelled.
@@ -351,11 +351,24 @@ unsafe extern "C" fn native_sleep(
         match super::worker::wait_released(&job, shielded, timer) {
             Some(_) => ffi::PyBool_FromLong(1),
             None => {
-                raise(&shared.types.cancelled, None);
+                raise_cancelled(shared);
                 std::ptr::null_mut()
             }
         }
     }
+}
+
+/// Raises `harrow.Cancelled` in the running call, recording the delivery (so the injector gives
+/// the cleanup it starts a grace before raising it again).
+///
+/// # Safety
+/// GIL held, on a thread of the interpreter `shared` belongs to.
+unsafe fn raise_cancelled(shared: &Shared) {
+    if let Some(job) = shared.current.lock().as_ref() {
+        job.mark_delivered();
+    }
+    // SAFETY: forwarded (caller).
+    unsafe { raise(&shared.types.cancelled, None) };
 }
 
 unsafe fn none() -> *mut ffi::PyObject {
@@ -398,13 +411,33 @@ impl CallCtx {
     ) -> Blocked<T> {
         let shielded = self.shared.shield_depth.load(Ordering::SeqCst) > 0;
         if !shielded && self.job.is_cancelled() {
+            self.job.mark_delivered();
             return Blocked::Cancelled;
         }
         // SAFETY: forwarded (caller); `fut` touches no Python object.
-        match unsafe { super::worker::wait_released(&self.job, shielded, fut) } {
+        let outcome = match unsafe { super::worker::wait_released(&self.job, shielded, fut) } {
             Some(Ok(v)) => Blocked::Done(v),
+            // The operation failed because the call was cancelled (its stream ends with the
+            // cancel): that is the cancel reaching Python, not a runtime failure.
+            Some(Err(_)) if !shielded && self.host.as_ref().is_some_and(|h| h.is_cancelled()) => {
+                self.job.cancel();
+                Blocked::Cancelled
+            }
             Some(Err(e)) => Blocked::Failed(e),
             None => Blocked::Cancelled,
+        };
+        if matches!(outcome, Blocked::Cancelled) {
+            // The cancel reaches the code here: give its cleanup a moment before the injector
+            // raises it again.
+            self.job.mark_delivered();
+        }
+        outcome
+    }
+
+    /// The Python function has returned or raised (see [`CallHost::user_code_ended`]).
+    pub(crate) fn user_code_ended(&self) {
+        if let Some(host) = &self.host {
+            host.user_code_ended();
         }
     }
 
@@ -601,7 +634,7 @@ unsafe extern "C" fn native_op(
                 std::ptr::null_mut()
             }
             Blocked::Cancelled => {
-                raise(&shared.types.cancelled, None);
+                raise_cancelled(shared);
                 std::ptr::null_mut()
             }
         }

@@ -476,8 +476,11 @@ impl Setup {
                     pos.as_ptr(),
                     std::ptr::null_mut(),
                 ))
-            })
-            .map_err(|_| self.error(ErrorKind::Raised))?;
+            });
+            if ret.is_err() || !is_gen {
+                ctx.user_code_ended();
+            }
+            let ret = ret.map_err(|_| self.error(ErrorKind::Raised))?;
             if is_gen {
                 return self.drive_generator(shared, ctx, kind, ret);
             }
@@ -517,8 +520,11 @@ impl Setup {
                     } else {
                         Obj::owned(p).map(Some)
                     }
-                })
-                .map_err(|_| self.error(ErrorKind::Raised))?;
+                });
+                if !matches!(next, Ok(Some(_))) {
+                    ctx.user_code_ended();
+                }
+                let next = next.map_err(|_| self.error(ErrorKind::Raised))?;
                 let Some(item) = next else { break };
                 let value = self.result_value(&item)?;
                 drop(item);

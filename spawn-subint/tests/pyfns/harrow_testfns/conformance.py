@@ -143,3 +143,41 @@ def ctx_shielded(ctx, args):
         harrow.sleep(max(ms, 0) / 1000.0)
         with open(marker, "wb") as f:
             f.write(b"done")
+
+
+def _wait_at_gate(d):
+    """Waits at the gate in directory ``d``: opens the FIFO ``d/gate`` for reading, marks this
+    actor ready, and blocks until the gate's only writer closes it (end of file)."""
+    import os
+    import threading
+
+    fd = os.open(os.path.join(d, "gate"), os.O_RDONLY)
+    try:
+        ready = os.path.join(d, "ready-%d-%d" % (os.getpid(), threading.get_ident()))
+        with open(ready, "wb") as f:
+            f.write(b"ready")
+        while os.read(fd, 16):
+            pass
+    finally:
+        os.close(fd)
+
+
+def fail_at_gate(args):
+    """fail_at_gate({dir, msg}): waits at the gate in ``dir``, then raises ValueError(msg). Shielded: once released by the gate it fails whatever cancel
+    arrived meanwhile (the twin of the Rust function, which observes its cancel and goes on)."""
+    with harrow.shield():
+        _wait_at_gate(args["dir"])
+        raise ValueError(args.get("msg", "failed at the gate"))
+
+
+def ctx_cleanup_fails(ctx, v=None):
+    """ctx_cleanup_fails(): started(None), waits until cancelled, then fails in its cleanup with
+    ValueError("cleanup failed")."""
+    ctx.started(None)
+    try:
+        while True:
+            harrow.sleep(3600)
+    except harrow.Cancelled:
+        # Shielded, so that the cancel (re-raised while outstanding) does not pre-empt it.
+        with harrow.shield():
+            raise ValueError("cleanup failed")
