@@ -190,10 +190,10 @@ pub struct NurseryError {
     pub(crate) failures: Vec<ChildFailure>,
     pub(crate) interrupted: bool,
     /// The nursery was torn down because the served call it belongs to was cancelled (by whom).
-    pub(crate) cancelled_by: Option<ActorId>,
+    pub(crate) cancelled_by: Option<Box<ActorId>>,
     /// The actor the nursery belongs to (the source of the group).
-    pub(crate) actor: Option<ActorId>,
-    group: OnceLock<RemoteError>,
+    pub(crate) actor: Option<Box<ActorId>>,
+    group: OnceLock<Box<RemoteError>>,
 }
 
 impl fmt::Debug for NurseryError {
@@ -210,7 +210,7 @@ impl fmt::Debug for NurseryError {
 impl NurseryError {
     pub(crate) fn new(actor: Option<ActorId>) -> Self {
         NurseryError {
-            actor,
+            actor: actor.map(Box::new),
             ..NurseryError::default()
         }
     }
@@ -243,7 +243,7 @@ impl NurseryError {
     /// Whether the nursery was torn down because the served call it belongs to was cancelled,
     /// and by whom. Failures collected meanwhile are still in [`failures`](Self::failures).
     pub fn cancelled_by(&self) -> Option<&ActorId> {
-        self.cancelled_by.as_ref()
+        self.cancelled_by.as_deref()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -257,13 +257,14 @@ impl NurseryError {
     /// error and every child failure (see [`ChildFailure::to_remote`]), or, when the nursery was
     /// only cancelled, the `ContextCancelled` that stands for that.
     pub fn as_remote(&self) -> &RemoteError {
-        self.group.get_or_init(|| self.build_group())
+        self.group.get_or_init(|| Box::new(self.build_group()))
     }
 
     fn build_group(&self) -> RemoteError {
         let local = self
             .actor
-            .clone()
+            .as_deref()
+            .cloned()
             .unwrap_or_else(|| ActorId::with_uid("unknown", "-"));
         let mut members = Vec::new();
         if self.interrupted {
@@ -279,7 +280,7 @@ impl NurseryError {
         }
         members.extend(self.failures.iter().map(|f| f.to_remote(&local)));
         match (&self.cancelled_by, members.is_empty()) {
-            (Some(canceller), true) => RemoteError::cancelled(local, canceller.clone()),
+            (Some(canceller), true) => RemoteError::cancelled(local, (**canceller).clone()),
             (cancelled_by, _) => {
                 let n = members.len();
                 let mut message = format!(
@@ -302,10 +303,8 @@ fn body_to_remote(
     body: &(dyn std::error::Error + Send + Sync + 'static),
     local: &ActorId,
 ) -> RemoteError {
-    if let Some(e) = body.downcast_ref::<harrow_portal::Error>() {
-        if let harrow_portal::Error::Remote(r) = e {
-            return (**r).clone().relayed_by(local.clone());
-        }
+    if let Some(harrow_portal::Error::Remote(r)) = body.downcast_ref::<harrow_portal::Error>() {
+        return (**r).clone().relayed_by(local.clone());
     }
     if let Some(r) = body.downcast_ref::<RemoteError>() {
         return r.clone().relayed_by(local.clone());
@@ -313,10 +312,10 @@ fn body_to_remote(
     if let Some(n) = body.downcast_ref::<NurseryError>() {
         return n.as_remote().clone();
     }
-    if let Some(e) = body.downcast_ref::<crate::Error>() {
-        if let crate::Error::Portal(harrow_portal::Error::Remote(r)) = e {
-            return (**r).clone().relayed_by(local.clone());
-        }
+    if let Some(crate::Error::Portal(harrow_portal::Error::Remote(r))) =
+        body.downcast_ref::<crate::Error>()
+    {
+        return (**r).clone().relayed_by(local.clone());
     }
     let mut message = body.to_string();
     let mut source = body.source();

@@ -569,7 +569,7 @@ impl ActorNursery {
         err.body = st.body.take();
         err.failures = std::mem::take(&mut st.failures);
         err.interrupted = st.interrupted;
-        err.cancelled_by = st.cancelled_by.take();
+        err.cancelled_by = st.cancelled_by.take().map(Box::new);
         (!err.is_empty()).then_some(err)
     }
 }

@@ -556,7 +556,7 @@ pub fn failure_tree<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
         assert_eq!(group.children.len(), 2, "{err}");
         for mid in &group.children {
             assert!(mid.is_group(), "{err}");
-            assert_eq!(mid.relay_path, [group.source.clone()], "{err}");
+            assert_eq!(mid.relay_path, std::slice::from_ref(&group.source), "{err}");
             assert!(mid.source.name.starts_with(&group.source.name), "{err}");
             assert_eq!(mid.children.len(), 2, "{err}");
             for leaf in &mid.children {
