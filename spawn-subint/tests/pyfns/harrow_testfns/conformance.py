@@ -34,12 +34,15 @@ def fail(msg=None):
 
 
 def fail_slowly(args=None):
-    """fail_slowly({ms, msg}): blocks for ``ms`` without yielding, then raises ValueError(msg)."""
+    """fail_slowly({ms, msg}): blocks for ``ms`` without yielding, then raises ValueError(msg).
+
+    Shielded: like the Rust twin, which never yields, no cancel can land before it fails."""
     args = args if isinstance(args, dict) else {}
     ms = args.get("ms", 0)
     msg = args.get("msg", "failed")
-    time.sleep(max(int(ms), 0) / 1000.0)
-    raise ValueError(msg if isinstance(msg, str) else "failed")
+    with harrow.shield():
+        time.sleep(max(int(ms), 0) / 1000.0)
+        raise ValueError(msg if isinstance(msg, str) else "failed")
 
 
 def sleep_ms(ms):
