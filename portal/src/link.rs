@@ -193,6 +193,8 @@ impl Link {
                 )));
             }
         };
+        // The peer has said who it is: lift the transport's small pre-handshake frame limit.
+        rx.end_handshake();
         debug!(peer = %peer.id, backend = %peer.backend, pid = peer.pid, "link established");
 
         let parity = u64::from(local.id >= peer.id);
