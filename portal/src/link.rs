@@ -437,6 +437,7 @@ impl Shared {
     /// Registers a new call and queues its `Start`.
     pub(crate) fn start_call(&self, func: &str, kind: CallKind, args: Value) -> Result<Arc<Chan>> {
         let path = FnPath::parse(func)?;
+        crate::error::check_depth(&args, || format!("arguments of {func}"))?;
         let mut st = self.lock();
         if let Some(reason) = &st.dead {
             return Err(Error::Closed(reason.clone()));
@@ -620,7 +621,21 @@ impl Shared {
             return; // cancelled meanwhile: the cancel answered the caller
         };
         let msg = match result {
-            Ok(Ok(value)) => Msg::Return { cid, value },
+            Ok(Ok(value)) => {
+                match crate::error::check_depth(&value, || format!("result of {}", entry.chan.func))
+                {
+                    Ok(()) => Msg::Return { cid, value },
+                    Err(e) => Msg::Error {
+                        cid: Some(cid),
+                        error: RemoteError::new(
+                            ErrorKind::Runtime,
+                            "ValueError",
+                            e.to_string(),
+                            self.local.id.clone(),
+                        ),
+                    },
+                }
+            }
             Ok(Err(err)) => {
                 debug!(%cid, func = %entry.chan.func, %err, "served call failed");
                 Msg::Error {
