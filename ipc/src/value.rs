@@ -349,38 +349,35 @@ impl PartialEq for Value {
     }
 }
 
+/// Moves the children of `value` into `pending` if any of them is a container (those are the
+/// ones whose drop would recurse); a container of scalars is left to drop as it is.
+fn detach_nested(value: &mut Value, pending: &mut Vec<Value>) {
+    match value {
+        Value::List(items) if items.iter().any(Value::is_container) => pending.append(items),
+        Value::Map(entries)
+            if entries
+                .iter()
+                .any(|(k, v)| k.is_container() || v.is_container()) =>
+        {
+            pending.reserve(entries.len() * 2);
+            for (k, v) in entries.drain(..) {
+                pending.push(k);
+                pending.push(v);
+            }
+        }
+        _ => {}
+    }
+}
+
 impl Drop for Value {
     fn drop(&mut self) {
-        // Only a container holding containers could recurse: take its children out, and keep
-        // emptying containers from a heap stack until only scalars and empty shells are dropped.
-        let mut pending = match self {
-            Value::List(items) if items.iter().any(Value::is_container) => std::mem::take(items),
-            Value::Map(entries)
-                if entries
-                    .iter()
-                    .any(|(k, v)| k.is_container() || v.is_container()) =>
-            {
-                let mut pending = Vec::with_capacity(entries.len() * 2);
-                for (k, v) in std::mem::take(entries) {
-                    pending.push(k);
-                    pending.push(v);
-                }
-                pending
-            }
-            _ => return,
-        };
+        // Empty nested containers from a heap stack until only scalars, containers of scalars
+        // and empty shells are dropped: none of those goes deeper. No allocation when `self`
+        // holds no container.
+        let mut pending = Vec::new();
+        detach_nested(self, &mut pending);
         while let Some(mut value) = pending.pop() {
-            match &mut value {
-                Value::List(items) => pending.append(items),
-                Value::Map(entries) => {
-                    for (k, v) in entries.drain(..) {
-                        pending.push(k);
-                        pending.push(v);
-                    }
-                }
-                _ => {}
-            }
-            // `value` is now a scalar or an empty container: dropping it goes no deeper.
+            detach_nested(&mut value, &mut pending);
         }
     }
 }
