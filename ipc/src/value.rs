@@ -147,18 +147,13 @@ impl Value {
         Ok(())
     }
 
-    /// The depth, or some depth above `limit` as soon as one is found.
+    /// The depth, or some depth above `limit` as soon as one is found. Allocates only for
+    /// containers nested in containers.
     fn measure_depth(&self, limit: usize) -> usize {
-        if !self.is_container() {
-            return 1;
-        }
         let mut deepest = 1;
-        let mut pending: Vec<(&Value, usize)> = vec![(self, 1)];
-        while let Some((value, depth)) = pending.pop() {
-            deepest = deepest.max(depth);
-            if deepest > limit {
-                break;
-            }
+        let mut pending: Vec<(&Value, usize)> = Vec::new();
+        let (mut value, mut depth): (&Value, usize) = (self, 1);
+        loop {
             let child_depth = depth.saturating_add(1);
             let mut visit = |child: &'_ Value| {
                 deepest = deepest.max(child_depth);
@@ -184,8 +179,14 @@ impl Value {
                 }
                 _ => {}
             }
+            if deepest > limit {
+                return deepest;
+            }
+            match pending.pop() {
+                Some(next) => (value, depth) = next,
+                None => return deepest,
+            }
         }
-        deepest
     }
 
     /// Looks up a string key in a `Map`.
