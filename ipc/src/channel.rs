@@ -72,6 +72,20 @@ pub enum RecvError {
     /// The peer is gone, or closed its sending side; no more messages will arrive.
     #[error("channel closed: the peer is gone")]
     Closed,
+    /// The peer is gone in the middle of a frame: the stream ended after `got` of the frame's
+    /// `expected` bytes (length prefix included; while the prefix itself is incomplete,
+    /// `expected` is the prefix's size). No more messages will arrive: later calls return
+    /// `Closed`.
+    #[error(
+        "channel closed in the middle of a frame: the peer is gone after sending {got} of its \
+         {expected} bytes"
+    )]
+    TruncatedFrame {
+        /// The frame's size, as far as it is known.
+        expected: usize,
+        /// How many of its bytes arrived.
+        got: usize,
+    },
     /// The peer sent bytes that are not a valid frame.
     #[error("malformed frame from peer: {0}")]
     Decode(#[from] DecodeError),
@@ -81,9 +95,9 @@ pub enum RecvError {
 }
 
 impl RecvError {
-    /// Whether the peer is gone.
+    /// Whether the peer is gone (cleanly, or in the middle of a frame).
     pub fn is_closed(&self) -> bool {
-        matches!(self, RecvError::Closed)
+        matches!(self, RecvError::Closed | RecvError::TruncatedFrame { .. })
     }
 }
 
@@ -122,6 +136,14 @@ pub trait RecvHalf: Send + fmt::Debug + 'static {
     /// Receives the next message. After the peer is gone every call returns `Closed` promptly.
     /// Cancel-safe: dropping the future loses no message.
     fn recv(&mut self) -> BoxFuture<'_, Result<Msg, RecvError>>;
+
+    /// Declares the handshake with the peer complete: byte transports lift their small
+    /// pre-handshake frame limit ([`CodecConfig::max_handshake_frame`](crate::codec::CodecConfig))
+    /// for the frames after the ones already returned. Idempotent.
+    ///
+    /// The default does nothing, which is right for transports that decode nothing (`mem`).
+    /// A wrapper around another half must forward the call.
+    fn end_handshake(&mut self) {}
 }
 
 /// The sending side of a [`Channel`]. Cheap to clone; the direction closes when the last clone is
@@ -173,6 +195,13 @@ impl ChannelRx {
     pub async fn recv(&mut self) -> Result<Msg, RecvError> {
         self.inner.recv().await
     }
+
+    /// Declares the handshake complete, lifting the pre-handshake frame limit; see
+    /// [`RecvHalf::end_handshake`]. Whoever runs the handshake (the portal's link) calls this once
+    /// the peer has proven what it must.
+    pub fn end_handshake(&mut self) {
+        self.inner.end_handshake()
+    }
 }
 
 /// One end of a bidirectional message channel between two actors.
@@ -207,6 +236,12 @@ impl Channel {
     /// Receives the next message. Concurrent callers are served one at a time.
     pub async fn recv(&self) -> Result<Msg, RecvError> {
         self.rx.lock().await.recv().await
+    }
+
+    /// Declares the handshake complete; see [`ChannelRx::end_handshake`]. For channels used
+    /// without a link: until this is called, a byte transport accepts only small frames.
+    pub fn end_handshake(&mut self) {
+        self.rx.get_mut().end_handshake()
     }
 
     /// Closes the sending direction; the peer's `recv` returns `Closed` after what was sent.

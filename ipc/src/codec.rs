@@ -16,6 +16,19 @@ pub enum DecodeError {
         /// The configured maximum.
         max: usize,
     },
+    /// Before the handshake completed, the length prefix announces a frame larger than
+    /// [`CodecConfig::max_handshake_frame`]: a peer that has proven nothing yet may only send
+    /// small frames.
+    #[error(
+        "frame of {len} bytes before the handshake completed exceeds the pre-handshake maximum \
+         of {max} bytes"
+    )]
+    HandshakeFrameTooLarge {
+        /// The announced length.
+        len: u64,
+        /// The pre-handshake maximum.
+        max: usize,
+    },
     /// The body is not a valid encoding of a message.
     #[error("malformed message: {0}")]
     Malformed(String),
@@ -39,6 +52,10 @@ pub const LENGTH_PREFIX: usize = 4;
 /// The default [`CodecConfig::max_frame`]: 64 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
 
+/// The default [`CodecConfig::max_handshake_frame`]: 4 KiB, ample for `Hello` (and a
+/// challenge-response) with actor names of ordinary length.
+pub const DEFAULT_MAX_HANDSHAKE_FRAME: usize = 4 << 10;
+
 /// Limits applied while encoding and decoding.
 ///
 /// # Frame format
@@ -54,6 +71,11 @@ pub struct CodecConfig {
     pub max_frame: usize,
     /// How deeply [`Value`](crate::Value)s may nest (a scalar at the top is depth 1).
     pub max_depth: usize,
+    /// The largest body accepted before the receiving side declares its handshake complete (see
+    /// [`FrameDecoder::handshaking`] and [`ChannelRx::end_handshake`](crate::ChannelRx::end_handshake)).
+    /// Byte transports start every channel in that state, so a peer that has proven nothing
+    /// cannot announce a large frame. Never more than `max_frame`.
+    pub max_handshake_frame: usize,
 }
 
 impl Default for CodecConfig {
@@ -61,6 +83,7 @@ impl Default for CodecConfig {
         CodecConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_depth: crate::DEFAULT_MAX_DEPTH,
+            max_handshake_frame: DEFAULT_MAX_HANDSHAKE_FRAME,
         }
     }
 }
@@ -68,6 +91,10 @@ impl Default for CodecConfig {
 impl CodecConfig {
     fn frame_limit(&self) -> usize {
         self.max_frame.min(u32::MAX as usize)
+    }
+
+    fn handshake_limit(&self) -> usize {
+        self.max_handshake_frame.min(self.frame_limit())
     }
 }
 
@@ -143,7 +170,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(Msg, usize), DecodeError> {
 
 /// Decodes the first frame of `bytes`; see [`decode_frame`].
 pub fn decode_frame_with(bytes: &[u8], config: &CodecConfig) -> Result<(Msg, usize), DecodeError> {
-    let len = match frame_len(bytes, config)? {
+    let len = match frame_len(bytes, config, false)? {
         Some(len) => len,
         None => return Err(DecodeError::Truncated),
     };
@@ -155,8 +182,12 @@ pub fn decode_frame_with(bytes: &[u8], config: &CodecConfig) -> Result<(Msg, usi
 }
 
 /// Reads a frame's announced body length, if the prefix is complete, rejecting lengths above the
-/// maximum.
-fn frame_len(bytes: &[u8], config: &CodecConfig) -> Result<Option<usize>, DecodeError> {
+/// maximum (the pre-handshake one while `handshaking`).
+fn frame_len(
+    bytes: &[u8],
+    config: &CodecConfig,
+    handshaking: bool,
+) -> Result<Option<usize>, DecodeError> {
     let Some(prefix) = bytes.first_chunk::<LENGTH_PREFIX>() else {
         return Ok(None);
     };
@@ -165,6 +196,12 @@ fn frame_len(bytes: &[u8], config: &CodecConfig) -> Result<Option<usize>, Decode
         return Err(DecodeError::FrameTooLarge {
             len: len.into(),
             max: config.frame_limit(),
+        });
+    }
+    if handshaking && len as usize > config.handshake_limit() {
+        return Err(DecodeError::HandshakeFrameTooLarge {
+            len: len.into(),
+            max: config.handshake_limit(),
         });
     }
     Ok(Some(len as usize))
@@ -227,6 +264,12 @@ pub const READ_CHUNK: usize = 64 << 10;
 /// [`commit`](FrameDecoder::commit) (or use [`extend`](FrameDecoder::extend)), then call
 /// [`decode_next`](FrameDecoder::decode_next) until it returns `Ok(None)`.
 ///
+/// Memory follows the bytes that arrived, never a length the peer announced: while a large frame
+/// is incomplete the buffer at most doubles what was received of it (a 64 MiB length prefix alone
+/// costs one read chunk). A decoder made with [`handshaking`](FrameDecoder::handshaking) also
+/// refuses frames above [`CodecConfig::max_handshake_frame`] until
+/// [`end_handshake`](FrameDecoder::end_handshake).
+///
 /// ```
 /// use harrow_ipc::{codec, Msg};
 /// let config = codec::CodecConfig::default();
@@ -240,6 +283,7 @@ pub const READ_CHUNK: usize = 64 << 10;
 #[derive(Debug)]
 pub struct FrameDecoder {
     config: CodecConfig,
+    handshaking: bool,
     // `buf[start..end]` holds received, undecoded bytes; `buf[end..]` is free space.
     buf: Vec<u8>,
     start: usize,
@@ -247,14 +291,36 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
-    /// A decoder with no buffered bytes.
+    /// A decoder with no buffered bytes that accepts frames up to [`CodecConfig::max_frame`].
     pub fn new(config: CodecConfig) -> Self {
         FrameDecoder {
             config,
+            handshaking: false,
             buf: Vec::new(),
             start: 0,
             end: 0,
         }
+    }
+
+    /// A decoder for an unauthenticated peer: frames above [`CodecConfig::max_handshake_frame`]
+    /// are refused with [`DecodeError::HandshakeFrameTooLarge`] until
+    /// [`end_handshake`](FrameDecoder::end_handshake).
+    pub fn handshaking(config: CodecConfig) -> Self {
+        FrameDecoder {
+            handshaking: true,
+            ..FrameDecoder::new(config)
+        }
+    }
+
+    /// Lifts the pre-handshake limit: from the next frame on, frames up to
+    /// [`CodecConfig::max_frame`] are accepted. Idempotent.
+    pub fn end_handshake(&mut self) {
+        self.handshaking = false;
+    }
+
+    /// Whether the pre-handshake limit is in force.
+    pub fn is_handshaking(&self) -> bool {
+        self.handshaking
     }
 
     /// The limits this decoder applies.
@@ -267,30 +333,56 @@ impl FrameDecoder {
         self.end - self.start
     }
 
-    /// Free space to read into: at least one byte and, while a large frame is incomplete, enough
-    /// for the rest of it. Fails if the pending frame announces a length above the maximum.
-    pub fn read_buf(&mut self) -> Result<&mut [u8], DecodeError> {
-        // The size the buffer needs: the whole pending frame if its length is known.
+    /// The full size (prefix included) of the frame being received, once its prefix is complete.
+    /// With [`buffered`](Self::buffered) it tells how much of a frame a closed stream cut off.
+    pub fn pending_frame_len(&self) -> Option<usize> {
         let pending = &self.buf[self.start..self.end];
-        let needed = match frame_len(pending, &self.config)? {
-            Some(len) => (LENGTH_PREFIX + len).max(READ_CHUNK),
-            None => READ_CHUNK,
+        pending
+            .first_chunk::<LENGTH_PREFIX>()
+            .map(|prefix| LENGTH_PREFIX + u32::from_le_bytes(*prefix) as usize)
+    }
+
+    /// How much a read may bring in at once: a frame fits in one read chunk, or, before the
+    /// handshake, in one pre-handshake frame.
+    fn chunk(&self) -> usize {
+        if self.handshaking {
+            READ_CHUNK.min(LENGTH_PREFIX + self.config.handshake_limit())
+        } else {
+            READ_CHUNK
+        }
+    }
+
+    /// Free space to read into: at least one byte. While a large frame is incomplete the space
+    /// grows with what arrived of it (at most twice the received bytes), up to the rest of the
+    /// frame. Fails if the pending frame announces a length above the maximum.
+    pub fn read_buf(&mut self) -> Result<&mut [u8], DecodeError> {
+        let chunk = self.chunk();
+        let pending = &self.buf[self.start..self.end];
+        // The size the buffer should have now: the pending frame whole if the bytes already
+        // received vouch for it, else twice what was received.
+        let target = match frame_len(pending, &self.config, self.handshaking)? {
+            Some(len) => (LENGTH_PREFIX + len)
+                .min(pending.len().saturating_mul(2))
+                .max(chunk),
+            None => chunk,
         };
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            if self.buf.len() > 4 * READ_CHUNK && needed <= READ_CHUNK {
+            if self.buf.len() > 4 * READ_CHUNK && target <= READ_CHUNK {
                 // Drop the memory a past large frame needed.
                 self.buf = Vec::new();
             }
         }
-        if self.buf.len() - self.start < needed || self.end == self.buf.len() {
+        if self.buf.len() - self.start < target || self.end == self.buf.len() {
             // Move the pending bytes to the front, then grow if that is not enough.
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
-            if self.buf.len() < needed || self.end == self.buf.len() {
-                let size = needed.max(self.end + READ_CHUNK.min(needed));
+            if self.buf.len() < target || self.end == self.buf.len() {
+                let size = target.max(self.end + chunk);
+                // Exactly: amortised doubling on top of the doubling above would overshoot.
+                self.buf.reserve_exact(size - self.buf.len());
                 self.buf.resize(size, 0);
             }
         }
@@ -324,7 +416,7 @@ impl FrameDecoder {
     /// (the stream cannot be resynchronised; stop reading it).
     pub fn decode_next(&mut self) -> Result<Option<Msg>, DecodeError> {
         let pending = &self.buf[self.start..self.end];
-        let Some(len) = frame_len(pending, &self.config)? else {
+        let Some(len) = frame_len(pending, &self.config, self.handshaking)? else {
             return Ok(None);
         };
         let frame_end = LENGTH_PREFIX + len;

@@ -1,16 +1,23 @@
 //! The Unix socket transport: [`codec`] frames over a `UnixStream`, driven by
 //! async-io. For peers in other processes (or anywhere a byte stream is all there is).
 //!
-//! Same contract as [`mem`](crate::mem): when the peer drops its channel or dies (even in the
-//! middle of a frame) every pending and later `recv` returns [`RecvError::Closed`]; a send to a
-//! peer that is gone hands the message back; [`close`](crate::Channel::close), or dropping the last
-//! [`ChannelTx`](crate::ChannelTx), shuts down the write direction so that the peer receives what
-//! was sent and then `Closed`.
+//! Same contract as [`mem`](crate::mem): when the peer drops its channel or dies every pending and
+//! later `recv` returns [`RecvError::Closed`] (the first one [`RecvError::TruncatedFrame`] when the
+//! peer left a frame unfinished); a send to a peer that is gone hands the message back;
+//! [`close`](crate::Channel::close), or dropping the last [`ChannelTx`](crate::ChannelTx), shuts
+//! down the write direction so that the peer receives what was sent and then `Closed`.
+//!
+//! Every channel starts in handshake mode: frames above
+//! [`CodecConfig::max_handshake_frame`] (4 KiB by default) end the connection with
+//! [`DecodeError::HandshakeFrameTooLarge`] until the receiving side calls
+//! [`end_handshake`](crate::ChannelRx::end_handshake), as the portal's link does once `Hello` is
+//! checked. A receive buffer grows with the bytes that arrived, never to an announced length.
 //!
 //! ```
 //! use harrow_ipc::{unix, Msg};
 //! # futures_lite::future::block_on(async {
-//! let (a, b) = unix::pair().unwrap();
+//! let (a, mut b) = unix::pair().unwrap();
+//! b.end_handshake(); // no handshake here: accept large frames right away
 //! a.send(Msg::CancelAck { teardown_ms: None }).await.unwrap();
 //! assert_eq!(b.recv().await.unwrap(), Msg::CancelAck { teardown_ms: None });
 //! drop(a);
@@ -369,7 +376,7 @@ impl UnixRx {
     fn new(stream: Arc<Async<UnixStream>>, config: CodecConfig) -> Self {
         UnixRx {
             stream,
-            decoder: FrameDecoder::new(config),
+            decoder: FrameDecoder::handshaking(config),
             done: false,
         }
     }
@@ -382,9 +389,28 @@ impl UnixRx {
     }
 
     fn fail(&mut self, e: DecodeError) -> RecvError {
-        tracing::debug!(error = %e, "unix channel: unrecoverable frame, closing the read side");
+        tracing::warn!(error = %e, "unix channel: refusing the peer's frame, closing the connection");
         self.finish();
         RecvError::Decode(e)
+    }
+
+    /// The peer is gone: `Closed`, or `TruncatedFrame` if it left a frame unfinished.
+    fn peer_gone(&mut self) -> RecvError {
+        let got = self.decoder.buffered();
+        self.finish();
+        if got == 0 {
+            return RecvError::Closed;
+        }
+        let expected = self
+            .decoder
+            .pending_frame_len()
+            .unwrap_or(codec::LENGTH_PREFIX);
+        tracing::debug!(
+            expected,
+            got,
+            "unix channel: peer gone in the middle of a frame"
+        );
+        RecvError::TruncatedFrame { expected, got }
     }
 
     async fn recv_frame(&mut self) -> Result<Msg, RecvError> {
@@ -395,7 +421,10 @@ impl UnixRx {
             match self.decoder.decode_next() {
                 Ok(Some(msg)) => return Ok(msg),
                 Ok(None) => {}
-                Err(e @ DecodeError::FrameTooLarge { .. }) => return Err(self.fail(e)),
+                Err(
+                    e @ (DecodeError::FrameTooLarge { .. }
+                    | DecodeError::HandshakeFrameTooLarge { .. }),
+                ) => return Err(self.fail(e)),
                 // The bad frame was consumed; the next one can still be read.
                 Err(e) => return Err(RecvError::Decode(e)),
             }
@@ -405,22 +434,10 @@ impl UnixRx {
             };
             let read = self.stream.read_with(|s| (&*s).read(&mut *buf)).await;
             match read {
-                Ok(0) => {
-                    if self.decoder.buffered() > 0 {
-                        tracing::debug!(
-                            partial = self.decoder.buffered(),
-                            "unix channel: peer closed in the middle of a frame"
-                        );
-                    }
-                    self.finish();
-                    return Err(RecvError::Closed);
-                }
+                Ok(0) => return Err(self.peer_gone()),
                 Ok(n) => self.decoder.commit(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_peer_gone(&e) => {
-                    self.finish();
-                    return Err(RecvError::Closed);
-                }
+                Err(e) if is_peer_gone(&e) => return Err(self.peer_gone()),
                 Err(e) => return Err(RecvError::Io(e)),
             }
         }
@@ -430,6 +447,10 @@ impl UnixRx {
 impl RecvHalf for UnixRx {
     fn recv(&mut self) -> BoxFuture<'_, Result<Msg, RecvError>> {
         Box::pin(self.recv_frame())
+    }
+
+    fn end_handshake(&mut self) {
+        self.decoder.end_handshake();
     }
 }
 

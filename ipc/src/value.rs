@@ -22,7 +22,19 @@ use serde::ser::{self, Serialize, SerializeMap, SerializeSeq, Serializer};
 /// Either way, (de)serializing a value nested deeper than the current depth limit (see
 /// [`CodecConfig::max_depth`](crate::codec::CodecConfig); [`DEFAULT_MAX_DEPTH`] outside the codec)
 /// fails with an error instead of exhausting the stack.
-#[derive(Clone, Debug, PartialEq, Default)]
+///
+/// # Deep values
+///
+/// However deeply a value nests, dropping, cloning and comparing it never recurse (they walk the
+/// value with a heap stack), and `Debug` prints at most [`DEFAULT_MAX_DEPTH`] levels (deeper
+/// containers show as `List([..])` / `Map([..])`). [`check_depth`](Value::check_depth) measures
+/// a value the same way, without recursion; the portal refuses values deeper than
+/// [`DEFAULT_MAX_DEPTH`] at its API.
+///
+/// Because `Value` implements `Drop`, a container's contents cannot be moved out by a pattern:
+/// use [`into_list`](Value::into_list), [`into_map`](Value::into_map) (or `std::mem::take` on a
+/// `&mut` binding).
+#[derive(Default)]
 pub enum Value {
     /// No value (`None`, `()`).
     #[default]
@@ -82,6 +94,101 @@ impl Value {
         }
     }
 
+    /// The items, if this is a `List`; otherwise the value itself is handed back.
+    pub fn into_list(mut self) -> Result<Vec<Value>, Value> {
+        match &mut self {
+            Value::List(items) => Ok(std::mem::take(items)),
+            _ => Err(self),
+        }
+    }
+
+    /// The entries, if this is a `Map`; otherwise the value itself is handed back.
+    pub fn into_map(mut self) -> Result<Vec<(Value, Value)>, Value> {
+        match &mut self {
+            Value::Map(entries) => Ok(std::mem::take(entries)),
+            _ => Err(self),
+        }
+    }
+
+    /// The string, if this is a `Str`; otherwise the value itself is handed back.
+    pub fn into_string(mut self) -> Result<String, Value> {
+        match &mut self {
+            Value::Str(s) => Ok(std::mem::take(s)),
+            _ => Err(self),
+        }
+    }
+
+    /// The bytes, if this is a `Bytes`; otherwise the value itself is handed back.
+    pub fn into_bytes(mut self) -> Result<Vec<u8>, Value> {
+        match &mut self {
+            Value::Bytes(b) => Ok(std::mem::take(b)),
+            _ => Err(self),
+        }
+    }
+
+    /// Whether this is a `List` or a `Map`.
+    pub fn is_container(&self) -> bool {
+        matches!(self, Value::List(_) | Value::Map(_))
+    }
+
+    /// How deeply the value nests: 1 for a scalar or an empty container, one more per level of
+    /// containers. Computed without recursion.
+    pub fn depth(&self) -> usize {
+        self.measure_depth(usize::MAX)
+    }
+
+    /// Checks that the value nests at most `limit` deep (as [`depth`](Value::depth) counts, and
+    /// as the codec's [`max_depth`](crate::codec::CodecConfig::max_depth) does). Stops at the
+    /// first level past the limit; never recurses.
+    pub fn check_depth(&self, limit: usize) -> Result<(), crate::ValueError> {
+        if self.measure_depth(limit) > limit {
+            return Err(crate::ValueError::TooDeep { limit });
+        }
+        Ok(())
+    }
+
+    /// The depth, or some depth above `limit` as soon as one is found. Allocates only for
+    /// containers nested in containers.
+    fn measure_depth(&self, limit: usize) -> usize {
+        let mut deepest = 1;
+        let mut pending: Vec<(&Value, usize)> = Vec::new();
+        let (mut value, mut depth): (&Value, usize) = (self, 1);
+        loop {
+            let child_depth = depth.saturating_add(1);
+            let mut visit = |child: &'_ Value| {
+                deepest = deepest.max(child_depth);
+                child.is_container()
+            };
+            match value {
+                Value::List(items) => {
+                    for item in items {
+                        if visit(item) {
+                            pending.push((item, child_depth));
+                        }
+                    }
+                }
+                Value::Map(entries) => {
+                    for (k, v) in entries {
+                        if visit(k) {
+                            pending.push((k, child_depth));
+                        }
+                        if visit(v) {
+                            pending.push((v, child_depth));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if deepest > limit {
+                return deepest;
+            }
+            match pending.pop() {
+                Some(next) => (value, depth) = next,
+                None => return deepest,
+            }
+        }
+    }
+
     /// Looks up a string key in a `Map`.
     pub fn get(&self, key: &str) -> Option<&Value> {
         match self {
@@ -91,6 +198,252 @@ impl Value {
                 .map(|(_, v)| v),
             _ => None,
         }
+    }
+}
+
+/// A scalar's copy; `None` for containers.
+fn clone_scalar(value: &Value) -> Option<Value> {
+    Some(match value {
+        Value::Null => Value::Null,
+        Value::Bool(b) => Value::Bool(*b),
+        Value::Int(i) => Value::Int(*i),
+        Value::Float(f) => Value::Float(*f),
+        Value::Str(s) => Value::Str(s.clone()),
+        Value::Bytes(b) => Value::Bytes(b.clone()),
+        Value::List(_) | Value::Map(_) => return None,
+    })
+}
+
+/// Equality of two values whose children are not compared here: scalars by value, containers by
+/// kind and length.
+fn shallow_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Null, Value::Null) => true,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::Int(x), Value::Int(y)) => x == y,
+        (Value::Float(x), Value::Float(y)) => x == y,
+        (Value::Str(x), Value::Str(y)) => x == y,
+        (Value::Bytes(x), Value::Bytes(y)) => x == y,
+        (Value::List(x), Value::List(y)) => x.len() == y.len(),
+        (Value::Map(x), Value::Map(y)) => x.len() == y.len(),
+        _ => false,
+    }
+}
+
+/// One container being copied by [`Value::clone`]: its source, the next child to copy, and the
+/// copies made so far (map entries flattened as key, value, key, value...).
+struct CloneFrame<'a> {
+    source: &'a Value,
+    next: usize,
+    copies: Vec<Value>,
+}
+
+impl<'a> CloneFrame<'a> {
+    fn new(source: &'a Value) -> Self {
+        let len = match source {
+            Value::List(items) => items.len(),
+            Value::Map(entries) => entries.len() * 2,
+            _ => 0,
+        };
+        CloneFrame {
+            source,
+            next: 0,
+            copies: Vec::with_capacity(len),
+        }
+    }
+
+    fn next_child(&mut self) -> Option<&'a Value> {
+        let child = match self.source {
+            Value::List(items) => items.get(self.next),
+            Value::Map(entries) => entries
+                .get(self.next / 2)
+                .map(|(k, v)| if self.next % 2 == 0 { k } else { v }),
+            _ => None,
+        };
+        self.next += 1;
+        child
+    }
+
+    fn finish(self) -> Value {
+        match self.source {
+            Value::Map(_) => {
+                let mut copies = self.copies.into_iter();
+                let mut entries = Vec::with_capacity(copies.len() / 2);
+                while let (Some(k), Some(v)) = (copies.next(), copies.next()) {
+                    entries.push((k, v));
+                }
+                Value::Map(entries)
+            }
+            _ => Value::List(self.copies),
+        }
+    }
+}
+
+impl Clone for Value {
+    fn clone(&self) -> Self {
+        if let Some(scalar) = clone_scalar(self) {
+            return scalar;
+        }
+        // Depth-first with the enclosing containers on a heap stack, never the call stack.
+        let mut current = CloneFrame::new(self);
+        let mut enclosing: Vec<CloneFrame<'_>> = Vec::new();
+        loop {
+            match current.next_child() {
+                Some(child) => match clone_scalar(child) {
+                    Some(copy) => current.copies.push(copy),
+                    None => enclosing.push(std::mem::replace(&mut current, CloneFrame::new(child))),
+                },
+                None => {
+                    let done = current.finish();
+                    match enclosing.pop() {
+                        Some(parent) => {
+                            current = parent;
+                            current.copies.push(done);
+                        }
+                        None => return done,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Compares two children now if neither is a container, else leaves them for later.
+fn eq_or_defer<'a>(x: &'a Value, y: &'a Value, pending: &mut Vec<(&'a Value, &'a Value)>) -> bool {
+    if x.is_container() || y.is_container() {
+        pending.push((x, y));
+        true
+    } else {
+        shallow_eq(x, y)
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        // Pairs of containers still to compare live on a heap stack, never the call stack.
+        let mut pending: Vec<(&Value, &Value)> = Vec::new();
+        let (mut a, mut b) = (self, other);
+        loop {
+            if !shallow_eq(a, b) {
+                return false;
+            }
+            let equal = match (a, b) {
+                (Value::List(xs), Value::List(ys)) => xs
+                    .iter()
+                    .zip(ys)
+                    .all(|(x, y)| eq_or_defer(x, y, &mut pending)),
+                (Value::Map(xs), Value::Map(ys)) => {
+                    xs.iter().zip(ys).all(|((kx, vx), (ky, vy))| {
+                        eq_or_defer(kx, ky, &mut pending) && eq_or_defer(vx, vy, &mut pending)
+                    })
+                }
+                _ => true,
+            };
+            if !equal {
+                return false;
+            }
+            match pending.pop() {
+                Some((x, y)) => (a, b) = (x, y),
+                None => return true,
+            }
+        }
+    }
+}
+
+/// Moves the children of `value` into `pending` if any of them is a container (those are the
+/// ones whose drop would recurse); a container of scalars is left to drop as it is.
+fn detach_nested(value: &mut Value, pending: &mut Vec<Value>) {
+    match value {
+        Value::List(items) if items.iter().any(Value::is_container) => pending.append(items),
+        Value::Map(entries)
+            if entries
+                .iter()
+                .any(|(k, v)| k.is_container() || v.is_container()) =>
+        {
+            pending.reserve(entries.len() * 2);
+            for (k, v) in entries.drain(..) {
+                pending.push(k);
+                pending.push(v);
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Drop for Value {
+    fn drop(&mut self) {
+        // Empty nested containers from a heap stack until only scalars, containers of scalars
+        // and empty shells are dropped: none of those goes deeper. No allocation when `self`
+        // holds no container.
+        let mut pending = Vec::new();
+        detach_nested(self, &mut pending);
+        while let Some(mut value) = pending.pop() {
+            detach_nested(&mut value, &mut pending);
+        }
+    }
+}
+
+/// `Debug` at a nesting depth; containers past [`DEFAULT_MAX_DEPTH`] are elided.
+struct DebugAt<'a>(&'a Value, usize);
+
+/// A map entry, printed as a pair like the derived form does.
+struct DebugEntry<'a>(&'a (Value, Value), usize);
+
+impl fmt::Debug for DebugEntry<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (k, v) = self.0;
+        f.debug_tuple("")
+            .field(&DebugAt(k, self.1))
+            .field(&DebugAt(v, self.1))
+            .finish()
+    }
+}
+
+impl fmt::Debug for DebugAt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let DebugAt(value, depth) = *self;
+        let deeper = depth.saturating_add(1);
+        match value {
+            Value::Null => f.write_str("Null"),
+            Value::Bool(b) => f.debug_tuple("Bool").field(b).finish(),
+            Value::Int(i) => f.debug_tuple("Int").field(i).finish(),
+            Value::Float(x) => f.debug_tuple("Float").field(x).finish(),
+            Value::Str(s) => f.debug_tuple("Str").field(s).finish(),
+            Value::Bytes(b) => f.debug_tuple("Bytes").field(b).finish(),
+            Value::List(_) if depth > DEFAULT_MAX_DEPTH => f.write_str("List([..])"),
+            Value::Map(_) if depth > DEFAULT_MAX_DEPTH => f.write_str("Map([..])"),
+            Value::List(items) => {
+                let items = DebugWith(|f: &mut fmt::Formatter<'_>| {
+                    f.debug_list()
+                        .entries(items.iter().map(|item| DebugAt(item, deeper)))
+                        .finish()
+                });
+                f.debug_tuple("List").field(&items).finish()
+            }
+            Value::Map(entries) => {
+                let entries = DebugWith(|f: &mut fmt::Formatter<'_>| {
+                    f.debug_list()
+                        .entries(entries.iter().map(|entry| DebugEntry(entry, deeper)))
+                        .finish()
+                });
+                f.debug_tuple("Map").field(&entries).finish()
+            }
+        }
+    }
+}
+
+/// `Debug` by a closure.
+struct DebugWith<F>(F);
+
+impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Debug for DebugWith<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.0)(f)
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        DebugAt(self, 1).fmt(f)
     }
 }
 

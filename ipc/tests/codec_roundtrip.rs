@@ -383,3 +383,79 @@ fn nesting_up_to_the_limit_decodes_and_deeper_is_too_deep() {
         EncodeError::TooDeep { limit: 3 }
     );
 }
+
+#[test]
+fn a_large_announced_frame_grows_the_buffer_only_with_the_bytes_that_arrived() {
+    let mut decoder = FrameDecoder::new(CodecConfig::default());
+    decoder.extend(&(codec::DEFAULT_MAX_FRAME as u32).to_le_bytes());
+    let mut received = LENGTH_PREFIX;
+    // Feed 4 MiB of the 64 MiB body in reads as large as the decoder offers; the space it offers
+    // never exceeds twice what arrived (plus one read chunk).
+    while received < 4 << 20 {
+        let space = decoder.read_buf().unwrap().len();
+        assert!(
+            received + space <= 2 * received + codec::READ_CHUNK,
+            "{space} bytes offered after {received} received"
+        );
+        decoder.commit(space);
+        received += space;
+        assert_eq!(decoder.decode_next().unwrap(), None);
+    }
+    assert_eq!(decoder.buffered(), received);
+    assert_eq!(
+        decoder.pending_frame_len(),
+        Some(LENGTH_PREFIX + codec::DEFAULT_MAX_FRAME)
+    );
+}
+
+#[test]
+fn a_handshaking_decoder_refuses_large_frames_until_the_handshake_ends() {
+    let config = CodecConfig {
+        max_handshake_frame: 100,
+        ..CodecConfig::default()
+    };
+    let big = Msg::CancelActor {
+        reason: "x".repeat(500),
+    };
+    let frame = encode(&big, &config).unwrap();
+    let mut decoder = FrameDecoder::handshaking(config);
+    assert!(decoder.is_handshaking());
+    decoder.extend(&frame);
+    let err = decoder.decode_next().unwrap_err();
+    assert_eq!(
+        err,
+        DecodeError::HandshakeFrameTooLarge {
+            len: (frame.len() - LENGTH_PREFIX) as u64,
+            max: 100
+        }
+    );
+    assert!(err.to_string().contains("before the handshake"), "{err}");
+    assert!(matches!(
+        decoder.read_buf(),
+        Err(DecodeError::HandshakeFrameTooLarge { .. })
+    ));
+    // Small frames pass; once the handshake ends, large ones too.
+    let mut decoder = FrameDecoder::handshaking(config);
+    let small = encode(&Msg::CancelAck { teardown_ms: None }, &config).unwrap();
+    decoder.extend(&small);
+    decoder.extend(&frame);
+    assert_eq!(
+        decoder.decode_next().unwrap(),
+        Some(Msg::CancelAck { teardown_ms: None })
+    );
+    decoder.end_handshake();
+    assert!(!decoder.is_handshaking());
+    assert_eq!(decoder.decode_next().unwrap(), Some(big));
+    // The absolute maximum still wins over a larger pre-handshake one.
+    let tiny_max = CodecConfig {
+        max_frame: 10,
+        max_handshake_frame: 1000,
+        ..CodecConfig::default()
+    };
+    let mut decoder = FrameDecoder::handshaking(tiny_max);
+    decoder.extend(&20u32.to_le_bytes());
+    assert_eq!(
+        decoder.decode_next().unwrap_err(),
+        DecodeError::FrameTooLarge { len: 20, max: 10 }
+    );
+}

@@ -88,6 +88,116 @@ fn peer_dying_inside_the_length_prefix_gives_closed() {
 }
 
 #[test]
+fn a_frame_cut_short_then_eof_is_reported_as_truncated_then_closed() {
+    let (ch, mut raw) = raw_peer();
+    let frame = codec::encode(&yield_msg(7), &CodecConfig::default()).unwrap();
+    let half = frame.len() / 2;
+    raw.write_all(&frame[..half]).unwrap();
+    drop(raw);
+    bounded(async {
+        let err = ch.recv().await.unwrap_err();
+        assert!(
+            matches!(err, RecvError::TruncatedFrame { expected, got }
+                if expected == frame.len() && got == half),
+            "{err:?}"
+        );
+        assert!(err.is_closed());
+        let text = err.to_string();
+        assert!(
+            text.contains("middle of a frame") && text.contains(&format!("{half} of")),
+            "{text}"
+        );
+        assert!(matches!(ch.recv().await.unwrap_err(), RecvError::Closed));
+    });
+}
+
+#[test]
+fn a_cut_length_prefix_is_reported_as_truncated() {
+    let (ch, mut raw) = raw_peer();
+    raw.write_all(&[5, 0]).unwrap();
+    drop(raw);
+    bounded(async {
+        let err = ch.recv().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RecvError::TruncatedFrame {
+                    expected: codec::LENGTH_PREFIX,
+                    got: 2
+                }
+            ),
+            "{err:?}"
+        );
+    });
+}
+
+#[test]
+fn an_oversized_header_before_the_handshake_ends_the_connection() {
+    let (ch, mut raw) = raw_peer();
+    let len = codec::DEFAULT_MAX_HANDSHAKE_FRAME as u32 + 1;
+    raw.write_all(&len.to_le_bytes()).unwrap();
+    bounded(async {
+        let err = ch.recv().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RecvError::Decode(DecodeError::HandshakeFrameTooLarge { len: l, max })
+                    if l == u64::from(len) && max == codec::DEFAULT_MAX_HANDSHAKE_FRAME
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("before the handshake"), "{err}");
+        assert!(matches!(ch.recv().await.unwrap_err(), RecvError::Closed));
+    });
+    // The read side is shut down: the peer's further writes fail instead of piling up.
+    let refused = (0..64).find_map(|_| raw.write_all(&[0; 4096]).err());
+    assert!(refused.is_some(), "the peer could keep writing");
+}
+
+#[test]
+fn the_handshake_limit_is_configurable_and_lifted_by_end_handshake() {
+    let (ours, mut raw) = UnixStream::pair().unwrap();
+    let config = CodecConfig {
+        max_handshake_frame: 64,
+        ..CodecConfig::default()
+    };
+    let mut ch = unix::from_stream(ours, config).unwrap();
+    let big = Msg::CancelActor {
+        reason: "y".repeat(10_000),
+    };
+    // The handshake message, then a large one the peer may send once it is accepted.
+    raw.write_all(&codec::encode(&Msg::CancelAck { teardown_ms: None }, &config).unwrap())
+        .unwrap();
+    raw.write_all(&codec::encode(&big, &config).unwrap())
+        .unwrap();
+    bounded(async {
+        assert_eq!(
+            ch.recv().await.unwrap(),
+            Msg::CancelAck { teardown_ms: None }
+        );
+    });
+    ch.end_handshake();
+    bounded(async {
+        assert_eq!(ch.recv().await.unwrap(), big);
+    });
+    // The same large frame first is refused.
+    let (ours, mut raw) = UnixStream::pair().unwrap();
+    let ch = unix::from_stream(ours, config).unwrap();
+    raw.write_all(&codec::encode(&big, &config).unwrap())
+        .unwrap();
+    bounded(async {
+        let err = ch.recv().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RecvError::Decode(DecodeError::HandshakeFrameTooLarge { max: 64, .. })
+            ),
+            "{err:?}"
+        );
+    });
+}
+
+#[test]
 fn send_to_a_gone_peer_hands_the_message_back() {
     bounded(async {
         let (a, b) = unix::pair().unwrap();
@@ -151,7 +261,8 @@ fn dropping_the_last_sender_clone_closes_the_direction() {
 fn concurrent_senders_never_interleave_frames() {
     const SENDERS: u64 = 4;
     const EACH: u64 = 50;
-    let (a, b) = unix::pair().unwrap();
+    let (a, mut b) = unix::pair().unwrap();
+    b.end_handshake();
     let (tx, _rx) = a.split();
     // Large payloads so writes are partial and a reader has to keep up.
     let payload = Value::Bytes(vec![0xab; 300_000]);
@@ -281,7 +392,8 @@ fn an_oversized_message_is_handed_back_and_the_channel_still_works() {
 
 #[test]
 fn a_large_message_crosses_whole() {
-    let (a, b) = unix::pair().unwrap();
+    let (a, mut b) = unix::pair().unwrap();
+    b.end_handshake();
     let msg = Msg::Return {
         cid: Cid(1),
         value: Value::Bytes((0..8_000_000u32).map(|i| i as u8).collect()),

@@ -245,6 +245,7 @@ impl CalleeContext {
     /// Sends the context's first value to the caller. Exactly once: a second call is an error
     /// here and is reported to the caller as well. An error for unary calls.
     pub async fn started(&self, value: Value) -> Result<()> {
+        crate::error::check_depth(&value, || format!("started value of {}", self.chan.func))?;
         let mut st = self.chan.lock();
         let problem = if self.chan.kind == CallKind::Unary {
             Some(format!("started() called in unary call {}", self.chan.func))

@@ -306,6 +306,7 @@ impl TxInner {
     }
 
     async fn send(&self, value: Value) -> Result<()> {
+        crate::error::check_depth(&value, || format!("stream item of {}", self.chan.func))?;
         let mut value = Some(value);
         self.chan
             .wait(|st| {

@@ -1,6 +1,6 @@
 //! The portal's error type.
 
-use harrow_ipc::{ActorId, FnPathError, RemoteError};
+use harrow_ipc::{ActorId, DEFAULT_MAX_DEPTH, FnPathError, RemoteError, Value};
 
 /// `Result` with the portal's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -25,8 +25,10 @@ pub enum Error {
     /// A function path did not parse.
     #[error(transparent)]
     FnPath(#[from] FnPathError),
-    /// A typed value did not convert to or from [`Value`](harrow_ipc::Value).
-    #[error("value conversion failed: {0}")]
+    /// A value was refused: a typed value did not convert to or from
+    /// [`Value`](harrow_ipc::Value), a value nests deeper than
+    /// [`DEFAULT_MAX_DEPTH`](harrow_ipc::DEFAULT_MAX_DEPTH), or a message was too large to send.
+    #[error("invalid value: {0}")]
     Value(String),
     /// A bounded wait ran out.
     #[error("timed out: {0}")]
@@ -67,4 +69,13 @@ impl From<RemoteError> for Error {
     fn from(e: RemoteError) -> Self {
         Error::Remote(Box::new(e))
     }
+}
+
+/// Refuses a value nested deeper than [`DEFAULT_MAX_DEPTH`] where it enters the API, so the limit
+/// holds on every transport (`mem` never encodes) and no deep value reaches the peer. `what` names
+/// the value for the message ("arguments of m:f").
+pub(crate) fn check_depth(value: &Value, what: impl FnOnce() -> String) -> Result<()> {
+    value
+        .check_depth(DEFAULT_MAX_DEPTH)
+        .map_err(|e| Error::Value(format!("{}: {e}", what())))
 }

@@ -14,6 +14,13 @@
 //!   quiet for that caller; one asked for by a third actor surfaces as `ContextCancelled` naming it.
 //! - Failures of served functions (errors and panics) become [`RemoteError`](harrow_ipc::RemoteError)s
 //!   for the caller; errors relayed with `?` through intermediate actors keep their source.
+//! - Values nested deeper than [`DEFAULT_MAX_DEPTH`](harrow_ipc::DEFAULT_MAX_DEPTH) are refused
+//!   where they enter, on every transport: arguments ([`Portal::run`], [`Portal::open_context`]),
+//!   [`CalleeContext::started`] and stream items ([`MsgStream::send`]) fail with
+//!   [`Error::Value`]; a served function's too-deep result reaches its caller as a `Runtime`
+//!   remote error.
+//! - Over byte transports the link lifts the channel's small pre-handshake frame limit once the
+//!   peer's `Hello` is checked (see [`ChannelRx::end_handshake`](harrow_ipc::ChannelRx::end_handshake)).
 //!
 //! ```
 //! use std::sync::Arc;

@@ -201,6 +201,8 @@ impl Link {
                 )));
             }
         };
+        // The peer has said who it is: lift the transport's small pre-handshake frame limit.
+        rx.end_handshake();
         debug!(peer = %peer.id, backend = %peer.backend, pid = peer.pid, "link established");
 
         let parity = u64::from(local.id >= peer.id);
@@ -476,6 +478,7 @@ impl Shared {
     /// Registers a new call and queues its `Start`.
     pub(crate) fn start_call(&self, func: &str, kind: CallKind, args: Value) -> Result<Arc<Chan>> {
         let path = FnPath::parse(func)?;
+        crate::error::check_depth(&args, || format!("arguments of {func}"))?;
         let mut st = self.lock();
         if let Some(reason) = &st.dead {
             return Err(Error::Closed(reason.clone()));
@@ -739,7 +742,20 @@ impl Shared {
         let local = &self.local.id;
         let entry = self.end_served(cid, |shared, chan, st| {
             Some(match result {
-                Ok(Ok(value)) => Msg::Return { cid, value },
+                Ok(Ok(value)) => {
+                    match crate::error::check_depth(&value, || format!("result of {}", chan.func)) {
+                        Ok(()) => Msg::Return { cid, value },
+                        Err(e) => Msg::Error {
+                            cid: Some(cid),
+                            error: RemoteError::new(
+                                ErrorKind::Runtime,
+                                "ValueError",
+                                e.to_string(),
+                                local.clone(),
+                            ),
+                        },
+                    }
+                }
                 // Cancelled and ended by that cancel: the canonical answer, naming the canceller.
                 Ok(Err(err)) if st.cancelled_by.is_some() && err.kind() == ErrorKind::Cancelled => {
                     shared.cancelled_answer(chan, st)

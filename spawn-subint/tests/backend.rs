@@ -41,8 +41,9 @@ fn python_actor_in_a_nursery() -> Result<()> {
         ]))
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let Value::List(items) = out else {
-        anyhow::bail!("unexpected {out:?}")
+    let items = match out.into_list() {
+        Ok(items) => items,
+        Err(out) => anyhow::bail!("unexpected {out:?}"),
     };
     assert_eq!(items[0], Value::Int(42));
     assert!(

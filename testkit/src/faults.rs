@@ -273,6 +273,12 @@ impl RecvHalf for BreakRx {
             }
         })
     }
+
+    fn end_handshake(&mut self) {
+        if let Some(rx) = self.rx.as_mut() {
+            rx.end_handshake();
+        }
+    }
 }
 
 /// Wraps a backend so that every child's channel misbehaves as its [`Faults`] say (see
