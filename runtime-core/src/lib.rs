@@ -21,6 +21,7 @@
 
 mod actor;
 mod backend;
+pub mod bootstrap;
 mod error;
 mod nursery;
 mod root;
@@ -29,8 +30,7 @@ mod thread;
 
 pub use actor::{ActorCtx, ActorExit, ActorInit, current_actor, run_actor, shield};
 pub use backend::{
-    BoxFuture, Capabilities, Child, Exit, HardKill, Runs, SpawnBackend, SpawnError, SpawnSpec,
-    Timeouts,
+    BoxFuture, Capabilities, Child, Exit, HardKill, SpawnBackend, SpawnError, SpawnSpec, Timeouts,
 };
 pub use error::{BoxError, ChildFailure, Error, NurseryError, Result};
 pub use harrow_ipc as ipc;
