@@ -1,4 +1,4 @@
-//! The backend conformance suite: the scenarios of `SCENARIOS.md` as functions generic over a
+//! The backend conformance suite: the scenarios of `docs/SCENARIOS.md` as functions generic over a
 //! [`BackendFactory`], stamped out as one `#[test]` each by
 //! [`conformance_suite!`](crate::conformance_suite).
 //!
