@@ -1,4 +1,4 @@
-//! The backend conformance suite (SCENARIOS.md) against `ThreadBackend`.
+//! The backend conformance suite (docs/SCENARIOS.md) against `ThreadBackend`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
