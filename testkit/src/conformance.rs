@@ -598,7 +598,13 @@ pub fn cancel_actor_graceful<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
+/// The stuck-child scenarios run one at a time in a process (under plain `cargo test` they share
+/// one), so that one's [`BackendFactory::release_stuck`] cannot free the other's child before its
+/// teardown was checked.
+static STUCK_CHILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn stuck_child<F: BackendFactory + ?Sized>(f: &F, func: &str) -> Outcome {
+    let _one_at_a_time = STUCK_CHILD.lock().unwrap_or_else(|p| p.into_inner());
     let t = Timeouts::quick();
     let caps = f.backend().capabilities();
     let start = std::cell::Cell::new(None);
