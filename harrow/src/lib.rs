@@ -63,9 +63,17 @@ pub use harrow_runtime_core::portal::{
     self, CallError, CalleeContext, Context, FnRegistry, MsgStream, Portal, Resolver,
 };
 pub use harrow_runtime_core::{
-    ActorCtx, ActorNursery, ActorSpec, BoxError, Capabilities, ChildFailure, ChildHandle,
-    ChildOutcome, HardKill, NurseryError, RootConfig, Runs, SpawnBackend, Timeouts, current_actor,
-    exit_code, fail_after, move_on_after, open_nursery, run_root, shield,
+    ActorCtx, ActorNursery, ActorSpec, BoxError, ChildFailure, ChildHandle, ChildOutcome,
+    NurseryError, RootConfig, Timeouts, current_actor, exit_code, fail_after, move_on_after,
+    open_nursery, run_root, shield,
+};
+
+/// The backend contract, complete: what a crate needs to implement [`SpawnBackend`] for a new
+/// place actors can live (see `docs/BACKENDS.md` in the repository, and `harrow-testkit` for the
+/// conformance suite every backend must pass).
+pub use harrow_runtime_core::{
+    ActorExit, ActorInit, BoxFuture, CancelToken, Capabilities, Child, DedicatedThread, Exit,
+    HardKill, Joined, SpawnBackend, SpawnError, SpawnSpec, bootstrap, run_actor,
 };
 
 #[cfg(feature = "thread")]

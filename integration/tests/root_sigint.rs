@@ -1,4 +1,4 @@
-//! SIGINT at the root (SCENARIOS.md "Signals"): exit code 130, exit within 3 s, nothing left.
+//! SIGINT at the root (docs/SCENARIOS.md, "SIGINT at the root"): exit code 130, exit within 3 s, nothing left.
 
 use std::process::Command;
 use std::time::Duration;

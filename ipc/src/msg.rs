@@ -348,7 +348,7 @@ impl fmt::Display for RemoteError {
 
 impl std::error::Error for RemoteError {}
 
-/// One message of the protocol. `docs/PROTOCOL.md` describes the exchange each belongs to.
+/// One message of the protocol. `docs/PROTOCOL.md` describes each and the exchanges it belongs to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Msg {
     /// First message in each direction: identity and protocol version.

@@ -1,5 +1,5 @@
 //! The protocol engine on both ends of one harrow channel: remote calls, contexts, bidirectional
-//! streams with flow control, and the cancel protocol (`docs/PROTOCOL.md`).
+//! streams with flow control, and the cancel protocol (`docs/PROTOCOL.md` describes the wire).
 //!
 //! A [`Link`] runs over one [`Channel`](harrow_ipc::Channel). It is symmetric: it serves the
 //! peer's calls with a local [`Resolver`] (callee side) and carries local calls to the peer

@@ -1,4 +1,5 @@
-//! The actor runtime entry ([`run_actor`]) and the ambient current actor ([`current_actor`]).
+//! The actor runtime entry ([`run_actor`]), the ambient current actor ([`current_actor`]), and
+//! [`shield`], which keeps work alive on the current actor.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -363,5 +364,66 @@ async fn close_and_flush(link: &Link, config: &LinkConfig) {
         .is_none()
     {
         tracing::warn!("the parent link's I/O did not stop within {bound:?}");
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Shield.
+//
+// In Rust, cancelling a task is dropping its future. A shield keeps a future running to completion
+// even if its caller is dropped, on the current actor's executor, and the actor does not exit
+// before it ends (the parent's hard-kill bound still applies: a shield defers the graceful cancel,
+// it never absorbs the escalation).
+
+/// Runs `fut` to completion even if the caller is dropped (cancelled) meanwhile.
+///
+/// Inside an actor, the shielded future runs as a task on the actor's executor and the actor
+/// does not exit before it ends; the graceful cancel waits for it, the hard kill does not.
+/// Outside an actor there is nothing to keep it alive: it simply runs inline.
+pub async fn shield<F>(fut: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match current_actor() {
+        Some(actor) => {
+            let guard = actor.track();
+            let task = actor.executor().spawn(async move {
+                let out = fut.await;
+                drop(guard);
+                out
+            });
+            Detaching(Some(task)).await
+        }
+        // Outside an actor there is no executor to outlive the caller: run inline.
+        None => fut.await,
+    }
+}
+
+/// A task handle that detaches (keeps running) instead of cancelling when dropped.
+struct Detaching<T>(Option<async_executor::Task<T>>);
+
+impl<T> Future for Detaching<T> {
+    type Output = T;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<T> {
+        let task = self.0.as_mut().expect("polled after completion");
+        match task.poll(cx) {
+            std::task::Poll::Ready(v) => {
+                self.0 = None;
+                std::task::Poll::Ready(v)
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<T> Drop for Detaching<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.detach();
+        }
     }
 }

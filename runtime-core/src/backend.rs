@@ -12,16 +12,6 @@ use harrow_portal::Resolver;
 /// A boxed, sendable future, as returned by the object-safe backend traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What kind of code an actor on this backend runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Runs {
-    /// Rust functions registered in a [`FnRegistry`](harrow_portal::FnRegistry).
-    Rust,
-    /// Python functions (`"package.module:function"`).
-    Python,
-}
-
 /// What [`Child::hard_kill`] can do to a child that ignores the graceful cancel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -43,21 +33,25 @@ pub struct Capabilities {
     pub parallel: bool,
     /// What a hard kill achieves.
     pub hard_kill: HardKill,
-    /// Which functions the child runs.
-    pub runs: Runs,
     /// The child lives in the parent's address space (so in-process resolvers can be passed).
     pub in_process: bool,
     /// A child can itself start children with this backend.
     pub nested: bool,
 }
 
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities::new()
+    }
+}
+
 impl Capabilities {
-    /// Defaults: parallel, in-process, nestable, hard kill that detaches.
-    pub fn new(runs: Runs) -> Self {
+    /// Defaults: parallel, in-process, nestable, hard kill that detaches (the weakest kill: claim
+    /// more with [`with_hard_kill`](Self::with_hard_kill) only if the backend really does it).
+    pub fn new() -> Self {
         Capabilities {
             parallel: true,
             hard_kill: HardKill::Detaches,
-            runs,
             in_process: true,
             nested: true,
         }
@@ -228,10 +222,11 @@ impl SpawnError {
 
 /// Where an actor runs. Object-safe: the runtime holds backends as `Arc<dyn SpawnBackend>`.
 ///
-/// This is the page a backend author reads. A backend decides *where* an actor runs (an OS thread,
-/// a subinterpreter, a child process); the runtime decides everything else. The runtime calls
+/// This is the page a backend author reads (`docs/BACKENDS.md` in the repository walks through a
+/// complete example backend). A backend decides *where* an actor runs (an OS thread, a
+/// subinterpreter, a child process); the runtime decides everything else. The runtime calls
 /// [`SpawnBackend::spawn`], performs the `Hello` handshake on the returned child's channel, serves
-/// and supervises it, and tears it down with the ladder of DESIGN.md §4:
+/// and supervises it, and tears it down with this ladder:
 ///
 /// 1. `CancelActor` over the channel, bounded by [`Timeouts::cancel_ack`];
 /// 2. [`Child::join`] bounded by [`Timeouts::graceful_exit`];
@@ -245,6 +240,15 @@ impl SpawnError {
 ///   a [`Channel`] with an [`ActorInit`](crate::ActorInit) made from the [`SpawnSpec`]. It returns
 ///   once the child is started; it need not wait for the child's `Hello` (the runtime does, bounded).
 ///   Every failure is a [`SpawnError`] naming the actor, never a panic.
+/// - `spawn` must be **cancel-safe**: the nursery drops its future when it has not finished within
+///   `LinkConfig::hello_timeout`, at any `.await`. Whatever the future has started by then (a
+///   thread, a process, a temporary file) must be ended or released by dropping it: hold each
+///   resource in a guard whose `Drop` undoes it, and hand the guards to the [`Child`] only at the
+///   end. A `Child` dropped by the runtime (a failed handshake, a spawn abandoned halfway) must not
+///   leave anything running either, beyond what it reports.
+/// - [`SpawnBackend::spawn`] runs on the parent actor's own thread, inside its executor: never
+///   block it (no `std::thread::sleep`, no blocking joins); do slow work on a thread of its own
+///   and await it.
 /// - Every method is bounded: `join` never waits longer than its bound, `hard_kill` never blocks.
 ///   `join` must be cancel-safe (a ladder step can be cut short by an escalation, and `join` is
 ///   then called again): [`DedicatedThread`](crate::DedicatedThread) gives an actor thread exactly
@@ -254,9 +258,13 @@ impl SpawnError {
 /// - Declare what the backend can do in [`Capabilities`]; shared code and the conformance suite
 ///   branch on capabilities, never on the backend's name.
 ///
+/// - A child whose channel is already gone (the ladder drops it before the hard kill) must still
+///   be ended by `hard_kill` and reaped by `join`: never rely on the channel to reach a child
+///   you are killing.
+///
 /// ```
-/// use harrow_runtime_core::{Capabilities, HardKill, Runs};
-/// let caps = Capabilities::new(Runs::Rust).with_hard_kill(HardKill::Detaches);
+/// use harrow_runtime_core::{Capabilities, HardKill};
+/// let caps = Capabilities::new().with_hard_kill(HardKill::Kills).with_in_process(false);
 /// assert!(caps.parallel);
 /// ```
 pub trait SpawnBackend: Send + Sync + fmt::Debug + 'static {

@@ -21,16 +21,16 @@
 
 mod actor;
 mod backend;
+pub mod bootstrap;
 mod error;
 mod nursery;
 mod root;
 mod scope;
 mod thread;
 
-pub use actor::{ActorCtx, ActorExit, ActorInit, current_actor, run_actor};
+pub use actor::{ActorCtx, ActorExit, ActorInit, current_actor, run_actor, shield};
 pub use backend::{
-    BoxFuture, Capabilities, Child, Exit, HardKill, Runs, SpawnBackend, SpawnError, SpawnSpec,
-    Timeouts,
+    BoxFuture, Capabilities, Child, Exit, HardKill, SpawnBackend, SpawnError, SpawnSpec, Timeouts,
 };
 pub use error::{BoxError, ChildFailure, Error, NurseryError, Result};
 pub use harrow_ipc as ipc;
@@ -39,5 +39,5 @@ pub use nursery::{
     ActorNursery, ActorSpec, ChildHandle, ChildOutcome, open_nursery, teardown_bound,
 };
 pub use root::{RootConfig, exit_code, run_root};
-pub use scope::{CancelToken, DeadlineExceeded, fail_after, move_on_after, shield};
+pub use scope::{CancelToken, DeadlineExceeded, fail_after, move_on_after};
 pub use thread::{DedicatedThread, Joined, panic_message, thread_name};

@@ -690,7 +690,7 @@ async fn abandon(mut child: Box<dyn Child>, t: Timeouts) {
     }
 }
 
-/// The teardown ladder for one child; every step is bounded (DESIGN.md §4).
+/// The teardown ladder for one child; every step is bounded (`docs/ARCHITECTURE.md`).
 async fn ladder(
     child: &mut dyn Child,
     link: &Link,

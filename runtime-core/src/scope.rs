@@ -1,10 +1,8 @@
-//! Cancel scopes: deadlines ([`move_on_after`], [`fail_after`]), [`shield`], and the
-//! [`CancelToken`] the runtime signals with.
+//! Cancel scopes: deadlines ([`move_on_after`], [`fail_after`]) and the [`CancelToken`] the
+//! runtime signals with. (The shield, which needs the current actor, is in `actor.rs`: this
+//! module depends on nothing else in the crate.)
 //!
-//! In Rust, cancelling a task is dropping its future. A deadline drops the future when it passes;
-//! a shield keeps a future running to completion even if its caller is dropped, on the current
-//! actor's executor, and the actor does not exit before it ends (the parent's hard-kill bound
-//! still applies: a shield defers the graceful cancel, it never absorbs the escalation).
+//! In Rust, cancelling a task is dropping its future. A deadline drops the future when it passes.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -157,59 +155,6 @@ pub async fn fail_after<F: Future>(bound: Duration, fut: F) -> Result<F::Output,
     with_deadline(bound, fut)
         .await
         .ok_or(DeadlineExceeded(bound))
-}
-
-/// Runs `fut` to completion even if the caller is dropped (cancelled) meanwhile.
-///
-/// Inside an actor, the shielded future runs as a task on the actor's executor and the actor
-/// does not exit before it ends; the graceful cancel waits for it, the hard kill does not.
-/// Outside an actor there is nothing to keep it alive: it simply runs inline.
-pub async fn shield<F>(fut: F) -> F::Output
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    match crate::actor::current_actor() {
-        Some(actor) => {
-            let guard = actor.track();
-            let task = actor.executor().spawn(async move {
-                let out = fut.await;
-                drop(guard);
-                out
-            });
-            Detaching(Some(task)).await
-        }
-        // Outside an actor there is no executor to outlive the caller: run inline.
-        None => fut.await,
-    }
-}
-
-/// A task handle that detaches (keeps running) instead of cancelling when dropped.
-struct Detaching<T>(Option<async_executor::Task<T>>);
-
-impl<T> Future for Detaching<T> {
-    type Output = T;
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<T> {
-        let task = self.0.as_mut().expect("polled after completion");
-        match task.poll(cx) {
-            std::task::Poll::Ready(v) => {
-                self.0 = None;
-                std::task::Poll::Ready(v)
-            }
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
-    }
-}
-
-impl<T> Drop for Detaching<T> {
-    fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.detach();
-        }
-    }
 }
 
 #[cfg(test)]

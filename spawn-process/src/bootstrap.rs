@@ -6,10 +6,10 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use harrow_runtime_core::ActorExit;
 use harrow_runtime_core::ipc::codec::CodecConfig;
 use harrow_runtime_core::ipc::unix;
 use harrow_runtime_core::portal::Resolver;
-use harrow_runtime_core::{ActorExit, ActorInit, run_actor};
 
 use crate::error::{Error, Result};
 use crate::spec::{CHILD_FD_ENV, CHILD_SPEC_ENV, ChildSpec, PARENT_PID_ENV};
@@ -113,7 +113,10 @@ pub fn take_bootstrap() -> Result<Option<ChildBootstrap>> {
             actual,
         });
     }
-    let spec = ChildSpec::decode(&env_var(CHILD_SPEC_ENV)?)?;
+    let spec = ChildSpec::decode(&env_var(CHILD_SPEC_ENV)?).map_err(|e| Error::Spec {
+        var: CHILD_SPEC_ENV,
+        reason: e.to_string(),
+    })?;
     // SAFETY: F_GETFD only reads the flags of a descriptor number; it touches no memory.
     #[allow(unsafe_code)]
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -217,8 +220,7 @@ pub fn run_child(boot: ChildBootstrap, resolver: Arc<dyn Resolver>) -> i32 {
             return EXIT_BOOTSTRAP_FAILED;
         }
     };
-    let init = ActorInit::from_spec(boot.spec.to_spawn_spec(), "process").with_resolver(resolver);
-    let exit = run_actor(channel, init);
+    let exit = harrow_runtime_core::bootstrap::run_child(channel, &boot.spec, "process", resolver);
     let code = match exit {
         ActorExit::HandshakeFailed(why) => {
             eprintln!("harrow child {name}: handshake with the parent failed: {why}");

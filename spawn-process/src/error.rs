@@ -23,9 +23,6 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The spec could not be encoded for a child.
-    #[error("cannot encode the actor spec: {0}")]
-    Encode(String),
     /// The inherited channel descriptor is unusable.
     #[error("inherited channel fd {fd} is unusable: {source}")]
     Fd {

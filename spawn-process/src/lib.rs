@@ -73,7 +73,7 @@ use async_io::Async;
 use harrow_runtime_core::ipc::codec::CodecConfig;
 use harrow_runtime_core::ipc::unix;
 use harrow_runtime_core::{
-    BoxFuture, Capabilities, Child, HardKill, Runs, SpawnBackend, SpawnError, SpawnSpec,
+    BoxFuture, Capabilities, Child, HardKill, SpawnBackend, SpawnError, SpawnSpec,
 };
 
 pub use bootstrap::{
@@ -152,7 +152,7 @@ impl SpawnBackend for ProcessBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(Runs::Rust)
+        Capabilities::new()
             .with_hard_kill(HardKill::Kills)
             .with_in_process(false)
             .with_nested(true)

@@ -13,7 +13,7 @@ use std::time::Duration;
 use harrow_runtime_core::ipc::{ActorId, Channel, mem};
 use harrow_runtime_core::{
     ActorInit, BoxFuture, Capabilities, Child, DedicatedThread, Exit as ChildExit, HardKill,
-    Joined, Runs, SpawnBackend, SpawnError, SpawnSpec, run_actor,
+    Joined, SpawnBackend, SpawnError, SpawnSpec, run_actor,
 };
 
 use crate::config::InterpConfig;
@@ -47,7 +47,7 @@ impl SpawnBackend for SubintBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(Runs::Python)
+        Capabilities::new()
             .with_hard_kill(HardKill::Interrupts)
             .with_nested(false)
     }

@@ -1,5 +1,5 @@
 //! `harrow-spawn-subint`: harrow actors that run Python functions in CPython subinterpreters,
-//! each with its own GIL, each owned by a dedicated OS thread (DESIGN.md §6).
+//! each with its own GIL, each owned by a dedicated OS thread (`docs/ARCHITECTURE.md`).
 //!
 //! - [`InterpThread`] creates one subinterpreter on a fresh `std::thread` named
 //!   `subint-<actor>`, runs every Python call of that actor there, and ends it there

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use harrow_runtime_core::ipc::{ActorId, Channel, mem};
 use harrow_runtime_core::{
-    ActorInit, BoxFuture, Capabilities, Child, DedicatedThread, Exit, HardKill, Joined, Runs,
+    ActorInit, BoxFuture, Capabilities, Child, DedicatedThread, Exit, HardKill, Joined,
     SpawnBackend, SpawnError, SpawnSpec, run_actor, thread_name,
 };
 
@@ -64,7 +64,7 @@ impl SpawnBackend for ThreadBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(Runs::Rust).with_hard_kill(HardKill::Detaches)
+        Capabilities::new().with_hard_kill(HardKill::Detaches)
     }
 
     fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {

@@ -1,7 +1,6 @@
-//! The backend conformance suite (SCENARIOS.md) against `ThreadBackend`.
+//! The backend conformance suite (docs/SCENARIOS.md) against `ThreadBackend`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use harrow_runtime_core::{ActorSpec, SpawnBackend};
 use harrow_spawn_thread::ThreadBackend;
@@ -24,7 +23,7 @@ impl BackendFactory for ThreadFactory {
         std::any::type_name::<testfns::TestError>()
     }
     fn release_stuck(&self) {
-        testfns::RELEASE.store(true, Ordering::SeqCst);
+        testfns::release_stuck();
     }
 }
 

@@ -1,4 +1,4 @@
-//! The backend conformance suite: the scenarios of `SCENARIOS.md` as functions generic over a
+//! The backend conformance suite: the scenarios of `docs/SCENARIOS.md` as functions generic over a
 //! [`BackendFactory`], stamped out as one `#[test]` each by
 //! [`conformance_suite!`](crate::conformance_suite).
 //!
@@ -954,7 +954,13 @@ pub fn cancel_actor_graceful<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
+/// The stuck-child scenarios run one at a time in a process (under plain `cargo test` they share
+/// one), so that one's [`BackendFactory::release_stuck`] cannot free the other's child before its
+/// teardown was checked.
+static STUCK_CHILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn stuck_child<F: BackendFactory + ?Sized>(f: &F, func: &str) -> Outcome {
+    let _one_at_a_time = STUCK_CHILD.lock().unwrap_or_else(|p| p.into_inner());
     let t = Timeouts::quick();
     let caps = f.backend().capabilities();
     let start = std::cell::Cell::new(None);

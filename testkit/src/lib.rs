@@ -13,8 +13,10 @@
 //!
 //! And for backends:
 //!
-//! - [`conformance`]: the backend conformance suite, the scenarios of `SCENARIOS.md` stamped out
-//!   as one `#[test]` each by [`conformance_suite!`];
+//! - [`conformance`]: the backend conformance suite, the scenarios of `docs/SCENARIOS.md` (in the
+//!   harrow repository) stamped out as one `#[test]` each by [`conformance_suite!`]; an
+//!   out-of-tree backend depends on this crate as a dev-dependency and runs the same suite
+//!   (`docs/BACKENDS.md` shows how);
 //! - [`testfns`]: the standard Rust functions the scenarios call;
 //! - [`faults`]: fault-injecting backend and channel wrappers;
 //! - [`sigint`]: the SIGINT harness for scenario binaries.

@@ -5,7 +5,7 @@
 //! rely on exactly that.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use harrow_runtime_core::ipc::{ErrorKind, Value};
@@ -14,8 +14,19 @@ use harrow_runtime_core::{current_actor, open_nursery, shield};
 
 use crate::conformance::BackendFactory;
 
-/// Set to let `busy` and `block` calls in this process return (so a leaked thread can end).
-pub static RELEASE: AtomicBool = AtomicBool::new(false);
+/// How many times [`release_stuck`] was called in this process.
+static RELEASES: AtomicU64 = AtomicU64::new(0);
+
+/// Lets the `busy` and `block` calls running in this process return, so that a leaked thread can
+/// end. Calls that start afterwards are stuck again (until the next release), so one scenario's
+/// release never frees a later scenario's stuck child.
+pub fn release_stuck() {
+    RELEASES.fetch_add(1, Ordering::SeqCst);
+}
+
+fn released_since(start: u64) -> bool {
+    RELEASES.load(Ordering::SeqCst) != start
+}
 
 /// Items sent so far by `ctx_produce` in this process.
 pub static PRODUCED: AtomicU64 = AtomicU64::new(0);
@@ -83,16 +94,18 @@ fn register(
         async_io::Timer::after(Duration::from_millis(ms.max(0) as u64)).await;
         Ok(Value::Null)
     })?;
-    // busy(): never yields to the executor (until RELEASE is set in this process)
+    // busy(): never yields to the executor (until release_stuck() in this process)
     r.unary("testfns:busy", |_| async move {
-        while !RELEASE.load(Ordering::SeqCst) {
+        let start = RELEASES.load(Ordering::SeqCst);
+        while !released_since(start) {
             std::hint::spin_loop();
         }
         Ok(Value::Null)
     })?;
-    // block(): a blocking native wait that does not yield (until RELEASE)
+    // block(): a blocking native wait that does not yield (until release_stuck())
     r.unary("testfns:block", |_| async move {
-        while !RELEASE.load(Ordering::SeqCst) {
+        let start = RELEASES.load(Ordering::SeqCst);
+        while !released_since(start) {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(Value::Null)
@@ -247,13 +260,14 @@ fn register(
             Ok(Value::Null)
         }
     })?;
-    // busy_marker(path): writes the file `path`, then never yields (until RELEASE)
+    // busy_marker(path): writes the file `path`, then never yields (until release_stuck())
     r.unary("testfns:busy_marker", |v| async move {
         let path = v
             .as_str()
             .ok_or_else(|| bad_args("busy_marker", "a path", &v))?;
+        let start = RELEASES.load(Ordering::SeqCst);
         std::fs::write(path, b"busy").map_err(|e| CallError::raised("IOError", e.to_string()))?;
-        while !RELEASE.load(Ordering::SeqCst) {
+        while !released_since(start) {
             std::hint::spin_loop();
         }
         Ok(Value::Null)

@@ -1,4 +1,4 @@
-//! The backend conformance suite (SCENARIOS.md) against `ProcessBackend`; children are the helper
+//! The backend conformance suite (docs/SCENARIOS.md) against `ProcessBackend`; children are the helper
 //! binary of this package.
 
 use std::sync::Arc;
