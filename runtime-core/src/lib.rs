@@ -39,5 +39,7 @@ pub use nursery::{
     ActorNursery, ActorSpec, ChildHandle, ChildOutcome, open_nursery, teardown_bound,
 };
 pub use root::{RootConfig, exit_code, run_root};
-pub use scope::{CancelToken, DeadlineExceeded, fail_after, move_on_after, shield};
+pub use scope::{
+    CancelToken, DeadlineExceeded, FailAfter, MoveOnAfter, fail_after, move_on_after, shield,
+};
 pub use thread::{DedicatedThread, Joined, panic_message, thread_name};
