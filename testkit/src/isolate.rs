@@ -158,7 +158,7 @@ pub fn isolated<T: TestOutcome>(bound: Duration, test: impl FnOnce() -> T) -> T 
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct IsolatedRun {
-    /// Its stdout (libtest's lines and the test's own).
+    /// Its stdout (the test's own, and libtest's `test … ok` line).
     pub stdout: String,
     /// Its stderr (without the start marker).
     pub stderr: String,
@@ -268,7 +268,12 @@ pub fn run_in_own_process(path: &str, bound: Duration) -> Result<IsolatedRun> {
         }
     }
 
-    let stdout = String::from_utf8_lossy(&out).into_owned();
+    // libtest's own framing of the one test is left out: the parent's libtest reports the test.
+    let stdout = String::from_utf8_lossy(&out)
+        .lines()
+        .filter(|l| *l != "running 1 test" && !l.starts_with("test result: "))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
     let marker = format!("{STARTED_MARKER}{path}");
     let mut started = false;
     let stderr = String::from_utf8_lossy(&err)
