@@ -48,8 +48,9 @@ use crate::{Error, Result};
 /// path it runs). Tests in such a process run in it directly, never re-run again.
 pub const ISOLATED_ENV: &str = "HARROW_TESTKIT_ISOLATED";
 
-/// The line an isolated child prints (on stderr, where libtest writes no partial lines) when a test body starts in it; the parent
-/// requires it, so that a test path that matched no test is an error, not a silent pass.
+/// The line an isolated child prints when a test body starts in it (on stderr, where libtest
+/// writes no partial lines); the parent requires it, so that a test path that matched no test is
+/// an error, not a silent pass.
 const STARTED_MARKER: &str = "harrow-testkit: isolated test started: ";
 
 /// How long the parent waits for the child's output to end after the child exited (a leaked
@@ -88,15 +89,38 @@ pub enum Placement {
 
 /// Where a test body started on this thread would run. See the [module docs](self).
 pub fn placement() -> Placement {
-    if std::env::var_os(ISOLATED_ENV).is_some_and(|v| !v.is_empty())
-        || std::env::var("NEXTEST_EXECUTION_MODE").as_deref() == Ok("process-per-test")
-    {
+    placement_from(
+        std::env::var_os(ISOLATED_ENV).is_some_and(|v| !v.is_empty()),
+        std::env::var("NEXTEST_EXECUTION_MODE").ok().as_deref(),
+        std::thread::current().name(),
+    )
+}
+
+fn placement_from(
+    isolated_child: bool,
+    nextest_mode: Option<&str>,
+    thread_name: Option<&str>,
+) -> Placement {
+    if isolated_child || nextest_mode == Some("process-per-test") {
         return Placement::Alone;
     }
-    match std::thread::current().name() {
+    match thread_name {
         None | Some("main") => Placement::NotATest,
         Some(test) => Placement::Shared(test.to_owned()),
     }
+}
+
+/// Records that this thread's test `path` is being re-run in a child; an error if it already was.
+fn claim(path: &str) -> std::result::Result<(), String> {
+    let again = DELEGATED.with(|d| d.borrow_mut().replace(path.to_owned()));
+    if again.as_deref() == Some(path) {
+        return Err(format!(
+            "test `{path}` started a second isolated section: `isolated` (and `harness`, which \
+             uses it) must wrap the whole test, which has already run in a process of its own; \
+             put loops and sequences inside one call"
+        ));
+    }
+    Ok(())
 }
 
 thread_local! {
@@ -129,13 +153,8 @@ pub fn isolated<T: TestOutcome>(bound: Duration, test: impl FnOnce() -> T) -> T 
         }
         Placement::NotATest => test(),
         Placement::Shared(path) => {
-            let again = DELEGATED.with(|d| d.borrow_mut().replace(path.clone()));
-            if again.as_deref() == Some(path.as_str()) {
-                panic!(
-                    "test `{path}` started a second isolated section: `isolated` (and `harness`, \
-                     which uses it) must wrap the whole test, which has already run in a process \
-                     of its own; put loops and sequences inside one call"
-                );
+            if let Err(misuse) = claim(&path) {
+                panic!("{misuse}");
             }
             let run = run_in_own_process(&path, bound);
             let (stdout, stderr) = match &run {
@@ -403,6 +422,43 @@ mod tests {
             panic_excerpt(stderr),
             "thread 'x' (12) panicked at a.rs:1:2:\nboom\nline two"
         );
+    }
+
+    #[test]
+    fn where_a_body_runs() {
+        let alone = Placement::Alone;
+        assert_eq!(placement_from(true, None, Some("t")), alone);
+        assert_eq!(
+            placement_from(false, Some("process-per-test"), Some("t")),
+            alone
+        );
+        assert_eq!(
+            placement_from(false, Some("some-future-mode"), Some("m::t")),
+            Placement::Shared("m::t".into())
+        );
+        assert_eq!(
+            placement_from(false, None, Some("m::t")),
+            Placement::Shared("m::t".into())
+        );
+        assert_eq!(
+            placement_from(false, None, Some("main")),
+            Placement::NotATest
+        );
+        assert_eq!(placement_from(false, None, None), Placement::NotATest);
+    }
+
+    #[test]
+    fn a_second_section_of_one_test_is_refused() {
+        // On a fresh thread: the record is per test thread.
+        std::thread::spawn(|| {
+            assert_eq!(claim("a"), Ok(()));
+            let again = claim("a").expect_err("the same test again");
+            assert!(again.contains("must wrap the whole test"), "{again}");
+            // Another test on a reused thread (RUST_TEST_THREADS=1) is fine.
+            assert_eq!(claim("b"), Ok(()));
+        })
+        .join()
+        .expect("no panic");
     }
 
     #[test]
