@@ -1,26 +1,36 @@
 //! The long soak: 2,000 spawn/call/cancel cycles per backend (four rounds of the conformance
-//! suite's `spawn_cancel_soak`, each under the watchdog and the resource tracker).
+//! suite's `spawn_cancel_soak`, each under the watchdog and the resource tracker), a few minutes
+//! in all.
 //!
-//! Left out of the default nextest run (names containing `soak_long`); run it with
-//! `cargo nextest run --workspace --profile soak`. CI runs it after the main suite when time
-//! allows (see `.ci/run`).
+//! Opt-in under every runner: the tests are `#[ignore]`d, and nextest's default profile also
+//! leaves out names containing `soak_long`. Run them with
+//! `cargo nextest run --workspace --profile soak --run-ignored only` or
+//! `cargo test -p harrow-integration --test soak_long -- --ignored`. CI runs them after the main
+//! suite (see `.ci/run`).
 
 use harrow_testkit::conformance::{self, BackendFactory};
 
 const ROUNDS: usize = 4;
 
 fn soak(factory: &dyn BackendFactory) {
-    for _ in 0..ROUNDS {
-        conformance::run("soak_long", factory, conformance::spawn_cancel_soak);
-    }
+    // One process of its own for all the rounds (re-run in a child under `cargo test`).
+    let bound = (conformance::SOAK_BOUND + harrow_testkit::DEFAULT_SETTLE) * ROUNDS as u32
+        + harrow_testkit::ISOLATION_MARGIN;
+    harrow_testkit::isolated(bound, || {
+        for _ in 0..ROUNDS {
+            conformance::run_here("soak_long", factory, conformance::spawn_cancel_soak);
+        }
+    });
 }
 
 #[test]
+#[ignore = "long soak (minutes): run explicitly, as CI does"]
 fn soak_long_thread() {
     soak(&harrow_integration::ThreadFactory);
 }
 
 #[test]
+#[ignore = "long soak (minutes): run explicitly, as CI does"]
 fn soak_long_process() {
     // Children re-execute the scenario binary, whose main serves the standard functions.
     let factory =
@@ -29,6 +39,7 @@ fn soak_long_process() {
 }
 
 #[test]
+#[ignore = "long soak (minutes): run explicitly, as CI does"]
 fn soak_long_subint() {
     match harrow_integration::backend_factory("subint") {
         Some(factory) => soak(&*factory),

@@ -350,6 +350,16 @@ impl CalleeContext {
         self.chan.lock().cancel_aware = true;
     }
 
+    /// Declares that, if cancelled, this call needs up to `d` to clean up (for example to tear
+    /// down the children of a nursery it holds, within their bounded ladder). Applied the moment
+    /// a cancel arrives, whether or not the call is polled in time; bounded by what it says.
+    /// Implies [`observe_cancel`](Self::observe_cancel).
+    pub fn reserve_cleanup(&self, d: std::time::Duration) {
+        let mut st = self.chan.lock();
+        st.cancel_aware = true;
+        st.cleanup_reserved = st.cleanup_reserved.max(d);
+    }
+
     /// Lets this cancel-aware call, once cancelled, run until `extra` from now if that is later
     /// than its cleanup bound: for example to tear its own children down with their bounded
     /// ladder, or to finish reporting what it ended with. Whether the cancel arrived before or

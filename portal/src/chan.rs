@@ -66,6 +66,9 @@ pub(crate) struct ChanState {
     /// Callee: when a cancel-aware call's cleanup time is up once cancelled (set at the cancel,
     /// or before it by `extend_cleanup`).
     pub(crate) cleanup_until: Option<std::time::Instant>,
+    /// Callee: how long the call said it will need to clean up after a cancel (applied at the
+    /// cancel, so nothing depends on the call being polled in time).
+    pub(crate) cleanup_reserved: std::time::Duration,
 
     // --- receiving direction of the stream ---
     pub(crate) rx_open: bool,

@@ -806,7 +806,8 @@ impl Shared {
                 }
                 if st.cancel_aware {
                     // The bound, or later if the call asked for more (before the cancel too).
-                    let bound = Instant::now() + self.config.cancel_cleanup;
+                    let bound =
+                        Instant::now() + self.config.cancel_cleanup.max(st.cleanup_reserved);
                     st.cleanup_until = Some(st.cleanup_until.map_or(bound, |t| t.max(bound)));
                 }
                 st.cancel_aware

@@ -39,5 +39,5 @@ pub use nursery::{
     ActorNursery, ActorSpec, ChildHandle, ChildOutcome, open_nursery, teardown_bound,
 };
 pub use root::{RootConfig, exit_code, run_root};
-pub use scope::{CancelToken, DeadlineExceeded, fail_after, move_on_after};
+pub use scope::{CancelToken, DeadlineExceeded, FailAfter, MoveOnAfter, fail_after, move_on_after};
 pub use thread::{DedicatedThread, Joined, panic_message, thread_name};

@@ -628,15 +628,11 @@ where
     // and what they raised meanwhile is still reported, with the cancel.
     let call = harrow_portal::current_call();
     if let Some(call) = &call {
-        call.observe_cancel();
+        call.reserve_cleanup(teardown_bound(&nursery.inner.actor.timeouts()));
     }
     let call_cancelled = async {
         match &call {
-            Some(call) => {
-                let canceller = call.cancelled().await;
-                call.extend_cleanup(teardown_bound(&nursery.inner.actor.timeouts()));
-                canceller
-            }
+            Some(call) => call.cancelled().await,
             None => std::future::pending().await,
         }
     };

@@ -5,12 +5,13 @@
 //! In Rust, cancelling a task is dropping its future. A deadline drops the future when it passes.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use event_listener::Event;
-use futures_lite::FutureExt;
 
 /// A one-way cancellation signal. Cheap to clone; all clones see the same state.
 #[derive(Clone, Default)]
@@ -123,16 +124,15 @@ impl WaitGroup {
 }
 
 /// Runs `fut` for at most `bound`; `None` if the deadline passed first (the future is dropped).
-pub(crate) async fn with_deadline<F: Future>(bound: Duration, fut: F) -> Option<F::Output> {
-    async { Some(fut.await) }
-        .or(async {
-            async_io::Timer::after(bound).await;
-            None
-        })
-        .await
+pub(crate) fn with_deadline<F: Future>(bound: Duration, fut: F) -> MoveOnAfter<F> {
+    move_on_after(bound, fut)
 }
 
 /// Runs `fut`, cancelling (dropping) it after `bound`. Returns `None` if it was cancelled.
+///
+/// The deadline counts from the first poll. The returned [`MoveOnAfter`] holds `fut` and a timer
+/// side by side, so a deadline adds a constant to the size of the future it wraps (nesting
+/// deadlines adds one constant per level, never a multiple).
 ///
 /// ```
 /// use std::time::Duration;
@@ -141,8 +141,56 @@ pub(crate) async fn with_deadline<F: Future>(bound: Duration, fut: F) -> Option<
 /// assert!(r.is_none());
 /// # });
 /// ```
-pub async fn move_on_after<F: Future>(bound: Duration, fut: F) -> Option<F::Output> {
-    with_deadline(bound, fut).await
+pub fn move_on_after<F: Future>(bound: Duration, fut: F) -> MoveOnAfter<F> {
+    MoveOnAfter {
+        fut,
+        bound,
+        timer: None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`move_on_after`]: `Some(output)` if the wrapped future finished first,
+    /// `None` if the deadline passed first.
+    ///
+    /// The wrapped future is polled before the timer, so a future that is ready when the deadline
+    /// passes still wins. It is dropped with this future (at the end of the `.await`).
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct MoveOnAfter<F> {
+        #[pin]
+        fut: F,
+        bound: Duration,
+        // Started at the first poll.
+        timer: Option<async_io::Timer>,
+    }
+}
+
+impl<F> std::fmt::Debug for MoveOnAfter<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MoveOnAfter")
+            .field("bound", &self.bound)
+            .field("started", &self.timer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for MoveOnAfter<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let bound = *this.bound;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| async_io::Timer::after(bound));
+        match Pin::new(timer).poll(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// The deadline of a [`fail_after`] passed.
@@ -151,10 +199,37 @@ pub async fn move_on_after<F: Future>(bound: Duration, fut: F) -> Option<F::Outp
 pub struct DeadlineExceeded(pub Duration);
 
 /// Runs `fut`, failing with [`DeadlineExceeded`] (and dropping it) after `bound`.
-pub async fn fail_after<F: Future>(bound: Duration, fut: F) -> Result<F::Output, DeadlineExceeded> {
-    with_deadline(bound, fut)
-        .await
-        .ok_or(DeadlineExceeded(bound))
+///
+/// Like [`move_on_after`], it adds a constant to the size of the future it wraps.
+pub fn fail_after<F: Future>(bound: Duration, fut: F) -> FailAfter<F> {
+    FailAfter {
+        inner: move_on_after(bound, fut),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`fail_after`]: the wrapped future's output, or [`DeadlineExceeded`].
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct FailAfter<F> {
+        #[pin]
+        inner: MoveOnAfter<F>,
+    }
+}
+
+impl<F> std::fmt::Debug for FailAfter<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("FailAfter").field(&self.inner).finish()
+    }
+}
+
+impl<F: Future> Future for FailAfter<F> {
+    type Output = Result<F::Output, DeadlineExceeded>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
+        let bound = inner.bound;
+        inner.poll(cx).map(|out| out.ok_or(DeadlineExceeded(bound)))
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Interpreters that cannot be ended in time are leaked and reported, and the process does not
-//! abort. (Own test binary: it leaves leaked interpreters behind.)
+//! abort. (Own test binary, and each test in a process of its own under `cargo test` too: they
+//! leave leaked interpreters behind and count the live ones.)
 
 #![cfg(harrow_subint)] // needs Python >= 3.12 (tests/unavailable.rs covers the other case)
 
@@ -12,8 +13,18 @@ use common::*;
 use harrow_ipc::Value;
 use harrow_spawn_subint::{Exit, InterpThread, interp_threads, live_interpreters};
 
+/// The bound of one test's own process (its steps are bounded by `BOUND` each).
+const ISOLATION_BOUND: Duration = Duration::from_secs(120);
+
 #[test]
 fn blocked_c_call_is_bounded_and_leaked_without_abort() -> Result<()> {
+    harrow_testkit::isolated(
+        ISOLATION_BOUND,
+        blocked_c_call_is_bounded_and_leaked_without_abort_here,
+    )
+}
+
+fn blocked_c_call_is_bounded_and_leaked_without_abort_here() -> Result<()> {
     let t = spawn("leak-sleep")?;
     let h = t.handle();
     assert_eq!(
@@ -59,6 +70,13 @@ fn blocked_c_call_is_bounded_and_leaked_without_abort() -> Result<()> {
 
 #[test]
 fn live_python_thread_leaks_instead_of_aborting() -> Result<()> {
+    harrow_testkit::isolated(
+        ISOLATION_BOUND,
+        live_python_thread_leaks_instead_of_aborting_here,
+    )
+}
+
+fn live_python_thread_leaks_instead_of_aborting_here() -> Result<()> {
     let mut cfg = config("leak-thread").allow_threads(true);
     cfg.thread_join_bound = Duration::from_millis(200);
     let t = InterpThread::spawn(cfg)?;
@@ -84,6 +102,13 @@ fn live_python_thread_leaks_instead_of_aborting() -> Result<()> {
 
 #[test]
 fn shielded_harrow_sleep_outlives_shutdown_and_is_leaked() -> Result<()> {
+    harrow_testkit::isolated(
+        ISOLATION_BOUND,
+        shielded_harrow_sleep_outlives_shutdown_and_is_leaked_here,
+    )
+}
+
+fn shielded_harrow_sleep_outlives_shutdown_and_is_leaked_here() -> Result<()> {
     let t = InterpThread::spawn(config("leak-shield").expose("harrow_testfns.conformance"))?;
     let h = t.handle();
     let (host, ends) = chan_host();

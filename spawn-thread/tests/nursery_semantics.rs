@@ -34,7 +34,7 @@ fn config() -> RootConfig {
         .timeouts(Timeouts::quick())
 }
 
-fn bounded<T>(name: &str, f: impl FnOnce() -> T) -> T {
+fn bounded(name: &str, f: impl FnOnce()) {
     harrow_testkit::harness(
         name,
         Duration::from_secs(60),

@@ -3,8 +3,9 @@
 //! [`conformance_suite!`](crate::conformance_suite).
 //!
 //! A scenario skips only on declared [`Capabilities`](harrow_runtime_core::Capabilities) (or on
-//! what the factory says its functions can do), printing the reason. Each runs under the hang
-//! watchdog and the resource tracker: a pass also means nothing was left behind.
+//! what the factory says its functions can do), printing the reason. Each runs alone in its
+//! process (under `cargo test` too: see [`crate::isolate`]), under the hang watchdog and the
+//! resource tracker: a pass also means nothing was left behind.
 //!
 //! ```ignore
 //! // spawn-thread/tests/conformance.rs
@@ -66,17 +67,34 @@ pub const SCENARIO_BOUND: Duration = Duration::from_secs(60);
 /// repeat themselves (below nextest's 120 s kill).
 pub const SOAK_BOUND: Duration = Duration::from_secs(110);
 
-/// Runs one scenario under the hang watchdog and the resource tracker.
+/// Runs one scenario as a whole test: alone in its process (re-run in a child under `cargo
+/// test`, see [`crate::isolate`]), under the hang watchdog and the resource tracker.
 pub fn run<F: BackendFactory + ?Sized>(name: &str, factory: &F, scenario: fn(&F) -> Outcome) {
-    let bound = if name.contains("soak") || name.contains("repeated") {
+    let bound = scenario_bound(name);
+    crate::isolated(
+        bound + crate::DEFAULT_SETTLE + crate::ISOLATION_MARGIN,
+        || run_here(name, factory, scenario),
+    );
+}
+
+/// [`run`] in this process, without the isolation: for a test that runs several scenarios
+/// inside one [`crate::isolated`] section (the long soak), or is otherwise alone.
+pub fn run_here<F: BackendFactory + ?Sized>(name: &str, factory: &F, scenario: fn(&F) -> Outcome) {
+    factory.warm_up();
+    let outcome = crate::harness_here(name, scenario_bound(name), crate::DEFAULT_SETTLE, || {
+        scenario(factory)
+    });
+    if let Outcome::Skipped(why) = outcome {
+        eprintln!("SKIPPED {name}: {why}");
+    }
+}
+
+/// The watchdog bound of scenario `name`: [`SOAK_BOUND`] for a soak, else [`SCENARIO_BOUND`].
+pub fn scenario_bound(name: &str) -> Duration {
+    if name.contains("soak") || name.contains("repeated") {
         SOAK_BOUND
     } else {
         SCENARIO_BOUND
-    };
-    factory.warm_up();
-    let outcome = crate::harness(name, bound, crate::DEFAULT_SETTLE, || scenario(factory));
-    if let Outcome::Skipped(why) = outcome {
-        eprintln!("SKIPPED {name}: {why}");
     }
 }
 

@@ -17,10 +17,12 @@
 //! # One test per process
 //!
 //! The tracker sees the whole process. `cargo test` runs the tests of one binary in parallel on
-//! threads of its own, so another test's threads, fds and children look like leaks (or hide
-//! them). A test that uses the tracker must run alone in its process: `cargo nextest` does that by
-//! default; under `cargo test`, put it in its own integration-test file (one `#[test]` per file)
-//! or run with `--test-threads=1`.
+//! threads of its own, so another test's threads, fds and children would look like leaks (or
+//! hide them). A test that uses the tracker must run alone in its process: `cargo nextest` does
+//! that by default, and [`crate::harness`] (through [`crate::isolated`]) re-runs the test alone in
+//! a child process under `cargo test`. A test that uses the tracker directly wraps itself in
+//! [`crate::isolated`]. See [`crate::isolate`] for why the tracker does not try to tell tests
+//! apart instead.
 //!
 //! # Process-global singletons
 //!

@@ -15,8 +15,10 @@
 //! 3. aborts the process: a hung test cannot be unwound from another thread, and `abort` runs no
 //!    exit handler that a hung thread could block.
 //!
-//! Aborting kills every test of the process: under `cargo test` that is every test of the binary
-//! still running; under `cargo nextest` (one test per process) only the hung one.
+//! Aborting kills every test of the process: a test armed through [`crate::harness`] has its
+//! process to itself (under `cargo nextest`, and under `cargo test` through [`crate::isolated`]),
+//! so only the hung test dies; a watchdog armed directly in a test that shares its process under
+//! `cargo test` takes the other tests of the binary down with it.
 //!
 //! The environment variable `HARROW_WATCHDOG_GDB` names the gdb program to run (default `gdb`);
 //! set it empty to skip gdb.

@@ -1,27 +1,36 @@
 //! `harness` passes a clean body (sync and async, with the watchdog's own thread not counted), and
 //! fails a leaking one with a message naming the leak.
-//! One test in this file: the tracker must be the only test in its process.
+//! The whole test is one isolated section (a process of its own under `cargo test` too), inside
+//! which several harnessed bodies run one after the other.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use harrow_testkit::{harness, harness_async};
+use harrow_testkit::{harness, harness_async, harness_here, isolated};
 
 const BOUND: Duration = harrow_testkit::DEFAULT_BOUND;
 
 #[test]
 fn harness_passes_clean_bodies_and_names_leaks() -> anyhow::Result<()> {
-    let v = harness("clean_sync", BOUND, Duration::from_secs(30), || {
+    isolated(BOUND * 4, body)
+}
+
+fn body() -> anyhow::Result<()> {
+    let v = harness_here("clean_sync", BOUND, Duration::from_secs(30), || {
         std::thread::spawn(|| 21 * 2).join().expect("joined")
     });
     assert_eq!(v, 42);
 
-    let v = harness_async("clean_async", BOUND, Duration::from_secs(30), async {
-        async_io::Timer::after(Duration::from_millis(1)).await;
-        7
+    // Inside an isolated section, `harness` runs here (it does not re-run the test).
+    harness("clean_sync_unit", BOUND, Duration::from_secs(30), || {
+        assert_eq!(std::thread::spawn(|| 1).join().expect("joined"), 1);
     });
-    assert_eq!(v, 7);
+
+    harness_async("clean_async", BOUND, Duration::from_secs(30), async {
+        async_io::Timer::after(Duration::from_millis(1)).await;
+        Ok::<_, anyhow::Error>(())
+    })?;
 
     let (release, released) = mpsc::channel::<()>();
     let (started, has_started) = mpsc::channel::<()>();
