@@ -8,8 +8,10 @@
 //!
 //! Build time: the crate is built into this workspace's target directory, with the same flags and
 //! dependency versions (the section's optional `Cargo.lock` copy), so cargo reuses the
-//! workspace's artifacts and compiles little more than the crate itself. Offline: the registry
-//! cache that `scripts/setup` filled is enough.
+//! workspace's registry-crate artifacts. harrow's own crates are compiled once more for it (cargo
+//! hashes path packages relative to the consuming workspace's root), then reused by later runs,
+//! which build only the crate (seconds): the crate's directory is the same on every run. Offline:
+//! the registry cache that `scripts/setup` filled is enough.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -20,8 +22,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 
 const SECTION: &str = "### Using harrow from your own crate";
-/// Bound on the consumer's build and run (nextest kills a test after 120 s anyway).
-const CARGO_BOUND: Duration = Duration::from_secs(110);
+/// Bound on the consumer's build and run: seconds when warm, about a minute on a fresh clone of a
+/// loaded 2-core machine (harrow's crates are compiled again for the consumer). nextest's
+/// backstop for this test is 240 s (.config/nextest.toml).
+const CARGO_BOUND: Duration = Duration::from_secs(230);
 /// Bound on one direct run of the built binary.
 const RUN_BOUND: Duration = Duration::from_secs(30);
 
