@@ -4,7 +4,8 @@
 //! and `/path/to/python3` by the Python this workspace builds with. It is built with `cargo run`
 //! and must print what the section says it prints (one thread, one process and one Python actor);
 //! then the built binary is run again directly with a minimal environment (no
-//! `LD_LIBRARY_PATH`), as it would run when deployed.
+//! `LD_LIBRARY_PATH`), as it would run when deployed, and once more with `PYTHONHOME` pointing
+//! nowhere (a deployment without the standard library), where it must fail with harrow's error.
 //!
 //! Build time: the crate is built into this workspace's target directory, with the same flags and
 //! dependency versions (the section's optional `Cargo.lock` copy), so cargo reuses the
@@ -284,6 +285,26 @@ fn a_crate_outside_the_workspace_follows_the_readme() -> Result<()> {
         ok && stdout.trim_end() == expected,
         "{} alone printed {stdout:?} (README: {expected:?}), stderr:\n{stderr}",
         exe.display()
+    );
+
+    // Deployed where its Python's standard library is not found (the README's deploying notes):
+    // starting the Python actor fails with an error that says what to do, and the program ends
+    // through its own error path (anyhow's `Error: ...`), not by CPython ending the process.
+    let mut no_stdlib = Command::new(&exe);
+    no_stdlib
+        .current_dir(&dir)
+        .env_clear()
+        .env("PYTHONHOME", dir.join("no-such-python-home"));
+    if let Some(v) = std::env::var_os("PATH") {
+        no_stdlib.env("PATH", v);
+    }
+    let (ok, _, stderr) = run_bounded(no_stdlib, &dir, "no-stdlib-run", RUN_BOUND)?;
+    ensure!(
+        !ok && stderr.starts_with("Error: ")
+            && stderr.contains("Python initialisation failed")
+            && stderr.contains("PYTHONHOME")
+            && !stderr.contains("Fatal Python error"),
+        "without its standard library the binary should fail with harrow's error, got:\n{stderr}"
     );
 
     std::fs::remove_dir_all(&dir)?;
