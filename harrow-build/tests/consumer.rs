@@ -184,6 +184,18 @@ fn a_crate_outside_the_workspace_follows_the_readme() -> Result<()> {
     };
     let root = repo_root();
     let root_str = root.to_str().context("the checkout's path is not UTF-8")?;
+    // Build flags in this checkout's cargo config do not reach the consumer (its config is its
+    // own), so none of the workspace's artifacts could be shared and the build would outgrow its
+    // bound: say so plainly instead. (Flags exported as RUSTFLAGS reach both builds: fine.)
+    let config = std::fs::read_to_string(root.join(".cargo/config.toml")).unwrap_or_default();
+    ensure!(
+        !config
+            .lines()
+            .any(|l| l.trim_start().starts_with("rustflags")),
+        "{}/.cargo/config.toml sets rustflags (an older scripts/setup wrote \
+         --cfg pyo3_disable_reference_pool): run scripts/setup again",
+        root.display()
+    );
 
     let section = readme_section()?;
     let blocks = code_blocks(&section)?;
