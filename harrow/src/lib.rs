@@ -34,9 +34,11 @@
 //! - `process`: [`ProcessBackend`], actors in child processes (the running binary re-executed).
 //!   A program that uses it calls [`maybe_run_child`] first thing in `main`;
 //! - `subint`: [`SubintBackend`], actors running Python functions in CPython subinterpreters
-//!   with their own GIL, configured with [`InterpConfig`]. It needs the Python that
-//!   `scripts/setup` records; a build without one still compiles, warns, and
-//!   [`subint_status`] says why the backend is unavailable.
+//!   with their own GIL, configured with [`InterpConfig`]. It needs a CPython >= 3.12 with a
+//!   shared libpython at build time (pyo3 finds it through `PYO3_PYTHON`), and binaries that run
+//!   Python actors need an rpath to that libpython: `harrow_build::link_python()` in the
+//!   build.rs of the crate that builds them adds it. A build without a suitable Python still
+//!   compiles, warns, and [`subint_status`] says why the backend is unavailable.
 //!
 //! A Python actor on the subint backend (its module found through `sys_path`):
 //!
@@ -139,22 +141,30 @@ pub fn subint_status() -> Result<(), String> {
     }
 }
 
-/// Whether `scripts/setup` recorded that this build has no suitable Python.
+/// Whether the build was told that there is no Python (`HARROW_NO_PYTHON=1`, which harrow's own
+/// `scripts/setup` records when it finds none).
 #[cfg(feature = "subint")]
 fn build_has_no_python() -> bool {
     option_env!("HARROW_NO_PYTHON").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+/// What to do about it, said for a project that depends on harrow.
+#[cfg(feature = "subint")]
+const SUBINT_FIX: &str = "point PYO3_PYTHON at a CPython >= 3.12 built with a shared libpython \
+                          (for example in the [env] table of your project's .cargo/config.toml) \
+                          and rebuild";
+
 #[cfg(feature = "subint")]
 fn unavailable_reason() -> String {
     if build_has_no_python() {
-        ": scripts/setup found no CPython >= 3.12 with a shared libpython (HARROW_NO_PYTHON=1); \
-         install one and run scripts/setup again"
-            .to_owned()
+        format!(
+            ": it was built with HARROW_NO_PYTHON=1 (no Python linked; harrow's own scripts/setup \
+             records that when it finds no suitable Python); unset it and {SUBINT_FIX}"
+        )
     } else {
         format!(
             ": harrow-spawn-subint was built against Python {}, which cannot host own-GIL \
-             subinterpreters (needs CPython >= 3.12 with a shared libpython); run scripts/setup",
+             subinterpreters (needs CPython >= 3.12 with a shared libpython); {SUBINT_FIX}",
             harrow_spawn_subint::python_version()
         )
     }

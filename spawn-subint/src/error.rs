@@ -40,11 +40,14 @@ pub enum Error {
     Config(String),
 }
 
-/// The message every entry point returns when the configured Python is too old or static.
+/// The message every entry point returns when the configured Python is too old or static: what
+/// was found, and what a project depending on harrow changes to get a working backend.
 pub(crate) fn unavailable_message() -> String {
     format!(
-        "harrow-spawn-subint was built against Python {} ({}); the subint backend needs Python \
-         >= 3.12 with a shared libpython; run scripts/setup (or set PYO3_PYTHON) and rebuild",
+        "harrow-spawn-subint was built against Python {} ({}), which cannot host own-GIL \
+         subinterpreters (needs CPython >= 3.12 built with a shared libpython); point PYO3_PYTHON \
+         at such a python when building (for example in the [env] table of your project's \
+         .cargo/config.toml) and rebuild",
         env!("HARROW_SUBINT_PY_VERSION"),
         env!("HARROW_SUBINT_PYTHON"),
     )

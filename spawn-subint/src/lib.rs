@@ -33,8 +33,8 @@
 //!   handlers) and its GIL released. The process never calls `Py_FinalizeEx`.
 //! - [`PyResolver`] plugs an interpreter into the portal as the actor's `Resolver`.
 //!
-//! Needs Python >= 3.12 with a shared libpython at build time (`PYO3_PYTHON`, set up by
-//! `scripts/setup`); otherwise everything returns [`Error::Unavailable`].
+//! Needs CPython >= 3.12 with a shared libpython at build time (pyo3 finds it through
+//! `PYO3_PYTHON`); otherwise everything returns [`Error::Unavailable`].
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -49,9 +49,12 @@ unsafe extern "C" {
 /// finalize).
 static MAIN: OnceLock<Result<usize, String>> = OnceLock::new();
 
-/// Initialises the main interpreter once per process (thread-safe, lazily):
-/// `Py_InitializeEx(0)` — no Python signal handlers, the harrow root owns SIGINT — then
-/// releases its GIL with `PyEval_SaveThread`.
+/// Initialises the main interpreter once per process (thread-safe, lazily), configured as
+/// `Py_InitializeEx(0)` would (no Python signal handlers: the harrow root owns SIGINT) but
+/// through `Py_InitializeFromConfig`, so that a failure (typically a deployed binary whose Python
+/// finds no standard library) is an [`Error::Init`] instead of CPython ending the process; then
+/// releases its GIL with `PyEval_SaveThread`. A failure is remembered: Python is never retried in
+/// that process.
 ///
 /// The process never calls `Py_FinalizeEx`: with a subinterpreter still alive (leaked) it would
 /// abort or misbehave, and finalizing buys nothing at process exit.
@@ -64,9 +67,9 @@ pub(crate) fn ensure_main() -> Result<()> {
             if ffi::Py_IsInitialized() != 0 {
                 return Ok(0);
             }
-            ffi::Py_InitializeEx(0);
+            initialize()?;
             if ffi::Py_IsInitialized() == 0 {
-                return Err("Py_InitializeEx(0) did not initialise Python".to_owned());
+                return Err("Py_InitializeFromConfig did not initialise Python".to_owned());
             }
             stacks::install();
             let ts = ffi::PyEval_SaveThread();
@@ -74,6 +77,77 @@ pub(crate) fn ensure_main() -> Result<()> {
         }
     });
     r.as_ref().map(|_| ()).map_err(|e| Error::Init(e.clone()))
+}
+
+/// `Py_InitializeEx(0)`'s configuration (CPython's "compat" one: no argv parsing, no C locale
+/// coercion or UTF-8 mode, C stdio left alone, no signal handlers), built on the public
+/// "python" configuration, with the failure returned instead of ending the process.
+///
+/// # Safety
+/// Python must not be initialised yet; called once, from [`ensure_main`].
+unsafe fn initialize() -> std::result::Result<(), String> {
+    // SAFETY: the Init functions fill every field of the structs they get; the structs live on
+    // this stack frame until CPython has copied them (`Py_PreInitialize`,
+    // `Py_InitializeFromConfig`), and `PyConfig_Clear` frees what `PyConfig_InitPythonConfig`
+    // allocated.
+    unsafe {
+        let mut pre = std::mem::MaybeUninit::<ffi::PyPreConfig>::uninit();
+        ffi::PyPreConfig_InitPythonConfig(pre.as_mut_ptr());
+        let mut pre = pre.assume_init();
+        pre.parse_argv = 0;
+        pre.coerce_c_locale = 0;
+        pre.coerce_c_locale_warn = 0;
+        pre.utf8_mode = 0;
+        let status = ffi::Py_PreInitialize(&pre);
+        if ffi::PyStatus_Exception(status) != 0 {
+            return Err(init_failure(status));
+        }
+        let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::uninit();
+        ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());
+        let mut config = config.assume_init();
+        config.parse_argv = 0;
+        config.install_signal_handlers = 0;
+        config.configure_c_stdio = 0;
+        let status = ffi::Py_InitializeFromConfig(&config);
+        ffi::PyConfig_Clear(&mut config);
+        if ffi::PyStatus_Exception(status) != 0 {
+            return Err(init_failure(status));
+        }
+        Ok(())
+    }
+}
+
+/// What a failed initialisation status says, and what to do about it on the machine running it.
+///
+/// # Safety
+/// `status` comes from CPython: its strings are null or NUL-terminated and static.
+unsafe fn init_failure(status: ffi::PyStatus) -> String {
+    let text = |p: *const std::ffi::c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: see the function's contract.
+            unsafe { std::ffi::CStr::from_ptr(p) }
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    // SAFETY: `status` is a value CPython returned.
+    let what = if unsafe { ffi::PyStatus_IsExit(status) } != 0 {
+        format!("CPython asked to exit with status {}", status.exitcode)
+    } else {
+        match (text(status.func), text(status.err_msg)) {
+            (f, m) if f.is_empty() => m,
+            (f, m) => format!("{f}: {m}"),
+        }
+    };
+    let v = env!("HARROW_SUBINT_PY_VERSION");
+    format!(
+        "{what}. The Python {v} this program is linked against could not start; it needs its \
+         standard library (lib/python{v}): it looks under the prefix that Python was built with \
+         unless PYTHONHOME names another, so install that Python here or set PYTHONHOME to the \
+         prefix holding lib/python{v}"
+    )
 }
 
 /// Queues a cancel injection into `shared`'s interpreter if it is alive. Never blocks on Python.
