@@ -195,6 +195,9 @@ pub(crate) struct Shared {
     /// clears it under this lock before exiting, so a holder may signal that thread.
     pub(crate) tid: Mutex<i32>,
     pub(crate) leaked: AtomicBool,
+    /// What the owning thread waits for while no call runs, if anything (teardown stages), for
+    /// leak reports.
+    pub(crate) stage: Mutex<Option<String>>,
     /// Set when shutdown began: the thread takes no new call.
     pub(crate) closing: AtomicBool,
 }
@@ -213,6 +216,7 @@ impl Shared {
             thread: Mutex::new(None),
             tid: Mutex::new(0),
             leaked: AtomicBool::new(false),
+            stage: Mutex::new(None),
             closing: AtomicBool::new(false),
         });
         REGISTRY
@@ -260,6 +264,16 @@ impl Shared {
         }
         self.request_cancel();
     }
+}
+
+/// Interpreters leaked on purpose: their `Shared` must outlive them, that is live as long as the
+/// process, because a leaked interpreter may still run pending calls and `harrow` functions
+/// that point at it.
+static KEPT: Mutex<Vec<Arc<Shared>>> = Mutex::new(Vec::new());
+
+/// Keeps `shared` alive for the rest of the process (its interpreter is being leaked).
+pub(crate) fn keep_forever(shared: &Arc<Shared>) {
+    KEPT.lock().push(Arc::clone(shared));
 }
 
 /// How often an outstanding cancel is injected again (for code that swallows `BaseException`).

@@ -98,6 +98,14 @@ pub(crate) fn inject_cancel(shared: &Shared) {
 /// has an outstanding cancel, is outside any shield, and this is the interpreter's owning thread.
 /// Otherwise it is a no-op (the injector re-arms it).
 unsafe extern "C" fn pending_cancel(arg: *mut c_void) -> c_int {
+    // SAFETY: CPython runs pending calls with the target interpreter's GIL held; a panic in the
+    // body becomes a Python exception (the -1 return says one is set).
+    obj::guarded("cancel injection", -1, || unsafe {
+        pending_cancel_body(arg)
+    })
+}
+
+unsafe fn pending_cancel_body(arg: *mut c_void) -> c_int {
     // SAFETY: CPython runs pending calls on a thread of the target interpreter with its GIL held
     // and no exception set; `arg` is the interpreter's live `Shared` (see `inject_cancel`).
     unsafe {

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use pyo3_ffi as ffi;
 
 use super::convert::{self, ConvError};
-use super::obj::{Obj, PyErrSet, PyResult};
+use super::obj::{Obj, PyErrSet, PyResult, guarded, guarded_quiet};
 use crate::host::{CallHost, StreamHost};
 use crate::state::{JobState, Shared};
 
@@ -196,6 +196,13 @@ pub(crate) unsafe fn release_types(shared: &Shared) {
 }
 
 unsafe extern "C" fn drop_shared_capsule(capsule: *mut ffi::PyObject) {
+    // SAFETY: CPython calls a capsule destructor with the capsule's interpreter's GIL held.
+    guarded_quiet("harrow._shared capsule destructor", || unsafe {
+        drop_shared_capsule_body(capsule)
+    })
+}
+
+unsafe fn drop_shared_capsule_body(capsule: *mut ffi::PyObject) {
     // SAFETY: called by CPython with the capsule's interpreter's GIL held; the pointer is the
     // `Box<Arc<Shared>>` we created for this capsule name.
     unsafe {
@@ -264,6 +271,17 @@ unsafe extern "C" fn native_shield_enter(
     slf: *mut ffi::PyObject,
     _args: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this C function with its interpreter's GIL held and the arguments
+    // its `PyMethodDef` flags promise; a panic in the body becomes a Python exception.
+    guarded("harrow shield (enter)", std::ptr::null_mut(), || unsafe {
+        native_shield_enter_body(slf, _args)
+    })
+}
+
+unsafe fn native_shield_enter_body(
+    slf: *mut ffi::PyObject,
+    _args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     // SAFETY: called by CPython on a thread of this interpreter with its GIL held.
     unsafe {
         let Some(shared) = shared_from(slf) else {
@@ -277,6 +295,17 @@ unsafe extern "C" fn native_shield_enter(
 }
 
 unsafe extern "C" fn native_shield_exit(
+    slf: *mut ffi::PyObject,
+    clean: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this C function with its interpreter's GIL held and the arguments
+    // its `PyMethodDef` flags promise; a panic in the body becomes a Python exception.
+    guarded("harrow shield (exit)", std::ptr::null_mut(), || unsafe {
+        native_shield_exit_body(slf, clean)
+    })
+}
+
+unsafe fn native_shield_exit_body(
     slf: *mut ffi::PyObject,
     clean: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
@@ -304,6 +333,17 @@ unsafe extern "C" fn native_checkpoint(
     slf: *mut ffi::PyObject,
     _args: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this C function with its interpreter's GIL held and the arguments
+    // its `PyMethodDef` flags promise; a panic in the body becomes a Python exception.
+    guarded("harrow.checkpoint()", std::ptr::null_mut(), || unsafe {
+        native_checkpoint_body(slf, _args)
+    })
+}
+
+unsafe fn native_checkpoint_body(
+    slf: *mut ffi::PyObject,
+    _args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     // SAFETY: called by CPython on a thread of this interpreter with its GIL held.
     unsafe {
         let Some(shared) = shared_from(slf) else {
@@ -322,6 +362,17 @@ unsafe extern "C" fn native_checkpoint(
 /// first (unless shielded: a shielded sleep runs to its end) and returns True. Elsewhere (a
 /// Python thread, no call running) returns False at once: `harrow.sleep` then sleeps in slices.
 unsafe extern "C" fn native_sleep(
+    slf: *mut ffi::PyObject,
+    seconds: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this C function with its interpreter's GIL held and the arguments
+    // its `PyMethodDef` flags promise; a panic in the body becomes a Python exception.
+    guarded("harrow.sleep()", std::ptr::null_mut(), || unsafe {
+        native_sleep_body(slf, seconds)
+    })
+}
+
+unsafe fn native_sleep_body(
     slf: *mut ffi::PyObject,
     seconds: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
@@ -461,12 +512,19 @@ impl CallCtx {
         &self,
         f: impl for<'a> FnOnce(&'a mut Box<dyn StreamHost>) -> crate::host::HostFuture<'a, T>,
     ) -> Blocked<T> {
-        let mut guard = self.stream.lock();
-        let Some(stream) = guard.as_mut() else {
-            return Blocked::Failed("the stream is not open (call ctx.open_stream() first)".into());
+        // Taken out for the operation: no lock is held while the thread waits and serves other
+        // calls. An operation that ends by a panic loses the stream (the call then fails).
+        let Some(mut stream) = self.stream.lock().take() else {
+            return Blocked::Failed(
+                "the stream is not open (call ctx.open_stream() first), or another operation \
+                 on it is in progress"
+                    .into(),
+            );
         };
-        // SAFETY: forwarded. The lock is only ever taken on this thread.
-        unsafe { self.block(f(stream)) }
+        // SAFETY: forwarded.
+        let out = unsafe { self.block(f(&mut stream)) };
+        *self.stream.lock() = Some(stream);
+        out
     }
 }
 
@@ -503,6 +561,13 @@ pub(crate) unsafe fn make_ctx(h: &HarrowModule, ctx: &Arc<CallCtx>) -> PyResult<
 }
 
 unsafe extern "C" fn drop_call_capsule(capsule: *mut ffi::PyObject) {
+    // SAFETY: CPython calls a capsule destructor with the capsule's interpreter's GIL held.
+    guarded_quiet("harrow._call capsule destructor", || unsafe {
+        drop_call_capsule_body(capsule)
+    })
+}
+
+unsafe fn drop_call_capsule_body(capsule: *mut ffi::PyObject) {
     // SAFETY: CPython calls this with the GIL held; the pointer is our `Box<Arc<CallCtx>>`.
     unsafe {
         let p = ffi::PyCapsule_GetPointer(capsule, CALL_CAPSULE.as_ptr());
@@ -523,6 +588,14 @@ unsafe extern "C" fn native_op(
     slf: *mut ffi::PyObject,
     args: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this C function with its interpreter's GIL held and the arguments
+    // its `PyMethodDef` flags promise; a panic in the body becomes a Python exception.
+    guarded("a ctx/stream operation", std::ptr::null_mut(), || unsafe {
+        native_op_body(slf, args)
+    })
+}
+
+unsafe fn native_op_body(slf: *mut ffi::PyObject, args: *mut ffi::PyObject) -> *mut ffi::PyObject {
     // SAFETY: called by CPython on a thread of this interpreter with its GIL held; `slf` is our
     // call capsule, `args` a tuple.
     unsafe {
@@ -559,6 +632,24 @@ unsafe extern "C" fn native_op(
             raise(
                 &shared.types.harrow_error,
                 Some("ctx and its stream can only be used on the thread running the call"),
+            );
+            return std::ptr::null_mut();
+        }
+        // While a call waits (GIL released), the thread serves the actor's other calls nested
+        // on its stack; one of them must not use the waiting call's ctx (it would wait inside
+        // the waiting call's own operation).
+        let running = shared
+            .current
+            .lock()
+            .as_ref()
+            .is_some_and(|j| Arc::ptr_eq(j, &ctx.job));
+        if !running {
+            raise(
+                &shared.types.harrow_error,
+                Some(
+                    "this ctx belongs to a call that is waiting while another call of the actor \
+                     runs; a call can only use its own ctx",
+                ),
             );
             return std::ptr::null_mut();
         }

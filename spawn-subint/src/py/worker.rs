@@ -16,37 +16,96 @@ use pyo3_ffi as ffi;
 
 use super::convert::{self, ConvError};
 use super::module::{self, Blocked, CallCtx, HarrowModule};
-use super::obj::{Obj, PyErrSet, PyResult};
+use super::obj::{Obj, PyErrSet, PyResult, Released, panic_text};
 use crate::config::InterpConfig;
 use crate::error::{Error, Result};
 use crate::interp::{CallJob, Exit, Job, cancelled_error};
 use crate::state::{self, JobState, Shared};
 
+/// Where this thread's interpreter is in its life (for the panic path of [`thread_main`]).
+#[derive(Clone, Copy)]
+enum Life {
+    /// Not created yet (or its creation failed).
+    NotCreated,
+    /// Alive, owned by this thread through this thread state.
+    Alive(*mut ffi::PyThreadState),
+    /// Ended, or deliberately leaked.
+    Gone,
+}
+
 /// Runs one interpreter's whole life on the calling (fresh, dedicated) thread. Reports creation
 /// success or failure on `ready`, serves `jobs` until `Job::Shutdown` (or every sender is gone),
 /// then ends the interpreter here, or leaks it when ending it is unsafe (a Python thread is
 /// still alive).
+///
+/// A panic on this thread outside a call (a call's own panic fails only that call) is caught
+/// here: the thread reports [`Exit::Failed`] with the panic message after releasing what it
+/// held (the GIL, shared with every legacy interpreter in legacy mode) and ending its
+/// interpreter when that is safe (leaking it otherwise).
 pub(crate) fn thread_main(
     shared: &Arc<Shared>,
     config: &InterpConfig,
     jobs: flume::Receiver<Job>,
     ready: flume::Sender<Result<()>>,
 ) -> Exit {
+    // SAFETY: `gettid` has no preconditions.
+    *shared.tid.lock() = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+    let life = Cell::new(Life::NotCreated);
+    let ready = Cell::new(Some(ready));
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: a fresh thread with no thread state, the main interpreter initialised (the
+        // caller of `InterpThread::spawn` ran `ensure_main`).
+        unsafe { serve(shared, config, jobs, &ready, &life) }
+    }));
+    SERVER.with(|s| s.set(std::ptr::null()));
+    match run {
+        Ok(exit) => exit,
+        Err(payload) => {
+            let why = format!("the interpreter thread {}", panic_text(&*payload));
+            tracing::error!(actor = %config.name, "{why}");
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(Err(Error::Create {
+                    actor: config.name.clone(),
+                    message: why.clone(),
+                }));
+            }
+            // SAFETY: the owning thread, after unwinding: every `Released` guard re-attached
+            // the thread state and every `Obj` was dropped.
+            unsafe { after_panic(shared, life.get(), why) }
+        }
+    }
+}
+
+/// [`thread_main`] without the panic net.
+///
+/// # Safety
+/// As [`thread_main`]'s body: a fresh thread, main interpreter initialised.
+unsafe fn serve(
+    shared: &Arc<Shared>,
+    config: &InterpConfig,
+    jobs: flume::Receiver<Job>,
+    ready: &Cell<Option<flume::Sender<Result<()>>>>,
+    life: &Cell<Life>,
+) -> Exit {
     let create_err = |message: String| Error::Create {
         actor: config.name.clone(),
         message,
     };
-    // SAFETY: `gettid` has no preconditions.
-    *shared.tid.lock() = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+    let report = |r: Result<()>| {
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(r);
+        }
+    };
     // SAFETY: this thread is fresh (no thread state); `create` follows the lifecycle in the
     // module doc.
     let ts = match unsafe { create(config) } {
         Ok(ts) => ts,
         Err(msg) => {
-            let _ = ready.send(Err(create_err(msg)));
+            report(Err(create_err(msg)));
             return Exit::Ended;
         }
     };
+    life.set(Life::Alive(ts));
     // From here on this thread holds the new interpreter's GIL with `ts` current.
     state::interp_created();
     // SAFETY: `ts` is this thread's current, valid thread state.
@@ -63,11 +122,12 @@ pub(crate) fn thread_main(
         Err(msg) => {
             // SAFETY: owning thread, GIL held, no Python running, no other thread.
             unsafe { end(shared, ts) };
-            let _ = ready.send(Err(create_err(msg)));
+            life.set(Life::Gone);
+            report(Err(create_err(msg)));
             return Exit::Ended;
         }
     };
-    let _ = ready.send(Ok(()));
+    report(Ok(()));
 
     let server = Server {
         setup: py,
@@ -80,18 +140,18 @@ pub(crate) fn thread_main(
     SERVER.with(|s| s.set(&server as *const Server));
     while !server.stop.get() {
         // Idle: release the GIL while waiting (essential in legacy mode, where it is shared).
-        // SAFETY: GIL held with `ts` current; re-taken right after the wait.
-        let job = unsafe {
-            let saved = ffi::PyEval_SaveThread();
-            let job = server.jobs.recv();
-            ffi::PyEval_RestoreThread(saved);
-            job
+        let job = {
+            // SAFETY: GIL held with `ts` current; no Python object is touched until the guard
+            // re-attaches it.
+            let _released = unsafe { Released::save() };
+            server.jobs.recv()
         };
         match job {
             Ok(Job::Call(call)) => {
                 // SAFETY: GIL held on the owning thread.
                 unsafe { server.setup.run(shared, config, call) }
             }
+            Ok(Job::Panic(msg)) => panic!("{msg}"),
             Ok(Job::Shutdown) | Err(_) => break,
         }
     }
@@ -103,26 +163,90 @@ pub(crate) fn thread_main(
     drop(jobs);
 
     // SAFETY: GIL held on the owning thread, no user code running.
-    let live = unsafe { py.stop_threads(shared, config) };
+    let alive = unsafe { py.stop_threads(shared, config) };
     drop(py);
-    if live > 0 {
+    if !alive.is_empty() {
+        life.set(Life::Gone);
         // Ending now would join the thread forever or abort the process: leak instead.
-        // SAFETY: GIL held; release it so Python threads (and, in legacy mode, everyone sharing
-        // the GIL) can go on. The thread state stays alive: the interpreter is leaked.
-        unsafe {
-            module::release_types(shared);
-            ffi::PyEval_SaveThread();
-        }
+        // SAFETY: owning thread, GIL held; the interpreter is leaked, never ended.
+        unsafe { leak(shared) };
         let reason = format!(
-            "{live} Python thread(s) still alive after {:?}; the interpreter is leaked",
-            config.thread_join_bound
+            "{} Python thread(s) still alive {:?} after being asked to stop ({}); the \
+             interpreter is leaked",
+            alive.len(),
+            config.thread_join_bound,
+            alive.join(", ")
         );
         tracing::warn!(actor = %config.name, "{reason}");
         return Exit::Leaked { reason };
     }
     // SAFETY: owning thread, GIL held, no Python frame, no other thread state.
     unsafe { end(shared, ts) };
+    life.set(Life::Gone);
     Exit::Ended
+}
+
+/// Leaks this thread's interpreter: keeps its `Shared` alive for the rest of the process (the
+/// interpreter may still run pending calls and `harrow` functions that point at it), drops the
+/// type references, and detaches the thread state so that the interpreter's Python threads (and
+/// in legacy mode every interpreter sharing the GIL) go on.
+///
+/// # Safety
+/// Owning thread, GIL held with its thread state current; the interpreter is never ended.
+unsafe fn leak(shared: &Arc<Shared>) {
+    state::keep_forever(shared);
+    // SAFETY: owning thread, GIL held (caller).
+    unsafe { module::release_types(shared) };
+    // SAFETY: a thread state is current (caller); it stays alive, detached: the interpreter is
+    // leaked and the thread exits without deleting it.
+    unsafe { ffi::PyEval_SaveThread() };
+}
+
+/// After a panic unwound `serve`: ends the interpreter if that is safe, else leaks it, and
+/// releases its GIL either way. Returns the thread's exit.
+///
+/// # Safety
+/// Owning thread, right after `serve` unwound; `life` is where the interpreter was.
+unsafe fn after_panic(shared: &Arc<Shared>, life: Life, why: String) -> Exit {
+    let Life::Alive(ts) = life else {
+        return Exit::Failed { reason: why };
+    };
+    *shared.current.lock() = None;
+    shared.in_user.store(false, Ordering::SeqCst);
+    // SAFETY: reads this thread's current thread state; no precondition.
+    let current = unsafe { ffi::compat::PyThreadState_GetUnchecked() };
+    if current.is_null() {
+        // Detached (the panic came while the GIL was released outside a guard): re-attach.
+        // SAFETY: `ts` is alive (only this thread ends it) and detached.
+        unsafe { ffi::PyEval_RestoreThread(ts) };
+    } else if current != ts {
+        // Not a state this thread made: touch nothing more.
+        return Exit::Failed {
+            reason: format!("{why}; its interpreter is leaked (unknown thread state)"),
+        };
+    }
+    // SAFETY: GIL held with `ts` current.
+    let pending = unsafe { ffi::PyErr_Occurred() };
+    if !pending.is_null() {
+        // SAFETY: GIL held.
+        unsafe { ffi::PyErr_Clear() };
+    }
+    // SAFETY: GIL held.
+    let others = unsafe { count_other_tstates() };
+    if others == 0 {
+        // SAFETY: owning thread, GIL held, `ts` current, no Python frame (unwound), no other
+        // thread state; every `Obj` was dropped while unwinding.
+        unsafe { end(shared, ts) };
+        Exit::Failed { reason: why }
+    } else {
+        // SAFETY: owning thread, GIL held.
+        unsafe { leak(shared) };
+        Exit::Failed {
+            reason: format!(
+                "{why}; its interpreter is leaked ({others} Python thread(s) still alive)"
+            ),
+        }
+    }
 }
 
 /// How deep calls may nest on the interpreter thread (see [`wait_released`]); beyond that, new
@@ -180,9 +304,9 @@ pub(crate) unsafe fn wait_released<T>(
     let server = unsafe { server.as_ref() };
     loop {
         let serving = server.filter(|s| !s.stop.get() && s.depth.get() < MAX_NESTED);
-        // SAFETY: GIL held with our thread state current (caller); re-taken right below. No
-        // Python object is touched while it is released.
-        let ts = unsafe { ffi::PyEval_SaveThread() };
+        // SAFETY: GIL held with our thread state current (caller); the guard re-attaches it on
+        // every path, a panicking `fut` included. `fut` touches no Python object (caller).
+        let released = unsafe { Released::save() };
         let woke = async_io::block_on(async {
             let work = async { Woke::Done(fut.as_mut().await) };
             let cancelled = async {
@@ -203,8 +327,7 @@ pub(crate) unsafe fn wait_released<T>(
             };
             work.or(cancelled).or(next).await
         });
-        // SAFETY: see above.
-        unsafe { ffi::PyEval_RestoreThread(ts) };
+        drop(released);
         match woke {
             Woke::Done(v) => return Some(v),
             Woke::Cancelled => return None,
@@ -214,6 +337,8 @@ pub(crate) unsafe fn wait_released<T>(
                     unsafe { s.serve_nested(call) };
                 }
             }
+            // Fails the waiting call (its operation panics), not the thread.
+            Woke::Job(Job::Panic(msg)) => panic!("{msg}"),
             Woke::Job(Job::Shutdown) | Woke::NoMoreJobs => {
                 if let Some(s) = server {
                     s.stop.set(true);
@@ -269,37 +394,44 @@ unsafe fn create(config: &InterpConfig) -> Result<*mut ffi::PyThreadState, Strin
             ffi::PyInterpreterConfig_OWN_GIL
         },
     };
-    let mut ts: *mut ffi::PyThreadState = std::ptr::null_mut();
-    // SAFETY: see the function contract. Legacy mode: creating a shared-GIL interpreter needs
-    // the main GIL held, so a temporary main-interpreter thread state takes it first; it is
-    // deleted right after (swap back to it, clear, DeleteCurrent releases the GIL) and the new
-    // interpreter's thread state re-takes the (shared) GIL.
-    unsafe {
-        if legacy {
-            let tmp = ffi::PyThreadState_New(ffi::PyInterpreterState_Main());
-            if tmp.is_null() {
-                return Err("could not create a main-interpreter thread state".into());
-            }
-            ffi::PyEval_RestoreThread(tmp);
-            let status = ffi::Py_NewInterpreterFromConfig(&mut ts, &cfg);
-            let failed = ffi::PyStatus_Exception(status) != 0 || ts.is_null();
-            if !failed {
-                ffi::PyThreadState_Swap(tmp);
-            }
-            // `tmp` is current again in both cases (CPython restores it on failure).
-            ffi::PyThreadState_Clear(tmp);
-            ffi::PyThreadState_DeleteCurrent();
-            if failed {
-                return Err(status_message(&status));
-            }
-            ffi::PyEval_RestoreThread(ts);
-        } else {
-            let status = ffi::Py_NewInterpreterFromConfig(&mut ts, &cfg);
-            if ffi::PyStatus_Exception(status) != 0 || ts.is_null() {
-                return Err(status_message(&status));
-            }
-        }
+    // CPython's documented sequence: `Py_NewInterpreterFromConfig` needs a current thread
+    // state holding the GIL of the calling interpreter. A fresh thread has none, so a temporary
+    // main-interpreter thread state takes the main GIL first. On success the new thread state is
+    // current and holds the new interpreter's GIL (the main GIL is released with an own GIL;
+    // with a shared GIL it is that same GIL). On failure CPython makes `tmp` current again.
+    // SAFETY: the main interpreter is initialised (caller); reading its pointer is always valid.
+    let main = unsafe { ffi::PyInterpreterState_Main() };
+    // SAFETY: needs no GIL; `main` is alive for the process (never finalized).
+    let tmp = unsafe { ffi::PyThreadState_New(main) };
+    if tmp.is_null() {
+        return Err("could not create a main-interpreter thread state".into());
     }
+    // SAFETY: `tmp` is a fresh, detached thread state of the main interpreter, and this thread
+    // has none current (caller): this takes the main GIL.
+    unsafe { ffi::PyEval_RestoreThread(tmp) };
+    let mut ts: *mut ffi::PyThreadState = std::ptr::null_mut();
+    // SAFETY: `tmp` is current with the main GIL held; `cfg` and `ts` outlive the call.
+    let status = unsafe { ffi::Py_NewInterpreterFromConfig(&mut ts, &cfg) };
+    // SAFETY: reads a status CPython returned.
+    let failed = unsafe { ffi::PyStatus_Exception(status) } != 0 || ts.is_null();
+    if !failed {
+        // Back to `tmp` to delete it: detach the new state (releasing its GIL), attach `tmp`.
+        // SAFETY: `ts` is current on this thread; it is re-attached below.
+        let new = unsafe { ffi::PyEval_SaveThread() };
+        debug_assert_eq!(new, ts);
+        // SAFETY: `tmp` is alive and detached; this thread has no current state now.
+        unsafe { ffi::PyEval_RestoreThread(tmp) };
+    }
+    // `tmp` is current, holding the main GIL, in both cases.
+    // SAFETY: `tmp` is current with its GIL held.
+    unsafe { ffi::PyThreadState_Clear(tmp) };
+    // SAFETY: as above; this deletes `tmp` and releases the main GIL.
+    unsafe { ffi::PyThreadState_DeleteCurrent() };
+    if failed {
+        return Err(status_message(&status));
+    }
+    // SAFETY: `ts` is alive and detached; this thread has no current state.
+    unsafe { ffi::PyEval_RestoreThread(ts) };
     Ok(ts)
 }
 
@@ -390,8 +522,19 @@ impl Setup {
                 started: AtomicBool::new(false),
                 active: AtomicBool::new(true),
             });
-            // SAFETY: forwarded.
-            let r = unsafe { self.call(shared, config, &ctx, &func, kind, args) };
+            // A panic in the call's Rust side (a host future, a conversion) fails this call only.
+            // Unwinding dropped its Python objects with the GIL held (`Released` re-attaches).
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // SAFETY: forwarded.
+                unsafe { self.call(shared, config, &ctx, &func, kind, args) }
+            }))
+            .unwrap_or_else(|payload| {
+                Err(CallError::new(
+                    ErrorKind::Raised,
+                    "panic",
+                    format!("the call's Rust side {}", panic_text(&*payload)),
+                ))
+            });
             ctx.active.store(false, Ordering::SeqCst);
             // Drop the stream host while no Python runs (it may hold channel ends).
             ctx.stream.lock().take();
@@ -634,23 +777,35 @@ impl Setup {
         }
     }
 
-    /// Cancels and joins Python threads started by user code, within the bound. Returns how
-    /// many thread states other than ours are still alive (non-zero: the interpreter must leak).
+    /// Cancels and joins Python threads started by user code, within the bound. Returns the
+    /// threads still alive then, by name (non-empty: the interpreter must leak).
     ///
     /// # Safety
     /// Owning thread, GIL held, no user code running.
-    unsafe fn stop_threads(&self, shared: &Shared, config: &InterpConfig) -> usize {
+    unsafe fn stop_threads(&self, shared: &Shared, config: &InterpConfig) -> Vec<String> {
         let deadline = Instant::now() + config.thread_join_bound;
         // SAFETY: GIL held (caller).
         unsafe {
             loop {
                 let others = count_other_tstates();
                 if others == 0 {
-                    return 0;
+                    *shared.stage.lock() = None;
+                    return Vec::new();
+                }
+                let mut names = self.thread_names();
+                if names.len() < others {
+                    names.push(format!(
+                        "{} thread(s) not started by threading",
+                        others - names.len()
+                    ));
                 }
                 if Instant::now() >= deadline {
-                    return others;
+                    return names;
                 }
+                *shared.stage.lock() = Some(format!(
+                    "no call: waiting for {others} Python thread(s) to end ({})",
+                    names.join(", ")
+                ));
                 // Ask every threading.Thread to stop (async exception), then join a slice.
                 if let Ok(list) =
                     Obj::owned(ffi::PyObject_CallNoArgs(self.harrow.live_threads.as_ptr()))
@@ -687,11 +842,49 @@ impl Setup {
                 }
                 ffi::PyErr_Clear();
                 // Threads that ended may still be deleting their thread state: yield briefly.
-                let saved = ffi::PyEval_SaveThread();
+                let _released = Released::save();
                 std::thread::sleep(Duration::from_millis(1));
-                ffi::PyEval_RestoreThread(saved);
             }
         }
+    }
+}
+
+impl Setup {
+    /// The names of the live `threading` threads other than this one.
+    ///
+    /// # Safety
+    /// Owning thread, GIL held.
+    unsafe fn thread_names(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        // SAFETY: GIL held (caller); `live_threads` is a function of this interpreter.
+        let list =
+            unsafe { Obj::owned(ffi::PyObject_CallNoArgs(self.harrow.live_threads.as_ptr())) };
+        let Ok(list) = list else {
+            // SAFETY: GIL held, an exception is set.
+            unsafe { ffi::PyErr_Clear() };
+            return out;
+        };
+        // SAFETY: GIL held; `list` is the list `_live_threads` returns.
+        let n = unsafe { ffi::PyList_Size(list.as_ptr()) };
+        for i in 0..n {
+            // SAFETY: GIL held; `i` is in range; borrowed item.
+            let t = unsafe { ffi::PyList_GetItem(list.as_ptr(), i) };
+            // SAFETY: GIL held; `t` is a live `Thread`.
+            let name = unsafe { Obj::owned(ffi::PyObject_GetAttrString(t, c"name".as_ptr())) };
+            match name {
+                // SAFETY: GIL held; `name` is valid (its type is checked by `utf8`'s caller).
+                Ok(name) if unsafe { ffi::PyUnicode_Check(name.as_ptr()) } != 0 => {
+                    // SAFETY: GIL held; `name` is a `str`.
+                    if let Ok(text) = unsafe { convert::utf8(name.as_ptr()) } {
+                        out.push(text);
+                    }
+                }
+                _ => {}
+            }
+            // SAFETY: GIL held.
+            unsafe { ffi::PyErr_Clear() };
+        }
+        out
     }
 }
 

@@ -222,3 +222,29 @@ def start_sleeping_thread():
 
     threading.Thread(target=time.sleep, args=(3600,)).start()
     return True
+
+
+shared_ctx = None
+shared_stream = None
+
+
+def ctx_share(ctx):
+    """Publishes its ctx and stream in globals, then collects the stream's items."""
+    global shared_ctx, shared_stream
+    shared_ctx = ctx
+    ctx.started(None)
+    shared_stream = ctx.open_stream()
+    shared_stream.send("open")
+    return list(shared_stream)
+
+
+def use_shared_ctx():
+    """Uses another call's ctx and stream (published by ctx_share); returns what each raised."""
+    out = []
+    for op in (lambda: shared_stream.send(1), lambda: shared_ctx.started(1)):
+        try:
+            op()
+            out.append("no error")
+        except harrow.HarrowError as e:
+            out.append(str(e))
+    return out
