@@ -53,7 +53,6 @@
 //! assert_eq!(actor.shutdown(Duration::from_secs(5)), Exit::Ended);
 //! # Ok(()) }
 //! ```
-#![allow(unsafe_code)]
 // With an unsupported Python the FFI layer is compiled out and much of the plumbing is unused.
 #![cfg_attr(not(harrow_subint), allow(dead_code))]
 
@@ -65,7 +64,9 @@ mod interp;
 mod resolver;
 mod state;
 
+// The FFI layer: the only module allowed `unsafe` (every block documented, see its doc).
 #[cfg(harrow_subint)]
+#[allow(unsafe_code)]
 mod py;
 #[cfg(harrow_subint)]
 use py as imp;

@@ -11,6 +11,8 @@
 //!   needed), and only while holding `Shared::interp`'s lock with a non-null pointer; the owning
 //!   thread nulls the pointer under that lock before `Py_EndInterpreter`.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod convert;
 mod module;
 mod obj;
