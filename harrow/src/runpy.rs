@@ -37,6 +37,7 @@ fn validate(
         Some(text) => {
             let j: serde_json::Value =
                 serde_json::from_str(text).map_err(|e| format!("bad --args JSON {text:?}: {e}"))?;
+            crate::json::check_int_literals(text).map_err(|e| format!("bad --args value: {e}"))?;
             crate::json::from_json(&j).map_err(|e| format!("bad --args value: {e}"))?
         }
     };
@@ -157,7 +158,7 @@ fn run_actors(job: Job1) -> i32 {
             for (actor, r, took) in &results {
                 match r {
                     Ok(v) => {
-                        println!("{actor}: {}", crate::json::to_json(v));
+                        println!("{actor}: {}", crate::json::to_json_text(v));
                         eprintln!("  ({actor} returned after {})", human(*took));
                     }
                     Err(e) => {
@@ -168,9 +169,17 @@ fn run_actors(job: Job1) -> i32 {
                                     "{actor}: error: {}: {}",
                                     remote.type_name, remote.message
                                 );
-                                if remote.type_name.contains("ModuleNotFoundError") || !in_paths {
+                                // Only when the module itself was not found: a module that
+                                // was found but whose own imports failed says so in its error.
+                                if remote.kind == harrow::ErrorKind::NotFound
+                                    && remote.type_name.contains("ModuleNotFoundError")
+                                {
                                     eprintln!(
                                         "  (module {module:?} was looked for in --path entries [{shown_paths}] and in Python's own library)"
+                                    );
+                                } else if remote.kind == harrow::ErrorKind::NotFound && !in_paths {
+                                    eprintln!(
+                                        "  (module {module:?} is not a file or package under the --path entries [{shown_paths}]; it was imported from elsewhere)"
                                     );
                                 }
                                 if !remote.traceback.is_empty() {

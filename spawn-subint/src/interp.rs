@@ -40,8 +40,9 @@ pub enum Exit {
         /// What is still running.
         reason: String,
     },
-    /// The interpreter thread panicked outside a call. It released the GIL and ended its
-    /// interpreter when that was safe (the reason says when it had to leak it instead).
+    /// The actor ended on its own: Python called `os._exit()` (the interpreter was ended), or
+    /// the interpreter thread panicked outside a call (it released the GIL and ended its
+    /// interpreter when that was safe; the reason says when it had to leak it instead).
     Failed {
         /// The panic message, and what became of the interpreter.
         reason: String,
@@ -297,6 +298,13 @@ impl InterpThread {
         if config.name.is_empty() {
             return Err(Error::Config("the actor name is empty".into()));
         }
+        if config.stack_size < crate::config::MIN_STACK_SIZE {
+            return Err(Error::Config(format!(
+                "stack_size {} is below the minimum of {} bytes",
+                config.stack_size,
+                crate::config::MIN_STACK_SIZE
+            )));
+        }
         crate::imp::ensure_main()?;
         let config = Arc::new(config);
         let shared = Shared::new(config.name.clone());
@@ -307,6 +315,7 @@ impl InterpThread {
         let thread_config = Arc::clone(&config);
         let join = std::thread::Builder::new()
             .name(format!("subint-{}", config.name))
+            .stack_size(config.stack_size)
             .spawn(move || {
                 *thread_shared.thread.lock() = Some(std::thread::current().id());
                 let exit =

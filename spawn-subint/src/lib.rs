@@ -77,7 +77,7 @@ mod unavailable;
 use unavailable as imp;
 
 pub use backend::SubintBackend;
-pub use config::InterpConfig;
+pub use config::{DEFAULT_STACK_SIZE, InterpConfig, MIN_STACK_SIZE};
 pub use error::{Error, Result};
 pub use host::{CallHost, HostFuture, StreamHost};
 pub use interp::{CREATE_BOUND, Exit, InterpHandle, InterpThread, PyCall};

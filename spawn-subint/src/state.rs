@@ -198,6 +198,8 @@ pub(crate) struct Shared {
     /// What the owning thread waits for while no call runs, if anything (teardown stages), for
     /// leak reports.
     pub(crate) stage: Mutex<Option<String>>,
+    /// Why the actor ends on its own (`os._exit` was called), if it does.
+    pub(crate) exit_reason: Mutex<Option<String>>,
     /// Set when shutdown began: the thread takes no new call.
     pub(crate) closing: AtomicBool,
 }
@@ -217,6 +219,7 @@ impl Shared {
             tid: Mutex::new(0),
             leaked: AtomicBool::new(false),
             stage: Mutex::new(None),
+            exit_reason: Mutex::new(None),
             closing: AtomicBool::new(false),
         });
         REGISTRY

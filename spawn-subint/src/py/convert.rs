@@ -163,11 +163,26 @@ pub(crate) unsafe fn utf8(o: *mut ffi::PyObject) -> PyResult<String> {
     }
 }
 
-/// Converts a [`Value`] to a new Python object.
+/// Converts a [`Value`] to a new Python object. A value nested deeper than `MAX_DEPTH` levels
+/// is refused with a Python `ValueError` (the recursion would otherwise be bounded only by the
+/// thread's stack).
 ///
 /// # Safety
 /// The GIL of the interpreter that will own the result is held.
 pub(crate) unsafe fn from_value(v: &Value) -> PyResult<Obj> {
+    // SAFETY: forwarded.
+    unsafe { from_value_at(v, 0) }
+}
+
+unsafe fn from_value_at(v: &Value, depth: usize) -> PyResult<Obj> {
+    if depth > MAX_DEPTH {
+        let msg = format!("value nested deeper than {MAX_DEPTH} levels\0");
+        // SAFETY: reading the address of a builtin type object: always valid after init.
+        let ty = unsafe { ffi::PyExc_ValueError };
+        // SAFETY: GIL held (caller); `msg` is NUL-terminated and outlives the call.
+        unsafe { ffi::PyErr_SetString(ty, msg.as_ptr().cast()) };
+        return Err(PyErrSet);
+    }
     // SAFETY: GIL held (caller); each call returns a new reference owned by an `Obj`, and the
     // `*_SetItem`/`SET_ITEM` calls below steal or copy references as documented.
     unsafe {
@@ -184,7 +199,7 @@ pub(crate) unsafe fn from_value(v: &Value) -> PyResult<Obj> {
             Value::List(items) => {
                 let list = Obj::owned(ffi::PyList_New(items.len() as ffi::Py_ssize_t))?;
                 for (i, item) in items.iter().enumerate() {
-                    let o = from_value(item)?;
+                    let o = from_value_at(item, depth + 1)?;
                     // Steals the reference.
                     ffi::PyList_SetItem(list.as_ptr(), i as ffi::Py_ssize_t, o.into_ptr());
                 }
@@ -193,8 +208,8 @@ pub(crate) unsafe fn from_value(v: &Value) -> PyResult<Obj> {
             Value::Map(entries) => {
                 let dict = Obj::owned(ffi::PyDict_New())?;
                 for (k, val) in entries {
-                    let ko = from_value(k)?;
-                    let vo = from_value(val)?;
+                    let ko = from_value_at(k, depth + 1)?;
+                    let vo = from_value_at(val, depth + 1)?;
                     if ffi::PyDict_SetItem(dict.as_ptr(), ko.as_ptr(), vo.as_ptr()) != 0 {
                         return Err(PyErrSet);
                     }

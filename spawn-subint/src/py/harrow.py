@@ -28,6 +28,39 @@ class HarrowError(Exception):
     """A protocol or transport failure reported by the harrow runtime."""
 
 
+class ActorExit(BaseException):
+    """``os._exit()`` was called in this actor: the call fails and the actor ends. The process
+    goes on: in a harrow actor ``os._exit`` (and ``posix._exit``) raise this instead of ending
+    the process. ``os.abort()`` and a C extension calling ``exit()`` cannot be intercepted."""
+
+
+_exit_called = None
+
+
+def _os_exit(status=0):
+    """``os._exit`` in a harrow actor: ends the actor (its call fails), not the process."""
+    global _exit_called
+    _exit_called = "os._exit(%r)" % (status,)
+    raise ActorExit(
+        "%s was called: it ends this actor only (the process goes on)" % _exit_called
+    )
+
+
+_os_exit.__name__ = "_exit"
+_os_exit.__qualname__ = "_exit"
+
+
+def _install_exit_guard():
+    import os
+    import posix
+
+    os._exit = _os_exit
+    posix._exit = _os_exit
+
+
+_install_exit_guard()
+
+
 class shield:
     """``with harrow.shield():`` defers cancellation until the block exits."""
 
@@ -152,6 +185,17 @@ def _format_exc(e):
         msg = str(e)
     except BaseException:
         msg = "<str() of the exception failed>"
+    if isinstance(e, ImportError) and "subinterpreters" in msg:
+        words = msg.split()
+        mod = getattr(e, "name", None) or (
+            words[1] if len(words) > 1 and words[0] == "module" else "?"
+        )
+        msg += (
+            " [harrow: the C extension module %r refuses this subinterpreter. A single-phase-init"
+            " extension loads in legacy mode (InterpConfig legacy); one that refuses every"
+            " subinterpreter needs a main interpreter, that is Python in its own process (a"
+            " process backend running Python is planned)]" % (mod,)
+        )
     try:
         import traceback
 
@@ -168,10 +212,31 @@ def _live_threads():
     if threading is None:
         return []
     me = threading.current_thread()
-    return [t for t in threading.enumerate() if t is not me and t.is_alive()]
+    # In a subinterpreter, threading's "main thread" stands for the process's main thread, which
+    # never runs here (this interpreter's own thread is `me`, a dummy thread).
+    main = threading.main_thread()
+    return [
+        t for t in threading.enumerate() if t is not me and t is not main and t.is_alive()
+    ]
 
 
 def _join_threads(timeout):
     for t in _live_threads():
         t.join(timeout)
     return [t.ident for t in _live_threads()]
+
+
+def _before_end():
+    # A thread that threading did not start (this interpreter's owning thread) gets a
+    # _DummyThread when asyncio or threading code asks for the current thread; its thread-local
+    # cleanup object would run while the interpreter is torn down, when threading's globals are
+    # gone, and print "Exception ignored in: _DeleteDummyThreadOnDel.__del__". Run it now.
+    import sys
+
+    threading = sys.modules.get("threading")
+    info = getattr(threading, "_thread_local_info", None)
+    if info is not None:
+        try:
+            del info._track_dummy_thread_ref
+        except AttributeError:
+            pass

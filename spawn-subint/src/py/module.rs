@@ -89,6 +89,7 @@ pub(crate) struct HarrowModule {
     pub(crate) format_exc: Obj,
     pub(crate) join_threads: Obj,
     pub(crate) live_threads: Obj,
+    pub(crate) before_end: Obj,
 }
 
 impl HarrowModule {
@@ -171,6 +172,7 @@ impl HarrowModule {
                 format_exc: get(c"_format_exc")?,
                 join_threads: get(c"_join_threads")?,
                 live_threads: get(c"_live_threads")?,
+                before_end: get(c"_before_end")?,
                 module,
             })
         }

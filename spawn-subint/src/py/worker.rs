@@ -164,6 +164,14 @@ unsafe fn serve(
 
     // SAFETY: GIL held on the owning thread, no user code running.
     let alive = unsafe { py.stop_threads(shared, config) };
+    if alive.is_empty() {
+        // SAFETY: GIL held; a harness function of this interpreter.
+        let done = unsafe { Obj::owned(ffi::PyObject_CallNoArgs(py.harrow.before_end.as_ptr())) };
+        if done.is_err() {
+            // SAFETY: GIL held, an exception is set.
+            unsafe { ffi::PyErr_Clear() };
+        }
+    }
     drop(py);
     if !alive.is_empty() {
         life.set(Life::Gone);
@@ -183,7 +191,10 @@ unsafe fn serve(
     // SAFETY: owning thread, GIL held, no Python frame, no other thread state.
     unsafe { end(shared, ts) };
     life.set(Life::Gone);
-    Exit::Ended
+    match shared.exit_reason.lock().clone() {
+        Some(reason) => Exit::Failed { reason },
+        None => Exit::Ended,
+    }
 }
 
 /// Leaks this thread's interpreter: keeps its `Shared` alive for the rest of the process (the
@@ -270,6 +281,16 @@ thread_local! {
     /// The `Server` of this interpreter thread (null on every other thread, and outside the
     /// serving loop).
     static SERVER: Cell<*const Server> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Makes this thread's call server take no more calls (the actor is ending).
+fn stop_serving() {
+    let server = SERVER.with(|s| s.get());
+    // SAFETY: a non-null `SERVER` points to the `Server` in `serve`'s frame on this very thread
+    // (cleared before it moves).
+    if let Some(s) = unsafe { server.as_ref() } {
+        s.stop.set(true);
+    }
 }
 
 /// What ended one round of waiting in [`wait_released`].
@@ -549,7 +570,51 @@ impl Setup {
                 ffi::PyErr_Clear();
             }
         }
+        // SAFETY: owning thread, GIL held.
+        let result = match unsafe { self.exit_called() } {
+            None => result,
+            Some(what) => {
+                // The call fails even if its code swallowed `ActorExit`; the actor ends.
+                let reason = format!("{what} was called in {func}: the actor ended");
+                tracing::warn!(actor = %config.name, "{reason}");
+                *shared.exit_reason.lock() = Some(reason);
+                shared.closing.store(true, Ordering::SeqCst);
+                stop_serving();
+                match result {
+                    Err(e) if e.kind() == ErrorKind::Raised => Err(e),
+                    _ => Err(CallError::raised(
+                        "harrow.ActorExit",
+                        format!("{what} was called: it ends this actor only (the process goes on)"),
+                    )),
+                }
+            }
+        };
         let _ = reply.send(result);
+    }
+
+    /// What ended the actor from Python (`"os._exit(3)"`), if `os._exit` was called.
+    ///
+    /// # Safety
+    /// Owning thread, GIL held.
+    unsafe fn exit_called(&self) -> Option<String> {
+        // SAFETY: GIL held (caller); the module is this interpreter's.
+        let v = unsafe {
+            Obj::owned(ffi::PyObject_GetAttrString(
+                self.harrow.module.as_ptr(),
+                c"_exit_called".as_ptr(),
+            ))
+        };
+        let Ok(v) = v else {
+            // SAFETY: GIL held, an exception is set.
+            unsafe { ffi::PyErr_Clear() };
+            return None;
+        };
+        // SAFETY: GIL held; `v` is valid.
+        if unsafe { ffi::PyUnicode_Check(v.as_ptr()) } == 0 {
+            return None;
+        }
+        // SAFETY: GIL held; `v` is a `str`.
+        unsafe { convert::utf8(v.as_ptr()) }.ok()
     }
 
     /// # Safety
@@ -574,7 +639,7 @@ impl Setup {
             let m = user(shared, || {
                 Obj::owned(ffi::PyImport_ImportModule(cmod.as_ptr()))
             });
-            let m = m.map_err(|_| self.error(ErrorKind::NotFound))?;
+            let m = m.map_err(|_| self.error_in(ErrorKind::NotFound, Some(module_name)))?;
             let cfn =
                 CString::new(func.function()).map_err(|_| bad_args("function name has NUL"))?;
             let f = Obj::owned(ffi::PyObject_GetAttrString(m.as_ptr(), cfn.as_ptr())).map_err(
@@ -738,6 +803,17 @@ impl Setup {
     /// # Safety
     /// GIL held, an exception set (if none is, a generic error is returned).
     unsafe fn error(&self, default_kind: ErrorKind) -> CallError {
+        // SAFETY: forwarded.
+        unsafe { self.error_in(default_kind, None) }
+    }
+
+    /// [`error`](Self::error) for an exception raised while importing module `importing` (if
+    /// set): `NotFound` only when that module itself (or its package) is missing; an error
+    /// raised by the module's own code or imports is `Raised` and says so.
+    ///
+    /// # Safety
+    /// As [`error`](Self::error).
+    unsafe fn error_in(&self, default_kind: ErrorKind, importing: Option<&str>) -> CallError {
         // SAFETY: GIL held (caller).
         unsafe {
             let Ok(exc) = Obj::owned(ffi::PyErr_GetRaisedException()) else {
@@ -773,6 +849,20 @@ impl Setup {
                     )
                 }
             };
+            let mut msg = msg;
+            if let (Some(module), false) = (importing, cancelled) {
+                let missing = msg
+                    .strip_prefix("No module named '")
+                    .and_then(|m| m.strip_suffix('\''));
+                let itself = kind == ErrorKind::NotFound
+                    && missing.is_some_and(|m| m == module || module.starts_with(&format!("{m}.")));
+                if !itself {
+                    kind = ErrorKind::Raised;
+                    msg = format!(
+                        "{msg} (raised while importing module {module:?}, which was found)"
+                    );
+                }
+            }
             CallError::new(kind, name, msg).with_traceback(tb)
         }
     }
