@@ -160,6 +160,8 @@ impl InterpHandle {
         }));
         if sent.is_err() {
             call.immediate = Some(Err(gone(&self.shared.name)));
+        } else {
+            self.shared.wake();
         }
         call
     }
@@ -176,6 +178,7 @@ impl InterpHandle {
     #[doc(hidden)]
     pub fn inject_panic(&self, message: impl Into<String>) {
         let _ = self.jobs.send(Job::Panic(message.into()));
+        self.shared.wake();
     }
 
     /// Starts shutting the interpreter down without waiting: no new call is taken, queued calls

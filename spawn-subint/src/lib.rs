@@ -56,6 +56,7 @@
 // With an unsupported Python the FFI layer is compiled out and much of the plumbing is unused.
 #![cfg_attr(not(harrow_subint), allow(dead_code))]
 
+mod args;
 mod backend;
 mod config;
 mod error;
@@ -76,6 +77,7 @@ mod unavailable;
 #[cfg(not(harrow_subint))]
 use unavailable as imp;
 
+pub use args::{ARGS_KEY, KWARGS_KEY, PyArgs};
 pub use backend::SubintBackend;
 pub use config::{DEFAULT_STACK_SIZE, InterpConfig, MIN_STACK_SIZE};
 pub use error::{Error, Result};

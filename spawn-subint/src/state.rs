@@ -198,6 +198,11 @@ pub(crate) struct Shared {
     /// What the owning thread waits for while no call runs, if anything (teardown stages), for
     /// leak reports.
     pub(crate) stage: Mutex<Option<String>>,
+    /// Write end of the interpreter's wake pipe (-1 when there is none); see [`Shared::wake`].
+    pub(crate) wake_w: Mutex<i32>,
+    /// Whether the interpreter's event loop is running (then queued calls and cancels must
+    /// wake it).
+    pub(crate) loop_running: AtomicBool,
     /// Why the actor ends on its own (`os._exit` was called), if it does.
     pub(crate) exit_reason: Mutex<Option<String>>,
     /// Set when shutdown began: the thread takes no new call.
@@ -220,6 +225,8 @@ impl Shared {
             leaked: AtomicBool::new(false),
             stage: Mutex::new(None),
             exit_reason: Mutex::new(None),
+            wake_w: Mutex::new(-1),
+            loop_running: AtomicBool::new(false),
             closing: AtomicBool::new(false),
         });
         REGISTRY
@@ -252,8 +259,21 @@ impl Shared {
             .is_some_and(|j| j.is_cancelled() && !j.is_done())
     }
 
+    /// Wakes the interpreter's event loop if it runs, so that it takes queued calls and
+    /// cancels. A sender that queued its job before the loop started needs no wake: the loop's
+    /// first callback takes what is queued (the flag is set before that, `SeqCst` both sides).
+    pub(crate) fn wake(&self) {
+        if self.loop_running.load(Ordering::SeqCst) {
+            let w = self.wake_w.lock();
+            if *w >= 0 {
+                crate::imp::wake_write(*w);
+            }
+        }
+    }
+
     /// Cancels the running call (if any) and keeps re-arming the injection until it ends.
     pub(crate) fn request_cancel(self: &Arc<Self>) {
+        self.wake();
         if self.cancel_outstanding() {
             crate::imp::inject_cancel(self);
         }

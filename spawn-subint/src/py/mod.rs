@@ -129,3 +129,11 @@ unsafe fn pending_cancel_body(arg: *mut c_void) -> c_int {
         0
     }
 }
+
+/// Writes one byte to a wake pipe's write end (non-blocking: a full pipe is already a wake).
+pub(crate) fn wake_write(fd: c_int) {
+    let byte = [1u8];
+    // SAFETY: `fd` is a live pipe write end (its owner clears it under the lock the caller
+    // holds before closing it); the buffer is local.
+    let _ = unsafe { libc::write(fd, byte.as_ptr().cast(), 1) };
+}

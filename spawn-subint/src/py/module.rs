@@ -30,7 +30,7 @@ const CALL_CAPSULE: &CStr = c"harrow._call";
 
 /// Immutable method tables: plain C data (names, flags, function pointers), no Python object,
 /// so sharing them between interpreters is what CPython's own multi-phase modules do.
-struct Defs([ffi::PyMethodDef; 5]);
+struct Defs([ffi::PyMethodDef; 8]);
 // SAFETY: the table is never written after compile time; CPython only reads it.
 unsafe impl Sync for Defs {}
 
@@ -75,6 +75,30 @@ static DEFS: Defs = Defs([
         ml_flags: ffi::METH_VARARGS,
         ml_doc: std::ptr::null(),
     },
+    ffi::PyMethodDef {
+        ml_name: c"_native_take_jobs".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: native_take_jobs,
+        },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc: std::ptr::null(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"_native_finish".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: native_finish,
+        },
+        ml_flags: ffi::METH_VARARGS,
+        ml_doc: std::ptr::null(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"_native_call_cancelled".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: native_call_cancelled,
+        },
+        ml_flags: ffi::METH_O,
+        ml_doc: std::ptr::null(),
+    },
 ]);
 
 fn def(i: usize) -> *mut ffi::PyMethodDef {
@@ -90,6 +114,10 @@ pub(crate) struct HarrowModule {
     pub(crate) join_threads: Obj,
     pub(crate) live_threads: Obj,
     pub(crate) before_end: Obj,
+    pub(crate) start_task: Obj,
+    pub(crate) run_loop: Obj,
+    pub(crate) agen_collect: Obj,
+    pub(crate) agen_stream: Obj,
 }
 
 impl HarrowModule {
@@ -130,6 +158,9 @@ impl HarrowModule {
                 (1, c"_native_shield_exit"),
                 (2, c"_native_checkpoint"),
                 (3, c"_native_sleep"),
+                (5, c"_native_take_jobs"),
+                (6, c"_native_finish"),
+                (7, c"_native_call_cancelled"),
             ] {
                 let f = Obj::owned(ffi::PyCFunction_NewEx(
                     def(i),
@@ -173,6 +204,10 @@ impl HarrowModule {
                 join_threads: get(c"_join_threads")?,
                 live_threads: get(c"_live_threads")?,
                 before_end: get(c"_before_end")?,
+                start_task: get(c"_start_task")?,
+                run_loop: get(c"_run_loop")?,
+                agen_collect: get(c"_agen_collect")?,
+                agen_stream: get(c"_agen_stream")?,
                 module,
             })
         }
@@ -506,6 +541,35 @@ impl CallCtx {
         }
     }
 
+    /// A generator's item (`Some`) or its end (`None`) in a context call: starts the context
+    /// (`started(None)`) and opens the stream if the code did not, then sends the item or
+    /// closes the stream.
+    ///
+    /// # Safety
+    /// As [`block`](Self::block).
+    pub(crate) unsafe fn stream_item(&self, item: Option<Value>) -> Blocked<()> {
+        if !self.started.load(Ordering::SeqCst) {
+            // SAFETY: forwarded.
+            match unsafe { self.started(Value::Null) } {
+                Blocked::Done(()) => {}
+                other => return other,
+            }
+        }
+        if self.stream.lock().is_none() {
+            // SAFETY: forwarded.
+            match unsafe { self.open_stream() } {
+                Blocked::Done(()) => {}
+                other => return other,
+            }
+        }
+        match item {
+            // SAFETY: forwarded.
+            Some(v) => unsafe { self.with_stream(|s| s.send(v)) },
+            // SAFETY: forwarded.
+            None => unsafe { self.with_stream(|s| s.close()) },
+        }
+    }
+
     /// Runs `f` on the open stream.
     ///
     /// # Safety
@@ -585,6 +649,11 @@ const OP_SEND: i64 = 2;
 const OP_RECV: i64 = 3;
 const OP_CLOSE: i64 = 4;
 const OP_CANCELLED: i64 = 5;
+/// Streams one item of an async generator served in a context call (starting the context and
+/// opening the stream first when needed).
+const OP_YIELD: i64 = 6;
+/// Ends an async generator's stream (starting and opening first when needed).
+const OP_END: i64 = 7;
 
 unsafe extern "C" fn native_op(
     slf: *mut ffi::PyObject,
@@ -640,11 +709,12 @@ unsafe fn native_op_body(slf: *mut ffi::PyObject, args: *mut ffi::PyObject) -> *
         // While a call waits (GIL released), the thread serves the actor's other calls nested
         // on its stack; one of them must not use the waiting call's ctx (it would wait inside
         // the waiting call's own operation).
+        // (No call current: an async call's task runs in the event loop.)
         let running = shared
             .current
             .lock()
             .as_ref()
-            .is_some_and(|j| Arc::ptr_eq(j, &ctx.job));
+            .is_none_or(|j| Arc::ptr_eq(j, &ctx.job));
         if !running {
             raise(
                 &shared.types.harrow_error,
@@ -655,7 +725,7 @@ unsafe fn native_op_body(slf: *mut ffi::PyObject, args: *mut ffi::PyObject) -> *
             );
             return std::ptr::null_mut();
         }
-        let value = if op == OP_STARTED || op == OP_SEND {
+        let value = if op == OP_STARTED || op == OP_SEND || op == OP_YIELD {
             match convert::to_value(arg) {
                 Ok(v) => v,
                 Err(ConvError::Py(_)) => return std::ptr::null_mut(),
@@ -672,6 +742,8 @@ unsafe fn native_op_body(slf: *mut ffi::PyObject, args: *mut ffi::PyObject) -> *
             OP_OPEN_STREAM => map_unit(ctx.open_stream()),
             OP_SEND => map_unit(ctx.with_stream(|s| s.send(value))),
             OP_CLOSE => map_unit(ctx.with_stream(|s| s.close())),
+            OP_YIELD => map_unit(ctx.stream_item(Some(value))),
+            OP_END => map_unit(ctx.stream_item(None)),
             OP_RECV => match ctx.with_stream(|s| s.recv()) {
                 Blocked::Done(Some(v)) => Blocked::Done(Some(v)),
                 Blocked::Done(None) => {
@@ -717,4 +789,93 @@ pub(crate) unsafe fn raise_type_error(msg: &str) {
     let c = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
     // SAFETY: GIL held (caller).
     unsafe { ffi::PyErr_SetString(ffi::PyExc_TypeError, c.as_ptr()) };
+}
+
+unsafe extern "C" fn native_take_jobs(
+    slf: *mut ffi::PyObject,
+    _args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this C function with its interpreter's GIL held; a panic in the body
+    // becomes a Python exception.
+    guarded("taking queued calls", std::ptr::null_mut(), || unsafe {
+        native_take_jobs_body(slf)
+    })
+}
+
+/// `_native_take_jobs()`: from the event loop, runs (or starts, for async functions) the calls
+/// queued for the actor. On the owning thread only.
+unsafe fn native_take_jobs_body(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: GIL held; `slf` is the shared capsule bound to this function.
+    let Some(shared) = (unsafe { shared_from(slf) }) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: GIL held; reads the calling thread's identity.
+    if unsafe { on_owner(shared) } {
+        // SAFETY: owning thread, GIL held.
+        unsafe { super::worker::take_jobs() };
+    }
+    // SAFETY: GIL held.
+    unsafe { none() }
+}
+
+unsafe extern "C" fn native_finish(
+    slf: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this C function with its interpreter's GIL held and a tuple of
+    // arguments; a panic in the body becomes a Python exception.
+    guarded("finishing an async call", std::ptr::null_mut(), || unsafe {
+        native_finish_body(slf, args)
+    })
+}
+
+/// `_native_finish(call, state, value)`: an async call's task ended (`state` 0: returned
+/// `value`; 1: cancelled; 2: raised `value`); sends its result.
+unsafe fn native_finish_body(
+    _slf: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: GIL held; `args` is a tuple.
+    if unsafe { ffi::PyTuple_Size(args) } != 3 {
+        // SAFETY: GIL held.
+        unsafe { raise_type_error("internal: _native_finish takes (call, state, value)") };
+        return std::ptr::null_mut();
+    }
+    // SAFETY: GIL held; index in range; borrowed references kept alive by `args`.
+    let (call, state, value) = unsafe {
+        (
+            ffi::PyTuple_GetItem(args, 0),
+            ffi::PyTuple_GetItem(args, 1),
+            ffi::PyTuple_GetItem(args, 2),
+        )
+    };
+    // SAFETY: GIL held; `state` is an object.
+    let state = unsafe { ffi::PyLong_AsLong(state) };
+    // SAFETY: GIL held.
+    if state == -1 && !unsafe { ffi::PyErr_Occurred() }.is_null() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: GIL held; `call` is the capsule `start_async` made (checked by name).
+    let Some(call) = (unsafe { super::worker::async_call_from(call) }) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: owning thread (the loop runs there), GIL held; `value` is a valid object.
+    unsafe { super::worker::finish_async(call, state, value) };
+    // SAFETY: GIL held.
+    unsafe { none() }
+}
+
+unsafe extern "C" fn native_call_cancelled(
+    _slf: *mut ffi::PyObject,
+    call: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this C function with its interpreter's GIL held; a panic in the body
+    // becomes a Python exception.
+    guarded("checking an async call", std::ptr::null_mut(), || unsafe {
+        // SAFETY: GIL held; the capsule is checked by name.
+        let Some(call) = super::worker::async_call_from(call) else {
+            return std::ptr::null_mut();
+        };
+        ffi::PyBool_FromLong(std::ffi::c_long::from(call.cancel_requested()))
+    })
 }

@@ -136,9 +136,19 @@ unsafe fn serve(
         jobs,
         depth: Cell::new(0),
         stop: Cell::new(false),
+        async_live: Cell::new(0),
     };
     SERVER.with(|s| s.set(&server as *const Server));
-    while !server.stop.get() {
+    while !server.stop.get() || server.async_live.get() > 0 {
+        if server.async_live.get() > 0 {
+            // Async calls run: the event loop serves them and takes new calls meanwhile (a
+            // queued call or a cancel wakes it through the wake pipe).
+            // SAFETY: owning thread, GIL held.
+            if unsafe { !server.run_loop() } {
+                break;
+            }
+            continue;
+        }
         // Idle: release the GIL while waiting (essential in legacy mode, where it is shared).
         let job = {
             // SAFETY: GIL held with `ts` current; no Python object is touched until the guard
@@ -275,12 +285,153 @@ struct Server {
     depth: Cell<u32>,
     /// A `Job::Shutdown` was taken (or every sender is gone): serve no more calls.
     stop: Cell<bool>,
+    /// Async calls whose task has not ended yet.
+    async_live: Cell<usize>,
 }
 
 thread_local! {
     /// The `Server` of this interpreter thread (null on every other thread, and outside the
     /// serving loop).
     static SERVER: Cell<*const Server> = const { Cell::new(std::ptr::null()) };
+}
+
+/// How a call's function ran.
+enum Outcome {
+    /// It returned (a plain function, or a generator driven to its end).
+    Value(Value),
+    /// It is async: this awaitable (a coroutine, or the driver of an async generator) is to run
+    /// as a task of the interpreter's event loop.
+    Async(Obj),
+}
+
+/// An async call running as a task of the interpreter's event loop (held by a capsule that the
+/// task's done callback passes back to `_native_finish`).
+pub(crate) struct AsyncCall {
+    ctx: Arc<CallCtx>,
+    kind: CallKind,
+    func: String,
+    /// Taken when the result is sent; still here if the task never ended (the capsule's
+    /// destructor then drops it: the caller sees the interpreter gone).
+    reply: Mutex<Option<flume::Sender<Result<Value, CallError>>>>,
+}
+
+impl AsyncCall {
+    /// Whether the task should be cancelled: its call was, or the actor is shutting down.
+    pub(crate) fn cancel_requested(&self) -> bool {
+        self.ctx.job.is_cancelled() || self.ctx.shared.closing.load(Ordering::SeqCst)
+    }
+}
+
+const ASYNC_CAPSULE: &CStr = c"harrow._async_call";
+
+unsafe extern "C" fn drop_async_capsule(capsule: *mut ffi::PyObject) {
+    // SAFETY: CPython calls a capsule destructor with the capsule's interpreter's GIL held.
+    super::obj::guarded_quiet("harrow._async_call capsule destructor", || unsafe {
+        // SAFETY: GIL held; the pointer is the `Box<AsyncCall>` made for this capsule name.
+        let p = ffi::PyCapsule_GetPointer(capsule, ASYNC_CAPSULE.as_ptr());
+        if !p.is_null() {
+            // SAFETY: as above; this capsule owns it.
+            drop(Box::from_raw(p.cast::<AsyncCall>()));
+        }
+    })
+}
+
+/// The `AsyncCall` behind a `harrow._async_call` capsule (a Python error set if `o` is not one).
+///
+/// # Safety
+/// GIL held; the returned reference is valid while `o` is alive.
+pub(crate) unsafe fn async_call_from<'a>(o: *mut ffi::PyObject) -> Option<&'a AsyncCall> {
+    // SAFETY: GIL held (caller); a wrong object is a Python error, not UB.
+    let p = unsafe { ffi::PyCapsule_GetPointer(o, ASYNC_CAPSULE.as_ptr()) };
+    // SAFETY: the capsule owns a live `AsyncCall` until its destructor runs.
+    unsafe { p.cast::<AsyncCall>().as_ref() }
+}
+
+/// An async call's task ended: `state` 0 returned `value`, 1 cancelled, 2 raised `value`.
+/// Sends its result.
+///
+/// # Safety
+/// Owning thread, GIL held; `value` a valid object.
+pub(crate) unsafe fn finish_async(
+    call: &AsyncCall,
+    state: std::ffi::c_long,
+    value: *mut ffi::PyObject,
+) {
+    let server = SERVER.with(|s| s.get());
+    // SAFETY: see `stop_serving`.
+    let Some(server) = (unsafe { server.as_ref() }) else {
+        return;
+    };
+    server
+        .async_live
+        .set(server.async_live.get().saturating_sub(1));
+    let Some(reply) = call.reply.lock().take() else {
+        return;
+    };
+    let ctx = &call.ctx;
+    let setup = &server.setup;
+    let result = match state {
+        0 => {
+            // SAFETY: GIL held; `value` is valid.
+            let r = unsafe { Obj::borrowed(value) }
+                .map_err(|_| cancelled_error())
+                // SAFETY: GIL held.
+                .and_then(|v| unsafe { setup.result_value(&v) });
+            match r {
+                Ok(v) if call.kind == CallKind::Context && !ctx.started.load(Ordering::SeqCst) => {
+                    // SAFETY: owning thread, GIL held; waits with it released.
+                    blocked(unsafe { ctx.started(Value::Null) }).map(|()| v)
+                }
+                other => other,
+            }
+        }
+        1 => Err(cancelled_error()),
+        _ => {
+            // SAFETY: GIL held; `value` is a live exception: re-raise it (a new reference is
+            // given away) and convert it.
+            unsafe {
+                ffi::Py_INCREF(value);
+                ffi::PyErr_SetRaisedException(value);
+            }
+            // SAFETY: GIL held, an exception set.
+            Err(unsafe { setup.error(ErrorKind::Raised) })
+        }
+    };
+    // SAFETY: owning thread, GIL held.
+    unsafe {
+        setup.settle(
+            &server.shared,
+            &server.config,
+            ctx,
+            &call.func,
+            result,
+            reply,
+        )
+    };
+}
+
+/// From the event loop (`_on_wake`): runs the calls queued for the actor, starting async ones
+/// as tasks. Honours `Shutdown` (stops taking calls).
+///
+/// # Safety
+/// Owning thread, GIL held.
+pub(crate) unsafe fn take_jobs() {
+    let server = SERVER.with(|s| s.get());
+    // SAFETY: see `stop_serving`.
+    let Some(server) = (unsafe { server.as_ref() }) else {
+        return;
+    };
+    while !server.stop.get() {
+        match server.jobs.try_recv() {
+            Ok(Job::Call(call)) => {
+                // SAFETY: owning thread, GIL held.
+                unsafe { server.setup.run(&server.shared, &server.config, call) }
+            }
+            Ok(Job::Panic(msg)) => panic!("{msg}"),
+            Ok(Job::Shutdown) | Err(flume::TryRecvError::Disconnected) => server.stop.set(true),
+            Err(flume::TryRecvError::Empty) => return,
+        }
+    }
 }
 
 /// Makes this thread's call server take no more calls (the actor is ending).
@@ -374,6 +525,37 @@ pub(crate) unsafe fn wait_released<T>(
 }
 
 impl Server {
+    /// Runs the interpreter's event loop until no async call's task is left (or the loop
+    /// stops). False when the loop failed (it is then not run again).
+    ///
+    /// # Safety
+    /// Owning thread, GIL held.
+    unsafe fn run_loop(&self) -> bool {
+        let shared = &self.shared;
+        *shared.stage.lock() = Some(format!(
+            "no plain call: {} async call(s) running in the event loop",
+            self.async_live.get()
+        ));
+        // Senders that see the flag wake the loop; the loop's first callback takes whatever was
+        // queued before (see `Shared::wake`).
+        shared.loop_running.store(true, Ordering::SeqCst);
+        // SAFETY: GIL held; a harness function of this interpreter.
+        let ran = unsafe {
+            Obj::owned(ffi::PyObject_CallNoArgs(
+                self.setup.harrow.run_loop.as_ptr(),
+            ))
+        };
+        shared.loop_running.store(false, Ordering::SeqCst);
+        *shared.stage.lock() = None;
+        if ran.is_err() {
+            // SAFETY: GIL held, an exception is set.
+            let text = unsafe { fetch_text() };
+            tracing::error!(actor = %shared.name, "the event loop failed: {text}");
+            return false;
+        }
+        true
+    }
+
     /// Runs `call` nested inside a waiting call, saving and restoring the waiting call's
     /// per-interpreter state around it.
     ///
@@ -494,6 +676,43 @@ unsafe fn end(shared: &Shared, ts: *mut ffi::PyThreadState) {
 /// The per-interpreter harness.
 struct Setup {
     harrow: HarrowModule,
+    _wake: WakePipe,
+}
+
+/// The pipe that wakes the interpreter's event loop when a call is queued or cancelled: the
+/// loop watches its read end; any thread writes a byte to its write end
+/// ([`Shared::wake`](crate::state::Shared)). Closed when the interpreter's harness goes away.
+struct WakePipe {
+    read: std::ffi::c_int,
+    shared: Arc<Shared>,
+}
+
+impl WakePipe {
+    fn new(shared: &Arc<Shared>) -> Result<WakePipe, String> {
+        let mut fds = [0 as std::ffi::c_int; 2];
+        // SAFETY: a plain syscall filling a local array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(format!("pipe2: {}", std::io::Error::last_os_error()));
+        }
+        *shared.wake_w.lock() = fds[1];
+        Ok(WakePipe {
+            read: fds[0],
+            shared: Arc::clone(shared),
+        })
+    }
+}
+
+impl Drop for WakePipe {
+    fn drop(&mut self) {
+        // No writer may use the write end once it is closed: cleared under the lock writers take.
+        let mut w = self.shared.wake_w.lock();
+        // SAFETY: closing fds this pipe owns, once.
+        unsafe {
+            libc::close(*w);
+            libc::close(self.read);
+        }
+        *w = -1;
+    }
 }
 
 impl Setup {
@@ -513,11 +732,26 @@ impl Setup {
                     return Err(fetch_text());
                 }
             }
-            Ok(Setup { harrow })
+            let wake = WakePipe::new(shared)?;
+            let fd = Obj::owned(ffi::PyLong_FromLong(std::ffi::c_long::from(wake.read)))
+                .map_err(|_| fetch_text())?;
+            if ffi::PyObject_SetAttrString(
+                harrow.module.as_ptr(),
+                c"_wake_fd".as_ptr(),
+                fd.as_ptr(),
+            ) != 0
+            {
+                return Err(fetch_text());
+            }
+            Ok(Setup {
+                harrow,
+                _wake: wake,
+            })
         }
     }
 
-    /// Runs one call and sends its result.
+    /// Runs one call and sends its result; an async function's call is started as a task of
+    /// the interpreter's event loop instead (its result is sent when the task ends).
     ///
     /// # Safety
     /// Owning thread, GIL held.
@@ -532,20 +766,20 @@ impl Setup {
         } = call;
         *shared.current.lock() = Some(Arc::clone(&job));
         shared.shield_depth.store(0, Ordering::SeqCst);
-        let result = if job.is_cancelled() || shared.closing.load(Ordering::SeqCst) {
+        let ctx = Arc::new(CallCtx {
+            shared: Arc::clone(shared),
+            job: Arc::clone(&job),
+            host,
+            stream: Mutex::new(None),
+            started: AtomicBool::new(false),
+            active: AtomicBool::new(true),
+        });
+        let outcome = if job.is_cancelled() || shared.closing.load(Ordering::SeqCst) {
             Err(cancelled_error())
         } else {
-            let ctx = Arc::new(CallCtx {
-                shared: Arc::clone(shared),
-                job: Arc::clone(&job),
-                host,
-                stream: Mutex::new(None),
-                started: AtomicBool::new(false),
-                active: AtomicBool::new(true),
-            });
             // A panic in the call's Rust side (a host future, a conversion) fails this call only.
             // Unwinding dropped its Python objects with the GIL held (`Released` re-attaches).
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 // SAFETY: forwarded.
                 unsafe { self.call(shared, config, &ctx, &func, kind, args) }
             }))
@@ -555,15 +789,47 @@ impl Setup {
                     "panic",
                     format!("the call's Rust side {}", panic_text(&*payload)),
                 ))
-            });
-            ctx.active.store(false, Ordering::SeqCst);
-            // Drop the stream host while no Python runs (it may hold channel ends).
-            ctx.stream.lock().take();
-            r
+            })
         };
         shared.in_user.store(false, Ordering::SeqCst);
-        job.set_done();
         *shared.current.lock() = None;
+        let result = match outcome {
+            Ok(Outcome::Value(v)) => Ok(v),
+            Err(e) => Err(e),
+            Ok(Outcome::Async(aw)) => {
+                let call = AsyncCall {
+                    ctx,
+                    kind,
+                    func: func.to_string(),
+                    reply: Mutex::new(Some(reply)),
+                };
+                // SAFETY: owning thread, GIL held.
+                unsafe { self.start_async(call, aw) };
+                return;
+            }
+        };
+        // SAFETY: owning thread, GIL held.
+        unsafe { self.settle(shared, config, &ctx, &func.to_string(), result, reply) };
+    }
+
+    /// The end of every call, plain or async: the ctx is retired, `os._exit` is honoured, the
+    /// result is sent.
+    ///
+    /// # Safety
+    /// Owning thread, GIL held.
+    unsafe fn settle(
+        &self,
+        shared: &Shared,
+        config: &InterpConfig,
+        ctx: &CallCtx,
+        func: &str,
+        result: Result<Value, CallError>,
+        reply: flume::Sender<Result<Value, CallError>>,
+    ) {
+        ctx.active.store(false, Ordering::SeqCst);
+        // Drop the stream host while no Python runs (it may hold channel ends).
+        ctx.stream.lock().take();
+        ctx.job.set_done();
         // SAFETY: GIL held; a stray exception must not leak into the next call.
         unsafe {
             if !ffi::PyErr_Occurred().is_null() {
@@ -590,6 +856,70 @@ impl Setup {
             }
         };
         let _ = reply.send(result);
+    }
+
+    /// Starts `aw` (an awaitable) as a task of the interpreter's event loop for `call`.
+    ///
+    /// # Safety
+    /// Owning thread, GIL held.
+    unsafe fn start_async(&self, call: AsyncCall, aw: Obj) {
+        let shared = Arc::clone(&call.ctx.shared);
+        let boxed = Box::into_raw(Box::new(call));
+        // SAFETY: GIL held; the capsule owns `boxed` (freed by its destructor).
+        let capsule = unsafe {
+            Obj::owned(ffi::PyCapsule_New(
+                boxed.cast(),
+                ASYNC_CAPSULE.as_ptr(),
+                Some(drop_async_capsule),
+            ))
+        };
+        let capsule = match capsule {
+            Ok(c) => c,
+            Err(_) => {
+                // SAFETY: the capsule was not made: `boxed` is still ours.
+                let call = unsafe { Box::from_raw(boxed) };
+                // SAFETY: GIL held, an exception is set.
+                let err = unsafe { self.error(ErrorKind::Raised) };
+                self.fail_async(&call, err);
+                return;
+            }
+        };
+        // SAFETY: GIL held; a harness function of this interpreter, valid arguments.
+        let started = unsafe {
+            Obj::owned(ffi::PyObject_CallFunctionObjArgs(
+                self.harrow.start_task.as_ptr(),
+                capsule.as_ptr(),
+                aw.as_ptr(),
+                std::ptr::null_mut::<ffi::PyObject>(),
+            ))
+        };
+        match started {
+            Ok(_) => {
+                let server = SERVER.with(|s| s.get());
+                // SAFETY: see `stop_serving`.
+                if let Some(s) = unsafe { server.as_ref() } {
+                    s.async_live.set(s.async_live.get() + 1);
+                }
+            }
+            Err(_) => {
+                // SAFETY: GIL held, an exception is set.
+                let err = unsafe { self.error(ErrorKind::Raised) };
+                // SAFETY: the capsule is alive (we hold it) and holds an `AsyncCall`.
+                if let Some(call) = unsafe { async_call_from(capsule.as_ptr()) } {
+                    self.fail_async(call, err);
+                }
+            }
+        }
+        drop(shared);
+    }
+
+    /// Sends `err` as the result of an async call that could not be started.
+    fn fail_async(&self, call: &AsyncCall, err: CallError) {
+        call.ctx.active.store(false, Ordering::SeqCst);
+        call.ctx.job.set_done();
+        if let Some(reply) = call.reply.lock().take() {
+            let _ = reply.send(Err(err));
+        }
     }
 
     /// What ended the actor from Python (`"os._exit(3)"`), if `os._exit` was called.
@@ -627,7 +957,7 @@ impl Setup {
         func: &FnPath,
         kind: CallKind,
         args: Value,
-    ) -> Result<Value, CallError> {
+    ) -> Result<Outcome, CallError> {
         let module_name = func.module();
         if !config.exposes(module_name) {
             return Err(crate::interp::not_exposed(config, module_name));
@@ -665,13 +995,21 @@ impl Setup {
             let (is_gen, wants_ctx) = self
                 .describe(&f)
                 .map_err(|_| self.error(ErrorKind::Raised))?;
-            let pos = build_args(&args)?;
-            let pos = if wants_ctx {
-                let c = module::make_ctx(&self.harrow, ctx)
-                    .map_err(|_| self.error(ErrorKind::Raised))?;
-                prepend(&c, &pos).map_err(|_| self.error(ErrorKind::Raised))?
+            let (pos, kwargs) = build_args(&args)?;
+            drop(args);
+            let ctx_obj = if wants_ctx || kind == CallKind::Context {
+                Some(
+                    module::make_ctx(&self.harrow, ctx)
+                        .map_err(|_| self.error(ErrorKind::Raised))?,
+                )
             } else {
-                pos
+                None
+            };
+            let pos = match &ctx_obj {
+                Some(c) if wants_ctx => {
+                    prepend(c, &pos).map_err(|_| self.error(ErrorKind::Raised))?
+                }
+                _ => pos,
             };
 
             // A plain or generator function in a context call gets an implicit started(None).
@@ -682,19 +1020,43 @@ impl Setup {
                 Obj::owned(ffi::PyObject_Call(
                     f.as_ptr(),
                     pos.as_ptr(),
-                    std::ptr::null_mut(),
+                    kwargs.as_ref().map_or(std::ptr::null_mut(), Obj::as_ptr),
                 ))
             })
             .map_err(|_| self.error(ErrorKind::Raised))?;
-            if is_gen {
-                return self.drive_generator(shared, ctx, kind, ret);
-            }
             drop(f);
+            // What the function returned decides how it runs (a decorated async function is
+            // an async function too).
+            if is_gen || ffi::PyGen_Check(ret.as_ptr()) != 0 {
+                return self
+                    .drive_generator(shared, ctx, kind, ret)
+                    .map(Outcome::Value);
+            }
+            if ffi::PyCoro_CheckExact(ret.as_ptr()) != 0 {
+                return Ok(Outcome::Async(ret));
+            }
+            if ffi::PyAsyncGen_CheckExact(ret.as_ptr()) != 0 {
+                let aw = match (kind, &ctx_obj) {
+                    (CallKind::Context, Some(c)) => Obj::owned(ffi::PyObject_CallFunctionObjArgs(
+                        self.harrow.agen_stream.as_ptr(),
+                        c.as_ptr(),
+                        ret.as_ptr(),
+                        std::ptr::null_mut::<ffi::PyObject>(),
+                    )),
+                    _ => Obj::owned(ffi::PyObject_CallOneArg(
+                        self.harrow.agen_collect.as_ptr(),
+                        ret.as_ptr(),
+                    )),
+                };
+                return aw
+                    .map(Outcome::Async)
+                    .map_err(|_| self.error(ErrorKind::Raised));
+            }
             let value = self.result_value(&ret)?;
             if kind == CallKind::Context && !ctx.started.load(Ordering::SeqCst) {
                 blocked(ctx.started(Value::Null))?;
             }
-            Ok(value)
+            Ok(Outcome::Value(value))
         }
     }
 
@@ -1019,32 +1381,58 @@ fn bad_args(msg: impl Into<String>) -> CallError {
     CallError::new(ErrorKind::BadArguments, "BadArguments", msg)
 }
 
-/// Maps the call's `Value` to Python positional arguments: `Null` -> no argument, any other
-/// value -> exactly one positional argument (a list stays one `list`, a map one `dict`), so a
-/// Python function sees the same value a Rust function would. A function wanting several inputs
-/// takes a list or a dict.
+/// Maps the call's `Value` to Python arguments: `Null` -> no argument, any other value ->
+/// exactly one positional argument (a list stays one `list`, a map one `dict`), so a Python
+/// function sees the same value a Rust function would; an encoded [`PyArgs`](crate::PyArgs) ->
+/// its positional value (by the same rule) and its keyword arguments (the dict returned).
 ///
 /// # Safety
 /// GIL held.
-unsafe fn build_args(args: &Value) -> Result<Obj, CallError> {
+unsafe fn build_args(args: &Value) -> Result<(Obj, Option<Obj>), CallError> {
     let fetch_bad = || {
         // SAFETY: GIL held (caller), an exception is set.
         let text = unsafe { fetch_text() };
         bad_args(format!("arguments do not convert to Python: {text}"))
     };
+    let (pos, kw) = match crate::args::split(args) {
+        Some((pos, kw)) => (pos, Some(kw)),
+        None => (args, None),
+    };
     // SAFETY: GIL held (caller).
-    unsafe {
-        match args {
-            Value::Null => Obj::owned(ffi::PyTuple_New(0)).map_err(|_| fetch_bad()),
+    let tuple = unsafe {
+        match pos {
+            Value::Null => Obj::owned(ffi::PyTuple_New(0)).map_err(|_| fetch_bad())?,
             other => {
                 let o = convert::from_value(other).map_err(|_| fetch_bad())?;
                 let t = Obj::owned(ffi::PyTuple_New(1)).map_err(|_| fetch_bad())?;
                 // Steals `o`'s reference.
                 ffi::PyTuple_SetItem(t.as_ptr(), 0, o.into_ptr());
-                Ok(t)
+                t
             }
         }
+    };
+    let Some(kw) = kw else {
+        return Ok((tuple, None));
+    };
+    // SAFETY: GIL held (caller).
+    let dict = unsafe { Obj::owned(ffi::PyDict_New()) }.map_err(|_| fetch_bad())?;
+    for (k, v) in kw {
+        let Some(name) = k.as_str() else {
+            return Err(bad_args(format!(
+                "keyword argument names must be str, got {}",
+                k.kind_name()
+            )));
+        };
+        // SAFETY: GIL held (caller).
+        let key = unsafe { convert::str_obj(name) }.map_err(|_| fetch_bad())?;
+        // SAFETY: GIL held (caller).
+        let val = unsafe { convert::from_value(v) }.map_err(|_| fetch_bad())?;
+        // SAFETY: GIL held; all three objects are valid (the dict copies the references).
+        if unsafe { ffi::PyDict_SetItem(dict.as_ptr(), key.as_ptr(), val.as_ptr()) } != 0 {
+            return Err(fetch_bad());
+        }
     }
+    Ok((tuple, Some(dict)))
 }
 
 /// `(first,) + rest`.
