@@ -114,7 +114,8 @@ impl PyDir {
             "import os\n\
              def exit():\n    os._exit(0)\n\
              def floats():\n    return [float('nan'), float('inf'), -float('inf'), 1.5]\n\
-             def use_asyncio():\n    import asyncio\n    return asyncio.run(asyncio.sleep(0, 'ran'))\n",
+             def use_asyncio():\n    import asyncio\n    return asyncio.run(asyncio.sleep(0, 'ran'))\n\
+             async def scaled(x, *, by=1, label=''):\n    import asyncio\n    await asyncio.sleep(0)\n    return [x * by, label]\n",
         )?;
         std::fs::write(
             dir.join("broken.py"),
@@ -345,6 +346,22 @@ fn run_py_hostile_input_is_reported_never_lost() -> Result<()> {
         "{r}"
     );
     ensure!(!r.stderr.contains("was looked for"), "{r}");
+    // Keyword arguments, to an async function.
+    let r = harrow(&[
+        "run-py",
+        "hostile:scaled",
+        "--args",
+        "3",
+        "--kwargs",
+        r#"{"by": 2, "label": "x"}"#,
+        "--path",
+        p,
+    ])?;
+    ensure!(r.status.success(), "{r}");
+    ensure!(r.stdout.trim() == r#"py-0: [6,"x"]"#, "{r}");
+    let r = harrow(&["run-py", "hostile:scaled", "--kwargs", "[1]", "--path", p])?;
+    ensure!(r.status.code() == Some(2), "{r}");
+    ensure!(r.stderr.contains("--kwargs must be a JSON object"), "{r}");
     // Actors that used asyncio end quietly.
     let r = harrow(&[
         "run-py",
