@@ -88,3 +88,8 @@ def kw(a=None, *, x=0, y=0):
 async def akw(a=None, *, x=0):
     await asyncio.sleep(0)
     return [a, x]
+
+
+async def echo(value=None):
+    """The async twin of harrow_testfns.echo (round-trip benchmarks)."""
+    return value
