@@ -1,5 +1,5 @@
 //! `harrow-spawn-subint`: harrow actors that run Python functions in CPython subinterpreters,
-//! each with its own GIL, each owned by a dedicated OS thread (DESIGN.md §6).
+//! each with its own GIL, each owned by a dedicated OS thread.
 //!
 //! - [`InterpThread`] creates one subinterpreter on a fresh `std::thread` named
 //!   `subint-<actor>`, runs every Python call of that actor there, and ends it there
@@ -8,22 +8,33 @@
 //!   construction.
 //! - Calls are `"package.module:function"` ([`FnPath`](harrow_ipc::FnPath)) into modules the
 //!   [`InterpConfig`] exposes. A plain function is a unary call; a generator streams its items;
-//!   a function whose FIRST parameter is named `ctx` gets a `harrow.Context` (`started`,
-//!   `open_stream` -> `Stream` with `send`, `recv` (raises `harrow.EndOfStream` at the end),
-//!   iteration, `close`).
+//!   a context function gets a `harrow.Context` first (`started`, `open_stream` -> `Stream` with
+//!   `send`, `recv` (raises `harrow.EndOfStream` at the end), iteration, `close`). Context
+//!   functions are marked with `@harrow.context`; a function whose FIRST parameter is named `ctx`
+//!   is one too (fallback rule).
+//! - `async def` functions and async generators run as tasks of one asyncio event loop per
+//!   interpreter, kept across calls; the actor's async calls run concurrently (interleaving at
+//!   their `await`s) and the loop takes new calls meanwhile (a wake pipe). A cancel is
+//!   `CancelledError` at the current `await`, reported as `Cancelled`.
 //! - Arguments: the call's `Value` reaches Python exactly as a Rust function would see it:
 //!   `Null` -> the function is called with no argument (give it a default, `def f(v=None)`);
 //!   any other value -> exactly ONE positional argument (a `List` stays one `list`, a `Map` one
-//!   `dict`). A function wanting several inputs takes a list or a dict (`def add(ab): a, b = ab`).
+//!   `dict`). Keyword arguments travel beside it, encoded by [`PyArgs`].
 //!   Generators follow the same rule; a context function gets `ctx` first, then the argument.
+//! - `os._exit()` in an actor raises `harrow.ActorExit`: the call fails and that actor ends
+//!   ([`Exit::Failed`]); the process goes on. (`os.abort()` and C code calling `exit()` cannot
+//!   be intercepted.)
 //! - Calls of one actor all run on its interpreter thread. While a call waits in a harrow
 //!   operation (`ctx.started`, stream `send`/`recv`/`close`, `harrow.sleep`) with the GIL
 //!   released, the thread serves the actor's other queued calls, each nested on its stack: calls
 //!   interleave at those waits, last in first out (a waiting call resumes once the calls nested
 //!   in it have returned; at most 32 deep). A call running Python code holds the thread.
 //! - `Value` <-> Python: None, bool, int (i64; larger is an error), float, str, bytes
-//!   (bytearray accepted), list/tuple -> `List`, dict -> `Map`; anything else is an error naming
-//!   the Python type.
+//!   (bytearray accepted), list/tuple -> `List`, dict -> `Map`, nested at most 200 deep;
+//!   anything else is an error naming the Python type.
+//! - Panics on the Rust side never cross into CPython: a call's panic fails that call, a panic
+//!   in a native `harrow` function is a Python `SystemError`, and a panicking interpreter thread
+//!   reports [`Exit::Failed`] after releasing its GIL.
 //! - Cancellation raises `harrow.Cancelled` (a `BaseException`) at the next bytecode boundary
 //!   through `_PyEval_AddPendingCall`, re-armed every [`REARM_INTERVAL`] while the call runs;
 //!   `with harrow.shield():` defers it; `harrow.sleep()` is a cancellable sleep. A call blocked

@@ -1,4 +1,4 @@
-//! The backend conformance suite (SCENARIOS.md) against `SubintBackend`, serving the Python twins
+//! The backend conformance suite (harrow-testkit's scenarios) against `SubintBackend`, serving the Python twins
 //! of the standard test functions (`tests/pyfns/harrow_testfns/conformance.py`).
 //!
 //! Scenarios that need nested actors are skipped (`Capabilities::nested` is false), and so is the

@@ -48,6 +48,14 @@ fn os_exit_ends_only_its_actor() -> Result<()> {
         "harrow_testfns:swallow_os_exit",
         "os._exit(0)",
     )?;
+    // sys.exit() is an ordinary error of the call: the actor goes on.
+    let err = call(
+        &bystander.handle(),
+        "harrow_testfns:call_sys_exit",
+        Value::Null,
+    )?
+    .unwrap_err();
+    assert_eq!(err.to_string(), "SystemExit: 4");
     assert_eq!(
         call_ok(&bystander.handle(), "harrow_testfns:echo", Value::Int(1))?,
         Value::Int(1)

@@ -12,7 +12,7 @@ use harrow_spawn_subint::{Exit, InterpThread};
 // Own GIL refusing the same module is tested in basic.rs, in another process: on 3.12.1,
 // importing a single-phase module in a legacy interpreter after an own-GIL interpreter refused it
 // aborts the process ("double free or corruption"), a CPython fault recorded in
-// shared/notes/subint-facts.md.
+// docs/subint-notes.md.
 #[test]
 fn legacy_mode_loads_single_phase_extensions() -> Result<()> {
     let legacy = InterpThread::spawn(config("legacy").legacy(true))?;

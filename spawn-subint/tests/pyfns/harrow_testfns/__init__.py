@@ -318,3 +318,9 @@ def use_asyncio():
         return "ran"
 
     return asyncio.run(main())
+
+
+def call_sys_exit():
+    import sys
+
+    sys.exit(4)
