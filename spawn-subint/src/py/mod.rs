@@ -11,7 +11,13 @@
 //!   needed), and only while holding `Shared::interp`'s lock with a non-null pointer; the owning
 //!   thread nulls the pointer under that lock before `Py_EndInterpreter`.
 
+//!
+//! Every `unsafe` block holds ONE unsafe operation with its own `// SAFETY:` comment (enforced by
+//! the two clippy lints below); a comment heading a group of blocks states what they all rely
+//! on (usually the enclosing function's contract: which interpreter's GIL is held, on which
+//! thread).
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::multiple_unsafe_ops_per_block)]
 
 mod convert;
 mod module;
@@ -59,21 +65,25 @@ static MAIN: OnceLock<Result<usize, String>> = OnceLock::new();
 /// abort or misbehave, and finalizing buys nothing at process exit.
 pub(crate) fn ensure_main() -> Result<()> {
     let r = MAIN.get_or_init(|| {
-        // SAFETY: runs once (OnceLock). If Python is already initialised by the host program we
-        // leave it alone and assume the host released the main GIL. Otherwise this thread
-        // initialises it (the GIL is then held by this thread) and releases the GIL at once.
-        unsafe {
-            if ffi::Py_IsInitialized() != 0 {
-                return Ok(0);
-            }
-            ffi::Py_InitializeEx(0);
-            if ffi::Py_IsInitialized() == 0 {
-                return Err("Py_InitializeEx(0) did not initialise Python".to_owned());
-            }
-            stacks::install();
-            let ts = ffi::PyEval_SaveThread();
-            Ok(ts as usize)
+        // Runs once (OnceLock). If Python is already initialised by the host program we leave it
+        // alone and assume the host released the main GIL. Otherwise this thread initialises it
+        // (the GIL is then held by this thread) and releases the GIL at once.
+        // SAFETY: callable at any time.
+        if unsafe { ffi::Py_IsInitialized() } != 0 {
+            return Ok(0);
         }
+        // SAFETY: Python is not initialised; only this thread (in the OnceLock) initialises it.
+        unsafe { ffi::Py_InitializeEx(0) };
+        // SAFETY: callable at any time.
+        if unsafe { ffi::Py_IsInitialized() } == 0 {
+            return Err("Py_InitializeEx(0) did not initialise Python".to_owned());
+        }
+        // SAFETY: the main interpreter is initialised and this thread holds its GIL.
+        unsafe { stacks::install() };
+        // SAFETY: this thread's main thread state is current with the GIL held; it is kept
+        // (never used again: we never finalize).
+        let ts = unsafe { ffi::PyEval_SaveThread() };
+        Ok(ts as usize)
     });
     r.as_ref().map(|_| ()).map_err(|e| Error::Init(e.clone()))
 }
@@ -108,26 +118,27 @@ unsafe extern "C" fn pending_cancel(arg: *mut c_void) -> c_int {
 }
 
 unsafe fn pending_cancel_body(arg: *mut c_void) -> c_int {
-    // SAFETY: CPython runs pending calls on a thread of the target interpreter with its GIL held
-    // and no exception set; `arg` is the interpreter's live `Shared` (see `inject_cancel`).
-    unsafe {
-        let shared = &*arg.cast::<Shared>();
-        let me = ffi::PyThread_get_thread_ident() as u64;
-        if shared.owner_ident.load(std::sync::atomic::Ordering::SeqCst) != me {
-            return 0;
-        }
-        if shared.in_user.load(std::sync::atomic::Ordering::SeqCst)
-            && shared
-                .shield_depth
-                .load(std::sync::atomic::Ordering::SeqCst)
-                == 0
-            && shared.cancel_outstanding()
-        {
-            module::raise(&shared.types.cancelled, None);
-            return -1;
-        }
-        0
+    // CPython runs pending calls on a thread of the target interpreter with its GIL held and no
+    // exception set.
+    // SAFETY: `arg` is the interpreter's live `Shared` (see `inject_cancel`).
+    let shared = unsafe { &*arg.cast::<Shared>() };
+    // SAFETY: callable from any thread.
+    let me = unsafe { ffi::PyThread_get_thread_ident() } as u64;
+    if shared.owner_ident.load(std::sync::atomic::Ordering::SeqCst) != me {
+        return 0;
     }
+    if shared.in_user.load(std::sync::atomic::Ordering::SeqCst)
+        && shared
+            .shield_depth
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0
+        && shared.cancel_outstanding()
+    {
+        // SAFETY: the owning thread of the interpreter whose types `shared` holds, GIL held.
+        unsafe { module::raise(&shared.types.cancelled, None) };
+        return -1;
+    }
+    0
 }
 
 /// Writes one byte to a wake pipe's write end (non-blocking: a full pipe is already a wake).

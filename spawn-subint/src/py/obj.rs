@@ -120,3 +120,58 @@ pub(crate) fn guarded_quiet(what: &str, body: impl FnOnce()) {
         tracing::error!("harrow: {what} {}", panic_text(&*payload));
     }
 }
+
+/// `f()`.
+///
+/// # Safety
+/// GIL of `f`'s interpreter held.
+pub(crate) unsafe fn call0(f: &Obj) -> PyResult<Obj> {
+    // SAFETY: GIL held (caller); `f` is a valid object.
+    let r = unsafe { ffi::PyObject_CallNoArgs(f.as_ptr()) };
+    // SAFETY: a new reference (or null with an error set).
+    unsafe { Obj::owned(r) }
+}
+
+/// `f(a)`.
+///
+/// # Safety
+/// GIL of `f`'s interpreter held; `a` valid.
+pub(crate) unsafe fn call1(f: &Obj, a: *mut ffi::PyObject) -> PyResult<Obj> {
+    // SAFETY: GIL held (caller); `f` and `a` are valid objects.
+    let r = unsafe { ffi::PyObject_CallOneArg(f.as_ptr(), a) };
+    // SAFETY: a new reference (or null with an error set).
+    unsafe { Obj::owned(r) }
+}
+
+/// `f(a, b)`.
+///
+/// # Safety
+/// GIL of `f`'s interpreter held; `a` and `b` valid.
+pub(crate) unsafe fn call2(f: &Obj, a: *mut ffi::PyObject, b: *mut ffi::PyObject) -> PyResult<Obj> {
+    // SAFETY: GIL held (caller); valid objects; the variadic list ends with null.
+    let r = unsafe {
+        ffi::PyObject_CallFunctionObjArgs(f.as_ptr(), a, b, std::ptr::null_mut::<ffi::PyObject>())
+    };
+    // SAFETY: a new reference (or null with an error set).
+    unsafe { Obj::owned(r) }
+}
+
+/// `o.name`.
+///
+/// # Safety
+/// GIL of `o`'s interpreter held; `o` valid.
+pub(crate) unsafe fn getattr(o: *mut ffi::PyObject, name: &std::ffi::CStr) -> PyResult<Obj> {
+    // SAFETY: GIL held (caller); `o` valid; `name` NUL-terminated.
+    let r = unsafe { ffi::PyObject_GetAttrString(o, name.as_ptr()) };
+    // SAFETY: a new reference (or null with an error set).
+    unsafe { Obj::owned(r) }
+}
+
+/// Clears the set Python exception, if any.
+///
+/// # Safety
+/// GIL held.
+pub(crate) unsafe fn err_clear() {
+    // SAFETY: GIL held (caller).
+    unsafe { ffi::PyErr_Clear() }
+}

@@ -16,7 +16,9 @@ use pyo3_ffi as ffi;
 
 use super::convert::{self, ConvError};
 use super::module::{self, Blocked, CallCtx, HarrowModule};
-use super::obj::{Obj, PyErrSet, PyResult, Released, panic_text};
+use super::obj::{
+    Obj, PyErrSet, PyResult, Released, call0, call1, call2, err_clear, getattr, panic_text,
+};
 use crate::config::InterpConfig;
 use crate::error::{Error, Result};
 use crate::interp::{CallJob, Exit, Job, cancelled_error};
@@ -176,10 +178,9 @@ unsafe fn serve(
     let alive = unsafe { py.stop_threads(shared, config) };
     if alive.is_empty() {
         // SAFETY: GIL held; a harness function of this interpreter.
-        let done = unsafe { Obj::owned(ffi::PyObject_CallNoArgs(py.harrow.before_end.as_ptr())) };
-        if done.is_err() {
+        if unsafe { call0(&py.harrow.before_end) }.is_err() {
             // SAFETY: GIL held, an exception is set.
-            unsafe { ffi::PyErr_Clear() };
+            unsafe { err_clear() };
         }
     }
     drop(py);
@@ -326,12 +327,12 @@ const ASYNC_CAPSULE: &CStr = c"harrow._async_call";
 
 unsafe extern "C" fn drop_async_capsule(capsule: *mut ffi::PyObject) {
     // SAFETY: CPython calls a capsule destructor with the capsule's interpreter's GIL held.
-    super::obj::guarded_quiet("harrow._async_call capsule destructor", || unsafe {
-        // SAFETY: GIL held; the pointer is the `Box<AsyncCall>` made for this capsule name.
-        let p = ffi::PyCapsule_GetPointer(capsule, ASYNC_CAPSULE.as_ptr());
+    super::obj::guarded_quiet("harrow._async_call capsule destructor", || {
+        // SAFETY: GIL held.
+        let p = unsafe { ffi::PyCapsule_GetPointer(capsule, ASYNC_CAPSULE.as_ptr()) };
         if !p.is_null() {
-            // SAFETY: as above; this capsule owns it.
-            drop(Box::from_raw(p.cast::<AsyncCall>()));
+            // SAFETY: the `Box<AsyncCall>` made for this capsule name, freed once, here.
+            drop(unsafe { Box::from_raw(p.cast::<AsyncCall>()) });
         }
     })
 }
@@ -387,12 +388,11 @@ pub(crate) unsafe fn finish_async(
         }
         1 => Err(cancelled_error()),
         _ => {
-            // SAFETY: GIL held; `value` is a live exception: re-raise it (a new reference is
-            // given away) and convert it.
-            unsafe {
-                ffi::Py_INCREF(value);
-                ffi::PyErr_SetRaisedException(value);
-            }
+            // `value` is a live exception: re-raise it (a new reference given away), convert it.
+            // SAFETY: GIL held; `value` valid.
+            unsafe { ffi::Py_INCREF(value) };
+            // SAFETY: GIL held; steals the new reference.
+            unsafe { ffi::PyErr_SetRaisedException(value) };
             // SAFETY: GIL held, an exception set.
             Err(unsafe { setup.error(ErrorKind::Raised) })
         }
@@ -540,11 +540,7 @@ impl Server {
         // queued before (see `Shared::wake`).
         shared.loop_running.store(true, Ordering::SeqCst);
         // SAFETY: GIL held; a harness function of this interpreter.
-        let ran = unsafe {
-            Obj::owned(ffi::PyObject_CallNoArgs(
-                self.setup.harrow.run_loop.as_ptr(),
-            ))
-        };
+        let ran = unsafe { call0(&self.setup.harrow.run_loop) };
         shared.loop_running.store(false, Ordering::SeqCst);
         *shared.stage.lock() = None;
         if ran.is_err() {
@@ -706,11 +702,10 @@ impl Drop for WakePipe {
     fn drop(&mut self) {
         // No writer may use the write end once it is closed: cleared under the lock writers take.
         let mut w = self.shared.wake_w.lock();
-        // SAFETY: closing fds this pipe owns, once.
-        unsafe {
-            libc::close(*w);
-            libc::close(self.read);
-        }
+        // SAFETY: closing an fd this pipe owns, once.
+        unsafe { libc::close(*w) };
+        // SAFETY: as above.
+        unsafe { libc::close(self.read) };
         *w = -1;
     }
 }
@@ -719,35 +714,39 @@ impl Setup {
     /// # Safety
     /// Owning thread, GIL held.
     unsafe fn new(shared: &Arc<Shared>, config: &InterpConfig) -> Result<Setup, String> {
-        // SAFETY: GIL held (caller).
-        unsafe {
-            let harrow = HarrowModule::build(shared).map_err(|_| fetch_text())?;
-            let path = ffi::PySys_GetObject(c"path".as_ptr()); // borrowed
-            if path.is_null() || ffi::PyList_Check(path) == 0 {
-                return Err("sys.path is not a list".into());
-            }
-            for (i, p) in config.sys_path.iter().enumerate() {
-                let s = convert::str_obj(&p.to_string_lossy()).map_err(|_| fetch_text())?;
-                if ffi::PyList_Insert(path, i as ffi::Py_ssize_t, s.as_ptr()) != 0 {
-                    return Err(fetch_text());
-                }
-            }
-            let wake = WakePipe::new(shared)?;
-            let fd = Obj::owned(ffi::PyLong_FromLong(std::ffi::c_long::from(wake.read)))
-                .map_err(|_| fetch_text())?;
-            if ffi::PyObject_SetAttrString(
-                harrow.module.as_ptr(),
-                c"_wake_fd".as_ptr(),
-                fd.as_ptr(),
-            ) != 0
-            {
-                return Err(fetch_text());
-            }
-            Ok(Setup {
-                harrow,
-                _wake: wake,
-            })
+        // SAFETY: GIL held (caller), an exception is set whenever this is called.
+        let err = || unsafe { fetch_text() };
+        // Every call below: GIL held (caller).
+        // SAFETY: see above.
+        let harrow = unsafe { HarrowModule::build(shared) }.map_err(|_| err())?;
+        // SAFETY: see above; a borrowed reference to `sys.path`.
+        let path = unsafe { ffi::PySys_GetObject(c"path".as_ptr()) };
+        // SAFETY: see above; `path` checked non-null first.
+        if path.is_null() || unsafe { ffi::PyList_Check(path) } == 0 {
+            return Err("sys.path is not a list".into());
         }
+        for (i, p) in config.sys_path.iter().enumerate() {
+            // SAFETY: see above.
+            let s = unsafe { convert::str_obj(&p.to_string_lossy()) }.map_err(|_| err())?;
+            // SAFETY: see above; `path` is a list, `s` valid (the list takes its own reference).
+            if unsafe { ffi::PyList_Insert(path, i as ffi::Py_ssize_t, s.as_ptr()) } != 0 {
+                return Err(err());
+            }
+        }
+        let wake = WakePipe::new(shared)?;
+        // SAFETY: see above.
+        let fd = unsafe { ffi::PyLong_FromLong(std::ffi::c_long::from(wake.read)) };
+        // SAFETY: a new reference (or null with an error set).
+        let fd = unsafe { Obj::owned(fd) }.map_err(|_| err())?;
+        let module = harrow.module.as_ptr();
+        // SAFETY: see above; both objects valid.
+        if unsafe { ffi::PyObject_SetAttrString(module, c"_wake_fd".as_ptr(), fd.as_ptr()) } != 0 {
+            return Err(err());
+        }
+        Ok(Setup {
+            harrow,
+            _wake: wake,
+        })
     }
 
     /// Runs one call and sends its result; an async function's call is started as a task of
@@ -830,12 +829,9 @@ impl Setup {
         // Drop the stream host while no Python runs (it may hold channel ends).
         ctx.stream.lock().take();
         ctx.job.set_done();
-        // SAFETY: GIL held; a stray exception must not leak into the next call.
-        unsafe {
-            if !ffi::PyErr_Occurred().is_null() {
-                ffi::PyErr_Clear();
-            }
-        }
+        // A stray exception must not leak into the next call.
+        // SAFETY: GIL held.
+        unsafe { err_clear() };
         // SAFETY: owning thread, GIL held.
         let result = match unsafe { self.exit_called() } {
             None => result,
@@ -867,13 +863,14 @@ impl Setup {
         let boxed = Box::into_raw(Box::new(call));
         // SAFETY: GIL held; the capsule owns `boxed` (freed by its destructor).
         let capsule = unsafe {
-            Obj::owned(ffi::PyCapsule_New(
+            ffi::PyCapsule_New(
                 boxed.cast(),
                 ASYNC_CAPSULE.as_ptr(),
                 Some(drop_async_capsule),
-            ))
+            )
         };
-        let capsule = match capsule {
+        // SAFETY: a new reference (or null with an error set).
+        let capsule = match unsafe { Obj::owned(capsule) } {
             Ok(c) => c,
             Err(_) => {
                 // SAFETY: the capsule was not made: `boxed` is still ours.
@@ -885,14 +882,7 @@ impl Setup {
             }
         };
         // SAFETY: GIL held; a harness function of this interpreter, valid arguments.
-        let started = unsafe {
-            Obj::owned(ffi::PyObject_CallFunctionObjArgs(
-                self.harrow.start_task.as_ptr(),
-                capsule.as_ptr(),
-                aw.as_ptr(),
-                std::ptr::null_mut::<ffi::PyObject>(),
-            ))
-        };
+        let started = unsafe { call2(&self.harrow.start_task, capsule.as_ptr(), aw.as_ptr()) };
         match started {
             Ok(_) => {
                 let server = SERVER.with(|s| s.get());
@@ -928,15 +918,10 @@ impl Setup {
     /// Owning thread, GIL held.
     unsafe fn exit_called(&self) -> Option<String> {
         // SAFETY: GIL held (caller); the module is this interpreter's.
-        let v = unsafe {
-            Obj::owned(ffi::PyObject_GetAttrString(
-                self.harrow.module.as_ptr(),
-                c"_exit_called".as_ptr(),
-            ))
-        };
+        let v = unsafe { getattr(self.harrow.module.as_ptr(), c"_exit_called") };
         let Ok(v) = v else {
             // SAFETY: GIL held, an exception is set.
-            unsafe { ffi::PyErr_Clear() };
+            unsafe { err_clear() };
             return None;
         };
         // SAFETY: GIL held; `v` is valid.
@@ -962,102 +947,113 @@ impl Setup {
         if !config.exposes(module_name) {
             return Err(crate::interp::not_exposed(config, module_name));
         }
-        // SAFETY: GIL held on the owning thread (caller); every object lives in an `Obj`
-        // dropped before this function returns.
-        unsafe {
-            let cmod = CString::new(module_name).map_err(|_| bad_args("module name has NUL"))?;
-            let m = user(shared, || {
-                Obj::owned(ffi::PyImport_ImportModule(cmod.as_ptr()))
-            });
-            let m = m.map_err(|_| self.error_in(ErrorKind::NotFound, Some(module_name)))?;
-            let cfn =
-                CString::new(func.function()).map_err(|_| bad_args("function name has NUL"))?;
-            let f = Obj::owned(ffi::PyObject_GetAttrString(m.as_ptr(), cfn.as_ptr())).map_err(
-                |_| {
-                    ffi::PyErr_Clear();
-                    CallError::new(
-                        ErrorKind::NotFound,
-                        "NotFound",
-                        format!(
-                            "module {module_name:?} has no function {:?}",
-                            func.function()
-                        ),
-                    )
-                },
-            )?;
-            if ffi::PyCallable_Check(f.as_ptr()) == 0 {
-                return Err(CallError::new(
-                    ErrorKind::NotFound,
-                    "NotFound",
-                    format!("{func} is not callable"),
-                ));
-            }
-            let (is_gen, wants_ctx) = self
-                .describe(&f)
-                .map_err(|_| self.error(ErrorKind::Raised))?;
-            let (pos, kwargs) = build_args(&args)?;
-            drop(args);
-            let ctx_obj = if wants_ctx || kind == CallKind::Context {
-                Some(
-                    module::make_ctx(&self.harrow, ctx)
-                        .map_err(|_| self.error(ErrorKind::Raised))?,
-                )
-            } else {
-                None
-            };
-            let pos = match &ctx_obj {
-                Some(c) if wants_ctx => {
-                    prepend(c, &pos).map_err(|_| self.error(ErrorKind::Raised))?
-                }
-                _ => pos,
-            };
-
-            // A plain or generator function in a context call gets an implicit started(None).
-            if kind == CallKind::Context && !wants_ctx {
-                blocked(ctx.started(Value::Null))?;
-            }
-            let ret = user(shared, || {
-                Obj::owned(ffi::PyObject_Call(
-                    f.as_ptr(),
-                    pos.as_ptr(),
-                    kwargs.as_ref().map_or(std::ptr::null_mut(), Obj::as_ptr),
-                ))
-            })
-            .map_err(|_| self.error(ErrorKind::Raised))?;
-            drop(f);
-            // What the function returned decides how it runs (a decorated async function is
-            // an async function too).
-            if is_gen || ffi::PyGen_Check(ret.as_ptr()) != 0 {
-                return self
-                    .drive_generator(shared, ctx, kind, ret)
-                    .map(Outcome::Value);
-            }
-            if ffi::PyCoro_CheckExact(ret.as_ptr()) != 0 {
-                return Ok(Outcome::Async(ret));
-            }
-            if ffi::PyAsyncGen_CheckExact(ret.as_ptr()) != 0 {
-                let aw = match (kind, &ctx_obj) {
-                    (CallKind::Context, Some(c)) => Obj::owned(ffi::PyObject_CallFunctionObjArgs(
-                        self.harrow.agen_stream.as_ptr(),
-                        c.as_ptr(),
-                        ret.as_ptr(),
-                        std::ptr::null_mut::<ffi::PyObject>(),
-                    )),
-                    _ => Obj::owned(ffi::PyObject_CallOneArg(
-                        self.harrow.agen_collect.as_ptr(),
-                        ret.as_ptr(),
-                    )),
-                };
-                return aw
-                    .map(Outcome::Async)
-                    .map_err(|_| self.error(ErrorKind::Raised));
-            }
-            let value = self.result_value(&ret)?;
-            if kind == CallKind::Context && !ctx.started.load(Ordering::SeqCst) {
-                blocked(ctx.started(Value::Null))?;
-            }
-            Ok(Outcome::Value(value))
+        // Every call below: GIL held on the owning thread (caller); every object lives in an
+        // `Obj` dropped before this function returns.
+        let cmod = CString::new(module_name).map_err(|_| bad_args("module name has NUL"))?;
+        let m = user(shared, || {
+            // SAFETY: see above; `cmod` is NUL-terminated.
+            let m = unsafe { ffi::PyImport_ImportModule(cmod.as_ptr()) };
+            // SAFETY: a new reference (or null with an error set).
+            unsafe { Obj::owned(m) }
+        });
+        // SAFETY: see above; an exception is set.
+        let m = m.map_err(|_| unsafe { self.error_in(ErrorKind::NotFound, Some(module_name)) })?;
+        let cfn = CString::new(func.function()).map_err(|_| bad_args("function name has NUL"))?;
+        // SAFETY: see above; `m` valid.
+        let f = unsafe { getattr(m.as_ptr(), &cfn) }.map_err(|_| {
+            // SAFETY: see above.
+            unsafe { err_clear() };
+            CallError::new(
+                ErrorKind::NotFound,
+                "NotFound",
+                format!(
+                    "module {module_name:?} has no function {:?}",
+                    func.function()
+                ),
+            )
+        })?;
+        // SAFETY: see above; `f` valid.
+        if unsafe { ffi::PyCallable_Check(f.as_ptr()) } == 0 {
+            return Err(CallError::new(
+                ErrorKind::NotFound,
+                "NotFound",
+                format!("{func} is not callable"),
+            ));
         }
+        // SAFETY: see above.
+        let described = unsafe { self.describe(&f) };
+        // SAFETY: see above; an exception is set.
+        let (is_gen, wants_ctx) =
+            described.map_err(|_| unsafe { self.error(ErrorKind::Raised) })?;
+        // SAFETY: see above.
+        let (pos, kwargs) = unsafe { build_args(&args) }?;
+        drop(args);
+        let ctx_obj = if wants_ctx || kind == CallKind::Context {
+            // SAFETY: see above.
+            let c = unsafe { module::make_ctx(&self.harrow, ctx) };
+            // SAFETY: see above; an exception is set.
+            Some(c.map_err(|_| unsafe { self.error(ErrorKind::Raised) })?)
+        } else {
+            None
+        };
+        let pos = match &ctx_obj {
+            Some(c) if wants_ctx => {
+                // SAFETY: see above; `pos` is a tuple.
+                let p = unsafe { prepend(c, &pos) };
+                // SAFETY: see above; an exception is set.
+                p.map_err(|_| unsafe { self.error(ErrorKind::Raised) })?
+            }
+            _ => pos,
+        };
+
+        // A plain or generator function in a context call gets an implicit started(None).
+        if kind == CallKind::Context && !wants_ctx {
+            // SAFETY: see above (waits with the GIL released).
+            blocked(unsafe { ctx.started(Value::Null) })?;
+        }
+        let ret = user(shared, || {
+            let kw = kwargs.as_ref().map_or(std::ptr::null_mut(), Obj::as_ptr);
+            // SAFETY: see above; `f`, `pos` (a tuple) and `kw` (a dict or null) valid.
+            let r = unsafe { ffi::PyObject_Call(f.as_ptr(), pos.as_ptr(), kw) };
+            // SAFETY: a new reference (or null with an error set).
+            unsafe { Obj::owned(r) }
+        });
+        // SAFETY: see above; an exception is set.
+        let ret = ret.map_err(|_| unsafe { self.error(ErrorKind::Raised) })?;
+        drop(f);
+        // What the function returned decides how it runs (a decorated async function is an
+        // async function too).
+        // SAFETY: see above; `ret` valid.
+        if is_gen || unsafe { ffi::PyGen_Check(ret.as_ptr()) } != 0 {
+            // SAFETY: see above.
+            return unsafe { self.drive_generator(shared, ctx, kind, ret) }.map(Outcome::Value);
+        }
+        // SAFETY: see above; `ret` valid.
+        if unsafe { ffi::PyCoro_CheckExact(ret.as_ptr()) } != 0 {
+            return Ok(Outcome::Async(ret));
+        }
+        // SAFETY: see above; `ret` valid.
+        if unsafe { ffi::PyAsyncGen_CheckExact(ret.as_ptr()) } != 0 {
+            let aw = match (kind, &ctx_obj) {
+                // SAFETY: see above; a harness function and valid arguments.
+                (CallKind::Context, Some(c)) => unsafe {
+                    call2(&self.harrow.agen_stream, c.as_ptr(), ret.as_ptr())
+                },
+                // SAFETY: see above; a harness function and a valid argument.
+                _ => unsafe { call1(&self.harrow.agen_collect, ret.as_ptr()) },
+            };
+            return aw
+                .map(Outcome::Async)
+                // SAFETY: see above; an exception is set.
+                .map_err(|_| unsafe { self.error(ErrorKind::Raised) });
+        }
+        // SAFETY: see above.
+        let value = unsafe { self.result_value(&ret) }?;
+        if kind == CallKind::Context && !ctx.started.load(Ordering::SeqCst) {
+            // SAFETY: see above (waits with the GIL released).
+            blocked(unsafe { ctx.started(Value::Null) })?;
+        }
+        Ok(Outcome::Value(value))
     }
 
     /// Iterates a generator: a unary call collects the items into a list; a context call
@@ -1073,51 +1069,41 @@ impl Setup {
         gen_obj: Obj,
     ) -> Result<Value, CallError> {
         let mut items = Vec::new();
-        // SAFETY: GIL held (caller).
-        unsafe {
-            loop {
-                let next = user(shared, || {
-                    let p = ffi::PyIter_Next(gen_obj.as_ptr());
-                    if p.is_null() {
-                        if ffi::PyErr_Occurred().is_null() {
-                            Ok(None)
-                        } else {
-                            Err(PyErrSet)
-                        }
-                    } else {
-                        Obj::owned(p).map(Some)
-                    }
-                })
-                .map_err(|_| self.error(ErrorKind::Raised))?;
-                let Some(item) = next else { break };
-                let value = self.result_value(&item)?;
-                drop(item);
-                match kind {
-                    CallKind::Unary => items.push(value),
-                    CallKind::Context => {
-                        if !ctx.started.load(Ordering::SeqCst) {
-                            blocked(ctx.started(Value::Null))?;
-                        }
-                        if ctx.stream.lock().is_none() {
-                            blocked(ctx.open_stream())?;
-                        }
-                        blocked(ctx.with_stream(|s| s.send(value)))?;
-                    }
+        // Every call below: owning thread, GIL held (caller); ctx operations wait with it
+        // released.
+        loop {
+            let next = user(shared, || {
+                // SAFETY: see above; `gen_obj` is a generator.
+                let p = unsafe { ffi::PyIter_Next(gen_obj.as_ptr()) };
+                if !p.is_null() {
+                    // SAFETY: a new reference.
+                    unsafe { Obj::owned(p) }.map(Some)
+                // SAFETY: see above.
+                } else if unsafe { convert::err_set() } {
+                    Err(PyErrSet)
+                } else {
+                    Ok(None)
                 }
-            }
-            drop(gen_obj);
+            });
+            // SAFETY: see above; an exception is set.
+            let next = next.map_err(|_| unsafe { self.error(ErrorKind::Raised) })?;
+            let Some(item) = next else { break };
+            // SAFETY: see above.
+            let value = unsafe { self.result_value(&item) }?;
+            drop(item);
             match kind {
-                CallKind::Unary => Ok(Value::List(items)),
-                CallKind::Context => {
-                    if !ctx.started.load(Ordering::SeqCst) {
-                        blocked(ctx.started(Value::Null))?;
-                    }
-                    if ctx.stream.lock().is_none() {
-                        blocked(ctx.open_stream())?;
-                    }
-                    blocked(ctx.with_stream(|s| s.close()))?;
-                    Ok(Value::Null)
-                }
+                CallKind::Unary => items.push(value),
+                // SAFETY: see above.
+                CallKind::Context => blocked(unsafe { ctx.stream_item(Some(value)) })?,
+            }
+        }
+        drop(gen_obj);
+        match kind {
+            CallKind::Unary => Ok(Value::List(items)),
+            CallKind::Context => {
+                // SAFETY: see above.
+                blocked(unsafe { ctx.stream_item(None) })?;
+                Ok(Value::Null)
             }
         }
     }
@@ -1144,19 +1130,20 @@ impl Setup {
     /// # Safety
     /// GIL held.
     unsafe fn describe(&self, f: &Obj) -> PyResult<(bool, bool)> {
-        // SAFETY: GIL held (caller).
-        unsafe {
-            let t = Obj::owned(ffi::PyObject_CallOneArg(
-                self.harrow.describe.as_ptr(),
-                f.as_ptr(),
-            ))?;
-            let a = ffi::PyTuple_GetItem(t.as_ptr(), 0);
-            let b = ffi::PyTuple_GetItem(t.as_ptr(), 1);
-            if a.is_null() || b.is_null() {
-                return Err(PyErrSet);
-            }
-            Ok((ffi::PyObject_IsTrue(a) == 1, ffi::PyObject_IsTrue(b) == 1))
+        // SAFETY: GIL held (caller); a harness function, `f` valid.
+        let t = unsafe { call1(&self.harrow.describe, f.as_ptr()) }?;
+        // SAFETY: GIL held; `t` is the 2-tuple `_describe` returns; borrowed items.
+        let a = unsafe { ffi::PyTuple_GetItem(t.as_ptr(), 0) };
+        // SAFETY: as above.
+        let b = unsafe { ffi::PyTuple_GetItem(t.as_ptr(), 1) };
+        if a.is_null() || b.is_null() {
+            return Err(PyErrSet);
         }
+        // SAFETY: GIL held; `a` valid while `t` lives.
+        let a = unsafe { ffi::PyObject_IsTrue(a) } == 1;
+        // SAFETY: GIL held; `b` valid while `t` lives.
+        let b = unsafe { ffi::PyObject_IsTrue(b) } == 1;
+        Ok((a, b))
     }
 
     /// Turns the set Python exception into a `CallError` (kind `Cancelled` for
@@ -1176,57 +1163,63 @@ impl Setup {
     /// # Safety
     /// As [`error`](Self::error).
     unsafe fn error_in(&self, default_kind: ErrorKind, importing: Option<&str>) -> CallError {
-        // SAFETY: GIL held (caller).
-        unsafe {
-            let Ok(exc) = Obj::owned(ffi::PyErr_GetRaisedException()) else {
-                return CallError::new(default_kind, "SystemError", "error without an exception");
-            };
-            let cancelled = module_type_is(exc.as_ptr(), &self.harrow, c"Cancelled");
-            let mut kind = default_kind;
-            if cancelled {
-                kind = ErrorKind::Cancelled;
-            } else if default_kind == ErrorKind::NotFound
-                && ffi::PyErr_GivenExceptionMatches(exc.as_ptr(), ffi::PyExc_ModuleNotFoundError)
-                    == 0
-            {
-                // An import that failed for another reason than a missing module.
-                kind = ErrorKind::Raised;
-            }
-            let described = Obj::owned(ffi::PyObject_CallOneArg(
-                self.harrow.format_exc.as_ptr(),
-                exc.as_ptr(),
-            ));
-            let (name, msg, tb) = match described {
-                Ok(t) => (
-                    tuple_str(&t, 0).unwrap_or_else(|| "Exception".into()),
-                    tuple_str(&t, 1).unwrap_or_default(),
-                    tuple_str(&t, 2).unwrap_or_default(),
-                ),
-                Err(_) => {
-                    ffi::PyErr_Clear();
-                    (
-                        convert::type_name(exc.as_ptr()),
-                        String::new(),
-                        String::new(),
-                    )
-                }
-            };
-            let mut msg = msg;
-            if let (Some(module), false) = (importing, cancelled) {
-                let missing = msg
-                    .strip_prefix("No module named '")
-                    .and_then(|m| m.strip_suffix('\''));
-                let itself = kind == ErrorKind::NotFound
-                    && missing.is_some_and(|m| m == module || module.starts_with(&format!("{m}.")));
-                if !itself {
-                    kind = ErrorKind::Raised;
-                    msg = format!(
-                        "{msg} (raised while importing module {module:?}, which was found)"
-                    );
-                }
-            }
-            CallError::new(kind, name, msg).with_traceback(tb)
+        // Every call below: GIL held (caller).
+        // SAFETY: see above; takes the set exception (a new reference, or null).
+        let exc = unsafe { ffi::PyErr_GetRaisedException() };
+        // SAFETY: a new reference, or null.
+        let Ok(exc) = (unsafe { Obj::owned(exc) }) else {
+            return CallError::new(default_kind, "SystemError", "error without an exception");
+        };
+        // SAFETY: see above; `exc` valid.
+        let cancelled = unsafe { module_type_is(exc.as_ptr(), &self.harrow, c"Cancelled") };
+        let mut kind = default_kind;
+        // SAFETY: reading the address of a builtin type object: always valid after init.
+        let not_found_ty = unsafe { ffi::PyExc_ModuleNotFoundError };
+        if cancelled {
+            kind = ErrorKind::Cancelled;
+        } else if default_kind == ErrorKind::NotFound
+            // SAFETY: see above; both objects valid.
+            && unsafe { ffi::PyErr_GivenExceptionMatches(exc.as_ptr(), not_found_ty) } == 0
+        {
+            // An import that failed for another reason than a missing module.
+            kind = ErrorKind::Raised;
         }
+        // SAFETY: see above; a harness function, `exc` valid.
+        let described = unsafe { call1(&self.harrow.format_exc, exc.as_ptr()) };
+        let (name, msg, tb) = match described {
+            // SAFETY (the three): see above; `t` is the 3-tuple `_format_exc` returns.
+            Ok(t) => (
+                // SAFETY: see above.
+                unsafe { tuple_str(&t, 0) }.unwrap_or_else(|| "Exception".into()),
+                // SAFETY: see above.
+                unsafe { tuple_str(&t, 1) }.unwrap_or_default(),
+                // SAFETY: see above.
+                unsafe { tuple_str(&t, 2) }.unwrap_or_default(),
+            ),
+            Err(_) => {
+                // SAFETY: see above.
+                unsafe { err_clear() };
+                (
+                    // SAFETY: see above; `exc` valid.
+                    unsafe { convert::type_name(exc.as_ptr()) },
+                    String::new(),
+                    String::new(),
+                )
+            }
+        };
+        let mut msg = msg;
+        if let (Some(module), false) = (importing, cancelled) {
+            let missing = msg
+                .strip_prefix("No module named '")
+                .and_then(|m| m.strip_suffix('\''));
+            let itself = kind == ErrorKind::NotFound
+                && missing.is_some_and(|m| m == module || module.starts_with(&format!("{m}.")));
+            if !itself {
+                kind = ErrorKind::Raised;
+                msg = format!("{msg} (raised while importing module {module:?}, which was found)");
+            }
+        }
+        CallError::new(kind, name, msg).with_traceback(tb)
     }
 
     /// Cancels and joins Python threads started by user code, within the bound. Returns the
@@ -1236,67 +1229,83 @@ impl Setup {
     /// Owning thread, GIL held, no user code running.
     unsafe fn stop_threads(&self, shared: &Shared, config: &InterpConfig) -> Vec<String> {
         let deadline = Instant::now() + config.thread_join_bound;
-        // SAFETY: GIL held (caller).
-        unsafe {
-            loop {
-                let others = count_other_tstates();
-                if others == 0 {
-                    *shared.stage.lock() = None;
-                    return Vec::new();
-                }
-                let mut names = self.thread_names();
-                if names.len() < others {
-                    names.push(format!(
-                        "{} thread(s) not started by threading",
-                        others - names.len()
-                    ));
-                }
-                if Instant::now() >= deadline {
-                    return names;
-                }
-                *shared.stage.lock() = Some(format!(
-                    "no call: waiting for {others} Python thread(s) to end ({})",
-                    names.join(", ")
-                ));
-                // Ask every threading.Thread to stop (async exception), then join a slice.
-                if let Ok(list) =
-                    Obj::owned(ffi::PyObject_CallNoArgs(self.harrow.live_threads.as_ptr()))
-                {
-                    let n = ffi::PyList_Size(list.as_ptr());
-                    let cancelled: *mut ffi::PyObject =
-                        shared.types.cancelled.load(Ordering::SeqCst).cast();
-                    for i in 0..n {
-                        let t = ffi::PyList_GetItem(list.as_ptr(), i);
-                        let ident = Obj::owned(ffi::PyObject_GetAttrString(t, c"ident".as_ptr()));
-                        if let Ok(ident) = ident {
-                            let id = ffi::PyLong_AsUnsignedLong(ident.as_ptr());
-                            if !cancelled.is_null()
-                                && (id != std::ffi::c_ulong::MAX || ffi::PyErr_Occurred().is_null())
-                            {
-                                ffi::PyThreadState_SetAsyncExc(id as _, cancelled);
-                            }
-                        }
-                        ffi::PyErr_Clear();
-                    }
-                } else {
-                    ffi::PyErr_Clear();
-                }
-                let slice = deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(50))
-                    .as_secs_f64();
-                let t = Obj::owned(ffi::PyFloat_FromDouble(slice));
-                if let Ok(t) = t {
-                    let _ = Obj::owned(ffi::PyObject_CallOneArg(
-                        self.harrow.join_threads.as_ptr(),
-                        t.as_ptr(),
-                    ));
-                }
-                ffi::PyErr_Clear();
-                // Threads that ended may still be deleting their thread state: yield briefly.
-                let _released = Released::save();
-                std::thread::sleep(Duration::from_millis(1));
+        // Every call below: owning thread, GIL held (caller), no user code running.
+        loop {
+            // SAFETY: see above.
+            let others = unsafe { count_other_tstates() };
+            if others == 0 {
+                *shared.stage.lock() = None;
+                return Vec::new();
             }
+            // SAFETY: see above.
+            let mut names = unsafe { self.thread_names() };
+            if names.len() < others {
+                names.push(format!(
+                    "{} thread(s) not started by threading",
+                    others - names.len()
+                ));
+            }
+            if Instant::now() >= deadline {
+                return names;
+            }
+            *shared.stage.lock() = Some(format!(
+                "no call: waiting for {others} Python thread(s) to end ({})",
+                names.join(", ")
+            ));
+            // Ask every threading.Thread to stop (async exception), then join a slice.
+            // SAFETY: see above.
+            unsafe { self.cancel_threads(shared) };
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(50))
+                .as_secs_f64();
+            // SAFETY: see above.
+            let t = unsafe { ffi::PyFloat_FromDouble(slice) };
+            // SAFETY: a new reference (or null with an error set).
+            if let Ok(t) = unsafe { Obj::owned(t) } {
+                // SAFETY: see above; a harness function, `t` valid.
+                let _ = unsafe { call1(&self.harrow.join_threads, t.as_ptr()) };
+            }
+            // SAFETY: see above.
+            unsafe { err_clear() };
+            // Threads that ended may still be deleting their thread state: yield briefly.
+            // SAFETY: see above; nothing touches Python until the guard drops.
+            let _released = unsafe { Released::save() };
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Raises `harrow.Cancelled` asynchronously in every live `threading` thread.
+    ///
+    /// # Safety
+    /// Owning thread, GIL held.
+    unsafe fn cancel_threads(&self, shared: &Shared) {
+        // SAFETY: GIL held (caller); a harness function.
+        let Ok(list) = (unsafe { call0(&self.harrow.live_threads) }) else {
+            // SAFETY: GIL held, an exception is set.
+            unsafe { err_clear() };
+            return;
+        };
+        // SAFETY: GIL held; `list` is the list `_live_threads` returns.
+        let n = unsafe { ffi::PyList_Size(list.as_ptr()) };
+        let cancelled: *mut ffi::PyObject = shared.types.cancelled.load(Ordering::SeqCst).cast();
+        for i in 0..n {
+            // SAFETY: GIL held; `i` in range; a borrowed item kept alive by `list`.
+            let t = unsafe { ffi::PyList_GetItem(list.as_ptr(), i) };
+            // SAFETY: GIL held; `t` is a live `Thread`.
+            if let Ok(ident) = unsafe { getattr(t, c"ident") } {
+                // SAFETY: GIL held; `ident` valid.
+                let id = unsafe { ffi::PyLong_AsUnsignedLong(ident.as_ptr()) };
+                // SAFETY: GIL held.
+                let ok = id != std::ffi::c_ulong::MAX || !unsafe { convert::err_set() };
+                if !cancelled.is_null() && ok {
+                    // SAFETY: GIL held; `cancelled` is a live type of this interpreter; the
+                    // call only looks up thread states of this interpreter by id.
+                    unsafe { ffi::PyThreadState_SetAsyncExc(id as _, cancelled) };
+                }
+            }
+            // SAFETY: GIL held.
+            unsafe { err_clear() };
         }
     }
 }
@@ -1309,11 +1318,9 @@ impl Setup {
     unsafe fn thread_names(&self) -> Vec<String> {
         let mut out = Vec::new();
         // SAFETY: GIL held (caller); `live_threads` is a function of this interpreter.
-        let list =
-            unsafe { Obj::owned(ffi::PyObject_CallNoArgs(self.harrow.live_threads.as_ptr())) };
-        let Ok(list) = list else {
+        let Ok(list) = (unsafe { call0(&self.harrow.live_threads) }) else {
             // SAFETY: GIL held, an exception is set.
-            unsafe { ffi::PyErr_Clear() };
+            unsafe { err_clear() };
             return out;
         };
         // SAFETY: GIL held; `list` is the list `_live_threads` returns.
@@ -1322,7 +1329,7 @@ impl Setup {
             // SAFETY: GIL held; `i` is in range; borrowed item.
             let t = unsafe { ffi::PyList_GetItem(list.as_ptr(), i) };
             // SAFETY: GIL held; `t` is a live `Thread`.
-            let name = unsafe { Obj::owned(ffi::PyObject_GetAttrString(t, c"name".as_ptr())) };
+            let name = unsafe { getattr(t, c"name") };
             match name {
                 // SAFETY: GIL held; `name` is valid (its type is checked by `utf8`'s caller).
                 Ok(name) if unsafe { ffi::PyUnicode_Check(name.as_ptr()) } != 0 => {
@@ -1334,7 +1341,7 @@ impl Setup {
                 _ => {}
             }
             // SAFETY: GIL held.
-            unsafe { ffi::PyErr_Clear() };
+            unsafe { err_clear() };
         }
         out
     }
@@ -1345,20 +1352,22 @@ impl Setup {
 /// # Safety
 /// GIL held.
 unsafe fn count_other_tstates() -> usize {
-    // SAFETY: GIL held (caller); the thread-state list is read under the GIL.
-    unsafe {
-        let me = ffi::PyThreadState_Get();
-        let interp = ffi::PyThreadState_GetInterpreter(me);
-        let mut n = 0;
-        let mut t = ffi::PyInterpreterState_ThreadHead(interp);
-        while !t.is_null() {
-            if t != me {
-                n += 1;
-            }
-            t = ffi::PyThreadState_Next(t);
+    // The thread-state list is read under the GIL (caller).
+    // SAFETY: GIL held: a thread state is current.
+    let me = unsafe { ffi::PyThreadState_Get() };
+    // SAFETY: `me` is valid.
+    let interp = unsafe { ffi::PyThreadState_GetInterpreter(me) };
+    let mut n = 0;
+    // SAFETY: GIL held; `interp` is alive.
+    let mut t = unsafe { ffi::PyInterpreterState_ThreadHead(interp) };
+    while !t.is_null() {
+        if t != me {
+            n += 1;
         }
-        n
+        // SAFETY: GIL held; `t` is a live thread state of the list.
+        t = unsafe { ffi::PyThreadState_Next(t) };
     }
+    n
 }
 
 /// Runs `f` marked as user code (cancel injections may land).
@@ -1398,24 +1407,24 @@ unsafe fn build_args(args: &Value) -> Result<(Obj, Option<Obj>), CallError> {
         Some((pos, kw)) => (pos, Some(kw)),
         None => (args, None),
     };
-    // SAFETY: GIL held (caller).
-    let tuple = unsafe {
-        match pos {
-            Value::Null => Obj::owned(ffi::PyTuple_New(0)).map_err(|_| fetch_bad())?,
-            other => {
-                let o = convert::from_value(other).map_err(|_| fetch_bad())?;
-                let t = Obj::owned(ffi::PyTuple_New(1)).map_err(|_| fetch_bad())?;
-                // Steals `o`'s reference.
-                ffi::PyTuple_SetItem(t.as_ptr(), 0, o.into_ptr());
-                t
-            }
-        }
-    };
+    let n = if matches!(pos, Value::Null) { 0 } else { 1 };
+    // SAFETY: GIL held (caller); a new tuple of `n` empty slots.
+    let tuple = unsafe { ffi::PyTuple_New(n) };
+    // SAFETY: a new reference (or null with an error set).
+    let tuple = unsafe { Obj::owned(tuple) }.map_err(|_| fetch_bad())?;
+    if n == 1 {
+        // SAFETY: GIL held.
+        let o = unsafe { convert::from_value(pos) }.map_err(|_| fetch_bad())?;
+        // SAFETY: GIL held; slot 0 of the new tuple; steals `o`'s reference.
+        unsafe { ffi::PyTuple_SetItem(tuple.as_ptr(), 0, o.into_ptr()) };
+    }
     let Some(kw) = kw else {
         return Ok((tuple, None));
     };
-    // SAFETY: GIL held (caller).
-    let dict = unsafe { Obj::owned(ffi::PyDict_New()) }.map_err(|_| fetch_bad())?;
+    // SAFETY: GIL held (caller); a new dict.
+    let dict = unsafe { ffi::PyDict_New() };
+    // SAFETY: a new reference (or null with an error set).
+    let dict = unsafe { Obj::owned(dict) }.map_err(|_| fetch_bad())?;
     for (k, v) in kw {
         let Some(name) = k.as_str() else {
             return Err(bad_args(format!(
@@ -1441,16 +1450,24 @@ unsafe fn build_args(args: &Value) -> Result<(Obj, Option<Obj>), CallError> {
 /// GIL held.
 unsafe fn prepend(first: &Obj, rest: &Obj) -> PyResult<Obj> {
     // SAFETY: GIL held (caller); `rest` is a tuple.
-    unsafe {
-        let n = ffi::PyTuple_Size(rest.as_ptr());
-        let t = Obj::owned(ffi::PyTuple_New(n + 1))?;
-        ffi::PyTuple_SetItem(t.as_ptr(), 0, Obj::borrowed(first.as_ptr())?.into_ptr());
-        for i in 0..n {
-            let item = Obj::borrowed(ffi::PyTuple_GetItem(rest.as_ptr(), i))?;
-            ffi::PyTuple_SetItem(t.as_ptr(), i + 1, item.into_ptr());
-        }
-        Ok(t)
+    let n = unsafe { ffi::PyTuple_Size(rest.as_ptr()) };
+    // SAFETY: GIL held; a new tuple of `n + 1` empty slots.
+    let t = unsafe { ffi::PyTuple_New(n + 1) };
+    // SAFETY: a new reference (or null with an error set).
+    let t = unsafe { Obj::owned(t) }?;
+    // SAFETY: GIL held; `first` valid.
+    let first = unsafe { Obj::borrowed(first.as_ptr()) }?;
+    // SAFETY: GIL held; slot 0 of the new tuple; steals the reference.
+    unsafe { ffi::PyTuple_SetItem(t.as_ptr(), 0, first.into_ptr()) };
+    for i in 0..n {
+        // SAFETY: GIL held; `i` in range; borrowed, kept alive by `rest`.
+        let item = unsafe { ffi::PyTuple_GetItem(rest.as_ptr(), i) };
+        // SAFETY: GIL held; `item` valid (or null: an error).
+        let item = unsafe { Obj::borrowed(item) }?;
+        // SAFETY: GIL held; slot `i + 1` of the new tuple; steals the reference.
+        unsafe { ffi::PyTuple_SetItem(t.as_ptr(), i + 1, item.into_ptr()) };
     }
+    Ok(t)
 }
 
 /// Whether `exc` is an instance of `harrow.<name>`.
@@ -1458,15 +1475,14 @@ unsafe fn prepend(first: &Obj, rest: &Obj) -> PyResult<Obj> {
 /// # Safety
 /// GIL held.
 unsafe fn module_type_is(exc: *mut ffi::PyObject, h: &HarrowModule, name: &CStr) -> bool {
-    // SAFETY: GIL held (caller).
-    unsafe {
-        let tp = ffi::PyObject_GetAttrString(h.module.as_ptr(), name.as_ptr());
-        let Ok(tp) = Obj::owned(tp) else {
-            ffi::PyErr_Clear();
-            return false;
-        };
-        ffi::PyErr_GivenExceptionMatches(exc, tp.as_ptr()) != 0
-    }
+    // SAFETY: GIL held (caller); the module is valid.
+    let Ok(tp) = (unsafe { getattr(h.module.as_ptr(), name) }) else {
+        // SAFETY: GIL held.
+        unsafe { err_clear() };
+        return false;
+    };
+    // SAFETY: GIL held; both objects valid.
+    unsafe { ffi::PyErr_GivenExceptionMatches(exc, tp.as_ptr()) != 0 }
 }
 
 /// The text of `tuple[i]` if it is a `str`.
@@ -1474,15 +1490,16 @@ unsafe fn module_type_is(exc: *mut ffi::PyObject, h: &HarrowModule, name: &CStr)
 /// # Safety
 /// GIL held.
 unsafe fn tuple_str(t: &Obj, i: ffi::Py_ssize_t) -> Option<String> {
-    // SAFETY: GIL held (caller).
-    unsafe {
-        let item = ffi::PyTuple_GetItem(t.as_ptr(), i);
-        if item.is_null() || ffi::PyUnicode_Check(item) == 0 {
-            ffi::PyErr_Clear();
-            return None;
-        }
-        convert::utf8(item).ok()
+    // SAFETY: GIL held (caller); `t` is a tuple; borrowed, kept alive by `t`.
+    let item = unsafe { ffi::PyTuple_GetItem(t.as_ptr(), i) };
+    // SAFETY: GIL held; `item` checked non-null first.
+    if item.is_null() || unsafe { ffi::PyUnicode_Check(item) } == 0 {
+        // SAFETY: GIL held.
+        unsafe { err_clear() };
+        return None;
     }
+    // SAFETY: GIL held; `item` is a `str`.
+    unsafe { convert::utf8(item) }.ok()
 }
 
 /// Fetches and clears the set exception as `"Type: message"` text.
@@ -1490,19 +1507,25 @@ unsafe fn tuple_str(t: &Obj, i: ffi::Py_ssize_t) -> Option<String> {
 /// # Safety
 /// GIL held.
 unsafe fn fetch_text() -> String {
-    // SAFETY: GIL held (caller).
-    unsafe {
-        let Ok(exc) = Obj::owned(ffi::PyErr_GetRaisedException()) else {
-            return "unknown error".into();
-        };
-        let ty = convert::type_name(exc.as_ptr());
-        let msg = Obj::owned(ffi::PyObject_Str(exc.as_ptr()))
-            .ok()
-            .and_then(|s| convert::utf8(s.as_ptr()).ok())
-            .unwrap_or_default();
-        ffi::PyErr_Clear();
-        format!("{ty}: {msg}")
-    }
+    // SAFETY: GIL held (caller); takes the set exception (a new reference, or null).
+    let exc = unsafe { ffi::PyErr_GetRaisedException() };
+    // SAFETY: a new reference, or null.
+    let Ok(exc) = (unsafe { Obj::owned(exc) }) else {
+        return "unknown error".into();
+    };
+    // SAFETY: GIL held; `exc` valid.
+    let ty = unsafe { convert::type_name(exc.as_ptr()) };
+    // SAFETY: GIL held; `exc` valid.
+    let text = unsafe { ffi::PyObject_Str(exc.as_ptr()) };
+    // SAFETY: a new reference (or null with an error set).
+    let msg = unsafe { Obj::owned(text) }
+        .ok()
+        // SAFETY: GIL held; `s` is a `str`.
+        .and_then(|s| unsafe { convert::utf8(s.as_ptr()) }.ok())
+        .unwrap_or_default();
+    // SAFETY: GIL held.
+    unsafe { err_clear() };
+    format!("{ty}: {msg}")
 }
 
 /// Creates and ends one interpreter on a fresh thread with nothing else (no harrow module, no
