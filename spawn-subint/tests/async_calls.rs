@@ -214,3 +214,25 @@ fn keyword_arguments() -> Result<()> {
     assert_eq!(t.shutdown(BOUND), Exit::Ended);
     Ok(())
 }
+
+#[test]
+fn os_exit_in_async_code_ends_the_actor_and_its_other_calls() -> Result<()> {
+    let mut t = aio("aio-exit")?;
+    let h = t.handle();
+    let waiting = start(&h, &f("wait_forever"), s("w"));
+    assert!(wait_until(BOUND, || progress(&h)
+        .map(|(st, _)| st.len() == 1)
+        .unwrap_or(false)));
+    let err = call(&h, &f("exit_async"), Value::Null)?.unwrap_err();
+    assert!(err.to_string().starts_with("harrow.ActorExit"), "{err}");
+    // The other async call is cancelled, the actor ends on its own, reported as a failure.
+    assert_eq!(
+        bounded(BOUND, waiting)?.unwrap_err().kind(),
+        ErrorKind::Cancelled
+    );
+    match t.join(BOUND) {
+        Exit::Failed { reason } => assert!(reason.contains("os._exit(2)"), "{reason}"),
+        other => return Err(anyhow!("expected a failure, got {other:?}")),
+    }
+    Ok(())
+}

@@ -99,7 +99,9 @@ pub(crate) fn inject_cancel(shared: &Shared) {
     // SAFETY: `interp` is alive: its owning thread nulls `shared.interp` under this lock before
     // `Py_EndInterpreter`. `_PyEval_AddPendingCall` needs no thread state. `arg` points to the
     // `Shared` that the owning thread keeps alive (it holds an `Arc`) until after the
-    // interpreter ended, so the pending call (run only inside that interpreter) sees it alive.
+    // interpreter ended, or, when it leaks the interpreter, for the rest of the process
+    // (`state::keep_forever`); so the pending call (run only inside that interpreter) sees it
+    // alive.
     let rc = unsafe { _PyEval_AddPendingCall(interp, pending_cancel, arg, 0) };
     if rc != 0 {
         tracing::debug!(actor = %shared.name, "pending-call queue full; the re-arm will retry");

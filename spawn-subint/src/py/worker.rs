@@ -832,8 +832,16 @@ impl Setup {
         // A stray exception must not leak into the next call.
         // SAFETY: GIL held.
         unsafe { err_clear() };
-        // SAFETY: owning thread, GIL held.
-        let result = match unsafe { self.exit_called() } {
+        // The first call to end after `os._exit` was called is the one that called it (or ran
+        // the code that did); the others keep their own outcome.
+        let noticed = shared.exit_reason.lock().is_some();
+        let exit = if noticed {
+            None
+        } else {
+            // SAFETY: owning thread, GIL held.
+            unsafe { self.exit_called() }
+        };
+        let result = match exit {
             None => result,
             Some(what) => {
                 // The call fails even if its code swallowed `ActorExit`; the actor ends.
@@ -842,6 +850,8 @@ impl Setup {
                 *shared.exit_reason.lock() = Some(reason);
                 shared.closing.store(true, Ordering::SeqCst);
                 stop_serving();
+                // Running async calls are cancelled by the event loop once it wakes.
+                shared.wake();
                 match result {
                     Err(e) if e.kind() == ErrorKind::Raised => Err(e),
                     _ => Err(CallError::raised(

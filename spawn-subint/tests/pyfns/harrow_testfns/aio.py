@@ -93,3 +93,10 @@ async def akw(a=None, *, x=0):
 async def echo(value=None):
     """The async twin of harrow_testfns.echo (round-trip benchmarks)."""
     return value
+
+
+async def exit_async():
+    import os
+
+    await asyncio.sleep(0)
+    os._exit(2)
