@@ -12,8 +12,13 @@ use common::*;
 use harrow_ipc::Value;
 use harrow_spawn_subint::{Exit, InterpThread, interp_threads, live_interpreters};
 
+/// The tests here count live interpreters (process-wide): under `cargo test` (one process, tests
+/// in parallel threads) they take turns.
+static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
 #[test]
 fn blocked_c_call_is_bounded_and_leaked_without_abort() -> Result<()> {
+    let _serial = SERIAL.lock();
     let t = spawn("leak-sleep")?;
     let h = t.handle();
     assert_eq!(
@@ -59,6 +64,7 @@ fn blocked_c_call_is_bounded_and_leaked_without_abort() -> Result<()> {
 
 #[test]
 fn live_python_thread_leaks_instead_of_aborting() -> Result<()> {
+    let _serial = SERIAL.lock();
     let mut cfg = config("leak-thread").allow_threads(true);
     cfg.thread_join_bound = Duration::from_millis(200);
     let t = InterpThread::spawn(cfg)?;
@@ -91,6 +97,7 @@ fn live_python_thread_leaks_instead_of_aborting() -> Result<()> {
 
 #[test]
 fn shielded_harrow_sleep_outlives_shutdown_and_is_leaked() -> Result<()> {
+    let _serial = SERIAL.lock();
     let t = InterpThread::spawn(config("leak-shield").expose("harrow_testfns.conformance"))?;
     let h = t.handle();
     let (host, ends) = chan_host();
@@ -123,6 +130,7 @@ fn shielded_harrow_sleep_outlives_shutdown_and_is_leaked() -> Result<()> {
 
 #[test]
 fn teardown_waiting_for_a_python_thread_says_so() -> Result<()> {
+    let _serial = SERIAL.lock();
     let mut cfg = config("leak-thread-wait").allow_threads(true);
     cfg.thread_join_bound = Duration::from_secs(600);
     let t = InterpThread::spawn(cfg)?;
