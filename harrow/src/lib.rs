@@ -85,7 +85,7 @@ pub use harrow_spawn_thread::ThreadBackend;
 pub use harrow_spawn_process::{ProcessBackend, is_child, maybe_run_child};
 
 #[cfg(feature = "subint")]
-pub use harrow_spawn_subint::{InterpConfig, SubintBackend};
+pub use harrow_spawn_subint::{InterpConfig, PyArgs, SubintBackend};
 
 /// The backend crates themselves, for what the re-exports above leave out.
 pub mod backends {

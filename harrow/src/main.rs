@@ -55,6 +55,10 @@ enum Command {
         /// The argument as JSON: `null` (the default) calls `f()`, anything else `f(arg)`.
         #[arg(long)]
         args: Option<String>,
+        /// Keyword arguments as a JSON object: `{"x": 1}` calls `f(arg, x=1)` (`f(x=1)` without
+        /// `--args`).
+        #[arg(long)]
+        kwargs: Option<String>,
         /// A directory to find the module in (repeatable; default: the current directory).
         #[arg(long = "path", value_name = "DIR")]
         paths: Vec<PathBuf>,
@@ -88,8 +92,9 @@ fn main() -> ExitCode {
             function,
             actors,
             args,
+            kwargs,
             paths,
-        } => runpy::run(&function, actors, args.as_deref(), paths),
+        } => runpy::run(&function, actors, args.as_deref(), kwargs.as_deref(), paths),
     };
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
 }

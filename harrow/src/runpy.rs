@@ -1,4 +1,5 @@
-//! `harrow run-py MODULE:FUNCTION --actors N [--args JSON] [--path DIR ...]`: runs a Python
+//! `harrow run-py MODULE:FUNCTION --actors N [--args JSON] [--kwargs JSON] [--path DIR ...]`:
+//! runs a Python
 //! function in N subint actors at once and prints each actor's result as JSON. Ctrl-C cancels
 //! every actor (the root owns SIGINT) and exits with 130.
 
@@ -17,6 +18,8 @@ struct Job1 {
     func: FnPath,
     actors: usize,
     args: Value,
+    /// Keyword arguments (`--kwargs`), in order.
+    kwargs: Vec<(String, Value)>,
     paths: Vec<PathBuf>,
 }
 
@@ -24,6 +27,7 @@ fn validate(
     function: &str,
     actors: usize,
     args: Option<&str>,
+    kwargs: Option<&str>,
     paths: Vec<PathBuf>,
 ) -> Result<Job1, String> {
     let func = FnPath::parse(function).map_err(|e| {
@@ -37,7 +41,29 @@ fn validate(
         Some(text) => {
             let j: serde_json::Value =
                 serde_json::from_str(text).map_err(|e| format!("bad --args JSON {text:?}: {e}"))?;
+            crate::json::check_int_literals(text).map_err(|e| format!("bad --args value: {e}"))?;
             crate::json::from_json(&j).map_err(|e| format!("bad --args value: {e}"))?
+        }
+    };
+    let kwargs = match kwargs {
+        None => Vec::new(),
+        Some(text) => {
+            let j: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| format!("bad --kwargs JSON {text:?}: {e}"))?;
+            crate::json::check_int_literals(text)
+                .map_err(|e| format!("bad --kwargs value: {e}"))?;
+            let serde_json::Value::Object(o) = &j else {
+                return Err(format!(
+                    "--kwargs must be a JSON object of named arguments, e.g. {{\"x\": 1}}; got {text:?}"
+                ));
+            };
+            o.iter()
+                .map(|(k, v)| {
+                    crate::json::from_json(v)
+                        .map(|v| (k.clone(), v))
+                        .map_err(|e| format!("bad --kwargs value for {k:?}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?
         }
     };
     let paths = if paths.is_empty() {
@@ -62,6 +88,7 @@ fn validate(
         func,
         actors,
         args,
+        kwargs,
         paths,
     })
 }
@@ -76,8 +103,14 @@ fn found_in(module: &str, paths: &[PathBuf]) -> bool {
 }
 
 /// Runs the command; returns the exit code.
-pub(crate) fn run(function: &str, actors: usize, args: Option<&str>, paths: Vec<PathBuf>) -> i32 {
-    let job = match validate(function, actors, args, paths) {
+pub(crate) fn run(
+    function: &str,
+    actors: usize,
+    args: Option<&str>,
+    kwargs: Option<&str>,
+    paths: Vec<PathBuf>,
+) -> i32 {
+    let job = match validate(function, actors, args, kwargs, paths) {
         Ok(j) => j,
         Err(msg) => {
             eprintln!("harrow run-py: {msg}");
@@ -109,6 +142,14 @@ fn run_actors(job: Job1) -> i32 {
         .collect::<Vec<_>>()
         .join(", ");
     let func = job.func.to_string();
+    let call_args = job
+        .kwargs
+        .iter()
+        .fold(harrow::PyArgs::new(job.args.clone()), |a, (k, v)| {
+            a.kwarg(k.clone(), v.clone())
+        })
+        .into_value();
+    let call_args = &call_args;
     let t0 = Instant::now();
     let result = run_root(RootConfig::default(), |n| {
         let (job, module, func) = (&job, &module, &func);
@@ -143,7 +184,7 @@ fn run_actors(job: Job1) -> i32 {
                 .map(|h| {
                     Box::pin(async move {
                         let t = Instant::now();
-                        let r = h.run(func, job.args.clone()).await;
+                        let r = h.run(func, call_args.clone()).await;
                         (h.id().name.clone(), r, t.elapsed())
                     }) as Job<'_, _>
                 })
@@ -157,7 +198,7 @@ fn run_actors(job: Job1) -> i32 {
             for (actor, r, took) in &results {
                 match r {
                     Ok(v) => {
-                        println!("{actor}: {}", crate::json::to_json(v));
+                        println!("{actor}: {}", crate::json::to_json_text(v));
                         eprintln!("  ({actor} returned after {})", human(*took));
                     }
                     Err(e) => {
@@ -168,9 +209,17 @@ fn run_actors(job: Job1) -> i32 {
                                     "{actor}: error: {}: {}",
                                     remote.type_name, remote.message
                                 );
-                                if remote.type_name.contains("ModuleNotFoundError") || !in_paths {
+                                // Only when the module itself was not found: a module that
+                                // was found but whose own imports failed says so in its error.
+                                if remote.kind == harrow::ErrorKind::NotFound
+                                    && remote.type_name.contains("ModuleNotFoundError")
+                                {
                                     eprintln!(
                                         "  (module {module:?} was looked for in --path entries [{shown_paths}] and in Python's own library)"
+                                    );
+                                } else if remote.kind == harrow::ErrorKind::NotFound && !in_paths {
+                                    eprintln!(
+                                        "  (module {module:?} is not a file or package under the --path entries [{shown_paths}]; it was imported from elsewhere)"
                                     );
                                 }
                                 if !remote.traceback.is_empty() {

@@ -109,6 +109,18 @@ impl PyDir {
              def boom():\n    raise RuntimeError('nope')\n\
              def wait_forever():\n    os.write(1, b'ready\\n')\n    while True:\n        harrow.sleep(0.05)\n",
         )?;
+        std::fs::write(
+            dir.join("hostile.py"),
+            "import os\n\
+             def exit():\n    os._exit(0)\n\
+             def floats():\n    return [float('nan'), float('inf'), -float('inf'), 1.5]\n\
+             def use_asyncio():\n    import asyncio\n    return asyncio.run(asyncio.sleep(0, 'ran'))\n\
+             async def scaled(x, *, by=1, label=''):\n    import asyncio\n    await asyncio.sleep(0)\n    return [x * by, label]\n",
+        )?;
+        std::fs::write(
+            dir.join("broken.py"),
+            "import no_such_module_for_harrow_cli\ndef f():\n    return 1\n",
+        )?;
         Ok(PyDir(dir))
     }
 
@@ -291,6 +303,77 @@ fn run_py_errors_are_clear() -> Result<()> {
         ensure!(r.status.code() == Some(1), "{args:?}: {r}");
         ensure!(r.stdout.contains(needle), "{args:?}: no {needle:?} in {r}");
     }
+    Ok(())
+}
+
+#[test]
+fn run_py_hostile_input_is_reported_never_lost() -> Result<()> {
+    let dir = PyDir::new("hostile")?;
+    let p = dir.path();
+    // An integer beyond 64 bits is refused, not read as a float.
+    let r = harrow(&[
+        "run-py",
+        "tiny:double",
+        "--args",
+        "[1, 99999999999999999999999]",
+        "--path",
+        p,
+    ])?;
+    ensure!(r.status.code() == Some(2), "{r}");
+    ensure!(r.stderr.contains("does not fit in 64 signed bits"), "{r}");
+    if harrow::subint_status().is_err() {
+        return Ok(());
+    }
+    // os._exit() ends that actor only: reported as a failure, the command goes on and says so.
+    let r = harrow(&["run-py", "hostile:exit", "--actors", "2", "--path", p])?;
+    ensure!(r.status.code() == Some(1), "{r}");
+    ensure!(r.stdout.contains("py-0: error: harrow.ActorExit"), "{r}");
+    ensure!(r.stdout.contains("os._exit(0)"), "{r}");
+    ensure!(r.stderr.contains("2 failed"), "{r}");
+    // Non-finite floats are explicit.
+    let r = harrow(&["run-py", "hostile:floats", "--path", p])?;
+    ensure!(r.status.success(), "{r}");
+    ensure!(
+        r.stdout.trim() == "py-0: [NaN,Infinity,-Infinity,1.5]",
+        "{r}"
+    );
+    // A module that is found but whose own import fails is not reported as missing.
+    let r = harrow(&["run-py", "broken:f", "--path", p])?;
+    ensure!(r.status.code() == Some(1), "{r}");
+    ensure!(r.stdout.contains("no_such_module_for_harrow_cli"), "{r}");
+    ensure!(
+        r.stdout.contains("while importing module \"broken\""),
+        "{r}"
+    );
+    ensure!(!r.stderr.contains("was looked for"), "{r}");
+    // Keyword arguments, to an async function.
+    let r = harrow(&[
+        "run-py",
+        "hostile:scaled",
+        "--args",
+        "3",
+        "--kwargs",
+        r#"{"by": 2, "label": "x"}"#,
+        "--path",
+        p,
+    ])?;
+    ensure!(r.status.success(), "{r}");
+    ensure!(r.stdout.trim() == r#"py-0: [6,"x"]"#, "{r}");
+    let r = harrow(&["run-py", "hostile:scaled", "--kwargs", "[1]", "--path", p])?;
+    ensure!(r.status.code() == Some(2), "{r}");
+    ensure!(r.stderr.contains("--kwargs must be a JSON object"), "{r}");
+    // Actors that used asyncio end quietly.
+    let r = harrow(&[
+        "run-py",
+        "hostile:use_asyncio",
+        "--actors",
+        "3",
+        "--path",
+        p,
+    ])?;
+    ensure!(r.status.success(), "{r}");
+    ensure!(r.stdout.contains("py-2: \"ran\""), "{r}");
+    ensure!(!r.stderr.contains("Exception ignored"), "{r}");
     Ok(())
 }
 

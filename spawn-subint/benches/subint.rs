@@ -3,7 +3,8 @@
 //! - CPU-bound pure Python on 1 and 2 interpreters (own GIL, legacy) and on
 //!   `multiprocessing.Pool(2)`: speedup = 2 x T1 / T2.
 //! - Bare interpreter create+end vs spawn-to-first-reply (InterpThread::spawn + first call).
-//! - Call round trip of a trivial function vs `multiprocessing` `Pool.apply`.
+//! - Call round trip of a trivial function vs `multiprocessing` `Pool.apply`, and of the same
+//!   function as `async def` (a task of the interpreter's event loop) vs plain `def`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,6 +24,7 @@ fn pyfns() -> PathBuf {
 fn config(name: &str, legacy: bool) -> InterpConfig {
     InterpConfig::new(name)
         .expose("harrow_testfns")
+        .expose("harrow_testfns.aio")
         .sys_path(pyfns())
         .legacy(legacy)
 }
@@ -187,7 +189,21 @@ fn main() -> Result<()> {
         rt.push(s.elapsed());
     }
     let rt = median(rt);
+    call(&h, "harrow_testfns.aio:echo", Value::Int(1))?;
+    let mut art = Vec::new();
+    for _ in 0..2000 {
+        let s = Instant::now();
+        call(&h, "harrow_testfns.aio:echo", Value::Int(1))?;
+        art.push(s.elapsed());
+    }
+    let art = median(art);
     t.shutdown(BOUND);
+    println!(
+        "round trip: async def {:.1} us vs plain def {:.1} us (async costs {:.2}x)",
+        secs(art) * 1e6,
+        secs(rt) * 1e6,
+        secs(art) / secs(rt)
+    );
     println!(
         "round trip: subint call {:.1} us; mp Pool.apply {:.1} us; subint is {:.1}x faster",
         secs(rt) * 1e6,

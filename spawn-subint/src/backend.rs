@@ -147,6 +147,7 @@ impl Child for SubintChild {
             match self.runtime.join(bound).await {
                 Joined::Running => ChildExit::Running,
                 Joined::Finished(Exit::Ended) | Joined::AlreadyJoined => ChildExit::Exited,
+                Joined::Finished(Exit::Failed { reason }) => ChildExit::Failed(reason),
                 Joined::Finished(Exit::Leaked { reason }) => {
                     self.leaked = Some(reason);
                     ChildExit::Running

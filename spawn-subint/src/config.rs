@@ -24,7 +24,20 @@ pub struct InterpConfig {
     /// How long shutdown waits for Python threads started by user code to end, after
     /// asking them to stop. A thread still alive then makes the interpreter leak (reported).
     pub thread_join_bound: Duration,
+    /// The interpreter thread's stack size, in bytes. Python code recursing through C (`repr`,
+    /// `json`, `pickle` of deeply nested data) uses this stack down to CPython's C recursion
+    /// limit; [`DEFAULT_STACK_SIZE`] lets that limit be reached safely (a `RecursionError`, not a
+    /// crash). It is address space reserved, not memory used.
+    pub stack_size: usize,
 }
+
+/// The default [`InterpConfig::stack_size`]: 8 MiB, the usual main-thread stack that CPython's
+/// recursion limits are set for (Rust's default for a spawned thread is 2 MiB). Raising
+/// `sys.setrecursionlimit` far above its default can need more.
+pub const DEFAULT_STACK_SIZE: usize = 8 << 20;
+
+/// The smallest accepted [`InterpConfig::stack_size`].
+pub const MIN_STACK_SIZE: usize = 256 << 10;
 
 impl InterpConfig {
     /// A config for actor `name` that exposes no module yet.
@@ -36,6 +49,7 @@ impl InterpConfig {
             legacy: false,
             allow_threads: false,
             thread_join_bound: Duration::from_secs(1),
+            stack_size: DEFAULT_STACK_SIZE,
         }
     }
 
@@ -63,6 +77,12 @@ impl InterpConfig {
         self
     }
 
+    /// Sets the interpreter thread's stack size in bytes (at least [`MIN_STACK_SIZE`]).
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = bytes;
+        self
+    }
+
     /// Whether `module` may be called.
     pub fn exposes(&self, module: &str) -> bool {
         self.modules.iter().any(|m| m == module)
@@ -72,7 +92,7 @@ impl InterpConfig {
 impl InterpConfig {
     /// Encodes the config (all but the name) as the `params` of a spawn spec:
     /// `{"modules": [str], "sys_path": [str], "legacy": bool, "allow_threads": bool,
-    /// "thread_join_bound_ms": int}`.
+    /// "thread_join_bound_ms": int, "stack_size": int}`.
     pub fn to_params(&self) -> harrow_ipc::Value {
         use harrow_ipc::Value;
         let strs = |v: Vec<String>| Value::List(v.into_iter().map(Value::Str).collect());
@@ -95,6 +115,10 @@ impl InterpConfig {
             (
                 Value::from("thread_join_bound_ms"),
                 Value::Int(i64::try_from(self.thread_join_bound.as_millis()).unwrap_or(i64::MAX)),
+            ),
+            (
+                Value::from("stack_size"),
+                Value::Int(i64::try_from(self.stack_size).unwrap_or(i64::MAX)),
             ),
         ])
     }
@@ -148,6 +172,15 @@ impl InterpConfig {
                         Error::Config("\"thread_join_bound_ms\" must be a non-negative int".into())
                     })?;
                     cfg.thread_join_bound = Duration::from_millis(ms as u64);
+                }
+                Some("stack_size") => {
+                    let bytes = v
+                        .as_i64()
+                        .and_then(|b| usize::try_from(b).ok())
+                        .ok_or_else(|| {
+                            Error::Config("\"stack_size\" must be a non-negative int".into())
+                        })?;
+                    cfg.stack_size = bytes;
                 }
                 _ => return Err(Error::Config(format!("unknown key {k:?} in params"))),
             }

@@ -40,10 +40,19 @@ pub enum Exit {
         /// What is still running.
         reason: String,
     },
+    /// The actor ended on its own: Python called `os._exit()` (the interpreter was ended), or
+    /// the interpreter thread panicked outside a call (it released the GIL and ended its
+    /// interpreter when that was safe; the reason says when it had to leak it instead).
+    Failed {
+        /// The panic message, and what became of the interpreter.
+        reason: String,
+    },
 }
 
 pub(crate) enum Job {
     Call(CallJob),
+    /// Test hook: panic on the interpreter thread (see [`InterpHandle::inject_panic`]).
+    Panic(String),
     Shutdown,
 }
 
@@ -151,6 +160,8 @@ impl InterpHandle {
         }));
         if sent.is_err() {
             call.immediate = Some(Err(gone(&self.shared.name)));
+        } else {
+            self.shared.wake();
         }
         call
     }
@@ -159,6 +170,15 @@ impl InterpHandle {
     /// futures, or all at once by [`begin_shutdown`](Self::begin_shutdown)).
     pub fn cancel_current(&self) {
         self.shared.cancel_current();
+    }
+
+    /// Fault injection for tests: makes the interpreter thread panic with `message` when it
+    /// takes this job. Idle, the thread itself panics (its exit is then [`Exit::Failed`]); taken
+    /// while a call waits, it fails that call instead (a panic inside a call's operation).
+    #[doc(hidden)]
+    pub fn inject_panic(&self, message: impl Into<String>) {
+        let _ = self.jobs.send(Job::Panic(message.into()));
+        self.shared.wake();
     }
 
     /// Starts shutting the interpreter down without waiting: no new call is taken, queued calls
@@ -281,6 +301,13 @@ impl InterpThread {
         if config.name.is_empty() {
             return Err(Error::Config("the actor name is empty".into()));
         }
+        if config.stack_size < crate::config::MIN_STACK_SIZE {
+            return Err(Error::Config(format!(
+                "stack_size {} is below the minimum of {} bytes",
+                config.stack_size,
+                crate::config::MIN_STACK_SIZE
+            )));
+        }
         crate::imp::ensure_main()?;
         let config = Arc::new(config);
         let shared = Shared::new(config.name.clone());
@@ -291,13 +318,15 @@ impl InterpThread {
         let thread_config = Arc::clone(&config);
         let join = std::thread::Builder::new()
             .name(format!("subint-{}", config.name))
+            .stack_size(config.stack_size)
             .spawn(move || {
                 *thread_shared.thread.lock() = Some(std::thread::current().id());
                 let exit =
                     crate::imp::thread_main(&thread_shared, &thread_config, jobs_rx, ready_tx);
                 // From now on no one may signal this thread (python_stacks).
                 *thread_shared.tid.lock() = 0;
-                if exit == Exit::Ended {
+                // Ending the interpreter nulls its pointer; one still set was leaked.
+                if *thread_shared.interp.lock() == 0 {
                     thread_shared.unregister();
                 } else {
                     thread_shared.leaked.store(true, Ordering::SeqCst);
@@ -394,7 +423,8 @@ impl InterpThread {
         }
         match self.done.recv_timeout(bound) {
             Ok(exit) => self.finished(exit),
-            Err(_) => self.leaked(bound),
+            Err(flume::RecvTimeoutError::Disconnected) => self.died(),
+            Err(flume::RecvTimeoutError::Timeout) => self.leaked(bound),
         }
     }
 
@@ -404,14 +434,15 @@ impl InterpThread {
         if let Some(e) = &self.exit {
             return e.clone();
         }
-        let got = async { self.done.recv_async().await.ok() }
+        let got = async { Some(self.done.recv_async().await) }
             .or(async {
                 async_io::Timer::after(bound).await;
                 None
             })
             .await;
         match got {
-            Some(exit) => self.finished(exit),
+            Some(Ok(exit)) => self.finished(exit),
+            Some(Err(_)) => self.died(),
             None => self.leaked(bound),
         }
     }
@@ -434,6 +465,20 @@ impl InterpThread {
         exit
     }
 
+    /// The thread ended without reporting its exit: it died by a panic that escaped its own
+    /// net. Reports it failed, with the panic message.
+    fn died(&mut self) -> Exit {
+        let why = match self.join.take().map(JoinHandle::join) {
+            Some(Err(payload)) => harrow_runtime_core::panic_message(&*payload),
+            _ => "ended without reporting how".to_owned(),
+        };
+        let exit = Exit::Failed {
+            reason: format!("the interpreter thread {why}"),
+        };
+        self.exit = Some(exit.clone());
+        exit
+    }
+
     fn leaked(&mut self, bound: Duration) -> Exit {
         let shared = &self.handle.shared;
         shared.leaked.store(true, Ordering::SeqCst);
@@ -442,7 +487,8 @@ impl InterpThread {
             .lock()
             .as_ref()
             .map(|j| j.func.clone())
-            .unwrap_or_else(|| "no call (stuck in teardown)".into());
+            .or_else(|| shared.stage.lock().clone())
+            .unwrap_or_else(|| "no call (in its teardown)".into());
         let reason = format!("interpreter thread still running {running} after {bound:?}");
         tracing::warn!(actor = %shared.name, "subinterpreter leaked: {reason}");
         Exit::Leaked { reason }

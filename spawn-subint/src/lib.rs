@@ -8,22 +8,33 @@
 //!   construction.
 //! - Calls are `"package.module:function"` ([`FnPath`](harrow_ipc::FnPath)) into modules the
 //!   [`InterpConfig`] exposes. A plain function is a unary call; a generator streams its items;
-//!   a function whose FIRST parameter is named `ctx` gets a `harrow.Context` (`started`,
-//!   `open_stream` -> `Stream` with `send`, `recv` (raises `harrow.EndOfStream` at the end),
-//!   iteration, `close`).
+//!   a context function gets a `harrow.Context` first (`started`, `open_stream` -> `Stream` with
+//!   `send`, `recv` (raises `harrow.EndOfStream` at the end), iteration, `close`). Context
+//!   functions are marked with `@harrow.context`; a function whose FIRST parameter is named `ctx`
+//!   is one too (fallback rule).
+//! - `async def` functions and async generators run as tasks of one asyncio event loop per
+//!   interpreter, kept across calls; the actor's async calls run concurrently (interleaving at
+//!   their `await`s) and the loop takes new calls meanwhile (a wake pipe). A cancel is
+//!   `CancelledError` at the current `await`, reported as `Cancelled`.
 //! - Arguments: the call's `Value` reaches Python exactly as a Rust function would see it:
 //!   `Null` -> the function is called with no argument (give it a default, `def f(v=None)`);
 //!   any other value -> exactly ONE positional argument (a `List` stays one `list`, a `Map` one
-//!   `dict`). A function wanting several inputs takes a list or a dict (`def add(ab): a, b = ab`).
+//!   `dict`). Keyword arguments travel beside it, encoded by [`PyArgs`].
 //!   Generators follow the same rule; a context function gets `ctx` first, then the argument.
+//! - `os._exit()` in an actor raises `harrow.ActorExit`: the call fails and that actor ends
+//!   ([`Exit::Failed`]); the process goes on. (`os.abort()` and C code calling `exit()` cannot
+//!   be intercepted.)
 //! - Calls of one actor all run on its interpreter thread. While a call waits in a harrow
 //!   operation (`ctx.started`, stream `send`/`recv`/`close`, `harrow.sleep`) with the GIL
 //!   released, the thread serves the actor's other queued calls, each nested on its stack: calls
 //!   interleave at those waits, last in first out (a waiting call resumes once the calls nested
 //!   in it have returned; at most 32 deep). A call running Python code holds the thread.
 //! - `Value` <-> Python: None, bool, int (i64; larger is an error), float, str, bytes
-//!   (bytearray accepted), list/tuple -> `List`, dict -> `Map`; anything else is an error naming
-//!   the Python type.
+//!   (bytearray accepted), list/tuple -> `List`, dict -> `Map`, nested at most 200 deep;
+//!   anything else is an error naming the Python type.
+//! - Panics on the Rust side never cross into CPython: a call's panic fails that call, a panic
+//!   in a native `harrow` function is a Python `SystemError`, and a panicking interpreter thread
+//!   reports [`Exit::Failed`] after releasing its GIL.
 //! - Cancellation raises `harrow.Cancelled` (a `BaseException`) at the next bytecode boundary
 //!   through `_PyEval_AddPendingCall`, re-armed every [`REARM_INTERVAL`] while the call runs;
 //!   `with harrow.shield():` defers it; `harrow.sleep()` is a cancellable sleep. A call blocked
@@ -53,10 +64,10 @@
 //! assert_eq!(actor.shutdown(Duration::from_secs(5)), Exit::Ended);
 //! # Ok(()) }
 //! ```
-#![allow(unsafe_code)]
 // With an unsupported Python the FFI layer is compiled out and much of the plumbing is unused.
 #![cfg_attr(not(harrow_subint), allow(dead_code))]
 
+mod args;
 mod backend;
 mod config;
 mod error;
@@ -65,7 +76,9 @@ mod interp;
 mod resolver;
 mod state;
 
+// The FFI layer: the only module allowed `unsafe` (every block documented, see its doc).
 #[cfg(harrow_subint)]
+#[allow(unsafe_code)]
 mod py;
 #[cfg(harrow_subint)]
 use py as imp;
@@ -75,8 +88,9 @@ mod unavailable;
 #[cfg(not(harrow_subint))]
 use unavailable as imp;
 
+pub use args::{ARGS_KEY, KWARGS_KEY, PyArgs};
 pub use backend::SubintBackend;
-pub use config::InterpConfig;
+pub use config::{DEFAULT_STACK_SIZE, InterpConfig, MIN_STACK_SIZE};
 pub use error::{Error, Result};
 pub use host::{CallHost, HostFuture, StreamHost};
 pub use interp::{CREATE_BOUND, Exit, InterpHandle, InterpThread, PyCall};

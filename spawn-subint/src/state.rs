@@ -215,6 +215,16 @@ pub(crate) struct Shared {
     /// clears it under this lock before exiting, so a holder may signal that thread.
     pub(crate) tid: Mutex<i32>,
     pub(crate) leaked: AtomicBool,
+    /// What the owning thread waits for while no call runs, if anything (teardown stages), for
+    /// leak reports.
+    pub(crate) stage: Mutex<Option<String>>,
+    /// Write end of the interpreter's wake pipe (-1 when there is none); see [`Shared::wake`].
+    pub(crate) wake_w: Mutex<i32>,
+    /// Whether the interpreter's event loop is running (then queued calls and cancels must
+    /// wake it).
+    pub(crate) loop_running: AtomicBool,
+    /// Why the actor ends on its own (`os._exit` was called), if it does.
+    pub(crate) exit_reason: Mutex<Option<String>>,
     /// Set when shutdown began: the thread takes no new call.
     pub(crate) closing: AtomicBool,
 }
@@ -233,6 +243,10 @@ impl Shared {
             thread: Mutex::new(None),
             tid: Mutex::new(0),
             leaked: AtomicBool::new(false),
+            stage: Mutex::new(None),
+            exit_reason: Mutex::new(None),
+            wake_w: Mutex::new(-1),
+            loop_running: AtomicBool::new(false),
             closing: AtomicBool::new(false),
         });
         REGISTRY
@@ -278,8 +292,21 @@ impl Shared {
             .is_some_and(|j| j.is_cancelled() && !j.is_done())
     }
 
+    /// Wakes the interpreter's event loop if it runs, so that it takes queued calls and
+    /// cancels. A sender that queued its job before the loop started needs no wake: the loop's
+    /// first callback takes what is queued (the flag is set before that, `SeqCst` both sides).
+    pub(crate) fn wake(&self) {
+        if self.loop_running.load(Ordering::SeqCst) {
+            let w = self.wake_w.lock();
+            if *w >= 0 {
+                crate::imp::wake_write(*w);
+            }
+        }
+    }
+
     /// Cancels the running call (if any) and keeps re-arming the injection until it ends.
     pub(crate) fn request_cancel(self: &Arc<Self>) {
+        self.wake();
         if self.cancel_outstanding() {
             crate::imp::inject_cancel(self);
         }
@@ -293,6 +320,16 @@ impl Shared {
         }
         self.request_cancel();
     }
+}
+
+/// Interpreters leaked on purpose: their `Shared` must outlive them, that is live as long as the
+/// process, because a leaked interpreter may still run pending calls and `harrow` functions
+/// that point at it.
+static KEPT: Mutex<Vec<Arc<Shared>>> = Mutex::new(Vec::new());
+
+/// Keeps `shared` alive for the rest of the process (its interpreter is being leaked).
+pub(crate) fn keep_forever(shared: &Arc<Shared>) {
+    KEPT.lock().push(Arc::clone(shared));
 }
 
 /// How often an outstanding cancel is injected again (for code that swallows `BaseException`).

@@ -31,3 +31,5 @@ pub(crate) fn dump_stack(_shared: &Shared) -> String {
 pub(crate) fn bare_create_end(_config: &InterpConfig) -> Result<std::time::Duration> {
     Err(Error::Unavailable(unavailable_message()))
 }
+
+pub(crate) fn wake_write(_fd: i32) {}

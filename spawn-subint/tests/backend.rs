@@ -9,11 +9,11 @@ use anyhow::Result;
 use common::*;
 use harrow_ipc::Value;
 use harrow_runtime_core::{ActorSpec, RootConfig, run_root};
-use harrow_spawn_subint::{SubintBackend, live_interpreters};
+use harrow_spawn_subint::{PyArgs, SubintBackend, live_interpreters};
 
 fn spec() -> ActorSpec {
     let mut spec = ActorSpec::new();
-    spec.params = config("unused").to_params();
+    spec.params = config("unused").expose("harrow_testfns.aio").to_params();
     spec
 }
 
@@ -34,10 +34,14 @@ fn python_actor_in_a_nursery() -> Result<()> {
             .await
             .unwrap_err()
             .to_string();
+        // An async function with a keyword argument, through the portal.
+        let args = PyArgs::new(s("a")).kwarg("x", Value::Int(5)).into_value();
+        let async_kw = child.run("harrow_testfns.aio:akw", args).await?;
         Ok(Value::List(vec![
             sum,
             Value::Str(err_text),
             Value::Str(hidden),
+            async_kw,
         ]))
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -56,6 +60,7 @@ fn python_actor_in_a_nursery() -> Result<()> {
         items[2].as_str().is_some_and(|t| t.contains("not exposed")),
         "{items:?}"
     );
+    assert_eq!(items[3], list([s("a"), Value::Int(5)]));
     assert!(
         wait_until(BOUND, || live_interpreters() == 0),
         "live: {}",

@@ -466,6 +466,12 @@ fn own_gil_refuses_single_phase_extensions() -> Result<()> {
     let err = call(&own.handle(), "harrow_testfns:legacy_only", Value::Null)?.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Raised);
     assert!(err.to_string().contains("ImportError"), "{err}");
+    // The error names the module and says what can run it.
+    assert!(
+        err.to_string().contains("refuses this subinterpreter"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("legacy mode"), "{err}");
     assert_eq!(own.shutdown(BOUND), Exit::Ended);
     Ok(())
 }

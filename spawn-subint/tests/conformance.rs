@@ -1,5 +1,5 @@
-//! The backend conformance suite (docs/SCENARIOS.md) against `SubintBackend`, serving the Python twins
-//! of the standard test functions (`tests/pyfns/harrow_testfns/conformance.py`).
+//! The backend conformance suite (harrow-testkit's scenarios) against `SubintBackend`, serving
+//! the Python twins of the standard test functions (`tests/pyfns/harrow_testfns/conformance.py`).
 //!
 //! Scenarios that need nested actors are skipped (`Capabilities::nested` is false), and so is the
 //! blocked-native-call variant of non-checkpointing-child (`HardKill::Interrupts`; a `time.sleep`

@@ -89,7 +89,14 @@ fn live_python_thread_leaks_instead_of_aborting_here() -> Result<()> {
         Value::Bool(true)
     );
     match t.shutdown(BOUND) {
-        Exit::Leaked { reason } => assert!(reason.contains("Python thread"), "{reason}"),
+        // Says which thread is alive, by name.
+        Exit::Leaked { reason } => {
+            assert!(
+                reason.contains("1 Python thread(s) still alive"),
+                "{reason}"
+            );
+            assert!(reason.contains("(sleeper)"), "{reason}");
+        }
         other => panic!("expected a leak, got {other:?}"),
     }
     assert!(
@@ -136,5 +143,39 @@ fn shielded_harrow_sleep_outlives_shutdown_and_is_leaked_here() -> Result<()> {
         other => panic!("expected a leak, got {other:?}"),
     }
     assert!(!marker.exists());
+    Ok(())
+}
+
+#[test]
+fn teardown_waiting_for_a_python_thread_says_so() -> Result<()> {
+    harrow_testkit::isolated(
+        ISOLATION_BOUND,
+        teardown_waiting_for_a_python_thread_says_so_here,
+    )
+}
+
+fn teardown_waiting_for_a_python_thread_says_so_here() -> Result<()> {
+    let mut cfg = config("leak-thread-wait").allow_threads(true);
+    cfg.thread_join_bound = Duration::from_secs(600);
+    let t = InterpThread::spawn(cfg)?;
+    assert_eq!(
+        call_ok(
+            &t.handle(),
+            "harrow_testfns:start_sleeping_thread",
+            Value::Null
+        )?,
+        Value::Bool(true)
+    );
+    // The join bound runs out while teardown still waits for the thread: not "stuck".
+    match t.shutdown(Duration::from_millis(300)) {
+        Exit::Leaked { reason } => {
+            assert!(
+                reason.contains("waiting for 1 Python thread(s) to end"),
+                "{reason}"
+            );
+            assert!(reason.contains("sleeper"), "{reason}");
+        }
+        other => panic!("expected a leak, got {other:?}"),
+    }
     Ok(())
 }

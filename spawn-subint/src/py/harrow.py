@@ -7,6 +7,10 @@
 - ``sleep(seconds)``: like ``time.sleep`` but cancellable at once; the actor serves its other
   calls meanwhile.
 - ``checkpoint()``: raises ``Cancelled`` now if a cancel is outstanding (outside a shield).
+- ``@context``: marks a context function (else: a function whose first parameter is ``ctx``).
+- ``async def`` functions and async generators run as tasks of one event loop per interpreter,
+  concurrently with the actor's other async calls; a cancel raises ``CancelledError`` at the
+  current ``await`` (reported as ``Cancelled``).
 - ``Context`` (the ``ctx`` a context function gets): ``started(value=None)``, ``open_stream()``,
   ``cancelled``.
 - ``Stream``: ``send(v)``, ``recv()`` (raises ``EndOfStream`` once the peer stopped its side),
@@ -26,6 +30,39 @@ class EndOfStream(Exception):
 
 class HarrowError(Exception):
     """A protocol or transport failure reported by the harrow runtime."""
+
+
+class ActorExit(BaseException):
+    """``os._exit()`` was called in this actor: the call fails and the actor ends. The process
+    goes on: in a harrow actor ``os._exit`` (and ``posix._exit``) raise this instead of ending
+    the process. ``os.abort()`` and a C extension calling ``exit()`` cannot be intercepted."""
+
+
+_exit_called = None
+
+
+def _os_exit(status=0):
+    """``os._exit`` in a harrow actor: ends the actor (its call fails), not the process."""
+    global _exit_called
+    _exit_called = "os._exit(%r)" % (status,)
+    raise ActorExit(
+        "%s was called: it ends this actor only (the process goes on)" % _exit_called
+    )
+
+
+_os_exit.__name__ = "_exit"
+_os_exit.__qualname__ = "_exit"
+
+
+def _install_exit_guard():
+    import os
+    import posix
+
+    os._exit = _os_exit
+    posix._exit = _os_exit
+
+
+_install_exit_guard()
 
 
 class shield:
@@ -64,7 +101,7 @@ def sleep(seconds):
         _time.sleep(0.01 if left > 0.01 else left)
 
 
-_STARTED, _OPEN_STREAM, _SEND, _RECV, _CLOSE, _CANCELLED = range(6)
+_STARTED, _OPEN_STREAM, _SEND, _RECV, _CLOSE, _CANCELLED, _YIELD, _END = range(8)
 
 
 class Stream:
@@ -127,20 +164,114 @@ class Context:
         return self._op(_CANCELLED, None)
 
 
+def context(f):
+    """Decorator: ``f`` is a context function; it gets the call's ``Context`` as its first
+    argument. (Without it, a function whose first parameter is named ``ctx`` is one too.)"""
+    f.__harrow_context__ = True
+    return f
+
+
 def _describe(f):
-    # (is_generator_function, wants_ctx). Rule: a context function's FIRST parameter is
-    # named ``ctx``. Avoids importing inspect (slow in a fresh interpreter).
+    # (is_generator_function, wants_ctx): ``@harrow.context`` marks a context function; without
+    # it, the fallback rule is that its FIRST parameter is named ``ctx``. Avoids importing
+    # inspect (slow in a fresh interpreter).
+    explicit = getattr(f, "__harrow_context__", None)
     code = getattr(f, "__code__", None)
     if code is None:
         call = getattr(f, "__call__", None)
         code = getattr(getattr(call, "__func__", None), "__code__", None)
         if code is None:
-            return (False, False)
+            return (False, bool(explicit))
         names = code.co_varnames[1 : code.co_argcount]
     else:
         names = code.co_varnames[: code.co_argcount]
     is_gen = bool(code.co_flags & 0x20)
+    if explicit is not None:
+        return (is_gen, bool(explicit))
     return (is_gen, bool(names) and names[0] == "ctx")
+
+
+# ---- async functions: one event loop per interpreter, kept across calls ----------------------
+
+_loop = None
+_tasks = {}  # task -> the call's capsule
+_wake_fd = -1  # read end of the pipe the Rust side writes to when it queues a job or a cancel
+
+
+def _get_loop():
+    global _loop
+    if _loop is None:
+        import asyncio
+
+        _loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(_loop)
+        _loop.add_reader(_wake_fd, _on_wake)
+    return _loop
+
+
+async def _await(aw):
+    return await aw
+
+
+def _start_task(call, aw):
+    """Runs awaitable ``aw`` (the running call ``call``) as a task of the interpreter's loop."""
+    import asyncio
+
+    loop = _get_loop()
+    coro = aw if asyncio.iscoroutine(aw) else _await(aw)
+    task = loop.create_task(coro)
+    _tasks[task] = call
+    task.add_done_callback(_task_done)
+
+
+def _task_done(task):
+    call = _tasks.pop(task, None)
+    if call is not None:
+        # (state, value): 0 returned value, 1 cancelled, 2 raised value.
+        if task.cancelled():
+            state, value = 1, None
+        else:
+            exc = task.exception()
+            if exc is None:
+                state, value = 0, task.result()
+            elif isinstance(exc, Cancelled) or type(exc).__name__ == "CancelledError":
+                state, value = 1, None
+            else:
+                state, value = 2, exc
+        _native_finish(call, state, value)
+    if not _tasks:
+        task.get_loop().stop()
+
+
+def _on_wake():
+    import os
+
+    try:
+        while os.read(_wake_fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+    for task, call in list(_tasks.items()):
+        if not task.done() and _native_call_cancelled(call):
+            task.cancel()
+    _native_take_jobs()
+
+
+def _run_loop():
+    """Runs the loop until no call's task is left (the Rust side calls it while tasks live)."""
+    loop = _get_loop()
+    loop.call_soon(_on_wake)
+    loop.run_forever()
+
+
+async def _agen_collect(agen):
+    return [item async for item in agen]
+
+
+async def _agen_stream(ctx, agen):
+    async for item in agen:
+        ctx._op(_YIELD, item)
+    ctx._op(_END, None)
 
 
 def _format_exc(e):
@@ -152,6 +283,17 @@ def _format_exc(e):
         msg = str(e)
     except BaseException:
         msg = "<str() of the exception failed>"
+    if isinstance(e, ImportError) and "subinterpreters" in msg:
+        words = msg.split()
+        mod = getattr(e, "name", None) or (
+            words[1] if len(words) > 1 and words[0] == "module" else "?"
+        )
+        msg += (
+            " [harrow: the C extension module %r refuses this subinterpreter. A single-phase-init"
+            " extension loads in legacy mode (InterpConfig legacy); one that refuses every"
+            " subinterpreter needs a main interpreter, that is Python in its own process (a"
+            " process backend running Python is planned)]" % (mod,)
+        )
     try:
         import traceback
 
@@ -168,10 +310,39 @@ def _live_threads():
     if threading is None:
         return []
     me = threading.current_thread()
-    return [t for t in threading.enumerate() if t is not me and t.is_alive()]
+    # In a subinterpreter, threading's "main thread" stands for the process's main thread, which
+    # never runs here (this interpreter's own thread is `me`, a dummy thread).
+    main = threading.main_thread()
+    return [
+        t for t in threading.enumerate() if t is not me and t is not main and t.is_alive()
+    ]
 
 
 def _join_threads(timeout):
     for t in _live_threads():
         t.join(timeout)
     return [t.ident for t in _live_threads()]
+
+
+def _before_end():
+    # A thread that threading did not start (this interpreter's owning thread) gets a
+    # _DummyThread when asyncio or threading code asks for the current thread; its thread-local
+    # cleanup object would run while the interpreter is torn down, when threading's globals are
+    # gone, and print "Exception ignored in: _DeleteDummyThreadOnDel.__del__". Run it now.
+    import sys
+
+    global _loop
+    if _loop is not None:
+        try:
+            _loop.remove_reader(_wake_fd)
+            _loop.close()
+        except Exception:
+            pass
+        _loop = None
+    threading = sys.modules.get("threading")
+    info = getattr(threading, "_thread_local_info", None)
+    if info is not None:
+        try:
+            del info._track_dummy_thread_ref
+        except AttributeError:
+            pass

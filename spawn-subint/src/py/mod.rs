@@ -11,6 +11,14 @@
 //!   needed), and only while holding `Shared::interp`'s lock with a non-null pointer; the owning
 //!   thread nulls the pointer under that lock before `Py_EndInterpreter`.
 
+//!
+//! Every `unsafe` block holds ONE unsafe operation with its own `// SAFETY:` comment (enforced by
+//! the two clippy lints below); a comment heading a group of blocks states what they all rely
+//! on (usually the enclosing function's contract: which interpreter's GIL is held, on which
+//! thread).
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::multiple_unsafe_ops_per_block)]
+
 mod convert;
 mod module;
 mod obj;
@@ -60,21 +68,25 @@ static MAIN: OnceLock<Result<usize, String>> = OnceLock::new();
 /// abort or misbehave, and finalizing buys nothing at process exit.
 pub(crate) fn ensure_main() -> Result<()> {
     let r = MAIN.get_or_init(|| {
-        // SAFETY: runs once (OnceLock). If Python is already initialised by the host program we
-        // leave it alone and assume the host released the main GIL. Otherwise this thread
-        // initialises it (the GIL is then held by this thread) and releases the GIL at once.
-        unsafe {
-            if ffi::Py_IsInitialized() != 0 {
-                return Ok(0);
-            }
-            initialize()?;
-            if ffi::Py_IsInitialized() == 0 {
-                return Err("Py_InitializeFromConfig did not initialise Python".to_owned());
-            }
-            stacks::install();
-            let ts = ffi::PyEval_SaveThread();
-            Ok(ts as usize)
+        // Runs once (OnceLock). If Python is already initialised by the host program we leave it
+        // alone and assume the host released the main GIL. Otherwise this thread initialises it
+        // (the GIL is then held by this thread) and releases the GIL at once.
+        // SAFETY: callable at any time.
+        if unsafe { ffi::Py_IsInitialized() } != 0 {
+            return Ok(0);
         }
+        // SAFETY: Python is not initialised; only this thread (in the OnceLock) initialises it.
+        unsafe { initialize() }?;
+        // SAFETY: callable at any time.
+        if unsafe { ffi::Py_IsInitialized() } == 0 {
+            return Err("Py_InitializeFromConfig did not initialise Python".to_owned());
+        }
+        // SAFETY: the main interpreter is initialised and this thread holds its GIL.
+        unsafe { stacks::install() };
+        // SAFETY: this thread's main thread state is current with the GIL held; it is kept
+        // (never used again: we never finalize).
+        let ts = unsafe { ffi::PyEval_SaveThread() };
+        Ok(ts as usize)
     });
     r.as_ref().map(|_| ()).map_err(|e| Error::Init(e.clone()))
 }
@@ -85,6 +97,7 @@ pub(crate) fn ensure_main() -> Result<()> {
 ///
 /// # Safety
 /// Python must not be initialised yet; called once, from [`ensure_main`].
+#[allow(clippy::multiple_unsafe_ops_per_block)] // one sequence of CPython's init API, one contract
 unsafe fn initialize() -> std::result::Result<(), String> {
     // SAFETY: the Init functions fill every field of the structs they get; the structs live on
     // this stack frame until CPython has copied them (`Py_PreInitialize`,
@@ -161,7 +174,9 @@ pub(crate) fn inject_cancel(shared: &Shared) {
     // SAFETY: `interp` is alive: its owning thread nulls `shared.interp` under this lock before
     // `Py_EndInterpreter`. `_PyEval_AddPendingCall` needs no thread state. `arg` points to the
     // `Shared` that the owning thread keeps alive (it holds an `Arc`) until after the
-    // interpreter ended, so the pending call (run only inside that interpreter) sees it alive.
+    // interpreter ended, or, when it leaks the interpreter, for the rest of the process
+    // (`state::keep_forever`); so the pending call (run only inside that interpreter) sees it
+    // alive.
     let rc = unsafe { _PyEval_AddPendingCall(interp, pending_cancel, arg, 0) };
     if rc != 0 {
         tracing::debug!(actor = %shared.name, "pending-call queue full; the re-arm will retry");
@@ -172,24 +187,41 @@ pub(crate) fn inject_cancel(shared: &Shared) {
 /// has an outstanding cancel, is outside any shield, and this is the interpreter's owning thread.
 /// Otherwise it is a no-op (the injector re-arms it).
 unsafe extern "C" fn pending_cancel(arg: *mut c_void) -> c_int {
-    // SAFETY: CPython runs pending calls on a thread of the target interpreter with its GIL held
-    // and no exception set; `arg` is the interpreter's live `Shared` (see `inject_cancel`).
-    unsafe {
-        let shared = &*arg.cast::<Shared>();
-        let me = ffi::PyThread_get_thread_ident() as u64;
-        if shared.owner_ident.load(std::sync::atomic::Ordering::SeqCst) != me {
-            return 0;
-        }
-        if shared.in_user.load(std::sync::atomic::Ordering::SeqCst)
-            && shared
-                .shield_depth
-                .load(std::sync::atomic::Ordering::SeqCst)
-                == 0
-            && shared.take_cancel_delivery()
-        {
-            module::raise(&shared.types.cancelled, None);
-            return -1;
-        }
-        0
+    // SAFETY: CPython runs pending calls with the target interpreter's GIL held; a panic in the
+    // body becomes a Python exception (the -1 return says one is set).
+    obj::guarded("cancel injection", -1, || unsafe {
+        pending_cancel_body(arg)
+    })
+}
+
+unsafe fn pending_cancel_body(arg: *mut c_void) -> c_int {
+    // CPython runs pending calls on a thread of the target interpreter with its GIL held and no
+    // exception set.
+    // SAFETY: `arg` is the interpreter's live `Shared` (see `inject_cancel`).
+    let shared = unsafe { &*arg.cast::<Shared>() };
+    // SAFETY: callable from any thread.
+    let me = unsafe { ffi::PyThread_get_thread_ident() } as u64;
+    if shared.owner_ident.load(std::sync::atomic::Ordering::SeqCst) != me {
+        return 0;
     }
+    if shared.in_user.load(std::sync::atomic::Ordering::SeqCst)
+        && shared
+            .shield_depth
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0
+        && shared.take_cancel_delivery()
+    {
+        // SAFETY: the owning thread of the interpreter whose types `shared` holds, GIL held.
+        unsafe { module::raise(&shared.types.cancelled, None) };
+        return -1;
+    }
+    0
+}
+
+/// Writes one byte to a wake pipe's write end (non-blocking: a full pipe is already a wake).
+pub(crate) fn wake_write(fd: c_int) {
+    let byte = [1u8];
+    // SAFETY: `fd` is a live pipe write end (its owner clears it under the lock the caller
+    // holds before closing it); the buffer is local.
+    let _ = unsafe { libc::write(fd, byte.as_ptr().cast(), 1) };
 }

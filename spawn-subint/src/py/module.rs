@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use pyo3_ffi as ffi;
 
 use super::convert::{self, ConvError};
-use super::obj::{Obj, PyErrSet, PyResult};
+use super::obj::{Obj, PyErrSet, PyResult, guarded, guarded_quiet};
 use crate::host::{CallHost, StreamHost};
 use crate::state::{JobState, Shared};
 
@@ -30,7 +30,7 @@ const CALL_CAPSULE: &CStr = c"harrow._call";
 
 /// Immutable method tables: plain C data (names, flags, function pointers), no Python object,
 /// so sharing them between interpreters is what CPython's own multi-phase modules do.
-struct Defs([ffi::PyMethodDef; 5]);
+struct Defs([ffi::PyMethodDef; 8]);
 // SAFETY: the table is never written after compile time; CPython only reads it.
 unsafe impl Sync for Defs {}
 
@@ -75,6 +75,30 @@ static DEFS: Defs = Defs([
         ml_flags: ffi::METH_VARARGS,
         ml_doc: std::ptr::null(),
     },
+    ffi::PyMethodDef {
+        ml_name: c"_native_take_jobs".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: native_take_jobs,
+        },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc: std::ptr::null(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"_native_finish".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: native_finish,
+        },
+        ml_flags: ffi::METH_VARARGS,
+        ml_doc: std::ptr::null(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"_native_call_cancelled".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: native_call_cancelled,
+        },
+        ml_flags: ffi::METH_O,
+        ml_doc: std::ptr::null(),
+    },
 ]);
 
 fn def(i: usize) -> *mut ffi::PyMethodDef {
@@ -89,6 +113,11 @@ pub(crate) struct HarrowModule {
     pub(crate) format_exc: Obj,
     pub(crate) join_threads: Obj,
     pub(crate) live_threads: Obj,
+    pub(crate) before_end: Obj,
+    pub(crate) start_task: Obj,
+    pub(crate) run_loop: Obj,
+    pub(crate) agen_collect: Obj,
+    pub(crate) agen_stream: Obj,
 }
 
 impl HarrowModule {
@@ -98,82 +127,105 @@ impl HarrowModule {
     /// # Safety
     /// Runs on the interpreter's owning thread with its GIL held.
     pub(crate) unsafe fn build(shared: &Arc<Shared>) -> PyResult<HarrowModule> {
-        // SAFETY: GIL of this interpreter held (caller). All objects made here belong to it.
-        unsafe {
-            let module = Obj::owned(ffi::PyModule_New(c"harrow".as_ptr()))?;
-            let dict = ffi::PyModule_GetDict(module.as_ptr()); // borrowed
-            if dict.is_null() {
-                return Err(PyErrSet);
-            }
-            if ffi::PyDict_SetItemString(dict, c"__builtins__".as_ptr(), ffi::PyEval_GetBuiltins())
-                != 0
-            {
-                return Err(PyErrSet);
-            }
-            // One capsule holding an `Arc<Shared>`, the `self` of the shield, checkpoint and sleep
-            // functions.
-            let boxed = Box::into_raw(Box::new(Arc::clone(shared)));
-            let capsule = match Obj::owned(ffi::PyCapsule_New(
+        // Every call below: GIL of this interpreter held (caller); all objects made here belong
+        // to it, and every new reference is owned by an `Obj`.
+        // SAFETY: GIL held; a new module object.
+        let module = unsafe { ffi::PyModule_New(c"harrow".as_ptr()) };
+        // SAFETY: a new reference (or null with an error set).
+        let module = unsafe { Obj::owned(module) }?;
+        // SAFETY: GIL held; `module` is a module. Borrowed: alive while `module` is.
+        let dict = unsafe { ffi::PyModule_GetDict(module.as_ptr()) };
+        if dict.is_null() {
+            return Err(PyErrSet);
+        }
+        // SAFETY: GIL held with a frame-less thread state: the interpreter's builtins (borrowed).
+        let builtins = unsafe { ffi::PyEval_GetBuiltins() };
+        // SAFETY: GIL held; `dict` and `builtins` valid; the dict takes its own reference.
+        if unsafe { ffi::PyDict_SetItemString(dict, c"__builtins__".as_ptr(), builtins) } != 0 {
+            return Err(PyErrSet);
+        }
+        // One capsule holding an `Arc<Shared>`, the `self` of the module's native functions.
+        let boxed = Box::into_raw(Box::new(Arc::clone(shared)));
+        // SAFETY: GIL held; the capsule owns `boxed`, freed by its destructor.
+        let capsule = unsafe {
+            ffi::PyCapsule_New(
                 boxed.cast::<c_void>(),
                 SHARED_CAPSULE.as_ptr(),
                 Some(drop_shared_capsule),
-            )) {
-                Ok(c) => c,
-                Err(e) => {
-                    drop(Box::from_raw(boxed));
-                    return Err(e);
-                }
-            };
-            for (i, name) in [
-                (0, c"_native_shield_enter"),
-                (1, c"_native_shield_exit"),
-                (2, c"_native_checkpoint"),
-                (3, c"_native_sleep"),
-            ] {
-                let f = Obj::owned(ffi::PyCFunction_NewEx(
-                    def(i),
-                    capsule.as_ptr(),
-                    std::ptr::null_mut(),
-                ))?;
-                if ffi::PyDict_SetItemString(dict, name.as_ptr(), f.as_ptr()) != 0 {
-                    return Err(PyErrSet);
-                }
+            )
+        };
+        // SAFETY: a new reference (or null with an error set).
+        let capsule = match unsafe { Obj::owned(capsule) } {
+            Ok(c) => c,
+            Err(e) => {
+                // SAFETY: the capsule was not made: `boxed` is still ours.
+                drop(unsafe { Box::from_raw(boxed) });
+                return Err(e);
             }
-            let _ran = Obj::owned(ffi::PyRun_String(
-                HARROW_SRC.as_ptr(),
-                ffi::Py_file_input,
-                dict,
-                dict,
-            ))?;
-            let modules = ffi::PyImport_GetModuleDict(); // borrowed
-            if ffi::PyDict_SetItemString(modules, c"harrow".as_ptr(), module.as_ptr()) != 0 {
+        };
+        for (i, name) in [
+            (0, c"_native_shield_enter"),
+            (1, c"_native_shield_exit"),
+            (2, c"_native_checkpoint"),
+            (3, c"_native_sleep"),
+            (5, c"_native_take_jobs"),
+            (6, c"_native_finish"),
+            (7, c"_native_call_cancelled"),
+        ] {
+            // SAFETY: GIL held; a static method table entry and a live capsule as `self`.
+            let f =
+                unsafe { ffi::PyCFunction_NewEx(def(i), capsule.as_ptr(), std::ptr::null_mut()) };
+            // SAFETY: a new reference (or null with an error set).
+            let f = unsafe { Obj::owned(f) }?;
+            // SAFETY: GIL held; `dict` and `f` valid; the dict takes its own reference.
+            if unsafe { ffi::PyDict_SetItemString(dict, name.as_ptr(), f.as_ptr()) } != 0 {
                 return Err(PyErrSet);
             }
-            let get = |name: &CStr| Obj::borrowed(ffi::PyDict_GetItemString(dict, name.as_ptr()));
-            let cancelled = get(c"Cancelled")?;
-            let end_of_stream = get(c"EndOfStream")?;
-            let harrow_error = get(c"HarrowError")?;
-            shared
-                .types
-                .cancelled
-                .store(cancelled.into_ptr().cast(), Ordering::SeqCst);
-            shared
-                .types
-                .end_of_stream
-                .store(end_of_stream.into_ptr().cast(), Ordering::SeqCst);
-            shared
-                .types
-                .harrow_error
-                .store(harrow_error.into_ptr().cast(), Ordering::SeqCst);
-            Ok(HarrowModule {
-                context_cls: get(c"Context")?,
-                describe: get(c"_describe")?,
-                format_exc: get(c"_format_exc")?,
-                join_threads: get(c"_join_threads")?,
-                live_threads: get(c"_live_threads")?,
-                module,
-            })
         }
+        // SAFETY: GIL held; NUL-terminated source; `dict` is the module's namespace.
+        let ran = unsafe { ffi::PyRun_String(HARROW_SRC.as_ptr(), ffi::Py_file_input, dict, dict) };
+        // SAFETY: a new reference (or null with an error set).
+        let _ran = unsafe { Obj::owned(ran) }?;
+        // SAFETY: GIL held; this interpreter's `sys.modules` (borrowed).
+        let modules = unsafe { ffi::PyImport_GetModuleDict() };
+        // SAFETY: GIL held; both valid; the dict takes its own reference.
+        if unsafe { ffi::PyDict_SetItemString(modules, c"harrow".as_ptr(), module.as_ptr()) } != 0 {
+            return Err(PyErrSet);
+        }
+        let get = |name: &CStr| {
+            // SAFETY: GIL held; `dict` valid; a borrowed item (or null).
+            let item = unsafe { ffi::PyDict_GetItemString(dict, name.as_ptr()) };
+            // SAFETY: GIL held; `item` is valid or null.
+            unsafe { Obj::borrowed(item) }
+        };
+        let cancelled = get(c"Cancelled")?;
+        let end_of_stream = get(c"EndOfStream")?;
+        let harrow_error = get(c"HarrowError")?;
+        shared
+            .types
+            .cancelled
+            .store(cancelled.into_ptr().cast(), Ordering::SeqCst);
+        shared
+            .types
+            .end_of_stream
+            .store(end_of_stream.into_ptr().cast(), Ordering::SeqCst);
+        shared
+            .types
+            .harrow_error
+            .store(harrow_error.into_ptr().cast(), Ordering::SeqCst);
+        Ok(HarrowModule {
+            context_cls: get(c"Context")?,
+            describe: get(c"_describe")?,
+            format_exc: get(c"_format_exc")?,
+            join_threads: get(c"_join_threads")?,
+            live_threads: get(c"_live_threads")?,
+            before_end: get(c"_before_end")?,
+            start_task: get(c"_start_task")?,
+            run_loop: get(c"_run_loop")?,
+            agen_collect: get(c"_agen_collect")?,
+            agen_stream: get(c"_agen_stream")?,
+            module,
+        })
     }
 }
 
@@ -196,13 +248,18 @@ pub(crate) unsafe fn release_types(shared: &Shared) {
 }
 
 unsafe extern "C" fn drop_shared_capsule(capsule: *mut ffi::PyObject) {
-    // SAFETY: called by CPython with the capsule's interpreter's GIL held; the pointer is the
-    // `Box<Arc<Shared>>` we created for this capsule name.
-    unsafe {
-        let p = ffi::PyCapsule_GetPointer(capsule, SHARED_CAPSULE.as_ptr());
-        if !p.is_null() {
-            drop(Box::from_raw(p.cast::<Arc<Shared>>()));
-        }
+    // SAFETY: CPython calls a capsule destructor with the capsule's interpreter's GIL held.
+    guarded_quiet("harrow._shared capsule destructor", || unsafe {
+        drop_shared_capsule_body(capsule)
+    })
+}
+
+unsafe fn drop_shared_capsule_body(capsule: *mut ffi::PyObject) {
+    // SAFETY: called by CPython with the capsule's interpreter's GIL held.
+    let p = unsafe { ffi::PyCapsule_GetPointer(capsule, SHARED_CAPSULE.as_ptr()) };
+    if !p.is_null() {
+        // SAFETY: the `Box<Arc<Shared>>` made for this capsule name, freed once, here.
+        drop(unsafe { Box::from_raw(p.cast::<Arc<Shared>>()) });
     }
 }
 
@@ -212,20 +269,21 @@ unsafe extern "C" fn drop_shared_capsule(capsule: *mut ffi::PyObject) {
 /// Owning thread of the interpreter whose types `shared` holds, GIL held.
 pub(crate) unsafe fn raise(slot: &std::sync::atomic::AtomicPtr<c_void>, msg: Option<&str>) {
     let tp = slot.load(Ordering::SeqCst).cast::<ffi::PyObject>();
-    // SAFETY: GIL held (caller); `tp` is a live type object of this interpreter (held by us
-    // until `release_types`), or null, in which case we raise a builtin RuntimeError.
-    unsafe {
-        let tp = if tp.is_null() {
-            ffi::PyExc_RuntimeError
-        } else {
-            tp
-        };
-        match msg {
-            None => ffi::PyErr_SetNone(tp),
-            Some(m) => {
-                let c = CString::new(m.replace('\0', "\\0")).unwrap_or_default();
-                ffi::PyErr_SetString(tp, c.as_ptr());
-            }
+    // `tp` is a live type object of this interpreter (held by us until `release_types`), or
+    // null, in which case we raise a builtin RuntimeError.
+    let tp = if tp.is_null() {
+        // SAFETY: reading the address of a builtin type object: always valid after init.
+        unsafe { ffi::PyExc_RuntimeError }
+    } else {
+        tp
+    };
+    match msg {
+        // SAFETY: GIL held (caller); `tp` is a live exception type.
+        None => unsafe { ffi::PyErr_SetNone(tp) },
+        Some(m) => {
+            let c = CString::new(m.replace('\0', "\\0")).unwrap_or_default();
+            // SAFETY: as above; `c` outlives the call, which copies it.
+            unsafe { ffi::PyErr_SetString(tp, c.as_ptr()) };
         }
     }
 }
@@ -252,69 +310,107 @@ fn cancel_due(shared: &Shared) -> bool {
 /// # Safety
 /// GIL held; `slf` is the capsule bound to these functions (it outlives the call).
 unsafe fn shared_from<'a>(slf: *mut ffi::PyObject) -> Option<&'a Shared> {
+    // SAFETY: GIL held; a wrong object is a Python error, not UB.
+    let p = unsafe { ffi::PyCapsule_GetPointer(slf, SHARED_CAPSULE.as_ptr()) };
     // SAFETY: the capsule holds a live `Box<Arc<Shared>>`, freed only when the capsule dies,
     // which cannot happen while one of its functions runs.
-    unsafe {
-        let p = ffi::PyCapsule_GetPointer(slf, SHARED_CAPSULE.as_ptr()).cast::<Arc<Shared>>();
-        p.as_ref().map(|a| &**a)
-    }
+    unsafe { p.cast::<Arc<Shared>>().as_ref() }.map(|a| &**a)
 }
 
 unsafe extern "C" fn native_shield_enter(
     slf: *mut ffi::PyObject,
     _args: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: called by CPython on a thread of this interpreter with its GIL held.
-    unsafe {
-        let Some(shared) = shared_from(slf) else {
-            return std::ptr::null_mut();
-        };
-        if on_owner(shared) {
-            shared.shield_depth.fetch_add(1, Ordering::SeqCst);
-        }
-        none()
+    // SAFETY: CPython calls this C function with its interpreter's GIL held and the arguments
+    // its `PyMethodDef` flags promise; a panic in the body becomes a Python exception.
+    guarded("harrow shield (enter)", std::ptr::null_mut(), || unsafe {
+        native_shield_enter_body(slf, _args)
+    })
+}
+
+unsafe fn native_shield_enter_body(
+    slf: *mut ffi::PyObject,
+    _args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // Called by CPython on a thread of this interpreter with its GIL held.
+    // SAFETY: GIL held; `slf` is the shared capsule bound to this function.
+    let Some(shared) = (unsafe { shared_from(slf) }) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: any thread.
+    if unsafe { on_owner(shared) } {
+        shared.shield_depth.fetch_add(1, Ordering::SeqCst);
     }
+    // SAFETY: GIL held.
+    unsafe { none() }
 }
 
 unsafe extern "C" fn native_shield_exit(
     slf: *mut ffi::PyObject,
     clean: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: called by CPython on a thread of this interpreter with its GIL held.
-    unsafe {
-        let Some(shared) = shared_from(slf) else {
+    // SAFETY: CPython calls this C function with its interpreter's GIL held and the arguments
+    // its `PyMethodDef` flags promise; a panic in the body becomes a Python exception.
+    guarded("harrow shield (exit)", std::ptr::null_mut(), || unsafe {
+        native_shield_exit_body(slf, clean)
+    })
+}
+
+unsafe fn native_shield_exit_body(
+    slf: *mut ffi::PyObject,
+    clean: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // Called by CPython on a thread of this interpreter with its GIL held.
+    // SAFETY: GIL held; `slf` is the shared capsule bound to this function.
+    let Some(shared) = (unsafe { shared_from(slf) }) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: any thread.
+    if unsafe { on_owner(shared) } {
+        let _ = shared
+            .shield_depth
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1));
+        // Deliver the deferred cancel as the block exits (unless an exception already
+        // propagates: the re-armed injection catches up with it).
+        // SAFETY: reading the address of the `True` singleton.
+        if clean == unsafe { ffi::Py_True() } && cancel_due(shared) {
+            // SAFETY: owning thread, GIL held.
+            unsafe { raise_cancelled(shared) };
             return std::ptr::null_mut();
-        };
-        if on_owner(shared) {
-            let _ = shared
-                .shield_depth
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1));
-            // Deliver the deferred cancel as the block exits (unless an exception already
-            // propagates: the re-armed injection catches up with it).
-            if clean == ffi::Py_True() && cancel_due(shared) {
-                raise_cancelled(shared);
-                return std::ptr::null_mut();
-            }
         }
-        none()
     }
+    // SAFETY: GIL held.
+    unsafe { none() }
 }
 
 unsafe extern "C" fn native_checkpoint(
     slf: *mut ffi::PyObject,
     _args: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: called by CPython on a thread of this interpreter with its GIL held.
-    unsafe {
-        let Some(shared) = shared_from(slf) else {
-            return std::ptr::null_mut();
-        };
-        if on_owner(shared) && cancel_due(shared) {
-            raise_cancelled(shared);
-            return std::ptr::null_mut();
-        }
-        none()
+    // SAFETY: CPython calls this C function with its interpreter's GIL held and the arguments
+    // its `PyMethodDef` flags promise; a panic in the body becomes a Python exception.
+    guarded("harrow.checkpoint()", std::ptr::null_mut(), || unsafe {
+        native_checkpoint_body(slf, _args)
+    })
+}
+
+unsafe fn native_checkpoint_body(
+    slf: *mut ffi::PyObject,
+    _args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // Called by CPython on a thread of this interpreter with its GIL held.
+    // SAFETY: GIL held; `slf` is the shared capsule bound to this function.
+    let Some(shared) = (unsafe { shared_from(slf) }) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: any thread.
+    if unsafe { on_owner(shared) } && cancel_due(shared) {
+        // SAFETY: owning thread, GIL held.
+        unsafe { raise_cancelled(shared) };
+        return std::ptr::null_mut();
     }
+    // SAFETY: GIL held.
+    unsafe { none() }
 }
 
 /// `_native_sleep(seconds)`: on the owning thread, inside a call, sleeps with the GIL released
@@ -325,35 +421,53 @@ unsafe extern "C" fn native_sleep(
     slf: *mut ffi::PyObject,
     seconds: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: called by CPython on a thread of this interpreter with its GIL held.
-    unsafe {
-        let Some(shared) = shared_from(slf) else {
-            return std::ptr::null_mut();
-        };
-        let secs = ffi::PyFloat_AsDouble(seconds);
-        if secs == -1.0 && !ffi::PyErr_Occurred().is_null() {
-            return std::ptr::null_mut();
-        }
-        let job = shared.current.lock().clone();
-        let Some(job) = job.filter(|_| on_owner(shared)) else {
-            return ffi::PyBool_FromLong(0);
-        };
-        let shielded = shared.shield_depth.load(Ordering::SeqCst) > 0;
-        if !shielded && job.is_cancelled() {
-            raise_cancelled(shared);
-            return std::ptr::null_mut();
-        }
-        // NaN and negative sleep 0; too long for a `Duration` sleeps until cancelled.
-        let timer = match Duration::try_from_secs_f64(if secs > 0.0 { secs } else { 0.0 }) {
-            Ok(d) => async_io::Timer::after(d),
-            Err(_) => async_io::Timer::never(),
-        };
-        match super::worker::wait_released(&job, shielded, timer) {
-            Some(_) => ffi::PyBool_FromLong(1),
-            None => {
-                raise_cancelled(shared);
-                std::ptr::null_mut()
-            }
+    // SAFETY: CPython calls this C function with its interpreter's GIL held and the arguments
+    // its `PyMethodDef` flags promise; a panic in the body becomes a Python exception.
+    guarded("harrow.sleep()", std::ptr::null_mut(), || unsafe {
+        native_sleep_body(slf, seconds)
+    })
+}
+
+unsafe fn native_sleep_body(
+    slf: *mut ffi::PyObject,
+    seconds: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // Called by CPython on a thread of this interpreter with its GIL held.
+    // SAFETY: GIL held; `slf` is the shared capsule bound to this function.
+    let Some(shared) = (unsafe { shared_from(slf) }) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: GIL held; `seconds` is a valid object (METH_O).
+    let secs = unsafe { ffi::PyFloat_AsDouble(seconds) };
+    // SAFETY: GIL held.
+    if secs == -1.0 && unsafe { convert::err_set() } {
+        return std::ptr::null_mut();
+    }
+    let job = shared.current.lock().clone();
+    // SAFETY: any thread.
+    let Some(job) = job.filter(|_| unsafe { on_owner(shared) }) else {
+        // SAFETY: GIL held; a new reference to False.
+        return unsafe { ffi::PyBool_FromLong(0) };
+    };
+    let shielded = shared.shield_depth.load(Ordering::SeqCst) > 0;
+    if !shielded && job.is_cancelled() {
+        // SAFETY: owning thread, GIL held.
+        unsafe { raise_cancelled(shared) };
+        return std::ptr::null_mut();
+    }
+    // NaN and negative sleep 0; too long for a `Duration` sleeps until cancelled.
+    let timer = match Duration::try_from_secs_f64(if secs > 0.0 { secs } else { 0.0 }) {
+        Ok(d) => async_io::Timer::after(d),
+        Err(_) => async_io::Timer::never(),
+    };
+    // SAFETY: owning thread with the GIL held; the timer touches no Python object.
+    match unsafe { super::worker::wait_released(&job, shielded, timer) } {
+        // SAFETY: GIL held (re-taken); a new reference to True.
+        Some(_) => unsafe { ffi::PyBool_FromLong(1) },
+        None => {
+            // SAFETY: owning thread, GIL held.
+            unsafe { raise_cancelled(shared) };
+            std::ptr::null_mut()
         }
     }
 }
@@ -372,12 +486,11 @@ unsafe fn raise_cancelled(shared: &Shared) {
 }
 
 unsafe fn none() -> *mut ffi::PyObject {
-    // SAFETY: GIL held (caller); returns a new reference to None.
-    unsafe {
-        let n = ffi::Py_None();
-        ffi::Py_INCREF(n);
-        n
-    }
+    // SAFETY: reading the address of the `None` singleton.
+    let n = unsafe { ffi::Py_None() };
+    // SAFETY: GIL held (caller); the new reference is returned.
+    unsafe { ffi::Py_INCREF(n) };
+    n
 }
 
 /// The Rust state behind one call's `ctx` (and its stream).
@@ -486,6 +599,35 @@ impl CallCtx {
         }
     }
 
+    /// A generator's item (`Some`) or its end (`None`) in a context call: starts the context
+    /// (`started(None)`) and opens the stream if the code did not, then sends the item or
+    /// closes the stream.
+    ///
+    /// # Safety
+    /// As [`block`](Self::block).
+    pub(crate) unsafe fn stream_item(&self, item: Option<Value>) -> Blocked<()> {
+        if !self.started.load(Ordering::SeqCst) {
+            // SAFETY: forwarded.
+            match unsafe { self.started(Value::Null) } {
+                Blocked::Done(()) => {}
+                other => return other,
+            }
+        }
+        if self.stream.lock().is_none() {
+            // SAFETY: forwarded.
+            match unsafe { self.open_stream() } {
+                Blocked::Done(()) => {}
+                other => return other,
+            }
+        }
+        match item {
+            // SAFETY: forwarded.
+            Some(v) => unsafe { self.with_stream(|s| s.send(v)) },
+            // SAFETY: forwarded.
+            None => unsafe { self.with_stream(|s| s.close()) },
+        }
+    }
+
     /// Runs `f` on the open stream.
     ///
     /// # Safety
@@ -494,12 +636,19 @@ impl CallCtx {
         &self,
         f: impl for<'a> FnOnce(&'a mut Box<dyn StreamHost>) -> crate::host::HostFuture<'a, T>,
     ) -> Blocked<T> {
-        let mut guard = self.stream.lock();
-        let Some(stream) = guard.as_mut() else {
-            return Blocked::Failed("the stream is not open (call ctx.open_stream() first)".into());
+        // Taken out for the operation: no lock is held while the thread waits and serves other
+        // calls. An operation that ends by a panic loses the stream (the call then fails).
+        let Some(mut stream) = self.stream.lock().take() else {
+            return Blocked::Failed(
+                "the stream is not open (call ctx.open_stream() first), or another operation \
+                 on it is in progress"
+                    .into(),
+            );
         };
-        // SAFETY: forwarded. The lock is only ever taken on this thread.
-        unsafe { self.block(f(stream)) }
+        // SAFETY: forwarded.
+        let out = unsafe { self.block(f(&mut stream)) };
+        *self.stream.lock() = Some(stream);
+        out
     }
 }
 
@@ -509,39 +658,47 @@ impl CallCtx {
 /// # Safety
 /// Owning thread, GIL held.
 pub(crate) unsafe fn make_ctx(h: &HarrowModule, ctx: &Arc<CallCtx>) -> PyResult<Obj> {
-    // SAFETY: GIL held (caller); the capsule owns a `Box<Arc<CallCtx>>` freed by its destructor.
-    unsafe {
-        let boxed = Box::into_raw(Box::new(Arc::clone(ctx)));
-        let capsule = match Obj::owned(ffi::PyCapsule_New(
+    let boxed = Box::into_raw(Box::new(Arc::clone(ctx)));
+    // SAFETY: GIL held (caller); the capsule owns `boxed`, freed by its destructor.
+    let capsule = unsafe {
+        ffi::PyCapsule_New(
             boxed.cast::<c_void>(),
             CALL_CAPSULE.as_ptr(),
             Some(drop_call_capsule),
-        )) {
-            Ok(c) => c,
-            Err(e) => {
-                drop(Box::from_raw(boxed));
-                return Err(e);
-            }
-        };
-        let op = Obj::owned(ffi::PyCFunction_NewEx(
-            def(4),
-            capsule.as_ptr(),
-            std::ptr::null_mut(),
-        ))?;
-        Obj::owned(ffi::PyObject_CallOneArg(
-            h.context_cls.as_ptr(),
-            op.as_ptr(),
-        ))
-    }
+        )
+    };
+    // SAFETY: a new reference (or null with an error set).
+    let capsule = match unsafe { Obj::owned(capsule) } {
+        Ok(c) => c,
+        Err(e) => {
+            // SAFETY: the capsule was not made: `boxed` is still ours.
+            drop(unsafe { Box::from_raw(boxed) });
+            return Err(e);
+        }
+    };
+    // SAFETY: GIL held; a static method table entry and a live capsule as `self`.
+    let op = unsafe { ffi::PyCFunction_NewEx(def(4), capsule.as_ptr(), std::ptr::null_mut()) };
+    // SAFETY: a new reference (or null with an error set).
+    let op = unsafe { Obj::owned(op) }?;
+    // SAFETY: GIL held; `harrow.Context` called with one valid argument.
+    let c = unsafe { ffi::PyObject_CallOneArg(h.context_cls.as_ptr(), op.as_ptr()) };
+    // SAFETY: a new reference (or null with an error set).
+    unsafe { Obj::owned(c) }
 }
 
 unsafe extern "C" fn drop_call_capsule(capsule: *mut ffi::PyObject) {
-    // SAFETY: CPython calls this with the GIL held; the pointer is our `Box<Arc<CallCtx>>`.
-    unsafe {
-        let p = ffi::PyCapsule_GetPointer(capsule, CALL_CAPSULE.as_ptr());
-        if !p.is_null() {
-            drop(Box::from_raw(p.cast::<Arc<CallCtx>>()));
-        }
+    // SAFETY: CPython calls a capsule destructor with the capsule's interpreter's GIL held.
+    guarded_quiet("harrow._call capsule destructor", || unsafe {
+        drop_call_capsule_body(capsule)
+    })
+}
+
+unsafe fn drop_call_capsule_body(capsule: *mut ffi::PyObject) {
+    // SAFETY: CPython calls this with the GIL held.
+    let p = unsafe { ffi::PyCapsule_GetPointer(capsule, CALL_CAPSULE.as_ptr()) };
+    if !p.is_null() {
+        // SAFETY: the `Box<Arc<CallCtx>>` made for this capsule name, freed once, here.
+        drop(unsafe { Box::from_raw(p.cast::<Arc<CallCtx>>()) });
     }
 }
 
@@ -551,92 +708,148 @@ const OP_SEND: i64 = 2;
 const OP_RECV: i64 = 3;
 const OP_CLOSE: i64 = 4;
 const OP_CANCELLED: i64 = 5;
+/// Streams one item of an async generator served in a context call (starting the context and
+/// opening the stream first when needed).
+const OP_YIELD: i64 = 6;
+/// Ends an async generator's stream (starting and opening first when needed).
+const OP_END: i64 = 7;
 
 unsafe extern "C" fn native_op(
     slf: *mut ffi::PyObject,
     args: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: called by CPython on a thread of this interpreter with its GIL held; `slf` is our
-    // call capsule, `args` a tuple.
-    unsafe {
-        let p = ffi::PyCapsule_GetPointer(slf, CALL_CAPSULE.as_ptr()).cast::<Arc<CallCtx>>();
-        let Some(ctx) = p.as_ref() else {
-            return std::ptr::null_mut();
+    // SAFETY: CPython calls this C function with its interpreter's GIL held and the arguments
+    // its `PyMethodDef` flags promise; a panic in the body becomes a Python exception.
+    guarded("a ctx/stream operation", std::ptr::null_mut(), || unsafe {
+        native_op_body(slf, args)
+    })
+}
+
+/// Raises `slot`'s exception type with `msg` and returns null (the C-API error return).
+///
+/// # Safety
+/// As [`raise`].
+unsafe fn fail(slot: &std::sync::atomic::AtomicPtr<c_void>, msg: &str) -> *mut ffi::PyObject {
+    // SAFETY: forwarded.
+    unsafe { raise(slot, Some(msg)) };
+    std::ptr::null_mut()
+}
+
+unsafe fn native_op_body(slf: *mut ffi::PyObject, args: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // Called by CPython on a thread of this interpreter with its GIL held; `slf` is our call
+    // capsule, `args` a tuple.
+    // SAFETY: GIL held; a wrong object is a Python error, not UB.
+    let p = unsafe { ffi::PyCapsule_GetPointer(slf, CALL_CAPSULE.as_ptr()) };
+    // SAFETY: the capsule owns a live `Box<Arc<CallCtx>>` while one of its functions runs.
+    let Some(ctx) = (unsafe { p.cast::<Arc<CallCtx>>().as_ref() }) else {
+        return std::ptr::null_mut();
+    };
+    let ctx: &CallCtx = ctx;
+    let shared = &*ctx.shared;
+    let types = &shared.types;
+    // SAFETY: GIL held; `args` is a tuple (METH_VARARGS).
+    if unsafe { ffi::PyTuple_Size(args) } != 2 {
+        // SAFETY: GIL held on a thread of this interpreter.
+        return unsafe { fail(&types.harrow_error, "internal: _op takes (op, value)") };
+    }
+    // SAFETY: GIL held; index in range; borrowed, kept alive by `args`.
+    let op = unsafe { ffi::PyTuple_GetItem(args, 0) };
+    // SAFETY: GIL held; `op` valid.
+    let op = unsafe { ffi::PyLong_AsLongLong(op) };
+    // SAFETY: GIL held.
+    if op == -1 && unsafe { convert::err_set() } {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: GIL held; index in range; borrowed, kept alive by `args`.
+    let arg = unsafe { ffi::PyTuple_GetItem(args, 1) };
+    if op == OP_CANCELLED {
+        let b = ctx.job.is_cancelled();
+        // SAFETY: GIL held; a new reference to a bool.
+        return unsafe { ffi::PyBool_FromLong(b as std::ffi::c_long) };
+    }
+    if !ctx.active.load(Ordering::SeqCst) {
+        // SAFETY: GIL held on a thread of this interpreter.
+        return unsafe {
+            fail(
+                &types.harrow_error,
+                "this ctx belongs to a call that has ended",
+            )
         };
-        let ctx: &CallCtx = ctx;
-        let shared = &*ctx.shared;
-        if ffi::PyTuple_Size(args) != 2 {
-            raise(
-                &shared.types.harrow_error,
-                Some("internal: _op takes (op, value)"),
-            );
-            return std::ptr::null_mut();
-        }
-        let op = ffi::PyLong_AsLongLong(ffi::PyTuple_GetItem(args, 0));
-        if op == -1 && !ffi::PyErr_Occurred().is_null() {
-            return std::ptr::null_mut();
-        }
-        let arg = ffi::PyTuple_GetItem(args, 1);
-        if op == OP_CANCELLED {
-            let b = ctx.job.is_cancelled();
-            return ffi::PyBool_FromLong(b as std::ffi::c_long);
-        }
-        if !ctx.active.load(Ordering::SeqCst) {
-            raise(
-                &shared.types.harrow_error,
-                Some("this ctx belongs to a call that has ended"),
-            );
-            return std::ptr::null_mut();
-        }
-        if !on_owner(shared) {
-            raise(
-                &shared.types.harrow_error,
-                Some("ctx and its stream can only be used on the thread running the call"),
-            );
-            return std::ptr::null_mut();
-        }
-        let value = if op == OP_STARTED || op == OP_SEND {
-            match convert::to_value(arg) {
-                Ok(v) => v,
-                Err(ConvError::Py(_)) => return std::ptr::null_mut(),
-                Err(ConvError::Unsupported(m)) => {
-                    raise_type_error(&m);
-                    return std::ptr::null_mut();
-                }
+    }
+    // SAFETY: any thread.
+    if !unsafe { on_owner(shared) } {
+        let msg = "ctx and its stream can only be used on the thread running the call";
+        // SAFETY: GIL held on a thread of this interpreter.
+        return unsafe { fail(&types.harrow_error, msg) };
+    }
+    // While a call waits (GIL released), the thread serves the actor's other calls nested
+    // on its stack; one of them must not use the waiting call's ctx (it would wait inside
+    // the waiting call's own operation).
+    // (No call current: an async call's task runs in the event loop.)
+    let running = shared
+        .current
+        .lock()
+        .as_ref()
+        .is_none_or(|j| Arc::ptr_eq(j, &ctx.job));
+    if !running {
+        let msg = "this ctx belongs to a call that is waiting while another call of the actor \
+                   runs; a call can only use its own ctx";
+        // SAFETY: GIL held on the owning thread.
+        return unsafe { fail(&types.harrow_error, msg) };
+    }
+    let value = if op == OP_STARTED || op == OP_SEND || op == OP_YIELD {
+        // SAFETY: GIL held; `arg` valid.
+        match unsafe { convert::to_value(arg) } {
+            Ok(v) => v,
+            Err(ConvError::Py(_)) => return std::ptr::null_mut(),
+            Err(ConvError::Unsupported(m)) => {
+                // SAFETY: GIL held.
+                unsafe { raise_type_error(&m) };
+                return std::ptr::null_mut();
             }
-        } else {
-            Value::Null
-        };
-        let out: Blocked<Option<Value>> = match op {
-            OP_STARTED => map_unit(ctx.started(value)),
-            OP_OPEN_STREAM => map_unit(ctx.open_stream()),
-            OP_SEND => map_unit(ctx.with_stream(|s| s.send(value))),
-            OP_CLOSE => map_unit(ctx.with_stream(|s| s.close())),
-            OP_RECV => match ctx.with_stream(|s| s.recv()) {
-                Blocked::Done(Some(v)) => Blocked::Done(Some(v)),
-                Blocked::Done(None) => {
-                    raise(&shared.types.end_of_stream, Some("end of stream"));
-                    return std::ptr::null_mut();
-                }
-                Blocked::Failed(e) => Blocked::Failed(e),
-                Blocked::Cancelled => Blocked::Cancelled,
-            },
-            _ => Blocked::Failed(format!("internal: unknown op {op}")),
-        };
-        match out {
-            Blocked::Done(None) => none(),
-            Blocked::Done(Some(v)) => match convert::from_value(&v) {
-                Ok(o) => o.into_ptr(),
-                Err(PyErrSet) => std::ptr::null_mut(),
-            },
-            Blocked::Failed(e) => {
-                raise(&shared.types.harrow_error, Some(&e));
-                std::ptr::null_mut()
-            }
-            Blocked::Cancelled => {
-                raise_cancelled(shared);
-                std::ptr::null_mut()
-            }
+        }
+    } else {
+        Value::Null
+    };
+    // Every operation below: owning thread, GIL held (released and re-taken while it waits);
+    // the host futures touch no Python object.
+    let out: Blocked<Option<Value>> = match op {
+        // SAFETY: see above.
+        OP_STARTED => map_unit(unsafe { ctx.started(value) }),
+        // SAFETY: see above.
+        OP_OPEN_STREAM => map_unit(unsafe { ctx.open_stream() }),
+        // SAFETY: see above.
+        OP_SEND => map_unit(unsafe { ctx.with_stream(|s| s.send(value)) }),
+        // SAFETY: see above.
+        OP_CLOSE => map_unit(unsafe { ctx.with_stream(|s| s.close()) }),
+        // SAFETY: see above.
+        OP_YIELD => map_unit(unsafe { ctx.stream_item(Some(value)) }),
+        // SAFETY: see above.
+        OP_END => map_unit(unsafe { ctx.stream_item(None) }),
+        // SAFETY: see above.
+        OP_RECV => match unsafe { ctx.with_stream(|s| s.recv()) } {
+            Blocked::Done(Some(v)) => Blocked::Done(Some(v)),
+            // SAFETY: GIL held on the owning thread.
+            Blocked::Done(None) => return unsafe { fail(&types.end_of_stream, "end of stream") },
+            Blocked::Failed(e) => Blocked::Failed(e),
+            Blocked::Cancelled => Blocked::Cancelled,
+        },
+        _ => Blocked::Failed(format!("internal: unknown op {op}")),
+    };
+    match out {
+        // SAFETY: GIL held.
+        Blocked::Done(None) => unsafe { none() },
+        // SAFETY: GIL held.
+        Blocked::Done(Some(v)) => match unsafe { convert::from_value(&v) } {
+            Ok(o) => o.into_ptr(),
+            Err(PyErrSet) => std::ptr::null_mut(),
+        },
+        // SAFETY: GIL held on the owning thread.
+        Blocked::Failed(e) => unsafe { fail(&types.harrow_error, &e) },
+        Blocked::Cancelled => {
+            // SAFETY: GIL held on the owning thread.
+            unsafe { raise(&types.cancelled, None) };
+            std::ptr::null_mut()
         }
     }
 }
@@ -655,6 +868,97 @@ fn map_unit(b: Blocked<()>) -> Blocked<Option<Value>> {
 /// GIL held.
 pub(crate) unsafe fn raise_type_error(msg: &str) {
     let c = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
-    // SAFETY: GIL held (caller).
-    unsafe { ffi::PyErr_SetString(ffi::PyExc_TypeError, c.as_ptr()) };
+    // SAFETY: reading the address of a builtin type object: always valid after init.
+    let ty = unsafe { ffi::PyExc_TypeError };
+    // SAFETY: GIL held (caller); `c` outlives the call, which copies it.
+    unsafe { ffi::PyErr_SetString(ty, c.as_ptr()) };
+}
+
+unsafe extern "C" fn native_take_jobs(
+    slf: *mut ffi::PyObject,
+    _args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this C function with its interpreter's GIL held; a panic in the body
+    // becomes a Python exception.
+    guarded("taking queued calls", std::ptr::null_mut(), || unsafe {
+        native_take_jobs_body(slf)
+    })
+}
+
+/// `_native_take_jobs()`: from the event loop, runs (or starts, for async functions) the calls
+/// queued for the actor. On the owning thread only.
+unsafe fn native_take_jobs_body(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: GIL held; `slf` is the shared capsule bound to this function.
+    let Some(shared) = (unsafe { shared_from(slf) }) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: GIL held; reads the calling thread's identity.
+    if unsafe { on_owner(shared) } {
+        // SAFETY: owning thread, GIL held.
+        unsafe { super::worker::take_jobs() };
+    }
+    // SAFETY: GIL held.
+    unsafe { none() }
+}
+
+unsafe extern "C" fn native_finish(
+    slf: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this C function with its interpreter's GIL held and a tuple of
+    // arguments; a panic in the body becomes a Python exception.
+    guarded("finishing an async call", std::ptr::null_mut(), || unsafe {
+        native_finish_body(slf, args)
+    })
+}
+
+/// `_native_finish(call, state, value)`: an async call's task ended (`state` 0: returned
+/// `value`; 1: cancelled; 2: raised `value`); sends its result.
+unsafe fn native_finish_body(
+    _slf: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: GIL held; `args` is a tuple.
+    if unsafe { ffi::PyTuple_Size(args) } != 3 {
+        // SAFETY: GIL held.
+        unsafe { raise_type_error("internal: _native_finish takes (call, state, value)") };
+        return std::ptr::null_mut();
+    }
+    // SAFETY (the three): GIL held; indexes in range; borrowed, kept alive by `args`.
+    // SAFETY: see above.
+    let call = unsafe { ffi::PyTuple_GetItem(args, 0) };
+    // SAFETY: see above.
+    let state = unsafe { ffi::PyTuple_GetItem(args, 1) };
+    // SAFETY: see above.
+    let value = unsafe { ffi::PyTuple_GetItem(args, 2) };
+    // SAFETY: GIL held; `state` is an object.
+    let state = unsafe { ffi::PyLong_AsLong(state) };
+    // SAFETY: GIL held.
+    if state == -1 && unsafe { convert::err_set() } {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: GIL held; `call` is the capsule `start_async` made (checked by name).
+    let Some(call) = (unsafe { super::worker::async_call_from(call) }) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: owning thread (the loop runs there), GIL held; `value` is a valid object.
+    unsafe { super::worker::finish_async(call, state, value) };
+    // SAFETY: GIL held.
+    unsafe { none() }
+}
+
+unsafe extern "C" fn native_call_cancelled(
+    _slf: *mut ffi::PyObject,
+    call: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this C function with its interpreter's GIL held; a panic in the body
+    // becomes a Python exception.
+    guarded("checking an async call", std::ptr::null_mut(), || {
+        // SAFETY: GIL held; the capsule is checked by name.
+        let Some(call) = (unsafe { super::worker::async_call_from(call) }) else {
+            return std::ptr::null_mut();
+        };
+        // SAFETY: GIL held; a new reference to a bool.
+        unsafe { ffi::PyBool_FromLong(std::ffi::c_long::from(call.cancel_requested())) }
+    })
 }

@@ -72,34 +72,38 @@ unsafe fn try_install() -> Result<Installed, String> {
         return Err("no free real-time signal".into());
     }
     let mut fds = [0 as c_int; 2];
-    // SAFETY: plain syscalls on fds we own; the handler we install only calls `write`.
-    unsafe {
-        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-            return Err(format!("pipe2: {}", std::io::Error::last_os_error()));
-        }
-        let [r, w] = fds;
-        // The writer is a signal handler on a thread we interrupt: it must never block.
-        libc::fcntl(w, libc::F_SETFL, libc::O_NONBLOCK);
-        libc::fcntl(w, libc::F_SETPIPE_SZ, 1 << 20);
-        PIPE_W.store(w, Ordering::SeqCst);
-        // Our handler first: faulthandler keeps it as `previous` and chains to it.
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = end_of_dump as extern "C" fn(c_int) as usize;
-        action.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
-            return Err(format!("sigaction: {}", std::io::Error::last_os_error()));
-        }
-        let code = CString::new(format!(
-            "import faulthandler\nfaulthandler.register({signal}, file={w}, all_threads=True, \
-             chain=True)\n"
-        ))
-        .map_err(|e| e.to_string())?;
-        if ffi::PyRun_SimpleString(code.as_ptr()) != 0 {
-            return Err("faulthandler.register failed".into());
-        }
-        Ok(Installed { signal, read_fd: r })
+    // SAFETY: a plain syscall filling a local array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe2: {}", std::io::Error::last_os_error()));
     }
+    let [r, w] = fds;
+    // The writer is a signal handler on a thread we interrupt: it must never block.
+    // SAFETY: `w` is our pipe's write end.
+    unsafe { libc::fcntl(w, libc::F_SETFL, libc::O_NONBLOCK) };
+    // SAFETY: as above.
+    unsafe { libc::fcntl(w, libc::F_SETPIPE_SZ, 1 << 20) };
+    PIPE_W.store(w, Ordering::SeqCst);
+    // Our handler first: faulthandler keeps it as `previous` and chains to it.
+    // SAFETY: `sigaction` is plain C data; all-zero is a valid (empty) value.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = end_of_dump as extern "C" fn(c_int) as usize;
+    action.sa_flags = libc::SA_RESTART;
+    // SAFETY: initialises a local signal set.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    // SAFETY: installs a handler that only calls async-signal-safe functions (`write`).
+    if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } != 0 {
+        return Err(format!("sigaction: {}", std::io::Error::last_os_error()));
+    }
+    let code = CString::new(format!(
+        "import faulthandler\nfaulthandler.register({signal}, file={w}, all_threads=True, \
+         chain=True)\n"
+    ))
+    .map_err(|e| e.to_string())?;
+    // SAFETY: the main interpreter is initialised and its GIL held by this thread (caller).
+    if unsafe { ffi::PyRun_SimpleString(code.as_ptr()) } != 0 {
+        return Err("faulthandler.register failed".into());
+    }
+    Ok(Installed { signal, read_fd: r })
 }
 
 /// The Python stacks of every thread of `shared`'s interpreter, read by its owning thread in a
@@ -122,7 +126,7 @@ pub(crate) fn dump(shared: &Shared) -> String {
     drain(installed.read_fd);
     // SAFETY: `tid` is a live thread of this process (it clears `shared.tid` under the lock we
     // hold before exiting); the signal's handlers are installed and async-signal-safe.
-    let rc = unsafe { libc::tgkill(libc::getpid(), *tid, installed.signal) };
+    let rc = unsafe { libc::tgkill(std::process::id() as i32, *tid, installed.signal) };
     if rc != 0 {
         return format!("(tgkill failed: {})\n", std::io::Error::last_os_error());
     }

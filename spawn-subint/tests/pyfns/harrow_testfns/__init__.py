@@ -220,5 +220,107 @@ def start_sleeping_thread():
     """Starts a thread stuck in a long C call: it cannot be cancelled or joined in time."""
     import threading
 
-    threading.Thread(target=time.sleep, args=(3600,)).start()
+    threading.Thread(target=time.sleep, args=(3600,), name="sleeper").start()
     return True
+
+
+shared_ctx = None
+shared_stream = None
+
+
+def ctx_share(ctx):
+    """Publishes its ctx and stream in globals, then collects the stream's items."""
+    global shared_ctx, shared_stream
+    shared_ctx = ctx
+    ctx.started(None)
+    shared_stream = ctx.open_stream()
+    shared_stream.send("open")
+    return list(shared_stream)
+
+
+def use_shared_ctx():
+    """Uses another call's ctx and stream (published by ctx_share); returns what each raised."""
+    out = []
+    for op in (lambda: shared_stream.send(1), lambda: shared_ctx.started(1)):
+        try:
+            op()
+            out.append("no error")
+        except harrow.HarrowError as e:
+            out.append(str(e))
+    return out
+
+
+def deep_repr(n):
+    """repr() of a list nested n deep: recursion in C, down to CPython's C recursion limit."""
+    x = []
+    for _ in range(n):
+        x = [x]
+    try:
+        return len(repr(x))
+    except RecursionError:
+        return "RecursionError"
+
+
+def deep_json(n):
+    """json.dumps of a list nested n deep (C recursion through the json accelerator)."""
+    import json
+
+    x = []
+    for _ in range(n):
+        x = [x]
+    try:
+        return len(json.dumps(x))
+    except RecursionError:
+        return "RecursionError"
+
+
+def deep_through_c(n):
+    """Python recursion where every level re-enters the interpreter from C (map, then a call):
+    each level uses C stack, down to Python's recursion limit."""
+
+    def f(k):
+        return list(map(f, [k - 1]))[0] + 1 if k > 0 else 0
+
+    try:
+        return f(n)
+    except RecursionError:
+        return "RecursionError"
+
+
+def call_os_exit(status=0):
+    import os
+
+    os._exit(status)
+
+
+def swallow_os_exit():
+    """Calls os._exit and swallows what it raises: the actor still ends."""
+    import os
+
+    try:
+        os._exit(0)
+    except BaseException:
+        pass
+    return "swallowed"
+
+
+def call_posix_exit():
+    import posix
+
+    posix._exit(1)
+
+
+def use_asyncio():
+    import asyncio
+
+    async def main():
+        await asyncio.sleep(0)
+        return "ran"
+
+    return asyncio.run(main())
+
+
+def call_sys_exit():
+    import sys
+
+    sys.exit(4)

@@ -1,0 +1,238 @@
+//! `async def` functions and async generators (one event loop per interpreter, concurrent
+//! calls, cancel at the current await), keyword arguments ([`PyArgs`]) and `@harrow.context`.
+
+#![cfg(harrow_subint)] // needs Python >= 3.12 (tests/unavailable.rs covers the other case)
+
+mod common;
+
+use anyhow::{Result, anyhow};
+use common::*;
+use harrow_ipc::{CallKind, ErrorKind, FnPath, Value};
+use harrow_spawn_subint::{Exit, InterpThread, PyArgs};
+
+const M: &str = "harrow_testfns.aio";
+
+fn aio(name: &str) -> Result<InterpThread> {
+    InterpThread::spawn(config(name).expose(M)).map_err(Into::into)
+}
+
+fn f(name: &str) -> String {
+    format!("{M}:{name}")
+}
+
+#[test]
+fn async_def_returns_and_keeps_one_loop() -> Result<()> {
+    let t = aio("aio-basic")?;
+    let h = t.handle();
+    assert_eq!(
+        call_ok(&h, &f("add"), list([Value::Int(2), Value::Int(3)]))?,
+        Value::Int(5)
+    );
+    let a = call_ok(&h, &f("loop_id"), Value::Null)?;
+    let b = call_ok(&h, &f("loop_id"), Value::Null)?;
+    assert_eq!(a, b, "one event loop across calls");
+    assert_eq!(
+        call_ok(&h, &f("gather"), Value::Int(4))?,
+        list([0, 1, 4, 9].map(Value::Int))
+    );
+    let err = call(&h, &f("fail"), Value::Null)?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Raised);
+    assert_eq!(err.to_string(), "ValueError: async boom");
+    let remote = err.into_remote(&harrow_ipc::ActorId::new("aio-basic"));
+    assert!(remote.traceback.contains("in fail"), "{}", remote.traceback);
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn async_calls_of_one_actor_run_concurrently() -> Result<()> {
+    let t = aio("aio-concurrent")?;
+    let h = t.handle();
+    // Each returns only once all five are inside: they cannot run one after the other.
+    let calls: Vec<_> = (0..5)
+        .map(|_| start(&h, &f("rendezvous"), list([s("k"), Value::Int(5)])))
+        .collect();
+    for c in calls {
+        assert_eq!(
+            bounded(BOUND, c)?.map_err(|e| anyhow!("{e:?}"))?,
+            Value::Int(5)
+        );
+    }
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+fn progress(h: &harrow_spawn_subint::InterpHandle) -> Result<(Vec<Value>, Vec<Value>)> {
+    match call_ok(h, &f("progress"), Value::Null)?.into_list() {
+        Ok(mut v) if v.len() == 2 => {
+            let cleaned = v.pop().and_then(|x| x.as_list().map(<[Value]>::to_vec));
+            let started = v.pop().and_then(|x| x.as_list().map(<[Value]>::to_vec));
+            Ok((started.unwrap_or_default(), cleaned.unwrap_or_default()))
+        }
+        other => Err(anyhow!("bad progress {other:?}")),
+    }
+}
+
+#[test]
+fn cancel_lands_at_the_current_await_and_cleanup_runs() -> Result<()> {
+    let t = aio("aio-cancel")?;
+    let h = t.handle();
+    let a = start(&h, &f("wait_forever"), s("a"));
+    let b = start(&h, &f("wait_forever"), s("b"));
+    // A plain call runs between the loop's steps while both wait.
+    assert!(wait_until(BOUND, || progress(&h)
+        .map(|(st, _)| st.len() == 2)
+        .unwrap_or(false)));
+    a.cancel();
+    let err = bounded(BOUND, a)?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    let (_, cleaned) = progress(&h)?;
+    assert_eq!(cleaned, vec![s("a")], "only the cancelled call ended");
+    // Dropping the other call's future cancels it too.
+    drop(b);
+    assert!(wait_until(BOUND, || progress(&h)
+        .map(|(_, c)| c.len() == 2)
+        .unwrap_or(false)));
+    // A call still waiting at shutdown is cancelled and cleans up.
+    let c = start(&h, &f("wait_forever"), s("c"));
+    assert!(wait_until(BOUND, || progress(&h)
+        .map(|(st, _)| st.len() == 3)
+        .unwrap_or(false)));
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(bounded(BOUND, c)?.unwrap_err().kind(), ErrorKind::Cancelled);
+    Ok(())
+}
+
+#[test]
+fn async_generators_collect_or_stream() -> Result<()> {
+    let t = aio("aio-agen")?;
+    let h = t.handle();
+    assert_eq!(
+        call_ok(&h, &f("agen"), Value::Int(3))?,
+        list([0, 1, 2].map(Value::Int))
+    );
+    let (host, ends) = chan_host();
+    let fut = h.call(
+        FnPath::parse(&f("agen"))?,
+        CallKind::Context,
+        Value::Int(3),
+        Some(host),
+    );
+    assert_eq!(
+        bounded(BOUND, fut)?.map_err(|e| anyhow!("{e:?}"))?,
+        Value::Null
+    );
+    assert_eq!(ends.started.try_recv()?, Value::Null);
+    let got: Vec<Value> = ends.from_py.try_iter().collect();
+    assert_eq!(got, vec![Value::Int(0), Value::Int(1), Value::Int(2)]);
+    assert!(ends.closed.try_recv().is_ok());
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn context_functions_by_decorator_plain_and_async() -> Result<()> {
+    let t = aio("aio-ctx")?;
+    let h = t.handle();
+    let (host, ends) = chan_host();
+    let fut = h.call(
+        FnPath::parse(&f("ctx_double"))?,
+        CallKind::Context,
+        s("hi"),
+        Some(host),
+    );
+    let worker = std::thread::spawn(move || bounded(BOUND, fut));
+    assert_eq!(ends.started.recv_timeout(BOUND)?, s("hi"));
+    for i in 0..3 {
+        ends.to_py.send(Value::Int(i))?;
+        assert_eq!(ends.from_py.recv_timeout(BOUND)?, Value::Int(i * 2));
+    }
+    drop(ends.to_py);
+    let r = worker.join().map_err(|_| anyhow!("panicked"))??;
+    assert_eq!(r.map_err(|e| anyhow!("{e:?}"))?, Value::Int(3));
+
+    let (host, ends) = chan_host();
+    let fut = h.call(
+        FnPath::parse(&f("plain_ctx"))?,
+        CallKind::Context,
+        Value::Null,
+        Some(host),
+    );
+    assert_eq!(
+        bounded(BOUND, fut)?.map_err(|e| anyhow!("{e:?}"))?,
+        s("done")
+    );
+    assert_eq!(ends.started.try_recv()?, s("explicit"));
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn keyword_arguments() -> Result<()> {
+    let t = aio("aio-kwargs")?;
+    let h = t.handle();
+    let args = PyArgs::new(Value::Int(1))
+        .kwarg("x", Value::Int(2))
+        .kwarg("y", s("three"))
+        .into_value();
+    assert_eq!(
+        call_ok(&h, &f("kw"), args)?,
+        list([Value::Int(1), Value::Int(2), s("three")])
+    );
+    // Keyword arguments only (Null: no positional argument).
+    let args = PyArgs::new(Value::Null)
+        .kwarg("y", Value::Int(9))
+        .into_value();
+    assert_eq!(
+        call_ok(&h, &f("kw"), args)?,
+        list([Value::Null, Value::Int(0), Value::Int(9)])
+    );
+    // Async functions take them too.
+    let args = PyArgs::new(s("a")).kwarg("x", Value::Int(5)).into_value();
+    assert_eq!(call_ok(&h, &f("akw"), args)?, list([s("a"), Value::Int(5)]));
+    // An unknown name is Python's TypeError; a name that is not a string is bad arguments.
+    let args = PyArgs::new(Value::Null)
+        .kwarg("nope", Value::Int(1))
+        .into_value();
+    let err = call(&h, &f("kw"), args)?.unwrap_err();
+    assert!(err.to_string().starts_with("TypeError"), "{err}");
+    let bad = Value::Map(vec![
+        (s(harrow_spawn_subint::ARGS_KEY), Value::Null),
+        (
+            s(harrow_spawn_subint::KWARGS_KEY),
+            Value::Map(vec![(Value::Int(1), Value::Null)]),
+        ),
+    ]);
+    let err = call(&h, &f("kw"), bad)?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadArguments, "{err}");
+    // A plain dict argument stays one positional dict.
+    let d = Value::Map(vec![(s("x"), Value::Int(1))]);
+    assert_eq!(
+        call_ok(&h, &f("kw"), d.clone())?,
+        list([d, Value::Int(0), Value::Int(0)])
+    );
+    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    Ok(())
+}
+
+#[test]
+fn os_exit_in_async_code_ends_the_actor_and_its_other_calls() -> Result<()> {
+    let mut t = aio("aio-exit")?;
+    let h = t.handle();
+    let waiting = start(&h, &f("wait_forever"), s("w"));
+    assert!(wait_until(BOUND, || progress(&h)
+        .map(|(st, _)| st.len() == 1)
+        .unwrap_or(false)));
+    let err = call(&h, &f("exit_async"), Value::Null)?.unwrap_err();
+    assert!(err.to_string().starts_with("harrow.ActorExit"), "{err}");
+    // The other async call is cancelled, the actor ends on its own, reported as a failure.
+    assert_eq!(
+        bounded(BOUND, waiting)?.unwrap_err().kind(),
+        ErrorKind::Cancelled
+    );
+    match t.join(BOUND) {
+        Exit::Failed { reason } => assert!(reason.contains("os._exit(2)"), "{reason}"),
+        other => return Err(anyhow!("expected a failure, got {other:?}")),
+    }
+    Ok(())
+}

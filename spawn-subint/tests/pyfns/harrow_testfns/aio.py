@@ -1,0 +1,102 @@
+"""async def functions, async generators, keyword arguments and @harrow.context."""
+
+import asyncio
+
+import harrow
+
+
+async def add(ab, scale=1):
+    await asyncio.sleep(0)
+    a, b = ab
+    return (a + b) * scale
+
+
+async def loop_id():
+    return id(asyncio.get_running_loop())
+
+
+_arrived = {}
+
+
+async def rendezvous(key_n):
+    """Returns once `n` calls with the same key are all inside: only concurrent calls can."""
+    key, n = key_n
+    _arrived[key] = _arrived.get(key, 0) + 1
+    while _arrived[key] < n:
+        await asyncio.sleep(0.001)
+    return _arrived[key]
+
+
+async def gather(n):
+    async def one(i):
+        await asyncio.sleep(0.001)
+        return i * i
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+started = []
+cleaned = []
+
+
+async def wait_forever(tag):
+    started.append(tag)
+    try:
+        await asyncio.sleep(3600)
+    finally:
+        cleaned.append(tag)
+
+
+def progress():
+    """[started, cleaned] (a plain function: runs between the loop's steps)."""
+    return [list(started), list(cleaned)]
+
+
+async def fail():
+    await asyncio.sleep(0)
+    raise ValueError("async boom")
+
+
+async def agen(n):
+    for i in range(n):
+        await asyncio.sleep(0)
+        yield i
+
+
+@harrow.context
+async def ctx_double(c, first):
+    """A context function by decorator (its first parameter is not named ctx)."""
+    c.started(first)
+    stream = c.open_stream()
+    n = 0
+    for item in stream:
+        stream.send(item * 2)
+        n += 1
+    return n
+
+
+@harrow.context
+def plain_ctx(c):
+    c.started("explicit")
+    return "done"
+
+
+def kw(a=None, *, x=0, y=0):
+    return [a, x, y]
+
+
+async def akw(a=None, *, x=0):
+    await asyncio.sleep(0)
+    return [a, x]
+
+
+async def echo(value=None):
+    """The async twin of harrow_testfns.echo (round-trip benchmarks)."""
+    return value
+
+
+async def exit_async():
+    import os
+
+    await asyncio.sleep(0)
+    os._exit(2)
