@@ -182,6 +182,28 @@ fn bench_quick_json_has_the_documented_fields() -> Result<()> {
             "/backends/{b}/stream_echo_throughput/baseline_items_per_s"
         ))?;
         num(&format!("/backends/{b}/stuck_child_teardown/harrow_ms"))?;
+        // Every figure is a distribution: its samples' summary rides along, one sample per
+        // repetition, the figure being their median.
+        let reps = num("/repetitions")?;
+        for figure in [
+            "rpc_round_trip/harrow_us",
+            "rpc_round_trip/baseline_us",
+            "stream_echo_throughput/harrow_items_per_s",
+            "stuck_child_teardown/baseline_ms",
+        ] {
+            let at = format!("/backends/{b}/{figure}");
+            let (median, min, max) = (
+                num(&format!("{at}_samples/median"))?,
+                num(&format!("{at}_samples/min"))?,
+                num(&format!("{at}_samples/max"))?,
+            );
+            ensure!(
+                num(&format!("{at}_samples/n"))? == reps && min <= median && median <= max,
+                "bad samples at {at}: {}",
+                r.stdout
+            );
+            ensure!(num(&at)? == median, "{at} is not the median: {}", r.stdout);
+        }
         ensure!(
             v.pointer(&format!("/backends/{b}/stuck_child_teardown/outcome"))
                 .is_some_and(serde_json::Value::is_string),
@@ -195,6 +217,17 @@ fn bench_quick_json_has_the_documented_fields() -> Result<()> {
             }
         }
         num("/python_call_round_trip/subint_call_us")?;
+        num("/python_call_round_trip/multiprocessing_pool_apply_us_samples/median")?;
+        for mode in ["own_gil", "legacy", "multiprocessing"] {
+            num(&format!("/parallel_python/{mode}/cores_during_t2"))?;
+            num(&format!("/parallel_python/{mode}/speedup_samples/min"))?;
+        }
+        let cores = num("/cores_during_parallel/cores")?;
+        ensure!(
+            cores > 0.0 && v.pointer("/low_cores_warning").is_some(),
+            "{}",
+            r.stdout
+        );
     } else {
         ensure!(
             v.pointer("/backends/subint/unavailable").is_some(),
