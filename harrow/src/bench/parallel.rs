@@ -32,7 +32,9 @@ pub(super) struct Mode {
     pub(super) t2: Samples,
     /// 2 × T1 / T2 of each round.
     pub(super) speedups: Samples,
-    /// CPU time / wall time during each T2.
+    /// CPU time / wall time during each T1 (at most 1: one worker).
+    pub(super) cores_t1: Samples,
+    /// CPU time / wall time during each T2 (at most 2: two workers).
     pub(super) cores: Samples,
 }
 
@@ -44,6 +46,7 @@ impl Mode {
             t1: Samples::default(),
             t2: Samples::default(),
             speedups: Samples::default(),
+            cores_t1: Samples::default(),
             cores: Samples::default(),
         }
     }
@@ -53,6 +56,7 @@ impl Mode {
         self.t1.push(t1 * 1e3);
         self.t2.push(t2 * 1e3);
         self.speedups.push(2.0 * t1 / t2);
+        self.cores_t1.push(r.t1_cpu.as_secs_f64() / t1);
         self.cores.push(r.t2_cpu.as_secs_f64() / t2);
     }
 
@@ -91,6 +95,7 @@ impl Parallel {
 /// One round of one mode.
 struct Round {
     t1: Duration,
+    t1_cpu: Duration,
     t2: Duration,
     t2_cpu: Duration,
 }
@@ -195,12 +200,15 @@ impl Pair {
         Ok(pair)
     }
 
-    /// T1 on the first actor, then T2 on both at once with this process's CPU time during it.
+    /// T1 on the first actor, then T2 on both at once, with this process's CPU time during
+    /// each.
     async fn round(&self, n: i64) -> anyhow::Result<Round> {
         let f = &self.sum_squares;
+        let cpu = process_cpu();
         let t = Instant::now();
         self.actors[0].run(f, Value::Int(n)).await?;
         let t1 = t.elapsed();
+        let t1_cpu = process_cpu().saturating_sub(cpu);
         let cpu = process_cpu();
         let t = Instant::now();
         let (a, b) = futures_lite::future::zip(
@@ -212,7 +220,12 @@ impl Pair {
         let t2_cpu = process_cpu().saturating_sub(cpu);
         a?;
         b?;
-        Ok(Round { t1, t2, t2_cpu })
+        Ok(Round {
+            t1,
+            t1_cpu,
+            t2,
+            t2_cpu,
+        })
     }
 
     /// The mean time of `k` calls to the first actor.
@@ -270,9 +283,9 @@ if __name__ == "__main__":
         for line in sys.stdin:
             cmd = line.split()
             if cmd == ["round"]:
-                s = time.perf_counter(); pool.apply(sum_squares, (n,)); t1 = time.perf_counter() - s
-                s = time.perf_counter(); cpu = pool.map(sum_squares, [n, n], chunksize=1); t2 = time.perf_counter() - s
-                answer(t1_s=t1, t2_s=t2, t2_cpu_s=sum(cpu))
+                s = time.perf_counter(); cpu1 = pool.apply(sum_squares, (n,)); t1 = time.perf_counter() - s
+                s = time.perf_counter(); cpu2 = pool.map(sum_squares, [n, n], chunksize=1); t2 = time.perf_counter() - s
+                answer(t1_s=t1, t1_cpu_s=cpu1, t2_s=t2, t2_cpu_s=sum(cpu2))
             elif len(cmd) == 2 and cmd[0] == "apply":
                 k = int(cmd[1])
                 s = time.perf_counter()
@@ -344,11 +357,12 @@ impl MpDriver {
         Ok(this)
     }
 
-    /// One round: T1, T2 and the pool workers' CPU time during T2.
+    /// One round: T1, T2 and the pool workers' CPU time during each.
     fn round(&mut self) -> Result<Round, String> {
         let v = self.request("round")?;
         Ok(Round {
             t1: secs(&v, "t1_s")?,
+            t1_cpu: secs(&v, "t1_cpu_s")?,
             t2: secs(&v, "t2_s")?,
             t2_cpu: secs(&v, "t2_cpu_s")?,
         })
