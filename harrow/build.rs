@@ -1,5 +1,5 @@
-//! Build script: with the `subint` feature, adds an rpath to libpython so the `harrow` binary,
-//! examples and tests run without `LD_LIBRARY_PATH`, and says clearly (a cargo warning) when the
+//! Build script: with the `subint` feature, adds an rpath to libpython so the examples and tests
+//! run without `LD_LIBRARY_PATH`, and says clearly (a cargo warning) when the
 //! build has no suitable Python, in which case the subint backend is compiled in but unavailable.
 
 fn main() {

@@ -88,7 +88,7 @@ impl BareSpawn {
 
 #[cfg(feature = "subint")]
 fn bare_subint() -> anyhow::Result<Duration> {
-    Ok(harrow::backends::subint::bare_create_end(
+    Ok(harrow_spawn_subint::__bench::bare_create_end(
         &harrow::InterpConfig::new("bare"),
     )?)
 }
