@@ -39,7 +39,7 @@ pub(super) struct Mode {
 }
 
 impl Mode {
-    fn new(key: &'static str, label: &'static str) -> Mode {
+    pub(super) fn new(key: &'static str, label: &'static str) -> Mode {
         Mode {
             key,
             label,
@@ -432,4 +432,51 @@ fn secs(v: &serde_json::Value, key: &str) -> Result<Duration, String> {
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(Duration::from_secs_f64)
         .ok_or_else(|| format!("no {key} in {v}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    /// A mode whose rounds all took T1 = 1 s on a full core and T2 = 1.25 s with `cores` cores.
+    fn mode(key: &'static str, cores: &[f64]) -> Mode {
+        let mut m = Mode::new(key, key);
+        for c in cores {
+            m.record(Round {
+                t1: secs(1.0),
+                t1_cpu: secs(1.0),
+                t2: secs(1.25),
+                t2_cpu: secs(1.25 * c),
+            });
+        }
+        m
+    }
+
+    #[test]
+    fn a_round_gives_its_speedup_and_the_cores_used() {
+        let m = mode("own_gil", &[1.5, 1.9, 1.6]);
+        assert!((m.speedup() - 1.6).abs() < 1e-9);
+        assert!((m.speedups.median() - 1.6).abs() < 1e-9);
+        assert!((m.cores.median() - 1.6).abs() < 1e-9);
+        assert!((m.cores_t1.median() - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_cores_given_come_from_multiprocessing_when_it_ran() {
+        let mut p = Parallel {
+            n: 1,
+            modes: vec![mode("own_gil", &[1.9]), mode("legacy", &[1.0])],
+            mp_skipped: None,
+            calls: None,
+        };
+        assert_eq!(p.cores_given().map(|(_, k)| k), Some("own_gil"));
+        p.modes.push(mode("multiprocessing", &[0.7, 0.5, 0.9]));
+        let (cores, from) = p.cores_given().expect("multiprocessing ran");
+        assert_eq!(from, "multiprocessing");
+        assert!((cores - 0.7).abs() < 1e-9);
+    }
 }

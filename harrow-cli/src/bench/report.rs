@@ -279,3 +279,38 @@ fn calls_json(p: &Parallel) -> serde_json::Value {
         None => json!({ "skipped": "needs the subint backend and Python's multiprocessing" }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::parallel::Mode;
+
+    fn report(mp_cores: f64) -> Report {
+        let mut mp = Mode::new("multiprocessing", "multiprocessing.Pool(2)");
+        mp.cores.push(mp_cores);
+        Report {
+            quick: true,
+            sizes: Sizes::new(true),
+            rows: Vec::new(),
+            parallel: Some(Parallel {
+                n: 1,
+                modes: vec![mp],
+                mp_skipped: None,
+                calls: None,
+            }),
+            subint: Ok(()),
+            load: (Some(3.0), None),
+            took: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_run_with_fewer_than_enough_cores_is_flagged() {
+        let low = report(1.3);
+        let warning = low.low_cores().expect("1.3 cores is flagged");
+        assert!(warning.contains("1.30 cores"), "{warning}");
+        assert_eq!(low.to_json()["low_cores_warning"], json!(warning));
+        assert_eq!(report(1.9).low_cores(), None);
+        assert_eq!(report(1.9).to_json()["low_cores_warning"], json!(null));
+    }
+}
