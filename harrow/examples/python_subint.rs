@@ -10,7 +10,7 @@ use std::time::Instant;
 use harrow::{ActorSpec, InterpConfig, RootConfig, SubintBackend, Value, run_root};
 
 /// The Python module, embedded in the binary and written to a temporary directory.
-const MODULE: &str = include_str!("../src/py/harrow_demo.py");
+const MODULE: &str = include_str!("py/example_tasks.py");
 
 /// A temporary directory removed when dropped.
 struct TempDir(PathBuf);
@@ -28,10 +28,10 @@ fn main() -> anyhow::Result<()> {
     }
     let dir = TempDir(std::env::temp_dir().join(format!("harrow-example-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0)?;
-    std::fs::write(dir.0.join("harrow_demo.py"), MODULE)?;
+    std::fs::write(dir.0.join("example_tasks.py"), MODULE)?;
     let spec = |name: &str| {
         let config = InterpConfig::new(name)
-            .expose("harrow_demo")
+            .expose("example_tasks")
             .sys_path(&dir.0);
         ActorSpec::new().params(config.to_params())
     };
@@ -45,15 +45,15 @@ fn main() -> anyhow::Result<()> {
             .await?;
         println!(
             "py-a runs {:?}",
-            a.run("harrow_demo:whoami", Value::Null).await?
+            a.run("example_tasks:whoami", Value::Null).await?
         );
 
         // The same CPU-bound call on both actors at once.
         let job = Value::Int(2_000_000);
         let t0 = Instant::now();
         let (ra, rb) = futures_lite::future::zip(
-            a.run("harrow_demo:sum_squares", job.clone()),
-            b.run("harrow_demo:sum_squares", job),
+            a.run("example_tasks:sum_squares", job.clone()),
+            b.run("example_tasks:sum_squares", job),
         )
         .await;
         println!(
@@ -64,7 +64,7 @@ fn main() -> anyhow::Result<()> {
         );
 
         // A generator, streamed: open a context, read its stream to the end.
-        let (mut ctx, _) = a.open_context("harrow_demo:count", Value::Int(5)).await?;
+        let (mut ctx, _) = a.open_context("example_tasks:count", Value::Int(5)).await?;
         let mut stream = ctx.open_stream().await?;
         let mut items = Vec::new();
         while let Some(v) = stream.recv().await? {
@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         // A Python exception comes back as a remote error.
         let err = b
             .run(
-                "harrow_demo:divide",
+                "example_tasks:divide",
                 Value::List(vec![Value::Int(1), Value::Int(0)]),
             )
             .await

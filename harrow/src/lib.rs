@@ -32,7 +32,8 @@
 //!
 //! - `thread`: [`ThreadBackend`], actors on dedicated OS threads running Rust functions;
 //! - `process`: [`ProcessBackend`], actors in child processes (the running binary re-executed).
-//!   A program that uses it calls [`maybe_run_child`] first thing in `main`;
+//!   A program that uses it calls [`maybe_run_child`] first thing in `main`; with `child-log` as
+//!   well, a child started with `RUST_LOG` set logs to stderr;
 //! - `subint`: [`SubintBackend`], actors running Python functions in CPython subinterpreters
 //!   with their own GIL, configured with [`InterpConfig`]. It needs a CPython >= 3.12 with a
 //!   shared libpython at build time (pyo3 finds it through `PYO3_PYTHON`), and binaries that run

@@ -188,9 +188,9 @@ fn remove_bootstrap_env() {
 /// In a child, `resolver` builds the functions the actor serves (usually the same registry the
 /// parent registers), the actor runs until cancelled or orphaned, and the process exits: status
 /// 0 after a cancel or a lost parent, [`EXIT_HANDSHAKE_FAILED`] if the `Hello` exchange failed,
-/// [`EXIT_BOOTSTRAP_FAILED`] (with a message on stderr) if the bootstrap was unusable. If
-/// `RUST_LOG` is set, a `tracing` fmt subscriber writing to stderr is installed; events carry the
-/// actor's span.
+/// [`EXIT_BOOTSTRAP_FAILED`] (with a message on stderr) if the bootstrap was unusable. With the
+/// `child-log` feature and `RUST_LOG` set, a `tracing` fmt subscriber writing to stderr is
+/// installed; events carry the actor's span.
 pub fn maybe_run_child<F, R>(resolver: F)
 where
     F: FnOnce() -> R,
@@ -234,6 +234,7 @@ pub fn run_child(boot: ChildBootstrap, resolver: Arc<dyn Resolver>) -> i32 {
     code
 }
 
+#[cfg(feature = "child-log")]
 fn init_tracing() {
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
@@ -243,3 +244,6 @@ fn init_tracing() {
             .try_init();
     }
 }
+
+#[cfg(not(feature = "child-log"))]
+fn init_tracing() {}

@@ -44,7 +44,8 @@
 //! - **Output**: each line a child writes to stdout or stderr reaches the parent's, prefixed with
 //!   `[actor-name] ` (nested actors stack their prefixes); [`ProcessBackend::with_output_prefix`]
 //!   `(false)` lets children inherit the parent's stdout and stderr instead.
-//! - **Tracing**: with `RUST_LOG` set, a child logs to stderr, inside its actor's span.
+//! - **Tracing**: with the `child-log` feature and `RUST_LOG` set, a child logs to stderr, inside
+//!   its actor's span.
 //! - A child that crashes, exits before `Hello`, writes garbage or speaks another protocol
 //!   version fails `start_actor` with an error naming the actor (the runtime's bounded
 //!   handshake), and is killed and reaped.

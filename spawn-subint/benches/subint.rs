@@ -1,4 +1,4 @@
-//! Benchmarks of the subint layer, printed as ratios (run: `cargo bench -p harrow-spawn-subint`).
+//! Benchmarks of the subint layer, printed as ratios (run: `cargo bench -p harrow-spawn-subint --features bench-internals`).
 //!
 //! - CPU-bound pure Python on 1 and 2 interpreters (own GIL, legacy) and on
 //!   `multiprocessing.Pool(2)`: speedup = 2 x T1 / T2.
@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
 use harrow_ipc::{CallKind, FnPath, Value};
-use harrow_spawn_subint::{InterpConfig, InterpHandle, InterpThread, bare_create_end};
+use harrow_spawn_subint::__bench::bare_create_end;
+use harrow_spawn_subint::{InterpConfig, InterpHandle, InterpThread};
 
 const N: i64 = 3_000_000;
 const BOUND: Duration = Duration::from_secs(60);

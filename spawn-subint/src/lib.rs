@@ -110,10 +110,18 @@ pub fn python_version() -> &'static str {
     env!("HARROW_SUBINT_PY_VERSION")
 }
 
-/// Creates and ends one bare subinterpreter (no `harrow` module, no call) on a fresh thread and
-/// returns how long that took: the baseline the benchmarks compare spawning against.
-/// Only `config.legacy` and `config.allow_threads` are used.
-pub fn bare_create_end(config: &InterpConfig) -> Result<std::time::Duration> {
-    imp::ensure_main()?;
-    imp::bare_create_end(config)
+/// What the benchmarks (this crate's and `harrow bench`) measure harrow against. Not part of the
+/// API: hidden, behind the `bench-internals` feature, and free to change in any release.
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod __bench {
+    use crate::{InterpConfig, Result, imp};
+
+    /// Creates and ends one bare subinterpreter (no `harrow` module, no call) on a fresh thread
+    /// and returns how long that took: the baseline spawning is compared with. Only
+    /// `config.legacy` and `config.allow_threads` are used.
+    pub fn bare_create_end(config: &InterpConfig) -> Result<std::time::Duration> {
+        imp::ensure_main()?;
+        imp::bare_create_end(config)
+    }
 }

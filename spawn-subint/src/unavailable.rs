@@ -28,6 +28,7 @@ pub(crate) fn dump_stack(_shared: &Shared) -> String {
     format!("(python stacks unavailable: {})\n", unavailable_message())
 }
 
+#[cfg(feature = "bench-internals")]
 pub(crate) fn bare_create_end(_config: &InterpConfig) -> Result<std::time::Duration> {
     Err(Error::Unavailable(unavailable_message()))
 }

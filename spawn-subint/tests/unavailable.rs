@@ -2,7 +2,7 @@
 //! entry point reports `Unavailable` with a message that says what to do.
 #![cfg(not(harrow_subint))]
 
-use harrow_spawn_subint::{Error, InterpConfig, InterpThread, available, bare_create_end};
+use harrow_spawn_subint::{Error, InterpConfig, InterpThread, available};
 
 #[test]
 fn every_entry_point_reports_unavailable() {
@@ -15,8 +15,9 @@ fn every_entry_point_reports_unavailable() {
         msg.contains(">= 3.12") && msg.contains("PYO3_PYTHON") && !msg.contains("scripts/setup"),
         "{msg}"
     );
+    #[cfg(feature = "bench-internals")]
     assert!(matches!(
-        bare_create_end(&InterpConfig::new("x")),
+        harrow_spawn_subint::__bench::bare_create_end(&InterpConfig::new("x")),
         Err(Error::Unavailable(_))
     ));
 }

@@ -31,7 +31,9 @@ use std::sync::OnceLock;
 use pyo3_ffi as ffi;
 
 pub(crate) use stacks::dump as dump_stack;
-pub(crate) use worker::{bare_create_end, thread_main};
+#[cfg(feature = "bench-internals")]
+pub(crate) use worker::bare_create_end;
+pub(crate) use worker::thread_main;
 
 use crate::error::{Error, Result};
 use crate::state::Shared;

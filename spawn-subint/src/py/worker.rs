@@ -1549,6 +1549,7 @@ unsafe fn fetch_text() -> String {
 
 /// Creates and ends one interpreter on a fresh thread with nothing else (no harrow module, no
 /// call): the baseline for the spawn benchmarks. Returns the time from thread start to end.
+#[cfg(feature = "bench-internals")]
 pub(crate) fn bare_create_end(config: &InterpConfig) -> Result<Duration> {
     let config = config.clone();
     let t = std::thread::Builder::new()

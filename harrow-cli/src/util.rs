@@ -43,11 +43,6 @@ pub(crate) fn human(d: Duration) -> String {
     }
 }
 
-/// Milliseconds as a float.
-pub(crate) fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// Waits `d` on the current actor's executor.
 pub(crate) async fn pause(d: Duration) {
     harrow::move_on_after(d, std::future::pending::<()>()).await;

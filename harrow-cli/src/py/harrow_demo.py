@@ -1,4 +1,4 @@
-"""Python functions the harrow demo, bench and examples run in subinterpreter actors.
+"""Python functions the harrow demo and bench run in subinterpreter actors.
 
 harrow calls a function with no argument when the call's value is ``Null`` and with exactly ONE
 positional argument otherwise (a list stays one list), so functions wanting several inputs take

@@ -1,4 +1,5 @@
-//! The `harrow` command: `harrow demo`, `harrow bench`, `harrow run-py`.
+//! The `harrow` command: `harrow demo`, `harrow bench`, `harrow run-py` (the harrow-cli crate,
+//! so that depending on the harrow library compiles no command-line dependencies).
 //!
 //! This binary is also its own process-backend child: `main` first hands control to the runtime
 //! when it was started as a child actor ([`harrow::maybe_run_child`]), and the benchmark's

@@ -1,0 +1,315 @@
+//! Per backend: spawn-to-first-reply, RPC round trip, stream throughput (a bidirectional echo)
+//! and the teardown of a stuck child, each repeated and interleaved with its baseline (harrow,
+//! baseline, harrow, baseline, ...) so that a change in the machine's load hits both alike.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harrow::{ActorNursery, ActorSpec, ChildHandle, ChildOutcome, SpawnBackend, Value};
+
+use super::baseline::{BareSpawn, RawTransport};
+use super::stats::{Samples, Unit};
+use super::{Progress, Sizes};
+
+/// One harrow figure beside its baseline, both as samples.
+pub(super) struct Row {
+    pub(super) backend: &'static str,
+    /// The JSON key: `rpc_round_trip`, ...
+    pub(super) key: &'static str,
+    /// The label in the table: `RPC round trip`, ...
+    pub(super) label: &'static str,
+    pub(super) unit: Unit,
+    pub(super) harrow: Samples,
+    /// The outcome, for teardowns (`killed`, ...); empty otherwise.
+    pub(super) note: String,
+    pub(super) baseline_label: String,
+    pub(super) baseline: Samples,
+}
+
+impl Row {
+    /// How many times slower than the baseline, from the medians: time / baseline time, or
+    /// baseline throughput / throughput.
+    pub(super) fn ratio(&self) -> f64 {
+        let (h, b) = (self.harrow.median(), self.baseline.median());
+        match self.unit {
+            Unit::ItemsPerS => b / h,
+            _ => h / b,
+        }
+    }
+}
+
+/// A backend and the functions its actors serve, by role.
+pub(super) struct Plan {
+    pub(super) name: &'static str,
+    backend: Arc<dyn SpawnBackend>,
+    spec: ActorSpec,
+    bare: BareSpawn,
+    echo: String,
+    stream: String,
+    spin: String,
+}
+
+/// The plans of the backends available here (`py`: the Python module's directory, when the
+/// subint backend is available).
+pub(super) fn plans(py: Option<&crate::pymod::PyDir>) -> Vec<Plan> {
+    let mut v = Vec::new();
+    let rust = |name, backend, spec, bare| Plan {
+        name,
+        backend,
+        spec,
+        bare,
+        echo: "demo:echo".into(),
+        stream: "demo:echo_stream".into(),
+        spin: "demo:spin".into(),
+    };
+    #[cfg(feature = "thread")]
+    v.push(rust(
+        "thread",
+        harrow::ThreadBackend::shared(),
+        ActorSpec::with_resolver(crate::fns::registry()),
+        BareSpawn::Thread,
+    ));
+    #[cfg(feature = "process")]
+    v.push(rust(
+        "process",
+        harrow::ProcessBackend::shared(),
+        ActorSpec::new(),
+        BareSpawn::Process,
+    ));
+    #[cfg(feature = "subint")]
+    if let Some(dir) = py {
+        let m = crate::pymod::MODULE;
+        v.push(Plan {
+            name: "subint",
+            backend: harrow::SubintBackend::shared(),
+            spec: ActorSpec::new().params(dir.params("bench", false)),
+            bare: BareSpawn::Subint,
+            echo: format!("{m}:echo"),
+            stream: format!("{m}:echo_stream"),
+            spin: format!("{m}:spin"),
+        });
+    }
+    let _ = (py, rust);
+    v
+}
+
+/// Every figure of one backend, each interleaved with its baseline.
+pub(super) async fn measure(
+    n: &ActorNursery,
+    p: &Plan,
+    s: Sizes,
+    prog: &Progress,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows = vec![spawn_to_first_reply(n, p, s, prog).await?];
+    rows.extend(rpc_and_stream(n, p, s, prog).await?);
+    rows.push(teardown(n, p, s, prog).await?);
+    Ok(rows)
+}
+
+fn row(p: &Plan, key: &'static str, label: &'static str, unit: Unit, base: &str) -> Row {
+    Row {
+        backend: p.name,
+        key,
+        label,
+        unit,
+        harrow: Samples::default(),
+        note: String::new(),
+        baseline_label: base.to_owned(),
+        baseline: Samples::default(),
+    }
+}
+
+async fn start(n: &ActorNursery, p: &Plan, name: String) -> anyhow::Result<ChildHandle> {
+    Ok(n.start_actor(&name, p.backend.clone(), p.spec.clone())
+        .await?)
+}
+
+/// Start an actor and get its first reply, then one bare spawn; `s.spawns` times.
+async fn spawn_to_first_reply(
+    n: &ActorNursery,
+    p: &Plan,
+    s: Sizes,
+    prog: &Progress,
+) -> anyhow::Result<Row> {
+    prog.step(&format!(
+        "{}: spawn-to-first-reply x{}, interleaved with {}",
+        p.name,
+        s.spawns,
+        p.bare.label()
+    ));
+    let mut r = row(
+        p,
+        "spawn_to_first_reply",
+        "spawn-to-first-reply",
+        Unit::Ms,
+        p.bare.label(),
+    );
+    for i in 0..s.spawns {
+        let t = Instant::now();
+        let child = start(n, p, format!("{}-spawn-{i}", p.name)).await?;
+        child.run(&p.echo, Value::Int(1)).await?;
+        r.harrow.push(ms(t.elapsed()));
+        child.cancel().await;
+        r.baseline.push(ms(p.bare.once()?));
+    }
+    Ok(r)
+}
+
+/// `s.reps` rounds of: a batch of calls, a batch of raw ping-pongs, an echo stream, a raw echo.
+async fn rpc_and_stream(
+    n: &ActorNursery,
+    p: &Plan,
+    s: Sizes,
+    prog: &Progress,
+) -> anyhow::Result<[Row; 2]> {
+    let mut raw = RawTransport::new(p.backend.capabilities().in_process)?;
+    let per_batch = (s.round_trips / s.reps).max(1);
+    prog.step(&format!(
+        "{}: {} rounds of {per_batch} RPC round trips and a {}-item stream echo, interleaved \
+         with a {} and a {}",
+        p.name,
+        s.reps,
+        s.items,
+        raw.ping_pong_label(),
+        raw.echo_label()
+    ));
+    let mut rtt = row(
+        p,
+        "rpc_round_trip",
+        "RPC round trip",
+        Unit::Us,
+        raw.ping_pong_label(),
+    );
+    let mut echo = row(
+        p,
+        "stream_echo_throughput",
+        "stream echo (both ways)",
+        Unit::ItemsPerS,
+        raw.echo_label(),
+    );
+    let child = start(n, p, format!("{}-rpc", p.name)).await?;
+    for i in 0..50 {
+        child.run(&p.echo, Value::Int(i)).await?;
+    }
+    for _ in 0..s.reps {
+        let t = Instant::now();
+        for i in 0..per_batch {
+            child.run(&p.echo, Value::Int(i as i64)).await?;
+        }
+        rtt.harrow.push(us(t.elapsed() / per_batch as u32));
+        rtt.baseline.push(us(raw.ping_pong(per_batch)?));
+
+        echo.harrow.push(stream_echo(&child, p, s.items).await?);
+        echo.baseline.push(raw.echo(s.items)?);
+    }
+    child.cancel().await;
+    Ok([rtt, echo])
+}
+
+/// Items per second through one bidirectional echo stream of `items` items.
+async fn stream_echo(child: &ChildHandle, p: &Plan, items: i64) -> anyhow::Result<f64> {
+    let (mut ctx, _) = child.open_context(&p.stream, Value::Null).await?;
+    let (tx, mut rx) = ctx.open_stream().await?.split();
+    let t = Instant::now();
+    let send = async {
+        for i in 0..items {
+            tx.send(Value::Int(i)).await?;
+        }
+        tx.close().await
+    };
+    let recv = async {
+        let mut k = 0i64;
+        while rx.recv().await?.is_some() {
+            k += 1;
+        }
+        Ok::<_, harrow::portal::Error>(k)
+    };
+    let (sent, got) = futures_lite::future::zip(send, recv).await;
+    let took = t.elapsed();
+    sent?;
+    let got = got?;
+    ctx.result().await?;
+    anyhow::ensure!(got == items, "{}: {got} of {items} items came back", p.name);
+    Ok(got as f64 / took.as_secs_f64())
+}
+
+/// `s.reps` rounds of: the teardown of an idle child (the baseline), then of a stuck one.
+async fn teardown(n: &ActorNursery, p: &Plan, s: Sizes, prog: &Progress) -> anyhow::Result<Row> {
+    prog.step(&format!(
+        "{}: teardown of an idle and of a stuck child x{}",
+        p.name, s.reps
+    ));
+    let mut r = row(
+        p,
+        "stuck_child_teardown",
+        "stuck-child teardown",
+        Unit::Ms,
+        "teardown of an idle child",
+    );
+    let mut outcomes: Vec<String> = Vec::new();
+    for i in 0..s.reps {
+        let child = start(n, p, format!("{}-idle-{i}", p.name)).await?;
+        child.run(&p.echo, Value::Null).await?;
+        let t = Instant::now();
+        child.cancel().await;
+        r.baseline.push(ms(t.elapsed()));
+
+        let (took, outcome) = stuck_teardown(p, i).await?;
+        r.harrow.push(ms(took));
+        let outcome = describe(&outcome);
+        if !outcomes.contains(&outcome) {
+            outcomes.push(outcome);
+        }
+    }
+    r.note = outcomes.join(" / ");
+    Ok(r)
+}
+
+/// Starts a child on a call that never yields, then times its cancellation. In a nursery of
+/// its own: a stuck Rust thread is leaked (reported), and a leak fails the nursery it was in.
+async fn stuck_teardown(p: &Plan, i: usize) -> anyhow::Result<(Duration, ChildOutcome)> {
+    let got = std::sync::Mutex::new(None);
+    let nested = harrow::open_nursery(|n2| {
+        let got = &got;
+        async move {
+            let child = start(&n2, p, format!("{}-stuck-{i}", p.name)).await?;
+            let (ctx, _) = child.open_context(&p.spin, Value::Null).await?;
+            crate::util::pause(Duration::from_millis(50)).await;
+            let t = Instant::now();
+            let o = child.cancel().await;
+            *got.lock().unwrap_or_else(|p| p.into_inner()) = Some((t.elapsed(), o));
+            drop(ctx);
+            Ok(())
+        }
+    })
+    .await;
+    // A stuck Rust thread is detached by the hard kill; let it go now.
+    crate::fns::release_spinners();
+    if let Err(e) = nested {
+        anyhow::ensure!(
+            e.body_error().is_none() && e.failures().iter().all(|f| f.is_leak()),
+            "{}: stuck-child teardown: {e}",
+            p.name
+        );
+    }
+    got.into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .ok_or_else(|| anyhow::anyhow!("{}: the stuck child's teardown was not measured", p.name))
+}
+
+fn describe(o: &ChildOutcome) -> String {
+    match o {
+        ChildOutcome::Exited => "exited (interrupted)".into(),
+        ChildOutcome::Killed => "killed".into(),
+        ChildOutcome::Leaked(_) => "leaked (detached, reported)".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}

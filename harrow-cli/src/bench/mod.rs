@@ -1,0 +1,149 @@
+//! `harrow bench`: the benchmark suite. Every harrow figure is printed beside a baseline measured
+//! in the same run, as a ratio; progress goes to stderr; `--json` prints the same data as JSON.
+//!
+//! Every figure is a distribution: each measurement is repeated (5 times in a default run) and
+//! reported as its median and spread (min–max); ratios are taken between medians. Each harrow
+//! measurement alternates with its baseline's, so drift in a shared machine's load hits both.
+//!
+//! - [`backend`]: per backend, spawn-to-first-reply, RPC round trip, stream throughput and the
+//!   teardown of a stuck child;
+//! - [`parallel`]: the parallel-Python table (own-GIL and legacy subinterpreters, Python's
+//!   `multiprocessing`) and the cores the machine actually gave while it ran;
+//! - [`baseline`]: the bare operations the figures are compared with;
+//! - [`report`]: the tables and the JSON.
+
+mod backend;
+mod baseline;
+mod parallel;
+mod report;
+mod stats;
+
+use std::time::{Duration, Instant};
+
+use harrow::{RootConfig, Timeouts, run_root};
+
+pub(crate) use baseline::child_mode;
+
+/// How much to measure.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    /// Repetitions of every figure that is measured in rounds.
+    reps: usize,
+    /// Spawns (each one a sample, alternating with a bare spawn).
+    spawns: usize,
+    /// Round trips in all, split over `reps` batches.
+    round_trips: usize,
+    /// Items per stream echo (one per round).
+    items: i64,
+    /// The parallel-Python job's size.
+    cpu_n: i64,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                reps: 2,
+                spawns: 3,
+                round_trips: 200,
+                items: 2_000,
+                cpu_n: 200_000,
+            }
+        } else {
+            Sizes {
+                reps: 5,
+                spawns: 20,
+                round_trips: 2_000,
+                items: 20_000,
+                cpu_n: 3_000_000,
+            }
+        }
+    }
+}
+
+/// Progress on stderr.
+struct Progress {
+    t0: Instant,
+}
+
+impl Progress {
+    fn step(&self, what: &str) {
+        eprintln!("[bench {:>6.2}s] {what}", self.t0.elapsed().as_secs_f64());
+    }
+}
+
+/// Runs the suite; returns the exit code.
+pub(crate) fn run(as_json: bool, quick: bool) -> i32 {
+    match run_inner(as_json, quick) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("harrow bench: {e:#}");
+            1
+        }
+    }
+}
+
+fn run_inner(as_json: bool, quick: bool) -> anyhow::Result<()> {
+    let s = Sizes::new(quick);
+    let prog = Progress { t0: Instant::now() };
+    let load_before = report::load_average();
+    let subint = harrow::subint_status();
+    if let Err(why) = &subint {
+        eprintln!("[bench] the subint rows are skipped: {why}");
+    }
+    let py = match &subint {
+        Ok(()) => Some(crate::pymod::PyDir::create()?),
+        Err(_) => None,
+    };
+    let (rows, parallel) = measure(py.as_ref(), s, &prog)?;
+    drop(py);
+    prog.step("done");
+    let report = report::Report {
+        quick,
+        sizes: s,
+        rows,
+        parallel,
+        subint,
+        load: (load_before, report::load_average()),
+        took: prog.t0.elapsed(),
+    };
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        report.print();
+    }
+    Ok(())
+}
+
+/// Measures everything in one actor tree: every backend's rows, then the parallel-Python
+/// rounds (`None` without the subint backend).
+fn measure(
+    py: Option<&crate::pymod::PyDir>,
+    s: Sizes,
+    prog: &Progress,
+) -> anyhow::Result<(Vec<backend::Row>, Option<parallel::Parallel>)> {
+    let plans = backend::plans(py);
+    // Short rungs: the stuck-child teardowns take the whole ladder on some backends.
+    let timeouts = Timeouts {
+        cancel_ack: Duration::from_millis(200),
+        graceful_exit: Duration::from_millis(300),
+        hard_kill: Duration::from_millis(300),
+    };
+    let result = run_root(RootConfig::default().timeouts(timeouts), |n| {
+        let plans = &plans;
+        async move {
+            let mut rows = Vec::new();
+            for p in plans {
+                rows.extend(backend::measure(&n, p, s, prog).await?);
+            }
+            let parallel = match py {
+                #[cfg(feature = "subint")]
+                Some(dir) => Some(parallel::measure(&n, dir, s, prog).await?),
+                _ => None,
+            };
+            Ok((rows, parallel))
+        }
+    });
+    crate::fns::release_spinners();
+    result.map_err(|e| anyhow::anyhow!("the benchmark tree failed: {e}"))
+}
