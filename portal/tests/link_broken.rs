@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use harrow_portal::ipc::{ActorId, CallKind, Cid, FnPath, Msg, Value};
 use harrow_portal::{Error, Executor, Link, LinkConfig, LinkEnd};
+use std::time::Duration;
 
 /// A raw peer: Hello, acks the first Start (and starts it, for contexts) then vanishes when told.
 async fn flaky_peer(
@@ -203,3 +204,40 @@ both_transports!(
     closing_the_callee_answers_its_callers_then_closes,
     drain_waits_for_served_calls,
 );
+
+/// A peer that stops reading: the writer is stuck in a send. Closing the link still stops its
+/// I/O within the flush bound, releasing the channel (nothing outlives its owner's executor).
+#[test]
+fn a_writer_stuck_on_a_peer_that_never_reads_stops_at_the_flush_bound() {
+    common::run_test(Transport::Unix, |exec: Executor, _t| async move {
+        let (ca, cb) = pair(Transport::Unix);
+        let peer_id = harrow_portal::ipc::ActorId::new("mute");
+        // The peer says Hello, then never reads again (but keeps its end open).
+        let (hold_tx, hold_rx) = async_channel::bounded::<()>(1);
+        let mute = exec.spawn(async move {
+            raw_hello(&cb, &peer_id).await;
+            let _ = hold_rx.recv().await;
+            drop(cb);
+        });
+        let mut config = LinkConfig::default();
+        config.close_flush_timeout = Duration::from_millis(300);
+        let a = bounded(
+            "establish",
+            harrow_portal::Link::establish(ca, local("a"), None, &exec, config),
+        )
+        .await
+        .unwrap();
+        // Far more than a socket buffer: the writer blocks on the unread socket.
+        let p = a.portal();
+        let big = Value::Bytes(vec![7; 8 << 20]);
+        let mut call = std::pin::pin!(p.run("t:echo", big));
+        // One poll queues the Start; the writer takes it even after the close (the queue is
+        // drained), and blocks on the unread socket until the flush bound.
+        assert!(futures_lite::future::poll_once(&mut call).await.is_none());
+        a.close();
+        bounded("io stops", a.io_stopped()).await;
+        assert!(bounded("call fails", call).await.unwrap_err().is_closed());
+        let _ = hold_tx.send(()).await;
+        bounded("peer ends", mute).await;
+    });
+}
