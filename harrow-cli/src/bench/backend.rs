@@ -45,6 +45,8 @@ pub(super) struct Plan {
     spec: ActorSpec,
     bare: BareSpawn,
     echo: String,
+    /// An `async def` echo, for backends that run Python.
+    async_echo: Option<String>,
     stream: String,
     spin: String,
 }
@@ -59,6 +61,7 @@ pub(super) fn plans(py: Option<&crate::pymod::PyDir>) -> Vec<Plan> {
         spec,
         bare,
         echo: "demo:echo".into(),
+        async_echo: None,
         stream: "demo:echo_stream".into(),
         spin: "demo:spin".into(),
     };
@@ -85,6 +88,7 @@ pub(super) fn plans(py: Option<&crate::pymod::PyDir>) -> Vec<Plan> {
             spec: ActorSpec::new().params(dir.params("bench", false)),
             bare: BareSpawn::Subint,
             echo: format!("{m}:echo"),
+            async_echo: Some(format!("{m}:aecho")),
             stream: format!("{m}:echo_stream"),
             spin: format!("{m}:spin"),
         });
@@ -102,6 +106,9 @@ pub(super) async fn measure(
 ) -> anyhow::Result<Vec<Row>> {
     let mut rows = vec![spawn_to_first_reply(n, p, s, prog).await?];
     rows.extend(rpc_and_stream(n, p, s, prog).await?);
+    if let Some(aecho) = &p.async_echo {
+        rows.push(async_round_trip(n, p, aecho, s, prog).await?);
+    }
     rows.push(teardown(n, p, s, prog).await?);
     Ok(rows)
 }
@@ -204,6 +211,46 @@ async fn rpc_and_stream(
     }
     child.cancel().await;
     Ok([rtt, echo])
+}
+
+/// An `async def` call's round trip beside a plain `def` call's, on one actor, interleaved.
+async fn async_round_trip(
+    n: &ActorNursery,
+    p: &Plan,
+    aecho: &str,
+    s: Sizes,
+    prog: &Progress,
+) -> anyhow::Result<Row> {
+    let per_batch = (s.round_trips / s.reps).max(1);
+    prog.step(&format!(
+        "{}: {} rounds of {per_batch} async def round trips, interleaved with plain def ones",
+        p.name, s.reps
+    ));
+    let mut r = row(
+        p,
+        "async_def_round_trip",
+        "async def round trip",
+        Unit::Us,
+        "plain def round trip (same actor)",
+    );
+    let child = start(n, p, format!("{}-async", p.name)).await?;
+    for i in 0..50 {
+        child.run(aecho, Value::Int(i)).await?;
+    }
+    for _ in 0..s.reps {
+        let t = Instant::now();
+        for i in 0..per_batch {
+            child.run(aecho, Value::Int(i as i64)).await?;
+        }
+        r.harrow.push(us(t.elapsed() / per_batch as u32));
+        let t = Instant::now();
+        for i in 0..per_batch {
+            child.run(&p.echo, Value::Int(i as i64)).await?;
+        }
+        r.baseline.push(us(t.elapsed() / per_batch as u32));
+    }
+    child.cancel().await;
+    Ok(r)
 }
 
 /// Items per second through one bidirectional echo stream of `items` items.

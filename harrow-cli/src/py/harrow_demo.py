@@ -25,6 +25,11 @@ def echo(value=None):
     return value
 
 
+async def aecho(value=None):
+    """The value, unchanged, from an ``async def`` (run on the interpreter's event loop)."""
+    return value
+
+
 def whoami():
     """Which Python runs this actor."""
     return "Python " + sys.version.split()[0]
