@@ -289,6 +289,14 @@ impl CalleeContext {
     ///
     /// Grants the caller the credit window for sending to us. Opening twice is an error here only.
     pub async fn open_stream(&self) -> Result<MsgStream> {
+        self.open_stream_with_window(self.shared.window()).await
+    }
+
+    /// [`open_stream`](Self::open_stream) granting the caller `window` items in flight toward
+    /// this side (at least 1) instead of the link's `credit_window`: a larger window for a fast
+    /// stream, a smaller one to bound memory. Each side sets the window of what it receives.
+    pub async fn open_stream_with_window(&self, window: u32) -> Result<MsgStream> {
+        let window = window.max(1);
         let mut st = self.chan.lock();
         if !st.started_sent {
             let message = format!("stream opened before started() in {}", self.chan.func);
@@ -307,9 +315,9 @@ impl CalleeContext {
         if let Some(Err(e)) = &st.outcome {
             return Err(e.clone());
         }
-        let window = self.shared.window();
         st.rx_open = true;
         st.tx_open = true;
+        st.window = window;
         st.allowance = window;
         if !st.wire_done {
             self.shared.enqueue(Msg::Credit {

@@ -173,6 +173,15 @@ impl Context {
     ///
     /// Grants the callee the credit window for sending to us. Opening twice is an error.
     pub async fn open_stream(&mut self) -> Result<MsgStream> {
+        let window = self.shared.window();
+        self.open_stream_with_window(window).await
+    }
+
+    /// [`open_stream`](Self::open_stream) granting the callee `window` items in flight toward
+    /// this side (at least 1) instead of the link's `credit_window`. Each side sets the window
+    /// of what it receives.
+    pub async fn open_stream_with_window(&mut self, window: u32) -> Result<MsgStream> {
+        let window = window.max(1);
         if self.stream_opened {
             return Err(Error::Protocol(format!(
                 "the stream of {} is already open",
@@ -185,9 +194,9 @@ impl Context {
                 Some(Err(e)) => return Err(e.clone()),
                 Some(Ok(_)) => {} // returned: the stream is simply over
                 None => {
-                    let window = self.shared.window();
                     st.rx_open = true;
                     st.tx_open = true;
+                    st.window = window;
                     st.allowance = window;
                     self.shared.enqueue(Msg::Credit {
                         cid: self.chan.cid,
@@ -203,6 +212,41 @@ impl Context {
     /// Waits for the context's final result (after the callee returned).
     pub async fn result(self) -> Result<Value> {
         self.chan.wait(|st| st.outcome.clone()).await
+    }
+
+    /// Waits at most `bound` for the final result, keeping the context: `None` when it has not
+    /// ended in time (the context is untouched and can still be used or cancelled).
+    pub async fn wait_result(&self, bound: Duration) -> Option<Result<Value>> {
+        timeout(bound, self.chan.wait(|st| st.outcome.clone())).await
+    }
+
+    /// The outcome, if the context has ended: its result, or the error it ended with.
+    pub fn outcome(&self) -> Option<Result<Value>> {
+        self.chan.lock().outcome.clone()
+    }
+
+    /// The error the context ended with, if it ended with one.
+    pub fn error(&self) -> Option<Error> {
+        match &self.chan.lock().outcome {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    /// Who cancelled the context, if it ended cancelled (this actor, the callee, or a third
+    /// party).
+    pub fn cancelled_by(&self) -> Option<ActorId> {
+        match &self.chan.lock().outcome {
+            Some(Err(e)) if e.is_cancelled() => e.canceller().cloned(),
+            _ => None,
+        }
+    }
+
+    /// Whether the callee answered this context's end itself (`Return` or `Error`, a confirmed
+    /// cancel included), as opposed to an end decided locally (a cancel that was not confirmed
+    /// in time, a closed link).
+    pub fn is_answered(&self) -> bool {
+        self.chan.lock().answered
     }
 
     /// Typed [`result`](Context::result).
@@ -327,6 +371,28 @@ impl TxInner {
             .await
     }
 
+    /// Sends `value` if there is credit now; an error if not (the `Sink` contract: `start_send`
+    /// follows a `poll_ready` that saw credit).
+    fn try_send_now(&self, value: Value) -> Result<()> {
+        crate::error::check_depth(&value, || format!("stream item of {}", self.chan.func))?;
+        let mut st = self.chan.lock();
+        if let Some(err) = self.send_blocker(&st) {
+            return Err(err);
+        }
+        if st.credit == 0 {
+            return Err(Error::Protocol(format!(
+                "start_send on the stream of {} without credit (call poll_ready first)",
+                self.chan.func
+            )));
+        }
+        st.credit -= 1;
+        self.shared.enqueue(Msg::Yield {
+            cid: self.chan.cid,
+            value,
+        });
+        Ok(())
+    }
+
     fn close(&self) -> Result<()> {
         let mut st = self.chan.lock();
         if st.local_stopped {
@@ -373,6 +439,7 @@ impl MsgStream {
                     shared: shared.clone(),
                     chan: chan.clone(),
                 }),
+                waiting: None,
             },
             rx: StreamRx { shared, chan },
         }
@@ -422,10 +489,73 @@ impl MsgStream {
     }
 }
 
-/// The sending half of a [`MsgStream`].
-#[derive(Clone, Debug)]
+/// The sending half of a [`MsgStream`]. Also a [`Sink`](futures_sink::Sink) of values:
+/// `poll_ready` waits for credit, `start_send` sends one item, `poll_flush` has nothing to wait
+/// for (items are queued for the link's writer), `poll_close` closes this side (`Stop`).
+#[derive(Debug)]
 pub struct StreamTx {
     inner: Arc<TxInner>,
+    /// The `Sink` side's wait for credit.
+    waiting: Option<event_listener::EventListener>,
+}
+
+impl Clone for StreamTx {
+    fn clone(&self) -> Self {
+        StreamTx {
+            inner: self.inner.clone(),
+            waiting: None,
+        }
+    }
+}
+
+impl futures_sink::Sink<Value> for StreamTx {
+    type Error = Error;
+
+    fn poll_ready(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            {
+                let st = this.inner.chan.lock();
+                if let Some(err) = this.inner.send_blocker(&st) {
+                    this.waiting = None;
+                    return Poll::Ready(Err(err));
+                }
+                if st.credit > 0 {
+                    this.waiting = None;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            match this.waiting.as_mut() {
+                None => this.waiting = Some(this.inner.chan.ev.listen()), // then check again
+                Some(listener) => match std::pin::Pin::new(listener).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => this.waiting = None,
+                },
+            }
+        }
+    }
+
+    fn start_send(self: std::pin::Pin<&mut Self>, item: Value) -> Result<()> {
+        self.inner.try_send_now(item)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        std::task::Poll::Ready(self.inner.close())
+    }
 }
 
 impl StreamTx {
@@ -464,8 +594,8 @@ impl StreamRx {
     pub async fn recv(&mut self) -> Result<Option<Value>> {
         let shared = &self.shared;
         let chan = &self.chan;
-        let threshold = (shared.window() / 4).max(1);
         chan.wait(|st| {
+            let threshold = (st.window / 4).max(1);
             // A cancelled callee learns it at once (its remaining input is moot); a caller gets
             // what the callee sent before the error.
             if chan.side == Side::Callee {
@@ -498,15 +628,19 @@ impl StreamRx {
 
     /// This half as a [`Stream`](futures_lite::Stream) of items. It ends after the peer's `Stop`
     /// (or the call's return), and after yielding one error.
-    pub fn into_stream(self) -> impl futures_lite::Stream<Item = Result<Value>> + Send + 'static {
-        futures_lite::stream::unfold(Some(self), |rx| async move {
+    ///
+    /// The stream is `Unpin`, so `StreamExt::next` works on it directly.
+    pub fn into_stream(
+        self,
+    ) -> impl futures_lite::Stream<Item = Result<Value>> + Send + Unpin + 'static {
+        Box::pin(futures_lite::stream::unfold(Some(self), |rx| async move {
             let mut rx = rx?;
             match rx.recv().await {
                 Ok(Some(v)) => Some((Ok(v), Some(rx))),
                 Ok(None) => None,
                 Err(e) => Some((Err(e), None)),
             }
-        })
+        }))
     }
 
     /// Receives the next typed item.

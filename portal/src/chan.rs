@@ -70,8 +70,14 @@ pub(crate) struct ChanState {
     /// cancel, so nothing depends on the call being polled in time).
     pub(crate) cleanup_reserved: std::time::Duration,
 
+    /// Caller: the terminal outcome came from the callee (`Return`/`Error`), not from a local
+    /// decision (a cancel that timed out, a closed link, a dropped context).
+    pub(crate) answered: bool,
+
     // --- receiving direction of the stream ---
     pub(crate) rx_open: bool,
+    /// The credit window this side granted for its receiving direction.
+    pub(crate) window: u32,
     pub(crate) items: VecDeque<Value>,
     pub(crate) peer_stopped: bool,
     /// Credit granted to the peer and not yet used by it.

@@ -1,0 +1,119 @@
+//! The stream halves in the futures ecosystem (`Stream`, `Sink`), per-stream credit windows, and
+//! a context's outcome queried without consuming it.
+
+mod common;
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::time::Duration;
+
+use common::*;
+use futures_lite::StreamExt;
+use futures_sink::Sink;
+use harrow_portal::ipc::Value;
+use harrow_portal::{Executor, StreamTx};
+
+async fn send_via_sink(tx: &mut StreamTx, v: Value) {
+    poll_fn(|cx| Pin::new(&mut *tx).poll_ready(cx))
+        .await
+        .expect("ready");
+    Pin::new(&mut *tx).start_send(v).expect("sent");
+}
+
+async fn a_sink_and_a_stream_carry_a_whole_echo(exec: Executor, t: Transport) {
+    let (reg, _probe) = standard_registry();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    let (mut ctx, _) = bounded("open", a.portal().open_context("t:ctx_echo", Value::Null))
+        .await
+        .unwrap();
+    // A small window toward us: the echo cannot run ahead of our reading by more than it.
+    let s = ctx.open_stream_with_window(4).await.unwrap();
+    let (mut tx, rx) = s.split();
+    let n = 1000;
+    let reader = exec.spawn(async move {
+        let mut items = rx.into_stream();
+        let mut got = Vec::new();
+        while let Some(item) = items.next().await {
+            got.push(item.unwrap());
+        }
+        got
+    });
+    for i in 0..n {
+        bounded("send", send_via_sink(&mut tx, Value::Int(i))).await;
+    }
+    poll_fn(|cx| Pin::new(&mut tx).poll_close(cx))
+        .await
+        .unwrap();
+    let got = bounded("echo back", reader).await;
+    assert_eq!(got, (0..n).map(Value::Int).collect::<Vec<_>>());
+    assert_eq!(
+        bounded("result", ctx.result()).await.unwrap(),
+        Value::Int(n)
+    );
+}
+
+async fn a_sink_fails_once_the_stream_is_over(exec: Executor, t: Transport) {
+    let (reg, _probe) = standard_registry();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    let (mut ctx, _) = bounded("open", a.portal().open_context("t:ctx_block", Value::Null))
+        .await
+        .unwrap();
+    let s = ctx.open_stream().await.unwrap();
+    let (mut tx, _rx) = s.split();
+    bounded("cancel", ctx.cancel()).await.unwrap();
+    let err = bounded("ready", poll_fn(|cx| Pin::new(&mut tx).poll_ready(cx)))
+        .await
+        .unwrap_err();
+    assert!(err.is_cancelled(), "{err:?}");
+}
+
+async fn each_side_sets_the_window_of_what_it_receives(exec: Executor, t: Transport) {
+    let (reg, _probe) = standard_registry();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    let (mut ctx, _) = bounded(
+        "open",
+        a.portal().open_context("t:ctx_produce", Value::Int(200)),
+    )
+    .await
+    .unwrap();
+    let mut s = ctx.open_stream_with_window(3).await.unwrap();
+    let mut n = 0;
+    while let Some(_item) = bounded("recv", s.recv()).await.unwrap() {
+        // Read slowly: the producer can never have more than the window outstanding.
+        async_io::Timer::after(Duration::from_micros(200)).await;
+        n += 1;
+    }
+    assert_eq!(n, 200);
+    assert!(s.max_buffered() <= 3, "buffered {}", s.max_buffered());
+}
+
+async fn a_context_outcome_can_be_asked_without_consuming_it(exec: Executor, t: Transport) {
+    let (reg, probe) = standard_registry();
+    let (a, b) = caller_callee(&exec, t, reg).await;
+    let (ctx, _) = bounded("open", a.portal().open_context("t:ctx_block", Value::Null))
+        .await
+        .unwrap();
+    expect_probe(&probe, "started").await;
+    assert!(ctx.outcome().is_none());
+    assert!(ctx.error().is_none());
+    assert!(
+        ctx.wait_result(Duration::from_millis(20)).await.is_none(),
+        "still running: the wait gives up and keeps the context"
+    );
+    bounded("cancel", ctx.cancel()).await.unwrap();
+    assert!(ctx.is_answered(), "the callee confirmed the cancel");
+    assert_eq!(ctx.cancelled_by(), Some(a.local().id.clone()));
+    let err = ctx.error().expect("ended with an error");
+    assert_eq!(err.remote_error().unwrap().source, b.local().id);
+    let again = bounded("wait", ctx.wait_result(Duration::from_secs(5)))
+        .await
+        .expect("ended");
+    assert!(again.unwrap_err().is_cancelled());
+}
+
+both_transports!(
+    a_sink_and_a_stream_carry_a_whole_echo,
+    a_sink_fails_once_the_stream_is_over,
+    each_side_sets_the_window_of_what_it_receives,
+    a_context_outcome_can_be_asked_without_consuming_it,
+);
