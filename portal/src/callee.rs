@@ -344,6 +344,17 @@ impl CalleeContext {
         self.chan.wait(|st| st.cancelled_by.clone()).await
     }
 
+    /// Cancels this call from inside (the callee gives up on its own context). Its stream
+    /// operations then fail with the cancel (so `?` on the next one ends the function), and the
+    /// caller is told `ContextCancelled` naming this actor, the callee, as the canceller. The
+    /// function gets the usual cleanup bound to end; if it returns a value instead, that value is
+    /// the answer.
+    pub fn cancel(&self) {
+        self.observe_cancel();
+        let local = self.shared.local.id.clone();
+        self.shared.cancel_served(&[self.chan.cid], &local);
+    }
+
     /// Declares that this call observes its own cancellation, so that a cancel does not drop its
     /// future at once: its stream operations fail with the cancel, [`cancelled`](Self::cancelled)
     /// resolves, and the future is polled until it ends, for at most the link's

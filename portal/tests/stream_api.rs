@@ -111,7 +111,49 @@ async fn a_context_outcome_can_be_asked_without_consuming_it(exec: Executor, t: 
     assert!(again.unwrap_err().is_cancelled());
 }
 
+async fn a_callee_can_cancel_its_own_context(exec: Executor, t: Transport) {
+    let mut reg = harrow_portal::FnRegistry::new();
+    reg.context("t:give_up_after", |ctx, v| async move {
+        let n = v.as_i64().unwrap_or(0);
+        ctx.started(Value::Null).await?;
+        let s = ctx.open_stream().await?;
+        for i in 0.. {
+            if i == n {
+                ctx.cancel();
+            }
+            s.send(Value::Int(i)).await?; // fails with the cancel once given up
+        }
+        Ok(Value::Null)
+    })
+    .unwrap();
+    let (a, b) = caller_callee(&exec, t, reg).await;
+    let (mut ctx, _) = bounded(
+        "open",
+        a.portal().open_context("t:give_up_after", Value::Int(5)),
+    )
+    .await
+    .unwrap();
+    let mut s = ctx.open_stream().await.unwrap();
+    let mut got = 0;
+    let end = loop {
+        match bounded("recv", s.recv()).await {
+            Ok(Some(_)) => got += 1,
+            other => break other,
+        }
+    };
+    assert_eq!(got, 5);
+    let err = end.expect_err("a cancelled stream is an error");
+    assert!(err.is_cancelled(), "{err:?}");
+    assert_eq!(
+        err.canceller(),
+        Some(&b.local().id),
+        "cancelled by the callee itself"
+    );
+    assert_eq!(ctx.cancelled_by(), Some(b.local().id.clone()));
+}
+
 both_transports!(
+    a_callee_can_cancel_its_own_context,
     a_sink_and_a_stream_carry_a_whole_echo,
     a_sink_fails_once_the_stream_is_over,
     each_side_sets_the_window_of_what_it_receives,
