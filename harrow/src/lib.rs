@@ -64,11 +64,12 @@ pub use harrow_runtime_core::ipc::{
 };
 pub use harrow_runtime_core::portal::{
     self, CallError, CalleeContext, Context, FnRegistry, MsgStream, Portal, Resolver,
+    StateRegistry, StreamRx, StreamTx, current_call,
 };
 pub use harrow_runtime_core::{
     ActorCtx, ActorNursery, ActorSpec, BoxError, ChildFailure, ChildHandle, ChildOutcome,
-    NurseryError, RootConfig, Timeouts, current_actor, exit_code, fail_after, move_on_after,
-    open_nursery, run_root, shield,
+    NurseryError, RootConfig, RootHandle, Timeouts, current_actor, exit_code, fail_after,
+    move_on_after, open_nursery, run_root, shield, spawn_root,
 };
 
 /// The backend contract, complete: what a crate needs to implement [`SpawnBackend`] for a new

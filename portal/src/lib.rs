@@ -61,4 +61,4 @@ pub use caller::{Context, MsgStream, Portal, StreamRx, StreamTx};
 pub use error::{Error, Result};
 pub use harrow_ipc as ipc;
 pub use link::{Executor, Link, LinkConfig, LinkEnd, LocalInfo, PeerInfo};
-pub use registry::FnRegistry;
+pub use registry::{FnRegistry, StateRegistry};

@@ -162,3 +162,87 @@ impl Resolver for FnRegistry {
         (entry.handler)(call)
     }
 }
+
+/// A [`FnRegistry`] whose functions share one state value, handed to every call as an
+/// `Arc<S>` (no globals). Served calls run concurrently, each as its own task on the actor's
+/// executor (one thread per actor), so `S` needs its own interior mutability (a `Mutex`, atomics)
+/// for what calls change; a call holding a lock across an `.await` holds it against the actor's
+/// other calls.
+///
+/// ```
+/// use std::sync::atomic::{AtomicI64, Ordering};
+/// use harrow_portal::{StateRegistry, ipc::Value};
+///
+/// let mut reg = StateRegistry::new(AtomicI64::new(0));
+/// reg.unary("counter:add", |total, v: Value| async move {
+///     let n = v.as_i64().unwrap_or(0);
+///     Ok(Value::Int(total.fetch_add(n, Ordering::SeqCst) + n))
+/// })
+/// .unwrap();
+/// let registry = reg.into_registry(); // serve it like any FnRegistry
+/// # let _ = registry;
+/// ```
+pub struct StateRegistry<S> {
+    reg: FnRegistry,
+    state: Arc<S>,
+}
+
+impl<S> std::fmt::Debug for StateRegistry<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateRegistry")
+            .field("functions", &self.reg.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Send + Sync + 'static> StateRegistry<S> {
+    /// A registry whose functions all get `state`.
+    pub fn new(state: S) -> Self {
+        Self::with_shared(Arc::new(state))
+    }
+
+    /// A registry whose functions all get `state` (already shared, e.g. with other actors).
+    pub fn with_shared(state: Arc<S>) -> Self {
+        StateRegistry {
+            reg: FnRegistry::new(),
+            state,
+        }
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &Arc<S> {
+        &self.state
+    }
+
+    /// Registers a unary function that gets the state and the argument.
+    pub fn unary<F, Fut>(&mut self, path: &str, f: F) -> Result<&mut Self, harrow_ipc::FnPathError>
+    where
+        F: Fn(Arc<S>, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, CallError>> + Send + 'static,
+    {
+        let state = self.state.clone();
+        self.reg.unary(path, move |v| f(state.clone(), v))?;
+        Ok(self)
+    }
+
+    /// Registers a context function that gets the state, its context and the argument.
+    pub fn context<F, Fut>(
+        &mut self,
+        path: &str,
+        f: F,
+    ) -> Result<&mut Self, harrow_ipc::FnPathError>
+    where
+        F: Fn(Arc<S>, CalleeContext, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, CallError>> + Send + 'static,
+    {
+        let state = self.state.clone();
+        self.reg
+            .context(path, move |ctx, v| f(state.clone(), ctx, v))?;
+        Ok(self)
+    }
+
+    /// The registry to serve (for example `ActorSpec::with_resolver(Arc::new(..))`).
+    pub fn into_registry(self) -> FnRegistry {
+        self.reg
+    }
+}

@@ -38,6 +38,6 @@ pub use harrow_portal as portal;
 pub use nursery::{
     ActorNursery, ActorSpec, ChildHandle, ChildOutcome, open_nursery, teardown_bound,
 };
-pub use root::{RootConfig, exit_code, run_root};
+pub use root::{RootConfig, RootHandle, exit_code, run_root, spawn_root};
 pub use scope::{CancelToken, DeadlineExceeded, FailAfter, MoveOnAfter, fail_after, move_on_after};
 pub use thread::{DedicatedThread, Joined, panic_message, thread_name};

@@ -163,6 +163,127 @@ where
     result
 }
 
+/// Runs a root on a thread of its own and returns at once with a [`RootHandle`], a future of
+/// the root's result: for a program that already runs an async runtime (tokio, smol, ...) and
+/// must not block one of its worker threads with [`run_root`].
+///
+/// `body` runs on the root's thread (its future need not be `Send`). Dropping the handle before
+/// it completes cancels the root: its nursery is torn down (one-cancels-all, bounded by the
+/// ladder) on the root's thread, and the drop does not wait for that. Set
+/// `handle_sigint(false)` when the embedding program owns Ctrl-C.
+///
+/// ```
+/// use harrow_runtime_core::{spawn_root, RootConfig};
+/// # futures_lite::future::block_on(async {
+/// let handle = spawn_root(RootConfig::default().handle_sigint(false), |_nursery| async {
+///     Ok(6 * 7)
+/// })
+/// .unwrap();
+/// assert_eq!(handle.await.unwrap(), 42); // awaited from any executor
+/// # });
+/// ```
+pub fn spawn_root<T, F, Fut>(config: RootConfig, body: F) -> std::io::Result<RootHandle<T>>
+where
+    T: Send + 'static,
+    F: FnOnce(ActorNursery) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, BoxError>> + 'static,
+{
+    let (tx, rx) = async_channel::bounded(1);
+    let cancel = Arc::new(RootCancel::default());
+    let theirs = cancel.clone();
+    std::thread::Builder::new()
+        .name(format!("harrow-root-{}", config.name))
+        .spawn(move || {
+            let result = run_root(config, move |nursery| {
+                theirs.set(nursery.actor().clone());
+                body(nursery)
+            });
+            let _ = tx.try_send(result);
+        })?;
+    Ok(RootHandle {
+        result: Box::pin(async move { rx.recv().await }),
+        cancel,
+        done: false,
+    })
+}
+
+/// The root's actor once its body started, and whether the handle asked to cancel it first.
+#[derive(Default)]
+struct RootCancel {
+    state: std::sync::Mutex<(Option<ActorCtx>, bool)>,
+}
+
+impl RootCancel {
+    fn set(&self, ctx: ActorCtx) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.1 {
+            ctx.cancel_self(ctx.id().clone());
+        }
+        st.0 = Some(ctx);
+    }
+
+    fn cancel(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.1 = true;
+        if let Some(ctx) = &st.0 {
+            ctx.cancel_self(ctx.id().clone());
+        }
+    }
+}
+
+type ResultFuture<T> = std::pin::Pin<
+    Box<dyn Future<Output = Result<Result<T, NurseryError>, async_channel::RecvError>> + Send>,
+>;
+
+/// A root running on its own thread (from [`spawn_root`]): a future of its result. Dropping it
+/// before it completes cancels the root.
+pub struct RootHandle<T> {
+    result: ResultFuture<T>,
+    cancel: Arc<RootCancel>,
+    done: bool,
+}
+
+impl<T> fmt::Debug for RootHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RootHandle")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> RootHandle<T> {
+    /// Cancels the root (its nursery is torn down, bounded); the handle then resolves to the
+    /// nursery's error.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+}
+
+impl<T> Future for RootHandle<T> {
+    type Output = Result<T, NurseryError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let out = std::task::ready!(self.result.as_mut().poll(cx));
+        self.done = true;
+        std::task::Poll::Ready(out.unwrap_or_else(|_| {
+            let mut err = NurseryError::new(None);
+            err.body = Some("the root's thread ended without a result (it panicked)".into());
+            Err(err)
+        }))
+    }
+}
+
+impl<T> Drop for RootHandle<T> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.cancel.cancel();
+        }
+    }
+}
+
 fn exec_spawn(
     ctx: &ActorCtx,
     fut: impl Future<Output = ()> + Send + 'static,
