@@ -63,7 +63,7 @@ pub use harrow_runtime_core::ipc::{
     self, ActorId, Channel, ErrorKind, FnPath, Msg, RemoteError, Value, from_value, to_value,
 };
 pub use harrow_runtime_core::portal::{
-    self, CallError, CalleeContext, Context, FnRegistry, MsgStream, Portal, Resolver,
+    self, CallError, CalleeContext, Context, Endpoint, FnRegistry, MsgStream, Portal, Resolver,
     StateRegistry, StreamRx, StreamTx, current_call,
 };
 pub use harrow_runtime_core::{

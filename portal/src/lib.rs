@@ -51,6 +51,7 @@
 mod callee;
 mod caller;
 mod chan;
+mod endpoint;
 mod error;
 mod link;
 mod panic_trace;
@@ -58,6 +59,7 @@ mod registry;
 
 pub use callee::{CallError, CallFuture, CalleeContext, Invocation, Resolver, current_call};
 pub use caller::{Context, MsgStream, Portal, StreamRx, StreamTx};
+pub use endpoint::Endpoint;
 pub use error::{Error, Result};
 pub use harrow_ipc as ipc;
 pub use link::{Executor, Link, LinkConfig, LinkEnd, LocalInfo, PeerInfo};

@@ -159,3 +159,30 @@ both_transports!(
     each_side_sets_the_window_of_what_it_receives,
     a_context_outcome_can_be_asked_without_consuming_it,
 );
+
+mod endpoints {
+    use super::*;
+    use harrow_portal::{Endpoint, FnRegistry};
+
+    const SUM: Endpoint<(i64, i64), i64> = Endpoint::new("e:sum");
+
+    async fn an_endpoint_is_served_and_called_with_its_types(exec: Executor, t: Transport) {
+        let mut reg = FnRegistry::new();
+        reg.serve(SUM, |(a, b)| async move { Ok(a + b) }).unwrap();
+        let (a, _b) = caller_callee(&exec, t, reg).await;
+        let p = a.portal();
+        assert_eq!(bounded("call", p.call(SUM, &(40, 2))).await.unwrap(), 42);
+        // A dynamic caller with the wrong shape gets a typed error, not a panic.
+        let err = bounded("bad", p.run(SUM.path(), Value::from("x")))
+            .await
+            .unwrap_err();
+        let remote = err.remote_error().expect("a remote error");
+        assert_eq!(
+            remote.kind,
+            harrow_portal::ipc::ErrorKind::BadArguments,
+            "{remote}"
+        );
+    }
+
+    both_transports!(an_endpoint_is_served_and_called_with_its_types);
+}
