@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use harrow_ipc::wait::deadline;
 use harrow_ipc::{ActorId, CallKind, Cid, Msg, RemoteError, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::chan::{Chan, Side};
-use crate::link::{Shared, timeout};
+use crate::link::Shared;
 use crate::{Error, Result};
 
 /// A handle for calling functions in the peer actor. Cheap to clone.
@@ -232,7 +233,7 @@ impl Context {
             }
         }
         let bound = self.shared.config.cancel_timeout;
-        let confirmed = timeout(bound, self.chan.wait(|st| st.outcome.clone())).await;
+        let confirmed = deadline(bound, self.chan.wait(|st| st.outcome.clone())).await;
         match confirmed {
             // Cancelled as asked, or it returned before the cancel landed.
             Some(Ok(_)) => Ok(()),

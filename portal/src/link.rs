@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use event_listener::Event;
 use futures_lite::FutureExt;
+use harrow_ipc::wait::{Event, deadline, wait_until, wait_until_some};
 use harrow_ipc::{
     ActorId, CallKind, Channel, ChannelRx, ChannelTx, Cid, ErrorKind, FnPath, Msg,
     PROTOCOL_VERSION, RecvError, RemoteError, SendError, Value,
@@ -146,7 +146,7 @@ impl Link {
                 "could not send our Hello (channel closed before the handshake?): {e}"
             )));
         }
-        let peer = match timeout(config.hello_timeout, rx.recv()).await {
+        let peer = match deadline(config.hello_timeout, rx.recv()).await {
             None => {
                 tx.close();
                 return Err(Error::Handshake(format!(
@@ -252,16 +252,7 @@ impl Link {
 
     /// Waits until the link ends and says why. Any number of tasks may wait.
     pub async fn closed(&self) -> LinkEnd {
-        loop {
-            if let Some(end) = self.shared.end() {
-                return end;
-            }
-            let listener = self.shared.end_ev.listen();
-            if let Some(end) = self.shared.end() {
-                return end;
-            }
-            listener.await;
-        }
+        wait_until_some(&self.shared.end_ev, || self.shared.end()).await
     }
 
     /// Whether the link has ended (whether [`closed`](Link::closed) would resolve now).
@@ -294,16 +285,7 @@ impl Link {
         let done = || {
             shared.writer_done.load(Ordering::Acquire) && shared.reader_done.load(Ordering::Acquire)
         };
-        loop {
-            if done() {
-                return;
-            }
-            let listener = shared.progress.listen();
-            if done() {
-                return;
-            }
-            listener.await;
-        }
+        wait_until(&shared.progress, done).await
     }
 
     /// Waits (bounded) until every served call has finished and its last message was handed to
@@ -316,19 +298,9 @@ impl Link {
                     || shared.written.load(Ordering::Acquire)
                         >= shared.enqueued.load(Ordering::Acquire))
         };
-        let wait = async {
-            loop {
-                if drained() {
-                    return;
-                }
-                let listener = shared.progress.listen();
-                if drained() {
-                    return;
-                }
-                listener.await;
-            }
-        };
-        timeout(bound, wait).await.is_some()
+        deadline(bound, wait_until(&shared.progress, drained))
+            .await
+            .is_some()
     }
 
     /// Closes the link: served calls are cancelled, pending caller operations fail with
@@ -346,16 +318,6 @@ impl Drop for Link {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-/// Races `fut` against a timer.
-pub(crate) async fn timeout<T>(bound: Duration, fut: impl Future<Output = T>) -> Option<T> {
-    async { Some(fut.await) }
-        .or(async {
-            async_io::Timer::after(bound).await;
-            None
-        })
-        .await
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -460,16 +422,7 @@ impl Shared {
     }
 
     async fn wait_dead(&self) {
-        loop {
-            if self.is_dead() {
-                return;
-            }
-            let listener = self.dead_ev.listen();
-            if self.is_dead() {
-                return;
-            }
-            listener.await;
-        }
+        wait_until(&self.dead_ev, || self.is_dead()).await
     }
 
     // --------------------------------------------------------------------------------------------
@@ -527,26 +480,18 @@ impl Shared {
             return None;
         }
         debug!(local = %self.local.id, peer = %self.peer.id, "CancelActor sent");
-        let acked = || self.acks.load(Ordering::Acquire) > before;
-        let wait = async {
-            loop {
-                if acked() {
-                    return true;
-                }
-                if self.is_dead() {
-                    return false;
-                }
-                let listener = self.ack_ev.listen();
-                if acked() {
-                    return true;
-                }
-                if self.is_dead() {
-                    return false;
-                }
-                listener.await;
+        // Acked (true) or dead (false), whichever is seen first.
+        let acked_or_dead = || {
+            if self.acks.load(Ordering::Acquire) > before {
+                Some(true)
+            } else if self.is_dead() {
+                Some(false)
+            } else {
+                None
             }
         };
-        if !timeout(bound, wait).await.unwrap_or(false) {
+        let wait = wait_until_some(&self.ack_ev, acked_or_dead);
+        if !deadline(bound, wait).await.unwrap_or(false) {
             return None;
         }
         let teardown = *self
