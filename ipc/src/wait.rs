@@ -94,8 +94,7 @@ impl<F> Deadline<F> {
 
 impl<F> std::fmt::Debug for Deadline<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Named after the runtime's public alias, which is what most users see.
-        f.debug_struct("MoveOnAfter")
+        f.debug_struct("Deadline")
             .field("bound", &self.bound)
             .field("started", &self.timer.is_some())
             .finish_non_exhaustive()
