@@ -363,37 +363,29 @@ impl ser::SerializeMap for MapBuilder {
     }
 }
 
-impl ser::SerializeStruct for MapBuilder {
-    type Ok = Value;
-    type Error = ValueError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), ValueError> {
-        let value = value.serialize(self.child())?;
-        self.entries.push((Value::Str(key.to_owned()), value));
-        Ok(())
-    }
-    fn end(self) -> Result<Value, ValueError> {
-        self.finish()
-    }
+/// A struct and a struct variant both collect their fields as string-keyed map entries.
+macro_rules! impl_struct_builder {
+    ($($trait:ident),+ $(,)?) => {$(
+        impl ser::$trait for MapBuilder {
+            type Ok = Value;
+            type Error = ValueError;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), ValueError> {
+                let value = value.serialize(self.child())?;
+                self.entries.push((Value::Str(key.to_owned()), value));
+                Ok(())
+            }
+            fn end(self) -> Result<Value, ValueError> {
+                self.finish()
+            }
+        }
+    )+};
 }
 
-impl ser::SerializeStructVariant for MapBuilder {
-    type Ok = Value;
-    type Error = ValueError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), ValueError> {
-        ser::SerializeStruct::serialize_field(self, key, value)
-    }
-    fn end(self) -> Result<Value, ValueError> {
-        self.finish()
-    }
-}
+impl_struct_builder!(SerializeStruct, SerializeStructVariant);
 
 /// The deserializer behind [`from_value`] and [`from_value_ref`]. `depth` counts enclosing
 /// containers.
