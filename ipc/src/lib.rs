@@ -29,6 +29,7 @@ mod msg;
 mod serde_value;
 pub mod unix;
 mod value;
+pub mod wait;
 
 pub use channel::{
     BoxFuture, Channel, ChannelRx, ChannelTx, RecvError, RecvHalf, SendError, SendHalf,

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use harrow_ipc::wait::deadline;
 use harrow_ipc::{ActorId, CallKind, Cid, Msg, RemoteError, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::chan::{Chan, Side};
-use crate::link::{Shared, timeout};
+use crate::link::Shared;
 use crate::{Error, Result};
 
 /// A handle for calling functions in the peer actor. Cheap to clone.
@@ -217,7 +218,7 @@ impl Context {
     /// Waits at most `bound` for the final result, keeping the context: `None` when it has not
     /// ended in time (the context is untouched and can still be used or cancelled).
     pub async fn wait_result(&self, bound: Duration) -> Option<Result<Value>> {
-        timeout(bound, self.chan.wait(|st| st.outcome.clone())).await
+        deadline(bound, self.chan.wait(|st| st.outcome.clone())).await
     }
 
     /// The outcome, if the context has ended: its result, or the error it ended with.
@@ -276,7 +277,7 @@ impl Context {
             }
         }
         let bound = self.shared.config.cancel_timeout;
-        let confirmed = timeout(bound, self.chan.wait(|st| st.outcome.clone())).await;
+        let confirmed = deadline(bound, self.chan.wait(|st| st.outcome.clone())).await;
         match confirmed {
             // Cancelled as asked, or it returned before the cancel landed.
             Some(Ok(_)) => Ok(()),
@@ -496,7 +497,7 @@ impl MsgStream {
 pub struct StreamTx {
     inner: Arc<TxInner>,
     /// The `Sink` side's wait for credit.
-    waiting: Option<event_listener::EventListener>,
+    waiting: Option<harrow_ipc::wait::EventListener>,
 }
 
 impl Clone for StreamTx {

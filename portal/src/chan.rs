@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
-use event_listener::Event;
+use harrow_ipc::wait::{Event, wait_until_some};
 use harrow_ipc::{ActorId, CallKind, Cid, Value};
 
 use crate::Error;
@@ -116,16 +116,7 @@ impl Chan {
     /// Waits until `f` returns `Some`. `f` runs under the lock and must be side-effect free when
     /// it returns `None`.
     pub(crate) async fn wait<R>(&self, mut f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
-        loop {
-            if let Some(r) = f(&mut self.lock()) {
-                return r;
-            }
-            let listener = self.ev.listen();
-            if let Some(r) = f(&mut self.lock()) {
-                return r;
-            }
-            listener.await;
-        }
+        wait_until_some(&self.ev, || f(&mut self.lock())).await
     }
 
     /// Sets the terminal outcome unless one is already there; wakes every waiter.

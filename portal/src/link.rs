@@ -8,25 +8,28 @@
 //! Call ids: both ends allocate cids, and stream messages (`Yield`, `Credit`, `Stop`) travel both
 //! ways, so the two ends use disjoint cids: the end whose actor id sorts lower allocates even cids,
 //! the other odd ones. Two ends with the same actor id are refused at `Hello`.
+//!
+//! The engine is split by job: `handshake` establishes a link, `io` runs its writer and
+//! reader tasks, `route` dispatches each incoming message, `serve` runs the calls the peer
+//! makes into this side. This module holds the shared state, the caller side and shutdown.
 
-use std::collections::{HashMap, VecDeque};
+mod handshake;
+mod io;
+mod route;
+mod serve;
+
+use std::collections::HashMap;
 use std::fmt;
-use std::panic::AssertUnwindSafe;
-use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use event_listener::Event;
-use futures_lite::FutureExt;
-use harrow_ipc::{
-    ActorId, CallKind, Channel, ChannelRx, ChannelTx, Cid, ErrorKind, FnPath, Msg,
-    PROTOCOL_VERSION, RecvError, RemoteError, SendError, Value,
-};
+use harrow_ipc::wait::{Event, deadline, wait_until, wait_until_some};
+use harrow_ipc::{ActorId, CallKind, Cid, FnPath, Msg, Value};
 use tracing::debug;
 
 use crate::chan::{Chan, Side};
-use crate::{CallError, CalleeContext, Error, Invocation, Portal, Resolver, Result};
+use crate::{Error, Portal, Resolver, Result};
 
 /// The executor a link spawns its tasks on: the owning actor's own executor.
 pub type Executor = Arc<async_executor::Executor<'static>>;
@@ -120,121 +123,6 @@ pub struct Link {
 }
 
 impl Link {
-    /// Sends our `Hello`, waits (bounded by `config.hello_timeout`) for the peer's, checks the
-    /// protocol version, then starts the engine on `exec`.
-    ///
-    /// `resolver` serves the peer's calls; with `None`, every `Start` is answered with a
-    /// `NotFound` error.
-    pub async fn establish(
-        channel: Channel,
-        local: LocalInfo,
-        resolver: Option<Arc<dyn Resolver>>,
-        exec: &Executor,
-        config: LinkConfig,
-    ) -> Result<Link> {
-        let (tx, mut rx) = channel.split();
-        let span = tracing::debug_span!("link", local = %local.id);
-        let _enter = span.enter();
-        let hello = Msg::Hello {
-            actor: local.id.clone(),
-            protocol: PROTOCOL_VERSION,
-            pid: std::process::id(),
-            backend: local.backend.clone(),
-        };
-        if let Err(e) = tx.send(hello).await {
-            return Err(Error::Handshake(format!(
-                "could not send our Hello (channel closed before the handshake?): {e}"
-            )));
-        }
-        let peer = match timeout(config.hello_timeout, rx.recv()).await {
-            None => {
-                tx.close();
-                return Err(Error::Handshake(format!(
-                    "the peer sent no Hello within {:?}",
-                    config.hello_timeout
-                )));
-            }
-            Some(Err(RecvError::Closed)) => {
-                tx.close();
-                return Err(Error::Handshake(
-                    "the channel closed before the peer's Hello arrived".into(),
-                ));
-            }
-            Some(Err(e)) => {
-                tx.close();
-                return Err(Error::Handshake(format!(
-                    "could not read the peer's Hello: {e}"
-                )));
-            }
-            Some(Ok(Msg::Hello {
-                actor,
-                protocol,
-                pid,
-                backend,
-            })) => {
-                if protocol != PROTOCOL_VERSION {
-                    tx.close();
-                    return Err(Error::Handshake(format!(
-                        "protocol version mismatch: peer {actor} speaks version {protocol}, \
-                         this side ({}) speaks version {PROTOCOL_VERSION}",
-                        local.id
-                    )));
-                }
-                if actor == local.id {
-                    tx.close();
-                    return Err(Error::Handshake(format!(
-                        "the peer claims this side's own actor id {actor}"
-                    )));
-                }
-                PeerInfo {
-                    id: actor,
-                    pid,
-                    backend,
-                    protocol,
-                }
-            }
-            Some(Ok(other)) => {
-                tx.close();
-                return Err(Error::Handshake(format!(
-                    "expected Hello as the peer's first message, got {}",
-                    other.kind_name()
-                )));
-            }
-        };
-        // The peer has said who it is: lift the transport's small pre-handshake frame limit.
-        rx.end_handshake();
-        debug!(peer = %peer.id, backend = %peer.backend, pid = peer.pid, "link established");
-
-        let parity = u64::from(local.id >= peer.id);
-        let (out, out_rx) = async_channel::unbounded();
-        let shared = Arc::new(Shared {
-            local,
-            peer,
-            config,
-            exec: exec.clone(),
-            resolver,
-            out,
-            state: Mutex::new(LinkState::default()),
-            dead: AtomicBool::new(false),
-            dead_ev: Event::new(),
-            next_cid: AtomicU64::new(2 + parity),
-            parity,
-            enqueued: AtomicU64::new(0),
-            written: AtomicU64::new(0),
-            writer_done: AtomicBool::new(false),
-            reader_done: AtomicBool::new(false),
-            progress: Event::new(),
-            end: Mutex::new(None),
-            end_ev: Event::new(),
-            acks: AtomicU64::new(0),
-            last_ack_teardown: Mutex::new(None),
-            ack_ev: Event::new(),
-        });
-        exec.spawn(writer(shared.clone(), tx, out_rx)).detach();
-        exec.spawn(reader(shared.clone(), rx)).detach();
-        Ok(Link { shared })
-    }
-
     /// Who is on the other end.
     pub fn peer(&self) -> &PeerInfo {
         &self.shared.peer
@@ -252,16 +140,7 @@ impl Link {
 
     /// Waits until the link ends and says why. Any number of tasks may wait.
     pub async fn closed(&self) -> LinkEnd {
-        loop {
-            if let Some(end) = self.shared.end() {
-                return end;
-            }
-            let listener = self.shared.end_ev.listen();
-            if let Some(end) = self.shared.end() {
-                return end;
-            }
-            listener.await;
-        }
+        wait_until_some(&self.shared.end_ev, || self.shared.end()).await
     }
 
     /// Whether the link has ended (whether [`closed`](Link::closed) would resolve now).
@@ -294,16 +173,7 @@ impl Link {
         let done = || {
             shared.writer_done.load(Ordering::Acquire) && shared.reader_done.load(Ordering::Acquire)
         };
-        loop {
-            if done() {
-                return;
-            }
-            let listener = shared.progress.listen();
-            if done() {
-                return;
-            }
-            listener.await;
-        }
+        wait_until(&shared.progress, done).await
     }
 
     /// Waits (bounded) until every served call has finished and its last message was handed to
@@ -316,19 +186,9 @@ impl Link {
                     || shared.written.load(Ordering::Acquire)
                         >= shared.enqueued.load(Ordering::Acquire))
         };
-        let wait = async {
-            loop {
-                if drained() {
-                    return;
-                }
-                let listener = shared.progress.listen();
-                if drained() {
-                    return;
-                }
-                listener.await;
-            }
-        };
-        timeout(bound, wait).await.is_some()
+        deadline(bound, wait_until(&shared.progress, drained))
+            .await
+            .is_some()
     }
 
     /// Closes the link: served calls are cancelled, pending caller operations fail with
@@ -346,16 +206,6 @@ impl Drop for Link {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-/// Races `fut` against a timer.
-pub(crate) async fn timeout<T>(bound: Duration, fut: impl Future<Output = T>) -> Option<T> {
-    async { Some(fut.await) }
-        .or(async {
-            async_io::Timer::after(bound).await;
-            None
-        })
-        .await
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -460,16 +310,7 @@ impl Shared {
     }
 
     async fn wait_dead(&self) {
-        loop {
-            if self.is_dead() {
-                return;
-            }
-            let listener = self.dead_ev.listen();
-            if self.is_dead() {
-                return;
-            }
-            listener.await;
-        }
+        wait_until(&self.dead_ev, || self.is_dead()).await
     }
 
     // --------------------------------------------------------------------------------------------
@@ -527,26 +368,18 @@ impl Shared {
             return None;
         }
         debug!(local = %self.local.id, peer = %self.peer.id, "CancelActor sent");
-        let acked = || self.acks.load(Ordering::Acquire) > before;
-        let wait = async {
-            loop {
-                if acked() {
-                    return true;
-                }
-                if self.is_dead() {
-                    return false;
-                }
-                let listener = self.ack_ev.listen();
-                if acked() {
-                    return true;
-                }
-                if self.is_dead() {
-                    return false;
-                }
-                listener.await;
+        // Acked (true) or dead (false), whichever is seen first.
+        let acked_or_dead = || {
+            if self.acks.load(Ordering::Acquire) > before {
+                Some(true)
+            } else if self.is_dead() {
+                Some(false)
+            } else {
+                None
             }
         };
-        if !timeout(bound, wait).await.unwrap_or(false) {
+        let wait = wait_until_some(&self.ack_ev, acked_or_dead);
+        if !deadline(bound, wait).await.unwrap_or(false) {
             return None;
         }
         let teardown = *self
@@ -557,499 +390,7 @@ impl Shared {
     }
 
     // --------------------------------------------------------------------------------------------
-    // Callee side.
-
-    fn serve_start(self: &Arc<Self>, cid: Cid, func: FnPath, kind: CallKind, args: Value) {
-        let chan = Arc::new(Chan::new(cid, Side::Callee, kind, func.to_string()));
-        {
-            let mut st = self.lock();
-            if st.dead.is_some() {
-                return;
-            }
-            if let Some(canceller) = &st.refuse_starts {
-                let mut err = RemoteError::cancelled(self.local.id.clone(), canceller.clone());
-                err.message = format!(
-                    "{func} refused: this actor is being cancelled (requested by {canceller})"
-                );
-                self.enqueue(Msg::Error {
-                    cid: Some(cid),
-                    error: err,
-                });
-                return;
-            }
-            if st.served.contains_key(&cid) {
-                let msg = format!("call id {cid} is already in use for another call");
-                self.enqueue(Msg::Error {
-                    cid: Some(cid),
-                    error: RemoteError::new(
-                        ErrorKind::Protocol,
-                        "ProtocolError",
-                        msg,
-                        self.local.id.clone(),
-                    ),
-                });
-                return;
-            }
-            st.served.insert(
-                cid,
-                Served {
-                    chan: chan.clone(),
-                    task: None,
-                },
-            );
-        }
-        let ctx = CalleeContext::new(self.clone(), chan.clone());
-        let started = match &self.resolver {
-            Some(resolver) => resolver.start(Invocation {
-                func: func.clone(),
-                kind,
-                args,
-                ctx,
-            }),
-            None => Err(CallError::new(
-                ErrorKind::NotFound,
-                "NotFound",
-                format!("{func}: this actor serves no functions"),
-            )),
-        };
-        let mut st = self.lock();
-        if !st.served.contains_key(&cid) {
-            // Cancelled (or the link closed) while resolving: the answer was already sent.
-            return;
-        }
-        match started {
-            Err(err) => {
-                debug!(%cid, %func, %err, "resolver refused the call");
-                st.served.remove(&cid);
-                drop(st);
-                let mut cst = chan.lock();
-                if !cst.wire_done {
-                    cst.wire_done = true;
-                    self.enqueue(Msg::Error {
-                        cid: Some(cid),
-                        error: err.into_remote(&self.local.id),
-                    });
-                }
-                drop(cst);
-                self.progress.notify(usize::MAX);
-            }
-            Ok(fut) => {
-                let shared = self.clone();
-                let scope_ctx = CalleeContext::new(self.clone(), chan.clone());
-                let task = self.exec.spawn(async move {
-                    // The ack goes out from the call's own task, before anything the function
-                    // sends: a function that finishes in its first poll then has its `StartAck`
-                    // and `Return` written in one batch (one wake-up of the caller, not two).
-                    {
-                        let cst = chan.lock();
-                        if !cst.wire_done {
-                            shared.enqueue(Msg::StartAck { cid });
-                        }
-                    }
-                    // The hook only sees the thread, so take the trace on the thread that
-                    // polled the panicking future, right after the unwind.
-                    let run = async {
-                        let watched =
-                            crate::panic_trace::Watched::new(crate::callee::CallScope::new(
-                                scope_ctx,
-                                AssertUnwindSafe(fut).catch_unwind(),
-                            ));
-                        Some(
-                            watched
-                                .await
-                                .map_err(|payload| (payload, crate::panic_trace::take())),
-                        )
-                    };
-                    let expired = async {
-                        cleanup_expired(&chan).await;
-                        None
-                    };
-                    match run.or(expired).await {
-                        Some(result) => shared.complete_served(cid, result),
-                        None => {
-                            debug!(%cid, func = %chan.func, "cancelled call's cleanup time is up");
-                            shared.end_served(cid, |shared, chan, st| {
-                                Some(shared.cancelled_answer(chan, st))
-                            });
-                        }
-                    }
-                });
-                if let Some(entry) = st.served.get_mut(&cid) {
-                    entry.task = Some(task);
-                }
-            }
-        }
-    }
-
-    /// The `ContextCancelled` answer for a served call cancelled by `st.cancelled_by`.
-    fn cancelled_answer(&self, chan: &Chan, st: &crate::chan::ChanState) -> Msg {
-        let canceller = st
-            .cancelled_by
-            .clone()
-            .unwrap_or_else(|| self.local.id.clone());
-        Msg::Error {
-            cid: Some(chan.cid),
-            error: RemoteError::cancelled(self.local.id.clone(), canceller),
-        }
-    }
-
-    /// Ends served call `cid`: removes it, queues `answer`'s message as its last one (unless one
-    /// went out already), and sends the `CancelAck`s owed once no served call is left. All under
-    /// the link lock, so that every call's answer precedes the ack on the wire. Returns the entry
-    /// (whose task the caller drops or detaches), or `None` when the call had already ended.
-    fn end_served(
-        &self,
-        cid: Cid,
-        answer: impl FnOnce(&Self, &Chan, &crate::chan::ChanState) -> Option<Msg>,
-    ) -> Option<Served> {
-        let mut st = self.lock();
-        let entry = st.served.remove(&cid)?;
-        {
-            let mut cst = entry.chan.lock();
-            if !cst.wire_done {
-                if let Some(msg) = answer(self, &entry.chan, &cst) {
-                    cst.wire_done = true;
-                    self.enqueue(msg);
-                }
-            }
-        }
-        let timer = if st.served.is_empty() && st.acks_owed > 0 {
-            self.send_owed_acks(&mut st, None);
-            st.ack_timer.take()
-        } else {
-            None
-        };
-        drop(st);
-        if let Some(timer) = timer {
-            timer.detach(); // it may be this very task; it finds nothing owed and ends
-        }
-        entry.chan.notify();
-        self.progress.notify(usize::MAX);
-        Some(entry)
-    }
-
-    fn send_owed_acks(&self, st: &mut LinkState, teardown_ms: Option<u64>) {
-        for _ in 0..std::mem::take(&mut st.acks_owed) {
-            self.enqueue(Msg::CancelAck { teardown_ms });
-        }
-    }
-
-    fn complete_served(
-        &self,
-        cid: Cid,
-        result: std::result::Result<std::result::Result<Value, CallError>, Panicked>,
-    ) {
-        let local = &self.local.id;
-        let entry = self.end_served(cid, |shared, chan, st| {
-            Some(match result {
-                Ok(Ok(value)) => {
-                    match crate::error::check_depth(&value, || format!("result of {}", chan.func)) {
-                        Ok(()) => Msg::Return { cid, value },
-                        Err(e) => Msg::Error {
-                            cid: Some(cid),
-                            error: RemoteError::new(
-                                ErrorKind::Runtime,
-                                "ValueError",
-                                e.to_string(),
-                                local.clone(),
-                            ),
-                        },
-                    }
-                }
-                // Cancelled and ended by that cancel: the canonical answer, naming the canceller.
-                Ok(Err(err)) if st.cancelled_by.is_some() && err.kind() == ErrorKind::Cancelled => {
-                    shared.cancelled_answer(chan, st)
-                }
-                // A failure, before or during the cleanup of a cancel: the outcome is the failure.
-                Ok(Err(err)) => {
-                    debug!(%cid, func = %chan.func, %err, "served call failed");
-                    Msg::Error {
-                        cid: Some(cid),
-                        error: err.into_remote(local),
-                    }
-                }
-                Err((payload, trace)) => {
-                    let text = panic_text(payload.as_ref());
-                    debug!(%cid, func = %chan.func, panic = %text, "served call panicked");
-                    Msg::Error {
-                        cid: Some(cid),
-                        error: RemoteError::new(ErrorKind::Raised, "panic", text, local.clone())
-                            .with_traceback(trace.unwrap_or_default()),
-                    }
-                }
-            })
-        });
-        if let Some(task) = entry.and_then(|e| e.task) {
-            task.detach(); // it is this very task, about to finish
-        }
-    }
-
-    /// Cancels served calls `cids` on behalf of `canceller`. A call that observes its own
-    /// cancellation is told (its stream operations fail, `cancelled()` resolves) and gets until
-    /// its cleanup bound to end; its answer is then whatever it ended with (a failure raised
-    /// during cleanup reaches the caller). Any other call is dropped at once and answered with
-    /// `ContextCancelled { canceller }`.
-    pub(crate) fn cancel_served(&self, cids: &[Cid], canceller: &ActorId) {
-        for &cid in cids {
-            let Some(chan) = self.lock().served.get(&cid).map(|e| e.chan.clone()) else {
-                continue;
-            };
-            let aware = {
-                let mut st = chan.lock();
-                if st.cancelled_by.is_some() {
-                    continue; // already being cancelled
-                }
-                st.cancelled_by = Some(canceller.clone());
-                if st.outcome.is_none() {
-                    let err = RemoteError::cancelled(self.local.id.clone(), canceller.clone());
-                    st.outcome = Some(Err(Error::from(err)));
-                }
-                if st.cancel_aware {
-                    // The bound, or later if the call asked for more (before the cancel too).
-                    let bound =
-                        Instant::now() + self.config.cancel_cleanup.max(st.cleanup_reserved);
-                    st.cleanup_until = Some(st.cleanup_until.map_or(bound, |t| t.max(bound)));
-                }
-                st.cancel_aware
-            };
-            chan.notify();
-            if !aware {
-                let entry = self.end_served(cid, |shared, chan, st| {
-                    Some(shared.cancelled_answer(chan, st))
-                });
-                drop(entry); // drops the call's future
-            }
-        }
-        self.progress.notify(usize::MAX);
-    }
-
-    /// A `CancelActor` from the peer: refuse new calls, cancel every served one, and ack once
-    /// they all ended (or at the cleanup bound, saying how long the rest still needs).
-    fn cancel_actor_requested(self: &Arc<Self>, reason: String) {
-        let cids: Vec<Cid> = {
-            let mut st = self.lock();
-            st.refuse_starts = Some(self.peer.id.clone());
-            st.served.keys().copied().collect()
-        };
-        debug!(local = %self.local.id, peer = %self.peer.id, %reason, n = cids.len(),
-            "CancelActor: cancelling served calls");
-        self.cancel_served(&cids, &self.peer.id.clone());
-        {
-            let mut st = self.lock();
-            st.acks_owed += 1;
-            if st.served.is_empty() {
-                self.send_owed_acks(&mut st, None);
-            } else if st.ack_timer.is_none() {
-                let shared = self.clone();
-                let bound = self.config.cancel_cleanup;
-                st.ack_timer = Some(self.exec.spawn(async move {
-                    async_io::Timer::after(bound).await;
-                    shared.ack_at_bound();
-                }));
-            }
-        }
-        self.set_end(LinkEnd::CancelRequested {
-            canceller: self.peer.id.clone(),
-            reason,
-        });
-    }
-
-    /// The cleanup bound passed with calls still running (they extended their cleanup, for
-    /// example to tear down their own children): ack now, saying until when they may run.
-    fn ack_at_bound(&self) {
-        let mut st = self.lock();
-        if st.acks_owed == 0 {
-            return;
-        }
-        let now = Instant::now();
-        let latest = st
-            .served
-            .values()
-            .filter_map(|e| e.chan.lock().cleanup_until)
-            .max();
-        let teardown_ms = latest
-            .and_then(|t| t.checked_duration_since(now))
-            .filter(|d| !d.is_zero())
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        debug!(local = %self.local.id, n = st.served.len(), ?teardown_ms,
-            "acking CancelActor with calls still cleaning up");
-        self.send_owed_acks(&mut st, teardown_ms);
-        if let Some(timer) = st.ack_timer.take() {
-            timer.detach(); // this very task
-        }
-    }
-
-    /// A protocol violation in a served call: answer with a `Protocol` error and drop the task.
-    fn fail_served(&self, cid: Cid, message: String) {
-        debug!(%cid, %message, "protocol violation by the caller");
-        let entry = self.end_served(cid, |shared, _, _| {
-            Some(Msg::Error {
-                cid: Some(cid),
-                error: RemoteError::new(
-                    ErrorKind::Protocol,
-                    "ProtocolError",
-                    message.clone(),
-                    shared.local.id.clone(),
-                ),
-            })
-        });
-        if let Some(entry) = entry {
-            {
-                let mut st = entry.chan.lock();
-                if st.outcome.is_none() {
-                    st.outcome = Some(Err(Error::Protocol(message)));
-                }
-            }
-            entry.chan.notify();
-        }
-    }
-
-    /// Sends a protocol error for a served call from the callee's own handle (`started` twice,
-    /// stream before `started`): the caller sees it; the function keeps running.
-    pub(crate) fn protocol_error_to_caller(
-        &self,
-        chan: &Chan,
-        st: &mut crate::chan::ChanState,
-        message: &str,
-    ) {
-        if !st.wire_done {
-            st.wire_done = true;
-            self.enqueue(Msg::Error {
-                cid: Some(chan.cid),
-                error: RemoteError::new(
-                    ErrorKind::Protocol,
-                    "ProtocolError",
-                    message,
-                    self.local.id.clone(),
-                ),
-            });
-        }
-    }
-
-    // --------------------------------------------------------------------------------------------
-    // Routing and shutdown.
-
-    fn chan_for_stream(&self, cid: Cid) -> Option<Arc<Chan>> {
-        let st = self.lock();
-        if cid.0 % 2 == self.parity {
-            st.calls.get(&cid).cloned()
-        } else {
-            st.served.get(&cid).map(|s| s.chan.clone())
-        }
-    }
-
-    fn handle(self: &Arc<Self>, msg: Msg) {
-        match msg {
-            Msg::Start {
-                cid,
-                func,
-                kind,
-                args,
-            } => self.serve_start(cid, func, kind, args),
-            Msg::Cancel { cid } => {
-                debug!(%cid, "Cancel from the caller");
-                self.cancel_served(&[cid], &self.peer.id.clone());
-            }
-            Msg::StartAck { cid } => {
-                if let Some(chan) = self.lock().calls.get(&cid).cloned() {
-                    chan.lock().acked = true;
-                    chan.notify();
-                }
-            }
-            Msg::Started { cid, value } => {
-                if let Some(chan) = self.lock().calls.get(&cid).cloned() {
-                    {
-                        let mut st = chan.lock();
-                        st.started_seen = true;
-                        st.started = Some(value);
-                    }
-                    chan.notify();
-                }
-            }
-            Msg::Return { cid, value } => {
-                let chan = self.lock().calls.remove(&cid);
-                if let Some(chan) = chan {
-                    chan.lock().answered = true;
-                    chan.finish(Ok(value));
-                }
-            }
-            Msg::Error {
-                cid: Some(cid),
-                error,
-            } => {
-                let chan = self.lock().calls.remove(&cid);
-                match chan {
-                    Some(chan) => {
-                        chan.lock().answered = true;
-                        chan.finish(Err(Error::from(error)));
-                    }
-                    None => debug!(%cid, %error, "error for an unknown call ignored"),
-                }
-            }
-            Msg::Error { cid: None, error } => {
-                debug!(peer = %self.peer.id, %error, "actor-level error from the peer");
-            }
-            Msg::Yield { cid, value } => {
-                let Some(chan) = self.chan_for_stream(cid) else {
-                    return;
-                };
-                let violation = {
-                    let mut st = chan.lock();
-                    if st.outcome.is_some() {
-                        false // ended locally: drop the item
-                    } else if !st.rx_open || st.allowance == 0 {
-                        true
-                    } else {
-                        st.allowance -= 1;
-                        st.items.push_back(value);
-                        st.max_buffered = st.max_buffered.max(st.items.len());
-                        false
-                    }
-                };
-                if violation {
-                    let message = format!(
-                        "stream item for {} (call {cid}) arrived without credit",
-                        chan.func
-                    );
-                    match chan.side {
-                        Side::Caller => {
-                            self.abandon_call(&chan, Error::Protocol(message));
-                        }
-                        Side::Callee => self.fail_served(cid, message),
-                    }
-                } else {
-                    chan.notify();
-                }
-            }
-            Msg::Credit { cid, n } => {
-                if let Some(chan) = self.chan_for_stream(cid) {
-                    {
-                        let mut st = chan.lock();
-                        st.credit = st.credit.saturating_add(n);
-                    }
-                    chan.notify();
-                }
-            }
-            Msg::Stop { cid } => {
-                if let Some(chan) = self.chan_for_stream(cid) {
-                    chan.lock().peer_stopped = true;
-                    chan.notify();
-                }
-            }
-            Msg::CancelActor { reason } => self.cancel_actor_requested(reason),
-            Msg::CancelAck { teardown_ms } => {
-                *self
-                    .last_ack_teardown
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = teardown_ms;
-                self.acks.fetch_add(1, Ordering::AcqRel);
-                self.ack_ev.notify(usize::MAX);
-            }
-            Msg::Hello { actor, .. } => {
-                debug!(%actor, "second Hello ignored");
-            }
-        }
-    }
+    // Shutdown.
 
     /// Ends the link: local operations fail with `Closed(reason)`, served calls are cancelled
     /// (with an answer to the peer when `graceful`), the writer flushes and closes the channel.
@@ -1100,137 +441,4 @@ impl Shared {
         self.ack_ev.notify(usize::MAX);
         self.progress.notify(usize::MAX);
     }
-}
-
-/// Resolves when a cancelled, cancel-aware call's cleanup time is up (never for other calls).
-async fn cleanup_expired(chan: &Chan) {
-    let mut until = chan
-        .wait(|st| st.cancelled_by.as_ref().and(st.cleanup_until))
-        .await;
-    loop {
-        async_io::Timer::at(until).await;
-        match chan.lock().cleanup_until {
-            Some(later) if later > until => until = later, // extended meanwhile
-            _ => return,
-        }
-    }
-}
-
-/// A served call that panicked: the payload and, when recorded, where it panicked.
-type Panicked = (Box<dyn std::any::Any + Send>, Option<String>);
-
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
-    }
-}
-
-/// How many queued messages the writer hands the transport at once.
-const WRITE_BATCH: usize = 256;
-
-async fn writer(shared: Arc<Shared>, tx: ChannelTx, out: async_channel::Receiver<Msg>) {
-    let run = async {
-        let mut batch = VecDeque::with_capacity(WRITE_BATCH);
-        while let Ok(msg) = out.recv().await {
-            // Take whatever else is queued too: byte transports write a batch in one go.
-            batch.push_back(msg);
-            while batch.len() < WRITE_BATCH {
-                match out.try_recv() {
-                    Ok(msg) => batch.push_back(msg),
-                    Err(_) => break,
-                }
-            }
-            while !batch.is_empty() {
-                let before = batch.len();
-                let result = tx.send_batch(&mut batch).await;
-                // Sent, plus the one handed back in an error: all left the queue.
-                let done = before - batch.len();
-                shared.written.fetch_add(done as u64, Ordering::AcqRel);
-                if let Err(e) = result {
-                    if !send_failed(&shared, &tx, e).await {
-                        return;
-                    }
-                }
-            }
-            shared.progress.notify(usize::MAX);
-        }
-    };
-    let deadline = async {
-        shared.wait_dead().await;
-        async_io::Timer::after(shared.config.close_flush_timeout).await;
-        debug!(local = %shared.local.id, "writer flush bound reached");
-    };
-    run.or(deadline).await;
-    tx.close();
-    shared.writer_done.store(true, Ordering::Release);
-    shared.progress.notify(usize::MAX);
-}
-
-/// Deals with a message that could not be sent. False when the channel is gone (the link is then
-/// shut down).
-async fn send_failed(shared: &Arc<Shared>, tx: &ChannelTx, e: SendError) -> bool {
-    if e.is_closed() {
-        let reason = format!("sending to {} failed: {e}", shared.peer.id);
-        shared.shutdown(LinkEnd::Broken(reason.clone()), reason, false);
-        return false;
-    }
-    // This one message cannot travel (too large, unencodable): fail its call, not the link.
-    let text = e.to_string();
-    let msg = e.into_msg();
-    debug!(kind = msg.kind_name(), %text, "message could not be sent");
-    match msg {
-        Msg::Start { cid, .. } => {
-            let chan = shared.lock().calls.remove(&cid);
-            if let Some(chan) = chan {
-                chan.finish(Err(Error::Value(text)));
-            }
-        }
-        Msg::Started { cid, .. } | Msg::Yield { cid, .. } | Msg::Return { cid, .. } => {
-            let err = RemoteError::new(
-                ErrorKind::Runtime,
-                "SendError",
-                text,
-                shared.local.id.clone(),
-            );
-            let _ = tx
-                .send(Msg::Error {
-                    cid: Some(cid),
-                    error: err,
-                })
-                .await;
-        }
-        _ => {}
-    }
-    true
-}
-
-async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
-    let mut dead = pin!(shared.wait_dead());
-    loop {
-        let next = async { Some(rx.recv().await) }
-            .or(async {
-                dead.as_mut().await;
-                None
-            })
-            .await;
-        match next {
-            None => break,
-            Some(Ok(msg)) => shared.handle(msg),
-            Some(Err(e)) => {
-                let reason = match &e {
-                    RecvError::Closed => format!("the channel to {} closed", shared.peer.id),
-                    other => format!("reading from {} failed: {other}", shared.peer.id),
-                };
-                shared.shutdown(LinkEnd::Broken(reason.clone()), reason, false);
-                break;
-            }
-        }
-    }
-    debug!(local = %shared.local.id, "reader stopped");
-    shared.reader_done.store(true, Ordering::Release);
-    shared.progress.notify(usize::MAX);
 }

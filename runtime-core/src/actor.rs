@@ -359,7 +359,7 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
 async fn close_and_flush(link: &Link, config: &LinkConfig) {
     link.close();
     let bound = config.close_flush_timeout + Duration::from_millis(100);
-    if crate::scope::with_deadline(bound, link.io_stopped())
+    if crate::scope::move_on_after(bound, link.io_stopped())
         .await
         .is_none()
     {

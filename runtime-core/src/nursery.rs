@@ -13,7 +13,7 @@ use harrow_portal::{Link, LinkEnd, LocalInfo, Portal, Resolver};
 use crate::actor::{ActorCtx, current_actor};
 use crate::backend::{Child, Exit, SpawnBackend, SpawnError, SpawnSpec, Timeouts};
 use crate::error::{BoxError, ChildFailure, Error, NurseryError, Result};
-use crate::scope::{CancelToken, WaitGroup, with_deadline};
+use crate::scope::{CancelToken, WaitGroup, move_on_after};
 
 /// What to give a new child beyond its name and backend.
 #[derive(Clone, Default)]
@@ -337,7 +337,7 @@ impl ActorNursery {
         let backend_name = backend.name().to_owned();
         tracing::debug!(child = %id, backend = %backend_name, "spawning");
 
-        let mut child = match with_deadline(come_up, backend.spawn(spawn_spec)).await {
+        let mut child = match move_on_after(come_up, backend.spawn(spawn_spec)).await {
             Some(Ok(child)) => child,
             Some(Err(e)) => return Err(e.into()),
             None => {
@@ -476,7 +476,7 @@ impl ActorNursery {
         link.close();
         // Let the link's I/O tasks end (the writer flushes for a bounded time), so that nothing
         // of this child (its channel's fd included) outlives its supervisor.
-        let _ = with_deadline(link_flush_bound(&self.inner.actor), link.io_stopped()).await;
+        let _ = move_on_after(link_flush_bound(&self.inner.actor), link.io_stopped()).await;
         match &outcome {
             ChildOutcome::Leaked(what) => {
                 tracing::warn!(child = %slot.id, backend = %slot.backend, %what, "child leaked");
@@ -680,7 +680,7 @@ where
 
 /// Gives up on a child that never came up: hard kill and a bounded join.
 async fn abandon(mut child: Box<dyn Child>, t: Timeouts) {
-    let _ = with_deadline(t.hard_kill, child.hard_kill()).await;
+    let _ = move_on_after(t.hard_kill, child.hard_kill()).await;
     if child.join(t.hard_kill).await == Exit::Running {
         tracing::warn!(child = %child.describe(), "child that failed to come up is leaked");
     }
@@ -729,7 +729,7 @@ async fn ladder(
     // or never obeyed the cancel) sees its parent gone and exits as an orphan would.
     tracing::debug!(child = %child.id(), "hard kill");
     link.close();
-    let killed = with_deadline(t.hard_kill, child.hard_kill()).await;
+    let killed = move_on_after(t.hard_kill, child.hard_kill()).await;
     if let Some(Err(e)) = &killed {
         tracing::warn!(child = %child.id(), error = %e, "hard kill failed");
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use event_listener::Event;
+use harrow_ipc::wait::{Event, wait_until};
 
 /// A one-way cancellation signal. Cheap to clone; all clones see the same state.
 #[derive(Clone, Default)]
@@ -53,16 +53,7 @@ impl CancelToken {
 
     /// Resolves once the token is cancelled.
     pub async fn cancelled(&self) {
-        loop {
-            if self.is_cancelled() {
-                return;
-            }
-            let listener = self.inner.event.listen();
-            if self.is_cancelled() {
-                return;
-            }
-            listener.await;
-        }
+        wait_until(&self.inner.event, || self.is_cancelled()).await
     }
 }
 
@@ -105,34 +96,21 @@ impl WaitGroup {
 
     /// Waits until the count is zero.
     pub(crate) async fn wait(&self) {
-        loop {
-            if self.count() == 0 {
-                return;
-            }
-            let listener = self.inner.event.listen();
-            if self.count() == 0 {
-                return;
-            }
-            listener.await;
-        }
+        wait_until(&self.inner.event, || self.count() == 0).await
     }
 
     /// Waits until the count is zero or `bound` passes; true if it reached zero.
     pub(crate) async fn wait_for(&self, bound: Duration) -> bool {
-        with_deadline(bound, self.wait()).await.is_some()
+        move_on_after(bound, self.wait()).await.is_some()
     }
-}
-
-/// Runs `fut` for at most `bound`; `None` if the deadline passed first (the future is dropped).
-pub(crate) fn with_deadline<F: Future>(bound: Duration, fut: F) -> MoveOnAfter<F> {
-    move_on_after(bound, fut)
 }
 
 /// Runs `fut`, cancelling (dropping) it after `bound`. Returns `None` if it was cancelled.
 ///
 /// The deadline counts from the first poll. The returned [`MoveOnAfter`] holds `fut` and a timer
 /// side by side, so a deadline adds a constant to the size of the future it wraps (nesting
-/// deadlines adds one constant per level, never a multiple).
+/// deadlines adds one constant per level, never a multiple). It is the one deadline of harrow,
+/// [`harrow_ipc::wait::deadline`], under its structured-concurrency name.
 ///
 /// ```
 /// use std::time::Duration;
@@ -142,56 +120,15 @@ pub(crate) fn with_deadline<F: Future>(bound: Duration, fut: F) -> MoveOnAfter<F
 /// # });
 /// ```
 pub fn move_on_after<F: Future>(bound: Duration, fut: F) -> MoveOnAfter<F> {
-    MoveOnAfter {
-        fut,
-        bound,
-        timer: None,
-    }
+    harrow_ipc::wait::deadline(bound, fut)
 }
 
-pin_project_lite::pin_project! {
-    /// The future of [`move_on_after`]: `Some(output)` if the wrapped future finished first,
-    /// `None` if the deadline passed first.
-    ///
-    /// The wrapped future is polled before the timer, so a future that is ready when the deadline
-    /// passes still wins. It is dropped with this future (at the end of the `.await`).
-    #[must_use = "futures do nothing unless you `.await` or poll them"]
-    pub struct MoveOnAfter<F> {
-        #[pin]
-        fut: F,
-        bound: Duration,
-        // Started at the first poll.
-        timer: Option<async_io::Timer>,
-    }
-}
-
-impl<F> std::fmt::Debug for MoveOnAfter<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MoveOnAfter")
-            .field("bound", &self.bound)
-            .field("started", &self.timer.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<F: Future> Future for MoveOnAfter<F> {
-    type Output = Option<F::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(out) = this.fut.poll(cx) {
-            return Poll::Ready(Some(out));
-        }
-        let bound = *this.bound;
-        let timer = this
-            .timer
-            .get_or_insert_with(|| async_io::Timer::after(bound));
-        match Pin::new(timer).poll(cx) {
-            Poll::Ready(_) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
+/// The future of [`move_on_after`]: `Some(output)` if the wrapped future finished first, `None`
+/// if the deadline passed first.
+///
+/// The wrapped future is polled before the timer, so a future that is ready when the deadline
+/// passes still wins. It is dropped with this future (at the end of the `.await`).
+pub type MoveOnAfter<F> = harrow_ipc::wait::Deadline<F>;
 
 /// The deadline of a [`fail_after`] passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -227,7 +164,7 @@ impl<F: Future> Future for FailAfter<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let inner = self.project().inner;
-        let bound = inner.bound;
+        let bound = inner.bound();
         inner.poll(cx).map(|out| out.ok_or(DeadlineExceeded(bound)))
     }
 }

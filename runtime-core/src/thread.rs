@@ -74,19 +74,9 @@ impl<T: Send + 'static> DedicatedThread<T> {
         if self.handle.is_none() {
             return Joined::AlreadyJoined;
         }
-        let ended = futures_lite::future::or(
-            async {
-                // Err(Closed) once the thread dropped its sender.
-                let _ = self.done.recv().await;
-                true
-            },
-            async {
-                async_io::Timer::after(bound).await;
-                false
-            },
-        )
-        .await;
-        if !ended {
+        // Err(Closed) once the thread dropped its sender.
+        let ended = crate::scope::move_on_after(bound, self.done.recv()).await;
+        if ended.is_none() {
             return Joined::Running;
         }
         let Some(handle) = self.handle.take() else {

@@ -5,9 +5,8 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
-use futures_lite::FutureExt;
 use harrow_runtime_core::ipc::{ActorId, Channel};
-use harrow_runtime_core::{BoxFuture, Child, Exit};
+use harrow_runtime_core::{BoxFuture, Child, Exit, move_on_after};
 
 use crate::output::Forwarder;
 
@@ -70,12 +69,9 @@ impl ProcessChild {
             let left = deadline - now;
             match &self.pidfd {
                 Some(pidfd) => {
-                    let readable = async { pidfd.readable().await.is_ok() }
-                        .or(async {
-                            Timer::after(left).await;
-                            false
-                        })
-                        .await;
+                    let readable = move_on_after(left, pidfd.readable())
+                        .await
+                        .is_some_and(|r| r.is_ok());
                     if !readable && Instant::now() >= deadline {
                         return self.try_reap();
                     }

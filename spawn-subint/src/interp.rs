@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use harrow_ipc::wait::deadline;
 use harrow_ipc::{CallKind, ErrorKind, FnPath, Value};
 use harrow_portal::CallError;
 
@@ -387,14 +388,11 @@ impl InterpThread {
     /// [`spawn`](Self::spawn) for async callers (does not block the executor while the
     /// interpreter is created; the main-interpreter init on first use does, briefly).
     pub async fn spawn_async(config: InterpConfig) -> Result<Self> {
-        use futures_lite::FutureExt;
         let s = Self::start(config)?;
-        let ready = async { s.ready.recv_async().await.map_err(|e| e.to_string()) }
-            .or(async {
-                async_io::Timer::after(CREATE_BOUND).await;
-                Err(format!("not ready after {CREATE_BOUND:?}"))
-            })
-            .await;
+        let ready = match deadline(CREATE_BOUND, s.ready.recv_async()).await {
+            Some(got) => got.map_err(|e| e.to_string()),
+            None => Err(format!("not ready after {CREATE_BOUND:?}")),
+        };
         Self::finish_start(s.thread, ready)
     }
 
@@ -430,16 +428,10 @@ impl InterpThread {
 
     /// [`join`](Self::join) for async callers.
     pub async fn join_async(&mut self, bound: Duration) -> Exit {
-        use futures_lite::FutureExt;
         if let Some(e) = &self.exit {
             return e.clone();
         }
-        let got = async { Some(self.done.recv_async().await) }
-            .or(async {
-                async_io::Timer::after(bound).await;
-                None
-            })
-            .await;
+        let got = deadline(bound, self.done.recv_async()).await;
         match got {
             Some(Ok(exit)) => self.finished(exit),
             Some(Err(_)) => self.died(),

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::thread::ThreadId;
 use std::time::Duration;
 
-use event_listener::Event;
+use harrow_ipc::wait::{Event, wait_until};
 use parking_lot::Mutex;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -169,16 +169,7 @@ impl JobState {
 
     /// Resolves once the call is cancelled.
     pub(crate) async fn wait_cancelled(&self) {
-        loop {
-            if self.is_cancelled() {
-                return;
-            }
-            let listener = self.event.listen();
-            if self.is_cancelled() {
-                return;
-            }
-            listener.await;
-        }
+        wait_until(&self.event, || self.is_cancelled()).await
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use event_listener::Event;
+use harrow_runtime_core::ipc::wait::{Event, wait_until};
 use harrow_runtime_core::ipc::{
     ActorId, BoxFuture as IpcBoxFuture, Channel, ChannelRx, ChannelTx, Msg, RecvError, RecvHalf,
     SendError, SendHalf,
@@ -187,16 +187,7 @@ impl Breaker {
     }
 
     async fn broken(&self) {
-        loop {
-            if self.is_broken() {
-                return;
-            }
-            let l = self.inner.event.listen();
-            if self.is_broken() {
-                return;
-            }
-            l.await;
-        }
+        wait_until(&self.inner.event, || self.is_broken()).await
     }
 }
 

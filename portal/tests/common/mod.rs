@@ -28,11 +28,7 @@ pub fn pair(t: Transport) -> (Channel, Channel) {
 
 /// Awaits `fut`, panicking with `what` if it takes longer than `bound`.
 pub async fn with_timeout<T>(bound: Duration, what: &str, fut: impl Future<Output = T>) -> T {
-    let timed = async {
-        async_io::Timer::after(bound).await;
-        None
-    };
-    match future::or(async { Some(fut.await) }, timed).await {
+    match ipc::wait::deadline(bound, fut).await {
         Some(v) => v,
         None => panic!("timed out after {bound:?} waiting for: {what}"),
     }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
-use futures_lite::FutureExt;
 use harrow_ipc::{CallKind, FnPath, Value};
 use harrow_portal::CallError;
 use harrow_spawn_subint::{
@@ -34,11 +33,8 @@ pub fn spawn(name: &str) -> Result<InterpThread> {
 
 /// Runs `fut` to completion, failing after `bound`.
 pub fn bounded<T>(bound: Duration, fut: impl Future<Output = T>) -> Result<T> {
-    async_io::block_on(async { Some(fut.await) }.or(async {
-        async_io::Timer::after(bound).await;
-        None
-    }))
-    .ok_or_else(|| anyhow!("timed out after {bound:?}"))
+    async_io::block_on(harrow_ipc::wait::deadline(bound, fut))
+        .ok_or_else(|| anyhow!("timed out after {bound:?}"))
 }
 
 pub fn start(h: &InterpHandle, f: &str, args: Value) -> PyCall {

@@ -176,8 +176,10 @@ def fail_at_gate(args):
 def ctx_cleanup_fails(ctx, v=None):
     """ctx_cleanup_fails(): started(None), waits until cancelled, then fails in its cleanup with
     ValueError("cleanup failed")."""
-    ctx.started(None)
+    # `started` inside the `try`: the cancel is injected as an asynchronous exception, which can
+    # land between `started` returning and the next statement.
     try:
+        ctx.started(None)
         while True:
             harrow.sleep(3600)
     except harrow.Cancelled:

@@ -1,0 +1,181 @@
+//! The two waiting primitives every harrow crate uses: waiting for a condition signalled through
+//! an [`Event`] ([`wait_until`], [`wait_until_some`]), and bounding a future in time
+//! ([`deadline`]).
+//!
+//! They live here, in the lowest crate, so that the link engine, the runtime and the backends
+//! share one implementation; `harrow-runtime-core` re-exports the deadline as `move_on_after`.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicBool, Ordering};
+//! use std::time::Duration;
+//! use event_listener::Event;
+//! use harrow_ipc::wait::{deadline, wait_until};
+//! # futures_lite::future::block_on(async {
+//! let flag = AtomicBool::new(false);
+//! let event = Event::new();
+//! // Nobody sets the flag: the bounded wait gives up.
+//! let waited = deadline(Duration::from_millis(5), wait_until(&event, || flag.load(Ordering::SeqCst)));
+//! assert!(waited.await.is_none());
+//! flag.store(true, Ordering::SeqCst);
+//! event.notify(usize::MAX);
+//! wait_until(&event, || flag.load(Ordering::SeqCst)).await;
+//! # });
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub use event_listener::{Event, EventListener};
+
+/// Resolves once `cond` returns true.
+///
+/// Whoever makes `cond` true must notify `event` afterwards (all listeners, or as many as may
+/// wait). `cond` is checked before and after registering a listener, so a notification between
+/// the check and the registration is never lost.
+///
+/// Unbounded by itself: wrap it in a [`deadline`] where the condition may never come.
+pub async fn wait_until(event: &Event, mut cond: impl FnMut() -> bool) {
+    wait_until_some(event, || cond().then_some(())).await
+}
+
+/// Resolves with the first `Some` that `probe` returns; [`wait_until`] for a condition that
+/// carries a value.
+pub async fn wait_until_some<T>(event: &Event, mut probe: impl FnMut() -> Option<T>) -> T {
+    loop {
+        if let Some(t) = probe() {
+            return t;
+        }
+        let listener = event.listen();
+        if let Some(t) = probe() {
+            return t;
+        }
+        listener.await;
+    }
+}
+
+/// Runs `fut` for at most `bound`: `Some(output)` if it finished first, `None` if the bound passed
+/// first (the future is then dropped, which cancels it).
+///
+/// The bound counts from the first poll. The returned [`Deadline`] holds `fut` and a timer side
+/// by side, so a deadline adds a constant to the size of the future it wraps (nesting deadlines
+/// adds one constant per level, never a multiple).
+pub fn deadline<F: Future>(bound: Duration, fut: F) -> Deadline<F> {
+    Deadline {
+        fut,
+        bound,
+        timer: None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`deadline`]: `Some(output)` if the wrapped future finished first, `None` if
+    /// the bound passed first.
+    ///
+    /// The wrapped future is polled before the timer, so a future that is ready when the bound
+    /// passes still wins. It is dropped with this future (at the end of the `.await`).
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct Deadline<F> {
+        #[pin]
+        fut: F,
+        bound: Duration,
+        // Started at the first poll.
+        timer: Option<async_io::Timer>,
+    }
+}
+
+impl<F> Deadline<F> {
+    /// The bound this deadline was created with.
+    pub fn bound(&self) -> Duration {
+        self.bound
+    }
+}
+
+impl<F> std::fmt::Debug for Deadline<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deadline")
+            .field("bound", &self.bound)
+            .field("started", &self.timer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for Deadline<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let bound = *this.bound;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| async_io::Timer::after(bound));
+        match Pin::new(timer).poll(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::block_on;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    #[test]
+    fn wait_until_wakes_on_notify_from_another_thread() {
+        let state = Arc::new((AtomicBool::new(false), Event::new()));
+        let s2 = state.clone();
+        let h = std::thread::spawn(move || {
+            block_on(deadline(
+                Duration::from_secs(10),
+                wait_until(&s2.1, || s2.0.load(Ordering::SeqCst)),
+            ))
+        });
+        state.0.store(true, Ordering::SeqCst);
+        state.1.notify(usize::MAX);
+        assert_eq!(h.join().unwrap(), Some(()));
+    }
+
+    #[test]
+    fn wait_until_some_returns_the_value() {
+        let n = AtomicUsize::new(0);
+        let event = Event::new();
+        let got = block_on(wait_until_some(&event, || {
+            let k = n.fetch_add(1, Ordering::SeqCst);
+            (k >= 1).then_some(k * 10)
+        }));
+        // The first probe failed, the second (after registering the listener) succeeded.
+        assert_eq!(got, 10);
+    }
+
+    #[test]
+    fn deadline_gives_up_and_a_ready_future_wins() {
+        let r = block_on(deadline(
+            Duration::from_millis(5),
+            std::future::pending::<()>(),
+        ));
+        assert_eq!(r, None);
+        assert_eq!(block_on(deadline(Duration::ZERO, async { 5 })), Some(5));
+    }
+
+    #[test]
+    fn deadline_adds_a_constant_to_the_size() {
+        async fn big() -> usize {
+            let buf = [7u8; 4096];
+            futures_lite::future::yield_now().await;
+            buf.iter().map(|b| *b as usize).sum()
+        }
+        const PER_DEADLINE: usize = 128;
+        let base = std::mem::size_of_val(&big());
+        let d = Duration::from_secs(30);
+        let twice = deadline(d, deadline(d, big()));
+        assert!(std::mem::size_of_val(&twice) <= base + 2 * PER_DEADLINE);
+        assert_eq!(block_on(twice), Some(Some(7 * 4096)));
+    }
+}

@@ -1,0 +1,129 @@
+//! Establishing a link: the `Hello` exchange, then starting the engine's tasks.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+
+use harrow_ipc::wait::{Event, deadline};
+use harrow_ipc::{Channel, Msg, PROTOCOL_VERSION, RecvError};
+use tracing::debug;
+
+use super::io::{reader, writer};
+use super::{Executor, Link, LinkConfig, LinkState, LocalInfo, PeerInfo, Shared};
+use crate::{Error, Resolver, Result};
+
+impl Link {
+    /// Sends our `Hello`, waits (bounded by `config.hello_timeout`) for the peer's, checks the
+    /// protocol version, then starts the engine on `exec`.
+    ///
+    /// `resolver` serves the peer's calls; with `None`, every `Start` is answered with a
+    /// `NotFound` error.
+    pub async fn establish(
+        channel: Channel,
+        local: LocalInfo,
+        resolver: Option<Arc<dyn Resolver>>,
+        exec: &Executor,
+        config: LinkConfig,
+    ) -> Result<Link> {
+        let (tx, mut rx) = channel.split();
+        let span = tracing::debug_span!("link", local = %local.id);
+        let _enter = span.enter();
+        let hello = Msg::Hello {
+            actor: local.id.clone(),
+            protocol: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            backend: local.backend.clone(),
+        };
+        if let Err(e) = tx.send(hello).await {
+            return Err(Error::Handshake(format!(
+                "could not send our Hello (channel closed before the handshake?): {e}"
+            )));
+        }
+        let peer = match deadline(config.hello_timeout, rx.recv()).await {
+            None => {
+                tx.close();
+                return Err(Error::Handshake(format!(
+                    "the peer sent no Hello within {:?}",
+                    config.hello_timeout
+                )));
+            }
+            Some(Err(RecvError::Closed)) => {
+                tx.close();
+                return Err(Error::Handshake(
+                    "the channel closed before the peer's Hello arrived".into(),
+                ));
+            }
+            Some(Err(e)) => {
+                tx.close();
+                return Err(Error::Handshake(format!(
+                    "could not read the peer's Hello: {e}"
+                )));
+            }
+            Some(Ok(Msg::Hello {
+                actor,
+                protocol,
+                pid,
+                backend,
+            })) => {
+                if protocol != PROTOCOL_VERSION {
+                    tx.close();
+                    return Err(Error::Handshake(format!(
+                        "protocol version mismatch: peer {actor} speaks version {protocol}, \
+                         this side ({}) speaks version {PROTOCOL_VERSION}",
+                        local.id
+                    )));
+                }
+                if actor == local.id {
+                    tx.close();
+                    return Err(Error::Handshake(format!(
+                        "the peer claims this side's own actor id {actor}"
+                    )));
+                }
+                PeerInfo {
+                    id: actor,
+                    pid,
+                    backend,
+                    protocol,
+                }
+            }
+            Some(Ok(other)) => {
+                tx.close();
+                return Err(Error::Handshake(format!(
+                    "expected Hello as the peer's first message, got {}",
+                    other.kind_name()
+                )));
+            }
+        };
+        // The peer has said who it is: lift the transport's small pre-handshake frame limit.
+        rx.end_handshake();
+        debug!(peer = %peer.id, backend = %peer.backend, pid = peer.pid, "link established");
+
+        let parity = u64::from(local.id >= peer.id);
+        let (out, out_rx) = async_channel::unbounded();
+        let shared = Arc::new(Shared {
+            local,
+            peer,
+            config,
+            exec: exec.clone(),
+            resolver,
+            out,
+            state: Mutex::new(LinkState::default()),
+            dead: AtomicBool::new(false),
+            dead_ev: Event::new(),
+            next_cid: AtomicU64::new(2 + parity),
+            parity,
+            enqueued: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            writer_done: AtomicBool::new(false),
+            reader_done: AtomicBool::new(false),
+            progress: Event::new(),
+            end: Mutex::new(None),
+            end_ev: Event::new(),
+            acks: AtomicU64::new(0),
+            last_ack_teardown: Mutex::new(None),
+            ack_ev: Event::new(),
+        });
+        exec.spawn(writer(shared.clone(), tx, out_rx)).detach();
+        exec.spawn(reader(shared.clone(), rx)).detach();
+        Ok(Link { shared })
+    }
+}

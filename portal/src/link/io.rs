@@ -1,0 +1,120 @@
+//! The link's I/O tasks: the writer drains the outgoing queue into the channel in batches, the
+//! reader hands every incoming message to the router.
+
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures_lite::FutureExt;
+use harrow_ipc::{ChannelRx, ChannelTx, ErrorKind, Msg, RecvError, RemoteError, SendError};
+use tracing::debug;
+
+use super::{LinkEnd, Shared};
+use crate::Error;
+
+/// How many queued messages the writer hands the transport at once.
+const WRITE_BATCH: usize = 256;
+
+pub(super) async fn writer(shared: Arc<Shared>, tx: ChannelTx, out: async_channel::Receiver<Msg>) {
+    let run = async {
+        let mut batch = VecDeque::with_capacity(WRITE_BATCH);
+        while let Ok(msg) = out.recv().await {
+            // Take whatever else is queued too: byte transports write a batch in one go.
+            batch.push_back(msg);
+            while batch.len() < WRITE_BATCH {
+                match out.try_recv() {
+                    Ok(msg) => batch.push_back(msg),
+                    Err(_) => break,
+                }
+            }
+            while !batch.is_empty() {
+                let before = batch.len();
+                let result = tx.send_batch(&mut batch).await;
+                // Sent, plus the one handed back in an error: all left the queue.
+                let done = before - batch.len();
+                shared.written.fetch_add(done as u64, Ordering::AcqRel);
+                if let Err(e) = result {
+                    if !send_failed(&shared, &tx, e).await {
+                        return;
+                    }
+                }
+            }
+            shared.progress.notify(usize::MAX);
+        }
+    };
+    let deadline = async {
+        shared.wait_dead().await;
+        async_io::Timer::after(shared.config.close_flush_timeout).await;
+        debug!(local = %shared.local.id, "writer flush bound reached");
+    };
+    run.or(deadline).await;
+    tx.close();
+    shared.writer_done.store(true, Ordering::Release);
+    shared.progress.notify(usize::MAX);
+}
+
+/// Deals with a message that could not be sent. False when the channel is gone (the link is then
+/// shut down).
+async fn send_failed(shared: &Arc<Shared>, tx: &ChannelTx, e: SendError) -> bool {
+    if e.is_closed() {
+        let reason = format!("sending to {} failed: {e}", shared.peer.id);
+        shared.shutdown(LinkEnd::Broken(reason.clone()), reason, false);
+        return false;
+    }
+    // This one message cannot travel (too large, unencodable): fail its call, not the link.
+    let text = e.to_string();
+    let msg = e.into_msg();
+    debug!(kind = msg.kind_name(), %text, "message could not be sent");
+    match msg {
+        Msg::Start { cid, .. } => {
+            let chan = shared.lock().calls.remove(&cid);
+            if let Some(chan) = chan {
+                chan.finish(Err(Error::Value(text)));
+            }
+        }
+        Msg::Started { cid, .. } | Msg::Yield { cid, .. } | Msg::Return { cid, .. } => {
+            let err = RemoteError::new(
+                ErrorKind::Runtime,
+                "SendError",
+                text,
+                shared.local.id.clone(),
+            );
+            let _ = tx
+                .send(Msg::Error {
+                    cid: Some(cid),
+                    error: err,
+                })
+                .await;
+        }
+        _ => {}
+    }
+    true
+}
+
+pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
+    let mut dead = pin!(shared.wait_dead());
+    loop {
+        let next = async { Some(rx.recv().await) }
+            .or(async {
+                dead.as_mut().await;
+                None
+            })
+            .await;
+        match next {
+            None => break,
+            Some(Ok(msg)) => shared.handle(msg),
+            Some(Err(e)) => {
+                let reason = match &e {
+                    RecvError::Closed => format!("the channel to {} closed", shared.peer.id),
+                    other => format!("reading from {} failed: {other}", shared.peer.id),
+                };
+                shared.shutdown(LinkEnd::Broken(reason.clone()), reason, false);
+                break;
+            }
+        }
+    }
+    debug!(local = %shared.local.id, "reader stopped");
+    shared.reader_done.store(true, Ordering::Release);
+    shared.progress.notify(usize::MAX);
+}

@@ -1,0 +1,416 @@
+//! The callee side: running the peer's calls, their answers, their cancellation and the
+//! `CancelActor` acks owed for them.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_lite::FutureExt;
+use harrow_ipc::{ActorId, CallKind, Cid, ErrorKind, FnPath, Msg, RemoteError, Value};
+use tracing::debug;
+
+use super::{LinkEnd, LinkState, Served, Shared};
+use crate::chan::{Chan, Side};
+use crate::{CallError, CalleeContext, Error, Invocation};
+
+impl Shared {
+    pub(super) fn serve_start(
+        self: &Arc<Self>,
+        cid: Cid,
+        func: FnPath,
+        kind: CallKind,
+        args: Value,
+    ) {
+        let chan = Arc::new(Chan::new(cid, Side::Callee, kind, func.to_string()));
+        {
+            let mut st = self.lock();
+            if st.dead.is_some() {
+                return;
+            }
+            if let Some(canceller) = &st.refuse_starts {
+                let mut err = RemoteError::cancelled(self.local.id.clone(), canceller.clone());
+                err.message = format!(
+                    "{func} refused: this actor is being cancelled (requested by {canceller})"
+                );
+                self.enqueue(Msg::Error {
+                    cid: Some(cid),
+                    error: err,
+                });
+                return;
+            }
+            if st.served.contains_key(&cid) {
+                let msg = format!("call id {cid} is already in use for another call");
+                self.enqueue(Msg::Error {
+                    cid: Some(cid),
+                    error: RemoteError::new(
+                        ErrorKind::Protocol,
+                        "ProtocolError",
+                        msg,
+                        self.local.id.clone(),
+                    ),
+                });
+                return;
+            }
+            st.served.insert(
+                cid,
+                Served {
+                    chan: chan.clone(),
+                    task: None,
+                },
+            );
+        }
+        let ctx = CalleeContext::new(self.clone(), chan.clone());
+        let started = match &self.resolver {
+            Some(resolver) => resolver.start(Invocation {
+                func: func.clone(),
+                kind,
+                args,
+                ctx,
+            }),
+            None => Err(CallError::new(
+                ErrorKind::NotFound,
+                "NotFound",
+                format!("{func}: this actor serves no functions"),
+            )),
+        };
+        let mut st = self.lock();
+        if !st.served.contains_key(&cid) {
+            // Cancelled (or the link closed) while resolving: the answer was already sent.
+            return;
+        }
+        match started {
+            Err(err) => {
+                debug!(%cid, %func, %err, "resolver refused the call");
+                st.served.remove(&cid);
+                drop(st);
+                let mut cst = chan.lock();
+                if !cst.wire_done {
+                    cst.wire_done = true;
+                    self.enqueue(Msg::Error {
+                        cid: Some(cid),
+                        error: err.into_remote(&self.local.id),
+                    });
+                }
+                drop(cst);
+                self.progress.notify(usize::MAX);
+            }
+            Ok(fut) => {
+                let shared = self.clone();
+                let scope_ctx = CalleeContext::new(self.clone(), chan.clone());
+                let task = self.exec.spawn(async move {
+                    // The ack goes out from the call's own task, before anything the function
+                    // sends: a function that finishes in its first poll then has its `StartAck`
+                    // and `Return` written in one batch (one wake-up of the caller, not two).
+                    {
+                        let cst = chan.lock();
+                        if !cst.wire_done {
+                            shared.enqueue(Msg::StartAck { cid });
+                        }
+                    }
+                    // The hook only sees the thread, so take the trace on the thread that
+                    // polled the panicking future, right after the unwind.
+                    let run = async {
+                        let watched =
+                            crate::panic_trace::Watched::new(crate::callee::CallScope::new(
+                                scope_ctx,
+                                AssertUnwindSafe(fut).catch_unwind(),
+                            ));
+                        Some(
+                            watched
+                                .await
+                                .map_err(|payload| (payload, crate::panic_trace::take())),
+                        )
+                    };
+                    let expired = async {
+                        cleanup_expired(&chan).await;
+                        None
+                    };
+                    match run.or(expired).await {
+                        Some(result) => shared.complete_served(cid, result),
+                        None => {
+                            debug!(%cid, func = %chan.func, "cancelled call's cleanup time is up");
+                            shared.end_served(cid, |shared, chan, st| {
+                                Some(shared.cancelled_answer(chan, st))
+                            });
+                        }
+                    }
+                });
+                if let Some(entry) = st.served.get_mut(&cid) {
+                    entry.task = Some(task);
+                }
+            }
+        }
+    }
+
+    /// The `ContextCancelled` answer for a served call cancelled by `st.cancelled_by`.
+    pub(super) fn cancelled_answer(&self, chan: &Chan, st: &crate::chan::ChanState) -> Msg {
+        let canceller = st
+            .cancelled_by
+            .clone()
+            .unwrap_or_else(|| self.local.id.clone());
+        Msg::Error {
+            cid: Some(chan.cid),
+            error: RemoteError::cancelled(self.local.id.clone(), canceller),
+        }
+    }
+
+    /// Ends served call `cid`: removes it, queues `answer`'s message as its last one (unless one
+    /// went out already), and sends the `CancelAck`s owed once no served call is left. All under
+    /// the link lock, so that every call's answer precedes the ack on the wire. Returns the entry
+    /// (whose task the caller drops or detaches), or `None` when the call had already ended.
+    fn end_served(
+        &self,
+        cid: Cid,
+        answer: impl FnOnce(&Self, &Chan, &crate::chan::ChanState) -> Option<Msg>,
+    ) -> Option<Served> {
+        let mut st = self.lock();
+        let entry = st.served.remove(&cid)?;
+        {
+            let mut cst = entry.chan.lock();
+            if !cst.wire_done {
+                if let Some(msg) = answer(self, &entry.chan, &cst) {
+                    cst.wire_done = true;
+                    self.enqueue(msg);
+                }
+            }
+        }
+        let timer = if st.served.is_empty() && st.acks_owed > 0 {
+            self.send_owed_acks(&mut st, None);
+            st.ack_timer.take()
+        } else {
+            None
+        };
+        drop(st);
+        if let Some(timer) = timer {
+            timer.detach(); // it may be this very task; it finds nothing owed and ends
+        }
+        entry.chan.notify();
+        self.progress.notify(usize::MAX);
+        Some(entry)
+    }
+
+    pub(super) fn send_owed_acks(&self, st: &mut LinkState, teardown_ms: Option<u64>) {
+        for _ in 0..std::mem::take(&mut st.acks_owed) {
+            self.enqueue(Msg::CancelAck { teardown_ms });
+        }
+    }
+
+    fn complete_served(
+        &self,
+        cid: Cid,
+        result: std::result::Result<std::result::Result<Value, CallError>, Panicked>,
+    ) {
+        let local = &self.local.id;
+        let entry = self.end_served(cid, |shared, chan, st| {
+            Some(match result {
+                Ok(Ok(value)) => {
+                    match crate::error::check_depth(&value, || format!("result of {}", chan.func)) {
+                        Ok(()) => Msg::Return { cid, value },
+                        Err(e) => Msg::Error {
+                            cid: Some(cid),
+                            error: RemoteError::new(
+                                ErrorKind::Runtime,
+                                "ValueError",
+                                e.to_string(),
+                                local.clone(),
+                            ),
+                        },
+                    }
+                }
+                // Cancelled and ended by that cancel: the canonical answer, naming the canceller.
+                Ok(Err(err)) if st.cancelled_by.is_some() && err.kind() == ErrorKind::Cancelled => {
+                    shared.cancelled_answer(chan, st)
+                }
+                // A failure, before or during the cleanup of a cancel: the outcome is the failure.
+                Ok(Err(err)) => {
+                    debug!(%cid, func = %chan.func, %err, "served call failed");
+                    Msg::Error {
+                        cid: Some(cid),
+                        error: err.into_remote(local),
+                    }
+                }
+                Err((payload, trace)) => {
+                    let text = panic_text(payload.as_ref());
+                    debug!(%cid, func = %chan.func, panic = %text, "served call panicked");
+                    Msg::Error {
+                        cid: Some(cid),
+                        error: RemoteError::new(ErrorKind::Raised, "panic", text, local.clone())
+                            .with_traceback(trace.unwrap_or_default()),
+                    }
+                }
+            })
+        });
+        if let Some(task) = entry.and_then(|e| e.task) {
+            task.detach(); // it is this very task, about to finish
+        }
+    }
+
+    /// Cancels served calls `cids` on behalf of `canceller`. A call that observes its own
+    /// cancellation is told (its stream operations fail, `cancelled()` resolves) and gets until
+    /// its cleanup bound to end; its answer is then whatever it ended with (a failure raised
+    /// during cleanup reaches the caller). Any other call is dropped at once and answered with
+    /// `ContextCancelled { canceller }`.
+    pub(crate) fn cancel_served(&self, cids: &[Cid], canceller: &ActorId) {
+        for &cid in cids {
+            let Some(chan) = self.lock().served.get(&cid).map(|e| e.chan.clone()) else {
+                continue;
+            };
+            let aware = {
+                let mut st = chan.lock();
+                if st.cancelled_by.is_some() {
+                    continue; // already being cancelled
+                }
+                st.cancelled_by = Some(canceller.clone());
+                if st.outcome.is_none() {
+                    let err = RemoteError::cancelled(self.local.id.clone(), canceller.clone());
+                    st.outcome = Some(Err(Error::from(err)));
+                }
+                if st.cancel_aware {
+                    // The bound, or later if the call asked for more (before the cancel too).
+                    let bound =
+                        Instant::now() + self.config.cancel_cleanup.max(st.cleanup_reserved);
+                    st.cleanup_until = Some(st.cleanup_until.map_or(bound, |t| t.max(bound)));
+                }
+                st.cancel_aware
+            };
+            chan.notify();
+            if !aware {
+                let entry = self.end_served(cid, |shared, chan, st| {
+                    Some(shared.cancelled_answer(chan, st))
+                });
+                drop(entry); // drops the call's future
+            }
+        }
+        self.progress.notify(usize::MAX);
+    }
+
+    /// A `CancelActor` from the peer: refuse new calls, cancel every served one, and ack once
+    /// they all ended (or at the cleanup bound, saying how long the rest still needs).
+    pub(super) fn cancel_actor_requested(self: &Arc<Self>, reason: String) {
+        let cids: Vec<Cid> = {
+            let mut st = self.lock();
+            st.refuse_starts = Some(self.peer.id.clone());
+            st.served.keys().copied().collect()
+        };
+        debug!(local = %self.local.id, peer = %self.peer.id, %reason, n = cids.len(),
+            "CancelActor: cancelling served calls");
+        self.cancel_served(&cids, &self.peer.id.clone());
+        {
+            let mut st = self.lock();
+            st.acks_owed += 1;
+            if st.served.is_empty() {
+                self.send_owed_acks(&mut st, None);
+            } else if st.ack_timer.is_none() {
+                let shared = self.clone();
+                let bound = self.config.cancel_cleanup;
+                st.ack_timer = Some(self.exec.spawn(async move {
+                    async_io::Timer::after(bound).await;
+                    shared.ack_at_bound();
+                }));
+            }
+        }
+        self.set_end(LinkEnd::CancelRequested {
+            canceller: self.peer.id.clone(),
+            reason,
+        });
+    }
+
+    /// The cleanup bound passed with calls still running (they extended their cleanup, for
+    /// example to tear down their own children): ack now, saying until when they may run.
+    fn ack_at_bound(&self) {
+        let mut st = self.lock();
+        if st.acks_owed == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let latest = st
+            .served
+            .values()
+            .filter_map(|e| e.chan.lock().cleanup_until)
+            .max();
+        let teardown_ms = latest
+            .and_then(|t| t.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        debug!(local = %self.local.id, n = st.served.len(), ?teardown_ms,
+            "acking CancelActor with calls still cleaning up");
+        self.send_owed_acks(&mut st, teardown_ms);
+        if let Some(timer) = st.ack_timer.take() {
+            timer.detach(); // this very task
+        }
+    }
+
+    /// A protocol violation in a served call: answer with a `Protocol` error and drop the task.
+    pub(super) fn fail_served(&self, cid: Cid, message: String) {
+        debug!(%cid, %message, "protocol violation by the caller");
+        let entry = self.end_served(cid, |shared, _, _| {
+            Some(Msg::Error {
+                cid: Some(cid),
+                error: RemoteError::new(
+                    ErrorKind::Protocol,
+                    "ProtocolError",
+                    message.clone(),
+                    shared.local.id.clone(),
+                ),
+            })
+        });
+        if let Some(entry) = entry {
+            {
+                let mut st = entry.chan.lock();
+                if st.outcome.is_none() {
+                    st.outcome = Some(Err(Error::Protocol(message)));
+                }
+            }
+            entry.chan.notify();
+        }
+    }
+
+    /// Sends a protocol error for a served call from the callee's own handle (`started` twice,
+    /// stream before `started`): the caller sees it; the function keeps running.
+    pub(crate) fn protocol_error_to_caller(
+        &self,
+        chan: &Chan,
+        st: &mut crate::chan::ChanState,
+        message: &str,
+    ) {
+        if !st.wire_done {
+            st.wire_done = true;
+            self.enqueue(Msg::Error {
+                cid: Some(chan.cid),
+                error: RemoteError::new(
+                    ErrorKind::Protocol,
+                    "ProtocolError",
+                    message,
+                    self.local.id.clone(),
+                ),
+            });
+        }
+    }
+}
+
+/// Resolves when a cancelled, cancel-aware call's cleanup time is up (never for other calls).
+async fn cleanup_expired(chan: &Chan) {
+    let mut until = chan
+        .wait(|st| st.cancelled_by.as_ref().and(st.cleanup_until))
+        .await;
+    loop {
+        async_io::Timer::at(until).await;
+        match chan.lock().cleanup_until {
+            Some(later) if later > until => until = later, // extended meanwhile
+            _ => return,
+        }
+    }
+}
+
+/// A served call that panicked: the payload and, when recorded, where it panicked.
+type Panicked = (Box<dyn std::any::Any + Send>, Option<String>);
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
