@@ -119,6 +119,15 @@ impl Portal {
         Ok((ctx, first))
     }
 
+    /// Calls a one-way stream function (`FnRegistry::stream` in Rust, a generator in Python)
+    /// and returns its items as they come. Dropping the returned stream cancels the call.
+    pub async fn open_stream_from(&self, func: &str, args: Value) -> Result<OneWayStream> {
+        let (mut ctx, _first) = self.open_context(func, args).await?;
+        let stream = ctx.open_stream().await?;
+        let (_tx, rx) = stream.split();
+        Ok(OneWayStream { rx, ctx })
+    }
+
     /// Asks the peer to cancel its whole actor runtime. True when it acked within `timeout`;
     /// false on timeout or when the channel is already closed. Never waits longer than `timeout`.
     pub async fn cancel_actor(&self, timeout: Duration) -> bool {
@@ -146,6 +155,31 @@ impl Portal {
     /// Whether the link under this portal is closed (calls fail with [`Error::Closed`]).
     pub fn is_closed(&self) -> bool {
         self.shared.is_dead()
+    }
+}
+
+/// The items of a one-way stream call ([`Portal::open_stream_from`]). `recv` returns `Ok(None)`
+/// once the callee finished; a failure or a cancel is an error. Dropping it cancels the call.
+#[derive(Debug)]
+pub struct OneWayStream {
+    rx: StreamRx,
+    ctx: Context,
+}
+
+impl OneWayStream {
+    /// The next item; `Ok(None)` after the last one.
+    pub async fn recv(&mut self) -> Result<Option<Value>> {
+        self.rx.recv().await
+    }
+
+    /// The context behind it: its outcome, cancel, result.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// The call's result once the stream ended (the number of items, for `FnRegistry::stream`).
+    pub async fn result(self) -> Result<Value> {
+        self.ctx.result().await
     }
 }
 
@@ -219,6 +253,25 @@ impl Context {
     /// ended in time (the context is untouched and can still be used or cancelled).
     pub async fn wait_result(&self, bound: Duration) -> Option<Result<Value>> {
         deadline(bound, self.chan.wait(|st| st.outcome.clone())).await
+    }
+
+    /// Runs `fut` (for example a loop over this context's stream, or other work done while the
+    /// callee runs) and returns as soon as either ends: `fut`'s output, or the error the context
+    /// ended with. So a remote failure reaches the caller at once, even while it is busy with
+    /// something else and not reading the stream. A context that returns normally lets `fut`
+    /// run to its end.
+    pub async fn guard<F: Future>(&self, fut: F) -> Result<F::Output> {
+        use futures_lite::FutureExt;
+        async { Ok(fut.await) }
+            .or(async {
+                self.chan
+                    .wait(|st| match &st.outcome {
+                        Some(Err(e)) => Some(Err(e.clone())),
+                        _ => None,
+                    })
+                    .await
+            })
+            .await
     }
 
     /// The outcome, if the context has ended: its result, or the error it ended with.
@@ -415,7 +468,14 @@ impl TxInner {
 
 impl Drop for TxInner {
     fn drop(&mut self) {
-        let _ = self.close();
+        // The caller's side ends its direction when its last sending handle goes. The callee's
+        // does not: a function that fails drops its stream on the way out, and a `Stop` sent
+        // then would make the caller read a normal end of stream before the failure. Its
+        // direction ends with the call instead (`Return` is an end of stream, `Error` an error),
+        // or with an explicit `close()`.
+        if self.chan.side == Side::Caller {
+            let _ = self.close();
+        }
     }
 }
 
@@ -425,7 +485,9 @@ impl Drop for TxInner {
 /// and re-grants consumed items in batches of half the window; [`send`](MsgStream::send) waits
 /// while the sender has no credit. End of stream is explicit: `recv` returns `Ok(None)` once the
 /// peer closed its side (or the call returned); `send` after [`close`](MsgStream::close) is
-/// `Err(Error::Protocol)`. Dropping every sending handle closes the sending side.
+/// `Err(Error::Protocol)`. On the caller's side, dropping every sending handle closes the
+/// sending side; on the callee's side the direction ends with the call (or `close()`), so that a
+/// function failing mid-stream is seen as that failure, never as a normal end.
 #[derive(Debug)]
 pub struct MsgStream {
     tx: StreamTx,

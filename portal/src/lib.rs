@@ -58,7 +58,7 @@ mod panic_trace;
 mod registry;
 
 pub use callee::{CallError, CallFuture, CalleeContext, Invocation, Resolver, current_call};
-pub use caller::{Context, MsgStream, Portal, StreamRx, StreamTx};
+pub use caller::{Context, MsgStream, OneWayStream, Portal, StreamRx, StreamTx};
 pub use endpoint::Endpoint;
 pub use error::{Error, Result};
 pub use harrow_ipc as ipc;

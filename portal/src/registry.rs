@@ -246,3 +246,34 @@ impl<S: Send + Sync + 'static> StateRegistry<S> {
         self.reg
     }
 }
+
+impl FnRegistry {
+    /// Registers a one-way stream: `f(args)` returns a [`Stream`](futures_lite::Stream) of
+    /// items, and each is sent to the caller as it comes (with credit flow control), without the
+    /// context/`started`/`open_stream` ceremony. The caller reads it with
+    /// [`Portal::open_stream_from`](crate::Portal::open_stream_from). The first `Err` item ends
+    /// the call with that error; the end of the stream ends it with the number of items sent.
+    pub fn stream<F, S>(&mut self, path: &str, f: F) -> Result<&mut Self, harrow_ipc::FnPathError>
+    where
+        F: Fn(Value) -> S + Send + Sync + 'static,
+        S: futures_lite::Stream<Item = Result<Value, CallError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.context(path, move |ctx, args| {
+            let items = f(args);
+            async move {
+                use futures_lite::StreamExt;
+                ctx.started(Value::Null).await?;
+                let stream = ctx.open_stream().await?;
+                let mut items = std::pin::pin!(items);
+                let mut n = 0i64;
+                while let Some(item) = items.next().await {
+                    stream.send(item?).await?;
+                    n += 1;
+                }
+                stream.close().await?;
+                Ok(Value::Int(n))
+            }
+        })
+    }
+}

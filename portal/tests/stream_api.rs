@@ -186,3 +186,100 @@ mod endpoints {
 
     both_transports!(an_endpoint_is_served_and_called_with_its_types);
 }
+
+mod one_way {
+    use super::*;
+    use harrow_portal::{CallError, FnRegistry};
+
+    fn registry() -> FnRegistry {
+        let mut reg = FnRegistry::new();
+        reg.stream("s:count", |v: Value| {
+            let n = v.as_i64().unwrap_or(0);
+            futures_lite::stream::iter((0..n).map(|i| Ok(Value::Int(i))))
+        })
+        .unwrap();
+        reg.stream("s:fail_after", |v: Value| {
+            let n = v.as_i64().unwrap_or(0);
+            futures_lite::stream::iter((0..=n).map(move |i| {
+                if i < n {
+                    Ok(Value::Int(i))
+                } else {
+                    Err(CallError::raised("ValueError", "ran dry"))
+                }
+            }))
+        })
+        .unwrap();
+        reg.context("s:fail_later", |ctx, _| async move {
+            ctx.started(Value::Null).await?;
+            async_io::Timer::after(Duration::from_millis(20)).await;
+            Err::<Value, _>(CallError::raised(
+                "ValueError",
+                "failed while the caller was busy",
+            ))
+        })
+        .unwrap();
+        reg
+    }
+
+    async fn a_stream_function_streams_without_ceremony(exec: Executor, t: Transport) {
+        let (a, _b) = caller_callee(&exec, t, registry()).await;
+        let mut s = bounded(
+            "open",
+            a.portal().open_stream_from("s:count", Value::Int(1000)),
+        )
+        .await
+        .unwrap();
+        let mut n = 0;
+        while let Some(v) = bounded("recv", s.recv()).await.unwrap() {
+            assert_eq!(v, Value::Int(n));
+            n += 1;
+        }
+        assert_eq!(n, 1000);
+        assert_eq!(
+            bounded("result", s.result()).await.unwrap(),
+            Value::Int(1000)
+        );
+    }
+
+    async fn a_failing_stream_ends_in_its_error(exec: Executor, t: Transport) {
+        let (a, _b) = caller_callee(&exec, t, registry()).await;
+        let mut s = bounded(
+            "open",
+            a.portal().open_stream_from("s:fail_after", Value::Int(3)),
+        )
+        .await
+        .unwrap();
+        let mut n = 0;
+        let end = loop {
+            match bounded("recv", s.recv()).await {
+                Ok(Some(_)) => n += 1,
+                other => break other,
+            }
+        };
+        assert_eq!(n, 3);
+        let err = end.expect_err("the stream's error, not an end");
+        assert_eq!(err.remote_error().unwrap().message, "ran dry");
+        assert!(!err.is_cancelled());
+    }
+
+    async fn a_remote_failure_reaches_a_busy_caller(exec: Executor, t: Transport) {
+        let (a, _b) = caller_callee(&exec, t, registry()).await;
+        let (ctx, _) = bounded("open", a.portal().open_context("s:fail_later", Value::Null))
+            .await
+            .unwrap();
+        // The caller is busy with something that never ends by itself.
+        let err = bounded("guard", ctx.guard(std::future::pending::<()>()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.remote_error().unwrap().message,
+            "failed while the caller was busy"
+        );
+    }
+
+    both_transports!(
+        a_stream_function_streams_without_ceremony,
+        a_failing_stream_ends_in_its_error,
+        a_remote_failure_reaches_a_busy_caller,
+    );
+}
