@@ -55,6 +55,7 @@ fn every_example_runs() -> Result<()> {
         ("rpc_and_streams", "final result"),
         ("cancel_and_hard_kill", "spinner"),
         ("process_tree", "a1 is pid"),
+        ("quick_start", "42 8"),
     ];
     if harrow::subint_status().is_ok() {
         examples.push(("python_subint", "ZeroDivisionError"));
