@@ -1,10 +1,13 @@
-//! Typed remote calls, a context with a bidirectional stream, and a remote error.
+//! A typed endpoint, a one-way stream, a context with a bidirectional stream, and a remote
+//! error.
 //!
 //! `cargo run -p harrow --example rpc_and_streams`
 
 use std::sync::Arc;
 
-use harrow::{ActorSpec, CallError, FnRegistry, RootConfig, ThreadBackend, Value, run_root};
+use harrow::{
+    ActorSpec, CallError, Endpoint, FnRegistry, RootConfig, ThreadBackend, Value, run_root,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -19,10 +22,12 @@ struct Quote {
     total_cents: u64,
 }
 
+/// Declared once for both sides: serde types in and out, `Value` on the wire.
+const QUOTE: Endpoint<Order, Quote> = Endpoint::new("shop:quote");
+
 fn functions() -> anyhow::Result<Arc<FnRegistry>> {
     let mut f = FnRegistry::new();
-    // A typed unary function: serde types in and out, `Value` on the wire.
-    f.unary_typed("shop:quote", |order: Order| async move {
+    f.serve(QUOTE, |order: Order| async move {
         if order.quantity == 0 {
             return Err(CallError::raised("ValueError", "quantity must be positive"));
         }
@@ -30,6 +35,10 @@ fn functions() -> anyhow::Result<Arc<FnRegistry>> {
             total_cents: 250 * u64::from(order.quantity),
             item: order.item,
         })
+    })?;
+    // A one-way stream: a Rust `Stream` of items, sent as they come.
+    f.stream("shop:catalogue", |_args| {
+        futures_lite::stream::iter(["apple", "pear", "plum"].map(|item| Ok(Value::from(item))))
     })?;
     // A context: `started` gives the caller a first value, then both sides stream.
     f.context("shop:running_total", |ctx, _args| async move {
@@ -57,9 +66,14 @@ fn main() -> anyhow::Result<()> {
             )
             .await?;
 
-        let quote: Quote = shop
-            .run_typed(
-                "shop:quote",
+        let mut catalogue = shop.open_stream_from("shop:catalogue", Value::Null).await?;
+        while let Some(item) = catalogue.recv().await? {
+            println!("in the catalogue: {item:?}");
+        }
+
+        let quote = shop
+            .call(
+                QUOTE,
                 &Order {
                     item: "apple".into(),
                     quantity: 4,
@@ -69,8 +83,8 @@ fn main() -> anyhow::Result<()> {
         println!("quote: {quote:?}");
 
         let err = shop
-            .run_typed::<_, Quote>(
-                "shop:quote",
+            .call(
+                QUOTE,
                 &Order {
                     item: "pear".into(),
                     quantity: 0,

@@ -349,6 +349,44 @@ impl CalleeContext {
     /// caller is told `ContextCancelled` naming this actor, the callee, as the canceller. The
     /// function gets the usual cleanup bound to end; if it returns a value instead, that value is
     /// the answer.
+    ///
+    /// ```
+    /// use harrow_portal::{FnRegistry, ipc::Value};
+    ///
+    /// let mut reg = FnRegistry::new();
+    /// reg.context("feed:two_then_give_up", |ctx, _| async move {
+    ///     ctx.started(Value::Null).await?;
+    ///     let s = ctx.open_stream().await?;
+    ///     s.send(Value::Int(1)).await?;
+    ///     s.send(Value::Int(2)).await?;
+    ///     ctx.cancel();
+    ///     s.send(Value::Int(3)).await?; // fails: the call was cancelled
+    ///     Ok(Value::Null)
+    /// })
+    /// .unwrap();
+    /// # let exec = std::sync::Arc::new(async_executor::Executor::new());
+    /// # async_io::block_on(exec.run(async {
+    /// # let (ca, cb) = harrow_portal::ipc::mem::pair();
+    /// # let info = |name: &str| harrow_portal::LocalInfo {
+    /// #     id: harrow_portal::ipc::ActorId::new(name),
+    /// #     backend: "thread".into(),
+    /// # };
+    /// # let (caller, _callee) = futures_lite::future::zip(
+    /// #     harrow_portal::Link::establish(ca, info("caller"), None, &exec, Default::default()),
+    /// #     harrow_portal::Link::establish(cb, info("callee"), Some(std::sync::Arc::new(reg)), &exec,
+    /// #         Default::default()),
+    /// # ).await;
+    /// # let caller = caller.unwrap(); // keep the link: dropping it closes it
+    /// # let portal = caller.portal();
+    /// let (mut ctx, _) = portal.open_context("feed:two_then_give_up", Value::Null).await.unwrap();
+    /// let mut s = ctx.open_stream().await.unwrap();
+    /// assert_eq!(s.recv().await.unwrap(), Some(Value::Int(1)));
+    /// assert_eq!(s.recv().await.unwrap(), Some(Value::Int(2)));
+    /// let err = s.recv().await.unwrap_err(); // not an end of stream: a cancel, by the callee
+    /// assert!(err.is_cancelled());
+    /// assert_eq!(err.canceller(), Some(&_callee.unwrap().local().id));
+    /// # }));
+    /// ```
     pub fn cancel(&self) {
         self.observe_cancel();
         let local = self.shared.local.id.clone();

@@ -121,6 +121,37 @@ impl Portal {
 
     /// Calls a one-way stream function (`FnRegistry::stream` in Rust, a generator in Python)
     /// and returns its items as they come. Dropping the returned stream cancels the call.
+    ///
+    /// ```
+    /// use harrow_portal::{FnRegistry, ipc::Value};
+    ///
+    /// let mut reg = FnRegistry::new();
+    /// reg.stream("nums:upto", |n: Value| {
+    ///     futures_lite::stream::iter((0..n.as_i64().unwrap_or(0)).map(|i| Ok(Value::Int(i))))
+    /// })
+    /// .unwrap();
+    /// # let exec = std::sync::Arc::new(async_executor::Executor::new());
+    /// # async_io::block_on(exec.run(async {
+    /// # let (ca, cb) = harrow_portal::ipc::mem::pair();
+    /// # let info = |name: &str| harrow_portal::LocalInfo {
+    /// #     id: harrow_portal::ipc::ActorId::new(name),
+    /// #     backend: "thread".into(),
+    /// # };
+    /// # let (caller, _callee) = futures_lite::future::zip(
+    /// #     harrow_portal::Link::establish(ca, info("caller"), None, &exec, Default::default()),
+    /// #     harrow_portal::Link::establish(cb, info("callee"), Some(std::sync::Arc::new(reg)), &exec,
+    /// #         Default::default()),
+    /// # ).await;
+    /// # let caller = caller.unwrap(); // keep the link: dropping it closes it
+    /// # let portal = caller.portal();
+    /// let mut items = portal.open_stream_from("nums:upto", Value::Int(3)).await.unwrap();
+    /// let mut got = Vec::new();
+    /// while let Some(v) = items.recv().await.unwrap() {
+    ///     got.push(v);
+    /// }
+    /// assert_eq!(got, [Value::Int(0), Value::Int(1), Value::Int(2)]);
+    /// # }));
+    /// ```
     pub async fn open_stream_from(&self, func: &str, args: Value) -> Result<OneWayStream> {
         let (mut ctx, _first) = self.open_context(func, args).await?;
         let stream = ctx.open_stream().await?;
@@ -260,6 +291,40 @@ impl Context {
     /// ended with. So a remote failure reaches the caller at once, even while it is busy with
     /// something else and not reading the stream. A context that returns normally lets `fut`
     /// run to its end.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use harrow_portal::{CallError, FnRegistry, ipc::Value};
+    ///
+    /// let mut reg = FnRegistry::new();
+    /// reg.context("job:fails", |ctx, _| async move {
+    ///     ctx.started(Value::Null).await?;
+    ///     Err::<Value, _>(CallError::raised("ValueError", "no luck"))
+    /// })
+    /// .unwrap();
+    /// # let exec = std::sync::Arc::new(async_executor::Executor::new());
+    /// # async_io::block_on(exec.run(async {
+    /// # let (ca, cb) = harrow_portal::ipc::mem::pair();
+    /// # let info = |name: &str| harrow_portal::LocalInfo {
+    /// #     id: harrow_portal::ipc::ActorId::new(name),
+    /// #     backend: "thread".into(),
+    /// # };
+    /// # let (caller, _callee) = futures_lite::future::zip(
+    /// #     harrow_portal::Link::establish(ca, info("caller"), None, &exec, Default::default()),
+    /// #     harrow_portal::Link::establish(cb, info("callee"), Some(std::sync::Arc::new(reg)), &exec,
+    /// #         Default::default()),
+    /// # ).await;
+    /// # let caller = caller.unwrap(); // keep the link: dropping it closes it
+    /// # let portal = caller.portal();
+    /// let (ctx, _) = portal.open_context("job:fails", Value::Null).await.unwrap();
+    /// // Busy elsewhere; the failure still ends the wait at once.
+    /// let err = ctx.guard(std::future::pending::<()>()).await.unwrap_err();
+    /// assert_eq!(err.remote_error().unwrap().message, "no luck");
+    /// // The outcome stays available without consuming the context.
+    /// assert!(ctx.error().is_some() && ctx.is_answered());
+    /// assert!(ctx.wait_result(Duration::from_millis(1)).await.unwrap().is_err());
+    /// # }));
+    /// ```
     pub async fn guard<F: Future>(&self, fut: F) -> Result<F::Output> {
         use futures_lite::FutureExt;
         async { Ok(fut.await) }
@@ -555,6 +620,47 @@ impl MsgStream {
 /// The sending half of a [`MsgStream`]. Also a [`Sink`](futures_sink::Sink) of values:
 /// `poll_ready` waits for credit, `start_send` sends one item, `poll_flush` has nothing to wait
 /// for (items are queued for the link's writer), `poll_close` closes this side (`Stop`).
+///
+/// ```
+/// use std::{future::poll_fn, pin::Pin};
+/// use futures_sink::Sink;
+/// use harrow_portal::{FnRegistry, ipc::Value};
+///
+/// let mut reg = FnRegistry::new();
+/// reg.context("sum:items", |ctx, _| async move {
+///     ctx.started(Value::Null).await?;
+///     let mut s = ctx.open_stream_with_window(2).await?; // at most 2 items in flight to us
+///     let mut total = 0;
+///     while let Some(v) = s.recv().await? {
+///         total += v.as_i64().unwrap_or(0);
+///     }
+///     Ok(Value::Int(total))
+/// })
+/// .unwrap();
+/// # let exec = std::sync::Arc::new(async_executor::Executor::new());
+/// # async_io::block_on(exec.run(async {
+/// # let (ca, cb) = harrow_portal::ipc::mem::pair();
+/// # let info = |name: &str| harrow_portal::LocalInfo {
+/// #     id: harrow_portal::ipc::ActorId::new(name),
+/// #     backend: "thread".into(),
+/// # };
+/// # let (caller, _callee) = futures_lite::future::zip(
+/// #     harrow_portal::Link::establish(ca, info("caller"), None, &exec, Default::default()),
+/// #     harrow_portal::Link::establish(cb, info("callee"), Some(std::sync::Arc::new(reg)), &exec,
+/// #         Default::default()),
+/// # ).await;
+/// # let caller = caller.unwrap(); // keep the link: dropping it closes it
+/// # let portal = caller.portal();
+/// let (mut ctx, _) = portal.open_context("sum:items", Value::Null).await.unwrap();
+/// let (mut tx, _rx) = ctx.open_stream().await.unwrap().split();
+/// for i in 1..=10 {
+///     poll_fn(|cx| Pin::new(&mut tx).poll_ready(cx)).await.unwrap(); // waits for credit
+///     Pin::new(&mut tx).start_send(Value::Int(i)).unwrap();
+/// }
+/// poll_fn(|cx| Pin::new(&mut tx).poll_close(cx)).await.unwrap();
+/// assert_eq!(ctx.result().await.unwrap(), Value::Int(55));
+/// # }));
+/// ```
 #[derive(Debug)]
 pub struct StreamTx {
     inner: Arc<TxInner>,

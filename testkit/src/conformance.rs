@@ -722,6 +722,26 @@ pub fn subtree_budget<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
+/// one-way-stream: a function that streams (a Rust `Stream`, a Python generator) is read with
+/// `open_stream_from`: every item in order, then the end, then an `Ok` result.
+pub fn one_way_stream<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    expect_ok(run_root(root_config(), |n| async move {
+        let child = n.start_actor("streamer", f.backend(), f.spec()).await?;
+        let mut items = child
+            .open_stream_from(&f.func("gen_count"), Value::Int(500))
+            .await?;
+        let mut got = 0;
+        while let Some(v) = items.recv().await? {
+            assert_eq!(v, Value::Int(got), "in order");
+            got += 1;
+        }
+        assert_eq!(got, 500);
+        items.result().await?;
+        Ok(())
+    }));
+    Outcome::Passed
+}
+
 /// context-started: `started(v)` is the caller's first value; the result comes after.
 pub fn context_started<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     expect_ok(run_root(root_config(), |n| async move {
@@ -1272,6 +1292,7 @@ macro_rules! conformance_suite {
             cancel_mid_stream,
             subtree_budget,
             context_started,
+            one_way_stream,
             started_twice_and_stream_before_started,
             bidirectional_echo,
             close_first,

@@ -297,6 +297,11 @@ fn register(
         async_io::Timer::after(Duration::from_millis(20)).await;
         Err(TestError("cleanup failed".into()).into())
     })?;
+    // gen_count(n): a one-way stream of the ints 0..n (the Python twin is a generator)
+    r.stream("testfns:gen_count", |v| {
+        let n = v.as_i64().unwrap_or(0).max(0);
+        futures_lite::stream::iter((0..n).map(|i| Ok(Value::Int(i))))
+    })?;
     // cancel_parent(): asks this actor's parent to cancel itself
     r.unary("testfns:cancel_parent", |_| async move {
         let parent = current_actor()

@@ -186,3 +186,9 @@ def ctx_cleanup_fails(ctx, v=None):
         # Shielded, so that the cancel (re-raised while outstanding) does not pre-empt it.
         with harrow.shield():
             raise ValueError("cleanup failed")
+
+
+def gen_count(n):
+    """gen_count(n): a one-way stream of 0..n (a generator: each item is streamed)."""
+    for i in range(max(int(n), 0)):
+        yield i
