@@ -142,12 +142,14 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut first = [0u8; 8 + NONCE_LEN];
-    r.read_exact(&mut first).await.map_err(io_err)?;
-    let (magic, nonce_c) = first.split_at(MAGIC.len());
-    if magic != MAGIC {
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic).await.map_err(io_err)?;
+    if &magic != MAGIC {
         return Err(HandshakeError::BadMagic);
     }
+    let mut nonce_c = [0u8; NONCE_LEN];
+    r.read_exact(&mut nonce_c).await.map_err(io_err)?;
+    let nonce_c = &nonce_c[..];
     let nonce_s = fresh_nonce()?;
     let mac_s = mac(secret, SERVER_LABEL, &[nonce_c, &nonce_s])
         .finalize()

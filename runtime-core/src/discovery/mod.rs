@@ -543,6 +543,12 @@ impl ActorCtx {
         Ok(adopt(self, link))
     }
 
+    /// The tree's runtime directory (mode 0700; one unix socket per process that has peers in
+    /// other processes), once this actor knows its tree. The path is not a secret.
+    pub fn runtime_dir(&self) -> Option<PathBuf> {
+        self.discovery().tree().map(|t| t.dir.clone())
+    }
+
     /// How many peer links this actor holds right now.
     pub fn peer_links(&self) -> usize {
         lock(&self.discovery().peers)

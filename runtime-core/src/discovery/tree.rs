@@ -302,22 +302,21 @@ fn accept_loop(
                 }
                 Some(Ok((stream, _))) => {
                     let (secret, tree) = (secret.clone(), tree.clone());
-                    exec.spawn(async move {
-                        if let Err(e) = serve_connection(stream, &secret).await {
-                            log_refusal(&tree, e);
-                        }
-                    })
-                    .detach();
+                    exec.spawn(async move { serve_connection(stream, &secret, &tree).await })
+                        .detach();
                 }
             }
         }
     }));
 }
 
+/// One incoming connection: the handshake, then the channel goes to the target actor. A refusal
+/// is logged (with its reason) before the connection is dropped.
 async fn serve_connection(
     stream: Async<std::os::unix::net::UnixStream>,
     secret: &[u8],
-) -> Result<(), String> {
+    tree: &str,
+) {
     let outcome = {
         let (mut r, mut w) = (&stream, &stream);
         deadline(
@@ -327,17 +326,21 @@ async fn serve_connection(
         .await
     };
     let uid = match outcome {
-        None => return Err(format!("no handshake within {HANDSHAKE_BOUND:?}")),
-        Some(Err(e)) => return Err(e.to_string()),
+        None => return log_refusal(tree, format!("no handshake within {HANDSHAKE_BOUND:?}")),
+        Some(Err(e)) => return log_refusal(tree, e.to_string()),
         Some(Ok(uid)) => uid,
     };
-    let std_stream = stream.into_inner().map_err(|e| e.to_string())?;
-    let channel =
-        harrow_ipc::unix::from_stream(std_stream, Default::default()).map_err(|e| e.to_string())?;
-    if !hand_to(&uid, channel) {
-        return Err(format!("actor {uid} ended during the handshake"));
+    let channel = stream
+        .into_inner()
+        .and_then(|s| harrow_ipc::unix::from_stream(s, Default::default()));
+    match channel {
+        Ok(channel) => {
+            if !hand_to(&uid, channel) {
+                tracing::debug!(%uid, "peer target ended during the handshake");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "peer connection: cannot make a channel"),
     }
-    Ok(())
 }
 
 /// Connects to the actor `uid` in process `pid` of `tree`: checks the directory, proves the
@@ -348,7 +351,7 @@ pub(crate) async fn connect(
     uid: &str,
     bound: Duration,
 ) -> Result<Channel, DiscoveryError> {
-    check_runtime_dir(&tree.dir)?;
+    check_runtime_dir(&tree.dir).inspect_err(|e| log_refusal(&tree.id, e.to_string()))?;
     let path = tree.socket_path(pid);
     let fut = async {
         let stream = Async::<std::os::unix::net::UnixStream>::connect(&path)
