@@ -333,6 +333,7 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
             None
         })
         .await;
+    ctx.discovery().set_exiting();
     let Some(end) = end else {
         // Cancelled from elsewhere (a child asked): same as a CancelActor, with its canceller.
         let canceller = ctx.self_canceller().unwrap_or_else(|| init.id.clone());

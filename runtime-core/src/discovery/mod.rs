@@ -128,6 +128,9 @@ pub(crate) struct Discovery {
     acceptor: Mutex<Option<tree::AcceptorGuard>>,
     /// Set when this actor started its process's listener (a non-root process): it stops it.
     owns_listener: Mutex<Option<String>>,
+    /// Set once this (non-root) actor is exiting: its parent removes its whole subtree from the
+    /// registrar, so its own nurseries need not unregister each child on the way out.
+    exiting: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -167,6 +170,11 @@ impl Discovery {
         for l in &links {
             l.close();
         }
+    }
+
+    /// This actor is on its way out (see `exiting`).
+    pub(crate) fn set_exiting(&self) {
+        self.exiting.store(true, Ordering::Release);
     }
 
     pub(crate) fn set_parent(&self, parent: ActorId) {
@@ -365,6 +373,10 @@ pub(crate) async fn child_up(actor: &ActorCtx, link: &Link) {
 
 /// The nursery saw its child `id` end: it and its subtree leave the registrar.
 pub(crate) async fn child_gone(actor: &ActorCtx, id: &ActorId) {
+    if actor.discovery().exiting.load(Ordering::Acquire) {
+        // Our parent removes us with our subtree: no relay per child during the teardown.
+        return;
+    }
     let bound = actor.timeouts().cancel_ack;
     let req = Req::Remove {
         uid: id.uid.clone(),
