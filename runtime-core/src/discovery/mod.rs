@@ -200,14 +200,23 @@ impl Discovery {
     pub(crate) async fn shutdown(&self, bound: Duration) {
         drop(lock(&self.acceptor).take());
         let links: Vec<Arc<Link>> = lock(&self.peers).drain().map(|(_, l)| l).collect();
-        for l in &links {
-            l.drain(bound).await;
-        }
-        for l in &links {
-            l.close();
-        }
-        for l in &links {
-            let _ = deadline(bound, l.io_stopped()).await;
+        if !links.is_empty() {
+            // One bound for all of them, not one each.
+            let _ = deadline(bound, async {
+                for l in &links {
+                    l.drain(bound).await;
+                }
+            })
+            .await;
+            for l in &links {
+                l.close();
+            }
+            let _ = deadline(bound, async {
+                for l in &links {
+                    l.io_stopped().await;
+                }
+            })
+            .await;
         }
         if let Some(tree_id) = lock(&self.owns_listener).take() {
             tree::stop_listener(&tree_id);
@@ -501,15 +510,26 @@ impl ActorCtx {
     /// Registers extra names for this actor (kept until it exits). Also the way to re-register
     /// a well-known name, for example from a restarted actor.
     pub async fn register_names(&self, names: &[&str]) -> Result<(), DiscoveryError> {
+        let id = self.id().clone();
+        self.register_names_for(&id, names).await
+    }
+
+    /// Registers extra names for another live actor of the tree, for example a supervisor
+    /// pointing a well-known name at the child it just restarted. The names go when that actor
+    /// exits.
+    pub async fn register_names_for(
+        &self,
+        id: &ActorId,
+        names: &[&str],
+    ) -> Result<(), DiscoveryError> {
         let req = Req::AddNames {
-            uid: self.id().uid.clone(),
+            uid: id.uid.clone(),
             names: names.iter().map(|s| (*s).to_owned()).collect(),
         };
         match request(self, req).await? {
             Resp::Done(true) => Ok(()),
             _ => Err(DiscoveryError::Registrar(format!(
-                "actor {} is not registered",
-                self.id()
+                "actor {id} is not registered"
             ))),
         }
     }
