@@ -82,6 +82,11 @@ pub fn discovery_find<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
                 ("args", s("hi")),
             ]);
             assert_eq!(b.run(&f.func("peer_call"), args).await?, s("hi"));
+            // A exits: the links it held end, and B (and the root's peer portal to it) go on.
+            a.cancel().await;
+            assert_eq!(p.run(&f.func("add"), args2(1, 1)).await?, Value::Int(2));
+            assert_eq!(b.run(&f.func("add"), args2(1, 2)).await?, Value::Int(3));
+            assert!(root.find_actor("A").await?.is_none());
         }
         Ok(())
     }));
