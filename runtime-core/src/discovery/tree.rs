@@ -363,6 +363,7 @@ pub(crate) async fn connect(
             let (mut r, mut w) = (&stream, &stream);
             handshake::client(&mut r, &mut w, &tree.secret, uid)
                 .await
+                .inspect_err(|e| tracing::warn!(%uid, error = %e, "peer handshake failed"))
                 .map_err(|e| match e {
                     HandshakeError::UnknownTarget(_) => {
                         DiscoveryError::Unreachable(format!("actor {uid} is gone ({e})"))
