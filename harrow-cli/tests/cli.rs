@@ -187,6 +187,8 @@ fn bench_quick_json_has_the_documented_fields() -> Result<()> {
         num(&format!("/backends/{b}/spawn_to_first_reply/baseline_ms"))?;
         num(&format!("/backends/{b}/rpc_round_trip/harrow_us"))?;
         num(&format!("/backends/{b}/rpc_round_trip/ratio_vs_baseline"))?;
+        num(&format!("/backends/{b}/peer_round_trip/harrow_us"))?;
+        num(&format!("/backends/{b}/peer_round_trip/baseline_us"))?;
         num(&format!(
             "/backends/{b}/stream_echo_throughput/harrow_items_per_s"
         ))?;

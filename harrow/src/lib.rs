@@ -72,6 +72,12 @@ pub use harrow_runtime_core::{
     move_on_after, open_nursery, run_root, shield, spawn_root,
 };
 
+/// Discovery: find actors of the tree by name and call them over peer portals
+/// (`docs/DISCOVERY.md` in the repository).
+pub use harrow_runtime_core::{
+    ActorEntry, DiscoveryError, discovery, find_actor, query_actors, wait_for_actor,
+};
+
 /// The backend contract, complete: what a crate needs to implement [`SpawnBackend`] for a new
 /// place actors can live (see `docs/BACKENDS.md` in the repository, and `harrow-testkit` for the
 /// conformance suite every backend must pass).

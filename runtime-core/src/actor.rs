@@ -37,6 +37,8 @@ struct ActorInner {
     /// (a child sent `CancelActor` up its link): who asked.
     self_cancel: std::sync::Mutex<Option<ActorId>>,
     self_cancel_token: CancelToken,
+    /// Discovery: the registrar (root), the tree, peer links.
+    discovery: crate::discovery::Discovery,
 }
 
 impl fmt::Debug for ActorCtx {
@@ -56,7 +58,12 @@ impl ActorCtx {
         timeouts: Timeouts,
         link_config: LinkConfig,
         resolver: Option<Arc<dyn Resolver>>,
+        discovery: crate::discovery::Discovery,
     ) -> Self {
+        // Every actor also serves the runtime's own `harrow.discovery:*` functions.
+        let resolver: Option<Arc<dyn Resolver>> = Some(Arc::new(crate::discovery::WithDiscovery {
+            inner: resolver,
+        }));
         ActorCtx {
             inner: Arc::new(ActorInner {
                 id,
@@ -70,8 +77,13 @@ impl ActorCtx {
                 parent: std::sync::Mutex::new(None),
                 self_cancel: std::sync::Mutex::new(None),
                 self_cancel_token: CancelToken::new(),
+                discovery,
             }),
         }
+    }
+
+    pub(crate) fn discovery(&self) -> &crate::discovery::Discovery {
+        &self.inner.discovery
     }
 
     /// This actor's identity.
@@ -278,9 +290,14 @@ pub fn run_actor(channel: Channel, init: ActorInit) -> ActorExit {
         init.timeouts,
         init.link_config.clone(),
         init.resolver.clone(),
+        crate::discovery::Discovery::default(),
     );
     let _current = ctx.enter();
+    ctx.discovery().set_parent(init.parent.clone());
+    crate::discovery::start_acceptor(&ctx);
     let exit = async_io::block_on(exec.run(actor_main(channel, init, ctx.clone())));
+    // No more peers: the acceptor and peer links go (their tasks end on the ticks below).
+    ctx.discovery().release();
     // Cancelled tasks still queued hold the actor's context (and so the executor): run the queue
     // dry so that they drop their futures before the thread ends.
     while exec.try_tick() {}
@@ -296,7 +313,7 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
     let link = match Link::establish(
         channel,
         local,
-        init.resolver.clone(),
+        ctx.resolver(),
         ctx.executor(),
         init.link_config.clone(),
     )
@@ -316,30 +333,40 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
             None
         })
         .await;
+    ctx.discovery().set_exiting();
     let Some(end) = end else {
         // Cancelled from elsewhere (a child asked): same as a CancelActor, with its canceller.
         let canceller = ctx.self_canceller().unwrap_or_else(|| init.id.clone());
         tracing::debug!(%canceller, "actor cancelled by a peer");
         link.cancel_calls(&canceller);
+        ctx.discovery().cancel_peer_calls(&canceller);
         let bound = init.timeouts.ladder_bound() + Duration::from_millis(500);
         link.drain(bound).await;
         if !ctx.wait_tracked(bound).await {
             tracing::warn!("teardown of this actor's children did not finish within {bound:?}");
         }
+        ctx.discovery()
+            .shutdown(init.link_config.close_flush_timeout)
+            .await;
         close_and_flush(&link, &init.link_config).await;
         return ActorExit::Cancelled { canceller };
     };
     let exit = match end {
         LinkEnd::CancelRequested { canceller, reason } => {
             tracing::debug!(%canceller, %reason, "actor cancelled");
+            ctx.discovery().cancel_peer_calls(&canceller);
             ActorExit::Cancelled { canceller }
         }
         LinkEnd::Broken(reason) => {
             tracing::debug!(%reason, "parent channel broke; cancelling self");
             link.cancel_calls(&init.id);
+            ctx.discovery().cancel_peer_calls(&init.id);
             ActorExit::Orphaned(reason)
         }
-        LinkEnd::Closed => ActorExit::Closed,
+        LinkEnd::Closed => {
+            ctx.discovery().cancel_peer_calls(&init.id);
+            ActorExit::Closed
+        }
         #[allow(unreachable_patterns)]
         other => ActorExit::Orphaned(format!("{other:?}")),
     };
@@ -350,6 +377,9 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
     if !ctx.wait_tracked(bound).await {
         tracing::warn!("teardown of this actor's children did not finish within {bound:?}");
     }
+    ctx.discovery()
+        .shutdown(init.link_config.close_flush_timeout)
+        .await;
     close_and_flush(&link, &init.link_config).await;
     exit
 }

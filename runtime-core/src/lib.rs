@@ -22,6 +22,7 @@
 mod actor;
 mod backend;
 pub mod bootstrap;
+pub mod discovery;
 mod error;
 mod nursery;
 mod root;
@@ -32,6 +33,7 @@ pub use actor::{ActorCtx, ActorExit, ActorInit, current_actor, run_actor, shield
 pub use backend::{
     BoxFuture, Capabilities, Child, Exit, HardKill, SpawnBackend, SpawnError, SpawnSpec, Timeouts,
 };
+pub use discovery::{ActorEntry, DiscoveryError, find_actor, query_actors, wait_for_actor};
 pub use error::{BoxError, ChildFailure, Error, NurseryError, Result};
 pub use harrow_ipc as ipc;
 pub use harrow_portal as portal;

@@ -382,6 +382,8 @@ impl ActorNursery {
             abandon(child, actor.timeouts()).await;
             return Err(SpawnError::Handshake { actor: id, reason }.into());
         }
+        // Discovery: the child gets the tree's secret and is findable once this returns.
+        crate::discovery::child_up(actor, &link).await;
         let slot = Arc::new(ChildSlot {
             id: id.clone(),
             backend: backend_name,
@@ -498,6 +500,8 @@ impl ActorNursery {
             ));
             slot.result_ready.cancel();
         }
+        // Discovery: it (and whatever it started) is no longer findable.
+        crate::discovery::child_gone(&self.inner.actor, &slot.id).await;
         slot.finished.cancel();
     }
 

@@ -101,8 +101,10 @@ where
         config.timeouts,
         config.link_config.clone(),
         config.resolver.clone(),
+        crate::discovery::Discovery::for_root(),
     );
     let _current = ctx.enter();
+    crate::discovery::init_root(&ctx);
     let nursery = ActorNursery::new_root(ctx.clone());
     let sigint = if config.handle_sigint {
         match sigint::subscribe() {
@@ -142,9 +144,13 @@ where
     let self_cancel = async move {
         self_cancel_ctx.self_cancel_token().cancelled().await;
         tracing::debug!(canceller = ?self_cancel_ctx.self_canceller(), "root cancelled by a child");
+        if let Some(canceller) = self_cancel_ctx.self_canceller() {
+            self_cancel_ctx.discovery().cancel_peer_calls(&canceller);
+        }
         self_cancel_nursery.cancel_all();
     };
     let main = run_nursery(nursery, body);
+    let root_ctx = ctx.clone();
     let result = async_io::block_on(exec.run(async move {
         let watcher = exec_spawn(&ctx, watcher);
         let self_cancel = exec_spawn(&ctx, self_cancel);
@@ -152,10 +158,15 @@ where
         // Children's teardowns are done; wait for stray detached teardowns (bounded).
         ctx.wait_tracked(crate::nursery::teardown_bound(&ctx.timeouts()))
             .await;
+        ctx.discovery()
+            .shutdown(ctx.link_config().close_flush_timeout)
+            .await;
         drop(watcher);
         drop(self_cancel);
         r
     }));
+    root_ctx.discovery().release();
+    drop(root_ctx);
     // Cancelled tasks still queued hold the actor's context (and so the executor): run the queue
     // dry so that they drop their futures now.
     while exec.try_tick() {}

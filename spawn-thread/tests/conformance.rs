@@ -32,3 +32,6 @@ fn factory() -> Arc<ThreadFactory> {
 }
 
 harrow_testkit::conformance_suite!(factory());
+
+// Discovery and peer portals (harrow-testkit's discovery scenarios).
+harrow_testkit::discovery_suite!(factory());

@@ -46,6 +46,13 @@ pub trait BackendFactory: Send + Sync + 'static {
     /// Called after a scenario that left a child running code that cannot be stopped (a Rust
     /// busy loop on a detached thread): release it so the process can clean up.
     fn release_stuck(&self) {}
+    /// Whether this backend's actors serve the Rust peer test functions
+    /// ([`peerfns`](crate::peerfns): `peer_call`, `peer_cancel`, ...), that is whether they can
+    /// find and call peers themselves. Python actors cannot yet: the discovery scenarios then
+    /// find and call them from the root only.
+    fn peer_functions(&self) -> bool {
+        true
+    }
     /// Starts what the backend keeps for the whole process (a runtime, a helper thread), before
     /// the resource tracker's first snapshot, so that it is not taken for a leak.
     fn warm_up(&self) {}

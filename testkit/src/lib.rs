@@ -50,8 +50,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod conformance;
+pub mod discovery;
 pub mod faults;
 pub mod isolate;
+pub mod peerfns;
 pub mod sigint;
 pub mod testfns;
 pub mod tracker;

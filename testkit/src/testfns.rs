@@ -55,6 +55,7 @@ fn int_arg(func: &str, v: &Value) -> Result<i64, CallError> {
 pub fn registry(factory: Arc<dyn BackendFactory>) -> Arc<FnRegistry> {
     let mut r = FnRegistry::new();
     register(&mut r, factory).expect("the standard test function paths are valid");
+    crate::peerfns::register(&mut r).expect("the peer test function paths are valid");
     Arc::new(r)
 }
 

@@ -35,3 +35,6 @@ fn factory() -> Arc<ToyFactory> {
 }
 
 harrow_testkit::conformance_suite!(factory());
+
+// Discovery and peer portals (harrow-testkit's discovery scenarios).
+harrow_testkit::discovery_suite!(factory());

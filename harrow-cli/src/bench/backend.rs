@@ -106,6 +106,7 @@ pub(super) async fn measure(
 ) -> anyhow::Result<Vec<Row>> {
     let mut rows = vec![spawn_to_first_reply(n, p, s, prog).await?];
     rows.extend(rpc_and_stream(n, p, s, prog).await?);
+    rows.push(peer_round_trip(n, p, s, prog).await?);
     if let Some(aecho) = &p.async_echo {
         rows.push(async_round_trip(n, p, aecho, s, prog).await?);
     }
@@ -241,6 +242,54 @@ async fn async_round_trip(
         let t = Instant::now();
         for i in 0..per_batch {
             child.run(aecho, Value::Int(i as i64)).await?;
+        }
+        r.harrow.push(us(t.elapsed() / per_batch as u32));
+        let t = Instant::now();
+        for i in 0..per_batch {
+            child.run(&p.echo, Value::Int(i as i64)).await?;
+        }
+        r.baseline.push(us(t.elapsed() / per_batch as u32));
+    }
+    child.cancel().await;
+    Ok(r)
+}
+
+/// A call over a peer portal (found through the registrar: in memory for in-process backends,
+/// the child process's unix socket after the peer handshake otherwise) beside the same call
+/// over the parent-child link, to the same actor, interleaved.
+async fn peer_round_trip(
+    n: &ActorNursery,
+    p: &Plan,
+    s: Sizes,
+    prog: &Progress,
+) -> anyhow::Result<Row> {
+    let per_batch = (s.round_trips / s.reps).max(1);
+    prog.step(&format!(
+        "{}: {} rounds of {per_batch} peer-portal round trips, interleaved with parent-child ones",
+        p.name, s.reps
+    ));
+    let mut r = row(
+        p,
+        "peer_round_trip",
+        "peer round trip",
+        Unit::Us,
+        "parent-child round trip (same actor)",
+    );
+    let name = format!("{}-peer", p.name);
+    let child = start(n, p, name.clone()).await?;
+    let peer = n
+        .actor()
+        .find_actor(&name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("{name} is not registered"))?;
+    for i in 0..50 {
+        peer.run(&p.echo, Value::Int(i)).await?;
+        child.run(&p.echo, Value::Int(i)).await?;
+    }
+    for _ in 0..s.reps {
+        let t = Instant::now();
+        for i in 0..per_batch {
+            peer.run(&p.echo, Value::Int(i as i64)).await?;
         }
         r.harrow.push(us(t.elapsed() / per_batch as u32));
         let t = Instant::now();

@@ -12,3 +12,6 @@ fn factory() -> Arc<ProcessFactory> {
 }
 
 harrow_testkit::conformance_suite!(factory());
+
+// Discovery and peer portals (harrow-testkit's discovery scenarios).
+harrow_testkit::discovery_suite!(factory());

@@ -1,0 +1,178 @@
+//! The registrar: the tree's table of live actors, kept by the root.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use harrow_ipc::ActorId;
+use harrow_ipc::wait::{Event, deadline, wait_until_some};
+use serde::{Deserialize, Serialize};
+
+/// One live actor, as the registrar knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ActorEntry {
+    /// The actor.
+    pub id: ActorId,
+    /// Extra names it registered under (besides `id.name`).
+    pub names: Vec<String>,
+    /// The process it runs in (peers in the same process connect in memory, others over the
+    /// process's unix socket).
+    pub pid: u32,
+    /// Its backend (`"root"`, `"thread"`, `"process"`, `"subint"`, ...).
+    pub backend: String,
+    /// Its parent's uid (none for the root).
+    pub parent: Option<String>,
+    /// Registration order (lookups by name return the lowest).
+    pub seq: u64,
+}
+
+impl ActorEntry {
+    /// A new entry (its `seq` is set by the registrar).
+    pub fn new(id: ActorId, pid: u32, backend: impl Into<String>, parent: Option<String>) -> Self {
+        ActorEntry {
+            id,
+            names: Vec::new(),
+            pid,
+            backend: backend.into(),
+            parent,
+            seq: 0,
+        }
+    }
+
+    /// Whether the actor answers to `name` (its own name or an extra one).
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.id.name == name || self.names.iter().any(|n| n == name)
+    }
+}
+
+/// The table. Lookups by name return the **earliest registered** live actor answering to that
+/// name, so the answer does not change while that actor lives.
+#[derive(Debug, Default)]
+pub(crate) struct Registrar {
+    state: Mutex<State>,
+    changed: Event,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: Vec<ActorEntry>,
+    next_seq: u64,
+}
+
+impl Registrar {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds `entry` (or, for a uid already there, adds its names: a re-registration).
+    pub(crate) fn register(&self, mut entry: ActorEntry) {
+        {
+            let mut st = self.lock();
+            if let Some(old) = st.entries.iter_mut().find(|e| e.id.uid == entry.id.uid) {
+                for n in entry.names {
+                    if !old.names.contains(&n) {
+                        old.names.push(n);
+                    }
+                }
+            } else {
+                st.next_seq += 1;
+                entry.seq = st.next_seq;
+                st.entries.push(entry);
+            }
+        }
+        self.changed.notify(usize::MAX);
+    }
+
+    /// Adds extra names to a live actor. False when no actor has that uid.
+    pub(crate) fn add_names(&self, uid: &str, names: Vec<String>) -> bool {
+        let found = {
+            let mut st = self.lock();
+            match st.entries.iter_mut().find(|e| e.id.uid == uid) {
+                Some(e) => {
+                    for n in names {
+                        if !e.names.contains(&n) {
+                            e.names.push(n);
+                        }
+                    }
+                    true
+                }
+                None => false,
+            }
+        };
+        self.changed.notify(usize::MAX);
+        found
+    }
+
+    /// Removes the actor `uid` and every actor below it (a subtree ends with its top).
+    pub(crate) fn remove(&self, uid: &str) -> Vec<ActorId> {
+        let mut st = self.lock();
+        let mut gone = vec![uid.to_owned()];
+        let mut removed = Vec::new();
+        while let Some(u) = gone.pop() {
+            st.entries.retain(|e| {
+                if e.id.uid == u {
+                    removed.push(e.id.clone());
+                    false
+                } else if e.parent.as_deref() == Some(u.as_str()) {
+                    gone.push(e.id.uid.clone());
+                    true
+                } else {
+                    true
+                }
+            });
+        }
+        removed
+    }
+
+    pub(crate) fn find(&self, name: &str) -> Option<ActorEntry> {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|e| e.answers_to(name))
+            .min_by_key(|e| e.seq)
+            .cloned()
+    }
+
+    pub(crate) fn find_uid(&self, uid: &str) -> Option<ActorEntry> {
+        self.lock()
+            .entries
+            .iter()
+            .find(|e| e.id.uid == uid)
+            .cloned()
+    }
+
+    pub(crate) fn list(&self) -> Vec<ActorEntry> {
+        let mut v = self.lock().entries.clone();
+        v.sort_by_key(|e| e.seq);
+        v
+    }
+
+    /// Waits (bounded) until an actor answers to `name`.
+    pub(crate) async fn wait(&self, name: &str, bound: Duration) -> Option<ActorEntry> {
+        deadline(bound, wait_until_some(&self.changed, || self.find(name))).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earliest_wins_and_subtrees_go_together() {
+        let r = Registrar::default();
+        let a = ActorId::new("w");
+        let b = ActorId::new("w");
+        let c = ActorId::new("c");
+        r.register(ActorEntry::new(a.clone(), 1, "thread", None));
+        r.register(ActorEntry::new(b.clone(), 1, "thread", Some(a.uid.clone())));
+        r.register(ActorEntry::new(c.clone(), 1, "thread", Some(b.uid.clone())));
+        assert_eq!(r.find("w").unwrap().id, a);
+        assert_eq!(r.find_uid(&b.uid).unwrap().id, b);
+        assert!(r.add_names(&c.uid, vec!["alias".into()]));
+        assert_eq!(r.find("alias").unwrap().id, c);
+        let removed = r.remove(&a.uid);
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert!(r.list().is_empty());
+        assert!(r.find("w").is_none());
+    }
+}

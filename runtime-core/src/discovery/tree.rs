@@ -1,0 +1,386 @@
+//! What a tree shares: its secret and its runtime directory; the per-process unix listener and
+//! the in-process acceptors of peer links.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_io::Async;
+use harrow_ipc::Channel;
+use harrow_ipc::wait::deadline;
+use serde::{Deserialize, Serialize};
+
+use super::DiscoveryError;
+use super::handshake::{self, HandshakeError};
+
+/// How long a listener gives a connector to finish the peer handshake.
+pub(crate) const HANDSHAKE_BOUND: Duration = Duration::from_secs(2);
+
+/// The tree's shared facts, created by the root and handed down over each parent channel.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct TreeInfo {
+    /// Names the tree (hex of 16 random bytes).
+    pub(crate) id: String,
+    /// The secret every peer handshake proves (32 random bytes).
+    pub(crate) secret: Vec<u8>,
+    /// The per-tree runtime directory (mode 0700) holding one socket per process.
+    pub(crate) dir: PathBuf,
+    /// The root's process: the only one that creates `dir`.
+    pub(crate) root_pid: u32,
+}
+
+impl fmt::Debug for TreeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret.
+        f.debug_struct("TreeInfo")
+            .field("id", &self.id)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TreeInfo {
+    /// A new tree: fresh id and secret; the directory is only named here (created on first use).
+    pub(crate) fn new() -> Result<Self, DiscoveryError> {
+        let mut id = [0u8; 16];
+        let mut secret = vec![0u8; 32];
+        getrandom::fill(&mut id)
+            .and_then(|()| getrandom::fill(&mut secret))
+            .map_err(|e| {
+                DiscoveryError::Setup(format!("no randomness for the tree secret: {e}"))
+            })?;
+        let id = hex::encode(id);
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        Ok(TreeInfo {
+            dir: base.join(format!("harrow-{}", &id[..16])),
+            id,
+            secret,
+            root_pid: std::process::id(),
+        })
+    }
+
+    pub(crate) fn socket_path(&self, pid: u32) -> PathBuf {
+        self.dir.join(format!("{pid}.sock"))
+    }
+}
+
+/// Checks that `dir` is a real directory (not a symlink), owned by this user, with no access for
+/// group or others. Every process checks before it binds or connects a socket in it.
+pub fn check_runtime_dir(dir: &Path) -> Result<(), DiscoveryError> {
+    let bad = |reason: String| DiscoveryError::RuntimeDir {
+        dir: dir.to_owned(),
+        reason,
+    };
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| bad(format!("cannot stat: {e}")))?;
+    if meta.file_type().is_symlink() {
+        return Err(bad("it is a symlink".into()));
+    }
+    if !meta.is_dir() {
+        return Err(bad("it is not a directory".into()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(bad(format!("owned by uid {}, not {me}", meta.uid())));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(bad(format!("mode {mode:o} lets others in (must be 0700)")));
+    }
+    Ok(())
+}
+
+/// Creates the runtime directory mode 0700 (the root's process only), then checks it.
+pub(crate) fn create_runtime_dir(dir: &Path) -> Result<(), DiscoveryError> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(DiscoveryError::RuntimeDir {
+                dir: dir.to_owned(),
+                reason: format!("cannot create: {e}"),
+            });
+        }
+    }
+    check_runtime_dir(dir)
+}
+
+// ------------------------------------------------------------------------------------------------
+// In-process acceptors: every actor of this process, by uid, takes peer channels here.
+
+type Acceptors = Mutex<HashMap<String, async_channel::Sender<Channel>>>;
+
+fn acceptors() -> &'static Acceptors {
+    static A: OnceLock<Acceptors> = OnceLock::new();
+    A.get_or_init(Default::default)
+}
+
+/// Removes the actor's acceptor when the actor ends.
+#[derive(Debug)]
+pub(crate) struct AcceptorGuard {
+    uid: String,
+}
+
+impl Drop for AcceptorGuard {
+    fn drop(&mut self) {
+        let tx = acceptors()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.uid);
+        if let Some(tx) = tx {
+            tx.close();
+        }
+    }
+}
+
+pub(crate) fn add_acceptor(uid: &str) -> (AcceptorGuard, async_channel::Receiver<Channel>) {
+    let (tx, rx) = async_channel::unbounded();
+    acceptors()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(uid.to_owned(), tx);
+    (
+        AcceptorGuard {
+            uid: uid.to_owned(),
+        },
+        rx,
+    )
+}
+
+/// Hands `channel` to the actor `uid` of this process. False when no such actor lives here.
+pub(crate) fn hand_to(uid: &str, channel: Channel) -> bool {
+    let tx = acceptors()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(uid)
+        .cloned();
+    match tx {
+        Some(tx) => tx.try_send(channel).is_ok(),
+        None => false,
+    }
+}
+
+fn is_local(uid: &str) -> bool {
+    acceptors()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains_key(uid)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Refusals: the last few reasons a listener refused a connection (also logged).
+
+fn refusals_log() -> &'static Mutex<Vec<String>> {
+    static R: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+pub(crate) fn log_refusal(tree: &str, reason: String) {
+    tracing::warn!(tree, %reason, "peer connection refused");
+    let mut log = refusals_log().lock().unwrap_or_else(|p| p.into_inner());
+    if log.len() >= 64 {
+        log.remove(0);
+    }
+    log.push(format!("tree {tree}: {reason}"));
+}
+
+/// The reasons this process's listeners refused connections lately (newest last, at most 64),
+/// as they were logged. For tests and diagnostics.
+pub fn recent_refusals() -> Vec<String> {
+    refusals_log()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+// ------------------------------------------------------------------------------------------------
+// The process's listener for one tree.
+
+/// A unix listener at `<dir>/<pid>.sock`, serving peer handshakes on a thread of its own, one per
+/// tree and process; stopped (socket removed, thread joined) when dropped.
+pub(crate) struct Listener {
+    path: PathBuf,
+    stop: async_channel::Sender<()>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.close();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn listeners() -> &'static Mutex<HashMap<String, Arc<Listener>>> {
+    static L: OnceLock<Mutex<HashMap<String, Arc<Listener>>>> = OnceLock::new();
+    L.get_or_init(Default::default)
+}
+
+/// Starts the listener of `tree` in this process unless it runs already; true when this call
+/// started it (its caller then stops it, with [`stop_listener`], when it exits). The root's
+/// process creates the runtime directory; every other process checks its permissions first and
+/// refuses a bad one.
+pub(crate) fn ensure_listener(tree: &TreeInfo) -> Result<bool, DiscoveryError> {
+    let mut map = listeners().lock().unwrap_or_else(|p| p.into_inner());
+    if map.contains_key(&tree.id) {
+        return Ok(false);
+    }
+    if tree.root_pid == std::process::id() {
+        create_runtime_dir(&tree.dir)?;
+    } else {
+        check_runtime_dir(&tree.dir).inspect_err(|e| log_refusal(&tree.id, e.to_string()))?;
+    }
+    let path = tree.socket_path(std::process::id());
+    let _ = std::fs::remove_file(&path); // a stale socket of a recycled pid
+    let sock = std::os::unix::net::UnixListener::bind(&path)
+        .map_err(|e| DiscoveryError::Setup(format!("cannot listen at {}: {e}", path.display())))?;
+    let sock = Async::new(sock)
+        .map_err(|e| DiscoveryError::Setup(format!("cannot poll {}: {e}", path.display())))?;
+    let (stop, stopped) = async_channel::bounded::<()>(1);
+    let secret = tree.secret.clone();
+    let tree_id = tree.id.clone();
+    let thread = std::thread::Builder::new()
+        .name("harrow-peers".into())
+        .spawn(move || accept_loop(sock, secret, tree_id, stopped))
+        .map_err(|e| DiscoveryError::Setup(format!("cannot start the listener thread: {e}")))?;
+    let l = Arc::new(Listener {
+        path,
+        stop,
+        thread: Mutex::new(Some(thread)),
+    });
+    map.insert(tree.id.clone(), l);
+    Ok(true)
+}
+
+/// Stops this process's listener of the tree `tree_id` (socket removed, thread joined).
+pub(crate) fn stop_listener(tree_id: &str) {
+    let l = listeners()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(tree_id);
+    drop(l);
+}
+
+fn accept_loop(
+    sock: Async<std::os::unix::net::UnixListener>,
+    secret: Vec<u8>,
+    tree: String,
+    stopped: async_channel::Receiver<()>,
+) {
+    use futures_lite::FutureExt;
+    let exec = async_executor::Executor::new();
+    let secret = Arc::new(secret);
+    let tree = Arc::new(tree);
+    async_io::block_on(exec.run(async {
+        loop {
+            let next = async { Some(sock.accept().await) }.or(async {
+                let _ = stopped.recv().await;
+                None
+            });
+            match next.await {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "peer listener: accept failed");
+                    // Back off a little on persistent errors (EMFILE) instead of spinning.
+                    async_io::Timer::after(Duration::from_millis(10)).await;
+                }
+                Some(Ok((stream, _))) => {
+                    let (secret, tree) = (secret.clone(), tree.clone());
+                    exec.spawn(async move { serve_connection(stream, &secret, &tree).await })
+                        .detach();
+                }
+            }
+        }
+    }));
+}
+
+/// One incoming connection: the handshake, then the channel goes to the target actor. A refusal
+/// is logged (with its reason) before the connection is dropped.
+async fn serve_connection(
+    stream: Async<std::os::unix::net::UnixStream>,
+    secret: &[u8],
+    tree: &str,
+) {
+    let outcome = {
+        let (mut r, mut w) = (&stream, &stream);
+        deadline(
+            HANDSHAKE_BOUND,
+            handshake::server(&mut r, &mut w, secret, is_local),
+        )
+        .await
+    };
+    let uid = match outcome {
+        None => return log_refusal(tree, format!("no handshake within {HANDSHAKE_BOUND:?}")),
+        Some(Err(e)) => return log_refusal(tree, e.to_string()),
+        Some(Ok(uid)) => uid,
+    };
+    let channel = stream
+        .into_inner()
+        .and_then(|s| harrow_ipc::unix::from_stream(s, Default::default()));
+    match channel {
+        Ok(channel) => {
+            if !hand_to(&uid, channel) {
+                tracing::debug!(%uid, "peer target ended during the handshake");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "peer connection: cannot make a channel"),
+    }
+}
+
+/// Connects to the actor `uid` in process `pid` of `tree`: checks the directory, proves the
+/// secret, and returns the channel for its `Hello`.
+pub(crate) async fn connect(
+    tree: &TreeInfo,
+    pid: u32,
+    uid: &str,
+    bound: Duration,
+) -> Result<Channel, DiscoveryError> {
+    check_runtime_dir(&tree.dir).inspect_err(|e| log_refusal(&tree.id, e.to_string()))?;
+    let path = tree.socket_path(pid);
+    let fut = async {
+        let stream = Async::<std::os::unix::net::UnixStream>::connect(&path)
+            .await
+            .map_err(|e| {
+                DiscoveryError::Unreachable(format!("cannot connect to {}: {e}", path.display()))
+            })?;
+        {
+            let (mut r, mut w) = (&stream, &stream);
+            handshake::client(&mut r, &mut w, &tree.secret, uid)
+                .await
+                .inspect_err(|e| tracing::warn!(%uid, error = %e, "peer handshake failed"))
+                .map_err(|e| match e {
+                    HandshakeError::UnknownTarget(_) => {
+                        DiscoveryError::Unreachable(format!("actor {uid} is gone ({e})"))
+                    }
+                    other => DiscoveryError::Handshake(other),
+                })?;
+        }
+        let std_stream = stream
+            .into_inner()
+            .map_err(|e| DiscoveryError::Unreachable(e.to_string()))?;
+        harrow_ipc::unix::from_stream(std_stream, Default::default())
+            .map_err(|e| DiscoveryError::Unreachable(e.to_string()))
+    };
+    match deadline(bound, fut).await {
+        Some(r) => r,
+        None => Err(DiscoveryError::Unreachable(format!(
+            "no peer handshake with {uid} within {bound:?}"
+        ))),
+    }
+}
