@@ -77,7 +77,7 @@ pub use harrow_runtime_core::{
 /// conformance suite every backend must pass).
 pub use harrow_runtime_core::{
     ActorExit, ActorInit, BoxFuture, CancelToken, Capabilities, Child, DedicatedThread, Exit,
-    HardKill, Joined, SpawnBackend, SpawnError, SpawnSpec, bootstrap, run_actor,
+    HardKill, Joined, SpawnBackend, SpawnError, SpawnSpec, SpecError, bootstrap, run_actor,
 };
 
 #[cfg(feature = "thread")]
