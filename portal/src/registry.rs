@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{CallError, CallFuture, CalleeContext, Invocation, Resolver};
 
-type Handler = Arc<dyn Fn(Invocation) -> Result<CallFuture, CallError> + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(Invocation) -> Result<CallFuture, CallError> + Send + Sync>;
 
 struct Entry {
     kind: CallKind,
@@ -52,7 +52,7 @@ impl FnRegistry {
         FnRegistry::default()
     }
 
-    fn insert(
+    pub(crate) fn insert(
         &mut self,
         path: &str,
         kind: CallKind,
@@ -78,6 +78,9 @@ impl FnRegistry {
 
     /// Registers a unary function with typed (serde) arguments and result. Arguments of the
     /// wrong shape are a `BadArguments` error to the caller.
+    #[deprecated(
+        note = "declare an `Endpoint` once and use `FnRegistry::serve`: typed on both sides"
+    )]
     pub fn unary_typed<A, R, F, Fut>(
         &mut self,
         path: &str,
