@@ -1,12 +1,13 @@
-//! A typed endpoint, a one-way stream, a context with a bidirectional stream, and a remote
-//! error.
+//! A typed endpoint, a one-way stream, a typed context with a bidirectional stream, and a
+//! remote error.
 //!
 //! `cargo run -p harrow --example rpc_and_streams`
 
 use std::sync::Arc;
 
 use harrow::{
-    ActorSpec, CallError, Endpoint, FnRegistry, RootConfig, ThreadBackend, Value, run_root,
+    ActorSpec, CallError, ContextEndpoint, Endpoint, FnRegistry, RootConfig, ThreadBackend, Value,
+    run_root,
 };
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,11 @@ struct Quote {
 /// Declared once for both sides: serde types in and out, `Value` on the wire.
 const QUOTE: Endpoint<Order, Quote> = Endpoint::new("shop:quote");
 
+/// A context declared once: no arguments, a greeting when started, numbers up the stream,
+/// running totals down, the final total as its result.
+const RUNNING_TOTAL: ContextEndpoint<(), String, i64, i64, i64> =
+    ContextEndpoint::new("shop:running_total");
+
 fn functions() -> anyhow::Result<Arc<FnRegistry>> {
     let mut f = FnRegistry::new();
     f.serve(QUOTE, |order: Order| async move {
@@ -41,16 +47,16 @@ fn functions() -> anyhow::Result<Arc<FnRegistry>> {
         futures_lite::stream::iter(["apple", "pear", "plum"].map(|item| Ok(Value::from(item))))
     })?;
     // A context: `started` gives the caller a first value, then both sides stream.
-    f.context("shop:running_total", |ctx, _args| async move {
-        ctx.started(Value::from("ready")).await?;
+    f.serve_context(RUNNING_TOTAL, |ctx, ()| async move {
+        ctx.started(&"ready".to_string()).await?;
         let mut stream = ctx.open_stream().await?;
         let mut total = 0;
-        while let Some(v) = stream.recv().await? {
-            total += v.as_i64().unwrap_or(0);
-            stream.send(Value::Int(total)).await?;
+        while let Some(n) = stream.recv().await? {
+            total += n;
+            stream.send(&total).await?;
         }
         stream.close().await?;
-        Ok(Value::Int(total))
+        Ok(total)
     })?;
     Ok(Arc::new(f))
 }
@@ -98,11 +104,11 @@ fn main() -> anyhow::Result<()> {
             remote.type_name, remote.message, remote.source
         );
 
-        let (mut ctx, first) = shop.open_context("shop:running_total", Value::Null).await?;
-        println!("context started: {first:?}");
+        let (mut ctx, greeting) = shop.open(RUNNING_TOTAL, &()).await?;
+        println!("context started: {greeting}");
         let mut stream = ctx.open_stream().await?;
         for x in [5, 10, 20] {
-            stream.send(Value::Int(x)).await?;
+            stream.send(&x).await?;
             println!("running total: {:?}", stream.recv().await?);
         }
         stream.close().await?;

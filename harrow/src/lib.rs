@@ -66,6 +66,10 @@ pub use harrow_runtime_core::portal::{
     self, CallError, CalleeContext, Context, Endpoint, FnRegistry, MsgStream, Portal, Resolver,
     StateRegistry, StreamRx, StreamTx, current_call,
 };
+/// Typed contexts declared once ([`ContextEndpoint`]) and the handles both sides get.
+pub use harrow_runtime_core::portal::{
+    ContextEndpoint, TypedCalleeContext, TypedContext, TypedRx, TypedStream, TypedTx,
+};
 pub use harrow_runtime_core::{
     ActorCtx, ActorNursery, ActorSpec, BoxError, ChildFailure, ChildHandle, ChildOutcome,
     NurseryError, RootConfig, RootHandle, Timeouts, current_actor, exit_code, fail_after,
