@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use harrow::{
-    ActorSpec, CallError, ContextEndpoint, Endpoint, FnRegistry, RootConfig, ThreadBackend, Value,
-    run_root,
+    ActorSpec, CallError, ContextEndpoint, Endpoint, FnRegistry, RootConfig, StreamEndpoint,
+    ThreadBackend, run_root,
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,9 @@ struct Quote {
 /// Declared once for both sides: serde types in and out, `Value` on the wire.
 const QUOTE: Endpoint<Order, Quote> = Endpoint::new("shop:quote");
 
+/// A one-way stream declared once: no arguments, item names.
+const CATALOGUE: StreamEndpoint<(), String> = StreamEndpoint::new("shop:catalogue");
+
 /// A context declared once: no arguments, a greeting when started, numbers up the stream,
 /// running totals down, the final total as its result.
 const RUNNING_TOTAL: ContextEndpoint<(), String, i64, i64, i64> =
@@ -43,8 +46,8 @@ fn functions() -> anyhow::Result<Arc<FnRegistry>> {
         })
     })?;
     // A one-way stream: a Rust `Stream` of items, sent as they come.
-    f.stream("shop:catalogue", |_args| {
-        futures_lite::stream::iter(["apple", "pear", "plum"].map(|item| Ok(Value::from(item))))
+    f.serve_stream(CATALOGUE, |()| {
+        futures_lite::stream::iter(["apple", "pear", "plum"].map(|item| Ok(item.to_owned())))
     })?;
     // A context: `started` gives the caller a first value, then both sides stream.
     f.serve_context(RUNNING_TOTAL, |ctx, ()| async move {
@@ -72,9 +75,9 @@ fn main() -> anyhow::Result<()> {
             )
             .await?;
 
-        let mut catalogue = shop.open_stream_from("shop:catalogue", Value::Null).await?;
+        let mut catalogue = shop.stream_from(CATALOGUE, &()).await?;
         while let Some(item) = catalogue.recv().await? {
-            println!("in the catalogue: {item:?}");
+            println!("in the catalogue: {item}");
         }
 
         let quote = shop

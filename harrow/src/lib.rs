@@ -66,9 +66,11 @@ pub use harrow_runtime_core::portal::{
     self, CallError, CalleeContext, Context, Endpoint, FnRegistry, MsgStream, Portal, Resolver,
     StateRegistry, StreamRx, StreamTx, current_call,
 };
-/// Typed contexts declared once ([`ContextEndpoint`]) and the handles both sides get.
+/// Typed contexts and one-way streams declared once ([`ContextEndpoint`], [`StreamEndpoint`])
+/// and the handles both sides get.
 pub use harrow_runtime_core::portal::{
-    ContextEndpoint, TypedCalleeContext, TypedContext, TypedRx, TypedStream, TypedTx,
+    ContextEndpoint, StreamEndpoint, TypedCalleeContext, TypedContext, TypedOneWayStream, TypedRx,
+    TypedStream, TypedTx,
 };
 pub use harrow_runtime_core::{
     ActorCtx, ActorNursery, ActorSpec, BoxError, ChildFailure, ChildHandle, ChildOutcome,

@@ -70,4 +70,7 @@ pub use error::{Error, Result};
 pub use harrow_ipc as ipc;
 pub use link::{Executor, Link, LinkConfig, LinkEnd, LocalInfo, PeerInfo};
 pub use registry::{FnRegistry, StateRegistry};
-pub use typed::{ContextEndpoint, TypedCalleeContext, TypedContext, TypedRx, TypedStream, TypedTx};
+pub use typed::{
+    ContextEndpoint, StreamEndpoint, TypedCalleeContext, TypedContext, TypedOneWayStream, TypedRx,
+    TypedStream, TypedTx,
+};

@@ -1,7 +1,8 @@
 //! [`ContextEndpoint`]: a context function declared once with all its types (arguments, started
 //! value, the items each way on its stream, result), and the typed handles both sides get:
 //! [`TypedContext`] (caller), [`TypedCalleeContext`] (callee), [`TypedStream`] and its halves
-//! [`TypedTx`] / [`TypedRx`] (either side).
+//! [`TypedTx`] / [`TypedRx`] (either side). [`StreamEndpoint`] declares a one-way stream the same
+//! way, read as a [`TypedOneWayStream`].
 //!
 //! Every value still crosses as a [`Value`] (so a Python or dynamic peer speaks to a typed Rust
 //! actor unchanged); the types only fix what each side converts to and from. A value of the wrong
@@ -686,5 +687,200 @@ impl<U: DeserializeOwned> futures_lite::Stream for TypedRx<U> {
                 Some(Err(e))
             }
         })
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Typed one-way streams.
+
+/// A one-way stream function's path with its argument type `A` and item type `T`, declared once
+/// and used by both sides: served with [`FnRegistry::serve_stream`] (a Rust
+/// [`Stream`](futures_lite::Stream) of `T`), read with [`Portal::stream_from`]. A Python
+/// generator serves one just as well.
+///
+/// ```
+/// use std::sync::Arc;
+/// use futures_lite::StreamExt;
+/// use harrow_portal::{FnRegistry, Link, LinkConfig, LocalInfo, StreamEndpoint};
+/// use harrow_portal::ipc::{mem, ActorId};
+///
+/// /// The squares of 0..n.
+/// const SQUARES: StreamEndpoint<u32, u64> = StreamEndpoint::new("math:squares");
+///
+/// let mut reg = FnRegistry::new();
+/// reg.serve_stream(SQUARES, |n| futures_lite::stream::iter((0..u64::from(n)).map(|i| Ok(i * i))))
+///     .unwrap();
+/// # let exec = Arc::new(async_executor::Executor::new());
+/// # async_io::block_on(exec.run(async {
+/// # let (ca, cb) = mem::pair();
+/// # let info = |name: &str| LocalInfo { id: ActorId::new(name), backend: "thread".into() };
+/// # let (caller, _callee) = futures_lite::future::zip(
+/// #     Link::establish(ca, info("caller"), None, &exec, LinkConfig::default()),
+/// #     Link::establish(cb, info("callee"), Some(Arc::new(reg)), &exec, LinkConfig::default()),
+/// # ).await;
+/// # let caller = caller.unwrap();
+/// let portal = caller.portal();
+/// let squares = portal.stream_from(SQUARES, &4).await.unwrap();
+/// let got: Vec<u64> = squares.map(|r| r.unwrap()).collect().await;
+/// assert_eq!(got, [0, 1, 4, 9]);
+/// # }));
+/// ```
+///
+/// Items of another type do not compile:
+///
+/// ```compile_fail
+/// use harrow_portal::{FnRegistry, StreamEndpoint};
+/// const SQUARES: StreamEndpoint<u32, u64> = StreamEndpoint::new("math:squares");
+/// let mut reg = FnRegistry::new();
+/// reg.serve_stream(SQUARES, |_n| futures_lite::stream::iter(["one"].map(Ok))).unwrap();
+/// ```
+pub struct StreamEndpoint<A, T> {
+    path: &'static str,
+    _types: PhantomData<fn(A) -> T>,
+}
+
+impl<A, T> StreamEndpoint<A, T> {
+    /// The one-way stream endpoint at `path`.
+    pub const fn new(path: &'static str) -> Self {
+        StreamEndpoint {
+            path,
+            _types: PhantomData,
+        }
+    }
+
+    /// Its path.
+    pub const fn path(&self) -> &'static str {
+        self.path
+    }
+}
+
+impl<A, T> Clone for StreamEndpoint<A, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<A, T> Copy for StreamEndpoint<A, T> {}
+
+impl<A, T> std::fmt::Debug for StreamEndpoint<A, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "StreamEndpoint({} : {} -> stream of {})",
+            self.path,
+            std::any::type_name::<A>(),
+            std::any::type_name::<T>()
+        )
+    }
+}
+
+impl FnRegistry {
+    /// Serves the one-way stream `endpoint`: `f(args)` returns a
+    /// [`Stream`](futures_lite::Stream) of `T` items, each sent to the caller as it comes (with
+    /// credit flow control). Arguments of another shape are a `BadArguments` error before `f`
+    /// runs; the first `Err` item ends the call with that error; the end of the stream ends it
+    /// with the number of items sent. See [`FnRegistry::stream`].
+    pub fn serve_stream<A, T, F, S>(
+        &mut self,
+        endpoint: StreamEndpoint<A, T>,
+        f: F,
+    ) -> std::result::Result<&mut Self, harrow_ipc::FnPathError>
+    where
+        A: DeserializeOwned + Send + 'static,
+        T: Serialize + Send + 'static,
+        F: Fn(A) -> S + Send + Sync + 'static,
+        S: futures_lite::Stream<Item = std::result::Result<T, CallError>> + Send + 'static,
+    {
+        let path = endpoint.path;
+        self.insert(
+            path,
+            CallKind::Context,
+            Arc::new(move |call: Invocation| {
+                let args: A = harrow_ipc::from_value(call.args).map_err(|e| {
+                    CallError::new(
+                        ErrorKind::BadArguments,
+                        "BadArguments",
+                        format!("bad arguments for {}: {e}", call.func),
+                    )
+                })?;
+                let items = f(args);
+                let ctx = call.ctx;
+                Ok(Box::pin(async move {
+                    use futures_lite::StreamExt;
+                    ctx.started(Value::Null).await?;
+                    let stream = ctx.open_stream().await?;
+                    let mut items = std::pin::pin!(items);
+                    let mut n = 0i64;
+                    while let Some(item) = items.next().await {
+                        let value = harrow_ipc::to_value(&item?).map_err(|e| {
+                            CallError::raised(
+                                "ValueConversion",
+                                format!("an item of {path} did not convert to a Value: {e}"),
+                            )
+                        })?;
+                        stream.send(value).await?;
+                        n += 1;
+                    }
+                    stream.close().await?;
+                    Ok(Value::Int(n))
+                }) as CallFuture)
+            }),
+        )
+    }
+}
+
+impl Portal {
+    /// Calls the one-way stream `endpoint` with `args` and returns its typed items as they come.
+    /// An item of another shape is an [`Error::Value`]. Dropping the returned stream cancels the
+    /// call. See [`Portal::open_stream_from`].
+    pub async fn stream_from<A, T>(
+        &self,
+        endpoint: StreamEndpoint<A, T>,
+        args: &A,
+    ) -> Result<TypedOneWayStream<T>>
+    where
+        A: Serialize,
+        T: DeserializeOwned,
+    {
+        let path = endpoint.path;
+        let args = encode(args, || format!("arguments of {path}"))?;
+        let (mut ctx, _first) = self.open_context(path, args).await?;
+        let stream = ctx.open_stream().await?;
+        let (_tx, rx) = TypedStream::<(), T>::new(stream, path).split();
+        Ok(TypedOneWayStream { rx, ctx })
+    }
+}
+
+/// The typed items of a one-way stream call ([`Portal::stream_from`]): `recv` returns `Ok(None)`
+/// once the callee finished; a failure or a cancel is an error. A
+/// [`Stream`](futures_lite::Stream) of `Result<T>`. Dropping it cancels the call.
+#[derive(Debug)]
+pub struct TypedOneWayStream<T> {
+    rx: TypedRx<T>,
+    ctx: Context,
+}
+
+impl<T: DeserializeOwned> TypedOneWayStream<T> {
+    /// The next item; `Ok(None)` after the last one.
+    pub async fn recv(&mut self) -> Result<Option<T>> {
+        self.rx.recv().await
+    }
+
+    /// The context behind it: its outcome, cancel, result.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// The call's result once the stream ended (the number of items, for a Rust server).
+    pub async fn result(self) -> Result<Value> {
+        self.ctx.result().await
+    }
+}
+
+impl<T: DeserializeOwned> futures_lite::Stream for TypedOneWayStream<T> {
+    type Item = Result<T>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<T>>> {
+        Pin::new(&mut self.rx).poll_next(cx)
     }
 }

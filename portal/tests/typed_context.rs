@@ -10,7 +10,7 @@ use common::*;
 use futures_lite::StreamExt;
 use futures_sink::Sink;
 use harrow_portal::ipc::{ErrorKind, Value};
-use harrow_portal::{ContextEndpoint, Error, Executor, FnRegistry};
+use harrow_portal::{CallError, ContextEndpoint, Error, Executor, FnRegistry, StreamEndpoint};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,8 +83,27 @@ fn registry() -> FnRegistry {
         Ok(total)
     })
     .unwrap();
+    // One-way streams: a typed server, and an untyped one whose second item has another shape.
+    reg.serve_stream(COUNTDOWN, |from| {
+        futures_lite::stream::iter((0..=from).rev().map(|i| {
+            if i == 13 {
+                Err(CallError::raised("ValueError", "unlucky"))
+            } else {
+                Ok(i)
+            }
+        }))
+    })
+    .unwrap();
+    reg.stream("t:bad_gen", |_| {
+        futures_lite::stream::iter([Value::Int(1), Value::Str("two".into())].map(Ok))
+    })
+    .unwrap();
     reg
 }
+
+/// Counts down from its argument to 0 (and fails at 13).
+const COUNTDOWN: StreamEndpoint<u32, u32> = StreamEndpoint::new("t:countdown");
+const BAD_GEN: StreamEndpoint<(), i64> = StreamEndpoint::new("t:bad_gen");
 
 const BAD_STARTED: ContextEndpoint<(), i64, i64, i64, i64> = ContextEndpoint::new("t:bad_started");
 const BAD_ITEM: ContextEndpoint<(), i64, i64, i64, i64> = ContextEndpoint::new("t:bad_item");
@@ -278,7 +297,44 @@ async fn typed_caller_of_typed_callee_counts(exec: Executor, t: Transport) {
     assert_eq!(bounded("result", ctx.result()).await.unwrap(), 10);
 }
 
+async fn typed_one_way_streams(exec: Executor, t: Transport) {
+    let (a, _b) = caller_callee(&exec, t, registry()).await;
+    let p = a.portal();
+    let mut down = bounded("open", p.stream_from(COUNTDOWN, &3)).await.unwrap();
+    assert_eq!(bounded("3", down.recv()).await.unwrap(), Some(3));
+    let rest: Vec<u32> = bounded("rest", (&mut down).map(Result::unwrap).collect()).await;
+    assert_eq!(rest, [2, 1, 0]);
+    assert_eq!(
+        bounded("result", down.result()).await.unwrap(),
+        Value::Int(4)
+    );
+    // A failing item ends the stream in that failure, never a normal end.
+    let mut down = bounded("open", p.stream_from(COUNTDOWN, &14))
+        .await
+        .unwrap();
+    assert_eq!(bounded("14", down.recv()).await.unwrap(), Some(14));
+    let err = bounded("13", down.recv()).await.unwrap_err();
+    assert_eq!(err.remote_error().expect("remote").message, "unlucky");
+    // Arguments of another shape: BadArguments, before the server runs.
+    let err = bounded(
+        "bad args",
+        p.open_stream_from("t:countdown", Value::from("x")),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.remote_error().expect("remote").kind,
+        ErrorKind::BadArguments
+    );
+    // An item of another shape from an untyped server: a value error naming it.
+    let mut bad = bounded("open", p.stream_from(BAD_GEN, &())).await.unwrap();
+    assert_eq!(bounded("1", bad.recv()).await.unwrap(), Some(1));
+    let err = bounded("2", bad.recv()).await.unwrap_err();
+    assert_value_error(&err, "stream item of t:bad_gen");
+}
+
 both_transports!(
+    typed_one_way_streams,
     both_sides_typed,
     typed_halves_are_sink_and_stream,
     whole_stream_is_sink_and_stream,
