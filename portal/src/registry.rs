@@ -280,3 +280,61 @@ impl FnRegistry {
         })
     }
 }
+
+impl<S: Send + Sync + 'static> StateRegistry<S> {
+    /// Serves the typed unary `endpoint` with a handler that also gets the state. See
+    /// [`FnRegistry::serve`].
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicI64, Ordering};
+    /// use harrow_portal::{Endpoint, StateRegistry};
+    ///
+    /// const ADD: Endpoint<i64, i64> = Endpoint::new("counter:add");
+    ///
+    /// let mut reg = StateRegistry::new(AtomicI64::new(0));
+    /// reg.serve(ADD, |total, n| async move { Ok(total.fetch_add(n, Ordering::SeqCst) + n) })
+    ///     .unwrap();
+    /// # let _ = reg.into_registry();
+    /// ```
+    pub fn serve<A, R, F, Fut>(
+        &mut self,
+        endpoint: crate::Endpoint<A, R>,
+        f: F,
+    ) -> Result<&mut Self, harrow_ipc::FnPathError>
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Arc<S>, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, CallError>> + Send + 'static,
+    {
+        let state = self.state.clone();
+        self.reg.serve(endpoint, move |a| f(state.clone(), a))?;
+        Ok(self)
+    }
+
+    /// Serves the typed context `endpoint` with a handler that also gets the state. See
+    /// [`FnRegistry::serve_context`].
+    #[allow(clippy::type_complexity)]
+    pub fn serve_context<A, St, ToCallee, ToCaller, R, F, Fut>(
+        &mut self,
+        endpoint: crate::ContextEndpoint<A, St, ToCallee, ToCaller, R>,
+        f: F,
+    ) -> Result<&mut Self, harrow_ipc::FnPathError>
+    where
+        A: DeserializeOwned + Send + 'static,
+        St: Serialize + Send + 'static,
+        ToCallee: DeserializeOwned + Send + 'static,
+        ToCaller: Serialize + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Arc<S>, crate::TypedCalleeContext<St, ToCallee, ToCaller>, A) -> Fut
+            + Send
+            + Sync
+            + 'static,
+        Fut: Future<Output = Result<R, CallError>> + Send + 'static,
+    {
+        let state = self.state.clone();
+        self.reg
+            .serve_context(endpoint, move |ctx, a| f(state.clone(), ctx, a))?;
+        Ok(self)
+    }
+}

@@ -346,3 +346,45 @@ both_transports!(
     typed_callee_refuses_wrong_args_and_items,
     typed_caller_of_typed_callee_counts,
 );
+
+/// A typed context served from a `StateRegistry`: every call sees the same state.
+mod with_state {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use super::common::*;
+    use harrow_portal::{ContextEndpoint, StateRegistry};
+
+    /// Adds the streamed numbers to a shared total; returns the total after this call.
+    const DEPOSIT: ContextEndpoint<(), i64, i64, (), i64> = ContextEndpoint::new("t:deposit");
+
+    #[test]
+    fn calls_share_the_state() {
+        run_test(Transport::Mem, |exec, t| async move {
+            let mut reg = StateRegistry::new(AtomicI64::new(0));
+            reg.serve_context(DEPOSIT, |total, ctx, ()| async move {
+                ctx.started(&total.load(Ordering::SeqCst)).await?;
+                let mut s = ctx.open_stream().await?;
+                while let Some(n) = s.recv().await? {
+                    total.fetch_add(n, Ordering::SeqCst);
+                }
+                Ok(total.load(Ordering::SeqCst))
+            })
+            .unwrap();
+            let shared = Arc::clone(reg.state());
+            let (a, _b) = caller_callee(&exec, t, reg.into_registry()).await;
+            for (round, before, after) in [(1, 0, 3), (2, 3, 6)] {
+                let (mut ctx, seen) = bounded("open", a.portal().open(DEPOSIT, &()))
+                    .await
+                    .unwrap();
+                assert_eq!(seen, before, "round {round}");
+                let s = ctx.open_stream().await.unwrap();
+                s.send(&1).await.unwrap();
+                s.send(&2).await.unwrap();
+                s.close().await.unwrap();
+                assert_eq!(bounded("result", ctx.result()).await.unwrap(), after);
+            }
+            assert_eq!(shared.load(Ordering::SeqCst), 6);
+        });
+    }
+}
