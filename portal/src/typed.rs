@@ -266,6 +266,46 @@ impl Portal {
 
 /// The caller's end of a context opened with [`Portal::open`]: a [`Context`] whose stream and
 /// result have the endpoint's types. Dropping it before its result arrived cancels it.
+///
+/// ```
+/// use std::time::Duration;
+/// use harrow_portal::{CallError, ContextEndpoint, FnRegistry};
+///
+/// /// Checks a word; fails on an empty one.
+/// const CHECK: ContextEndpoint<String, (), (), (), usize> = ContextEndpoint::new("words:check");
+///
+/// let mut reg = FnRegistry::new();
+/// reg.serve_context(CHECK, |ctx, word| async move {
+///     ctx.started(&()).await?;
+///     if word.is_empty() {
+///         return Err(CallError::raised("ValueError", "empty word"));
+///     }
+///     Ok(word.len())
+/// })
+/// .unwrap();
+/// # let exec = std::sync::Arc::new(async_executor::Executor::new());
+/// # async_io::block_on(exec.run(async {
+/// # let (ca, cb) = harrow_portal::ipc::mem::pair();
+/// # let info = |name: &str| harrow_portal::LocalInfo {
+/// #     id: harrow_portal::ipc::ActorId::new(name),
+/// #     backend: "thread".into(),
+/// # };
+/// # let (caller, _callee) = futures_lite::future::zip(
+/// #     harrow_portal::Link::establish(ca, info("caller"), None, &exec, Default::default()),
+/// #     harrow_portal::Link::establish(cb, info("callee"), Some(std::sync::Arc::new(reg)), &exec,
+/// #         Default::default()),
+/// # ).await;
+/// # let caller = caller.unwrap(); // keep the link: dropping it closes it
+/// # let portal = caller.portal();
+/// let (ctx, ()) = portal.open(CHECK, &"harrow".to_string()).await.unwrap();
+/// assert_eq!(ctx.result().await.unwrap(), 6);
+/// // The outcome can be waited for and asked without consuming the context.
+/// let (ctx, ()) = portal.open(CHECK, &String::new()).await.unwrap();
+/// let failed = ctx.wait_result(Duration::from_secs(5)).await.unwrap().unwrap_err();
+/// assert_eq!(failed.remote_error().unwrap().message, "empty word");
+/// assert!(ctx.is_answered() && ctx.error().is_some());
+/// # }));
+/// ```
 pub struct TypedContext<ToCallee, ToCaller, R> {
     ctx: Context,
     path: &'static str,
@@ -368,6 +408,40 @@ where
 
 /// The callee's handle on a context served with [`FnRegistry::serve_context`]: a
 /// [`CalleeContext`] whose started value and stream have the endpoint's types. Cheap to clone.
+///
+/// ```
+/// use harrow_portal::{ContextEndpoint, FnRegistry};
+///
+/// /// Waits until cancelled; answers with who cancelled it.
+/// const WAIT: ContextEndpoint<(), (), (), (), String> = ContextEndpoint::new("jobs:wait");
+///
+/// let mut reg = FnRegistry::new();
+/// reg.serve_context(WAIT, |ctx, ()| async move {
+///     ctx.started(&()).await?;
+///     // Waiting for the cancel makes the call cancel-aware: it runs on to answer.
+///     let by = ctx.cancelled().await;
+///     Ok(format!("cancelled by {}", by.name))
+/// })
+/// .unwrap();
+/// # let exec = std::sync::Arc::new(async_executor::Executor::new());
+/// # async_io::block_on(exec.run(async {
+/// # let (ca, cb) = harrow_portal::ipc::mem::pair();
+/// # let info = |name: &str| harrow_portal::LocalInfo {
+/// #     id: harrow_portal::ipc::ActorId::new(name),
+/// #     backend: "thread".into(),
+/// # };
+/// # let (caller, _callee) = futures_lite::future::zip(
+/// #     harrow_portal::Link::establish(ca, info("caller"), None, &exec, Default::default()),
+/// #     harrow_portal::Link::establish(cb, info("callee"), Some(std::sync::Arc::new(reg)), &exec,
+/// #         Default::default()),
+/// # ).await;
+/// # let caller = caller.unwrap(); // keep the link: dropping it closes it
+/// # let portal = caller.portal();
+/// let (ctx, ()) = portal.open(WAIT, &()).await.unwrap();
+/// ctx.cancel().await.unwrap();
+/// assert_eq!(ctx.result().await.unwrap(), "cancelled by caller");
+/// # }));
+/// ```
 pub struct TypedCalleeContext<S, ToCallee, ToCaller> {
     ctx: CalleeContext,
     path: &'static str,
@@ -459,6 +533,49 @@ where
 /// [`Sink`](futures_sink::Sink) of `T` and a [`Stream`](futures_lite::Stream) of `Result<U>`,
 /// like its halves ([`split`](Self::split)). Flow control, end of stream and cancellation are
 /// those of [`MsgStream`].
+///
+/// ```
+/// use std::{future::poll_fn, pin::Pin};
+/// use futures_lite::StreamExt;
+/// use futures_sink::Sink;
+/// use harrow_portal::{ContextEndpoint, FnRegistry};
+///
+/// /// Doubles every number it receives.
+/// const DOUBLER: ContextEndpoint<(), (), i64, i64, ()> = ContextEndpoint::new("math:doubler");
+///
+/// let mut reg = FnRegistry::new();
+/// reg.serve_context(DOUBLER, |ctx, ()| async move {
+///     ctx.started(&()).await?;
+///     let mut s = ctx.open_stream().await?;
+///     while let Some(n) = s.recv().await? {
+///         s.send(&(n * 2)).await?;
+///     }
+///     Ok(())
+/// })
+/// .unwrap();
+/// # let exec = std::sync::Arc::new(async_executor::Executor::new());
+/// # async_io::block_on(exec.run(async {
+/// # let (ca, cb) = harrow_portal::ipc::mem::pair();
+/// # let info = |name: &str| harrow_portal::LocalInfo {
+/// #     id: harrow_portal::ipc::ActorId::new(name),
+/// #     backend: "thread".into(),
+/// # };
+/// # let (caller, _callee) = futures_lite::future::zip(
+/// #     harrow_portal::Link::establish(ca, info("caller"), None, &exec, Default::default()),
+/// #     harrow_portal::Link::establish(cb, info("callee"), Some(std::sync::Arc::new(reg)), &exec,
+/// #         Default::default()),
+/// # ).await;
+/// # let caller = caller.unwrap(); // keep the link: dropping it closes it
+/// # let portal = caller.portal();
+/// let (mut ctx, ()) = portal.open(DOUBLER, &()).await.unwrap();
+/// let mut s = ctx.open_stream().await.unwrap();
+/// // As a Sink of i64 ...
+/// poll_fn(|cx| Pin::new(&mut s).poll_ready(cx)).await.unwrap();
+/// Pin::new(&mut s).start_send(21).unwrap();
+/// // ... and a Stream of Result<i64>.
+/// assert_eq!(s.next().await.unwrap().unwrap(), 42);
+/// # }));
+/// ```
 #[derive(Debug)]
 pub struct TypedStream<T, U> {
     tx: TypedTx<T>,
@@ -537,6 +654,48 @@ impl<T, U: DeserializeOwned> futures_lite::Stream for TypedStream<T, U> {
 
 /// The sending half of a [`TypedStream`]: sends `T` items. Cloneable; a
 /// [`Sink`](futures_sink::Sink) of `T` (see [`StreamTx`]).
+///
+/// ```
+/// use futures_lite::StreamExt;
+/// use harrow_portal::{ContextEndpoint, FnRegistry};
+///
+/// /// Echoes lines.
+/// const ECHO: ContextEndpoint<(), (), String, String, ()> = ContextEndpoint::new("chat:echo");
+///
+/// let mut reg = FnRegistry::new();
+/// reg.serve_context(ECHO, |ctx, ()| async move {
+///     ctx.started(&()).await?;
+///     let mut s = ctx.open_stream().await?;
+///     while let Some(line) = s.recv().await? {
+///         s.send(&line).await?;
+///     }
+///     Ok(())
+/// })
+/// .unwrap();
+/// # let exec = std::sync::Arc::new(async_executor::Executor::new());
+/// # async_io::block_on(exec.run(async {
+/// # let (ca, cb) = harrow_portal::ipc::mem::pair();
+/// # let info = |name: &str| harrow_portal::LocalInfo {
+/// #     id: harrow_portal::ipc::ActorId::new(name),
+/// #     backend: "thread".into(),
+/// # };
+/// # let (caller, _callee) = futures_lite::future::zip(
+/// #     harrow_portal::Link::establish(ca, info("caller"), None, &exec, Default::default()),
+/// #     harrow_portal::Link::establish(cb, info("callee"), Some(std::sync::Arc::new(reg)), &exec,
+/// #         Default::default()),
+/// # ).await;
+/// # let caller = caller.unwrap(); // keep the link: dropping it closes it
+/// # let portal = caller.portal();
+/// let (mut ctx, ()) = portal.open(ECHO, &()).await.unwrap();
+/// let (tx, rx) = ctx.open_stream().await.unwrap().split();
+/// let other = tx.clone(); // two senders on one stream
+/// tx.send(&"one".to_string()).await.unwrap();
+/// other.send(&"two".to_string()).await.unwrap();
+/// drop((tx, other)); // the last sending handle gone: our side is closed
+/// let lines: Vec<String> = rx.map(Result::unwrap).collect().await;
+/// assert_eq!(lines, ["one", "two"]);
+/// # }));
+/// ```
 #[derive(Debug)]
 pub struct TypedTx<T> {
     tx: StreamTx,
@@ -602,6 +761,46 @@ enum RxState {
 /// The receiving half of a [`TypedStream`]: receives `U` items. A
 /// [`Stream`](futures_lite::Stream) of `Result<U>` that ends after the peer finished, and after
 /// yielding one error.
+///
+/// ```
+/// use harrow_portal::{ContextEndpoint, FnRegistry, ipc::Value};
+///
+/// /// Sends its numbers, but the peer is untyped and slips in a string.
+/// const NUMBERS: ContextEndpoint<(), (), (), i64, ()> = ContextEndpoint::new("math:numbers");
+///
+/// let mut reg = FnRegistry::new();
+/// reg.context("math:numbers", |ctx, _| async move {
+///     ctx.started(Value::Null).await?;
+///     let s = ctx.open_stream().await?;
+///     s.send(Value::Int(1)).await?;
+///     s.send(Value::from("two")).await?;
+///     s.send(Value::Int(3)).await?;
+///     Ok(Value::Null)
+/// })
+/// .unwrap();
+/// # let exec = std::sync::Arc::new(async_executor::Executor::new());
+/// # async_io::block_on(exec.run(async {
+/// # let (ca, cb) = harrow_portal::ipc::mem::pair();
+/// # let info = |name: &str| harrow_portal::LocalInfo {
+/// #     id: harrow_portal::ipc::ActorId::new(name),
+/// #     backend: "thread".into(),
+/// # };
+/// # let (caller, _callee) = futures_lite::future::zip(
+/// #     harrow_portal::Link::establish(ca, info("caller"), None, &exec, Default::default()),
+/// #     harrow_portal::Link::establish(cb, info("callee"), Some(std::sync::Arc::new(reg)), &exec,
+/// #         Default::default()),
+/// # ).await;
+/// # let caller = caller.unwrap(); // keep the link: dropping it closes it
+/// # let portal = caller.portal();
+/// let (mut ctx, ()) = portal.open(NUMBERS, &()).await.unwrap();
+/// let (_tx, mut rx) = ctx.open_stream().await.unwrap().split();
+/// assert_eq!(rx.recv().await.unwrap(), Some(1));
+/// let err = rx.recv().await.unwrap_err(); // a clear error, not a panic ...
+/// assert!(err.to_string().contains("stream item of math:numbers"), "{err}");
+/// assert_eq!(rx.recv().await.unwrap(), Some(3)); // ... and the stream goes on
+/// assert_eq!(rx.recv().await.unwrap(), None);
+/// # }));
+/// ```
 pub struct TypedRx<U> {
     /// Only ever used through `&mut self` (`get_mut`, no locking): the mutex only makes the half
     /// `Sync`, so that a `&TypedStream` can be held across an `.await` in a `Send` future.
@@ -854,6 +1053,41 @@ impl Portal {
 /// The typed items of a one-way stream call ([`Portal::stream_from`]): `recv` returns `Ok(None)`
 /// once the callee finished; a failure or a cancel is an error. A
 /// [`Stream`](futures_lite::Stream) of `Result<T>`. Dropping it cancels the call.
+///
+/// ```
+/// use harrow_portal::{FnRegistry, StreamEndpoint, ipc::Value};
+///
+/// /// The letters of a word.
+/// const LETTERS: StreamEndpoint<String, char> = StreamEndpoint::new("words:letters");
+///
+/// let mut reg = FnRegistry::new();
+/// reg.serve_stream(LETTERS, |word| {
+///     futures_lite::stream::iter(word.chars().collect::<Vec<_>>().into_iter().map(Ok))
+/// })
+/// .unwrap();
+/// # let exec = std::sync::Arc::new(async_executor::Executor::new());
+/// # async_io::block_on(exec.run(async {
+/// # let (ca, cb) = harrow_portal::ipc::mem::pair();
+/// # let info = |name: &str| harrow_portal::LocalInfo {
+/// #     id: harrow_portal::ipc::ActorId::new(name),
+/// #     backend: "thread".into(),
+/// # };
+/// # let (caller, _callee) = futures_lite::future::zip(
+/// #     harrow_portal::Link::establish(ca, info("caller"), None, &exec, Default::default()),
+/// #     harrow_portal::Link::establish(cb, info("callee"), Some(std::sync::Arc::new(reg)), &exec,
+/// #         Default::default()),
+/// # ).await;
+/// # let caller = caller.unwrap(); // keep the link: dropping it closes it
+/// # let portal = caller.portal();
+/// let mut letters = portal.stream_from(LETTERS, &"abc".to_string()).await.unwrap();
+/// let mut got = String::new();
+/// while let Some(c) = letters.recv().await.unwrap() {
+///     got.push(c);
+/// }
+/// assert_eq!(got, "abc");
+/// assert_eq!(letters.result().await.unwrap(), Value::Int(3)); // the items sent
+/// # }));
+/// ```
 #[derive(Debug)]
 pub struct TypedOneWayStream<T> {
     rx: TypedRx<T>,
