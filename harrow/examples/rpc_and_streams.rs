@@ -1,12 +1,13 @@
-//! A typed endpoint, a one-way stream, a context with a bidirectional stream, and a remote
-//! error.
+//! A typed endpoint, a one-way stream, a typed context with a bidirectional stream, and a
+//! remote error.
 //!
 //! `cargo run -p harrow --example rpc_and_streams`
 
 use std::sync::Arc;
 
 use harrow::{
-    ActorSpec, CallError, Endpoint, FnRegistry, RootConfig, ThreadBackend, Value, run_root,
+    ActorSpec, CallError, ContextEndpoint, Endpoint, FnRegistry, RootConfig, StreamEndpoint,
+    ThreadBackend, run_root,
 };
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,14 @@ struct Quote {
 /// Declared once for both sides: serde types in and out, `Value` on the wire.
 const QUOTE: Endpoint<Order, Quote> = Endpoint::new("shop:quote");
 
+/// A one-way stream declared once: no arguments, item names.
+const CATALOGUE: StreamEndpoint<(), String> = StreamEndpoint::new("shop:catalogue");
+
+/// A context declared once: no arguments, a greeting when started, numbers up the stream,
+/// running totals down, the final total as its result.
+const RUNNING_TOTAL: ContextEndpoint<(), String, i64, i64, i64> =
+    ContextEndpoint::new("shop:running_total");
+
 fn functions() -> anyhow::Result<Arc<FnRegistry>> {
     let mut f = FnRegistry::new();
     f.serve(QUOTE, |order: Order| async move {
@@ -37,20 +46,20 @@ fn functions() -> anyhow::Result<Arc<FnRegistry>> {
         })
     })?;
     // A one-way stream: a Rust `Stream` of items, sent as they come.
-    f.stream("shop:catalogue", |_args| {
-        futures_lite::stream::iter(["apple", "pear", "plum"].map(|item| Ok(Value::from(item))))
+    f.serve_stream(CATALOGUE, |()| {
+        futures_lite::stream::iter(["apple", "pear", "plum"].map(|item| Ok(item.to_owned())))
     })?;
     // A context: `started` gives the caller a first value, then both sides stream.
-    f.context("shop:running_total", |ctx, _args| async move {
-        ctx.started(Value::from("ready")).await?;
+    f.serve_context(RUNNING_TOTAL, |ctx, ()| async move {
+        ctx.started(&"ready".to_string()).await?;
         let mut stream = ctx.open_stream().await?;
         let mut total = 0;
-        while let Some(v) = stream.recv().await? {
-            total += v.as_i64().unwrap_or(0);
-            stream.send(Value::Int(total)).await?;
+        while let Some(n) = stream.recv().await? {
+            total += n;
+            stream.send(&total).await?;
         }
         stream.close().await?;
-        Ok(Value::Int(total))
+        Ok(total)
     })?;
     Ok(Arc::new(f))
 }
@@ -66,9 +75,9 @@ fn main() -> anyhow::Result<()> {
             )
             .await?;
 
-        let mut catalogue = shop.open_stream_from("shop:catalogue", Value::Null).await?;
+        let mut catalogue = shop.stream_from(CATALOGUE, &()).await?;
         while let Some(item) = catalogue.recv().await? {
-            println!("in the catalogue: {item:?}");
+            println!("in the catalogue: {item}");
         }
 
         let quote = shop
@@ -98,11 +107,11 @@ fn main() -> anyhow::Result<()> {
             remote.type_name, remote.message, remote.source
         );
 
-        let (mut ctx, first) = shop.open_context("shop:running_total", Value::Null).await?;
-        println!("context started: {first:?}");
+        let (mut ctx, greeting) = shop.open(RUNNING_TOTAL, &()).await?;
+        println!("context started: {greeting}");
         let mut stream = ctx.open_stream().await?;
         for x in [5, 10, 20] {
-            stream.send(Value::Int(x)).await?;
+            stream.send(&x).await?;
             println!("running total: {:?}", stream.recv().await?);
         }
         stream.close().await?;

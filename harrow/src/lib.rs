@@ -66,6 +66,12 @@ pub use harrow_runtime_core::portal::{
     self, CallError, CalleeContext, Context, Endpoint, FnRegistry, MsgStream, Portal, Resolver,
     StateRegistry, StreamRx, StreamTx, current_call,
 };
+/// Typed contexts and one-way streams declared once ([`ContextEndpoint`], [`StreamEndpoint`])
+/// and the handles both sides get.
+pub use harrow_runtime_core::portal::{
+    ContextEndpoint, StreamEndpoint, TypedCalleeContext, TypedContext, TypedOneWayStream, TypedRx,
+    TypedStream, TypedTx,
+};
 pub use harrow_runtime_core::{
     ActorCtx, ActorNursery, ActorSpec, BoxError, ChildFailure, ChildHandle, ChildOutcome,
     NurseryError, RootConfig, RootHandle, Timeouts, current_actor, exit_code, fail_after,
@@ -83,7 +89,7 @@ pub use harrow_runtime_core::{
 /// conformance suite every backend must pass).
 pub use harrow_runtime_core::{
     ActorExit, ActorInit, BoxFuture, CancelToken, Capabilities, Child, DedicatedThread, Exit,
-    HardKill, Joined, SpawnBackend, SpawnError, SpawnSpec, bootstrap, run_actor,
+    HardKill, Joined, SpawnBackend, SpawnError, SpawnSpec, SpecError, bootstrap, run_actor,
 };
 
 #[cfg(feature = "thread")]

@@ -52,10 +52,10 @@ fn every_example_runs() -> Result<()> {
         .join("examples");
     let mut examples = vec![
         ("hello_nursery", "hello, harrow"),
-        ("rpc_and_streams", "final result"),
+        ("rpc_and_streams", "final result: 35"),
         ("cancel_and_hard_kill", "spinner"),
         ("process_tree", "a1 is pid"),
-        ("quick_start", "42 8"),
+        ("quick_start", "sums: [1, 3, 6] (3 items)"),
         ("discovery", "got 42 from store"),
     ];
     if harrow::subint_status().is_ok() {

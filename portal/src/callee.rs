@@ -279,6 +279,9 @@ impl CalleeContext {
     }
 
     /// [`started`](CalleeContext::started) with a typed value (converted through serde).
+    #[deprecated(
+        note = "declare a `ContextEndpoint` once and use `Portal::open` and `FnRegistry::serve_context`: typed on both sides"
+    )]
     pub async fn started_typed<T: serde::Serialize>(&self, value: &T) -> Result<()> {
         let value = harrow_ipc::to_value(value).map_err(|e| Error::Value(e.to_string()))?;
         self.started(value).await

@@ -68,6 +68,7 @@ impl Portal {
     }
 
     /// [`run`](Portal::run) with typed arguments and result, converted through serde.
+    #[deprecated(note = "declare an `Endpoint` once and use `Portal::call`: typed on both sides")]
     pub async fn run_typed<A: Serialize, R: DeserializeOwned>(
         &self,
         func: &str,
@@ -107,6 +108,9 @@ impl Portal {
     }
 
     /// [`open_context`](Portal::open_context) with typed arguments and first value.
+    #[deprecated(
+        note = "declare a `ContextEndpoint` once and use `Portal::open` and `FnRegistry::serve_context`: typed on both sides"
+    )]
     pub async fn open_context_typed<A: Serialize, S: DeserializeOwned>(
         &self,
         func: &str,
@@ -369,6 +373,9 @@ impl Context {
     }
 
     /// Typed [`result`](Context::result).
+    #[deprecated(
+        note = "declare a `ContextEndpoint` once and use `Portal::open` and `FnRegistry::serve_context`: typed on both sides"
+    )]
     pub async fn result_typed<R: DeserializeOwned>(self) -> Result<R> {
         let func = self.chan.func.clone();
         let value = self.result().await?;
@@ -580,8 +587,12 @@ impl MsgStream {
     }
 
     /// Sends one typed item (converted through serde).
+    #[deprecated(
+        note = "declare a `ContextEndpoint` once and use `Portal::open` and `FnRegistry::serve_context`: typed on both sides"
+    )]
     pub async fn send_typed<T: Serialize>(&self, item: &T) -> Result<()> {
-        self.tx.send_typed(item).await
+        let value = harrow_ipc::to_value(item).map_err(|e| Error::Value(e.to_string()))?;
+        self.tx.send(value).await
     }
 
     /// Receives the next item; `Ok(None)` once the peer stopped its side.
@@ -590,8 +601,16 @@ impl MsgStream {
     }
 
     /// Receives the next typed item.
+    #[deprecated(
+        note = "declare a `ContextEndpoint` once and use `Portal::open` and `FnRegistry::serve_context`: typed on both sides"
+    )]
     pub async fn recv_typed<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
-        self.rx.recv_typed().await
+        match self.rx.recv().await? {
+            None => Ok(None),
+            Some(v) => harrow_ipc::from_value(v)
+                .map(Some)
+                .map_err(|e| Error::Value(format!("stream item of {}: {e}", self.rx.chan.func))),
+        }
     }
 
     /// Finishes this side of the stream (`Stop`). Idempotent.
@@ -734,6 +753,9 @@ impl StreamTx {
     }
 
     /// See [`MsgStream::send_typed`].
+    #[deprecated(
+        note = "declare a `ContextEndpoint` once and use `Portal::open` and `FnRegistry::serve_context`: typed on both sides"
+    )]
     pub async fn send_typed<T: Serialize>(&self, item: &T) -> Result<()> {
         let value = harrow_ipc::to_value(item).map_err(|e| Error::Value(e.to_string()))?;
         self.inner.send(value).await
@@ -813,6 +835,9 @@ impl StreamRx {
     }
 
     /// Receives the next typed item.
+    #[deprecated(
+        note = "declare a `ContextEndpoint` once and use `Portal::open` and `FnRegistry::serve_context`: typed on both sides"
+    )]
     pub async fn recv_typed<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
         match self.recv().await? {
             None => Ok(None),

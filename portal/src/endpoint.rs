@@ -108,6 +108,8 @@ impl FnRegistry {
         F: Fn(A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<R, CallError>> + Send + 'static,
     {
+        // The endpoint form supersedes the string-keyed twin, which stays (deprecated) for now.
+        #[allow(deprecated)]
         self.unary_typed(endpoint.path, handler)
     }
 }
@@ -119,6 +121,7 @@ impl Portal {
         A: Serialize,
         R: DeserializeOwned,
     {
+        #[allow(deprecated)]
         self.run_typed(endpoint.path, args).await
     }
 }

@@ -5,10 +5,13 @@
 //! peer's calls with a local [`Resolver`] (callee side) and carries local calls to the peer
 //! through a [`Portal`] (caller side).
 //!
-//! - Unary call: [`Portal::run`] (`Start` -> `StartAck` -> `Return | Error`).
+//! - Unary call: [`Portal::run`] (`Start` -> `StartAck` -> `Return | Error`); typed, declared
+//!   once as an [`Endpoint`]: [`Portal::call`] and [`FnRegistry::serve`].
 //! - Context: [`Portal::open_context`] returns once the callee called
 //!   [`CalleeContext::started`]; then an optional bidirectional [`MsgStream`] (credit flow control,
-//!   see [`MsgStream`]), then [`Context::result`].
+//!   see [`MsgStream`]), then [`Context::result`]. Typed, declared once as a
+//!   [`ContextEndpoint`]: [`Portal::open`] and [`FnRegistry::serve_context`], with
+//!   [`TypedContext`], [`TypedCalleeContext`] and [`TypedStream`].
 //! - Cancellation: [`Context::cancel`], dropping a call or context (drop is cancel),
 //!   [`Portal::cancel_actor`], [`Link::cancel_calls`]. A cancel asked for by the caller itself is
 //!   quiet for that caller; one asked for by a third actor surfaces as `ContextCancelled` naming it.
@@ -24,13 +27,15 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use harrow_portal::{FnRegistry, Link, LinkConfig, LocalInfo};
+//! use harrow_portal::{Endpoint, FnRegistry, Link, LinkConfig, LocalInfo};
 //! use harrow_portal::ipc::{mem, ActorId, Value};
+//!
+//! const ADD: Endpoint<(i64, i64), i64> = Endpoint::new("math:add");
 //!
 //! let exec = Arc::new(async_executor::Executor::new());
 //! async_io::block_on(exec.run(async {
 //!     let mut reg = FnRegistry::new();
-//!     reg.unary_typed("math:add", |(a, b): (i64, i64)| async move { Ok(a + b) }).unwrap();
+//!     reg.serve(ADD, |(a, b)| async move { Ok(a + b) }).unwrap();
 //!     let (ca, cb) = mem::pair();
 //!     let info = |name: &str| LocalInfo { id: ActorId::new(name), backend: "thread".into() };
 //!     let (caller, _callee) = futures_lite::future::zip(
@@ -40,7 +45,7 @@
 //!     .await;
 //!     let caller = caller.unwrap(); // keep the Link: dropping it closes the link
 //!     let portal = caller.portal();
-//!     let sum: i64 = portal.run_typed("math:add", &(2, 3)).await.unwrap();
+//!     let sum = portal.call(ADD, &(2, 3)).await.unwrap();
 //!     assert_eq!(sum, 5);
 //!     let err = portal.run("math:nope", Value::Null).await.unwrap_err();
 //!     assert!(err.to_string().contains("math:nope"));
@@ -56,6 +61,7 @@ mod error;
 mod link;
 mod panic_trace;
 mod registry;
+mod typed;
 
 pub use callee::{CallError, CallFuture, CalleeContext, Invocation, Resolver, current_call};
 pub use caller::{Context, MsgStream, OneWayStream, Portal, StreamRx, StreamTx};
@@ -64,3 +70,7 @@ pub use error::{Error, Result};
 pub use harrow_ipc as ipc;
 pub use link::{Executor, Link, LinkConfig, LinkEnd, LocalInfo, PeerInfo};
 pub use registry::{FnRegistry, StateRegistry};
+pub use typed::{
+    ContextEndpoint, StreamEndpoint, TypedCalleeContext, TypedContext, TypedOneWayStream, TypedRx,
+    TypedStream, TypedTx,
+};

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{CallError, CallFuture, CalleeContext, Invocation, Resolver};
 
-type Handler = Arc<dyn Fn(Invocation) -> Result<CallFuture, CallError> + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(Invocation) -> Result<CallFuture, CallError> + Send + Sync>;
 
 struct Entry {
     kind: CallKind,
@@ -52,7 +52,7 @@ impl FnRegistry {
         FnRegistry::default()
     }
 
-    fn insert(
+    pub(crate) fn insert(
         &mut self,
         path: &str,
         kind: CallKind,
@@ -78,6 +78,9 @@ impl FnRegistry {
 
     /// Registers a unary function with typed (serde) arguments and result. Arguments of the
     /// wrong shape are a `BadArguments` error to the caller.
+    #[deprecated(
+        note = "declare an `Endpoint` once and use `FnRegistry::serve`: typed on both sides"
+    )]
     pub fn unary_typed<A, R, F, Fut>(
         &mut self,
         path: &str,
@@ -275,5 +278,63 @@ impl FnRegistry {
                 Ok(Value::Int(n))
             }
         })
+    }
+}
+
+impl<S: Send + Sync + 'static> StateRegistry<S> {
+    /// Serves the typed unary `endpoint` with a handler that also gets the state. See
+    /// [`FnRegistry::serve`].
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicI64, Ordering};
+    /// use harrow_portal::{Endpoint, StateRegistry};
+    ///
+    /// const ADD: Endpoint<i64, i64> = Endpoint::new("counter:add");
+    ///
+    /// let mut reg = StateRegistry::new(AtomicI64::new(0));
+    /// reg.serve(ADD, |total, n| async move { Ok(total.fetch_add(n, Ordering::SeqCst) + n) })
+    ///     .unwrap();
+    /// # let _ = reg.into_registry();
+    /// ```
+    pub fn serve<A, R, F, Fut>(
+        &mut self,
+        endpoint: crate::Endpoint<A, R>,
+        f: F,
+    ) -> Result<&mut Self, harrow_ipc::FnPathError>
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Arc<S>, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, CallError>> + Send + 'static,
+    {
+        let state = self.state.clone();
+        self.reg.serve(endpoint, move |a| f(state.clone(), a))?;
+        Ok(self)
+    }
+
+    /// Serves the typed context `endpoint` with a handler that also gets the state. See
+    /// [`FnRegistry::serve_context`].
+    #[allow(clippy::type_complexity)]
+    pub fn serve_context<A, St, ToCallee, ToCaller, R, F, Fut>(
+        &mut self,
+        endpoint: crate::ContextEndpoint<A, St, ToCallee, ToCaller, R>,
+        f: F,
+    ) -> Result<&mut Self, harrow_ipc::FnPathError>
+    where
+        A: DeserializeOwned + Send + 'static,
+        St: Serialize + Send + 'static,
+        ToCallee: DeserializeOwned + Send + 'static,
+        ToCaller: Serialize + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Arc<S>, crate::TypedCalleeContext<St, ToCallee, ToCaller>, A) -> Fut
+            + Send
+            + Sync
+            + 'static,
+        Fut: Future<Output = Result<R, CallError>> + Send + 'static,
+    {
+        let state = self.state.clone();
+        self.reg
+            .serve_context(endpoint, move |ctx, a| f(state.clone(), ctx, a))?;
+        Ok(self)
     }
 }

@@ -13,14 +13,12 @@ async fn echo_and_typed(exec: Executor, t: Transport) {
     assert_eq!(p.peer(), &b.local().id);
     let v = bounded("echo", p.run("t:echo", Value::Str("hi".into()))).await;
     assert_eq!(v.unwrap(), Value::Str("hi".into()));
-    let sum: i64 = bounded("add", p.run_typed("t:add", &(2i64, 40i64)))
-        .await
-        .unwrap();
+    let sum: i64 = bounded("add", p.call(ADD, &(2, 40))).await.unwrap();
     assert_eq!(sum, 42);
     // Many concurrent calls on one link.
     let calls = (0..50).map(|i| {
         let p = p.clone();
-        exec.spawn(async move { p.run_typed::<_, i64>("t:add", &(i, 1i64)).await })
+        exec.spawn(async move { p.call(ADD, &(i, 1)).await })
     });
     let tasks: Vec<_> = calls.collect();
     for (i, task) in tasks.into_iter().enumerate() {
@@ -99,9 +97,7 @@ async fn bad_arguments_name_function_and_problem(exec: Executor, t: Transport) {
     let re = err.remote_error().expect("a remote error");
     assert_eq!(re.kind, ErrorKind::BadArguments);
     assert!(re.message.contains("t:echo"), "{re}");
-    let sum: i64 = bounded("add", p.run_typed("t:add", &(1i64, 2i64)))
-        .await
-        .unwrap();
+    let sum: i64 = bounded("add", p.call(ADD, &(1, 2))).await.unwrap();
     assert_eq!(sum, 3);
 }
 

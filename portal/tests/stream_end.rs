@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use harrow_portal::ContextEndpoint;
 use harrow_portal::ipc::Value;
 use harrow_portal::{Error, Executor, FnRegistry};
 
@@ -115,15 +116,16 @@ async fn callee_send_after_close_errors_and_reaches_caller(exec: Executor, t: Tr
 async fn typed_stream_items(exec: Executor, t: Transport) {
     let (reg, _probe) = standard_registry();
     let (a, _b) = caller_callee(&exec, t, reg).await;
-    let (mut ctx, _) = bounded("open", a.portal().open_context("t:ctx_echo", Value::Null))
-        .await
-        .unwrap();
+    // A typed caller of an untyped (Value) callee: only the shapes have to agree.
+    const ECHO: ContextEndpoint<(), (), (String, u32), (String, u32), i64> =
+        ContextEndpoint::new("t:ctx_echo");
+    let (mut ctx, ()) = bounded("open", a.portal().open(ECHO, &())).await.unwrap();
     let mut s = ctx.open_stream().await.unwrap();
-    s.send_typed(&("x".to_string(), 5u32)).await.unwrap();
-    let back: Option<(String, u32)> = bounded("typed", s.recv_typed()).await.unwrap();
+    s.send(&("x".to_string(), 5)).await.unwrap();
+    let back = bounded("typed", s.recv()).await.unwrap();
     assert_eq!(back, Some(("x".to_string(), 5)));
     drop(s); // dropping the only sending handle closes our side
-    let n: i64 = bounded("result", ctx.result_typed()).await.unwrap();
+    let n = bounded("result", ctx.result()).await.unwrap();
     assert_eq!(n, 1);
 }
 

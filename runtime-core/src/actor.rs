@@ -10,8 +10,9 @@ use futures_lite::FutureExt;
 use harrow_ipc::{ActorId, Channel};
 use harrow_portal::{Executor, Link, LinkConfig, LinkEnd, LocalInfo, Portal, Resolver};
 
-use crate::backend::{SpawnSpec, Timeouts};
+use crate::backend::Timeouts;
 use crate::scope::{CancelToken, WaitGroup, WaitGroupGuard};
+use crate::spec::SpawnSpec;
 
 /// The actor this thread is running, if any: its identity, executor, timeouts and the state its
 /// nurseries share. Cheap to clone.
@@ -196,32 +197,17 @@ pub fn current_actor() -> Option<ActorCtx> {
     CURRENT.with(|c| c.borrow().clone())
 }
 
-/// What a child's runtime needs to start: made by a backend from its [`SpawnSpec`].
-#[derive(Clone)]
+/// What a child's runtime needs to start: the [`SpawnSpec`] its backend received, the backend's
+/// name, and the link's tunables. Made by a backend with [`ActorInit::from_spec`].
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ActorInit {
-    /// This actor.
-    pub id: ActorId,
-    /// Its parent.
-    pub parent: ActorId,
+    /// Who this actor is, its parent, and what it serves (its resolver and timeouts).
+    pub spec: SpawnSpec,
     /// The backend's name, said in `Hello` and in the actor's tracing span.
     pub backend: String,
-    /// The functions this actor serves.
-    pub resolver: Option<Arc<dyn Resolver>>,
-    /// Teardown bounds for this actor's own children.
-    pub timeouts: Timeouts,
     /// Link tunables.
     pub link_config: LinkConfig,
-}
-
-impl fmt::Debug for ActorInit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ActorInit")
-            .field("id", &self.id)
-            .field("parent", &self.parent)
-            .field("backend", &self.backend)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ActorInit {
@@ -232,25 +218,29 @@ impl ActorInit {
     /// within the parent's bound.
     pub fn from_spec(spec: SpawnSpec, backend: impl Into<String>) -> Self {
         let mut link_config = LinkConfig::default();
-        link_config.cancel_cleanup = spec.timeouts.cancel_ack * 3 / 4;
+        link_config.cancel_cleanup = spec.timeouts().cancel_ack * 3 / 4;
         ActorInit {
-            id: spec.id,
-            parent: spec.parent,
+            spec,
             backend: backend.into(),
-            resolver: spec.resolver,
-            timeouts: spec.timeouts,
             link_config,
         }
     }
 
     /// Replaces the resolver (backends whose functions are not Rust, such as subint, set theirs).
     pub fn with_resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
-        self.resolver = Some(resolver);
+        self.spec.actor.resolver = Some(resolver);
         self
+    }
+
+    /// This actor's identity.
+    pub fn id(&self) -> &ActorId {
+        &self.spec.id
     }
 }
 
-/// How an actor's runtime ended.
+/// How an actor's runtime ended, as the actor itself saw it: *why* it stopped serving. This is
+/// not the child's [`Exit`](crate::Exit) (what its parent observes of the thread or process),
+/// which a backend derives from the actor's end and from its own means (a panic, a kill).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ActorExit {
@@ -270,30 +260,30 @@ pub enum ActorExit {
 /// Runs one actor's runtime on the calling thread until it is cancelled or orphaned.
 ///
 /// This is the single entry every backend's child side calls: it builds the actor's executor on
-/// this thread, says `Hello` on `channel`, serves the parent's calls with `init.resolver`, lets
+/// this thread, says `Hello` on `channel`, serves the parent's calls with the spec's resolver, lets
 /// served functions open nurseries of their own ([`open_nursery`](crate::open_nursery)), and on
 /// `CancelActor` or a broken parent channel cancels every call, tears down its children (bounded),
 /// flushes its last messages and returns.
 pub fn run_actor(channel: Channel, init: ActorInit) -> ActorExit {
     let span = tracing::info_span!(
         "actor",
-        name = %init.id.name,
-        uid = %init.id.uid,
+        name = %init.spec.id.name,
+        uid = %init.spec.id.uid,
         backend = %init.backend
     );
     let _entered = span.enter();
     let exec: Executor = Arc::new(async_executor::Executor::new());
     let ctx = ActorCtx::new(
-        init.id.clone(),
+        init.spec.id.clone(),
         init.backend.clone(),
         exec.clone(),
-        init.timeouts,
+        init.spec.timeouts(),
         init.link_config.clone(),
-        init.resolver.clone(),
+        init.spec.actor.resolver.clone(),
         crate::discovery::Discovery::default(),
     );
     let _current = ctx.enter();
-    ctx.discovery().set_parent(init.parent.clone());
+    ctx.discovery().set_parent(init.spec.parent.clone());
     crate::discovery::start_acceptor(&ctx);
     let exit = async_io::block_on(exec.run(actor_main(channel, init, ctx.clone())));
     // No more peers: the acceptor and peer links go (their tasks end on the ticks below).
@@ -307,7 +297,7 @@ pub fn run_actor(channel: Channel, init: ActorInit) -> ActorExit {
 
 async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorExit {
     let local = LocalInfo {
-        id: init.id.clone(),
+        id: init.spec.id.clone(),
         backend: init.backend.clone(),
     };
     let link = match Link::establish(
@@ -336,11 +326,11 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
     ctx.discovery().set_exiting();
     let Some(end) = end else {
         // Cancelled from elsewhere (a child asked): same as a CancelActor, with its canceller.
-        let canceller = ctx.self_canceller().unwrap_or_else(|| init.id.clone());
+        let canceller = ctx.self_canceller().unwrap_or_else(|| init.spec.id.clone());
         tracing::debug!(%canceller, "actor cancelled by a peer");
         link.cancel_calls(&canceller);
         ctx.discovery().cancel_peer_calls(&canceller);
-        let bound = init.timeouts.ladder_bound() + Duration::from_millis(500);
+        let bound = init.spec.timeouts().ladder_bound() + Duration::from_millis(500);
         link.drain(bound).await;
         if !ctx.wait_tracked(bound).await {
             tracing::warn!("teardown of this actor's children did not finish within {bound:?}");
@@ -359,12 +349,12 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
         }
         LinkEnd::Broken(reason) => {
             tracing::debug!(%reason, "parent channel broke; cancelling self");
-            link.cancel_calls(&init.id);
-            ctx.discovery().cancel_peer_calls(&init.id);
+            link.cancel_calls(&init.spec.id);
+            ctx.discovery().cancel_peer_calls(&init.spec.id);
             ActorExit::Orphaned(reason)
         }
         LinkEnd::Closed => {
-            ctx.discovery().cancel_peer_calls(&init.id);
+            ctx.discovery().cancel_peer_calls(&init.spec.id);
             ActorExit::Closed
         }
         #[allow(unreachable_patterns)]
@@ -372,7 +362,7 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
     };
     // Served calls are cancelled; wait for them to be dropped so that the nurseries they held
     // have handed their teardown to the actor, then for those teardowns and any shields.
-    let bound = init.timeouts.ladder_bound() + Duration::from_millis(500);
+    let bound = init.spec.timeouts().ladder_bound() + Duration::from_millis(500);
     link.drain(bound).await;
     if !ctx.wait_tracked(bound).await {
         tracing::warn!("teardown of this actor's children did not finish within {bound:?}");

@@ -3,11 +3,11 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
-use harrow_ipc::{ActorId, Channel, Value};
-use harrow_portal::Resolver;
+use harrow_ipc::{ActorId, Channel};
+
+use crate::spec::SpawnSpec;
 
 /// A boxed, sendable future, as returned by the object-safe backend traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -113,59 +113,26 @@ impl Timeouts {
     }
 }
 
-/// Everything a backend needs to start one child actor.
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct SpawnSpec {
-    /// The child's identity (chosen by the nursery).
-    pub id: ActorId,
-    /// The parent's identity.
-    pub parent: ActorId,
-    /// The functions the child serves, for in-process backends that run Rust.
-    pub resolver: Option<Arc<dyn Resolver>>,
-    /// Backend-specific parameters (for example the Python modules a subint actor exposes).
-    pub params: Value,
-    /// The teardown bounds the child uses for its own children.
-    pub timeouts: Timeouts,
-}
-
-impl fmt::Debug for SpawnSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SpawnSpec")
-            .field("id", &self.id)
-            .field("parent", &self.parent)
-            .field("resolver", &self.resolver.as_ref().map(|_| "..."))
-            .field("params", &self.params)
-            .field("timeouts", &self.timeouts)
-            .finish()
-    }
-}
-
-impl SpawnSpec {
-    /// A spec for actor `id`, child of `parent`, serving nothing, with default timeouts.
-    pub fn new(id: ActorId, parent: ActorId) -> Self {
-        SpawnSpec {
-            id,
-            parent,
-            resolver: None,
-            params: Value::Null,
-            timeouts: Timeouts::default(),
-        }
-    }
-}
-
-/// How a child ended, as far as [`Child::join`] can tell.
+/// Where a child is in its life, or how it ended: the one lifecycle enum of the runtime.
+///
+/// [`Child::join`] answers `Running` (not ended within the bound), `Exited`, `Failed` or `Killed`;
+/// a backend that knows its child can never be stopped may answer `Leaked`. The nursery records
+/// each child's final outcome with the same enum ([`ChildHandle::outcome`](crate::ChildHandle::outcome)):
+/// `Exited`, `Failed`, `Killed`, or `Leaked` when the ladder's last join still saw it running.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Exit {
-    /// The child's runtime returned normally.
+    /// The child is still running (a bounded wait ended first).
+    Running,
+    /// The child's runtime returned normally (by itself, or after the graceful cancel).
     Exited,
     /// The child ended abnormally (a panic, a non-zero exit status, a signal it did not ask for).
     Failed(String),
     /// The child was ended by [`Child::hard_kill`].
     Killed,
-    /// The child is still running after the bound.
-    Running,
+    /// The child could not be stopped within the bounds and was left running, reported: what is
+    /// still running (a thread name, a pid, an interpreter).
+    Leaked(String),
 }
 
 /// Why a child could not be spawned.

@@ -27,19 +27,19 @@ mod error;
 mod nursery;
 mod root;
 mod scope;
+mod spec;
 mod thread;
 
 pub use actor::{ActorCtx, ActorExit, ActorInit, current_actor, run_actor, shield};
 pub use backend::{
-    BoxFuture, Capabilities, Child, Exit, HardKill, SpawnBackend, SpawnError, SpawnSpec, Timeouts,
+    BoxFuture, Capabilities, Child, Exit, HardKill, SpawnBackend, SpawnError, Timeouts,
 };
 pub use discovery::{ActorEntry, DiscoveryError, find_actor, query_actors, wait_for_actor};
 pub use error::{BoxError, ChildFailure, Error, NurseryError, Result};
 pub use harrow_ipc as ipc;
 pub use harrow_portal as portal;
-pub use nursery::{
-    ActorNursery, ActorSpec, ChildHandle, ChildOutcome, open_nursery, teardown_bound,
-};
+pub use nursery::{ActorNursery, ChildHandle, ChildOutcome, open_nursery, teardown_bound};
 pub use root::{RootConfig, RootHandle, exit_code, run_root, spawn_root};
 pub use scope::{CancelToken, DeadlineExceeded, FailAfter, MoveOnAfter, fail_after, move_on_after};
+pub use spec::{ActorSpec, SpawnSpec, SpecError};
 pub use thread::{DedicatedThread, Joined, panic_message, thread_name};

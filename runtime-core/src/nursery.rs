@@ -8,75 +8,17 @@ use std::time::Duration;
 
 use futures_lite::FutureExt;
 use harrow_ipc::{ActorId, Value};
-use harrow_portal::{Link, LinkEnd, LocalInfo, Portal, Resolver};
+use harrow_portal::{Link, LinkEnd, LocalInfo, Portal};
 
 use crate::actor::{ActorCtx, current_actor};
-use crate::backend::{Child, Exit, SpawnBackend, SpawnError, SpawnSpec, Timeouts};
+use crate::backend::{Child, Exit, SpawnBackend, SpawnError, Timeouts};
 use crate::error::{BoxError, ChildFailure, Error, NurseryError, Result};
 use crate::scope::{CancelToken, WaitGroup, move_on_after};
+use crate::spec::{ActorSpec, SpawnSpec};
 
-/// What to give a new child beyond its name and backend.
-#[derive(Clone, Default)]
-#[non_exhaustive]
-pub struct ActorSpec {
-    /// The Rust functions the child serves (in-process backends).
-    pub resolver: Option<Arc<dyn Resolver>>,
-    /// Backend-specific parameters.
-    pub params: Value,
-    /// Teardown bounds for this child's own children (default: the parent's).
-    pub timeouts: Option<Timeouts>,
-}
-
-impl fmt::Debug for ActorSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ActorSpec")
-            .field("resolver", &self.resolver.as_ref().map(|_| "..."))
-            .field("params", &self.params)
-            .field("timeouts", &self.timeouts)
-            .finish()
-    }
-}
-
-impl ActorSpec {
-    /// An empty spec.
-    pub fn new() -> Self {
-        ActorSpec::default()
-    }
-
-    /// A spec whose child serves `resolver` (for example a [`FnRegistry`](harrow_portal::FnRegistry)).
-    pub fn with_resolver(resolver: Arc<dyn Resolver>) -> Self {
-        ActorSpec {
-            resolver: Some(resolver),
-            ..ActorSpec::default()
-        }
-    }
-
-    /// Sets backend-specific parameters.
-    pub fn params(mut self, params: Value) -> Self {
-        self.params = params;
-        self
-    }
-
-    /// Sets the child's own teardown bounds.
-    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
-        self.timeouts = Some(timeouts);
-        self
-    }
-}
-
-/// How one child ended, as recorded by its supervisor.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ChildOutcome {
-    /// It exited by itself after the graceful cancel (or on its own).
-    Exited,
-    /// It ended abnormally.
-    Failed(String),
-    /// The hard kill ended it.
-    Killed,
-    /// It could not be stopped within the bounds and was left running.
-    Leaked(String),
-}
+/// How one child ended, as recorded by its supervisor: the runtime's one lifecycle enum,
+/// [`Exit`] (an outcome is never `Running`). This name is kept for source compatibility.
+pub type ChildOutcome = Exit;
 
 /// How many child records a nursery keeps before it forgets those that ended.
 const KEEP_CHILD_RECORDS: usize = 1024;
@@ -87,7 +29,7 @@ struct ChildSlot {
     backend: String,
     teardown: CancelToken,
     finished: CancelToken,
-    outcome: Mutex<Option<ChildOutcome>>,
+    outcome: Mutex<Option<Exit>>,
     result: Mutex<Option<std::result::Result<Value, harrow_portal::Error>>>,
     result_ready: CancelToken,
 }
@@ -151,15 +93,15 @@ impl ChildHandle {
     }
 
     /// Tears this child down with the ladder and waits (bounded) for its outcome.
-    pub async fn cancel(&self) -> ChildOutcome {
+    pub async fn cancel(&self) -> Exit {
         self.slot.teardown.cancel();
         self.slot.finished.cancelled().await;
         self.outcome()
-            .unwrap_or_else(|| ChildOutcome::Failed("no outcome recorded".into()))
+            .unwrap_or_else(|| Exit::Failed("no outcome recorded".into()))
     }
 
     /// How the child ended, once it has.
-    pub fn outcome(&self) -> Option<ChildOutcome> {
+    pub fn outcome(&self) -> Option<Exit> {
         self.slot
             .outcome
             .lock()
@@ -328,10 +270,9 @@ impl ActorNursery {
             }
             .into());
         }
-        let mut spawn_spec = SpawnSpec::new(id.clone(), actor.id().clone());
-        spawn_spec.resolver = spec.resolver;
-        spawn_spec.params = spec.params;
-        spawn_spec.timeouts = spec.timeouts.unwrap_or_else(|| actor.timeouts());
+        let mut spec = spec;
+        spec.timeouts = Some(spec.timeouts.unwrap_or_else(|| actor.timeouts()));
+        let spawn_spec = SpawnSpec::new(id.clone(), actor.id().clone()).with_actor(spec);
         let link_config = actor.link_config();
         let come_up = link_config.hello_timeout;
         let backend_name = backend.name().to_owned();
@@ -463,7 +404,7 @@ impl ActorNursery {
             Why::LinkEnded(end) => {
                 // The child went away without being asked to: did it exit cleanly?
                 let outcome = ladder(&mut *child, &link, timeouts, &escalate).await;
-                if outcome != ChildOutcome::Exited {
+                if outcome != Exit::Exited {
                     self.fail(ChildFailure::crashed(
                         slot.id.clone(),
                         slot.backend.clone(),
@@ -480,7 +421,7 @@ impl ActorNursery {
         // of this child (its channel's fd included) outlives its supervisor.
         let _ = move_on_after(link_flush_bound(&self.inner.actor), link.io_stopped()).await;
         match &outcome {
-            ChildOutcome::Leaked(what) => {
+            Exit::Leaked(what) => {
                 tracing::warn!(child = %slot.id, backend = %slot.backend, %what, "child leaked");
                 self.fail(ChildFailure::leaked(
                     slot.id.clone(),
@@ -488,7 +429,7 @@ impl ActorNursery {
                     what.clone(),
                 ));
             }
-            ChildOutcome::Failed(why) if !self.inner.cancel.is_cancelled() => {
+            Exit::Failed(why) if !self.inner.cancel.is_cancelled() => {
                 tracing::warn!(child = %slot.id, %why, "child failed");
             }
             _ => tracing::debug!(child = %slot.id, ?outcome, "child ended"),
@@ -526,7 +467,7 @@ impl ActorNursery {
 
     /// The children started so far, with their outcome once ended (a nursery that started more
     /// than 1024 forgets some of those that ended).
-    pub fn children(&self) -> Vec<(ActorId, String, Option<ChildOutcome>)> {
+    pub fn children(&self) -> Vec<(ActorId, String, Option<Exit>)> {
         self.state()
             .children
             .iter()
@@ -685,18 +626,16 @@ where
 /// Gives up on a child that never came up: hard kill and a bounded join.
 async fn abandon(mut child: Box<dyn Child>, t: Timeouts) {
     let _ = move_on_after(t.hard_kill, child.hard_kill()).await;
-    if child.join(t.hard_kill).await == Exit::Running {
+    if matches!(
+        child.join(t.hard_kill).await,
+        Exit::Running | Exit::Leaked(_)
+    ) {
         tracing::warn!(child = %child.describe(), "child that failed to come up is leaked");
     }
 }
 
 /// The teardown ladder for one child; every step is bounded (`docs/ARCHITECTURE.md`).
-async fn ladder(
-    child: &mut dyn Child,
-    link: &Link,
-    t: Timeouts,
-    escalate: &CancelToken,
-) -> ChildOutcome {
+async fn ladder(child: &mut dyn Child, link: &Link, t: Timeouts, escalate: &CancelToken) -> Exit {
     let escalated = || escalate.is_cancelled();
     // 1. CancelActor, unless the channel is already gone. The ack comes once the child's calls
     // ended; a child still tearing down its own children says for how long.
@@ -723,10 +662,9 @@ async fn ladder(
             })
             .await;
         match exit {
-            Some(Exit::Exited) => return ChildOutcome::Exited,
-            Some(Exit::Failed(why)) => return ChildOutcome::Failed(why),
-            Some(Exit::Killed) => return ChildOutcome::Killed,
-            Some(Exit::Running) | None => {}
+            // A child that says it cannot be stopped still gets the hard kill.
+            Some(Exit::Running | Exit::Leaked(_)) | None => {}
+            Some(ended) => return ended,
         }
     }
     // 3. Hard kill. Dropping the channel first means a child that still yields (but never heard
@@ -739,10 +677,8 @@ async fn ladder(
     }
     // 4. Bounded join; a child still running is leaked.
     match child.join(t.hard_kill).await {
-        Exit::Exited => ChildOutcome::Exited,
-        Exit::Failed(why) => ChildOutcome::Failed(why),
-        Exit::Killed => ChildOutcome::Killed,
-        Exit::Running => ChildOutcome::Leaked(child.describe()),
+        Exit::Running => Exit::Leaked(child.describe()),
+        ended => ended,
     }
 }
 

@@ -3,7 +3,12 @@
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::backend::Exit;
+
 /// How a bounded wait for a [`DedicatedThread`] ended.
+///
+/// Not a child's [`Exit`]: this is about one OS thread and carries what its closure returned,
+/// which a backend turns into the child's `Exit` (with `From` when the closure returns `()`).
 #[derive(Debug)]
 pub enum Joined<T> {
     /// The thread is still running after the bound.
@@ -14,6 +19,19 @@ pub enum Joined<T> {
     Panicked(String),
     /// The thread was already joined by an earlier call.
     AlreadyJoined,
+}
+
+/// A backend whose actor thread returns nothing reports its join as a child [`Exit`]: a thread
+/// still running is `Running`, one that returned (or was joined before) `Exited`, one that
+/// panicked `Failed` with the panic's message.
+impl From<Joined<()>> for Exit {
+    fn from(joined: Joined<()>) -> Exit {
+        match joined {
+            Joined::Running => Exit::Running,
+            Joined::Finished(()) | Joined::AlreadyJoined => Exit::Exited,
+            Joined::Panicked(why) => Exit::Failed(why),
+        }
+    }
 }
 
 /// A named OS thread whose end can be awaited from async code, with a bound.

@@ -6,13 +6,13 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use harrow_runtime_core::ActorExit;
 use harrow_runtime_core::ipc::codec::CodecConfig;
 use harrow_runtime_core::ipc::unix;
 use harrow_runtime_core::portal::Resolver;
+use harrow_runtime_core::{ActorExit, SpawnSpec};
 
 use crate::error::{Error, Result};
-use crate::spec::{CHILD_FD_ENV, CHILD_SPEC_ENV, ChildSpec, PARENT_PID_ENV};
+use crate::spec::{CHILD_FD_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV};
 
 /// The exit status of a child whose bootstrap failed (bad environment, parent already gone).
 pub const EXIT_BOOTSTRAP_FAILED: i32 = 2;
@@ -36,7 +36,7 @@ pub fn is_child() -> bool {
 #[non_exhaustive]
 pub struct ChildBootstrap {
     /// The child's spec.
-    pub spec: ChildSpec,
+    pub spec: SpawnSpec,
     /// The child's end of the channel to its parent (close-on-exec).
     pub stream: UnixStream,
     /// The parent's pid.
@@ -113,7 +113,7 @@ pub fn take_bootstrap() -> Result<Option<ChildBootstrap>> {
             actual,
         });
     }
-    let spec = ChildSpec::decode(&env_var(CHILD_SPEC_ENV)?).map_err(|e| Error::Spec {
+    let spec = SpawnSpec::decode(&env_var(CHILD_SPEC_ENV)?).map_err(|e| Error::Spec {
         var: CHILD_SPEC_ENV,
         reason: e.to_string(),
     })?;

@@ -82,7 +82,7 @@ pub use bootstrap::{
     maybe_run_child, run_child, take_bootstrap,
 };
 pub use error::{Error, Result};
-pub use spec::{CHILD_FD, CHILD_FD_ENV, CHILD_SPEC_ENV, ChildSpec, PARENT_PID_ENV};
+pub use spec::{CHILD_FD, CHILD_FD_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV};
 
 use crate::child::ProcessChild;
 use crate::output::Forwarder;
@@ -180,13 +180,10 @@ impl ProcessBackend {
                 reason: format!("cannot find the running executable to re-execute: {e}"),
             })?,
         };
-        let encoded =
-            ChildSpec::from_spawn_spec(&spec)
-                .encode()
-                .map_err(|e| SpawnError::BadSpec {
-                    actor: id.clone(),
-                    reason: e.to_string(),
-                })?;
+        let encoded = spec.encode().map_err(|e| SpawnError::BadSpec {
+            actor: id.clone(),
+            reason: e.to_string(),
+        })?;
         let (parent_sock, child_sock) =
             UnixStream::pair().map_err(|e| failed(format!("cannot make a socketpair: {e}")))?;
         let parent_pid = rustix::process::getpid().as_raw_pid();

@@ -1,12 +1,14 @@
 //! How a parent passes a child process its spec and channel: environment variables and an
-//! inherited descriptor. What crosses ([`ChildSpec`]) and its text form are the runtime's
-//! (`harrow_runtime_core::bootstrap`), shared by every backend that launches its children.
+//! inherited descriptor. What crosses (the [`SpawnSpec`] itself, without its resolver) and its
+//! text form are the runtime's ([`SpawnSpec::encode`]), shared by every backend that launches its
+//! children.
 
-pub use harrow_runtime_core::bootstrap::ChildSpec;
+#[cfg(doc)]
+use harrow_runtime_core::SpawnSpec;
 
 /// Holds the number of the inherited channel descriptor (always [`CHILD_FD`]) in a child.
 pub const CHILD_FD_ENV: &str = "HARROW_CHILD_FD";
-/// Holds the [`ChildSpec`] in a child, as [`ChildSpec::encode`] wrote it.
+/// Holds the [`SpawnSpec`] in a child, as [`SpawnSpec::encode`] wrote it.
 pub const CHILD_SPEC_ENV: &str = "HARROW_CHILD_SPEC";
 /// Holds the pid of the parent process that started the child.
 pub const PARENT_PID_ENV: &str = "HARROW_PARENT_PID";

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use harrow_runtime_core::ipc::{ActorId, Channel, mem};
 use harrow_runtime_core::{
-    ActorInit, BoxFuture, Capabilities, Child, DedicatedThread, Exit as ChildExit, HardKill,
-    Joined, SpawnBackend, SpawnError, SpawnSpec, run_actor,
+    ActorInit, BoxFuture, Capabilities, Child, DedicatedThread, Exit, HardKill, Joined,
+    SpawnBackend, SpawnError, SpawnSpec, run_actor,
 };
 
 use crate::config::InterpConfig;
-use crate::interp::{Exit, InterpHandle, InterpThread};
+use crate::interp::{InterpHandle, InterpThread};
 use crate::resolver::PyResolver;
 
 /// Actors that run Python functions in CPython subinterpreters (own GIL by default).
@@ -66,7 +66,7 @@ async fn spawn(spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
             reason: crate::error::unavailable_message(),
         });
     }
-    let config = InterpConfig::from_params(id.name.clone(), &spec.params).map_err(|e| {
+    let config = InterpConfig::from_params(id.name.clone(), spec.params()).map_err(|e| {
         SpawnError::BadSpec {
             actor: id.clone(),
             reason: e.to_string(),
@@ -87,7 +87,7 @@ async fn spawn(spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
         })?;
     let handle = interp.handle();
     let resolver = Arc::new(PyResolver::new(interp.handle()));
-    let shutdown_bound = spec.timeouts.hard_kill;
+    let shutdown_bound = spec.timeouts().hard_kill;
     let init = ActorInit::from_spec(spec, "subint").with_resolver(resolver);
     let (parent_end, child_end) = mem::pair();
     let runtime = DedicatedThread::spawn(format!("rt-{}", id.name), move || {
@@ -137,24 +137,22 @@ impl Child for SubintChild {
         Box::pin(async { Ok(()) })
     }
 
-    fn join(&mut self, bound: Duration) -> BoxFuture<'_, ChildExit> {
+    fn join(&mut self, bound: Duration) -> BoxFuture<'_, Exit> {
         Box::pin(async move {
             if self.leaked.is_some() {
-                return ChildExit::Running;
+                return Exit::Running;
             }
             // Cancel-safe (DedicatedThread keeps the handle until the thread is done), so a join
             // dropped mid-wait (an escalated ladder step) loses nothing.
             match self.runtime.join(bound).await {
-                Joined::Running => ChildExit::Running,
-                Joined::Finished(Exit::Ended) | Joined::AlreadyJoined => ChildExit::Exited,
-                Joined::Finished(Exit::Failed { reason }) => ChildExit::Failed(reason),
-                Joined::Finished(Exit::Leaked { reason }) => {
+                Joined::Running => Exit::Running,
+                Joined::AlreadyJoined => Exit::Exited,
+                Joined::Finished(Exit::Leaked(reason)) => {
                     self.leaked = Some(reason);
-                    ChildExit::Running
+                    Exit::Running
                 }
-                Joined::Panicked(why) => {
-                    ChildExit::Failed(format!("the actor runtime thread {why}"))
-                }
+                Joined::Finished(exit) => exit,
+                Joined::Panicked(why) => Exit::Failed(format!("the actor runtime thread {why}")),
             }
         })
     }

@@ -30,25 +30,15 @@ use crate::state::{JobState, Shared};
 /// How long [`InterpThread::spawn`] waits for the interpreter to be created.
 pub const CREATE_BOUND: Duration = Duration::from_secs(60);
 
-/// How an interpreter thread ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Exit {
-    /// The interpreter was ended (`Py_EndInterpreter`) and its thread exited.
-    Ended,
-    /// The interpreter could not be ended safely in time and is leaked (reported): its thread
-    /// is still stuck in Python, or a Python thread it started is still alive.
-    Leaked {
-        /// What is still running.
-        reason: String,
-    },
-    /// The actor ended on its own: Python called `os._exit()` (the interpreter was ended), or
-    /// the interpreter thread panicked outside a call (it released the GIL and ended its
-    /// interpreter when that was safe; the reason says when it had to leak it instead).
-    Failed {
-        /// The panic message, and what became of the interpreter.
-        reason: String,
-    },
-}
+/// How an interpreter thread ended: the runtime's one lifecycle enum. `Exited`: the interpreter
+/// was ended (`Py_EndInterpreter`) and its thread exited. `Leaked`: the interpreter could not be
+/// ended safely in time and is leaked (reported): its thread is still stuck in Python, or a
+/// Python thread it started is still alive. `Failed`: the actor ended on its own: Python called
+/// `os._exit()` (the interpreter was ended), or the interpreter thread panicked outside a call
+/// (it released the GIL and ended its interpreter when that was safe; the reason says when it had
+/// to leak it instead). An interpreter thread is never `Killed`, and its join never answers
+/// `Running` (a thread still running after the bound is `Leaked`).
+pub use harrow_runtime_core::Exit;
 
 pub(crate) enum Job {
     Call(CallJob),
@@ -450,7 +440,7 @@ impl InterpThread {
             // The thread sent its exit as its last act: this join is immediate.
             let _ = j.join();
         }
-        if let Exit::Leaked { reason } = &exit {
+        if let Exit::Leaked(reason) = &exit {
             tracing::warn!(actor = %self.handle.shared.name, "subinterpreter leaked: {reason}");
         }
         self.exit = Some(exit.clone());
@@ -464,9 +454,7 @@ impl InterpThread {
             Some(Err(payload)) => harrow_runtime_core::panic_message(&*payload),
             _ => "ended without reporting how".to_owned(),
         };
-        let exit = Exit::Failed {
-            reason: format!("the interpreter thread {why}"),
-        };
+        let exit = Exit::Failed(format!("the interpreter thread {why}"));
         self.exit = Some(exit.clone());
         exit
     }
@@ -483,7 +471,7 @@ impl InterpThread {
             .unwrap_or_else(|| "no call (in its teardown)".into());
         let reason = format!("interpreter thread still running {running} after {bound:?}");
         tracing::warn!(actor = %shared.name, "subinterpreter leaked: {reason}");
-        Exit::Leaked { reason }
+        Exit::Leaked(reason)
     }
 }
 

@@ -61,7 +61,7 @@
 //!     None,
 //! );
 //! assert_eq!(futures_lite::future::block_on(call).map_err(|e| e.to_string())?, Value::Float(4.0));
-//! assert_eq!(actor.shutdown(Duration::from_secs(5)), Exit::Ended);
+//! assert_eq!(actor.shutdown(Duration::from_secs(5)), Exit::Exited);
 //! # Ok(()) }
 //! ```
 // With an unsupported Python the FFI layer is compiled out and much of the plumbing is unused.

@@ -19,7 +19,7 @@ pub(crate) fn thread_main(
     ready: flume::Sender<Result<()>>,
 ) -> Exit {
     let _ = ready.send(Err(Error::Unavailable(unavailable_message())));
-    Exit::Ended
+    Exit::Exited
 }
 
 pub(crate) fn inject_cancel(_shared: &Shared) {}

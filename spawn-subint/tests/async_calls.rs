@@ -40,7 +40,7 @@ fn async_def_returns_and_keeps_one_loop() -> Result<()> {
     assert_eq!(err.to_string(), "ValueError: async boom");
     let remote = err.into_remote(&harrow_ipc::ActorId::new("aio-basic"));
     assert!(remote.traceback.contains("in fail"), "{}", remote.traceback);
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -58,7 +58,7 @@ fn async_calls_of_one_actor_run_concurrently() -> Result<()> {
             Value::Int(5)
         );
     }
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -98,7 +98,7 @@ fn cancel_lands_at_the_current_await_and_cleanup_runs() -> Result<()> {
     assert!(wait_until(BOUND, || progress(&h)
         .map(|(st, _)| st.len() == 3)
         .unwrap_or(false)));
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     assert_eq!(bounded(BOUND, c)?.unwrap_err().kind(), ErrorKind::Cancelled);
     Ok(())
 }
@@ -126,7 +126,7 @@ fn async_generators_collect_or_stream() -> Result<()> {
     let got: Vec<Value> = ends.from_py.try_iter().collect();
     assert_eq!(got, vec![Value::Int(0), Value::Int(1), Value::Int(2)]);
     assert!(ends.closed.try_recv().is_ok());
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -163,7 +163,7 @@ fn context_functions_by_decorator_plain_and_async() -> Result<()> {
         s("done")
     );
     assert_eq!(ends.started.try_recv()?, s("explicit"));
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -211,7 +211,7 @@ fn keyword_arguments() -> Result<()> {
         call_ok(&h, &f("kw"), d.clone())?,
         list([d, Value::Int(0), Value::Int(0)])
     );
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -231,7 +231,7 @@ fn os_exit_in_async_code_ends_the_actor_and_its_other_calls() -> Result<()> {
         ErrorKind::Cancelled
     );
     match t.join(BOUND) {
-        Exit::Failed { reason } => assert!(reason.contains("os._exit(2)"), "{reason}"),
+        Exit::Failed(reason) => assert!(reason.contains("os._exit(2)"), "{reason}"),
         other => return Err(anyhow!("expected a failure, got {other:?}")),
     }
     Ok(())

@@ -25,7 +25,7 @@ fn create_call_end() -> Result<()> {
         Value::Int(42)
     );
     assert!(live_interpreters() >= 1);
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -94,7 +94,7 @@ fn every_value_kind_round_trips() -> Result<()> {
         call_ok(&h, "harrow_testfns:gen", Value::Int(3))?,
         list([Value::Int(0), Value::Int(1), Value::Int(2)])
     );
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -118,7 +118,7 @@ fn unsupported_values_are_clear_errors() -> Result<()> {
     let err = call(&h, "harrow_testfns:echo", arg)?.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BadArguments, "{err}");
     assert!(err.to_string().contains("unhashable"), "{err}");
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -159,7 +159,7 @@ fn exceptions_carry_type_message_traceback() -> Result<()> {
         )?,
         Value::Int(2)
     );
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -175,14 +175,14 @@ fn module_not_exposed_and_not_found() -> Result<()> {
     assert!(h.check_exposed(&FnPath::parse("os:getcwd")?).is_err());
     let err = call(&h, "harrow_testfns:nope", Value::Null)?.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
 
     // An exposed module that does not exist.
     let t = InterpThread::spawn(config("basic-missing").expose("no_such_module_xyz"))?;
     let err = call(&t.handle(), "no_such_module_xyz:f", Value::Null)?.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("ModuleNotFoundError"), "{err}");
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -210,7 +210,7 @@ fn context_call_streams_both_ways() -> Result<()> {
     ends.closed.recv_timeout(BOUND)?;
     let result = worker.join().map_err(|_| anyhow::anyhow!("panicked"))??;
     assert_eq!(result.map_err(|e| anyhow::anyhow!("{e:?}"))?, Value::Int(5));
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -272,7 +272,7 @@ fn context_generator_and_stream_end() -> Result<()> {
     );
     let err = bounded(BOUND, fut)?.unwrap_err();
     assert!(err.to_string().starts_with("TypeError"), "{err}");
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -292,8 +292,8 @@ fn two_own_gil_interpreters_run_in_parallel() -> Result<()> {
         tb.join().map_err(|_| anyhow::anyhow!("panic"))??,
         Value::Int(expect)
     );
-    assert_eq!(a.shutdown(BOUND), Exit::Ended);
-    assert_eq!(b.shutdown(BOUND), Exit::Ended);
+    assert_eq!(a.shutdown(BOUND), Exit::Exited);
+    assert_eq!(b.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -336,7 +336,7 @@ fn cancel_lands_in_a_busy_loop_and_finally_runs() -> Result<()> {
         )?,
         Value::Int(3)
     );
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -352,7 +352,7 @@ fn code_that_swallows_the_cancel_gets_it_again() -> Result<()> {
         call_ok(&h, "harrow_testfns:swallowed_count", Value::Null)?,
         Value::Int(3)
     );
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -369,7 +369,7 @@ fn shield_defers_the_cancel() -> Result<()> {
         call_ok(&h, "harrow_testfns:shield_completed", Value::Null)?,
         Value::Bool(true)
     );
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -413,7 +413,7 @@ fn harrow_sleep_and_blocked_ctx_ops_are_cancellable() -> Result<()> {
         Value::Bool(true)
     );
     drop(ends);
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -422,7 +422,7 @@ fn threads_are_refused_by_default_and_joined_when_allowed() -> Result<()> {
     let t = spawn("basic-nothreads")?;
     let err = call(&t.handle(), "harrow_testfns:start_thread", Value::Null)?.unwrap_err();
     assert!(err.to_string().starts_with("RuntimeError"), "{err}");
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
 
     let t = InterpThread::spawn(config("basic-threads").allow_threads(true))?;
     let h = t.handle();
@@ -435,7 +435,7 @@ fn threads_are_refused_by_default_and_joined_when_allowed() -> Result<()> {
         call_ok(&h, "harrow_testfns:start_spinning_thread", Value::Null)?,
         Value::Bool(true)
     );
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -449,7 +449,7 @@ fn queued_calls_fail_cleanly_at_shutdown() -> Result<()> {
         "harrow_testfns:add",
         list([Value::Int(1), Value::Int(1)]),
     );
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     assert_eq!(
         bounded(BOUND, busy)?.unwrap_err().kind(),
         ErrorKind::Cancelled
@@ -472,7 +472,7 @@ fn own_gil_refuses_single_phase_extensions() -> Result<()> {
         "{err}"
     );
     assert!(err.to_string().contains("legacy mode"), "{err}");
-    assert_eq!(own.shutdown(BOUND), Exit::Ended);
+    assert_eq!(own.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -527,7 +527,7 @@ fn calls_interleave_at_waits_last_in_first_out() -> Result<()> {
         bounded(BOUND, sleeper)?.unwrap_err().kind(),
         ErrorKind::Cancelled
     );
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -544,7 +544,7 @@ fn shutdown_cancels_every_nested_call() -> Result<()> {
         Some(host),
     );
     assert_eq!(ends.started.recv_timeout(BOUND)?, Value::Null);
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     assert_eq!(
         bounded(BOUND, inner)?.unwrap_err().kind(),
         ErrorKind::Cancelled

@@ -21,7 +21,7 @@ fn cycle(name: &str, i: i64) -> Result<()> {
     )?;
     ensure!(got == Value::Int(i + 1), "{name}: got {got:?}");
     let exit = t.shutdown(BOUND);
-    ensure!(exit == Exit::Ended, "{name}: {exit:?}");
+    ensure!(exit == Exit::Exited, "{name}: {exit:?}");
     Ok(())
 }
 
@@ -33,7 +33,7 @@ fn many_create_call_end_cycles() -> Result<()> {
         let t = InterpThread::spawn(config("warmup-cancel"))?;
         let fut = start(&t.handle(), "harrow_testfns:echo", Value::Null);
         drop(fut);
-        ensure!(t.shutdown(BOUND) == Exit::Ended);
+        ensure!(t.shutdown(BOUND) == Exit::Exited);
     }
     let live0 = live_interpreters();
     let threads0 = os_threads();

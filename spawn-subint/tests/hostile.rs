@@ -21,7 +21,7 @@ fn ends_with_exit(t: InterpThread, f: &str, needle: &str) -> Result<()> {
     assert!(text.contains(needle), "{text}");
     let mut t = t;
     match t.join(BOUND) {
-        Exit::Failed { reason } => assert!(reason.contains(needle), "{reason}"),
+        Exit::Failed(reason) => assert!(reason.contains(needle), "{reason}"),
         other => return Err(anyhow!("expected the actor to fail, got {other:?}")),
     }
     // Its next calls fail at once; the process goes on.
@@ -60,7 +60,7 @@ fn os_exit_ends_only_its_actor() -> Result<()> {
         call_ok(&bystander.handle(), "harrow_testfns:echo", Value::Int(1))?,
         Value::Int(1)
     );
-    assert_eq!(bystander.shutdown(BOUND), Exit::Ended);
+    assert_eq!(bystander.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -83,7 +83,7 @@ fn values_too_deep_are_refused() -> Result<()> {
     let err = call(&h, "harrow_testfns:echo", nested(1000))?.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BadArguments, "{err}");
     assert!(err.to_string().contains("nested deeper than"), "{err}");
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -99,7 +99,7 @@ fn a_found_module_whose_import_fails_says_so() -> Result<()> {
         text.contains("while importing module \"harrow_testfns.broken_import\""),
         "{text}"
     );
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -112,7 +112,7 @@ fn deep_c_recursion_is_a_recursion_error() -> Result<()> {
         let got = call_ok(&h, &format!("harrow_testfns:{f}"), Value::Int(200_000))?;
         assert_eq!(got, s("RecursionError"), "{f}");
     }
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     // The size is configurable, within reason, and travels in spawn params.
     assert!(InterpThread::spawn(config("tiny-stack").stack_size(1024)).is_err());
     let cfg = config("big-stack").stack_size(32 << 20);
@@ -123,6 +123,6 @@ fn deep_c_recursion_is_a_recursion_error() -> Result<()> {
         call_ok(&t.handle(), "harrow_testfns:deep_repr", Value::Int(100))?,
         Value::Int(202)
     );
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }

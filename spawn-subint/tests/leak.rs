@@ -42,7 +42,7 @@ fn blocked_c_call_is_bounded_and_leaked_without_abort_here() -> Result<()> {
     let exit = t.shutdown(Duration::from_millis(300));
     let took = began.elapsed();
     match &exit {
-        Exit::Leaked { reason } => assert!(reason.contains("sleep_forever"), "{reason}"),
+        Exit::Leaked(reason) => assert!(reason.contains("sleep_forever"), "{reason}"),
         other => panic!("expected a leak, got {other:?}"),
     }
     assert!(took < BOUND, "shutdown ignored its bound: {took:?}");
@@ -64,7 +64,7 @@ fn blocked_c_call_is_bounded_and_leaked_without_abort_here() -> Result<()> {
         )?,
         Value::Int(3)
     );
-    assert_eq!(other.shutdown(BOUND), Exit::Ended);
+    assert_eq!(other.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -90,7 +90,7 @@ fn live_python_thread_leaks_instead_of_aborting_here() -> Result<()> {
     );
     match t.shutdown(BOUND) {
         // Says which thread is alive, by name.
-        Exit::Leaked { reason } => {
+        Exit::Leaked(reason) => {
             assert!(
                 reason.contains("1 Python thread(s) still alive"),
                 "{reason}"
@@ -139,7 +139,7 @@ fn shielded_harrow_sleep_outlives_shutdown_and_is_leaked_here() -> Result<()> {
         .contains("in sleep")));
     drop(fut);
     match t.shutdown(Duration::from_millis(300)) {
-        Exit::Leaked { reason } => assert!(reason.contains("ctx_shielded"), "{reason}"),
+        Exit::Leaked(reason) => assert!(reason.contains("ctx_shielded"), "{reason}"),
         other => panic!("expected a leak, got {other:?}"),
     }
     assert!(!marker.exists());
@@ -168,7 +168,7 @@ fn teardown_waiting_for_a_python_thread_says_so_here() -> Result<()> {
     );
     // The join bound runs out while teardown still waits for the thread: not "stuck".
     match t.shutdown(Duration::from_millis(300)) {
-        Exit::Leaked { reason } => {
+        Exit::Leaked(reason) => {
             assert!(
                 reason.contains("waiting for 1 Python thread(s) to end"),
                 "{reason}"

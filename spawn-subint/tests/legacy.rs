@@ -29,7 +29,7 @@ fn legacy_mode_loads_single_phase_extensions() -> Result<()> {
         )?,
         Value::Int(5)
     );
-    assert_eq!(legacy.shutdown(BOUND), Exit::Ended);
+    assert_eq!(legacy.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -72,7 +72,7 @@ fn legacy_interpreters_side_by_side_and_cancellable() -> Result<()> {
         bounded(BOUND, fut)?.unwrap_err().kind(),
         ErrorKind::Cancelled
     );
-    assert_eq!(a.shutdown(BOUND), Exit::Ended);
-    assert_eq!(b.shutdown(BOUND), Exit::Ended);
+    assert_eq!(a.shutdown(BOUND), Exit::Exited);
+    assert_eq!(b.shutdown(BOUND), Exit::Exited);
     Ok(())
 }

@@ -81,7 +81,7 @@ fn host_future_panicking_with_the_gil_released_fails_the_call() -> Result<()> {
     assert_eq!(err.kind(), ErrorKind::Raised, "{err}");
     assert!(err.to_string().contains("host boom"), "{err}");
     still_works(&h)?;
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -99,7 +99,7 @@ fn panic_inside_a_native_harrow_function_fails_the_call() -> Result<()> {
     assert!(err.to_string().starts_with("SystemError"), "{err}");
     assert!(err.to_string().contains("native boom"), "{err}");
     still_works(&h)?;
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -109,7 +109,7 @@ fn panics_and_is_reported(t: InterpThread) -> Result<()> {
     h.inject_panic("thread boom");
     let mut t = t;
     match t.join(BOUND) {
-        Exit::Failed { reason } => {
+        Exit::Failed(reason) => {
             assert!(reason.contains("panicked: thread boom"), "{reason}");
             assert!(!reason.contains("leaked"), "{reason}");
         }
@@ -128,7 +128,7 @@ fn panicking_interpreter_thread_is_reported_failed() -> Result<()> {
     assert!(wait_until(BOUND, || live_interpreters() <= before));
     let t = spawn("panic-after")?;
     still_works(&t.handle())?;
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -140,8 +140,8 @@ fn panicking_legacy_thread_releases_the_shared_gil() -> Result<()> {
     still_works(&other.handle())?;
     let again = InterpThread::spawn(config("panic-legacy-c").legacy(true))?;
     still_works(&again.handle())?;
-    assert_eq!(again.shutdown(BOUND), Exit::Ended);
-    assert_eq!(other.shutdown(BOUND), Exit::Ended);
+    assert_eq!(again.shutdown(BOUND), Exit::Exited);
+    assert_eq!(other.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 
@@ -174,6 +174,6 @@ fn a_call_cannot_use_the_ctx_of_a_call_waiting_below_it() -> Result<()> {
     drop(ends.to_py);
     let r = waiter.join().map_err(|_| anyhow!("panicked"))??;
     assert_eq!(r.map_err(|e| anyhow!("{e:?}"))?, list([Value::Int(7)]));
-    assert_eq!(t.shutdown(BOUND), Exit::Ended);
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }

@@ -66,8 +66,8 @@ fn stacks_of_busy_and_waiting_interpreters() -> Result<()> {
         bounded(BOUND, sleep_call)?.unwrap_err().kind(),
         ErrorKind::Cancelled
     );
-    assert_eq!(busy.shutdown(BOUND), Exit::Ended);
-    assert_eq!(sleeper.shutdown(BOUND), Exit::Ended);
+    assert_eq!(busy.shutdown(BOUND), Exit::Exited);
+    assert_eq!(sleeper.shutdown(BOUND), Exit::Exited);
     assert!(python_stacks().contains("no live subinterpreter"));
     Ok(())
 }

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use harrow_runtime_core::ipc::{ActorId, Channel, mem};
 use harrow_runtime_core::{
-    ActorInit, BoxFuture, Capabilities, Child, DedicatedThread, Exit, HardKill, Joined,
-    SpawnBackend, SpawnError, SpawnSpec, run_actor, thread_name,
+    ActorInit, BoxFuture, Capabilities, Child, DedicatedThread, Exit, HardKill, SpawnBackend,
+    SpawnError, SpawnSpec, run_actor, thread_name,
 };
 
 /// Actors on dedicated OS threads, running Rust functions.
@@ -124,13 +124,7 @@ impl Child for ThreadChild {
     }
 
     fn join(&mut self, bound: Duration) -> BoxFuture<'_, Exit> {
-        Box::pin(async move {
-            match self.thread.join(bound).await {
-                Joined::Running => Exit::Running,
-                Joined::Finished(()) | Joined::AlreadyJoined => Exit::Exited,
-                Joined::Panicked(why) => Exit::Failed(why),
-            }
-        })
+        Box::pin(async move { self.thread.join(bound).await.into() })
     }
 
     fn describe(&self) -> String {

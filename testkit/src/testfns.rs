@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use harrow_runtime_core::ipc::{ErrorKind, Value};
-use harrow_runtime_core::portal::{CallError, CalleeContext, FnRegistry};
+use harrow_runtime_core::portal::{CallError, ContextEndpoint, FnRegistry, TypedCalleeContext};
 use harrow_runtime_core::{current_actor, open_nursery, shield};
+use serde::{Deserialize, Serialize};
 
 use crate::conformance::BackendFactory;
 
@@ -46,6 +47,74 @@ fn bad_args(func: &str, want: &str, got: &Value) -> CallError {
 
 fn int_arg(func: &str, v: &Value) -> Result<i64, CallError> {
     v.as_i64().ok_or_else(|| bad_args(func, "an int", v))
+}
+
+// The context functions, declared once with their types. Their callers in the conformance suite
+// use the `Value` API (the same scenario runs against Python twins); a Rust actor calling a Rust
+// actor (`spawn_tree`'s own children) uses these.
+
+/// `ctx_started(v)`: `started(v)`, returns `"done"`.
+pub const CTX_STARTED: ContextEndpoint<Value, Value, (), (), String> =
+    ContextEndpoint::new("testfns:ctx_started");
+/// `ctx_started_twice()`: calls `started` twice; the second is an error.
+pub const CTX_STARTED_TWICE: ContextEndpoint<(), (), (), (), ()> =
+    ContextEndpoint::new("testfns:ctx_started_twice");
+/// `ctx_stream_before_started()`: opens its stream before `started`; an error.
+pub const CTX_STREAM_BEFORE_STARTED: ContextEndpoint<(), (), (), (), ()> =
+    ContextEndpoint::new("testfns:ctx_stream_before_started");
+/// `ctx_echo()`: `started(None)`, echoes every item until the caller stops; returns the count.
+pub const CTX_ECHO: ContextEndpoint<(), (), Value, Value, i64> =
+    ContextEndpoint::new("testfns:ctx_echo");
+/// `ctx_produce(n)`: `started(None)`, sends `0..n`, closes; returns `n`.
+pub const CTX_PRODUCE: ContextEndpoint<i64, (), (), i64, i64> =
+    ContextEndpoint::new("testfns:ctx_produce");
+/// `ctx_close_first()`: `started(None)`, closes its side at once, then drains the caller's
+/// side; returns whether a send after close failed (it must).
+pub const CTX_CLOSE_FIRST: ContextEndpoint<(), (), Value, (), bool> =
+    ContextEndpoint::new("testfns:ctx_close_first");
+/// `ctx_wait_forever()`: `started(None)`, then waits until cancelled.
+pub const CTX_WAIT_FOREVER: ContextEndpoint<(), (), (), (), ()> =
+    ContextEndpoint::new("testfns:ctx_wait_forever");
+/// `ctx_shielded({ms, marker})`: `started(None)`, then a shielded section of `ms` that creates
+/// the file `marker` when it completes.
+pub const CTX_SHIELDED: ContextEndpoint<Shielded, (), (), (), ()> =
+    ContextEndpoint::new("testfns:ctx_shielded");
+/// `spawn_tree({depth, breadth})`: starts `breadth` children each running
+/// `spawn_tree(depth - 1)`, calls `started(total actors in this subtree)`, then waits until
+/// cancelled.
+pub const SPAWN_TREE: ContextEndpoint<Tree, i64, (), (), ()> =
+    ContextEndpoint::new("testfns:spawn_tree");
+/// `ctx_cleanup_fails()`: `started(None)`, waits until cancelled, then fails in its cleanup with
+/// `TestError("cleanup failed")`.
+pub const CTX_CLEANUP_FAILS: ContextEndpoint<(), (), (), (), ()> =
+    ContextEndpoint::new("testfns:ctx_cleanup_fails");
+/// `ctx_spawn_canceller()`: `started(None)`, starts a child that asks this actor to cancel
+/// itself, then waits until cancelled.
+pub const CTX_SPAWN_CANCELLER: ContextEndpoint<(), (), (), (), ()> =
+    ContextEndpoint::new("testfns:ctx_spawn_canceller");
+
+/// The arguments of [`CTX_SHIELDED`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Shielded {
+    /// How long the shielded section lasts, in milliseconds.
+    pub ms: u64,
+    /// The file it creates when it completes.
+    pub marker: String,
+}
+
+/// The arguments of [`SPAWN_TREE`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Tree {
+    /// Levels of actors, this one included (default 1: a leaf).
+    #[serde(default = "one")]
+    pub depth: i64,
+    /// Children per actor (default 1).
+    #[serde(default = "one")]
+    pub breadth: i64,
+}
+
+fn one() -> i64 {
+    1
 }
 
 /// The registry of the standard test functions, under the module `testfns`.
@@ -115,88 +184,66 @@ fn register(
     r.unary("testfns:produced", |_| async move {
         Ok(Value::Int(PRODUCED.load(Ordering::SeqCst) as i64))
     })?;
-    // ctx_started(v): started(v), returns "done"
-    r.context("testfns:ctx_started", |ctx, v| async move {
-        ctx.started(v).await?;
-        Ok(Value::from("done"))
+    r.serve_context(CTX_STARTED, |ctx, v| async move {
+        ctx.started(&v).await?;
+        Ok("done".to_owned())
     })?;
-    // ctx_started_twice(): calls started twice; the second is an error
-    r.context("testfns:ctx_started_twice", |ctx, _| async move {
-        ctx.started(Value::Null).await?;
-        ctx.started(Value::Null).await?;
-        Ok(Value::Null)
+    r.serve_context(CTX_STARTED_TWICE, |ctx, ()| async move {
+        ctx.started(&()).await?;
+        ctx.started(&()).await?;
+        Ok(())
     })?;
-    // ctx_stream_before_started(): opens a stream before started; an error
-    r.context("testfns:ctx_stream_before_started", |ctx, _| async move {
+    r.serve_context(CTX_STREAM_BEFORE_STARTED, |ctx, ()| async move {
         let _stream = ctx.open_stream().await?;
-        ctx.started(Value::Null).await?;
-        Ok(Value::Null)
+        ctx.started(&()).await?;
+        Ok(())
     })?;
-    // ctx_echo(): started(None), echoes every item until the caller stops; returns the count
-    r.context("testfns:ctx_echo", |ctx, _| async move {
-        ctx.started(Value::Null).await?;
+    r.serve_context(CTX_ECHO, |ctx, ()| async move {
+        ctx.started(&()).await?;
         let mut stream = ctx.open_stream().await?;
-        let mut n = 0i64;
+        let mut n = 0;
         while let Some(item) = stream.recv().await? {
-            stream.send(item).await?;
+            stream.send(&item).await?;
             n += 1;
         }
         stream.close().await?;
-        Ok(Value::Int(n))
+        Ok(n)
     })?;
-    // ctx_produce(n): started(None), sends 0..n, closes; returns n
-    r.context("testfns:ctx_produce", |ctx, v| async move {
-        let n = int_arg("ctx_produce", &v)?;
-        ctx.started(Value::Null).await?;
+    r.serve_context(CTX_PRODUCE, |ctx, n| async move {
+        ctx.started(&()).await?;
         let stream = ctx.open_stream().await?;
         for i in 0..n {
-            stream.send(Value::Int(i)).await?;
+            stream.send(&i).await?;
             PRODUCED.fetch_add(1, Ordering::SeqCst);
         }
         stream.close().await?;
-        Ok(Value::Int(n))
+        Ok(n)
     })?;
-    // ctx_close_first(): started(None), closes its side at once, then drains the caller's side;
-    // returns whether a send after close failed (it must)
-    r.context("testfns:ctx_close_first", |ctx, _| async move {
-        ctx.started(Value::Null).await?;
+    r.serve_context(CTX_CLOSE_FIRST, |ctx, ()| async move {
+        ctx.started(&()).await?;
         let mut stream = ctx.open_stream().await?;
         stream.close().await?;
-        let send_failed = stream.send(Value::Null).await.is_err();
+        let send_failed = stream.send(&()).await.is_err();
         while stream.recv().await?.is_some() {}
-        Ok(Value::Bool(send_failed))
+        Ok(send_failed)
     })?;
-    // ctx_wait_forever(): started(None), then waits until cancelled
-    r.context("testfns:ctx_wait_forever", |ctx, _| async move {
-        ctx.started(Value::Null).await?;
+    r.serve_context(CTX_WAIT_FOREVER, |ctx, ()| async move {
+        ctx.started(&()).await?;
         std::future::pending::<()>().await;
-        Ok(Value::Null)
+        Ok(())
     })?;
-    // ctx_shielded({ms, marker}): started(None), then a shielded section of `ms` that creates
-    // the file `marker` when it completes
-    r.context("testfns:ctx_shielded", |ctx, v| async move {
-        let ms = v
-            .get("ms")
-            .and_then(Value::as_i64)
-            .ok_or_else(|| bad_args("ctx_shielded", "{ms, marker}", &v))?;
-        let marker = v
-            .get("marker")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad_args("ctx_shielded", "{ms, marker}", &v))?
-            .to_owned();
-        ctx.started(Value::Null).await?;
+    r.serve_context(CTX_SHIELDED, |ctx, Shielded { ms, marker }| async move {
+        ctx.started(&()).await?;
         shield(async move {
-            async_io::Timer::after(Duration::from_millis(ms.max(0) as u64)).await;
+            async_io::Timer::after(Duration::from_millis(ms)).await;
             let _ = std::fs::write(&marker, b"done");
         })
         .await;
-        Ok(Value::Null)
+        Ok(())
     })?;
-    // spawn_tree({depth, breadth}): starts `breadth` children each running spawn_tree(depth-1),
-    // calls started(total actors in this subtree), then waits until cancelled
     let f = factory.clone();
-    r.context("testfns:spawn_tree", move |ctx, v| {
-        spawn_tree(f.clone(), ctx, v)
+    r.serve_context(SPAWN_TREE, move |ctx, tree| {
+        spawn_tree(f.clone(), ctx, tree)
     })?;
     // relay_fail(msg): starts a child and calls fail(msg) there, propagating its error
     let f = factory.clone();
@@ -290,10 +337,8 @@ fn register(
             Ok(Value::Null)
         }
     })?;
-    // ctx_cleanup_fails(): started(None), waits until cancelled, then fails in its cleanup with
-    // TestError("cleanup failed")
-    r.context("testfns:ctx_cleanup_fails", |ctx, _| async move {
-        ctx.started(Value::Null).await?;
+    r.serve_context(CTX_CLEANUP_FAILS, |ctx, ()| async move {
+        ctx.started(&()).await?;
         ctx.cancelled().await;
         async_io::Timer::after(Duration::from_millis(20)).await;
         Err(TestError("cleanup failed".into()).into())
@@ -312,13 +357,11 @@ fn register(
             parent.cancel_actor(Duration::from_secs(5)).await,
         ))
     })?;
-    // ctx_spawn_canceller(): started(None), starts a child that asks this actor to cancel itself,
-    // then waits until cancelled
     let f = factory;
-    r.context("testfns:ctx_spawn_canceller", move |ctx, _| {
+    r.serve_context(CTX_SPAWN_CANCELLER, move |ctx, ()| {
         let f = f.clone();
         async move {
-            ctx.started(Value::Null).await?;
+            ctx.started(&()).await?;
             // The nursery follows this call's cancellation: it ends with the cancel (naming the
             // canceller), which `?` answers the caller with.
             open_nursery(|n| async move {
@@ -334,7 +377,7 @@ fn register(
                 Ok(())
             })
             .await?;
-            Ok(Value::Null)
+            Ok(())
         }
     })?;
     Ok(())
@@ -379,15 +422,13 @@ async fn wait_at_gate(dir: &str) -> Result<(), CallError> {
 
 async fn spawn_tree(
     f: Arc<dyn BackendFactory>,
-    ctx: CalleeContext,
-    v: Value,
-) -> Result<Value, CallError> {
-    let depth = v.get("depth").and_then(Value::as_i64).unwrap_or(1);
-    let breadth = v.get("breadth").and_then(Value::as_i64).unwrap_or(1);
+    ctx: TypedCalleeContext<i64, (), ()>,
+    Tree { depth, breadth }: Tree,
+) -> Result<(), CallError> {
     if depth <= 1 {
-        ctx.started(Value::Int(1)).await?;
+        ctx.started(&1).await?;
         std::future::pending::<()>().await;
-        return Ok(Value::Null);
+        return Ok(());
     }
     let result = open_nursery(|n| async move {
         let mut contexts = Vec::new();
@@ -396,20 +437,21 @@ async fn spawn_tree(
             let child = n
                 .start_actor(&format!("tree-d{}-{i}", depth - 1), f.backend(), f.spec())
                 .await?;
-            let args = Value::Map(vec![
-                ("depth".into(), Value::Int(depth - 1)),
-                ("breadth".into(), Value::Int(breadth)),
-            ]);
-            let (cctx, first) = child.open_context(&f.func("spawn_tree"), args).await?;
-            total += first.as_i64().unwrap_or(0);
+            // A Rust actor calling a Rust actor: the typed endpoint.
+            let subtree = Tree {
+                depth: depth - 1,
+                breadth,
+            };
+            let (cctx, size) = child.open(SPAWN_TREE, &subtree).await?;
+            total += size;
             contexts.push(cctx);
         }
-        ctx.started(Value::Int(total)).await?;
+        ctx.started(&total).await?;
         std::future::pending::<()>().await;
         drop(contexts);
         Ok(())
     })
     .await;
     result?;
-    Ok(Value::Null)
+    Ok(())
 }

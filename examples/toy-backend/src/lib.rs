@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use harrow::ipc::{ActorId, Channel, mem};
 use harrow::{
-    ActorInit, BoxFuture, Capabilities, Child, DedicatedThread, Exit, HardKill, Joined,
-    SpawnBackend, SpawnError, SpawnSpec, run_actor,
+    ActorInit, BoxFuture, Capabilities, Child, DedicatedThread, Exit, HardKill, SpawnBackend,
+    SpawnError, SpawnSpec, run_actor,
 };
 
 /// Actors on OS threads, started in two steps (boot, then run) to show a cancel-safe `spawn`.
@@ -185,13 +185,7 @@ impl Child for ToyChild {
 
     fn join(&mut self, bound: Duration) -> BoxFuture<'_, Exit> {
         // Cancel-safe and bounded: DedicatedThread keeps its join handle until the thread ended.
-        Box::pin(async move {
-            match self.thread.join(bound).await {
-                Joined::Running => Exit::Running,
-                Joined::Finished(()) | Joined::AlreadyJoined => Exit::Exited,
-                Joined::Panicked(why) => Exit::Failed(why),
-            }
-        })
+        Box::pin(async move { self.thread.join(bound).await.into() })
     }
 
     fn describe(&self) -> String {

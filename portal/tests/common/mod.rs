@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use futures_lite::future;
 use harrow_portal::ipc::{self, ActorId, Channel, Msg, PROTOCOL_VERSION, Value};
-use harrow_portal::{CallError, Executor, FnRegistry, Link, LinkConfig, LocalInfo, Resolver};
+use harrow_portal::{
+    CallError, Endpoint, Executor, FnRegistry, Link, LinkConfig, LocalInfo, Resolver,
+};
 
 /// The bound on any single wait in a test (generous: the machine is loaded).
 pub const BOUND: Duration = Duration::from_secs(20);
@@ -175,12 +177,15 @@ pub async fn expect_probe(rx: &async_channel::Receiver<&'static str>, what: &'st
     assert_eq!(got, what);
 }
 
+/// `t:add`, typed: the sum of two numbers.
+#[allow(dead_code)]
+pub const ADD: Endpoint<(i64, i64), i64> = Endpoint::new("t:add");
+
 /// Registers the common test functions into `reg`. `probe` receives "started" when a blocking
 /// function begins and "dropped" when its future is dropped.
 pub fn standard_functions(reg: &mut FnRegistry, probe: async_channel::Sender<&'static str>) {
     reg.unary("t:echo", |v| async move { Ok(v) }).unwrap();
-    reg.unary_typed("t:add", |(a, b): (i64, i64)| async move { Ok(a + b) })
-        .unwrap();
+    reg.serve(ADD, |(a, b)| async move { Ok(a + b) }).unwrap();
     reg.unary("t:fail", |_| async move {
         Err::<Value, _>(CallError::raised("ValueError", "boom"))
     })

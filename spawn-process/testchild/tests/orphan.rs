@@ -10,6 +10,7 @@ use harrow_process_testchild::ProcessFactory;
 use harrow_runtime_core::ipc::Value;
 use harrow_runtime_core::{RootConfig, Timeouts, run_root};
 use harrow_testkit::conformance::BackendFactory;
+use harrow_testkit::testfns::{SPAWN_TREE, Tree};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 
 const BIN: &str = env!("CARGO_BIN_EXE_harrow-process-testchild");
@@ -58,12 +59,12 @@ fn grandchildren_die_with_a_killed_intermediate() {
                 .timeouts(Timeouts::quick());
             let err = run_root(config, |n| async move {
                 let mid = n.start_actor("mid", f.backend(), f.spec()).await?;
-                let args = Value::Map(vec![
-                    ("depth".into(), Value::Int(2)),
-                    ("breadth".into(), Value::Int(2)),
-                ]);
-                let (_ctx, total) = mid.open_context("testfns:spawn_tree", args).await?;
-                assert_eq!(total, Value::Int(3), "mid and its two children are up");
+                let tree = Tree {
+                    depth: 2,
+                    breadth: 2,
+                };
+                let (_ctx, total) = mid.open(SPAWN_TREE, &tree).await?;
+                assert_eq!(total, 3, "mid and its two children are up");
                 let mid_pid = mid.run("proc:pid", Value::Null).await?.as_i64().unwrap_or(0) as u32;
                 let leaves = children_of(mid_pid);
                 assert_eq!(leaves.len(), 2, "mid {mid_pid} has two child processes: {leaves:?}");

@@ -104,7 +104,7 @@ unsafe fn serve(
         Ok(ts) => ts,
         Err(msg) => {
             report(Err(create_err(msg)));
-            return Exit::Ended;
+            return Exit::Exited;
         }
     };
     life.set(Life::Alive(ts));
@@ -126,7 +126,7 @@ unsafe fn serve(
             unsafe { end(shared, ts) };
             life.set(Life::Gone);
             report(Err(create_err(msg)));
-            return Exit::Ended;
+            return Exit::Exited;
         }
     };
     report(Ok(()));
@@ -197,14 +197,14 @@ unsafe fn serve(
             alive.join(", ")
         );
         tracing::warn!(actor = %config.name, "{reason}");
-        return Exit::Leaked { reason };
+        return Exit::Leaked(reason);
     }
     // SAFETY: owning thread, GIL held, no Python frame, no other thread state.
     unsafe { end(shared, ts) };
     life.set(Life::Gone);
     match shared.exit_reason.lock().clone() {
-        Some(reason) => Exit::Failed { reason },
-        None => Exit::Ended,
+        Some(reason) => Exit::Failed(reason),
+        None => Exit::Exited,
     }
 }
 
@@ -231,7 +231,7 @@ unsafe fn leak(shared: &Arc<Shared>) {
 /// Owning thread, right after `serve` unwound; `life` is where the interpreter was.
 unsafe fn after_panic(shared: &Arc<Shared>, life: Life, why: String) -> Exit {
     let Life::Alive(ts) = life else {
-        return Exit::Failed { reason: why };
+        return Exit::Failed(why);
     };
     *shared.current.lock() = None;
     shared.in_user.store(false, Ordering::SeqCst);
@@ -243,9 +243,9 @@ unsafe fn after_panic(shared: &Arc<Shared>, life: Life, why: String) -> Exit {
         unsafe { ffi::PyEval_RestoreThread(ts) };
     } else if current != ts {
         // Not a state this thread made: touch nothing more.
-        return Exit::Failed {
-            reason: format!("{why}; its interpreter is leaked (unknown thread state)"),
-        };
+        return Exit::Failed(format!(
+            "{why}; its interpreter is leaked (unknown thread state)"
+        ));
     }
     // SAFETY: GIL held with `ts` current.
     let pending = unsafe { ffi::PyErr_Occurred() };
@@ -259,15 +259,13 @@ unsafe fn after_panic(shared: &Arc<Shared>, life: Life, why: String) -> Exit {
         // SAFETY: owning thread, GIL held, `ts` current, no Python frame (unwound), no other
         // thread state; every `Obj` was dropped while unwinding.
         unsafe { end(shared, ts) };
-        Exit::Failed { reason: why }
+        Exit::Failed(why)
     } else {
         // SAFETY: owning thread, GIL held.
         unsafe { leak(shared) };
-        Exit::Failed {
-            reason: format!(
-                "{why}; its interpreter is leaked ({others} Python thread(s) still alive)"
-            ),
-        }
+        Exit::Failed(format!(
+            "{why}; its interpreter is leaked ({others} Python thread(s) still alive)"
+        ))
     }
 }
 

@@ -1,0 +1,202 @@
+//! What a child actor is started with, defined once: [`ActorSpec`] (what the user asks for),
+//! [`SpawnSpec`] (that, plus the identities the nursery chose: what a backend receives, and what
+//! crosses to a child outside the parent's address space).
+//!
+//! ```
+//! use harrow_runtime_core::{ActorSpec, SpawnSpec, Timeouts, ipc::{ActorId, Value}};
+//!
+//! // What the user gives `start_actor`.
+//! let asked = ActorSpec::new().params(Value::Int(7)).timeouts(Timeouts::quick());
+//! // What the backend receives.
+//! let spec = SpawnSpec::new(ActorId::new("worker"), ActorId::new("root")).with_actor(asked);
+//! assert_eq!(spec.timeouts(), Timeouts::quick());
+//! // What a launched child receives (everything but the resolver), as text.
+//! let received = SpawnSpec::decode(&spec.encode().unwrap()).unwrap();
+//! assert_eq!(received.id, spec.id);
+//! assert_eq!(received.actor.params, Value::Int(7));
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use harrow_ipc::{ActorId, Value};
+use harrow_portal::Resolver;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Timeouts;
+
+/// What to give a new child beyond its name and backend.
+///
+/// Everything here but the resolver can cross to a child outside the parent's address space
+/// (it is part of [`SpawnSpec::encode`]); the resolver is for in-process backends only.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ActorSpec {
+    /// The Rust functions the child serves (in-process backends; never crosses an encoding).
+    #[serde(skip)]
+    pub resolver: Option<Arc<dyn Resolver>>,
+    /// Backend-specific parameters (for example the Python modules a subint actor exposes).
+    pub params: Value,
+    /// Teardown bounds for this child's own children. `None` asks for the parent's: in a
+    /// [`SpawnSpec`] the nursery has already filled it in.
+    pub timeouts: Option<Timeouts>,
+}
+
+impl fmt::Debug for ActorSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActorSpec")
+            .field("resolver", &self.resolver.as_ref().map(|_| "..."))
+            .field("params", &self.params)
+            .field("timeouts", &self.timeouts)
+            .finish()
+    }
+}
+
+impl ActorSpec {
+    /// An empty spec.
+    pub fn new() -> Self {
+        ActorSpec::default()
+    }
+
+    /// A spec whose child serves `resolver` (for example a [`FnRegistry`](harrow_portal::FnRegistry)).
+    pub fn with_resolver(resolver: Arc<dyn Resolver>) -> Self {
+        ActorSpec {
+            resolver: Some(resolver),
+            ..ActorSpec::default()
+        }
+    }
+
+    /// Sets backend-specific parameters.
+    pub fn params(mut self, params: Value) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// Sets the child's own teardown bounds.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = Some(timeouts);
+        self
+    }
+}
+
+/// Everything a backend needs to start one child actor: its identity, its parent's, and the
+/// [`ActorSpec`] the user asked for (with its timeouts resolved by the nursery).
+///
+/// A backend whose child lives outside the parent's address space hands it over as text with
+/// [`encode`](Self::encode); the child gets it back with [`decode`](Self::decode), without the
+/// resolver (a closure cannot cross: such a child serves what its own program registers).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SpawnSpec {
+    /// The child's identity (chosen by the nursery).
+    pub id: ActorId,
+    /// The parent's identity.
+    pub parent: ActorId,
+    /// What the child was asked to be: resolver, params, timeouts.
+    pub actor: ActorSpec,
+}
+
+/// A [`SpawnSpec`] that could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// The spec could not be encoded.
+    #[error("cannot encode the actor spec: {0}")]
+    Encode(String),
+    /// The text is not an encoded spec.
+    #[error("cannot decode the actor spec: {0}")]
+    Decode(String),
+}
+
+impl SpawnSpec {
+    /// A spec for actor `id`, child of `parent`, serving nothing, with default timeouts.
+    pub fn new(id: ActorId, parent: ActorId) -> Self {
+        SpawnSpec {
+            id,
+            parent,
+            actor: ActorSpec::new(),
+        }
+    }
+
+    /// Replaces what the child is asked to be.
+    pub fn with_actor(mut self, actor: ActorSpec) -> Self {
+        self.actor = actor;
+        self
+    }
+
+    /// The teardown bounds the child uses for its own children (the defaults when unset).
+    pub fn timeouts(&self) -> Timeouts {
+        self.actor.timeouts.unwrap_or_default()
+    }
+
+    /// The in-process functions the child serves, if any.
+    pub fn resolver(&self) -> Option<&Arc<dyn Resolver>> {
+        self.actor.resolver.as_ref()
+    }
+
+    /// The backend-specific parameters.
+    pub fn params(&self) -> &Value {
+        &self.actor.params
+    }
+
+    /// Encodes everything but the resolver as lowercase hex text (bincode 2 in serde mode,
+    /// standard configuration inside), safe for an environment variable or an argument.
+    pub fn encode(&self) -> Result<String, SpecError> {
+        bincode::serde::encode_to_vec(self, bincode::config::standard())
+            .map(hex::encode)
+            .map_err(|e| SpecError::Encode(e.to_string()))
+    }
+
+    /// Decodes what [`encode`](Self::encode) made (its resolver is `None`). Any other input is
+    /// an error, never a panic.
+    pub fn decode(text: &str) -> Result<Self, SpecError> {
+        let bytes = hex::decode(text.trim()).map_err(|e| SpecError::Decode(e.to_string()))?;
+        let (spec, used) =
+            bincode::serde::decode_from_slice::<SpawnSpec, _>(&bytes, bincode::config::standard())
+                .map_err(|e| SpecError::Decode(e.to_string()))?;
+        if used != bytes.len() {
+            return Err(SpecError::Decode(format!(
+                "{} trailing bytes",
+                bytes.len() - used
+            )));
+        }
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_without_its_resolver() {
+        let registry: Arc<dyn Resolver> = Arc::new(harrow_portal::FnRegistry::new());
+        let spec = SpawnSpec::new(ActorId::new("worker"), ActorId::new("root")).with_actor(
+            ActorSpec::with_resolver(registry)
+                .params(Value::Map(vec![("k".into(), Value::Bytes(vec![0, 255]))]))
+                .timeouts(Timeouts::quick()),
+        );
+        let text = spec.encode().unwrap();
+        assert!(text.bytes().all(|b| b.is_ascii_hexdigit()));
+        let back = SpawnSpec::decode(&text).unwrap();
+        assert_eq!(back.id, spec.id);
+        assert_eq!(back.parent, spec.parent);
+        assert_eq!(back.actor.params, spec.actor.params);
+        assert_eq!(back.timeouts(), Timeouts::quick());
+        assert!(back.resolver().is_none());
+    }
+
+    #[test]
+    fn unset_timeouts_are_the_defaults() {
+        let spec = SpawnSpec::new(ActorId::new("a"), ActorId::new("b"));
+        assert_eq!(spec.timeouts(), Timeouts::default());
+    }
+
+    #[test]
+    fn bad_spec_text_is_an_error() {
+        for text in ["", "0", "zz", "00ff00ff00ff"] {
+            let err = SpawnSpec::decode(text).unwrap_err();
+            assert!(matches!(err, SpecError::Decode(_)), "{text:?}: {err}");
+        }
+    }
+}
