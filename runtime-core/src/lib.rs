@@ -24,11 +24,14 @@ mod backend;
 pub mod bootstrap;
 mod error;
 mod nursery;
+pub mod park;
 mod root;
 mod scope;
 mod thread;
 
-pub use actor::{ActorCtx, ActorExit, ActorInit, current_actor, run_actor, shield};
+pub use actor::{
+    ActorCtx, ActorExit, ActorInit, current_actor, run_actor, run_actor_in_process, shield,
+};
 pub use backend::{
     BoxFuture, Capabilities, Child, Exit, HardKill, SpawnBackend, SpawnError, SpawnSpec, Timeouts,
 };
