@@ -211,7 +211,9 @@ mod tests {
                 let mut sum = 0;
                 for i in 0..100 {
                     tx.send(i).await.unwrap();
-                    sum += back_rx.recv().await.unwrap();
+                    // Bounded: a lost wake-up fails here instead of hanging the test.
+                    let back = crate::move_on_after(Duration::from_secs(30), back_rx.recv());
+                    sum += back.await.expect("the echo came back").unwrap();
                     std::thread::sleep(pause / 10);
                 }
                 sum
@@ -222,26 +224,30 @@ mod tests {
         }
     }
 
+    /// A 20 ms timer raced against a loop that keeps yielding (never runs out of work, never
+    /// parks); `true` when the timer won. Bounded: the loop gives up after 30 s.
+    async fn timer_beats_a_busy_loop() -> bool {
+        let timer = async {
+            async_io::Timer::after(Duration::from_millis(20)).await;
+            true
+        };
+        let busy = async {
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                futures_lite::future::yield_now().await;
+            }
+            false
+        };
+        futures_lite::future::or(timer, busy).await
+    }
+
     #[test]
     fn a_future_that_keeps_waking_itself_still_lets_timers_fire() {
-        // The yielding loop never runs out of work and the thread never drives the reactor:
-        // the timer fires through whichever thread does.
-        let fired = block_on(Duration::from_micros(50), async {
-            let timer = async {
-                async_io::Timer::after(Duration::from_millis(20)).await;
-                true
-            };
-            let busy = async {
-                loop {
-                    futures_lite::future::yield_now().await;
-                }
-            };
-            futures_lite::future::or(timer, busy).await
-        });
-        assert!(fired);
-        assert!(block_on_in_process(async {
-            async_io::Timer::after(Duration::from_millis(5)).await;
-            true
-        }));
+        // This thread never drives the reactor: the timer fires through whichever thread does.
+        assert!(block_on(
+            Duration::from_micros(50),
+            timer_beats_a_busy_loop()
+        ));
+        assert!(block_on_in_process(timer_beats_a_busy_loop()));
     }
 }
