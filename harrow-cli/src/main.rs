@@ -44,6 +44,11 @@ enum Command {
         /// Small sizes, one repetition: a smoke run of a few seconds (figures are rough).
         #[arg(long)]
         quick: bool,
+        /// Only the scale table: trees of 10, 100 and 1,000 thread / 200 process / 100 subint
+        /// idle actors; spawn and teardown time and memory per actor (with `--quick`: one
+        /// tree of 5 per backend).
+        #[arg(long)]
+        scale: bool,
     },
     /// Run a Python function in N subinterpreter actors in parallel and print each result as
     /// JSON (Ctrl-C cancels them all; exit code 130).
@@ -88,7 +93,7 @@ fn main() -> ExitCode {
         .try_init();
     let code = match cli.command {
         Command::Demo => demo::run(),
-        Command::Bench { json, quick } => bench::run(json, quick),
+        Command::Bench { json, quick, scale } => bench::run(json, quick, scale),
         Command::RunPy {
             function,
             actors,

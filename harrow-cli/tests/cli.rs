@@ -168,6 +168,40 @@ fn demo_exits_0_and_shows_every_backend_and_a_summary() -> Result<()> {
 }
 
 #[test]
+fn bench_scale_quick_json_has_a_row_per_backend() -> Result<()> {
+    let r = harrow(&["bench", "--scale", "--quick", "--json"])?;
+    ensure!(r.status.success(), "bench --scale failed: {r}");
+    let v: serde_json::Value =
+        serde_json::from_str(&r.stdout).with_context(|| format!("not JSON: {r}"))?;
+    let rows = v
+        .pointer("/scale")
+        .and_then(serde_json::Value::as_array)
+        .with_context(|| format!("no scale rows: {r}"))?;
+    let mut backends = vec!["thread", "process"];
+    if harrow::subint_status().is_ok() {
+        backends.push("subint");
+    }
+    for b in backends {
+        let row = rows
+            .iter()
+            .find(|row| row["backend"] == b)
+            .with_context(|| format!("no scale row for {b}: {r}"))?;
+        ensure!(row["actors"] == 5, "--quick builds trees of 5: {r}");
+        for field in ["spawn_ms_per_actor", "teardown_ms_per_actor"] {
+            ensure!(
+                row[field].as_f64().is_some_and(|ms| ms > 0.0),
+                "{b}: no {field}: {r}"
+            );
+        }
+        ensure!(
+            row["rss_delta_kib_per_actor"].is_number(),
+            "{b}: no RSS: {r}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn bench_quick_json_has_the_documented_fields() -> Result<()> {
     let r = harrow(&["bench", "--quick", "--json"])?;
     ensure!(r.status.success(), "bench failed: {r}");
@@ -196,6 +230,20 @@ fn bench_quick_json_has_the_documented_fields() -> Result<()> {
             "/backends/{b}/stream_echo_throughput/baseline_items_per_s"
         ))?;
         num(&format!("/backends/{b}/stuck_child_teardown/harrow_ms"))?;
+        // Round trips carry the latency distribution of single calls; a failing call is timed
+        // beside a succeeding one.
+        for rt in ["rpc_round_trip", "failing_call_round_trip"] {
+            let (p50, p99) = (
+                num(&format!("/backends/{b}/{rt}/harrow_us_p50"))?,
+                num(&format!("/backends/{b}/{rt}/harrow_us_p99"))?,
+            );
+            ensure!(p50 > 0.0 && p50 <= p99, "bad p50/p99 in {rt}: {}", r.stdout);
+            num(&format!("/backends/{b}/{rt}/baseline_us_p99"))?;
+            num(&format!("/backends/{b}/{rt}/p99_ratio_vs_baseline"))?;
+        }
+        num(&format!(
+            "/backends/{b}/failing_call_round_trip/ratio_vs_baseline"
+        ))?;
         // Every figure is a distribution: its samples' summary rides along, one sample per
         // repetition, the figure being their median.
         let reps = num("/repetitions")?;

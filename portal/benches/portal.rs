@@ -166,7 +166,9 @@ struct Setup {
     callee_thread: std::thread::JoinHandle<()>,
 }
 
-fn setup(transport: &str, window: u32) -> Setup {
+/// `futex_callee`: the callee's thread parks on a futex (`futures_lite::future::block_on`, as
+/// in-process actors do) instead of in the reactor (`async_io::block_on`).
+fn setup(transport: &str, window: u32, futex_callee: bool) -> Setup {
     let (ca, cb): (Channel, Channel) = match transport {
         "mem" => ipc::mem::pair(),
         _ => ipc::unix::pair().unwrap(),
@@ -175,7 +177,7 @@ fn setup(transport: &str, window: u32) -> Setup {
     let callee_thread = std::thread::spawn(move || {
         let exec: Executor = Arc::new(async_executor::Executor::new());
         let e2 = exec.clone();
-        async_io::block_on(exec.run(async move {
+        let serve = exec.run(async move {
             let local = LocalInfo {
                 id: ActorId::new("callee"),
                 backend: "bench".into(),
@@ -185,7 +187,12 @@ fn setup(transport: &str, window: u32) -> Setup {
                 .expect("callee link");
             let _ = stop_rx.recv().await;
             drop(link);
-        }));
+        });
+        if futex_callee {
+            futures_lite::future::block_on(serve);
+        } else {
+            async_io::block_on(serve);
+        }
     });
     let caller_exec: Executor = Arc::new(async_executor::Executor::new());
     let local = LocalInfo {
@@ -217,8 +224,8 @@ impl Setup {
 }
 
 /// Median per-call time (µs) of a unary RPC round trip.
-fn portal_rpc(transport: &str, window: u32) -> f64 {
-    let s = setup(transport, window);
+fn portal_rpc(transport: &str, window: u32, futex_callee: bool) -> f64 {
+    let s = setup(transport, window, futex_callee);
     let portal = s.caller.portal();
     let rounds = async_io::block_on(s.caller_exec.run(async {
         for _ in 0..1000 {
@@ -241,7 +248,7 @@ fn portal_rpc(transport: &str, window: u32) -> f64 {
 
 /// Median items per second of a one-way stream of small items (callee -> caller).
 fn portal_stream(transport: &str, window: u32) -> f64 {
-    let s = setup(transport, window);
+    let s = setup(transport, window, false);
     let portal = s.caller.portal();
     let rounds = async_io::block_on(s.caller_exec.run(async {
         let mut rounds = Vec::new();
@@ -274,37 +281,68 @@ fn main() {
         println!("portal bench: run with `cargo bench -p harrow-portal` for figures");
         return;
     }
-    let flume_rt = flume_ping_pong();
-    let exec_rt = flume_async_ping_pong();
-    let park_rt = flume_async_ping_pong_parking();
-    let sock_rt = socket_ping_pong();
-    println!("baseline  flume ping-pong, bare threads      {flume_rt:8.2} µs/round trip");
-    println!(
-        "baseline  flume ping-pong, executors (async_io::block_on)      {exec_rt:8.2} µs/round trip"
-    );
-    println!(
-        "baseline  flume ping-pong, executors (futures_lite::block_on)  {park_rt:8.2} µs/round trip"
-    );
-    println!("baseline  socketpair 64-byte ping-pong       {sock_rt:8.2} µs/round trip");
-    let mem_rpc = portal_rpc("mem", 64);
-    let unix_rpc = portal_rpc("unix", 64);
-    println!(
-        "portal    unary RPC over mem   {mem_rpc:8.2} µs/call  ({:.2}x bare flume [target <= 2x]; {:.2}x flume between the same executors)",
-        mem_rpc / flume_rt,
-        mem_rpc / exec_rt
-    );
-    println!(
-        "portal    unary RPC over unix  {unix_rpc:8.2} µs/call  ({:.2}x socketpair ping-pong)",
-        unix_rpc / sock_rt
-    );
+    // `cargo bench -p harrow-portal -- NAME` runs only the measurement called
+    // NAME exactly (flume, exec-reactor, exec-futex, socket, rpc-mem, rpc-mem-futex, rpc-unix, stream-mem,
+    // stream-unix): one phase alone, for `perf stat` / `perf record` (docs/PERFORMANCE.md).
+    let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let mut flume_rt = f64::NAN;
+    let mut exec_rt = f64::NAN;
+    let mut sock_rt = f64::NAN;
+    if want("flume") {
+        flume_rt = flume_ping_pong();
+        println!("baseline  flume ping-pong, bare threads      {flume_rt:8.2} µs/round trip");
+    }
+    if want("exec-reactor") {
+        exec_rt = flume_async_ping_pong();
+        println!(
+            "baseline  flume ping-pong, executors (async_io::block_on)      {exec_rt:8.2} µs/round trip"
+        );
+    }
+    if want("exec-futex") {
+        let park_rt = flume_async_ping_pong_parking();
+        println!(
+            "baseline  flume ping-pong, executors (futures_lite::block_on)  {park_rt:8.2} µs/round trip"
+        );
+    }
+    if want("socket") {
+        sock_rt = socket_ping_pong();
+        println!("baseline  socketpair 64-byte ping-pong       {sock_rt:8.2} µs/round trip");
+    }
+    if want("rpc-mem") {
+        let mem_rpc = portal_rpc("mem", 64, false);
+        println!(
+            "portal    unary RPC over mem   {mem_rpc:8.2} µs/call  ({:.2}x bare flume [target <= 2x]; {:.2}x flume between the same executors)",
+            mem_rpc / flume_rt,
+            mem_rpc / exec_rt
+        );
+    }
+    if want("rpc-mem-futex") {
+        let futex_rpc = portal_rpc("mem", 64, true);
+        println!(
+            "portal    unary RPC over mem, callee parked on a futex  {futex_rpc:8.2} µs/call  ({:.2}x bare flume)",
+            futex_rpc / flume_rt
+        );
+    }
+    if want("rpc-unix") {
+        let unix_rpc = portal_rpc("unix", 64, false);
+        println!(
+            "portal    unary RPC over unix  {unix_rpc:8.2} µs/call  ({:.2}x socketpair ping-pong)",
+            unix_rpc / sock_rt
+        );
+    }
     for window in [64, 1024] {
-        let mem_stream = portal_stream("mem", window);
-        let unix_stream = portal_stream("unix", window);
-        println!(
-            "portal    stream over mem,  window {window:4}  {mem_stream:10.0} items/s  (target >= 1,000,000)"
-        );
-        println!(
-            "portal    stream over unix, window {window:4}  {unix_stream:10.0} items/s  (target >= 300,000)"
-        );
+        if want("stream-mem") {
+            let mem_stream = portal_stream("mem", window);
+            println!(
+                "portal    stream over mem,  window {window:4}  {mem_stream:10.0} items/s  (target >= 1,000,000)"
+            );
+        }
+        if want("stream-unix") {
+            let unix_stream = portal_stream("unix", window);
+            println!(
+                "portal    stream over unix, window {window:4}  {unix_stream:10.0} items/s  (target >= 300,000)"
+            );
+        }
     }
 }

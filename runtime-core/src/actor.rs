@@ -265,6 +265,18 @@ pub enum ActorExit {
 /// `CancelActor` or a broken parent channel cancels every call, tears down its children (bounded),
 /// flushes its last messages and returns.
 pub fn run_actor(channel: Channel, init: ActorInit) -> ActorExit {
+    run_actor_parked(channel, init, false)
+}
+
+/// [`run_actor`] for a `channel` in memory ([`mem::pair`](harrow_portal::ipc::mem::pair)): the
+/// actor's thread parks on a futex rather than in the I/O reactor when it waits, which makes
+/// every wake-up cheaper (see [`park`](crate::park)). The thread and subint backends use it;
+/// a backend whose channel is a socket or pipe calls [`run_actor`].
+pub fn run_actor_in_process(channel: Channel, init: ActorInit) -> ActorExit {
+    run_actor_parked(channel, init, true)
+}
+
+fn run_actor_parked(channel: Channel, init: ActorInit, in_process: bool) -> ActorExit {
     let span = tracing::info_span!(
         "actor",
         name = %init.spec.id.name,
@@ -285,7 +297,12 @@ pub fn run_actor(channel: Channel, init: ActorInit) -> ActorExit {
     let _current = ctx.enter();
     ctx.discovery().set_parent(init.spec.parent.clone());
     crate::discovery::start_acceptor(&ctx);
-    let exit = async_io::block_on(exec.run(actor_main(channel, init, ctx.clone())));
+    let main = exec.run(actor_main(channel, init, ctx.clone()));
+    let exit = if in_process {
+        crate::park::block_on_in_process(main)
+    } else {
+        async_io::block_on(main)
+    };
     // No more peers: the acceptor and peer links go (their tasks end on the ticks below).
     ctx.discovery().release();
     // Cancelled tasks still queued hold the actor's context (and so the executor): run the queue

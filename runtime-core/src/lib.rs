@@ -25,12 +25,15 @@ pub mod bootstrap;
 pub mod discovery;
 mod error;
 mod nursery;
+pub mod park;
 mod root;
 mod scope;
 mod spec;
 mod thread;
 
-pub use actor::{ActorCtx, ActorExit, ActorInit, current_actor, run_actor, shield};
+pub use actor::{
+    ActorCtx, ActorExit, ActorInit, current_actor, run_actor, run_actor_in_process, shield,
+};
 pub use backend::{
     BoxFuture, Capabilities, Child, Exit, HardKill, SpawnBackend, SpawnError, Timeouts,
 };

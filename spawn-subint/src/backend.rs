@@ -2,7 +2,7 @@
 //!
 //! Per actor, two dedicated OS threads: the interpreter thread ([`InterpThread`]) that owns the
 //! subinterpreter and runs every Python call, and the actor's Rust runtime thread that runs
-//! `run_actor` (dispatcher, link, cancel protocol) with a [`PyResolver`] handing calls to the
+//! `run_actor_in_process` (dispatcher, link, cancel protocol) with a [`PyResolver`] handing calls to the
 //! interpreter thread. When the runtime returns (cancelled or orphaned) the runtime thread shuts
 //! the interpreter down, bounded by the spec's `hard_kill` timeout; an interpreter that cannot be
 //! ended in time is leaked and `Child::join` reports `Running` (the runtime then reports it).
@@ -13,7 +13,7 @@ use std::time::Duration;
 use harrow_runtime_core::ipc::{ActorId, Channel, mem};
 use harrow_runtime_core::{
     ActorInit, BoxFuture, Capabilities, Child, DedicatedThread, Exit, HardKill, Joined,
-    SpawnBackend, SpawnError, SpawnSpec, run_actor,
+    SpawnBackend, SpawnError, SpawnSpec, run_actor_in_process,
 };
 
 use crate::config::InterpConfig;
@@ -91,7 +91,7 @@ async fn spawn(spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
     let init = ActorInit::from_spec(spec, "subint").with_resolver(resolver);
     let (parent_end, child_end) = mem::pair();
     let runtime = DedicatedThread::spawn(format!("rt-{}", id.name), move || {
-        run_actor(child_end, init);
+        run_actor_in_process(child_end, init);
         interp.shutdown(shutdown_bound)
     })
     .map_err(|e| SpawnError::Failed {

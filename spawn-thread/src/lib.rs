@@ -1,7 +1,7 @@
 //! `ThreadBackend`: harrow actors on dedicated OS threads, each with its own executor.
 //!
 //! Every actor gets one named OS thread of its own (never a pooled one) that runs the actor
-//! runtime ([`run_actor`]) on the child's end of an in-memory channel. A child that never yields
+//! runtime ([`run_actor_in_process`]) on the child's end of an in-memory channel. A child that never yields
 //! stalls only its own thread. A Rust thread cannot be stopped from outside, so the hard kill
 //! detaches it and the runtime reports it leaked, by name.
 //!
@@ -31,7 +31,7 @@ use std::time::Duration;
 use harrow_runtime_core::ipc::{ActorId, Channel, mem};
 use harrow_runtime_core::{
     ActorInit, BoxFuture, Capabilities, Child, DedicatedThread, Exit, HardKill, SpawnBackend,
-    SpawnError, SpawnSpec, run_actor, thread_name,
+    SpawnError, SpawnSpec, run_actor_in_process, thread_name,
 };
 
 /// Actors on dedicated OS threads, running Rust functions.
@@ -83,7 +83,7 @@ impl ThreadBackend {
             builder = builder.stack_size(size);
         }
         let thread = DedicatedThread::spawn_with(builder, id.name.clone(), move || {
-            run_actor(child_end, init);
+            run_actor_in_process(child_end, init);
         })
         .map_err(|e| SpawnError::Failed {
             actor: id.clone(),

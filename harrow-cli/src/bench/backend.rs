@@ -24,6 +24,10 @@ pub(super) struct Row {
     pub(super) note: String,
     pub(super) baseline_label: String,
     pub(super) baseline: Samples,
+    /// Round trips only: every single round trip's latency (µs), for p50 and p99; empty
+    /// otherwise.
+    pub(super) harrow_lat: Samples,
+    pub(super) baseline_lat: Samples,
 }
 
 impl Row {
@@ -44,11 +48,13 @@ pub(super) struct Plan {
     backend: Arc<dyn SpawnBackend>,
     spec: ActorSpec,
     bare: BareSpawn,
-    echo: String,
+    pub(super) echo: String,
     /// An `async def` echo, for backends that run Python.
     async_echo: Option<String>,
     stream: String,
     spin: String,
+    /// A function that fails for `[1, 0]` and succeeds for `[1, 1]` (division).
+    divide: String,
 }
 
 /// The plans of the backends available here (`py`: the Python module's directory, when the
@@ -64,6 +70,7 @@ pub(super) fn plans(py: Option<&crate::pymod::PyDir>) -> Vec<Plan> {
         async_echo: None,
         stream: "demo:echo_stream".into(),
         spin: "demo:spin".into(),
+        divide: "demo:divide".into(),
     };
     #[cfg(feature = "thread")]
     v.push(rust(
@@ -91,6 +98,7 @@ pub(super) fn plans(py: Option<&crate::pymod::PyDir>) -> Vec<Plan> {
             async_echo: Some(format!("{m}:aecho")),
             stream: format!("{m}:echo_stream"),
             spin: format!("{m}:spin"),
+            divide: format!("{m}:divide"),
         });
     }
     let _ = (py, rust);
@@ -107,6 +115,7 @@ pub(super) async fn measure(
     let mut rows = vec![spawn_to_first_reply(n, p, s, prog).await?];
     rows.extend(rpc_and_stream(n, p, s, prog).await?);
     rows.push(peer_round_trip(n, p, s, prog).await?);
+    rows.push(failing_call(n, p, s, prog).await?);
     if let Some(aecho) = &p.async_echo {
         rows.push(async_round_trip(n, p, aecho, s, prog).await?);
     }
@@ -124,10 +133,19 @@ fn row(p: &Plan, key: &'static str, label: &'static str, unit: Unit, base: &str)
         note: String::new(),
         baseline_label: base.to_owned(),
         baseline: Samples::default(),
+        harrow_lat: Samples::default(),
+        baseline_lat: Samples::default(),
     }
 }
 
-async fn start(n: &ActorNursery, p: &Plan, name: String) -> anyhow::Result<ChildHandle> {
+impl Plan {
+    /// Whether this backend's actors share our address space.
+    pub(super) fn backend_in_process(&self) -> bool {
+        self.backend.capabilities().in_process
+    }
+}
+
+pub(super) async fn start(n: &ActorNursery, p: &Plan, name: String) -> anyhow::Result<ChildHandle> {
     Ok(n.start_actor(&name, p.backend.clone(), p.spec.clone())
         .await?)
 }
@@ -202,10 +220,13 @@ async fn rpc_and_stream(
     for _ in 0..s.reps {
         let t = Instant::now();
         for i in 0..per_batch {
+            let one = Instant::now();
             child.run(&p.echo, Value::Int(i as i64)).await?;
+            rtt.harrow_lat.push(us(one.elapsed()));
         }
         rtt.harrow.push(us(t.elapsed() / per_batch as u32));
-        rtt.baseline.push(us(raw.ping_pong(per_batch)?));
+        rtt.baseline
+            .push(us(raw.ping_pong(per_batch, &mut rtt.baseline_lat)?));
 
         echo.harrow.push(stream_echo(&child, p, s.items).await?);
         echo.baseline.push(raw.echo(s.items)?);
@@ -241,12 +262,69 @@ async fn async_round_trip(
     for _ in 0..s.reps {
         let t = Instant::now();
         for i in 0..per_batch {
+            let one = Instant::now();
             child.run(aecho, Value::Int(i as i64)).await?;
+            r.harrow_lat.push(us(one.elapsed()));
         }
         r.harrow.push(us(t.elapsed() / per_batch as u32));
         let t = Instant::now();
         for i in 0..per_batch {
+            let one = Instant::now();
             child.run(&p.echo, Value::Int(i as i64)).await?;
+            r.baseline_lat.push(us(one.elapsed()));
+        }
+        r.baseline.push(us(t.elapsed() / per_batch as u32));
+    }
+    child.cancel().await;
+    Ok(r)
+}
+
+/// A call that fails (`divide [1, 0]`, the callee raises) beside one that succeeds (`divide
+/// [1, 1]`), on one actor, batches interleaved: what an error costs over a reply.
+async fn failing_call(
+    n: &ActorNursery,
+    p: &Plan,
+    s: Sizes,
+    prog: &Progress,
+) -> anyhow::Result<Row> {
+    let per_batch = (s.round_trips / s.reps).max(1);
+    prog.step(&format!(
+        "{}: {} rounds of {per_batch} failing calls, interleaved with succeeding ones",
+        p.name, s.reps
+    ));
+    let mut r = row(
+        p,
+        "failing_call_round_trip",
+        "failing call round trip",
+        Unit::Us,
+        "succeeding call (same fn, same actor)",
+    );
+    let child = start(n, p, format!("{}-fail", p.name)).await?;
+    let fails = Value::List(vec![Value::Int(1), Value::Int(0)]);
+    let works = Value::List(vec![Value::Int(1), Value::Int(1)]);
+    for _ in 0..10 {
+        anyhow::ensure!(
+            child.run(&p.divide, fails.clone()).await.is_err(),
+            "{}: {} [1, 0] did not fail",
+            p.name,
+            p.divide
+        );
+        child.run(&p.divide, works.clone()).await?;
+    }
+    for _ in 0..s.reps {
+        let t = Instant::now();
+        for _ in 0..per_batch {
+            let one = Instant::now();
+            let failed = child.run(&p.divide, fails.clone()).await.is_err();
+            r.harrow_lat.push(us(one.elapsed()));
+            anyhow::ensure!(failed, "{}: {} [1, 0] did not fail", p.name, p.divide);
+        }
+        r.harrow.push(us(t.elapsed() / per_batch as u32));
+        let t = Instant::now();
+        for _ in 0..per_batch {
+            let one = Instant::now();
+            child.run(&p.divide, works.clone()).await?;
+            r.baseline_lat.push(us(one.elapsed()));
         }
         r.baseline.push(us(t.elapsed() / per_batch as u32));
     }

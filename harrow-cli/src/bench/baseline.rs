@@ -9,6 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use super::stats::Samples;
+
 /// Set in a child this benchmark starts as a baseline: `bare` exits at once, `echo` echoes its
 /// stdin socket back until EOF.
 const CHILD_ENV: &str = "HARROW_BENCH_CHILD";
@@ -130,11 +132,11 @@ impl RawTransport {
         }
     }
 
-    /// The mean round trip over `k` ping-pongs.
-    pub(super) fn ping_pong(&mut self, k: usize) -> anyhow::Result<Duration> {
+    /// The mean round trip over `k` ping-pongs; each one's latency (µs) goes to `each`.
+    pub(super) fn ping_pong(&mut self, k: usize, each: &mut Samples) -> anyhow::Result<Duration> {
         match self {
-            RawTransport::Flume(f) => f.batch(k),
-            RawTransport::Socket(s) => s.batch(k),
+            RawTransport::Flume(f) => f.batch(k, Some(each)),
+            RawTransport::Socket(s) => s.batch(k, Some(each)),
         }
     }
 
@@ -170,11 +172,11 @@ impl FlumePingPong {
             back: back_rx,
             echo: Some(echo),
         };
-        let _ = this.batch(50);
+        let _ = this.batch(50, None);
         this
     }
 
-    fn batch(&mut self, k: usize) -> anyhow::Result<Duration> {
+    fn batch(&mut self, k: usize, mut each: Option<&mut Samples>) -> anyhow::Result<Duration> {
         let to = self
             .to
             .as_ref()
@@ -182,8 +184,12 @@ impl FlumePingPong {
         let k = k.max(1);
         let t = Instant::now();
         for i in 0..k as u64 {
+            let one = Instant::now();
             to.send(i)?;
             self.back.recv()?;
+            if let Some(each) = each.as_deref_mut() {
+                each.push(one.elapsed().as_secs_f64() * 1e6);
+            }
         }
         Ok(t.elapsed() / k as u32)
     }
@@ -255,7 +261,7 @@ impl SocketEcho {
             child,
             sock: Some(mine),
         };
-        this.batch(50)?;
+        this.batch(50, None)?;
         Ok(this)
     }
 
@@ -266,14 +272,18 @@ impl SocketEcho {
     }
 
     /// The mean round trip of `k` 8-byte ping-pongs.
-    fn batch(&mut self, k: usize) -> anyhow::Result<Duration> {
+    fn batch(&mut self, k: usize, mut each: Option<&mut Samples>) -> anyhow::Result<Duration> {
         let mut sock = self.sock()?;
         let mut buf = [0u8; 8];
         let k = k.max(1);
         let t = Instant::now();
         for i in 0..k as u64 {
+            let one = Instant::now();
             sock.write_all(&i.to_le_bytes())?;
             sock.read_exact(&mut buf)?;
+            if let Some(each) = each.as_deref_mut() {
+                each.push(one.elapsed().as_secs_f64() * 1e6);
+            }
         }
         Ok(t.elapsed() / k as u32)
     }

@@ -16,6 +16,7 @@ mod backend;
 mod baseline;
 mod parallel;
 mod report;
+mod scale;
 mod stats;
 
 use std::time::{Duration, Instant};
@@ -72,9 +73,14 @@ impl Progress {
     }
 }
 
-/// Runs the suite; returns the exit code.
-pub(crate) fn run(as_json: bool, quick: bool) -> i32 {
-    match run_inner(as_json, quick) {
+/// Runs the suite (`scale`: only the scale table, see [`scale`]); returns the exit code.
+pub(crate) fn run(as_json: bool, quick: bool, scale: bool) -> i32 {
+    let ran = if scale {
+        run_scale(as_json, quick)
+    } else {
+        run_inner(as_json, quick)
+    };
+    match ran {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("harrow bench: {e:#}");
@@ -111,6 +117,53 @@ fn run_inner(as_json: bool, quick: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
     } else {
         report.print();
+    }
+    Ok(())
+}
+
+/// `harrow bench --scale`: the scale table alone (`quick`: one tiny tree per backend).
+fn run_scale(as_json: bool, quick: bool) -> anyhow::Result<()> {
+    let prog = Progress { t0: Instant::now() };
+    let load_before = report::load_average();
+    let py = match harrow::subint_status() {
+        Ok(()) => Some(crate::pymod::PyDir::create()?),
+        Err(why) => {
+            eprintln!("[bench] the subint rows are skipped: {why}");
+            None
+        }
+    };
+    let plans = backend::plans(py.as_ref());
+    let rows = run_root(RootConfig::default(), |n| {
+        let plans = &plans;
+        let prog = &prog;
+        async move { Ok(scale::measure(&n, plans, quick, prog).await?) }
+    })
+    .map_err(|e| anyhow::anyhow!("the scale tree failed: {e}"))?;
+    drop(py);
+    let load = (load_before, report::load_average());
+    let show = |l: Option<f64>| l.map_or("?".to_owned(), |l| format!("{l:.2}"));
+    if as_json {
+        let out = serde_json::json!({
+            "quick": quick,
+            "load_average_before": load.0,
+            "load_average_after": load.1,
+            "took_s": stats::round(prog.t0.elapsed().as_secs_f64()),
+            "scale": scale::to_json(&rows),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "harrow bench --scale ({}; load average {} before, {} after; {:.0} s)",
+            if quick {
+                "--quick: one tiny tree"
+            } else {
+                "10, 100 and the full size"
+            },
+            show(load.0),
+            show(load.1),
+            prog.t0.elapsed().as_secs_f64()
+        );
+        scale::print(&rows);
     }
     Ok(())
 }

@@ -118,6 +118,17 @@ impl Report {
                     format!("  ({})", r.note)
                 }
             );
+            if r.harrow_lat.len() > 0 {
+                println!(
+                    "{:<8} {:<24} {:>30}  {:<38} {:>30} {:>7.2}x",
+                    "",
+                    "  p50 / p99 of one",
+                    percentiles(&r.harrow_lat),
+                    "",
+                    percentiles(&r.baseline_lat),
+                    r.harrow_lat.quantile(0.99) / r.baseline_lat.quantile(0.99)
+                );
+            }
         }
         if let Err(why) = &self.subint {
             println!("subint   (skipped: {why})");
@@ -211,6 +222,11 @@ impl Report {
     }
 }
 
+/// `p50 / p99` of single round trips, in µs.
+fn percentiles(s: &Samples) -> String {
+    format!("{:.1} / {:.1} µs", s.quantile(0.5), s.quantile(0.99))
+}
+
 fn row_json(r: &Row) -> serde_json::Value {
     let u = r.unit.key();
     let mut m = serde_json::Map::new();
@@ -223,6 +239,16 @@ fn row_json(r: &Row) -> serde_json::Value {
     m.insert(format!("baseline_{u}"), round(r.baseline.median()).into());
     m.insert(format!("baseline_{u}_samples"), r.baseline.summary());
     m.insert("ratio_vs_baseline".into(), round(r.ratio()).into());
+    if r.harrow_lat.len() > 0 {
+        for (who, lat) in [("harrow", &r.harrow_lat), ("baseline", &r.baseline_lat)] {
+            m.insert(format!("{who}_{u}_p50"), round(lat.quantile(0.5)).into());
+            m.insert(format!("{who}_{u}_p99"), round(lat.quantile(0.99)).into());
+        }
+        m.insert(
+            "p99_ratio_vs_baseline".into(),
+            round(r.harrow_lat.quantile(0.99) / r.baseline_lat.quantile(0.99)).into(),
+        );
+    }
     serde_json::Value::Object(m)
 }
 

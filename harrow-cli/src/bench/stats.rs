@@ -32,6 +32,16 @@ impl Samples {
         }
     }
 
+    /// The `q`-quantile (0.5: median, 0.99: p99) by the nearest-rank rule; 0 without samples.
+    pub(super) fn quantile(&self, q: f64) -> f64 {
+        let v = self.sorted();
+        if v.is_empty() {
+            return 0.0;
+        }
+        let rank = (q.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize;
+        v[rank.clamp(1, v.len()) - 1]
+    }
+
     pub(super) fn min(&self) -> f64 {
         self.sorted().first().copied().unwrap_or(0.0)
     }
@@ -120,6 +130,17 @@ mod tests {
         assert_eq!((s.median(), s.min(), s.max()), (3.0, 1.0, 5.0));
         assert_eq!(samples(&[4.0, 1.0, 2.0, 3.0]).median(), 2.5);
         assert_eq!(samples(&[]).median(), 0.0);
+    }
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let s = samples(&(1..=100).map(f64::from).collect::<Vec<_>>());
+        assert_eq!(
+            (s.quantile(0.5), s.quantile(0.99), s.quantile(1.0)),
+            (50.0, 99.0, 100.0)
+        );
+        assert_eq!(samples(&[7.0]).quantile(0.99), 7.0);
+        assert_eq!(samples(&[]).quantile(0.5), 0.0);
     }
 
     #[test]

@@ -295,12 +295,59 @@ def _format_exc(e):
             " process backend running Python is planned)]" % (mod,)
         )
     try:
-        import traceback
-
-        tb = "".join(traceback.format_exception(e))
+        tb = _format_tb(e, name, msg)
     except BaseException:
         tb = ""
     return (name, msg, tb)
+
+
+def _format_tb(e, name, msg):
+    # What traceback.format_exception prints (the chain, every frame with its source line, the
+    # exception), without the position carets: those make the standard library parse each
+    # frame's source line, which made a failing call cost several times a succeeding one.
+    # Exception groups (nested tracebacks) still take the standard library's full path.
+    import traceback
+
+    if isinstance(e, BaseExceptionGroup):
+        return "".join(traceback.format_exception(e))
+    import linecache
+
+    out = []
+    seen = set()
+
+    def one(e, last):
+        if id(e) in seen:
+            return
+        seen.add(id(e))
+        if e.__cause__ is not None:
+            one(e.__cause__, None)
+            out.append(
+                "\nThe above exception was the direct cause of the following exception:\n\n"
+            )
+        elif e.__context__ is not None and not e.__suppress_context__:
+            one(e.__context__, None)
+            out.append(
+                "\nDuring handling of the above exception, another exception occurred:\n\n"
+            )
+        tb = e.__traceback__
+        if tb is not None:
+            out.append("Traceback (most recent call last):\n")
+        while tb is not None:
+            f = tb.tb_frame
+            co = f.f_code
+            line = tb.tb_lineno
+            out.append('  File "%s", line %s, in %s\n' % (co.co_filename, line, co.co_name))
+            src = linecache.getline(co.co_filename, line, f.f_globals).strip() if line else ""
+            if src:
+                out.append("    %s\n" % src)
+            tb = tb.tb_next
+        if last is None or isinstance(e, SyntaxError) or getattr(e, "__notes__", None):
+            out.extend(traceback.format_exception_only(e))
+        else:
+            out.append("%s: %s\n" % last if last[1] else "%s\n" % last[0])
+
+    one(e, (name, msg))
+    return "".join(out)
 
 
 def _live_threads():
