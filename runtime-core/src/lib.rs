@@ -1,5 +1,5 @@
-//! The harrow actor runtime: the actor tree, nurseries with one-cancels-all supervision, the
-//! bounded teardown ladder, cancel scopes, SIGINT handling at the root, and the
+//! The harrow actor runtime: the actor tree, nurseries with one-cancels-all supervision,
+//! restarting [`Supervisor`]s and [`ActorPool`]s above them, the bounded teardown ladder, cancel scopes, SIGINT handling at the root, and the
 //! [`SpawnBackend`] contract every backend implements.
 //!
 //! A program is a tree of actors. [`run_root`] runs the root on the calling thread and hands its
@@ -24,8 +24,10 @@ mod backend;
 pub mod bootstrap;
 mod error;
 mod nursery;
+mod pool;
 mod root;
 mod scope;
+mod supervisor;
 mod thread;
 
 pub use actor::{ActorCtx, ActorExit, ActorInit, current_actor, run_actor, shield};
@@ -38,6 +40,11 @@ pub use harrow_portal as portal;
 pub use nursery::{
     ActorNursery, ActorSpec, ChildHandle, ChildOutcome, open_nursery, teardown_bound,
 };
+pub use pool::{ActorPool, PoolConfig, PoolError, PoolMap, PoolResult, PoolTask};
 pub use root::{RootConfig, RootHandle, exit_code, run_root, spawn_root};
 pub use scope::{CancelToken, DeadlineExceeded, FailAfter, MoveOnAfter, fail_after, move_on_after};
+pub use supervisor::{
+    OnStarted, Restart, Strategy, SupervisedChild, Supervisor, SupervisorEnd, SupervisorEvent,
+    SupervisorEvents, SupervisorSpec,
+};
 pub use thread::{DedicatedThread, Joined, panic_message, thread_name};

@@ -53,6 +53,7 @@ pub mod conformance;
 pub mod faults;
 pub mod isolate;
 pub mod sigint;
+pub mod supervision;
 pub mod testfns;
 pub mod tracker;
 pub mod watchdog;
