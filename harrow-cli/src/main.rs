@@ -20,6 +20,7 @@ mod demo;
 mod fns;
 mod json;
 mod pymod;
+mod runpool;
 mod runpy;
 mod util;
 
@@ -63,6 +64,14 @@ enum Command {
         /// A directory to find the module in (repeatable; default: the current directory).
         #[arg(long = "path", value_name = "DIR")]
         paths: Vec<PathBuf>,
+        /// Map the function over these items instead, one JSON value a line (`-`: standard
+        /// input), on a pool of `--actors` workers; each result is printed as a JSON line as it
+        /// comes, progress on stderr.
+        #[arg(long, value_name = "FILE|-")]
+        inputs: Option<String>,
+        /// With `--inputs`: print results as they come rather than in input order.
+        #[arg(long)]
+        unordered: bool,
     },
 }
 
@@ -95,7 +104,19 @@ fn main() -> ExitCode {
             args,
             kwargs,
             paths,
-        } => runpy::run(&function, actors, args.as_deref(), kwargs.as_deref(), paths),
+            inputs,
+            unordered,
+        } => runpy::run(
+            &function,
+            actors,
+            args.as_deref(),
+            kwargs.as_deref(),
+            paths,
+            runpy::PoolInputs {
+                source: inputs.as_deref(),
+                unordered,
+            },
+        ),
     };
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
 }

@@ -72,6 +72,12 @@ pub use harrow_runtime_core::{
     move_on_after, open_nursery, run_root, shield, spawn_root,
 };
 
+/// Restarting supervision and actor pools, above nurseries.
+pub use harrow_runtime_core::{
+    ActorPool, OnStarted, PoolConfig, PoolError, PoolMap, PoolResult, PoolTask, Restart, Strategy,
+    SupervisedChild, Supervisor, SupervisorEnd, SupervisorEvent, SupervisorEvents, SupervisorSpec,
+};
+
 /// The backend contract, complete: what a crate needs to implement [`SpawnBackend`] for a new
 /// place actors can live (see `docs/BACKENDS.md` in the repository, and `harrow-testkit` for the
 /// conformance suite every backend must pass).
