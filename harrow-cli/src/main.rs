@@ -72,6 +72,10 @@ enum Command {
         /// With `--inputs`: print results as they come rather than in input order.
         #[arg(long)]
         unordered: bool,
+        /// With `--inputs`: send items N at a time (one call per batch: much faster for small
+        /// items; each item still gets its own result line).
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        batch: usize,
     },
 }
 
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
             paths,
             inputs,
             unordered,
+            batch,
         } => runpy::run(
             &function,
             actors,
@@ -115,6 +120,7 @@ fn main() -> ExitCode {
             runpy::PoolInputs {
                 source: inputs.as_deref(),
                 unordered,
+                batch,
             },
         ),
     };

@@ -2,7 +2,8 @@
 //! items of FILE (or standard input), one JSON value a line, on a pool of N subint actors. Each
 //! result is printed as it comes, as one JSON line
 //! (`{"index": I, "ok": VALUE}` or `{"index": I, "error": {"type": T, "message": M}}`), in input
-//! order unless `--unordered`; progress goes to stderr. Ctrl-C cancels the pool (exit code 130).
+//! order unless `--unordered`; progress goes to stderr. `--batch N` sends N items per call
+//! through the `harrow_pool` batch runner. Ctrl-C cancels the pool (exit code 130).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -69,6 +70,7 @@ pub(crate) fn run_pool(
     paths: &[PathBuf],
     inputs: Vec<Value>,
     ordered: bool,
+    batch: usize,
 ) -> i32 {
     use futures_lite::StreamExt;
     use harrow::{ActorPool, ActorSpec, PoolConfig, RootConfig, run_root};
@@ -95,6 +97,13 @@ pub(crate) fn run_pool(
             for p in paths {
                 config = config.sys_path(p);
             }
+            // The batch runner lives in a directory of its own, removed with this guard.
+            let runner_dir = RunnerDir::create()?;
+            if batch > 1 {
+                config = config
+                    .expose(crate::pymod::POOL_MODULE)
+                    .sys_path(&runner_dir.0);
+            }
             let spec = ActorSpec::new().params(config.to_params());
             let pool = ActorPool::start(
                 &n,
@@ -104,7 +113,8 @@ pub(crate) fn run_pool(
             )
             .await?;
             eprintln!("{actors} actor(s) up in {}", human(t0.elapsed()));
-            let mut results = pool.map(func, items, ordered);
+            let mut results =
+                pool.map_batched(func, items, ordered, crate::pymod::POOL_RUNNER, batch);
             let (mut done, mut failed) = (0usize, 0usize);
             let mut last_progress = Instant::now();
             let stdout = std::io::stdout();
@@ -148,6 +158,25 @@ pub(crate) fn run_pool(
             eprintln!("harrow run-py: {e}");
             1
         }
+    }
+}
+
+/// A temporary directory holding the batch runner module, removed on drop.
+struct RunnerDir(PathBuf);
+
+impl RunnerDir {
+    fn create() -> std::io::Result<RunnerDir> {
+        let dir = std::env::temp_dir().join(format!("harrow-pool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let this = RunnerDir(dir);
+        crate::pymod::write_pool_module(&this.0)?;
+        Ok(this)
+    }
+}
+
+impl Drop for RunnerDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -111,6 +111,8 @@ pub(crate) struct PoolInputs<'a> {
     pub(crate) source: Option<&'a str>,
     /// `--unordered`: print results as they come.
     pub(crate) unordered: bool,
+    /// `--batch`: items per call.
+    pub(crate) batch: usize,
 }
 
 /// Runs the command; returns the exit code.
@@ -128,8 +130,12 @@ pub(crate) fn run(
         );
         return USAGE;
     }
-    if pool.source.is_none() && pool.unordered {
-        eprintln!("harrow run-py: --unordered needs --inputs");
+    if pool.source.is_none() && (pool.unordered || pool.batch != 1) {
+        eprintln!("harrow run-py: --unordered and --batch need --inputs");
+        return USAGE;
+    }
+    if pool.batch == 0 {
+        eprintln!("harrow run-py: --batch must be at least 1");
         return USAGE;
     }
     let job = match validate(function, actors, args, kwargs, paths) {
@@ -151,13 +157,13 @@ pub(crate) fn run(
         return USAGE;
     }
     match inputs {
-        Some(items) => run_on_pool(job, items, !pool.unordered),
+        Some(items) => run_on_pool(job, items, !pool.unordered, pool.batch),
         None => run_actors(job),
     }
 }
 
 #[cfg(feature = "subint")]
-fn run_on_pool(job: Job1, items: Vec<Value>, ordered: bool) -> i32 {
+fn run_on_pool(job: Job1, items: Vec<Value>, ordered: bool, batch: usize) -> i32 {
     crate::runpool::run_pool(
         &job.func,
         job.actors,
@@ -165,11 +171,12 @@ fn run_on_pool(job: Job1, items: Vec<Value>, ordered: bool) -> i32 {
         &job.paths,
         items,
         ordered,
+        batch,
     )
 }
 
 #[cfg(not(feature = "subint"))]
-fn run_on_pool(_job: Job1, _items: Vec<Value>, _ordered: bool) -> i32 {
+fn run_on_pool(_job: Job1, _items: Vec<Value>, _ordered: bool, _batch: usize) -> i32 {
     eprintln!("harrow run-py: the `subint` feature is off in this build");
     USAGE
 }

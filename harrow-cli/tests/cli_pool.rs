@@ -112,6 +112,27 @@ fn run_py_maps_inputs_on_a_pool_in_order() -> Result<()> {
         "progress on stderr: {err}"
     );
 
+    // Batched: the same lines.
+    let batched = [
+        "run-py",
+        "pooled:square",
+        "--actors",
+        "3",
+        "--inputs",
+        "-",
+        "--kwargs",
+        r#"{"plus": 1}"#,
+        "--batch",
+        "4",
+        "--path",
+        p,
+    ];
+    let (code2, out2, err2) = harrow(&batched, &input)?;
+    ensure!(
+        code2 == Some(1) && out2 == out,
+        "batched:\n{out2}\n{err2}\nunbatched:\n{out}"
+    );
+
     // Unordered: every index once.
     let args = [
         "run-py",

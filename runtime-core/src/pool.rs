@@ -35,6 +35,9 @@ pub struct PoolConfig {
     /// How many times in a row a worker may fail to be replaced before its slot is given up
     /// (default 3). A pool whose every slot was given up fails what is queued.
     pub replace_attempts: u32,
+    /// [`ActorPool::map`] sends items in batches of this many through this runner function
+    /// (see [`PoolConfig::batch`]); `None` sends them one call each.
+    pub batch: Option<(String, usize)>,
 }
 
 impl PoolConfig {
@@ -46,7 +49,20 @@ impl PoolConfig {
             queue: size.saturating_mul(2).max(1),
             retries: 0,
             replace_attempts: 3,
+            batch: None,
         }
+    }
+
+    /// Makes [`ActorPool::map`] send its items `size` at a time, as one call of `runner` each
+    /// (many small items then cost one round trip per batch instead of one per item). The
+    /// runner is a function the workers serve that takes `[func, [item, ...]]`, calls `func` on
+    /// each item in order, and returns `[results, errors]`: `results` one value per item (any
+    /// value for an item that failed), `errors` a list of `[index, type_name, message]` for the
+    /// items that raised. A batch whose call fails, or whose worker dies, fails each of its
+    /// items. `size` 0 or 1 turns batching off.
+    pub fn batch(mut self, runner: impl Into<String>, size: usize) -> Self {
+        self.batch = (size > 1).then(|| (runner.into(), size));
+        self
     }
 
     /// Sets [`PoolConfig::queue`].
@@ -103,8 +119,63 @@ type Reply = async_channel::Sender<(u64, std::result::Result<Value, PoolError>)>
 struct Job {
     func: String,
     args: Value,
+    /// The index of the (first) item.
     seq: u64,
+    /// For a batch (see [`PoolConfig::batch`]): how many items it holds.
+    batch: Option<usize>,
     reply: Reply,
+}
+
+impl Job {
+    /// Answers every item of this job with `r` (a batch's items each get it).
+    fn answer(self, r: PoolResult) {
+        match self.batch {
+            None => {
+                let _ = self.reply.try_send((self.seq, r));
+            }
+            Some(n) => {
+                for k in 0..n as u64 {
+                    let _ = self.reply.try_send((self.seq + k, r.clone()));
+                }
+            }
+        }
+    }
+
+    /// Answers a batch's items from the runner's `[results, errors]`.
+    fn answer_batch(self, n: usize, worker: &ActorId, value: Value) {
+        let parsed = match value.as_list() {
+            Some([Value::List(results), Value::List(errors)]) if results.len() == n => {
+                Some((results.clone(), errors.clone()))
+            }
+            _ => None,
+        };
+        let Some((results, errors)) = parsed else {
+            let bad = harrow_portal::Error::Protocol(format!(
+                "the batch runner did not return [results, errors] with {n} results: {}",
+                value.kind_name()
+            ));
+            return self.answer(Err(PoolError::Call(bad)));
+        };
+        let mut out: Vec<PoolResult> = results.into_iter().map(Ok).collect();
+        for e in errors {
+            if let Some([Value::Int(i), Value::Str(ty), Value::Str(msg)]) = e.as_list() {
+                if let Some(slot) = usize::try_from(*i).ok().and_then(|i| out.get_mut(i)) {
+                    let remote = harrow_ipc::RemoteError::new(
+                        harrow_ipc::ErrorKind::Raised,
+                        ty.clone(),
+                        msg.clone(),
+                        worker.clone(),
+                    );
+                    *slot = Err(PoolError::Call(harrow_portal::Error::Remote(Box::new(
+                        remote,
+                    ))));
+                }
+            }
+        }
+        for (k, r) in out.into_iter().enumerate() {
+            let _ = self.reply.try_send((self.seq + k as u64, r));
+        }
+    }
 }
 
 /// What the workers share.
@@ -176,7 +247,7 @@ fn begin_cancel(shared: &Shared) {
     shared.stop.cancel();
     shared.jobs_tx.close();
     while let Ok(job) = shared.jobs_rx.try_recv() {
-        let _ = job.reply.try_send((job.seq, Err(PoolError::Cancelled)));
+        job.answer(Err(PoolError::Cancelled));
     }
 }
 
@@ -260,7 +331,7 @@ impl ActorPool {
                             } else {
                                 PoolError::NoWorkers(why.clone())
                             };
-                            let _ = job.reply.try_send((job.seq, Err(err)));
+                            job.answer(Err(err));
                         }
                     }
                     drop(hold);
@@ -322,6 +393,7 @@ impl ActorPool {
             func: func.to_owned(),
             args,
             seq,
+            batch: None,
             reply: tx,
         };
         (job, rx)
@@ -333,7 +405,7 @@ impl ActorPool {
     pub async fn submit(&self, func: &str, args: Value) -> PoolTask {
         let (job, rx) = self.job(func, args);
         if let Err(async_channel::SendError(job)) = self.handle.shared.jobs_tx.send(job).await {
-            let _ = job.reply.try_send((job.seq, Err(self.closed_error())));
+            job.answer(Err(self.closed_error()));
         }
         PoolTask { rx: Box::pin(rx) }
     }
@@ -372,13 +444,49 @@ impl ActorPool {
     /// otherwise as results come. Inputs are fed as the queue has room and, for an ordered map,
     /// at most `size + queue` items are ahead of the next one to be yielded, so memory stays
     /// bounded whatever the stream's consumer does. Dropping the stream stops feeding.
+    ///
+    /// With [`PoolConfig::batch`] the items go in batches through its runner.
     pub fn map<I>(&self, func: &str, inputs: I, ordered: bool) -> PoolMap
     where
         I: IntoIterator<Item = Value>,
         I::IntoIter: Send + 'static,
     {
+        let batch = self.handle.shared.config.batch.clone();
+        self.map_inner(func, inputs, ordered, batch)
+    }
+
+    /// [`map`](Self::map), sending the items `size` at a time through `runner` whatever the
+    /// pool's configuration (see [`PoolConfig::batch`] for the runner's contract).
+    pub fn map_batched<I>(
+        &self,
+        func: &str,
+        inputs: I,
+        ordered: bool,
+        runner: &str,
+        size: usize,
+    ) -> PoolMap
+    where
+        I: IntoIterator<Item = Value>,
+        I::IntoIter: Send + 'static,
+    {
+        let batch = (size > 1).then(|| (runner.to_owned(), size));
+        self.map_inner(func, inputs, ordered, batch)
+    }
+
+    fn map_inner<I>(
+        &self,
+        func: &str,
+        inputs: I,
+        ordered: bool,
+        batch: Option<(String, usize)>,
+    ) -> PoolMap
+    where
+        I: IntoIterator<Item = Value>,
+        I::IntoIter: Send + 'static,
+    {
         let shared = &self.handle.shared;
-        let window = (shared.config.size + shared.config.queue.max(1)) as u64;
+        let per_job = batch.as_ref().map_or(1, |(_, size)| *size);
+        let window = ((shared.config.size + shared.config.queue.max(1)) * per_job) as u64;
         let (tx, rx) = async_channel::unbounded();
         let yielded = Arc::new(Progress::default());
         let feeder_stop = CancelToken::new();
@@ -394,23 +502,42 @@ impl ActorPool {
             .spawn(async move {
                 let _track = track;
                 let feed = async {
-                    for (seq, args) in inputs.enumerate() {
-                        let seq = seq as u64;
+                    let mut inputs = inputs.peekable();
+                    let mut seq = 0u64;
+                    while inputs.peek().is_some() {
                         // The ordered window: never run too far ahead of the consumer.
                         wait_until(&progress.event, || {
                             progress.yielded.load(Ordering::SeqCst) + window > seq
                         })
                         .await;
-                        let job = Job {
-                            func: func.clone(),
-                            args,
-                            seq,
-                            reply: tx.clone(),
+                        let job = match &batch {
+                            None => Job {
+                                func: func.clone(),
+                                args: inputs.next().unwrap_or(Value::Null),
+                                seq,
+                                batch: None,
+                                reply: tx.clone(),
+                            },
+                            Some((runner, size)) => {
+                                let items: Vec<Value> = inputs.by_ref().take(*size).collect();
+                                let n = items.len();
+                                Job {
+                                    func: runner.clone(),
+                                    args: Value::List(vec![
+                                        Value::from(func.as_str()),
+                                        Value::List(items),
+                                    ]),
+                                    seq,
+                                    batch: Some(n),
+                                    reply: tx.clone(),
+                                }
+                            }
                         };
+                        seq += job.batch.unwrap_or(1) as u64;
                         if let Err(async_channel::SendError(job)) =
                             pool.handle.shared.jobs_tx.send(job).await
                         {
-                            let _ = job.reply.try_send((seq, Err(pool.closed_error())));
+                            job.answer(Err(pool.closed_error()));
                             break;
                         }
                     }
@@ -615,13 +742,18 @@ async fn work_loop(
             };
             if let Some(result) = result {
                 let j = job.take().expect("a result is for a job");
-                shared.completed.fetch_add(1, Ordering::SeqCst);
-                let _ = j.reply.try_send((j.seq, result));
+                shared
+                    .completed
+                    .fetch_add(j.batch.unwrap_or(1) as u64, Ordering::SeqCst);
+                match (j.batch, result) {
+                    (Some(n), Ok(v)) => j.answer_batch(n, worker.id(), v),
+                    (_, r) => j.answer(r),
+                }
                 break;
             }
             if stopping() {
                 if let Some(j) = job.take() {
-                    let _ = j.reply.try_send((j.seq, Err(PoolError::Cancelled)));
+                    j.answer(Err(PoolError::Cancelled));
                 }
                 return Some(worker);
             }
@@ -642,14 +774,13 @@ async fn work_loop(
             if let Some(j) = &job {
                 if attempts >= shared.config.retries {
                     let j = job.take().expect("checked");
-                    shared.completed.fetch_add(1, Ordering::SeqCst);
-                    let _ = j.reply.try_send((
-                        j.seq,
-                        Err(PoolError::WorkerDied {
-                            worker: worker.id().clone(),
-                            reason: reason.clone(),
-                        }),
-                    ));
+                    shared
+                        .completed
+                        .fetch_add(j.batch.unwrap_or(1) as u64, Ordering::SeqCst);
+                    j.answer(Err(PoolError::WorkerDied {
+                        worker: worker.id().clone(),
+                        reason: reason.clone(),
+                    }));
                 } else {
                     attempts += 1;
                     tracing::debug!(
@@ -674,7 +805,7 @@ async fn work_loop(
                                     .clone(),
                             )
                         };
-                        let _ = j.reply.try_send((j.seq, Err(err)));
+                        j.answer(Err(err));
                     }
                     return None;
                 }
