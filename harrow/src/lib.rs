@@ -95,6 +95,10 @@ pub use harrow_spawn_process::{ProcessBackend, is_child, maybe_run_child};
 #[cfg(feature = "subint")]
 pub use harrow_spawn_subint::{InterpConfig, PyArgs, SubintBackend};
 
+/// Subint interpreters created ahead of demand, for pools and restarting supervisors.
+#[cfg(feature = "subint")]
+pub use harrow_spawn_subint::WarmSubintBackend;
+
 /// The backend crates themselves, for what the re-exports above leave out.
 pub mod backends {
     #[cfg(feature = "process")]
