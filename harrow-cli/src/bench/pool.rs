@@ -38,6 +38,9 @@ fn chunk_size(items: usize) -> usize {
 /// The pool table, or why it was skipped.
 pub(super) struct PoolBench {
     rows: Vec<PoolRow>,
+    /// Milliseconds to start a pool of [`WORKERS`]: on fresh interpreters, on warm ones.
+    start_cold: Samples,
+    start_warm: Samples,
     mp_skipped: Option<String>,
     load: String,
 }
@@ -92,8 +95,12 @@ pub(super) fn measure(
             mp_chunk1: Samples::default(),
         },
     ];
+    let (mut start_cold, mut start_warm) = (Samples::default(), Samples::default());
+    let mut warm_backend = None;
     let result = run_root(RootConfig::default(), |n| {
         let rows = &mut rows;
+        let (start_cold, start_warm) = (&mut start_cold, &mut start_warm);
+        let warm_backend = &mut warm_backend;
         let mp = &mut mp;
         let (echo, sum_squares) = (&echo, &sum_squares);
         async move {
@@ -103,22 +110,55 @@ pub(super) fn measure(
                 .expose(crate::pymod::POOL_MODULE)
                 .sys_path(dir.path());
             let spec = ActorSpec::new().params(config.to_params());
+            let warm = harrow::WarmSubintBackend::start(config.clone(), WORKERS);
+            *warm_backend = Some(warm.clone());
             let pool = ActorPool::start(
                 &n,
                 harrow::SubintBackend::shared(),
-                spec,
+                spec.clone(),
                 PoolConfig::new("pool", WORKERS).queue(4 * WORKERS),
             )
             .await?;
             // Warm both workers (imports, first calls).
-            let warm: Vec<_> = pool
+            let warmed: Vec<_> = pool
                 .map(echo, (0..50).map(Value::Int), false)
                 .collect()
                 .await;
-            if let Some((_, Err(e))) = warm.iter().find(|(_, r)| r.is_err()) {
+            if let Some((_, Err(e))) = warmed.iter().find(|(_, r)| r.is_err()) {
                 return Err(format!("warming the pool: {e}").into());
             }
             for _ in 0..s.reps {
+                // Pool start-up: fresh interpreters, then warm ones (made ahead, off the path).
+                for warm_start in [false, true] {
+                    let backend = if warm_start {
+                        if !warm.wait_ready(WORKERS, Duration::from_secs(60)).await {
+                            return Err(format!(
+                                "warm interpreters not ready: {:?}",
+                                warm.last_error()
+                            )
+                            .into());
+                        }
+                        warm.shared()
+                    } else {
+                        harrow::SubintBackend::shared()
+                    };
+                    let t = Instant::now();
+                    let p = ActorPool::start(
+                        &n,
+                        backend,
+                        spec.clone(),
+                        PoolConfig::new("start", WORKERS),
+                    )
+                    .await?;
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    p.cancel().await;
+                    if warm_start {
+                        &mut *start_warm
+                    } else {
+                        &mut *start_cold
+                    }
+                    .push(ms);
+                }
                 for (row, func, arg) in [(0, echo, None), (1, sum_squares, Some(cpu_n))] {
                     let count = rows[row].items;
                     for chunk in [chunk_size(count), 1] {
@@ -160,10 +200,15 @@ pub(super) fn measure(
             Ok(())
         }
     });
+    if let Some(w) = warm_backend {
+        w.shutdown(Duration::from_secs(2));
+    }
     result.map_err(|e| anyhow::anyhow!("the pool benchmark failed: {e}"))?;
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     Ok(Some(PoolBench {
         rows,
+        start_cold,
+        start_warm,
         mp_skipped: mp.err(),
         load: format!(
             "before: {}; after: {}",
@@ -228,6 +273,18 @@ impl PoolBench {
         if let Some(why) = &self.mp_skipped {
             println!("(multiprocessing skipped: {why})");
         }
+        let ms = |s: &Samples| {
+            if s.len() == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.1} ms ({:.1}–{:.1})", s.median(), s.min(), s.max())
+            }
+        };
+        println!(
+            "pool start ({WORKERS} workers): fresh interpreters {}; warm interpreters (WarmSubintBackend) {}",
+            ms(&self.start_cold),
+            ms(&self.start_warm)
+        );
     }
 
     /// The same as JSON.
@@ -253,6 +310,8 @@ impl PoolBench {
         json!({
             "workers": WORKERS,
             "rows": rows,
+            "start_ms_cold": self.start_cold.summary(),
+            "start_ms_warm": self.start_warm.summary(),
             "mp_skipped": self.mp_skipped,
             "loadavg": self.load,
         })
