@@ -56,6 +56,7 @@ fn every_example_runs() -> Result<()> {
         ("cancel_and_hard_kill", "spinner"),
         ("process_tree", "a1 is pid"),
         ("quick_start", "42 8"),
+        ("supervise_and_pool", "pool results"),
     ];
     if harrow::subint_status().is_ok() {
         examples.push(("python_subint", "ZeroDivisionError"));
