@@ -542,7 +542,8 @@ impl ActorPool {
                         }
                     }
                 };
-                feed.or(stop.cancelled()).await;
+                let pool_stopped = pool.handle.shared.stop.clone();
+                feed.or(stop.cancelled()).or(pool_stopped.cancelled()).await;
                 // Our sender drops here: the stream ends once the last item is answered.
                 drop(pool);
             })

@@ -408,11 +408,13 @@ impl ActorNursery {
             .executor()
             .spawn(async move {
                 let end = supervise(&nursery, &task_sup, ended_tx, ended_rx).await;
+                // Stopped is in the history before the end is set: a subscriber sees it either
+                // way, and then its stream ends.
+                task_sup.emit(SupervisorEvent::Stopped);
                 let mut st = task_sup.state();
                 st.end = Some(end);
+                st.subscribers.clear();
                 drop(st);
-                task_sup.emit(SupervisorEvent::Stopped);
-                task_sup.state().subscribers.clear();
                 task_sup.inner.done.cancel();
                 drop(hold);
                 drop(guard);
