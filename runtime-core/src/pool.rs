@@ -326,7 +326,9 @@ impl ActorPool {
                             .clone();
                         shared.jobs_tx.close();
                         while let Ok(job) = shared.jobs_rx.try_recv() {
-                            let err = if shared.stop.is_cancelled() {
+                            let err = if shared.stop.is_cancelled()
+                                || nursery2.teardown_token().is_cancelled()
+                            {
                                 PoolError::Cancelled
                             } else {
                                 PoolError::NoWorkers(why.clone())

@@ -432,6 +432,48 @@ pub fn pool_worker_death<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
+/// dropping: a dropped pool answers its items `Cancelled`; a pool and a supervisor still running
+/// when the nursery's body returns end with it, quietly.
+pub fn pool_and_supervisor_end_with_their_nursery<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    let (dropped, kept) = expect_ok(run_root(root_config(), |n| async move {
+        let pool =
+            ActorPool::start(&n, f.backend(), f.spec(), PoolConfig::new("dropped", 1)).await?;
+        let long = pool.submit(&f.func("sleep_ms"), Value::Int(60_000)).await;
+        wait_for("the worker to take the item", || pool.running() == 1).await;
+        let queued = pool.submit(&f.func("echo"), Value::Int(1)).await;
+        let worker = pool.workers().pop().expect("one worker");
+        drop(pool);
+        let dropped = (long.await, queued.await);
+        // The dropped pool's worker is torn down (by the ladder), not left to the nursery.
+        let ended = move_on_after(EVENT_BOUND, worker.ended()).await;
+        assert!(ended.is_some(), "the dropped pool's worker ended");
+        let kept = ActorPool::start(&n, f.backend(), f.spec(), PoolConfig::new("kept", 2)).await?;
+        let busy = kept.submit(&f.func("sleep_ms"), Value::Int(60_000)).await;
+        let spec = SupervisorSpec::new("kept-sup", Strategy::OneForAll)
+            .child(SupervisedChild::new("x", f.backend(), f.spec()))
+            .child(SupervisedChild::new("y", f.backend(), f.spec()));
+        let sup = n.start_supervisor(spec).await?;
+        // A supervisor runs on without its handle: both are running when the body returns.
+        drop(sup);
+        Ok((dropped, (kept, busy)))
+    }));
+    assert!(
+        matches!(dropped.0, Err(PoolError::Cancelled)),
+        "{:?}",
+        dropped.0
+    );
+    assert!(
+        matches!(dropped.1, Err(PoolError::Cancelled)),
+        "{:?}",
+        dropped.1
+    );
+    let (kept, busy) = kept;
+    let r = futures_lite::future::block_on(busy);
+    assert!(matches!(r, Err(PoolError::Cancelled)), "{r:?}");
+    drop(kept);
+    Outcome::Passed
+}
+
 /// Stamps out the supervision and pool scenarios as tests for one backend, like
 /// [`conformance_suite!`](crate::conformance_suite).
 #[macro_export]
@@ -445,7 +487,8 @@ macro_rules! supervision_suite {
             supervisor_restart_policies,
             pool_map,
             pool_backpressure_and_cancel,
-            pool_worker_death
+            pool_worker_death,
+            pool_and_supervisor_end_with_their_nursery
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
