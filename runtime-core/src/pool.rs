@@ -733,6 +733,10 @@ async fn work_loop(
                     match r {
                         None => Some(Err(PoolError::Cancelled)),
                         Some(Ok(v)) => Some(Ok(v)),
+                        // A consequence of the pool's or the nursery's teardown.
+                        Some(Err(e)) if stopping() && (e.is_cancelled() || e.is_closed()) => {
+                            Some(Err(PoolError::Cancelled))
+                        }
                         Some(Err(e)) if !worker.portal().is_closed() && !worker.has_ended() => {
                             Some(Err(PoolError::Call(e)))
                         }

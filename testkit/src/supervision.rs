@@ -21,10 +21,13 @@ use crate::faults::CrashingBackend;
 /// How long a scenario waits for one event it expects before it fails.
 const EVENT_BOUND: Duration = Duration::from_secs(20);
 
+/// The default ladder rather than `Timeouts::quick()`: these scenarios end many actors (every
+/// crash is followed by a teardown and a restart), and on a loaded machine an interpreter's own
+/// teardown can outlast the quick bounds. A passing run does not wait for them.
 fn root_config() -> RootConfig {
     RootConfig::default()
         .handle_sigint(false)
-        .timeouts(Timeouts::quick())
+        .timeouts(Timeouts::default())
 }
 
 #[track_caller]
