@@ -20,6 +20,7 @@ mod demo;
 mod fns;
 mod json;
 mod pymod;
+mod runpool;
 mod runpy;
 mod util;
 
@@ -68,6 +69,18 @@ enum Command {
         /// A directory to find the module in (repeatable; default: the current directory).
         #[arg(long = "path", value_name = "DIR")]
         paths: Vec<PathBuf>,
+        /// Map the function over these items instead, one JSON value a line (`-`: standard
+        /// input), on a pool of `--actors` workers; each result is printed as a JSON line as it
+        /// comes, progress on stderr.
+        #[arg(long, value_name = "FILE|-")]
+        inputs: Option<String>,
+        /// With `--inputs`: print results as they come rather than in input order.
+        #[arg(long)]
+        unordered: bool,
+        /// With `--inputs`: send items N at a time (one call per batch: much faster for small
+        /// items; each item still gets its own result line).
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        batch: usize,
     },
 }
 
@@ -100,7 +113,21 @@ fn main() -> ExitCode {
             args,
             kwargs,
             paths,
-        } => runpy::run(&function, actors, args.as_deref(), kwargs.as_deref(), paths),
+            inputs,
+            unordered,
+            batch,
+        } => runpy::run(
+            &function,
+            actors,
+            args.as_deref(),
+            kwargs.as_deref(),
+            paths,
+            runpy::PoolInputs {
+                source: inputs.as_deref(),
+                unordered,
+                batch,
+            },
+        ),
     };
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
 }

@@ -39,6 +39,17 @@ impl PyDir {
     }
 }
 
+/// The pools' batch runner module (`PoolConfig::batch`), written beside the demo's module.
+pub(crate) const POOL_MODULE: &str = "harrow_pool";
+/// Its batch function.
+pub(crate) const POOL_RUNNER: &str = "harrow_pool:run_batch";
+const POOL_SOURCE: &str = include_str!("py/harrow_pool.py");
+
+/// Writes the batch runner module into `dir` (a `sys.path` entry of the pool's workers).
+pub(crate) fn write_pool_module(dir: &Path) -> std::io::Result<()> {
+    std::fs::write(dir.join(format!("{POOL_MODULE}.py")), POOL_SOURCE)
+}
+
 impl Drop for PyDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);

@@ -2,6 +2,9 @@
 //! runs a Python
 //! function in N subint actors at once and prints each actor's result as JSON. Ctrl-C cancels
 //! every actor (the root owns SIGINT) and exits with 130.
+//!
+//! With `--inputs FILE|-` it maps the function over the items instead, on a pool of N actors
+//! (see `runpool.rs`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -102,6 +105,16 @@ fn found_in(module: &str, paths: &[PathBuf]) -> bool {
     })
 }
 
+/// Where a pool run's items come from, and in which order its results are printed.
+pub(crate) struct PoolInputs<'a> {
+    /// `--inputs`: a file, or `-` for standard input.
+    pub(crate) source: Option<&'a str>,
+    /// `--unordered`: print results as they come.
+    pub(crate) unordered: bool,
+    /// `--batch`: items per call.
+    pub(crate) batch: usize,
+}
+
 /// Runs the command; returns the exit code.
 pub(crate) fn run(
     function: &str,
@@ -109,9 +122,31 @@ pub(crate) fn run(
     args: Option<&str>,
     kwargs: Option<&str>,
     paths: Vec<PathBuf>,
+    pool: PoolInputs<'_>,
 ) -> i32 {
+    if pool.source.is_some() && args.is_some() {
+        eprintln!(
+            "harrow run-py: --args and --inputs exclude each other (each input is the argument)"
+        );
+        return USAGE;
+    }
+    if pool.source.is_none() && (pool.unordered || pool.batch != 1) {
+        eprintln!("harrow run-py: --unordered and --batch need --inputs");
+        return USAGE;
+    }
+    if pool.batch == 0 {
+        eprintln!("harrow run-py: --batch must be at least 1");
+        return USAGE;
+    }
     let job = match validate(function, actors, args, kwargs, paths) {
         Ok(j) => j,
+        Err(msg) => {
+            eprintln!("harrow run-py: {msg}");
+            return USAGE;
+        }
+    };
+    let inputs = match pool.source.map(crate::runpool::read_inputs).transpose() {
+        Ok(inputs) => inputs,
         Err(msg) => {
             eprintln!("harrow run-py: {msg}");
             return USAGE;
@@ -121,7 +156,29 @@ pub(crate) fn run(
         eprintln!("harrow run-py: {why}");
         return USAGE;
     }
-    run_actors(job)
+    match inputs {
+        Some(items) => run_on_pool(job, items, !pool.unordered, pool.batch),
+        None => run_actors(job),
+    }
+}
+
+#[cfg(feature = "subint")]
+fn run_on_pool(job: Job1, items: Vec<Value>, ordered: bool, batch: usize) -> i32 {
+    crate::runpool::run_pool(
+        &job.func,
+        job.actors,
+        &job.kwargs,
+        &job.paths,
+        items,
+        ordered,
+        batch,
+    )
+}
+
+#[cfg(not(feature = "subint"))]
+fn run_on_pool(_job: Job1, _items: Vec<Value>, _ordered: bool, _batch: usize) -> i32 {
+    eprintln!("harrow run-py: the `subint` feature is off in this build");
+    USAGE
 }
 
 #[cfg(not(feature = "subint"))]

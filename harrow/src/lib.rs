@@ -84,6 +84,12 @@ pub use harrow_runtime_core::{
     ActorEntry, DiscoveryError, discovery, find_actor, query_actors, wait_for_actor,
 };
 
+/// Restarting supervision and actor pools, above nurseries.
+pub use harrow_runtime_core::{
+    ActorPool, OnStarted, PoolConfig, PoolError, PoolMap, PoolResult, PoolTask, Restart, Strategy,
+    SupervisedChild, Supervisor, SupervisorEnd, SupervisorEvent, SupervisorEvents, SupervisorSpec,
+};
+
 /// The backend contract, complete: what a crate needs to implement [`SpawnBackend`] for a new
 /// place actors can live (see `docs/BACKENDS.md` in the repository, and `harrow-testkit` for the
 /// conformance suite every backend must pass).
@@ -100,6 +106,10 @@ pub use harrow_spawn_process::{ProcessBackend, is_child, maybe_run_child};
 
 #[cfg(feature = "subint")]
 pub use harrow_spawn_subint::{InterpConfig, PyArgs, SubintBackend};
+
+/// Subint interpreters created ahead of demand, for pools and restarting supervisors.
+#[cfg(feature = "subint")]
+pub use harrow_spawn_subint::WarmSubintBackend;
 
 /// The backend crates themselves, for what the re-exports above leave out.
 pub mod backends {

@@ -57,6 +57,7 @@ fn every_example_runs() -> Result<()> {
         ("process_tree", "a1 is pid"),
         ("quick_start", "sums: [1, 3, 6] (3 items)"),
         ("discovery", "got 42 from store"),
+        ("supervise_and_pool", "pool results"),
     ];
     if harrow::subint_status().is_ok() {
         examples.push(("python_subint", "ZeroDivisionError"));

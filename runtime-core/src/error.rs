@@ -42,6 +42,8 @@ enum FailureKind {
     Remote(harrow_portal::Error),
     Crashed(String),
     Leaked(String),
+    /// A supervisor restarted its children too often and gave up: why, and the last errors.
+    GaveUp(String, Vec<String>),
 }
 
 impl ChildFailure {
@@ -96,6 +98,44 @@ impl ChildFailure {
                 self.actor.clone(),
             )
             .relayed_by(local.clone()),
+            FailureKind::GaveUp(why, errors) => RemoteError::new(
+                ErrorKind::Runtime,
+                "SupervisorGaveUp",
+                format!(
+                    "supervisor {} gave up: {why}; last errors: {}",
+                    self.actor,
+                    errors.join("; ")
+                ),
+                self.actor.clone(),
+            )
+            .relayed_by(local.clone()),
+        }
+    }
+
+    pub(crate) fn gave_up(
+        supervisor: ActorId,
+        backend: String,
+        why: String,
+        errors: Vec<String>,
+    ) -> Self {
+        ChildFailure {
+            actor: supervisor,
+            backend,
+            kind: FailureKind::GaveUp(why, errors),
+        }
+    }
+
+    /// Whether this is a [`Supervisor`](crate::Supervisor) that exceeded its restart intensity
+    /// and gave up (its actor is the supervisor's identity).
+    pub fn is_gave_up(&self) -> bool {
+        matches!(self.kind, FailureKind::GaveUp(..))
+    }
+
+    /// For a supervisor that gave up: the last errors of its children, oldest first.
+    pub fn last_errors(&self) -> &[String] {
+        match &self.kind {
+            FailureKind::GaveUp(_, errors) => errors,
+            _ => &[],
         }
     }
 
@@ -165,6 +205,12 @@ impl fmt::Display for ChildFailure {
                 f,
                 "actor {} ({}) could not be stopped and was leaked: {what}",
                 self.actor, self.backend
+            ),
+            FailureKind::GaveUp(why, errors) => write!(
+                f,
+                "supervisor {} gave up: {why}; last errors: {}",
+                self.actor,
+                errors.join("; ")
             ),
         }
     }

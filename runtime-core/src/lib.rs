@@ -1,5 +1,5 @@
-//! The harrow actor runtime: the actor tree, nurseries with one-cancels-all supervision, the
-//! bounded teardown ladder, cancel scopes, SIGINT handling at the root, and the
+//! The harrow actor runtime: the actor tree, nurseries with one-cancels-all supervision,
+//! restarting [`Supervisor`]s and [`ActorPool`]s above them, the bounded teardown ladder, cancel scopes, SIGINT handling at the root, and the
 //! [`SpawnBackend`] contract every backend implements.
 //!
 //! A program is a tree of actors. [`run_root`] runs the root on the calling thread and hands its
@@ -25,10 +25,12 @@ pub mod bootstrap;
 pub mod discovery;
 mod error;
 mod nursery;
-pub mod park;
+mod pool;
 mod root;
 mod scope;
 mod spec;
+mod supervisor;
+pub mod park;
 mod thread;
 
 pub use actor::{
@@ -42,7 +44,12 @@ pub use error::{BoxError, ChildFailure, Error, NurseryError, Result};
 pub use harrow_ipc as ipc;
 pub use harrow_portal as portal;
 pub use nursery::{ActorNursery, ChildHandle, ChildOutcome, open_nursery, teardown_bound};
+pub use pool::{ActorPool, PoolConfig, PoolError, PoolMap, PoolResult, PoolTask};
 pub use root::{RootConfig, RootHandle, exit_code, run_root, spawn_root};
 pub use scope::{CancelToken, DeadlineExceeded, FailAfter, MoveOnAfter, fail_after, move_on_after};
 pub use spec::{ActorSpec, SpawnSpec, SpecError};
+pub use supervisor::{
+    OnStarted, Restart, Strategy, SupervisedChild, Supervisor, SupervisorEnd, SupervisorEvent,
+    SupervisorEvents, SupervisorSpec,
+};
 pub use thread::{DedicatedThread, Joined, panic_message, thread_name};

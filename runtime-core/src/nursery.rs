@@ -32,6 +32,10 @@ struct ChildSlot {
     outcome: Mutex<Option<Exit>>,
     result: Mutex<Option<std::result::Result<Value, harrow_portal::Error>>>,
     result_ready: CancelToken,
+    /// A contained child (started by a supervisor or a pool): its crash is recorded here for its
+    /// supervisor instead of failing the nursery.
+    contained: bool,
+    crash: Mutex<Option<String>>,
 }
 
 /// A started child: a [`Portal`] to it plus its identity and, for [`ActorNursery::run_in_actor`],
@@ -98,6 +102,31 @@ impl ChildHandle {
         self.slot.finished.cancelled().await;
         self.outcome()
             .unwrap_or_else(|| Exit::Failed("no outcome recorded".into()))
+    }
+
+    /// Waits until the child has ended (its supervisor recorded its outcome).
+    pub async fn ended(&self) {
+        self.slot.finished.cancelled().await;
+    }
+
+    /// Whether the child has ended.
+    pub fn has_ended(&self) -> bool {
+        self.slot.finished.is_cancelled()
+    }
+
+    /// Asks for this child's teardown without waiting for it.
+    pub(crate) fn request_teardown(&self) {
+        self.slot.teardown.cancel();
+    }
+
+    /// For a child started by a supervisor or a pool: why it crashed (its channel ended without
+    /// being asked to and it did not exit cleanly), once it has ended so.
+    pub fn crash(&self) -> Option<String> {
+        self.slot
+            .crash
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// How the child ended, once it has.
@@ -186,7 +215,36 @@ impl ActorNursery {
         backend: Arc<dyn SpawnBackend>,
         spec: ActorSpec,
     ) -> Result<ChildHandle> {
-        self.start(name, backend, spec, false).await
+        self.start(name, backend, spec, false, false).await
+    }
+
+    /// Starts a child whose crash does not fail this nursery: it is recorded for whoever
+    /// supervises the child (a [`Supervisor`](crate::Supervisor), an
+    /// [`ActorPool`](crate::ActorPool)), which reads it with [`ChildHandle::crash`]. A leak is
+    /// still a failure of the nursery: nothing is left running unreported.
+    pub(crate) async fn start_contained(
+        &self,
+        name: &str,
+        backend: Arc<dyn SpawnBackend>,
+        spec: ActorSpec,
+    ) -> Result<ChildHandle> {
+        self.start(name, backend, spec, false, true).await
+    }
+
+    /// Records `failure` as this nursery's and cancels everything else (one-cancels-all): how a
+    /// supervisor that gave up escalates.
+    pub(crate) fn escalate(&self, failure: ChildFailure) {
+        self.fail(failure);
+    }
+
+    /// Set once this nursery is tearing down (a failure, its body's end, a cancel).
+    pub(crate) fn teardown_token(&self) -> &CancelToken {
+        &self.inner.cancel
+    }
+
+    /// Keeps the nursery from finishing until the guard drops (a supervisor's or pool's task).
+    pub(crate) fn hold(&self) -> crate::scope::WaitGroupGuard {
+        self.inner.supervisors.add()
     }
 
     /// Starts a child actor that runs one call, `func(args)`; its result comes through
@@ -201,7 +259,7 @@ impl ActorNursery {
         spec: ActorSpec,
     ) -> Result<ChildHandle> {
         harrow_ipc::FnPath::parse(func).map_err(harrow_portal::Error::from)?;
-        let handle = self.start(name, backend, spec, true).await?;
+        let handle = self.start(name, backend, spec, true, false).await?;
         let portal = handle.portal.clone();
         let slot = handle.slot.clone();
         let nursery = self.clone();
@@ -257,6 +315,7 @@ impl ActorNursery {
         backend: Arc<dyn SpawnBackend>,
         spec: ActorSpec,
         is_run: bool,
+        contained: bool,
     ) -> Result<ChildHandle> {
         if self.inner.closed.is_cancelled() {
             return Err(Error::NurseryClosed);
@@ -333,6 +392,8 @@ impl ActorNursery {
             outcome: Mutex::new(None),
             result: Mutex::new(None),
             result_ready: CancelToken::new(),
+            contained,
+            crash: Mutex::new(None),
         });
         let portal = link.portal();
         {
@@ -404,7 +465,11 @@ impl ActorNursery {
             Why::LinkEnded(end) => {
                 // The child went away without being asked to: did it exit cleanly?
                 let outcome = ladder(&mut *child, &link, timeouts, &escalate).await;
-                if outcome != Exit::Exited {
+                if outcome != Exit::Exited && slot.contained {
+                    let why = format!("its channel ended ({end:?}) and it {outcome:?}");
+                    tracing::debug!(child = %slot.id, %why, "contained child crashed");
+                    *slot.crash.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                } else if outcome != Exit::Exited {
                     self.fail(ChildFailure::crashed(
                         slot.id.clone(),
                         slot.backend.clone(),

@@ -85,6 +85,16 @@ async fn spawn(spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
                 reason: other.to_string(),
             },
         })?;
+    start_on(spec, interp)
+}
+
+/// Starts the actor of `spec` on an interpreter already created (the fresh one of [`spawn`], or
+/// a warm one from [`WarmSubintBackend`](crate::WarmSubintBackend)).
+pub(crate) fn start_on(
+    spec: SpawnSpec,
+    interp: InterpThread,
+) -> Result<Box<dyn Child>, SpawnError> {
+    let id = spec.id.clone();
     let handle = interp.handle();
     let resolver = Arc::new(PyResolver::new(interp.handle()));
     let shutdown_bound = spec.timeouts().hard_kill;
@@ -161,11 +171,13 @@ impl Child for SubintChild {
         match &self.leaked {
             Some(reason) => format!(
                 "subint actor {} (interpreter thread subint-{}, leaked: {reason})",
-                self.id, self.id.name
+                self.id,
+                self.interp.name()
             ),
             None => format!(
                 "subint actor {} (interpreter thread subint-{})",
-                self.id, self.id.name
+                self.id,
+                self.interp.name()
             ),
         }
     }

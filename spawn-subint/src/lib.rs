@@ -43,6 +43,8 @@
 //! - The main interpreter is initialised lazily once (`Py_InitializeEx(0)`: no Python signal
 //!   handlers) and its GIL released. The process never calls `Py_FinalizeEx`.
 //! - [`PyResolver`] plugs an interpreter into the portal as the actor's `Resolver`.
+//! - [`WarmSubintBackend`] keeps interpreters of one configuration created ahead of demand, so
+//!   an actor (a pool worker, a restarted child) starts without waiting for one.
 //!
 //! Needs CPython >= 3.12 with a shared libpython at build time (pyo3 finds it through
 //! `PYO3_PYTHON`); otherwise everything returns [`Error::Unavailable`].
@@ -75,6 +77,7 @@ mod host;
 mod interp;
 mod resolver;
 mod state;
+mod warm;
 
 // The FFI layer: the only module allowed `unsafe` (every block documented, see its doc).
 #[cfg(harrow_subint)]
@@ -98,6 +101,7 @@ pub use resolver::PyResolver;
 pub use state::{
     InterpThreadInfo, REARM_INTERVAL, interp_threads, live_interpreters, python_stacks, warm_up,
 };
+pub use warm::WarmSubintBackend;
 
 /// Whether this build can host subinterpreters (built against Python >= 3.12 with a shared
 /// libpython).

@@ -5,6 +5,7 @@
 //!   misbehaves as its [`Faults`] say: it breaks on demand or after N messages (as if the peer
 //!   died; both sides then see `Closed`), drops every message of a kind (a child that ignores
 //!   `CancelActor`), or delays every message of a kind (a slow `CancelAck`).
+//! - [`CrashingBackend`]: a child crashes on demand (its channel breaks, its exit is a failure).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -368,6 +369,96 @@ impl Child for BrokenChild {
     }
     fn join(&mut self, bound: Duration) -> BoxFuture<'_, Exit> {
         self.child.join(bound)
+    }
+    fn describe(&self) -> String {
+        self.child.describe()
+    }
+}
+
+/// Wraps a backend so that a child can be made to *crash* on demand, on any backend: its channel
+/// breaks (as if it died) and its [`Child::join`] then reports [`Exit::Failed`], which is what a
+/// supervisor sees of a child that died without being asked to.
+#[derive(Debug)]
+pub struct CrashingBackend {
+    inner: Arc<BreakableBackend>,
+    crashed: Mutex<Vec<(ActorId, Arc<AtomicBool>)>>,
+}
+
+impl CrashingBackend {
+    /// Children crash only when told to ([`crash`](Self::crash)).
+    pub fn wrap(inner: Arc<dyn SpawnBackend>) -> Arc<CrashingBackend> {
+        Arc::new(CrashingBackend {
+            inner: BreakableBackend::wrap(inner),
+            crashed: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Makes `actor` crash: its channel breaks now and its exit is reported as a failure. False
+    /// if no child of this backend is called so.
+    pub fn crash(&self, actor: &ActorId) -> bool {
+        let flag = self
+            .crashed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(id, _)| id == actor)
+            .map(|(_, f)| f.clone());
+        let (Some(flag), Some(breaker)) = (flag, self.inner.breaker(actor)) else {
+            return false;
+        };
+        flag.store(true, Ordering::SeqCst);
+        breaker.break_now();
+        true
+    }
+}
+
+impl SpawnBackend for CrashingBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {
+        Box::pin(async move {
+            let child = self.inner.spawn(spec).await?;
+            let flag = Arc::new(AtomicBool::new(false));
+            let mut crashed = self.crashed.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget children that are long gone: only the last few matter to a test.
+            if crashed.len() >= 256 {
+                crashed.remove(0);
+            }
+            crashed.push((child.id().clone(), flag.clone()));
+            Ok(Box::new(CrashedChild { child, flag }) as Box<dyn Child>)
+        })
+    }
+}
+
+#[derive(Debug)]
+struct CrashedChild {
+    child: Box<dyn Child>,
+    flag: Arc<AtomicBool>,
+}
+
+impl Child for CrashedChild {
+    fn id(&self) -> &ActorId {
+        self.child.id()
+    }
+    fn take_channel(&mut self) -> Option<Channel> {
+        self.child.take_channel()
+    }
+    fn hard_kill(&mut self) -> BoxFuture<'_, Result<(), String>> {
+        self.child.hard_kill()
+    }
+    fn join(&mut self, bound: Duration) -> BoxFuture<'_, Exit> {
+        Box::pin(async move {
+            match self.child.join(bound).await {
+                Exit::Exited if self.flag.load(Ordering::SeqCst) => {
+                    Exit::Failed("fault injection: crashed on purpose".into())
+                }
+                other => other,
+            }
+        })
     }
     fn describe(&self) -> String {
         self.child.describe()

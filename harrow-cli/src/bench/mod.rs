@@ -9,12 +9,14 @@
 //!   teardown of a stuck child;
 //! - [`parallel`]: the parallel-Python table (own-GIL and legacy subinterpreters, Python's
 //!   `multiprocessing`) and the cores the machine actually gave while it ran;
+//! - [`pool`]: `ActorPool::map` throughput beside `multiprocessing.Pool.map`;
 //! - [`baseline`]: the bare operations the figures are compared with;
 //! - [`report`]: the tables and the JSON.
 
 mod backend;
 mod baseline;
 mod parallel;
+mod pool;
 mod report;
 mod scale;
 mod stats;
@@ -102,6 +104,7 @@ fn run_inner(as_json: bool, quick: bool) -> anyhow::Result<()> {
         Err(_) => None,
     };
     let (rows, parallel) = measure(py.as_ref(), s, &prog)?;
+    let pool = pool::measure(py.as_ref(), s, &prog)?;
     drop(py);
     prog.step("done");
     let report = report::Report {
@@ -114,9 +117,16 @@ fn run_inner(as_json: bool, quick: bool) -> anyhow::Result<()> {
         took: prog.t0.elapsed(),
     };
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+        let mut json = report.to_json();
+        if let (Some(p), Some(obj)) = (&pool, json.as_object_mut()) {
+            obj.insert("pool_throughput".into(), p.to_json());
+        }
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         report.print();
+        if let Some(p) = &pool {
+            p.print();
+        }
     }
     Ok(())
 }

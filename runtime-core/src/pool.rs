@@ -1,0 +1,901 @@
+//! [`ActorPool`]: N actors on one backend serving calls from a bounded queue, with `submit` and
+//! `map` (results in input order or as they come), backpressure, and workers that are replaced
+//! when they die.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures_lite::{FutureExt, Stream};
+use harrow_ipc::wait::{Event, wait_until};
+use harrow_ipc::{ActorId, Value};
+
+use crate::backend::SpawnBackend;
+use crate::error::Result;
+use crate::nursery::{ActorNursery, ChildHandle};
+use crate::spec::ActorSpec;
+use crate::scope::CancelToken;
+
+/// How a pool is sized and what it does when a worker dies.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// The workers' name prefix (`<name>-<i>`, `<name>-<i>.<n>` for a replacement).
+    pub name: String,
+    /// How many workers.
+    pub size: usize,
+    /// How many submitted items may wait for a worker beyond those running: `submit` waits
+    /// (backpressure) and `try_submit` fails while the queue is full. Default: `2 × size`.
+    pub queue: usize,
+    /// How many times an item whose worker died is run again on the replacement before it is
+    /// reported failed (default 0: reported at once).
+    pub retries: u32,
+    /// How many times in a row a worker may fail to be replaced before its slot is given up
+    /// (default 3). A pool whose every slot was given up fails what is queued.
+    pub replace_attempts: u32,
+    /// [`ActorPool::map`] sends items in batches of this many through this runner function
+    /// (see [`PoolConfig::batch`]); `None` sends them one call each.
+    pub batch: Option<(String, usize)>,
+}
+
+impl PoolConfig {
+    /// `size` workers named `name-<i>`, a queue of `2 × size`, no retries.
+    pub fn new(name: impl Into<String>, size: usize) -> Self {
+        PoolConfig {
+            name: name.into(),
+            size,
+            queue: size.saturating_mul(2).max(1),
+            retries: 0,
+            replace_attempts: 3,
+            batch: None,
+        }
+    }
+
+    /// Makes [`ActorPool::map`] send its items `size` at a time, as one call of `runner` each
+    /// (many small items then cost one round trip per batch instead of one per item). The
+    /// runner is a function the workers serve that takes `[func, [item, ...]]`, calls `func` on
+    /// each item in order, and returns `[results, errors]`: `results` one value per item (any
+    /// value for an item that failed), `errors` a list of `[index, type_name, message]` for the
+    /// items that raised. A batch whose call fails, or whose worker dies, fails each of its
+    /// items. `size` 0 or 1 turns batching off.
+    pub fn batch(mut self, runner: impl Into<String>, size: usize) -> Self {
+        self.batch = (size > 1).then(|| (runner.into(), size));
+        self
+    }
+
+    /// Sets [`PoolConfig::queue`].
+    pub fn queue(mut self, queue: usize) -> Self {
+        self.queue = queue;
+        self
+    }
+
+    /// Sets [`PoolConfig::retries`].
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+}
+
+/// Why one pool item has no result.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The function failed (raised, or the call could not be made).
+    #[error("pool call failed: {0}")]
+    Call(harrow_portal::Error),
+    /// The worker running it died (it was replaced); after the configured retries, if any.
+    #[error("pool worker {worker} died running this item: {reason}")]
+    WorkerDied {
+        /// The worker that died.
+        worker: ActorId,
+        /// How it died.
+        reason: String,
+    },
+    /// The pool was cancelled or dropped (or its nursery tore down) before the item ran.
+    #[error("the pool was cancelled before this item finished")]
+    Cancelled,
+    /// The pool's queue is full ([`ActorPool::try_submit`] only).
+    #[error("the pool's queue is full")]
+    Full,
+    /// The pool has no worker left (every replacement failed).
+    #[error("the pool has no worker left: {0}")]
+    NoWorkers(String),
+}
+
+impl PoolError {
+    /// The remote error the function raised, if that is why.
+    pub fn remote_error(&self) -> Option<&harrow_ipc::RemoteError> {
+        match self {
+            PoolError::Call(e) => e.remote_error(),
+            _ => None,
+        }
+    }
+}
+
+type Reply = async_channel::Sender<(u64, std::result::Result<Value, PoolError>)>;
+
+struct Job {
+    func: String,
+    args: Value,
+    /// The index of the (first) item.
+    seq: u64,
+    /// For a batch (see [`PoolConfig::batch`]): how many items it holds.
+    batch: Option<usize>,
+    reply: Reply,
+}
+
+impl Job {
+    /// Answers every item of this job with `r` (a batch's items each get it).
+    fn answer(self, r: PoolResult) {
+        match self.batch {
+            None => {
+                let _ = self.reply.try_send((self.seq, r));
+            }
+            Some(n) => {
+                for k in 0..n as u64 {
+                    let _ = self.reply.try_send((self.seq + k, r.clone()));
+                }
+            }
+        }
+    }
+
+    /// Answers a batch's items from the runner's `[results, errors]`.
+    fn answer_batch(self, n: usize, worker: &ActorId, value: Value) {
+        let parsed = match value.as_list() {
+            Some([Value::List(results), Value::List(errors)]) if results.len() == n => {
+                Some((results.clone(), errors.clone()))
+            }
+            _ => None,
+        };
+        let Some((results, errors)) = parsed else {
+            let bad = harrow_portal::Error::Protocol(format!(
+                "the batch runner did not return [results, errors] with {n} results: {}",
+                value.kind_name()
+            ));
+            return self.answer(Err(PoolError::Call(bad)));
+        };
+        let mut out: Vec<PoolResult> = results.into_iter().map(Ok).collect();
+        for e in errors {
+            if let Some([Value::Int(i), Value::Str(ty), Value::Str(msg)]) = e.as_list() {
+                if let Some(slot) = usize::try_from(*i).ok().and_then(|i| out.get_mut(i)) {
+                    let remote = harrow_ipc::RemoteError::new(
+                        harrow_ipc::ErrorKind::Raised,
+                        ty.clone(),
+                        msg.clone(),
+                        worker.clone(),
+                    );
+                    *slot = Err(PoolError::Call(harrow_portal::Error::Remote(Box::new(
+                        remote,
+                    ))));
+                }
+            }
+        }
+        for (k, r) in out.into_iter().enumerate() {
+            let _ = self.reply.try_send((self.seq + k as u64, r));
+        }
+    }
+}
+
+/// What the workers share.
+struct Shared {
+    config: PoolConfig,
+    backend: Arc<dyn SpawnBackend>,
+    spec: ActorSpec,
+    jobs_tx: async_channel::Sender<Job>,
+    jobs_rx: async_channel::Receiver<Job>,
+    /// Set to stop the workers (a cancel, the pool dropped).
+    stop: CancelToken,
+    live_workers: AtomicUsize,
+    /// The current actor of each worker slot.
+    workers: Mutex<Vec<Option<ChildHandle>>>,
+    /// Items answered so far.
+    completed: AtomicU64,
+    /// Items a worker has taken and not answered yet.
+    running: AtomicUsize,
+    replaced: AtomicU64,
+    /// The last reason a replacement failed (for `NoWorkers`).
+    last_spawn_error: Mutex<String>,
+}
+
+/// A pool of N actors on one backend. Cheap to clone; dropping the last clone cancels the pool
+/// (queued items fail with [`PoolError::Cancelled`], the workers are torn down by the ladder).
+///
+/// ```no_run
+/// # use harrow_runtime_core::*;
+/// # async fn demo(nursery: ActorNursery, backend: std::sync::Arc<dyn SpawnBackend>) -> Result<()> {
+/// use futures_lite::StreamExt;
+/// let pool = ActorPool::start(&nursery, backend, ActorSpec::new(), PoolConfig::new("w", 4)).await?;
+/// let inputs = (0..100).map(|i| ipc::Value::Int(i));
+/// let mut results = pool.map("tasks:square", inputs, true);
+/// while let Some((i, r)) = results.next().await {
+///     println!("{i}: {r:?}");
+/// }
+/// pool.cancel().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ActorPool {
+    handle: Arc<PoolHandle>,
+}
+
+/// Cancels the pool when the last user handle drops.
+struct PoolHandle {
+    shared: Arc<Shared>,
+    nursery: ActorNursery,
+    next_seq: AtomicU64,
+}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        begin_cancel(&self.shared);
+    }
+}
+
+impl fmt::Debug for ActorPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActorPool")
+            .field("config", &self.handle.shared.config)
+            .field("backend", &self.handle.shared.backend.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stops the workers and fails what is queued; the workers' teardown runs on their own tasks.
+fn begin_cancel(shared: &Shared) {
+    shared.stop.cancel();
+    shared.jobs_tx.close();
+    while let Ok(job) = shared.jobs_rx.try_recv() {
+        job.answer(Err(PoolError::Cancelled));
+    }
+}
+
+impl ActorPool {
+    /// Starts `config.size` workers on `backend` from `spec` in `nursery` (all of them, in
+    /// parallel; one that cannot start is an error and the others are torn down). The workers
+    /// are children of `nursery`: its teardown ends the pool too.
+    pub async fn start(
+        nursery: &ActorNursery,
+        backend: Arc<dyn SpawnBackend>,
+        spec: ActorSpec,
+        config: PoolConfig,
+    ) -> Result<ActorPool> {
+        if config.size == 0 {
+            return Err(crate::SpawnError::BadSpec {
+                actor: ActorId::new(&config.name),
+                reason: "a pool needs at least one worker".into(),
+            }
+            .into());
+        }
+        let (jobs_tx, jobs_rx) = async_channel::bounded(config.queue.max(1));
+        let shared = Arc::new(Shared {
+            workers: Mutex::new(vec![None; config.size]),
+            config,
+            backend,
+            spec,
+            jobs_tx,
+            jobs_rx,
+            stop: CancelToken::new(),
+            live_workers: AtomicUsize::new(0),
+            completed: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+            replaced: AtomicU64::new(0),
+            last_spawn_error: Mutex::new(String::new()),
+        });
+        // Start every worker at once: spawns overlap on backends where they can.
+        let starts = (0..shared.config.size).map(|i| {
+            let name = format!("{}-{i}", shared.config.name);
+            let (backend, spec) = (shared.backend.clone(), shared.spec.clone());
+            let nursery = nursery.clone();
+            async move { nursery.start_contained(&name, backend, spec).await }
+        });
+        let mut started = Vec::new();
+        let mut first_err = None;
+        for r in join_all(starts.collect()).await {
+            match r {
+                Ok(h) => started.push(h),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            for h in &started {
+                h.cancel().await;
+            }
+            return Err(e);
+        }
+        for (i, h) in started.into_iter().enumerate() {
+            shared.workers.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(h.clone());
+            shared.live_workers.fetch_add(1, Ordering::SeqCst);
+            let hold = nursery.hold();
+            let track = nursery.actor().track();
+            let (shared, nursery2) = (shared.clone(), nursery.clone());
+            nursery
+                .actor()
+                .executor()
+                .spawn(async move {
+                    work(&shared, &nursery2, i, h).await;
+                    if shared.live_workers.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        // The last worker is gone: nothing would ever run what is queued.
+                        let why = shared
+                            .last_spawn_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone();
+                        shared.jobs_tx.close();
+                        while let Ok(job) = shared.jobs_rx.try_recv() {
+                            let err = if shared.stop.is_cancelled()
+                                || nursery2.teardown_token().is_cancelled()
+                            {
+                                PoolError::Cancelled
+                            } else {
+                                PoolError::NoWorkers(why.clone())
+                            };
+                            job.answer(Err(err));
+                        }
+                    }
+                    drop(hold);
+                    drop(track);
+                })
+                .detach();
+        }
+        Ok(ActorPool {
+            handle: Arc::new(PoolHandle {
+                shared,
+                nursery: nursery.clone(),
+                next_seq: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The number of worker slots.
+    pub fn size(&self) -> usize {
+        self.handle.shared.config.size
+    }
+
+    /// Items answered so far (results and failures).
+    pub fn completed(&self) -> u64 {
+        self.handle.shared.completed.load(Ordering::SeqCst)
+    }
+
+    /// Items a worker is running now.
+    pub fn running(&self) -> usize {
+        self.handle.shared.running.load(Ordering::SeqCst)
+    }
+
+    /// Items waiting in the queue for a worker.
+    pub fn queued(&self) -> usize {
+        self.handle.shared.jobs_tx.len()
+    }
+
+    /// Workers replaced so far (after one died).
+    pub fn replaced(&self) -> u64 {
+        self.handle.shared.replaced.load(Ordering::SeqCst)
+    }
+
+    /// The current actors of the pool, one per slot still served.
+    pub fn workers(&self) -> Vec<ChildHandle> {
+        self.handle
+            .shared
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    fn job(&self, func: &str, args: Value) -> (Job, async_channel::Receiver<(u64, PoolResult)>) {
+        let (tx, rx) = async_channel::bounded(1);
+        let seq = self.handle.next_seq.fetch_add(1, Ordering::Relaxed);
+        let job = Job {
+            func: func.to_owned(),
+            args,
+            seq,
+            batch: None,
+            reply: tx,
+        };
+        (job, rx)
+    }
+
+    /// Queues `func(args)`, waiting while the queue is full (backpressure); the returned
+    /// [`PoolTask`] resolves to its result. A cancelled pool's task resolves to
+    /// [`PoolError::Cancelled`].
+    pub async fn submit(&self, func: &str, args: Value) -> PoolTask {
+        let (job, rx) = self.job(func, args);
+        if let Err(async_channel::SendError(job)) = self.handle.shared.jobs_tx.send(job).await {
+            job.answer(Err(self.closed_error()));
+        }
+        PoolTask { rx: Box::pin(rx) }
+    }
+
+    /// Queues `func(args)` if the queue has room, or fails with [`PoolError::Full`] (or
+    /// [`PoolError::Cancelled`] once the pool was cancelled).
+    pub fn try_submit(&self, func: &str, args: Value) -> std::result::Result<PoolTask, PoolError> {
+        let (job, rx) = self.job(func, args);
+        match self.handle.shared.jobs_tx.try_send(job) {
+            Ok(()) => Ok(PoolTask { rx: Box::pin(rx) }),
+            Err(async_channel::TrySendError::Full(_)) => Err(PoolError::Full),
+            Err(async_channel::TrySendError::Closed(_)) => Err(self.closed_error()),
+        }
+    }
+
+    fn closed_error(&self) -> PoolError {
+        let s = &self.handle.shared;
+        if s.stop.is_cancelled() || self.handle.nursery.teardown_token().is_cancelled() {
+            PoolError::Cancelled
+        } else {
+            PoolError::NoWorkers(
+                s.last_spawn_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            )
+        }
+    }
+
+    /// Runs `func(args)` on a worker and returns its result.
+    pub async fn run(&self, func: &str, args: Value) -> PoolResult {
+        self.submit(func, args).await.await
+    }
+
+    /// Maps `func` over `inputs`: a stream of `(index, result)`, in input order if `ordered`,
+    /// otherwise as results come. Inputs are fed as the queue has room and, for an ordered map,
+    /// at most `size + queue` items are ahead of the next one to be yielded, so memory stays
+    /// bounded whatever the stream's consumer does. Dropping the stream stops feeding.
+    ///
+    /// With [`PoolConfig::batch`] the items go in batches through its runner.
+    pub fn map<I>(&self, func: &str, inputs: I, ordered: bool) -> PoolMap
+    where
+        I: IntoIterator<Item = Value>,
+        I::IntoIter: Send + 'static,
+    {
+        let batch = self.handle.shared.config.batch.clone();
+        self.map_inner(func, inputs, ordered, batch)
+    }
+
+    /// [`map`](Self::map), sending the items `size` at a time through `runner` whatever the
+    /// pool's configuration (see [`PoolConfig::batch`] for the runner's contract).
+    pub fn map_batched<I>(
+        &self,
+        func: &str,
+        inputs: I,
+        ordered: bool,
+        runner: &str,
+        size: usize,
+    ) -> PoolMap
+    where
+        I: IntoIterator<Item = Value>,
+        I::IntoIter: Send + 'static,
+    {
+        let batch = (size > 1).then(|| (runner.to_owned(), size));
+        self.map_inner(func, inputs, ordered, batch)
+    }
+
+    fn map_inner<I>(
+        &self,
+        func: &str,
+        inputs: I,
+        ordered: bool,
+        batch: Option<(String, usize)>,
+    ) -> PoolMap
+    where
+        I: IntoIterator<Item = Value>,
+        I::IntoIter: Send + 'static,
+    {
+        let shared = &self.handle.shared;
+        let per_job = batch.as_ref().map_or(1, |(_, size)| *size);
+        let window = ((shared.config.size + shared.config.queue.max(1)) * per_job) as u64;
+        let (tx, rx) = async_channel::unbounded();
+        let yielded = Arc::new(Progress::default());
+        let feeder_stop = CancelToken::new();
+        let pool = self.clone();
+        let func = func.to_owned();
+        let inputs = inputs.into_iter();
+        let (progress, stop) = (yielded.clone(), feeder_stop.clone());
+        let nursery = &self.handle.nursery;
+        let track = nursery.actor().track();
+        nursery
+            .actor()
+            .executor()
+            .spawn(async move {
+                let _track = track;
+                let feed = async {
+                    let mut inputs = inputs.peekable();
+                    let mut seq = 0u64;
+                    while inputs.peek().is_some() {
+                        // The ordered window: never run too far ahead of the consumer.
+                        wait_until(&progress.event, || {
+                            progress.yielded.load(Ordering::SeqCst) + window > seq
+                        })
+                        .await;
+                        let job = match &batch {
+                            None => Job {
+                                func: func.clone(),
+                                args: inputs.next().unwrap_or(Value::Null),
+                                seq,
+                                batch: None,
+                                reply: tx.clone(),
+                            },
+                            Some((runner, size)) => {
+                                let items: Vec<Value> = inputs.by_ref().take(*size).collect();
+                                let n = items.len();
+                                Job {
+                                    func: runner.clone(),
+                                    args: Value::List(vec![
+                                        Value::from(func.as_str()),
+                                        Value::List(items),
+                                    ]),
+                                    seq,
+                                    batch: Some(n),
+                                    reply: tx.clone(),
+                                }
+                            }
+                        };
+                        seq += job.batch.unwrap_or(1) as u64;
+                        if let Err(async_channel::SendError(job)) =
+                            pool.handle.shared.jobs_tx.send(job).await
+                        {
+                            job.answer(Err(pool.closed_error()));
+                            break;
+                        }
+                    }
+                };
+                let pool_stopped = pool.handle.shared.stop.clone();
+                feed.or(stop.cancelled()).or(pool_stopped.cancelled()).await;
+                // Our sender drops here: the stream ends once the last item is answered.
+                drop(pool);
+            })
+            .detach();
+        PoolMap {
+            rx: Box::pin(rx),
+            ordered,
+            next: 0,
+            buffered: BTreeMap::new(),
+            progress: yielded,
+            feeder_stop,
+        }
+    }
+
+    /// Cancels the pool: queued items fail with [`PoolError::Cancelled`], running calls are
+    /// cancelled, and every worker is torn down with the ladder; returns once they all ended.
+    pub async fn cancel(&self) {
+        begin_cancel(&self.handle.shared);
+        for h in self.workers() {
+            h.cancel().await;
+        }
+    }
+}
+
+/// The result of one pool item.
+pub type PoolResult = std::result::Result<Value, PoolError>;
+
+/// One submitted item: a future of its result.
+#[derive(Debug)]
+pub struct PoolTask {
+    rx: Pin<Box<async_channel::Receiver<(u64, PoolResult)>>>,
+}
+
+impl std::future::Future for PoolTask {
+    type Output = PoolResult;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PoolResult> {
+        let recv = self.rx.as_mut().poll_next(cx);
+        recv.map(|r| match r {
+            Some((_, r)) => r,
+            None => Err(PoolError::Cancelled),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Progress {
+    yielded: AtomicU64,
+    event: Event,
+}
+
+/// The stream of [`ActorPool::map`]: `(input index, result)`.
+pub struct PoolMap {
+    rx: Pin<Box<async_channel::Receiver<(u64, PoolResult)>>>,
+    ordered: bool,
+    next: u64,
+    buffered: BTreeMap<u64, PoolResult>,
+    progress: Arc<Progress>,
+    feeder_stop: CancelToken,
+}
+
+impl fmt::Debug for PoolMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolMap")
+            .field("ordered", &self.ordered)
+            .field("next", &self.next)
+            .field("buffered", &self.buffered.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PoolMap {
+    fn drop(&mut self) {
+        self.feeder_stop.cancel();
+    }
+}
+
+impl PoolMap {
+    fn yielded(&mut self, idx: u64, r: PoolResult) -> Poll<Option<(u64, PoolResult)>> {
+        self.next += 1;
+        self.progress.yielded.store(self.next, Ordering::SeqCst);
+        self.progress.event.notify(usize::MAX);
+        Poll::Ready(Some((idx, r)))
+    }
+}
+
+impl Stream for PoolMap {
+    type Item = (u64, PoolResult);
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.ordered {
+                let next = self.next;
+                if let Some(r) = self.buffered.remove(&next) {
+                    return self.yielded(next, r);
+                }
+            }
+            match self.rx.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    // Every sender is gone; in order, whatever is buffered is not contiguous
+                    // (an item was lost only if the pool broke): yield it as it is.
+                    if let Some(k) = self.buffered.keys().next().copied() {
+                        let r = self
+                            .buffered
+                            .remove(&k)
+                            .unwrap_or(Err(PoolError::Cancelled));
+                        self.next = k;
+                        return self.yielded(k, r);
+                    }
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some((idx, r))) => {
+                    if !self.ordered {
+                        return self.yielded(idx, r);
+                    }
+                    self.buffered.insert(idx, r);
+                }
+            }
+        }
+    }
+}
+
+/// One worker slot: takes items from the queue and runs them on its actor, replacing the actor
+/// when it dies.
+async fn work(shared: &Shared, nursery: &ActorNursery, slot: usize, worker: ChildHandle) {
+    // The pool is stopping (or its slot was given up): its last actor goes with it.
+    if let Some(last) = work_loop(shared, nursery, slot, worker).await {
+        last.cancel().await;
+    }
+}
+
+async fn work_loop(
+    shared: &Shared,
+    nursery: &ActorNursery,
+    slot: usize,
+    mut worker: ChildHandle,
+) -> Option<ChildHandle> {
+    let mut generation = 0u32;
+    let stopping = || shared.stop.is_cancelled() || nursery.teardown_token().is_cancelled();
+    loop {
+        enum Next {
+            Job(Job),
+            Died,
+            Stop,
+        }
+        let next = async {
+            match shared.jobs_rx.recv().await {
+                Ok(job) => Next::Job(job),
+                Err(_) => Next::Stop,
+            }
+        }
+        .or(async {
+            worker.ended().await;
+            Next::Died
+        })
+        .or(async {
+            shared.stop.cancelled().await;
+            Next::Stop
+        })
+        .or(async {
+            nursery.teardown_token().cancelled().await;
+            Next::Stop
+        })
+        .await;
+        let mut job = match next {
+            Next::Stop => return Some(worker),
+            Next::Job(job) => {
+                shared.running.fetch_add(1, Ordering::SeqCst);
+                Some(job)
+            }
+            Next::Died => None,
+        };
+        let _running = job.as_ref().map(|_| Running(&shared.running));
+        let mut attempts = 0u32;
+        // Run the job; if the worker dies under it (or while idle), replace the worker.
+        loop {
+            let result = match &job {
+                Some(j) => {
+                    let call = worker.portal().run(&j.func, j.args.clone());
+                    let r = async { Some(call.await) }
+                        .or(async {
+                            shared.stop.cancelled().await;
+                            None
+                        })
+                        .await;
+                    match r {
+                        None => Some(Err(PoolError::Cancelled)),
+                        Some(Ok(v)) => Some(Ok(v)),
+                        // A consequence of the pool's or the nursery's teardown.
+                        Some(Err(e)) if stopping() && (e.is_cancelled() || e.is_closed()) => {
+                            Some(Err(PoolError::Cancelled))
+                        }
+                        Some(Err(e)) if !worker.portal().is_closed() && !worker.has_ended() => {
+                            Some(Err(PoolError::Call(e)))
+                        }
+                        Some(Err(_)) if stopping() => Some(Err(PoolError::Cancelled)),
+                        // The worker died under the call.
+                        Some(Err(_)) => None,
+                    }
+                }
+                None => None,
+            };
+            if let Some(result) = result {
+                let j = job.take().expect("a result is for a job");
+                shared
+                    .completed
+                    .fetch_add(j.batch.unwrap_or(1) as u64, Ordering::SeqCst);
+                match (j.batch, result) {
+                    (Some(n), Ok(v)) => j.answer_batch(n, worker.id(), v),
+                    (_, r) => j.answer(r),
+                }
+                break;
+            }
+            if stopping() {
+                if let Some(j) = job.take() {
+                    j.answer(Err(PoolError::Cancelled));
+                }
+                return Some(worker);
+            }
+            // The worker died: wait (bounded by its ladder) for its outcome, then replace it.
+            let bound = crate::nursery::teardown_bound(&nursery.actor().timeouts());
+            if crate::scope::move_on_after(bound * 2, worker.ended())
+                .await
+                .is_none()
+            {
+                worker.request_teardown();
+                worker.ended().await;
+            }
+            let reason = worker
+                .crash()
+                .or_else(|| worker.outcome().map(|o| format!("{o:?}")))
+                .unwrap_or_else(|| "its channel closed".into());
+            tracing::debug!(worker = %worker.id(), %reason, "pool worker died; replacing it");
+            if let Some(j) = &job {
+                if attempts >= shared.config.retries {
+                    let j = job.take().expect("checked");
+                    shared
+                        .completed
+                        .fetch_add(j.batch.unwrap_or(1) as u64, Ordering::SeqCst);
+                    j.answer(Err(PoolError::WorkerDied {
+                        worker: worker.id().clone(),
+                        reason: reason.clone(),
+                    }));
+                } else {
+                    attempts += 1;
+                    tracing::debug!(
+                        seq = j.seq,
+                        attempts,
+                        "retrying the item on the replacement"
+                    );
+                }
+            }
+            match replace(shared, nursery, slot, &mut generation).await {
+                Some(h) => worker = h,
+                None => {
+                    if let Some(j) = job.take() {
+                        let err = if stopping() {
+                            PoolError::Cancelled
+                        } else {
+                            PoolError::NoWorkers(
+                                shared
+                                    .last_spawn_error
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .clone(),
+                            )
+                        };
+                        j.answer(Err(err));
+                    }
+                    return None;
+                }
+            }
+            if job.is_none() {
+                break;
+            }
+        }
+    }
+}
+
+/// Counts one running item until dropped.
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Starts a replacement for slot `slot`, retrying a few times; `None` if the slot is given up
+/// (or the pool is stopping).
+async fn replace(
+    shared: &Shared,
+    nursery: &ActorNursery,
+    slot: usize,
+    generation: &mut u32,
+) -> Option<ChildHandle> {
+    shared.workers.lock().unwrap_or_else(|p| p.into_inner())[slot] = None;
+    for _ in 0..shared.config.replace_attempts.max(1) {
+        if shared.stop.is_cancelled() || nursery.teardown_token().is_cancelled() {
+            return None;
+        }
+        *generation += 1;
+        let name = format!("{}-{slot}.{generation}", shared.config.name);
+        match nursery
+            .start_contained(&name, shared.backend.clone(), shared.spec.clone())
+            .await
+        {
+            Ok(h) => {
+                shared.replaced.fetch_add(1, Ordering::SeqCst);
+                shared.workers.lock().unwrap_or_else(|p| p.into_inner())[slot] = Some(h.clone());
+                if shared.stop.is_cancelled() {
+                    h.cancel().await;
+                    return None;
+                }
+                return Some(h);
+            }
+            Err(e) => {
+                tracing::warn!(%name, error = %e, "replacing a pool worker failed");
+                *shared
+                    .last_spawn_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = e.to_string();
+            }
+        }
+    }
+    None
+}
+
+/// Awaits every future, concurrently on the current task.
+async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..futs.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => out[i] = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}

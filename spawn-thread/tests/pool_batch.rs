@@ -1,0 +1,108 @@
+//! `ActorPool` batching (`PoolConfig::batch`, `ActorPool::map_batched`) on the thread backend,
+//! with a Rust batch runner that follows the runner contract.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use harrow_runtime_core::ipc::Value;
+use harrow_runtime_core::portal::{CallError, FnRegistry};
+use harrow_runtime_core::{
+    ActorPool, ActorSpec, PoolConfig, PoolError, RootConfig, Timeouts, run_root,
+};
+use harrow_spawn_thread::ThreadBackend;
+
+/// `t:square(x)` fails on negative numbers; `t:run_batch([func, items])` is the batch runner
+/// (it knows only `t:square`).
+fn registry() -> Arc<FnRegistry> {
+    fn square(x: i64) -> Result<i64, String> {
+        if x < 0 {
+            Err(format!("negative: {x}"))
+        } else {
+            Ok(x * x)
+        }
+    }
+    let mut r = FnRegistry::new();
+    r.unary("t:square", |v| async move {
+        let x = v
+            .as_i64()
+            .ok_or_else(|| CallError::raised("TypeError", "an int"))?;
+        square(x)
+            .map(Value::Int)
+            .map_err(|e| CallError::raised("ValueError", e))
+    })
+    .expect("valid path");
+    r.unary("t:run_batch", |v| async move {
+        let Some([Value::Str(func), Value::List(items)]) = v.as_list() else {
+            return Err(CallError::raised("TypeError", "[func, items]"));
+        };
+        if func != "t:square" {
+            return Err(CallError::raised("LookupError", func.clone()));
+        }
+        let (mut results, mut errors) = (Vec::new(), Vec::new());
+        for (i, item) in items.iter().enumerate() {
+            match square(item.as_i64().unwrap_or(-1)) {
+                Ok(x) => results.push(Value::Int(x)),
+                Err(e) => {
+                    results.push(Value::Null);
+                    errors.push(Value::List(vec![
+                        Value::Int(i as i64),
+                        Value::from("ValueError"),
+                        Value::from(e),
+                    ]));
+                }
+            }
+        }
+        Ok(Value::List(vec![Value::List(results), Value::List(errors)]))
+    })
+    .expect("valid path");
+    Arc::new(r)
+}
+
+#[test]
+fn batched_maps_answer_every_item_in_order_with_its_own_error() {
+    harrow_testkit::harness(
+        "batched_maps_answer_every_item_in_order_with_its_own_error",
+        Duration::from_secs(60),
+        harrow_testkit::DEFAULT_SETTLE,
+        || {
+            let config = RootConfig::default()
+                .handle_sigint(false)
+                .timeouts(Timeouts::quick());
+            run_root(config, |n| async move {
+                let pool_config = PoolConfig::new("batched", 2).batch("t:run_batch", 4);
+                let spec = ActorSpec::with_resolver(registry());
+                let pool = ActorPool::start(&n, ThreadBackend::shared(), spec, pool_config).await?;
+                // 0..30 with one negative item: 8 batches, the last one short.
+                let inputs = (0..30).map(|i| Value::Int(if i == 13 { -1 } else { i }));
+                let results: Vec<_> = pool.map("t:square", inputs, true).collect().await;
+                assert_eq!(results.len(), 30);
+                for (k, (i, r)) in results.iter().enumerate() {
+                    assert_eq!(*i, k as u64, "in input order");
+                    if k == 13 {
+                        let e = r.as_ref().expect_err("item 13 raised");
+                        assert_eq!(
+                            e.remote_error().map(|e| e.message.as_str()),
+                            Some("negative: -1")
+                        );
+                    } else {
+                        assert_eq!(r.as_ref().ok(), Some(&Value::Int((k * k) as i64)));
+                    }
+                }
+                // A runner that refuses the batch fails each of its items.
+                let r: Vec<_> = pool
+                    .map_batched("t:other", (0..5).map(Value::Int), false, "t:run_batch", 2)
+                    .collect()
+                    .await;
+                assert_eq!(r.len(), 5);
+                assert!(
+                    r.iter().all(|(_, r)| matches!(r, Err(PoolError::Call(_)))),
+                    "{r:?}"
+                );
+                pool.cancel().await;
+                Ok(())
+            })
+            .expect("the tree runs");
+        },
+    )
+}
