@@ -16,9 +16,9 @@ use harrow_runtime_core::{
     Joined, SpawnBackend, SpawnError, SpawnSpec, run_actor,
 };
 
-use crate::config::InterpConfig;
 use crate::interp::{Exit, InterpHandle, InterpThread};
 use crate::resolver::PyResolver;
+use harrow_python::InterpConfig;
 
 /// Actors that run Python functions in CPython subinterpreters (own GIL by default).
 ///
@@ -63,7 +63,7 @@ async fn spawn(spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
         return Err(SpawnError::Unavailable {
             actor: id,
             backend: "subint",
-            reason: crate::error::unavailable_message(),
+            reason: harrow_python::unavailable_message(),
         });
     }
     let config = InterpConfig::from_params(id.name.clone(), &spec.params).map_err(|e| {

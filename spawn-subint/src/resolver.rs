@@ -5,8 +5,8 @@ use std::sync::Arc;
 use harrow_ipc::Value;
 use harrow_portal::{CallError, CallFuture, CalleeContext, Invocation, MsgStream, Resolver};
 
-use crate::host::{CallHost, HostFuture, StreamHost};
 use crate::interp::InterpHandle;
+use harrow_python::{CallHost, HostFuture, StreamHost};
 
 /// The [`Resolver`] of a subint actor: checks that the function's module is exposed, then runs
 /// the call on the actor's interpreter thread.
