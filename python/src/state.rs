@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::thread::ThreadId;
 use std::time::Duration;
 
-use harrow_ipc::wait::{Event, wait_until};
+use harrow_runtime_core::CancelToken;
 use parking_lot::Mutex;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -111,14 +111,14 @@ pub fn warm_up() -> crate::Result<()> {
     Ok(())
 }
 
-/// Cancel state of one call.
+/// Cancel state of one call: its cancel signal (a runtime-core [`CancelToken`]) and what the
+/// cancel injector needs to know about the call.
 #[derive(Debug)]
 pub struct JobState {
     /// The function called (`"module:function"`), for diagnostics.
     pub func: String,
-    cancelled: AtomicBool,
+    token: CancelToken,
     done: AtomicBool,
-    event: Event,
     /// When `harrow.Cancelled` was last raised in the call: the injector leaves its cleanup
     /// (`except`/`finally`) alone for [`CLEANUP_GRACE`] after that.
     delivered_at: parking_lot::Mutex<Option<std::time::Instant>>,
@@ -133,9 +133,8 @@ impl JobState {
     pub fn new(func: String) -> Arc<Self> {
         Arc::new(JobState {
             func,
-            cancelled: AtomicBool::new(false),
+            token: CancelToken::new(),
             done: AtomicBool::new(false),
-            event: Event::new(),
             delivered_at: parking_lot::Mutex::new(None),
         })
     }
@@ -154,14 +153,12 @@ impl JobState {
 
     /// Marks the call cancelled and wakes whatever waits on it. Idempotent.
     pub fn cancel(&self) {
-        if !self.cancelled.swap(true, Ordering::SeqCst) {
-            self.event.notify(usize::MAX);
-        }
+        self.token.cancel();
     }
 
     /// Whether the call was cancelled.
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
+        self.token.is_cancelled()
     }
 
     /// Records that the call ended (no cancel is injected into it any more).
@@ -176,7 +173,7 @@ impl JobState {
 
     /// Resolves once the call is cancelled.
     pub async fn wait_cancelled(&self) {
-        wait_until(&self.event, || self.is_cancelled()).await
+        self.token.cancelled().await
     }
 }
 

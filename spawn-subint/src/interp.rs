@@ -15,12 +15,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use harrow_ipc::wait::deadline;
 use harrow_ipc::{CallKind, ErrorKind, FnPath, Value};
 use harrow_portal::CallError;
+use harrow_runtime_core::{DedicatedThread, Joined};
 
 use harrow_python::{
     CallHost, CallJob, Error, InterpConfig, Job, JobState, Result, Shared, not_exposed,
@@ -239,8 +239,8 @@ impl Drop for PyCall {
 /// ```
 pub struct InterpThread {
     handle: InterpHandle,
-    done: flume::Receiver<Exit>,
-    join: Option<JoinHandle<()>>,
+    /// The interpreter's own thread; its closure returns how the interpreter ended.
+    thread: DedicatedThread<Exit>,
     exit: Option<Exit>,
 }
 
@@ -278,13 +278,12 @@ impl InterpThread {
         let shared = Shared::new(config.name.clone());
         let (jobs_tx, jobs_rx) = flume::unbounded();
         let (ready_tx, ready_rx) = flume::bounded(1);
-        let (done_tx, done_rx) = flume::bounded(1);
         let thread_shared = Arc::clone(&shared);
         let thread_config = Arc::clone(&config);
-        let join = std::thread::Builder::new()
-            .name(format!("subint-{}", config.name))
-            .stack_size(config.stack_size)
-            .spawn(move || {
+        let thread = DedicatedThread::spawn_with(
+            std::thread::Builder::new().stack_size(config.stack_size),
+            format!("subint-{}", config.name),
+            move || {
                 *thread_shared.thread.lock() = Some(std::thread::current().id());
                 let exit =
                     crate::imp::thread_main(&thread_shared, &thread_config, jobs_rx, ready_tx);
@@ -296,15 +295,16 @@ impl InterpThread {
                 } else {
                     thread_shared.leaked.store(true, Ordering::SeqCst);
                 }
-                let _ = done_tx.send(exit);
-            })
-            .map_err(|e| {
-                shared.unregister();
-                Error::Thread {
-                    actor: config.name.clone(),
-                    message: e.to_string(),
-                }
-            })?;
+                exit
+            },
+        )
+        .map_err(|e| {
+            shared.unregister();
+            Error::Thread {
+                actor: config.name.clone(),
+                message: e.to_string(),
+            }
+        })?;
         Ok(Starting {
             thread: InterpThread {
                 handle: InterpHandle {
@@ -312,8 +312,7 @@ impl InterpThread {
                     jobs: jobs_tx,
                     config,
                 },
-                done: done_rx,
-                join: Some(join),
+                thread,
                 exit: None,
             },
             ready: ready_rx,
@@ -383,11 +382,8 @@ impl InterpThread {
         if let Some(e) = &self.exit {
             return e.clone();
         }
-        match self.done.recv_timeout(bound) {
-            Ok(exit) => self.finished(exit),
-            Err(flume::RecvTimeoutError::Disconnected) => self.died(),
-            Err(flume::RecvTimeoutError::Timeout) => self.leaked(bound),
-        }
+        let joined = self.thread.join_blocking(bound);
+        self.joined(joined, bound)
     }
 
     /// [`join`](Self::join) for async callers.
@@ -395,12 +391,8 @@ impl InterpThread {
         if let Some(e) = &self.exit {
             return e.clone();
         }
-        let got = deadline(bound, self.done.recv_async()).await;
-        match got {
-            Some(Ok(exit)) => self.finished(exit),
-            Some(Err(_)) => self.died(),
-            None => self.leaked(bound),
-        }
+        let joined = self.thread.join(bound).await;
+        self.joined(joined, bound)
     }
 
     /// [`begin_shutdown`](Self::begin_shutdown) then [`join`](Self::join).
@@ -409,11 +401,17 @@ impl InterpThread {
         self.join(bound)
     }
 
-    fn finished(&mut self, exit: Exit) -> Exit {
-        if let Some(j) = self.join.take() {
-            // The thread sent its exit as its last act: this join is immediate.
-            let _ = j.join();
+    fn joined(&mut self, joined: Joined<Exit>, bound: Duration) -> Exit {
+        match joined {
+            Joined::Finished(exit) => self.finished(exit),
+            Joined::Panicked(why) => self.died(why),
+            Joined::Running => self.leaked(bound),
+            // `self.exit` is set whenever the thread was joined: not reached.
+            Joined::AlreadyJoined => self.died("was already joined".to_owned()),
         }
+    }
+
+    fn finished(&mut self, exit: Exit) -> Exit {
         if let Exit::Leaked { reason } = &exit {
             tracing::warn!(actor = %self.handle.shared.name, "subinterpreter leaked: {reason}");
         }
@@ -423,11 +421,7 @@ impl InterpThread {
 
     /// The thread ended without reporting its exit: it died by a panic that escaped its own
     /// net. Reports it failed, with the panic message.
-    fn died(&mut self) -> Exit {
-        let why = match self.join.take().map(JoinHandle::join) {
-            Some(Err(payload)) => harrow_runtime_core::panic_message(&*payload),
-            _ => "ended without reporting how".to_owned(),
-        };
+    fn died(&mut self, why: String) -> Exit {
         let exit = Exit::Failed {
             reason: format!("the interpreter thread {why}"),
         };
