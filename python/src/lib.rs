@@ -26,8 +26,11 @@
 mod args;
 mod config;
 mod error;
+mod handle;
 mod host;
 mod job;
+mod main_interp;
+mod resolver;
 pub mod state;
 
 /// The FFI layer: the only module allowed `unsafe` (every block documented, see its doc).
@@ -45,8 +48,11 @@ use unavailable as imp;
 pub use args::{ARGS_KEY, KWARGS_KEY, PyArgs};
 pub use config::{DEFAULT_STACK_SIZE, InterpConfig, MIN_STACK_SIZE};
 pub use error::{Error, Result, unavailable_message};
+pub use handle::{InterpHandle, PyCall};
 pub use host::{CallHost, HostFuture, StreamHost};
 pub use job::{CallJob, Job, cancelled_error, not_exposed};
+pub use main_interp::{MainInterp, SETUP_BOUND};
+pub use resolver::PyResolver;
 pub use state::{
     InterpThreadInfo, JobState, REARM_INTERVAL, Shared, interp_threads, live_interpreters,
     python_stacks, warm_up,

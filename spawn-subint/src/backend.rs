@@ -16,9 +16,9 @@ use harrow_runtime_core::{
     Joined, SpawnBackend, SpawnError, SpawnSpec, run_actor,
 };
 
-use crate::interp::{Exit, InterpHandle, InterpThread};
-use crate::resolver::PyResolver;
+use crate::interp::{Exit, InterpThread};
 use harrow_python::InterpConfig;
+use harrow_python::{InterpHandle, PyResolver};
 
 /// Actors that run Python functions in CPython subinterpreters (own GIL by default).
 ///

@@ -69,7 +69,6 @@
 
 mod backend;
 mod interp;
-mod resolver;
 
 // The FFI layer: the only module allowed `unsafe` (every block documented, see its doc).
 #[cfg(harrow_subint)]
@@ -91,8 +90,8 @@ pub use harrow_python::{
     KWARGS_KEY, MIN_STACK_SIZE, PyArgs, REARM_INTERVAL, Result, StreamHost, interp_threads,
     live_interpreters, python_stacks, warm_up,
 };
-pub use interp::{CREATE_BOUND, Exit, InterpHandle, InterpThread, PyCall};
-pub use resolver::PyResolver;
+pub use harrow_python::{InterpHandle, PyCall, PyResolver};
+pub use interp::{CREATE_BOUND, Exit, InterpThread};
 
 /// Whether this build can host subinterpreters (built against Python >= 3.12 with a shared
 /// libpython).

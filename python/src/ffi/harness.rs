@@ -82,6 +82,23 @@ impl Setup {
                 return Err(err());
             }
         }
+        let sites = config
+            .site_dirs(crate::python_version())
+            .map_err(|e| e.to_string())?;
+        if !sites.is_empty() {
+            // SAFETY: see above.
+            let site = unsafe { ffi::PyImport_ImportModule(c"site".as_ptr()) };
+            // SAFETY: a new reference (or null with an error set).
+            let site = unsafe { Obj::owned(site) }.map_err(|_| err())?;
+            // SAFETY: see above; `site` is a module.
+            let add = unsafe { getattr(site.as_ptr(), c"addsitedir") }.map_err(|_| err())?;
+            for dir in sites {
+                // SAFETY: see above.
+                let d = unsafe { convert::str_obj(&dir.to_string_lossy()) }.map_err(|_| err())?;
+                // SAFETY: see above; `add` is `site.addsitedir`, `d` a str.
+                unsafe { call1(&add, d.as_ptr()) }.map_err(|_| err())?;
+            }
+        }
         let wake = WakePipe::new(shared)?;
         // SAFETY: see above.
         let fd = unsafe { ffi::PyLong_FromLong(std::ffi::c_long::from(wake.read)) };
@@ -229,7 +246,8 @@ impl Setup {
     }
 }
 
-/// How many thread states of the current interpreter exist besides the current one.
+/// How many thread states of the current interpreter exist besides the current one (and the
+/// main interpreter's kept initial one).
 ///
 /// # Safety
 /// GIL held.
@@ -239,11 +257,14 @@ pub unsafe fn count_other_tstates() -> usize {
     let me = unsafe { ffi::PyThreadState_Get() };
     // SAFETY: `me` is valid.
     let interp = unsafe { ffi::PyThreadState_GetInterpreter(me) };
+    // The main interpreter keeps the detached thread state of the thread that initialised it
+    // (never used again): it is no Python thread of the actor's.
+    let kept = super::kept_main_tstate();
     let mut n = 0;
     // SAFETY: GIL held; `interp` is alive.
     let mut t = unsafe { ffi::PyInterpreterState_ThreadHead(interp) };
     while !t.is_null() {
-        if t != me {
+        if t != me && t as usize != kept {
             n += 1;
         }
         // SAFETY: GIL held; `t` is a live thread state of the list.

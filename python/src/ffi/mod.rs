@@ -31,6 +31,7 @@
 mod calls;
 mod convert;
 mod harness;
+mod main_interp;
 mod module;
 mod obj;
 mod serve;
@@ -42,6 +43,7 @@ use std::sync::OnceLock;
 use pyo3_ffi as ffi;
 
 pub use harness::count_other_tstates;
+pub use main_interp::serve_main;
 pub use serve::{Served, serve};
 pub(crate) use stacks::dump as dump_stack;
 
@@ -101,6 +103,15 @@ pub fn ensure_main() -> Result<()> {
         Ok(ts as usize)
     });
     r.as_ref().map(|_| ()).map_err(|e| Error::Init(e.clone()))
+}
+
+/// The thread state that initialised the main interpreter and was kept detached ([`MAIN`]), as
+/// an address (0 when Python was initialised by the host program, or not yet).
+pub(crate) fn kept_main_tstate() -> usize {
+    match MAIN.get() {
+        Some(Ok(ts)) => *ts,
+        _ => 0,
+    }
 }
 
 /// `Py_InitializeEx(0)`'s configuration (CPython's "compat" one: no argv parsing, no C locale
