@@ -45,8 +45,9 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
-    /// Run a Python function in N subinterpreter actors in parallel and print each result as
-    /// JSON (Ctrl-C cancels them all; exit code 130).
+    /// Run a Python function in N Python actors in parallel (subinterpreters, or child
+    /// processes with `--backend process`) and print each result as JSON (Ctrl-C cancels them
+    /// all; exit code 130).
     RunPy {
         /// The function, `package.module:function`.
         function: String,
@@ -63,6 +64,15 @@ enum Command {
         /// A directory to find the module in (repeatable; default: the current directory).
         #[arg(long = "path", value_name = "DIR")]
         paths: Vec<PathBuf>,
+        /// Where the actors run: `subint` (subinterpreters of this process, parallel, for
+        /// modules that support subinterpreters) or `process` (a child process each, for any
+        /// module, numpy included).
+        #[arg(long, value_enum, default_value_t = runpy::PyBackend::Subint)]
+        backend: runpy::PyBackend,
+        /// A virtual environment whose packages the actors see (made with the Python harrow is
+        /// linked against).
+        #[arg(long, value_name = "DIR")]
+        venv: Option<PathBuf>,
     },
 }
 
@@ -95,7 +105,16 @@ fn main() -> ExitCode {
             args,
             kwargs,
             paths,
-        } => runpy::run(&function, actors, args.as_deref(), kwargs.as_deref(), paths),
+            backend,
+            venv,
+        } => runpy::run(
+            &function,
+            actors,
+            args.as_deref(),
+            kwargs.as_deref(),
+            paths,
+            runpy::Where { backend, venv },
+        ),
     };
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
 }

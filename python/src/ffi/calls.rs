@@ -529,15 +529,6 @@ impl Setup {
                 msg = format!("{msg} (raised while importing module {module:?}, which was found)");
             }
         }
-        if let Some(refusing) = refused_in_subinterpreter(&msg) {
-            msg = format!(
-                "{msg}; module {refusing:?} refuses to load in a subinterpreter (an extension \
-                 module without multi-interpreter support), so this code cannot run in a subint \
-                 actor: run it on the Python process backend instead \
-                 (`ProcessBackend::python()`, `harrow run-py --backend process`), which runs \
-                 Python in a child process's main interpreter"
-            );
-        }
         CallError::new(kind, name, msg).with_traceback(tb)
     }
 }
@@ -672,31 +663,4 @@ unsafe fn tuple_str(t: &Obj, i: ffi::Py_ssize_t) -> Option<String> {
     }
     // SAFETY: GIL held; `item` is a `str`.
     unsafe { convert::utf8(item) }.ok()
-}
-
-/// The module named by CPython's refusal to load an extension in a subinterpreter
-/// (`"module numpy._core._multiarray_umath does not support loading in subinterpreters"`).
-fn refused_in_subinterpreter(msg: &str) -> Option<&str> {
-    const TAIL: &str = " does not support loading in subinterpreters";
-    let end = msg.find(TAIL)?;
-    let head = &msg[..end];
-    let start = head.rfind("module ")? + "module ".len();
-    Some(head[start..].trim_matches(|c| c == '\'' || c == '"')).filter(|m| !m.is_empty())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::refused_in_subinterpreter;
-
-    #[test]
-    fn the_refusing_module_is_named() {
-        assert_eq!(
-            refused_in_subinterpreter(
-                "ImportError: module numpy._core._multiarray_umath does not support loading in \
-                 subinterpreters (raised while importing module \"numpy\", which was found)"
-            ),
-            Some("numpy._core._multiarray_umath")
-        );
-        assert_eq!(refused_in_subinterpreter("No module named 'numpy'"), None);
-    }
 }
