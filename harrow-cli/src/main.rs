@@ -51,8 +51,9 @@ enum Command {
         #[arg(long)]
         scale: bool,
     },
-    /// Run a Python function in N subinterpreter actors in parallel and print each result as
-    /// JSON (Ctrl-C cancels them all; exit code 130).
+    /// Run a Python function in N Python actors in parallel (subinterpreters, or child
+    /// processes with `--backend process`) and print each result as JSON (Ctrl-C cancels them
+    /// all; exit code 130).
     RunPy {
         /// The function, `package.module:function`.
         function: String,
@@ -81,6 +82,15 @@ enum Command {
         /// items; each item still gets its own result line).
         #[arg(long, default_value_t = 1, value_name = "N")]
         batch: usize,
+        /// Where the actors run: `subint` (subinterpreters of this process, parallel, for
+        /// modules that support subinterpreters) or `process` (a child process each, for any
+        /// module, numpy included).
+        #[arg(long, value_enum, default_value_t = runpy::PyBackend::Subint)]
+        backend: runpy::PyBackend,
+        /// A virtual environment whose packages the actors see (made with the Python harrow is
+        /// linked against).
+        #[arg(long, value_name = "DIR")]
+        venv: Option<PathBuf>,
     },
 }
 
@@ -116,6 +126,8 @@ fn main() -> ExitCode {
             inputs,
             unordered,
             batch,
+            backend,
+            venv,
         } => runpy::run(
             &function,
             actors,
@@ -127,6 +139,7 @@ fn main() -> ExitCode {
                 unordered,
                 batch,
             },
+            runpy::Where { backend, venv },
         ),
     };
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))

@@ -1,5 +1,5 @@
 //! `harrow run-py MODULE:FUNCTION --actors N --inputs FILE|-`: maps a Python function over the
-//! items of FILE (or standard input), one JSON value a line, on a pool of N subint actors. Each
+//! items of FILE (or standard input), one JSON value a line, on a pool of N Python actors (subint, or process with `--backend process`). Each
 //! result is printed as it comes, as one JSON line
 //! (`{"index": I, "ok": VALUE}` or `{"index": I, "error": {"type": T, "message": M}}`), in input
 //! order unless `--unordered`; progress goes to stderr. `--batch N` sends N items per call
@@ -63,7 +63,10 @@ fn result_line(index: u64, r: &harrow::PoolResult) -> String {
 
 /// Runs the pool; returns the exit code (1 if any item failed).
 #[cfg(feature = "subint")]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_pool(
+    backend: std::sync::Arc<dyn harrow::SpawnBackend>,
+    venv: Option<&std::path::Path>,
     func: &FnPath,
     actors: usize,
     kwargs: &[(String, Value)],
@@ -97,6 +100,9 @@ pub(crate) fn run_pool(
             for p in paths {
                 config = config.sys_path(p);
             }
+            if let Some(v) = venv {
+                config = config.venv(v);
+            }
             // The batch runner lives in a directory of its own, removed with this guard.
             let runner_dir = RunnerDir::create()?;
             if batch > 1 {
@@ -107,7 +113,7 @@ pub(crate) fn run_pool(
             let spec = ActorSpec::new().params(config.to_params());
             let pool = ActorPool::start(
                 &n,
-                harrow::SubintBackend::shared(),
+                backend.clone(),
                 spec,
                 PoolConfig::new("py", actors),
             )

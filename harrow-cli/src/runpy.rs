@@ -1,7 +1,7 @@
-//! `harrow run-py MODULE:FUNCTION --actors N [--args JSON] [--kwargs JSON] [--path DIR ...]`:
-//! runs a Python
-//! function in N subint actors at once and prints each actor's result as JSON. Ctrl-C cancels
-//! every actor (the root owns SIGINT) and exits with 130.
+//! `harrow run-py MODULE:FUNCTION --actors N [--args JSON] [--kwargs JSON] [--path DIR ...]
+//! [--backend subint|process] [--venv DIR]`: runs a Python function in N Python actors at once
+//! (subint actors, or Python process actors with `--backend process`) and prints each actor's
+//! result as JSON. Ctrl-C cancels every actor (the root owns SIGINT) and exits with 130.
 //!
 //! With `--inputs FILE|-` it maps the function over the items instead, on a pool of N actors
 //! (see `runpool.rs`).
@@ -15,6 +15,21 @@ use crate::util::{Job, human, join_all};
 
 /// Exit code for bad input (usage errors).
 const USAGE: i32 = 2;
+
+/// Which Python backend `run-py` starts its actors on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PyBackend {
+    /// Subinterpreters of this process, each with its own GIL.
+    Subint,
+    /// A child process each, running Python in its main interpreter.
+    Process,
+}
+
+/// Where the actors run: the backend and the packages they see.
+pub(crate) struct Where {
+    pub(crate) backend: PyBackend,
+    pub(crate) venv: Option<PathBuf>,
+}
 
 /// What to run, once validated.
 struct Job1 {
@@ -123,6 +138,7 @@ pub(crate) fn run(
     kwargs: Option<&str>,
     paths: Vec<PathBuf>,
     pool: PoolInputs<'_>,
+    place: Where,
 ) -> i32 {
     if pool.source.is_some() && args.is_some() {
         eprintln!(
@@ -156,15 +172,30 @@ pub(crate) fn run(
         eprintln!("harrow run-py: {why}");
         return USAGE;
     }
+    if let Some(venv) = &place.venv {
+        if !venv.is_dir() {
+            eprintln!("harrow run-py: --venv {}: not a directory", venv.display());
+            return USAGE;
+        }
+    }
     match inputs {
-        Some(items) => run_on_pool(job, items, !pool.unordered, pool.batch),
-        None => run_actors(job),
+        Some(items) => run_on_pool(job, items, !pool.unordered, pool.batch, place),
+        None => run_actors(job, place),
     }
 }
 
 #[cfg(feature = "subint")]
-fn run_on_pool(job: Job1, items: Vec<Value>, ordered: bool, batch: usize) -> i32 {
+fn run_on_pool(job: Job1, items: Vec<Value>, ordered: bool, batch: usize, place: Where) -> i32 {
+    let backend = match py_backend(&place) {
+        Ok(b) => b,
+        Err(why) => {
+            eprintln!("harrow run-py: {why}");
+            return USAGE;
+        }
+    };
     crate::runpool::run_pool(
+        backend,
+        place.venv.as_deref(),
         &job.func,
         job.actors,
         &job.kwargs,
@@ -176,20 +207,48 @@ fn run_on_pool(job: Job1, items: Vec<Value>, ordered: bool, batch: usize) -> i32
 }
 
 #[cfg(not(feature = "subint"))]
-fn run_on_pool(_job: Job1, _items: Vec<Value>, _ordered: bool, _batch: usize) -> i32 {
+fn run_on_pool(
+    _job: Job1,
+    _items: Vec<Value>,
+    _ordered: bool,
+    _batch: usize,
+    _place: Where,
+) -> i32 {
     eprintln!("harrow run-py: the `subint` feature is off in this build");
     USAGE
 }
 
 #[cfg(not(feature = "subint"))]
-fn run_actors(_job: Job1) -> i32 {
+fn run_actors(_job: Job1, _place: Where) -> i32 {
     // Unreachable in practice: `subint_status` already said the feature is off.
     eprintln!("harrow run-py: the `subint` feature is off in this build");
     USAGE
 }
 
+/// The backend `place` names, or why this build has none.
 #[cfg(feature = "subint")]
-fn run_actors(job: Job1) -> i32 {
+fn py_backend(place: &Where) -> Result<std::sync::Arc<dyn harrow::SpawnBackend>, String> {
+    match place.backend {
+        PyBackend::Subint => Ok(harrow::SubintBackend::shared()),
+        #[cfg(feature = "process")]
+        PyBackend::Process => Ok(harrow::PyProcessBackend::shared()),
+        #[cfg(not(feature = "process"))]
+        PyBackend::Process => {
+            Err("--backend process: the `process` feature is off in this build".into())
+        }
+    }
+}
+
+#[cfg(feature = "subint")]
+fn run_actors(job: Job1, place: Where) -> i32 {
+    let backend = match py_backend(&place) {
+        Ok(b) => b,
+        Err(why) => {
+            eprintln!("harrow run-py: {why}");
+            return USAGE;
+        }
+    };
+    let (backend, venv) = (&backend, &place.venv);
     let module = job.func.module().to_owned();
     let in_paths = found_in(&module, &job.paths);
     let shown_paths = job
@@ -220,9 +279,11 @@ fn run_actors(job: Job1) -> i32 {
                         for p in &job.paths {
                             config = config.sys_path(p);
                         }
+                        if let Some(v) = venv {
+                            config = config.venv(v);
+                        }
                         let spec = ActorSpec::new().params(config.to_params());
-                        n.start_actor(&name, harrow::SubintBackend::shared(), spec)
-                            .await
+                        n.start_actor(&name, backend.clone(), spec).await
                     }) as Job<'_, _>
                 })
                 .collect();

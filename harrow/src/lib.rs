@@ -104,6 +104,10 @@ pub use harrow_spawn_thread::ThreadBackend;
 #[cfg(feature = "process")]
 pub use harrow_spawn_process::{ProcessBackend, is_child, maybe_run_child};
 
+/// Python actors in child processes (with both `process` and `subint`): the same Python API as
+/// [`SubintBackend`] in a child's main interpreter, where every extension module loads.
+#[cfg(all(feature = "process", feature = "subint"))]
+pub use harrow_spawn_process::PyProcessBackend;
 #[cfg(feature = "subint")]
 pub use harrow_spawn_subint::{InterpConfig, PyArgs, SubintBackend};
 

@@ -65,6 +65,59 @@ impl BackendFactory for SubintFactory {
     }
 }
 
+/// The Python process backend serving the same Python twins as [`SubintFactory`], in children
+/// started from `program` (the running binary when `None`), which must hand control to
+/// `harrow_spawn_process::maybe_run_child` first.
+#[derive(Debug, Default)]
+pub struct PyProcessFactory {
+    program: Option<std::path::PathBuf>,
+}
+
+impl PyProcessFactory {
+    /// Children re-execute the running binary.
+    pub fn current() -> Self {
+        PyProcessFactory { program: None }
+    }
+
+    /// Children are started from `program`.
+    pub fn with_program(program: impl Into<std::path::PathBuf>) -> Self {
+        PyProcessFactory {
+            program: Some(program.into()),
+        }
+    }
+}
+
+impl BackendFactory for PyProcessFactory {
+    fn backend(&self) -> Arc<dyn SpawnBackend> {
+        let backend = harrow_spawn_process::PyProcessBackend::new();
+        match &self.program {
+            Some(p) => backend.with_program(p).into_shared(),
+            None => backend.into_shared(),
+        }
+    }
+    fn spec(&self) -> ActorSpec {
+        SubintFactory.spec()
+    }
+    fn func(&self, name: &str) -> String {
+        SubintFactory.func(name)
+    }
+    fn fail_type_name(&self) -> &'static str {
+        "ValueError"
+    }
+    fn always_has_traceback(&self) -> bool {
+        true
+    }
+    fn bad_spec(&self) -> Option<ActorSpec> {
+        // An invalid config: "modules" must be a list of str.
+        let mut spec = ActorSpec::new();
+        spec.params = harrow_runtime_core::ipc::Value::Map(vec![(
+            "modules".into(),
+            harrow_runtime_core::ipc::Value::Int(3),
+        )]);
+        Some(spec)
+    }
+}
+
 /// The factory of the backend called `name`, if this build has it.
 pub fn backend_factory(name: &str) -> Option<Arc<dyn BackendFactory>> {
     match name {
@@ -73,15 +126,19 @@ pub fn backend_factory(name: &str) -> Option<Arc<dyn BackendFactory>> {
         // Children re-execute the running binary, which must hand control to
         // `harrow_spawn_process::maybe_run_child(harrow_process_testchild::child_registry)` first.
         "process" => Some(Arc::new(harrow_process_testchild::ProcessFactory::current())),
+        // The same: the Python child is served by `maybe_run_child` too.
+        "pyprocess" if harrow_spawn_subint::available() => {
+            Some(Arc::new(PyProcessFactory::current()))
+        }
         _ => None,
     }
 }
 
-/// The backends this build can run scenarios on (`subint` only when built against a Python
-/// that can host own-GIL subinterpreters).
+/// The backends this build can run scenarios on (`subint` and `pyprocess` only when built
+/// against a Python that can host own-GIL subinterpreters).
 pub fn backend_names() -> &'static [&'static str] {
     if harrow_spawn_subint::available() {
-        &["thread", "process", "subint"]
+        &["thread", "process", "subint", "pyprocess"]
     } else {
         &["thread", "process"]
     }

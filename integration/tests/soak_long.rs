@@ -46,3 +46,22 @@ fn soak_long_subint() {
         None => eprintln!("SKIPPED soak_long_subint: no Python >= 3.12 in this build"),
     }
 }
+
+#[test]
+#[ignore = "long soak (minutes): run explicitly, as CI does"]
+fn soak_long_pyprocess() {
+    // Python process actors: each cycle starts a process and a Python, so one round (500
+    // cycles) keeps CI's soak step to about a minute more; children re-execute the scenario
+    // binary, whose main serves Python children too.
+    if harrow_integration::backend_factory("pyprocess").is_none() {
+        eprintln!("SKIPPED soak_long_pyprocess: no Python >= 3.12 in this build");
+        return;
+    }
+    let factory =
+        harrow_integration::PyProcessFactory::with_program(env!("CARGO_BIN_EXE_sigint_scenario"));
+    let bound =
+        conformance::SOAK_BOUND + harrow_testkit::DEFAULT_SETTLE + harrow_testkit::ISOLATION_MARGIN;
+    harrow_testkit::isolated(bound, || {
+        conformance::run_here("soak_long", &factory, conformance::spawn_cancel_soak);
+    });
+}

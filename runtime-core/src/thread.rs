@@ -107,6 +107,12 @@ impl<T: Send + 'static> DedicatedThread<T> {
         }
     }
 
+    /// [`join`](Self::join) for a synchronous caller: blocks the calling thread (at most
+    /// `bound`). Not for use inside an executor's task.
+    pub fn join_blocking(&mut self, bound: Duration) -> Joined<T> {
+        async_io::block_on(self.join(bound))
+    }
+
     /// Gives up on the thread: it runs on, detached. Returns whether it was still running.
     pub fn detach(&mut self) -> bool {
         match self.handle.take() {
@@ -175,6 +181,25 @@ mod tests {
             Joined::Panicked(m) => assert!(m.contains("on purpose"), "{m}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_blocking_join_is_bounded_and_keeps_the_thread() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let mut t = DedicatedThread::spawn("blocking", move || rx.recv().is_ok()).unwrap();
+        assert!(matches!(
+            t.join_blocking(Duration::from_millis(10)),
+            Joined::Running
+        ));
+        tx.send(()).unwrap();
+        assert!(matches!(
+            t.join_blocking(Duration::from_secs(30)),
+            Joined::Finished(true)
+        ));
+        assert!(matches!(
+            t.join_blocking(Duration::from_secs(1)),
+            Joined::AlreadyJoined
+        ));
     }
 
     #[test]

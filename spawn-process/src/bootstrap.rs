@@ -162,7 +162,12 @@ fn remove_bootstrap_env() {
         // Our own spawns set these variables explicitly, so leaving them is harmless to them.
         return;
     }
-    for var in [CHILD_FD_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV] {
+    for var in [
+        CHILD_FD_ENV,
+        CHILD_SPEC_ENV,
+        PARENT_PID_ENV,
+        crate::CHILD_PYTHON_ENV,
+    ] {
         // SAFETY: this process has a single thread (checked just above), so nothing can read the
         // environment concurrently.
         #[allow(unsafe_code)]
@@ -191,11 +196,16 @@ fn remove_bootstrap_env() {
 /// [`EXIT_BOOTSTRAP_FAILED`] (with a message on stderr) if the bootstrap was unusable. With the
 /// `child-log` feature and `RUST_LOG` set, a `tracing` fmt subscriber writing to stderr is
 /// installed; events carry the actor's span.
+///
+/// A child started by the Python process backend (feature `python`, `PyProcessBackend`) serves
+/// Python functions instead (`resolver` is not called); in a binary built without that feature
+/// such a child exits with [`EXIT_BOOTSTRAP_FAILED`] and says why.
 pub fn maybe_run_child<F, R>(resolver: F)
 where
     F: FnOnce() -> R,
     R: IntoResolver,
 {
+    let python = std::env::var_os(crate::CHILD_PYTHON_ENV).is_some_and(|v| v == "1");
     let boot = match take_bootstrap() {
         Ok(None) => return,
         Ok(Some(boot)) => boot,
@@ -204,13 +214,40 @@ where
             std::process::exit(EXIT_BOOTSTRAP_FAILED);
         }
     };
+    if python {
+        std::process::exit(run_python(boot));
+    }
     let code = run_child(boot, resolver().into_resolver());
     std::process::exit(code)
+}
+
+#[cfg(feature = "python")]
+fn run_python(boot: ChildBootstrap) -> i32 {
+    crate::python::run_python_child(boot)
+}
+
+#[cfg(not(feature = "python"))]
+fn run_python(boot: ChildBootstrap) -> i32 {
+    eprintln!(
+        "harrow child {}: started for a Python actor, but this program was built without \
+         harrow-spawn-process's `python` feature",
+        boot.spec.id
+    );
+    EXIT_BOOTSTRAP_FAILED
 }
 
 /// Runs the actor of `boot` serving `resolver` on this thread until it ends; returns the exit
 /// status the process should end with (see [`maybe_run_child`]).
 pub fn run_child(boot: ChildBootstrap, resolver: Arc<dyn Resolver>) -> i32 {
+    run_child_as(boot, resolver, "process")
+}
+
+/// [`run_child`] reporting `backend` as the child's backend.
+pub(crate) fn run_child_as(
+    boot: ChildBootstrap,
+    resolver: Arc<dyn Resolver>,
+    backend: &str,
+) -> i32 {
     init_tracing();
     let name = boot.spec.id.clone();
     let channel = match unix::from_stream(boot.stream, CodecConfig::default()) {
@@ -220,7 +257,7 @@ pub fn run_child(boot: ChildBootstrap, resolver: Arc<dyn Resolver>) -> i32 {
             return EXIT_BOOTSTRAP_FAILED;
         }
     };
-    let exit = harrow_runtime_core::bootstrap::run_child(channel, &boot.spec, "process", resolver);
+    let exit = harrow_runtime_core::bootstrap::run_child(channel, &boot.spec, backend, resolver);
     let code = match exit {
         ActorExit::HandshakeFailed(why) => {
             eprintln!("harrow child {name}: handshake with the parent failed: {why}");

@@ -53,12 +53,17 @@
 //! The resolver in an [`ActorSpec`](harrow_runtime_core::ActorSpec) is not used: a child serves
 //! what its own `main` passes to [`maybe_run_child`]. Spec `params` reach the child
 //! ([`ChildBootstrap::spec`]).
+//!
+//! With the `python` feature, `PyProcessBackend` (`ProcessBackend::python()`) starts Python
+//! actors the same way: the child runs the `harrow` Python API in CPython's main interpreter.
 #![deny(unsafe_code)]
 
 mod bootstrap;
 mod child;
 mod error;
 mod output;
+#[cfg(feature = "python")]
+mod python;
 mod spec;
 
 use std::ffi::OsString;
@@ -82,7 +87,9 @@ pub use bootstrap::{
     maybe_run_child, run_child, take_bootstrap,
 };
 pub use error::{Error, Result};
-pub use spec::{CHILD_FD, CHILD_FD_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV};
+#[cfg(feature = "python")]
+pub use python::PyProcessBackend;
+pub use spec::{CHILD_FD, CHILD_FD_ENV, CHILD_PYTHON_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV};
 
 use crate::child::ProcessChild;
 use crate::output::Forwarder;
@@ -166,7 +173,7 @@ impl SpawnBackend for ProcessBackend {
 }
 
 impl ProcessBackend {
-    fn spawn_now(&self, spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
+    pub(crate) fn spawn_now(&self, spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
         let id = spec.id.clone();
         let failed = |reason: String| SpawnError::Failed {
             actor: id.clone(),

@@ -14,3 +14,6 @@ pub const CHILD_SPEC_ENV: &str = "HARROW_CHILD_SPEC";
 pub const PARENT_PID_ENV: &str = "HARROW_PARENT_PID";
 /// The descriptor number the child's end of the channel has in a child.
 pub const CHILD_FD: i32 = 3;
+/// Set to `1` in a child started for a Python actor (the `python` feature's
+/// `PyProcessBackend`): [`maybe_run_child`](crate::maybe_run_child) then serves Python.
+pub const CHILD_PYTHON_ENV: &str = "HARROW_CHILD_PYTHON";

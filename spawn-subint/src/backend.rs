@@ -16,9 +16,9 @@ use harrow_runtime_core::{
     SpawnBackend, SpawnError, SpawnSpec, run_actor_in_process,
 };
 
-use crate::config::InterpConfig;
-use crate::interp::{InterpHandle, InterpThread};
-use crate::resolver::PyResolver;
+use crate::interp::InterpThread;
+use harrow_python::InterpConfig;
+use harrow_python::{InterpHandle, PyResolver};
 
 /// Actors that run Python functions in CPython subinterpreters (own GIL by default).
 ///
@@ -63,7 +63,7 @@ async fn spawn(spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
         return Err(SpawnError::Unavailable {
             actor: id,
             backend: "subint",
-            reason: crate::error::unavailable_message(),
+            reason: harrow_python::unavailable_message(),
         });
     }
     let config = InterpConfig::from_params(id.name.clone(), spec.params()).map_err(|e| {

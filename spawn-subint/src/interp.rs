@@ -10,22 +10,13 @@
 //! `_PyEval_AddPendingCall`, which creates no thread state. So that race cannot happen by
 //! construction (`tests/cycles.rs` runs hundreds of create/call/end cycles to show it).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use harrow_ipc::wait::deadline;
-use harrow_ipc::{CallKind, ErrorKind, FnPath, Value};
-use harrow_portal::CallError;
-
-use crate::config::InterpConfig;
-use crate::error::{Error, Result};
-use crate::host::CallHost;
-use crate::state::{JobState, Shared};
+use harrow_python::{Error, InterpConfig, InterpHandle, Result, Shared};
+use harrow_runtime_core::{DedicatedThread, Joined};
 
 /// How long [`InterpThread::spawn`] waits for the interpreter to be created.
 pub const CREATE_BOUND: Duration = Duration::from_secs(60);
@@ -39,215 +30,6 @@ pub const CREATE_BOUND: Duration = Duration::from_secs(60);
 /// to leak it instead). An interpreter thread is never `Killed`, and its join never answers
 /// `Running` (a thread still running after the bound is `Leaked`).
 pub use harrow_runtime_core::Exit;
-
-pub(crate) enum Job {
-    Call(CallJob),
-    /// Test hook: panic on the interpreter thread (see [`InterpHandle::inject_panic`]).
-    Panic(String),
-    Shutdown,
-}
-
-pub(crate) struct CallJob {
-    pub(crate) job: Arc<JobState>,
-    pub(crate) func: FnPath,
-    pub(crate) kind: CallKind,
-    pub(crate) args: Value,
-    pub(crate) host: Option<Arc<dyn CallHost>>,
-    pub(crate) reply: flume::Sender<Result<Value, CallError>>,
-}
-
-pub(crate) fn cancelled_error() -> CallError {
-    CallError::new(
-        ErrorKind::Cancelled,
-        "harrow.Cancelled",
-        "the call was cancelled",
-    )
-}
-
-pub(crate) fn not_exposed(config: &InterpConfig, module: &str) -> CallError {
-    CallError::new(
-        ErrorKind::ModuleNotExposed,
-        "ModuleNotExposed",
-        format!(
-            "module {module:?} is not exposed by actor {:?} (exposed: {:?})",
-            config.name, config.modules
-        ),
-    )
-}
-
-/// A cheap, cloneable handle for submitting calls to an interpreter thread.
-#[derive(Clone)]
-pub struct InterpHandle {
-    shared: Arc<Shared>,
-    jobs: flume::Sender<Job>,
-    config: Arc<InterpConfig>,
-}
-
-impl std::fmt::Debug for InterpHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InterpHandle")
-            .field("actor", &self.shared.name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl InterpHandle {
-    /// The actor's name.
-    pub fn name(&self) -> &str {
-        &self.shared.name
-    }
-
-    /// The interpreter's config.
-    pub fn config(&self) -> &InterpConfig {
-        &self.config
-    }
-
-    /// Checks that `func`'s module is exposed (`ModuleNotExposed` otherwise).
-    pub fn check_exposed(&self, func: &FnPath) -> Result<(), CallError> {
-        if self.config.exposes(func.module()) {
-            Ok(())
-        } else {
-            Err(not_exposed(&self.config, func.module()))
-        }
-    }
-
-    /// Queues a call of `func` with `args` (`Null`: no argument; anything else: exactly one
-    /// positional argument, see the crate doc). `host` is the Rust side of `ctx` (needed for
-    /// `CallKind::Context`; without it `ctx` methods raise `harrow.HarrowError`).
-    ///
-    /// The returned future resolves to the call's result. Dropping it before then cancels the
-    /// call: `harrow.Cancelled` is raised in the running Python code (re-armed until it ends).
-    pub fn call(
-        &self,
-        func: FnPath,
-        kind: CallKind,
-        args: Value,
-        host: Option<Arc<dyn CallHost>>,
-    ) -> PyCall {
-        let job = JobState::new(func.to_string());
-        let (tx, rx) = flume::bounded(1);
-        let mut call = PyCall {
-            rx: Box::pin(rx.into_recv_async()),
-            job: Arc::clone(&job),
-            shared: Arc::clone(&self.shared),
-            finished: false,
-            immediate: None,
-        };
-        if let Err(e) = self.check_exposed(&func) {
-            call.immediate = Some(Err(e));
-            return call;
-        }
-        if self.shared.closing.load(Ordering::SeqCst) {
-            call.immediate = Some(Err(gone(&self.shared.name)));
-            return call;
-        }
-        let sent = self.jobs.send(Job::Call(CallJob {
-            job,
-            func,
-            kind,
-            args,
-            host,
-            reply: tx,
-        }));
-        if sent.is_err() {
-            call.immediate = Some(Err(gone(&self.shared.name)));
-        } else {
-            self.shared.wake();
-        }
-        call
-    }
-
-    /// Cancels the call running now, if any (queued calls are cancelled by dropping their
-    /// futures, or all at once by [`begin_shutdown`](Self::begin_shutdown)).
-    pub fn cancel_current(&self) {
-        self.shared.cancel_current();
-    }
-
-    /// Fault injection for tests: makes the interpreter thread panic with `message` when it
-    /// takes this job. Idle, the thread itself panics (its exit is then [`Exit::Failed`]); taken
-    /// while a call waits, it fails that call instead (a panic inside a call's operation).
-    #[doc(hidden)]
-    pub fn inject_panic(&self, message: impl Into<String>) {
-        let _ = self.jobs.send(Job::Panic(message.into()));
-        self.shared.wake();
-    }
-
-    /// Starts shutting the interpreter down without waiting: no new call is taken, queued calls
-    /// are rejected, the running call is cancelled. Idempotent.
-    pub fn begin_shutdown(&self) {
-        self.shared.closing.store(true, Ordering::SeqCst);
-        let _ = self.jobs.send(Job::Shutdown);
-        self.shared.cancel_current();
-    }
-}
-
-fn gone(name: &str) -> CallError {
-    CallError::new(
-        ErrorKind::Runtime,
-        "InterpreterGone",
-        format!("subinterpreter {name:?} has shut down"),
-    )
-}
-
-type ReplyFuture =
-    Pin<Box<dyn Future<Output = Result<Result<Value, CallError>, flume::RecvError>> + Send>>;
-
-/// One call running (or queued) in an interpreter. Resolves to its result; dropping it before
-/// that cancels the call.
-pub struct PyCall {
-    rx: ReplyFuture,
-    job: Arc<JobState>,
-    shared: Arc<Shared>,
-    finished: bool,
-    immediate: Option<Result<Value, CallError>>,
-}
-
-impl std::fmt::Debug for PyCall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PyCall")
-            .field("func", &self.job.func)
-            .field("finished", &self.finished)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PyCall {
-    /// Cancels the call without dropping the future (its result will then be the cancel error,
-    /// or whatever the code returned if it finished first).
-    pub fn cancel(&self) {
-        if !self.finished {
-            self.job.cancel();
-            self.shared.request_cancel();
-        }
-    }
-}
-
-impl Future for PyCall {
-    type Output = Result<Value, CallError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(r) = self.immediate.take() {
-            self.finished = true;
-            return Poll::Ready(r);
-        }
-        match self.rx.as_mut().poll(cx) {
-            Poll::Ready(r) => {
-                self.finished = true;
-                Poll::Ready(r.unwrap_or_else(|_| Err(gone(&self.shared.name))))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl Drop for PyCall {
-    fn drop(&mut self) {
-        if !self.finished && self.immediate.is_none() {
-            self.job.cancel();
-            self.shared.request_cancel();
-        }
-    }
-}
 
 /// A subinterpreter owned by a dedicated OS thread (see the module doc).
 ///
@@ -265,15 +47,15 @@ impl Drop for PyCall {
 /// ```
 pub struct InterpThread {
     handle: InterpHandle,
-    done: flume::Receiver<Exit>,
-    join: Option<JoinHandle<()>>,
+    /// The interpreter's own thread; its closure returns how the interpreter ended.
+    thread: DedicatedThread<Exit>,
     exit: Option<Exit>,
 }
 
 impl std::fmt::Debug for InterpThread {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InterpThread")
-            .field("actor", &self.handle.shared.name)
+            .field("actor", &self.handle.shared().name)
             .field("exit", &self.exit)
             .finish_non_exhaustive()
     }
@@ -287,30 +69,30 @@ struct Starting {
 impl InterpThread {
     fn start(config: InterpConfig) -> Result<Starting> {
         if !cfg!(harrow_subint) {
-            return Err(Error::Unavailable(crate::error::unavailable_message()));
+            return Err(Error::Unavailable(harrow_python::unavailable_message()));
         }
         if config.name.is_empty() {
             return Err(Error::Config("the actor name is empty".into()));
         }
-        if config.stack_size < crate::config::MIN_STACK_SIZE {
+        if config.stack_size < harrow_python::MIN_STACK_SIZE {
             return Err(Error::Config(format!(
                 "stack_size {} is below the minimum of {} bytes",
                 config.stack_size,
-                crate::config::MIN_STACK_SIZE
+                harrow_python::MIN_STACK_SIZE
             )));
         }
-        crate::imp::ensure_main()?;
+        config.site_dirs(harrow_python::python_version())?;
+        harrow_python::ensure_main()?;
         let config = Arc::new(config);
         let shared = Shared::new(config.name.clone());
         let (jobs_tx, jobs_rx) = flume::unbounded();
         let (ready_tx, ready_rx) = flume::bounded(1);
-        let (done_tx, done_rx) = flume::bounded(1);
         let thread_shared = Arc::clone(&shared);
         let thread_config = Arc::clone(&config);
-        let join = std::thread::Builder::new()
-            .name(format!("subint-{}", config.name))
-            .stack_size(config.stack_size)
-            .spawn(move || {
+        let thread = DedicatedThread::spawn_with(
+            std::thread::Builder::new().stack_size(config.stack_size),
+            format!("subint-{}", config.name),
+            move || {
                 *thread_shared.thread.lock() = Some(std::thread::current().id());
                 let exit =
                     crate::imp::thread_main(&thread_shared, &thread_config, jobs_rx, ready_tx);
@@ -322,24 +104,20 @@ impl InterpThread {
                 } else {
                     thread_shared.leaked.store(true, Ordering::SeqCst);
                 }
-                let _ = done_tx.send(exit);
-            })
-            .map_err(|e| {
-                shared.unregister();
-                Error::Thread {
-                    actor: config.name.clone(),
-                    message: e.to_string(),
-                }
-            })?;
+                exit
+            },
+        )
+        .map_err(|e| {
+            shared.unregister();
+            Error::Thread {
+                actor: config.name.clone(),
+                message: e.to_string(),
+            }
+        })?;
         Ok(Starting {
             thread: InterpThread {
-                handle: InterpHandle {
-                    shared,
-                    jobs: jobs_tx,
-                    config,
-                },
-                done: done_rx,
-                join: Some(join),
+                handle: InterpHandle::new(shared, jobs_tx, config),
+                thread,
                 exit: None,
             },
             ready: ready_rx,
@@ -358,7 +136,7 @@ impl InterpThread {
                 thread.begin_shutdown();
                 Err(Error::Timeout(format!(
                     "creating subinterpreter {:?}: {why}",
-                    thread.handle.shared.name
+                    thread.handle.shared().name
                 )))
             }
         }
@@ -409,11 +187,8 @@ impl InterpThread {
         if let Some(e) = &self.exit {
             return e.clone();
         }
-        match self.done.recv_timeout(bound) {
-            Ok(exit) => self.finished(exit),
-            Err(flume::RecvTimeoutError::Disconnected) => self.died(),
-            Err(flume::RecvTimeoutError::Timeout) => self.leaked(bound),
-        }
+        let joined = self.thread.join_blocking(bound);
+        self.joined(joined, bound)
     }
 
     /// [`join`](Self::join) for async callers.
@@ -421,12 +196,8 @@ impl InterpThread {
         if let Some(e) = &self.exit {
             return e.clone();
         }
-        let got = deadline(bound, self.done.recv_async()).await;
-        match got {
-            Some(Ok(exit)) => self.finished(exit),
-            Some(Err(_)) => self.died(),
-            None => self.leaked(bound),
-        }
+        let joined = self.thread.join(bound).await;
+        self.joined(joined, bound)
     }
 
     /// [`begin_shutdown`](Self::begin_shutdown) then [`join`](Self::join).
@@ -435,13 +206,19 @@ impl InterpThread {
         self.join(bound)
     }
 
-    fn finished(&mut self, exit: Exit) -> Exit {
-        if let Some(j) = self.join.take() {
-            // The thread sent its exit as its last act: this join is immediate.
-            let _ = j.join();
+    fn joined(&mut self, joined: Joined<Exit>, bound: Duration) -> Exit {
+        match joined {
+            Joined::Finished(exit) => self.finished(exit),
+            Joined::Panicked(why) => self.died(why),
+            Joined::Running => self.leaked(bound),
+            // `self.exit` is set whenever the thread was joined: not reached.
+            Joined::AlreadyJoined => self.died("was already joined".to_owned()),
         }
+    }
+
+    fn finished(&mut self, exit: Exit) -> Exit {
         if let Exit::Leaked(reason) = &exit {
-            tracing::warn!(actor = %self.handle.shared.name, "subinterpreter leaked: {reason}");
+            tracing::warn!(actor = %self.handle.shared().name, "subinterpreter leaked: {reason}");
         }
         self.exit = Some(exit.clone());
         exit
@@ -449,18 +226,14 @@ impl InterpThread {
 
     /// The thread ended without reporting its exit: it died by a panic that escaped its own
     /// net. Reports it failed, with the panic message.
-    fn died(&mut self) -> Exit {
-        let why = match self.join.take().map(JoinHandle::join) {
-            Some(Err(payload)) => harrow_runtime_core::panic_message(&*payload),
-            _ => "ended without reporting how".to_owned(),
-        };
+    fn died(&mut self, why: String) -> Exit {
         let exit = Exit::Failed(format!("the interpreter thread {why}"));
         self.exit = Some(exit.clone());
         exit
     }
 
     fn leaked(&mut self, bound: Duration) -> Exit {
-        let shared = &self.handle.shared;
+        let shared = self.handle.shared();
         shared.leaked.store(true, Ordering::SeqCst);
         let running = shared
             .current

@@ -20,7 +20,7 @@ use harrow_runtime_core::{
     BoxFuture, Capabilities, Child, SpawnBackend, SpawnError, SpawnSpec, move_on_after,
 };
 
-use crate::config::InterpConfig;
+use harrow_python::InterpConfig;
 use crate::interp::InterpThread;
 
 /// A subint backend with interpreters created ahead of demand (see the module doc).

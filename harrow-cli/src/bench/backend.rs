@@ -101,6 +101,23 @@ pub(super) fn plans(py: Option<&crate::pymod::PyDir>) -> Vec<Plan> {
             divide: format!("{m}:divide"),
         });
     }
+    // Python in child processes (this binary re-executed, serving the same module in its main
+    // interpreter), beside a bare Python process start.
+    #[cfg(all(feature = "subint", feature = "process"))]
+    if let Some(dir) = py {
+        let m = crate::pymod::MODULE;
+        v.push(Plan {
+            name: "pyprocess",
+            backend: harrow::PyProcessBackend::shared(),
+            spec: ActorSpec::new().params(dir.params("bench", false)),
+            bare: BareSpawn::Python,
+            echo: format!("{m}:echo"),
+            async_echo: Some(format!("{m}:aecho")),
+            stream: format!("{m}:echo_stream"),
+            spin: format!("{m}:spin"),
+            divide: format!("{m}:divide"),
+        });
+    }
     let _ = (py, rust);
     v
 }

@@ -50,6 +50,9 @@ pub(super) enum BareSpawn {
     Process,
     /// Create and end one bare subinterpreter on a fresh thread.
     Subint,
+    /// Spawn and wait for `python -c pass` (the Python recorded at build time): a process
+    /// starting and ending CPython, as a `multiprocessing` spawn does.
+    Python,
 }
 
 impl BareSpawn {
@@ -58,6 +61,7 @@ impl BareSpawn {
             BareSpawn::Thread => "bare std::thread spawn+join",
             BareSpawn::Process => "bare spawn+exit of this binary",
             BareSpawn::Subint => "bare subinterpreter create+end",
+            BareSpawn::Python => "bare `python -c pass` spawn+exit",
         }
     }
 
@@ -84,6 +88,20 @@ impl BareSpawn {
                 Ok(took)
             }
             BareSpawn::Subint => bare_subint(),
+            BareSpawn::Python => {
+                let python = option_env!("HARROW_PYTHON").ok_or_else(|| {
+                    anyhow::anyhow!("no Python was recorded at build time: run scripts/setup")
+                })?;
+                let t = Instant::now();
+                let status = Command::new(python)
+                    .args(["-c", "pass"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .status()?;
+                let took = t.elapsed();
+                anyhow::ensure!(status.success(), "{python} -c pass failed: {status}");
+                Ok(took)
+            }
         }
     }
 }

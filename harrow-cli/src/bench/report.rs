@@ -144,6 +144,25 @@ impl Report {
                 apply.median() / call.median()
             );
         }
+        // The Python process backend's call round trip beside the same multiprocessing figure.
+        let py_process = self
+            .rows
+            .iter()
+            .find(|r| r.backend == "pyprocess" && r.key == "rpc_round_trip");
+        if let (Some((_, apply)), Some(row)) = (
+            self.parallel.as_ref().and_then(|p| p.calls.as_ref()),
+            py_process,
+        ) {
+            println!(
+                "{:<8} {:<24} {:>30}  {:<38} {:>30}   pyprocess {:.1}x faster",
+                "pyprocess",
+                "Python call round trip",
+                Unit::Us.show_spread(&row.harrow),
+                "multiprocessing Pool.apply",
+                Unit::Us.show_spread(apply),
+                apply.median() / row.harrow.median()
+            );
+        }
         let Some(p) = &self.parallel else {
             return;
         };

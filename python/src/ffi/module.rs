@@ -2,13 +2,15 @@
 //! created in that interpreter (`PyCFunction_NewEx` bound to a `PyCapsule` holding Rust state).
 //! Nothing here is process-global except the immutable `PyMethodDef` tables (plain C data).
 
-use std::ffi::{CStr, CString, c_void};
+use std::ffi::{CStr, CString, c_long, c_void};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use harrow_ipc::Value;
+use harrow_ipc::{CallKind, Value};
+use harrow_portal::CallError;
 use parking_lot::Mutex;
 use pyo3_ffi as ffi;
 
@@ -26,6 +28,7 @@ const HARROW_SRC: &CStr = {
 };
 
 const SHARED_CAPSULE: &CStr = c"harrow._shared";
+const ASYNC_CAPSULE: &CStr = c"harrow._async_call";
 const CALL_CAPSULE: &CStr = c"harrow._call";
 
 /// Immutable method tables: plain C data (names, flags, function pointers), no Python object,
@@ -105,8 +108,54 @@ fn def(i: usize) -> *mut ffi::PyMethodDef {
     (&DEFS.0[i] as *const ffi::PyMethodDef).cast_mut()
 }
 
+/// What the `harrow` module needs from the thread serving the interpreter's calls. The module
+/// owns this interface and the call server provides it (to [`HarrowModule::build`]), so that
+/// the module depends on no server.
+pub(crate) struct ServerHooks {
+    /// Waits for the future with the interpreter's GIL released (the thread may serve the
+    /// actor's other calls meanwhile); false when the call `job` was cancelled first (never while
+    /// `shielded`: then only the future ends the wait).
+    ///
+    /// Safety: the interpreter's owning thread with its GIL held; the future touches no Python
+    /// object.
+    pub(crate) wait: unsafe fn(&JobState, bool, Pin<&mut dyn Future<Output = ()>>) -> bool,
+    /// Runs (or starts, for async functions) the calls queued for the actor, from its event
+    /// loop. Safety: the owning thread, GIL held.
+    pub(crate) take_jobs: unsafe fn(),
+    /// An async call's task ended: `state` 0 returned `value`, 1 cancelled, 2 raised `value`.
+    /// Safety: the owning thread, GIL held, `value` a valid object.
+    pub(crate) finish_async: unsafe fn(&AsyncCall, c_long, *mut ffi::PyObject),
+}
+
+/// [`ServerHooks::wait`] for a future with an output: `None` when the call was cancelled first.
+///
+/// # Safety
+/// As [`ServerHooks::wait`].
+unsafe fn wait_for<T>(
+    hooks: &ServerHooks,
+    job: &JobState,
+    shielded: bool,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
+    let mut out = None;
+    let done = {
+        let fut = std::pin::pin!(async { out = Some(fut.await) });
+        // SAFETY: forwarded (caller).
+        unsafe { (hooks.wait)(job, shielded, fut) }
+    };
+    if done { out } else { None }
+}
+
+/// The Rust state behind the module's native functions (their `self` capsule).
+struct ModState {
+    shared: Arc<Shared>,
+    hooks: &'static ServerHooks,
+}
+
 /// The `harrow` module of one interpreter and the harness functions taken from it.
 pub(crate) struct HarrowModule {
+    /// What the module's functions ask of the call server.
+    pub(crate) hooks: &'static ServerHooks,
     pub(crate) module: Obj,
     pub(crate) context_cls: Obj,
     pub(crate) describe: Obj,
@@ -126,7 +175,10 @@ impl HarrowModule {
     ///
     /// # Safety
     /// Runs on the interpreter's owning thread with its GIL held.
-    pub(crate) unsafe fn build(shared: &Arc<Shared>) -> PyResult<HarrowModule> {
+    pub(crate) unsafe fn build(
+        shared: &Arc<Shared>,
+        hooks: &'static ServerHooks,
+    ) -> PyResult<HarrowModule> {
         // Every call below: GIL of this interpreter held (caller); all objects made here belong
         // to it, and every new reference is owned by an `Obj`.
         // SAFETY: GIL held; a new module object.
@@ -144,8 +196,11 @@ impl HarrowModule {
         if unsafe { ffi::PyDict_SetItemString(dict, c"__builtins__".as_ptr(), builtins) } != 0 {
             return Err(PyErrSet);
         }
-        // One capsule holding an `Arc<Shared>`, the `self` of the module's native functions.
-        let boxed = Box::into_raw(Box::new(Arc::clone(shared)));
+        // One capsule holding the `ModState`, the `self` of the module's native functions.
+        let boxed = Box::into_raw(Box::new(ModState {
+            shared: Arc::clone(shared),
+            hooks,
+        }));
         // SAFETY: GIL held; the capsule owns `boxed`, freed by its destructor.
         let capsule = unsafe {
             ffi::PyCapsule_New(
@@ -214,6 +269,7 @@ impl HarrowModule {
             .harrow_error
             .store(harrow_error.into_ptr().cast(), Ordering::SeqCst);
         Ok(HarrowModule {
+            hooks,
             context_cls: get(c"Context")?,
             describe: get(c"_describe")?,
             format_exc: get(c"_format_exc")?,
@@ -258,8 +314,8 @@ unsafe fn drop_shared_capsule_body(capsule: *mut ffi::PyObject) {
     // SAFETY: called by CPython with the capsule's interpreter's GIL held.
     let p = unsafe { ffi::PyCapsule_GetPointer(capsule, SHARED_CAPSULE.as_ptr()) };
     if !p.is_null() {
-        // SAFETY: the `Box<Arc<Shared>>` made for this capsule name, freed once, here.
-        drop(unsafe { Box::from_raw(p.cast::<Arc<Shared>>()) });
+        // SAFETY: the `Box<ModState>` made for this capsule name, freed once, here.
+        drop(unsafe { Box::from_raw(p.cast::<ModState>()) });
     }
 }
 
@@ -305,16 +361,25 @@ fn cancel_due(shared: &Shared) -> bool {
         && shared.cancel_outstanding()
 }
 
-/// The `Shared` behind a shield/checkpoint function's capsule.
+/// The `ModState` behind a native function's capsule.
 ///
 /// # Safety
 /// GIL held; `slf` is the capsule bound to these functions (it outlives the call).
-unsafe fn shared_from<'a>(slf: *mut ffi::PyObject) -> Option<&'a Shared> {
+unsafe fn state_from<'a>(slf: *mut ffi::PyObject) -> Option<&'a ModState> {
     // SAFETY: GIL held; a wrong object is a Python error, not UB.
     let p = unsafe { ffi::PyCapsule_GetPointer(slf, SHARED_CAPSULE.as_ptr()) };
-    // SAFETY: the capsule holds a live `Box<Arc<Shared>>`, freed only when the capsule dies,
+    // SAFETY: the capsule holds a live `Box<ModState>`, freed only when the capsule dies,
     // which cannot happen while one of its functions runs.
-    unsafe { p.cast::<Arc<Shared>>().as_ref() }.map(|a| &**a)
+    unsafe { p.cast::<ModState>().as_ref() }
+}
+
+/// The `Shared` behind a native function's capsule.
+///
+/// # Safety
+/// As [`state_from`].
+unsafe fn shared_from<'a>(slf: *mut ffi::PyObject) -> Option<&'a Shared> {
+    // SAFETY: forwarded (caller).
+    unsafe { state_from(slf) }.map(|s| &*s.shared)
 }
 
 unsafe extern "C" fn native_shield_enter(
@@ -434,7 +499,7 @@ unsafe fn native_sleep_body(
 ) -> *mut ffi::PyObject {
     // Called by CPython on a thread of this interpreter with its GIL held.
     // SAFETY: GIL held; `slf` is the shared capsule bound to this function.
-    let Some(shared) = (unsafe { shared_from(slf) }) else {
+    let Some(ModState { shared, hooks }) = (unsafe { state_from(slf) }) else {
         return std::ptr::null_mut();
     };
     // SAFETY: GIL held; `seconds` is a valid object (METH_O).
@@ -461,7 +526,7 @@ unsafe fn native_sleep_body(
         Err(_) => async_io::Timer::never(),
     };
     // SAFETY: owning thread with the GIL held; the timer touches no Python object.
-    match unsafe { super::worker::wait_released(&job, shielded, timer) } {
+    match unsafe { wait_for(hooks, &job, shielded, timer) } {
         // SAFETY: GIL held (re-taken); a new reference to True.
         Some(_) => unsafe { ffi::PyBool_FromLong(1) },
         None => {
@@ -496,6 +561,8 @@ unsafe fn none() -> *mut ffi::PyObject {
 /// The Rust state behind one call's `ctx` (and its stream).
 pub(crate) struct CallCtx {
     pub(crate) shared: Arc<Shared>,
+    /// What waiting in a `ctx` operation asks of the call server.
+    pub(crate) hooks: &'static ServerHooks,
     pub(crate) job: Arc<JobState>,
     pub(crate) host: Option<Arc<dyn CallHost>>,
     pub(crate) stream: Mutex<Option<Box<dyn StreamHost>>>,
@@ -513,7 +580,7 @@ pub(crate) enum Blocked<T> {
 impl CallCtx {
     /// Runs `fut` to completion with this interpreter's GIL released, waking up early (outcome
     /// `Cancelled`) when the call is cancelled, unless a shield is active. Other calls of the
-    /// actor may run nested meanwhile (see `worker::wait_released`).
+    /// actor may run nested meanwhile (see [`ServerHooks::wait`]).
     ///
     /// # Safety
     /// Owning thread with the GIL held (it is released and re-taken here). No `Obj` may be
@@ -528,7 +595,7 @@ impl CallCtx {
             return Blocked::Cancelled;
         }
         // SAFETY: forwarded (caller); `fut` touches no Python object.
-        let outcome = match unsafe { super::worker::wait_released(&self.job, shielded, fut) } {
+        let outcome = match unsafe { wait_for(self.hooks, &self.job, shielded, fut) } {
             Some(Ok(v)) => Blocked::Done(v),
             // The operation failed because the call was cancelled (its stream ends with the
             // cancel): that is the cancel reaching Python, not a runtime failure.
@@ -889,13 +956,13 @@ unsafe extern "C" fn native_take_jobs(
 /// queued for the actor. On the owning thread only.
 unsafe fn native_take_jobs_body(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
     // SAFETY: GIL held; `slf` is the shared capsule bound to this function.
-    let Some(shared) = (unsafe { shared_from(slf) }) else {
+    let Some(state) = (unsafe { state_from(slf) }) else {
         return std::ptr::null_mut();
     };
     // SAFETY: GIL held; reads the calling thread's identity.
-    if unsafe { on_owner(shared) } {
+    if unsafe { on_owner(&state.shared) } {
         // SAFETY: owning thread, GIL held.
-        unsafe { super::worker::take_jobs() };
+        unsafe { (state.hooks.take_jobs)() };
     }
     // SAFETY: GIL held.
     unsafe { none() }
@@ -915,9 +982,16 @@ unsafe extern "C" fn native_finish(
 /// `_native_finish(call, state, value)`: an async call's task ended (`state` 0: returned
 /// `value`; 1: cancelled; 2: raised `value`); sends its result.
 unsafe fn native_finish_body(
-    _slf: *mut ffi::PyObject,
+    slf: *mut ffi::PyObject,
     args: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    // SAFETY: GIL held; `slf` is the shared capsule bound to this function.
+    let Some(ModState {
+        hooks: state_hooks, ..
+    }) = (unsafe { state_from(slf) })
+    else {
+        return std::ptr::null_mut();
+    };
     // SAFETY: GIL held; `args` is a tuple.
     if unsafe { ffi::PyTuple_Size(args) } != 3 {
         // SAFETY: GIL held.
@@ -938,11 +1012,11 @@ unsafe fn native_finish_body(
         return std::ptr::null_mut();
     }
     // SAFETY: GIL held; `call` is the capsule `start_async` made (checked by name).
-    let Some(call) = (unsafe { super::worker::async_call_from(call) }) else {
+    let Some(call) = (unsafe { async_call_from(call) }) else {
         return std::ptr::null_mut();
     };
     // SAFETY: owning thread (the loop runs there), GIL held; `value` is a valid object.
-    unsafe { super::worker::finish_async(call, state, value) };
+    unsafe { (state_hooks.finish_async)(call, state, value) };
     // SAFETY: GIL held.
     unsafe { none() }
 }
@@ -955,10 +1029,74 @@ unsafe extern "C" fn native_call_cancelled(
     // becomes a Python exception.
     guarded("checking an async call", std::ptr::null_mut(), || {
         // SAFETY: GIL held; the capsule is checked by name.
-        let Some(call) = (unsafe { super::worker::async_call_from(call) }) else {
+        let Some(call) = (unsafe { async_call_from(call) }) else {
             return std::ptr::null_mut();
         };
         // SAFETY: GIL held; a new reference to a bool.
         unsafe { ffi::PyBool_FromLong(std::ffi::c_long::from(call.cancel_requested())) }
     })
+}
+
+/// An async call running as a task of the interpreter's event loop (held by a capsule that the
+/// task's done callback passes back to `_native_finish`).
+pub(crate) struct AsyncCall {
+    pub(crate) ctx: Arc<CallCtx>,
+    pub(crate) kind: CallKind,
+    pub(crate) func: String,
+    /// Taken when the result is sent; still here if the task never ended (the capsule's
+    /// destructor then drops it: the caller sees the interpreter gone).
+    pub(crate) reply: Mutex<Option<flume::Sender<Result<Value, CallError>>>>,
+}
+
+impl AsyncCall {
+    /// Whether the task should be cancelled: its call was, or the actor is shutting down.
+    pub(crate) fn cancel_requested(&self) -> bool {
+        self.ctx.job.is_cancelled() || self.ctx.shared.closing.load(Ordering::SeqCst)
+    }
+}
+
+unsafe extern "C" fn drop_async_capsule(capsule: *mut ffi::PyObject) {
+    // SAFETY: CPython calls a capsule destructor with the capsule's interpreter's GIL held.
+    guarded_quiet("harrow._async_call capsule destructor", || {
+        // SAFETY: GIL held.
+        let p = unsafe { ffi::PyCapsule_GetPointer(capsule, ASYNC_CAPSULE.as_ptr()) };
+        if !p.is_null() {
+            // SAFETY: the `Box<AsyncCall>` made for this capsule name, freed once, here.
+            drop(unsafe { Box::from_raw(p.cast::<AsyncCall>()) });
+        }
+    })
+}
+
+/// The `AsyncCall` behind a `harrow._async_call` capsule (a Python error set if `o` is not one).
+///
+/// # Safety
+/// GIL held; the returned reference is valid while `o` is alive.
+pub(crate) unsafe fn async_call_from<'a>(o: *mut ffi::PyObject) -> Option<&'a AsyncCall> {
+    // SAFETY: GIL held (caller); a wrong object is a Python error, not UB.
+    let p = unsafe { ffi::PyCapsule_GetPointer(o, ASYNC_CAPSULE.as_ptr()) };
+    // SAFETY: the capsule owns a live `AsyncCall` until its destructor runs.
+    unsafe { p.cast::<AsyncCall>().as_ref() }
+}
+
+/// Wraps `call` in a `harrow._async_call` capsule, which owns it from then on; gives it back
+/// when the capsule could not be made (a Python error is then set).
+///
+/// # Safety
+/// GIL held.
+pub(crate) unsafe fn async_capsule(call: AsyncCall) -> Result<Obj, Box<AsyncCall>> {
+    let boxed = Box::into_raw(Box::new(call));
+    // SAFETY: GIL held (caller); the capsule owns `boxed` (freed by its destructor).
+    let capsule = unsafe {
+        ffi::PyCapsule_New(
+            boxed.cast(),
+            ASYNC_CAPSULE.as_ptr(),
+            Some(drop_async_capsule),
+        )
+    };
+    // SAFETY: a new reference (or null with an error set).
+    match unsafe { Obj::owned(capsule) } {
+        Ok(c) => Ok(c),
+        // SAFETY: the capsule was not made: `boxed` is still ours.
+        Err(_) => Err(unsafe { Box::from_raw(boxed) }),
+    }
 }

@@ -1,14 +1,15 @@
-//! [`PyResolver`]: serves an actor's calls with Python functions in its subinterpreter.
+//! [`PyResolver`]: serves an actor's calls with Python functions in its interpreter (a
+//! subinterpreter, or a process child's main interpreter).
 
 use std::sync::Arc;
 
 use harrow_ipc::Value;
 use harrow_portal::{CallError, CallFuture, CalleeContext, Invocation, MsgStream, Resolver};
 
+use crate::handle::InterpHandle;
 use crate::host::{CallHost, HostFuture, StreamHost};
-use crate::interp::InterpHandle;
 
-/// The [`Resolver`] of a subint actor: checks that the function's module is exposed, then runs
+/// The [`Resolver`] of a Python actor (either backend): checks that the function's module is exposed, then runs
 /// the call on the actor's interpreter thread.
 ///
 /// Calls observe their cancellation: on a cancel, `harrow.Cancelled` is raised in the running

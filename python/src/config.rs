@@ -1,4 +1,5 @@
-//! [`InterpConfig`]: how one actor's subinterpreter is made.
+//! [`InterpConfig`]: how one Python actor's interpreter is made (a subinterpreter, or the main
+//! interpreter of a child process).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +14,14 @@ pub struct InterpConfig {
     pub modules: Vec<String>,
     /// Entries put at the front of `sys.path`, in order, before any call.
     pub sys_path: Vec<PathBuf>,
+    /// A virtual environment whose packages the actor sees: its
+    /// `lib/python<X.Y>/site-packages` (for the Python harrow is linked against) is added with
+    /// `site.addsitedir` (so its `.pth` files work), after [`site_packages`](Self::site_packages).
+    /// The same for both Python backends; a venv made with another Python version is an error at
+    /// spawn.
+    pub venv: Option<PathBuf>,
+    /// Site-packages directories added with `site.addsitedir`, in order, before any call.
+    pub site_packages: Vec<PathBuf>,
     /// Legacy mode: share the main interpreter's GIL and allow single-phase-init extension
     /// modules (`check_multi_interp_extensions = 0`). No parallelism with other legacy
     /// interpreters; use only for extensions that refuse to load in an isolated interpreter.
@@ -46,6 +55,8 @@ impl InterpConfig {
             name: name.into(),
             modules: Vec::new(),
             sys_path: Vec::new(),
+            venv: None,
+            site_packages: Vec::new(),
             legacy: false,
             allow_threads: false,
             thread_join_bound: Duration::from_secs(1),
@@ -63,6 +74,52 @@ impl InterpConfig {
     pub fn sys_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.sys_path.push(path.into());
         self
+    }
+
+    /// Makes the packages of the virtual environment at `dir` visible (see
+    /// [`venv`](Self::venv)).
+    pub fn venv(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.venv = Some(dir.into());
+        self
+    }
+
+    /// Adds a site-packages directory (see [`site_packages`](Self::site_packages)).
+    pub fn site_packages(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.site_packages.push(dir.into());
+        self
+    }
+
+    /// The directories given to `site.addsitedir`, in order: [`site_packages`](Self::site_packages),
+    /// then the venv's site-packages for the Python harrow is linked against (`python_version`,
+    /// `"3.13"`). A venv without one, or a directory that does not exist, is an
+    /// [`Error::Config`](crate::Error::Config) naming it.
+    pub fn site_dirs(&self, python_version: &str) -> crate::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for dir in &self.site_packages {
+            if !dir.is_dir() {
+                return Err(crate::Error::Config(format!(
+                    "site-packages directory {} does not exist",
+                    dir.display()
+                )));
+            }
+            out.push(dir.clone());
+        }
+        if let Some(venv) = &self.venv {
+            let site = venv
+                .join("lib")
+                .join(format!("python{python_version}"))
+                .join("site-packages");
+            if !site.is_dir() {
+                return Err(crate::Error::Config(format!(
+                    "virtual environment {} has no {} (it must be made with Python                      {python_version}, the one harrow is linked against: `python{python_version}                      -m venv {}`)",
+                    venv.display(),
+                    site.strip_prefix(venv).unwrap_or(&site).display(),
+                    venv.display()
+                )));
+            }
+            out.push(site);
+        }
+        Ok(out)
     }
 
     /// Sets legacy (shared GIL) mode.
@@ -92,11 +149,12 @@ impl InterpConfig {
 impl InterpConfig {
     /// Encodes the config (all but the name) as the `params` of a spawn spec:
     /// `{"modules": [str], "sys_path": [str], "legacy": bool, "allow_threads": bool,
-    /// "thread_join_bound_ms": int, "stack_size": int}`.
+    /// "thread_join_bound_ms": int, "stack_size": int}`, plus `"venv": str` and
+    /// `"site_packages": [str]` when set.
     pub fn to_params(&self) -> harrow_ipc::Value {
         use harrow_ipc::Value;
         let strs = |v: Vec<String>| Value::List(v.into_iter().map(Value::Str).collect());
-        Value::Map(vec![
+        let mut entries = vec![
             (Value::from("modules"), strs(self.modules.clone())),
             (
                 Value::from("sys_path"),
@@ -120,7 +178,25 @@ impl InterpConfig {
                 Value::from("stack_size"),
                 Value::Int(i64::try_from(self.stack_size).unwrap_or(i64::MAX)),
             ),
-        ])
+        ];
+        if let Some(venv) = &self.venv {
+            entries.push((
+                Value::from("venv"),
+                Value::Str(venv.to_string_lossy().into_owned()),
+            ));
+        }
+        if !self.site_packages.is_empty() {
+            entries.push((
+                Value::from("site_packages"),
+                strs(
+                    self.site_packages
+                        .iter()
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .collect(),
+                ),
+            ));
+        }
+        Value::Map(entries)
     }
 
     /// Decodes spawn-spec `params` (see [`to_params`](Self::to_params); every key is optional,
@@ -161,6 +237,18 @@ impl InterpConfig {
                 Some("modules") => cfg.modules = strs("modules", v)?,
                 Some("sys_path") => {
                     cfg.sys_path = strs("sys_path", v)?
+                        .into_iter()
+                        .map(PathBuf::from)
+                        .collect()
+                }
+                Some("venv") => {
+                    let dir = v
+                        .as_str()
+                        .ok_or_else(|| Error::Config("\"venv\" must be a str".into()))?;
+                    cfg.venv = Some(PathBuf::from(dir));
+                }
+                Some("site_packages") => {
+                    cfg.site_packages = strs("site_packages", v)?
                         .into_iter()
                         .map(PathBuf::from)
                         .collect()

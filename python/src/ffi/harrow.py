@@ -284,15 +284,19 @@ def _format_exc(e):
     except BaseException:
         msg = "<str() of the exception failed>"
     if isinstance(e, ImportError) and "subinterpreters" in msg:
-        words = msg.split()
-        mod = getattr(e, "name", None) or (
-            words[1] if len(words) > 1 and words[0] == "module" else "?"
-        )
+        mod = getattr(e, "name", None)
+        if not mod:
+            # A package may wrap the refusal (numpy does): its text still names the module.
+            import re
+
+            found = re.search(r"module (\S+) does not support loading in subinterpreters", msg)
+            mod = found.group(1) if found else "?"
         msg += (
             " [harrow: the C extension module %r refuses this subinterpreter. A single-phase-init"
             " extension loads in legacy mode (InterpConfig legacy); one that refuses every"
-            " subinterpreter needs a main interpreter, that is Python in its own process (a"
-            " process backend running Python is planned)]" % (mod,)
+            " subinterpreter needs a main interpreter: run this actor on the Python process"
+            " backend (ProcessBackend::python() in Rust, `harrow run-py --backend process`),"
+            " which runs it in a child process's main interpreter]" % (mod,)
         )
     try:
         tb = _format_tb(e, name, msg)

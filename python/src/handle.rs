@@ -1,0 +1,207 @@
+//! [`InterpHandle`]: submitting calls to the thread that serves an interpreter's calls, and
+//! [`PyCall`], one call in flight. The same for every Python backend: what owns the interpreter
+//! (a subint actor's dedicated thread, a process child's main-interpreter thread) hands out the
+//! handle.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use harrow_ipc::{CallKind, ErrorKind, FnPath, Value};
+use harrow_portal::CallError;
+
+use crate::config::InterpConfig;
+use crate::host::CallHost;
+use crate::job::{CallJob, Job, not_exposed};
+use crate::state::{JobState, Shared};
+
+/// A cheap, cloneable handle for submitting calls to an interpreter thread.
+#[derive(Clone)]
+pub struct InterpHandle {
+    shared: Arc<Shared>,
+    jobs: flume::Sender<Job>,
+    config: Arc<InterpConfig>,
+}
+
+impl std::fmt::Debug for InterpHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InterpHandle")
+            .field("actor", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InterpHandle {
+    /// The handle of an interpreter whose calls the thread receiving `jobs` serves
+    /// ([`ffi::serve`](crate::ffi)), described by `shared` and `config`.
+    pub fn new(shared: Arc<Shared>, jobs: flume::Sender<Job>, config: Arc<InterpConfig>) -> Self {
+        InterpHandle {
+            shared,
+            jobs,
+            config,
+        }
+    }
+
+    /// The interpreter's state shared with its serving thread (diagnostics, cancel).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The actor's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The interpreter's config.
+    pub fn config(&self) -> &InterpConfig {
+        &self.config
+    }
+
+    /// Checks that `func`'s module is exposed (`ModuleNotExposed` otherwise).
+    pub fn check_exposed(&self, func: &FnPath) -> Result<(), CallError> {
+        if self.config.exposes(func.module()) {
+            Ok(())
+        } else {
+            Err(not_exposed(&self.config, func.module()))
+        }
+    }
+
+    /// Queues a call of `func` with `args` (`Null`: no argument; anything else: exactly one
+    /// positional argument, see the crate doc). `host` is the Rust side of `ctx` (needed for
+    /// `CallKind::Context`; without it `ctx` methods raise `harrow.HarrowError`).
+    ///
+    /// The returned future resolves to the call's result. Dropping it before then cancels the
+    /// call: `harrow.Cancelled` is raised in the running Python code (re-armed until it ends).
+    pub fn call(
+        &self,
+        func: FnPath,
+        kind: CallKind,
+        args: Value,
+        host: Option<Arc<dyn CallHost>>,
+    ) -> PyCall {
+        let job = JobState::new(func.to_string());
+        let (tx, rx) = flume::bounded(1);
+        let mut call = PyCall {
+            rx: Box::pin(rx.into_recv_async()),
+            job: Arc::clone(&job),
+            shared: Arc::clone(&self.shared),
+            finished: false,
+            immediate: None,
+        };
+        if let Err(e) = self.check_exposed(&func) {
+            call.immediate = Some(Err(e));
+            return call;
+        }
+        if self.shared.closing.load(Ordering::SeqCst) {
+            call.immediate = Some(Err(gone(&self.shared.name)));
+            return call;
+        }
+        let sent = self.jobs.send(Job::Call(CallJob {
+            job,
+            func,
+            kind,
+            args,
+            host,
+            reply: tx,
+        }));
+        if sent.is_err() {
+            call.immediate = Some(Err(gone(&self.shared.name)));
+        } else {
+            self.shared.wake();
+        }
+        call
+    }
+
+    /// Cancels the call running now, if any (queued calls are cancelled by dropping their
+    /// futures, or all at once by [`begin_shutdown`](Self::begin_shutdown)).
+    pub fn cancel_current(&self) {
+        self.shared.cancel_current();
+    }
+
+    /// Fault injection for tests: makes the interpreter thread panic with `message` when it
+    /// takes this job. Idle, the thread itself panics (its exit is then [`Exit::Failed`]); taken
+    /// while a call waits, it fails that call instead (a panic inside a call's operation).
+    #[doc(hidden)]
+    pub fn inject_panic(&self, message: impl Into<String>) {
+        let _ = self.jobs.send(Job::Panic(message.into()));
+        self.shared.wake();
+    }
+
+    /// Starts shutting the interpreter down without waiting: no new call is taken, queued calls
+    /// are rejected, the running call is cancelled. Idempotent.
+    pub fn begin_shutdown(&self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        let _ = self.jobs.send(Job::Shutdown);
+        self.shared.cancel_current();
+    }
+}
+
+fn gone(name: &str) -> CallError {
+    CallError::new(
+        ErrorKind::Runtime,
+        "InterpreterGone",
+        format!("the interpreter of actor {name:?} has shut down"),
+    )
+}
+
+type ReplyFuture =
+    Pin<Box<dyn Future<Output = Result<Result<Value, CallError>, flume::RecvError>> + Send>>;
+
+/// One call running (or queued) in an interpreter. Resolves to its result; dropping it before
+/// that cancels the call.
+pub struct PyCall {
+    rx: ReplyFuture,
+    job: Arc<JobState>,
+    shared: Arc<Shared>,
+    finished: bool,
+    immediate: Option<Result<Value, CallError>>,
+}
+
+impl std::fmt::Debug for PyCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PyCall")
+            .field("func", &self.job.func)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PyCall {
+    /// Cancels the call without dropping the future (its result will then be the cancel error,
+    /// or whatever the code returned if it finished first).
+    pub fn cancel(&self) {
+        if !self.finished {
+            self.job.cancel();
+            self.shared.request_cancel();
+        }
+    }
+}
+
+impl Future for PyCall {
+    type Output = Result<Value, CallError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(r) = self.immediate.take() {
+            self.finished = true;
+            return Poll::Ready(r);
+        }
+        match self.rx.as_mut().poll(cx) {
+            Poll::Ready(r) => {
+                self.finished = true;
+                Poll::Ready(r.unwrap_or_else(|_| Err(gone(&self.shared.name))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for PyCall {
+    fn drop(&mut self) {
+        if !self.finished && self.immediate.is_none() {
+            self.job.cancel();
+            self.shared.request_cancel();
+        }
+    }
+}

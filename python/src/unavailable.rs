@@ -1,0 +1,31 @@
+//! Stand-ins used when the configured Python is not one harrow supports: every entry point
+//! reports [`Error::Unavailable`].
+
+use std::sync::Arc;
+
+use crate::config::InterpConfig;
+use crate::error::{Error, Result, unavailable_message};
+use crate::job::Job;
+use crate::state::Shared;
+
+pub(crate) fn ensure_main() -> Result<()> {
+    Err(Error::Unavailable(unavailable_message()))
+}
+
+pub(crate) fn inject_cancel(_shared: &Shared) {}
+
+pub(crate) fn dump_stack(_shared: &Shared) -> String {
+    format!("(python stacks unavailable: {})\n", unavailable_message())
+}
+
+pub(crate) fn wake_write(_fd: i32) {}
+
+pub(crate) fn serve_main(
+    _shared: &Arc<Shared>,
+    _config: &InterpConfig,
+    _jobs: flume::Receiver<Job>,
+    ready: impl FnOnce(std::result::Result<(), String>),
+) -> std::result::Result<(), String> {
+    ready(Err(unavailable_message()));
+    Err(unavailable_message())
+}
