@@ -73,6 +73,7 @@ mod config;
 mod error;
 mod host;
 mod interp;
+mod nest;
 mod resolver;
 mod state;
 

@@ -119,6 +119,12 @@ pub(crate) struct JobState {
     /// When `harrow.Cancelled` was last raised in the call: the injector leaves its cleanup
     /// (`except`/`finally`) alone for [`CLEANUP_GRACE`] after that.
     delivered_at: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// What the call's Python code reaches (its actor, nurseries, portals), when it is an
+    /// actor's served call.
+    env: parking_lot::Mutex<Option<crate::nest::ActorEnv>>,
+    /// The call's open cancel scopes (nursery blocks, deadlines), innermost last: its waits end
+    /// with `Cancelled` when one fires.
+    scopes: parking_lot::Mutex<Vec<crate::nest::Scope>>,
 }
 
 /// After `harrow.Cancelled` was raised in a call, how long the injector waits before raising it
@@ -133,7 +139,38 @@ impl JobState {
             done: AtomicBool::new(false),
             event: Event::new(),
             delivered_at: parking_lot::Mutex::new(None),
+            env: parking_lot::Mutex::new(None),
+            scopes: parking_lot::Mutex::new(Vec::new()),
         })
+    }
+
+    pub(crate) fn set_env(&self, env: Option<crate::nest::ActorEnv>) {
+        *self.env.lock() = env;
+    }
+
+    /// What the call's Python code reaches, if it is an actor's served call.
+    pub(crate) fn env(&self) -> Option<crate::nest::ActorEnv> {
+        self.env.lock().clone()
+    }
+
+    /// Opens a cancel scope in this call (innermost).
+    pub(crate) fn push_scope(&self, scope: crate::nest::Scope) {
+        self.scopes.lock().push(scope);
+    }
+
+    /// Closes the innermost cancel scope; returns whether it had fired.
+    pub(crate) fn pop_scope(&self) -> Option<bool> {
+        self.scopes.lock().pop().map(|s| s.fired())
+    }
+
+    /// The call's open cancel scopes.
+    pub(crate) fn scopes(&self) -> Vec<crate::nest::Scope> {
+        self.scopes.lock().clone()
+    }
+
+    /// Whether one of the call's open scopes has fired.
+    pub(crate) fn scope_fired(&self) -> bool {
+        self.scopes.lock().iter().any(crate::nest::Scope::fired)
     }
 
     /// Records that `harrow.Cancelled` was just raised in the call.
