@@ -217,6 +217,10 @@ pub(crate) struct PyTypes {
     pub(crate) cancelled: AtomicPtr<c_void>,
     pub(crate) end_of_stream: AtomicPtr<c_void>,
     pub(crate) harrow_error: AtomicPtr<c_void>,
+    /// `harrow._remote_error`: makes a `harrow.RemoteError` of a wire error (as a mapping).
+    pub(crate) remote_error: AtomicPtr<c_void>,
+    /// `harrow._nursery_error`: makes a `harrow.NurseryError` of a nursery's group.
+    pub(crate) nursery_error: AtomicPtr<c_void>,
 }
 
 /// State of one interpreter shared by its owning thread, its handles, the injector and the C
