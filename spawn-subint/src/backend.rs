@@ -16,11 +16,11 @@ use harrow_runtime_core::{
     Joined, SpawnBackend, SpawnError, SpawnSpec, run_actor,
 };
 
+use harrow_python::InterpConfig;
+use harrow_python::nest::Offers;
 use harrow_runtime_core::portal::Resolver;
 
-use crate::config::InterpConfig;
 use crate::interp::{Exit, InterpHandle, InterpThread};
-use crate::nest::Offers;
 use crate::resolver::{Nesting, PyResolver};
 
 /// Actors that run Python functions in CPython subinterpreters (own GIL by default).
@@ -107,7 +107,7 @@ async fn spawn(backend: SubintBackend, spec: SpawnSpec) -> Result<Box<dyn Child>
         return Err(SpawnError::Unavailable {
             actor: id,
             backend: "subint",
-            reason: crate::error::unavailable_message(),
+            reason: harrow_python::unavailable_message(),
         });
     }
     let config = InterpConfig::from_params(id.name.clone(), &spec.params).map_err(|e| {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use harrow_ipc::Value;
 use harrow_portal::{CallError, CallFuture, CalleeContext, Invocation, MsgStream, Resolver};
 
-use crate::host::{CallHost, HostFuture, StreamHost};
 use crate::interp::InterpHandle;
+use harrow_python::{CallHost, HostFuture, StreamHost};
 
 /// The [`Resolver`] of a subint actor: checks that the function's module is exposed, then runs
 /// the call on the actor's interpreter thread.
@@ -26,9 +26,9 @@ pub struct PyResolver {
 /// interpreter configuration (which its subint children inherit).
 #[derive(Debug)]
 pub(crate) struct Nesting {
-    pub(crate) offers: Arc<crate::nest::Offers>,
+    pub(crate) offers: Arc<harrow_python::nest::Offers>,
     pub(crate) subint: Arc<dyn harrow_runtime_core::SpawnBackend>,
-    pub(crate) config: Arc<crate::config::InterpConfig>,
+    pub(crate) config: Arc<harrow_python::InterpConfig>,
 }
 
 impl PyResolver {
@@ -56,7 +56,7 @@ impl Resolver for PyResolver {
         // Python code reaches the actor (its nurseries, portals, parent) through it.
         let env = self.nest.as_ref().and_then(|n| {
             harrow_runtime_core::current_actor().map(|actor| {
-                crate::nest::ActorEnv::new(
+                harrow_python::nest::ActorEnv::new(
                     actor,
                     Some(call.ctx.clone()),
                     n.offers.clone(),

@@ -139,8 +139,44 @@ fn kwargs(_: &Factory) -> Outcome {
 }
 
 fn error_group(_: &Factory) -> Outcome {
-    let v = with_py(async |py| Ok(py.run(&Factory.func("catch_group"), Value::Null).await?));
+    // Python sees a nursery's failures as an ExceptionGroup of RemoteErrors ...
+    let v = with_py(async |py| Ok(py.run(&Factory.func("catch_two"), Value::Null).await?));
     assert_eq!(get(&v, "is_group"), &Value::Bool(true), "{v:?}");
+    let member = |source: &str, msg: &str| {
+        Value::List(vec![
+            Value::from(source),
+            Value::from("ValueError"),
+            Value::from(msg),
+            Value::List(vec![Value::from("py")]),
+        ])
+    };
+    assert_eq!(
+        get(&v, "members"),
+        &Value::List(vec![member("fail-1", "one"), member("fail-2", "two")]),
+        "{v:?}"
+    );
+    // ... and, uncaught, the caller gets that group whole.
+    let err = with_py(async |py| {
+        Ok(py
+            .run(&Factory.func("two_failures"), Value::Null)
+            .await
+            .expect_err("both children fail"))
+    });
+    let group = err.remote_error().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(group.kind, ErrorKind::Group, "{err}");
+    assert_eq!(group.source.name, "py", "{err}");
+    let mut sources: Vec<_> = group
+        .children
+        .iter()
+        .map(|c| c.source.name.as_str())
+        .collect();
+    sources.sort();
+    assert_eq!(sources, ["fail-1", "fail-2"], "{err}");
+    for c in &group.children {
+        assert_eq!(c.type_name, "ValueError", "{err}");
+        assert_eq!(c.relay_path, std::slice::from_ref(&group.source), "{err}");
+        assert!(c.traceback.contains("in fail_together"), "{err}");
+    }
     Outcome::Passed
 }
 

@@ -79,6 +79,55 @@ def catch_group(v=None):
     return None
 
 
+def fail_together(args):
+    """fail_together({dir, n, msg}): marks itself ready in ``dir``, waits (shielded, bounded)
+    until ``n`` actors are ready, then raises ValueError(msg): failures that happen together,
+    whatever the first one cancels."""
+    import time
+
+    d = args["dir"]
+    with harrow.shield():
+        with open(os.path.join(d, "ready-" + harrow.current_actor().uid), "wb") as f:
+            f.write(b"ready")
+        give_up = time.monotonic() + 30
+        while time.monotonic() < give_up:
+            if sum(1 for e in os.listdir(d) if e.startswith("ready-")) >= args["n"]:
+                break
+            time.sleep(0.002)
+        raise ValueError(args["msg"])
+
+
+def two_failures(v=None):
+    """two_failures(): two subint run_in_actor children that fail together: the nursery raises
+    their group."""
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="harrow-two-")
+    try:
+        with harrow.open_nursery() as n:
+            for i, msg in ((1, "one"), (2, "two")):
+                args = {"dir": d, "n": 2, "msg": msg}
+                n.run_in_actor(_fn("fail_together"), args, name="fail-%d" % i)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def catch_two(v=None):
+    """catch_two() -> what ``two_failures``' NurseryError looks like from Python."""
+    try:
+        two_failures()
+    except harrow.NurseryError as e:
+        members = sorted(
+            (m.source, m.type_name, m.message, m.relay_path) for m in e.exceptions
+        )
+        return {
+            "is_group": isinstance(e, ExceptionGroup),
+            "members": [list(m) for m in members],
+        }
+    return None
+
+
 def run_in_actor_result(v=None):
     """run_in_actor_result() -> a run_in_actor child's result (an ``add`` on a subint child)."""
     with harrow.open_nursery() as n:

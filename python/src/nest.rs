@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harrow_ipc::{ActorId, ErrorKind, RemoteError, Value};
+use harrow_ipc::{ActorId, RemoteError, Value};
 use harrow_portal::{CalleeContext, Context, MsgStream, Portal, Resolver};
 use harrow_runtime_core::{
     ActorCtx, ActorNursery, ActorSpec, CancelToken, ChildHandle, ChildOutcome, NurseryError,
@@ -34,7 +34,7 @@ pub(crate) type OpFuture = Pin<Box<dyn Future<Output = Result<Out, Fail>> + Send
 /// What the host process offers Python actors to start children on, by name: backends, and the
 /// Rust function registries (resolvers) children on in-process Rust backends (thread) serve.
 ///
-/// A [`SubintBackend`](crate::SubintBackend) carries one; the children its Python actors start
+/// A subint backend (`harrow_spawn_subint::SubintBackend`) carries one; the children its Python actors start
 /// on `"subint"` get the same offers, so the whole Python part of a tree sees one set.
 #[derive(Clone, Default)]
 pub struct Offers {
@@ -56,16 +56,18 @@ impl fmt::Debug for Offers {
 }
 
 impl Offers {
-    pub(crate) fn add_backend(&mut self, name: &str, backend: Arc<dyn SpawnBackend>) {
+    /// Offers `backend` under `name`.
+    pub fn add_backend(&mut self, name: &str, backend: Arc<dyn SpawnBackend>) {
         self.backends.insert(name.to_owned(), backend);
     }
 
-    pub(crate) fn add_resolver(&mut self, name: &str, resolver: Arc<dyn Resolver>) {
+    /// Offers the function registry `resolver` under `name`.
+    pub fn add_resolver(&mut self, name: &str, resolver: Arc<dyn Resolver>) {
         self.resolvers.insert(name.to_owned(), resolver);
     }
 
     /// The names of the offered backends (`"subint"` always among them), sorted.
-    pub(crate) fn backend_names(&self) -> Vec<String> {
+    pub fn backend_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.backends.keys().cloned().collect();
         if !names.iter().any(|n| n == "subint") {
             names.push("subint".into());
@@ -223,9 +225,11 @@ impl Op {
 }
 
 /// What one Python call can reach: its actor, the call itself, what the host offers, and the
-/// interpreter configuration its subint children inherit.
+/// interpreter configuration its subint children inherit. Made by a Python backend's resolver
+/// (on the actor's runtime thread) and handed to the call
+/// ([`JobState::set_env`](crate::JobState::set_env)).
 #[derive(Clone)]
-pub(crate) struct ActorEnv {
+pub struct ActorEnv {
     actor: ActorCtx,
     call: Option<CalleeContext>,
     offers: Arc<Offers>,
@@ -252,7 +256,7 @@ pub(crate) struct Identity {
 impl ActorEnv {
     /// The environment of a call served by `actor` (taken on the actor's runtime thread, where
     /// the resolver runs).
-    pub(crate) fn new(
+    pub fn new(
         actor: ActorCtx,
         call: Option<CalleeContext>,
         offers: Arc<Offers>,
@@ -809,14 +813,10 @@ pub(crate) fn remote_from_value(v: Value) -> Option<RemoteError> {
     harrow_ipc::from_value(v).ok()
 }
 
-/// The kind Python's `RemoteError.kind` says, as a word.
-pub(crate) fn kind_word(k: ErrorKind) -> String {
-    format!("{k:?}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use harrow_ipc::ErrorKind;
 
     #[test]
     fn remote_errors_cross_as_values() {
