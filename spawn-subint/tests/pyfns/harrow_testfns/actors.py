@@ -56,12 +56,52 @@ def mixed_tree(v=None):
         }
 
 
+def _ready(d):
+    return sum(1 for e in os.listdir(d) if e.startswith("ready-"))
+
+
 def failing_children(v=None):
-    """failing_children(): two run_in_actor children that fail (a process one running the Rust
-    ``testfns:fail``, a subint one running ``fail``): the nursery raises their group."""
-    with harrow.open_nursery() as n:
-        n.run_in_actor("testfns:fail", "rust side", name="rust-fail", backend="process")
-        n.run_in_actor(_fn("fail"), "python side", name="py-fail")
+    """failing_children(): two run_in_actor children that fail together (a process one running
+    the Rust ``testfns:fail_at_gate``, a subint one running ``fail_together``): this actor keeps
+    the gate, opens it once both are ready, and the nursery raises their group."""
+    import shutil
+    import tempfile
+    import time
+
+    d = tempfile.mkdtemp(prefix="harrow-mixed-")
+    gate = os.path.join(d, "gate")
+    os.mkfifo(gate)
+    try:
+        with harrow.open_nursery() as n:
+            n.run_in_actor(
+                "testfns:fail_at_gate",
+                {"dir": d, "msg": "rust side"},
+                name="rust-fail",
+                backend="process",
+            )
+            n.run_in_actor(
+                _fn("fail_together"),
+                {"dir": d, "n": 2, "msg": "python side"},
+                name="py-fail",
+            )
+            # The gate's only writer: open it once the Rust child reads it (bounded), wait
+            # until both children are ready, then close it (the Rust child fails at EOF).
+            give_up = time.monotonic() + 30
+            fd = None
+            while fd is None:
+                try:
+                    fd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError:
+                    if time.monotonic() > give_up:
+                        raise
+                    harrow.sleep(0.002)
+            try:
+                while _ready(d) < 2 and time.monotonic() < give_up:
+                    harrow.sleep(0.002)
+            finally:
+                os.close(fd)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def catch_group(v=None):
