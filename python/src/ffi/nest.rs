@@ -384,8 +384,10 @@ unsafe fn pair(h: Handle, v: &Value) -> PyResult<Obj> {
     let h = unsafe { make_handle(h) }?;
     // SAFETY: GIL held.
     let v = unsafe { convert::from_value(v) }?;
-    // SAFETY: GIL held; a new tuple (or null with an error set).
-    let t = unsafe { Obj::owned(ffi::PyTuple_New(2)) }?;
+    // SAFETY: GIL held.
+    let t = unsafe { ffi::PyTuple_New(2) };
+    // SAFETY: a new tuple (or null with an error set).
+    let t = unsafe { Obj::owned(t) }?;
     // SAFETY: GIL held; a fresh tuple of size 2; `SetItem` steals the references.
     unsafe { ffi::PyTuple_SetItem(t.as_ptr(), 0, h.into_ptr()) };
     // SAFETY: as above.
