@@ -116,6 +116,16 @@ fn parent_portal(_: &Factory) -> Outcome {
     Outcome::Passed
 }
 
+fn cancel_child(_: &Factory) -> Outcome {
+    let v = with_py(async |py| Ok(py.run(&Factory.func("cancel_child"), Value::Null).await?));
+    assert_eq!(
+        v,
+        Value::List(vec![Value::Bool(true), Value::from("HarrowError")]),
+        "a cancelled child ends cleanly and answers no more calls"
+    );
+    Outcome::Passed
+}
+
 fn context_stream(_: &Factory) -> Outcome {
     let v = with_py(async |py| {
         Ok(py
@@ -272,6 +282,7 @@ mod nested {
         identity,
         child_identity_and_result,
         parent_portal,
+        cancel_child,
         context_stream,
         kwargs,
         error_group,

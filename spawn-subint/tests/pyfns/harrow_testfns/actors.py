@@ -232,6 +232,23 @@ def hold_child_call(marker):
             raise
 
 
+def cancel_child(v=None):
+    """cancel_child() -> [whether a child's cancel_actor() ended it cleanly, what a call to it
+    raises afterwards]."""
+    with harrow.open_nursery() as n:
+        child = n.start_actor("doomed")
+        child.run(_fn("echo"), 1)
+        clean = child.cancel_actor()
+        try:
+            child.run(_fn("echo"), 2)
+            after = "answered"
+        except harrow.HarrowError:
+            after = "HarrowError"
+        except harrow.RemoteError as e:
+            after = "RemoteError " + e.type_name
+        return [clean, after]
+
+
 def call_parent(v=None):
     """call_parent(v) -> the parent's ``echo(v)``, called up the link."""
     return harrow.current_actor().parent.run(_fn("echo"), v)
