@@ -631,6 +631,31 @@ fn func_args(arg: Value) -> Result<(String, Value), Fail> {
     )))
 }
 
+/// What Python's `__exit__` says when the block ended with `harrow.Cancelled`.
+const BODY_CANCELLED: &str = "harrow.Cancelled";
+
+/// The group of a nursery whose block was cancelled: its children's failures (and an interrupt),
+/// without the cancel itself.
+fn failures_group(local: &ActorId, e: &NurseryError) -> RemoteError {
+    let mut members = Vec::new();
+    if e.is_interrupted() {
+        members.push(RemoteError::new(
+            harrow_ipc::ErrorKind::Runtime,
+            "Interrupted",
+            "interrupted (SIGINT)",
+            local.clone(),
+        ));
+    }
+    members.extend(e.failures().iter().map(|f| f.to_remote(local)));
+    let n = members.len();
+    let message = format!(
+        "{n} failure{} in the nursery of {}",
+        if n == 1 { "" } else { "s" },
+        local.name
+    );
+    RemoteError::group(message, local.clone(), members)
+}
+
 /// Cancels its token when dropped.
 struct FireOnDrop(CancelToken);
 
@@ -665,6 +690,8 @@ impl PyNursery {
             Value::Str(s) => Some(s.clone()),
             other => Some(format!("{other:?}")),
         };
+        let cancelled_body = err.as_deref() == Some(BODY_CANCELLED);
+        let local = self.nursery.actor().id().clone();
         if let Some(tx) = self.body.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = tx.send(err);
         }
@@ -679,6 +706,11 @@ impl PyNursery {
                 Err(e) if e.failures().is_empty() && !e.is_interrupted() => Ok(Out::Str(
                     e.body_error().map(|b| b.to_string()).unwrap_or_default(),
                 )),
+                // The block was cancelled (its call, or one-cancels-all): as in Rust, a cancel is
+                // not one of the nursery's failures; the group holds the children's.
+                Err(e) if cancelled_body => {
+                    Err(Fail::Nursery(Box::new(failures_group(&local, &e))))
+                }
                 Err(e) => Err(Fail::nursery(&e)),
             }
         })

@@ -165,27 +165,30 @@ fn error_group(_: &Factory) -> Outcome {
         &Value::List(vec![member("fail-1", "one"), member("fail-2", "two")]),
         "{v:?}"
     );
-    // ... and, uncaught, the caller gets that group whole.
-    let err = with_py(async |py| {
-        Ok(py
-            .run(&Factory.func("two_failures"), Value::Null)
-            .await
-            .expect_err("both children fail"))
-    });
-    let group = err.remote_error().unwrap_or_else(|| panic!("{err}"));
-    assert_eq!(group.kind, ErrorKind::Group, "{err}");
-    assert_eq!(group.source.name, "py", "{err}");
-    let mut sources: Vec<_> = group
-        .children
-        .iter()
-        .map(|c| c.source.name.as_str())
-        .collect();
-    sources.sort();
-    assert_eq!(sources, ["fail-1", "fail-2"], "{err}");
-    for c in &group.children {
-        assert_eq!(c.type_name, "ValueError", "{err}");
-        assert_eq!(c.relay_path, std::slice::from_ref(&group.source), "{err}");
-        assert!(c.traceback.contains("in fail_together"), "{err}");
+    // ... and, uncaught, the caller gets that group whole; a block cancelled by the first
+    // failure (it was waiting) adds no member of its own.
+    for wait in [false, true] {
+        let err = with_py(async |py| {
+            Ok(py
+                .run(&Factory.func("two_failures"), Value::Bool(wait))
+                .await
+                .expect_err("both children fail"))
+        });
+        let group = err.remote_error().unwrap_or_else(|| panic!("{err}"));
+        assert_eq!(group.kind, ErrorKind::Group, "{err}");
+        assert_eq!(group.source.name, "py", "{err}");
+        let mut sources: Vec<_> = group
+            .children
+            .iter()
+            .map(|c| c.source.name.as_str())
+            .collect();
+        sources.sort();
+        assert_eq!(sources, ["fail-1", "fail-2"], "{err}");
+        for c in &group.children {
+            assert_eq!(c.type_name, "ValueError", "{err}");
+            assert_eq!(c.relay_path, std::slice::from_ref(&group.source), "{err}");
+            assert!(c.traceback.contains("in fail_together"), "{err}");
+        }
     }
     Outcome::Passed
 }

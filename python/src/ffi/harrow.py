@@ -716,7 +716,7 @@ class open_nursery:
         body = None
         if exc is not None:
             body = (
-                "cancelled"
+                "harrow.Cancelled"
                 if isinstance(exc, Cancelled)
                 else "%s: %s" % (type(exc).__name__, exc)
             )

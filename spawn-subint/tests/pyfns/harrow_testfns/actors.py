@@ -137,9 +137,10 @@ def fail_together(args):
         raise ValueError(args["msg"])
 
 
-def two_failures(v=None):
-    """two_failures(): two subint run_in_actor children that fail together: the nursery raises
-    their group."""
+def two_failures(wait=None):
+    """two_failures(wait=False): two subint run_in_actor children that fail together: the
+    nursery raises their group. With ``wait``, the block waits meanwhile (the first failure
+    cancels it: that cancel is not one of the group's failures)."""
     import shutil
     import tempfile
 
@@ -149,6 +150,8 @@ def two_failures(v=None):
             for i, msg in ((1, "one"), (2, "two")):
                 args = {"dir": d, "n": 2, "msg": msg}
                 n.run_in_actor(_fn("fail_together"), args, name="fail-%d" % i)
+            if wait:
+                harrow.sleep(60)
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
