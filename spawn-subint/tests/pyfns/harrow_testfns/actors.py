@@ -279,3 +279,13 @@ def outside_call_fails(v=None):
 def pid(v=None):
     """pid() -> this process's id."""
     return os.getpid()
+
+
+async def from_async(v=None):
+    """from_async() -> the error text of current_actor() in an async def function (not
+    supported yet: a clear harrow.HarrowError)."""
+    try:
+        harrow.current_actor()
+    except harrow.HarrowError as e:
+        return str(e)
+    return None
