@@ -111,13 +111,8 @@ pub(crate) fn run_pool(
                     .sys_path(&runner_dir.0);
             }
             let spec = ActorSpec::new().params(config.to_params());
-            let pool = ActorPool::start(
-                &n,
-                backend.clone(),
-                spec,
-                PoolConfig::new("py", actors),
-            )
-            .await?;
+            let pool =
+                ActorPool::start(&n, backend.clone(), spec, PoolConfig::new("py", actors)).await?;
             eprintln!("{actors} actor(s) up in {}", human(t0.elapsed()));
             let mut results =
                 pool.map_batched(func, items, ordered, crate::pymod::POOL_RUNNER, batch);

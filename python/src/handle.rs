@@ -81,7 +81,21 @@ impl InterpHandle {
         args: Value,
         host: Option<Arc<dyn CallHost>>,
     ) -> PyCall {
+        self.call_in(func, kind, args, host, None)
+    }
+
+    /// [`call`](Self::call) of an actor's served call: `env` is what its Python code reaches
+    /// through `harrow.open_nursery()`, `harrow.current_actor()` and the portals.
+    pub fn call_in(
+        &self,
+        func: FnPath,
+        kind: CallKind,
+        args: Value,
+        host: Option<Arc<dyn CallHost>>,
+        env: Option<crate::nest::ActorEnv>,
+    ) -> PyCall {
         let job = JobState::new(func.to_string());
+        job.set_env(env);
         let (tx, rx) = flume::bounded(1);
         let mut call = PyCall {
             rx: Box::pin(rx.into_recv_async()),

@@ -30,6 +30,7 @@ mod handle;
 mod host;
 mod job;
 mod main_interp;
+pub mod nest;
 mod resolver;
 pub mod state;
 
@@ -52,7 +53,7 @@ pub use handle::{InterpHandle, PyCall};
 pub use host::{CallHost, HostFuture, StreamHost};
 pub use job::{CallJob, Job, cancelled_error, not_exposed};
 pub use main_interp::{MainInterp, SETUP_BOUND};
-pub use resolver::PyResolver;
+pub use resolver::{Nesting, PyResolver};
 pub use state::{
     InterpThreadInfo, JobState, REARM_INTERVAL, Shared, interp_threads, live_interpreters,
     python_stacks, warm_up,

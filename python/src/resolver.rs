@@ -19,12 +19,34 @@ use crate::host::{CallHost, HostFuture, StreamHost};
 #[derive(Clone, Debug)]
 pub struct PyResolver {
     interp: InterpHandle,
+    nest: Option<Arc<Nesting>>,
+}
+
+/// What a subint actor's calls need to make their Python code a full actor (nurseries,
+/// portals, the parent): what the host offers, the backend that made the actor, and its
+/// interpreter configuration (which its subint children inherit).
+#[derive(Debug)]
+pub struct Nesting {
+    /// What the host offers Python code by name.
+    pub offers: Arc<crate::nest::Offers>,
+    /// The backend that made this actor (its Python children default to it).
+    pub subint: Arc<dyn harrow_runtime_core::SpawnBackend>,
+    /// This actor's interpreter configuration.
+    pub config: Arc<crate::InterpConfig>,
 }
 
 impl PyResolver {
     /// A resolver running calls on `interp`.
     pub fn new(interp: InterpHandle) -> Self {
-        PyResolver { interp }
+        PyResolver { interp, nest: None }
+    }
+
+    /// A resolver of an actor whose Python code may open nurseries and use portals.
+    pub fn nested(interp: InterpHandle, nest: Nesting) -> Self {
+        PyResolver {
+            interp,
+            nest: Some(Arc::new(nest)),
+        }
     }
 }
 
@@ -34,10 +56,23 @@ impl Resolver for PyResolver {
         let ctx = call.ctx.clone();
         // Before the Python code can run: a cancel from now on lets it clean up.
         ctx.observe_cancel();
+        // The resolver runs on the actor's runtime thread, where its context is current: the
+        // Python code reaches the actor (its nurseries, portals, parent) through it.
+        let env = self.nest.as_ref().and_then(|n| {
+            harrow_runtime_core::current_actor().map(|actor| {
+                crate::nest::ActorEnv::new(
+                    actor,
+                    Some(call.ctx.clone()),
+                    n.offers.clone(),
+                    n.subint.clone(),
+                    n.config.clone(),
+                )
+            })
+        });
         let host: Arc<dyn CallHost> = Arc::new(CalleeHost { ctx: call.ctx });
         let mut py = self
             .interp
-            .call(call.func, call.kind, call.args, Some(host));
+            .call_in(call.func, call.kind, call.args, Some(host), env);
         Ok(Box::pin(async move {
             use futures_lite::FutureExt;
             let first = async { Some((&mut py).await) }

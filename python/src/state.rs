@@ -122,6 +122,16 @@ pub struct JobState {
     /// When `harrow.Cancelled` was last raised in the call: the injector leaves its cleanup
     /// (`except`/`finally`) alone for [`CLEANUP_GRACE`] after that.
     delivered_at: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// Until when the injector leaves the call alone although it is cancelled: its outcome is
+    /// decided (a nursery's failures are propagating out of it) and must not be replaced by an
+    /// asynchronous `harrow.Cancelled` while it unwinds.
+    held_until: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// What the call's Python code reaches (its actor, nurseries, portals), when it is an
+    /// actor's served call.
+    env: parking_lot::Mutex<Option<crate::nest::ActorEnv>>,
+    /// The call's open cancel scopes (nursery blocks, deadlines), innermost last: its waits end
+    /// with `Cancelled` when one fires.
+    scopes: parking_lot::Mutex<Vec<crate::nest::Scope>>,
 }
 
 /// After `harrow.Cancelled` was raised in a call, how long the injector waits before raising it
@@ -136,7 +146,53 @@ impl JobState {
             token: CancelToken::new(),
             done: AtomicBool::new(false),
             delivered_at: parking_lot::Mutex::new(None),
+            held_until: parking_lot::Mutex::new(None),
+            env: parking_lot::Mutex::new(None),
+            scopes: parking_lot::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Keeps the injector from raising `harrow.Cancelled` in the call for `d` (see
+    /// `held_until`). Harrow operations the call starts meanwhile still see its cancel.
+    pub(crate) fn hold_injection(&self, d: Duration) {
+        *self.held_until.lock() = Some(std::time::Instant::now() + d);
+    }
+
+    fn injection_held(&self) -> bool {
+        self.held_until
+            .lock()
+            .is_some_and(|t| std::time::Instant::now() < t)
+    }
+
+    /// Gives the call's Python code its actor (nurseries, portals, the parent): see
+    /// [`ActorEnv`](crate::nest::ActorEnv).
+    pub fn set_env(&self, env: Option<crate::nest::ActorEnv>) {
+        *self.env.lock() = env;
+    }
+
+    /// What the call's Python code reaches, if it is an actor's served call.
+    pub(crate) fn env(&self) -> Option<crate::nest::ActorEnv> {
+        self.env.lock().clone()
+    }
+
+    /// Opens a cancel scope in this call (innermost).
+    pub(crate) fn push_scope(&self, scope: crate::nest::Scope) {
+        self.scopes.lock().push(scope);
+    }
+
+    /// Closes the innermost cancel scope; returns whether it had fired.
+    pub(crate) fn pop_scope(&self) -> Option<bool> {
+        self.scopes.lock().pop().map(|s| s.fired())
+    }
+
+    /// The call's open cancel scopes.
+    pub(crate) fn scopes(&self) -> Vec<crate::nest::Scope> {
+        self.scopes.lock().clone()
+    }
+
+    /// Whether one of the call's open scopes has fired.
+    pub(crate) fn scope_fired(&self) -> bool {
+        self.scopes.lock().iter().any(crate::nest::Scope::fired)
     }
 
     /// Records that `harrow.Cancelled` was just raised in the call.
@@ -184,6 +240,10 @@ pub(crate) struct PyTypes {
     pub(crate) cancelled: AtomicPtr<c_void>,
     pub(crate) end_of_stream: AtomicPtr<c_void>,
     pub(crate) harrow_error: AtomicPtr<c_void>,
+    /// `harrow._remote_error`: makes a `harrow.RemoteError` of a wire error (as a mapping).
+    pub(crate) remote_error: AtomicPtr<c_void>,
+    /// `harrow._nursery_error`: makes a `harrow.NurseryError` of a nursery's group.
+    pub(crate) nursery_error: AtomicPtr<c_void>,
 }
 
 /// State of one interpreter shared by its owning thread, its handles, the injector and the C
@@ -279,7 +339,12 @@ impl Shared {
     pub(crate) fn take_cancel_delivery(&self) -> bool {
         let current = self.current.lock();
         match current.as_ref() {
-            Some(j) if j.is_cancelled() && !j.is_done() && !j.recently_delivered() => {
+            Some(j)
+                if j.is_cancelled()
+                    && !j.is_done()
+                    && !j.recently_delivered()
+                    && !j.injection_held() =>
+            {
                 j.mark_delivered();
                 true
             }

@@ -25,12 +25,12 @@ pub mod bootstrap;
 pub mod discovery;
 mod error;
 mod nursery;
+pub mod park;
 mod pool;
 mod root;
 mod scope;
 mod spec;
 mod supervisor;
-pub mod park;
 mod thread;
 
 pub use actor::{

@@ -16,8 +16,8 @@ use harrow_ipc::{ActorId, Value};
 use crate::backend::SpawnBackend;
 use crate::error::Result;
 use crate::nursery::{ActorNursery, ChildHandle};
-use crate::spec::ActorSpec;
 use crate::scope::CancelToken;
+use crate::spec::ActorSpec;
 
 /// How a pool is sized and what it does when a worker dies.
 #[derive(Clone, Debug)]

@@ -21,8 +21,8 @@ use harrow_portal::Portal;
 use crate::backend::SpawnBackend;
 use crate::error::{ChildFailure, Result};
 use crate::nursery::{ActorNursery, ChildHandle, ChildOutcome};
-use crate::spec::ActorSpec;
 use crate::scope::CancelToken;
+use crate::spec::ActorSpec;
 
 /// Which children a supervisor restarts when one of them must be restarted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

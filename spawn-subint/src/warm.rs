@@ -20,8 +20,8 @@ use harrow_runtime_core::{
     BoxFuture, Capabilities, Child, SpawnBackend, SpawnError, SpawnSpec, move_on_after,
 };
 
-use harrow_python::InterpConfig;
 use crate::interp::InterpThread;
+use harrow_python::InterpConfig;
 
 /// A subint backend with interpreters created ahead of demand (see the module doc).
 ///
@@ -219,7 +219,7 @@ impl SpawnBackend for WarmSubintBackend {
             match self.take(spec.params()) {
                 Some(interp) => {
                     self.inner.hits.fetch_add(1, Ordering::SeqCst);
-                    crate::backend::start_on(spec, interp)
+                    crate::backend::start_on(crate::SubintBackend::new(), spec, interp)
                 }
                 None => {
                     self.inner.misses.fetch_add(1, Ordering::SeqCst);

@@ -494,6 +494,21 @@ impl Setup {
             // An import that failed for another reason than a missing module.
             kind = ErrorKind::Raised;
         }
+        if !cancelled {
+            // A `harrow.RemoteError` / `harrow.NurseryError` (or anything carrying
+            // `_harrow_remote`): the call's answer is that wire error, relayed by this actor.
+            // SAFETY: see above; a harness function, `exc` valid.
+            if let Ok(r) = unsafe { call1(&self.harrow.remote_of, exc.as_ptr()) } {
+                // SAFETY: see above; `r` valid.
+                if let Ok(v) = unsafe { convert::to_value(r.as_ptr()) }
+                    && let Some(remote) = crate::nest::remote_from_value(v)
+                {
+                    return CallError::relay(remote);
+                }
+            }
+            // SAFETY: see above.
+            unsafe { err_clear() };
+        }
         // SAFETY: see above; a harness function, `exc` valid.
         let described = unsafe { call1(&self.harrow.format_exc, exc.as_ptr()) };
         let (name, msg, tb) = match described {

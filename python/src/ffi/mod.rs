@@ -33,6 +33,7 @@ mod convert;
 mod harness;
 mod main_interp;
 mod module;
+mod nest;
 mod obj;
 mod serve;
 mod stacks;

@@ -33,7 +33,7 @@ const CALL_CAPSULE: &CStr = c"harrow._call";
 
 /// Immutable method tables: plain C data (names, flags, function pointers), no Python object,
 /// so sharing them between interpreters is what CPython's own multi-phase modules do.
-struct Defs([ffi::PyMethodDef; 8]);
+struct Defs([ffi::PyMethodDef; 9]);
 // SAFETY: the table is never written after compile time; CPython only reads it.
 unsafe impl Sync for Defs {}
 
@@ -102,6 +102,14 @@ static DEFS: Defs = Defs([
         ml_flags: ffi::METH_O,
         ml_doc: std::ptr::null(),
     },
+    ffi::PyMethodDef {
+        ml_name: c"_native_nest".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: super::nest::native_nest,
+        },
+        ml_flags: ffi::METH_VARARGS,
+        ml_doc: std::ptr::null(),
+    },
 ]);
 
 fn def(i: usize) -> *mut ffi::PyMethodDef {
@@ -131,7 +139,7 @@ pub(crate) struct ServerHooks {
 ///
 /// # Safety
 /// As [`ServerHooks::wait`].
-unsafe fn wait_for<T>(
+pub(crate) unsafe fn wait_for<T>(
     hooks: &ServerHooks,
     job: &JobState,
     shielded: bool,
@@ -147,9 +155,9 @@ unsafe fn wait_for<T>(
 }
 
 /// The Rust state behind the module's native functions (their `self` capsule).
-struct ModState {
-    shared: Arc<Shared>,
-    hooks: &'static ServerHooks,
+pub(crate) struct ModState {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) hooks: &'static ServerHooks,
 }
 
 /// The `harrow` module of one interpreter and the harness functions taken from it.
@@ -167,6 +175,8 @@ pub(crate) struct HarrowModule {
     pub(crate) run_loop: Obj,
     pub(crate) agen_collect: Obj,
     pub(crate) agen_stream: Obj,
+    /// `_remote_of(exc)`: the wire error an exception leaving a call stands for, or None.
+    pub(crate) remote_of: Obj,
 }
 
 impl HarrowModule {
@@ -226,6 +236,7 @@ impl HarrowModule {
             (5, c"_native_take_jobs"),
             (6, c"_native_finish"),
             (7, c"_native_call_cancelled"),
+            (8, c"_native_nest"),
         ] {
             // SAFETY: GIL held; a static method table entry and a live capsule as `self`.
             let f =
@@ -256,6 +267,16 @@ impl HarrowModule {
         let cancelled = get(c"Cancelled")?;
         let end_of_stream = get(c"EndOfStream")?;
         let harrow_error = get(c"HarrowError")?;
+        let remote_error = get(c"_remote_error")?;
+        let nursery_error = get(c"_nursery_error")?;
+        shared
+            .types
+            .remote_error
+            .store(remote_error.into_ptr().cast(), Ordering::SeqCst);
+        shared
+            .types
+            .nursery_error
+            .store(nursery_error.into_ptr().cast(), Ordering::SeqCst);
         shared
             .types
             .cancelled
@@ -280,6 +301,7 @@ impl HarrowModule {
             run_loop: get(c"_run_loop")?,
             agen_collect: get(c"_agen_collect")?,
             agen_stream: get(c"_agen_stream")?,
+            remote_of: get(c"_remote_of")?,
             module,
         })
     }
@@ -294,6 +316,8 @@ pub(crate) unsafe fn release_types(shared: &Shared) {
         &shared.types.cancelled,
         &shared.types.end_of_stream,
         &shared.types.harrow_error,
+        &shared.types.remote_error,
+        &shared.types.nursery_error,
     ] {
         let p = slot.swap(std::ptr::null_mut(), Ordering::SeqCst);
         if !p.is_null() {
@@ -348,7 +372,7 @@ pub(crate) unsafe fn raise(slot: &std::sync::atomic::AtomicPtr<c_void>, msg: Opt
 ///
 /// # Safety
 /// Any thread.
-unsafe fn on_owner(shared: &Shared) -> bool {
+pub(crate) unsafe fn on_owner(shared: &Shared) -> bool {
     // SAFETY: `PyThread_get_thread_ident` is callable from any thread.
     let me = unsafe { ffi::PyThread_get_thread_ident() } as u64;
     shared.owner_ident.load(Ordering::SeqCst) == me
@@ -365,7 +389,7 @@ fn cancel_due(shared: &Shared) -> bool {
 ///
 /// # Safety
 /// GIL held; `slf` is the capsule bound to these functions (it outlives the call).
-unsafe fn state_from<'a>(slf: *mut ffi::PyObject) -> Option<&'a ModState> {
+pub(crate) unsafe fn state_from<'a>(slf: *mut ffi::PyObject) -> Option<&'a ModState> {
     // SAFETY: GIL held; a wrong object is a Python error, not UB.
     let p = unsafe { ffi::PyCapsule_GetPointer(slf, SHARED_CAPSULE.as_ptr()) };
     // SAFETY: the capsule holds a live `Box<ModState>`, freed only when the capsule dies,
@@ -469,13 +493,25 @@ unsafe fn native_checkpoint_body(
         return std::ptr::null_mut();
     };
     // SAFETY: any thread.
-    if unsafe { on_owner(shared) } && cancel_due(shared) {
+    if unsafe { on_owner(shared) } && (cancel_due(shared) || scope_due(shared)) {
         // SAFETY: owning thread, GIL held.
         unsafe { raise_cancelled(shared) };
         return std::ptr::null_mut();
     }
     // SAFETY: GIL held.
     unsafe { none() }
+}
+
+/// Whether one of the running call's cancel scopes (a nursery block, a deadline) has fired,
+/// outside a shield.
+fn scope_due(shared: &Shared) -> bool {
+    shared.in_user.load(Ordering::SeqCst)
+        && shared.shield_depth.load(Ordering::SeqCst) == 0
+        && shared
+            .current
+            .lock()
+            .as_ref()
+            .is_some_and(|j| j.scope_fired())
 }
 
 /// `_native_sleep(seconds)`: on the owning thread, inside a call, sleeps with the GIL released
@@ -525,11 +561,16 @@ unsafe fn native_sleep_body(
         Ok(d) => async_io::Timer::after(d),
         Err(_) => async_io::Timer::never(),
     };
+    // A cancel scope of the call (a nursery block, a deadline) ends the sleep as a cancel does.
+    let timer = async move {
+        timer.await;
+        Ok(())
+    };
     // SAFETY: owning thread with the GIL held; the timer touches no Python object.
-    match unsafe { wait_for(hooks, &job, shielded, timer) } {
+    match unsafe { super::nest::wait(hooks, &job, shielded, timer) } {
         // SAFETY: GIL held (re-taken); a new reference to True.
-        Some(_) => unsafe { ffi::PyBool_FromLong(1) },
-        None => {
+        Ok(()) => unsafe { ffi::PyBool_FromLong(1) },
+        Err(_) => {
             // SAFETY: owning thread, GIL held.
             unsafe { raise_cancelled(shared) };
             std::ptr::null_mut()
@@ -542,7 +583,7 @@ unsafe fn native_sleep_body(
 ///
 /// # Safety
 /// GIL held, on a thread of the interpreter `shared` belongs to.
-unsafe fn raise_cancelled(shared: &Shared) {
+pub(crate) unsafe fn raise_cancelled(shared: &Shared) {
     if let Some(job) = shared.current.lock().as_ref() {
         job.mark_delivered();
     }
@@ -550,7 +591,7 @@ unsafe fn raise_cancelled(shared: &Shared) {
     unsafe { raise(&shared.types.cancelled, None) };
 }
 
-unsafe fn none() -> *mut ffi::PyObject {
+pub(crate) unsafe fn none() -> *mut ffi::PyObject {
     // SAFETY: reading the address of the `None` singleton.
     let n = unsafe { ffi::Py_None() };
     // SAFETY: GIL held (caller); the new reference is returned.

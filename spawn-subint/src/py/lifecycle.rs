@@ -181,7 +181,9 @@ unsafe fn after_panic(shared: &Arc<Shared>, life: Life, why: String) -> Exit {
         unsafe { ffi::PyEval_RestoreThread(ts) };
     } else if current != ts {
         // Not a state this thread made: touch nothing more.
-        return Exit::Failed(format!("{why}; its interpreter is leaked (unknown thread state)"));
+        return Exit::Failed(format!(
+            "{why}; its interpreter is leaked (unknown thread state)"
+        ));
     }
     // SAFETY: GIL held with `ts` current.
     let pending = unsafe { ffi::PyErr_Occurred() };
@@ -200,8 +202,8 @@ unsafe fn after_panic(shared: &Arc<Shared>, life: Life, why: String) -> Exit {
         // SAFETY: owning thread, GIL held.
         unsafe { leak(shared) };
         Exit::Failed(format!(
-                "{why}; its interpreter is leaked ({others} Python thread(s) still alive)"
-            ))
+            "{why}; its interpreter is leaked ({others} Python thread(s) still alive)"
+        ))
     }
 }
 
