@@ -53,6 +53,7 @@ pub mod conformance;
 pub mod faults;
 pub mod isolate;
 pub mod sigint;
+pub mod sshd;
 pub mod testfns;
 pub mod tracker;
 pub mod watchdog;
