@@ -17,7 +17,7 @@ use harrow_runtime_core::ipc::{PROTOCOL_VERSION, stream};
 use harrow_runtime_core::{Child, DedicatedThread, SpawnError, SpawnSpec, move_on_after};
 
 use crate::child::{Launched, RemoteChild};
-use crate::remote::{REMOTE_CHILD_ENV, START_LINE};
+use crate::remote::{REMOTE_CHILD_ARG, START_LINE};
 use crate::{Launcher, RemoteBackend};
 
 /// How much of the launcher's stderr an error quotes (its end).
@@ -209,7 +209,10 @@ pub(crate) async fn spawn(
             .map_err(|e| failed(format!("upload: {e}")))?;
     }
     let path = backend.remote_binary().map_err(&failed)?;
-    let script = format!("exec env {REMOTE_CHILD_ENV}=1 {}", sh_quote(&path));
+    let heartbeat_ms = backend
+        .child_heartbeat_timeout
+        .map_or(0, |d| d.as_millis().max(1));
+    let script = format!("exec {} {REMOTE_CHILD_ARG} {heartbeat_ms}", sh_quote(&path));
     let launcher = backend.launcher_text();
     let mut cmd = backend.command_for(&script);
     cmd.stdin(Stdio::piped())
@@ -234,23 +237,34 @@ pub(crate) async fn spawn(
         .map_err(|e| failed(format!("cannot register the launcher's stdin: {e}")))?;
     let mut stdout = async_fd(stdout)
         .map_err(|e| failed(format!("cannot register the launcher's stdout: {e}")))?;
+    let mut noise = Vec::new();
     let start = async {
-        stdin
-            .write_all(format!("{encoded}\n").as_bytes())
-            .await
-            .map_err(|e| StartFailure::Io(format!("cannot send the actor spec: {e}")))?;
-        read_start_line(&mut stdout).await
+        match stdin.write_all(format!("{encoded}\n").as_bytes()).await {
+            Ok(()) => {}
+            // The launcher is gone already: what it printed and how it ended say why.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => return Err(StartFailure::Io(format!("cannot send the actor spec: {e}"))),
+        }
+        read_start_line(&mut stdout, &mut noise).await
     };
     let outcome = move_on_after(backend.start_timeout, start).await;
+    let noise = String::from_utf8_lossy(&noise).into_owned();
     let remote_pid = match outcome {
         Some(Ok(pid)) => pid,
         other => {
             let what = match other {
-                None => format!(
+                None if noise.is_empty() => format!(
                     "the remote child did not start within {:?} (no start line from `{launcher}`)",
                     backend.start_timeout
                 ),
-                Some(Err(StartFailure::Ended { noise })) => {
+                None => format!(
+                    "the remote child did not start within {:?}: `{launcher}` printed {} bytes \
+                     that are not the child's start line: {:?}",
+                    backend.start_timeout,
+                    noise.len(),
+                    noise.chars().take(200).collect::<String>()
+                ),
+                Some(Err(StartFailure::Ended)) => {
                     let status = launched.wait_briefly(STDERR_GRACE).await;
                     let mut s = format!(
                         "the launcher `{launcher}` ended ({status}) before the remote child \
@@ -261,7 +275,7 @@ pub(crate) async fn spawn(
                     }
                     s
                 }
-                Some(Err(StartFailure::Noise { noise })) => format!(
+                Some(Err(StartFailure::Noise)) => format!(
                     "the launcher `{launcher}` printed {} bytes that are not the child's start \
                      line: {:?}",
                     noise.len(),
@@ -297,13 +311,9 @@ fn unreachable_text() -> String {
 
 enum StartFailure {
     /// Stdout ended before the start line.
-    Ended {
-        noise: String,
-    },
+    Ended,
     /// Too much output that is not the start line.
-    Noise {
-        noise: String,
-    },
+    Noise,
     /// A start line of another protocol version.
     Version {
         line: String,
@@ -314,8 +324,10 @@ enum StartFailure {
 /// Reads stdout byte by byte (nothing after the start line may be consumed: the frames follow)
 /// until the start line; returns the remote pid. Lines before it are tolerated (a login script
 /// that prints) up to [`MAX_NOISE`], and logged.
-async fn read_start_line(stdout: &mut Async<File>) -> Result<u32, StartFailure> {
-    let mut noise = Vec::new();
+async fn read_start_line(
+    stdout: &mut Async<File>,
+    noise: &mut Vec<u8>,
+) -> Result<u32, StartFailure> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     loop {
@@ -325,17 +337,13 @@ async fn read_start_line(stdout: &mut Async<File>) -> Result<u32, StartFailure> 
             .map_err(|e| StartFailure::Io(format!("cannot read the launcher's stdout: {e}")))?;
         if n == 0 {
             noise.extend_from_slice(&line);
-            return Err(StartFailure::Ended {
-                noise: String::from_utf8_lossy(&noise).into_owned(),
-            });
+            return Err(StartFailure::Ended);
         }
         if byte[0] != b'\n' {
             line.push(byte[0]);
             if noise.len() + line.len() > MAX_NOISE {
                 noise.extend_from_slice(&line);
-                return Err(StartFailure::Noise {
-                    noise: String::from_utf8_lossy(&noise).into_owned(),
-                });
+                return Err(StartFailure::Noise);
             }
             continue;
         }
@@ -348,7 +356,7 @@ async fn read_start_line(stdout: &mut Async<File>) -> Result<u32, StartFailure> 
                 (Some(v), Some(pid)) if v == PROTOCOL_VERSION => {
                     if !noise.is_empty() {
                         tracing::warn!(
-                            output = %String::from_utf8_lossy(&noise),
+                            output = %String::from_utf8_lossy(noise),
                             "the launcher printed lines before the remote child's start line"
                         );
                     }
@@ -448,27 +456,36 @@ pub(crate) async fn upload(backend: &RemoteBackend) -> Result<bool, String> {
         }
         Some(false) => false,
         Some(true) => {
-            let mut file = async_fd(
-                File::open(&local).map_err(|e| format!("cannot open {}: {e}", local.display()))?,
-            )
-            .map_err(|e| e.to_string())?;
-            futures_lite::io::copy(&mut file, &mut stdin)
-                .await
-                .map_err(|e| {
+            // A regular file cannot be polled: read it in chunks (local disk), write each
+            // to the launcher asynchronously.
+            let mut file =
+                File::open(&local).map_err(|e| format!("cannot open {}: {e}", local.display()))?;
+            let mut chunk = vec![0u8; 1 << 16];
+            loop {
+                let n = file
+                    .read(&mut chunk)
+                    .map_err(|e| format!("cannot read {}: {e}", local.display()))?;
+                if n == 0 {
+                    break;
+                }
+                stdin.write_all(&chunk[..n]).await.map_err(|e| {
                     format!(
                         "sending {} failed: {e}; launcher stderr: {}",
                         local.display(),
                         tail.text()
                     )
                 })?;
+            }
             true
         }
     };
     drop(stdin);
+    let mut rest = String::new();
     stdout
-        .read_to_string(&mut out)
+        .read_to_string(&mut rest)
         .await
         .map_err(|e| e.to_string())?;
+    out.push_str(&rest);
     let status = launched.wait_briefly(Duration::from_secs(30)).await;
     launched.finish_stderr(STDERR_GRACE).await;
     if sent && !out.contains("HARROW-UPLOAD-DONE") {

@@ -36,7 +36,7 @@
 //! ```
 //!
 //! How a child starts: the parent runs the launcher with the remote command
-//! `exec env HARROW_REMOTE_CHILD=1 <remote path>` (through `sh -c` for a generic launcher), writes
+//! `exec <remote path> --harrow-remote-child <heartbeat timeout ms>` (through `sh -c` for a generic launcher), writes
 //! the encoded [`ChildSpec`](harrow_runtime_core::bootstrap::ChildSpec) as the first line of its
 //! stdin, and reads its stdout up to the line `HARROW-REMOTE-CHILD <protocol> <pid>`, which the
 //! child prints once it has moved its own stdout aside (to stderr, so that what the actor prints
@@ -53,8 +53,10 @@
 //!   does) and, for ssh (or with [`RemoteBackend::remote_kill`]), also kills the remote process
 //!   through a second launcher run. A remote child whose input ended also exits by itself once
 //!   its teardown bound has passed, even if its actor is stuck: no remote orphans.
-//! - **Liveness**: the link's heartbeats (`LinkConfig::heartbeat_interval`) detect a silent
-//!   partition; the remote child's own link detects it too and the child exits.
+//! - **Liveness**: links send heartbeats (`LinkConfig::heartbeat_interval`); a parent that sets
+//!   `LinkConfig::heartbeat_timeout` (in `RootConfig::link_config`) detects a silent partition
+//!   within it, and the remote child always watches its parent
+//!   ([`RemoteBackend::child_heartbeat_timeout`], 30 s by default) and exits when cut off.
 //! - **Output**: the remote child's stdout and stderr reach the parent's stderr, each line
 //!   prefixed with `[actor-name] `.
 #![deny(unsafe_code)]
@@ -72,7 +74,7 @@ use harrow_runtime_core::{
     BoxFuture, Capabilities, Child, HardKill, SpawnBackend, SpawnError, SpawnSpec,
 };
 
-pub use remote::{EXIT_BOOTSTRAP_FAILED, REMOTE_CHILD_ENV, START_LINE, is_child, maybe_run_child};
+pub use remote::{EXIT_BOOTSTRAP_FAILED, REMOTE_CHILD_ARG, START_LINE, is_child, maybe_run_child};
 
 /// How a [`RemoteBackend`] reaches the other host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +111,7 @@ pub struct RemoteBackend {
     upload: bool,
     remote_kill: bool,
     start_timeout: Duration,
+    child_heartbeat_timeout: Option<Duration>,
 }
 
 impl RemoteBackend {
@@ -149,6 +152,7 @@ impl RemoteBackend {
             upload: false,
             remote_kill: false,
             start_timeout: Duration::from_secs(4),
+            child_heartbeat_timeout: Some(Duration::from_secs(30)),
         }
     }
 
@@ -227,6 +231,15 @@ impl RemoteBackend {
     /// launchers). ssh gets it as its `ConnectTimeout` too.
     pub fn start_timeout(mut self, bound: Duration) -> Self {
         self.start_timeout = bound;
+        self
+    }
+
+    /// How long a remote child waits for any sign of life (a message, a heartbeat) from its
+    /// parent before it ends its link and exits (default 30 s; `None`: never). This is what
+    /// keeps a child cut off by a partition from running on. The parent side's bound is its
+    /// own `LinkConfig::heartbeat_timeout` (`RootConfig::link_config`).
+    pub fn child_heartbeat_timeout(mut self, bound: Option<Duration>) -> Self {
+        self.child_heartbeat_timeout = bound;
         self
     }
 

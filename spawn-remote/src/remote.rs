@@ -8,15 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_io::Async;
-use harrow_runtime_core::ActorExit;
-use harrow_runtime_core::bootstrap::{self, ChildSpec};
+use harrow_runtime_core::bootstrap::ChildSpec;
 use harrow_runtime_core::ipc::codec::CodecConfig;
 use harrow_runtime_core::ipc::{PROTOCOL_VERSION, stream};
 use harrow_runtime_core::portal::Resolver;
+use harrow_runtime_core::{ActorExit, run_actor};
 use rustix::event::{PollFd, PollFlags, poll};
 
-/// The environment variable (value `1`) that makes [`maybe_run_child`] run the actor.
-pub const REMOTE_CHILD_ENV: &str = "HARROW_REMOTE_CHILD";
+/// The argument (the first after the program) that makes [`maybe_run_child`] run the actor. An
+/// argument rather than an environment variable, so that the programs the child starts (its own
+/// process children, re-executing the same binary) do not inherit it.
+pub const REMOTE_CHILD_ARG: &str = "--harrow-remote-child";
 
 /// The start of the line a remote child writes on its stdout once the wire can start:
 /// `HARROW-REMOTE-CHILD <protocol> <pid>`.
@@ -32,7 +34,9 @@ const MAX_SPEC_LINE: usize = 1 << 20;
 
 /// Whether this process was started by a [`RemoteBackend`](crate::RemoteBackend).
 pub fn is_child() -> bool {
-    std::env::var_os(REMOTE_CHILD_ENV).is_some_and(|v| v == "1")
+    std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == REMOTE_CHILD_ARG)
 }
 
 /// Hands control to the harrow runtime when this process is a remote child actor; returns at
@@ -95,7 +99,11 @@ where
     let writer = Async::new(output).map_err(|e| format!("cannot register stdout: {e}"))?;
     let channel = stream::channel(reader, writer, CodecConfig::default());
     let name = spec.id.clone();
-    let exit = bootstrap::run_child(channel, &spec, "remote", resolver());
+    let mut init = spec.actor_init("remote", resolver());
+    // The parent's silence ends the link (and this child) within this bound: a partitioned
+    // remote child does not run on as an orphan.
+    init.link_config.heartbeat_timeout = heartbeat_timeout_arg();
+    let exit = run_actor(channel, init);
     Ok(match exit {
         ActorExit::HandshakeFailed(why) => {
             eprintln!("harrow remote child {name}: handshake with the parent failed: {why}");
@@ -103,6 +111,16 @@ where
         }
         _ => 0,
     })
+}
+
+/// The heartbeat timeout the parent passed after [`REMOTE_CHILD_ARG`], in milliseconds (0 or
+/// missing: none).
+fn heartbeat_timeout_arg() -> Option<Duration> {
+    std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
 }
 
 /// Reads the first line byte by byte, so that nothing after it (the frames) is consumed.

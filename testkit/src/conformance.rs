@@ -49,9 +49,11 @@ pub trait BackendFactory: Send + Sync + 'static {
     /// Starts what the backend keeps for the whole process (a runtime, a helper thread), before
     /// the resource tracker's first snapshot, so that it is not taken for a leak.
     fn warm_up(&self) {}
-    /// Why the backend cannot run here at all (a server it needs is missing), if so: every
-    /// scenario then says so and skips. Default: available.
-    fn unavailable(&self) -> Option<String> {
+    /// Why scenario `scenario` cannot run on this backend here (a server it needs is missing,
+    /// or the factory leaves a soak to a faster configuration of the same backend), if so: the
+    /// scenario then says so and skips. Default: every scenario runs.
+    fn unavailable(&self, scenario: &str) -> Option<String> {
+        let _ = scenario;
         None
     }
 }
@@ -85,7 +87,7 @@ pub fn run<F: BackendFactory + ?Sized>(name: &str, factory: &F, scenario: fn(&F)
 /// [`run`] in this process, without the isolation: for a test that runs several scenarios
 /// inside one [`crate::isolated`] section (the long soak), or is otherwise alone.
 pub fn run_here<F: BackendFactory + ?Sized>(name: &str, factory: &F, scenario: fn(&F) -> Outcome) {
-    if let Some(why) = factory.unavailable() {
+    if let Some(why) = factory.unavailable(name) {
         eprintln!("SKIPPED {name}: {why}");
         return;
     }

@@ -33,6 +33,8 @@ pub struct Sshd {
     port: u16,
     user: String,
     guard: Mutex<Option<std::process::Child>>,
+    /// The multiplexing master connection, if it came up.
+    master: Mutex<Option<std::process::Child>>,
 }
 
 /// Whether the tests must not skip (CI): `CI` set to anything but `false` or `0`.
@@ -152,12 +154,15 @@ impl Sshd {
                 .map_err(|e| format!("cannot write sshd_config: {e}"))?;
             match Sshd::launch(&sshd, &dir, port) {
                 Ok(guard) => {
-                    return Ok(Sshd {
+                    let sshd = Sshd {
                         dir,
                         port,
                         user,
                         guard: Mutex::new(Some(guard)),
-                    });
+                        master: Mutex::new(None),
+                    };
+                    sshd.start_master();
+                    return Ok(sshd);
                 }
                 Err(e) => last = e,
             }
@@ -224,6 +229,59 @@ impl Sshd {
         }
     }
 
+    /// Starts a multiplexing master connection (`ssh -M -N`), so that the tests' many ssh
+    /// sessions share one authenticated connection (a session then costs a few milliseconds,
+    /// not a key exchange). Without it (it did not come up) clients connect directly.
+    fn start_master(&self) {
+        let mux = self.dir.join("mux");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("\"$@\" & p=$!; read _ignored; kill $p 2>/dev/null; wait $p")
+            .arg("sh")
+            .arg("ssh")
+            .args([
+                "-M",
+                "-N",
+                "-T",
+                "-o",
+                "ControlPersist=no",
+                "-o",
+                "BatchMode=yes",
+            ])
+            .arg("-S")
+            .arg(&mux)
+            .args(["-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", "-i"])
+            .arg(self.identity())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-l")
+            .arg(&self.user);
+        for o in self.direct_options() {
+            cmd.arg("-o").arg(o);
+        }
+        cmd.arg(self.host())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let Ok(mut master) = cmd.spawn() else {
+            return;
+        };
+        // The control socket appears once the master has authenticated: wait for it, bounded.
+        let deadline = std::time::Instant::now() + START_BOUND;
+        while !mux.exists() && std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = master.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if mux.exists() {
+            *self.master.lock().unwrap_or_else(|p| p.into_inner()) = Some(master);
+        } else {
+            drop(master.stdin.take());
+            let _ = master.wait();
+        }
+    }
+
     /// The address to connect to.
     pub fn host(&self) -> &str {
         "127.0.0.1"
@@ -249,8 +307,25 @@ impl Sshd {
         &self.dir
     }
 
-    /// The `-o` options a client needs: this server's known_hosts, strict checking.
+    /// The `-o` options a client needs: this server's known_hosts, strict checking, and the
+    /// multiplexing master's socket when it is up (sessions then skip authentication: use
+    /// [`direct_options`](Self::direct_options) to test authentication itself).
     pub fn ssh_options(&self) -> Vec<String> {
+        let mut o = self.direct_options();
+        if self
+            .master
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            o.push(format!("ControlPath={}", self.dir.join("mux").display()));
+            o.push("ControlMaster=no".to_owned());
+        }
+        o
+    }
+
+    /// The `-o` options of a client that connects (and authenticates) on its own.
+    pub fn direct_options(&self) -> Vec<String> {
         vec![
             format!(
                 "UserKnownHostsFile={}",
@@ -287,6 +362,11 @@ impl Sshd {
 
     /// Stops the server (idempotent).
     pub fn stop(&self) {
+        let master = self.master.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut master) = master {
+            drop(master.stdin.take());
+            let _ = master.wait();
+        }
         let guard = self.guard.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(mut guard) = guard {
             // Closing the guard's stdin makes it kill sshd and exit.
