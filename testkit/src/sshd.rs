@@ -30,6 +30,7 @@ const START_BOUND: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Sshd {
     dir: PathBuf,
+    host: String,
     port: u16,
     user: String,
     guard: Mutex<Option<std::process::Child>>,
@@ -104,6 +105,21 @@ impl Sshd {
     ///
     /// When sshd or ssh-keygen is missing, or the server does not come up.
     pub fn start() -> Result<Sshd, String> {
+        Sshd::start_at(None, "127.0.0.1")
+    }
+
+    /// Starts a new server inside the network namespace `netns` (made by the caller with
+    /// `ip netns add`), listening on `addr` there; no multiplexing master (every client
+    /// connects on its own, as through a real network).
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_in_netns(netns: &str, addr: &str) -> Result<Sshd, String> {
+        Sshd::start_at(Some(netns), addr)
+    }
+
+    fn start_at(netns: Option<&str>, addr: &str) -> Result<Sshd, String> {
         let sshd = find_sshd().ok_or_else(|| {
             "no sshd found (install openssh-server; scripts/setup does as root)".to_owned()
         })?;
@@ -127,14 +143,15 @@ impl Sshd {
             .map_err(|e| format!("cannot read the host key: {e}"))?;
         let mut last = String::new();
         for _ in 0..5 {
-            let port = free_port()?;
+            // In a fresh namespace nothing listens yet: any port is free there.
+            let port = if netns.is_some() { 2222 } else { free_port()? };
             std::fs::write(
                 dir.join("known_hosts"),
-                format!("[127.0.0.1]:{port} {}", host_pub.trim()),
+                format!("[{addr}]:{port} {}", host_pub.trim()),
             )
             .map_err(|e| format!("cannot write known_hosts: {e}"))?;
             let config = format!(
-                "ListenAddress 127.0.0.1:{port}\n\
+                "ListenAddress {addr}:{port}\n\
                  HostKey {d}/host_key\n\
                  PidFile {d}/sshd.pid\n\
                  AuthorizedKeysFile {d}/authorized_keys\n\
@@ -152,16 +169,19 @@ impl Sshd {
             );
             std::fs::write(dir.join("sshd_config"), config)
                 .map_err(|e| format!("cannot write sshd_config: {e}"))?;
-            match Sshd::launch(&sshd, &dir, port) {
+            match Sshd::launch(&sshd, &dir, port, netns) {
                 Ok(guard) => {
                     let sshd = Sshd {
                         dir,
+                        host: addr.to_owned(),
                         port,
                         user,
                         guard: Mutex::new(Some(guard)),
                         master: Mutex::new(None),
                     };
-                    sshd.start_master();
+                    if netns.is_none() {
+                        sshd.start_master();
+                    }
                     return Ok(sshd);
                 }
                 Err(e) => last = e,
@@ -172,9 +192,22 @@ impl Sshd {
     }
 
     /// Runs sshd in the foreground under the guard and waits for "Server listening".
-    fn launch(sshd: &Path, dir: &Path, port: u16) -> Result<std::process::Child, String> {
+    fn launch(
+        sshd: &Path,
+        dir: &Path,
+        port: u16,
+        netns: Option<&str>,
+    ) -> Result<std::process::Child, String> {
         // `-D -e`: foreground, log to stderr. The guard kills sshd when its stdin closes.
-        let mut guard = Command::new("sh")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "sh"]);
+                c
+            }
+            None => Command::new("sh"),
+        };
+        let mut guard = cmd
             .arg("-c")
             .arg("\"$0\" -D -e -f \"$1\" & p=$!; read _ignored; kill $p 2>/dev/null; wait $p")
             .arg(sshd)
@@ -284,7 +317,7 @@ impl Sshd {
 
     /// The address to connect to.
     pub fn host(&self) -> &str {
-        "127.0.0.1"
+        &self.host
     }
 
     /// The port the server listens on.
