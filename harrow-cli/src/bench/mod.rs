@@ -15,6 +15,8 @@
 mod backend;
 mod baseline;
 mod parallel;
+#[cfg(all(feature = "remote", feature = "process"))]
+mod remote;
 mod report;
 mod stats;
 
@@ -123,6 +125,14 @@ fn measure(
     prog: &Progress,
 ) -> anyhow::Result<(Vec<backend::Row>, Option<parallel::Parallel>)> {
     let plans = backend::plans(py);
+    #[cfg(all(feature = "remote", feature = "process"))]
+    let remote = match remote::target() {
+        Ok(t) => Some(t),
+        Err(why) => {
+            eprintln!("[bench] the remote (ssh) rows are skipped: {why}");
+            None
+        }
+    };
     // Short rungs: the stuck-child teardowns take the whole ladder on some backends.
     let timeouts = Timeouts {
         cancel_ack: Duration::from_millis(200),
@@ -135,6 +145,10 @@ fn measure(
             let mut rows = Vec::new();
             for p in plans {
                 rows.extend(backend::measure(&n, p, s, prog).await?);
+            }
+            #[cfg(all(feature = "remote", feature = "process"))]
+            if let Some(t) = &remote {
+                rows.extend(remote::measure(&n, t, s, prog).await?);
             }
             let parallel = match py {
                 #[cfg(feature = "subint")]
