@@ -60,10 +60,16 @@ pub struct LinkConfig {
     /// ends the link once its own `heartbeat_timeout` passes).
     pub heartbeat_interval: Option<Duration>,
     /// When nothing at all (a message or a heartbeat) arrived from the peer for this long, the
-    /// link ends as [`LinkEnd::Broken`] with an error saying so: a network partition, a peer
-    /// frozen or stopped, is detected within this bound (plus one `heartbeat_interval`, the
-    /// period at which it is checked). `None` never gives up on a silent peer. Default 15 s.
-    /// Keep it several times the peer's `heartbeat_interval`.
+    /// link ends as [`LinkEnd::Broken`] with an error saying so: a network partition, or a peer
+    /// stopped, is detected within this bound (plus one check period, at most a quarter of it).
+    /// A stall of this side's own executor (a served function that blocks its thread) is not
+    /// counted against the peer. Keep it several times the peer's `heartbeat_interval`.
+    ///
+    /// Default `None`: a link never gives up on a silent peer by itself, because a peer whose
+    /// actor blocks its own thread (a long computation that never yields) is silent too, and the
+    /// teardown ladder already bounds what waits for it. Set it where partitions happen: links to
+    /// actors on other hosts (`RootConfig::link_config` for the root's children; a remote child
+    /// sets one on its link to its parent).
     pub heartbeat_timeout: Option<Duration>,
 }
 
@@ -87,7 +93,7 @@ impl Default for LinkConfig {
             close_flush_timeout: Duration::from_secs(1),
             cancel_cleanup: Duration::from_millis(400),
             heartbeat_interval: Some(Duration::from_secs(1)),
-            heartbeat_timeout: Some(Duration::from_secs(15)),
+            heartbeat_timeout: None,
         }
     }
 }

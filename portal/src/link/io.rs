@@ -140,9 +140,16 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
         let mut seen = shared.received.load(Ordering::Relaxed);
         let mut quiet_since = Instant::now();
         let mut last_sent = Instant::now();
+        let mut last_tick = Instant::now();
         loop {
             async_io::Timer::after(tick).await;
             let now = Instant::now();
+            // This side's own executor was stalled (a served function blocked its thread): what
+            // the peer sent meanwhile may not be read yet, so the silence is not the peer's.
+            if now.duration_since(last_tick) > tick * 2 + Duration::from_millis(50) {
+                quiet_since = now;
+            }
+            last_tick = now;
             if let Some(i) = interval {
                 if now.duration_since(last_sent) + tick / 2 >= i {
                     shared.enqueue(Msg::Heartbeat);
