@@ -55,8 +55,8 @@ pub struct LinkConfig {
     /// is acknowledged once every served call ended, or after this bound (default 0.4 s: below
     /// the caller's `cancel_timeout`, so the answer arrives in time).
     pub cancel_cleanup: Duration,
-    /// How often this side sends a `Heartbeat` to its peer, so that the peer can tell a silent
-    /// peer from a quiet one (default 1 s). `None` sends none (the peer, if it watches, then
+    /// How long this side may write nothing before it sends a `Heartbeat`, so that the peer can
+    /// tell a silent peer from a quiet one (default 1 s). `None` sends none (the peer, if it watches, then
     /// ends the link once its own `heartbeat_timeout` passes).
     pub heartbeat_interval: Option<Duration>,
     /// When nothing at all (a message or a heartbeat) arrived from the peer for this long, the

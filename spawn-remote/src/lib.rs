@@ -53,7 +53,7 @@
 //!   does) and, for ssh (or with [`RemoteBackend::remote_kill`]), also kills the remote process
 //!   through a second launcher run. A remote child whose input ended also exits by itself once
 //!   its teardown bound has passed, even if its actor is stuck: no remote orphans.
-//! - **Liveness**: links send heartbeats (`LinkConfig::heartbeat_interval`); a parent that sets
+//! - **Liveness**: idle links send heartbeats (`LinkConfig::heartbeat_interval`); a parent that sets
 //!   `LinkConfig::heartbeat_timeout` (in `RootConfig::link_config`) detects a silent partition
 //!   within it, and the remote child always watches its parent
 //!   ([`RemoteBackend::child_heartbeat_timeout`], 30 s by default) and exits when cut off.

@@ -6,7 +6,8 @@
 //! when it is missing and the tests run as root.
 //!
 //! The server runs under a small `sh` guard that kills it when this process's end of the guard's
-//! stdin closes, so it never outlives the test process, even one that is killed.
+//! stdin closes, so it never outlives the test process, even one that is killed. The directories
+//! of servers whose process has ended are removed by the next start.
 //!
 //! ```no_run
 //! use harrow_testkit::sshd::Sshd;
@@ -66,7 +67,28 @@ fn run(cmd: &mut Command) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Removes the directories of servers whose test process has ended (a server kept for the whole
+/// process is never dropped: its process's exit stops it, and the next start cleans up).
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("harrow-sshd-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn temp_dir() -> Result<PathBuf, String> {
+    remove_stale_dirs();
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("harrow-sshd-{}-{n}", std::process::id()));

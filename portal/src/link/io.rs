@@ -123,8 +123,9 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
     shared.progress.notify(usize::MAX);
 }
 
-/// Sends a `Heartbeat` every `heartbeat_interval` and ends the link as broken when nothing
-/// arrived from the peer for `heartbeat_timeout`. Stops when the link is shut down.
+/// Sends a `Heartbeat` when nothing else was written for `heartbeat_interval`, and ends the
+/// link as broken when nothing arrived from the peer for `heartbeat_timeout`. Stops when the
+/// link is shut down.
 pub(super) async fn heartbeat(shared: Arc<Shared>) {
     let interval = shared.config.heartbeat_interval;
     let timeout = shared.config.heartbeat_timeout;
@@ -141,6 +142,7 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
         let mut quiet_since = Instant::now();
         let mut last_sent = Instant::now();
         let mut last_tick = Instant::now();
+        let mut written_seen = shared.written.load(Ordering::Relaxed);
         loop {
             async_io::Timer::after(tick).await;
             let now = Instant::now();
@@ -151,7 +153,13 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
             }
             last_tick = now;
             if let Some(i) = interval {
-                if now.duration_since(last_sent) + tick / 2 >= i {
+                // Any message tells the peer this side is alive: a heartbeat is sent only when
+                // nothing else was written for an interval.
+                let written = shared.written.load(Ordering::Relaxed);
+                if written != written_seen {
+                    written_seen = written;
+                    last_sent = now;
+                } else if now.duration_since(last_sent) + tick / 2 >= i {
                     shared.enqueue(Msg::Heartbeat);
                     last_sent = now;
                 }
