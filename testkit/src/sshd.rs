@@ -97,6 +97,13 @@ fn temp_dir() -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// Stops a guard and what it guards: closing its stdin makes it kill its command and exit (a
+/// SIGKILL to the guard would leave the command running).
+fn stop_guard(mut guard: std::process::Child) {
+    drop(guard.stdin.take());
+    let _ = guard.wait();
+}
+
 fn free_port() -> Result<u16, String> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -270,13 +277,11 @@ impl Sshd {
         match rx.recv_timeout(START_BOUND) {
             Ok(Ok(())) => Ok(guard),
             Ok(Err(log)) => {
-                let _ = guard.kill();
-                let _ = guard.wait();
+                stop_guard(guard);
                 Err(format!("sshd on port {port} did not start: {}", log.trim()))
             }
             Err(_) => {
-                let _ = guard.kill();
-                let _ = guard.wait();
+                stop_guard(guard);
                 Err(format!(
                     "sshd on port {port} did not start within {START_BOUND:?}"
                 ))
@@ -332,8 +337,7 @@ impl Sshd {
         if mux.exists() {
             *self.master.lock().unwrap_or_else(|p| p.into_inner()) = Some(master);
         } else {
-            drop(master.stdin.take());
-            let _ = master.wait();
+            stop_guard(master);
         }
     }
 
@@ -418,15 +422,12 @@ impl Sshd {
     /// Stops the server (idempotent).
     pub fn stop(&self) {
         let master = self.master.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(mut master) = master {
-            drop(master.stdin.take());
-            let _ = master.wait();
+        if let Some(master) = master {
+            stop_guard(master);
         }
         let guard = self.guard.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(mut guard) = guard {
-            // Closing the guard's stdin makes it kill sshd and exit.
-            drop(guard.stdin.take());
-            let _ = guard.wait();
+        if let Some(guard) = guard {
+            stop_guard(guard);
         }
     }
 }
