@@ -365,7 +365,49 @@ async fn teardown(live: &Live, plan: &Plan, child: &ChildHandle, stuck: bool) {
     }
 }
 
-fn plans(py: Option<&crate::pymod::PyDir>) -> (Vec<Plan>, Vec<Plan>) {
+/// `--remote` and its options: actors on another host too.
+#[derive(Debug, Default)]
+pub(crate) struct RemoteArgs {
+    /// `ssh://[user@]host[:port]`.
+    pub(crate) url: Option<String>,
+    /// Upload the binary when missing or different.
+    pub(crate) upload: bool,
+    /// The binary's path on the remote host.
+    pub(crate) path: Option<String>,
+    /// Extra ssh `-o` options.
+    pub(crate) ssh_options: Vec<String>,
+}
+
+impl RemoteArgs {
+    /// The remote backend asked for, if any.
+    #[cfg(feature = "remote")]
+    fn backend(&self) -> Result<Option<Arc<dyn SpawnBackend>>, String> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let mut b = harrow::RemoteBackend::from_url(url)?.upload(self.upload);
+        if let Some(path) = &self.path {
+            b = b.remote_path(path.clone());
+        }
+        for o in &self.ssh_options {
+            b = b.ssh_option(o.clone());
+        }
+        Ok(Some(b.into_shared()))
+    }
+
+    #[cfg(not(feature = "remote"))]
+    fn backend(&self) -> Result<Option<Arc<dyn SpawnBackend>>, String> {
+        match &self.url {
+            Some(_) => Err("the `remote` feature is off in this build of harrow".into()),
+            None => Ok(None),
+        }
+    }
+}
+
+fn plans(
+    py: Option<&crate::pymod::PyDir>,
+    remote: Option<Arc<dyn SpawnBackend>>,
+) -> (Vec<Plan>, Vec<Plan>) {
     let mut workers = Vec::new();
     let mut stuck = Vec::new();
     #[cfg(feature = "thread")]
@@ -410,12 +452,26 @@ fn plans(py: Option<&crate::pymod::PyDir>) -> (Vec<Plan>, Vec<Plan>) {
             });
         }
     }
+    if let Some(backend) = remote {
+        // A remote child serves what `main` passes to `remote::maybe_run_child`, there.
+        for (list, name) in [
+            (&mut workers, "worker-remote"),
+            (&mut stuck, "stuck-remote"),
+        ] {
+            list.push(Plan {
+                name,
+                backend: backend.clone(),
+                spec: ActorSpec::new(),
+                flavor: Flavor::Rust,
+            });
+        }
+    }
     let _ = py;
     (workers, stuck)
 }
 
 /// Runs the demo; returns the process exit code (0: everything as expected).
-pub(crate) fn run() -> i32 {
+pub(crate) fn run(remote: RemoteArgs) -> i32 {
     println!(
         "harrow demo: backends compiled in: {}",
         harrow::compiled_backends().join(", ")
@@ -433,7 +489,14 @@ pub(crate) fn run() -> i32 {
             None
         }
     };
-    let (workers, stuck) = plans(py.as_ref());
+    let remote = match remote.backend() {
+        Ok(r) => r,
+        Err(why) => {
+            println!("--remote: {why}");
+            return 2;
+        }
+    };
+    let (workers, stuck) = plans(py.as_ref(), remote);
     if workers.is_empty() {
         println!("no backend is available in this build");
         return 1;

@@ -35,7 +35,21 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build a small actor tree on every available backend and show it working (a few seconds).
-    Demo,
+    Demo {
+        /// Also start actors on another host: `ssh://[user@]host[:port]` (the same binary must
+        /// be at the same path there, or use --upload).
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
+        /// With --remote: upload this binary to --remote-path when missing or different.
+        #[arg(long)]
+        upload: bool,
+        /// With --remote: where the binary is on the remote host (default: this binary's path).
+        #[arg(long, value_name = "PATH")]
+        remote_path: Option<String>,
+        /// With --remote: an ssh `-o` option such as `IdentityFile=~/.ssh/key` (repeatable).
+        #[arg(long = "ssh-option", value_name = "NAME=VALUE")]
+        ssh_options: Vec<String>,
+    },
     /// Run the benchmark suite: each figure beside a baseline measured in the same run, as a
     /// ratio; progress on stderr.
     Bench {
@@ -98,6 +112,9 @@ fn main() -> ExitCode {
     // In a child actor started by the process backend: serve the CLI's functions, then exit.
     #[cfg(feature = "process")]
     harrow::maybe_run_child(fns::registry);
+    // In a child actor started on this host by the remote backend (ssh, ...): the same.
+    #[cfg(feature = "remote")]
+    harrow::remote::maybe_run_child(|| -> std::sync::Arc<dyn harrow::Resolver> { fns::registry() });
     if let Some(code) = bench::child_mode() {
         return code;
     }
@@ -115,7 +132,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     let code = match cli.command {
-        Command::Demo => demo::run(),
+        Command::Demo {
+            remote,
+            upload,
+            remote_path,
+            ssh_options,
+        } => demo::run(demo::RemoteArgs {
+            url: remote,
+            upload,
+            path: remote_path,
+            ssh_options,
+        }),
         Command::Bench { json, quick, scale } => bench::run(json, quick, scale),
         Command::RunPy {
             function,

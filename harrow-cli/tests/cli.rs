@@ -513,3 +513,41 @@ fn run_py_ctrl_c_cancels_and_exits_130() -> Result<()> {
     ensure!(r.stderr.contains("interrupted"), "{r}");
     Ok(())
 }
+
+/// `harrow demo --remote ssh://...` adds a remote worker (and a stuck remote actor, killed in
+/// the teardown) to the live tree, over ssh to a private sshd on 127.0.0.1.
+#[cfg(feature = "remote")]
+#[test]
+fn demo_remote_over_ssh_adds_a_remote_actor() -> Result<()> {
+    let sshd = match harrow_testkit::sshd::Sshd::shared() {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("SKIPPED demo_remote_over_ssh_adds_a_remote_actor: no sshd: {why}");
+            return Ok(());
+        }
+    };
+    let url = format!("ssh://{}@{}:{}", sshd.user(), sshd.host(), sshd.port());
+    let mut args = vec!["demo".to_owned(), "--remote".to_owned(), url];
+    args.push("--ssh-option".into());
+    args.push(format!("IdentityFile={}", sshd.identity().display()));
+    args.push("--ssh-option".into());
+    args.push("IdentitiesOnly=yes".into());
+    for o in sshd.ssh_options() {
+        args.push("--ssh-option".into());
+        args.push(o);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = harrow(&args)?;
+    ensure!(r.status.success(), "demo --remote failed: {r}");
+    for needle in ["worker-remote", "stuck-remote", "every outcome as expected"] {
+        ensure!(
+            r.stdout.contains(needle),
+            "demo output lacks {needle:?}: {r}"
+        );
+    }
+    ensure!(
+        r.stdout.lines().any(|l| l.contains(" remote ")),
+        "no remote actor in the demo: {r}"
+    );
+    Ok(())
+}

@@ -115,10 +115,23 @@ pub use harrow_spawn_subint::{InterpConfig, PyArgs, SubintBackend};
 #[cfg(feature = "subint")]
 pub use harrow_spawn_subint::WarmSubintBackend;
 
+#[cfg(feature = "remote")]
+pub use harrow_spawn_remote::RemoteBackend;
+
+/// Actors on other hosts (the `remote` feature): [`RemoteBackend`] and the child side,
+/// [`remote::maybe_run_child`], which a program calls first in `main` (beside
+/// [`maybe_run_child`] when it also uses the process backend).
+#[cfg(feature = "remote")]
+pub mod remote {
+    pub use harrow_spawn_remote::{Launcher, RemoteBackend, SshTarget, is_child, maybe_run_child};
+}
+
 /// The backend crates themselves, for what the re-exports above leave out.
 pub mod backends {
     #[cfg(feature = "process")]
     pub use harrow_spawn_process as process;
+    #[cfg(feature = "remote")]
+    pub use harrow_spawn_remote as remote;
     #[cfg(feature = "subint")]
     pub use harrow_spawn_subint as subint;
     #[cfg(feature = "thread")]

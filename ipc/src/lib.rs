@@ -4,7 +4,8 @@
 //! Every actor-to-actor exchange is a sequence of [`Msg`] on a [`Channel`]. Two transports honour
 //! the same channel contract: [`mem`] passes messages through a flume pair without encoding them
 //! (for actors that share an address space), and [`unix`] frames them with the [`codec`] over a
-//! Unix socket. A dropped or dead peer turns every pending and later `recv` into
+//! Unix socket. [`stream`] frames them over any pair of async byte streams (a launched program's
+//! pipes, a socket). A dropped or dead peer turns every pending and later `recv` into
 //! [`RecvError::Closed`], promptly.
 //!
 //! Payloads are [`Value`]s; typed code converts its serde types with [`to_value`] and
@@ -27,6 +28,7 @@ pub mod codec;
 pub mod mem;
 mod msg;
 mod serde_value;
+pub mod stream;
 pub mod unix;
 mod value;
 pub mod wait;

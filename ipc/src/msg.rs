@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::Value;
 
 /// The protocol version spoken by this build. Peers with another version are refused at `Hello`.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The identity of one actor: a human-chosen name plus a unique id.
 ///
@@ -17,7 +17,7 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub struct ActorId {
     /// The name given at spawn time (`"worker-3"`).
     pub name: String,
-    /// A process-tree-unique id (pid, time and a counter, in hex).
+    /// A unique id, also across hosts (a host tag, pid, time and a counter, in hex).
     pub uid: String,
 }
 
@@ -32,7 +32,13 @@ impl ActorId {
             .unwrap_or(0);
         ActorId {
             name: name.into(),
-            uid: format!("{:x}-{:x}-{:x}", std::process::id(), nanos, n),
+            uid: format!(
+                "{:x}-{:x}-{:x}-{:x}",
+                host_tag(),
+                std::process::id(),
+                nanos,
+                n
+            ),
         }
     }
 
@@ -43,6 +49,29 @@ impl ActorId {
             uid: uid.into(),
         }
     }
+}
+
+/// 32 bits that tell this host (this boot of it) from others, so that ids made on different
+/// machines never collide even when pid, time and counter agree: a hash of the kernel's boot id
+/// and the host name, or of per-process random state where those cannot be read.
+fn host_tag() -> u32 {
+    use std::collections::hash_map::{DefaultHasher, RandomState};
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static TAG: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *TAG.get_or_init(|| {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+        let mut h = if boot.is_some() || host.is_some() {
+            // Fixed keys: the tag is the same for every process of this boot.
+            DefaultHasher::new()
+        } else {
+            RandomState::new().build_hasher()
+        };
+        boot.hash(&mut h);
+        host.hash(&mut h);
+        let v = h.finish();
+        (v ^ (v >> 32)) as u32
+    })
 }
 
 impl fmt::Debug for ActorId {
@@ -436,6 +465,11 @@ pub enum Msg {
         /// the parent). `None` when nothing is left but to exit.
         teardown_ms: Option<u64>,
     },
+    /// Either way, after `Hello`: "this side is alive". Sent every
+    /// `LinkConfig::heartbeat_interval`; a link that receives nothing at all from its peer for
+    /// its heartbeat timeout ends as broken (a silent partition). Carries nothing and is never
+    /// answered.
+    Heartbeat,
 }
 
 impl Msg {
@@ -451,7 +485,10 @@ impl Msg {
             | Msg::Return { cid, .. }
             | Msg::Cancel { cid } => Some(*cid),
             Msg::Error { cid, .. } => *cid,
-            Msg::Hello { .. } | Msg::CancelActor { .. } | Msg::CancelAck { .. } => None,
+            Msg::Hello { .. }
+            | Msg::CancelActor { .. }
+            | Msg::CancelAck { .. }
+            | Msg::Heartbeat => None,
         }
     }
 
@@ -470,6 +507,7 @@ impl Msg {
             Msg::Cancel { .. } => "Cancel",
             Msg::CancelActor { .. } => "CancelActor",
             Msg::CancelAck { .. } => "CancelAck",
+            Msg::Heartbeat => "Heartbeat",
         }
     }
 }

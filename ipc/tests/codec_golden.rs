@@ -70,9 +70,10 @@ fn variant_index(msg: &Msg) -> usize {
         Msg::Cancel { .. } => 9,
         Msg::CancelActor { .. } => 10,
         Msg::CancelAck { .. } => 11,
+        Msg::Heartbeat => 12,
     }
 }
-const MSG_VARIANTS: usize = 12;
+const MSG_VARIANTS: usize = 13;
 
 /// Every ErrorKind the wire knows, in declaration order.
 const ERROR_KINDS: [ErrorKind; 8] = [
@@ -171,6 +172,7 @@ fn samples() -> Vec<(String, Msg)> {
                 teardown_ms: Some(1500),
             },
         ),
+        ("heartbeat".into(), Msg::Heartbeat),
         (
             "error_group".into(),
             Msg::Error {

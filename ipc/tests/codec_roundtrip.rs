@@ -110,6 +110,7 @@ fn msg_strategy() -> impl Strategy<Value = Msg> {
         cid.prop_map(|cid| Msg::Cancel { cid }),
         ".{0,20}".prop_map(|reason| Msg::CancelActor { reason }),
         prop::option::of(any::<u64>()).prop_map(|teardown_ms| Msg::CancelAck { teardown_ms }),
+        Just(Msg::Heartbeat),
     ]
 }
 

@@ -55,6 +55,33 @@ pub struct LinkConfig {
     /// is acknowledged once every served call ended, or after this bound (default 0.4 s: below
     /// the caller's `cancel_timeout`, so the answer arrives in time).
     pub cancel_cleanup: Duration,
+    /// How long this side may write nothing before it sends a `Heartbeat`, so that the peer can
+    /// tell a silent peer from a quiet one (default 1 s). `None` sends none (the peer, if it watches, then
+    /// ends the link once its own `heartbeat_timeout` passes).
+    pub heartbeat_interval: Option<Duration>,
+    /// When nothing at all (a message or a heartbeat) arrived from the peer for this long, the
+    /// link ends as [`LinkEnd::Broken`] with an error saying so: a network partition, or a peer
+    /// stopped, is detected within this bound (plus one check period, at most a quarter of it).
+    /// A stall of this side's own executor (a served function that blocks its thread) is not
+    /// counted against the peer. Keep it several times the peer's `heartbeat_interval`.
+    ///
+    /// Default `None`: a link never gives up on a silent peer by itself, because a peer whose
+    /// actor blocks its own thread (a long computation that never yields) is silent too, and the
+    /// teardown ladder already bounds what waits for it. Set it where partitions happen: links to
+    /// actors on other hosts (`RootConfig::link_config` for the root's children; a remote child
+    /// sets one on its link to its parent).
+    pub heartbeat_timeout: Option<Duration>,
+}
+
+impl LinkConfig {
+    /// Sets the heartbeat period and the silence after which the link ends as broken (see
+    /// [`heartbeat_interval`](Self::heartbeat_interval) and
+    /// [`heartbeat_timeout`](Self::heartbeat_timeout)).
+    pub fn heartbeat(mut self, interval: Option<Duration>, timeout: Option<Duration>) -> Self {
+        self.heartbeat_interval = interval;
+        self.heartbeat_timeout = timeout;
+        self
+    }
 }
 
 impl Default for LinkConfig {
@@ -65,6 +92,8 @@ impl Default for LinkConfig {
             cancel_timeout: Duration::from_millis(500),
             close_flush_timeout: Duration::from_secs(1),
             cancel_cleanup: Duration::from_millis(400),
+            heartbeat_interval: Some(Duration::from_secs(1)),
+            heartbeat_timeout: None,
         }
     }
 }
@@ -227,6 +256,8 @@ pub(crate) struct Shared {
     parity: u64,
     enqueued: AtomicU64,
     written: AtomicU64,
+    /// Messages received from the peer (any kind): the heartbeat watch compares it over time.
+    received: AtomicU64,
     writer_done: AtomicBool,
     reader_done: AtomicBool,
     /// Writer progress and served calls finishing (for `drain`).

@@ -56,6 +56,13 @@ pub trait BackendFactory: Send + Sync + 'static {
     /// Starts what the backend keeps for the whole process (a runtime, a helper thread), before
     /// the resource tracker's first snapshot, so that it is not taken for a leak.
     fn warm_up(&self) {}
+    /// Why scenario `scenario` cannot run on this backend here (a server it needs is missing,
+    /// or the factory leaves a soak to a faster configuration of the same backend), if so: the
+    /// scenario then says so and skips. Default: every scenario runs.
+    fn unavailable(&self, scenario: &str) -> Option<String> {
+        let _ = scenario;
+        None
+    }
 }
 
 /// How a scenario ended when it did not fail.
@@ -87,6 +94,10 @@ pub fn run<F: BackendFactory + ?Sized>(name: &str, factory: &F, scenario: fn(&F)
 /// [`run`] in this process, without the isolation: for a test that runs several scenarios
 /// inside one [`crate::isolated`] section (the long soak), or is otherwise alone.
 pub fn run_here<F: BackendFactory + ?Sized>(name: &str, factory: &F, scenario: fn(&F) -> Outcome) {
+    if let Some(why) = factory.unavailable(name) {
+        eprintln!("SKIPPED {name}: {why}");
+        return;
+    }
     factory.warm_up();
     let outcome = crate::harness_here(name, scenario_bound(name), crate::DEFAULT_SETTLE, || {
         scenario(factory)

@@ -55,6 +55,7 @@ pub mod faults;
 pub mod isolate;
 pub mod peerfns;
 pub mod sigint;
+pub mod sshd;
 pub mod supervision;
 pub mod testfns;
 pub mod tracker;

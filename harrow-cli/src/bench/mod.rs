@@ -17,6 +17,8 @@ mod backend;
 mod baseline;
 mod parallel;
 mod pool;
+#[cfg(all(feature = "remote", feature = "process"))]
+mod remote;
 mod report;
 mod scale;
 mod stats;
@@ -186,6 +188,14 @@ fn measure(
     prog: &Progress,
 ) -> anyhow::Result<(Vec<backend::Row>, Option<parallel::Parallel>)> {
     let plans = backend::plans(py);
+    #[cfg(all(feature = "remote", feature = "process"))]
+    let remote = match remote::target() {
+        Ok(t) => Some(t),
+        Err(why) => {
+            eprintln!("[bench] the remote (ssh) rows are skipped: {why}");
+            None
+        }
+    };
     // Short rungs: the stuck-child teardowns take the whole ladder on some backends.
     let timeouts = Timeouts {
         cancel_ack: Duration::from_millis(200),
@@ -198,6 +208,10 @@ fn measure(
             let mut rows = Vec::new();
             for p in plans {
                 rows.extend(backend::measure(&n, p, s, prog).await?);
+            }
+            #[cfg(all(feature = "remote", feature = "process"))]
+            if let Some(t) = &remote {
+                rows.extend(remote::measure(&n, t, s, prog).await?);
             }
             let parallel = match py {
                 #[cfg(feature = "subint")]

@@ -7,7 +7,7 @@ use harrow_ipc::wait::{Event, deadline};
 use harrow_ipc::{Channel, Msg, PROTOCOL_VERSION, RecvError};
 use tracing::debug;
 
-use super::io::{reader, writer};
+use super::io::{heartbeat, reader, writer};
 use super::{Executor, Link, LinkConfig, LinkState, LocalInfo, PeerInfo, Shared};
 use crate::{Error, Resolver, Result};
 
@@ -113,6 +113,7 @@ impl Link {
             parity,
             enqueued: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            received: AtomicU64::new(0),
             writer_done: AtomicBool::new(false),
             reader_done: AtomicBool::new(false),
             progress: Event::new(),
@@ -124,6 +125,9 @@ impl Link {
         });
         exec.spawn(writer(shared.clone(), tx, out_rx)).detach();
         exec.spawn(reader(shared.clone(), rx)).detach();
+        if shared.config.heartbeat_interval.is_some() || shared.config.heartbeat_timeout.is_some() {
+            exec.spawn(heartbeat(shared.clone())).detach();
+        }
         Ok(Link { shared })
     }
 }

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 use harrow_ipc::{ChannelRx, ChannelTx, ErrorKind, Msg, RecvError, RemoteError, SendError};
@@ -103,7 +104,10 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
             .await;
         match next {
             None => break,
-            Some(Ok(msg)) => shared.handle(msg),
+            Some(Ok(msg)) => {
+                shared.received.fetch_add(1, Ordering::Relaxed);
+                shared.handle(msg)
+            }
             Some(Err(e)) => {
                 let reason = match &e {
                     RecvError::Closed => format!("the channel to {} closed", shared.peer.id),
@@ -117,4 +121,67 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
     debug!(local = %shared.local.id, "reader stopped");
     shared.reader_done.store(true, Ordering::Release);
     shared.progress.notify(usize::MAX);
+}
+
+/// Sends a `Heartbeat` when nothing else was written for `heartbeat_interval`, and ends the
+/// link as broken when nothing arrived from the peer for `heartbeat_timeout`. Stops when the
+/// link is shut down.
+pub(super) async fn heartbeat(shared: Arc<Shared>) {
+    let interval = shared.config.heartbeat_interval;
+    let timeout = shared.config.heartbeat_timeout;
+    // Checked at the send period, or often enough for the timeout when nothing is sent.
+    let tick = match (interval, timeout) {
+        (Some(i), Some(t)) => i.min(t / 4),
+        (Some(i), None) => i,
+        (None, Some(t)) => t / 4,
+        (None, None) => return,
+    }
+    .max(Duration::from_millis(1));
+    let run = async {
+        let mut seen = shared.received.load(Ordering::Relaxed);
+        let mut quiet_since = Instant::now();
+        let mut last_sent = Instant::now();
+        let mut last_tick = Instant::now();
+        let mut written_seen = shared.written.load(Ordering::Relaxed);
+        loop {
+            async_io::Timer::after(tick).await;
+            let now = Instant::now();
+            // This side's own executor was stalled (a served function blocked its thread): what
+            // the peer sent meanwhile may not be read yet, so the silence is not the peer's.
+            if now.duration_since(last_tick) > tick * 2 + Duration::from_millis(50) {
+                quiet_since = now;
+            }
+            last_tick = now;
+            if let Some(i) = interval {
+                // Any message tells the peer this side is alive: a heartbeat is sent only when
+                // nothing else was written for an interval.
+                let written = shared.written.load(Ordering::Relaxed);
+                if written != written_seen {
+                    written_seen = written;
+                    last_sent = now;
+                } else if now.duration_since(last_sent) + tick / 2 >= i {
+                    shared.enqueue(Msg::Heartbeat);
+                    last_sent = now;
+                }
+            }
+            let count = shared.received.load(Ordering::Relaxed);
+            if count != seen {
+                seen = count;
+                quiet_since = now;
+            } else if let Some(t) = timeout {
+                let quiet = now.duration_since(quiet_since);
+                if quiet >= t {
+                    let reason = format!(
+                        "no message or heartbeat from {} for {quiet:?} (heartbeat timeout {t:?}): \
+                         the peer is unreachable (network partition?) or frozen",
+                        shared.peer.id
+                    );
+                    tracing::warn!(local = %shared.local.id, %reason, "link presumed dead");
+                    shared.shutdown(LinkEnd::Broken(reason.clone()), reason, false);
+                    return;
+                }
+            }
+        }
+    };
+    run.or(shared.wait_dead()).await;
 }

@@ -130,6 +130,8 @@ impl Shared {
             Msg::Hello { actor, .. } => {
                 debug!(%actor, "second Hello ignored");
             }
+            // Its arrival is all it says: the reader counted it.
+            Msg::Heartbeat => {}
         }
     }
 }

@@ -1,0 +1,402 @@
+//! The byte-stream transport: [`codec`] frames over any pair of async byte streams — the two pipes
+//! of a launched program (its stdin and stdout), a socket split in two, a TCP connection.
+//!
+//! Same contract as [`unix`](crate::unix): when the peer's writing side closes (or its process
+//! dies) every pending and later `recv` returns [`RecvError::Closed`] (the first one
+//! [`RecvError::TruncatedFrame`] when the peer left a frame unfinished); a send to a peer that is
+//! gone hands the message back; [`close`](crate::Channel::close), or dropping the last
+//! [`ChannelTx`](crate::ChannelTx), closes the writing stream (the writer is dropped, which closes
+//! a pipe; a socket is also shut down through [`AsyncWrite::poll_close`]) once the frame being
+//! written is complete, so the peer receives what was sent and then `Closed`.
+//!
+//! Every channel starts in handshake mode, as the unix one does: frames above
+//! [`CodecConfig::max_handshake_frame`] are refused until
+//! [`end_handshake`](crate::ChannelRx::end_handshake).
+//!
+//! ```
+//! use harrow_ipc::{stream, Msg};
+//! # futures_lite::future::block_on(async {
+//! let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+//! let a = async_io::Async::new(a).unwrap();
+//! let b = async_io::Async::new(b).unwrap();
+//! // One stream used for both directions here; a launched program gives two pipes instead.
+//! let (a_read, a_write) = futures_lite::io::split(a);
+//! let (b_read, b_write) = futures_lite::io::split(b);
+//! let a = stream::channel(a_read, a_write, Default::default());
+//! let mut b = stream::channel(b_read, b_write, Default::default());
+//! b.end_handshake();
+//! a.send(Msg::CancelAck { teardown_ms: None }).await.unwrap();
+//! assert_eq!(b.recv().await.unwrap(), Msg::CancelAck { teardown_ms: None });
+//! a.close();
+//! assert!(b.recv().await.unwrap_err().is_closed());
+//! # });
+//! ```
+//!
+//! A writer to a pipe whose reader is gone gets `EPIPE` only when `SIGPIPE` is ignored, which the
+//! Rust runtime arranges in every binary it starts.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::sync::{Mutex, MutexGuard};
+
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::channel::BoxFuture;
+use crate::codec::{self, CodecConfig, DecodeError, EncodeError, FrameDecoder};
+use crate::{Channel, Msg, RecvError, RecvHalf, SendError, SendHalf};
+
+/// Makes a channel that reads frames from `reader` and writes frames to `writer`.
+pub fn channel<R, W>(reader: R, writer: W, config: CodecConfig) -> Channel
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    Channel::from_halves(StreamTx::new(writer, config), StreamRx::new(reader, config))
+}
+
+fn is_peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::WriteZero
+    )
+}
+
+/// The sending half of a byte-stream channel.
+pub struct StreamTx<W> {
+    config: CodecConfig,
+    // Serialises writers so frames never interleave; holds the stream and the frame buffer.
+    writer: async_lock::Mutex<Writer<W>>,
+    // Lets the synchronous `close` wait out a frame being written: whoever ends last closes.
+    flags: Mutex<TxFlags>,
+}
+
+impl<W> fmt::Debug for StreamTx<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flags = self.flags();
+        f.debug_struct("StreamTx")
+            .field("writing", &flags.writing)
+            .field("close_requested", &flags.close_requested)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Writer<W> {
+    /// `None` once closed.
+    sink: Option<W>,
+    buf: Vec<u8>,
+    // How much of `buf` is on the wire; `0 < written < buf.len()` after a cancelled send.
+    written: usize,
+}
+
+#[derive(Debug, Default)]
+struct TxFlags {
+    writing: bool,
+    close_requested: bool,
+}
+
+/// Keeps the buffer from pinning the memory of one huge message forever.
+const KEEP_WRITE_BUF: usize = 1 << 20;
+/// How many bytes of frames one batched write gathers at most.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Closes a writer without blocking: one poll of `close` (a socket shuts down its write side at
+/// once; a pipe needs nothing more than the drop that follows).
+fn close_sink<W: AsyncWrite + Unpin>(mut sink: W) {
+    let _ = futures_lite::future::block_on(futures_lite::future::poll_once(sink.close()));
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> StreamTx<W> {
+    fn new(sink: W, config: CodecConfig) -> Self {
+        StreamTx {
+            config,
+            writer: async_lock::Mutex::new(Writer {
+                sink: Some(sink),
+                buf: Vec::new(),
+                written: 0,
+            }),
+            flags: Mutex::new(TxFlags::default()),
+        }
+    }
+}
+
+impl<W> StreamTx<W> {
+    fn flags(&self) -> MutexGuard<'_, TxFlags> {
+        self.flags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+async fn flush<W: AsyncWrite + Unpin>(w: &mut Writer<W>) -> io::Result<()> {
+    let Writer { sink, buf, written } = w;
+    let Some(sink) = sink.as_mut() else {
+        return Err(io::ErrorKind::BrokenPipe.into());
+    };
+    while *written < buf.len() {
+        let n = sink.write(&buf[*written..]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        *written += n;
+    }
+    sink.flush().await
+}
+
+/// Marks the end of a frame write (also when the send is cancelled) and performs a `close` that
+/// arrived meanwhile.
+struct WritingGuard<'a, W: AsyncWrite + Unpin> {
+    tx: &'a StreamTx<W>,
+    w: async_lock::MutexGuard<'a, Writer<W>>,
+}
+
+impl<W: AsyncWrite + Unpin> Drop for WritingGuard<'_, W> {
+    fn drop(&mut self) {
+        let mut flags = self.tx.flags();
+        flags.writing = false;
+        if flags.close_requested {
+            if let Some(sink) = self.w.sink.take() {
+                close_sink(sink);
+            }
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> StreamTx<W> {
+    /// Takes the writer lock, finishing a frame a cancelled send left half written.
+    async fn lock_writer(
+        &self,
+    ) -> Result<async_lock::MutexGuard<'_, Writer<W>>, (io::Error, bool)> {
+        let mut w = self.writer.lock().await;
+        if w.sink.is_none() {
+            return Err((io::ErrorKind::BrokenPipe.into(), true));
+        }
+        if w.written > 0 && w.written < w.buf.len() {
+            flush(&mut w).await.map_err(|e| (e, false))?;
+        }
+        w.buf.clear();
+        w.written = 0;
+        if w.buf.capacity() > KEEP_WRITE_BUF {
+            w.buf = Vec::new();
+        }
+        Ok(w)
+    }
+
+    async fn send_frames(&self, msgs: &mut VecDeque<Msg>) -> Result<(), SendError> {
+        while !msgs.is_empty() {
+            if self.flags().close_requested {
+                return Err(closed(msgs));
+            }
+            let mut w = match self.lock_writer().await {
+                Ok(w) => w,
+                Err((_, true)) => return Err(closed(msgs)),
+                Err((e, false)) => return Err(io_error(e, msgs)),
+            };
+            // Encode as many frames as fit in one write; stop at the first that cannot travel.
+            let mut encoded = 0;
+            let mut refused = None;
+            for msg in msgs.iter() {
+                match codec::encode_into(msg, &self.config, &mut w.buf) {
+                    Ok(_) => encoded += 1,
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+                if w.buf.len() >= BATCH_BYTES {
+                    break;
+                }
+            }
+            if encoded > 0 {
+                {
+                    let mut flags = self.flags();
+                    if flags.close_requested {
+                        w.buf.clear();
+                        if let Some(sink) = w.sink.take() {
+                            close_sink(sink);
+                        }
+                        return Err(closed(msgs));
+                    }
+                    flags.writing = true;
+                }
+                let mut guard = WritingGuard { tx: self, w };
+                if let Err(e) = flush(&mut guard.w).await {
+                    return Err(io_error(e, msgs));
+                }
+                drop(guard);
+                msgs.drain(..encoded);
+            }
+            if let Some(e) = refused {
+                let Some(msg) = msgs.pop_front() else {
+                    return Ok(());
+                };
+                return Err(encode_error(e, msg));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `msgs` is non-empty wherever this is called; the stand-in is never handed out.
+fn front(msgs: &mut VecDeque<Msg>) -> Msg {
+    msgs.pop_front()
+        .unwrap_or(Msg::CancelAck { teardown_ms: None })
+}
+
+fn closed(msgs: &mut VecDeque<Msg>) -> SendError {
+    SendError::Closed(Box::new(front(msgs)))
+}
+
+fn io_error(e: io::Error, msgs: &mut VecDeque<Msg>) -> SendError {
+    let msg = Box::new(front(msgs));
+    if is_peer_gone(&e) {
+        SendError::Closed(msg)
+    } else {
+        SendError::Io { msg, source: e }
+    }
+}
+
+/// The send error for a message the codec refused, handing the message back.
+fn encode_error(e: EncodeError, msg: Msg) -> SendError {
+    match e {
+        EncodeError::TooLarge { size, max } => SendError::TooLarge {
+            msg: Box::new(msg),
+            size,
+            max,
+        },
+        other => SendError::Encode {
+            msg: Box::new(msg),
+            reason: other.to_string(),
+        },
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> SendHalf for StreamTx<W> {
+    fn send(&self, msg: Msg) -> BoxFuture<'_, Result<(), SendError>> {
+        Box::pin(async move {
+            let mut msgs = VecDeque::from([msg]);
+            self.send_frames(&mut msgs).await
+        })
+    }
+
+    fn send_batch<'a>(
+        &'a self,
+        msgs: &'a mut VecDeque<Msg>,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(self.send_frames(msgs))
+    }
+
+    fn close(&self) {
+        let mut flags = self.flags();
+        flags.close_requested = true;
+        if flags.writing {
+            // The writing send closes when its frame is out (its guard).
+            return;
+        }
+        // Not writing: the lock is free, or held by a send between encoding and writing, which
+        // sees `close_requested` and closes itself.
+        if let Some(mut w) = self.writer.try_lock() {
+            if let Some(sink) = w.sink.take() {
+                close_sink(sink);
+            }
+        }
+    }
+}
+
+impl<W> Drop for StreamTx<W> {
+    fn drop(&mut self) {
+        // Dropping the writer closes it (a pipe's descriptor, a socket's write side when it is
+        // its last owner).
+        let w = self.writer.get_mut();
+        w.sink.take();
+    }
+}
+
+/// The receiving half of a byte-stream channel.
+pub struct StreamRx<R> {
+    reader: R,
+    // All partial-frame state lives here, so a dropped `recv` future loses nothing.
+    decoder: FrameDecoder,
+    done: bool,
+}
+
+impl<R> fmt::Debug for StreamRx<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamRx")
+            .field("buffered", &self.decoder.buffered())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> StreamRx<R> {
+    fn new(reader: R, config: CodecConfig) -> Self {
+        StreamRx {
+            reader,
+            decoder: FrameDecoder::handshaking(config),
+            done: false,
+        }
+    }
+
+    fn fail(&mut self, e: DecodeError) -> RecvError {
+        tracing::warn!(error = %e, "stream channel: refusing the peer's frame, no more reading");
+        self.done = true;
+        RecvError::Decode(e)
+    }
+
+    /// The peer is gone: `Closed`, or `TruncatedFrame` if it left a frame unfinished.
+    fn peer_gone(&mut self) -> RecvError {
+        let got = self.decoder.buffered();
+        self.done = true;
+        if got == 0 {
+            return RecvError::Closed;
+        }
+        let expected = self
+            .decoder
+            .pending_frame_len()
+            .unwrap_or(codec::LENGTH_PREFIX);
+        RecvError::TruncatedFrame { expected, got }
+    }
+
+    async fn recv_frame(&mut self) -> Result<Msg, RecvError> {
+        loop {
+            if self.done {
+                return Err(RecvError::Closed);
+            }
+            match self.decoder.decode_next() {
+                Ok(Some(msg)) => return Ok(msg),
+                Ok(None) => {}
+                Err(
+                    e @ (DecodeError::FrameTooLarge { .. }
+                    | DecodeError::HandshakeFrameTooLarge { .. }),
+                ) => return Err(self.fail(e)),
+                // The bad frame was consumed; the next one can still be read.
+                Err(e) => return Err(RecvError::Decode(e)),
+            }
+            let buf = match self.decoder.read_buf() {
+                Ok(buf) => buf,
+                Err(e) => return Err(self.fail(e)),
+            };
+            match self.reader.read(buf).await {
+                Ok(0) => return Err(self.peer_gone()),
+                Ok(n) => self.decoder.commit(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_peer_gone(&e) => return Err(self.peer_gone()),
+                Err(e) => return Err(RecvError::Io(e)),
+            }
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> RecvHalf for StreamRx<R> {
+    fn recv(&mut self) -> BoxFuture<'_, Result<Msg, RecvError>> {
+        Box::pin(self.recv_frame())
+    }
+
+    fn end_handshake(&mut self) {
+        self.decoder.end_handshake();
+    }
+}

@@ -1,0 +1,244 @@
+//! The parent's handle on one remote child: the launcher process (killed and reaped, never left
+//! behind), the optional remote kill, the bounded join.
+
+use std::os::fd::OwnedFd;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_io::{Async, Timer};
+use harrow_runtime_core::ipc::{ActorId, Channel};
+use harrow_runtime_core::{BoxFuture, Child, DedicatedThread, Exit, move_on_after};
+
+use crate::launch::StderrTail;
+
+/// Without a pidfd (kernels before 5.3), how often a wait looks at the launcher.
+const NO_PIDFD_POLL: Duration = Duration::from_millis(10);
+/// The longest a join waits for the stderr thread after the launcher ended.
+const STDERR_GRACE: Duration = Duration::from_millis(500);
+
+/// One launcher process: killed and reaped when dropped (a reaper thread waits for it, so a drop
+/// never blocks).
+#[derive(Debug)]
+pub(crate) struct Launched {
+    proc: Option<std::process::Child>,
+    pid: u32,
+    pidfd: Option<Async<OwnedFd>>,
+    status: Option<ExitStatus>,
+    stderr: Option<DedicatedThread<()>>,
+    killed: bool,
+}
+
+impl Launched {
+    pub(crate) fn new(proc: std::process::Child) -> Self {
+        let pid = proc.id();
+        let pidfd = rustix::process::Pid::from_raw(pid as i32)
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+            .and_then(|fd| Async::new(fd).ok());
+        Launched {
+            proc: Some(proc),
+            pid,
+            pidfd,
+            status: None,
+            stderr: None,
+            killed: false,
+        }
+    }
+
+    pub(crate) fn set_stderr_thread(&mut self, thread: DedicatedThread<()>) {
+        self.stderr = Some(thread);
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn try_reap(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            if let Some(proc) = self.proc.as_mut() {
+                match proc.try_wait() {
+                    Ok(Some(status)) => self.status = Some(status),
+                    Ok(None) => {}
+                    // Reaped elsewhere (SIGCHLD ignored): it is gone.
+                    Err(_) => {
+                        self.status = Some(std::os::unix::process::ExitStatusExt::from_raw(0))
+                    }
+                }
+            }
+        }
+        self.status
+    }
+
+    /// Waits until the launcher has ended (and is reaped) or `deadline`.
+    pub(crate) async fn wait_until(&mut self, deadline: Instant) -> Option<ExitStatus> {
+        loop {
+            if let Some(status) = self.try_reap() {
+                return Some(status);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let left = deadline - now;
+            match &self.pidfd {
+                Some(fd) => {
+                    let _ = move_on_after(left, fd.readable()).await;
+                }
+                None => {
+                    Timer::after(NO_PIDFD_POLL.min(left)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits at most `bound` for the launcher to end; says how it ended, for error messages.
+    pub(crate) async fn wait_briefly(&mut self, bound: Duration) -> String {
+        match self.wait_until(Instant::now() + bound).await {
+            Some(status) => status.to_string(),
+            None => format!("still running after {bound:?}"),
+        }
+    }
+
+    /// Waits at most `bound` for the stderr thread (it ends when every holder of the launcher's
+    /// stderr has exited).
+    pub(crate) async fn finish_stderr(&mut self, bound: Duration) -> bool {
+        match self.stderr.as_mut() {
+            Some(t) => !matches!(t.join(bound).await, harrow_runtime_core::Joined::Running),
+            None => true,
+        }
+    }
+
+    /// SIGKILLs the launcher unless it has already been reaped. Never blocks.
+    pub(crate) fn kill(&mut self) {
+        if self.try_reap().is_some() {
+            return;
+        }
+        if let Some(proc) = self.proc.as_mut() {
+            let _ = proc.kill();
+            self.killed = true;
+        }
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if self.try_reap().is_some() {
+            return;
+        }
+        if let Some(mut proc) = self.proc.take() {
+            let _ = proc.kill();
+            // After SIGKILL the wait is short; a thread takes it so that a drop never blocks.
+            let _ = std::thread::Builder::new()
+                .name("hw-remote-reap".into())
+                .spawn(move || {
+                    let _ = proc.wait();
+                });
+        }
+        if let Some(mut t) = self.stderr.take() {
+            t.detach();
+        }
+    }
+}
+
+/// The parent's handle on a remote child.
+#[derive(Debug)]
+pub(crate) struct RemoteChild {
+    id: ActorId,
+    channel: Option<Channel>,
+    launched: Launched,
+    launcher: String,
+    remote_pid: u32,
+    /// The command that kills the remote process through the launcher, if enabled.
+    kill_cmd: Option<Command>,
+    /// That command, once run.
+    killer: Option<Launched>,
+    tail: Arc<StderrTail>,
+}
+
+impl RemoteChild {
+    pub(crate) fn new(
+        id: ActorId,
+        channel: Channel,
+        launched: Launched,
+        launcher: String,
+        remote_pid: u32,
+        kill_cmd: Option<Command>,
+        tail: Arc<StderrTail>,
+    ) -> Self {
+        RemoteChild {
+            id,
+            channel: Some(channel),
+            launched,
+            launcher,
+            remote_pid,
+            kill_cmd,
+            killer: None,
+            tail,
+        }
+    }
+
+    async fn join_inner(&mut self, bound: Duration) -> Exit {
+        let deadline = Instant::now() + bound;
+        let Some(status) = self.launched.wait_until(deadline).await else {
+            return Exit::Running;
+        };
+        if let Some(killer) = self.killer.as_mut() {
+            if killer.wait_until(deadline).await.is_none() {
+                killer.kill();
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.launched.finish_stderr(left.max(STDERR_GRACE)).await;
+        if self.launched.killed {
+            Exit::Killed
+        } else if status.success() {
+            Exit::Exited
+        } else {
+            Exit::Failed(format!(
+                "the launcher `{}` ended with {status}; its stderr: {}",
+                self.launcher,
+                self.tail.text()
+            ))
+        }
+    }
+}
+
+impl Child for RemoteChild {
+    fn id(&self) -> &ActorId {
+        &self.id
+    }
+
+    fn take_channel(&mut self) -> Option<Channel> {
+        self.channel.take()
+    }
+
+    fn hard_kill(&mut self) -> BoxFuture<'_, Result<(), String>> {
+        self.launched.kill();
+        if let Some(mut cmd) = self.kill_cmd.take() {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            match cmd.spawn() {
+                Ok(p) => self.killer = Some(Launched::new(p)),
+                Err(e) => {
+                    tracing::warn!(actor = %self.id, error = %e, "cannot run the remote kill")
+                }
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn join(&mut self, bound: Duration) -> BoxFuture<'_, Exit> {
+        Box::pin(self.join_inner(bound))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "remote actor {} via `{}` (launcher pid {}, remote pid {})",
+            self.id,
+            self.launcher,
+            self.launched.pid(),
+            self.remote_pid
+        )
+    }
+}

@@ -1,0 +1,150 @@
+//! Support for the remote backend's tests: the factory the conformance suite runs with (ssh to
+//! the testkit's private sshd, children are this package's helper binary).
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use harrow_runtime_core::{ActorSpec, SpawnBackend};
+use harrow_spawn_remote::RemoteBackend;
+use harrow_testkit::conformance::BackendFactory;
+use harrow_testkit::sshd::Sshd;
+use harrow_testkit::testfns;
+
+/// An ssh backend to the process's private sshd, running `program` there (the same machine, so
+/// the same path).
+///
+/// # Errors
+///
+/// Why there is no sshd (see [`Sshd::shared`]).
+pub fn ssh_backend(program: impl Into<PathBuf>) -> Result<RemoteBackend, String> {
+    let sshd = Sshd::shared()?;
+    let program = program.into();
+    let mut b = RemoteBackend::ssh(sshd.host())
+        .port(sshd.port())
+        .user(sshd.user())
+        .identity(sshd.identity())
+        .program(&program)
+        .remote_path(program.display().to_string());
+    for o in sshd.ssh_options() {
+        b = b.ssh_option(o);
+    }
+    Ok(b)
+}
+
+/// The conformance suite's factory over ssh.
+#[derive(Debug, Clone)]
+pub struct SshFactory {
+    program: PathBuf,
+}
+
+impl SshFactory {
+    /// Children run `program` (the helper binary) over ssh to the private sshd.
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        SshFactory {
+            program: program.into(),
+        }
+    }
+}
+
+impl BackendFactory for SshFactory {
+    fn backend(&self) -> Arc<dyn SpawnBackend> {
+        match ssh_backend(&self.program) {
+            Ok(b) => b.into_shared(),
+            // `unavailable` made every scenario skip before this could be reached.
+            Err(_) => RemoteBackend::command(["false"]).into_shared(),
+        }
+    }
+    fn spec(&self) -> ActorSpec {
+        ActorSpec::new()
+    }
+    fn func(&self, name: &str) -> String {
+        format!("testfns:{name}")
+    }
+    fn fail_type_name(&self) -> &'static str {
+        std::any::type_name::<testfns::TestError>()
+    }
+    fn warm_up(&self) {
+        let _ = Sshd::shared();
+    }
+    fn unavailable(&self, scenario: &str) -> Option<String> {
+        if let Err(why) = Sshd::shared() {
+            return Some(format!("no sshd for the ssh backend: {why}"));
+        }
+        // Hundreds of sequential ssh sessions, or dozens at once under the nursery's 5 s spawn
+        // bound, or a 300 ms window between two spawns, do not fit an ssh session's start-up
+        // on a loaded 2-core CI machine; the same backend runs these over the local launcher
+        // (tests/conformance_local.rs).
+        if let Some((_, why)) = LEFT_TO_LOCAL.iter().find(|(name, _)| *name == scenario) {
+            return Some(format!(
+                "{why}: runs over the local launcher (conformance_local)"
+            ));
+        }
+        None
+    }
+}
+
+/// The scenarios the ssh suite leaves to the local-launcher suite, and why.
+pub const LEFT_TO_LOCAL: [(&str, &str); 6] = [
+    ("spawn_cancel_soak", "500 sequential ssh sessions"),
+    (
+        "many_failures_together_repeated",
+        "20 rounds of 25 concurrent ssh sessions",
+    ),
+    (
+        "many_children",
+        "50 ssh sessions started at once within the spawn bound",
+    ),
+    (
+        "many_failures_together",
+        "25 ssh sessions started at once within the spawn bound",
+    ),
+    (
+        "failure_tree",
+        "a tree of ssh sessions started at once within the spawn bound",
+    ),
+    (
+        "multierror",
+        "needs the second child started within the first one's 300 ms call",
+    ),
+];
+
+/// A backend whose launcher is a local `sh` that executes the remote command in place: the
+/// whole remote path (spec line, start line, stdio wire, launcher kill) without any sshd.
+pub fn local_backend(program: impl Into<PathBuf>) -> RemoteBackend {
+    let program = program.into();
+    RemoteBackend::command(["sh", "-c", "exec \"$@\"", "launcher"])
+        .program(&program)
+        .remote_path(program.display().to_string())
+        .remote_kill(true)
+}
+
+/// The conformance suite's factory over the local launcher.
+#[derive(Debug, Clone)]
+pub struct LocalFactory {
+    program: PathBuf,
+}
+
+impl LocalFactory {
+    /// Children run `program` (the helper binary) through a local `sh` launcher.
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        LocalFactory {
+            program: program.into(),
+        }
+    }
+}
+
+impl BackendFactory for LocalFactory {
+    fn backend(&self) -> Arc<dyn SpawnBackend> {
+        local_backend(&self.program).into_shared()
+    }
+    fn spec(&self) -> ActorSpec {
+        ActorSpec::new()
+    }
+    fn func(&self, name: &str) -> String {
+        format!("testfns:{name}")
+    }
+    fn fail_type_name(&self) -> &'static str {
+        std::any::type_name::<testfns::TestError>()
+    }
+}
