@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use harrow_ipc::{ActorId, Channel};
+use harrow_portal::LinkConfig;
 
 use crate::spec::SpawnSpec;
 
@@ -244,6 +245,14 @@ pub trait SpawnBackend: Send + Sync + fmt::Debug + 'static {
     /// Starts a child actor that will run [`run_actor`](crate::run_actor) with `spec`.
     /// Returns once the child is started (it may not have said `Hello` yet).
     fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>>;
+
+    /// The link tunables the parent uses on its link to a child of this backend, given its own.
+    /// The default keeps them. A backend whose children live on other machines sets a heartbeat
+    /// timeout here (when the parent set none), so that a silent partition ends the link, and
+    /// the child with it, within a bound.
+    fn link_config(&self, parent: &LinkConfig) -> LinkConfig {
+        parent.clone()
+    }
 }
 
 /// The parent's handle on one running child.

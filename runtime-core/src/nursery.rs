@@ -332,7 +332,7 @@ impl ActorNursery {
         let mut spec = spec;
         spec.timeouts = Some(spec.timeouts.unwrap_or_else(|| actor.timeouts()));
         let spawn_spec = SpawnSpec::new(id.clone(), actor.id().clone()).with_actor(spec);
-        let link_config = actor.link_config();
+        let link_config = backend.link_config(&actor.link_config());
         let come_up = link_config.hello_timeout;
         let backend_name = backend.name().to_owned();
         tracing::debug!(child = %id, backend = %backend_name, "spawning");

@@ -70,9 +70,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use harrow_runtime_core::portal::LinkConfig;
 use harrow_runtime_core::{
     BoxFuture, Capabilities, Child, HardKill, SpawnBackend, SpawnError, SpawnSpec,
 };
+
+/// How long, by default, a parent waits for a sign of life from a remote child before it ends
+/// the link as broken (see [`RemoteBackend::heartbeat_timeout`]).
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub use remote::{EXIT_BOOTSTRAP_FAILED, REMOTE_CHILD_ARG, START_LINE, is_child, maybe_run_child};
 
@@ -112,6 +117,7 @@ pub struct RemoteBackend {
     remote_kill: bool,
     start_timeout: Duration,
     child_heartbeat_timeout: Option<Duration>,
+    heartbeat_timeout: Option<Duration>,
 }
 
 impl RemoteBackend {
@@ -153,6 +159,7 @@ impl RemoteBackend {
             remote_kill: false,
             start_timeout: Duration::from_secs(4),
             child_heartbeat_timeout: Some(Duration::from_secs(30)),
+            heartbeat_timeout: Some(DEFAULT_HEARTBEAT_TIMEOUT),
         }
     }
 
@@ -243,6 +250,17 @@ impl RemoteBackend {
         self
     }
 
+    /// How long the parent waits for any sign of life (a message, a heartbeat) from a remote
+    /// child before it ends the link as broken and tears the child down (default
+    /// [`DEFAULT_HEARTBEAT_TIMEOUT`]; `None`: never). Applied when the parent's own
+    /// `LinkConfig::heartbeat_timeout` is unset; a parent that set one keeps it. A remote actor
+    /// whose thread is blocked (a Rust function that never yields) sends no heartbeats either:
+    /// keep the bound well above the longest such stretch.
+    pub fn heartbeat_timeout(mut self, bound: Option<Duration>) -> Self {
+        self.heartbeat_timeout = bound;
+        self
+    }
+
     /// The launcher.
     pub fn launcher(&self) -> &Launcher {
         &self.launcher
@@ -313,6 +331,20 @@ impl SpawnBackend for RemoteBackend {
             .with_nested(true)
     }
 
+    fn link_config(&self, parent: &LinkConfig) -> LinkConfig {
+        let mut config = parent.clone();
+        if config.heartbeat_timeout.is_none() {
+            if let Some(bound) = self.heartbeat_timeout {
+                config.heartbeat_timeout = Some(bound);
+                // The child sends heartbeats on its own schedule (every second by default); this
+                // side's only need to reach a child whose timeout is set (30 s by default).
+                config.heartbeat_interval =
+                    config.heartbeat_interval.or(Some(Duration::from_secs(1)));
+            }
+        }
+        config
+    }
+
     fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {
         Box::pin(launch::spawn(self, spec))
     }
@@ -321,6 +353,24 @@ impl SpawnBackend for RemoteBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_parent_watches_remote_children_unless_it_chose_its_own_bound() {
+        let quiet = LinkConfig::default().heartbeat(None, None);
+        let b = RemoteBackend::ssh("h");
+        let c = b.link_config(&quiet);
+        assert_eq!(c.heartbeat_timeout, Some(DEFAULT_HEARTBEAT_TIMEOUT));
+        assert_eq!(c.heartbeat_interval, Some(Duration::from_secs(1)));
+        let own = LinkConfig::default().heartbeat(
+            Some(Duration::from_millis(100)),
+            Some(Duration::from_millis(500)),
+        );
+        let c = b.link_config(&own);
+        assert_eq!(c.heartbeat_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(c.heartbeat_interval, Some(Duration::from_millis(100)));
+        let off = RemoteBackend::ssh("h").heartbeat_timeout(None);
+        assert_eq!(off.link_config(&quiet).heartbeat_timeout, None);
+    }
 
     #[test]
     fn ssh_urls_parse() {
