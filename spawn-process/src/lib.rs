@@ -88,7 +88,7 @@ pub use bootstrap::{
 };
 pub use error::{Error, Result};
 #[cfg(feature = "python")]
-pub use python::PyProcessBackend;
+pub use python::{PyProcessBackend, maybe_run_child_offering};
 pub use spec::{CHILD_FD, CHILD_FD_ENV, CHILD_PYTHON_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV};
 
 use crate::child::ProcessChild;
