@@ -895,6 +895,14 @@ mod tests {
     }
 
     #[test]
+    fn an_actors_own_backend_is_always_offered_to_it() {
+        let offers = Offers::default();
+        assert_eq!(offers.backend_names(), ["subint"]);
+        assert_eq!(offers.backend_names_with("pyprocess"), ["pyprocess"]);
+        assert!(PYTHON_BACKENDS.contains(&"pyprocess") && PYTHON_BACKENDS.contains(&"subint"));
+    }
+
+    #[test]
     fn op_codes_round_trip() {
         for i in 0..14 {
             let op = Op::from_i64(i).expect("a known op");
