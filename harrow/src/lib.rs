@@ -121,12 +121,11 @@ pub use harrow_spawn_process::{PyOffers, maybe_run_child_offering};
 /// `"pyprocess"`).
 ///
 /// ```no_run
-/// fn main() {
-///     harrow::maybe_run_child_offering(
-///         || std::sync::Arc::new(harrow::portal::FnRegistry::new()),
-///         harrow::offer_backends,
-///     );
-/// }
+/// // First thing in `main`:
+/// harrow::maybe_run_child_offering(
+///     || std::sync::Arc::new(harrow::portal::FnRegistry::new()),
+///     harrow::offer_backends,
+/// );
 /// ```
 #[cfg(all(feature = "process", feature = "subint"))]
 pub fn offer_backends(offers: &mut PyOffers) {
