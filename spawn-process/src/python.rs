@@ -4,8 +4,8 @@
 //! [`maybe_run_child`](crate::maybe_run_child) sees that it was started for a Python actor and, instead of the
 //! program's Rust functions, serves Python functions in CPython's *main* interpreter with the
 //! same worker as a subint actor (`harrow_python`): the same `harrow` module (contexts and
-//! streams, `Cancelled`, `shield`, `sleep`, async functions, keyword arguments), the same
-//! conversion and the same cancellation. What differs is where the code runs: any extension
+//! streams, `Cancelled`, `shield`, `sleep`, async functions, keyword arguments, nurseries and
+//! portals), the same conversion and the same cancellation. What differs is where the code runs: any extension
 //! module loads (numpy and the others that refuse subinterpreters), each actor is a process
 //! (its own GIL, isolated memory; spawning costs a process start and a Python init), and a
 //! hard kill is SIGKILL and reap.
