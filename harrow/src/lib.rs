@@ -108,6 +108,32 @@ pub use harrow_spawn_process::{ProcessBackend, is_child, maybe_run_child};
 /// [`SubintBackend`] in a child's main interpreter, where every extension module loads.
 #[cfg(all(feature = "process", feature = "subint"))]
 pub use harrow_spawn_process::PyProcessBackend;
+
+/// [`maybe_run_child`] for a program whose Python process actors may start children on more
+/// than `"pyprocess"` and `"process"`: pass [`offer_backends`] (or a closure of your own adding
+/// registries of Rust functions for thread children).
+#[cfg(all(feature = "process", feature = "subint"))]
+pub use harrow_spawn_process::{PyOffers, maybe_run_child_offering};
+
+/// What a Python process actor's code may start children on in this build, for
+/// [`maybe_run_child_offering`]: besides `"pyprocess"` and `"process"` (always offered there),
+/// `"thread"` (with the `thread` feature) and `"subint"` (the [`subint_backend`], also offering
+/// `"pyprocess"`).
+///
+/// ```no_run
+/// // First thing in `main`:
+/// harrow::maybe_run_child_offering(
+///     || std::sync::Arc::new(harrow::portal::FnRegistry::new()),
+///     harrow::offer_backends,
+/// );
+/// ```
+#[cfg(all(feature = "process", feature = "subint"))]
+pub fn offer_backends(offers: &mut PyOffers) {
+    #[cfg(feature = "thread")]
+    offers.add_backend("thread", ThreadBackend::shared());
+    let subint = subint_backend().offer_backend("pyprocess", PyProcessBackend::shared());
+    offers.add_backend("subint", subint.into_shared());
+}
 #[cfg(feature = "subint")]
 pub use harrow_spawn_subint::{InterpConfig, PyArgs, SubintBackend};
 
@@ -229,5 +255,18 @@ fn unavailable_reason() -> String {
              subinterpreters (needs CPython >= 3.12 with a shared libpython); {SUBINT_FIX}",
             harrow_spawn_subint::python_version()
         )
+    }
+}
+
+#[cfg(all(test, feature = "process", feature = "subint", feature = "thread"))]
+mod tests {
+    #[test]
+    fn a_python_process_actor_is_offered_every_backend_of_the_build() {
+        let mut offers = crate::PyOffers::default();
+        crate::offer_backends(&mut offers);
+        assert_eq!(
+            offers.backend_names_with("pyprocess"),
+            ["pyprocess", "subint", "thread"]
+        );
     }
 }

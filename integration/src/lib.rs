@@ -143,3 +143,25 @@ pub fn backend_names() -> &'static [&'static str] {
         &["thread", "process"]
     }
 }
+
+/// What a Python process actor of a scenario binary offers its Python code beside
+/// `"pyprocess"` and `"process"` (for `harrow_spawn_process::maybe_run_child_offering`): the
+/// thread backend, the standard Rust test functions under the name `"testfns"`, and the subint
+/// backend (when this build has it), whose actors get the same offers.
+pub fn offer_thread_and_subint(offers: &mut harrow_spawn_process::PyOffers) {
+    let testfns = testfns::registry(Arc::new(ThreadFactory));
+    offers.add_backend("thread", harrow_spawn_thread::ThreadBackend::shared());
+    offers.add_resolver("testfns", testfns.clone());
+    if harrow_spawn_subint::available() {
+        let process = harrow_spawn_process::ProcessBackend::shared();
+        let subint = harrow_spawn_subint::SubintBackend::new()
+            .offer_backend("thread", harrow_spawn_thread::ThreadBackend::shared())
+            .offer_backend("process", process)
+            .offer_backend(
+                "pyprocess",
+                harrow_spawn_process::PyProcessBackend::shared(),
+            )
+            .offer_resolver("testfns", testfns);
+        offers.add_backend("subint", subint.into_shared());
+    }
+}

@@ -125,3 +125,110 @@ fn a_venv_made_for_no_python_is_refused_at_spawn() {
         "{text}"
     );
 }
+
+/// Python process actors serving `harrow_testfns.actors` (the full-actor test functions); the
+/// children are the scenario binary, which offers their Python code thread and subint children
+/// besides pyprocess and process (`harrow_integration::offer_thread_and_subint`).
+struct ActorsFactory;
+
+impl harrow_testkit::conformance::BackendFactory for ActorsFactory {
+    fn backend(&self) -> Arc<dyn harrow_runtime_core::SpawnBackend> {
+        PyProcessBackend::new()
+            .with_program(env!("CARGO_BIN_EXE_sigint_scenario"))
+            .into_shared()
+    }
+    fn spec(&self) -> ActorSpec {
+        let config = InterpConfig::new("actors").expose(ACTORS).sys_path(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../spawn-subint/tests/pyfns"
+        ));
+        ActorSpec::new().params(config.to_params())
+    }
+    fn func(&self, name: &str) -> String {
+        format!("{ACTORS}:{name}")
+    }
+    fn fail_type_name(&self) -> &'static str {
+        "ValueError"
+    }
+}
+
+const ACTORS: &str = "harrow_testfns.actors";
+
+fn get<'a>(v: &'a Value, k: &str) -> &'a Value {
+    v.get(k).unwrap_or_else(|| panic!("no {k:?} in {v:?}"))
+}
+
+/// A Python process actor starts a process, a pyprocess (its default) and a thread child and
+/// calls each; then a subint child (the program offers subint), and names a backend nobody
+/// offers (a clear error listing the offered ones).
+fn python_process_mixed_tree(f: &ActorsFactory) -> harrow_testkit::conformance::Outcome {
+    use harrow_testkit::conformance::BackendFactory;
+    let config = RootConfig::default()
+        .handle_sigint(false)
+        .timeouts(Timeouts::quick());
+    let (tree, on_subint, refused) = run_root(config, |n| async move {
+        let py = n.start_actor("py-parent", f.backend(), f.spec()).await?;
+        let tree = py.run(&f.func("mixed_tree"), Value::Null).await?;
+        let on_subint = py.run(&f.func("child_on"), Value::from("subint")).await?;
+        let refused = py
+            .run(&f.func("child_on"), Value::from("nope"))
+            .await
+            .map(|v| format!("unexpectedly returned {v:?}"))
+            .unwrap_or_else(|e| e.to_string());
+        Ok((tree, on_subint, refused))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(get(&tree, "process"), &Value::Int(42), "{tree:?}");
+    assert_eq!(get(&tree, "process_backend").as_str(), Some("process"));
+    assert_eq!(get(&tree, "thread").as_str(), Some("t"), "{tree:?}");
+    assert_eq!(get(&tree, "me").as_str(), Some("py-parent"), "{tree:?}");
+    let sub = get(&tree, "subint");
+    assert_eq!(get(sub, "name").as_str(), Some("sub-child"), "{tree:?}");
+    // A child started without a backend runs on its parent's.
+    assert_eq!(get(sub, "backend").as_str(), Some("pyprocess"), "{tree:?}");
+    assert_eq!(get(sub, "parent").as_str(), Some("py-parent"), "{tree:?}");
+    let offered = |v: &Value| -> Vec<String> {
+        get(v, "offered")
+            .as_list()
+            .unwrap_or_else(|| panic!("{v:?}"))
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        offered(&tree),
+        ["process", "pyprocess", "subint", "thread"],
+        "{tree:?}"
+    );
+    let child = get(&on_subint, "child");
+    assert_eq!(
+        get(child, "backend").as_str(),
+        Some("subint"),
+        "{on_subint:?}"
+    );
+    assert_eq!(
+        get(child, "name").as_str(),
+        Some("on-subint"),
+        "{on_subint:?}"
+    );
+    assert_eq!(
+        get(child, "parent").as_str(),
+        Some("py-parent"),
+        "{on_subint:?}"
+    );
+    assert!(
+        refused.contains("no backend \"nope\" is offered")
+            && refused.contains("process, pyprocess, subint, thread"),
+        "{refused}"
+    );
+    harrow_testkit::conformance::Outcome::Passed
+}
+
+#[test]
+fn python_process_actor_mixed_tree() {
+    harrow_testkit::conformance::run(
+        "python_process_actor_mixed_tree",
+        &ActorsFactory,
+        python_process_mixed_tree,
+    );
+}

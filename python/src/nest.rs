@@ -35,7 +35,8 @@ pub(crate) type OpFuture = Pin<Box<dyn Future<Output = Result<Out, Fail>> + Send
 /// Rust function registries (resolvers) children on in-process Rust backends (thread) serve.
 ///
 /// A subint backend (`harrow_spawn_subint::SubintBackend`) carries one; the children its Python actors start
-/// on `"subint"` get the same offers, so the whole Python part of a tree sees one set.
+/// on `"subint"` get the same offers, so the whole Python part of a tree sees one set. A Python
+/// process actor (`harrow_spawn_process::PyProcessBackend`) builds its own in the child process.
 #[derive(Clone, Default)]
 pub struct Offers {
     backends: HashMap<String, Arc<dyn SpawnBackend>>,
@@ -68,14 +69,24 @@ impl Offers {
 
     /// The names of the offered backends (`"subint"` always among them), sorted.
     pub fn backend_names(&self) -> Vec<String> {
+        self.backend_names_with("subint")
+    }
+
+    /// The names of the offered backends with `own` (the backend of the actor asking, always
+    /// offered to it) among them, sorted. A subint actor's list is [`backend_names`](Self::backend_names).
+    pub fn backend_names_with(&self, own: &str) -> Vec<String> {
         let mut names: Vec<String> = self.backends.keys().cloned().collect();
-        if !names.iter().any(|n| n == "subint") {
-            names.push("subint".into());
+        if !names.iter().any(|n| n == own) {
+            names.push(own.to_owned());
         }
         names.sort();
         names
     }
 }
+
+/// The backends whose spawn parameters are an [`InterpConfig`] (Python children, which inherit
+/// their parent's configuration).
+const PYTHON_BACKENDS: [&str; 2] = ["subint", "pyprocess"];
 
 /// Why an operation failed, as Python will see it.
 #[derive(Clone, Debug)]
@@ -233,7 +244,9 @@ pub struct ActorEnv {
     actor: ActorCtx,
     call: Option<CalleeContext>,
     offers: Arc<Offers>,
-    /// The backend that made this actor (its `"subint"` children use the same).
+    /// The backend that made this actor: its children's default, under its own name (a
+    /// subint actor's `"subint"` children, a Python process actor's `"pyprocess"` ones, unless
+    /// the offers name another backend so).
     subint: Arc<dyn SpawnBackend>,
     config: Arc<InterpConfig>,
 }
@@ -293,7 +306,7 @@ impl ActorEnv {
     }
 
     pub(crate) fn backend_names(&self) -> Vec<String> {
-        self.offers.backend_names()
+        self.offers.backend_names_with(self.subint.name())
     }
 
     /// Runs `fut` as a task on the actor's executor; dropping the returned future drops it.
@@ -390,7 +403,8 @@ impl ActorEnv {
     fn start_child(&self, n: &Arc<PyNursery>, run: bool, spec: Value) -> Result<OpFuture, Fail> {
         let get_str = |k: &str| spec.get(k).and_then(Value::as_str).map(str::to_owned);
         let name = get_str("name").ok_or_else(|| Fail::Usage("a child needs a name".into()))?;
-        let backend_name = get_str("backend").unwrap_or_else(|| "subint".into());
+        // By default a child runs on this actor's own backend.
+        let backend_name = get_str("backend").unwrap_or_else(|| self.subint.name().to_owned());
         let (backend, aspec) = self.child_spec(&backend_name, &spec)?;
         let nursery = n.nursery.clone();
         if run {
@@ -417,9 +431,13 @@ impl ActorEnv {
 
     /// The backend named `name` and the spec of a child on it.
     ///
-    /// - `subint`: the parent's interpreter configuration (its modules and `sys.path`), with
-    ///   `modules` replacing the exposed modules and `sys_path` adding entries when given;
-    ///   `params` (an `InterpConfig::to_params` map) replaces it whole.
+    /// The backend is the one offered under `name`, or this actor's own backend when `name` is
+    /// its name.
+    ///
+    /// - a Python backend (`subint`, `pyprocess`): the parent's interpreter configuration (its
+    ///   modules and `sys.path`), with `modules` replacing the exposed modules and `sys_path`
+    ///   adding entries when given; `params` (an `InterpConfig::to_params` map) replaces it
+    ///   whole.
     /// - any other offered backend: `params` as given, and the resolver offered under the name
     ///   `resolver` (for a backend running Rust functions in-process, such as thread).
     fn child_spec(
@@ -449,7 +467,17 @@ impl ActorEnv {
             .get("params")
             .filter(|v| !matches!(v, Value::Null))
             .cloned();
-        let backend = if name == "subint" {
+        let backend = match self.offers.backends.get(name) {
+            Some(b) => b.clone(),
+            None if name == self.subint.name() => self.subint.clone(),
+            None => {
+                return Err(Fail::Usage(format!(
+                    "no backend {name:?} is offered to Python actors here (offered: {})",
+                    self.backend_names().join(", ")
+                )));
+            }
+        };
+        if PYTHON_BACKENDS.contains(&name) {
             aspec.params = match params {
                 Some(p) => p,
                 None => {
@@ -463,22 +491,9 @@ impl ActorEnv {
                     config.to_params()
                 }
             };
-            match self.offers.backends.get("subint") {
-                Some(b) => b.clone(),
-                None => self.subint.clone(),
-            }
-        } else {
-            let Some(b) = self.offers.backends.get(name) else {
-                return Err(Fail::Usage(format!(
-                    "no backend {name:?} is offered to Python actors here (offered: {})",
-                    self.offers.backend_names().join(", ")
-                )));
-            };
-            if let Some(p) = params {
-                aspec.params = p;
-            }
-            b.clone()
-        };
+        } else if let Some(p) = params {
+            aspec.params = p;
+        }
         if let Some(r) = spec.get("resolver").and_then(Value::as_str) {
             let Some(res) = self.offers.resolvers.get(r) else {
                 let mut names: Vec<_> = self.offers.resolvers.keys().cloned().collect();
@@ -877,6 +892,14 @@ mod tests {
             Err(Fail::Usage(_))
         ));
         assert!(matches!(func_args(Value::Null), Err(Fail::Usage(_))));
+    }
+
+    #[test]
+    fn an_actors_own_backend_is_always_offered_to_it() {
+        let offers = Offers::default();
+        assert_eq!(offers.backend_names(), ["subint"]);
+        assert_eq!(offers.backend_names_with("pyprocess"), ["pyprocess"]);
+        assert!(PYTHON_BACKENDS.contains(&"pyprocess") && PYTHON_BACKENDS.contains(&"subint"));
     }
 
     #[test]

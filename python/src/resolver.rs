@@ -22,14 +22,15 @@ pub struct PyResolver {
     nest: Option<Arc<Nesting>>,
 }
 
-/// What a subint actor's calls need to make their Python code a full actor (nurseries,
+/// What a Python actor's calls need to make their Python code a full actor (nurseries,
 /// portals, the parent): what the host offers, the backend that made the actor, and its
-/// interpreter configuration (which its subint children inherit).
+/// interpreter configuration (which its Python children inherit). Both Python backends build
+/// one: subint in the host process, pyprocess in the child process.
 #[derive(Debug)]
 pub struct Nesting {
     /// What the host offers Python code by name.
     pub offers: Arc<crate::nest::Offers>,
-    /// The backend that made this actor (its Python children default to it).
+    /// The backend that made this actor (its children default to it, under its name).
     pub subint: Arc<dyn harrow_runtime_core::SpawnBackend>,
     /// This actor's interpreter configuration.
     pub config: Arc<crate::InterpConfig>,

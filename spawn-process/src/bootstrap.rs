@@ -205,6 +205,17 @@ where
     F: FnOnce() -> R,
     R: IntoResolver,
 {
+    maybe_run_child_then(resolver, run_python)
+}
+
+/// [`maybe_run_child`], with `python` running the child of a Python actor.
+pub(crate) fn maybe_run_child_then<F, R>(
+    resolver: F,
+    python_child: impl FnOnce(ChildBootstrap) -> i32,
+) where
+    F: FnOnce() -> R,
+    R: IntoResolver,
+{
     let python = std::env::var_os(crate::CHILD_PYTHON_ENV).is_some_and(|v| v == "1");
     let boot = match take_bootstrap() {
         Ok(None) => return,
@@ -215,7 +226,7 @@ where
         }
     };
     if python {
-        std::process::exit(run_python(boot));
+        std::process::exit(python_child(boot));
     }
     let code = run_child(boot, resolver().into_resolver());
     std::process::exit(code)
@@ -223,7 +234,7 @@ where
 
 #[cfg(feature = "python")]
 fn run_python(boot: ChildBootstrap) -> i32 {
-    crate::python::run_python_child(boot)
+    crate::python::run_python_child(boot, |_| {})
 }
 
 #[cfg(not(feature = "python"))]

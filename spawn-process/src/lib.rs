@@ -87,8 +87,12 @@ pub use bootstrap::{
     maybe_run_child, run_child, take_bootstrap,
 };
 pub use error::{Error, Result};
+/// What the Python code of a Python process actor can start children on, by name (see
+/// [`maybe_run_child_offering`]).
 #[cfg(feature = "python")]
-pub use python::PyProcessBackend;
+pub use harrow_python::nest::Offers as PyOffers;
+#[cfg(feature = "python")]
+pub use python::{PyProcessBackend, maybe_run_child_offering};
 pub use spec::{CHILD_FD, CHILD_FD_ENV, CHILD_PYTHON_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV};
 
 use crate::child::ProcessChild;

@@ -4,8 +4,8 @@
 //! [`maybe_run_child`](crate::maybe_run_child) sees that it was started for a Python actor and, instead of the
 //! program's Rust functions, serves Python functions in CPython's *main* interpreter with the
 //! same worker as a subint actor (`harrow_python`): the same `harrow` module (contexts and
-//! streams, `Cancelled`, `shield`, `sleep`, async functions, keyword arguments), the same
-//! conversion and the same cancellation. What differs is where the code runs: any extension
+//! streams, `Cancelled`, `shield`, `sleep`, async functions, keyword arguments, nurseries and
+//! portals), the same conversion and the same cancellation. What differs is where the code runs: any extension
 //! module loads (numpy and the others that refuse subinterpreters), each actor is a process
 //! (its own GIL, isolated memory; spawning costs a process start and a Python init), and a
 //! hard kill is SIGKILL and reap.
@@ -15,13 +15,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use harrow_python::{InterpConfig, MainInterp, PyResolver};
+use harrow_python::nest::Offers;
+use harrow_python::{InterpConfig, MainInterp, Nesting, PyResolver};
 use harrow_runtime_core::{
     BoxFuture, Capabilities, Child, HardKill, SpawnBackend, SpawnError, SpawnSpec,
 };
 
 use crate::ProcessBackend;
-use crate::bootstrap::{ChildBootstrap, EXIT_BOOTSTRAP_FAILED, run_child_as};
+use crate::bootstrap::{ChildBootstrap, EXIT_BOOTSTRAP_FAILED, IntoResolver, run_child_as};
 use crate::spec::CHILD_PYTHON_ENV;
 
 /// The backend name Python process actors report.
@@ -121,7 +122,7 @@ impl SpawnBackend for PyProcessBackend {
         Capabilities::new()
             .with_hard_kill(HardKill::Kills)
             .with_in_process(false)
-            .with_nested(false)
+            .with_nested(true)
     }
 
     fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {
@@ -148,7 +149,12 @@ impl SpawnBackend for PyProcessBackend {
 /// The child of a Python actor: serves its spec's Python functions in the main interpreter
 /// until the actor ends; returns the process's exit status (see
 /// [`maybe_run_child`](crate::maybe_run_child)).
-pub(crate) fn run_python_child(boot: ChildBootstrap) -> i32 {
+///
+/// Its Python code is a full actor (nurseries, portals, its parent): it can start children on
+/// `"pyprocess"` (this backend, the default: the same program re-executed) and `"process"`
+/// (Rust actors of the same program), and on what `offers` adds (see
+/// [`maybe_run_child_offering`]).
+pub(crate) fn run_python_child(boot: ChildBootstrap, offers: impl FnOnce(&mut Offers)) -> i32 {
     let name = boot.spec.id.clone();
     let config = match InterpConfig::from_params(name.name.clone(), boot.spec.params()) {
         Ok(config) => config,
@@ -165,9 +171,52 @@ pub(crate) fn run_python_child(boot: ChildBootstrap) -> i32 {
             return EXIT_BOOTSTRAP_FAILED;
         }
     };
-    let code = run_child_as(boot, Arc::new(PyResolver::new(main.handle())), NAME);
+    let nesting = Nesting {
+        offers: Arc::new(child_offers(offers)),
+        subint: PyProcessBackend::shared(),
+        config: Arc::new(main.handle().config().clone()),
+    };
+    let resolver = PyResolver::nested(main.handle(), nesting);
+    let code = run_child_as(boot, Arc::new(resolver), NAME);
     if let Err(why) = main.shutdown(bound) {
         eprintln!("harrow child {name}: {why}");
     }
     code
+}
+
+/// What a Python process actor's code can start children on: this backend (`"pyprocess"`) and
+/// Rust process actors (`"process"`), both re-executing the running program, then what the
+/// program's `offers` adds or replaces.
+fn child_offers(offers: impl FnOnce(&mut Offers)) -> Offers {
+    let mut o = Offers::default();
+    o.add_backend(NAME, PyProcessBackend::shared());
+    o.add_backend("process", ProcessBackend::shared());
+    offers(&mut o);
+    o
+}
+
+/// [`maybe_run_child`](crate::maybe_run_child), letting the program add to what the Python code
+/// of a Python process actor can start children on: `offers` is called in such a child only,
+/// before its actor starts, with `"pyprocess"` and `"process"` already offered (a program can
+/// add the thread backend and registries of Rust functions by name, or the subint backend,
+/// which this crate does not depend on).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use harrow_runtime_core::portal::FnRegistry;
+///
+/// fn main() {
+///     harrow_spawn_process::maybe_run_child_offering(
+///         || Arc::new(FnRegistry::new()),
+///         |offers| offers.add_resolver("rust-fns", Arc::new(FnRegistry::new())),
+///     );
+/// }
+/// ```
+pub fn maybe_run_child_offering<F, R, O>(resolver: F, offers: O)
+where
+    F: FnOnce() -> R,
+    R: IntoResolver,
+    O: FnOnce(&mut Offers),
+{
+    crate::bootstrap::maybe_run_child_then(resolver, |boot| run_python_child(boot, offers))
 }

@@ -9,8 +9,13 @@ use harrow_runtime_core::{RootConfig, Timeouts, exit_code, run_root};
 use harrow_testkit::sigint::phase;
 
 fn main() {
-    // For the process backend: a child re-executes this binary and is served from here.
-    harrow_spawn_process::maybe_run_child(harrow_process_testchild::child_registry);
+    // For the process backends: a child re-executes this binary and is served from here. A
+    // Python child's code may also start thread children serving the standard Rust test
+    // functions (registry "testfns") and subint children.
+    harrow_spawn_process::maybe_run_child_offering(
+        harrow_process_testchild::child_registry,
+        harrow_integration::offer_thread_and_subint,
+    );
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -15,7 +15,7 @@
   ``cancelled``.
 - ``Stream``: ``send(v)``, ``recv()`` (raises ``EndOfStream`` once the peer stopped its side),
   ``close()``, iteration (ends at end of stream), ``with`` (closes on exit).
-- The actor: ``with open_nursery() as n:`` (``n.start_actor(name, backend="subint", ...)``,
+- The actor: ``with open_nursery() as n:`` (``n.start_actor(name, backend=None, ...)``,
   ``n.run_in_actor(func, arg, name=..., ...)``), ``Portal`` (``run``, ``open_context``,
   ``cancel_actor``, ``result``), ``current_actor()`` (``name``, ``uid``, ``backend``,
   ``parent``), ``move_on_after(s)``, ``fail_after(s)``; failures are ``RemoteError`` and
@@ -702,17 +702,18 @@ class Nursery:
     def start_actor(
         self,
         name,
-        backend="subint",
+        backend=None,
         *,
         modules=None,
         sys_path=None,
         resolver=None,
         params=None,
     ):
-        """Starts child ``name`` on ``backend`` (a name the host offers: ``"subint"`` always;
-        ``"process"``, ``"thread"`` when offered) and returns a ``Portal`` to it once it is up.
-        A subint child exposes this actor's modules and ``sys.path`` unless ``modules`` /
-        ``sys_path`` say otherwise; ``resolver`` names the Rust functions (offered by the host)
+        """Starts child ``name`` on ``backend`` (a name the host offers: this actor's own
+        backend, the default, always; ``"subint"``, ``"pyprocess"``, ``"process"``,
+        ``"thread"`` when offered) and returns a ``Portal`` to it once it is up.
+        A Python child (subint, pyprocess) exposes this actor's modules and ``sys.path`` unless
+        ``modules`` / ``sys_path`` say otherwise; ``resolver`` names the Rust functions (offered by the host)
         a thread child serves; ``params`` are raw backend parameters. It lives until the
         nursery ends or it is cancelled."""
         spec = _spec(name, backend, modules, sys_path, resolver, params)
@@ -724,7 +725,7 @@ class Nursery:
         arg=None,
         *,
         name=None,
-        backend="subint",
+        backend=None,
         modules=None,
         sys_path=None,
         resolver=None,

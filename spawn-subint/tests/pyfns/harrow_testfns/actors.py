@@ -289,3 +289,14 @@ async def from_async(v=None):
     except harrow.HarrowError as e:
         return str(e)
     return None
+
+
+def child_on(backend):
+    """child_on(backend) -> whoami() of a child started on ``backend`` (a Python backend),
+    with the offered backends of this actor: {child, offered}."""
+    with harrow.open_nursery() as n:
+        child = n.start_actor("on-" + backend, backend=backend)
+        return {
+            "child": child.run(_fn("whoami")),
+            "offered": harrow.current_actor().offered_backends,
+        }
