@@ -110,6 +110,7 @@ fn children(_: &Factory) -> Outcome {
             Value::from("achild"),
             Value::List(vec![Value::Int(1), Value::Int(2), Value::Int(3)]),
             Value::from("py"),
+            Value::List(vec![Value::Int(1), Value::Int(2)]),
         ])
     );
     Outcome::Passed

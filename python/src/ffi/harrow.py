@@ -20,6 +20,10 @@
   ``cancel_actor``, ``result``), ``current_actor()`` (``name``, ``uid``, ``backend``,
   ``parent``), ``move_on_after(s)``, ``fail_after(s)``; failures are ``RemoteError`` and
   ``NurseryError`` (an ``ExceptionGroup``).
+- In an ``async def`` call: ``async with open_nursery() as n:``, and the operations are awaited
+  (``await n.start_actor(...)``, ``await p.run(...)``, ``await p.result()``, ``async with
+  p.open_context(...) as (ctx, first)``, ``await s.send(v)``, ``async for``...) without blocking
+  the event loop; a cancel of the call raises ``Cancelled`` at the await.
 """
 
 import contextvars as _contextvars

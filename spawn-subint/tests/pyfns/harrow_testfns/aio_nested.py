@@ -30,13 +30,19 @@ def _touch(path):
 
 async def run_children(v=None):
     """run_children() -> [a started child's echo, its name, a run_in_actor child's result, this
-    actor's name]: everything awaited in ``async with harrow.open_nursery()``."""
+    actor's name, two calls gathered]: everything awaited in ``async with
+    harrow.open_nursery()``."""
+    import asyncio
+
     async with harrow.open_nursery() as n:
         child = await n.start_actor("achild")
         echoed = await child.run(_ACTORS + ":echo", "hi")
         p = await n.run_in_actor(_ACTORS + ":echo", [1, 2, 3], name="aresult")
         result = await p.result()
-        return [echoed, child.name, result, harrow.current_actor().name]
+        both = await asyncio.gather(
+            child.run(_ACTORS + ":echo", 1), child.run(_ACTORS + ":echo", 2)
+        )
+        return [echoed, child.name, result, harrow.current_actor().name, list(both)]
 
 
 async def context_stream(count):
