@@ -227,6 +227,16 @@ fn other_calls_go_on(_: &Factory) -> Outcome {
     Outcome::Passed
 }
 
+fn deadlines(_: &Factory) -> Outcome {
+    // move_on_after and fail_after end an await of a child's long call at their deadline.
+    let v = with_py(async |py| Ok(py.run(&Factory.func("deadlines"), Value::Int(50)).await?));
+    assert_eq!(
+        v,
+        Value::List(vec![Value::Bool(true), Value::from("TimeoutError")])
+    );
+    Outcome::Passed
+}
+
 fn plain_with_is_an_error(_: &Factory) -> Outcome {
     let v = with_py(async |py| {
         Ok(py
@@ -257,6 +267,7 @@ mod async_nested {
         failure_cancels_awaiting_block,
         cancel_at_await,
         other_calls_go_on,
+        deadlines,
         plain_with_is_an_error,
     );
     use super::Factory;

@@ -138,3 +138,20 @@ async def plain_with_fails(v=None):
     except harrow.HarrowError as e:
         return str(e)
     return None
+
+
+async def deadlines(ms):
+    """deadlines(ms) -> [move_on_after's cancelled_caught, fail_after's exception type name]:
+    each bounds an await of a child's long call to ``ms`` milliseconds."""
+    async with harrow.open_nursery() as n:
+        child = await n.start_actor("aslow")
+        with harrow.move_on_after(ms / 1000.0) as scope:
+            await child.run(_ACTORS + ":sleep_ms", 60000)
+        try:
+            with harrow.fail_after(ms / 1000.0):
+                await child.run(_ACTORS + ":sleep_ms", 60000)
+        except TimeoutError as e:
+            failed = type(e).__name__
+        else:
+            failed = None
+        return [scope.cancelled_caught, failed]
