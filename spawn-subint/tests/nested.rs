@@ -256,10 +256,11 @@ fn misuse_is_an_error(_: &Factory) -> Outcome {
     });
     let text = v.as_str().unwrap_or_default().to_owned();
     assert!(text.contains("closed"), "{v:?}");
-    // Not from async def functions yet: a clear error saying so.
+    // A plain `with` nursery in an async def function: a clear error pointing to `async with`.
     let v = with_py(async |py| Ok(py.run(&Factory.func("from_async"), Value::Null).await?));
     let text = v.as_str().unwrap_or_default().to_owned();
     assert!(text.contains("async def"), "{v:?}");
+    assert!(text.contains("async with"), "{v:?}");
     // A child on a backend nobody offered: a clear error naming what is offered.
     let err = with_py(async |py| {
         Ok(py

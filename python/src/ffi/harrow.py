@@ -20,8 +20,13 @@
   ``cancel_actor``, ``result``), ``current_actor()`` (``name``, ``uid``, ``backend``,
   ``parent``), ``move_on_after(s)``, ``fail_after(s)``; failures are ``RemoteError`` and
   ``NurseryError`` (an ``ExceptionGroup``).
+- In an ``async def`` call: ``async with open_nursery() as n:``, and the operations are awaited
+  (``await n.start_actor(...)``, ``await p.run(...)``, ``await p.result()``, ``async with
+  p.open_context(...) as (ctx, first)``, ``await s.send(v)``, ``async for``...) without blocking
+  the event loop; a cancel of the call raises ``Cancelled`` at the await.
 """
 
+import contextvars as _contextvars
 import time as _time
 
 
@@ -201,6 +206,8 @@ def _describe(f):
 _loop = None
 _tasks = {}  # task -> the call's capsule
 _wake_fd = -1  # read end of the pipe the Rust side writes to when it queues a job or a cancel
+# The async call whose task (or a task it started) is running: its nurseries and portals await.
+_call_var = _contextvars.ContextVar("harrow_async_call", default=None)
 
 
 def _get_loop():
@@ -224,7 +231,9 @@ def _start_task(call, aw):
 
     loop = _get_loop()
     coro = aw if asyncio.iscoroutine(aw) else _await(aw)
-    task = loop.create_task(coro)
+    ctx = _contextvars.Context()
+    ctx.run(_call_var.set, call)
+    task = loop.create_task(coro, context=ctx)
     _tasks[task] = call
     task.add_done_callback(_task_done)
 
@@ -259,6 +268,7 @@ def _on_wake():
     for task, call in list(_tasks.items()):
         if not task.done() and _native_call_cancelled(call):
             task.cancel()
+    _poll_ops()
     _native_take_jobs()
 
 
@@ -436,6 +446,83 @@ def _before_end():
     _N_CALL_CANCELLED,
     _N_PARENT,
 ) = range(100, 107)
+_N_POLL, _N_ABANDON = 107, 108
+
+# ---- the same operations awaited in async calls ----------------------------------------------
+#
+# In an ``async def`` call (``_call_var`` set) an operation is started on the actor's runtime as
+# in a plain call, but handed back pending instead of waited for: the loop polls it whenever its
+# wake pipe is written (the operation's waker writes it), and the call's task awaits a future.
+
+_ops = {}  # pending operation (a capsule) -> the asyncio future its task awaits
+_SHIELDED_OPS = (_N_CLOSE_NURSERY, _N_CANCEL_ACTOR, _N_CTX_CANCEL)
+
+
+def _nest(op, target, arg):
+    """An operation that does not wait (scopes, identities), in a plain or an async call."""
+    call = _call_var.get()
+    if call is None:
+        return _native_nest(op, target, arg)
+    return _native_nest(op, target, arg, call)
+
+
+def _poll_ops():
+    for p, fut in list(_ops.items()):
+        if fut.done():
+            _ops.pop(p, None)
+            continue
+        try:
+            r = _native_nest(_N_POLL, p, None)
+        except BaseException as e:
+            _ops.pop(p, None)
+            fut.set_exception(e)
+            continue
+        if r is not None:
+            _ops.pop(p, None)
+            fut.set_result(r[0])
+
+
+def _cancelled_at_await(call):
+    # The call's own cancel is ``harrow.Cancelled`` (as in a plain call); any other asyncio
+    # cancel (a timeout, a task cancelled by user code) stays a ``CancelledError``.
+    return Cancelled() if _native_call_cancelled(call) else None
+
+
+async def _aop(call, op, target, arg):
+    """Operation ``op`` of async call ``call``, awaited without blocking the event loop."""
+    import asyncio
+
+    p = _native_nest(op, target, arg, call)
+    fut = _get_loop().create_future()
+    _ops[p] = fut
+    _poll_ops()
+    if op not in _SHIELDED_OPS:
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            _ops.pop(p, None)
+            _native_nest(_N_ABANDON, p, None)
+            e = _cancelled_at_await(call)
+            if e is None:
+                raise
+            raise e from None
+    # Closing a nursery and cancelling an actor are bounded by the teardown ladder and must not
+    # be abandoned halfway: they are waited for through a cancel, which is raised afterwards
+    # (unless the operation failed: its failure is the outcome).
+    interrupted = False
+    while not fut.done():
+        try:
+            await asyncio.wait((fut,))
+        except asyncio.CancelledError:
+            interrupted = True
+    if interrupted and fut.exception() is None:
+        e = _cancelled_at_await(call)
+        raise asyncio.CancelledError() if e is None else e
+    return fut.result()
+
+
+async def _aportal(call, op, target, arg):
+    return Portal(await _aop(call, op, target, arg))
 
 
 def _actor_name(d):
@@ -549,8 +636,8 @@ class Actor:
 
 def current_actor():
     """The actor running this call (inside a call served by a harrow actor)."""
-    name, uid, backend, offered = _native_nest(_N_IDENTITY, None, None)
-    return Actor(name, uid, backend, _native_nest(_N_PARENT, None, None), offered)
+    name, uid, backend, offered = _nest(_N_IDENTITY, None, None)
+    return Actor(name, uid, backend, _nest(_N_PARENT, None, None), offered)
 
 
 class Portal:
@@ -565,30 +652,44 @@ class Portal:
 
     def __init__(self, h):
         self._h = h
-        self.name, self.uid, self.backend, _ = _native_nest(_N_PEER, h, None)
+        self.name, self.uid, self.backend, _ = _nest(_N_PEER, h, None)
 
     def run(self, func, arg=None, **kwargs):
         """Calls ``func`` ("module:function") in that actor and returns its value; its failure
-        raises ``RemoteError``."""
-        return _native_nest(_N_RUN, self._h, [_fn_path(func), _call_args(arg, kwargs)])
+        raises ``RemoteError``. In an ``async def`` call: a coroutine to await."""
+        a = [_fn_path(func), _call_args(arg, kwargs)]
+        call = _call_var.get()
+        if call is not None:
+            return _aop(call, _N_RUN, self._h, a)
+        return _native_nest(_N_RUN, self._h, a)
 
     def open_context(self, func, arg=None, **kwargs):
         """Opens a context with ``func`` in that actor: returns a ``PortalContext`` once the
         callee called ``started(value)`` (that value is its ``first``). As a ``with`` block it
         gives ``(ctx, first)``, waits for the result at the end, and cancels the context when
-        the block raises."""
-        h, first = _native_nest(
-            _N_OPEN_CONTEXT, self._h, [_fn_path(func), _call_args(arg, kwargs)]
-        )
+        the block raises. In an ``async def`` call: awaitable, and an ``async with`` block."""
+        a = [_fn_path(func), _call_args(arg, kwargs)]
+        call = _call_var.get()
+        if call is not None:
+            return _AsyncOpenContext(call, self._h, a)
+        h, first = _native_nest(_N_OPEN_CONTEXT, self._h, a)
         return PortalContext(h, first)
 
     def cancel_actor(self):
         """Cancels that actor. A child is torn down with the ladder (True if it ended by
-        itself); the parent is asked to cancel itself (True once it acknowledged)."""
+        itself); the parent is asked to cancel itself (True once it acknowledged). In an
+        ``async def`` call: a coroutine to await."""
+        call = _call_var.get()
+        if call is not None:
+            return _aop(call, _N_CANCEL_ACTOR, self._h, None)
         return _native_nest(_N_CANCEL_ACTOR, self._h, None)
 
     def result(self):
-        """A ``run_in_actor`` child's result (waits for it; its failure raises)."""
+        """A ``run_in_actor`` child's result (waits for it; its failure raises). In an
+        ``async def`` call: a coroutine to await."""
+        call = _call_var.get()
+        if call is not None:
+            return _aop(call, _N_RESULT, self._h, None)
         return _native_nest(_N_RESULT, self._h, None)
 
     def __repr__(self):
@@ -608,11 +709,19 @@ class PortalContext:
         self._outcome = None
 
     def open_stream(self):
-        """Opens the context's bidirectional stream (send/recv/iteration, with credit)."""
+        """Opens the context's bidirectional stream (send/recv/iteration, with credit). In an
+        ``async def`` call: a coroutine to await."""
+        call = _call_var.get()
+        if call is not None:
+            return _astream(call, self._h)
         return PortalStream(_native_nest(_N_CTX_OPEN_STREAM, self._h, None))
 
     def result(self):
-        """Waits for the callee's return value (its failure raises ``RemoteError``)."""
+        """Waits for the callee's return value (its failure raises ``RemoteError``). In an
+        ``async def`` call: a coroutine to await."""
+        call = _call_var.get()
+        if call is not None:
+            return self._aresult(call)
         if not self._done:
             self._done = True
             try:
@@ -624,8 +733,24 @@ class PortalContext:
             return v
         raise v
 
+    async def _aresult(self, call):
+        if not self._done:
+            try:
+                self._outcome = (True, await _aop(call, _N_CTX_RESULT, self._h, None))
+            except Exception as e:
+                self._outcome = (False, e)
+            self._done = True
+        ok, v = self._outcome
+        if ok:
+            return v
+        raise v
+
     def cancel(self):
-        """Cancels the context; its outcome is then ``result()``'s."""
+        """Cancels the context; its outcome is then ``result()``'s. In an ``async def`` call: a
+        coroutine to await."""
+        call = _call_var.get()
+        if call is not None:
+            return _aop(call, _N_CTX_CANCEL, self._h, None)
         _native_nest(_N_CTX_CANCEL, self._h, None)
 
     def __enter__(self):
@@ -650,16 +775,42 @@ class PortalStream:
         self._h = h
 
     def send(self, value):
-        """Sends one item (waits for flow-control credit)."""
+        """Sends one item (waits for flow-control credit). Awaitable in an async call."""
+        call = _call_var.get()
+        if call is not None:
+            return _aop(call, _N_SEND, self._h, value)
         _native_nest(_N_SEND, self._h, value)
 
     def recv(self):
-        """The next item; raises ``EndOfStream`` once the peer stopped its side."""
+        """The next item; raises ``EndOfStream`` once the peer stopped its side. Awaitable in
+        an async call."""
+        call = _call_var.get()
+        if call is not None:
+            return _aop(call, _N_RECV, self._h, None)
         return _native_nest(_N_RECV, self._h, None)
 
     def close(self):
-        """Finishes this side. Idempotent."""
+        """Finishes this side. Idempotent. Awaitable in an async call."""
+        call = _call_var.get()
+        if call is not None:
+            return _aop(call, _N_CLOSE, self._h, None)
         _native_nest(_N_CLOSE, self._h, None)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        try:
+            return await self.recv()
+        except EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb):
+        await self.close()
+        return False
 
     def __iter__(self):
         return self
@@ -675,6 +826,43 @@ class PortalStream:
 
     def __exit__(self, exc_type, exc, tb):
         self.close()
+        return False
+
+
+async def _astream(call, h):
+    return PortalStream(await _aop(call, _N_CTX_OPEN_STREAM, h, None))
+
+
+class _AsyncOpenContext:
+    """``portal.open_context(...)`` in an async call: ``await`` it for a ``PortalContext``, or
+    ``async with`` it for ``(ctx, first)`` (the result is awaited at the end, the context
+    cancelled when the block raises)."""
+
+    __slots__ = ("_call", "_h", "_arg", "_ctx")
+
+    def __init__(self, call, h, arg):
+        self._call = call
+        self._h = h
+        self._arg = arg
+        self._ctx = None
+
+    async def _open(self):
+        h, first = await _aop(self._call, _N_OPEN_CONTEXT, self._h, self._arg)
+        return PortalContext(h, first)
+
+    def __await__(self):
+        return self._open().__await__()
+
+    async def __aenter__(self):
+        self._ctx = await self._open()
+        return (self._ctx, self._ctx.first)
+
+    async def __aexit__(self, exc_type, exc, tb):
+        ctx = self._ctx
+        if exc is None:
+            await ctx.result()
+        elif not ctx._done:
+            await ctx.cancel()
         return False
 
 
@@ -717,6 +905,9 @@ class Nursery:
         a thread child serves; ``params`` are raw backend parameters. It lives until the
         nursery ends or it is cancelled."""
         spec = _spec(name, backend, modules, sys_path, resolver, params)
+        call = _call_var.get()
+        if call is not None:
+            return _aportal(call, _N_START_ACTOR, self._h, spec)
         return Portal(_native_nest(_N_START_ACTOR, self._h, spec))
 
     def run_in_actor(
@@ -741,6 +932,9 @@ class Nursery:
         spec = _spec(name, backend, modules, sys_path, resolver, params)
         spec["func"] = path
         spec["args"] = _call_args(arg, kwargs)
+        call = _call_var.get()
+        if call is not None:
+            return _aportal(call, _N_RUN_IN_ACTOR, self._h, spec)
         return Portal(_native_nest(_N_RUN_IN_ACTOR, self._h, spec))
 
 
@@ -785,6 +979,40 @@ class open_nursery:
             raise
         return False
 
+    # ``async with harrow.open_nursery() as n:`` in an ``async def`` call: the same nursery,
+    # whose operations are awaited (``await n.start_actor(...)``) without blocking the loop.
+
+    async def __aenter__(self):
+        call = _call_var.get()
+        if call is None:
+            raise HarrowError(
+                "async with harrow.open_nursery() is for async def functions served by a "
+                "harrow actor (a plain function uses `with`)"
+            )
+        self._h = await _aop(call, _N_OPEN_NURSERY, None, None)
+        _native_nest(_N_PUSH_NURSERY, self._h, None, call)
+        return Nursery(self._h)
+
+    async def __aexit__(self, exc_type, exc, tb):
+        call = _call_var.get()
+        _native_nest(_N_POP_SCOPE, None, None, call)
+        body = None
+        if exc is not None:
+            cancel = isinstance(exc, Cancelled) or type(exc).__name__ == "CancelledError"
+            body = "harrow.Cancelled" if cancel else "%s: %s" % (type(exc).__name__, exc)
+        try:
+            await _aop(call, _N_CLOSE_NURSERY, self._h, body)
+        except NurseryError as group:
+            extra = (
+                [exc]
+                if isinstance(exc, Exception) and not isinstance(exc, RemoteError)
+                else []
+            )
+            if extra:
+                raise NurseryError(group._harrow_remote, extra) from None
+            raise
+        return False
+
 
 class move_on_after:
     """``with harrow.move_on_after(s) as scope:``: the harrow waits in the block end with
@@ -798,15 +1026,15 @@ class move_on_after:
         self.cancelled_caught = False
 
     def __enter__(self):
-        _native_nest(_N_PUSH_DEADLINE, None, self.seconds)
+        _nest(_N_PUSH_DEADLINE, None, self.seconds)
         return self
 
     def _caught(self, exc):
-        fired = _native_nest(_N_POP_SCOPE, None, None)
+        fired = _nest(_N_POP_SCOPE, None, None)
         return (
             fired
             and isinstance(exc, Cancelled)
-            and not _native_nest(_N_CALL_CANCELLED, None, None)
+            and not _nest(_N_CALL_CANCELLED, None, None)
         )
 
     def __exit__(self, exc_type, exc, tb):

@@ -15,14 +15,15 @@ use pyo3_ffi as ffi;
 
 use super::convert::{self, ConvError};
 use super::module::{
-    ModState, ServerHooks, none, on_owner, raise, raise_cancelled, raise_type_error, state_from,
-    wait_for,
+    ModState, ServerHooks, async_call_from, none, on_owner, raise, raise_cancelled,
+    raise_type_error, state_from, wait_for,
 };
 use super::obj::{Obj, PyErrSet, PyResult, guarded, guarded_quiet};
-use crate::nest::{Fail, Handle, Op, Out, Scope, any_fired, remote_to_value};
+use crate::nest::{Fail, Handle, Op, OpFuture, Out, Scope, any_fired, remote_to_value};
 use crate::state::{JobState, Shared};
 
 const HANDLE_CAPSULE: &CStr = c"harrow._handle";
+const PENDING_CAPSULE: &CStr = c"harrow._pending";
 
 /// How long a call whose nursery failed is left alone by the cancel injector while that failure
 /// propagates out of it (a call that goes on running pure Python code after catching it is
@@ -43,6 +44,12 @@ const PEER: i64 = 104;
 const CALL_CANCELLED: i64 = 105;
 /// The portal to this actor's parent, or None.
 const PARENT: i64 = 106;
+/// Polls a pending operation of an async call (target: its capsule) -> None while it runs,
+/// `(outcome,)` once done; raises its failure.
+const POLL: i64 = 107;
+/// Abandons a pending operation of an async call (target: its capsule): its future, and so the
+/// operation's task on the actor's executor, is dropped.
+const ABANDON: i64 = 108;
 
 pub(crate) unsafe extern "C" fn native_nest(
     slf: *mut ffi::PyObject,
@@ -78,9 +85,10 @@ unsafe fn native_nest_body(
         return std::ptr::null_mut();
     };
     // SAFETY: GIL held; `args` is a tuple (METH_VARARGS).
-    if unsafe { ffi::PyTuple_Size(args) } != 3 {
+    let nargs = unsafe { ffi::PyTuple_Size(args) };
+    if nargs != 3 && nargs != 4 {
         // SAFETY: GIL held.
-        unsafe { raise_type_error("internal: _native_nest takes (op, target, arg)") };
+        unsafe { raise_type_error("internal: _native_nest takes (op, target, arg[, call])") };
         return std::ptr::null_mut();
     }
     // SAFETY: GIL held; index in range; borrowed, kept alive by `args`.
@@ -101,10 +109,33 @@ unsafe fn native_nest_body(
         // SAFETY: GIL held, on a thread of this interpreter.
         return unsafe { harrow_error(shared, msg) };
     }
-    let job = shared.current.lock().clone();
+    if op == POLL || op == ABANDON {
+        // SAFETY: owning thread, GIL held; `target` valid.
+        return unsafe { pending_op(shared, op, target) };
+    }
+    // An async call passes its own call (its task has no current call on this thread): the
+    // operation is then started and handed back pending (see `pending_op`).
+    let is_async = nargs == 4;
+    let job = if is_async {
+        // SAFETY: GIL held; index in range; borrowed, kept alive by `args`.
+        let call = unsafe { ffi::PyTuple_GetItem(args, 3) };
+        // SAFETY: GIL held; the capsule is checked by name (a Python error set if not one).
+        let Some(call) = (unsafe { async_call_from(call) }) else {
+            return std::ptr::null_mut();
+        };
+        if call.ctx.job.is_done() {
+            let msg = "this async call has ended: its nurseries and portals are gone";
+            // SAFETY: owning thread, GIL held.
+            return unsafe { harrow_error(shared, msg) };
+        }
+        Some(Arc::clone(&call.ctx.job))
+    } else {
+        shared.current.lock().clone()
+    };
     let Some(job) = job else {
         let msg = "harrow nurseries, portals and current_actor() are usable only inside a call \
-                   served by a harrow actor (async def functions cannot use them yet)";
+                   served by a harrow actor (an async def function uses `async with \
+                   harrow.open_nursery()` and awaits the operations)";
         // SAFETY: owning thread, GIL held.
         return unsafe { harrow_error(shared, msg) };
     };
@@ -223,6 +254,10 @@ unsafe fn native_nest_body(
     // be abandoned halfway: they wait through a cancel.
     let shielded = shared.shield_depth.load(Ordering::SeqCst) > 0
         || matches!(op, Op::CloseNursery | Op::CancelActor | Op::CtxCancel);
+    if is_async {
+        // SAFETY: owning thread, GIL held.
+        return unsafe { start_pending(shared, &job, shielded, fut) };
+    }
     // SAFETY: owning thread, GIL held (released while waiting).
     let out = unsafe { wait(hooks, &job, shielded, fut) };
     if op == Op::CloseNursery && matches!(out, Err(Fail::Nursery(_))) {
@@ -444,4 +479,145 @@ unsafe fn raise_made(shared: &Shared, maker: &std::sync::atomic::AtomicPtr<c_voi
         // SAFETY: GIL held; steals the reference to an exception instance.
         unsafe { ffi::PyErr_SetRaisedException(exc.into_ptr()) };
     }
+}
+
+// ---- async calls: operations awaited in the interpreter's event loop -------------------------
+//
+// An `async def` call cannot wait on the interpreter thread (that would stop the event loop and
+// every other async call of the actor). Its operation is started the same way (a task on the
+// actor's executor, see `ActorEnv::op`) and handed to Python as a `harrow._pending` capsule
+// owning the operation's future. The event loop polls it on this thread whenever the loop's
+// wake pipe is written, which is what the future's waker does: no second loop, no thread.
+
+/// An operation of an async call, polled by the event loop until it ends.
+struct Pending {
+    job: Arc<JobState>,
+    /// None once its outcome was taken, or it was abandoned.
+    fut: Option<OpFuture>,
+}
+
+/// Wakes the interpreter's event loop (through its wake pipe) when a pending operation can
+/// make progress: the loop then polls its pending operations.
+struct LoopWaker(Arc<Shared>);
+
+impl std::task::Wake for LoopWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.wake();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.wake();
+    }
+}
+
+/// Starts waiting for `fut` in an async call: a `harrow._pending` capsule, or `Cancelled`
+/// raised at once when the call or one of its scopes is already cancelled (unless `shielded`).
+/// A scope of the call firing ends the operation with `Cancelled`, as in a plain call; the
+/// call's own cancel is the event loop's (it cancels the call's task, which abandons this).
+///
+/// # Safety
+/// Owning thread, GIL held.
+unsafe fn start_pending(
+    shared: &Shared,
+    job: &Arc<JobState>,
+    shielded: bool,
+    fut: OpFuture,
+) -> *mut ffi::PyObject {
+    if !shielded && (job.is_cancelled() || job.scope_fired()) {
+        job.mark_delivered();
+        // SAFETY: forwarded.
+        return unsafe { raise_fail(shared, Fail::Cancelled) };
+    }
+    let scopes = if shielded { Vec::new() } else { job.scopes() };
+    let raced: OpFuture = Box::pin(fut.or(async move {
+        any_fired(scopes).await;
+        Err(Fail::Cancelled)
+    }));
+    let boxed = Box::into_raw(Box::new(Pending {
+        job: Arc::clone(job),
+        fut: Some(raced),
+    }));
+    // SAFETY: GIL held; the capsule owns `boxed`, freed by its destructor.
+    let capsule = unsafe {
+        ffi::PyCapsule_New(
+            boxed.cast::<c_void>(),
+            PENDING_CAPSULE.as_ptr(),
+            Some(drop_pending_capsule),
+        )
+    };
+    if capsule.is_null() {
+        // SAFETY: the capsule was not made: `boxed` is still ours.
+        drop(unsafe { Box::from_raw(boxed) });
+    }
+    capsule
+}
+
+unsafe extern "C" fn drop_pending_capsule(capsule: *mut ffi::PyObject) {
+    // SAFETY: CPython calls a capsule destructor with the capsule's interpreter's GIL held.
+    guarded_quiet("harrow._pending capsule destructor", || {
+        // SAFETY: GIL held.
+        let p = unsafe { ffi::PyCapsule_GetPointer(capsule, PENDING_CAPSULE.as_ptr()) };
+        if !p.is_null() {
+            // SAFETY: the `Box<Pending>` made for this capsule name, freed once, here. Dropping
+            // its future touches no Python object.
+            drop(unsafe { Box::from_raw(p.cast::<Pending>()) });
+        }
+    })
+}
+
+/// `POLL`/`ABANDON` of the pending operation in capsule `o`.
+///
+/// # Safety
+/// Owning thread, GIL held; `o` valid.
+unsafe fn pending_op(shared: &Arc<Shared>, op: i64, o: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: GIL held; a wrong object is a Python error (ValueError), not UB.
+    let p = unsafe { ffi::PyCapsule_GetPointer(o, PENDING_CAPSULE.as_ptr()) };
+    // SAFETY: the capsule owns a live `Box<Pending>` while it is alive (borrowed in `args`);
+    // only this thread, holding the GIL, reaches it, and nothing below re-enters Python while
+    // the reference is used.
+    let Some(pending) = (unsafe { p.cast::<Pending>().as_mut() }) else {
+        return std::ptr::null_mut();
+    };
+    if op == ABANDON {
+        pending.fut = None;
+        // SAFETY: GIL held.
+        return unsafe { none() };
+    }
+    let Some(fut) = pending.fut.as_mut() else {
+        // SAFETY: owning thread, GIL held.
+        return unsafe { harrow_error(shared, "internal: an ended operation was polled") };
+    };
+    let waker = std::task::Waker::from(Arc::new(LoopWaker(Arc::clone(shared))));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let out = match fut.as_mut().poll(&mut cx) {
+        // SAFETY: GIL held.
+        std::task::Poll::Pending => return unsafe { none() },
+        std::task::Poll::Ready(out) => out,
+    };
+    pending.fut = None;
+    let out = match out {
+        Ok(out) => out,
+        Err(fail) => {
+            if matches!(fail, Fail::Cancelled) {
+                pending.job.mark_delivered();
+            }
+            // SAFETY: owning thread, GIL held.
+            return unsafe { raise_fail(shared, fail) };
+        }
+    };
+    // SAFETY: owning thread, GIL held.
+    let o = unsafe { out_to_py(shared, out) };
+    // SAFETY: a new reference (or null with an error set).
+    let Ok(o) = (unsafe { Obj::owned(o) }) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: GIL held.
+    let t = unsafe { ffi::PyTuple_New(1) };
+    // SAFETY: a new tuple (or null with an error set).
+    let Ok(t) = (unsafe { Obj::owned(t) }) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: GIL held; a fresh tuple of size 1; `SetItem` steals the reference.
+    unsafe { ffi::PyTuple_SetItem(t.as_ptr(), 0, o.into_ptr()) };
+    t.into_ptr()
 }

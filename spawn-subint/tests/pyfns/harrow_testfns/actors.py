@@ -282,10 +282,11 @@ def pid(v=None):
 
 
 async def from_async(v=None):
-    """from_async() -> the error text of current_actor() in an async def function (not
-    supported yet: a clear harrow.HarrowError)."""
+    """from_async() -> the error text of a plain ``with harrow.open_nursery()`` in an async def
+    function (a clear harrow.HarrowError: it uses ``async with``, see aio_nested.py)."""
     try:
-        harrow.current_actor()
+        with harrow.open_nursery():
+            pass
     except harrow.HarrowError as e:
         return str(e)
     return None
