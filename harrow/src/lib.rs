@@ -105,6 +105,27 @@ pub mod backends {
     pub use harrow_spawn_thread as thread;
 }
 
+/// A subint backend whose Python actors may start children on every backend compiled into
+/// this build: `"subint"` (itself), `"process"` and `"thread"` (with the `process` / `thread`
+/// features). Python code names them in `n.start_actor(name, backend=...)`. A process child is
+/// this program re-executed: `maybe_run_child` must come first in `main`. To offer Rust
+/// functions to thread children, add a registry with
+/// [`SubintBackend::offer_resolver`](harrow_spawn_subint::SubintBackend::offer_resolver).
+#[cfg(feature = "subint")]
+pub fn subint_backend() -> SubintBackend {
+    #[allow(unused_mut)]
+    let mut b = SubintBackend::new();
+    #[cfg(feature = "process")]
+    {
+        b = b.offer_backend("process", ProcessBackend::shared());
+    }
+    #[cfg(feature = "thread")]
+    {
+        b = b.offer_backend("thread", ThreadBackend::shared());
+    }
+    b
+}
+
 /// The backends compiled into this build, by name (a compiled-in backend may still be
 /// unavailable at run time: see [`subint_status`]).
 #[allow(clippy::vec_init_then_push)] // which pushes happen depends on the features

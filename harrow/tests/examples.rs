@@ -60,6 +60,7 @@ fn every_example_runs() -> Result<()> {
     ];
     if harrow::subint_status().is_ok() {
         examples.push(("python_subint", "ZeroDivisionError"));
+        examples.push(("python_nursery", "ValueError from doomed"));
     }
     for (name, needle) in examples {
         let exe = dir.join(name);

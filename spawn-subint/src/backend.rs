@@ -16,17 +16,35 @@ use harrow_runtime_core::{
     Joined, SpawnBackend, SpawnError, SpawnSpec, run_actor,
 };
 
-use crate::config::InterpConfig;
+use harrow_python::InterpConfig;
+use harrow_python::nest::Offers;
+use harrow_runtime_core::portal::Resolver;
+
 use crate::interp::{Exit, InterpHandle, InterpThread};
-use crate::resolver::PyResolver;
+use crate::resolver::{Nesting, PyResolver};
 
 /// Actors that run Python functions in CPython subinterpreters (own GIL by default).
 ///
 /// The spawn spec's `params` are [`InterpConfig::to_params`] (modules to expose, `sys.path`
 /// entries, legacy mode, threads).
+///
+/// Its actors are full actors: their Python code opens nurseries (`harrow.open_nursery()`),
+/// starts children on the backends this one offers by name (`"subint"` always: this backend,
+/// with the same offers; others with [`offer_backend`](Self::offer_backend)), and reaches its
+/// parent (`harrow.current_actor().parent`).
+///
+/// ```
+/// use harrow_spawn_subint::SubintBackend;
+/// // A host that lets its Python actors start subint children only (the default), and one
+/// // that also offers a backend under the name "subint2" (any `SpawnBackend` will do).
+/// let plain = SubintBackend::new();
+/// let more = SubintBackend::new().offer_backend("subint2", SubintBackend::shared());
+/// assert_eq!(plain.offered_backends(), ["subint"]);
+/// assert_eq!(more.offered_backends(), ["subint", "subint2"]);
+/// ```
 #[derive(Debug, Default, Clone)]
 pub struct SubintBackend {
-    _private: (),
+    offers: Offers,
 }
 
 impl SubintBackend {
@@ -39,6 +57,32 @@ impl SubintBackend {
     pub fn shared() -> Arc<dyn SpawnBackend> {
         Arc::new(SubintBackend::new())
     }
+
+    /// Offers `backend` to this backend's Python actors under `name`: `n.start_actor(name,
+    /// backend=name)` in Python starts a child there. (`"subint"` is always offered: this
+    /// backend itself; offering another under that name replaces it.)
+    pub fn offer_backend(mut self, name: &str, backend: Arc<dyn SpawnBackend>) -> Self {
+        self.offers.add_backend(name, backend);
+        self
+    }
+
+    /// Offers a registry of Rust functions under `name`: a child started from Python with
+    /// `resolver=name` serves them (for a backend that runs Rust functions in-process, such as
+    /// thread).
+    pub fn offer_resolver(mut self, name: &str, resolver: Arc<dyn Resolver>) -> Self {
+        self.offers.add_resolver(name, resolver);
+        self
+    }
+
+    /// The names of the backends offered to Python actors, sorted.
+    pub fn offered_backends(&self) -> Vec<String> {
+        self.offers.backend_names()
+    }
+
+    /// This backend, ready to hand to a nursery.
+    pub fn into_shared(self) -> Arc<dyn SpawnBackend> {
+        Arc::new(self)
+    }
 }
 
 impl SpawnBackend for SubintBackend {
@@ -49,21 +93,21 @@ impl SpawnBackend for SubintBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
             .with_hard_kill(HardKill::Interrupts)
-            .with_nested(false)
+            .with_nested(true)
     }
 
     fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {
-        Box::pin(spawn(spec))
+        Box::pin(spawn(self.clone(), spec))
     }
 }
 
-async fn spawn(spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
+async fn spawn(backend: SubintBackend, spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
     let id = spec.id.clone();
     if !crate::available() {
         return Err(SpawnError::Unavailable {
             actor: id,
             backend: "subint",
-            reason: crate::error::unavailable_message(),
+            reason: harrow_python::unavailable_message(),
         });
     }
     let config = InterpConfig::from_params(id.name.clone(), &spec.params).map_err(|e| {
@@ -72,6 +116,7 @@ async fn spawn(spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
             reason: e.to_string(),
         }
     })?;
+    let config_copy = config.clone();
     let interp = InterpThread::spawn_async(config)
         .await
         .map_err(|e| match e {
@@ -86,7 +131,12 @@ async fn spawn(spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
             },
         })?;
     let handle = interp.handle();
-    let resolver = Arc::new(PyResolver::new(interp.handle()));
+    let nesting = Nesting {
+        offers: Arc::new(backend.offers.clone()),
+        config: Arc::new(config_copy),
+        subint: Arc::new(backend),
+    };
+    let resolver = Arc::new(PyResolver::nested(interp.handle(), nesting));
     let shutdown_bound = spec.timeouts.hard_kill;
     let init = ActorInit::from_spec(spec, "subint").with_resolver(resolver);
     let (parent_end, child_end) = mem::pair();

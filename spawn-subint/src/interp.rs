@@ -22,10 +22,9 @@ use harrow_ipc::wait::deadline;
 use harrow_ipc::{CallKind, ErrorKind, FnPath, Value};
 use harrow_portal::CallError;
 
-use crate::config::InterpConfig;
-use crate::error::{Error, Result};
-use crate::host::CallHost;
-use crate::state::{JobState, Shared};
+use harrow_python::{
+    CallHost, CallJob, Error, InterpConfig, Job, JobState, Result, Shared, not_exposed,
+};
 
 /// How long [`InterpThread::spawn`] waits for the interpreter to be created.
 pub const CREATE_BOUND: Duration = Duration::from_secs(60);
@@ -48,41 +47,6 @@ pub enum Exit {
         /// The panic message, and what became of the interpreter.
         reason: String,
     },
-}
-
-pub(crate) enum Job {
-    Call(CallJob),
-    /// Test hook: panic on the interpreter thread (see [`InterpHandle::inject_panic`]).
-    Panic(String),
-    Shutdown,
-}
-
-pub(crate) struct CallJob {
-    pub(crate) job: Arc<JobState>,
-    pub(crate) func: FnPath,
-    pub(crate) kind: CallKind,
-    pub(crate) args: Value,
-    pub(crate) host: Option<Arc<dyn CallHost>>,
-    pub(crate) reply: flume::Sender<Result<Value, CallError>>,
-}
-
-pub(crate) fn cancelled_error() -> CallError {
-    CallError::new(
-        ErrorKind::Cancelled,
-        "harrow.Cancelled",
-        "the call was cancelled",
-    )
-}
-
-pub(crate) fn not_exposed(config: &InterpConfig, module: &str) -> CallError {
-    CallError::new(
-        ErrorKind::ModuleNotExposed,
-        "ModuleNotExposed",
-        format!(
-            "module {module:?} is not exposed by actor {:?} (exposed: {:?})",
-            config.name, config.modules
-        ),
-    )
 }
 
 /// A cheap, cloneable handle for submitting calls to an interpreter thread.
@@ -134,7 +98,21 @@ impl InterpHandle {
         args: Value,
         host: Option<Arc<dyn CallHost>>,
     ) -> PyCall {
+        self.call_in(func, kind, args, host, None)
+    }
+
+    /// [`call`](Self::call) of an actor's served call: `env` is what its Python code reaches
+    /// through `harrow.open_nursery()`, `harrow.current_actor()` and the portals.
+    pub(crate) fn call_in(
+        &self,
+        func: FnPath,
+        kind: CallKind,
+        args: Value,
+        host: Option<Arc<dyn CallHost>>,
+        env: Option<harrow_python::nest::ActorEnv>,
+    ) -> PyCall {
         let job = JobState::new(func.to_string());
+        job.set_env(env);
         let (tx, rx) = flume::bounded(1);
         let mut call = PyCall {
             rx: Box::pin(rx.into_recv_async()),
@@ -297,19 +275,19 @@ struct Starting {
 impl InterpThread {
     fn start(config: InterpConfig) -> Result<Starting> {
         if !cfg!(harrow_subint) {
-            return Err(Error::Unavailable(crate::error::unavailable_message()));
+            return Err(Error::Unavailable(harrow_python::unavailable_message()));
         }
         if config.name.is_empty() {
             return Err(Error::Config("the actor name is empty".into()));
         }
-        if config.stack_size < crate::config::MIN_STACK_SIZE {
+        if config.stack_size < harrow_python::MIN_STACK_SIZE {
             return Err(Error::Config(format!(
                 "stack_size {} is below the minimum of {} bytes",
                 config.stack_size,
-                crate::config::MIN_STACK_SIZE
+                harrow_python::MIN_STACK_SIZE
             )));
         }
-        crate::imp::ensure_main()?;
+        harrow_python::ensure_main()?;
         let config = Arc::new(config);
         let shared = Shared::new(config.name.clone());
         let (jobs_tx, jobs_rx) = flume::unbounded();

@@ -67,14 +67,9 @@
 // With an unsupported Python the FFI layer is compiled out and much of the plumbing is unused.
 #![cfg_attr(not(harrow_subint), allow(dead_code))]
 
-mod args;
 mod backend;
-mod config;
-mod error;
-mod host;
 mod interp;
 mod resolver;
-mod state;
 
 // The FFI layer: the only module allowed `unsafe` (every block documented, see its doc).
 #[cfg(harrow_subint)]
@@ -88,16 +83,16 @@ mod unavailable;
 #[cfg(not(harrow_subint))]
 use unavailable as imp;
 
-pub use args::{ARGS_KEY, KWARGS_KEY, PyArgs};
 pub use backend::SubintBackend;
-pub use config::{DEFAULT_STACK_SIZE, InterpConfig, MIN_STACK_SIZE};
-pub use error::{Error, Result};
-pub use host::{CallHost, HostFuture, StreamHost};
+// The Python worker shared with the other Python backend lives in `harrow-python`; its public
+// types are this crate's API too.
+pub use harrow_python::{
+    ARGS_KEY, CallHost, DEFAULT_STACK_SIZE, Error, HostFuture, InterpConfig, InterpThreadInfo,
+    KWARGS_KEY, MIN_STACK_SIZE, PyArgs, REARM_INTERVAL, Result, StreamHost, interp_threads,
+    live_interpreters, python_stacks, warm_up,
+};
 pub use interp::{CREATE_BOUND, Exit, InterpHandle, InterpThread, PyCall};
 pub use resolver::PyResolver;
-pub use state::{
-    InterpThreadInfo, REARM_INTERVAL, interp_threads, live_interpreters, python_stacks, warm_up,
-};
 
 /// Whether this build can host subinterpreters (built against Python >= 3.12 with a shared
 /// libpython).
@@ -121,7 +116,7 @@ pub mod __bench {
     /// and returns how long that took: the baseline spawning is compared with. Only
     /// `config.legacy` and `config.allow_threads` are used.
     pub fn bare_create_end(config: &InterpConfig) -> Result<std::time::Duration> {
-        imp::ensure_main()?;
+        harrow_python::ensure_main()?;
         imp::bare_create_end(config)
     }
 }

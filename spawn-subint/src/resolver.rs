@@ -5,8 +5,8 @@ use std::sync::Arc;
 use harrow_ipc::Value;
 use harrow_portal::{CallError, CallFuture, CalleeContext, Invocation, MsgStream, Resolver};
 
-use crate::host::{CallHost, HostFuture, StreamHost};
 use crate::interp::InterpHandle;
+use harrow_python::{CallHost, HostFuture, StreamHost};
 
 /// The [`Resolver`] of a subint actor: checks that the function's module is exposed, then runs
 /// the call on the actor's interpreter thread.
@@ -18,12 +18,31 @@ use crate::interp::InterpHandle;
 #[derive(Clone, Debug)]
 pub struct PyResolver {
     interp: InterpHandle,
+    nest: Option<Arc<Nesting>>,
+}
+
+/// What a subint actor's calls need to make their Python code a full actor (nurseries,
+/// portals, the parent): what the host offers, the backend that made the actor, and its
+/// interpreter configuration (which its subint children inherit).
+#[derive(Debug)]
+pub(crate) struct Nesting {
+    pub(crate) offers: Arc<harrow_python::nest::Offers>,
+    pub(crate) subint: Arc<dyn harrow_runtime_core::SpawnBackend>,
+    pub(crate) config: Arc<harrow_python::InterpConfig>,
 }
 
 impl PyResolver {
     /// A resolver running calls on `interp`.
     pub fn new(interp: InterpHandle) -> Self {
-        PyResolver { interp }
+        PyResolver { interp, nest: None }
+    }
+
+    /// A resolver of an actor whose Python code may open nurseries and use portals.
+    pub(crate) fn nested(interp: InterpHandle, nest: Nesting) -> Self {
+        PyResolver {
+            interp,
+            nest: Some(Arc::new(nest)),
+        }
     }
 }
 
@@ -33,10 +52,23 @@ impl Resolver for PyResolver {
         let ctx = call.ctx.clone();
         // Before the Python code can run: a cancel from now on lets it clean up.
         ctx.observe_cancel();
+        // The resolver runs on the actor's runtime thread, where its context is current: the
+        // Python code reaches the actor (its nurseries, portals, parent) through it.
+        let env = self.nest.as_ref().and_then(|n| {
+            harrow_runtime_core::current_actor().map(|actor| {
+                harrow_python::nest::ActorEnv::new(
+                    actor,
+                    Some(call.ctx.clone()),
+                    n.offers.clone(),
+                    n.subint.clone(),
+                    n.config.clone(),
+                )
+            })
+        });
         let host: Arc<dyn CallHost> = Arc::new(CalleeHost { ctx: call.ctx });
         let mut py = self
             .interp
-            .call(call.func, call.kind, call.args, Some(host));
+            .call_in(call.func, call.kind, call.args, Some(host), env);
         Ok(Box::pin(async move {
             use futures_lite::FutureExt;
             let first = async { Some((&mut py).await) }

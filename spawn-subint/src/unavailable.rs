@@ -3,14 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::config::InterpConfig;
-use crate::error::{Error, Result, unavailable_message};
-use crate::interp::{Exit, Job};
-use crate::state::Shared;
+use harrow_python::{Error, InterpConfig, Job, Result, Shared, unavailable_message};
 
-pub(crate) fn ensure_main() -> Result<()> {
-    Err(Error::Unavailable(unavailable_message()))
-}
+use crate::interp::Exit;
 
 pub(crate) fn thread_main(
     _shared: &Arc<Shared>,
@@ -22,15 +17,7 @@ pub(crate) fn thread_main(
     Exit::Ended
 }
 
-pub(crate) fn inject_cancel(_shared: &Shared) {}
-
-pub(crate) fn dump_stack(_shared: &Shared) -> String {
-    format!("(python stacks unavailable: {})\n", unavailable_message())
-}
-
 #[cfg(feature = "bench-internals")]
 pub(crate) fn bare_create_end(_config: &InterpConfig) -> Result<std::time::Duration> {
     Err(Error::Unavailable(unavailable_message()))
 }
-
-pub(crate) fn wake_write(_fd: i32) {}

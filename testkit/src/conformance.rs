@@ -1215,13 +1215,27 @@ pub fn slow_cancel_ack<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
 pub const SOAK_CYCLES: usize = 500;
 
 /// spawn-cancel-soak: 500 spawn/call/cancel cycles in one process, alternating with bursts of
-/// concurrent spawns; zero hangs and nothing left behind (the regression test for the seed's
-/// destroy race).
+/// concurrent spawns and, on a backend whose actors start children, parents with children of
+/// their own (a `spawn_tree` of depth 2: a parent and two children, cancelled whole); zero hangs
+/// and nothing left behind (the regression test for the seed's destroy race).
 pub fn spawn_cancel_soak<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    let nested = f.backend().capabilities().nested;
     let cycles = expect_ok(run_root(root_config(), |n| async move {
         let mut cycles = 0;
         while cycles < SOAK_CYCLES {
-            if cycles % 50 == 25 {
+            if nested && cycles % 50 == 10 {
+                // A parent with children: cancelling the parent tears its subtree down.
+                let parent = n.start_actor("soak-parent", f.backend(), f.spec()).await?;
+                let args = Value::Map(vec![
+                    ("depth".into(), Value::Int(2)),
+                    ("breadth".into(), Value::Int(2)),
+                ]);
+                let (ctx, total) = parent.open_context(&f.func("spawn_tree"), args).await?;
+                assert_eq!(total, Value::Int(3), "a parent and its two children");
+                assert_eq!(parent.cancel().await, ChildOutcome::Exited);
+                drop(ctx);
+                cycles += 1;
+            } else if cycles % 50 == 25 {
                 // A burst of concurrent spawns, each called and cancelled.
                 let mut starts = Vec::new();
                 for i in 0..5 {

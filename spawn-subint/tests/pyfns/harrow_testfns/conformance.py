@@ -1,9 +1,9 @@
 """The standard test functions of the conformance suite, in Python.
 
-Twins of ``harrow_testkit::testfns`` (testkit/src/testfns.rs): same names, same contracts, for
-a backend whose actors cannot start children (the nested functions ``spawn_tree``,
-``relay_fail``, ``cancel_parent`` and ``ctx_spawn_canceller`` are not here: the scenarios that
-use them are skipped when ``Capabilities::nested`` is false).
+Twins of ``harrow_testkit::testfns`` (testkit/src/testfns.rs): same names, same contracts. The
+nested ones (``spawn_tree``, ``relay_fail``, ``fail_tree``, ``ctx_hold_stuck_child``,
+``cancel_parent``, ``ctx_spawn_canceller``) start children of their own from Python, with
+``harrow.open_nursery()``: on ``"subint"``, inheriting this actor's modules and ``sys.path``.
 
 A call's value arrives as ONE positional argument; a ``Null`` value means no argument, hence the
 ``=None`` defaults. The error ``fail`` raises is a ``ValueError``.
@@ -192,3 +192,103 @@ def gen_count(n):
     """gen_count(n): a one-way stream of 0..n (a generator: each item is streamed)."""
     for i in range(max(int(n), 0)):
         yield i
+
+
+# ---- nested: Python actors starting children of their own ------------------------------------
+
+_ME = __name__
+
+
+def _fn(name):
+    return "%s:%s" % (_ME, name)
+
+
+@harrow.context
+def spawn_tree(ctx, args):
+    """spawn_tree({depth, breadth}): starts ``breadth`` children each running
+    spawn_tree(depth - 1), calls started(total actors in this subtree), then waits until
+    cancelled."""
+    depth = int(args.get("depth", 1))
+    breadth = int(args.get("breadth", 1))
+    if depth <= 1:
+        ctx.started(1)
+        while True:
+            harrow.sleep(3600)
+    with harrow.open_nursery() as n:
+        total = 1
+        contexts = []
+        for i in range(breadth):
+            child = n.start_actor("tree-d%d-%d" % (depth - 1, i))
+            c = child.open_context(
+                _fn("spawn_tree"), {"depth": depth - 1, "breadth": breadth}
+            )
+            total += int(c.first)
+            contexts.append(c)
+        ctx.started(total)
+        while True:
+            harrow.sleep(3600)
+
+
+def relay_fail(msg=None):
+    """relay_fail(msg): starts a child and calls fail(msg) there; its error goes on (relayed)."""
+    with harrow.open_nursery() as n:
+        leaf = n.start_actor("relay-leaf")
+        return leaf.run(_fn("fail"), msg)
+
+
+def fail_tree(args):
+    """fail_tree({depth, breadth, dir}): at depth 1, waits at the gate and raises
+    ValueError("leaf <name>"); deeper, a nursery of ``breadth`` run_in_actor children running
+    fail_tree(depth - 1), whose failures it raises as one group (the nursery's error)."""
+    depth = int(args.get("depth", 1))
+    breadth = int(args.get("breadth", 1))
+    me = harrow.current_actor().name
+    if depth <= 1:
+        with harrow.shield():
+            _wait_at_gate(args["dir"])
+            raise ValueError("leaf %s" % me)
+    with harrow.open_nursery() as n:
+        for i in range(breadth):
+            n.run_in_actor(
+                _fn("fail_tree"),
+                {"depth": depth - 1, "breadth": breadth, "dir": args["dir"]},
+                name="%s.%d" % (me, i),
+            )
+
+
+def busy_marker(path):
+    """busy_marker(path): writes the file ``path``, then loops without waiting (a cancel still
+    lands at a bytecode boundary)."""
+    with open(path, "wb") as f:
+        f.write(b"busy")
+    while True:
+        pass
+
+
+@harrow.context
+def ctx_hold_stuck_child(ctx, marker):
+    """ctx_hold_stuck_child(marker): a nursery with one child running busy_marker(marker),
+    started(None), then waits for that call; the nursery's outcome is the call's answer."""
+    with harrow.open_nursery() as n:
+        stuck = n.start_actor("stuck")
+        ctx.started(None)
+        stuck.run(_fn("busy_marker"), marker)
+
+
+def cancel_parent(v=None):
+    """cancel_parent(): asks this actor's parent to cancel itself."""
+    parent = harrow.current_actor().parent
+    if parent is None:
+        raise RuntimeError("no parent")
+    return parent.cancel_actor()
+
+
+@harrow.context
+def ctx_spawn_canceller(ctx, v=None):
+    """ctx_spawn_canceller(): started(None), starts a child that asks this actor to cancel
+    itself, then waits until cancelled (the nursery ends with the cancel)."""
+    ctx.started(None)
+    with harrow.open_nursery() as n:
+        n.run_in_actor(_fn("cancel_parent"), name="canceller")
+        while True:
+            harrow.sleep(3600)

@@ -18,7 +18,7 @@ pub const KWARGS_KEY: &str = "harrow:kwargs";
 ///
 /// ```
 /// use harrow_ipc::Value;
-/// use harrow_spawn_subint::PyArgs;
+/// use harrow_python::PyArgs;
 /// let v = PyArgs::new(Value::Int(3)).kwarg("scale", Value::Float(0.5)).into_value();
 /// assert_eq!(PyArgs::decode(&v).unwrap().kwargs.len(), 1);
 /// // Without keyword arguments it is the positional value itself.

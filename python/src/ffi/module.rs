@@ -2,13 +2,15 @@
 //! created in that interpreter (`PyCFunction_NewEx` bound to a `PyCapsule` holding Rust state).
 //! Nothing here is process-global except the immutable `PyMethodDef` tables (plain C data).
 
-use std::ffi::{CStr, CString, c_void};
+use std::ffi::{CStr, CString, c_long, c_void};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use harrow_ipc::Value;
+use harrow_ipc::{CallKind, Value};
+use harrow_portal::CallError;
 use parking_lot::Mutex;
 use pyo3_ffi as ffi;
 
@@ -26,11 +28,12 @@ const HARROW_SRC: &CStr = {
 };
 
 const SHARED_CAPSULE: &CStr = c"harrow._shared";
+const ASYNC_CAPSULE: &CStr = c"harrow._async_call";
 const CALL_CAPSULE: &CStr = c"harrow._call";
 
 /// Immutable method tables: plain C data (names, flags, function pointers), no Python object,
 /// so sharing them between interpreters is what CPython's own multi-phase modules do.
-struct Defs([ffi::PyMethodDef; 8]);
+struct Defs([ffi::PyMethodDef; 9]);
 // SAFETY: the table is never written after compile time; CPython only reads it.
 unsafe impl Sync for Defs {}
 
@@ -99,14 +102,68 @@ static DEFS: Defs = Defs([
         ml_flags: ffi::METH_O,
         ml_doc: std::ptr::null(),
     },
+    ffi::PyMethodDef {
+        ml_name: c"_native_nest".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: super::nest::native_nest,
+        },
+        ml_flags: ffi::METH_VARARGS,
+        ml_doc: std::ptr::null(),
+    },
 ]);
 
 fn def(i: usize) -> *mut ffi::PyMethodDef {
     (&DEFS.0[i] as *const ffi::PyMethodDef).cast_mut()
 }
 
+/// What the `harrow` module needs from the thread serving the interpreter's calls. The module
+/// owns this interface and the call server provides it (to [`HarrowModule::build`]), so that
+/// the module depends on no server.
+pub(crate) struct ServerHooks {
+    /// Waits for the future with the interpreter's GIL released (the thread may serve the
+    /// actor's other calls meanwhile); false when the call `job` was cancelled first (never while
+    /// `shielded`: then only the future ends the wait).
+    ///
+    /// Safety: the interpreter's owning thread with its GIL held; the future touches no Python
+    /// object.
+    pub(crate) wait: unsafe fn(&JobState, bool, Pin<&mut dyn Future<Output = ()>>) -> bool,
+    /// Runs (or starts, for async functions) the calls queued for the actor, from its event
+    /// loop. Safety: the owning thread, GIL held.
+    pub(crate) take_jobs: unsafe fn(),
+    /// An async call's task ended: `state` 0 returned `value`, 1 cancelled, 2 raised `value`.
+    /// Safety: the owning thread, GIL held, `value` a valid object.
+    pub(crate) finish_async: unsafe fn(&AsyncCall, c_long, *mut ffi::PyObject),
+}
+
+/// [`ServerHooks::wait`] for a future with an output: `None` when the call was cancelled first.
+///
+/// # Safety
+/// As [`ServerHooks::wait`].
+pub(crate) unsafe fn wait_for<T>(
+    hooks: &ServerHooks,
+    job: &JobState,
+    shielded: bool,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
+    let mut out = None;
+    let done = {
+        let fut = std::pin::pin!(async { out = Some(fut.await) });
+        // SAFETY: forwarded (caller).
+        unsafe { (hooks.wait)(job, shielded, fut) }
+    };
+    if done { out } else { None }
+}
+
+/// The Rust state behind the module's native functions (their `self` capsule).
+pub(crate) struct ModState {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) hooks: &'static ServerHooks,
+}
+
 /// The `harrow` module of one interpreter and the harness functions taken from it.
 pub(crate) struct HarrowModule {
+    /// What the module's functions ask of the call server.
+    pub(crate) hooks: &'static ServerHooks,
     pub(crate) module: Obj,
     pub(crate) context_cls: Obj,
     pub(crate) describe: Obj,
@@ -118,6 +175,8 @@ pub(crate) struct HarrowModule {
     pub(crate) run_loop: Obj,
     pub(crate) agen_collect: Obj,
     pub(crate) agen_stream: Obj,
+    /// `_remote_of(exc)`: the wire error an exception leaving a call stands for, or None.
+    pub(crate) remote_of: Obj,
 }
 
 impl HarrowModule {
@@ -126,7 +185,10 @@ impl HarrowModule {
     ///
     /// # Safety
     /// Runs on the interpreter's owning thread with its GIL held.
-    pub(crate) unsafe fn build(shared: &Arc<Shared>) -> PyResult<HarrowModule> {
+    pub(crate) unsafe fn build(
+        shared: &Arc<Shared>,
+        hooks: &'static ServerHooks,
+    ) -> PyResult<HarrowModule> {
         // Every call below: GIL of this interpreter held (caller); all objects made here belong
         // to it, and every new reference is owned by an `Obj`.
         // SAFETY: GIL held; a new module object.
@@ -144,8 +206,11 @@ impl HarrowModule {
         if unsafe { ffi::PyDict_SetItemString(dict, c"__builtins__".as_ptr(), builtins) } != 0 {
             return Err(PyErrSet);
         }
-        // One capsule holding an `Arc<Shared>`, the `self` of the module's native functions.
-        let boxed = Box::into_raw(Box::new(Arc::clone(shared)));
+        // One capsule holding the `ModState`, the `self` of the module's native functions.
+        let boxed = Box::into_raw(Box::new(ModState {
+            shared: Arc::clone(shared),
+            hooks,
+        }));
         // SAFETY: GIL held; the capsule owns `boxed`, freed by its destructor.
         let capsule = unsafe {
             ffi::PyCapsule_New(
@@ -171,6 +236,7 @@ impl HarrowModule {
             (5, c"_native_take_jobs"),
             (6, c"_native_finish"),
             (7, c"_native_call_cancelled"),
+            (8, c"_native_nest"),
         ] {
             // SAFETY: GIL held; a static method table entry and a live capsule as `self`.
             let f =
@@ -201,6 +267,16 @@ impl HarrowModule {
         let cancelled = get(c"Cancelled")?;
         let end_of_stream = get(c"EndOfStream")?;
         let harrow_error = get(c"HarrowError")?;
+        let remote_error = get(c"_remote_error")?;
+        let nursery_error = get(c"_nursery_error")?;
+        shared
+            .types
+            .remote_error
+            .store(remote_error.into_ptr().cast(), Ordering::SeqCst);
+        shared
+            .types
+            .nursery_error
+            .store(nursery_error.into_ptr().cast(), Ordering::SeqCst);
         shared
             .types
             .cancelled
@@ -214,6 +290,7 @@ impl HarrowModule {
             .harrow_error
             .store(harrow_error.into_ptr().cast(), Ordering::SeqCst);
         Ok(HarrowModule {
+            hooks,
             context_cls: get(c"Context")?,
             describe: get(c"_describe")?,
             format_exc: get(c"_format_exc")?,
@@ -224,6 +301,7 @@ impl HarrowModule {
             run_loop: get(c"_run_loop")?,
             agen_collect: get(c"_agen_collect")?,
             agen_stream: get(c"_agen_stream")?,
+            remote_of: get(c"_remote_of")?,
             module,
         })
     }
@@ -238,6 +316,8 @@ pub(crate) unsafe fn release_types(shared: &Shared) {
         &shared.types.cancelled,
         &shared.types.end_of_stream,
         &shared.types.harrow_error,
+        &shared.types.remote_error,
+        &shared.types.nursery_error,
     ] {
         let p = slot.swap(std::ptr::null_mut(), Ordering::SeqCst);
         if !p.is_null() {
@@ -258,8 +338,8 @@ unsafe fn drop_shared_capsule_body(capsule: *mut ffi::PyObject) {
     // SAFETY: called by CPython with the capsule's interpreter's GIL held.
     let p = unsafe { ffi::PyCapsule_GetPointer(capsule, SHARED_CAPSULE.as_ptr()) };
     if !p.is_null() {
-        // SAFETY: the `Box<Arc<Shared>>` made for this capsule name, freed once, here.
-        drop(unsafe { Box::from_raw(p.cast::<Arc<Shared>>()) });
+        // SAFETY: the `Box<ModState>` made for this capsule name, freed once, here.
+        drop(unsafe { Box::from_raw(p.cast::<ModState>()) });
     }
 }
 
@@ -292,7 +372,7 @@ pub(crate) unsafe fn raise(slot: &std::sync::atomic::AtomicPtr<c_void>, msg: Opt
 ///
 /// # Safety
 /// Any thread.
-unsafe fn on_owner(shared: &Shared) -> bool {
+pub(crate) unsafe fn on_owner(shared: &Shared) -> bool {
     // SAFETY: `PyThread_get_thread_ident` is callable from any thread.
     let me = unsafe { ffi::PyThread_get_thread_ident() } as u64;
     shared.owner_ident.load(Ordering::SeqCst) == me
@@ -305,16 +385,25 @@ fn cancel_due(shared: &Shared) -> bool {
         && shared.cancel_outstanding()
 }
 
-/// The `Shared` behind a shield/checkpoint function's capsule.
+/// The `ModState` behind a native function's capsule.
 ///
 /// # Safety
 /// GIL held; `slf` is the capsule bound to these functions (it outlives the call).
-unsafe fn shared_from<'a>(slf: *mut ffi::PyObject) -> Option<&'a Shared> {
+pub(crate) unsafe fn state_from<'a>(slf: *mut ffi::PyObject) -> Option<&'a ModState> {
     // SAFETY: GIL held; a wrong object is a Python error, not UB.
     let p = unsafe { ffi::PyCapsule_GetPointer(slf, SHARED_CAPSULE.as_ptr()) };
-    // SAFETY: the capsule holds a live `Box<Arc<Shared>>`, freed only when the capsule dies,
+    // SAFETY: the capsule holds a live `Box<ModState>`, freed only when the capsule dies,
     // which cannot happen while one of its functions runs.
-    unsafe { p.cast::<Arc<Shared>>().as_ref() }.map(|a| &**a)
+    unsafe { p.cast::<ModState>().as_ref() }
+}
+
+/// The `Shared` behind a native function's capsule.
+///
+/// # Safety
+/// As [`state_from`].
+unsafe fn shared_from<'a>(slf: *mut ffi::PyObject) -> Option<&'a Shared> {
+    // SAFETY: forwarded (caller).
+    unsafe { state_from(slf) }.map(|s| &*s.shared)
 }
 
 unsafe extern "C" fn native_shield_enter(
@@ -404,13 +493,25 @@ unsafe fn native_checkpoint_body(
         return std::ptr::null_mut();
     };
     // SAFETY: any thread.
-    if unsafe { on_owner(shared) } && cancel_due(shared) {
+    if unsafe { on_owner(shared) } && (cancel_due(shared) || scope_due(shared)) {
         // SAFETY: owning thread, GIL held.
         unsafe { raise_cancelled(shared) };
         return std::ptr::null_mut();
     }
     // SAFETY: GIL held.
     unsafe { none() }
+}
+
+/// Whether one of the running call's cancel scopes (a nursery block, a deadline) has fired,
+/// outside a shield.
+fn scope_due(shared: &Shared) -> bool {
+    shared.in_user.load(Ordering::SeqCst)
+        && shared.shield_depth.load(Ordering::SeqCst) == 0
+        && shared
+            .current
+            .lock()
+            .as_ref()
+            .is_some_and(|j| j.scope_fired())
 }
 
 /// `_native_sleep(seconds)`: on the owning thread, inside a call, sleeps with the GIL released
@@ -434,7 +535,7 @@ unsafe fn native_sleep_body(
 ) -> *mut ffi::PyObject {
     // Called by CPython on a thread of this interpreter with its GIL held.
     // SAFETY: GIL held; `slf` is the shared capsule bound to this function.
-    let Some(shared) = (unsafe { shared_from(slf) }) else {
+    let Some(ModState { shared, hooks }) = (unsafe { state_from(slf) }) else {
         return std::ptr::null_mut();
     };
     // SAFETY: GIL held; `seconds` is a valid object (METH_O).
@@ -460,11 +561,16 @@ unsafe fn native_sleep_body(
         Ok(d) => async_io::Timer::after(d),
         Err(_) => async_io::Timer::never(),
     };
+    // A cancel scope of the call (a nursery block, a deadline) ends the sleep as a cancel does.
+    let timer = async move {
+        timer.await;
+        Ok(())
+    };
     // SAFETY: owning thread with the GIL held; the timer touches no Python object.
-    match unsafe { super::worker::wait_released(&job, shielded, timer) } {
+    match unsafe { super::nest::wait(hooks, &job, shielded, timer) } {
         // SAFETY: GIL held (re-taken); a new reference to True.
-        Some(_) => unsafe { ffi::PyBool_FromLong(1) },
-        None => {
+        Ok(()) => unsafe { ffi::PyBool_FromLong(1) },
+        Err(_) => {
             // SAFETY: owning thread, GIL held.
             unsafe { raise_cancelled(shared) };
             std::ptr::null_mut()
@@ -477,7 +583,7 @@ unsafe fn native_sleep_body(
 ///
 /// # Safety
 /// GIL held, on a thread of the interpreter `shared` belongs to.
-unsafe fn raise_cancelled(shared: &Shared) {
+pub(crate) unsafe fn raise_cancelled(shared: &Shared) {
     if let Some(job) = shared.current.lock().as_ref() {
         job.mark_delivered();
     }
@@ -485,7 +591,7 @@ unsafe fn raise_cancelled(shared: &Shared) {
     unsafe { raise(&shared.types.cancelled, None) };
 }
 
-unsafe fn none() -> *mut ffi::PyObject {
+pub(crate) unsafe fn none() -> *mut ffi::PyObject {
     // SAFETY: reading the address of the `None` singleton.
     let n = unsafe { ffi::Py_None() };
     // SAFETY: GIL held (caller); the new reference is returned.
@@ -496,6 +602,8 @@ unsafe fn none() -> *mut ffi::PyObject {
 /// The Rust state behind one call's `ctx` (and its stream).
 pub(crate) struct CallCtx {
     pub(crate) shared: Arc<Shared>,
+    /// What waiting in a `ctx` operation asks of the call server.
+    pub(crate) hooks: &'static ServerHooks,
     pub(crate) job: Arc<JobState>,
     pub(crate) host: Option<Arc<dyn CallHost>>,
     pub(crate) stream: Mutex<Option<Box<dyn StreamHost>>>,
@@ -513,7 +621,7 @@ pub(crate) enum Blocked<T> {
 impl CallCtx {
     /// Runs `fut` to completion with this interpreter's GIL released, waking up early (outcome
     /// `Cancelled`) when the call is cancelled, unless a shield is active. Other calls of the
-    /// actor may run nested meanwhile (see `worker::wait_released`).
+    /// actor may run nested meanwhile (see [`ServerHooks::wait`]).
     ///
     /// # Safety
     /// Owning thread with the GIL held (it is released and re-taken here). No `Obj` may be
@@ -528,7 +636,7 @@ impl CallCtx {
             return Blocked::Cancelled;
         }
         // SAFETY: forwarded (caller); `fut` touches no Python object.
-        let outcome = match unsafe { super::worker::wait_released(&self.job, shielded, fut) } {
+        let outcome = match unsafe { wait_for(self.hooks, &self.job, shielded, fut) } {
             Some(Ok(v)) => Blocked::Done(v),
             // The operation failed because the call was cancelled (its stream ends with the
             // cancel): that is the cancel reaching Python, not a runtime failure.
@@ -889,13 +997,13 @@ unsafe extern "C" fn native_take_jobs(
 /// queued for the actor. On the owning thread only.
 unsafe fn native_take_jobs_body(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
     // SAFETY: GIL held; `slf` is the shared capsule bound to this function.
-    let Some(shared) = (unsafe { shared_from(slf) }) else {
+    let Some(state) = (unsafe { state_from(slf) }) else {
         return std::ptr::null_mut();
     };
     // SAFETY: GIL held; reads the calling thread's identity.
-    if unsafe { on_owner(shared) } {
+    if unsafe { on_owner(&state.shared) } {
         // SAFETY: owning thread, GIL held.
-        unsafe { super::worker::take_jobs() };
+        unsafe { (state.hooks.take_jobs)() };
     }
     // SAFETY: GIL held.
     unsafe { none() }
@@ -915,9 +1023,16 @@ unsafe extern "C" fn native_finish(
 /// `_native_finish(call, state, value)`: an async call's task ended (`state` 0: returned
 /// `value`; 1: cancelled; 2: raised `value`); sends its result.
 unsafe fn native_finish_body(
-    _slf: *mut ffi::PyObject,
+    slf: *mut ffi::PyObject,
     args: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    // SAFETY: GIL held; `slf` is the shared capsule bound to this function.
+    let Some(ModState {
+        hooks: state_hooks, ..
+    }) = (unsafe { state_from(slf) })
+    else {
+        return std::ptr::null_mut();
+    };
     // SAFETY: GIL held; `args` is a tuple.
     if unsafe { ffi::PyTuple_Size(args) } != 3 {
         // SAFETY: GIL held.
@@ -938,11 +1053,11 @@ unsafe fn native_finish_body(
         return std::ptr::null_mut();
     }
     // SAFETY: GIL held; `call` is the capsule `start_async` made (checked by name).
-    let Some(call) = (unsafe { super::worker::async_call_from(call) }) else {
+    let Some(call) = (unsafe { async_call_from(call) }) else {
         return std::ptr::null_mut();
     };
     // SAFETY: owning thread (the loop runs there), GIL held; `value` is a valid object.
-    unsafe { super::worker::finish_async(call, state, value) };
+    unsafe { (state_hooks.finish_async)(call, state, value) };
     // SAFETY: GIL held.
     unsafe { none() }
 }
@@ -955,10 +1070,74 @@ unsafe extern "C" fn native_call_cancelled(
     // becomes a Python exception.
     guarded("checking an async call", std::ptr::null_mut(), || {
         // SAFETY: GIL held; the capsule is checked by name.
-        let Some(call) = (unsafe { super::worker::async_call_from(call) }) else {
+        let Some(call) = (unsafe { async_call_from(call) }) else {
             return std::ptr::null_mut();
         };
         // SAFETY: GIL held; a new reference to a bool.
         unsafe { ffi::PyBool_FromLong(std::ffi::c_long::from(call.cancel_requested())) }
     })
+}
+
+/// An async call running as a task of the interpreter's event loop (held by a capsule that the
+/// task's done callback passes back to `_native_finish`).
+pub(crate) struct AsyncCall {
+    pub(crate) ctx: Arc<CallCtx>,
+    pub(crate) kind: CallKind,
+    pub(crate) func: String,
+    /// Taken when the result is sent; still here if the task never ended (the capsule's
+    /// destructor then drops it: the caller sees the interpreter gone).
+    pub(crate) reply: Mutex<Option<flume::Sender<Result<Value, CallError>>>>,
+}
+
+impl AsyncCall {
+    /// Whether the task should be cancelled: its call was, or the actor is shutting down.
+    pub(crate) fn cancel_requested(&self) -> bool {
+        self.ctx.job.is_cancelled() || self.ctx.shared.closing.load(Ordering::SeqCst)
+    }
+}
+
+unsafe extern "C" fn drop_async_capsule(capsule: *mut ffi::PyObject) {
+    // SAFETY: CPython calls a capsule destructor with the capsule's interpreter's GIL held.
+    guarded_quiet("harrow._async_call capsule destructor", || {
+        // SAFETY: GIL held.
+        let p = unsafe { ffi::PyCapsule_GetPointer(capsule, ASYNC_CAPSULE.as_ptr()) };
+        if !p.is_null() {
+            // SAFETY: the `Box<AsyncCall>` made for this capsule name, freed once, here.
+            drop(unsafe { Box::from_raw(p.cast::<AsyncCall>()) });
+        }
+    })
+}
+
+/// The `AsyncCall` behind a `harrow._async_call` capsule (a Python error set if `o` is not one).
+///
+/// # Safety
+/// GIL held; the returned reference is valid while `o` is alive.
+pub(crate) unsafe fn async_call_from<'a>(o: *mut ffi::PyObject) -> Option<&'a AsyncCall> {
+    // SAFETY: GIL held (caller); a wrong object is a Python error, not UB.
+    let p = unsafe { ffi::PyCapsule_GetPointer(o, ASYNC_CAPSULE.as_ptr()) };
+    // SAFETY: the capsule owns a live `AsyncCall` until its destructor runs.
+    unsafe { p.cast::<AsyncCall>().as_ref() }
+}
+
+/// Wraps `call` in a `harrow._async_call` capsule, which owns it from then on; gives it back
+/// when the capsule could not be made (a Python error is then set).
+///
+/// # Safety
+/// GIL held.
+pub(crate) unsafe fn async_capsule(call: AsyncCall) -> Result<Obj, Box<AsyncCall>> {
+    let boxed = Box::into_raw(Box::new(call));
+    // SAFETY: GIL held (caller); the capsule owns `boxed` (freed by its destructor).
+    let capsule = unsafe {
+        ffi::PyCapsule_New(
+            boxed.cast(),
+            ASYNC_CAPSULE.as_ptr(),
+            Some(drop_async_capsule),
+        )
+    };
+    // SAFETY: a new reference (or null with an error set).
+    match unsafe { Obj::owned(capsule) } {
+        Ok(c) => Ok(c),
+        // SAFETY: the capsule was not made: `boxed` is still ours.
+        Err(_) => Err(unsafe { Box::from_raw(boxed) }),
+    }
 }

@@ -1,5 +1,5 @@
-//! Process-wide and per-interpreter bookkeeping shared between the interpreter threads and the
-//! rest of the runtime: the live-interpreter counter, the diagnostics registry, per-call cancel
+//! Process-wide and per-interpreter bookkeeping shared between the threads serving interpreters
+//! and the rest of the runtime: the live-interpreter counter, the diagnostics registry, per-call cancel
 //! state, and the re-arming cancel injector. No Python is touched here.
 
 use std::collections::HashMap;
@@ -23,11 +23,13 @@ pub fn live_interpreters() -> usize {
     LIVE.load(Ordering::SeqCst)
 }
 
-pub(crate) fn interp_created() {
+/// Counts a subinterpreter as alive (right after it was created).
+pub fn interp_created() {
     LIVE.fetch_add(1, Ordering::SeqCst);
 }
 
-pub(crate) fn interp_ended() {
+/// Counts a subinterpreter as gone (right after it was ended).
+pub fn interp_ended() {
     LIVE.fetch_sub(1, Ordering::SeqCst);
 }
 
@@ -76,7 +78,7 @@ pub(crate) fn registered() -> Vec<Arc<Shared>> {
 /// it with the testkit's `register_dump_section`). Each interpreter's dump is bounded (2 s).
 ///
 /// ```no_run
-/// println!("{}", harrow_spawn_subint::python_stacks());
+/// println!("{}", harrow_python::python_stacks());
 /// ```
 pub fn python_stacks() -> String {
     use std::fmt::Write as _;
@@ -111,14 +113,25 @@ pub fn warm_up() -> crate::Result<()> {
 
 /// Cancel state of one call.
 #[derive(Debug)]
-pub(crate) struct JobState {
-    pub(crate) func: String,
+pub struct JobState {
+    /// The function called (`"module:function"`), for diagnostics.
+    pub func: String,
     cancelled: AtomicBool,
     done: AtomicBool,
     event: Event,
     /// When `harrow.Cancelled` was last raised in the call: the injector leaves its cleanup
     /// (`except`/`finally`) alone for [`CLEANUP_GRACE`] after that.
     delivered_at: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// Until when the injector leaves the call alone although it is cancelled: its outcome is
+    /// decided (a nursery's failures are propagating out of it) and must not be replaced by an
+    /// asynchronous `harrow.Cancelled` while it unwinds.
+    held_until: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// What the call's Python code reaches (its actor, nurseries, portals), when it is an
+    /// actor's served call.
+    env: parking_lot::Mutex<Option<crate::nest::ActorEnv>>,
+    /// The call's open cancel scopes (nursery blocks, deadlines), innermost last: its waits end
+    /// with `Cancelled` when one fires.
+    scopes: parking_lot::Mutex<Vec<crate::nest::Scope>>,
 }
 
 /// After `harrow.Cancelled` was raised in a call, how long the injector waits before raising it
@@ -126,14 +139,61 @@ pub(crate) struct JobState {
 pub(crate) const CLEANUP_GRACE: Duration = Duration::from_millis(100);
 
 impl JobState {
-    pub(crate) fn new(func: String) -> Arc<Self> {
+    /// The cancel state of a new call of `func`.
+    pub fn new(func: String) -> Arc<Self> {
         Arc::new(JobState {
             func,
             cancelled: AtomicBool::new(false),
             done: AtomicBool::new(false),
             event: Event::new(),
             delivered_at: parking_lot::Mutex::new(None),
+            held_until: parking_lot::Mutex::new(None),
+            env: parking_lot::Mutex::new(None),
+            scopes: parking_lot::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Keeps the injector from raising `harrow.Cancelled` in the call for `d` (see
+    /// `held_until`). Harrow operations the call starts meanwhile still see its cancel.
+    pub(crate) fn hold_injection(&self, d: Duration) {
+        *self.held_until.lock() = Some(std::time::Instant::now() + d);
+    }
+
+    fn injection_held(&self) -> bool {
+        self.held_until
+            .lock()
+            .is_some_and(|t| std::time::Instant::now() < t)
+    }
+
+    /// Gives the call's Python code its actor (nurseries, portals, the parent): see
+    /// [`ActorEnv`](crate::nest::ActorEnv).
+    pub fn set_env(&self, env: Option<crate::nest::ActorEnv>) {
+        *self.env.lock() = env;
+    }
+
+    /// What the call's Python code reaches, if it is an actor's served call.
+    pub(crate) fn env(&self) -> Option<crate::nest::ActorEnv> {
+        self.env.lock().clone()
+    }
+
+    /// Opens a cancel scope in this call (innermost).
+    pub(crate) fn push_scope(&self, scope: crate::nest::Scope) {
+        self.scopes.lock().push(scope);
+    }
+
+    /// Closes the innermost cancel scope; returns whether it had fired.
+    pub(crate) fn pop_scope(&self) -> Option<bool> {
+        self.scopes.lock().pop().map(|s| s.fired())
+    }
+
+    /// The call's open cancel scopes.
+    pub(crate) fn scopes(&self) -> Vec<crate::nest::Scope> {
+        self.scopes.lock().clone()
+    }
+
+    /// Whether one of the call's open scopes has fired.
+    pub(crate) fn scope_fired(&self) -> bool {
+        self.scopes.lock().iter().any(crate::nest::Scope::fired)
     }
 
     /// Records that `harrow.Cancelled` was just raised in the call.
@@ -149,26 +209,29 @@ impl JobState {
     }
 
     /// Marks the call cancelled and wakes whatever waits on it. Idempotent.
-    pub(crate) fn cancel(&self) {
+    pub fn cancel(&self) {
         if !self.cancelled.swap(true, Ordering::SeqCst) {
             self.event.notify(usize::MAX);
         }
     }
 
-    pub(crate) fn is_cancelled(&self) -> bool {
+    /// Whether the call was cancelled.
+    pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn set_done(&self) {
+    /// Records that the call ended (no cancel is injected into it any more).
+    pub fn set_done(&self) {
         self.done.store(true, Ordering::SeqCst);
     }
 
-    pub(crate) fn is_done(&self) -> bool {
+    /// Whether the call ended.
+    pub fn is_done(&self) -> bool {
         self.done.load(Ordering::SeqCst)
     }
 
     /// Resolves once the call is cancelled.
-    pub(crate) async fn wait_cancelled(&self) {
+    pub async fn wait_cancelled(&self) {
         wait_until(&self.event, || self.is_cancelled()).await
     }
 }
@@ -180,48 +243,58 @@ pub(crate) struct PyTypes {
     pub(crate) cancelled: AtomicPtr<c_void>,
     pub(crate) end_of_stream: AtomicPtr<c_void>,
     pub(crate) harrow_error: AtomicPtr<c_void>,
+    /// `harrow._remote_error`: makes a `harrow.RemoteError` of a wire error (as a mapping).
+    pub(crate) remote_error: AtomicPtr<c_void>,
+    /// `harrow._nursery_error`: makes a `harrow.NurseryError` of a nursery's group.
+    pub(crate) nursery_error: AtomicPtr<c_void>,
 }
 
 /// State of one interpreter shared by its owning thread, its handles, the injector and the C
 /// functions Python calls.
 #[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) id: u64,
-    pub(crate) name: String,
+pub struct Shared {
+    /// A process-unique number (registration order).
+    pub id: u64,
+    /// The actor's name.
+    pub name: String,
     /// The interpreter (`*mut PyInterpreterState` as an address), 0 when not alive. Whoever
     /// injects a pending call holds this lock for the duration; the owning thread clears it
     /// under the lock before `Py_EndInterpreter`, so no injection targets an ended interpreter.
-    pub(crate) interp: Mutex<usize>,
+    pub interp: Mutex<usize>,
     /// The call running now.
-    pub(crate) current: Mutex<Option<Arc<JobState>>>,
+    pub current: Mutex<Option<Arc<JobState>>>,
     /// True while the owning thread runs user Python code (not harness code).
-    pub(crate) in_user: AtomicBool,
+    pub in_user: AtomicBool,
     /// `with harrow.shield():` nesting depth on the owning thread.
-    pub(crate) shield_depth: AtomicU32,
+    pub shield_depth: AtomicU32,
     /// `PyThread_get_thread_ident()` of the owning thread.
-    pub(crate) owner_ident: AtomicU64,
+    pub owner_ident: AtomicU64,
     pub(crate) types: PyTypes,
-    pub(crate) thread: Mutex<Option<ThreadId>>,
+    /// The owning thread.
+    pub thread: Mutex<Option<ThreadId>>,
     /// The owning thread's OS thread id while it runs `thread_main` (0 before and after); it
     /// clears it under this lock before exiting, so a holder may signal that thread.
-    pub(crate) tid: Mutex<i32>,
-    pub(crate) leaked: AtomicBool,
+    pub tid: Mutex<i32>,
+    /// Whether the interpreter was reported leaked.
+    pub leaked: AtomicBool,
     /// What the owning thread waits for while no call runs, if anything (teardown stages), for
     /// leak reports.
-    pub(crate) stage: Mutex<Option<String>>,
+    pub stage: Mutex<Option<String>>,
     /// Write end of the interpreter's wake pipe (-1 when there is none); see [`Shared::wake`].
     pub(crate) wake_w: Mutex<i32>,
     /// Whether the interpreter's event loop is running (then queued calls and cancels must
     /// wake it).
-    pub(crate) loop_running: AtomicBool,
+    pub loop_running: AtomicBool,
     /// Why the actor ends on its own (`os._exit` was called), if it does.
-    pub(crate) exit_reason: Mutex<Option<String>>,
+    pub exit_reason: Mutex<Option<String>>,
     /// Set when shutdown began: the thread takes no new call.
-    pub(crate) closing: AtomicBool,
+    pub closing: AtomicBool,
 }
 
 impl Shared {
-    pub(crate) fn new(name: String) -> Arc<Self> {
+    /// The state of a new interpreter for actor `name`, registered for diagnostics until
+    /// [`unregister`](Self::unregister).
+    pub fn new(name: String) -> Arc<Self> {
         let shared = Arc::new(Shared {
             id: NEXT_INTERP.fetch_add(1, Ordering::Relaxed),
             name,
@@ -247,7 +320,8 @@ impl Shared {
         shared
     }
 
-    pub(crate) fn unregister(&self) {
+    /// Removes the interpreter from the diagnostics registry (it ended).
+    pub fn unregister(&self) {
         if let Some(map) = REGISTRY.lock().as_mut() {
             map.remove(&self.id);
         }
@@ -268,7 +342,12 @@ impl Shared {
     pub(crate) fn take_cancel_delivery(&self) -> bool {
         let current = self.current.lock();
         match current.as_ref() {
-            Some(j) if j.is_cancelled() && !j.is_done() && !j.recently_delivered() => {
+            Some(j)
+                if j.is_cancelled()
+                    && !j.is_done()
+                    && !j.recently_delivered()
+                    && !j.injection_held() =>
+            {
                 j.mark_delivered();
                 true
             }
@@ -276,7 +355,8 @@ impl Shared {
         }
     }
 
-    pub(crate) fn cancel_outstanding(&self) -> bool {
+    /// Whether the running call has a cancel not yet answered.
+    pub fn cancel_outstanding(&self) -> bool {
         self.current
             .lock()
             .as_ref()
@@ -286,7 +366,7 @@ impl Shared {
     /// Wakes the interpreter's event loop if it runs, so that it takes queued calls and
     /// cancels. A sender that queued its job before the loop started needs no wake: the loop's
     /// first callback takes what is queued (the flag is set before that, `SeqCst` both sides).
-    pub(crate) fn wake(&self) {
+    pub fn wake(&self) {
         if self.loop_running.load(Ordering::SeqCst) {
             let w = self.wake_w.lock();
             if *w >= 0 {
@@ -296,7 +376,7 @@ impl Shared {
     }
 
     /// Cancels the running call (if any) and keeps re-arming the injection until it ends.
-    pub(crate) fn request_cancel(self: &Arc<Self>) {
+    pub fn request_cancel(self: &Arc<Self>) {
         self.wake();
         if self.cancel_outstanding() {
             crate::imp::inject_cancel(self);
@@ -305,7 +385,7 @@ impl Shared {
     }
 
     /// Cancels the running call, whatever it is.
-    pub(crate) fn cancel_current(self: &Arc<Self>) {
+    pub fn cancel_current(self: &Arc<Self>) {
         if let Some(job) = self.current.lock().as_ref() {
             job.cancel();
         }
@@ -319,7 +399,7 @@ impl Shared {
 static KEPT: Mutex<Vec<Arc<Shared>>> = Mutex::new(Vec::new());
 
 /// Keeps `shared` alive for the rest of the process (its interpreter is being leaked).
-pub(crate) fn keep_forever(shared: &Arc<Shared>) {
+pub fn keep_forever(shared: &Arc<Shared>) {
     KEPT.lock().push(Arc::clone(shared));
 }
 

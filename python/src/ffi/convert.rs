@@ -318,3 +318,28 @@ pub(crate) unsafe fn str_obj(s: &str) -> PyResult<Obj> {
     // SAFETY: a new reference (or null with an error set).
     unsafe { Obj::owned(p) }
 }
+/// Fetches and clears the set exception as `"Type: message"` text.
+///
+/// # Safety
+/// GIL held.
+pub(crate) unsafe fn fetch_text() -> String {
+    // SAFETY: GIL held (caller); takes the set exception (a new reference, or null).
+    let exc = unsafe { ffi::PyErr_GetRaisedException() };
+    // SAFETY: a new reference, or null.
+    let Ok(exc) = (unsafe { Obj::owned(exc) }) else {
+        return "unknown error".into();
+    };
+    // SAFETY: GIL held; `exc` valid.
+    let ty = unsafe { type_name(exc.as_ptr()) };
+    // SAFETY: GIL held; `exc` valid.
+    let text = unsafe { ffi::PyObject_Str(exc.as_ptr()) };
+    // SAFETY: a new reference (or null with an error set).
+    let msg = unsafe { Obj::owned(text) }
+        .ok()
+        // SAFETY: GIL held; `s` is a `str`.
+        .and_then(|s| unsafe { utf8(s.as_ptr()) }.ok())
+        .unwrap_or_default();
+    // SAFETY: GIL held.
+    unsafe { super::obj::err_clear() };
+    format!("{ty}: {msg}")
+}

@@ -42,7 +42,7 @@ pub enum Error {
 
 /// The message every entry point returns when the configured Python is too old or static: what
 /// was found, and what a project depending on harrow changes to get a working backend.
-pub(crate) fn unavailable_message() -> String {
+pub fn unavailable_message() -> String {
     format!(
         "harrow-spawn-subint was built against Python {} ({}), which cannot host own-GIL \
          subinterpreters (needs CPython >= 3.12 built with a shared libpython); point PYO3_PYTHON \

@@ -1,0 +1,777 @@
+"""harrow: the actor runtime's module inside this subinterpreter (built per interpreter).
+
+- ``Cancelled``: raised in running code when its call (or its actor) is cancelled. A
+  ``BaseException``: ``except Exception`` does not swallow it, ``finally`` blocks run. Code that
+  swallows it anyway gets it again until the call ends or the hard-kill bound passes.
+- ``with shield():`` defers cancellation until the block exits.
+- ``sleep(seconds)``: like ``time.sleep`` but cancellable at once; the actor serves its other
+  calls meanwhile.
+- ``checkpoint()``: raises ``Cancelled`` now if a cancel is outstanding (outside a shield).
+- ``@context``: marks a context function (else: a function whose first parameter is ``ctx``).
+- ``async def`` functions and async generators run as tasks of one event loop per interpreter,
+  concurrently with the actor's other async calls; a cancel raises ``CancelledError`` at the
+  current ``await`` (reported as ``Cancelled``).
+- ``Context`` (the ``ctx`` a context function gets): ``started(value=None)``, ``open_stream()``,
+  ``cancelled``.
+- ``Stream``: ``send(v)``, ``recv()`` (raises ``EndOfStream`` once the peer stopped its side),
+  ``close()``, iteration (ends at end of stream), ``with`` (closes on exit).
+- The actor: ``with open_nursery() as n:`` (``n.start_actor(name, backend="subint", ...)``,
+  ``n.run_in_actor(func, arg, name=..., ...)``), ``Portal`` (``run``, ``open_context``,
+  ``cancel_actor``, ``result``), ``current_actor()`` (``name``, ``uid``, ``backend``,
+  ``parent``), ``move_on_after(s)``, ``fail_after(s)``; failures are ``RemoteError`` and
+  ``NurseryError`` (an ``ExceptionGroup``).
+"""
+
+import time as _time
+
+
+class Cancelled(BaseException):
+    """The running call was cancelled."""
+
+
+class EndOfStream(Exception):
+    """Stream.recv(): the peer has stopped its side of the stream."""
+
+
+class HarrowError(Exception):
+    """A protocol or transport failure reported by the harrow runtime."""
+
+
+class ActorExit(BaseException):
+    """``os._exit()`` was called in this actor: the call fails and the actor ends. The process
+    goes on: in a harrow actor ``os._exit`` (and ``posix._exit``) raise this instead of ending
+    the process. ``os.abort()`` and a C extension calling ``exit()`` cannot be intercepted."""
+
+
+_exit_called = None
+
+
+def _os_exit(status=0):
+    """``os._exit`` in a harrow actor: ends the actor (its call fails), not the process."""
+    global _exit_called
+    _exit_called = "os._exit(%r)" % (status,)
+    raise ActorExit(
+        "%s was called: it ends this actor only (the process goes on)" % _exit_called
+    )
+
+
+_os_exit.__name__ = "_exit"
+_os_exit.__qualname__ = "_exit"
+
+
+def _install_exit_guard():
+    import os
+    import posix
+
+    os._exit = _os_exit
+    posix._exit = _os_exit
+
+
+_install_exit_guard()
+
+
+class shield:
+    """``with harrow.shield():`` defers cancellation until the block exits."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        _native_shield_enter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        _native_shield_exit(exc_type is None)
+        return False
+
+
+def checkpoint():
+    """Raise ``Cancelled`` now if this call has an outstanding cancel (outside a shield)."""
+    _native_checkpoint()
+
+
+def sleep(seconds):
+    """Sleep ``seconds``; a cancel ends it at once with ``Cancelled`` (unless shielded).
+
+    In a call, the actor's thread releases the GIL and serves the actor's other calls while it
+    sleeps. Elsewhere (a Python thread) it sleeps in slices of at most 10 ms.
+    """
+    if _native_sleep(float(seconds)):
+        return
+    deadline = _time.monotonic() + float(seconds)
+    while True:
+        _native_checkpoint()
+        left = deadline - _time.monotonic()
+        if left <= 0:
+            return
+        _time.sleep(0.01 if left > 0.01 else left)
+
+
+_STARTED, _OPEN_STREAM, _SEND, _RECV, _CLOSE, _CANCELLED, _YIELD, _END = range(8)
+
+
+class Stream:
+    """One side of a context's bidirectional stream."""
+
+    __slots__ = ("_op",)
+
+    def __init__(self, op):
+        self._op = op
+
+    def send(self, value):
+        """Send one item (waits for flow-control credit)."""
+        self._op(_SEND, value)
+
+    def recv(self):
+        """The next item; raises ``EndOfStream`` once the peer stopped its side."""
+        return self._op(_RECV, None)
+
+    def close(self):
+        """Finish this side of the stream. Idempotent."""
+        self._op(_CLOSE, None)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return self._op(_RECV, None)
+        except EndOfStream:
+            raise StopIteration from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close()
+        return False
+
+
+class Context:
+    """The callee's handle on a context call."""
+
+    __slots__ = ("_op",)
+
+    def __init__(self, op):
+        self._op = op
+
+    def started(self, value=None):
+        """Send the context's first value to the caller (exactly once)."""
+        self._op(_STARTED, value)
+
+    def open_stream(self):
+        """Open this side of the context's stream (after ``started``)."""
+        self._op(_OPEN_STREAM, None)
+        return Stream(self._op)
+
+    @property
+    def cancelled(self):
+        """Whether a cancel for this call has arrived."""
+        return self._op(_CANCELLED, None)
+
+
+def context(f):
+    """Decorator: ``f`` is a context function; it gets the call's ``Context`` as its first
+    argument. (Without it, a function whose first parameter is named ``ctx`` is one too.)"""
+    f.__harrow_context__ = True
+    return f
+
+
+def _describe(f):
+    # (is_generator_function, wants_ctx): ``@harrow.context`` marks a context function; without
+    # it, the fallback rule is that its FIRST parameter is named ``ctx``. Avoids importing
+    # inspect (slow in a fresh interpreter).
+    explicit = getattr(f, "__harrow_context__", None)
+    code = getattr(f, "__code__", None)
+    if code is None:
+        call = getattr(f, "__call__", None)
+        code = getattr(getattr(call, "__func__", None), "__code__", None)
+        if code is None:
+            return (False, bool(explicit))
+        names = code.co_varnames[1 : code.co_argcount]
+    else:
+        names = code.co_varnames[: code.co_argcount]
+    is_gen = bool(code.co_flags & 0x20)
+    if explicit is not None:
+        return (is_gen, bool(explicit))
+    return (is_gen, bool(names) and names[0] == "ctx")
+
+
+# ---- async functions: one event loop per interpreter, kept across calls ----------------------
+
+_loop = None
+_tasks = {}  # task -> the call's capsule
+_wake_fd = -1  # read end of the pipe the Rust side writes to when it queues a job or a cancel
+
+
+def _get_loop():
+    global _loop
+    if _loop is None:
+        import asyncio
+
+        _loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(_loop)
+        _loop.add_reader(_wake_fd, _on_wake)
+    return _loop
+
+
+async def _await(aw):
+    return await aw
+
+
+def _start_task(call, aw):
+    """Runs awaitable ``aw`` (the running call ``call``) as a task of the interpreter's loop."""
+    import asyncio
+
+    loop = _get_loop()
+    coro = aw if asyncio.iscoroutine(aw) else _await(aw)
+    task = loop.create_task(coro)
+    _tasks[task] = call
+    task.add_done_callback(_task_done)
+
+
+def _task_done(task):
+    call = _tasks.pop(task, None)
+    if call is not None:
+        # (state, value): 0 returned value, 1 cancelled, 2 raised value.
+        if task.cancelled():
+            state, value = 1, None
+        else:
+            exc = task.exception()
+            if exc is None:
+                state, value = 0, task.result()
+            elif isinstance(exc, Cancelled) or type(exc).__name__ == "CancelledError":
+                state, value = 1, None
+            else:
+                state, value = 2, exc
+        _native_finish(call, state, value)
+    if not _tasks:
+        task.get_loop().stop()
+
+
+def _on_wake():
+    import os
+
+    try:
+        while os.read(_wake_fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+    for task, call in list(_tasks.items()):
+        if not task.done() and _native_call_cancelled(call):
+            task.cancel()
+    _native_take_jobs()
+
+
+def _run_loop():
+    """Runs the loop until no call's task is left (the Rust side calls it while tasks live)."""
+    loop = _get_loop()
+    loop.call_soon(_on_wake)
+    loop.run_forever()
+
+
+async def _agen_collect(agen):
+    return [item async for item in agen]
+
+
+async def _agen_stream(ctx, agen):
+    async for item in agen:
+        ctx._op(_YIELD, item)
+    ctx._op(_END, None)
+
+
+def _format_exc(e):
+    t = type(e)
+    mod = getattr(t, "__module__", None) or ""
+    qual = getattr(t, "__qualname__", None) or t.__name__
+    name = qual if mod in ("builtins", "") else mod + "." + qual
+    try:
+        msg = str(e)
+    except BaseException:
+        msg = "<str() of the exception failed>"
+    if isinstance(e, ImportError) and "subinterpreters" in msg:
+        words = msg.split()
+        mod = getattr(e, "name", None) or (
+            words[1] if len(words) > 1 and words[0] == "module" else "?"
+        )
+        msg += (
+            " [harrow: the C extension module %r refuses this subinterpreter. A single-phase-init"
+            " extension loads in legacy mode (InterpConfig legacy); one that refuses every"
+            " subinterpreter needs a main interpreter, that is Python in its own process (a"
+            " process backend running Python is planned)]" % (mod,)
+        )
+    try:
+        import traceback
+
+        tb = "".join(traceback.format_exception(e))
+    except BaseException:
+        tb = ""
+    return (name, msg, tb)
+
+
+def _live_threads():
+    import sys
+
+    threading = sys.modules.get("threading")
+    if threading is None:
+        return []
+    me = threading.current_thread()
+    # In a subinterpreter, threading's "main thread" stands for the process's main thread, which
+    # never runs here (this interpreter's own thread is `me`, a dummy thread).
+    main = threading.main_thread()
+    return [
+        t for t in threading.enumerate() if t is not me and t is not main and t.is_alive()
+    ]
+
+
+def _join_threads(timeout):
+    for t in _live_threads():
+        t.join(timeout)
+    return [t.ident for t in _live_threads()]
+
+
+def _before_end():
+    # A thread that threading did not start (this interpreter's owning thread) gets a
+    # _DummyThread when asyncio or threading code asks for the current thread; its thread-local
+    # cleanup object would run while the interpreter is torn down, when threading's globals are
+    # gone, and print "Exception ignored in: _DeleteDummyThreadOnDel.__del__". Run it now.
+    import sys
+
+    global _loop
+    if _loop is not None:
+        try:
+            _loop.remove_reader(_wake_fd)
+            _loop.close()
+        except Exception:
+            pass
+        _loop = None
+    threading = sys.modules.get("threading")
+    info = getattr(threading, "_thread_local_info", None)
+    if info is not None:
+        try:
+            del info._track_dummy_thread_ref
+        except AttributeError:
+            pass
+
+
+# ---- the actor: nurseries, portals, the parent, deadlines ------------------------------------
+#
+# Every operation below is one call of ``_native_nest(op, target, arg)``: the Rust side runs it
+# on the actor's runtime and waits for it with the GIL released (serving the actor's other calls
+# meanwhile); a cancel of the call, or of one of its scopes (a nursery block, a deadline),
+# interrupts the wait with ``Cancelled``.
+
+(
+    _N_OPEN_NURSERY,
+    _N_CLOSE_NURSERY,
+    _N_START_ACTOR,
+    _N_RUN_IN_ACTOR,
+    _N_RUN,
+    _N_OPEN_CONTEXT,
+    _N_CANCEL_ACTOR,
+    _N_RESULT,
+    _N_CTX_OPEN_STREAM,
+    _N_CTX_RESULT,
+    _N_CTX_CANCEL,
+    _N_SEND,
+    _N_RECV,
+    _N_CLOSE,
+) = range(14)
+(
+    _N_PUSH_NURSERY,
+    _N_PUSH_DEADLINE,
+    _N_POP_SCOPE,
+    _N_IDENTITY,
+    _N_PEER,
+    _N_CALL_CANCELLED,
+    _N_PARENT,
+) = range(100, 107)
+
+
+def _actor_name(d):
+    return d.get("name", "?") if isinstance(d, dict) else str(d)
+
+
+class RemoteError(Exception):
+    """An error raised in (or relayed by) another actor.
+
+    ``type_name``, ``message``, ``traceback`` (its text, possibly empty), ``source`` (the name
+    of the actor that raised it), ``relay_path`` (the actors that forwarded it, in order),
+    ``kind`` (``"Raised"``, ``"Cancelled"``, ``"Group"``...), ``canceller`` (for a
+    cancellation: who asked), ``children`` (for a group: each failure, a ``RemoteError``).
+
+    Raised out of a call uncaught, it is that call's answer as it was (this actor is added to its
+    relay path): the error keeps its source across every hop.
+    """
+
+    def __init__(self, remote):
+        self._harrow_remote = remote
+        self.kind = remote.get("kind")
+        self.type_name = remote.get("type_name", "")
+        self.message = remote.get("message", "")
+        self.traceback = remote.get("traceback", "")
+        self.source = _actor_name(remote.get("source"))
+        self.relay_path = [_actor_name(a) for a in remote.get("relay_path") or []]
+        canceller = remote.get("canceller")
+        self.canceller = None if canceller is None else _actor_name(canceller)
+        self.children = [RemoteError(c) for c in remote.get("children") or []]
+        super().__init__(
+            "%s: %s (raised in actor %s)" % (self.type_name, self.message, self.source)
+        )
+
+    @property
+    def cancelled(self):
+        """Whether this is a cancellation (the other actor's call was cancelled)."""
+        return self.kind == "Cancelled"
+
+
+class NurseryError(ExceptionGroup):
+    """A nursery's failures: an ``ExceptionGroup`` of the children's errors (``RemoteError``s;
+    a child that crashed or leaked is one too, of type ``ActorCrashed``/``ActorLeaked``), plus
+    the block's own exception when it raised one.
+
+    Raised out of a call uncaught, the caller gets the whole group, each member with its source
+    and relay path.
+    """
+
+    def __new__(cls, remote, extra=()):
+        members = [RemoteError(c) for c in remote.get("children") or []]
+        members.extend(extra)
+        if not members:
+            members = [RemoteError(remote)]
+        self = super().__new__(cls, remote.get("message") or "nursery failed", members)
+        self._harrow_remote = remote
+        return self
+
+    def __init__(self, remote, extra=()):
+        pass
+
+    def derive(self, excs):
+        return ExceptionGroup(self.message, excs)
+
+
+def _remote_error(remote):
+    return RemoteError(remote)
+
+
+def _nursery_error(remote):
+    return NurseryError(remote)
+
+
+def _remote_of(e):
+    """The wire error an exception leaving a call stands for, if any (see RemoteError)."""
+    r = getattr(e, "_harrow_remote", None)
+    return r if isinstance(r, dict) else None
+
+
+def _fn_path(func):
+    if isinstance(func, str):
+        return func
+    mod = getattr(func, "__module__", None)
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    if not mod or not name:
+        raise TypeError("a function is a str 'module:function' or a module-level function")
+    return "%s:%s" % (mod, name)
+
+
+def _call_args(arg, kwargs):
+    if not kwargs:
+        return arg
+    return {"harrow:args": arg, "harrow:kwargs": dict(kwargs)}
+
+
+class Actor:
+    """``harrow.current_actor()``: this actor's ``name``, ``uid``, ``backend``, and ``parent``
+    (a ``Portal`` to it: calls, contexts and ``cancel_actor()`` go up the link)."""
+
+    __slots__ = ("name", "uid", "backend", "parent", "offered_backends")
+
+    def __init__(self, name, uid, backend, parent, offered):
+        self.name = name
+        self.uid = uid
+        self.backend = backend
+        self.parent = None if parent is None else Portal(parent)
+        self.offered_backends = offered
+
+    def __repr__(self):
+        return "<harrow actor %s (%s, %s)>" % (self.name, self.uid, self.backend)
+
+
+def current_actor():
+    """The actor running this call (inside a call served by a harrow actor)."""
+    name, uid, backend, offered = _native_nest(_N_IDENTITY, None, None)
+    return Actor(name, uid, backend, _native_nest(_N_PARENT, None, None), offered)
+
+
+class Portal:
+    """A handle on another actor (a child, or this actor's parent).
+
+    ``run(func, arg=None, **kwargs)``, ``open_context(func, arg=None, **kwargs)``,
+    ``cancel_actor()``, ``result()`` (a ``run_in_actor`` child's); ``name``, ``uid``,
+    ``backend``.
+    """
+
+    __slots__ = ("_h", "name", "uid", "backend")
+
+    def __init__(self, h):
+        self._h = h
+        self.name, self.uid, self.backend, _ = _native_nest(_N_PEER, h, None)
+
+    def run(self, func, arg=None, **kwargs):
+        """Calls ``func`` ("module:function") in that actor and returns its value; its failure
+        raises ``RemoteError``."""
+        return _native_nest(_N_RUN, self._h, [_fn_path(func), _call_args(arg, kwargs)])
+
+    def open_context(self, func, arg=None, **kwargs):
+        """Opens a context with ``func`` in that actor: returns a ``PortalContext`` once the
+        callee called ``started(value)`` (that value is its ``first``). As a ``with`` block it
+        gives ``(ctx, first)``, waits for the result at the end, and cancels the context when
+        the block raises."""
+        h, first = _native_nest(
+            _N_OPEN_CONTEXT, self._h, [_fn_path(func), _call_args(arg, kwargs)]
+        )
+        return PortalContext(h, first)
+
+    def cancel_actor(self):
+        """Cancels that actor. A child is torn down with the ladder (True if it ended by
+        itself); the parent is asked to cancel itself (True once it acknowledged)."""
+        return _native_nest(_N_CANCEL_ACTOR, self._h, None)
+
+    def result(self):
+        """A ``run_in_actor`` child's result (waits for it; its failure raises)."""
+        return _native_nest(_N_RESULT, self._h, None)
+
+    def __repr__(self):
+        return "<harrow portal to %s (%s)>" % (self.name, self.uid)
+
+
+class PortalContext:
+    """The caller's side of a context: ``first`` (the callee's ``started`` value),
+    ``open_stream()``, ``result()``, ``cancel()``."""
+
+    __slots__ = ("_h", "first", "_done", "_outcome")
+
+    def __init__(self, h, first):
+        self._h = h
+        self.first = first
+        self._done = False
+        self._outcome = None
+
+    def open_stream(self):
+        """Opens the context's bidirectional stream (send/recv/iteration, with credit)."""
+        return PortalStream(_native_nest(_N_CTX_OPEN_STREAM, self._h, None))
+
+    def result(self):
+        """Waits for the callee's return value (its failure raises ``RemoteError``)."""
+        if not self._done:
+            self._done = True
+            try:
+                self._outcome = (True, _native_nest(_N_CTX_RESULT, self._h, None))
+            except Exception as e:
+                self._outcome = (False, e)
+        ok, v = self._outcome
+        if ok:
+            return v
+        raise v
+
+    def cancel(self):
+        """Cancels the context; its outcome is then ``result()``'s."""
+        _native_nest(_N_CTX_CANCEL, self._h, None)
+
+    def __enter__(self):
+        return (self, self.first)
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None:
+            self.result()
+        elif not self._done:
+            with shield():
+                self.cancel()
+        return False
+
+
+class PortalStream:
+    """A context's stream on the caller's side: ``send(v)``, ``recv()`` (raises
+    ``EndOfStream`` at the end), iteration, ``close()``, ``with`` (closes on exit)."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self, h):
+        self._h = h
+
+    def send(self, value):
+        """Sends one item (waits for flow-control credit)."""
+        _native_nest(_N_SEND, self._h, value)
+
+    def recv(self):
+        """The next item; raises ``EndOfStream`` once the peer stopped its side."""
+        return _native_nest(_N_RECV, self._h, None)
+
+    def close(self):
+        """Finishes this side. Idempotent."""
+        _native_nest(_N_CLOSE, self._h, None)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return _native_nest(_N_RECV, self._h, None)
+        except EndOfStream:
+            raise StopIteration from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close()
+        return False
+
+
+def _spec(name, backend, modules, sys_path, resolver, params):
+    spec = {"name": name, "backend": backend}
+    if modules is not None:
+        spec["modules"] = list(modules)
+    if sys_path is not None:
+        spec["sys_path"] = [str(p) for p in sys_path]
+    if resolver is not None:
+        spec["resolver"] = resolver
+    if params is not None:
+        spec["params"] = params
+    return spec
+
+
+class Nursery:
+    """What ``with harrow.open_nursery() as n:`` gives: ``start_actor``, ``run_in_actor``."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self, h):
+        self._h = h
+
+    def start_actor(
+        self,
+        name,
+        backend="subint",
+        *,
+        modules=None,
+        sys_path=None,
+        resolver=None,
+        params=None,
+    ):
+        """Starts child ``name`` on ``backend`` (a name the host offers: ``"subint"`` always;
+        ``"process"``, ``"thread"`` when offered) and returns a ``Portal`` to it once it is up.
+        A subint child exposes this actor's modules and ``sys.path`` unless ``modules`` /
+        ``sys_path`` say otherwise; ``resolver`` names the Rust functions (offered by the host)
+        a thread child serves; ``params`` are raw backend parameters. It lives until the
+        nursery ends or it is cancelled."""
+        spec = _spec(name, backend, modules, sys_path, resolver, params)
+        return Portal(_native_nest(_N_START_ACTOR, self._h, spec))
+
+    def run_in_actor(
+        self,
+        func,
+        arg=None,
+        *,
+        name=None,
+        backend="subint",
+        modules=None,
+        sys_path=None,
+        resolver=None,
+        params=None,
+        **kwargs
+    ):
+        """Starts a child that runs one call, ``func(arg, **kwargs)``; returns its ``Portal``
+        (``result()`` waits for the value). A failure fails the nursery; the child is torn down
+        once its call returned."""
+        path = _fn_path(func)
+        if name is None:
+            name = path.rsplit(":", 1)[-1].replace(".", "-")
+        spec = _spec(name, backend, modules, sys_path, resolver, params)
+        spec["func"] = path
+        spec["args"] = _call_args(arg, kwargs)
+        return Portal(_native_nest(_N_RUN_IN_ACTOR, self._h, spec))
+
+
+class open_nursery:
+    """``with harrow.open_nursery() as n:`` supervises the children started in the block.
+
+    At the end of the block it waits for the ``run_in_actor`` results, then tears down the
+    children still running. The first failure (a child's failing call, a crash, the block's
+    own exception) cancels the block (its harrow waits raise ``Cancelled``) and every other
+    child; the failures are raised together as ``NurseryError``, an ``ExceptionGroup``.
+    """
+
+    __slots__ = ("_h",)
+
+    def __init__(self):
+        self._h = None
+
+    def __enter__(self):
+        self._h = _native_nest(_N_OPEN_NURSERY, None, None)
+        _native_nest(_N_PUSH_NURSERY, self._h, None)
+        return Nursery(self._h)
+
+    def __exit__(self, exc_type, exc, tb):
+        _native_nest(_N_POP_SCOPE, None, None)
+        body = None
+        if exc is not None:
+            body = (
+                "harrow.Cancelled"
+                if isinstance(exc, Cancelled)
+                else "%s: %s" % (type(exc).__name__, exc)
+            )
+        try:
+            _native_nest(_N_CLOSE_NURSERY, self._h, body)
+        except NurseryError as group:
+            extra = (
+                [exc]
+                if isinstance(exc, Exception) and not isinstance(exc, RemoteError)
+                else []
+            )
+            if extra:
+                raise NurseryError(group._harrow_remote, extra) from None
+            raise
+        return False
+
+
+class move_on_after:
+    """``with harrow.move_on_after(s) as scope:``: the harrow waits in the block end with
+    ``Cancelled`` after ``s`` seconds, and the block is left quietly (``scope.cancelled_caught``
+    is then True). A cancel of the call itself goes on."""
+
+    __slots__ = ("seconds", "cancelled_caught")
+
+    def __init__(self, seconds):
+        self.seconds = float(seconds)
+        self.cancelled_caught = False
+
+    def __enter__(self):
+        _native_nest(_N_PUSH_DEADLINE, None, self.seconds)
+        return self
+
+    def _caught(self, exc):
+        fired = _native_nest(_N_POP_SCOPE, None, None)
+        return (
+            fired
+            and isinstance(exc, Cancelled)
+            and not _native_nest(_N_CALL_CANCELLED, None, None)
+        )
+
+    def __exit__(self, exc_type, exc, tb):
+        if self._caught(exc):
+            self.cancelled_caught = True
+            return True
+        return False
+
+
+class fail_after(move_on_after):
+    """``with harrow.fail_after(s):``: as ``move_on_after``, but the deadline raises
+    ``TimeoutError``."""
+
+    __slots__ = ()
+
+    def __exit__(self, exc_type, exc, tb):
+        if self._caught(exc):
+            self.cancelled_caught = True
+            raise TimeoutError("the block did not end within %g s" % self.seconds) from None
+        return False

@@ -1,0 +1,905 @@
+//! What a Python actor reaches from Python: its nurseries, its portals (to its children and to
+//! its parent), and its own identity. No Python is touched here.
+//!
+//! The interpreter thread is not the actor's runtime thread: the actor's executor runs on the
+//! runtime thread (`rt-<name>`, inside `run_actor`), the Python code on the interpreter thread.
+//! So every operation Python asks for is a future run as a task **on the actor's executor**
+//! ([`ActorEnv::spawn`]), and the interpreter thread waits for that task with its GIL released
+//! (serving the actor's other calls meanwhile, and waking up early on a cancel: see the Python
+//! layer). Dropping the wait drops the task, which is how a cancelled Python call abandons an
+//! operation.
+//!
+//! The Python layer calls [`ActorEnv::op`] with an operation code, a target handle and one
+//! argument, and gets a future of an [`Out`]: one entry point keeps the FFI layer small.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harrow_ipc::{ActorId, RemoteError, Value};
+use harrow_portal::{CalleeContext, Context, MsgStream, Portal, Resolver};
+use harrow_runtime_core::{
+    ActorCtx, ActorNursery, ActorSpec, CancelToken, ChildHandle, ChildOutcome, NurseryError,
+    SpawnBackend, open_nursery,
+};
+
+use crate::config::InterpConfig;
+
+/// A boxed future the interpreter thread waits for.
+pub(crate) type OpFuture = Pin<Box<dyn Future<Output = Result<Out, Fail>> + Send + 'static>>;
+
+/// What the host process offers Python actors to start children on, by name: backends, and the
+/// Rust function registries (resolvers) children on in-process Rust backends (thread) serve.
+///
+/// A subint backend (`harrow_spawn_subint::SubintBackend`) carries one; the children its Python actors start
+/// on `"subint"` get the same offers, so the whole Python part of a tree sees one set.
+#[derive(Clone, Default)]
+pub struct Offers {
+    backends: HashMap<String, Arc<dyn SpawnBackend>>,
+    resolvers: HashMap<String, Arc<dyn Resolver>>,
+}
+
+impl fmt::Debug for Offers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut b: Vec<_> = self.backends.keys().collect();
+        b.sort();
+        let mut r: Vec<_> = self.resolvers.keys().collect();
+        r.sort();
+        f.debug_struct("Offers")
+            .field("backends", &b)
+            .field("resolvers", &r)
+            .finish()
+    }
+}
+
+impl Offers {
+    /// Offers `backend` under `name`.
+    pub fn add_backend(&mut self, name: &str, backend: Arc<dyn SpawnBackend>) {
+        self.backends.insert(name.to_owned(), backend);
+    }
+
+    /// Offers the function registry `resolver` under `name`.
+    pub fn add_resolver(&mut self, name: &str, resolver: Arc<dyn Resolver>) {
+        self.resolvers.insert(name.to_owned(), resolver);
+    }
+
+    /// The names of the offered backends (`"subint"` always among them), sorted.
+    pub fn backend_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.backends.keys().cloned().collect();
+        if !names.iter().any(|n| n == "subint") {
+            names.push("subint".into());
+        }
+        names.sort();
+        names
+    }
+}
+
+/// Why an operation failed, as Python will see it.
+#[derive(Clone, Debug)]
+pub(crate) enum Fail {
+    /// The operation was interrupted: `harrow.Cancelled`.
+    Cancelled,
+    /// An error raised in (or relayed by) another actor: `harrow.RemoteError`, whose
+    /// `_harrow_remote` is this error as a `Value` (so that it crosses the next hop unchanged
+    /// but for the relay).
+    Remote(Box<RemoteError>),
+    /// A nursery's failures: `harrow.NurseryError`, an `ExceptionGroup` of the children's errors.
+    Nursery(Box<RemoteError>),
+    /// Bad input from Python: `TypeError`/`ValueError`-like, raised as `harrow.HarrowError`.
+    Usage(String),
+    /// A runtime failure (a spawn that failed, a closed link): `harrow.HarrowError`.
+    Runtime(String),
+}
+
+impl fmt::Display for Fail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fail::Cancelled => f.write_str("cancelled"),
+            Fail::Remote(r) | Fail::Nursery(r) => write!(f, "{r}"),
+            Fail::Usage(m) | Fail::Runtime(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<harrow_portal::Error> for Fail {
+    fn from(e: harrow_portal::Error) -> Self {
+        match e {
+            harrow_portal::Error::Remote(r) => Fail::Remote(r),
+            other => Fail::Runtime(other.to_string()),
+        }
+    }
+}
+
+impl From<harrow_runtime_core::Error> for Fail {
+    fn from(e: harrow_runtime_core::Error) -> Self {
+        match e {
+            harrow_runtime_core::Error::Portal(p) => p.into(),
+            other => Fail::Runtime(other.to_string()),
+        }
+    }
+}
+
+impl Fail {
+    /// The nursery's failure as Python gets it.
+    fn nursery(err: &NurseryError) -> Fail {
+        Fail::Nursery(Box::new(err.as_remote().clone()))
+    }
+}
+
+/// What an operation gives back to Python.
+pub(crate) enum Out {
+    None,
+    Value(Value),
+    Bool(bool),
+    Str(String),
+    Handle(Handle),
+    /// A context and its first (`started`) value.
+    Opened(Handle, Value),
+    /// A stream's end (`stream.recv()` raises `EndOfStream`).
+    End,
+}
+
+/// An object Python holds on to (in a capsule): a nursery, a portal, a context or a stream.
+#[derive(Clone)]
+pub(crate) enum Handle {
+    Nursery(Arc<PyNursery>),
+    Portal(Arc<PyPortal>),
+    Context(Arc<PyContext>),
+    Stream(Arc<PyStream>),
+}
+
+impl Handle {
+    fn kind(&self) -> &'static str {
+        match self {
+            Handle::Nursery(_) => "nursery",
+            Handle::Portal(_) => "portal",
+            Handle::Context(_) => "context",
+            Handle::Stream(_) => "stream",
+        }
+    }
+}
+
+/// The operations Python can ask for (the first argument of the native entry point).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i64)]
+pub(crate) enum Op {
+    /// `harrow.open_nursery()` (no target, no argument) -> nursery handle.
+    OpenNursery = 0,
+    /// `nursery.__exit__` (target nursery, argument: the body's error text or None) -> None,
+    /// or the nursery's failure.
+    CloseNursery = 1,
+    /// `n.start_actor(name, backend=..., ...)` (target nursery, argument: the spec map) ->
+    /// portal handle.
+    StartActor = 2,
+    /// `n.run_in_actor(func, arg, name=..., ...)` (target nursery, argument: the spec map with
+    /// `func` and `args`) -> portal handle (with a result).
+    RunInActor = 3,
+    /// `portal.run(func, arg)` (target portal, argument: `[func, args]`) -> value.
+    Run = 4,
+    /// `portal.open_context(func, arg)` (target portal, argument `[func, args]`) -> (context,
+    /// first value).
+    OpenContext = 5,
+    /// `portal.cancel_actor()` (target portal) -> bool (acked / ended cleanly).
+    CancelActor = 6,
+    /// `portal.result()` of a `run_in_actor` child (target portal) -> value.
+    Result = 7,
+    /// `ctx.open_stream()` (target context) -> stream handle.
+    CtxOpenStream = 8,
+    /// `ctx.result()` (target context) -> value.
+    CtxResult = 9,
+    /// `ctx.cancel()` (target context) -> None (the cancel's outcome is the context's result).
+    CtxCancel = 10,
+    /// `stream.send(v)` (target stream) -> None.
+    Send = 11,
+    /// `stream.recv()` (target stream) -> value, or [`Out::End`] (Python raises
+    /// `EndOfStream`).
+    Recv = 12,
+    /// `stream.close()` (target stream) -> None.
+    Close = 13,
+}
+
+impl Op {
+    pub(crate) fn from_i64(op: i64) -> Option<Op> {
+        use Op::*;
+        Some(match op {
+            0 => OpenNursery,
+            1 => CloseNursery,
+            2 => StartActor,
+            3 => RunInActor,
+            4 => Run,
+            5 => OpenContext,
+            6 => CancelActor,
+            7 => Result,
+            8 => CtxOpenStream,
+            9 => CtxResult,
+            10 => CtxCancel,
+            11 => Send,
+            12 => Recv,
+            13 => Close,
+            _ => return None,
+        })
+    }
+}
+
+/// What one Python call can reach: its actor, the call itself, what the host offers, and the
+/// interpreter configuration its subint children inherit. Made by a Python backend's resolver
+/// (on the actor's runtime thread) and handed to the call
+/// ([`JobState::set_env`](crate::JobState::set_env)).
+#[derive(Clone)]
+pub struct ActorEnv {
+    actor: ActorCtx,
+    call: Option<CalleeContext>,
+    offers: Arc<Offers>,
+    /// The backend that made this actor (its `"subint"` children use the same).
+    subint: Arc<dyn SpawnBackend>,
+    config: Arc<InterpConfig>,
+}
+
+impl fmt::Debug for ActorEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActorEnv")
+            .field("actor", self.actor.id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Identity of the actor, for `harrow.current_actor()`.
+pub(crate) struct Identity {
+    pub(crate) name: String,
+    pub(crate) uid: String,
+    pub(crate) backend: String,
+}
+
+impl ActorEnv {
+    /// The environment of a call served by `actor` (taken on the actor's runtime thread, where
+    /// the resolver runs).
+    pub fn new(
+        actor: ActorCtx,
+        call: Option<CalleeContext>,
+        offers: Arc<Offers>,
+        subint: Arc<dyn SpawnBackend>,
+        config: Arc<InterpConfig>,
+    ) -> Self {
+        ActorEnv {
+            actor,
+            call,
+            offers,
+            subint,
+            config,
+        }
+    }
+
+    pub(crate) fn identity(&self) -> Identity {
+        let id = self.actor.id();
+        Identity {
+            name: id.name.clone(),
+            uid: id.uid.clone(),
+            backend: self.actor.backend().to_owned(),
+        }
+    }
+
+    /// The portal to this actor's parent (none before the handshake, which precedes any call).
+    pub(crate) fn parent(&self) -> Option<Handle> {
+        self.actor.parent().map(|p| {
+            Handle::Portal(Arc::new(PyPortal {
+                portal: p,
+                child: None,
+                is_parent: true,
+            }))
+        })
+    }
+
+    pub(crate) fn backend_names(&self) -> Vec<String> {
+        self.offers.backend_names()
+    }
+
+    /// Runs `fut` as a task on the actor's executor; dropping the returned future drops it.
+    fn spawn<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> async_executor::Task<T> {
+        self.actor.executor().spawn(fut)
+    }
+
+    /// Starts operation `op` on `target` with `arg`. Errors in the input are returned at once;
+    /// the future does the rest on the actor's executor.
+    pub(crate) fn op(&self, op: Op, target: Option<&Handle>, arg: Value) -> Result<OpFuture, Fail> {
+        let wrong = |want: &str| {
+            Fail::Usage(format!(
+                "internal: operation {op:?} wants a {want}, not {}",
+                target.map_or("nothing", Handle::kind)
+            ))
+        };
+        match op {
+            Op::OpenNursery => Ok(self.open_nursery()),
+            Op::CloseNursery => match target {
+                Some(Handle::Nursery(n)) => Ok(n.close(arg)),
+                _ => Err(wrong("nursery")),
+            },
+            Op::StartActor | Op::RunInActor => match target {
+                Some(Handle::Nursery(n)) => self.start_child(n, op == Op::RunInActor, arg),
+                _ => Err(wrong("nursery")),
+            },
+            Op::Run | Op::OpenContext | Op::CancelActor | Op::Result => match target {
+                Some(Handle::Portal(p)) => self.portal_op(p, op, arg),
+                _ => Err(wrong("portal")),
+            },
+            Op::CtxOpenStream | Op::CtxResult | Op::CtxCancel => match target {
+                Some(Handle::Context(c)) => Ok(self.context_op(c, op, arg)),
+                _ => Err(wrong("context")),
+            },
+            Op::Send | Op::Recv | Op::Close => match target {
+                Some(Handle::Stream(s)) => Ok(self.stream_op(s, op, arg)),
+                _ => Err(wrong("stream")),
+            },
+        }
+    }
+
+    fn open_nursery(&self) -> OpFuture {
+        // The nursery runs as a task of the actor: its body is a future that waits for Python's
+        // `__exit__` to say how the `with` block ended. The task ends when the nursery has
+        // ended (every child gone or reported leaked).
+        let (open_tx, open_rx) = flume::bounded::<ActorNursery>(1);
+        let (body_tx, body_rx) = flume::bounded::<Option<String>>(1);
+        let cancelled = CancelToken::new();
+        let body_cancelled = cancelled.clone();
+        if let Some(call) = &self.call {
+            // A cancelled call keeps running until its nursery has torn its children down.
+            call.reserve_cleanup(harrow_runtime_core::teardown_bound(&self.actor.timeouts()));
+        }
+        let task = self.spawn(async move {
+            open_nursery(|n| async move {
+                // Fired when the body is dropped before Python ended it: one-cancels-all (a
+                // child failed) cancels the body, which Python sees as `Cancelled` in its
+                // waits.
+                let _fire = FireOnDrop(body_cancelled);
+                let _ = open_tx.send(n);
+                match body_rx.recv_async().await {
+                    Ok(None) | Err(_) => Ok(()),
+                    Ok(Some(err)) => Err(err.into()),
+                }
+            })
+            .await
+        });
+        Box::pin(async move {
+            let nursery = match open_rx.recv_async().await {
+                Ok(n) => n,
+                Err(_) => {
+                    // The nursery ended before its body started: that is its error.
+                    return match task.await {
+                        Err(e) => Err(Fail::Runtime(e.to_string())),
+                        Ok(()) => Err(Fail::Runtime("the nursery ended at once".into())),
+                    };
+                }
+            };
+            Ok(Out::Handle(Handle::Nursery(Arc::new(PyNursery {
+                nursery,
+                body: Mutex::new(Some(body_tx)),
+                done: Mutex::new(Some(task)),
+                cancelled,
+            }))))
+        })
+    }
+
+    /// `start_actor` / `run_in_actor`: the spec map from Python is
+    /// `{name, backend, modules, sys_path, resolver, params, func, args}` (all optional but
+    /// `name`, and `func` for `run_in_actor`).
+    fn start_child(&self, n: &Arc<PyNursery>, run: bool, spec: Value) -> Result<OpFuture, Fail> {
+        let get_str = |k: &str| spec.get(k).and_then(Value::as_str).map(str::to_owned);
+        let name = get_str("name").ok_or_else(|| Fail::Usage("a child needs a name".into()))?;
+        let backend_name = get_str("backend").unwrap_or_else(|| "subint".into());
+        let (backend, aspec) = self.child_spec(&backend_name, &spec)?;
+        let nursery = n.nursery.clone();
+        if run {
+            let func = get_str("func")
+                .ok_or_else(|| Fail::Usage("run_in_actor needs a function".into()))?;
+            let args = spec.get("args").cloned().unwrap_or(Value::Null);
+            let task = self.spawn(async move {
+                nursery
+                    .run_in_actor(&name, backend, &func, args, aspec)
+                    .await
+            });
+            Ok(Box::pin(async move {
+                let h = task.await?;
+                Ok(Out::Handle(Handle::Portal(Arc::new(PyPortal::child(h)))))
+            }))
+        } else {
+            let task = self.spawn(async move { nursery.start_actor(&name, backend, aspec).await });
+            Ok(Box::pin(async move {
+                let h = task.await?;
+                Ok(Out::Handle(Handle::Portal(Arc::new(PyPortal::child(h)))))
+            }))
+        }
+    }
+
+    /// The backend named `name` and the spec of a child on it.
+    ///
+    /// - `subint`: the parent's interpreter configuration (its modules and `sys.path`), with
+    ///   `modules` replacing the exposed modules and `sys_path` adding entries when given;
+    ///   `params` (an `InterpConfig::to_params` map) replaces it whole.
+    /// - any other offered backend: `params` as given, and the resolver offered under the name
+    ///   `resolver` (for a backend running Rust functions in-process, such as thread).
+    fn child_spec(
+        &self,
+        name: &str,
+        spec: &Value,
+    ) -> Result<(Arc<dyn SpawnBackend>, ActorSpec), Fail> {
+        let strings = |k: &str| -> Result<Option<Vec<String>>, Fail> {
+            match spec.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::List(items)) => items
+                    .iter()
+                    .map(|v| {
+                        v.as_str().map(str::to_owned).ok_or_else(|| {
+                            Fail::Usage(format!("{k} must be a list of str, not {v:?}"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some),
+                Some(other) => Err(Fail::Usage(format!(
+                    "{k} must be a list of str, not {other:?}"
+                ))),
+            }
+        };
+        let mut aspec = ActorSpec::new();
+        let params = spec
+            .get("params")
+            .filter(|v| !matches!(v, Value::Null))
+            .cloned();
+        let backend = if name == "subint" {
+            aspec.params = match params {
+                Some(p) => p,
+                None => {
+                    let mut config = (*self.config).clone();
+                    if let Some(modules) = strings("modules")? {
+                        config.modules = modules;
+                    }
+                    if let Some(paths) = strings("sys_path")? {
+                        config.sys_path.extend(paths.into_iter().map(Into::into));
+                    }
+                    config.to_params()
+                }
+            };
+            match self.offers.backends.get("subint") {
+                Some(b) => b.clone(),
+                None => self.subint.clone(),
+            }
+        } else {
+            let Some(b) = self.offers.backends.get(name) else {
+                return Err(Fail::Usage(format!(
+                    "no backend {name:?} is offered to Python actors here (offered: {})",
+                    self.offers.backend_names().join(", ")
+                )));
+            };
+            if let Some(p) = params {
+                aspec.params = p;
+            }
+            b.clone()
+        };
+        if let Some(r) = spec.get("resolver").and_then(Value::as_str) {
+            let Some(res) = self.offers.resolvers.get(r) else {
+                let mut names: Vec<_> = self.offers.resolvers.keys().cloned().collect();
+                names.sort();
+                return Err(Fail::Usage(format!(
+                    "no function registry {r:?} is offered to Python actors here (offered: {})",
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                )));
+            };
+            aspec.resolver = Some(res.clone());
+        }
+        Ok((backend, aspec))
+    }
+
+    fn portal_op(&self, p: &Arc<PyPortal>, op: Op, arg: Value) -> Result<OpFuture, Fail> {
+        let p = p.clone();
+        match op {
+            Op::Run | Op::OpenContext => {
+                let (func, args) = func_args(arg)?;
+                if op == Op::Run {
+                    let task = self.spawn(async move { p.portal.run(&func, args).await });
+                    Ok(Box::pin(async move { Ok(Out::Value(task.await?)) }))
+                } else {
+                    let task = self.spawn(async move { p.portal.open_context(&func, args).await });
+                    Ok(Box::pin(async move {
+                        let (ctx, first) = task.await?;
+                        Ok(Out::Opened(
+                            Handle::Context(Arc::new(PyContext {
+                                ctx: Mutex::new(Some(ctx)),
+                            })),
+                            first,
+                        ))
+                    }))
+                }
+            }
+            Op::CancelActor => {
+                let bound = self.actor.timeouts().cancel_ack;
+                let task = self.spawn(async move {
+                    match &p.child {
+                        // A child: the whole ladder; true when it ended by itself.
+                        Some(h) => matches!(h.cancel().await, ChildOutcome::Exited),
+                        None => p.portal.cancel_actor(bound).await,
+                    }
+                });
+                Ok(Box::pin(async move { Ok(Out::Bool(task.await)) }))
+            }
+            Op::Result => {
+                let Some(h) = p.child.clone() else {
+                    return Err(Fail::Usage("the parent's portal has no result".into()));
+                };
+                let task = self.spawn(async move { h.result().await });
+                Ok(Box::pin(async move { Ok(Out::Value(task.await?)) }))
+            }
+            _ => Err(Fail::Usage(format!(
+                "internal: {op:?} is not a portal operation"
+            ))),
+        }
+    }
+
+    fn context_op(&self, c: &Arc<PyContext>, op: Op, _arg: Value) -> OpFuture {
+        let c = c.clone();
+        match op {
+            Op::CtxOpenStream => {
+                let task = self.spawn(async move {
+                    let mut guard = c.ctx.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let out = match guard.as_mut() {
+                        Some(ctx) => ctx.open_stream().await.map_err(Fail::from),
+                        None => Err(Fail::Usage("the context has ended".into())),
+                    };
+                    *c.ctx.lock().unwrap_or_else(|p| p.into_inner()) = guard;
+                    out
+                });
+                Box::pin(async move {
+                    let s = task.await?;
+                    Ok(Out::Handle(Handle::Stream(Arc::new(PyStream {
+                        stream: Mutex::new(Some(s)),
+                    }))))
+                })
+            }
+            Op::CtxResult => {
+                let task = self.spawn(async move {
+                    let ctx = c.ctx.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    match ctx {
+                        Some(ctx) => ctx.result().await.map_err(Fail::from),
+                        None => Err(Fail::Usage("the context's result was already taken".into())),
+                    }
+                });
+                Box::pin(async move { Ok(Out::Value(task.await?)) })
+            }
+            _ => {
+                let task = self.spawn(async move {
+                    let ctx = c.ctx.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let out = match &ctx {
+                        Some(ctx) => ctx.cancel().await.map_err(Fail::from),
+                        None => Ok(()),
+                    };
+                    *c.ctx.lock().unwrap_or_else(|p| p.into_inner()) = ctx;
+                    out
+                });
+                Box::pin(async move {
+                    task.await?;
+                    Ok(Out::None)
+                })
+            }
+        }
+    }
+
+    fn stream_op(&self, s: &Arc<PyStream>, op: Op, arg: Value) -> OpFuture {
+        let s = s.clone();
+        let task = self.spawn(async move {
+            // Taken out for the operation: another one on the same stream meanwhile is an error.
+            let Some(mut stream) = s.stream.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+                return Err(Fail::Usage(
+                    "the stream is closed, or another operation on it is in progress".into(),
+                ));
+            };
+            let out = match op {
+                Op::Send => stream.send(arg).await.map(|()| Out::None),
+                Op::Recv => stream.recv().await.map(|v| match v {
+                    Some(v) => Out::Value(v),
+                    None => Out::End,
+                }),
+                _ => stream.close().await.map(|()| Out::None),
+            };
+            *s.stream.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
+            out.map_err(Fail::from)
+        });
+        Box::pin(task)
+    }
+}
+
+/// Splits `[func, args]`.
+fn func_args(arg: Value) -> Result<(String, Value), Fail> {
+    if let Value::List(v) = &arg
+        && v.len() == 2
+    {
+        return match &v[0] {
+            Value::Str(f) => Ok((f.clone(), v[1].clone())),
+            other => Err(Fail::Usage(format!(
+                "the function must be a str \"module:function\", not {other:?}"
+            ))),
+        };
+    }
+    Err(Fail::Usage(format!(
+        "internal: want [func, args], got {arg:?}"
+    )))
+}
+
+/// What Python's `__exit__` says when the block ended with `harrow.Cancelled`.
+const BODY_CANCELLED: &str = "harrow.Cancelled";
+
+/// The group of a nursery whose block was cancelled: its children's failures (and an interrupt),
+/// without the cancel itself.
+fn failures_group(local: &ActorId, e: &NurseryError) -> RemoteError {
+    let mut members = Vec::new();
+    if e.is_interrupted() {
+        members.push(RemoteError::new(
+            harrow_ipc::ErrorKind::Runtime,
+            "Interrupted",
+            "interrupted (SIGINT)",
+            local.clone(),
+        ));
+    }
+    members.extend(e.failures().iter().map(|f| f.to_remote(local)));
+    let n = members.len();
+    let message = format!(
+        "{n} failure{} in the nursery of {}",
+        if n == 1 { "" } else { "s" },
+        local.name
+    );
+    RemoteError::group(message, local.clone(), members)
+}
+
+/// Cancels its token when dropped.
+struct FireOnDrop(CancelToken);
+
+impl Drop for FireOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// A nursery opened from Python (`with harrow.open_nursery() as n:`).
+pub(crate) struct PyNursery {
+    nursery: ActorNursery,
+    /// Tells the nursery's body how the `with` block ended (None: normally).
+    body: Mutex<Option<flume::Sender<Option<String>>>>,
+    /// The nursery's task: ends once every child has ended.
+    done: Mutex<Option<async_executor::Task<Result<(), NurseryError>>>>,
+    /// Fired when the nursery cancelled its body (a child failed): Python's waits inside the
+    /// `with` block end with `Cancelled`.
+    cancelled: CancelToken,
+}
+
+impl PyNursery {
+    /// The token Python's waits in this nursery's block race against.
+    pub(crate) fn cancel_token(&self) -> &CancelToken {
+        &self.cancelled
+    }
+
+    /// Ends the body (with `body_error` when the block raised) and waits for the nursery.
+    fn close(&self, body_error: Value) -> OpFuture {
+        let err = match &body_error {
+            Value::Null => None,
+            Value::Str(s) => Some(s.clone()),
+            other => Some(format!("{other:?}")),
+        };
+        let cancelled_body = err.as_deref() == Some(BODY_CANCELLED);
+        let local = self.nursery.actor().id().clone();
+        if let Some(tx) = self.body.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(err);
+        }
+        let task = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Box::pin(async move {
+            let Some(task) = task else {
+                return Err(Fail::Usage("the nursery was already closed".into()));
+            };
+            match task.await {
+                Ok(()) => Ok(Out::None),
+                // The block's own error and nothing else: Python re-raises the block's exception.
+                Err(e) if e.failures().is_empty() && !e.is_interrupted() => Ok(Out::Str(
+                    e.body_error().map(|b| b.to_string()).unwrap_or_default(),
+                )),
+                // The block was cancelled (its call, or one-cancels-all): as in Rust, a cancel is
+                // not one of the nursery's failures; the group holds the children's.
+                Err(e) if cancelled_body => {
+                    Err(Fail::Nursery(Box::new(failures_group(&local, &e))))
+                }
+                Err(e) => Err(Fail::nursery(&e)),
+            }
+        })
+    }
+}
+
+impl Drop for PyNursery {
+    fn drop(&mut self) {
+        // A nursery handle dropped without `__exit__` (Python never closed it): end the body so
+        // the nursery tears its children down; its task was detached with the actor tracking
+        // it (open_nursery hands a dropped teardown to the actor), so nothing is left behind.
+        if let Some(tx) = self
+            .body
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = tx.send(Some("the nursery was dropped without being closed".into()));
+        }
+        if let Some(task) = self
+            .done
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.detach();
+        }
+    }
+}
+
+/// A portal from Python: to a child (with its handle, for the ladder and `run_in_actor`
+/// results) or to the actor's parent.
+pub(crate) struct PyPortal {
+    portal: Portal,
+    child: Option<ChildHandle>,
+    is_parent: bool,
+}
+
+impl PyPortal {
+    fn child(h: ChildHandle) -> Self {
+        PyPortal {
+            portal: h.portal().clone(),
+            child: Some(h),
+            is_parent: false,
+        }
+    }
+
+    /// `(name, uid, backend)` of the actor at the other end (backend empty for the parent).
+    pub(crate) fn peer(&self) -> (String, String, String) {
+        let id: &ActorId = self.portal.peer();
+        let backend = self
+            .child
+            .as_ref()
+            .map(|h| h.backend().to_owned())
+            .unwrap_or_default();
+        (id.name.clone(), id.uid.clone(), backend)
+    }
+
+    pub(crate) fn is_parent(&self) -> bool {
+        self.is_parent
+    }
+}
+
+/// A context opened from Python (`p.open_context(...)`).
+pub(crate) struct PyContext {
+    ctx: Mutex<Option<Context>>,
+}
+
+/// A stream of a context opened from Python.
+pub(crate) struct PyStream {
+    stream: Mutex<Option<MsgStream>>,
+}
+
+/// A cancel scope of a Python call: a nursery's block, or a deadline
+/// (`harrow.move_on_after`, `harrow.fail_after`). The call's waits end with `Cancelled` when
+/// one of its scopes fires.
+#[derive(Clone, Debug)]
+pub(crate) struct Scope {
+    pub(crate) token: CancelToken,
+    pub(crate) deadline: Option<Instant>,
+}
+
+impl Scope {
+    /// A scope that fires at `now + seconds` (never, for a duration too long to represent).
+    pub(crate) fn deadline(seconds: f64) -> Scope {
+        let secs = if seconds > 0.0 { seconds } else { 0.0 };
+        let deadline = Duration::try_from_secs_f64(secs)
+            .ok()
+            .and_then(|d| Instant::now().checked_add(d));
+        Scope {
+            token: CancelToken::new(),
+            deadline,
+        }
+    }
+
+    /// Whether it fired (its token was cancelled or its deadline passed).
+    pub(crate) fn fired(&self) -> bool {
+        self.token.is_cancelled() || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// Resolves once one of `scopes` fires; never when there is none.
+pub(crate) async fn any_fired(scopes: Vec<Scope>) {
+    use futures_lite::FutureExt;
+    if scopes.is_empty() {
+        return std::future::pending().await;
+    }
+    let mut waits: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+    for s in scopes {
+        let token = s.token.clone();
+        waits.push(Box::pin(async move { token.cancelled().await }));
+        if let Some(d) = s.deadline {
+            waits.push(Box::pin(async move {
+                async_io::Timer::at(d).await;
+            }));
+        }
+    }
+    let mut all = waits.into_iter();
+    let first = all
+        .next()
+        .unwrap_or_else(|| Box::pin(std::future::pending()));
+    all.fold(first, |acc, w| Box::pin(acc.or(w))).await
+}
+
+/// A `RemoteError` as the `Value` Python keeps on the exception (`_harrow_remote`).
+pub(crate) fn remote_to_value(r: &RemoteError) -> Value {
+    harrow_ipc::to_value(r).unwrap_or(Value::Null)
+}
+
+/// The `RemoteError` a Python exception carries back (`_harrow_remote`), if it is one.
+pub(crate) fn remote_from_value(v: Value) -> Option<RemoteError> {
+    harrow_ipc::from_value(v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harrow_ipc::ErrorKind;
+
+    #[test]
+    fn remote_errors_cross_as_values() {
+        let leaf = RemoteError::new(
+            ErrorKind::Raised,
+            "ValueError",
+            "deep",
+            ActorId::new("leaf"),
+        )
+        .relayed_by(ActorId::new("mid"));
+        let group = RemoteError::group("2 failed", ActorId::new("top"), vec![leaf.clone()]);
+        for e in [leaf, group] {
+            let v = remote_to_value(&e);
+            assert!(matches!(v, Value::Map(_)), "{v:?}");
+            assert_eq!(remote_from_value(v), Some(e));
+        }
+        assert_eq!(remote_from_value(Value::Int(3)), None);
+    }
+
+    #[test]
+    fn func_args_wants_a_function_and_a_value() {
+        let ok = func_args(Value::List(vec![Value::from("m:f"), Value::Int(1)]));
+        assert!(matches!(ok, Ok((f, Value::Int(1))) if f == "m:f"));
+        assert!(matches!(
+            func_args(Value::List(vec![Value::Int(1), Value::Null])),
+            Err(Fail::Usage(_))
+        ));
+        assert!(matches!(func_args(Value::Null), Err(Fail::Usage(_))));
+    }
+
+    #[test]
+    fn op_codes_round_trip() {
+        for i in 0..14 {
+            let op = Op::from_i64(i).expect("a known op");
+            assert_eq!(op as i64, i);
+        }
+        assert_eq!(Op::from_i64(14), None);
+        assert_eq!(Op::from_i64(-1), None);
+    }
+
+    #[test]
+    fn deadline_scopes_fire() {
+        assert!(Scope::deadline(0.0).fired());
+        assert!(!Scope::deadline(3600.0).fired());
+        assert!(!Scope::deadline(f64::INFINITY).fired());
+        let s = Scope::deadline(3600.0);
+        s.token.cancel();
+        assert!(s.fired());
+        futures_lite::future::block_on(any_fired(vec![
+            Scope::deadline(3600.0),
+            Scope::deadline(0.0),
+        ]));
+    }
+}

@@ -1,0 +1,302 @@
+//! Python actors as full actors (subint only): nurseries, portals, contexts and streams, the
+//! parent, deadlines and cancellation, driven from Python (`tests/pyfns/harrow_testfns/actors.py`).
+//! Each test runs alone in its process under the hang watchdog and the resource tracker (the
+//! live-interpreter count included), like the conformance suite. The mixed trees (process and
+//! thread children of a Python actor) are in the integration crate (`python_actors`).
+
+#![cfg(harrow_subint)] // needs Python >= 3.12 (tests/unavailable.rs covers the other case)
+
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use harrow_ipc::{ErrorKind, Value};
+use harrow_runtime_core::{ActorSpec, RootConfig, SpawnBackend, Timeouts, run_root};
+use harrow_spawn_subint::{InterpConfig, SubintBackend};
+use harrow_testkit::conformance::{BackendFactory, Outcome};
+
+const MODULE: &str = "harrow_testfns.actors";
+
+struct Factory;
+
+impl BackendFactory for Factory {
+    fn backend(&self) -> Arc<dyn SpawnBackend> {
+        SubintBackend::shared()
+    }
+    fn spec(&self) -> ActorSpec {
+        let config = InterpConfig::new("nested")
+            .expose(MODULE)
+            .expose("harrow_testfns.conformance")
+            .sys_path(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyfns"));
+        ActorSpec::new().params(config.to_params())
+    }
+    fn func(&self, name: &str) -> String {
+        format!("{MODULE}:{name}")
+    }
+    fn fail_type_name(&self) -> &'static str {
+        "ValueError"
+    }
+    fn warm_up(&self) {
+        static REGISTER: Once = Once::new();
+        REGISTER.call_once(|| {
+            harrow_testkit::tracker::register_counter("live subinterpreters", || {
+                harrow_spawn_subint::live_interpreters() as i64
+            });
+            harrow_testkit::tracker::register_warm_up(|| {
+                if let Err(e) = harrow_spawn_subint::warm_up() {
+                    panic!("subint warm-up: {e}");
+                }
+            });
+            harrow_testkit::register_dump_section(
+                "python stacks (subinterpreters)",
+                harrow_spawn_subint::python_stacks,
+            );
+        });
+    }
+}
+
+fn root_config() -> RootConfig {
+    RootConfig::default()
+        .handle_sigint(false)
+        .timeouts(Timeouts::quick())
+}
+
+/// Runs `f` with a root whose one child `py` is a Python actor; returns what `f` returns.
+fn with_py<T: Send + 'static>(
+    f: impl AsyncFnOnce(harrow_runtime_core::ChildHandle) -> anyhow::Result<T>,
+) -> T {
+    let out = run_root(root_config(), |n| async move {
+        let py = n
+            .start_actor("py", Factory.backend(), Factory.spec())
+            .await?;
+        f(py).await.map_err(|e| e.to_string().into())
+    });
+    match out {
+        Ok(v) => v,
+        Err(e) => panic!("the root failed: {e}"),
+    }
+}
+
+fn get<'a>(v: &'a Value, k: &str) -> &'a Value {
+    v.get(k).unwrap_or_else(|| panic!("no {k:?} in {v:?}"))
+}
+
+fn identity(_: &Factory) -> Outcome {
+    let v = with_py(async |py| Ok(py.run(&Factory.func("whoami"), Value::Null).await?));
+    assert_eq!(get(&v, "name").as_str(), Some("py"), "{v:?}");
+    assert_eq!(get(&v, "backend").as_str(), Some("subint"), "{v:?}");
+    assert_eq!(get(&v, "parent").as_str(), Some("root"), "{v:?}");
+    assert!(
+        get(&v, "uid").as_str().is_some_and(|u| !u.is_empty()),
+        "{v:?}"
+    );
+    Outcome::Passed
+}
+
+fn child_identity_and_result(_: &Factory) -> Outcome {
+    let v = with_py(async |py| {
+        Ok(py
+            .run(&Factory.func("run_in_actor_result"), Value::Null)
+            .await?)
+    });
+    assert_eq!(
+        v,
+        Value::List(vec![Value::Int(1), Value::Int(2), Value::Int(3)])
+    );
+    Outcome::Passed
+}
+
+fn parent_portal(_: &Factory) -> Outcome {
+    // The Python actor starts a child that calls back into it through its parent portal.
+    let v = with_py(async |py| {
+        Ok(py
+            .run(&Factory.func("parent_call_via_child"), Value::Int(7))
+            .await?)
+    });
+    assert_eq!(v, Value::Int(7));
+    Outcome::Passed
+}
+
+fn cancel_child(_: &Factory) -> Outcome {
+    let v = with_py(async |py| Ok(py.run(&Factory.func("cancel_child"), Value::Null).await?));
+    assert_eq!(
+        v,
+        Value::List(vec![Value::Bool(true), Value::from("HarrowError")]),
+        "a cancelled child ends cleanly and answers no more calls"
+    );
+    Outcome::Passed
+}
+
+fn context_stream(_: &Factory) -> Outcome {
+    let v = with_py(async |py| {
+        Ok(py
+            .run(&Factory.func("stream_to_child"), Value::Int(20))
+            .await?)
+    });
+    let got: Vec<i64> = match get(&v, "got") {
+        Value::List(items) => items.iter().filter_map(Value::as_i64).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
+    assert_eq!(get(&v, "result"), &Value::Int(20));
+    assert_eq!(get(&v, "first"), &Value::Null);
+    Outcome::Passed
+}
+
+fn kwargs(_: &Factory) -> Outcome {
+    let v = with_py(async |py| Ok(py.run(&Factory.func("kwargs_call"), Value::Null).await?));
+    assert_eq!(v, Value::List(vec![Value::Int(1), Value::Int(2)]));
+    Outcome::Passed
+}
+
+fn error_group(_: &Factory) -> Outcome {
+    // Python sees a nursery's failures as an ExceptionGroup of RemoteErrors ...
+    let v = with_py(async |py| Ok(py.run(&Factory.func("catch_two"), Value::Null).await?));
+    assert_eq!(get(&v, "is_group"), &Value::Bool(true), "{v:?}");
+    let member = |source: &str, msg: &str| {
+        Value::List(vec![
+            Value::from(source),
+            Value::from("ValueError"),
+            Value::from(msg),
+            Value::List(vec![Value::from("py")]),
+        ])
+    };
+    assert_eq!(
+        get(&v, "members"),
+        &Value::List(vec![member("fail-1", "one"), member("fail-2", "two")]),
+        "{v:?}"
+    );
+    // ... and, uncaught, the caller gets that group whole; a block cancelled by the first
+    // failure (it was waiting) adds no member of its own.
+    for wait in [false, true] {
+        let err = with_py(async |py| {
+            Ok(py
+                .run(&Factory.func("two_failures"), Value::Bool(wait))
+                .await
+                .expect_err("both children fail"))
+        });
+        let group = err.remote_error().unwrap_or_else(|| panic!("{err}"));
+        assert_eq!(group.kind, ErrorKind::Group, "{err}");
+        assert_eq!(group.source.name, "py", "{err}");
+        let mut sources: Vec<_> = group
+            .children
+            .iter()
+            .map(|c| c.source.name.as_str())
+            .collect();
+        sources.sort();
+        assert_eq!(sources, ["fail-1", "fail-2"], "{err}");
+        for c in &group.children {
+            assert_eq!(c.type_name, "ValueError", "{err}");
+            assert_eq!(c.relay_path, std::slice::from_ref(&group.source), "{err}");
+            assert!(c.traceback.contains("in fail_together"), "{err}");
+        }
+    }
+    Outcome::Passed
+}
+
+fn deadlines(_: &Factory) -> Outcome {
+    with_py(async |py| {
+        let caught = py.run(&Factory.func("move_on"), Value::Int(50)).await?;
+        assert_eq!(caught, Value::Bool(true));
+        let err = py
+            .run(&Factory.func("fail_after"), Value::Int(50))
+            .await
+            .expect_err("fail_after raises");
+        let remote = err.remote_error().expect("a remote error");
+        assert_eq!(remote.type_name, "TimeoutError", "{err}");
+        Ok(())
+    });
+    Outcome::Passed
+}
+
+fn wait_serves_and_cancel_interrupts(_: &Factory) -> Outcome {
+    let dir = std::env::temp_dir().join(format!("harrow-nested-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch dir");
+    let marker = dir.join("waiting");
+    let marker_s = marker.to_string_lossy().into_owned();
+    with_py(async |py| {
+        // A call that waits in a child call ...
+        let func = Factory.func("hold_child_call");
+        let mut held = Box::pin(py.run(&func, Value::from(marker_s.as_str())));
+        let give_up = Instant::now() + Duration::from_secs(30);
+        while !marker.exists() {
+            assert!(Instant::now() < give_up, "the call never started waiting");
+            assert!(
+                futures_lite::future::poll_once(&mut held).await.is_none(),
+                "ended early"
+            );
+            async_io::Timer::after(Duration::from_millis(2)).await;
+        }
+        // ... does not keep the actor from serving another one meanwhile.
+        assert_eq!(
+            py.run(&Factory.func("echo"), Value::Int(5)).await?,
+            Value::Int(5)
+        );
+        assert!(
+            futures_lite::future::poll_once(&mut held).await.is_none(),
+            "the held call is still waiting"
+        );
+        // Cancelling the actor interrupts the wait with harrow.Cancelled.
+        drop(held);
+        Ok(())
+    });
+    let cancelled = dir.join("waiting.cancelled");
+    assert!(
+        cancelled.exists(),
+        "the wait was not interrupted by harrow.Cancelled"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Outcome::Passed
+}
+
+fn misuse_is_an_error(_: &Factory) -> Outcome {
+    let v = with_py(async |py| {
+        Ok(py
+            .run(&Factory.func("outside_call_fails"), Value::Null)
+            .await?)
+    });
+    let text = v.as_str().unwrap_or_default().to_owned();
+    assert!(text.contains("closed"), "{v:?}");
+    // Not from async def functions yet: a clear error saying so.
+    let v = with_py(async |py| Ok(py.run(&Factory.func("from_async"), Value::Null).await?));
+    let text = v.as_str().unwrap_or_default().to_owned();
+    assert!(text.contains("async def"), "{v:?}");
+    // A child on a backend nobody offered: a clear error naming what is offered.
+    let err = with_py(async |py| {
+        Ok(py
+            .run(&Factory.func("mixed_tree"), Value::Null)
+            .await
+            .expect_err("no process backend is offered here"))
+    });
+    let remote = err.remote_error().expect("a remote error");
+    assert_eq!(remote.kind, ErrorKind::Raised, "{err}");
+    assert!(remote.message.contains("offered"), "{err}");
+    Outcome::Passed
+}
+
+macro_rules! tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                conformance::run(stringify!($name), &Factory, super::$name);
+            }
+        )*
+    };
+}
+
+mod nested {
+    tests!(
+        identity,
+        child_identity_and_result,
+        parent_portal,
+        cancel_child,
+        context_stream,
+        kwargs,
+        error_group,
+        deadlines,
+        wait_serves_and_cancel_interrupts,
+        misuse_is_an_error,
+    );
+    use super::Factory;
+    use harrow_testkit::conformance;
+}

@@ -1,0 +1,291 @@
+"""Python actors as full actors: nurseries, portals, the parent, deadlines (tests/nested.rs
+and the integration crate's python_actors tests call these)."""
+
+import os
+
+import harrow
+
+_ME = __name__
+
+
+def _fn(name):
+    return "%s:%s" % (_ME, name)
+
+
+def whoami(v=None):
+    """whoami() -> {name, uid, backend, parent}: this actor's identity, its parent's name."""
+    me = harrow.current_actor()
+    parent = me.parent
+    return {
+        "name": me.name,
+        "uid": me.uid,
+        "backend": me.backend,
+        "parent": None if parent is None else parent.name,
+    }
+
+
+def echo(v=None):
+    """echo(v) -> v."""
+    return v
+
+
+def fail(msg=None):
+    """fail(msg): raises ValueError(msg)."""
+    raise ValueError(msg if isinstance(msg, str) else "failed on purpose")
+
+
+def sleep_ms(ms):
+    """sleep_ms(ms): a cancellable sleep."""
+    harrow.sleep(max(int(ms), 0) / 1000.0)
+
+
+def mixed_tree(v=None):
+    """mixed_tree(): a nursery with a process child, a subint child and a thread child (the
+    thread one serving the host's "testfns" registry); one call each."""
+    with harrow.open_nursery() as n:
+        proc = n.start_actor("proc-child", backend="process")
+        sub = n.start_actor("sub-child")
+        thr = n.start_actor("thread-child", backend="thread", resolver="testfns")
+        return {
+            "process": proc.run("testfns:add", [40, 2]),
+            "process_backend": proc.backend,
+            "subint": sub.run(_fn("whoami")),
+            "thread": thr.run("testfns:echo", "t"),
+            "me": harrow.current_actor().name,
+            "offered": harrow.current_actor().offered_backends,
+        }
+
+
+def _ready(d):
+    return sum(1 for e in os.listdir(d) if e.startswith("ready-"))
+
+
+def failing_children(v=None):
+    """failing_children(): two run_in_actor children that fail together (a process one running
+    the Rust ``testfns:fail_at_gate``, a subint one running ``fail_together``): this actor keeps
+    the gate, opens it once both are ready, and the nursery raises their group."""
+    import shutil
+    import tempfile
+    import time
+
+    d = tempfile.mkdtemp(prefix="harrow-mixed-")
+    gate = os.path.join(d, "gate")
+    os.mkfifo(gate)
+    try:
+        with harrow.open_nursery() as n:
+            n.run_in_actor(
+                "testfns:fail_at_gate",
+                {"dir": d, "msg": "rust side"},
+                name="rust-fail",
+                backend="process",
+            )
+            n.run_in_actor(
+                _fn("fail_together"),
+                {"dir": d, "n": 2, "msg": "python side"},
+                name="py-fail",
+            )
+            # The gate's only writer: open it once the Rust child reads it (bounded), wait
+            # until both children are ready, then close it (the Rust child fails at EOF).
+            give_up = time.monotonic() + 30
+            fd = None
+            while fd is None:
+                try:
+                    fd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError:
+                    if time.monotonic() > give_up:
+                        raise
+                    harrow.sleep(0.002)
+            try:
+                while _ready(d) < 2 and time.monotonic() < give_up:
+                    harrow.sleep(0.002)
+            finally:
+                os.close(fd)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def catch_group(v=None):
+    """catch_group() -> what ``failing_children``'s NurseryError looks like from Python."""
+    try:
+        failing_children()
+    except harrow.NurseryError as e:
+        members = sorted(
+            (m.source, m.type_name, m.message, m.relay_path) for m in e.exceptions
+        )
+        return {
+            "is_group": isinstance(e, ExceptionGroup),
+            "members": [list(m) for m in members],
+        }
+    return None
+
+
+def fail_together(args):
+    """fail_together({dir, n, msg}): marks itself ready in ``dir``, waits (shielded, bounded)
+    until ``n`` actors are ready, then raises ValueError(msg): failures that happen together,
+    whatever the first one cancels."""
+    import time
+
+    d = args["dir"]
+    with harrow.shield():
+        with open(os.path.join(d, "ready-" + harrow.current_actor().uid), "wb") as f:
+            f.write(b"ready")
+        give_up = time.monotonic() + 30
+        while time.monotonic() < give_up:
+            if sum(1 for e in os.listdir(d) if e.startswith("ready-")) >= args["n"]:
+                break
+            time.sleep(0.002)
+        raise ValueError(args["msg"])
+
+
+def two_failures(wait=None):
+    """two_failures(wait=False): two subint run_in_actor children that fail together: the
+    nursery raises their group. With ``wait``, the block waits meanwhile (the first failure
+    cancels it: that cancel is not one of the group's failures)."""
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="harrow-two-")
+    try:
+        with harrow.open_nursery() as n:
+            for i, msg in ((1, "one"), (2, "two")):
+                args = {"dir": d, "n": 2, "msg": msg}
+                n.run_in_actor(_fn("fail_together"), args, name="fail-%d" % i)
+            if wait:
+                harrow.sleep(60)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def catch_two(v=None):
+    """catch_two() -> what ``two_failures``' NurseryError looks like from Python."""
+    try:
+        two_failures()
+    except harrow.NurseryError as e:
+        members = sorted(
+            (m.source, m.type_name, m.message, m.relay_path) for m in e.exceptions
+        )
+        return {
+            "is_group": isinstance(e, ExceptionGroup),
+            "members": [list(m) for m in members],
+        }
+    return None
+
+
+def run_in_actor_result(v=None):
+    """run_in_actor_result() -> a run_in_actor child's result (an ``add`` on a subint child)."""
+    with harrow.open_nursery() as n:
+        p = n.run_in_actor(_fn("echo"), [1, 2, 3], name="echoer")
+        return p.result()
+
+
+def stream_to_child(count):
+    """stream_to_child(n): opens a context with a subint child's ``ctx_echo``, sends 0..n,
+    reads every echo back, closes; returns the echoes and the context's result."""
+    with harrow.open_nursery() as n:
+        child = n.start_actor("echoer", modules=["harrow_testfns.conformance"])
+        with child.open_context("harrow_testfns.conformance:ctx_echo") as (ctx, first):
+            with ctx.open_stream() as s:
+                got = []
+                for i in range(int(count)):
+                    s.send(i)
+                    got.append(s.recv())
+        return {"first": first, "got": got, "result": ctx.result()}
+
+
+def kwargs_call(v=None):
+    """kwargs_call() -> a child's ``kw`` called with a keyword argument."""
+    with harrow.open_nursery() as n:
+        child = n.start_actor("kw")
+        return child.run(_fn("kw"), 1, b=2)
+
+
+def kw(a, b=0):
+    """kw(a, b) -> [a, b]."""
+    return [a, b]
+
+
+def move_on(ms):
+    """move_on(ms) -> whether a 60 s child call was given up after ``ms`` (move_on_after)."""
+    with harrow.open_nursery() as n:
+        child = n.start_actor("slow")
+        with harrow.move_on_after(int(ms) / 1000.0) as scope:
+            child.run(_fn("sleep_ms"), 60000)
+        return scope.cancelled_caught
+
+
+def fail_after(ms):
+    """fail_after(ms): a 60 s harrow.sleep under fail_after(ms): raises TimeoutError."""
+    with harrow.fail_after(int(ms) / 1000.0):
+        harrow.sleep(60)
+
+
+def hold_child_call(marker):
+    """hold_child_call(marker): starts a child, writes ``marker``, then waits in a 60 s call to
+    it (the actor serves its other calls meanwhile); a cancel interrupts the wait with
+    ``harrow.Cancelled``, after which it writes ``marker + ".cancelled"``."""
+    with harrow.open_nursery() as n:
+        child = n.start_actor("held")
+        with open(marker, "wb") as f:
+            f.write(b"waiting")
+        try:
+            child.run(_fn("sleep_ms"), 60000)
+        except harrow.Cancelled:
+            with open(marker + ".cancelled", "wb") as f:
+                f.write(b"cancelled")
+            raise
+
+
+def cancel_child(v=None):
+    """cancel_child() -> [whether a child's cancel_actor() ended it cleanly, what a call to it
+    raises afterwards]."""
+    with harrow.open_nursery() as n:
+        child = n.start_actor("doomed")
+        child.run(_fn("echo"), 1)
+        clean = child.cancel_actor()
+        try:
+            child.run(_fn("echo"), 2)
+            after = "answered"
+        except harrow.HarrowError:
+            after = "HarrowError"
+        except harrow.RemoteError as e:
+            after = "RemoteError " + e.type_name
+        return [clean, after]
+
+
+def call_parent(v=None):
+    """call_parent(v) -> the parent's ``echo(v)``, called up the link."""
+    return harrow.current_actor().parent.run(_fn("echo"), v)
+
+
+def parent_call_via_child(v=None):
+    """parent_call_via_child(v) -> a child calling back into this actor (its parent)."""
+    with harrow.open_nursery() as n:
+        child = n.start_actor("caller")
+        return child.run(_fn("call_parent"), v)
+
+
+def outside_call_fails(v=None):
+    """outside_call_fails() -> the error text of current_actor() from a Python thread-less
+    context that is not a call: here, from a nursery handle used after its block."""
+    with harrow.open_nursery() as n:
+        pass
+    try:
+        n.start_actor("late")
+    except harrow.HarrowError as e:
+        return str(e)
+    return None
+
+
+def pid(v=None):
+    """pid() -> this process's id."""
+    return os.getpid()
+
+
+async def from_async(v=None):
+    """from_async() -> the error text of current_actor() in an async def function (not
+    supported yet: a clear harrow.HarrowError)."""
+    try:
+        harrow.current_actor()
+    except harrow.HarrowError as e:
+        return str(e)
+    return None
