@@ -97,8 +97,12 @@ fn list(v: &Value) -> &[Value] {
 /// streams through a context on it, and sees the tree as the registrar does.
 fn find_sibling_and_call(_: &Factory) -> Outcome {
     expect_ok(run_root(root_config(), |n| async move {
-        let a = n.start_actor("A", Factory.backend(), Factory.spec()).await?;
-        let b = n.start_actor("B", Factory.backend(), Factory.spec()).await?;
+        let a = n
+            .start_actor("A", Factory.backend(), Factory.spec())
+            .await?;
+        let b = n
+            .start_actor("B", Factory.backend(), Factory.spec())
+            .await?;
         let args = map(&[("name", "B".into()), ("uid", b.id().uid.as_str().into())]);
         let v = a.run(&f("find_call"), args).await?;
         assert_eq!(get(&v, "is_portal"), &Value::Bool(true), "{v:?}");
@@ -139,9 +143,15 @@ fn find_sibling_and_call(_: &Factory) -> Outcome {
         );
         // A context with a stream over the peer link, past the credit window.
         let v = a
-            .run(&f("stream_to"), map(&[("name", "B".into()), ("n", Value::Int(100))]))
+            .run(
+                &f("stream_to"),
+                map(&[("name", "B".into()), ("n", Value::Int(100))]),
+            )
             .await?;
-        let got: Vec<i64> = list(&list(&v)[0]).iter().filter_map(Value::as_i64).collect();
+        let got: Vec<i64> = list(&list(&v)[0])
+            .iter()
+            .filter_map(Value::as_i64)
+            .collect();
         assert_eq!(got, (0..100).collect::<Vec<_>>());
         assert_eq!(list(&v)[1], Value::Int(100));
         Ok(())
@@ -159,7 +169,9 @@ fn wait_for_before_start(_: &Factory) -> Outcome {
     let _ = std::fs::remove_file(&marker);
     let marker_s = marker.to_string_lossy().into_owned();
     expect_ok(run_root(root_config(), |n| async move {
-        let a = n.start_actor("A", Factory.backend(), Factory.spec()).await?;
+        let a = n
+            .start_actor("A", Factory.backend(), Factory.spec())
+            .await?;
         let args = map(&[
             ("name", "late".into()),
             ("marker", marker_s.as_str().into()),
@@ -192,7 +204,11 @@ fn wait_for_before_start(_: &Factory) -> Outcome {
         assert_eq!(timed_out[0].as_str(), Some("TimeoutError"), "{v:?}");
         let msg = timed_out[1].as_str().unwrap_or_default();
         assert!(msg.contains("never"), "{v:?}");
-        assert_eq!(list(&v)[1], Value::Bool(true), "move_on_after caught it: {v:?}");
+        assert_eq!(
+            list(&v)[1],
+            Value::Bool(true),
+            "move_on_after caught it: {v:?}"
+        );
         Ok(())
     }));
     let _ = std::fs::remove_dir_all(&dir);
@@ -203,8 +219,12 @@ fn wait_for_before_start(_: &Factory) -> Outcome {
 /// with a cancellation naming the Python actor; later calls on the peer portal fail.
 fn python_cancels_peer(_: &Factory) -> Outcome {
     expect_ok(run_root(root_config(), |n| async move {
-        let a = n.start_actor("A", Factory.backend(), Factory.spec()).await?;
-        let b = n.start_actor("B", Factory.backend(), Factory.spec()).await?;
+        let a = n
+            .start_actor("A", Factory.backend(), Factory.spec())
+            .await?;
+        let b = n
+            .start_actor("B", Factory.backend(), Factory.spec())
+            .await?;
         let mut held = Vec::new();
         for _ in 0..3 {
             let (ctx, _) = b
@@ -212,7 +232,9 @@ fn python_cancels_peer(_: &Factory) -> Outcome {
                 .await?;
             held.push(ctx);
         }
-        let v = a.run(&f("cancel_peer"), map(&[("name", "B".into())])).await?;
+        let v = a
+            .run(&f("cancel_peer"), map(&[("name", "B".into())]))
+            .await?;
         assert_eq!(list(&v), [Value::Bool(true), "HarrowError".into()], "{v:?}");
         for ctx in held {
             let err = ctx.result().await.expect_err("B was cancelled");
@@ -228,8 +250,12 @@ fn python_cancels_peer(_: &Factory) -> Outcome {
 /// listed, a wait for it times out, and the portal held from before fails every call.
 fn lookups_after_exit(_: &Factory) -> Outcome {
     expect_ok(run_root(root_config(), |n| async move {
-        let a = n.start_actor("A", Factory.backend(), Factory.spec()).await?;
-        let b = n.start_actor("B", Factory.backend(), Factory.spec()).await?;
+        let a = n
+            .start_actor("A", Factory.backend(), Factory.spec())
+            .await?;
+        let b = n
+            .start_actor("B", Factory.backend(), Factory.spec())
+            .await?;
         let uid = a.run(&f("hold"), "B".into()).await?;
         assert_eq!(uid.as_str(), Some(b.id().uid.as_str()));
         // After cancel() returns, B is unregistered.
@@ -251,7 +277,9 @@ fn lookups_after_exit(_: &Factory) -> Outcome {
 /// Extra names from Python, and clear errors for bad input and a portal to oneself.
 fn names_and_misuse(_: &Factory) -> Outcome {
     expect_ok(run_root(root_config(), |n| async move {
-        let a = n.start_actor("A", Factory.backend(), Factory.spec()).await?;
+        let a = n
+            .start_actor("A", Factory.backend(), Factory.spec())
+            .await?;
         let uid = a.run(&f("alias_and_find"), "svc".into()).await?;
         assert_eq!(uid.as_str(), Some(a.id().uid.as_str()));
         let svc = n.actor().find_actor("svc").await?.expect("svc");

@@ -101,7 +101,11 @@ fn bound(arg: Option<&Value>, default: Duration) -> Result<Duration, Fail> {
     Duration::try_from_secs_f64(secs)
         .ok()
         .filter(|d| *d <= MAX_WAIT)
-        .ok_or_else(|| Fail::Usage(format!("a timeout of {secs} s is too long (at most a year)")))
+        .ok_or_else(|| {
+            Fail::Usage(format!(
+                "a timeout of {secs} s is too long (at most a year)"
+            ))
+        })
 }
 
 fn name_arg(op: DiscOp, v: &Value) -> Result<String, Fail> {
@@ -210,7 +214,9 @@ impl ActorEnv {
             DiscOp::Query => {
                 let task = self.spawn(async move {
                     let all = actor.query_actors().await.map_err(fail)?;
-                    Ok(Out::Value(Value::List(all.iter().map(entry_value).collect())))
+                    Ok(Out::Value(Value::List(
+                        all.iter().map(entry_value).collect(),
+                    )))
                 });
                 Ok(Box::pin(task))
             }
@@ -282,7 +288,10 @@ mod tests {
             Value::Float(1e30),
             Value::Str("1".into()),
         ] {
-            assert!(matches!(bound(Some(&bad), d), Err(Fail::Usage(_))), "{bad:?}");
+            assert!(
+                matches!(bound(Some(&bad), d), Err(Fail::Usage(_))),
+                "{bad:?}"
+            );
         }
     }
 
