@@ -111,6 +111,12 @@ fn find_sibling_and_call(_: &Factory) -> Outcome {
         assert_eq!(get(&v, "backend").as_str(), Some("subint"), "{v:?}");
         assert_eq!(get(&v, "value"), &Value::Int(5), "{v:?}");
         assert_eq!(get(&v, "kwargs_value").as_str(), Some("kw"), "{v:?}");
+        // B serves A's call over the peer link with the whole actor API: it finds A back.
+        assert_eq!(
+            list(get(&v, "peer_served")),
+            ["B".into(), "A".into()],
+            "{v:?}"
+        );
         assert_eq!(get(&v, "by_uid").as_str(), Some("B"), "{v:?}");
         let pid = i64::from(std::process::id());
         assert_eq!(

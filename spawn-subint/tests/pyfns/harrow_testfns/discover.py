@@ -26,6 +26,12 @@ def echo(v=None):
     return v
 
 
+def me_and_peer(name):
+    """me_and_peer(name) -> [this actor's name, the name of the actor ``name`` finds]: uses the
+    actor API (also in a call served over a peer link)."""
+    return [harrow.current_actor().name, harrow.find_actor(name).name]
+
+
 def find_call(args):
     """find_call({name, uid}): finds ``name`` (and by ``uid``), calls add([2, 3]) on it, and
     reports what it saw: the portal, the registrar's view, an unknown name."""
@@ -39,6 +45,7 @@ def find_call(args):
         "backend": p.backend,
         "value": p.run(_fn("add"), [2, 3]),
         "kwargs_value": p.run(_fn("echo"), v="kw"),
+        "peer_served": p.run(_fn("me_and_peer"), harrow.current_actor().name),
         "by_uid": by_uid.name,
         "lookup": [info.name, info.uid, info.backend, info.pid],
         "actors": [[a.name, a.backend, a.parent] for a in harrow.query_actors()],
