@@ -160,6 +160,13 @@ fn find_sibling_and_call(_: &Factory) -> Outcome {
             .collect();
         assert_eq!(got, (0..100).collect::<Vec<_>>());
         assert_eq!(list(&v)[1], Value::Int(100));
+        // A Python grandchild of the root (its lookups relayed by A) finds B and calls it.
+        let v = a.run(&f("grandchild_finds"), "B".into()).await?;
+        assert_eq!(
+            list(&v),
+            [Value::Int(42), n.actor().id().uid.as_str().into()],
+            "{v:?}"
+        );
         Ok(())
     }));
     Outcome::Passed

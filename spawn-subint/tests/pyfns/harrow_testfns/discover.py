@@ -179,3 +179,18 @@ def cross_call(v=None):
         "thr": thr.run("testfns:echo", "t"),
         "thr_backend": thr.backend,
     }
+
+
+def find_add(name):
+    """find_add(name) -> [add([20, 22]) on the actor ``name`` finds, the uid of the parent of the
+    actor it found]."""
+    p = harrow.find_actor(name)
+    return [p.run(_fn("add"), [20, 22]), p.info.parent]
+
+
+def grandchild_finds(name):
+    """grandchild_finds(name): a child of this actor (a grandchild of the root: its lookups are
+    relayed twice) finds ``name`` and calls it."""
+    with harrow.open_nursery() as n:
+        kid = n.run_in_actor(_fn("find_add"), name, name="kid")
+        return kid.result()
