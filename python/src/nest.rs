@@ -28,6 +28,9 @@ use harrow_runtime_core::{
 
 use crate::config::InterpConfig;
 
+/// Discovery from Python (`harrow.find_actor` and friends).
+pub(crate) mod discover;
+
 /// A boxed future the interpreter thread waits for.
 pub(crate) type OpFuture = Pin<Box<dyn Future<Output = Result<Out, Fail>> + Send + 'static>>;
 

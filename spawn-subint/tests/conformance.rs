@@ -67,10 +67,6 @@ impl BackendFactory for SubintFactory {
     fn always_has_traceback(&self) -> bool {
         true
     }
-    fn peer_functions(&self) -> bool {
-        // Python actors cannot hold portals yet: the root finds and calls them.
-        false
-    }
     fn bad_spec(&self) -> Option<ActorSpec> {
         // An invalid config: "modules" must be a list of str.
         let mut spec = ActorSpec::new();
@@ -81,5 +77,6 @@ impl BackendFactory for SubintFactory {
 
 harrow_testkit::conformance_suite!(SubintFactory::new());
 
-// Discovery and peer portals: Python actors register and are found and called from Rust.
+// Discovery and peer portals: Python actors find and call each other (the twins of the Rust peer
+// functions, at the end of conformance.py), and are found and called from Rust.
 harrow_testkit::discovery_suite!(SubintFactory::new());

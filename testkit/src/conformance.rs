@@ -48,8 +48,9 @@ pub trait BackendFactory: Send + Sync + 'static {
     fn release_stuck(&self) {}
     /// Whether this backend's actors serve the Rust peer test functions
     /// ([`peerfns`](crate::peerfns): `peer_call`, `peer_cancel`, ...), that is whether they can
-    /// find and call peers themselves. Python actors cannot yet: the discovery scenarios then
-    /// find and call them from the root only.
+    /// find and call peers themselves. When not, the discovery scenarios find and call its
+    /// actors from the root only. (Every backend's actors can today: the subint backend's serve
+    /// Python twins of the peer functions.)
     fn peer_functions(&self) -> bool {
         true
     }

@@ -3,7 +3,7 @@
 //! [`discovery_suite!`](crate::discovery_suite).
 //!
 //! Where the backend's actors serve the Rust peer functions ([`BackendFactory::peer_functions`])
-//! actors find and call each other; otherwise (Python actors) the root finds and calls them
+//! (or their twins: Python actors) actors find and call each other; otherwise the root finds and calls them
 //! over peer portals, which are separate links from the parent's.
 
 use std::time::Duration;

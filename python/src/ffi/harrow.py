@@ -24,6 +24,9 @@
   (``await n.start_actor(...)``, ``await p.run(...)``, ``await p.result()``, ``async with
   p.open_context(...) as (ctx, first)``, ``await s.send(v)``, ``async for``...) without blocking
   the event loop; a cancel of the call raises ``Cancelled`` at the await.
+- Discovery: ``find_actor(name)``, ``find_actor_by_uid(uid)`` (a ``PeerPortal`` or None),
+  ``wait_for_actor(name, timeout)`` (``TimeoutError`` when none came), ``lookup_actor(name)``,
+  ``query_actors()`` (``ActorInfo``s), ``current_actor().register_names(*names)``.
 """
 
 import contextvars as _contextvars
@@ -1055,3 +1058,139 @@ class fail_after(move_on_after):
             self.cancelled_caught = True
             raise TimeoutError("the block did not end within %g s" % self.seconds) from None
         return False
+
+
+# ---- discovery: other actors of the tree, by name ---------------------------------------------
+#
+# Lookups go to the tree's registrar (in the root actor) through this actor's parent link; a
+# found actor is reached over a peer link of its own (in memory in the same process, over its
+# process's unix socket otherwise). The Rust side runs each as a task on the actor's runtime,
+# waited for like every other operation above.
+
+(
+    _N_FIND_ACTOR,
+    _N_FIND_ACTOR_BY_UID,
+    _N_WAIT_FOR_ACTOR,
+    _N_LOOKUP_ACTOR,
+    _N_QUERY_ACTORS,
+    _N_REGISTER_NAMES,
+    _N_PEER_CANCEL,
+) = range(200, 207)
+
+
+class ActorInfo:
+    """One live actor of the tree as the registrar knows it: ``name``, ``uid``, ``names`` (the
+    extra names it registered), ``pid`` (its process), ``backend`` (``"root"``, ``"subint"``,
+    ``"thread"``, ``"process"``...), ``parent`` (its parent's uid, None for the root)."""
+
+    __slots__ = ("name", "uid", "names", "pid", "backend", "parent")
+
+    def __init__(self, d):
+        self.name = d.get("name", "")
+        self.uid = d.get("uid", "")
+        self.names = list(d.get("names") or [])
+        self.pid = d.get("pid", 0)
+        self.backend = d.get("backend", "")
+        self.parent = d.get("parent")
+
+    def __repr__(self):
+        return "<harrow actor info %s (%s, %s, pid %s)>" % (
+            self.name,
+            self.uid,
+            self.backend,
+            self.pid,
+        )
+
+
+class PeerPortal(Portal):
+    """A ``Portal`` to an actor found by discovery (not this actor's child nor its parent):
+    ``run``, ``open_context`` and ``cancel_actor`` work as on any portal, over a direct link to
+    that actor. ``info`` is its ``ActorInfo``. When it has exited, every call raises
+    ``HarrowError``."""
+
+    __slots__ = ("info",)
+
+    def __init__(self, h, entry):
+        Portal.__init__(self, h)
+        self.info = ActorInfo(entry)
+        self.backend = self.info.backend
+
+    def cancel_actor(self, timeout=None):
+        """Asks that actor to cancel itself (directly, not through the tree): every call it
+        serves ends with a cancellation naming this actor, its children are torn down and it
+        exits. True once it acknowledged within ``timeout`` seconds (default: the tree's
+        cancel-ack bound)."""
+        if timeout is not None:
+            timeout = _seconds(timeout)
+        return _native_nest(_N_PEER_CANCEL, self._h, timeout)
+
+    def result(self):
+        """A peer has no call result to wait for (only a ``run_in_actor`` child has)."""
+        raise HarrowError("a peer portal has no result (only a run_in_actor child's has)")
+
+    def __repr__(self):
+        return "<harrow peer portal to %s (%s, %s)>" % (self.name, self.uid, self.backend)
+
+
+def _name(name, what="name"):
+    if not isinstance(name, str):
+        raise TypeError("an actor %s is a str, not %s" % (what, type(name).__name__))
+    return name
+
+
+def _seconds(timeout):
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError("a timeout is a number of seconds, not %s" % type(timeout).__name__)
+    t = float(timeout)
+    if not (t >= 0.0 and t < float("inf")):
+        raise ValueError("a timeout is a finite number of seconds >= 0, not %r" % (timeout,))
+    return t
+
+
+def _peer(found):
+    return None if found is None else PeerPortal(found[0], found[1])
+
+
+def find_actor(name):
+    """A ``PeerPortal`` to the live actor answering to ``name`` (its own name or an extra one;
+    the earliest registered when several do), or None when there is none. A portal to this
+    actor itself is refused (``HarrowError``): call its functions directly."""
+    return _peer(_native_nest(_N_FIND_ACTOR, None, _name(name)))
+
+
+def find_actor_by_uid(uid):
+    """A ``PeerPortal`` to the live actor with this uid, or None."""
+    return _peer(_native_nest(_N_FIND_ACTOR_BY_UID, None, _name(uid, "uid")))
+
+
+def wait_for_actor(name, timeout):
+    """Waits, at most ``timeout`` seconds, for an actor answering to ``name`` (it may not exist
+    yet), then returns a ``PeerPortal`` to it; raises ``TimeoutError`` when none came. The wait
+    is interrupted by a cancel (``Cancelled``) and by deadlines (``move_on_after``)."""
+    found = _native_nest(_N_WAIT_FOR_ACTOR, None, [_name(name), _seconds(timeout)])
+    if isinstance(found, str):
+        raise TimeoutError(found)
+    return _peer(found)
+
+
+def lookup_actor(name):
+    """The ``ActorInfo`` of the live actor answering to ``name``, or None; connects to
+    nothing."""
+    d = _native_nest(_N_LOOKUP_ACTOR, None, _name(name))
+    return None if d is None else ActorInfo(d)
+
+
+def query_actors():
+    """Every live actor of the tree (this one and the root included), as ``ActorInfo``s in
+    registration order."""
+    return [ActorInfo(d) for d in _native_nest(_N_QUERY_ACTORS, None, None)]
+
+
+def _register_names(self, *names):
+    """Registers extra names this actor answers to (until it exits); ``find_actor`` finds it by
+    them once no older actor answers to the same name."""
+    _native_nest(_N_REGISTER_NAMES, None, [_name(n) for n in names])
+
+
+# A method of ``current_actor()``'s object (``harrow.current_actor().register_names("svc")``).
+Actor.register_names = _register_names

@@ -22,6 +22,9 @@ use super::obj::{Obj, PyErrSet, PyResult, guarded, guarded_quiet};
 use crate::nest::{Fail, Handle, Op, OpFuture, Out, Scope, any_fired, remote_to_value};
 use crate::state::{JobState, Shared};
 
+/// Discovery operations from Python (`harrow.find_actor` and friends).
+mod discover;
+
 const HANDLE_CAPSULE: &CStr = c"harrow._handle";
 const PENDING_CAPSULE: &CStr = c"harrow._pending";
 
@@ -230,6 +233,10 @@ unsafe fn native_nest_body(
             // SAFETY: GIL held.
             None => unsafe { none() },
         };
+    }
+    if let Some(d) = crate::nest::discover::DiscOp::from_i64(op) {
+        // SAFETY: owning thread, GIL held.
+        return unsafe { discover::native_discover(shared, hooks, &job, &env, d, target, arg) };
     }
     let Some(op) = Op::from_i64(op) else {
         // SAFETY: owning thread, GIL held.

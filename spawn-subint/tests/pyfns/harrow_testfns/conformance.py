@@ -292,3 +292,62 @@ def ctx_spawn_canceller(ctx, v=None):
         n.run_in_actor(_fn("cancel_parent"), name="canceller")
         while True:
             harrow.sleep(3600)
+
+
+# ---- discovery: twins of harrow_testkit's peer functions (testkit/src/peerfns.rs) ------------
+
+
+def _find(name):
+    p = harrow.find_actor(name)
+    if p is None:
+        raise LookupError("no actor named %r" % (name,))
+    return p
+
+
+def peer_call(args):
+    """peer_call({name, func, args}): finds ``name`` and returns what ``func(args)`` returns
+    there."""
+    return _find(args["name"]).run(args["func"], args.get("args"))
+
+
+def peer_wait_call(args):
+    """peer_wait_call({name, func, args, timeout_ms}): waits for ``name`` (bounded), then
+    calls."""
+    timeout = max(int(args.get("timeout_ms", 5000)), 0) / 1000.0
+    p = harrow.wait_for_actor(args["name"], timeout)
+    return p.run(args["func"], args.get("args"))
+
+
+def peer_echo_stream(args):
+    """peer_echo_stream({name, func, n}): opens context ``func`` (an echo) on ``name``, streams
+    0..n through it and returns the sum of the echoes."""
+    p = _find(args["name"])
+    total = 0
+    with p.open_context(args["func"]) as (ctx, _first):
+        with ctx.open_stream() as stream:
+            for i in range(int(args.get("n", 0))):
+                stream.send(i)
+                total += stream.recv()
+        for _ in stream:
+            pass
+    return total
+
+
+def peer_cancel(args):
+    """peer_cancel({name}): finds ``name`` and cancels that actor directly; returns whether it
+    acked."""
+    return _find(args["name"]).cancel_actor(5.0)
+
+
+def peer_self(v=None):
+    """peer_self(): asks for a portal to this actor itself; returns the error text."""
+    try:
+        harrow.find_actor(harrow.current_actor().name)
+    except harrow.HarrowError as e:
+        return str(e)
+    raise AssertionError("a portal to itself was given")
+
+
+def register_alias(args):
+    """register_alias({alias}): registers an extra name for this actor."""
+    harrow.current_actor().register_names(args["alias"])
