@@ -16,14 +16,14 @@
 //! ```
 //! use harrow_ipc::{stream, Msg};
 //! # futures_lite::future::block_on(async {
-//! let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-//! let a = async_io::Async::new(a).unwrap();
-//! let b = async_io::Async::new(b).unwrap();
-//! // One stream used for both directions here; a launched program gives two pipes instead.
-//! let (a_read, a_write) = futures_lite::io::split(a);
-//! let (b_read, b_write) = futures_lite::io::split(b);
-//! let a = stream::channel(a_read, a_write, Default::default());
-//! let mut b = stream::channel(b_read, b_write, Default::default());
+//! use std::os::unix::net::UnixStream;
+//! // Two one-way byte streams, as a launched program's stdin and stdout are. (Not the two halves
+//! // of one split stream: a split stream's pending read holds it, so no write could pass.)
+//! let (a_out, b_in) = UnixStream::pair().unwrap();
+//! let (b_out, a_in) = UnixStream::pair().unwrap();
+//! let io = |s| async_io::Async::new(s).unwrap();
+//! let a = stream::channel(io(a_in), io(a_out), Default::default());
+//! let mut b = stream::channel(io(b_in), io(b_out), Default::default());
 //! b.end_handshake();
 //! a.send(Msg::CancelAck { teardown_ms: None }).await.unwrap();
 //! assert_eq!(b.recv().await.unwrap(), Msg::CancelAck { teardown_ms: None });
