@@ -234,8 +234,9 @@ impl RemoteBackend {
     }
 
     /// How long a start may take, from running the launcher to the child's start line
-    /// (default 4 s, under the nursery's default 5 s handshake bound; raise both for slow
-    /// launchers). ssh gets it as its `ConnectTimeout` too.
+    /// (default 4 s). The nursery's bound on this backend's spawns and handshakes is raised to
+    /// at least this plus a second (see [`SpawnBackend::link_config`]), so a slow launcher
+    /// needs only this. ssh gets it as its `ConnectTimeout` too.
     pub fn start_timeout(mut self, bound: Duration) -> Self {
         self.start_timeout = bound;
         self
@@ -333,6 +334,11 @@ impl SpawnBackend for RemoteBackend {
 
     fn link_config(&self, parent: &LinkConfig) -> LinkConfig {
         let mut config = parent.clone();
+        // The nursery's bound on a spawn and its Hello: never shorter than this backend's own
+        // start bound (a launcher that is allowed 20 s to start is not cut off at 5 s).
+        config.hello_timeout = config
+            .hello_timeout
+            .max(self.start_timeout + Duration::from_secs(1));
         if config.heartbeat_timeout.is_none() {
             if let Some(bound) = self.heartbeat_timeout {
                 config.heartbeat_timeout = Some(bound);
@@ -370,6 +376,13 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Some(Duration::from_millis(100)));
         let off = RemoteBackend::ssh("h").heartbeat_timeout(None);
         assert_eq!(off.link_config(&quiet).heartbeat_timeout, None);
+        // The spawn bound follows a longer start bound, and never shrinks.
+        assert_eq!(c.hello_timeout, LinkConfig::default().hello_timeout);
+        let slow = RemoteBackend::ssh("h").start_timeout(Duration::from_secs(20));
+        assert_eq!(
+            slow.link_config(&quiet).hello_timeout,
+            Duration::from_secs(21)
+        );
     }
 
     #[test]

@@ -25,7 +25,10 @@ pub fn ssh_backend(program: impl Into<PathBuf>) -> Result<RemoteBackend, String>
         .user(sshd.user())
         .identity(sshd.identity())
         .program(&program)
-        .remote_path(program.display().to_string());
+        .remote_path(program.display().to_string())
+        // Dozens of ssh sessions starting at once on a 2-core machine (the many-children
+        // scenarios) take seconds: the spawn bound follows (see RemoteBackend::link_config).
+        .start_timeout(std::time::Duration::from_secs(20));
     for o in sshd.ssh_options() {
         b = b.ssh_option(o);
     }
@@ -71,10 +74,9 @@ impl BackendFactory for SshFactory {
         if let Err(why) = Sshd::shared() {
             return Some(format!("no sshd for the ssh backend: {why}"));
         }
-        // Hundreds of sequential ssh sessions, or dozens at once under the nursery's 5 s spawn
-        // bound, or a 300 ms window between two spawns, do not fit an ssh session's start-up
-        // on a loaded 2-core CI machine; the same backend runs these over the local launcher
-        // (tests/conformance_local.rs).
+        // Hundreds of sequential ssh sessions, or a 300 ms window between two spawns, do not
+        // fit an ssh session's start-up on a 2-core CI machine; the same backend runs these over
+        // the local launcher (tests/conformance_local.rs).
         if let Some((_, why)) = LEFT_TO_LOCAL.iter().find(|(name, _)| *name == scenario) {
             return Some(format!(
                 "{why}: runs over the local launcher (conformance_local)"
@@ -85,23 +87,11 @@ impl BackendFactory for SshFactory {
 }
 
 /// The scenarios the ssh suite leaves to the local-launcher suite, and why.
-pub const LEFT_TO_LOCAL: [(&str, &str); 6] = [
+pub const LEFT_TO_LOCAL: [(&str, &str); 3] = [
     ("spawn_cancel_soak", "500 sequential ssh sessions"),
     (
         "many_failures_together_repeated",
         "20 rounds of 25 concurrent ssh sessions",
-    ),
-    (
-        "many_children",
-        "50 ssh sessions started at once within the spawn bound",
-    ),
-    (
-        "many_failures_together",
-        "25 ssh sessions started at once within the spawn bound",
-    ),
-    (
-        "failure_tree",
-        "a tree of ssh sessions started at once within the spawn bound",
     ),
     (
         "multierror",
