@@ -1,7 +1,17 @@
-//! Build script: exposes pyo3's `Py_3_x` cfgs for the configured Python (`PYO3_PYTHON`), sets
-//! `cfg(harrow_python)` when that Python is one harrow's Python worker supports (CPython 3.12+
-//! with a shared libpython, the same condition as the subint backend's), and adds an rpath to
-//! libpython for this crate's own tests.
+//! Build script, and the one place that decides whether this build can run Python actors.
+//!
+//! The Python worker (and so both Python backends: subint actors and Python actors in child
+//! processes) needs CPython 3.12 or newer with a shared libpython: the Python that pyo3 is
+//! pointed at (`PYO3_PYTHON`). This script
+//!
+//! - sets `cfg(harrow_python)` when that Python is suitable, and exposes pyo3's `Py_3_x` cfgs;
+//! - adds an rpath to libpython for this crate's own tests;
+//! - publishes what it found to the build scripts of the crates that depend on this one directly
+//!   (`links = "harrow_python"`: cargo hands them `DEP_HARROW_PYTHON_SUPPORTED` = `yes` | `no`,
+//!   `DEP_HARROW_PYTHON_REASON` (why not, and what to do), `DEP_HARROW_PYTHON_LIBDIR`,
+//!   `DEP_HARROW_PYTHON_VERSION` and `DEP_HARROW_PYTHON_EXE`), so that they need not repeat the
+//!   decision. It prints no warning itself: each dependent says what an unsuitable Python means
+//!   for it.
 
 fn main() {
     pyo3_build_config::use_pyo3_cfgs();
@@ -11,19 +21,66 @@ fn main() {
     println!("cargo::rerun-if-env-changed=HARROW_NO_PYTHON");
     let config = pyo3_build_config::get();
     let v = config.version();
-    let no_python = std::env::var("HARROW_NO_PYTHON").is_ok_and(|v| v == "1");
-    let supported = !no_python
-        && config.implementation() == pyo3_build_config::PythonImplementation::CPython
-        && (v.major, v.minor) >= (3, 12)
-        && config.shared();
-    // No warning here: the backends' build scripts say what is wrong and what to do.
-    if supported {
-        println!("cargo::rustc-cfg=harrow_python");
-    }
     let exe = config.executable().unwrap_or_default().to_owned();
+    match unsupported(config) {
+        None => {
+            println!("cargo::rustc-cfg=harrow_python");
+            println!("cargo::metadata=supported=yes");
+        }
+        Some(reason) => {
+            println!("cargo::metadata=supported=no");
+            println!("cargo::metadata=reason={reason}");
+        }
+    }
+    println!(
+        "cargo::metadata=libdir={}",
+        config.lib_dir().unwrap_or_default()
+    );
+    println!("cargo::metadata=version={}.{}", v.major, v.minor);
+    println!("cargo::metadata=exe={exe}");
     println!("cargo::rustc-env=HARROW_SUBINT_PYTHON={exe}");
     println!(
         "cargo::rustc-env=HARROW_SUBINT_PY_VERSION={}.{}",
         v.major, v.minor
     );
+}
+
+/// What to do about an unsuitable Python.
+const FIX: &str = "point PYO3_PYTHON at a CPython >= 3.12 built with a shared libpython (for \
+                   example in the [env] table of your project's .cargo/config.toml) and rebuild";
+
+/// Why the configured Python cannot run harrow's Python actors (and what to do), or `None`.
+fn unsupported(config: &pyo3_build_config::InterpreterConfig) -> Option<String> {
+    // harrow's scripts/setup sets HARROW_NO_PYTHON=1 when it finds no suitable Python: pyo3 is
+    // then configured from a stand-in file that links nothing.
+    if std::env::var("HARROW_NO_PYTHON").is_ok_and(|v| !v.is_empty() && v != "0") {
+        return Some(format!(
+            "HARROW_NO_PYTHON=1 is set (harrow's own scripts/setup sets it when it finds no \
+             suitable Python), so no Python is linked; unset it and {FIX}"
+        ));
+    }
+    let v = config.version();
+    let exe = config.executable().unwrap_or("?");
+    if config.implementation() != pyo3_build_config::PythonImplementation::CPython {
+        Some(format!(
+            "pyo3 found {:?} {}.{} ({exe}), not CPython; {FIX}",
+            config.implementation(),
+            v.major,
+            v.minor
+        ))
+    } else if (v.major, v.minor) < (3, 12) {
+        Some(format!(
+            "pyo3 found Python {}.{} ({exe}), which has no per-interpreter GIL (needs >= 3.12); \
+             {FIX}",
+            v.major, v.minor
+        ))
+    } else if !config.shared() {
+        Some(format!(
+            "pyo3 found Python {}.{} ({exe}) built without a shared libpython (needs \
+             --enable-shared, as distribution packages are); {FIX}",
+            v.major, v.minor
+        ))
+    } else {
+        None
+    }
 }
