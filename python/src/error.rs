@@ -3,7 +3,8 @@
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What can go wrong when hosting Python actors in subinterpreters.
+/// What can go wrong when hosting Python actors: in subinterpreters (the subint backend) or in
+/// the main interpreter of a child process (Python actors in processes).
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -13,8 +14,9 @@ pub enum Error {
     /// The main interpreter failed to initialise.
     #[error("Python initialisation failed: {0}")]
     Init(String),
-    /// `Py_NewInterpreterFromConfig` (or the per-interpreter setup after it) failed.
-    #[error("creating subinterpreter {actor:?} failed: {message}")]
+    /// Creating the interpreter (`Py_NewInterpreterFromConfig`, or initialising a child
+    /// process's main interpreter) or the per-interpreter setup after it failed.
+    #[error("setting up the Python interpreter of actor {actor:?} failed: {message}")]
     Create {
         /// The actor the interpreter was for.
         actor: String,
@@ -22,7 +24,7 @@ pub enum Error {
         message: String,
     },
     /// The OS refused to start the interpreter's thread.
-    #[error("could not start the thread for subinterpreter {actor:?}: {message}")]
+    #[error("could not start the Python interpreter thread of actor {actor:?}: {message}")]
     Thread {
         /// The actor the interpreter was for.
         actor: String,
@@ -30,13 +32,13 @@ pub enum Error {
         message: String,
     },
     /// The interpreter's thread has stopped taking jobs (shut down, or it failed).
-    #[error("subinterpreter {0:?} is gone")]
+    #[error("the Python interpreter of actor {0:?} is gone")]
     Gone(String),
     /// A bounded wait ran out.
     #[error("timed out: {0}")]
     Timeout(String),
     /// The configuration is invalid.
-    #[error("invalid subinterpreter config: {0}")]
+    #[error("invalid interpreter config: {0}")]
     Config(String),
 }
 
