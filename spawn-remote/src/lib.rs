@@ -330,6 +330,7 @@ impl SpawnBackend for RemoteBackend {
             .with_hard_kill(HardKill::Kills)
             .with_in_process(false)
             .with_nested(true)
+            .with_other_host(true)
     }
 
     fn link_config(&self, parent: &LinkConfig) -> LinkConfig {
