@@ -710,8 +710,7 @@ impl Resolver for WithDiscovery {
                 }))
             }
             "tree" => {
-                let mut tree: TreeInfo =
-                    from_value(call.args).map_err(|e| bad(e.to_string()))?;
+                let mut tree: TreeInfo = from_value(call.args).map_err(|e| bad(e.to_string()))?;
                 Ok(Box::pin(async move {
                     let ctx = crate::current_actor().ok_or_else(|| {
                         CallError::new(ErrorKind::Runtime, "DiscoveryError", "no current actor")

@@ -54,13 +54,12 @@ pub(crate) async fn next_hop(ctx: &ActorCtx, target: &ActorEntry) -> Result<Hop,
     }
     let mine = match ctx.discovery().tree() {
         Some(t) => t.domain.clone(),
-        None => {
-            ctx.discovery()
-                .wait_tree(ctx.link_config().hello_timeout)
-                .await?
-                .domain
-                .clone()
-        }
+        None => ctx
+            .discovery()
+            .wait_tree(ctx.link_config().hello_timeout)
+            .await?
+            .domain
+            .clone(),
     };
     if mine.is_empty() || mine == target.domain {
         return Ok(Hop::Direct);

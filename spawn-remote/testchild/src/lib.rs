@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use harrow_runtime_core::{ActorSpec, SpawnBackend};
+use harrow_process_testchild::{ProcessFactory, child_registry};
+use harrow_runtime_core::ipc::Value;
+use harrow_runtime_core::portal::{CallError, FnRegistry, Resolver};
+use harrow_runtime_core::{ActorSpec, SpawnBackend, open_nursery};
 use harrow_spawn_remote::RemoteBackend;
 use harrow_testkit::conformance::BackendFactory;
 use harrow_testkit::sshd::Sshd;
@@ -137,4 +140,35 @@ impl BackendFactory for LocalFactory {
     fn fail_type_name(&self) -> &'static str {
         std::any::type_name::<testfns::TestError>()
     }
+}
+
+/// What the helper binary serves, as a remote child and as a (nested) process child: the
+/// process backend's test registry, plus `routes:hold_child(name)`, a context that starts a
+/// process child named `name` on the actor's own host, says `started(its uid)` and keeps it
+/// until cancelled (the routed-peer tests reach actors below a remote parent with it).
+pub fn registry() -> Arc<dyn Resolver> {
+    let reg = child_registry();
+    let mut reg: FnRegistry = match Arc::try_unwrap(reg) {
+        Ok(r) => r,
+        Err(shared) => return shared,
+    };
+    let added = reg.context("routes:hold_child", |ctx, v| async move {
+        let name = v
+            .as_str()
+            .ok_or_else(|| CallError::raised("TypeError", "hold_child needs a name"))?
+            .to_owned();
+        open_nursery(|n| async move {
+            let backend = ProcessFactory::current().backend();
+            let child = n.start_actor(&name, backend, ActorSpec::new()).await?;
+            ctx.started(Value::Str(child.id().uid.clone())).await?;
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+        .await?;
+        Ok(Value::Null)
+    });
+    if let Err(e) = added {
+        eprintln!("harrow-remote-testchild: routes:hold_child not served: {e}");
+    }
+    Arc::new(reg)
 }
