@@ -145,7 +145,10 @@ impl BackendFactory for LocalFactory {
 /// What the helper binary serves, as a remote child and as a (nested) process child: the
 /// process backend's test registry, plus `routes:hold_child(name)`, a context that starts a
 /// process child named `name` on the actor's own host, says `started(its uid)` and keeps it
-/// until cancelled (the routed-peer tests reach actors below a remote parent with it).
+/// until cancelled (the routed-peer tests reach actors below a remote parent with it), and
+/// `routes:hold_child_until_closed(name)`, the same with a stream: once the caller closes it
+/// (or sends anything), the child is cancelled, and the call returns once it has ended (and so
+/// left the registrar).
 pub fn registry() -> Arc<dyn Resolver> {
     let reg = child_registry();
     let mut reg: FnRegistry = match Arc::try_unwrap(reg) {
@@ -169,6 +172,27 @@ pub fn registry() -> Arc<dyn Resolver> {
     });
     if let Err(e) = added {
         eprintln!("harrow-remote-testchild: routes:hold_child not served: {e}");
+    }
+    let added = reg.context("routes:hold_child_until_closed", |ctx, v| async move {
+        let name = v
+            .as_str()
+            .ok_or_else(|| CallError::raised("TypeError", "needs a name"))?
+            .to_owned();
+        open_nursery(|n| async move {
+            let backend = ProcessFactory::current().backend();
+            let child = n.start_actor(&name, backend, ActorSpec::new()).await?;
+            ctx.started(Value::Str(child.id().uid.clone())).await?;
+            let mut stream = ctx.open_stream().await?;
+            // Any item, the caller's close, or an error: the child goes.
+            let _ = stream.recv().await;
+            child.cancel().await;
+            Ok(())
+        })
+        .await?;
+        Ok(Value::Null)
+    });
+    if let Err(e) = added {
+        eprintln!("harrow-remote-testchild: routes:hold_child_until_closed not served: {e}");
     }
     Arc::new(reg)
 }

@@ -223,20 +223,24 @@ fn routed_two_domains<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
 }
 
 /// routed-peer-exit-mid-stream: the root streams to an actor two hops away (a process child of
-/// a remote actor); that actor exits with the stream open: the stream fails (never a clean
-/// end), and every later call on the portal fails with `Closed`.
+/// a remote actor); its parent ends it with the stream open: the stream fails (never a clean
+/// end), every later call on the portal fails with `Closed`, and it is no longer found.
 fn routed_peer_exit_mid_stream<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     expect_ok(run_root(root_config(), |n| async move {
         let root = n.actor().clone();
         let r = n.start_actor("R", f.backend(), f.spec()).await?;
-        let hold = hold_child(&r, "P").await?;
+        let (mut hold, _) = r
+            .open_context("routes:hold_child_until_closed", s("P"))
+            .await?;
+        let release = hold.open_stream().await?;
         let p = root.find_actor("P").await?.expect("P");
         let (mut ctx, _) = p.open_context("testfns:ctx_echo", Value::Null).await?;
         let mut stream = ctx.open_stream().await?;
         stream.send(Value::Int(1)).await?;
         assert_eq!(stream.recv().await?, Some(Value::Int(1)));
-        // P's parent ends it (the holding context is cancelled) with the stream open.
-        let _ = hold.cancel().await;
+        // P's parent ends it with the stream open; the holding call returns once P has ended.
+        release.close().await?;
+        hold.result().await?;
         let err = match stream.recv().await {
             Ok(Some(v)) => panic!("no item was in flight, got {v:?}"),
             Ok(None) => panic!("an exited peer is not a clean end of stream"),
