@@ -148,7 +148,7 @@ impl BackendFactory for LocalFactory {
 /// until cancelled (the routed-peer tests reach actors below a remote parent with it), and
 /// `routes:hold_child_until_closed(name)`, the same with a stream: once the caller closes it
 /// (or sends anything), the child is cancelled, and the call returns once it has ended (and so
-/// left the registrar).
+/// left the registrar); and `routes:runtime_dir()`, the actor's domain's runtime directory.
 pub fn registry() -> Arc<dyn Resolver> {
     let reg = child_registry();
     let mut reg: FnRegistry = match Arc::try_unwrap(reg) {
@@ -193,6 +193,15 @@ pub fn registry() -> Arc<dyn Resolver> {
     });
     if let Err(e) = added {
         eprintln!("harrow-remote-testchild: routes:hold_child_until_closed not served: {e}");
+    }
+    // routes:runtime_dir() -> the runtime directory of this actor's host domain, or None
+    let added = reg.unary("routes:runtime_dir", |_| async move {
+        Ok(harrow_runtime_core::current_actor()
+            .and_then(|a| a.runtime_dir())
+            .map_or(Value::Null, |d| Value::Str(d.display().to_string())))
+    });
+    if let Err(e) = added {
+        eprintln!("harrow-remote-testchild: routes:runtime_dir not served: {e}");
     }
     Arc::new(reg)
 }

@@ -280,6 +280,13 @@ fn routed_hop_dies<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
         let tester = async {
             ready_rx.recv().await.expect("the hop side is ready");
             let hop = entry(&root, "R").await;
+            // Killed outright, R cannot remove its domain's directory: this test does.
+            let r_dir = root
+                .find_actor("R")
+                .await?
+                .expect("R")
+                .run("routes:runtime_dir", Value::Null)
+                .await?;
             let p = root.find_actor("P").await?.expect("P");
             let (mut ctx, _) = p.open_context("testfns:ctx_echo", Value::Null).await?;
             let mut stream = ctx.open_stream().await?;
@@ -302,6 +309,14 @@ fn routed_hop_dies<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
                 .await
                 .expect_err("the way to P is gone");
             assert!(later.is_closed(), "{later}");
+            let dir = r_dir.as_str().expect("R knows its runtime directory");
+            assert!(
+                !root
+                    .runtime_dir()
+                    .is_some_and(|d| d.display().to_string() == dir),
+                "R's domain has a directory of its own"
+            );
+            let _ = std::fs::remove_dir_all(dir);
             Ok::<_, BoxError>(())
         };
         let (hop_outcome, tested) = futures_lite::future::zip(hop_side, tester).await;
