@@ -311,9 +311,8 @@ fn routed_hop_dies<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
             assert!(later.is_closed(), "{later}");
             let dir = r_dir.as_str().expect("R knows its runtime directory");
             assert!(
-                !root
-                    .runtime_dir()
-                    .is_some_and(|d| d.display().to_string() == dir),
+                root.runtime_dir()
+                    .is_none_or(|d| d.display().to_string() != dir),
                 "R's domain has a directory of its own"
             );
             let _ = std::fs::remove_dir_all(dir);
