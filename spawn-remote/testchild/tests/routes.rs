@@ -329,6 +329,70 @@ fn routed_hop_dies<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
+/// routed-refusals: a route that cannot be followed fails at once with a typed error naming
+/// why, never a hang: a tunnel with no hops left, one asked for as a unary call, a route
+/// through a child the hop does not have, and a portal to a remote actor that has ended.
+fn routed_refusals<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    expect_ok(run_root(root_config(), |n| async move {
+        let root = n.actor().clone();
+        let r = n.start_actor("R", f.backend(), f.spec()).await?;
+        let re = entry(&root, "R").await;
+        let tunnel = |target: &ActorEntry, hops: i64| {
+            let target = harrow_runtime_core::ipc::to_value(target).expect("an entry encodes");
+            map(&[("target", target), ("hops_left", Value::Int(hops))])
+        };
+        let expect_refused = |res: Result<(Context, Value), harrow_runtime_core::portal::Error>,
+                              what: &str| {
+            match res {
+                Ok(_) => panic!("{what}: the tunnel was opened"),
+                Err(e) => {
+                    assert!(e.is_remote(), "{what}: {e}");
+                    e.to_string()
+                }
+            }
+        };
+        // No hops left.
+        let res = r
+            .open_context("harrow.discovery:tunnel", tunnel(&re, 0))
+            .await;
+        let msg = expect_refused(res, "no hops left");
+        assert!(msg.contains("hops"), "{msg}");
+        // A unary call of the tunnel.
+        let err = r
+            .run("harrow.discovery:tunnel", tunnel(&re, 3))
+            .await
+            .expect_err("the tunnel is a context");
+        assert!(err.to_string().contains("context"), "{err}");
+        // A target in another domain whose route goes through a child R does not have.
+        let mut ghost = ActorEntry::new(
+            harrow_runtime_core::ipc::ActorId::new("ghost"),
+            1,
+            "remote",
+            Some(r.id().uid.clone()),
+        )
+        .with_domain("00000000deadbeef");
+        ghost.route = vec![
+            root.id().uid.clone(),
+            r.id().uid.clone(),
+            "no-such-child".into(),
+        ];
+        let res = r
+            .open_context("harrow.discovery:tunnel", tunnel(&ghost, 3))
+            .await;
+        let msg = expect_refused(res, "a missing child");
+        assert!(msg.contains("no-such-child"), "{msg}");
+        // R ends: an entry kept from before leads nowhere.
+        r.cancel().await;
+        let err = root.portal_to(&re).await.expect_err("R has ended");
+        assert!(
+            matches!(err, harrow_runtime_core::DiscoveryError::Unreachable(_)),
+            "{err}"
+        );
+        Ok(())
+    }));
+    Outcome::Passed
+}
+
 macro_rules! routes_suite {
     ($mod:ident, $factory:expr; $($name:ident),* $(,)?) => {
         mod $mod {
@@ -350,6 +414,7 @@ routes_suite!(local_launcher, LocalFactory::new(BIN);
     routed_two_domains,
     routed_peer_exit_mid_stream,
     routed_hop_dies,
+    routed_refusals,
 );
 
 routes_suite!(ssh, SshFactory::new(BIN);
@@ -358,4 +423,5 @@ routes_suite!(ssh, SshFactory::new(BIN);
     routed_two_domains,
     routed_peer_exit_mid_stream,
     routed_hop_dies,
+    routed_refusals,
 );
