@@ -588,7 +588,7 @@ impl ActorCtx {
             route::Hop::Direct => direct_channel(self, &entry, bound).await?,
             route::Hop::Tree(via) => {
                 let (ctx, stream) = route::open(&via, &entry, route::MAX_HOPS, bound).await?;
-                route::channel_through(self, ctx, stream)
+                route::channel_through(self, &entry, ctx, stream)
             }
         };
         let local = LocalInfo {

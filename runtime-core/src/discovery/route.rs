@@ -133,22 +133,23 @@ pub(crate) async fn open(
 
 /// The originating side: a `mem` channel whose frames travel through `(ctx, stream)`; the pump
 /// runs on the actor's executor until either side ends.
-pub(crate) fn channel_through(actor: &ActorCtx, ctx: Context, stream: MsgStream) -> Channel {
+pub(crate) fn channel_through(
+    actor: &ActorCtx,
+    target: &ActorEntry,
+    ctx: Context,
+    stream: MsgStream,
+) -> Channel {
     let (mine, theirs) = harrow_ipc::mem::pair();
-    let peer = ctx_label(&ctx);
+    let peer = target.id.clone();
     actor
         .executor()
         .spawn(async move {
             let why = pump_channel(theirs, stream).await;
-            tracing::debug!(tunnel = %peer, %why, "routed peer link ended");
+            tracing::debug!(%peer, %why, "routed peer link ended");
             drop(ctx);
         })
         .detach();
     mine
-}
-
-fn ctx_label(ctx: &Context) -> String {
-    format!("cid {}", ctx.cid().0)
 }
 
 /// Pumps frames between `channel` and `stream` until either ends; then closes both. Returns

@@ -31,7 +31,12 @@ pub fn ssh_backend(program: impl Into<PathBuf>) -> Result<RemoteBackend, String>
         .remote_path(program.display().to_string())
         // Dozens of ssh sessions starting at once on a 2-core machine (the many-children
         // scenarios) take seconds: the spawn bound follows (see RemoteBackend::link_config).
-        .start_timeout(std::time::Duration::from_secs(20));
+        .start_timeout(std::time::Duration::from_secs(20))
+        // Some scenarios block a child's thread on purpose (`fail_at_gate` waits on a FIFO while
+        // the other children of `many_failures_together` start, one ssh session each): a
+        // blocked actor sends no heartbeats, and 25 session starts on a loaded 2-core machine
+        // can outlast the default 15 s. The partition test sets its own bound.
+        .heartbeat_timeout(Some(std::time::Duration::from_secs(90)));
     for o in sshd.ssh_options() {
         b = b.ssh_option(o);
     }
@@ -148,7 +153,9 @@ impl BackendFactory for LocalFactory {
 /// until cancelled (the routed-peer tests reach actors below a remote parent with it), and
 /// `routes:hold_child_until_closed(name)`, the same with a stream: once the caller closes it
 /// (or sends anything), the child is cancelled, and the call returns once it has ended (and so
-/// left the registrar); and `routes:runtime_dir()`, the actor's domain's runtime directory.
+/// left the registrar); `routes:hold_remote_child(name)`, as `hold_child` with a remote child
+/// started through the local `sh` launcher; and `routes:runtime_dir()`, the actor's domain's
+/// runtime directory.
 pub fn registry() -> Arc<dyn Resolver> {
     let reg = child_registry();
     let mut reg: FnRegistry = match Arc::try_unwrap(reg) {
@@ -193,6 +200,28 @@ pub fn registry() -> Arc<dyn Resolver> {
     });
     if let Err(e) = added {
         eprintln!("harrow-remote-testchild: routes:hold_child_until_closed not served: {e}");
+    }
+    // routes:hold_remote_child(name): routes:hold_child, but the child is a remote child of
+    // this actor, started through the local `sh` launcher (a host domain of its own)
+    let added = reg.context("routes:hold_remote_child", |ctx, v| async move {
+        let name = v
+            .as_str()
+            .ok_or_else(|| CallError::raised("TypeError", "needs a name"))?
+            .to_owned();
+        let program = std::env::current_exe()
+            .map_err(|e| CallError::raised("RuntimeError", format!("no program: {e}")))?;
+        open_nursery(|n| async move {
+            let backend = local_backend(program).into_shared();
+            let child = n.start_actor(&name, backend, ActorSpec::new()).await?;
+            ctx.started(Value::Str(child.id().uid.clone())).await?;
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+        .await?;
+        Ok(Value::Null)
+    });
+    if let Err(e) = added {
+        eprintln!("harrow-remote-testchild: routes:hold_remote_child not served: {e}");
     }
     // routes:runtime_dir() -> the runtime directory of this actor's host domain, or None
     let added = reg.unary("routes:runtime_dir", |_| async move {

@@ -222,6 +222,56 @@ fn routed_two_domains<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
+/// routed-nested-domains: a remote actor R1 starts a remote child Q of its own (a third host
+/// domain, below another); a local actor L, Q, and a process child P2 of another remote actor
+/// R2 call each other: up and down through two levels of domains.
+fn routed_nested_domains<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    expect_ok(run_root(root_config(), |n| async move {
+        let root = n.actor().clone();
+        let l = n.start_actor("L", local(), ActorSpec::new()).await?;
+        let r1 = n.start_actor("R1", f.backend(), f.spec()).await?;
+        let r2 = n.start_actor("R2", f.backend(), f.spec()).await?;
+        let (_hq, _) = r1.open_context("routes:hold_remote_child", s("Q")).await?;
+        let _h2 = hold_child(&r2, "P2").await?;
+        let (eq, er1, ep2) = (
+            entry(&root, "Q").await,
+            entry(&root, "R1").await,
+            entry(&root, "P2").await,
+        );
+        assert_ne!(
+            eq.domain, er1.domain,
+            "a remote child of a remote actor: a new domain"
+        );
+        assert_ne!(eq.domain, ep2.domain);
+        assert_eq!(eq.route.len(), 3, "{:?}", eq.route);
+        // L -> Q: up to the root, down through R1.
+        let call = map(&[
+            ("name", s("Q")),
+            ("func", s("testfns:add")),
+            ("args", args2(30, 12)),
+        ]);
+        assert_eq!(l.run("testfns:peer_call", call).await?, Value::Int(42));
+        // Q -> L and Q -> P2, from Q itself (reached by the root down its links).
+        let q = root.find_actor("Q").await?.expect("Q");
+        let to_l = map(&[
+            ("name", s("L")),
+            ("func", s("testfns:echo")),
+            ("args", s("up")),
+        ]);
+        assert_eq!(q.run("testfns:peer_call", to_l).await?, s("up"));
+        let to_p2 = map(&[
+            ("name", s("P2")),
+            ("func", s("testfns:ctx_echo")),
+            ("n", Value::Int(80)),
+        ]);
+        let sum = q.run("testfns:peer_echo_stream", to_p2).await?;
+        assert_eq!(sum, Value::Int((0..80).sum()));
+        no_socket_here(&root, &eq);
+        Ok(())
+    }));
+    Outcome::Passed
+}
+
 /// routed-peer-exit-mid-stream: the root streams to an actor two hops away (a process child of
 /// a remote actor); its parent ends it with the stream open: the stream fails (never a clean
 /// end), every later call on the portal fails with `Closed`, and it is no longer found.
@@ -412,6 +462,7 @@ routes_suite!(local_launcher, LocalFactory::new(BIN);
     routed_local_remote,
     routed_cancel_actor,
     routed_two_domains,
+    routed_nested_domains,
     routed_peer_exit_mid_stream,
     routed_hop_dies,
     routed_refusals,
@@ -421,6 +472,7 @@ routes_suite!(ssh, SshFactory::new(BIN);
     routed_local_remote,
     routed_cancel_actor,
     routed_two_domains,
+    routed_nested_domains,
     routed_peer_exit_mid_stream,
     routed_hop_dies,
     routed_refusals,
