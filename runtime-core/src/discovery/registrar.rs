@@ -1,5 +1,6 @@
 //! The registrar: the tree's table of live actors, kept by the root.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -76,26 +77,34 @@ struct State {
 }
 
 impl State {
+    /// Each live actor's parent, by uid.
+    fn parents(&self) -> HashMap<&str, Option<&str>> {
+        self.entries
+            .iter()
+            .map(|e| (e.id.uid.as_str(), e.parent.as_deref()))
+            .collect()
+    }
+
     /// `e` with its route: the uids from the root down to it, following the parents (cut short,
     /// and so unusable for routing, if a parent is missing, which only a racing removal causes).
-    fn routed(&self, e: &ActorEntry) -> ActorEntry {
+    fn routed_with(&self, parents: &HashMap<&str, Option<&str>>, e: &ActorEntry) -> ActorEntry {
         let mut route = vec![e.id.uid.clone()];
-        let mut parent = e.parent.clone();
+        let mut parent = e.parent.as_deref();
         while let Some(p) = parent {
             if route.len() > self.entries.len() {
                 break; // a cycle: impossible with uids, but never loop
             }
-            route.push(p.clone());
-            parent = self
-                .entries
-                .iter()
-                .find(|x| x.id.uid == p)
-                .and_then(|x| x.parent.clone());
+            route.push(p.to_owned());
+            parent = parents.get(p).copied().flatten();
         }
         route.reverse();
         let mut e = e.clone();
         e.route = route;
         e
+    }
+
+    fn routed(&self, e: &ActorEntry) -> ActorEntry {
+        self.routed_with(&self.parents(), e)
     }
 }
 
@@ -183,7 +192,12 @@ impl Registrar {
 
     pub(crate) fn list(&self) -> Vec<ActorEntry> {
         let st = self.lock();
-        let mut v: Vec<ActorEntry> = st.entries.iter().map(|e| st.routed(e)).collect();
+        let parents = st.parents();
+        let mut v: Vec<ActorEntry> = st
+            .entries
+            .iter()
+            .map(|e| st.routed_with(&parents, e))
+            .collect();
         v.sort_by_key(|e| e.seq);
         v
     }
