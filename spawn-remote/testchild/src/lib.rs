@@ -154,8 +154,9 @@ impl BackendFactory for LocalFactory {
 /// `routes:hold_child_until_closed(name)`, the same with a stream: once the caller closes it
 /// (or sends anything), the child is cancelled, and the call returns once it has ended (and so
 /// left the registrar); `routes:hold_remote_child(name)`, as `hold_child` with a remote child
-/// started through the local `sh` launcher; and `routes:runtime_dir()`, the actor's domain's
-/// runtime directory.
+/// started through the local `sh` launcher; `routes:hold_peer_stream(name)`, a context that
+/// keeps an echo stream to peer `name` open; `routes:peer_links()`, how many peer links the
+/// actor holds; and `routes:runtime_dir()`, the actor's domain's runtime directory.
 pub fn registry() -> Arc<dyn Resolver> {
     let reg = child_registry();
     let mut reg: FnRegistry = match Arc::try_unwrap(reg) {
@@ -222,6 +223,40 @@ pub fn registry() -> Arc<dyn Resolver> {
     });
     if let Err(e) = added {
         eprintln!("harrow-remote-testchild: routes:hold_remote_child not served: {e}");
+    }
+    // routes:hold_peer_stream(name): finds `name`, opens its testfns:ctx_echo stream, echoes
+    // one item through it, says started(None) and keeps the stream open until cancelled
+    let added = reg.context("routes:hold_peer_stream", |ctx, v| async move {
+        let name = v
+            .as_str()
+            .ok_or_else(|| CallError::raised("TypeError", "needs a name"))?
+            .to_owned();
+        let me = harrow_runtime_core::current_actor()
+            .ok_or_else(|| CallError::raised("RuntimeError", "no actor"))?;
+        let peer = me
+            .find_actor(&name)
+            .await
+            .map_err(|e| CallError::raised("DiscoveryError", e.to_string()))?
+            .ok_or_else(|| CallError::raised("LookupError", format!("no actor {name:?}")))?;
+        let (mut echo, _) = peer.open_context("testfns:ctx_echo", Value::Null).await?;
+        let mut stream = echo.open_stream().await?;
+        stream.send(Value::Int(1)).await?;
+        stream.recv().await?;
+        ctx.started(Value::Null).await?;
+        let _open = (echo, stream);
+        std::future::pending::<()>().await;
+        Ok(Value::Null)
+    });
+    if let Err(e) = added {
+        eprintln!("harrow-remote-testchild: routes:hold_peer_stream not served: {e}");
+    }
+    // routes:peer_links() -> how many live peer links this actor holds
+    let added = reg.unary("routes:peer_links", |_| async move {
+        let n = harrow_runtime_core::current_actor().map_or(0, |a| a.peer_links());
+        Ok(Value::Int(i64::try_from(n).unwrap_or(i64::MAX)))
+    });
+    if let Err(e) = added {
+        eprintln!("harrow-remote-testchild: routes:peer_links not served: {e}");
     }
     // routes:runtime_dir() -> the runtime directory of this actor's host domain, or None
     let added = reg.unary("routes:runtime_dir", |_| async move {

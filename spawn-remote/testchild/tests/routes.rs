@@ -311,6 +311,39 @@ fn routed_peer_exit_mid_stream<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
+/// routed-origin-exits: a local actor holds a stream over a routed link into a remote actor
+/// and exits: the remote actor's end of the link goes too (its peer links drop to none), and it
+/// goes on serving.
+fn routed_origin_exits<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    expect_ok(run_root(root_config(), |n| async move {
+        let r = n.start_actor("R", f.backend(), f.spec()).await?;
+        let l = n.start_actor("L", local(), ActorSpec::new()).await?;
+        let (_held, _) = l.open_context("routes:hold_peer_stream", s("R")).await?;
+        // Waits (bounded) until R holds `want` peer links.
+        let links = |want: i64, what: &'static str| {
+            let r = &r;
+            async move {
+                let give_up = std::time::Instant::now() + BOUND;
+                while r.run("routes:peer_links", Value::Null).await? != Value::Int(want) {
+                    assert!(
+                        std::time::Instant::now() < give_up,
+                        "{what} within {BOUND:?}"
+                    );
+                    async_io::Timer::after(Duration::from_millis(5)).await;
+                }
+                Ok::<_, BoxError>(())
+            }
+        };
+        links(1, "R holds L's routed link").await?;
+        l.cancel().await;
+        // R sees its end of the link close once the tunnel's teardown reached it.
+        links(0, "R dropped the link of L, which exited").await?;
+        assert_eq!(r.run("testfns:add", args2(2, 5)).await?, Value::Int(7));
+        Ok(())
+    }));
+    Outcome::Passed
+}
+
 /// routed-hop-dies: the root streams to a process child of a remote actor, and that remote
 /// actor (the hop) is killed outright (SIGKILL): the stream fails (never a clean end, never a
 /// hang) and later calls on the portal fail with `Closed`.
@@ -465,6 +498,7 @@ routes_suite!(local_launcher, LocalFactory::new(BIN);
     routed_nested_domains,
     routed_peer_exit_mid_stream,
     routed_hop_dies,
+    routed_origin_exits,
     routed_refusals,
 );
 
@@ -475,5 +509,6 @@ routes_suite!(ssh, SshFactory::new(BIN);
     routed_nested_domains,
     routed_peer_exit_mid_stream,
     routed_hop_dies,
+    routed_origin_exits,
     routed_refusals,
 );
