@@ -38,6 +38,10 @@ pub struct Capabilities {
     pub in_process: bool,
     /// A child can itself start children with this backend.
     pub nested: bool,
+    /// The child may run on another host than its parent (a launcher such as ssh starts it). It
+    /// then begins a *host domain* of its own: peers in other domains reach it, and it reaches
+    /// them, through the tree's links rather than a local socket (see `docs/DISCOVERY.md`).
+    pub other_host: bool,
 }
 
 impl Default for Capabilities {
@@ -55,6 +59,7 @@ impl Capabilities {
             hard_kill: HardKill::Detaches,
             in_process: true,
             nested: true,
+            other_host: false,
         }
     }
 
@@ -73,6 +78,12 @@ impl Capabilities {
     /// Sets [`Capabilities::nested`].
     pub fn with_nested(mut self, nested: bool) -> Self {
         self.nested = nested;
+        self
+    }
+
+    /// Sets [`Capabilities::other_host`].
+    pub fn with_other_host(mut self, other_host: bool) -> Self {
+        self.other_host = other_host;
         self
     }
 }

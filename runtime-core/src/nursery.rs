@@ -383,7 +383,8 @@ impl ActorNursery {
             return Err(SpawnError::Handshake { actor: id, reason }.into());
         }
         // Discovery: the child gets the tree's secret and is findable once this returns.
-        crate::discovery::child_up(actor, &link).await;
+        let other_host = backend.capabilities().other_host;
+        crate::discovery::child_up(actor, &link, other_host).await;
         let slot = Arc::new(ChildSlot {
             id: id.clone(),
             backend: backend_name,

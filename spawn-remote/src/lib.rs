@@ -59,6 +59,11 @@
 //!   ([`RemoteBackend::child_heartbeat_timeout`], 30 s by default) and exits when cut off.
 //! - **Output**: the remote child's stdout and stderr reach the parent's stderr, each line
 //!   prefixed with `[actor-name] `.
+//! - **Discovery**: a remote child begins a host domain of its own
+//!   ([`Capabilities::other_host`](harrow_runtime_core::Capabilities::other_host)), with its own
+//!   runtime directory on its host; it and its subtree find any actor of the tree and reach those
+//!   of other domains through the tree's links (routed peer links), never over a socket of
+//!   another host.
 #![deny(unsafe_code)]
 
 mod child;
@@ -330,6 +335,7 @@ impl SpawnBackend for RemoteBackend {
             .with_hard_kill(HardKill::Kills)
             .with_in_process(false)
             .with_nested(true)
+            .with_other_host(true)
     }
 
     fn link_config(&self, parent: &LinkConfig) -> LinkConfig {

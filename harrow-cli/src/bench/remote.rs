@@ -1,6 +1,7 @@
 //! The remote backend's rows: spawn-to-first-reply and the RPC round trip of an actor started
 //! over ssh to this machine, each interleaved with the same figure on the process backend (the
-//! local child it would otherwise be). The ssh target is `HARROW_BENCH_SSH`
+//! local child it would otherwise be), and a routed peer round trip to that actor interleaved
+//! with the parent-child one. The ssh target is `HARROW_BENCH_SSH`
 //! (`ssh://[user@]host[:port]`, with this binary at the same path there), or else a private
 //! sshd this run starts on 127.0.0.1 (harrow-testkit's fixture); without either, the rows are
 //! skipped with a message.
@@ -139,7 +140,57 @@ pub(super) async fn measure(
             samples.push(t0.elapsed().as_secs_f64() * 1e6 / per_batch as f64);
         }
     }
+    let routed = routed_peer_round_trip(n, &far, s, prog, &t.label).await?;
     far.cancel().await;
     near.cancel().await;
-    Ok(vec![spawn, rtt])
+    Ok(vec![spawn, rtt, routed])
+}
+
+/// A call over a routed peer portal to the remote actor (it is in another host domain, so the
+/// root's peer link to it is a tunnel through the tree: here down the root's own link to it),
+/// interleaved with the same call over that parent-child link.
+async fn routed_peer_round_trip(
+    n: &ActorNursery,
+    far: &harrow::ChildHandle,
+    s: Sizes,
+    prog: &Progress,
+    label: &str,
+) -> anyhow::Result<Row> {
+    let echo = "demo:echo";
+    let per_batch = (s.round_trips / s.reps).max(1);
+    prog.step(&format!(
+        "remote: {} rounds of {per_batch} routed peer round trips over {label}, interleaved with \
+         parent-child ones",
+        s.reps
+    ));
+    let mut r = row(
+        "remote_routed_peer_round_trip",
+        "routed peer round trip (ssh)",
+        Unit::Us,
+        "parent-child round trip (same remote actor)",
+    );
+    let peer = n
+        .actor()
+        .find_actor_by_uid(&far.id().uid)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("{} is not registered", far.id()))?;
+    for i in 0..50 {
+        peer.run(echo, Value::Int(i)).await?;
+        far.run(echo, Value::Int(i)).await?;
+    }
+    for _ in 0..s.reps {
+        for (portal, samples, lat) in [
+            (&peer, &mut r.harrow, &mut r.harrow_lat),
+            (far.portal(), &mut r.baseline, &mut r.baseline_lat),
+        ] {
+            let t0 = Instant::now();
+            for i in 0..per_batch {
+                let one = Instant::now();
+                portal.run(echo, Value::Int(i as i64)).await?;
+                lat.push(one.elapsed().as_secs_f64() * 1e6);
+            }
+            samples.push(t0.elapsed().as_secs_f64() * 1e6 / per_batch as f64);
+        }
+    }
+    Ok(r)
 }

@@ -21,6 +21,7 @@
 
 pub mod handshake;
 mod registrar;
+mod route;
 mod tree;
 
 use std::collections::HashMap;
@@ -47,6 +48,7 @@ pub use tree::{check_runtime_dir, recent_refusals};
 pub const DISCOVERY_MODULE: &str = "harrow.discovery";
 const REGISTRAR_FN: &str = "harrow.discovery:registrar";
 const TREE_FN: &str = "harrow.discovery:tree";
+const TUNNEL_FN: &str = "harrow.discovery:tunnel";
 
 /// Why a discovery operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +130,12 @@ pub(crate) struct Discovery {
     acceptor: Mutex<Option<tree::AcceptorGuard>>,
     /// Set when this actor started its process's listener (a non-root process): it stops it.
     owns_listener: Mutex<Option<String>>,
+    /// Set for the first actor of a host domain (the root, a child on another host): at its
+    /// exit it stops its process's listener and removes the domain's runtime directory.
+    domain_top: std::sync::atomic::AtomicBool,
+    /// The portals to this actor's live children, by uid: the tree links routed peer links
+    /// travel down.
+    children: Mutex<HashMap<String, Portal>>,
     /// Set once this (non-root) actor is exiting: its parent removes its whole subtree from the
     /// registrar, so its own nurseries need not unregister each child on the way out.
     exiting: std::sync::atomic::AtomicBool,
@@ -141,6 +149,7 @@ impl Discovery {
     pub(crate) fn for_root() -> Self {
         Discovery {
             registrar: Some(Arc::new(Registrar::default())),
+            domain_top: true.into(),
             ..Default::default()
         }
     }
@@ -166,6 +175,7 @@ impl Discovery {
     /// so that the tasks waiting on them end on the executor's last ticks.
     pub(crate) fn release(&self) {
         drop(lock(&self.acceptor).take());
+        lock(&self.children).clear();
         let links: Vec<Arc<Link>> = lock(&self.peers).drain().map(|(_, l)| l).collect();
         for l in &links {
             l.close();
@@ -199,6 +209,7 @@ impl Discovery {
     /// and its I/O stopped, and a listener this actor started is stopped.
     pub(crate) async fn shutdown(&self, bound: Duration) {
         drop(lock(&self.acceptor).take());
+        lock(&self.children).clear();
         let links: Vec<Arc<Link>> = lock(&self.peers).drain().map(|(_, l)| l).collect();
         if !links.is_empty() {
             // One bound for all of them, not one each.
@@ -221,8 +232,9 @@ impl Discovery {
         if let Some(tree_id) = lock(&self.owns_listener).take() {
             tree::stop_listener(&tree_id);
         }
-        if self.registrar.is_some() {
-            // The root: its process's listener and the runtime directory go with the tree.
+        if self.domain_top.load(Ordering::Acquire) {
+            // The root, or the first actor of another host domain: its process's listener and
+            // the domain's runtime directory go with it.
             if let Some(t) = self.tree() {
                 tree::stop_listener(&t.id);
                 if t.root_pid == std::process::id() && t.dir.exists() {
@@ -245,12 +257,15 @@ pub(crate) fn init_root(ctx: &ActorCtx) {
         }
     }
     if let Some(reg) = &ctx.discovery().registrar {
-        reg.register(ActorEntry::new(
-            ctx.id().clone(),
-            std::process::id(),
-            ctx.backend(),
-            None,
-        ));
+        let domain = ctx
+            .discovery()
+            .tree()
+            .map(|t| t.domain.clone())
+            .unwrap_or_default();
+        reg.register(
+            ActorEntry::new(ctx.id().clone(), std::process::id(), ctx.backend(), None)
+                .with_domain(domain),
+        );
     }
     start_acceptor(ctx);
 }
@@ -322,12 +337,23 @@ impl ActorCtx {
     }
 }
 
-/// The nursery saw `link`'s child say `Hello`: hand the tree down, register it.
-pub(crate) async fn child_up(actor: &ActorCtx, link: &Link) {
+/// The nursery saw `link`'s child say `Hello`: hand the tree down, register it. A child that
+/// may run on another host (`other_host`) starts a host domain of its own.
+pub(crate) async fn child_up(actor: &ActorCtx, link: &Link, other_host: bool) {
     let peer = link.peer().clone();
     let bound = actor.link_config().hello_timeout;
-    if let Some(tree) = actor.discovery().tree() {
-        let other_process = peer.pid != std::process::id();
+    lock(&actor.discovery().children).insert(peer.id.uid.clone(), link.portal());
+    let mut domain = String::new();
+    if let Some(mut tree) = actor.discovery().tree() {
+        if other_host {
+            // It never connects to this host's sockets: no listener here for its sake.
+            match tree.for_other_host() {
+                Ok(t) => tree = Arc::new(t),
+                Err(e) => tracing::warn!(error = %e, "discovery: no domain for a remote child"),
+            }
+        }
+        domain = tree.domain.clone();
+        let other_process = !other_host && peer.pid != std::process::id();
         if other_process {
             // Peers in that process will connect back to this one: listen here too.
             match tree::ensure_listener(&tree) {
@@ -347,8 +373,8 @@ pub(crate) async fn child_up(actor: &ActorCtx, link: &Link) {
             }
         };
         let portal = link.portal();
-        if other_process {
-            // Its listener must be up before anyone can find it.
+        if other_process || other_host {
+            // Its listener (or its domain) must be up before anyone can find it.
             match deadline(bound, portal.run(TREE_FN, args)).await {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
@@ -372,7 +398,8 @@ pub(crate) async fn child_up(actor: &ActorCtx, link: &Link) {
         peer.pid,
         peer.backend.clone(),
         Some(actor.id().uid.clone()),
-    );
+    )
+    .with_domain(domain);
     match deadline(bound, request(actor, Req::Register(entry))).await {
         Some(Ok(_)) => {}
         Some(Err(e)) => tracing::debug!(child = %peer.id, error = %e, "not registered"),
@@ -382,6 +409,7 @@ pub(crate) async fn child_up(actor: &ActorCtx, link: &Link) {
 
 /// The nursery saw its child `id` end: it and its subtree leave the registrar.
 pub(crate) async fn child_gone(actor: &ActorCtx, id: &ActorId) {
+    lock(&actor.discovery().children).remove(&id.uid);
     if actor.discovery().exiting.load(Ordering::Acquire) {
         // Our parent removes us with our subtree: no relay per child during the teardown.
         return;
@@ -545,18 +573,23 @@ impl ActorCtx {
         }
         let config = self.link_config();
         let bound = config.hello_timeout;
-        let channel = if entry.pid == std::process::id() {
-            let (mine, theirs) = harrow_ipc::mem::pair();
-            if !tree::hand_to(&entry.id.uid, theirs) {
-                return Err(DiscoveryError::Unreachable(format!(
-                    "actor {} has ended",
-                    entry.id
-                )));
-            }
-            mine
+        let entry = if entry.domain.is_empty() || !entry.route.is_empty() {
+            entry.clone()
         } else {
-            let tree = self.discovery().wait_tree(bound).await?;
-            tree::connect(&tree, entry.pid, &entry.id.uid, bound).await?
+            // An entry without its route (built by hand): ask the registrar for it.
+            let req = Req::FindUid {
+                uid: entry.id.uid.clone(),
+            };
+            entry_of(request(self, req).await?)?.ok_or_else(|| {
+                DiscoveryError::Unreachable(format!("actor {} has ended", entry.id))
+            })?
+        };
+        let channel = match route::next_hop(self, &entry).await? {
+            route::Hop::Direct => direct_channel(self, &entry, bound).await?,
+            route::Hop::Tree(via) => {
+                let (ctx, stream) = route::open(&via, &entry, route::MAX_HOPS, bound).await?;
+                route::channel_through(self, &entry, ctx, stream)
+            }
         };
         let local = LocalInfo {
             id: self.id().clone(),
@@ -566,6 +599,7 @@ impl ActorCtx {
             .await
             .map_err(|e| DiscoveryError::Link(e.to_string()))?;
         if link.peer().id != entry.id {
+            link.close();
             return Err(DiscoveryError::Link(format!(
                 "expected {} but {} answered",
                 entry.id,
@@ -575,8 +609,9 @@ impl ActorCtx {
         Ok(adopt(self, link))
     }
 
-    /// The tree's runtime directory (mode 0700; one unix socket per process that has peers in
-    /// other processes), once this actor knows its tree. The path is not a secret.
+    /// The runtime directory of this actor's host domain (mode 0700; one unix socket per
+    /// process that has peers in other processes), once this actor knows its tree. The path is
+    /// not a secret.
     pub fn runtime_dir(&self) -> Option<PathBuf> {
         self.discovery().tree().map(|t| t.dir.clone())
     }
@@ -587,6 +622,28 @@ impl ActorCtx {
             .values()
             .filter(|l| !l.is_closed())
             .count()
+    }
+}
+
+/// A channel straight to `entry`'s actor, which lives in this actor's host domain: in memory
+/// within this process, over its process's unix socket (after the peer handshake) otherwise.
+async fn direct_channel(
+    ctx: &ActorCtx,
+    entry: &ActorEntry,
+    bound: Duration,
+) -> Result<harrow_ipc::Channel, DiscoveryError> {
+    if entry.pid == std::process::id() {
+        let (mine, theirs) = harrow_ipc::mem::pair();
+        if !tree::hand_to(&entry.id.uid, theirs) {
+            return Err(DiscoveryError::Unreachable(format!(
+                "actor {} has ended",
+                entry.id
+            )));
+        }
+        Ok(mine)
+    } else {
+        let tree = ctx.discovery().wait_tree(bound).await?;
+        tree::connect(&tree, entry.pid, &entry.id.uid, bound).await
     }
 }
 
@@ -653,7 +710,7 @@ impl Resolver for WithDiscovery {
                 }))
             }
             "tree" => {
-                let tree: TreeInfo = from_value(call.args).map_err(|e| bad(e.to_string()))?;
+                let mut tree: TreeInfo = from_value(call.args).map_err(|e| bad(e.to_string()))?;
                 Ok(Box::pin(async move {
                     let ctx = crate::current_actor().ok_or_else(|| {
                         CallError::new(ErrorKind::Runtime, "DiscoveryError", "no current actor")
@@ -665,7 +722,12 @@ impl Resolver for WithDiscovery {
                             format!("only this actor's parent hands the tree down, not {caller}"),
                         ));
                     }
-                    if tree.root_pid != std::process::id() {
+                    if tree.starts_domain() {
+                        // A child on another host: its own domain, its own directory there
+                        // (created on first use), nothing of the parent's host.
+                        tree.start_domain();
+                        ctx.discovery().domain_top.store(true, Ordering::Release);
+                    } else if tree.root_pid != std::process::id() {
                         match tree::ensure_listener(&tree) {
                             Ok(true) => {
                                 *lock(&ctx.discovery().owns_listener) = Some(tree.id.clone());
@@ -683,6 +745,14 @@ impl Resolver for WithDiscovery {
                     ctx.discovery().set_tree(tree);
                     Ok(Value::Null)
                 }))
+            }
+            "tunnel" => {
+                if call.kind != harrow_ipc::CallKind::Context {
+                    return Err(bad(format!(
+                        "{TUNNEL_FN} is a context (open it with open_context)"
+                    )));
+                }
+                Ok(Box::pin(route::serve(call.ctx, call.args)))
             }
             other => Err(CallError::new(
                 ErrorKind::NotFound,

@@ -1,5 +1,6 @@
 //! The registrar: the tree's table of live actors, kept by the root.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -15,8 +16,8 @@ pub struct ActorEntry {
     pub id: ActorId,
     /// Extra names it registered under (besides `id.name`).
     pub names: Vec<String>,
-    /// The process it runs in (peers in the same process connect in memory, others over the
-    /// process's unix socket).
+    /// The process it runs in, on its own host (peers in the same process connect in memory,
+    /// others of its host domain over the process's unix socket).
     pub pid: u32,
     /// Its backend (`"root"`, `"thread"`, `"process"`, `"subint"`, ...).
     pub backend: String,
@@ -24,6 +25,14 @@ pub struct ActorEntry {
     pub parent: Option<String>,
     /// Registration order (lookups by name return the lowest).
     pub seq: u64,
+    /// Its host domain (see `docs/DISCOVERY.md`): peers of the same domain connect directly,
+    /// others through the tree. Empty when unknown (then it is reached directly).
+    #[serde(default)]
+    pub domain: String,
+    /// The uids from the root down to it (itself last), filled in by the registrar's answers:
+    /// the way a routed link travels.
+    #[serde(default)]
+    pub route: Vec<String>,
 }
 
 impl ActorEntry {
@@ -36,7 +45,15 @@ impl ActorEntry {
             backend: backend.into(),
             parent,
             seq: 0,
+            domain: String::new(),
+            route: Vec::new(),
         }
+    }
+
+    /// The same entry in host domain `domain`.
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = domain.into();
+        self
     }
 
     /// Whether the actor answers to `name` (its own name or an extra one).
@@ -57,6 +74,38 @@ pub(crate) struct Registrar {
 struct State {
     entries: Vec<ActorEntry>,
     next_seq: u64,
+}
+
+impl State {
+    /// Each live actor's parent, by uid.
+    fn parents(&self) -> HashMap<&str, Option<&str>> {
+        self.entries
+            .iter()
+            .map(|e| (e.id.uid.as_str(), e.parent.as_deref()))
+            .collect()
+    }
+
+    /// `e` with its route: the uids from the root down to it, following the parents (cut short,
+    /// and so unusable for routing, if a parent is missing, which only a racing removal causes).
+    fn routed_with(&self, parents: &HashMap<&str, Option<&str>>, e: &ActorEntry) -> ActorEntry {
+        let mut route = vec![e.id.uid.clone()];
+        let mut parent = e.parent.as_deref();
+        while let Some(p) = parent {
+            if route.len() > self.entries.len() {
+                break; // a cycle: impossible with uids, but never loop
+            }
+            route.push(p.to_owned());
+            parent = parents.get(p).copied().flatten();
+        }
+        route.reverse();
+        let mut e = e.clone();
+        e.route = route;
+        e
+    }
+
+    fn routed(&self, e: &ActorEntry) -> ActorEntry {
+        self.routed_with(&self.parents(), e)
+    }
 }
 
 impl Registrar {
@@ -125,24 +174,30 @@ impl Registrar {
     }
 
     pub(crate) fn find(&self, name: &str) -> Option<ActorEntry> {
-        self.lock()
-            .entries
+        let st = self.lock();
+        st.entries
             .iter()
             .filter(|e| e.answers_to(name))
             .min_by_key(|e| e.seq)
-            .cloned()
+            .map(|e| st.routed(e))
     }
 
     pub(crate) fn find_uid(&self, uid: &str) -> Option<ActorEntry> {
-        self.lock()
-            .entries
+        let st = self.lock();
+        st.entries
             .iter()
             .find(|e| e.id.uid == uid)
-            .cloned()
+            .map(|e| st.routed(e))
     }
 
     pub(crate) fn list(&self) -> Vec<ActorEntry> {
-        let mut v = self.lock().entries.clone();
+        let st = self.lock();
+        let parents = st.parents();
+        let mut v: Vec<ActorEntry> = st
+            .entries
+            .iter()
+            .map(|e| st.routed_with(&parents, e))
+            .collect();
         v.sort_by_key(|e| e.seq);
         v
     }
@@ -167,6 +222,10 @@ mod tests {
         r.register(ActorEntry::new(b.clone(), 1, "thread", Some(a.uid.clone())));
         r.register(ActorEntry::new(c.clone(), 1, "thread", Some(b.uid.clone())));
         assert_eq!(r.find("w").unwrap().id, a);
+        assert_eq!(
+            r.find("c").unwrap().route,
+            vec![a.uid.clone(), b.uid.clone(), c.uid.clone()]
+        );
         assert_eq!(r.find_uid(&b.uid).unwrap().id, b);
         assert!(r.add_names(&c.uid, vec!["alias".into()]));
         assert_eq!(r.find("alias").unwrap().id, c);

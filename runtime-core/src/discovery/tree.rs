@@ -28,8 +28,15 @@ pub(crate) struct TreeInfo {
     pub(crate) secret: Vec<u8>,
     /// The per-tree runtime directory (mode 0700) holding one socket per process.
     pub(crate) dir: PathBuf,
-    /// The root's process: the only one that creates `dir`.
+    /// The process that creates `dir`: the root's for the root's host domain, the first
+    /// process of any other domain (a child started on another host) for that domain's.
     pub(crate) root_pid: u32,
+    /// The host domain this copy describes (hex of 8 random bytes). Actors of one domain reach
+    /// each other directly (in memory, or over the sockets in `dir`); other domains are reached
+    /// through the tree. An empty `dir` with a new domain, handed to a child on another host,
+    /// asks it to start the domain there: it names its own `dir` and creates it.
+    #[serde(default)]
+    pub(crate) domain: String,
 }
 
 impl fmt::Debug for TreeInfo {
@@ -38,6 +45,7 @@ impl fmt::Debug for TreeInfo {
         f.debug_struct("TreeInfo")
             .field("id", &self.id)
             .field("dir", &self.dir)
+            .field("domain", &self.domain)
             .finish_non_exhaustive()
     }
 }
@@ -53,21 +61,60 @@ impl TreeInfo {
                 DiscoveryError::Setup(format!("no randomness for the tree secret: {e}"))
             })?;
         let id = hex::encode(id);
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
         Ok(TreeInfo {
-            dir: base.join(format!("harrow-{}", &id[..16])),
+            dir: runtime_base().join(format!("harrow-{}", &id[..16])),
             id,
             secret,
             root_pid: std::process::id(),
+            domain: new_domain()?,
         })
+    }
+
+    /// What a parent hands to a child that may run on another host: the tree's id and secret,
+    /// a new domain, and no directory (the child names and creates its own there).
+    pub(crate) fn for_other_host(&self) -> Result<Self, DiscoveryError> {
+        Ok(TreeInfo {
+            id: self.id.clone(),
+            secret: self.secret.clone(),
+            dir: PathBuf::new(),
+            root_pid: 0,
+            domain: new_domain()?,
+        })
+    }
+
+    /// Whether this copy asks its receiver to start its domain (see [`TreeInfo::domain`]).
+    pub(crate) fn starts_domain(&self) -> bool {
+        self.dir.as_os_str().is_empty()
+    }
+
+    /// The receiver starts the domain: it names the directory on its host (distinct from the
+    /// root's, should both domains share a machine) and becomes the process that creates it.
+    pub(crate) fn start_domain(&mut self) {
+        let short = &self.domain[..self.domain.len().min(8)];
+        let tree = &self.id[..self.id.len().min(16)];
+        self.dir = runtime_base().join(format!("harrow-{tree}-{short}"));
+        self.root_pid = std::process::id();
     }
 
     pub(crate) fn socket_path(&self, pid: u32) -> PathBuf {
         self.dir.join(format!("{pid}.sock"))
     }
+}
+
+/// Where this host keeps runtime directories: `$XDG_RUNTIME_DIR`, or the temp directory.
+fn runtime_base() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// A fresh host domain tag: hex of 8 random bytes.
+fn new_domain() -> Result<String, DiscoveryError> {
+    let mut tag = [0u8; 8];
+    getrandom::fill(&mut tag)
+        .map_err(|e| DiscoveryError::Setup(format!("no randomness for a host domain: {e}")))?;
+    Ok(hex::encode(tag))
 }
 
 /// Checks that `dir` is a real directory (not a symlink), owned by this user, with no access for

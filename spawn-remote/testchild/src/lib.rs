@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use harrow_runtime_core::{ActorSpec, SpawnBackend};
+use harrow_process_testchild::{ProcessFactory, child_registry};
+use harrow_runtime_core::ipc::Value;
+use harrow_runtime_core::portal::{CallError, FnRegistry, Resolver};
+use harrow_runtime_core::{ActorSpec, SpawnBackend, open_nursery};
 use harrow_spawn_remote::RemoteBackend;
 use harrow_testkit::conformance::BackendFactory;
 use harrow_testkit::sshd::Sshd;
@@ -28,7 +31,12 @@ pub fn ssh_backend(program: impl Into<PathBuf>) -> Result<RemoteBackend, String>
         .remote_path(program.display().to_string())
         // Dozens of ssh sessions starting at once on a 2-core machine (the many-children
         // scenarios) take seconds: the spawn bound follows (see RemoteBackend::link_config).
-        .start_timeout(std::time::Duration::from_secs(20));
+        .start_timeout(std::time::Duration::from_secs(20))
+        // Some scenarios block a child's thread on purpose (`fail_at_gate` waits on a FIFO while
+        // the other children of `many_failures_together` start, one ssh session each): a
+        // blocked actor sends no heartbeats, and 25 session starts on a loaded 2-core machine
+        // can outlast the default 15 s. The partition test sets its own bound.
+        .heartbeat_timeout(Some(std::time::Duration::from_secs(90)));
     for o in sshd.ssh_options() {
         b = b.ssh_option(o);
     }
@@ -137,4 +145,127 @@ impl BackendFactory for LocalFactory {
     fn fail_type_name(&self) -> &'static str {
         std::any::type_name::<testfns::TestError>()
     }
+}
+
+/// What the helper binary serves, as a remote child and as a (nested) process child: the
+/// process backend's test registry, plus `routes:hold_child(name)`, a context that starts a
+/// process child named `name` on the actor's own host, says `started(its uid)` and keeps it
+/// until cancelled (the routed-peer tests reach actors below a remote parent with it), and
+/// `routes:hold_child_until_closed(name)`, the same with a stream: once the caller closes it
+/// (or sends anything), the child is cancelled, and the call returns once it has ended (and so
+/// left the registrar); `routes:hold_remote_child(name)`, as `hold_child` with a remote child
+/// started through the local `sh` launcher; `routes:hold_peer_stream(name)`, a context that
+/// keeps an echo stream to peer `name` open; `routes:peer_links()`, how many peer links the
+/// actor holds; and `routes:runtime_dir()`, the actor's domain's runtime directory.
+pub fn registry() -> Arc<dyn Resolver> {
+    let reg = child_registry();
+    let mut reg: FnRegistry = match Arc::try_unwrap(reg) {
+        Ok(r) => r,
+        Err(shared) => return shared,
+    };
+    let added = reg.context("routes:hold_child", |ctx, v| async move {
+        let name = v
+            .as_str()
+            .ok_or_else(|| CallError::raised("TypeError", "hold_child needs a name"))?
+            .to_owned();
+        open_nursery(|n| async move {
+            let backend = ProcessFactory::current().backend();
+            let child = n.start_actor(&name, backend, ActorSpec::new()).await?;
+            ctx.started(Value::Str(child.id().uid.clone())).await?;
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+        .await?;
+        Ok(Value::Null)
+    });
+    if let Err(e) = added {
+        eprintln!("harrow-remote-testchild: routes:hold_child not served: {e}");
+    }
+    let added = reg.context("routes:hold_child_until_closed", |ctx, v| async move {
+        let name = v
+            .as_str()
+            .ok_or_else(|| CallError::raised("TypeError", "needs a name"))?
+            .to_owned();
+        open_nursery(|n| async move {
+            let backend = ProcessFactory::current().backend();
+            let child = n.start_actor(&name, backend, ActorSpec::new()).await?;
+            ctx.started(Value::Str(child.id().uid.clone())).await?;
+            let mut stream = ctx.open_stream().await?;
+            // Any item, the caller's close, or an error: the child goes.
+            let _ = stream.recv().await;
+            child.cancel().await;
+            Ok(())
+        })
+        .await?;
+        Ok(Value::Null)
+    });
+    if let Err(e) = added {
+        eprintln!("harrow-remote-testchild: routes:hold_child_until_closed not served: {e}");
+    }
+    // routes:hold_remote_child(name): routes:hold_child, but the child is a remote child of
+    // this actor, started through the local `sh` launcher (a host domain of its own)
+    let added = reg.context("routes:hold_remote_child", |ctx, v| async move {
+        let name = v
+            .as_str()
+            .ok_or_else(|| CallError::raised("TypeError", "needs a name"))?
+            .to_owned();
+        let program = std::env::current_exe()
+            .map_err(|e| CallError::raised("RuntimeError", format!("no program: {e}")))?;
+        open_nursery(|n| async move {
+            let backend = local_backend(program).into_shared();
+            let child = n.start_actor(&name, backend, ActorSpec::new()).await?;
+            ctx.started(Value::Str(child.id().uid.clone())).await?;
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+        .await?;
+        Ok(Value::Null)
+    });
+    if let Err(e) = added {
+        eprintln!("harrow-remote-testchild: routes:hold_remote_child not served: {e}");
+    }
+    // routes:hold_peer_stream(name): finds `name`, opens its testfns:ctx_echo stream, echoes
+    // one item through it, says started(None) and keeps the stream open until cancelled
+    let added = reg.context("routes:hold_peer_stream", |ctx, v| async move {
+        let name = v
+            .as_str()
+            .ok_or_else(|| CallError::raised("TypeError", "needs a name"))?
+            .to_owned();
+        let me = harrow_runtime_core::current_actor()
+            .ok_or_else(|| CallError::raised("RuntimeError", "no actor"))?;
+        let peer = me
+            .find_actor(&name)
+            .await
+            .map_err(|e| CallError::raised("DiscoveryError", e.to_string()))?
+            .ok_or_else(|| CallError::raised("LookupError", format!("no actor {name:?}")))?;
+        let (mut echo, _) = peer.open_context("testfns:ctx_echo", Value::Null).await?;
+        let mut stream = echo.open_stream().await?;
+        stream.send(Value::Int(1)).await?;
+        stream.recv().await?;
+        ctx.started(Value::Null).await?;
+        let _open = (echo, stream);
+        std::future::pending::<()>().await;
+        Ok(Value::Null)
+    });
+    if let Err(e) = added {
+        eprintln!("harrow-remote-testchild: routes:hold_peer_stream not served: {e}");
+    }
+    // routes:peer_links() -> how many live peer links this actor holds
+    let added = reg.unary("routes:peer_links", |_| async move {
+        let n = harrow_runtime_core::current_actor().map_or(0, |a| a.peer_links());
+        Ok(Value::Int(i64::try_from(n).unwrap_or(i64::MAX)))
+    });
+    if let Err(e) = added {
+        eprintln!("harrow-remote-testchild: routes:peer_links not served: {e}");
+    }
+    // routes:runtime_dir() -> the runtime directory of this actor's host domain, or None
+    let added = reg.unary("routes:runtime_dir", |_| async move {
+        Ok(harrow_runtime_core::current_actor()
+            .and_then(|a| a.runtime_dir())
+            .map_or(Value::Null, |d| Value::Str(d.display().to_string())))
+    });
+    if let Err(e) = added {
+        eprintln!("harrow-remote-testchild: routes:runtime_dir not served: {e}");
+    }
+    Arc::new(reg)
 }

@@ -2,14 +2,7 @@
 //! local launcher) it serves the process backend's test registry; its nested children are
 //! process children of itself.
 
-use std::sync::Arc;
-
-use harrow_process_testchild::child_registry;
-use harrow_runtime_core::portal::Resolver;
-
-fn registry() -> Arc<dyn Resolver> {
-    child_registry()
-}
+use harrow_remote_testchild::registry;
 
 fn main() {
     harrow_spawn_remote::maybe_run_child(registry);

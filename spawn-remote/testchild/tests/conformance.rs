@@ -13,3 +13,7 @@ fn factory() -> Arc<SshFactory> {
 }
 
 harrow_testkit::conformance_suite!(factory());
+
+// Discovery and peers over ssh: every remote child begins a host domain of its own, so each
+// peer link here is routed through the tree.
+harrow_testkit::discovery_suite!(factory());

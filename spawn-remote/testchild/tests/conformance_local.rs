@@ -13,3 +13,7 @@ fn factory() -> Arc<LocalFactory> {
 }
 
 harrow_testkit::conformance_suite!(factory());
+
+// Discovery and peers: every remote child begins a host domain of its own, so each peer link
+// here (the root's, and a remote actor's to its remote sibling) is routed through the tree.
+harrow_testkit::discovery_suite!(factory());
