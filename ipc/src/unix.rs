@@ -28,6 +28,8 @@
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::Shutdown;
+#[cfg(target_os = "linux")]
+use std::os::fd::AsFd;
 use std::os::unix::net::{SocketAddr, UnixListener as StdUnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -366,6 +368,10 @@ impl Drop for UnixTx {
 /// The receiving half of a Unix channel.
 #[derive(Debug)]
 pub struct UnixRx {
+    // The socket in the epoll instance of the thread that reads it, when that thread runs
+    // [`park::block_on`](crate::park::block_on); declared first, so it goes before the stream.
+    #[cfg(target_os = "linux")]
+    registration: Option<crate::park::Registration>,
     stream: Arc<Async<UnixStream>>,
     // All partial-frame state lives here, so a dropped `recv` future loses nothing.
     decoder: FrameDecoder,
@@ -375,6 +381,8 @@ pub struct UnixRx {
 impl UnixRx {
     fn new(stream: Arc<Async<UnixStream>>, config: CodecConfig) -> Self {
         UnixRx {
+            #[cfg(target_os = "linux")]
+            registration: None,
             stream,
             decoder: FrameDecoder::handshaking(config),
             done: false,
@@ -432,7 +440,13 @@ impl UnixRx {
                 Ok(buf) => buf,
                 Err(e) => return Err(self.fail(e)),
             };
-            let read = self.stream.read_with(|s| (&*s).read(&mut *buf)).await;
+            let read = read_some(
+                &self.stream,
+                #[cfg(target_os = "linux")]
+                &mut self.registration,
+                buf,
+            )
+            .await;
             match read {
                 Ok(0) => return Err(self.peer_gone()),
                 Ok(n) => self.decoder.commit(n),
@@ -456,6 +470,59 @@ impl RecvHalf for UnixRx {
 
 impl Drop for UnixRx {
     fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(r) = self.registration.take() {
+            r.deregister(self.stream.as_fd());
+        }
         shutdown(&self.stream, Shutdown::Read);
     }
+}
+
+/// Reads what the socket has (at most `buf.len()` bytes), waiting until it has something.
+///
+/// On a thread in [`park::block_on`](crate::park::block_on) the socket is registered with that
+/// thread's epoll instance (edge-triggered) and readiness comes from there: a read that returns
+/// less than `buf` asked for drained the socket, so the next read waits for the next edge
+/// instead of trying a read that would only return `EAGAIN`. Elsewhere it waits through
+/// async-io.
+async fn read_some(
+    stream: &Async<UnixStream>,
+    #[cfg(target_os = "linux")] registration: &mut Option<crate::park::Registration>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        if registration.as_ref().is_some_and(|r| !r.is_here()) {
+            // The reader moved to another thread: its old poller no longer serves it.
+            if let Some(r) = registration.take() {
+                r.deregister(stream.as_fd());
+            }
+        }
+        if registration.is_none() {
+            *registration = crate::park::Registration::here(stream.as_fd());
+        }
+        if let Some(r) = registration.as_ref() {
+            return futures_lite::future::poll_fn(|cx| {
+                loop {
+                    std::task::ready!(r.poll_ready(cx));
+                    match stream.get_ref().read(&mut *buf) {
+                        Ok(n) => {
+                            if n == buf.len() {
+                                r.set_ready();
+                            }
+                            return std::task::Poll::Ready(Ok(n));
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => {
+                            // Not a drained socket: let the next read try again.
+                            r.set_ready();
+                            return std::task::Poll::Ready(Err(e));
+                        }
+                    }
+                }
+            })
+            .await;
+        }
+    }
+    stream.read_with(|s| (&*s).read(&mut *buf)).await
 }
