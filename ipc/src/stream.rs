@@ -37,10 +37,11 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use async_io::Async;
@@ -71,7 +72,11 @@ pub struct Reader<T: AsFd> {
     // Declared before `io`: removed from the epoll instance while the descriptor is open.
     #[cfg(target_os = "linux")]
     registration: Option<crate::park::Registration>,
-    io: Async<T>,
+    io: Arc<Async<T>>,
+    // Elsewhere: the wait for readability after a read that returned `EAGAIN` (kept across
+    // polls, as `Async::read_with` keeps its own: a fresh wait does not report the event that
+    // ended the previous one).
+    waiting: Option<async_io::ReadableOwned<T>>,
 }
 
 impl<T: AsFd> Reader<T> {
@@ -80,7 +85,8 @@ impl<T: AsFd> Reader<T> {
         Ok(Reader {
             #[cfg(target_os = "linux")]
             registration: None,
-            io: Async::new(inner)?,
+            io: Arc::new(Async::new(inner)?),
+            waiting: None,
         })
     }
 
@@ -148,9 +154,13 @@ where
             }
         }
         loop {
+            if let Some(waiting) = this.waiting.as_mut() {
+                std::task::ready!(Pin::new(waiting).poll(cx))?;
+                this.waiting = None;
+            }
             match this.io.get_ref().read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::task::ready!(this.io.poll_readable(cx))?;
+                    this.waiting = Some(this.io.clone().readable_owned());
                 }
                 other => return Poll::Ready(other),
             }
