@@ -63,8 +63,9 @@ mod imp {
 
     /// One thread's epoll instance, its wake-up `eventfd` and the sockets registered in it.
     struct Poller {
-        epoll: OwnedFd,
-        wake: OwnedFd,
+        /// `None` once the `block_on` that made it returned: its descriptors are closed then,
+        /// even if a waker or a registration outlives it (a waker kept by a leaked future, say).
+        fds: Mutex<Option<Fds>>,
         state: AtomicU8,
         next_key: AtomicU64,
         interests: Mutex<HashMap<u64, Arc<Interest>>>,
@@ -84,6 +85,14 @@ mod imp {
         }
     }
 
+    /// The descriptors of a [`Poller`]. The thread in `block_on` holds a copy it waits on
+    /// without locking; others take theirs under the lock, for one call.
+    #[derive(Clone)]
+    struct Fds {
+        epoll: Arc<OwnedFd>,
+        wake: Arc<OwnedFd>,
+    }
+
     impl Poller {
         fn new() -> io::Result<Poller> {
             let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
@@ -96,8 +105,10 @@ mod imp {
                 epoll::EventFlags::IN,
             )?;
             Ok(Poller {
-                epoll,
-                wake,
+                fds: Mutex::new(Some(Fds {
+                    epoll: Arc::new(epoll),
+                    wake: Arc::new(wake),
+                })),
                 state: AtomicU8::new(RUNNING),
                 next_key: AtomicU64::new(0),
                 interests: Mutex::new(HashMap::new()),
@@ -108,11 +119,23 @@ mod imp {
             self.interests.lock().unwrap_or_else(|p| p.into_inner())
         }
 
+        /// The descriptors, unless the poller's `block_on` returned.
+        fn fds(&self) -> Option<Fds> {
+            self.fds.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        }
+
+        /// Closes the descriptors (once the last copy in use is dropped) and forgets the
+        /// registrations.
+        fn close(&self) {
+            self.fds.lock().unwrap_or_else(|p| p.into_inner()).take();
+            self.interests().clear();
+        }
+
         /// Sleeps until a registered socket has an edge or another thread wakes this one, and
         /// hands each socket's edge to its reader.
-        fn wait(&self, events: &mut Vec<epoll::Event>) {
+        fn wait(&self, fds: &Fds, events: &mut Vec<epoll::Event>) {
             events.clear();
-            let waited = epoll::wait(&self.epoll, spare_capacity(events), None);
+            let waited = epoll::wait(&*fds.epoll, spare_capacity(events), None);
             // Awake: the wake-ups the events below cause need no `eventfd` write. (One that came
             // from another thread meanwhile left the `eventfd` readable: drained below, or
             // reported by the next wait.)
@@ -131,7 +154,7 @@ mod imp {
                 let key = event.data.u64();
                 if key == WAKE_KEY {
                     let mut buf = [0u8; 8];
-                    let _ = rustix::io::read(&self.wake, &mut buf);
+                    let _ = rustix::io::read(&*fds.wake, &mut buf);
                     continue;
                 }
                 let interest = self.interests().get(&key).cloned();
@@ -156,7 +179,9 @@ mod imp {
 
         fn wake_by_ref(self: &Arc<Self>) {
             if self.0.state.swap(NOTIFIED, Ordering::AcqRel) == PARKED {
-                let _ = rustix::io::write(&self.0.wake, &1u64.to_ne_bytes());
+                if let Some(fds) = self.0.fds() {
+                    let _ = rustix::io::write(&*fds.wake, &1u64.to_ne_bytes());
+                }
             }
         }
     }
@@ -166,19 +191,25 @@ mod imp {
         static CURRENT: RefCell<Option<Arc<Poller>>> = const { RefCell::new(None) };
     }
 
-    /// Makes `poller` this thread's current one until dropped, then restores the previous one.
-    struct Enter(Option<Arc<Poller>>);
+    /// Makes `poller` this thread's current one until dropped, then restores the previous one
+    /// and closes `poller`'s descriptors (also when the future panics).
+    struct Enter {
+        poller: Arc<Poller>,
+        previous: Option<Arc<Poller>>,
+    }
 
     impl Enter {
         fn new(poller: Arc<Poller>) -> Enter {
-            Enter(CURRENT.with(|c| c.borrow_mut().replace(poller)))
+            let previous = CURRENT.with(|c| c.borrow_mut().replace(poller.clone()));
+            Enter { poller, previous }
         }
     }
 
     impl Drop for Enter {
         fn drop(&mut self) {
-            let previous = self.0.take();
+            let previous = self.previous.take();
             CURRENT.with(|c| *c.borrow_mut() = previous);
+            self.poller.close();
         }
     }
 
@@ -189,6 +220,9 @@ mod imp {
                 tracing::debug!(error = %e, "no epoll instance of its own: parking in async-io");
                 return async_io::block_on(fut);
             }
+        };
+        let Some(fds) = poller.fds() else {
+            return async_io::block_on(fut);
         };
         let _enter = Enter::new(poller.clone());
         let waker = Waker::from(Arc::new(ParkWaker(poller.clone())));
@@ -208,7 +242,7 @@ mod imp {
                 // Woken while it was polled.
                 continue;
             }
-            poller.wait(&mut events);
+            poller.wait(&fds, &mut events);
         }
     }
 
@@ -231,9 +265,10 @@ mod imp {
             let interest = Arc::new(Interest::default());
             // Readable from the start: the edge of bytes already queued is not reported again.
             interest.ready.store(true, Ordering::Relaxed);
+            let fds = poller.fds()?;
             poller.interests().insert(key, interest.clone());
             let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ET;
-            if let Err(e) = epoll::add(&poller.epoll, fd, epoll::EventData::new_u64(key), flags) {
+            if let Err(e) = epoll::add(&*fds.epoll, fd, epoll::EventData::new_u64(key), flags) {
                 tracing::debug!(error = %e, "epoll_ctl(ADD) failed: reading through async-io");
                 poller.interests().remove(&key);
                 return None;
@@ -281,7 +316,9 @@ mod imp {
 
         /// Removes `fd` (the descriptor this was registered with, still open) from the poller.
         pub(crate) fn deregister(self, fd: BorrowedFd<'_>) {
-            let _ = epoll::delete(&self.poller.epoll, fd);
+            if let Some(fds) = self.poller.fds() {
+                let _ = epoll::delete(&*fds.epoll, fd);
+            }
             self.poller.interests().remove(&self.key);
         }
     }
