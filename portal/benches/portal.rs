@@ -161,15 +161,16 @@ fn registry() -> FnRegistry {
 
 /// Whether the link threads of [`setup`] park in an epoll instance of their own
 /// (`harrow_ipc::park::block_on`, what process actors and the root run on) rather than in
-/// async-io's reactor (`async_io::block_on`). Set by the `-reactor` measurements.
-static PARK_IN_REACTOR: AtomicBool = AtomicBool::new(false);
+/// async-io's reactor (`async_io::block_on`). Set by `rpc-unix` and `stream-unix`; the
+/// `-reactor` variants and the `mem` measurements leave it off.
+static PARK_IN_EPOLL: AtomicBool = AtomicBool::new(false);
 
-/// The `block_on` of a link thread that does not park on a futex; see [`PARK_IN_REACTOR`].
+/// The `block_on` of a link thread that does not park on a futex; see [`PARK_IN_EPOLL`].
 fn side_block_on<F: std::future::Future>(fut: F) -> F::Output {
-    if PARK_IN_REACTOR.load(Ordering::Relaxed) {
-        async_io::block_on(fut)
-    } else {
+    if PARK_IN_EPOLL.load(Ordering::Relaxed) {
         ipc::park::block_on(fut)
+    } else {
+        async_io::block_on(fut)
     }
 }
 
@@ -340,16 +341,16 @@ fn main() {
         );
     }
     if want("rpc-unix") {
+        PARK_IN_EPOLL.store(true, Ordering::Relaxed);
         let unix_rpc = portal_rpc("unix", 64, false);
+        PARK_IN_EPOLL.store(false, Ordering::Relaxed);
         println!(
             "portal    unary RPC over unix  {unix_rpc:8.2} µs/call  ({:.2}x socketpair ping-pong)",
             unix_rpc / sock_rt
         );
     }
     if want("rpc-unix-reactor") {
-        PARK_IN_REACTOR.store(true, Ordering::Relaxed);
         let unix_rpc = portal_rpc("unix", 64, false);
-        PARK_IN_REACTOR.store(false, Ordering::Relaxed);
         println!(
             "portal    unary RPC over unix, both sides parked in async-io's reactor  {unix_rpc:8.2} µs/call  ({:.2}x socketpair ping-pong)",
             unix_rpc / sock_rt
@@ -363,15 +364,15 @@ fn main() {
             );
         }
         if want("stream-unix") {
+            PARK_IN_EPOLL.store(true, Ordering::Relaxed);
             let unix_stream = portal_stream("unix", window);
+            PARK_IN_EPOLL.store(false, Ordering::Relaxed);
             println!(
                 "portal    stream over unix, window {window:4}  {unix_stream:10.0} items/s  (target >= 300,000)"
             );
         }
         if want("stream-unix-reactor") {
-            PARK_IN_REACTOR.store(true, Ordering::Relaxed);
             let unix_stream = portal_stream("unix", window);
-            PARK_IN_REACTOR.store(false, Ordering::Relaxed);
             println!(
                 "portal    stream over unix, window {window:4}, parked in async-io's reactor  {unix_stream:10.0} items/s"
             );
