@@ -133,7 +133,8 @@ mod imp {
 
         /// Sleeps until a registered socket has an edge or another thread wakes this one, and
         /// hands each socket's edge to its reader.
-        fn wait(&self, fds: &Fds, events: &mut Vec<epoll::Event>) {
+        /// An error (other than a signal's `EINTR`) means the instance cannot be waited on.
+        fn wait(&self, fds: &Fds, events: &mut Vec<epoll::Event>) -> rustix::io::Result<()> {
             events.clear();
             let waited = epoll::wait(&*fds.epoll, spare_capacity(events), None);
             // Awake: the wake-ups the events below cause need no `eventfd` write. (One that came
@@ -142,13 +143,9 @@ mod imp {
             self.state.store(RUNNING, Ordering::Release);
             match waited {
                 Ok(_) => {}
-                // EINTR: a signal; the caller polls its future again and comes back.
-                Err(e) => {
-                    if e != rustix::io::Errno::INTR {
-                        tracing::warn!(error = %e, "epoll_wait failed");
-                    }
-                    return;
-                }
+                // A signal: the caller polls its future again and comes back.
+                Err(rustix::io::Errno::INTR) => return Ok(()),
+                Err(e) => return Err(e),
             }
             for event in events.iter() {
                 let key = event.data.u64();
@@ -166,6 +163,7 @@ mod imp {
                     }
                 }
             }
+            Ok(())
         }
     }
 
@@ -224,7 +222,7 @@ mod imp {
         let Some(fds) = poller.fds() else {
             return async_io::block_on(fut);
         };
-        let _enter = Enter::new(poller.clone());
+        let enter = Enter::new(poller.clone());
         let waker = Waker::from(Arc::new(ParkWaker(poller.clone())));
         let mut cx = Context::from_waker(&waker);
         let mut fut = pin!(fut);
@@ -242,7 +240,13 @@ mod imp {
                 // Woken while it was polled.
                 continue;
             }
-            poller.wait(&fds, &mut events);
+            if let Err(e) = poller.wait(&fds, &mut events) {
+                // Not expected with a descriptor held open; never spin on it: finish in
+                // async-io (the readers leave the closed instance on their next read).
+                tracing::warn!(error = %e, "epoll_wait failed: parking in async-io from now on");
+                drop(enter);
+                return async_io::block_on(fut.as_mut());
+            }
         }
     }
 
