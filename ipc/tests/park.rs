@@ -185,3 +185,35 @@ fn wakeups_from_timers_other_threads_and_nested_block_ons_arrive() {
     });
     sender.join().unwrap();
 }
+
+#[test]
+fn a_refused_frame_ends_reading_and_the_peer_sees_its_sends_fail() {
+    let (ours, mut raw) = UnixStream::pair().unwrap();
+    let config = CodecConfig {
+        max_frame: 1000,
+        ..CodecConfig::default()
+    };
+    let ch = unix::from_stream(ours, config).unwrap();
+    raw.write_all(&5000u32.to_le_bytes()).unwrap();
+    bounded(async {
+        assert!(matches!(
+            ch.recv().await.unwrap_err(),
+            RecvError::Decode(codec::DecodeError::FrameTooLarge { .. })
+        ));
+        assert!(ch.recv().await.unwrap_err().is_closed());
+    });
+    // The receiving side shut its read direction down when it gave up: the peer's writes fail
+    // instead of filling a buffer nobody reads.
+    // (Bounded: a write that blocked would fail with a timeout, not `BrokenPipe`.)
+    raw.set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut refused = None;
+    for _ in 0..10_000 {
+        if let Err(e) = raw.write_all(&[0u8; 4096]) {
+            refused = Some(e);
+            break;
+        }
+    }
+    let refused = refused.expect("the peer could keep writing");
+    assert_eq!(refused.kind(), std::io::ErrorKind::BrokenPipe, "{refused}");
+}
