@@ -1,19 +1,19 @@
-//! The Unix socket transport: [`codec`] frames over a `UnixStream`. For peers in other processes
-//! (or anywhere a byte stream is all there is). It is the [`stream`](crate::stream) transport
+//! The Unix socket transport: [`codec`](crate::codec) frames over a `UnixStream`. For peers in other processes
+//! (or anywhere a byte stream is all there is). It is the [`stream`] transport
 //! over two descriptors of one socket (the socket and a `dup` of it): one read by the channel's
 //! receiving half, one written by its sending half, so that a pending read never holds up a
 //! write. The reading copy waits in the epoll instance of a thread in
 //! [`park::block_on`](crate::park::block_on), and in async-io's reactor anywhere else.
 //!
 //! Same contract as [`mem`](crate::mem): when the peer drops its channel or dies every pending and
-//! later `recv` returns [`RecvError::Closed`] (the first one [`RecvError::TruncatedFrame`] when the
+//! later `recv` returns [`RecvError::Closed`](crate::RecvError::Closed) (the first one [`RecvError::TruncatedFrame`](crate::RecvError::TruncatedFrame) when the
 //! peer left a frame unfinished); a send to a peer that is gone hands the message back;
 //! [`close`](crate::Channel::close), or dropping the last [`ChannelTx`](crate::ChannelTx), shuts
 //! down the write direction so that the peer receives what was sent and then `Closed`.
 //!
 //! Every channel starts in handshake mode: frames above
-//! [`CodecConfig::max_handshake_frame`] (4 KiB by default) end the connection with
-//! [`DecodeError::HandshakeFrameTooLarge`] until the receiving side calls
+//! [`CodecConfig::max_handshake_frame`](crate::codec::CodecConfig::max_handshake_frame) (4 KiB by default) end the connection with
+//! [`DecodeError::HandshakeFrameTooLarge`](crate::codec::DecodeError::HandshakeFrameTooLarge) until the receiving side calls
 //! [`end_handshake`](crate::ChannelRx::end_handshake), as the portal's link does once `Hello` is
 //! checked. A receive buffer grows with the bytes that arrived, never to an announced length.
 //!
