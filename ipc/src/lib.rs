@@ -27,6 +27,7 @@ mod channel;
 pub mod codec;
 pub mod mem;
 mod msg;
+pub mod park;
 mod serde_value;
 pub mod stream;
 pub mod unix;

@@ -37,8 +37,14 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io;
-use std::sync::{Mutex, MutexGuard};
+use std::future::Future;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use async_io::Async;
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -53,6 +59,113 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     Channel::from_halves(StreamTx::new(writer, config), StreamRx::new(reader, config))
+}
+
+/// A readable descriptor (a socket, a pipe) for [`channel`], in non-blocking mode.
+///
+/// On a thread that runs [`park::block_on`](crate::park::block_on) it waits for data in that
+/// thread's epoll instance, where it is registered once, edge-triggered: a read that returns
+/// less than it asked for drained the descriptor, so the next read waits for the next edge
+/// instead of first trying a read that would only return `EAGAIN`. Anywhere else it waits
+/// through async-io's reactor, as `Async<T>` does.
+pub struct Reader<T: AsFd> {
+    // Declared before `io`: removed from the epoll instance while the descriptor is open.
+    #[cfg(target_os = "linux")]
+    registration: Option<crate::park::Registration>,
+    io: Arc<Async<T>>,
+    // Elsewhere: the wait for readability after a read that returned `EAGAIN` (kept across
+    // polls, as `Async::read_with` keeps its own: a fresh wait does not report the event that
+    // ended the previous one).
+    waiting: Option<async_io::ReadableOwned<T>>,
+}
+
+impl<T: AsFd> Reader<T> {
+    /// Wraps `inner`, switching it to non-blocking mode.
+    pub fn new(inner: T) -> io::Result<Self> {
+        Ok(Reader {
+            #[cfg(target_os = "linux")]
+            registration: None,
+            io: Arc::new(Async::new(inner)?),
+            waiting: None,
+        })
+    }
+
+    /// The wrapped descriptor.
+    pub fn get_ref(&self) -> &T {
+        self.io.get_ref()
+    }
+}
+
+impl<T: AsFd> fmt::Debug for Reader<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reader").finish_non_exhaustive()
+    }
+}
+
+impl<T: AsFd> Drop for Reader<T> {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(r) = self.registration.take() {
+            r.deregister(self.io.as_fd());
+        }
+    }
+}
+
+impl<T: AsFd> AsyncRead for Reader<T>
+where
+    for<'a> &'a T: Read,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        #[cfg(target_os = "linux")]
+        {
+            if this.registration.as_ref().is_some_and(|r| !r.is_here()) {
+                // Read on another thread now: the old thread's epoll instance no longer serves it.
+                if let Some(r) = this.registration.take() {
+                    r.deregister(this.io.as_fd());
+                }
+            }
+            if this.registration.is_none() {
+                this.registration = crate::park::Registration::here(this.io.as_fd());
+            }
+            if let Some(r) = this.registration.as_ref() {
+                loop {
+                    std::task::ready!(r.poll_ready(cx));
+                    match this.io.get_ref().read(buf) {
+                        Ok(n) => {
+                            if n == buf.len() {
+                                // Maybe more queued: the next read tries before it waits.
+                                r.set_ready();
+                            }
+                            return Poll::Ready(Ok(n));
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => {
+                            // Not a drained descriptor: the next read tries again.
+                            r.set_ready();
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                }
+            }
+        }
+        loop {
+            if let Some(waiting) = this.waiting.as_mut() {
+                std::task::ready!(Pin::new(waiting).poll(cx))?;
+                this.waiting = None;
+            }
+            match this.io.get_ref().read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    this.waiting = Some(this.io.clone().readable_owned());
+                }
+                other => return Poll::Ready(other),
+            }
+        }
+    }
 }
 
 fn is_peer_gone(e: &io::Error) -> bool {
@@ -317,7 +430,9 @@ impl<W> Drop for StreamTx<W> {
 
 /// The receiving half of a byte-stream channel.
 pub struct StreamRx<R> {
-    reader: R,
+    /// `None` once reading stopped for good (dropping the reader closes it, so the peer's later
+    /// writes fail instead of filling a buffer nobody reads).
+    reader: Option<R>,
     // All partial-frame state lives here, so a dropped `recv` future loses nothing.
     decoder: FrameDecoder,
     done: bool,
@@ -335,22 +450,28 @@ impl<R> fmt::Debug for StreamRx<R> {
 impl<R: AsyncRead + Unpin + Send + 'static> StreamRx<R> {
     fn new(reader: R, config: CodecConfig) -> Self {
         StreamRx {
-            reader,
+            reader: Some(reader),
             decoder: FrameDecoder::handshaking(config),
             done: false,
         }
     }
 
+    /// Stops reading for good: the stream cannot be resynchronised or the peer is gone.
+    fn finish(&mut self) {
+        self.done = true;
+        self.reader = None;
+    }
+
     fn fail(&mut self, e: DecodeError) -> RecvError {
         tracing::warn!(error = %e, "stream channel: refusing the peer's frame, no more reading");
-        self.done = true;
+        self.finish();
         RecvError::Decode(e)
     }
 
     /// The peer is gone: `Closed`, or `TruncatedFrame` if it left a frame unfinished.
     fn peer_gone(&mut self) -> RecvError {
         let got = self.decoder.buffered();
-        self.done = true;
+        self.finish();
         if got == 0 {
             return RecvError::Closed;
         }
@@ -380,7 +501,10 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamRx<R> {
                 Ok(buf) => buf,
                 Err(e) => return Err(self.fail(e)),
             };
-            match self.reader.read(buf).await {
+            let Some(reader) = self.reader.as_mut() else {
+                return Err(RecvError::Closed);
+            };
+            match reader.read(buf).await {
                 Ok(0) => return Err(self.peer_gone()),
                 Ok(n) => self.decoder.commit(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

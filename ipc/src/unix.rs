@@ -1,15 +1,19 @@
-//! The Unix socket transport: [`codec`] frames over a `UnixStream`, driven by
-//! async-io. For peers in other processes (or anywhere a byte stream is all there is).
+//! The Unix socket transport: [`codec`](crate::codec) frames over a `UnixStream`. For peers in other processes
+//! (or anywhere a byte stream is all there is). It is the [`stream`] transport
+//! over two descriptors of one socket (the socket and a `dup` of it): one read by the channel's
+//! receiving half, one written by its sending half, so that a pending read never holds up a
+//! write. The reading copy waits in the epoll instance of a thread in
+//! [`park::block_on`](crate::park::block_on), and in async-io's reactor anywhere else.
 //!
 //! Same contract as [`mem`](crate::mem): when the peer drops its channel or dies every pending and
-//! later `recv` returns [`RecvError::Closed`] (the first one [`RecvError::TruncatedFrame`] when the
+//! later `recv` returns [`RecvError::Closed`](crate::RecvError::Closed) (the first one [`RecvError::TruncatedFrame`](crate::RecvError::TruncatedFrame) when the
 //! peer left a frame unfinished); a send to a peer that is gone hands the message back;
 //! [`close`](crate::Channel::close), or dropping the last [`ChannelTx`](crate::ChannelTx), shuts
 //! down the write direction so that the peer receives what was sent and then `Closed`.
 //!
 //! Every channel starts in handshake mode: frames above
-//! [`CodecConfig::max_handshake_frame`] (4 KiB by default) end the connection with
-//! [`DecodeError::HandshakeFrameTooLarge`] until the receiving side calls
+//! [`CodecConfig::max_handshake_frame`](crate::codec::CodecConfig::max_handshake_frame) (4 KiB by default) end the connection with
+//! [`DecodeError::HandshakeFrameTooLarge`](crate::codec::DecodeError::HandshakeFrameTooLarge) until the receiving side calls
 //! [`end_handshake`](crate::ChannelRx::end_handshake), as the portal's link does once `Hello` is
 //! checked. A receive buffer grows with the bytes that arrived, never to an announced length.
 //!
@@ -25,19 +29,21 @@
 //! # });
 //! ```
 
-use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::Shutdown;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{SocketAddr, UnixListener as StdUnixListener, UnixStream};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use async_io::Async;
+use futures_lite::io::AsyncWrite;
 use rustix::net::SendFlags;
 
-use crate::channel::BoxFuture;
-use crate::codec::{self, CodecConfig, DecodeError, EncodeError, FrameDecoder};
-use crate::{Channel, Msg, RecvError, RecvHalf, SendError, SendHalf};
+use crate::Channel;
+use crate::codec::CodecConfig;
+use crate::stream;
 
 /// Makes a connected pair of channels over a fresh socketpair, with the default [`CodecConfig`].
 pub fn pair() -> io::Result<(Channel, Channel)> {
@@ -53,10 +59,11 @@ pub fn pair_with(config: CodecConfig) -> io::Result<(Channel, Channel)> {
 /// Makes a channel of a connected stream (for example one inherited from a parent process).
 /// The stream is switched to non-blocking mode.
 pub fn from_stream(stream: UnixStream, config: CodecConfig) -> io::Result<Channel> {
-    let stream = Arc::new(Async::new(stream)?);
-    Ok(Channel::from_halves(
-        UnixTx::new(stream.clone(), config),
-        UnixRx::new(stream, config),
+    let write = stream.try_clone()?;
+    Ok(stream::channel(
+        stream::Reader::new(ReadSide(stream))?,
+        WriteSide(Async::new(write)?),
+        config,
     ))
 }
 
@@ -81,11 +88,7 @@ pub async fn connect(path: impl AsRef<Path>) -> io::Result<Channel> {
 /// Connects to a [`UnixListener`] at `path`.
 pub async fn connect_with(path: impl AsRef<Path>, config: CodecConfig) -> io::Result<Channel> {
     let stream = Async::<UnixStream>::connect(path).await?;
-    let stream = Arc::new(stream);
-    Ok(Channel::from_halves(
-        UnixTx::new(stream.clone(), config),
-        UnixRx::new(stream, config),
-    ))
+    from_stream(stream.into_inner()?, config)
 }
 
 /// A Unix-domain socket listener that yields [`Channel`]s. Made by [`bind`].
@@ -99,11 +102,7 @@ impl UnixListener {
     /// Waits for the next connection.
     pub async fn accept(&self) -> io::Result<Channel> {
         let (stream, _addr) = self.inner.accept().await?;
-        let stream = Arc::new(stream);
-        Ok(Channel::from_halves(
-            UnixTx::new(stream.clone(), self.config),
-            UnixRx::new(stream, self.config),
-        ))
+        from_stream(stream.into_inner()?, self.config)
     }
 
     /// The address the listener is bound to.
@@ -112,350 +111,72 @@ impl UnixListener {
     }
 }
 
-fn shutdown(stream: &Async<UnixStream>, how: Shutdown) {
+fn shutdown(stream: &UnixStream, how: Shutdown) {
     // ENOTCONN once the peer is fully gone: nothing left to shut down.
-    let _ = stream.get_ref().shutdown(how);
+    let _ = stream.shutdown(how);
 }
 
-fn is_peer_gone(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::NotConnected
-    )
-}
-
-/// The sending half of a Unix channel.
+/// The channel's reading copy of the socket. Dropping it (the receiving half is dropped, or
+/// stopped reading for good: a frame that cannot be resynchronised, the peer gone) shuts the
+/// socket's read direction down, so that the peer's later sends fail instead of filling a buffer
+/// nobody reads.
 #[derive(Debug)]
-pub struct UnixTx {
-    stream: Arc<Async<UnixStream>>,
-    config: CodecConfig,
-    // Serialises writers so frames never interleave; holds the reused frame buffer.
-    writer: async_lock::Mutex<Writer>,
-    // Lets the synchronous `close` wait out a frame being written: whoever ends last shuts down.
-    flags: Mutex<TxFlags>,
-}
+struct ReadSide(UnixStream);
 
-#[derive(Debug, Default)]
-struct Writer {
-    buf: Vec<u8>,
-    // How much of `buf` is on the wire; `0 < written < buf.len()` after a cancelled send.
-    written: usize,
-}
-
-#[derive(Debug, Default)]
-struct TxFlags {
-    writing: bool,
-    close_requested: bool,
-}
-
-/// Keeps the buffer from pinning the memory of one huge message forever.
-const KEEP_WRITE_BUF: usize = 1 << 20;
-
-impl UnixTx {
-    fn new(stream: Arc<Async<UnixStream>>, config: CodecConfig) -> Self {
-        UnixTx {
-            stream,
-            config,
-            writer: async_lock::Mutex::new(Writer::default()),
-            flags: Mutex::new(TxFlags::default()),
-        }
-    }
-
-    fn flags(&self) -> MutexGuard<'_, TxFlags> {
-        self.flags.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    async fn flush(&self, w: &mut Writer) -> io::Result<()> {
-        while w.written < w.buf.len() {
-            let rest = &w.buf[w.written..];
-            let n = self
-                .stream
-                .write_with(|s| {
-                    rustix::net::send(s, rest, SendFlags::NOSIGNAL).map_err(io::Error::from)
-                })
-                .await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            w.written += n;
-        }
-        Ok(())
-    }
-
-    async fn send_frame(&self, msg: Msg) -> Result<(), SendError> {
-        if self.flags().close_requested {
-            return Err(SendError::Closed(Box::new(msg)));
-        }
-        let mut w = self.writer.lock().await;
-        if w.written > 0 && w.written < w.buf.len() {
-            // A cancelled send left half a frame on the wire: finish it or the stream is corrupt.
-            if let Err(e) = self.flush(&mut w).await {
-                return Err(io_error(e, msg));
-            }
-        }
-        w.buf.clear();
-        w.written = 0;
-        if w.buf.capacity() > KEEP_WRITE_BUF {
-            w.buf = Vec::new();
-        }
-        if let Err(e) = codec::encode_into(&msg, &self.config, &mut w.buf) {
-            return Err(encode_error(e, msg));
-        }
-        {
-            let mut flags = self.flags();
-            if flags.close_requested {
-                w.buf.clear();
-                return Err(SendError::Closed(Box::new(msg)));
-            }
-            flags.writing = true;
-        }
-        let _writing = WritingGuard(self);
-        match self.flush(&mut w).await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(io_error(e, msg)),
-        }
+impl AsFd for ReadSide {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
     }
 }
 
-/// How many bytes of frames one batched write gathers at most.
-const BATCH_BYTES: usize = 256 * 1024;
-
-impl UnixTx {
-    // `msgs` is non-empty wherever a message is popped below; the `CancelAck` stand-in is never
-    // handed out.
-    async fn send_frames(&self, msgs: &mut VecDeque<Msg>) -> Result<(), SendError> {
-        while !msgs.is_empty() {
-            if self.flags().close_requested {
-                let msg = msgs
-                    .pop_front()
-                    .unwrap_or(Msg::CancelAck { teardown_ms: None });
-                return Err(SendError::Closed(Box::new(msg)));
-            }
-            let mut w = self.writer.lock().await;
-            if w.written > 0 && w.written < w.buf.len() {
-                // A cancelled send left half a frame on the wire: finish it first.
-                if let Err(e) = self.flush(&mut w).await {
-                    let msg = msgs
-                        .pop_front()
-                        .unwrap_or(Msg::CancelAck { teardown_ms: None });
-                    return Err(io_error(e, msg));
-                }
-            }
-            w.buf.clear();
-            w.written = 0;
-            // Encode as many frames as fit in one write; stop at the first that cannot travel.
-            let mut encoded = 0;
-            let mut refused = None;
-            for msg in msgs.iter() {
-                match codec::encode_into(msg, &self.config, &mut w.buf) {
-                    Ok(_) => encoded += 1,
-                    Err(e) => {
-                        refused = Some(e);
-                        break;
-                    }
-                }
-                if w.buf.len() >= BATCH_BYTES {
-                    break;
-                }
-            }
-            if encoded > 0 {
-                {
-                    let mut flags = self.flags();
-                    if flags.close_requested {
-                        w.buf.clear();
-                        let msg = msgs
-                            .pop_front()
-                            .unwrap_or(Msg::CancelAck { teardown_ms: None });
-                        return Err(SendError::Closed(Box::new(msg)));
-                    }
-                    flags.writing = true;
-                }
-                let _writing = WritingGuard(self);
-                if let Err(e) = self.flush(&mut w).await {
-                    let msg = msgs
-                        .pop_front()
-                        .unwrap_or(Msg::CancelAck { teardown_ms: None });
-                    return Err(io_error(e, msg));
-                }
-                msgs.drain(..encoded);
-            }
-            if w.buf.capacity() > KEEP_WRITE_BUF {
-                w.buf = Vec::new();
-            }
-            if let Some(e) = refused {
-                let Some(msg) = msgs.pop_front() else {
-                    return Ok(());
-                };
-                return Err(encode_error(e, msg));
-            }
-        }
-        Ok(())
+impl Read for &ReadSide {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.0).read(buf)
     }
 }
 
-/// The send error for a message the codec refused, handing the message back.
-fn encode_error(e: EncodeError, msg: Msg) -> SendError {
-    match e {
-        EncodeError::TooLarge { size, max } => SendError::TooLarge {
-            msg: Box::new(msg),
-            size,
-            max,
-        },
-        other => SendError::Encode {
-            msg: Box::new(msg),
-            reason: other.to_string(),
-        },
-    }
-}
-
-fn io_error(e: io::Error, msg: Msg) -> SendError {
-    if is_peer_gone(&e) {
-        SendError::Closed(Box::new(msg))
-    } else {
-        SendError::Io {
-            msg: Box::new(msg),
-            source: e,
-        }
-    }
-}
-
-/// Marks the end of a frame write (also when the send is cancelled) and performs a `close` that
-/// arrived meanwhile.
-struct WritingGuard<'a>(&'a UnixTx);
-
-impl Drop for WritingGuard<'_> {
+impl Drop for ReadSide {
     fn drop(&mut self) {
-        let mut flags = self.0.flags();
-        flags.writing = false;
-        if flags.close_requested {
-            shutdown(&self.0.stream, Shutdown::Write);
-        }
+        shutdown(&self.0, Shutdown::Read);
     }
 }
 
-impl SendHalf for UnixTx {
-    fn send(&self, msg: Msg) -> BoxFuture<'_, Result<(), SendError>> {
-        Box::pin(self.send_frame(msg))
-    }
-
-    fn send_batch<'a>(
-        &'a self,
-        msgs: &'a mut VecDeque<Msg>,
-    ) -> BoxFuture<'a, Result<(), SendError>> {
-        Box::pin(self.send_frames(msgs))
-    }
-
-    fn close(&self) {
-        let mut flags = self.flags();
-        flags.close_requested = true;
-        if !flags.writing {
-            shutdown(&self.stream, Shutdown::Write);
-        }
-    }
-}
-
-impl Drop for UnixTx {
-    fn drop(&mut self) {
-        shutdown(&self.stream, Shutdown::Write);
-    }
-}
-
-/// The receiving half of a Unix channel.
+/// The channel's writing copy of the socket. Writes never raise `SIGPIPE` (`MSG_NOSIGNAL`: a
+/// peer that vanished is an error); closing or dropping it shuts the socket's write direction
+/// down (the other copy keeps the socket itself open), so the peer reads what was sent, then
+/// `Closed`.
 #[derive(Debug)]
-pub struct UnixRx {
-    stream: Arc<Async<UnixStream>>,
-    // All partial-frame state lives here, so a dropped `recv` future loses nothing.
-    decoder: FrameDecoder,
-    done: bool,
-}
+struct WriteSide(Async<UnixStream>);
 
-impl UnixRx {
-    fn new(stream: Arc<Async<UnixStream>>, config: CodecConfig) -> Self {
-        UnixRx {
-            stream,
-            decoder: FrameDecoder::handshaking(config),
-            done: false,
-        }
-    }
-
-    /// Stops reading for good: the stream cannot be resynchronised or the peer is gone.
-    fn finish(&mut self) {
-        self.done = true;
-        // Also makes the peer's later sends fail instead of filling a buffer nobody reads.
-        shutdown(&self.stream, Shutdown::Read);
-    }
-
-    fn fail(&mut self, e: DecodeError) -> RecvError {
-        tracing::warn!(error = %e, "unix channel: refusing the peer's frame, closing the connection");
-        self.finish();
-        RecvError::Decode(e)
-    }
-
-    /// The peer is gone: `Closed`, or `TruncatedFrame` if it left a frame unfinished.
-    fn peer_gone(&mut self) -> RecvError {
-        let got = self.decoder.buffered();
-        self.finish();
-        if got == 0 {
-            return RecvError::Closed;
-        }
-        let expected = self
-            .decoder
-            .pending_frame_len()
-            .unwrap_or(codec::LENGTH_PREFIX);
-        tracing::debug!(
-            expected,
-            got,
-            "unix channel: peer gone in the middle of a frame"
-        );
-        RecvError::TruncatedFrame { expected, got }
-    }
-
-    async fn recv_frame(&mut self) -> Result<Msg, RecvError> {
+impl AsyncWrite for WriteSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         loop {
-            if self.done {
-                return Err(RecvError::Closed);
-            }
-            match self.decoder.decode_next() {
-                Ok(Some(msg)) => return Ok(msg),
-                Ok(None) => {}
-                Err(
-                    e @ (DecodeError::FrameTooLarge { .. }
-                    | DecodeError::HandshakeFrameTooLarge { .. }),
-                ) => return Err(self.fail(e)),
-                // The bad frame was consumed; the next one can still be read.
-                Err(e) => return Err(RecvError::Decode(e)),
-            }
-            let buf = match self.decoder.read_buf() {
-                Ok(buf) => buf,
-                Err(e) => return Err(self.fail(e)),
-            };
-            let read = self.stream.read_with(|s| (&*s).read(&mut *buf)).await;
-            match read {
-                Ok(0) => return Err(self.peer_gone()),
-                Ok(n) => self.decoder.commit(n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_peer_gone(&e) => return Err(self.peer_gone()),
-                Err(e) => return Err(RecvError::Io(e)),
+            match rustix::net::send(self.0.get_ref(), buf, SendFlags::NOSIGNAL) {
+                Err(rustix::io::Errno::AGAIN) => {
+                    std::task::ready!(self.0.poll_writable(cx))?;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                other => return Poll::Ready(other.map_err(io::Error::from)),
             }
         }
     }
-}
 
-impl RecvHalf for UnixRx {
-    fn recv(&mut self) -> BoxFuture<'_, Result<Msg, RecvError>> {
-        Box::pin(self.recv_frame())
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn end_handshake(&mut self) {
-        self.decoder.end_handshake();
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        shutdown(self.0.get_ref(), Shutdown::Write);
+        Poll::Ready(Ok(()))
     }
 }
 
-impl Drop for UnixRx {
+impl Drop for WriteSide {
     fn drop(&mut self) {
-        shutdown(&self.stream, Shutdown::Read);
+        shutdown(self.0.get_ref(), Shutdown::Write);
     }
 }

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use harrow_portal::ipc::{self, ActorId, Channel, Value};
@@ -158,6 +159,21 @@ fn registry() -> FnRegistry {
     reg
 }
 
+/// Whether the link threads of [`setup`] park in an epoll instance of their own
+/// (`harrow_ipc::park::block_on`, what process actors and the root run on) rather than in
+/// async-io's reactor (`async_io::block_on`). Set by `rpc-unix` and `stream-unix`; the
+/// `-reactor` variants and the `mem` measurements leave it off.
+static PARK_IN_EPOLL: AtomicBool = AtomicBool::new(false);
+
+/// The `block_on` of a link thread that does not park on a futex; see [`PARK_IN_EPOLL`].
+fn side_block_on<F: std::future::Future>(fut: F) -> F::Output {
+    if PARK_IN_EPOLL.load(Ordering::Relaxed) {
+        ipc::park::block_on(fut)
+    } else {
+        async_io::block_on(fut)
+    }
+}
+
 /// A callee link on its own thread and executor; the caller link on this thread's executor.
 struct Setup {
     caller_exec: Executor,
@@ -191,7 +207,7 @@ fn setup(transport: &str, window: u32, futex_callee: bool) -> Setup {
         if futex_callee {
             futures_lite::future::block_on(serve);
         } else {
-            async_io::block_on(serve);
+            side_block_on(serve);
         }
     });
     let caller_exec: Executor = Arc::new(async_executor::Executor::new());
@@ -199,7 +215,7 @@ fn setup(transport: &str, window: u32, futex_callee: bool) -> Setup {
         id: ActorId::new("caller"),
         backend: "bench".into(),
     };
-    let caller = async_io::block_on(caller_exec.run(Link::establish(
+    let caller = side_block_on(caller_exec.run(Link::establish(
         ca,
         local,
         None,
@@ -227,7 +243,7 @@ impl Setup {
 fn portal_rpc(transport: &str, window: u32, futex_callee: bool) -> f64 {
     let s = setup(transport, window, futex_callee);
     let portal = s.caller.portal();
-    let rounds = async_io::block_on(s.caller_exec.run(async {
+    let rounds = side_block_on(s.caller_exec.run(async {
         for _ in 0..1000 {
             portal.run("b:echo", Value::Int(1)).await.unwrap();
         }
@@ -250,7 +266,7 @@ fn portal_rpc(transport: &str, window: u32, futex_callee: bool) -> f64 {
 fn portal_stream(transport: &str, window: u32) -> f64 {
     let s = setup(transport, window, false);
     let portal = s.caller.portal();
-    let rounds = async_io::block_on(s.caller_exec.run(async {
+    let rounds = side_block_on(s.caller_exec.run(async {
         let mut rounds = Vec::new();
         for _ in 0..3 {
             let t0 = Instant::now();
@@ -282,8 +298,8 @@ fn main() {
         return;
     }
     // `cargo bench -p harrow-portal -- NAME` runs only the measurement called
-    // NAME exactly (flume, exec-reactor, exec-futex, socket, rpc-mem, rpc-mem-futex, rpc-unix, stream-mem,
-    // stream-unix): one phase alone, for `perf stat` / `perf record` (docs/PERFORMANCE.md).
+    // NAME exactly (flume, exec-reactor, exec-futex, socket, rpc-mem, rpc-mem-futex, rpc-unix, rpc-unix-reactor,
+    // stream-mem, stream-unix, stream-unix-reactor): one phase alone, for `perf stat` / `perf record` (docs/PERFORMANCE.md).
     let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let mut flume_rt = f64::NAN;
@@ -325,9 +341,18 @@ fn main() {
         );
     }
     if want("rpc-unix") {
+        PARK_IN_EPOLL.store(true, Ordering::Relaxed);
         let unix_rpc = portal_rpc("unix", 64, false);
+        PARK_IN_EPOLL.store(false, Ordering::Relaxed);
         println!(
             "portal    unary RPC over unix  {unix_rpc:8.2} µs/call  ({:.2}x socketpair ping-pong)",
+            unix_rpc / sock_rt
+        );
+    }
+    if want("rpc-unix-reactor") {
+        let unix_rpc = portal_rpc("unix", 64, false);
+        println!(
+            "portal    unary RPC over unix, both sides parked in async-io's reactor  {unix_rpc:8.2} µs/call  ({:.2}x socketpair ping-pong)",
             unix_rpc / sock_rt
         );
     }
@@ -339,9 +364,17 @@ fn main() {
             );
         }
         if want("stream-unix") {
+            PARK_IN_EPOLL.store(true, Ordering::Relaxed);
             let unix_stream = portal_stream("unix", window);
+            PARK_IN_EPOLL.store(false, Ordering::Relaxed);
             println!(
                 "portal    stream over unix, window {window:4}  {unix_stream:10.0} items/s  (target >= 300,000)"
+            );
+        }
+        if want("stream-unix-reactor") {
+            let unix_stream = portal_stream("unix", window);
+            println!(
+                "portal    stream over unix, window {window:4}, parked in async-io's reactor  {unix_stream:10.0} items/s"
             );
         }
     }

@@ -301,7 +301,9 @@ fn run_actor_parked(channel: Channel, init: ActorInit, in_process: bool) -> Acto
     let exit = if in_process {
         crate::park::block_on_in_process(main)
     } else {
-        async_io::block_on(main)
+        // The channel to the parent is a socket: sleep in an epoll instance that watches it
+        // (and the sockets of peers and children read on this thread) directly.
+        harrow_ipc::park::block_on(main)
     };
     // No more peers: the acceptor and peer links go (their tasks end on the ticks below).
     ctx.discovery().release();

@@ -9,8 +9,9 @@
 //! any descriptor such an actor does use (a process child it starts, say) are still served, by
 //! whichever thread drives the reactor (the root's, or async-io's own thread), which then wakes
 //! the actor like any other waker. An actor whose parent channel is a socket (the process
-//! backend's children) keeps `async_io::block_on`: there the socket's readiness comes through
-//! the reactor, and parking in it saves a hop.
+//! backend's children), and the root, park in `harrow_ipc::park::block_on` instead: an epoll
+//! instance of the thread's own that watches the sockets its unix channels read, so that a
+//! message wakes the thread directly.
 //!
 //! Optionally the in-process parker spins before it parks (`HARROW_PARK_SPIN_US`, read once per
 //! process, at most 1 ms; off by default): once the executor runs out of work, the thread watches

@@ -94,7 +94,8 @@ where
     )
     .map_err(|e| format!("cannot write the start line: {e}"))?;
     watch_input(&input, &spec)?;
-    let reader = Async::new(input).map_err(|e| format!("cannot register stdin: {e}"))?;
+    // `stream::Reader`: the actor thread (in `park::block_on`) waits for stdin in its own epoll.
+    let reader = stream::Reader::new(input).map_err(|e| format!("cannot register stdin: {e}"))?;
     let writer = Async::new(output).map_err(|e| format!("cannot register stdout: {e}"))?;
     let channel = stream::channel(reader, writer, CodecConfig::default());
     let name = spec.id.clone();

@@ -1,0 +1,337 @@
+//! A `block_on` for threads whose messages arrive on sockets: while the future waits, the thread
+//! sleeps in an epoll instance of its own, which watches the sockets of the [`unix`](crate::unix)
+//! channels read on this thread and an `eventfd` for wake-ups from other threads.
+//!
+//! Why not `async_io::block_on`: async-io's reactor registers every descriptor in one-shot mode,
+//! so each wait for a readable socket re-arms it (`epoll_ctl`), and each of its turns arms a
+//! `timerfd` and drains and re-arms its notifier, whatever is pending: about five syscalls per
+//! wait besides the `epoll_wait` itself. Here a socket is registered once, edge-triggered, when
+//! it is first read on the thread, and a wait is one `epoll_wait`. A wake-up from another thread
+//! costs an `eventfd` write only when this thread is asleep (and a read to drain it), as a futex
+//! would. Wake-ups from tasks on this same thread cost nothing.
+//!
+//! Everything else a future on such a thread waits for (timers, other async-io descriptors: pipes,
+//! listeners) is served by whichever thread drives async-io's reactor (another `async_io::block_on`
+//! or async-io's own thread), which then wakes this thread like any other waker.
+//!
+//! Off Linux, [`block_on`] is `async_io::block_on` and channels use async-io alone.
+
+use std::future::Future;
+
+/// Runs `fut` to completion on this thread; see the module docs.
+pub fn block_on<F: Future>(fut: F) -> F::Output {
+    #[cfg(target_os = "linux")]
+    {
+        imp::block_on(fut)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        async_io::block_on(fut)
+    }
+}
+
+#[cfg(target_os = "linux")]
+pub(crate) use imp::Registration;
+
+#[cfg(target_os = "linux")]
+mod imp {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::future::Future;
+    use std::io;
+    use std::os::fd::{BorrowedFd, OwnedFd};
+    use std::pin::pin;
+    use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, MutexGuard};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use rustix::buffer::spare_capacity;
+    use rustix::event::{EventfdFlags, epoll, eventfd};
+
+    /// The future is being polled; no wake-up since the poll began.
+    const RUNNING: u8 = 0;
+    /// Woken since the poll began: poll again before sleeping.
+    const NOTIFIED: u8 = 1;
+    /// Asleep in `epoll_wait` (or about to be): a wake-up must write the `eventfd`.
+    const PARKED: u8 = 2;
+
+    /// The epoll key of the wake-up `eventfd`; sockets get keys counted from 0.
+    const WAKE_KEY: u64 = u64::MAX;
+
+    /// How many events one `epoll_wait` takes at most.
+    const EVENTS: usize = 64;
+
+    /// One thread's epoll instance, its wake-up `eventfd` and the sockets registered in it.
+    struct Poller {
+        /// `None` once the `block_on` that made it returned: its descriptors are closed then,
+        /// even if a waker or a registration outlives it (a waker kept by a leaked future, say).
+        fds: Mutex<Option<Fds>>,
+        state: AtomicU8,
+        next_key: AtomicU64,
+        interests: Mutex<HashMap<u64, Arc<Interest>>>,
+    }
+
+    /// One registered socket: whether an edge arrived since its reader last consumed one, and the
+    /// reader's waker.
+    #[derive(Default)]
+    struct Interest {
+        ready: AtomicBool,
+        waker: Mutex<Option<Waker>>,
+    }
+
+    impl Interest {
+        fn waker(&self) -> MutexGuard<'_, Option<Waker>> {
+            self.waker.lock().unwrap_or_else(|p| p.into_inner())
+        }
+    }
+
+    /// The descriptors of a [`Poller`]. The thread in `block_on` holds a copy it waits on
+    /// without locking; others take theirs under the lock, for one call.
+    #[derive(Clone)]
+    struct Fds {
+        epoll: Arc<OwnedFd>,
+        wake: Arc<OwnedFd>,
+    }
+
+    impl Poller {
+        fn new() -> io::Result<Poller> {
+            let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+            let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+            // Level-triggered: it stays reported until drained.
+            epoll::add(
+                &epoll,
+                &wake,
+                epoll::EventData::new_u64(WAKE_KEY),
+                epoll::EventFlags::IN,
+            )?;
+            Ok(Poller {
+                fds: Mutex::new(Some(Fds {
+                    epoll: Arc::new(epoll),
+                    wake: Arc::new(wake),
+                })),
+                state: AtomicU8::new(RUNNING),
+                next_key: AtomicU64::new(0),
+                interests: Mutex::new(HashMap::new()),
+            })
+        }
+
+        fn interests(&self) -> MutexGuard<'_, HashMap<u64, Arc<Interest>>> {
+            self.interests.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        /// The descriptors, unless the poller's `block_on` returned.
+        fn fds(&self) -> Option<Fds> {
+            self.fds.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        }
+
+        /// Closes the descriptors (once the last copy in use is dropped) and forgets the
+        /// registrations.
+        fn close(&self) {
+            self.fds.lock().unwrap_or_else(|p| p.into_inner()).take();
+            self.interests().clear();
+        }
+
+        /// Sleeps until a registered socket has an edge or another thread wakes this one, and
+        /// hands each socket's edge to its reader.
+        /// An error (other than a signal's `EINTR`) means the instance cannot be waited on.
+        fn wait(&self, fds: &Fds, events: &mut Vec<epoll::Event>) -> rustix::io::Result<()> {
+            events.clear();
+            let waited = epoll::wait(&*fds.epoll, spare_capacity(events), None);
+            // Awake: the wake-ups the events below cause need no `eventfd` write. (One that came
+            // from another thread meanwhile left the `eventfd` readable: drained below, or
+            // reported by the next wait.)
+            self.state.store(RUNNING, Ordering::Release);
+            match waited {
+                Ok(_) => {}
+                // A signal: the caller polls its future again and comes back.
+                Err(rustix::io::Errno::INTR) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            for event in events.iter() {
+                let key = event.data.u64();
+                if key == WAKE_KEY {
+                    let mut buf = [0u8; 8];
+                    let _ = rustix::io::read(&*fds.wake, &mut buf);
+                    continue;
+                }
+                let interest = self.interests().get(&key).cloned();
+                if let Some(interest) = interest {
+                    interest.ready.store(true, Ordering::Release);
+                    let waker = interest.waker().take();
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Wakes the thread in [`block_on`]: no syscall unless it sleeps.
+    struct ParkWaker(Arc<Poller>);
+
+    impl Wake for ParkWaker {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            if self.0.state.swap(NOTIFIED, Ordering::AcqRel) == PARKED {
+                if let Some(fds) = self.0.fds() {
+                    let _ = rustix::io::write(&*fds.wake, &1u64.to_ne_bytes());
+                }
+            }
+        }
+    }
+
+    thread_local! {
+        /// The poller of the innermost `block_on` running on this thread.
+        static CURRENT: RefCell<Option<Arc<Poller>>> = const { RefCell::new(None) };
+    }
+
+    /// Makes `poller` this thread's current one until dropped, then restores the previous one
+    /// and closes `poller`'s descriptors (also when the future panics).
+    struct Enter {
+        poller: Arc<Poller>,
+        previous: Option<Arc<Poller>>,
+    }
+
+    impl Enter {
+        fn new(poller: Arc<Poller>) -> Enter {
+            let previous = CURRENT.with(|c| c.borrow_mut().replace(poller.clone()));
+            Enter { poller, previous }
+        }
+    }
+
+    impl Drop for Enter {
+        fn drop(&mut self) {
+            let previous = self.previous.take();
+            CURRENT.with(|c| *c.borrow_mut() = previous);
+            self.poller.close();
+        }
+    }
+
+    pub(super) fn block_on<F: Future>(fut: F) -> F::Output {
+        let poller = match Poller::new() {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                tracing::debug!(error = %e, "no epoll instance of its own: parking in async-io");
+                return async_io::block_on(fut);
+            }
+        };
+        let Some(fds) = poller.fds() else {
+            return async_io::block_on(fut);
+        };
+        let enter = Enter::new(poller.clone());
+        let waker = Waker::from(Arc::new(ParkWaker(poller.clone())));
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = pin!(fut);
+        let mut events = Vec::with_capacity(EVENTS);
+        loop {
+            poller.state.store(RUNNING, Ordering::Release);
+            if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+                return out;
+            }
+            if poller
+                .state
+                .compare_exchange(RUNNING, PARKED, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                // Woken while it was polled.
+                continue;
+            }
+            if let Err(e) = poller.wait(&fds, &mut events) {
+                // Not expected with a descriptor held open; never spin on it: finish in
+                // async-io (the readers leave the closed instance on their next read).
+                tracing::warn!(error = %e, "epoll_wait failed: parking in async-io from now on");
+                drop(enter);
+                return async_io::block_on(fut.as_mut());
+            }
+        }
+    }
+
+    /// A socket registered with the epoll instance of the thread that reads it. Dropping it
+    /// without [`deregister`](Registration::deregister) leaves the descriptor in that instance
+    /// until the descriptor's last copy closes.
+    pub(crate) struct Registration {
+        poller: Arc<Poller>,
+        key: u64,
+        interest: Arc<Interest>,
+    }
+
+    impl Registration {
+        /// Registers `fd` with the current thread's poller; `None` when this thread is not in
+        /// [`block_on`](super::block_on) (or the registration failed: the caller then waits
+        /// through async-io).
+        pub(crate) fn here(fd: BorrowedFd<'_>) -> Option<Registration> {
+            let poller = CURRENT.with(|c| c.borrow().clone())?;
+            let key = poller.next_key.fetch_add(1, Ordering::Relaxed);
+            let interest = Arc::new(Interest::default());
+            // Readable from the start: the edge of bytes already queued is not reported again.
+            interest.ready.store(true, Ordering::Relaxed);
+            let fds = poller.fds()?;
+            poller.interests().insert(key, interest.clone());
+            let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ET;
+            if let Err(e) = epoll::add(&*fds.epoll, fd, epoll::EventData::new_u64(key), flags) {
+                tracing::debug!(error = %e, "epoll_ctl(ADD) failed: reading through async-io");
+                poller.interests().remove(&key);
+                return None;
+            }
+            Some(Registration {
+                poller,
+                key,
+                interest,
+            })
+        }
+
+        /// Whether the current thread's poller is this registration's.
+        pub(crate) fn is_here(&self) -> bool {
+            CURRENT.with(|c| {
+                c.borrow()
+                    .as_ref()
+                    .is_some_and(|p| Arc::ptr_eq(p, &self.poller))
+            })
+        }
+
+        /// Takes the socket's readiness: ready if an edge arrived since the last call (or since
+        /// the registration), else pending with `cx`'s waker kept for the next edge.
+        pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+            if self.interest.ready.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            {
+                let mut slot = self.interest.waker();
+                match &mut *slot {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    slot => *slot = Some(cx.waker().clone()),
+                }
+            }
+            // An edge handled between the swap and the store above found no waker.
+            if self.interest.ready.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        }
+
+        /// Marks the socket readable again (a read filled its whole buffer: more may be queued).
+        pub(crate) fn set_ready(&self) {
+            self.interest.ready.store(true, Ordering::Release);
+        }
+
+        /// Removes `fd` (the descriptor this was registered with, still open) from the poller.
+        pub(crate) fn deregister(self, fd: BorrowedFd<'_>) {
+            if let Some(fds) = self.poller.fds() {
+                let _ = epoll::delete(&*fds.epoll, fd);
+            }
+            self.poller.interests().remove(&self.key);
+        }
+    }
+
+    impl std::fmt::Debug for Registration {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Registration")
+                .field("key", &self.key)
+                .finish_non_exhaustive()
+        }
+    }
+}
