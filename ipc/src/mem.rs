@@ -85,12 +85,7 @@ impl MemTx {
     fn try_send(&self, msg: Msg) -> Result<(), SendError> {
         let result = {
             let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-            match guard.as_ref() {
-                Some(tx) => tx
-                    .send(msg)
-                    .map_err(|flume::SendError(msg)| SendError::Closed(Box::new(msg))),
-                None => Err(SendError::Closed(Box::new(msg))),
-            }
+            push(guard.as_ref(), msg)
         };
         if result.is_ok() {
             self.ready.wake();
@@ -123,13 +118,7 @@ impl SendHalf for MemTx {
             let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
             let mut result = Ok(());
             while let Some(msg) = msgs.pop_front() {
-                let sent = match guard.as_ref() {
-                    Some(tx) => tx
-                        .send(msg)
-                        .map_err(|flume::SendError(msg)| SendError::Closed(Box::new(msg))),
-                    None => Err(SendError::Closed(Box::new(msg))),
-                };
-                if let Err(e) = sent {
+                if let Err(e) = push(guard.as_ref(), msg) {
                     result = Err(e);
                     break;
                 }
@@ -142,6 +131,29 @@ impl SendHalf for MemTx {
 
     fn close(&self) {
         self.disconnect();
+    }
+
+    fn sends_immediately(&self) -> bool {
+        true
+    }
+
+    fn send_now(&self, msg: Msg) -> Result<(), SendError> {
+        // Pushed under the lock (so concurrent senders keep one order), woken by `flush_now`.
+        let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        push(guard.as_ref(), msg)
+    }
+
+    fn flush_now(&self) {
+        self.ready.wake();
+    }
+}
+
+fn push(tx: Option<&flume::Sender<Msg>>, msg: Msg) -> Result<(), SendError> {
+    match tx {
+        Some(tx) => tx
+            .send(msg)
+            .map_err(|flume::SendError(msg)| SendError::Closed(Box::new(msg))),
+        None => Err(SendError::Closed(Box::new(msg))),
     }
 }
 
@@ -235,6 +247,48 @@ mod tests {
         async_io::block_on(bounded);
         a.close();
         echo.join().unwrap();
+    }
+
+    #[test]
+    fn send_now_hands_over_in_order_and_flush_now_wakes_a_waiting_receiver() {
+        let (a, b) = pair();
+        let (tx, _rx) = a.split();
+        assert!(tx.sends_immediately());
+        // Ready at once for a receiver that polls, without any flush.
+        tx.send_now(Msg::Stop { cid: crate::Cid(1) }).unwrap();
+        block_on(async {
+            assert_eq!(b.recv().await.unwrap(), Msg::Stop { cid: crate::Cid(1) });
+        });
+        // A receiver parked on its waker is woken by the flush.
+        let reader = std::thread::spawn(move || {
+            let bounded = futures_lite::future::or(
+                async {
+                    let mut got = Vec::new();
+                    for _ in 0..3 {
+                        got.push(b.recv().await.unwrap());
+                    }
+                    got
+                },
+                async {
+                    async_io::Timer::after(std::time::Duration::from_secs(10)).await;
+                    panic!("not woken within 10 s");
+                },
+            );
+            async_io::block_on(bounded)
+        });
+        for i in 2..5u64 {
+            tx.send_now(Msg::Stop { cid: crate::Cid(i) }).unwrap();
+        }
+        tx.flush_now();
+        let got = reader.join().unwrap();
+        let want: Vec<Msg> = (2..5u64)
+            .map(|i| Msg::Stop { cid: crate::Cid(i) })
+            .collect();
+        assert_eq!(got, want);
+        tx.close();
+        let err = tx.send_now(Msg::Heartbeat).unwrap_err();
+        assert!(err.is_closed());
+        assert_eq!(err.into_msg(), Msg::Heartbeat);
     }
 
     #[test]
