@@ -84,7 +84,7 @@ async fn send_failed(shared: &Arc<Shared>, tx: &ChannelTx, e: SendError) -> bool
             let _ = tx
                 .send(Msg::Error {
                     cid: Some(cid),
-                    error: err,
+                    error: Box::new(err),
                 })
                 .await;
         }

@@ -34,7 +34,7 @@ impl Shared {
                 );
                 self.enqueue(Msg::Error {
                     cid: Some(cid),
-                    error: err,
+                    error: Box::new(err),
                 });
                 return;
             }
@@ -42,12 +42,12 @@ impl Shared {
                 let msg = format!("call id {cid} is already in use for another call");
                 self.enqueue(Msg::Error {
                     cid: Some(cid),
-                    error: RemoteError::new(
+                    error: Box::new(RemoteError::new(
                         ErrorKind::Protocol,
                         "ProtocolError",
                         msg,
                         self.local.id.clone(),
-                    ),
+                    )),
                 });
                 return;
             }
@@ -88,7 +88,7 @@ impl Shared {
                     cst.wire_done = true;
                     self.enqueue(Msg::Error {
                         cid: Some(cid),
-                        error: err.into_remote(&self.local.id),
+                        error: Box::new(err.into_remote(&self.local.id)),
                     });
                 }
                 drop(cst);
@@ -150,7 +150,7 @@ impl Shared {
             .unwrap_or_else(|| self.local.id.clone());
         Msg::Error {
             cid: Some(chan.cid),
-            error: RemoteError::cancelled(self.local.id.clone(), canceller),
+            error: Box::new(RemoteError::cancelled(self.local.id.clone(), canceller)),
         }
     }
 
@@ -208,12 +208,12 @@ impl Shared {
                         Ok(()) => Msg::Return { cid, value },
                         Err(e) => Msg::Error {
                             cid: Some(cid),
-                            error: RemoteError::new(
+                            error: Box::new(RemoteError::new(
                                 ErrorKind::Runtime,
                                 "ValueError",
                                 e.to_string(),
                                 local.clone(),
-                            ),
+                            )),
                         },
                     }
                 }
@@ -226,7 +226,7 @@ impl Shared {
                     debug!(%cid, func = %chan.func, %err, "served call failed");
                     Msg::Error {
                         cid: Some(cid),
-                        error: err.into_remote(local),
+                        error: Box::new(err.into_remote(local)),
                     }
                 }
                 Err((payload, trace)) => {
@@ -234,8 +234,10 @@ impl Shared {
                     debug!(%cid, func = %chan.func, panic = %text, "served call panicked");
                     Msg::Error {
                         cid: Some(cid),
-                        error: RemoteError::new(ErrorKind::Raised, "panic", text, local.clone())
-                            .with_traceback(trace.unwrap_or_default()),
+                        error: Box::new(
+                            RemoteError::new(ErrorKind::Raised, "panic", text, local.clone())
+                                .with_traceback(trace.unwrap_or_default()),
+                        ),
                     }
                 }
             })
@@ -346,12 +348,12 @@ impl Shared {
         let entry = self.end_served(cid, |shared, _, _| {
             Some(Msg::Error {
                 cid: Some(cid),
-                error: RemoteError::new(
+                error: Box::new(RemoteError::new(
                     ErrorKind::Protocol,
                     "ProtocolError",
                     message.clone(),
                     shared.local.id.clone(),
-                ),
+                )),
             })
         });
         if let Some(entry) = entry {
@@ -377,12 +379,12 @@ impl Shared {
             st.wire_done = true;
             self.enqueue(Msg::Error {
                 cid: Some(chan.cid),
-                error: RemoteError::new(
+                error: Box::new(RemoteError::new(
                     ErrorKind::Protocol,
                     "ProtocolError",
                     message,
                     self.local.id.clone(),
-                ),
+                )),
             });
         }
     }
