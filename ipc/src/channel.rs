@@ -170,6 +170,13 @@ pub trait RecvHalf: Send + fmt::Debug + 'static {
     /// The default does nothing, which is right for transports that decode nothing (`mem`).
     /// A wrapper around another half must forward the call.
     fn end_handshake(&mut self) {}
+
+    /// The next message if one is already there, without waiting and without a future: `None`
+    /// when none is ready (or the half cannot tell without waiting: the default). A reader may
+    /// drain what is there this way and await [`recv`](Self::recv) only when it is empty.
+    fn try_recv_now(&mut self) -> Option<Result<Msg, RecvError>> {
+        None
+    }
 }
 
 /// The sending side of a [`Channel`]. Cheap to clone; the direction closes when the last clone is
@@ -235,6 +242,11 @@ impl ChannelRx {
     /// Receives the next message; see [`RecvHalf::recv`].
     pub async fn recv(&mut self) -> Result<Msg, RecvError> {
         self.inner.recv().await
+    }
+
+    /// The next message if one is already there; see [`RecvHalf::try_recv_now`].
+    pub fn try_recv_now(&mut self) -> Option<Result<Msg, RecvError>> {
+        self.inner.try_recv_now()
     }
 
     /// Declares the handshake complete, lifting the pre-handshake frame limit; see
