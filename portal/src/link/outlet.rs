@@ -88,10 +88,15 @@ impl Shared {
                     d.ev.notify(1);
                     return false;
                 }
-                // Counted as queued and written at once: `drain` and the heartbeat see it.
-                self.enqueued.fetch_add(1, Ordering::AcqRel);
-                self.written.fetch_add(1, Ordering::AcqRel);
-                if !d.wake_pending.swap(true, Ordering::AcqRel) {
+                // Written at once: `drain` has nothing to wait for (a direct outlet never counts
+                // `enqueued`), and the waker task counts a write per batch for the heartbeat.
+                // A wake-up already pending covers this message too: the waker task clears the
+                // flag before it wakes the peer, so a message handed over before the clear is
+                // seen by the peer it wakes, and one after it finds the flag clear and sets it.
+                // (The plain load first spares a locked instruction per message in a burst.)
+                if !d.wake_pending.load(Ordering::Acquire)
+                    && !d.wake_pending.swap(true, Ordering::AcqRel)
+                {
                     d.ev.notify(1);
                 }
                 true
@@ -133,8 +138,9 @@ pub(super) async fn direct_waker(shared: Arc<Shared>) {
             if d.broken.load(Ordering::Acquire) {
                 return;
             }
-            d.wake_pending.store(false, Ordering::Release);
+            d.wake_pending.store(false, Ordering::SeqCst);
             d.tx.flush_now();
+            shared.written.fetch_add(1, Ordering::AcqRel);
             shared.progress.notify(usize::MAX);
         }
     };
