@@ -129,6 +129,32 @@ pub trait SendHalf: Send + Sync + fmt::Debug + 'static {
     /// Closes this direction: the peer receives what was already sent, then `Closed`.
     /// Later sends fail with `Closed`. Idempotent.
     fn close(&self);
+
+    /// Whether [`send_now`](Self::send_now) and [`flush_now`](Self::flush_now) work on this
+    /// half: its sends never wait and fail only when the peer is gone (an in-memory queue). A
+    /// sender may then hand messages over from where they are made, with no task of its own in
+    /// between, and wake the peer once per batch (the portal's link does).
+    ///
+    /// The default is false, which is right for every transport that may wait (byte streams)
+    /// and for wrappers: a wrapper that forwards `send` must say true only if it also forwards
+    /// both methods below.
+    fn sends_immediately(&self) -> bool {
+        false
+    }
+
+    /// Hands `msg` over without waiting, for halves whose
+    /// [`sends_immediately`](Self::sends_immediately) is true. The peer can receive it at once,
+    /// but a peer waiting for a message is only sure to be woken by the next
+    /// [`flush_now`](Self::flush_now) (or [`close`](Self::close)): a sender that hands over a
+    /// batch wakes the peer once. The default (for halves that may wait) sends nothing and hands
+    /// the message back as `Closed`.
+    fn send_now(&self, msg: Msg) -> Result<(), SendError> {
+        Err(SendError::Closed(Box::new(msg)))
+    }
+
+    /// Wakes the peer for what [`send_now`](Self::send_now) handed over. The default does
+    /// nothing.
+    fn flush_now(&self) {}
 }
 
 /// The receiving half of a transport.
@@ -144,6 +170,13 @@ pub trait RecvHalf: Send + fmt::Debug + 'static {
     /// The default does nothing, which is right for transports that decode nothing (`mem`).
     /// A wrapper around another half must forward the call.
     fn end_handshake(&mut self) {}
+
+    /// The next message if one is already there, without waiting and without a future: `None`
+    /// when none is ready (or the half cannot tell without waiting: the default). A reader may
+    /// drain what is there this way and await [`recv`](Self::recv) only when it is empty.
+    fn try_recv_now(&mut self) -> Option<Result<Msg, RecvError>> {
+        None
+    }
 }
 
 /// The sending side of a [`Channel`]. Cheap to clone; the direction closes when the last clone is
@@ -175,6 +208,21 @@ impl ChannelTx {
     pub fn close(&self) {
         self.inner.close()
     }
+
+    /// Whether sends complete without waiting; see [`SendHalf::sends_immediately`].
+    pub fn sends_immediately(&self) -> bool {
+        self.inner.sends_immediately()
+    }
+
+    /// Hands one message over without waiting; see [`SendHalf::send_now`].
+    pub fn send_now(&self, msg: Msg) -> Result<(), SendError> {
+        self.inner.send_now(msg)
+    }
+
+    /// Wakes the peer for what `send_now` handed over; see [`SendHalf::flush_now`].
+    pub fn flush_now(&self) {
+        self.inner.flush_now()
+    }
 }
 
 /// The receiving side of a [`Channel`].
@@ -194,6 +242,11 @@ impl ChannelRx {
     /// Receives the next message; see [`RecvHalf::recv`].
     pub async fn recv(&mut self) -> Result<Msg, RecvError> {
         self.inner.recv().await
+    }
+
+    /// The next message if one is already there; see [`RecvHalf::try_recv_now`].
+    pub fn try_recv_now(&mut self) -> Option<Result<Msg, RecvError>> {
+        self.inner.try_recv_now()
     }
 
     /// Declares the handshake complete, lifting the pre-handshake frame limit; see

@@ -2,7 +2,7 @@
 //! that move them.
 //!
 //! Every actor-to-actor exchange is a sequence of [`Msg`] on a [`Channel`]. Two transports honour
-//! the same channel contract: [`mem`] passes messages through a flume pair without encoding them
+//! the same channel contract: [`mem`] passes messages through an in-memory queue without encoding them
 //! (for actors that share an address space), and [`unix`] frames them with the [`codec`] over a
 //! Unix socket. [`stream`] frames them over any pair of async byte streams (a launched program's
 //! pipes, a socket). A dropped or dead peer turns every pending and later `recv` into

@@ -444,8 +444,10 @@ pub enum Msg {
     Error {
         /// The call, if any.
         cid: Option<Cid>,
-        /// What failed.
-        error: RemoteError,
+        /// What failed. Boxed: an error is large and rare, and keeping it out of line keeps
+        /// every `Msg` small to move (a stream item is moved several times on its way). The wire
+        /// form is the same as unboxed.
+        error: Box<RemoteError>,
     },
     /// Caller -> callee: cancel one call.
     Cancel {

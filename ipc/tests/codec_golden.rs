@@ -146,16 +146,18 @@ fn samples() -> Vec<(String, Msg)> {
             "error_full".into(),
             Msg::Error {
                 cid: Some(Cid(5)),
-                error: RemoteError::cancelled(actor("leaf"), actor("canceller"))
-                    .with_traceback("tb line")
-                    .relayed_by(actor("mid")),
+                error: Box::new(
+                    RemoteError::cancelled(actor("leaf"), actor("canceller"))
+                        .with_traceback("tb line")
+                        .relayed_by(actor("mid")),
+                ),
             },
         ),
         (
             "error_actor_level".into(),
             Msg::Error {
                 cid: None,
-                error: error(ErrorKind::Runtime),
+                error: Box::new(error(ErrorKind::Runtime)),
             },
         ),
         ("cancel".into(), Msg::Cancel { cid: Cid(7) }),
@@ -177,7 +179,7 @@ fn samples() -> Vec<(String, Msg)> {
             "error_group".into(),
             Msg::Error {
                 cid: Some(Cid(11)),
-                error: RemoteError::group(
+                error: Box::new(RemoteError::group(
                     "2 failures in the nursery of mid",
                     actor("mid"),
                     vec![
@@ -189,7 +191,7 @@ fn samples() -> Vec<(String, Msg)> {
                         )
                         .relayed_by(actor("mid")),
                     ],
-                ),
+                )),
             },
         ),
     ];
@@ -198,7 +200,7 @@ fn samples() -> Vec<(String, Msg)> {
             format!("error_kind_{i}"),
             Msg::Error {
                 cid: Some(Cid(9)),
-                error: error(*kind),
+                error: Box::new(error(*kind)),
             },
         ));
     }

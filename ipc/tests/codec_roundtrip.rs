@@ -105,8 +105,10 @@ fn msg_strategy() -> impl Strategy<Value = Msg> {
         (cid.clone(), any::<u32>()).prop_map(|(cid, n)| Msg::Credit { cid, n }),
         cid.clone().prop_map(|cid| Msg::Stop { cid }),
         (cid.clone(), value_strategy()).prop_map(|(cid, value)| Msg::Return { cid, value }),
-        (prop::option::of(cid.clone()), error_strategy())
-            .prop_map(|(cid, error)| Msg::Error { cid, error }),
+        (prop::option::of(cid.clone()), error_strategy()).prop_map(|(cid, error)| Msg::Error {
+            cid,
+            error: Box::new(error),
+        }),
         cid.prop_map(|cid| Msg::Cancel { cid }),
         ".{0,20}".prop_map(|reason| Msg::CancelActor { reason }),
         prop::option::of(any::<u64>()).prop_map(|teardown_ms| Msg::CancelAck { teardown_ms }),

@@ -13,6 +13,7 @@ use harrow_portal::{Executor, FnRegistry, Link, LinkConfig, LocalInfo};
 const ROUNDS: usize = 5;
 const RPC_N: usize = 20_000;
 const STREAM_N: i64 = 300_000;
+const ECHO_N: i64 = 100_000;
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
@@ -156,6 +157,19 @@ fn registry() -> FnRegistry {
         Ok(Value::Int(n))
     })
     .unwrap();
+    // What `harrow bench`'s stream row runs in its child: every item sent back as it comes.
+    reg.context("b:echo_stream", |ctx, _| async move {
+        ctx.started(Value::Null).await?;
+        let mut s = ctx.open_stream().await?;
+        let mut n = 0;
+        while let Some(item) = s.recv().await? {
+            s.send(item).await?;
+            n += 1;
+        }
+        s.close().await?;
+        Ok(Value::Int(n))
+    })
+    .unwrap();
     reg
 }
 
@@ -290,6 +304,81 @@ fn portal_stream(transport: &str, window: u32) -> f64 {
     median(rounds)
 }
 
+/// Items per second echoed through a thread over raw flume channels, pipelined (a sender thread,
+/// the echo thread, this thread receiving): the baseline of `harrow bench`'s stream row.
+fn flume_echo() -> f64 {
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let (to_tx, to_rx) = flume::bounded::<i64>(256);
+        let (back_tx, back_rx) = flume::bounded::<i64>(256);
+        let echo = std::thread::spawn(move || {
+            while let Ok(v) = to_rx.recv() {
+                if back_tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let t0 = Instant::now();
+        let sender = std::thread::spawn(move || {
+            for i in 0..ECHO_N {
+                if to_tx.send(i).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut got = 0i64;
+        while got < ECHO_N && back_rx.recv().is_ok() {
+            got += 1;
+        }
+        rounds.push(got as f64 / t0.elapsed().as_secs_f64());
+        sender.join().unwrap();
+        drop(back_rx);
+        echo.join().unwrap();
+        assert_eq!(got, ECHO_N);
+    }
+    median(rounds)
+}
+
+/// Items per second through one bidirectional echo stream (caller sends, callee echoes each
+/// item back, caller receives; send and receive run concurrently on the caller's executor), the
+/// callee parked on a futex as in-process actors are: what `harrow bench`'s stream row measures.
+fn portal_echo(transport: &str, window: u32) -> f64 {
+    let s = setup(transport, window, true);
+    let portal = s.caller.portal();
+    let rounds = async_io::block_on(s.caller_exec.run(async {
+        let mut rounds = Vec::new();
+        for _ in 0..ROUNDS {
+            let (mut ctx, _) = portal
+                .open_context("b:echo_stream", Value::Null)
+                .await
+                .unwrap();
+            let (tx, mut rx) = ctx.open_stream().await.unwrap().split();
+            let t0 = Instant::now();
+            let send = async {
+                for i in 0..ECHO_N {
+                    tx.send(Value::Int(i)).await.unwrap();
+                }
+                tx.close().await.unwrap();
+            };
+            let recv = async {
+                let mut n = 0i64;
+                while let Some(v) = rx.recv().await.unwrap() {
+                    debug_assert_eq!(v, Value::Int(n));
+                    n += 1;
+                }
+                n
+            };
+            let ((), n) = futures_lite::future::zip(send, recv).await;
+            rounds.push(n as f64 / t0.elapsed().as_secs_f64());
+            assert_eq!(n, ECHO_N);
+            assert_eq!(ctx.result().await.unwrap(), Value::Int(ECHO_N));
+        }
+        rounds
+    }));
+    s.finish();
+    median(rounds)
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this too: keep it quick then.
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -298,8 +387,9 @@ fn main() {
         return;
     }
     // `cargo bench -p harrow-portal -- NAME` runs only the measurement called
-    // NAME exactly (flume, exec-reactor, exec-futex, socket, rpc-mem, rpc-mem-futex, rpc-unix, rpc-unix-reactor,
-    // stream-mem, stream-unix, stream-unix-reactor): one phase alone, for `perf stat` / `perf record` (docs/PERFORMANCE.md).
+    // NAME exactly (flume, exec-reactor, exec-futex, socket, rpc-mem, rpc-mem-futex, rpc-unix,
+    // rpc-unix-reactor, flume-echo, echo-mem, stream-mem, stream-unix, stream-unix-reactor): one
+    // phase alone, for `perf stat` / `perf record` (docs/PERFORMANCE.md).
     let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let mut flume_rt = f64::NAN;
@@ -354,6 +444,20 @@ fn main() {
         println!(
             "portal    unary RPC over unix, both sides parked in async-io's reactor  {unix_rpc:8.2} µs/call  ({:.2}x socketpair ping-pong)",
             unix_rpc / sock_rt
+        );
+    }
+    let mut flume_echo_rate = f64::NAN;
+    if want("flume-echo") {
+        flume_echo_rate = flume_echo();
+        println!(
+            "baseline  flume echo through a thread, bounded 256  {flume_echo_rate:10.0} items/s"
+        );
+    }
+    if want("echo-mem") {
+        let echo = portal_echo("mem", 64);
+        println!(
+            "portal    echo stream over mem, window 64, callee on a futex  {echo:10.0} items/s  ({:.2}x slower than the flume echo [target <= 1.5x, >= 1,500,000])",
+            flume_echo_rate / echo
         );
     }
     for window in [64, 1024] {

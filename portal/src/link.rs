@@ -15,6 +15,7 @@
 
 mod handshake;
 mod io;
+mod outlet;
 mod route;
 mod serve;
 
@@ -246,8 +247,8 @@ pub(crate) struct Shared {
     pub(crate) config: LinkConfig,
     exec: Executor,
     resolver: Option<Arc<dyn Resolver>>,
-    /// The writer's queue.
-    out: async_channel::Sender<Msg>,
+    /// Where outgoing messages go: the writer's queue, or the transport itself.
+    out: outlet::Outlet,
     state: Mutex<LinkState>,
     /// Mirrors `state.dead.is_some()` for lock-free checks.
     dead: AtomicBool,
@@ -327,17 +328,6 @@ impl Shared {
             }
         }
         self.end_ev.notify(usize::MAX);
-    }
-
-    /// Queues a message for the writer. Never blocks. False when the link is shut down.
-    pub(crate) fn enqueue(&self, msg: Msg) -> bool {
-        self.enqueued.fetch_add(1, Ordering::AcqRel);
-        if self.out.try_send(msg).is_err() {
-            self.enqueued.fetch_sub(1, Ordering::AcqRel);
-            false
-        } else {
-            true
-        }
     }
 
     async fn wait_dead(&self) {
@@ -466,7 +456,7 @@ impl Shared {
             let mut st = self.lock();
             self.send_owed_acks(&mut st, None);
         }
-        self.out.close();
+        self.close_outlet();
         self.set_end(end);
         self.dead_ev.notify(usize::MAX);
         self.ack_ev.notify(usize::MAX);

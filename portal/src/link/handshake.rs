@@ -8,6 +8,7 @@ use harrow_ipc::{Channel, Msg, PROTOCOL_VERSION, RecvError};
 use tracing::debug;
 
 use super::io::{heartbeat, reader, writer};
+use super::outlet::{Outlet, direct_waker};
 use super::{Executor, Link, LinkConfig, LinkState, LocalInfo, PeerInfo, Shared};
 use crate::{Error, Resolver, Result};
 
@@ -98,7 +99,7 @@ impl Link {
         debug!(peer = %peer.id, backend = %peer.backend, pid = peer.pid, "link established");
 
         let parity = u64::from(local.id >= peer.id);
-        let (out, out_rx) = async_channel::unbounded();
+        let (out, writer_queue) = Outlet::new(tx);
         let shared = Arc::new(Shared {
             local,
             peer,
@@ -123,7 +124,10 @@ impl Link {
             last_ack_teardown: Mutex::new(None),
             ack_ev: Event::new(),
         });
-        exec.spawn(writer(shared.clone(), tx, out_rx)).detach();
+        match writer_queue {
+            Some((tx, out_rx)) => exec.spawn(writer(shared.clone(), tx, out_rx)).detach(),
+            None => exec.spawn(direct_waker(shared.clone())).detach(),
+        }
         exec.spawn(reader(shared.clone(), rx)).detach();
         if shared.config.heartbeat_interval.is_some() || shared.config.heartbeat_timeout.is_some() {
             exec.spawn(heartbeat(shared.clone())).detach();

@@ -84,7 +84,7 @@ async fn send_failed(shared: &Arc<Shared>, tx: &ChannelTx, e: SendError) -> bool
             let _ = tx
                 .send(Msg::Error {
                     cid: Some(cid),
-                    error: err,
+                    error: Box::new(err),
                 })
                 .await;
         }
@@ -95,7 +95,21 @@ async fn send_failed(shared: &Arc<Shared>, tx: &ChannelTx, e: SendError) -> bool
 
 pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
     let mut dead = pin!(shared.wait_dead());
-    loop {
+    'read: loop {
+        // What is there already (an in-memory transport can tell), routed without a future per
+        // message; then wait.
+        while let Some(next) = rx.try_recv_now() {
+            match next {
+                Ok(msg) => {
+                    shared.received.fetch_add(1, Ordering::Relaxed);
+                    shared.handle(msg);
+                }
+                Err(e) => {
+                    broken(&shared, e);
+                    break 'read;
+                }
+            }
+        }
         let next = async { Some(rx.recv().await) }
             .or(async {
                 dead.as_mut().await;
@@ -109,11 +123,7 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
                 shared.handle(msg)
             }
             Some(Err(e)) => {
-                let reason = match &e {
-                    RecvError::Closed => format!("the channel to {} closed", shared.peer.id),
-                    other => format!("reading from {} failed: {other}", shared.peer.id),
-                };
-                shared.shutdown(LinkEnd::Broken(reason.clone()), reason, false);
+                broken(&shared, e);
                 break;
             }
         }
@@ -121,6 +131,15 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
     debug!(local = %shared.local.id, "reader stopped");
     shared.reader_done.store(true, Ordering::Release);
     shared.progress.notify(usize::MAX);
+}
+
+/// The channel failed under the reader: the link ends as broken.
+fn broken(shared: &Shared, e: RecvError) {
+    let reason = match &e {
+        RecvError::Closed => format!("the channel to {} closed", shared.peer.id),
+        other => format!("reading from {} failed: {other}", shared.peer.id),
+    };
+    shared.shutdown(LinkEnd::Broken(reason.clone()), reason, false);
 }
 
 /// Sends a `Heartbeat` when nothing else was written for `heartbeat_interval`, and ends the

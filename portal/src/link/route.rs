@@ -63,7 +63,7 @@ impl Shared {
                 match chan {
                     Some(chan) => {
                         chan.lock().answered = true;
-                        chan.finish(Err(Error::from(error)));
+                        chan.finish(Err(Error::from(*error)));
                     }
                     None => debug!(%cid, %error, "error for an unknown call ignored"),
                 }

@@ -3,6 +3,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use futures_lite::FutureExt;
@@ -34,7 +35,7 @@ impl Shared {
                 );
                 self.enqueue(Msg::Error {
                     cid: Some(cid),
-                    error: err,
+                    error: Box::new(err),
                 });
                 return;
             }
@@ -42,12 +43,12 @@ impl Shared {
                 let msg = format!("call id {cid} is already in use for another call");
                 self.enqueue(Msg::Error {
                     cid: Some(cid),
-                    error: RemoteError::new(
+                    error: Box::new(RemoteError::new(
                         ErrorKind::Protocol,
                         "ProtocolError",
                         msg,
                         self.local.id.clone(),
-                    ),
+                    )),
                 });
                 return;
             }
@@ -88,58 +89,79 @@ impl Shared {
                     cst.wire_done = true;
                     self.enqueue(Msg::Error {
                         cid: Some(cid),
-                        error: err.into_remote(&self.local.id),
+                        error: Box::new(err.into_remote(&self.local.id)),
                     });
                 }
                 drop(cst);
                 self.progress.notify(usize::MAX);
             }
             Ok(fut) => {
-                let shared = self.clone();
-                let scope_ctx = CalleeContext::new(self.clone(), chan.clone());
-                let task = self.exec.spawn(async move {
-                    // The ack goes out from the call's own task, before anything the function
-                    // sends: a function that finishes in its first poll then has its `StartAck`
-                    // and `Return` written in one batch (one wake-up of the caller, not two).
-                    {
-                        let cst = chan.lock();
-                        if !cst.wire_done {
-                            shared.enqueue(Msg::StartAck { cid });
-                        }
-                    }
-                    // The hook only sees the thread, so take the trace on the thread that
-                    // polled the panicking future, right after the unwind.
-                    let run = async {
-                        let watched =
-                            crate::panic_trace::Watched::new(crate::callee::CallScope::new(
-                                scope_ctx,
-                                AssertUnwindSafe(fut).catch_unwind(),
-                            ));
-                        Some(
-                            watched
-                                .await
-                                .map_err(|payload| (payload, crate::panic_trace::take())),
-                        )
-                    };
-                    let expired = async {
-                        cleanup_expired(&chan).await;
-                        None
-                    };
-                    match run.or(expired).await {
-                        Some(result) => shared.complete_served(cid, result),
-                        None => {
-                            debug!(%cid, func = %chan.func, "cancelled call's cleanup time is up");
-                            shared.end_served(cid, |shared, chan, st| {
-                                Some(shared.cancelled_answer(chan, st))
-                            });
-                        }
-                    }
-                });
-                if let Some(entry) = st.served.get_mut(&cid) {
-                    entry.task = Some(task);
-                }
+                // User code runs below: not under the link's lock.
+                drop(st);
+                self.run_served(cid, chan, fut);
             }
         }
+    }
+
+    /// Runs a served call: its first poll right here, in the reader (a call that finishes at
+    /// once, as most unary calls do, then needs no task of its own: one task hop less per call),
+    /// and, if it is not done by then, the rest in a task of its own.
+    fn run_served(self: &Arc<Self>, cid: Cid, chan: Arc<Chan>, fut: crate::CallFuture) {
+        // The ack goes out before anything the function sends. On an in-memory transport it
+        // and a `Return` made in the first poll reach the caller in one wake-up; a writer
+        // batches them the same way.
+        {
+            let cst = chan.lock();
+            if !cst.wire_done {
+                self.enqueue(Msg::StartAck { cid });
+            }
+        }
+        let scope_ctx = CalleeContext::new(self.clone(), chan.clone());
+        // The hook only sees the thread, so take the trace on the thread that polled the
+        // panicking future, right after the unwind.
+        let mut run = Box::pin(async move {
+            let watched = crate::panic_trace::Watched::new(crate::callee::CallScope::new(
+                scope_ctx,
+                AssertUnwindSafe(fut).catch_unwind(),
+            ));
+            watched
+                .await
+                .map_err(|payload| (payload, crate::panic_trace::take()))
+        });
+        // Polled without a waker of its own: if it is pending, the task below polls it again at
+        // once, which registers the task's waker wherever the future waits.
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(result) = run.as_mut().poll(&mut cx) {
+            self.complete_served(cid, result);
+            return;
+        }
+        let shared = self.clone();
+        let task_chan = chan.clone();
+        let mut st = self.lock();
+        let Some(entry) = st.served.get_mut(&cid) else {
+            // Cancelled (or the link closed) in its first poll: answered already; the future
+            // is dropped here, outside the lock.
+            drop(st);
+            drop(run);
+            return;
+        };
+        let chan = task_chan;
+        entry.task = Some(self.exec.spawn(async move {
+            let run = async { Some(run.await) };
+            let expired = async {
+                cleanup_expired(&chan).await;
+                None
+            };
+            match run.or(expired).await {
+                Some(result) => shared.complete_served(cid, result),
+                None => {
+                    debug!(%cid, func = %chan.func, "cancelled call's cleanup time is up");
+                    shared.end_served(cid, |shared, chan, st| {
+                        Some(shared.cancelled_answer(chan, st))
+                    });
+                }
+            }
+        }));
     }
 
     /// The `ContextCancelled` answer for a served call cancelled by `st.cancelled_by`.
@@ -150,7 +172,7 @@ impl Shared {
             .unwrap_or_else(|| self.local.id.clone());
         Msg::Error {
             cid: Some(chan.cid),
-            error: RemoteError::cancelled(self.local.id.clone(), canceller),
+            error: Box::new(RemoteError::cancelled(self.local.id.clone(), canceller)),
         }
     }
 
@@ -208,12 +230,12 @@ impl Shared {
                         Ok(()) => Msg::Return { cid, value },
                         Err(e) => Msg::Error {
                             cid: Some(cid),
-                            error: RemoteError::new(
+                            error: Box::new(RemoteError::new(
                                 ErrorKind::Runtime,
                                 "ValueError",
                                 e.to_string(),
                                 local.clone(),
-                            ),
+                            )),
                         },
                     }
                 }
@@ -226,7 +248,7 @@ impl Shared {
                     debug!(%cid, func = %chan.func, %err, "served call failed");
                     Msg::Error {
                         cid: Some(cid),
-                        error: err.into_remote(local),
+                        error: Box::new(err.into_remote(local)),
                     }
                 }
                 Err((payload, trace)) => {
@@ -234,8 +256,10 @@ impl Shared {
                     debug!(%cid, func = %chan.func, panic = %text, "served call panicked");
                     Msg::Error {
                         cid: Some(cid),
-                        error: RemoteError::new(ErrorKind::Raised, "panic", text, local.clone())
-                            .with_traceback(trace.unwrap_or_default()),
+                        error: Box::new(
+                            RemoteError::new(ErrorKind::Raised, "panic", text, local.clone())
+                                .with_traceback(trace.unwrap_or_default()),
+                        ),
                     }
                 }
             })
@@ -346,12 +370,12 @@ impl Shared {
         let entry = self.end_served(cid, |shared, _, _| {
             Some(Msg::Error {
                 cid: Some(cid),
-                error: RemoteError::new(
+                error: Box::new(RemoteError::new(
                     ErrorKind::Protocol,
                     "ProtocolError",
                     message.clone(),
                     shared.local.id.clone(),
-                ),
+                )),
             })
         });
         if let Some(entry) = entry {
@@ -377,12 +401,12 @@ impl Shared {
             st.wire_done = true;
             self.enqueue(Msg::Error {
                 cid: Some(chan.cid),
-                error: RemoteError::new(
+                error: Box::new(RemoteError::new(
                     ErrorKind::Protocol,
                     "ProtocolError",
                     message,
                     self.local.id.clone(),
-                ),
+                )),
             });
         }
     }

@@ -1,0 +1,158 @@
+//! How a link's outgoing messages leave: through the writer task, or straight into the
+//! transport.
+//!
+//! A transport whose sends may wait (the `unix` and `stream` byte transports) gets the writer
+//! task of `io`: [`Shared::enqueue`] queues, the writer drains the queue in batches. A transport
+//! whose sends never wait ([`ChannelTx::sends_immediately`]: the in-memory `mem` transport of
+//! in-process actors) gets each message handed over by whoever sends it, where it is made
+//! ([`ChannelTx::send_now`]), with no queue and no task in between. What it still needs is a
+//! wake-up of the peer, and that is batched: the first message after a wake-up schedules the
+//! outlet's **waker task**, which runs once the tasks already runnable on this executor have
+//! had their turn and wakes the peer once for everything handed over meanwhile
+//! ([`ChannelTx::flush_now`]). A peer that is running picks the messages up before that; one
+//! that is parked is woken once per batch, not once per message (a `StartAck` and the `Return`
+//! of a call that finished at once arrive together, as do the items of a stream burst).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_lite::FutureExt;
+use harrow_ipc::wait::{Event, wait_until};
+use harrow_ipc::{ChannelTx, Msg};
+
+use super::{LinkEnd, Shared};
+
+pub(crate) enum Outlet {
+    /// Through the writer task's queue.
+    Writer(async_channel::Sender<Msg>),
+    /// Straight into the transport.
+    Direct(Direct),
+}
+
+pub(crate) struct Direct {
+    tx: ChannelTx,
+    /// No more sends: the link shut down.
+    closed: AtomicBool,
+    /// Messages were handed over since the peer was last woken.
+    wake_pending: AtomicBool,
+    /// A send found the peer gone: the waker task ends the link.
+    broken: AtomicBool,
+    /// Wakes the waker task (for `wake_pending` and `broken`).
+    ev: Event,
+}
+
+impl Outlet {
+    /// The outlet for `tx`, and the writer's queue when `tx` needs a writer.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn new(
+        tx: ChannelTx,
+    ) -> (Outlet, Option<(ChannelTx, async_channel::Receiver<Msg>)>) {
+        if tx.sends_immediately() {
+            let direct = Direct {
+                tx,
+                closed: AtomicBool::new(false),
+                wake_pending: AtomicBool::new(false),
+                broken: AtomicBool::new(false),
+                ev: Event::new(),
+            };
+            (Outlet::Direct(direct), None)
+        } else {
+            let (out, out_rx) = async_channel::unbounded();
+            (Outlet::Writer(out), Some((tx, out_rx)))
+        }
+    }
+}
+
+impl Shared {
+    /// Queues (or, on a direct outlet, hands over) a message. Never blocks. False when the link
+    /// is shut down.
+    pub(crate) fn enqueue(&self, msg: Msg) -> bool {
+        match &self.out {
+            Outlet::Writer(out) => {
+                self.enqueued.fetch_add(1, Ordering::AcqRel);
+                if out.try_send(msg).is_err() {
+                    self.enqueued.fetch_sub(1, Ordering::AcqRel);
+                    false
+                } else {
+                    true
+                }
+            }
+            Outlet::Direct(d) => {
+                if d.closed.load(Ordering::Acquire) {
+                    return false;
+                }
+                if d.tx.send_now(msg).is_err() {
+                    // The peer is gone, or the link closed meanwhile. This may run under the
+                    // link's locks: the waker task ends the link.
+                    d.broken.store(true, Ordering::Release);
+                    d.ev.notify(1);
+                    return false;
+                }
+                // Written at once: `drain` has nothing to wait for (a direct outlet never counts
+                // `enqueued`), and the waker task counts a write per batch for the heartbeat.
+                // A wake-up already pending covers this message too: the waker task clears the
+                // flag before it wakes the peer, so a message handed over before the clear is
+                // seen by the peer it wakes, and one after it finds the flag clear and sets it.
+                // (The plain load first spares a locked instruction per message in a burst.)
+                if !d.wake_pending.load(Ordering::Acquire)
+                    && !d.wake_pending.swap(true, Ordering::AcqRel)
+                {
+                    d.ev.notify(1);
+                }
+                true
+            }
+        }
+    }
+
+    /// No more messages: a writer flushes what is queued (bounded) and closes the channel; a
+    /// direct outlet closes it now (the peer still receives what was handed over, then the
+    /// close, which wakes it).
+    pub(super) fn close_outlet(&self) {
+        match &self.out {
+            Outlet::Writer(out) => {
+                out.close();
+            }
+            Outlet::Direct(d) => {
+                d.closed.store(true, Ordering::Release);
+                d.tx.close();
+                d.ev.notify(1);
+            }
+        }
+    }
+}
+
+/// A direct outlet's task, in place of the writer: wakes the peer once per batch of messages
+/// handed over, ends the link as broken when a send found the peer gone (`enqueue` may run under
+/// the link's locks, so it cannot end the link itself), and reports the outlet done once the
+/// link is shut down.
+pub(super) async fn direct_waker(shared: Arc<Shared>) {
+    let Outlet::Direct(d) = &shared.out else {
+        return;
+    };
+    let run = async {
+        loop {
+            wait_until(&d.ev, || {
+                d.wake_pending.load(Ordering::Acquire) || d.broken.load(Ordering::Acquire)
+            })
+            .await;
+            if d.broken.load(Ordering::Acquire) {
+                return;
+            }
+            d.wake_pending.store(false, Ordering::SeqCst);
+            d.tx.flush_now();
+            shared.written.fetch_add(1, Ordering::AcqRel);
+            shared.progress.notify(usize::MAX);
+        }
+    };
+    run.or(shared.wait_dead()).await;
+    if d.broken.load(Ordering::Acquire) && !shared.is_dead() {
+        let reason = format!(
+            "sending to {} failed: the channel is closed (the peer is gone)",
+            shared.peer.id
+        );
+        shared.shutdown(LinkEnd::Broken(reason.clone()), reason, false);
+    }
+    shared.close_outlet();
+    shared.writer_done.store(true, Ordering::Release);
+    shared.progress.notify(usize::MAX);
+}
