@@ -4,8 +4,10 @@
 //! chosen by `Pool.map`'s own rule (`chunksize = ceil(items / (4 × workers))`; harrow through
 //! the built-in batch runner `harrow:run_batch`, and for comparison through the Python runner
 //! `harrow_pool.run_batch`) and one item per call (`chunksize=1`). Each round runs
-//! harrow's maps, then multiprocessing's, so drift in a shared machine's load hits them alike.
-//! Pool start-up is not counted on either side (both pools are warm).
+//! harrow's maps, then multiprocessing's, so drift in a shared machine's load hits them alike,
+//! then times pool start-up; a round begins once the warm interpreters that took are made
+//! again, so that no interpreter creation of harrow's own runs beside its maps. Pool start-up
+//! is not counted in the maps on either side (both pools are warm).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -141,36 +143,13 @@ pub(super) fn measure(
                 (s.reps, &[false, true][..], &[0, 1][..])
             };
             for _ in 0..rounds {
-                // Pool start-up: fresh interpreters, then warm ones (made ahead, off the path).
-                for &warm_start in starts {
-                    let backend = if warm_start {
-                        if !warm.wait_ready(WORKERS, Duration::from_secs(60)).await {
-                            return Err(format!(
-                                "warm interpreters not ready: {:?}",
-                                warm.last_error()
-                            )
-                            .into());
-                        }
-                        warm.shared()
-                    } else {
-                        harrow::SubintBackend::shared()
-                    };
-                    let t = Instant::now();
-                    let p = ActorPool::start(
-                        &n,
-                        backend,
-                        spec.clone(),
-                        PoolConfig::new("start", WORKERS),
-                    )
-                    .await?;
-                    let ms = t.elapsed().as_secs_f64() * 1e3;
-                    p.cancel().await;
-                    if warm_start {
-                        &mut *start_warm
-                    } else {
-                        &mut *start_cold
-                    }
-                    .push(ms);
+                // Nothing of harrow's own runs beside the maps: the warm interpreters the
+                // previous round's start measurement took are made again first (the filler's
+                // interpreter creations would compete with the maps for the cores).
+                if !warm.wait_ready(WORKERS, Duration::from_secs(60)).await {
+                    return Err(
+                        format!("warm interpreters not ready: {:?}", warm.last_error()).into(),
+                    );
                 }
                 for &row in kinds {
                     let (func, arg) = [(echo, None), (sum_squares, Some(cpu_n))][row];
@@ -219,6 +198,38 @@ pub(super) fn measure(
                         }
                         Err(e) => *mp = Err(e),
                     }
+                }
+                // Pool start-up, after the maps: fresh interpreters, then warm ones (made ahead, off
+                // the path).
+                for &warm_start in starts {
+                    let backend = if warm_start {
+                        if !warm.wait_ready(WORKERS, Duration::from_secs(60)).await {
+                            return Err(format!(
+                                "warm interpreters not ready: {:?}",
+                                warm.last_error()
+                            )
+                            .into());
+                        }
+                        warm.shared()
+                    } else {
+                        harrow::SubintBackend::shared()
+                    };
+                    let t = Instant::now();
+                    let p = ActorPool::start(
+                        &n,
+                        backend,
+                        spec.clone(),
+                        PoolConfig::new("start", WORKERS),
+                    )
+                    .await?;
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    p.cancel().await;
+                    if warm_start {
+                        &mut *start_warm
+                    } else {
+                        &mut *start_cold
+                    }
+                    .push(ms);
                 }
             }
             pool.cancel().await;
