@@ -60,7 +60,12 @@ impl PoolConfig {
     /// each item in order, and returns `[results, errors]`: `results` one value per item (any
     /// value for an item that failed), `errors` a list of `[index, type_name, message]` for the
     /// items that raised. A batch whose call fails, or whose worker dies, fails each of its
-    /// items. `size` 0 or 1 turns batching off.
+    /// items. `size` 0 or 1 turns batching off. Python actors serve such a runner natively,
+    /// `harrow:run_batch` (its per-item loop runs in Rust inside the interpreter).
+    ///
+    /// A batch's answer reaches the map's stream as one message. While a worker runs a batch
+    /// it takes the next queued job and sends it ahead to the same actor, so that the actor
+    /// has it at hand when the batch is done; if the worker dies, both are failed (or retried).
     pub fn batch(mut self, runner: impl Into<String>, size: usize) -> Self {
         self.batch = (size > 1).then(|| (runner.into(), size));
         self

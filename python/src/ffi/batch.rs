@@ -192,12 +192,15 @@ unsafe fn call_item(shared: &Shared, f: &Obj, item: &Value) -> Result<Obj, ItemF
     })?;
     // Slot 0 is scratch space the callee may use (`PY_VECTORCALL_ARGUMENTS_OFFSET`).
     let mut argv = [null, arg.as_ptr()];
+    // A pointer into the whole array: the callee may write the slot before its argument.
+    let args = argv.as_mut_ptr().wrapping_add(1);
     user(shared, || {
-        // SAFETY: see above; `argv[1..]` holds one valid argument, kept alive by `arg`.
+        // SAFETY: see above; `args` points at one valid argument (kept alive by `arg`), with
+        // the scratch slot before it.
         let r = unsafe {
             ffi::PyObject_Vectorcall(
                 f.as_ptr(),
-                argv.as_mut_ptr().add(1),
+                args,
                 1 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
                 null,
             )
