@@ -64,6 +64,10 @@ enum Command {
         /// tree of 5 per backend).
         #[arg(long)]
         scale: bool,
+        /// Only one section of the suite (`pool`: the pool throughput table; `pool-small`: its
+        /// small items' batched rows alone, more rounds, for profiling).
+        #[arg(long, value_name = "SECTION", value_parser = ["pool", "pool-small"])]
+        only: Option<String>,
     },
     /// Run a Python function in N Python actors in parallel (subinterpreters, or child
     /// processes with `--backend process`) and print each result as JSON (Ctrl-C cancels them
@@ -143,7 +147,15 @@ fn main() -> ExitCode {
             path: remote_path,
             ssh_options,
         }),
-        Command::Bench { json, quick, scale } => bench::run(json, quick, scale),
+        Command::Bench {
+            json,
+            quick,
+            scale,
+            only,
+        } => match only {
+            Some(section) => bench::run_only(&section, json, quick),
+            None => bench::run(json, quick, scale),
+        },
         Command::RunPy {
             function,
             actors,

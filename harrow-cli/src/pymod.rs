@@ -39,10 +39,14 @@ impl PyDir {
     }
 }
 
-/// The pools' batch runner module (`PoolConfig::batch`), written beside the demo's module.
+/// The pools' batch runner (`PoolConfig::batch`): the one every Python actor serves natively.
+#[cfg(feature = "subint")]
+pub(crate) const POOL_RUNNER: &str = harrow::backends::subint::BATCH_RUNNER;
+/// The same runner written in Python (the bench compares the two), a module written beside the
+/// demo's module.
 pub(crate) const POOL_MODULE: &str = "harrow_pool";
 /// Its batch function.
-pub(crate) const POOL_RUNNER: &str = "harrow_pool:run_batch";
+pub(crate) const POOL_PY_RUNNER: &str = "harrow_pool:run_batch";
 const POOL_SOURCE: &str = include_str!("py/harrow_pool.py");
 
 /// Writes the batch runner module into `dir` (a `sys.path` entry of the pool's workers).

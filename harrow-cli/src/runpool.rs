@@ -3,7 +3,8 @@
 //! result is printed as it comes, as one JSON line
 //! (`{"index": I, "ok": VALUE}` or `{"index": I, "error": {"type": T, "message": M}}`), in input
 //! order unless `--unordered`; progress goes to stderr. `--batch N` sends N items per call
-//! through the `harrow_pool` batch runner. Ctrl-C cancels the pool (exit code 130).
+//! through the batch runner every Python actor serves (`harrow:run_batch`). Ctrl-C cancels the
+//! pool (exit code 130).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -103,13 +104,6 @@ pub(crate) fn run_pool(
             if let Some(v) = venv {
                 config = config.venv(v);
             }
-            // The batch runner lives in a directory of its own, removed with this guard.
-            let runner_dir = RunnerDir::create()?;
-            if batch > 1 {
-                config = config
-                    .expose(crate::pymod::POOL_MODULE)
-                    .sys_path(&runner_dir.0);
-            }
             let spec = ActorSpec::new().params(config.to_params());
             let pool =
                 ActorPool::start(&n, backend.clone(), spec, PoolConfig::new("py", actors)).await?;
@@ -159,25 +153,6 @@ pub(crate) fn run_pool(
             eprintln!("harrow run-py: {e}");
             1
         }
-    }
-}
-
-/// A temporary directory holding the batch runner module, removed on drop.
-struct RunnerDir(PathBuf);
-
-impl RunnerDir {
-    fn create() -> std::io::Result<RunnerDir> {
-        let dir = std::env::temp_dir().join(format!("harrow-pool-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let this = RunnerDir(dir);
-        crate::pymod::write_pool_module(&this.0)?;
-        Ok(this)
-    }
-}
-
-impl Drop for RunnerDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

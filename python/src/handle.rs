@@ -59,9 +59,10 @@ impl InterpHandle {
         &self.config
     }
 
-    /// Checks that `func`'s module is exposed (`ModuleNotExposed` otherwise).
+    /// Checks that `func`'s module is exposed (`ModuleNotExposed` otherwise). The built-in
+    /// [`BATCH_RUNNER`](crate::BATCH_RUNNER) needs no exposing (it checks the function it runs).
     pub fn check_exposed(&self, func: &FnPath) -> Result<(), CallError> {
-        if self.config.exposes(func.module()) {
+        if self.config.exposes(func.module()) || crate::job::is_batch_runner(func) {
             Ok(())
         } else {
             Err(not_exposed(&self.config, func.module()))

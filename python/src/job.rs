@@ -36,6 +36,25 @@ pub struct CallJob {
     pub reply: flume::Sender<Result<Value, CallError>>,
 }
 
+/// The batch runner every Python actor serves natively (the runner of an `ActorPool`'s batched
+/// maps, see `PoolConfig::batch`): `harrow:run_batch([func, [item, ...]])` calls `func` on each
+/// item in order on the interpreter thread, in a loop of the call server itself (no Python
+/// runner frame per item), and returns `[results, errors]`: one result per item (`None` for an
+/// item that failed) and `[index, type_name, message]` for each item that failed. An item is
+/// the call's one argument by the rule of a single call: `None` calls `func()`, an encoded
+/// [`PyArgs`](crate::PyArgs) calls `func(args, **kwargs)`, anything else `func(item)`.
+///
+/// An item that raises an `Exception`, or returns a value that does not convert, fails alone;
+/// anything else (`harrow.Cancelled`, `SystemExit`, `os._exit`) fails the whole batch, as it
+/// would a single call. `func`'s module must be exposed by the actor (the runner itself needs no
+/// exposing); `func` must be a plain function (a generator or context function is refused).
+pub const BATCH_RUNNER: &str = "harrow:run_batch";
+
+/// Whether `func` is [`BATCH_RUNNER`].
+pub fn is_batch_runner(func: &FnPath) -> bool {
+    func.module() == "harrow" && func.function() == "run_batch"
+}
+
 /// The error of a cancelled call.
 pub fn cancelled_error() -> CallError {
     CallError::new(

@@ -51,7 +51,7 @@ pub use config::{DEFAULT_STACK_SIZE, InterpConfig, MIN_STACK_SIZE};
 pub use error::{Error, Result, unavailable_message};
 pub use handle::{InterpHandle, PyCall};
 pub use host::{CallHost, HostFuture, StreamHost};
-pub use job::{CallJob, Job, cancelled_error, not_exposed};
+pub use job::{BATCH_RUNNER, CallJob, Job, cancelled_error, is_batch_runner, not_exposed};
 pub use main_interp::{MainInterp, SETUP_BOUND};
 pub use resolver::{Nesting, PyResolver};
 pub use state::{

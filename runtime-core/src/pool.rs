@@ -60,7 +60,12 @@ impl PoolConfig {
     /// each item in order, and returns `[results, errors]`: `results` one value per item (any
     /// value for an item that failed), `errors` a list of `[index, type_name, message]` for the
     /// items that raised. A batch whose call fails, or whose worker dies, fails each of its
-    /// items. `size` 0 or 1 turns batching off.
+    /// items. `size` 0 or 1 turns batching off. Python actors serve such a runner natively,
+    /// `harrow:run_batch` (its per-item loop runs in Rust inside the interpreter).
+    ///
+    /// A batch's answer reaches the map's stream as one message. While a worker runs a batch
+    /// it takes the next queued job and sends it ahead to the same actor, so that the actor
+    /// has it at hand when the batch is done; if the worker dies, both are failed (or retried).
     pub fn batch(mut self, runner: impl Into<String>, size: usize) -> Self {
         self.batch = (size > 1).then(|| (runner.into(), size));
         self
@@ -115,7 +120,70 @@ impl PoolError {
     }
 }
 
-type Reply = async_channel::Sender<(u64, std::result::Result<Value, PoolError>)>;
+type Reply = async_channel::Sender<Answer>;
+
+/// What a worker sends back for one job: the results of consecutive items from `seq` on (one
+/// item, or a whole batch in one message, so that a batch costs one send and one wake-up
+/// however many items it holds).
+#[derive(Debug)]
+struct Answer {
+    /// The index of the next item in `items`.
+    seq: u64,
+    items: AnswerItems,
+}
+
+#[derive(Debug)]
+enum AnswerItems {
+    One(Option<PoolResult>),
+    /// Every item failed alike (a batch whose call failed).
+    Same {
+        left: usize,
+        r: PoolResult,
+    },
+    /// A batch's results as its runner returned them, and the items that failed (by offset
+    /// in the batch, in order): no per-item allocation.
+    Batch {
+        results: std::vec::IntoIter<Value>,
+        offset: usize,
+        errors: std::iter::Peekable<std::vec::IntoIter<(usize, PoolError)>>,
+    },
+}
+
+impl Answer {
+    fn one(seq: u64, r: PoolResult) -> Answer {
+        Answer {
+            seq,
+            items: AnswerItems::One(Some(r)),
+        }
+    }
+
+    /// The next item and its index.
+    fn pop(&mut self) -> Option<(u64, PoolResult)> {
+        let r = match &mut self.items {
+            AnswerItems::One(r) => r.take(),
+            AnswerItems::Same { left, r } => {
+                *left = left.checked_sub(1)?;
+                Some(r.clone())
+            }
+            AnswerItems::Batch {
+                results,
+                offset,
+                errors,
+            } => {
+                let v = results.next()?;
+                let at = *offset;
+                *offset += 1;
+                match errors.next_if(|(i, _)| *i == at) {
+                    Some((_, e)) => Some(Err(e)),
+                    None => Some(Ok(v)),
+                }
+            }
+        }?;
+        let seq = self.seq;
+        self.seq += 1;
+        Some((seq, r))
+    }
+}
 
 struct Job {
     func: String,
@@ -130,52 +198,65 @@ struct Job {
 impl Job {
     /// Answers every item of this job with `r` (a batch's items each get it).
     fn answer(self, r: PoolResult) {
-        match self.batch {
-            None => {
-                let _ = self.reply.try_send((self.seq, r));
-            }
-            Some(n) => {
-                for k in 0..n as u64 {
-                    let _ = self.reply.try_send((self.seq + k, r.clone()));
-                }
-            }
-        }
+        let answer = match self.batch {
+            None => Answer::one(self.seq, r),
+            Some(n) => Answer {
+                seq: self.seq,
+                items: AnswerItems::Same { left: n, r },
+            },
+        };
+        let _ = self.reply.try_send(answer);
     }
 
     /// Answers a batch's items from the runner's `[results, errors]`.
     fn answer_batch(self, n: usize, worker: &ActorId, value: Value) {
-        let parsed = match value.as_list() {
-            Some([Value::List(results), Value::List(errors)]) if results.len() == n => {
-                Some((results.clone(), errors.clone()))
-            }
+        let kind = value.kind_name();
+        let mut value = value;
+        let parsed = match &mut value {
+            Value::List(parts) => match parts.as_mut_slice() {
+                [Value::List(results), Value::List(errors)] if results.len() == n => {
+                    Some((std::mem::take(results), std::mem::take(errors)))
+                }
+                _ => None,
+            },
             _ => None,
         };
+        drop(value);
         let Some((results, errors)) = parsed else {
             let bad = harrow_portal::Error::Protocol(format!(
-                "the batch runner did not return [results, errors] with {n} results: {}",
-                value.kind_name()
+                "the batch runner did not return [results, errors] with {n} results: {kind}"
             ));
             return self.answer(Err(PoolError::Call(bad)));
         };
-        let mut out: Vec<PoolResult> = results.into_iter().map(Ok).collect();
+        let mut failed: Vec<(usize, PoolError)> = Vec::new();
         for e in errors {
             if let Some([Value::Int(i), Value::Str(ty), Value::Str(msg)]) = e.as_list() {
-                if let Some(slot) = usize::try_from(*i).ok().and_then(|i| out.get_mut(i)) {
+                if let Some(i) = usize::try_from(*i).ok().filter(|i| *i < n) {
                     let remote = harrow_ipc::RemoteError::new(
                         harrow_ipc::ErrorKind::Raised,
                         ty.clone(),
                         msg.clone(),
                         worker.clone(),
                     );
-                    *slot = Err(PoolError::Call(harrow_portal::Error::Remote(Box::new(
-                        remote,
-                    ))));
+                    let err = PoolError::Call(harrow_portal::Error::Remote(Box::new(remote)));
+                    failed.push((i, err));
                 }
             }
         }
-        for (k, r) in out.into_iter().enumerate() {
-            let _ = self.reply.try_send((self.seq + k as u64, r));
-        }
+        // In item order, one error per item (the last one given wins, as a plain overwrite
+        // would).
+        failed.reverse();
+        failed.sort_by_key(|(i, _)| *i);
+        failed.dedup_by_key(|(i, _)| *i);
+        let answer = Answer {
+            seq: self.seq,
+            items: AnswerItems::Batch {
+                results: results.into_iter(),
+                offset: 0,
+                errors: failed.into_iter().peekable(),
+            },
+        };
+        let _ = self.reply.try_send(answer);
     }
 }
 
@@ -389,7 +470,7 @@ impl ActorPool {
             .collect()
     }
 
-    fn job(&self, func: &str, args: Value) -> (Job, async_channel::Receiver<(u64, PoolResult)>) {
+    fn job(&self, func: &str, args: Value) -> (Job, async_channel::Receiver<Answer>) {
         let (tx, rx) = async_channel::bounded(1);
         let seq = self.handle.next_seq.fetch_add(1, Ordering::Relaxed);
         let job = Job {
@@ -555,6 +636,7 @@ impl ActorPool {
             rx: Box::pin(rx),
             ordered,
             next: 0,
+            current: None,
             buffered: BTreeMap::new(),
             progress: yielded,
             feeder_stop,
@@ -577,14 +659,14 @@ pub type PoolResult = std::result::Result<Value, PoolError>;
 /// One submitted item: a future of its result.
 #[derive(Debug)]
 pub struct PoolTask {
-    rx: Pin<Box<async_channel::Receiver<(u64, PoolResult)>>>,
+    rx: Pin<Box<async_channel::Receiver<Answer>>>,
 }
 
 impl std::future::Future for PoolTask {
     type Output = PoolResult;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PoolResult> {
         let recv = self.rx.as_mut().poll_next(cx);
-        recv.map(|r| match r {
+        recv.map(|a| match a.and_then(|mut a| a.pop()) {
             Some((_, r)) => r,
             None => Err(PoolError::Cancelled),
         })
@@ -599,10 +681,14 @@ struct Progress {
 
 /// The stream of [`ActorPool::map`]: `(input index, result)`.
 pub struct PoolMap {
-    rx: Pin<Box<async_channel::Receiver<(u64, PoolResult)>>>,
+    rx: Pin<Box<async_channel::Receiver<Answer>>>,
     ordered: bool,
+    /// Ordered: the index of the next item to yield; unordered: how many were yielded.
     next: u64,
-    buffered: BTreeMap<u64, PoolResult>,
+    /// The answer being yielded item by item (in order: the one holding `next`).
+    current: Option<Answer>,
+    /// Ordered: answers that came ahead of `next`, by the index of their first item.
+    buffered: BTreeMap<u64, Answer>,
     progress: Arc<Progress>,
     feeder_stop: CancelToken,
 }
@@ -627,8 +713,14 @@ impl PoolMap {
     fn yielded(&mut self, idx: u64, r: PoolResult) -> Poll<Option<(u64, PoolResult)>> {
         self.next += 1;
         self.progress.yielded.store(self.next, Ordering::SeqCst);
-        self.progress.event.notify(usize::MAX);
         Poll::Ready(Some((idx, r)))
+    }
+
+    /// Wakes the feeder waiting for room in the window. Done once per answer (when its last
+    /// item was yielded) and before waiting for the next one, not per item: the feeder is
+    /// never left waiting while the consumer waits, and a batch's items cost no wake-up each.
+    fn wake_feeder(&self) {
+        self.progress.event.notify(usize::MAX);
     }
 }
 
@@ -636,32 +728,41 @@ impl Stream for PoolMap {
     type Item = (u64, PoolResult);
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
+            if let Some(a) = &mut self.current {
+                if let Some((idx, r)) = a.pop() {
+                    return self.yielded(idx, r);
+                }
+                self.current = None;
+                self.wake_feeder();
+            }
             if self.ordered {
                 let next = self.next;
-                if let Some(r) = self.buffered.remove(&next) {
-                    return self.yielded(next, r);
+                if let Some(a) = self.buffered.remove(&next) {
+                    self.current = Some(a);
+                    continue;
                 }
             }
             match self.rx.as_mut().poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.wake_feeder();
+                    return Poll::Pending;
+                }
                 Poll::Ready(None) => {
                     // Every sender is gone; in order, whatever is buffered is not contiguous
                     // (an item was lost only if the pool broke): yield it as it is.
                     if let Some(k) = self.buffered.keys().next().copied() {
-                        let r = self
-                            .buffered
-                            .remove(&k)
-                            .unwrap_or(Err(PoolError::Cancelled));
+                        self.current = self.buffered.remove(&k);
                         self.next = k;
-                        return self.yielded(k, r);
+                        continue;
                     }
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Some((idx, r))) => {
-                    if !self.ordered {
-                        return self.yielded(idx, r);
+                Poll::Ready(Some(a)) => {
+                    if !self.ordered || a.seq == self.next {
+                        self.current = Some(a);
+                    } else {
+                        self.buffered.insert(a.seq, a);
                     }
-                    self.buffered.insert(idx, r);
                 }
             }
         }
@@ -685,52 +786,100 @@ async fn work_loop(
 ) -> Option<ChildHandle> {
     let mut generation = 0u32;
     let stopping = || shared.stop.is_cancelled() || nursery.teardown_token().is_cancelled();
+    // A job taken while a batch ran, its call already sent to this worker (see `InFlight`).
+    let mut ahead: Option<InFlight<'_>> = None;
     loop {
         enum Next {
             Job(Job),
             Died,
             Stop,
         }
-        let next = async {
-            match shared.jobs_rx.recv().await {
-                Ok(job) => Next::Job(job),
-                Err(_) => Next::Stop,
+        let mut job = match ahead.take() {
+            Some(a) => Some(a),
+            None => {
+                let next = async {
+                    match shared.jobs_rx.recv().await {
+                        Ok(job) => Next::Job(job),
+                        Err(_) => Next::Stop,
+                    }
+                }
+                .or(async {
+                    worker.ended().await;
+                    Next::Died
+                })
+                .or(async {
+                    shared.stop.cancelled().await;
+                    Next::Stop
+                })
+                .or(async {
+                    nursery.teardown_token().cancelled().await;
+                    Next::Stop
+                })
+                .await;
+                match next {
+                    Next::Stop => return Some(worker),
+                    Next::Job(job) => Some(InFlight::new(shared, job)),
+                    Next::Died => None,
+                }
             }
-        }
-        .or(async {
-            worker.ended().await;
-            Next::Died
-        })
-        .or(async {
-            shared.stop.cancelled().await;
-            Next::Stop
-        })
-        .or(async {
-            nursery.teardown_token().cancelled().await;
-            Next::Stop
-        })
-        .await;
-        let mut job = match next {
-            Next::Stop => return Some(worker),
-            Next::Job(job) => {
-                shared.running.fetch_add(1, Ordering::SeqCst);
-                Some(job)
-            }
-            Next::Died => None,
         };
-        let _running = job.as_ref().map(|_| Running(&shared.running));
-        let mut attempts = 0u32;
         // Run the job; if the worker dies under it (or while idle), replace the worker.
         loop {
-            let result = match &job {
+            let result = match &mut job {
                 Some(j) => {
-                    let call = worker.portal().run(&j.func, j.args.clone());
-                    let r = async { Some(call.await) }
-                        .or(async {
-                            shared.stop.cancelled().await;
-                            None
-                        })
-                        .await;
+                    let r = match j.done.take() {
+                        Some(r) => Some(r),
+                        None => {
+                            let mut call = match j.call.take() {
+                                Some(call) => call,
+                                None => j.send(shared, &worker),
+                            };
+                            loop {
+                                // While a batch runs, the next job is sent ahead to the same
+                                // worker, so that it has its next batch at hand when this one
+                                // is done instead of idling while results travel back.
+                                let take_ahead = j.job.batch.is_some() && ahead.is_none();
+                                enum Ev {
+                                    Done(std::result::Result<Value, harrow_portal::Error>),
+                                    Stop,
+                                    Ahead(Job),
+                                }
+                                let ahead_ref = &mut ahead;
+                                let ev = std::future::poll_fn(|cx| {
+                                    if let Poll::Ready(r) = call.as_mut().poll(cx) {
+                                        return Poll::Ready(Ev::Done(r));
+                                    }
+                                    if let Some(a) = ahead_ref.as_mut() {
+                                        a.poll_call(cx);
+                                    }
+                                    Poll::Pending
+                                })
+                                .or(async {
+                                    shared.stop.cancelled().await;
+                                    Ev::Stop
+                                })
+                                .or(async {
+                                    if !take_ahead {
+                                        return std::future::pending().await;
+                                    }
+                                    match shared.jobs_rx.recv().await {
+                                        Ok(next) => Ev::Ahead(next),
+                                        Err(_) => std::future::pending().await,
+                                    }
+                                })
+                                .await;
+                                match ev {
+                                    Ev::Done(r) => break Some(r),
+                                    Ev::Stop => break None,
+                                    Ev::Ahead(next) => {
+                                        let mut a = InFlight::new(shared, next);
+                                        a.call = Some(a.send(shared, &worker));
+                                        ahead = Some(a);
+                                    }
+                                }
+                            }
+                        }
+                    };
                     match r {
                         None => Some(Err(PoolError::Cancelled)),
                         Some(Ok(v)) => Some(Ok(v)),
@@ -750,18 +899,12 @@ async fn work_loop(
             };
             if let Some(result) = result {
                 let j = job.take().expect("a result is for a job");
-                shared
-                    .completed
-                    .fetch_add(j.batch.unwrap_or(1) as u64, Ordering::SeqCst);
-                match (j.batch, result) {
-                    (Some(n), Ok(v)) => j.answer_batch(n, worker.id(), v),
-                    (_, r) => j.answer(r),
-                }
+                j.finish(shared, worker.id(), result);
                 break;
             }
             if stopping() {
-                if let Some(j) = job.take() {
-                    j.answer(Err(PoolError::Cancelled));
+                for j in job.take().into_iter().chain(ahead.take()) {
+                    j.finish(shared, worker.id(), Err(PoolError::Cancelled));
                 }
                 return Some(worker);
             }
@@ -779,41 +922,55 @@ async fn work_loop(
                 .or_else(|| worker.outcome().map(|o| format!("{o:?}")))
                 .unwrap_or_else(|| "its channel closed".into());
             tracing::debug!(worker = %worker.id(), %reason, "pool worker died; replacing it");
-            if let Some(j) = &job {
-                if attempts >= shared.config.retries {
-                    let j = job.take().expect("checked");
-                    shared
-                        .completed
-                        .fetch_add(j.batch.unwrap_or(1) as u64, Ordering::SeqCst);
-                    j.answer(Err(PoolError::WorkerDied {
+            // The job sent ahead was in flight on the dead worker too (unless it had an
+            // answer already): it is failed or run again like the job itself.
+            let mut dead = match ahead.take() {
+                Some(a) if matches!(a.done, Some(Ok(_))) => {
+                    ahead = Some(a);
+                    None
+                }
+                other => other,
+            };
+            for j in [&mut job, &mut dead] {
+                let Some(f) = j.as_mut() else { continue };
+                f.call = None;
+                f.done = None;
+                if f.attempts >= shared.config.retries {
+                    let f = j.take().expect("checked");
+                    let err = PoolError::WorkerDied {
                         worker: worker.id().clone(),
                         reason: reason.clone(),
-                    }));
+                    };
+                    f.finish(shared, worker.id(), Err(err));
                 } else {
-                    attempts += 1;
+                    f.attempts += 1;
                     tracing::debug!(
-                        seq = j.seq,
-                        attempts,
+                        seq = f.job.seq,
+                        attempts = f.attempts,
                         "retrying the item on the replacement"
                     );
                 }
             }
+            if let Some(d) = dead {
+                // Run again after the job itself, on the replacement.
+                ahead = Some(d);
+            }
             match replace(shared, nursery, slot, &mut generation).await {
                 Some(h) => worker = h,
                 None => {
-                    if let Some(j) = job.take() {
-                        let err = if stopping() {
-                            PoolError::Cancelled
-                        } else {
-                            PoolError::NoWorkers(
-                                shared
-                                    .last_spawn_error
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .clone(),
-                            )
-                        };
-                        j.answer(Err(err));
+                    let err = if stopping() {
+                        PoolError::Cancelled
+                    } else {
+                        PoolError::NoWorkers(
+                            shared
+                                .last_spawn_error
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .clone(),
+                        )
+                    };
+                    for j in job.take().into_iter().chain(ahead.take()) {
+                        j.finish(shared, worker.id(), Err(err.clone()));
                     }
                     return None;
                 }
@@ -821,6 +978,69 @@ async fn work_loop(
             if job.is_none() {
                 break;
             }
+        }
+    }
+}
+
+type CallFuture = Pin<
+    Box<dyn std::future::Future<Output = std::result::Result<Value, harrow_portal::Error>> + Send>,
+>;
+
+/// A job a worker has taken: its call once sent, the call's outcome once known (a job sent
+/// ahead may finish before the one running), how many times it was run again after its
+/// worker died. Counts as running until dropped.
+struct InFlight<'a> {
+    job: Job,
+    call: Option<CallFuture>,
+    done: Option<std::result::Result<Value, harrow_portal::Error>>,
+    attempts: u32,
+    _running: Running<'a>,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(shared: &'a Shared, job: Job) -> Self {
+        shared.running.fetch_add(1, Ordering::SeqCst);
+        InFlight {
+            job,
+            call: None,
+            done: None,
+            attempts: 0,
+            _running: Running(&shared.running),
+        }
+    }
+
+    /// The call of this job on `worker` (sent once polled). The arguments are kept only
+    /// while the item may still be run again.
+    fn send(&mut self, shared: &Shared, worker: &ChildHandle) -> CallFuture {
+        let args = if self.attempts < shared.config.retries {
+            self.job.args.clone()
+        } else {
+            std::mem::take(&mut self.job.args)
+        };
+        let portal = worker.portal().clone();
+        let func = self.job.func.clone();
+        Box::pin(async move { portal.run(&func, args).await })
+    }
+
+    /// Drives the call (a job sent ahead), keeping its outcome.
+    fn poll_call(&mut self, cx: &mut Context<'_>) {
+        if let Some(call) = &mut self.call {
+            if let Poll::Ready(r) = call.as_mut().poll(cx) {
+                self.done = Some(r);
+                self.call = None;
+            }
+        }
+    }
+
+    /// Answers the job's items with `result` (a batch's from its runner's answer).
+    fn finish(self, shared: &Shared, worker: &ActorId, result: PoolResult) {
+        let j = self.job;
+        shared
+            .completed
+            .fetch_add(j.batch.unwrap_or(1) as u64, Ordering::SeqCst);
+        match (j.batch, result) {
+            (Some(n), Ok(v)) => j.answer_batch(n, worker, v),
+            (_, r) => j.answer(r),
         }
     }
 }

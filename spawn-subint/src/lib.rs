@@ -89,9 +89,9 @@ pub use backend::SubintBackend;
 // The Python worker shared with the other Python backend lives in `harrow-python`; its public
 // types are this crate's API too.
 pub use harrow_python::{
-    ARGS_KEY, CallHost, DEFAULT_STACK_SIZE, Error, HostFuture, InterpConfig, InterpThreadInfo,
-    KWARGS_KEY, MIN_STACK_SIZE, PyArgs, REARM_INTERVAL, Result, StreamHost, interp_threads,
-    live_interpreters, python_stacks, warm_up,
+    ARGS_KEY, BATCH_RUNNER, CallHost, DEFAULT_STACK_SIZE, Error, HostFuture, InterpConfig,
+    InterpThreadInfo, KWARGS_KEY, MIN_STACK_SIZE, PyArgs, REARM_INTERVAL, Result, StreamHost,
+    interp_threads, live_interpreters, python_stacks, warm_up,
 };
 pub use harrow_python::{InterpHandle, PyCall, PyResolver};
 pub use interp::{CREATE_BOUND, Exit, InterpThread};

@@ -8,9 +8,10 @@ use futures_lite::StreamExt;
 use harrow_runtime_core::ipc::Value;
 use harrow_runtime_core::portal::{CallError, FnRegistry};
 use harrow_runtime_core::{
-    ActorPool, ActorSpec, PoolConfig, PoolError, RootConfig, Timeouts, run_root,
+    ActorPool, ActorSpec, PoolConfig, PoolError, RootConfig, Timeouts, move_on_after, run_root,
 };
 use harrow_spawn_thread::ThreadBackend;
+use harrow_testkit::faults::CrashingBackend;
 
 /// `t:square(x)` fails on negative numbers; `t:run_batch([func, items])` is the batch runner
 /// (it knows only `t:square`).
@@ -36,6 +37,16 @@ fn registry() -> Arc<FnRegistry> {
         let Some([Value::Str(func), Value::List(items)]) = v.as_list() else {
             return Err(CallError::raised("TypeError", "[func, items]"));
         };
+        if func == "t:hang_below_4" {
+            // Items under 4 make the batch wait (cooperatively) for a minute; the others pass.
+            if items.iter().any(|i| i.as_i64().is_some_and(|i| i < 4)) {
+                let _ = move_on_after(Duration::from_secs(60), std::future::pending::<()>()).await;
+            }
+            return Ok(Value::List(vec![
+                Value::List(items.clone()),
+                Value::List(vec![]),
+            ]));
+        }
         if func != "t:square" {
             return Err(CallError::raised("LookupError", func.clone()));
         }
@@ -99,6 +110,58 @@ fn batched_maps_answer_every_item_in_order_with_its_own_error() {
                     r.iter().all(|(_, r)| matches!(r, Err(PoolError::Call(_)))),
                     "{r:?}"
                 );
+                pool.cancel().await;
+                Ok(())
+            })
+            .expect("the tree runs");
+        },
+    )
+}
+
+#[test]
+fn a_dying_worker_fails_each_item_of_the_batches_it_had_in_flight() {
+    harrow_testkit::harness(
+        "a_dying_worker_fails_each_item_of_the_batches_it_had_in_flight",
+        Duration::from_secs(60),
+        harrow_testkit::DEFAULT_SETTLE,
+        || {
+            let config = RootConfig::default()
+                .handle_sigint(false)
+                .timeouts(Timeouts::quick());
+            run_root(config, |n| async move {
+                let crashing = CrashingBackend::wrap(ThreadBackend::shared());
+                let spec = ActorSpec::with_resolver(registry());
+                let pool_config = PoolConfig::new("dying", 1).batch("t:run_batch", 2);
+                let pool = ActorPool::start(&n, crashing.clone(), spec, pool_config).await?;
+                // Three batches: [0, 1] and [2, 3] hang, [4, 5] passes.
+                let mut results = pool.map("t:hang_below_4", (0..6).map(Value::Int), true);
+                // The worker runs the first batch and has taken the second one ahead.
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while pool.running() < 2 {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the worker took two batches"
+                    );
+                    let _ =
+                        move_on_after(Duration::from_millis(5), std::future::pending::<()>()).await;
+                }
+                for w in pool.workers() {
+                    assert!(crashing.crash(w.id()));
+                }
+                let mut got = Vec::new();
+                while let Some(item) = results.next().await {
+                    got.push(item);
+                }
+                assert_eq!(got.len(), 6, "{got:?}");
+                for (k, (i, r)) in got.iter().enumerate() {
+                    assert_eq!(*i, k as u64, "in input order");
+                    if k < 4 {
+                        assert!(matches!(r, Err(PoolError::WorkerDied { .. })), "{k}: {r:?}");
+                    } else {
+                        assert_eq!(r.as_ref().ok(), Some(&Value::Int(k as i64)), "{k}");
+                    }
+                }
+                assert_eq!(pool.replaced(), 1);
                 pool.cancel().await;
                 Ok(())
             })

@@ -93,6 +93,47 @@ pub(crate) fn run(as_json: bool, quick: bool, scale: bool) -> i32 {
     }
 }
 
+/// `harrow bench --only SECTION`: one section of the suite alone (`pool`; `pool-small`: only
+/// its small items' batched rows, more rounds, for profiling); returns the exit code.
+pub(crate) fn run_only(section: &str, as_json: bool, quick: bool) -> i32 {
+    let ran = match section {
+        "pool" => run_pool_only(as_json, quick, false),
+        "pool-small" => run_pool_only(as_json, quick, true),
+        other => Err(anyhow::anyhow!(
+            "no bench section {other:?} (known: pool, pool-small)"
+        )),
+    };
+    match ran {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("harrow bench: {e:#}");
+            1
+        }
+    }
+}
+
+/// The pool table alone.
+fn run_pool_only(as_json: bool, quick: bool, small_only: bool) -> anyhow::Result<()> {
+    let s = Sizes::new(quick);
+    let prog = Progress { t0: Instant::now() };
+    let py = match harrow::subint_status() {
+        Ok(()) => crate::pymod::PyDir::create()?,
+        Err(why) => anyhow::bail!("the pool table needs the subint backend: {why}"),
+    };
+    let pool = pool::measure(Some(&py), s, &prog, small_only)?;
+    drop(py);
+    prog.step("done");
+    let Some(pool) = pool else {
+        anyhow::bail!("the pool table needs the subint backend (a build without it)");
+    };
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&pool.to_json())?);
+    } else {
+        pool.print();
+    }
+    Ok(())
+}
+
 fn run_inner(as_json: bool, quick: bool) -> anyhow::Result<()> {
     let s = Sizes::new(quick);
     let prog = Progress { t0: Instant::now() };
@@ -106,7 +147,7 @@ fn run_inner(as_json: bool, quick: bool) -> anyhow::Result<()> {
         Err(_) => None,
     };
     let (rows, parallel) = measure(py.as_ref(), s, &prog)?;
-    let pool = pool::measure(py.as_ref(), s, &prog)?;
+    let pool = pool::measure(py.as_ref(), s, &prog, false)?;
     drop(py);
     prog.step("done");
     let report = report::Report {

@@ -2,9 +2,12 @@
 //! `multiprocessing.Pool.map` with the same number of workers, for small items (`echo`) and
 //! CPU-bound ones (`sum_squares`), in items per second. Each side runs two ways: in batches
 //! chosen by `Pool.map`'s own rule (`chunksize = ceil(items / (4 × workers))`; harrow through
-//! the `harrow_pool` batch runner) and one item per call (`chunksize=1`). Each round runs
-//! harrow's maps, then multiprocessing's, so drift in a shared machine's load hits them alike.
-//! Pool start-up is not counted on either side (both pools are warm).
+//! the built-in batch runner `harrow:run_batch`, and for comparison through the Python runner
+//! `harrow_pool.run_batch`) and one item per call (`chunksize=1`). Each round runs
+//! harrow's maps, then multiprocessing's, so drift in a shared machine's load hits them alike,
+//! then times pool start-up; a round begins once the warm interpreters that took are made
+//! again, so that no interpreter creation of harrow's own runs beside its maps. Pool start-up
+//! is not counted in the maps on either side (both pools are warm).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -25,6 +28,8 @@ pub(super) struct PoolRow {
     label: String,
     items: usize,
     harrow: Samples,
+    /// Batched through the Python runner (`harrow_pool.run_batch`) instead of the built-in one.
+    harrow_pyrunner: Samples,
     harrow_chunk1: Samples,
     mp: Samples,
     mp_chunk1: Samples,
@@ -60,6 +65,7 @@ pub(super) fn measure(
     dir: Option<&crate::pymod::PyDir>,
     s: Sizes,
     prog: &Progress,
+    small_only: bool,
 ) -> anyhow::Result<Option<PoolBench>> {
     use futures_lite::StreamExt;
     use harrow::{ActorPool, ActorSpec, PoolConfig, RootConfig, Value, run_root};
@@ -81,6 +87,7 @@ pub(super) fn measure(
             label: format!("small items: echo(x), {small_n} items"),
             items: small_n,
             harrow: Samples::default(),
+            harrow_pyrunner: Samples::default(),
             harrow_chunk1: Samples::default(),
             mp: Samples::default(),
             mp_chunk1: Samples::default(),
@@ -90,6 +97,7 @@ pub(super) fn measure(
             label: format!("CPU-bound: sum_squares({cpu_n}), {cpu_items} items"),
             items: cpu_items,
             harrow: Samples::default(),
+            harrow_pyrunner: Samples::default(),
             harrow_chunk1: Samples::default(),
             mp: Samples::default(),
             mp_chunk1: Samples::default(),
@@ -127,9 +135,73 @@ pub(super) fn measure(
             if let Some((_, Err(e))) = warmed.iter().find(|(_, r)| r.is_err()) {
                 return Err(format!("warming the pool: {e}").into());
             }
-            for _ in 0..s.reps {
-                // Pool start-up: fresh interpreters, then warm ones (made ahead, off the path).
-                for warm_start in [false, true] {
+            // `small_only` (`harrow bench --only pool-small`, for profiling): the small items'
+            // batched rows only, four times as many rounds.
+            let (rounds, starts, kinds) = if small_only {
+                (s.reps * 4, &[][..], &[0][..])
+            } else {
+                (s.reps, &[false, true][..], &[0, 1][..])
+            };
+            for _ in 0..rounds {
+                // Nothing of harrow's own runs beside the maps: the warm interpreters the
+                // previous round's start measurement took are made again first (the filler's
+                // interpreter creations would compete with the maps for the cores).
+                if !warm.wait_ready(WORKERS, Duration::from_secs(60)).await {
+                    return Err(
+                        format!("warm interpreters not ready: {:?}", warm.last_error()).into(),
+                    );
+                }
+                for &row in kinds {
+                    let (func, arg) = [(echo, None), (sum_squares, Some(cpu_n))][row];
+                    let count = rows[row].items;
+                    let native = crate::pymod::POOL_RUNNER;
+                    let python = crate::pymod::POOL_PY_RUNNER;
+                    let batched = chunk_size(count);
+                    let runs = [(native, batched), (python, batched), (native, 1)];
+                    let runs = if small_only { &runs[..2] } else { &runs[..] };
+                    for &(runner, chunk) in runs {
+                        let inputs = (0..count as i64).map(move |i| Value::Int(arg.unwrap_or(i)));
+                        let t = Instant::now();
+                        let mut results = pool.map_batched(func, inputs, true, runner, chunk);
+                        let mut got = 0;
+                        while let Some((_, r)) = results.next().await {
+                            r.map_err(|e| format!("pool item: {e}"))?;
+                            got += 1;
+                        }
+                        let took = t.elapsed().as_secs_f64();
+                        if got != count {
+                            return Err(format!("the map gave {got} of {count} results").into());
+                        }
+                        let samples = if chunk == 1 {
+                            &mut rows[row].harrow_chunk1
+                        } else if runner == python {
+                            &mut rows[row].harrow_pyrunner
+                        } else {
+                            &mut rows[row].harrow
+                        };
+                        samples.push(count as f64 / took);
+                    }
+                    let Ok(driver) = mp else { continue };
+                    let which = if row == 0 { "small" } else { "cpu" };
+                    let measured = driver.map(which, count, cpu_n, false).and_then(|a| {
+                        let a1 = (!small_only)
+                            .then(|| driver.map(which, count, cpu_n, true))
+                            .transpose()?;
+                        Ok((a, a1))
+                    });
+                    match measured {
+                        Ok((secs, secs1)) => {
+                            rows[row].mp.push(count as f64 / secs);
+                            if let Some(secs1) = secs1 {
+                                rows[row].mp_chunk1.push(count as f64 / secs1);
+                            }
+                        }
+                        Err(e) => *mp = Err(e),
+                    }
+                }
+                // Pool start-up, after the maps: fresh interpreters, then warm ones (made ahead, off
+                // the path).
+                for &warm_start in starts {
                     let backend = if warm_start {
                         if !warm.wait_ready(WORKERS, Duration::from_secs(60)).await {
                             return Err(format!(
@@ -159,42 +231,6 @@ pub(super) fn measure(
                     }
                     .push(ms);
                 }
-                for (row, func, arg) in [(0, echo, None), (1, sum_squares, Some(cpu_n))] {
-                    let count = rows[row].items;
-                    for chunk in [chunk_size(count), 1] {
-                        let inputs = (0..count as i64).map(move |i| Value::Int(arg.unwrap_or(i)));
-                        let t = Instant::now();
-                        let runner = crate::pymod::POOL_RUNNER;
-                        let mut results = pool.map_batched(func, inputs, true, runner, chunk);
-                        let mut got = 0;
-                        while let Some((_, r)) = results.next().await {
-                            r.map_err(|e| format!("pool item: {e}"))?;
-                            got += 1;
-                        }
-                        let took = t.elapsed().as_secs_f64();
-                        if got != count {
-                            return Err(format!("the map gave {got} of {count} results").into());
-                        }
-                        let samples = if chunk == 1 {
-                            &mut rows[row].harrow_chunk1
-                        } else {
-                            &mut rows[row].harrow
-                        };
-                        samples.push(count as f64 / took);
-                    }
-                    let Ok(driver) = mp else { continue };
-                    let which = if row == 0 { "small" } else { "cpu" };
-                    let measured = driver
-                        .map(which, count, cpu_n, false)
-                        .and_then(|a| Ok((a, driver.map(which, count, cpu_n, true)?)));
-                    match measured {
-                        Ok((secs, secs1)) => {
-                            rows[row].mp.push(count as f64 / secs);
-                            rows[row].mp_chunk1.push(count as f64 / secs1);
-                        }
-                        Err(e) => *mp = Err(e),
-                    }
-                }
             }
             pool.cancel().await;
             Ok(())
@@ -223,6 +259,7 @@ pub(super) fn measure(
     _dir: Option<&crate::pymod::PyDir>,
     _s: Sizes,
     _prog: &Progress,
+    _small_only: bool,
 ) -> anyhow::Result<Option<PoolBench>> {
     Ok(None)
 }
@@ -245,7 +282,8 @@ impl PoolBench {
         println!(
             "pool throughput: ActorPool::map on {WORKERS} subint workers vs multiprocessing.Pool({WORKERS}).map, \
              items per second, median (min–max) of the rounds; batched = Pool.map's default chunk size \
-             on both sides, 1 = one item per call; ratio = harrow / multiprocessing"
+             on both sides (harrow: the built-in runner; py runner = the Python runner \
+             harrow_pool.run_batch), 1 = one item per call; ratio = harrow / multiprocessing"
         );
         println!("/proc/loadavg {}", self.load);
         let show = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}x"));
@@ -261,6 +299,13 @@ impl PoolBench {
                 rate(&r.harrow),
                 rate(&r.mp),
                 show(ratio(&r.harrow, &r.mp)),
+            );
+            println!(
+                "  {:<10} {:>28} {:>28} {:>8}",
+                "py runner",
+                rate(&r.harrow_pyrunner),
+                rate(&r.mp),
+                show(ratio(&r.harrow_pyrunner, &r.mp)),
             );
             println!(
                 "  {:<10} {:>28} {:>28} {:>8}",
@@ -299,10 +344,12 @@ impl PoolBench {
                     "items": r.items,
                     "chunk_size": chunk_size(r.items),
                     "harrow_items_per_s": r.harrow.summary(),
+                    "harrow_py_runner_items_per_s": r.harrow_pyrunner.summary(),
                     "harrow_chunksize1_items_per_s": r.harrow_chunk1.summary(),
                     "mp_items_per_s": r.mp.summary(),
                     "mp_chunksize1_items_per_s": r.mp_chunk1.summary(),
                     "ratio_vs_mp": ratio(&r.harrow, &r.mp).map(round),
+                    "ratio_py_runner_vs_mp": ratio(&r.harrow_pyrunner, &r.mp).map(round),
                     "ratio_chunksize1": ratio(&r.harrow_chunk1, &r.mp_chunk1).map(round),
                 })
             })

@@ -244,43 +244,18 @@ impl Setup {
         kind: CallKind,
         args: Value,
     ) -> Result<Outcome, CallError> {
-        let module_name = func.module();
-        if !config.exposes(module_name) {
-            return Err(not_exposed(config, module_name));
+        if crate::job::is_batch_runner(func) {
+            if kind != CallKind::Unary {
+                return Err(bad_args(format!("{func} is a plain (unary) function")));
+            }
+            // SAFETY: forwarded (caller).
+            let v = unsafe { self.run_batch(shared, config, ctx, args) }?;
+            return Ok(Outcome::Value(v));
         }
+        // SAFETY: forwarded (caller).
+        let f = unsafe { self.resolve(shared, config, func) }?;
         // Every call below: GIL held on the owning thread (caller); every object lives in an
         // `Obj` dropped before this function returns.
-        let cmod = CString::new(module_name).map_err(|_| bad_args("module name has NUL"))?;
-        let m = user(shared, || {
-            // SAFETY: see above; `cmod` is NUL-terminated.
-            let m = unsafe { ffi::PyImport_ImportModule(cmod.as_ptr()) };
-            // SAFETY: a new reference (or null with an error set).
-            unsafe { Obj::owned(m) }
-        });
-        // SAFETY: see above; an exception is set.
-        let m = m.map_err(|_| unsafe { self.error_in(ErrorKind::NotFound, Some(module_name)) })?;
-        let cfn = CString::new(func.function()).map_err(|_| bad_args("function name has NUL"))?;
-        // SAFETY: see above; `m` valid.
-        let f = unsafe { getattr(m.as_ptr(), &cfn) }.map_err(|_| {
-            // SAFETY: see above.
-            unsafe { err_clear() };
-            CallError::new(
-                ErrorKind::NotFound,
-                "NotFound",
-                format!(
-                    "module {module_name:?} has no function {:?}",
-                    func.function()
-                ),
-            )
-        })?;
-        // SAFETY: see above; `f` valid.
-        if unsafe { ffi::PyCallable_Check(f.as_ptr()) } == 0 {
-            return Err(CallError::new(
-                ErrorKind::NotFound,
-                "NotFound",
-                format!("{func} is not callable"),
-            ));
-        }
         // SAFETY: see above.
         let described = unsafe { self.describe(&f) };
         // SAFETY: see above; an exception is set.
@@ -363,6 +338,56 @@ impl Setup {
         Ok(Outcome::Value(value))
     }
 
+    /// Imports `func`'s module (which `config` must expose) and returns the function.
+    ///
+    /// # Safety
+    /// Owning thread, GIL held.
+    pub(super) unsafe fn resolve(
+        &self,
+        shared: &Shared,
+        config: &InterpConfig,
+        func: &FnPath,
+    ) -> Result<Obj, CallError> {
+        let module_name = func.module();
+        if !config.exposes(module_name) {
+            return Err(not_exposed(config, module_name));
+        }
+        // Every call below: GIL held on the owning thread (caller); every object lives in an
+        // `Obj` dropped before this function returns (or is returned).
+        let cmod = CString::new(module_name).map_err(|_| bad_args("module name has NUL"))?;
+        let m = user(shared, || {
+            // SAFETY: see above; `cmod` is NUL-terminated.
+            let m = unsafe { ffi::PyImport_ImportModule(cmod.as_ptr()) };
+            // SAFETY: a new reference (or null with an error set).
+            unsafe { Obj::owned(m) }
+        });
+        // SAFETY: see above; an exception is set.
+        let m = m.map_err(|_| unsafe { self.error_in(ErrorKind::NotFound, Some(module_name)) })?;
+        let cfn = CString::new(func.function()).map_err(|_| bad_args("function name has NUL"))?;
+        // SAFETY: see above; `m` valid.
+        let f = unsafe { getattr(m.as_ptr(), &cfn) }.map_err(|_| {
+            // SAFETY: see above.
+            unsafe { err_clear() };
+            CallError::new(
+                ErrorKind::NotFound,
+                "NotFound",
+                format!(
+                    "module {module_name:?} has no function {:?}",
+                    func.function()
+                ),
+            )
+        })?;
+        // SAFETY: see above; `f` valid.
+        if unsafe { ffi::PyCallable_Check(f.as_ptr()) } == 0 {
+            return Err(CallError::new(
+                ErrorKind::NotFound,
+                "NotFound",
+                format!("{func} is not callable"),
+            ));
+        }
+        Ok(f)
+    }
+
     /// Iterates a generator: a unary call collects the items into a list; a context call
     /// streams each item (`Yield`), closes the stream (`Stop`) and returns None.
     ///
@@ -439,7 +464,7 @@ impl Setup {
     ///
     /// # Safety
     /// GIL held.
-    unsafe fn describe(&self, f: &Obj) -> PyResult<(bool, bool)> {
+    pub(super) unsafe fn describe(&self, f: &Obj) -> PyResult<(bool, bool)> {
         // SAFETY: GIL held (caller); a harness function, `f` valid.
         let t = unsafe { call1(&self.harrow.describe, f.as_ptr()) }?;
         // SAFETY: GIL held; `t` is the 2-tuple `_describe` returns; borrowed items.
@@ -549,7 +574,7 @@ impl Setup {
 }
 
 /// Runs `f` marked as user code (cancel injections may land).
-fn user<T>(shared: &Shared, f: impl FnOnce() -> T) -> T {
+pub(super) fn user<T>(shared: &Shared, f: impl FnOnce() -> T) -> T {
     shared.in_user.store(true, Ordering::SeqCst);
     let r = f();
     shared.in_user.store(false, Ordering::SeqCst);
@@ -564,7 +589,7 @@ pub(crate) fn blocked<T>(b: Blocked<T>) -> Result<T, CallError> {
     }
 }
 
-fn bad_args(msg: impl Into<String>) -> CallError {
+pub(super) fn bad_args(msg: impl Into<String>) -> CallError {
     CallError::new(ErrorKind::BadArguments, "BadArguments", msg)
 }
 
@@ -575,7 +600,7 @@ fn bad_args(msg: impl Into<String>) -> CallError {
 ///
 /// # Safety
 /// GIL held.
-unsafe fn build_args(args: &Value) -> Result<(Obj, Option<Obj>), CallError> {
+pub(super) unsafe fn build_args(args: &Value) -> Result<(Obj, Option<Obj>), CallError> {
     let fetch_bad = || {
         // SAFETY: GIL held (caller), an exception is set.
         let text = unsafe { fetch_text() };
@@ -667,7 +692,7 @@ unsafe fn module_type_is(exc: *mut ffi::PyObject, h: &HarrowModule, name: &CStr)
 ///
 /// # Safety
 /// GIL held.
-unsafe fn tuple_str(t: &Obj, i: ffi::Py_ssize_t) -> Option<String> {
+pub(super) unsafe fn tuple_str(t: &Obj, i: ffi::Py_ssize_t) -> Option<String> {
     // SAFETY: GIL held (caller); `t` is a tuple; borrowed, kept alive by `t`.
     let item = unsafe { ffi::PyTuple_GetItem(t.as_ptr(), i) };
     // SAFETY: GIL held; `item` checked non-null first.

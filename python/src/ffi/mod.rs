@@ -28,6 +28,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(clippy::multiple_unsafe_ops_per_block)]
 
+mod batch;
 mod calls;
 mod convert;
 mod harness;
