@@ -2,7 +2,7 @@
 //! calling it (plain, generator, context, async), converting its result or exception, and
 //! settling it (`os._exit`, the reply).
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -250,42 +250,9 @@ impl Setup {
         }
         // Every call below: GIL held on the owning thread (caller); every object lives in an
         // `Obj` dropped before this function returns.
-        let cmod = CString::new(module_name).map_err(|_| bad_args("module name has NUL"))?;
-        let m = user(shared, || {
-            // SAFETY: see above; `cmod` is NUL-terminated.
-            let m = unsafe { ffi::PyImport_ImportModule(cmod.as_ptr()) };
-            // SAFETY: a new reference (or null with an error set).
-            unsafe { Obj::owned(m) }
-        });
-        // SAFETY: see above; an exception is set.
-        let m = m.map_err(|_| unsafe { self.error_in(ErrorKind::NotFound, Some(module_name)) })?;
-        let cfn = CString::new(func.function()).map_err(|_| bad_args("function name has NUL"))?;
-        // SAFETY: see above; `m` valid.
-        let f = unsafe { getattr(m.as_ptr(), &cfn) }.map_err(|_| {
-            // SAFETY: see above.
-            unsafe { err_clear() };
-            CallError::new(
-                ErrorKind::NotFound,
-                "NotFound",
-                format!(
-                    "module {module_name:?} has no function {:?}",
-                    func.function()
-                ),
-            )
-        })?;
-        // SAFETY: see above; `f` valid.
-        if unsafe { ffi::PyCallable_Check(f.as_ptr()) } == 0 {
-            return Err(CallError::new(
-                ErrorKind::NotFound,
-                "NotFound",
-                format!("{func} is not callable"),
-            ));
-        }
         // SAFETY: see above.
-        let described = unsafe { self.describe(&f) };
-        // SAFETY: see above; an exception is set.
-        let (is_gen, wants_ctx) =
-            described.map_err(|_| unsafe { self.error(ErrorKind::Raised) })?;
+        let resolved = unsafe { self.resolve(shared, func) }?;
+        let (f, is_gen, wants_ctx) = (resolved.func, resolved.is_gen, resolved.wants_ctx);
         // SAFETY: see above.
         let (pos, kwargs) = unsafe { build_args(&args) }?;
         drop(args);
@@ -439,7 +406,7 @@ impl Setup {
     ///
     /// # Safety
     /// GIL held.
-    unsafe fn describe(&self, f: &Obj) -> PyResult<(bool, bool)> {
+    pub(super) unsafe fn describe(&self, f: &Obj) -> PyResult<(bool, bool)> {
         // SAFETY: GIL held (caller); a harness function, `f` valid.
         let t = unsafe { call1(&self.harrow.describe, f.as_ptr()) }?;
         // SAFETY: GIL held; `t` is the 2-tuple `_describe` returns; borrowed items.
@@ -472,7 +439,11 @@ impl Setup {
     ///
     /// # Safety
     /// As [`error`](Self::error).
-    unsafe fn error_in(&self, default_kind: ErrorKind, importing: Option<&str>) -> CallError {
+    pub(super) unsafe fn error_in(
+        &self,
+        default_kind: ErrorKind,
+        importing: Option<&str>,
+    ) -> CallError {
         // Every call below: GIL held (caller).
         // SAFETY: see above; takes the set exception (a new reference, or null).
         let exc = unsafe { ffi::PyErr_GetRaisedException() };
@@ -549,7 +520,7 @@ impl Setup {
 }
 
 /// Runs `f` marked as user code (cancel injections may land).
-fn user<T>(shared: &Shared, f: impl FnOnce() -> T) -> T {
+pub(super) fn user<T>(shared: &Shared, f: impl FnOnce() -> T) -> T {
     shared.in_user.store(true, Ordering::SeqCst);
     let r = f();
     shared.in_user.store(false, Ordering::SeqCst);

@@ -35,6 +35,7 @@ mod main_interp;
 mod module;
 mod nest;
 mod obj;
+mod resolve;
 mod serve;
 mod stacks;
 
