@@ -15,6 +15,7 @@ use harrow_portal::CallError;
 use crate::config::InterpConfig;
 use crate::host::CallHost;
 use crate::job::{CallJob, Job, not_exposed};
+use crate::spin::SpinGate;
 use crate::state::{JobState, Shared};
 
 /// A cheap, cloneable handle for submitting calls to an interpreter thread.
@@ -23,6 +24,8 @@ pub struct InterpHandle {
     shared: Arc<Shared>,
     jobs: flume::Sender<Job>,
     config: Arc<InterpConfig>,
+    /// The interpreter's reply-spin back-off (see `crate::spin`), shared by its handles.
+    spin: Arc<SpinGate>,
 }
 
 impl std::fmt::Debug for InterpHandle {
@@ -41,6 +44,7 @@ impl InterpHandle {
             shared,
             jobs,
             config,
+            spin: Arc::default(),
         }
     }
 
@@ -98,6 +102,8 @@ impl InterpHandle {
         job.set_env(env);
         let (tx, rx) = flume::bounded(1);
         let mut call = PyCall {
+            reply: rx.clone(),
+            spin: Some(Arc::clone(&self.spin)),
             rx: Box::pin(rx.into_recv_async()),
             job: Arc::clone(&job),
             shared: Arc::clone(&self.shared),
@@ -167,6 +173,10 @@ type ReplyFuture =
 /// that cancels the call.
 pub struct PyCall {
     rx: ReplyFuture,
+    /// The reply channel `rx` waits on, for the spin.
+    reply: flume::Receiver<Result<Value, CallError>>,
+    /// Taken by the first poll that finds no reply: only that one may spin.
+    spin: Option<Arc<SpinGate>>,
     job: Arc<JobState>,
     shared: Arc<Shared>,
     finished: bool,
@@ -206,7 +216,25 @@ impl Future for PyCall {
                 self.finished = true;
                 Poll::Ready(r.unwrap_or_else(|_| Err(gone(&self.shared.name))))
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // Not answered yet: watch for the reply briefly before this thread parks (see
+                // `crate::spin`). Once per call.
+                let Some(gate) = self.spin.take() else {
+                    return Poll::Pending;
+                };
+                let got = gate.spin(|| match self.reply.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(flume::TryRecvError::Empty) => None,
+                    Err(flume::TryRecvError::Disconnected) => Some(Err(gone(&self.shared.name))),
+                });
+                match got {
+                    Some(r) => {
+                        self.finished = true;
+                        Poll::Ready(r)
+                    }
+                    None => Poll::Pending,
+                }
+            }
         }
     }
 }
