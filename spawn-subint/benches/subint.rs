@@ -8,9 +8,12 @@
 //! - A whole actor (`SubintBackend` in a root nursery, what `harrow bench` measures): its
 //!   spawn-to-first-reply interleaved with a bare create+end, and its RPC round trip through the
 //!   portal interleaved with a raw flume ping-pong between two threads.
+//! - The interpreter thread's own cost of a call, without the hand-offs: calls queued all at once
+//!   and run back to back, in CPU time of that thread per call (less sensitive to the machine's
+//!   load than any round trip).
 //!
 //! One part alone (for `perf`): `cargo bench -p harrow-spawn-subint --features bench-internals
-//! -- NAME`, NAME one of `cpu`, `spawn`, `call`, `actor-spawn`, `actor-rpc`.
+//! -- NAME`, NAME one of `cpu`, `spawn`, `call`, `burst`, `actor-spawn`, `actor-rpc`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow};
 use harrow_ipc::{CallKind, FnPath, Value};
 use harrow_runtime_core::{ActorSpec, RootConfig, run_root};
-use harrow_spawn_subint::__bench::bare_create_end;
+use harrow_spawn_subint::__bench::{bare_create_end, reply_spin_stats};
 use harrow_spawn_subint::{InterpConfig, InterpHandle, InterpThread, SubintBackend};
 
 const N: i64 = 3_000_000;
@@ -156,6 +159,9 @@ fn main() -> Result<()> {
     if want("call") {
         call_table()?;
     }
+    if want("burst") {
+        burst_table()?;
+    }
     if want("actor-spawn") || want("actor-rpc") {
         actor_table(want("actor-spawn"), want("actor-rpc"))?;
     }
@@ -285,6 +291,40 @@ impl PingPong {
     }
 }
 
+/// CPU time (ns) and context switches so far of this process's main thread (the root), and of
+/// the threads named `rt-rpc` (the actor's runtime) and `subint-rpc` (its interpreter), from
+/// `/proc/self/task/*/{schedstat,status}`.
+fn thread_cpu() -> [(u64, u64); 3] {
+    let mut out = [(0u64, 0u64); 3];
+    let main = std::process::id().to_string();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let slot = match comm.trim() {
+            _ if t.file_name().to_string_lossy() == main => 0,
+            "rt-rpc" => 1,
+            "subint-rpc" => 2,
+            _ => continue,
+        };
+        let ns = std::fs::read_to_string(dir.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let switches: u64 = std::fs::read_to_string(dir.join("status"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        out[slot].0 += ns;
+        out[slot].1 += switches;
+    }
+    out
+}
+
 /// Through the runtime: a subint actor started by a root nursery, as `harrow bench` does.
 fn actor_table(spawn: bool, rpc: bool) -> Result<()> {
     const SPAWNS: usize = 15;
@@ -328,7 +368,10 @@ fn actor_table(spawn: bool, rpc: bool) -> Result<()> {
             }
             let (mut h_mean, mut b_mean) = (Vec::new(), Vec::new());
             let (mut h_one, mut b_one) = (Vec::new(), Vec::new());
+            let mut cpu = [(0u64, 0u64); 3];
+            let spins = reply_spin_stats();
             for _ in 0..ROUNDS {
+                let before = thread_cpu();
                 let t = Instant::now();
                 for i in 0..PER_ROUND {
                     let one = Instant::now();
@@ -338,6 +381,11 @@ fn actor_table(spawn: bool, rpc: bool) -> Result<()> {
                     h_one.push(one.elapsed());
                 }
                 h_mean.push(t.elapsed() / PER_ROUND as u32);
+                let after = thread_cpu();
+                for k in 0..3 {
+                    cpu[k].0 += after[k].0.saturating_sub(before[k].0);
+                    cpu[k].1 += after[k].1.saturating_sub(before[k].1);
+                }
                 let t = Instant::now();
                 for i in 0..PER_ROUND {
                     let one = Instant::now();
@@ -358,6 +406,26 @@ fn actor_table(spawn: bool, rpc: bool) -> Result<()> {
                 secs(pct(&mut b_one, 0.99)) * 1e6,
                 secs(h) / secs(b)
             );
+            let n = (ROUNDS * PER_ROUND) as f64;
+            let now = reply_spin_stats();
+            println!(
+                "actor RPC reply spins (HARROW_PY_REPLY_SPIN_US={:?}): {} caught, {} ran out, {} \
+                 skipped",
+                harrow_spawn_subint::reply_spin(),
+                now.0 - spins.0,
+                now.1 - spins.1,
+                now.2 - spins.2
+            );
+            println!(
+                "actor RPC per round trip, CPU / context switches: caller (root) {:.1} us / \
+                 {:.2}, actor runtime thread {:.1} us / {:.2}, interpreter thread {:.1} us / {:.2}",
+                cpu[0].0 as f64 / 1e3 / n,
+                cpu[0].1 as f64 / n,
+                cpu[1].0 as f64 / 1e3 / n,
+                cpu[1].1 as f64 / n,
+                cpu[2].0 as f64 / 1e3 / n,
+                cpu[2].1 as f64 / n,
+            );
             child.cancel().await;
         }
         Ok(())
@@ -365,4 +433,55 @@ fn actor_table(spawn: bool, rpc: bool) -> Result<()> {
     .map_err(|e| anyhow!("{e}"))?;
     println!("load average after the actor table: {}", load());
     Ok(())
+}
+
+/// Calls queued all at once, run back to back: the interpreter thread's CPU time per call.
+fn burst_table() -> Result<()> {
+    const CALLS: usize = 20_000;
+    let t = InterpThread::spawn(config("burst", false))?;
+    let h = t.handle();
+    call(&h, "harrow_testfns:echo", Value::Int(1))?;
+    let f = FnPath::parse("harrow_testfns:echo")?;
+    let mut per = Vec::new();
+    for _ in 0..5 {
+        let before = named_cpu("subint-burst");
+        let s = Instant::now();
+        let calls: Vec<_> = (0..CALLS)
+            .map(|i| h.call(f.clone(), CallKind::Unary, Value::Int(i as i64), None))
+            .collect();
+        for c in calls {
+            futures_lite::future::block_on(c).map_err(|e| anyhow!("{e:?}"))?;
+        }
+        let wall = s.elapsed();
+        let cpu = named_cpu("subint-burst").saturating_sub(before);
+        per.push(Duration::from_nanos(cpu / CALLS as u64));
+        println!(
+            "burst: {CALLS} calls in {:.1} ms, interpreter thread CPU {:.2} us per call",
+            secs(wall) * 1e3,
+            cpu as f64 / 1e3 / CALLS as f64
+        );
+    }
+    println!(
+        "burst: median interpreter thread CPU per call {:.2} us (load {})",
+        secs(median(per)) * 1e6,
+        load()
+    );
+    t.shutdown(BOUND);
+    Ok(())
+}
+
+/// CPU time (ns) so far of this process's threads named `name`.
+fn named_cpu(name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| {
+            std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .sum()
 }
