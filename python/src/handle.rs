@@ -103,7 +103,8 @@ impl InterpHandle {
         let (tx, rx) = flume::bounded(1);
         let mut call = PyCall {
             reply: rx.clone(),
-            spin: Some(Arc::clone(&self.spin)),
+            spin: None,
+            in_flight: None,
             rx: Box::pin(rx.into_recv_async()),
             job: Arc::clone(&job),
             shared: Arc::clone(&self.shared),
@@ -118,6 +119,10 @@ impl InterpHandle {
             call.immediate = Some(Err(gone(&self.shared.name)));
             return call;
         }
+        // Counted in flight from before it can be answered (see `SpinGate::spin`).
+        self.spin.begin();
+        call.in_flight = Some(Arc::clone(&self.spin));
+        call.spin = Some(Arc::clone(&self.spin));
         let sent = self.jobs.send(Job::Call(CallJob {
             job,
             func,
@@ -128,6 +133,8 @@ impl InterpHandle {
         }));
         if sent.is_err() {
             call.immediate = Some(Err(gone(&self.shared.name)));
+            call.spin = None;
+            call.end_in_flight();
         } else {
             self.shared.wake();
         }
@@ -177,6 +184,8 @@ pub struct PyCall {
     reply: flume::Receiver<Result<Value, CallError>>,
     /// Taken by the first poll that finds no reply: only that one may spin.
     spin: Option<Arc<SpinGate>>,
+    /// Set while the call counts as in flight on its interpreter (taken when it ends).
+    in_flight: Option<Arc<SpinGate>>,
     job: Arc<JobState>,
     shared: Arc<Shared>,
     finished: bool,
@@ -193,6 +202,13 @@ impl std::fmt::Debug for PyCall {
 }
 
 impl PyCall {
+    /// The call no longer counts as in flight on its interpreter (once).
+    fn end_in_flight(&mut self) {
+        if let Some(gate) = self.in_flight.take() {
+            gate.end();
+        }
+    }
+
     /// Cancels the call without dropping the future (its result will then be the cancel error,
     /// or whatever the code returned if it finished first).
     pub fn cancel(&self) {
@@ -209,11 +225,13 @@ impl Future for PyCall {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(r) = self.immediate.take() {
             self.finished = true;
+            self.end_in_flight();
             return Poll::Ready(r);
         }
         match self.rx.as_mut().poll(cx) {
             Poll::Ready(r) => {
                 self.finished = true;
+                self.end_in_flight();
                 Poll::Ready(r.unwrap_or_else(|_| Err(gone(&self.shared.name))))
             }
             Poll::Pending => {
@@ -230,6 +248,7 @@ impl Future for PyCall {
                 match got {
                     Some(r) => {
                         self.finished = true;
+                        self.end_in_flight();
                         Poll::Ready(r)
                     }
                     None => Poll::Pending,
@@ -241,6 +260,7 @@ impl Future for PyCall {
 
 impl Drop for PyCall {
     fn drop(&mut self) {
+        self.end_in_flight();
         if !self.finished && self.immediate.is_none() {
             self.job.cancel();
             self.shared.request_cancel();

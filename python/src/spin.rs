@@ -8,13 +8,17 @@
 //! that window costs the caller no park and no wake-up, and lets an actor answer the call in the
 //! same turn of its executor (one message batch to its caller instead of two).
 //!
+//! Only a call alone in flight on its interpreter spins: with other calls queued ahead of it or
+//! behind it (a pool feeding a worker several items), its thread has their messages to handle,
+//! and spinning would hold them back.
+//!
 //! The spin pays only when the interpreter thread runs at once on another core. When it does
 //! not (long calls, or a machine with more runnable threads than cores), a missed spin is CPU
 //! taken from everyone else, so misses back off: after a miss the next 1, then 3, 7 ... up to
 //! [`MAX_SKIP`] calls of that interpreter do not spin; a hit resets the back-off.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The spin when `HARROW_PY_REPLY_SPIN_US` is not set.
@@ -56,6 +60,8 @@ pub fn reply_spin_stats() -> (u64, u64, u64) {
 /// One interpreter's spin back-off, shared by its handles.
 #[derive(Debug, Default)]
 pub(crate) struct SpinGate {
+    /// Calls of the interpreter queued or running, not answered yet.
+    in_flight: AtomicUsize,
     /// Calls still to skip spinning for.
     skip: AtomicU32,
     /// The skip a next miss sets (0 after a hit).
@@ -63,10 +69,21 @@ pub(crate) struct SpinGate {
 }
 
 impl SpinGate {
-    /// Spins up to [`reply_spin`] for `poll` to give something, unless a back-off says not to.
+    /// A call of the interpreter is queued.
+    pub(crate) fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A call that [`begin`](Self::begin) counted was answered or dropped.
+    pub(crate) fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Spins up to [`reply_spin`] for `poll` to give something, unless a back-off says not to
+    /// or another call is in flight on the interpreter.
     pub(crate) fn spin<T>(&self, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
         let bound = reply_spin();
-        if bound.is_zero() {
+        if bound.is_zero() || self.in_flight.load(Ordering::SeqCst) > 1 {
             return None;
         }
         let skip = self.skip.load(Ordering::Relaxed);
@@ -129,5 +146,15 @@ mod tests {
             None
         );
         assert_eq!(gate.spin(|| Some(2)), Some(2));
+        // With another call in flight it does not spin (nor count a skip).
+        gate.begin();
+        gate.begin();
+        assert_eq!(
+            gate.spin(|| -> Option<()> { panic!("polled with two in flight") }),
+            None
+        );
+        gate.end();
+        assert_eq!(gate.spin(|| Some(3)), Some(3));
+        gate.end();
     }
 }
