@@ -15,6 +15,7 @@ use harrow_portal::CallError;
 use crate::config::InterpConfig;
 use crate::host::CallHost;
 use crate::job::{CallJob, Job, not_exposed};
+use crate::spin::SpinGate;
 use crate::state::{JobState, Shared};
 
 /// A cheap, cloneable handle for submitting calls to an interpreter thread.
@@ -23,6 +24,8 @@ pub struct InterpHandle {
     shared: Arc<Shared>,
     jobs: flume::Sender<Job>,
     config: Arc<InterpConfig>,
+    /// The interpreter's reply-spin back-off (see `crate::spin`), shared by its handles.
+    spin: Arc<SpinGate>,
 }
 
 impl std::fmt::Debug for InterpHandle {
@@ -41,6 +44,7 @@ impl InterpHandle {
             shared,
             jobs,
             config,
+            spin: Arc::default(),
         }
     }
 
@@ -99,6 +103,9 @@ impl InterpHandle {
         job.set_env(env);
         let (tx, rx) = flume::bounded(1);
         let mut call = PyCall {
+            reply: rx.clone(),
+            spin: None,
+            in_flight: None,
             rx: Box::pin(rx.into_recv_async()),
             job: Arc::clone(&job),
             shared: Arc::clone(&self.shared),
@@ -113,6 +120,10 @@ impl InterpHandle {
             call.immediate = Some(Err(gone(&self.shared.name)));
             return call;
         }
+        // Counted in flight from before it can be answered (see `SpinGate::spin`).
+        self.spin.begin();
+        call.in_flight = Some(Arc::clone(&self.spin));
+        call.spin = Some(Arc::clone(&self.spin));
         let sent = self.jobs.send(Job::Call(CallJob {
             job,
             func,
@@ -123,6 +134,8 @@ impl InterpHandle {
         }));
         if sent.is_err() {
             call.immediate = Some(Err(gone(&self.shared.name)));
+            call.spin = None;
+            call.end_in_flight();
         } else {
             self.shared.wake();
         }
@@ -168,6 +181,12 @@ type ReplyFuture =
 /// that cancels the call.
 pub struct PyCall {
     rx: ReplyFuture,
+    /// The reply channel `rx` waits on, for the spin.
+    reply: flume::Receiver<Result<Value, CallError>>,
+    /// Taken by the first poll that finds no reply: only that one may spin.
+    spin: Option<Arc<SpinGate>>,
+    /// Set while the call counts as in flight on its interpreter (taken when it ends).
+    in_flight: Option<Arc<SpinGate>>,
     job: Arc<JobState>,
     shared: Arc<Shared>,
     finished: bool,
@@ -184,6 +203,13 @@ impl std::fmt::Debug for PyCall {
 }
 
 impl PyCall {
+    /// The call no longer counts as in flight on its interpreter (once).
+    fn end_in_flight(&mut self) {
+        if let Some(gate) = self.in_flight.take() {
+            gate.end();
+        }
+    }
+
     /// Cancels the call without dropping the future (its result will then be the cancel error,
     /// or whatever the code returned if it finished first).
     pub fn cancel(&self) {
@@ -200,20 +226,42 @@ impl Future for PyCall {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(r) = self.immediate.take() {
             self.finished = true;
+            self.end_in_flight();
             return Poll::Ready(r);
         }
         match self.rx.as_mut().poll(cx) {
             Poll::Ready(r) => {
                 self.finished = true;
+                self.end_in_flight();
                 Poll::Ready(r.unwrap_or_else(|_| Err(gone(&self.shared.name))))
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // Not answered yet: watch for the reply briefly before this thread parks (see
+                // `crate::spin`). Once per call.
+                let Some(gate) = self.spin.take() else {
+                    return Poll::Pending;
+                };
+                let got = gate.spin(|| match self.reply.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(flume::TryRecvError::Empty) => None,
+                    Err(flume::TryRecvError::Disconnected) => Some(Err(gone(&self.shared.name))),
+                });
+                match got {
+                    Some(r) => {
+                        self.finished = true;
+                        self.end_in_flight();
+                        Poll::Ready(r)
+                    }
+                    None => Poll::Pending,
+                }
+            }
         }
     }
 }
 
 impl Drop for PyCall {
     fn drop(&mut self) {
+        self.end_in_flight();
         if !self.finished && self.immediate.is_none() {
             self.job.cancel();
             self.shared.request_cancel();

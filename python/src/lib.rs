@@ -32,6 +32,7 @@ mod job;
 mod main_interp;
 pub mod nest;
 mod resolver;
+mod spin;
 pub mod state;
 
 /// The FFI layer: the only module allowed `unsafe` (every block documented, see its doc).
@@ -54,6 +55,7 @@ pub use host::{CallHost, HostFuture, StreamHost};
 pub use job::{BATCH_RUNNER, CallJob, Job, cancelled_error, is_batch_runner, not_exposed};
 pub use main_interp::{MainInterp, SETUP_BOUND};
 pub use resolver::{Nesting, PyResolver};
+pub use spin::{DEFAULT_REPLY_SPIN, reply_spin, reply_spin_stats};
 pub use state::{
     InterpThreadInfo, JobState, REARM_INTERVAL, Shared, interp_threads, live_interpreters,
     python_stacks, warm_up,

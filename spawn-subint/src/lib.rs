@@ -89,9 +89,9 @@ pub use backend::SubintBackend;
 // The Python worker shared with the other Python backend lives in `harrow-python`; its public
 // types are this crate's API too.
 pub use harrow_python::{
-    ARGS_KEY, BATCH_RUNNER, CallHost, DEFAULT_STACK_SIZE, Error, HostFuture, InterpConfig,
-    InterpThreadInfo, KWARGS_KEY, MIN_STACK_SIZE, PyArgs, REARM_INTERVAL, Result, StreamHost,
-    interp_threads, live_interpreters, python_stacks, warm_up,
+    ARGS_KEY, BATCH_RUNNER, CallHost, DEFAULT_REPLY_SPIN, DEFAULT_STACK_SIZE, Error, HostFuture,
+    InterpConfig, InterpThreadInfo, KWARGS_KEY, MIN_STACK_SIZE, PyArgs, REARM_INTERVAL, Result,
+    StreamHost, interp_threads, live_interpreters, python_stacks, reply_spin, warm_up,
 };
 pub use harrow_python::{InterpHandle, PyCall, PyResolver};
 pub use interp::{CREATE_BOUND, Exit, InterpThread};
@@ -121,5 +121,10 @@ pub mod __bench {
     pub fn bare_create_end(config: &InterpConfig) -> Result<std::time::Duration> {
         harrow_python::ensure_main()?;
         imp::bare_create_end(config)
+    }
+
+    /// How calls' reply spins went so far: (caught, ran out, skipped by a back-off).
+    pub fn reply_spin_stats() -> (u64, u64, u64) {
+        harrow_python::reply_spin_stats()
     }
 }

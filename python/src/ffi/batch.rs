@@ -14,7 +14,7 @@ use super::harness::Setup;
 use super::module::CallCtx;
 use super::obj::{Obj, call1, err_clear};
 use crate::config::InterpConfig;
-use crate::job::cancelled_error;
+use crate::job::{cancelled_error, not_exposed};
 use crate::state::Shared;
 
 /// Why one item has no result (before looking at the exception).
@@ -60,12 +60,12 @@ impl Setup {
         // Every call below: GIL held on the owning thread (caller); every object lives in an
         // `Obj` dropped before this function returns.
         // SAFETY: see above.
-        let f = unsafe { self.resolve(shared, config, &func) }?;
+        if !config.exposes(func.module()) {
+            return Err(not_exposed(config, func.module()));
+        }
         // SAFETY: see above.
-        let described = unsafe { self.describe(&f) };
-        // SAFETY: see above; an exception is set.
-        let (is_gen, wants_ctx) =
-            described.map_err(|_| unsafe { self.error(ErrorKind::Raised) })?;
+        let resolved = unsafe { self.resolve(shared, &func) }?;
+        let (f, is_gen, wants_ctx) = (resolved.func, resolved.is_gen, resolved.wants_ctx);
         if is_gen || wants_ctx {
             return Err(CallError::raised(
                 "TypeError",

@@ -2,7 +2,7 @@
 //! calling it (plain, generator, context, async), converting its result or exception, and
 //! settling it (`os._exit`, the reply).
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -252,15 +252,15 @@ impl Setup {
             let v = unsafe { self.run_batch(shared, config, ctx, args) }?;
             return Ok(Outcome::Value(v));
         }
-        // SAFETY: forwarded (caller).
-        let f = unsafe { self.resolve(shared, config, func) }?;
+        let module_name = func.module();
+        if !config.exposes(module_name) {
+            return Err(not_exposed(config, module_name));
+        }
         // Every call below: GIL held on the owning thread (caller); every object lives in an
         // `Obj` dropped before this function returns.
         // SAFETY: see above.
-        let described = unsafe { self.describe(&f) };
-        // SAFETY: see above; an exception is set.
-        let (is_gen, wants_ctx) =
-            described.map_err(|_| unsafe { self.error(ErrorKind::Raised) })?;
+        let resolved = unsafe { self.resolve(shared, func) }?;
+        let (f, is_gen, wants_ctx) = (resolved.func, resolved.is_gen, resolved.wants_ctx);
         // SAFETY: see above.
         let (pos, kwargs) = unsafe { build_args(&args) }?;
         drop(args);
@@ -336,56 +336,6 @@ impl Setup {
             blocked(unsafe { ctx.started(Value::Null) })?;
         }
         Ok(Outcome::Value(value))
-    }
-
-    /// Imports `func`'s module (which `config` must expose) and returns the function.
-    ///
-    /// # Safety
-    /// Owning thread, GIL held.
-    pub(super) unsafe fn resolve(
-        &self,
-        shared: &Shared,
-        config: &InterpConfig,
-        func: &FnPath,
-    ) -> Result<Obj, CallError> {
-        let module_name = func.module();
-        if !config.exposes(module_name) {
-            return Err(not_exposed(config, module_name));
-        }
-        // Every call below: GIL held on the owning thread (caller); every object lives in an
-        // `Obj` dropped before this function returns (or is returned).
-        let cmod = CString::new(module_name).map_err(|_| bad_args("module name has NUL"))?;
-        let m = user(shared, || {
-            // SAFETY: see above; `cmod` is NUL-terminated.
-            let m = unsafe { ffi::PyImport_ImportModule(cmod.as_ptr()) };
-            // SAFETY: a new reference (or null with an error set).
-            unsafe { Obj::owned(m) }
-        });
-        // SAFETY: see above; an exception is set.
-        let m = m.map_err(|_| unsafe { self.error_in(ErrorKind::NotFound, Some(module_name)) })?;
-        let cfn = CString::new(func.function()).map_err(|_| bad_args("function name has NUL"))?;
-        // SAFETY: see above; `m` valid.
-        let f = unsafe { getattr(m.as_ptr(), &cfn) }.map_err(|_| {
-            // SAFETY: see above.
-            unsafe { err_clear() };
-            CallError::new(
-                ErrorKind::NotFound,
-                "NotFound",
-                format!(
-                    "module {module_name:?} has no function {:?}",
-                    func.function()
-                ),
-            )
-        })?;
-        // SAFETY: see above; `f` valid.
-        if unsafe { ffi::PyCallable_Check(f.as_ptr()) } == 0 {
-            return Err(CallError::new(
-                ErrorKind::NotFound,
-                "NotFound",
-                format!("{func} is not callable"),
-            ));
-        }
-        Ok(f)
     }
 
     /// Iterates a generator: a unary call collects the items into a list; a context call
@@ -497,7 +447,11 @@ impl Setup {
     ///
     /// # Safety
     /// As [`error`](Self::error).
-    unsafe fn error_in(&self, default_kind: ErrorKind, importing: Option<&str>) -> CallError {
+    pub(super) unsafe fn error_in(
+        &self,
+        default_kind: ErrorKind,
+        importing: Option<&str>,
+    ) -> CallError {
         // Every call below: GIL held (caller).
         // SAFETY: see above; takes the set exception (a new reference, or null).
         let exc = unsafe { ffi::PyErr_GetRaisedException() };

@@ -11,12 +11,15 @@ use pyo3_ffi as ffi;
 use super::convert::{self, fetch_text};
 use super::module::{HarrowModule, ServerHooks};
 use super::obj::{Obj, Released, call0, call1, err_clear, getattr};
+use super::resolve::FnCache;
 use crate::config::InterpConfig;
 use crate::state::Shared;
 
 /// The per-interpreter harness.
 pub(crate) struct Setup {
     pub(crate) harrow: HarrowModule,
+    /// The functions this interpreter's calls resolved (see [`FnCache`]).
+    pub(crate) fns: FnCache,
     _wake: WakePipe,
 }
 
@@ -111,6 +114,7 @@ impl Setup {
         }
         Ok(Setup {
             harrow,
+            fns: FnCache::default(),
             _wake: wake,
         })
     }

@@ -36,6 +36,7 @@ mod main_interp;
 mod module;
 mod nest;
 mod obj;
+mod resolve;
 mod serve;
 mod stacks;
 

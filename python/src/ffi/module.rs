@@ -2,11 +2,11 @@
 //! created in that interpreter (`PyCFunction_NewEx` bound to a `PyCapsule` holding Rust state).
 //! Nothing here is process-global except the immutable `PyMethodDef` tables (plain C data).
 
-use std::ffi::{CStr, CString, c_long, c_void};
+use std::ffi::{CStr, CString, c_int, c_long, c_void};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use harrow_ipc::{CallKind, Value};
@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use pyo3_ffi as ffi;
 
 use super::convert::{self, ConvError};
-use super::obj::{Obj, PyErrSet, PyResult, guarded, guarded_quiet};
+use super::obj::{Obj, PyErrSet, PyResult, err_clear, guarded, guarded_quiet};
 use crate::host::{CallHost, StreamHost};
 use crate::state::{JobState, Shared};
 
@@ -26,6 +26,74 @@ const HARROW_SRC: &CStr = {
         Err(_) => panic!("harrow.py contains a NUL byte"),
     }
 };
+
+/// `harrow.py` compiled by the first interpreter of the process and marshalled: plain bytes
+/// (no Python object), from which every later interpreter loads a code object of its own
+/// instead of compiling the source again (compiling it is most of building the module: about
+/// 10 ms against well under 1 ms to load it).
+static HARROW_CODE: OnceLock<Box<[u8]>> = OnceLock::new();
+
+/// The marshal format version written: 4 is what CPython 3.12 and 3.13 write themselves
+/// (`marshal.version`); the bytes are read back only by this same libpython.
+const MARSHAL_VERSION: c_int = 4;
+
+/// The filename `harrow.py`'s code reports (its frames in tracebacks and stack dumps): the one
+/// `PyRun_String` used to give it.
+const HARROW_FILENAME: &CStr = c"<string>";
+
+/// A new code object of `harrow.py` in the current interpreter: loaded from [`HARROW_CODE`],
+/// or compiled (and then marshalled into it, for the next interpreters).
+///
+/// # Safety
+/// GIL held.
+unsafe fn harrow_code() -> PyResult<Obj> {
+    if let Some(bytes) = HARROW_CODE.get() {
+        // SAFETY: GIL held (caller); `bytes` is a marshalled code object written by this
+        // libpython, alive for the process; the result belongs to the current interpreter.
+        let code = unsafe {
+            ffi::PyMarshal_ReadObjectFromString(
+                bytes.as_ptr().cast(),
+                bytes.len() as ffi::Py_ssize_t,
+            )
+        };
+        // SAFETY: a new reference (or null with an error set).
+        return unsafe { Obj::owned(code) };
+    }
+    // SAFETY: GIL held (caller); NUL-terminated source and filename.
+    let code = unsafe {
+        ffi::Py_CompileString(
+            HARROW_SRC.as_ptr(),
+            HARROW_FILENAME.as_ptr(),
+            ffi::Py_file_input,
+        )
+    };
+    // SAFETY: a new reference (or null with an error set).
+    let code = unsafe { Obj::owned(code) }?;
+    // SAFETY: GIL held; `code` is a code object.
+    let data = unsafe { ffi::PyMarshal_WriteObjectToString(code.as_ptr(), MARSHAL_VERSION) };
+    // SAFETY: a new reference (or null with an error set).
+    match unsafe { Obj::owned(data) } {
+        Ok(data) => {
+            let mut ptr: *mut std::ffi::c_char = std::ptr::null_mut();
+            let mut len: ffi::Py_ssize_t = 0;
+            // SAFETY: GIL held; `data` is the `bytes` just made; `ptr`/`len` are locals.
+            let ok = unsafe { ffi::PyBytes_AsStringAndSize(data.as_ptr(), &mut ptr, &mut len) };
+            if ok == 0 && !ptr.is_null() && len > 0 {
+                // SAFETY: `ptr` points to `len` bytes owned by `data`, alive here; copied out.
+                let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len as usize) };
+                // Another interpreter may have filled it meanwhile: the same bytes either way.
+                let _ = HARROW_CODE.set(bytes.into());
+            } else {
+                // SAFETY: GIL held.
+                unsafe { err_clear() };
+            }
+        }
+        // Not cached: the next interpreter compiles again. This one has its code.
+        // SAFETY: GIL held.
+        Err(_) => unsafe { err_clear() },
+    }
+    Ok(code)
+}
 
 const SHARED_CAPSULE: &CStr = c"harrow._shared";
 const ASYNC_CAPSULE: &CStr = c"harrow._async_call";
@@ -249,9 +317,14 @@ impl HarrowModule {
             }
         }
         // SAFETY: GIL held; NUL-terminated source; `dict` is the module's namespace.
-        let ran = unsafe { ffi::PyRun_String(HARROW_SRC.as_ptr(), ffi::Py_file_input, dict, dict) };
+        // SAFETY: GIL held.
+        let code = unsafe { harrow_code() }?;
+        // SAFETY: GIL held; `code` is a code object of this interpreter; `dict` is the module's
+        // namespace.
+        let ran = unsafe { ffi::PyEval_EvalCode(code.as_ptr(), dict, dict) };
         // SAFETY: a new reference (or null with an error set).
         let _ran = unsafe { Obj::owned(ran) }?;
+        drop(code);
         // SAFETY: GIL held; this interpreter's `sys.modules` (borrowed).
         let modules = unsafe { ffi::PyImport_GetModuleDict() };
         // SAFETY: GIL held; both valid; the dict takes its own reference.

@@ -123,12 +123,18 @@ pub unsafe fn serve(
             }
             continue;
         }
-        // Idle: release the GIL while waiting (essential in legacy mode, where it is shared).
-        let job = {
-            // SAFETY: GIL held with the thread state current; no Python object is touched until
-            // the guard re-attaches it.
-            let _released = unsafe { Released::save() };
-            server.jobs.recv()
+        // A job already queued runs at once, the thread state staying attached (calls queued
+        // back to back pay no GIL release and re-take between them). Otherwise, idle: release
+        // the GIL while waiting (essential in legacy mode, where it is shared).
+        let job = match server.jobs.try_recv() {
+            Ok(job) => Ok(job),
+            Err(flume::TryRecvError::Disconnected) => Err(flume::RecvError::Disconnected),
+            Err(flume::TryRecvError::Empty) => {
+                // SAFETY: GIL held with the thread state current; no Python object is touched
+                // until the guard re-attaches it.
+                let _released = unsafe { Released::save() };
+                server.jobs.recv()
+            }
         };
         match job {
             Ok(Job::Call(call)) => {
