@@ -360,41 +360,36 @@ pub fn relay_path<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
 
 /// multierror: two `run_in_actor` children fail; the nursery returns both errors and cancels the rest.
 pub fn multierror<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
-    let err = run_root(root_config(), |n| async move {
-        let bystander = n.start_actor("bystander", f.backend(), f.spec()).await?;
-        // Each blocks (without yielding) long enough for both to be running before either
-        // fails, so neither failure can be pre-empted by the other's one-cancels-all.
-        let slow_fail = |msg: &str| {
-            Value::Map(vec![
-                ("ms".into(), Value::Int(300)),
-                ("msg".into(), Value::from(msg)),
-            ])
-        };
-        let fail_slowly = f.func("fail_slowly");
-        let a = n
-            .run_in_actor(
-                "fail-a",
-                f.backend(),
-                &fail_slowly,
-                slow_fail("a"),
-                f.spec(),
-            )
-            .await?;
-        let b = n
-            .run_in_actor(
-                "fail-b",
-                f.backend(),
-                &fail_slowly,
-                slow_fail("b"),
-                f.spec(),
-            )
-            .await?;
-        // Wait for both results, so that both failures are recorded before teardown.
-        let _ = a.result().await;
-        let _ = b.result().await;
-        let _ = bystander;
-        std::future::pending::<()>().await;
-        Ok(())
+    // Both children wait at one gate, opened once both are there; each fails when released,
+    // shielded, so neither failure can pre-empt the other by its one-cancels-all, however slowly
+    // the machine starts them.
+    let gate = ScratchDir::new("multierror");
+    let path = gate.path();
+    let err = run_root(root_config(), |n| {
+        let gate = &gate;
+        async move {
+            let bystander = n.start_actor("bystander", f.backend(), f.spec()).await?;
+            let mut failing = Vec::new();
+            for name in ["fail-a", "fail-b"] {
+                let args = Value::Map(vec![
+                    ("dir".into(), Value::from(path.as_str())),
+                    ("msg".into(), Value::from(name)),
+                ]);
+                let child = n
+                    .run_in_actor(name, f.backend(), &f.func("fail_at_gate"), args, f.spec())
+                    .await?;
+                failing.push(child);
+            }
+            gate.wait_ready(2).await;
+            gate.open_gate();
+            // Wait for both results, so that both failures are recorded before teardown.
+            for child in &failing {
+                let _ = child.result().await;
+            }
+            let _ = bystander;
+            std::future::pending::<()>().await;
+            Ok(())
+        }
     })
     .expect_err("two failing children fail the nursery");
     let failed: Vec<_> = err
