@@ -250,6 +250,9 @@ pub(crate) struct Shared {
     /// Where outgoing messages go: the writer's queue, or the transport itself.
     out: outlet::Outlet,
     state: Mutex<LinkState>,
+    /// Bumped every time `state` is locked: the reader's route cache is valid while this has not
+    /// moved (see `route::RouteCache`).
+    state_gen: AtomicU64,
     /// Mirrors `state.dead.is_some()` for lock-free checks.
     dead: AtomicBool,
     dead_ev: Event,
@@ -304,7 +307,9 @@ pub(crate) struct Served {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, LinkState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.state_gen.fetch_add(1, Ordering::Release);
+        guard
     }
 
     pub(crate) fn is_dead(&self) -> bool {

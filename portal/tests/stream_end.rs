@@ -149,7 +149,69 @@ async fn receiving_half_as_a_stream(exec: Executor, t: Transport) {
     );
 }
 
+/// Two streams of one link produce at once, so the caller's reader routes their items
+/// interleaved (its route cache switching between the two calls every few messages): each call
+/// gets exactly its own items, in order; then a later stream on the same link gets its own too.
+async fn interleaved_streams_each_get_their_own_items(exec: Executor, t: Transport) {
+    let (reg, _probe) = standard_registry();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    let n = 300;
+    let (mut c1, _) = bounded(
+        "open 1",
+        a.portal().open_context("t:ctx_produce", Value::Int(n)),
+    )
+    .await
+    .unwrap();
+    let (mut c2, _) = bounded(
+        "open 2",
+        a.portal().open_context("t:ctx_produce", Value::Int(n)),
+    )
+    .await
+    .unwrap();
+    let mut s1 = c1.open_stream().await.unwrap();
+    let mut s2 = c2.open_stream().await.unwrap();
+    for i in 0..n {
+        assert_eq!(
+            bounded("recv 1", s1.recv()).await.unwrap(),
+            Some(Value::Int(i))
+        );
+        assert_eq!(
+            bounded("recv 2", s2.recv()).await.unwrap(),
+            Some(Value::Int(i))
+        );
+    }
+    assert_eq!(bounded("end 1", s1.recv()).await.unwrap(), None);
+    assert_eq!(bounded("end 2", s2.recv()).await.unwrap(), None);
+    assert_eq!(
+        bounded("result 1", c1.result()).await.unwrap(),
+        Value::Int(n)
+    );
+    assert_eq!(
+        bounded("result 2", c2.result()).await.unwrap(),
+        Value::Int(n)
+    );
+    let (mut c3, _) = bounded(
+        "open 3",
+        a.portal().open_context("t:ctx_produce", Value::Int(5)),
+    )
+    .await
+    .unwrap();
+    let mut s3 = c3.open_stream().await.unwrap();
+    for i in 0..5 {
+        assert_eq!(
+            bounded("recv 3", s3.recv()).await.unwrap(),
+            Some(Value::Int(i))
+        );
+    }
+    assert_eq!(bounded("end 3", s3.recv()).await.unwrap(), None);
+    assert_eq!(
+        bounded("result 3", c3.result()).await.unwrap(),
+        Value::Int(5)
+    );
+}
+
 both_transports!(
+    interleaved_streams_each_get_their_own_items,
     receiving_half_as_a_stream,
     echo_stream_both_ways,
     recv_after_peer_stop_ends_cleanly_every_time,

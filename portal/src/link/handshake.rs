@@ -111,6 +111,7 @@ impl Link {
             dead: AtomicBool::new(false),
             dead_ev: Event::new(),
             next_cid: AtomicU64::new(2 + parity),
+            state_gen: AtomicU64::new(0),
             parity,
             enqueued: AtomicU64::new(0),
             written: AtomicU64::new(0),

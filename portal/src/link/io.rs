@@ -11,6 +11,7 @@ use futures_lite::FutureExt;
 use harrow_ipc::{ChannelRx, ChannelTx, ErrorKind, Msg, RecvError, RemoteError, SendError};
 use tracing::debug;
 
+use super::route::RouteCache;
 use super::{LinkEnd, Shared};
 use crate::Error;
 
@@ -95,6 +96,7 @@ async fn send_failed(shared: &Arc<Shared>, tx: &ChannelTx, e: SendError) -> bool
 
 pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
     let mut dead = pin!(shared.wait_dead());
+    let mut routes = RouteCache::default();
     'read: loop {
         // What is there already (an in-memory transport can tell), routed without a future per
         // message; then wait.
@@ -102,7 +104,7 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
             match next {
                 Ok(msg) => {
                     shared.received.fetch_add(1, Ordering::Relaxed);
-                    shared.handle(msg);
+                    shared.handle(msg, &mut routes);
                 }
                 Err(e) => {
                     broken(&shared, e);
@@ -110,6 +112,7 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
                 }
             }
         }
+        routes.clear();
         let next = async { Some(rx.recv().await) }
             .or(async {
                 dead.as_mut().await;
@@ -120,7 +123,7 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
             None => break,
             Some(Ok(msg)) => {
                 shared.received.fetch_add(1, Ordering::Relaxed);
-                shared.handle(msg)
+                shared.handle(msg, &mut routes);
             }
             Some(Err(e)) => {
                 broken(&shared, e);

@@ -10,17 +10,45 @@ use super::Shared;
 use crate::Error;
 use crate::chan::{Chan, Side};
 
+/// The reader's memory of the last stream it routed a message to, so that a run of messages for
+/// one stream (an echo's items, their credits) takes neither the link's lock nor a map lookup
+/// each. It is used only while nobody has locked the link's state since it was filled
+/// (`Shared::state_gen`): every change of the call maps happens under that lock, so a cached chan
+/// is exactly what a lookup would return then. The reader clears it before it waits, so it never
+/// keeps a finished call's chan alive for long.
+#[derive(Default)]
+pub(super) struct RouteCache {
+    entry: Option<(Cid, u64, Arc<Chan>)>,
+}
+
+impl RouteCache {
+    pub(super) fn clear(&mut self) {
+        self.entry = None;
+    }
+}
+
 impl Shared {
-    fn chan_for_stream(&self, cid: Cid) -> Option<Arc<Chan>> {
-        let st = self.lock();
-        if cid.0 % 2 == self.parity {
-            st.calls.get(&cid).cloned()
-        } else {
-            st.served.get(&cid).map(|s| s.chan.clone())
+    /// The chan of stream message `cid`, if the call is still there; borrowed from `cache`, so a
+    /// hit costs no reference count either.
+    fn chan_for_stream<'c>(&self, cid: Cid, cache: &'c mut RouteCache) -> Option<&'c Arc<Chan>> {
+        let hit = matches!(&cache.entry, Some((cached, seen, _))
+            if *cached == cid && *seen == self.state_gen.load(Ordering::Acquire));
+        if !hit {
+            let st = self.lock();
+            let chan = if cid.0 % 2 == self.parity {
+                st.calls.get(&cid).cloned()
+            } else {
+                st.served.get(&cid).map(|s| s.chan.clone())
+            };
+            // Read under the lock, after our own bump: valid until somebody else locks.
+            let seen = self.state_gen.load(Ordering::Acquire);
+            drop(st);
+            cache.entry = chan.map(|c| (cid, seen, c));
         }
+        cache.entry.as_ref().map(|(_, _, chan)| chan)
     }
 
-    pub(super) fn handle(self: &Arc<Self>, msg: Msg) {
+    pub(super) fn handle(self: &Arc<Self>, msg: Msg, cache: &mut RouteCache) {
         match msg {
             Msg::Start {
                 cid,
@@ -72,7 +100,7 @@ impl Shared {
                 debug!(peer = %self.peer.id, %error, "actor-level error from the peer");
             }
             Msg::Yield { cid, value } => {
-                let Some(chan) = self.chan_for_stream(cid) else {
+                let Some(chan) = self.chan_for_stream(cid, cache) else {
                     return;
                 };
                 let violation = {
@@ -95,7 +123,7 @@ impl Shared {
                     );
                     match chan.side {
                         Side::Caller => {
-                            self.abandon_call(&chan, Error::Protocol(message));
+                            self.abandon_call(chan, Error::Protocol(message));
                         }
                         Side::Callee => self.fail_served(cid, message),
                     }
@@ -104,7 +132,7 @@ impl Shared {
                 }
             }
             Msg::Credit { cid, n } => {
-                if let Some(chan) = self.chan_for_stream(cid) {
+                if let Some(chan) = self.chan_for_stream(cid, cache) {
                     {
                         let mut st = chan.lock();
                         st.credit = st.credit.saturating_add(n);
@@ -113,7 +141,7 @@ impl Shared {
                 }
             }
             Msg::Stop { cid } => {
-                if let Some(chan) = self.chan_for_stream(cid) {
+                if let Some(chan) = self.chan_for_stream(cid, cache) {
                     chan.lock().peer_stopped = true;
                     chan.notify();
                 }
