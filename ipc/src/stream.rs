@@ -482,20 +482,28 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamRx<R> {
         RecvError::TruncatedFrame { expected, got }
     }
 
+    /// The next frame already in the buffer, decoded: `None` when the buffer holds no complete
+    /// frame (more must be read).
+    fn decode_buffered(&mut self) -> Option<Result<Msg, RecvError>> {
+        match self.decoder.decode_next() {
+            Ok(Some(msg)) => Some(Ok(msg)),
+            Ok(None) => None,
+            Err(
+                e
+                @ (DecodeError::FrameTooLarge { .. } | DecodeError::HandshakeFrameTooLarge { .. }),
+            ) => Some(Err(self.fail(e))),
+            // The bad frame was consumed; the next one can still be read.
+            Err(e) => Some(Err(RecvError::Decode(e))),
+        }
+    }
+
     async fn recv_frame(&mut self) -> Result<Msg, RecvError> {
         loop {
             if self.done {
                 return Err(RecvError::Closed);
             }
-            match self.decoder.decode_next() {
-                Ok(Some(msg)) => return Ok(msg),
-                Ok(None) => {}
-                Err(
-                    e @ (DecodeError::FrameTooLarge { .. }
-                    | DecodeError::HandshakeFrameTooLarge { .. }),
-                ) => return Err(self.fail(e)),
-                // The bad frame was consumed; the next one can still be read.
-                Err(e) => return Err(RecvError::Decode(e)),
+            if let Some(next) = self.decode_buffered() {
+                return next;
             }
             let buf = match self.decoder.read_buf() {
                 Ok(buf) => buf,
@@ -522,5 +530,15 @@ impl<R: AsyncRead + Unpin + Send + 'static> RecvHalf for StreamRx<R> {
 
     fn end_handshake(&mut self) {
         self.decoder.end_handshake();
+    }
+
+    /// A frame that arrived with an earlier read (a peer's batch comes in one read), decoded
+    /// without a read and without a future. `None` when the buffer holds no complete frame, and
+    /// once reading stopped: [`recv`](RecvHalf::recv) reads, and reports the end.
+    fn try_recv_now(&mut self) -> Option<Result<Msg, RecvError>> {
+        if self.done {
+            return None;
+        }
+        self.decode_buffered()
     }
 }

@@ -116,3 +116,30 @@ fn send_to_a_vanished_reader_hands_the_message_back() {
         assert!(matches!(e.into_msg(), Msg::Yield { .. }));
     });
 }
+
+#[test]
+fn try_recv_now_takes_frames_of_an_earlier_read_then_waits_for_recv() {
+    block_on(async {
+        let (a, b) = pair();
+        let (a_tx, _a_rx) = a.split();
+        let (_b_tx, mut b_rx) = b.split();
+        assert!(b_rx.try_recv_now().is_none(), "nothing read yet");
+        // One batch is one write: all three frames are in the socket before the first read.
+        let mut batch: VecDeque<Msg> = (0..3).map(msg).collect();
+        a_tx.send_batch(&mut batch).await.unwrap();
+        assert_eq!(b_rx.recv().await.unwrap(), msg(0));
+        assert_eq!(b_rx.try_recv_now().unwrap().unwrap(), msg(1));
+        assert_eq!(b_rx.try_recv_now().unwrap().unwrap(), msg(2));
+        assert!(b_rx.try_recv_now().is_none(), "the buffer is drained");
+        // What comes later is read by `recv`, in order; the end too.
+        a_tx.send(msg(3)).await.unwrap();
+        a_tx.close();
+        assert_eq!(b_rx.recv().await.unwrap(), msg(3));
+        assert!(b_rx.recv().await.unwrap_err().is_closed());
+        assert!(
+            b_rx.try_recv_now().is_none(),
+            "after the end: `recv` reports it"
+        );
+        assert!(b_rx.recv().await.unwrap_err().is_closed());
+    });
+}

@@ -98,8 +98,8 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
     let mut dead = pin!(shared.wait_dead());
     let mut routes = RouteCache::default();
     'read: loop {
-        // What is there already (an in-memory transport can tell), routed without a future per
-        // message; then wait.
+        // What is there already (an in-memory queue's messages, the frames a byte stream's
+        // last read brought in), routed without a future per message; then wait.
         while let Some(next) = rx.try_recv_now() {
             match next {
                 Ok(msg) => {
