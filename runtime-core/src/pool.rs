@@ -935,20 +935,19 @@ async fn work_loop(
                 let Some(f) = j.as_mut() else { continue };
                 f.call = None;
                 f.done = None;
-                if f.attempts >= shared.config.retries {
-                    let f = j.take().expect("checked");
-                    let err = PoolError::WorkerDied {
-                        worker: worker.id().clone(),
-                        reason: reason.clone(),
-                    };
-                    f.finish(shared, worker.id(), Err(err));
-                } else {
+                if f.attempts < shared.config.retries {
                     f.attempts += 1;
                     tracing::debug!(
                         seq = f.job.seq,
                         attempts = f.attempts,
                         "retrying the item on the replacement"
                     );
+                } else if let Some(f) = j.take() {
+                    let err = PoolError::WorkerDied {
+                        worker: worker.id().clone(),
+                        reason: reason.clone(),
+                    };
+                    f.finish(shared, worker.id(), Err(err));
                 }
             }
             if let Some(d) = dead {
