@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_lite::future;
 use harrow_ipc::codec::{self, CodecConfig};
+use harrow_ipc::park::spin::SpinGate;
 use harrow_ipc::{Cid, Msg, RecvError, Value, park, unix};
 
 /// Runs `fut` under `park::block_on`, failing the test if it takes more than 10 s.
@@ -54,6 +55,42 @@ fn ping_pong_between_two_parked_threads_keeps_order() {
     a.close();
     drop(a);
     echo.join().unwrap();
+}
+
+#[test]
+fn ping_pong_caught_while_spinning_or_after_sleeping_keeps_order() {
+    // Both threads spin before every sleep: replies that come at once are caught by the spin
+    // (the sockets polled without sleeping), those after a pause by the sleeping wait.
+    for pause in [Duration::ZERO, Duration::from_millis(2)] {
+        let spinning = || SpinGate::always(Duration::from_micros(200));
+        let (a, b) = unix::pair().unwrap();
+        let echo = std::thread::spawn(move || {
+            park::block_on_gated(spinning(), async {
+                while let Ok(msg) = b.recv().await {
+                    std::thread::sleep(pause);
+                    b.send(msg).await.unwrap();
+                }
+            })
+        });
+        park::block_on_gated(
+            spinning(),
+            future::or(
+                async {
+                    for i in 0..300 {
+                        a.send(yield_msg(i)).await.unwrap();
+                        assert_eq!(a.recv().await.unwrap(), yield_msg(i));
+                    }
+                },
+                async {
+                    async_io::Timer::after(Duration::from_secs(10)).await;
+                    panic!("timed out after 10 s")
+                },
+            ),
+        );
+        a.close();
+        drop(a);
+        echo.join().unwrap();
+    }
 }
 
 #[test]

@@ -93,6 +93,7 @@ impl SpinGate {
             return None;
         }
         let start = Instant::now();
+        let mut spins = 0u32;
         loop {
             if let Some(v) = poll() {
                 self.backoff.store(0, Ordering::Relaxed);
@@ -106,7 +107,13 @@ impl SpinGate {
                 MISSES.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
-            std::hint::spin_loop();
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                // Let a thread woken onto this core (the interpreter's, often) run at once.
+                std::thread::yield_now();
+            }
         }
     }
 }

@@ -13,42 +13,27 @@
 //! instance of the thread's own that watches the sockets its unix channels read, so that a
 //! message wakes the thread directly.
 //!
-//! Optionally the in-process parker spins before it parks (`HARROW_PARK_SPIN_US`, read once per
-//! process, at most 1 ms; off by default): once the executor runs out of work, the thread watches
-//! its wake flag for that long, so a reply arriving within the window costs no syscall on either
-//! side. On an idle machine with a core per actor this shortens a round trip; on a loaded one
-//! (more runnable threads than cores) the spinning thread takes the CPU its peer needs, and
-//! round trips got slower in our measurements (docs/PERFORMANCE.md), hence off by default. The
-//! spin is bounded and only follows work: an idle actor spins once, after its last message, then
+//! Both parkers spin briefly before they sleep, when the machine has a core to spare and recent
+//! spins paid (`harrow_ipc::park::spin`: `HARROW_PARK_SPIN_US`, 50 µs by default, 0 turns it
+//! off): once the executor runs out of work, the thread watches its wake flag for that long, so
+//! a reply arriving within the window costs no syscall and no wake-up on either side. The spin
+//! is bounded and only follows work: an idle actor spins once, after its last message, then
 //! parks and costs nothing until it is woken.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+
+use harrow_ipc::park::spin::{SpinGate, spin_until};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-/// The spin before parking when `HARROW_PARK_SPIN_US` is not set: none.
-pub const DEFAULT_SPIN: Duration = Duration::ZERO;
+pub use harrow_ipc::park::spin::{DEFAULT_SPIN, park_spin};
 
 /// The longest one poll of the spinning wrapper keeps re-polling before it hands back to the
 /// `block_on` loop underneath.
 pub const BUDGET: Duration = Duration::from_millis(2);
-
-/// How long an actor thread spins for new work before it parks (`HARROW_PARK_SPIN_US`, or
-/// [`DEFAULT_SPIN`]; a value that does not parse is ignored; capped at 1 ms).
-pub fn park_spin() -> Duration {
-    static SPIN: OnceLock<Duration> = OnceLock::new();
-    *SPIN.get_or_init(|| {
-        std::env::var("HARROW_PARK_SPIN_US")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(DEFAULT_SPIN, |us| {
-                Duration::from_micros(us).min(Duration::from_millis(1))
-            })
-    })
-}
 
 /// Runs `fut` to completion on this thread, parking on a futex (not in the reactor) whenever it
 /// waits, after spinning up to [`park_spin`] for new work. For threads whose own I/O is in
@@ -58,7 +43,7 @@ pub fn block_on_in_process<F: Future>(fut: F) -> F::Output {
     if spin.is_zero() {
         return futures_lite::future::block_on(fut);
     }
-    futures_lite::future::block_on(SpinThenPark::new(fut, spin))
+    futures_lite::future::block_on(SpinThenPark::new(fut, SpinGate::new()))
 }
 
 /// The inner future is being polled or the thread spins; no wake-up since the last poll began.
@@ -99,11 +84,11 @@ struct SpinThenPark<F> {
     fut: Pin<Box<F>>,
     flag: Arc<Flag>,
     waker: Waker,
-    spin: Duration,
+    gate: SpinGate,
 }
 
 impl<F: Future> SpinThenPark<F> {
-    fn new(fut: F, spin: Duration) -> Self {
+    fn new(fut: F, gate: SpinGate) -> Self {
         let flag = Arc::new(Flag {
             state: AtomicU8::new(RUNNING),
             outer: Mutex::new(None),
@@ -112,7 +97,7 @@ impl<F: Future> SpinThenPark<F> {
             fut: Box::pin(fut),
             waker: Waker::from(flag.clone()),
             flag,
-            spin,
+            gate,
         }
     }
 }
@@ -143,8 +128,13 @@ impl<F: Future> Future for SpinThenPark<F> {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            if wait_for_wake(&this.flag.state, this.spin) {
-                continue;
+            let spin = this.gate.spin();
+            if !spin.is_zero() {
+                if spin_until(spin, || this.flag.state.load(Ordering::Acquire) != RUNNING) {
+                    this.gate.hit();
+                    continue;
+                }
+                this.gate.miss();
             }
             match this.flag.state.compare_exchange(
                 RUNNING,
@@ -160,36 +150,13 @@ impl<F: Future> Future for SpinThenPark<F> {
     }
 }
 
-/// Watches `state` for a wake-up for at most `spin`: a short busy spin, then yielding the CPU
-/// (so that on a busy machine the thread we wait for can run). Returns whether it was woken.
-fn wait_for_wake(state: &AtomicU8, spin: Duration) -> bool {
-    let start = Instant::now();
-    let mut round = 0u32;
-    loop {
-        if state.load(Ordering::Acquire) != RUNNING {
-            return true;
-        }
-        if round < 10 {
-            for _ in 0..(1u32 << round.min(6)) {
-                std::hint::spin_loop();
-            }
-        } else {
-            std::thread::yield_now();
-        }
-        round += 1;
-        if round % 4 == 0 && start.elapsed() >= spin {
-            return state.load(Ordering::Acquire) != RUNNING;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// `block_on_in_process` with a spin of `spin`.
+    /// `block_on_in_process` spinning `spin` before every park, whatever the load says.
     fn block_on<F: Future>(spin: Duration, fut: F) -> F::Output {
-        futures_lite::future::block_on(SpinThenPark::new(fut, spin))
+        futures_lite::future::block_on(SpinThenPark::new(fut, SpinGate::always(spin)))
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! event loop while async calls are alive, and, while a call waits with the GIL released, serves
 //! the actor's other queued calls nested on its stack.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures_lite::FutureExt;
+use harrow_ipc::park::spin::{SpinGate, spin_until};
 use harrow_ipc::{CallKind, ErrorKind, Value};
 use pyo3_ffi as ffi;
 
@@ -38,6 +39,8 @@ struct Server {
     stop: Cell<bool>,
     /// Async calls whose task has not ended yet.
     async_live: Cell<usize>,
+    /// The spin before the thread sleeps waiting for a call.
+    spin: RefCell<SpinGate>,
 }
 
 thread_local! {
@@ -110,6 +113,7 @@ pub unsafe fn serve(
         depth: Cell::new(0),
         stop: Cell::new(false),
         async_live: Cell::new(0),
+        spin: RefCell::new(SpinGate::new()),
     };
     let guard = ServingGuard;
     SERVER.with(|s| s.set(&server as *const Server));
@@ -133,6 +137,17 @@ pub unsafe fn serve(
                 // SAFETY: GIL held with the thread state current; no Python object is touched
                 // until the guard re-attaches it.
                 let _released = unsafe { Released::save() };
+                // The next call often comes within microseconds (a caller in a loop): watch
+                // for it briefly before sleeping (see `harrow_ipc::park::spin`).
+                let spin = server.spin.borrow_mut().spin();
+                if !spin.is_zero() {
+                    let jobs = &server.jobs;
+                    if spin_until(spin, || !jobs.is_empty() || jobs.is_disconnected()) {
+                        server.spin.borrow_mut().hit();
+                    } else {
+                        server.spin.borrow_mut().miss();
+                    }
+                }
                 server.jobs.recv()
             }
         };

@@ -1,0 +1,250 @@
+//! The short spin an actor thread makes before it sleeps, and when it makes it.
+//!
+//! A round trip between two actors on two cores takes a few microseconds of work, but waking a
+//! thread that sleeps can cost far more: on a virtual machine whose idle virtual CPUs halt
+//! (no halt polling in the guest, as on the VMs harrow is developed on), a wake-up that has to
+//! reach another CPU costs the host's scheduling of that CPU, about 50 µs, ten times the work
+//! of the round trip. A thread that watches for its reply for a few tens of microseconds
+//! before it sleeps is still running when the reply comes: no sleep, no wake-up, and its CPU
+//! stays out of the halt.
+//!
+//! Spinning only pays when the thread it waits for has a core of its own. On a machine with
+//! more runnable threads than cores, the spinning thread takes the CPU its peer needs, and
+//! every spin makes someone else wait. So a thread spins only when both:
+//!
+//! - **the machine is not overloaded**: the kernel's count of runnable threads (the fourth
+//!   field of `/proc/loadavg`) is at most twice the number of cores. The count is a sample of
+//!   one instant and includes the spinning threads themselves and short-lived kernel workers,
+//!   so "at most the cores" would turn spinning off at random moments on an idle machine; at
+//!   twice the cores and more, the threads we would wait for mostly wait for a core, and
+//!   spinning only takes CPU from them. The count is read at most once per [`LOAD_SAMPLE`] per
+//!   process, so a busy process pays a few microseconds per 10 ms for it; off Linux there is no
+//!   such cheap count and threads never spin;
+//! - **its recent spins paid**: a spin that ran out (nothing came) makes the thread skip the
+//!   next 1, then 3, 7, ... up to [`MAX_SKIP`] spins; a spin that caught a wake-up resets that.
+//!   An idle actor spins once after its last message, then sleeps and costs nothing.
+//!
+//! The spin is [`park_spin`] long: `HARROW_PARK_SPIN_US` (microseconds, at most 1 ms; 0 turns
+//! spinning off), [`DEFAULT_SPIN`] when unset.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The spin before sleeping when `HARROW_PARK_SPIN_US` is not set.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+
+/// The most spins a run of misses makes a thread skip.
+pub const MAX_SKIP: u32 = 255;
+
+/// Rounds of pure busy-waiting (1, 2, 4, ... `spin_loop` hints) before each round yields.
+const YIELD_AFTER: u32 = 6;
+
+/// How long a read of the machine's runnable-thread count stays the answer.
+pub const LOAD_SAMPLE: Duration = Duration::from_millis(10);
+
+/// How long a thread spins for new work before it sleeps (`HARROW_PARK_SPIN_US`, or
+/// [`DEFAULT_SPIN`]; read once per process; a value that does not parse is ignored; capped at
+/// 1 ms; 0 turns spinning off).
+pub fn park_spin() -> Duration {
+    static SPIN: OnceLock<Duration> = OnceLock::new();
+    *SPIN.get_or_init(|| {
+        std::env::var("HARROW_PARK_SPIN_US")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(DEFAULT_SPIN, |us| {
+                Duration::from_micros(us).min(Duration::from_millis(1))
+            })
+    })
+}
+
+/// One parking thread's spin decisions: the back-off after spins that ran out. Not shared
+/// between threads (each parker owns one).
+#[derive(Debug, Default)]
+pub struct SpinGate {
+    /// Spins still to skip.
+    skip: u32,
+    /// What the next miss sets `skip` to (0 after a hit).
+    backoff: u32,
+    /// A spin made every time, whatever the load and the back-off (tests).
+    fixed: Option<Duration>,
+}
+
+impl SpinGate {
+    /// A gate with no back-off yet.
+    pub const fn new() -> SpinGate {
+        SpinGate {
+            skip: 0,
+            backoff: 0,
+            fixed: None,
+        }
+    }
+
+    /// A gate that spins `spin` before every sleep, whatever the load, the back-off and
+    /// `HARROW_PARK_SPIN_US` say: for tests of the paths through a spin.
+    #[doc(hidden)]
+    pub const fn always(spin: Duration) -> SpinGate {
+        SpinGate {
+            skip: 0,
+            backoff: 0,
+            fixed: Some(spin),
+        }
+    }
+
+    /// How long to spin before this sleep: zero when spinning is off, backed off, or the
+    /// machine has no core to spare.
+    pub fn spin(&mut self) -> Duration {
+        if let Some(spin) = self.fixed {
+            return spin;
+        }
+        let spin = park_spin();
+        if spin.is_zero() {
+            return spin;
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return Duration::ZERO;
+        }
+        if !cores_to_spare() {
+            return Duration::ZERO;
+        }
+        spin
+    }
+
+    /// The spin caught a wake-up.
+    pub fn hit(&mut self) {
+        self.backoff = 0;
+    }
+
+    /// The spin ran out.
+    pub fn miss(&mut self) {
+        self.backoff = (self.backoff * 2 + 1).min(MAX_SKIP);
+        self.skip = self.backoff;
+    }
+}
+
+/// Busy-waits until `woken` returns true or `spin` has passed; returns whether it was woken.
+/// `woken` is asked between short runs of `spin_loop` hints (and the clock every few rounds).
+/// After the first microsecond or so each round also yields the CPU: a thread woken onto this
+/// core (the one whose answer we wait for, often) runs at once instead of after the spin.
+pub fn spin_until(spin: Duration, mut woken: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    let mut round = 0u32;
+    loop {
+        if woken() {
+            return true;
+        }
+        if round < YIELD_AFTER {
+            for _ in 0..(1u32 << round) {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
+        }
+        round += 1;
+        if round % 4 == 0 && start.elapsed() >= spin {
+            return woken();
+        }
+    }
+}
+
+/// Whether the machine's runnable threads (this one included) are at most twice its cores, as
+/// last read within [`LOAD_SAMPLE`].
+pub fn cores_to_spare() -> bool {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    /// When the count was last read, in microseconds since `EPOCH`, plus one (0: never).
+    static READ_AT: AtomicU64 = AtomicU64::new(0);
+    static SPARE: AtomicBool = AtomicBool::new(false);
+    let now = EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1;
+    let last = READ_AT.load(Ordering::Acquire);
+    if last != 0 && now.saturating_sub(last) < LOAD_SAMPLE.as_micros() as u64 {
+        return SPARE.load(Ordering::Relaxed);
+    }
+    // One thread reads; the others keep the previous answer meanwhile.
+    if READ_AT
+        .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return SPARE.load(Ordering::Relaxed);
+    }
+    let spare = runnable_threads().is_some_and(|running| running <= 2 * cores());
+    SPARE.store(spare, Ordering::Relaxed);
+    spare
+}
+
+/// The machine's cores (as this process may use them).
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The kernel's count of runnable threads right now, this one included.
+#[cfg(target_os = "linux")]
+fn runnable_threads() -> Option<usize> {
+    use std::io::Read;
+    let mut buf = [0u8; 128];
+    let mut file = std::fs::File::open("/proc/loadavg").ok()?;
+    let n = file.read(&mut buf).ok()?;
+    parse_runnable(std::str::from_utf8(&buf[..n]).ok()?)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn runnable_threads() -> Option<usize> {
+    None
+}
+
+/// The runnable count of a `/proc/loadavg` line (`0.52 0.58 0.59 3/467 12345`).
+fn parse_runnable(line: &str) -> Option<usize> {
+    let field = line.split_ascii_whitespace().nth(3)?;
+    field.split_once('/')?.0.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runnable_count_is_the_fourth_field() {
+        assert_eq!(parse_runnable("0.52 0.58 0.59 3/467 12345\n"), Some(3));
+        assert_eq!(parse_runnable("0.00 0.01 0.05 1/80 7"), Some(1));
+        assert_eq!(parse_runnable("0.52 0.58 0.59"), None);
+        assert_eq!(parse_runnable("0.52 0.58 0.59 x/467 1"), None);
+        assert_eq!(parse_runnable(""), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_machine_reports_a_runnable_count() {
+        // At least this thread is running while it reads.
+        assert!(runnable_threads().is_some_and(|n| n >= 1));
+    }
+
+    #[test]
+    fn misses_back_off_and_a_hit_resets() {
+        let mut gate = SpinGate::new();
+        gate.miss();
+        assert_eq!((gate.skip, gate.backoff), (1, 1));
+        assert!(gate.spin().is_zero(), "the spin after a miss is skipped");
+        assert_eq!(gate.skip, 0);
+        gate.miss();
+        gate.miss();
+        assert_eq!((gate.skip, gate.backoff), (7, 7));
+        for _ in 0..20 {
+            gate.miss();
+        }
+        assert_eq!((gate.skip, gate.backoff), (MAX_SKIP, MAX_SKIP));
+        gate.hit();
+        gate.miss();
+        assert_eq!((gate.skip, gate.backoff), (1, 1), "a hit resets the back-off");
+    }
+
+    #[test]
+    fn spin_until_sees_a_wake_and_gives_up_when_none_comes() {
+        let mut asked = 0;
+        assert!(spin_until(Duration::from_secs(30), || {
+            asked += 1;
+            asked == 3
+        }));
+        assert!(!spin_until(Duration::from_micros(50), || false));
+    }
+}
