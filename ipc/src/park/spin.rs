@@ -13,16 +13,20 @@
 //! every spin makes someone else wait. So a thread spins only when both:
 //!
 //! - **the machine is not overloaded**: the kernel's count of runnable threads (the fourth
-//!   field of `/proc/loadavg`) is at most twice the number of cores. The count is a sample of
-//!   one instant and includes the spinning threads themselves and short-lived kernel workers,
-//!   so "at most the cores" would turn spinning off at random moments on an idle machine; at
-//!   twice the cores and more, the threads we would wait for mostly wait for a core, and
-//!   spinning only takes CPU from them. The count is read at most once per [`LOAD_SAMPLE`] per
-//!   process, so a busy process pays a few microseconds per 10 ms for it; off Linux there is no
-//!   such cheap count and threads never spin;
-//! - **its recent spins paid**: a spin that ran out (nothing came) makes the thread skip the
-//!   next 1, then 3, 7, ... up to [`MAX_SKIP`] spins; a spin that caught a wake-up resets that.
-//!   An idle actor spins once after its last message, then sleeps and costs nothing.
+//!   field of `/proc/loadavg`) and its one-minute load average (the first) are both at most
+//!   twice the number of cores. The count is a sample of one instant and includes the spinning
+//!   threads themselves and short-lived kernel workers, so "at most the cores" would turn
+//!   spinning off at random moments on an idle machine; the load average keeps a busy machine's
+//!   momentary lulls from turning it on. Beyond that, the threads we would wait for mostly wait
+//!   for a core, and a spinning thread, which the scheduler sees as busy, loses the preference
+//!   it gives a thread that wakes from sleep: in our measurements at load 6-9, spinning made a
+//!   subint round trip 30 times slower. Both are read at most once per [`LOAD_SAMPLE`] per
+//!   process (a few microseconds per 10 ms); off Linux there is no such cheap count and
+//!   threads never spin;
+//! - **its recent spins paid**: a spin that ran out (nothing came, or it came only after the
+//!   spin's yields had given the CPU away for long) makes the thread skip the next 1, then 3,
+//!   7, ... up to [`MAX_SKIP`] spins; a spin that caught a wake-up in time resets that. An idle
+//!   actor spins once after its last message, then sleeps and costs nothing.
 //!
 //! The spin is [`park_spin`] long: `HARROW_PARK_SPIN_US` (microseconds, at most 1 ms; 0 turns
 //! spinning off), [`DEFAULT_SPIN`] when unset.
@@ -123,16 +127,20 @@ impl SpinGate {
     }
 }
 
-/// Busy-waits until `woken` returns true or `spin` has passed; returns whether it was woken.
-/// `woken` is asked between short runs of `spin_loop` hints (and the clock every few rounds).
-/// After the first microsecond or so each round also yields the CPU: a thread woken onto this
-/// core (the one whose answer we wait for, often) runs at once instead of after the spin.
+/// Busy-waits until `woken` returns true or `spin` has passed; returns whether it was woken in
+/// time. `woken` is asked between short runs of `spin_loop` hints (and the clock every few
+/// rounds). After the first microsecond or so each round also yields the CPU: a thread woken
+/// onto this core (the one whose answer we wait for, often) runs at once instead of after the
+/// spin. A wake-up seen only after twice `spin` (the yields gave the CPU away for long: the
+/// machine is busier than it looked) counts as a miss, so that the caller backs off; the
+/// caller finds that wake-up when it tries to sleep.
 pub fn spin_until(spin: Duration, mut woken: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
+    let in_time = |start: Instant| start.elapsed() <= spin * 2;
     let mut round = 0u32;
     loop {
         if woken() {
-            return true;
+            return round < YIELD_AFTER || in_time(start);
         }
         if round < YIELD_AFTER {
             for _ in 0..(1u32 << round) {
@@ -143,13 +151,14 @@ pub fn spin_until(spin: Duration, mut woken: impl FnMut() -> bool) -> bool {
         }
         round += 1;
         if round % 4 == 0 && start.elapsed() >= spin {
-            return woken();
+            return woken() && in_time(start);
         }
     }
 }
 
-/// Whether the machine's runnable threads (this one included) are at most twice its cores, as
-/// last read within [`LOAD_SAMPLE`].
+/// Whether the machine is not overloaded, as last read within [`LOAD_SAMPLE`]: its runnable
+/// threads right now (this one included) and its one-minute load average are both at most
+/// twice its cores.
 pub fn cores_to_spare() -> bool {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     /// When the count was last read, in microseconds since `EPOCH`, plus one (0: never).
@@ -167,7 +176,8 @@ pub fn cores_to_spare() -> bool {
     {
         return SPARE.load(Ordering::Relaxed);
     }
-    let spare = runnable_threads().is_some_and(|running| running <= 2 * cores());
+    let limit = 2 * cores();
+    let spare = load().is_some_and(|l| l.runnable <= limit && l.one_minute <= limit as f64);
     SPARE.store(spare, Ordering::Relaxed);
     spare
 }
@@ -178,25 +188,38 @@ fn cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// The kernel's count of runnable threads right now, this one included.
+/// The machine's load, from `/proc/loadavg`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Load {
+    /// The one-minute load average (first field).
+    one_minute: f64,
+    /// Runnable threads right now, the reading one included (numerator of the fourth field).
+    runnable: usize,
+}
+
 #[cfg(target_os = "linux")]
-fn runnable_threads() -> Option<usize> {
+fn load() -> Option<Load> {
     use std::io::Read;
     let mut buf = [0u8; 128];
     let mut file = std::fs::File::open("/proc/loadavg").ok()?;
     let n = file.read(&mut buf).ok()?;
-    parse_runnable(std::str::from_utf8(&buf[..n]).ok()?)
+    parse_loadavg(std::str::from_utf8(&buf[..n]).ok()?)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn runnable_threads() -> Option<usize> {
+fn load() -> Option<Load> {
     None
 }
 
-/// The runnable count of a `/proc/loadavg` line (`0.52 0.58 0.59 3/467 12345`).
-fn parse_runnable(line: &str) -> Option<usize> {
-    let field = line.split_ascii_whitespace().nth(3)?;
-    field.split_once('/')?.0.parse().ok()
+/// A `/proc/loadavg` line (`0.52 0.58 0.59 3/467 12345`).
+fn parse_loadavg(line: &str) -> Option<Load> {
+    let mut fields = line.split_ascii_whitespace();
+    let one_minute = fields.next()?.parse().ok()?;
+    let runnable = fields.nth(2)?.split_once('/')?.0.parse().ok()?;
+    Some(Load {
+        one_minute,
+        runnable,
+    })
 }
 
 #[cfg(test)]
@@ -204,19 +227,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_runnable_count_is_the_fourth_field() {
-        assert_eq!(parse_runnable("0.52 0.58 0.59 3/467 12345\n"), Some(3));
-        assert_eq!(parse_runnable("0.00 0.01 0.05 1/80 7"), Some(1));
-        assert_eq!(parse_runnable("0.52 0.58 0.59"), None);
-        assert_eq!(parse_runnable("0.52 0.58 0.59 x/467 1"), None);
-        assert_eq!(parse_runnable(""), None);
+    fn the_load_is_the_first_field_and_the_runnable_count_the_fourth() {
+        let load = |one_minute, runnable| {
+            Some(Load {
+                one_minute,
+                runnable,
+            })
+        };
+        assert_eq!(parse_loadavg("0.52 0.58 0.59 3/467 12345\n"), load(0.52, 3));
+        assert_eq!(parse_loadavg("17.00 0.01 0.05 1/80 7"), load(17.0, 1));
+        assert_eq!(parse_loadavg("0.52 0.58 0.59"), None);
+        assert_eq!(parse_loadavg("0.52 0.58 0.59 x/467 1"), None);
+        assert_eq!(parse_loadavg("x 0.58 0.59 3/467 1"), None);
+        assert_eq!(parse_loadavg(""), None);
     }
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn this_machine_reports_a_runnable_count() {
+    fn this_machine_reports_its_load() {
         // At least this thread is running while it reads.
-        assert!(runnable_threads().is_some_and(|n| n >= 1));
+        assert!(load().is_some_and(|l| l.runnable >= 1 && l.one_minute >= 0.0));
     }
 
     #[test]
@@ -235,7 +265,11 @@ mod tests {
         assert_eq!((gate.skip, gate.backoff), (MAX_SKIP, MAX_SKIP));
         gate.hit();
         gate.miss();
-        assert_eq!((gate.skip, gate.backoff), (1, 1), "a hit resets the back-off");
+        assert_eq!(
+            (gate.skip, gate.backoff),
+            (1, 1),
+            "a hit resets the back-off"
+        );
     }
 
     #[test]
@@ -246,5 +280,9 @@ mod tests {
             asked == 3
         }));
         assert!(!spin_until(Duration::from_micros(50), || false));
+        // Woken, but only long after the window: a miss.
+        let start = Instant::now();
+        assert!(!spin_until(Duration::from_micros(50), || start.elapsed()
+            > Duration::from_millis(5)));
     }
 }
