@@ -249,6 +249,8 @@ pub(crate) struct Shared {
     resolver: Option<Arc<dyn Resolver>>,
     /// Where outgoing messages go: the writer's queue, or the transport itself.
     out: outlet::Outlet,
+    /// This very link, for what runs at the end of a turn (`outlet`'s held messages).
+    this: std::sync::Weak<Shared>,
     state: Mutex<LinkState>,
     /// Bumped every time `state` is locked: the reader's route cache is valid while this has not
     /// moved (see `route::RouteCache`).
