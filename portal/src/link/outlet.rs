@@ -122,16 +122,18 @@ impl Shared {
                 if held.closed {
                     return false;
                 }
-                // `enqueued` moves only under this lock, and `written` never passes it: equal
-                // means the writer has nothing queued and nothing in hand.
-                let idle = self.enqueued.load(Ordering::Acquire)
-                    == self.written.load(Ordering::Acquire);
-                if !held.msgs.is_empty() || (idle && self.hold_until_turn_end()) {
-                    self.enqueued.fetch_add(1, Ordering::AcqRel);
-                    held.msgs.push_back(msg);
-                    return true;
+                if held.msgs.is_empty() {
+                    // `enqueued` moves only under this lock, and `written` never passes it:
+                    // equal means the writer has nothing queued and nothing in hand. (Held
+                    // messages are counted when their turn ends, once for all of them.)
+                    let idle = self.enqueued.load(Ordering::Acquire)
+                        == self.written.load(Ordering::Acquire);
+                    if !(idle && self.hold_until_turn_end()) {
+                        return self.queue(&q.out, msg);
+                    }
                 }
-                self.queue(&q.out, msg)
+                held.msgs.push_back(msg);
+                true
             }
             Outlet::Writer(q) => self.queue(&q.out, msg),
             Outlet::Direct(d) => {
@@ -158,6 +160,15 @@ impl Shared {
                 }
                 true
             }
+        }
+    }
+
+    /// Whether no message waits for the end of a turn (held messages are not counted in
+    /// `enqueued` until then).
+    pub(super) fn nothing_held(&self) -> bool {
+        match &self.out {
+            Outlet::Writer(q) if q.now.is_some() => q.held().msgs.is_empty(),
+            _ => true,
         }
     }
 
@@ -200,14 +211,18 @@ impl Shared {
         let before = held.msgs.len();
         // Nothing else can be queued while messages are held, but stay safe: never write past
         // what the writer still has.
-        let idle = self.enqueued.load(Ordering::Acquire) - before as u64
-            == self.written.load(Ordering::Acquire);
+        let idle = self.enqueued.load(Ordering::Acquire) == self.written.load(Ordering::Acquire);
         let outcome = if idle {
             tx.try_write_now(&mut held.msgs)
         } else {
             harrow_ipc::WriteNow::NotNow
         };
         let written = before - held.msgs.len();
+        let partial = outcome == harrow_ipc::WriteNow::Partial;
+        // All of them count as handed to the outlet (and the writer's nudge below), before the
+        // writer can see any of them: `written` never passes `enqueued`.
+        self.enqueued
+            .fetch_add((before + usize::from(partial)) as u64, Ordering::AcqRel);
         // Left over (the socket full, a message the codec refuses, a batch's limit): the writer
         // takes them from here, in order.
         let mut lost = 0u64;
@@ -216,14 +231,13 @@ impl Shared {
                 lost += 1;
             }
         }
-        if outcome == harrow_ipc::WriteNow::Partial {
-            // Part of the bytes wait in the transport: the writer's next send finishes them
-            // first, so give it one (harmless to the peer) in case nothing else follows.
-            if q.out.try_send(Msg::Heartbeat).is_ok() {
-                self.enqueued.fetch_add(1, Ordering::AcqRel);
-            }
+        // Part of the bytes wait in the transport: the writer's next send finishes them first,
+        // so give it one (harmless to the peer) in case nothing else follows.
+        if partial && q.out.try_send(Msg::Heartbeat).is_err() {
+            lost += 1;
         }
-        // Written, or never to be written (the link closed meanwhile): done with them.
+        // The written ones, and those never to be written (the link closed meanwhile), are done;
+        // the writer counts the rest.
         self.written.fetch_add(written as u64 + lost, Ordering::AcqRel);
         drop(held);
         if written > 0 || lost > 0 {
@@ -240,14 +254,11 @@ impl Shared {
                 // Held messages go to the writer, which flushes them with the rest.
                 let mut held = q.held();
                 held.closed = true;
-                let mut lost = 0u64;
                 for msg in held.msgs.drain(..) {
+                    self.enqueued.fetch_add(1, Ordering::AcqRel);
                     if q.out.try_send(msg).is_err() {
-                        lost += 1;
+                        self.written.fetch_add(1, Ordering::AcqRel);
                     }
-                }
-                if lost > 0 {
-                    self.written.fetch_add(lost, Ordering::AcqRel);
                 }
                 q.out.close();
             }
