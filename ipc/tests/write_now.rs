@@ -69,7 +69,11 @@ fn a_full_socket_hands_everything_back_and_order_holds_with_ordinary_sends() {
                     .await
                     .expect("bounded")
                     .expect("recv");
-                let Msg::Return { cid, value: Value::Bytes(bytes) } = &got else {
+                let Msg::Return {
+                    cid,
+                    value: Value::Bytes(bytes),
+                } = &got
+                else {
                     panic!("unexpected {}", got.kind_name());
                 };
                 let cid = *cid;

@@ -81,7 +81,10 @@ fn order_is_kept_across_direct_queued_and_partial_writes() {
             for k in 0..PER_ROUND {
                 let i = round * PER_ROUND + k;
                 let portal = portal.clone();
-                calls.push((i, exec.spawn(async move { portal.run("t:f", arg(i)).await })));
+                calls.push((
+                    i,
+                    exec.spawn(async move { portal.run("t:f", arg(i)).await }),
+                ));
             }
             // A later turn (the timer only separates the turns; nothing depends on its length).
             async_io::Timer::after(Duration::from_millis(1)).await;
@@ -108,7 +111,12 @@ fn order_is_kept_across_direct_queued_and_partial_writes() {
         }
         // Cids are allocated in the order the Starts were queued: they must arrive in it.
         for w in seen.windows(2) {
-            assert!(w[0].0 .0 < w[1].0 .0, "Start {} arrived after {}", w[1].0, w[0].0);
+            assert!(
+                w[0].0.0 < w[1].0.0,
+                "Start {} arrived after {}",
+                w[1].0,
+                w[0].0
+            );
         }
         // Answer each with its own argument's length.
         for (cid, args) in &seen {
@@ -131,7 +139,11 @@ fn order_is_kept_across_direct_queued_and_partial_writes() {
         let Value::Bytes(expected) = &expected else {
             unreachable!()
         };
-        assert_eq!(result.expect("call"), Value::Int(expected.len() as i64), "call {i}");
+        assert_eq!(
+            result.expect("call"),
+            Value::Int(expected.len() as i64),
+            "call {i}"
+        );
     }
 }
 
@@ -216,7 +228,8 @@ fn calls_and_answers_over_a_parked_pair() {
     let b_thread = std::thread::spawn(move || {
         let exec: Executor = Arc::new(async_executor::Executor::new());
         let mut reg = harrow_portal::FnRegistry::new();
-        reg.unary("t:echo", |args| async move { Ok(args) }).expect("path");
+        reg.unary("t:echo", |args| async move { Ok(args) })
+            .expect("path");
         let resolver: Arc<dyn harrow_portal::Resolver> = Arc::new(reg);
         ipc::park::block_on(exec.run(async {
             let link = Link::establish(b, local("b"), Some(resolver), &exec, quiet_config())

@@ -238,7 +238,8 @@ impl Shared {
         }
         // The written ones, and those never to be written (the link closed meanwhile), are done;
         // the writer counts the rest.
-        self.written.fetch_add(written as u64 + lost, Ordering::AcqRel);
+        self.written
+            .fetch_add(written as u64 + lost, Ordering::AcqRel);
         drop(held);
         if written > 0 || lost > 0 {
             self.progress.notify(usize::MAX);
