@@ -16,6 +16,11 @@
 //!
 //! Off Linux, [`block_on`] is `async_io::block_on` and channels use async-io alone.
 //!
+//! Work can wait for the end of the current turn ([`at_turn_end`]): once the future (the
+//! executor) has run everything it could and returned `Pending`, before the thread spins or
+//! sleeps. The portal's link writes the messages its tasks sent during the turn there, in one
+//! write, instead of handing each to a writer task.
+//!
 //! Before it sleeps, a thread spins for a short while (see [`spin`]): on a machine with idle
 //! cores, the reply to what it just sent often arrives within microseconds, and catching it
 //! awake costs no sleep and no wake-up on either side.
