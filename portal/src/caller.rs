@@ -62,7 +62,7 @@ impl Portal {
             chan: &chan,
             armed: true,
         };
-        let outcome = chan.wait(|st| st.outcome.take()).await;
+        let outcome = chan.wait_owner(|st| st.outcome.take()).await;
         guard.armed = false;
         outcome
     }
@@ -785,7 +785,7 @@ impl StreamRx {
     pub async fn recv(&mut self) -> Result<Option<Value>> {
         let shared = &self.shared;
         let chan = &self.chan;
-        chan.wait(|st| {
+        chan.wait_owner(|st| {
             let threshold = (st.window / 4).max(1);
             // A cancelled callee learns it at once (its remaining input is moot); a caller gets
             // what the callee sent before the error.

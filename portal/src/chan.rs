@@ -10,6 +10,9 @@
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
+use std::task::Poll;
+
+use atomic_waker::AtomicWaker;
 
 use harrow_ipc::wait::{Event, wait_until_some};
 use harrow_ipc::{ActorId, CallKind, Cid, Value};
@@ -34,13 +37,16 @@ pub(crate) struct Chan {
     pub(crate) func: String,
     st: Mutex<ChanState>,
     pub(crate) ev: Event,
+    /// The waker of the one task that owns the call's receiving end: a unary call's
+    /// [`run`](crate::Portal::run), or the stream's receiver. It waits here
+    /// ([`wait_owner`](Chan::wait_owner)) instead of on `ev`: no listener to allocate, queue and
+    /// remove per wait, which every stream item and every call's answer paid.
+    owner: AtomicWaker,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct ChanState {
     // --- caller-side progress ---
-    /// `StartAck` arrived.
-    pub(crate) acked: bool,
     /// The `Started` value, until `open_context` takes it.
     pub(crate) started: Option<Value>,
     /// `Started` arrived (even if taken).
@@ -102,6 +108,7 @@ impl Chan {
             func,
             st: Mutex::new(ChanState::default()),
             ev: Event::new(),
+            owner: AtomicWaker::new(),
         }
     }
 
@@ -109,8 +116,27 @@ impl Chan {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Wakes every waiter: the listeners of `ev` and the owner. Called after the state changed
+    /// (and its lock was released).
     pub(crate) fn notify(&self) {
         self.ev.notify(usize::MAX);
+        self.owner.wake();
+    }
+
+    /// [`wait`](Chan::wait) for the one task that owns the call's receiving end (at most one
+    /// such wait at a time per chan: a unary call's `run`, or the stream receiver's `recv`,
+    /// which takes `&mut self`). The waker is registered under the state's lock, so a change
+    /// made after the probe (under that lock, then [`notify`](Chan::notify)) always wakes it.
+    pub(crate) async fn wait_owner<R>(&self, mut f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
+        std::future::poll_fn(|cx| {
+            let mut st = self.lock();
+            if let Some(r) = f(&mut st) {
+                return Poll::Ready(r);
+            }
+            self.owner.register(cx.waker());
+            Poll::Pending
+        })
+        .await
     }
 
     /// Waits until `f` returns `Some`. `f` runs under the lock and must be side-effect free when

@@ -37,6 +37,10 @@ pub(crate) struct Direct {
     wake_pending: AtomicBool,
     /// A send found the peer gone: the waker task ends the link.
     broken: AtomicBool,
+    /// The link's reader is routing what arrived: it wakes the peer itself before it waits
+    /// ([`Shared::reader_idle`]), so a message handed over meanwhile does not schedule the
+    /// waker task (a served call that answers at once costs no task hop for its answer).
+    reader_busy: AtomicBool,
     /// Wakes the waker task (for `wake_pending` and `broken`).
     ev: Event,
 }
@@ -53,6 +57,7 @@ impl Outlet {
                 closed: AtomicBool::new(false),
                 wake_pending: AtomicBool::new(false),
                 broken: AtomicBool::new(false),
+                reader_busy: AtomicBool::new(false),
                 ev: Event::new(),
             };
             (Outlet::Direct(direct), None)
@@ -94,12 +99,67 @@ impl Shared {
                 // flag before it wakes the peer, so a message handed over before the clear is
                 // seen by the peer it wakes, and one after it finds the flag clear and sets it.
                 // (The plain load first spares a locked instruction per message in a burst.)
+                // While the reader is busy it flushes before it waits: it clears
+                // `reader_busy` before it looks at `wake_pending` and we look at `reader_busy`
+                // after setting `wake_pending` (both SeqCst), so one of us sees the other.
                 if !d.wake_pending.load(Ordering::Acquire)
-                    && !d.wake_pending.swap(true, Ordering::AcqRel)
+                    && !d.wake_pending.swap(true, Ordering::SeqCst)
+                    && !d.reader_busy.load(Ordering::SeqCst)
                 {
                     d.ev.notify(1);
                 }
                 true
+            }
+        }
+    }
+
+    /// Hands a message over without scheduling the waker task: the caller wakes the peer itself
+    /// right after ([`wake_peer_now`](Self::wake_peer_now), outside any lock it holds). For a
+    /// message the peer must act on before anything else can happen (a call's `Start`: the
+    /// calling task waits for the answer next). A writer queues it as usual.
+    pub(crate) fn enqueue_urgent(&self, msg: Msg) -> bool {
+        match &self.out {
+            Outlet::Writer(_) => self.enqueue(msg),
+            Outlet::Direct(d) => {
+                if d.closed.load(Ordering::Acquire) {
+                    return false;
+                }
+                if d.tx.send_now(msg).is_err() {
+                    d.broken.store(true, Ordering::Release);
+                    d.ev.notify(1);
+                    return false;
+                }
+                true
+            }
+        }
+    }
+
+    /// Wakes the peer now for what [`enqueue_urgent`](Self::enqueue_urgent) handed over (and
+    /// anything handed over before it; a wake-up still pending for those stays pending, and
+    /// costs one lock when it comes). Nothing to do for a writer.
+    pub(crate) fn wake_peer_now(&self) {
+        if let Outlet::Direct(d) = &self.out {
+            d.tx.flush_now();
+        }
+    }
+
+    /// The reader starts routing what arrived (see `Direct::reader_busy`).
+    pub(super) fn reader_busy(&self) {
+        if let Outlet::Direct(d) = &self.out {
+            d.reader_busy.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The reader is about to wait: it wakes the peer for what was handed over while it routed
+    /// (a served call's answer), instead of the waker task doing so after a task hop.
+    pub(super) fn reader_idle(&self) {
+        if let Outlet::Direct(d) = &self.out {
+            d.reader_busy.store(false, Ordering::SeqCst);
+            if d.wake_pending.load(Ordering::SeqCst) && d.wake_pending.swap(false, Ordering::SeqCst)
+            {
+                d.tx.flush_now();
+                self.written.fetch_add(1, Ordering::AcqRel);
+                self.progress.notify(usize::MAX);
             }
         }
     }
