@@ -479,7 +479,7 @@ impl TxInner {
         crate::error::check_depth(&value, || format!("stream item of {}", self.chan.func))?;
         let mut value = Some(value);
         self.chan
-            .wait(|st| {
+            .wait_sender(|st| {
                 if let Some(err) = self.send_blocker(st) {
                     return Some(Err(err));
                 }

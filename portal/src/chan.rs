@@ -9,12 +9,14 @@
 //! it. An item that arrives without credit is a protocol violation for that call only.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::Poll;
 
 use atomic_waker::AtomicWaker;
 
-use harrow_ipc::wait::{Event, wait_until_some};
+use harrow_ipc::wait::{Event, EventListener, wait_until_some};
 use harrow_ipc::{ActorId, CallKind, Cid, Value};
 
 use crate::Error;
@@ -41,7 +43,43 @@ pub(crate) struct Chan {
     /// [`run`](crate::Portal::run), or the stream's receiver. It waits here
     /// ([`wait_owner`](Chan::wait_owner)) instead of on `ev`: no listener to allocate, queue and
     /// remove per wait, which every stream item and every call's answer paid.
-    owner: AtomicWaker,
+    owner: Slot,
+    /// The waker of a stream sender waiting for credit ([`wait_sender`](Chan::wait_sender)):
+    /// the first one to wait takes it (`ChanState::sender_slot_taken`), any other sender waiting
+    /// at the same time (a cloned `StreamTx`) waits on `ev`.
+    sender: Slot,
+}
+
+/// One waiting task's waker, registered under the chan's lock. `waiting` spares
+/// [`notify`](Chan::notify) the waker's locked instructions when nobody waits (a stream's
+/// receiver is usually busy when its items arrive): it is set under the chan's lock after the
+/// registration, and a notifier changes the state under that lock before it looks, so it sees
+/// the flag of every wait whose probe missed its change.
+#[derive(Debug, Default)]
+struct Slot {
+    waker: AtomicWaker,
+    waiting: AtomicBool,
+}
+
+impl Slot {
+    /// Under the chan's lock.
+    fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+        self.waiting.store(true, Ordering::Relaxed);
+    }
+
+    /// Under the chan's lock: the wait is over.
+    fn done(&self) {
+        if self.waiting.load(Ordering::Relaxed) {
+            self.waiting.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn wake(&self) {
+        if self.waiting.load(Ordering::Relaxed) && self.waiting.swap(false, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +135,8 @@ pub(crate) struct ChanState {
     pub(crate) tx_open: bool,
     pub(crate) credit: u32,
     pub(crate) local_stopped: bool,
+    /// A sender waits in `Chan::sender`.
+    pub(crate) sender_slot_taken: bool,
 }
 
 impl Chan {
@@ -108,7 +148,8 @@ impl Chan {
             func,
             st: Mutex::new(ChanState::default()),
             ev: Event::new(),
-            owner: AtomicWaker::new(),
+            owner: Slot::default(),
+            sender: Slot::default(),
         }
     }
 
@@ -116,11 +157,17 @@ impl Chan {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Wakes every waiter: the listeners of `ev` and the owner. Called after the state changed
-    /// (and its lock was released).
+    /// Wakes every waiter: the listeners of `ev` and the slots. Called after the state changed
+    /// under the lock.
+    ///
+    /// Relaxed (no SeqCst fence per notification, which every stream item paid): every waiter
+    /// listens or registers before it probes the state under the lock, so a change its probe
+    /// missed was made in a later critical section, which the listener's registration
+    /// happens-before.
     pub(crate) fn notify(&self) {
-        self.ev.notify(usize::MAX);
+        self.ev.notify_relaxed(usize::MAX);
         self.owner.wake();
+        self.sender.wake();
     }
 
     /// [`wait`](Chan::wait) for the one task that owns the call's receiving end (at most one
@@ -131,10 +178,72 @@ impl Chan {
         std::future::poll_fn(|cx| {
             let mut st = self.lock();
             if let Some(r) = f(&mut st) {
+                self.owner.done();
                 return Poll::Ready(r);
             }
             self.owner.register(cx.waker());
             Poll::Pending
+        })
+        .await
+    }
+
+    /// [`wait`](Chan::wait) for a stream sender (credit): in the sender slot when no other
+    /// sender holds it, else on `ev` as before.
+    pub(crate) async fn wait_sender<R>(
+        &self,
+        mut f: impl FnMut(&mut ChanState) -> Option<R>,
+    ) -> R {
+        /// Gives the slot back if the wait is dropped while holding it.
+        struct Wait<'a> {
+            chan: &'a Chan,
+            holds_slot: bool,
+            listener: Option<EventListener>,
+        }
+        impl Wait<'_> {
+            fn release(&mut self, st: &mut ChanState) {
+                if std::mem::take(&mut self.holds_slot) {
+                    st.sender_slot_taken = false;
+                    self.chan.sender.done();
+                }
+            }
+        }
+        impl Drop for Wait<'_> {
+            fn drop(&mut self) {
+                if self.holds_slot {
+                    let chan = self.chan;
+                    self.release(&mut chan.lock());
+                }
+            }
+        }
+        let mut w = Wait {
+            chan: self,
+            holds_slot: false,
+            listener: None,
+        };
+        std::future::poll_fn(|cx| {
+            loop {
+                if let Some(listener) = w.listener.as_mut() {
+                    match std::pin::Pin::new(listener).poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(()) => w.listener = None,
+                    }
+                }
+                let mut st = self.lock();
+                if let Some(r) = f(&mut st) {
+                    w.release(&mut st);
+                    return Poll::Ready(r);
+                }
+                if !w.holds_slot && !st.sender_slot_taken {
+                    st.sender_slot_taken = true;
+                    w.holds_slot = true;
+                }
+                if w.holds_slot {
+                    self.sender.register(cx.waker());
+                    return Poll::Pending;
+                }
+                // Listening under the lock: a change made after the probe notifies it.
+                w.listener = Some(self.ev.listen());
+            }
         })
         .await
     }

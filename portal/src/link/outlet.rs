@@ -16,8 +16,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures_lite::FutureExt;
-use harrow_ipc::wait::{Event, wait_until};
+use std::future::poll_fn;
+use std::task::Poll;
+
+use atomic_waker::AtomicWaker;
 use harrow_ipc::{ChannelTx, Msg};
 
 use super::{LinkEnd, Shared};
@@ -41,8 +43,9 @@ pub(crate) struct Direct {
     /// ([`Shared::reader_idle`]), so a message handed over meanwhile does not schedule the
     /// waker task (a served call that answers at once costs no task hop for its answer).
     reader_busy: AtomicBool,
-    /// Wakes the waker task (for `wake_pending` and `broken`).
-    ev: Event,
+    /// Wakes the waker task (for `wake_pending`, `broken` and the close): a waker slot, not an
+    /// event, so a batch costs no listener to allocate, poll and remove.
+    task: AtomicWaker,
 }
 
 impl Outlet {
@@ -58,7 +61,7 @@ impl Outlet {
                 wake_pending: AtomicBool::new(false),
                 broken: AtomicBool::new(false),
                 reader_busy: AtomicBool::new(false),
-                ev: Event::new(),
+                task: AtomicWaker::new(),
             };
             (Outlet::Direct(direct), None)
         } else {
@@ -90,7 +93,7 @@ impl Shared {
                     // The peer is gone, or the link closed meanwhile. This may run under the
                     // link's locks: the waker task ends the link.
                     d.broken.store(true, Ordering::Release);
-                    d.ev.notify(1);
+                    d.task.wake();
                     return false;
                 }
                 // Written at once: `drain` has nothing to wait for (a direct outlet never counts
@@ -106,7 +109,7 @@ impl Shared {
                     && !d.wake_pending.swap(true, Ordering::SeqCst)
                     && !d.reader_busy.load(Ordering::SeqCst)
                 {
-                    d.ev.notify(1);
+                    d.task.wake();
                 }
                 true
             }
@@ -126,7 +129,7 @@ impl Shared {
                 }
                 if d.tx.send_now(msg).is_err() {
                     d.broken.store(true, Ordering::Release);
-                    d.ev.notify(1);
+                    d.task.wake();
                     return false;
                 }
                 true
@@ -175,7 +178,7 @@ impl Shared {
             Outlet::Direct(d) => {
                 d.closed.store(true, Ordering::Release);
                 d.tx.close();
-                d.ev.notify(1);
+                d.task.wake();
             }
         }
     }
@@ -189,22 +192,31 @@ pub(super) async fn direct_waker(shared: Arc<Shared>) {
     let Outlet::Direct(d) = &shared.out else {
         return;
     };
-    let run = async {
+    // Flushes what is pending first, so a shutdown still wakes the peer for what was handed
+    // over before it (the close that follows wakes it too).
+    poll_fn(|cx| {
         loop {
-            wait_until(&d.ev, || {
-                d.wake_pending.load(Ordering::Acquire) || d.broken.load(Ordering::Acquire)
-            })
-            .await;
-            if d.broken.load(Ordering::Acquire) {
-                return;
+            if d.wake_pending.load(Ordering::Acquire) {
+                d.wake_pending.store(false, Ordering::SeqCst);
+                d.tx.flush_now();
+                shared.written.fetch_add(1, Ordering::AcqRel);
+                shared.progress.notify(usize::MAX);
+                continue;
             }
-            d.wake_pending.store(false, Ordering::SeqCst);
-            d.tx.flush_now();
-            shared.written.fetch_add(1, Ordering::AcqRel);
-            shared.progress.notify(usize::MAX);
+            if d.broken.load(Ordering::Acquire) || shared.is_dead() {
+                return Poll::Ready(());
+            }
+            d.task.register(cx.waker());
+            // Checked again after registering: a wake-up in between is not lost.
+            if !d.wake_pending.load(Ordering::SeqCst)
+                && !d.broken.load(Ordering::SeqCst)
+                && !shared.is_dead()
+            {
+                return Poll::Pending;
+            }
         }
-    };
-    run.or(shared.wait_dead()).await;
+    })
+    .await;
     if d.broken.load(Ordering::Acquire) && !shared.is_dead() {
         let reason = format!(
             "sending to {} failed: the channel is closed (the peer is gone)",
