@@ -10,13 +10,13 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::Poll;
 
 use atomic_waker::AtomicWaker;
 
-use harrow_ipc::wait::{Event, EventListener, wait_until_some};
+use harrow_ipc::wait::{Event, EventListener};
 use harrow_ipc::{ActorId, CallKind, Cid, Value};
 
 use crate::Error;
@@ -38,7 +38,11 @@ pub(crate) struct Chan {
     /// The function, for messages.
     pub(crate) func: String,
     st: Mutex<ChanState>,
+    /// Waiters that are not in a slot (see [`wait`](Chan::wait)). Listen through
+    /// [`listen_counted`](Chan::listen_counted) only.
     pub(crate) ev: Event,
+    /// How many listeners `ev` has (counted by their owners), so `notify` can skip it.
+    ev_listeners: AtomicUsize,
     /// The waker of the one task that owns the call's receiving end: a unary call's
     /// [`run`](crate::Portal::run), or the stream's receiver. It waits here
     /// ([`wait_owner`](Chan::wait_owner)) instead of on `ev`: no listener to allocate, queue and
@@ -48,6 +52,10 @@ pub(crate) struct Chan {
     /// the first one to wait takes it (`ChanState::sender_slot_taken`), any other sender waiting
     /// at the same time (a cloned `StreamTx`) waits on `ev`.
     sender: Slot,
+    /// The waker of a served call's task waiting for its cancel's cleanup time
+    /// ([`wait_cancel`](Chan::wait_cancel)): woken by [`notify_cancel`](Chan::notify_cancel)
+    /// only, so that the task's stream traffic does not wake (and re-arm) that wait.
+    cancel: Slot,
 }
 
 /// One waiting task's waker, registered under the chan's lock. `waiting` spares
@@ -148,8 +156,10 @@ impl Chan {
             func,
             st: Mutex::new(ChanState::default()),
             ev: Event::new(),
+            ev_listeners: AtomicUsize::new(0),
             owner: Slot::default(),
             sender: Slot::default(),
+            cancel: Slot::default(),
         }
     }
 
@@ -165,7 +175,13 @@ impl Chan {
     /// missed was made in a later critical section, which the listener's registration
     /// happens-before.
     pub(crate) fn notify(&self) {
-        self.ev.notify_relaxed(usize::MAX);
+        // An event's notification always takes its list's lock (and allocates the list the first
+        // time): skipped while nobody listens, which is how a stream's items and a unary call's
+        // answer find it. A listener is counted before its probe under the state's lock, so a
+        // change its probe missed is made later, and the count is seen here.
+        if self.ev_listeners.load(Ordering::Relaxed) != 0 {
+            self.ev.notify_relaxed(usize::MAX);
+        }
         self.owner.wake();
         self.sender.wake();
     }
@@ -174,14 +190,31 @@ impl Chan {
     /// such wait at a time per chan: a unary call's `run`, or the stream receiver's `recv`,
     /// which takes `&mut self`). The waker is registered under the state's lock, so a change
     /// made after the probe (under that lock, then [`notify`](Chan::notify)) always wakes it.
-    pub(crate) async fn wait_owner<R>(&self, mut f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
+    pub(crate) async fn wait_owner<R>(&self, f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
+        self.wait_in(&self.owner, f).await
+    }
+
+    /// [`notify`](Chan::notify), and wakes the [`wait_cancel`](Chan::wait_cancel) waiter: for a
+    /// change of `cancelled_by` or `cleanup_until`.
+    pub(crate) fn notify_cancel(&self) {
+        self.notify();
+        self.cancel.wake();
+    }
+
+    /// [`wait`](Chan::wait) for a served call's task on `cancelled_by` and `cleanup_until` (one
+    /// such wait per chan), woken by [`notify_cancel`](Chan::notify_cancel) only.
+    pub(crate) async fn wait_cancel<R>(&self, f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
+        self.wait_in(&self.cancel, f).await
+    }
+
+    async fn wait_in<R>(&self, slot: &Slot, mut f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
         std::future::poll_fn(|cx| {
             let mut st = self.lock();
             if let Some(r) = f(&mut st) {
-                self.owner.done();
+                slot.done();
                 return Poll::Ready(r);
             }
-            self.owner.register(cx.waker());
+            slot.register(cx.waker());
             Poll::Pending
         })
         .await
@@ -209,6 +242,9 @@ impl Chan {
         }
         impl Drop for Wait<'_> {
             fn drop(&mut self) {
+                if self.listener.take().is_some() {
+                    self.chan.unlisten();
+                }
                 if self.holds_slot {
                     let chan = self.chan;
                     self.release(&mut chan.lock());
@@ -225,7 +261,10 @@ impl Chan {
                 if let Some(listener) = w.listener.as_mut() {
                     match std::pin::Pin::new(listener).poll(cx) {
                         Poll::Pending => return Poll::Pending,
-                        Poll::Ready(()) => w.listener = None,
+                        Poll::Ready(()) => {
+                            w.listener = None;
+                            self.unlisten();
+                        }
                     }
                 }
                 let mut st = self.lock();
@@ -242,7 +281,7 @@ impl Chan {
                     return Poll::Pending;
                 }
                 // Listening under the lock: a change made after the probe notifies it.
-                w.listener = Some(self.ev.listen());
+                w.listener = Some(self.listen_counted());
             }
         })
         .await
@@ -251,7 +290,37 @@ impl Chan {
     /// Waits until `f` returns `Some`. `f` runs under the lock and must be side-effect free when
     /// it returns `None`.
     pub(crate) async fn wait<R>(&self, mut f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
-        wait_until_some(&self.ev, || f(&mut self.lock())).await
+        /// Uncounts the listener of one round of the loop.
+        struct Counted<'a>(&'a Chan);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.unlisten();
+            }
+        }
+        loop {
+            if let Some(r) = f(&mut self.lock()) {
+                return r;
+            }
+            let listener = self.listen_counted();
+            let _counted = Counted(self);
+            if let Some(r) = f(&mut self.lock()) {
+                return r;
+            }
+            listener.await;
+        }
+    }
+
+    /// A listener of `ev`, counted in `ev_listeners` (so that [`notify`](Chan::notify) skips the
+    /// event while nobody listens): the caller probes the state under the lock after this, and
+    /// calls [`unlisten`](Chan::unlisten) once it drops the listener.
+    pub(crate) fn listen_counted(&self) -> EventListener {
+        self.ev_listeners.fetch_add(1, Ordering::Relaxed);
+        self.ev.listen()
+    }
+
+    /// See [`listen_counted`](Chan::listen_counted).
+    pub(crate) fn unlisten(&self) {
+        self.ev_listeners.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Sets the terminal outcome unless one is already there; wakes every waiter.

@@ -460,7 +460,7 @@ impl Shared {
                     self.enqueue(answer);
                 }
             }
-            entry.chan.notify();
+            entry.chan.notify_cancel();
             drop(entry.task);
         }
         if graceful {
