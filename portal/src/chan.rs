@@ -7,6 +7,13 @@
 //! batches keep a fast producer from stalling on the credit round trip). So the
 //! items sent but not yet consumed never exceed the window, and the receiving queue is bounded by
 //! it. An item that arrives without credit is a protocol violation for that call only.
+//!
+//! Waiting: whoever changes the state does it under the chan's lock, then calls
+//! [`Chan::notify`]. The waits that happen per message wait in a **slot** of their own (one
+//! waker, no allocation): the call's owner (a unary call's `run`, the stream receiver), one
+//! stream sender waiting for credit, and a served call's cleanup timer (woken by cancels only).
+//! Every other wait listens on the chan's event, and the event is notified only while it has
+//! listeners, because notifying an `event_listener::Event` always takes its lock.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -222,10 +229,7 @@ impl Chan {
 
     /// [`wait`](Chan::wait) for a stream sender (credit): in the sender slot when no other
     /// sender holds it, else on `ev` as before.
-    pub(crate) async fn wait_sender<R>(
-        &self,
-        mut f: impl FnMut(&mut ChanState) -> Option<R>,
-    ) -> R {
+    pub(crate) async fn wait_sender<R>(&self, mut f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
         /// Gives the slot back if the wait is dropped while holding it.
         struct Wait<'a> {
             chan: &'a Chan,

@@ -12,6 +12,13 @@
 //! ([`ChannelTx::flush_now`]). A peer that is running picks the messages up before that; one
 //! that is parked is woken once per batch, not once per message (a `StartAck` and the `Return`
 //! of a call that finished at once arrive together, as do the items of a stream burst).
+//!
+//! Two cases skip the waker task's hop. What the link's **reader** hands over while it routes
+//! (a served call that answered in its first poll: its `StartAck` and `Return`) is flushed by
+//! the reader itself before it waits again, so the answer leaves without another task being
+//! scheduled. And a call's `Start` wakes the peer at once ([`Shared::enqueue_urgent`] then
+//! [`Shared::wake_peer_now`]): the calling task waits for the answer next, so there is nothing
+//! to batch it with.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
