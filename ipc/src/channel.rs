@@ -212,6 +212,17 @@ pub trait RecvHalf: Send + fmt::Debug + 'static {
     fn try_recv_now(&mut self) -> Option<Result<Msg, RecvError>> {
         None
     }
+
+    /// Polls for the next message without a future of its own: `None` when the half cannot
+    /// (the default: use [`recv`](Self::recv), whose future holds the wait's state). A half that
+    /// keeps the waker itself (`mem`) implements it, sparing a waiting reader a boxed future
+    /// per wait. Cancel-safe like `recv`.
+    fn poll_recv_now(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> Option<std::task::Poll<Result<Msg, RecvError>>> {
+        None
+    }
 }
 
 /// The sending side of a [`Channel`]. Cheap to clone; the direction closes when the last clone is
@@ -292,6 +303,15 @@ impl ChannelRx {
     /// The next message if one is already there; see [`RecvHalf::try_recv_now`].
     pub fn try_recv_now(&mut self) -> Option<Result<Msg, RecvError>> {
         self.inner.try_recv_now()
+    }
+
+    /// Polls for the next message without a future, if the half can; see
+    /// [`RecvHalf::poll_recv_now`].
+    pub fn poll_recv_now(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Option<std::task::Poll<Result<Msg, RecvError>>> {
+        self.inner.poll_recv_now(cx)
     }
 
     /// Declares the handshake complete, lifting the pre-handshake frame limit; see

@@ -211,6 +211,16 @@ impl RecvHalf for MemRx {
     fn try_recv_now(&mut self) -> Option<Result<Msg, RecvError>> {
         self.poll_next(None)
     }
+
+    fn poll_recv_now(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Option<Poll<Result<Msg, RecvError>>> {
+        Some(match self.poll_next(Some(cx.waker())) {
+            Some(result) => Poll::Ready(result),
+            None => Poll::Pending,
+        })
+    }
 }
 
 impl Drop for MemRx {

@@ -435,7 +435,7 @@ impl CalleeContext {
             st.cleanup_until = Some(until);
         }
         drop(st);
-        self.chan.notify();
+        self.chan.notify_cancel();
     }
 }
 

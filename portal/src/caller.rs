@@ -62,7 +62,7 @@ impl Portal {
             chan: &chan,
             armed: true,
         };
-        let outcome = chan.wait(|st| st.outcome.take()).await;
+        let outcome = chan.wait_owner(|st| st.outcome.take()).await;
         guard.armed = false;
         outcome
     }
@@ -479,7 +479,7 @@ impl TxInner {
         crate::error::check_depth(&value, || format!("stream item of {}", self.chan.func))?;
         let mut value = Some(value);
         self.chan
-            .wait(|st| {
+            .wait_sender(|st| {
                 if let Some(err) = self.send_blocker(st) {
                     return Some(Err(err));
                 }
@@ -709,19 +709,22 @@ impl futures_sink::Sink<Value> for StreamTx {
             {
                 let st = this.inner.chan.lock();
                 if let Some(err) = this.inner.send_blocker(&st) {
-                    this.waiting = None;
+                    drop(st);
+                    this.stop_waiting();
                     return Poll::Ready(Err(err));
                 }
                 if st.credit > 0 {
-                    this.waiting = None;
+                    drop(st);
+                    this.stop_waiting();
                     return Poll::Ready(Ok(()));
                 }
             }
             match this.waiting.as_mut() {
-                None => this.waiting = Some(this.inner.chan.ev.listen()), // then check again
+                // Then check again.
+                None => this.waiting = Some(this.inner.chan.listen_counted()),
                 Some(listener) => match std::pin::Pin::new(listener).poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(()) => this.waiting = None,
+                    Poll::Ready(()) => this.stop_waiting(),
                 },
             }
         }
@@ -746,7 +749,20 @@ impl futures_sink::Sink<Value> for StreamTx {
     }
 }
 
+impl Drop for StreamTx {
+    fn drop(&mut self) {
+        self.stop_waiting();
+    }
+}
+
 impl StreamTx {
+    /// Drops the `Sink` side's listener, if any (it is counted: `Chan::listen_counted`).
+    fn stop_waiting(&mut self) {
+        if self.waiting.take().is_some() {
+            self.inner.chan.unlisten();
+        }
+    }
+
     /// See [`MsgStream::send`].
     pub async fn send(&self, value: Value) -> Result<()> {
         self.inner.send(value).await
@@ -785,7 +801,7 @@ impl StreamRx {
     pub async fn recv(&mut self) -> Result<Option<Value>> {
         let shared = &self.shared;
         let chan = &self.chan;
-        chan.wait(|st| {
+        chan.wait_owner(|st| {
             let threshold = (st.window / 4).max(1);
             // A cancelled callee learns it at once (its remaining input is moot); a caller gets
             // what the callee sent before the error.

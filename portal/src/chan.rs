@@ -7,11 +7,23 @@
 //! batches keep a fast producer from stalling on the credit round trip). So the
 //! items sent but not yet consumed never exceed the window, and the receiving queue is bounded by
 //! it. An item that arrives without credit is a protocol violation for that call only.
+//!
+//! Waiting: whoever changes the state does it under the chan's lock, then calls
+//! [`Chan::notify`]. The waits that happen per message wait in a **slot** of their own (one
+//! waker, no allocation): the call's owner (a unary call's `run`, the stream receiver), one
+//! stream sender waiting for credit, and a served call's cleanup timer (woken by cancels only).
+//! Every other wait listens on the chan's event, and the event is notified only while it has
+//! listeners, because notifying an `event_listener::Event` always takes its lock.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::task::Poll;
 
-use harrow_ipc::wait::{Event, wait_until_some};
+use atomic_waker::AtomicWaker;
+
+use harrow_ipc::wait::{Event, EventListener};
 use harrow_ipc::{ActorId, CallKind, Cid, Value};
 
 use crate::Error;
@@ -33,14 +45,61 @@ pub(crate) struct Chan {
     /// The function, for messages.
     pub(crate) func: String,
     st: Mutex<ChanState>,
+    /// Waiters that are not in a slot (see [`wait`](Chan::wait)). Listen through
+    /// [`listen_counted`](Chan::listen_counted) only.
     pub(crate) ev: Event,
+    /// How many listeners `ev` has (counted by their owners), so `notify` can skip it.
+    ev_listeners: AtomicUsize,
+    /// The waker of the one task that owns the call's receiving end: a unary call's
+    /// [`run`](crate::Portal::run), or the stream's receiver. It waits here
+    /// ([`wait_owner`](Chan::wait_owner)) instead of on `ev`: no listener to allocate, queue and
+    /// remove per wait, which every stream item and every call's answer paid.
+    owner: Slot,
+    /// The waker of a stream sender waiting for credit ([`wait_sender`](Chan::wait_sender)):
+    /// the first one to wait takes it (`ChanState::sender_slot_taken`), any other sender waiting
+    /// at the same time (a cloned `StreamTx`) waits on `ev`.
+    sender: Slot,
+    /// The waker of a served call's task waiting for its cancel's cleanup time
+    /// ([`wait_cancel`](Chan::wait_cancel)): woken by [`notify_cancel`](Chan::notify_cancel)
+    /// only, so that the task's stream traffic does not wake (and re-arm) that wait.
+    cancel: Slot,
+}
+
+/// One waiting task's waker, registered under the chan's lock. `waiting` spares
+/// [`notify`](Chan::notify) the waker's locked instructions when nobody waits (a stream's
+/// receiver is usually busy when its items arrive): it is set under the chan's lock after the
+/// registration, and a notifier changes the state under that lock before it looks, so it sees
+/// the flag of every wait whose probe missed its change.
+#[derive(Debug, Default)]
+struct Slot {
+    waker: AtomicWaker,
+    waiting: AtomicBool,
+}
+
+impl Slot {
+    /// Under the chan's lock.
+    fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+        self.waiting.store(true, Ordering::Relaxed);
+    }
+
+    /// Under the chan's lock: the wait is over.
+    fn done(&self) {
+        if self.waiting.load(Ordering::Relaxed) {
+            self.waiting.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn wake(&self) {
+        if self.waiting.load(Ordering::Relaxed) && self.waiting.swap(false, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct ChanState {
     // --- caller-side progress ---
-    /// `StartAck` arrived.
-    pub(crate) acked: bool,
     /// The `Started` value, until `open_context` takes it.
     pub(crate) started: Option<Value>,
     /// `Started` arrived (even if taken).
@@ -91,6 +150,8 @@ pub(crate) struct ChanState {
     pub(crate) tx_open: bool,
     pub(crate) credit: u32,
     pub(crate) local_stopped: bool,
+    /// A sender waits in `Chan::sender`.
+    pub(crate) sender_slot_taken: bool,
 }
 
 impl Chan {
@@ -102,6 +163,10 @@ impl Chan {
             func,
             st: Mutex::new(ChanState::default()),
             ev: Event::new(),
+            ev_listeners: AtomicUsize::new(0),
+            owner: Slot::default(),
+            sender: Slot::default(),
+            cancel: Slot::default(),
         }
     }
 
@@ -109,14 +174,157 @@ impl Chan {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Wakes every waiter: the listeners of `ev` and the slots. Called after the state changed
+    /// under the lock.
+    ///
+    /// Relaxed (no SeqCst fence per notification, which every stream item paid): every waiter
+    /// listens or registers before it probes the state under the lock, so a change its probe
+    /// missed was made in a later critical section, which the listener's registration
+    /// happens-before.
     pub(crate) fn notify(&self) {
-        self.ev.notify(usize::MAX);
+        // An event's notification always takes its list's lock (and allocates the list the first
+        // time): skipped while nobody listens, which is how a stream's items and a unary call's
+        // answer find it. A listener is counted before its probe under the state's lock, so a
+        // change its probe missed is made later, and the count is seen here.
+        if self.ev_listeners.load(Ordering::Relaxed) != 0 {
+            self.ev.notify_relaxed(usize::MAX);
+        }
+        self.owner.wake();
+        self.sender.wake();
+    }
+
+    /// [`wait`](Chan::wait) for the one task that owns the call's receiving end (at most one
+    /// such wait at a time per chan: a unary call's `run`, or the stream receiver's `recv`,
+    /// which takes `&mut self`). The waker is registered under the state's lock, so a change
+    /// made after the probe (under that lock, then [`notify`](Chan::notify)) always wakes it.
+    pub(crate) async fn wait_owner<R>(&self, f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
+        self.wait_in(&self.owner, f).await
+    }
+
+    /// [`notify`](Chan::notify), and wakes the [`wait_cancel`](Chan::wait_cancel) waiter: for a
+    /// change of `cancelled_by` or `cleanup_until`.
+    pub(crate) fn notify_cancel(&self) {
+        self.notify();
+        self.cancel.wake();
+    }
+
+    /// [`wait`](Chan::wait) for a served call's task on `cancelled_by` and `cleanup_until` (one
+    /// such wait per chan), woken by [`notify_cancel`](Chan::notify_cancel) only.
+    pub(crate) async fn wait_cancel<R>(&self, f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
+        self.wait_in(&self.cancel, f).await
+    }
+
+    async fn wait_in<R>(&self, slot: &Slot, mut f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
+        std::future::poll_fn(|cx| {
+            let mut st = self.lock();
+            if let Some(r) = f(&mut st) {
+                slot.done();
+                return Poll::Ready(r);
+            }
+            slot.register(cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// [`wait`](Chan::wait) for a stream sender (credit): in the sender slot when no other
+    /// sender holds it, else on `ev` as before.
+    pub(crate) async fn wait_sender<R>(&self, mut f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
+        /// Gives the slot back if the wait is dropped while holding it.
+        struct Wait<'a> {
+            chan: &'a Chan,
+            holds_slot: bool,
+            listener: Option<EventListener>,
+        }
+        impl Wait<'_> {
+            fn release(&mut self, st: &mut ChanState) {
+                if std::mem::take(&mut self.holds_slot) {
+                    st.sender_slot_taken = false;
+                    self.chan.sender.done();
+                }
+            }
+        }
+        impl Drop for Wait<'_> {
+            fn drop(&mut self) {
+                if self.listener.take().is_some() {
+                    self.chan.unlisten();
+                }
+                if self.holds_slot {
+                    let chan = self.chan;
+                    self.release(&mut chan.lock());
+                }
+            }
+        }
+        let mut w = Wait {
+            chan: self,
+            holds_slot: false,
+            listener: None,
+        };
+        std::future::poll_fn(|cx| {
+            loop {
+                if let Some(listener) = w.listener.as_mut() {
+                    match std::pin::Pin::new(listener).poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(()) => {
+                            w.listener = None;
+                            self.unlisten();
+                        }
+                    }
+                }
+                let mut st = self.lock();
+                if let Some(r) = f(&mut st) {
+                    w.release(&mut st);
+                    return Poll::Ready(r);
+                }
+                if !w.holds_slot && !st.sender_slot_taken {
+                    st.sender_slot_taken = true;
+                    w.holds_slot = true;
+                }
+                if w.holds_slot {
+                    self.sender.register(cx.waker());
+                    return Poll::Pending;
+                }
+                // Listening under the lock: a change made after the probe notifies it.
+                w.listener = Some(self.listen_counted());
+            }
+        })
+        .await
     }
 
     /// Waits until `f` returns `Some`. `f` runs under the lock and must be side-effect free when
     /// it returns `None`.
     pub(crate) async fn wait<R>(&self, mut f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
-        wait_until_some(&self.ev, || f(&mut self.lock())).await
+        /// Uncounts the listener of one round of the loop.
+        struct Counted<'a>(&'a Chan);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.unlisten();
+            }
+        }
+        loop {
+            if let Some(r) = f(&mut self.lock()) {
+                return r;
+            }
+            let listener = self.listen_counted();
+            let _counted = Counted(self);
+            if let Some(r) = f(&mut self.lock()) {
+                return r;
+            }
+            listener.await;
+        }
+    }
+
+    /// A listener of `ev`, counted in `ev_listeners` (so that [`notify`](Chan::notify) skips the
+    /// event while nobody listens): the caller probes the state under the lock after this, and
+    /// calls [`unlisten`](Chan::unlisten) once it drops the listener.
+    pub(crate) fn listen_counted(&self) -> EventListener {
+        self.ev_listeners.fetch_add(1, Ordering::Relaxed);
+        self.ev.listen()
+    }
+
+    /// See [`listen_counted`](Chan::listen_counted).
+    pub(crate) fn unlisten(&self) {
+        self.ev_listeners.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Sets the terminal outcome unless one is already there; wakes every waiter.

@@ -262,6 +262,9 @@ pub(crate) struct Shared {
     /// Mirrors `state.dead.is_some()` for lock-free checks.
     dead: AtomicBool,
     dead_ev: Event,
+    /// The reader's task while it waits for the channel: woken by `shutdown` like `dead_ev`'s
+    /// listeners, without a listener to poll each time the reader waits.
+    reader_waker: atomic_waker::AtomicWaker,
     next_cid: AtomicU64,
     parity: u64,
     enqueued: AtomicU64,
@@ -359,12 +362,16 @@ impl Shared {
         let cid = Cid(self.next_cid.fetch_add(2, Ordering::Relaxed));
         let chan = Arc::new(Chan::new(cid, Side::Caller, kind, func.to_owned()));
         st.calls.insert(cid, chan.clone());
-        self.enqueue(Msg::Start {
+        self.enqueue_urgent(Msg::Start {
             cid,
             func: path,
             kind,
             args,
         });
+        drop(st);
+        // The calling task waits for the answer next: the peer is woken now, not after a hop
+        // through the outlet's waker task.
+        self.wake_peer_now();
         Ok(chan)
     }
 
@@ -459,7 +466,7 @@ impl Shared {
                     self.enqueue(answer);
                 }
             }
-            entry.chan.notify();
+            entry.chan.notify_cancel();
             drop(entry.task);
         }
         if graceful {
@@ -470,6 +477,7 @@ impl Shared {
         self.close_outlet();
         self.set_end(end);
         self.dead_ev.notify(usize::MAX);
+        self.reader_waker.wake();
         self.ack_ev.notify(usize::MAX);
         self.progress.notify(usize::MAX);
     }

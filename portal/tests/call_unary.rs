@@ -118,7 +118,30 @@ async fn link_without_resolver_answers_not_found(exec: Executor, t: Transport) {
     drop(a);
 }
 
+/// Calls made from several tasks at once, on an executor three threads drive, while each link's
+/// reader is routing answers (a `Start` handed over meanwhile must still wake the peer): every
+/// call is answered, with its own value.
+async fn sequential_calls_from_many_tasks_at_once_are_all_answered(exec: Executor, t: Transport) {
+    let (reg, _probe) = standard_registry();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    let tasks: Vec<_> = (0..8i64)
+        .map(|k| {
+            let p = a.portal();
+            exec.spawn(async move {
+                for i in 0..300i64 {
+                    let v = p.run("t:echo", Value::Int(k * 1000 + i)).await.unwrap();
+                    assert_eq!(v, Value::Int(k * 1000 + i));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        bounded("a task's 300 calls", task).await;
+    }
+}
+
 both_transports!(
+    sequential_calls_from_many_tasks_at_once_are_all_answered,
     echo_and_typed,
     remote_error_names_type_message_and_source,
     panic_becomes_error_and_serving_continues,

@@ -196,9 +196,44 @@ async fn caller_to_callee_direction_is_flow_controlled(exec: Executor, t: Transp
     );
 }
 
+/// Several clones of one sending half wait for credit at the same time (one waits in the
+/// chan's sender slot, the others on its event): every one of them gets through, nothing is lost.
+async fn cloned_senders_waiting_for_credit_together_all_get_through(exec: Executor, t: Transport) {
+    let (sent_tx, _sent_rx) = async_channel::unbounded();
+    let mut config = LinkConfig::default();
+    config.credit_window = 2;
+    let (a, _b) = link_pair(&exec, t, None, Some(Arc::new(registry(sent_tx))), config).await;
+    let (mut ctx, _) = bounded("open", a.portal().open_context("t:consume", Value::Null))
+        .await
+        .unwrap();
+    let (tx, _rx) = ctx.open_stream().await.unwrap().split();
+    const SENDERS: i64 = 4;
+    const EACH: i64 = 300;
+    let tasks: Vec<_> = (0..SENDERS)
+        .map(|k| {
+            let tx = tx.clone();
+            exec.spawn(async move {
+                for i in 0..EACH {
+                    tx.send(Value::Int(k * EACH + i)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        bounded("a cloned sender finishes", task).await;
+    }
+    tx.close().await.unwrap();
+    let n = SENDERS * EACH;
+    assert_eq!(
+        bounded("sum", ctx.result()).await.unwrap(),
+        Value::Int(n * (n - 1) / 2)
+    );
+}
+
 both_transports!(
     window_default,
     window_small,
     stalled_stream_does_not_block_other_calls,
     caller_to_callee_direction_is_flow_controlled,
+    cloned_senders_waiting_for_credit_together_all_get_through,
 );

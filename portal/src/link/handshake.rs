@@ -111,6 +111,7 @@ impl Link {
             state: Mutex::new(LinkState::default()),
             dead: AtomicBool::new(false),
             dead_ev: Event::new(),
+            reader_waker: atomic_waker::AtomicWaker::new(),
             next_cid: AtomicU64::new(2 + parity),
             state_gen: AtomicU64::new(0),
             parity,

@@ -2,9 +2,11 @@
 //! reader hands every incoming message to the router.
 
 use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
@@ -94,8 +96,47 @@ async fn send_failed(shared: &Arc<Shared>, tx: &ChannelTx, e: SendError) -> bool
     true
 }
 
+/// The next message, or `None` once the link is shut down (checked after the channel, so a
+/// message already there still goes first). A half that can be polled without a future (`mem`)
+/// is, so that a wait costs no boxed future; the shutdown wakes the reader through
+/// `Shared::reader_waker`, not an event listener.
+async fn next_or_dead(shared: &Shared, rx: &mut ChannelRx) -> Option<Result<Msg, RecvError>> {
+    let mut direct = true;
+    let polled = poll_fn(|cx| match rx.poll_recv_now(cx) {
+        None => {
+            direct = false;
+            Poll::Ready(None)
+        }
+        Some(Poll::Ready(r)) => Poll::Ready(Some(r)),
+        Some(Poll::Pending) => {
+            shared.reader_waker.register(cx.waker());
+            if shared.is_dead() {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        }
+    })
+    .await;
+    if direct {
+        return polled;
+    }
+    let mut recv = pin!(rx.recv());
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = recv.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        shared.reader_waker.register(cx.waker());
+        if shared.is_dead() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
 pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
-    let mut dead = pin!(shared.wait_dead());
     let mut routes = RouteCache::default();
     'read: loop {
         // What is there already (an in-memory queue's messages, the frames a byte stream's
@@ -113,16 +154,15 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
             }
         }
         routes.clear();
-        let next = async { Some(rx.recv().await) }
-            .or(async {
-                dead.as_mut().await;
-                None
-            })
-            .await;
+        // What the routing handed over (a served call's answer) wakes the peer now, not after
+        // a hop through the outlet's waker task.
+        shared.reader_idle();
+        let next = next_or_dead(&shared, &mut rx).await;
         match next {
             None => break,
             Some(Ok(msg)) => {
                 shared.received.fetch_add(1, Ordering::Relaxed);
+                shared.reader_busy();
                 shared.handle(msg, &mut routes);
             }
             Some(Err(e)) => {
@@ -131,6 +171,7 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
             }
         }
     }
+    shared.reader_idle();
     debug!(local = %shared.local.id, "reader stopped");
     shared.reader_done.store(true, Ordering::Release);
     shared.progress.notify(usize::MAX);

@@ -13,6 +13,13 @@
 //! that is parked is woken once per batch, not once per message (a `StartAck` and the `Return`
 //! of a call that finished at once arrive together, as do the items of a stream burst).
 //!
+//! Two cases skip the waker task's hop. What the link's **reader** hands over while it routes
+//! (a served call that answered in its first poll: its `StartAck` and `Return`) is flushed by
+//! the reader itself before it waits again, so the answer leaves without another task being
+//! scheduled. And a call's `Start` wakes the peer at once ([`Shared::enqueue_urgent`] then
+//! [`Shared::wake_peer_now`]): the calling task waits for the answer next, so there is nothing
+//! to batch it with.
+//!
 //! **Direct writes over byte transports.** A byte transport that can write without waiting
 //! ([`ChannelTx::writes_now`]: the `unix` and `stream` transports) skips the writer task when
 //! it can: a message sent while the writer has nothing queued or in hand, on a thread in
@@ -39,8 +46,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures_lite::FutureExt;
-use harrow_ipc::wait::{Event, wait_until};
+use std::future::poll_fn;
+use std::task::Poll;
+
+use atomic_waker::AtomicWaker;
 use harrow_ipc::{ChannelTx, Msg};
 
 use super::{LinkEnd, Shared};
@@ -81,8 +90,13 @@ pub(crate) struct Direct {
     wake_pending: AtomicBool,
     /// A send found the peer gone: the waker task ends the link.
     broken: AtomicBool,
-    /// Wakes the waker task (for `wake_pending` and `broken`).
-    ev: Event,
+    /// The link's reader is routing what arrived: it wakes the peer itself before it waits
+    /// ([`Shared::reader_idle`]), so a message handed over meanwhile does not schedule the
+    /// waker task (a served call that answers at once costs no task hop for its answer).
+    reader_busy: AtomicBool,
+    /// Wakes the waker task (for `wake_pending`, `broken` and the close): a waker slot, not an
+    /// event, so a batch costs no listener to allocate, poll and remove.
+    task: AtomicWaker,
 }
 
 impl Outlet {
@@ -97,7 +111,8 @@ impl Outlet {
                 closed: AtomicBool::new(false),
                 wake_pending: AtomicBool::new(false),
                 broken: AtomicBool::new(false),
-                ev: Event::new(),
+                reader_busy: AtomicBool::new(false),
+                task: AtomicWaker::new(),
             };
             (Outlet::Direct(direct), None)
         } else {
@@ -144,7 +159,7 @@ impl Shared {
                     // The peer is gone, or the link closed meanwhile. This may run under the
                     // link's locks: the waker task ends the link.
                     d.broken.store(true, Ordering::Release);
-                    d.ev.notify(1);
+                    d.task.wake();
                     return false;
                 }
                 // Written at once: `drain` has nothing to wait for (a direct outlet never counts
@@ -153,10 +168,14 @@ impl Shared {
                 // flag before it wakes the peer, so a message handed over before the clear is
                 // seen by the peer it wakes, and one after it finds the flag clear and sets it.
                 // (The plain load first spares a locked instruction per message in a burst.)
+                // While the reader is busy it flushes before it waits: it clears
+                // `reader_busy` before it looks at `wake_pending` and we look at `reader_busy`
+                // after setting `wake_pending` (both SeqCst), so one of us sees the other.
                 if !d.wake_pending.load(Ordering::Acquire)
-                    && !d.wake_pending.swap(true, Ordering::AcqRel)
+                    && !d.wake_pending.swap(true, Ordering::SeqCst)
+                    && !d.reader_busy.load(Ordering::SeqCst)
                 {
-                    d.ev.notify(1);
+                    d.task.wake();
                 }
                 true
             }
@@ -246,6 +265,57 @@ impl Shared {
         }
     }
 
+    /// Hands a message over without scheduling the waker task: the caller wakes the peer itself
+    /// right after ([`wake_peer_now`](Self::wake_peer_now), outside any lock it holds). For a
+    /// message the peer must act on before anything else can happen (a call's `Start`: the
+    /// calling task waits for the answer next). A writer queues it as usual.
+    pub(crate) fn enqueue_urgent(&self, msg: Msg) -> bool {
+        match &self.out {
+            Outlet::Writer(_) => self.enqueue(msg),
+            Outlet::Direct(d) => {
+                if d.closed.load(Ordering::Acquire) {
+                    return false;
+                }
+                if d.tx.send_now(msg).is_err() {
+                    d.broken.store(true, Ordering::Release);
+                    d.task.wake();
+                    return false;
+                }
+                true
+            }
+        }
+    }
+
+    /// Wakes the peer now for what [`enqueue_urgent`](Self::enqueue_urgent) handed over (and
+    /// anything handed over before it; a wake-up still pending for those stays pending, and
+    /// costs one lock when it comes). Nothing to do for a writer.
+    pub(crate) fn wake_peer_now(&self) {
+        if let Outlet::Direct(d) = &self.out {
+            d.tx.flush_now();
+        }
+    }
+
+    /// The reader starts routing what arrived (see `Direct::reader_busy`).
+    pub(super) fn reader_busy(&self) {
+        if let Outlet::Direct(d) = &self.out {
+            d.reader_busy.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The reader is about to wait: it wakes the peer for what was handed over while it routed
+    /// (a served call's answer), instead of the waker task doing so after a task hop.
+    pub(super) fn reader_idle(&self) {
+        if let Outlet::Direct(d) = &self.out {
+            d.reader_busy.store(false, Ordering::SeqCst);
+            if d.wake_pending.load(Ordering::SeqCst) && d.wake_pending.swap(false, Ordering::SeqCst)
+            {
+                d.tx.flush_now();
+                self.written.fetch_add(1, Ordering::AcqRel);
+                self.progress.notify(usize::MAX);
+            }
+        }
+    }
+
     /// No more messages: a writer flushes what is queued (bounded) and closes the channel; a
     /// direct outlet closes it now (the peer still receives what was handed over, then the
     /// close, which wakes it).
@@ -266,7 +336,7 @@ impl Shared {
             Outlet::Direct(d) => {
                 d.closed.store(true, Ordering::Release);
                 d.tx.close();
-                d.ev.notify(1);
+                d.task.wake();
             }
         }
     }
@@ -280,22 +350,31 @@ pub(super) async fn direct_waker(shared: Arc<Shared>) {
     let Outlet::Direct(d) = &shared.out else {
         return;
     };
-    let run = async {
+    // Flushes what is pending first, so a shutdown still wakes the peer for what was handed
+    // over before it (the close that follows wakes it too).
+    poll_fn(|cx| {
         loop {
-            wait_until(&d.ev, || {
-                d.wake_pending.load(Ordering::Acquire) || d.broken.load(Ordering::Acquire)
-            })
-            .await;
-            if d.broken.load(Ordering::Acquire) {
-                return;
+            if d.wake_pending.load(Ordering::Acquire) {
+                d.wake_pending.store(false, Ordering::SeqCst);
+                d.tx.flush_now();
+                shared.written.fetch_add(1, Ordering::AcqRel);
+                shared.progress.notify(usize::MAX);
+                continue;
             }
-            d.wake_pending.store(false, Ordering::SeqCst);
-            d.tx.flush_now();
-            shared.written.fetch_add(1, Ordering::AcqRel);
-            shared.progress.notify(usize::MAX);
+            if d.broken.load(Ordering::Acquire) || shared.is_dead() {
+                return Poll::Ready(());
+            }
+            d.task.register(cx.waker());
+            // Checked again after registering: a wake-up in between is not lost.
+            if !d.wake_pending.load(Ordering::SeqCst)
+                && !d.broken.load(Ordering::SeqCst)
+                && !shared.is_dead()
+            {
+                return Poll::Pending;
+            }
         }
-    };
-    run.or(shared.wait_dead()).await;
+    })
+    .await;
     if d.broken.load(Ordering::Acquire) && !shared.is_dead() {
         let reason = format!(
             "sending to {} failed: the channel is closed (the peer is gone)",

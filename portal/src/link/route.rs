@@ -60,12 +60,10 @@ impl Shared {
                 debug!(%cid, "Cancel from the caller");
                 self.cancel_served(&[cid], &self.peer.id.clone());
             }
-            Msg::StartAck { cid } => {
-                if let Some(chan) = self.lock().calls.get(&cid).cloned() {
-                    chan.lock().acked = true;
-                    chan.notify();
-                }
-            }
+            // Nothing on this side waits for the ack (a context waits for `Started`, a unary
+            // call for its answer): taking the link's lock and waking the caller for it would
+            // cost each call a lookup and a spurious poll.
+            Msg::StartAck { .. } => {}
             Msg::Started { cid, value } => {
                 if let Some(chan) = self.lock().calls.get(&cid).cloned() {
                     {

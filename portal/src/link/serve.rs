@@ -297,7 +297,7 @@ impl Shared {
                 }
                 st.cancel_aware
             };
-            chan.notify();
+            chan.notify_cancel();
             if !aware {
                 let entry = self.end_served(cid, |shared, chan, st| {
                     Some(shared.cancelled_answer(chan, st))
@@ -415,7 +415,7 @@ impl Shared {
 /// Resolves when a cancelled, cancel-aware call's cleanup time is up (never for other calls).
 async fn cleanup_expired(chan: &Chan) {
     let mut until = chan
-        .wait(|st| st.cancelled_by.as_ref().and(st.cleanup_until))
+        .wait_cancel(|st| st.cancelled_by.as_ref().and(st.cleanup_until))
         .await;
     loop {
         async_io::Timer::at(until).await;
