@@ -15,6 +15,7 @@ use harrow_portal::CallError;
 use crate::config::InterpConfig;
 use crate::host::CallHost;
 use crate::job::{CallJob, Job, not_exposed};
+use crate::reply::ReplyRx;
 use crate::spin::SpinGate;
 use crate::state::{JobState, Shared};
 
@@ -101,12 +102,11 @@ impl InterpHandle {
     ) -> PyCall {
         let job = JobState::new(func.to_string());
         job.set_env(env);
-        let (tx, rx) = flume::bounded(1);
+        let (tx, rx) = crate::reply::reply();
         let mut call = PyCall {
-            reply: rx.clone(),
+            reply: rx,
             spin: None,
             in_flight: None,
-            rx: Box::pin(rx.into_recv_async()),
             job: Arc::clone(&job),
             shared: Arc::clone(&self.shared),
             finished: false,
@@ -174,15 +174,11 @@ fn gone(name: &str) -> CallError {
     )
 }
 
-type ReplyFuture =
-    Pin<Box<dyn Future<Output = Result<Result<Value, CallError>, flume::RecvError>> + Send>>;
-
 /// One call running (or queued) in an interpreter. Resolves to its result; dropping it before
 /// that cancels the call.
 pub struct PyCall {
-    rx: ReplyFuture,
-    /// The reply channel `rx` waits on, for the spin.
-    reply: flume::Receiver<Result<Value, CallError>>,
+    /// Where the call's result arrives.
+    reply: ReplyRx,
     /// Taken by the first poll that finds no reply: only that one may spin.
     spin: Option<Arc<SpinGate>>,
     /// Set while the call counts as in flight on its interpreter (taken when it ends).
@@ -229,7 +225,7 @@ impl Future for PyCall {
             self.end_in_flight();
             return Poll::Ready(r);
         }
-        match self.rx.as_mut().poll(cx) {
+        match self.reply.poll_recv(cx) {
             Poll::Ready(r) => {
                 self.finished = true;
                 self.end_in_flight();
@@ -241,10 +237,10 @@ impl Future for PyCall {
                 let Some(gate) = self.spin.take() else {
                     return Poll::Pending;
                 };
-                let got = gate.spin(|| match self.reply.try_recv() {
-                    Ok(r) => Some(r),
-                    Err(flume::TryRecvError::Empty) => None,
-                    Err(flume::TryRecvError::Disconnected) => Some(Err(gone(&self.shared.name))),
+                let got = gate.spin(|| {
+                    self.reply
+                        .try_recv()
+                        .map(|r| r.unwrap_or_else(|_| Err(gone(&self.shared.name))))
                 });
                 match got {
                     Some(r) => {
