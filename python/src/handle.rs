@@ -100,7 +100,7 @@ impl InterpHandle {
         host: Option<Arc<dyn CallHost>>,
         env: Option<crate::nest::ActorEnv>,
     ) -> PyCall {
-        let job = JobState::new(func.to_string());
+        let job = JobState::new(path_text(&func));
         job.set_env(env);
         let (tx, rx) = crate::reply::reply();
         let mut call = PyCall {
@@ -164,6 +164,17 @@ impl InterpHandle {
         let _ = self.jobs.send(Job::Shutdown);
         self.shared.cancel_current();
     }
+}
+
+/// `func` as `"module:function"` (its `Display`), without the formatting machinery: made for
+/// every call.
+fn path_text(func: &FnPath) -> String {
+    let (m, f) = (func.module(), func.function());
+    let mut s = String::with_capacity(m.len() + 1 + f.len());
+    s.push_str(m);
+    s.push(':');
+    s.push_str(f);
+    s
 }
 
 fn gone(name: &str) -> CallError {
@@ -261,6 +272,19 @@ impl Drop for PyCall {
         if !self.finished && self.immediate.is_none() {
             self.job.cancel();
             self.shared.request_cancel();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_text_is_the_display_of_the_path() {
+        for p in ["m:f", "pkg.mod:fn_1", "harrow:run_batch"] {
+            let f = FnPath::parse(p).expect("a valid path");
+            assert_eq!(path_text(&f), f.to_string());
         }
     }
 }
