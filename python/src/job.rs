@@ -1,5 +1,6 @@
 //! What a backend sends to the thread serving an interpreter's calls: [`Job`]s, each call with
-//! its cancel state and reply channel, and the errors every Python backend answers with.
+//! its cancel state and reply slot ([`ReplyTx`]), and the errors every Python backend answers
+//! with.
 
 use std::sync::Arc;
 
