@@ -147,9 +147,8 @@ mod tests {
     fn the_waiting_future_is_woken_by_a_send_from_another_thread() {
         let (tx, rx) = reply();
         let t = std::thread::spawn(move || tx.send(Ok(Value::Null)));
-        let got = futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| {
-            rx.poll_recv(cx)
-        }));
+        let got =
+            futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| rx.poll_recv(cx)));
         assert!(matches!(got, Ok(Ok(Value::Null))));
         t.join().expect("sender thread");
     }

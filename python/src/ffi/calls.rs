@@ -108,8 +108,7 @@ impl Setup {
             }
         };
         // SAFETY: owning thread, GIL held.
-        let stop_serving =
-            unsafe { self.settle(shared, config, &ctx, &func, result, reply) };
+        let stop_serving = unsafe { self.settle(shared, config, &ctx, &func, result, reply) };
         Ran {
             started_async: false,
             stop_serving,
@@ -219,13 +218,14 @@ impl Setup {
     /// # Safety
     /// Owning thread, GIL held.
     unsafe fn exit_called(&self) -> Option<String> {
-        // SAFETY: GIL held (caller); the module is this interpreter's.
-        let v = unsafe {
-            Obj::owned(ffi::PyObject_GetAttr(
-                self.harrow.module.as_ptr(),
-                self.harrow.exit_called_name.as_ptr(),
-            ))
-        };
+        let (module, name) = (
+            self.harrow.module.as_ptr(),
+            self.harrow.exit_called_name.as_ptr(),
+        );
+        // SAFETY: GIL held (caller); the module and the name are this interpreter's, valid.
+        let v = unsafe { ffi::PyObject_GetAttr(module, name) };
+        // SAFETY: a new reference (or null with an error set).
+        let v = unsafe { Obj::owned(v) };
         let Ok(v) = v else {
             // SAFETY: GIL held, an exception is set.
             unsafe { err_clear() };

@@ -377,10 +377,12 @@ impl HarrowModule {
             agen_collect: get(c"_agen_collect")?,
             agen_stream: get(c"_agen_stream")?,
             remote_of: get(c"_remote_of")?,
-            // SAFETY: GIL held; a NUL-terminated name; a new reference (or null, error set).
-            exit_called_name: unsafe {
-                Obj::owned(ffi::PyUnicode_InternFromString(c"_exit_called".as_ptr()))
-            }?,
+            exit_called_name: {
+                // SAFETY: GIL held; a NUL-terminated name.
+                let name = unsafe { ffi::PyUnicode_InternFromString(c"_exit_called".as_ptr()) };
+                // SAFETY: a new reference (or null with an error set).
+                unsafe { Obj::owned(name) }?
+            },
             module,
         })
     }
