@@ -434,8 +434,14 @@ impl CalleeContext {
         if st.cleanup_until.is_none_or(|t| t < until) {
             st.cleanup_until = Some(until);
         }
+        // Only a cancelled call has waiters on its cleanup bound (they wait for `cancelled_by`
+        // first, and read the bound when it is set); before the cancel, a wake-up would only
+        // make the call's tasks poll again for nothing (a Python actor extends on every call).
+        let cancelled = st.cancelled_by.is_some();
         drop(st);
-        self.chan.notify_cancel();
+        if cancelled {
+            self.chan.notify_cancel();
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use harrow_portal::CallError;
 use crate::config::InterpConfig;
 use crate::host::CallHost;
 use crate::job::{CallJob, Job, not_exposed};
+use crate::reply::ReplyRx;
 use crate::spin::SpinGate;
 use crate::state::{JobState, Shared};
 
@@ -99,14 +100,13 @@ impl InterpHandle {
         host: Option<Arc<dyn CallHost>>,
         env: Option<crate::nest::ActorEnv>,
     ) -> PyCall {
-        let job = JobState::new(func.to_string());
+        let job = JobState::new(path_text(&func));
         job.set_env(env);
-        let (tx, rx) = flume::bounded(1);
+        let (tx, rx) = crate::reply::reply();
         let mut call = PyCall {
-            reply: rx.clone(),
+            reply: rx,
             spin: None,
             in_flight: None,
-            rx: Box::pin(rx.into_recv_async()),
             job: Arc::clone(&job),
             shared: Arc::clone(&self.shared),
             finished: false,
@@ -166,6 +166,17 @@ impl InterpHandle {
     }
 }
 
+/// `func` as `"module:function"` (its `Display`), without the formatting machinery: made for
+/// every call.
+fn path_text(func: &FnPath) -> String {
+    let (m, f) = (func.module(), func.function());
+    let mut s = String::with_capacity(m.len() + 1 + f.len());
+    s.push_str(m);
+    s.push(':');
+    s.push_str(f);
+    s
+}
+
 fn gone(name: &str) -> CallError {
     CallError::new(
         ErrorKind::Runtime,
@@ -174,15 +185,11 @@ fn gone(name: &str) -> CallError {
     )
 }
 
-type ReplyFuture =
-    Pin<Box<dyn Future<Output = Result<Result<Value, CallError>, flume::RecvError>> + Send>>;
-
 /// One call running (or queued) in an interpreter. Resolves to its result; dropping it before
 /// that cancels the call.
 pub struct PyCall {
-    rx: ReplyFuture,
-    /// The reply channel `rx` waits on, for the spin.
-    reply: flume::Receiver<Result<Value, CallError>>,
+    /// Where the call's result arrives.
+    reply: ReplyRx,
     /// Taken by the first poll that finds no reply: only that one may spin.
     spin: Option<Arc<SpinGate>>,
     /// Set while the call counts as in flight on its interpreter (taken when it ends).
@@ -229,7 +236,7 @@ impl Future for PyCall {
             self.end_in_flight();
             return Poll::Ready(r);
         }
-        match self.rx.as_mut().poll(cx) {
+        match self.reply.poll_recv(cx) {
             Poll::Ready(r) => {
                 self.finished = true;
                 self.end_in_flight();
@@ -241,10 +248,10 @@ impl Future for PyCall {
                 let Some(gate) = self.spin.take() else {
                     return Poll::Pending;
                 };
-                let got = gate.spin(|| match self.reply.try_recv() {
-                    Ok(r) => Some(r),
-                    Err(flume::TryRecvError::Empty) => None,
-                    Err(flume::TryRecvError::Disconnected) => Some(Err(gone(&self.shared.name))),
+                let got = gate.spin(|| {
+                    self.reply
+                        .try_recv()
+                        .map(|r| r.unwrap_or_else(|_| Err(gone(&self.shared.name))))
                 });
                 match got {
                     Some(r) => {
@@ -265,6 +272,19 @@ impl Drop for PyCall {
         if !self.finished && self.immediate.is_none() {
             self.job.cancel();
             self.shared.request_cancel();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_text_is_the_display_of_the_path() {
+        for p in ["m:f", "pkg.mod:fn_1", "harrow:run_batch"] {
+            let f = FnPath::parse(p).expect("a valid path");
+            assert_eq!(path_text(&f), f.to_string());
         }
     }
 }

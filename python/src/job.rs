@@ -1,5 +1,6 @@
 //! What a backend sends to the thread serving an interpreter's calls: [`Job`]s, each call with
-//! its cancel state and reply channel, and the errors every Python backend answers with.
+//! its cancel state and reply slot ([`ReplyTx`]), and the errors every Python backend answers
+//! with.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use harrow_portal::CallError;
 
 use crate::config::InterpConfig;
 use crate::host::CallHost;
+use crate::reply::ReplyTx;
 use crate::state::JobState;
 
 /// One job for the thread serving an interpreter.
@@ -33,7 +35,7 @@ pub struct CallJob {
     /// The Rust side of `ctx`, for context calls.
     pub host: Option<Arc<dyn CallHost>>,
     /// Where the call's result goes.
-    pub reply: flume::Sender<Result<Value, CallError>>,
+    pub reply: ReplyTx,
 }
 
 /// The batch runner every Python actor serves natively (the runner of an `ActorPool`'s batched

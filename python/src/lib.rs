@@ -31,6 +31,7 @@ mod host;
 mod job;
 mod main_interp;
 pub mod nest;
+mod reply;
 mod resolver;
 mod spin;
 pub mod state;
@@ -54,6 +55,7 @@ pub use handle::{InterpHandle, PyCall};
 pub use host::{CallHost, HostFuture, StreamHost};
 pub use job::{BATCH_RUNNER, CallJob, Job, cancelled_error, is_batch_runner, not_exposed};
 pub use main_interp::{MainInterp, SETUP_BOUND};
+pub use reply::{Answer, ReplyTx};
 pub use resolver::{Nesting, PyResolver};
 pub use spin::{DEFAULT_REPLY_SPIN, reply_spin, reply_spin_stats};
 pub use state::{

@@ -17,6 +17,7 @@ use super::module::{self, AsyncCall, Blocked, CallCtx, HarrowModule};
 use super::obj::{Obj, PyErrSet, PyResult, call1, call2, err_clear, getattr, panic_text};
 use crate::config::InterpConfig;
 use crate::job::{CallJob, cancelled_error, not_exposed};
+use crate::reply::ReplyTx;
 use crate::state::Shared;
 
 /// What running (or settling) a call asks of the thread serving the interpreter.
@@ -107,8 +108,7 @@ impl Setup {
             }
         };
         // SAFETY: owning thread, GIL held.
-        let stop_serving =
-            unsafe { self.settle(shared, config, &ctx, &func.to_string(), result, reply) };
+        let stop_serving = unsafe { self.settle(shared, config, &ctx, &func, result, reply) };
         Ran {
             started_async: false,
             stop_serving,
@@ -125,9 +125,9 @@ impl Setup {
         shared: &Shared,
         config: &InterpConfig,
         ctx: &CallCtx,
-        func: &str,
+        func: &dyn std::fmt::Display,
         result: Result<Value, CallError>,
-        reply: flume::Sender<Result<Value, CallError>>,
+        reply: ReplyTx,
     ) -> bool {
         ctx.active.store(false, Ordering::SeqCst);
         // Drop the stream host while no Python runs (it may hold channel ends).
@@ -165,7 +165,7 @@ impl Setup {
                 }
             }
         };
-        let _ = reply.send(result);
+        reply.send(result);
         ends
     }
 
@@ -209,7 +209,7 @@ impl Setup {
         call.ctx.active.store(false, Ordering::SeqCst);
         call.ctx.job.set_done();
         if let Some(reply) = call.reply.lock().take() {
-            let _ = reply.send(Err(err));
+            reply.send(Err(err));
         }
     }
 
@@ -218,8 +218,14 @@ impl Setup {
     /// # Safety
     /// Owning thread, GIL held.
     unsafe fn exit_called(&self) -> Option<String> {
-        // SAFETY: GIL held (caller); the module is this interpreter's.
-        let v = unsafe { getattr(self.harrow.module.as_ptr(), c"_exit_called") };
+        let (module, name) = (
+            self.harrow.module.as_ptr(),
+            self.harrow.exit_called_name.as_ptr(),
+        );
+        // SAFETY: GIL held (caller); the module and the name are this interpreter's, valid.
+        let v = unsafe { ffi::PyObject_GetAttr(module, name) };
+        // SAFETY: a new reference (or null with an error set).
+        let v = unsafe { Obj::owned(v) };
         let Ok(v) = v else {
             // SAFETY: GIL held, an exception is set.
             unsafe { err_clear() };

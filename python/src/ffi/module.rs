@@ -10,7 +10,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use harrow_ipc::{CallKind, Value};
-use harrow_portal::CallError;
 use parking_lot::Mutex;
 use pyo3_ffi as ffi;
 
@@ -245,6 +244,9 @@ pub(crate) struct HarrowModule {
     pub(crate) agen_stream: Obj,
     /// `_remote_of(exc)`: the wire error an exception leaving a call stands for, or None.
     pub(crate) remote_of: Obj,
+    /// The interned name `"_exit_called"`, looked up in the module after every call (made
+    /// once: a lookup by C string would make a new `str` per call).
+    pub(crate) exit_called_name: Obj,
 }
 
 impl HarrowModule {
@@ -375,6 +377,12 @@ impl HarrowModule {
             agen_collect: get(c"_agen_collect")?,
             agen_stream: get(c"_agen_stream")?,
             remote_of: get(c"_remote_of")?,
+            exit_called_name: {
+                // SAFETY: GIL held; a NUL-terminated name.
+                let name = unsafe { ffi::PyUnicode_InternFromString(c"_exit_called".as_ptr()) };
+                // SAFETY: a new reference (or null with an error set).
+                unsafe { Obj::owned(name) }?
+            },
             module,
         })
     }
@@ -1159,7 +1167,7 @@ pub(crate) struct AsyncCall {
     pub(crate) func: String,
     /// Taken when the result is sent; still here if the task never ended (the capsule's
     /// destructor then drops it: the caller sees the interpreter gone).
-    pub(crate) reply: Mutex<Option<flume::Sender<Result<Value, CallError>>>>,
+    pub(crate) reply: Mutex<Option<crate::reply::ReplyTx>>,
 }
 
 impl AsyncCall {
