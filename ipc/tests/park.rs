@@ -59,21 +59,20 @@ fn ping_pong_between_two_parked_threads_keeps_order() {
 
 #[test]
 fn ping_pong_caught_while_spinning_or_after_sleeping_keeps_order() {
-    // Both threads spin before every sleep: replies that come at once are caught by the spin
-    // (the sockets polled without sleeping), those after a pause by the sleeping wait.
-    for pause in [Duration::ZERO, Duration::from_millis(2)] {
-        let spinning = || SpinGate::always(Duration::from_micros(200));
+    // Both threads spin before every sleep. A long spin catches most replies awake (the sockets
+    // polled without sleeping); a spin of a microsecond runs out before most replies come, so
+    // the threads sleep in `epoll_wait` and are woken by the socket's edge.
+    for spin in [Duration::from_micros(200), Duration::from_micros(1)] {
         let (a, b) = unix::pair().unwrap();
         let echo = std::thread::spawn(move || {
-            park::block_on_gated(spinning(), async {
+            park::block_on_gated(SpinGate::always(spin), async {
                 while let Ok(msg) = b.recv().await {
-                    std::thread::sleep(pause);
                     b.send(msg).await.unwrap();
                 }
             })
         });
         park::block_on_gated(
-            spinning(),
+            SpinGate::always(spin),
             future::or(
                 async {
                     for i in 0..300 {

@@ -33,12 +33,7 @@ pub(crate) const MAX_SKIP: u32 = 255;
 pub fn reply_spin() -> Duration {
     static SPIN: OnceLock<Duration> = OnceLock::new();
     *SPIN.get_or_init(|| {
-        std::env::var("HARROW_PY_REPLY_SPIN_US")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(DEFAULT_REPLY_SPIN, |us| {
-                Duration::from_micros(us).min(Duration::from_millis(1))
-            })
+        harrow_ipc::park::spin::spin_from_env("HARROW_PY_REPLY_SPIN_US", DEFAULT_REPLY_SPIN)
     })
 }
 

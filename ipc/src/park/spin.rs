@@ -52,14 +52,18 @@ pub const LOAD_SAMPLE: Duration = Duration::from_millis(10);
 /// 1 ms; 0 turns spinning off).
 pub fn park_spin() -> Duration {
     static SPIN: OnceLock<Duration> = OnceLock::new();
-    *SPIN.get_or_init(|| {
-        std::env::var("HARROW_PARK_SPIN_US")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(DEFAULT_SPIN, |us| {
-                Duration::from_micros(us).min(Duration::from_millis(1))
-            })
-    })
+    *SPIN.get_or_init(|| spin_from_env("HARROW_PARK_SPIN_US", DEFAULT_SPIN))
+}
+
+/// A spin knob from the environment: `var` in microseconds, capped at 1 ms; `default` when it
+/// is unset or does not parse.
+pub fn spin_from_env(var: &str, default: Duration) -> Duration {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(default, |us| {
+            Duration::from_micros(us).min(Duration::from_millis(1))
+        })
 }
 
 /// One parking thread's spin decisions: the back-off after spins that ran out. Not shared

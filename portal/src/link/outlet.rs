@@ -55,6 +55,23 @@ pub(crate) struct Direct {
     task: AtomicWaker,
 }
 
+impl Direct {
+    /// Hands `msg` to the transport (no wake-up of the peer). False when the link is shut down
+    /// or the peer is gone; for the latter (this may run under the link's locks) the waker task
+    /// ends the link.
+    fn hand_over(&self, msg: Msg) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.tx.send_now(msg).is_err() {
+            self.broken.store(true, Ordering::Release);
+            self.task.wake();
+            return false;
+        }
+        true
+    }
+}
+
 impl Outlet {
     /// The outlet for `tx`, and the writer's queue when `tx` needs a writer.
     #[allow(clippy::type_complexity)]
@@ -93,14 +110,7 @@ impl Shared {
                 }
             }
             Outlet::Direct(d) => {
-                if d.closed.load(Ordering::Acquire) {
-                    return false;
-                }
-                if d.tx.send_now(msg).is_err() {
-                    // The peer is gone, or the link closed meanwhile. This may run under the
-                    // link's locks: the waker task ends the link.
-                    d.broken.store(true, Ordering::Release);
-                    d.task.wake();
+                if !d.hand_over(msg) {
                     return false;
                 }
                 // Written at once: `drain` has nothing to wait for (a direct outlet never counts
@@ -130,17 +140,7 @@ impl Shared {
     pub(crate) fn enqueue_urgent(&self, msg: Msg) -> bool {
         match &self.out {
             Outlet::Writer(_) => self.enqueue(msg),
-            Outlet::Direct(d) => {
-                if d.closed.load(Ordering::Acquire) {
-                    return false;
-                }
-                if d.tx.send_now(msg).is_err() {
-                    d.broken.store(true, Ordering::Release);
-                    d.task.wake();
-                    return false;
-                }
-                true
-            }
+            Outlet::Direct(d) => d.hand_over(msg),
         }
     }
 
