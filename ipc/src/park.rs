@@ -16,6 +16,11 @@
 //!
 //! Off Linux, [`block_on`] is `async_io::block_on` and channels use async-io alone.
 //!
+//! Work can wait for the end of the current turn ([`at_turn_end`]): once the future (the
+//! executor) has run everything it could and returned `Pending`, before the thread spins or
+//! sleeps. The portal's link writes the messages its tasks sent during the turn there, in one
+//! write, instead of handing each to a writer task.
+//!
 //! Before it sleeps, a thread spins for a short while (see [`spin`]): on a machine with idle
 //! cores, the reply to what it just sent often arrives within microseconds, and catching it
 //! awake costs no sleep and no wake-up on either side.
@@ -42,6 +47,43 @@ pub fn block_on_gated<F: Future>(gate: spin::SpinGate, fut: F) -> F::Output {
         let _ = gate;
         async_io::block_on(fut)
     }
+}
+
+/// Something to run once the current turn of this thread's [`block_on`] ends.
+pub type TurnEnd = Box<dyn FnOnce()>;
+
+/// Runs `f` once the current turn of this thread's [`block_on`] ends: when the future it runs
+/// (an executor, typically) has done all it could and returned `Pending`, before the thread
+/// spins or sleeps (or when `block_on` returns). Hands `f` back when this thread is not in
+/// [`block_on`].
+///
+/// What it is for: work that many tasks of one turn produce and that is cheaper done once for
+/// all of them, such as writing the messages they queued in one system call (the portal's link
+/// does) instead of one per message or through a task of its own.
+///
+/// How long a turn lasts is up to the future `block_on` runs. `async_executor::Executor::run`
+/// returns `Pending` once nothing is runnable or after 200 task polls, so a task that sends and
+/// then keeps the thread busy without yielding for long can hold back what it sent behind up to
+/// 199 other polls; an executor loop that calls [`end_turn`] after every task poll (harrow's
+/// actors run theirs that way) makes what a task sent leave as soon as that task's poll ends.
+pub fn at_turn_end(f: TurnEnd) -> Result<(), TurnEnd> {
+    #[cfg(target_os = "linux")]
+    {
+        imp::at_turn_end(f)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Err(f)
+    }
+}
+
+/// Runs, now, what waits for the end of this thread's turn ([`at_turn_end`]): for an executor
+/// loop to call between two task polls, so that what a task queued leaves when its poll ends
+/// rather than when the whole turn does. Costs a thread-local check when nothing waits; does
+/// nothing off Linux or outside [`block_on`].
+pub fn end_turn() {
+    #[cfg(target_os = "linux")]
+    imp::end_turn();
 }
 
 #[cfg(target_os = "linux")]
@@ -227,6 +269,32 @@ mod imp {
     thread_local! {
         /// The poller of the innermost `block_on` running on this thread.
         static CURRENT: RefCell<Option<Arc<Poller>>> = const { RefCell::new(None) };
+        /// What runs when the current turn ends (see [`at_turn_end`](super::at_turn_end)).
+        static TURN_END: RefCell<Vec<super::TurnEnd>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn at_turn_end(f: super::TurnEnd) -> Result<(), super::TurnEnd> {
+        if !CURRENT.with(|c| c.borrow().is_some()) {
+            return Err(f);
+        }
+        TURN_END.with(|t| t.borrow_mut().push(f));
+        Ok(())
+    }
+
+    /// Runs what waits for the end of the turn (and what that queues meanwhile).
+    pub(super) fn end_turn() {
+        if TURN_END.with(|t| t.borrow().is_empty()) {
+            return;
+        }
+        loop {
+            let due = TURN_END.with(|t| std::mem::take(&mut *t.borrow_mut()));
+            if due.is_empty() {
+                return;
+            }
+            for f in due {
+                f();
+            }
+        }
     }
 
     /// Makes `poller` this thread's current one until dropped, then restores the previous one
@@ -245,6 +313,11 @@ mod imp {
 
     impl Drop for Enter {
         fn drop(&mut self) {
+            if std::thread::panicking() {
+                TURN_END.with(|t| t.borrow_mut().clear());
+            } else {
+                end_turn();
+            }
             let previous = self.previous.take();
             CURRENT.with(|c| *c.borrow_mut() = previous);
             self.poller.close();
@@ -272,6 +345,9 @@ mod imp {
             if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
                 return out;
             }
+            // Before anything waits: what the turn left to do once (a wake-up it causes makes
+            // the exchange below fail, so the future is polled again).
+            end_turn();
             let spin = gate.spin();
             if !spin.is_zero() {
                 // Watch for a wake-up from another thread and for the sockets' edges.

@@ -100,7 +100,8 @@ impl Link {
 
         let parity = u64::from(local.id >= peer.id);
         let (out, writer_queue) = Outlet::new(tx);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|this| Shared {
+            this: this.clone(),
             local,
             peer,
             config,
