@@ -95,12 +95,17 @@ fn an_announced_64_mib_frame_costs_only_what_arrived() {
         // After the handshake: the peer announces 64 MiB, sends 1 MiB of it and goes away.
         let (mut ch, mut raw) = make();
         ch.end_handshake();
+        // Made here, before the count starts: only the receiver's memory is measured (the
+        // writer allocating its megabyte while the count ran made the peak depend on timing).
+        let body = vec![0u8; SENT_BODY];
         let writer = std::thread::spawn(move || {
             raw.write_all(&header)?;
-            raw.write_all(&vec![0u8; SENT_BODY])
+            raw.write_all(&body)?;
+            // Handed back, not freed here: freeing it inside the count would hide as much.
+            std::io::Result::Ok(body)
         });
         let (err, peak) = peak_growth(|| bounded(ch.recv()).unwrap_err());
-        writer.join().unwrap().unwrap();
+        drop(writer.join().unwrap().unwrap());
         let got = codec::LENGTH_PREFIX + SENT_BODY;
         assert!(
             matches!(err, RecvError::TruncatedFrame { expected, got: g }
