@@ -350,10 +350,19 @@ mod imp {
             end_turn();
             let spin = gate.spin();
             if !spin.is_zero() {
-                // Watch for a wake-up from another thread and for the sockets' edges.
+                // Watch for a wake-up from another thread and for the sockets' edges. The flag
+                // is a load, looked at every round; the sockets cost a system call, looked at
+                // every other round, and only when there are any (a root whose children are
+                // all in-process has none).
+                let sockets = !poller.interests().is_empty();
+                let mut round = 0u32;
                 let woken = spin_until(spin, || {
                     if poller.state.load(Ordering::Acquire) != RUNNING {
                         return true;
+                    }
+                    round += 1;
+                    if !sockets || round % 2 == 0 {
+                        return false;
                     }
                     poller.poll_now(&fds, &mut events);
                     poller.state.load(Ordering::Acquire) != RUNNING
