@@ -155,41 +155,6 @@ pub trait SendHalf: Send + Sync + fmt::Debug + 'static {
     /// Wakes the peer for what [`send_now`](Self::send_now) handed over. The default does
     /// nothing.
     fn flush_now(&self) {}
-
-    /// Whether [`try_write_now`](Self::try_write_now) can write on this half (byte streams).
-    /// The default is false; a wrapper that forwards `send` must say true only if it also
-    /// forwards `try_write_now`.
-    fn writes_now(&self) -> bool {
-        false
-    }
-
-    /// Writes the messages at the front of `msgs` without waiting, if that can be done right
-    /// now: nobody else is writing, no earlier frame is still half written, and the transport
-    /// takes at least one byte at once. Every message it takes out of `msgs` is on its way, in
-    /// order, and after everything sent before; the rest are untouched (a message the codec
-    /// refuses stays at the front, as do those past one batch), for the caller to send the
-    /// ordinary way. See [`WriteNow`] for what each outcome leaves to the caller.
-    ///
-    /// The default writes nothing ([`WriteNow::NotNow`]).
-    fn try_write_now(&self, msgs: &mut VecDeque<Msg>) -> WriteNow {
-        let _ = msgs;
-        WriteNow::NotNow
-    }
-}
-
-/// What [`SendHalf::try_write_now`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[must_use]
-pub enum WriteNow {
-    /// The messages taken out of the queue are written whole.
-    Done,
-    /// The messages taken out of the queue are committed, but the transport took only part of
-    /// their bytes: the rest waits in the half's buffer and goes out, first, with the next
-    /// `send` or `send_batch`, which the caller must make (a later message, or a `Heartbeat`).
-    Partial,
-    /// Nothing was written and `msgs` is untouched: send them the ordinary way. (The half is
-    /// busy, closed, full, or broken; the ordinary send reports which.)
-    NotNow,
 }
 
 /// The receiving half of a transport.
@@ -268,16 +233,6 @@ impl ChannelTx {
     /// Wakes the peer for what `send_now` handed over; see [`SendHalf::flush_now`].
     pub fn flush_now(&self) {
         self.inner.flush_now()
-    }
-
-    /// Whether [`try_write_now`](Self::try_write_now) works; see [`SendHalf::writes_now`].
-    pub fn writes_now(&self) -> bool {
-        self.inner.writes_now()
-    }
-
-    /// Writes what can be written at once; see [`SendHalf::try_write_now`].
-    pub fn try_write_now(&self, msgs: &mut VecDeque<Msg>) -> WriteNow {
-        self.inner.try_write_now(msgs)
     }
 }
 

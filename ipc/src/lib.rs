@@ -35,7 +35,7 @@ mod value;
 pub mod wait;
 
 pub use channel::{
-    BoxFuture, Channel, ChannelRx, ChannelTx, RecvError, RecvHalf, SendError, SendHalf, WriteNow,
+    BoxFuture, Channel, ChannelRx, ChannelTx, RecvError, RecvHalf, SendError, SendHalf,
 };
 pub use msg::{
     ActorId, CallKind, Cid, ErrorKind, FnPath, FnPathError, Msg, PROTOCOL_VERSION, RemoteError,

@@ -16,11 +16,6 @@
 //!
 //! Off Linux, [`block_on`] is `async_io::block_on` and channels use async-io alone.
 //!
-//! Work can wait for the end of the current turn ([`at_turn_end`]): once the future (the
-//! executor) has run everything it could and returned `Pending`, before the thread spins or
-//! sleeps. The portal's link writes the messages its tasks sent during the turn there, in one
-//! write, instead of handing each to a writer task.
-//!
 //! Before it sleeps, a thread spins for a short while (see [`spin`]): on a machine with idle
 //! cores, the reply to what it just sent often arrives within microseconds, and catching it
 //! awake costs no sleep and no wake-up on either side.
@@ -47,43 +42,6 @@ pub fn block_on_gated<F: Future>(gate: spin::SpinGate, fut: F) -> F::Output {
         let _ = gate;
         async_io::block_on(fut)
     }
-}
-
-/// Something to run once the current turn of this thread's [`block_on`] ends.
-pub type TurnEnd = Box<dyn FnOnce()>;
-
-/// Runs `f` once the current turn of this thread's [`block_on`] ends: when the future it runs
-/// (an executor, typically) has done all it could and returned `Pending`, before the thread
-/// spins or sleeps (or when `block_on` returns). Hands `f` back when this thread is not in
-/// [`block_on`].
-///
-/// What it is for: work that many tasks of one turn produce and that is cheaper done once for
-/// all of them, such as writing the messages they queued in one system call (the portal's link
-/// does) instead of one per message or through a task of its own.
-///
-/// How long a turn lasts is up to the future `block_on` runs. `async_executor::Executor::run`
-/// returns `Pending` once nothing is runnable or after 200 task polls, so a task that sends and
-/// then keeps the thread busy without yielding for long can hold back what it sent behind up to
-/// 199 other polls; an executor loop that calls [`end_turn`] after every task poll (harrow's
-/// actors run theirs that way) makes what a task sent leave as soon as that task's poll ends.
-pub fn at_turn_end(f: TurnEnd) -> Result<(), TurnEnd> {
-    #[cfg(target_os = "linux")]
-    {
-        imp::at_turn_end(f)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        Err(f)
-    }
-}
-
-/// Runs, now, what waits for the end of this thread's turn ([`at_turn_end`]): for an executor
-/// loop to call between two task polls, so that what a task queued leaves when its poll ends
-/// rather than when the whole turn does. Costs a thread-local check when nothing waits; does
-/// nothing off Linux or outside [`block_on`].
-pub fn end_turn() {
-    #[cfg(target_os = "linux")]
-    imp::end_turn();
 }
 
 #[cfg(target_os = "linux")]
@@ -129,12 +87,11 @@ mod imp {
         interests: Mutex<HashMap<u64, Arc<Interest>>>,
     }
 
-    /// One registered socket: whether an edge arrived since its reader last consumed one,
-    /// whether the peer has closed its end (sticky), and the reader's waker.
+    /// One registered socket: whether an edge arrived since its reader last consumed one, and the
+    /// reader's waker.
     #[derive(Default)]
     struct Interest {
         ready: AtomicBool,
-        hung_up: AtomicBool,
         waker: Mutex<Option<Waker>>,
     }
 
@@ -239,13 +196,6 @@ mod imp {
                 }
                 let interest = self.interests().get(&key).cloned();
                 if let Some(interest) = interest {
-                    let hangup =
-                        epoll::EventFlags::RDHUP | epoll::EventFlags::HUP | epoll::EventFlags::ERR;
-                    // Copied out: the event struct is packed.
-                    let flags = event.flags;
-                    if flags.intersects(hangup) {
-                        interest.hung_up.store(true, Ordering::Release);
-                    }
                     interest.ready.store(true, Ordering::Release);
                     let waker = interest.waker().take();
                     if let Some(waker) = waker {
@@ -277,32 +227,6 @@ mod imp {
     thread_local! {
         /// The poller of the innermost `block_on` running on this thread.
         static CURRENT: RefCell<Option<Arc<Poller>>> = const { RefCell::new(None) };
-        /// What runs when the current turn ends (see [`at_turn_end`](super::at_turn_end)).
-        static TURN_END: RefCell<Vec<super::TurnEnd>> = const { RefCell::new(Vec::new()) };
-    }
-
-    pub(super) fn at_turn_end(f: super::TurnEnd) -> Result<(), super::TurnEnd> {
-        if !CURRENT.with(|c| c.borrow().is_some()) {
-            return Err(f);
-        }
-        TURN_END.with(|t| t.borrow_mut().push(f));
-        Ok(())
-    }
-
-    /// Runs what waits for the end of the turn (and what that queues meanwhile).
-    pub(super) fn end_turn() {
-        if TURN_END.with(|t| t.borrow().is_empty()) {
-            return;
-        }
-        loop {
-            let due = TURN_END.with(|t| std::mem::take(&mut *t.borrow_mut()));
-            if due.is_empty() {
-                return;
-            }
-            for f in due {
-                f();
-            }
-        }
     }
 
     /// Makes `poller` this thread's current one until dropped, then restores the previous one
@@ -321,11 +245,6 @@ mod imp {
 
     impl Drop for Enter {
         fn drop(&mut self) {
-            if std::thread::panicking() {
-                TURN_END.with(|t| t.borrow_mut().clear());
-            } else {
-                end_turn();
-            }
             let previous = self.previous.take();
             CURRENT.with(|c| *c.borrow_mut() = previous);
             self.poller.close();
@@ -353,24 +272,12 @@ mod imp {
             if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
                 return out;
             }
-            // Before anything waits: what the turn left to do once (a wake-up it causes makes
-            // the exchange below fail, so the future is polled again).
-            end_turn();
             let spin = gate.spin();
             if !spin.is_zero() {
-                // Watch for a wake-up from another thread and for the sockets' edges. The flag
-                // is a load, looked at every round; the sockets cost a system call, looked at
-                // every other round, and only when there are any (a root whose children are
-                // all in-process has none).
-                let sockets = !poller.interests().is_empty();
-                let mut round = 0u32;
+                // Watch for a wake-up from another thread and for the sockets' edges.
                 let woken = spin_until(spin, || {
                     if poller.state.load(Ordering::Acquire) != RUNNING {
                         return true;
-                    }
-                    round += 1;
-                    if !sockets || round % 2 == 0 {
-                        return false;
                     }
                     poller.poll_now(&fds, &mut events);
                     poller.state.load(Ordering::Acquire) != RUNNING
@@ -460,14 +367,6 @@ mod imp {
                 return Poll::Ready(());
             }
             Poll::Pending
-        }
-
-        /// Whether an edge said the peer closed its end (or the socket failed). Then a short
-        /// read does not mean drained: the end of the stream (a read of 0) is still to come, and
-        /// no further edge will announce it (the edge of the last bytes and the hang-up's may
-        /// have been one).
-        pub(crate) fn hung_up(&self) -> bool {
-            self.interest.hung_up.load(Ordering::Acquire)
         }
 
         /// Marks the socket readable again (a read filled its whole buffer: more may be queued).

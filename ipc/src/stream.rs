@@ -50,7 +50,7 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::channel::BoxFuture;
 use crate::codec::{self, CodecConfig, DecodeError, EncodeError, FrameDecoder};
-use crate::{Channel, Msg, RecvError, RecvHalf, SendError, SendHalf, WriteNow};
+use crate::{Channel, Msg, RecvError, RecvHalf, SendError, SendHalf};
 
 /// Makes a channel that reads frames from `reader` and writes frames to `writer`.
 pub fn channel<R, W>(reader: R, writer: W, config: CodecConfig) -> Channel
@@ -137,9 +137,8 @@ where
                     std::task::ready!(r.poll_ready(cx));
                     match this.io.get_ref().read(buf) {
                         Ok(n) => {
-                            if n == buf.len() || (n > 0 && r.hung_up()) {
-                                // Maybe more queued (or, the peer gone, the end of the stream
-                                // still to read): the next read tries before it waits.
+                            if n == buf.len() {
+                                // Maybe more queued: the next read tries before it waits.
                                 r.set_ready();
                             }
                             return Poll::Ready(Ok(n));
@@ -354,79 +353,6 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamTx<W> {
     }
 }
 
-impl<W: AsyncWrite + Unpin + Send + 'static> StreamTx<W> {
-    /// [`SendHalf::try_write_now`]: encodes a batch into the frame buffer and writes it with
-    /// non-blocking writes (the sink polled once with a no-op waker: `Pending` is `EAGAIN`).
-    fn try_write_frames(&self, msgs: &mut VecDeque<Msg>) -> WriteNow {
-        if msgs.is_empty() {
-            return WriteNow::Done;
-        }
-        // Someone else writing (the writer task, another direct write): not now.
-        let Some(mut w) = self.writer.try_lock() else {
-            return WriteNow::NotNow;
-        };
-        if w.sink.is_none() || (w.written > 0 && w.written < w.buf.len()) {
-            // Closed, or a frame is half written: only a send that may wait can finish it.
-            return WriteNow::NotNow;
-        }
-        w.buf.clear();
-        w.written = 0;
-        if w.buf.capacity() > KEEP_WRITE_BUF {
-            w.buf = Vec::new();
-        }
-        let mut encoded = 0;
-        for msg in msgs.iter() {
-            if codec::encode_into(msg, &self.config, &mut w.buf).is_err() {
-                // Refused: it stays, for the ordinary send to report.
-                break;
-            }
-            encoded += 1;
-            if w.buf.len() >= BATCH_BYTES {
-                break;
-            }
-        }
-        if encoded == 0 {
-            return WriteNow::NotNow;
-        }
-        {
-            let mut flags = self.flags();
-            if flags.close_requested {
-                w.buf.clear();
-                return WriteNow::NotNow;
-            }
-            flags.writing = true;
-        }
-        let mut guard = WritingGuard { tx: self, w };
-        let w = &mut *guard.w;
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut flushed = false;
-        if let Some(sink) = w.sink.as_mut() {
-            while w.written < w.buf.len() {
-                match Pin::new(&mut *sink).poll_write(&mut cx, &w.buf[w.written..]) {
-                    Poll::Ready(Ok(n)) if n > 0 => w.written += n,
-                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                    // Full (`Pending`), or an error the ordinary send meets again and reports.
-                    _ => break,
-                }
-            }
-            if w.written == w.buf.len() {
-                flushed = matches!(Pin::new(sink).poll_flush(&mut cx), Poll::Ready(Ok(())));
-            }
-        }
-        if w.written == 0 {
-            // Nothing left: the messages are the caller's again, untouched.
-            w.buf.clear();
-            return WriteNow::NotNow;
-        }
-        msgs.drain(..encoded);
-        if w.written == w.buf.len() && flushed {
-            WriteNow::Done
-        } else {
-            WriteNow::Partial
-        }
-    }
-}
-
 /// `msgs` is non-empty wherever this is called; the stand-in is never handed out.
 fn front(msgs: &mut VecDeque<Msg>) -> Msg {
     msgs.pop_front()
@@ -474,14 +400,6 @@ impl<W: AsyncWrite + Unpin + Send + 'static> SendHalf for StreamTx<W> {
         msgs: &'a mut VecDeque<Msg>,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(self.send_frames(msgs))
-    }
-
-    fn writes_now(&self) -> bool {
-        true
-    }
-
-    fn try_write_now(&self, msgs: &mut VecDeque<Msg>) -> WriteNow {
-        self.try_write_frames(msgs)
     }
 
     fn close(&self) {

@@ -342,19 +342,10 @@ fn flume_echo() -> f64 {
 /// Items per second through one bidirectional echo stream (caller sends, callee echoes each
 /// item back, caller receives; send and receive run concurrently on the caller's executor), the
 /// callee parked on a futex as in-process actors are: what `harrow bench`'s stream row measures.
-/// Over `mem` the callee parks on a futex (as in-process actors do) and the caller in the
-/// reactor; over `unix` both follow [`PARK_IN_EPOLL`] (as a process child and the root do).
 fn portal_echo(transport: &str, window: u32) -> f64 {
-    let s = setup(transport, window, transport == "mem");
+    let s = setup(transport, window, true);
     let portal = s.caller.portal();
-    let block_on = |fut| {
-        if transport == "mem" {
-            async_io::block_on(fut)
-        } else {
-            side_block_on(fut)
-        }
-    };
-    let rounds = block_on(s.caller_exec.run(async {
+    let rounds = async_io::block_on(s.caller_exec.run(async {
         let mut rounds = Vec::new();
         for _ in 0..ROUNDS {
             let (mut ctx, _) = portal
@@ -397,8 +388,7 @@ fn main() {
     }
     // `cargo bench -p harrow-portal -- NAME` runs only the measurement called
     // NAME exactly (flume, exec-reactor, exec-futex, socket, rpc-mem, rpc-mem-futex, rpc-unix,
-    // rpc-unix-reactor, flume-echo, echo-mem, echo-unix, stream-mem, stream-unix,
-    // stream-unix-reactor): one
+    // rpc-unix-reactor, flume-echo, echo-mem, stream-mem, stream-unix, stream-unix-reactor): one
     // phase alone, for `perf stat` / `perf record` (docs/PERFORMANCE.md).
     let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let want = |name: &str| only.as_deref().is_none_or(|o| o == name);
@@ -468,14 +458,6 @@ fn main() {
         println!(
             "portal    echo stream over mem, window 64, callee on a futex  {echo:10.0} items/s  ({:.2}x slower than the flume echo [target <= 1.5x, >= 1,500,000])",
             flume_echo_rate / echo
-        );
-    }
-    if want("echo-unix") {
-        PARK_IN_EPOLL.store(true, Ordering::Relaxed);
-        let echo = portal_echo("unix", 64);
-        PARK_IN_EPOLL.store(false, Ordering::Relaxed);
-        println!(
-            "portal    echo stream over unix, window 64, both sides parked in epoll  {echo:10.0} items/s"
         );
     }
     for window in [64, 1024] {

@@ -3,10 +3,7 @@
 //! Inside a link: one **writer task** drains an unbounded queue of outgoing messages into the
 //! channel (so dropping a call can enqueue `Cancel` synchronously, and writes are batched), one
 //! **reader task** routes every incoming message by `cid` without ever awaiting anything but the
-//! channel (no head-of-line blocking), and one task per served call that does not answer in its
-//! first poll. Messages skip the writer where the transport allows it: over `mem` each is handed
-//! over where it is made, and over a byte transport on a thread in `harrow_ipc::park::block_on`
-//! the messages of one executor turn are written together at its end (see `outlet`).
+//! channel (no head-of-line blocking), and one task per served call.
 //!
 //! Call ids: both ends allocate cids, and stream messages (`Yield`, `Credit`, `Stop`) travel both
 //! ways, so the two ends use disjoint cids: the end whose actor id sorts lower allocates even cids,
@@ -215,7 +212,6 @@ impl Link {
         let shared = &self.shared;
         let drained = || {
             shared.lock().served.is_empty()
-                && shared.nothing_held()
                 && (shared.writer_done.load(Ordering::Acquire)
                     || shared.written.load(Ordering::Acquire)
                         >= shared.enqueued.load(Ordering::Acquire))
@@ -253,8 +249,6 @@ pub(crate) struct Shared {
     resolver: Option<Arc<dyn Resolver>>,
     /// Where outgoing messages go: the writer's queue, or the transport itself.
     out: outlet::Outlet,
-    /// This very link, for what runs at the end of a turn (`outlet`'s held messages).
-    this: std::sync::Weak<Shared>,
     state: Mutex<LinkState>,
     /// Bumped every time `state` is locked: the reader's route cache is valid while this has not
     /// moved (see `route::RouteCache`).

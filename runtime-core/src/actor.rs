@@ -297,7 +297,7 @@ fn run_actor_parked(channel: Channel, init: ActorInit, in_process: bool) -> Acto
     let _current = ctx.enter();
     ctx.discovery().set_parent(init.spec.parent.clone());
     crate::discovery::start_acceptor(&ctx);
-    let main = crate::park::run_tasks(&exec, actor_main(channel, init, ctx.clone()));
+    let main = exec.run(actor_main(channel, init, ctx.clone()));
     let exit = if in_process {
         crate::park::block_on_in_process(main)
     } else {

@@ -482,14 +482,6 @@ impl ActorNursery {
                 outcome
             }
         };
-        if !matches!(outcome, Exit::Running | Exit::Leaked(_)) {
-            // The child is gone, but what it sent before it went may still be in the channel
-            // (its last answers: a context's error sent as it tore down, say), and its exit can
-            // be seen before the reader has routed them. Its going ends the channel, so let
-            // the reader take everything up to that end (bounded) before closing our side:
-            // closing first would fail those calls with "closed locally" and lose the answers.
-            let _ = move_on_after(link_flush_bound(&self.inner.actor), link.closed()).await;
-        }
         link.close();
         // Let the link's I/O tasks end (the writer flushes for a bounded time), so that nothing
         // of this child (its channel's fd included) outlives its supervisor.

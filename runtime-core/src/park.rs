@@ -46,35 +46,6 @@ pub fn block_on_in_process<F: Future>(fut: F) -> F::Output {
     futures_lite::future::block_on(SpinThenPark::new(fut, SpinGate::new()))
 }
 
-/// How many task polls [`run_tasks`] makes before it lets the `block_on` underneath have a
-/// turn (the same as `async_executor::Executor::run`).
-const TASKS_PER_TURN: usize = 200;
-
-/// Runs `exec`'s tasks on this thread until `fut` completes, like
-/// `async_executor::Executor::run`, and after every task poll runs what that poll left for the
-/// end of the turn ([`harrow_ipc::park::end_turn`]). Over a byte transport, a link holds the
-/// messages its tasks send and writes them in one system call at the end of the turn (see
-/// `harrow_portal`'s outlet); ending the turn after each task poll bounds that hold by the
-/// sending task's own poll, so a task that sends and then starves the thread (a long
-/// computation that yields rarely) has still sent what it sent before, as it would had the
-/// writer task taken it.
-pub async fn run_tasks<T>(
-    exec: &async_executor::Executor<'static>,
-    fut: impl Future<Output = T>,
-) -> T {
-    use futures_lite::FutureExt;
-    let tasks = async {
-        loop {
-            for _ in 0..TASKS_PER_TURN {
-                exec.tick().await;
-                harrow_ipc::park::end_turn();
-            }
-            futures_lite::future::yield_now().await;
-        }
-    };
-    fut.or(tasks).await
-}
-
 /// The inner future is being polled or the thread spins; no wake-up since the last poll began.
 const RUNNING: u8 = 0;
 /// Woken since the last poll began: poll again.

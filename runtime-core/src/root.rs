@@ -153,7 +153,7 @@ where
     let root_ctx = ctx.clone();
     // The root's links to process children are sockets: its thread sleeps in an epoll instance
     // that watches them directly (timers and other descriptors: async-io's own thread).
-    let result = harrow_ipc::park::block_on(crate::park::run_tasks(&exec, async move {
+    let result = harrow_ipc::park::block_on(exec.run(async move {
         let watcher = exec_spawn(&ctx, watcher);
         let self_cancel = exec_spawn(&ctx, self_cancel);
         let r = main.await;

@@ -100,8 +100,7 @@ impl Link {
 
         let parity = u64::from(local.id >= peer.id);
         let (out, writer_queue) = Outlet::new(tx);
-        let shared = Arc::new_cyclic(|this| Shared {
-            this: this.clone(),
+        let shared = Arc::new(Shared {
             local,
             peer,
             config,

@@ -1,5 +1,5 @@
-//! How a link's outgoing messages leave: through the writer task, straight into the transport,
-//! or (byte transports) written where they are made at the end of the executor's turn.
+//! How a link's outgoing messages leave: through the writer task, or straight into the
+//! transport.
 //!
 //! A transport whose sends may wait (the `unix` and `stream` byte transports) gets the writer
 //! task of `io`: [`Shared::enqueue`] queues, the writer drains the queue in batches. A transport
@@ -19,35 +19,9 @@
 //! scheduled. And a call's `Start` wakes the peer at once ([`Shared::enqueue_urgent`] then
 //! [`Shared::wake_peer_now`]): the calling task waits for the answer next, so there is nothing
 //! to batch it with.
-//!
-//! **Direct writes over byte transports.** A byte transport that can write without waiting
-//! ([`ChannelTx::writes_now`]: the `unix` and `stream` transports) skips the writer task when
-//! it can: a message sent while the writer has nothing queued or in hand, on a thread in
-//! `harrow_ipc::park::block_on` (process actors and the root), is **held** by the outlet, and
-//! at the end of that thread's turn (`park::at_turn_end`) everything held is encoded and
-//! written with one non-blocking write ([`ChannelTx::try_write_now`]). A turn ends when the
-//! executor has nothing left to run (or, under `async_executor::Executor::run`, after 200 task
-//! polls); an actor's executor loop (`harrow_runtime_core::park::run_tasks`) also ends it after
-//! every task poll, so what a task sends leaves when that task's poll ends, even if the task
-//! then keeps its thread busy without yielding. So a served call that answers at once has its `StartAck` and
-//! `Return` written by the thread that routed its `Start`, in one `sendto`; a call's `Start`
-//! is written before its caller's thread waits for the answer; a stream burst goes out in one
-//! write; and no message crosses a queue, a wake-up or a task poll. Whatever cannot be written
-//! at once goes to the writer, in order: the socket is full (nothing written: the held
-//! messages are queued whole), or it took part of the batch (the rest of the bytes wait in the
-//! transport, and a `Heartbeat` queued behind them makes the writer finish them as soon as the
-//! socket drains), a message the codec refuses (the writer fails its call, as before), the
-//! transport busy or closed. Ordering is kept by one rule, checked under the outlet's lock:
-//! a message is held only when nothing is queued for the writer nor in its hands (`enqueued ==
-//! written`) or when messages are held already; otherwise it is queued. Held messages leave
-//! before anything queued after them (what cannot be written is queued before the lock is
-//! released), so nothing ever overtakes an earlier message. Elsewhere (a thread not in
-//! `park::block_on`, transports that cannot write at once) every message goes through the
-//! writer, as before.
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::future::poll_fn;
 use std::task::Poll;
@@ -58,31 +32,10 @@ use harrow_ipc::{ChannelTx, Msg};
 use super::{LinkEnd, Shared};
 
 pub(crate) enum Outlet {
-    /// Through the writer task's queue, or held and written at the end of the turn.
-    Writer(Queue),
+    /// Through the writer task's queue.
+    Writer(async_channel::Sender<Msg>),
     /// Straight into the transport.
     Direct(Direct),
-}
-
-pub(crate) struct Queue {
-    out: async_channel::Sender<Msg>,
-    /// The transport, when it can write at once (`ChannelTx::writes_now`).
-    now: Option<ChannelTx>,
-    held: Mutex<Held>,
-}
-
-#[derive(Default)]
-struct Held {
-    /// Messages waiting for the end of the turn to be written; counted in `enqueued`.
-    msgs: VecDeque<Msg>,
-    /// The link shut down: no more messages.
-    closed: bool,
-}
-
-impl Queue {
-    fn held(&self) -> MutexGuard<'_, Held> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 pub(crate) struct Direct {
@@ -137,12 +90,7 @@ impl Outlet {
             (Outlet::Direct(direct), None)
         } else {
             let (out, out_rx) = async_channel::unbounded();
-            let queue = Queue {
-                out,
-                now: tx.writes_now().then(|| tx.clone()),
-                held: Mutex::new(Held::default()),
-            };
-            (Outlet::Writer(queue), Some((tx, out_rx)))
+            (Outlet::Writer(out), Some((tx, out_rx)))
         }
     }
 }
@@ -152,25 +100,15 @@ impl Shared {
     /// is shut down.
     pub(crate) fn enqueue(&self, msg: Msg) -> bool {
         match &self.out {
-            Outlet::Writer(q) if q.now.is_some() => {
-                let mut held = q.held();
-                if held.closed {
-                    return false;
+            Outlet::Writer(out) => {
+                self.enqueued.fetch_add(1, Ordering::AcqRel);
+                if out.try_send(msg).is_err() {
+                    self.enqueued.fetch_sub(1, Ordering::AcqRel);
+                    false
+                } else {
+                    true
                 }
-                if held.msgs.is_empty() {
-                    // `enqueued` moves only under this lock, and `written` never passes it:
-                    // equal means the writer has nothing queued and nothing in hand. (Held
-                    // messages are counted when their turn ends, once for all of them.)
-                    let idle = self.enqueued.load(Ordering::Acquire)
-                        == self.written.load(Ordering::Acquire);
-                    if !(idle && self.hold_until_turn_end()) {
-                        return self.queue(&q.out, msg);
-                    }
-                }
-                held.msgs.push_back(msg);
-                true
             }
-            Outlet::Writer(q) => self.queue(&q.out, msg),
             Outlet::Direct(d) => {
                 if !d.hand_over(msg) {
                     return false;
@@ -192,89 +130,6 @@ impl Shared {
                 }
                 true
             }
-        }
-    }
-
-    /// Whether no message waits for the end of a turn (held messages are not counted in
-    /// `enqueued` until then).
-    pub(super) fn nothing_held(&self) -> bool {
-        match &self.out {
-            Outlet::Writer(q) if q.now.is_some() => q.held().msgs.is_empty(),
-            _ => true,
-        }
-    }
-
-    /// Hands `msg` to the writer task.
-    fn queue(&self, out: &async_channel::Sender<Msg>, msg: Msg) -> bool {
-        self.enqueued.fetch_add(1, Ordering::AcqRel);
-        if out.try_send(msg).is_err() {
-            self.enqueued.fetch_sub(1, Ordering::AcqRel);
-            false
-        } else {
-            true
-        }
-    }
-
-    /// Arranges for the held messages to be written at the end of this thread's turn; false
-    /// when this thread is not in `park::block_on` (the message then goes to the writer).
-    fn hold_until_turn_end(&self) -> bool {
-        let this = self.this.clone();
-        harrow_ipc::park::at_turn_end(Box::new(move || {
-            if let Some(shared) = this.upgrade() {
-                shared.write_held();
-            }
-        }))
-        .is_ok()
-    }
-
-    /// The end of a turn: writes the held messages at once, and queues for the writer, in
-    /// order and before anyone can send after them, what could not be written.
-    fn write_held(&self) {
-        let Outlet::Writer(q) = &self.out else {
-            return;
-        };
-        let Some(tx) = &q.now else {
-            return;
-        };
-        let mut held = q.held();
-        if held.msgs.is_empty() {
-            return;
-        }
-        let before = held.msgs.len();
-        // Nothing else can be queued while messages are held, but stay safe: never write past
-        // what the writer still has.
-        let idle = self.enqueued.load(Ordering::Acquire) == self.written.load(Ordering::Acquire);
-        let outcome = if idle {
-            tx.try_write_now(&mut held.msgs)
-        } else {
-            harrow_ipc::WriteNow::NotNow
-        };
-        let written = before - held.msgs.len();
-        let partial = outcome == harrow_ipc::WriteNow::Partial;
-        // All of them count as handed to the outlet (and the writer's nudge below), before the
-        // writer can see any of them: `written` never passes `enqueued`.
-        self.enqueued
-            .fetch_add((before + usize::from(partial)) as u64, Ordering::AcqRel);
-        // Left over (the socket full, a message the codec refuses, a batch's limit): the writer
-        // takes them from here, in order.
-        let mut lost = 0u64;
-        for msg in held.msgs.drain(..) {
-            if q.out.try_send(msg).is_err() {
-                lost += 1;
-            }
-        }
-        // Part of the bytes wait in the transport: the writer's next send finishes them first,
-        // so give it one (harmless to the peer) in case nothing else follows.
-        if partial && q.out.try_send(Msg::Heartbeat).is_err() {
-            lost += 1;
-        }
-        // The written ones, and those never to be written (the link closed meanwhile), are done;
-        // the writer counts the rest.
-        self.written
-            .fetch_add(written as u64 + lost, Ordering::AcqRel);
-        drop(held);
-        if written > 0 || lost > 0 {
-            self.progress.notify(usize::MAX);
         }
     }
 
@@ -324,17 +179,8 @@ impl Shared {
     /// close, which wakes it).
     pub(super) fn close_outlet(&self) {
         match &self.out {
-            Outlet::Writer(q) => {
-                // Held messages go to the writer, which flushes them with the rest.
-                let mut held = q.held();
-                held.closed = true;
-                for msg in held.msgs.drain(..) {
-                    self.enqueued.fetch_add(1, Ordering::AcqRel);
-                    if q.out.try_send(msg).is_err() {
-                        self.written.fetch_add(1, Ordering::AcqRel);
-                    }
-                }
-                q.out.close();
+            Outlet::Writer(out) => {
+                out.close();
             }
             Outlet::Direct(d) => {
                 d.closed.store(true, Ordering::Release);

@@ -19,23 +19,12 @@ pub const BOUND: Duration = Duration::from_secs(20);
 pub enum Transport {
     Mem,
     Unix,
-    /// Unix, with every thread of the test's executor in `harrow_ipc::park::block_on` (as
-    /// process actors and the root run): the links write the messages of a turn at its end.
-    UnixPark,
 }
 
 pub fn pair(t: Transport) -> (Channel, Channel) {
     match t {
         Transport::Mem => ipc::mem::pair(),
-        Transport::Unix | Transport::UnixPark => ipc::unix::pair().expect("socketpair"),
-    }
-}
-
-/// Drives `fut` on this thread the way transport `t`'s tests do.
-fn drive<T>(t: Transport, fut: impl Future<Output = T>) -> T {
-    match t {
-        Transport::UnixPark => ipc::park::block_on(fut),
-        Transport::Mem | Transport::Unix => async_io::block_on(fut),
+        Transport::Unix => ipc::unix::pair().expect("socketpair"),
     }
 }
 
@@ -65,18 +54,15 @@ where
         .map(|_| {
             let exec = exec.clone();
             let stop_rx = stop_rx.clone();
-            std::thread::spawn(move || drive(t, exec.run(stop_rx.recv())))
+            std::thread::spawn(move || async_io::block_on(exec.run(stop_rx.recv())))
         })
         .collect();
     let test = body(exec.clone(), t);
-    drive(
-        t,
-        exec.run(with_timeout(
-            Duration::from_secs(120),
-            "the whole test",
-            test,
-        )),
-    );
+    async_io::block_on(exec.run(with_timeout(
+        Duration::from_secs(120),
+        "the whole test",
+        test,
+    )));
     drop(stop_tx);
     for th in threads {
         let _ = th.join();
@@ -87,8 +73,7 @@ fn tracing_init() -> Option<()> {
     None
 }
 
-/// Stamps each named `async fn name(exec: Executor, t: Transport)` as a test over mem, unix, and
-/// unix with the executor's threads in `park::block_on`.
+/// Stamps each named `async fn name(exec: Executor, t: Transport)` as a test over mem and unix.
 #[macro_export]
 macro_rules! both_transports {
     ($($name:ident),* $(,)?) => {
@@ -105,14 +90,6 @@ macro_rules! both_transports {
                 #[test]
                 fn $name() {
                     $crate::common::run_test($crate::common::Transport::Unix, super::$name);
-                }
-            )*
-        }
-        mod unix_park {
-            $(
-                #[test]
-                fn $name() {
-                    $crate::common::run_test($crate::common::Transport::UnixPark, super::$name);
                 }
             )*
         }
