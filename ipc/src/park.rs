@@ -87,11 +87,12 @@ mod imp {
         interests: Mutex<HashMap<u64, Arc<Interest>>>,
     }
 
-    /// One registered socket: whether an edge arrived since its reader last consumed one, and the
-    /// reader's waker.
+    /// One registered socket: whether an edge arrived since its reader last consumed one,
+    /// whether the peer has closed its end (sticky), and the reader's waker.
     #[derive(Default)]
     struct Interest {
         ready: AtomicBool,
+        hung_up: AtomicBool,
         waker: Mutex<Option<Waker>>,
     }
 
@@ -196,6 +197,13 @@ mod imp {
                 }
                 let interest = self.interests().get(&key).cloned();
                 if let Some(interest) = interest {
+                    let hangup =
+                        epoll::EventFlags::RDHUP | epoll::EventFlags::HUP | epoll::EventFlags::ERR;
+                    // Copied out: the event struct is packed.
+                    let flags = event.flags;
+                    if flags.intersects(hangup) {
+                        interest.hung_up.store(true, Ordering::Release);
+                    }
                     interest.ready.store(true, Ordering::Release);
                     let waker = interest.waker().take();
                     if let Some(waker) = waker {
@@ -367,6 +375,14 @@ mod imp {
                 return Poll::Ready(());
             }
             Poll::Pending
+        }
+
+        /// Whether an edge said the peer closed its end (or the socket failed). Then a short
+        /// read does not mean drained: the end of the stream (a read of 0) is still to come, and
+        /// no further edge will announce it (the edge of the last bytes and the hang-up's may
+        /// have been one).
+        pub(crate) fn hung_up(&self) -> bool {
+            self.interest.hung_up.load(Ordering::Acquire)
         }
 
         /// Marks the socket readable again (a read filled its whole buffer: more may be queued).

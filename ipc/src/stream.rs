@@ -137,8 +137,9 @@ where
                     std::task::ready!(r.poll_ready(cx));
                     match this.io.get_ref().read(buf) {
                         Ok(n) => {
-                            if n == buf.len() {
-                                // Maybe more queued: the next read tries before it waits.
+                            if n == buf.len() || (n > 0 && r.hung_up()) {
+                                // Maybe more queued (or, the peer gone, the end of the stream
+                                // still to read): the next read tries before it waits.
                                 r.set_ready();
                             }
                             return Poll::Ready(Ok(n));

@@ -150,6 +150,26 @@ fn a_frame_in_pieces_then_eof_is_truncated_then_closed() {
 }
 
 #[test]
+fn a_last_frame_and_the_peer_closing_seen_in_one_edge_give_the_frame_then_closed() {
+    // The peer writes its last frame and closes before the reader looks again: epoll reports
+    // both in one edge, and the read that takes the frame is short. The end of the stream must
+    // still be read (no further edge announces it); a reader that took the short read for
+    // "drained" waited for ever (a child's channel seemed open after the child exited).
+    // All in one `block_on`: a new one registers the socket afresh, which reports it again.
+    let (ch, mut raw) = raw_peer();
+    let frame = codec::encode(&yield_msg(7), &CodecConfig::default()).unwrap();
+    bounded(async move {
+        // Registers the socket and finds nothing: the next data comes with an edge.
+        assert!(future::poll_once(ch.recv()).await.is_none());
+        // Both happen before this thread waits again.
+        raw.write_all(&frame).unwrap();
+        drop(raw);
+        assert_eq!(ch.recv().await.unwrap(), yield_msg(7));
+        assert!(ch.recv().await.unwrap_err().is_closed());
+    });
+}
+
+#[test]
 fn a_peer_that_goes_away_while_the_reader_sleeps_gives_closed() {
     let (a, b) = unix::pair().unwrap();
     let (started_tx, started_rx) = flume::bounded::<()>(1);

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 use harrow_ipc::{ActorId, Value};
@@ -482,10 +482,29 @@ impl ActorNursery {
                 outcome
             }
         };
+        // One bound for both waits below, the same as the second alone had before the first
+        // was added: a child's teardown takes no longer than it did.
+        let flush_until = Instant::now() + link_flush_bound(&self.inner.actor);
+        if !matches!(outcome, Exit::Running | Exit::Leaked(_)) {
+            // The child is gone, but what it sent before it went may still be in the channel
+            // (its last answers: a context's error sent as it tore down, say), and its exit can
+            // be seen before the reader has routed them. Its going ends the channel, so let
+            // the reader take everything up to that end (bounded) before closing our side:
+            // closing first would fail those calls with "closed locally" and lose the answers.
+            let _ = move_on_after(
+                flush_until.saturating_duration_since(Instant::now()),
+                link.closed(),
+            )
+            .await;
+        }
         link.close();
         // Let the link's I/O tasks end (the writer flushes for a bounded time), so that nothing
         // of this child (its channel's fd included) outlives its supervisor.
-        let _ = move_on_after(link_flush_bound(&self.inner.actor), link.io_stopped()).await;
+        let _ = move_on_after(
+            flush_until.saturating_duration_since(Instant::now()),
+            link.io_stopped(),
+        )
+        .await;
         match &outcome {
             Exit::Leaked(what) => {
                 tracing::warn!(child = %slot.id, backend = %slot.backend, %what, "child leaked");

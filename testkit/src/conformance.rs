@@ -288,7 +288,9 @@ pub fn unknown_function<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
             .run(&missing, Value::Null)
             .await
             .expect_err("an unknown function must fail");
-        let remote = err.remote_error().expect("a remote error");
+        let remote = err
+            .remote_error()
+            .unwrap_or_else(|| panic!("a remote error, got: {err}"));
         assert!(
             matches!(
                 remote.kind,
@@ -314,7 +316,9 @@ pub fn remote_error_boxing<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
             .run(&f.func("fail"), Value::from("boom 42"))
             .await
             .expect_err("fail must fail");
-        let remote = err.remote_error().expect("a remote error");
+        let remote = err
+            .remote_error()
+            .unwrap_or_else(|| panic!("a remote error, got: {err}"));
         assert_eq!(remote.kind, ErrorKind::Raised);
         assert_eq!(remote.type_name, f.fail_type_name());
         assert!(remote.message.contains("boom 42"), "{remote}");
@@ -347,7 +351,9 @@ pub fn relay_path<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
             .run(&f.func("relay_fail"), Value::from("deep"))
             .await
             .expect_err("relay_fail must fail");
-        let remote = err.remote_error().expect("a remote error");
+        let remote = err
+            .remote_error()
+            .unwrap_or_else(|| panic!("a remote error, got: {err}"));
         assert_eq!(remote.source.name, "relay-leaf");
         assert_eq!(remote.type_name, f.fail_type_name());
         // leaf -> mid -> root: two hops, one relay (the actor that forwarded it).
@@ -723,7 +729,9 @@ pub fn subtree_budget<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
         "the middle actor is not the stuck one"
     );
     let err = answer.expect_err("the middle's call was torn down");
-    let remote = err.remote_error().expect("a remote error");
+    let remote = err
+        .remote_error()
+        .unwrap_or_else(|| panic!("a remote error, got: {err}"));
     match caps.hard_kill {
         HardKill::Detaches => {
             // The grandchild could not be stopped: the middle reports it, by name.
