@@ -32,20 +32,17 @@ pub(super) async fn writer(shared: Arc<Shared>, tx: ChannelTx, out: async_channe
                     Err(_) => break,
                 }
             }
-            while !batch.is_empty() {
-                let before = batch.len();
-                let result = tx.send_batch(&mut batch).await;
-                // Sent, plus the one handed back in an error: all left the queue.
-                let done = before - batch.len();
-                shared.written.fetch_add(done as u64, Ordering::AcqRel);
-                if let Err(e) = result {
-                    if !send_failed(&shared, &tx, e).await {
-                        return;
-                    }
-                }
+            // Acks alone wait for the next message (see `Shared::enqueue_quiet`): a write and a
+            // wake-up of the peer for nothing it acts on.
+            if batch.len() < WRITE_BATCH && batch.iter().all(quiet) {
+                continue;
             }
-            shared.progress.notify(usize::MAX);
+            if !write_batch(&shared, &tx, &mut batch).await {
+                return;
+            }
         }
+        // The queue is closed: what was held still goes.
+        write_batch(&shared, &tx, &mut batch).await;
     };
     let deadline = async {
         shared.wait_dead().await;
@@ -56,6 +53,32 @@ pub(super) async fn writer(shared: Arc<Shared>, tx: ChannelTx, out: async_channe
     tx.close();
     shared.writer_done.store(true, Ordering::Release);
     shared.progress.notify(usize::MAX);
+}
+
+/// Whether a message may wait for the next one (see `Shared::enqueue_quiet`).
+fn quiet(msg: &Msg) -> bool {
+    matches!(msg, Msg::StartAck { .. })
+}
+
+/// Writes `batch` whole. False when the channel is gone (the link is then shut down).
+async fn write_batch(shared: &Arc<Shared>, tx: &ChannelTx, batch: &mut VecDeque<Msg>) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    while !batch.is_empty() {
+        let before = batch.len();
+        let result = tx.send_batch(batch).await;
+        // Sent, plus the one handed back in an error: all left the queue.
+        let done = before - batch.len();
+        shared.written.fetch_add(done as u64, Ordering::AcqRel);
+        if let Err(e) = result {
+            if !send_failed(shared, tx, e).await {
+                return false;
+            }
+        }
+    }
+    shared.progress.notify(usize::MAX);
+    true
 }
 
 /// Deals with a message that could not be sent. False when the channel is gone (the link is then

@@ -144,6 +144,20 @@ impl Shared {
         }
     }
 
+    /// Queues a message the peer need not act on by itself (a served call's `StartAck`, which
+    /// callers ignore), so that it does not cost the peer a wake-up of its own: it travels with
+    /// the next message that does wake the peer. Every call that was acked ends with a message
+    /// of its own (its answer), and the link's close wakes the peer too, so nothing is held for
+    /// longer than its call runs. On a direct outlet the message is handed over without
+    /// scheduling a wake-up; a writer holds a batch made of such messages alone until the next
+    /// message (or the close) comes ([`io::writer`](super::io::writer)).
+    pub(crate) fn enqueue_quiet(&self, msg: Msg) -> bool {
+        match &self.out {
+            Outlet::Writer(_) => self.enqueue(msg),
+            Outlet::Direct(d) => d.hand_over(msg),
+        }
+    }
+
     /// Wakes the peer now for what [`enqueue_urgent`](Self::enqueue_urgent) handed over (and
     /// anything handed over before it; a wake-up still pending for those stays pending, and
     /// costs one lock when it comes). Nothing to do for a writer.

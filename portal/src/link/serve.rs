@@ -107,13 +107,15 @@ impl Shared {
     /// once, as most unary calls do, then needs no task of its own: one task hop less per call),
     /// and, if it is not done by then, the rest in a task of its own.
     fn run_served(self: &Arc<Self>, cid: Cid, chan: Arc<Chan>, fut: crate::CallFuture) {
-        // The ack goes out before anything the function sends. On an in-memory transport it
-        // and a `Return` made in the first poll reach the caller in one wake-up; a writer
-        // batches them the same way.
+        // The ack goes out before anything the function sends, and with it: it wakes the
+        // caller for nothing (callers ignore it), so it travels with the call's next message
+        // (its `Return`, made in the first poll or later; a context's `Started`), on either kind
+        // of outlet. A call answered later (by another thread: a Python actor's interpreter)
+        // then costs the caller one wake-up, not two.
         {
             let cst = chan.lock();
             if !cst.wire_done {
-                self.enqueue(Msg::StartAck { cid });
+                self.enqueue_quiet(Msg::StartAck { cid });
             }
         }
         let scope_ctx = CalleeContext::new(self.clone(), chan.clone());
