@@ -332,6 +332,21 @@ impl CalleeContext {
         Ok(MsgStream::new(self.shared.clone(), self.chan.clone()))
     }
 
+    /// Answers this (unary) call now, from any thread, with what its function ended with:
+    /// the answer goes to the caller from here, instead of through the call's future and this
+    /// link's executor (one thread hand-off less, for a function whose work runs on a thread of
+    /// its own: a Python actor's interpreter thread answers this way). It is the call's answer
+    /// exactly as if its future had returned `result` (a `Cancelled` error after a cancel gives
+    /// the canonical cancelled answer). The call's future must still end, soon: what it ends
+    /// with is dropped. Nothing is sent when the call has already ended (cancelled and dropped,
+    /// its cleanup time up, the link closed); a second answer is ignored.
+    ///
+    /// For unary calls only: a context's or stream's messages go through the link's executor,
+    /// and an answer sent around them could overtake them.
+    pub fn answer_now(&self, result: Result<Value, CallError>) {
+        self.shared.answer_served_now(self.chan.cid, result);
+    }
+
     /// Whether a cancel for this call has arrived.
     pub fn is_cancelled(&self) -> bool {
         self.chan.lock().cancelled_by.is_some()

@@ -123,7 +123,12 @@ impl InterpHandle {
         // Counted in flight from before it can be answered (see `SpinGate::spin`).
         self.spin.begin();
         call.in_flight = Some(Arc::clone(&self.spin));
-        call.spin = Some(Arc::clone(&self.spin));
+        // A unary call whose answer the interpreter thread sends itself: nothing to watch for.
+        let answered_directly =
+            kind == CallKind::Unary && host.as_ref().is_some_and(|h| h.answers_now());
+        if !answered_directly {
+            call.spin = Some(Arc::clone(&self.spin));
+        }
         let sent = self.jobs.send(Job::Call(CallJob {
             job,
             func,

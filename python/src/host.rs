@@ -31,6 +31,21 @@ pub trait CallHost: Send + Sync + 'static {
     /// (formatting a traceback can take a while in a fresh interpreter). A cancelled call gets
     /// time for that, so that what it ended with is not replaced by the cancel.
     fn user_code_ended(&self) {}
+
+    /// Whether [`answer_now`](Self::answer_now) takes a unary call's answer. When it does, the
+    /// call's future does not watch for the reply before its thread parks (see `crate::spin`):
+    /// the answer no longer goes through it.
+    fn answers_now(&self) -> bool {
+        false
+    }
+
+    /// A unary call's answer, straight from the interpreter thread to the caller, without the
+    /// hop through the actor's runtime thread (which the call's future would take). `Err`
+    /// hands the answer back when this host cannot (the default): it then goes through the
+    /// call's future as usual.
+    fn answer_now(&self, answer: crate::Answer) -> Result<(), crate::Answer> {
+        Err(answer)
+    }
 }
 
 /// The Rust side of one open stream (`stream` in Python).

@@ -121,6 +121,15 @@ impl CallHost for CalleeHost {
     fn user_code_ended(&self) {
         self.ctx.extend_cleanup(OUTCOME_GRACE);
     }
+
+    fn answers_now(&self) -> bool {
+        true
+    }
+
+    fn answer_now(&self, answer: crate::Answer) -> Result<(), crate::Answer> {
+        self.ctx.answer_now(answer);
+        Ok(())
+    }
 }
 
 struct PortalStream(MsgStream);

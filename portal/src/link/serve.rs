@@ -187,6 +187,18 @@ impl Shared {
         cid: Cid,
         answer: impl FnOnce(&Self, &Chan, &crate::chan::ChanState) -> Option<Msg>,
     ) -> Option<Served> {
+        self.end_served_with(cid, false, answer)
+    }
+
+    /// [`end_served`](Self::end_served); with `urgent`, the answer is handed over without
+    /// scheduling a wake-up of the peer (the caller wakes it once the lock is released: see
+    /// [`answer_served_now`](Self::answer_served_now)).
+    fn end_served_with(
+        &self,
+        cid: Cid,
+        urgent: bool,
+        answer: impl FnOnce(&Self, &Chan, &crate::chan::ChanState) -> Option<Msg>,
+    ) -> Option<Served> {
         let mut st = self.lock();
         let entry = st.served.remove(&cid)?;
         {
@@ -194,7 +206,11 @@ impl Shared {
             if !cst.wire_done {
                 if let Some(msg) = answer(self, &entry.chan, &cst) {
                     cst.wire_done = true;
-                    self.enqueue(msg);
+                    if urgent {
+                        self.enqueue_urgent(msg);
+                    } else {
+                        self.enqueue(msg);
+                    }
                 }
             }
         }
@@ -224,50 +240,82 @@ impl Shared {
         cid: Cid,
         result: std::result::Result<std::result::Result<Value, CallError>, Panicked>,
     ) {
-        let local = &self.local.id;
         let entry = self.end_served(cid, |shared, chan, st| {
-            Some(match result {
-                Ok(Ok(value)) => {
-                    match crate::error::check_depth(&value, || format!("result of {}", chan.func)) {
-                        Ok(()) => Msg::Return { cid, value },
-                        Err(e) => Msg::Error {
-                            cid: Some(cid),
-                            error: Box::new(RemoteError::new(
-                                ErrorKind::Runtime,
-                                "ValueError",
-                                e.to_string(),
-                                local.clone(),
-                            )),
-                        },
-                    }
-                }
-                // Cancelled and ended by that cancel: the canonical answer, naming the canceller.
-                Ok(Err(err)) if st.cancelled_by.is_some() && err.kind() == ErrorKind::Cancelled => {
-                    shared.cancelled_answer(chan, st)
-                }
-                // A failure, before or during the cleanup of a cancel: the outcome is the failure.
-                Ok(Err(err)) => {
-                    debug!(%cid, func = %chan.func, %err, "served call failed");
-                    Msg::Error {
-                        cid: Some(cid),
-                        error: Box::new(err.into_remote(local)),
-                    }
-                }
-                Err((payload, trace)) => {
-                    let text = panic_text(payload.as_ref());
-                    debug!(%cid, func = %chan.func, panic = %text, "served call panicked");
-                    Msg::Error {
-                        cid: Some(cid),
-                        error: Box::new(
-                            RemoteError::new(ErrorKind::Raised, "panic", text, local.clone())
-                                .with_traceback(trace.unwrap_or_default()),
-                        ),
-                    }
-                }
-            })
+            Some(shared.answer_msg(cid, chan, st, result))
         });
         if let Some(task) = entry.and_then(|e| e.task) {
             task.detach(); // it is this very task, about to finish
+        }
+    }
+
+    /// Answers served call `cid` with `result` from any thread, at once, as its future would
+    /// have when it completed: the answer is handed to the transport and the peer woken from
+    /// here, without a hop through this link's executor. The call's future is left to finish
+    /// on its own (whatever it ends with then is not sent: the call is over). Nothing is sent
+    /// when the call has already ended (cancelled, its cleanup time up, the link closed).
+    pub(crate) fn answer_served_now(
+        &self,
+        cid: Cid,
+        result: std::result::Result<Value, CallError>,
+    ) {
+        let entry = self.end_served_with(cid, true, |shared, chan, st| {
+            Some(shared.answer_msg(cid, chan, st, Ok(result)))
+        });
+        if let Some(entry) = entry {
+            self.wake_peer_now();
+            if let Some(task) = entry.task {
+                task.detach();
+            }
+        }
+    }
+
+    /// The message that answers served call `cid` with what its future ended with.
+    fn answer_msg(
+        &self,
+        cid: Cid,
+        chan: &Chan,
+        st: &crate::chan::ChanState,
+        result: std::result::Result<std::result::Result<Value, CallError>, Panicked>,
+    ) -> Msg {
+        let local = &self.local.id;
+        match result {
+            Ok(Ok(value)) => {
+                match crate::error::check_depth(&value, || format!("result of {}", chan.func)) {
+                    Ok(()) => Msg::Return { cid, value },
+                    Err(e) => Msg::Error {
+                        cid: Some(cid),
+                        error: Box::new(RemoteError::new(
+                            ErrorKind::Runtime,
+                            "ValueError",
+                            e.to_string(),
+                            local.clone(),
+                        )),
+                    },
+                }
+            }
+            // Cancelled and ended by that cancel: the canonical answer, naming the canceller.
+            Ok(Err(err)) if st.cancelled_by.is_some() && err.kind() == ErrorKind::Cancelled => {
+                self.cancelled_answer(chan, st)
+            }
+            // A failure, before or during the cleanup of a cancel: the outcome is the failure.
+            Ok(Err(err)) => {
+                debug!(%cid, func = %chan.func, %err, "served call failed");
+                Msg::Error {
+                    cid: Some(cid),
+                    error: Box::new(err.into_remote(local)),
+                }
+            }
+            Err((payload, trace)) => {
+                let text = panic_text(payload.as_ref());
+                debug!(%cid, func = %chan.func, panic = %text, "served call panicked");
+                Msg::Error {
+                    cid: Some(cid),
+                    error: Box::new(
+                        RemoteError::new(ErrorKind::Raised, "panic", text, local.clone())
+                            .with_traceback(trace.unwrap_or_default()),
+                    ),
+                }
+            }
         }
     }
 

@@ -65,6 +65,7 @@ impl Setup {
             shared: Arc::clone(shared),
             hooks: self.harrow.hooks,
             job: Arc::clone(&job),
+            kind,
             host,
             stream: Mutex::new(None),
             started: AtomicBool::new(false),
@@ -164,6 +165,19 @@ impl Setup {
                     )),
                 }
             }
+        };
+        // A unary call's answer goes to its caller from here when the host can send it (one
+        // hand-off less: not through the runtime thread); its future then only ends (woken by
+        // the closed reply slot, after the caller was).
+        let result = match &ctx.host {
+            Some(host) if ctx.kind == CallKind::Unary => match host.answer_now(result) {
+                Ok(()) => {
+                    drop(reply);
+                    return ends;
+                }
+                Err(result) => result,
+            },
+            _ => result,
         };
         reply.send(result);
         ends

@@ -686,6 +686,8 @@ pub(crate) struct CallCtx {
     /// What waiting in a `ctx` operation asks of the call server.
     pub(crate) hooks: &'static ServerHooks,
     pub(crate) job: Arc<JobState>,
+    /// Unary call or context.
+    pub(crate) kind: harrow_ipc::CallKind,
     pub(crate) host: Option<Arc<dyn CallHost>>,
     pub(crate) stream: Mutex<Option<Box<dyn StreamHost>>>,
     pub(crate) started: AtomicBool,
