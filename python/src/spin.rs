@@ -8,6 +8,11 @@
 //! that window costs the caller no park and no wake-up, and lets an actor answer the call in the
 //! same turn of its executor (one message batch to its caller instead of two).
 //!
+//! A unary call whose host sends its answer from the interpreter thread itself (an actor's
+//! calls through the portal: [`CallHost::answer_now`](crate::CallHost::answer_now)) does not
+//! spin: its answer does not come back through the caller's thread. Contexts, and calls made
+//! without such a host, do.
+//!
 //! Only a call alone in flight on its interpreter spins: with other calls queued ahead of it or
 //! behind it (a pool feeding a worker several items), its thread has their messages to handle,
 //! and spinning would hold them back.
