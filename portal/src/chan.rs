@@ -113,6 +113,9 @@ pub(crate) struct ChanState {
     // --- callee-side progress ---
     /// Callee: `Started` was sent.
     pub(crate) started_sent: bool,
+    /// Callee: `StartAck` was queued (by the call's first poll, or ahead of an answer sent from
+    /// another thread before that poll: see `Shared::answer_served_now`).
+    pub(crate) ack_sent: bool,
     /// Callee: the terminal message (`Return`/`Error`) for this cid is queued; nothing more may be
     /// sent for it.
     pub(crate) wire_done: bool,

@@ -20,7 +20,8 @@ enum Answer {
     Twice(Value, Value),
 }
 
-/// Serves `t:later` (observes its cancel; a thread of its own answers with what `answers`
+/// Serves `t:at_once` (answered from `start` itself, before the call is first polled; its
+/// future ends once `release` delivers), `t:later` (observes its cancel; a thread of its own answers with what `answers`
 /// delivers, after telling `cancel_seen` whether the call was cancelled by then; the future
 /// ends only once `release` delivers, with that) and `t:echo`.
 #[derive(Debug)]
@@ -39,6 +40,15 @@ impl std::fmt::Debug for Answer {
 
 impl Resolver for LaterResolver {
     fn start(&self, call: Invocation) -> Result<CallFuture, CallError> {
+        if call.func.to_string() == "t:at_once" {
+            // Answered before the call's first poll (before its ack was queued): the answer
+            // must still follow the ack.
+            call.ctx.answer_now(Ok(Value::Int(5)));
+            let release = self.release.clone();
+            return Ok(Box::pin(async move {
+                Ok(release.recv().await.unwrap_or(Value::Null))
+            }));
+        }
         if call.func.to_string() != "t:later" {
             return self.echo.start(call);
         }
@@ -252,7 +262,25 @@ async fn a_cancelled_answer_after_a_cancel_names_the_canceller(exec: Executor, t
     nothing_more_for(&s, 2).await;
 }
 
+async fn an_answer_before_the_first_poll_still_follows_the_ack(exec: Executor, t: Transport) {
+    let s = setup(&exec, t).await;
+    s.caller
+        .send(start(2, "t:at_once", Value::Null))
+        .await
+        .unwrap();
+    assert_eq!(recv(&s).await, Msg::StartAck { cid: Cid(2) });
+    assert_eq!(
+        recv(&s).await,
+        Msg::Return {
+            cid: Cid(2),
+            value: Value::Int(5)
+        }
+    );
+    nothing_more_for(&s, 2).await;
+}
+
 both_transports!(
+    an_answer_before_the_first_poll_still_follows_the_ack,
     an_answer_from_another_thread_reaches_the_caller_before_the_future_ends,
     a_failure_answered_from_another_thread_is_the_callers_error,
     a_second_answer_is_not_sent,

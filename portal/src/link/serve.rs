@@ -113,8 +113,9 @@ impl Shared {
         // of outlet. A call answered later (by another thread: a Python actor's interpreter)
         // then costs the caller one wake-up, not two.
         {
-            let cst = chan.lock();
-            if !cst.wire_done {
+            let mut cst = chan.lock();
+            if !cst.wire_done && !cst.ack_sent {
+                cst.ack_sent = true;
                 self.enqueue_quiet(Msg::StartAck { cid });
             }
         }
@@ -190,13 +191,15 @@ impl Shared {
         self.end_served_with(cid, false, answer)
     }
 
-    /// [`end_served`](Self::end_served); with `urgent`, the answer is handed over without
-    /// scheduling a wake-up of the peer (the caller wakes it once the lock is released: see
-    /// [`answer_served_now`](Self::answer_served_now)).
+    /// [`end_served`](Self::end_served); with `from_outside` (an answer from another thread:
+    /// [`answer_served_now`](Self::answer_served_now)), the call has started, so its
+    /// `StartAck` goes first if its first poll has not queued it yet (the answer can come
+    /// before that poll), and both are handed over without scheduling a wake-up of the peer
+    /// (the caller wakes it once the lock is released).
     fn end_served_with(
         &self,
         cid: Cid,
-        urgent: bool,
+        from_outside: bool,
         answer: impl FnOnce(&Self, &Chan, &crate::chan::ChanState) -> Option<Msg>,
     ) -> Option<Served> {
         let mut st = self.lock();
@@ -206,7 +209,11 @@ impl Shared {
             if !cst.wire_done {
                 if let Some(msg) = answer(self, &entry.chan, &cst) {
                     cst.wire_done = true;
-                    if urgent {
+                    if from_outside {
+                        if !cst.ack_sent {
+                            cst.ack_sent = true;
+                            self.enqueue_urgent(Msg::StartAck { cid });
+                        }
                         self.enqueue_urgent(msg);
                     } else {
                         self.enqueue(msg);
