@@ -374,6 +374,26 @@ fn shield_defers_the_cancel() -> Result<()> {
 }
 
 #[test]
+fn a_failure_leaving_a_shield_is_not_replaced_by_the_cancel() -> Result<()> {
+    let t = spawn("basic-shield-fail")?;
+    let h = t.handle();
+    // The cancel is outstanding when the ValueError leaves the shield, and the re-armed
+    // injection fires many times while it unwinds through 0.3 s of `finally`.
+    let (fut, _ends) = start_ctx(&h, "harrow_testfns:fail_leaving_shield", Value::Float(0.3))?;
+    fut.cancel();
+    let err = bounded(BOUND, fut)?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Raised, "{err}");
+    assert!(err.to_string().contains("failed in the shield"), "{err}");
+    // An exception being handled only defers the cancel: it lands once the block is left.
+    let (fut, _ends) = start_ctx(&h, "harrow_testfns:catch_then_spin", Value::Float(0.1))?;
+    fut.cancel();
+    let err = bounded(BOUND, fut)?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
+    Ok(())
+}
+
+#[test]
 fn harrow_sleep_and_blocked_ctx_ops_are_cancellable() -> Result<()> {
     let t = spawn("basic-sleep")?;
     let h = t.handle();

@@ -235,6 +235,8 @@ unsafe fn pending_cancel_body(arg: *mut c_void) -> c_int {
             .shield_depth
             .load(std::sync::atomic::Ordering::SeqCst)
             == 0
+        // SAFETY: the owning thread of `shared`'s interpreter, GIL held.
+        && !unsafe { handling_failure(shared) }
         && shared.take_cancel_delivery()
     {
         // SAFETY: the owning thread of the interpreter whose types `shared` holds, GIL held.
@@ -242,6 +244,38 @@ unsafe fn pending_cancel_body(arg: *mut c_void) -> c_int {
         return -1;
     }
     0
+}
+
+/// Whether the running code is handling an exception other than `harrow.Cancelled`: an
+/// `except`, `finally` or `with` exit block running because that exception was raised. The
+/// exception may be a failure still unwinding (out of a shield, through a `finally`), which is
+/// the call's outcome: an asynchronous `harrow.Cancelled` raised there would replace it, and the
+/// caller would see a cancellation instead of the failure. So the injection waits until the
+/// block is left (the injector re-arms it); `harrow.checkpoint()`, `harrow.sleep()` and the
+/// harrow operations still see the cancel inside it.
+///
+/// # Safety
+/// The owning thread of `shared`'s interpreter, GIL held.
+unsafe fn handling_failure(shared: &Shared) -> bool {
+    // SAFETY: GIL held; a new reference, or null (or `None`) when nothing is being handled.
+    let exc = unsafe { ffi::PyErr_GetHandledException() };
+    if exc.is_null() {
+        return false;
+    }
+    // SAFETY: reading the address of the `None` singleton.
+    let handling = exc != unsafe { ffi::Py_None() } && {
+        let cancelled = shared
+            .types
+            .cancelled
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .cast::<ffi::PyObject>();
+        // SAFETY: GIL held; `exc` is live (we hold a reference) and `cancelled` a live type
+        // object of this interpreter (held until `release_types`).
+        !cancelled.is_null() && unsafe { ffi::PyErr_GivenExceptionMatches(exc, cancelled) } == 0
+    };
+    // SAFETY: GIL held; drops the reference `PyErr_GetHandledException` returned.
+    unsafe { ffi::Py_DECREF(exc) };
+    handling
 }
 
 /// Writes one byte to a wake pipe's write end (non-blocking: a full pipe is already a wake).

@@ -162,6 +162,36 @@ def shielded(ctx, seconds):
         pass
 
 
+def fail_leaving_shield(ctx, seconds):
+    """Waits (shielded) until its cancel has arrived, raises ValueError in the shield, and lets
+    that failure unwind through a ``finally`` that runs Python code for ``seconds``: the failure
+    is the call's outcome, which the outstanding cancel must not replace as it unwinds."""
+    try:
+        with harrow.shield():
+            ctx.started("shielded")
+            while not ctx.cancelled:
+                pass
+            raise ValueError("failed in the shield")
+    finally:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pass
+
+
+def catch_then_spin(ctx, seconds):
+    """Catches a ValueError and then runs Python code in its ``except`` block for ``seconds``
+    (no checkpoint) before looping forever outside it: a cancel lands once the block is left."""
+    ctx.started("ready")
+    try:
+        raise ValueError("caught")
+    except ValueError:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pass
+    while True:
+        pass
+
+
 shield_done = False
 
 
