@@ -700,7 +700,7 @@ pub fn subtree_budget<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     let scratch = ScratchDir::new("budget");
     let marker = scratch.dir.join("busy");
     let marker_s = marker.to_string_lossy().into_owned();
-    let (outcome, answer) = expect_ok(run_root(root_config(), |n| {
+    let (outcome, answer, took) = expect_ok(run_root(root_config(), |n| {
         let marker = &marker;
         async move {
             let middle = n.start_actor("middle", f.backend(), f.spec()).await?;
@@ -718,15 +718,19 @@ pub fn subtree_budget<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
                 );
                 async_io::Timer::after(Duration::from_millis(2)).await;
             }
+            let cancelling = Instant::now();
             let outcome = middle.cancel().await;
+            let took = cancelling.elapsed();
             let answer = ctx.result().await;
-            Ok((outcome, answer))
+            Ok((outcome, answer, took))
         }
     }));
     assert_eq!(
         outcome,
         ChildOutcome::Exited,
-        "the middle actor is not the stuck one"
+        "the middle actor is not the stuck one (its teardown took {took:?}; the ladder's \
+         bound per level is {:?})",
+        Timeouts::quick().ladder_bound()
     );
     let err = answer.expect_err("the middle's call was torn down");
     let remote = err
