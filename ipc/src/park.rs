@@ -282,10 +282,17 @@ mod imp {
             }
             let spin = gate.spin();
             if !spin.is_zero() {
-                // Watch for a wake-up from another thread and for the sockets' edges.
+                // Watch for a wake-up from another thread and for the sockets' edges. The flag
+                // is a load; the sockets cost a system call per look, made only when there are
+                // any (a root whose children are all in-process has none; a socket is
+                // registered by a read on this thread, so none appears during the spin).
+                let sockets = !poller.interests().is_empty();
                 let woken = spin_until(spin, || {
                     if poller.state.load(Ordering::Acquire) != RUNNING {
                         return true;
+                    }
+                    if !sockets {
+                        return false;
                     }
                     poller.poll_now(&fds, &mut events);
                     poller.state.load(Ordering::Acquire) != RUNNING
