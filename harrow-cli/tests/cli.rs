@@ -197,6 +197,11 @@ fn bench_scale_quick_json_has_a_row_per_backend() -> Result<()> {
             row["rss_delta_kib_per_actor"].is_number(),
             "{b}: no RSS: {r}"
         );
+        // In-process actors' memory without their stacks; process actors are in the children.
+        ensure!(
+            row["rss_beyond_stacks_kib_per_actor"].is_number() == (b != "process"),
+            "{b}: RSS beyond the stacks: {r}"
+        );
     }
     Ok(())
 }

@@ -2,8 +2,9 @@
 //! sizes (10, 100 and the full size: 1,000 thread, 200 process, 100 subint actors), the root
 //! starts that many idle actors one after the other, measures its memory, then cancels them one
 //! after the other. Reported per actor: spawn time, teardown time, and memory (this process's
-//! RSS delta / actors; for process actors also the children's own proportional set size).
-//! Flat per-actor figures across the sizes are the goal.
+//! RSS delta / actors; for in-process actors also that delta without their threads' stacks, for
+//! process actors the children's own proportional set size). Flat per-actor figures across the
+//! sizes are the goal.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,9 @@ pub(super) struct ScaleRow {
     /// This process's RSS after the spawns minus before, per actor (KiB); `None` where
     /// `/proc` is unreadable.
     rss_kib: Option<f64>,
+    /// For in-process actors, the same without what their threads' stacks added (KiB): what
+    /// an idle actor costs beyond its stack.
+    beyond_stacks_kib: Option<f64>,
     /// The children's proportional set size per actor (KiB), for backends whose actors are
     /// processes.
     child_pss_kib: Option<f64>,
@@ -62,6 +66,7 @@ pub(super) async fn measure(
 
 async fn one(n: &ActorNursery, p: &Plan, size: usize) -> anyhow::Result<ScaleRow> {
     let rss0 = rss_kib();
+    let stacks0 = stacks_rss_kib();
     let pss0 = children_pss_kib();
     let mut children = Vec::with_capacity(size);
     let t = Instant::now();
@@ -75,6 +80,7 @@ async fn one(n: &ActorNursery, p: &Plan, size: usize) -> anyhow::Result<ScaleRow
     }
     crate::util::pause(Duration::from_millis(200)).await;
     let rss1 = rss_kib();
+    let stacks1 = stacks_rss_kib();
     let pss1 = children_pss_kib();
     let t = Instant::now();
     for c in &children {
@@ -90,6 +96,14 @@ async fn one(n: &ActorNursery, p: &Plan, size: usize) -> anyhow::Result<ScaleRow
         spawn_ms: per(spawn),
         teardown_ms: per(teardown),
         rss_kib: delta(rss0, rss1),
+        beyond_stacks_kib: if p.backend_in_process() {
+            let stacks = delta(stacks0, stacks1);
+            delta(rss0, rss1)
+                .zip(stacks)
+                .map(|(rss, stacks)| rss - stacks)
+        } else {
+            None
+        },
         child_pss_kib: if p.backend_in_process() {
             None
         } else {
@@ -124,6 +138,54 @@ fn children_pss_kib() -> Option<f64> {
     Some(total)
 }
 
+/// The resident size (KiB) of this process's thread stacks: each mapping that holds the stack
+/// pointer of one of its blocked threads (an idle actor's thread is blocked), counted once.
+/// The stack pointers come from `/proc/self/task/*/syscall`, the mappings from
+/// `/proc/self/smaps`. A thread running at that moment (the one reading) has no stack pointer
+/// there and is left out, alike in two readings made by the same thread.
+fn stacks_rss_kib() -> Option<f64> {
+    let mut sps = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(task) = task else { continue };
+        if let Ok(s) = std::fs::read_to_string(task.path().join("syscall")) {
+            sps.extend(stack_pointer(&s));
+        }
+    }
+    Some(rss_holding(
+        &std::fs::read_to_string("/proc/self/smaps").ok()?,
+        &sps,
+    ))
+}
+
+/// The stack pointer in a `/proc/.../syscall` line: `nr args... sp pc` or `-1 sp pc` for a
+/// blocked thread, `running` otherwise.
+fn stack_pointer(syscall: &str) -> Option<u64> {
+    let fields: Vec<&str> = syscall.split_whitespace().collect();
+    if fields.len() < 3 {
+        return None;
+    }
+    u64::from_str_radix(fields[fields.len() - 2].strip_prefix("0x")?, 16).ok()
+}
+
+/// The summed `Rss:` (KiB) of the mappings in `smaps` that contain one of `addrs`.
+fn rss_holding(smaps: &str, addrs: &[u64]) -> f64 {
+    let mut total = 0.0;
+    let mut holds = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-') {
+            // A mapping's header: `start-end perms offset dev inode [path]`.
+            holds = match (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) {
+                (Ok(start), Ok(end)) => addrs.iter().any(|a| (start..end).contains(a)),
+                _ => false,
+            };
+        } else if holds && first == "Rss:" {
+            total += kib_field(line, "Rss:").unwrap_or(0.0);
+        }
+    }
+    total
+}
+
 fn kib_field(text: &str, key: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(key))?
@@ -138,18 +200,25 @@ pub(super) fn print(rows: &[ScaleRow]) {
         "scale: N idle actors started one after the other under the root, then cancelled one after the other; per actor:"
     );
     println!(
-        "{:<8} {:>7} {:>16} {:>16} {:>22} {:>26}",
-        "backend", "actors", "spawn", "teardown", "RSS delta / actor", "children's PSS / actor"
+        "{:<8} {:>7} {:>16} {:>16} {:>22} {:>22} {:>26}",
+        "backend",
+        "actors",
+        "spawn",
+        "teardown",
+        "RSS delta / actor",
+        "beyond stacks / actor",
+        "children's PSS / actor"
     );
     let kib = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0} KiB"));
     for r in rows {
         println!(
-            "{:<8} {:>7} {:>13.3} ms {:>13.3} ms {:>22} {:>26}",
+            "{:<8} {:>7} {:>13.3} ms {:>13.3} ms {:>22} {:>22} {:>26}",
             r.backend,
             r.actors,
             r.spawn_ms,
             r.teardown_ms,
             kib(r.rss_kib),
+            kib(r.beyond_stacks_kib),
             kib(r.child_pss_kib)
         );
     }
@@ -164,6 +233,7 @@ pub(super) fn to_json(rows: &[ScaleRow]) -> serde_json::Value {
                 "spawn_ms_per_actor": round(r.spawn_ms),
                 "teardown_ms_per_actor": round(r.teardown_ms),
                 "rss_delta_kib_per_actor": r.rss_kib.map(round),
+                "rss_beyond_stacks_kib_per_actor": r.beyond_stacks_kib.map(round),
                 "children_pss_kib_per_actor": r.child_pss_kib.map(round),
             }))
             .collect::<Vec<_>>()
@@ -180,5 +250,58 @@ mod tests {
         assert_eq!(kib_field(status, "VmRSS:"), Some(12345.0));
         assert_eq!(kib_field(status, "Pss:"), None);
         assert!(rss_kib().is_some_and(|v| v > 0.0));
+    }
+
+    #[test]
+    fn a_blocked_threads_stack_pointer_is_read() {
+        let blocked = "202 0x7f0000001000 0x80 0x0 0x0 0x0 0x0 0x7f12345678f0 0x7f1234000000\n";
+        assert_eq!(stack_pointer(blocked), Some(0x7f12_3456_78f0));
+        assert_eq!(
+            stack_pointer("-1 0x7ffd0000aa00 0x55aa00001234\n"),
+            Some(0x7ffd_0000_aa00)
+        );
+        assert_eq!(stack_pointer("running\n"), None);
+    }
+
+    #[test]
+    fn only_the_mappings_holding_an_address_count() {
+        let smaps = "1000-3000 rw-p 00000000 00:00 0 \nSize:  8 kB\nRss:   8 kB\n\
+                     3000-5000 rw-p 00000000 00:00 0 \nSize:  8 kB\nRss:   4 kB\n\
+                     5000-9000 r--p 00000000 fe:00 12 /usr/bin/x\nSize: 16 kB\nRss:  16 kB\n";
+        assert_eq!(rss_holding(smaps, &[0x2000]), 8.0);
+        // Two addresses in one mapping count it once; an address in no mapping adds nothing.
+        assert_eq!(rss_holding(smaps, &[0x1000, 0x2fff, 0x6000, 0xa000]), 24.0);
+        assert_eq!(rss_holding(smaps, &[]), 0.0);
+    }
+
+    #[test]
+    fn an_idle_threads_stack_is_found() {
+        // A thread blocked on a channel has its stack pointer in /proc, in a mapping of ours.
+        let base = stacks_rss_kib().unwrap_or(0.0);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let touched = [1u8; 64 * 1024];
+            std::hint::black_box(&touched);
+            ready_tx.send(()).ok();
+            rx.recv().ok();
+        });
+        ready_rx.recv().expect("the thread runs");
+        // Bounded: the thread blocks in recv at once after its send.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut stacks = base;
+        while stacks - base < 64.0 && std::time::Instant::now() < give_up {
+            std::thread::yield_now();
+            stacks = stacks_rss_kib().unwrap_or(0.0);
+        }
+        tx.send(()).ok();
+        t.join().expect("the thread ends");
+        // Once it has ended, no thread's stack pointer is in that mapping any more.
+        let after = stacks_rss_kib().unwrap_or(0.0);
+        assert!(
+            stacks - after >= 64.0,
+            "the thread's 64 KiB of stack were not found: {stacks} KiB while it waited, \
+             {after} KiB after it ended"
+        );
     }
 }
