@@ -151,6 +151,10 @@ fn stacks_rss_kib() -> Option<f64> {
             sps.extend(stack_pointer(&s));
         }
     }
+    // None rather than 0 where no stack pointer is readable (a kernel that does not show them).
+    if sps.is_empty() {
+        return None;
+    }
     Some(rss_holding(
         &std::fs::read_to_string("/proc/self/smaps").ok()?,
         &sps,
