@@ -281,6 +281,14 @@ impl Context {
 
     /// Waits for the context's final result (after the callee returned).
     pub async fn result(self) -> Result<Value> {
+        self.wait_outcome().await
+    }
+
+    /// Waits for the context's final result, keeping the context: a wait given up (its future
+    /// dropped, by a deadline or a cancel) leaves the context as it was, to be waited for again,
+    /// used or cancelled. ([`result`](Self::result) consumes it: given up, it drops the context,
+    /// which cancels the call.)
+    pub async fn wait_outcome(&self) -> Result<Value> {
         self.chan.wait(|st| st.outcome.clone()).await
     }
 

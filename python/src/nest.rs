@@ -565,13 +565,13 @@ impl ActorEnv {
         match op {
             Op::CtxOpenStream => {
                 let task = self.spawn(async move {
-                    let mut guard = c.ctx.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    let out = match guard.as_mut() {
+                    let Some(mut lent) = Lent::take(&c) else {
+                        return Err(Fail::Usage("the context has ended".into()));
+                    };
+                    match lent.ctx.as_mut() {
                         Some(ctx) => ctx.open_stream().await.map_err(Fail::from),
                         None => Err(Fail::Usage("the context has ended".into())),
-                    };
-                    *c.ctx.lock().unwrap_or_else(|p| p.into_inner()) = guard;
-                    out
+                    }
                 });
                 Box::pin(async move {
                     let s = task.await?;
@@ -582,23 +582,29 @@ impl ActorEnv {
             }
             Op::CtxResult => {
                 let task = self.spawn(async move {
-                    let ctx = c.ctx.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    match ctx {
-                        Some(ctx) => ctx.result().await.map_err(Fail::from),
+                    let Some(mut lent) = Lent::take(&c) else {
+                        return Err(Fail::Usage("the context's result was already taken".into()));
+                    };
+                    let out = match lent.ctx.as_ref() {
+                        Some(ctx) => ctx.wait_outcome().await.map_err(Fail::from),
                         None => Err(Fail::Usage("the context's result was already taken".into())),
-                    }
+                    };
+                    // Answered: the result is taken with the context, as `Context::result`
+                    // does. A wait given up before (a deadline, a cancel) put it back instead.
+                    drop(lent.ctx.take());
+                    out
                 });
                 Box::pin(async move { Ok(Out::Value(task.await?)) })
             }
             _ => {
                 let task = self.spawn(async move {
-                    let ctx = c.ctx.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    let out = match &ctx {
+                    let Some(lent) = Lent::take(&c) else {
+                        return Ok(());
+                    };
+                    match lent.ctx.as_ref() {
                         Some(ctx) => ctx.cancel().await.map_err(Fail::from),
                         None => Ok(()),
-                    };
-                    *c.ctx.lock().unwrap_or_else(|p| p.into_inner()) = ctx;
-                    out
+                    }
                 });
                 Box::pin(async move {
                     task.await?;
@@ -795,6 +801,33 @@ impl PyPortal {
 /// A context opened from Python (`p.open_context(...)`).
 pub(crate) struct PyContext {
     ctx: Mutex<Option<Context>>,
+}
+
+/// A Python context's [`Context`], lent to one operation: put back when the operation ends or
+/// is given up (its future dropped by a deadline or a cancel), so that giving up a wait neither
+/// ends nor cancels the context. An operation that consumes it takes it out of `ctx` first.
+struct Lent {
+    slot: Arc<PyContext>,
+    ctx: Option<Context>,
+}
+
+impl Lent {
+    /// The context of `slot`, unless it has ended or another operation holds it.
+    fn take(slot: &Arc<PyContext>) -> Option<Lent> {
+        let ctx = slot.ctx.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        Some(Lent {
+            slot: slot.clone(),
+            ctx: Some(ctx),
+        })
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.ctx.take() {
+            *self.slot.ctx.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx);
+        }
+    }
 }
 
 /// A stream of a context opened from Python.

@@ -142,6 +142,22 @@ fn context_stream(_: &Factory) -> Outcome {
     Outcome::Passed
 }
 
+fn result_after_a_deadline(_: &Factory) -> Outcome {
+    // A context's result() given up by a deadline leaves the context running: waiting again
+    // gets its result (it used to end the context and leave nothing to wait for).
+    let v = with_py(async |py| {
+        Ok(py
+            .run(&Factory.func("result_after_a_deadline"), Value::Int(300))
+            .await?)
+    });
+    assert_eq!(
+        v,
+        Value::List(vec![Value::Bool(true), Value::from("done")]),
+        "the first wait was given up, the second got the result"
+    );
+    Outcome::Passed
+}
+
 fn kwargs(_: &Factory) -> Outcome {
     let v = with_py(async |py| Ok(py.run(&Factory.func("kwargs_call"), Value::Null).await?));
     assert_eq!(v, Value::List(vec![Value::Int(1), Value::Int(2)]));
@@ -292,6 +308,7 @@ mod nested {
         parent_portal,
         cancel_child,
         context_stream,
+        result_after_a_deadline,
         kwargs,
         error_group,
         deadlines,

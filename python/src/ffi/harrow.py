@@ -727,23 +727,27 @@ class PortalContext:
         call = _call_var.get()
         if call is not None:
             return self._aresult(call)
-        if not self._done:
-            self._done = True
+        if self._outcome is None:
+            # A wait given up (a deadline, a cancel: BaseException) leaves the context running
+            # and records nothing: result() may wait again, and leaving the block cancels it.
             try:
-                self._outcome = (True, _native_nest(_N_CTX_RESULT, self._h, None))
+                out = (True, _native_nest(_N_CTX_RESULT, self._h, None))
             except Exception as e:
-                self._outcome = (False, e)
+                out = (False, e)
+            self._outcome = out
+            self._done = True
         ok, v = self._outcome
         if ok:
             return v
         raise v
 
     async def _aresult(self, call):
-        if not self._done:
+        if self._outcome is None:
             try:
-                self._outcome = (True, await _aop(call, _N_CTX_RESULT, self._h, None))
+                out = (True, await _aop(call, _N_CTX_RESULT, self._h, None))
             except Exception as e:
-                self._outcome = (False, e)
+                out = (False, e)
+            self._outcome = out
             self._done = True
         ok, v = self._outcome
         if ok:
@@ -764,7 +768,7 @@ class PortalContext:
     def __exit__(self, exc_type, exc, tb):
         if exc is None:
             self.result()
-        elif not self._done:
+        elif self._outcome is None:
             with shield():
                 self.cancel()
         return False

@@ -192,6 +192,26 @@ def stream_to_child(count):
         return {"first": first, "got": got, "result": ctx.result()}
 
 
+def ctx_returns_later(ctx, ms):
+    """ctx_returns_later(ms): started(None), then returns "done" after ``ms``."""
+    ctx.started(None)
+    harrow.sleep(int(ms) / 1000.0)
+    return "done"
+
+
+def result_after_a_deadline(ms):
+    """result_after_a_deadline(ms): opens a context with a child's ``ctx_returns_later(ms)``,
+    gives up waiting for its result after 20 ms (``move_on_after``), then waits again: [whether
+    the first wait was given up, the second wait's result]. Giving up a wait does not cancel the
+    context."""
+    with harrow.open_nursery() as n:
+        child = n.start_actor("later")
+        with child.open_context(_fn("ctx_returns_later"), int(ms)) as (ctx, first):
+            with harrow.move_on_after(0.02) as scope:
+                ctx.result()
+            return [scope.cancelled_caught, ctx.result()]
+
+
 def kwargs_call(v=None):
     """kwargs_call() -> a child's ``kw`` called with a keyword argument."""
     with harrow.open_nursery() as n:
