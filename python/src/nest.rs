@@ -568,7 +568,7 @@ impl ActorEnv {
                     let Some(mut lent) = Lent::take(&c) else {
                         return Err(Fail::Usage("the context has ended".into()));
                     };
-                    match lent.ctx.as_mut() {
+                    match lent.value.as_mut() {
                         Some(ctx) => ctx.open_stream().await.map_err(Fail::from),
                         None => Err(Fail::Usage("the context has ended".into())),
                     }
@@ -585,13 +585,13 @@ impl ActorEnv {
                     let Some(mut lent) = Lent::take(&c) else {
                         return Err(Fail::Usage("the context's result was already taken".into()));
                     };
-                    let out = match lent.ctx.as_ref() {
+                    let out = match lent.value.as_ref() {
                         Some(ctx) => ctx.wait_outcome().await.map_err(Fail::from),
                         None => Err(Fail::Usage("the context's result was already taken".into())),
                     };
                     // Answered: the result is taken with the context, as `Context::result`
                     // does. A wait given up before (a deadline, a cancel) put it back instead.
-                    drop(lent.ctx.take());
+                    drop(lent.value.take());
                     out
                 });
                 Box::pin(async move { Ok(Out::Value(task.await?)) })
@@ -601,7 +601,7 @@ impl ActorEnv {
                     let Some(lent) = Lent::take(&c) else {
                         return Ok(());
                     };
-                    match lent.ctx.as_ref() {
+                    match lent.value.as_ref() {
                         Some(ctx) => ctx.cancel().await.map_err(Fail::from),
                         None => Ok(()),
                     }
@@ -617,12 +617,15 @@ impl ActorEnv {
     fn stream_op(&self, s: &Arc<PyStream>, op: Op, arg: Value) -> OpFuture {
         let s = s.clone();
         let task = self.spawn(async move {
-            // Taken out for the operation: another one on the same stream meanwhile is an error.
-            let Some(mut stream) = s.stream.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-                return Err(Fail::Usage(
+            // Lent to the operation: another one on the same stream meanwhile is an error, and
+            // one given up (a deadline, a cancel) puts the stream back as it was.
+            let busy = || {
+                Fail::Usage(
                     "the stream is closed, or another operation on it is in progress".into(),
-                ));
+                )
             };
+            let mut lent = Lent::take(&s).ok_or_else(busy)?;
+            let stream = lent.value.as_mut().ok_or_else(busy)?;
             let out = match op {
                 Op::Send => stream.send(arg).await.map(|()| Out::None),
                 Op::Recv => stream.recv().await.map(|v| match v {
@@ -631,7 +634,6 @@ impl ActorEnv {
                 }),
                 _ => stream.close().await.map(|()| Out::None),
             };
-            *s.stream.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
             out.map_err(Fail::from)
         });
         Box::pin(task)
@@ -803,29 +805,54 @@ pub(crate) struct PyContext {
     ctx: Mutex<Option<Context>>,
 }
 
-/// A Python context's [`Context`], lent to one operation: put back when the operation ends or
-/// is given up (its future dropped by a deadline or a cancel), so that giving up a wait neither
-/// ends nor cancels the context. An operation that consumes it takes it out of `ctx` first.
-struct Lent {
-    slot: Arc<PyContext>,
-    ctx: Option<Context>,
+/// What a Python handle holds for one operation at a time: a context or a stream.
+trait Holds: Send + Sync + 'static {
+    type Value: Send + 'static;
+    fn slot(&self) -> &Mutex<Option<Self::Value>>;
 }
 
-impl Lent {
-    /// The context of `slot`, unless it has ended or another operation holds it.
-    fn take(slot: &Arc<PyContext>) -> Option<Lent> {
-        let ctx = slot.ctx.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+impl Holds for PyContext {
+    type Value = Context;
+    fn slot(&self) -> &Mutex<Option<Context>> {
+        &self.ctx
+    }
+}
+
+impl Holds for PyStream {
+    type Value = MsgStream;
+    fn slot(&self) -> &Mutex<Option<MsgStream>> {
+        &self.stream
+    }
+}
+
+/// A Python handle's context or stream, lent to one operation: put back when the operation
+/// ends or is given up (its future dropped by a deadline or a cancel), so that giving up a wait
+/// neither ends nor cancels the context, nor ends the stream. An operation that consumes it
+/// takes it out of `value` first.
+struct Lent<H: Holds> {
+    holder: Arc<H>,
+    value: Option<H::Value>,
+}
+
+impl<H: Holds> Lent<H> {
+    /// What `holder` holds, unless it has ended or another operation has it.
+    fn take(holder: &Arc<H>) -> Option<Lent<H>> {
+        let value = holder
+            .slot()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
         Some(Lent {
-            slot: slot.clone(),
-            ctx: Some(ctx),
+            holder: holder.clone(),
+            value: Some(value),
         })
     }
 }
 
-impl Drop for Lent {
+impl<H: Holds> Drop for Lent<H> {
     fn drop(&mut self) {
-        if let Some(ctx) = self.ctx.take() {
-            *self.slot.ctx.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx);
+        if let Some(value) = self.value.take() {
+            *self.holder.slot().lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
         }
     }
 }

@@ -158,6 +158,22 @@ fn result_after_a_deadline(_: &Factory) -> Outcome {
     Outcome::Passed
 }
 
+fn recv_after_a_deadline(_: &Factory) -> Outcome {
+    // A stream's recv() given up by a deadline leaves the stream open: the next send and recv
+    // work, and the context ends normally (the stream used to be dropped, ending it).
+    let v = with_py(async |py| {
+        Ok(py
+            .run(&Factory.func("recv_after_a_deadline"), Value::Null)
+            .await?)
+    });
+    assert_eq!(
+        v,
+        Value::List(vec![Value::Bool(true), Value::Int(1), Value::Int(1)]),
+        "the first recv was given up; the echo and the result came"
+    );
+    Outcome::Passed
+}
+
 fn kwargs(_: &Factory) -> Outcome {
     let v = with_py(async |py| Ok(py.run(&Factory.func("kwargs_call"), Value::Null).await?));
     assert_eq!(v, Value::List(vec![Value::Int(1), Value::Int(2)]));
@@ -309,6 +325,7 @@ mod nested {
         cancel_child,
         context_stream,
         result_after_a_deadline,
+        recv_after_a_deadline,
         kwargs,
         error_group,
         deadlines,

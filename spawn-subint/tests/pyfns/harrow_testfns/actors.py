@@ -212,6 +212,22 @@ def result_after_a_deadline(ms):
             return [scope.cancelled_caught, ctx.result()]
 
 
+def recv_after_a_deadline(v=None):
+    """recv_after_a_deadline(): opens a context with a child's ``ctx_echo``, gives up one
+    ``recv()`` after 20 ms (nothing was sent), then sends 1 and receives its echo: [whether the
+    wait was given up, the echo, the context's result]. Giving up a wait does not end the
+    stream."""
+    with harrow.open_nursery() as n:
+        child = n.start_actor("echoer", modules=["harrow_testfns.conformance"])
+        with child.open_context("harrow_testfns.conformance:ctx_echo") as (ctx, first):
+            with ctx.open_stream() as s:
+                with harrow.move_on_after(0.02) as scope:
+                    s.recv()
+                s.send(1)
+                echo = s.recv()
+        return [scope.cancelled_caught, echo, ctx.result()]
+
+
 def kwargs_call(v=None):
     """kwargs_call() -> a child's ``kw`` called with a keyword argument."""
     with harrow.open_nursery() as n:
