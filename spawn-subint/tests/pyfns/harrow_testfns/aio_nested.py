@@ -70,12 +70,17 @@ async def two_failures(wait=None):
     d = tempfile.mkdtemp(prefix="harrow-atwo-")
     try:
         async with harrow.open_nursery() as n:
+            # With ``wait`` the block is the third to mark itself ready, right before its await
+            # of the sleeper's call (no await point in between): the children fail only then,
+            # so the cancel lands at that await and not at an earlier one of the block.
+            ready = 3 if wait else 2
             for i, msg in ((1, "one"), (2, "two")):
-                args = {"dir": d, "n": 2, "msg": msg}
+                args = {"dir": d, "n": ready, "msg": msg}
                 await n.run_in_actor(_ACTORS + ":fail_together", args, name="afail-%d" % i)
             if wait:
                 try:
                     sleeper = await n.start_actor("asleeper")
+                    _touch(os.path.join(d, "ready-block"))
                     await sleeper.run(_ACTORS + ":sleep_ms", 60000)
                 except harrow.Cancelled:
                     _touch(os.path.join(wait, "block.cancelled"))
