@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use harrow_ipc::{ActorId, RemoteError, Value};
-use harrow_portal::{CalleeContext, Context, MsgStream, Portal, Resolver};
+use harrow_portal::{CalleeContext, Context, ContextCanceller, MsgStream, Portal, Resolver};
 use harrow_runtime_core::{
     ActorCtx, ActorNursery, ActorSpec, CancelToken, ChildHandle, ChildOutcome, NurseryError,
     SpawnBackend, open_nursery,
@@ -529,6 +529,7 @@ impl ActorEnv {
                         let (ctx, first) = task.await?;
                         Ok(Out::Opened(
                             Handle::Context(Arc::new(PyContext {
+                                canceller: ctx.canceller(),
                                 ctx: Mutex::new(Some(ctx)),
                             })),
                             first,
@@ -597,15 +598,11 @@ impl ActorEnv {
                 Box::pin(async move { Ok(Out::Value(task.await?)) })
             }
             _ => {
-                let task = self.spawn(async move {
-                    let Some(lent) = Lent::take(&c) else {
-                        return Ok(());
-                    };
-                    match lent.value.as_ref() {
-                        Some(ctx) => ctx.cancel().await.map_err(Fail::from),
-                        None => Ok(()),
-                    }
-                });
+                // Through the canceller, so that a cancel reaches the context while another
+                // operation holds it (an async task awaiting its result): it used to find the
+                // context lent out and do nothing. A context that has ended ignores it.
+                let task =
+                    self.spawn(async move { c.canceller.cancel().await.map_err(Fail::from) });
                 Box::pin(async move {
                     task.await?;
                     Ok(Out::None)
@@ -803,6 +800,8 @@ impl PyPortal {
 /// A context opened from Python (`p.open_context(...)`).
 pub(crate) struct PyContext {
     ctx: Mutex<Option<Context>>,
+    /// Cancels the context even while an operation holds it (a task waiting for its result).
+    canceller: ContextCanceller,
 }
 
 /// What a Python handle holds for one operation at a time: a context or a stream.

@@ -173,6 +173,29 @@ fn failure_cancels_awaiting_block(_: &Factory) -> Outcome {
     Outcome::Passed
 }
 
+fn cancel_while_awaiting_result(_: &Factory) -> Outcome {
+    // One task awaits a context's result while another cancels the context: the cancel reaches
+    // it (it used to find the context held by the wait and do nothing, so the wait got the
+    // result 5 s later).
+    let v = with_py(async |py| {
+        Ok(py
+            .run(
+                &Factory.func("cancel_while_awaiting_result"),
+                Value::Int(5000),
+            )
+            .await?)
+    });
+    assert_eq!(
+        v,
+        Value::List(vec![
+            Value::List(vec![Value::from("raised"), Value::Bool(true)]),
+            Value::Bool(true),
+        ]),
+        "the wait ended with the cancel (not with the result the callee returns after 5 s)"
+    );
+    Outcome::Passed
+}
+
 fn cancel_at_await(_: &Factory) -> Outcome {
     let dir = scratch("cancel");
     let marker = dir.join("waiting");
@@ -266,6 +289,7 @@ mod async_nested {
         error_group,
         failure_cancels_awaiting_block,
         cancel_at_await,
+        cancel_while_awaiting_result,
         other_calls_go_on,
         deadlines,
         plain_with_is_an_error,

@@ -870,7 +870,7 @@ class _AsyncOpenContext:
         ctx = self._ctx
         if exc is None:
             await ctx.result()
-        elif not ctx._done:
+        elif ctx._outcome is None:
             await ctx.cancel()
         return False
 

@@ -160,3 +160,29 @@ async def deadlines(ms):
         else:
             failed = None
         return [scope.cancelled_caught, failed]
+
+
+async def cancel_while_awaiting_result(ms):
+    """cancel_while_awaiting_result(ms): opens a context with a child's ``ctx_returns_later(ms)``;
+    one task awaits its result while another cancels it: [how the wait ended, whether the cancel
+    returned]."""
+    import asyncio
+
+    async with harrow.open_nursery() as n:
+        child = await n.start_actor("later")
+        ctx = await child.open_context(_ACTORS + ":ctx_returns_later", int(ms))
+
+        async def wait():
+            try:
+                return ["returned", await ctx.result()]
+            except harrow.RemoteError as e:
+                return ["raised", e.cancelled]
+
+        async def cancel():
+            # Let the wait start first (it holds the context), then cancel from here.
+            await asyncio.sleep(0)
+            await ctx.cancel()
+            return True
+
+        ended, cancelled = await asyncio.gather(wait(), cancel())
+        return [ended, cancelled]
