@@ -399,7 +399,7 @@ impl Context {
     /// when the callee did not confirm in time (the call is then forgotten locally and ends as
     /// cancelled).
     pub async fn cancel(&self) -> Result<()> {
-        cancel_context(&self.shared, &self.chan).await
+        self.canceller().cancel().await
     }
 
     /// A handle that cancels this context from elsewhere, for example from a task of its own
@@ -425,38 +425,36 @@ pub struct ContextCanceller {
 impl ContextCanceller {
     /// [`Context::cancel`]: cancels the context and waits (bounded) for the callee to confirm.
     pub async fn cancel(&self) -> Result<()> {
-        cancel_context(&self.shared, &self.chan).await
-    }
-}
-
-/// What [`Context::cancel`] and [`ContextCanceller::cancel`] do.
-async fn cancel_context(shared: &Arc<Shared>, chan: &Arc<Chan>) -> Result<()> {
-    {
-        let mut st = chan.lock();
-        if st.outcome.is_some() {
-            return Ok(());
+        {
+            let mut st = self.chan.lock();
+            if st.outcome.is_some() {
+                return Ok(());
+            }
+            if !st.cancel_sent {
+                st.cancel_sent = true;
+                self.shared.enqueue(Msg::Cancel { cid: self.chan.cid });
+            }
         }
-        if !st.cancel_sent {
-            st.cancel_sent = true;
-            shared.enqueue(Msg::Cancel { cid: chan.cid });
-        }
-    }
-    let bound = shared.config.cancel_timeout;
-    let confirmed = deadline(bound, chan.wait(|st| st.outcome.clone())).await;
-    match confirmed {
-        // Cancelled as asked, or it returned before the cancel landed.
-        Some(Ok(_)) => Ok(()),
-        Some(Err(e)) if e.is_cancelled() => Ok(()),
-        // The link closed, or the callee failed (before the cancel, or in its cleanup): that
-        // is the outcome, and it is not hidden behind the cancel.
-        Some(Err(e)) => Err(e),
-        None => {
-            let err = RemoteError::cancelled(shared.peer.id.clone(), shared.local.id.clone());
-            shared.abandon_call(chan, Error::from(err));
-            Err(Error::Timeout(format!(
-                "{} did not confirm the cancel of {} within {bound:?}",
-                shared.peer.id, chan.func
-            )))
+        let bound = self.shared.config.cancel_timeout;
+        let confirmed = deadline(bound, self.chan.wait(|st| st.outcome.clone())).await;
+        match confirmed {
+            // Cancelled as asked, or it returned before the cancel landed.
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) if e.is_cancelled() => Ok(()),
+            // The link closed, or the callee failed (before the cancel, or in its cleanup): that
+            // is the outcome, and it is not hidden behind the cancel.
+            Some(Err(e)) => Err(e),
+            None => {
+                let err = RemoteError::cancelled(
+                    self.shared.peer.id.clone(),
+                    self.shared.local.id.clone(),
+                );
+                self.shared.abandon_call(&self.chan, Error::from(err));
+                Err(Error::Timeout(format!(
+                    "{} did not confirm the cancel of {} within {bound:?}",
+                    self.shared.peer.id, self.chan.func
+                )))
+            }
         }
     }
 }

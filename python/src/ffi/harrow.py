@@ -705,12 +705,11 @@ class PortalContext:
     """The caller's side of a context: ``first`` (the callee's ``started`` value),
     ``open_stream()``, ``result()``, ``cancel()``."""
 
-    __slots__ = ("_h", "first", "_done", "_outcome")
+    __slots__ = ("_h", "first", "_outcome")
 
     def __init__(self, h, first):
         self._h = h
         self.first = first
-        self._done = False
         self._outcome = None
 
     def open_stream(self):
@@ -735,7 +734,6 @@ class PortalContext:
             except Exception as e:
                 out = (False, e)
             self._outcome = out
-            self._done = True
         ok, v = self._outcome
         if ok:
             return v
@@ -748,7 +746,6 @@ class PortalContext:
             except Exception as e:
                 out = (False, e)
             self._outcome = out
-            self._done = True
         ok, v = self._outcome
         if ok:
             return v
