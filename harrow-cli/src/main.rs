@@ -65,8 +65,9 @@ enum Command {
         #[arg(long)]
         scale: bool,
         /// Only one section of the suite (`pool`: the pool throughput table; `pool-small`: its
-        /// small items' batched rows alone, more rounds, for profiling).
-        #[arg(long, value_name = "SECTION", value_parser = ["pool", "pool-small"])]
+        /// small items' batched rows alone, more rounds, for profiling; `rpc-BACKEND`: one
+        /// backend's RPC round trips alone, many of them, for profiling).
+        #[arg(long, value_name = "SECTION", value_parser = ["pool", "pool-small", "rpc-thread", "rpc-process", "rpc-subint", "rpc-pyprocess"])]
         only: Option<String>,
     },
     /// Run a Python function in N Python actors in parallel (subinterpreters, or child

@@ -97,10 +97,16 @@ impl fmt::Display for Cid {
 }
 
 /// The path of a remotely callable function: `"module.path:function"`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// Held as one shared string, so that a clone (every call carries its path to the callee, and
+/// both ends keep it for their messages) is a reference count, not an allocation. On the wire
+/// it is the two parts, `{ module, function }`.
+#[derive(Clone)]
 pub struct FnPath {
-    module: String,
-    function: String,
+    /// `"module:function"`.
+    path: std::sync::Arc<str>,
+    /// Where the `':'` is in `path`.
+    colon: usize,
 }
 
 /// A string that is not a valid [`FnPath`].
@@ -120,6 +126,14 @@ fn is_identifier(s: &str) -> bool {
         _ => return false,
     }
     chars.all(|c| c == '_' || c.is_alphanumeric())
+}
+
+/// How many parsed paths a thread keeps for [`FnPath::parse_cached`] before it starts afresh.
+const PARSED_PER_THREAD: usize = 64;
+
+thread_local! {
+    static PARSED: std::cell::RefCell<std::collections::HashMap<Box<str>, FnPath>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 impl FnPath {
@@ -146,19 +160,181 @@ impl FnPath {
             return Err(err("function name is not an identifier"));
         }
         Ok(FnPath {
-            module: module.to_owned(),
-            function: function.to_owned(),
+            path: input.into(),
+            colon: module.len(),
+        })
+    }
+
+    /// [`parse`](Self::parse), remembering the last few paths this thread parsed: a caller
+    /// that calls the same functions again gets a shared path instead of a new allocation per
+    /// call (which the callee, often on another thread, would free). Invalid input is not kept.
+    pub fn parse_cached(input: &str) -> Result<Self, FnPathError> {
+        let hit = PARSED.with(|m| m.borrow().get(input).cloned());
+        if let Some(path) = hit {
+            return Ok(path);
+        }
+        let path = FnPath::parse(input)?;
+        PARSED.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.len() >= PARSED_PER_THREAD {
+                m.clear();
+            }
+            m.insert(input.into(), path.clone());
+        });
+        Ok(path)
+    }
+
+    /// `path` (`module:function`, the `':'` at `colon`), shared with this thread's last parsed
+    /// or received paths when it is one of them (a valid one is kept for the next time).
+    fn joined(path: String, colon: usize) -> FnPath {
+        PARSED.with(|m| {
+            let mut m = m.borrow_mut();
+            if let Some(hit) = m.get(path.as_str()).filter(|p| p.colon == colon) {
+                return hit.clone();
+            }
+            let fresh = FnPath {
+                path: path.as_str().into(),
+                colon,
+            };
+            // Only a valid path is kept: `parse_cached` hands out what is kept as parsed.
+            if FnPath::parse(&path).is_ok_and(|p| p.colon == colon) {
+                if m.len() >= PARSED_PER_THREAD {
+                    m.clear();
+                }
+                m.insert(path.into_boxed_str(), fresh.clone());
+            }
+            fresh
         })
     }
 
     /// The module part (`"a.b"` of `"a.b:c"`).
     pub fn module(&self) -> &str {
-        &self.module
+        &self.path[..self.colon]
     }
 
     /// The function part (`"c"` of `"a.b:c"`).
     pub fn function(&self) -> &str {
-        &self.function
+        &self.path[self.colon + 1..]
+    }
+
+    /// The whole path, `"a.b:c"`.
+    pub fn as_str(&self) -> &str {
+        &self.path
+    }
+}
+
+impl PartialEq for FnPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.colon == other.colon && self.path == other.path
+    }
+}
+
+impl Eq for FnPath {}
+
+impl std::hash::Hash for FnPath {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.path.hash(state);
+        self.colon.hash(state);
+    }
+}
+
+/// By module, then by function.
+impl Ord for FnPath {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.module(), self.function()).cmp(&(other.module(), other.function()))
+    }
+}
+
+impl PartialOrd for FnPath {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The wire form: `{ module, function }`.
+#[derive(Serialize)]
+#[serde(rename = "FnPath")]
+struct FnPathParts<'a> {
+    module: &'a str,
+    function: &'a str,
+}
+
+impl Serialize for FnPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        FnPathParts {
+            module: self.module(),
+            function: self.function(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for FnPath {
+    /// The parts are taken as they come, unchecked, as they always were: a path that is not
+    /// valid names no function, and the callee's resolver says so. They are joined straight
+    /// into one string, and a path this thread has seen lately is shared rather than kept twice.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_struct("FnPath", &["module", "function"], PathVisitor)
+    }
+}
+
+/// Appends one string of the input to a buffer.
+struct AppendStr<'a>(&'a mut String);
+
+impl<'de> serde::de::DeserializeSeed<'de> for AppendStr<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for AppendStr<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.0.push_str(v);
+        Ok(())
+    }
+}
+
+struct PathVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PathVisitor {
+    type Value = FnPath;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a function path { module, function }")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<FnPath, A::Error> {
+        use serde::de::Error;
+        let mut path = String::with_capacity(48);
+        seq.next_element_seed(AppendStr(&mut path))?
+            .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+        let colon = path.len();
+        path.push(':');
+        seq.next_element_seed(AppendStr(&mut path))?
+            .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+        Ok(FnPath::joined(path, colon))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FnPath, A::Error> {
+        use serde::de::Error;
+        let (mut module, mut function) = (None::<String>, None::<String>);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "module" => module = Some(map.next_value()?),
+                "function" => function = Some(map.next_value()?),
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let module = module.ok_or_else(|| A::Error::missing_field("module"))?;
+        let function = function.ok_or_else(|| A::Error::missing_field("function"))?;
+        Ok(FnPath::joined(format!("{module}:{function}"), module.len()))
     }
 }
 
@@ -178,7 +354,7 @@ impl TryFrom<&str> for FnPath {
 
 impl fmt::Display for FnPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.module, self.function)
+        f.write_str(&self.path)
     }
 }
 
@@ -535,6 +711,66 @@ mod tests {
             assert_eq!(err.input, bad);
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
+    }
+
+    #[test]
+    fn fn_path_parse_cached_shares_valid_paths_and_refuses_bad_ones() {
+        let a = FnPath::parse_cached("pkg.mod:run_it").unwrap();
+        let b = FnPath::parse_cached("pkg.mod:run_it").unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&a.path, &b.path),
+            "the second parse is shared"
+        );
+        assert_eq!(a, FnPath::parse("pkg.mod:run_it").unwrap());
+        for bad in ["a.b:c:d", "nocolon", "a:f-g"] {
+            assert_eq!(
+                FnPath::parse_cached(bad).unwrap_err(),
+                FnPath::parse(bad).unwrap_err()
+            );
+            // Asked again: still refused (nothing invalid is kept).
+            assert!(FnPath::parse_cached(bad).is_err());
+        }
+        // More paths than a thread keeps: every one still comes back right.
+        for i in 0..3 * PARSED_PER_THREAD {
+            let p = FnPath::parse_cached(&format!("m{i}:f")).unwrap();
+            assert_eq!((p.module(), p.function()), (format!("m{i}").as_str(), "f"));
+        }
+    }
+
+    #[test]
+    fn fn_path_wire_form_is_its_two_parts() {
+        let cfg = bincode::config::standard();
+        let p = FnPath::parse("pkg.mod:run_it").unwrap();
+        let bytes = bincode::serde::encode_to_vec(&p, cfg).unwrap();
+        let parts = bincode::serde::encode_to_vec(("pkg.mod", "run_it"), cfg).unwrap();
+        assert_eq!(bytes, parts);
+        let (back, _): (FnPath, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        assert_eq!(back, p);
+        assert_eq!((back.module(), back.function()), ("pkg.mod", "run_it"));
+        // Received twice: the second is shared with the first.
+        let (again, _): (FnPath, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&back.path, &again.path));
+        // A peer's path is taken as it comes, even one that would not parse; its parts stay
+        // apart, and it is not handed out as parsed.
+        let odd = bincode::serde::encode_to_vec(("a:b", "c"), cfg).unwrap();
+        let (odd, _): (FnPath, usize) = bincode::serde::decode_from_slice(&odd, cfg).unwrap();
+        assert_eq!((odd.module(), odd.function()), ("a:b", "c"));
+        assert_ne!(odd, FnPath::joined("a:b:c".into(), 1));
+        assert!(FnPath::parse_cached("a:b:c").is_err());
+        // Self-describing formats see a struct with named parts.
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, r#"{"module":"pkg.mod","function":"run_it"}"#);
+        assert_eq!(serde_json::from_str::<FnPath>(&json).unwrap(), p);
+    }
+
+    #[test]
+    fn fn_paths_order_by_module_then_function() {
+        let mut v = ["a.b:c", "a:z", "a:b"]
+            .map(|s| FnPath::parse(s).unwrap())
+            .to_vec();
+        v.sort();
+        let shown: Vec<String> = v.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["a:b", "a:z", "a.b:c"]);
     }
 
     #[test]

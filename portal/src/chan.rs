@@ -24,7 +24,7 @@ use std::task::Poll;
 use atomic_waker::AtomicWaker;
 
 use harrow_ipc::wait::{Event, EventListener};
-use harrow_ipc::{ActorId, CallKind, Cid, Value};
+use harrow_ipc::{ActorId, CallKind, Cid, FnPath, Value};
 
 use crate::Error;
 
@@ -43,7 +43,7 @@ pub(crate) struct Chan {
     pub(crate) side: Side,
     pub(crate) kind: CallKind,
     /// The function, for messages.
-    pub(crate) func: String,
+    pub(crate) func: FnPath,
     st: Mutex<ChanState>,
     /// Waiters that are not in a slot (see [`wait`](Chan::wait)). Listen through
     /// [`listen_counted`](Chan::listen_counted) only.
@@ -158,7 +158,7 @@ pub(crate) struct ChanState {
 }
 
 impl Chan {
-    pub(crate) fn new(cid: Cid, side: Side, kind: CallKind, func: String) -> Self {
+    pub(crate) fn new(cid: Cid, side: Side, kind: CallKind, func: FnPath) -> Self {
         Chan {
             cid,
             side,

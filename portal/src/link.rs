@@ -347,14 +347,14 @@ impl Shared {
 
     /// Registers a new call and queues its `Start`.
     pub(crate) fn start_call(&self, func: &str, kind: CallKind, args: Value) -> Result<Arc<Chan>> {
-        let path = FnPath::parse(func)?;
+        let path = FnPath::parse_cached(func)?;
         crate::error::check_depth(&args, || format!("arguments of {func}"))?;
         let mut st = self.lock();
         if let Some(reason) = &st.dead {
             return Err(Error::Closed(reason.clone()));
         }
         let cid = Cid(self.next_cid.fetch_add(2, Ordering::Relaxed));
-        let chan = Arc::new(Chan::new(cid, Side::Caller, kind, func.to_owned()));
+        let chan = Arc::new(Chan::new(cid, Side::Caller, kind, path.clone()));
         st.calls.insert(cid, chan.clone());
         self.enqueue_urgent(Msg::Start {
             cid,

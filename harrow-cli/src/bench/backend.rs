@@ -252,6 +252,28 @@ async fn rpc_and_stream(
     Ok([rtt, echo])
 }
 
+/// `n` round trips to one actor of `p`, after 50 warm-up calls: each one's latency (µs).
+pub(super) async fn rpc_only(
+    n: &ActorNursery,
+    p: &Plan,
+    calls: usize,
+    prog: &Progress,
+) -> anyhow::Result<Samples> {
+    prog.step(&format!("{}: {calls} RPC round trips", p.name));
+    let child = start(n, p, format!("{}-rpc", p.name)).await?;
+    for i in 0..50 {
+        child.run(&p.echo, Value::Int(i)).await?;
+    }
+    let mut lat = Samples::default();
+    for i in 0..calls {
+        let one = Instant::now();
+        child.run(&p.echo, Value::Int(i as i64)).await?;
+        lat.push(us(one.elapsed()));
+    }
+    child.cancel().await;
+    Ok(lat)
+}
+
 /// An `async def` call's round trip beside a plain `def` call's, on one actor, interleaved.
 async fn async_round_trip(
     n: &ActorNursery,

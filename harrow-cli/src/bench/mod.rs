@@ -94,14 +94,18 @@ pub(crate) fn run(as_json: bool, quick: bool, scale: bool) -> i32 {
 }
 
 /// `harrow bench --only SECTION`: one section of the suite alone (`pool`; `pool-small`: only
-/// its small items' batched rows, more rounds, for profiling); returns the exit code.
+/// its small items' batched rows, more rounds, for profiling; `rpc-BACKEND`: that backend's
+/// RPC round trips alone, for profiling); returns the exit code.
 pub(crate) fn run_only(section: &str, as_json: bool, quick: bool) -> i32 {
     let ran = match section {
         "pool" => run_pool_only(as_json, quick, false),
         "pool-small" => run_pool_only(as_json, quick, true),
-        other => Err(anyhow::anyhow!(
-            "no bench section {other:?} (known: pool, pool-small)"
-        )),
+        other => match other.strip_prefix("rpc-") {
+            Some(backend) => run_rpc_only(backend, as_json, quick),
+            None => Err(anyhow::anyhow!(
+                "no bench section {other:?} (known: pool, pool-small, rpc-BACKEND)"
+            )),
+        },
     };
     match ran {
         Ok(()) => 0,
@@ -130,6 +134,48 @@ fn run_pool_only(as_json: bool, quick: bool, small_only: bool) -> anyhow::Result
         println!("{}", serde_json::to_string_pretty(&pool.to_json())?);
     } else {
         pool.print();
+    }
+    Ok(())
+}
+
+/// One backend's RPC round trips alone: no baseline and no other rows, so that a profiler
+/// sees only them (`quick`: 2,000 round trips instead of 200,000).
+fn run_rpc_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()> {
+    let prog = Progress { t0: Instant::now() };
+    let py = match harrow::subint_status() {
+        Ok(()) => Some(crate::pymod::PyDir::create()?),
+        Err(_) => None,
+    };
+    let plans = backend::plans(py.as_ref());
+    let Some(plan) = plans.iter().find(|p| p.name == backend) else {
+        let known: Vec<_> = plans.iter().map(|p| p.name).collect();
+        anyhow::bail!(
+            "no backend {backend:?} in this build (here: {})",
+            known.join(", ")
+        );
+    };
+    let n = if quick { 2_000 } else { 200_000 };
+    let lat = run_root(RootConfig::default(), |nursery| {
+        let prog = &prog;
+        async move { Ok(backend::rpc_only(&nursery, plan, n, prog).await?) }
+    })
+    .map_err(|e| anyhow::anyhow!("the RPC tree failed: {e}"))?;
+    drop(py);
+    let (p50, p99, mean) = (lat.median(), lat.quantile(0.99), lat.mean());
+    if as_json {
+        let out = serde_json::json!({
+            "backend": backend,
+            "round_trips": n,
+            "mean_us": stats::round(mean),
+            "p50_us": stats::round(p50),
+            "p99_us": stats::round(p99),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{backend} RPC round trip, {n} calls: mean {mean:.2} µs, p50 {p50:.2} µs, \
+             p99 {p99:.2} µs"
+        );
     }
     Ok(())
 }

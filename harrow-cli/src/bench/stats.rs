@@ -42,6 +42,14 @@ impl Samples {
         v[rank.clamp(1, v.len()) - 1]
     }
 
+    /// The mean; 0 without samples.
+    pub(super) fn mean(&self) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.iter().sum::<f64>() / self.0.len() as f64
+    }
+
     pub(super) fn min(&self) -> f64 {
         self.sorted().first().copied().unwrap_or(0.0)
     }

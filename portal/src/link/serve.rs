@@ -22,7 +22,7 @@ impl Shared {
         kind: CallKind,
         args: Value,
     ) {
-        let chan = Arc::new(Chan::new(cid, Side::Callee, kind, func.to_string()));
+        let chan = Arc::new(Chan::new(cid, Side::Callee, kind, func.clone()));
         {
             let mut st = self.lock();
             if st.dead.is_some() {
