@@ -19,8 +19,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use harrow_ipc::wait::{Event, wait_until_some};
 use harrow_ipc::{ActorId, RemoteError, Value};
-use harrow_portal::{CalleeContext, Context, ContextCanceller, MsgStream, Portal, Resolver};
+use harrow_portal::{
+    CalleeContext, Context, ContextCanceller, Portal, Resolver, StreamRx, StreamTx,
+};
 use harrow_runtime_core::{
     ActorCtx, ActorNursery, ActorSpec, CancelToken, ChildHandle, ChildOutcome, NurseryError,
     SpawnBackend, open_nursery,
@@ -530,7 +533,9 @@ impl ActorEnv {
                         Ok(Out::Opened(
                             Handle::Context(Arc::new(PyContext {
                                 canceller: ctx.canceller(),
-                                ctx: Mutex::new(Some(ctx)),
+                                ctx: Mutex::new(Slot::Here(ctx)),
+                                outcome: Mutex::new(None),
+                                changed: Event::new(),
                             })),
                             first,
                         ))
@@ -566,32 +571,48 @@ impl ActorEnv {
         match op {
             Op::CtxOpenStream => {
                 let task = self.spawn(async move {
-                    let Some(mut lent) = Lent::take(&c) else {
-                        return Err(Fail::Usage("the context has ended".into()));
-                    };
+                    let mut lent = Lent::take(&c).map_err(|why| ctx_absent(why, "open_stream"))?;
                     match lent.value.as_mut() {
                         Some(ctx) => ctx.open_stream().await.map_err(Fail::from),
-                        None => Err(Fail::Usage("the context has ended".into())),
+                        None => Err(ctx_absent(Absent::Gone, "open_stream")),
                     }
                 });
                 Box::pin(async move {
-                    let s = task.await?;
+                    let (tx, rx) = task.await?.split();
                     Ok(Out::Handle(Handle::Stream(Arc::new(PyStream {
-                        stream: Mutex::new(Some(s)),
+                        tx,
+                        rx: Mutex::new(Slot::Here(rx)),
+                        changed: Event::new(),
                     }))))
                 })
             }
             Op::CtxResult => {
                 let task = self.spawn(async move {
-                    let Some(mut lent) = Lent::take(&c) else {
-                        return Err(Fail::Usage("the context's result was already taken".into()));
+                    // Another task's wait holds the context: wait for that one to end. Its
+                    // outcome is then every later wait's; a wait given up (a deadline, a
+                    // cancel) puts the context back, and this one waits on it itself.
+                    let mut lent = match wait_until_some(&c.changed, || match Lent::take(&c) {
+                        Ok(lent) => Some(Ok(lent)),
+                        Err(Absent::Busy) => None,
+                        Err(Absent::Gone) => Some(Err(())),
+                    })
+                    .await
+                    {
+                        Ok(lent) => lent,
+                        Err(()) => {
+                            let known = c.outcome.lock().unwrap_or_else(|p| p.into_inner());
+                            return known
+                                .clone()
+                                .unwrap_or_else(|| Err(ctx_absent(Absent::Gone, "result")));
+                        }
                     };
                     let out = match lent.value.as_ref() {
                         Some(ctx) => ctx.wait_outcome().await.map_err(Fail::from),
-                        None => Err(Fail::Usage("the context's result was already taken".into())),
+                        None => Err(ctx_absent(Absent::Gone, "result")),
                     };
                     // Answered: the result is taken with the context, as `Context::result`
-                    // does. A wait given up before (a deadline, a cancel) put it back instead.
+                    // does, and kept for the other waits.
+                    *c.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(out.clone());
                     drop(lent.value.take());
                     out
                 });
@@ -614,27 +635,51 @@ impl ActorEnv {
     fn stream_op(&self, s: &Arc<PyStream>, op: Op, arg: Value) -> OpFuture {
         let s = s.clone();
         let task = self.spawn(async move {
-            // Lent to the operation: another one on the same stream meanwhile is an error, and
-            // one given up (a deadline, a cancel) puts the stream back as it was.
-            let busy = || {
-                Fail::Usage(
-                    "the stream is closed, or another operation on it is in progress".into(),
-                )
-            };
-            let mut lent = Lent::take(&s).ok_or_else(busy)?;
-            let stream = lent.value.as_mut().ok_or_else(busy)?;
             let out = match op {
-                Op::Send => stream.send(arg).await.map(|()| Out::None),
-                Op::Recv => stream.recv().await.map(|v| match v {
-                    Some(v) => Out::Value(v),
-                    None => Out::End,
-                }),
-                _ => stream.close().await.map(|()| Out::None),
+                // The sending half is shared: one task may send while another receives.
+                Op::Send => s.tx.send(arg).await.map(|()| Out::None),
+                Op::Recv => {
+                    // Lent to the receive: another receive meanwhile is an error, and one
+                    // given up (a deadline, a cancel) puts the receiving half back as it was.
+                    let mut lent = Lent::take(&s).map_err(|why| stream_absent(why, "recv"))?;
+                    let rx = lent
+                        .value
+                        .as_mut()
+                        .ok_or_else(|| stream_absent(Absent::Gone, "recv"))?;
+                    rx.recv().await.map(|v| match v {
+                        Some(v) => Out::Value(v),
+                        None => Out::End,
+                    })
+                }
+                _ => s.tx.close().await.map(|()| Out::None),
             };
             out.map_err(Fail::from)
         });
         Box::pin(task)
     }
+}
+
+/// The error of a context operation `op` that found no context to work with.
+fn ctx_absent(why: Absent, op: &str) -> Fail {
+    Fail::Usage(match why {
+        Absent::Busy => format!(
+            "context.{op}(): another operation on this context is in progress (a task awaiting \
+             its result or opening its stream); a context's operations run one at a time, \
+             except cancel()"
+        ),
+        Absent::Gone => format!("context.{op}(): the context's result was already taken"),
+    })
+}
+
+/// The error of a stream operation `op` that found no receiving half to work with.
+fn stream_absent(why: Absent, op: &str) -> Fail {
+    Fail::Usage(match why {
+        Absent::Busy => format!(
+            "stream.{op}(): another task is receiving on this stream; one task receives at a \
+             time (sending meanwhile is fine)"
+        ),
+        Absent::Gone => format!("stream.{op}(): the stream has ended"),
+    })
 }
 
 /// Splits `[func, args]`.
@@ -799,29 +844,60 @@ impl PyPortal {
 
 /// A context opened from Python (`p.open_context(...)`).
 pub(crate) struct PyContext {
-    ctx: Mutex<Option<Context>>,
+    ctx: Mutex<Slot<Context>>,
     /// Cancels the context even while an operation holds it (a task waiting for its result).
     canceller: ContextCanceller,
+    /// The outcome the result wait got, for the waits after it.
+    outcome: Mutex<Option<Result<Value, Fail>>>,
+    /// Notified whenever the context is put back or consumed.
+    changed: Event,
 }
 
 /// What a Python handle holds for one operation at a time: a context or a stream.
 trait Holds: Send + Sync + 'static {
     type Value: Send + 'static;
-    fn slot(&self) -> &Mutex<Option<Self::Value>>;
+    fn slot(&self) -> &Mutex<Slot<Self::Value>>;
+    /// Notified whenever the slot changes hands.
+    fn changed(&self) -> &Event;
 }
 
 impl Holds for PyContext {
     type Value = Context;
-    fn slot(&self) -> &Mutex<Option<Context>> {
+    fn slot(&self) -> &Mutex<Slot<Context>> {
         &self.ctx
+    }
+    fn changed(&self) -> &Event {
+        &self.changed
     }
 }
 
 impl Holds for PyStream {
-    type Value = MsgStream;
-    fn slot(&self) -> &Mutex<Option<MsgStream>> {
-        &self.stream
+    type Value = StreamRx;
+    fn slot(&self) -> &Mutex<Slot<StreamRx>> {
+        &self.rx
     }
+    fn changed(&self) -> &Event {
+        &self.changed
+    }
+}
+
+/// Where a Python handle's context or stream is.
+enum Slot<V> {
+    /// In the handle, for the next operation.
+    Here(V),
+    /// With an operation in progress (another task's, in an `async def` call).
+    Lent,
+    /// Consumed: the context's result was taken.
+    Gone,
+}
+
+/// Why an operation found no context or stream to work with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Absent {
+    /// Another operation has it (operations other than a context's cancel run one at a time).
+    Busy,
+    /// It was consumed.
+    Gone,
 }
 
 /// A Python handle's context or stream, lent to one operation: put back when the operation
@@ -834,31 +910,42 @@ struct Lent<H: Holds> {
 }
 
 impl<H: Holds> Lent<H> {
-    /// What `holder` holds, unless it has ended or another operation has it.
-    fn take(holder: &Arc<H>) -> Option<Lent<H>> {
-        let value = holder
-            .slot()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()?;
-        Some(Lent {
-            holder: holder.clone(),
-            value: Some(value),
-        })
+    /// What `holder` holds, unless it was consumed or another operation has it.
+    fn take(holder: &Arc<H>) -> Result<Lent<H>, Absent> {
+        let mut slot = holder.slot().lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::replace(&mut *slot, Slot::Lent) {
+            Slot::Here(value) => Ok(Lent {
+                holder: holder.clone(),
+                value: Some(value),
+            }),
+            Slot::Lent => Err(Absent::Busy),
+            Slot::Gone => {
+                *slot = Slot::Gone;
+                Err(Absent::Gone)
+            }
+        }
     }
 }
 
 impl<H: Holds> Drop for Lent<H> {
+    /// Puts the value back, or marks it consumed when the operation took it out of `value`.
     fn drop(&mut self) {
-        if let Some(value) = self.value.take() {
-            *self.holder.slot().lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
-        }
+        let back = match self.value.take() {
+            Some(value) => Slot::Here(value),
+            None => Slot::Gone,
+        };
+        *self.holder.slot().lock().unwrap_or_else(|p| p.into_inner()) = back;
+        self.holder.changed().notify(usize::MAX);
     }
 }
 
 /// A stream of a context opened from Python.
 pub(crate) struct PyStream {
-    stream: Mutex<Option<MsgStream>>,
+    /// The sending half, shared by every send and the close.
+    tx: StreamTx,
+    /// The receiving half, lent to one receive at a time.
+    rx: Mutex<Slot<StreamRx>>,
+    changed: Event,
 }
 
 /// A cancel scope of a Python call: a nursery's block, or a deadline

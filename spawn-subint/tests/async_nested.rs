@@ -132,6 +132,32 @@ fn context_stream(_: &Factory) -> Outcome {
     Outcome::Passed
 }
 
+fn stream_both_ways_at_once(_: &Factory) -> Outcome {
+    // One task sends while another receives on the same stream (the stream's two directions
+    // are independent), and a second task's result() wait gets the same result as the first;
+    // open_stream() while the result wait holds the context says so.
+    let v = with_py(async |py| {
+        Ok(py
+            .run(&Factory.func("stream_both_ways_at_once"), Value::Int(50))
+            .await?)
+    });
+    let got: Vec<i64> = match get(&v, "got") {
+        Value::List(items) => items.iter().filter_map(Value::as_i64).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(got, (0..50).collect::<Vec<_>>(), "{v:?}");
+    assert_eq!(get(&v, "result"), &Value::Int(50), "{v:?}");
+    assert_eq!(get(&v, "second_result"), &Value::Int(50), "{v:?}");
+    let opened = get(&v, "open_stream_error");
+    assert!(
+        opened
+            .as_str()
+            .is_some_and(|m| m.contains("another operation on this context is in progress")),
+        "{v:?}"
+    );
+    Outcome::Passed
+}
+
 fn expect_two_members(v: &Value) {
     assert_eq!(get(v, "is_group"), &Value::Bool(true), "{v:?}");
     let member = |source: &str, msg: &str| {
@@ -286,6 +312,7 @@ mod async_nested {
     tests!(
         children,
         context_stream,
+        stream_both_ways_at_once,
         error_group,
         failure_cancels_awaiting_block,
         cancel_at_await,

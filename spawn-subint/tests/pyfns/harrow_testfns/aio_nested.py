@@ -59,6 +59,51 @@ async def context_stream(count):
         return {"first": first, "got": got, "result": await ctx.result()}
 
 
+async def stream_both_ways_at_once(count):
+    """stream_both_ways_at_once(n): a child's ``ctx_echo`` stream driven by two tasks at once,
+    one sending 0..n then closing, the other receiving until the end; meanwhile a third task
+    tries a second ``result()`` wait and an ``open_stream()`` while the first result wait holds
+    the context. -> {got, result, second_result, open_stream_error}."""
+    import asyncio
+
+    async with harrow.open_nursery() as n:
+        child = await n.start_actor("abidi", modules=["harrow_testfns.conformance"])
+        async with child.open_context("harrow_testfns.conformance:ctx_echo") as (ctx, _):
+            s = await ctx.open_stream()
+
+            async def send_all():
+                for i in range(int(count)):
+                    await s.send(i)
+                await s.close()
+
+            async def recv_all():
+                got = []
+                async for item in s:
+                    got.append(item)
+                return got
+
+            async def result_twice():
+                first = asyncio.ensure_future(ctx.result())
+                await asyncio.sleep(0)
+                try:
+                    await ctx.open_stream()
+                    opened = None
+                except harrow.HarrowError as e:
+                    opened = str(e)
+                second = await ctx.result()
+                return [await first, second, opened]
+
+            _, got, (result, second, opened) = await asyncio.gather(
+                send_all(), recv_all(), result_twice()
+            )
+        return {
+            "got": got,
+            "result": result,
+            "second_result": second,
+            "open_stream_error": opened,
+        }
+
+
 async def two_failures(wait=None):
     """two_failures(dir=None): two run_in_actor children failing together in an async
     nursery; with ``dir``, the block meanwhile starts a third child and awaits its long call
