@@ -32,7 +32,7 @@
 //! spinning off), [`DEFAULT_SPIN`] when unset.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The spin before sleeping when `HARROW_PARK_SPIN_US` is not set.
@@ -43,6 +43,9 @@ pub const MAX_SKIP: u32 = 255;
 
 /// Rounds of pure busy-waiting (1, 2, 4, ... `spin_loop` hints) before each round yields.
 const YIELD_AFTER: u32 = 6;
+
+/// The runnable threads at the last reading of the load (`usize::MAX`: none yet).
+static RUNNABLE: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// How long a read of the machine's runnable-thread count stays the answer.
 pub const LOAD_SAMPLE: Duration = Duration::from_millis(10);
@@ -131,20 +134,73 @@ impl SpinGate {
     }
 }
 
+/// The CPU this thread runs on now, where that is cheap to know (Linux with glibc, which reads
+/// it from the thread's rseq area: about 2 ns, no system call); `None` elsewhere.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[inline]
+#[allow(unsafe_code)]
+pub fn this_cpu() -> Option<usize> {
+    // SAFETY: no arguments and no memory handed over; returns -1 on failure.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).ok()
+}
+
+/// The CPU this thread runs on now, where that is cheap to know; `None` here.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[inline]
+pub fn this_cpu() -> Option<usize> {
+    None
+}
+
+/// Whether the machine's runnable threads, at the last reading of [`cores_to_spare`], were at
+/// most its cores: no thread was waiting for a CPU then, so a CPU may be idle.
+pub fn no_thread_waits() -> bool {
+    RUNNABLE.load(Ordering::Relaxed) <= cores()
+}
+
+/// How a spin ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spun {
+    /// Nothing came in time (see [`spin_until`]).
+    Missed,
+    /// Woken in time.
+    Caught {
+        /// Seen only once the spin had started to yield its CPU: whoever woke it may have run
+        /// on this CPU meanwhile.
+        after_yield: bool,
+    },
+}
+
 /// Busy-waits until `woken` returns true or `spin` has passed; returns whether it was woken in
-/// time. `woken` is asked between short runs of `spin_loop` hints (and the clock every few
+/// time (see [`spin_watch`]).
+pub fn spin_until(spin: Duration, woken: impl FnMut() -> bool) -> bool {
+    matches!(spin_watch(spin, woken), Spun::Caught { .. })
+}
+
+/// Busy-waits until `woken` returns true or `spin` has passed; returns whether it was woken in
+/// time, and whether only after it began to yield. `woken` is asked between short runs of `spin_loop` hints (and the clock every few
 /// rounds). After the first microsecond or so each round also yields the CPU: a thread woken
 /// onto this core (the one whose answer we wait for, often) runs at once instead of after the
 /// spin. A wake-up seen only after twice `spin` (the yields gave the CPU away for long: the
 /// machine is busier than it looked) counts as a miss, so that the caller backs off; the
 /// caller finds that wake-up when it tries to sleep.
-pub fn spin_until(spin: Duration, mut woken: impl FnMut() -> bool) -> bool {
+pub fn spin_watch(spin: Duration, mut woken: impl FnMut() -> bool) -> Spun {
     let start = Instant::now();
-    let in_time = |start: Instant| start.elapsed() <= spin * 2;
+    let caught = |after_yield: bool| {
+        if start.elapsed() <= spin * 2 {
+            Spun::Caught { after_yield }
+        } else {
+            Spun::Missed
+        }
+    };
     let mut round = 0u32;
     loop {
         if woken() {
-            return round < YIELD_AFTER || in_time(start);
+            if round < YIELD_AFTER {
+                return Spun::Caught { after_yield: false };
+            }
+            // The first yield comes after the look of round `YIELD_AFTER`.
+            return caught(round > YIELD_AFTER);
         }
         if round < YIELD_AFTER {
             for _ in 0..(1u32 << round) {
@@ -155,7 +211,11 @@ pub fn spin_until(spin: Duration, mut woken: impl FnMut() -> bool) -> bool {
         }
         round += 1;
         if round % 4 == 0 && start.elapsed() >= spin {
-            return woken() && in_time(start);
+            return if woken() {
+                caught(round > YIELD_AFTER)
+            } else {
+                Spun::Missed
+            };
         }
     }
 }
@@ -181,7 +241,9 @@ pub fn cores_to_spare() -> bool {
         return SPARE.load(Ordering::Relaxed);
     }
     let limit = 2 * cores();
-    let spare = load().is_some_and(|l| l.runnable <= limit && l.one_minute <= limit as f64);
+    let now = load();
+    RUNNABLE.store(now.map_or(usize::MAX, |l| l.runnable), Ordering::Relaxed);
+    let spare = now.is_some_and(|l| l.runnable <= limit && l.one_minute <= limit as f64);
     SPARE.store(spare, Ordering::Relaxed);
     spare
 }
@@ -274,6 +336,43 @@ mod tests {
             (1, 1),
             "a hit resets the back-off"
         );
+    }
+
+    #[test]
+    fn spin_watch_says_whether_the_wake_came_before_the_yields() {
+        assert_eq!(
+            spin_watch(Duration::from_secs(30), || true),
+            Spun::Caught { after_yield: false }
+        );
+        // Seen at the first look after the pure spin: still no yield made.
+        let mut asked = 0;
+        assert_eq!(
+            spin_watch(Duration::from_secs(30), || {
+                asked += 1;
+                asked > YIELD_AFTER as usize
+            }),
+            Spun::Caught { after_yield: false }
+        );
+        let mut asked = 0;
+        assert_eq!(
+            spin_watch(Duration::from_secs(30), || {
+                asked += 1;
+                asked == YIELD_AFTER as usize + 3
+            }),
+            Spun::Caught { after_yield: true }
+        );
+        assert_eq!(
+            spin_watch(Duration::from_micros(50), || false),
+            Spun::Missed
+        );
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn this_cpu_is_one_this_thread_may_use() {
+        let cpu = this_cpu().expect("sched_getcpu");
+        let allowed = rustix::thread::sched_getaffinity(None).expect("affinity");
+        assert!(allowed.is_set(cpu), "cpu {cpu}");
     }
 
     #[test]
