@@ -22,9 +22,10 @@
 //!
 //! Two threads that spin for each other can end up on one CPU, where they only take turns
 //! through the spin's yields while another CPU idles. A thread that sees its wake-up only after
-//! yielding, from a waker on its own CPU, while no thread on the machine waits for a CPU, moves
+//! yielding, from a waker on its own CPU (`HOP_AFTER` times in a row), while no thread on the
+//! machine waits for a CPU, moves
 //! itself off that CPU (its affinity narrowed for a moment, then given back), at most once per
-//! `HOP_EVERY`; see `SpinThenPark::move_off_waker_cpu`.
+//! `HOP_EVERY`; see `SpinThenPark::after_caught`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -98,6 +99,8 @@ struct SpinThenPark<F> {
     gate: SpinGate,
     /// When this thread last moved off its waker's CPU.
     hopped: Option<Instant>,
+    /// Wake-ups in a row caught after yielding, from a waker on this thread's CPU.
+    shared_cpu_run: u32,
 }
 
 impl<F: Future> SpinThenPark<F> {
@@ -113,6 +116,7 @@ impl<F: Future> SpinThenPark<F> {
             flag,
             gate,
             hopped: None,
+            shared_cpu_run: 0,
         }
     }
 }
@@ -148,9 +152,7 @@ impl<F: Future> Future for SpinThenPark<F> {
                 match spin_watch(spin, || this.flag.state.load(Ordering::Acquire) != RUNNING) {
                     Spun::Caught { after_yield } => {
                         this.gate.hit();
-                        if after_yield {
-                            this.move_off_waker_cpu();
-                        }
+                        this.after_caught(after_yield);
                         continue;
                     }
                     Spun::Missed => this.gate.miss(),
@@ -171,9 +173,10 @@ impl<F: Future> Future for SpinThenPark<F> {
 }
 
 impl<F> SpinThenPark<F> {
-    /// After a wake-up seen only once the spin yielded: if the waker runs on this thread's CPU
+    /// After a wake-up caught by the spin (`after_yield`: only once it yielded): after
+    /// [`HOP_AFTER`] wake-ups in a row caught after yielding from a waker on this thread's CPU,
     /// while no thread waits for a CPU (one is likely idle), move this thread off it, at most
-    /// once per [`HOP_EVERY`].
+    /// once per [`HOP_EVERY`]. Any other wake-up ends the run.
     ///
     /// Two threads that hand work back and forth, each spinning while the other works, can end
     /// up on one CPU, and from there they only take turns through the spin's yields: neither
@@ -181,15 +184,25 @@ impl<F> SpinThenPark<F> {
     /// balancing leaves such busy threads where they are for milliseconds. A round trip
     /// between two thread actors took about 4.3 µs that way against 3.2 µs on two CPUs, for
     /// whole batches of `harrow bench`.
-    fn move_off_waker_cpu(&mut self) {
+    ///
+    /// The run: a move costs tens of microseconds (two affinity changes and the migration),
+    /// which only a sustained exchange earns back. A thread just spawned starts on its
+    /// parent's CPU; moving it at its first call would make that call, not the ones after,
+    /// pay for it (the thread spawn-to-first-reply went from 0.04 to 0.09–0.14 ms).
+    fn after_caught(&mut self, after_yield: bool) {
         let waker = self.flag.waker_cpu.swap(NO_CPU, Ordering::Relaxed);
-        if waker == NO_CPU
-            || this_cpu() != Some(waker)
+        if !after_yield || waker == NO_CPU || this_cpu() != Some(waker) {
+            self.shared_cpu_run = 0;
+            return;
+        }
+        self.shared_cpu_run += 1;
+        if self.shared_cpu_run < HOP_AFTER
             || !no_thread_waits()
             || self.hopped.is_some_and(|t| t.elapsed() < HOP_EVERY)
         {
             return;
         }
+        self.shared_cpu_run = 0;
         self.hopped = Some(Instant::now());
         let _ = hop_off(waker);
     }
@@ -197,6 +210,9 @@ impl<F> SpinThenPark<F> {
 
 /// No CPU recorded.
 const NO_CPU: usize = usize::MAX;
+
+/// How many wake-ups in a row from a waker on the spinning thread's CPU make it move.
+const HOP_AFTER: u32 = 16;
 
 /// The least time between two moves of one thread off its waker's CPU.
 const HOP_EVERY: Duration = Duration::from_millis(20);
