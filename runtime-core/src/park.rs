@@ -23,9 +23,8 @@
 //! Two threads that spin for each other can end up on one CPU, where they only take turns
 //! through the spin's yields while another CPU idles. A thread that sees its wake-up only after
 //! yielding, from a waker on its own CPU (`HOP_AFTER` times in a row), while no thread on the
-//! machine waits for a CPU, moves
-//! itself off that CPU (its affinity narrowed for a moment, then given back), at most once per
-//! `HOP_EVERY`; see `SpinThenPark::after_caught`.
+//! machine waits for a CPU, moves itself off that CPU (its affinity narrowed for a moment, then
+//! given back), at most once per `HOP_EVERY`; see `SpinThenPark::after_caught`.
 
 use std::future::Future;
 use std::pin::Pin;
