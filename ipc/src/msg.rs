@@ -139,30 +139,35 @@ thread_local! {
 impl FnPath {
     /// Parses `"a.b:c"`. Every dotted module segment and the function must be identifiers.
     pub fn parse(input: &str) -> Result<Self, FnPathError> {
-        let err = |reason| FnPathError {
+        let colon = FnPath::check(input).map_err(|reason| FnPathError {
             input: input.to_owned(),
             reason,
-        };
-        let (module, function) = input.split_once(':').ok_or_else(|| err("missing ':'"))?;
-        if function.contains(':') {
-            return Err(err("more than one ':'"));
-        }
-        if module.is_empty() {
-            return Err(err("empty module"));
-        }
-        if function.is_empty() {
-            return Err(err("empty function name"));
-        }
-        if !module.split('.').all(is_identifier) {
-            return Err(err("module is not a dotted sequence of identifiers"));
-        }
-        if !is_identifier(function) {
-            return Err(err("function name is not an identifier"));
-        }
+        })?;
         Ok(FnPath {
             path: input.into(),
-            colon: module.len(),
+            colon,
         })
+    }
+
+    /// Where the `':'` of a valid `"a.b:c"` is, or what is wrong with it (no allocation).
+    fn check(input: &str) -> Result<usize, &'static str> {
+        let (module, function) = input.split_once(':').ok_or("missing ':'")?;
+        if function.contains(':') {
+            return Err("more than one ':'");
+        }
+        if module.is_empty() {
+            return Err("empty module");
+        }
+        if function.is_empty() {
+            return Err("empty function name");
+        }
+        if !module.split('.').all(is_identifier) {
+            return Err("module is not a dotted sequence of identifiers");
+        }
+        if !is_identifier(function) {
+            return Err("function name is not an identifier");
+        }
+        Ok(module.len())
     }
 
     /// [`parse`](Self::parse), remembering the last few paths this thread parsed: a caller
@@ -197,7 +202,7 @@ impl FnPath {
                 colon,
             };
             // Only a valid path is kept: `parse_cached` hands out what is kept as parsed.
-            if FnPath::parse(&path).is_ok_and(|p| p.colon == colon) {
+            if FnPath::check(&path) == Ok(colon) {
                 if m.len() >= PARSED_PER_THREAD {
                     m.clear();
                 }

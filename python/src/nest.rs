@@ -582,7 +582,6 @@ impl ActorEnv {
                     Ok(Out::Handle(Handle::Stream(Arc::new(PyStream {
                         tx,
                         rx: Mutex::new(Slot::Here(rx)),
-                        changed: Event::new(),
                     }))))
                 })
             }
@@ -857,8 +856,9 @@ pub(crate) struct PyContext {
 trait Holds: Send + Sync + 'static {
     type Value: Send + 'static;
     fn slot(&self) -> &Mutex<Slot<Self::Value>>;
-    /// Notified whenever the slot changes hands.
-    fn changed(&self) -> &Event;
+    /// Notified whenever the slot changes hands, for holders whose operations wait for it
+    /// (a context's `result`); `None` where a busy slot is an error instead.
+    fn changed(&self) -> Option<&Event>;
 }
 
 impl Holds for PyContext {
@@ -866,8 +866,8 @@ impl Holds for PyContext {
     fn slot(&self) -> &Mutex<Slot<Context>> {
         &self.ctx
     }
-    fn changed(&self) -> &Event {
-        &self.changed
+    fn changed(&self) -> Option<&Event> {
+        Some(&self.changed)
     }
 }
 
@@ -876,8 +876,8 @@ impl Holds for PyStream {
     fn slot(&self) -> &Mutex<Slot<StreamRx>> {
         &self.rx
     }
-    fn changed(&self) -> &Event {
-        &self.changed
+    fn changed(&self) -> Option<&Event> {
+        None
     }
 }
 
@@ -935,7 +935,9 @@ impl<H: Holds> Drop for Lent<H> {
             None => Slot::Gone,
         };
         *self.holder.slot().lock().unwrap_or_else(|p| p.into_inner()) = back;
-        self.holder.changed().notify(usize::MAX);
+        if let Some(changed) = self.holder.changed() {
+            changed.notify(usize::MAX);
+        }
     }
 }
 
@@ -945,7 +947,6 @@ pub(crate) struct PyStream {
     tx: StreamTx,
     /// The receiving half, lent to one receive at a time.
     rx: Mutex<Slot<StreamRx>>,
-    changed: Event,
 }
 
 /// A cancel scope of a Python call: a nursery's block, or a deadline

@@ -142,10 +142,7 @@ fn run_pool_only(as_json: bool, quick: bool, small_only: bool) -> anyhow::Result
 /// sees only them (`quick`: 2,000 round trips instead of 200,000).
 fn run_rpc_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()> {
     let prog = Progress { t0: Instant::now() };
-    let py = match harrow::subint_status() {
-        Ok(()) => Some(crate::pymod::PyDir::create()?),
-        Err(_) => None,
-    };
+    let py = py_dir_or_skip()?;
     let plans = backend::plans(py.as_ref());
     let Some(plan) = plans.iter().find(|p| p.name == backend) else {
         let known: Vec<_> = plans.iter().map(|p| p.name).collect();
@@ -220,17 +217,23 @@ fn run_inner(as_json: bool, quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Python module's directory when the subint backend is available here; otherwise says on
+/// stderr why its rows are skipped.
+fn py_dir_or_skip() -> anyhow::Result<Option<crate::pymod::PyDir>> {
+    match harrow::subint_status() {
+        Ok(()) => Ok(Some(crate::pymod::PyDir::create()?)),
+        Err(why) => {
+            eprintln!("[bench] the subint rows are skipped: {why}");
+            Ok(None)
+        }
+    }
+}
+
 /// `harrow bench --scale`: the scale table alone (`quick`: one tiny tree per backend).
 fn run_scale(as_json: bool, quick: bool) -> anyhow::Result<()> {
     let prog = Progress { t0: Instant::now() };
     let load_before = report::load_average();
-    let py = match harrow::subint_status() {
-        Ok(()) => Some(crate::pymod::PyDir::create()?),
-        Err(why) => {
-            eprintln!("[bench] the subint rows are skipped: {why}");
-            None
-        }
-    };
+    let py = py_dir_or_skip()?;
     let plans = backend::plans(py.as_ref());
     let rows = run_root(RootConfig::default(), |n| {
         let plans = &plans;
