@@ -190,6 +190,34 @@ fn gone(name: &str) -> CallError {
     )
 }
 
+thread_local! {
+    /// The interpreter whose calls this thread serves, if it does (see `ffi::serve`).
+    static SERVING: std::cell::RefCell<Option<Arc<Shared>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Marks this thread as serving `shared`'s calls (`None`: not any more).
+#[cfg_attr(not(harrow_python), allow(dead_code))]
+pub(crate) fn set_serving_here(shared: Option<Arc<Shared>>) {
+    SERVING.with(|s| *s.borrow_mut() = shared);
+}
+
+/// Whether this thread serves an interpreter's calls.
+fn serving_here() -> bool {
+    SERVING.with(|s| s.borrow().is_some())
+}
+
+/// On an interpreter's serving thread: it is going to wait for a task of its actor, so the
+/// actor's own thread must run the tasks now (see `harrow_runtime_core::CoDriver`). Nothing
+/// elsewhere.
+pub(crate) fn away_here() {
+    SERVING.with(|s| {
+        if let Some(shared) = s.borrow().as_ref() {
+            shared.codriver_away();
+        }
+    });
+}
+
 /// One call running (or queued) in an interpreter. Resolves to its result; dropping it before
 /// that cancels the call.
 pub struct PyCall {
@@ -249,10 +277,14 @@ impl Future for PyCall {
             }
             Poll::Pending => {
                 // Not answered yet: watch for the reply briefly before this thread parks (see
-                // `crate::spin`). Once per call.
+                // `crate::spin`). Once per call; never on the serving thread itself (running
+                // the actor's tasks while idle): the reply needs this very thread.
                 let Some(gate) = self.spin.take() else {
                     return Poll::Pending;
                 };
+                if serving_here() {
+                    return Poll::Pending;
+                }
                 let got = gate.spin(|| {
                     self.reply
                         .try_recv()

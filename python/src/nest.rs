@@ -316,10 +316,13 @@ impl ActorEnv {
     }
 
     /// Runs `fut` as a task on the actor's executor; dropping the returned future drops it.
+    /// The interpreter thread, which starts it, will wait for it (blocked, or in its event
+    /// loop): the actor's own thread runs the actor's tasks meanwhile.
     fn spawn<T: Send + 'static>(
         &self,
         fut: impl Future<Output = T> + Send + 'static,
     ) -> async_executor::Task<T> {
+        crate::handle::away_here();
         self.actor.executor().spawn(fut)
     }
 

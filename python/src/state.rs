@@ -10,6 +10,7 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 use harrow_runtime_core::CancelToken;
+use harrow_runtime_core::CoDriver;
 use parking_lot::Mutex;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -103,11 +104,13 @@ pub fn python_stacks() -> String {
     out
 }
 
-/// Starts the process-wide helpers (the main interpreter, the cancel injector thread) now, so
-/// that they exist before a resource tracker's first snapshot. Idempotent and cheap once done.
+/// Starts the process-wide helpers (the main interpreter, the cancel injector thread, the
+/// co-driving watchdog of `harrow_runtime_core::codrive`) now, so that they exist before a
+/// resource tracker's first snapshot. Idempotent and cheap once done.
 pub fn warm_up() -> crate::Result<()> {
     crate::imp::ensure_main()?;
     let _ = injector();
+    harrow_runtime_core::codrive::warm_up();
     Ok(())
 }
 
@@ -286,6 +289,9 @@ pub struct Shared {
     pub exit_reason: Mutex<Option<String>>,
     /// Set when shutdown began: the thread takes no new call.
     pub closing: AtomicBool,
+    /// The co-driver of the actor this interpreter serves, if it has one: the serving thread
+    /// runs the actor's tasks while it waits for a call (see [`CoDriver`]).
+    codriver: Mutex<Option<CoDriver>>,
 }
 
 impl Shared {
@@ -309,12 +315,32 @@ impl Shared {
             wake_w: Mutex::new(-1),
             loop_running: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            codriver: Mutex::new(None),
         });
         REGISTRY
             .lock()
             .get_or_insert_with(HashMap::new)
             .insert(shared.id, Arc::downgrade(&shared));
         shared
+    }
+
+    /// Lets the serving thread run the tasks of the actor `codriver` belongs to while it waits
+    /// for a call (`None`: no more).
+    pub fn set_codriver(&self, codriver: Option<CoDriver>) {
+        *self.codriver.lock() = codriver;
+    }
+
+    /// The actor's co-driver, if any.
+    pub(crate) fn codriver(&self) -> Option<CoDriver> {
+        self.codriver.lock().clone()
+    }
+
+    /// The serving thread is about to wait for something the actor's tasks must do: they must
+    /// run on the actor's own thread now (see [`CoDriver::away`]).
+    pub(crate) fn codriver_away(&self) {
+        if let Some(co) = self.codriver.lock().as_ref() {
+            co.away();
+        }
     }
 
     /// Removes the interpreter from the diagnostics registry (it ended).

@@ -11,6 +11,7 @@ use harrow_ipc::{ActorId, Channel};
 use harrow_portal::{Executor, Link, LinkConfig, LinkEnd, LocalInfo, Portal, Resolver};
 
 use crate::backend::Timeouts;
+use crate::codrive::CoDriver;
 use crate::scope::{CancelToken, WaitGroup, WaitGroupGuard};
 use crate::spec::SpawnSpec;
 
@@ -265,7 +266,7 @@ pub enum ActorExit {
 /// `CancelActor` or a broken parent channel cancels every call, tears down its children (bounded),
 /// flushes its last messages and returns.
 pub fn run_actor(channel: Channel, init: ActorInit) -> ActorExit {
-    run_actor_parked(channel, init, false)
+    run_actor_parked(channel, init, Park::Reactor)
 }
 
 /// [`run_actor`] for a `channel` in memory ([`mem::pair`](harrow_portal::ipc::mem::pair)): the
@@ -273,10 +274,33 @@ pub fn run_actor(channel: Channel, init: ActorInit) -> ActorExit {
 /// every wake-up cheaper (see [`park`](crate::park)). The thread and subint backends use it;
 /// a backend whose channel is a socket or pipe calls [`run_actor`].
 pub fn run_actor_in_process(channel: Channel, init: ActorInit) -> ActorExit {
-    run_actor_parked(channel, init, true)
+    run_actor_parked(channel, init, Park::InProcess)
 }
 
-fn run_actor_parked(channel: Channel, init: ActorInit, in_process: bool) -> ActorExit {
+/// [`run_actor_in_process`] with a helper thread that runs the actor's tasks whenever it waits
+/// for work of its own ([`CoDriver::drive_until`]): the subint backend's interpreter thread, so
+/// that a call reaches it without a hand-off from the actor's thread. The actor's thread runs
+/// the tasks whenever the helper does not (see [`CoDriver`]). When this returns the helper
+/// drives no more (it was waited for up to the spec's `hard_kill` timeout).
+pub fn run_actor_in_process_codriven(
+    channel: Channel,
+    init: ActorInit,
+    codriver: &CoDriver,
+) -> ActorExit {
+    run_actor_parked(channel, init, Park::CoDriven(codriver))
+}
+
+/// How an actor's thread waits, and who else runs its tasks.
+enum Park<'a> {
+    /// In the I/O reactor (the parent channel is a socket).
+    Reactor,
+    /// On a futex (the channel is in memory).
+    InProcess,
+    /// On a futex, with a helper running the tasks when it can.
+    CoDriven(&'a CoDriver),
+}
+
+fn run_actor_parked(channel: Channel, init: ActorInit, park: Park<'_>) -> ActorExit {
     let span = tracing::info_span!(
         "actor",
         name = %init.spec.id.name,
@@ -297,13 +321,31 @@ fn run_actor_parked(channel: Channel, init: ActorInit, in_process: bool) -> Acto
     let _current = ctx.enter();
     ctx.discovery().set_parent(init.spec.parent.clone());
     crate::discovery::start_acceptor(&ctx);
-    let main = exec.run(actor_main(channel, init, ctx.clone()));
-    let exit = if in_process {
-        crate::park::block_on_in_process(main)
-    } else {
+    let helper_bound = init.spec.timeouts().hard_kill;
+    let main = actor_main(channel, init, ctx.clone());
+    let exit = match park {
+        Park::InProcess => crate::park::block_on_in_process(exec.run(main)),
         // The channel to the parent is a socket: sleep in an epoll instance that watches it
         // (and the sockets of peers and children read on this thread) directly.
-        harrow_ipc::park::block_on(main)
+        Park::Reactor => harrow_ipc::park::block_on(exec.run(main)),
+        Park::CoDriven(co) => {
+            /// Unbinds the helper on every path, a panic included.
+            struct Unbind<'a>(&'a CoDriver, std::time::Duration);
+            impl Drop for Unbind<'_> {
+                fn drop(&mut self) {
+                    self.0.unbind(self.1);
+                }
+            }
+            co.bind(exec.clone(), ctx.clone());
+            let _unbind = Unbind(co, helper_bound);
+            let signal = co.clone();
+            let main = exec.spawn(async move {
+                let exit = main.await;
+                signal.main_done();
+                exit
+            });
+            co.own(&exec, main)
+        }
     };
     // No more peers: the acceptor and peer links go (their tasks end on the ticks below).
     ctx.discovery().release();

@@ -22,6 +22,7 @@
 mod actor;
 mod backend;
 pub mod bootstrap;
+pub mod codrive;
 pub mod discovery;
 mod error;
 mod nursery;
@@ -34,11 +35,13 @@ mod supervisor;
 mod thread;
 
 pub use actor::{
-    ActorCtx, ActorExit, ActorInit, current_actor, run_actor, run_actor_in_process, shield,
+    ActorCtx, ActorExit, ActorInit, current_actor, run_actor, run_actor_in_process,
+    run_actor_in_process_codriven, shield,
 };
 pub use backend::{
     BoxFuture, Capabilities, Child, Exit, HardKill, SpawnBackend, SpawnError, Timeouts,
 };
+pub use codrive::CoDriver;
 pub use discovery::{ActorEntry, DiscoveryError, find_actor, query_actors, wait_for_actor};
 pub use error::{BoxError, ChildFailure, Error, NurseryError, Result};
 pub use harrow_ipc as ipc;

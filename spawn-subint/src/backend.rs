@@ -10,10 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use harrow_runtime_core::CoDriver;
 use harrow_runtime_core::ipc::{ActorId, Channel, mem};
 use harrow_runtime_core::{
     ActorInit, BoxFuture, Capabilities, Child, DedicatedThread, Exit, HardKill, Joined,
-    SpawnBackend, SpawnError, SpawnSpec, run_actor_in_process,
+    SpawnBackend, SpawnError, SpawnSpec, run_actor_in_process, run_actor_in_process_codriven,
 };
 
 use harrow_python::nest::Offers;
@@ -152,8 +153,16 @@ pub(crate) fn start_on(
     let shutdown_bound = spec.timeouts().hard_kill;
     let init = ActorInit::from_spec(spec, "subint").with_resolver(resolver);
     let (parent_end, child_end) = mem::pair();
+    let shared = Arc::clone(handle.shared());
     let runtime = DedicatedThread::spawn(format!("rt-{}", id.name), move || {
-        run_actor_in_process(child_end, init);
+        if codrive() {
+            let co = CoDriver::new();
+            shared.set_codriver(Some(co.clone()));
+            run_actor_in_process_codriven(child_end, init, &co);
+            shared.set_codriver(None);
+        } else {
+            run_actor_in_process(child_end, init);
+        }
         interp.shutdown(shutdown_bound)
     })
     .map_err(|e| SpawnError::Failed {
@@ -167,6 +176,13 @@ pub(crate) fn start_on(
         interp: handle,
         leaked: None,
     }))
+}
+
+/// Whether the interpreter thread runs the actor's tasks while it waits for a call
+/// (`HARROW_SUBINT_CODRIVE=0` turns it off: every call then goes through the actor's thread).
+fn codrive() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HARROW_SUBINT_CODRIVE").map_or(true, |v| v.trim() != "0"))
 }
 
 struct SubintChild {

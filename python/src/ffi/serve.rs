@@ -76,6 +76,7 @@ struct ServingGuard;
 impl Drop for ServingGuard {
     fn drop(&mut self) {
         SERVER.with(|s| s.set(std::ptr::null()));
+        crate::handle::set_serving_here(None);
     }
 }
 
@@ -117,6 +118,7 @@ pub unsafe fn serve(
     };
     let guard = ServingGuard;
     SERVER.with(|s| s.set(&server as *const Server));
+    crate::handle::set_serving_here(Some(Arc::clone(shared)));
     while !server.stop.get() || server.async_live.get() > 0 {
         if server.async_live.get() > 0 {
             // Async calls run: the event loop serves them and takes new calls meanwhile (a
@@ -137,18 +139,23 @@ pub unsafe fn serve(
                 // SAFETY: GIL held with the thread state current; no Python object is touched
                 // until the guard re-attaches it.
                 let _released = unsafe { Released::save() };
-                // The next call often comes within microseconds (a caller in a loop): watch
-                // for it briefly before sleeping (see `harrow_ipc::park::spin`).
-                let spin = server.spin.borrow_mut().spin();
-                if !spin.is_zero() {
-                    let jobs = &server.jobs;
-                    if spin_until(spin, || !jobs.is_empty() || jobs.is_disconnected()) {
-                        server.spin.borrow_mut().hit();
-                    } else {
-                        server.spin.borrow_mut().miss();
+                match server.drive_for_job() {
+                    Some(job) => job,
+                    None => {
+                        // The next call often comes within microseconds (a caller in a loop):
+                        // watch for it briefly before sleeping (see `harrow_ipc::park::spin`).
+                        let spin = server.spin.borrow_mut().spin();
+                        if !spin.is_zero() {
+                            let jobs = &server.jobs;
+                            if spin_until(spin, || !jobs.is_empty() || jobs.is_disconnected()) {
+                                server.spin.borrow_mut().hit();
+                            } else {
+                                server.spin.borrow_mut().miss();
+                            }
+                        }
+                        server.jobs.recv()
                     }
                 }
-                server.jobs.recv()
             }
         };
         match job {
@@ -308,6 +315,11 @@ unsafe fn wait_released<T>(
     // SAFETY: a non-null `SERVER` points to the `Server` in `serve`'s frame on this very
     // thread, which outlives every call it runs (the pointer is cleared before it moves).
     let server = unsafe { server.as_ref() };
+    if let Some(s) = server {
+        // `fut` (a `ctx` or stream operation) needs the actor's tasks: they run on the actor's
+        // thread while this one waits.
+        s.shared.codriver_away();
+    }
     loop {
         let serving = server.filter(|s| !s.stop.get() && s.depth.get() < MAX_NESTED);
         // SAFETY: GIL held with our thread state current (caller); the guard re-attaches it on
@@ -399,6 +411,23 @@ impl Server {
             return false;
         }
         true
+    }
+
+    /// Idle, with the GIL released: runs the actor's tasks on this thread until a job is
+    /// queued, when the actor has a co-driver (see `harrow_runtime_core::CoDriver`), so that a
+    /// call comes straight from the task that received it. `None` when there is no co-driver
+    /// or it stops driving (the actor's runtime ends): then wait as usual.
+    fn drive_for_job(&self) -> Option<Result<Job, flume::RecvError>> {
+        let co = self.shared.codriver()?;
+        let jobs = &self.jobs;
+        let mut got = None;
+        {
+            let next = std::pin::pin!(async {
+                got = Some(jobs.recv_async().await);
+            });
+            co.drive_until(next);
+        }
+        got
     }
 
     /// Runs `call` nested inside a waiting call, saving and restoring the waiting call's

@@ -1,0 +1,444 @@
+//! [`CoDriver`]: a second thread that runs an in-process actor's tasks while it has nothing else
+//! to do, so that work it would be handed arrives on it directly.
+//!
+//! A subint actor has two threads: the actor's own (its runtime: link, dispatcher, cancel
+//! protocol) and the interpreter thread that runs every Python call. Without help, a call crosses
+//! both: the caller wakes the actor's thread, which hands the job to the interpreter thread. With
+//! a `CoDriver`, the interpreter thread runs the actor's tasks itself whenever it waits for a
+//! call ([`drive_until`](CoDriver::drive_until)), so the call it is handed comes from its own
+//! hands and only the caller and the interpreter thread take part in a round trip.
+//!
+//! The actor's thread (the *owner*) still answers for the actor:
+//!
+//! - while the helper runs the tasks (`Driving`), the owner sleeps;
+//! - while the helper does its own work (`Busy`: a Python call), nobody runs the actor's tasks.
+//!   Most calls end within microseconds. One watchdog thread per process looks at every busy
+//!   helper once per [`TAKEOVER`]; a helper busy for longer than that has its owner run the tasks
+//!   until it comes back. So a message (a cancel, for one) waits at most about twice `TAKEOVER`
+//!   for the actor to read it;
+//! - when the helper is about to wait for something the actor's tasks must do (a context call's
+//!   stream, a nursery it opened), it says so with [`away`](CoDriver::away) and the owner runs
+//!   the tasks at once.
+//!
+//! The watchdog ticks only while helpers turn busy: after [`QUIET`] with no busy turn anywhere
+//! it sleeps until the next one, so idle actors cost no timer wake-ups.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::Thread;
+use std::time::Duration;
+
+use event_listener::Event;
+use futures_lite::FutureExt;
+use harrow_portal::Executor;
+
+use crate::actor::ActorCtx;
+use crate::park::block_on_in_process;
+
+/// How long the helper may be busy before the actor's own thread runs its tasks.
+pub const TAKEOVER: Duration = Duration::from_millis(1);
+
+/// How long the watchdog ticks on with no helper turning busy before it sleeps until one does.
+pub const QUIET: Duration = Duration::from_millis(100);
+
+/// Tasks the helper runs in a row before it looks at what it waits for again.
+const TICKS_PER_YIELD: u32 = 64;
+
+/// Neither driving nor watched: the owner runs the actor's tasks.
+const AWAY: u8 = 0;
+/// The helper runs the actor's tasks.
+const DRIVING: u8 = 1;
+/// The helper does its own work; the owner takes over after [`TAKEOVER`] (the watchdog says).
+const BUSY: u8 = 2;
+
+/// Lets a helper thread run an in-process actor's tasks while it waits for work of its own (see
+/// the module docs). Cheap to clone; one per actor. Until the actor's runtime starts
+/// ([`run_actor_in_process_codriven`](crate::run_actor_in_process_codriven)) and after it ends,
+/// [`drive_until`](Self::drive_until) returns at once.
+#[derive(Clone, Default)]
+pub struct CoDriver {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CoDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.inner.state.load(SeqCst) {
+            DRIVING => "driving",
+            BUSY => "busy",
+            _ => "away",
+        };
+        f.debug_struct("CoDriver")
+            .field("helper", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The running actor's executor and context (`None` before and after its runtime).
+    bound: Mutex<Option<Bound>>,
+    /// The helper's state: `AWAY`, `DRIVING` or `BUSY`.
+    state: AtomicU8,
+    /// When the helper last turned busy, in nanoseconds since the watchdog's epoch.
+    busy_since: AtomicU64,
+    /// The owner's thread, to wake it.
+    owner: Mutex<Option<Thread>>,
+    /// The actor's main task has ended.
+    main_done: AtomicBool,
+    /// The runtime is ending: the helper stops driving and takes no new turn.
+    ending: AtomicBool,
+    /// The helper entered `DRIVING`, or `ending` was set.
+    changed: Event,
+    /// The helper is inside `drive_until`.
+    helper_in: AtomicBool,
+    /// The helper left `drive_until`.
+    helper_left: Event,
+}
+
+struct Bound {
+    exec: Executor,
+    ctx: ActorCtx,
+}
+
+impl Inner {
+    fn bound(&self) -> MutexGuard<'_, Option<Bound>> {
+        self.bound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake_owner(&self) {
+        if let Some(t) = self
+            .owner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            t.unpark();
+        }
+    }
+}
+
+/// Completes once `flag` is set (`event` is notified after every set).
+async fn flag_set(flag: &AtomicBool, event: &Event) {
+    loop {
+        if flag.load(SeqCst) {
+            return;
+        }
+        let listener = event.listen();
+        if flag.load(SeqCst) {
+            return;
+        }
+        listener.await;
+    }
+}
+
+impl CoDriver {
+    /// A co-driver not bound to any actor yet.
+    pub fn new() -> Self {
+        CoDriver::default()
+    }
+
+    /// Helper: runs the actor's tasks on this thread until `until` completes, parking as an
+    /// in-process actor does when there is nothing to run. Returns whether `until` completed;
+    /// `false` at once when no actor runtime is bound (not started yet, or ended), or when the
+    /// runtime began ending meanwhile: then the caller waits for its work by its own means.
+    ///
+    /// After `true` the helper counts as busy: if it does not come back to `drive_until` (or
+    /// say [`away`](Self::away)) within [`TAKEOVER`], the actor's own thread runs its tasks.
+    pub fn drive_until(&self, until: Pin<&mut (dyn Future<Output = ()> + Send)>) -> bool {
+        let inner = &*self.inner;
+        let (exec, ctx) = match inner.bound().as_ref() {
+            Some(b) => (b.exec.clone(), b.ctx.clone()),
+            None => return false,
+        };
+        inner.helper_in.store(true, SeqCst);
+        if inner.ending.load(SeqCst) {
+            self.leave(AWAY);
+            return false;
+        }
+        inner.state.store(DRIVING, SeqCst);
+        inner.changed.notify(usize::MAX);
+        /// Leaves `Driving` for `Away` if what runs below panics: the owner must not wait for
+        /// a helper that is gone.
+        struct Unwind<'a>(&'a CoDriver);
+        impl Drop for Unwind<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.leave(AWAY);
+                }
+            }
+        }
+        let unwind = Unwind(self);
+        let done = {
+            let _current = ctx.enter();
+            let work = async {
+                until.await;
+                true
+            };
+            let ending = async {
+                flag_set(&inner.ending, &inner.changed).await;
+                false
+            };
+            // One task at a time, `until` looked at between them: unlike `Executor::run`, no
+            // worker queue is made and dropped per wait.
+            let tasks = async {
+                loop {
+                    for _ in 0..TICKS_PER_YIELD {
+                        exec.tick().await;
+                    }
+                    futures_lite::future::yield_now().await;
+                }
+            };
+            block_on_in_process(work.or(ending).or(tasks))
+        };
+        drop(unwind);
+        self.leave(if done { BUSY } else { AWAY });
+        done
+    }
+
+    /// The helper leaves `drive_until` for `state`.
+    fn leave(&self, state: u8) {
+        let inner = &*self.inner;
+        if state == BUSY {
+            inner.busy_since.store(watchdog::now(), SeqCst);
+        }
+        inner.state.store(state, SeqCst);
+        if state == BUSY {
+            watchdog::busy_turn();
+        } else {
+            inner.wake_owner();
+        }
+        inner.helper_in.store(false, SeqCst);
+        inner.helper_left.notify(usize::MAX);
+    }
+
+    /// Helper: it is about to wait for something the actor's tasks must do (they must run now,
+    /// and not on this thread). Cheap when it is already away.
+    pub fn away(&self) {
+        let inner = &*self.inner;
+        if inner.state.swap(AWAY, SeqCst) != AWAY {
+            inner.wake_owner();
+        }
+    }
+
+    /// Owner: binds the running actor (its executor and context) and this thread as its owner.
+    /// Without a watchdog (its thread could not start) nothing is bound: the owner then runs
+    /// every task itself.
+    pub(crate) fn bind(&self, exec: Executor, ctx: ActorCtx) {
+        let inner = &*self.inner;
+        if !watchdog::watch(&self.inner) {
+            return;
+        }
+        *inner.owner.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::thread::current());
+        inner.ending.store(false, SeqCst);
+        inner.main_done.store(false, SeqCst);
+        inner.state.store(AWAY, SeqCst);
+        *inner.bound() = Some(Bound { exec, ctx });
+    }
+
+    /// The actor's main task ended (on whichever thread ran it): the owner returns.
+    pub(crate) fn main_done(&self) {
+        let inner = &*self.inner;
+        inner.main_done.store(true, SeqCst);
+        inner.changed.notify(usize::MAX);
+        inner.wake_owner();
+    }
+
+    /// Owner: runs the actor's tasks whenever the helper does not, until `main` ends.
+    pub(crate) fn own<T>(&self, exec: &Executor, mut main: async_executor::Task<T>) -> T {
+        let inner = &*self.inner;
+        loop {
+            if inner.main_done.load(SeqCst) {
+                // Ended, or about to (it says so just before it returns): collect its value.
+                return block_on_in_process(exec.run(&mut main));
+            }
+            if inner.state.load(SeqCst) == AWAY {
+                // Until the helper drives again.
+                let stop = async {
+                    helper_driving(inner).await;
+                    None
+                };
+                let done = async { Some((&mut main).await) };
+                if let Some(v) = block_on_in_process(exec.run(done.or(stop))) {
+                    return v;
+                }
+                continue;
+            }
+            // The helper drives, or is busy: sleep until it goes away (or the watchdog sends
+            // it away), or the actor ends. Every one of those wakes this thread after setting
+            // what it looks at, and a wake-up before the park makes the park return at once.
+            std::thread::park();
+        }
+    }
+
+    /// Owner: the runtime ends. The helper stops driving (waited for up to `bound`) and
+    /// the actor is unbound.
+    pub(crate) fn unbind(&self, bound: Duration) {
+        let inner = &*self.inner;
+        inner.ending.store(true, SeqCst);
+        inner.changed.notify(usize::MAX);
+        let left = async {
+            loop {
+                if !inner.helper_in.load(SeqCst) {
+                    return;
+                }
+                let l = inner.helper_left.listen();
+                if !inner.helper_in.load(SeqCst) {
+                    return;
+                }
+                l.await;
+            }
+        };
+        let out = block_on_in_process(harrow_ipc::wait::deadline(bound, left));
+        if out.is_none() {
+            tracing::warn!(
+                ?bound,
+                "the co-driving thread did not leave the actor's executor"
+            );
+        }
+        *inner.bound() = None;
+        inner.state.store(AWAY, SeqCst);
+        *inner.owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Completes once the helper drives (it notifies `changed` when it starts).
+async fn helper_driving(inner: &Inner) {
+    loop {
+        if inner.state.load(SeqCst) == DRIVING {
+            return;
+        }
+        let listener = inner.changed.listen();
+        if inner.state.load(SeqCst) == DRIVING {
+            return;
+        }
+        listener.await;
+    }
+}
+
+/// Starts the process's co-driving watchdog thread (`harrow-codrive`) now if it is not running
+/// yet, as the first co-driven actor would. For leak checkers that snapshot the process's
+/// threads: the thread is process-wide and never ends. Idempotent.
+pub fn warm_up() {
+    let _ = watchdog::watch_nothing();
+}
+
+/// The process's one watchdog thread: sends away the helpers busy for longer than
+/// [`TAKEOVER`] (see the module docs).
+mod watchdog {
+    use super::*;
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    /// The co-drivers bound to a running actor (dead ones are dropped at each tick).
+    static ACTORS: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+    /// The watchdog sleeps until the next busy turn (no timer).
+    static DEEP: AtomicBool = AtomicBool::new(false);
+    /// Busy turns taken by all helpers so far.
+    static TURNS: AtomicU64 = AtomicU64::new(0);
+
+    fn epoch() -> Instant {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    /// Nanoseconds since the watchdog's epoch.
+    pub(super) fn now() -> u64 {
+        epoch().elapsed().as_nanos() as u64
+    }
+
+    /// The watchdog's thread, started on first use (`None` if it could not start).
+    fn thread() -> Option<&'static Thread> {
+        static THREAD: OnceLock<Option<Thread>> = OnceLock::new();
+        THREAD
+            .get_or_init(|| {
+                epoch();
+                let started = std::thread::Builder::new()
+                    .name("harrow-codrive".into())
+                    .spawn(run);
+                match started {
+                    Ok(handle) => Some(handle.thread().clone()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start the co-driving watchdog thread");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    fn actors() -> MutexGuard<'static, Vec<Weak<Inner>>> {
+        ACTORS.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the thread; whether it runs.
+    pub(super) fn watch_nothing() -> bool {
+        thread().is_some()
+    }
+
+    /// Watches `inner` while its actor runs. `false` when there is no watchdog.
+    pub(super) fn watch(inner: &Arc<Inner>) -> bool {
+        if thread().is_none() {
+            return false;
+        }
+        actors().push(Arc::downgrade(inner));
+        true
+    }
+
+    /// A helper turned busy: the watchdog must be ticking.
+    pub(super) fn busy_turn() {
+        TURNS.fetch_add(1, SeqCst);
+        if DEEP.load(SeqCst) {
+            if let Some(t) = thread() {
+                t.unpark();
+            }
+        }
+    }
+
+    fn run() {
+        let takeover = TAKEOVER.as_nanos() as u64;
+        let mut last_turns = TURNS.load(SeqCst);
+        let mut quiet_since = Instant::now();
+        loop {
+            std::thread::park_timeout(TAKEOVER);
+            let now = now();
+            let mut any_busy = false;
+            actors().retain(|weak| {
+                let Some(inner) = weak.upgrade() else {
+                    return false;
+                };
+                if inner.state.load(SeqCst) == BUSY {
+                    any_busy = true;
+                    let since = inner.busy_since.load(SeqCst);
+                    if now.saturating_sub(since) >= takeover
+                        && inner
+                            .state
+                            .compare_exchange(BUSY, AWAY, SeqCst, SeqCst)
+                            .is_ok()
+                    {
+                        inner.wake_owner();
+                    }
+                }
+                true
+            });
+            let turns = TURNS.load(SeqCst);
+            if turns != last_turns || any_busy {
+                last_turns = turns;
+                quiet_since = Instant::now();
+                continue;
+            }
+            if quiet_since.elapsed() < QUIET {
+                continue;
+            }
+            // Quiet: sleep until a helper turns busy.
+            DEEP.store(true, SeqCst);
+            if TURNS.load(SeqCst) == last_turns {
+                std::thread::park();
+            }
+            DEEP.store(false, SeqCst);
+            quiet_since = Instant::now();
+        }
+    }
+}
