@@ -142,6 +142,27 @@ fn exceptions_carry_type_message_traceback() -> Result<()> {
         remote.traceback
     );
 
+    // A chain, formatted as the standard library does (without the carets), and the same on
+    // a second failure through the same frames as on the first (frame texts are kept).
+    let chained = |msg: &str| -> Result<String> {
+        let err = call(&h, "harrow_testfns:fail_from", s(msg))?.unwrap_err();
+        Ok(err
+            .into_remote(&harrow_ipc::ActorId::new("basic-exc"))
+            .traceback)
+    };
+    let first = chained("k1")?;
+    for part in [
+        "ZeroDivisionError: division by zero",
+        "in _divide\n    return a / b\n",
+        "The above exception was the direct cause of the following exception:",
+        "raise KeyError(msg) from e\n",
+        "KeyError: 'k1'\n",
+    ] {
+        assert!(first.contains(part), "{part:?} not in {first}");
+    }
+    let again = chained("k2")?;
+    assert_eq!(again, first.replace("'k1'", "'k2'"));
+
     let err = call(&h, "harrow_testfns:fail_custom", Value::Null)?.unwrap_err();
     assert_eq!(
         err.to_string(),

@@ -325,53 +325,63 @@ def _format_exc(e):
     return (name, msg, tb)
 
 
+_TB = []
+_FRAME_TEXT = {}
+
+
 def _format_tb(e, name, msg):
     # What traceback.format_exception prints (the chain, every frame with its source line, the
     # exception), without the position carets: those make the standard library parse each
     # frame's source line, which made a failing call cost several times a succeeding one.
-    # Exception groups (nested tracebacks) still take the standard library's full path.
-    import traceback
+    # Exception groups (nested tracebacks) still take the standard library's full path. The
+    # modules are imported at the first failure, and each frame's two lines are kept per code
+    # object and line (up to 1024): a failing call formats only what it has not seen before.
+    if not _TB:
+        import linecache
+        import traceback
 
+        _TB.extend((traceback, linecache))
     if isinstance(e, BaseExceptionGroup):
-        return "".join(traceback.format_exception(e))
-    import linecache
-
+        return "".join(_TB[0].format_exception(e))
     out = []
-    seen = set()
+    _format_one(e, (name, msg), out, set())
+    return "".join(out)
 
-    def one(e, last):
-        if id(e) in seen:
-            return
-        seen.add(id(e))
-        if e.__cause__ is not None:
-            one(e.__cause__, None)
-            out.append(
-                "\nThe above exception was the direct cause of the following exception:\n\n"
-            )
-        elif e.__context__ is not None and not e.__suppress_context__:
-            one(e.__context__, None)
-            out.append(
-                "\nDuring handling of the above exception, another exception occurred:\n\n"
-            )
-        tb = e.__traceback__
-        if tb is not None:
-            out.append("Traceback (most recent call last):\n")
+
+def _format_one(e, last, out, seen):
+    if id(e) in seen:
+        return
+    seen.add(id(e))
+    if e.__cause__ is not None:
+        _format_one(e.__cause__, None, out, seen)
+        out.append("\nThe above exception was the direct cause of the following exception:\n\n")
+    elif e.__context__ is not None and not e.__suppress_context__:
+        _format_one(e.__context__, None, out, seen)
+        out.append("\nDuring handling of the above exception, another exception occurred:\n\n")
+    tb = e.__traceback__
+    if tb is not None:
+        out.append("Traceback (most recent call last):\n")
+        texts = _FRAME_TEXT
         while tb is not None:
             f = tb.tb_frame
             co = f.f_code
             line = tb.tb_lineno
-            out.append('  File "%s", line %s, in %s\n' % (co.co_filename, line, co.co_name))
-            src = linecache.getline(co.co_filename, line, f.f_globals).strip() if line else ""
-            if src:
-                out.append("    %s\n" % src)
+            key = (co, line)
+            text = texts.get(key)
+            if text is None:
+                text = '  File "%s", line %s, in %s\n' % (co.co_filename, line, co.co_name)
+                src = _TB[1].getline(co.co_filename, line, f.f_globals).strip() if line else ""
+                if src:
+                    text += "    %s\n" % src
+                if len(texts) >= 1024:
+                    texts.clear()
+                texts[key] = text
+            out.append(text)
             tb = tb.tb_next
-        if last is None or isinstance(e, SyntaxError) or getattr(e, "__notes__", None):
-            out.extend(traceback.format_exception_only(e))
-        else:
-            out.append("%s: %s\n" % last if last[1] else "%s\n" % last[0])
-
-    one(e, (name, msg))
-    return "".join(out)
+    if last is None or isinstance(e, SyntaxError) or getattr(e, "__notes__", None):
+        out.extend(_TB[0].format_exception_only(e))
+    else:
+        out.append("%s: %s\n" % last if last[1] else "%s\n" % last[0])
 
 
 def _live_threads():

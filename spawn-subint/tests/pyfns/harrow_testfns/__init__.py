@@ -28,6 +28,18 @@ def fail(msg="boom"):
     raise ValueError(msg)
 
 
+def fail_from(msg="outer"):
+    """Raises a KeyError caused by a ZeroDivisionError two frames deep."""
+    try:
+        _divide(1, 0)
+    except ZeroDivisionError as e:
+        raise KeyError(msg) from e
+
+
+def _divide(a, b):
+    return a / b
+
+
 class CustomError(Exception):
     pass
 
