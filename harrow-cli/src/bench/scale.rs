@@ -280,32 +280,38 @@ mod tests {
 
     #[test]
     fn an_idle_threads_stack_is_found() {
-        // A thread blocked on a channel has its stack pointer in /proc, in a mapping of ours.
-        let base = stacks_rss_kib().unwrap_or(0.0);
+        // A thread blocked on a channel has its stack pointer in /proc, in a mapping of ours
+        // that holds the stack it touched, and the sum over all blocked threads includes it.
+        // (Only this thread is looked at by itself: the other threads of a test binary block
+        // and run as their tests go, so sums taken at two moments cannot be compared.)
         let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::path::PathBuf>();
         let t = std::thread::spawn(move || {
             let touched = [1u8; 64 * 1024];
             std::hint::black_box(&touched);
-            ready_tx.send(()).ok();
+            // `/proc/thread-self` is this thread's task directory.
+            let task = std::fs::read_link("/proc/thread-self").unwrap_or_default();
+            ready_tx.send(task).ok();
             rx.recv().ok();
         });
-        ready_rx.recv().expect("the thread runs");
+        let task = ready_rx.recv().expect("the thread runs");
+        let syscall = std::path::Path::new("/proc").join(task).join("syscall");
         // Bounded: the thread blocks in recv at once after its send.
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut stacks = base;
-        while stacks - base < 64.0 && std::time::Instant::now() < give_up {
+        let mut sp = None;
+        while sp.is_none() && std::time::Instant::now() < give_up {
             std::thread::yield_now();
-            stacks = stacks_rss_kib().unwrap_or(0.0);
+            sp = std::fs::read_to_string(&syscall)
+                .ok()
+                .and_then(|s| stack_pointer(&s));
         }
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        let all = stacks_rss_kib().unwrap_or(0.0);
         tx.send(()).ok();
         t.join().expect("the thread ends");
-        // Once it has ended, no thread's stack pointer is in that mapping any more.
-        let after = stacks_rss_kib().unwrap_or(0.0);
-        assert!(
-            stacks - after >= 64.0,
-            "the thread's 64 KiB of stack were not found: {stacks} KiB while it waited, \
-             {after} KiB after it ended"
-        );
+        let sp = sp.expect("the blocked thread's stack pointer is shown");
+        let mine = rss_holding(&smaps, &[sp]);
+        assert!(mine >= 64.0, "its mapping holds {mine} KiB, not the 64 KiB it touched");
+        assert!(all >= mine, "the sum {all} KiB misses its {mine} KiB");
     }
 }
