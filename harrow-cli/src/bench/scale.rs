@@ -311,7 +311,10 @@ mod tests {
         t.join().expect("the thread ends");
         let sp = sp.expect("the blocked thread's stack pointer is shown");
         let mine = rss_holding(&smaps, &[sp]);
-        assert!(mine >= 64.0, "its mapping holds {mine} KiB, not the 64 KiB it touched");
+        assert!(
+            mine >= 64.0,
+            "its mapping holds {mine} KiB, not the 64 KiB it touched"
+        );
         assert!(all >= mine, "the sum {all} KiB misses its {mine} KiB");
     }
 }
