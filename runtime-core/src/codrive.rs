@@ -31,8 +31,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::Duration;
 
-use event_listener::Event;
 use futures_lite::FutureExt;
+use harrow_ipc::wait::Event;
+use harrow_ipc::wait::{deadline, wait_until};
 use harrow_portal::Executor;
 
 use crate::actor::ActorCtx;
@@ -120,20 +121,6 @@ impl Inner {
     }
 }
 
-/// Completes once `flag` is set (`event` is notified after every set).
-async fn flag_set(flag: &AtomicBool, event: &Event) {
-    loop {
-        if flag.load(SeqCst) {
-            return;
-        }
-        let listener = event.listen();
-        if flag.load(SeqCst) {
-            return;
-        }
-        listener.await;
-    }
-}
-
 impl CoDriver {
     /// A co-driver not bound to any actor yet.
     pub fn new() -> Self {
@@ -178,7 +165,7 @@ impl CoDriver {
                 true
             };
             let ending = async {
-                flag_set(&inner.ending, &inner.changed).await;
+                wait_until(&inner.changed, || inner.ending.load(SeqCst)).await;
                 false
             };
             // One task at a time, `until` looked at between them: unlike `Executor::run`, no
@@ -256,8 +243,9 @@ impl CoDriver {
             }
             if inner.state.load(SeqCst) == AWAY {
                 // Until the helper drives again.
+                // (The helper notifies `changed` when it starts driving.)
                 let stop = async {
-                    helper_driving(inner).await;
+                    wait_until(&inner.changed, || inner.state.load(SeqCst) == DRIVING).await;
                     None
                 };
                 let done = async { Some((&mut main).await) };
@@ -279,19 +267,8 @@ impl CoDriver {
         let inner = &*self.inner;
         inner.ending.store(true, SeqCst);
         inner.changed.notify(usize::MAX);
-        let left = async {
-            loop {
-                if !inner.helper_in.load(SeqCst) {
-                    return;
-                }
-                let l = inner.helper_left.listen();
-                if !inner.helper_in.load(SeqCst) {
-                    return;
-                }
-                l.await;
-            }
-        };
-        let out = block_on_in_process(harrow_ipc::wait::deadline(bound, left));
+        let left = wait_until(&inner.helper_left, || !inner.helper_in.load(SeqCst));
+        let out = block_on_in_process(deadline(bound, left));
         if out.is_none() {
             tracing::warn!(
                 ?bound,
@@ -301,20 +278,6 @@ impl CoDriver {
         *inner.bound() = None;
         inner.state.store(AWAY, SeqCst);
         *inner.owner.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-}
-
-/// Completes once the helper drives (it notifies `changed` when it starts).
-async fn helper_driving(inner: &Inner) {
-    loop {
-        if inner.state.load(SeqCst) == DRIVING {
-            return;
-        }
-        let listener = inner.changed.listen();
-        if inner.state.load(SeqCst) == DRIVING {
-            return;
-        }
-        listener.await;
     }
 }
 
