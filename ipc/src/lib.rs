@@ -30,6 +30,8 @@ pub mod mem;
 mod msg;
 pub mod park;
 mod serde_value;
+#[cfg(target_os = "linux")]
+pub mod shm;
 pub mod stream;
 pub mod unix;
 mod value;

@@ -47,6 +47,22 @@ pub fn block_on_gated<F: Future>(gate: spin::SpinGate, fut: F) -> F::Output {
 #[cfg(target_os = "linux")]
 pub(crate) use imp::Registration;
 
+/// A transport whose bytes do not arrive through the socket it registers (a shared-memory
+/// ring, [`shm`](crate::shm)): the socket carries only wake-up bytes and the peer's end. The
+/// parker looks at such a transport while it spins, and arms it before it sleeps.
+#[cfg(target_os = "linux")]
+pub(crate) trait Watch: Send + Sync {
+    /// Whether bytes are waiting (a load: no system call).
+    fn has_data(&self) -> bool;
+    /// Asks the peer to send a wake-up byte with its next write, then fences: the caller looks
+    /// at [`has_data`](Watch::has_data) again before it sleeps.
+    fn arm(&self);
+    /// The thread is awake: no wake-up byte is needed.
+    fn disarm(&self);
+    /// The socket had an edge: take its wake-up bytes and note its end.
+    fn on_edge(&self);
+}
+
 #[cfg(target_os = "linux")]
 mod imp {
     use std::cell::RefCell;
@@ -62,6 +78,7 @@ mod imp {
     use rustix::buffer::spare_capacity;
     use rustix::event::{EventfdFlags, epoll, eventfd};
 
+    use super::Watch;
     use super::spin::{SpinGate, spin_until};
 
     /// The future is being polled; no wake-up since the poll began.
@@ -85,6 +102,9 @@ mod imp {
         state: AtomicU8,
         next_key: AtomicU64,
         interests: Mutex<HashMap<u64, Arc<Interest>>>,
+        /// The registered interests that have a [`Watch`] (copied on write: the parker takes
+        /// the list with one reference count per loop).
+        watched: Mutex<Arc<[Arc<Interest>]>>,
     }
 
     /// One registered socket: whether an edge arrived since its reader last consumed one,
@@ -94,11 +114,33 @@ mod imp {
         ready: AtomicBool,
         hung_up: AtomicBool,
         waker: Mutex<Option<Waker>>,
+        /// Where the bytes arrive when not through the socket.
+        watch: Option<Arc<dyn Watch>>,
     }
 
     impl Interest {
         fn waker(&self) -> MutexGuard<'_, Option<Waker>> {
             self.waker.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        /// A watched transport with bytes for a reader that waits: marks it ready and wakes the
+        /// reader. Whether it woke one.
+        fn check_watch(&self) -> bool {
+            let Some(watch) = &self.watch else {
+                return false;
+            };
+            if !watch.has_data() {
+                return false;
+            }
+            self.ready.store(true, Ordering::Release);
+            let waker = self.waker().take();
+            match waker {
+                Some(w) => {
+                    w.wake();
+                    true
+                }
+                None => false,
+            }
         }
     }
 
@@ -129,7 +171,45 @@ mod imp {
                 state: AtomicU8::new(RUNNING),
                 next_key: AtomicU64::new(0),
                 interests: Mutex::new(HashMap::new()),
+                watched: Mutex::new(Arc::from(Vec::new())),
             })
+        }
+
+        fn watched(&self) -> Arc<[Arc<Interest>]> {
+            self.watched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        }
+
+        fn set_watched(&self, f: impl FnOnce(&mut Vec<Arc<Interest>>)) {
+            let mut slot = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+            let mut list = slot.to_vec();
+            f(&mut list);
+            *slot = Arc::from(list);
+        }
+
+        /// Arms the watched transports whose readers wait, then looks at them once more: true
+        /// when one has bytes (its reader is woken: do not sleep).
+        fn arm_watched(&self, watched: &[Arc<Interest>]) -> bool {
+            let mut woke = false;
+            for interest in watched {
+                if let Some(watch) = &interest.watch {
+                    if interest.waker().is_some() {
+                        watch.arm();
+                    }
+                }
+            }
+            for interest in watched {
+                woke |= interest.check_watch();
+            }
+            woke
+        }
+
+        fn disarm_watched(watched: &[Arc<Interest>]) {
+            for watch in watched.iter().filter_map(|i| i.watch.as_ref()) {
+                watch.disarm();
+            }
         }
 
         fn interests(&self) -> MutexGuard<'_, HashMap<u64, Arc<Interest>>> {
@@ -146,6 +226,7 @@ mod imp {
         fn close(&self) {
             self.fds.lock().unwrap_or_else(|p| p.into_inner()).take();
             self.interests().clear();
+            self.set_watched(Vec::clear);
         }
 
         /// Sleeps until a registered socket has an edge or another thread wakes this one, and
@@ -203,6 +284,9 @@ mod imp {
                     let flags = event.flags;
                     if flags.intersects(hangup) {
                         interest.hung_up.store(true, Ordering::Release);
+                    }
+                    if let Some(watch) = &interest.watch {
+                        watch.on_edge();
                     }
                     interest.ready.store(true, Ordering::Release);
                     let waker = interest.waker().take();
@@ -286,15 +370,20 @@ mod imp {
                 // is a load; the sockets cost a system call per look, made only when there are
                 // any (a root whose children are all in-process has none; a socket is
                 // registered by a read on this thread, so none appears during the spin).
-                let sockets = !poller.interests().is_empty();
+                // Watched transports (shared memory) are looked at with a load; their sockets'
+                // edges (wake-up bytes, the peer's end) wait for the sleep.
+                let watched = poller.watched();
+                let sockets = poller.interests().len() > watched.len();
                 let woken = spin_until(spin, || {
                     if poller.state.load(Ordering::Acquire) != RUNNING {
                         return true;
                     }
-                    if !sockets {
-                        return false;
+                    for interest in watched.iter() {
+                        interest.check_watch();
                     }
-                    poller.poll_now(&fds, &mut events);
+                    if sockets {
+                        poller.poll_now(&fds, &mut events);
+                    }
                     poller.state.load(Ordering::Acquire) != RUNNING
                 });
                 if woken {
@@ -303,15 +392,24 @@ mod imp {
                 }
                 gate.miss();
             }
+            // A watched transport's writer rings its bell only when asked to.
+            let watched = poller.watched();
+            if !watched.is_empty() && poller.arm_watched(&watched) {
+                Poller::disarm_watched(&watched);
+                continue;
+            }
             if poller
                 .state
                 .compare_exchange(RUNNING, PARKED, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
             {
                 // Woken while it was polled.
+                Poller::disarm_watched(&watched);
                 continue;
             }
-            if let Err(e) = poller.wait(&fds, &mut events) {
+            let waited = poller.wait(&fds, &mut events);
+            Poller::disarm_watched(&watched);
+            if let Err(e) = waited {
                 // Not expected with a descriptor held open; never spin on it: finish in
                 // async-io (the readers leave the closed instance on their next read).
                 tracing::warn!(error = %e, "epoll_wait failed: parking in async-io from now on");
@@ -335,9 +433,29 @@ mod imp {
         /// [`block_on`](super::block_on) (or the registration failed: the caller then waits
         /// through async-io).
         pub(crate) fn here(fd: BorrowedFd<'_>) -> Option<Registration> {
+            Self::register(fd, None)
+        }
+
+        /// [`here`](Registration::here) for a transport whose bytes arrive through `watch`, not
+        /// through `fd` (which carries only wake-up bytes and the peer's end).
+        pub(crate) fn here_watched(
+            fd: BorrowedFd<'_>,
+            watch: Arc<dyn Watch>,
+        ) -> Option<Registration> {
+            let registration = Self::register(fd, Some(watch.clone()))?;
+            // Wake-up bytes queued before the registration make no edge: take them now.
+            watch.on_edge();
+            Some(registration)
+        }
+
+        fn register(fd: BorrowedFd<'_>, watch: Option<Arc<dyn Watch>>) -> Option<Registration> {
             let poller = CURRENT.with(|c| c.borrow().clone())?;
             let key = poller.next_key.fetch_add(1, Ordering::Relaxed);
-            let interest = Arc::new(Interest::default());
+            let watched = watch.is_some();
+            let interest = Arc::new(Interest {
+                watch,
+                ..Interest::default()
+            });
             // Readable from the start: the edge of bytes already queued is not reported again.
             interest.ready.store(true, Ordering::Relaxed);
             let fds = poller.fds()?;
@@ -347,6 +465,9 @@ mod imp {
                 tracing::debug!(error = %e, "epoll_ctl(ADD) failed: reading through async-io");
                 poller.interests().remove(&key);
                 return None;
+            }
+            if watched {
+                poller.set_watched(|list| list.push(interest.clone()));
             }
             Some(Registration {
                 poller,
@@ -403,6 +524,11 @@ mod imp {
                 let _ = epoll::delete(&*fds.epoll, fd);
             }
             self.poller.interests().remove(&self.key);
+            if self.interest.watch.is_some() {
+                let me = &self.interest;
+                self.poller
+                    .set_watched(|list| list.retain(|i| !Arc::ptr_eq(i, me)));
+            }
         }
     }
 

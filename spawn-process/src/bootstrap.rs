@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use harrow_runtime_core::ipc::codec::CodecConfig;
-use harrow_runtime_core::ipc::unix;
+use harrow_runtime_core::ipc::{shm, unix};
 use harrow_runtime_core::portal::Resolver;
 use harrow_runtime_core::{ActorExit, SpawnSpec};
 
 use crate::error::{Error, Result};
-use crate::spec::{CHILD_FD_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV};
+use crate::spec::{CHILD_FD_ENV, CHILD_SHM_FD_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV};
 
 /// The exit status of a child whose bootstrap failed (bad environment, parent already gone).
 pub const EXIT_BOOTSTRAP_FAILED: i32 = 2;
@@ -39,6 +39,11 @@ pub struct ChildBootstrap {
     pub spec: SpawnSpec,
     /// The child's end of the channel to its parent (close-on-exec).
     pub stream: UnixStream,
+    /// The shared-memory segment the channel runs through beside `stream`
+    /// ([`shm`](harrow_runtime_core::ipc::shm), the child taking
+    /// [`Side::Second`](harrow_runtime_core::ipc::shm::Side::Second)); `None` when the parent
+    /// chose the socket alone.
+    pub shm: Option<shm::Segment>,
     /// The parent's pid.
     pub parent_pid: i32,
 }
@@ -117,20 +122,7 @@ pub fn take_bootstrap() -> Result<Option<ChildBootstrap>> {
         var: CHILD_SPEC_ENV,
         reason: e.to_string(),
     })?;
-    // SAFETY: F_GETFD only reads the flags of a descriptor number; it touches no memory.
-    #[allow(unsafe_code)]
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags == -1 {
-        return Err(Error::Fd {
-            fd,
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: `fd` is open (checked above) and was handed to this process by its parent for the
-    // channel alone; `TAKEN` makes sure it is adopted once, and nothing else in this process
-    // owns it.
-    #[allow(unsafe_code)]
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let owned = adopt_fd(fd)?;
     let stat = rustix::fs::fstat(&owned).map_err(|e| Error::Fd {
         fd,
         source: e.into(),
@@ -141,17 +133,55 @@ pub fn take_bootstrap() -> Result<Option<ChildBootstrap>> {
             source: std::io::Error::other("not a socket"),
         });
     }
-    // Programs this child starts must not inherit its channel.
-    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC).map_err(|e| Error::Fd {
-        fd,
-        source: e.into(),
-    })?;
+    let shm = match std::env::var(CHILD_SHM_FD_ENV) {
+        Err(_) => None,
+        Ok(text) => {
+            let shm_fd: i32 = text
+                .parse()
+                .ok()
+                .filter(|n| *n > 2 && *n != fd)
+                .ok_or_else(|| Error::Env {
+                    var: CHILD_SHM_FD_ENV,
+                    reason: format!("{text:?} is not a descriptor number above 2"),
+                })?;
+            let segment = shm::Segment::from_fd(adopt_fd(shm_fd)?).map_err(|e| Error::Fd {
+                fd: shm_fd,
+                source: e,
+            })?;
+            Some(segment)
+        }
+    };
     remove_bootstrap_env();
     Ok(Some(ChildBootstrap {
         spec,
         stream: UnixStream::from(owned),
+        shm,
         parent_pid,
     }))
+}
+
+/// Takes ownership of a descriptor the parent left open for this process, and makes it
+/// close-on-exec (programs this child starts must not inherit it).
+fn adopt_fd(fd: i32) -> Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the flags of a descriptor number; it touches no memory.
+    #[allow(unsafe_code)]
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags == -1 {
+        return Err(Error::Fd {
+            fd,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `fd` is open (checked above) and was handed to this process by its parent for the
+    // channel alone; `TAKEN` makes sure the bootstrap, and so this adoption, happens once, and
+    // nothing else in this process owns it.
+    #[allow(unsafe_code)]
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC).map_err(|e| Error::Fd {
+        fd,
+        source: e.into(),
+    })?;
+    Ok(owned)
 }
 
 fn remove_bootstrap_env() {
@@ -164,6 +194,7 @@ fn remove_bootstrap_env() {
     }
     for var in [
         CHILD_FD_ENV,
+        CHILD_SHM_FD_ENV,
         CHILD_SPEC_ENV,
         PARENT_PID_ENV,
         crate::CHILD_PYTHON_ENV,
@@ -261,7 +292,16 @@ pub(crate) fn run_child_as(
 ) -> i32 {
     init_tracing();
     let name = boot.spec.id.clone();
-    let channel = match unix::from_stream(boot.stream, CodecConfig::default()) {
+    let made = match boot.shm {
+        Some(segment) => shm::channel(
+            boot.stream,
+            segment,
+            shm::Side::Second,
+            CodecConfig::default(),
+        ),
+        None => unix::from_stream(boot.stream, CodecConfig::default()),
+    };
+    let channel = match made {
         Ok(channel) => channel,
         Err(e) => {
             eprintln!("harrow child {name}: cannot use the inherited channel: {e}");

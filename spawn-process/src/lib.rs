@@ -77,7 +77,7 @@ use std::sync::Arc;
 
 use async_io::Async;
 use harrow_runtime_core::ipc::codec::CodecConfig;
-use harrow_runtime_core::ipc::unix;
+use harrow_runtime_core::ipc::{shm, unix};
 use harrow_runtime_core::{
     BoxFuture, Capabilities, Child, HardKill, SpawnBackend, SpawnError, SpawnSpec,
 };
@@ -93,7 +93,10 @@ pub use error::{Error, Result};
 pub use harrow_python::nest::Offers as PyOffers;
 #[cfg(feature = "python")]
 pub use python::{PyProcessBackend, maybe_run_child_offering};
-pub use spec::{CHILD_FD, CHILD_FD_ENV, CHILD_PYTHON_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV};
+pub use spec::{
+    CHILD_FD, CHILD_FD_ENV, CHILD_PYTHON_ENV, CHILD_SHM_FD, CHILD_SHM_FD_ENV, CHILD_SPEC_ENV,
+    PARENT_PID_ENV, PROCESS_SHM_ENV,
+};
 
 use crate::child::ProcessChild;
 use crate::output::Forwarder;
@@ -104,6 +107,7 @@ pub struct ProcessBackend {
     program: Option<PathBuf>,
     output_prefix: bool,
     env: Vec<(OsString, OsString)>,
+    shared_memory: Option<bool>,
 }
 
 impl Default for ProcessBackend {
@@ -112,6 +116,7 @@ impl Default for ProcessBackend {
             program: None,
             output_prefix: true,
             env: Vec::new(),
+            shared_memory: None,
         }
     }
 }
@@ -145,6 +150,20 @@ impl ProcessBackend {
     pub fn with_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
         self
+    }
+
+    /// Whether a child's channel runs through a shared-memory segment beside its socket
+    /// ([`shm`](harrow_runtime_core::ipc::shm); the default, unless [`PROCESS_SHM_ENV`] is `0`)
+    /// or through the socket alone. Where a segment cannot be made (no `memfd`), the socket
+    /// alone is used either way.
+    pub fn with_shared_memory(mut self, on: bool) -> Self {
+        self.shared_memory = Some(on);
+        self
+    }
+
+    fn uses_shared_memory(&self) -> bool {
+        self.shared_memory
+            .unwrap_or_else(|| std::env::var_os(PROCESS_SHM_ENV).is_none_or(|v| v != "0"))
     }
 
     /// The program children are started from, if set.
@@ -197,6 +216,7 @@ impl ProcessBackend {
         })?;
         let (parent_sock, child_sock) =
             UnixStream::pair().map_err(|e| failed(format!("cannot make a socketpair: {e}")))?;
+        let segment = self.segment(&id);
         let parent_pid = rustix::process::getpid().as_raw_pid();
         let mut cmd = Command::new(&program);
         cmd.env(CHILD_FD_ENV, CHILD_FD.to_string())
@@ -205,12 +225,22 @@ impl ProcessBackend {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        // Set after the caller's variables: only the parent decides the transport.
+        cmd.env_remove(CHILD_SHM_FD_ENV);
+        if segment.is_some() {
+            cmd.env(CHILD_SHM_FD_ENV, CHILD_SHM_FD.to_string());
+        }
         cmd.stdin(Stdio::null());
         if self.output_prefix {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
         let child_fd = child_sock.as_raw_fd();
-        set_pre_exec(&mut cmd, child_fd, parent_pid);
+        set_pre_exec(
+            &mut cmd,
+            child_fd,
+            segment.as_ref().map(|(_, high)| high.as_raw_fd()),
+            parent_pid,
+        );
         let mut std_child = cmd
             .spawn()
             .map_err(|e| failed(format!("cannot start {}: {e}", program.display())))?;
@@ -238,22 +268,53 @@ impl ProcessBackend {
                 .map_err(|e| failed(format!("cannot start its output thread: {e}")))?;
             child.forwarder = Some(fwd);
         }
-        let channel = unix::from_stream(parent_sock, CodecConfig::default())
-            .map_err(|e| failed(format!("cannot register its channel: {e}")))?;
+        let channel = match segment {
+            Some((segment, _)) => shm::channel(
+                parent_sock,
+                segment,
+                shm::Side::First,
+                CodecConfig::default(),
+            ),
+            None => unix::from_stream(parent_sock, CodecConfig::default()),
+        }
+        .map_err(|e| failed(format!("cannot register its channel: {e}")))?;
         child.channel = Some(channel);
         tracing::debug!(actor = %id, pid, program = %child.program, "process actor started");
         Ok(Box::new(child))
     }
 }
 
+impl ProcessBackend {
+    /// The shared-memory segment for a child's channel, and a copy of its descriptor numbered
+    /// above every descriptor the child is given (so that placing the channel's socket at
+    /// [`CHILD_FD`] cannot overwrite it); `None` for the socket alone.
+    fn segment(&self, id: &impl std::fmt::Display) -> Option<(shm::Segment, std::os::fd::OwnedFd)> {
+        if !self.uses_shared_memory() {
+            return None;
+        }
+        let made = shm::Segment::new().and_then(|segment| {
+            let high = rustix::io::fcntl_dupfd_cloexec(&segment, 64)?;
+            Ok((segment, high))
+        });
+        match made {
+            Ok(made) => Some(made),
+            Err(e) => {
+                tracing::debug!(actor = %id, error = %e, "no shared-memory segment: the socket alone");
+                None
+            }
+        }
+    }
+}
+
 /// Prepares the forked child before it executes the program: the parent-death signal, the
-/// orphan check, and the channel at fd [`CHILD_FD`] without close-on-exec.
+/// orphan check, the channel at fd [`CHILD_FD`] and the shared-memory segment (if any) at fd
+/// [`CHILD_SHM_FD`], both without close-on-exec.
 #[allow(unsafe_code)]
-fn set_pre_exec(cmd: &mut Command, child_fd: RawFd, parent_pid: i32) {
+fn set_pre_exec(cmd: &mut Command, child_fd: RawFd, shm_fd: Option<RawFd>, parent_pid: i32) {
     let setup = move || -> io::Result<()> {
         // SAFETY: between fork and exec only async-signal-safe calls are allowed: these are
         // plain system calls on integers (prctl, getppid, fcntl, dup2), and the errors are built
-        // from errno without allocating.
+        // from errno without allocating. `shm_fd` is a plain integer captured by copy.
         unsafe {
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
@@ -279,6 +340,12 @@ fn set_pre_exec(cmd: &mut Command, child_fd: RawFd, parent_pid: i32) {
             } else if libc::dup2(child_fd, CHILD_FD) == -1 {
                 // dup2 leaves the new descriptor without close-on-exec.
                 return Err(io::Error::last_os_error());
+            }
+            // The segment's copy is numbered above 63, so the dup2 above left it alone.
+            if let Some(shm_fd) = shm_fd {
+                if libc::dup2(shm_fd, CHILD_SHM_FD) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
             }
         }
         Ok(())

@@ -14,6 +14,15 @@ pub const CHILD_SPEC_ENV: &str = "HARROW_CHILD_SPEC";
 pub const PARENT_PID_ENV: &str = "HARROW_PARENT_PID";
 /// The descriptor number the child's end of the channel has in a child.
 pub const CHILD_FD: i32 = 3;
+/// Holds the number of the inherited shared-memory segment (always [`CHILD_SHM_FD`]) in a child
+/// whose channel runs through shared memory ([`harrow_runtime_core::ipc::shm`]); absent when it
+/// runs through the socket alone.
+pub const CHILD_SHM_FD_ENV: &str = "HARROW_CHILD_SHM_FD";
+/// The descriptor number of the shared-memory segment in a child.
+pub const CHILD_SHM_FD: i32 = 4;
+/// In the parent: `0` makes children's channels run through their socket alone, without shared
+/// memory (for comparison, or where `memfd` is not allowed).
+pub const PROCESS_SHM_ENV: &str = "HARROW_PROCESS_SHM";
 /// Set to `1` in a child started for a Python actor (the `python` feature's
 /// `PyProcessBackend`): [`maybe_run_child`](crate::maybe_run_child) then serves Python.
 pub const CHILD_PYTHON_ENV: &str = "HARROW_CHILD_PYTHON";

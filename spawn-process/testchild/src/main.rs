@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 
 use harrow_process_testchild::{MODE_ENV, Mode, ROOT_ENV, child_registry};
 use harrow_runtime_core::ipc::codec::{CodecConfig, encode};
-use harrow_runtime_core::ipc::{Msg, PROTOCOL_VERSION, Value};
+use harrow_runtime_core::ipc::{Msg, PROTOCOL_VERSION, Value, shm};
 use harrow_runtime_core::{ActorSpec, RootConfig, Timeouts, run_root};
 use harrow_spawn_process::{ProcessBackend, is_child, maybe_run_child, take_bootstrap};
 
@@ -51,10 +51,21 @@ fn misbehave(mode: Mode) -> anyhow::Result<()> {
         anyhow::bail!("not a child");
     };
     let mut stream = boot.stream;
+    // The bytes go where the parent reads: the shared-memory ring when it made one, else the
+    // socket.
+    let mut out: Box<dyn Write> = match boot.shm {
+        Some(segment) => Box::new(shm::raw_writer(
+            stream.try_clone()?,
+            segment,
+            shm::Side::Second,
+            std::time::Duration::from_secs(10),
+        )?),
+        None => Box::new(stream.try_clone()?),
+    };
     match mode {
         Mode::Crash => unreachable!("handled above"),
         Mode::ExitBeforeHello => return Ok(()),
-        Mode::Garbage => stream.write_all(&[0xff; 64])?,
+        Mode::Garbage => out.write_all(&[0xff; 64])?,
         Mode::WrongProtocol => {
             let hello = Msg::Hello {
                 actor: boot.spec.id.clone(),
@@ -62,11 +73,14 @@ fn misbehave(mode: Mode) -> anyhow::Result<()> {
                 pid: std::process::id(),
                 backend: "process".into(),
             };
-            stream.write_all(&encode(&hello, &CodecConfig::default())?)?;
+            out.write_all(&encode(&hello, &CodecConfig::default())?)?;
         }
     }
     // Wait for the parent to give up on us (it closes the channel or kills this process; the
-    // parent-death signal covers a parent that dies).
+    // parent-death signal covers a parent that dies). Over shared memory the socket carries
+    // only wake-up bytes, read and dropped here.
+    drop(out);
+    stream.set_nonblocking(false)?;
     let mut sink = [0u8; 4096];
     while stream.read(&mut sink)? > 0 {}
     Ok(())
