@@ -1,10 +1,11 @@
 //! The wire of harrow: the messages actors exchange, the values they carry, and the channels
 //! that move them.
 //!
-//! Every actor-to-actor exchange is a sequence of [`Msg`] on a [`Channel`]. Two transports honour
+//! Every actor-to-actor exchange is a sequence of [`Msg`] on a [`Channel`]. The transports honour
 //! the same channel contract: [`mem`] passes messages through an in-memory queue without encoding them
-//! (for actors that share an address space), and [`unix`] frames them with the [`codec`] over a
-//! Unix socket. [`stream`] frames them over any pair of async byte streams (a launched program's
+//! (for actors that share an address space), `shm` (Linux) frames them with the [`codec`] through
+//! rings in memory shared by two processes of one host, and [`unix`] frames them over a Unix
+//! socket. [`stream`] frames them over any pair of async byte streams (a launched program's
 //! pipes, a socket). A dropped or dead peer turns every pending and later `recv` into
 //! [`RecvError::Closed`], promptly.
 //!
@@ -21,7 +22,8 @@
 //! assert!(b.recv().await.unwrap_err().is_closed());
 //! # });
 //! ```
-// No unsafe code but one call into libc (`park::spin::this_cpu`), allowed there alone.
+// No unsafe code but one call into libc (`park::spin::this_cpu`) and the mapping of and copies
+// through a shared-memory segment (`shm`), allowed there alone.
 #![deny(unsafe_code)]
 
 mod channel;

@@ -19,6 +19,11 @@
 //! Before it sleeps, a thread spins for a short while (see [`spin`]): on a machine with idle
 //! cores, the reply to what it just sent often arrives within microseconds, and catching it
 //! awake costs no sleep and no wake-up on either side.
+//!
+//! The channels of the shared-memory transport ([`shm`](crate::shm)) register their socket here
+//! too, but their bytes arrive in a ring, not on the socket: the spin looks at their rings (a
+//! load each) instead of calling `epoll_wait`, and before the thread sleeps it asks their writers
+//! for a wake-up byte on the socket, which the sleeping `epoll_wait` then sees.
 
 use std::future::Future;
 

@@ -2,7 +2,10 @@
 //!
 //! Spawning an actor re-executes a program — by default the running binary
 //! ([`std::env::current_exe`]), or one set with [`ProcessBackend::with_program`] — with the
-//! child's end of a fresh socketpair inherited as fd 3 and the actor's spec in the environment.
+//! child's end of a fresh socketpair inherited as fd 3, a shared-memory segment as fd 4 (the
+//! channel's frames go through two rings in it, the socket carrying only wake-ups and the
+//! hang-up: see [`harrow_runtime_core::ipc::shm`]; [`ProcessBackend::with_shared_memory`] or
+//! [`PROCESS_SHM_ENV`]`=0` keep them on the socket) and the actor's spec in the environment.
 //! There is no listening socket, so nothing else can connect. The child's `main` hands control
 //! to the runtime with one call, [`maybe_run_child`], which returns at once in a parent:
 //!
