@@ -156,7 +156,7 @@ impl ProcessBackend {
     }
 
     /// Whether a child's channel runs through a shared-memory segment beside its socket
-    /// ([`shm`](harrow_runtime_core::ipc::shm); the default, unless [`PROCESS_SHM_ENV`] is `0`)
+    /// ([`shm`]; the default, unless [`PROCESS_SHM_ENV`] is `0`)
     /// or through the socket alone. Where a segment cannot be made (no `memfd`), the socket
     /// alone is used either way.
     pub fn with_shared_memory(mut self, on: bool) -> Self {
