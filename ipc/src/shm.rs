@@ -90,6 +90,15 @@ pub const SEGMENT_BYTES: usize = DATA_OFFSET + 2 * RING_BYTES;
 /// The one byte the socket carries: "look at the ring again".
 pub const DOORBELL: u8 = 0xdb;
 
+/// Set to `0`, this variable keeps harrow's links between processes (a process child's channel
+/// to its parent, a peer link to another process) on their socket alone, without shared memory.
+pub const ENV: &str = "HARROW_PROCESS_SHM";
+
+/// Whether links between processes go through shared memory: unless [`ENV`] is `0`.
+pub fn enabled_by_env() -> bool {
+    std::env::var_os(ENV).is_none_or(|v| v != "0")
+}
+
 /// The first eight bytes of a segment.
 const MAGIC: u64 = u64::from_le_bytes(*b"harrowsm");
 

@@ -165,8 +165,7 @@ impl ProcessBackend {
     }
 
     fn uses_shared_memory(&self) -> bool {
-        self.shared_memory
-            .unwrap_or_else(|| std::env::var_os(PROCESS_SHM_ENV).is_none_or(|v| v != "0"))
+        self.shared_memory.unwrap_or_else(shm::enabled_by_env)
     }
 
     /// The program children are started from, if set.

@@ -22,7 +22,7 @@ pub const CHILD_SHM_FD_ENV: &str = "HARROW_CHILD_SHM_FD";
 pub const CHILD_SHM_FD: i32 = 4;
 /// In the parent: `0` makes children's channels run through their socket alone, without shared
 /// memory (for comparison, or where `memfd` is not allowed).
-pub const PROCESS_SHM_ENV: &str = "HARROW_PROCESS_SHM";
+pub const PROCESS_SHM_ENV: &str = harrow_runtime_core::ipc::shm::ENV;
 /// Set to `1` in a child started for a Python actor (the `python` feature's
 /// `PyProcessBackend`): [`maybe_run_child`](crate::maybe_run_child) then serves Python.
 pub const CHILD_PYTHON_ENV: &str = "HARROW_CHILD_PYTHON";

@@ -9,7 +9,8 @@
 //!   MAGIC(8) nonce_c(32)                          ->
 //!                                                 <-  nonce_s(32) mac_s(32)
 //!   mac_c(32) len(2, big-endian) target uid(len)  ->
-//!                                                 <-  status(1)      then harrow frames
+//!                                                 <-  status(1)
+//!   transport(1) [+ shared-memory segment]        ->                 then harrow frames
 //! mac_s = HMAC(secret, "harrow-peer/server" | nonce_c | nonce_s)
 //! mac_c = HMAC(secret, "harrow-peer/client" | nonce_c | nonce_s | len | uid)
 //! ```
@@ -25,7 +26,7 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 /// The first bytes a connector sends: the handshake's name and version.
-pub const MAGIC: &[u8; 8] = b"HRWPEER1";
+pub const MAGIC: &[u8; 8] = b"HRWPEER2";
 /// Length of each nonce and MAC.
 pub const NONCE_LEN: usize = 32;
 /// The longest target uid a server accepts.

@@ -377,9 +377,19 @@ async fn serve_connection(
         Some(Err(e)) => return log_refusal(tree, e.to_string()),
         Some(Ok(uid)) => uid,
     };
+    let segment = match deadline(HANDSHAKE_BOUND, transport::accept(&stream)).await {
+        None => {
+            return log_refusal(
+                tree,
+                format!("no transport byte within {HANDSHAKE_BOUND:?}"),
+            );
+        }
+        Some(Err(why)) => return log_refusal(tree, why),
+        Some(Ok(segment)) => segment,
+    };
     let channel = stream
         .into_inner()
-        .and_then(|s| harrow_ipc::unix::from_stream(s, Default::default()));
+        .and_then(|s| transport::channel(s, segment, false));
     match channel {
         Ok(channel) => {
             if !hand_to(&uid, channel) {
@@ -418,10 +428,13 @@ pub(crate) async fn connect(
                     other => DiscoveryError::Handshake(other),
                 })?;
         }
+        let segment = transport::offer(&stream).await.map_err(|e| {
+            DiscoveryError::Unreachable(format!("cannot choose the peer link's transport: {e}"))
+        })?;
         let std_stream = stream
             .into_inner()
             .map_err(|e| DiscoveryError::Unreachable(e.to_string()))?;
-        harrow_ipc::unix::from_stream(std_stream, Default::default())
+        transport::channel(std_stream, segment, true)
             .map_err(|e| DiscoveryError::Unreachable(e.to_string()))
     };
     match deadline(bound, fut).await {
@@ -429,5 +442,253 @@ pub(crate) async fn connect(
         None => Err(DiscoveryError::Unreachable(format!(
             "no peer handshake with {uid} within {bound:?}"
         ))),
+    }
+}
+
+/// The step after the peer handshake: the connector says which transport the link's frames take,
+/// with one byte, [`SOCKET`](transport::SOCKET) or [`SHM`](transport::SHM); with `SHM` it
+/// attaches a shared-memory segment it made (`SCM_RIGHTS`), and both sides run the link through
+/// the segment's rings ([`harrow_ipc::shm`]), the socket carrying only wake-up bytes.
+mod transport {
+    use std::io;
+    use std::os::unix::net::UnixStream;
+
+    use async_io::Async;
+    use harrow_ipc::Channel;
+
+    /// The frames go over the socket.
+    pub(super) const SOCKET: u8 = 0;
+    /// The frames go through the attached segment.
+    pub(super) const SHM: u8 = 1;
+
+    #[cfg(target_os = "linux")]
+    pub(super) type Segment = harrow_ipc::shm::Segment;
+    #[cfg(not(target_os = "linux"))]
+    pub(super) type Segment = std::convert::Infallible;
+
+    /// Connector: makes a segment (unless shared memory is off or cannot be had) and sends the
+    /// transport byte, with the segment attached.
+    #[cfg(target_os = "linux")]
+    pub(super) async fn offer(stream: &Async<UnixStream>) -> io::Result<Option<Segment>> {
+        use std::io::IoSlice;
+        use std::mem::MaybeUninit;
+        use std::os::fd::AsFd;
+
+        use harrow_ipc::shm;
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+
+        let segment = if shm::enabled_by_env() {
+            shm::Segment::new()
+                .inspect_err(|e| {
+                    tracing::debug!(error = %e, "no shared-memory segment: the peer link uses its socket")
+                })
+                .ok()
+        } else {
+            None
+        };
+        let byte = [if segment.is_some() { SHM } else { SOCKET }];
+        stream
+            .write_with(|s| {
+                let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut ancillary = SendAncillaryBuffer::new(&mut space);
+                let fds;
+                if let Some(segment) = &segment {
+                    fds = [segment.as_fd()];
+                    if !ancillary.push(SendAncillaryMessage::ScmRights(&fds)) {
+                        return Err(io::Error::other("no room for the segment's descriptor"));
+                    }
+                }
+                let sent = sendmsg(
+                    s,
+                    &[IoSlice::new(&byte)],
+                    &mut ancillary,
+                    SendFlags::NOSIGNAL,
+                )?;
+                if sent == 1 {
+                    Ok(())
+                } else {
+                    Err(io::ErrorKind::WriteZero.into())
+                }
+            })
+            .await?;
+        Ok(segment)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) async fn offer(stream: &Async<UnixStream>) -> io::Result<Option<Segment>> {
+        use futures_lite::AsyncWriteExt;
+        let mut w = stream;
+        w.write_all(&[SOCKET]).await?;
+        Ok(None)
+    }
+
+    /// Listener: reads the transport byte and, with `SHM`, the segment attached to it. `Err`
+    /// says why the connection is refused.
+    #[cfg(target_os = "linux")]
+    pub(super) async fn accept(stream: &Async<UnixStream>) -> Result<Option<Segment>, String> {
+        use std::io::IoSliceMut;
+        use std::mem::MaybeUninit;
+
+        use rustix::net::{
+            RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, recvmsg,
+        };
+
+        let mut byte = [0u8; 1];
+        let mut fds = Vec::new();
+        let got = stream
+            .read_with(|s| {
+                // Room for two descriptors, so that a peer sending more is seen, not truncated.
+                let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+                let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+                let msg = recvmsg(
+                    s,
+                    &mut [IoSliceMut::new(&mut byte)],
+                    &mut ancillary,
+                    RecvFlags::CMSG_CLOEXEC,
+                )?;
+                for m in ancillary.drain() {
+                    if let RecvAncillaryMessage::ScmRights(received) = m {
+                        fds.extend(received);
+                    }
+                }
+                Ok((msg.bytes, msg.flags))
+            })
+            .await
+            .map_err(|e| format!("reading the transport byte: {e}"))?;
+        match got {
+            (0, _) => return Err("the connector hung up before the transport byte".into()),
+            (_, flags) if flags.contains(ReturnFlags::CTRUNC) => {
+                return Err("the transport byte came with too many descriptors".into());
+            }
+            _ => {}
+        }
+        match (byte[0], fds.len()) {
+            (SOCKET, 0) => Ok(None),
+            (SHM, 1) => {
+                let fd = fds.pop().ok_or("no segment")?;
+                harrow_ipc::shm::Segment::from_fd(fd)
+                    .map(Some)
+                    .map_err(|e| format!("the connector's segment: {e}"))
+            }
+            (b, n) => Err(format!(
+                "transport byte {b} with {n} descriptors (expected {SOCKET} with none or {SHM} with one)"
+            )),
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) async fn accept(stream: &Async<UnixStream>) -> Result<Option<Segment>, String> {
+        use futures_lite::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        let mut r = stream;
+        r.read_exact(&mut byte)
+            .await
+            .map_err(|e| format!("reading the transport byte: {e}"))?;
+        match byte[0] {
+            SOCKET => Ok(None),
+            b => Err(format!(
+                "transport byte {b}: only {SOCKET} is supported here"
+            )),
+        }
+    }
+
+    /// The link's channel over `stream`, through `segment` when there is one (the connector takes
+    /// the segment's first side).
+    pub(super) fn channel(
+        stream: UnixStream,
+        segment: Option<Segment>,
+        connector: bool,
+    ) -> io::Result<Channel> {
+        match segment {
+            #[cfg(target_os = "linux")]
+            Some(segment) => {
+                let side = if connector {
+                    harrow_ipc::shm::Side::First
+                } else {
+                    harrow_ipc::shm::Side::Second
+                };
+                harrow_ipc::shm::channel(stream, segment, side, Default::default())
+            }
+            #[cfg(not(target_os = "linux"))]
+            Some(never) => match never {},
+            None => {
+                let _ = connector;
+                harrow_ipc::unix::from_stream(stream, Default::default())
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod transport_tests {
+    use std::io::IoSlice;
+    use std::mem::MaybeUninit;
+    use std::os::fd::{AsFd, BorrowedFd};
+    use std::os::unix::net::UnixStream;
+
+    use async_io::Async;
+    use harrow_ipc::Msg;
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+
+    use super::transport;
+
+    /// Sends `byte` with `fds` attached, as a forged connector would.
+    fn forge(sock: &UnixStream, byte: u8, fds: &[BorrowedFd<'_>]) {
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut ancillary = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            assert!(ancillary.push(SendAncillaryMessage::ScmRights(fds)));
+        }
+        sendmsg(
+            sock,
+            &[IoSlice::new(&[byte])],
+            &mut ancillary,
+            SendFlags::empty(),
+        )
+        .unwrap();
+    }
+
+    fn refusal(send: impl FnOnce(&UnixStream)) -> String {
+        let (connector, listener) = UnixStream::pair().unwrap();
+        send(&connector);
+        let listener = Async::new(listener).unwrap();
+        async_io::block_on(transport::accept(&listener)).expect_err("must be refused")
+    }
+
+    #[test]
+    fn an_offered_segment_carries_the_link_both_ways() {
+        let (c, l) = UnixStream::pair().unwrap();
+        let (c, l) = (Async::new(c).unwrap(), Async::new(l).unwrap());
+        async_io::block_on(async {
+            let offered = transport::offer(&c).await.unwrap();
+            let accepted = transport::accept(&l).await.unwrap();
+            assert_eq!(offered.is_some(), accepted.is_some());
+            let connector = transport::channel(c.into_inner().unwrap(), offered, true).unwrap();
+            let listener = transport::channel(l.into_inner().unwrap(), accepted, false).unwrap();
+            let msg = Msg::CancelAck { teardown_ms: None };
+            connector.send(msg.clone()).await.unwrap();
+            assert_eq!(listener.recv().await.unwrap(), msg);
+            listener.send(msg.clone()).await.unwrap();
+            assert_eq!(connector.recv().await.unwrap(), msg);
+        });
+    }
+
+    #[test]
+    fn a_forged_transport_step_is_refused_with_its_reason() {
+        let segment = harrow_ipc::shm::Segment::new().unwrap();
+        let (pipe_r, _pipe_w) = rustix::pipe::pipe().unwrap();
+
+        let why = refusal(|s| forge(s, transport::SOCKET, &[segment.as_fd()]));
+        assert!(why.contains("1 descriptors"), "{why}");
+        let why = refusal(|s| forge(s, transport::SHM, &[]));
+        assert!(why.contains("0 descriptors"), "{why}");
+        let why = refusal(|s| forge(s, transport::SHM, &[segment.as_fd(), segment.as_fd()]));
+        assert!(why.contains("2 descriptors"), "{why}");
+        let why = refusal(|s| forge(s, 7, &[]));
+        assert!(why.contains("transport byte 7"), "{why}");
+        let why = refusal(|s| forge(s, transport::SHM, &[pipe_r.as_fd()]));
+        assert!(why.contains("segment"), "{why}");
+        let why = refusal(|s| s.shutdown(std::net::Shutdown::Write).unwrap());
+        assert!(why.contains("hung up"), "{why}");
     }
 }
