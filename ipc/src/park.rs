@@ -64,8 +64,9 @@ pub(crate) trait Watch: Send + Sync {
     fn arm(&self);
     /// The thread is awake: no wake-up byte is needed.
     fn disarm(&self);
-    /// The socket had an edge: take its wake-up bytes and note its end.
-    fn on_edge(&self);
+    /// The socket had an edge: take its wake-up bytes and note its end. `hung_up`: the edge
+    /// said the peer closed (or the socket failed), so read to the end, not only to a short read.
+    fn on_edge(&self, hung_up: bool);
 }
 
 #[cfg(target_os = "linux")]
@@ -291,7 +292,7 @@ mod imp {
                         interest.hung_up.store(true, Ordering::Release);
                     }
                     if let Some(watch) = &interest.watch {
-                        watch.on_edge();
+                        watch.on_edge(interest.hung_up.load(Ordering::Acquire));
                     }
                     interest.ready.store(true, Ordering::Release);
                     let waker = interest.waker().take();
@@ -448,8 +449,8 @@ mod imp {
             watch: Arc<dyn Watch>,
         ) -> Option<Registration> {
             let registration = Self::register(fd, Some(watch.clone()))?;
-            // Wake-up bytes queued before the registration make no edge: take them now.
-            watch.on_edge();
+            // Wake-up bytes queued before the registration make no edge: take them now, all.
+            watch.on_edge(true);
             Some(registration)
         }
 

@@ -312,7 +312,7 @@ impl io::Write for RawWriter {
                 tv_nsec: i64::from(left.subsec_nanos()),
             };
             let _ = rustix::event::poll(&mut fds, Some(&timeout));
-            self.ep.drain();
+            self.ep.drain(true);
         }
     }
 
@@ -582,8 +582,11 @@ impl Endpoint {
     }
 
     /// Takes the bells queued on the socket (noting its end, or a byte that is not a bell) and
-    /// wakes a writer waiting for room.
-    fn drain(&self) {
+    /// wakes a writer waiting for room. `to_the_end`: read until the socket says it is empty (or
+    /// ended); without it a read shorter than its buffer is taken as empty, which saves a read
+    /// per bell where an edge-triggered wait announces every later byte, but only while the
+    /// peer has not hung up (its last bytes and its end may come in one edge).
+    fn drain(&self, to_the_end: bool) {
         let mut buf = [0u8; 64];
         loop {
             match rustix::net::recv(&self.sock, &mut buf, RecvFlags::DONTWAIT) {
@@ -594,6 +597,9 @@ impl Endpoint {
                 Ok((n, _)) => {
                     if buf[..n].iter().any(|b| *b != DOORBELL) {
                         self.bad.store(true, Ordering::Release);
+                        break;
+                    }
+                    if n < buf.len() && !to_the_end {
                         break;
                     }
                 }
@@ -660,8 +666,8 @@ impl crate::park::Watch for Endpoint {
         Endpoint::disarm(self);
     }
 
-    fn on_edge(&self) {
-        self.drain();
+    fn on_edge(&self, hung_up: bool) {
+        self.drain(hung_up);
     }
 }
 
@@ -725,7 +731,7 @@ impl AsyncRead for ShmReader {
             if let Some(waiting) = this.waiting.as_mut() {
                 std::task::ready!(Pin::new(waiting).poll(cx))?;
                 this.waiting = None;
-                this.ep.drain();
+                this.ep.drain(true);
                 continue;
             }
             this.ep.arm();
@@ -733,7 +739,7 @@ impl AsyncRead for ShmReader {
             if n > 0 {
                 return Poll::Ready(Ok(n));
             }
-            this.ep.drain();
+            this.ep.drain(true);
             if this.ep.end(buf).is_none() {
                 this.waiting = Some(this.io.clone().readable_owned());
             }
