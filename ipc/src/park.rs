@@ -67,6 +67,9 @@ pub(crate) trait Watch: Send + Sync {
     /// The socket had an edge: take its wake-up bytes and note its end. `hung_up`: the edge
     /// said the peer closed (or the socket failed), so read to the end, not only to a short read.
     fn on_edge(&self, hung_up: bool);
+    /// The CPU the peer's writer ran on when it last wrote (`None`: unknown), for the move off
+    /// a CPU shared with it ([`SharedCpu`](spin::SharedCpu)).
+    fn writer_cpu(&self) -> Option<usize>;
 }
 
 #[cfg(target_os = "linux")]
@@ -85,7 +88,7 @@ mod imp {
     use rustix::event::{EventfdFlags, epoll, eventfd};
 
     use super::Watch;
-    use super::spin::{SpinGate, spin_until};
+    use super::spin::{SharedCpu, SpinGate, Spun, spin_watch};
 
     /// The future is being polled; no wake-up since the poll began.
     const RUNNING: u8 = 0;
@@ -365,6 +368,7 @@ mod imp {
         let mut cx = Context::from_waker(&waker);
         let mut fut = pin!(fut);
         let mut events = Vec::with_capacity(EVENTS);
+        let mut shared_cpu = SharedCpu::new();
         loop {
             poller.state.store(RUNNING, Ordering::Release);
             if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
@@ -380,20 +384,27 @@ mod imp {
                 // edges (wake-up bytes, the peer's end) wait for the sleep.
                 let watched = poller.watched();
                 let sockets = poller.interests().len() > watched.len();
-                let woken = spin_until(spin, || {
+                // The CPU of the writer whose ring woke the spin, if one did.
+                let mut waker_cpu = None;
+                let spun = spin_watch(spin, || {
                     if poller.state.load(Ordering::Acquire) != RUNNING {
                         return true;
                     }
                     for interest in watched.iter() {
-                        interest.check_watch();
+                        if interest.check_watch() {
+                            waker_cpu = interest.watch.as_ref().and_then(|w| w.writer_cpu());
+                        }
                     }
                     if sockets {
                         poller.poll_now(&fds, &mut events);
                     }
                     poller.state.load(Ordering::Acquire) != RUNNING
                 });
-                if woken {
+                if let Spun::Caught { after_yield } = spun {
                     gate.hit();
+                    // Only a ring says where its writer ran: a wake-up from another thread of
+                    // this process or from a socket ends the run.
+                    shared_cpu.after_caught(after_yield, waker_cpu);
                     continue;
                 }
                 gate.miss();

@@ -111,6 +111,8 @@ const DIR_OFFSET: [usize; 2] = [64, 384];
 // Fields of a direction's header, each on a cache line of its own where both sides write often.
 /// Bytes written in all (the writer's).
 const HEAD: usize = 0;
+/// The CPU the writer ran on when it last published (`u32::MAX`: unknown), beside `HEAD`.
+const WRITER_CPU: usize = 8;
 /// Bytes consumed in all (the reader's).
 const TAIL: usize = 64;
 /// Set by a reader about to sleep: the writer rings the bell with its next write (and clears it).
@@ -536,6 +538,9 @@ impl Endpoint {
         self.map.copy_in(self.out, head, &buf[..n]);
         let head = head.wrapping_add(n as u64);
         self.head.store(head, Ordering::Relaxed);
+        let cpu = crate::park::spin::this_cpu().map_or(u32::MAX, |c| c as u32);
+        self.field32(self.out, WRITER_CPU)
+            .store(cpu, Ordering::Relaxed);
         self.field64(self.out, HEAD).store(head, Ordering::Release);
         // Pairs with the reader's fence between arming and its last look at the ring.
         fence(Ordering::SeqCst);
@@ -668,6 +673,11 @@ impl crate::park::Watch for Endpoint {
 
     fn on_edge(&self, hung_up: bool) {
         self.drain(hung_up);
+    }
+
+    fn writer_cpu(&self) -> Option<usize> {
+        let cpu = self.field32(self.inn, WRITER_CPU).load(Ordering::Relaxed);
+        (cpu != u32::MAX).then_some(cpu as usize)
     }
 }
 

@@ -24,13 +24,13 @@
 //! through the spin's yields while another CPU idles. A thread that sees its wake-up only after
 //! yielding, from a waker on its own CPU (`HOP_AFTER` times in a row), while no thread on the
 //! machine waits for a CPU, moves itself off that CPU (its affinity narrowed for a moment, then
-//! given back), at most once per `HOP_EVERY`; see `SpinThenPark::after_caught`.
+//! given back), at most once per `HOP_EVERY`; see `harrow_ipc::park::spin::SharedCpu`.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
-use harrow_ipc::park::spin::{SpinGate, Spun, no_thread_waits, spin_watch, this_cpu};
+use harrow_ipc::park::spin::{SharedCpu, SpinGate, Spun, spin_watch, this_cpu};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -96,10 +96,8 @@ struct SpinThenPark<F> {
     flag: Arc<Flag>,
     waker: Waker,
     gate: SpinGate,
-    /// When this thread last moved off its waker's CPU.
-    hopped: Option<Instant>,
-    /// Wake-ups in a row caught after yielding, from a waker on this thread's CPU.
-    shared_cpu_run: u32,
+    /// Whether this thread and its wakers keep sharing a CPU.
+    shared_cpu: SharedCpu,
 }
 
 impl<F: Future> SpinThenPark<F> {
@@ -114,8 +112,7 @@ impl<F: Future> SpinThenPark<F> {
             waker: Waker::from(flag.clone()),
             flag,
             gate,
-            hopped: None,
-            shared_cpu_run: 0,
+            shared_cpu: SharedCpu::new(),
         }
     }
 }
@@ -151,7 +148,9 @@ impl<F: Future> Future for SpinThenPark<F> {
                 match spin_watch(spin, || this.flag.state.load(Ordering::Acquire) != RUNNING) {
                     Spun::Caught { after_yield } => {
                         this.gate.hit();
-                        this.after_caught(after_yield);
+                        let waker = this.flag.waker_cpu.swap(NO_CPU, Ordering::Relaxed);
+                        this.shared_cpu
+                            .after_caught(after_yield, (waker != NO_CPU).then_some(waker));
                         continue;
                     }
                     Spun::Missed => this.gate.miss(),
@@ -171,109 +170,12 @@ impl<F: Future> Future for SpinThenPark<F> {
     }
 }
 
-impl<F> SpinThenPark<F> {
-    /// After a wake-up caught by the spin (`after_yield`: only once it yielded): after
-    /// [`HOP_AFTER`] wake-ups in a row caught after yielding from a waker on this thread's CPU,
-    /// while no thread waits for a CPU (one is likely idle), move this thread off it, at most
-    /// once per [`HOP_EVERY`]. Any other wake-up ends the run.
-    ///
-    /// Two threads that hand work back and forth, each spinning while the other works, can end
-    /// up on one CPU, and from there they only take turns through the spin's yields: neither
-    /// sleeps, so no wake-up gives the scheduler a chance to place one elsewhere, and its load
-    /// balancing leaves such busy threads where they are for milliseconds. A round trip
-    /// between two thread actors took about 4.3 µs that way against 3.2 µs on two CPUs, for
-    /// whole batches of `harrow bench`.
-    ///
-    /// The run: a move costs tens of microseconds (two affinity changes and the migration),
-    /// which only a sustained exchange earns back. A thread just spawned starts on its
-    /// parent's CPU; moving it at its first call would make that call, not the ones after,
-    /// pay for it (the thread spawn-to-first-reply went from 0.04 to 0.09–0.14 ms).
-    fn after_caught(&mut self, after_yield: bool) {
-        let waker = self.flag.waker_cpu.swap(NO_CPU, Ordering::Relaxed);
-        if !after_yield || waker == NO_CPU || this_cpu() != Some(waker) {
-            self.shared_cpu_run = 0;
-            return;
-        }
-        self.shared_cpu_run += 1;
-        if self.shared_cpu_run < HOP_AFTER
-            || !no_thread_waits()
-            || self.hopped.is_some_and(|t| t.elapsed() < HOP_EVERY)
-        {
-            return;
-        }
-        self.shared_cpu_run = 0;
-        self.hopped = Some(Instant::now());
-        let _ = hop_off(waker);
-    }
-}
-
 /// No CPU recorded.
 const NO_CPU: usize = usize::MAX;
-
-/// How many wake-ups in a row from a waker on the spinning thread's CPU make it move.
-const HOP_AFTER: u32 = 16;
-
-/// The least time between two moves of one thread off its waker's CPU.
-const HOP_EVERY: Duration = Duration::from_millis(20);
-
-/// Moves this thread off `cpu` to another CPU it may run on (the kernel moves it as soon as its
-/// affinity no longer allows `cpu`), then gives it back its affinity as it was. Returns the CPU
-/// it ran on while `cpu` was not allowed, `None` when it did not move: a thread that may only
-/// run on `cpu` (or on one CPU), or an affinity it could not read or set.
-fn hop_off(cpu: usize) -> Option<usize> {
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
-        if cpu >= CpuSet::MAX_CPU {
-            // Beyond what an affinity mask holds here (its queries would panic).
-            return None;
-        }
-        let allowed = sched_getaffinity(None).ok()?;
-        if allowed.count() < 2 || !allowed.is_set(cpu) {
-            return None;
-        }
-        let mut elsewhere = allowed;
-        elsewhere.unset(cpu);
-        sched_setaffinity(None, &elsewhere).ok()?;
-        let landed = this_cpu();
-        let _ = sched_setaffinity(None, &allowed);
-        landed
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = cpu;
-        None
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[test]
-    fn hop_off_moves_the_thread_and_gives_its_affinity_back() {
-        use rustix::thread::sched_getaffinity;
-        let before = sched_getaffinity(None).expect("affinity");
-        let here = this_cpu().expect("this CPU");
-        match hop_off(here) {
-            // Where `here` was not allowed, the thread cannot have run on it.
-            Some(landed) => {
-                assert!(before.count() >= 2);
-                assert_ne!(landed, here);
-                assert!(before.is_set(landed), "it landed on a CPU it may use");
-            }
-            None => assert!(
-                before.count() < 2,
-                "{} CPUs allowed, yet no move",
-                before.count()
-            ),
-        }
-        let after = sched_getaffinity(None).expect("affinity");
-        assert_eq!(after, before, "the affinity is given back as it was");
-        // A CPU the thread may not use anyway: nothing to move off.
-        assert_eq!(hop_off(usize::MAX - 1), None);
-    }
 
     /// `block_on_in_process` spinning `spin` before every park, whatever the load says.
     fn block_on<F: Future>(spin: Duration, fut: F) -> F::Output {
