@@ -729,13 +729,18 @@ impl AsyncRead for ShmReader {
                 }
             }
         }
-        // No parker on this thread: keep the ring armed and wait for the socket here.
+        // No parker on this thread: arm the ring, then wait for the socket here. A wait is
+        // only ever begun, or resumed, right after arming: the writer clears the flag when it
+        // rings, so a wait kept from before (its bell already taken) would wait for a bell
+        // nobody rings.
         loop {
             let n = this.ep.read_ring(buf)?;
             if n > 0 {
+                this.waiting = None;
                 return Poll::Ready(Ok(n));
             }
             if let Some(end) = this.ep.end(buf) {
+                this.waiting = None;
                 return Poll::Ready(end);
             }
             if let Some(waiting) = this.waiting.as_mut() {
@@ -749,10 +754,10 @@ impl AsyncRead for ShmReader {
             if n > 0 {
                 return Poll::Ready(Ok(n));
             }
+            // Bells queued so far are for bytes the read above saw, or will see below: take
+            // them, so that the wait ends at the next one.
             this.ep.drain(true);
-            if this.ep.end(buf).is_none() {
-                this.waiting = Some(this.io.clone().readable_owned());
-            }
+            this.waiting = Some(this.io.clone().readable_owned());
         }
     }
 }

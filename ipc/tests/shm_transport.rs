@@ -18,8 +18,12 @@ use harrow_ipc::{Channel, Cid, Msg, RecvError, Value, park};
 const BOUND: Duration = Duration::from_secs(20);
 
 async fn timeout<T>() -> T {
-    async_io::Timer::after(BOUND).await;
-    panic!("timed out after {BOUND:?}");
+    timeout_after(BOUND).await
+}
+
+async fn timeout_after<T>(bound: Duration) -> T {
+    async_io::Timer::after(bound).await;
+    panic!("timed out after {bound:?}");
 }
 
 /// Runs `fut` under async-io's executor (no parker: rings armed, sockets in async-io's reactor).
@@ -177,9 +181,12 @@ fn concurrent_senders_on_other_threads_never_interleave_frames() {
 /// must ring the bell (a lost bell is a hang, caught by the bound).
 #[test]
 fn ping_pong_caught_while_spinning_or_after_sleeping_keeps_order() {
+    // Few rounds with a forced spin: two threads that spin whatever the load starve the tests
+    // beside them on a loaded machine (the parkers' own gate turns spinning off there). Many
+    // without: a sleeping round costs no CPU, and every one of them must ring the bell.
     for (spin, rounds) in [
-        (Duration::from_micros(200), 3000),
-        (Duration::from_micros(1), 2000),
+        (Duration::from_micros(200), 300),
+        (Duration::from_micros(1), 300),
         (Duration::ZERO, 2000),
     ] {
         let (a, b) = shm::pair().unwrap();
@@ -202,23 +209,36 @@ fn ping_pong_caught_while_spinning_or_after_sleeping_keeps_order() {
     }
 }
 
-/// The same with the echo waiting in async-io's reactor (its ring always armed).
+/// The same with the echo waiting in async-io's reactor (it arms its ring before every wait).
+/// Many rounds: a wait kept across a taken bell (the writer clears the flag when it rings) hung
+/// here about one run in three before the reader re-armed before every wait. A round costs two
+/// sleeps, so the bound is a hang's, not a speed's.
 #[test]
 fn ping_pong_with_an_unparked_peer_keeps_order() {
+    const BOUND: Duration = Duration::from_secs(90);
     let (a, b) = shm::pair().unwrap();
     let echo = std::thread::spawn(move || {
-        plain(async {
-            while let Ok(msg) = b.recv().await {
-                b.send(msg).await.unwrap();
-            }
-        })
+        async_io::block_on(future::or(
+            async {
+                while let Ok(msg) = b.recv().await {
+                    b.send(msg).await.unwrap();
+                }
+            },
+            timeout_after(BOUND),
+        ))
     });
-    parked_spin(Duration::ZERO, async {
-        for i in 0..2000 {
-            a.send(yield_msg(i)).await.unwrap();
-            assert_eq!(a.recv().await.unwrap(), yield_msg(i));
-        }
-    });
+    park::block_on_gated(
+        SpinGate::always(Duration::ZERO),
+        future::or(
+            async {
+                for i in 0..20_000 {
+                    a.send(yield_msg(i)).await.unwrap();
+                    assert_eq!(a.recv().await.unwrap(), yield_msg(i));
+                }
+            },
+            timeout_after(BOUND),
+        ),
+    );
     drop(a);
     echo.join().unwrap();
 }
