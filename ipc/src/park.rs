@@ -83,6 +83,7 @@ mod imp {
     use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
     use std::sync::{Arc, Mutex, MutexGuard};
     use std::task::{Context, Poll, Wake, Waker};
+    use std::time::{Duration, Instant};
 
     use rustix::buffer::spare_capacity;
     use rustix::event::{EventfdFlags, epoll, eventfd};
@@ -102,6 +103,9 @@ mod imp {
 
     /// How many events one `epoll_wait` takes at most.
     const EVENTS: usize = 64;
+
+    /// The longest a thread that does not sleep goes without taking its sockets' edges.
+    const LOOK_EVERY: Duration = Duration::from_millis(1);
 
     /// One thread's epoll instance, its wake-up `eventfd` and the sockets registered in it.
     struct Poller {
@@ -369,10 +373,20 @@ mod imp {
         let mut fut = pin!(fut);
         let mut events = Vec::with_capacity(EVENTS);
         let mut shared_cpu = SharedCpu::new();
+        // When the sockets' edges were last taken (a sleep takes them, and so does a spin's
+        // look where a socket carries data).
+        let mut looked = Instant::now();
         loop {
             poller.state.store(RUNNING, Ordering::Release);
             if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
                 return out;
+            }
+            // A thread kept busy never sleeps, and a spin does not look at the sockets of
+            // watched transports: their edges (a peer's end above all) are taken at least
+            // once per `LOOK_EVERY` all the same.
+            if looked.elapsed() >= LOOK_EVERY {
+                poller.poll_now(&fds, &mut events);
+                looked = Instant::now();
             }
             let spin = gate.spin();
             if !spin.is_zero() {
@@ -425,6 +439,7 @@ mod imp {
                 continue;
             }
             let waited = poller.wait(&fds, &mut events);
+            looked = Instant::now();
             Poller::disarm_watched(&watched);
             if let Err(e) = waited {
                 // Not expected with a descriptor held open; never spin on it: finish in

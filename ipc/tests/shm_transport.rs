@@ -442,3 +442,31 @@ fn a_segment_with_another_header_is_refused() {
     let err = shm::channel(a, segment, Side::Second, CodecConfig::default()).unwrap_err();
     assert!(err.to_string().contains("header"), "{err}");
 }
+
+/// A parked thread that never sleeps (a task keeps yielding beside the read) still learns that
+/// its peer ended: the end comes on the socket, which the spin does not look at for a ring, so
+/// the parker takes the sockets' edges at least every millisecond.
+#[test]
+fn a_thread_that_never_sleeps_still_sees_its_peer_end() {
+    let (a, b) = shm::pair().unwrap();
+    let closer = std::thread::spawn(move || {
+        parked(async {
+            a.send(yield_msg(1)).await.unwrap();
+        });
+        drop(a);
+    });
+    parked(async {
+        let busy = async {
+            loop {
+                future::yield_now().await;
+            }
+        };
+        let read = async {
+            assert_eq!(b.recv().await.unwrap(), yield_msg(1));
+            b.recv().await
+        };
+        let end = future::or(read, busy).await;
+        assert!(end.unwrap_err().is_closed());
+    });
+    closer.join().unwrap();
+}
