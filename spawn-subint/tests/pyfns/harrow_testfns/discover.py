@@ -97,8 +97,9 @@ def wait_never(v=None):
 
 
 def cancel_peer(args):
-    """cancel_peer({name}): finds ``name`` and cancels it directly; returns [acked, the type of
-    the error a later call on that portal raises]."""
+    """cancel_peer({name}): finds ``name`` and cancels it directly; returns [acked, what a later
+    call on that portal raises]: ``"HarrowError"`` once the peer's link is gone, or
+    ``"Cancelled by <canceller>"`` while the peer, cancelled, still refuses new calls."""
     p = harrow.find_actor(args["name"])
     acked = p.cancel_actor(5.0)
     try:
@@ -106,6 +107,8 @@ def cancel_peer(args):
         later = None
     except harrow.HarrowError as e:
         later = type(e).__name__
+    except harrow.RemoteError as e:
+        later = "Cancelled by %s" % e.canceller if e.cancelled else repr(e)
     return [acked, later]
 
 
