@@ -26,8 +26,9 @@
 //!   its next write. The byte wakes the thread's `epoll_wait` like any socket data. The flag and
 //!   the ring's position are each written and then checked against the other's with a full
 //!   fence on both sides, so a write either is seen by the check before the sleep or rings the
-//!   bell. A reader anywhere else (no parker: a plain executor, a test) keeps its ring armed
-//!   and waits for the socket in async-io's reactor.
+//!   bell. A parker that does not sleep for a millisecond takes its sockets' edges anyway (a
+//!   peer's end arrives there). A reader anywhere else (no parker: a plain executor, a test)
+//!   arms its ring before every wait and waits for the socket in async-io's reactor.
 //! - **A full ring.** The writer raises a flag and waits; the reader rings the writer's bell
 //!   when it has made room (and, should that byte not come, the writer looks again after a
 //!   short timer, doubling up to 10 ms).
