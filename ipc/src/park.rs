@@ -508,6 +508,25 @@ mod imp {
             })
         }
 
+        /// The registration of `fd` with this thread's poller, kept in `slot`: one made on
+        /// another thread is removed from that thread's poller first (the reader moved), and a
+        /// missing one is made with `register`. `None` when this thread has no poller.
+        pub(crate) fn on_this_thread<'a>(
+            slot: &'a mut Option<Registration>,
+            fd: BorrowedFd<'_>,
+            register: impl FnOnce() -> Option<Registration>,
+        ) -> Option<&'a Registration> {
+            if slot.as_ref().is_some_and(|r| !r.is_here()) {
+                if let Some(r) = slot.take() {
+                    r.deregister(fd);
+                }
+            }
+            if slot.is_none() {
+                *slot = register();
+            }
+            slot.as_ref()
+        }
+
         /// Whether the current thread's poller is this registration's.
         pub(crate) fn is_here(&self) -> bool {
             CURRENT.with(|c| {

@@ -506,11 +506,7 @@ impl Endpoint {
         self.tail.store(tail, Ordering::Relaxed);
         self.field64(self.inn, TAIL).store(tail, Ordering::Release);
         // Pairs with the writer's fence between raising its flag and looking for room.
-        fence(Ordering::SeqCst);
-        let waits = self.field32(self.inn, WRITER_WAITS);
-        if waits.load(Ordering::Relaxed) != 0 && waits.swap(0, Ordering::AcqRel) != 0 {
-            self.ring_bell();
-        }
+        self.ring_if_asked(self.field32(self.inn, WRITER_WAITS));
         Ok(n)
     }
 
@@ -544,11 +540,7 @@ impl Endpoint {
             .store(cpu, Ordering::Relaxed);
         self.field64(self.out, HEAD).store(head, Ordering::Release);
         // Pairs with the reader's fence between arming and its last look at the ring.
-        fence(Ordering::SeqCst);
-        let armed = self.field32(self.out, ARMED);
-        if armed.load(Ordering::Relaxed) != 0 && armed.swap(0, Ordering::AcqRel) != 0 {
-            self.ring_bell();
-        }
+        self.ring_if_asked(self.field32(self.out, ARMED));
         Ok(n)
     }
 
@@ -564,6 +556,15 @@ impl Endpoint {
         self.field32(self.out, READER_CLOSED)
             .load(Ordering::Acquire)
             == 0
+    }
+
+    /// After publishing a count: a full fence (the other side raised `flag`, then fenced, then
+    /// looked at the count), then, if `flag` is up, takes it down and rings the bell once.
+    fn ring_if_asked(&self, flag: &AtomicU32) {
+        fence(Ordering::SeqCst);
+        if flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::AcqRel) != 0 {
+            self.ring_bell();
+        }
     }
 
     /// Sends one bell byte; never blocks. A full socket already holds bells the peer will see;
@@ -705,17 +706,14 @@ impl AsyncRead for ShmReader {
         }
         #[cfg(target_os = "linux")]
         {
-            if this.registration.as_ref().is_some_and(|r| !r.is_here()) {
-                // Read on another thread now: the old thread's parker no longer watches it.
-                if let Some(r) = this.registration.take() {
-                    r.deregister(this.io.as_fd());
-                }
-            }
-            if this.registration.is_none() {
-                let watch: Arc<dyn crate::park::Watch> = this.ep.clone();
-                this.registration = crate::park::Registration::here_watched(this.io.as_fd(), watch);
-            }
-            if let Some(r) = this.registration.as_ref() {
+            let fd = this.io.as_fd();
+            let ep = &this.ep;
+            let registered =
+                crate::park::Registration::on_this_thread(&mut this.registration, fd, || {
+                    let watch: Arc<dyn crate::park::Watch> = ep.clone();
+                    crate::park::Registration::here_watched(fd, watch)
+                });
+            if let Some(r) = registered {
                 // The parker looks at the ring while it spins, arms it before it sleeps, and
                 // drains the socket's bells and end on its edges.
                 loop {

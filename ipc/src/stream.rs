@@ -123,16 +123,12 @@ where
         let this = self.get_mut();
         #[cfg(target_os = "linux")]
         {
-            if this.registration.as_ref().is_some_and(|r| !r.is_here()) {
-                // Read on another thread now: the old thread's epoll instance no longer serves it.
-                if let Some(r) = this.registration.take() {
-                    r.deregister(this.io.as_fd());
-                }
-            }
-            if this.registration.is_none() {
-                this.registration = crate::park::Registration::here(this.io.as_fd());
-            }
-            if let Some(r) = this.registration.as_ref() {
+            let fd = this.io.as_fd();
+            let registered =
+                crate::park::Registration::on_this_thread(&mut this.registration, fd, || {
+                    crate::park::Registration::here(fd)
+                });
+            if let Some(r) = registered {
                 loop {
                     std::task::ready!(r.poll_ready(cx));
                     match this.io.get_ref().read(buf) {
