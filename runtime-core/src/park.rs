@@ -24,7 +24,11 @@
 //! through the spin's yields while another CPU idles. A thread that sees its wake-up only after
 //! yielding, from a waker on its own CPU (`HOP_AFTER` times in a row), while no thread on the
 //! machine waits for a CPU, moves itself off that CPU (its affinity narrowed for a moment, then
-//! given back), at most once per `HOP_EVERY`; see `harrow_ipc::park::spin::SharedCpu`.
+//! given back), at most once per `HOP_EVERY`; see `harrow_ipc::park::spin::SharedCpu`. The
+//! count belongs to the thread, not to one `block_on_in_process`: the subint interpreter thread
+//! waits for each call in a `block_on` of its own. And a wake-up that the thread gave itself (a
+//! task it ran woke another) neither counts nor ends the run: it says nothing about where the
+//! thread's peers run, and one comes with nearly every call.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -62,9 +66,19 @@ const PARKED: u8 = 2;
 /// The inner future's waker: flips the flag, and only wakes the parked thread when it parked.
 struct Flag {
     state: AtomicU8,
-    /// The CPU the last wake-up came from ([`NO_CPU`]: unknown).
+    /// The CPU the last wake-up came from ([`NO_CPU`]: unknown; [`FROM_ITSELF`]: the parked
+    /// thread woke its own future).
     waker_cpu: AtomicUsize,
+    /// The thread that polls the future ([`thread_mark`]).
+    poller: usize,
     outer: Mutex<Option<Waker>>,
+}
+
+/// A number that tells this thread from every other one living now: the address of a
+/// thread-local (cheaper than `std::thread::current()`, which counts a reference).
+fn thread_mark() -> usize {
+    std::thread_local!(static MARK: u8 = const { 0 });
+    MARK.with(|m| std::ptr::from_ref(m) as usize)
 }
 
 impl Flag {
@@ -79,9 +93,15 @@ impl Wake for Flag {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        // Published by the swap below, read by the spinner after its acquire load.
-        self.waker_cpu
-            .store(this_cpu().unwrap_or(NO_CPU), Ordering::Relaxed);
+        // Published by the swap below, read by the spinner after its acquire load. A wake-up
+        // from the polling thread itself (a task it ran woke another) says nothing about
+        // where its peers run.
+        let from = if thread_mark() == self.poller {
+            FROM_ITSELF
+        } else {
+            this_cpu().unwrap_or(NO_CPU)
+        };
+        self.waker_cpu.store(from, Ordering::Relaxed);
         if self.state.swap(WOKEN, Ordering::AcqRel) == PARKED {
             let outer = self.outer().clone();
             if let Some(w) = outer {
@@ -96,8 +116,24 @@ struct SpinThenPark<F> {
     flag: Arc<Flag>,
     waker: Waker,
     gate: SpinGate,
-    /// Whether this thread and its wakers keep sharing a CPU.
+    /// Whether this thread and its wakers keep sharing a CPU: the thread's own watch, taken
+    /// from [`THREAD_WATCH`] and given back on drop.
     shared_cpu: SharedCpu,
+}
+
+std::thread_local! {
+    /// This thread's watch for a waker on its CPU, between its `block_on_in_process` calls. A
+    /// thread that waits in many short `block_on`s (the subint interpreter thread waits for each
+    /// call in its own) would otherwise start every wait with a run of zero and never move.
+    static THREAD_WATCH: std::cell::Cell<SharedCpu> = const { std::cell::Cell::new(SharedCpu::new()) };
+}
+
+impl<F> Drop for SpinThenPark<F> {
+    fn drop(&mut self) {
+        let watch = std::mem::take(&mut self.shared_cpu);
+        // A thread being torn down has no watch to keep.
+        let _ = THREAD_WATCH.try_with(|w| w.set(watch));
+    }
 }
 
 impl<F: Future> SpinThenPark<F> {
@@ -105,6 +141,7 @@ impl<F: Future> SpinThenPark<F> {
         let flag = Arc::new(Flag {
             state: AtomicU8::new(RUNNING),
             waker_cpu: AtomicUsize::new(NO_CPU),
+            poller: thread_mark(),
             outer: Mutex::new(None),
         });
         SpinThenPark {
@@ -112,7 +149,8 @@ impl<F: Future> SpinThenPark<F> {
             waker: Waker::from(flag.clone()),
             flag,
             gate,
-            shared_cpu: SharedCpu::new(),
+            // A `block_on` nested in another starts a watch of its own.
+            shared_cpu: THREAD_WATCH.try_with(|w| w.take()).unwrap_or_default(),
         }
     }
 }
@@ -149,8 +187,10 @@ impl<F: Future> Future for SpinThenPark<F> {
                     Spun::Caught { after_yield } => {
                         this.gate.hit();
                         let waker = this.flag.waker_cpu.swap(NO_CPU, Ordering::Relaxed);
-                        this.shared_cpu
-                            .after_caught(after_yield, (waker != NO_CPU).then_some(waker));
+                        if waker != FROM_ITSELF {
+                            this.shared_cpu
+                                .after_caught(after_yield, (waker != NO_CPU).then_some(waker));
+                        }
                         continue;
                     }
                     Spun::Missed => this.gate.miss(),
@@ -172,6 +212,8 @@ impl<F: Future> Future for SpinThenPark<F> {
 
 /// No CPU recorded.
 const NO_CPU: usize = usize::MAX;
+/// The last wake-up came from the polling thread itself.
+const FROM_ITSELF: usize = usize::MAX - 1;
 
 #[cfg(test)]
 mod tests {
@@ -230,6 +272,68 @@ mod tests {
             false
         };
         futures_lite::future::or(timer, busy).await
+    }
+
+    #[test]
+    fn a_wake_from_the_polling_thread_is_told_from_one_from_elsewhere() {
+        let parker = SpinThenPark::new(std::future::pending::<()>(), SpinGate::new());
+        // A task run by the polling thread woke another: not evidence of where peers run.
+        parker.waker.wake_by_ref();
+        assert_eq!(
+            parker.flag.waker_cpu.swap(NO_CPU, Ordering::Relaxed),
+            FROM_ITSELF
+        );
+        // Another thread's wake-up records that thread's CPU (or none, where it is not known).
+        let waker = parker.waker.clone();
+        let cpu = std::thread::spawn(move || {
+            let cpu = this_cpu();
+            waker.wake();
+            cpu
+        })
+        .join()
+        .expect("the waking thread");
+        let seen = parker.flag.waker_cpu.load(Ordering::Relaxed);
+        assert_ne!(seen, FROM_ITSELF);
+        // The thread may have moved between its reading and its wake-up: any real CPU will do.
+        match cpu {
+            Some(_) => assert!(seen < NO_CPU - 1, "a CPU, got {seen}"),
+            None => assert_eq!(seen, NO_CPU),
+        }
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn the_watch_for_a_shared_cpu_outlives_one_block_on() {
+        use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+        // Held on one CPU, so that "the waker ran on this thread's CPU" stays true.
+        let before = sched_getaffinity(None).expect("affinity");
+        let here = this_cpu().expect("this CPU");
+        let mut pin = CpuSet::new();
+        pin.set(here);
+        sched_setaffinity(None, &pin).expect("pin");
+
+        let mut watch = SharedCpu::new();
+        watch.after_caught(true, Some(here));
+        assert_eq!(watch.run_len(), 1);
+        THREAD_WATCH.with(|w| w.set(watch));
+        {
+            let outer = SpinThenPark::new(std::future::ready(()), SpinGate::new());
+            assert_eq!(outer.shared_cpu.run_len(), 1, "a wait takes up the thread's run");
+            // A wait nested inside it starts its own, and leaves the outer one's alone.
+            let inner = SpinThenPark::new(std::future::ready(()), SpinGate::new());
+            assert_eq!(inner.shared_cpu.run_len(), 0);
+            drop(inner);
+            drop(outer);
+        }
+        // Given back when the wait ended: the next wait goes on with it.
+        assert_eq!(THREAD_WATCH.with(|w| w.take()).run_len(), 1);
+        // And a whole `block_on_in_process` keeps it too.
+        let mut watch = SharedCpu::new();
+        watch.after_caught(true, Some(here));
+        THREAD_WATCH.with(|w| w.set(watch));
+        block_on_in_process(async {});
+        assert_eq!(THREAD_WATCH.with(|w| w.take()).run_len(), 1);
+        sched_setaffinity(None, &before).expect("unpin");
     }
 
     #[test]

@@ -192,6 +192,11 @@ impl SharedCpu {
         }
     }
 
+    /// Wake-ups in the current run (caught after yielding, from a waker on this thread's CPU).
+    pub fn run_len(&self) -> u32 {
+        self.run
+    }
+
     /// After a wake-up caught by the spin (`after_yield`: only once it yielded) from a waker
     /// that ran on `waker_cpu` (`None`: unknown): counts the run, and moves this thread off that
     /// CPU when the run is long enough (see the type's docs).
