@@ -12,6 +12,11 @@ impl Samples {
         self.0.push(v);
     }
 
+    /// Adds all of `other`'s samples.
+    pub(super) fn extend(&mut self, other: Samples) {
+        self.0.extend(other.0);
+    }
+
     pub(super) fn len(&self) -> usize {
         self.0.len()
     }
