@@ -100,12 +100,12 @@ impl Report {
         );
         println!();
         println!(
-            "{:<8} {:<24} {:>30}  {:<38} {:>30} {:>8}",
+            "{:<8} {:<24} {:>30}  {:<53} {:>30} {:>8}",
             "backend", "measure", "harrow", "baseline (same run)", "baseline", "ratio"
         );
         for r in &self.rows {
             println!(
-                "{:<8} {:<24} {:>30}  {:<38} {:>30} {:>7.2}x{}",
+                "{:<8} {:<24} {:>30}  {:<53} {:>30} {:>7.2}x{}",
                 r.backend,
                 r.label,
                 r.unit.show_spread(&r.harrow),
@@ -120,7 +120,7 @@ impl Report {
             );
             if r.harrow_lat.len() > 0 {
                 println!(
-                    "{:<8} {:<24} {:>30}  {:<38} {:>30} {:>7.2}x",
+                    "{:<8} {:<24} {:>30}  {:<53} {:>30} {:>7.2}x",
                     "",
                     "  p50 / p99 of one",
                     percentiles(&r.harrow_lat),
@@ -135,7 +135,7 @@ impl Report {
         }
         if let Some((call, apply)) = self.parallel.as_ref().and_then(|p| p.calls.as_ref()) {
             println!(
-                "{:<8} {:<24} {:>30}  {:<38} {:>30}   subint {:.1}x faster",
+                "{:<8} {:<24} {:>30}  {:<53} {:>30}   subint {:.1}x faster",
                 "subint",
                 "Python call round trip",
                 Unit::Us.show_spread(call),
@@ -154,7 +154,7 @@ impl Report {
             py_process,
         ) {
             println!(
-                "{:<8} {:<24} {:>30}  {:<38} {:>30}   pyprocess {:.1}x faster",
+                "{:<8} {:<24} {:>30}  {:<53} {:>30}   pyprocess {:.1}x faster",
                 "pyprocess",
                 "Python call round trip",
                 Unit::Us.show_spread(&row.harrow),
