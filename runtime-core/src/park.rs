@@ -318,7 +318,11 @@ mod tests {
         THREAD_WATCH.with(|w| w.set(watch));
         {
             let outer = SpinThenPark::new(std::future::ready(()), SpinGate::new());
-            assert_eq!(outer.shared_cpu.run_len(), 1, "a wait takes up the thread's run");
+            assert_eq!(
+                outer.shared_cpu.run_len(),
+                1,
+                "a wait takes up the thread's run"
+            );
             // A wait nested inside it starts its own, and leaves the outer one's alone.
             let inner = SpinThenPark::new(std::future::ready(()), SpinGate::new());
             assert_eq!(inner.shared_cpu.run_len(), 0);
