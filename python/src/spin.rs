@@ -17,9 +17,11 @@
 //! behind it (a pool feeding a worker several items), its thread has their messages to handle,
 //! and spinning would hold them back.
 //!
-//! The spin pays only when the interpreter thread runs at once on another core. When it does
-//! not (long calls, or a machine with more runnable threads than cores), a missed spin is CPU
-//! taken from everyone else, so misses back off: after a miss the next 1, then 3, 7 ... up to
+//! The spin pays only when the interpreter thread runs at once on another core. It is made
+//! only when the machine has a core to spare, as the parkers' spin decides it
+//! (`harrow_ipc::park::spin::cores_to_spare`: not beside CPU hogs, say). When it does
+//! not pay (long calls, or a machine with more runnable threads than cores), a missed spin is
+//! CPU taken from everyone else, so misses back off: after a miss the next 1, then 3, 7 ... up to
 //! [`MAX_SKIP`] calls of that interpreter do not spin; a hit resets the back-off.
 
 use std::sync::OnceLock;
@@ -66,6 +68,8 @@ pub(crate) struct SpinGate {
     skip: AtomicU32,
     /// The skip a next miss sets (0 after a hit).
     backoff: AtomicU32,
+    /// Spin whatever the machine's load says (tests of the back-off).
+    ignore_load: bool,
 }
 
 impl SpinGate {
@@ -83,7 +87,10 @@ impl SpinGate {
     /// or another call is in flight on the interpreter.
     pub(crate) fn spin<T>(&self, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
         let bound = reply_spin();
-        if bound.is_zero() || self.in_flight.load(Ordering::SeqCst) > 1 {
+        if bound.is_zero()
+            || self.in_flight.load(Ordering::SeqCst) > 1
+            || (!self.ignore_load && !harrow_ipc::park::spin::cores_to_spare())
+        {
             return None;
         }
         let skip = self.skip.load(Ordering::Relaxed);
@@ -124,7 +131,11 @@ mod tests {
 
     #[test]
     fn a_miss_backs_off_and_a_hit_resets() {
-        let gate = SpinGate::default();
+        // Whatever the machine's load: this is about the back-off.
+        let gate = SpinGate {
+            ignore_load: true,
+            ..SpinGate::default()
+        };
         if reply_spin().is_zero() {
             // Turned off in this environment: never spins, never polls.
             assert_eq!(gate.spin(|| -> Option<()> { panic!("polled") }), None);

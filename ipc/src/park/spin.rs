@@ -23,6 +23,11 @@
 //!   subint round trip 30 times slower. Both are read at most once per [`LOAD_SAMPLE`] per
 //!   process (a few microseconds per 10 ms); off Linux there is no such cheap count and
 //!   threads never spin;
+//! - **other programs leave a core unused**: the machine's busy CPU time less this process's,
+//!   over the last [`CPU_SAMPLE`] or more, is at most the cores less three quarters
+//!   ([`others_leave_a_core`]). The counts above cannot tell a CPU hog from this process's own
+//!   spinning threads; beside a hog, a spinning thread that yields loses its CPU for the rest
+//!   of the hog's time slice;
 //! - **its recent spins paid**: a spin that ran out (nothing came, or it came only after the
 //!   spin's yields had given the CPU away for long) makes the thread skip the next 1, then 3,
 //!   7, ... up to [`MAX_SKIP`] spins; a spin that caught a wake-up in time resets that. An idle
@@ -322,7 +327,7 @@ pub fn spin_watch(spin: Duration, mut woken: impl FnMut() -> bool) -> Spun {
 
 /// Whether the machine is not overloaded, as last read within [`LOAD_SAMPLE`]: its runnable
 /// threads right now (this one included) and its one-minute load average are both at most
-/// twice its cores.
+/// twice its cores, and other programs leave a core unused ([`others_leave_a_core`]).
 pub fn cores_to_spare() -> bool {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     /// When the count was last read, in microseconds since `EPOCH`, plus one (0: never).
@@ -343,9 +348,119 @@ pub fn cores_to_spare() -> bool {
     let limit = 2 * cores();
     let now = load();
     RUNNABLE.store(now.map_or(usize::MAX, |l| l.runnable), Ordering::Relaxed);
-    let spare = now.is_some_and(|l| l.runnable <= limit && l.one_minute <= limit as f64);
+    let spare = now.is_some_and(|l| l.runnable <= limit && l.one_minute <= limit as f64)
+        && others_leave_a_core();
     SPARE.store(spare, Ordering::Relaxed);
     spare
+}
+
+/// The shortest time over which [`others_leave_a_core`] measures other programs' CPU use: the
+/// kernel counts the machine's busy time in ticks of 10 ms.
+pub const CPU_SAMPLE: Duration = Duration::from_millis(50);
+
+/// Whether other programs left at least one core (less a quarter, for noise) of the machine
+/// unused, over the last [`CPU_SAMPLE`] or more: the machine's busy time (`/proc/stat`) less
+/// this process's CPU time (`CLOCK_PROCESS_CPUTIME_ID`). Read by the thread that reads the load, at most once
+/// per [`CPU_SAMPLE`]; `true` where either cannot be read.
+///
+/// The load's counts cannot tell a CPU hog from this process's own spinning threads: two hogs
+/// on two cores and two spinning actor threads make four runnable threads, within twice the
+/// cores, yet each spinning thread then shares its CPU with a hog. A spin yields its CPU
+/// after a microsecond or so, so that a peer woken onto the same CPU runs; a hog takes the CPU
+/// for the rest of its time slice instead (the timer tick ends it: up to 4 ms at 250 Hz), and
+/// the spinning thread sees its wake-up that much later, having never slept. In `harrow bench`
+/// under two hogs, whole batches of round trips took 100-1,000 µs per call that way. A sleeping
+/// thread is woken with the preference the scheduler gives sleepers instead. The CPU time
+/// others use tells the hogs apart: a spinning thread's time is this process's. (A process
+/// actor's time counts as another program's to its parent, and the parent's to it: one core's
+/// worth of it still leaves the other.)
+pub fn others_leave_a_core() -> bool {
+    static STATE: std::sync::Mutex<Option<CpuSample>> = std::sync::Mutex::new(None);
+    static LEAVE: AtomicBool = AtomicBool::new(true);
+    let Ok(mut last) = STATE.try_lock() else {
+        return LEAVE.load(Ordering::Relaxed);
+    };
+    if last.is_some_and(|l| l.at.elapsed() < CPU_SAMPLE) {
+        return LEAVE.load(Ordering::Relaxed);
+    }
+    let Some(now) = CpuSample::take() else {
+        return true;
+    };
+    if let Some(before) = last.replace(now) {
+        let others = now.others_since(&before);
+        LEAVE.store(
+            others.is_none_or(|o| o <= cores() as f64 - 0.75),
+            Ordering::Relaxed,
+        );
+    }
+    LEAVE.load(Ordering::Relaxed)
+}
+
+/// The machine's busy time and this process's CPU time at one instant.
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    at: Instant,
+    /// The machine's busy time (all CPUs), in the kernel's ticks (`USER_HZ`, 100 per second).
+    busy_ticks: u64,
+    /// This process's CPU time (user and system).
+    ours: Duration,
+}
+
+impl CpuSample {
+    #[cfg(target_os = "linux")]
+    fn take() -> Option<CpuSample> {
+        use std::io::Read;
+        // The first line is the machine's total; 256 bytes hold it.
+        let mut buf = [0u8; 256];
+        let mut file = std::fs::File::open("/proc/stat").ok()?;
+        let n = file.read(&mut buf).ok()?;
+        let busy_ticks = parse_stat_busy(std::str::from_utf8(&buf[..n]).ok()?)?;
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        let ours = Duration::new(
+            u64::try_from(t.tv_sec).ok()?,
+            u32::try_from(t.tv_nsec).ok()?,
+        );
+        Some(CpuSample {
+            at: Instant::now(),
+            busy_ticks,
+            ours,
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn take() -> Option<CpuSample> {
+        None
+    }
+
+    /// Other programs' CPU use since `before`, in cores (`None`: no time passed).
+    fn others_since(&self, before: &CpuSample) -> Option<f64> {
+        let wall = self.at.duration_since(before.at).as_secs_f64();
+        if wall <= 0.0 {
+            return None;
+        }
+        let busy = self.busy_ticks.saturating_sub(before.busy_ticks) as f64 / 100.0;
+        let ours = self.ours.saturating_sub(before.ours).as_secs_f64();
+        Some(((busy - ours) / wall).max(0.0))
+    }
+}
+
+/// The machine's busy time from `/proc/stat`'s first line (`cpu  user nice system idle iowait
+/// irq softirq steal ...`): all but idle, iowait and steal, in ticks.
+fn parse_stat_busy(text: &str) -> Option<u64> {
+    let line = text.lines().next()?;
+    let mut fields = line.split_ascii_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    if v.len() < 8 {
+        return None;
+    }
+    // user, nice, system, irq, softirq.
+    Some(v[0] + v[1] + v[2] + v[5] + v[6])
 }
 
 /// The machine's cores (as this process may use them).
@@ -479,6 +594,57 @@ mod tests {
     fn this_machine_reports_its_load() {
         // At least this thread is running while it reads.
         assert!(load().is_some_and(|l| l.runnable >= 1 && l.one_minute >= 0.0));
+    }
+
+    #[test]
+    fn the_busy_time_is_the_first_line_less_idle_iowait_and_steal() {
+        let stat = "cpu  100 5 30 1000 7 2 3 40 0 0\ncpu0 50 2 15 500 3 1 1 20 0 0\nintr 1 2\n";
+        assert_eq!(parse_stat_busy(stat), Some(100 + 5 + 30 + 2 + 3));
+        assert_eq!(
+            parse_stat_busy("cpu0 1 2 3 4 5 6 7 8\n"),
+            None,
+            "not the total"
+        );
+        assert_eq!(parse_stat_busy("cpu  1 2 3\n"), None, "too few fields");
+        assert_eq!(parse_stat_busy("cpu  1 2 x 4 5 6 7 8\n"), None);
+        assert_eq!(parse_stat_busy(""), None);
+    }
+
+    #[test]
+    fn other_programs_use_what_the_machine_was_busy_with_beyond_this_process() {
+        let at = Instant::now();
+        let sample = |after_ms: u64, busy_ticks: u64, ours_ms: u64| CpuSample {
+            at: at + Duration::from_millis(after_ms),
+            busy_ticks,
+            ours: Duration::from_millis(ours_ms),
+        };
+        let before = sample(0, 1_000, 500);
+        // 100 ms on which the machine was busy for 200 ms of CPU (two cores), 50 of them ours:
+        // others used one and a half cores.
+        let others = sample(100, 1_020, 550)
+            .others_since(&before)
+            .expect("time passed");
+        assert!((others - 1.5).abs() < 1e-9, "{others}");
+        // This process busier than the ticks said (they are coarse): none, not less than none.
+        assert_eq!(sample(100, 1_001, 600).others_since(&before), Some(0.0));
+        assert_eq!(sample(0, 1_010, 500).others_since(&before), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_machine_reports_its_busy_time_and_ours() {
+        let first = CpuSample::take().expect("/proc/stat and the process clock");
+        // Burn some CPU: this process's time moves.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(30) {
+            std::hint::spin_loop();
+        }
+        let second = CpuSample::take().expect("a second sample");
+        assert!(second.ours > first.ours);
+        assert!(second.busy_ticks >= first.busy_ticks);
+        assert!(second.others_since(&first).is_some_and(|o| o >= 0.0));
+        // Whatever the machine's load, the gate answers (and keeps its answer within a sample).
+        let _ = others_leave_a_core();
     }
 
     #[test]
