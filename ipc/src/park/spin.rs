@@ -409,12 +409,9 @@ struct CpuSample {
 impl CpuSample {
     #[cfg(target_os = "linux")]
     fn take() -> Option<CpuSample> {
-        use std::io::Read;
         // The first line is the machine's total; 256 bytes hold it.
         let mut buf = [0u8; 256];
-        let mut file = std::fs::File::open("/proc/stat").ok()?;
-        let n = file.read(&mut buf).ok()?;
-        let busy_ticks = parse_stat_busy(std::str::from_utf8(&buf[..n]).ok()?)?;
+        let busy_ticks = parse_stat_busy(read_head("/proc/stat", &mut buf)?)?;
         let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
         let ours = Duration::new(
             u64::try_from(t.tv_sec).ok()?,
@@ -480,11 +477,16 @@ struct Load {
 
 #[cfg(target_os = "linux")]
 fn load() -> Option<Load> {
-    use std::io::Read;
     let mut buf = [0u8; 128];
-    let mut file = std::fs::File::open("/proc/loadavg").ok()?;
-    let n = file.read(&mut buf).ok()?;
-    parse_loadavg(std::str::from_utf8(&buf[..n]).ok()?)
+    parse_loadavg(read_head("/proc/loadavg", &mut buf)?)
+}
+
+/// The start of a `/proc` file, as much as one read into `buf` gives (no allocation).
+#[cfg(target_os = "linux")]
+fn read_head<'a>(path: &str, buf: &'a mut [u8]) -> Option<&'a str> {
+    use std::io::Read;
+    let n = std::fs::File::open(path).ok()?.read(buf).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()
 }
 
 #[cfg(not(target_os = "linux"))]
