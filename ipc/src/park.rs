@@ -89,7 +89,7 @@ mod imp {
     use rustix::event::{EventfdFlags, epoll, eventfd};
 
     use super::Watch;
-    use super::spin::{SharedCpu, SpinGate, Spun, spin_watch};
+    use super::spin::{SharedCpu, SpinGate, Spun, spin_watch_from};
 
     /// The future is being polled; no wake-up since the poll began.
     const RUNNING: u8 = 0;
@@ -400,7 +400,7 @@ mod imp {
                 let sockets = poller.interests().len() > watched.len();
                 // The CPU of the writer whose ring woke the spin, if one did.
                 let mut waker_cpu = None;
-                let spun = spin_watch(spin, || {
+                let spun = spin_watch_from(spin, shared_cpu.yield_first(), || {
                     if poller.state.load(Ordering::Acquire) != RUNNING {
                         return true;
                     }

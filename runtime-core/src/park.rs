@@ -34,7 +34,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
-use harrow_ipc::park::spin::{SharedCpu, SpinGate, Spun, spin_watch, this_cpu};
+use harrow_ipc::park::spin::{SharedCpu, SpinGate, Spun, spin_watch_from, this_cpu};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -183,7 +183,10 @@ impl<F: Future> Future for SpinThenPark<F> {
             }
             let spin = this.gate.spin();
             if !spin.is_zero() {
-                match spin_watch(spin, || this.flag.state.load(Ordering::Acquire) != RUNNING) {
+                let yield_first = this.shared_cpu.yield_first();
+                match spin_watch_from(spin, yield_first, || {
+                    this.flag.state.load(Ordering::Acquire) != RUNNING
+                }) {
                     Spun::Caught { after_yield } => {
                         this.gate.hit();
                         let waker = this.flag.waker_cpu.swap(NO_CPU, Ordering::Relaxed);
