@@ -10,7 +10,7 @@
 //!
 //! Spinning only pays when the thread it waits for has a core of its own. On a machine with
 //! more runnable threads than cores, the spinning thread takes the CPU its peer needs, and
-//! every spin makes someone else wait. So a thread spins only when both:
+//! every spin makes someone else wait. So a thread spins only when:
 //!
 //! - **the process may use more than one CPU**: on one, the peer cannot run while the thread
 //!   spins;
@@ -385,8 +385,9 @@ pub const CPU_SAMPLE: Duration = Duration::from_millis(50);
 
 /// Whether other programs left at least one core (less a quarter, for noise) of the machine
 /// unused, over the last [`CPU_SAMPLE`] or more: the machine's busy time (`/proc/stat`) less
-/// this process's CPU time (`CLOCK_PROCESS_CPUTIME_ID`) and its parent's. Read by the thread that reads the load, at most once
-/// per [`CPU_SAMPLE`]; `true` where either cannot be read.
+/// this process's CPU time (`CLOCK_PROCESS_CPUTIME_ID`) and its parent's. Read by the thread
+/// that reads the load, at most once per [`CPU_SAMPLE`]; `true` where the busy time or this
+/// process's time cannot be read (the parent's counts as nothing then).
 ///
 /// The load's counts cannot tell a CPU hog from this process's own spinning threads: two hogs
 /// on two cores and two spinning actor threads make four runnable threads, within twice the
