@@ -438,8 +438,10 @@ mod imp {
                 Poller::disarm_watched(&watched);
                 continue;
             }
+            let slept_at = Instant::now();
             let waited = poller.wait(&fds, &mut events);
             looked = Instant::now();
+            gate.slept(looked.duration_since(slept_at));
             Poller::disarm_watched(&watched);
             if let Err(e) = waited {
                 // Not expected with a descriptor held open; never spin on it: finish in

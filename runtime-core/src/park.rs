@@ -119,6 +119,8 @@ struct SpinThenPark<F> {
     /// Whether this thread and its wakers keep sharing a CPU: the thread's own watch, taken
     /// from [`THREAD_WATCH`] and given back on drop.
     shared_cpu: SharedCpu,
+    /// When the future was last handed back to sleep (for [`SpinGate::slept`]).
+    parked_at: Option<Instant>,
 }
 
 std::thread_local! {
@@ -151,6 +153,7 @@ impl<F: Future> SpinThenPark<F> {
             gate,
             // A `block_on` nested in another starts a watch of its own.
             shared_cpu: THREAD_WATCH.try_with(|w| w.take()).unwrap_or_default(),
+            parked_at: None,
         }
     }
 }
@@ -167,6 +170,9 @@ impl<F: Future> Future for SpinThenPark<F> {
             }
         }
         let began = Instant::now();
+        if let Some(parked_at) = this.parked_at.take() {
+            this.gate.slept(began.duration_since(parked_at));
+        }
         loop {
             this.flag.state.store(RUNNING, Ordering::Release);
             if let Poll::Ready(v) = this
@@ -205,7 +211,10 @@ impl<F: Future> Future for SpinThenPark<F> {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Poll::Pending,
+                Ok(_) => {
+                    this.parked_at = Some(Instant::now());
+                    return Poll::Pending;
+                }
                 // Woken between the last look and the hand-over: poll again.
                 Err(_) => continue,
             }

@@ -139,6 +139,18 @@ impl SpinGate {
         self.backoff = (self.backoff * 2 + 1).min(MAX_SKIP);
         self.skip = self.backoff;
     }
+
+    /// The thread slept `took` until its next wake-up. A sleep shorter than half the spin,
+    /// while spins are skipped after misses, says that a spin would have caught that wake-up:
+    /// the back-off ends. Without this, a thread that missed its spins while its actor was
+    /// quiet (a start-up, messages far apart) slept through up to [`MAX_SKIP`] waits once the
+    /// calls came back to back, paying a wake-up each.
+    pub fn slept(&mut self, took: Duration) {
+        if self.backoff > 0 && self.fixed.is_none() && took < park_spin() / 2 {
+            self.skip = 0;
+            self.backoff = 0;
+        }
+    }
 }
 
 /// The CPU this thread runs on now, where that is cheap to know (Linux with glibc, which reads
@@ -776,6 +788,33 @@ mod tests {
         assert!(second.others_since(&first).is_some_and(|o| o >= 0.0));
         // Whatever the machine's load, the gate answers (and keeps its answer within a sample).
         let _ = others_leave_a_core();
+    }
+
+    #[test]
+    fn a_short_sleep_ends_the_back_off_and_a_long_one_does_not() {
+        let spin = park_spin();
+        let mut gate = SpinGate::new();
+        for _ in 0..5 {
+            gate.miss();
+        }
+        assert_eq!((gate.skip, gate.backoff), (31, 31));
+        if spin.is_zero() {
+            // Spinning off in this environment: no sleep is short enough to say otherwise.
+            gate.slept(Duration::ZERO);
+            assert_eq!((gate.skip, gate.backoff), (31, 31));
+            return;
+        }
+        gate.slept(spin);
+        assert_eq!((gate.skip, gate.backoff), (31, 31), "as long as a spin: no");
+        gate.slept(spin / 2 - Duration::from_nanos(1));
+        assert_eq!(
+            (gate.skip, gate.backoff),
+            (0, 0),
+            "a spin would have caught it"
+        );
+        // Not backing off: nothing to end.
+        gate.slept(Duration::ZERO);
+        assert_eq!((gate.skip, gate.backoff), (0, 0));
     }
 
     #[test]

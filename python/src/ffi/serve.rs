@@ -12,6 +12,7 @@ use futures_lite::FutureExt;
 use harrow_ipc::park::spin::{SpinGate, spin_until};
 use harrow_ipc::{CallKind, ErrorKind, Value};
 use pyo3_ffi as ffi;
+use std::time::Instant;
 
 use super::calls::blocked;
 use super::convert::fetch_text;
@@ -153,7 +154,10 @@ pub unsafe fn serve(
                                 server.spin.borrow_mut().miss();
                             }
                         }
-                        server.jobs.recv()
+                        let slept_at = Instant::now();
+                        let job = server.jobs.recv();
+                        server.spin.borrow_mut().slept(slept_at.elapsed());
+                        job
                     }
                 }
             }
