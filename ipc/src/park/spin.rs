@@ -32,8 +32,9 @@
 //!   of the hog's time slice;
 //! - **its recent spins paid**: a spin that ran out (nothing came, or it came only after the
 //!   spin's yields had given the CPU away for long) makes the thread skip the next 1, then 3,
-//!   7, ... up to [`MAX_SKIP`] spins; a spin that caught a wake-up in time resets that. An idle
-//!   actor spins once after its last message, then sleeps and costs nothing.
+//!   7, ... up to [`MAX_SKIP`] spins; a spin that caught a wake-up in time resets that, and so
+//!   does a sleep shorter than half the spin ([`SpinGate::slept`]: a spin would have caught
+//!   it). An idle actor spins once after its last message, then sleeps and costs nothing.
 //!
 //! The spin is [`park_spin`] long: `HARROW_PARK_SPIN_US` (microseconds, at most 1 ms; 0 turns
 //! spinning off), [`DEFAULT_SPIN`] when unset.
