@@ -44,8 +44,9 @@ pub const TAKEOVER: Duration = Duration::from_millis(1);
 
 /// How often the watchdog looks at the busy helpers while it ticks. Each look is a timer
 /// wake-up of its thread, which lands on a CPU where actor threads spin for their answers and
-/// delays the call it meets: with a look per [`TAKEOVER`], a subint round trip's p99 in
-/// `harrow bench --only rpc-subint` was 6-14 µs, and 5.6-7.8 µs with a look per 20 ms.
+/// delays the call it meets: in `harrow bench --only rpc-subint` runs whose threads settled in
+/// the slow placement, a round trip's p99 was 20-32 µs with a look per [`TAKEOVER`] and 9-12 µs
+/// with a look per 5 ms.
 pub const TICK: Duration = Duration::from_millis(5);
 
 /// How long the watchdog ticks on with no helper turning busy before it sleeps until one does.
