@@ -29,12 +29,17 @@
 //! waits for each call in a `block_on` of its own. And a wake-up that the thread gave itself (a
 //! task it ran woke another) neither counts nor ends the run: it says nothing about where the
 //! thread's peers run, and one comes with nearly every call.
+//!
+//! The other way round, on a crowded machine (CPU hogs, or too many runnable threads: nobody
+//! spins), a thread woken from its sleep `HOP_AFTER` times in a row by a waker on one other CPU
+//! moves onto that CPU (`SharedCpu::after_slept`): without spinning, two threads that hand work
+//! back and forth are cheapest on one CPU, where a hand-off wakes no other CPU.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
-use harrow_ipc::park::spin::{SharedCpu, SpinGate, Spun, spin_watch_from, this_cpu};
+use harrow_ipc::park::spin::{SharedCpu, SpinGate, Spun, crowded, spin_watch_from, this_cpu};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -172,6 +177,11 @@ impl<F: Future> Future for SpinThenPark<F> {
         let began = Instant::now();
         if let Some(parked_at) = this.parked_at.take() {
             this.gate.slept(began.duration_since(parked_at));
+            let waker = this.flag.waker_cpu.swap(NO_CPU, Ordering::Relaxed);
+            if waker != FROM_ITSELF {
+                this.shared_cpu
+                    .after_slept((waker != NO_CPU).then_some(waker), crowded());
+            }
         }
         loop {
             this.flag.state.store(RUNNING, Ordering::Release);

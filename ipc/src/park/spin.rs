@@ -195,12 +195,22 @@ pub const HOP_EVERY: Duration = Duration::from_millis(20);
 /// migration), which only a sustained exchange earns back. A thread just spawned starts on its
 /// parent's CPU; moving it at its first call would make that call, not the ones after, pay for
 /// it (the thread spawn-to-first-reply went from 0.04 to 0.09–0.14 ms).
+///
+/// The other way round, when the machine is crowded (other programs' CPU hogs, or more
+/// runnable threads than it has room for: no thread spins then), a thread woken from its sleep
+/// [`HOP_AFTER`] times in a row by a waker on another CPU moves onto the waker's CPU
+/// ([`hop_onto`]; see [`after_slept`](Self::after_slept)).
 #[derive(Debug, Default)]
 pub struct SharedCpu {
-    /// When this thread last moved off its waker's CPU.
+    /// When this thread last moved off or onto its waker's CPU.
     hopped: Option<Instant>,
     /// Wake-ups in a row caught after yielding, from a waker on this thread's CPU.
     run: u32,
+    /// Wake-ups from sleep in a row, on a crowded machine, from a waker on another CPU, the
+    /// same one each time ...
+    apart: u32,
+    /// ... this one.
+    apart_from: usize,
 }
 
 impl SharedCpu {
@@ -209,7 +219,68 @@ impl SharedCpu {
         SharedCpu {
             hopped: None,
             run: 0,
+            apart: 0,
+            apart_from: 0,
         }
+    }
+
+    /// Wake-ups from sleep in the current run (on a crowded machine, from a waker on another
+    /// CPU).
+    pub fn apart_len(&self) -> u32 {
+        self.apart
+    }
+
+    /// After a wake-up from sleep, by a waker that ran on `waker_cpu` (`None`: unknown), with
+    /// `crowded` saying whether the machine had no room for spinning then ([`crowded`]):
+    /// counts the run of wake-ups from one other CPU, and moves this thread onto that CPU when
+    /// the run is [`HOP_AFTER`] long, at most once per [`HOP_EVERY`] (moves off a CPU
+    /// included). A wake-up from this CPU or from another one starts the run over: a thread
+    /// woken by peers all over the machine has no one CPU to join.
+    ///
+    /// Without spinning, two threads that hand work back and forth are cheapest on one CPU:
+    /// each hand-off is then a wake-up of a thread on the waker's own CPU, which runs once the
+    /// waker sleeps, while a wake-up of another CPU costs an interrupt to it, much dearer on a
+    /// virtual machine. Beside CPU hogs on every CPU the scheduler keeps a woken thread where
+    /// it ran last (no CPU is idle, and the waker's CPU is no less loaded), so two threads
+    /// that started on two CPUs stay there. In `harrow bench --only rpc-subint` under two
+    /// `yes` hogs on two cores, runs whose two threads happened to share a CPU took 26-32 µs
+    /// per call (p99 41-62 µs), and runs with one thread on each CPU 92-180 µs (p99
+    /// 2.5-3.7 ms): each side ran about 20 µs per hand-off, half of it sending the interrupt,
+    /// and beside a hog on each CPU that use of its CPU share made the scheduler hold it back
+    /// for the hog's time slice, again and again.
+    pub fn after_slept(&mut self, waker_cpu: Option<usize>, crowded: bool) {
+        if let Some(waker) = self.join_now(this_cpu(), waker_cpu, crowded) {
+            let _ = hop_onto(waker);
+        }
+    }
+
+    /// [`after_slept`](Self::after_slept)'s count, for a thread on `here`: the CPU to move
+    /// onto now, if the run has come to a move.
+    fn join_now(
+        &mut self,
+        here: Option<usize>,
+        waker_cpu: Option<usize>,
+        crowded: bool,
+    ) -> Option<usize> {
+        let (Some(here), Some(waker)) = (here, waker_cpu) else {
+            self.apart = 0;
+            return None;
+        };
+        if !crowded || here == waker {
+            self.apart = 0;
+            return None;
+        }
+        if self.apart == 0 || self.apart_from != waker {
+            self.apart = 0;
+            self.apart_from = waker;
+        }
+        self.apart += 1;
+        if self.apart < HOP_AFTER || self.hopped.is_some_and(|t| t.elapsed() < HOP_EVERY) {
+            return None;
+        }
+        self.apart = 0;
+        self.hopped = Some(Instant::now());
+        Some(waker)
     }
 
     /// Wake-ups in the current run (caught after yielding, from a waker on this thread's CPU).
@@ -256,6 +327,20 @@ impl SharedCpu {
 /// it ran on while `cpu` was not allowed, `None` when it did not move: a thread that may only
 /// run on `cpu` (or on one CPU), or an affinity it could not read or set.
 pub fn hop_off(cpu: usize) -> Option<usize> {
+    hop(cpu, false)
+}
+
+/// Moves this thread onto `cpu` (its affinity narrowed to `cpu` alone, which makes the kernel
+/// move it at once), then gives it back its affinity as it was; the kernel leaves a running
+/// thread where it is when its CPU stays allowed. Returns the CPU it ran on while only `cpu`
+/// was allowed, `None` when it did not move: a thread that may not run on `cpu`, may only run
+/// on one CPU, or could not read or set its affinity.
+pub fn hop_onto(cpu: usize) -> Option<usize> {
+    hop(cpu, true)
+}
+
+/// [`hop_onto`] `cpu` (`onto`) or [`hop_off`] it.
+fn hop(cpu: usize, onto: bool) -> Option<usize> {
     #[cfg(target_os = "linux")]
     {
         use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
@@ -267,18 +352,34 @@ pub fn hop_off(cpu: usize) -> Option<usize> {
         if allowed.count() < 2 || !allowed.is_set(cpu) {
             return None;
         }
-        let mut elsewhere = allowed;
-        elsewhere.unset(cpu);
-        sched_setaffinity(None, &elsewhere).ok()?;
+        let narrowed = if onto {
+            let mut only = CpuSet::new();
+            only.set(cpu);
+            only
+        } else {
+            let mut elsewhere = allowed;
+            elsewhere.unset(cpu);
+            elsewhere
+        };
+        sched_setaffinity(None, &narrowed).ok()?;
         let landed = this_cpu();
         let _ = sched_setaffinity(None, &allowed);
         landed
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = cpu;
+        let _ = (cpu, onto);
         None
     }
+}
+
+/// Whether the machine is crowded for this process's spinning threads: spinning is on
+/// ([`park_spin`]) but [`cores_to_spare`] says there is no room for it (CPU hogs, or more
+/// runnable threads than twice the cores). A thread does not spin then, and two threads that
+/// hand work back and forth are cheapest on one CPU ([`SharedCpu::after_slept`]). `false` when
+/// spinning is off by choice (`HARROW_PARK_SPIN_US=0`) or the process may use only one CPU.
+pub fn crowded() -> bool {
+    !park_spin().is_zero() && cores() >= 2 && !cores_to_spare()
 }
 
 /// Whether the machine's runnable threads, at the last reading of [`cores_to_spare`], were at
@@ -649,6 +750,71 @@ mod tests {
             pin
         );
         sched_setaffinity(None, &before).expect("unpin");
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn hop_onto_moves_the_thread_there_and_gives_its_affinity_back() {
+        use rustix::thread::sched_getaffinity;
+        let before = sched_getaffinity(None).expect("affinity");
+        let here = this_cpu().expect("this CPU");
+        let other = (0..rustix::thread::CpuSet::MAX_CPU).find(|&c| c != here && before.is_set(c));
+        match other {
+            Some(cpu) => assert_eq!(hop_onto(cpu), Some(cpu), "it ran on the CPU it moved onto"),
+            None => assert_eq!(hop_onto(here), None, "one CPU allowed: nowhere to go"),
+        }
+        assert_eq!(
+            sched_getaffinity(None).expect("affinity"),
+            before,
+            "the affinity is given back as it was"
+        );
+        // A CPU the thread may not use: no move.
+        assert_eq!(hop_onto(usize::MAX - 1), None);
+    }
+
+    #[test]
+    fn only_a_run_of_wake_ups_from_another_cpu_on_a_crowded_machine_counts_toward_a_join() {
+        let mut shared = SharedCpu::new();
+        let (here, there) = (Some(0), Some(1));
+        for _ in 0..HOP_AFTER - 1 {
+            assert_eq!(shared.join_now(here, there, true), None);
+        }
+        assert_eq!(shared.apart_len(), HOP_AFTER - 1);
+        // A wake-up from a third CPU starts the run over from it.
+        assert_eq!(shared.join_now(here, Some(2), true), None);
+        assert_eq!(shared.apart_len(), 1);
+        shared.join_now(here, there, true);
+        assert_eq!(shared.apart_len(), 1);
+        // A wake-up from this CPU, from nowhere known, or on a machine with room to spin ends
+        // the run.
+        assert_eq!(shared.join_now(here, here, true), None);
+        assert_eq!(shared.apart_len(), 0);
+        shared.join_now(here, there, true);
+        assert_eq!(shared.join_now(here, None, true), None);
+        assert_eq!(shared.apart_len(), 0);
+        shared.join_now(here, there, true);
+        assert_eq!(shared.join_now(None, there, true), None);
+        assert_eq!(shared.apart_len(), 0);
+        shared.join_now(here, there, true);
+        assert_eq!(shared.join_now(here, there, false), None);
+        assert_eq!(shared.apart_len(), 0);
+        // A full run moves onto the waker's CPU, and starts over.
+        for _ in 0..HOP_AFTER - 1 {
+            assert_eq!(shared.join_now(here, there, true), None);
+        }
+        assert_eq!(shared.join_now(here, there, true), Some(1));
+        assert_eq!(shared.apart_len(), 0);
+        // Another full run within `HOP_EVERY` of that move does not move again.
+        for _ in 0..HOP_AFTER {
+            assert_eq!(shared.join_now(here, there, true), None);
+        }
+        assert_eq!(shared.apart_len(), HOP_AFTER);
+        // Nor does a move off a CPU, which shares the limit.
+        let mut hopped = SharedCpu::new();
+        hopped.hopped = Some(Instant::now());
+        for _ in 0..HOP_AFTER {
+            assert_eq!(hopped.join_now(here, there, true), None);
+        }
     }
 
     #[test]
