@@ -34,13 +34,29 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
     block_on_gated(spin::SpinGate::new(), fut)
 }
 
+/// [`block_on`] for an actor's thread, which follows its peer: on a crowded machine (no room
+/// for spinning: CPU hogs, overload), a thread woken from its sleep again and again by the
+/// writer of a shared-memory ring that runs on one other CPU moves onto that CPU
+/// ([`SharedCpu::after_slept`](spin::SharedCpu::after_slept)). Only one side of a pair should
+/// follow the other (the actor its parent), or both could move at once and swap CPUs.
+pub fn block_on_following<F: Future>(fut: F) -> F::Output {
+    #[cfg(target_os = "linux")]
+    {
+        imp::block_on(spin::SpinGate::new(), true, fut)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        async_io::block_on(fut)
+    }
+}
+
 /// [`block_on`] with the given spin decisions (tests force the spin with
 /// [`SpinGate::always`](spin::SpinGate::always)).
 #[doc(hidden)]
 pub fn block_on_gated<F: Future>(gate: spin::SpinGate, fut: F) -> F::Output {
     #[cfg(target_os = "linux")]
     {
-        imp::block_on(gate, fut)
+        imp::block_on(gate, false, fut)
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -68,7 +84,7 @@ pub(crate) trait Watch: Send + Sync {
     /// said the peer closed (or the socket failed), so read to the end, not only to a short read.
     fn on_edge(&self, hung_up: bool);
     /// The CPU the peer's writer ran on when it last wrote (`None`: unknown), for the move off
-    /// a CPU shared with it ([`SharedCpu`](spin::SharedCpu)).
+    /// a CPU shared with it and the move onto its CPU ([`SharedCpu`](spin::SharedCpu)).
     fn writer_cpu(&self) -> Option<usize>;
 }
 
@@ -89,7 +105,7 @@ mod imp {
     use rustix::event::{EventfdFlags, epoll, eventfd};
 
     use super::Watch;
-    use super::spin::{SharedCpu, SpinGate, Spun, spin_watch_from};
+    use super::spin::{self, SharedCpu, SpinGate, Spun, spin_watch_from};
 
     /// The future is being polled; no wake-up since the poll began.
     const RUNNING: u8 = 0;
@@ -356,7 +372,7 @@ mod imp {
         }
     }
 
-    pub(super) fn block_on<F: Future>(mut gate: SpinGate, fut: F) -> F::Output {
+    pub(super) fn block_on<F: Future>(mut gate: SpinGate, follow: bool, fut: F) -> F::Output {
         let poller = match Poller::new() {
             Ok(p) => Arc::new(p),
             Err(e) => {
@@ -443,6 +459,15 @@ mod imp {
             looked = Instant::now();
             gate.slept(looked.duration_since(slept_at));
             Poller::disarm_watched(&watched);
+            if follow {
+                // Only a ring says where its writer ran; any other wake-up ends the run.
+                let waker_cpu = watched
+                    .iter()
+                    .filter_map(|i| i.watch.as_ref())
+                    .find(|w| w.has_data())
+                    .and_then(|w| w.writer_cpu());
+                shared_cpu.after_slept(waker_cpu, spin::crowded());
+            }
             if let Err(e) = waited {
                 // Not expected with a descriptor held open; never spin on it: finish in
                 // async-io (the readers leave the closed instance on their next read).

@@ -129,6 +129,8 @@ impl InterpHandle {
         if !answered_directly {
             call.spin = Some(Arc::clone(&self.spin));
         }
+        let from = harrow_ipc::park::spin::this_cpu().unwrap_or(usize::MAX);
+        self.shared.sent_from.store(from, Ordering::Relaxed);
         let sent = self.jobs.send(Job::Call(CallJob {
             job,
             func,

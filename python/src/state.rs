@@ -289,6 +289,10 @@ pub struct Shared {
     pub exit_reason: Mutex<Option<String>>,
     /// Set when shutdown began: the thread takes no new call.
     pub closing: AtomicBool,
+    /// The CPU the last call was queued from (`usize::MAX`: unknown), so that the serving
+    /// thread, woken by it, can follow its caller on a crowded machine (see
+    /// `harrow_ipc::park::spin::SharedCpu::after_slept`).
+    pub(crate) sent_from: AtomicUsize,
     /// The co-driver of the actor this interpreter serves, if it has one: the serving thread
     /// runs the actor's tasks while it waits for a call (see [`CoDriver`]).
     codriver: Mutex<Option<CoDriver>>,
@@ -315,6 +319,7 @@ impl Shared {
             wake_w: Mutex::new(-1),
             loop_running: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            sent_from: AtomicUsize::new(usize::MAX),
             codriver: Mutex::new(None),
         });
         REGISTRY

@@ -327,7 +327,7 @@ fn run_actor_parked(channel: Channel, init: ActorInit, park: Park<'_>) -> ActorE
         Park::InProcess => crate::park::block_on_in_process(exec.run(main)),
         // The channel to the parent is a socket: sleep in an epoll instance that watches it
         // (and the sockets of peers and children read on this thread) directly.
-        Park::Reactor => harrow_ipc::park::block_on(exec.run(main)),
+        Park::Reactor => harrow_ipc::park::block_on_following(exec.run(main)),
         Park::CoDriven(co) => {
             /// Unbinds the helper on every path, a panic included.
             struct Unbind<'a>(&'a CoDriver, std::time::Duration);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures_lite::FutureExt;
-use harrow_ipc::park::spin::{SpinGate, spin_until};
+use harrow_ipc::park::spin::{SharedCpu, SpinGate, crowded, spin_until};
 use harrow_ipc::{CallKind, ErrorKind, Value};
 use pyo3_ffi as ffi;
 use std::time::Instant;
@@ -42,6 +42,8 @@ struct Server {
     async_live: Cell<usize>,
     /// The spin before the thread sleeps waiting for a call.
     spin: RefCell<SpinGate>,
+    /// Whether the thread's callers keep waking it from another CPU.
+    follow: RefCell<SharedCpu>,
 }
 
 thread_local! {
@@ -116,6 +118,7 @@ pub unsafe fn serve(
         stop: Cell::new(false),
         async_live: Cell::new(0),
         spin: RefCell::new(SpinGate::new()),
+        follow: RefCell::new(SharedCpu::new()),
     };
     let guard = ServingGuard;
     SERVER.with(|s| s.set(&server as *const Server));
@@ -157,6 +160,13 @@ pub unsafe fn serve(
                         let slept_at = Instant::now();
                         let job = server.jobs.recv();
                         server.spin.borrow_mut().slept(slept_at.elapsed());
+                        // On a crowded machine, follow a caller that keeps waking this thread
+                        // from another CPU.
+                        let from = server.shared.sent_from.load(Ordering::Relaxed);
+                        server
+                            .follow
+                            .borrow_mut()
+                            .after_slept((from != usize::MAX).then_some(from), crowded());
                         job
                     }
                 }
