@@ -308,7 +308,10 @@ impl Future for PyCall {
 impl Drop for PyCall {
     fn drop(&mut self) {
         self.end_in_flight();
-        if !self.finished && self.immediate.is_none() {
+        // A closed reply slot means the call ended (a unary call's answer may have gone
+        // straight to its caller, and its future be dropped before it looked): nothing runs
+        // that a cancel could stop, and a cancel request would wake the re-arming injector.
+        if !self.finished && self.immediate.is_none() && !self.reply.is_closed() {
             self.job.cancel();
             self.shared.request_cancel();
         }
@@ -318,6 +321,40 @@ impl Drop for PyCall {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A call's future as `PyHandle::call` makes it, without an interpreter behind it.
+    fn a_call(shared: &Arc<Shared>) -> (PyCall, crate::reply::ReplyTx) {
+        let (tx, rx) = crate::reply::reply();
+        let call = PyCall {
+            reply: rx,
+            spin: None,
+            in_flight: None,
+            job: JobState::new("m:f".into()),
+            shared: Arc::clone(shared),
+            finished: false,
+            immediate: None,
+        };
+        (call, tx)
+    }
+
+    #[test]
+    fn a_call_dropped_after_its_answer_went_elsewhere_is_not_cancelled() {
+        let shared = Shared::new("drop-test".into());
+        // Answered straight to its caller: the reply slot closed without an answer in it, and
+        // the future dropped before it looked.
+        let (call, tx) = a_call(&shared);
+        let job = Arc::clone(&call.job);
+        drop(tx);
+        drop(call);
+        assert!(!job.is_cancelled(), "an ended call is not cancelled");
+        // A call still running when its future is dropped is cancelled.
+        let (call, tx) = a_call(&shared);
+        let job = Arc::clone(&call.job);
+        drop(call);
+        assert!(job.is_cancelled(), "a dropped running call is cancelled");
+        drop(tx);
+        shared.unregister();
+    }
 
     #[test]
     fn path_text_is_the_display_of_the_path() {

@@ -103,6 +103,12 @@ impl ReplyRx {
         Some(self.slot.state.lock().answer.take().ok_or(Gone))
     }
 
+    /// Whether the slot is closed: the call ended (answered here, answered straight to its
+    /// caller, or never run).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.slot.closed.load(Ordering::Acquire)
+    }
+
     /// The answer once the slot is closed; until then keeps `cx`'s waker to be woken.
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Answer, Gone>> {
         let mut st = self.slot.state.lock();
