@@ -460,13 +460,16 @@ mod imp {
             gate.slept(looked.duration_since(slept_at));
             Poller::disarm_watched(&watched);
             if follow {
-                // Only a ring says where its writer ran; any other wake-up ends the run.
+                // Only a ring says where its writer ran; any other wake-up ends the run. (The
+                // rings are looked at only on a crowded machine: an actor may read many.)
+                let crowded = spin::crowded();
                 let waker_cpu = watched
                     .iter()
+                    .filter(|_| crowded)
                     .filter_map(|i| i.watch.as_ref())
                     .find(|w| w.has_data())
                     .and_then(|w| w.writer_cpu());
-                shared_cpu.after_slept(waker_cpu, spin::crowded());
+                shared_cpu.after_slept(waker_cpu, crowded);
             }
             if let Err(e) = waited {
                 // Not expected with a descriptor held open; never spin on it: finish in

@@ -209,6 +209,36 @@ fn ping_pong_caught_while_spinning_or_after_sleeping_keeps_order() {
     }
 }
 
+/// An actor's parker that follows the writer of its rings onto its CPU on a crowded machine
+/// (`park::block_on_following`): whether or not the machine is crowded now (a loaded test run
+/// may be), every reply comes, in order, and the thread's affinity is what it was.
+#[test]
+fn ping_pong_with_a_following_peer_keeps_order_and_affinity() {
+    let (a, b) = shm::pair().unwrap();
+    let echo = std::thread::spawn(move || {
+        let before = rustix::thread::sched_getaffinity(None).expect("affinity");
+        park::block_on_following(future::or(
+            async {
+                while let Ok(msg) = b.recv().await {
+                    b.send(msg).await.unwrap();
+                }
+            },
+            timeout(),
+        ));
+        let after = rustix::thread::sched_getaffinity(None).expect("affinity");
+        assert_eq!(after, before, "the affinity is given back after any move");
+    });
+    parked_spin(Duration::ZERO, async {
+        for i in 0..2000 {
+            a.send(yield_msg(i)).await.unwrap();
+            assert_eq!(a.recv().await.unwrap(), yield_msg(i));
+        }
+    });
+    a.close();
+    drop(a);
+    echo.join().unwrap();
+}
+
 /// The same with the echo waiting in async-io's reactor (it arms its ring before every wait).
 /// Many rounds: a wait kept across a taken bell (the writer clears the flag when it rings) hung
 /// here about one run in three before the reader re-armed before every wait. A round costs two
