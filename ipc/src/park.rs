@@ -463,12 +463,15 @@ mod imp {
                 // Only a ring says where its writer ran; any other wake-up ends the run. (The
                 // rings are looked at only on a crowded machine: an actor may read many.)
                 let crowded = spin::crowded();
-                let waker_cpu = watched
-                    .iter()
-                    .filter(|_| crowded)
-                    .filter_map(|i| i.watch.as_ref())
-                    .find(|w| w.has_data())
-                    .and_then(|w| w.writer_cpu());
+                let waker_cpu = if crowded {
+                    watched
+                        .iter()
+                        .filter_map(|i| i.watch.as_ref())
+                        .find(|w| w.has_data())
+                        .and_then(|w| w.writer_cpu())
+                } else {
+                    None
+                };
                 shared_cpu.after_slept(waker_cpu, crowded);
             }
             if let Err(e) = waited {

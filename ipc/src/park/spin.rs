@@ -249,7 +249,9 @@ impl SharedCpu {
     /// and beside a hog on each CPU that use of its CPU share made the scheduler hold it back
     /// for the hog's time slice, again and again.
     pub fn after_slept(&mut self, waker_cpu: Option<usize>, crowded: bool) {
-        if let Some(waker) = self.join_now(this_cpu(), waker_cpu, crowded) {
+        // Where this thread runs matters only on a crowded machine.
+        let here = if crowded { this_cpu() } else { None };
+        if let Some(waker) = self.join_now(here, waker_cpu, crowded) {
             let _ = hop_onto(waker);
         }
     }
