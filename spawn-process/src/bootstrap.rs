@@ -104,7 +104,8 @@ pub fn take_bootstrap() -> Result<Option<ChildBootstrap>> {
         reason: format!("{parent_text:?} is not a pid"),
     })?;
     // Race-free orphan check: set the death signal first, then look at who the parent is. (The
-    // parent also set it before exec; this covers programs started some other way.)
+    // parent starts its children with `posix_spawn`, which cannot set it: this is where it is
+    // armed. A parent that died before this line is caught by the check.)
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)).map_err(
         |e| Error::Io {
             what: "cannot set the parent-death signal",

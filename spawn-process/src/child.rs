@@ -22,7 +22,7 @@ pub(crate) struct ProcessChild {
     pub(crate) id: ActorId,
     pub(crate) channel: Option<Channel>,
     /// `Some` until dropped.
-    pub(crate) child: Option<std::process::Child>,
+    pub(crate) child: Option<crate::launch::Process>,
     pub(crate) pid: u32,
     /// Readable once the child has exited (a wake-up without polling); `None` on old kernels.
     pub(crate) pidfd: Option<Async<OwnedFd>>,

@@ -40,10 +40,14 @@
 //!
 //! - **Hard kill** is SIGKILL; every child is reaped (exit is awaited through a pidfd, without
 //!   polling), so no zombie is ever left, even for a child whose handle is dropped.
-//! - **Orphan safety**: a child gets the parent-death signal SIGKILL before it executes anything,
+//! - **Orphan safety**: a child arms the parent-death signal SIGKILL first thing, before its
+//!   actor starts, then checks that the parent that started it is still there (and exits if not),
 //!   and exits by itself when its channel to the parent breaks. (Linux sends the parent-death
 //!   signal when the *thread* that spawned the child ends; harrow spawns from the actor's own
 //!   thread, which outlives its children.)
+//! - **Spawning** uses `posix_spawn(3)`, which places the socket and the segment at their
+//!   numbers itself: the parent is not forked, so a spawn's cost does not grow with the parent's
+//!   memory, and no code of ours runs between the spawn and the program's start.
 //! - **Output**: each line a child writes to stdout or stderr reaches the parent's, prefixed with
 //!   `[actor-name] ` (nested actors stack their prefixes); [`ProcessBackend::with_output_prefix`]
 //!   `(false)` lets children inherit the parent's stdout and stderr instead.
@@ -64,18 +68,16 @@
 mod bootstrap;
 mod child;
 mod error;
+mod launch;
 mod output;
 #[cfg(feature = "python")]
 mod python;
 mod spec;
 
 use std::ffi::OsString;
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use async_io::Async;
@@ -220,36 +222,36 @@ impl ProcessBackend {
             UnixStream::pair().map_err(|e| failed(format!("cannot make a socketpair: {e}")))?;
         let segment = self.segment(&id);
         let parent_pid = rustix::process::getpid().as_raw_pid();
-        let mut cmd = Command::new(&program);
-        cmd.env(CHILD_FD_ENV, CHILD_FD.to_string())
-            .env(CHILD_SPEC_ENV, encoded)
-            .env(PARENT_PID_ENV, parent_pid.to_string());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
+        let mut set_env: Vec<(OsString, OsString)> = vec![
+            (CHILD_FD_ENV.into(), CHILD_FD.to_string().into()),
+            (CHILD_SPEC_ENV.into(), encoded.into()),
+            (PARENT_PID_ENV.into(), parent_pid.to_string().into()),
+        ];
+        set_env.extend(self.env.iter().cloned());
         // Set after the caller's variables: only the parent decides the transport.
-        cmd.env_remove(CHILD_SHM_FD_ENV);
-        if segment.is_some() {
-            cmd.env(CHILD_SHM_FD_ENV, CHILD_SHM_FD.to_string());
+        set_env.retain(|(k, _)| k != CHILD_SHM_FD_ENV);
+        let mut remove_env = Vec::new();
+        let mut fds = vec![(child_sock.as_fd(), CHILD_FD)];
+        match &segment {
+            Some(segment) => {
+                set_env.push((CHILD_SHM_FD_ENV.into(), CHILD_SHM_FD.to_string().into()));
+                fds.push((segment.as_fd(), CHILD_SHM_FD));
+            }
+            None => remove_env.push(CHILD_SHM_FD_ENV.into()),
         }
-        cmd.stdin(Stdio::null());
-        if self.output_prefix {
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        }
-        let child_fd = child_sock.as_raw_fd();
-        set_pre_exec(
-            &mut cmd,
-            child_fd,
-            segment.as_ref().map(|(_, high)| high.as_raw_fd()),
-            parent_pid,
-        );
-        let mut std_child = cmd
-            .spawn()
-            .map_err(|e| failed(format!("cannot start {}: {e}", program.display())))?;
+        let launched = launch::launch(&launch::Launch {
+            program: &program,
+            set_env,
+            remove_env,
+            fds,
+            pipe_output: self.output_prefix,
+        })
+        .map_err(|e| failed(format!("cannot start {}: {e}", program.display())))?;
         // Only the child holds its end now: its exit is EOF on ours.
         drop(child_sock);
-        let pid = std_child.id();
-        let (stdout, stderr) = (std_child.stdout.take(), std_child.stderr.take());
+        let process = launched.process;
+        let pid = process.id();
+        let (stdout, stderr) = (launched.stdout, launched.stderr);
         let pidfd = rustix::process::Pid::from_raw(pid as i32)
             .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
             .and_then(|fd| Async::new(fd).ok());
@@ -257,7 +259,7 @@ impl ProcessBackend {
         let mut child = ProcessChild {
             id: id.clone(),
             channel: None,
-            child: Some(std_child),
+            child: Some(process),
             pid,
             pidfd,
             forwarder: None,
@@ -271,7 +273,7 @@ impl ProcessBackend {
             child.forwarder = Some(fwd);
         }
         let channel = match segment {
-            Some((segment, _)) => shm::channel(
+            Some(segment) => shm::channel(
                 parent_sock,
                 segment,
                 shm::Side::First,
@@ -287,74 +289,17 @@ impl ProcessBackend {
 }
 
 impl ProcessBackend {
-    /// The shared-memory segment for a child's channel, and a copy of its descriptor numbered
-    /// above every descriptor the child is given (so that placing the channel's socket at
-    /// [`CHILD_FD`] cannot overwrite it); `None` for the socket alone.
-    fn segment(&self, id: &impl std::fmt::Display) -> Option<(shm::Segment, std::os::fd::OwnedFd)> {
+    /// The shared-memory segment for a child's channel; `None` for the socket alone.
+    fn segment(&self, id: &impl std::fmt::Display) -> Option<shm::Segment> {
         if !self.uses_shared_memory() {
             return None;
         }
-        let made = shm::Segment::new().and_then(|segment| {
-            let high = rustix::io::fcntl_dupfd_cloexec(&segment, 64)?;
-            Ok((segment, high))
-        });
-        match made {
-            Ok(made) => Some(made),
+        match shm::Segment::new() {
+            Ok(segment) => Some(segment),
             Err(e) => {
                 tracing::debug!(actor = %id, error = %e, "no shared-memory segment: the socket alone");
                 None
             }
         }
-    }
-}
-
-/// Prepares the forked child before it executes the program: the parent-death signal, the
-/// orphan check, the channel at fd [`CHILD_FD`] and the shared-memory segment (if any) at fd
-/// [`CHILD_SHM_FD`], both without close-on-exec.
-#[allow(unsafe_code)]
-fn set_pre_exec(cmd: &mut Command, child_fd: RawFd, shm_fd: Option<RawFd>, parent_pid: i32) {
-    let setup = move || -> io::Result<()> {
-        // SAFETY: between fork and exec only async-signal-safe calls are allowed: these are
-        // plain system calls on integers (prctl, getppid, fcntl, dup2), and the errors are built
-        // from errno without allocating. `shm_fd` is a plain integer captured by copy.
-        unsafe {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died before the death signal was armed: then give up now.
-            if libc::getppid() != parent_pid {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            if child_fd == CHILD_FD {
-                let flags = libc::fcntl(child_fd, libc::F_GETFD);
-                if flags == -1
-                    || libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1
-                {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(child_fd, CHILD_FD) == -1 {
-                // dup2 leaves the new descriptor without close-on-exec.
-                return Err(io::Error::last_os_error());
-            }
-            // The segment's copy is numbered above 63, so the dup2 above left it alone.
-            if let Some(shm_fd) = shm_fd {
-                if libc::dup2(shm_fd, CHILD_SHM_FD) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-        }
-        Ok(())
-    };
-    // SAFETY: `setup` runs in the forked child and only makes async-signal-safe system calls
-    // (see above); it allocates nothing and takes no lock.
-    unsafe {
-        cmd.pre_exec(setup);
     }
 }

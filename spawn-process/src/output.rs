@@ -1,9 +1,9 @@
 //! Forwarding a child's stdout and stderr to the parent's, each line prefixed with the actor's
 //! name.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
-use std::process::{ChildStderr, ChildStdout};
+use std::os::fd::{AsFd, OwnedFd};
 
 use harrow_runtime_core::{DedicatedThread, Joined};
 use rustix::event::{PollFd, PollFlags, poll};
@@ -22,17 +22,17 @@ impl Forwarder {
     /// Starts forwarding `stdout` and `stderr` (either may be absent) with `[name] ` prefixes.
     pub(crate) fn start(
         name: &str,
-        stdout: Option<ChildStdout>,
-        stderr: Option<ChildStderr>,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
     ) -> io::Result<Forwarder> {
         let prefix = format!("[{name}] ").into_bytes();
         let thread = DedicatedThread::spawn(format!("hw-out-{name}"), move || {
             let mut streams = Vec::new();
             if let Some(s) = stdout {
-                streams.push(Stream::new(Box::new(s), Target::Stdout));
+                streams.push(Stream::new(Box::new(File::from(s)), Target::Stdout));
             }
             if let Some(s) = stderr {
-                streams.push(Stream::new(Box::new(s), Target::Stderr));
+                streams.push(Stream::new(Box::new(File::from(s)), Target::Stderr));
             }
             forward(&prefix, streams);
         })?;
