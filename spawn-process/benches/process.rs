@@ -1,7 +1,8 @@
 //! Process backend benchmarks, each beside a baseline measured in the same run:
 //!
 //! - spawn-to-first-reply (start a process actor, one call) vs a bare spawn of this same binary
-//!   that exits at once — target within 3x;
+//!   that exits at once — target within 3x; then the same with 1 GiB more memory in the parent
+//!   (a spawn's cost should not grow with the parent's memory);
 //! - RPC round trip to a process actor vs a raw socketpair ping-pong between two processes —
 //!   target within 2x;
 //! - the same RPC round trip vs Python's `multiprocessing` `Pool.apply` — target >= 5x faster.
@@ -56,6 +57,19 @@ fn main() -> anyhow::Result<()> {
         first_reply.as_secs_f64() / bare.as_secs_f64()
     );
 
+    // The same with the parent holding (and having touched) more memory: a spawn that forked
+    // the parent would copy its page tables, and grow with it.
+    let ballast = ballast(BALLAST_MIB);
+    let bare = median(bare_spawns()?);
+    let first_reply = median(spawn_to_first_reply()?);
+    println!(
+        "spawn-to-first-reply, parent holding {BALLAST_MIB} MiB more: harrow {:>8.2} ms | bare spawn+exit {:>8.2} ms | ratio {:.2}x",
+        ms(first_reply),
+        ms(bare),
+        first_reply.as_secs_f64() / bare.as_secs_f64()
+    );
+    drop(ballast);
+
     let raw = median(raw_ping_pong()?);
     let rpc = median(rpc_round_trips()?);
     println!(
@@ -74,6 +88,18 @@ fn main() -> anyhow::Result<()> {
         Err(e) => println!("python multiprocessing baseline skipped: {e}"),
     }
     Ok(())
+}
+
+/// How much memory the second spawn-to-first-reply line holds in the parent.
+const BALLAST_MIB: usize = 1024;
+
+/// `mib` MiB allocated and written to (every page present).
+fn ballast(mib: usize) -> Vec<u8> {
+    let mut v = vec![0u8; mib << 20];
+    for page in v.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    std::hint::black_box(v)
 }
 
 fn ms(d: Duration) -> f64 {
