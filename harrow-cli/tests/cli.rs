@@ -233,6 +233,33 @@ fn bench_only_rpc_times_one_backend_and_names_unknown_ones() -> Result<()> {
 }
 
 #[test]
+fn bench_only_stream_echoes_through_one_backend() -> Result<()> {
+    let r = harrow(&["bench", "--only", "stream-thread", "--quick", "--json"])?;
+    ensure!(r.status.success(), "bench --only stream-thread failed: {r}");
+    let v: serde_json::Value =
+        serde_json::from_str(&r.stdout).with_context(|| format!("not JSON: {r}"))?;
+    ensure!(
+        v["backend"] == "thread" && v["items_per_echo"] == 20_000 && v["echoes"] == 2,
+        "{r}"
+    );
+    let rates = v["items_per_s"]
+        .as_array()
+        .with_context(|| format!("no rates: {r}"))?;
+    ensure!(
+        rates.len() == 2 && rates.iter().all(|x| x.as_f64().is_some_and(|x| x > 0.0)),
+        "{r}"
+    );
+    // An unknown section is refused, with the known ones named.
+    let r = harrow(&["bench", "--only", "stream-nosuch", "--quick"])?;
+    ensure!(!r.status.success(), "an unknown section ran: {r}");
+    ensure!(
+        r.stderr.contains("stream-thread"),
+        "the known sections are not named: {r}"
+    );
+    Ok(())
+}
+
+#[test]
 fn bench_quick_json_has_the_documented_fields() -> Result<()> {
     let r = harrow(&["bench", "--quick", "--json"])?;
     ensure!(r.status.success(), "bench failed: {r}");

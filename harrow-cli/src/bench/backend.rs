@@ -274,6 +274,29 @@ pub(super) async fn rpc_only(
     Ok(lat)
 }
 
+/// `rounds` stream echoes of `items` items each through one actor of `p` (after one warm-up
+/// echo): each round's items per second.
+pub(super) async fn stream_only(
+    n: &ActorNursery,
+    p: &Plan,
+    items: i64,
+    rounds: usize,
+    prog: &Progress,
+) -> anyhow::Result<Vec<f64>> {
+    prog.step(&format!(
+        "{}: {rounds} stream echoes of {items} items",
+        p.name
+    ));
+    let child = start(n, p, format!("{}-stream", p.name)).await?;
+    stream_echo(&child, p, items.min(2_000)).await?;
+    let mut rates = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        rates.push(stream_echo(&child, p, items).await?);
+    }
+    child.cancel().await;
+    Ok(rates)
+}
+
 /// An `async def` call's round trip beside a plain `def` call's, on one actor, interleaved.
 async fn async_round_trip(
     n: &ActorNursery,

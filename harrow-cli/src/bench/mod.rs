@@ -100,10 +100,11 @@ pub(crate) fn run_only(section: &str, as_json: bool, quick: bool) -> i32 {
     let ran = match section {
         "pool" => run_pool_only(as_json, quick, false),
         "pool-small" => run_pool_only(as_json, quick, true),
-        other => match other.strip_prefix("rpc-") {
-            Some(backend) => run_rpc_only(backend, as_json, quick),
-            None => Err(anyhow::anyhow!(
-                "no bench section {other:?} (known: pool, pool-small, rpc-BACKEND)"
+        other => match (other.strip_prefix("rpc-"), other.strip_prefix("stream-")) {
+            (Some(backend), _) => run_rpc_only(backend, as_json, quick),
+            (_, Some(backend)) => run_stream_only(backend, as_json, quick),
+            _ => Err(anyhow::anyhow!(
+                "no bench section {other:?} (known: pool, pool-small, rpc-BACKEND, stream-BACKEND)"
             )),
         },
     };
@@ -138,19 +139,24 @@ fn run_pool_only(as_json: bool, quick: bool, small_only: bool) -> anyhow::Result
     Ok(())
 }
 
+/// The plan of the backend called `backend`, or an error naming the ones this build has.
+fn plan_named<'a>(plans: &'a [backend::Plan], backend: &str) -> anyhow::Result<&'a backend::Plan> {
+    plans.iter().find(|p| p.name == backend).ok_or_else(|| {
+        let known: Vec<_> = plans.iter().map(|p| p.name).collect();
+        anyhow::anyhow!(
+            "no backend {backend:?} in this build (here: {})",
+            known.join(", ")
+        )
+    })
+}
+
 /// One backend's RPC round trips alone: no baseline and no other rows, so that a profiler
 /// sees only them (`quick`: 2,000 round trips instead of 200,000).
 fn run_rpc_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()> {
     let prog = Progress { t0: Instant::now() };
     let py = py_dir_or_skip()?;
     let plans = backend::plans(py.as_ref());
-    let Some(plan) = plans.iter().find(|p| p.name == backend) else {
-        let known: Vec<_> = plans.iter().map(|p| p.name).collect();
-        anyhow::bail!(
-            "no backend {backend:?} in this build (here: {})",
-            known.join(", ")
-        );
-    };
+    let plan = plan_named(&plans, backend)?;
     let n = if quick { 2_000 } else { 200_000 };
     let lat = run_root(RootConfig::default(), |nursery| {
         let prog = &prog;
@@ -172,6 +178,49 @@ fn run_rpc_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()>
         println!(
             "{backend} RPC round trip, {n} calls: mean {mean:.2} µs, p50 {p50:.2} µs, \
              p99 {p99:.2} µs"
+        );
+    }
+    Ok(())
+}
+
+/// One backend's stream echo alone, as the suite's stream row runs it but longer: no baseline
+/// and no other rows, for a profiler (`quick`: 2 echoes of 20,000 items instead of 10 of
+/// 200,000).
+fn run_stream_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()> {
+    let prog = Progress { t0: Instant::now() };
+    let py = py_dir_or_skip()?;
+    let plans = backend::plans(py.as_ref());
+    let plan = plan_named(&plans, backend)?;
+    let (items, rounds) = if quick { (20_000, 2) } else { (200_000, 10) };
+    let rates = run_root(RootConfig::default(), |nursery| {
+        let prog = &prog;
+        async move { Ok(backend::stream_only(&nursery, plan, items, rounds, prog).await?) }
+    })
+    .map_err(|e| anyhow::anyhow!("the stream tree failed: {e}"))?;
+    drop(py);
+    let mut sorted = rates.clone();
+    sorted.sort_by(f64::total_cmp);
+    let (min, median, max) = (
+        sorted[0],
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1],
+    );
+    if as_json {
+        let out = serde_json::json!({
+            "backend": backend,
+            "items_per_echo": items,
+            "echoes": rounds,
+            "items_per_s": rates.iter().map(|r| stats::round(*r)).collect::<Vec<_>>(),
+            "median_items_per_s": stats::round(median),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{backend} stream echo, {rounds} x {items} items: median {:.3} M items/s \
+             ({:.3}–{:.3})",
+            median / 1e6,
+            min / 1e6,
+            max / 1e6
         );
     }
     Ok(())
