@@ -76,7 +76,9 @@ impl SpawnBackend for ThreadBackend {
 impl ThreadBackend {
     fn spawn_now(&self, spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
         let id = spec.id.clone();
-        let (parent_end, child_end) = mem::pair();
+        // Both ends have a thread of their own: a long burst (a stream) wakes the waiting side
+        // before the sender's flush, so that the two work on it at once.
+        let (parent_end, child_end) = mem::pair_waking_early();
         let init = ActorInit::from_spec(spec, "thread");
         let mut builder = std::thread::Builder::new();
         if let Some(size) = self.stack_size {
