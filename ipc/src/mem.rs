@@ -25,20 +25,27 @@ pub fn pair() -> (Channel, Channel) {
 }
 
 /// [`pair`], where a receiver waiting for messages is also woken in the middle of a batch
-/// handed over with [`send_now`](SendHalf::send_now), once `EARLY_WAKE` messages wait for it,
-/// unless the machine is crowded ([`crowded`](crate::park::spin::crowded)): so that a sender
-/// that hands over a long burst and the receiver work on it at once, instead of taking turns.
+/// handed over with [`send_now`](SendHalf::send_now), once [`EARLY_WAKE`] messages wait for
+/// it, unless it last waited on the sender's own CPU, the machine is crowded
+/// ([`crowded`](crate::park::spin::crowded)) or a thread waits for a CPU
+/// ([`no_thread_waits`](crate::park::spin::no_thread_waits)): so that a sender that hands over
+/// a long burst and the receiver work on it at once, instead of taking turns.
 ///
 /// For peers that each have a thread of their own, waiting in a spin before they sleep (a
 /// thread actor and its parent): the stream echo of `harrow bench --only stream-thread` went
-/// from 2.56-2.60 M to 4.31-4.45 M items per second on an idle 2-core machine, and from 0.74 M
-/// to 1.05 M with spinning off. Where the receiver's thread is busy with other work (a subint
-/// actor's interpreter thread, which also runs the Python code), the wake-ups cost more than the
-/// overlap gives: the subint echo went from 0.67-0.69 M to 0.43-0.50 M items per second, so
-/// that backend keeps [`pair`]. On a crowded machine, where the two threads of a pair share one
-/// CPU, a wake-up costs a context switch for no overlap, so none is made.
+/// from 2.2-2.6 M to 4.0-4.3 M items per second on an idle 2-core machine, and from 0.76 M to
+/// 0.99 M with spinning off; beside two CPU hogs it took 2.5-2.6 M in three runs, the plain
+/// pair 1.3-2.3 M in runs interleaved with them (2.4-2.6 M in other loaded runs). Where the receiver's thread is busy with other work (a subint
+/// actor's interpreter thread, which also runs the Python code), the wake-ups cost more than
+/// the overlap gives: the subint echo went from 0.67-0.69 M to 0.43-0.50 M items per second, so
+/// that backend keeps [`pair`]. A wake-up of a receiver that shares the sender's CPU, or that
+/// must wait for a CPU, costs a context switch for no overlap, so none is made then: on one CPU
+/// the thread echo took 1.96 M items per second with such wake-ups and 2.65 M without (2.51 M
+/// with the plain pair).
 pub fn pair_waking_early() -> (Channel, Channel) {
-    pair_with(EARLY_WAKE, || !crate::park::spin::crowded())
+    pair_with(EARLY_WAKE, || {
+        !crate::park::spin::crowded() && crate::park::spin::no_thread_waits()
+    })
 }
 
 /// How many messages handed over by [`send_now`](SendHalf::send_now) make a
@@ -89,6 +96,9 @@ struct QueueState {
     rx_gone: bool,
     /// A receiver waiting for a message.
     waker: Option<Waker>,
+    /// The CPU the receiver ran on when it last registered `waker`, where known (kept for a
+    /// queue that wakes early only).
+    waiter_cpu: Option<usize>,
 }
 
 impl Queue {
@@ -123,7 +133,10 @@ impl Queue {
                 return Err(SendError::Closed(Box::new(msg)));
             }
             st.msgs.push_back(msg);
-            self.early > 0 && st.waker.is_some() && st.msgs.len() >= self.early
+            self.early > 0
+                && st.waker.is_some()
+                && st.msgs.len() >= self.early
+                && apart(st.waiter_cpu, crate::park::spin::this_cpu())
         };
         // Whether the machine is crowded may take a look at `/proc` now and then: not under
         // the lock. The receiver may have been woken meanwhile; `wake` then finds no waker.
@@ -253,8 +266,21 @@ impl MemRx {
                 Some(old) if old.will_wake(waker) => {}
                 _ => st.waker = Some(waker.clone()),
             }
+            if self.q.early > 0 {
+                st.waiter_cpu = crate::park::spin::this_cpu();
+            }
         }
         None
+    }
+}
+
+/// Whether a receiver last seen on `waiter` may run beside a sender on `sender` (either
+/// unknown: maybe). A wake-up of a receiver on the sender's own CPU makes it run only once the
+/// sender stops, at the price of a context switch, so an early one gains nothing there.
+fn apart(waiter: Option<usize>, sender: Option<usize>) -> bool {
+    match (waiter, sender) {
+        (Some(w), Some(s)) => w != s,
+        _ => true,
     }
 }
 
@@ -311,41 +337,78 @@ mod tests {
         }
     }
 
-    /// How often a receiver waiting on an empty queue of `pair` is woken while `n` messages are
-    /// handed over with `send_now` (no flush), and whether all of them then arrive in order.
-    fn wake_ups_during_quiet_sends(pair: (Channel, Channel), n: u64) -> usize {
-        let (a, b) = pair;
-        let (atx, _arx) = a.split();
-        let (_btx, mut brx) = b.split();
+    /// How often a receiver waiting on an empty queue (made with `early` and `may`) is woken
+    /// while `n` messages are handed over with `send_now` (no flush), the receiver having last
+    /// waited on CPU `waiter` (as the queue records it); and all of them then arrive in order.
+    fn wake_ups_during_quiet_sends(
+        early: usize,
+        may: fn() -> bool,
+        waiter: Option<usize>,
+        n: u64,
+    ) -> usize {
+        let q = Arc::new(Queue::new(early, may));
+        let tx = MemTx { q: q.clone() };
+        let mut rx = MemRx {
+            q: q.clone(),
+            buf: VecDeque::new(),
+        };
         let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
-        let mut cx = std::task::Context::from_waker(&waker);
-        assert!(matches!(brx.poll_recv_now(&mut cx), Some(Poll::Pending)));
+        assert!(rx.poll_next(Some(&waker)).is_none());
+        q.lock().waiter_cpu = waiter;
         for i in 0..n {
-            atx.send_now(Msg::Stop { cid: crate::Cid(i) }).unwrap();
+            tx.send_now(Msg::Stop { cid: crate::Cid(i) }).unwrap();
         }
         let woken = count.0.load(std::sync::atomic::Ordering::SeqCst);
         for i in 0..n {
             assert_eq!(
-                brx.try_recv_now().unwrap().unwrap(),
+                rx.poll_next(None).unwrap().unwrap(),
                 Msg::Stop { cid: crate::Cid(i) }
             );
         }
-        assert!(brx.try_recv_now().is_none());
+        assert!(rx.poll_next(None).is_none());
         woken
     }
 
     #[test]
     fn a_quiet_burst_wakes_a_waiting_receiver_only_where_the_pair_wakes_early() {
-        // The plain pair: no wake-up before the sender's flush, however long the burst.
-        assert_eq!(wake_ups_during_quiet_sends(pair(), 100), 0);
+        // A CPU no sender runs on: the receiver waits elsewhere.
+        let elsewhere = Some(usize::MAX);
+        // The plain pair's queues: no wake-up before the sender's flush, however long the burst.
+        assert_eq!(wake_ups_during_quiet_sends(0, || false, elsewhere, 100), 0);
         // Waking early: once the burst reaches the threshold (the receiver then registers no
         // waker until it waits again, so once), and not before.
-        assert_eq!(wake_ups_during_quiet_sends(pair_with(4, || true), 3), 0);
-        assert_eq!(wake_ups_during_quiet_sends(pair_with(4, || true), 4), 1);
-        assert_eq!(wake_ups_during_quiet_sends(pair_with(4, || true), 100), 1);
+        assert_eq!(wake_ups_during_quiet_sends(4, || true, elsewhere, 3), 0);
+        assert_eq!(wake_ups_during_quiet_sends(4, || true, elsewhere, 4), 1);
+        assert_eq!(wake_ups_during_quiet_sends(4, || true, elsewhere, 100), 1);
+        assert_eq!(wake_ups_during_quiet_sends(4, || true, None, 100), 1);
         // ... unless the machine is crowded then.
-        assert_eq!(wake_ups_during_quiet_sends(pair_with(4, || false), 100), 0);
+        assert_eq!(wake_ups_during_quiet_sends(4, || false, elsewhere, 100), 0);
+    }
+
+    #[test]
+    fn an_early_wake_up_needs_the_receiver_on_another_cpu() {
+        assert!(apart(Some(0), Some(1)));
+        assert!(!apart(Some(1), Some(1)));
+        // Unknown on either side: maybe apart.
+        assert!(apart(None, Some(1)));
+        assert!(apart(Some(1), None));
+        assert!(apart(None, None));
+    }
+
+    #[test]
+    fn a_waiting_receiver_records_its_cpu_where_the_queue_wakes_early() {
+        for (early, recorded) in [(0, false), (4, true)] {
+            let q = Arc::new(Queue::new(early, || true));
+            let mut rx = MemRx {
+                q: q.clone(),
+                buf: VecDeque::new(),
+            };
+            let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+            assert!(rx.poll_next(Some(&Waker::from(count))).is_none());
+            let cpu = crate::park::spin::this_cpu();
+            assert_eq!(q.lock().waiter_cpu.is_some(), recorded && cpu.is_some());
+        }
     }
 
     #[test]
