@@ -26,25 +26,27 @@ pub fn pair() -> (Channel, Channel) {
 
 /// [`pair`], where a receiver waiting for messages is also woken in the middle of a batch
 /// handed over with [`send_now`](SendHalf::send_now), once [`EARLY_WAKE`] messages wait for
-/// it, unless it last waited on the sender's own CPU, the machine is crowded
-/// ([`crowded`](crate::park::spin::crowded)) or a thread waits for a CPU
+/// it, unless it last waited on the sender's own CPU, the machine has no core to spare
+/// ([`cores_to_spare`](crate::park::spin::cores_to_spare): other programs' CPU hogs, or more
+/// runnable threads than twice the cores) or a thread waits for a CPU
 /// ([`no_thread_waits`](crate::park::spin::no_thread_waits)): so that a sender that hands over
 /// a long burst and the receiver work on it at once, instead of taking turns.
 ///
 /// For peers that each have a thread of their own, waiting in a spin before they sleep (a
 /// thread actor and its parent): the stream echo of `harrow bench --only stream-thread` went
-/// from 2.2-2.6 M to 4.0-4.3 M items per second on an idle 2-core machine, and from 0.76 M to
-/// 0.99 M with spinning off; beside two CPU hogs it took 2.5-2.6 M in three runs, the plain
-/// pair 1.3-2.3 M in runs interleaved with them (2.4-2.6 M in other loaded runs). Where the receiver's thread is busy with other work (a subint
-/// actor's interpreter thread, which also runs the Python code), the wake-ups cost more than
-/// the overlap gives: the subint echo went from 0.67-0.69 M to 0.43-0.50 M items per second, so
-/// that backend keeps [`pair`]. A wake-up of a receiver that shares the sender's CPU, or that
-/// must wait for a CPU, costs a context switch for no overlap, so none is made then: on one CPU
-/// the thread echo took 1.96 M items per second with such wake-ups and 2.65 M without (2.51 M
-/// with the plain pair).
+/// from 2.2-2.6 M to 4.0-4.3 M items per second on an idle 2-core machine, and from 0.68 M to
+/// 0.90 M with spinning off; beside two CPU hogs it took 2.3-2.6 M, as the plain pair did
+/// (1.3-2.6 M in runs interleaved with them). Where the receiver's thread is busy with other
+/// work (a subint actor's interpreter thread, which also runs the Python code), the wake-ups
+/// cost more than the overlap gives: the subint echo went from 0.67-0.69 M to 0.43-0.50 M items
+/// per second, so that backend keeps [`pair`]. A wake-up of a receiver that shares the sender's
+/// CPU, or that must wait for a CPU, costs a context switch for no overlap, so none is made
+/// then: on one CPU the thread echo took 1.96 M items per second with such wake-ups, and
+/// 2.4-2.7 M without them, as with the plain pair.
 pub fn pair_waking_early() -> (Channel, Channel) {
+    // `cores_to_spare` first: it also refreshes the count `no_thread_waits` reads.
     pair_with(EARLY_WAKE, || {
-        !crate::park::spin::crowded() && crate::park::spin::no_thread_waits()
+        crate::park::spin::cores_to_spare() && crate::park::spin::no_thread_waits()
     })
 }
 
