@@ -242,13 +242,14 @@ fn bench_only_stream_echoes_through_one_backend() -> Result<()> {
         v["backend"] == "thread" && v["items_per_echo"] == 20_000 && v["echoes"] == 2,
         "{r}"
     );
-    let rates = v["items_per_s"]
+    let rates = v["items_per_s_samples"]["samples"]
         .as_array()
         .with_context(|| format!("no rates: {r}"))?;
     ensure!(
         rates.len() == 2 && rates.iter().all(|x| x.as_f64().is_some_and(|x| x > 0.0)),
         "{r}"
     );
+    ensure!(v["items_per_s"].as_f64().is_some_and(|x| x > 0.0), "{r}");
     // An unknown section is refused, with the known ones named.
     let r = harrow(&["bench", "--only", "stream-nosuch", "--quick"])?;
     ensure!(!r.status.success(), "an unknown section ran: {r}");

@@ -282,14 +282,14 @@ pub(super) async fn stream_only(
     items: i64,
     rounds: usize,
     prog: &Progress,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<Samples> {
     prog.step(&format!(
         "{}: {rounds} stream echoes of {items} items",
         p.name
     ));
     let child = start(n, p, format!("{}-stream", p.name)).await?;
     stream_echo(&child, p, items.min(2_000)).await?;
-    let mut rates = Vec::with_capacity(rounds);
+    let mut rates = Samples::default();
     for _ in 0..rounds {
         rates.push(stream_echo(&child, p, items).await?);
     }

@@ -198,29 +198,22 @@ fn run_stream_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<
     })
     .map_err(|e| anyhow::anyhow!("the stream tree failed: {e}"))?;
     drop(py);
-    let mut sorted = rates.clone();
-    sorted.sort_by(f64::total_cmp);
-    let (min, median, max) = (
-        sorted[0],
-        sorted[sorted.len() / 2],
-        sorted[sorted.len() - 1],
-    );
     if as_json {
         let out = serde_json::json!({
             "backend": backend,
             "items_per_echo": items,
             "echoes": rounds,
-            "items_per_s": rates.iter().map(|r| stats::round(*r)).collect::<Vec<_>>(),
-            "median_items_per_s": stats::round(median),
+            "items_per_s": stats::round(rates.median()),
+            "items_per_s_samples": rates.summary(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
             "{backend} stream echo, {rounds} x {items} items: median {:.3} M items/s \
              ({:.3}–{:.3})",
-            median / 1e6,
-            min / 1e6,
-            max / 1e6
+            rates.median() / 1e6,
+            rates.min() / 1e6,
+            rates.max() / 1e6
         );
     }
     Ok(())
