@@ -233,6 +233,25 @@ fn bench_only_rpc_times_one_backend_and_names_unknown_ones() -> Result<()> {
 }
 
 #[test]
+fn bench_only_fail_times_failing_calls_beside_succeeding_ones() -> Result<()> {
+    let r = harrow(&["bench", "--only", "fail-thread", "--quick", "--json"])?;
+    ensure!(r.status.success(), "bench --only fail-thread failed: {r}");
+    let v: serde_json::Value =
+        serde_json::from_str(&r.stdout).with_context(|| format!("not JSON: {r}"))?;
+    ensure!(v["backend"] == "thread" && v["calls_each"] == 2_000, "{r}");
+    for side in ["failing", "succeeding"] {
+        let p50 = v[side]["p50_us"].as_f64();
+        let p99 = v[side]["p99_us"].as_f64();
+        ensure!(
+            p50.is_some_and(|p50| p50 > 0.0 && p99.is_some_and(|p99| p99 >= p50)),
+            "{side}: {r}"
+        );
+    }
+    ensure!(v["p50_ratio"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+    Ok(())
+}
+
+#[test]
 fn bench_only_stream_echoes_through_one_backend() -> Result<()> {
     let r = harrow(&["bench", "--only", "stream-thread", "--quick", "--json"])?;
     ensure!(r.status.success(), "bench --only stream-thread failed: {r}");

@@ -274,6 +274,51 @@ pub(super) async fn rpc_only(
     Ok(lat)
 }
 
+/// `calls` failing calls (`divide [1, 0]`) and as many succeeding ones (`divide [1, 1]`) on
+/// one actor of `p`, in interleaved batches of up to 1,000 (after 50 of each): the latency of
+/// every failing call, then of every succeeding one.
+pub(super) async fn fail_only(
+    n: &ActorNursery,
+    p: &Plan,
+    calls: usize,
+    prog: &Progress,
+) -> anyhow::Result<(Samples, Samples)> {
+    prog.step(&format!(
+        "{}: {calls} failing calls, interleaved with as many succeeding ones",
+        p.name
+    ));
+    let child = start(n, p, format!("{}-fail", p.name)).await?;
+    let fails = Value::List(vec![Value::Int(1), Value::Int(0)]);
+    let works = Value::List(vec![Value::Int(1), Value::Int(1)]);
+    let (mut failing, mut succeeding) = (Samples::default(), Samples::default());
+    let mut left = calls;
+    let mut warm = true;
+    while left > 0 {
+        let batch = if warm { 50 } else { left.min(1_000) };
+        for _ in 0..batch {
+            let one = Instant::now();
+            let failed = child.run(&p.divide, fails.clone()).await.is_err();
+            anyhow::ensure!(failed, "{}: {} [1, 0] did not fail", p.name, p.divide);
+            if !warm {
+                failing.push(us(one.elapsed()));
+            }
+        }
+        for _ in 0..batch {
+            let one = Instant::now();
+            child.run(&p.divide, works.clone()).await?;
+            if !warm {
+                succeeding.push(us(one.elapsed()));
+            }
+        }
+        if !warm {
+            left -= batch;
+        }
+        warm = false;
+    }
+    child.cancel().await;
+    Ok((failing, succeeding))
+}
+
 /// `rounds` stream echoes of `items` items each through one actor of `p` (after one warm-up
 /// echo): each round's items per second.
 pub(super) async fn stream_only(

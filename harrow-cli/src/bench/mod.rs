@@ -95,18 +95,26 @@ pub(crate) fn run(as_json: bool, quick: bool, scale: bool) -> i32 {
 
 /// `harrow bench --only SECTION`: one section of the suite alone (`pool`; `pool-small`: only
 /// its small items' batched rows, more rounds, for profiling; `rpc-BACKEND`: that backend's
-/// RPC round trips alone, for profiling); returns the exit code.
+/// RPC round trips alone; `stream-BACKEND`: its stream echo alone; `fail-BACKEND`: its failing
+/// calls beside succeeding ones; the last three for profiling); returns the exit code.
 pub(crate) fn run_only(section: &str, as_json: bool, quick: bool) -> i32 {
     let ran = match section {
         "pool" => run_pool_only(as_json, quick, false),
         "pool-small" => run_pool_only(as_json, quick, true),
-        other => match (other.strip_prefix("rpc-"), other.strip_prefix("stream-")) {
-            (Some(backend), _) => run_rpc_only(backend, as_json, quick),
-            (_, Some(backend)) => run_stream_only(backend, as_json, quick),
-            _ => Err(anyhow::anyhow!(
-                "no bench section {other:?} (known: pool, pool-small, rpc-BACKEND, stream-BACKEND)"
-            )),
-        },
+        other => {
+            if let Some(backend) = other.strip_prefix("rpc-") {
+                run_rpc_only(backend, as_json, quick)
+            } else if let Some(backend) = other.strip_prefix("stream-") {
+                run_stream_only(backend, as_json, quick)
+            } else if let Some(backend) = other.strip_prefix("fail-") {
+                run_fail_only(backend, as_json, quick)
+            } else {
+                Err(anyhow::anyhow!(
+                    "no bench section {other:?} (known: pool, pool-small, rpc-BACKEND, \
+                     stream-BACKEND, fail-BACKEND)"
+                ))
+            }
+        }
     };
     match ran {
         Ok(()) => 0,
@@ -215,6 +223,51 @@ fn run_stream_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<
             rates.min() / 1e6,
             rates.max() / 1e6
         );
+    }
+    Ok(())
+}
+
+/// One backend's failing calls beside as many succeeding ones, interleaved in batches: no
+/// baseline and no other rows, for a profiler (`quick`: 2,000 of each instead of 100,000).
+fn run_fail_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()> {
+    let prog = Progress { t0: Instant::now() };
+    let py = py_dir_or_skip()?;
+    let plans = backend::plans(py.as_ref());
+    let plan = plan_named(&plans, backend)?;
+    let n = if quick { 2_000 } else { 100_000 };
+    let (failing, succeeding) = run_root(RootConfig::default(), |nursery| {
+        let prog = &prog;
+        async move { Ok(backend::fail_only(&nursery, plan, n, prog).await?) }
+    })
+    .map_err(|e| anyhow::anyhow!("the failing-call tree failed: {e}"))?;
+    drop(py);
+    let ratio = failing.median() / succeeding.median();
+    if as_json {
+        let one = |s: &stats::Samples| {
+            serde_json::json!({
+                "mean_us": stats::round(s.mean()),
+                "p50_us": stats::round(s.median()),
+                "p99_us": stats::round(s.quantile(0.99)),
+            })
+        };
+        let out = serde_json::json!({
+            "backend": backend,
+            "calls_each": n,
+            "failing": one(&failing),
+            "succeeding": one(&succeeding),
+            "p50_ratio": stats::round(ratio),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for (what, s) in [("failing", &failing), ("succeeding", &succeeding)] {
+            println!(
+                "{backend} {what} call, {n} calls: mean {:.2} µs, p50 {:.2} µs, p99 {:.2} µs",
+                s.mean(),
+                s.median(),
+                s.quantile(0.99)
+            );
+        }
+        println!("{backend} failing / succeeding call, p50: {ratio:.2}x");
     }
     Ok(())
 }
