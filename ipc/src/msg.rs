@@ -510,11 +510,16 @@ impl RemoteError {
 
 impl RemoteError {
     fn fmt_line(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} (in {}",
-            self.type_name, self.message, self.source
-        )?;
+        // An empty message prints the type alone, as Python prints such an exception.
+        if self.message.is_empty() {
+            write!(f, "{} (in {}", self.type_name, self.source)?;
+        } else {
+            write!(
+                f,
+                "{}: {} (in {}",
+                self.type_name, self.message, self.source
+            )?;
+        }
         for hop in &self.relay_path {
             write!(f, " -> {hop}")?;
         }
@@ -797,5 +802,14 @@ mod tests {
         assert_eq!(e.relay_path, vec![mid, top]);
         assert_eq!(e.source, src);
         assert!(e.to_string().contains("ValueError: boom"));
+    }
+
+    #[test]
+    fn an_empty_message_prints_the_type_alone() {
+        let src = ActorId::new("leaf");
+        let e = RemoteError::new(ErrorKind::Raised, "KeyboardInterrupt", "", src.clone());
+        assert_eq!(e.to_string(), format!("KeyboardInterrupt (in {src})"));
+        let e = RemoteError::new(ErrorKind::Raised, "ValueError", "boom", src.clone());
+        assert_eq!(e.to_string(), format!("ValueError: boom (in {src})"));
     }
 }

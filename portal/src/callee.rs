@@ -133,6 +133,10 @@ impl fmt::Debug for CallError {
 impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.repr {
+            // An empty message prints the type alone, as Python prints such an exception.
+            CallErrorRepr::Local {
+                type_name, message, ..
+            } if message.is_empty() => write!(f, "{type_name}"),
             CallErrorRepr::Local {
                 type_name, message, ..
             } => write!(f, "{type_name}: {message}"),
