@@ -122,6 +122,105 @@ fn unsupported_values_are_clear_errors() -> Result<()> {
     Ok(())
 }
 
+/// `text` with the count of every `[Previous line repeated N more times]` line left out.
+fn repeats_as_some(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with("  [Previous line repeated ") {
+                "  [Previous line repeated some more times]"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The traceback a failing call carries is the same text whichever way it was made: the
+/// native path (one exception on its own, read through the C API, frames seen before kept),
+/// the harness's Python (every other shape), and the standard library without its carets.
+#[test]
+fn tracebacks_read_natively_match_the_harness_and_the_standard_library() -> Result<()> {
+    let t = spawn("basic-tb")?;
+    let h = t.handle();
+    let id = harrow_ipc::ActorId::new("basic-tb");
+    for shape in [
+        "plain",
+        "custom",
+        "empty",
+        "deep",
+        "deep4",
+        "recursion",
+        "from_none",
+        "context",
+        "notes",
+        "bad_str",
+    ] {
+        // Twice: the second failure goes through frames seen before.
+        let mut texts = Vec::new();
+        for _ in 0..2 {
+            let err = call(&h, "harrow_testfns:fail_shaped", s(shape))?.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Raised, "{shape}");
+            texts.push(err.into_remote(&id).traceback);
+        }
+        assert_eq!(
+            texts[0], texts[1],
+            "{shape}: a second failure reads differently"
+        );
+        let made = call_ok(&h, "harrow_testfns:shaped_texts", s(shape))?;
+        let Value::List(made) = &made else {
+            anyhow::bail!("{shape}: shaped_texts did not return a list");
+        };
+        let [Value::Str(harness), Value::Str(stdlib)] = &made[..] else {
+            anyhow::bail!("{shape}: shaped_texts returned {made:?}");
+        };
+        // `shaped_texts` runs one frame deeper than a call: a recursion stops one frame
+        // earlier there, so that shape's count of repeats is compared as "some".
+        let native = if shape == "recursion" {
+            repeats_as_some(&texts[0])
+        } else {
+            texts[0].clone()
+        };
+        let (harness, stdlib) = if shape == "recursion" {
+            (repeats_as_some(harness), repeats_as_some(stdlib))
+        } else {
+            (harness.clone(), stdlib.clone())
+        };
+        assert_eq!(native, harness, "{shape}: native path against the harness");
+        if shape == "bad_str" {
+            // The one wording of our own: the standard library says `<exception str() failed>`.
+            assert!(
+                texts[0].ends_with("harrow_testfns.BadStr: <str() of the exception failed>\n"),
+                "{}",
+                texts[0]
+            );
+        } else {
+            assert_eq!(native, stdlib, "{shape}: against the standard library");
+        }
+    }
+    let err = call(&h, "harrow_testfns:fail_shaped", s("recursion"))?.unwrap_err();
+    let tb = err.into_remote(&id).traceback;
+    assert_eq!(tb.matches("in _recurse\n").count(), 3, "{tb}");
+    assert!(
+        tb.contains("  [Previous line repeated ") && tb.contains(" more times]\n"),
+        "{tb}"
+    );
+    let err = call(&h, "harrow_testfns:fail_shaped", s("empty"))?.unwrap_err();
+    assert_eq!(err.to_string(), "harrow_testfns.CustomError");
+    let err = call(&h, "harrow_testfns:fail_shaped", s("deep"))?.unwrap_err();
+    let tb = err.into_remote(&id).traceback;
+    // Six frames of `_deep`: the five alike in a row printed three times and then counted,
+    // then the one that raised.
+    assert_eq!(tb.matches("in _deep\n").count(), 4, "{tb}");
+    assert!(
+        tb.contains("  [Previous line repeated 2 more times]\n"),
+        "{tb}"
+    );
+    assert!(tb.ends_with("IndexError: at the bottom\n"), "{tb}");
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
+    Ok(())
+}
+
 #[test]
 fn exceptions_carry_type_message_traceback() -> Result<()> {
     let t = spawn("basic-exc")?;

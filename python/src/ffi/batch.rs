@@ -8,11 +8,11 @@ use harrow_ipc::{ErrorKind, FnPath, Value};
 use harrow_portal::CallError;
 use pyo3_ffi as ffi;
 
-use super::calls::{bad_args, build_args, tuple_str, user};
+use super::calls::{bad_args, build_args, user};
 use super::convert::{self, ConvError, fetch_text};
 use super::harness::Setup;
 use super::module::CallCtx;
-use super::obj::{Obj, call1, err_clear};
+use super::obj::Obj;
 use crate::config::InterpConfig;
 use crate::job::{cancelled_error, not_exposed};
 use crate::state::Shared;
@@ -133,22 +133,10 @@ impl Setup {
         let Ok(exc) = (unsafe { Obj::owned(exc) }) else {
             return Ok(("SystemError".into(), "error without an exception".into()));
         };
-        // SAFETY: GIL held; a harness function, `exc` valid.
-        match unsafe { call1(&self.harrow.format_exc, exc.as_ptr()) } {
-            // SAFETY (both): GIL held; `t` is the 3-tuple `_format_exc` returns.
-            Ok(t) => Ok((
-                // SAFETY: see above.
-                unsafe { tuple_str(&t, 0) }.unwrap_or_else(|| "Exception".into()),
-                // SAFETY: see above.
-                unsafe { tuple_str(&t, 1) }.unwrap_or_default(),
-            )),
-            Err(_) => {
-                // SAFETY: GIL held.
-                unsafe { err_clear() };
-                // SAFETY: GIL held; `exc` valid.
-                Ok((unsafe { convert::type_name(exc.as_ptr()) }, String::new()))
-            }
-        }
+        // SAFETY: GIL held; `exc` an exception of this interpreter. The traceback is not
+        // asked for: a failed item reports its type and message only.
+        let d = unsafe { self.exc.describe(&self.harrow, &exc, false) };
+        Ok((d.name, d.message))
     }
 }
 

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use pyo3_ffi as ffi;
 
 use super::convert::{self, ConvError, fetch_text};
+use super::exc::Described;
 use super::harness::Setup;
 use super::module::{self, AsyncCall, Blocked, CallCtx, HarrowModule};
 use super::obj::{Obj, PyErrSet, PyResult, call1, call2, err_clear, getattr, panic_text};
@@ -496,41 +497,24 @@ impl Setup {
         if !cancelled {
             // A `harrow.RemoteError` / `harrow.NurseryError` (or anything carrying
             // `_harrow_remote`): the call's answer is that wire error, relayed by this actor.
-            // SAFETY: see above; a harness function, `exc` valid.
-            if let Ok(r) = unsafe { call1(&self.harrow.remote_of, exc.as_ptr()) } {
+            // SAFETY: see above; `exc` valid.
+            if let Some(r) = unsafe { self.exc.carried(&exc) } {
                 // SAFETY: see above; `r` valid.
                 if let Ok(v) = unsafe { convert::to_value(r.as_ptr()) }
                     && let Some(remote) = crate::nest::remote_from_value(v)
                 {
                     return CallError::relay(remote);
                 }
-            }
-            // SAFETY: see above.
-            unsafe { err_clear() };
-        }
-        // SAFETY: see above; a harness function, `exc` valid.
-        let described = unsafe { call1(&self.harrow.format_exc, exc.as_ptr()) };
-        let (name, msg, tb) = match described {
-            // SAFETY (the three): see above; `t` is the 3-tuple `_format_exc` returns.
-            Ok(t) => (
-                // SAFETY: see above.
-                unsafe { tuple_str(&t, 0) }.unwrap_or_else(|| "Exception".into()),
-                // SAFETY: see above.
-                unsafe { tuple_str(&t, 1) }.unwrap_or_default(),
-                // SAFETY: see above.
-                unsafe { tuple_str(&t, 2) }.unwrap_or_default(),
-            ),
-            Err(_) => {
                 // SAFETY: see above.
                 unsafe { err_clear() };
-                (
-                    // SAFETY: see above; `exc` valid.
-                    unsafe { convert::type_name(exc.as_ptr()) },
-                    String::new(),
-                    String::new(),
-                )
             }
-        };
+        }
+        // SAFETY: see above; `exc` an exception of this interpreter.
+        let Described {
+            name,
+            message: msg,
+            traceback: tb,
+        } = unsafe { self.exc.describe(&self.harrow, &exc, true) };
         let mut msg = msg;
         if let (Some(module), false) = (importing, cancelled) {
             let missing = msg
@@ -660,21 +644,4 @@ unsafe fn module_type_is(exc: *mut ffi::PyObject, h: &HarrowModule, name: &CStr)
     };
     // SAFETY: GIL held; both objects valid.
     unsafe { ffi::PyErr_GivenExceptionMatches(exc, tp.as_ptr()) != 0 }
-}
-
-/// The text of `tuple[i]` if it is a `str`.
-///
-/// # Safety
-/// GIL held.
-pub(super) unsafe fn tuple_str(t: &Obj, i: ffi::Py_ssize_t) -> Option<String> {
-    // SAFETY: GIL held (caller); `t` is a tuple; borrowed, kept alive by `t`.
-    let item = unsafe { ffi::PyTuple_GetItem(t.as_ptr(), i) };
-    // SAFETY: GIL held; `item` checked non-null first.
-    if item.is_null() || unsafe { ffi::PyUnicode_Check(item) } == 0 {
-        // SAFETY: GIL held.
-        unsafe { err_clear() };
-        return None;
-    }
-    // SAFETY: GIL held; `item` is a `str`.
-    unsafe { convert::utf8(item) }.ok()
 }

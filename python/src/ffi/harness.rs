@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use pyo3_ffi as ffi;
 
 use super::convert::{self, fetch_text};
+use super::exc::ExcText;
 use super::module::{HarrowModule, ServerHooks};
 use super::obj::{Obj, Released, call0, call1, err_clear, getattr};
 use super::resolve::FnCache;
@@ -20,6 +21,8 @@ pub(crate) struct Setup {
     pub(crate) harrow: HarrowModule,
     /// The functions this interpreter's calls resolved (see [`FnCache`]).
     pub(crate) fns: FnCache,
+    /// Describes the exceptions that leave calls (see [`ExcText`]).
+    pub(crate) exc: ExcText,
     _wake: WakePipe,
 }
 
@@ -112,9 +115,12 @@ impl Setup {
         if unsafe { ffi::PyObject_SetAttrString(module, c"_wake_fd".as_ptr(), fd.as_ptr()) } != 0 {
             return Err(err());
         }
+        // SAFETY: see above.
+        let exc = unsafe { ExcText::new() }.map_err(|_| err())?;
         Ok(Setup {
             harrow,
             fns: FnCache::default(),
+            exc,
             _wake: wake,
         })
     }

@@ -329,6 +329,13 @@ _TB = []
 _FRAME_TEXT = {}
 
 
+def _import_tb():
+    import linecache
+    import traceback
+
+    _TB.extend((traceback, linecache))
+
+
 def _format_tb(e, name, msg):
     # What traceback.format_exception prints (the chain, every frame with its source line, the
     # exception), without the position carets: those make the standard library parse each
@@ -337,10 +344,7 @@ def _format_tb(e, name, msg):
     # modules are imported at the first failure, and each frame's two lines are kept per code
     # object and line (up to 1024): a failing call formats only what it has not seen before.
     if not _TB:
-        import linecache
-        import traceback
-
-        _TB.extend((traceback, linecache))
+        _import_tb()
     if isinstance(e, BaseExceptionGroup):
         return "".join(_TB[0].format_exception(e))
     out = []
@@ -361,27 +365,50 @@ def _format_one(e, last, out, seen):
     tb = e.__traceback__
     if tb is not None:
         out.append("Traceback (most recent call last):\n")
-        texts = _FRAME_TEXT
+        # As the standard library does, a frame repeated more than three times in a row
+        # (recursion) is printed three times and then counted.
+        prev, count = None, 0
         while tb is not None:
-            f = tb.tb_frame
-            co = f.f_code
-            line = tb.tb_lineno
-            key = (co, line)
-            text = texts.get(key)
-            if text is None:
-                text = '  File "%s", line %s, in %s\n' % (co.co_filename, line, co.co_name)
-                src = _TB[1].getline(co.co_filename, line, f.f_globals).strip() if line else ""
-                if src:
-                    text += "    %s\n" % src
-                if len(texts) >= 1024:
-                    texts.clear()
-                texts[key] = text
-            out.append(text)
+            text = _frame_text(tb)
+            if text != prev:
+                if count > 3:
+                    out.append(_repeated(count - 3))
+                prev, count = text, 0
+            count += 1
+            if count <= 3:
+                out.append(text)
             tb = tb.tb_next
+        if count > 3:
+            out.append(_repeated(count - 3))
     if last is None or isinstance(e, SyntaxError) or getattr(e, "__notes__", None):
         out.extend(_TB[0].format_exception_only(e))
     else:
         out.append("%s: %s\n" % last if last[1] else "%s\n" % last[0])
+
+
+def _repeated(n):
+    return "  [Previous line repeated %d more time%s]\n" % (n, "s" if n > 1 else "")
+
+
+def _frame_text(tb):
+    # One traceback entry's two lines: `File ..., line N, in f` and its source line (stripped).
+    # The Rust side calls it for a frame it has not seen before (ffi/exc.rs).
+    f = tb.tb_frame
+    co = f.f_code
+    line = tb.tb_lineno
+    key = (co, line)
+    text = _FRAME_TEXT.get(key)
+    if text is None:
+        if not _TB:
+            _import_tb()
+        text = '  File "%s", line %s, in %s\n' % (co.co_filename, line, co.co_name)
+        src = _TB[1].getline(co.co_filename, line, f.f_globals).strip() if line else ""
+        if src:
+            text += "    %s\n" % src
+        if len(_FRAME_TEXT) >= 1024:
+            _FRAME_TEXT.clear()
+        _FRAME_TEXT[key] = text
+    return text
 
 
 def _live_threads():
@@ -608,12 +635,6 @@ def _remote_error(remote):
 
 def _nursery_error(remote):
     return NurseryError(remote)
-
-
-def _remote_of(e):
-    """The wire error an exception leaving a call stands for, if any (see RemoteError)."""
-    r = getattr(e, "_harrow_remote", None)
-    return r if isinstance(r, dict) else None
 
 
 def _fn_path(func):

@@ -7,7 +7,8 @@
 //! native functions) and owns the interface it needs from the call server (`ServerHooks`);
 //! `serve.rs` is that call server (the job loop, the event loop, nested serving while a call
 //! waits); `calls.rs` runs one call; `harness.rs` sets up and tears down what surrounds the calls
-//! in an interpreter; `convert.rs` and `obj.rs` convert values and own references; `stacks.rs`
+//! in an interpreter; `exc.rs` describes the exceptions that leave calls; `convert.rs` and `obj.rs` convert values and
+//! own references; `stacks.rs`
 //! dumps Python stacks.
 //!
 //! Invariants every `unsafe` block here relies on:
@@ -31,6 +32,7 @@
 mod batch;
 mod calls;
 mod convert;
+mod exc;
 mod harness;
 mod main_interp;
 mod module;

@@ -242,8 +242,8 @@ pub(crate) struct HarrowModule {
     pub(crate) run_loop: Obj,
     pub(crate) agen_collect: Obj,
     pub(crate) agen_stream: Obj,
-    /// `_remote_of(exc)`: the wire error an exception leaving a call stands for, or None.
-    pub(crate) remote_of: Obj,
+    /// `_frame_text(tb)`: the two lines of one traceback entry (see [`super::exc`]).
+    pub(crate) frame_text: Obj,
     /// The interned name `"_exit_called"`, looked up in the module after every call (made
     /// once: a lookup by C string would make a new `str` per call).
     pub(crate) exit_called_name: Obj,
@@ -376,7 +376,7 @@ impl HarrowModule {
             run_loop: get(c"_run_loop")?,
             agen_collect: get(c"_agen_collect")?,
             agen_stream: get(c"_agen_stream")?,
-            remote_of: get(c"_remote_of")?,
+            frame_text: get(c"_frame_text")?,
             exit_called_name: {
                 // SAFETY: GIL held; a NUL-terminated name.
                 let name = unsafe { ffi::PyUnicode_InternFromString(c"_exit_called".as_ptr()) };

@@ -48,6 +48,72 @@ def fail_custom():
     raise CustomError("custom failure")
 
 
+class BadStr(Exception):
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+def _deep(n):
+    if n == 0:
+        raise IndexError("at the bottom")
+    _deep(n - 1)
+
+
+def _recurse():
+    _recurse()
+
+
+def fail_shaped(shape):
+    """Raises an exception of one shape (the traceback tests compare their texts)."""
+    if shape == "plain":
+        _divide(1, 0)
+    elif shape == "custom":
+        raise CustomError("custom failure")
+    elif shape == "empty":
+        raise CustomError()
+    elif shape == "deep":
+        _deep(5)
+    elif shape == "deep4":
+        _deep(4)
+    elif shape == "recursion":
+        _recurse()
+    elif shape == "from_none":
+        try:
+            _divide(1, 0)
+        except ZeroDivisionError:
+            raise KeyError("k") from None
+    elif shape == "context":
+        try:
+            _divide(1, 0)
+        except ZeroDivisionError:
+            raise KeyError("k")
+    elif shape == "notes":
+        e = ValueError("v")
+        e.add_note("a note")
+        raise e
+    elif shape == "bad_str":
+        raise BadStr()
+    raise AssertionError("no shape %r" % (shape,))
+
+
+def shaped_texts(shape):
+    """The traceback of ``fail_shaped(shape)`` as a call would see it (this frame left out),
+    formatted by the harness's Python (``harrow._format_exc``) and by the standard library's
+    ``traceback.format_exception`` without its position carets (lines of only ``~`` and
+    ``^``): ``[harness, stdlib]``."""
+    import traceback
+
+    try:
+        fail_shaped(shape)
+    except BaseException as e:
+        e.__traceback__ = e.__traceback__.tb_next
+        harness = harrow._format_exc(e)[2]
+        lines = "".join(traceback.format_exception(e)).splitlines(keepends=True)
+        stdlib = "".join(x for x in lines if not (x.strip() and set(x.strip()) <= set("~^")))
+        return [harness, stdlib]
+    raise AssertionError("fail_shaped(%r) did not raise" % (shape,))
+
+
 def bad_return(kind):
     if kind == "set":
         return {1, 2}
