@@ -20,8 +20,9 @@
 //!   stream, a nursery it opened), it says so with [`away`](CoDriver::away) and the owner runs
 //!   the tasks at once.
 //!
-//! The watchdog ticks only while helpers turn busy: after [`QUIET`] with no busy turn anywhere
-//! it sleeps until the next one, so idle actors cost no timer wake-ups.
+//! The watchdog ticks only while helpers turn busy: it sleeps until the first busy turn, and
+//! after [`QUIET`] with no busy turn anywhere until the next one, so idle actors (and a process
+//! that never co-drives) cost no timer wake-ups.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -290,9 +291,17 @@ impl CoDriver {
 
 /// Starts the process's co-driving watchdog thread (`harrow-codrive`) now if it is not running
 /// yet, as the first co-driven actor would. For leak checkers that snapshot the process's
-/// threads: the thread is process-wide and never ends. Idempotent.
+/// threads: the thread is process-wide and never ends. Idempotent. The thread sleeps until a
+/// helper first turns busy (no timer wake-ups before).
 pub fn warm_up() {
     let _ = watchdog::watch_nothing();
+}
+
+/// The watchdog's timer wake-ups so far, and whether it now sleeps until a helper turns busy
+/// (for tests).
+#[doc(hidden)]
+pub fn watchdog_ticks_and_deep() -> (u64, bool) {
+    watchdog::ticks_and_deep()
 }
 
 /// The process's one watchdog thread: sends away the helpers busy for longer than
@@ -367,12 +376,33 @@ mod watchdog {
         }
     }
 
+    /// Timer wake-ups of the watchdog so far (for tests).
+    static TICKS: AtomicU64 = AtomicU64::new(0);
+
+    /// Timer wake-ups of the watchdog so far, and whether it sleeps until a busy turn now.
+    pub(super) fn ticks_and_deep() -> (u64, bool) {
+        (TICKS.load(SeqCst), DEEP.load(SeqCst))
+    }
+
+    /// Sleeps until a helper turns busy, unless one has since `last_turns`.
+    fn sleep_deep(last_turns: u64) {
+        DEEP.store(true, SeqCst);
+        if TURNS.load(SeqCst) == last_turns {
+            std::thread::park();
+        }
+        DEEP.store(false, SeqCst);
+    }
+
     fn run() {
         let takeover = TAKEOVER.as_nanos() as u64;
-        let mut last_turns = TURNS.load(SeqCst);
+        // Nothing to watch before the first busy turn: a process that never co-drives (its
+        // Python checked, say, and then only thread actors) costs no timer wake-ups.
+        let mut last_turns = 0;
+        sleep_deep(last_turns);
         let mut quiet_since = Instant::now();
         loop {
             std::thread::park_timeout(TICK);
+            TICKS.fetch_add(1, SeqCst);
             let now = now();
             let mut any_busy = false;
             actors().retain(|weak| {
@@ -403,11 +433,7 @@ mod watchdog {
                 continue;
             }
             // Quiet: sleep until a helper turns busy.
-            DEEP.store(true, SeqCst);
-            if TURNS.load(SeqCst) == last_turns {
-                std::thread::park();
-            }
-            DEEP.store(false, SeqCst);
+            sleep_deep(last_turns);
             quiet_since = Instant::now();
         }
     }
