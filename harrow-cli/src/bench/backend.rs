@@ -290,30 +290,25 @@ pub(super) async fn fail_only(
     let child = start(n, p, format!("{}-fail", p.name)).await?;
     let fails = Value::List(vec![Value::Int(1), Value::Int(0)]);
     let works = Value::List(vec![Value::Int(1), Value::Int(1)]);
+    // The warm-up's samples are dropped; then batches of up to 1,000 of each.
     let (mut failing, mut succeeding) = (Samples::default(), Samples::default());
-    let mut left = calls;
-    let mut warm = true;
-    while left > 0 {
-        let batch = if warm { 50 } else { left.min(1_000) };
+    let batches =
+        std::iter::once(50).chain((0..calls).step_by(1_000).map(|i| (calls - i).min(1_000)));
+    for (i, batch) in batches.enumerate() {
+        if i == 1 {
+            (failing, succeeding) = (Samples::default(), Samples::default());
+        }
         for _ in 0..batch {
             let one = Instant::now();
             let failed = child.run(&p.divide, fails.clone()).await.is_err();
             anyhow::ensure!(failed, "{}: {} [1, 0] did not fail", p.name, p.divide);
-            if !warm {
-                failing.push(us(one.elapsed()));
-            }
+            failing.push(us(one.elapsed()));
         }
         for _ in 0..batch {
             let one = Instant::now();
             child.run(&p.divide, works.clone()).await?;
-            if !warm {
-                succeeding.push(us(one.elapsed()));
-            }
+            succeeding.push(us(one.elapsed()));
         }
-        if !warm {
-            left -= batch;
-        }
-        warm = false;
     }
     child.cancel().await;
     Ok((failing, succeeding))

@@ -25,7 +25,7 @@ mod stats;
 
 use std::time::{Duration, Instant};
 
-use harrow::{RootConfig, Timeouts, run_root};
+use harrow::{ActorNursery, RootConfig, Timeouts, run_root};
 
 pub(crate) use baseline::child_mode;
 
@@ -158,20 +158,34 @@ fn plan_named<'a>(plans: &'a [backend::Plan], backend: &str) -> anyhow::Result<&
     })
 }
 
-/// One backend's RPC round trips alone: no baseline and no other rows, so that a profiler
-/// sees only them (`quick`: 2,000 round trips instead of 200,000).
-fn run_rpc_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()> {
+/// Runs `body` on the plan of the backend called `backend`, in a tree of its own with nothing
+/// else measured (the `--only rpc-`, `stream-` and `fail-BACKEND` sections); `tree` names the
+/// tree in its error.
+fn on_one_backend<T>(
+    backend: &str,
+    tree: &str,
+    body: impl AsyncFnOnce(&ActorNursery, &backend::Plan, &Progress) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let prog = Progress { t0: Instant::now() };
     let py = py_dir_or_skip()?;
     let plans = backend::plans(py.as_ref());
     let plan = plan_named(&plans, backend)?;
-    let n = if quick { 2_000 } else { 200_000 };
-    let lat = run_root(RootConfig::default(), |nursery| {
+    let out = run_root(RootConfig::default(), |nursery| {
         let prog = &prog;
-        async move { Ok(backend::rpc_only(&nursery, plan, n, prog).await?) }
+        async move { Ok(body(&nursery, plan, prog).await?) }
     })
-    .map_err(|e| anyhow::anyhow!("the RPC tree failed: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("the {tree} tree failed: {e}"))?;
     drop(py);
+    Ok(out)
+}
+
+/// One backend's RPC round trips alone: no baseline and no other rows, so that a profiler
+/// sees only them (`quick`: 2,000 round trips instead of 200,000).
+fn run_rpc_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()> {
+    let n = if quick { 2_000 } else { 200_000 };
+    let lat = on_one_backend(backend, "RPC", async |nursery, plan, prog| {
+        backend::rpc_only(nursery, plan, n, prog).await
+    })?;
     let (p50, p99, mean) = (lat.median(), lat.quantile(0.99), lat.mean());
     if as_json {
         let out = serde_json::json!({
@@ -195,17 +209,10 @@ fn run_rpc_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()>
 /// and no other rows, for a profiler (`quick`: 2 echoes of 20,000 items instead of 10 of
 /// 200,000).
 fn run_stream_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()> {
-    let prog = Progress { t0: Instant::now() };
-    let py = py_dir_or_skip()?;
-    let plans = backend::plans(py.as_ref());
-    let plan = plan_named(&plans, backend)?;
     let (items, rounds) = if quick { (20_000, 2) } else { (200_000, 10) };
-    let rates = run_root(RootConfig::default(), |nursery| {
-        let prog = &prog;
-        async move { Ok(backend::stream_only(&nursery, plan, items, rounds, prog).await?) }
-    })
-    .map_err(|e| anyhow::anyhow!("the stream tree failed: {e}"))?;
-    drop(py);
+    let rates = on_one_backend(backend, "stream", async |nursery, plan, prog| {
+        backend::stream_only(nursery, plan, items, rounds, prog).await
+    })?;
     if as_json {
         let out = serde_json::json!({
             "backend": backend,
@@ -230,17 +237,11 @@ fn run_stream_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<
 /// One backend's failing calls beside as many succeeding ones, interleaved in batches: no
 /// baseline and no other rows, for a profiler (`quick`: 2,000 of each instead of 100,000).
 fn run_fail_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()> {
-    let prog = Progress { t0: Instant::now() };
-    let py = py_dir_or_skip()?;
-    let plans = backend::plans(py.as_ref());
-    let plan = plan_named(&plans, backend)?;
     let n = if quick { 2_000 } else { 100_000 };
-    let (failing, succeeding) = run_root(RootConfig::default(), |nursery| {
-        let prog = &prog;
-        async move { Ok(backend::fail_only(&nursery, plan, n, prog).await?) }
-    })
-    .map_err(|e| anyhow::anyhow!("the failing-call tree failed: {e}"))?;
-    drop(py);
+    let (failing, succeeding) =
+        on_one_backend(backend, "failing-call", async |nursery, plan, prog| {
+            backend::fail_only(nursery, plan, n, prog).await
+        })?;
     let ratio = failing.median() / succeeding.median();
     if as_json {
         let one = |s: &stats::Samples| {
