@@ -297,11 +297,11 @@ pub fn warm_up() {
     let _ = watchdog::watch_nothing();
 }
 
-/// The watchdog's timer wake-ups so far, and whether it now sleeps until a helper turns busy
-/// (for tests).
+/// Waits up to `bound` for the watchdog to sleep until a helper turns busy, and returns its
+/// timer wake-ups so far then (`None`: it did not sleep within `bound`). For tests.
 #[doc(hidden)]
-pub fn watchdog_ticks_and_deep() -> (u64, bool) {
-    watchdog::ticks_and_deep()
+pub fn watchdog_ticks_once_asleep(bound: Duration) -> Option<u64> {
+    watchdog::ticks_once_asleep(bound)
 }
 
 /// The process's one watchdog thread: sends away the helpers busy for longer than
@@ -379,14 +379,21 @@ mod watchdog {
     /// Timer wake-ups of the watchdog so far (for tests).
     static TICKS: AtomicU64 = AtomicU64::new(0);
 
-    /// Timer wake-ups of the watchdog so far, and whether it sleeps until a busy turn now.
-    pub(super) fn ticks_and_deep() -> (u64, bool) {
-        (TICKS.load(SeqCst), DEEP.load(SeqCst))
+    /// Notified when the watchdog goes to sleep until a busy turn.
+    static ASLEEP: Event = Event::new();
+
+    /// Waits up to `bound` for the watchdog to sleep until a busy turn; its timer wake-ups so
+    /// far then (`None`: it did not sleep within `bound`).
+    pub(super) fn ticks_once_asleep(bound: Duration) -> Option<u64> {
+        let asleep = wait_until(&ASLEEP, || DEEP.load(SeqCst));
+        block_on_in_process(deadline(bound, asleep))?;
+        Some(TICKS.load(SeqCst))
     }
 
     /// Sleeps until a helper turns busy, unless one has since `last_turns`.
     fn sleep_deep(last_turns: u64) {
         DEEP.store(true, SeqCst);
+        ASLEEP.notify(usize::MAX);
         if TURNS.load(SeqCst) == last_turns {
             std::thread::park();
         }
