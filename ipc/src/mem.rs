@@ -26,11 +26,10 @@ pub fn pair() -> (Channel, Channel) {
 
 /// [`pair`], where a receiver waiting for messages is also woken in the middle of a batch
 /// handed over with [`send_now`](SendHalf::send_now), once [`EARLY_WAKE`] messages wait for
-/// it, unless it last waited on the sender's own CPU, the machine has no core to spare
+/// it, unless it last waited on the sender's own CPU or the machine has no core to spare
 /// ([`cores_to_spare`](crate::park::spin::cores_to_spare): other programs' CPU hogs, or more
-/// runnable threads than twice the cores) or a thread waits for a CPU
-/// ([`no_thread_waits`](crate::park::spin::no_thread_waits)): so that a sender that hands over
-/// a long burst and the receiver work on it at once, instead of taking turns.
+/// runnable threads than twice the cores): so that a sender that hands over a long burst and
+/// the receiver work on it at once, instead of taking turns.
 ///
 /// For peers that each have a thread of their own, waiting in a spin before they sleep (a
 /// thread actor and its parent): the stream echo of `harrow bench --only stream-thread` went
@@ -40,14 +39,21 @@ pub fn pair() -> (Channel, Channel) {
 /// work (a subint actor's interpreter thread, which also runs the Python code), the wake-ups
 /// cost more than the overlap gives: the subint echo went from 0.67-0.69 M to 0.43-0.50 M items
 /// per second, so that backend keeps [`pair`]. A wake-up of a receiver that shares the sender's
-/// CPU, or that must wait for a CPU, costs a context switch for no overlap, so none is made
-/// then: on one CPU the thread echo took 1.96 M items per second with such wake-ups, and
-/// 2.4-2.7 M without them, as with the plain pair.
+/// CPU costs a context switch for no overlap, so none is made then: on one CPU the thread echo
+/// took 1.96 M items per second with such wake-ups, and 2.4-2.7 M without them, as with the
+/// plain pair.
+///
+/// An early wake-up does not also wait for a moment when no thread waits for a CPU
+/// ([`no_thread_waits`](crate::park::spin::no_thread_waits)). Two spinning threads on a
+/// 2-core machine are already two runnable threads, so any third one anywhere, at the instant
+/// the count is read (once per [`LOAD_SAMPLE`](crate::park::spin::LOAD_SAMPLE)), turned early
+/// wake-ups off until the next reading: in an idle `--only stream-thread`, most 200,000-item
+/// echoes had 15,000-27,000 early wake-ups refused that way, against 5,500-7,500 made.
+/// Without that condition the echo took 4.26-4.54 M items per second against 3.77-4.22 M in
+/// eight interleaved pairs; beside one CPU hog and beside two it did not change (the pair then
+/// shares a CPU, or the hogs close [`cores_to_spare`](crate::park::spin::cores_to_spare)).
 pub fn pair_waking_early() -> (Channel, Channel) {
-    // `cores_to_spare` first: it also refreshes the count `no_thread_waits` reads.
-    pair_with(EARLY_WAKE, || {
-        crate::park::spin::cores_to_spare() && crate::park::spin::no_thread_waits()
-    })
+    pair_with(EARLY_WAKE, crate::park::spin::cores_to_spare)
 }
 
 /// How many messages handed over by [`send_now`](SendHalf::send_now) make a
