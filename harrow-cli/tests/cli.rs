@@ -206,6 +206,30 @@ fn bench_scale_quick_json_has_a_row_per_backend() -> Result<()> {
     Ok(())
 }
 
+/// The CPU placement probe of a bench's JSON: two CPUs and a round trip before and after the
+/// run, or nothing at all where fewer than two CPUs are given (then the JSON's `cpus` says so,
+/// where it has it).
+fn placement_is_reported(v: &serde_json::Value, out: &str) -> Result<()> {
+    let p = &v["cpu_placement"];
+    ensure!(p.is_object(), "no cpu_placement: {out}");
+    match p["cpus"].as_array() {
+        Some(cpus) => {
+            ensure!(cpus.len() == 2 && cpus[0] != cpus[1], "cpus: {out}");
+            for at in ["before_ns", "after_ns"] {
+                ensure!(
+                    p[at].as_f64().is_some_and(|ns| ns > 0.0 && ns < 1e6),
+                    "{at}: {out}"
+                );
+            }
+        }
+        None => ensure!(
+            v["cpus"].as_u64().is_none_or(|n| n < 2),
+            "two CPUs, yet no placement: {out}"
+        ),
+    }
+    Ok(())
+}
+
 #[test]
 fn bench_only_rpc_times_one_backend_and_names_unknown_ones() -> Result<()> {
     let r = harrow(&["bench", "--only", "rpc-thread", "--quick", "--json"])?;
@@ -220,6 +244,7 @@ fn bench_only_rpc_times_one_backend_and_names_unknown_ones() -> Result<()> {
         .as_f64()
         .with_context(|| format!("no p99: {r}"))?;
     ensure!(p50 > 0.0 && p99 >= p50, "p50 {p50}, p99 {p99}: {r}");
+    placement_is_reported(&v, &r.stdout)?;
     // A backend this build does not have is named, with the ones it has.
     if harrow::subint_status().is_err() {
         let r = harrow(&["bench", "--only", "rpc-subint", "--quick"])?;
@@ -290,6 +315,7 @@ fn bench_quick_json_has_the_documented_fields() -> Result<()> {
             .and_then(serde_json::Value::as_f64)
             .with_context(|| format!("no number at {path} in {}", r.stdout))
     };
+    placement_is_reported(&v, &r.stdout)?;
     let mut backends = vec!["thread", "process"];
     if harrow::subint_status().is_ok() {
         backends.push("subint");

@@ -11,11 +11,14 @@
 //!   `multiprocessing`) and the cores the machine actually gave while it ran;
 //! - [`pool`]: `ActorPool::map` throughput beside `multiprocessing.Pool.map`;
 //! - [`baseline`]: the bare operations the figures are compared with;
+//! - [`placement`]: how far apart two CPUs are, before and after a run (on a VM, the host's
+//!   placement of its CPUs moves every figure that passes work between two threads);
 //! - [`report`]: the tables and the JSON.
 
 mod backend;
 mod baseline;
 mod parallel;
+mod placement;
 mod pool;
 #[cfg(all(feature = "remote", feature = "process"))]
 mod remote;
@@ -165,25 +168,30 @@ fn on_one_backend<T>(
     backend: &str,
     tree: &str,
     body: impl AsyncFnOnce(&ActorNursery, &backend::Plan, &Progress) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
+) -> anyhow::Result<(T, placement::Placement)> {
     let prog = Progress { t0: Instant::now() };
     let py = py_dir_or_skip()?;
     let plans = backend::plans(py.as_ref());
     let plan = plan_named(&plans, backend)?;
+    let before = placement::probe();
     let out = run_root(RootConfig::default(), |nursery| {
         let prog = &prog;
         async move { Ok(body(&nursery, plan, prog).await?) }
     })
     .map_err(|e| anyhow::anyhow!("the {tree} tree failed: {e}"))?;
     drop(py);
-    Ok(out)
+    let placement = placement::Placement {
+        before,
+        after: placement::probe(),
+    };
+    Ok((out, placement))
 }
 
 /// One backend's RPC round trips alone: no baseline and no other rows, so that a profiler
 /// sees only them (`quick`: 2,000 round trips instead of 200,000).
 fn run_rpc_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()> {
     let n = if quick { 2_000 } else { 200_000 };
-    let lat = on_one_backend(backend, "RPC", async |nursery, plan, prog| {
+    let (lat, placement) = on_one_backend(backend, "RPC", async |nursery, plan, prog| {
         backend::rpc_only(nursery, plan, n, prog).await
     })?;
     let (p50, p99, mean) = (lat.median(), lat.quantile(0.99), lat.mean());
@@ -194,6 +202,7 @@ fn run_rpc_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()>
             "mean_us": stats::round(mean),
             "p50_us": stats::round(p50),
             "p99_us": stats::round(p99),
+            "cpu_placement": placement.to_json(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -201,6 +210,7 @@ fn run_rpc_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()>
             "{backend} RPC round trip, {n} calls: mean {mean:.2} µs, p50 {p50:.2} µs, \
              p99 {p99:.2} µs"
         );
+        println!("{}", placement.line());
     }
     Ok(())
 }
@@ -210,7 +220,7 @@ fn run_rpc_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()>
 /// 200,000).
 fn run_stream_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()> {
     let (items, rounds) = if quick { (20_000, 2) } else { (200_000, 10) };
-    let rates = on_one_backend(backend, "stream", async |nursery, plan, prog| {
+    let (rates, placement) = on_one_backend(backend, "stream", async |nursery, plan, prog| {
         backend::stream_only(nursery, plan, items, rounds, prog).await
     })?;
     if as_json {
@@ -220,6 +230,7 @@ fn run_stream_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<
             "echoes": rounds,
             "items_per_s": stats::round(rates.median()),
             "items_per_s_samples": rates.summary(),
+            "cpu_placement": placement.to_json(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -230,6 +241,7 @@ fn run_stream_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<
             rates.min() / 1e6,
             rates.max() / 1e6
         );
+        println!("{}", placement.line());
     }
     Ok(())
 }
@@ -238,7 +250,7 @@ fn run_stream_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<
 /// baseline and no other rows, for a profiler (`quick`: 2,000 of each instead of 100,000).
 fn run_fail_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()> {
     let n = if quick { 2_000 } else { 100_000 };
-    let (failing, succeeding) =
+    let ((failing, succeeding), placement) =
         on_one_backend(backend, "failing-call", async |nursery, plan, prog| {
             backend::fail_only(nursery, plan, n, prog).await
         })?;
@@ -257,6 +269,7 @@ fn run_fail_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()
             "failing": one(&failing),
             "succeeding": one(&succeeding),
             "p50_ratio": stats::round(ratio),
+            "cpu_placement": placement.to_json(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -269,6 +282,7 @@ fn run_fail_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()
             );
         }
         println!("{backend} failing / succeeding call, p50: {ratio:.2}x");
+        println!("{}", placement.line());
     }
     Ok(())
 }
@@ -277,6 +291,7 @@ fn run_inner(as_json: bool, quick: bool) -> anyhow::Result<()> {
     let s = Sizes::new(quick);
     let prog = Progress { t0: Instant::now() };
     let load_before = report::load_average();
+    let placement_before = placement::probe();
     let subint = harrow::subint_status();
     if let Err(why) = &subint {
         eprintln!("[bench] the subint rows are skipped: {why}");
@@ -296,6 +311,10 @@ fn run_inner(as_json: bool, quick: bool) -> anyhow::Result<()> {
         parallel,
         subint,
         load: (load_before, report::load_average()),
+        placement: placement::Placement {
+            before: placement_before,
+            after: placement::probe(),
+        },
         took: prog.t0.elapsed(),
     };
     if as_json {

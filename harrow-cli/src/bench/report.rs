@@ -7,6 +7,7 @@ use serde_json::json;
 use super::Sizes;
 use super::backend::Row;
 use super::parallel::{ENOUGH_CORES, Parallel};
+use super::placement::Placement;
 use super::stats::{Samples, Unit, round};
 
 /// Everything one run measured.
@@ -20,6 +21,8 @@ pub(super) struct Report {
     pub(super) subint: Result<(), String>,
     /// The 1-minute load average before and after the run (`None` where unreadable).
     pub(super) load: (Option<f64>, Option<f64>),
+    /// How far apart two CPUs were before and after the run.
+    pub(super) placement: Placement,
     pub(super) took: Duration,
 }
 
@@ -94,6 +97,7 @@ impl Report {
             python_version(),
             self.took.as_secs_f64()
         );
+        println!("{}", self.placement.line());
         println!(
             "each figure: median (min–max) over its repetitions, each alternating with its baseline's; \
              ratio = median / baseline median, how many times slower than the baseline (for items/s: baseline / harrow)"
@@ -228,6 +232,7 @@ impl Report {
             "cpus": cpus(),
             "load_average_before": self.load.0,
             "load_average_after": self.load.1,
+            "cpu_placement": self.placement.to_json(),
             "python": python_version(),
             "took_s": round(self.took.as_secs_f64()),
             "figures": "every figure is the median of its samples; its *_samples object has n, median, min, max and the samples in the order taken",
@@ -345,6 +350,7 @@ mod tests {
             }),
             subint: Ok(()),
             load: (Some(3.0), None),
+            placement: Placement::default(),
             took: Duration::from_secs(1),
         }
     }
