@@ -20,9 +20,11 @@ use super::stats::round;
 
 /// Round trips per timed chunk; the figure is the fastest chunk's mean, so that a chunk in which
 /// either thread lost its CPU (to a CPU hog, say) does not count.
-const CHUNK: u64 = 1024;
-/// How long one probe may take in all.
-const BUDGET: Duration = Duration::from_millis(30);
+const CHUNK: u64 = 512;
+/// How long one probe may take in all. Idle, its chunks take 2-20 ms; beside CPU hogs the two
+/// threads run at once only now and then: with 30 ms, the probe before each of two runs beside
+/// two `yes` hogs ended with no chunk done.
+const BUDGET: Duration = Duration::from_millis(200);
 /// The most chunks one probe times.
 const CHUNKS: u32 = 64;
 
@@ -48,7 +50,7 @@ impl Placement {
             "cpus": self.before.or(self.after).map(|p| [p.cpus.0, p.cpus.1]),
             "before_ns": one(self.before),
             "after_ns": one(self.after),
-            "definition": "a cache line's round trip between the two CPUs (two threads, one held on each, passing a counter back and forth), the fastest of up to 64 chunks of 1,024; on a VM it tells where the host ran the two CPUs at that moment",
+            "definition": "a cache line's round trip between the two CPUs (two threads, one held on each, passing a counter back and forth), the fastest of up to 64 chunks of 512; on a VM it tells where the host ran the two CPUs at that moment",
         })
     }
 
