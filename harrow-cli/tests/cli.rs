@@ -206,26 +206,22 @@ fn bench_scale_quick_json_has_a_row_per_backend() -> Result<()> {
     Ok(())
 }
 
-/// The CPU placement probe of a bench's JSON: two CPUs and a round trip before and after the
-/// run, or nothing at all where fewer than two CPUs are given (then the JSON's `cpus` says so,
-/// where it has it).
+/// The CPU placement probe of a bench's JSON: the two CPUs and a round trip before and after
+/// the run, each a time or null (not measured: fewer than two CPUs, or a machine too busy for
+/// the probe's budget, which a test run beside other tests can be).
 fn placement_is_reported(v: &serde_json::Value, out: &str) -> Result<()> {
     let p = &v["cpu_placement"];
     ensure!(p.is_object(), "no cpu_placement: {out}");
+    let times = ["before_ns", "after_ns"].map(|at| &p[at]);
+    for t in times {
+        ensure!(
+            t.is_null() || t.as_f64().is_some_and(|ns| ns > 0.0 && ns < 1e6),
+            "{t}: {out}"
+        );
+    }
     match p["cpus"].as_array() {
-        Some(cpus) => {
-            ensure!(cpus.len() == 2 && cpus[0] != cpus[1], "cpus: {out}");
-            for at in ["before_ns", "after_ns"] {
-                ensure!(
-                    p[at].as_f64().is_some_and(|ns| ns > 0.0 && ns < 1e6),
-                    "{at}: {out}"
-                );
-            }
-        }
-        None => ensure!(
-            v["cpus"].as_u64().is_none_or(|n| n < 2),
-            "two CPUs, yet no placement: {out}"
-        ),
+        Some(cpus) => ensure!(cpus.len() == 2 && cpus[0] != cpus[1], "cpus: {out}"),
+        None => ensure!(times.iter().all(|t| t.is_null()), "times, no CPUs: {out}"),
     }
     Ok(())
 }
