@@ -316,6 +316,20 @@ mod tests {
 
     use super::*;
 
+    /// Held for writing while a test writes a script, for reading while a test spawns. A child
+    /// spawned by one test thread while another holds a script open for writing inherits that
+    /// descriptor until it executes its program, and executing the script then fails with
+    /// `ETXTBSY` ("Text file busy"): under `cargo test`, whose tests share one process, that
+    /// failed `a_killed_child_reports_the_signal` once. `posix_spawn` returns once the child has
+    /// executed its program, so a spawn holds the lock for no longer than that.
+    static SPAWNS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+    /// [`launch`], never while a test writes a script.
+    fn launch_held(l: &Launch<'_>) -> io::Result<Launched> {
+        let _spawning = SPAWNS.read().unwrap_or_else(|p| p.into_inner());
+        launch(l)
+    }
+
     /// A shell script in a fresh directory, executable; the directory goes with the guard.
     fn script(body: &str) -> (std::path::PathBuf, impl Drop) {
         struct Gone(std::path::PathBuf);
@@ -331,7 +345,9 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("child.sh");
+        let writing = SPAWNS.write().unwrap_or_else(|p| p.into_inner());
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        drop(writing);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         (path, Gone(dir))
     }
@@ -393,7 +409,7 @@ mod tests {
         // A signal this thread blocks (the child must start with none blocked); SIGPIPE is
         // ignored by every Rust program, tests included.
         let blocked = block_sigusr2();
-        let launched = launch(&Launch {
+        let launched = launch_held(&Launch {
             program: &program,
             set_env: vec![
                 ("HARROW_LAUNCH_TEST".into(), "first".into()),
@@ -459,7 +475,7 @@ mod tests {
 
     #[test]
     fn a_missing_program_fails_the_spawn_and_bad_text_is_refused() {
-        let err = launch(&Launch {
+        let err = launch_held(&Launch {
             program: Path::new("/nonexistent/harrow-launch-test"),
             set_env: Vec::new(),
             remove_env: Vec::new(),
@@ -470,7 +486,7 @@ mod tests {
         .expect("a missing program must fail the spawn");
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
 
-        let err = launch(&Launch {
+        let err = launch_held(&Launch {
             program: Path::new("/bin/true"),
             set_env: vec![("HARROW_LAUNCH_TEST".into(), "a\0b".into())],
             remove_env: Vec::new(),
@@ -484,7 +500,7 @@ mod tests {
 
     #[test]
     fn a_program_without_a_slash_is_looked_up_in_path() {
-        let mut process = launch(&Launch {
+        let mut process = launch_held(&Launch {
             program: Path::new("true"),
             set_env: Vec::new(),
             remove_env: Vec::new(),
@@ -499,7 +515,7 @@ mod tests {
     #[test]
     fn a_killed_child_reports_the_signal() {
         let (program, _dir) = script("exec sleep 30");
-        let mut process = launch(&Launch {
+        let mut process = launch_held(&Launch {
             program: &program,
             set_env: Vec::new(),
             remove_env: Vec::new(),
