@@ -94,6 +94,14 @@ fn harrow(args: &[&str]) -> Result<Run> {
     run(Path::new(HARROW), args, Duration::from_secs(90))
 }
 
+/// `harrow ARGS`, which must succeed and print JSON: the run and the JSON.
+fn harrow_json(args: &[&str]) -> Result<(Run, serde_json::Value)> {
+    let r = harrow(args)?;
+    ensure!(r.status.success(), "harrow {} failed: {r}", args.join(" "));
+    let v = serde_json::from_str(&r.stdout).with_context(|| format!("not JSON: {r}"))?;
+    Ok((r, v))
+}
+
 /// A temporary directory with `tiny.py`, removed on drop.
 struct PyDir(PathBuf);
 
@@ -169,10 +177,7 @@ fn demo_exits_0_and_shows_every_backend_and_a_summary() -> Result<()> {
 
 #[test]
 fn bench_scale_quick_json_has_a_row_per_backend() -> Result<()> {
-    let r = harrow(&["bench", "--scale", "--quick", "--json"])?;
-    ensure!(r.status.success(), "bench --scale failed: {r}");
-    let v: serde_json::Value =
-        serde_json::from_str(&r.stdout).with_context(|| format!("not JSON: {r}"))?;
+    let (r, v) = harrow_json(&["bench", "--scale", "--quick", "--json"])?;
     let rows = v
         .pointer("/scale")
         .and_then(serde_json::Value::as_array)
@@ -228,10 +233,7 @@ fn placement_is_reported(v: &serde_json::Value, out: &str) -> Result<()> {
 
 #[test]
 fn bench_only_rpc_times_one_backend_and_names_unknown_ones() -> Result<()> {
-    let r = harrow(&["bench", "--only", "rpc-thread", "--quick", "--json"])?;
-    ensure!(r.status.success(), "bench --only rpc-thread failed: {r}");
-    let v: serde_json::Value =
-        serde_json::from_str(&r.stdout).with_context(|| format!("not JSON: {r}"))?;
+    let (r, v) = harrow_json(&["bench", "--only", "rpc-thread", "--quick", "--json"])?;
     ensure!(v["backend"] == "thread" && v["round_trips"] == 2_000, "{r}");
     let p50 = v["p50_us"]
         .as_f64()
@@ -255,10 +257,7 @@ fn bench_only_rpc_times_one_backend_and_names_unknown_ones() -> Result<()> {
 
 #[test]
 fn bench_only_fail_times_failing_calls_beside_succeeding_ones() -> Result<()> {
-    let r = harrow(&["bench", "--only", "fail-thread", "--quick", "--json"])?;
-    ensure!(r.status.success(), "bench --only fail-thread failed: {r}");
-    let v: serde_json::Value =
-        serde_json::from_str(&r.stdout).with_context(|| format!("not JSON: {r}"))?;
+    let (r, v) = harrow_json(&["bench", "--only", "fail-thread", "--quick", "--json"])?;
     ensure!(v["backend"] == "thread" && v["calls_each"] == 2_000, "{r}");
     for side in ["failing", "succeeding"] {
         let p50 = v[side]["p50_us"].as_f64();
@@ -269,15 +268,13 @@ fn bench_only_fail_times_failing_calls_beside_succeeding_ones() -> Result<()> {
         );
     }
     ensure!(v["p50_ratio"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+    placement_is_reported(&v, &r.stdout)?;
     Ok(())
 }
 
 #[test]
 fn bench_only_stream_echoes_through_one_backend() -> Result<()> {
-    let r = harrow(&["bench", "--only", "stream-thread", "--quick", "--json"])?;
-    ensure!(r.status.success(), "bench --only stream-thread failed: {r}");
-    let v: serde_json::Value =
-        serde_json::from_str(&r.stdout).with_context(|| format!("not JSON: {r}"))?;
+    let (r, v) = harrow_json(&["bench", "--only", "stream-thread", "--quick", "--json"])?;
     ensure!(
         v["backend"] == "thread" && v["items_per_echo"] == 20_000 && v["echoes"] == 2,
         "{r}"
@@ -290,6 +287,7 @@ fn bench_only_stream_echoes_through_one_backend() -> Result<()> {
         "{r}"
     );
     ensure!(v["items_per_s"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+    placement_is_reported(&v, &r.stdout)?;
     // An unknown section is refused, with the known ones named.
     let r = harrow(&["bench", "--only", "stream-nosuch", "--quick"])?;
     ensure!(!r.status.success(), "an unknown section ran: {r}");
@@ -302,10 +300,7 @@ fn bench_only_stream_echoes_through_one_backend() -> Result<()> {
 
 #[test]
 fn bench_quick_json_has_the_documented_fields() -> Result<()> {
-    let r = harrow(&["bench", "--quick", "--json"])?;
-    ensure!(r.status.success(), "bench failed: {r}");
-    let v: serde_json::Value =
-        serde_json::from_str(&r.stdout).with_context(|| format!("not JSON: {r}"))?;
+    let (r, v) = harrow_json(&["bench", "--quick", "--json"])?;
     let num = |path: &str| -> Result<f64> {
         v.pointer(path)
             .and_then(serde_json::Value::as_f64)
