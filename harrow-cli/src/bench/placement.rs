@@ -100,15 +100,14 @@ pub(super) fn probe() -> Option<Probe> {
                     flag.store(u64::MAX - 1, Ordering::Release);
                     return;
                 }
-                let mut seen = 0;
                 loop {
                     let v = flag.load(Ordering::Acquire);
                     if v == u64::MAX {
                         return;
                     }
-                    if v != seen && v % 2 == 1 {
-                        seen = v + 1;
-                        flag.store(seen, Ordering::Release);
+                    // An odd value is a question; the answer (even) is not answered again.
+                    if v % 2 == 1 {
+                        flag.store(v + 1, Ordering::Release);
                     }
                     std::hint::spin_loop();
                 }
