@@ -12,7 +12,9 @@ use harrow_runtime_core::portal::Resolver;
 use harrow_runtime_core::{ActorExit, SpawnSpec};
 
 use crate::error::{Error, Result};
-use crate::spec::{CHILD_FD_ENV, CHILD_SHM_FD_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV};
+use crate::spec::{
+    CHILD_CORES_SPARE_ENV, CHILD_FD_ENV, CHILD_SHM_FD_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV,
+};
 
 /// The exit status of a child whose bootstrap failed (bad environment, parent already gone).
 pub const EXIT_BOOTSTRAP_FAILED: i32 = 2;
@@ -152,6 +154,12 @@ pub fn take_bootstrap() -> Result<Option<ChildBootstrap>> {
             Some(segment)
         }
     };
+    match std::env::var(CHILD_CORES_SPARE_ENV).as_deref() {
+        Ok("1") => harrow_runtime_core::ipc::park::spin::inherit_others_leave_a_core(true),
+        Ok("0") => harrow_runtime_core::ipc::park::spin::inherit_others_leave_a_core(false),
+        // A hint only: the child then judges alone.
+        _ => {}
+    }
     remove_bootstrap_env();
     Ok(Some(ChildBootstrap {
         spec,
@@ -198,6 +206,7 @@ fn remove_bootstrap_env() {
         CHILD_SHM_FD_ENV,
         CHILD_SPEC_ENV,
         PARENT_PID_ENV,
+        CHILD_CORES_SPARE_ENV,
         crate::CHILD_PYTHON_ENV,
     ] {
         // SAFETY: this process has a single thread (checked just above), so nothing can read the

@@ -99,8 +99,8 @@ pub use harrow_python::nest::Offers as PyOffers;
 #[cfg(feature = "python")]
 pub use python::{PyProcessBackend, maybe_run_child_offering};
 pub use spec::{
-    CHILD_FD, CHILD_FD_ENV, CHILD_PYTHON_ENV, CHILD_SHM_FD, CHILD_SHM_FD_ENV, CHILD_SPEC_ENV,
-    PARENT_PID_ENV, PROCESS_SHM_ENV,
+    CHILD_CORES_SPARE_ENV, CHILD_FD, CHILD_FD_ENV, CHILD_PYTHON_ENV, CHILD_SHM_FD,
+    CHILD_SHM_FD_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV, PROCESS_SHM_ENV,
 };
 
 use crate::child::ProcessChild;
@@ -228,6 +228,13 @@ impl ProcessBackend {
             (PARENT_PID_ENV.into(), parent_pid.to_string().into()),
         ];
         set_env.extend(self.env.iter().cloned());
+        // Set after the caller's variables: it is this process's reading of this machine.
+        set_env.retain(|(k, _)| k != CHILD_CORES_SPARE_ENV);
+        let spare = harrow_runtime_core::ipc::park::spin::others_leave_a_core();
+        set_env.push((
+            CHILD_CORES_SPARE_ENV.into(),
+            u8::from(spare).to_string().into(),
+        ));
         // Set after the caller's variables: only the parent decides the transport.
         set_env.retain(|(k, _)| k != CHILD_SHM_FD_ENV);
         let mut remove_env = Vec::new();

@@ -23,6 +23,12 @@ pub const CHILD_SHM_FD: i32 = 4;
 /// In the parent: `0` makes children's channels run through their socket alone, without shared
 /// memory (for comparison, or where `memfd` is not allowed).
 pub const PROCESS_SHM_ENV: &str = harrow_runtime_core::ipc::shm::ENV;
+/// `1` or `0` in a child: whether the parent saw a core to spare from other programs' CPU use
+/// when it started the child ([`harrow_runtime_core::ipc::park::spin::others_leave_a_core`]).
+/// The child's spinning follows it until the child has measured for itself, so that a child
+/// started beside CPU hogs does not spin beside them meanwhile. A hint: absent or anything else,
+/// the child judges alone.
+pub const CHILD_CORES_SPARE_ENV: &str = "HARROW_CHILD_CORES_SPARE";
 /// Set to `1` in a child started for a Python actor (the `python` feature's
 /// `PyProcessBackend`): [`maybe_run_child`](crate::maybe_run_child) then serves Python.
 pub const CHILD_PYTHON_ENV: &str = "HARROW_CHILD_PYTHON";

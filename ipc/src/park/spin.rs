@@ -29,7 +29,9 @@
 //!   over the last [`CPU_SAMPLE`] or more, is at most the cores less three quarters
 //!   ([`others_leave_a_core`]). The counts above cannot tell a CPU hog from this process's own
 //!   spinning threads; beside a hog, a spinning thread that yields loses its CPU for the rest
-//!   of the hog's time slice;
+//!   of the hog's time slice. Until a process has measured that (its first [`CPU_SAMPLE`]), it
+//!   takes the answer of the process that started it, or else counts the threads that want a
+//!   CPU at that instant;
 //! - **its recent spins paid**: a spin that ran out (nothing came, or it came only after the
 //!   spin's yields had given the CPU away for long) makes the thread skip the next 1, then 3,
 //!   7, ... up to [`MAX_SKIP`] spins; a spin that caught a wake-up in time resets that, and so
@@ -40,7 +42,7 @@
 //! spinning off), [`DEFAULT_SPIN`] when unset.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The spin before sleeping when `HARROW_PARK_SPIN_US` is not set.
@@ -523,7 +525,8 @@ pub const CPU_SAMPLE: Duration = Duration::from_millis(50);
 /// one core's worth of them still leaves the other.)
 pub fn others_leave_a_core() -> bool {
     static STATE: std::sync::Mutex<Option<CpuSample>> = std::sync::Mutex::new(None);
-    static LEAVE: AtomicBool = AtomicBool::new(true);
+    // Closed until the first reading has judged (see `judge`).
+    static LEAVE: AtomicBool = AtomicBool::new(false);
     let Ok(mut last) = STATE.try_lock() else {
         return LEAVE.load(Ordering::Relaxed);
     };
@@ -533,14 +536,87 @@ pub fn others_leave_a_core() -> bool {
     let Some(now) = CpuSample::take() else {
         return true;
     };
-    if let Some(before) = last.replace(now) {
-        let others = now.others_since(&before);
-        LEAVE.store(
-            others.is_none_or(|o| o <= cores() as f64 - 0.75),
-            Ordering::Relaxed,
-        );
+    let before = last.replace(now);
+    let leave = judge(
+        before.as_ref(),
+        &now,
+        INHERITED.load(Ordering::Relaxed),
+        || load().map(|l| l.runnable),
+        cores(),
+    );
+    LEAVE.store(leave, Ordering::Relaxed);
+    leave
+}
+
+/// [`others_leave_a_core`]'s answer at a reading `now`: measured since the reading `before`;
+/// at a process's first reading (none before), the answer its starter passed (`inherited`),
+/// or else the threads that want a CPU right now (`runnable`, read only then).
+fn judge(
+    before: Option<&CpuSample>,
+    now: &CpuSample,
+    inherited: u8,
+    runnable: impl FnOnce() -> Option<usize>,
+    cores: usize,
+) -> bool {
+    match before {
+        Some(before) => now
+            .others_since(before)
+            .is_none_or(|o| o <= others_limit(cores)),
+        None => match inherited {
+            INHERITED_SPARE => true,
+            INHERITED_NONE_SPARE => false,
+            _ => others_runnable_leave_a_core(runnable(), cores),
+        },
     }
-    LEAVE.load(Ordering::Relaxed)
+}
+
+/// [`others_leave_a_core`]'s answer before its first measurement, as the process that started
+/// this one passed it ([`inherit_others_leave_a_core`]); [`INHERITED_UNKNOWN`] where none did.
+static INHERITED: AtomicU8 = AtomicU8::new(INHERITED_UNKNOWN);
+const INHERITED_UNKNOWN: u8 = 0;
+const INHERITED_NONE_SPARE: u8 = 1;
+const INHERITED_SPARE: u8 = 2;
+
+/// Gives [`others_leave_a_core`] its answer until it has measured one ([`CPU_SAMPLE`] after
+/// its first reading): the answer of the process that started this one on the same machine.
+/// That process counted this one's CPU as another program's, and this one counts the
+/// starter's as its own, so a core the starter saw to spare is one this process sees to
+/// spare too. The process backend passes it to its children; without it, a process judges by
+/// the threads that want a CPU at its first reading, its own and its starter's among them.
+pub fn inherit_others_leave_a_core(leave: bool) {
+    let v = if leave {
+        INHERITED_SPARE
+    } else {
+        INHERITED_NONE_SPARE
+    };
+    INHERITED.store(v, Ordering::Relaxed);
+}
+
+/// The answer the process that started this one passed ([`inherit_others_leave_a_core`]), if
+/// it passed one.
+pub fn inherited_others_leave_a_core() -> Option<bool> {
+    match INHERITED.load(Ordering::Relaxed) {
+        INHERITED_SPARE => Some(true),
+        INHERITED_NONE_SPARE => Some(false),
+        _ => None,
+    }
+}
+
+/// The most CPU other programs may use for this process to spin: the cores less three
+/// quarters (a margin for the noise of readings in 10 ms ticks).
+fn others_limit(cores: usize) -> f64 {
+    cores as f64 - 0.75
+}
+
+/// The gate's first answer in a process, before any CPU time could be measured: the runnable
+/// threads right now (`/proc/loadavg`), less the one reading them, are within
+/// [`others_limit`]; `true` where the count cannot be read. The count includes this process's
+/// other running threads, so an idle machine can read as busy here, for one [`CPU_SAMPLE`] at
+/// most. An open gate until the first measurement instead let a process that starts beside CPU
+/// hogs spin beside them for its first 50 ms, losing its CPU for a hog's time slice at a yield
+/// (docs/PERFORMANCE.md, "A process's first 50 ms").
+fn others_runnable_leave_a_core(runnable: Option<usize>, cores: usize) -> bool {
+    runnable.is_none_or(|r| r.saturating_sub(1) as f64 <= others_limit(cores))
 }
 
 /// The machine's busy time and this process's CPU time at one instant.
@@ -897,6 +973,48 @@ mod tests {
         // This process busier than the ticks said (they are coarse): none, not less than none.
         assert_eq!(sample(100, 1_001, 600).others_since(&before), Some(0.0));
         assert_eq!(sample(0, 1_010, 500).others_since(&before), None);
+    }
+
+    #[test]
+    fn a_first_reading_takes_the_starters_answer_or_counts_the_threads_that_want_a_cpu() {
+        let at = Instant::now();
+        let now = CpuSample {
+            at,
+            busy_ticks: 1_000,
+            ours: Duration::ZERO,
+            parent: None,
+        };
+        let never = || -> Option<usize> { panic!("the count is read only when it decides") };
+        // The starter's answer, whatever the threads now.
+        assert!(judge(None, &now, INHERITED_SPARE, never, 2));
+        assert!(!judge(None, &now, INHERITED_NONE_SPARE, never, 2));
+        // None passed: the runnable threads less the reading one, within the cores less 3/4.
+        assert!(
+            judge(None, &now, INHERITED_UNKNOWN, || Some(1), 2),
+            "this thread alone"
+        );
+        assert!(
+            judge(None, &now, INHERITED_UNKNOWN, || Some(2), 2),
+            "one other"
+        );
+        assert!(
+            !judge(None, &now, INHERITED_UNKNOWN, || Some(3), 2),
+            "two hogs on two cores"
+        );
+        assert!(judge(None, &now, INHERITED_UNKNOWN, || Some(4), 4));
+        assert!(!judge(None, &now, INHERITED_UNKNOWN, || Some(5), 4));
+        assert!(judge(None, &now, INHERITED_UNKNOWN, || None, 2), "no count");
+        // Once measured, the measure decides, whatever was passed: 100 ms in which others
+        // used one and a half cores of two, then half a core.
+        let later = |busy_ticks| CpuSample {
+            at: at + Duration::from_millis(100),
+            busy_ticks,
+            ..now
+        };
+        for inherited in [INHERITED_SPARE, INHERITED_NONE_SPARE, INHERITED_UNKNOWN] {
+            assert!(!judge(Some(&now), &later(1_015), inherited, never, 2));
+            assert!(judge(Some(&now), &later(1_005), inherited, never, 2));
+        }
     }
 
     #[test]

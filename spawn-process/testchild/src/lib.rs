@@ -115,6 +115,11 @@ pub fn child_registry() -> Arc<FnRegistry> {
         Ok(Value::Int(i64::from(std::process::id())))
     })
     .expect("a valid path");
+    reg.unary("proc:cores_spare_inherited", |_| async move {
+        let inherited = harrow_runtime_core::ipc::park::spin::inherited_others_leave_a_core();
+        Ok(inherited.map_or(Value::Null, Value::Bool))
+    })
+    .expect("a valid path");
     reg.unary("proc:print", |v| async move {
         let lines = |key: &str| -> Vec<String> {
             v.get(key)
