@@ -105,7 +105,7 @@ mod imp {
     use rustix::event::{EventfdFlags, epoll, eventfd};
 
     use super::Watch;
-    use super::spin::{self, SharedCpu, SpinGate, Spun, spin_watch_from};
+    use super::spin::{self, SharedCpu, SpinGate, Spun, spin_watch_starting};
 
     /// The future is being polled; no wake-up since the poll began.
     const RUNNING: u8 = 0;
@@ -416,7 +416,7 @@ mod imp {
                 let sockets = poller.interests().len() > watched.len();
                 // The CPU of the writer whose ring woke the spin, if one did.
                 let mut waker_cpu = None;
-                let spun = spin_watch_from(spin, shared_cpu.yield_first(), || {
+                let spun = spin_watch_starting(spin, shared_cpu.spin_start(), || {
                     if poller.state.load(Ordering::Acquire) != RUNNING {
                         return true;
                     }

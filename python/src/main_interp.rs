@@ -50,6 +50,9 @@ impl MainInterp {
         }
         config.site_dirs(crate::python_version())?;
         crate::ensure_main()?;
+        // Three threads take part in each call here: the actor's, this serving one, and the
+        // caller's (in the parent, for a Python process child).
+        harrow_ipc::park::spin::keep_busy_waits_short();
         let config = Arc::new(config);
         let shared = Shared::new(config.name.clone());
         let (jobs_tx, jobs_rx) = flume::unbounded();

@@ -39,7 +39,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
-use harrow_ipc::park::spin::{SharedCpu, SpinGate, Spun, crowded, spin_watch_from, this_cpu};
+use harrow_ipc::park::spin::{SharedCpu, SpinGate, Spun, crowded, spin_watch_starting, this_cpu};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -199,8 +199,7 @@ impl<F: Future> Future for SpinThenPark<F> {
             }
             let spin = this.gate.spin();
             if !spin.is_zero() {
-                let yield_first = this.shared_cpu.yield_first();
-                match spin_watch_from(spin, yield_first, || {
+                match spin_watch_starting(spin, this.shared_cpu.spin_start(), || {
                     this.flag.state.load(Ordering::Acquire) != RUNNING
                 }) {
                     Spun::Caught { after_yield } => {

@@ -39,7 +39,8 @@
 //!   it). An idle actor spins once after its last message, then sleeps and costs nothing.
 //!
 //! The spin is [`park_spin`] long: `HARROW_PARK_SPIN_US` (microseconds, at most 1 ms; 0 turns
-//! spinning off), [`DEFAULT_SPIN`] when unset.
+//! spinning off), [`DEFAULT_SPIN`] when unset. It busy-waits first, then yields its CPU between
+//! looks; how long it busy-waits depends on where its last waker ran ([`SpinStart`]).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -213,6 +214,8 @@ pub struct SharedCpu {
     apart: u32,
     /// ... this one.
     apart_from: usize,
+    /// The last wake-up came from a waker on another CPU (as far as this thread could tell).
+    elsewhere: bool,
 }
 
 impl SharedCpu {
@@ -223,6 +226,29 @@ impl SharedCpu {
             run: 0,
             apart: 0,
             apart_from: 0,
+            elsewhere: false,
+        }
+    }
+
+    /// How the next spin should begin: yielding at once where the peer likely shares this CPU
+    /// ([`yield_first`](Self::yield_first)); with the long busy-wait where the last wake-up
+    /// came from another CPU and long busy-waits are allowed ([`long_busy_waits`]); else with
+    /// the short one. A thread with no such history (just spawned, on its parent's CPU) begins
+    /// short: a parent that busy-waited long for a child thread's first reply would hold the
+    /// CPU the child starts on.
+    pub fn spin_start(&self) -> SpinStart {
+        self.spin_start_if(long_busy_waits())
+    }
+
+    /// [`spin_start`](Self::spin_start), with `long_allowed` in place of
+    /// [`long_busy_waits`].
+    fn spin_start_if(&self, long_allowed: bool) -> SpinStart {
+        if self.yield_first() {
+            SpinStart::YieldFirst
+        } else if self.elsewhere && long_allowed {
+            SpinStart::Long
+        } else {
+            SpinStart::Short
         }
     }
 
@@ -251,8 +277,9 @@ impl SharedCpu {
     /// and beside a hog on each CPU that use of its CPU share made the scheduler hold it back
     /// for the hog's time slice, again and again.
     pub fn after_slept(&mut self, waker_cpu: Option<usize>, crowded: bool) {
-        // Where this thread runs matters only on a crowded machine.
-        let here = if crowded { this_cpu() } else { None };
+        // Where this thread runs matters only where the waker's CPU is known.
+        let here = waker_cpu.and_then(|_| this_cpu());
+        self.elsewhere = apart(here, waker_cpu);
         if let Some(waker) = self.join_now(here, waker_cpu, crowded) {
             let _ = hop_onto(waker);
         }
@@ -307,9 +334,12 @@ impl SharedCpu {
     pub fn after_caught(&mut self, after_yield: bool, waker_cpu: Option<usize>) {
         let Some(waker) = waker_cpu else {
             self.run = 0;
+            self.elsewhere = false;
             return;
         };
-        if !after_yield || this_cpu() != Some(waker) {
+        let here = this_cpu();
+        self.elsewhere = apart(here, waker_cpu);
+        if !after_yield || here != Some(waker) {
             self.run = 0;
             return;
         }
@@ -377,6 +407,36 @@ fn hop(cpu: usize, onto: bool) -> Option<usize> {
     }
 }
 
+/// Whether a waker ran on another CPU than this thread: both known, and not the same.
+fn apart(here: Option<usize>, waker: Option<usize>) -> bool {
+    matches!((here, waker), (Some(h), Some(w)) if h != w)
+}
+
+/// Set by [`keep_busy_waits_short`].
+static SHORT_BUSY_WAITS: AtomicBool = AtomicBool::new(false);
+
+/// Keeps every spin of this process to the short busy-wait before its yields
+/// ([`SpinStart::Short`]), for a process whose exchanges have more threads than two: a Python
+/// process child (the actor's thread, the thread serving the main interpreter, and its parent's
+/// caller on two cores), where a thread that busy-waits longer holds back one that needs its
+/// CPU. `harrow-python` calls it when it starts serving the main interpreter on a thread of
+/// its own.
+pub fn keep_busy_waits_short() {
+    SHORT_BUSY_WAITS.store(true, Ordering::Relaxed);
+}
+
+/// Whether a spin may begin with the long busy-wait ([`SpinStart::Long`]): this process does
+/// not keep its busy-waits short ([`keep_busy_waits_short`]) and no thread waited for a CPU
+/// at the gate's last reading ([`no_thread_waits`]).
+pub fn long_busy_waits() -> bool {
+    long_busy_waits_if(no_thread_waits())
+}
+
+/// [`long_busy_waits`], with `no_thread_waits` for [`no_thread_waits`].
+fn long_busy_waits_if(no_thread_waits: bool) -> bool {
+    !SHORT_BUSY_WAITS.load(Ordering::Relaxed) && no_thread_waits
+}
+
 /// Whether the machine is crowded for this process's spinning threads: spinning is on
 /// ([`park_spin`]) but [`cores_to_spare`] says there is no room for it (CPU hogs, or more
 /// runnable threads than twice the cores). A thread does not spin then, and two threads that
@@ -424,16 +484,69 @@ pub fn spin_watch(spin: Duration, woken: impl FnMut() -> bool) -> Spun {
 
 /// [`spin_watch`], yielding from the first round when `yield_first` (the peer likely shares
 /// this CPU: [`SharedCpu::yield_first`]).
-pub fn spin_watch_from(spin: Duration, yield_first: bool, mut woken: impl FnMut() -> bool) -> Spun {
-    let start = Instant::now();
+pub fn spin_watch_from(spin: Duration, yield_first: bool, woken: impl FnMut() -> bool) -> Spun {
+    let start = if yield_first {
+        SpinStart::YieldFirst
+    } else {
+        SpinStart::Short
+    };
+    spin_watch_starting(spin, start, woken)
+}
+
+/// How a spin begins, before its first yield ([`SharedCpu::spin_start`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpinStart {
+    /// Yield from the first round: the peer likely shares this CPU and cannot run before this
+    /// thread yields.
+    YieldFirst,
+    /// Runs of 1, 2, 4, ... 32 `spin_loop` hints between looks, about 1.6 µs on the VMs harrow
+    /// is measured on, then the yields.
+    Short,
+    /// [`LONG_BUSY_WAIT`] of busy-waiting with a look every 8 hints (about 0.2 µs), then the
+    /// yields: the peer runs on another CPU, and its answer, about half a round trip away,
+    /// often comes just after the short busy-wait, to be seen only after a yield.
+    Long,
+}
+
+/// How long a [`SpinStart::Long`] spin busy-waits before its first yield (at most the spin).
+pub const LONG_BUSY_WAIT: Duration = Duration::from_micros(4);
+
+/// [`spin_watch`], beginning as `start` says.
+pub fn spin_watch_starting(
+    spin: Duration,
+    start: SpinStart,
+    mut woken: impl FnMut() -> bool,
+) -> Spun {
+    let began = Instant::now();
     let caught = |after_yield: bool| {
-        if start.elapsed() <= spin * 2 {
+        if began.elapsed() <= spin * 2 {
             Spun::Caught { after_yield }
         } else {
             Spun::Missed
         }
     };
-    let mut round = if yield_first { YIELD_AFTER } else { 0 };
+    let mut round = match start {
+        SpinStart::YieldFirst => YIELD_AFTER,
+        SpinStart::Short => 0,
+        SpinStart::Long => {
+            let busy = LONG_BUSY_WAIT.min(spin);
+            let mut looks = 0u32;
+            loop {
+                if woken() {
+                    return Spun::Caught { after_yield: false };
+                }
+                for _ in 0..8 {
+                    std::hint::spin_loop();
+                }
+                looks += 1;
+                // The clock every 8 looks (about 1.6 µs).
+                if looks % 8 == 0 && began.elapsed() >= busy {
+                    break;
+                }
+            }
+            YIELD_AFTER
+        }
+    };
     loop {
         if woken() {
             if round < YIELD_AFTER {
@@ -450,7 +563,7 @@ pub fn spin_watch_from(spin: Duration, yield_first: bool, mut woken: impl FnMut(
             std::thread::yield_now();
         }
         round += 1;
-        if round % 4 == 0 && start.elapsed() >= spin {
+        if round % 4 == 0 && began.elapsed() >= spin {
             return if woken() {
                 caught(round > YIELD_AFTER)
             } else {
@@ -1125,6 +1238,68 @@ mod tests {
             (1, 1),
             "a hit resets the back-off"
         );
+    }
+
+    #[test]
+    fn a_spin_busy_waits_long_only_after_a_wake_up_from_another_cpu() {
+        let mut cpu = SharedCpu::new();
+        assert_eq!(
+            cpu.spin_start_if(true),
+            SpinStart::Short,
+            "no history: short"
+        );
+        let Some(here) = this_cpu() else {
+            return; // Where this thread runs cannot be told here: nothing to watch.
+        };
+        // A CPU number this thread cannot be on.
+        let elsewhere = here + 1_000;
+        cpu.after_caught(false, Some(elsewhere));
+        assert_eq!(cpu.spin_start_if(true), SpinStart::Long);
+        assert_eq!(
+            cpu.spin_start_if(false),
+            SpinStart::Short,
+            "long busy-waits not allowed"
+        );
+        cpu.after_caught(false, None);
+        assert_eq!(cpu.spin_start_if(true), SpinStart::Short, "waker unknown");
+        cpu.after_slept(Some(elsewhere), false);
+        assert_eq!(cpu.spin_start_if(true), SpinStart::Long, "woken from sleep");
+        cpu.after_slept(None, false);
+        assert_eq!(cpu.spin_start_if(true), SpinStart::Short);
+        assert!(apart(Some(0), Some(1)));
+        assert!(!apart(Some(1), Some(1)), "the same CPU");
+        assert!(!apart(None, Some(1)) && !apart(Some(1), None));
+    }
+
+    #[test]
+    fn a_long_busy_wait_catches_a_wake_up_before_any_yield_and_ends_with_the_spin() {
+        assert_eq!(
+            spin_watch_starting(Duration::from_secs(30), SpinStart::Long, || true),
+            Spun::Caught { after_yield: false }
+        );
+        // Seen at a later look of the busy-wait: still no yield made.
+        let mut asked = 0;
+        assert_eq!(
+            spin_watch_starting(Duration::from_secs(30), SpinStart::Long, || {
+                asked += 1;
+                asked == 5
+            }),
+            Spun::Caught { after_yield: false }
+        );
+        // Nothing comes: the spin runs out, busy-wait and yields included, and not before.
+        for spin in [Duration::from_micros(2), Duration::from_micros(50)] {
+            let start = Instant::now();
+            assert_eq!(
+                spin_watch_starting(spin, SpinStart::Long, || false),
+                Spun::Missed
+            );
+            assert!(start.elapsed() >= spin);
+        }
+        // A process that keeps its busy-waits short never begins long.
+        assert!(!long_busy_waits_if(false), "a thread waits for a CPU");
+        keep_busy_waits_short();
+        assert!(!long_busy_waits_if(true));
+        assert!(!long_busy_waits());
     }
 
     #[test]
