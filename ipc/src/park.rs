@@ -105,7 +105,7 @@ mod imp {
     use rustix::event::{EventfdFlags, epoll, eventfd};
 
     use super::Watch;
-    use super::spin::{self, SharedCpu, SpinGate, Spun, spin_watch_starting};
+    use super::spin::{self, SharedCpu, SpinGate, Spun, WakeSource, WokenBy, spin_watch_starting};
 
     /// The future is being polled; no wake-up since the poll began.
     const RUNNING: u8 = 0;
@@ -134,6 +134,8 @@ mod imp {
         /// The registered interests that have a [`Watch`] (copied on write: the parker takes
         /// the list with one reference count per loop).
         watched: Mutex<Arc<[Arc<Interest>]>>,
+        /// Where the last wake-up from a waker ([`ParkWaker`]) came from.
+        source: WakeSource,
     }
 
     /// One registered socket: whether an edge arrived since its reader last consumed one,
@@ -201,6 +203,7 @@ mod imp {
                 next_key: AtomicU64::new(0),
                 interests: Mutex::new(HashMap::new()),
                 watched: Mutex::new(Arc::from(Vec::new())),
+                source: WakeSource::for_this_thread(),
             })
         }
 
@@ -337,6 +340,8 @@ mod imp {
         }
 
         fn wake_by_ref(self: &Arc<Self>) {
+            // Published by the swap, read by the spinner after its acquire load.
+            self.0.source.record();
             if self.0.state.swap(NOTIFIED, Ordering::AcqRel) == PARKED {
                 if let Some(fds) = self.0.fds() {
                     let _ = rustix::io::write(&*fds.wake, &1u64.to_ne_bytes());
@@ -414,27 +419,39 @@ mod imp {
                 // edges (wake-up bytes, the peer's end) wait for the sleep.
                 let watched = poller.watched();
                 let sockets = poller.interests().len() > watched.len();
-                // The CPU of the writer whose ring woke the spin, if one did.
-                let mut waker_cpu = None;
+                // What a look of this thread's found and woke its reader for, if it did: a
+                // ring (with the CPU its writer ran on, where known) or a socket's edge
+                // (`None`: it says nothing about where the peer runs).
+                let mut found: Option<Option<usize>> = None;
                 let spun = spin_watch_starting(spin, shared_cpu.spin_start(), || {
                     if poller.state.load(Ordering::Acquire) != RUNNING {
                         return true;
                     }
                     for interest in watched.iter() {
                         if interest.check_watch() {
-                            waker_cpu = interest.watch.as_ref().and_then(|w| w.writer_cpu());
+                            found = Some(interest.watch.as_ref().and_then(|w| w.writer_cpu()));
                         }
                     }
-                    if sockets {
+                    if found.is_none() && sockets {
                         poller.poll_now(&fds, &mut events);
+                        if poller.state.load(Ordering::Acquire) != RUNNING {
+                            found = Some(None);
+                        }
                     }
                     poller.state.load(Ordering::Acquire) != RUNNING
                 });
                 if let Spun::Caught { after_yield } = spun {
                     gate.hit();
-                    // Only a ring says where its writer ran: a wake-up from another thread of
-                    // this process or from a socket ends the run.
-                    shared_cpu.after_caught(after_yield, waker_cpu);
+                    // The wake-up that a look found (its reader woken from this thread) or a
+                    // waker's, which says where it ran; a wake-up this thread gave itself (a
+                    // task it ran woke another) neither counts toward a move nor ends the run.
+                    let woken_by = poller.source.take();
+                    match (found, woken_by) {
+                        (Some(cpu), _) | (None, WokenBy::Cpu(cpu)) => {
+                            shared_cpu.after_caught(after_yield, cpu);
+                        }
+                        (None, WokenBy::Itself) => {}
+                    }
                     continue;
                 }
                 gate.miss();

@@ -37,9 +37,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
-use harrow_ipc::park::spin::{SharedCpu, SpinGate, Spun, crowded, spin_watch_starting, this_cpu};
+use harrow_ipc::park::spin::{
+    SharedCpu, SpinGate, Spun, WakeSource, WokenBy, crowded, spin_watch_starting,
+};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -71,19 +73,9 @@ const PARKED: u8 = 2;
 /// The inner future's waker: flips the flag, and only wakes the parked thread when it parked.
 struct Flag {
     state: AtomicU8,
-    /// The CPU the last wake-up came from ([`NO_CPU`]: unknown; [`FROM_ITSELF`]: the parked
-    /// thread woke its own future).
-    waker_cpu: AtomicUsize,
-    /// The thread that polls the future ([`thread_mark`]).
-    poller: usize,
+    /// Where the last wake-up came from.
+    source: WakeSource,
     outer: Mutex<Option<Waker>>,
-}
-
-/// A number that tells this thread from every other one living now: the address of a
-/// thread-local (cheaper than `std::thread::current()`, which counts a reference).
-fn thread_mark() -> usize {
-    std::thread_local!(static MARK: u8 = const { 0 });
-    MARK.with(|m| std::ptr::from_ref(m) as usize)
 }
 
 impl Flag {
@@ -98,15 +90,8 @@ impl Wake for Flag {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        // Published by the swap below, read by the spinner after its acquire load. A wake-up
-        // from the polling thread itself (a task it ran woke another) says nothing about
-        // where its peers run.
-        let from = if thread_mark() == self.poller {
-            FROM_ITSELF
-        } else {
-            this_cpu().unwrap_or(NO_CPU)
-        };
-        self.waker_cpu.store(from, Ordering::Relaxed);
+        // Published by the swap below, read by the spinner after its acquire load.
+        self.source.record();
         if self.state.swap(WOKEN, Ordering::AcqRel) == PARKED {
             let outer = self.outer().clone();
             if let Some(w) = outer {
@@ -147,8 +132,7 @@ impl<F: Future> SpinThenPark<F> {
     fn new(fut: F, gate: SpinGate) -> Self {
         let flag = Arc::new(Flag {
             state: AtomicU8::new(RUNNING),
-            waker_cpu: AtomicUsize::new(NO_CPU),
-            poller: thread_mark(),
+            source: WakeSource::for_this_thread(),
             outer: Mutex::new(None),
         });
         SpinThenPark {
@@ -177,10 +161,8 @@ impl<F: Future> Future for SpinThenPark<F> {
         let began = Instant::now();
         if let Some(parked_at) = this.parked_at.take() {
             this.gate.slept(began.duration_since(parked_at));
-            let waker = this.flag.waker_cpu.swap(NO_CPU, Ordering::Relaxed);
-            if waker != FROM_ITSELF {
-                this.shared_cpu
-                    .after_slept((waker != NO_CPU).then_some(waker), crowded());
+            if let WokenBy::Cpu(waker) = this.flag.source.take() {
+                this.shared_cpu.after_slept(waker, crowded());
             }
         }
         loop {
@@ -204,10 +186,8 @@ impl<F: Future> Future for SpinThenPark<F> {
                 }) {
                     Spun::Caught { after_yield } => {
                         this.gate.hit();
-                        let waker = this.flag.waker_cpu.swap(NO_CPU, Ordering::Relaxed);
-                        if waker != FROM_ITSELF {
-                            this.shared_cpu
-                                .after_caught(after_yield, (waker != NO_CPU).then_some(waker));
+                        if let WokenBy::Cpu(waker) = this.flag.source.take() {
+                            this.shared_cpu.after_caught(after_yield, waker);
                         }
                         continue;
                     }
@@ -231,14 +211,10 @@ impl<F: Future> Future for SpinThenPark<F> {
     }
 }
 
-/// No CPU recorded.
-const NO_CPU: usize = usize::MAX;
-/// The last wake-up came from the polling thread itself.
-const FROM_ITSELF: usize = usize::MAX - 1;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use harrow_ipc::park::spin::this_cpu;
 
     /// `block_on_in_process` spinning `spin` before every park, whatever the load says.
     fn block_on<F: Future>(spin: Duration, fut: F) -> F::Output {
@@ -300,10 +276,7 @@ mod tests {
         let parker = SpinThenPark::new(std::future::pending::<()>(), SpinGate::new());
         // A task run by the polling thread woke another: not evidence of where peers run.
         parker.waker.wake_by_ref();
-        assert_eq!(
-            parker.flag.waker_cpu.swap(NO_CPU, Ordering::Relaxed),
-            FROM_ITSELF
-        );
+        assert_eq!(parker.flag.source.take(), WokenBy::Itself);
         // Another thread's wake-up records that thread's CPU (or none, where it is not known).
         let waker = parker.waker.clone();
         let cpu = std::thread::spawn(move || {
@@ -313,13 +286,13 @@ mod tests {
         })
         .join()
         .expect("the waking thread");
-        let seen = parker.flag.waker_cpu.load(Ordering::Relaxed);
-        assert_ne!(seen, FROM_ITSELF);
-        // The thread may have moved between its reading and its wake-up: any real CPU will do.
-        match cpu {
-            Some(_) => assert!(seen < NO_CPU - 1, "a CPU, got {seen}"),
-            None => assert_eq!(seen, NO_CPU),
+        // The thread may have moved between its reading and its wake-up: any CPU will do.
+        match (cpu, parker.flag.source.take()) {
+            (Some(_), WokenBy::Cpu(Some(_))) | (None, WokenBy::Cpu(None)) => {}
+            (cpu, seen) => panic!("read {cpu:?} on the waking thread, recorded {seen:?}"),
         }
+        // Taken once: nothing is left to take.
+        assert_eq!(parker.flag.source.take(), WokenBy::Cpu(None));
     }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

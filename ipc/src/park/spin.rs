@@ -175,6 +175,74 @@ pub fn this_cpu() -> Option<usize> {
     None
 }
 
+/// Where a parked thread's last wake-up came from, for its [`SharedCpu`]: the waker records
+/// it ([`record`](Self::record)) before it flips the thread's wake flag, and the thread takes it
+/// ([`take`](Self::take)) once it has seen the flag.
+#[derive(Debug)]
+pub struct WakeSource {
+    /// The waker's CPU ([`NO_CPU`]: unknown or none since the last take; [`FROM_ITSELF`]: the
+    /// polling thread woke itself).
+    cpu: AtomicUsize,
+    /// The thread that polls ([`thread_mark`]).
+    poller: usize,
+}
+
+/// Where a wake-up came from ([`WakeSource::take`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WokenBy {
+    /// The polling thread itself (a task it ran woke another): says nothing about where the
+    /// thread's peers run.
+    Itself,
+    /// Another thread, which ran on this CPU (`None`: unknown).
+    Cpu(Option<usize>),
+}
+
+/// No CPU recorded.
+const NO_CPU: usize = usize::MAX;
+/// The last wake-up came from the polling thread itself.
+const FROM_ITSELF: usize = usize::MAX - 1;
+
+impl WakeSource {
+    /// A source for a thread's parker, made on the thread that will poll.
+    pub fn for_this_thread() -> WakeSource {
+        WakeSource {
+            cpu: AtomicUsize::new(NO_CPU),
+            poller: thread_mark(),
+        }
+    }
+
+    /// Called by a waker, before it publishes the wake-up (a release store or swap of the
+    /// flag the thread watches): records this thread's CPU, or that the polling thread woke
+    /// itself.
+    #[inline]
+    pub fn record(&self) {
+        let from = if thread_mark() == self.poller {
+            FROM_ITSELF
+        } else {
+            this_cpu().unwrap_or(NO_CPU)
+        };
+        self.cpu.store(from, Ordering::Relaxed);
+    }
+
+    /// Takes the last record (after an acquire load of the flag that saw the wake-up);
+    /// `Cpu(None)` when there is none.
+    #[inline]
+    pub fn take(&self) -> WokenBy {
+        match self.cpu.swap(NO_CPU, Ordering::Relaxed) {
+            FROM_ITSELF => WokenBy::Itself,
+            NO_CPU => WokenBy::Cpu(None),
+            cpu => WokenBy::Cpu(Some(cpu)),
+        }
+    }
+}
+
+/// A number that tells this thread from every other one living now: the address of a
+/// thread-local (cheaper than `std::thread::current()`, which counts a reference).
+fn thread_mark() -> usize {
+    std::thread_local!(static MARK: u8 = const { 0 });
+    MARK.with(|m| std::ptr::from_ref(m) as usize)
+}
+
 /// How many wake-ups in a row from a waker on the spinning thread's CPU make it move.
 pub const HOP_AFTER: u32 = 16;
 
@@ -870,6 +938,7 @@ fn parse_loadavg(line: &str) -> Option<Load> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
@@ -1238,6 +1307,30 @@ mod tests {
             (1, 1),
             "a hit resets the back-off"
         );
+    }
+
+    #[test]
+    fn a_wake_source_tells_the_polling_thread_from_another_and_is_taken_once() {
+        let source = Arc::new(WakeSource::for_this_thread());
+        assert_eq!(source.take(), WokenBy::Cpu(None), "nothing recorded yet");
+        // The polling thread woke its own future: says nothing about its peers.
+        source.record();
+        assert_eq!(source.take(), WokenBy::Itself);
+        assert_eq!(source.take(), WokenBy::Cpu(None), "taken once");
+        // Another thread's record names that thread's CPU, where this platform can tell.
+        let other = Arc::clone(&source);
+        let read = std::thread::spawn(move || {
+            let cpu = this_cpu();
+            other.record();
+            cpu
+        })
+        .join()
+        .expect("the recording thread");
+        // It may have moved between its reading and its record: any CPU will do.
+        match (read, source.take()) {
+            (Some(_), WokenBy::Cpu(Some(_))) | (None, WokenBy::Cpu(None)) => {}
+            (read, seen) => panic!("read {read:?} on the other thread, recorded {seen:?}"),
+        }
     }
 
     #[test]
