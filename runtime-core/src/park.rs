@@ -71,6 +71,10 @@ const WOKEN: u8 = 1;
 const PARKED: u8 = 2;
 
 /// The inner future's waker: flips the flag, and only wakes the parked thread when it parked.
+///
+/// A waker writes `source` and then `state`, and the spinning thread reads both: one cache line
+/// holds them (`repr(C)`, aligned to a line), so that a wake-up moves one line, not two.
+#[repr(C, align(64))]
 struct Flag {
     state: AtomicU8,
     /// Where the last wake-up came from.
@@ -269,6 +273,18 @@ mod tests {
             false
         };
         futures_lite::future::or(timer, busy).await
+    }
+
+    #[test]
+    fn a_wakers_two_writes_land_in_one_cache_line() {
+        // What a waker writes (`source`, then `state`) and the spinner reads: one line.
+        assert_eq!(std::mem::align_of::<Flag>(), 64);
+        assert_eq!(std::mem::offset_of!(Flag, state), 0);
+        let source_end = std::mem::offset_of!(Flag, source) + std::mem::size_of::<WakeSource>();
+        assert!(
+            source_end <= 64,
+            "the wake source ends at byte {source_end}"
+        );
     }
 
     #[test]
