@@ -127,7 +127,7 @@ mod imp {
     ///
     /// A waker writes `source` and then `state`, and the spinning thread reads both: they share
     /// one cache line (`repr(C)`, aligned to a line), so that a wake-up from another CPU moves
-    /// one line, not two. (Apart, the thread stream echo lost 7 % to the second line.)
+    /// one line, not two. (Apart, the thread stream echo lost 8 % to the second line.)
     #[repr(C, align(64))]
     struct Poller {
         state: AtomicU8,
