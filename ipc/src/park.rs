@@ -651,6 +651,16 @@ mod imp {
         use super::*;
 
         #[test]
+        fn the_park_waker_records_where_its_wake_up_came_from() {
+            // How a source tells the polling thread from another is `WakeSource`'s; here,
+            // that the waker records into the poller's before it flips the flag.
+            let poller = Arc::new(Poller::new().expect("an epoll instance"));
+            Waker::from(Arc::new(ParkWaker(poller.clone()))).wake_by_ref();
+            assert_eq!(poller.state.load(Ordering::Acquire), NOTIFIED);
+            assert_eq!(poller.source.take(), WokenBy::Itself);
+        }
+
+        #[test]
         fn a_wakers_two_writes_land_in_one_cache_line() {
             // What a waker writes (`source`, then `state`) and the spinner reads: one line.
             assert_eq!(std::mem::align_of::<Poller>(), 64);
