@@ -72,17 +72,46 @@ const PARKED: u8 = 2;
 
 /// The inner future's waker: flips the flag, and only wakes the parked thread when it parked.
 ///
-/// A waker writes `source` and then `state`, and the spinning thread reads both: one cache line
-/// holds them (`repr(C)`, aligned to a line), so that a wake-up moves one line, not two.
-#[repr(C, align(64))]
+/// A waker writes `source` (its first word) and then `state`, and the spinning thread reads
+/// both. Those 16 bytes sit alone in one cache line, so that a wake-up moves one line, and no
+/// write by another thread to a neighbouring value (the `Arc`'s counts, another allocation)
+/// takes that line from the spinner: at Flag offset 48, 16-aligned, with 48 bytes of the flag's
+/// own before them and after them, whatever 16-aligned address the flag is given.
+///
+/// It is not aligned to a line (`align(64)`) for that: an alignment above 16 is an aligned
+/// allocation, which glibc serves under its arena's lock, without its per-thread cache. The
+/// subint interpreter thread makes a flag per call, and whenever another thread was freeing
+/// memory of that arena at the same moment, one of the two slept on the lock and the call paid
+/// a wake-up (docs/PERFORMANCE.md, "A lock in the allocator"). An alignment of 16 is one the
+/// system allocator serves with a plain `malloc`.
+#[repr(C, align(16))]
 struct Flag {
+    /// The `block_on` loop's waker (this thread's, and wakers' after a park).
+    outer: Mutex<Option<Waker>>,
+    _before: [u8; HOT_AT - std::mem::size_of::<Mutex<Option<Waker>>>()],
     state: AtomicU8,
     /// Where the last wake-up came from.
     source: WakeSource,
-    outer: Mutex<Option<Waker>>,
+    _after: [u8; FLAG_SIZE - HOT_AT - 8 - std::mem::size_of::<WakeSource>()],
 }
 
+/// Where a flag's hot words (`state`, then the first word of `source`) begin.
+const HOT_AT: usize = 48;
+/// A flag's size: its hot words, and 48 bytes of its own on either side of them.
+const FLAG_SIZE: usize = HOT_AT + 16 + 48;
+
 impl Flag {
+    /// A flag for a wait on this thread.
+    fn new() -> Flag {
+        Flag {
+            outer: Mutex::new(None),
+            _before: [0; HOT_AT - std::mem::size_of::<Mutex<Option<Waker>>>()],
+            state: AtomicU8::new(RUNNING),
+            source: WakeSource::for_this_thread(),
+            _after: [0; FLAG_SIZE - HOT_AT - 8 - std::mem::size_of::<WakeSource>()],
+        }
+    }
+
     fn outer(&self) -> std::sync::MutexGuard<'_, Option<Waker>> {
         self.outer.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -134,11 +163,7 @@ impl<F> Drop for SpinThenPark<F> {
 
 impl<F: Future> SpinThenPark<F> {
     fn new(fut: F, gate: SpinGate) -> Self {
-        let flag = Arc::new(Flag {
-            state: AtomicU8::new(RUNNING),
-            source: WakeSource::for_this_thread(),
-            outer: Mutex::new(None),
-        });
+        let flag = Arc::new(Flag::new());
         SpinThenPark {
             fut: Box::pin(fut),
             waker: Waker::from(flag.clone()),
@@ -277,14 +302,21 @@ mod tests {
 
     #[test]
     fn a_wakers_two_writes_land_in_one_cache_line() {
-        // What a waker writes (`source`, then `state`) and the spinner reads: one line.
-        assert_eq!(std::mem::align_of::<Flag>(), 64);
-        assert_eq!(std::mem::offset_of!(Flag, state), 0);
-        let source_end = std::mem::offset_of!(Flag, source) + std::mem::size_of::<WakeSource>();
-        assert!(
-            source_end <= 64,
-            "the wake source ends at byte {source_end}"
-        );
+        use std::mem::{align_of, offset_of, size_of};
+        // Served by a plain `malloc`: no aligned allocation, no arena lock.
+        assert_eq!(align_of::<Flag>(), 16);
+        // What a waker writes (`source`'s first word, then `state`) and the spinner reads: 16
+        // bytes at a 16-aligned offset, which no 64-byte line boundary splits ...
+        const { assert!(HOT_AT % 16 == 0) };
+        assert_eq!(offset_of!(Flag, state), HOT_AT);
+        assert_eq!(offset_of!(Flag, source), HOT_AT + 8);
+        // ... with the flag's own 48 bytes on either side: whichever line holds them holds
+        // nothing of another value.
+        const { assert!(HOT_AT >= 48 && FLAG_SIZE - (HOT_AT + 16) >= 48) };
+        assert_eq!(size_of::<Flag>(), FLAG_SIZE);
+        let flag = Arc::new(Flag::new());
+        let at = std::ptr::from_ref(&flag.state) as usize;
+        assert_eq!(at % 16, 0, "an Arc's value keeps the flag's alignment");
     }
 
     #[test]

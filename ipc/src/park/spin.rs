@@ -178,7 +178,11 @@ pub fn this_cpu() -> Option<usize> {
 /// Where a parked thread's last wake-up came from, for its [`SharedCpu`]: the waker records
 /// it ([`record`](Self::record)) before it flips the thread's wake flag, and the thread takes it
 /// ([`take`](Self::take)) once it has seen the flag.
+///
+/// The word a waker writes comes first (`repr(C)`): a parker that keeps its flag beside a
+/// source in the first 16 bytes of a 16-aligned value has both in one cache line.
 #[derive(Debug)]
+#[repr(C)]
 pub struct WakeSource {
     /// The waker's CPU ([`NO_CPU`]: unknown or none since the last take; [`FROM_ITSELF`]: the
     /// polling thread woke itself).
@@ -1307,6 +1311,12 @@ mod tests {
             (1, 1),
             "a hit resets the back-off"
         );
+    }
+
+    #[test]
+    fn a_wake_source_keeps_the_word_its_waker_writes_first() {
+        // What a parker beside it counts on to keep its hot words together (see `repr(C)`).
+        assert_eq!(std::mem::offset_of!(WakeSource, cpu), 0);
     }
 
     #[test]
