@@ -32,11 +32,15 @@
 //!   of the hog's time slice. Until a process has measured that (its first [`CPU_SAMPLE`]), it
 //!   takes the answer of the process that started it, or else counts the threads that want a
 //!   CPU at that instant;
-//! - **its recent spins paid**: a spin that ran out (nothing came, or it came only after the
-//!   spin's yields had given the CPU away for long) makes the thread skip the next 1, then 3,
-//!   7, ... up to [`MAX_SKIP`] spins; a spin that caught a wake-up in time resets that, and so
-//!   does a sleep shorter than half the spin ([`SpinGate::slept`]: a spin would have caught
-//!   it). An idle actor spins once after its last message, then sleeps and costs nothing.
+//! - **its recent spins paid**: spins that ran out (nothing came, or it came only after the
+//!   spin's yields had given the CPU away for long) make the thread skip spins: none after the
+//!   first of a run, then the next 1, 3, 7, ... up to [`MAX_SKIP`]; a spin that caught a
+//!   wake-up in time resets that, and so does a sleep shorter than half the spin
+//!   ([`SpinGate::slept`]: a spin would have caught it). An idle actor spins once after its
+//!   last message, then sleeps and costs nothing. The first miss is free because it is what
+//!   the end of every burst of messages looks like, and the start of the next burst would pay
+//!   for it: skipping the spin after it made the second call after a pause pay a second
+//!   wake-up on each side (docs/PERFORMANCE.md, "The second call after a pause").
 //!
 //! The spin is [`park_spin`] long: `HARROW_PARK_SPIN_US` (microseconds, at most 1 ms; 0 turns
 //! spinning off), [`DEFAULT_SPIN`] when unset. It busy-waits first, then yields its CPU between
@@ -86,8 +90,10 @@ pub fn spin_from_env(var: &str, default: Duration) -> Duration {
 pub struct SpinGate {
     /// Spins still to skip.
     skip: u32,
-    /// What the next miss sets `skip` to (0 after a hit).
+    /// What the next miss sets `skip` to, once a miss has been let go (0 after a hit).
     backoff: u32,
+    /// The last spin ran out: the next miss backs off. (The first miss of a run does not.)
+    missed: bool,
     /// A spin made every time, whatever the load and the back-off (tests).
     fixed: Option<Duration>,
 }
@@ -98,6 +104,7 @@ impl SpinGate {
         SpinGate {
             skip: 0,
             backoff: 0,
+            missed: false,
             fixed: None,
         }
     }
@@ -109,6 +116,7 @@ impl SpinGate {
         SpinGate {
             skip: 0,
             backoff: 0,
+            missed: false,
             fixed: Some(spin),
         }
     }
@@ -135,11 +143,18 @@ impl SpinGate {
 
     /// The spin caught a wake-up.
     pub fn hit(&mut self) {
+        self.skip = 0;
         self.backoff = 0;
+        self.missed = false;
     }
 
-    /// The spin ran out.
+    /// The spin ran out: the next spin is made all the same after the first miss of a run,
+    /// and then 1, 3, 7, ... up to [`MAX_SKIP`] are skipped after each miss.
     pub fn miss(&mut self) {
+        if !self.missed {
+            self.missed = true;
+            return;
+        }
         self.backoff = (self.backoff * 2 + 1).min(MAX_SKIP);
         self.skip = self.backoff;
     }
@@ -150,9 +165,10 @@ impl SpinGate {
     /// quiet (a start-up, messages far apart) slept through up to [`MAX_SKIP`] waits once the
     /// calls came back to back, paying a wake-up each.
     pub fn slept(&mut self, took: Duration) {
-        if self.backoff > 0 && self.fixed.is_none() && took < park_spin() / 2 {
+        if self.missed && self.fixed.is_none() && took < park_spin() / 2 {
             self.skip = 0;
             self.backoff = 0;
+            self.missed = false;
         }
     }
 }
@@ -1267,7 +1283,7 @@ mod tests {
     fn a_short_sleep_ends_the_back_off_and_a_long_one_does_not() {
         let spin = park_spin();
         let mut gate = SpinGate::new();
-        for _ in 0..5 {
+        for _ in 0..6 {
             gate.miss();
         }
         assert_eq!((gate.skip, gate.backoff), (31, 31));
@@ -1281,21 +1297,35 @@ mod tests {
         assert_eq!((gate.skip, gate.backoff), (31, 31), "as long as a spin: no");
         gate.slept(spin / 2 - Duration::from_nanos(1));
         assert_eq!(
-            (gate.skip, gate.backoff),
-            (0, 0),
+            (gate.skip, gate.backoff, gate.missed),
+            (0, 0, false),
             "a spin would have caught it"
         );
         // Not backing off: nothing to end.
         gate.slept(Duration::ZERO);
         assert_eq!((gate.skip, gate.backoff), (0, 0));
+        // After a first miss, which skips nothing, a short sleep starts the run afresh too.
+        gate.miss();
+        gate.slept(Duration::ZERO);
+        gate.miss();
+        assert_eq!((gate.skip, gate.backoff), (0, 0), "a first miss again");
     }
 
     #[test]
     fn misses_back_off_and_a_hit_resets() {
         let mut gate = SpinGate::new();
         gate.miss();
+        assert_eq!(
+            (gate.skip, gate.backoff),
+            (0, 0),
+            "the first miss is let go"
+        );
+        gate.miss();
         assert_eq!((gate.skip, gate.backoff), (1, 1));
-        assert!(gate.spin().is_zero(), "the spin after a miss is skipped");
+        assert!(
+            gate.spin().is_zero(),
+            "the spin after a second miss is skipped"
+        );
         assert_eq!(gate.skip, 0);
         gate.miss();
         gate.miss();
@@ -1308,9 +1338,11 @@ mod tests {
         gate.miss();
         assert_eq!(
             (gate.skip, gate.backoff),
-            (1, 1),
+            (0, 0),
             "a hit resets the back-off"
         );
+        gate.miss();
+        assert_eq!((gate.skip, gate.backoff), (1, 1));
     }
 
     #[test]
