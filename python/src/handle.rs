@@ -15,7 +15,7 @@ use harrow_portal::CallError;
 use crate::config::InterpConfig;
 use crate::host::CallHost;
 use crate::job::{CallJob, Job, not_exposed};
-use crate::reply::ReplyRx;
+use crate::reply::{Answer, Closed, ReplyRx};
 use crate::spin::SpinGate;
 use crate::state::{JobState, Shared};
 
@@ -184,6 +184,18 @@ fn path_text(func: &FnPath) -> String {
     s
 }
 
+/// What a call's future ends with, from what its reply slot gave: the answer; for one that
+/// went straight to the caller, nothing worth making (the portal sends nothing for a call
+/// already answered, so no error is built and formatted per call for it to drop); for a slot
+/// closed without an answer, the interpreter's end.
+fn received(r: Result<Answer, Closed>, name: &str) -> Answer {
+    match r {
+        Ok(answer) => answer,
+        Err(Closed::AnsweredElsewhere) => Ok(Value::Null),
+        Err(Closed::Gone) => Err(gone(name)),
+    }
+}
+
 fn gone(name: &str) -> CallError {
     CallError::new(
         ErrorKind::Runtime,
@@ -275,7 +287,7 @@ impl Future for PyCall {
             Poll::Ready(r) => {
                 self.finished = true;
                 self.end_in_flight();
-                Poll::Ready(r.unwrap_or_else(|_| Err(gone(&self.shared.name))))
+                Poll::Ready(received(r, &self.shared.name))
             }
             Poll::Pending => {
                 // Not answered yet: watch for the reply briefly before this thread parks (see
@@ -290,7 +302,7 @@ impl Future for PyCall {
                 let got = gate.spin(|| {
                     self.reply
                         .try_recv()
-                        .map(|r| r.unwrap_or_else(|_| Err(gone(&self.shared.name))))
+                        .map(|r| received(r, &self.shared.name))
                 });
                 match got {
                     Some(r) => {
@@ -344,7 +356,7 @@ mod tests {
         // the future dropped before it looked.
         let (call, tx) = a_call(&shared);
         let job = Arc::clone(&call.job);
-        drop(tx);
+        tx.answered_elsewhere();
         drop(call);
         assert!(!job.is_cancelled(), "an ended call is not cancelled");
         // A call still running when its future is dropped is cancelled.
@@ -353,6 +365,23 @@ mod tests {
         drop(call);
         assert!(job.is_cancelled(), "a dropped running call is cancelled");
         drop(tx);
+        shared.unregister();
+    }
+
+    #[test]
+    fn a_call_answered_elsewhere_ends_quietly_and_one_never_run_ends_gone() {
+        let shared = Shared::new("end-test".into());
+        // The answer went straight to the caller: the future ends, with nothing to send.
+        let (call, tx) = a_call(&shared);
+        tx.answered_elsewhere();
+        let ended = futures_lite::future::block_on(call);
+        assert!(matches!(ended, Ok(Value::Null)), "{ended:?}");
+        // The job was dropped unrun (the interpreter shut down): the caller hears why.
+        let (call, tx) = a_call(&shared);
+        drop(tx);
+        let ended = futures_lite::future::block_on(call);
+        let err = ended.expect_err("a call never run fails");
+        assert!(err.to_string().starts_with("InterpreterGone: "), "{err}");
         shared.unregister();
     }
 

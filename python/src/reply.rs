@@ -3,9 +3,10 @@
 //!
 //! One allocation per call (the slot), where a channel per call cost several (the channel, its
 //! boxed receive future, a waiter registration when the future waits). The sender either puts
-//! the result in the slot ([`ReplyTx::send`]) or is dropped without sending (its job was never
-//! run: the interpreter shut down with it queued); either way the slot is closed and the
-//! waiting future woken. A receiver that gave up (the call's future was dropped) is no concern
+//! the result in the slot ([`ReplyTx::send`]), says that the answer went straight to the caller
+//! ([`ReplyTx::answered_elsewhere`]), or is dropped without sending (its job was never run: the
+//! interpreter shut down with it queued); either way the slot is closed and the waiting future
+//! woken. A receiver that gave up (the call's future was dropped) is no concern
 //! of the sender's: the result is dropped with the slot.
 
 use std::sync::Arc;
@@ -30,6 +31,8 @@ struct Slot {
 #[derive(Debug, Default)]
 struct State {
     answer: Option<Answer>,
+    /// The answer went straight to the caller (nothing to take here).
+    elsewhere: bool,
     /// The sender sent or was dropped.
     closed: bool,
     /// The receiving future's waker, while it waits.
@@ -48,9 +51,14 @@ pub(crate) struct ReplyRx {
     slot: Arc<Slot>,
 }
 
-/// The sender was dropped without sending.
+/// Why a closed slot holds no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Gone;
+pub(crate) enum Closed {
+    /// The sender was dropped without sending (or the answer was already taken).
+    Gone,
+    /// The answer went straight to the caller ([`ReplyTx::answered_elsewhere`]).
+    AnsweredElsewhere,
+}
 
 /// A new reply slot.
 pub(crate) fn reply() -> (ReplyTx, ReplyRx) {
@@ -68,7 +76,15 @@ impl ReplyTx {
     /// any more (the caller gave up) is dropped with the slot.
     pub fn send(mut self, answer: Answer) {
         if let Some(slot) = self.slot.take() {
-            close(&slot, Some(answer));
+            close(&slot, Some(answer), false);
+        }
+    }
+
+    /// The call's answer went straight to its caller: the slot closes with nothing in it, and
+    /// its future ends without an answer of its own to give.
+    pub fn answered_elsewhere(mut self) {
+        if let Some(slot) = self.slot.take() {
+            close(&slot, None, true);
         }
     }
 }
@@ -76,15 +92,16 @@ impl ReplyTx {
 impl Drop for ReplyTx {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            close(&slot, None);
+            close(&slot, None, false);
         }
     }
 }
 
-fn close(slot: &Slot, answer: Option<Answer>) {
+fn close(slot: &Slot, answer: Option<Answer>, elsewhere: bool) {
     let waker = {
         let mut st = slot.state.lock();
         st.answer = answer;
+        st.elsewhere = elsewhere;
         st.closed = true;
         slot.closed.store(true, Ordering::Release);
         st.waker.take()
@@ -95,12 +112,12 @@ fn close(slot: &Slot, answer: Option<Answer>) {
 }
 
 impl ReplyRx {
-    /// The answer if the slot is closed (`Err(Gone)`: closed without one), without waiting.
-    pub(crate) fn try_recv(&self) -> Option<Result<Answer, Gone>> {
+    /// The answer if the slot is closed (`Err`: closed without one, and why), without waiting.
+    pub(crate) fn try_recv(&self) -> Option<Result<Answer, Closed>> {
         if !self.slot.closed.load(Ordering::Acquire) {
             return None;
         }
-        Some(self.slot.state.lock().answer.take().ok_or(Gone))
+        Some(take(&mut self.slot.state.lock()))
     }
 
     /// Whether the slot is closed: the call ended (answered here, answered straight to its
@@ -110,16 +127,25 @@ impl ReplyRx {
     }
 
     /// The answer once the slot is closed; until then keeps `cx`'s waker to be woken.
-    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Answer, Gone>> {
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Answer, Closed>> {
         let mut st = self.slot.state.lock();
         if st.closed {
-            return Poll::Ready(st.answer.take().ok_or(Gone));
+            return Poll::Ready(take(&mut st));
         }
         match &mut st.waker {
             Some(w) => w.clone_from(cx.waker()),
             w @ None => *w = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+}
+
+/// What a closed slot gives its receiver: the answer once, then `Gone`.
+fn take(st: &mut State) -> Result<Answer, Closed> {
+    match st.answer.take() {
+        Some(answer) => Ok(answer),
+        None if st.elsewhere => Err(Closed::AnsweredElsewhere),
+        None => Err(Closed::Gone),
     }
 }
 
@@ -134,7 +160,27 @@ mod tests {
         tx.send(Ok(Value::Int(3)));
         assert!(matches!(rx.try_recv(), Some(Ok(Ok(Value::Int(3))))));
         // Taken: what is left is a closed slot.
-        assert!(matches!(rx.try_recv(), Some(Err(Gone))));
+        assert!(matches!(rx.try_recv(), Some(Err(Closed::Gone))));
+    }
+
+    #[test]
+    fn an_answer_sent_elsewhere_closes_and_wakes_without_one() {
+        let (tx, rx) = reply();
+        let waker = futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| {
+            Poll::Ready(cx.waker().clone())
+        }));
+        let mut cx = Context::from_waker(&waker);
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        tx.answered_elsewhere();
+        assert!(rx.is_closed());
+        assert!(matches!(
+            rx.poll_recv(&mut cx),
+            Poll::Ready(Err(Closed::AnsweredElsewhere))
+        ));
+        assert!(matches!(
+            rx.try_recv(),
+            Some(Err(Closed::AnsweredElsewhere))
+        ));
     }
 
     #[test]
@@ -146,7 +192,10 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         assert!(rx.poll_recv(&mut cx).is_pending());
         drop(tx);
-        assert!(matches!(rx.poll_recv(&mut cx), Poll::Ready(Err(Gone))));
+        assert!(matches!(
+            rx.poll_recv(&mut cx),
+            Poll::Ready(Err(Closed::Gone))
+        ));
     }
 
     #[test]

@@ -173,7 +173,7 @@ impl Setup {
         let result = match &ctx.host {
             Some(host) if ctx.kind == CallKind::Unary => match host.answer_now(result) {
                 Ok(()) => {
-                    drop(reply);
+                    reply.answered_elsewhere();
                     return ends;
                 }
                 Err(result) => result,
