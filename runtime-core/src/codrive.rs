@@ -29,9 +29,11 @@ use std::pin::Pin;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::thread::Thread;
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use futures_lite::FutureExt;
 use harrow_ipc::wait::Event;
 use harrow_ipc::wait::{deadline, wait_until};
@@ -99,11 +101,14 @@ struct Inner {
     main_done: AtomicBool,
     /// The runtime is ending: the helper stops driving and takes no new turn.
     ending: AtomicBool,
-    /// The helper entered `DRIVING`, or `ending` was set.
+    /// The helper came back from `AWAY` (entered `DRIVING`), or the main task ended.
     changed: Event,
+    /// The driving helper's waker, woken when `ending` is set. (An `Event` listener per wait
+    /// cost an allocation and two locks per call of a co-driven actor.)
+    helper_waker: AtomicWaker,
     /// The helper is inside `drive_until`.
     helper_in: AtomicBool,
-    /// The helper left `drive_until`.
+    /// The helper left `drive_until` while `ending` was set.
     helper_left: Event,
 }
 
@@ -153,8 +158,11 @@ impl CoDriver {
             self.leave(AWAY);
             return false;
         }
-        inner.state.store(DRIVING, SeqCst);
-        inner.changed.notify(usize::MAX);
+        // Only an owner that runs the tasks while the helper is away waits for this (otherwise
+        // it sleeps: `own`); from `BUSY`, the state of every call's end, nobody does.
+        if inner.state.swap(DRIVING, SeqCst) == AWAY {
+            inner.changed.notify(usize::MAX);
+        }
         /// Leaves `Driving` for `Away` if what runs below panics: the owner must not wait for
         /// a helper that is gone.
         struct Unwind<'a>(&'a CoDriver);
@@ -172,10 +180,15 @@ impl CoDriver {
                 until.await;
                 true
             };
-            let ending = async {
-                wait_until(&inner.changed, || inner.ending.load(SeqCst)).await;
-                false
-            };
+            let ending = std::future::poll_fn(|cx| {
+                // Registered before the look: `unbind` sets `ending`, then wakes.
+                inner.helper_waker.register(cx.waker());
+                if inner.ending.load(SeqCst) {
+                    Poll::Ready(false)
+                } else {
+                    Poll::Pending
+                }
+            });
             // One task at a time, `until` looked at between them: unlike `Executor::run`, no
             // worker queue is made and dropped per wait.
             let tasks = async {
@@ -206,7 +219,11 @@ impl CoDriver {
             inner.wake_owner();
         }
         inner.helper_in.store(false, SeqCst);
-        inner.helper_left.notify(usize::MAX);
+        // Only `unbind` waits for this, after setting `ending` (both sequentially consistent:
+        // either this sees `ending`, or `unbind` sees `helper_in` cleared and does not wait).
+        if inner.ending.load(SeqCst) {
+            inner.helper_left.notify(usize::MAX);
+        }
     }
 
     /// Helper: it is about to wait for something the actor's tasks must do (they must run now,
@@ -250,10 +267,10 @@ impl CoDriver {
                 return block_on_in_process(exec.run(&mut main));
             }
             if inner.state.load(SeqCst) == AWAY {
-                // Until the helper drives again.
-                // (The helper notifies `changed` when it starts driving.)
+                // Until the helper comes back (it notifies `changed` when it drives again after
+                // being away; seen busy, it has been driving since).
                 let stop = async {
-                    wait_until(&inner.changed, || inner.state.load(SeqCst) == DRIVING).await;
+                    wait_until(&inner.changed, || inner.state.load(SeqCst) != AWAY).await;
                     None
                 };
                 let done = async { Some((&mut main).await) };
@@ -274,7 +291,7 @@ impl CoDriver {
     pub(crate) fn unbind(&self, bound: Duration) {
         let inner = &*self.inner;
         inner.ending.store(true, SeqCst);
-        inner.changed.notify(usize::MAX);
+        inner.helper_waker.wake();
         let left = wait_until(&inner.helper_left, || !inner.helper_in.load(SeqCst));
         let out = block_on_in_process(deadline(bound, left));
         if out.is_none() {
