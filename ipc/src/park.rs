@@ -446,13 +446,14 @@ mod imp {
                     poller.state.load(Ordering::Acquire) != RUNNING
                 });
                 if let Spun::Caught { after_yield } = spun {
-                    gate.hit();
                     // The wake-up that a look found (its reader woken from this thread) or a
                     // waker's, which says where it ran; a wake-up this thread gave itself (a
-                    // task it ran woke another) neither counts toward a move nor ends the run.
+                    // task it ran woke another) neither counts toward a move nor ends the run,
+                    // and says nothing of whether spins pay.
                     let woken_by = poller.source.take();
                     match (found, woken_by) {
                         (Some(cpu), _) | (None, WokenBy::Cpu(cpu)) => {
+                            gate.hit();
                             shared_cpu.after_caught(after_yield, cpu);
                         }
                         (None, WokenBy::Itself) => {}

@@ -60,7 +60,7 @@ pub fn block_on_in_process<F: Future>(fut: F) -> F::Output {
     if spin.is_zero() {
         return futures_lite::future::block_on(fut);
     }
-    futures_lite::future::block_on(SpinThenPark::new(fut, SpinGate::new()))
+    futures_lite::future::block_on(SpinThenPark::new(fut, None))
 }
 
 /// The inner future is being polled or the thread spins; no wake-up since the last poll began.
@@ -139,6 +139,8 @@ struct SpinThenPark<F> {
     flag: Arc<Flag>,
     waker: Waker,
     gate: SpinGate,
+    /// `gate` is the thread's, taken from [`THREAD_GATE`], to be given back on drop.
+    threads_gate: bool,
     /// Whether this thread and its wakers keep sharing a CPU: the thread's own watch, taken
     /// from [`THREAD_WATCH`] and given back on drop.
     shared_cpu: SharedCpu,
@@ -151,6 +153,12 @@ std::thread_local! {
     /// thread that waits in many short `block_on`s (the subint interpreter thread waits for each
     /// call in its own) would otherwise start every wait with a run of zero and never move.
     static THREAD_WATCH: std::cell::Cell<SharedCpu> = const { std::cell::Cell::new(SharedCpu::new()) };
+
+    /// This thread's spin gate (its back-off after spins that ran out), between its
+    /// `block_on_in_process` calls, for the same reason. Started afresh for each call it waits
+    /// for, the subint interpreter thread spun its whole spin after every call however far
+    /// apart they came: with a call every 200 µs, most of a core's worth of yields.
+    static THREAD_GATE: std::cell::Cell<SpinGate> = const { std::cell::Cell::new(SpinGate::new()) };
 }
 
 impl<F> Drop for SpinThenPark<F> {
@@ -158,17 +166,26 @@ impl<F> Drop for SpinThenPark<F> {
         let watch = std::mem::take(&mut self.shared_cpu);
         // A thread being torn down has no watch to keep.
         let _ = THREAD_WATCH.try_with(|w| w.set(watch));
+        if self.threads_gate {
+            let gate = std::mem::take(&mut self.gate);
+            let _ = THREAD_GATE.try_with(|g| g.set(gate));
+        }
     }
 }
 
 impl<F: Future> SpinThenPark<F> {
-    fn new(fut: F, gate: SpinGate) -> Self {
+    /// A wait with `gate`, or (`None`) with the thread's own gate.
+    fn new(fut: F, gate: Option<SpinGate>) -> Self {
         let flag = Arc::new(Flag::new());
+        let threads_gate = gate.is_none();
+        // A `block_on` nested in another starts with a gate of its own.
+        let gate = gate.unwrap_or_else(|| THREAD_GATE.try_with(|g| g.take()).unwrap_or_default());
         SpinThenPark {
             fut: Box::pin(fut),
             waker: Waker::from(flag.clone()),
             flag,
             gate,
+            threads_gate,
             // A `block_on` nested in another starts a watch of its own.
             shared_cpu: THREAD_WATCH.try_with(|w| w.take()).unwrap_or_default(),
             parked_at: None,
@@ -214,8 +231,10 @@ impl<F: Future> Future for SpinThenPark<F> {
                     this.flag.state.load(Ordering::Acquire) != RUNNING
                 }) {
                     Spun::Caught { after_yield } => {
-                        this.gate.hit();
+                        // A wake-up this thread gave itself (a task it ran woke another) was
+                        // there before the spin began: it says nothing of whether spins pay.
                         if let WokenBy::Cpu(waker) = this.flag.source.take() {
+                            this.gate.hit();
                             this.shared_cpu.after_caught(after_yield, waker);
                         }
                         continue;
@@ -247,7 +266,7 @@ mod tests {
 
     /// `block_on_in_process` spinning `spin` before every park, whatever the load says.
     fn block_on<F: Future>(spin: Duration, fut: F) -> F::Output {
-        futures_lite::future::block_on(SpinThenPark::new(fut, SpinGate::always(spin)))
+        futures_lite::future::block_on(SpinThenPark::new(fut, Some(SpinGate::always(spin))))
     }
 
     #[test]
@@ -323,7 +342,7 @@ mod tests {
     fn the_flag_records_where_its_wake_up_came_from() {
         // How a source tells the polling thread from another is `WakeSource`'s (tested in
         // `harrow-ipc`); here, that the flag's waker records into it.
-        let parker = SpinThenPark::new(std::future::pending::<()>(), SpinGate::new());
+        let parker = SpinThenPark::new(std::future::pending::<()>(), Some(SpinGate::new()));
         // A task run by the polling thread woke another: not evidence of where peers run.
         parker.waker.wake_by_ref();
         assert_eq!(parker.flag.source.take(), WokenBy::Itself);
@@ -346,14 +365,14 @@ mod tests {
         assert_eq!(watch.run_len(), 1);
         THREAD_WATCH.with(|w| w.set(watch));
         {
-            let outer = SpinThenPark::new(std::future::ready(()), SpinGate::new());
+            let outer = SpinThenPark::new(std::future::ready(()), Some(SpinGate::new()));
             assert_eq!(
                 outer.shared_cpu.run_len(),
                 1,
                 "a wait takes up the thread's run"
             );
             // A wait nested inside it starts its own, and leaves the outer one's alone.
-            let inner = SpinThenPark::new(std::future::ready(()), SpinGate::new());
+            let inner = SpinThenPark::new(std::future::ready(()), Some(SpinGate::new()));
             assert_eq!(inner.shared_cpu.run_len(), 0);
             drop(inner);
             drop(outer);
@@ -367,6 +386,97 @@ mod tests {
         block_on_in_process(async {});
         assert_eq!(THREAD_WATCH.with(|w| w.take()).run_len(), 1);
         sched_setaffinity(None, &before).expect("unpin");
+    }
+
+    #[test]
+    fn the_spin_gate_outlives_one_block_on() {
+        let mut gate = SpinGate::new();
+        // Two spins in a row ran out: the next one is skipped.
+        gate.miss();
+        gate.miss();
+        assert_eq!(gate.backed_off(), (1, true));
+        THREAD_GATE.with(|g| g.set(gate));
+        {
+            let outer = SpinThenPark::new(std::future::ready(()), None);
+            assert_eq!(
+                outer.gate.backed_off(),
+                (1, true),
+                "a wait takes up the thread's gate"
+            );
+            let inner = SpinThenPark::new(std::future::ready(()), None);
+            assert_eq!(
+                inner.gate.backed_off(),
+                (0, false),
+                "a nested wait has its own"
+            );
+            drop(inner);
+            drop(outer);
+        }
+        // Given back when the wait ended: the next wait goes on with it ...
+        assert_eq!(THREAD_GATE.with(|g| g.take()).backed_off(), (1, true));
+        // ... and a gate given to one wait is not the thread's.
+        let mut gate = SpinGate::new();
+        gate.miss();
+        gate.miss();
+        drop(SpinThenPark::new(std::future::ready(()), Some(gate)));
+        assert_eq!(THREAD_GATE.with(|g| g.take()).backed_off(), (0, false));
+    }
+
+    #[test]
+    fn a_wake_up_the_thread_gave_itself_is_not_a_spin_that_paid() {
+        // A future that wakes itself once, then is done: its second poll comes from a spin
+        // that caught that wake-up at once.
+        let mut woke = false;
+        let wakes_itself = std::future::poll_fn(move |cx| {
+            if woke {
+                return Poll::Ready(());
+            }
+            woke = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        });
+        let mut gate = SpinGate::always(Duration::from_micros(50));
+        gate.miss();
+        gate.miss();
+        let mut parker = SpinThenPark::new(wakes_itself, Some(gate));
+        futures_lite::future::block_on(&mut parker);
+        assert_eq!(
+            parker.gate.backed_off(),
+            (1, true),
+            "not counted as a hit (which ends the back-off)"
+        );
+        // A wake-up from another thread caught by the spin is one.
+        let (tx, rx) = async_channel::bounded::<()>(1);
+        let mut gate = SpinGate::always(Duration::from_millis(500));
+        gate.miss();
+        gate.miss();
+        let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut recv = Box::pin(rx.recv());
+        let seen = Arc::clone(&polled);
+        let mut parker = SpinThenPark::new(
+            std::future::poll_fn(move |cx| {
+                let r = recv.as_mut().poll(cx);
+                seen.store(true, Ordering::SeqCst);
+                r.map(|_| ())
+            }),
+            Some(gate),
+        );
+        let sender = std::thread::spawn(move || {
+            // Sent once the parker has polled (and spins, up to 500 ms, for it).
+            let start = Instant::now();
+            while !polled.load(Ordering::SeqCst) {
+                assert!(start.elapsed() < Duration::from_secs(10), "never polled");
+                std::thread::yield_now();
+            }
+            tx.send_blocking(())
+        });
+        futures_lite::future::block_on(&mut parker);
+        sender.join().expect("sender").expect("sent");
+        assert_eq!(
+            parker.gate.backed_off(),
+            (0, false),
+            "a hit ends the back-off"
+        );
     }
 
     #[test]

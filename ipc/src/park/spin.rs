@@ -56,6 +56,9 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// The most spins a run of misses makes a thread skip.
 pub const MAX_SKIP: u32 = 255;
 
+/// A sleep this long ends a thread's back-off ([`SpinGate::slept`]).
+pub const IDLE: Duration = Duration::from_millis(10);
+
 /// Rounds of pure busy-waiting (1, 2, 4, ... `spin_loop` hints) before each round yields.
 const YIELD_AFTER: u32 = 6;
 
@@ -121,6 +124,13 @@ impl SpinGate {
         }
     }
 
+    /// Spins still to skip, and whether the last spin ran out (for tests of the parkers that
+    /// keep a gate).
+    #[doc(hidden)]
+    pub fn backed_off(&self) -> (u32, bool) {
+        (self.skip, self.missed)
+    }
+
     /// How long to spin before this sleep: zero when spinning is off, backed off, or the
     /// machine has no core to spare.
     pub fn spin(&mut self) -> Duration {
@@ -164,8 +174,13 @@ impl SpinGate {
     /// the back-off ends. Without this, a thread that missed its spins while its actor was
     /// quiet (a start-up, messages far apart) slept through up to [`MAX_SKIP`] waits once the
     /// calls came back to back, paying a wake-up each.
+    ///
+    /// A sleep of [`IDLE`] or more ends it too: the misses before it belong to an earlier
+    /// burst of messages, and the wake-up that ends it starts the next one, whose second
+    /// message would otherwise find the thread asleep again. It costs at most one spin per
+    /// [`IDLE`]; messages that come closer together keep the back-off.
     pub fn slept(&mut self, took: Duration) {
-        if self.missed && self.fixed.is_none() && took < park_spin() / 2 {
+        if self.missed && self.fixed.is_none() && (took < park_spin() / 2 || took >= IDLE) {
             self.skip = 0;
             self.backoff = 0;
             self.missed = false;
@@ -1280,7 +1295,7 @@ mod tests {
     }
 
     #[test]
-    fn a_short_sleep_ends_the_back_off_and_a_long_one_does_not() {
+    fn a_short_sleep_or_an_idle_spell_ends_the_back_off_and_one_between_does_not() {
         let spin = park_spin();
         let mut gate = SpinGate::new();
         for _ in 0..6 {
@@ -1295,6 +1310,8 @@ mod tests {
         }
         gate.slept(spin);
         assert_eq!((gate.skip, gate.backoff), (31, 31), "as long as a spin: no");
+        gate.slept(IDLE - Duration::from_nanos(1));
+        assert_eq!((gate.skip, gate.backoff), (31, 31), "shorter than idle: no");
         gate.slept(spin / 2 - Duration::from_nanos(1));
         assert_eq!(
             (gate.skip, gate.backoff, gate.missed),
@@ -1304,6 +1321,16 @@ mod tests {
         // Not backing off: nothing to end.
         gate.slept(Duration::ZERO);
         assert_eq!((gate.skip, gate.backoff), (0, 0));
+        // An idle spell ends it as well: the next burst starts afresh.
+        for _ in 0..6 {
+            gate.miss();
+        }
+        gate.slept(IDLE);
+        assert_eq!(
+            (gate.skip, gate.backoff, gate.missed),
+            (0, 0, false),
+            "a sleep of an idle spell"
+        );
         // After a first miss, which skips nothing, a short sleep starts the run afresh too.
         gate.miss();
         gate.slept(Duration::ZERO);
