@@ -35,9 +35,10 @@
 //! - **its recent spins paid**: spins that ran out (nothing came, or it came only after the
 //!   spin's yields had given the CPU away for long) make the thread skip spins: none after the
 //!   first of a run, then the next 1, 3, 7, ... up to [`MAX_SKIP`]; a spin that caught a
-//!   wake-up in time resets that, and so does a sleep shorter than half the spin
-//!   ([`SpinGate::slept`]: a spin would have caught it). An idle actor spins once after its
-//!   last message, then sleeps and costs nothing. The first miss is free because it is what
+//!   wake-up from another thread in time resets that (one the thread gave itself does not),
+//!   and so does a sleep shorter than half the spin ([`SpinGate::slept`]: a spin would have
+//!   caught it) or of [`IDLE`] or more (a new burst). An idle actor spins once after its last
+//!   message, then sleeps and costs nothing. The first miss is free because it is what
 //!   the end of every burst of messages looks like, and the start of the next burst would pay
 //!   for it: skipping the spin after it made the second call after a pause pay a second
 //!   wake-up on each side (docs/PERFORMANCE.md, "The second call after a pause").
