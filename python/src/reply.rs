@@ -163,39 +163,41 @@ mod tests {
         assert!(matches!(rx.try_recv(), Some(Err(Closed::Gone))));
     }
 
-    #[test]
-    fn an_answer_sent_elsewhere_closes_and_wakes_without_one() {
+    /// Polls a fresh slot's receiver (it waits), closes the slot with `close`, checks that the
+    /// waiting receiver was woken, and returns what it then receives.
+    fn received_after(close: impl FnOnce(ReplyTx)) -> Result<Answer, Closed> {
+        struct Flag(AtomicBool);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
         let (tx, rx) = reply();
-        let waker = futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| {
-            Poll::Ready(cx.waker().clone())
-        }));
+        let woken = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(Arc::clone(&woken));
         let mut cx = Context::from_waker(&waker);
         assert!(rx.poll_recv(&mut cx).is_pending());
-        tx.answered_elsewhere();
+        close(tx);
+        assert!(
+            woken.0.load(Ordering::SeqCst),
+            "the waiting receiver is woken"
+        );
         assert!(rx.is_closed());
-        assert!(matches!(
-            rx.poll_recv(&mut cx),
-            Poll::Ready(Err(Closed::AnsweredElsewhere))
-        ));
-        assert!(matches!(
-            rx.try_recv(),
-            Some(Err(Closed::AnsweredElsewhere))
-        ));
+        match rx.poll_recv(&mut cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => panic!("a closed slot is ready"),
+        }
+    }
+
+    #[test]
+    fn an_answer_sent_elsewhere_closes_and_wakes_without_one() {
+        let got = received_after(ReplyTx::answered_elsewhere);
+        assert!(matches!(got, Err(Closed::AnsweredElsewhere)));
     }
 
     #[test]
     fn a_dropped_sender_closes_and_wakes() {
-        let (tx, rx) = reply();
-        let waker = futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| {
-            Poll::Ready(cx.waker().clone())
-        }));
-        let mut cx = Context::from_waker(&waker);
-        assert!(rx.poll_recv(&mut cx).is_pending());
-        drop(tx);
-        assert!(matches!(
-            rx.poll_recv(&mut cx),
-            Poll::Ready(Err(Closed::Gone))
-        ));
+        assert!(matches!(received_after(drop), Err(Closed::Gone)));
     }
 
     #[test]
