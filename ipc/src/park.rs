@@ -42,7 +42,7 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
 pub fn block_on_following<F: Future>(fut: F) -> F::Output {
     #[cfg(target_os = "linux")]
     {
-        imp::block_on(spin::SpinGate::new(), true, fut)
+        imp::block_on(&mut spin::SpinGate::new(), true, fut)
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -53,10 +53,10 @@ pub fn block_on_following<F: Future>(fut: F) -> F::Output {
 /// [`block_on`] with the given spin decisions (tests force the spin with
 /// [`SpinGate::always`](spin::SpinGate::always)).
 #[doc(hidden)]
-pub fn block_on_gated<F: Future>(gate: spin::SpinGate, fut: F) -> F::Output {
+pub fn block_on_gated<F: Future>(mut gate: spin::SpinGate, fut: F) -> F::Output {
     #[cfg(target_os = "linux")]
     {
-        imp::block_on(gate, false, fut)
+        imp::block_on(&mut gate, false, fut)
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -382,7 +382,8 @@ mod imp {
         }
     }
 
-    pub(super) fn block_on<F: Future>(mut gate: SpinGate, follow: bool, fut: F) -> F::Output {
+    /// Runs `fut` to completion, spinning as `gate` says; `gate` keeps what the waits taught it.
+    pub(super) fn block_on<F: Future>(gate: &mut SpinGate, follow: bool, fut: F) -> F::Output {
         let poller = match Poller::new() {
             Ok(p) => Arc::new(p),
             Err(e) => {
@@ -672,6 +673,58 @@ mod imp {
                 source_end <= 64,
                 "the wake source ends at byte {source_end}"
             );
+        }
+
+        #[test]
+        fn a_wake_up_the_thread_gave_itself_is_not_a_spin_that_paid() {
+            // A future that wakes itself once, then is done: its second poll comes from a spin
+            // that caught that wake-up at once, and says nothing of whether spins pay.
+            let mut woke = false;
+            let wakes_itself = std::future::poll_fn(move |cx| {
+                if woke {
+                    return Poll::Ready(());
+                }
+                woke = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            });
+            let mut gate = SpinGate::always(Duration::from_micros(50));
+            gate.miss();
+            gate.miss();
+            block_on(&mut gate, false, wakes_itself);
+            assert_eq!(
+                gate.backed_off(),
+                (1, true),
+                "not counted as a hit (which ends the back-off)"
+            );
+            // A wake-up from another thread caught by the spin is one.
+            let (tx, rx) = flume::bounded::<()>(1);
+            let polled = Arc::new(AtomicBool::new(false));
+            let seen = Arc::clone(&polled);
+            let mut recv = Box::pin(async move { rx.recv_async().await });
+            let from_elsewhere = std::future::poll_fn(move |cx| {
+                let r = recv.as_mut().poll(cx);
+                seen.store(true, Ordering::SeqCst);
+                r.map(|_| ())
+            });
+            let sender = std::thread::spawn(move || {
+                // Sent once the parker has polled (and spins, up to 500 ms, for it).
+                let start = Instant::now();
+                while !polled.load(Ordering::SeqCst) {
+                    assert!(start.elapsed() < Duration::from_secs(10), "never polled");
+                    std::thread::yield_now();
+                }
+                tx.send(())
+            });
+            let mut gate = SpinGate::always(Duration::from_millis(500));
+            gate.miss();
+            gate.miss();
+            block_on(&mut gate, false, from_elsewhere);
+            sender
+                .join()
+                .expect("the sender thread")
+                .expect("the receiver waits");
+            assert_eq!(gate.backed_off(), (0, false), "a hit ends the back-off");
         }
     }
 }
