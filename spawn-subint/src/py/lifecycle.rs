@@ -5,6 +5,8 @@
 use std::cell::Cell;
 use std::ffi::CStr;
 use std::sync::Arc;
+#[cfg(test)]
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
 
 use harrow_python::ffi::{self as py, Served};
@@ -207,12 +209,66 @@ unsafe fn after_panic(shared: &Arc<Shared>, life: Life, why: String) -> Exit {
     }
 }
 
-/// Creates the interpreter on this thread and returns its (current, GIL-holding) thread state.
+/// How many times an interpreter's creation is tried before its failure is reported.
+///
+/// CPython 3.12 and 3.13 keep some state of all interpreters in process-wide variables that a
+/// creation updates while other interpreters run, start and end, and a creation that overlaps
+/// them now and then fails in its own set-up with `Failed to import encodings module`
+/// (python/cpython#109700, #127108, #128381, #131485; here: one spawn in about thirty runs of
+/// the subint conformance suite, docs/subint-notes.md). A failed creation leaves nothing behind
+/// (CPython deletes the half-made interpreter and gives the thread back its temporary state), so
+/// it is tried again; a failure that is not such a collision fails every attempt, and is
+/// reported with each attempt's message.
+pub(crate) const CREATE_ATTEMPTS: usize = 3;
+
+/// Creations to fail on purpose before calling CPython (tests of the retry).
+#[cfg(test)]
+static FAIL_NEXT_CREATIONS: AtomicU32 = AtomicU32::new(0);
+
+/// Creates the interpreter on this thread and returns its (current, GIL-holding) thread state,
+/// trying up to [`CREATE_ATTEMPTS`] times.
 ///
 /// # Safety
 /// A fresh thread with no thread state; the main interpreter is initialised with its GIL
 /// released.
 unsafe fn create(config: &InterpConfig) -> Result<*mut ffi::PyThreadState, String> {
+    let mut failures: Vec<String> = Vec::new();
+    for attempt in 1..=CREATE_ATTEMPTS {
+        // SAFETY: see the contract; a failed attempt leaves the thread with no thread state,
+        // as it found it.
+        match unsafe { create_once(config) } {
+            Ok(ts) => {
+                if !failures.is_empty() {
+                    tracing::warn!(
+                        actor = %config.name,
+                        "interpreter created on attempt {attempt}, after: {}",
+                        failures.join("; ")
+                    );
+                }
+                return Ok(ts);
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    failures.dedup();
+    Err(format!(
+        "{} ({CREATE_ATTEMPTS} attempts)",
+        failures.join("; then: ")
+    ))
+}
+
+/// One attempt of [`create`].
+///
+/// # Safety
+/// As [`create`].
+unsafe fn create_once(config: &InterpConfig) -> Result<*mut ffi::PyThreadState, String> {
+    #[cfg(test)]
+    if FAIL_NEXT_CREATIONS
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return Err("a failure injected by a test".into());
+    }
     let legacy = config.legacy;
     let cfg = ffi::PyInterpreterConfig {
         // Own GIL needs its own allocator; legacy mode shares both.
@@ -334,4 +390,49 @@ pub(crate) fn bare_create_end(config: &InterpConfig) -> Result<std::time::Durati
         actor: "bare".into(),
         message: "the bare create/end thread panicked".into(),
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use harrow_ipc::{CallKind, FnPath, Value};
+
+    use super::*;
+    use crate::InterpThread;
+
+    const BOUND: Duration = Duration::from_secs(30);
+
+    fn config(name: &str) -> InterpConfig {
+        InterpConfig::new(name)
+            .expose("harrow_testfns")
+            .sys_path(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyfns"))
+    }
+
+    #[test]
+    fn a_failed_creation_is_tried_again_and_reported_with_each_attempt() {
+        // Fails twice, then succeeds: the spawn does not see the failures.
+        FAIL_NEXT_CREATIONS.store(2, Ordering::SeqCst);
+        let t = InterpThread::spawn(config("retried")).expect("created on the third attempt");
+        assert_eq!(FAIL_NEXT_CREATIONS.load(Ordering::SeqCst), 0);
+        let call = t.handle().call(
+            FnPath::parse("harrow_testfns:echo").expect("a valid path"),
+            CallKind::Unary,
+            Value::Int(7),
+            None,
+        );
+        let answer = futures_lite::future::block_on(harrow_ipc::wait::deadline(BOUND, call));
+        assert_eq!(answer.expect("in time").expect("echoed"), Value::Int(7));
+        assert_eq!(t.shutdown(BOUND), Exit::Exited);
+
+        // Fails every attempt: the spawn fails, saying what failed and how often.
+        FAIL_NEXT_CREATIONS.store(CREATE_ATTEMPTS as u32, Ordering::SeqCst);
+        let err = InterpThread::spawn(config("never")).expect_err("every attempt failed");
+        assert_eq!(FAIL_NEXT_CREATIONS.load(Ordering::SeqCst), 0);
+        let text = err.to_string();
+        assert!(
+            text.contains("never") && text.contains("a failure injected by a test (3 attempts)"),
+            "{text}"
+        );
+    }
 }
