@@ -140,8 +140,15 @@ impl Value {
     /// Checks that the value nests at most `limit` deep (as [`depth`](Value::depth) counts, and
     /// as the codec's [`max_depth`](crate::codec::CodecConfig::max_depth) does). Stops at the
     /// first level past the limit; never recurses.
+    #[inline]
     pub fn check_depth(&self, limit: usize) -> Result<(), crate::ValueError> {
-        if self.measure_depth(limit) > limit {
+        // A scalar is 1 deep: most streamed items and call arguments need no walk.
+        let depth = if self.is_container() {
+            self.measure_depth(limit)
+        } else {
+            1
+        };
+        if depth > limit {
             return Err(crate::ValueError::TooDeep { limit });
         }
         Ok(())

@@ -90,6 +90,17 @@ fn depth_is_measured_without_recursion_and_checked_against_a_limit() {
     assert_eq!(Value::Int(1).depth(), 1);
     assert_eq!(Value::List(vec![]).depth(), 1);
     assert_eq!(Value::List(vec![Value::Null]).depth(), 2);
+    // A scalar is 1 deep against any limit, as a container is.
+    assert_eq!(Value::Int(1).check_depth(1), Ok(()));
+    assert_eq!(
+        Value::Str("x".into()).check_depth(0),
+        Err(ValueError::TooDeep { limit: 0 })
+    );
+    assert_eq!(Value::List(vec![]).check_depth(1), Ok(()));
+    assert_eq!(
+        Value::List(vec![]).check_depth(0),
+        Err(ValueError::TooDeep { limit: 0 })
+    );
     let at_limit = nested_list(DEFAULT_MAX_DEPTH);
     assert_eq!(at_limit.check_depth(DEFAULT_MAX_DEPTH), Ok(()));
     assert!(

@@ -74,6 +74,7 @@ impl From<RemoteError> for Error {
 /// Refuses a value nested deeper than [`DEFAULT_MAX_DEPTH`] where it enters the API, so the limit
 /// holds on every transport (`mem` never encodes) and no deep value reaches the peer. `what` names
 /// the value for the message ("arguments of m:f").
+#[inline]
 pub(crate) fn check_depth(value: &Value, what: impl FnOnce() -> String) -> Result<()> {
     value
         .check_depth(DEFAULT_MAX_DEPTH)
