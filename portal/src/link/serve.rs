@@ -194,8 +194,9 @@ impl Shared {
     /// [`end_served`](Self::end_served); with `from_outside` (an answer from another thread:
     /// [`answer_served_now`](Self::answer_served_now)), the call has started, so its
     /// `StartAck` goes first if its first poll has not queued it yet (the answer can come
-    /// before that poll), and both are handed over without scheduling a wake-up of the peer
-    /// (the caller wakes it once the lock is released).
+    /// before that poll), and both are handed over without scheduling a wake-up of the peer:
+    /// the peer is woken here, as soon as the link's lock is released, before the local
+    /// waiters are told (the caller waits for this answer; nobody here waits for them).
     fn end_served_with(
         &self,
         cid: Cid,
@@ -228,6 +229,9 @@ impl Shared {
             None
         };
         drop(st);
+        if from_outside {
+            self.wake_peer_now();
+        }
         if let Some(timer) = timer {
             timer.detach(); // it may be this very task; it finds nothing owed and ends
         }
@@ -268,11 +272,8 @@ impl Shared {
         let entry = self.end_served_with(cid, true, |shared, chan, st| {
             Some(shared.answer_msg(cid, chan, st, Ok(result)))
         });
-        if let Some(entry) = entry {
-            self.wake_peer_now();
-            if let Some(task) = entry.task {
-                task.detach();
-            }
+        if let Some(task) = entry.and_then(|e| e.task) {
+            task.detach();
         }
     }
 
