@@ -214,8 +214,8 @@ unsafe fn after_panic(shared: &Arc<Shared>, life: Life, why: String) -> Exit {
 /// CPython 3.12 and 3.13 keep some state of all interpreters in process-wide variables that a
 /// creation updates while other interpreters run, start and end, and a creation that overlaps
 /// them now and then fails in its own set-up with `Failed to import encodings module`
-/// (python/cpython#109700, #127108, #128381, #131485; here: one spawn in about thirty runs of
-/// the subint conformance suite, docs/subint-notes.md). A failed creation leaves nothing behind
+/// (python/cpython#109700, #127108, #128381, #131485; here: one spawn in one of 29 runs of the
+/// subint conformance suite, docs/subint-notes.md). A failed creation leaves nothing behind
 /// (CPython deletes the half-made interpreter and gives the thread back its temporary state), so
 /// it is tried again; a failure that is not such a collision fails every attempt, and is
 /// reported with each attempt's message.
