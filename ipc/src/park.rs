@@ -141,6 +141,9 @@ mod imp {
         /// The registered interests that have a [`Watch`] (copied on write: the parker takes
         /// the list with one reference count per loop).
         watched: Mutex<Arc<[Arc<Interest>]>>,
+        /// When a waker last found the thread asleep and woke it ([`spin::now_ns`]): for the
+        /// thread's [`spin::wake_delay`].
+        woke_at: AtomicU64,
     }
 
     /// One registered socket: whether an edge arrived since its reader last consumed one,
@@ -209,6 +212,7 @@ mod imp {
                 interests: Mutex::new(HashMap::new()),
                 watched: Mutex::new(Arc::from(Vec::new())),
                 source: WakeSource::for_this_thread(),
+                woke_at: AtomicU64::new(0),
             })
         }
 
@@ -348,6 +352,8 @@ mod imp {
             // Published by the swap, read by the spinner after its acquire load.
             self.0.source.record();
             if self.0.state.swap(NOTIFIED, Ordering::AcqRel) == PARKED {
+                // Read by the thread once the wake-up (below) has reached it.
+                self.0.woke_at.store(spin::now_ns(), Ordering::Release);
                 if let Some(fds) = self.0.fds() {
                     let _ = rustix::io::write(&*fds.wake, &1u64.to_ne_bytes());
                 }
@@ -469,6 +475,9 @@ mod imp {
                 Poller::disarm_watched(&watched);
                 continue;
             }
+            // Before the state says parked: a waker that finds it parked records a later
+            // moment.
+            let slept_at = Instant::now();
             if poller
                 .state
                 .compare_exchange(RUNNING, PARKED, Ordering::AcqRel, Ordering::Acquire)
@@ -478,10 +487,10 @@ mod imp {
                 Poller::disarm_watched(&watched);
                 continue;
             }
-            let slept_at = Instant::now();
             let waited = poller.wait(&fds, &mut events);
             looked = Instant::now();
-            gate.slept(looked.duration_since(slept_at));
+            let woke = poller.woke_at.load(Ordering::Acquire);
+            gate.slept(spin::wake_delay(slept_at, woke, looked));
             Poller::disarm_watched(&watched);
             if follow {
                 // Only a ring says where its writer ran; any other wake-up ends the run. (The
@@ -660,6 +669,23 @@ mod imp {
             Waker::from(Arc::new(ParkWaker(poller.clone()))).wake_by_ref();
             assert_eq!(poller.state.load(Ordering::Acquire), NOTIFIED);
             assert_eq!(poller.source.take(), WokenBy::Itself);
+        }
+
+        #[test]
+        fn a_wake_up_that_finds_the_thread_asleep_records_its_moment() {
+            let poller = Arc::new(Poller::new().expect("an epoll instance"));
+            let waker = Waker::from(Arc::new(ParkWaker(poller.clone())));
+            // Not asleep: nothing to record.
+            waker.wake_by_ref();
+            assert_eq!(poller.woke_at.load(Ordering::Acquire), 0);
+            poller.state.store(PARKED, Ordering::Release);
+            let before = spin::now_ns();
+            waker.wake_by_ref();
+            let woke = poller.woke_at.load(Ordering::Acquire);
+            assert!(
+                woke >= before && woke <= spin::now_ns(),
+                "recorded {woke}, before {before}"
+            );
         }
 
         #[test]

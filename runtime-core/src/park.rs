@@ -38,10 +38,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use harrow_ipc::park::spin::{
-    SharedCpu, SpinGate, Spun, WakeSource, WokenBy, crowded, spin_watch_starting,
+    SharedCpu, SpinGate, Spun, WakeSource, WokenBy, crowded, now_ns, spin_watch_starting,
+    wake_delay,
 };
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
@@ -89,7 +90,10 @@ const PARKED: u8 = 2;
 struct Flag {
     /// The `block_on` loop's waker (this thread's, and wakers' after a park).
     outer: Mutex<Option<Waker>>,
-    _before: [u8; HOT_AT - std::mem::size_of::<Mutex<Option<Waker>>>()],
+    /// When a waker last found the thread parked and woke it ([`now_ns`]): for the thread's
+    /// [`wake_delay`].
+    woke_at: AtomicU64,
+    _before: [u8; HOT_AT - std::mem::size_of::<Mutex<Option<Waker>>>() - 8],
     state: AtomicU8,
     /// Where the last wake-up came from.
     source: WakeSource,
@@ -106,7 +110,8 @@ impl Flag {
     fn new() -> Flag {
         Flag {
             outer: Mutex::new(None),
-            _before: [0; HOT_AT - std::mem::size_of::<Mutex<Option<Waker>>>()],
+            woke_at: AtomicU64::new(0),
+            _before: [0; HOT_AT - std::mem::size_of::<Mutex<Option<Waker>>>() - 8],
             state: AtomicU8::new(RUNNING),
             source: WakeSource::for_this_thread(),
             _after: [0; FLAG_SIZE - HOT_AT - 8 - std::mem::size_of::<WakeSource>()],
@@ -127,6 +132,8 @@ impl Wake for Flag {
         // Published by the swap below, read by the spinner after its acquire load.
         self.source.record();
         if self.state.swap(WOKEN, Ordering::AcqRel) == PARKED {
+            // Read by the thread once this wake-up (below) has reached it.
+            self.woke_at.store(now_ns(), Ordering::Release);
             let outer = self.outer().clone();
             if let Some(w) = outer {
                 w.wake();
@@ -208,7 +215,8 @@ impl<F: Future> Future for SpinThenPark<F> {
         }
         let began = Instant::now();
         if let Some(parked_at) = this.parked_at.take() {
-            this.gate.slept(began.duration_since(parked_at));
+            let woke = this.flag.woke_at.load(Ordering::Acquire);
+            this.gate.slept(wake_delay(parked_at, woke, began));
             if let WokenBy::Cpu(waker) = this.flag.source.take() {
                 this.shared_cpu.after_slept(waker, crowded());
             }
@@ -244,6 +252,8 @@ impl<F: Future> Future for SpinThenPark<F> {
                     Spun::Missed => this.gate.miss(),
                 }
             }
+            // Before the flag says parked: a waker that finds it parked records a later moment.
+            let parking = Instant::now();
             match this.flag.state.compare_exchange(
                 RUNNING,
                 PARKED,
@@ -251,7 +261,7 @@ impl<F: Future> Future for SpinThenPark<F> {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    this.parked_at = Some(Instant::now());
+                    this.parked_at = Some(parking);
                     return Poll::Pending;
                 }
                 // Woken between the last look and the hand-over: poll again.
@@ -338,6 +348,23 @@ mod tests {
         let flag = Arc::new(Flag::new());
         let at = std::ptr::from_ref(&flag.state) as usize;
         assert_eq!(at % 16, 0, "an Arc's value keeps the flag's alignment");
+    }
+
+    #[test]
+    fn a_wake_up_that_finds_the_flag_parked_records_its_moment() {
+        let flag = Arc::new(Flag::new());
+        let waker = Waker::from(flag.clone());
+        // Not parked: nothing to record (the thread did not sleep).
+        waker.wake_by_ref();
+        assert_eq!(flag.woke_at.load(Ordering::Acquire), 0);
+        flag.state.store(PARKED, Ordering::Release);
+        let before = now_ns();
+        waker.wake_by_ref();
+        let woke = flag.woke_at.load(Ordering::Acquire);
+        assert!(
+            woke >= before && woke <= now_ns(),
+            "recorded {woke}, before {before}"
+        );
     }
 
     #[test]

@@ -36,8 +36,9 @@
 //!   spin's yields had given the CPU away for long) make the thread skip spins: none after the
 //!   first of a run, then the next 1, 3, 7, ... up to [`MAX_SKIP`]; a spin that caught a
 //!   wake-up from another thread in time resets that (one the thread gave itself does not),
-//!   and so does a sleep shorter than half the spin ([`SpinGate::slept`]: a spin would have
-//!   caught it) or of [`IDLE`] or more (a new burst). An idle actor spins once after its last
+//!   and so does a wake-up issued less than half the spin after the thread went to sleep
+//!   ([`SpinGate::slept`]: a spin would have caught it; the parkers' wakers record when they
+//!   woke a sleeping thread, [`wake_delay`]) or a sleep of [`IDLE`] or more (a new burst). An idle actor spins once after its last
 //!   message, then sleeps and costs nothing. The first miss is free because it is what
 //!   the end of every burst of messages looks like, and the start of the next burst would pay
 //!   for it: skipping the spin after it made the second call after a pause pay a second
@@ -170,11 +171,14 @@ impl SpinGate {
         self.skip = self.backoff;
     }
 
-    /// The thread slept `took` until its next wake-up. A sleep shorter than half the spin,
-    /// while spins are skipped after misses, says that a spin would have caught that wake-up:
-    /// the back-off ends. Without this, a thread that missed its spins while its actor was
-    /// quiet (a start-up, messages far apart) slept through up to [`MAX_SKIP`] waits once the
-    /// calls came back to back, paying a wake-up each.
+    /// The thread slept, and its wake-up was issued `took` after it went to sleep (what
+    /// [`wake_delay`] measures: the waker's moment where it recorded one, else the whole
+    /// sleep). A wake-up issued sooner than half the spin, while spins are skipped after
+    /// misses, says that a spin would have caught it: the back-off ends. Without this, a
+    /// thread that missed its spins while its actor was quiet (a start-up, messages far apart)
+    /// slept through up to [`MAX_SKIP`] waits once the calls came back to back, paying a
+    /// wake-up each. (The whole sleep is no measure of that: it includes the wake-up itself,
+    /// which on a VM whose idle CPUs halt takes longer than half the spin.)
     ///
     /// A sleep of [`IDLE`] or more ends it too: the misses before it belong to an earlier
     /// burst of messages, and the wake-up that ends it starts the next one, whose second
@@ -186,6 +190,31 @@ impl SpinGate {
             self.backoff = 0;
             self.missed = false;
         }
+    }
+}
+
+/// The origin of [`now_ns`].
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// Now, in nanoseconds since a moment early in the process: what a waker records (in an
+/// `AtomicU64`) when it wakes a sleeping thread, for that thread's [`wake_delay`].
+pub fn now_ns() -> u64 {
+    u64::try_from(origin().elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// How long after `parked_at` a thread's wake-up was issued: from `woke_ns`, what its waker
+/// recorded ([`now_ns`]), when that lies between `parked_at` and `now`; else (no waker
+/// recorded one for this sleep: 0, or a moment of an earlier sleep) the whole sleep, `now -
+/// parked_at`. `parked_at` must be taken before the thread announces that it sleeps, so that
+/// any waker that sees it asleep records a later moment.
+pub fn wake_delay(parked_at: Instant, woke_ns: u64, now: Instant) -> Duration {
+    let woke = origin().checked_add(Duration::from_nanos(woke_ns));
+    match woke {
+        Some(woke) if woke_ns != 0 && woke >= parked_at && woke <= now => woke - parked_at,
+        _ => now.saturating_duration_since(parked_at),
     }
 }
 
@@ -1337,6 +1366,27 @@ mod tests {
         gate.slept(Duration::ZERO);
         gate.miss();
         assert_eq!((gate.skip, gate.backoff), (0, 0), "a first miss again");
+    }
+
+    #[test]
+    fn a_wake_delay_is_the_wakers_moment_when_it_recorded_one_for_this_sleep() {
+        // The origin is set by the first reading; the moments below come after it.
+        let _ = now_ns();
+        let parked_at = Instant::now();
+        let now = parked_at + Duration::from_millis(2);
+        let ns_at = |t: Instant| u64::try_from((t - origin()).as_nanos()).expect("fits");
+        // Issued 3 µs after the thread parked, seen 2 ms later (a slow wake-up): 3 µs.
+        let woke = ns_at(parked_at + Duration::from_micros(3));
+        assert_eq!(wake_delay(parked_at, woke, now), Duration::from_micros(3));
+        // Nothing recorded, a moment of an earlier sleep, or one after `now`: the whole sleep.
+        assert_eq!(wake_delay(parked_at, 0, now), Duration::from_millis(2));
+        let before = ns_at(parked_at) - 1;
+        assert_eq!(wake_delay(parked_at, before, now), Duration::from_millis(2));
+        let after = ns_at(now) + 1;
+        assert_eq!(wake_delay(parked_at, after, now), Duration::from_millis(2));
+        // `now_ns` counts from the same origin.
+        let (a, b) = (now_ns(), Instant::now());
+        assert!(origin() + Duration::from_nanos(a) <= b);
     }
 
     #[test]
