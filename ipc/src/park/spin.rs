@@ -38,11 +38,12 @@
 //!   wake-up from another thread in time resets that (one the thread gave itself does not),
 //!   and so does a wake-up issued less than half the spin after the thread went to sleep
 //!   ([`SpinGate::slept`]: a spin would have caught it; the parkers' wakers record when they
-//!   woke a sleeping thread, [`wake_delay`]) or a sleep of [`IDLE`] or more (a new burst). An idle actor spins once after its last
-//!   message, then sleeps and costs nothing. The first miss is free because it is what
-//!   the end of every burst of messages looks like, and the start of the next burst would pay
-//!   for it: skipping the spin after it made the second call after a pause pay a second
-//!   wake-up on each side (docs/PERFORMANCE.md, "The second call after a pause").
+//!   woke a sleeping thread, [`wake_delay`]) or a sleep of [`IDLE`] or more (a new burst). An
+//!   idle actor spins once after its last message, then sleeps and costs nothing. The first miss
+//!   is free because it is what the end of every burst of messages looks like, and the start of
+//!   the next burst would pay for it: skipping the spin after it made the second call after a
+//!   pause pay a second wake-up on each side (docs/PERFORMANCE.md, "The second call after a
+//!   pause").
 //!
 //! The spin is [`park_spin`] long: `HARROW_PARK_SPIN_US` (microseconds, at most 1 ms; 0 turns
 //! spinning off), [`DEFAULT_SPIN`] when unset. It busy-waits first, then yields its CPU between
@@ -1380,7 +1381,7 @@ mod tests {
         assert_eq!(wake_delay(parked_at, woke, now), Duration::from_micros(3));
         // Nothing recorded, a moment of an earlier sleep, or one after `now`: the whole sleep.
         assert_eq!(wake_delay(parked_at, 0, now), Duration::from_millis(2));
-        let before = ns_at(parked_at) - 1;
+        let before = ns_at(parked_at).saturating_sub(1);
         assert_eq!(wake_delay(parked_at, before, now), Duration::from_millis(2));
         let after = ns_at(now) + 1;
         assert_eq!(wake_delay(parked_at, after, now), Duration::from_millis(2));
