@@ -703,53 +703,24 @@ mod imp {
 
         #[test]
         fn a_wake_up_the_thread_gave_itself_is_not_a_spin_that_paid() {
-            // A future that wakes itself once, then is done: its second poll comes from a spin
-            // that caught that wake-up at once, and says nothing of whether spins pay.
-            let mut woke = false;
-            let wakes_itself = std::future::poll_fn(move |cx| {
-                if woke {
-                    return Poll::Ready(());
-                }
-                woke = true;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            });
+            // Its second poll comes from a spin that caught the future's own wake-up at once,
+            // which says nothing of whether spins pay.
             let mut gate = SpinGate::always(Duration::from_micros(50));
             gate.miss();
             gate.miss();
-            block_on(&mut gate, false, wakes_itself);
+            block_on(&mut gate, false, spin::testing::wakes_itself_once());
             assert_eq!(
                 gate.backed_off(),
                 (1, true),
                 "not counted as a hit (which ends the back-off)"
             );
-            // A wake-up from another thread caught by the spin is one.
-            let (tx, rx) = flume::bounded::<()>(1);
-            let polled = Arc::new(AtomicBool::new(false));
-            let seen = Arc::clone(&polled);
-            let mut recv = Box::pin(async move { rx.recv_async().await });
-            let from_elsewhere = std::future::poll_fn(move |cx| {
-                let r = recv.as_mut().poll(cx);
-                seen.store(true, Ordering::SeqCst);
-                r.map(|_| ())
-            });
-            let sender = std::thread::spawn(move || {
-                // Sent once the parker has polled (and spins, up to 500 ms, for it).
-                let start = Instant::now();
-                while !polled.load(Ordering::SeqCst) {
-                    assert!(start.elapsed() < Duration::from_secs(10), "never polled");
-                    std::thread::yield_now();
-                }
-                tx.send(())
-            });
+            // A wake-up from another thread caught by the spin (up to 500 ms) is one.
+            let (fut, waker_thread) = spin::testing::woken_from_another_thread();
             let mut gate = SpinGate::always(Duration::from_millis(500));
             gate.miss();
             gate.miss();
-            block_on(&mut gate, false, from_elsewhere);
-            sender
-                .join()
-                .expect("the sender thread")
-                .expect("the receiver waits");
+            block_on(&mut gate, false, fut);
+            waker_thread.join().expect("the waking thread");
             assert_eq!(gate.backed_off(), (0, false), "a hit ends the back-off");
         }
     }

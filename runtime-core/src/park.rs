@@ -274,7 +274,7 @@ impl<F: Future> Future for SpinThenPark<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use harrow_ipc::park::spin::this_cpu;
+    use harrow_ipc::park::spin::{testing, this_cpu};
 
     /// `block_on_in_process` spinning `spin` before every park, whatever the load says.
     fn block_on<F: Future>(spin: Duration, fut: F) -> F::Output {
@@ -453,54 +453,25 @@ mod tests {
 
     #[test]
     fn a_wake_up_the_thread_gave_itself_is_not_a_spin_that_paid() {
-        // A future that wakes itself once, then is done: its second poll comes from a spin
-        // that caught that wake-up at once.
-        let mut woke = false;
-        let wakes_itself = std::future::poll_fn(move |cx| {
-            if woke {
-                return Poll::Ready(());
-            }
-            woke = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        });
+        // Its second poll comes from a spin that caught the future's own wake-up at once.
         let mut gate = SpinGate::always(Duration::from_micros(50));
         gate.miss();
         gate.miss();
-        let mut parker = SpinThenPark::new(wakes_itself, Some(gate));
+        let mut parker = SpinThenPark::new(testing::wakes_itself_once(), Some(gate));
         futures_lite::future::block_on(&mut parker);
         assert_eq!(
             parker.gate.backed_off(),
             (1, true),
             "not counted as a hit (which ends the back-off)"
         );
-        // A wake-up from another thread caught by the spin is one.
-        let (tx, rx) = async_channel::bounded::<()>(1);
+        // A wake-up from another thread caught by the spin (up to 500 ms) is one.
+        let (fut, waker_thread) = testing::woken_from_another_thread();
         let mut gate = SpinGate::always(Duration::from_millis(500));
         gate.miss();
         gate.miss();
-        let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut recv = Box::pin(rx.recv());
-        let seen = Arc::clone(&polled);
-        let mut parker = SpinThenPark::new(
-            std::future::poll_fn(move |cx| {
-                let r = recv.as_mut().poll(cx);
-                seen.store(true, Ordering::SeqCst);
-                r.map(|_| ())
-            }),
-            Some(gate),
-        );
-        let sender = std::thread::spawn(move || {
-            // Sent once the parker has polled (and spins, up to 500 ms, for it).
-            let start = Instant::now();
-            while !polled.load(Ordering::SeqCst) {
-                assert!(start.elapsed() < Duration::from_secs(10), "never polled");
-                std::thread::yield_now();
-            }
-            tx.send_blocking(())
-        });
+        let mut parker = SpinThenPark::new(fut, Some(gate));
         futures_lite::future::block_on(&mut parker);
-        sender.join().expect("sender").expect("sent");
+        waker_thread.join().expect("the waking thread");
         assert_eq!(
             parker.gate.backed_off(),
             (0, false),

@@ -1001,6 +1001,76 @@ fn parse_loadavg(line: &str) -> Option<Load> {
     })
 }
 
+/// Futures for the parkers' tests of what a wake-up says about spinning (here, so that the
+/// futex parker's tests in `harrow-runtime-core` and the epoll parker's share them).
+#[doc(hidden)]
+pub mod testing {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Poll, Waker};
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
+
+    /// A future that wakes itself in its first poll and is done at its second: a wake-up the
+    /// polling thread gave itself.
+    pub fn wakes_itself_once() -> impl Future<Output = ()> + Send {
+        let mut woke = false;
+        std::future::poll_fn(move |cx| {
+            if woke {
+                return Poll::Ready(());
+            }
+            woke = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+    }
+
+    /// A future that another thread, started here, completes and wakes once the future has
+    /// been polled (within 10 s, or that thread panics): a wake-up from another thread. Join
+    /// the handle after the future is done.
+    pub fn woken_from_another_thread() -> (impl Future<Output = ()> + Send, JoinHandle<()>) {
+        struct Shared {
+            polled: AtomicBool,
+            done: AtomicBool,
+            waker: Mutex<Option<Waker>>,
+        }
+        let shared = Arc::new(Shared {
+            polled: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+            waker: Mutex::new(None),
+        });
+        let theirs = Arc::clone(&shared);
+        let waker_thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            while !theirs.polled.load(Ordering::SeqCst) {
+                assert!(start.elapsed() < Duration::from_secs(10), "never polled");
+                std::thread::yield_now();
+            }
+            theirs.done.store(true, Ordering::SeqCst);
+            let waker = theirs
+                .waker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        });
+        let fut = std::future::poll_fn(move |cx| {
+            // The waker is stored before `done` is looked at: a wake after the store finds it.
+            *shared.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+            shared.polled.store(true, Ordering::SeqCst);
+            if shared.done.load(Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        (fut, waker_thread)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
