@@ -132,8 +132,10 @@ fn is_identifier(s: &str) -> bool {
 const PARSED_PER_THREAD: usize = 64;
 
 thread_local! {
-    static PARSED: std::cell::RefCell<std::collections::HashMap<Box<str>, FnPath>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
+    /// Looked up on every call made or received. foldhash: it holds at most
+    /// [`PARSED_PER_THREAD`] paths, so colliding ones a peer sent cost little.
+    static PARSED: std::cell::RefCell<foldhash::HashMap<Box<str>, FnPath>> =
+        std::cell::RefCell::new(foldhash::HashMap::default());
 }
 
 impl FnPath {

@@ -291,9 +291,11 @@ impl fmt::Debug for Shared {
 struct LinkState {
     /// Why the link is unusable for new operations.
     dead: Option<String>,
-    /// Our calls into the peer, by cid.
-    calls: HashMap<Cid, Arc<Chan>>,
-    /// The peer's calls we serve, by cid.
+    /// Our calls into the peer, by cid. Ids this end allocates, so foldhash (a peer cannot
+    /// choose keys that collide).
+    calls: foldhash::HashMap<Cid, Arc<Chan>>,
+    /// The peer's calls we serve, by cid. The peer chooses these ids, so std's hasher
+    /// (SipHash with random keys), which a peer cannot make collide.
     served: HashMap<Cid, Served>,
     /// Set once the peer sent `CancelActor`: later `Start`s are refused.
     refuse_starts: Option<ActorId>,

@@ -1,6 +1,5 @@
 //! [`FnRegistry`]: the Rust [`Resolver`], functions registered by path.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -33,7 +32,9 @@ struct Entry {
 /// ```
 #[derive(Default)]
 pub struct FnRegistry {
-    entries: HashMap<FnPath, Entry>,
+    /// Looked up on every call by the path a peer sent, but only this actor inserts: foldhash
+    /// (a peer's paths can make a lookup no longer than the map's own collisions).
+    entries: foldhash::HashMap<FnPath, Entry>,
 }
 
 impl std::fmt::Debug for FnRegistry {

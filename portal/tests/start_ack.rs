@@ -137,8 +137,60 @@ async fn a_held_ack_leaves_when_the_link_closes(exec: harrow_portal::Executor, t
     }
 }
 
+async fn a_call_id_in_use_is_refused_and_the_first_call_goes_on(
+    exec: harrow_portal::Executor,
+    t: Transport,
+) {
+    let (_b, ca, entered, release) = callee_with_raw_caller(&exec, t).await;
+    ca.send(start(2, "t:wait", Value::Null)).await.unwrap();
+    bounded("the call runs", entered.recv()).await.unwrap();
+    // The same id again while the first call runs: refused, with no effect on the first.
+    ca.send(start(2, "t:echo", Value::Int(7))).await.unwrap();
+    assert_eq!(
+        bounded("the ack", ca.recv()).await.unwrap(),
+        Msg::StartAck { cid: Cid(2) }
+    );
+    match bounded("the refusal", ca.recv()).await.unwrap() {
+        Msg::Error {
+            cid: Some(cid),
+            error,
+        } => {
+            assert_eq!(cid, Cid(2));
+            assert_eq!(
+                error.kind,
+                harrow_portal::ipc::ErrorKind::Protocol,
+                "{error:?}"
+            );
+            assert!(error.message.contains("already in use"), "{error:?}");
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    release.send(Value::Int(2)).await.unwrap();
+    assert_eq!(
+        bounded("the first call's answer", ca.recv()).await.unwrap(),
+        Msg::Return {
+            cid: Cid(2),
+            value: Value::Int(2)
+        }
+    );
+    // The id is free again once its call ended.
+    ca.send(start(2, "t:echo", Value::Int(9))).await.unwrap();
+    assert_eq!(
+        bounded("the reused id's ack", ca.recv()).await.unwrap(),
+        Msg::StartAck { cid: Cid(2) }
+    );
+    assert_eq!(
+        bounded("the reused id's answer", ca.recv()).await.unwrap(),
+        Msg::Return {
+            cid: Cid(2),
+            value: Value::Int(9)
+        }
+    );
+}
+
 both_transports!(
     a_call_answered_later_sends_its_ack_then_its_answer,
     a_call_alone_answered_later_has_its_ack_before_its_answer,
     a_held_ack_leaves_when_the_link_closes,
+    a_call_id_in_use_is_refused_and_the_first_call_goes_on,
 );

@@ -39,7 +39,7 @@ impl Shared {
                 });
                 return;
             }
-            if st.served.contains_key(&cid) {
+            let std::collections::hash_map::Entry::Vacant(slot) = st.served.entry(cid) else {
                 let msg = format!("call id {cid} is already in use for another call");
                 self.enqueue(Msg::Error {
                     cid: Some(cid),
@@ -51,14 +51,11 @@ impl Shared {
                     )),
                 });
                 return;
-            }
-            st.served.insert(
-                cid,
-                Served {
-                    chan: chan.clone(),
-                    task: None,
-                },
-            );
+            };
+            slot.insert(Served {
+                chan: chan.clone(),
+                task: None,
+            });
         }
         let ctx = CalleeContext::new(self.clone(), chan.clone());
         let started = match &self.resolver {

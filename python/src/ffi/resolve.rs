@@ -4,7 +4,6 @@
 //! it in the interpreter's [`FnCache`] after two dictionary lookups.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::CString;
 
 use harrow_ipc::{ErrorKind, FnPath};
@@ -38,9 +37,12 @@ pub(crate) struct Resolved {
 /// module removed from `sys.modules`, replaced or reloaded with a new function, or a function
 /// rebound on its module, is resolved afresh. (What `_describe` read of a function object is
 /// taken to stay as it was: its code flags and first parameter, its `@harrow.context` mark.)
+///
+/// Its maps use foldhash: they are looked up on every call, and they hold at most
+/// [`MAX_CACHED`] functions, of names this interpreter's calls resolved.
 #[derive(Default)]
 pub(crate) struct FnCache {
-    modules: RefCell<HashMap<String, CachedModule>>,
+    modules: RefCell<foldhash::HashMap<String, CachedModule>>,
     len: std::cell::Cell<usize>,
 }
 
@@ -48,7 +50,7 @@ struct CachedModule {
     /// The module's name as a `str` (the `sys.modules` key).
     name: Obj,
     module: Obj,
-    fns: HashMap<String, CachedFn>,
+    fns: foldhash::HashMap<String, CachedFn>,
 }
 
 struct CachedFn {
@@ -155,7 +157,7 @@ impl FnCache {
                     CachedModule {
                         name: mod_name,
                         module,
-                        fns: HashMap::new(),
+                        fns: foldhash::HashMap::default(),
                     },
                 );
             }
