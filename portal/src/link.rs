@@ -19,7 +19,7 @@ mod outlet;
 mod route;
 mod serve;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -294,9 +294,10 @@ struct LinkState {
     /// Our calls into the peer, by cid. Ids this end allocates, so foldhash (a peer cannot
     /// choose keys that collide).
     calls: foldhash::HashMap<Cid, Arc<Chan>>,
-    /// The peer's calls we serve, by cid. The peer chooses these ids, so std's hasher
-    /// (SipHash with random keys), which a peer cannot make collide.
-    served: HashMap<Cid, Served>,
+    /// The peer's calls we serve, by cid. The peer chooses these ids, so no hash table: an
+    /// ordered map costs O(log n) whatever the ids, and with the few calls a link serves at
+    /// once, less per lookup than a hash that a peer could not make collide (SipHash).
+    served: BTreeMap<Cid, Served>,
     /// Set once the peer sent `CancelActor`: later `Start`s are refused.
     refuse_starts: Option<ActorId>,
     /// `CancelAck`s owed to the peer: sent once every served call has ended (or at the bound).

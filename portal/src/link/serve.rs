@@ -39,7 +39,7 @@ impl Shared {
                 });
                 return;
             }
-            let std::collections::hash_map::Entry::Vacant(slot) = st.served.entry(cid) else {
+            let std::collections::btree_map::Entry::Vacant(slot) = st.served.entry(cid) else {
                 let msg = format!("call id {cid} is already in use for another call");
                 self.enqueue(Msg::Error {
                     cid: Some(cid),
