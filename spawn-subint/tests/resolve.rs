@@ -1,6 +1,6 @@
 //! An interpreter resolves a call's "module:function" once and reuses it: a function rebound on
-//! its module, a module removed from `sys.modules`, and a generator replaced by a plain function
-//! are all noticed on the next call. (Own test binary: process-global Python runtime.)
+//! its module, a module removed from `sys.modules`, a module whose class now shadows the
+//! function, and a generator replaced by a plain function are all noticed on the next call. (Own test binary: process-global Python runtime.)
 
 #![cfg(harrow_subint)] // needs Python >= 3.12 (tests/unavailable.rs covers the other case)
 
@@ -44,6 +44,20 @@ fn a_module_removed_from_sys_modules_is_imported_again() -> Result<()> {
     // A fresh import: the module's own `which` again.
     assert_eq!(call_ok(&h, &f("which"), Value::Null)?, s("first"));
     assert_eq!(call_ok(&h, &f("which"), Value::Null)?, s("first"));
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
+    Ok(())
+}
+
+#[test]
+fn a_module_whose_class_shadows_the_function_is_asked_for_it() -> Result<()> {
+    let t = spawn_rebind("resolve-shadow")?;
+    let h = t.handle();
+    assert_eq!(call_ok(&h, &f("which"), Value::Null)?, s("first"));
+    assert_eq!(call_ok(&h, &f("which"), Value::Null)?, s("first"));
+    // The module's dictionary still holds the cached `which`; its attribute is another one.
+    assert_eq!(call_ok(&h, &f("shadow"), Value::Null)?, Value::Null);
+    assert_eq!(call_ok(&h, &f("which"), Value::Null)?, s("shadowed"));
+    assert_eq!(call_ok(&h, &f("which"), Value::Null)?, s("shadowed"));
     assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }

@@ -237,21 +237,29 @@ impl Setup {
             self.harrow.module.as_ptr(),
             self.harrow.exit_called_name.as_ptr(),
         );
-        // SAFETY: GIL held (caller); the module and the name are this interpreter's, valid.
-        let v = unsafe { ffi::PyObject_GetAttr(module, name) };
-        // SAFETY: a new reference (or null with an error set).
-        let v = unsafe { Obj::owned(v) };
-        let Ok(v) = v else {
-            // SAFETY: GIL held, an exception is set.
-            unsafe { err_clear() };
-            return None;
-        };
-        // SAFETY: GIL held; `v` is valid.
-        if unsafe { ffi::PyUnicode_Check(v.as_ptr()) } == 0 {
+        // A global of the harness module, read from the module's dictionary: what an attribute
+        // lookup would find (the module is a plain module and the name no attribute of its
+        // type), without the attribute machinery, after every call.
+        // SAFETY: GIL held (caller); the module is this interpreter's, valid; its dictionary is
+        // borrowed and lives as long as the module.
+        let globals = unsafe { ffi::PyModule_GetDict(module) };
+        if globals.is_null() {
             return None;
         }
-        // SAFETY: GIL held; `v` is a `str`.
-        unsafe { convert::utf8(v.as_ptr()) }.ok()
+        // SAFETY: GIL held; a dict and an interned `str`; a borrowed result (or null, with an
+        // error set only if the lookup failed).
+        let v = unsafe { ffi::PyDict_GetItemWithError(globals, name) };
+        if v.is_null() {
+            // SAFETY: GIL held; a failed lookup's error (if any) is not the call's.
+            unsafe { err_clear() };
+            return None;
+        }
+        // SAFETY: GIL held; `v` is a valid object, borrowed from the dict, not used after.
+        if unsafe { ffi::PyUnicode_Check(v) } == 0 {
+            return None;
+        }
+        // SAFETY: GIL held; `v` is a `str` held by the dict for this read.
+        unsafe { convert::utf8(v) }.ok()
     }
 
     /// # Safety

@@ -97,6 +97,31 @@ impl FnCache {
             unsafe { err_clear() };
             return None;
         }
+        // A plain module's function is an entry of its dictionary, read there without the
+        // attribute machinery: a hit is that entry being the cached function object, which an
+        // attribute lookup returns as well (the module type's own attributes that come first,
+        // `__class__`, `__dict__` and `__annotations__`, give the type, which was cached only if
+        // it is the entry too, the dictionary, never cached, and that same entry). Anything
+        // else (a module subclass, an entry gone or rebound) is looked up as an attribute, as a
+        // fresh resolution would.
+        // SAFETY: GIL held; `module` is valid.
+        if unsafe { ffi::PyModule_CheckExact(module.as_ptr()) } != 0 {
+            // SAFETY: GIL held; a module's dictionary, borrowed, alive with the module.
+            let globals = unsafe { ffi::PyModule_GetDict(module.as_ptr()) };
+            if !globals.is_null() {
+                // SAFETY: GIL held; a dict and a `str`; a borrowed result, only compared.
+                let entry = unsafe { ffi::PyDict_GetItemWithError(globals, fn_name.as_ptr()) };
+                if entry == func.as_ptr() {
+                    return Some(Resolved {
+                        func,
+                        is_gen,
+                        wants_ctx,
+                    });
+                }
+                // SAFETY: GIL held; a lookup error (if any) is not this call's.
+                unsafe { err_clear() };
+            }
+        }
         // SAFETY: GIL held; both objects valid; a new reference or null with an error set.
         let attr = unsafe { ffi::PyObject_GetAttr(module.as_ptr(), fn_name.as_ptr()) };
         // SAFETY: as above.
