@@ -117,21 +117,16 @@ impl Shared {
             }
         }
         let scope_ctx = CalleeContext::new(self.clone(), chan.clone());
-        // The hook only sees the thread, so take the trace on the thread that polled the
-        // panicking future, right after the unwind.
-        let mut run = Box::pin(async move {
-            let watched = crate::panic_trace::Watched::new(crate::callee::CallScope::new(
-                scope_ctx,
-                AssertUnwindSafe(fut).catch_unwind(),
-            ));
-            watched
-                .await
-                .map_err(|payload| (payload, crate::panic_trace::take()))
-        });
+        // `Unpin` (the function's future is boxed already): polled here in place, and moved
+        // into a task only if it is pending, so a call done in its first poll allocates nothing
+        // for it.
+        let mut run = ServedRun(crate::panic_trace::Watched::new(
+            crate::callee::CallScope::new(scope_ctx, AssertUnwindSafe(fut).catch_unwind()),
+        ));
         // Polled without a waker of its own: if it is pending, the task below polls it again at
         // once, which registers the task's waker wherever the future waits.
         let mut cx = Context::from_waker(Waker::noop());
-        if let Poll::Ready(result) = run.as_mut().poll(&mut cx) {
+        if let Poll::Ready(result) = std::pin::Pin::new(&mut run).poll(&mut cx) {
             self.complete_served(cid, result);
             return;
         }
@@ -483,6 +478,27 @@ async fn cleanup_expired(chan: &Chan) {
 
 /// A served call that panicked: the payload and, when recorded, where it panicked.
 type Panicked = (Box<dyn std::any::Any + Send>, Option<String>);
+
+/// A served call's future as the link runs it: the function's future, with the call as the
+/// [`current_call`](crate::current_call) and panics caught, their trace taken on the thread
+/// that polled the panicking future, right after the unwind (the hook only sees the thread).
+struct ServedRun(
+    crate::panic_trace::Watched<
+        crate::callee::CallScope<
+            futures_lite::future::CatchUnwind<AssertUnwindSafe<crate::CallFuture>>,
+        >,
+    >,
+);
+
+impl std::future::Future for ServedRun {
+    type Output = std::result::Result<std::result::Result<Value, CallError>, Panicked>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.map_err(|payload| (payload, crate::panic_trace::take())))
+    }
+}
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
