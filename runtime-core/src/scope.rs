@@ -52,8 +52,70 @@ impl CancelToken {
     }
 
     /// Resolves once the token is cancelled.
-    pub async fn cancelled(&self) {
-        wait_until(&self.inner.event, || self.is_cancelled()).await
+    pub fn cancelled(&self) -> Cancelled<'_> {
+        Cancelled {
+            token: self,
+            listener: None,
+            registered: None,
+        }
+    }
+}
+
+/// The future of [`CancelToken::cancelled`].
+///
+/// Most waits for a cancel never see one: the future is polled again each time its task wakes
+/// for something else (a body raced against its cancel is polled on every step of the body). A
+/// poll that finds the token not cancelled and the listener already registered with this very
+/// task's waker returns at once, without the listener's lock: the token's event is notified only
+/// after the flag is set, so a listener that was notified is never missed by the flag's check.
+#[must_use = "futures do nothing unless polled"]
+pub struct Cancelled<'a> {
+    token: &'a CancelToken,
+    listener: Option<harrow_ipc::wait::EventListener>,
+    /// The waker the listener holds (cloned when it was registered).
+    registered: Option<std::task::Waker>,
+}
+
+impl std::fmt::Debug for Cancelled<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cancelled")
+            .field("cancelled", &self.token.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Future for Cancelled<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            if this.token.is_cancelled() {
+                return Poll::Ready(());
+            }
+            let Some(listener) = this.listener.as_mut() else {
+                // Listen, then check the flag again: a cancel in between is seen either way.
+                this.listener = Some(this.token.inner.event.listen());
+                continue;
+            };
+            if this
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                return Poll::Pending;
+            }
+            match Pin::new(listener).poll(cx) {
+                Poll::Ready(()) => {
+                    this.listener = None;
+                    this.registered = None;
+                }
+                Poll::Pending => {
+                    this.registered = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+        }
     }
 }
 
@@ -182,6 +244,84 @@ mod tests {
         t.cancel();
         h.join().unwrap();
         assert!(t.is_cancelled());
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<Count>, std::task::Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), std::task::Waker::from(count))
+    }
+
+    #[test]
+    fn a_wait_repolled_by_its_task_is_woken_by_the_cancel() {
+        let t = CancelToken::new();
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        let mut wait = t.cancelled();
+        for _ in 0..3 {
+            // The first poll registers; the others find it registered with this waker.
+            assert!(Pin::new(&mut wait).poll(&mut cx).is_pending());
+        }
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        t.cancel();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the cancel woke the task"
+        );
+        assert!(Pin::new(&mut wait).poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_wait_polled_by_another_task_wakes_that_one() {
+        let t = CancelToken::new();
+        let (first, first_waker) = counting();
+        let (second, second_waker) = counting();
+        let mut wait = t.cancelled();
+        assert!(
+            Pin::new(&mut wait)
+                .poll(&mut Context::from_waker(&first_waker))
+                .is_pending()
+        );
+        // Moved to another task: the listener must hold the new waker, not the first.
+        assert!(
+            Pin::new(&mut wait)
+                .poll(&mut Context::from_waker(&second_waker))
+                .is_pending()
+        );
+        t.cancel();
+        assert_eq!(
+            second.0.load(Ordering::SeqCst),
+            1,
+            "the current task is woken"
+        );
+        assert_eq!(first.0.load(Ordering::SeqCst), 0);
+        assert!(
+            Pin::new(&mut wait)
+                .poll(&mut Context::from_waker(&second_waker))
+                .is_ready()
+        );
+    }
+
+    #[test]
+    fn a_token_cancelled_before_the_wait_is_ready_at_once() {
+        let t = CancelToken::new();
+        t.cancel();
+        let (count, waker) = counting();
+        assert!(
+            Pin::new(&mut t.cancelled())
+                .poll(&mut Context::from_waker(&waker))
+                .is_ready()
+        );
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
     }
 
     #[test]
