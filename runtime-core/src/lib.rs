@@ -49,7 +49,9 @@ pub use harrow_portal as portal;
 pub use nursery::{ActorNursery, ChildHandle, ChildOutcome, open_nursery, teardown_bound};
 pub use pool::{ActorPool, PoolConfig, PoolError, PoolMap, PoolResult, PoolTask};
 pub use root::{RootConfig, RootHandle, exit_code, run_root, spawn_root};
-pub use scope::{CancelToken, DeadlineExceeded, FailAfter, MoveOnAfter, fail_after, move_on_after};
+pub use scope::{
+    CancelToken, Cancelled, DeadlineExceeded, FailAfter, MoveOnAfter, fail_after, move_on_after,
+};
 pub use spec::{ActorSpec, SpawnSpec, SpecError};
 pub use supervisor::{
     OnStarted, Restart, Strategy, SupervisedChild, Supervisor, SupervisorEnd, SupervisorEvent,
