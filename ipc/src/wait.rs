@@ -27,6 +27,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+/// `listener!(event => name)`: a listener of `event` kept in the waiting future itself rather
+/// than in an allocation of its own (event-listener's stack listener; `name` is then awaited).
+pub use event_listener::listener;
 pub use event_listener::{Event, EventListener};
 
 /// Resolves once `cond` returns true.
@@ -47,7 +50,7 @@ pub async fn wait_until_some<T>(event: &Event, mut probe: impl FnMut() -> Option
         if let Some(t) = probe() {
             return t;
         }
-        let listener = event.listen();
+        listener!(event => listener);
         if let Some(t) = probe() {
             return t;
         }

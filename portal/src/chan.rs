@@ -308,8 +308,11 @@ impl Chan {
             if let Some(r) = f(&mut self.lock()) {
                 return r;
             }
-            let listener = self.listen_counted();
+            // Counted before it listens (see `listen_counted`); the listener lives in this
+            // future, not in an allocation of its own.
+            self.ev_listeners.fetch_add(1, Ordering::Relaxed);
             let _counted = Counted(self);
+            harrow_ipc::wait::listener!(self.ev => listener);
             if let Some(r) = f(&mut self.lock()) {
                 return r;
             }
