@@ -362,8 +362,7 @@ impl CalleeContext {
     /// Calling it declares the call cancel-aware (see [`observe_cancel`](Self::observe_cancel)):
     /// a function that waits for its cancel gets to react to it.
     pub async fn cancelled(&self) -> ActorId {
-        self.observe_cancel();
-        self.chan.wait(|st| st.cancelled_by.clone()).await
+        self.chan.wait_cancelled().await
     }
 
     /// Cancels this call from inside (the callee gives up on its own context). Its stream

@@ -97,6 +97,73 @@ impl Slot {
     }
 }
 
+/// The wakers of the tasks waiting for a served call's cancel, under the chan's lock: the first
+/// in place (a call usually has one such waiter), more in a list; each known by the id its wait
+/// was given, so that a wait that ends or is dropped takes its waker out.
+#[derive(Default)]
+pub(crate) struct CancelWaiters {
+    first: Option<(u64, std::task::Waker)>,
+    more: Vec<(u64, std::task::Waker)>,
+    next_id: u64,
+}
+
+impl std::fmt::Debug for CancelWaiters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelWaiters")
+            .field(
+                "waiting",
+                &(usize::from(self.first.is_some()) + self.more.len()),
+            )
+            .finish()
+    }
+}
+
+impl CancelWaiters {
+    /// Registers `waker` for the wait `id` (a new id when `None`), replacing the one it had.
+    fn register(&mut self, id: &mut Option<u64>, waker: &std::task::Waker) {
+        if let Some(id) = *id {
+            let slot = match &mut self.first {
+                Some((i, w)) if *i == id => Some(w),
+                _ => self.more.iter_mut().find(|(i, _)| *i == id).map(|(_, w)| w),
+            };
+            if let Some(w) = slot {
+                if !w.will_wake(waker) {
+                    w.clone_from(waker);
+                }
+                return;
+            }
+        }
+        // New, or taken out by a notification since (then registered again).
+        let new = id.unwrap_or_else(|| {
+            self.next_id += 1;
+            self.next_id
+        });
+        *id = Some(new);
+        if self.first.is_none() {
+            self.first = Some((new, waker.clone()));
+        } else {
+            self.more.push((new, waker.clone()));
+        }
+    }
+
+    /// Takes the waker of the wait `id` out, if it is still there.
+    fn remove(&mut self, id: u64) {
+        if self.first.as_ref().is_some_and(|(i, _)| *i == id) {
+            self.first = None;
+        } else {
+            self.more.retain(|(i, _)| *i != id);
+        }
+    }
+
+    /// Takes every waker out, to be woken once the lock is released.
+    fn take(&mut self) -> (Option<std::task::Waker>, Vec<std::task::Waker>) {
+        (
+            self.first.take().map(|(_, w)| w),
+            self.more.drain(..).map(|(_, w)| w).collect(),
+        )
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct ChanState {
     // --- caller-side progress ---
@@ -121,6 +188,9 @@ pub(crate) struct ChanState {
     pub(crate) wire_done: bool,
     /// Callee: who cancelled the call.
     pub(crate) cancelled_by: Option<ActorId>,
+    /// Callee: the tasks waiting in [`Chan::wait_cancelled`], woken by
+    /// [`notify_cancel`](Chan::notify_cancel).
+    pub(crate) cancel_waiters: CancelWaiters,
     /// Callee: the function observes its own cancellation (it asked for
     /// [`CalleeContext::cancelled`](crate::CalleeContext::cancelled) or opted in): on a cancel it
     /// is polled until it ends, up to `cleanup_until`, instead of being dropped at once.
@@ -209,6 +279,24 @@ impl Chan {
     pub(crate) fn notify_cancel(&self) {
         self.notify();
         self.cancel.wake();
+        let (first, more) = self.lock().cancel_waiters.take();
+        if let Some(w) = first {
+            w.wake();
+        }
+        for w in more {
+            w.wake();
+        }
+    }
+
+    /// Waits for a served call's cancel (`cancelled_by`), with its canceller; declares the
+    /// call cancel-aware at its first poll. Any number of such waits at once, each a waker
+    /// under the chan's lock (no event listener, nothing allocated for the first), woken by
+    /// [`notify_cancel`](Chan::notify_cancel), which every setter of `cancelled_by` calls after.
+    pub(crate) fn wait_cancelled(&self) -> WaitCancelled<'_> {
+        WaitCancelled {
+            chan: self,
+            id: None,
+        }
     }
 
     /// [`wait`](Chan::wait) for a served call's task on `cancelled_by` and `cleanup_until` (one
@@ -350,5 +438,176 @@ impl Chan {
 
     pub(crate) fn is_finished(&self) -> bool {
         self.lock().outcome.is_some()
+    }
+}
+
+/// The future of [`Chan::wait_cancelled`].
+pub(crate) struct WaitCancelled<'a> {
+    chan: &'a Chan,
+    /// This wait's id among the chan's cancel waiters, once registered.
+    id: Option<u64>,
+}
+
+impl Future for WaitCancelled<'_> {
+    type Output = ActorId;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<ActorId> {
+        let this = self.get_mut();
+        let mut st = this.chan.lock();
+        st.cancel_aware = true;
+        if let Some(by) = st.cancelled_by.clone() {
+            if let Some(id) = this.id.take() {
+                st.cancel_waiters.remove(id);
+            }
+            return Poll::Ready(by);
+        }
+        st.cancel_waiters.register(&mut this.id, cx.waker());
+        Poll::Pending
+    }
+}
+
+impl Drop for WaitCancelled<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.chan.lock().cancel_waiters.remove(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake, Waker};
+
+    use super::*;
+
+    /// A waker that counts its wake-ups.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    fn chan() -> Chan {
+        let func = FnPath::parse("t:f").expect("a valid path");
+        Chan::new(Cid(2), Side::Callee, CallKind::Unary, func)
+    }
+
+    fn waiting(chan: &Chan) -> usize {
+        let st = chan.lock();
+        usize::from(st.cancel_waiters.first.is_some()) + st.cancel_waiters.more.len()
+    }
+
+    fn cancel(chan: &Chan, by: &str) {
+        chan.lock().cancelled_by = Some(ActorId::new(by));
+        chan.notify_cancel();
+    }
+
+    #[test]
+    fn every_wait_for_the_cancel_is_woken_with_the_canceller() {
+        let chan = chan();
+        let (a, wa) = counting();
+        let (b, wb) = counting();
+        let mut first = chan.wait_cancelled();
+        let mut second = chan.wait_cancelled();
+        assert!(
+            Pin::new(&mut first)
+                .poll(&mut Context::from_waker(&wa))
+                .is_pending()
+        );
+        assert!(
+            Pin::new(&mut second)
+                .poll(&mut Context::from_waker(&wb))
+                .is_pending()
+        );
+        // Polled again by the same tasks: still one waker each.
+        assert!(
+            Pin::new(&mut first)
+                .poll(&mut Context::from_waker(&wa))
+                .is_pending()
+        );
+        assert_eq!(waiting(&chan), 2);
+        assert!(
+            chan.lock().cancel_aware,
+            "a wait for the cancel makes the call cancel-aware"
+        );
+        cancel(&chan, "canceller");
+        assert_eq!(a.0.load(Ordering::SeqCst), 1);
+        assert_eq!(b.0.load(Ordering::SeqCst), 1);
+        for (wait, waker) in [(&mut first, &wa), (&mut second, &wb)] {
+            match Pin::new(wait).poll(&mut Context::from_waker(waker)) {
+                Poll::Ready(by) => assert_eq!(by.name, "canceller"),
+                Poll::Pending => panic!("a cancelled call's wait is over"),
+            }
+        }
+        assert_eq!(waiting(&chan), 0);
+    }
+
+    #[test]
+    fn a_wait_moved_to_another_task_wakes_that_one() {
+        let chan = chan();
+        let (a, wa) = counting();
+        let (b, wb) = counting();
+        let mut wait = chan.wait_cancelled();
+        assert!(
+            Pin::new(&mut wait)
+                .poll(&mut Context::from_waker(&wa))
+                .is_pending()
+        );
+        assert!(
+            Pin::new(&mut wait)
+                .poll(&mut Context::from_waker(&wb))
+                .is_pending()
+        );
+        assert_eq!(waiting(&chan), 1);
+        cancel(&chan, "x");
+        assert_eq!(a.0.load(Ordering::SeqCst), 0);
+        assert_eq!(b.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_dropped_wait_leaves_no_waker_behind() {
+        let chan = chan();
+        let (_a, wa) = counting();
+        for _ in 0..3 {
+            let mut wait = chan.wait_cancelled();
+            assert!(
+                Pin::new(&mut wait)
+                    .poll(&mut Context::from_waker(&wa))
+                    .is_pending()
+            );
+            let mut other = chan.wait_cancelled();
+            assert!(
+                Pin::new(&mut other)
+                    .poll(&mut Context::from_waker(&wa))
+                    .is_pending()
+            );
+            assert_eq!(waiting(&chan), 2);
+        }
+        assert_eq!(waiting(&chan), 0);
+    }
+
+    #[test]
+    fn a_wait_begun_after_the_cancel_is_over_at_once() {
+        let chan = chan();
+        cancel(&chan, "early");
+        let (a, wa) = counting();
+        let mut wait = chan.wait_cancelled();
+        assert!(
+            Pin::new(&mut wait)
+                .poll(&mut Context::from_waker(&wa))
+                .is_ready()
+        );
+        assert_eq!(a.0.load(Ordering::SeqCst), 0);
+        assert_eq!(waiting(&chan), 0);
     }
 }
