@@ -100,7 +100,7 @@ impl InterpHandle {
         host: Option<Arc<dyn CallHost>>,
         env: Option<crate::nest::ActorEnv>,
     ) -> PyCall {
-        let job = JobState::new(path_text(&func));
+        let job = JobState::new(func.clone());
         job.set_env(env);
         let (tx, rx) = crate::reply::reply();
         let mut call = PyCall {
@@ -171,17 +171,6 @@ impl InterpHandle {
         let _ = self.jobs.send(Job::Shutdown);
         self.shared.cancel_current();
     }
-}
-
-/// `func` as `"module:function"` (its `Display`), without the formatting machinery: made for
-/// every call.
-fn path_text(func: &FnPath) -> String {
-    let (m, f) = (func.module(), func.function());
-    let mut s = String::with_capacity(m.len() + 1 + f.len());
-    s.push_str(m);
-    s.push(':');
-    s.push_str(f);
-    s
 }
 
 /// What a call's future ends with, from what its reply slot gave: the answer; for one that
@@ -341,7 +330,7 @@ mod tests {
             reply: rx,
             spin: None,
             in_flight: None,
-            job: JobState::new("m:f".into()),
+            job: JobState::new(FnPath::parse("m:f").expect("a valid path")),
             shared: Arc::clone(shared),
             finished: false,
             immediate: None,
@@ -383,13 +372,5 @@ mod tests {
         let err = ended.expect_err("a call never run fails");
         assert!(err.to_string().starts_with("InterpreterGone: "), "{err}");
         shared.unregister();
-    }
-
-    #[test]
-    fn path_text_is_the_display_of_the_path() {
-        for p in ["m:f", "pkg.mod:fn_1", "harrow:run_batch"] {
-            let f = FnPath::parse(p).expect("a valid path");
-            assert_eq!(path_text(&f), f.to_string());
-        }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::thread::ThreadId;
 use std::time::Duration;
 
+use harrow_ipc::FnPath;
 use harrow_runtime_core::CancelToken;
 use harrow_runtime_core::CoDriver;
 use parking_lot::Mutex;
@@ -118,8 +119,9 @@ pub fn warm_up() -> crate::Result<()> {
 /// cancel injector needs to know about the call.
 #[derive(Debug)]
 pub struct JobState {
-    /// The function called (`"module:function"`), for diagnostics.
-    pub func: String,
+    /// The function called (`"module:function"`), for diagnostics (the call's own path, shared:
+    /// nothing is allocated for it).
+    pub func: FnPath,
     token: CancelToken,
     done: AtomicBool,
     /// When `harrow.Cancelled` was last raised in the call: the injector leaves its cleanup
@@ -143,7 +145,7 @@ pub(crate) const CLEANUP_GRACE: Duration = Duration::from_millis(100);
 
 impl JobState {
     /// The cancel state of a new call of `func`.
-    pub fn new(func: String) -> Arc<Self> {
+    pub fn new(func: FnPath) -> Arc<Self> {
         Arc::new(JobState {
             func,
             token: CancelToken::new(),
@@ -359,7 +361,7 @@ impl Shared {
         InterpThreadInfo {
             name: self.name.clone(),
             thread: *self.thread.lock(),
-            current_call: self.current.lock().as_ref().map(|j| j.func.clone()),
+            current_call: self.current.lock().as_ref().map(|j| j.func.to_string()),
             leaked: self.leaked.load(Ordering::SeqCst),
         }
     }

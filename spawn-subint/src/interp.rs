@@ -239,7 +239,7 @@ impl InterpThread {
             .current
             .lock()
             .as_ref()
-            .map(|j| j.func.clone())
+            .map(|j| j.func.to_string())
             .or_else(|| shared.stage.lock().clone())
             .unwrap_or_else(|| "no call (in its teardown)".into());
         let reason = format!("interpreter thread still running {running} after {bound:?}");
