@@ -10,7 +10,7 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 use harrow_ipc::FnPath;
-use harrow_runtime_core::CancelToken;
+use harrow_ipc::wait::{Event, wait_until};
 use harrow_runtime_core::CoDriver;
 use parking_lot::Mutex;
 
@@ -115,14 +115,18 @@ pub fn warm_up() -> crate::Result<()> {
     Ok(())
 }
 
-/// Cancel state of one call: its cancel signal (a runtime-core [`CancelToken`]) and what the
-/// cancel injector needs to know about the call.
+/// Cancel state of one call: its cancel signal and what the cancel injector needs to know
+/// about the call.
 #[derive(Debug)]
 pub struct JobState {
     /// The function called (`"module:function"`), for diagnostics (the call's own path, shared:
     /// nothing is allocated for it).
     pub func: FnPath,
-    token: CancelToken,
+    /// Set once, by [`cancel`](Self::cancel), before `cancel_event` is notified. (Held here,
+    /// not in a `CancelToken` of its own: nothing shares a call's signal apart from its job,
+    /// and a token would be one more allocation per call.)
+    cancelled: AtomicBool,
+    cancel_event: Event,
     done: AtomicBool,
     /// When `harrow.Cancelled` was last raised in the call: the injector leaves its cleanup
     /// (`except`/`finally`) alone for [`CLEANUP_GRACE`] after that.
@@ -148,7 +152,8 @@ impl JobState {
     pub fn new(func: FnPath) -> Arc<Self> {
         Arc::new(JobState {
             func,
-            token: CancelToken::new(),
+            cancelled: AtomicBool::new(false),
+            cancel_event: Event::new(),
             done: AtomicBool::new(false),
             delivered_at: parking_lot::Mutex::new(None),
             held_until: parking_lot::Mutex::new(None),
@@ -214,12 +219,14 @@ impl JobState {
 
     /// Marks the call cancelled and wakes whatever waits on it. Idempotent.
     pub fn cancel(&self) {
-        self.token.cancel();
+        if !self.cancelled.swap(true, Ordering::SeqCst) {
+            self.cancel_event.notify(usize::MAX);
+        }
     }
 
     /// Whether the call was cancelled.
     pub fn is_cancelled(&self) -> bool {
-        self.token.is_cancelled()
+        self.cancelled.load(Ordering::SeqCst)
     }
 
     /// Records that the call ended (no cancel is injected into it any more).
@@ -234,7 +241,7 @@ impl JobState {
 
     /// Resolves once the call is cancelled.
     pub async fn wait_cancelled(&self) {
-        self.token.cancelled().await
+        wait_until(&self.cancel_event, || self.is_cancelled()).await
     }
 }
 
@@ -487,5 +494,43 @@ fn injector_loop(rx: flume::Receiver<Weak<Shared>>) {
             }
             _ => false,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancel_ends_the_wait_for_it_from_another_thread() {
+        let job = JobState::new(FnPath::parse("m:f").expect("a valid path"));
+        assert!(!job.is_cancelled());
+        let waiting = Arc::clone(&job);
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (ended_tx, ended) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            futures_lite::future::block_on(async {
+                let wait = waiting.wait_cancelled();
+                let mut wait = std::pin::pin!(wait);
+                // Polled once (registered) before the cancel is sent.
+                let first = futures_lite::future::poll_once(wait.as_mut()).await;
+                entered_tx
+                    .send(first.is_some())
+                    .expect("the test waits for this");
+                wait.await;
+            });
+            ended_tx.send(()).expect("the test waits for this");
+        });
+        let ended_before_the_cancel = entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the waiter polled its wait");
+        assert!(!ended_before_the_cancel, "a wait ends only with the cancel");
+        job.cancel();
+        job.cancel(); // idempotent
+        assert!(job.is_cancelled());
+        ended
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the wait saw the cancel");
+        waiter.join().expect("the waiter did not panic");
     }
 }
