@@ -123,6 +123,38 @@ impl<F: Future> Future for Deadline<F> {
     }
 }
 
+/// For tests of waits: a waker that counts its wake-ups (here, so that the tests of every crate
+/// that builds on these waits share it).
+#[doc(hidden)]
+pub mod testing {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    /// How often the waker of [`counting_waker`] was woken.
+    #[derive(Debug, Default)]
+    pub struct WakeCount(AtomicUsize);
+
+    impl WakeCount {
+        /// The wake-ups so far.
+        pub fn get(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Wake for WakeCount {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A waker, and the count of its wake-ups.
+    pub fn counting_waker() -> (Arc<WakeCount>, Waker) {
+        let count = Arc::new(WakeCount::default());
+        (count.clone(), Waker::from(count))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -476,30 +476,20 @@ impl Drop for WaitCancelled<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::pin::Pin;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Context, Wake, Waker};
+    use std::task::Waker;
+
+    use harrow_ipc::wait::testing::counting_waker;
 
     use super::*;
-
-    /// A waker that counts its wake-ups.
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counting() -> (Arc<Count>, Waker) {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        (count.clone(), Waker::from(count))
-    }
 
     fn chan() -> Chan {
         let func = FnPath::parse("t:f").expect("a valid path");
         Chan::new(Cid(2), Side::Callee, CallKind::Unary, func)
+    }
+
+    /// One poll of `wait` by the task of `waker`.
+    fn poll(wait: &mut WaitCancelled<'_>, waker: &Waker) -> Poll<ActorId> {
+        std::pin::Pin::new(wait).poll(&mut std::task::Context::from_waker(waker))
     }
 
     fn waiting(chan: &Chan) -> usize {
@@ -515,36 +505,24 @@ mod tests {
     #[test]
     fn every_wait_for_the_cancel_is_woken_with_the_canceller() {
         let chan = chan();
-        let (a, wa) = counting();
-        let (b, wb) = counting();
+        let (a, wa) = counting_waker();
+        let (b, wb) = counting_waker();
         let mut first = chan.wait_cancelled();
         let mut second = chan.wait_cancelled();
-        assert!(
-            Pin::new(&mut first)
-                .poll(&mut Context::from_waker(&wa))
-                .is_pending()
-        );
-        assert!(
-            Pin::new(&mut second)
-                .poll(&mut Context::from_waker(&wb))
-                .is_pending()
-        );
+        assert!(poll(&mut first, &wa).is_pending());
+        assert!(poll(&mut second, &wb).is_pending());
         // Polled again by the same tasks: still one waker each.
-        assert!(
-            Pin::new(&mut first)
-                .poll(&mut Context::from_waker(&wa))
-                .is_pending()
-        );
+        assert!(poll(&mut first, &wa).is_pending());
         assert_eq!(waiting(&chan), 2);
         assert!(
             chan.lock().cancel_aware,
             "a wait for the cancel makes the call cancel-aware"
         );
         cancel(&chan, "canceller");
-        assert_eq!(a.0.load(Ordering::SeqCst), 1);
-        assert_eq!(b.0.load(Ordering::SeqCst), 1);
+        assert_eq!(a.get(), 1);
+        assert_eq!(b.get(), 1);
         for (wait, waker) in [(&mut first, &wa), (&mut second, &wb)] {
-            match Pin::new(wait).poll(&mut Context::from_waker(waker)) {
+            match poll(wait, waker) {
                 Poll::Ready(by) => assert_eq!(by.name, "canceller"),
                 Poll::Pending => panic!("a cancelled call's wait is over"),
             }
@@ -555,42 +533,26 @@ mod tests {
     #[test]
     fn a_wait_moved_to_another_task_wakes_that_one() {
         let chan = chan();
-        let (a, wa) = counting();
-        let (b, wb) = counting();
+        let (a, wa) = counting_waker();
+        let (b, wb) = counting_waker();
         let mut wait = chan.wait_cancelled();
-        assert!(
-            Pin::new(&mut wait)
-                .poll(&mut Context::from_waker(&wa))
-                .is_pending()
-        );
-        assert!(
-            Pin::new(&mut wait)
-                .poll(&mut Context::from_waker(&wb))
-                .is_pending()
-        );
+        assert!(poll(&mut wait, &wa).is_pending());
+        assert!(poll(&mut wait, &wb).is_pending());
         assert_eq!(waiting(&chan), 1);
         cancel(&chan, "x");
-        assert_eq!(a.0.load(Ordering::SeqCst), 0);
-        assert_eq!(b.0.load(Ordering::SeqCst), 1);
+        assert_eq!(a.get(), 0);
+        assert_eq!(b.get(), 1);
     }
 
     #[test]
     fn a_dropped_wait_leaves_no_waker_behind() {
         let chan = chan();
-        let (_a, wa) = counting();
+        let (_a, wa) = counting_waker();
         for _ in 0..3 {
             let mut wait = chan.wait_cancelled();
-            assert!(
-                Pin::new(&mut wait)
-                    .poll(&mut Context::from_waker(&wa))
-                    .is_pending()
-            );
+            assert!(poll(&mut wait, &wa).is_pending());
             let mut other = chan.wait_cancelled();
-            assert!(
-                Pin::new(&mut other)
-                    .poll(&mut Context::from_waker(&wa))
-                    .is_pending()
-            );
+            assert!(poll(&mut other, &wa).is_pending());
             assert_eq!(waiting(&chan), 2);
         }
         assert_eq!(waiting(&chan), 0);
@@ -600,14 +562,10 @@ mod tests {
     fn a_wait_begun_after_the_cancel_is_over_at_once() {
         let chan = chan();
         cancel(&chan, "early");
-        let (a, wa) = counting();
+        let (a, wa) = counting_waker();
         let mut wait = chan.wait_cancelled();
-        assert!(
-            Pin::new(&mut wait)
-                .poll(&mut Context::from_waker(&wa))
-                .is_ready()
-        );
-        assert_eq!(a.0.load(Ordering::SeqCst), 0);
+        assert!(poll(&mut wait, &wa).is_ready());
+        assert_eq!(a.get(), 0);
         assert_eq!(waiting(&chan), 0);
     }
 }

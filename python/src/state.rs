@@ -10,7 +10,7 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 use harrow_ipc::FnPath;
-use harrow_ipc::wait::{Event, wait_until};
+use harrow_runtime_core::CancelFlag;
 use harrow_runtime_core::CoDriver;
 use parking_lot::Mutex;
 
@@ -122,11 +122,9 @@ pub struct JobState {
     /// The function called (`"module:function"`), for diagnostics (the call's own path, shared:
     /// nothing is allocated for it).
     pub func: FnPath,
-    /// Set once, by [`cancel`](Self::cancel), before `cancel_event` is notified. (Held here,
-    /// not in a `CancelToken` of its own: nothing shares a call's signal apart from its job,
-    /// and a token would be one more allocation per call.)
-    cancelled: AtomicBool,
-    cancel_event: Event,
+    /// The call's cancel signal. In place, not in a `CancelToken`: nothing shares it apart from
+    /// its job, and a token would be one more allocation per call.
+    cancel: CancelFlag,
     done: AtomicBool,
     /// When `harrow.Cancelled` was last raised in the call: the injector leaves its cleanup
     /// (`except`/`finally`) alone for [`CLEANUP_GRACE`] after that.
@@ -152,8 +150,7 @@ impl JobState {
     pub fn new(func: FnPath) -> Arc<Self> {
         Arc::new(JobState {
             func,
-            cancelled: AtomicBool::new(false),
-            cancel_event: Event::new(),
+            cancel: CancelFlag::new(),
             done: AtomicBool::new(false),
             delivered_at: parking_lot::Mutex::new(None),
             held_until: parking_lot::Mutex::new(None),
@@ -219,14 +216,12 @@ impl JobState {
 
     /// Marks the call cancelled and wakes whatever waits on it. Idempotent.
     pub fn cancel(&self) {
-        if !self.cancelled.swap(true, Ordering::SeqCst) {
-            self.cancel_event.notify(usize::MAX);
-        }
+        self.cancel.cancel();
     }
 
     /// Whether the call was cancelled.
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
+        self.cancel.is_cancelled()
     }
 
     /// Records that the call ended (no cancel is injected into it any more).
@@ -241,7 +236,7 @@ impl JobState {
 
     /// Resolves once the call is cancelled.
     pub async fn wait_cancelled(&self) {
-        wait_until(&self.cancel_event, || self.is_cancelled()).await
+        self.cancel.cancelled().await
     }
 }
 

@@ -16,13 +16,7 @@ use harrow_ipc::wait::{Event, wait_until};
 /// A one-way cancellation signal. Cheap to clone; all clones see the same state.
 #[derive(Clone, Default)]
 pub struct CancelToken {
-    inner: Arc<TokenInner>,
-}
-
-#[derive(Default)]
-struct TokenInner {
-    cancelled: AtomicBool,
-    event: Event,
+    inner: Arc<CancelFlag>,
 }
 
 impl std::fmt::Debug for CancelToken {
@@ -41,27 +35,65 @@ impl CancelToken {
 
     /// Cancels: every current and future waiter wakes. Idempotent.
     pub fn cancel(&self) {
-        if !self.inner.cancelled.swap(true, Ordering::SeqCst) {
-            self.inner.event.notify(usize::MAX);
-        }
+        self.inner.cancel();
     }
 
     /// Whether [`cancel`](CancelToken::cancel) was called.
     pub fn is_cancelled(&self) -> bool {
-        self.inner.cancelled.load(Ordering::SeqCst)
+        self.inner.is_cancelled()
     }
 
     /// Resolves once the token is cancelled.
     pub fn cancelled(&self) -> Cancelled<'_> {
+        self.inner.cancelled()
+    }
+}
+
+/// The signal a [`CancelToken`] shares, for an owner that does not share it: held in place
+/// (in a struct that is itself shared already) rather than in an allocation of its own.
+#[derive(Default)]
+pub struct CancelFlag {
+    cancelled: AtomicBool,
+    event: Event,
+}
+
+impl std::fmt::Debug for CancelFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelFlag")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+impl CancelFlag {
+    /// A flag not yet set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the flag: every current and future waiter wakes. Idempotent.
+    pub fn cancel(&self) {
+        if !self.cancelled.swap(true, Ordering::SeqCst) {
+            self.event.notify(usize::MAX);
+        }
+    }
+
+    /// Whether [`cancel`](CancelFlag::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the flag is set.
+    pub fn cancelled(&self) -> Cancelled<'_> {
         Cancelled {
-            token: self,
+            flag: self,
             listener: None,
             registered: None,
         }
     }
 }
 
-/// The future of [`CancelToken::cancelled`].
+/// The future of [`CancelToken::cancelled`] and [`CancelFlag::cancelled`].
 ///
 /// Most waits for a cancel never see one: the future is polled again each time its task wakes
 /// for something else (a body raced against its cancel is polled on every step of the body). A
@@ -70,7 +102,7 @@ impl CancelToken {
 /// after the flag is set, so a listener that was notified is never missed by the flag's check.
 #[must_use = "futures do nothing unless polled"]
 pub struct Cancelled<'a> {
-    token: &'a CancelToken,
+    flag: &'a CancelFlag,
     listener: Option<harrow_ipc::wait::EventListener>,
     /// The waker the listener holds (cloned when it was registered).
     registered: Option<std::task::Waker>,
@@ -79,7 +111,7 @@ pub struct Cancelled<'a> {
 impl std::fmt::Debug for Cancelled<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cancelled")
-            .field("cancelled", &self.token.is_cancelled())
+            .field("cancelled", &self.flag.is_cancelled())
             .finish_non_exhaustive()
     }
 }
@@ -90,12 +122,12 @@ impl Future for Cancelled<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         loop {
-            if this.token.is_cancelled() {
+            if this.flag.is_cancelled() {
                 return Poll::Ready(());
             }
             let Some(listener) = this.listener.as_mut() else {
                 // Listen, then check the flag again: a cancel in between is seen either way.
-                this.listener = Some(this.token.inner.event.listen());
+                this.listener = Some(this.flag.event.listen());
                 continue;
             };
             if this
@@ -235,6 +267,7 @@ impl<F: Future> Future for FailAfter<F> {
 mod tests {
     use super::*;
     use futures_lite::future::block_on;
+    use harrow_ipc::wait::testing::counting_waker;
 
     #[test]
     fn token_wakes_waiters() {
@@ -246,45 +279,27 @@ mod tests {
         assert!(t.is_cancelled());
     }
 
-    /// A waker that counts its wake-ups.
-    struct Count(AtomicUsize);
-
-    impl std::task::Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counting() -> (Arc<Count>, std::task::Waker) {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        (count.clone(), std::task::Waker::from(count))
-    }
-
     #[test]
     fn a_wait_repolled_by_its_task_is_woken_by_the_cancel() {
         let t = CancelToken::new();
-        let (count, waker) = counting();
+        let (count, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let mut wait = t.cancelled();
         for _ in 0..3 {
             // The first poll registers; the others find it registered with this waker.
             assert!(Pin::new(&mut wait).poll(&mut cx).is_pending());
         }
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.get(), 0);
         t.cancel();
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "the cancel woke the task"
-        );
+        assert_eq!(count.get(), 1, "the cancel woke the task");
         assert!(Pin::new(&mut wait).poll(&mut cx).is_ready());
     }
 
     #[test]
     fn a_wait_polled_by_another_task_wakes_that_one() {
         let t = CancelToken::new();
-        let (first, first_waker) = counting();
-        let (second, second_waker) = counting();
+        let (first, first_waker) = counting_waker();
+        let (second, second_waker) = counting_waker();
         let mut wait = t.cancelled();
         assert!(
             Pin::new(&mut wait)
@@ -298,12 +313,8 @@ mod tests {
                 .is_pending()
         );
         t.cancel();
-        assert_eq!(
-            second.0.load(Ordering::SeqCst),
-            1,
-            "the current task is woken"
-        );
-        assert_eq!(first.0.load(Ordering::SeqCst), 0);
+        assert_eq!(second.get(), 1, "the current task is woken");
+        assert_eq!(first.get(), 0);
         assert!(
             Pin::new(&mut wait)
                 .poll(&mut Context::from_waker(&second_waker))
@@ -315,13 +326,13 @@ mod tests {
     fn a_token_cancelled_before_the_wait_is_ready_at_once() {
         let t = CancelToken::new();
         t.cancel();
-        let (count, waker) = counting();
+        let (count, waker) = counting_waker();
         assert!(
             Pin::new(&mut t.cancelled())
                 .poll(&mut Context::from_waker(&waker))
                 .is_ready()
         );
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.get(), 0);
     }
 
     #[test]
