@@ -14,17 +14,9 @@ use std::time::Duration;
 use harrow_ipc::wait::{Event, wait_until};
 
 /// A one-way cancellation signal. Cheap to clone; all clones see the same state.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct CancelToken {
     inner: Arc<CancelFlag>,
-}
-
-impl std::fmt::Debug for CancelToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CancelToken")
-            .field("cancelled", &self.is_cancelled())
-            .finish()
-    }
 }
 
 impl CancelToken {
