@@ -1,4 +1,4 @@
-//! Per-call state shared between the link's reader task and the handles of one call
+//! Per-call state shared between the link's reader and the handles of one call
 //! ([`Context`](crate::Context), [`CalleeContext`](crate::CalleeContext), [`MsgStream`](crate::MsgStream)).
 //!
 //! Flow control (per stream direction): the sender starts with **zero** credit. The receiver

@@ -68,7 +68,7 @@ pub use caller::{Context, ContextCanceller, MsgStream, OneWayStream, Portal, Str
 pub use endpoint::Endpoint;
 pub use error::{Error, Result};
 pub use harrow_ipc as ipc;
-pub use link::{Executor, Link, LinkConfig, LinkEnd, LocalInfo, PeerInfo};
+pub use link::{Executor, Link, LinkConfig, LinkEnd, LinkReader, LocalInfo, PeerInfo};
 pub use registry::{FnRegistry, StateRegistry};
 pub use typed::{
     ContextEndpoint, StreamEndpoint, TypedCalleeContext, TypedContext, TypedOneWayStream, TypedRx,

@@ -2,15 +2,16 @@
 //!
 //! Inside a link: one **writer task** drains an unbounded queue of outgoing messages into the
 //! channel (so dropping a call can enqueue `Cancel` synchronously, and writes are batched), one
-//! **reader task** routes every incoming message by `cid` without ever awaiting anything but the
-//! channel (no head-of-line blocking), and one task per served call.
+//! **reader** routes every incoming message by `cid` without ever awaiting anything but the
+//! channel (no head-of-line blocking), and one task per served call. The reader is a task of the
+//! executor too, unless the link's owner drives it itself ([`Link::establish_with_reader`]).
 //!
 //! Call ids: both ends allocate cids, and stream messages (`Yield`, `Credit`, `Stop`) travel both
 //! ways, so the two ends use disjoint cids: the end whose actor id sorts lower allocates even cids,
 //! the other odd ones. Two ends with the same actor id are refused at `Hello`.
 //!
-//! The engine is split by job: `handshake` establishes a link, `io` runs its writer and
-//! reader tasks, `route` dispatches each incoming message, `serve` runs the calls the peer
+//! The engine is split by job: `handshake` establishes a link, `io` holds its writer and
+//! reader, `route` dispatches each incoming message, `serve` runs the calls the peer
 //! makes into this side. This module holds the shared state, the caller side and shutdown.
 
 mod handshake;
@@ -21,8 +22,11 @@ mod serve;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use harrow_ipc::wait::{Event, deadline, wait_until, wait_until_some};
@@ -146,10 +150,73 @@ pub enum LinkEnd {
 /// The protocol engine over one channel, serving both directions.
 ///
 /// Created by [`Link::establish`], which exchanges `Hello` and then runs the engine's tasks on the
-/// given executor. Dropping the `Link` closes it.
+/// given executor (or by [`Link::establish_with_reader`], which hands the reader back to be
+/// driven by the caller). Dropping the `Link` closes it.
 #[derive(Debug)]
 pub struct Link {
     shared: Arc<Shared>,
+}
+
+/// A link's reader, handed back by [`Link::establish_with_reader`]: the future that reads every
+/// message from the link's channel and routes it. It ends once the link has shut down; dropping
+/// it before then ends the link as broken (every call waiting on it fails with
+/// [`Error::Closed`]).
+#[must_use = "a link whose reader is not polled receives nothing"]
+pub struct LinkReader {
+    /// `None` once it ended.
+    fut: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    shared: Arc<Shared>,
+}
+
+impl LinkReader {
+    fn new(shared: Arc<Shared>, fut: impl Future<Output = ()> + Send + 'static) -> LinkReader {
+        LinkReader {
+            fut: Some(Box::pin(fut)),
+            shared,
+        }
+    }
+}
+
+impl Future for LinkReader {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Ready(());
+        };
+        if fut.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.fut = None;
+        Poll::Ready(())
+    }
+}
+
+impl Drop for LinkReader {
+    fn drop(&mut self) {
+        // Dropped while the link lives: nothing reads its channel any more.
+        if self.fut.take().is_none() {
+            return;
+        }
+        let reason = format!(
+            "the reader of the link to {} was dropped before the link ended",
+            self.shared.peer.id
+        );
+        self.shared
+            .shutdown(LinkEnd::Broken(reason.clone()), reason, false);
+        self.shared.reader_done.store(true, Ordering::Release);
+        self.shared.progress.notify(usize::MAX);
+    }
+}
+
+impl fmt::Debug for LinkReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkReader")
+            .field("local", &self.shared.local.id)
+            .field("peer", &self.shared.peer.id)
+            .field("ended", &self.fut.is_none())
+            .finish()
+    }
 }
 
 impl Link {
@@ -256,7 +323,7 @@ pub(crate) struct Shared {
     /// Mirrors `state.dead.is_some()` for lock-free checks.
     dead: AtomicBool,
     dead_ev: Event,
-    /// The reader's task while it waits for the channel: woken by `shutdown` like `dead_ev`'s
+    /// The reader while it waits for the channel: woken by `shutdown` like `dead_ev`'s
     /// listeners, without a listener to poll each time the reader waits.
     reader_waker: atomic_waker::AtomicWaker,
     next_cid: AtomicU64,

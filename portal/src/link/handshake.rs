@@ -9,7 +9,7 @@ use tracing::debug;
 
 use super::io::{heartbeat, reader, writer};
 use super::outlet::{Outlet, direct_waker};
-use super::{Executor, Link, LinkConfig, LinkState, LocalInfo, PeerInfo, Shared};
+use super::{Executor, Link, LinkConfig, LinkReader, LinkState, LocalInfo, PeerInfo, Shared};
 use crate::{Error, Resolver, Result};
 
 impl Link {
@@ -25,6 +25,26 @@ impl Link {
         exec: &Executor,
         config: LinkConfig,
     ) -> Result<Link> {
+        let (link, reader) =
+            Link::establish_with_reader(channel, local, resolver, exec, config).await?;
+        exec.spawn(reader).detach();
+        Ok(link)
+    }
+
+    /// [`Link::establish`], but the link's reader, the future that reads every message from
+    /// the channel and routes it, is handed back instead of spawned on `exec`. The caller polls
+    /// it until it ends (it ends once the link has shut down), typically on the thread that
+    /// runs `exec`, beside the executor rather than as one of its tasks: a message then wakes
+    /// that thread directly, with no task to schedule and no queue to pop. Nothing arrives
+    /// while it is not polled. Dropping it before it ends ends the link as broken, so that no
+    /// call waits for an answer nobody will read.
+    pub async fn establish_with_reader(
+        channel: Channel,
+        local: LocalInfo,
+        resolver: Option<Arc<dyn Resolver>>,
+        exec: &Executor,
+        config: LinkConfig,
+    ) -> Result<(Link, LinkReader)> {
         let (tx, mut rx) = channel.split();
         let span = tracing::debug_span!("link", local = %local.id);
         let _enter = span.enter();
@@ -130,10 +150,10 @@ impl Link {
             Some((tx, out_rx)) => exec.spawn(writer(shared.clone(), tx, out_rx)).detach(),
             None => exec.spawn(direct_waker(shared.clone())).detach(),
         }
-        exec.spawn(reader(shared.clone(), rx)).detach();
         if shared.config.heartbeat_interval.is_some() || shared.config.heartbeat_timeout.is_some() {
             exec.spawn(heartbeat(shared.clone())).detach();
         }
-        Ok(Link { shared })
+        let reader = LinkReader::new(shared.clone(), reader(shared.clone(), rx));
+        Ok((Link { shared }, reader))
     }
 }
