@@ -357,7 +357,7 @@ impl ActorNursery {
             id: actor.id().clone(),
             backend: actor.backend().to_owned(),
         };
-        let link = match Link::establish(
+        let established = Link::establish_with_reader(
             channel,
             local,
             actor.resolver(),
@@ -365,7 +365,11 @@ impl ActorNursery {
             link_config,
         )
         .await
-        {
+        .map(|(link, reader)| {
+            actor.run_reader(reader);
+            link
+        });
+        let link = match established {
             Ok(link) => link,
             Err(e) => {
                 abandon(child, actor.timeouts()).await;
@@ -435,20 +439,24 @@ impl ActorNursery {
             Teardown,
             LinkEnded(LinkEnd),
         }
-        let why = async {
-            slot.teardown.cancelled().await;
-            Why::Teardown
-        }
-        .or(async {
-            self.inner.cancel.cancelled().await;
-            Why::Teardown
-        })
-        .or(async {
-            escalate.cancelled().await;
-            Why::Teardown
-        })
-        .or(async { Why::LinkEnded(link.closed().await) })
-        .await;
+        // The link's end is looked at first: a child that went away on its own before this
+        // supervisor saw a teardown is a crash even when the teardown was asked for meanwhile
+        // (its death ended the call that let the nursery's body return, say), and is reported
+        // as one, never taken for the cancel.
+        let why = async { Why::LinkEnded(link.closed().await) }
+            .or(async {
+                slot.teardown.cancelled().await;
+                Why::Teardown
+            })
+            .or(async {
+                self.inner.cancel.cancelled().await;
+                Why::Teardown
+            })
+            .or(async {
+                escalate.cancelled().await;
+                Why::Teardown
+            })
+            .await;
         let timeouts = self.inner.actor.timeouts();
         let outcome = match why {
             // The child answers the cancel only after its calls ended, with what they ended
