@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use futures_lite::FutureExt;
 use harrow_ipc::{ActorId, Channel};
-use harrow_portal::{Executor, Link, LinkConfig, LinkEnd, LocalInfo, Portal, Resolver};
+use harrow_portal::{Executor, Link, LinkConfig, LinkEnd, LinkReader, LocalInfo, Portal, Resolver};
 
 use crate::backend::Timeouts;
+use crate::beside::{Beside, Handoff};
 use crate::codrive::CoDriver;
 use crate::scope::{CancelToken, WaitGroup, WaitGroupGuard};
 use crate::spec::SpawnSpec;
@@ -41,6 +42,9 @@ struct ActorInner {
     self_cancel_token: CancelToken,
     /// Discovery: the registrar (root), the tree, peer links.
     discovery: crate::discovery::Discovery,
+    /// Where the readers of the links this actor establishes go, when its thread drives them
+    /// beside its executor (see `crate::beside`); `None`: they are spawned on it.
+    readers: Option<Handoff<LinkReader>>,
 }
 
 impl fmt::Debug for ActorCtx {
@@ -53,6 +57,9 @@ impl fmt::Debug for ActorCtx {
 }
 
 impl ActorCtx {
+    // Crate-private, called from the two places that start an actor's thread (the root and
+    // `run_actor_parked`), each naming every part.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: ActorId,
         backend: impl Into<String>,
@@ -61,6 +68,7 @@ impl ActorCtx {
         link_config: LinkConfig,
         resolver: Option<Arc<dyn Resolver>>,
         discovery: crate::discovery::Discovery,
+        readers: Option<Handoff<LinkReader>>,
     ) -> Self {
         // Every actor also serves the runtime's own `harrow.discovery:*` functions.
         let resolver: Option<Arc<dyn Resolver>> = Some(Arc::new(crate::discovery::WithDiscovery {
@@ -80,6 +88,7 @@ impl ActorCtx {
                 self_cancel: std::sync::Mutex::new(None),
                 self_cancel_token: CancelToken::new(),
                 discovery,
+                readers,
             }),
         }
     }
@@ -101,6 +110,18 @@ impl ActorCtx {
     /// The actor's executor (every task of the actor runs on it, on the actor's own thread).
     pub fn executor(&self) -> &Executor {
         &self.inner.exec
+    }
+
+    /// Runs a reader of a link this actor established: beside the executor on the actor's
+    /// thread where that thread drives readers (see `crate::beside`), else as a task of it.
+    pub(crate) fn run_reader(&self, reader: LinkReader) {
+        let unplaced = match &self.inner.readers {
+            Some(readers) => readers.put(reader),
+            None => Err(reader),
+        };
+        if let Err(reader) = unplaced {
+            self.inner.exec.spawn(reader).detach();
+        }
     }
 
     /// The teardown bounds this actor uses for its children.
@@ -309,6 +330,10 @@ fn run_actor_parked(channel: Channel, init: ActorInit, park: Park<'_>) -> ActorE
     );
     let _entered = span.enter();
     let exec: Executor = Arc::new(async_executor::Executor::new());
+    // A co-driven actor's tasks run on either of two threads, so its readers are tasks too;
+    // the others' thread drives them beside the executor.
+    let readers = Handoff::new();
+    let beside = !matches!(park, Park::CoDriven(_));
     let ctx = ActorCtx::new(
         init.spec.id.clone(),
         init.backend.clone(),
@@ -317,6 +342,7 @@ fn run_actor_parked(channel: Channel, init: ActorInit, park: Park<'_>) -> ActorE
         init.link_config.clone(),
         init.spec.actor.resolver.clone(),
         crate::discovery::Discovery::default(),
+        beside.then(|| readers.clone()),
     );
     let _current = ctx.enter();
     ctx.discovery().set_parent(init.spec.parent.clone());
@@ -324,10 +350,12 @@ fn run_actor_parked(channel: Channel, init: ActorInit, park: Park<'_>) -> ActorE
     let helper_bound = init.spec.timeouts().hard_kill;
     let main = actor_main(channel, init, ctx.clone());
     let exit = match park {
-        Park::InProcess => crate::park::block_on_in_process(exec.run(main)),
+        Park::InProcess => crate::park::block_on_in_process(Beside::new(exec.run(main), &readers)),
         // The channel to the parent is a socket: sleep in an epoll instance that watches it
         // (and the sockets of peers and children read on this thread) directly.
-        Park::Reactor => harrow_ipc::park::block_on_following(exec.run(main)),
+        Park::Reactor => {
+            harrow_ipc::park::block_on_following(Beside::new(exec.run(main), &readers))
+        }
         Park::CoDriven(co) => {
             /// Unbinds the helper on every path, a panic included.
             struct Unbind<'a>(&'a CoDriver, std::time::Duration);
@@ -361,7 +389,7 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
         id: init.spec.id.clone(),
         backend: init.backend.clone(),
     };
-    let link = match Link::establish(
+    let established = Link::establish_with_reader(
         channel,
         local,
         ctx.resolver(),
@@ -369,7 +397,11 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
         init.link_config.clone(),
     )
     .await
-    {
+    .map(|(link, reader)| {
+        ctx.run_reader(reader);
+        link
+    });
+    let link = match established {
         Ok(link) => link,
         Err(e) => {
             tracing::warn!(error = %e, "handshake with parent failed");

@@ -21,6 +21,7 @@
 
 mod actor;
 mod backend;
+mod beside;
 pub mod bootstrap;
 pub mod codrive;
 pub mod discovery;

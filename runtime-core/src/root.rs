@@ -10,6 +10,7 @@ use harrow_portal::{Executor, LinkConfig, Resolver};
 
 use crate::actor::ActorCtx;
 use crate::backend::Timeouts;
+use crate::beside::{Beside, Handoff};
 use crate::error::{BoxError, NurseryError};
 use crate::nursery::{ActorNursery, run_nursery};
 
@@ -94,6 +95,9 @@ where
     let span = tracing::info_span!("actor", name = %id.name, uid = %id.uid, backend = "root");
     let _entered = span.enter();
     let exec: Executor = Arc::new(async_executor::Executor::new());
+    // The readers of the root's links to its children run beside its executor, on this thread
+    // (see `crate::beside`).
+    let readers = Handoff::new();
     let ctx = ActorCtx::new(
         id,
         "root",
@@ -102,6 +106,7 @@ where
         config.link_config.clone(),
         config.resolver.clone(),
         crate::discovery::Discovery::for_root(),
+        Some(readers.clone()),
     );
     let _current = ctx.enter();
     crate::discovery::init_root(&ctx);
@@ -153,20 +158,23 @@ where
     let root_ctx = ctx.clone();
     // The root's links to process children are sockets: its thread sleeps in an epoll instance
     // that watches them directly (timers and other descriptors: async-io's own thread).
-    let result = harrow_ipc::park::block_on(exec.run(async move {
-        let watcher = exec_spawn(&ctx, watcher);
-        let self_cancel = exec_spawn(&ctx, self_cancel);
-        let r = main.await;
-        // Children's teardowns are done; wait for stray detached teardowns (bounded).
-        ctx.wait_tracked(crate::nursery::teardown_bound(&ctx.timeouts()))
-            .await;
-        ctx.discovery()
-            .shutdown(ctx.link_config().close_flush_timeout)
-            .await;
-        drop(watcher);
-        drop(self_cancel);
-        r
-    }));
+    let result = harrow_ipc::park::block_on(Beside::new(
+        exec.run(async move {
+            let watcher = exec_spawn(&ctx, watcher);
+            let self_cancel = exec_spawn(&ctx, self_cancel);
+            let r = main.await;
+            // Children's teardowns are done; wait for stray detached teardowns (bounded).
+            ctx.wait_tracked(crate::nursery::teardown_bound(&ctx.timeouts()))
+                .await;
+            ctx.discovery()
+                .shutdown(ctx.link_config().close_flush_timeout)
+                .await;
+            drop(watcher);
+            drop(self_cancel);
+            r
+        }),
+        &readers,
+    ));
     root_ctx.discovery().release();
     drop(root_ctx);
     // Cancelled tasks still queued hold the actor's context (and so the executor): run the queue
