@@ -258,9 +258,8 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Future for Besi
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<M::Output> {
         // Every field is `Unpin` (`main` is boxed).
         let this = self.get_mut();
-        let shared = this.handoff.shared.clone();
-        shared.outer.register(cx.waker());
-        shared.parked.store(false, Ordering::SeqCst);
+        this.handoff.shared.outer.register(cx.waker());
+        this.handoff.shared.parked.store(false, Ordering::SeqCst);
         for _ in 0..ROUNDS {
             let slots = this.poll_woken();
             let main = this.main_flag.woken.swap(false, Ordering::SeqCst);
@@ -273,16 +272,18 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Future for Besi
             if slots || main {
                 continue;
             }
-            shared.parked.store(true, Ordering::SeqCst);
+            this.handoff.shared.parked.store(true, Ordering::SeqCst);
             // A wake-up between the looks above and the store just made went to a flag, not
             // to the loop: look once more.
-            if !shared.any.load(Ordering::SeqCst) && !this.main_flag.woken.load(Ordering::SeqCst) {
+            if !this.handoff.shared.any.load(Ordering::SeqCst)
+                && !this.main_flag.woken.load(Ordering::SeqCst)
+            {
                 return Poll::Pending;
             }
-            shared.parked.store(false, Ordering::SeqCst);
+            this.handoff.shared.parked.store(false, Ordering::SeqCst);
         }
         // Busy: let the loop underneath look at its own wake-ups, then come back.
-        shared.parked.store(true, Ordering::SeqCst);
+        this.handoff.shared.parked.store(true, Ordering::SeqCst);
         cx.waker().wake_by_ref();
         Poll::Pending
     }
