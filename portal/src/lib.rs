@@ -24,6 +24,10 @@
 //!   remote error.
 //! - Over byte transports the link lifts the channel's small pre-handshake frame limit once the
 //!   peer's `Hello` is checked (see [`ChannelRx::end_handshake`](harrow_ipc::ChannelRx::end_handshake)).
+//! - A link's tasks run on the executor given to [`Link::establish`]. With
+//!   [`Link::establish_with_reader`], its reader (every incoming message goes through it) is
+//!   handed back as a [`LinkReader`] for the caller to poll, on the executor's thread beside it,
+//!   say: a message then wakes that thread with no task to schedule.
 //!
 //! ```
 //! use std::sync::Arc;
