@@ -162,6 +162,55 @@ fn a_child_whose_channel_breaks_while_idle_exits_by_itself() {
     );
 }
 
+/// A child that crashes while the nursery's body waits on a call to it: the crash ends the call,
+/// which lets the body return (and so asks for the child's teardown), and it ends the child's
+/// link, which its supervisor waits for. Both come from the one link reader, in an order that
+/// is the runtime's to pick; the crash must be reported, never taken for the teardown that came
+/// after it. (Here the supervisor happens to see the link's end first whatever it looks at
+/// first; the remote `routed_hop_dies` is where the order flipped, and fails without the
+/// supervisor looking at the link's end first.)
+#[test]
+fn a_crash_that_ends_the_bodys_call_is_reported_as_a_crash() {
+    bounded(
+        "a_crash_that_ends_the_bodys_call_is_reported_as_a_crash",
+        || {
+            let crashing = harrow_testkit::faults::CrashingBackend::wrap(ThreadBackend::shared());
+            run_root(config(), |_n| {
+                let crashing = crashing.clone();
+                async move {
+                    let inner = open_nursery(|inner| async move {
+                        let f = Factory;
+                        let child = inner
+                            .start_actor("victim", crashing.clone(), f.spec())
+                            .await?;
+                        child.run("testfns:echo", Value::Null).await?;
+                        let (call, crashed) = futures_lite::future::zip(
+                            child.run("testfns:sleep_ms", Value::Int(60_000)),
+                            async { crashing.crash(child.id()) },
+                        )
+                        .await;
+                        assert!(crashed, "the victim was found");
+                        let err = call.expect_err("the call ended with the crash");
+                        assert!(err.is_closed(), "{err:?}");
+                        // The body returns as if nothing happened: the nursery reports.
+                        Ok(())
+                    })
+                    .await;
+                    let err = inner.expect_err("the crash fails the nursery");
+                    assert!(
+                        err.failures()
+                            .iter()
+                            .any(|f| f.is_crash() && f.to_string().contains("victim")),
+                        "{err}"
+                    );
+                    Ok(())
+                }
+            })
+            .expect("the outer nursery is clean");
+        },
+    );
+}
+
 #[test]
 fn shield_outside_an_actor_just_runs() {
     bounded("shield_outside_an_actor_just_runs", || {
