@@ -24,6 +24,8 @@ const ROUNDS: u32 = 64;
 
 /// The slot number that stands for the handoff's incoming futures.
 const INCOMING: usize = usize::MAX;
+/// The slot number that stands for the main future.
+const MAIN: usize = usize::MAX - 1;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -37,6 +39,8 @@ struct Shared<A> {
     parked: AtomicBool,
     /// True when `woken` may hold something.
     any: AtomicBool,
+    /// The main future was woken since `Beside` last polled it.
+    main: AtomicBool,
     /// The slots woken since `Beside` last looked ([`INCOMING`]: the handoff).
     woken: Mutex<Vec<usize>>,
     /// Futures handed over and not yet given a slot; `None` once `Beside` is gone.
@@ -47,15 +51,15 @@ impl<A> Shared<A> {
     /// After a flag or a queue was set: wakes the loop if `Beside` is not being polled.
     fn notify(&self) {
         // Sequentially consistent with `Beside::poll`'s store of `parked` and its loads of
-        // `any` and of the main flag: either this sees the poll parked and wakes the loop, or
-        // the poll sees what was set.
+        // `any` and `main`: either this sees the poll parked and wakes the loop, or the poll
+        // sees what was set.
         if self.parked.load(Ordering::SeqCst) {
             self.outer.wake();
         }
     }
 }
 
-/// The waker of one slot's future (or of the handoff).
+/// The waker of one slot's future (or of the handoff, or of the main future).
 struct SlotWaker<A> {
     slot: usize,
     /// Already in `woken`, not yet looked at.
@@ -69,28 +73,25 @@ impl<A> Wake for SlotWaker<A> {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if !self.queued.swap(true, Ordering::AcqRel) {
-            lock(&self.shared.woken).push(self.slot);
+        if self.slot == MAIN {
+            self.shared.main.store(true, Ordering::SeqCst);
+        } else {
+            if !self.queued.swap(true, Ordering::AcqRel) {
+                lock(&self.shared.woken).push(self.slot);
+            }
+            self.shared.any.store(true, Ordering::SeqCst);
         }
-        self.shared.any.store(true, Ordering::SeqCst);
         self.shared.notify();
     }
 }
 
-/// The main future's waker.
-struct MainWaker<A> {
-    woken: AtomicBool,
-    shared: Arc<Shared<A>>,
-}
-
-impl<A> Wake for MainWaker<A> {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::SeqCst);
-        self.shared.notify();
+impl<A> SlotWaker<A> {
+    fn new(slot: usize, shared: &Arc<Shared<A>>) -> Arc<SlotWaker<A>> {
+        Arc::new(SlotWaker {
+            slot,
+            queued: AtomicBool::new(false),
+            shared: shared.clone(),
+        })
     }
 }
 
@@ -116,15 +117,13 @@ impl<A: Send + 'static> Handoff<A> {
             outer: AtomicWaker::new(),
             parked: AtomicBool::new(false),
             any: AtomicBool::new(false),
+            // The main future is polled on the first poll.
+            main: AtomicBool::new(true),
             woken: Mutex::new(Vec::new()),
             incoming: Mutex::new(Some(Vec::new())),
         });
         Handoff {
-            waker: Arc::new(SlotWaker {
-                slot: INCOMING,
-                queued: AtomicBool::new(false),
-                shared: shared.clone(),
-            }),
+            waker: SlotWaker::new(INCOMING, &shared),
             shared,
         }
     }
@@ -153,7 +152,6 @@ struct Slot<A> {
 /// dropped with it, and from then on the handoff gives back what is put into it.
 pub(crate) struct Beside<M, A> {
     main: Pin<Box<M>>,
-    main_flag: Arc<MainWaker<A>>,
     main_waker: Waker,
     slots: Vec<Slot<A>>,
     /// Slots whose future ended, for the next one handed over.
@@ -166,15 +164,9 @@ pub(crate) struct Beside<M, A> {
 impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Beside<M, A> {
     /// Drives `main`, and beside it what is put into `handoff`.
     pub(crate) fn new(main: M, handoff: &Handoff<A>) -> Beside<M, A> {
-        let main_flag = Arc::new(MainWaker {
-            // Polled on the first poll.
-            woken: AtomicBool::new(true),
-            shared: handoff.shared.clone(),
-        });
         Beside {
             main: Box::pin(main),
-            main_waker: Waker::from(main_flag.clone()),
-            main_flag,
+            main_waker: Waker::from(SlotWaker::new(MAIN, &handoff.shared)),
             slots: Vec::new(),
             free: Vec::new(),
             looking: Vec::new(),
@@ -196,11 +188,7 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Beside<M, A> {
                     slot
                 }
                 None => {
-                    let flag = Arc::new(SlotWaker {
-                        slot: self.slots.len(),
-                        queued: AtomicBool::new(false),
-                        shared: self.handoff.shared.clone(),
-                    });
+                    let flag = SlotWaker::new(self.slots.len(), &self.handoff.shared);
                     self.slots.push(Slot {
                         fut: Some(fut),
                         waker: Waker::from(flag.clone()),
@@ -262,7 +250,7 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Future for Besi
         this.handoff.shared.parked.store(false, Ordering::SeqCst);
         for _ in 0..ROUNDS {
             let slots = this.poll_woken();
-            let main = this.main_flag.woken.swap(false, Ordering::SeqCst);
+            let main = this.handoff.shared.main.swap(false, Ordering::SeqCst);
             if main {
                 let mut main_cx = Context::from_waker(&this.main_waker);
                 if let Poll::Ready(v) = this.main.as_mut().poll(&mut main_cx) {
@@ -276,7 +264,7 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Future for Besi
             // A wake-up between the looks above and the store just made went to a flag, not
             // to the loop: look once more.
             if !this.handoff.shared.any.load(Ordering::SeqCst)
-                && !this.main_flag.woken.load(Ordering::SeqCst)
+                && !this.handoff.shared.main.load(Ordering::SeqCst)
             {
                 return Poll::Pending;
             }
@@ -430,7 +418,7 @@ mod tests {
     fn the_main_future_ends_it_and_then_the_handoff_gives_back_what_is_put() {
         let (main, main_fut) = Probe::new();
         let (a, a_fut) = Probe::new();
-        let (_b, b_fut) = Probe::new();
+        let (b, b_fut) = Probe::new();
         let (_c, c_fut) = Probe::new();
         let handoff = Handoff::new();
         let beside = Beside::new(main_fut, &handoff);
@@ -438,14 +426,27 @@ mod tests {
         let mut beside = Box::pin(beside);
         assert!(handoff.put(a_fut).is_ok());
         assert!(poll_once(&mut beside.as_mut(), &outer).is_pending());
-        // Handed over but never polled: dropped with the `Beside`.
-        assert!(handoff.put(b_fut).is_ok());
         main.finish();
         assert!(poll_once(&mut beside.as_mut(), &outer).is_ready());
         assert_eq!(a.polls(), 1);
+        // Handed over after the end, before the drop: never polled, dropped with the `Beside`
+        // (the only other holder of its counter was the future itself).
+        assert!(handoff.put(b_fut).is_ok());
         drop(beside);
+        assert_eq!((b.polls(), Arc::strong_count(&b.polls)), (0, 1));
+        // The future that had not ended is dropped too.
+        assert_eq!(Arc::strong_count(&a.polls), 1);
         assert!(handoff.put(c_fut).is_err());
         assert_eq!(lock(&handoff.shared.incoming).as_ref().map(Vec::len), None);
+    }
+
+    /// Waits (bounded) until `done` says so.
+    fn until(what: &str, done: impl Fn() -> bool) {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < give_up, "{what} within 10 s");
+            std::thread::yield_now();
+        }
     }
 
     #[test]
@@ -454,21 +455,23 @@ mod tests {
         let (along, along_fut) = Probe::new();
         let handoff = Handoff::new();
         let beside = Beside::new(main_fut, &handoff);
-        let along_polls = along.polls.clone();
         let put = handoff.clone();
         let waker_thread = std::thread::spawn(move || {
+            // Each step waits for the loop to have seen the one before: the loop parks between
+            // them, so each wake-up must reach it through its waker.
             assert!(put.put(along_fut).is_ok());
-            // Waits for the along future's first poll, then ends it, then the main one.
-            while along.waker.lock().unwrap().is_none() {
-                std::thread::yield_now();
-            }
+            until("the along future's first poll", || {
+                along.waker.lock().unwrap().is_some()
+            });
             along.finish();
+            until("the along future's end", || along.polls() == 2);
+            until("the main future's first poll", || {
+                main.waker.lock().unwrap().is_some()
+            });
             main.finish();
         });
         // `block_on` parks between polls; it returns only if the wake-ups reached it.
         futures_lite::future::block_on(beside);
         waker_thread.join().unwrap();
-        // The along future's end was seen before the main one's.
-        assert_eq!(along_polls.load(Ordering::SeqCst), 2);
     }
 }
