@@ -9,7 +9,7 @@
 //! waits); `calls.rs` runs one call; `harness.rs` sets up and tears down what surrounds the calls
 //! in an interpreter; `exc.rs` describes the exceptions that leave calls; `convert.rs` and `obj.rs` convert values and
 //! own references; `stacks.rs`
-//! dumps Python stacks.
+//! dumps Python stacks; `opencode.rs` is how a Python harrow starts reads code files.
 //!
 //! Invariants every `unsafe` block here relies on:
 //! - The main interpreter is initialised once ([`ensure_main`]) and its GIL released at once.
@@ -38,6 +38,7 @@ mod main_interp;
 mod module;
 mod nest;
 mod obj;
+mod opencode;
 mod resolve;
 mod serve;
 mod stacks;
@@ -121,12 +122,19 @@ pub(crate) fn kept_main_tstate() -> usize {
 
 /// `Py_InitializeEx(0)`'s configuration (CPython's "compat" one: no argv parsing, no C locale
 /// coercion or UTF-8 mode, C stdio left alone, no signal handlers), built on the public
-/// "python" configuration, with the failure returned instead of ending the process.
+/// "python" configuration, with the failure returned instead of ending the process. Sets
+/// harrow's open-code hook first, so that importing reads code files whole and holds no
+/// descriptor on them (`opencode.rs`).
 ///
 /// # Safety
 /// Python must not be initialised yet; called once, from [`ensure_main`].
 #[allow(clippy::multiple_unsafe_ops_per_block)] // one sequence of CPython's init API, one contract
 unsafe fn initialize() -> std::result::Result<(), String> {
+    // First, the open-code hook (see `opencode.rs`): CPython keeps one set before it starts.
+    // SAFETY: Python is not initialised (contract).
+    if !unsafe { opencode::install() } {
+        tracing::debug!("an open-code hook was already set; code files are read as it decides");
+    }
     // SAFETY: the Init functions fill every field of the structs they get; the structs live on
     // this stack frame until CPython has copied them (`Py_PreInitialize`,
     // `Py_InitializeFromConfig`), and `PyConfig_Clear` frees what `PyConfig_InitPythonConfig`

@@ -215,10 +215,12 @@ unsafe fn after_panic(shared: &Arc<Shared>, life: Life, why: String) -> Exit {
 /// creation updates while other interpreters run, start and end, and a creation that overlaps
 /// them now and then fails in its own set-up with `Failed to import encodings module`
 /// (python/cpython#109700, #127108, #128381, #131485; here: one spawn in one of 29 runs of the
-/// subint conformance suite, docs/subint-notes.md). A failed creation leaves nothing behind
-/// (CPython deletes the half-made interpreter and gives the thread back its temporary state), so
-/// it is tried again; a failure that is not such a collision fails every attempt, and is
-/// reported with each attempt's message.
+/// subint conformance suite, docs/subint-notes.md). CPython deletes the half-made interpreter
+/// without finalizing it and gives the thread back its temporary state, so it is tried again; a
+/// failure that is not such a collision fails every attempt, and is reported with each attempt's
+/// message. What the half-made interpreter held is abandoned: memory, and no file descriptor,
+/// since harrow's open-code hook (`harrow-python`, `ffi/opencode.rs`) reads code files without
+/// leaving one open.
 pub(crate) const CREATE_ATTEMPTS: usize = 3;
 
 /// Creations to fail on purpose before calling CPython (tests of the retry).
