@@ -105,10 +105,7 @@ pub(super) fn probe() -> Option<Probe> {
                     if v == u64::MAX {
                         return;
                     }
-                    // An odd value is a question; the answer (even) is not answered again.
-                    if v % 2 == 1 {
-                        flag.store(v + 1, Ordering::Release);
-                    }
+                    answer(&flag, v);
                     std::hint::spin_loop();
                 }
             })
@@ -127,6 +124,16 @@ pub(super) fn probe() -> Option<Probe> {
         cpus: (a, b),
         round_trip_ns: ns,
     })
+}
+
+/// The helper's answer to `v`, the value it read: an odd value is a question, answered with the
+/// next even one; an even one (an answer) is not answered again. Only if the flag still holds
+/// `v`: the stop (`u64::MAX`), stored after a question that the deadline gave up on, must not
+/// be written over, or the helper would spin on for ever and the probe's `join` with it.
+fn answer(flag: &AtomicU64, v: u64) {
+    if v % 2 == 1 {
+        let _ = flag.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire);
+    }
 }
 
 /// The fastest chunk's mean round trip, in ns, within [`BUDGET`]; `None` when no chunk
@@ -169,6 +176,25 @@ fn timed_chunks(flag: &AtomicU64) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stop_stored_while_a_question_is_answered_is_not_written_over() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let flag = AtomicU64::new(0);
+        // The helper read a question; the prober gave up on it and stored the stop before the
+        // answer went out.
+        flag.store(7, Ordering::SeqCst);
+        let read = flag.load(Ordering::SeqCst);
+        flag.store(u64::MAX, Ordering::SeqCst);
+        super::answer(&flag, read);
+        assert_eq!(flag.load(Ordering::SeqCst), u64::MAX);
+        // Otherwise a question is answered once, and an answer is left alone.
+        flag.store(9, Ordering::SeqCst);
+        super::answer(&flag, 9);
+        assert_eq!(flag.load(Ordering::SeqCst), 10);
+        super::answer(&flag, 10);
+        assert_eq!(flag.load(Ordering::SeqCst), 10);
+    }
+
     use super::*;
 
     #[test]
