@@ -5,14 +5,18 @@
 //! executor, that wake-up schedules the task (a push onto the executor's queue and a wake-up of
 //! its sleeping runner), and the thread then pops it off the queue and runs it, and looks through
 //! the queues once more before it sleeps again. Polled by the thread's `block_on` directly, as
-//! [`Beside`] does, the wake-up queues the reader's slot and wakes the thread, which polls that
+//! [`Beside`] does, the wake-up sets the reader's bit and wakes the thread, which polls that
 //! reader; the executor is polled only when one of its own tasks was woken. Readers are made
 //! inside the actor's main future (wherever a link is established), so they are handed over
 //! through a [`Handoff`].
+//!
+//! A wake-up comes from another thread (the peer's, which sent the message), so what it writes
+//! travels between CPUs: a slot's bit and the flags the loop reads share one cache line
+//! ([`Hot`]) for the first 64 slots, and every slot past them has its bit in a word of its 64.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -22,48 +26,71 @@ use atomic_waker::AtomicWaker;
 /// it hands back to the `block_on` loop underneath (which polls it again at once).
 const ROUNDS: u32 = 64;
 
-/// The slot number that stands for the handoff's incoming futures.
-const INCOMING: usize = usize::MAX;
-/// The slot number that stands for the main future.
-const MAIN: usize = usize::MAX - 1;
+/// Slots per word of wake-up bits.
+const WORD: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What [`Beside`], its wakers and its handoff share.
-struct Shared<A> {
-    /// The `block_on` loop's waker.
-    outer: AtomicWaker,
+/// What a wake-up writes and the loop reads, in one cache line.
+#[repr(align(64))]
+struct Hot {
+    /// Bit `b`: a word whose index is `b` modulo 64 may have bits set (word 0 is `first`).
+    summary: AtomicU64,
+    /// The wake-up bits of slots 0 to 63.
+    first: AtomicU64,
     /// True while `Beside` is not being polled: a wake-up must go through `outer`.
     parked: AtomicBool,
-    /// True when `woken` may hold something.
-    any: AtomicBool,
     /// The main future was woken since `Beside` last polled it.
     main: AtomicBool,
-    /// The slots woken since `Beside` last looked ([`INCOMING`]: the handoff).
-    woken: Mutex<Vec<usize>>,
+    /// Futures were handed over since `Beside` last took them.
+    incoming: AtomicBool,
+}
+
+/// What [`Beside`], its wakers and its handoff share.
+struct Shared<A> {
+    hot: Hot,
+    /// The `block_on` loop's waker.
+    outer: AtomicWaker,
     /// Futures handed over and not yet given a slot; `None` once `Beside` is gone.
     incoming: Mutex<Option<Vec<A>>>,
 }
 
 impl<A> Shared<A> {
-    /// After a flag or a queue was set: wakes the loop if `Beside` is not being polled.
+    /// After a flag or a bit was set: wakes the loop if `Beside` is not being polled.
     fn notify(&self) {
-        // Sequentially consistent with `Beside::poll`'s store of `parked` and its loads of
-        // `any` and `main`: either this sees the poll parked and wakes the loop, or the poll
-        // sees what was set.
-        if self.parked.load(Ordering::SeqCst) {
+        // Sequentially consistent with `Beside::poll`'s store of `parked` and its loads of the
+        // flags and `summary`: either this sees the poll parked and wakes the loop, or the
+        // poll sees what was set.
+        if self.hot.parked.load(Ordering::SeqCst) {
             self.outer.wake();
         }
     }
+
+    /// True if anything was woken since the loop last looked.
+    fn anything_woken(&self) -> bool {
+        self.hot.summary.load(Ordering::SeqCst) != 0
+            || self.hot.main.load(Ordering::SeqCst)
+            || self.hot.incoming.load(Ordering::SeqCst)
+    }
+}
+
+/// Which future a [`SlotWaker`] wakes.
+enum Target {
+    Main,
+    Incoming,
+    /// A slot: its bit in its word (`None`: `Hot::first`) and its word's bit in `summary`.
+    Slot {
+        word: Option<Arc<AtomicU64>>,
+        bit: u64,
+        summary_bit: u64,
+    },
 }
 
 /// The waker of one slot's future (or of the handoff, or of the main future).
 struct SlotWaker<A> {
-    slot: usize,
-    /// Already in `woken`, not yet looked at.
-    queued: AtomicBool,
+    target: Target,
     shared: Arc<Shared<A>>,
 }
 
@@ -73,32 +100,31 @@ impl<A> Wake for SlotWaker<A> {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if self.slot == MAIN {
-            self.shared.main.store(true, Ordering::SeqCst);
-        } else {
-            if !self.queued.swap(true, Ordering::AcqRel) {
-                lock(&self.shared.woken).push(self.slot);
+        let hot = &self.shared.hot;
+        match &self.target {
+            Target::Main => hot.main.store(true, Ordering::SeqCst),
+            Target::Incoming => hot.incoming.store(true, Ordering::SeqCst),
+            Target::Slot {
+                word,
+                bit,
+                summary_bit,
+            } => {
+                // The bit first, then the summary: a loop that takes the summary before the bit
+                // was set finds the summary set again afterwards.
+                word.as_deref()
+                    .unwrap_or(&hot.first)
+                    .fetch_or(*bit, Ordering::AcqRel);
+                hot.summary.fetch_or(*summary_bit, Ordering::SeqCst);
             }
-            self.shared.any.store(true, Ordering::SeqCst);
         }
         self.shared.notify();
-    }
-}
-
-impl<A> SlotWaker<A> {
-    fn new(slot: usize, shared: &Arc<Shared<A>>) -> Arc<SlotWaker<A>> {
-        Arc::new(SlotWaker {
-            slot,
-            queued: AtomicBool::new(false),
-            shared: shared.clone(),
-        })
     }
 }
 
 /// Where futures are put to be driven by a [`Beside`]. Cheap to clone.
 pub(crate) struct Handoff<A> {
     shared: Arc<Shared<A>>,
-    waker: Arc<SlotWaker<A>>,
+    waker: Waker,
 }
 
 impl<A> Clone for Handoff<A> {
@@ -114,16 +140,22 @@ impl<A: Send + 'static> Handoff<A> {
     /// A handoff for a [`Beside`] yet to be made.
     pub(crate) fn new() -> Handoff<A> {
         let shared = Arc::new(Shared {
+            hot: Hot {
+                summary: AtomicU64::new(0),
+                first: AtomicU64::new(0),
+                parked: AtomicBool::new(false),
+                // The main future is polled on the first poll.
+                main: AtomicBool::new(true),
+                incoming: AtomicBool::new(false),
+            },
             outer: AtomicWaker::new(),
-            parked: AtomicBool::new(false),
-            any: AtomicBool::new(false),
-            // The main future is polled on the first poll.
-            main: AtomicBool::new(true),
-            woken: Mutex::new(Vec::new()),
             incoming: Mutex::new(Some(Vec::new())),
         });
         Handoff {
-            waker: SlotWaker::new(INCOMING, &shared),
+            waker: Waker::from(Arc::new(SlotWaker {
+                target: Target::Incoming,
+                shared: shared.clone(),
+            })),
             shared,
         }
     }
@@ -135,7 +167,7 @@ impl<A: Send + 'static> Handoff<A> {
             Some(incoming) => incoming.push(fut),
             None => return Err(fut),
         }
-        Waker::from(self.waker.clone()).wake_by_ref();
+        self.waker.wake_by_ref();
         Ok(())
     }
 }
@@ -143,7 +175,6 @@ impl<A: Send + 'static> Handoff<A> {
 /// One future driven beside the main one.
 struct Slot<A> {
     fut: Option<A>,
-    flag: Arc<SlotWaker<A>>,
     waker: Waker,
 }
 
@@ -154,10 +185,10 @@ pub(crate) struct Beside<M, A> {
     main: Pin<Box<M>>,
     main_waker: Waker,
     slots: Vec<Slot<A>>,
+    /// The wake-up bits of slots 64 and on, 64 slots a word.
+    words: Vec<Arc<AtomicU64>>,
     /// Slots whose future ended, for the next one handed over.
     free: Vec<usize>,
-    /// The woken slots taken out of `shared.woken` (kept for its allocation).
-    looking: Vec<usize>,
     handoff: Handoff<A>,
 }
 
@@ -166,17 +197,48 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Beside<M, A> {
     pub(crate) fn new(main: M, handoff: &Handoff<A>) -> Beside<M, A> {
         Beside {
             main: Box::pin(main),
-            main_waker: Waker::from(SlotWaker::new(MAIN, &handoff.shared)),
+            main_waker: Waker::from(Arc::new(SlotWaker {
+                target: Target::Main,
+                shared: handoff.shared.clone(),
+            })),
             slots: Vec::new(),
+            words: Vec::new(),
             free: Vec::new(),
-            looking: Vec::new(),
             handoff: handoff.clone(),
         }
     }
 
+    /// The wake-up bits of word `w` (0: `Hot::first`).
+    fn word(&self, w: usize) -> &AtomicU64 {
+        match w {
+            0 => &self.handoff.shared.hot.first,
+            _ => &self.words[w - 1],
+        }
+    }
+
+    /// A waker that sets slot `slot`'s bit (a new slot: its word is made here if need be).
+    fn slot_waker(&mut self, slot: usize) -> Waker {
+        let w = slot / WORD;
+        let word = if w == 0 {
+            None
+        } else {
+            if self.words.len() < w {
+                self.words.push(Arc::new(AtomicU64::new(0)));
+            }
+            Some(self.words[w - 1].clone())
+        };
+        Waker::from(Arc::new(SlotWaker {
+            target: Target::Slot {
+                word,
+                bit: 1 << (slot % WORD),
+                summary_bit: 1 << (w % 64),
+            },
+            shared: self.handoff.shared.clone(),
+        }))
+    }
+
     /// Gives every future handed over a slot, and polls it.
     fn take_incoming(&mut self) {
-        self.handoff.waker.queued.store(false, Ordering::Release);
         let incoming = match lock(&self.handoff.shared.incoming).as_mut() {
             Some(incoming) => std::mem::take(incoming),
             None => return,
@@ -188,13 +250,13 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Beside<M, A> {
                     slot
                 }
                 None => {
-                    let flag = SlotWaker::new(self.slots.len(), &self.handoff.shared);
+                    let slot = self.slots.len();
+                    let waker = self.slot_waker(slot);
                     self.slots.push(Slot {
                         fut: Some(fut),
-                        waker: Waker::from(flag.clone()),
-                        flag,
+                        waker,
                     });
-                    self.slots.len() - 1
+                    slot
                 }
             };
             self.poll_slot(slot);
@@ -202,7 +264,7 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Beside<M, A> {
     }
 
     fn poll_slot(&mut self, slot: usize) {
-        let Some(Slot { fut, waker, .. }) = self.slots.get_mut(slot) else {
+        let Some(Slot { fut, waker }) = self.slots.get_mut(slot) else {
             return;
         };
         // A wake-up of a slot whose future ended (or one given to a later future) polls
@@ -216,27 +278,32 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Beside<M, A> {
         }
     }
 
-    /// Polls the slots woken since the last look. False when none was.
+    /// Takes the handed-over futures and polls the slots woken since the last look. False when
+    /// nothing was.
     fn poll_woken(&mut self) -> bool {
-        if !self.handoff.shared.any.swap(false, Ordering::SeqCst) {
-            return false;
+        let hot = &self.handoff.shared.hot;
+        let incoming = hot.incoming.swap(false, Ordering::SeqCst);
+        let summary = hot.summary.swap(0, Ordering::SeqCst);
+        if incoming {
+            self.take_incoming();
         }
-        std::mem::swap(&mut self.looking, &mut lock(&self.handoff.shared.woken));
-        let mut looking = std::mem::take(&mut self.looking);
-        for &slot in &looking {
-            if slot == INCOMING {
-                self.take_incoming();
-                continue;
+        let mut rest = summary;
+        while rest != 0 {
+            let b = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            let mut w = b;
+            while w <= self.words.len() {
+                // Taken before the polls: a wake-up during one sets its bit again.
+                let mut bits = self.word(w).swap(0, Ordering::AcqRel);
+                while bits != 0 {
+                    let i = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    self.poll_slot(w * WORD + i);
+                }
+                w += 64;
             }
-            if let Some(s) = self.slots.get(slot) {
-                // Cleared before the poll: a wake-up during it queues the slot again.
-                s.flag.queued.store(false, Ordering::SeqCst);
-            }
-            self.poll_slot(slot);
         }
-        looking.clear();
-        self.looking = looking;
-        true
+        incoming || summary != 0
     }
 }
 
@@ -247,10 +314,14 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Future for Besi
         // Every field is `Unpin` (`main` is boxed).
         let this = self.get_mut();
         this.handoff.shared.outer.register(cx.waker());
-        this.handoff.shared.parked.store(false, Ordering::SeqCst);
+        this.handoff
+            .shared
+            .hot
+            .parked
+            .store(false, Ordering::SeqCst);
         for _ in 0..ROUNDS {
             let slots = this.poll_woken();
-            let main = this.handoff.shared.main.swap(false, Ordering::SeqCst);
+            let main = this.handoff.shared.hot.main.swap(false, Ordering::SeqCst);
             if main {
                 let mut main_cx = Context::from_waker(&this.main_waker);
                 if let Poll::Ready(v) = this.main.as_mut().poll(&mut main_cx) {
@@ -260,18 +331,20 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Future for Besi
             if slots || main {
                 continue;
             }
-            this.handoff.shared.parked.store(true, Ordering::SeqCst);
-            // A wake-up between the looks above and the store just made went to a flag, not
-            // to the loop: look once more.
-            if !this.handoff.shared.any.load(Ordering::SeqCst)
-                && !this.handoff.shared.main.load(Ordering::SeqCst)
-            {
+            this.handoff.shared.hot.parked.store(true, Ordering::SeqCst);
+            // A wake-up between the looks above and the store just made went to a flag or a
+            // bit, not to the loop: look once more.
+            if !this.handoff.shared.anything_woken() {
                 return Poll::Pending;
             }
-            this.handoff.shared.parked.store(false, Ordering::SeqCst);
+            this.handoff
+                .shared
+                .hot
+                .parked
+                .store(false, Ordering::SeqCst);
         }
         // Busy: let the loop underneath look at its own wake-ups, then come back.
-        this.handoff.shared.parked.store(true, Ordering::SeqCst);
+        this.handoff.shared.hot.parked.store(true, Ordering::SeqCst);
         cx.waker().wake_by_ref();
         Poll::Pending
     }
@@ -353,6 +426,55 @@ mod tests {
 
     fn poll_once<F: Future>(f: &mut Pin<&mut F>, waker: &Waker) -> Poll<F::Output> {
         f.as_mut().poll(&mut Context::from_waker(waker))
+    }
+
+    #[test]
+    fn slots_past_the_first_word_and_past_64_words_are_woken_each_alone() {
+        // 64 words and one more: the last word shares its summary bit with the first.
+        let n = WORD * 65 + 3;
+        let (main, main_fut) = Probe::new();
+        let handoff = Handoff::new();
+        let beside = Beside::new(main_fut, &handoff);
+        let mut beside = std::pin::pin!(beside);
+        let (_wakes, outer) = counting_waker();
+        assert!(poll_once(&mut beside, &outer).is_pending());
+        let probes: Vec<Probe> = (0..n)
+            .map(|_| {
+                let (p, f) = Probe::new();
+                assert!(handoff.put(f).is_ok());
+                p
+            })
+            .collect();
+        assert!(poll_once(&mut beside, &outer).is_pending());
+        assert!(probes.iter().all(|p| p.polls() == 1));
+        // Each in its own word: the first, the second, the last of the 64th, and the 65th
+        // (whose summary bit is the first word's).
+        let woken = [3, WORD + 1, WORD * 64 - 1, WORD * 64, n - 1];
+        for &i in &woken {
+            probes[i].wake();
+        }
+        assert!(poll_once(&mut beside, &outer).is_pending());
+        for (i, p) in probes.iter().enumerate() {
+            let want = if woken.contains(&i) { 2 } else { 1 };
+            assert_eq!(p.polls(), want, "slot {i}");
+        }
+        assert_eq!(main.polls(), 1);
+        // Ended in a high word, its slot goes to the next future handed over.
+        probes[n - 1].finish();
+        assert!(poll_once(&mut beside, &outer).is_pending());
+        let (late, late_fut) = Probe::new();
+        assert!(handoff.put(late_fut).is_ok());
+        assert!(poll_once(&mut beside, &outer).is_pending());
+        assert_eq!(late.polls(), 1);
+        late.wake();
+        assert!(poll_once(&mut beside, &outer).is_pending());
+        assert_eq!(late.polls(), 2);
+        assert!(
+            probes[..n - 1]
+                .iter()
+                .enumerate()
+                .all(|(i, p)| p.polls() == if woken.contains(&i) { 2 } else { 1 })
+        );
     }
 
     #[test]
