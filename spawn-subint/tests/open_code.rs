@@ -13,17 +13,16 @@ use anyhow::Result;
 use common::*;
 use harrow_ipc::Value;
 use harrow_spawn_subint::{Exit, InterpThread};
+use harrow_testkit::ResourceSnapshot;
 
-/// The descriptors of this process open on `path`.
-fn fds_on(path: &Path) -> Vec<String> {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd lists")
-        .filter_map(|e| {
-            let e = e.ok()?;
-            (std::fs::read_link(e.path()).ok()? == path)
-                .then(|| e.file_name().to_string_lossy().into_owned())
-        })
-        .collect()
+/// The descriptors of this process open on `path` (the resource tracker's snapshot).
+fn fds_on(path: &Path) -> Result<Vec<i32>> {
+    let target = path.to_string_lossy();
+    Ok(ResourceSnapshot::take()?
+        .fds()
+        .filter(|d| d.target == target)
+        .map(|d| d.fd)
+        .collect())
 }
 
 #[test]
@@ -45,7 +44,7 @@ fn a_code_file_held_open_by_python_holds_no_descriptor() -> Result<()> {
         got,
         list([s("BytesIO"), Value::Str(text.clone()), Value::Int(len)])
     );
-    assert_eq!(fds_on(&path), Vec::<String>::new(), "held by Python");
+    assert_eq!(fds_on(&path)?, Vec::<i32>::new(), "held by Python");
 
     // A file that cannot be read is the OSError the default reader raises.
     let missing = pyfns_dir().join("harrow_testfns/no_such_module.py");
@@ -86,9 +85,9 @@ fn a_file_over_the_limit_is_opened_as_without_the_hook() -> Result<()> {
         "harrow_testfns:hold_code_file",
         Value::Str(text.clone()),
     );
-    let held = fds_on(&big);
+    let held = fds_on(&big)?;
     let released = call_ok(&h, "harrow_testfns:release_code_files", Value::Null);
-    let closed = fds_on(&big);
+    let closed = fds_on(&big)?;
     std::fs::remove_file(&big)?;
     assert_eq!(
         got?,
@@ -100,7 +99,7 @@ fn a_file_over_the_limit_is_opened_as_without_the_hook() -> Result<()> {
     );
     assert_eq!(held.len(), 1, "{held:?}");
     released?;
-    assert_eq!(closed, Vec::<String>::new());
+    assert_eq!(closed, Vec::<i32>::new());
     assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
