@@ -166,7 +166,18 @@ impl Queue {
         self.spill.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, msg: Msg) -> Result<(), SendError> {
+    /// Pushes `msg`; returns how many messages were pushed so far, this one included (counted
+    /// for a queue that wakes early only: 0 otherwise).
+    fn push(&self, msg: Msg) -> Result<u64, SendError> {
+        self.enqueue(msg)?;
+        Ok(if self.early > 0 {
+            self.pushed.0.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            0
+        })
+    }
+
+    fn enqueue(&self, msg: Msg) -> Result<(), SendError> {
         let msg = if self.spilled.load(Ordering::Acquire) {
             msg
         } else {
@@ -188,11 +199,10 @@ impl Queue {
     /// Pushes `msg` without waking the receiver, unless this queue wakes early and enough
     /// messages wait for a receiver that waits for them (see [`pair_waking_early`]).
     fn push_quiet(&self, msg: Msg) -> Result<(), SendError> {
-        self.push(msg)?;
+        let pushed = self.push(msg)?;
         if self.early == 0 {
             return Ok(());
         }
-        let pushed = self.pushed.0.fetch_add(1, Ordering::Relaxed) + 1;
         let from = self.rx.0.waiting_from.load(Ordering::Relaxed);
         // `from` may run ahead of `pushed` for a moment (the receiver took a message whose
         // sender has not counted it yet): then nothing waits.
@@ -476,6 +486,30 @@ mod tests {
         assert_eq!(wake_ups_during_quiet_sends(4, || true, None, 100), 1);
         // ... unless the machine is crowded then.
         assert_eq!(wake_ups_during_quiet_sends(4, || false, elsewhere, 100), 0);
+    }
+
+    #[test]
+    fn an_early_wake_up_counts_messages_sent_every_way() {
+        // Messages sent with `send` (each woken at once) and then taken count too: the burst
+        // of quiet sends that follows wakes the receiver once it is `early` long, not later.
+        let q = Arc::new(Queue::new(4, || true));
+        let tx = MemTx { q: q.clone() };
+        let mut rx = MemRx::new(q.clone());
+        for i in 0..10 {
+            tx.try_send(stop(i)).unwrap();
+        }
+        for i in 0..10 {
+            assert_eq!(rx.poll_next(None).unwrap().unwrap(), stop(i));
+        }
+        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        assert!(rx.poll_next(Some(&Waker::from(count.clone()))).is_none());
+        q.rx.0.waiter_cpu.store(usize::MAX - 1, Ordering::Relaxed);
+        for i in 10..13 {
+            tx.send_now(stop(i)).unwrap();
+        }
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        tx.send_now(stop(13)).unwrap();
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]
