@@ -143,17 +143,19 @@ pub trait SendHalf: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Hands `msg` over without waiting, for halves whose
-    /// [`sends_immediately`](Self::sends_immediately) is true. The peer can receive it at once,
-    /// but a peer waiting for a message is only sure to be woken by the next
-    /// [`flush_now`](Self::flush_now) (or [`close`](Self::close)): a sender that hands over a
-    /// batch wakes the peer once. The default (for halves that may wait) sends nothing and hands
-    /// the message back as `Closed`.
+    /// [`sends_immediately`](Self::sends_immediately) is true. The peer may receive it at once,
+    /// but is only sure to receive it, and a peer waiting for a message to be woken, after the
+    /// next [`flush_now`](Self::flush_now) (or [`send`](Self::send),
+    /// [`send_batch`](Self::send_batch) or [`close`](Self::close), which deliver it first): a
+    /// sender that hands over a batch wakes the peer once, and a half may gather the batch
+    /// before it hands it over (the `mem` pair of thread actors does). The default (for halves
+    /// that may wait) sends nothing and hands the message back as `Closed`.
     fn send_now(&self, msg: Msg) -> Result<(), SendError> {
         Err(SendError::Closed(Box::new(msg)))
     }
 
-    /// Wakes the peer for what [`send_now`](Self::send_now) handed over. The default does
-    /// nothing.
+    /// Delivers what [`send_now`](Self::send_now) handed over and wakes the peer for it. The
+    /// default does nothing.
     fn flush_now(&self) {}
 }
 

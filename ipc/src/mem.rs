@@ -1,34 +1,23 @@
 //! The in-memory transport: a queue per direction, no encoding. For peers in one address space.
 //!
-//! Each direction is a ring of [`RING`] slots that senders and the receiver use without a lock
-//! ([`concurrent_queue`]'s bounded queue: each end on cache lines of its own, a slot claimed by
-//! a compare-and-swap), a spill behind it for what does not fit (a mutex-guarded queue, whose
-//! lock a sender takes only when the ring is full or the spill holds messages, and the receiver
-//! only when the ring is empty and the spill holds messages), and the receiver's waker
-//! ([`atomic_waker::AtomicWaker`]). A sender pushes and, when it wakes, wakes the waker; the
-//! receiver pops, and when it finds nothing registers its waker and looks once more. Where the
-//! sender and the receiver run on two CPUs, a message moves its slot's lines between them and
-//! nothing else; with one mutex-guarded queue here, as before, the lock's line went back and
-//! forth for every message and every look at the queue, and the two sides spun on each other's
-//! hold of it (the thread stream echo, the two CPUs far apart: 1.2-1.5 M items per second with
-//! the mutex, 2.2-2.9 M with the ring).
-//!
-//! While anything waits in the spill, senders add to the spill rather than to the ring, and the
-//! receiver empties the ring before it takes the spill: so the messages of one sender arrive in
-//! the order sent, as they did through the single queue.
+//! Each direction is one mutex-guarded queue holding the messages and the receiver's waker. A
+//! sender pushes under the lock and wakes the receiver after releasing it (so the woken receiver
+//! never finds the lock still held by its waker). The receiver takes **everything** queued in one
+//! lock (swapping the queue with its own, empty, buffer) and hands it out from that buffer
+//! without locking again: one lock per batch on the receiving side, one per message on the
+//! sending side (one per batch for a pair that gathers, below), and no copy of a message beyond
+//! moving it in and out of the queue.
 //!
 //! [`send_now`](SendHalf::send_now) pushes without waking; [`flush_now`](SendHalf::flush_now)
 //! wakes the receiver once for all of them (the portal's link sends that way, one wake-up per
-//! batch). A [`pair_waking_early`] also wakes a waiting receiver in the middle of a long batch,
-//! so that the two sides overlap.
+//! batch). A [`pair_waking_early`] gathers what `send_now` hands over on the sender's side and
+//! puts it in the queue under one lock per [`EARLY_WAKE`] messages or per flush, waking a
+//! waiting receiver there too, so that the two sides overlap and share the lock once per batch.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
-
-use atomic_waker::AtomicWaker;
-use concurrent_queue::{ConcurrentQueue, PopError, PushError};
 
 use crate::channel::BoxFuture;
 use crate::{Channel, Msg, RecvError, RecvHalf, SendError, SendHalf};
@@ -57,6 +46,16 @@ pub fn pair() -> (Channel, Channel) {
 /// took 1.96 M items per second with such wake-ups, and 2.4-2.7 M without them, as with the
 /// plain pair.
 ///
+/// The messages of a burst are gathered on the sender's side (under a lock of the sending
+/// half's own, which the receiver never takes) and put in the queue [`EARLY_WAKE`] at a time,
+/// or at the flush: so the sender and the receiver take the queue's lock once per batch, not
+/// once per message each. Where the two threads run on two CPUs that share no cache, each
+/// lock of the queue moves its line between them, and with a lock per message the two sides
+/// spun on each other's hold of it (the thread stream echo with the CPUs far apart: 1.2-1.5 M
+/// items per second with a lock per message, 3.1-3.4 M gathered). A plain [`pair`] puts each
+/// message in the queue at once: the subint echo, whose receiver runs the Python echo on the
+/// same thread, went from 0.45-0.47 M to 0.36-0.38 M items per second with gathering.
+///
 /// An early wake-up does not also wait for a moment when no thread waits for a CPU
 /// ([`no_thread_waits`](crate::park::spin::no_thread_waits)). Two spinning threads on a
 /// 2-core machine are already two runnable threads, so any third one anywhere, at the instant
@@ -70,9 +69,9 @@ pub fn pair_waking_early() -> (Channel, Channel) {
     pair_with(EARLY_WAKE, crate::park::spin::cores_to_spare)
 }
 
-/// How many messages handed over by [`send_now`](SendHalf::send_now) make a
-/// [`pair_waking_early`] wake its waiting receiver before the sender's flush: half the portal's
-/// default stream window.
+/// How many messages handed over by [`send_now`](SendHalf::send_now) a [`pair_waking_early`]
+/// gathers before it puts them in the queue and wakes its waiting receiver, without waiting
+/// for the sender's flush: half the portal's default stream window.
 pub const EARLY_WAKE: usize = 32;
 
 /// A pair whose queues wake a waiting receiver once `early` messages wait (0: never before a
@@ -81,44 +80,30 @@ fn pair_with(early: usize, may_wake_early: fn() -> bool) -> (Channel, Channel) {
     let a_to_b = Arc::new(Queue::new(early, may_wake_early));
     let b_to_a = Arc::new(Queue::new(early, may_wake_early));
     (
-        Channel::from_halves(MemTx { q: a_to_b.clone() }, MemRx::new(b_to_a.clone())),
-        Channel::from_halves(MemTx { q: b_to_a }, MemRx::new(a_to_b)),
+        Channel::from_halves(
+            MemTx::new(a_to_b.clone()),
+            MemRx {
+                q: b_to_a.clone(),
+                buf: VecDeque::new(),
+            },
+        ),
+        Channel::from_halves(
+            MemTx::new(b_to_a),
+            MemRx {
+                q: a_to_b,
+                buf: VecDeque::new(),
+            },
+        ),
     )
 }
-
-/// `T` on cache lines of its own (two, against the prefetcher that fetches lines in pairs).
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Padded<T>(T);
-
-/// How many messages a queue holds without a lock: a stream's default window. Past that,
-/// messages wait in the queue's spill, under a lock, until the receiver has taken the ring's.
-/// A ring of 64 takes 5.5 KiB (a slot is a message and a stamp, 88 bytes). In the thread stream
-/// echo (`harrow bench --only stream-thread`) 0.3 % of the messages spilled with the two
-/// threads on two CPUs, 6 % with both on one; a ring of 128 made no difference to its speed.
-const RING: usize = 64;
-
-/// [`RxSide::waiting_from`] when the receiver is not known to wait.
-const NOT_WAITING: u64 = u64::MAX;
-/// [`RxSide::waiter_cpu`] when the receiver's CPU is not known.
-const NO_CPU: usize = usize::MAX;
 
 /// One direction.
 #[derive(Debug)]
 struct Queue {
-    /// The messages, while they fit. Closed when the sending half closes (the receiver gets
-    /// what is queued, then `Closed`) or the receiving half goes (sends fail).
-    ring: ConcurrentQueue<Msg>,
-    /// The messages that did not fit, behind those in `ring`, and whether the queue is closed.
-    spill: Mutex<Spill>,
-    /// Whether `spill` holds messages: while it does, senders add to it rather than to `ring`,
-    /// so that a sender's messages keep their order.
-    spilled: AtomicBool,
-    /// What the receiver writes when it waits, and the senders read.
-    rx: Padded<RxSide>,
-    /// How many messages were pushed (counted for a queue that wakes early only), written by
-    /// the senders alone.
-    pushed: Padded<AtomicU64>,
+    st: Mutex<QueueState>,
+    /// Whether sends fail now (the sending half closed or the receiving half gone), read
+    /// without the lock by a sender that gathers (set under it).
+    shut: OwnLine<AtomicBool>,
     /// Wake a waiting receiver once this many messages wait, flushed or not (0: only on a
     /// flush; see [`pair_waking_early`]) ...
     early: usize,
@@ -126,138 +111,155 @@ struct Queue {
     may_wake_early: fn() -> bool,
 }
 
+/// `T` on a cache line of its own: read by senders, written once, away from the lock's line.
 #[derive(Debug, Default)]
-struct Spill {
-    msgs: VecDeque<Msg>,
-    closed: bool,
-}
+#[repr(align(64))]
+struct OwnLine<T>(T);
 
-#[derive(Debug)]
-struct RxSide {
+#[derive(Debug, Default)]
+struct QueueState {
+    msgs: VecDeque<Msg>,
+    /// The sending half closed (or was dropped): the receiver gets what is queued, then `Closed`.
+    closed: bool,
+    /// The receiving half was dropped: sends fail.
+    rx_gone: bool,
     /// A receiver waiting for a message.
-    waker: AtomicWaker,
-    /// For a queue that wakes early: how many messages the receiver had taken when it last
-    /// registered its waker and found the queue empty ([`NOT_WAITING`]: it was woken since), so
-    /// that a sender knows how many wait for it without reading the receiver's end.
-    waiting_from: AtomicU64,
-    /// The CPU the receiver ran on when it last registered its waker ([`NO_CPU`]: unknown),
-    /// for a queue that wakes early.
-    waiter_cpu: AtomicUsize,
+    waker: Option<Waker>,
+    /// The CPU the receiver ran on when it last registered `waker`, where known (kept for a
+    /// queue that wakes early only).
+    waiter_cpu: Option<usize>,
 }
 
 impl Queue {
     fn new(early: usize, may_wake_early: fn() -> bool) -> Queue {
         Queue {
-            ring: ConcurrentQueue::bounded(RING),
-            spill: Mutex::default(),
-            spilled: AtomicBool::new(false),
-            rx: Padded(RxSide {
-                waker: AtomicWaker::new(),
-                waiting_from: AtomicU64::new(NOT_WAITING),
-                waiter_cpu: AtomicUsize::new(NO_CPU),
-            }),
-            pushed: Padded(AtomicU64::new(0)),
+            st: Mutex::default(),
+            shut: OwnLine::default(),
             early,
             may_wake_early,
         }
     }
 
-    fn lock_spill(&self) -> MutexGuard<'_, Spill> {
-        self.spill.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Pushes `msg`; returns how many messages were pushed so far, this one included (counted
-    /// for a queue that wakes early only: 0 otherwise).
-    fn push(&self, msg: Msg) -> Result<u64, SendError> {
-        self.enqueue(msg)?;
-        Ok(if self.early > 0 {
-            self.pushed.0.fetch_add(1, Ordering::Relaxed) + 1
-        } else {
-            0
-        })
-    }
-
-    fn enqueue(&self, msg: Msg) -> Result<(), SendError> {
-        let msg = if self.spilled.load(Ordering::Acquire) {
-            msg
-        } else {
-            match self.ring.push(msg) {
-                Ok(()) => return Ok(()),
-                Err(PushError::Full(msg)) => msg,
-                Err(PushError::Closed(msg)) => return Err(SendError::Closed(Box::new(msg))),
-            }
-        };
-        let mut spill = self.lock_spill();
-        if spill.closed {
+    /// Pushes `msg`; returns the receiver's waker when `wake` and one is waiting.
+    fn push(&self, msg: Msg, wake: bool) -> Result<Option<Waker>, SendError> {
+        let mut st = self.lock();
+        if st.closed || st.rx_gone {
             return Err(SendError::Closed(Box::new(msg)));
         }
-        spill.msgs.push_back(msg);
-        self.spilled.store(true, Ordering::Release);
-        Ok(())
+        st.msgs.push_back(msg);
+        Ok(if wake { st.waker.take() } else { None })
     }
 
-    /// Pushes `msg` without waking the receiver, unless this queue wakes early and enough
-    /// messages wait for a receiver that waits for them (see [`pair_waking_early`]).
-    fn push_quiet(&self, msg: Msg) -> Result<(), SendError> {
-        let pushed = self.push(msg)?;
-        if self.early == 0 {
-            return Ok(());
+    fn wake(&self) {
+        // Take the waker under the lock, wake it after releasing the lock.
+        let waker = self.lock().waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
         }
-        let from = self.rx.0.waiting_from.load(Ordering::Relaxed);
-        // `from` may run ahead of `pushed` for a moment (the receiver took a message whose
-        // sender has not counted it yet): then nothing waits.
-        if from != NOT_WAITING
-            && pushed.saturating_sub(from) >= self.early as u64
-            && apart(
-                cpu_from(self.rx.0.waiter_cpu.load(Ordering::Relaxed)),
-                crate::park::spin::this_cpu(),
-            )
-            // Whether the machine is crowded may take a look at `/proc` now and then.
-            && (self.may_wake_early)()
-        {
+    }
+
+    /// Moves `msgs` into the queue under one lock, in order, and wakes a waiting receiver when
+    /// `wake`, or early (see [`pair_waking_early`]). If the queue is shut, the first message
+    /// comes back in the error and the rest stay in `msgs`.
+    fn push_all(&self, msgs: &mut VecDeque<Msg>, wake: bool) -> Result<(), SendError> {
+        let (waker, early) = {
+            let mut st = self.lock();
+            if st.closed || st.rx_gone {
+                return match msgs.pop_front() {
+                    Some(msg) => Err(SendError::Closed(Box::new(msg))),
+                    None => Ok(()),
+                };
+            }
+            if st.msgs.is_empty() {
+                // Trade buffers rather than move each message.
+                std::mem::swap(&mut st.msgs, msgs);
+            } else {
+                st.msgs.extend(msgs.drain(..));
+            }
+            if wake {
+                (st.waker.take(), false)
+            } else {
+                let early = self.early > 0
+                    && st.waker.is_some()
+                    && st.msgs.len() >= self.early
+                    && apart(st.waiter_cpu, crate::park::spin::this_cpu());
+                (None, early)
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        } else if early && (self.may_wake_early)() {
             self.wake();
         }
         Ok(())
     }
 
-    /// Wakes the receiver, if it waits.
-    fn wake(&self) {
-        if self.early > 0 {
-            self.rx.0.waiting_from.store(NOT_WAITING, Ordering::Relaxed);
-        }
-        self.rx.0.waker.wake();
+    /// Marks the queue shut for senders that gather (under the lock, held by the caller).
+    fn mark_shut(&self) {
+        self.shut.0.store(true, Ordering::Release);
     }
-
-    /// Closes the queue: later sends fail. Whether this call closed it.
-    fn close(&self) -> bool {
-        // The spill first: a receiver that finds the ring closed then finds every message that
-        // made it into the spill there.
-        let newly = !std::mem::replace(&mut self.lock_spill().closed, true);
-        self.ring.close();
-        newly
-    }
-}
-
-fn cpu_from(cpu: usize) -> Option<usize> {
-    (cpu != NO_CPU).then_some(cpu)
 }
 
 /// The sending half of a [`pair`] end.
 #[derive(Debug)]
 pub struct MemTx {
     q: Arc<Queue>,
+    /// For a queue that wakes early: what [`send_now`](SendHalf::send_now) handed over and is
+    /// not yet in the queue, in order (see [`pair_waking_early`]).
+    gathered: Option<Mutex<VecDeque<Msg>>>,
+    /// How many gathered messages go into the queue together: the queue's `early`, kept here
+    /// because the queue's own fields share a cache line with its lock, which the receiver
+    /// takes (reading them per message cost the thread stream echo a fifth of its speed).
+    batch: usize,
 }
 
 impl MemTx {
+    fn new(q: Arc<Queue>) -> MemTx {
+        let gathered = (q.early > 0).then(Mutex::default);
+        let batch = q.early;
+        MemTx { q, gathered, batch }
+    }
+
+    /// The messages gathered and not yet in the queue, locked; `None` for a plain pair.
+    fn gathered(&self) -> Option<MutexGuard<'_, VecDeque<Msg>>> {
+        let gathered = self.gathered.as_ref()?;
+        Some(gathered.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn try_send(&self, msg: Msg) -> Result<(), SendError> {
-        self.q.push(msg)?;
-        self.q.wake();
+        if let Some(mut gathered) = self.gathered() {
+            // Behind what was gathered, all woken for at once.
+            gathered.push_back(msg);
+            return self.q.push_all(&mut gathered, true);
+        }
+        if let Some(waker) = self.q.push(msg, true)? {
+            waker.wake();
+        }
         Ok(())
     }
 
     fn disconnect(&self) {
-        if self.q.close() {
-            self.q.wake();
+        if let Some(mut gathered) = self.gathered() {
+            // What was handed over before the close is delivered before it. Were the receiver
+            // gone, it would go with the queue anyway.
+            let _ = self.q.push_all(&mut gathered, false);
+            gathered.clear();
+        }
+        let waker = {
+            let mut st = self.q.lock();
+            if st.closed {
+                return;
+            }
+            st.closed = true;
+            self.q.mark_shut();
+            st.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 }
@@ -273,16 +275,33 @@ impl SendHalf for MemTx {
         &'a self,
         msgs: &'a mut VecDeque<Msg>,
     ) -> BoxFuture<'a, Result<(), SendError>> {
-        // One wake-up for the whole batch. A send that fails hands its message back; the rest
-        // stay in `msgs`.
-        let mut result = Ok(());
-        while let Some(msg) = msgs.pop_front() {
-            if let Err(e) = self.q.push(msg) {
-                result = Err(e);
-                break;
-            }
+        // Behind what was gathered (which goes first, under a lock of its own: the order of two
+        // locks of the queue is kept by the gathering lock held across them).
+        let gathered = self.gathered();
+        if let Some(mut gathered) = gathered {
+            gathered.extend(msgs.drain(..));
+            let result = self.q.push_all(&mut gathered, true);
+            // A shut queue: the messages not delivered go back to the caller, as below.
+            msgs.extend(gathered.drain(..));
+            return Box::pin(std::future::ready(result));
         }
-        self.q.wake();
+        // One lock and one wake-up for the whole batch.
+        let (result, waker) = {
+            let mut st = self.q.lock();
+            if st.closed || st.rx_gone {
+                let result = match msgs.pop_front() {
+                    Some(msg) => Err(SendError::Closed(Box::new(msg))),
+                    None => Ok(()),
+                };
+                (result, None)
+            } else {
+                st.msgs.extend(msgs.drain(..));
+                (Ok(()), st.waker.take())
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
         Box::pin(std::future::ready(result))
     }
 
@@ -295,10 +314,34 @@ impl SendHalf for MemTx {
     }
 
     fn send_now(&self, msg: Msg) -> Result<(), SendError> {
-        self.q.push_quiet(msg)
+        let Some(mut gathered) = self.gathered() else {
+            // A plain pair: in the queue at once, woken for at the flush.
+            return self.q.push(msg, false).map(drop);
+        };
+        if self.q.shut.0.load(Ordering::Acquire) {
+            return Err(SendError::Closed(Box::new(msg)));
+        }
+        gathered.push_back(msg);
+        if gathered.len() >= self.batch {
+            if let Err(e) = self.q.push_all(&mut gathered, false) {
+                // Shut meanwhile: the peer is gone, and so is what was gathered for it.
+                gathered.clear();
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn flush_now(&self) {
+        if let Some(mut gathered) = self.gathered() {
+            if !gathered.is_empty() {
+                // A shut queue: the peer is gone, and so is what was gathered for it.
+                if self.q.push_all(&mut gathered, true).is_err() {
+                    gathered.clear();
+                }
+                return;
+            }
+        }
         self.q.wake();
     }
 }
@@ -313,70 +356,35 @@ impl Drop for MemTx {
 #[derive(Debug)]
 pub struct MemRx {
     q: Arc<Queue>,
-    /// What the last look at the spill took, handed out in order before looking again.
+    /// What the last look at the queue took, handed out in order before looking again.
     buf: VecDeque<Msg>,
-    /// How many messages this half took (for a queue that wakes early, see
-    /// [`RxSide::waiting_from`]).
-    taken: u64,
 }
 
 impl MemRx {
-    fn new(q: Arc<Queue>) -> MemRx {
-        MemRx {
-            q,
-            buf: VecDeque::new(),
-            taken: 0,
-        }
-    }
-
-    /// The next message, if one is queued or the queue is closed.
-    fn take(&mut self) -> Option<Result<Msg, RecvError>> {
-        let next = self.take_msg();
-        if let Some(Ok(_)) = next {
-            self.taken += 1;
-        }
-        next
-    }
-
-    fn take_msg(&mut self) -> Option<Result<Msg, RecvError>> {
+    /// The next message, or `None` after registering `waker` (if given) to be woken for one.
+    fn poll_next(&mut self, waker: Option<&Waker>) -> Option<Result<Msg, RecvError>> {
         if let Some(msg) = self.buf.pop_front() {
             return Some(Ok(msg));
         }
-        let closed = match self.q.ring.pop() {
-            Ok(msg) => return Some(Ok(msg)),
-            Err(PopError::Empty) => false,
-            Err(PopError::Closed) => true,
-        };
-        // The ring is empty: what spilled comes next (everything in the ring was pushed before
-        // it, or beside it by another sender). Once closed, look whatever the flag says.
-        if closed || self.q.spilled.load(Ordering::Acquire) {
-            let mut spill = self.q.lock_spill();
-            std::mem::swap(&mut spill.msgs, &mut self.buf);
-            self.q.spilled.store(false, Ordering::Release);
-            drop(spill);
-            if let Some(msg) = self.buf.pop_front() {
-                return Some(Ok(msg));
+        let mut st = self.q.lock();
+        if !st.msgs.is_empty() {
+            std::mem::swap(&mut st.msgs, &mut self.buf);
+            drop(st);
+            return self.buf.pop_front().map(Ok);
+        }
+        if st.closed {
+            return Some(Err(RecvError::Closed));
+        }
+        if let Some(waker) = waker {
+            match &st.waker {
+                Some(old) if old.will_wake(waker) => {}
+                _ => st.waker = Some(waker.clone()),
+            }
+            if self.q.early > 0 {
+                st.waiter_cpu = crate::park::spin::this_cpu();
             }
         }
-        closed.then_some(Err(RecvError::Closed))
-    }
-
-    /// The next message, or `None` after registering `waker` (if given) to be woken for one.
-    fn poll_next(&mut self, waker: Option<&Waker>) -> Option<Result<Msg, RecvError>> {
-        if let Some(next) = self.take() {
-            return Some(next);
-        }
-        let waker = waker?;
-        let rx = &self.q.rx.0;
-        rx.waker.register(waker);
-        if self.q.early > 0 {
-            let cpu = crate::park::spin::this_cpu().unwrap_or(NO_CPU);
-            rx.waiter_cpu.store(cpu, Ordering::Relaxed);
-            rx.waiting_from.store(self.taken, Ordering::Relaxed);
-        }
-        // A message pushed, or a close made, before the waker was in place woke nobody: look
-        // again now that it is (the waker's registration orders this look after it).
-        self.take()
+        None
     }
 }
 
@@ -418,11 +426,15 @@ impl RecvHalf for MemRx {
 
 impl Drop for MemRx {
     fn drop(&mut self) {
-        // Later sends fail; what is queued goes.
-        self.q.close();
-        while self.q.ring.pop().is_ok() {}
-        drop(std::mem::take(&mut self.q.lock_spill().msgs));
-        drop(self.q.rx.0.waker.take());
+        // Later sends fail; what is queued goes (dropped outside the lock).
+        let queued = {
+            let mut st = self.q.lock();
+            st.rx_gone = true;
+            self.q.mark_shut();
+            st.waker = None;
+            std::mem::take(&mut st.msgs)
+        };
+        drop(queued);
     }
 }
 
@@ -450,18 +462,20 @@ mod tests {
         n: u64,
     ) -> usize {
         let q = Arc::new(Queue::new(early, may));
-        let tx = MemTx { q: q.clone() };
-        let mut rx = MemRx::new(q.clone());
+        let tx = MemTx::new(q.clone());
+        let mut rx = MemRx {
+            q: q.clone(),
+            buf: VecDeque::new(),
+        };
         let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         assert!(rx.poll_next(Some(&waker)).is_none());
-        q.rx.0
-            .waiter_cpu
-            .store(waiter.unwrap_or(NO_CPU), Ordering::Relaxed);
+        q.lock().waiter_cpu = waiter;
         for i in 0..n {
             tx.send_now(Msg::Stop { cid: crate::Cid(i) }).unwrap();
         }
         let woken = count.0.load(std::sync::atomic::Ordering::SeqCst);
+        tx.flush_now();
         for i in 0..n {
             assert_eq!(
                 rx.poll_next(None).unwrap().unwrap(),
@@ -489,30 +503,6 @@ mod tests {
     }
 
     #[test]
-    fn an_early_wake_up_counts_messages_sent_every_way() {
-        // Messages sent with `send` (each woken at once) and then taken count too: the burst
-        // of quiet sends that follows wakes the receiver once it is `early` long, not later.
-        let q = Arc::new(Queue::new(4, || true));
-        let tx = MemTx { q: q.clone() };
-        let mut rx = MemRx::new(q.clone());
-        for i in 0..10 {
-            tx.try_send(stop(i)).unwrap();
-        }
-        for i in 0..10 {
-            assert_eq!(rx.poll_next(None).unwrap().unwrap(), stop(i));
-        }
-        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
-        assert!(rx.poll_next(Some(&Waker::from(count.clone()))).is_none());
-        q.rx.0.waiter_cpu.store(usize::MAX - 1, Ordering::Relaxed);
-        for i in 10..13 {
-            tx.send_now(stop(i)).unwrap();
-        }
-        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 0);
-        tx.send_now(stop(13)).unwrap();
-        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1);
-    }
-
-    #[test]
     fn an_early_wake_up_needs_the_receiver_on_another_cpu() {
         assert!(apart(Some(0), Some(1)));
         assert!(!apart(Some(1), Some(1)));
@@ -526,14 +516,14 @@ mod tests {
     fn a_waiting_receiver_records_its_cpu_where_the_queue_wakes_early() {
         for (early, recorded) in [(0, false), (4, true)] {
             let q = Arc::new(Queue::new(early, || true));
-            let mut rx = MemRx::new(q.clone());
+            let mut rx = MemRx {
+                q: q.clone(),
+                buf: VecDeque::new(),
+            };
             let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
             assert!(rx.poll_next(Some(&Waker::from(count))).is_none());
             let cpu = crate::park::spin::this_cpu();
-            assert_eq!(
-                cpu_from(q.rx.0.waiter_cpu.load(Ordering::Relaxed)).is_some(),
-                recorded && cpu.is_some()
-            );
+            assert_eq!(q.lock().waiter_cpu.is_some(), recorded && cpu.is_some());
         }
     }
 
@@ -541,62 +531,97 @@ mod tests {
         Msg::Stop { cid: crate::Cid(i) }
     }
 
-    #[test]
-    fn messages_past_the_ring_wait_in_the_spill_and_keep_their_order() {
-        let (a, b) = pair();
-        let (atx, _arx) = a.split();
-        let (_btx, mut brx) = b.split();
-        let mut next_sent = 0u64;
-        let mut next_taken = 0u64;
-        // Fill well past the ring, take part of it, and go on sending while the spill still
-        // holds messages: the later ones must queue behind them, not slip into the freed ring.
-        for (send, take) in [(RING as u64 * 3, 10), (5, RING as u64), (RING as u64, 1)] {
-            for _ in 0..send {
-                atx.send_now(stop(next_sent)).unwrap();
-                next_sent += 1;
-            }
-            for _ in 0..take {
-                assert_eq!(brx.try_recv_now().unwrap().unwrap(), stop(next_taken));
-                next_taken += 1;
-            }
-        }
-        atx.close();
-        assert!(atx.send_now(Msg::Heartbeat).unwrap_err().is_closed());
-        while next_taken < next_sent {
-            assert_eq!(brx.try_recv_now().unwrap().unwrap(), stop(next_taken));
-            next_taken += 1;
-        }
-        assert!(brx.try_recv_now().unwrap().unwrap_err().is_closed());
+    /// The halves of one direction of a pair that gathers batches of `early`.
+    fn gathering(early: usize) -> (MemTx, MemRx) {
+        let q = Arc::new(Queue::new(early, || true));
+        let rx = MemRx {
+            q: q.clone(),
+            buf: VecDeque::new(),
+        };
+        (MemTx::new(q), rx)
     }
 
     #[test]
-    fn concurrent_senders_each_keep_their_order_through_ring_and_spill() {
+    fn a_gathering_pair_delivers_at_the_flush_or_a_full_batch_in_order() {
+        let (tx, mut rx) = gathering(4);
+        // Gathered, not yet in the queue ...
+        for i in 0..3 {
+            tx.send_now(stop(i)).unwrap();
+        }
+        assert!(rx.poll_next(None).is_none());
+        // ... until the flush.
+        tx.flush_now();
+        for i in 0..3 {
+            assert_eq!(rx.poll_next(None).unwrap().unwrap(), stop(i));
+        }
+        // A full batch goes in without a flush.
+        for i in 3..7 {
+            tx.send_now(stop(i)).unwrap();
+        }
+        for i in 3..7 {
+            assert_eq!(rx.poll_next(None).unwrap().unwrap(), stop(i));
+        }
+        assert!(rx.poll_next(None).is_none());
+        // A `send` and a batch go behind what was gathered; a close delivers what came before.
+        tx.send_now(stop(7)).unwrap();
+        block_on(tx.send(stop(8))).unwrap();
+        tx.send_now(stop(9)).unwrap();
+        let mut batch: VecDeque<Msg> = [stop(10), stop(11)].into();
+        block_on(tx.send_batch(&mut batch)).unwrap();
+        tx.send_now(stop(12)).unwrap();
+        tx.close();
+        assert!(tx.send_now(stop(13)).unwrap_err().is_closed());
+        for i in 7..13 {
+            assert_eq!(rx.poll_next(None).unwrap().unwrap(), stop(i));
+        }
+        assert!(rx.poll_next(None).unwrap().unwrap_err().is_closed());
+    }
+
+    #[test]
+    fn a_gathering_pair_fails_sends_once_the_receiver_is_gone() {
+        let (tx, rx) = gathering(4);
+        tx.send_now(stop(0)).unwrap();
+        drop(rx);
+        let err = tx.send_now(stop(1)).unwrap_err();
+        assert!(err.is_closed());
+        assert_eq!(err.into_msg(), stop(1));
+        // The flush of what was gathered before finds nobody, and says nothing.
+        tx.flush_now();
+        assert!(block_on(tx.send(stop(2))).unwrap_err().is_closed());
+    }
+
+    #[test]
+    fn senders_on_two_threads_each_keep_their_order_through_a_gathering_pair() {
         const EACH: u64 = 20_000;
-        let (a, b) = pair();
-        let (atx, _arx) = a.split();
-        let atx = Arc::new(atx);
+        let (tx, mut rx) = gathering(EARLY_WAKE);
+        let tx = Arc::new(tx);
         let senders: Vec<_> = (0..2u64)
             .map(|who| {
-                let atx = atx.clone();
+                let tx = tx.clone();
                 std::thread::spawn(move || {
                     for i in 0..EACH {
-                        atx.send_now(stop(who << 32 | i)).unwrap();
-                        // Bursts past the ring now and then, flushed at their end.
-                        if i % 500 == 499 {
-                            atx.flush_now();
+                        tx.send_now(stop(who << 32 | i)).unwrap();
+                        if i % 100 == 99 {
+                            tx.flush_now();
                         }
                     }
-                    atx.flush_now();
+                    tx.flush_now();
                 })
             })
             .collect();
-        let (_btx, mut brx) = b.split();
         let receiver = std::thread::spawn(move || {
             let next = [std::cell::Cell::new(0u64), std::cell::Cell::new(0u64)];
             let bounded = futures_lite::future::or(
                 async {
                     while next.iter().any(|n| n.get() < EACH) {
-                        let Msg::Stop { cid } = brx.recv().await.unwrap() else {
+                        let msg = futures_lite::future::poll_fn(|cx| {
+                            match rx.poll_next(Some(cx.waker())) {
+                                Some(result) => Poll::Ready(result),
+                                None => Poll::Pending,
+                            }
+                        })
+                        .await;
+                        let Msg::Stop { cid } = msg.unwrap() else {
                             panic!("not a message that was sent");
                         };
                         let n = &next[(cid.0 >> 32) as usize];
@@ -614,26 +639,13 @@ mod tests {
                 },
             );
             async_io::block_on(bounded);
-            brx
+            rx
         });
         for s in senders {
             s.join().unwrap();
         }
-        let mut brx = receiver.join().unwrap();
-        assert!(brx.try_recv_now().is_none());
-    }
-
-    #[test]
-    fn a_dropped_receiver_fails_later_sends_with_messages_in_the_spill() {
-        let (a, b) = pair();
-        let (atx, _arx) = a.split();
-        for i in 0..RING as u64 + 10 {
-            atx.send_now(stop(i)).unwrap();
-        }
-        drop(b);
-        let err = atx.send_now(stop(1)).unwrap_err();
-        assert!(err.is_closed());
-        assert_eq!(err.into_msg(), stop(1));
+        let mut rx = receiver.join().unwrap();
+        assert!(rx.poll_next(None).is_none());
     }
 
     #[test]

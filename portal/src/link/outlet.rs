@@ -9,9 +9,11 @@
 //! wake-up of the peer, and that is batched: the first message after a wake-up schedules the
 //! outlet's **waker task**, which runs once the tasks already runnable on this executor have
 //! had their turn and wakes the peer once for everything handed over meanwhile
-//! ([`ChannelTx::flush_now`]). A peer that is running picks the messages up before that; one
-//! that is parked is woken once per batch, not once per message (a `StartAck` and the `Return`
-//! of a call that finished at once arrive together, as do the items of a stream burst).
+//! ([`ChannelTx::flush_now`]). A peer that is running may pick the messages up before that
+//! (unless the transport gathers them until the flush, as the thread actors' `mem` pair does a
+//! batch at a time); one that is parked is woken once per batch, not once per message (a
+//! `StartAck` and the `Return` of a call that finished at once arrive together, as do the items
+//! of a stream burst).
 //!
 //! Two cases skip the waker task's hop. What the link's **reader** hands over while it routes
 //! (a served call that answered in its first poll: its `StartAck` and `Return`) is flushed by
