@@ -52,7 +52,7 @@ pub fn pair() -> (Channel, Channel) {
 /// once per message each. Where the two threads run on two CPUs that share no cache, each
 /// lock of the queue moves its line between them, and with a lock per message the two sides
 /// spun on each other's hold of it (the thread stream echo with the CPUs far apart: 1.2-1.5 M
-/// items per second with a lock per message, 3.1-3.4 M gathered). A plain [`pair`] puts each
+/// items per second with a lock per message, 2.9-3.3 M gathered). A plain [`pair`] puts each
 /// message in the queue at once: the subint echo, whose receiver runs the Python echo on the
 /// same thread, went from 0.45-0.47 M to 0.36-0.38 M items per second with gathering.
 ///
@@ -213,7 +213,7 @@ pub struct MemTx {
     gathered: Option<Mutex<VecDeque<Msg>>>,
     /// How many gathered messages go into the queue together: the queue's `early`, kept here
     /// because the queue's own fields share a cache line with its lock, which the receiver
-    /// takes (reading them per message cost the thread stream echo a fifth of its speed).
+    /// takes (reading them per message cost the thread stream echo about a fifth of its speed).
     batch: usize,
 }
 
