@@ -190,6 +190,8 @@ impl Queue {
                 (None, early)
             }
         };
+        // Whether the machine is crowded may take a look at `/proc` now and then: not under
+        // the lock. The receiver may have been woken meanwhile; `wake` then finds no waker.
         if let Some(waker) = waker {
             waker.wake();
         } else if early && (self.may_wake_early)() {
@@ -243,10 +245,12 @@ impl MemTx {
     }
 
     fn disconnect(&self) {
-        if let Some(mut gathered) = self.gathered() {
-            // What was handed over before the close is delivered before it. Were the receiver
-            // gone, it would go with the queue anyway.
-            let _ = self.q.push_all(&mut gathered, false);
+        // What was handed over before the close is delivered before it (were the receiver
+        // gone, it would go with the queue anyway); the gathering lock is held across the
+        // close, so a `send_now` on another thread either comes before it or fails.
+        let mut gathered = self.gathered();
+        if let Some(gathered) = gathered.as_mut() {
+            let _ = self.q.push_all(gathered, false);
             gathered.clear();
         }
         let waker = {
@@ -275,10 +279,8 @@ impl SendHalf for MemTx {
         &'a self,
         msgs: &'a mut VecDeque<Msg>,
     ) -> BoxFuture<'a, Result<(), SendError>> {
-        // Behind what was gathered (which goes first, under a lock of its own: the order of two
-        // locks of the queue is kept by the gathering lock held across them).
-        let gathered = self.gathered();
-        if let Some(mut gathered) = gathered {
+        // Behind what was gathered: both go in under one lock of the queue.
+        if let Some(mut gathered) = self.gathered() {
             gathered.extend(msgs.drain(..));
             let result = self.q.push_all(&mut gathered, true);
             // A shut queue: the messages not delivered go back to the caller, as below.
@@ -588,6 +590,48 @@ mod tests {
         // The flush of what was gathered before finds nobody, and says nothing.
         tx.flush_now();
         assert!(block_on(tx.send(stop(2))).unwrap_err().is_closed());
+    }
+
+    #[test]
+    fn every_message_a_gathering_pair_accepts_arrives_though_a_close_races_it() {
+        for round in 0..50u64 {
+            let (tx, mut rx) = gathering(EARLY_WAKE);
+            let tx = Arc::new(tx);
+            let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let sender = {
+                let (tx, sent) = (tx.clone(), sent.clone());
+                std::thread::spawn(move || {
+                    let mut accepted = 0u64;
+                    while tx.send_now(stop(accepted)).is_ok() {
+                        accepted += 1;
+                        sent.store(accepted, std::sync::atomic::Ordering::Release);
+                        if accepted % 7 == 0 {
+                            tx.flush_now();
+                        }
+                    }
+                    accepted
+                })
+            };
+            // Close once the sender is under way (a few rounds close before it starts).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while sent.load(std::sync::atomic::Ordering::Acquire) < round % 5 * 20 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the sender never started"
+                );
+                std::thread::yield_now();
+            }
+            tx.close();
+            let accepted = sender.join().unwrap();
+            for i in 0..accepted {
+                assert_eq!(
+                    rx.poll_next(None).unwrap().unwrap(),
+                    stop(i),
+                    "round {round}"
+                );
+            }
+            assert!(rx.poll_next(None).unwrap().unwrap_err().is_closed());
+        }
     }
 
     #[test]
