@@ -55,7 +55,7 @@ pub const TICK: Duration = Duration::from_millis(5);
 /// How long the watchdog ticks on with no helper turning busy before it sleeps until one does.
 pub const QUIET: Duration = Duration::from_millis(100);
 
-/// Tasks the helper runs in a row before it looks at what it waits for again.
+/// Tasks the helper runs in one poll before it hands back to its parker (which then polls again).
 const TICKS_PER_YIELD: u32 = 64;
 
 /// Neither driving nor watched: the owner runs the actor's tasks.
@@ -176,30 +176,32 @@ impl CoDriver {
         let unwind = Unwind(self);
         let done = {
             let _current = ctx.enter();
-            let work = async {
-                until.await;
-                true
-            };
-            let ending = std::future::poll_fn(|cx| {
+            let mut until = until;
+            // One task at a time, `until` looked at after each: the job a task hands over (the
+            // call its link's reader started) runs before any other task, such as the call's
+            // own, which has nothing to do before the job's answer. Unlike `Executor::run`, no
+            // worker queue is made and dropped per wait.
+            let mut tick = std::pin::pin!(exec.tick());
+            let drive = std::future::poll_fn(|cx| {
                 // Registered before the look: `unbind` sets `ending`, then wakes.
                 inner.helper_waker.register(cx.waker());
-                if inner.ending.load(SeqCst) {
-                    Poll::Ready(false)
-                } else {
-                    Poll::Pending
-                }
-            });
-            // One task at a time, `until` looked at between them: unlike `Executor::run`, no
-            // worker queue is made and dropped per wait.
-            let tasks = async {
-                loop {
-                    for _ in 0..TICKS_PER_YIELD {
-                        exec.tick().await;
+                for _ in 0..TICKS_PER_YIELD {
+                    if until.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(true);
                     }
-                    futures_lite::future::yield_now().await;
+                    if inner.ending.load(SeqCst) {
+                        return Poll::Ready(false);
+                    }
+                    match tick.as_mut().poll(cx) {
+                        Poll::Ready(()) => tick.set(exec.tick()),
+                        Poll::Pending => return Poll::Pending,
+                    }
                 }
-            };
-            block_on_in_process(work.or(ending).or(tasks))
+                // Looked at again after what the parker does between polls.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            });
+            block_on_in_process(drive)
         };
         drop(unwind);
         self.leave(if done { BUSY } else { AWAY });

@@ -7,12 +7,15 @@
 //!   answered before the job ends.
 //! - Once the actor ends, `drive_until` returns at once and the helper falls back to its own
 //!   waiting.
+//! - A job is taken as soon as the task that handed it over returns, before the tasks queued
+//!   with it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use harrow_runtime_core::ipc::{ActorId, Channel, Value, mem};
-use harrow_runtime_core::portal::FnRegistry;
+use harrow_runtime_core::ipc::{ActorId, Channel, ErrorKind, Value, mem};
+use harrow_runtime_core::portal::{CallError, FnRegistry};
 use harrow_runtime_core::{
     ActorInit, ActorSpec, BoxFuture, Capabilities, Child, CoDriver, DedicatedThread, Exit,
     HardKill, RootConfig, SpawnBackend, SpawnError, SpawnSpec, run_actor_in_process_codriven,
@@ -241,4 +244,127 @@ fn the_helper_runs_the_actors_tasks_and_the_owner_takes_over_while_it_is_busy() 
     jobs_tx.send(ToHelper::Stop).expect("stop the helper");
     let drove = helper_thread.join().expect("the helper thread");
     assert!(drove >= 1, "the helper never drove");
+}
+
+/// A job handed to the helper by one of the actor's tasks is taken before any other task runs:
+/// the helper looks at what it waits for after every task, so a task queued beside the job (as a
+/// served call's own task is) waits until the helper comes back from the job.
+#[test]
+fn the_helper_takes_a_job_before_the_tasks_queued_with_it() {
+    /// A job: whether the task queued with it had run on the helper when the helper took it.
+    type OrderJob = (Arc<AtomicBool>, flume::Sender<bool>);
+    let co = CoDriver::new();
+    let (jobs_tx, jobs_rx) = flume::unbounded::<Option<OrderJob>>();
+    let helper_thread = {
+        let co = co.clone();
+        std::thread::Builder::new()
+            .name(HELPER.into())
+            .spawn(move || {
+                loop {
+                    let mut got = None;
+                    {
+                        let next = std::pin::pin!(async {
+                            got = Some(jobs_rx.recv_async().await);
+                        });
+                        co.drive_until(next);
+                    }
+                    let next = got.unwrap_or_else(|| {
+                        jobs_rx
+                            .recv_timeout(BOUND)
+                            .map_err(|_| flume::RecvError::Disconnected)
+                    });
+                    match next {
+                        Ok(Some((ran, answer))) => {
+                            let _ = answer.send(ran.load(Ordering::SeqCst));
+                        }
+                        Ok(None) | Err(_) => return,
+                    }
+                }
+            })
+            .expect("helper thread")
+    };
+
+    let mut reg = FnRegistry::new();
+    {
+        let jobs = jobs_tx.clone();
+        // Queues a task, then a job; answers where it started and what the helper saw.
+        reg.unary("t:order", move |_v: Value| {
+            let jobs = jobs.clone();
+            let started_on = this_thread();
+            let ran = Arc::new(AtomicBool::new(false));
+            let (answer, answered) = flume::bounded(1);
+            let queued = {
+                let ran = ran.clone();
+                harrow_runtime_core::current_actor().map(|actor| {
+                    actor
+                        .executor()
+                        .spawn(async move {
+                            // The owner may run it meanwhile (it takes over from a helper
+                            // kept off its CPU for long); only the helper's order is checked.
+                            if this_thread() == HELPER {
+                                ran.store(true, Ordering::SeqCst);
+                            }
+                        })
+                        .detach()
+                })
+            };
+            let _ = jobs.send(Some((ran, answer)));
+            async move {
+                if queued.is_none() {
+                    return Err(CallError::new(ErrorKind::Raised, "NoActor", "no actor"));
+                }
+                let seen = answered.recv_async().await.map_err(|_| {
+                    CallError::new(ErrorKind::Raised, "NoHelper", "the helper is gone")
+                })?;
+                Ok(Value::List(vec![Value::Str(started_on), Value::Bool(seen)]))
+            }
+        })
+        .expect("register");
+    }
+    let reg = Arc::new(reg);
+    let backend = Arc::new(CoBackend { co: co.clone() });
+
+    let out = run_root(RootConfig::default().handle_sigint(false), |n| async move {
+        let child = n
+            .start_actor("codriven-order", backend, ActorSpec::with_resolver(reg))
+            .await?;
+        let (mut on_helper, mut after_the_task) = (0, 0);
+        for _ in 0..200 {
+            let answer = child.run("t:order", Value::Null).await?;
+            let Value::List(got) = &answer else {
+                panic!("not a list");
+            };
+            // Only the calls started while the helper drove (the first ones reach the owner,
+            // before the helper learns of the actor).
+            if got[0] == Value::Str(HELPER.into()) {
+                on_helper += 1;
+                if got[1] == Value::Bool(true) {
+                    after_the_task += 1;
+                }
+            }
+        }
+        child.cancel().await;
+        Ok(Value::List(vec![
+            Value::Int(on_helper),
+            Value::Int(after_the_task),
+        ]))
+    });
+    let out = out.expect("the tree");
+    jobs_tx.send(None).expect("stop the helper");
+    helper_thread.join().expect("the helper thread");
+    let Value::List(counts) = &out else {
+        panic!("not a list")
+    };
+    let (Value::Int(on_helper), Value::Int(after_the_task)) = (&counts[0], &counts[1]) else {
+        panic!("not two counts")
+    };
+    assert!(
+        *on_helper >= 100,
+        "only {on_helper} of 200 calls started on the helper"
+    );
+    assert_eq!(
+        *after_the_task, 0,
+        "of {on_helper} jobs handed over on the helper, {after_the_task} were taken after the \
+         task queued with them ran"
+    );
 }
