@@ -27,6 +27,25 @@ pub struct InterpHandle {
     config: Arc<InterpConfig>,
     /// The interpreter's reply-spin back-off (see `crate::spin`), shared by its handles.
     spin: Arc<SpinGate>,
+    /// Last, so that it is dropped after `jobs`: a wait for a job that sees this handle gone
+    /// sees its sender gone too.
+    _gone: WakeWhenGone,
+}
+
+/// Wakes the serving thread's co-driving wait for a job when a handle is dropped, so that it
+/// looks again and finds the queue closed once the last one is gone.
+struct WakeWhenGone(Arc<Shared>);
+
+impl Clone for WakeWhenGone {
+    fn clone(&self) -> Self {
+        WakeWhenGone(Arc::clone(&self.0))
+    }
+}
+
+impl Drop for WakeWhenGone {
+    fn drop(&mut self) {
+        self.0.job_queued.wake();
+    }
 }
 
 impl std::fmt::Debug for InterpHandle {
@@ -42,6 +61,7 @@ impl InterpHandle {
     /// ([`ffi::serve`](crate::ffi)), described by `shared` and `config`.
     pub fn new(shared: Arc<Shared>, jobs: flume::Sender<Job>, config: Arc<InterpConfig>) -> Self {
         InterpHandle {
+            _gone: WakeWhenGone(Arc::clone(&shared)),
             shared,
             jobs,
             config,
@@ -131,7 +151,7 @@ impl InterpHandle {
         }
         let from = harrow_ipc::park::spin::this_cpu().unwrap_or(usize::MAX);
         self.shared.sent_from.store(from, Ordering::Relaxed);
-        let sent = self.jobs.send(Job::Call(CallJob {
+        let sent = self.send_job(Job::Call(CallJob {
             job,
             func,
             kind,
@@ -149,6 +169,13 @@ impl InterpHandle {
         call
     }
 
+    /// Queues `job` for the serving thread and wakes its co-driving wait for one.
+    fn send_job(&self, job: Job) -> Result<(), flume::SendError<Job>> {
+        self.jobs.send(job)?;
+        self.shared.job_queued.wake();
+        Ok(())
+    }
+
     /// Cancels the call running now, if any (queued calls are cancelled by dropping their
     /// futures, or all at once by [`begin_shutdown`](Self::begin_shutdown)).
     pub fn cancel_current(&self) {
@@ -160,7 +187,7 @@ impl InterpHandle {
     /// while a call waits, it fails that call instead (a panic inside a call's operation).
     #[doc(hidden)]
     pub fn inject_panic(&self, message: impl Into<String>) {
-        let _ = self.jobs.send(Job::Panic(message.into()));
+        let _ = self.send_job(Job::Panic(message.into()));
         self.shared.wake();
     }
 
@@ -168,7 +195,7 @@ impl InterpHandle {
     /// are rejected, the running call is cancelled. Idempotent.
     pub fn begin_shutdown(&self) {
         self.shared.closing.store(true, Ordering::SeqCst);
-        let _ = self.jobs.send(Job::Shutdown);
+        let _ = self.send_job(Job::Shutdown);
         self.shared.cancel_current();
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::thread::ThreadId;
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use harrow_ipc::FnPath;
 use harrow_runtime_core::CancelFlag;
 use harrow_runtime_core::CoDriver;
@@ -300,6 +301,10 @@ pub struct Shared {
     /// The co-driver of the actor this interpreter serves, if it has one: the serving thread
     /// runs the actor's tasks while it waits for a call (see [`CoDriver`]).
     codriver: Mutex<Option<CoDriver>>,
+    /// Woken after every job queued for the serving thread, and once a handle (a sender of the
+    /// job queue) is gone: what the thread's co-driving wait for a job registers with (a
+    /// `flume` receive future registered a hook, and dropped it, on every wait).
+    pub(crate) job_queued: AtomicWaker,
 }
 
 impl Shared {
@@ -325,6 +330,7 @@ impl Shared {
             closing: AtomicBool::new(false),
             sent_from: AtomicUsize::new(usize::MAX),
             codriver: Mutex::new(None),
+            job_queued: AtomicWaker::new(),
         });
         REGISTRY
             .lock()

@@ -434,11 +434,21 @@ impl Server {
     fn drive_for_job(&self) -> Option<Result<Job, flume::RecvError>> {
         let co = self.shared.codriver()?;
         let jobs = &self.jobs;
+        let queued = &self.shared.job_queued;
         let mut got = None;
         {
-            let next = std::pin::pin!(async {
-                got = Some(jobs.recv_async().await);
-            });
+            let next = std::pin::pin!(std::future::poll_fn(|cx| {
+                // Registered before the look: a handle queues a job (or goes), then wakes.
+                queued.register(cx.waker());
+                got = match jobs.try_recv() {
+                    Ok(job) => Some(Ok(job)),
+                    Err(flume::TryRecvError::Disconnected) => {
+                        Some(Err(flume::RecvError::Disconnected))
+                    }
+                    Err(flume::TryRecvError::Empty) => return std::task::Poll::Pending,
+                };
+                std::task::Poll::Ready(())
+            }));
             co.drive_until(next);
         }
         got
