@@ -55,7 +55,7 @@ pub const TICK: Duration = Duration::from_millis(5);
 /// How long the watchdog ticks on with no helper turning busy before it sleeps until one does.
 pub const QUIET: Duration = Duration::from_millis(100);
 
-/// Tasks the helper runs in one poll before it hands back to its parker (which then polls again).
+/// Tasks the helper runs in one poll before it hands back to its parker (which polls again).
 const TICKS_PER_YIELD: u32 = 64;
 
 /// Neither driving nor watched: the owner runs the actor's tasks.
