@@ -109,26 +109,35 @@ impl Child for CoChild {
     }
 }
 
+/// The helper's next job: the actor is driven until one comes; without an actor to drive, it is
+/// waited for by the helper's own means (bounded). Also says whether the actor was driven.
+fn next_job<T: Send>(
+    co: &CoDriver,
+    jobs: &flume::Receiver<T>,
+) -> (Result<T, flume::RecvError>, bool) {
+    let mut got = None;
+    let driven = {
+        let next = std::pin::pin!(async {
+            got = Some(jobs.recv_async().await);
+        });
+        co.drive_until(next)
+    };
+    let next = got.unwrap_or_else(|| {
+        jobs.recv_timeout(BOUND)
+            .map_err(|_| flume::RecvError::Disconnected)
+    });
+    (next, driven)
+}
+
 /// The helper's loop: drive the actor until a job comes, run it, again; without an actor to
 /// drive, wait for the next job by itself. Returns how many times it drove.
 fn helper(co: CoDriver, jobs: flume::Receiver<ToHelper>) -> usize {
     let mut drove = 0;
     loop {
-        let mut got = None;
-        {
-            let next = std::pin::pin!(async {
-                got = Some(jobs.recv_async().await);
-            });
-            if co.drive_until(next) {
-                drove += 1;
-            }
+        let (next, driven) = next_job(&co, &jobs);
+        if driven {
+            drove += 1;
         }
-        let next = match got {
-            Some(next) => next,
-            None => jobs
-                .recv_timeout(BOUND)
-                .map_err(|_| flume::RecvError::Disconnected),
-        };
         match next {
             Ok(ToHelper::Job(job)) => {
                 let _ = job.started.send(());
@@ -261,19 +270,7 @@ fn the_helper_takes_a_job_before_the_tasks_queued_with_it() {
             .name(HELPER.into())
             .spawn(move || {
                 loop {
-                    let mut got = None;
-                    {
-                        let next = std::pin::pin!(async {
-                            got = Some(jobs_rx.recv_async().await);
-                        });
-                        co.drive_until(next);
-                    }
-                    let next = got.unwrap_or_else(|| {
-                        jobs_rx
-                            .recv_timeout(BOUND)
-                            .map_err(|_| flume::RecvError::Disconnected)
-                    });
-                    match next {
+                    match next_job(&co, &jobs_rx).0 {
                         Ok(Some((ran, answer))) => {
                             let _ = answer.send(ran.load(Ordering::SeqCst));
                         }
