@@ -20,8 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 
-use atomic_waker::AtomicWaker;
-
 /// How many rounds one poll of [`Beside`] runs while its futures keep waking each other, before
 /// it hands back to the `block_on` loop underneath (which polls it again at once).
 const ROUNDS: u32 = 64;
@@ -51,8 +49,12 @@ struct Hot {
 /// What [`Beside`], its wakers and its handoff share.
 struct Shared<A> {
     hot: Hot,
-    /// The `block_on` loop's waker.
-    outer: AtomicWaker,
+    /// The `block_on` loop's waker. `Beside::poll` puts it here only when it changes (it keeps
+    /// a copy of its own to tell), and a wake-up wakes it by reference and leaves it here. An
+    /// `AtomicWaker` gave it up to each wake-up and took a clone at each poll, so every message
+    /// moved the waker's reference counts, and the `AtomicWaker`'s state, between the sender's
+    /// CPU and this thread's.
+    outer: Mutex<Option<Waker>>,
     /// Futures handed over and not yet given a slot; `None` once `Beside` is gone.
     incoming: Mutex<Option<Vec<A>>>,
 }
@@ -62,9 +64,13 @@ impl<A> Shared<A> {
     fn notify(&self) {
         // Sequentially consistent with `Beside::poll`'s store of `parked` and its loads of the
         // flags and `summary`: either this sees the poll parked and wakes the loop, or the
-        // poll sees what was set.
-        if self.hot.parked.load(Ordering::SeqCst) {
-            self.outer.wake();
+        // poll sees what was set. Only the first wake-up after a park wakes the loop: it says
+        // the loop is no longer parked, and the loop's next poll looks at everything set.
+        if self.hot.parked.swap(false, Ordering::SeqCst) {
+            // A poll that puts a new waker here does so before it says parked again.
+            if let Some(outer) = lock(&self.outer).as_ref() {
+                outer.wake_by_ref();
+            }
         }
     }
 
@@ -148,7 +154,7 @@ impl<A: Send + 'static> Handoff<A> {
                 main: AtomicBool::new(true),
                 incoming: AtomicBool::new(false),
             },
-            outer: AtomicWaker::new(),
+            outer: Mutex::new(None),
             incoming: Mutex::new(Some(Vec::new())),
         });
         Handoff {
@@ -190,6 +196,8 @@ pub(crate) struct Beside<M, A> {
     /// Slots whose future ended, for the next one handed over.
     free: Vec<usize>,
     handoff: Handoff<A>,
+    /// The waker last put in `Shared::outer`.
+    outer: Option<Waker>,
 }
 
 impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Beside<M, A> {
@@ -205,6 +213,7 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Beside<M, A> {
             words: Vec::new(),
             free: Vec::new(),
             handoff: handoff.clone(),
+            outer: None,
         }
     }
 
@@ -313,7 +322,11 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Future for Besi
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<M::Output> {
         // Every field is `Unpin` (`main` is boxed).
         let this = self.get_mut();
-        this.handoff.shared.outer.register(cx.waker());
+        if !this.outer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            let outer = cx.waker().clone();
+            *lock(&this.handoff.shared.outer) = Some(outer.clone());
+            this.outer = Some(outer);
+        }
         this.handoff
             .shared
             .hot
@@ -475,6 +488,38 @@ mod tests {
                 .enumerate()
                 .all(|(i, p)| p.polls() == if woken.contains(&i) { 2 } else { 1 })
         );
+    }
+
+    #[test]
+    fn the_loops_waker_is_woken_in_place_and_a_new_one_replaces_it() {
+        let (_main, main_fut) = Probe::new();
+        let (a, a_fut) = Probe::new();
+        let handoff = Handoff::new();
+        let beside = Beside::new(main_fut, &handoff);
+        let mut beside = std::pin::pin!(beside);
+        let (wakes, outer) = counting_waker();
+        let held = Arc::strong_count(&wakes);
+        assert!(poll_once(&mut beside, &outer).is_pending());
+        assert!(handoff.put(a_fut).is_ok());
+        for i in 0..50 {
+            assert!(poll_once(&mut beside, &outer).is_pending());
+            assert_eq!(a.polls(), i + 1);
+            a.wake();
+            assert_eq!(wakes.get(), i + 2);
+            // Kept where it was put (and the copy `Beside` tells a new one by): no clone made or
+            // dropped per wake-up.
+            assert_eq!(Arc::strong_count(&wakes), held + 2);
+        }
+        // Polled by a loop with another waker: a wake-up goes to that one, and the first is
+        // let go.
+        let (other_wakes, other) = counting_waker();
+        assert!(poll_once(&mut beside, &other).is_pending());
+        assert_eq!(a.polls(), 51);
+        assert_eq!(Arc::strong_count(&wakes), held);
+        a.wake();
+        assert_eq!((wakes.get(), other_wakes.get()), (51, 1));
+        assert!(poll_once(&mut beside, &other).is_pending());
+        assert_eq!(a.polls(), 52);
     }
 
     #[test]
