@@ -424,11 +424,8 @@ impl MemRx {
         }
         let mut st = self.q.lock();
         if !st.msgs.is_empty() {
-            if waker.is_some() {
-                // A poll that finds a message does not wait; the next one that finds none
-                // will.
-                st.waiting = false;
-            }
+            // A wait registered before stays registered (as a waker would in any future that
+            // found its value without waiting): the next send wakes it.
             std::mem::swap(&mut st.msgs, &mut self.buf);
             drop(st);
             return self.buf.pop_front().map(Ok);
@@ -623,7 +620,7 @@ mod tests {
                     assert_eq!(Arc::strong_count(&count), held + 2);
                     assert_eq!(rx.poll_next(Some(&waker)).unwrap().unwrap(), stop(i));
                 }
-                // A receiver that took a message and has not waited since is not woken.
+                // Woken once, a receiver is not woken again before it waits again.
                 send(100);
                 assert_eq!(wakes(), 100);
                 assert_eq!(rx.poll_next(Some(&waker)).unwrap().unwrap(), stop(100));
