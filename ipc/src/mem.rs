@@ -849,6 +849,50 @@ mod tests {
     }
 
     #[test]
+    fn a_receiver_that_waits_with_another_waker_each_time_is_woken_every_time() {
+        // The sender wakes its own clone of the receiver's waker, replaced when the receiver
+        // waits with another: here every other wait is in another `block_on` (another waker),
+        // with the echo on another thread.
+        for (name, make) in [
+            ("plain", pair as fn() -> _),
+            ("gathering", pair_waking_early),
+        ] {
+            let (a, b) = make();
+            let echo = std::thread::spawn(move || {
+                block_on(async {
+                    while let Ok(m) = b.recv().await {
+                        if b.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                })
+            });
+            let bound = std::time::Duration::from_secs(10);
+            for i in 0..2000u64 {
+                block_on(a.send(stop(i))).unwrap();
+                // The bound's timer is looked at first: an answer that only the timer's wake-up
+                // made the wait look for (it was there, but its wake-up went elsewhere) fails.
+                let wait = futures_lite::future::or(
+                    async {
+                        async_io::Timer::after(bound).await;
+                        None
+                    },
+                    async { Some(a.recv().await) },
+                );
+                let got = if i % 2 == 0 {
+                    block_on(wait)
+                } else {
+                    async_io::block_on(wait)
+                };
+                let got = got.unwrap_or_else(|| panic!("{name}: answer {i} not woken for"));
+                assert_eq!(got.unwrap(), stop(i), "{name}");
+            }
+            a.close();
+            echo.join().unwrap();
+        }
+    }
+
+    #[test]
     fn send_now_hands_over_in_order_and_flush_now_wakes_a_waiting_receiver() {
         let (a, b) = pair();
         let (tx, _rx) = a.split();
