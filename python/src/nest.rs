@@ -1003,6 +1003,27 @@ pub(crate) async fn any_fired(scopes: Vec<Scope>) {
     all.fold(first, |acc, w| Box::pin(acc.or(w))).await
 }
 
+/// `op`, ended early with `Fail::Cancelled` once one of `scopes` fires.
+///
+/// The scopes are looked at first, at every poll. A nursery's one-cancels-all fires the
+/// block's scope and tears down the children, and the teardown ends the calls the block awaits;
+/// when both have happened by the time the wait is polled (its thread was busy or preempted),
+/// the block must see `Cancelled`, not the end of a call its own cancel brought about. With the
+/// operation looked at first, a Python block awaiting a child's call got the call's failure now
+/// and then under CPU hogs instead of `harrow.Cancelled`.
+pub(crate) async fn or_cancelled<T>(
+    scopes: Vec<Scope>,
+    op: impl Future<Output = Result<T, Fail>>,
+) -> Result<T, Fail> {
+    use futures_lite::FutureExt;
+    async {
+        any_fired(scopes).await;
+        Err(Fail::Cancelled)
+    }
+    .or(op)
+    .await
+}
+
 /// A `RemoteError` as the `Value` Python keeps on the exception (`_harrow_remote`).
 pub(crate) fn remote_to_value(r: &RemoteError) -> Value {
     harrow_ipc::to_value(r).unwrap_or(Value::Null)
@@ -1063,6 +1084,27 @@ mod tests {
         }
         assert_eq!(Op::from_i64(14), None);
         assert_eq!(Op::from_i64(-1), None);
+    }
+
+    #[test]
+    fn a_fired_scope_wins_over_an_operation_that_ended_too() {
+        use futures_lite::future::block_on;
+        let fired = Scope::deadline(3600.0);
+        fired.token.cancel();
+        let torn_down = || async { Err::<i64, _>(Fail::Runtime("the child was torn down".into())) };
+        // Both ready at the first poll: the cancel, whether the operation failed or succeeded.
+        let r = block_on(or_cancelled(vec![fired.clone()], torn_down()));
+        assert!(matches!(r, Err(Fail::Cancelled)), "{r:?}");
+        let r = block_on(or_cancelled(vec![fired], async { Ok::<_, Fail>(5) }));
+        assert!(matches!(r, Err(Fail::Cancelled)), "{r:?}");
+        // A deadline that passed counts as fired.
+        let r = block_on(or_cancelled(vec![Scope::deadline(0.0)], torn_down()));
+        assert!(matches!(r, Err(Fail::Cancelled)), "{r:?}");
+        // Nothing fired, or no scope at all (a shielded wait): the operation's own end.
+        let r = block_on(or_cancelled(vec![Scope::deadline(3600.0)], torn_down()));
+        assert!(matches!(r, Err(Fail::Runtime(_))), "{r:?}");
+        let r = block_on(or_cancelled(Vec::new(), async { Ok::<_, Fail>(7) }));
+        assert!(matches!(r, Ok(7)), "{r:?}");
     }
 
     #[test]

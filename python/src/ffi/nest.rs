@@ -9,7 +9,6 @@ use std::ffi::{CStr, c_void};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use futures_lite::FutureExt;
 use harrow_ipc::Value;
 use pyo3_ffi as ffi;
 
@@ -19,7 +18,7 @@ use super::module::{
     raise_type_error, state_from, wait_for,
 };
 use super::obj::{Obj, PyErrSet, PyResult, guarded, guarded_quiet};
-use crate::nest::{Fail, Handle, Op, OpFuture, Out, Scope, any_fired, remote_to_value};
+use crate::nest::{Fail, Handle, Op, OpFuture, Out, Scope, or_cancelled, remote_to_value};
 use crate::state::{JobState, Shared};
 
 /// Discovery operations from Python (`harrow.find_actor` and friends).
@@ -298,10 +297,7 @@ pub(crate) unsafe fn wait<T>(
         return Err(Fail::Cancelled);
     }
     let scopes = if shielded { Vec::new() } else { job.scopes() };
-    let raced = fut.or(async {
-        any_fired(scopes).await;
-        Err(Fail::Cancelled)
-    });
+    let raced = or_cancelled(scopes, fut);
     // SAFETY: forwarded; the future touches no Python object.
     let out = match unsafe { wait_for(hooks, job, shielded, raced) } {
         Some(r) => r,
@@ -536,10 +532,7 @@ unsafe fn start_pending(
         return unsafe { raise_fail(shared, Fail::Cancelled) };
     }
     let scopes = if shielded { Vec::new() } else { job.scopes() };
-    let raced: OpFuture = Box::pin(fut.or(async move {
-        any_fired(scopes).await;
-        Err(Fail::Cancelled)
-    }));
+    let raced: OpFuture = Box::pin(or_cancelled(scopes, fut));
     let boxed = Box::into_raw(Box::new(Pending {
         job: Arc::clone(job),
         fut: Some(raced),
