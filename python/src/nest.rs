@@ -25,7 +25,7 @@ use harrow_portal::{
     CalleeContext, Context, ContextCanceller, Portal, Resolver, StreamRx, StreamTx,
 };
 use harrow_runtime_core::{
-    ActorCtx, ActorNursery, ActorSpec, CancelToken, ChildHandle, ChildOutcome, NurseryError,
+    ActorCtx, ActorNursery, ActorSpec, CancelWatch, ChildHandle, ChildOutcome, NurseryError,
     SpawnBackend, open_nursery,
 };
 
@@ -366,18 +366,12 @@ impl ActorEnv {
         // ended (every child gone or reported leaked).
         let (open_tx, open_rx) = flume::bounded::<ActorNursery>(1);
         let (body_tx, body_rx) = flume::bounded::<Option<String>>(1);
-        let cancelled = CancelToken::new();
-        let body_cancelled = cancelled.clone();
         if let Some(call) = &self.call {
             // A cancelled call keeps running until its nursery has torn its children down.
             call.reserve_cleanup(harrow_runtime_core::teardown_bound(&self.actor.timeouts()));
         }
         let task = self.spawn(async move {
             open_nursery(|n| async move {
-                // Fired when the body is dropped before Python ended it: one-cancels-all (a
-                // child failed) cancels the body, which Python sees as `Cancelled` in its
-                // waits.
-                let _fire = FireOnDrop(body_cancelled);
                 let _ = open_tx.send(n);
                 match body_rx.recv_async().await {
                     Ok(None) | Err(_) => Ok(()),
@@ -401,7 +395,6 @@ impl ActorEnv {
                 nursery,
                 body: Mutex::new(Some(body_tx)),
                 done: Mutex::new(Some(task)),
-                cancelled,
             }))))
         })
     }
@@ -726,15 +719,6 @@ fn failures_group(local: &ActorId, e: &NurseryError) -> RemoteError {
     RemoteError::group(message, local.clone(), members)
 }
 
-/// Cancels its token when dropped.
-struct FireOnDrop(CancelToken);
-
-impl Drop for FireOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
-}
-
 /// A nursery opened from Python (`with harrow.open_nursery() as n:`).
 pub(crate) struct PyNursery {
     nursery: ActorNursery,
@@ -742,15 +726,19 @@ pub(crate) struct PyNursery {
     body: Mutex<Option<flume::Sender<Option<String>>>>,
     /// The nursery's task: ends once every child has ended.
     done: Mutex<Option<async_executor::Task<Result<(), NurseryError>>>>,
-    /// Fired when the nursery cancelled its body (a child failed): Python's waits inside the
-    /// `with` block end with `Cancelled`.
-    cancelled: CancelToken,
 }
 
 impl PyNursery {
-    /// The token Python's waits in this nursery's block race against.
-    pub(crate) fn cancel_token(&self) -> &CancelToken {
-        &self.cancelled
+    /// The scope of this nursery's `with` block: it fires as soon as the nursery tears down
+    /// (one-cancels-all: a child failed), so that Python's waits in the block end with
+    /// `Cancelled`. It is the teardown's own signal, not the drop of the nursery's body, which
+    /// comes only at the nursery task's next poll: by then the teardown may have ended the
+    /// calls the block awaits, and a wait polled in between would see those ends instead.
+    pub(crate) fn scope(&self) -> Scope {
+        Scope {
+            teardown: Some(self.nursery.tearing_down()),
+            deadline: None,
+        }
     }
 
     /// Ends the body (with `body_error` when the block raised) and waits for the nursery.
@@ -957,8 +945,9 @@ pub(crate) struct PyStream {
 /// one of its scopes fires.
 #[derive(Clone, Debug)]
 pub(crate) struct Scope {
-    pub(crate) token: CancelToken,
-    pub(crate) deadline: Option<Instant>,
+    /// A nursery's block: the nursery's teardown.
+    teardown: Option<CancelWatch>,
+    deadline: Option<Instant>,
 }
 
 impl Scope {
@@ -969,14 +958,17 @@ impl Scope {
             .ok()
             .and_then(|d| Instant::now().checked_add(d));
         Scope {
-            token: CancelToken::new(),
+            teardown: None,
             deadline,
         }
     }
 
-    /// Whether it fired (its token was cancelled or its deadline passed).
+    /// Whether it fired (its nursery tears down or its deadline passed).
     pub(crate) fn fired(&self) -> bool {
-        self.token.is_cancelled() || self.deadline.is_some_and(|d| Instant::now() >= d)
+        self.teardown
+            .as_ref()
+            .is_some_and(CancelWatch::is_cancelled)
+            || self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 }
 
@@ -988,8 +980,9 @@ pub(crate) async fn any_fired(scopes: Vec<Scope>) {
     }
     let mut waits: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
     for s in scopes {
-        let token = s.token.clone();
-        waits.push(Box::pin(async move { token.cancelled().await }));
+        if let Some(watch) = s.teardown {
+            waits.push(Box::pin(async move { watch.cancelled().await }));
+        }
         if let Some(d) = s.deadline {
             waits.push(Box::pin(async move {
                 async_io::Timer::at(d).await;
@@ -1038,6 +1031,7 @@ pub(crate) fn remote_from_value(v: Value) -> Option<RemoteError> {
 mod tests {
     use super::*;
     use harrow_ipc::ErrorKind;
+    use harrow_runtime_core::CancelToken;
 
     #[test]
     fn remote_errors_cross_as_values() {
@@ -1089,8 +1083,12 @@ mod tests {
     #[test]
     fn a_fired_scope_wins_over_an_operation_that_ended_too() {
         use futures_lite::future::block_on;
-        let fired = Scope::deadline(3600.0);
-        fired.token.cancel();
+        let token = CancelToken::new();
+        let fired = Scope {
+            teardown: Some(token.watch()),
+            deadline: None,
+        };
+        token.cancel();
         let torn_down = || async { Err::<i64, _>(Fail::Runtime("the child was torn down".into())) };
         // Both ready at the first poll: the cancel, whether the operation failed or succeeded.
         let r = block_on(or_cancelled(vec![fired.clone()], torn_down()));
@@ -1112,8 +1110,13 @@ mod tests {
         assert!(Scope::deadline(0.0).fired());
         assert!(!Scope::deadline(3600.0).fired());
         assert!(!Scope::deadline(f64::INFINITY).fired());
-        let s = Scope::deadline(3600.0);
-        s.token.cancel();
+        let token = CancelToken::new();
+        let s = Scope {
+            teardown: Some(token.watch()),
+            deadline: Instant::now().checked_add(Duration::from_secs(3600)),
+        };
+        assert!(!s.fired());
+        token.cancel();
         assert!(s.fired());
         futures_lite::future::block_on(any_fired(vec![
             Scope::deadline(3600.0),

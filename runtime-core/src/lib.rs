@@ -51,8 +51,8 @@ pub use nursery::{ActorNursery, ChildHandle, ChildOutcome, open_nursery, teardow
 pub use pool::{ActorPool, PoolConfig, PoolError, PoolMap, PoolResult, PoolTask};
 pub use root::{RootConfig, RootHandle, exit_code, run_root, spawn_root};
 pub use scope::{
-    CancelFlag, CancelToken, Cancelled, DeadlineExceeded, FailAfter, MoveOnAfter, fail_after,
-    move_on_after,
+    CancelFlag, CancelToken, CancelWatch, Cancelled, DeadlineExceeded, FailAfter, MoveOnAfter,
+    fail_after, move_on_after,
 };
 pub use spec::{ActorSpec, SpawnSpec, SpecError};
 pub use supervisor::{

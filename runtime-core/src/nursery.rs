@@ -13,7 +13,7 @@ use harrow_portal::{Link, LinkEnd, LocalInfo, Portal};
 use crate::actor::{ActorCtx, current_actor};
 use crate::backend::{Child, Exit, SpawnBackend, SpawnError, Timeouts};
 use crate::error::{BoxError, ChildFailure, Error, NurseryError, Result};
-use crate::scope::{CancelToken, WaitGroup, move_on_after};
+use crate::scope::{CancelToken, CancelWatch, WaitGroup, move_on_after};
 use crate::spec::{ActorSpec, SpawnSpec};
 
 /// How one child ended, as recorded by its supervisor: the runtime's one lifecycle enum,
@@ -240,6 +240,16 @@ impl ActorNursery {
     /// Set once this nursery is tearing down (a failure, its body's end, a cancel).
     pub(crate) fn teardown_token(&self) -> &CancelToken {
         &self.inner.cancel
+    }
+
+    /// Cancelled once this nursery tears down: at its first failure (one-cancels-all), when it
+    /// is cancelled or interrupted, or when its body has ended.
+    ///
+    /// The body is dropped at the nursery task's next poll after that; a body run elsewhere
+    /// (on another thread, as a Python `with` block is) can look at this to stop at once,
+    /// instead of seeing the ends of the calls the teardown brings about.
+    pub fn tearing_down(&self) -> CancelWatch {
+        self.inner.cancel.watch()
     }
 
     /// Keeps the nursery from finishing until the guard drops (a supervisor's or pool's task).
@@ -638,7 +648,9 @@ impl Drop for TeardownOnDrop {
 /// `run_in_actor` children, then cancels the children still running (actors started with
 /// `start_actor` live until then). The first failure (body error, failing call, crashed child)
 /// cancels the body and every other child; all failures come back together in a
-/// [`NurseryError`].
+/// [`NurseryError`]. A body error that the teardown itself caused (a call to a child ended
+/// as cancelled or closed, a child refused, once the teardown had started) is not one of
+/// them: the failure that started the teardown is.
 pub async fn open_nursery<T, F, Fut>(body: F) -> std::result::Result<T, NurseryError>
 where
     F: FnOnce(ActorNursery) -> Fut,
@@ -689,6 +701,13 @@ where
         .await;
     let value = match outcome {
         Ended::Body(Ok(v)) => Some(v),
+        // The body and the teardown were both ready at this poll, and the body's error is what
+        // the teardown does to its waits: the failure that started the teardown is reported,
+        // this consequence of it is not (as for a child's call, in `run_in_actor`).
+        Ended::Body(Err(e)) if nursery.inner.cancel.is_cancelled() && teardown_consequence(&e) => {
+            tracing::debug!(error = %e, "the nursery body ended with its teardown; not a failure");
+            None
+        }
         Ended::Body(Err(e)) => {
             tracing::debug!(error = %e, "nursery body failed; cancelling children");
             nursery.state().body = Some(e);
@@ -714,6 +733,17 @@ where
             Err(err)
         }
     }
+}
+
+/// Whether a body's error is one a nursery's teardown causes: a call cancelled or a channel
+/// closed (the teardown cancels the children and closes their links), or no new child.
+fn teardown_consequence(e: &BoxError) -> bool {
+    let portal = match e.downcast_ref::<Error>() {
+        Some(Error::NurseryClosed) => return true,
+        Some(Error::Portal(p)) => Some(p),
+        _ => e.downcast_ref::<harrow_portal::Error>(),
+    };
+    portal.is_some_and(|p| p.is_cancelled() || p.is_closed())
 }
 
 /// Gives up on a child that never came up: hard kill and a bounded join.

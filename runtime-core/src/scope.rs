@@ -39,6 +39,32 @@ impl CancelToken {
     pub fn cancelled(&self) -> Cancelled<'_> {
         self.inner.cancelled()
     }
+
+    /// A view of this token that can wait for its cancel but not cancel it.
+    pub fn watch(&self) -> CancelWatch {
+        CancelWatch {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// A view of a [`CancelToken`] for those who may only look: it sees the token's cancel and
+/// waits for it, but has no `cancel` of its own. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CancelWatch {
+    inner: Arc<CancelFlag>,
+}
+
+impl CancelWatch {
+    /// Whether the token was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.is_cancelled()
+    }
+
+    /// Resolves once the token is cancelled.
+    pub fn cancelled(&self) -> Cancelled<'_> {
+        self.inner.cancelled()
+    }
 }
 
 /// The signal a [`CancelToken`] shares, for an owner that does not share it: held in place
@@ -269,6 +295,20 @@ mod tests {
         t.cancel();
         h.join().unwrap();
         assert!(t.is_cancelled());
+    }
+
+    #[test]
+    fn a_watch_sees_its_tokens_cancel() {
+        let t = CancelToken::new();
+        let w = t.watch();
+        let w2 = w.clone();
+        assert!(!w.is_cancelled());
+        let h = std::thread::spawn(move || block_on(w2.cancelled()));
+        t.cancel();
+        h.join().unwrap();
+        assert!(w.is_cancelled());
+        // A watch made after the cancel sees it too.
+        assert!(t.watch().is_cancelled());
     }
 
     #[test]

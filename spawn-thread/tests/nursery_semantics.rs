@@ -240,3 +240,73 @@ fn a_result_can_be_awaited_by_several_handles() {
         .expect("clean");
     });
 }
+
+/// A body whose wait the teardown ended, ready at the same poll as the teardown: its error is
+/// the teardown's consequence and not a failure of its own; the child's failure that started
+/// the teardown is what the nursery reports. (Built without a timing window: the body's wait
+/// is the teardown itself, so both are ready whenever the nursery task wakes.)
+#[test]
+fn a_body_error_the_teardown_caused_is_not_reported_as_the_bodys_failure() {
+    bounded(
+        "a_body_error_the_teardown_caused_is_not_reported_as_the_bodys_failure",
+        || {
+            for closed in [true, false] {
+                let err = run_root(config(), |n| async move {
+                    let f = Factory;
+                    n.run_in_actor(
+                        "failing",
+                        f.backend(),
+                        "testfns:fail",
+                        "boom".into(),
+                        f.spec(),
+                    )
+                    .await?;
+                    n.tearing_down().cancelled().await;
+                    // What a call to a child, or a start, returns once the teardown began.
+                    let e: Error = if closed {
+                        harrow_runtime_core::portal::Error::Closed("the link was shut".into())
+                            .into()
+                    } else {
+                        Error::NurseryClosed
+                    };
+                    Err::<(), _>(e.into())
+                })
+                .expect_err("the child failed");
+                assert!(err.body_error().is_none(), "closed={closed}: {err}");
+                assert_eq!(err.failures().len(), 1, "{err}");
+                let remote = err.failures()[0].remote_error().expect("the child raised");
+                assert_eq!(remote.message, "boom", "{err}");
+            }
+        },
+    );
+}
+
+/// A body that fails on its own while the nursery tears down: both failures are reported.
+#[test]
+fn a_body_failure_during_the_teardown_is_reported_with_the_childs() {
+    bounded(
+        "a_body_failure_during_the_teardown_is_reported_with_the_childs",
+        || {
+            let err = run_root(config(), |n| async move {
+                let f = Factory;
+                n.run_in_actor(
+                    "failing",
+                    f.backend(),
+                    "testfns:fail",
+                    "boom".into(),
+                    f.spec(),
+                )
+                .await?;
+                n.tearing_down().cancelled().await;
+                Err::<(), _>("the body's own failure".into())
+            })
+            .expect_err("both failed");
+            assert_eq!(
+                err.body_error().map(|e| e.to_string()),
+                Some("the body's own failure".to_owned()),
+                "{err}"
+            );
+            assert_eq!(err.failures().len(), 1, "{err}");
+        },
+    );
+}

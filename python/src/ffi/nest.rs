@@ -154,10 +154,7 @@ unsafe fn native_nest_body(
                     harrow_error(shared, "internal: a nursery scope needs a nursery")
                 };
             };
-            job.push_scope(Scope {
-                token: n.cancel_token().clone(),
-                deadline: None,
-            });
+            job.push_scope(n.scope());
             // SAFETY: GIL held.
             return unsafe { none() };
         }
