@@ -123,11 +123,34 @@ struct QueueState {
     closed: bool,
     /// The receiving half was dropped: sends fail.
     rx_gone: bool,
-    /// A receiver waiting for a message.
+    /// The waker the receiver last registered. It stays here after a wake-up (which is a
+    /// `wake_by_ref` of the sender's own clone, see [`SendSide::waker`]): a receiver that waits
+    /// again with the same waker only sets `waiting`, and no thread writes the waker's counts.
     waker: Option<Waker>,
-    /// The CPU the receiver ran on when it last registered `waker`, where known (kept for a
-    /// queue that wakes early only).
+    /// The receiver waits for a message: the next wake-up is due to `waker`.
+    waiting: bool,
+    /// The CPU the receiver ran on when it last waited, where known (kept for a queue that
+    /// wakes early only).
     waiter_cpu: Option<usize>,
+}
+
+impl QueueState {
+    /// If the receiver waits, marks it woken and makes `side` hold its waker (a clone, kept
+    /// from one wake-up to the next while the receiver keeps the same waker); true then, and the
+    /// caller wakes `side`'s waker once it has let go of the queue's lock. The waker `side` held
+    /// before, if it was replaced, goes in `replaced`, to be dropped outside the lock.
+    fn claim_waiter(&mut self, side: &mut SendSide, replaced: &mut Option<Waker>) -> bool {
+        if !std::mem::take(&mut self.waiting) {
+            return false;
+        }
+        let Some(waker) = self.waker.as_ref() else {
+            return false;
+        };
+        if !side.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *replaced = side.waker.replace(waker.clone());
+        }
+        true
+    }
 }
 
 impl Queue {
@@ -144,29 +167,37 @@ impl Queue {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Pushes `msg`; returns the receiver's waker when `wake` and one is waiting.
-    fn push(&self, msg: Msg, wake: bool) -> Result<Option<Waker>, SendError> {
+    /// Pushes `msg`, without waking the receiver.
+    fn push_quietly(&self, msg: Msg) -> Result<(), SendError> {
         let mut st = self.lock();
         if st.closed || st.rx_gone {
             return Err(SendError::Closed(Box::new(msg)));
         }
         st.msgs.push_back(msg);
-        Ok(if wake { st.waker.take() } else { None })
+        Ok(())
     }
 
-    fn wake(&self) {
-        // Take the waker under the lock, wake it after releasing the lock.
-        let waker = self.lock().waker.take();
-        if let Some(waker) = waker {
-            waker.wake();
+    /// Wakes a waiting receiver through `side`'s waker.
+    fn wake(&self, side: &mut SendSide) {
+        let mut replaced = None;
+        let claimed = self.lock().claim_waiter(side, &mut replaced);
+        drop(replaced);
+        if claimed {
+            side.wake();
         }
     }
 
-    /// Moves `msgs` into the queue under one lock, in order, and wakes a waiting receiver when
-    /// `wake`, or early (see [`pair_waking_early`]). If the queue is shut, the first message
-    /// comes back in the error and the rest stay in `msgs`.
-    fn push_all(&self, msgs: &mut VecDeque<Msg>, wake: bool) -> Result<(), SendError> {
-        let (waker, early) = {
+    /// Moves `msgs` into the queue under one lock, in order, and wakes a waiting receiver
+    /// (through `side`'s waker) when `wake`, or early (see [`pair_waking_early`]). If the queue
+    /// is shut, the first message comes back in the error and the rest stay in `msgs`.
+    fn push_all(
+        &self,
+        msgs: &mut VecDeque<Msg>,
+        side: &mut SendSide,
+        wake: bool,
+    ) -> Result<(), SendError> {
+        let mut replaced = None;
+        let (claimed, early) = {
             let mut st = self.lock();
             if st.closed || st.rx_gone {
                 return match msgs.pop_front() {
@@ -181,21 +212,23 @@ impl Queue {
                 st.msgs.extend(msgs.drain(..));
             }
             if wake {
-                (st.waker.take(), false)
+                (st.claim_waiter(side, &mut replaced), false)
             } else {
                 let early = self.early > 0
-                    && st.waker.is_some()
+                    && st.waiting
                     && st.msgs.len() >= self.early
                     && apart(st.waiter_cpu, crate::park::spin::this_cpu());
-                (None, early)
+                (false, early)
             }
         };
+        drop(replaced);
         // Whether the machine is crowded may take a look at `/proc` now and then: not under
-        // the lock. The receiver may have been woken meanwhile; `wake` then finds no waker.
-        if let Some(waker) = waker {
-            waker.wake();
+        // the lock. The receiver may have been woken meanwhile; `wake` then finds it not
+        // waiting.
+        if claimed {
+            side.wake();
         } else if early && (self.may_wake_early)() {
-            self.wake();
+            self.wake(side);
         }
         Ok(())
     }
@@ -206,13 +239,37 @@ impl Queue {
     }
 }
 
+/// What a sending half keeps on its own side of the queue, under a lock the receiver never
+/// takes.
+#[derive(Debug, Default)]
+struct SendSide {
+    /// For a queue that wakes early: what [`send_now`](SendHalf::send_now) handed over and is
+    /// not yet in the queue, in order (see [`pair_waking_early`]).
+    gathered: VecDeque<Msg>,
+    /// A clone of the receiver's waker, made at the first wake-up that found it waiting and
+    /// kept while the receiver registers the same one. A wake-up is then a `wake_by_ref` of
+    /// it: taking the queue's waker out and waking it by value made the receiver clone it
+    /// again at its next wait, so every message moved the waker's reference counts between the
+    /// two threads' CPUs (one cache line there and back, on each side's path).
+    waker: Option<Waker>,
+}
+
+impl SendSide {
+    fn wake(&self) {
+        if let Some(waker) = &self.waker {
+            waker.wake_by_ref();
+        }
+    }
+}
+
 /// The sending half of a [`pair`] end.
 #[derive(Debug)]
 pub struct MemTx {
     q: Arc<Queue>,
-    /// For a queue that wakes early: what [`send_now`](SendHalf::send_now) handed over and is
-    /// not yet in the queue, in order (see [`pair_waking_early`]).
-    gathered: Option<Mutex<VecDeque<Msg>>>,
+    side: Mutex<SendSide>,
+    /// Whether [`send_now`](SendHalf::send_now) gathers on this side (a queue that wakes
+    /// early), rather than pushing into the queue at once.
+    gathers: bool,
     /// How many gathered messages go into the queue together: the queue's `early`, kept here
     /// because the queue's own fields share a cache line with its lock, which the receiver
     /// takes (reading them per message cost the thread stream echo about a fifth of its speed).
@@ -221,37 +278,42 @@ pub struct MemTx {
 
 impl MemTx {
     fn new(q: Arc<Queue>) -> MemTx {
-        let gathered = (q.early > 0).then(Mutex::default);
+        let gathers = q.early > 0;
         let batch = q.early;
-        MemTx { q, gathered, batch }
+        MemTx {
+            q,
+            side: Mutex::default(),
+            gathers,
+            batch,
+        }
     }
 
-    /// The messages gathered and not yet in the queue, locked; `None` for a plain pair.
-    fn gathered(&self) -> Option<MutexGuard<'_, VecDeque<Msg>>> {
-        let gathered = self.gathered.as_ref()?;
-        Some(gathered.lock().unwrap_or_else(|p| p.into_inner()))
+    /// This half's own side of the queue, locked.
+    fn side(&self) -> MutexGuard<'_, SendSide> {
+        self.side.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn try_send(&self, msg: Msg) -> Result<(), SendError> {
-        if let Some(mut gathered) = self.gathered() {
-            // Behind what was gathered, all woken for at once.
-            gathered.push_back(msg);
-            return self.q.push_all(&mut gathered, true);
+        let mut side = self.side();
+        // Behind what was gathered (nothing, for a plain pair), all woken for at once.
+        let mut msgs = std::mem::take(&mut side.gathered);
+        msgs.push_back(msg);
+        let result = self.q.push_all(&mut msgs, &mut side, true);
+        if result.is_ok() {
+            // The queue's old buffer, or this one, emptied: kept for the next gathering.
+            side.gathered = msgs;
         }
-        if let Some(waker) = self.q.push(msg, true)? {
-            waker.wake();
-        }
-        Ok(())
+        result
     }
 
     fn disconnect(&self) {
         // What was handed over before the close is delivered before it (were the receiver
-        // gone, it would go with the queue anyway); the gathering lock is held across the
-        // close, so a `send_now` on another thread either comes before it or fails.
-        let mut gathered = self.gathered();
-        if let Some(gathered) = gathered.as_mut() {
-            let _ = self.q.push_all(gathered, false);
-            gathered.clear();
+        // gone, it would go with the queue anyway); this side's lock is held across the close,
+        // so a `send_now` on another thread either comes before it or fails.
+        let mut side = self.side();
+        let mut gathered = std::mem::take(&mut side.gathered);
+        if !gathered.is_empty() {
+            let _ = self.q.push_all(&mut gathered, &mut side, false);
         }
         let waker = {
             let mut st = self.q.lock();
@@ -259,7 +321,9 @@ impl MemTx {
                 return;
             }
             st.closed = true;
+            st.waiting = false;
             self.q.mark_shut();
+            // Woken whether it waits or not: a close is looked at once.
             st.waker.take()
         };
         if let Some(waker) = waker {
@@ -279,31 +343,19 @@ impl SendHalf for MemTx {
         &'a self,
         msgs: &'a mut VecDeque<Msg>,
     ) -> BoxFuture<'a, Result<(), SendError>> {
-        // Behind what was gathered: both go in under one lock of the queue.
-        if let Some(mut gathered) = self.gathered() {
-            gathered.extend(msgs.drain(..));
-            let result = self.q.push_all(&mut gathered, true);
-            // A shut queue: the messages not delivered go back to the caller, as below.
-            msgs.extend(gathered.drain(..));
+        let mut side = self.side();
+        if side.gathered.is_empty() {
+            // One lock and one wake-up for the whole batch.
+            let result = self.q.push_all(msgs, &mut side, true);
             return Box::pin(std::future::ready(result));
         }
-        // One lock and one wake-up for the whole batch.
-        let (result, waker) = {
-            let mut st = self.q.lock();
-            if st.closed || st.rx_gone {
-                let result = match msgs.pop_front() {
-                    Some(msg) => Err(SendError::Closed(Box::new(msg))),
-                    None => Ok(()),
-                };
-                (result, None)
-            } else {
-                st.msgs.extend(msgs.drain(..));
-                (Ok(()), st.waker.take())
-            }
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        // Behind what was gathered: both go in under one lock of the queue, with one wake-up.
+        let mut all = std::mem::take(&mut side.gathered);
+        all.extend(msgs.drain(..));
+        let result = self.q.push_all(&mut all, &mut side, true);
+        // A shut queue: the messages not delivered go back to the caller.
+        msgs.extend(all.drain(..));
+        side.gathered = all;
         Box::pin(std::future::ready(result))
     }
 
@@ -316,35 +368,37 @@ impl SendHalf for MemTx {
     }
 
     fn send_now(&self, msg: Msg) -> Result<(), SendError> {
-        let Some(mut gathered) = self.gathered() else {
+        if !self.gathers {
             // A plain pair: in the queue at once, woken for at the flush.
-            return self.q.push(msg, false).map(drop);
-        };
+            return self.q.push_quietly(msg);
+        }
+        let mut side = self.side();
         if self.q.shut.0.load(Ordering::Acquire) {
             return Err(SendError::Closed(Box::new(msg)));
         }
-        gathered.push_back(msg);
-        if gathered.len() >= self.batch {
-            if let Err(e) = self.q.push_all(&mut gathered, false) {
-                // Shut meanwhile: the peer is gone, and so is what was gathered for it.
-                gathered.clear();
-                return Err(e);
-            }
+        side.gathered.push_back(msg);
+        if side.gathered.len() >= self.batch {
+            let mut gathered = std::mem::take(&mut side.gathered);
+            let result = self.q.push_all(&mut gathered, &mut side, false);
+            // Shut meanwhile: the peer is gone, and so is what was gathered for it.
+            gathered.clear();
+            side.gathered = gathered;
+            result?;
         }
         Ok(())
     }
 
     fn flush_now(&self) {
-        if let Some(mut gathered) = self.gathered() {
-            if !gathered.is_empty() {
-                // A shut queue: the peer is gone, and so is what was gathered for it.
-                if self.q.push_all(&mut gathered, true).is_err() {
-                    gathered.clear();
-                }
-                return;
-            }
+        let mut side = self.side();
+        if !side.gathered.is_empty() {
+            let mut gathered = std::mem::take(&mut side.gathered);
+            // A shut queue: the peer is gone, and so is what was gathered for it.
+            let _ = self.q.push_all(&mut gathered, &mut side, true);
+            gathered.clear();
+            side.gathered = gathered;
+            return;
         }
-        self.q.wake();
+        self.q.wake(&mut side);
     }
 }
 
@@ -370,6 +424,8 @@ impl MemRx {
         }
         let mut st = self.q.lock();
         if !st.msgs.is_empty() {
+            // A wait registered before stays registered (as a waker would in any future that
+            // found its value without waiting): the next send wakes it.
             std::mem::swap(&mut st.msgs, &mut self.buf);
             drop(st);
             return self.buf.pop_front().map(Ok);
@@ -382,6 +438,7 @@ impl MemRx {
                 Some(old) if old.will_wake(waker) => {}
                 _ => st.waker = Some(waker.clone()),
             }
+            st.waiting = true;
             if self.q.early > 0 {
                 st.waiter_cpu = crate::park::spin::this_cpu();
             }
@@ -434,6 +491,7 @@ impl Drop for MemRx {
             st.rx_gone = true;
             self.q.mark_shut();
             st.waker = None;
+            st.waiting = false;
             std::mem::take(&mut st.msgs)
         };
         drop(queued);
@@ -526,6 +584,56 @@ mod tests {
             assert!(rx.poll_next(Some(&Waker::from(count))).is_none());
             let cpu = crate::park::spin::this_cpu();
             assert_eq!(q.lock().waiter_cpu.is_some(), recorded && cpu.is_some());
+        }
+    }
+
+    /// Each wake-up of a waiting receiver, through `send` (`flush` false) or `send_now` and a
+    /// flush, of a plain pair and a gathering one.
+    #[test]
+    fn a_waiting_receiver_is_woken_in_place_once_per_send_and_not_when_it_does_not_wait() {
+        for early in [0, 4] {
+            for flush in [false, true] {
+                let q = Arc::new(Queue::new(early, || true));
+                let tx = MemTx::new(q.clone());
+                let mut rx = MemRx {
+                    q: q.clone(),
+                    buf: VecDeque::new(),
+                };
+                let send = |i| {
+                    if flush {
+                        tx.send_now(stop(i)).unwrap();
+                        tx.flush_now();
+                    } else {
+                        block_on(tx.send(stop(i))).unwrap();
+                    }
+                };
+                let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+                let waker = Waker::from(count.clone());
+                let wakes = || count.0.load(std::sync::atomic::Ordering::SeqCst);
+                let held = Arc::strong_count(&count);
+                for i in 0..100 {
+                    assert!(rx.poll_next(Some(&waker)).is_none());
+                    send(i);
+                    assert_eq!(wakes(), i as usize + 1);
+                    // Woken in place: the queue keeps its clone, and the sender one of its
+                    // own; no clone is made or dropped per message.
+                    assert_eq!(Arc::strong_count(&count), held + 2);
+                    assert_eq!(rx.poll_next(Some(&waker)).unwrap().unwrap(), stop(i));
+                }
+                // Woken once, a receiver is not woken again before it waits again.
+                send(100);
+                assert_eq!(wakes(), 100);
+                assert_eq!(rx.poll_next(Some(&waker)).unwrap().unwrap(), stop(100));
+                // A receiver that waits with another waker: that one is woken, and the first
+                // one's clones are let go.
+                let other = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+                assert!(rx.poll_next(Some(&Waker::from(other.clone()))).is_none());
+                send(101);
+                assert_eq!(other.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+                assert_eq!(wakes(), 100);
+                assert_eq!(Arc::strong_count(&count), held);
+                assert_eq!(rx.poll_next(None).unwrap().unwrap(), stop(101));
+            }
         }
     }
 
