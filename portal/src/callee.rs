@@ -356,6 +356,12 @@ impl CalleeContext {
         self.chan.lock().cancelled_by.is_some()
     }
 
+    /// Who cancelled this call, once a cancel has arrived (this actor, when the link itself
+    /// closed or broke).
+    pub fn cancelled_by(&self) -> Option<ActorId> {
+        self.chan.lock().cancelled_by.clone()
+    }
+
     /// Resolves when a cancel for this call arrives, with the canceller. (When the link itself
     /// closes or breaks, the canceller is this actor.)
     ///

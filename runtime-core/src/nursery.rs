@@ -648,9 +648,9 @@ impl Drop for TeardownOnDrop {
 /// `run_in_actor` children, then cancels the children still running (actors started with
 /// `start_actor` live until then). The first failure (body error, failing call, crashed child)
 /// cancels the body and every other child; all failures come back together in a
-/// [`NurseryError`]. A body error that the teardown itself caused (a call to a child ended
-/// as cancelled or closed, a child refused, once the teardown had started) is not one of
-/// them: the failure that started the teardown is.
+/// [`NurseryError`]. A body error that a cancel itself caused (a call ended as cancelled or
+/// closed, a child refused, once the teardown had started or the call holding the nursery was
+/// cancelled) is not one of them: the failure that started the teardown is, or the cancel.
 pub async fn open_nursery<T, F, Fut>(body: F) -> std::result::Result<T, NurseryError>
 where
     F: FnOnce(ActorNursery) -> Fut,
@@ -699,15 +699,27 @@ where
         })
         .or(async { Ended::CallCancelled(call_cancelled.await) })
         .await;
+    // The body is looked at first. When it ended with an error that a cancel brings about (a
+    // call cancelled or closed, no new child) and that cancel has come, the body did not fail:
+    // it was cancelled, by the call that holds the nursery (whose cancel also ends the body's
+    // waits on that call's own stream) or by the nursery's teardown (whose failure is reported;
+    // as for a child's call in `run_in_actor`, its consequences are not).
+    let outcome = match outcome {
+        Ended::Body(Err(e)) if teardown_consequence(&e) => {
+            if let Some(by) = call.as_ref().and_then(|c| c.cancelled_by()) {
+                tracing::debug!(error = %e, "the nursery body ended with its call's cancel");
+                Ended::CallCancelled(by)
+            } else if nursery.inner.cancel.is_cancelled() {
+                tracing::debug!(error = %e, "the nursery body ended with its teardown");
+                Ended::Cancelled
+            } else {
+                Ended::Body(Err(e))
+            }
+        }
+        other => other,
+    };
     let value = match outcome {
         Ended::Body(Ok(v)) => Some(v),
-        // The body and the teardown were both ready at this poll, and the body's error is what
-        // the teardown does to its waits: the failure that started the teardown is reported,
-        // this consequence of it is not (as for a child's call, in `run_in_actor`).
-        Ended::Body(Err(e)) if nursery.inner.cancel.is_cancelled() && teardown_consequence(&e) => {
-            tracing::debug!(error = %e, "the nursery body ended with its teardown; not a failure");
-            None
-        }
         Ended::Body(Err(e)) => {
             tracing::debug!(error = %e, "nursery body failed; cancelling children");
             nursery.state().body = Some(e);

@@ -310,3 +310,44 @@ fn a_body_failure_during_the_teardown_is_reported_with_the_childs() {
         },
     );
 }
+
+/// A nursery's body that waits on its own call's stream when the call is cancelled: the cancel
+/// ends the body's `recv` and the call's cancel together, and the body is looked at first. Its
+/// error is the cancel's consequence, so the call answers as cancelled (naming the canceller),
+/// not with a group holding the cancel as the body's failure.
+#[test]
+fn a_cancel_that_ends_a_nursery_bodys_stream_is_reported_as_the_cancel() {
+    bounded(
+        "a_cancel_that_ends_a_nursery_bodys_stream_is_reported_as_the_cancel",
+        || {
+            run_root(config(), |n| async move {
+                let f = Factory;
+                let child = n.start_actor("callee", f.backend(), f.spec()).await?;
+                for round in 0..20 {
+                    let (mut ctx, _) = child
+                        .open_context("testfns:ctx_echo_in_nursery", Value::Null)
+                        .await?;
+                    let mut stream = ctx.open_stream().await?;
+                    stream.send(Value::Int(round)).await?;
+                    assert_eq!(stream.recv().await?, Some(Value::Int(round)));
+                    ctx.cancel()
+                        .await
+                        .unwrap_or_else(|e| panic!("round {round}: cancel() got {e:?}"));
+                    let err = ctx
+                        .result()
+                        .await
+                        .expect_err("a cancelled call has no result");
+                    assert!(err.is_cancelled(), "round {round}: {err:?}");
+                    assert_eq!(err.canceller(), Some(n.actor().id()), "{err}");
+                }
+                // The actor is fine afterwards.
+                assert_eq!(
+                    child.run("testfns:echo", Value::Int(3)).await?,
+                    Value::Int(3)
+                );
+                Ok(())
+            })
+            .expect("a clean nursery");
+        },
+    );
+}

@@ -65,6 +65,10 @@ pub const CTX_STREAM_BEFORE_STARTED: ContextEndpoint<(), (), (), (), ()> =
 /// `ctx_echo()`: `started(None)`, echoes every item until the caller stops; returns the count.
 pub const CTX_ECHO: ContextEndpoint<(), (), Value, Value, i64> =
     ContextEndpoint::new("testfns:ctx_echo");
+/// `ctx_echo_in_nursery()`: `ctx_echo` whose echo loop is the body of a nursery (without
+/// children), so that a cancel of the call reaches the loop's `recv` and the nursery together.
+pub const CTX_ECHO_IN_NURSERY: ContextEndpoint<(), (), Value, Value, i64> =
+    ContextEndpoint::new("testfns:ctx_echo_in_nursery");
 /// `ctx_produce(n)`: `started(None)`, sends `0..n`, closes; returns `n`.
 pub const CTX_PRODUCE: ContextEndpoint<i64, (), (), i64, i64> =
     ContextEndpoint::new("testfns:ctx_produce");
@@ -207,6 +211,21 @@ fn register(
             n += 1;
         }
         stream.close().await?;
+        Ok(n)
+    })?;
+    r.serve_context(CTX_ECHO_IN_NURSERY, |ctx, ()| async move {
+        ctx.started(&()).await?;
+        let mut stream = ctx.open_stream().await?;
+        let n = open_nursery(|_n| async move {
+            let mut n = 0;
+            while let Some(item) = stream.recv().await? {
+                stream.send(&item).await?;
+                n += 1;
+            }
+            stream.close().await?;
+            Ok(n)
+        })
+        .await?;
         Ok(n)
     })?;
     r.serve_context(CTX_PRODUCE, |ctx, n| async move {
