@@ -769,6 +769,32 @@ impl Stream for PoolMap {
     }
 }
 
+/// What a worker's call came to, as its item's result: `None` when the worker died under the
+/// call (the item is run again, or reported as `WorkerDied`). `stopping`: the pool or its
+/// nursery is tearing down; `worker_alive`: the worker's link is open and it has not ended.
+fn call_outcome(
+    r: std::result::Result<Value, harrow_portal::Error>,
+    stopping: bool,
+    worker_alive: bool,
+) -> Option<std::result::Result<Value, PoolError>> {
+    match r {
+        Ok(v) => Some(Ok(v)),
+        // A consequence of the pool's or the nursery's teardown.
+        Err(e) if stopping && (e.is_cancelled() || e.is_closed()) => {
+            Some(Err(PoolError::Cancelled))
+        }
+        // What the function raised is the worker's answer, even when the worker has gone by the
+        // time it is looked at (it crashed right after, or the teardown finished meanwhile):
+        // neither a cancellation nor a reason to run the item again.
+        Err(e) if worker_alive || (e.is_remote() && !e.is_cancelled()) => {
+            Some(Err(PoolError::Call(e)))
+        }
+        Err(_) if stopping => Some(Err(PoolError::Cancelled)),
+        // The worker died under the call.
+        Err(_) => None,
+    }
+}
+
 /// One worker slot: takes items from the queue and runs them on its actor, replacing the actor
 /// when it dies.
 async fn work(shared: &Shared, nursery: &ActorNursery, slot: usize, worker: ChildHandle) {
@@ -882,17 +908,11 @@ async fn work_loop(
                     };
                     match r {
                         None => Some(Err(PoolError::Cancelled)),
-                        Some(Ok(v)) => Some(Ok(v)),
-                        // A consequence of the pool's or the nursery's teardown.
-                        Some(Err(e)) if stopping() && (e.is_cancelled() || e.is_closed()) => {
-                            Some(Err(PoolError::Cancelled))
-                        }
-                        Some(Err(e)) if !worker.portal().is_closed() && !worker.has_ended() => {
-                            Some(Err(PoolError::Call(e)))
-                        }
-                        Some(Err(_)) if stopping() => Some(Err(PoolError::Cancelled)),
-                        // The worker died under the call.
-                        Some(Err(_)) => None,
+                        Some(r) => call_outcome(
+                            r,
+                            stopping(),
+                            !worker.portal().is_closed() && !worker.has_ended(),
+                        ),
                     }
                 }
                 None => None,
@@ -1117,4 +1137,69 @@ async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
     out.into_iter()
         .map(|o| o.expect("every future finished"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harrow_ipc::{ErrorKind, RemoteError};
+
+    fn raised() -> harrow_portal::Error {
+        harrow_portal::Error::Remote(Box::new(RemoteError::new(
+            ErrorKind::Raised,
+            "ValueError",
+            "bad item",
+            ActorId::new("worker"),
+        )))
+    }
+
+    fn cancelled() -> harrow_portal::Error {
+        let mut e = RemoteError::new(
+            ErrorKind::Cancelled,
+            "ContextCancelled",
+            "cancelled",
+            ActorId::new("worker"),
+        );
+        e.canceller = Some(ActorId::new("root"));
+        harrow_portal::Error::Remote(Box::new(e))
+    }
+
+    fn closed() -> harrow_portal::Error {
+        harrow_portal::Error::Closed("the worker's link broke".into())
+    }
+
+    #[test]
+    fn what_a_worker_raised_is_its_answer_even_once_it_is_gone() {
+        for stopping in [false, true] {
+            for alive in [false, true] {
+                let r = call_outcome(Err(raised()), stopping, alive);
+                assert!(
+                    matches!(&r, Some(Err(PoolError::Call(e))) if e.remote_error().is_some_and(|r| r.message == "bad item")),
+                    "stopping={stopping} alive={alive}: {r:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_teardown_and_a_dead_worker_are_told_apart() {
+        // The teardown's consequences are the pool's cancel.
+        for e in [cancelled(), closed()] {
+            assert!(matches!(
+                call_outcome(Err(e), true, true),
+                Some(Err(PoolError::Cancelled))
+            ));
+        }
+        // Not stopping: a closed link of a gone worker is its death (the item runs again) ...
+        assert!(call_outcome(Err(closed()), false, false).is_none());
+        // ... and a cancel nobody in the pool asked for, to a live worker, is the call's failure.
+        assert!(matches!(
+            call_outcome(Err(cancelled()), false, true),
+            Some(Err(PoolError::Call(_)))
+        ));
+        assert!(matches!(
+            call_outcome(Ok(Value::Int(4)), true, false),
+            Some(Ok(Value::Int(4)))
+        ));
+    }
 }
