@@ -235,6 +235,21 @@ fn deadlines(_: &Factory) -> Outcome {
             .expect_err("fail_after raises");
         let remote = err.remote_error().expect("a remote error");
         assert_eq!(remote.type_name, "TimeoutError", "{err}");
+        // A deadline that fired in a block its nursery had cancelled too: the nursery's cancel
+        // goes on (the block does not go on past `move_on_after`), and the nursery reports its
+        // child's failure.
+        let v = py
+            .run(&Factory.func("deadline_in_a_cancelled_block"), Value::Null)
+            .await?;
+        assert_eq!(
+            v,
+            Value::List(vec![
+                Value::Bool(false),
+                Value::Bool(false),
+                Value::List(vec![Value::from("boom")]),
+            ]),
+            "the outer cancel was swallowed by the inner deadline"
+        );
         Ok(())
     });
     Outcome::Passed

@@ -485,7 +485,7 @@ def _before_end():
     _N_POP_SCOPE,
     _N_IDENTITY,
     _N_PEER,
-    _N_CALL_CANCELLED,
+    _N_OUTER_CANCELLED,
     _N_PARENT,
 ) = range(100, 107)
 _N_POLL, _N_ABANDON = 107, 108
@@ -1054,7 +1054,8 @@ class open_nursery:
 class move_on_after:
     """``with harrow.move_on_after(s) as scope:``: the harrow waits in the block end with
     ``Cancelled`` after ``s`` seconds, and the block is left quietly (``scope.cancelled_caught``
-    is then True). A cancel of the call itself goes on."""
+    is then True). A cancel from outside goes on: of the call itself, or of an enclosing scope
+    (a nursery that cancelled its block, an outer deadline) that fired too."""
 
     __slots__ = ("seconds", "cancelled_caught")
 
@@ -1071,7 +1072,7 @@ class move_on_after:
         return (
             fired
             and isinstance(exc, Cancelled)
-            and not _nest(_N_CALL_CANCELLED, None, None)
+            and not _nest(_N_OUTER_CANCELLED, None, None)
         )
 
     def __exit__(self, exc_type, exc, tb):

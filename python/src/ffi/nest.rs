@@ -42,8 +42,9 @@ const POP_SCOPE: i64 = 102;
 const IDENTITY: i64 = 103;
 /// `[name, uid, backend, is_parent]` of a portal's peer (target: the portal).
 const PEER: i64 = 104;
-/// Whether the running call itself has been cancelled.
-const CALL_CANCELLED: i64 = 105;
+/// Whether a cancel from outside a scope just popped applies: the running call itself was
+/// cancelled, or one of its scopes still open (an outer one) fired.
+const OUTER_CANCELLED: i64 = 105;
 /// The portal to this actor's parent, or None.
 const PARENT: i64 = 106;
 /// Polls a pending operation of an async call (target: its capsule) -> None while it runs,
@@ -179,8 +180,8 @@ unsafe fn native_nest_body(
             // SAFETY: GIL held; a new reference to a bool.
             return unsafe { ffi::PyBool_FromLong(std::ffi::c_long::from(fired)) };
         }
-        CALL_CANCELLED => {
-            let c = job.is_cancelled();
+        OUTER_CANCELLED => {
+            let c = job.is_cancelled() || job.scope_fired();
             // SAFETY: GIL held; a new reference to a bool.
             return unsafe { ffi::PyBool_FromLong(std::ffi::c_long::from(c)) };
         }

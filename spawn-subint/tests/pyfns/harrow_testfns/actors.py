@@ -249,6 +249,29 @@ def move_on(ms):
         return scope.cancelled_caught
 
 
+def deadline_in_a_cancelled_block(v=None):
+    """deadline_in_a_cancelled_block(): in a nursery whose child fails, the block first sees that
+    cancel (a wait ends with ``Cancelled``, caught), then waits under ``move_on_after(0)``: that
+    wait's ``Cancelled`` comes from both the deadline and the nursery, and the outer cancel wins
+    (it goes on out of ``move_on_after``). -> [whether the code after ``move_on_after`` ran,
+    ``scope.cancelled_caught``, the nursery error's members' messages]."""
+    scope = harrow.move_on_after(0)
+    went_on = False
+    try:
+        with harrow.open_nursery() as n:
+            n.run_in_actor(_fn("fail"), "boom", name="failing")
+            try:
+                harrow.sleep(60)
+            except harrow.Cancelled:
+                pass
+            with scope:
+                harrow.sleep(60)
+            went_on = True
+    except harrow.NurseryError as e:
+        return [went_on, scope.cancelled_caught, sorted(m.message for m in e.exceptions)]
+    return [went_on, scope.cancelled_caught, []]
+
+
 def fail_after(ms):
     """fail_after(ms): a 60 s harrow.sleep under fail_after(ms): raises TimeoutError."""
     with harrow.fail_after(int(ms) / 1000.0):
