@@ -370,6 +370,26 @@ fn context_generator_and_stream_end() -> Result<()> {
         list([Value::Int(9), s("end")])
     );
 
+    // A failure inside `with ctx.open_stream()` leaves the stream open: the caller reads the
+    // failure, never an end of stream first.
+    let (host, ends) = chan_host();
+    let fut = h.call(
+        FnPath::parse("harrow_testfns:ctx_fail_in_stream")?,
+        CallKind::Context,
+        Value::Null,
+        Some(host),
+    );
+    let err = bounded(BOUND, fut)?.unwrap_err();
+    assert!(err.to_string().contains("mid-stream"), "{err}");
+    assert_eq!(
+        ends.from_py.try_iter().collect::<Vec<_>>(),
+        vec![Value::Int(1)]
+    );
+    assert!(
+        ends.closed.try_recv().is_err(),
+        "the failing side closed its stream: an end of stream before the failure"
+    );
+
     // started twice is an error raised in Python (harrow.HarrowError).
     let (host, _ends) = chan_host();
     let fut = h.call(

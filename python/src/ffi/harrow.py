@@ -152,7 +152,10 @@ class Stream:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self.close()
+        # Closed only when the block ended normally: a close is the end of the stream, and a
+        # block that raised did not finish (the call's failure reaches the caller instead).
+        if exc is None:
+            self.close()
         return False
 
 
@@ -845,8 +848,12 @@ class PortalStream:
     async def __aenter__(self):
         return self
 
+    # Closed only when the block ended normally: a close is the end of the stream, and a block
+    # that raised did not finish (the context is cancelled when its own block ends so). Nor does
+    # a failing close then replace the block's exception.
     async def __aexit__(self, exc_type, exc, tb):
-        await self.close()
+        if exc is None:
+            await self.close()
         return False
 
     def __iter__(self):
@@ -862,7 +869,8 @@ class PortalStream:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self.close()
+        if exc is None:
+            self.close()
         return False
 
 

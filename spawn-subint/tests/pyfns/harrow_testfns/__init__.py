@@ -158,6 +158,16 @@ def ctx_recv_after_end(ctx):
     return items
 
 
+def ctx_fail_in_stream(ctx):
+    """started(None), sends 1 inside ``with ctx.open_stream()``, then raises ValueError there: the
+    stream must not be closed (a close is the end of the stream, and the caller would read it
+    as the callee having finished)."""
+    ctx.started(None)
+    with ctx.open_stream() as s:
+        s.send(1)
+        raise ValueError("mid-stream")
+
+
 def ctx_started_twice(ctx):
     ctx.started(1)
     ctx.started(2)
