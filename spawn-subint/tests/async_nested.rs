@@ -286,6 +286,29 @@ fn deadlines(_: &Factory) -> Outcome {
     Outcome::Passed
 }
 
+fn context_block_fails_with_its_cleanup(_: &Factory) -> Outcome {
+    let v = with_py(async |py| {
+        Ok(py
+            .run(
+                &Factory.func("context_block_fails_with_its_cleanup"),
+                Value::Null,
+            )
+            .await?)
+    });
+    assert_eq!(
+        v,
+        Value::List(vec![
+            Value::from("ExceptionGroup"),
+            Value::List(vec![
+                Value::from("the block's own"),
+                Value::from("cleanup failed"),
+            ]),
+        ]),
+        "both failures leave the block"
+    );
+    Outcome::Passed
+}
+
 fn plain_with_is_an_error(_: &Factory) -> Outcome {
     let v = with_py(async |py| {
         Ok(py
@@ -319,6 +342,7 @@ mod async_nested {
         cancel_while_awaiting_result,
         other_calls_go_on,
         deadlines,
+        context_block_fails_with_its_cleanup,
         plain_with_is_an_error,
     );
     use super::Factory;

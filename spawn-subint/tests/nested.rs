@@ -250,8 +250,61 @@ fn deadlines(_: &Factory) -> Outcome {
             ]),
             "the outer cancel was swallowed by the inner deadline"
         );
+        // The block's own exception, raised past the deadline inside a stream block, is not
+        // replaced by the deadline's cancel at the stream's exit.
+        let v = py
+            .run(
+                &Factory.func("error_in_a_stream_block_past_a_deadline"),
+                Value::Null,
+            )
+            .await?;
+        assert_eq!(
+            v,
+            Value::List(vec![Value::from("ValueError"), Value::Bool(false)]),
+            "the block's exception was replaced and swallowed"
+        );
         Ok(())
     });
+    Outcome::Passed
+}
+
+fn context_block_failures(_: &Factory) -> Outcome {
+    let v = with_py(async |py| {
+        Ok(py
+            .run(&Factory.func("context_block_failures"), Value::Null)
+            .await?)
+    });
+    let remote = |msg: &str, source: &str| {
+        Value::List(vec![
+            Value::from("remote"),
+            Value::from("ValueError"),
+            Value::from(msg),
+            Value::from(source),
+        ])
+    };
+    assert_eq!(
+        v,
+        Value::List(vec![
+            // The callee's failure mid-stream ends the caller's loop with that failure, once
+            // (not as an end of stream, nor twice in a group with the context's outcome).
+            Value::List(vec![
+                Value::List(vec![Value::Int(1), Value::Int(2)]),
+                remote("mid-stream", "streamer"),
+            ]),
+            // A block that raised while its callee failed in its cleanup: both, not the
+            // callee's failure in place of the block's exception.
+            Value::List(vec![
+                Value::from("group"),
+                Value::List(vec![
+                    Value::List(vec![
+                        Value::from("ValueError"),
+                        Value::from("the block's own")
+                    ]),
+                    remote("cleanup failed", "cleaner"),
+                ]),
+            ]),
+        ]),
+    );
     Outcome::Passed
 }
 
@@ -344,6 +397,7 @@ mod nested {
         kwargs,
         error_group,
         deadlines,
+        context_block_failures,
         wait_serves_and_cancel_interrupts,
         misuse_is_an_error,
     );

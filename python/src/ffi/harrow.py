@@ -801,13 +801,47 @@ class PortalContext:
             self.result()
         elif self._outcome is None:
             with shield():
-                self.cancel()
+                try:
+                    self.cancel()
+                    self.result()
+                except Exception as err:
+                    _block_and_context_failed(exc, err)
         return False
+
+
+def _carries(exc, err):
+    """Whether ``exc``, or an exception it was raised from or while handling, is the remote
+    failure ``err`` (the block got the callee's failure, from a ``recv`` say, and it went on)."""
+    seen = 0
+    while exc is not None and seen < 64:
+        if isinstance(exc, RemoteError) and exc._harrow_remote == err._harrow_remote:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _block_and_context_failed(exc, err):
+    """A context's block raised ``exc``, and ending the context (its cancel, then its outcome)
+    raised ``err``. The cancel itself adds nothing, nor a failure the block already carries.
+    The callee's own failure is reported with the block's: both in one ``ExceptionGroup`` when
+    ``exc`` is an ``Exception`` (each keeps its source); when it is a cancel of this call or a
+    ``KeyboardInterrupt``, that goes on, with the callee's failure noted on it. Any other
+    failure to end the context (the link closed, the cancel not confirmed in time) is noted on
+    ``exc``, which goes on: it does not replace the block's exception."""
+    if isinstance(err, RemoteError):
+        if err.cancelled or _carries(exc, err):
+            return
+        if isinstance(exc, Exception):
+            raise ExceptionGroup(
+                "the context's block raised, and its callee failed too", [exc, err]
+            ) from None
+    exc.add_note("ending the context failed too: %s" % err)
 
 
 class PortalStream:
     """A context's stream on the caller's side: ``send(v)``, ``recv()`` (raises
-    ``EndOfStream`` at the end), iteration, ``close()``, ``with`` (closes on exit)."""
+    ``EndOfStream`` at the end), iteration, ``close()``, ``with`` (closes on a normal exit)."""
 
     __slots__ = ("_h",)
 
@@ -907,7 +941,15 @@ class _AsyncOpenContext:
         if exc is None:
             await ctx.result()
         elif ctx._outcome is None:
-            await ctx.cancel()
+            try:
+                await ctx.cancel()
+                await ctx.result()
+            except Exception as err:
+                _block_and_context_failed(exc, err)
+            except Cancelled:
+                # The outcome's wait was interrupted (this call, or one of its scopes, was
+                # cancelled): the block's exception goes on.
+                pass
         return False
 
 

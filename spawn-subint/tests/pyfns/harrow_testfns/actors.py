@@ -272,6 +272,75 @@ def deadline_in_a_cancelled_block(v=None):
     return [went_on, scope.cancelled_caught, []]
 
 
+def error_in_a_stream_block_past_a_deadline(v=None):
+    """error_in_a_stream_block_past_a_deadline(): in a context's stream block under
+    ``move_on_after(0.05)``, pure Python runs past the deadline and raises ValueError: the
+    stream's exit must not replace it with the deadline's ``Cancelled`` (which ``move_on_after``
+    would then swallow). -> [the type name of what left ``move_on_after``, or None,
+    ``scope.cancelled_caught``]."""
+    import time
+
+    with harrow.open_nursery() as n:
+        child = n.start_actor("echoer", modules=["harrow_testfns.conformance"])
+        scope = harrow.move_on_after(0.05)
+        try:
+            with scope:
+                with child.open_context("harrow_testfns.conformance:ctx_echo") as (ctx, _):
+                    with ctx.open_stream() as s:
+                        s.send(1)
+                        s.recv()
+                        start = time.monotonic()
+                        while time.monotonic() - start < 0.2:
+                            pass
+                        raise ValueError("the block's own")
+        except ValueError:
+            return ["ValueError", scope.cancelled_caught]
+        return [None, scope.cancelled_caught]
+
+
+def ctx_fail_mid_stream(ctx, v=None):
+    """ctx_fail_mid_stream(): started(None), sends 1 and 2 in its stream, then raises
+    ValueError("mid-stream")."""
+    ctx.started(None)
+    with ctx.open_stream() as s:
+        s.send(1)
+        s.send(2)
+        raise ValueError("mid-stream")
+
+
+def _describe(e):
+    if isinstance(e, BaseExceptionGroup):
+        return ["group", [_describe(m) for m in e.exceptions]]
+    if isinstance(e, harrow.RemoteError):
+        return ["remote", e.type_name, e.message, e.source]
+    return [type(e).__name__, str(e)]
+
+
+def context_block_failures(v=None):
+    """context_block_failures() -> what leaves a context's block in two cases:
+    [the items a caller read from a callee that failed mid-stream, and what left its block;
+    what left a block that raised ValueError while its callee fails in its cancel's cleanup]."""
+    out = []
+    with harrow.open_nursery() as n:
+        child = n.start_actor("streamer")
+        got = []
+        try:
+            with child.open_context(_fn("ctx_fail_mid_stream")) as (ctx, _):
+                with ctx.open_stream() as s:
+                    for item in s:
+                        got.append(item)
+            out.append([got, None])
+        except BaseException as e:
+            out.append([got, _describe(e)])
+        cleaner = n.start_actor("cleaner", modules=["harrow_testfns.conformance"])
+        try:
+            with cleaner.open_context("harrow_testfns.conformance:ctx_cleanup_fails") as (c, _):
+                raise ValueError("the block's own")
+        except BaseException as e:
+            out.append(_describe(e))
+    return out
+
+
 def fail_after(ms):
     """fail_after(ms): a 60 s harrow.sleep under fail_after(ms): raises TimeoutError."""
     with harrow.fail_after(int(ms) / 1000.0):

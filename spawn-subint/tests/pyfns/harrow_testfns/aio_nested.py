@@ -231,3 +231,19 @@ async def cancel_while_awaiting_result(ms):
 
         ended, cancelled = await asyncio.gather(wait(), cancel())
         return [ended, cancelled]
+
+
+async def context_block_fails_with_its_cleanup(v=None):
+    """``async with`` a context whose block raises ValueError while the callee fails in its
+    cancel's cleanup: [the exception type that left the block, its members' messages]. Both
+    failures leave it, in a group; the callee's does not replace the block's."""
+    async with harrow.open_nursery() as n:
+        cleaner = await n.start_actor("acleaner", modules=["harrow_testfns.conformance"])
+        try:
+            async with cleaner.open_context(
+                "harrow_testfns.conformance:ctx_cleanup_fails"
+            ) as (ctx, first):
+                raise ValueError("the block's own")
+        except BaseException as e:
+            members = getattr(e, "exceptions", [e])
+            return [type(e).__name__, [getattr(m, "message", str(m)) for m in members]]
