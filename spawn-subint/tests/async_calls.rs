@@ -40,6 +40,13 @@ fn async_def_returns_and_keeps_one_loop() -> Result<()> {
     assert_eq!(err.to_string(), "ValueError: async boom");
     let remote = err.into_remote(&harrow_ipc::ActorId::new("aio-basic"));
     assert!(remote.traceback.contains("in fail"), "{}", remote.traceback);
+    // An asyncio cancel that is not the call's (user code cancelled a task, or the call's own
+    // task) is the function's failure, never reported as the call's cancellation.
+    for func in ["awaits_a_task_it_cancelled", "cancels_its_own_task"] {
+        let err = call(&h, &f(func), Value::Null)?.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Raised, "{func}: {err}");
+        assert!(err.to_string().contains("CancelledError"), "{func}: {err}");
+    }
     assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }

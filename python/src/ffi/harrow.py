@@ -249,14 +249,27 @@ def _start_task(call, aw):
 def _task_done(task):
     call = _tasks.pop(task, None)
     if call is not None:
-        # (state, value): 0 returned value, 1 cancelled, 2 raised value.
+        # (state, value): 0 returned value, 1 cancelled, 2 raised value. A cancel is the call's
+        # only when the call itself was cancelled: an asyncio cancel of user code's own (a task
+        # it cancelled and awaited, its own task cancelled) is a failure of the function, as a
+        # ``harrow.Cancelled`` that escaped is in a plain call.
         if task.cancelled():
-            state, value = 1, None
+            if _native_call_cancelled(call):
+                state, value = 1, None
+            else:
+                import asyncio
+
+                state = 2
+                value = asyncio.CancelledError(
+                    "the call's task was cancelled, not by a cancel of the call"
+                )
         else:
             exc = task.exception()
             if exc is None:
                 state, value = 0, task.result()
-            elif isinstance(exc, Cancelled) or type(exc).__name__ == "CancelledError":
+            elif (
+                isinstance(exc, Cancelled) or type(exc).__name__ == "CancelledError"
+            ) and _native_call_cancelled(call):
                 state, value = 1, None
             else:
                 state, value = 2, exc

@@ -57,6 +57,22 @@ async def fail():
     raise ValueError("async boom")
 
 
+async def awaits_a_task_it_cancelled():
+    """Awaits a task its own code cancelled: the CancelledError escapes, though nobody cancelled
+    the call (a failure of this function, not a cancellation)."""
+    t = asyncio.ensure_future(asyncio.sleep(60))
+    await asyncio.sleep(0)
+    t.cancel()
+    await t
+
+
+async def cancels_its_own_task():
+    """Cancels the task it runs in: the call's task ends cancelled, though nobody cancelled the
+    call."""
+    asyncio.current_task().cancel()
+    await asyncio.sleep(60)
+
+
 async def agen(n):
     for i in range(n):
         await asyncio.sleep(0)
