@@ -308,6 +308,37 @@ fn context_block_failures(_: &Factory) -> Outcome {
     Outcome::Passed
 }
 
+fn block_and_child_fail(_: &Factory) -> Outcome {
+    let v = with_py(async |py| {
+        Ok(py
+            .run(&Factory.func("block_and_child_fail"), Value::Null)
+            .await?)
+    });
+    let member = |t: &str, msg: &str, source: Option<&str>| {
+        Value::List(vec![
+            Value::from(t),
+            Value::from(msg),
+            source.map_or(Value::Null, Value::from),
+        ])
+    };
+    // Each failure once, with its source: the block's own exception is itself in the group (not
+    // also as a `NurseryBodyError` text), and a RemoteError the block raised keeps its source.
+    assert_eq!(
+        v,
+        Value::List(vec![
+            Value::List(vec![
+                member("ValueError", "child", Some("failing")),
+                member("ValueError", "the block's own", None),
+            ]),
+            Value::List(vec![
+                member("ValueError", "child", Some("failing")),
+                member("ValueError", "relayed", Some("other")),
+            ]),
+        ]),
+    );
+    Outcome::Passed
+}
+
 fn wait_serves_and_cancel_interrupts(_: &Factory) -> Outcome {
     let dir = std::env::temp_dir().join(format!("harrow-nested-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch dir");
@@ -398,6 +429,7 @@ mod nested {
         error_group,
         deadlines,
         context_block_failures,
+        block_and_child_fail,
         wait_serves_and_cancel_interrupts,
         misuse_is_an_error,
     );

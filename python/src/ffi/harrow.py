@@ -629,16 +629,26 @@ class NurseryError(ExceptionGroup):
     and relay path.
     """
 
-    def __new__(cls, remote, extra=()):
+    def __new__(cls, remote, block=None):
         members = [RemoteError(c) for c in remote.get("children") or []]
-        members.extend(extra)
+        if block is not None:
+            # The block's exception crossed to the nursery as text (``body``) and came back as a
+            # ``NurseryBodyError`` member: that member is the exception itself here, once, with
+            # its own type and, for a ``RemoteError``, its source.
+            body, exc = block
+            for i, m in enumerate(members):
+                if m.type_name == "NurseryBodyError" and m.message == body:
+                    members[i] = exc
+                    break
+            else:
+                members.append(exc)
         if not members:
             members = [RemoteError(remote)]
         self = super().__new__(cls, remote.get("message") or "nursery failed", members)
         self._harrow_remote = remote
         return self
 
-    def __init__(self, remote, extra=()):
+    def __init__(self, remote, block=None):
         pass
 
     def derive(self, excs):
@@ -1069,13 +1079,8 @@ class open_nursery:
         try:
             _native_nest(_N_CLOSE_NURSERY, self._h, body)
         except NurseryError as group:
-            extra = (
-                [exc]
-                if isinstance(exc, Exception) and not isinstance(exc, RemoteError)
-                else []
-            )
-            if extra:
-                raise NurseryError(group._harrow_remote, extra) from None
+            if isinstance(exc, Exception):
+                raise NurseryError(group._harrow_remote, (body, exc)) from None
             raise
         return False
 
@@ -1103,13 +1108,8 @@ class open_nursery:
         try:
             await _aop(call, _N_CLOSE_NURSERY, self._h, body)
         except NurseryError as group:
-            extra = (
-                [exc]
-                if isinstance(exc, Exception) and not isinstance(exc, RemoteError)
-                else []
-            )
-            if extra:
-                raise NurseryError(group._harrow_remote, extra) from None
+            if isinstance(exc, Exception):
+                raise NurseryError(group._harrow_remote, (body, exc)) from None
             raise
         return False
 

@@ -341,6 +341,45 @@ def context_block_failures(v=None):
     return out
 
 
+def block_and_child_fail(v=None):
+    """block_and_child_fail() -> the members of the NurseryError of a nursery whose child fails
+    while its block raises too: first a ValueError of its own, then a RemoteError it got from
+    another child's call (each member: [type name, message, source or None], sorted)."""
+    import shutil
+    import tempfile
+    import time
+
+    def describe(m):
+        if isinstance(m, harrow.RemoteError):
+            return [m.type_name, m.message, m.source]
+        return [type(m).__name__, str(m), None]
+
+    out = []
+    for relay in (False, True):
+        d = tempfile.mkdtemp(prefix="harrow-both-")
+        try:
+            with harrow.open_nursery() as n:
+                raised = ValueError("the block's own")
+                if relay:
+                    other = n.start_actor("other")
+                    try:
+                        other.run(_fn("fail"), "relayed")
+                    except harrow.RemoteError as e:
+                        raised = e
+                args = {"dir": d, "n": 1, "msg": "child"}
+                n.run_in_actor(_fn("fail_together"), args, name="failing")
+                # The child is about to fail: raise beside it (pure Python, no harrow wait).
+                give_up = time.monotonic() + 30
+                while _ready(d) < 1 and time.monotonic() < give_up:
+                    time.sleep(0.002)
+                raise raised
+        except harrow.NurseryError as e:
+            out.append(sorted(describe(m) for m in e.exceptions))
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
 def fail_after(ms):
     """fail_after(ms): a 60 s harrow.sleep under fail_after(ms): raises TimeoutError."""
     with harrow.fail_after(int(ms) / 1000.0):
