@@ -17,6 +17,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use harrow_ipc::wait::{Event, wait_until_some};
@@ -1004,16 +1005,26 @@ pub(crate) async fn any_fired(scopes: Vec<Scope>) {
 /// the block must see `Cancelled`, not the end of a call its own cancel brought about. With the
 /// operation looked at first, a Python block awaiting a child's call got the call's failure now
 /// and then under CPU hogs instead of `harrow.Cancelled`.
+///
+/// A fired scope still takes one look at the operation: one that already has its value (an
+/// item it took off a stream, a call that returned) gives it, since dropping it would lose an
+/// item from the stream; the cancel is then raised at the next wait, which looks at the scopes
+/// before it starts. One that failed, or has not ended, gives `Cancelled`.
 pub(crate) async fn or_cancelled<T>(
     scopes: Vec<Scope>,
     op: impl Future<Output = Result<T, Fail>>,
 ) -> Result<T, Fail> {
-    use futures_lite::FutureExt;
-    async {
-        any_fired(scopes).await;
-        Err(Fail::Cancelled)
-    }
-    .or(op)
+    let mut op = std::pin::pin!(op);
+    let mut fired = std::pin::pin!(any_fired(scopes));
+    std::future::poll_fn(|cx| {
+        if fired.as_mut().poll(cx).is_ready() {
+            return match op.as_mut().poll(cx) {
+                Poll::Ready(Ok(v)) => Poll::Ready(Ok(v)),
+                Poll::Ready(Err(_)) | Poll::Pending => Poll::Ready(Err(Fail::Cancelled)),
+            };
+        }
+        op.as_mut().poll(cx)
+    })
     .await
 }
 
@@ -1081,7 +1092,7 @@ mod tests {
     }
 
     #[test]
-    fn a_fired_scope_wins_over_an_operation_that_ended_too() {
+    fn a_fired_scope_wins_over_a_failed_operation_and_keeps_a_value_already_there() {
         use futures_lite::future::block_on;
         let token = CancelToken::new();
         let fired = Scope {
@@ -1090,10 +1101,21 @@ mod tests {
         };
         token.cancel();
         let torn_down = || async { Err::<i64, _>(Fail::Runtime("the child was torn down".into())) };
-        // Both ready at the first poll: the cancel, whether the operation failed or succeeded.
+        // Both ready at the first poll: the cancel, for an operation that failed (what the
+        // teardown did to it) ...
         let r = block_on(or_cancelled(vec![fired.clone()], torn_down()));
         assert!(matches!(r, Err(Fail::Cancelled)), "{r:?}");
-        let r = block_on(or_cancelled(vec![fired], async { Ok::<_, Fail>(5) }));
+        // ... but a value the operation already has is given, not dropped (an item it took off
+        // a stream would be lost) ...
+        let r = block_on(or_cancelled(vec![fired.clone()], async {
+            Ok::<_, Fail>(5)
+        }));
+        assert!(matches!(r, Ok(5)), "{r:?}");
+        // ... and an operation that has not ended is given up.
+        let r = block_on(or_cancelled(
+            vec![fired],
+            std::future::pending::<Result<i64, Fail>>(),
+        ));
         assert!(matches!(r, Err(Fail::Cancelled)), "{r:?}");
         // A deadline that passed counts as fired.
         let r = block_on(or_cancelled(vec![Scope::deadline(0.0)], torn_down()));
