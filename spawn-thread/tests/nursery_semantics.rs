@@ -241,6 +241,24 @@ fn a_result_can_be_awaited_by_several_handles() {
     });
 }
 
+/// Starts a child whose call fails with "boom", and waits until that failure has begun the
+/// nursery's teardown.
+async fn a_child_fails_and_the_teardown_begins(
+    n: &harrow_runtime_core::ActorNursery,
+) -> Result<(), harrow_runtime_core::BoxError> {
+    let f = Factory;
+    n.run_in_actor(
+        "failing",
+        f.backend(),
+        "testfns:fail",
+        "boom".into(),
+        f.spec(),
+    )
+    .await?;
+    n.tearing_down().cancelled().await;
+    Ok(())
+}
+
 /// A body whose wait the teardown ended, ready at the same poll as the teardown: its error is
 /// the teardown's consequence and not a failure of its own; the child's failure that started
 /// the teardown is what the nursery reports. (Built without a timing window: the body's wait
@@ -252,16 +270,7 @@ fn a_body_error_the_teardown_caused_is_not_reported_as_the_bodys_failure() {
         || {
             for closed in [true, false] {
                 let err = run_root(config(), |n| async move {
-                    let f = Factory;
-                    n.run_in_actor(
-                        "failing",
-                        f.backend(),
-                        "testfns:fail",
-                        "boom".into(),
-                        f.spec(),
-                    )
-                    .await?;
-                    n.tearing_down().cancelled().await;
+                    a_child_fails_and_the_teardown_begins(&n).await?;
                     // What a call to a child, or a start, returns once the teardown began.
                     let e: Error = if closed {
                         harrow_runtime_core::portal::Error::Closed("the link was shut".into())
@@ -288,16 +297,7 @@ fn a_body_failure_during_the_teardown_is_reported_with_the_childs() {
         "a_body_failure_during_the_teardown_is_reported_with_the_childs",
         || {
             let err = run_root(config(), |n| async move {
-                let f = Factory;
-                n.run_in_actor(
-                    "failing",
-                    f.backend(),
-                    "testfns:fail",
-                    "boom".into(),
-                    f.spec(),
-                )
-                .await?;
-                n.tearing_down().cancelled().await;
+                a_child_fails_and_the_teardown_begins(&n).await?;
                 Err::<(), _>("the body's own failure".into())
             })
             .expect_err("both failed");

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use harrow_runtime_core::ipc::{ErrorKind, Value};
-use harrow_runtime_core::portal::{CallError, ContextEndpoint, FnRegistry, TypedCalleeContext};
+use harrow_runtime_core::portal::{
+    CallError, ContextEndpoint, FnRegistry, TypedCalleeContext, TypedStream,
+};
 use harrow_runtime_core::{current_actor, open_nursery, shield};
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +98,19 @@ pub const CTX_CLEANUP_FAILS: ContextEndpoint<(), (), (), (), ()> =
 /// itself, then waits until cancelled.
 pub const CTX_SPAWN_CANCELLER: ContextEndpoint<(), (), (), (), ()> =
     ContextEndpoint::new("testfns:ctx_spawn_canceller");
+
+/// Sends every item of `stream` back until the caller stops its side, then closes; the count.
+async fn echo_all(
+    mut stream: TypedStream<Value, Value>,
+) -> Result<i64, harrow_runtime_core::portal::Error> {
+    let mut n = 0;
+    while let Some(item) = stream.recv().await? {
+        stream.send(&item).await?;
+        n += 1;
+    }
+    stream.close().await?;
+    Ok(n)
+}
 
 /// The arguments of [`CTX_SHIELDED`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -204,28 +219,12 @@ fn register(
     })?;
     r.serve_context(CTX_ECHO, |ctx, ()| async move {
         ctx.started(&()).await?;
-        let mut stream = ctx.open_stream().await?;
-        let mut n = 0;
-        while let Some(item) = stream.recv().await? {
-            stream.send(&item).await?;
-            n += 1;
-        }
-        stream.close().await?;
-        Ok(n)
+        Ok(echo_all(ctx.open_stream().await?).await?)
     })?;
     r.serve_context(CTX_ECHO_IN_NURSERY, |ctx, ()| async move {
         ctx.started(&()).await?;
-        let mut stream = ctx.open_stream().await?;
-        let n = open_nursery(|_n| async move {
-            let mut n = 0;
-            while let Some(item) = stream.recv().await? {
-                stream.send(&item).await?;
-                n += 1;
-            }
-            stream.close().await?;
-            Ok(n)
-        })
-        .await?;
+        let stream = ctx.open_stream().await?;
+        let n = open_nursery(|_n| async move { Ok(echo_all(stream).await?) }).await?;
         Ok(n)
     })?;
     r.serve_context(CTX_PRODUCE, |ctx, n| async move {
