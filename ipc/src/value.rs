@@ -196,6 +196,53 @@ impl Value {
         }
     }
 
+    /// An estimate of the memory the value holds, in bytes: the size of a `Value` for each
+    /// value in it, plus the bytes of its strings and byte strings. Computed without recursion,
+    /// and only as far as needed: once the sum passes `cap` it stops and returns a figure above
+    /// `cap`, so a large value costs no more to measure than one of about `cap` bytes.
+    #[inline]
+    pub fn approx_size(&self, cap: usize) -> usize {
+        const ONE: usize = std::mem::size_of::<Value>();
+        match self {
+            Value::Str(s) => ONE + s.len(),
+            Value::Bytes(b) => ONE + b.len(),
+            Value::List(_) | Value::Map(_) => self.measure_size(cap),
+            _ => ONE,
+        }
+    }
+
+    fn measure_size(&self, cap: usize) -> usize {
+        const ONE: usize = std::mem::size_of::<Value>();
+        let mut total = ONE;
+        let mut pending: Vec<&Value> = Vec::new();
+        let mut value = self;
+        loop {
+            let children: &mut dyn Iterator<Item = &Value> = match value {
+                Value::List(items) => &mut items.iter(),
+                Value::Map(entries) => &mut entries.iter().flat_map(|(k, v)| [k, v]),
+                _ => &mut std::iter::empty(),
+            };
+            for child in children {
+                total = total.saturating_add(match child {
+                    Value::Str(s) => ONE + s.len(),
+                    Value::Bytes(b) => ONE + b.len(),
+                    Value::List(_) | Value::Map(_) => {
+                        pending.push(child);
+                        ONE
+                    }
+                    _ => ONE,
+                });
+                if total > cap {
+                    return total;
+                }
+            }
+            match pending.pop() {
+                Some(next) => value = next,
+                None => return total,
+            }
+        }
+    }
+
     /// Looks up a string key in a `Map`.
     pub fn get(&self, key: &str) -> Option<&Value> {
         match self {

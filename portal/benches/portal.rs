@@ -71,9 +71,11 @@ fn socket_ping_pong() -> f64 {
     median(rounds)
 }
 
+/// A link whose streams keep a window of `window` items (no growth).
 fn config(window: u32) -> LinkConfig {
     let mut c = LinkConfig::default();
     c.credit_window = window;
+    c.credit_window_max = window;
     c
 }
 

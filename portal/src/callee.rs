@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use harrow_ipc::{ActorId, CallKind, Cid, ErrorKind, FnPath, Msg, RemoteError, Value};
 
-use crate::chan::Chan;
+use crate::chan::{Chan, WindowRule};
 use crate::link::Shared;
 use crate::{Error, MsgStream, Result};
 
@@ -296,14 +296,17 @@ impl CalleeContext {
     ///
     /// Grants the caller the credit window for sending to us. Opening twice is an error here only.
     pub async fn open_stream(&self) -> Result<MsgStream> {
-        self.open_stream_with_window(self.shared.window()).await
+        self.open_stream_by(self.shared.window_rule())
     }
 
     /// [`open_stream`](Self::open_stream) granting the caller `window` items in flight toward
     /// this side (at least 1) instead of the link's `credit_window`: a larger window for a fast
     /// stream, a smaller one to bound memory. Each side sets the window of what it receives.
     pub async fn open_stream_with_window(&self, window: u32) -> Result<MsgStream> {
-        let window = window.max(1);
+        self.open_stream_by(WindowRule::fixed(window))
+    }
+
+    fn open_stream_by(&self, rule: WindowRule) -> Result<MsgStream> {
         let mut st = self.chan.lock();
         if !st.started_sent {
             let message = format!("stream opened before started() in {}", self.chan.func);
@@ -322,14 +325,12 @@ impl CalleeContext {
         if let Some(Err(e)) = &st.outcome {
             return Err(e.clone());
         }
-        st.rx_open = true;
         st.tx_open = true;
-        st.window = window;
-        st.allowance = window;
+        let n = st.open_rx(rule);
         if !st.wire_done {
             self.shared.enqueue(Msg::Credit {
                 cid: self.chan.cid,
-                n: window,
+                n,
             });
         }
         drop(st);

@@ -8,7 +8,7 @@ use harrow_ipc::{ActorId, CallKind, Cid, Msg, RemoteError, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::chan::{Chan, Side};
+use crate::chan::{Chan, Side, WindowRule};
 use crate::link::Shared;
 use crate::{Error, Result};
 
@@ -243,15 +243,18 @@ impl Context {
     ///
     /// Grants the callee the credit window for sending to us. Opening twice is an error.
     pub async fn open_stream(&mut self) -> Result<MsgStream> {
-        let window = self.shared.window();
-        self.open_stream_with_window(window).await
+        let rule = self.shared.window_rule();
+        self.open_stream_by(rule)
     }
 
     /// [`open_stream`](Self::open_stream) granting the callee `window` items in flight toward
     /// this side (at least 1) instead of the link's `credit_window`. Each side sets the window
     /// of what it receives.
     pub async fn open_stream_with_window(&mut self, window: u32) -> Result<MsgStream> {
-        let window = window.max(1);
+        self.open_stream_by(WindowRule::fixed(window))
+    }
+
+    fn open_stream_by(&mut self, rule: WindowRule) -> Result<MsgStream> {
         if self.stream_opened {
             return Err(Error::Protocol(format!(
                 "the stream of {} is already open",
@@ -264,13 +267,11 @@ impl Context {
                 Some(Err(e)) => return Err(e.clone()),
                 Some(Ok(_)) => {} // returned: the stream is simply over
                 None => {
-                    st.rx_open = true;
                     st.tx_open = true;
-                    st.window = window;
-                    st.allowance = window;
+                    let n = st.open_rx(rule);
                     self.shared.enqueue(Msg::Credit {
                         cid: self.chan.cid,
-                        n: window,
+                        n,
                     });
                 }
             }
@@ -668,6 +669,12 @@ impl MsgStream {
     pub fn max_buffered(&self) -> usize {
         self.rx.max_buffered()
     }
+
+    /// The receiving direction's current credit window (introspection for tests).
+    #[doc(hidden)]
+    pub fn window(&self) -> u32 {
+        self.rx.window()
+    }
 }
 
 /// The sending half of a [`MsgStream`]. Also a [`Sink`](futures_sink::Sink) of values:
@@ -836,7 +843,6 @@ impl StreamRx {
         let shared = &self.shared;
         let chan = &self.chan;
         chan.wait_owner(|st| {
-            let threshold = (st.window / 4).max(1);
             // A cancelled callee learns it at once (its remaining input is moot); a caller gets
             // what the callee sent before the error.
             if chan.side == Side::Callee {
@@ -845,10 +851,7 @@ impl StreamRx {
                 }
             }
             if let Some(v) = st.items.pop_front() {
-                st.consumed += 1;
-                if st.consumed >= threshold && !st.peer_stopped && st.outcome.is_none() {
-                    let n = std::mem::take(&mut st.consumed);
-                    st.allowance += n;
+                if let Some(n) = st.consume_one() {
                     shared.enqueue(Msg::Credit { cid: chan.cid, n });
                 }
                 return Some(Ok(Some(v)));
@@ -907,5 +910,11 @@ impl StreamRx {
     #[doc(hidden)]
     pub fn max_buffered(&self) -> usize {
         self.chan.lock().max_buffered
+    }
+
+    /// The current credit window (introspection for tests).
+    #[doc(hidden)]
+    pub fn window(&self) -> u32 {
+        self.chan.lock().window
     }
 }

@@ -4,9 +4,11 @@
 //! Flow control (per stream direction): the sender starts with **zero** credit. The receiver
 //! grants the whole window (`LinkConfig::credit_window`) with one `Credit` when it opens its side
 //! of the stream, then re-grants what it consumed in batches of `window / 4` (at least 1; smaller
-//! batches keep a fast producer from stalling on the credit round trip). So the
-//! items sent but not yet consumed never exceed the window, and the receiving queue is bounded by
-//! it. An item that arrives without credit is a protocol violation for that call only.
+//! batches keep a fast producer from stalling on the credit round trip). A re-grant also moves
+//! the window of a stream opened with the link's defaults toward the size its items allow
+//! ([`WindowRule`]): it adds the growth, or withholds the shrinking. So the items sent but not
+//! yet consumed never exceed the current window, and the receiving queue is bounded by it. An
+//! item that arrives without credit is a protocol violation for that call only.
 //!
 //! Waiting: whoever changes the state does it under the chan's lock, then calls
 //! [`Chan::notify`]. The waits that happen per message wait in a **slot** of their own (one
@@ -164,6 +166,53 @@ impl CancelWaiters {
     }
 }
 
+/// How a stream's receiving window is sized (see [`LinkConfig::credit_window`]).
+///
+/// The window starts at `base`. While the items received are small it grows, at each re-grant,
+/// to as many of the largest item seen as fit in `bytes`, up to `max` items; an item larger than
+/// those before shrinks it back, never below `base`, by withholding re-grants.
+///
+/// [`LinkConfig::credit_window`]: crate::LinkConfig::credit_window
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WindowRule {
+    pub(crate) base: u32,
+    pub(crate) max: u32,
+    pub(crate) bytes: usize,
+}
+
+impl WindowRule {
+    /// A window that does not move.
+    pub(crate) fn fixed(window: u32) -> WindowRule {
+        let window = window.max(1);
+        WindowRule {
+            base: window,
+            max: window,
+            bytes: 0,
+        }
+    }
+
+    /// The window for items of at most `largest` bytes each.
+    pub(crate) fn target(&self, largest: usize) -> u32 {
+        if self.max <= self.base {
+            return self.base;
+        }
+        let fit = self.bytes / largest.max(1);
+        u32::try_from(fit)
+            .unwrap_or(u32::MAX)
+            .clamp(self.base, self.max)
+    }
+
+    /// Beyond this item size the window is `base` whatever the exact size, so measuring an item
+    /// may stop there.
+    pub(crate) fn size_cap(&self) -> usize {
+        if self.max <= self.base {
+            0
+        } else {
+            self.bytes / self.base.max(1) as usize + 1
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct ChanState {
     // --- caller-side progress ---
@@ -208,8 +257,14 @@ pub(crate) struct ChanState {
 
     // --- receiving direction of the stream ---
     pub(crate) rx_open: bool,
-    /// The credit window this side granted for its receiving direction.
+    /// The credit window this side granted for its receiving direction: items sent to us and
+    /// not yet consumed never exceed it. Moves within `rule` as the items' sizes are learned.
     pub(crate) window: u32,
+    /// How far `window` may move (fixed when the stream was opened with a window of its own).
+    pub(crate) rule: WindowRule,
+    /// The largest item received so far, as [`Value::approx_size`] estimates it (capped at
+    /// [`WindowRule::size_cap`]).
+    pub(crate) largest_item: usize,
     pub(crate) items: VecDeque<Value>,
     pub(crate) peer_stopped: bool,
     /// Credit granted to the peer and not yet used by it.
@@ -225,6 +280,41 @@ pub(crate) struct ChanState {
     pub(crate) local_stopped: bool,
     /// A sender waits in `Chan::sender`.
     pub(crate) sender_slot_taken: bool,
+}
+
+impl ChanState {
+    /// Opens the receiving direction: the whole starting window is granted (the caller sends
+    /// the `Credit` for the returned count).
+    pub(crate) fn open_rx(&mut self, rule: WindowRule) -> u32 {
+        self.rx_open = true;
+        self.rule = rule;
+        self.window = rule.base;
+        self.allowance = rule.base;
+        rule.base
+    }
+
+    /// Counts one item taken by the receiver; when a re-grant is due, returns the credit to
+    /// send (the items consumed since the last one, plus the window's growth or less its
+    /// shrinking), already added to `allowance`. `None`: nothing to send now.
+    pub(crate) fn consume_one(&mut self) -> Option<u32> {
+        self.consumed += 1;
+        if self.consumed < (self.window / 4).max(1) || self.peer_stopped || self.outcome.is_some() {
+            return None;
+        }
+        let consumed = std::mem::take(&mut self.consumed);
+        let target = self.rule.target(self.largest_item);
+        let n = if target >= self.window {
+            let grow = target - self.window;
+            self.window = target;
+            consumed + grow
+        } else {
+            let shrink = (self.window - target).min(consumed);
+            self.window -= shrink;
+            consumed - shrink
+        };
+        self.allowance += n;
+        (n > 0).then_some(n)
+    }
 }
 
 impl Chan {

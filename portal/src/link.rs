@@ -33,7 +33,7 @@ use harrow_ipc::wait::{Event, deadline, wait_until, wait_until_some};
 use harrow_ipc::{ActorId, CallKind, Cid, FnPath, Msg, Value};
 use tracing::debug;
 
-use crate::chan::{Chan, Side};
+use crate::chan::{Chan, Side, WindowRule};
 use crate::{Error, Portal, Resolver, Result};
 
 /// The executor a link spawns its tasks on: the owning actor's own executor.
@@ -43,8 +43,24 @@ pub type Executor = Arc<async_executor::Executor<'static>>;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct LinkConfig {
-    /// Items a stream receiver lets the sender have in flight, per direction (default 64).
+    /// Items a stream receiver lets the sender have in flight, per direction, when the stream
+    /// opens (default 64); the window never goes below it. A stream opened with a window of its
+    /// own (`open_stream_with_window`) keeps that one instead, fixed.
     pub credit_window: u32,
+    /// How far the window of a stream opened with the default may grow while its items are
+    /// small (default 256 items; at most `credit_window` turns the growth off). At each re-grant
+    /// the receiver sizes its window to hold [`credit_window_bytes`](Self::credit_window_bytes)
+    /// of items as large as the largest it has received (estimated by
+    /// [`Value::approx_size`]), between `credit_window` and this many items. A larger window
+    /// lets a fast stream keep more items in flight while one side waits for its CPU.
+    pub credit_window_max: u32,
+    /// The estimated bytes of stream items a grown window may hold, per stream direction
+    /// (default 256 KiB): items of up to 1 KiB get the whole `credit_window_max` of 256, items
+    /// of 4 KiB or more stay at `credit_window`. The estimate comes from the items already
+    /// received, so a stream whose items suddenly grow may hold one grown window of the larger
+    /// items before the window shrinks back; a stream that must bound its memory strictly opens
+    /// with a window of its own.
+    pub credit_window_bytes: usize,
     /// Bound on the `Hello` exchange (default 5 s).
     pub hello_timeout: Duration,
     /// Bound on waiting for the callee's answer to a `Cancel` in [`Context::cancel`](crate::Context::cancel)
@@ -93,6 +109,8 @@ impl Default for LinkConfig {
     fn default() -> Self {
         LinkConfig {
             credit_window: 64,
+            credit_window_max: 256,
+            credit_window_bytes: 256 << 10,
             hello_timeout: Duration::from_secs(5),
             cancel_timeout: Duration::from_millis(500),
             close_flush_timeout: Duration::from_secs(1),
@@ -389,8 +407,14 @@ impl Shared {
         self.dead.load(Ordering::Acquire)
     }
 
-    pub(crate) fn window(&self) -> u32 {
-        self.config.credit_window.max(1)
+    /// The window rule of a stream opened with the link's defaults.
+    pub(crate) fn window_rule(&self) -> WindowRule {
+        let base = self.config.credit_window.max(1);
+        WindowRule {
+            base,
+            max: self.config.credit_window_max.max(base),
+            bytes: self.config.credit_window_bytes,
+        }
     }
 
     fn end(&self) -> Option<LinkEnd> {

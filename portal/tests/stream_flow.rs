@@ -1,6 +1,8 @@
 //! Flow control: a credit window per stream direction. A fast sender waits for credit, a slow
 //! consumer loses nothing, the receiving buffer never exceeds the window, and another call on the
-//! same channel answers while a stream is stalled (no head-of-line blocking).
+//! same channel answers while a stream is stalled (no head-of-line blocking). The default window
+//! grows while the items are small and shrinks back when they grow; a window set by the link's
+//! config alone (`credit_window_max` at most `credit_window`) does not move.
 
 mod common;
 
@@ -30,6 +32,23 @@ fn registry(sent: async_channel::Sender<i64>) -> FnRegistry {
         }
     })
     .unwrap();
+    reg.context("t:produce_sized", |ctx, v| async move {
+        // [small, large, bytes]: `small` ints, then `large` byte strings of `bytes` bytes.
+        let args = v.as_list().map(<[Value]>::to_vec).unwrap_or_default();
+        let arg = |i: usize| args.get(i).and_then(Value::as_i64).unwrap_or(0);
+        let (small, large, bytes) = (arg(0), arg(1), arg(2));
+        ctx.started(Value::Null).await?;
+        let s = ctx.open_stream().await?;
+        for i in 0..small {
+            s.send(Value::Int(i)).await?;
+        }
+        for _ in 0..large {
+            s.send(Value::Bytes(vec![7; bytes as usize])).await?;
+        }
+        s.close().await?;
+        Ok(Value::Int(small + large))
+    })
+    .unwrap();
     reg.unary("t:echo", |v| async move { Ok(v) }).unwrap();
     reg.context("t:consume", |ctx, _| async move {
         ctx.started(Value::Null).await?;
@@ -50,10 +69,20 @@ fn registry(sent: async_channel::Sender<i64>) -> FnRegistry {
     reg
 }
 
+/// A window that does not move (`credit_window_max` no larger than `credit_window`): the
+/// buffer never holds more than it.
 async fn slow_consumer_bounded_buffer_nothing_lost(exec: Executor, t: Transport, window: u32) {
-    let (sent_tx, sent_rx) = async_channel::unbounded();
     let mut config = LinkConfig::default();
     config.credit_window = window;
+    config.credit_window_max = window;
+    slow_consumer_bounded_by(exec, t, config, window).await;
+}
+
+/// A slow consumer of `t:produce`'s ints over a link with `config`: nothing lost or reordered,
+/// and neither the buffer nor the producer's lead ever past `bound`.
+async fn slow_consumer_bounded_by(exec: Executor, t: Transport, config: LinkConfig, bound: u32) {
+    let window = bound;
+    let (sent_tx, sent_rx) = async_channel::unbounded();
     let (a, _b) = link_pair(&exec, t, None, Some(Arc::new(registry(sent_tx))), config).await;
     const N: i64 = 10_000;
     let (mut ctx, _) = bounded("open", a.portal().open_context("t:produce", Value::Int(N)))
@@ -95,8 +124,112 @@ async fn slow_consumer_bounded_buffer_nothing_lost(exec: Executor, t: Transport,
     );
 }
 
-async fn window_default(exec: Executor, t: Transport) {
+async fn window_fixed(exec: Executor, t: Transport) {
     slow_consumer_bounded_buffer_nothing_lost(exec, t, 64).await;
+}
+
+/// The default window grows for small items, never past `credit_window_max`.
+async fn window_default(exec: Executor, t: Transport) {
+    let config = LinkConfig::default();
+    let max = config.credit_window_max;
+    assert!(max > config.credit_window, "the default window grows");
+    slow_consumer_bounded_by(exec, t, config, max).await;
+}
+
+/// Items of 8 KiB keep the default window at `credit_window` from the first re-grant; a stream
+/// of small items that turns large grows to `credit_window_max`, then shrinks back to
+/// `credit_window` (and never below it) by withholding re-grants, and nothing is lost.
+async fn window_follows_the_items_size(exec: Executor, t: Transport) {
+    let (sent_tx, _sent_rx) = async_channel::unbounded();
+    let (a, _b) = caller_callee(&exec, t, registry(sent_tx)).await;
+    let config = LinkConfig::default();
+    let (base, max) = (config.credit_window, config.credit_window_max);
+    let large = 8 << 10;
+    assert!(
+        config.credit_window_bytes / large < base as usize,
+        "8 KiB items fit the base window only"
+    );
+
+    // Large items from the start: the window stays at its base.
+    let (mut ctx, _) = bounded(
+        "open large",
+        a.portal().open_context(
+            "t:produce_sized",
+            Value::List(vec![
+                Value::Int(0),
+                Value::Int(600),
+                Value::Int(large as i64),
+            ]),
+        ),
+    )
+    .await
+    .unwrap();
+    let mut s = ctx.open_stream().await.unwrap();
+    for i in 0..600 {
+        assert!(s.buffered() <= base as usize, "item {i}: {}", s.buffered());
+        let v = bounded("large item", s.recv()).await.unwrap();
+        assert_eq!(v.map(|v| v.into_bytes().map(|b| b.len())), Some(Ok(large)));
+        assert_eq!(s.window(), base, "after {} large items", i + 1);
+        if i % 150 == 0 {
+            // Stall: the producer fills the window and waits.
+            async_io::Timer::after(Duration::from_millis(2)).await;
+        }
+    }
+    assert_eq!(bounded("end", s.recv()).await.unwrap(), None);
+    assert!(s.max_buffered() <= base as usize, "{}", s.max_buffered());
+    assert_eq!(
+        bounded("result", ctx.result()).await.unwrap(),
+        Value::Int(600)
+    );
+
+    // Small items, then large ones.
+    const SMALL: i64 = 2_000;
+    const LARGE: i64 = 600;
+    let (mut ctx, _) = bounded(
+        "open mixed",
+        a.portal().open_context(
+            "t:produce_sized",
+            Value::List(vec![
+                Value::Int(SMALL),
+                Value::Int(LARGE),
+                Value::Int(large as i64),
+            ]),
+        ),
+    )
+    .await
+    .unwrap();
+    let mut s = ctx.open_stream().await.unwrap();
+    let first_regrant = (base / 4) as i64;
+    let mut grown = false;
+    for i in 0..SMALL {
+        assert!(s.buffered() <= max as usize);
+        let v = bounded("small item", s.recv()).await.unwrap();
+        assert_eq!(v, Some(Value::Int(i)));
+        if i + 1 == first_regrant {
+            // Only small items arrived before the first re-grant (the producer had `base`
+            // credit): the window grew to its most at once.
+            assert_eq!(s.window(), max);
+            grown = true;
+        }
+    }
+    assert!(grown);
+    for i in 0..LARGE {
+        assert!(s.buffered() <= max as usize);
+        let v = bounded("large item", s.recv()).await.unwrap();
+        assert_eq!(v.map(|v| v.into_bytes().map(|b| b.len())), Some(Ok(large)));
+        assert!(s.window() >= base, "never below the base");
+        if i == LARGE / 2 {
+            // A few re-grants withheld in part: back at the base.
+            assert_eq!(s.window(), base, "after {} large items", i + 1);
+            async_io::Timer::after(Duration::from_millis(2)).await;
+            assert!(s.buffered() <= base as usize, "{}", s.buffered());
+        }
+    }
+    assert_eq!(bounded("end", s.recv()).await.unwrap(), None);
+    assert_eq!(
+        bounded("result", ctx.result()).await.unwrap(),
+        Value::Int(SMALL + LARGE)
+    );
 }
 
 async fn window_small(exec: Executor, t: Transport) {
@@ -106,7 +239,11 @@ async fn window_small(exec: Executor, t: Transport) {
 async fn stalled_stream_does_not_block_other_calls(exec: Executor, t: Transport) {
     let (sent_tx, sent_rx) = async_channel::unbounded();
     let (a, _b) = caller_callee(&exec, t, registry(sent_tx)).await;
-    let window = LinkConfig::default().credit_window as i64;
+    let config = LinkConfig::default();
+    let (base, max) = (
+        i64::from(config.credit_window),
+        i64::from(config.credit_window_max),
+    );
     let (mut ctx, _) = bounded(
         "open",
         a.portal().open_context("t:produce", Value::Int(1_000_000)),
@@ -121,8 +258,13 @@ async fn stalled_stream_does_not_block_other_calls(exec: Executor, t: Transport)
             Some(Value::Int(i))
         );
     }
-    // Credit is re-granted in batches of window/2 consumed items.
-    let granted = window + READ / (window / 2) * (window / 2);
+    // Credit is re-granted in batches of a quarter of the window. The first re-grant (after
+    // base/4 items) also grows the window to its most (the items are small ints); the next is
+    // due a quarter of that later, past what was read.
+    let first = base / 4;
+    assert!(first <= READ && READ < first + max / 4);
+    let granted = base + first + (max - base);
+    let window = max;
     // Stop reading. The producer uses up its credit and waits...
     let mut last = -1;
     while last + 1 < granted {
@@ -177,6 +319,7 @@ async fn caller_to_callee_direction_is_flow_controlled(exec: Executor, t: Transp
     let (sent_tx, _sent_rx) = async_channel::unbounded();
     let mut config = LinkConfig::default();
     config.credit_window = 4;
+    config.credit_window_max = 4;
     let (a, _b) = link_pair(&exec, t, None, Some(Arc::new(registry(sent_tx))), config).await;
     let (mut ctx, _) = bounded("open", a.portal().open_context("t:consume", Value::Null))
         .await
@@ -196,12 +339,40 @@ async fn caller_to_callee_direction_is_flow_controlled(exec: Executor, t: Transp
     );
 }
 
+/// The callee's receiving window grows as the caller's does: the caller's credit goes past the
+/// base window (the first re-grant carries the growth), never past the most.
+async fn caller_to_callee_window_grows_for_small_items(exec: Executor, t: Transport) {
+    let (sent_tx, _sent_rx) = async_channel::unbounded();
+    let (a, _b) = caller_callee(&exec, t, registry(sent_tx)).await;
+    let config = LinkConfig::default();
+    let (base, max) = (config.credit_window, config.credit_window_max);
+    let (mut ctx, _) = bounded("open", a.portal().open_context("t:consume", Value::Null))
+        .await
+        .unwrap();
+    let (tx, _rx) = ctx.open_stream().await.unwrap().split();
+    let mut expected = 0;
+    let mut most = 0;
+    for i in 0..3_000i64 {
+        bounded("send", tx.send(Value::Int(i))).await.unwrap();
+        most = most.max(tx.credit());
+        assert!(tx.credit() <= max);
+        expected += i;
+    }
+    assert!(most > base, "the credit never went past {base}: {most}");
+    tx.close().await.unwrap();
+    assert_eq!(
+        bounded("sum", ctx.result()).await.unwrap(),
+        Value::Int(expected)
+    );
+}
+
 /// Several clones of one sending half wait for credit at the same time (one waits in the
 /// chan's sender slot, the others on its event): every one of them gets through, nothing is lost.
 async fn cloned_senders_waiting_for_credit_together_all_get_through(exec: Executor, t: Transport) {
     let (sent_tx, _sent_rx) = async_channel::unbounded();
     let mut config = LinkConfig::default();
     config.credit_window = 2;
+    config.credit_window_max = 2;
     let (a, _b) = link_pair(&exec, t, None, Some(Arc::new(registry(sent_tx))), config).await;
     let (mut ctx, _) = bounded("open", a.portal().open_context("t:consume", Value::Null))
         .await
@@ -231,9 +402,12 @@ async fn cloned_senders_waiting_for_credit_together_all_get_through(exec: Execut
 }
 
 both_transports!(
+    window_fixed,
     window_default,
     window_small,
+    window_follows_the_items_size,
     stalled_stream_does_not_block_other_calls,
     caller_to_callee_direction_is_flow_controlled,
+    caller_to_callee_window_grows_for_small_items,
     cloned_senders_waiting_for_credit_together_all_get_through,
 );

@@ -898,10 +898,11 @@ pub fn close_first<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
 }
 
 /// slow-consumer: memory bounded by the credit window, nothing dropped, and an unrelated call on
-/// the same channel still answers.
+/// the same channel still answers. (The items are small ints, so the window is the most the
+/// default grows to.)
 pub fn slow_consumer<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     const N: i64 = 2_000;
-    let window = harrow_runtime_core::portal::LinkConfig::default().credit_window as i64;
+    let window = harrow_runtime_core::portal::LinkConfig::default().credit_window_max as i64;
     expect_ok(run_root(root_config(), |n| async move {
         let child = n.start_actor("producer", f.backend(), f.spec()).await?;
         let before = child
