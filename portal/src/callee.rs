@@ -294,7 +294,9 @@ impl CalleeContext {
     /// Opens this side of the context's stream. Before `started` it is an error here and is
     /// reported to the caller as well.
     ///
-    /// Grants the caller the credit window for sending to us. Opening twice is an error here only.
+    /// Grants the caller the link's credit window for sending to us: `credit_window` items,
+    /// growing toward `credit_window_max` while the items received are small (see
+    /// [`LinkConfig::credit_window_max`](crate::LinkConfig::credit_window_max)). Opening twice is an error here only.
     pub async fn open_stream(&self) -> Result<MsgStream> {
         self.open_stream_by(self.shared.window_rule())
     }

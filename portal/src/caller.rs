@@ -241,7 +241,9 @@ impl Context {
 
     /// Opens the bidirectional stream of this context.
     ///
-    /// Grants the callee the credit window for sending to us. Opening twice is an error.
+    /// Grants the callee the link's credit window for sending to us: `credit_window` items,
+    /// growing toward `credit_window_max` while the items received are small (see
+    /// [`LinkConfig::credit_window_max`](crate::LinkConfig::credit_window_max)). Opening twice is an error.
     pub async fn open_stream(&mut self) -> Result<MsgStream> {
         let rule = self.shared.window_rule();
         self.open_stream_by(rule)
