@@ -55,11 +55,11 @@ pub struct LinkConfig {
     /// lets a fast stream keep more items in flight while one side waits for its CPU.
     pub credit_window_max: u32,
     /// The estimated bytes of stream items a grown window may hold, per stream direction
-    /// (default 256 KiB): items of up to about 1 KiB get the whole `credit_window_max` of 256, items
-    /// of 4 KiB or more stay at `credit_window`. The estimate comes from the items already
-    /// received, so a stream whose items suddenly grow may hold one grown window of the larger
-    /// items before the window shrinks back; a stream that must bound its memory strictly opens
-    /// with a window of its own.
+    /// (default 256 KiB): items of up to about 1 KiB get the whole `credit_window_max` of 256,
+    /// items of 4 KiB or more stay at `credit_window`. The estimate comes from the items
+    /// already received, so a stream whose items suddenly grow may hold one grown window of the
+    /// larger items before the window shrinks back; a stream that must bound its memory
+    /// strictly opens with a window of its own.
     pub credit_window_bytes: usize,
     /// Bound on the `Hello` exchange (default 5 s).
     pub hello_timeout: Duration,
