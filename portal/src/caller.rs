@@ -590,9 +590,11 @@ impl Drop for TxInner {
 
 /// A bidirectional stream of values inside a context (either side).
 ///
-/// Flow control: the receiver grants the sender `credit_window` items when it opens its stream,
-/// and re-grants consumed items in batches of half the window; [`send`](MsgStream::send) waits
-/// while the sender has no credit. End of stream is explicit: `recv` returns `Ok(None)` once the
+/// Flow control: the receiver grants the sender a window of items when it opens its stream
+/// (`credit_window`, or the window given to `open_stream_with_window`), and re-grants consumed
+/// items in batches of a quarter of the window; a default window grows toward
+/// `credit_window_max` while the items are small ([`LinkConfig`](crate::LinkConfig)).
+/// [`send`](MsgStream::send) waits while the sender has no credit. End of stream is explicit: `recv` returns `Ok(None)` once the
 /// peer closed its side (or the call returned); `send` after [`close`](MsgStream::close) is
 /// `Err(Error::Protocol)`. On the caller's side, dropping every sending handle closes the
 /// sending side; on the callee's side the direction ends with the call (or `close()`), so that a

@@ -208,7 +208,7 @@ impl WindowRule {
         if self.max <= self.base {
             0
         } else {
-            self.bytes / self.base.max(1) as usize + 1
+            (self.bytes / self.base.max(1) as usize).saturating_add(1)
         }
     }
 }

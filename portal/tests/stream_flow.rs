@@ -236,6 +236,48 @@ async fn window_small(exec: Executor, t: Transport) {
     slow_consumer_bounded_buffer_nothing_lost(exec, t, 3).await;
 }
 
+/// No byte limit (`usize::MAX`) over a window of 1: the window grows to its most, and the
+/// measuring of each item (lists here, which are walked) neither overflows nor loses anything.
+async fn window_without_a_byte_limit(exec: Executor, t: Transport) {
+    let mut config = LinkConfig::default();
+    config.credit_window = 1;
+    config.credit_window_max = 8;
+    config.credit_window_bytes = usize::MAX;
+    let (a, _b) = link_pair(&exec, t, None, Some(Arc::new(registry_lists())), config).await;
+    let (mut ctx, _) = bounded("open", a.portal().open_context("t:lists", Value::Int(500)))
+        .await
+        .unwrap();
+    let mut s = ctx.open_stream().await.unwrap();
+    for i in 0..500i64 {
+        assert!(s.buffered() <= 8, "{}", s.buffered());
+        let v = bounded("list item", s.recv()).await.unwrap();
+        assert_eq!(v, Some(Value::List(vec![Value::Int(i); 3])));
+    }
+    assert_eq!(s.window(), 8);
+    assert_eq!(bounded("end", s.recv()).await.unwrap(), None);
+    assert_eq!(
+        bounded("result", ctx.result()).await.unwrap(),
+        Value::Int(500)
+    );
+}
+
+/// `t:lists`: streams `n` lists of three copies of their index.
+fn registry_lists() -> FnRegistry {
+    let mut reg = FnRegistry::new();
+    reg.context("t:lists", |ctx, v| async move {
+        let n = v.as_i64().unwrap_or(0);
+        ctx.started(Value::Null).await?;
+        let s = ctx.open_stream().await?;
+        for i in 0..n {
+            s.send(Value::List(vec![Value::Int(i); 3])).await?;
+        }
+        s.close().await?;
+        Ok(Value::Int(n))
+    })
+    .unwrap();
+    reg
+}
+
 async fn stalled_stream_does_not_block_other_calls(exec: Executor, t: Transport) {
     let (sent_tx, sent_rx) = async_channel::unbounded();
     let (a, _b) = caller_callee(&exec, t, registry(sent_tx)).await;
@@ -405,6 +447,7 @@ both_transports!(
     window_fixed,
     window_default,
     window_small,
+    window_without_a_byte_limit,
     window_follows_the_items_size,
     stalled_stream_does_not_block_other_calls,
     caller_to_callee_direction_is_flow_controlled,
