@@ -339,6 +339,47 @@ fn block_and_child_fail(_: &Factory) -> Outcome {
     Outcome::Passed
 }
 
+fn block_and_child_fail_uncaught(_: &Factory) -> Outcome {
+    // The same failures, the NurseryError left to end the call: the caller's group holds the
+    // block's exception as itself (its type and message, and for a RemoteError its source),
+    // not as a text member standing for it.
+    for relay in [false, true] {
+        let err = with_py(async move |py| {
+            Ok(py
+                .run(
+                    &Factory.func("block_and_child_fail_uncaught"),
+                    Value::Bool(relay),
+                )
+                .await
+                .expect_err("the block and a child fail"))
+        });
+        let group = err.remote_error().unwrap_or_else(|| panic!("{err}"));
+        assert_eq!(group.kind, ErrorKind::Group, "{err}");
+        assert_eq!(group.source.name, "py", "{err}");
+        let mut members: Vec<_> = group
+            .children
+            .iter()
+            .map(|c| {
+                (
+                    c.type_name.as_str(),
+                    c.message.as_str(),
+                    c.source.name.as_str(),
+                )
+            })
+            .collect();
+        members.sort();
+        let block = if relay {
+            ("ValueError", "relayed", "other")
+        } else {
+            ("ValueError", "the block's own", "py")
+        };
+        let mut want = vec![("ValueError", "child", "failing"), block];
+        want.sort();
+        assert_eq!(members, want, "{err}");
+    }
+    Outcome::Passed
+}
+
 fn wait_serves_and_cancel_interrupts(_: &Factory) -> Outcome {
     let dir = std::env::temp_dir().join(format!("harrow-nested-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch dir");
@@ -430,6 +471,7 @@ mod nested {
         deadlines,
         context_block_failures,
         block_and_child_fail,
+        block_and_child_fail_uncaught,
         wait_serves_and_cancel_interrupts,
         misuse_is_an_error,
     );

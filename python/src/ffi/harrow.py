@@ -626,19 +626,23 @@ class NurseryError(ExceptionGroup):
     the block's own exception when it raised one.
 
     Raised out of a call uncaught, the caller gets the whole group, each member with its source
-    and relay path.
+    and relay path, the block's exception among them with its own type and message.
     """
 
     def __new__(cls, remote, block=None):
-        members = [RemoteError(c) for c in remote.get("children") or []]
+        children = list(remote.get("children") or [])
+        members = [RemoteError(c) for c in children]
         if block is not None:
             # The block's exception crossed to the nursery as text (``body``) and came back as a
             # ``NurseryBodyError`` member: that member is the exception itself here, once, with
-            # its own type and, for a ``RemoteError``, its source.
+            # its own type and, for a ``RemoteError``, its source; and so is the member the
+            # group carries on to a caller if it ends the call.
             body, exc = block
             for i, m in enumerate(members):
                 if m.type_name == "NurseryBodyError" and m.message == body:
                     members[i] = exc
+                    children[i] = _as_member(children[i], exc)
+                    remote = dict(remote, children=children)
                     break
             else:
                 members.append(exc)
@@ -657,6 +661,15 @@ class NurseryError(ExceptionGroup):
 
 def _remote_error(remote):
     return RemoteError(remote)
+
+
+def _as_member(text_member, exc):
+    """The wire form of a nursery block's exception ``exc``, in place of the text member that
+    stood for it: a ``RemoteError``'s own, else the text member's source and traceback with the
+    exception's type and message."""
+    if isinstance(exc, RemoteError):
+        return exc._harrow_remote
+    return dict(text_member, type_name=type(exc).__name__, message=str(exc))
 
 
 def _nursery_error(remote):

@@ -341,13 +341,38 @@ def context_block_failures(v=None):
     return out
 
 
+def _block_beside_a_failing_child(relay):
+    """A nursery whose child fails while its block raises too: a ValueError of its own, or
+    (``relay``) a RemoteError it got from another child's call."""
+    import shutil
+    import tempfile
+    import time
+
+    d = tempfile.mkdtemp(prefix="harrow-both-")
+    try:
+        with harrow.open_nursery() as n:
+            raised = ValueError("the block's own")
+            if relay:
+                other = n.start_actor("other")
+                try:
+                    other.run(_fn("fail"), "relayed")
+                except harrow.RemoteError as e:
+                    raised = e
+            args = {"dir": d, "n": 1, "msg": "child"}
+            n.run_in_actor(_fn("fail_together"), args, name="failing")
+            # The child is about to fail: raise beside it (pure Python, no harrow wait).
+            give_up = time.monotonic() + 30
+            while _ready(d) < 1 and time.monotonic() < give_up:
+                time.sleep(0.002)
+            raise raised
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def block_and_child_fail(v=None):
     """block_and_child_fail() -> the members of the NurseryError of a nursery whose child fails
     while its block raises too: first a ValueError of its own, then a RemoteError it got from
     another child's call (each member: [type name, message, source or None], sorted)."""
-    import shutil
-    import tempfile
-    import time
 
     def describe(m):
         if isinstance(m, harrow.RemoteError):
@@ -356,28 +381,17 @@ def block_and_child_fail(v=None):
 
     out = []
     for relay in (False, True):
-        d = tempfile.mkdtemp(prefix="harrow-both-")
         try:
-            with harrow.open_nursery() as n:
-                raised = ValueError("the block's own")
-                if relay:
-                    other = n.start_actor("other")
-                    try:
-                        other.run(_fn("fail"), "relayed")
-                    except harrow.RemoteError as e:
-                        raised = e
-                args = {"dir": d, "n": 1, "msg": "child"}
-                n.run_in_actor(_fn("fail_together"), args, name="failing")
-                # The child is about to fail: raise beside it (pure Python, no harrow wait).
-                give_up = time.monotonic() + 30
-                while _ready(d) < 1 and time.monotonic() < give_up:
-                    time.sleep(0.002)
-                raise raised
+            _block_beside_a_failing_child(relay)
         except harrow.NurseryError as e:
             out.append(sorted(describe(m) for m in e.exceptions))
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
     return out
+
+
+def block_and_child_fail_uncaught(relay=False):
+    """block_and_child_fail_uncaught(relay): the same nursery as ``block_and_child_fail``, its
+    NurseryError left to end the call."""
+    _block_beside_a_failing_child(bool(relay))
 
 
 def fail_after(ms):
