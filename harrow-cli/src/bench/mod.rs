@@ -62,7 +62,7 @@ impl Sizes {
                 reps: 5,
                 spawns: 20,
                 round_trips: 2_000,
-                items: 20_000,
+                items: 100_000,
                 cpu_n: 3_000_000,
             }
         }
