@@ -202,18 +202,26 @@ impl Value {
     /// `cap`, so a large value costs no more to measure than one of about `cap` bytes.
     #[inline]
     pub fn approx_size(&self, cap: usize) -> usize {
-        const ONE: usize = std::mem::size_of::<Value>();
-        match self {
-            Value::Str(s) => ONE + s.len(),
-            Value::Bytes(b) => ONE + b.len(),
-            Value::List(_) | Value::Map(_) => self.measure_size(cap),
-            _ => ONE,
+        if self.is_container() {
+            self.measure_size(cap)
+        } else {
+            self.own_size()
         }
     }
 
+    /// The value itself and its string's or bytes' payload, not what a container holds.
+    #[inline]
+    fn own_size(&self) -> usize {
+        std::mem::size_of::<Value>()
+            + match self {
+                Value::Str(s) => s.len(),
+                Value::Bytes(b) => b.len(),
+                _ => 0,
+            }
+    }
+
     fn measure_size(&self, cap: usize) -> usize {
-        const ONE: usize = std::mem::size_of::<Value>();
-        let mut total = ONE;
+        let mut total = self.own_size();
         let mut pending: Vec<&Value> = Vec::new();
         let mut value = self;
         loop {
@@ -223,15 +231,10 @@ impl Value {
                 _ => &mut std::iter::empty(),
             };
             for child in children {
-                total = total.saturating_add(match child {
-                    Value::Str(s) => ONE + s.len(),
-                    Value::Bytes(b) => ONE + b.len(),
-                    Value::List(_) | Value::Map(_) => {
-                        pending.push(child);
-                        ONE
-                    }
-                    _ => ONE,
-                });
+                total = total.saturating_add(child.own_size());
+                if child.is_container() {
+                    pending.push(child);
+                }
                 if total > cap {
                     return total;
                 }

@@ -296,7 +296,8 @@ impl CalleeContext {
     ///
     /// Grants the caller the link's credit window for sending to us: `credit_window` items,
     /// growing toward `credit_window_max` while the items received are small (see
-    /// [`LinkConfig::credit_window_max`](crate::LinkConfig::credit_window_max)). Opening twice is an error here only.
+    /// [`LinkConfig::credit_window_max`](crate::LinkConfig::credit_window_max)).
+    /// Opening twice is an error here only.
     pub async fn open_stream(&self) -> Result<MsgStream> {
         self.open_stream_by(self.shared.window_rule())
     }

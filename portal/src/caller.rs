@@ -243,7 +243,8 @@ impl Context {
     ///
     /// Grants the callee the link's credit window for sending to us: `credit_window` items,
     /// growing toward `credit_window_max` while the items received are small (see
-    /// [`LinkConfig::credit_window_max`](crate::LinkConfig::credit_window_max)). Opening twice is an error.
+    /// [`LinkConfig::credit_window_max`](crate::LinkConfig::credit_window_max)).
+    /// Opening twice is an error.
     pub async fn open_stream(&mut self) -> Result<MsgStream> {
         let rule = self.shared.window_rule();
         self.open_stream_by(rule)
@@ -594,9 +595,9 @@ impl Drop for TxInner {
 /// (`credit_window`, or the window given to `open_stream_with_window`), and re-grants consumed
 /// items in batches of a quarter of the window; a default window grows toward
 /// `credit_window_max` while the items are small ([`LinkConfig`](crate::LinkConfig)).
-/// [`send`](MsgStream::send) waits while the sender has no credit. End of stream is explicit: `recv` returns `Ok(None)` once the
-/// peer closed its side (or the call returned); `send` after [`close`](MsgStream::close) is
-/// `Err(Error::Protocol)`. On the caller's side, dropping every sending handle closes the
+/// [`send`](MsgStream::send) waits while the sender has no credit. End of stream is explicit:
+/// `recv` returns `Ok(None)` once the peer closed its side (or the call returned); `send` after
+/// [`close`](MsgStream::close) is `Err(Error::Protocol)`. On the caller's side, dropping every sending handle closes the
 /// sending side; on the callee's side the direction ends with the call (or `close()`), so that a
 /// function failing mid-stream is seen as that failure, never as a normal end.
 #[derive(Debug)]

@@ -175,24 +175,40 @@ impl CancelWaiters {
 /// [`LinkConfig::credit_window`]: crate::LinkConfig::credit_window
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct WindowRule {
-    pub(crate) base: u32,
-    pub(crate) max: u32,
-    pub(crate) bytes: usize,
+    base: u32,
+    max: u32,
+    bytes: usize,
+    /// Beyond this item size the window is `base` whatever the exact size, so measuring an
+    /// item stops there; 0 for a window that does not move (nothing is measured).
+    size_cap: usize,
 }
 
 impl WindowRule {
-    /// A window that does not move.
-    pub(crate) fn fixed(window: u32) -> WindowRule {
-        let window = window.max(1);
+    /// A window of `base` items (at least 1) that grows toward `max` while `bytes` hold as many
+    /// items as large as the largest seen.
+    pub(crate) fn new(base: u32, max: u32, bytes: usize) -> WindowRule {
+        let base = base.max(1);
+        let max = max.max(base);
+        let size_cap = if max > base {
+            (bytes / base as usize).saturating_add(1)
+        } else {
+            0
+        };
         WindowRule {
-            base: window,
-            max: window,
-            bytes: 0,
+            base,
+            max,
+            bytes,
+            size_cap,
         }
     }
 
+    /// A window that does not move.
+    pub(crate) fn fixed(window: u32) -> WindowRule {
+        WindowRule::new(window, window, 0)
+    }
+
     /// The window for items of at most `largest` bytes each.
-    pub(crate) fn target(&self, largest: usize) -> u32 {
+    fn target(&self, largest: usize) -> u32 {
         if self.max <= self.base {
             return self.base;
         }
@@ -200,16 +216,6 @@ impl WindowRule {
         u32::try_from(fit)
             .unwrap_or(u32::MAX)
             .clamp(self.base, self.max)
-    }
-
-    /// Beyond this item size the window is `base` whatever the exact size, so measuring an item
-    /// may stop there.
-    pub(crate) fn size_cap(&self) -> usize {
-        if self.max <= self.base {
-            0
-        } else {
-            (self.bytes / self.base.max(1) as usize).saturating_add(1)
-        }
     }
 }
 
@@ -261,10 +267,10 @@ pub(crate) struct ChanState {
     /// not yet consumed never exceed it. Moves within `rule` as the items' sizes are learned.
     pub(crate) window: u32,
     /// How far `window` may move (fixed when the stream was opened with a window of its own).
-    pub(crate) rule: WindowRule,
-    /// The largest item received so far, as [`Value::approx_size`] estimates it (capped at
-    /// [`WindowRule::size_cap`]).
-    pub(crate) largest_item: usize,
+    rule: WindowRule,
+    /// The largest item received so far, as [`Value::approx_size`] estimates it (measured
+    /// only as far as the rule's `size_cap`, and only where the window may move).
+    largest_item: usize,
     pub(crate) items: VecDeque<Value>,
     pub(crate) peer_stopped: bool,
     /// Credit granted to the peer and not yet used by it.
@@ -283,6 +289,17 @@ pub(crate) struct ChanState {
 }
 
 impl ChanState {
+    /// Queues an item that arrived with credit, noting its size where the window may move.
+    pub(crate) fn push_item(&mut self, value: Value) {
+        if self.rule.size_cap > 0 {
+            let size = value.approx_size(self.rule.size_cap);
+            self.largest_item = self.largest_item.max(size);
+        }
+        self.allowance -= 1;
+        self.items.push_back(value);
+        self.max_buffered = self.max_buffered.max(self.items.len());
+    }
+
     /// Opens the receiving direction: the whole starting window is granted (the caller sends
     /// the `Credit` for the returned count).
     pub(crate) fn open_rx(&mut self, rule: WindowRule) -> u32 {

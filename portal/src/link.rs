@@ -409,12 +409,8 @@ impl Shared {
 
     /// The window rule of a stream opened with the link's defaults.
     pub(crate) fn window_rule(&self) -> WindowRule {
-        let base = self.config.credit_window.max(1);
-        WindowRule {
-            base,
-            max: self.config.credit_window_max.max(base),
-            bytes: self.config.credit_window_bytes,
-        }
+        let c = &self.config;
+        WindowRule::new(c.credit_window, c.credit_window_max, c.credit_window_bytes)
     }
 
     fn end(&self) -> Option<LinkEnd> {

@@ -13,8 +13,9 @@ use common::*;
 use harrow_portal::ipc::Value;
 use harrow_portal::{Executor, FnRegistry, LinkConfig};
 
-/// `t:produce`: streams 0..n and reports each sent index on `sent`. `t:consume`: counts items
-/// the caller streams in, returns their sum.
+/// `t:produce`: streams 0..n and reports each sent index on `sent`. `t:produce_sized` and
+/// `t:lists`: streams of byte strings and of lists. `t:consume`: counts items the caller
+/// streams in, returns their sum.
 fn registry(sent: async_channel::Sender<i64>) -> FnRegistry {
     let mut reg = FnRegistry::new();
     reg.context("t:produce", move |ctx, v| {
@@ -49,6 +50,18 @@ fn registry(sent: async_channel::Sender<i64>) -> FnRegistry {
         Ok(Value::Int(small + large))
     })
     .unwrap();
+    reg.context("t:lists", |ctx, v| async move {
+        // `n` lists of three copies of their index.
+        let n = v.as_i64().unwrap_or(0);
+        ctx.started(Value::Null).await?;
+        let s = ctx.open_stream().await?;
+        for i in 0..n {
+            s.send(Value::List(vec![Value::Int(i); 3])).await?;
+        }
+        s.close().await?;
+        Ok(Value::Int(n))
+    })
+    .unwrap();
     reg.unary("t:echo", |v| async move { Ok(v) }).unwrap();
     reg.context("t:consume", |ctx, _| async move {
         ctx.started(Value::Null).await?;
@@ -79,9 +92,8 @@ async fn slow_consumer_bounded_buffer_nothing_lost(exec: Executor, t: Transport,
 }
 
 /// A slow consumer of `t:produce`'s ints over a link with `config`: nothing lost or reordered,
-/// and neither the buffer nor the producer's lead ever past `bound`.
-async fn slow_consumer_bounded_by(exec: Executor, t: Transport, config: LinkConfig, bound: u32) {
-    let window = bound;
+/// and neither the buffer nor the producer's lead ever past `window`.
+async fn slow_consumer_bounded_by(exec: Executor, t: Transport, config: LinkConfig, window: u32) {
     let (sent_tx, sent_rx) = async_channel::unbounded();
     let (a, _b) = link_pair(&exec, t, None, Some(Arc::new(registry(sent_tx))), config).await;
     const N: i64 = 10_000;
@@ -243,7 +255,8 @@ async fn window_without_a_byte_limit(exec: Executor, t: Transport) {
     config.credit_window = 1;
     config.credit_window_max = 8;
     config.credit_window_bytes = usize::MAX;
-    let (a, _b) = link_pair(&exec, t, None, Some(Arc::new(registry_lists())), config).await;
+    let (sent_tx, _sent_rx) = async_channel::unbounded();
+    let (a, _b) = link_pair(&exec, t, None, Some(Arc::new(registry(sent_tx))), config).await;
     let (mut ctx, _) = bounded("open", a.portal().open_context("t:lists", Value::Int(500)))
         .await
         .unwrap();
@@ -259,23 +272,6 @@ async fn window_without_a_byte_limit(exec: Executor, t: Transport) {
         bounded("result", ctx.result()).await.unwrap(),
         Value::Int(500)
     );
-}
-
-/// `t:lists`: streams `n` lists of three copies of their index.
-fn registry_lists() -> FnRegistry {
-    let mut reg = FnRegistry::new();
-    reg.context("t:lists", |ctx, v| async move {
-        let n = v.as_i64().unwrap_or(0);
-        ctx.started(Value::Null).await?;
-        let s = ctx.open_stream().await?;
-        for i in 0..n {
-            s.send(Value::List(vec![Value::Int(i); 3])).await?;
-        }
-        s.close().await?;
-        Ok(Value::Int(n))
-    })
-    .unwrap();
-    reg
 }
 
 async fn stalled_stream_does_not_block_other_calls(exec: Executor, t: Transport) {

@@ -101,8 +101,6 @@ impl Shared {
                 let Some(chan) = self.chan_for_stream(cid, cache) else {
                     return;
                 };
-                // Measured before the lock, as far as any stream's window rule looks.
-                let size = value.approx_size(self.window_rule().size_cap());
                 let violation = {
                     let mut st = chan.lock();
                     if st.outcome.is_some() {
@@ -110,10 +108,7 @@ impl Shared {
                     } else if !st.rx_open || st.allowance == 0 {
                         true
                     } else {
-                        st.allowance -= 1;
-                        st.largest_item = st.largest_item.max(size);
-                        st.items.push_back(value);
-                        st.max_buffered = st.max_buffered.max(st.items.len());
+                        st.push_item(value);
                         false
                     }
                 };
