@@ -56,7 +56,7 @@ enum Command {
         /// Print machine-readable JSON instead of the tables.
         #[arg(long)]
         json: bool,
-        /// Small sizes, one repetition: a smoke run of a few seconds (figures are rough).
+        /// Small sizes, two repetitions: a smoke run of a few seconds (figures are rough).
         #[arg(long)]
         quick: bool,
         /// Only the scale table: trees of 10, 100 and 1,000 thread / 200 process / 100 subint

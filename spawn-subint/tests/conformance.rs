@@ -1,10 +1,10 @@
 //! The backend conformance suite (harrow-testkit's scenarios) against `SubintBackend`, serving
 //! the Python twins of the standard test functions (`tests/pyfns/harrow_testfns/conformance.py`).
 //!
-//! Scenarios that need nested actors are skipped (`Capabilities::nested` is false), and so is the
-//! blocked-native-call variant of non-checkpointing-child (`HardKill::Interrupts`; a `time.sleep`
-//! in C cannot be interrupted: `tests/leak.rs` covers it). The live-interpreter count is tracked
-//! and the hang dump includes every subinterpreter's Python stacks.
+//! The scenarios with nested actors run: the Python twins open nurseries from Python. The
+//! blocked-native-call variant of non-checkpointing-child is skipped (`HardKill::Interrupts`; a
+//! `time.sleep` in C cannot be interrupted: `tests/leak.rs` covers it). The live-interpreter
+//! count is tracked and the hang dump includes every subinterpreter's Python stacks.
 
 #![cfg(harrow_subint)] // needs Python >= 3.12 (tests/unavailable.rs covers the other case)
 
