@@ -84,7 +84,7 @@ const PARKED: u8 = 2;
 /// allocation, which glibc serves under its arena's lock, without its per-thread cache. The
 /// subint interpreter thread makes a flag per call, and whenever another thread was freeing
 /// memory of that arena at the same moment, one of the two slept on the lock and the call paid
-/// a wake-up (docs/PERFORMANCE.md, "A lock in the allocator"). An alignment of 16 is one the
+/// a wake-up (docs/performance-log.md, "A lock in the allocator"). An alignment of 16 is one the
 /// system allocator serves with a plain `malloc`.
 #[repr(C, align(16))]
 struct Flag {

@@ -42,7 +42,7 @@
 //!   idle actor spins once after its last message, then sleeps and costs nothing. The first miss
 //!   is free because it is what the end of every burst of messages looks like, and the start of
 //!   the next burst would pay for it: skipping the spin after it made the second call after a
-//!   pause pay a second wake-up on each side (docs/PERFORMANCE.md, "The second call after a
+//!   pause pay a second wake-up on each side (docs/performance-log.md, "The second call after a
 //!   pause").
 //!
 //! The spin is [`park_spin`] long: `HARROW_PARK_SPIN_US` (microseconds, at most 1 ms; 0 turns
@@ -861,7 +861,7 @@ fn others_limit(cores: usize) -> f64 {
 /// other running threads, so an idle machine can read as busy here, for one [`CPU_SAMPLE`] at
 /// most. An open gate until the first measurement instead let a process that starts beside CPU
 /// hogs spin beside them for its first 50 ms, losing its CPU for a hog's time slice at a yield
-/// (docs/PERFORMANCE.md, "A process's first 50 ms").
+/// (docs/performance-log.md, "A process's first 50 ms").
 fn others_runnable_leave_a_core(runnable: Option<usize>, cores: usize) -> bool {
     runnable.is_none_or(|r| r.saturating_sub(1) as f64 <= others_limit(cores))
 }
