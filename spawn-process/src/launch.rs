@@ -18,6 +18,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 
+use harrow_runtime_core::ipc::park::spin::{CountedChild, count_child_as_ours};
 use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
 
 /// Descriptors this process hands to a child are first copied at or above this number, below
@@ -51,6 +52,9 @@ pub(crate) struct Launched {
 pub(crate) struct Process {
     pid: Pid,
     status: Option<ExitStatus>,
+    /// The child counts as part of this process's family for the spin gate until reaped: an
+    /// actor child spins for its parent as the parent spins for it.
+    counted: Option<CountedChild>,
 }
 
 impl Process {
@@ -79,6 +83,7 @@ impl Process {
         match waitpid(Some(self.pid), options) {
             Ok(Some((_, status))) => {
                 self.status = Some(ExitStatus::from_raw(status.as_raw()));
+                self.counted = None;
                 Ok(self.status)
             }
             Ok(None) | Err(rustix::io::Errno::INTR) => Ok(None),
@@ -142,7 +147,13 @@ pub(crate) fn launch(l: &Launch<'_>) -> io::Result<Launched> {
     let attr = Attributes::new()?;
     let pid = attr.spawn(&actions, &program, &argv, &envp)?;
     Ok(Launched {
-        process: Process { pid, status: None },
+        process: Process {
+            pid,
+            status: None,
+            counted: Some(count_child_as_ours(
+                pid.as_raw_nonzero().get().unsigned_abs(),
+            )),
+        },
         stdout,
         stderr,
     })
@@ -385,6 +396,27 @@ mod tests {
         let mut out = String::new();
         std::fs::File::from(fd).read_to_string(&mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn a_child_counts_as_ours_for_the_spin_gate_until_reaped() {
+        use harrow_runtime_core::ipc::park::spin::testing::counted_children;
+        let (program, _dir) = script("exit 0 # a child the spin gate counts");
+        let launched = launch_held(&Launch {
+            program: &program,
+            set_env: Vec::new(),
+            remove_env: Vec::new(),
+            fds: Vec::new(),
+            pipe_output: false,
+        })
+        .unwrap();
+        let mut process = launched.process;
+        let pid = process.id();
+        assert!(counted_children().contains(&pid), "counted while it runs");
+        // Until reaped, an ended child keeps its pid (a zombie) and still counts.
+        let status = process.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        assert!(!counted_children().contains(&pid), "forgotten once reaped");
     }
 
     #[test]

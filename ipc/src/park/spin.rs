@@ -26,7 +26,8 @@
 //!   process (a few microseconds per 10 ms); off Linux there is no such cheap count and
 //!   threads never spin;
 //! - **other programs leave a core unused**: the machine's busy CPU time less this process's,
-//!   over the last [`CPU_SAMPLE`] or more, is at most the cores less three quarters
+//!   over the last [`CPU_SAMPLE`] or more, is at most the cores less three quarters, and where
+//!   no core was idle, programs outside this process's family got less than half a core
 //!   ([`others_leave_a_core`]). The counts above cannot tell a CPU hog from this process's own
 //!   spinning threads; beside a hog, a spinning thread that yields loses its CPU for the rest
 //!   of the hog's time slice. Until a process has measured that (its first [`CPU_SAMPLE`]), it
@@ -750,9 +751,11 @@ pub const CPU_SAMPLE: Duration = Duration::from_millis(50);
 
 /// Whether other programs left at least one core (less a quarter, for noise) of the machine
 /// unused, over the last [`CPU_SAMPLE`] or more: the machine's busy time (`/proc/stat`) less
-/// this process's CPU time (`CLOCK_PROCESS_CPUTIME_ID`) and its parent's. Read by the thread
-/// that reads the load, at most once per [`CPU_SAMPLE`]; `true` where the busy time or this
-/// process's time cannot be read (the parent's counts as nothing then).
+/// this process's CPU time (`CLOCK_PROCESS_CPUTIME_ID`) and its parent's; and, where no core
+/// was idle, whether programs outside this process's family got less than half a core
+/// ([`CpuReading::leaves_a_core`]). Read by the thread that reads the load, at most once per
+/// [`CPU_SAMPLE`]; `true` where the busy time or this process's time cannot be read (the
+/// parent's and children's count as nothing then).
 ///
 /// The load's counts cannot tell a CPU hog from this process's own spinning threads: two hogs
 /// on two cores and two spinning actor threads make four runnable threads, within twice the
@@ -768,51 +771,73 @@ pub const CPU_SAMPLE: Duration = Duration::from_millis(50);
 /// spawned it and talks to it, and spins for its answers. Counted as another program's, the
 /// parent's spinning plus any short burst beside it (in `harrow bench`, the raw socket
 /// baseline's child, run between batches) closed a process actor's gate on an idle machine for
-/// whole batches of calls. (The parent, for its part, counts its actor children as others:
-/// one core's worth of them still leaves the other.)
+/// whole batches of calls. The parent, for its part, counts its actor children as others
+/// here (one core's worth of them still leaves the other), but not as demand on a machine
+/// with no idle core ([`CpuReading::leaves_a_core`], [`count_child_as_ours`]).
 pub fn others_leave_a_core() -> bool {
-    static STATE: std::sync::Mutex<Option<CpuSample>> = std::sync::Mutex::new(None);
+    // The last sample, and whether the reading that ended at it found the machine crowded.
+    static STATE: std::sync::Mutex<Option<(CpuSample, bool)>> = std::sync::Mutex::new(None);
     // Closed until the first reading has judged (see `judge`).
     static LEAVE: AtomicBool = AtomicBool::new(false);
     let Ok(mut last) = STATE.try_lock() else {
         return LEAVE.load(Ordering::Relaxed);
     };
-    if last.is_some_and(|l| l.at.elapsed() < CPU_SAMPLE) {
+    if last.is_some_and(|(l, _)| l.at.elapsed() < CPU_SAMPLE) {
         return LEAVE.load(Ordering::Relaxed);
     }
     let Some(now) = CpuSample::take() else {
         return true;
     };
-    let before = last.replace(now);
-    let leave = judge(
-        before.as_ref(),
+    let judged = judge(
+        last.as_ref(),
         &now,
         INHERITED.load(Ordering::Relaxed),
         || load().map(|l| l.runnable),
         cores(),
     );
-    LEAVE.store(leave, Ordering::Relaxed);
-    leave
+    *last = Some((now, judged.crowded));
+    LEAVE.store(judged.leave, Ordering::Relaxed);
+    judged.leave
 }
 
-/// [`others_leave_a_core`]'s answer at a reading `now`: measured since the reading `before`;
-/// at a process's first reading (none before), the answer its starter passed (`inherited`),
-/// or else the threads that want a CPU right now (`runnable`, read only then).
+/// What [`judge`] found at one reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Judged {
+    /// The gate's answer: other programs leave a core.
+    leave: bool,
+    /// The machine was crowded over this reading ([`CpuReading::crowded`]).
+    crowded: bool,
+}
+
+/// [`others_leave_a_core`]'s answer at a reading `now`: measured since the sample `before`
+/// (with whether the reading before found the machine crowded); at a process's first reading
+/// (none before), the answer its starter passed (`inherited`), or else the threads that want a
+/// CPU right now (`runnable`, read only then).
 fn judge(
-    before: Option<&CpuSample>,
+    before: Option<&(CpuSample, bool)>,
     now: &CpuSample,
     inherited: u8,
     runnable: impl FnOnce() -> Option<usize>,
     cores: usize,
-) -> bool {
+) -> Judged {
     match before {
-        Some(before) => now
-            .others_since(before)
-            .is_none_or(|o| o <= others_limit(cores)),
-        None => match inherited {
-            INHERITED_SPARE => true,
-            INHERITED_NONE_SPARE => false,
-            _ => others_runnable_leave_a_core(runnable(), cores),
+        Some((before, crowded_before)) => match now.reading_since(before) {
+            Some(r) => Judged {
+                leave: r.leaves_a_core(cores, *crowded_before),
+                crowded: r.crowded(),
+            },
+            None => Judged {
+                leave: true,
+                crowded: false,
+            },
+        },
+        None => Judged {
+            leave: match inherited {
+                INHERITED_SPARE => true,
+                INHERITED_NONE_SPARE => false,
+                _ => others_runnable_leave_a_core(runnable(), cores),
+            },
+            crowded: false,
         },
     }
 }
@@ -849,10 +874,110 @@ pub fn inherited_others_leave_a_core() -> Option<bool> {
     }
 }
 
+/// How many of the children counted as ours ([`count_child_as_ours`]) a reading reads, the
+/// newest first: a read of `/proc/PID/stat` each, on the reading thread's way into a spin.
+pub const CHILDREN_READ: usize = 4;
+
+/// The children counted as ours, oldest first.
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// A child process counted as part of this process's family by [`others_leave_a_core`], until
+/// dropped. Drop it when the child is reaped: its id may be another process's after that.
+#[derive(Debug)]
+#[must_use = "the child counts as ours only while this is held"]
+pub struct CountedChild(u32);
+
+/// Counts the child process `pid` as part of this process's family: where the machine has no
+/// idle core, its CPU time is not taken for another program's demand
+/// ([`CpuReading::leaves_a_core`]). The process backend counts each actor child it starts,
+/// which spins for the root as the root spins for it. Only the newest [`CHILDREN_READ`] are
+/// read; the older ones count as other programs.
+pub fn count_child_as_ours(pid: u32) -> CountedChild {
+    lock_children().push(pid);
+    CountedChild(pid)
+}
+
+impl Drop for CountedChild {
+    fn drop(&mut self) {
+        let mut children = lock_children();
+        if let Some(i) = children.iter().rposition(|&p| p == self.0) {
+            children.remove(i);
+        }
+    }
+}
+
+fn lock_children() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    // A list of ids cannot be left half-changed by a panic: it is usable as it is.
+    CHILDREN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The newest [`CHILDREN_READ`] children counted as ours, newest first.
+fn newest_children() -> [Option<u32>; CHILDREN_READ] {
+    let children = lock_children();
+    let mut newest = [None; CHILDREN_READ];
+    for (slot, &pid) in newest.iter_mut().zip(children.iter().rev()) {
+        *slot = Some(pid);
+    }
+    newest
+}
+
 /// The most CPU other programs may use for this process to spin: the cores less three
 /// quarters (a margin for the noise of readings in 10 ms ticks).
 fn others_limit(cores: usize) -> f64 {
     cores as f64 - 0.75
+}
+
+/// The most idle CPU, in cores, of a machine that counts as busy on every core for
+/// [`CpuReading::leaves_a_core`]: a quarter of a core (the ticks' noise).
+const NO_IDLE_CORE: f64 = 0.25;
+
+/// The CPU, in cores, that programs outside this process's family may use on a machine busy
+/// on every core for this process to spin: less than half a core.
+const CROWDING: f64 = 0.5;
+
+/// What [`others_leave_a_core`] measured between two samples, in cores.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CpuReading {
+    /// The machine's idle CPU.
+    idle: f64,
+    /// The CPU that other programs used: all but this process and its parent.
+    others: f64,
+    /// The CPU that programs outside this process's family used: all but this process, its
+    /// parent and the children it counts as its own ([`count_child_as_ours`]).
+    outside_family: f64,
+}
+
+impl CpuReading {
+    /// Whether the machine had no idle core ([`NO_IDLE_CORE`]) and programs outside this
+    /// process's family still got half a core or more ([`CROWDING`]).
+    fn crowded(&self) -> bool {
+        self.idle <= NO_IDLE_CORE && self.outside_family >= CROWDING
+    }
+
+    /// Whether this reading lets threads spin: other programs used at most the cores less
+    /// three quarters ([`others_limit`]), and the machine was not crowded ([`Self::crowded`])
+    /// both over this reading and over the one before (`crowded_before`).
+    ///
+    /// The first condition measures what others got, not what they wanted: right after this
+    /// process kept both cores of a two-core machine busy, two CPU hogs beside it got about
+    /// one core between them, under the limit, and threads that then spun beside them lost
+    /// their CPU for a hog's time slice at every yield (docs/performance-log.md, "The subint
+    /// row's loaded bursts"). On a machine with no idle time, what others got is what they
+    /// could get: any share of note means they wanted more. The family is left out of that
+    /// second condition because an actor's peers in other processes spin for it: on an idle
+    /// machine, a process actor and the root spinning for each other keep both cores busy.
+    ///
+    /// One crowded reading alone is not enough: a reading covers the time since a thread of
+    /// this process last spun, and a short burst of another program's in that time (in
+    /// `harrow bench`, the raw socket baseline between two batches) or a child's first
+    /// reading, before it was counted as ours, crowds one reading of an idle machine. Taken
+    /// alone, such readings gave every idle full run of the bench process batches of 14-22 µs
+    /// per call among batches of 4 µs. CPU hogs crowd every reading.
+    fn leaves_a_core(&self, cores: usize, crowded_before: bool) -> bool {
+        self.others <= others_limit(cores) && !(crowded_before && self.crowded())
+    }
 }
 
 /// The gate's first answer in a process, before any CPU time could be measured: the runnable
@@ -872,10 +997,15 @@ struct CpuSample {
     at: Instant,
     /// The machine's busy time (all CPUs), in the kernel's ticks (`USER_HZ`, 100 per second).
     busy_ticks: u64,
+    /// The machine's idle time (all CPUs, idle and iowait), in ticks.
+    idle_ticks: u64,
     /// This process's CPU time (user and system).
     ours: Duration,
     /// The parent process (its id) and its CPU time in ticks, where it could be read.
     parent: Option<(u32, u64)>,
+    /// The children counted as ours ([`count_child_as_ours`], the newest [`CHILDREN_READ`])
+    /// that could be read: their ids and CPU times in ticks.
+    children: [Option<(u32, u64)>; CHILDREN_READ],
 }
 
 impl CpuSample {
@@ -883,23 +1013,30 @@ impl CpuSample {
     fn take() -> Option<CpuSample> {
         // The first line is the machine's total; 256 bytes hold it.
         let mut buf = [0u8; 256];
-        let busy_ticks = parse_stat_busy(read_head("/proc/stat", &mut buf)?)?;
+        let (busy_ticks, idle_ticks) = parse_stat(read_head("/proc/stat", &mut buf)?)?;
         let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
         let ours = Duration::new(
             u64::try_from(t.tv_sec).ok()?,
             u32::try_from(t.tv_nsec).ok()?,
         );
-        let parent = rustix::process::getppid().and_then(|pid| {
-            let pid = pid.as_raw_nonzero().get().unsigned_abs();
+        let ticks_of = |pid: u32| {
             let mut buf = [0u8; 1024];
             let text = read_head(&format!("/proc/{pid}/stat"), &mut buf)?;
             Some((pid, parse_pid_stat_ticks(text)?))
-        });
+        };
+        let parent = rustix::process::getppid()
+            .and_then(|pid| ticks_of(pid.as_raw_nonzero().get().unsigned_abs()));
+        let mut children = [None; CHILDREN_READ];
+        for (slot, pid) in children.iter_mut().zip(newest_children()) {
+            *slot = pid.and_then(ticks_of);
+        }
         Some(CpuSample {
             at: Instant::now(),
             busy_ticks,
+            idle_ticks,
             ours,
             parent,
+            children,
         })
     }
 
@@ -908,27 +1045,50 @@ impl CpuSample {
         None
     }
 
-    /// Other programs' CPU use since `before`, in cores (`None`: no time passed).
-    fn others_since(&self, before: &CpuSample) -> Option<f64> {
+    /// What was used since `before`, in cores (`None`: no time passed).
+    fn reading_since(&self, before: &CpuSample) -> Option<CpuReading> {
         let wall = self.at.duration_since(before.at).as_secs_f64();
         if wall <= 0.0 {
             return None;
         }
         let busy = self.busy_ticks.saturating_sub(before.busy_ticks) as f64 / 100.0;
-        let mut ours = self.ours.saturating_sub(before.ours).as_secs_f64();
-        if let (Some((now_pid, now_ticks)), Some((then_pid, then_ticks))) =
-            (self.parent, before.parent)
-            && now_pid == then_pid
-        {
-            ours += now_ticks.saturating_sub(then_ticks) as f64 / 100.0;
-        }
-        Some(((busy - ours) / wall).max(0.0))
+        let idle = self.idle_ticks.saturating_sub(before.idle_ticks) as f64 / 100.0;
+        // A process's ticks since `before`, where it is the same process in both samples.
+        let same = |now: (u32, u64), then: Option<(u32, u64)>| match then {
+            Some((pid, ticks)) if pid == now.0 => now.1.saturating_sub(ticks) as f64 / 100.0,
+            _ => 0.0,
+        };
+        let ours = self.ours.saturating_sub(before.ours).as_secs_f64()
+            + self.parent.map_or(0.0, |p| same(p, before.parent));
+        let children: f64 = self
+            .children
+            .iter()
+            .flatten()
+            .map(|&c| {
+                same(
+                    c,
+                    before
+                        .children
+                        .iter()
+                        .flatten()
+                        .find(|b| b.0 == c.0)
+                        .copied(),
+                )
+            })
+            .sum();
+        let others = (busy - ours).max(0.0);
+        Some(CpuReading {
+            idle: idle / wall,
+            others: others / wall,
+            outside_family: (others - children).max(0.0) / wall,
+        })
     }
 }
 
-/// The machine's busy time from `/proc/stat`'s first line (`cpu  user nice system idle iowait
-/// irq softirq steal ...`): all but idle, iowait and steal, in ticks.
-fn parse_stat_busy(text: &str) -> Option<u64> {
+/// The machine's busy and idle times from `/proc/stat`'s first line (`cpu  user nice system
+/// idle iowait irq softirq steal ...`), in ticks: busy is user, nice, system, irq and softirq;
+/// idle is idle and iowait (steal is neither: another guest's).
+fn parse_stat(text: &str) -> Option<(u64, u64)> {
     let line = text.lines().next()?;
     let mut fields = line.split_ascii_whitespace();
     if fields.next()? != "cpu" {
@@ -941,8 +1101,7 @@ fn parse_stat_busy(text: &str) -> Option<u64> {
     if v.len() < 8 {
         return None;
     }
-    // user, nice, system, irq, softirq.
-    Some(v[0] + v[1] + v[2] + v[5] + v[6])
+    Some((v[0] + v[1] + v[2] + v[5] + v[6], v[3] + v[4]))
 }
 
 /// A process's CPU time (user and system), in ticks, from its `/proc/PID/stat` (fields 14
@@ -1011,6 +1170,12 @@ pub mod testing {
     use std::task::{Poll, Waker};
     use std::thread::JoinHandle;
     use std::time::{Duration, Instant};
+
+    /// The children counted as this process's own ([`super::count_child_as_ours`]), oldest
+    /// first.
+    pub fn counted_children() -> Vec<u32> {
+        super::lock_children().clone()
+    }
 
     /// A future that wakes itself in its first poll and is done at its second: a wake-up the
     /// polling thread gave itself.
@@ -1261,15 +1426,11 @@ mod tests {
     #[test]
     fn the_busy_time_is_the_first_line_less_idle_iowait_and_steal() {
         let stat = "cpu  100 5 30 1000 7 2 3 40 0 0\ncpu0 50 2 15 500 3 1 1 20 0 0\nintr 1 2\n";
-        assert_eq!(parse_stat_busy(stat), Some(100 + 5 + 30 + 2 + 3));
-        assert_eq!(
-            parse_stat_busy("cpu0 1 2 3 4 5 6 7 8\n"),
-            None,
-            "not the total"
-        );
-        assert_eq!(parse_stat_busy("cpu  1 2 3\n"), None, "too few fields");
-        assert_eq!(parse_stat_busy("cpu  1 2 x 4 5 6 7 8\n"), None);
-        assert_eq!(parse_stat_busy(""), None);
+        assert_eq!(parse_stat(stat), Some((100 + 5 + 30 + 2 + 3, 1000 + 7)));
+        assert_eq!(parse_stat("cpu0 1 2 3 4 5 6 7 8\n"), None, "not the total");
+        assert_eq!(parse_stat("cpu  1 2 3\n"), None, "too few fields");
+        assert_eq!(parse_stat("cpu  1 2 x 4 5 6 7 8\n"), None);
+        assert_eq!(parse_stat(""), None);
     }
 
     #[test]
@@ -1278,19 +1439,23 @@ mod tests {
         let sample = |after_ms: u64, busy_ticks: u64, ours_ms: u64| CpuSample {
             at: at + Duration::from_millis(after_ms),
             busy_ticks,
+            idle_ticks: 0,
             ours: Duration::from_millis(ours_ms),
             parent: None,
+            children: [None; CHILDREN_READ],
         };
         let before = sample(0, 1_000, 500);
         // 100 ms on which the machine was busy for 200 ms of CPU (two cores), 50 of them ours:
         // others used one and a half cores.
         let others = sample(100, 1_020, 550)
-            .others_since(&before)
-            .expect("time passed");
+            .reading_since(&before)
+            .expect("time passed")
+            .others;
         assert!((others - 1.5).abs() < 1e-9, "{others}");
         // This process busier than the ticks said (they are coarse): none, not less than none.
-        assert_eq!(sample(100, 1_001, 600).others_since(&before), Some(0.0));
-        assert_eq!(sample(0, 1_010, 500).others_since(&before), None);
+        let r = sample(100, 1_001, 600).reading_since(&before);
+        assert_eq!(r.map(|r| (r.others, r.outside_family)), Some((0.0, 0.0)));
+        assert_eq!(sample(0, 1_010, 500).reading_since(&before), None);
     }
 
     #[test]
@@ -1299,11 +1464,27 @@ mod tests {
         let now = CpuSample {
             at,
             busy_ticks: 1_000,
+            idle_ticks: 1_000,
             ours: Duration::ZERO,
             parent: None,
+            children: [None; CHILDREN_READ],
         };
         let never = || -> Option<usize> { panic!("the count is read only when it decides") };
         // The starter's answer, whatever the threads now.
+        fn judge(
+            before: Option<&(CpuSample, bool)>,
+            now: &CpuSample,
+            inherited: u8,
+            runnable: impl FnOnce() -> Option<usize>,
+            cores: usize,
+        ) -> bool {
+            let judged = super::judge(before, now, inherited, runnable, cores);
+            assert!(
+                !judged.crowded || before.is_some(),
+                "a first reading measured nothing"
+            );
+            judged.leave
+        }
         assert!(judge(None, &now, INHERITED_SPARE, never, 2));
         assert!(!judge(None, &now, INHERITED_NONE_SPARE, never, 2));
         // None passed: the runnable threads less the reading one, within the cores less 3/4.
@@ -1323,15 +1504,19 @@ mod tests {
         assert!(!judge(None, &now, INHERITED_UNKNOWN, || Some(5), 4));
         assert!(judge(None, &now, INHERITED_UNKNOWN, || None, 2), "no count");
         // Once measured, the measure decides, whatever was passed: 100 ms in which others
-        // used one and a half cores of two, then half a core.
+        // used one and a half cores of two, then half a core (the rest idle).
         let later = |busy_ticks| CpuSample {
             at: at + Duration::from_millis(100),
             busy_ticks,
-            ..now
+            idle_ticks: 1_000 + 20 - (busy_ticks - 1_000),
+            ours: now.ours,
+            parent: now.parent,
+            children: now.children,
         };
         for inherited in [INHERITED_SPARE, INHERITED_NONE_SPARE, INHERITED_UNKNOWN] {
-            assert!(!judge(Some(&now), &later(1_015), inherited, never, 2));
-            assert!(judge(Some(&now), &later(1_005), inherited, never, 2));
+            let before = (now, false);
+            assert!(!judge(Some(&before), &later(1_015), inherited, never, 2));
+            assert!(judge(Some(&before), &later(1_005), inherited, never, 2));
         }
     }
 
@@ -1341,25 +1526,124 @@ mod tests {
         let sample = |after_ms: u64, busy_ticks: u64, parent: Option<(u32, u64)>| CpuSample {
             at: at + Duration::from_millis(after_ms),
             busy_ticks,
+            idle_ticks: 0,
             ours: Duration::ZERO,
             parent,
+            children: [None; CHILDREN_READ],
         };
         let before = sample(0, 1_000, Some((7, 300)));
         // 100 ms, 20 ticks of busy time over the machine, 15 of them the parent's (the actor
         // that spawned this one, spinning for its answers): half a core used by others.
         let others = sample(100, 1_020, Some((7, 315)))
-            .others_since(&before)
-            .expect("time passed");
+            .reading_since(&before)
+            .expect("time passed")
+            .others;
         assert!((others - 0.5).abs() < 1e-9, "{others}");
         // Another parent (the first one died): its time is not a difference of one process's.
         let others = sample(100, 1_020, Some((1, 900)))
-            .others_since(&before)
-            .expect("time passed");
+            .reading_since(&before)
+            .expect("time passed")
+            .others;
         assert!((others - 2.0).abs() < 1e-9, "{others}");
         let others = sample(100, 1_020, None)
-            .others_since(&before)
-            .expect("time passed");
+            .reading_since(&before)
+            .expect("time passed")
+            .others;
         assert!((others - 2.0).abs() < 1e-9, "{others}");
+    }
+
+    #[test]
+    fn on_a_machine_with_no_idle_core_others_who_got_half_a_core_wanted_more() {
+        let at = Instant::now();
+        // 100 ms on two cores: 20 ticks of CPU, `busy` of them busy and the rest idle; this
+        // process used `ours_ms` of CPU time and a child counted as ours `child` ticks.
+        let sample = |after_ms: u64, busy: u64, ours_ms: u64, child: u64| CpuSample {
+            at: at + Duration::from_millis(after_ms),
+            busy_ticks: 1_000 + busy,
+            idle_ticks: 1_000 + (after_ms / 5).saturating_sub(busy),
+            ours: Duration::from_millis(ours_ms),
+            parent: None,
+            children: [Some((42, 100 + child)), None, None, None],
+        };
+        let before = sample(0, 0, 0, 0);
+        let reading = |busy, ours_ms, child| {
+            sample(100, busy, ours_ms, child)
+                .reading_since(&before)
+                .expect("time passed")
+        };
+        // Two hogs beside this process's two busy threads: each got half a core, so others
+        // used one core of two, within the limit, but no core was idle.
+        let squeezed = reading(20, 100, 0);
+        assert!(squeezed.crowded());
+        assert!(!squeezed.leaves_a_core(2, true), "crowded twice in a row");
+        assert!(
+            squeezed.leaves_a_core(2, false),
+            "crowded once: a burst, maybe"
+        );
+        // The same use with a core idle: nobody waited.
+        assert!(
+            !reading(10, 0, 0).crowded(),
+            "one core's worth of others, one idle"
+        );
+        // Nothing idle, but what others used is this process's child, spinning for it.
+        assert!(!reading(20, 100, 10).crowded(), "a child counted as ours");
+        // Nothing idle and a third of a core for others: noise, not crowding.
+        assert!(!reading(20, 130, 4).crowded(), "a little of another's");
+        // Beyond the limit, crowded or not.
+        let over = reading(15, 0, 0);
+        assert!(!over.crowded() && !over.leaves_a_core(2, false));
+        // A child that was not in the earlier sample counts as another program.
+        let mut later = sample(100, 20, 100, 10);
+        later.children[0] = Some((43, 110));
+        let r = later.reading_since(&before).expect("time passed");
+        assert!((r.outside_family - 1.0).abs() < 1e-9, "{r:?}");
+        assert!(r.crowded());
+    }
+
+    #[test]
+    fn the_gate_closes_at_the_second_crowded_reading_in_a_row() {
+        let at = Instant::now();
+        // Readings 100 ms apart on two cores with no idle time: others got one core (crowded)
+        // or none (not), this process the rest.
+        let sample = |i: u64, ours: Duration| CpuSample {
+            at: at + Duration::from_millis(100 * i),
+            busy_ticks: 20 * i,
+            idle_ticks: 0,
+            ours,
+            parent: None,
+            children: [None; CHILDREN_READ],
+        };
+        let never = || -> Option<usize> { panic!("measured readings do not count threads") };
+        let mut last = (sample(0, Duration::ZERO), false);
+        let mut leaves = Vec::new();
+        for (i, others_ticks) in [(1, 0), (2, 10), (3, 0), (4, 10), (5, 10), (6, 10), (7, 0)] {
+            let ours = last.0.ours + Duration::from_millis(200 - 10 * others_ticks);
+            let now = sample(i, ours);
+            let judged = judge(Some(&last), &now, INHERITED_UNKNOWN, never, 2);
+            assert_eq!(judged.crowded, others_ticks == 10, "reading {i}");
+            leaves.push(judged.leave);
+            last = (now, judged.crowded);
+        }
+        assert_eq!(leaves, [true, true, true, true, false, false, true]);
+    }
+
+    #[test]
+    fn a_child_counts_as_ours_while_held_and_the_newest_are_read() {
+        // Ids no other test registers, beyond any real pid.
+        let base = u32::MAX - 100;
+        let held: Vec<CountedChild> = (0..CHILDREN_READ as u32 + 2)
+            .map(|i| count_child_as_ours(base + i))
+            .collect();
+        let newest = newest_children();
+        let expect: Vec<Option<u32>> = (0..CHILDREN_READ as u32)
+            .map(|i| Some(base + CHILDREN_READ as u32 + 1 - i))
+            .collect();
+        assert_eq!(newest.to_vec(), expect);
+        drop(held);
+        assert!(
+            lock_children().iter().all(|&p| p < base),
+            "dropped children are forgotten"
+        );
     }
 
     #[cfg(target_os = "linux")]
@@ -1390,7 +1674,11 @@ mod tests {
         let second = CpuSample::take().expect("a second sample");
         assert!(second.ours > first.ours);
         assert!(second.busy_ticks >= first.busy_ticks);
-        assert!(second.others_since(&first).is_some_and(|o| o >= 0.0));
+        assert!(
+            second
+                .reading_since(&first)
+                .is_some_and(|r| r.others >= 0.0 && r.outside_family <= r.others)
+        );
         // Whatever the machine's load, the gate answers (and keeps its answer within a sample).
         let _ = others_leave_a_core();
     }
