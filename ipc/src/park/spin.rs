@@ -26,9 +26,9 @@
 //!   process (a few microseconds per 10 ms); off Linux there is no such cheap count and
 //!   threads never spin;
 //! - **other programs leave a core unused**: the machine's busy CPU time less this process's,
-//!   over the last [`CPU_SAMPLE`] or more, is at most the cores less three quarters, and where
-//!   no core was idle, programs outside this process's family got less than half a core
-//!   ([`others_leave_a_core`]). The counts above cannot tell a CPU hog from this process's own
+//!   over the last [`CPU_SAMPLE`] or more, is at most the cores less three quarters, and the
+//!   machine was not crowded in two readings in a row (no idle core, yet programs outside this
+//!   process's family got half a core or more: they wanted more) ([`others_leave_a_core`]). The counts above cannot tell a CPU hog from this process's own
 //!   spinning threads; beside a hog, a spinning thread that yields loses its CPU for the rest
 //!   of the hog's time slice. Until a process has measured that (its first [`CPU_SAMPLE`]), it
 //!   takes the answer of the process that started it, or else counts the threads that want a
@@ -751,11 +751,12 @@ pub const CPU_SAMPLE: Duration = Duration::from_millis(50);
 
 /// Whether other programs left at least one core (less a quarter, for noise) of the machine
 /// unused, over the last [`CPU_SAMPLE`] or more: the machine's busy time (`/proc/stat`) less
-/// this process's CPU time (`CLOCK_PROCESS_CPUTIME_ID`) and its parent's; and, where no core
-/// was idle, whether programs outside this process's family got less than half a core
-/// ([`CpuReading::leaves_a_core`]). Read by the thread that reads the load, at most once per
-/// [`CPU_SAMPLE`]; `true` where the busy time or this process's time cannot be read (the
-/// parent's and children's count as nothing then).
+/// this process's CPU time (`CLOCK_PROCESS_CPUTIME_ID`) and its parent's; and whether the
+/// machine was not crowded in this reading and the one before: crowded is no idle core, and
+/// programs outside this process's family ([`count_child_as_ours`]) still getting half a core
+/// or more. Read by the thread that reads the load, at most once per [`CPU_SAMPLE`]; `true`
+/// where the busy time or this process's time cannot be read (the parent's and children's
+/// count as nothing then).
 ///
 /// The load's counts cannot tell a CPU hog from this process's own spinning threads: two hogs
 /// on two cores and two spinning actor threads make four runnable threads, within twice the
@@ -771,9 +772,9 @@ pub const CPU_SAMPLE: Duration = Duration::from_millis(50);
 /// spawned it and talks to it, and spins for its answers. Counted as another program's, the
 /// parent's spinning plus any short burst beside it (in `harrow bench`, the raw socket
 /// baseline's child, run between batches) closed a process actor's gate on an idle machine for
-/// whole batches of calls. The parent, for its part, counts its actor children as others
-/// here (one core's worth of them still leaves the other), but not as demand on a machine
-/// with no idle core ([`CpuReading::leaves_a_core`], [`count_child_as_ours`]).
+/// whole batches of calls. The parent, for its part, counts its actor children as others in
+/// the first condition (one core's worth of them still leaves the other), but not as crowding
+/// ([`count_child_as_ours`]).
 pub fn others_leave_a_core() -> bool {
     // The last sample, and whether the reading that ended at it found the machine crowded.
     static STATE: std::sync::Mutex<Option<(CpuSample, bool)>> = std::sync::Mutex::new(None);
@@ -889,7 +890,7 @@ pub struct CountedChild(u32);
 
 /// Counts the child process `pid` as part of this process's family: where the machine has no
 /// idle core, its CPU time is not taken for another program's demand
-/// ([`CpuReading::leaves_a_core`]). The process backend counts each actor child it starts,
+/// ([`others_leave_a_core`]). The process backend counts each actor child it starts,
 /// which spins for the root as the root spins for it. Only the newest [`CHILDREN_READ`] are
 /// read; the older ones count as other programs.
 pub fn count_child_as_ours(pid: u32) -> CountedChild {
@@ -971,10 +972,10 @@ impl CpuReading {
     ///
     /// One crowded reading alone is not enough: a reading covers the time since a thread of
     /// this process last spun, and a short burst of another program's in that time (in
-    /// `harrow bench`, the raw socket baseline between two batches) or a child's first
-    /// reading, before it was counted as ours, crowds one reading of an idle machine. Taken
-    /// alone, such readings gave every idle full run of the bench process batches of 14-22 µs
-    /// per call among batches of 4 µs. CPU hogs crowd every reading.
+    /// `harrow bench`, the raw socket baseline between two batches) or a child started since
+    /// the sample before (not in both samples, so another program's), crowds one reading of an
+    /// idle machine. Taken alone, such readings gave every idle full run of the bench process
+    /// batches of 14-22 µs per call among batches of 4 µs. CPU hogs crowd every reading.
     fn leaves_a_core(&self, cores: usize, crowded_before: bool) -> bool {
         self.others <= others_limit(cores) && !(crowded_before && self.crowded())
     }
