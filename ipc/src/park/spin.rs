@@ -1471,39 +1471,30 @@ mod tests {
             children: [None; CHILDREN_READ],
         };
         let never = || -> Option<usize> { panic!("the count is read only when it decides") };
+        // A first reading measured nothing: never crowded.
+        assert!(!judge(None, &now, INHERITED_SPARE, never, 2).crowded);
         // The starter's answer, whatever the threads now.
-        fn judge(
-            before: Option<&(CpuSample, bool)>,
-            now: &CpuSample,
-            inherited: u8,
-            runnable: impl FnOnce() -> Option<usize>,
-            cores: usize,
-        ) -> bool {
-            let judged = super::judge(before, now, inherited, runnable, cores);
-            assert!(
-                !judged.crowded || before.is_some(),
-                "a first reading measured nothing"
-            );
-            judged.leave
-        }
-        assert!(judge(None, &now, INHERITED_SPARE, never, 2));
-        assert!(!judge(None, &now, INHERITED_NONE_SPARE, never, 2));
+        assert!(judge(None, &now, INHERITED_SPARE, never, 2).leave);
+        assert!(!judge(None, &now, INHERITED_NONE_SPARE, never, 2).leave);
         // None passed: the runnable threads less the reading one, within the cores less 3/4.
         assert!(
-            judge(None, &now, INHERITED_UNKNOWN, || Some(1), 2),
+            judge(None, &now, INHERITED_UNKNOWN, || Some(1), 2).leave,
             "this thread alone"
         );
         assert!(
-            judge(None, &now, INHERITED_UNKNOWN, || Some(2), 2),
+            judge(None, &now, INHERITED_UNKNOWN, || Some(2), 2).leave,
             "one other"
         );
         assert!(
-            !judge(None, &now, INHERITED_UNKNOWN, || Some(3), 2),
+            !judge(None, &now, INHERITED_UNKNOWN, || Some(3), 2).leave,
             "two hogs on two cores"
         );
-        assert!(judge(None, &now, INHERITED_UNKNOWN, || Some(4), 4));
-        assert!(!judge(None, &now, INHERITED_UNKNOWN, || Some(5), 4));
-        assert!(judge(None, &now, INHERITED_UNKNOWN, || None, 2), "no count");
+        assert!(judge(None, &now, INHERITED_UNKNOWN, || Some(4), 4).leave);
+        assert!(!judge(None, &now, INHERITED_UNKNOWN, || Some(5), 4).leave);
+        assert!(
+            judge(None, &now, INHERITED_UNKNOWN, || None, 2).leave,
+            "no count"
+        );
         // Once measured, the measure decides, whatever was passed: 100 ms in which others
         // used one and a half cores of two, then half a core (the rest idle).
         let later = |busy_ticks| CpuSample {
@@ -1516,8 +1507,8 @@ mod tests {
         };
         for inherited in [INHERITED_SPARE, INHERITED_NONE_SPARE, INHERITED_UNKNOWN] {
             let before = (now, false);
-            assert!(!judge(Some(&before), &later(1_015), inherited, never, 2));
-            assert!(judge(Some(&before), &later(1_005), inherited, never, 2));
+            assert!(!judge(Some(&before), &later(1_015), inherited, never, 2).leave);
+            assert!(judge(Some(&before), &later(1_005), inherited, never, 2).leave);
         }
     }
 
