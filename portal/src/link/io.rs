@@ -171,12 +171,14 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
                     shared.handle(msg, &mut routes);
                 }
                 Err(e) => {
+                    // What arrived before the failure reaches its calls before the failure.
+                    shared.routed(&mut routes);
                     broken(&shared, e);
                     break 'read;
                 }
             }
         }
-        routes.clear();
+        shared.routed(&mut routes);
         // What the routing handed over (a served call's answer) wakes the peer now, not after
         // a hop through the outlet's waker task.
         shared.reader_idle();

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use harrow_ipc::{Cid, Msg};
+use harrow_ipc::{Cid, Msg, Value};
 use tracing::debug;
 
 use super::Shared;
@@ -14,16 +14,24 @@ use crate::chan::{Chan, Side};
 /// one stream (an echo's items, their credits) takes neither the link's lock nor a map lookup
 /// each. It is used only while nobody has locked the link's state since it was filled
 /// (`Shared::state_gen`): every change of the call maps happens under that lock, so a cached chan
-/// is exactly what a lookup would return then. The reader clears it before it waits, so it never
-/// keeps a finished call's chan alive for long.
+/// is exactly what a lookup would return then.
+///
+/// It also holds the items of a run of `Yield`s for that stream, routed and not yet queued:
+/// they are queued together, under one lock of the chan and with one notification, before the
+/// reader routes any other message and before it waits ([`Shared::routed`]). So the order of
+/// everything a chan sees is the order of the wire, and nothing is held while the reader waits.
 #[derive(Default)]
 pub(super) struct RouteCache {
     entry: Option<(Cid, u64, Arc<Chan>)>,
+    /// Items for `entry`'s stream, in arrival order.
+    held: Vec<Value>,
 }
 
 impl RouteCache {
-    pub(super) fn clear(&mut self) {
-        self.entry = None;
+    /// Whether `entry` is the chan of `cid` as a lookup would find it now.
+    fn hit(&self, cid: Cid, shared: &Shared) -> bool {
+        matches!(&self.entry, Some((cached, seen, _))
+            if *cached == cid && *seen == shared.state_gen.load(Ordering::Acquire))
     }
 }
 
@@ -31,9 +39,7 @@ impl Shared {
     /// The chan of stream message `cid`, if the call is still there; borrowed from `cache`, so a
     /// hit costs no reference count either.
     fn chan_for_stream<'c>(&self, cid: Cid, cache: &'c mut RouteCache) -> Option<&'c Arc<Chan>> {
-        let hit = matches!(&cache.entry, Some((cached, seen, _))
-            if *cached == cid && *seen == self.state_gen.load(Ordering::Acquire));
-        if !hit {
+        if !cache.hit(cid, self) {
             let st = self.lock();
             let chan = if cid.0 % 2 == self.parity {
                 st.calls.get(&cid).cloned()
@@ -48,7 +54,14 @@ impl Shared {
         cache.entry.as_ref().map(|(_, _, chan)| chan)
     }
 
+    /// Routes one message. A stream item is held in `cache` with the items before it for the
+    /// same stream; anything else first queues what is held.
     pub(super) fn handle(self: &Arc<Self>, msg: Msg, cache: &mut RouteCache) {
+        if let Msg::Yield { cid, value } = msg {
+            self.hold_item(cid, value, cache);
+            return;
+        }
+        self.queue_held(cache);
         match msg {
             Msg::Start {
                 cid,
@@ -97,35 +110,11 @@ impl Shared {
             Msg::Error { cid: None, error } => {
                 debug!(peer = %self.peer.id, %error, "actor-level error from the peer");
             }
+            // Not reached (`handle` holds every item before this match); were it reached, the
+            // item would be queued alone, in order.
             Msg::Yield { cid, value } => {
-                let Some(chan) = self.chan_for_stream(cid, cache) else {
-                    return;
-                };
-                let violation = {
-                    let mut st = chan.lock();
-                    if st.outcome.is_some() {
-                        false // ended locally: drop the item
-                    } else if !st.rx_open || st.allowance == 0 {
-                        true
-                    } else {
-                        st.push_item(value);
-                        false
-                    }
-                };
-                if violation {
-                    let message = format!(
-                        "stream item for {} (call {cid}) arrived without credit",
-                        chan.func
-                    );
-                    match chan.side {
-                        Side::Caller => {
-                            self.abandon_call(chan, Error::Protocol(message));
-                        }
-                        Side::Callee => self.fail_served(cid, message),
-                    }
-                } else {
-                    chan.notify();
-                }
+                self.hold_item(cid, value, cache);
+                self.queue_held(cache);
             }
             Msg::Credit { cid, n } => {
                 if let Some(chan) = self.chan_for_stream(cid, cache) {
@@ -157,5 +146,67 @@ impl Shared {
             // Its arrival is all it says: the reader counted it.
             Msg::Heartbeat => {}
         }
+    }
+
+    /// Holds a stream item for `cid`'s chan: after the items held for it already, or alone once
+    /// those are queued (they were for another stream, or the call maps changed).
+    fn hold_item(self: &Arc<Self>, cid: Cid, value: Value, cache: &mut RouteCache) {
+        if !cache.held.is_empty() && !cache.hit(cid, self) {
+            self.queue_held(cache);
+        }
+        if self.chan_for_stream(cid, cache).is_some() {
+            cache.held.push(value);
+        }
+    }
+
+    /// Queues the items held in `cache` on their chan, under one lock, and notifies it once.
+    /// An item without credit is a protocol violation: the call fails, and the items after it
+    /// are dropped with it.
+    fn queue_held(self: &Arc<Self>, cache: &mut RouteCache) {
+        if cache.held.is_empty() {
+            return;
+        }
+        let Some((cid, _, chan)) = &cache.entry else {
+            // Items are held only for the cached chan; without one there is nowhere to put them.
+            cache.held.clear();
+            return;
+        };
+        let (cid, chan) = (*cid, chan.clone());
+        let violation = {
+            let mut st = chan.lock();
+            let mut violation = false;
+            for value in cache.held.drain(..) {
+                if st.outcome.is_some() {
+                    // Ended locally: the items are dropped.
+                } else if !st.rx_open || st.allowance == 0 {
+                    violation = true;
+                } else {
+                    st.push_item(value);
+                    continue;
+                }
+                break;
+            }
+            violation
+        };
+        // `drain` dropped what the loop left.
+        if violation {
+            let message = format!(
+                "stream item for {} (call {cid}) arrived without credit",
+                chan.func
+            );
+            match chan.side {
+                Side::Caller => self.abandon_call(&chan, Error::Protocol(message)),
+                Side::Callee => self.fail_served(cid, message),
+            }
+        } else {
+            chan.notify();
+        }
+    }
+
+    /// The reader routed everything there was: what it holds is queued, and its cache is
+    /// cleared (so it never keeps a finished call's chan alive while it waits).
+    pub(super) fn routed(self: &Arc<Self>, cache: &mut RouteCache) {
+        self.queue_held(cache);
+        cache.entry = None;
     }
 }
