@@ -68,7 +68,7 @@ async fn context_on_raw_callee(exec: &Executor, t: Transport) -> (Link, Context,
     cb.end_handshake();
     let (tx, rx) = cb.split();
     let mut raw = Raw { tx, rx };
-    let (ctx, cid) = open_context(&exec, &a, &mut raw).await;
+    let (ctx, cid) = open_context(exec, &a, &mut raw).await;
     (a, ctx, raw, cid)
 }
 
