@@ -513,24 +513,58 @@ impl TxInner {
         }
     }
 
+    /// Sends one item, waiting for credit when there is none.
+    ///
+    /// The item leaves at once, without the wait's future, when there is credit: the common
+    /// case of a stream that keeps up. The wait is boxed, so this future stays small to create
+    /// and move for every item.
     async fn send(&self, value: Value) -> Result<()> {
         crate::error::check_depth(&value, || format!("stream item of {}", self.chan.func))?;
+        let value = {
+            let mut st = self.chan.lock();
+            match self.send_with_credit(&mut st, value) {
+                Ok(sent) => return sent,
+                Err(value) => value,
+            }
+        };
+        Box::pin(self.send_when_credited(value)).await
+    }
+
+    /// Under the chan's lock: sends `value` if the stream may send and has credit (`Ok` with
+    /// the outcome: sent, or why nothing more may be sent); `Err(value)` back when it has no
+    /// credit.
+    fn send_with_credit(
+        &self,
+        st: &mut crate::chan::ChanState,
+        value: Value,
+    ) -> std::result::Result<Result<()>, Value> {
+        if let Some(err) = self.send_blocker(st) {
+            return Ok(Err(err));
+        }
+        if st.credit == 0 {
+            return Err(value);
+        }
+        st.credit -= 1;
+        self.shared.enqueue(Msg::Yield {
+            cid: self.chan.cid,
+            value,
+        });
+        Ok(Ok(()))
+    }
+
+    /// Waits for credit, then sends `value` (or fails, if the stream ends meanwhile).
+    async fn send_when_credited(&self, value: Value) -> Result<()> {
         let mut value = Some(value);
         self.chan
             .wait_sender(|st| {
-                if let Some(err) = self.send_blocker(st) {
-                    return Some(Err(err));
+                let item = value.take()?;
+                match self.send_with_credit(st, item) {
+                    Ok(sent) => Some(sent),
+                    Err(item) => {
+                        value = Some(item);
+                        None
+                    }
                 }
-                if st.credit == 0 {
-                    return None;
-                }
-                st.credit -= 1;
-                let value = value.take().unwrap_or_default();
-                self.shared.enqueue(Msg::Yield {
-                    cid: self.chan.cid,
-                    value,
-                });
-                Some(Ok(()))
             })
             .await
     }
@@ -540,21 +574,12 @@ impl TxInner {
     fn try_send_now(&self, value: Value) -> Result<()> {
         crate::error::check_depth(&value, || format!("stream item of {}", self.chan.func))?;
         let mut st = self.chan.lock();
-        if let Some(err) = self.send_blocker(&st) {
-            return Err(err);
-        }
-        if st.credit == 0 {
-            return Err(Error::Protocol(format!(
+        self.send_with_credit(&mut st, value).unwrap_or_else(|_| {
+            Err(Error::Protocol(format!(
                 "start_send on the stream of {} without credit (call poll_ready first)",
                 self.chan.func
-            )));
-        }
-        st.credit -= 1;
-        self.shared.enqueue(Msg::Yield {
-            cid: self.chan.cid,
-            value,
-        });
-        Ok(())
+            )))
+        })
     }
 
     fn close(&self) -> Result<()> {
