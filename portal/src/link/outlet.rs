@@ -61,6 +61,7 @@ impl Direct {
     /// Hands `msg` to the transport (no wake-up of the peer). False when the link is shut down
     /// or the peer is gone; for the latter (this may run under the link's locks) the waker task
     /// ends the link.
+    #[inline]
     fn hand_over(&self, msg: Msg) -> bool {
         if self.closed.load(Ordering::Acquire) {
             return false;
@@ -100,6 +101,7 @@ impl Outlet {
 impl Shared {
     /// Queues (or, on a direct outlet, hands over) a message. Never blocks. False when the link
     /// is shut down.
+    #[inline]
     pub(crate) fn enqueue(&self, msg: Msg) -> bool {
         match &self.out {
             Outlet::Writer(out) => {
