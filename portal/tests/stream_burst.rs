@@ -171,6 +171,26 @@ async fn items_past_the_credit_fail_the_stream_after_those_within_it(exec: Execu
     }
 }
 
+/// Items, then the raw callee's end of the channel closes: the items arrive, then the failure
+/// (a closed link is an error, never an end of stream).
+async fn items_then_a_closed_channel_arrive_before_the_failure(exec: Executor, t: Transport) {
+    let (_a, mut ctx, mut raw, cid) = context_on_raw_callee(&exec, t).await;
+    let mut stream = open_stream(&mut ctx, &mut raw, cid).await;
+    raw.send_burst(items(cid, 0..5)).await;
+    raw.tx.close();
+    drop(raw);
+    for i in 0..5 {
+        assert_eq!(
+            bounded("an item", stream.recv()).await.expect("an item"),
+            Some(Value::Int(i))
+        );
+    }
+    match bounded("the failure", stream.recv()).await {
+        Err(e) => assert!(!e.is_cancelled(), "a closed link, not a cancel: {e:?}"),
+        Ok(other) => panic!("expected the link's failure after the items, got {other:?}"),
+    }
+}
+
 /// Items for two streams, interleaved in one burst: each stream gets its own, in order.
 async fn interleaved_items_of_two_streams_each_reach_their_own(exec: Executor, t: Transport) {
     let (a, mut ctx, mut raw, cid) = context_on_raw_callee(&exec, t).await;
@@ -212,4 +232,5 @@ both_transports!(
     items_then_the_end_in_one_burst_arrive_in_order,
     items_past_the_credit_fail_the_stream_after_those_within_it,
     interleaved_items_of_two_streams_each_reach_their_own,
+    items_then_a_closed_channel_arrive_before_the_failure,
 );
