@@ -151,52 +151,52 @@ impl Shared {
     /// Holds a stream item for `cid`'s chan: after the items held for it already, or alone once
     /// those are queued (they were for another stream, or the call maps changed).
     fn hold_item(self: &Arc<Self>, cid: Cid, value: Value, cache: &mut RouteCache) {
-        if !cache.held.is_empty() && !cache.hit(cid, self) {
+        // One look at the cache per item in a run; a miss queues the run before it.
+        if !cache.hit(cid, self) {
             self.queue_held(cache);
+            if self.chan_for_stream(cid, cache).is_none() {
+                return;
+            }
         }
-        if self.chan_for_stream(cid, cache).is_some() {
-            cache.held.push(value);
-        }
+        cache.held.push(value);
     }
 
     /// Queues the items held in `cache` on their chan, under one lock, and notifies it once.
     /// An item without credit is a protocol violation: the call fails, and the items after it
     /// are dropped with it.
     fn queue_held(self: &Arc<Self>, cache: &mut RouteCache) {
-        if cache.held.is_empty() {
+        let RouteCache { entry, held } = cache;
+        if held.is_empty() {
             return;
         }
-        let Some((cid, _, chan)) = &cache.entry else {
+        let Some((cid, _, chan)) = entry.as_ref() else {
             // Items are held only for the cached chan; without one there is nowhere to put them.
-            cache.held.clear();
+            held.clear();
             return;
         };
-        let (cid, chan) = (*cid, chan.clone());
-        let violation = {
+        let mut violation = false;
+        {
             let mut st = chan.lock();
-            let mut violation = false;
-            for value in cache.held.drain(..) {
+            // `drain` drops whatever the loop leaves.
+            for value in held.drain(..) {
                 if st.outcome.is_some() {
-                    // Ended locally: the items are dropped.
-                } else if !st.rx_open || st.allowance == 0 {
-                    violation = true;
-                } else {
-                    st.push_item(value);
-                    continue;
+                    break; // ended locally: the items are dropped
                 }
-                break;
+                if !st.rx_open || st.allowance == 0 {
+                    violation = true;
+                    break;
+                }
+                st.push_item(value);
             }
-            violation
-        };
-        // `drain` dropped what the loop left.
+        }
         if violation {
             let message = format!(
                 "stream item for {} (call {cid}) arrived without credit",
                 chan.func
             );
             match chan.side {
-                Side::Caller => self.abandon_call(&chan, Error::Protocol(message)),
-                Side::Callee => self.fail_served(cid, message),
+                Side::Caller => self.abandon_call(chan, Error::Protocol(message)),
+                Side::Callee => self.fail_served(*cid, message),
             }
         } else {
             chan.notify();
