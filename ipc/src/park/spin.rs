@@ -28,9 +28,9 @@
 //! - **other programs leave a core unused**: the machine's busy CPU time less this process's,
 //!   over the last [`CPU_SAMPLE`] or more, is at most the cores less three quarters, and the
 //!   machine was not crowded in two readings in a row (no idle core, yet programs outside this
-//!   process's family got half a core or more: they wanted more) ([`others_leave_a_core`]). The counts above cannot tell a CPU hog from this process's own
-//!   spinning threads; beside a hog, a spinning thread that yields loses its CPU for the rest
-//!   of the hog's time slice. Until a process has measured that (its first [`CPU_SAMPLE`]), it
+//!   process's family got half a core or more: they wanted more) ([`others_leave_a_core`]).
+//!   The counts above cannot tell a CPU hog from this process's own spinning threads; beside a
+//!   hog, a spinning thread that yields loses its CPU for the rest of the hog's time slice. Until a process has measured that (its first [`CPU_SAMPLE`]), it
 //!   takes the answer of the process that started it, or else counts the threads that want a
 //!   CPU at that instant;
 //! - **its recent spins paid**: spins that ran out (nothing came, or it came only after the
