@@ -208,7 +208,7 @@ impl WindowRule {
     }
 
     /// The window for items of at most `largest` bytes each.
-    fn target(&self, largest: usize) -> u32 {
+    pub(crate) fn target(&self, largest: usize) -> u32 {
         if self.max <= self.base {
             return self.base;
         }

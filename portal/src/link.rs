@@ -51,8 +51,13 @@ pub struct LinkConfig {
     /// small (default 256 items; at most `credit_window` turns the growth off). At each re-grant
     /// the receiver sizes its window to hold [`credit_window_bytes`](Self::credit_window_bytes)
     /// of items as large as the largest it has received (estimated by
-    /// [`Value::approx_size`]), between `credit_window` and this many items. A larger window
-    /// lets a fast stream keep more items in flight while one side waits for its CPU.
+    /// [`Value::approx_size`]), between `credit_window` and this many items
+    /// ([`grown_window`](Self::grown_window)). A larger window lets a fast stream keep more
+    /// items in flight while one side waits for its CPU.
+    ///
+    /// Raising it raises what a stream of small items that turns large may hold: credit is
+    /// counted in items, so the sender may use every credit it already holds for the larger
+    /// items before the window shrinks back (see [`credit_window_bytes`](Self::credit_window_bytes)).
     pub credit_window_max: u32,
     /// The estimated bytes of stream items a grown window may hold, per stream direction
     /// (default 256 KiB): items of up to about 1 KiB get the whole `credit_window_max` of 256,
@@ -95,6 +100,32 @@ pub struct LinkConfig {
 }
 
 impl LinkConfig {
+    /// The window a stream opened with the defaults settles at when its largest item is
+    /// estimated at `item_bytes` ([`Value::approx_size`]): as many such items as
+    /// [`credit_window_bytes`](Self::credit_window_bytes) holds, between
+    /// [`credit_window`](Self::credit_window) and [`credit_window_max`](Self::credit_window_max).
+    ///
+    /// ```
+    /// use harrow_portal::LinkConfig;
+    /// use harrow_ipc::Value;
+    /// let config = LinkConfig::default();
+    /// let int = Value::Int(7).approx_size(usize::MAX);
+    /// assert_eq!(config.grown_window(int), 256);
+    /// assert_eq!(config.grown_window(1 << 20), config.credit_window);
+    /// ```
+    pub fn grown_window(&self, item_bytes: usize) -> u32 {
+        self.window_rule().target(item_bytes)
+    }
+
+    /// How a stream opened with these defaults sizes its receiving window.
+    pub(crate) fn window_rule(&self) -> WindowRule {
+        WindowRule::new(
+            self.credit_window,
+            self.credit_window_max,
+            self.credit_window_bytes,
+        )
+    }
+
     /// Sets the heartbeat period and the silence after which the link ends as broken (see
     /// [`heartbeat_interval`](Self::heartbeat_interval) and
     /// [`heartbeat_timeout`](Self::heartbeat_timeout)).
@@ -409,8 +440,7 @@ impl Shared {
 
     /// The window rule of a stream opened with the link's defaults.
     pub(crate) fn window_rule(&self) -> WindowRule {
-        let c = &self.config;
-        WindowRule::new(c.credit_window, c.credit_window_max, c.credit_window_bytes)
+        self.config.window_rule()
     }
 
     fn end(&self) -> Option<LinkEnd> {

@@ -228,7 +228,7 @@ async fn rpc_and_stream(
         "stream_echo_throughput",
         "stream echo (both ways)",
         Unit::ItemsPerS,
-        raw.echo_label(),
+        &raw.echo_label(),
     );
     let child = start(n, p, format!("{}-rpc", p.name)).await?;
     for i in 0..50 {

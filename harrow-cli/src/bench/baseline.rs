@@ -143,10 +143,13 @@ impl RawTransport {
         }
     }
 
-    pub(super) fn echo_label(&self) -> &'static str {
+    pub(super) fn echo_label(&self) -> String {
         match self {
-            RawTransport::Flume(_) => "raw flume echo, 3 threads",
-            RawTransport::Socket(_) => "raw socketpair echo, 2 processes",
+            RawTransport::Flume(_) => format!(
+                "raw flume echo, 3 threads, {} items in flight each way",
+                flume_echo_capacity()
+            ),
+            RawTransport::Socket(_) => "raw socketpair echo, 2 processes".to_owned(),
         }
     }
 
@@ -305,10 +308,13 @@ impl Drop for FlumePingPong {
 }
 
 /// Items per second echoed through a thread over raw flume channels (pipelined: a sender
-/// thread, the echo thread, and this thread receiving).
+/// thread, the echo thread, and this thread receiving). Each channel holds as many items as a
+/// harrow stream's default window lets be in flight for these items, so both sides of the
+/// comparison buffer alike.
 fn flume_stream(items: i64) -> anyhow::Result<f64> {
-    let (to_tx, to_rx) = flume::bounded::<i64>(256);
-    let (back_tx, back_rx) = flume::bounded::<i64>(256);
+    let cap = flume_echo_capacity();
+    let (to_tx, to_rx) = flume::bounded::<i64>(cap);
+    let (back_tx, back_rx) = flume::bounded::<i64>(cap);
     let echo = std::thread::spawn(move || {
         while let Ok(v) = to_rx.recv() {
             if back_tx.send(v).is_err() {
@@ -337,6 +343,13 @@ fn flume_stream(items: i64) -> anyhow::Result<f64> {
         "raw flume echo: {got} of {items} items came back"
     );
     Ok(rate)
+}
+
+/// The capacity of each raw flume echo channel: the window a harrow stream with the default
+/// link settings settles at for the bench's items (`Value::Int`).
+pub(super) fn flume_echo_capacity() -> usize {
+    let item = harrow::Value::Int(0).approx_size(usize::MAX);
+    harrow::portal::LinkConfig::default().grown_window(item) as usize
 }
 
 /// This binary re-executed as an echo child (`HARROW_BENCH_CHILD=echo`) with one end of a
