@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::Value;
 
 /// The protocol version spoken by this build. Peers with another version are refused at `Hello`.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The identity of one actor: a human-chosen name plus a unique id.
 ///
@@ -609,12 +609,14 @@ pub enum Msg {
         /// The item.
         value: Value,
     },
-    /// Either way: the receiver grants `n` more items.
+    /// Either way: the receiver grants `n` more items, and says how many it has consumed.
     Credit {
         /// The call.
         cid: Cid,
-        /// How many more items may be sent.
+        /// How many more items may be sent (0: a report of `consumed` alone).
         n: u32,
+        /// How many items of this stream direction the receiver has consumed so far, in all.
+        consumed: u64,
     },
     /// Either way: this side's stream is finished.
     Stop {

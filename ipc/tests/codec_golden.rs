@@ -133,7 +133,14 @@ fn samples() -> Vec<(String, Msg)> {
                 value: Value::Bytes(vec![1, 2, 3]),
             },
         ),
-        ("credit".into(), Msg::Credit { cid: Cid(3), n: 64 }),
+        (
+            "credit".into(),
+            Msg::Credit {
+                cid: Cid(3),
+                n: 64,
+                consumed: 1000,
+            },
+        ),
         ("stop".into(), Msg::Stop { cid: Cid(3) }),
         (
             "return".into(),

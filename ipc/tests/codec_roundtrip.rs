@@ -102,7 +102,11 @@ fn msg_strategy() -> impl Strategy<Value = Msg> {
         cid.clone().prop_map(|cid| Msg::StartAck { cid }),
         (cid.clone(), value_strategy()).prop_map(|(cid, value)| Msg::Started { cid, value }),
         (cid.clone(), value_strategy()).prop_map(|(cid, value)| Msg::Yield { cid, value }),
-        (cid.clone(), any::<u32>()).prop_map(|(cid, n)| Msg::Credit { cid, n }),
+        (cid.clone(), any::<u32>(), any::<u64>()).prop_map(|(cid, n, consumed)| Msg::Credit {
+            cid,
+            n,
+            consumed
+        }),
         cid.clone().prop_map(|cid| Msg::Stop { cid }),
         (cid.clone(), value_strategy()).prop_map(|(cid, value)| Msg::Return { cid, value }),
         (prop::option::of(cid.clone()), error_strategy()).prop_map(|(cid, error)| Msg::Error {

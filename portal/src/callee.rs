@@ -329,12 +329,9 @@ impl CalleeContext {
             return Err(e.clone());
         }
         st.tx_open = true;
-        let n = st.open_rx(rule);
+        let grant = st.open_rx(rule);
         if !st.wire_done {
-            self.shared.enqueue(Msg::Credit {
-                cid: self.chan.cid,
-                n,
-            });
+            self.shared.enqueue(grant.msg(self.chan.cid));
         }
         drop(st);
         Ok(MsgStream::new(self.shared.clone(), self.chan.clone()))

@@ -271,11 +271,8 @@ impl Context {
                 Some(Ok(_)) => {} // returned: the stream is simply over
                 None => {
                     st.tx_open = true;
-                    let n = st.open_rx(rule);
-                    self.shared.enqueue(Msg::Credit {
-                        cid: self.chan.cid,
-                        n,
-                    });
+                    let grant = st.open_rx(rule);
+                    self.shared.enqueue(grant.msg(self.chan.cid));
                 }
             }
         }
@@ -541,10 +538,12 @@ impl TxInner {
         if let Some(err) = self.send_blocker(st) {
             return Ok(Err(err));
         }
-        if st.credit == 0 {
+        let config = &self.shared.config;
+        if st.credit == 0 || !st.may_send(config.credit_window, config.credit_window_bytes) {
             return Err(value);
         }
         st.credit -= 1;
+        st.note_sent(value.approx_size(config.credit_window_bytes));
         self.shared.enqueue(Msg::Yield {
             cid: self.chan.cid,
             value,
@@ -784,7 +783,8 @@ impl futures_sink::Sink<Value> for StreamTx {
                     this.stop_waiting();
                     return Poll::Ready(Err(err));
                 }
-                if st.credit > 0 {
+                let config = &this.inner.shared.config;
+                if st.credit > 0 && st.may_send(config.credit_window, config.credit_window_bytes) {
                     drop(st);
                     this.stop_waiting();
                     return Poll::Ready(Ok(()));
@@ -858,6 +858,13 @@ impl StreamTx {
     pub fn credit(&self) -> u32 {
         self.inner.chan.lock().credit
     }
+
+    /// Items sent and not yet reported consumed by the receiver, and their estimated bytes
+    /// (introspection for tests).
+    #[doc(hidden)]
+    pub fn unacked(&self) -> (usize, usize) {
+        self.inner.chan.lock().unacked()
+    }
 }
 
 /// The receiving half of a [`MsgStream`].
@@ -881,10 +888,13 @@ impl StreamRx {
                 }
             }
             if let Some(v) = st.items.pop_front() {
-                if let Some(n) = st.consume_one() {
-                    shared.enqueue(Msg::Credit { cid: chan.cid, n });
+                if let Some(grant) = st.consume_one() {
+                    shared.enqueue(grant.msg(chan.cid));
                 }
                 return Some(Ok(Some(v)));
+            }
+            if let Some(grant) = st.ran_dry() {
+                shared.enqueue(grant.msg(chan.cid));
             }
             // End of stream means the peer finished: it closed its side, or it returned. A
             // cancellation (ours too) or a broken link is an error, never an end.

@@ -277,12 +277,20 @@ pub(crate) struct ChanState {
     pub(crate) allowance: u32,
     /// Items consumed since the last grant.
     pub(crate) consumed: u32,
+    /// Items consumed in all (reported with every grant).
+    consumed_total: u64,
     /// High-water mark of `items.len()` (introspection for tests).
     pub(crate) max_buffered: usize,
 
     // --- sending direction of the stream ---
     pub(crate) tx_open: bool,
     pub(crate) credit: u32,
+    /// The estimated sizes of the items sent and not yet reported consumed, oldest first.
+    unacked: VecDeque<u32>,
+    /// Their sum.
+    unacked_bytes: usize,
+    /// The peer's latest report of the items it consumed.
+    acked: u64,
     pub(crate) local_stopped: bool,
     /// A sender waits in `Chan::sender`.
     pub(crate) sender_slot_taken: bool,
@@ -302,20 +310,41 @@ impl ChanState {
 
     /// Opens the receiving direction: the whole starting window is granted (the caller sends
     /// the `Credit` for the returned count).
-    pub(crate) fn open_rx(&mut self, rule: WindowRule) -> u32 {
+    pub(crate) fn open_rx(&mut self, rule: WindowRule) -> Grant {
         self.rx_open = true;
         self.rule = rule;
         self.window = rule.base;
         self.allowance = rule.base;
-        rule.base
+        Grant {
+            n: rule.base,
+            consumed: 0,
+        }
     }
 
-    /// Counts one item taken by the receiver; when a re-grant is due, returns the credit to
+    /// Counts one item taken by the receiver; when a re-grant is due, returns the `Credit` to
     /// send (the items consumed since the last one, plus the window's growth or less its
-    /// shrinking), already added to `allowance`. `None`: nothing to send now.
-    pub(crate) fn consume_one(&mut self) -> Option<u32> {
+    /// shrinking, possibly none), already added to `allowance`. `None`: nothing to send now.
+    pub(crate) fn consume_one(&mut self) -> Option<Grant> {
         self.consumed += 1;
-        if self.consumed < (self.window / 4).max(1) || self.peer_stopped || self.outcome.is_some() {
+        self.consumed_total += 1;
+        if self.consumed < (self.window / 4).max(1) {
+            return None;
+        }
+        self.regrant()
+    }
+
+    /// The receiver found its queue empty: if it consumed [`DRY_REPORT`] items or more since
+    /// its last `Credit`, the re-grant is due now, so that a sender waiting on its bytes in
+    /// flight ([`may_send`](Self::may_send)) learns they were consumed.
+    pub(crate) fn ran_dry(&mut self) -> Option<Grant> {
+        if self.consumed < DRY_REPORT {
+            return None;
+        }
+        self.regrant()
+    }
+
+    fn regrant(&mut self) -> Option<Grant> {
+        if self.peer_stopped || self.outcome.is_some() {
             return None;
         }
         let consumed = std::mem::take(&mut self.consumed);
@@ -330,9 +359,72 @@ impl ChanState {
             consumed - shrink
         };
         self.allowance += n;
-        (n > 0).then_some(n)
+        Some(Grant {
+            n,
+            consumed: self.consumed_total,
+        })
+    }
+
+    /// Whether the sending direction may send its next item now, as far as its bytes in flight
+    /// go (credit is checked apart): yes while fewer than `floor` items (at least
+    /// [`GUARD_FLOOR`]) or fewer than `budget` estimated bytes are sent and not yet reported
+    /// consumed. So one item more than that is the most the receiver ever holds beyond its
+    /// consumption, whatever credit it granted.
+    pub(crate) fn may_send(&self, floor: u32, budget: usize) -> bool {
+        self.unacked.len() < floor.max(GUARD_FLOOR) as usize || self.unacked_bytes < budget
+    }
+
+    /// Notes an item sent, of `size` estimated bytes.
+    pub(crate) fn note_sent(&mut self, size: usize) {
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
+        self.unacked.push_back(size);
+        self.unacked_bytes = self.unacked_bytes.saturating_add(size as usize);
+    }
+
+    /// Takes the peer's report that it consumed `total` items in all: the oldest items in
+    /// flight are consumed. A report that goes backwards, or past what was sent, changes no
+    /// more than what was sent.
+    pub(crate) fn note_consumed(&mut self, total: u64) {
+        let newly = total.saturating_sub(self.acked);
+        self.acked = self.acked.max(total);
+        let newly = usize::try_from(newly).unwrap_or(usize::MAX);
+        for size in self.unacked.drain(..newly.min(self.unacked.len())) {
+            self.unacked_bytes = self.unacked_bytes.saturating_sub(size as usize);
+        }
+    }
+
+    /// Items sent and not yet reported consumed (introspection for tests).
+    pub(crate) fn unacked(&self) -> (usize, usize) {
+        (self.unacked.len(), self.unacked_bytes)
     }
 }
+
+/// A `Credit` to send: `n` more items, and the items consumed in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub(crate) n: u32,
+    pub(crate) consumed: u64,
+}
+
+impl Grant {
+    pub(crate) fn msg(self, cid: Cid) -> harrow_ipc::Msg {
+        harrow_ipc::Msg::Credit {
+            cid,
+            n: self.n,
+            consumed: self.consumed,
+        }
+    }
+}
+
+/// A receiver whose queue runs dry with this many items consumed since its last `Credit`
+/// sends the re-grant at once ([`ChanState::ran_dry`]).
+pub(crate) const DRY_REPORT: u32 = 16;
+
+/// A sender always may have this many items in flight, whatever their bytes
+/// ([`ChanState::may_send`]). Twice [`DRY_REPORT`]: a sender that waits on its bytes has more
+/// items unreported than a receiver holds back when its queue runs dry, so some are still
+/// coming to the receiver, which then reports them. The two never wait on each other.
+pub(crate) const GUARD_FLOOR: u32 = 2 * DRY_REPORT;
 
 impl Chan {
     pub(crate) fn new(cid: Cid, side: Side, kind: CallKind, func: FnPath) -> Self {

@@ -45,26 +45,31 @@ pub type Executor = Arc<async_executor::Executor<'static>>;
 pub struct LinkConfig {
     /// Items a stream receiver lets the sender have in flight, per direction, when the stream
     /// opens (default 64); the window never goes below it. A stream opened with a window of its
-    /// own (`open_stream_with_window`) keeps that one instead, fixed.
+    /// own (`open_stream_with_window`) keeps that one instead, fixed. As a sender, this side
+    /// always may have this many items in flight, whatever their size (see
+    /// [`credit_window_bytes`](Self::credit_window_bytes)).
     pub credit_window: u32,
     /// How far the window of a stream opened with the default may grow while its items are
-    /// small (default 256 items; at most `credit_window` turns the growth off). At each re-grant
-    /// the receiver sizes its window to hold [`credit_window_bytes`](Self::credit_window_bytes)
+    /// small (default 8,192 items; at most `credit_window` turns the growth off). At each
+    /// re-grant the receiver sizes its window to hold [`credit_window_bytes`](Self::credit_window_bytes)
     /// of items as large as the largest it has received (estimated by
     /// [`Value::approx_size`]), between `credit_window` and this many items
     /// ([`grown_window`](Self::grown_window)). A larger window lets a fast stream keep more
     /// items in flight while one side waits for its CPU.
-    ///
-    /// Raising it raises what a stream of small items that turns large may hold: credit is
-    /// counted in items, so the sender may use every credit it already holds for the larger
-    /// items before the window shrinks back (see [`credit_window_bytes`](Self::credit_window_bytes)).
     pub credit_window_max: u32,
-    /// The estimated bytes of stream items a grown window may hold, per stream direction
-    /// (default 256 KiB): items of up to about 1 KiB get the whole `credit_window_max` of 256,
-    /// items of 4 KiB or more stay at `credit_window`. The estimate comes from the items
-    /// already received, so a stream whose items suddenly grow may hold one grown window of the
-    /// larger items before the window shrinks back; a stream that must bound its memory
-    /// strictly opens with a window of its own.
+    /// The estimated bytes of stream items (by [`Value::approx_size`]) per stream direction
+    /// (default 256 KiB), on both sides:
+    ///
+    /// - **As a receiver**, a stream opened with the defaults grows its window to hold this
+    ///   much of items as large as the largest so far: scalars (32 bytes each) get the whole
+    ///   `credit_window_max` of 8,192, items of about 1 KiB get 256, items of 4 KiB or more stay
+    ///   at `credit_window`.
+    /// - **As a sender**, this side stops sending, whatever credit it holds, while the items it
+    ///   sent and the receiver has not yet reported consumed number `credit_window` or more and
+    ///   come to this many bytes or more. So a stream of small items that turns large leaves
+    ///   the receiver holding about this much of them, or `credit_window` of them, not a whole
+    ///   grown window; and a window of a stream's own does not let a sender put more than this
+    ///   in flight either, unless its items are few.
     pub credit_window_bytes: usize,
     /// Bound on the `Hello` exchange (default 5 s).
     pub hello_timeout: Duration,
@@ -110,7 +115,7 @@ impl LinkConfig {
     /// use harrow_ipc::Value;
     /// let config = LinkConfig::default();
     /// let int = Value::Int(7).approx_size(usize::MAX);
-    /// assert_eq!(config.grown_window(int), 256);
+    /// assert_eq!(config.grown_window(int), 8192);
     /// assert_eq!(config.grown_window(1 << 20), config.credit_window);
     /// ```
     pub fn grown_window(&self, item_bytes: usize) -> u32 {
@@ -140,7 +145,7 @@ impl Default for LinkConfig {
     fn default() -> Self {
         LinkConfig {
             credit_window: 64,
-            credit_window_max: 256,
+            credit_window_max: 8192,
             credit_window_bytes: 256 << 10,
             hello_timeout: Duration::from_secs(5),
             cancel_timeout: Duration::from_millis(500),

@@ -86,7 +86,14 @@ async fn open_context(exec: &Executor, a: &Link, raw: &mut Raw) -> (Context, Cid
 /// Opens the caller's stream and reads the credit it grants the raw callee.
 async fn open_stream(ctx: &mut Context, raw: &mut Raw, cid: Cid) -> harrow_portal::MsgStream {
     let stream = ctx.open_stream_with_window(WINDOW).await.expect("open");
-    assert_eq!(raw.recv("the credit").await, Msg::Credit { cid, n: WINDOW });
+    assert_eq!(
+        raw.recv("the credit").await,
+        Msg::Credit {
+            cid,
+            n: WINDOW,
+            consumed: 0
+        }
+    );
     stream
 }
 

@@ -96,13 +96,14 @@ async fn slow_consumer_bounded_buffer_nothing_lost(exec: Executor, t: Transport,
 async fn slow_consumer_bounded_by(exec: Executor, t: Transport, config: LinkConfig, window: u32) {
     let (sent_tx, sent_rx) = async_channel::unbounded();
     let (a, _b) = link_pair(&exec, t, None, Some(Arc::new(registry(sent_tx))), config).await;
-    const N: i64 = 10_000;
-    let (mut ctx, _) = bounded("open", a.portal().open_context("t:produce", Value::Int(N)))
+    // Several windows' worth, so that the producer runs into the window again and again.
+    let n: i64 = (4 * i64::from(window)).max(10_000);
+    let (mut ctx, _) = bounded("open", a.portal().open_context("t:produce", Value::Int(n)))
         .await
         .unwrap();
     let mut s = ctx.open_stream().await.unwrap();
     let mut sent_seen = 0i64;
-    for i in 0..N {
+    for i in 0..n {
         assert!(
             s.buffered() <= window as usize,
             "buffered {} > window {window}",
@@ -132,7 +133,7 @@ async fn slow_consumer_bounded_by(exec: Executor, t: Transport, config: LinkConf
     assert!(s.max_buffered() >= 1);
     assert_eq!(
         bounded("result", ctx.result()).await.unwrap(),
-        Value::Int(N)
+        Value::Int(n)
     );
 }
 
@@ -148,13 +149,23 @@ async fn window_default(exec: Executor, t: Transport) {
     slow_consumer_bounded_by(exec, t, config, max).await;
 }
 
-/// Items of 8 KiB keep the default window at `credit_window` from the first re-grant; a stream
-/// of small items that turns large grows to `credit_window_max`, then shrinks back to
-/// `credit_window` (and never below it) by withholding re-grants, and nothing is lost.
+/// The receiver's rule, with a grown window of at most 256 (so that its shrinking shows within
+/// a few hundred items): items of 8 KiB keep the window at `credit_window` from the first
+/// re-grant; a stream of small items that turns large grows to `credit_window_max`, then
+/// shrinks back to `credit_window` (and never below it) by withholding re-grants, and nothing
+/// is lost.
 async fn window_follows_the_items_size(exec: Executor, t: Transport) {
     let (sent_tx, _sent_rx) = async_channel::unbounded();
-    let (a, _b) = caller_callee(&exec, t, registry(sent_tx)).await;
-    let config = LinkConfig::default();
+    let mut config = LinkConfig::default();
+    config.credit_window_max = 256;
+    let (a, _b) = link_pair(
+        &exec,
+        t,
+        None,
+        Some(Arc::new(registry(sent_tx))),
+        config.clone(),
+    )
+    .await;
     let (base, max) = (config.credit_window, config.credit_window_max);
     let large = 8 << 10;
     assert!(
@@ -241,6 +252,104 @@ async fn window_follows_the_items_size(exec: Executor, t: Transport) {
     assert_eq!(
         bounded("result", ctx.result()).await.unwrap(),
         Value::Int(SMALL + LARGE)
+    );
+}
+
+/// The sender's byte budget. A callee takes 20,000 ints promptly (its window grows to its most,
+/// 8,192), says so, then stops reading. The caller, holding thousands of credits, sends 8 KiB
+/// items: it stops once their bytes pass `credit_window_bytes`, not when its credit runs out.
+/// Released, the callee receives everything, in order.
+async fn a_stream_that_turns_large_keeps_to_the_byte_budget(exec: Executor, t: Transport) {
+    const SMALL: i64 = 20_000;
+    const LARGE: usize = 8 << 10;
+    let (took_tx, took_rx) = async_channel::bounded::<()>(1);
+    let (go_tx, go_rx) = async_channel::bounded::<()>(1);
+    let mut reg = FnRegistry::new();
+    reg.context("t:stall_after", move |ctx, _| {
+        let (took_tx, go_rx) = (took_tx.clone(), go_rx.clone());
+        async move {
+            ctx.started(Value::Null).await?;
+            let mut s = ctx.open_stream().await?;
+            let mut small = 0i64;
+            while small < SMALL {
+                match s.recv().await? {
+                    Some(v) if v == Value::Int(small) => small += 1,
+                    other => return Ok(Value::Str(format!("item {small}: {other:?}"))),
+                }
+            }
+            let _ = took_tx.send(()).await;
+            let _ = go_rx.recv().await;
+            let mut large = 0i64;
+            while let Some(v) = s.recv().await? {
+                match v.into_bytes() {
+                    Ok(b) if b.len() == LARGE => large += 1,
+                    other => return Ok(Value::Str(format!("large item {large}: {other:?}"))),
+                }
+            }
+            Ok(Value::Int(large))
+        }
+    })
+    .unwrap();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    let config = LinkConfig::default();
+    let (mut ctx, _) = bounded(
+        "open",
+        a.portal().open_context("t:stall_after", Value::Null),
+    )
+    .await
+    .unwrap();
+    let (tx, _rx) = ctx.open_stream().await.unwrap().split();
+    for i in 0..SMALL {
+        bounded("small item", tx.send(Value::Int(i))).await.unwrap();
+    }
+    bounded("the callee took the small items", took_rx.recv())
+        .await
+        .unwrap();
+    let credit = tx.credit();
+    assert!(credit > 4 * config.credit_window, "credit {credit}");
+
+    let mut sent = 0usize;
+    let blocked = loop {
+        let mut send = Box::pin(tx.send(Value::Bytes(vec![7; LARGE])));
+        match futures_lite::future::poll_once(&mut send).await {
+            Some(r) => {
+                r.unwrap();
+                sent += 1;
+            }
+            None => break send,
+        }
+    };
+    // It waits once `credit_window` items or more are unreported and they come to the budget:
+    // the item that took them past it is the last one sent. Some of them are small ones the
+    // callee took after its last report (it reports again when it reads on).
+    let (unacked, bytes) = tx.unacked();
+    let one = Value::Bytes(vec![7; LARGE]).approx_size(usize::MAX);
+    let budget = config.credit_window_bytes;
+    assert!(
+        unacked >= config.credit_window as usize,
+        "{unacked} unreported"
+    );
+    assert!(
+        (budget..budget + one).contains(&bytes),
+        "{bytes} bytes unreported, budget {budget}"
+    );
+    assert!(
+        (1..=budget / one + 1).contains(&sent),
+        "{sent} large items sent before waiting"
+    );
+    assert!(tx.credit() > 0, "credit was not what stopped the sender");
+
+    go_tx.send(()).await.unwrap();
+    bounded("the waiting send", blocked).await.unwrap();
+    for _ in 0..200 {
+        bounded("large item", tx.send(Value::Bytes(vec![7; LARGE])))
+            .await
+            .unwrap();
+    }
+    tx.close().await.unwrap();
+    assert_eq!(
+        bounded("result", ctx.result()).await.unwrap(),
+        Value::Int(sent as i64 + 201)
     );
 }
 
@@ -445,6 +554,7 @@ both_transports!(
     window_small,
     window_without_a_byte_limit,
     window_follows_the_items_size,
+    a_stream_that_turns_large_keeps_to_the_byte_budget,
     stalled_stream_does_not_block_other_calls,
     caller_to_callee_direction_is_flow_controlled,
     caller_to_callee_window_grows_for_small_items,

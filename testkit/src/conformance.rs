@@ -901,8 +901,9 @@ pub fn close_first<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
 /// the same channel still answers. (The items are small ints, so the window is the most the
 /// default grows to.)
 pub fn slow_consumer<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
-    const N: i64 = 2_000;
     let window = harrow_runtime_core::portal::LinkConfig::default().credit_window_max as i64;
+    // Three windows' worth: the producer runs into the window before the end.
+    let items: i64 = (3 * window).max(2_000);
     expect_ok(run_root(root_config(), |n| async move {
         let child = n.start_actor("producer", f.backend(), f.spec()).await?;
         let before = child
@@ -911,11 +912,11 @@ pub fn slow_consumer<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
             .as_i64()
             .unwrap_or(0);
         let (mut ctx, _) = child
-            .open_context(&f.func("ctx_produce"), Value::Int(N))
+            .open_context(&f.func("ctx_produce"), Value::Int(items))
             .await?;
         let mut stream = ctx.open_stream().await?;
         let mut consumed = 0i64;
-        while consumed < N {
+        while consumed < items {
             // Read a few items, then stall and look at the producer from an unrelated call.
             for _ in 0..10 {
                 match stream.recv().await? {
@@ -936,7 +937,7 @@ pub fn slow_consumer<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
             }
         }
         assert_eq!(stream.recv().await?, None);
-        assert_eq!(ctx.result().await?, Value::Int(N));
+        assert_eq!(ctx.result().await?, Value::Int(items));
         Ok(())
     }));
     Outcome::Passed

@@ -116,11 +116,12 @@ impl Shared {
                 self.hold_item(cid, value, cache);
                 self.queue_held(cache);
             }
-            Msg::Credit { cid, n } => {
+            Msg::Credit { cid, n, consumed } => {
                 if let Some(chan) = self.chan_for_stream(cid, cache) {
                     {
                         let mut st = chan.lock();
                         st.credit = st.credit.saturating_add(n);
+                        st.note_consumed(consumed);
                     }
                     chan.notify();
                 }
