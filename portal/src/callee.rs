@@ -299,7 +299,7 @@ impl CalleeContext {
     /// [`LinkConfig::credit_window_max`](crate::LinkConfig::credit_window_max)).
     /// Opening twice is an error here only.
     pub async fn open_stream(&self) -> Result<MsgStream> {
-        self.open_stream_by(self.shared.window_rule())
+        self.open_stream_by(self.shared.config.window_rule())
     }
 
     /// [`open_stream`](Self::open_stream) granting the caller `window` items in flight toward

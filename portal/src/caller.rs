@@ -246,7 +246,7 @@ impl Context {
     /// [`LinkConfig::credit_window_max`](crate::LinkConfig::credit_window_max)).
     /// Opening twice is an error.
     pub async fn open_stream(&mut self) -> Result<MsgStream> {
-        let rule = self.shared.window_rule();
+        let rule = self.shared.config.window_rule();
         self.open_stream_by(rule)
     }
 
@@ -539,7 +539,7 @@ impl TxInner {
             return Ok(Err(err));
         }
         let config = &self.shared.config;
-        if st.credit == 0 || !st.may_send(config.credit_window, config.credit_window_bytes) {
+        if !st.may_send(config) {
             return Err(value);
         }
         st.credit -= 1;
@@ -783,8 +783,7 @@ impl futures_sink::Sink<Value> for StreamTx {
                     this.stop_waiting();
                     return Poll::Ready(Err(err));
                 }
-                let config = &this.inner.shared.config;
-                if st.credit > 0 && st.may_send(config.credit_window, config.credit_window_bytes) {
+                if st.may_send(&this.inner.shared.config) {
                     drop(st);
                     this.stop_waiting();
                     return Poll::Ready(Ok(()));

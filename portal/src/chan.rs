@@ -28,7 +28,7 @@ use atomic_waker::AtomicWaker;
 use harrow_ipc::wait::{Event, EventListener};
 use harrow_ipc::{ActorId, CallKind, Cid, FnPath, Value};
 
-use crate::Error;
+use crate::{Error, LinkConfig};
 
 /// Which end of the call this state belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -365,13 +365,14 @@ impl ChanState {
         })
     }
 
-    /// Whether the sending direction may send its next item now, as far as its bytes in flight
-    /// go (credit is checked apart): yes while fewer than `floor` items (at least
-    /// [`GUARD_FLOOR`]) or fewer than `budget` estimated bytes are sent and not yet reported
-    /// consumed. So one item more than that is the most the receiver ever holds beyond its
-    /// consumption, whatever credit it granted.
-    pub(crate) fn may_send(&self, floor: u32, budget: usize) -> bool {
-        self.unacked.len() < floor.max(GUARD_FLOOR) as usize || self.unacked_bytes < budget
+    /// Whether the sending direction may send its next item now: it has credit, and fewer than
+    /// `credit_window` items (at least [`GUARD_FLOOR`]) or fewer than `credit_window_bytes`
+    /// estimated bytes are sent and not yet reported consumed. So one item more than that is
+    /// the most the receiver ever holds beyond its consumption, whatever credit it granted.
+    pub(crate) fn may_send(&self, config: &LinkConfig) -> bool {
+        self.credit > 0
+            && (self.unacked.len() < config.credit_window.max(GUARD_FLOOR) as usize
+                || self.unacked_bytes < config.credit_window_bytes)
     }
 
     /// Notes an item sent, of `size` estimated bytes.

@@ -443,11 +443,6 @@ impl Shared {
         self.dead.load(Ordering::Acquire)
     }
 
-    /// The window rule of a stream opened with the link's defaults.
-    pub(crate) fn window_rule(&self) -> WindowRule {
-        self.config.window_rule()
-    }
-
     fn end(&self) -> Option<LinkEnd> {
         self.end.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
