@@ -1,8 +1,11 @@
 //! Framing and encoding of [`Msg`] for byte transports: a length prefix, then a
-//! bincode 2.0.1 (serde mode) body. This module is the only place that knows the encoding.
+//! bincode 2.0.1 (serde mode) body. This module is the only place that knows the encoding; its
+//! `small` part reads the most frequent small frames directly, and agrees with bincode on them.
 
 use crate::Msg;
 use crate::value::with_depth_limit;
+
+mod small;
 
 /// Why bytes could not be decoded into a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -214,6 +217,9 @@ pub fn decode_body(body: &[u8], config: &CodecConfig) -> Result<Msg, DecodeError
             len: body.len() as u64,
             max: config.frame_limit(),
         });
+    }
+    if let Some(msg) = small::decode(body, config.max_depth) {
+        return Ok(msg);
     }
     let (result, too_deep) = with_depth_limit(config.max_depth, || bincode_decode(body));
     match result {
