@@ -140,16 +140,21 @@ pub fn encode_into(
 ) -> Result<usize, EncodeError> {
     let start = buf.len();
     buf.extend_from_slice(&[0; LENGTH_PREFIX]);
-    let (result, too_deep) = with_depth_limit(config.max_depth, || {
-        bincode::serde::encode_into_std_write(msg, &mut *buf, bincode::config::standard())
-    });
+    let (result, too_deep) = if small::encode(msg, config.max_depth, buf) {
+        (Ok(()), false)
+    } else {
+        with_depth_limit(config.max_depth, || {
+            bincode::serde::encode_into_std_write(msg, &mut *buf, bincode::config::standard())
+                .map(drop)
+        })
+    };
     let size = buf.len() - start - LENGTH_PREFIX;
     let error = match result {
-        Ok(_) if size > config.frame_limit() => Some(EncodeError::TooLarge {
+        Ok(()) if size > config.frame_limit() => Some(EncodeError::TooLarge {
             size,
             max: config.frame_limit(),
         }),
-        Ok(_) => None,
+        Ok(()) => None,
         Err(_) if too_deep => Some(EncodeError::TooDeep {
             limit: config.max_depth,
         }),

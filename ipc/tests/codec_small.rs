@@ -1,9 +1,10 @@
-//! The codec reads the most frequent small frames (`Yield`, `Credit`, `Return` of a scalar, ...)
-//! without bincode. Whatever body it is given, it must agree with bincode: the same message when
-//! bincode decodes the whole body, an error when bincode fails or leaves bytes over.
+//! The codec writes and reads the most frequent small frames (`Yield`, `Credit`, `Return` of a
+//! scalar, ...) without bincode. It must agree with bincode: the same bytes for every message it
+//! writes; and whatever body it is given, the same message when bincode decodes the whole body,
+//! an error when bincode fails or leaves bytes over.
 //!
-//! bincode is the reference here, called directly with the limit the codec gives bodies this
-//! small.
+//! bincode is the reference here, called directly (for decoding, with the limit the codec gives
+//! bodies this small).
 
 use harrow_ipc::codec::{self, CodecConfig, DecodeError, LENGTH_PREFIX};
 use harrow_ipc::{Cid, Msg, Value};
@@ -20,6 +21,14 @@ fn reference(body: &[u8]) -> Option<Msg> {
         Ok((msg, used)) if used == body.len() => Some(msg),
         _ => None,
     }
+}
+
+/// The frame bincode writes for `msg`: the length prefix, then the body.
+fn reference_frame(msg: &Msg) -> Vec<u8> {
+    let body = bincode::serde::encode_to_vec(msg, bincode::config::standard())
+        .expect("bincode encodes every message");
+    let len = u32::try_from(body.len()).expect("a small body");
+    [&len.to_le_bytes()[..], &body].concat()
 }
 
 /// The frame's bytes identify the message (its encoding is deterministic), NaN payloads included.
@@ -119,6 +128,11 @@ proptest! {
         // And they come back as they were sent.
         let decoded = codec::decode_body(&body, &CodecConfig::default()).expect("valid body");
         prop_assert_eq!(bytes_of(&decoded), bytes_of(&msg));
+    }
+
+    #[test]
+    fn small_frames_are_written_as_bincode_writes_them(msg in small_msg()) {
+        prop_assert_eq!(bytes_of(&msg), reference_frame(&msg));
     }
 
     #[test]
@@ -269,6 +283,98 @@ fn every_single_byte_change_agrees_with_bincode() {
         }
     }
     assert!(checked > 50_000, "only {checked} bodies checked");
+}
+
+/// Every number at the edges of bincode's forms, in every field, written as bincode writes it.
+#[test]
+fn numbers_at_every_edge_are_written_as_bincode_writes_them() {
+    let edges = [
+        0u64,
+        1,
+        250,
+        251,
+        65_535,
+        65_536,
+        u64::from(u32::MAX),
+        u64::from(u32::MAX) + 1,
+        u64::MAX,
+    ];
+    let ints = [0i64, 1, -1, 125, -126, 32_767, -32_768, i64::MAX, i64::MIN];
+    let mut checked = 0;
+    for &n in &edges {
+        let cid = Cid(n);
+        let count = u32::try_from(n).unwrap_or(u32::MAX);
+        let mut msgs = vec![
+            Msg::StartAck { cid },
+            Msg::Stop { cid },
+            Msg::Cancel { cid },
+            Msg::Credit {
+                cid,
+                n: count,
+                consumed: n,
+            },
+        ];
+        for &i in &ints {
+            msgs.push(Msg::Yield {
+                cid,
+                value: Value::Int(i),
+            });
+        }
+        let long = "x".repeat(usize::try_from(n.min(70_000)).expect("small"));
+        msgs.push(Msg::Return {
+            cid,
+            value: Value::Str(long.clone()),
+        });
+        msgs.push(Msg::Started {
+            cid,
+            value: Value::Bytes(long.into_bytes()),
+        });
+        msgs.push(Msg::Yield {
+            cid,
+            value: Value::Float(f64::NAN),
+        });
+        for msg in &msgs {
+            assert_eq!(bytes_of(msg), reference_frame(msg), "{msg:?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, edges.len() * 16);
+}
+
+/// What the small writer leaves to bincode still fails as bincode makes it fail: a frame over
+/// the limit, a value deeper than the limit.
+#[test]
+fn limits_hold_for_small_frames_too() {
+    let tiny = CodecConfig {
+        max_frame: 8,
+        ..CodecConfig::default()
+    };
+    let long = Msg::Yield {
+        cid: Cid(1),
+        value: Value::Str("more than eight bytes".into()),
+    };
+    assert!(matches!(
+        codec::encode(&long, &tiny),
+        Err(codec::EncodeError::TooLarge { max: 8, .. })
+    ));
+    let mut buf = vec![7u8];
+    assert!(codec::encode_into(&long, &tiny, &mut buf).is_err());
+    assert_eq!(buf, [7], "a failed encode leaves the buffer as it was");
+    let flat = CodecConfig {
+        max_depth: 0,
+        ..CodecConfig::default()
+    };
+    assert!(matches!(
+        codec::encode(
+            &Msg::Return {
+                cid: Cid(2),
+                value: Value::Null
+            },
+            &flat
+        ),
+        Err(codec::EncodeError::TooDeep { limit: 0 })
+    ));
+    assert!(codec::encode(&Msg::Stop { cid: Cid(2) }, &flat).is_ok());
 }
 
 /// A depth limit of 0 admits no value at all: the small reader must not let one through.

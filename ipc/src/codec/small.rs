@@ -1,15 +1,18 @@
-//! Small frames read directly: the messages a stream or a call exchanges by the million.
+//! Small frames written and read directly: the messages a stream or a call exchanges by the
+//! million.
 //!
 //! bincode's serde decoder spends about 50 ns on a `Yield` of one integer, most of it in the
-//! visitor machinery around a few bytes. [`decode`] reads the frames that carry only a call id,
-//! counters and at most one scalar value (`StartAck`, `Started`, `Yield`, `Credit`, `Stop`,
-//! `Return`, `Cancel`) in a few nanoseconds, straight from the layout bincode gives them.
+//! visitor machinery around a few bytes. The frames that carry only a call id, counters and at
+//! most one scalar value (`StartAck`, `Started`, `Yield`, `Credit`, `Stop`, `Return`, `Cancel`)
+//! are written by [`encode`] and read by [`decode`] in a few nanoseconds, in the layout bincode
+//! gives them.
 //!
-//! It never decides that a body is malformed. It returns a message only when bincode would
-//! decode the whole body to that same message, and `None` for everything else (another kind of
-//! message, a list or map inside, any byte it does not expect), which then goes to bincode. So
-//! bincode stays the one authority on what is valid and on every error; the property test in
-//! `tests/codec_small.rs` holds the two to agreeing.
+//! Neither decides anything bincode would decide otherwise. [`encode`] writes exactly bincode's
+//! bytes, and leaves every other message to bincode. [`decode`] returns a message only when
+//! bincode would decode the whole body to that same message, and `None` for everything else
+//! (another kind of message, a list or map inside, any byte it does not expect), which then goes
+//! to bincode. So bincode stays the one authority on the format and on every error; the tests in
+//! `tests/codec_small.rs` hold the two to agreeing.
 
 use crate::{Cid, Msg, Value};
 
@@ -59,6 +62,95 @@ pub(super) fn decode(body: &[u8], max_depth: usize) -> Option<Msg> {
     };
     // bincode reports bytes left over as an error: leave that to it.
     r.0.is_empty().then_some(msg)
+}
+
+/// Appends the body of `msg` to `buf` as bincode would, if it is one of the small kinds above
+/// and `max_depth` admits its value; returns whether it did (if not, `buf` is untouched).
+#[inline]
+pub(super) fn encode(msg: &Msg, max_depth: usize, buf: &mut Vec<u8>) -> bool {
+    let (tag, cid, value) = match msg {
+        Msg::StartAck { cid } => (START_ACK, cid, None),
+        Msg::Stop { cid } => (STOP, cid, None),
+        Msg::Cancel { cid } => (CANCEL, cid, None),
+        Msg::Started { cid, value } => (STARTED, cid, Some(value)),
+        Msg::Yield { cid, value } => (YIELD, cid, Some(value)),
+        Msg::Return { cid, value } => (RETURN, cid, Some(value)),
+        Msg::Credit { cid, n, consumed } => {
+            put_varint(buf, u64::from(CREDIT));
+            put_varint(buf, cid.0);
+            put_varint(buf, u64::from(*n));
+            put_varint(buf, *consumed);
+            return true;
+        }
+        _ => return false,
+    };
+    if value.is_some() && max_depth == 0 {
+        return false;
+    }
+    let start = buf.len();
+    put_varint(buf, u64::from(tag));
+    put_varint(buf, cid.0);
+    match value {
+        None => true,
+        Some(value) => {
+            let written = put_scalar(buf, value);
+            if !written {
+                buf.truncate(start);
+            }
+            written
+        }
+    }
+}
+
+/// bincode's variable-length unsigned integer: the shortest of the forms [`Reader::varint`]
+/// reads.
+#[inline]
+fn put_varint(buf: &mut Vec<u8>, n: u64) {
+    if n <= 250 {
+        buf.push(n as u8);
+    } else if let Ok(n) = u16::try_from(n) {
+        buf.push(251);
+        buf.extend_from_slice(&n.to_le_bytes());
+    } else if let Ok(n) = u32::try_from(n) {
+        buf.push(252);
+        buf.extend_from_slice(&n.to_le_bytes());
+    } else {
+        buf.push(253);
+        buf.extend_from_slice(&n.to_le_bytes());
+    }
+}
+
+/// A value that is not a list or a map; returns false (having written nothing) for those.
+#[inline]
+fn put_scalar(buf: &mut Vec<u8>, value: &Value) -> bool {
+    match value {
+        Value::Null => put_varint(buf, u64::from(NULL)),
+        Value::Bool(b) => {
+            put_varint(buf, u64::from(BOOL));
+            buf.push(u8::from(*b));
+        }
+        Value::Int(i) => {
+            put_varint(buf, u64::from(INT));
+            // Zigzag, as `Reader::scalar` undoes it.
+            put_varint(buf, ((*i << 1) ^ (*i >> 63)) as u64);
+        }
+        Value::Float(f) => {
+            put_varint(buf, u64::from(FLOAT));
+            buf.extend_from_slice(&f.to_le_bytes());
+        }
+        Value::Str(s) => {
+            put_varint(buf, u64::from(STR));
+            put_varint(buf, s.len() as u64);
+            buf.extend_from_slice(s.as_bytes());
+        }
+        Value::Bytes(b) => {
+            put_varint(buf, u64::from(BYTES));
+            put_varint(buf, b.len() as u64);
+            buf.extend_from_slice(b);
+        }
+        Value::List(_) | Value::Map(_) => return false,
+    }
+    true
 }
 
 /// The unread rest of a body.
