@@ -597,11 +597,12 @@ async fn burst_with_credit(exec: Executor, t: Transport, via_sink: bool) {
         local.spawn(async move {
             loop {
                 let at = sent.get();
-                let mut turns = turns.borrow_mut();
-                if at < N && turns.last() != Some(&at) {
-                    turns.push(at);
+                {
+                    let mut turns = turns.borrow_mut();
+                    if at < N && turns.last() != Some(&at) {
+                        turns.push(at);
+                    }
                 }
-                drop(turns);
                 futures_lite::future::yield_now().await;
             }
         })
