@@ -566,6 +566,10 @@ impl fmt::Display for RemoteError {
 impl std::error::Error for RemoteError {}
 
 /// One message of the protocol. `docs/PROTOCOL.md` describes each and the exchanges it belongs to.
+///
+/// The order of the variants is the wire's (bincode sends a variant's index).
+/// `codec/small.rs` names the indices of the small ones; `tests/codec_small.rs` fails if they
+/// drift.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Msg {
     /// First message in each direction: identity and protocol version.
