@@ -46,17 +46,17 @@ pub(super) fn decode(body: &[u8], max_depth: usize) -> Option<Msg> {
             n: r.varint_u32()?,
             consumed: r.varint()?,
         },
-        tag @ (STARTED | YIELD | RETURN) => {
-            if max_depth == 0 {
-                return None;
-            }
-            let cid = r.cid()?;
-            let value = r.scalar()?;
-            match tag {
-                STARTED => Msg::Started { cid, value },
-                YIELD => Msg::Yield { cid, value },
-                _ => Msg::Return { cid, value },
-            }
+        STARTED => {
+            let (cid, value) = r.cid_and_scalar(max_depth)?;
+            Msg::Started { cid, value }
+        }
+        YIELD => {
+            let (cid, value) = r.cid_and_scalar(max_depth)?;
+            Msg::Yield { cid, value }
+        }
+        RETURN => {
+            let (cid, value) = r.cid_and_scalar(max_depth)?;
+            Msg::Return { cid, value }
         }
         _ => return None,
     };
@@ -202,11 +202,21 @@ impl<'a> Reader<'a> {
         self.varint().map(Cid)
     }
 
-    /// A length that bincode would accept: it must fit in what is left of the body, or bincode
-    /// would fail reading past its end.
+    /// A string's or byte string's length. The caller then takes that many bytes, which fails
+    /// (as bincode would, reading past the body's end) when fewer are left.
     #[inline]
     fn len(&mut self) -> Option<usize> {
         usize::try_from(self.varint()?).ok()
+    }
+
+    /// A call id, then a value that is not a list or a map; `None` if the depth limit admits
+    /// no value at all (bincode would refuse it as too deep).
+    #[inline]
+    fn cid_and_scalar(&mut self, max_depth: usize) -> Option<(Cid, Value)> {
+        if max_depth == 0 {
+            return None;
+        }
+        Some((self.cid()?, self.scalar()?))
     }
 
     /// A `Value` that is not a list or a map.
