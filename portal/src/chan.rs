@@ -168,9 +168,11 @@ impl CancelWaiters {
 
 /// How a stream's receiving window is sized (see [`LinkConfig::credit_window`]).
 ///
-/// The window starts at `base`. While the items received are small it grows, at each re-grant,
-/// to as many of the largest item seen as fit in `bytes`, up to `max` items; an item larger than
-/// those before shrinks it back, never below `base`, by withholding re-grants.
+/// The window starts at `base`. At each re-grant it moves to as many of the largest item
+/// received recently ([`RecentLargest`]) as fit in `bytes`, between `base` and `max` items: it
+/// grows while the items are small, shrinks back (never below `base`, by withholding re-grants)
+/// when a larger one comes, and grows again once a window's worth or two of smaller items
+/// followed it.
 ///
 /// [`LinkConfig::credit_window`]: crate::LinkConfig::credit_window
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -185,7 +187,7 @@ pub(crate) struct WindowRule {
 
 impl WindowRule {
     /// A window of `base` items (at least 1) that grows toward `max` while `bytes` hold as many
-    /// items as large as the largest seen.
+    /// items as large as the largest received recently.
     pub(crate) fn new(base: u32, max: u32, bytes: usize) -> WindowRule {
         let base = base.max(1);
         let max = max.max(base);
@@ -268,9 +270,9 @@ pub(crate) struct ChanState {
     pub(crate) window: u32,
     /// How far `window` may move (fixed when the stream was opened with a window of its own).
     rule: WindowRule,
-    /// The largest item received so far, as [`Value::approx_size`] estimates it (measured
+    /// The largest item received recently, as [`Value::approx_size`] estimates it (measured
     /// only as far as the rule's `size_cap`, and only where the window may move).
-    largest_item: usize,
+    largest: RecentLargest,
     pub(crate) items: VecDeque<Value>,
     pub(crate) peer_stopped: bool,
     /// Credit granted to the peer and not yet used by it.
@@ -301,7 +303,7 @@ impl ChanState {
     pub(crate) fn push_item(&mut self, value: Value) {
         if self.rule.size_cap > 0 {
             let size = value.approx_size(self.rule.size_cap);
-            self.largest_item = self.largest_item.max(size);
+            self.largest.note(size, self.window);
         }
         self.allowance -= 1;
         self.items.push_back(value);
@@ -348,7 +350,7 @@ impl ChanState {
             return None;
         }
         let consumed = std::mem::take(&mut self.consumed);
-        let target = self.rule.target(self.largest_item);
+        let target = self.rule.target(self.largest.get());
         let n = if target >= self.window {
             let grow = target - self.window;
             self.window = target;
@@ -397,6 +399,35 @@ impl ChanState {
     /// Items sent and not yet reported consumed (introspection for tests).
     pub(crate) fn unacked(&self) -> (usize, usize) {
         (self.unacked.len(), self.unacked_bytes)
+    }
+}
+
+/// The largest of the items a stream received recently: of the current span of items and of
+/// the span before it, a span ending once it holds as many items as the window is. So a large
+/// item keeps the window small for one to two windows' worth of items after it, and a stream
+/// that once carried a large item does not keep a small window for good.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RecentLargest {
+    current: usize,
+    previous: usize,
+    /// Items noted in the current span.
+    count: u32,
+}
+
+impl RecentLargest {
+    /// Notes an item of `size` estimated bytes; a span of `span` items (at least 1) ends with it.
+    pub(crate) fn note(&mut self, size: usize, span: u32) {
+        self.current = self.current.max(size);
+        self.count += 1;
+        if self.count >= span.max(1) {
+            self.previous = std::mem::take(&mut self.current);
+            self.count = 0;
+        }
+    }
+
+    /// The largest item of the current span and the one before it.
+    pub(crate) fn get(&self) -> usize {
+        self.current.max(self.previous)
     }
 }
 
@@ -767,5 +798,75 @@ mod tests {
         assert!(poll(&mut wait, &wa).is_ready());
         assert_eq!(a.get(), 0);
         assert_eq!(waiting(&chan), 0);
+    }
+
+    #[test]
+    fn a_large_item_is_remembered_for_one_to_two_spans() {
+        let mut l = RecentLargest::default();
+        l.note(8192, 4);
+        for i in 0..3 {
+            l.note(32, 4);
+            assert_eq!(l.get(), 8192, "small item {i} of the large item's span");
+        }
+        // The span is over: the large item is the previous span's.
+        assert_eq!(l.get(), 8192);
+        for _ in 0..3 {
+            l.note(32, 4);
+            assert_eq!(l.get(), 8192);
+        }
+        l.note(32, 4);
+        assert_eq!(l.get(), 32, "two spans later, only small items");
+        // A span of 0 is taken as 1: every item is a span, and the next one's end forgets it.
+        let mut l = RecentLargest::default();
+        l.note(100, 0);
+        assert_eq!(l.get(), 100);
+        l.note(10, 0);
+        assert_eq!(l.get(), 10);
+    }
+
+    /// A receiver and a sender that sends whenever it has credit, item by item: one 8 KiB
+    /// item, then ints. The window stays at its base while the large item is recent, then grows
+    /// to its most; the items in the queue, the credit not yet used and the items consumed
+    /// since the last grant always add up to the window.
+    #[test]
+    fn the_window_grows_again_once_smaller_items_followed_a_large_one() {
+        let rule = WindowRule::new(64, 1024, 256 << 10);
+        let mut st = ChanState::default();
+        let mut credit = st.open_rx(rule).n;
+        let items: Vec<Value> = std::iter::once(Value::Bytes(vec![7; 8 << 10]))
+            .chain((1..3_000).map(Value::Int))
+            .collect();
+        let mut next = items.into_iter();
+        let mut windows = Vec::new();
+        loop {
+            while credit > 0 {
+                let Some(v) = next.next() else { break };
+                credit -= 1;
+                st.push_item(v);
+            }
+            let Some(_) = st.items.pop_front() else { break };
+            if let Some(grant) = st.consume_one() {
+                credit += grant.n;
+            }
+            assert_eq!(
+                st.items.len() as u32 + st.allowance + st.consumed,
+                st.window,
+                "queued + unused credit + unreported = the window"
+            );
+            assert_eq!(st.allowance, credit);
+            windows.push(st.window);
+        }
+        assert_eq!(windows.len(), 3_000, "every item consumed");
+        assert!(
+            windows[..64].iter().all(|&w| w == 64),
+            "{:?}",
+            &windows[..64]
+        );
+        let regrown = windows.iter().position(|&w| w == 1024);
+        assert!(
+            matches!(regrown, Some(at) if at < 3 * 64),
+            "grown again at {regrown:?}"
+        );
+        assert_eq!(windows.last(), Some(&1024));
     }
 }

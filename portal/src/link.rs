@@ -52,7 +52,7 @@ pub struct LinkConfig {
     /// How far the window of a stream opened with the default may grow while its items are
     /// small (default 8,192 items; at most `credit_window` turns the growth off). At each
     /// re-grant the receiver sizes its window to hold [`credit_window_bytes`](Self::credit_window_bytes)
-    /// of items as large as the largest it has received (estimated by
+    /// of items as large as the largest it has received recently (estimated by
     /// [`Value::approx_size`]), between `credit_window` and this many items
     /// ([`grown_window`](Self::grown_window)). A larger window lets a fast stream keep more
     /// items in flight while one side waits for its CPU.
@@ -61,9 +61,9 @@ pub struct LinkConfig {
     /// (default 256 KiB), on both sides:
     ///
     /// - **As a receiver**, a stream opened with the defaults grows its window to hold this
-    ///   much of items as large as the largest so far: scalars (32 bytes each) get the whole
-    ///   `credit_window_max` of 8,192, items of about 1 KiB get 256, items of 4 KiB or more stay
-    ///   at `credit_window`.
+    ///   much of items as large as the largest received recently (within the last one to two
+    ///   windows' worth of items): scalars (32 bytes each) get the whole `credit_window_max` of
+    ///   8,192, items of about 1 KiB get 256, items of 4 KiB or more stay at `credit_window`.
     /// - **As a sender**, this side stops sending, whatever credit it holds, while the items it
     ///   sent and the receiver has not yet reported consumed number `credit_window` or more and
     ///   come to this many bytes or more. So a stream of small items that turns large leaves

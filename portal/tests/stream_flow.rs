@@ -50,6 +50,29 @@ fn registry(sent: async_channel::Sender<i64>) -> FnRegistry {
         Ok(Value::Int(small + large))
     })
     .unwrap();
+    reg.context("t:produce_runs", |ctx, v| async move {
+        // [[count, bytes], ...]: runs of `count` items each, byte strings of `bytes` bytes (an
+        // int, the item's index, where `bytes` is 0).
+        let runs = v.as_list().map(<[Value]>::to_vec).unwrap_or_default();
+        ctx.started(Value::Null).await?;
+        let s = ctx.open_stream().await?;
+        let mut sent = 0i64;
+        for run in &runs {
+            let run = run.as_list().unwrap_or_default();
+            let arg = |i: usize| run.get(i).and_then(Value::as_i64).unwrap_or(0);
+            for _ in 0..arg(0) {
+                let item = match arg(1) {
+                    0 => Value::Int(sent),
+                    n => Value::Bytes(vec![7; n as usize]),
+                };
+                s.send(item).await?;
+                sent += 1;
+            }
+        }
+        s.close().await?;
+        Ok(Value::Int(sent))
+    })
+    .unwrap();
     reg.context("t:lists", |ctx, v| async move {
         // `n` lists of three copies of their index.
         let n = v.as_i64().unwrap_or(0);
@@ -252,6 +275,70 @@ async fn window_follows_the_items_size(exec: Executor, t: Transport) {
     assert_eq!(
         bounded("result", ctx.result()).await.unwrap(),
         Value::Int(SMALL + LARGE)
+    );
+}
+
+/// A large item keeps the window small for a while, not for good: a stream that begins with one
+/// 8 KiB item sits at `credit_window`, then grows to `credit_window_max` once a window's worth or
+/// two of ints followed it. The buffer never holds more than the window, and nothing is lost.
+async fn window_grows_again_after_a_large_item(exec: Executor, t: Transport) {
+    let (sent_tx, _sent_rx) = async_channel::unbounded();
+    let mut config = LinkConfig::default();
+    config.credit_window_max = 256;
+    let (a, _b) = link_pair(
+        &exec,
+        t,
+        None,
+        Some(Arc::new(registry(sent_tx))),
+        config.clone(),
+    )
+    .await;
+    let (base, max) = (config.credit_window, config.credit_window_max);
+    let large = 8 << 10;
+    const INTS: i64 = 3_000;
+    let runs = Value::List(vec![
+        Value::List(vec![Value::Int(1), Value::Int(large)]),
+        Value::List(vec![Value::Int(INTS), Value::Int(0)]),
+    ]);
+    let (mut ctx, _) = bounded("open", a.portal().open_context("t:produce_runs", runs))
+        .await
+        .unwrap();
+    let mut s = ctx.open_stream().await.unwrap();
+    let v = bounded("the large item", s.recv()).await.unwrap();
+    assert_eq!(
+        v.map(|v| v.into_bytes().map(|b| b.len())),
+        Some(Ok(large as usize))
+    );
+    let first_regrant = i64::from(base / 4);
+    let mut regrown_at = None;
+    for i in 1..=INTS {
+        let window = s.window();
+        assert!(
+            s.buffered() <= window as usize,
+            "item {i}: {} buffered, window {window}",
+            s.buffered()
+        );
+        let v = bounded("int", s.recv()).await.unwrap();
+        assert_eq!(v, Some(Value::Int(i)), "lost or reordered");
+        if i + 1 == first_regrant {
+            // The first re-grant saw the large item: the window stays at its base.
+            assert_eq!(s.window(), base, "at the first re-grant");
+        }
+        if regrown_at.is_none() && s.window() == max {
+            regrown_at = Some(i);
+        }
+    }
+    assert_eq!(bounded("end", s.recv()).await.unwrap(), None);
+    let regrown_at = regrown_at.expect("the window grows again once ints followed the large item");
+    // The large item is remembered for one to two spans of `base` items, then the next re-grant
+    // (a quarter of the window later, or when the queue runs dry) grows the window.
+    assert!(
+        regrown_at >= i64::from(base) - 1 && regrown_at <= 3 * i64::from(base),
+        "grown again after {regrown_at} ints"
+    );
+    assert_eq!(
+        bounded("result", ctx.result()).await.unwrap(),
+        Value::Int(INTS + 1)
     );
 }
 
@@ -554,6 +641,7 @@ both_transports!(
     window_small,
     window_without_a_byte_limit,
     window_follows_the_items_size,
+    window_grows_again_after_a_large_item,
     a_stream_that_turns_large_keeps_to_the_byte_budget,
     stalled_stream_does_not_block_other_calls,
     caller_to_callee_direction_is_flow_controlled,
