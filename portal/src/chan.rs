@@ -869,4 +869,65 @@ mod tests {
         );
         assert_eq!(windows.last(), Some(&1024));
     }
+
+    proptest::proptest! {
+        /// Any sizes, any pace of consumption: the window stays within its rule, the queue,
+        /// the unused credit and the unreported items add up to it, and the size it follows
+        /// covers at least the last `base` items received and no item older than the last
+        /// `2 * max`.
+        #[test]
+        fn the_window_follows_the_recent_items(
+            sizes in proptest::collection::vec(
+                proptest::prop_oneof![3 => proptest::strategy::Just(0usize), 1 => 1usize..2_000],
+                1..1_500,
+            ),
+            paces in proptest::collection::vec(1usize..40, 1..50),
+        ) {
+            let (base, max) = (8u32, 64u32);
+            let rule = WindowRule::new(base, max, 4096);
+            let mut st = ChanState::default();
+            let mut credit = st.open_rx(rule).n;
+            let item = |n: usize| match n {
+                0 => Value::Int(1),
+                n => Value::Bytes(vec![7; n]),
+            };
+            let mut received: Vec<usize> = Vec::new();
+            let mut next = sizes.iter().copied();
+            let mut paces = paces.iter().copied().cycle();
+            let mut consumed = 0usize;
+            while consumed < sizes.len() {
+                while credit > 0 {
+                    let Some(n) = next.next() else { break };
+                    let v = item(n);
+                    received.push(v.approx_size(rule.size_cap));
+                    credit -= 1;
+                    st.push_item(v);
+                    let got = st.largest.get();
+                    let recent = |k: usize| {
+                        received[received.len().saturating_sub(k)..].iter().copied().max()
+                    };
+                    proptest::prop_assert!(Some(got) >= recent(base as usize));
+                    proptest::prop_assert!(Some(got) <= recent(2 * max as usize));
+                }
+                for _ in 0..paces.next().unwrap_or(1) {
+                    if st.items.pop_front().is_none() {
+                        if let Some(grant) = st.ran_dry() {
+                            credit += grant.n;
+                        }
+                        break;
+                    }
+                    consumed += 1;
+                    if let Some(grant) = st.consume_one() {
+                        credit += grant.n;
+                    }
+                }
+                proptest::prop_assert!((base..=max).contains(&st.window));
+                proptest::prop_assert_eq!(
+                    st.items.len() as u32 + st.allowance + st.consumed,
+                    st.window
+                );
+                proptest::prop_assert_eq!(st.allowance, credit);
+            }
+        }
+    }
 }
