@@ -17,6 +17,7 @@
 mod handshake;
 mod io;
 mod outlet;
+mod queue;
 mod route;
 mod serve;
 

@@ -13,6 +13,7 @@ use futures_lite::FutureExt;
 use harrow_ipc::{ChannelRx, ChannelTx, ErrorKind, Msg, RecvError, RemoteError, SendError};
 use tracing::debug;
 
+use super::queue::WriterQueue;
 use super::route::RouteCache;
 use super::{LinkEnd, Shared};
 use crate::Error;
@@ -20,18 +21,20 @@ use crate::Error;
 /// How many queued messages the writer hands the transport at once.
 const WRITE_BATCH: usize = 256;
 
-pub(super) async fn writer(shared: Arc<Shared>, tx: ChannelTx, out: async_channel::Receiver<Msg>) {
+pub(super) async fn writer(shared: Arc<Shared>, tx: ChannelTx, out: Arc<WriterQueue>) {
+    /// However the writer ends (the queue closed, a failed write, the flush bound), nothing more
+    /// is queued for it: a later `enqueue` is refused, as it is once the link shut down.
+    struct Abandon(Arc<WriterQueue>);
+    impl Drop for Abandon {
+        fn drop(&mut self) {
+            self.0.abandon();
+        }
+    }
+    let _abandon = Abandon(out.clone());
     let run = async {
         let mut batch = VecDeque::with_capacity(WRITE_BATCH);
-        while let Ok(msg) = out.recv().await {
-            // Take whatever else is queued too: byte transports write a batch in one go.
-            batch.push_back(msg);
-            while batch.len() < WRITE_BATCH {
-                match out.try_recv() {
-                    Ok(msg) => batch.push_back(msg),
-                    Err(_) => break,
-                }
-            }
+        // Whatever is queued, up to a batch: byte transports write a batch in one go.
+        while poll_fn(|cx| out.poll_take(cx, &mut batch, WRITE_BATCH)).await {
             // Acks alone wait for the next message (see `Shared::enqueue_quiet`): a write and a
             // wake-up of the peer for nothing it acts on.
             if batch.len() < WRITE_BATCH && batch.iter().all(quiet) {

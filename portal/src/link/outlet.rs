@@ -31,11 +31,12 @@ use std::task::Poll;
 use atomic_waker::AtomicWaker;
 use harrow_ipc::{ChannelTx, Msg};
 
+use super::queue::WriterQueue;
 use super::{LinkEnd, Shared};
 
 pub(crate) enum Outlet {
     /// Through the writer task's queue.
-    Writer(async_channel::Sender<Msg>),
+    Writer(Arc<WriterQueue>),
     /// Straight into the transport.
     Direct(Direct),
 }
@@ -77,10 +78,7 @@ impl Direct {
 
 impl Outlet {
     /// The outlet for `tx`, and the writer's queue when `tx` needs a writer.
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn new(
-        tx: ChannelTx,
-    ) -> (Outlet, Option<(ChannelTx, async_channel::Receiver<Msg>)>) {
+    pub(crate) fn new(tx: ChannelTx) -> (Outlet, Option<(ChannelTx, Arc<WriterQueue>)>) {
         if tx.sends_immediately() {
             let direct = Direct {
                 tx,
@@ -92,8 +90,8 @@ impl Outlet {
             };
             (Outlet::Direct(direct), None)
         } else {
-            let (out, out_rx) = async_channel::unbounded();
-            (Outlet::Writer(out), Some((tx, out_rx)))
+            let queue = Arc::new(WriterQueue::default());
+            (Outlet::Writer(queue.clone()), Some((tx, queue)))
         }
     }
 }
@@ -106,7 +104,7 @@ impl Shared {
         match &self.out {
             Outlet::Writer(out) => {
                 self.enqueued.fetch_add(1, Ordering::AcqRel);
-                if out.try_send(msg).is_err() {
+                if !out.push(msg) {
                     self.enqueued.fetch_sub(1, Ordering::AcqRel);
                     false
                 } else {
