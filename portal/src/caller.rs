@@ -474,6 +474,13 @@ impl Drop for Context {
 // ------------------------------------------------------------------------------------------------
 // Streams (both sides).
 
+/// How many items a stream sends at once, with credit, before its task yields to its executor
+/// once, where the link's writer task sends them: the writer (and every other task of the
+/// actor) gets a turn while a sender holds thousands of credits, and the peer gets the first
+/// items while the sender makes the rest. A link that hands messages straight to its transport
+/// (between threads of one process) wakes its peer during a burst by itself, and gains nothing.
+const SEND_TURN: u32 = 512;
+
 /// The state behind the sending half: sends `Stop` when the last sending handle is dropped.
 #[derive(Debug)]
 struct TxInner {
@@ -517,13 +524,25 @@ impl TxInner {
     /// and move for every item.
     async fn send(&self, value: Value) -> Result<()> {
         crate::error::check_depth(&value, || format!("stream item of {}", self.chan.func))?;
-        let value = {
-            let mut st = self.chan.lock();
-            match self.send_with_credit(&mut st, value) {
-                Ok(sent) => return sent,
-                Err(value) => value,
+        let mut value = value;
+        loop {
+            {
+                let mut st = self.chan.lock();
+                if !self.turn_due(&mut st) {
+                    match self.send_with_credit(&mut st, value) {
+                        Ok(sent) => return sent,
+                        Err(unsent) => {
+                            // The wait for credit gives the executor its turn.
+                            st.sent_in_a_row = 0;
+                            value = unsent;
+                            break;
+                        }
+                    }
+                }
             }
-        };
+            // Before the item leaves, so that a send dropped here has sent nothing.
+            futures_lite::future::yield_now().await;
+        }
         Box::pin(self.send_when_credited(value)).await
     }
 
@@ -543,12 +562,24 @@ impl TxInner {
             return Err(value);
         }
         st.credit -= 1;
+        st.sent_in_a_row = st.sent_in_a_row.saturating_add(1);
         st.note_sent(value.approx_size(config.credit_window_bytes));
         self.shared.enqueue(Msg::Yield {
             cid: self.chan.cid,
             value,
         });
         Ok(Ok(()))
+    }
+
+    /// Whether the sending task is due to give its executor a turn before its next item
+    /// ([`SEND_TURN`]); the count starts again when it says so.
+    fn turn_due(&self, st: &mut crate::chan::ChanState) -> bool {
+        if st.sent_in_a_row >= SEND_TURN && self.shared.writes_later() {
+            st.sent_in_a_row = 0;
+            true
+        } else {
+            false
+        }
     }
 
     /// Waits for credit, then sends `value` (or fails, if the stream ends meanwhile).
@@ -777,15 +808,21 @@ impl futures_sink::Sink<Value> for StreamTx {
         let this = &mut *self;
         loop {
             {
-                let st = this.inner.chan.lock();
+                let mut st = this.inner.chan.lock();
                 if let Some(err) = this.inner.send_blocker(&st) {
                     drop(st);
                     this.stop_waiting();
                     return Poll::Ready(Err(err));
                 }
                 if st.may_send(&this.inner.shared.config) {
+                    let turn = this.inner.turn_due(&mut st);
                     drop(st);
                     this.stop_waiting();
+                    if turn {
+                        // The executor's turn, as `send` gives it: ready again right after.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                     return Poll::Ready(Ok(()));
                 }
             }
@@ -793,7 +830,11 @@ impl futures_sink::Sink<Value> for StreamTx {
                 // Then check again.
                 None => this.waiting = Some(this.inner.chan.listen_counted()),
                 Some(listener) => match std::pin::Pin::new(listener).poll(cx) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        // The wait for credit gives the executor its turn.
+                        this.inner.chan.lock().sent_in_a_row = 0;
+                        return Poll::Pending;
+                    }
                     Poll::Ready(()) => this.stop_waiting(),
                 },
             }

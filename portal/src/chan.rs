@@ -296,6 +296,8 @@ pub(crate) struct ChanState {
     pub(crate) local_stopped: bool,
     /// A sender waits in `Chan::sender`.
     pub(crate) sender_slot_taken: bool,
+    /// Items sent at once, without the sending task giving its executor a turn since.
+    pub(crate) sent_in_a_row: u32,
 }
 
 impl ChanState {

@@ -398,7 +398,16 @@ async fn a_stream_that_turns_large_keeps_to_the_byte_budget(exec: Executor, t: T
     let mut sent = 0usize;
     let blocked = loop {
         let mut send = Box::pin(tx.send(Value::Bytes(vec![7; LARGE])));
-        match futures_lite::future::poll_once(&mut send).await {
+        // A send may give its executor a turn first (every few hundred items, over a link with
+        // a writer task): one still pending on its second poll waits.
+        let mut done = None;
+        for _ in 0..2 {
+            done = futures_lite::future::poll_once(&mut send).await;
+            if done.is_some() {
+                break;
+            }
+        }
+        match done {
             Some(r) => {
                 r.unwrap();
                 sent += 1;
@@ -635,7 +644,99 @@ async fn cloned_senders_waiting_for_credit_together_all_get_through(exec: Execut
     );
 }
 
+/// A sender holding credit for a long burst. Over a link whose messages leave through a writer
+/// task (`unix`), it gives its executor a turn every few hundred items (512), so the writer and
+/// the actor's other tasks run during the burst, and nothing is lost by it. Over a link that
+/// hands messages to the transport at once (`mem`), it sends the burst without yielding.
+async fn a_sender_with_credit_gives_its_executor_a_turn(exec: Executor, t: Transport) {
+    burst_with_credit(exec, t, false).await;
+}
+
+/// The same through the `Sink` half: `poll_ready` gives the turn.
+async fn a_sink_with_credit_gives_its_executor_a_turn(exec: Executor, t: Transport) {
+    burst_with_credit(exec, t, true).await;
+}
+
+async fn burst_with_credit(exec: Executor, t: Transport, via_sink: bool) {
+    const N: i64 = 1_300;
+    let mut config = LinkConfig::default();
+    config.credit_window = 2048;
+    config.credit_window_max = 2048;
+    let (sent_tx, _sent_rx) = async_channel::unbounded();
+    let (a, _b) = link_pair(&exec, t, None, Some(Arc::new(registry(sent_tx))), config).await;
+    let (mut ctx, _) = bounded("open", a.portal().open_context("t:consume", Value::Null))
+        .await
+        .unwrap();
+    let (mut tx, _rx) = ctx.open_stream().await.unwrap().split();
+    // The first item waits for the callee's grant of the whole window.
+    bounded("the first item", tx.send(Value::Int(0)))
+        .await
+        .unwrap();
+    assert!(tx.credit() >= N as u32, "credit {}", tx.credit());
+
+    // The burst and a task that notes how far the burst got whenever it runs, on one thread:
+    // the task runs only while the burst yields.
+    let local = async_executor::LocalExecutor::new();
+    let sent = std::rc::Rc::new(std::cell::Cell::new(1i64));
+    let turns = std::rc::Rc::new(std::cell::RefCell::new(Vec::<i64>::new()));
+    let _watcher = {
+        let (sent, turns) = (sent.clone(), turns.clone());
+        local.spawn(async move {
+            loop {
+                let at = sent.get();
+                {
+                    let mut turns = turns.borrow_mut();
+                    if at < N && turns.last() != Some(&at) {
+                        turns.push(at);
+                    }
+                }
+                futures_lite::future::yield_now().await;
+            }
+        })
+    };
+    let burst = async {
+        for i in 1..N {
+            if via_sink {
+                use futures_sink::Sink;
+                std::future::poll_fn(|cx| std::pin::Pin::new(&mut tx).poll_ready(cx))
+                    .await
+                    .unwrap();
+                std::pin::Pin::new(&mut tx)
+                    .start_send(Value::Int(i))
+                    .unwrap();
+            } else {
+                tx.send(Value::Int(i)).await.unwrap();
+            }
+            sent.set(i + 1);
+        }
+    };
+    bounded("the burst", local.run(burst)).await;
+    let turns = turns.take();
+    match t {
+        Transport::Unix => {
+            assert!(turns.len() >= 2, "turns at {turns:?}");
+            let mut last = 1;
+            for &at in &turns {
+                assert!(
+                    at - last <= 512,
+                    "no turn for {} items: turns at {turns:?}",
+                    at - last
+                );
+                last = at;
+            }
+        }
+        Transport::Mem => assert!(turns.is_empty(), "turns at {turns:?}"),
+    }
+    tx.close().await.unwrap();
+    assert_eq!(
+        bounded("sum", ctx.result()).await.unwrap(),
+        Value::Int(N * (N - 1) / 2)
+    );
+}
+
 both_transports!(
+    a_sender_with_credit_gives_its_executor_a_turn,
+    a_sink_with_credit_gives_its_executor_a_turn,
     window_fixed,
     window_default,
     window_small,

@@ -135,6 +135,13 @@ impl Shared {
         }
     }
 
+    /// Whether queued messages wait for the writer task, which runs only when the task that
+    /// queued them yields to their executor.
+    #[inline]
+    pub(crate) fn writes_later(&self) -> bool {
+        matches!(self.out, Outlet::Writer(_))
+    }
+
     /// Hands a message over without scheduling the waker task: the caller wakes the peer itself
     /// right after ([`wake_peer_now`](Self::wake_peer_now), outside any lock it holds). For a
     /// message the peer must act on before anything else can happen (a call's `Start`: the
