@@ -428,7 +428,12 @@ fn detach_nested(value: &mut Value, pending: &mut Vec<Value>) {
 }
 
 impl Drop for Value {
+    #[inline]
     fn drop(&mut self) {
+        // A scalar (a stream's usual item) has nothing nested: no call, no loop.
+        if !self.is_container() {
+            return;
+        }
         // Empty nested containers from a heap stack until only scalars, containers of scalars
         // and empty shells are dropped: none of those goes deeper. No allocation when `self`
         // holds no container.
