@@ -29,10 +29,12 @@
 //!   over the last [`CPU_SAMPLE`] or more, is at most the cores less three quarters, and the
 //!   machine was not crowded in two readings in a row (no idle core, yet programs outside this
 //!   process's family got half a core or more: they wanted more) ([`others_leave_a_core`]).
-//!   The counts above cannot tell a CPU hog from this process's own spinning threads; beside a
-//!   hog, a spinning thread that yields loses its CPU for the rest of the hog's time slice. Until a process has measured that (its first [`CPU_SAMPLE`]), it
-//!   takes the answer of the process that started it, or else counts the threads that want a
-//!   CPU at that instant;
+//!   A reading spans the time since the process last looked; where that is long, the crowding
+//!   it saw may be over, and the threads that want a CPU now decide instead. The counts above
+//!   cannot tell a CPU hog from this process's own spinning threads; beside a hog, a spinning
+//!   thread that yields loses its CPU for the rest of the hog's time slice. Until a process
+//!   has measured that (its first [`CPU_SAMPLE`]), it takes the answer of the process that
+//!   started it, or else counts the threads that want a CPU at that instant;
 //! - **its recent spins paid**: spins that ran out (nothing came, or it came only after the
 //!   spin's yields had given the CPU away for long) make the thread skip spins: none after the
 //!   first of a run, then the next 1, 3, 7, ... up to [`MAX_SKIP`]; a spin that caught a
@@ -607,12 +609,12 @@ pub fn spin_until(spin: Duration, woken: impl FnMut() -> bool) -> bool {
 }
 
 /// Busy-waits until `woken` returns true or `spin` has passed; returns whether it was woken in
-/// time, and whether only after it began to yield. `woken` is asked between short runs of `spin_loop` hints (and the clock every few
-/// rounds). After the first microsecond or so each round also yields the CPU: a thread woken
-/// onto this core (the one whose answer we wait for, often) runs at once instead of after the
-/// spin. A wake-up seen only after twice `spin` (the yields gave the CPU away for long: the
-/// machine is busier than it looked) counts as a miss, so that the caller backs off; the
-/// caller finds that wake-up when it tries to sleep.
+/// time, and whether only after it began to yield. `woken` is asked between short runs of
+/// `spin_loop` hints (and the clock every few rounds). After the first microsecond or so each
+/// round also yields the CPU: a thread woken onto this core (the one whose answer we wait for,
+/// often) runs at once instead of after the spin. A wake-up seen only after twice `spin` (the
+/// yields gave the CPU away for long: the machine is busier than it looked) counts as a miss,
+/// so that the caller backs off; the caller finds that wake-up when it tries to sleep.
 pub fn spin_watch(spin: Duration, woken: impl FnMut() -> bool) -> Spun {
     spin_watch_from(spin, false, woken)
 }
@@ -754,9 +756,10 @@ pub const CPU_SAMPLE: Duration = Duration::from_millis(50);
 /// this process's CPU time (`CLOCK_PROCESS_CPUTIME_ID`) and its parent's; and whether the
 /// machine was not crowded in this reading and the one before: crowded is no idle core, and
 /// programs outside this process's family ([`count_child_as_ours`]) still getting half a core
-/// or more. Read by the thread that reads the load, at most once per [`CPU_SAMPLE`]; `true`
-/// where the busy time or this process's time cannot be read (the parent's and children's
-/// count as nothing then).
+/// or more (where this reading is long, the threads that want a CPU now must confirm it: the
+/// crowding it saw may be over). Read by the thread that reads the load, at most once per
+/// [`CPU_SAMPLE`]; `true` where the busy time or this process's time cannot be read (the
+/// parent's and children's count as nothing then).
 ///
 /// The load's counts cannot tell a CPU hog from this process's own spinning threads: two hogs
 /// on two cores and two spinning actor threads make four runnable threads, within twice the
@@ -813,7 +816,8 @@ struct Judged {
 /// [`others_leave_a_core`]'s answer at a reading `now`: measured since the sample `before`
 /// (with whether the reading before found the machine crowded); at a process's first reading
 /// (none before), the answer its starter passed (`inherited`), or else the threads that want a
-/// CPU right now (`runnable`, read only then).
+/// CPU right now (`runnable`, read only then, and where a long reading's crowding may be over:
+/// [`CpuReading::stale_crowding`]).
 fn judge(
     before: Option<&(CpuSample, bool)>,
     now: &CpuSample,
@@ -824,7 +828,12 @@ fn judge(
     match before {
         Some((before, crowded_before)) => match now.reading_since(before) {
             Some(r) => Judged {
-                leave: r.leaves_a_core(cores, *crowded_before),
+                leave: if r.stale_crowding(*crowded_before) {
+                    r.others <= others_limit(cores)
+                        && others_runnable_leave_a_core(runnable(), cores)
+                } else {
+                    r.leaves_a_core(cores, *crowded_before)
+                },
                 crowded: r.crowded(),
             },
             None => Judged {
@@ -938,9 +947,16 @@ const NO_IDLE_CORE: f64 = 0.25;
 /// on every core for this process to spin: less than half a core.
 const CROWDING: f64 = 0.5;
 
+/// A reading longer than this covers time in which no thread of this process looked at the
+/// gate: the process was idle, or busy without waiting. What it measured is an average over
+/// that time, and may be over by now ([`CpuReading::stale_crowding`]).
+const LONG_READING: Duration = Duration::from_millis(2 * CPU_SAMPLE.as_millis() as u64);
+
 /// What [`others_leave_a_core`] measured between two samples, in cores.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct CpuReading {
+    /// The wall-clock time the reading covers.
+    span: Duration,
     /// The machine's idle CPU.
     idle: f64,
     /// The CPU that other programs used: all but this process and its parent.
@@ -978,6 +994,22 @@ impl CpuReading {
     /// batches of 14-22 µs per call among batches of 4 µs. CPU hogs crowd every reading.
     fn leaves_a_core(&self, cores: usize, crowded_before: bool) -> bool {
         self.others <= others_limit(cores) && !(crowded_before && self.crowded())
+    }
+
+    /// Whether this reading would close the gate as the second crowded one in a row, though it
+    /// is long ([`LONG_READING`]): the crowding it saw may have ended before the reading, and
+    /// the threads that want a CPU now decide instead ([`others_runnable_leave_a_core`]).
+    ///
+    /// A process reads only on a thread's way into a spin, so a reading spans the time since
+    /// the process last waited. In `harrow bench` a process actor is idle while the bench
+    /// runs its raw socket echo (150-210 ms, both cores busy, half a core or more of it the
+    /// baseline's own child): each batch of calls began with a reading of about 200 ms that
+    /// was mostly that echo, and from the second such batch on, the gate of the root or of
+    /// the actor was closed for the whole batch (16-32 µs per call against 3-6 µs; traced in
+    /// three idle full runs, docs/performance-log.md, "A long reading's crowding may be
+    /// over"). Beside CPU hogs the count still closes it: the hogs want a CPU now too.
+    fn stale_crowding(&self, crowded_before: bool) -> bool {
+        crowded_before && self.crowded() && self.span > LONG_READING
     }
 }
 
@@ -1079,6 +1111,7 @@ impl CpuSample {
             .sum();
         let others = (busy - ours).max(0.0);
         Some(CpuReading {
+            span: self.at.duration_since(before.at),
             idle: idle / wall,
             others: others / wall,
             outside_family: (others - children).max(0.0) / wall,
@@ -1617,6 +1650,87 @@ mod tests {
             last = (now, judged.crowded);
         }
         assert_eq!(leaves, [true, true, true, true, false, false, true]);
+    }
+
+    #[test]
+    fn a_long_readings_crowding_is_checked_against_the_threads_that_want_a_cpu_now() {
+        let at = Instant::now();
+        // Two cores with no idle time from the start; by `ms`, this process had used `ours_ms`
+        // of CPU time and others the rest.
+        let sample = |ms: u64, ours_ms: u64| CpuSample {
+            at: at + Duration::from_millis(ms),
+            busy_ticks: ms / 5,
+            idle_ticks: 0,
+            ours: Duration::from_millis(ours_ms),
+            parent: None,
+            children: [None; CHILDREN_READ],
+        };
+        let never = || -> Option<usize> { panic!("this reading decides without the count") };
+        // 300 ms in which others got one core of two: crowded, and long.
+        let first = sample(0, 0);
+        let crowded_long = sample(300, 300);
+        let r = crowded_long.reading_since(&first).expect("time passed");
+        assert!(r.crowded() && r.span > LONG_READING, "{r:?}");
+        // Once: open, as any first crowded reading.
+        let once = judge(
+            Some(&(first, false)),
+            &crowded_long,
+            INHERITED_UNKNOWN,
+            never,
+            2,
+        );
+        assert_eq!(
+            once,
+            Judged {
+                leave: true,
+                crowded: true
+            }
+        );
+        // Twice in a row, the second long: the threads that want a CPU now decide.
+        let before = (first, true);
+        let twice = |runnable: Option<usize>| {
+            judge(
+                Some(&before),
+                &crowded_long,
+                INHERITED_UNKNOWN,
+                || runnable,
+                2,
+            )
+        };
+        assert!(
+            twice(Some(1)).leave,
+            "this thread alone: the crowding is over"
+        );
+        assert!(twice(Some(2)).leave, "and its peer");
+        assert!(!twice(Some(3)).leave, "two hogs still there");
+        assert!(twice(None).leave, "no count");
+        assert!(
+            twice(Some(3)).crowded,
+            "the reading was crowded whatever the count"
+        );
+        // A reading of CPU_SAMPLE, crowded after a crowded one: fresh, it closes the gate.
+        let short = sample(350, 350);
+        let r = short.reading_since(&crowded_long).expect("time passed");
+        assert!(r.crowded() && r.span <= LONG_READING, "{r:?}");
+        let judged = judge(
+            Some(&(crowded_long, true)),
+            &short,
+            INHERITED_UNKNOWN,
+            never,
+            2,
+        );
+        assert_eq!(
+            judged,
+            Judged {
+                leave: false,
+                crowded: true
+            }
+        );
+        // Long and beyond the limit (others got a core and a half): closed, whatever the count.
+        let over = sample(300, 150);
+        let r = over.reading_since(&first).expect("time passed");
+        assert!(r.others > others_limit(2), "{r:?}");
+        assert!(!judge(Some(&before), &over, INHERITED_UNKNOWN, || Some(1), 2).leave);
     }
 
     #[test]
