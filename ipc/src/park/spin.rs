@@ -1004,10 +1004,12 @@ impl CpuReading {
     /// the process last waited. In `harrow bench` a process actor is idle while the bench
     /// runs its raw socket echo (150-210 ms, both cores busy, half a core or more of it the
     /// baseline's own child): each batch of calls began with a reading of about 200 ms that
-    /// was mostly that echo, and from the second such batch on, the gate of the root or of
-    /// the actor was closed for the whole batch (16-32 µs per call against 3-6 µs; traced in
+    /// was mostly that echo. Two such readings in a row closed the gate of the root, of the
+    /// actor or of both for the whole batch (16-32 µs per call against 3-6 µs; traced in
     /// three idle full runs, docs/performance-log.md, "A long reading's crowding may be
-    /// over"). Beside CPU hogs the count still closes it: the hogs want a CPU now too.
+    /// over"). Beside CPU hogs the count still closes it: the hogs want a CPU now too. The
+    /// count includes this process's own threads (the root's `async-io` thread was running at
+    /// some such readings), so it can still close the gate there, as before.
     fn stale_crowding(&self, crowded_before: bool) -> bool {
         crowded_before && self.crowded() && self.span > LONG_READING
     }
