@@ -3,10 +3,11 @@
 //!
 //! A deque under a lock and one waker, not a channel. Every message a stream sends passes here,
 //! and a channel paid for each one: a lock-free push, and a notification of its event, whose list
-//! is locked while the writer listens. Here a push is a lock nobody else holds (the writer task
-//! runs on the sender's executor) and a push to the deque's end. The writer is woken only by a push
-//! that finds the queue empty: each time the writer looks, it takes what is there (up to its
-//! batch), so a burst costs it one wake-up.
+//! is locked while the writer listens. Here a push is a lock that is rarely contended (the writer
+//! task runs on the executor of most senders; a message from another thread, such as a Python
+//! interpreter thread's answer, may meet it) and a push to the deque's end. The writer is woken
+//! only by a push that finds the queue empty: each time the writer looks, it takes what is there
+//! (up to its batch), so a burst costs it one wake-up.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
