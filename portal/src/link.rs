@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use harrow_ipc::wait::{Event, deadline, wait_until, wait_until_some};
-use harrow_ipc::{ActorId, CallKind, Cid, FnPath, Msg, Value};
+use harrow_ipc::{ActorId, CallKind, Cid, FnPath, Msg, PROTOCOL_VERSION, Value};
 use tracing::debug;
 
 use crate::chan::{Chan, Side, WindowRule};
@@ -165,6 +165,19 @@ pub struct LocalInfo {
     pub id: ActorId,
     /// The backend this actor runs on (`"root"`, `"thread"`, `"process"`, `"subint"`).
     pub backend: String,
+}
+
+impl LocalInfo {
+    /// The `Hello` this side says: its id and backend, this build's protocol version, and this
+    /// process's id.
+    pub fn hello(&self) -> Msg {
+        Msg::Hello {
+            actor: self.id.clone(),
+            protocol: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            backend: self.backend.clone(),
+        }
+    }
 }
 
 /// What the peer said in its `Hello`.

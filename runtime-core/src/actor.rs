@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::FutureExt;
-use harrow_ipc::{ActorId, Channel};
+use harrow_ipc::{ActorId, Channel, SendError};
 use harrow_portal::{Executor, Link, LinkConfig, LinkEnd, LinkReader, LocalInfo, Portal, Resolver};
 
 use crate::backend::Timeouts;
@@ -230,6 +230,16 @@ pub struct ActorInit {
     pub backend: String,
     /// Link tunables.
     pub link_config: LinkConfig,
+    /// Set by [`introduce_in_process`](Self::introduce_in_process): the `Hello` is said, and
+    /// the acceptor registered, the actor takes it.
+    introduced: Option<Arc<Introduction>>,
+}
+
+/// What [`ActorInit::introduce_in_process`] did ahead of the actor's thread.
+#[derive(Debug)]
+struct Introduction {
+    /// Taken by the actor's runtime at its start.
+    acceptor: std::sync::Mutex<Option<crate::discovery::EarlyAcceptor>>,
 }
 
 impl ActorInit {
@@ -245,7 +255,49 @@ impl ActorInit {
             spec,
             backend: backend.into(),
             link_config,
+            introduced: None,
         }
+    }
+
+    /// Says this actor's `Hello` to its parent now, on `channel` (the actor's own end, before
+    /// it is handed to the actor's thread), and opens the actor to peer links from this
+    /// process, so that its parent need not wait for that thread to run: the parent's
+    /// `start_actor` returns once the backend has, and the first calls, and any peer's link,
+    /// wait in their queues until the actor reads them. The actor's runtime then says no
+    /// `Hello` of its own.
+    ///
+    /// Only for a child in this process on an in-memory channel
+    /// ([`run_actor_in_process`]; the `Hello` gives this process's id), and only where nothing
+    /// can keep the child from coming up once its thread exists. Once the backend has returned
+    /// the child, a failure of its runtime (a panic before it serves) is not a
+    /// [`SpawnError`](crate::SpawnError) of `start_actor` but the child's end, which its nursery
+    /// reports as a crash. The thread backend uses it; the subint backend does not (an
+    /// interpreter may fail to start). Fails only when the parent's end is gone; a second call
+    /// does nothing.
+    pub async fn introduce_in_process(&mut self, channel: &Channel) -> Result<(), SendError> {
+        if self.introduced.is_some() {
+            return Ok(());
+        }
+        let local = LocalInfo {
+            id: self.spec.id.clone(),
+            backend: self.backend.clone(),
+        };
+        channel.send(local.hello()).await?;
+        let acceptor = crate::discovery::EarlyAcceptor::register(&self.spec.id.uid);
+        self.introduced = Some(Arc::new(Introduction {
+            acceptor: std::sync::Mutex::new(Some(acceptor)),
+        }));
+        Ok(())
+    }
+
+    /// The acceptor [`introduce_in_process`](Self::introduce_in_process) registered, once.
+    fn take_early_acceptor(&self) -> Option<crate::discovery::EarlyAcceptor> {
+        let intro = self.introduced.as_ref()?;
+        intro
+            .acceptor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Replaces the resolver (backends whose functions are not Rust, such as subint, set theirs).
@@ -346,7 +398,7 @@ fn run_actor_parked(channel: Channel, init: ActorInit, park: Park<'_>) -> ActorE
     );
     let _current = ctx.enter();
     ctx.discovery().set_parent(init.spec.parent.clone());
-    crate::discovery::start_acceptor(&ctx);
+    crate::discovery::start_acceptor(&ctx, init.take_early_acceptor());
     let helper_bound = init.spec.timeouts().hard_kill;
     let main = actor_main(channel, init, ctx.clone());
     let exit = match park {
@@ -389,14 +441,12 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
         id: init.spec.id.clone(),
         backend: init.backend.clone(),
     };
-    let established = Link::establish_with_reader(
-        channel,
-        local,
-        ctx.resolver(),
-        ctx.executor(),
-        init.link_config.clone(),
-    )
-    .await
+    let (resolver, exec, config) = (ctx.resolver(), ctx.executor(), init.link_config.clone());
+    let established = if init.introduced.is_some() {
+        Link::establish_introduced_with_reader(channel, local, resolver, exec, config).await
+    } else {
+        Link::establish_with_reader(channel, local, resolver, exec, config).await
+    }
     .map(|(link, reader)| {
         ctx.run_reader(reader);
         link
@@ -538,5 +588,92 @@ impl<T> Drop for Detaching<T> {
         if let Some(task) = self.0.take() {
             task.detach();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_lite::future::block_on;
+    use harrow_ipc::wait::deadline;
+    use harrow_ipc::{ActorId, Channel, Msg, PROTOCOL_VERSION, mem};
+
+    use super::*;
+
+    const BOUND: Duration = Duration::from_secs(10);
+
+    /// The next message on `end`, within [`BOUND`].
+    fn next(end: &Channel, what: &str) -> Msg {
+        block_on(deadline(BOUND, end.recv()))
+            .unwrap_or_else(|| panic!("no {what} within {BOUND:?}"))
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    fn hello_from(end: &Channel, id: &ActorId) {
+        let hello = LocalInfo {
+            id: id.clone(),
+            backend: "test".into(),
+        }
+        .hello();
+        block_on(end.send(hello)).expect("the actor's end is open");
+    }
+
+    #[test]
+    fn an_introduced_actor_is_greeted_and_reachable_before_its_thread_runs() {
+        let parent = ActorId::new("parent");
+        let spec = SpawnSpec::new(ActorId::new("introduced"), parent.clone());
+        let mut init = ActorInit::from_spec(spec, "test");
+        let id = init.id().clone();
+        let (parent_end, child_end) = mem::pair();
+        block_on(init.introduce_in_process(&child_end)).expect("the parent's end is open");
+
+        // No thread runs the actor yet: its Hello is already there, said for it.
+        match next(&parent_end, "Hello") {
+            Msg::Hello {
+                actor,
+                protocol,
+                pid,
+                backend,
+            } => {
+                assert_eq!(actor, id);
+                assert_eq!(protocol, PROTOCOL_VERSION);
+                assert_eq!(pid, std::process::id());
+                assert_eq!(backend, "test");
+            }
+            other => panic!("expected the actor's Hello, got {}", other.kind_name()),
+        }
+        // ... and a peer of this process can already hand it a link.
+        let (peer_end, accepted_end) = mem::pair();
+        assert!(
+            crate::discovery::tree::hand_to(&id.uid, accepted_end),
+            "the introduced actor takes peer links before its thread runs"
+        );
+
+        let actor = std::thread::spawn(move || run_actor_in_process(child_end, init));
+        hello_from(&parent_end, &parent);
+        // The peer's link, handed over before the thread ran, is answered once it does.
+        hello_from(&peer_end, &ActorId::new("peer"));
+        match next(&peer_end, "the actor's Hello to its peer") {
+            Msg::Hello { actor, .. } => assert_eq!(actor, id),
+            other => panic!(
+                "expected a Hello on the peer link, got {}",
+                other.kind_name()
+            ),
+        }
+        // The actor says no Hello of its own to its parent: the next message it sends there is
+        // the answer to the cancel.
+        let reason = "the test is done".to_owned();
+        block_on(parent_end.send(Msg::CancelActor { reason })).expect("the actor's end is open");
+        match next(&parent_end, "CancelAck") {
+            Msg::CancelAck { .. } => {}
+            other => panic!("expected CancelAck, got {}", other.kind_name()),
+        }
+        parent_end.close();
+        let exit = actor.join().expect("the actor's thread did not panic");
+        assert!(
+            matches!(exit, ActorExit::Cancelled { ref canceller } if *canceller == parent),
+            "{exit:?}"
+        );
     }
 }

@@ -208,7 +208,11 @@ impl ActorNursery {
     /// Starts a child actor named `name` on `backend`; it lives until cancelled (by
     /// [`ChildHandle::cancel`], [`cancel`](Self::cancel), a failure elsewhere, or the end of the
     /// nursery). Returns once the child said `Hello`; a child that fails to come up is a
-    /// [`SpawnError`] and leaves the nursery usable.
+    /// [`SpawnError`] and leaves the nursery usable. An in-process backend may say its child's
+    /// `Hello` for it as it makes the child's thread
+    /// ([`ActorInit::introduce_in_process`](crate::ActorInit::introduce_in_process); the thread
+    /// backend does): then this returns without waiting for that thread to run, and the first
+    /// calls wait in the channel until it does.
     pub async fn start_actor(
         &self,
         name: &str,
@@ -327,6 +331,10 @@ impl ActorNursery {
         is_run: bool,
         contained: bool,
     ) -> Result<ChildHandle> {
+        // A spawn may complete without waiting for anything (a thread child's `Hello` is said
+        // for it), so it yields once: a loop of spawns must not keep the task that would tear
+        // this nursery down (SIGINT, a failure elsewhere) from running.
+        futures_lite::future::yield_now().await;
         if self.inner.closed.is_cancelled() {
             return Err(Error::NurseryClosed);
         }

@@ -68,18 +68,25 @@ impl SpawnBackend for ThreadBackend {
     }
 
     fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {
-        let result = self.spawn_now(spec);
-        Box::pin(async move { result })
+        Box::pin(self.spawn_now(spec))
     }
 }
 
 impl ThreadBackend {
-    fn spawn_now(&self, spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
+    async fn spawn_now(&self, spec: SpawnSpec) -> Result<Box<dyn Child>, SpawnError> {
         let id = spec.id.clone();
         // Both ends have a thread of their own: a long burst (a stream) wakes the waiting side
         // before the sender's flush, so that the two work on it at once.
         let (parent_end, child_end) = mem::pair_waking_early();
-        let init = ActorInit::from_spec(spec, "thread");
+        let mut init = ActorInit::from_spec(spec, "thread");
+        // Once its thread exists nothing can keep the actor from coming up: say its `Hello`
+        // for it now, so that the parent may call it before that thread has run at all.
+        init.introduce_in_process(&child_end)
+            .await
+            .map_err(|e| SpawnError::Failed {
+                actor: id.clone(),
+                reason: format!("cannot queue its Hello: {e}"),
+            })?;
         let mut builder = std::thread::Builder::new();
         if let Some(size) = self.stack_size {
             builder = builder.stack_size(size);

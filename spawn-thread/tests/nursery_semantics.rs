@@ -3,9 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use harrow_runtime_core::ipc::Value;
+use harrow_runtime_core::ipc::{ActorId, Channel, Value, mem};
 use harrow_runtime_core::{
-    ActorSpec, ChildOutcome, Error, RootConfig, Timeouts, open_nursery, run_root, shield,
+    ActorInit, ActorSpec, BoxFuture, Capabilities, Child, ChildOutcome, DedicatedThread, Error,
+    Exit, HardKill, RootConfig, SpawnBackend, SpawnError, SpawnSpec, Timeouts, open_nursery,
+    run_root, shield,
 };
 use harrow_spawn_thread::ThreadBackend;
 use harrow_testkit::conformance::BackendFactory;
@@ -207,6 +209,136 @@ fn a_crash_that_ends_the_bodys_call_is_reported_as_a_crash() {
                 }
             })
             .expect("the outer nursery is clean");
+        },
+    );
+}
+
+/// A thread child's spawn waits for nothing (its `Hello` is said for it as its thread is made),
+/// so every spawn yields to the executor once: a body that does nothing but spawn must still
+/// let a failure elsewhere tear its nursery down. Without the yield the body never gives the
+/// failing child's call a turn, and the loop runs to its end.
+#[test]
+fn a_loop_of_spawns_lets_a_failure_tear_the_nursery_down() {
+    bounded(
+        "a_loop_of_spawns_lets_a_failure_tear_the_nursery_down",
+        || {
+            const MOST: usize = 2_000;
+            let err = run_root(config(), |n| async move {
+                let f = Factory;
+                let why = Value::from("the failer failed");
+                n.run_in_actor("failer", f.backend(), "testfns:fail", why, f.spec())
+                    .await?;
+                for i in 0..MOST {
+                    n.start_actor(&format!("spawned-{i}"), f.backend(), f.spec())
+                        .await?;
+                }
+                Err::<(), _>(format!("{MOST} spawns and the nursery was never torn down").into())
+            })
+            .expect_err("the failer's failure ends the root");
+            assert!(err.body_error().is_none(), "{err}");
+            assert!(
+                err.failures()
+                    .iter()
+                    .any(|f| f.to_string().contains("the failer failed")),
+                "{err}"
+            );
+        },
+    );
+}
+
+/// Like the thread backend, it says its child's `Hello` for it; then the child's thread panics
+/// before its runtime ever runs.
+#[derive(Debug)]
+struct DiesBeforeServing;
+
+#[derive(Debug)]
+struct DyingChild {
+    id: ActorId,
+    channel: Option<Channel>,
+    thread: DedicatedThread<()>,
+}
+
+impl SpawnBackend for DiesBeforeServing {
+    fn name(&self) -> &'static str {
+        "dies-before-serving"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().with_hard_kill(HardKill::Detaches)
+    }
+
+    fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {
+        Box::pin(async move {
+            let id = spec.id.clone();
+            let failed = |reason: String| SpawnError::Failed {
+                actor: id.clone(),
+                reason,
+            };
+            let (parent_end, child_end) = mem::pair();
+            let mut init = ActorInit::from_spec(spec, "dies-before-serving");
+            init.introduce_in_process(&child_end)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let thread = DedicatedThread::spawn(id.name.clone(), move || {
+                let _unused = (child_end, init);
+                panic!("died before serving");
+            })
+            .map_err(|e| failed(e.to_string()))?;
+            Ok(Box::new(DyingChild {
+                id: id.clone(),
+                channel: Some(parent_end),
+                thread,
+            }) as Box<dyn Child>)
+        })
+    }
+}
+
+impl Child for DyingChild {
+    fn id(&self) -> &ActorId {
+        &self.id
+    }
+
+    fn take_channel(&mut self) -> Option<Channel> {
+        self.channel.take()
+    }
+
+    fn hard_kill(&mut self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn join(&mut self, bound: Duration) -> BoxFuture<'_, Exit> {
+        Box::pin(async move { self.thread.join(bound).await.into() })
+    }
+
+    fn describe(&self) -> String {
+        format!("dying actor {}", self.id)
+    }
+}
+
+/// A child whose `Hello` its backend said for it, and whose thread then dies before its runtime
+/// runs: the spawn has succeeded, so the death is the child's crash, reported by its nursery
+/// with the panic, and a call to it ends as closed rather than waiting.
+#[test]
+fn an_introduced_child_that_dies_before_serving_is_a_crash() {
+    bounded(
+        "an_introduced_child_that_dies_before_serving_is_a_crash",
+        || {
+            let err = run_root(config(), |n| async move {
+                let child = n
+                    .start_actor("doomed", Arc::new(DiesBeforeServing), Factory.spec())
+                    .await?;
+                let call = child.run("testfns:echo", Value::Null).await;
+                let err = call.expect_err("nobody serves the call");
+                assert!(err.is_closed(), "{err:?}");
+                Ok(())
+            })
+            .expect_err("the crash fails the nursery");
+            assert!(
+                err.failures().iter().any(|f| f.is_crash()
+                    && f.to_string().contains("doomed")
+                    && f.to_string().contains("died before serving")),
+                "{err}"
+            );
         },
     );
 }

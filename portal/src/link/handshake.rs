@@ -45,16 +45,38 @@ impl Link {
         exec: &Executor,
         config: LinkConfig,
     ) -> Result<(Link, LinkReader)> {
+        Link::handshake(channel, local, resolver, exec, config, true).await
+    }
+
+    /// [`Link::establish_with_reader`] for a side whose `Hello` is already on the channel:
+    /// whoever made the channel sent [`LocalInfo::hello`] on this end before handing it over.
+    /// Sends no `Hello` of its own (a second one would only be ignored); waits for the peer's
+    /// and checks it as usual.
+    ///
+    /// An in-process backend uses it through the runtime, so that a parent need not wait for
+    /// its child's thread to run before it may call the child (the calls wait in the channel).
+    pub async fn establish_introduced_with_reader(
+        channel: Channel,
+        local: LocalInfo,
+        resolver: Option<Arc<dyn Resolver>>,
+        exec: &Executor,
+        config: LinkConfig,
+    ) -> Result<(Link, LinkReader)> {
+        Link::handshake(channel, local, resolver, exec, config, false).await
+    }
+
+    async fn handshake(
+        channel: Channel,
+        local: LocalInfo,
+        resolver: Option<Arc<dyn Resolver>>,
+        exec: &Executor,
+        config: LinkConfig,
+        say_hello: bool,
+    ) -> Result<(Link, LinkReader)> {
         let (tx, mut rx) = channel.split();
         let span = tracing::debug_span!("link", local = %local.id);
         let _enter = span.enter();
-        let hello = Msg::Hello {
-            actor: local.id.clone(),
-            protocol: PROTOCOL_VERSION,
-            pid: std::process::id(),
-            backend: local.backend.clone(),
-        };
-        if let Err(e) = tx.send(hello).await {
+        if say_hello && let Err(e) = tx.send(local.hello()).await {
             return Err(Error::Handshake(format!(
                 "could not send our Hello (channel closed before the handshake?): {e}"
             )));

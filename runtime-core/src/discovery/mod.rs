@@ -22,7 +22,7 @@
 pub mod handshake;
 mod registrar;
 mod route;
-mod tree;
+pub(crate) mod tree;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harrow_ipc::wait::{Event, deadline, wait_until_some};
-use harrow_ipc::{ActorId, ErrorKind, Value, from_value, to_value};
+use harrow_ipc::{ActorId, Channel, ErrorKind, Value, from_value, to_value};
 use harrow_portal::{
     CallError, CallFuture, Invocation, Link, LinkEnd, LocalInfo, Portal, Resolver,
 };
@@ -267,12 +267,32 @@ pub(crate) fn init_root(ctx: &ActorCtx) {
                 .with_domain(domain),
         );
     }
-    start_acceptor(ctx);
+    start_acceptor(ctx, None);
 }
 
-/// At an actor's start (before its `Hello`): it takes peer links from this process from now on.
-pub(crate) fn start_acceptor(ctx: &ActorCtx) {
-    let (guard, rx) = tree::add_acceptor(&ctx.id().uid);
+/// An actor's acceptor registered before its thread runs
+/// ([`ActorInit::introduce_in_process`](crate::ActorInit::introduce_in_process)): peers of this
+/// process may hand it channels from then on, and they wait in its queue.
+#[derive(Debug)]
+pub(crate) struct EarlyAcceptor {
+    guard: tree::AcceptorGuard,
+    rx: async_channel::Receiver<Channel>,
+}
+
+impl EarlyAcceptor {
+    pub(crate) fn register(uid: &str) -> Self {
+        let (guard, rx) = tree::add_acceptor(uid);
+        EarlyAcceptor { guard, rx }
+    }
+}
+
+/// At an actor's start (before its `Hello`, or with the acceptor registered when it was said
+/// for it): it takes peer links from this process from now on.
+pub(crate) fn start_acceptor(ctx: &ActorCtx, early: Option<EarlyAcceptor>) {
+    let (guard, rx) = match early {
+        Some(EarlyAcceptor { guard, rx }) => (guard, rx),
+        None => tree::add_acceptor(&ctx.id().uid),
+    };
     *lock(&ctx.discovery().acceptor) = Some(guard);
     let me = ctx.clone();
     ctx.executor()
