@@ -273,6 +273,25 @@ fn bench_only_fail_times_failing_calls_beside_succeeding_ones() -> Result<()> {
 }
 
 #[test]
+fn bench_only_spawn_times_spawns_beside_bare_ones() -> Result<()> {
+    let (r, v) = harrow_json(&["bench", "--only", "spawn-thread", "--quick", "--json"])?;
+    ensure!(v["backend"] == "thread" && v["spawns"] == 10, "{r}");
+    for side in ["harrow", "baseline"] {
+        let s = &v[side];
+        let at = |q: &str| s[q].as_f64().filter(|x| *x > 0.0);
+        let spread = (at("p10_ms"), at("p50_ms"), at("p90_ms"));
+        ensure!(
+            matches!(spread, (Some(p10), Some(p50), Some(p90)) if p10 <= p50 && p50 <= p90),
+            "{side}: {r}"
+        );
+        ensure!(s["samples"]["n"] == 10, "{side}: {r}");
+    }
+    ensure!(v["p50_ratio"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+    placement_is_reported(&v, &r.stdout)?;
+    Ok(())
+}
+
+#[test]
 fn bench_only_stream_echoes_through_one_backend() -> Result<()> {
     let (r, v) = harrow_json(&["bench", "--only", "stream-thread", "--quick", "--json"])?;
     ensure!(

@@ -168,7 +168,7 @@ pub(super) async fn start(n: &ActorNursery, p: &Plan, name: String) -> anyhow::R
 }
 
 /// Start an actor and get its first reply, then one bare spawn; `s.spawns` times.
-async fn spawn_to_first_reply(
+pub(super) async fn spawn_to_first_reply(
     n: &ActorNursery,
     p: &Plan,
     s: Sizes,

@@ -99,7 +99,9 @@ pub(crate) fn run(as_json: bool, quick: bool, scale: bool) -> i32 {
 /// `harrow bench --only SECTION`: one section of the suite alone (`pool`; `pool-small`: only
 /// its small items' batched rows, more rounds, for profiling; `rpc-BACKEND`: that backend's
 /// RPC round trips alone; `stream-BACKEND`: its stream echo alone; `fail-BACKEND`: its failing
-/// calls beside succeeding ones; the last three for profiling); returns the exit code.
+/// calls beside succeeding ones; the last three for profiling; `spawn-BACKEND`: its
+/// spawn-to-first-reply beside the bare spawn, many more times than in the suite); returns the
+/// exit code.
 pub(crate) fn run_only(section: &str, as_json: bool, quick: bool) -> i32 {
     let ran = match section {
         "pool" => run_pool_only(as_json, quick, false),
@@ -111,10 +113,12 @@ pub(crate) fn run_only(section: &str, as_json: bool, quick: bool) -> i32 {
                 run_stream_only(backend, as_json, quick)
             } else if let Some(backend) = other.strip_prefix("fail-") {
                 run_fail_only(backend, as_json, quick)
+            } else if let Some(backend) = other.strip_prefix("spawn-") {
+                run_spawn_only(backend, as_json, quick)
             } else {
                 Err(anyhow::anyhow!(
                     "no bench section {other:?} (known: pool, pool-small, rpc-BACKEND, \
-                     stream-BACKEND, fail-BACKEND)"
+                     stream-BACKEND, fail-BACKEND, spawn-BACKEND)"
                 ))
             }
         }
@@ -282,6 +286,63 @@ fn run_fail_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()
             );
         }
         println!("{backend} failing / succeeding call, p50: {ratio:.2}x");
+        println!("{}", placement.line());
+    }
+    Ok(())
+}
+
+/// One backend's spawn-to-first-reply beside the bare spawn of its baseline, alternating, as
+/// the suite's row runs it but many more times (400 thread spawns, 100 process spawns, 50 of
+/// the Python backends; `quick`: 10), so that the spread of one spawn shows.
+fn run_spawn_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()> {
+    let mut sizes = Sizes::new(quick);
+    sizes.spawns = match (quick, backend) {
+        (true, _) => 10,
+        (false, "thread") => 400,
+        (false, "process") => 100,
+        (false, _) => 50,
+    };
+    let (row, placement) = on_one_backend(backend, "spawn", async |nursery, plan, prog| {
+        backend::spawn_to_first_reply(nursery, plan, sizes, prog).await
+    })?;
+    let spread = |s: &stats::Samples| {
+        serde_json::json!({
+            "p10_ms": stats::round(s.quantile(0.1)),
+            "p50_ms": stats::round(s.median()),
+            "p90_ms": stats::round(s.quantile(0.9)),
+            "samples": s.summary(),
+        })
+    };
+    if as_json {
+        let out = serde_json::json!({
+            "backend": backend,
+            "spawns": sizes.spawns,
+            "harrow": spread(&row.harrow),
+            "baseline_label": row.baseline_label,
+            "baseline": spread(&row.baseline),
+            "p50_ratio": stats::round(row.ratio()),
+            "cpu_placement": placement.to_json(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        let line = |what: &str, s: &stats::Samples| {
+            println!(
+                "{what}: p50 {:.3} ms (p10 {:.3}, p90 {:.3})",
+                s.median(),
+                s.quantile(0.1),
+                s.quantile(0.9)
+            )
+        };
+        let n = sizes.spawns;
+        line(
+            &format!("{backend} spawn-to-first-reply, {n} spawns"),
+            &row.harrow,
+        );
+        line(&format!("{}, as many", row.baseline_label), &row.baseline);
+        println!(
+            "{backend} spawn-to-first-reply / baseline, p50: {:.2}x",
+            row.ratio()
+        );
         println!("{}", placement.line());
     }
     Ok(())
