@@ -334,7 +334,8 @@ pub enum ActorExit {
 /// Runs one actor's runtime on the calling thread until it is cancelled or orphaned.
 ///
 /// This is the single entry every backend's child side calls: it builds the actor's executor on
-/// this thread, says `Hello` on `channel`, serves the parent's calls with the spec's resolver, lets
+/// this thread, says `Hello` on `channel` (unless its backend said it for it:
+/// [`ActorInit::introduce_in_process`]), serves the parent's calls with the spec's resolver, lets
 /// served functions open nurseries of their own ([`open_nursery`](crate::open_nursery)), and on
 /// `CancelActor` or a broken parent channel cancels every call, tears down its children (bounded),
 /// flushes its last messages and returns.
