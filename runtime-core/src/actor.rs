@@ -230,8 +230,8 @@ pub struct ActorInit {
     pub backend: String,
     /// Link tunables.
     pub link_config: LinkConfig,
-    /// Set by [`introduce_in_process`](Self::introduce_in_process): the `Hello` is said, and
-    /// the acceptor registered, the actor takes it.
+    /// Set by [`introduce_in_process`](Self::introduce_in_process): the `Hello` is already
+    /// said, and the acceptor it registered waits for the actor's runtime to take it.
     introduced: Option<Arc<Introduction>>,
 }
 
