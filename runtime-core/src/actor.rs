@@ -399,6 +399,9 @@ fn run_actor_parked(channel: Channel, init: ActorInit, park: Park<'_>) -> ActorE
     );
     let _current = ctx.enter();
     ctx.discovery().set_parent(init.spec.parent.clone());
+    if let Some(tree) = init.spec.tree.clone() {
+        ctx.discovery().set_tree_shared(tree);
+    }
     crate::discovery::start_acceptor(&ctx, init.take_early_acceptor());
     let helper_bound = init.spec.timeouts().hard_kill;
     let main = actor_main(channel, init, ctx.clone());

@@ -349,7 +349,12 @@ impl ActorNursery {
         }
         let mut spec = spec;
         spec.timeouts = Some(spec.timeouts.unwrap_or_else(|| actor.timeouts()));
-        let spawn_spec = SpawnSpec::new(id.clone(), actor.id().clone()).with_actor(spec);
+        let mut spawn_spec = SpawnSpec::new(id.clone(), actor.id().clone()).with_actor(spec);
+        // A child in this address space takes the tree's discovery data from its spec.
+        if backend.capabilities().in_process {
+            spawn_spec.tree = actor.discovery().tree();
+        }
+        let tree_given = spawn_spec.tree.is_some();
         let link_config = backend.link_config(&actor.link_config());
         let come_up = link_config.hello_timeout;
         let backend_name = backend.name().to_owned();
@@ -406,7 +411,7 @@ impl ActorNursery {
         }
         // Discovery: the child gets the tree's secret and is findable once this returns.
         let other_host = backend.capabilities().other_host;
-        crate::discovery::child_up(actor, &link, other_host).await;
+        crate::discovery::child_up(actor, &link, other_host, tree_given).await;
         let slot = Arc::new(ChildSlot {
             id: id.clone(),
             backend: backend_name,

@@ -154,12 +154,17 @@ impl Discovery {
         }
     }
 
-    fn tree(&self) -> Option<Arc<TreeInfo>> {
+    pub(crate) fn tree(&self) -> Option<Arc<TreeInfo>> {
         lock(&self.tree).clone()
     }
 
     fn set_tree(&self, t: TreeInfo) {
-        lock(&self.tree).get_or_insert_with(|| Arc::new(t));
+        self.set_tree_shared(Arc::new(t));
+    }
+
+    /// Sets the tree's data once (a later one is ignored), and wakes whoever waits for it.
+    pub(crate) fn set_tree_shared(&self, t: Arc<TreeInfo>) {
+        lock(&self.tree).get_or_insert(t);
         self.tree_ev.notify(usize::MAX);
     }
 
@@ -359,7 +364,9 @@ impl ActorCtx {
 
 /// The nursery saw `link`'s child say `Hello`: hand the tree down, register it. A child that
 /// may run on another host (`other_host`) starts a host domain of its own.
-pub(crate) async fn child_up(actor: &ActorCtx, link: &Link, other_host: bool) {
+/// `tree_given`: the child's spec carried this actor's tree data; a child in this process
+/// took it from there at its start, so it needs no call for it.
+pub(crate) async fn child_up(actor: &ActorCtx, link: &Link, other_host: bool, tree_given: bool) {
     let peer = link.peer().clone();
     let bound = actor.link_config().hello_timeout;
     lock(&actor.discovery().children).insert(peer.id.uid.clone(), link.portal());
@@ -393,7 +400,10 @@ pub(crate) async fn child_up(actor: &ActorCtx, link: &Link, other_host: bool) {
             }
         };
         let portal = link.portal();
-        if other_process || other_host {
+        let in_spec = tree_given && peer.pid == std::process::id();
+        if in_spec {
+            // It has the tree already, from its spec (the same `Arc`).
+        } else if other_process || other_host {
             // Its listener (or its domain) must be up before anyone can find it.
             match deadline(bound, portal.run(TREE_FN, args)).await {
                 Some(Ok(_)) => {}
@@ -780,5 +790,141 @@ impl Resolver for WithDiscovery {
                 format!("{DISCOVERY_MODULE}:{other}: no such discovery function"),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use futures_lite::future::block_on;
+    use harrow_ipc::{Msg, mem};
+
+    use super::*;
+    use crate::{
+        ActorInit, ActorSpec, BoxFuture, Capabilities, Child, Exit, RootConfig, SpawnBackend,
+        SpawnError, SpawnSpec, Timeouts, run_root,
+    };
+
+    const BOUND: Duration = Duration::from_secs(10);
+
+    /// An in-process backend whose child is the test's own end of the channel, with whether
+    /// the spec it was given carried the tree.
+    #[derive(Debug)]
+    struct Bare(Mutex<mpsc::Sender<(Channel, bool)>>);
+
+    #[derive(Debug)]
+    struct BareChild {
+        id: ActorId,
+        channel: Option<Channel>,
+    }
+
+    impl SpawnBackend for Bare {
+        fn name(&self) -> &'static str {
+            "bare"
+        }
+
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::new()
+        }
+
+        fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {
+            Box::pin(async move {
+                let id = spec.id.clone();
+                let failed = |reason: String| SpawnError::Failed {
+                    actor: id.clone(),
+                    reason,
+                };
+                let (parent_end, child_end) = mem::pair();
+                let mut init = ActorInit::from_spec(spec, "bare");
+                let had_tree = init.spec.tree.is_some();
+                init.introduce_in_process(&child_end)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                lock(&self.0)
+                    .send((child_end, had_tree))
+                    .map_err(|e| failed(e.to_string()))?;
+                Ok(Box::new(BareChild {
+                    id: id.clone(),
+                    channel: Some(parent_end),
+                }) as Box<dyn Child>)
+            })
+        }
+    }
+
+    impl Child for BareChild {
+        fn id(&self) -> &ActorId {
+            &self.id
+        }
+
+        fn take_channel(&mut self) -> Option<Channel> {
+            self.channel.take()
+        }
+
+        fn hard_kill(&mut self) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn join(&mut self, _bound: Duration) -> BoxFuture<'_, Exit> {
+            Box::pin(async { Exit::Exited })
+        }
+
+        fn describe(&self) -> String {
+            format!("bare test actor {}", self.id)
+        }
+    }
+
+    /// The next message on `end`, within [`BOUND`].
+    fn next(end: &Channel) -> Msg {
+        block_on(deadline(BOUND, end.recv()))
+            .expect("a message within the bound")
+            .expect("the parent's end is open")
+    }
+
+    /// A child in its parent's process gets the tree's data in its spec, and its parent sends
+    /// it no call for it: the only call it receives in its life is its parent's body's.
+    #[test]
+    fn an_in_process_child_takes_the_tree_from_its_spec_and_gets_no_call_for_it() {
+        let (tx, rx) = mpsc::channel();
+        let child = std::thread::spawn(move || {
+            let (end, had_tree): (Channel, bool) = rx.recv_timeout(BOUND).expect("spawned");
+            // Every call it is asked for, answered, until the nursery's teardown cancels it.
+            let mut calls = Vec::new();
+            loop {
+                match next(&end) {
+                    Msg::Start { cid, func, .. } => {
+                        calls.push(func.to_string());
+                        let answer = [
+                            Msg::StartAck { cid },
+                            Msg::Return {
+                                cid,
+                                value: Value::Null,
+                            },
+                        ];
+                        for msg in answer {
+                            block_on(end.send(msg)).expect("the parent's end is open");
+                        }
+                    }
+                    Msg::CancelActor { .. } => break,
+                    _ => {}
+                }
+            }
+            block_on(end.send(Msg::CancelAck { teardown_ms: None })).expect("open");
+            end.close();
+            (had_tree, calls)
+        });
+        let config = RootConfig::default()
+            .handle_sigint(false)
+            .timeouts(Timeouts::quick());
+        let backend: Arc<dyn SpawnBackend> = Arc::new(Bare(Mutex::new(tx)));
+        run_root(config, |n| async move {
+            let child = n.start_actor("bare", backend, ActorSpec::new()).await?;
+            child.run("test:first", Value::Null).await?;
+            Ok(())
+        })
+        .expect("the bare child answered its call and its cancel");
+        let (had_tree, calls) = child.join().expect("the fake child did not panic");
+        assert!(had_tree, "the spec carried the root's tree");
+        assert_eq!(calls, vec!["test:first"], "the calls the child got");
     }
 }
