@@ -95,8 +95,8 @@ pub struct SpawnSpec {
     /// What the child was asked to be: resolver, params, timeouts.
     pub actor: ActorSpec,
     /// The tree's discovery data, for a child in its parent's address space: it takes it at
-    /// its start instead of in a call from its parent. Never encoded (a child in another
-    /// process gets it in that call, over its authenticated channel).
+    /// its start instead of in a call from its parent. Never encoded: a child in another
+    /// process gets it in that call, over its authenticated channel.
     #[serde(skip)]
     pub(crate) tree: Option<Arc<crate::discovery::tree::TreeInfo>>,
 }
