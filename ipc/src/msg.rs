@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::Value;
 
 /// The protocol version spoken by this build. Peers with another version are refused at `Hello`.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The identity of one actor: a human-chosen name plus a unique id.
 ///

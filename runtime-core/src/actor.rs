@@ -400,7 +400,15 @@ fn run_actor_parked(channel: Channel, init: ActorInit, park: Park<'_>) -> ActorE
     let _current = ctx.enter();
     ctx.discovery().set_parent(init.spec.parent.clone());
     if let Some(tree) = init.spec.tree.clone() {
-        ctx.discovery().set_tree_shared(tree);
+        if init.spec.granted {
+            // Handed over by its backend, in a process of its own: listening before its
+            // `Hello`, for its parent registers it as soon as it hears that.
+            if let Err(e) = crate::discovery::take_tree(&ctx, tree) {
+                tracing::warn!(error = %e, "discovery: cannot take the tree handed over");
+            }
+        } else {
+            ctx.discovery().set_tree_shared(tree);
+        }
     }
     crate::discovery::start_acceptor(&ctx, init.take_early_acceptor());
     let helper_bound = init.spec.timeouts().hard_kill;

@@ -42,6 +42,14 @@ pub struct Capabilities {
     /// then begins a *host domain* of its own: peers in other domains reach it, and it reaches
     /// them, through the tree's links rather than a local socket (see `docs/DISCOVERY.md`).
     pub other_host: bool,
+    /// The backend hands its child the tree's discovery data as it starts it
+    /// ([`SpawnSpec::tree_grant`](crate::SpawnSpec::tree_grant), over a channel only the child
+    /// can read), and the child takes it before it says `Hello`
+    /// ([`SpawnSpec::with_tree_grant`](crate::SpawnSpec::with_tree_grant)). Its parent then sends
+    /// it no call for it. Meaningless with [`other_host`](Self::other_host) (such a child begins
+    /// a host domain of its own, handed to it in a call) and for an
+    /// [`in_process`](Self::in_process) child, which shares its parent's data anyway.
+    pub tree_at_spawn: bool,
 }
 
 impl Default for Capabilities {
@@ -60,6 +68,7 @@ impl Capabilities {
             in_process: true,
             nested: true,
             other_host: false,
+            tree_at_spawn: false,
         }
     }
 
@@ -84,6 +93,12 @@ impl Capabilities {
     /// Sets [`Capabilities::other_host`].
     pub fn with_other_host(mut self, other_host: bool) -> Self {
         self.other_host = other_host;
+        self
+    }
+
+    /// Sets [`Capabilities::tree_at_spawn`].
+    pub fn with_tree_at_spawn(mut self, tree_at_spawn: bool) -> Self {
+        self.tree_at_spawn = tree_at_spawn;
         self
     }
 }

@@ -54,7 +54,7 @@ pub use scope::{
     CancelFlag, CancelToken, CancelWatch, Cancelled, DeadlineExceeded, FailAfter, MoveOnAfter,
     fail_after, move_on_after,
 };
-pub use spec::{ActorSpec, SpawnSpec, SpecError};
+pub use spec::{ActorSpec, SpawnSpec, SpecError, TreeGrant};
 pub use supervisor::{
     OnStarted, Restart, Strategy, SupervisedChild, Supervisor, SupervisorEnd, SupervisorEvent,
     SupervisorEvents, SupervisorSpec,

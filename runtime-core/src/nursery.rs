@@ -350,11 +350,28 @@ impl ActorNursery {
         let mut spec = spec;
         spec.timeouts = Some(spec.timeouts.unwrap_or_else(|| actor.timeouts()));
         let mut spawn_spec = SpawnSpec::new(id.clone(), actor.id().clone()).with_actor(spec);
-        // A child in this address space takes the tree's discovery data from its spec.
-        if backend.capabilities().in_process {
+        // A child in this address space takes the tree's discovery data from its spec; so does
+        // one whose backend hands it over at its start.
+        let caps = backend.capabilities();
+        let given = if caps.in_process {
+            crate::discovery::TreeGiven::InProcess
+        } else if caps.tree_at_spawn && !caps.other_host {
+            crate::discovery::TreeGiven::AtSpawn
+        } else {
+            crate::discovery::TreeGiven::No
+        };
+        if given != crate::discovery::TreeGiven::No {
             spawn_spec.tree = actor.discovery().tree();
         }
-        let tree_given = spawn_spec.tree.is_some();
+        if let (crate::discovery::TreeGiven::AtSpawn, Some(tree)) = (given, &spawn_spec.tree) {
+            // The child listens in the runtime directory before its `Hello`.
+            crate::discovery::listen_for_a_child(actor, tree);
+        }
+        let tree_given = if spawn_spec.tree.is_some() {
+            given
+        } else {
+            crate::discovery::TreeGiven::No
+        };
         let link_config = backend.link_config(&actor.link_config());
         let come_up = link_config.hello_timeout;
         let backend_name = backend.name().to_owned();
@@ -410,8 +427,7 @@ impl ActorNursery {
             return Err(SpawnError::Handshake { actor: id, reason }.into());
         }
         // Discovery: the child gets the tree's secret and is findable once this returns.
-        let other_host = backend.capabilities().other_host;
-        crate::discovery::child_up(actor, &link, other_host, tree_given).await;
+        crate::discovery::child_up(actor, &link, caps.other_host, tree_given).await;
         let slot = Arc::new(ChildSlot {
             id: id.clone(),
             backend: backend_name,

@@ -94,11 +94,84 @@ pub struct SpawnSpec {
     pub parent: ActorId,
     /// What the child was asked to be: resolver, params, timeouts.
     pub actor: ActorSpec,
-    /// The tree's discovery data, for a child in its parent's address space: it takes it at
-    /// its start instead of in a call from its parent. Never encoded: a child in another
-    /// process gets it in that call, over its authenticated channel.
+    /// The tree's discovery data, for a child that takes it at its start instead of in a call
+    /// from its parent: one in its parent's address space, or one whose backend hands it over
+    /// as a [`TreeGrant`]. Never encoded: it holds the tree's secret.
     #[serde(skip)]
     pub(crate) tree: Option<Arc<crate::discovery::tree::TreeInfo>>,
+    /// The tree came in a [`TreeGrant`]: the child is in a process of its own, and listens
+    /// for its peers before it says `Hello`.
+    #[serde(skip)]
+    pub(crate) granted: bool,
+}
+
+/// The tree's discovery data, its secret included, as a backend hands it to a child in another
+/// process of this host ([`Capabilities::tree_at_spawn`](crate::Capabilities::tree_at_spawn)).
+///
+/// The child's parent then sends it no call for it: the child must have it before it says
+/// `Hello`, and listen for its peers by then. So a backend that claims `tree_at_spawn` takes it
+/// with [`SpawnSpec::tree_grant`], passes [`to_bytes`](Self::to_bytes) over a channel only the
+/// child can read (a descriptor it alone inherits: never argv or the environment, which other
+/// programs can read and the child's own children inherit), and the child puts it back with
+/// [`from_bytes`](Self::from_bytes) and [`SpawnSpec::with_tree_grant`] before its actor runs.
+///
+/// ```
+/// use harrow_runtime_core::{SpawnSpec, SpecError, TreeGrant, ipc::ActorId};
+///
+/// // A spec the nursery made for a backend without `tree_at_spawn` carries no grant.
+/// let spec = SpawnSpec::new(ActorId::new("worker"), ActorId::new("root"));
+/// assert!(spec.tree_grant().is_none());
+/// // Bytes that are not a grant are refused, never a panic.
+/// assert!(matches!(TreeGrant::from_bytes(b"not a grant"), Err(SpecError::Grant(_))));
+/// ```
+#[derive(Clone)]
+pub struct TreeGrant(Arc<crate::discovery::tree::TreeInfo>);
+
+impl fmt::Debug for TreeGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The secret is never printed.
+        f.debug_tuple("TreeGrant").field(&self.0).finish()
+    }
+}
+
+impl TreeGrant {
+    /// The largest grant [`from_bytes`](Self::from_bytes) accepts (a grant is a few hundred
+    /// bytes: ids, the secret and a directory path).
+    pub const MAX_BYTES: usize = 64 * 1024;
+
+    /// The grant as bytes, for the child's private channel. An error when the tree's directory
+    /// is not valid UTF-8 (the same data could not be handed down in a call either).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SpecError> {
+        bincode::serde::encode_to_vec(&*self.0, bincode::config::standard())
+            .map_err(|e| SpecError::Grant(format!("cannot encode it: {e}")))
+    }
+
+    /// The grant [`to_bytes`](Self::to_bytes) made. Anything else (more than
+    /// [`MAX_BYTES`](Self::MAX_BYTES), trailing bytes, a secret of the wrong size) is an
+    /// error, never a panic.
+    pub fn from_bytes(bytes: &[u8]) -> Result<TreeGrant, SpecError> {
+        if bytes.len() > Self::MAX_BYTES {
+            return Err(SpecError::Grant(format!(
+                "a tree grant of {} bytes (at most {})",
+                bytes.len(),
+                Self::MAX_BYTES
+            )));
+        }
+        let (tree, used) =
+            bincode::serde::decode_from_slice::<crate::discovery::tree::TreeInfo, _>(
+                bytes,
+                bincode::config::standard(),
+            )
+            .map_err(|e| SpecError::Grant(format!("not a tree grant: {e}")))?;
+        if used != bytes.len() {
+            return Err(SpecError::Grant(format!(
+                "a tree grant with {} trailing bytes",
+                bytes.len() - used
+            )));
+        }
+        tree.check().map_err(SpecError::Grant)?;
+        Ok(TreeGrant(Arc::new(tree)))
+    }
 }
 
 /// A [`SpawnSpec`] that could not be encoded or decoded.
@@ -111,6 +184,9 @@ pub enum SpecError {
     /// The text is not an encoded spec.
     #[error("cannot decode the actor spec: {0}")]
     Decode(String),
+    /// A [`TreeGrant`] could not be encoded, or the bytes are not one.
+    #[error("unusable tree grant: {0}")]
+    Grant(String),
 }
 
 impl SpawnSpec {
@@ -121,7 +197,24 @@ impl SpawnSpec {
             parent,
             actor: ActorSpec::new(),
             tree: None,
+            granted: false,
         }
+    }
+
+    /// The tree's discovery data for a backend that hands it to its child itself
+    /// ([`Capabilities::tree_at_spawn`](crate::Capabilities::tree_at_spawn)): `Some` when the
+    /// nursery put it in this spec, which it does for such a backend once its own actor has the
+    /// tree. See [`TreeGrant`].
+    pub fn tree_grant(&self) -> Option<TreeGrant> {
+        self.tree.clone().map(TreeGrant)
+    }
+
+    /// In the child, before its actor runs: the tree's data its backend handed over. The actor
+    /// then listens for its peers before it says `Hello`, and expects no call for the tree.
+    pub fn with_tree_grant(mut self, grant: TreeGrant) -> Self {
+        self.tree = Some(grant.0);
+        self.granted = true;
+        self
     }
 
     /// Replaces what the child is asked to be.
@@ -190,6 +283,46 @@ mod tests {
         assert_eq!(back.actor.params, spec.actor.params);
         assert_eq!(back.timeouts(), Timeouts::quick());
         assert!(back.resolver().is_none());
+    }
+
+    #[test]
+    fn a_tree_grant_round_trips_and_bad_bytes_are_refused() {
+        let tree = Arc::new(crate::discovery::TreeInfo::new().unwrap());
+        let spec = SpawnSpec {
+            tree: Some(tree.clone()),
+            ..SpawnSpec::new(ActorId::new("worker"), ActorId::new("root"))
+        };
+        let grant = spec.tree_grant().expect("the spec carries the tree");
+        let bytes = grant.to_bytes().unwrap();
+        let back = TreeGrant::from_bytes(&bytes).unwrap();
+        assert_eq!(*back.0, *tree);
+        // The encoded spec never carries it; the child puts it back.
+        let received = SpawnSpec::decode(&spec.encode().unwrap()).unwrap();
+        assert!(received.tree_grant().is_none());
+        let received = received.with_tree_grant(back);
+        assert!(received.granted);
+        assert_eq!(received.tree.as_deref(), Some(&*tree));
+        // Never printed.
+        let shown = format!("{grant:?} {received:?}");
+        let secret_hex: String = tree.secret.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!shown.contains(&secret_hex) && !shown.contains(&format!("{:?}", tree.secret)));
+
+        let refused = |bytes: &[u8], why: &str| match TreeGrant::from_bytes(bytes) {
+            Err(SpecError::Grant(m)) => assert!(m.contains(why), "{m:?} does not say {why:?}"),
+            other => panic!("{why}: {other:?}"),
+        };
+        refused(&[], "not a tree grant");
+        refused(&bytes[..bytes.len() - 1], "not a tree grant");
+        refused(&[bytes.as_slice(), &[0]].concat(), "1 trailing bytes");
+        refused(&vec![0; TreeGrant::MAX_BYTES + 1], "at most");
+        let mut short = (*tree).clone();
+        short.secret.pop();
+        let short = TreeGrant(Arc::new(short)).to_bytes().unwrap();
+        refused(&short, "a tree secret of 31 bytes");
+        let mut odd = (*tree).clone();
+        odd.id = "not hex".into();
+        let odd = TreeGrant(Arc::new(odd)).to_bytes().unwrap();
+        refused(&odd, "not 32 hex digits");
     }
 
     #[test]

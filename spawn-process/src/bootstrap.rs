@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use harrow_runtime_core::ipc::codec::CodecConfig;
 use harrow_runtime_core::ipc::{shm, unix};
 use harrow_runtime_core::portal::Resolver;
-use harrow_runtime_core::{ActorExit, SpawnSpec};
+use harrow_runtime_core::{ActorExit, SpawnSpec, TreeGrant};
 
 use crate::error::{Error, Result};
 use crate::spec::{
-    CHILD_CORES_SPARE_ENV, CHILD_FD_ENV, CHILD_SHM_FD_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV,
+    CHILD_CORES_SPARE_ENV, CHILD_FD_ENV, CHILD_SHM_FD_ENV, CHILD_SPEC_ENV, CHILD_TREE_FD_ENV,
+    PARENT_PID_ENV,
 };
 
 /// The exit status of a child whose bootstrap failed (bad environment, parent already gone).
@@ -121,7 +122,7 @@ pub fn take_bootstrap() -> Result<Option<ChildBootstrap>> {
             actual,
         });
     }
-    let spec = SpawnSpec::decode(&env_var(CHILD_SPEC_ENV)?).map_err(|e| Error::Spec {
+    let mut spec = SpawnSpec::decode(&env_var(CHILD_SPEC_ENV)?).map_err(|e| Error::Spec {
         var: CHILD_SPEC_ENV,
         reason: e.to_string(),
     })?;
@@ -136,24 +137,20 @@ pub fn take_bootstrap() -> Result<Option<ChildBootstrap>> {
             source: std::io::Error::other("not a socket"),
         });
     }
-    let shm = match std::env::var(CHILD_SHM_FD_ENV) {
-        Err(_) => None,
-        Ok(text) => {
-            let shm_fd: i32 = text
-                .parse()
-                .ok()
-                .filter(|n| *n > 2 && *n != fd)
-                .ok_or_else(|| Error::Env {
-                    var: CHILD_SHM_FD_ENV,
-                    reason: format!("{text:?} is not a descriptor number above 2"),
-                })?;
-            let segment = shm::Segment::from_fd(adopt_fd(shm_fd)?).map_err(|e| Error::Fd {
+    let shm_fd = fd_from_env(CHILD_SHM_FD_ENV, &[fd])?;
+    let shm = match shm_fd {
+        None => None,
+        Some(shm_fd) => Some(
+            shm::Segment::from_fd(adopt_fd(shm_fd)?).map_err(|e| Error::Fd {
                 fd: shm_fd,
                 source: e,
-            })?;
-            Some(segment)
-        }
+            })?,
+        ),
     };
+    let taken: Vec<i32> = [Some(fd), shm_fd].into_iter().flatten().collect();
+    if let Some(tree_fd) = fd_from_env(CHILD_TREE_FD_ENV, &taken)? {
+        spec = spec.with_tree_grant(read_grant(tree_fd)?);
+    }
     match std::env::var(CHILD_CORES_SPARE_ENV).as_deref() {
         Ok("1") => harrow_runtime_core::ipc::park::spin::inherit_others_leave_a_core(true),
         Ok("0") => harrow_runtime_core::ipc::park::spin::inherit_others_leave_a_core(false),
@@ -167,6 +164,43 @@ pub fn take_bootstrap() -> Result<Option<ChildBootstrap>> {
         shm,
         parent_pid,
     }))
+}
+
+/// The descriptor number in `var`, if it is set: above 2, and none of `taken`.
+fn fd_from_env(var: &'static str, taken: &[i32]) -> Result<Option<i32>> {
+    let Ok(text) = std::env::var(var) else {
+        return Ok(None);
+    };
+    text.parse()
+        .ok()
+        .filter(|n| *n > 2 && !taken.contains(n))
+        .map(Some)
+        .ok_or_else(|| Error::Env {
+            var,
+            reason: format!("{text:?} is not a descriptor number above 2 of its own"),
+        })
+}
+
+/// Reads the tree's discovery data the parent left at `fd` (a sealed `memfd`), and closes it.
+fn read_grant(fd: i32) -> Result<TreeGrant> {
+    use std::os::unix::fs::FileExt;
+    let bad = |reason: String| Error::Grant { fd, reason };
+    let file = std::fs::File::from(adopt_fd(fd)?);
+    let len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
+    if len > TreeGrant::MAX_BYTES as u64 {
+        return Err(bad(format!(
+            "{len} bytes (at most {})",
+            TreeGrant::MAX_BYTES
+        )));
+    }
+    let mut bytes = vec![0; len as usize];
+    // From the start: the parent's writes moved the offset it shares with this descriptor.
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| bad(e.to_string()))?;
+    TreeGrant::from_bytes(&bytes).map_err(|e| match e {
+        harrow_runtime_core::SpecError::Grant(why) => bad(why),
+        other => bad(other.to_string()),
+    })
 }
 
 /// Takes ownership of a descriptor the parent left open for this process, and makes it
@@ -207,6 +241,7 @@ fn remove_bootstrap_env() {
         CHILD_SPEC_ENV,
         PARENT_PID_ENV,
         CHILD_CORES_SPARE_ENV,
+        CHILD_TREE_FD_ENV,
         crate::CHILD_PYTHON_ENV,
     ] {
         // SAFETY: this process has a single thread (checked just above), so nothing can read the
@@ -345,3 +380,38 @@ fn init_tracing() {
 
 #[cfg(not(feature = "child-log"))]
 fn init_tracing() {}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::IntoRawFd;
+
+    use super::*;
+
+    /// A `memfd` holding `bytes`, as the parent leaves a grant (unsealed here).
+    fn memfd_with(bytes: &[u8]) -> i32 {
+        let fd = rustix::fs::memfd_create("harrow-tree-test", rustix::fs::MemfdFlags::CLOEXEC)
+            .expect("memfd_create");
+        let mut file = std::fs::File::from(fd);
+        file.write_all(bytes).expect("write");
+        OwnedFd::from(file).into_raw_fd()
+    }
+
+    #[test]
+    fn a_grant_that_is_not_one_is_an_error_naming_its_descriptor() {
+        for (bytes, why) in [
+            (vec![], "not a tree grant"),
+            (vec![7; 40], "7 trailing bytes"),
+            (vec![0; TreeGrant::MAX_BYTES + 1], "at most"),
+        ] {
+            let fd = memfd_with(&bytes);
+            match read_grant(fd) {
+                Err(e @ Error::Grant { fd: at, .. }) => {
+                    assert_eq!(at, fd);
+                    assert!(e.to_string().contains(why), "{e} does not say {why:?}");
+                }
+                other => panic!("{} bytes: {other:?}", bytes.len()),
+            }
+        }
+    }
+}

@@ -31,6 +31,15 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
+    /// The tree's discovery data the parent handed over (at
+    /// [`CHILD_TREE_FD`](crate::CHILD_TREE_FD)) is unusable.
+    #[error("the tree grant at fd {fd} is unusable: {reason}")]
+    Grant {
+        /// The descriptor number.
+        fd: i32,
+        /// Why.
+        reason: String,
+    },
     /// The parent this child was started by is already gone.
     #[error("the parent process {expected} is gone (parent is now {actual})")]
     ParentGone {

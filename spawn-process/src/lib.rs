@@ -5,9 +5,13 @@
 //! child's end of a fresh socketpair inherited as fd 3, a shared-memory segment as fd 4 (the
 //! channel's frames go through two rings in it, the socket carrying only wake-ups and the
 //! hang-up: see [`harrow_runtime_core::ipc::shm`]; [`ProcessBackend::with_shared_memory`] or
-//! [`PROCESS_SHM_ENV`]`=0` keep them on the socket) and the actor's spec in the environment.
-//! There is no listening socket, so nothing else can connect. The child's `main` hands control
-//! to the runtime with one call, [`maybe_run_child`], which returns at once in a parent:
+//! [`PROCESS_SHM_ENV`]`=0` keep them on the socket), the actor's spec in the environment, and,
+//! in a tree whose root has discovery data, that data (its secret included) in a sealed `memfd`
+//! at fd 5 ([`CHILD_TREE_FD`]), which the child reads and closes before its actor runs: it
+//! listens for its peers before its `Hello`, and its parent sends it no call for the tree.
+//! There is no listening socket for the channel, so nothing else can connect to it. The child's
+//! `main` hands control to the runtime with one call, [`maybe_run_child`], which returns at once
+//! in a parent:
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -100,7 +104,8 @@ pub use harrow_python::nest::Offers as PyOffers;
 pub use python::{PyProcessBackend, maybe_run_child_offering};
 pub use spec::{
     CHILD_CORES_SPARE_ENV, CHILD_FD, CHILD_FD_ENV, CHILD_PYTHON_ENV, CHILD_SHM_FD,
-    CHILD_SHM_FD_ENV, CHILD_SPEC_ENV, PARENT_PID_ENV, PROCESS_SHM_ENV,
+    CHILD_SHM_FD_ENV, CHILD_SPEC_ENV, CHILD_TREE_FD, CHILD_TREE_FD_ENV, PARENT_PID_ENV,
+    PROCESS_SHM_ENV,
 };
 
 use crate::child::ProcessChild;
@@ -191,6 +196,7 @@ impl SpawnBackend for ProcessBackend {
             .with_hard_kill(HardKill::Kills)
             .with_in_process(false)
             .with_nested(true)
+            .with_tree_at_spawn(true)
     }
 
     fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {
@@ -235,8 +241,16 @@ impl ProcessBackend {
             CHILD_CORES_SPARE_ENV.into(),
             u8::from(spare).to_string().into(),
         ));
-        // Set after the caller's variables: only the parent decides the transport.
-        set_env.retain(|(k, _)| k != CHILD_SHM_FD_ENV);
+        // Set after the caller's variables: only the parent decides the transport, and whether
+        // it hands over the tree.
+        // The tree's data goes in a descriptor only the child inherits: it holds the secret.
+        let grant = match spec.tree_grant() {
+            Some(grant) => Some(
+                grant_fd(&grant).map_err(|e| failed(format!("cannot hand over the tree: {e}")))?,
+            ),
+            None => None,
+        };
+        set_env.retain(|(k, _)| k != CHILD_SHM_FD_ENV && k != CHILD_TREE_FD_ENV);
         let mut remove_env = Vec::new();
         let mut fds = vec![(child_sock.as_fd(), CHILD_FD)];
         match &segment {
@@ -245,6 +259,13 @@ impl ProcessBackend {
                 fds.push((segment.as_fd(), CHILD_SHM_FD));
             }
             None => remove_env.push(CHILD_SHM_FD_ENV.into()),
+        }
+        match &grant {
+            Some(grant) => {
+                set_env.push((CHILD_TREE_FD_ENV.into(), CHILD_TREE_FD.to_string().into()));
+                fds.push((grant.as_fd(), CHILD_TREE_FD));
+            }
+            None => remove_env.push(CHILD_TREE_FD_ENV.into()),
         }
         let launched = launch::launch(&launch::Launch {
             program: &program,
@@ -293,6 +314,24 @@ impl ProcessBackend {
         tracing::debug!(actor = %id, pid, program = %child.program, "process actor started");
         Ok(Box::new(child))
     }
+}
+
+/// A sealed `memfd` holding `grant`, close-on-exec (the spawn places it at [`CHILD_TREE_FD`]).
+fn grant_fd(grant: &harrow_runtime_core::TreeGrant) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    use std::io::Write;
+    let bytes = grant.to_bytes().map_err(std::io::Error::other)?;
+    let fd = rustix::fs::memfd_create(
+        "harrow-tree",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(&bytes)?;
+    rustix::fs::fcntl_add_seals(
+        &file,
+        SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
+    )?;
+    Ok(file.into())
 }
 
 impl ProcessBackend {

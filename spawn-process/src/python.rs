@@ -123,6 +123,7 @@ impl SpawnBackend for PyProcessBackend {
             .with_hard_kill(HardKill::Kills)
             .with_in_process(false)
             .with_nested(true)
+            .with_tree_at_spawn(true)
     }
 
     fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {

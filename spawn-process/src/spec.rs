@@ -20,6 +20,13 @@ pub const CHILD_FD: i32 = 3;
 pub const CHILD_SHM_FD_ENV: &str = "HARROW_CHILD_SHM_FD";
 /// The descriptor number of the shared-memory segment in a child.
 pub const CHILD_SHM_FD: i32 = 4;
+/// Holds the number of the inherited descriptor with the tree's discovery data (always
+/// [`CHILD_TREE_FD`]) in a child of a tree whose root has it: a sealed `memfd` holding a
+/// [`TreeGrant`](harrow_runtime_core::TreeGrant), which carries the tree's secret, so it never
+/// travels in the environment or argv.
+pub const CHILD_TREE_FD_ENV: &str = "HARROW_CHILD_TREE_FD";
+/// The descriptor number of the tree's discovery data in a child.
+pub const CHILD_TREE_FD: i32 = 5;
 /// In the parent: `0` makes children's channels run through their socket alone, without shared
 /// memory (for comparison, or where `memfd` is not allowed).
 pub const PROCESS_SHM_ENV: &str = harrow_runtime_core::ipc::shm::ENV;

@@ -332,6 +332,22 @@ pub(crate) fn start_acceptor(ctx: &ActorCtx, early: Option<EarlyAcceptor>) {
         .detach();
 }
 
+/// This actor, in a process of its own, takes the tree's data its parent handed it (in a call,
+/// or its backend in its spec): it starts its host domain when it is the first actor of one, and
+/// otherwise listens for its peers (once per process), before anyone can find it.
+pub(crate) fn take_tree(ctx: &ActorCtx, mut tree: Arc<TreeInfo>) -> Result<(), DiscoveryError> {
+    if tree.starts_domain() {
+        // A child on another host: its own domain, its own directory there (created on first
+        // use), nothing of the parent's host.
+        Arc::make_mut(&mut tree).start_domain();
+        ctx.discovery().domain_top.store(true, Ordering::Release);
+    } else if tree.root_pid != std::process::id() && tree::ensure_listener(&tree)? {
+        *lock(&ctx.discovery().owns_listener) = Some(tree.id.clone());
+    }
+    ctx.discovery().set_tree_shared(tree);
+    Ok(())
+}
+
 /// Keeps a peer link, and watches it: a `CancelActor` over it cancels this actor on the
 /// requester's behalf; an ended link is forgotten.
 fn adopt(ctx: &ActorCtx, link: Link) -> Portal {
@@ -362,11 +378,36 @@ impl ActorCtx {
     }
 }
 
+/// Before (or once) a child in another process of this host comes up: peers in its process
+/// will connect back to this one, so this process listens too. The root's process creates the
+/// runtime directory here, before the child may look for it.
+pub(crate) fn listen_for_a_child(actor: &ActorCtx, tree: &TreeInfo) {
+    match tree::ensure_listener(tree) {
+        Ok(created) => {
+            if created && tree.root_pid != std::process::id() {
+                *lock(&actor.discovery().owns_listener) = Some(tree.id.clone());
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "discovery: cannot listen for peers"),
+    }
+}
+
+/// How a new child got its tree's data, if it got it without a call from its parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TreeGiven {
+    /// Not yet: its parent hands it down in a call.
+    No,
+    /// In its spec, in its parent's process (it takes it only if its `Hello` says so).
+    InProcess,
+    /// In its spec, handed over by its backend as it started the child in a process of its
+    /// own, which listens for its peers before it says `Hello`.
+    AtSpawn,
+}
+
 /// The nursery saw `link`'s child say `Hello`: hand the tree down, register it. A child that
-/// may run on another host (`other_host`) starts a host domain of its own.
-/// `tree_given`: the child's spec carried this actor's tree data; a child in this process
-/// took it from there at its start, so it needs no call for it.
-pub(crate) async fn child_up(actor: &ActorCtx, link: &Link, other_host: bool, tree_given: bool) {
+/// may run on another host (`other_host`) starts a host domain of its own. `given` says
+/// whether the child took this actor's tree data at its start, so that it needs no call for it.
+pub(crate) async fn child_up(actor: &ActorCtx, link: &Link, other_host: bool, given: TreeGiven) {
     let peer = link.peer().clone();
     let bound = actor.link_config().hello_timeout;
     lock(&actor.discovery().children).insert(peer.id.uid.clone(), link.portal());
@@ -382,15 +423,7 @@ pub(crate) async fn child_up(actor: &ActorCtx, link: &Link, other_host: bool, tr
         domain = tree.domain.clone();
         let other_process = !other_host && peer.pid != std::process::id();
         if other_process {
-            // Peers in that process will connect back to this one: listen here too.
-            match tree::ensure_listener(&tree) {
-                Ok(created) => {
-                    if created && tree.root_pid != std::process::id() {
-                        *lock(&actor.discovery().owns_listener) = Some(tree.id.clone());
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "discovery: cannot listen for peers"),
-            }
+            listen_for_a_child(actor, &tree);
         }
         let args = match to_value(&*tree) {
             Ok(v) => v,
@@ -400,9 +433,14 @@ pub(crate) async fn child_up(actor: &ActorCtx, link: &Link, other_host: bool, tr
             }
         };
         let portal = link.portal();
-        let in_spec = tree_given && peer.pid == std::process::id();
+        let in_spec = match given {
+            TreeGiven::No => false,
+            TreeGiven::InProcess => peer.pid == std::process::id(),
+            TreeGiven::AtSpawn => !other_host,
+        };
         if in_spec {
-            // It has the tree already, from its spec (the same `Arc`).
+            // It has the tree already, from its spec (the same `Arc` in this process), and
+            // listens if it must.
         } else if other_process || other_host {
             // Its listener (or its domain) must be up before anyone can find it.
             match deadline(bound, portal.run(TREE_FN, args)).await {
@@ -740,7 +778,7 @@ impl Resolver for WithDiscovery {
                 }))
             }
             "tree" => {
-                let mut tree: TreeInfo = from_value(call.args).map_err(|e| bad(e.to_string()))?;
+                let tree: TreeInfo = from_value(call.args).map_err(|e| bad(e.to_string()))?;
                 Ok(Box::pin(async move {
                     let ctx = crate::current_actor().ok_or_else(|| {
                         CallError::new(ErrorKind::Runtime, "DiscoveryError", "no current actor")
@@ -752,27 +790,9 @@ impl Resolver for WithDiscovery {
                             format!("only this actor's parent hands the tree down, not {caller}"),
                         ));
                     }
-                    if tree.starts_domain() {
-                        // A child on another host: its own domain, its own directory there
-                        // (created on first use), nothing of the parent's host.
-                        tree.start_domain();
-                        ctx.discovery().domain_top.store(true, Ordering::Release);
-                    } else if tree.root_pid != std::process::id() {
-                        match tree::ensure_listener(&tree) {
-                            Ok(true) => {
-                                *lock(&ctx.discovery().owns_listener) = Some(tree.id.clone());
-                            }
-                            Ok(false) => {}
-                            Err(e) => {
-                                return Err(CallError::new(
-                                    ErrorKind::Runtime,
-                                    "DiscoveryError",
-                                    e.to_string(),
-                                ));
-                            }
-                        }
-                    }
-                    ctx.discovery().set_tree(tree);
+                    take_tree(&ctx, Arc::new(tree)).map_err(|e| {
+                        CallError::new(ErrorKind::Runtime, "DiscoveryError", e.to_string())
+                    })?;
                     Ok(Value::Null)
                 }))
             }
@@ -808,10 +828,12 @@ mod tests {
 
     const BOUND: Duration = Duration::from_secs(10);
 
-    /// An in-process backend whose child is the test's own end of the channel, with whether
-    /// the spec it was given carried the tree.
+    /// A backend whose child is the test's own end of the channel, with whether the spec it was
+    /// given carried the tree. It runs in this process, and claims either that (`in_process`)
+    /// or that it hands the tree over at the child's start, as one in another process would
+    /// (`tree_at_spawn`: the grant goes through its bytes).
     #[derive(Debug)]
-    struct Bare(Mutex<mpsc::Sender<(Channel, bool)>>);
+    struct Bare(Mutex<mpsc::Sender<(Channel, bool)>>, Capabilities);
 
     #[derive(Debug)]
     struct BareChild {
@@ -825,7 +847,7 @@ mod tests {
         }
 
         fn capabilities(&self) -> Capabilities {
-            Capabilities::new()
+            self.1.clone()
         }
 
         fn spawn(&self, spec: SpawnSpec) -> BoxFuture<'_, Result<Box<dyn Child>, SpawnError>> {
@@ -836,8 +858,21 @@ mod tests {
                     reason,
                 };
                 let (parent_end, child_end) = mem::pair();
+                let had_tree = spec.tree.is_some();
+                let spec = match (self.1.tree_at_spawn, spec.tree_grant()) {
+                    (true, Some(grant)) => {
+                        // As a child in another process gets it: bytes, and a spec without it.
+                        let bytes = grant.to_bytes().map_err(|e| failed(e.to_string()))?;
+                        let grant = crate::TreeGrant::from_bytes(&bytes)
+                            .map_err(|e| failed(e.to_string()))?;
+                        let text = spec.encode().map_err(|e| failed(e.to_string()))?;
+                        let bare = SpawnSpec::decode(&text).map_err(|e| failed(e.to_string()))?;
+                        assert!(bare.tree.is_none(), "an encoded spec carries no tree");
+                        bare.with_tree_grant(grant)
+                    }
+                    _ => spec,
+                };
                 let mut init = ActorInit::from_spec(spec, "bare");
-                let had_tree = init.spec.tree.is_some();
                 init.introduce_in_process(&child_end)
                     .await
                     .map_err(|e| failed(e.to_string()))?;
@@ -885,6 +920,37 @@ mod tests {
     /// it no call for it: the only call it receives in its life is its parent's body's.
     #[test]
     fn an_in_process_child_takes_the_tree_from_its_spec_and_gets_no_call_for_it() {
+        let calls = a_child_s_calls(Capabilities::new());
+        assert_eq!(calls, vec!["test:first"], "the calls the child got");
+    }
+
+    /// So does a child whose backend hands the tree over at its start.
+    #[test]
+    fn a_child_given_the_tree_at_its_start_gets_no_call_for_it() {
+        let caps = Capabilities::new()
+            .with_in_process(false)
+            .with_tree_at_spawn(true);
+        let calls = a_child_s_calls(caps);
+        assert_eq!(calls, vec!["test:first"], "the calls the child got");
+    }
+
+    /// A backend that claims neither: its child gets the tree in a call. (Its `Hello` says it
+    /// runs in this process, so the call does not hold up `start_actor`.)
+    #[test]
+    fn a_child_not_given_the_tree_gets_a_call_for_it() {
+        let mut calls = a_child_s_calls(Capabilities::new().with_in_process(false));
+        calls.sort();
+        assert_eq!(
+            calls,
+            vec![TREE_FN, "test:first"],
+            "the calls the child got"
+        );
+    }
+
+    /// The calls a child of a `Bare` backend with `caps` gets in its life: its spec carried the
+    /// tree exactly when the backend claims to hand it over.
+    fn a_child_s_calls(caps: Capabilities) -> Vec<String> {
+        let given = caps.in_process || caps.tree_at_spawn;
         let (tx, rx) = mpsc::channel();
         let child = std::thread::spawn(move || {
             let (end, had_tree): (Channel, bool) = rx.recv_timeout(BOUND).expect("spawned");
@@ -916,7 +982,7 @@ mod tests {
         let config = RootConfig::default()
             .handle_sigint(false)
             .timeouts(Timeouts::quick());
-        let backend: Arc<dyn SpawnBackend> = Arc::new(Bare(Mutex::new(tx)));
+        let backend: Arc<dyn SpawnBackend> = Arc::new(Bare(Mutex::new(tx), caps));
         run_root(config, |n| async move {
             let child = n.start_actor("bare", backend, ActorSpec::new()).await?;
             child.run("test:first", Value::Null).await?;
@@ -924,7 +990,7 @@ mod tests {
         })
         .expect("the bare child answered its call and its cancel");
         let (had_tree, calls) = child.join().expect("the fake child did not panic");
-        assert!(had_tree, "the spec carried the root's tree");
-        assert_eq!(calls, vec!["test:first"], "the calls the child got");
+        assert_eq!(had_tree, given, "whether the spec carried the root's tree");
+        calls
     }
 }

@@ -82,6 +82,27 @@ impl TreeInfo {
         })
     }
 
+    /// Checks a copy that came from elsewhere: what a root makes, or [`Self::for_other_host`].
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+        if self.id.len() != 32 || !hex(&self.id) {
+            return Err(format!(
+                "a tree id of {} characters, not 32 hex digits",
+                self.id.len()
+            ));
+        }
+        if self.secret.len() != 32 {
+            return Err(format!(
+                "a tree secret of {} bytes, not 32",
+                self.secret.len()
+            ));
+        }
+        if !hex(&self.domain) || self.domain.len() > 16 {
+            return Err("a host domain that is not up to 16 hex digits".into());
+        }
+        Ok(())
+    }
+
     /// Whether this copy asks its receiver to start its domain (see [`TreeInfo::domain`]).
     pub(crate) fn starts_domain(&self) -> bool {
         self.dir.as_os_str().is_empty()

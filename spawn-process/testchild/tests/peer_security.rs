@@ -13,7 +13,7 @@ use harrow_process_testchild::ProcessFactory;
 use harrow_runtime_core::discovery::handshake::{MAGIC, NONCE_LEN};
 use harrow_runtime_core::discovery::recent_refusals;
 use harrow_runtime_core::ipc::Value;
-use harrow_runtime_core::{RootConfig, Timeouts, run_root};
+use harrow_runtime_core::{RootConfig, SpawnBackend, Timeouts, run_root};
 use harrow_testkit::conformance::BackendFactory;
 
 fn factory() -> Arc<ProcessFactory> {
@@ -126,6 +126,124 @@ fn loosened_runtime_dir_is_refused() {
                 assert!(err.to_string().contains("755"), "{err}");
                 // Restored: the same call goes through.
                 assert_eq!(a.run(&f.func("peer_call"), args).await?, Value::Int(1));
+                Ok(())
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))
+        },
+    )
+    .unwrap();
+}
+
+/// The process backend as it is, recording the tree grant of each spawn.
+#[derive(Debug)]
+struct Recording {
+    inner: harrow_spawn_process::ProcessBackend,
+    grants: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl SpawnBackend for Recording {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn capabilities(&self) -> harrow_runtime_core::Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn spawn(
+        &self,
+        spec: harrow_runtime_core::SpawnSpec,
+    ) -> harrow_runtime_core::BoxFuture<
+        '_,
+        Result<Box<dyn harrow_runtime_core::Child>, harrow_runtime_core::SpawnError>,
+    > {
+        let grant = spec.tree_grant().map(|g| g.to_bytes().expect("encodes"));
+        self.grants.lock().unwrap().extend(grant);
+        self.inner.spawn(spec)
+    }
+}
+
+/// What `/proc/<pid>/<what>` holds.
+fn proc_file(pid: i64, what: &str) -> Vec<u8> {
+    std::fs::read(format!("/proc/{pid}/{what}")).expect("the child's /proc entry")
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A process child gets the tree's data (its secret) at its start through a descriptor it alone
+/// inherits, and closes it: neither its environment, nor its argv, nor its encoded spec holds
+/// it. It listens before its `Hello`: its socket is there when `start_actor` returns.
+#[test]
+fn the_tree_reaches_a_process_child_through_a_descriptor_only() {
+    harrow_testkit::harness(
+        "the_tree_reaches_a_process_child_through_a_descriptor_only",
+        harrow_testkit::DEFAULT_BOUND,
+        harrow_testkit::DEFAULT_SETTLE,
+        || {
+            let f = factory();
+            let backend = Arc::new(Recording {
+                inner: f.process_backend().clone(),
+                grants: Default::default(),
+            });
+            assert!(backend.capabilities().tree_at_spawn);
+            let shared: Arc<dyn SpawnBackend> = backend.clone();
+            run_root(config(), move |n| async move {
+                let child = n.start_actor("B", shared, f.spec()).await?;
+                let dir = n.actor().runtime_dir().expect("the root knows its tree");
+                let pid = child.run("proc:pid", Value::Null).await?;
+                let pid = pid.as_i64().expect("a pid");
+                // Its listener was up before its `Hello`, so before `start_actor` returned (the
+                // call above does not wait for it).
+                assert!(
+                    dir.join(format!("{pid}.sock")).exists(),
+                    "no socket for {pid}"
+                );
+
+                let grant = backend.grants.lock().unwrap().pop().expect("a grant");
+                assert!(
+                    grant.len() > 32,
+                    "the grant holds the secret: {} bytes",
+                    grant.len()
+                );
+                let grant_hex: String = grant.iter().map(|b| format!("{b:02x}")).collect();
+                let environ = proc_file(pid, "environ");
+                let cmdline = proc_file(pid, "cmdline");
+                for (what, bytes) in [("environment", &environ), ("argv", &cmdline)] {
+                    assert!(
+                        !contains(bytes, &grant),
+                        "the grant is in the child's {what}"
+                    );
+                    assert!(
+                        !contains(bytes, grant_hex.as_bytes()),
+                        "the grant is in the child's {what}, in hex"
+                    );
+                }
+                let spec_var = environ
+                    .split(|b| *b == 0)
+                    .find_map(|kv| kv.strip_prefix(b"HARROW_CHILD_SPEC="))
+                    .expect("the child's spec is in its environment");
+                let spec = harrow_runtime_core::SpawnSpec::decode(
+                    std::str::from_utf8(spec_var).expect("hex"),
+                )?;
+                assert!(
+                    spec.tree_grant().is_none(),
+                    "the encoded spec carries no tree"
+                );
+                // The descriptor is closed once read.
+                for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+                    let target = std::fs::read_link(fd?.path()).unwrap_or_default();
+                    assert!(
+                        !target.to_string_lossy().contains("harrow-tree"),
+                        "the child keeps its grant open: {}",
+                        target.display()
+                    );
+                }
+                // And the tree works: the root finds it and calls it over a peer link.
+                let p = n.actor().find_actor("B").await?.expect("B");
+                let args = Value::List(vec![Value::Int(2), Value::Int(3)]);
+                assert_eq!(p.run(&f.func("add"), args).await?, Value::Int(5));
                 Ok(())
             })
             .map_err(|e| anyhow::anyhow!("{e}"))
