@@ -181,22 +181,36 @@ fn fd_from_env(var: &'static str, taken: &[i32]) -> Result<Option<i32>> {
         })
 }
 
-/// Reads the tree's discovery data the parent left at `fd` (a sealed `memfd`), and closes it.
+/// Reads the tree's discovery data the parent left at `fd` (a sealed `memfd`, or a pipe whose
+/// write end the parent closed), and closes it.
 fn read_grant(fd: i32) -> Result<TreeGrant> {
-    use std::os::unix::fs::FileExt;
+    use std::io::Read;
+    use std::os::unix::fs::{FileExt, FileTypeExt};
     let bad = |reason: String| Error::Grant { fd, reason };
-    let file = std::fs::File::from(adopt_fd(fd)?);
-    let len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
-    if len > TreeGrant::MAX_BYTES as u64 {
-        return Err(bad(format!(
-            "{len} bytes (at most {})",
-            TreeGrant::MAX_BYTES
-        )));
-    }
-    let mut bytes = vec![0; len as usize];
-    // From the start: the parent's writes moved the offset it shares with this descriptor.
-    file.read_exact_at(&mut bytes, 0)
-        .map_err(|e| bad(e.to_string()))?;
+    let mut file = std::fs::File::from(adopt_fd(fd)?);
+    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+    let too_big = |len: usize| bad(format!("{len} bytes (at most {})", TreeGrant::MAX_BYTES));
+    let bytes = if meta.file_type().is_fifo() {
+        let mut bytes = Vec::new();
+        (&mut file)
+            .take(TreeGrant::MAX_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(e.to_string()))?;
+        if bytes.len() > TreeGrant::MAX_BYTES {
+            return Err(too_big(bytes.len()));
+        }
+        bytes
+    } else {
+        let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+        if len > TreeGrant::MAX_BYTES {
+            return Err(too_big(len));
+        }
+        let mut bytes = vec![0; len];
+        // From the start: the parent's writes moved the offset it shares with this descriptor.
+        file.read_exact_at(&mut bytes, 0)
+            .map_err(|e| bad(e.to_string()))?;
+        bytes
+    };
     TreeGrant::from_bytes(&bytes).map_err(|e| match e {
         harrow_runtime_core::SpecError::Grant(why) => bad(why),
         other => bad(other.to_string()),
@@ -395,6 +409,61 @@ mod tests {
         let mut file = std::fs::File::from(fd);
         file.write_all(bytes).expect("write");
         OwnedFd::from(file).into_raw_fd()
+    }
+
+    /// A grant as the runtime encodes one (bincode's standard configuration: each length one
+    /// byte below 251): tree id, secret, runtime directory, root pid, host domain. A change of
+    /// that layout fails the test below, as it should: parent and child must agree on it.
+    fn grant_bytes() -> Vec<u8> {
+        let mut b = vec![32];
+        b.extend_from_slice(b"0123456789abcdef0123456789abcdef");
+        b.push(32);
+        b.extend_from_slice(&[0x5a; 32]);
+        let dir = b"/tmp/harrow-0123456789abcdef";
+        b.push(dir.len() as u8);
+        b.extend_from_slice(dir);
+        b.push(42);
+        b.push(16);
+        b.extend_from_slice(b"fedcba9876543210");
+        b
+    }
+
+    #[test]
+    fn a_grant_goes_through_a_memfd_or_a_pipe() {
+        let bytes = grant_bytes();
+        TreeGrant::from_bytes(&bytes).expect("a well-formed grant");
+        let memfd = crate::grant_memfd(&bytes).expect("memfd");
+        let pipe = crate::grant_pipe(&bytes).expect("pipe");
+        for (fd, how) in [(memfd, "memfd"), (pipe, "pipe")] {
+            let got = read_grant(fd.into_raw_fd()).unwrap_or_else(|e| panic!("{how}: {e}"));
+            assert_eq!(got.to_bytes().unwrap(), bytes, "{how}");
+        }
+    }
+
+    #[test]
+    fn a_grant_in_a_pipe_is_read_to_its_end() {
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        rustix::io::write(&write, &[7; 40]).expect("write");
+        drop(write);
+        match read_grant(read.into_raw_fd()) {
+            Err(e @ Error::Grant { .. }) => {
+                assert!(e.to_string().contains("7 trailing bytes"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let big = vec![0; TreeGrant::MAX_BYTES + 1];
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        let writer = std::thread::spawn(move || {
+            let mut file = std::fs::File::from(write);
+            let _ = file.write_all(&big);
+        });
+        match read_grant(read.into_raw_fd()) {
+            Err(e @ Error::Grant { .. }) => assert!(e.to_string().contains("at most"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        writer
+            .join()
+            .expect("the writer ends once the reader closed");
     }
 
     #[test]

@@ -7,11 +7,11 @@
 //! hang-up: see [`harrow_runtime_core::ipc::shm`]; [`ProcessBackend::with_shared_memory`] or
 //! [`PROCESS_SHM_ENV`]`=0` keep them on the socket), the actor's spec in the environment, and,
 //! in a tree whose root has discovery data, that data (its secret included) in a sealed `memfd`
-//! at fd 5 ([`CHILD_TREE_FD`]), which the child reads and closes before its actor runs: it
-//! listens for its peers before its `Hello`, and its parent sends it no call for the tree.
-//! There is no listening socket for the channel, so nothing else can connect to it. The child's
-//! `main` hands control to the runtime with one call, [`maybe_run_child`], which returns at once
-//! in a parent:
+//! (a pipe where `memfd_create` is not allowed) at fd 5 ([`CHILD_TREE_FD`]), which the child
+//! reads and closes before its actor runs: it listens for its peers before its `Hello`, and its
+//! parent sends it no call for the tree. There is no listening socket for the channel, so
+//! nothing else can connect to it. The child's `main` hands control to the runtime with one
+//! call, [`maybe_run_child`], which returns at once in a parent:
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -316,22 +316,48 @@ impl ProcessBackend {
     }
 }
 
-/// A sealed `memfd` holding `grant`, close-on-exec (the spawn places it at [`CHILD_TREE_FD`]).
+/// A descriptor holding `grant`, close-on-exec (the spawn places it at [`CHILD_TREE_FD`]): a
+/// sealed `memfd`, or where `memfd_create` is not allowed, the read end of a pipe that holds it
+/// whole, its write end closed.
 fn grant_fd(grant: &harrow_runtime_core::TreeGrant) -> std::io::Result<std::os::fd::OwnedFd> {
+    let bytes = grant.to_bytes().map_err(std::io::Error::other)?;
+    grant_memfd(&bytes).or_else(|e| {
+        tracing::debug!(error = %e, "no memfd for the tree grant: a pipe");
+        grant_pipe(&bytes)
+    })
+}
+
+pub(crate) fn grant_memfd(bytes: &[u8]) -> std::io::Result<std::os::fd::OwnedFd> {
     use rustix::fs::{MemfdFlags, SealFlags};
     use std::io::Write;
-    let bytes = grant.to_bytes().map_err(std::io::Error::other)?;
     let fd = rustix::fs::memfd_create(
         "harrow-tree",
         MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
     )?;
     let mut file = std::fs::File::from(fd);
-    file.write_all(&bytes)?;
+    file.write_all(bytes)?;
     rustix::fs::fcntl_add_seals(
         &file,
         SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
     )?;
     Ok(file.into())
+}
+
+/// The grant in a pipe: written without blocking, so a grant larger than the pipe holds is an
+/// error rather than a hang (a pipe holds at least a page; a grant is a few hundred bytes).
+pub(crate) fn grant_pipe(bytes: &[u8]) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::pipe::PipeFlags;
+    let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+    let written = rustix::io::write(&write, bytes)?;
+    if written != bytes.len() {
+        return Err(std::io::Error::other(format!(
+            "a tree grant of {} bytes does not fit in a pipe",
+            bytes.len()
+        )));
+    }
+    // The reader must block as usual (it reads to the end, which closing `write` marks).
+    rustix::fs::fcntl_setfl(&read, rustix::fs::OFlags::empty())?;
+    Ok(read)
 }
 
 impl ProcessBackend {

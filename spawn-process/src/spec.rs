@@ -21,9 +21,9 @@ pub const CHILD_SHM_FD_ENV: &str = "HARROW_CHILD_SHM_FD";
 /// The descriptor number of the shared-memory segment in a child.
 pub const CHILD_SHM_FD: i32 = 4;
 /// Holds the number of the inherited descriptor with the tree's discovery data (always
-/// [`CHILD_TREE_FD`]) in a child of a tree whose root has it: a sealed `memfd` holding a
-/// [`TreeGrant`](harrow_runtime_core::TreeGrant), which carries the tree's secret, so it never
-/// travels in the environment or argv.
+/// [`CHILD_TREE_FD`]) in a child of a tree whose root has it: a sealed `memfd` (or a pipe, where
+/// `memfd_create` is not allowed) holding a [`TreeGrant`](harrow_runtime_core::TreeGrant),
+/// which carries the tree's secret, so it never travels in the environment or argv.
 pub const CHILD_TREE_FD_ENV: &str = "HARROW_CHILD_TREE_FD";
 /// The descriptor number of the tree's discovery data in a child.
 pub const CHILD_TREE_FD: i32 = 5;
