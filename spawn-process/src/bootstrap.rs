@@ -184,33 +184,26 @@ fn fd_from_env(var: &'static str, taken: &[i32]) -> Result<Option<i32>> {
 /// Reads the tree's discovery data the parent left at `fd` (a sealed `memfd`, or a pipe whose
 /// write end the parent closed), and closes it.
 fn read_grant(fd: i32) -> Result<TreeGrant> {
-    use std::io::Read;
-    use std::os::unix::fs::{FileExt, FileTypeExt};
+    use std::io::{Read, Seek};
     let bad = |reason: String| Error::Grant { fd, reason };
     let mut file = std::fs::File::from(adopt_fd(fd)?);
-    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
-    let too_big = |len: usize| bad(format!("{len} bytes (at most {})", TreeGrant::MAX_BYTES));
-    let bytes = if meta.file_type().is_fifo() {
-        let mut bytes = Vec::new();
-        (&mut file)
-            .take(TreeGrant::MAX_BYTES as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| bad(e.to_string()))?;
-        if bytes.len() > TreeGrant::MAX_BYTES {
-            return Err(too_big(bytes.len()));
-        }
-        bytes
-    } else {
-        let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
-        if len > TreeGrant::MAX_BYTES {
-            return Err(too_big(len));
-        }
-        let mut bytes = vec![0; len];
-        // From the start: the parent's writes moved the offset it shares with this descriptor.
-        file.read_exact_at(&mut bytes, 0)
-            .map_err(|e| bad(e.to_string()))?;
-        bytes
-    };
+    // A memfd from its start (the parent's writes moved the offset it shares with this
+    // descriptor); a pipe cannot seek, and is read from where it is.
+    match file.rewind() {
+        Err(e) if e.raw_os_error() != Some(libc::ESPIPE) => return Err(bad(e.to_string())),
+        _ => {}
+    }
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(TreeGrant::MAX_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(e.to_string()))?;
+    if bytes.len() > TreeGrant::MAX_BYTES {
+        return Err(bad(format!(
+            "more than {} bytes: a grant holds at most that",
+            TreeGrant::MAX_BYTES
+        )));
+    }
     TreeGrant::from_bytes(&bytes).map_err(|e| match e {
         harrow_runtime_core::SpecError::Grant(why) => bad(why),
         other => bad(other.to_string()),

@@ -422,7 +422,8 @@ pub(crate) async fn child_up(actor: &ActorCtx, link: &Link, other_host: bool, gi
         }
         domain = tree.domain.clone();
         let other_process = !other_host && peer.pid != std::process::id();
-        if other_process {
+        if other_process && given != TreeGiven::AtSpawn {
+            // (A child given the tree at its start had this process listen before it started.)
             listen_for_a_child(actor, &tree);
         }
         let args = match to_value(&*tree) {
