@@ -207,6 +207,16 @@ impl AsFd for Segment {
     }
 }
 
+/// How many bells an edge may leave on `sock` unread: a small share of its send buffer (each
+/// one-byte send takes about a kilobyte of it, and a bell the peer cannot send because the
+/// buffer is full would be a lost wake-up), at most 16, and none where the size is unknown.
+fn bells_kept(sock: &UnixStream) -> u32 {
+    match rustix::net::sockopt::socket_send_buffer_size(sock) {
+        Ok(bytes) => u32::try_from(bytes / 8192).unwrap_or(u32::MAX).min(16),
+        Err(_) => 0,
+    }
+}
+
 fn bad_segment(why: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -431,6 +441,13 @@ struct Endpoint {
     bad: AtomicBool,
     /// A writer waiting for room in the outgoing ring.
     writer_waker: Mutex<Option<Waker>>,
+    /// How many bells the peer may have sent since the socket was last drained: one at most per
+    /// [`arm`](Endpoint::arm) and per [`writer_waits`](Endpoint::writer_waits), since the peer
+    /// takes the flag down as it rings. Bounds the bells an edge may leave queued.
+    bells_owed: AtomicU32,
+    /// Edges may leave their bells queued while fewer than this many are owed (see
+    /// [`on_edge`](crate::park::Watch::on_edge)); from the socket's send buffer.
+    bells_kept: u32,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -448,6 +465,7 @@ impl Endpoint {
             return Err(bad_segment("wrong header (another version of harrow?)"));
         }
         stream.set_nonblocking(true)?;
+        let bells_kept = bells_kept(&stream);
         let (out, inn) = match side {
             Side::First => (0, 1),
             Side::Second => (1, 0),
@@ -462,6 +480,8 @@ impl Endpoint {
             eof: AtomicBool::new(false),
             bad: AtomicBool::new(false),
             writer_waker: Mutex::new(None),
+            bells_owed: AtomicU32::new(0),
+            bells_kept,
         })
     }
 
@@ -546,6 +566,7 @@ impl Endpoint {
 
     /// Raises the "writer waits for room" flag; the caller looks for room once more after it.
     fn writer_waits(&self) {
+        self.bells_owed.fetch_add(1, Ordering::Relaxed);
         self.field32(self.out, WRITER_WAITS)
             .store(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
@@ -580,6 +601,7 @@ impl Endpoint {
     /// Asks the peer to ring the bell with its next write; the caller looks at the ring again
     /// afterwards.
     fn arm(&self) {
+        self.bells_owed.fetch_add(1, Ordering::Relaxed);
         self.field32(self.inn, ARMED).store(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
     }
@@ -594,6 +616,8 @@ impl Endpoint {
     /// per bell where an edge-triggered wait announces every later byte, but only while the
     /// peer has not hung up (its last bytes and its end may come in one edge).
     fn drain(&self, to_the_end: bool) {
+        // Bells owed from here on are read by this drain or counted towards the next.
+        self.bells_owed.store(0, Ordering::Relaxed);
         let mut buf = [0u8; 64];
         loop {
             match rustix::net::recv(&self.sock, &mut buf, RecvFlags::DONTWAIT) {
@@ -619,6 +643,11 @@ impl Endpoint {
                 }
             }
         }
+        self.wake_writer();
+    }
+
+    /// Wakes a writer waiting for room (a bell may say the peer made some).
+    fn wake_writer(&self) {
         let waker = self
             .writer_waker
             .lock()
@@ -627,6 +656,20 @@ impl Endpoint {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+
+    /// The socket had an edge. Its bells are drained unless the edge brought data to read
+    /// and few bells can be queued: an edge-triggered wait reports every later byte whether
+    /// or not the earlier ones were read, so a bell left on the socket hides no later one, and
+    /// a round trip saves a `recv` on each side. An edge with nothing in the ring drains (a
+    /// byte that is not a bell shows there), and so does one that says the peer hung up.
+    fn on_edge(&self, hung_up: bool) {
+        if !hung_up && self.bells_owed.load(Ordering::Relaxed) < self.bells_kept && self.has_data()
+        {
+            self.wake_writer();
+            return;
+        }
+        self.drain(hung_up);
     }
 
     /// After the ring was found empty: the end of the stream (`Some(Ok(0))` once the ring is
@@ -674,7 +717,7 @@ impl crate::park::Watch for Endpoint {
     }
 
     fn on_edge(&self, hung_up: bool) {
-        self.drain(hung_up);
+        Endpoint::on_edge(self, hung_up);
     }
 
     fn writer_cpu(&self) -> Option<usize> {
@@ -932,5 +975,105 @@ mod tests {
             rustix::net::recv(&reader.sock, &mut buf, RecvFlags::DONTWAIT).unwrap_err(),
             rustix::io::Errno::AGAIN
         );
+    }
+
+    /// The bells queued on `ep`'s socket, taken.
+    fn queued_bells(ep: &Endpoint) -> usize {
+        let mut buf = [0u8; 4096];
+        match rustix::net::recv(&ep.sock, &mut buf, RecvFlags::DONTWAIT) {
+            Ok((n, _)) => {
+                assert!(buf[..n].iter().all(|b| *b == DOORBELL));
+                n
+            }
+            Err(rustix::io::Errno::AGAIN) => 0,
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+
+    #[test]
+    fn edges_with_data_leave_their_bells_but_never_more_than_the_share_kept() {
+        let (writer, reader) = two_sides();
+        assert!(
+            reader.bells_kept >= 2,
+            "a default send buffer keeps bells: {}",
+            reader.bells_kept
+        );
+        let mut most = 0;
+        for i in 0..200u32 {
+            // The reader sleeps, the writer rings, the edge wakes the reader, which reads.
+            reader.arm();
+            writer.write_ring(&i.to_le_bytes()).unwrap();
+            reader.on_edge(false);
+            reader.disarm();
+            let mut buf = [0u8; 4];
+            assert_eq!(reader.read_ring(&mut buf).unwrap(), 4);
+            assert_eq!(u32::from_le_bytes(buf), i);
+            let mut peek = [0u8; 64];
+            let queued = match rustix::net::recv(
+                &reader.sock,
+                &mut peek,
+                RecvFlags::DONTWAIT | RecvFlags::PEEK,
+            ) {
+                Ok((n, _)) => n,
+                Err(rustix::io::Errno::AGAIN) => 0,
+                Err(e) => panic!("recv: {e}"),
+            };
+            most = most.max(queued);
+        }
+        assert!(most >= 1, "no edge left its bell");
+        assert!(
+            most <= 2 * reader.bells_kept as usize,
+            "{most} bells queued, {} kept at most",
+            reader.bells_kept
+        );
+    }
+
+    #[test]
+    fn an_edge_with_an_empty_ring_drains_and_sees_a_byte_that_is_not_a_bell() {
+        let (writer, reader) = two_sides();
+        reader.arm();
+        writer.write_ring(&[1]).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(reader.read_ring(&mut buf).unwrap(), 1);
+        // The bell came for bytes already read: the edge takes it.
+        reader.on_edge(false);
+        assert_eq!(queued_bells(&reader), 0);
+        // A peer that writes on the socket itself, with data in the ring or not, is found out.
+        reader.arm();
+        writer.write_ring(&[2]).unwrap();
+        rustix::net::send(&writer.sock, b"x", SendFlags::empty()).unwrap();
+        reader.on_edge(false);
+        assert_eq!(reader.read_ring(&mut buf).unwrap(), 1);
+        reader.on_edge(false);
+        assert!(
+            reader.bad.load(Ordering::Acquire),
+            "a stray byte went unseen"
+        );
+    }
+
+    #[test]
+    fn a_hang_up_edge_drains_to_the_end_even_with_data_in_the_ring() {
+        let (writer, reader) = two_sides();
+        reader.arm();
+        writer.write_ring(&[1]).unwrap();
+        writer.sock.shutdown(Shutdown::Write).unwrap();
+        reader.on_edge(true);
+        assert!(reader.eof.load(Ordering::Acquire));
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            reader.read_ring(&mut buf).unwrap(),
+            1,
+            "the last byte is still read"
+        );
+    }
+
+    #[test]
+    fn a_small_send_buffer_keeps_no_bells() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&a, 1024).unwrap();
+        assert_eq!(bells_kept(&a), 0);
+        let (c, _d) = UnixStream::pair().unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&c, 1 << 20).unwrap();
+        assert!(bells_kept(&c) <= 16);
     }
 }
