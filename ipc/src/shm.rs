@@ -27,7 +27,11 @@
 //!   the ring's position are each written and then checked against the other's with a full
 //!   fence on both sides, so a write either is seen by the check before the sleep or rings the
 //!   bell. A parker that does not sleep for a millisecond takes its sockets' edges anyway (a
-//!   peer's end arrives there). A reader anywhere else (no parker: a plain executor, a test)
+//!   peer's end arrives there). An edge that finds bytes in the ring may leave its bell on the
+//!   socket: an edge-triggered wait reports every later byte whether or not earlier ones were
+//!   read, so the socket is drained only once a few bells may be queued (a bounded share of its
+//!   send buffer, so the peer's next bell always fits), when an edge finds the ring empty, or
+//!   at the peer's end. A reader anywhere else (no parker: a plain executor, a test)
 //!   arms its ring before every wait and waits for the socket in async-io's reactor.
 //! - **A full ring.** The writer raises a flag and waits; the reader rings the writer's bell
 //!   when it has made room (and, should that byte not come, the writer looks again after a
