@@ -211,9 +211,12 @@ impl AsFd for Segment {
     }
 }
 
-/// How many bells an edge may leave on `sock` unread: a small share of its send buffer (each
-/// one-byte send takes about a kilobyte of it, and a bell the peer cannot send because the
-/// buffer is full would be a lost wake-up), at most 16, and none where the size is unknown.
+/// How many bells an edge may leave on `sock` unread: a small share of its send buffer, at most
+/// 16, and none where the size is unknown. A bell the peer cannot send because its buffer is
+/// full would be a lost wake-up. Each one-byte send takes about 770 bytes of the sender's
+/// buffer (278 fill Linux's default 208 KiB), and the peer's buffer is taken to be as large as
+/// this side's (both ends of a harrow socket are made alike), so the at most twice this many
+/// bells ever queued fit in it many times over.
 fn bells_kept(sock: &UnixStream) -> u32 {
     match rustix::net::sockopt::socket_send_buffer_size(sock) {
         Ok(bytes) => u32::try_from(bytes / 8192).unwrap_or(u32::MAX).min(16),
