@@ -195,12 +195,15 @@ mod imp {
         fn new() -> io::Result<Poller> {
             let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
             let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-            // Level-triggered: it stays reported until drained.
+            // Edge-triggered, and never read: an `eventfd` reports an edge for every write,
+            // whatever its count, so a wake-up costs its writer's `write` and no `read` here.
+            // The count grows by one per wake-up of a sleeping thread and would take centuries
+            // to reach the `u64` limit at which a write fails.
             epoll::add(
                 &epoll,
                 &wake,
                 epoll::EventData::new_u64(WAKE_KEY),
-                epoll::EventFlags::IN,
+                epoll::EventFlags::IN | epoll::EventFlags::ET,
             )?;
             Ok(Poller {
                 fds: Mutex::new(Some(Fds {
@@ -280,7 +283,7 @@ mod imp {
             // from another thread meanwhile left the `eventfd` readable: drained below, or
             // reported by the next wait.)
             self.state.store(RUNNING, Ordering::Release);
-            self.dispatch(fds, events, waited)
+            self.dispatch(events, waited)
         }
 
         /// Takes the edges already there, without sleeping (the thread spins, `RUNNING`), and
@@ -293,14 +296,13 @@ mod imp {
             };
             let waited = epoll::wait(&*fds.epoll, spare_capacity(events), Some(&zero));
             // An error shows again in the sleeping wait that follows the spin.
-            let _ = self.dispatch(fds, events, waited);
+            let _ = self.dispatch(events, waited);
         }
 
-        /// Hands the edges `epoll_wait` returned to their readers (and drains the wake-up
-        /// `eventfd` if it was among them).
+        /// Hands the edges `epoll_wait` returned to their readers (the wake-up `eventfd`'s edge
+        /// needs nothing more: the thread is awake).
         fn dispatch(
             &self,
-            fds: &Fds,
             events: &[epoll::Event],
             waited: rustix::io::Result<usize>,
         ) -> rustix::io::Result<()> {
@@ -313,8 +315,6 @@ mod imp {
             for event in events.iter() {
                 let key = event.data.u64();
                 if key == WAKE_KEY {
-                    let mut buf = [0u8; 8];
-                    let _ = rustix::io::read(&*fds.wake, &mut buf);
                     continue;
                 }
                 let interest = self.interests().get(&key).cloned();
@@ -355,9 +355,20 @@ mod imp {
                 // Read by the thread once the wake-up (below) has reached it.
                 self.0.woke_at.store(spin::now_ns(), Ordering::Release);
                 if let Some(fds) = self.0.fds() {
-                    let _ = rustix::io::write(&*fds.wake, &1u64.to_ne_bytes());
+                    wake_up(&fds.wake);
                 }
             }
+        }
+    }
+
+    /// Writes one to the `eventfd`, which nobody reads: should its count ever be full (the
+    /// write refused), it is read back to zero and written again.
+    fn wake_up(wake: &OwnedFd) {
+        let one = 1u64.to_ne_bytes();
+        if rustix::io::write(wake, &one) == Err(rustix::io::Errno::AGAIN) {
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(wake, &mut buf);
+            let _ = rustix::io::write(wake, &one);
         }
     }
 
@@ -660,6 +671,44 @@ mod imp {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        /// How many edges an `epoll_wait` that does not sleep reports.
+        fn edges_now(epoll: &OwnedFd) -> usize {
+            let mut events = Vec::with_capacity(4);
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            epoll::wait(epoll, spare_capacity(&mut events), Some(&zero)).expect("epoll_wait");
+            events.len()
+        }
+
+        #[test]
+        fn every_wake_up_is_an_edge_though_the_eventfd_is_never_read() {
+            let poller = Poller::new().expect("an epoll instance");
+            let fds = poller.fds().expect("open");
+            assert_eq!(edges_now(&fds.epoll), 0);
+            for _ in 0..3 {
+                wake_up(&fds.wake);
+                assert_eq!(edges_now(&fds.epoll), 1, "a wake-up after unread ones");
+                assert_eq!(edges_now(&fds.epoll), 0, "an edge is reported once");
+            }
+        }
+
+        #[test]
+        fn a_full_eventfd_is_emptied_and_the_wake_up_still_lands() {
+            let poller = Poller::new().expect("an epoll instance");
+            let fds = poller.fds().expect("open");
+            // The largest count an eventfd holds; one more write would be refused.
+            let full = (u64::MAX - 1).to_ne_bytes();
+            rustix::io::write(&*fds.wake, &full).expect("fill the count");
+            assert_eq!(edges_now(&fds.epoll), 1);
+            wake_up(&fds.wake);
+            assert_eq!(edges_now(&fds.epoll), 1, "the wake-up was lost");
+            let mut buf = [0u8; 8];
+            rustix::io::read(&*fds.wake, &mut buf).expect("a count");
+            assert_eq!(u64::from_ne_bytes(buf), 1);
+        }
 
         #[test]
         fn the_park_waker_records_where_its_wake_up_came_from() {
