@@ -361,6 +361,13 @@ fn bench_quick_json_has_the_documented_fields() -> Result<()> {
         // Every figure is a distribution: its samples' summary rides along, one sample per
         // repetition, the figure being their median.
         let reps = num("/repetitions")?;
+        // The batch sizes ride along: the RPC row's (against a raw ping-pong) and the others'.
+        ensure!(
+            num("/rpc_round_trips_per_repetition")? >= 1.0
+                && num("/round_trips_per_repetition")? >= 1.0,
+            "no batch sizes: {}",
+            r.stdout
+        );
         for figure in [
             "rpc_round_trip/harrow_us",
             "rpc_round_trip/baseline_us",

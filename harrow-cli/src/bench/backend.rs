@@ -206,7 +206,7 @@ async fn rpc_and_stream(
     prog: &Progress,
 ) -> anyhow::Result<[Row; 2]> {
     let mut raw = RawTransport::new(p.backend.capabilities().in_process)?;
-    let per_batch = (s.round_trips / s.reps).max(1);
+    let per_batch = (s.rpc_round_trips / s.reps).max(1);
     prog.step(&format!(
         "{}: {} rounds of {per_batch} RPC round trips and a {}-item stream echo, interleaved \
          with a {} and a {}",

@@ -39,8 +39,14 @@ struct Sizes {
     reps: usize,
     /// Spawns (each one a sample, alternating with a bare spawn).
     spawns: usize,
-    /// Round trips in all, split over `reps` batches.
+    /// Round trips in all, split over `reps` batches: for the rows that compare harrow with
+    /// harrow (failing and succeeding calls, peer and parent-child, `async def` and `def`).
     round_trips: usize,
+    /// Round trips in all of the RPC row, which compares harrow with a raw ping-pong, split
+    /// over `reps` batches. Its batches are longer than the others: beside CPU hogs, a batch
+    /// must outlast many of their time slices for its mean to be the exchange's steady cost
+    /// (docs/performance-log.md, "Loaded RPC batches that outlast a time slice").
+    rpc_round_trips: usize,
     /// Items per stream echo (one per round).
     items: i64,
     /// The parallel-Python job's size.
@@ -54,6 +60,7 @@ impl Sizes {
                 reps: 2,
                 spawns: 3,
                 round_trips: 200,
+                rpc_round_trips: 200,
                 items: 2_000,
                 cpu_n: 200_000,
             }
@@ -62,6 +69,7 @@ impl Sizes {
                 reps: 5,
                 spawns: 20,
                 round_trips: 2_000,
+                rpc_round_trips: 20_000,
                 items: 100_000,
                 cpu_n: 3_000_000,
             }

@@ -229,6 +229,8 @@ impl Report {
         json!({
             "quick": self.quick,
             "repetitions": self.sizes.reps,
+            "rpc_round_trips_per_repetition": (self.sizes.rpc_round_trips / self.sizes.reps).max(1),
+            "round_trips_per_repetition": (self.sizes.round_trips / self.sizes.reps).max(1),
             "cpus": cpus(),
             "load_average_before": self.load.0,
             "load_average_after": self.load.1,
