@@ -551,11 +551,19 @@ async fn stalled_stream_does_not_block_other_calls(exec: Executor, t: Transport)
         bounded("sum", c2.result()).await.unwrap(),
         Value::Int(499 * 500 / 2)
     );
-    // The stalled producer never got past its credit.
+    // The stalled producer never got past its credit. The reader may also have re-granted the
+    // items it read after the first re-grant, when it found its queue empty on the way (a
+    // re-grant on running dry, at 16 items or more since the last one): the producer's credit is
+    // then more than `granted`, but never more than the whole window plus the items read.
     while let Ok(j) = sent_rx.try_recv() {
         last = j;
     }
-    assert_eq!(last + 1, granted, "producer overran its credit");
+    let most = window + READ;
+    assert!(
+        (granted..=most).contains(&(last + 1)),
+        "producer overran its credit: {} items sent, at most {most} granted",
+        last + 1
+    );
     assert!(s.buffered() <= window as usize);
     // Resume: the rest flows in order.
     for i in READ..2_000 {
