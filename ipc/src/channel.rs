@@ -157,6 +157,35 @@ pub trait SendHalf: Send + Sync + fmt::Debug + 'static {
     /// Delivers what [`send_now`](Self::send_now) handed over and wakes the peer for it. The
     /// default does nothing.
     fn flush_now(&self) {}
+
+    /// Sends the messages of `msgs` without waiting, if this half can right now, from whatever
+    /// thread calls it: for halves whose sends may wait (byte streams), so that a sender that
+    /// finds nothing else in flight writes its message where it is made instead of through a
+    /// writer task. Says what became of them ([`SentNow`]); a half that would have to wait (a
+    /// send in progress, a full buffer), or whose send would fail, sends nothing and answers
+    /// [`SentNow::NotNow`], and the caller goes through [`send_batch`](Self::send_batch),
+    /// which waits or reports the failure.
+    ///
+    /// The default answers `NotNow`, which is right for any half (a wrapper that forwards
+    /// `send` included).
+    fn send_batch_now(&self, msgs: &mut VecDeque<Msg>) -> SentNow {
+        let _ = msgs;
+        SentNow::NotNow
+    }
+}
+
+/// What [`SendHalf::send_batch_now`] did with the messages it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentNow {
+    /// All of them went out whole; the batch is empty.
+    Sent,
+    /// None went out; the batch is as it was.
+    NotNow,
+    /// All of them were taken (the batch is empty) but their bytes are not all written yet:
+    /// the rest goes before anything else, and the next [`SendHalf::send_batch`] waits for it
+    /// (an empty batch writes just the rest). The caller must make that call, or the messages
+    /// may never reach the peer.
+    Unfinished,
 }
 
 /// The receiving half of a transport.
@@ -235,6 +264,11 @@ impl ChannelTx {
     /// Wakes the peer for what `send_now` handed over; see [`SendHalf::flush_now`].
     pub fn flush_now(&self) {
         self.inner.flush_now()
+    }
+
+    /// Sends several messages if it can without waiting; see [`SendHalf::send_batch_now`].
+    pub fn send_batch_now(&self, msgs: &mut VecDeque<Msg>) -> SentNow {
+        self.inner.send_batch_now(msgs)
     }
 }
 

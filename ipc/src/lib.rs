@@ -40,7 +40,7 @@ mod value;
 pub mod wait;
 
 pub use channel::{
-    BoxFuture, Channel, ChannelRx, ChannelTx, RecvError, RecvHalf, SendError, SendHalf,
+    BoxFuture, Channel, ChannelRx, ChannelTx, RecvError, RecvHalf, SendError, SendHalf, SentNow,
 };
 pub use msg::{
     ActorId, CallKind, Cid, ErrorKind, FnPath, FnPathError, Msg, PROTOCOL_VERSION, RemoteError,

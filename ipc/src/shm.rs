@@ -264,7 +264,7 @@ pub fn channel(
 ) -> io::Result<Channel> {
     let ep = Arc::new(Endpoint::new(stream, &segment, side)?);
     let read_copy = ep.sock.try_clone()?;
-    Ok(stream::channel(
+    Ok(stream::channel_writing_now(
         ShmReader {
             #[cfg(target_os = "linux")]
             registration: None,
@@ -278,6 +278,9 @@ pub fn channel(
             backoff: FIRST_WRITE_BACKOFF,
         },
         config,
+        // A ring write is a copy, not a system call; while the peer still reads what came
+        // before, the writer's batches serve a burst better than a write per message.
+        |w| w.ep.peer_caught_up(),
     ))
 }
 
@@ -569,6 +572,11 @@ impl Endpoint {
         // Pairs with the reader's fence between arming and its last look at the ring.
         self.ring_if_asked(self.field32(self.out, ARMED));
         Ok(n)
+    }
+
+    /// Whether the peer has read everything written to it so far.
+    fn peer_caught_up(&self) -> bool {
+        self.field64(self.out, TAIL).load(Ordering::Acquire) == self.head.load(Ordering::Relaxed)
     }
 
     /// Raises the "writer waits for room" flag; the caller looks for room once more after it.

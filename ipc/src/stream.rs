@@ -50,7 +50,7 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::channel::BoxFuture;
 use crate::codec::{self, CodecConfig, DecodeError, EncodeError, FrameDecoder};
-use crate::{Channel, Msg, RecvError, RecvHalf, SendError, SendHalf};
+use crate::{Channel, Msg, RecvError, RecvHalf, SendError, SendHalf, SentNow};
 
 /// Makes a channel that reads frames from `reader` and writes frames to `writer`.
 pub fn channel<R, W>(reader: R, writer: W, config: CodecConfig) -> Channel
@@ -59,6 +59,25 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     Channel::from_halves(StreamTx::new(writer, config), StreamRx::new(reader, config))
+}
+
+/// [`channel`], whose sending half also writes without waiting
+/// ([`SendHalf::send_batch_now`]) when `now` says it is worth it: a cheap write, and a peer
+/// that has read everything written so far (it waits for this message; a peer still reading
+/// is better served by the writer's batches).
+pub(crate) fn channel_writing_now<R, W>(
+    reader: R,
+    writer: W,
+    config: CodecConfig,
+    now: fn(&W) -> bool,
+) -> Channel
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut tx = StreamTx::new(writer, config);
+    tx.write_now = Some(now);
+    Channel::from_halves(tx, StreamRx::new(reader, config))
 }
 
 /// A readable descriptor (a socket, a pipe) for [`channel`], in non-blocking mode.
@@ -184,6 +203,8 @@ pub struct StreamTx<W> {
     writer: async_lock::Mutex<Writer<W>>,
     // Lets the synchronous `close` wait out a frame being written: whoever ends last closes.
     flags: Mutex<TxFlags>,
+    // Whether `send_batch_now` writes (see `channel_writing_now`); `None`: it never does.
+    write_now: Option<fn(&W) -> bool>,
 }
 
 impl<W> fmt::Debug for StreamTx<W> {
@@ -200,8 +221,25 @@ struct Writer<W> {
     /// `None` once closed.
     sink: Option<W>,
     buf: Vec<u8>,
-    // How much of `buf` is on the wire; `0 < written < buf.len()` after a cancelled send.
+    // How much of `buf` is on the wire; `0 < written < buf.len()` after a cancelled send or an
+    // unfinished `send_batch_now`.
     written: usize,
+}
+
+impl<W> Writer<W> {
+    /// Whether a frame is on the wire in part only (its rest goes before anything else).
+    fn unfinished(&self) -> bool {
+        self.written > 0 && self.written < self.buf.len()
+    }
+
+    /// Empties the frame buffer for the next frames (what it held is on the wire).
+    fn reset(&mut self) {
+        self.buf.clear();
+        self.written = 0;
+        if self.buf.capacity() > KEEP_WRITE_BUF {
+            self.buf = Vec::new();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -231,6 +269,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamTx<W> {
                 written: 0,
             }),
             flags: Mutex::new(TxFlags::default()),
+            write_now: None,
         }
     }
 }
@@ -284,18 +323,26 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamTx<W> {
         if w.sink.is_none() {
             return Err((io::ErrorKind::BrokenPipe.into(), true));
         }
-        if w.written > 0 && w.written < w.buf.len() {
+        if w.unfinished() {
             flush(&mut w).await.map_err(|e| (e, false))?;
         }
-        w.buf.clear();
-        w.written = 0;
-        if w.buf.capacity() > KEEP_WRITE_BUF {
-            w.buf = Vec::new();
-        }
+        w.reset();
         Ok(w)
     }
 
     async fn send_frames(&self, msgs: &mut VecDeque<Msg>) -> Result<(), SendError> {
+        if msgs.is_empty() {
+            // Writes what an unfinished `send_batch_now` left (`SentNow::Unfinished`).
+            let w = match self.lock_writer().await {
+                Ok(w) => w,
+                Err((_, true)) => return Err(closed(msgs)),
+                Err((e, false)) => return Err(io_error(e, msgs)),
+            };
+            // A close that came while the rest was written: this send closes, as a writing one
+            // would (see `close`).
+            let _done = WritingGuard { tx: self, w };
+            return Ok(());
+        }
         while !msgs.is_empty() {
             if self.flags().close_requested {
                 return Err(closed(msgs));
@@ -397,6 +444,62 @@ impl<W: AsyncWrite + Unpin + Send + 'static> SendHalf for StreamTx<W> {
         msgs: &'a mut VecDeque<Msg>,
     ) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(self.send_frames(msgs))
+    }
+
+    /// Writes the whole batch in one poll of the sink if this half was made to
+    /// ([`channel_writing_now`]) and its test passes, the writer lock is free, nothing of an
+    /// earlier frame is left to write, every message encodes and the batch is within one
+    /// write's bytes ([`SentNow`]).
+    fn send_batch_now(&self, msgs: &mut VecDeque<Msg>) -> SentNow {
+        let Some(now) = self.write_now else {
+            return SentNow::NotNow;
+        };
+        if msgs.is_empty() {
+            return SentNow::Sent;
+        }
+        let Some(mut w) = self.writer.try_lock() else {
+            return SentNow::NotNow;
+        };
+        if w.unfinished() || !w.sink.as_ref().is_some_and(now) {
+            return SentNow::NotNow;
+        }
+        w.reset();
+        for msg in msgs.iter() {
+            // A message that cannot travel, or a batch too large for one write, is left to
+            // `send_batch` (which reports the one, and splits the other).
+            if codec::encode_into(msg, &self.config, &mut w.buf).is_err()
+                || w.buf.len() > BATCH_BYTES
+            {
+                w.buf.clear();
+                return SentNow::NotNow;
+            }
+        }
+        {
+            let mut flags = self.flags();
+            if flags.close_requested {
+                w.buf.clear();
+                return SentNow::NotNow;
+            }
+            flags.writing = true;
+        }
+        let mut guard = WritingGuard { tx: self, w };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let polled = std::pin::pin!(flush(&mut guard.w)).poll(&mut cx);
+        match polled {
+            Poll::Ready(Ok(())) => {
+                msgs.clear();
+                SentNow::Sent
+            }
+            // Nothing on the wire: as if never tried (`send_batch` waits, or meets the error).
+            _ if guard.w.written == 0 => {
+                guard.w.buf.clear();
+                SentNow::NotNow
+            }
+            _ => {
+                msgs.clear();
+                SentNow::Unfinished
+            }
+        }
     }
 
     fn close(&self) {

@@ -13,13 +13,10 @@ use futures_lite::FutureExt;
 use harrow_ipc::{ChannelRx, ChannelTx, ErrorKind, Msg, RecvError, RemoteError, SendError};
 use tracing::debug;
 
-use super::queue::WriterQueue;
+use super::queue::{Taken, WRITE_BATCH, WriterQueue, quiet};
 use super::route::RouteCache;
 use super::{LinkEnd, Shared};
 use crate::Error;
-
-/// How many queued messages the writer hands the transport at once.
-const WRITE_BATCH: usize = 256;
 
 pub(super) async fn writer(shared: Arc<Shared>, tx: ChannelTx, out: Arc<WriterQueue>) {
     /// However the writer ends (the queue closed, a failed write, the flush bound), nothing more
@@ -34,14 +31,24 @@ pub(super) async fn writer(shared: Arc<Shared>, tx: ChannelTx, out: Arc<WriterQu
     let run = async {
         let mut batch = VecDeque::with_capacity(WRITE_BATCH);
         // Whatever is queued, up to a batch: byte transports write a batch in one go.
-        while poll_fn(|cx| out.poll_take(cx, &mut batch, WRITE_BATCH)).await {
-            // Acks alone wait for the next message (see `Shared::enqueue_quiet`): a write and a
-            // wake-up of the peer for nothing it acts on.
-            if batch.len() < WRITE_BATCH && batch.iter().all(quiet) {
-                continue;
-            }
-            if !write_batch(&shared, &tx, &mut batch).await {
-                return;
+        loop {
+            match poll_fn(|cx| out.poll_take(cx, &mut batch, WRITE_BATCH)).await {
+                Taken::Closed => break,
+                Taken::Unfinished(n) => {
+                    if !finish_unfinished(&shared, &tx, n).await {
+                        return;
+                    }
+                }
+                Taken::Msgs => {
+                    // Acks alone wait for the next message (see `Shared::enqueue_quiet`): a
+                    // write and a wake-up of the peer for nothing it acts on.
+                    if batch.len() < WRITE_BATCH && batch.iter().all(quiet) {
+                        continue;
+                    }
+                    if !write_batch(&shared, &tx, &mut batch).await {
+                        return;
+                    }
+                }
             }
         }
         // The queue is closed: what was held still goes.
@@ -58,9 +65,22 @@ pub(super) async fn writer(shared: Arc<Shared>, tx: ChannelTx, out: Arc<WriterQu
     shared.progress.notify(usize::MAX);
 }
 
-/// Whether a message may wait for the next one (see `Shared::enqueue_quiet`).
-fn quiet(msg: &Msg) -> bool {
-    matches!(msg, Msg::StartAck { .. })
+/// Writes the rest of `n` messages a push handed to the transport without finishing them
+/// ([`Taken::Unfinished`]). False when that failed: the link is then shut down (the peer would
+/// miss them).
+async fn finish_unfinished(shared: &Arc<Shared>, tx: &ChannelTx, n: u64) -> bool {
+    match tx.send_batch(&mut VecDeque::new()).await {
+        Ok(()) => {
+            shared.written.fetch_add(n, Ordering::AcqRel);
+            shared.progress.notify(usize::MAX);
+            true
+        }
+        Err(e) => {
+            let reason = format!("sending to {} failed: {e}", shared.peer.id);
+            shared.shutdown(LinkEnd::Broken(reason.clone()), reason, false);
+            false
+        }
+    }
 }
 
 /// Writes `batch` whole. False when the channel is gone (the link is then shut down).

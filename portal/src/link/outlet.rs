@@ -1,8 +1,10 @@
 //! How a link's outgoing messages leave: through the writer task, or straight into the
 //! transport.
 //!
-//! A transport whose sends may wait (the `unix` and `stream` byte transports) gets the writer
-//! task of `io`: [`Shared::enqueue`] queues, the writer drains the queue in batches. A transport
+//! A transport whose sends may wait (the `unix`, `shm` and `stream` byte transports) gets the
+//! writer task of `io`: [`Shared::enqueue`] queues, the writer drains the queue in batches; a
+//! message that finds the writer idle and the transport ready is written where it is made
+//! ([`ChannelTx::send_batch_now`], see `queue`), without the writer's hop. A transport
 //! whose sends never wait ([`ChannelTx::sends_immediately`]: the in-memory `mem` transport of
 //! in-process actors) gets each message handed over by whoever sends it, where it is made
 //! ([`ChannelTx::send_now`]), with no queue and no task in between. What it still needs is a
@@ -31,7 +33,7 @@ use std::task::Poll;
 use atomic_waker::AtomicWaker;
 use harrow_ipc::{ChannelTx, Msg};
 
-use super::queue::WriterQueue;
+use super::queue::{Pushed, WriterQueue};
 use super::{LinkEnd, Shared};
 
 pub(crate) enum Outlet {
@@ -90,7 +92,7 @@ impl Outlet {
             };
             (Outlet::Direct(direct), None)
         } else {
-            let queue = Arc::new(WriterQueue::default());
+            let queue = Arc::new(WriterQueue::new(Some(tx.clone())));
             (Outlet::Writer(queue.clone()), Some((tx, queue)))
         }
     }
@@ -104,11 +106,18 @@ impl Shared {
         match &self.out {
             Outlet::Writer(out) => {
                 self.enqueued.fetch_add(1, Ordering::AcqRel);
-                if !out.push(msg) {
-                    self.enqueued.fetch_sub(1, Ordering::AcqRel);
-                    false
-                } else {
-                    true
+                match out.push(msg) {
+                    Pushed::Refused => {
+                        self.enqueued.fetch_sub(1, Ordering::AcqRel);
+                        false
+                    }
+                    Pushed::Queued => true,
+                    Pushed::Written(n) => {
+                        // As the writer counts its writes (`drain` and the heartbeat read it).
+                        self.written.fetch_add(n, Ordering::AcqRel);
+                        self.progress.notify(usize::MAX);
+                        true
+                    }
                 }
             }
             Outlet::Direct(d) => {
@@ -145,7 +154,8 @@ impl Shared {
     /// Hands a message over without scheduling the waker task: the caller wakes the peer itself
     /// right after ([`wake_peer_now`](Self::wake_peer_now), outside any lock it holds). For a
     /// message the peer must act on before anything else can happen (a call's `Start`: the
-    /// calling task waits for the answer next). A writer queues it as usual.
+    /// calling task waits for the answer next). A writer's queue takes it as usual (and writes
+    /// it at once if the writer is idle).
     pub(crate) fn enqueue_urgent(&self, msg: Msg) -> bool {
         match &self.out {
             Outlet::Writer(_) => self.enqueue(msg),
@@ -158,8 +168,9 @@ impl Shared {
     /// the next message that does wake the peer. Every call that was acked ends with a message
     /// of its own (its answer), and the link's close wakes the peer too, so nothing is held for
     /// longer than its call runs. On a direct outlet the message is handed over without
-    /// scheduling a wake-up; a writer holds a batch made of such messages alone until the next
-    /// message (or the close) comes ([`io::writer`](super::io::writer)).
+    /// scheduling a wake-up; a writer's queue keeps such messages without waking the writer,
+    /// and the writer holds a batch made of them alone, until the next message (or the close)
+    /// comes (`queue`, [`io::writer`](super::io::writer)).
     pub(crate) fn enqueue_quiet(&self, msg: Msg) -> bool {
         match &self.out {
             Outlet::Writer(_) => self.enqueue(msg),

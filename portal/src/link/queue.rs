@@ -6,85 +6,199 @@
 //! is locked while the writer listens. Here a push is a lock that is rarely contended (the writer
 //! task runs on the executor of most senders; a message from another thread, such as a Python
 //! interpreter thread's answer, may meet it) and a push to the deque's end. The writer is woken
-//! only by a push that finds the queue empty: each time the writer looks, it takes what is there
-//! (up to its batch), so a burst costs it one wake-up.
+//! once per burst: each time it looks, it takes what is there (up to its batch).
+//!
+//! **Written where it is made.** A push that finds the writer idle (not woken, holding nothing)
+//! writes its message straight into the transport if the transport can without waiting
+//! ([`ChannelTx::send_batch_now`]: the shared-memory transport, while its peer has read all
+//! that came before): a call's `Start`, or a served call's answer, then costs no hop through
+//! the writer task (its wake-up, its turn on the executor, its batch), on whichever thread made
+//! it. What is queued at that moment goes first, with it. The writer still takes every message
+//! that cannot go at once (a full buffer, a write in progress, a transport that never writes
+//! at once), everything pushed while it is busy, and a stream's items (bursts, which its
+//! batches serve better than a write each), so the order on the wire is the order of the
+//! pushes.
+//!
+//! **Quiet messages wait.** A message the peer need not act on by itself (a served call's
+//! `StartAck`) does not wake the writer: it goes with the next message that does (or when a
+//! whole batch of them has gathered, or at the close).
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
-use harrow_ipc::Msg;
+use harrow_ipc::{ChannelTx, Msg, SentNow};
 
-#[derive(Default)]
+/// How many queued messages the writer hands the transport at once.
+pub(crate) const WRITE_BATCH: usize = 256;
+
+/// Whether a message may wait for the next one (see `Shared::enqueue_quiet`).
+pub(crate) fn quiet(msg: &Msg) -> bool {
+    matches!(msg, Msg::StartAck { .. })
+}
+
+/// Whether a message may be written where it is made: not a stream's item, which mostly comes
+/// in bursts that the writer's batches serve better than a write each.
+fn goes_at_once(msg: &Msg) -> bool {
+    !matches!(msg, Msg::Yield { .. }) && !quiet(msg)
+}
+
 pub(crate) struct WriterQueue {
     state: Mutex<State>,
     /// The writer task while it waits for a message.
     writer: AtomicWaker,
 }
 
-#[derive(Default)]
 struct State {
     msgs: VecDeque<Msg>,
     /// No more messages: the link's outlet closed it, or the writer is gone.
     closed: bool,
+    /// The writer holds messages it took from here and has not written yet, or is about to
+    /// finish an unfinished write: a push must queue behind them.
+    busy: bool,
+    /// The writer was woken and has not looked since: it takes what is queued.
+    woken: bool,
+    /// The writer waits to be woken (it found nothing to take; it may hold quiet messages).
+    waiting: bool,
+    /// Messages a push handed to the transport whose bytes are not all written yet
+    /// ([`SentNow::Unfinished`]): the writer finishes them before anything else.
+    unfinished: u64,
+    /// The transport, for pushes that write at once; `None` once the writer is gone.
+    through: Option<ChannelTx>,
+}
+
+/// What became of a pushed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// The queue is closed: the message was dropped.
+    Refused,
+    /// Queued for the writer.
+    Queued,
+    /// Written to the transport at once, with the messages queued before it: this many in all.
+    Written(u64),
+}
+
+/// What the writer takes from the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// Messages, moved to the end of its batch.
+    Msgs,
+    /// This many messages a push left half-written: the writer writes the rest (an empty
+    /// `send_batch`) before anything else.
+    Unfinished(u64),
+    /// The queue is closed and empty.
+    Closed,
 }
 
 impl WriterQueue {
+    /// A queue for a writer that writes to `through`, which pushes also write to when the
+    /// writer is idle (`None`: every message goes through the writer).
+    pub(crate) fn new(through: Option<ChannelTx>) -> Self {
+        WriterQueue {
+            state: Mutex::new(State {
+                msgs: VecDeque::new(),
+                closed: false,
+                busy: false,
+                woken: false,
+                waiting: false,
+                unfinished: 0,
+                through,
+            }),
+            writer: AtomicWaker::new(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `msg`; false (and `msg` dropped) once the queue is closed.
-    pub(crate) fn push(&self, msg: Msg) -> bool {
+    /// Queues `msg`, or writes it (after what is queued) when the writer is idle and the
+    /// transport can without waiting; see the module docs.
+    pub(crate) fn push(&self, msg: Msg) -> Pushed {
         let mut st = self.lock();
         if st.closed {
-            return false;
+            return Pushed::Refused;
         }
-        let was_empty = st.msgs.is_empty();
+        let loud = !quiet(&msg);
+        let at_once = goes_at_once(&msg);
         st.msgs.push_back(msg);
-        drop(st);
-        // A writer that found the queue empty registered its waker under the lock, before this
-        // push; one that took messages and has not looked again finds this one when it does.
-        if was_empty {
-            self.writer.wake();
+        if st.woken || (st.busy && !st.waiting) {
+            // The writer comes for it (it looks again before it waits), behind what it has.
+            return Pushed::Queued;
         }
-        true
+        if at_once && !st.busy {
+            let st = &mut *st;
+            if let Some(tx) = &st.through {
+                let n = st.msgs.len() as u64;
+                match tx.send_batch_now(&mut st.msgs) {
+                    SentNow::Sent => return Pushed::Written(n),
+                    SentNow::NotNow => {}
+                    SentNow::Unfinished => {
+                        st.unfinished += n;
+                        st.busy = true;
+                    }
+                }
+            }
+        } else if !loud && st.msgs.len() < WRITE_BATCH {
+            // Quiet: it goes with the next message that wakes the writer.
+            return Pushed::Queued;
+        }
+        st.woken = true;
+        drop(st);
+        // A writer that found nothing to take registered its waker under the lock, before this
+        // push; one that took messages looks again before it waits.
+        self.writer.wake();
+        Pushed::Queued
     }
 
     /// No more messages. What is queued stays for the writer to take.
     pub(crate) fn close(&self) {
-        self.lock().closed = true;
+        let mut st = self.lock();
+        st.closed = true;
+        st.woken = true;
+        drop(st);
         self.writer.wake();
     }
 
     /// The writer is gone: the queue is closed and what it held is dropped.
     pub(crate) fn abandon(&self) {
-        let msgs = {
+        let (msgs, through) = {
             let mut st = self.lock();
             st.closed = true;
-            std::mem::take(&mut st.msgs)
+            (std::mem::take(&mut st.msgs), st.through.take())
         };
         drop(msgs);
+        drop(through);
     }
 
-    /// For the writer: moves messages to the end of `batch` until it holds `full` (at least one
-    /// moved). `Ready(true)` when it moved any, `Ready(false)` when the queue is closed and
-    /// empty, `Pending` (with the task's waker registered) while it is open and empty.
+    /// For the writer: what to do next. Unfinished messages first; then moves messages to the
+    /// end of `batch` until it holds `full` (at least one moved); `Closed` when the queue is
+    /// closed and empty; `Pending` (with the task's waker registered) while it is open and
+    /// empty.
     pub(crate) fn poll_take(
         &self,
         cx: &mut Context<'_>,
         batch: &mut VecDeque<Msg>,
         full: usize,
-    ) -> Poll<bool> {
+    ) -> Poll<Taken> {
         let mut st = self.lock();
+        st.woken = false;
+        st.waiting = false;
+        if st.unfinished > 0 {
+            st.busy = true;
+            return Poll::Ready(Taken::Unfinished(std::mem::take(&mut st.unfinished)));
+        }
         if st.msgs.is_empty() {
+            st.busy = !batch.is_empty();
             if st.closed {
-                return Poll::Ready(false);
+                return Poll::Ready(Taken::Closed);
             }
             self.writer.register(cx.waker());
+            st.waiting = true;
             return Poll::Pending;
         }
+        st.busy = true;
         let n = st.msgs.len().min(full.saturating_sub(batch.len()).max(1));
         if n == st.msgs.len() && batch.is_empty() {
             // All of it: the two deques trade places, and each keeps its allocation.
@@ -92,7 +206,7 @@ impl WriterQueue {
         } else {
             batch.extend(st.msgs.drain(..n));
         }
-        Poll::Ready(true)
+        Poll::Ready(Taken::Msgs)
     }
 }
 
@@ -124,27 +238,30 @@ mod tests {
         waker: &std::task::Waker,
         batch: &mut VecDeque<Msg>,
         full: usize,
-    ) -> Poll<bool> {
+    ) -> Poll<Taken> {
         q.poll_take(&mut Context::from_waker(waker), batch, full)
     }
 
+    const MSGS: Poll<Taken> = Poll::Ready(Taken::Msgs);
+    const CLOSED: Poll<Taken> = Poll::Ready(Taken::Closed);
+
     #[test]
     fn messages_leave_in_order_in_batches_up_to_full() {
-        let q = WriterQueue::default();
+        let q = WriterQueue::new(None);
         let (_, w) = counting_waker();
         for i in 0..6 {
-            assert!(q.push(msg(i)));
+            assert_eq!(q.push(msg(i)), Pushed::Queued);
         }
         let mut batch = VecDeque::new();
-        assert_eq!(take(&q, &w, &mut batch, 2), Poll::Ready(true));
+        assert_eq!(take(&q, &w, &mut batch, 2), MSGS);
         assert_eq!(cids(&batch), [0, 1]);
         // Appended after what the batch holds, up to `full` in all.
-        assert_eq!(take(&q, &w, &mut batch, 4), Poll::Ready(true));
+        assert_eq!(take(&q, &w, &mut batch, 4), MSGS);
         assert_eq!(cids(&batch), [0, 1, 2, 3]);
         // A batch already full still takes one.
-        assert_eq!(take(&q, &w, &mut batch, 4), Poll::Ready(true));
+        assert_eq!(take(&q, &w, &mut batch, 4), MSGS);
         assert_eq!(cids(&batch), [0, 1, 2, 3, 4]);
-        assert_eq!(take(&q, &w, &mut batch, 10), Poll::Ready(true));
+        assert_eq!(take(&q, &w, &mut batch, 10), MSGS);
         assert_eq!(cids(&batch), [0, 1, 2, 3, 4, 5]);
         batch.clear();
         assert!(take(&q, &w, &mut batch, 10).is_pending());
@@ -152,22 +269,22 @@ mod tests {
 
     #[test]
     fn a_waiting_writer_is_woken_once_per_burst() {
-        let q = WriterQueue::default();
+        let q = WriterQueue::new(None);
         let (count, w) = counting_waker();
         let mut batch = VecDeque::new();
         assert!(take(&q, &w, &mut batch, 256).is_pending());
         for i in 0..100 {
-            assert!(q.push(msg(i)));
+            assert_eq!(q.push(msg(i)), Pushed::Queued);
         }
         assert_eq!(
             count.get(),
             1,
             "the first push woke it, the others found it woken"
         );
-        assert_eq!(take(&q, &w, &mut batch, 256), Poll::Ready(true));
+        assert_eq!(take(&q, &w, &mut batch, 256), MSGS);
         assert_eq!(batch.len(), 100);
         assert!(take(&q, &w, &mut batch, 256).is_pending());
-        assert!(q.push(msg(100)));
+        assert_eq!(q.push(msg(100)), Pushed::Queued);
         assert_eq!(
             count.get(),
             2,
@@ -177,45 +294,45 @@ mod tests {
 
     #[test]
     fn a_closed_queue_hands_over_what_it_held_then_ends() {
-        let q = WriterQueue::default();
+        let q = WriterQueue::new(None);
         let (count, w) = counting_waker();
         let mut batch = VecDeque::new();
         assert!(take(&q, &w, &mut batch, 256).is_pending());
-        assert!(q.push(msg(1)));
+        assert_eq!(q.push(msg(1)), Pushed::Queued);
         q.close();
-        assert!(!q.push(msg(2)), "closed: refused");
+        assert_eq!(q.push(msg(2)), Pushed::Refused, "closed: refused");
         assert!(count.get() >= 1);
-        assert_eq!(take(&q, &w, &mut batch, 256), Poll::Ready(true));
+        assert_eq!(take(&q, &w, &mut batch, 256), MSGS);
         assert_eq!(cids(&batch), [1]);
-        assert_eq!(take(&q, &w, &mut batch, 256), Poll::Ready(false));
+        assert_eq!(take(&q, &w, &mut batch, 256), CLOSED);
     }
 
     #[test]
     fn a_close_wakes_a_waiting_writer_and_an_abandoned_queue_drops_its_messages() {
-        let q = WriterQueue::default();
+        let q = WriterQueue::new(None);
         let (count, w) = counting_waker();
         let mut batch = VecDeque::new();
         assert!(take(&q, &w, &mut batch, 256).is_pending());
         q.close();
         assert_eq!(count.get(), 1);
-        assert_eq!(take(&q, &w, &mut batch, 256), Poll::Ready(false));
+        assert_eq!(take(&q, &w, &mut batch, 256), CLOSED);
 
-        let q = WriterQueue::default();
-        assert!(q.push(msg(1)));
+        let q = WriterQueue::new(None);
+        assert_eq!(q.push(msg(1)), Pushed::Queued);
         q.abandon();
-        assert!(!q.push(msg(2)));
-        assert_eq!(take(&q, &w, &mut batch, 256), Poll::Ready(false));
+        assert_eq!(q.push(msg(2)), Pushed::Refused);
+        assert_eq!(take(&q, &w, &mut batch, 256), CLOSED);
         assert!(batch.is_empty());
     }
 
     #[test]
     fn a_writer_on_another_thread_gets_every_message_in_order() {
-        let q = std::sync::Arc::new(WriterQueue::default());
+        let q = std::sync::Arc::new(WriterQueue::new(None));
         let pusher = {
             let q = q.clone();
             std::thread::spawn(move || {
                 for i in 0..20_000 {
-                    assert!(q.push(msg(i)));
+                    assert_eq!(q.push(msg(i)), Pushed::Queued);
                 }
                 q.close();
             })
@@ -223,7 +340,7 @@ mod tests {
         let got = futures_lite::future::block_on(async {
             let mut got = Vec::new();
             let mut batch = VecDeque::new();
-            while poll_fn(|cx| q.poll_take(cx, &mut batch, 256)).await {
+            while poll_fn(|cx| q.poll_take(cx, &mut batch, 256)).await == Taken::Msgs {
                 got.extend(cids(&batch));
                 batch.clear();
             }
@@ -231,5 +348,156 @@ mod tests {
         });
         pusher.join().expect("the pusher finished");
         assert_eq!(got, (0..20_000).collect::<Vec<u64>>());
+    }
+
+    fn ack(i: u64) -> Msg {
+        Msg::StartAck { cid: Cid(i) }
+    }
+
+    /// A queue that writes through one end of a shared-memory channel (which writes at once
+    /// while its peer has read everything), and the other end (its handshake over, so that
+    /// frames of any size are read).
+    fn through() -> (WriterQueue, harrow_ipc::Channel) {
+        let (a, mut b) = harrow_ipc::shm::pair().expect("shm pair");
+        b.end_handshake();
+        let (tx, _) = a.split();
+        (WriterQueue::new(Some(tx)), b)
+    }
+
+    fn bounded<T>(fut: impl std::future::Future<Output = T>) -> T {
+        futures_lite::future::block_on(futures_lite::future::or(fut, async {
+            async_io::Timer::after(std::time::Duration::from_secs(30)).await;
+            panic!("timed out");
+        }))
+    }
+
+    #[test]
+    fn a_push_to_an_idle_writer_goes_at_once_with_the_quiet_ones_before_it() {
+        let (q, b) = through();
+        let (count, w) = counting_waker();
+        let mut batch = VecDeque::new();
+        assert!(take(&q, &w, &mut batch, 256).is_pending());
+        assert_eq!(q.push(ack(1)), Pushed::Queued, "a quiet one waits");
+        assert_eq!(q.push(ack(2)), Pushed::Queued);
+        assert_eq!(count.get(), 0, "quiet ones do not wake the writer");
+        assert_eq!(q.push(msg(3)), Pushed::Written(3), "the acks go with it");
+        assert_eq!(count.get(), 0, "nothing left for the writer");
+        assert!(take(&q, &w, &mut batch, 256).is_pending());
+        bounded(async {
+            assert_eq!(b.recv().await.expect("a message"), ack(1));
+            assert_eq!(b.recv().await.expect("a message"), ack(2));
+            assert_eq!(b.recv().await.expect("a message"), msg(3));
+        });
+    }
+
+    #[test]
+    fn a_busy_writer_gets_what_is_pushed_meanwhile_in_order() {
+        let (q, b) = through();
+        let (count, w) = counting_waker();
+        let mut batch = VecDeque::new();
+        // Before the writer first looks, a push goes at once.
+        assert_eq!(q.push(msg(0)), Pushed::Written(1));
+        assert_eq!(q.push(ack(1)), Pushed::Queued);
+        // The writer takes the ack: until it looks again, it is busy with it.
+        assert_eq!(take(&q, &w, &mut batch, 256), MSGS);
+        assert_eq!(
+            q.push(msg(2)),
+            Pushed::Queued,
+            "behind what the writer holds"
+        );
+        assert_eq!(q.push(msg(3)), Pushed::Queued);
+        assert_eq!(count.get(), 0, "a running writer looks again by itself");
+        assert_eq!(take(&q, &w, &mut batch, 256), MSGS);
+        assert_eq!(batch.len(), 3);
+        assert!(matches!(batch[0], Msg::StartAck { .. }));
+        assert_eq!(cids(&batch.split_off(1)), [2, 3]);
+        bounded(async { assert_eq!(b.recv().await.expect("a message"), msg(0)) });
+    }
+
+    #[test]
+    fn a_writer_holding_quiet_ones_is_woken_by_a_loud_one() {
+        let q = WriterQueue::new(None);
+        let (count, w) = counting_waker();
+        let mut batch = VecDeque::new();
+        assert!(take(&q, &w, &mut batch, 256).is_pending());
+        assert_eq!(q.push(ack(1)), Pushed::Queued);
+        assert_eq!(count.get(), 0);
+        // A writer that looks takes the ack and holds it, then waits for more.
+        assert_eq!(take(&q, &w, &mut batch, 256), MSGS);
+        assert!(take(&q, &w, &mut batch, 256).is_pending());
+        assert_eq!(q.push(msg(2)), Pushed::Queued, "no transport: queued");
+        assert_eq!(count.get(), 1, "the loud one wakes the holding writer");
+        assert_eq!(take(&q, &w, &mut batch, 256), MSGS);
+        assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn a_batch_of_quiet_ones_wakes_the_writer() {
+        let q = WriterQueue::new(None);
+        let (count, w) = counting_waker();
+        let mut batch = VecDeque::new();
+        assert!(take(&q, &w, &mut batch, WRITE_BATCH).is_pending());
+        for i in 0..WRITE_BATCH as u64 - 1 {
+            assert_eq!(q.push(ack(i)), Pushed::Queued);
+        }
+        assert_eq!(count.get(), 0);
+        assert_eq!(q.push(ack(9_999)), Pushed::Queued);
+        assert_eq!(count.get(), 1, "a whole batch of them goes");
+    }
+
+    #[test]
+    fn a_stream_item_is_left_to_the_writer() {
+        let (q, _b) = through();
+        let (count, w) = counting_waker();
+        let mut batch = VecDeque::new();
+        assert!(take(&q, &w, &mut batch, 256).is_pending());
+        let item = Msg::Yield {
+            cid: Cid(1),
+            value: harrow_ipc::Value::Int(1),
+        };
+        assert_eq!(
+            q.push(item),
+            Pushed::Queued,
+            "items go in the writer's batches"
+        );
+        assert_eq!(count.get(), 1, "and wake it");
+    }
+
+    #[test]
+    fn an_unfinished_push_is_finished_by_the_writer_before_anything_else() {
+        let (q, b) = through();
+        let (count, w) = counting_waker();
+        let mut batch = VecDeque::new();
+        // A `Return` larger than the ring: written in part, the rest left to the writer.
+        let big = |i: u64| Msg::Return {
+            cid: Cid(i),
+            value: harrow_ipc::Value::Bytes(vec![i as u8; harrow_ipc::shm::RING_BYTES + 1_000]),
+        };
+        assert!(take(&q, &w, &mut batch, 256).is_pending());
+        assert_eq!(q.push(big(0)), Pushed::Queued, "not all of it went");
+        assert_eq!(count.get(), 1, "the writer is woken to finish it");
+        assert_eq!(q.push(msg(1)), Pushed::Queued, "behind the unfinished one");
+        assert_eq!(
+            take(&q, &w, &mut batch, 256),
+            Poll::Ready(Taken::Unfinished(1)),
+            "the rest first"
+        );
+        let tx = q.lock().through.clone().expect("the transport");
+        bounded(async {
+            let writer = async {
+                tx.send_batch(&mut VecDeque::new()).await.expect("the rest");
+                assert_eq!(
+                    poll_fn(|cx| q.poll_take(cx, &mut batch, 256)).await,
+                    Taken::Msgs
+                );
+                assert_eq!(cids(&batch), [1]);
+                tx.send_batch(&mut batch).await.expect("the batch");
+            };
+            let reader = async {
+                assert_eq!(b.recv().await.expect("a message"), big(0));
+                assert_eq!(b.recv().await.expect("a message"), msg(1));
+            };
+            futures_lite::future::zip(writer, reader).await;
+        });
     }
 }
