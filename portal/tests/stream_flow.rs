@@ -730,7 +730,7 @@ async fn burst_with_credit(exec: Executor, t: Transport, via_sink: bool) {
     bounded("the burst", local.run(burst)).await;
     let turns = turns.take();
     match t {
-        Transport::Unix => {
+        Transport::Unix | Transport::Shm => {
             assert!(turns.len() >= 2, "turns at {turns:?}");
             let mut last = 1;
             for &at in &turns {

@@ -19,12 +19,19 @@ pub const BOUND: Duration = Duration::from_secs(20);
 pub enum Transport {
     Mem,
     Unix,
+    /// Shared-memory rings beside a socketpair (Linux): a writer task like `Unix`, and sends
+    /// that find it idle written where they are made.
+    Shm,
 }
 
 pub fn pair(t: Transport) -> (Channel, Channel) {
     match t {
         Transport::Mem => ipc::mem::pair(),
         Transport::Unix => ipc::unix::pair().expect("socketpair"),
+        #[cfg(target_os = "linux")]
+        Transport::Shm => ipc::shm::pair().expect("shared-memory pair"),
+        #[cfg(not(target_os = "linux"))]
+        Transport::Shm => ipc::unix::pair().expect("socketpair"),
     }
 }
 
@@ -73,7 +80,8 @@ fn tracing_init() -> Option<()> {
     None
 }
 
-/// Stamps each named `async fn name(exec: Executor, t: Transport)` as a test over mem and unix.
+/// Stamps each named `async fn name(exec: Executor, t: Transport)` as a test over mem and unix,
+/// and, on Linux, over shared memory.
 #[macro_export]
 macro_rules! both_transports {
     ($($name:ident),* $(,)?) => {
@@ -90,6 +98,15 @@ macro_rules! both_transports {
                 #[test]
                 fn $name() {
                     $crate::common::run_test($crate::common::Transport::Unix, super::$name);
+                }
+            )*
+        }
+        #[cfg(target_os = "linux")]
+        mod shm {
+            $(
+                #[test]
+                fn $name() {
+                    $crate::common::run_test($crate::common::Transport::Shm, super::$name);
                 }
             )*
         }
