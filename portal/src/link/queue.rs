@@ -12,8 +12,13 @@
 //! writes its message straight into the transport if the transport can without waiting
 //! ([`ChannelTx::send_batch_now`]: the shared-memory transport, while its peer has read all
 //! that came before): a call's `Start`, or a served call's answer, then costs no hop through
-//! the writer task (its wake-up, its turn on the executor, its batch), on whichever thread made
-//! it. What is queued at that moment goes first, with it. The writer still takes every message
+//! the writer task (its wake-up, its turn on the executor, its batch). Only on the thread the
+//! writer last ran on, though: a message made on another thread (a Python process child's
+//! serving thread, with its answer) goes through the writer, which wakes the link's thread.
+//! Written from the serving thread, the answer left the link's thread asleep or spinning through
+//! the call, and in some runs a failing call, which keeps the serving thread longer, took about
+//! three times a succeeding one (docs/performance-log.md, "A Python process child's answers
+//! through its writer again"). What is queued at that moment goes first, with it. The writer still takes every message
 //! that cannot go at once (a full buffer, a write in progress, a transport that never writes
 //! at once), everything pushed while it is busy, and a stream's items (bursts, which its
 //! batches serve better than a write each), so the order on the wire is the order of the
@@ -66,6 +71,21 @@ struct State {
     unfinished: u64,
     /// The transport, for pushes that write at once; `None` once the writer is gone.
     through: Option<ChannelTx>,
+    /// The thread the writer last looked from ([`this_thread`]; 0 before its first look): only
+    /// pushes on that thread write at once.
+    writer_thread: usize,
+}
+
+thread_local! {
+    /// A byte per thread whose address names the thread (see [`this_thread`]).
+    static MARK: u8 = const { 0 };
+}
+
+/// A number that tells this thread from every other thread alive (never 0): the address of its
+/// [`MARK`]. A thread that starts after another ended may get the ended one's number, which
+/// only makes a push write at once where it would have queued.
+fn this_thread() -> usize {
+    MARK.with(|m| std::ptr::from_ref(m) as usize)
 }
 
 /// What became of a pushed message.
@@ -104,6 +124,7 @@ impl WriterQueue {
                 waiting: false,
                 unfinished: 0,
                 through,
+                writer_thread: 0,
             }),
             writer: AtomicWaker::new(),
         }
@@ -121,7 +142,8 @@ impl WriterQueue {
             return Pushed::Refused;
         }
         let loud = !quiet(&msg);
-        let at_once = goes_at_once(&msg);
+        let at_once =
+            goes_at_once(&msg) && (st.writer_thread == 0 || st.writer_thread == this_thread());
         st.msgs.push_back(msg);
         if st.woken || (st.busy && !st.waiting) {
             // The writer comes for it (it looks again before it waits), behind what it has.
@@ -185,6 +207,7 @@ impl WriterQueue {
         let mut st = self.lock();
         st.woken = false;
         st.waiting = false;
+        st.writer_thread = this_thread();
         if st.unfinished > 0 {
             st.busy = true;
             return Poll::Ready(Taken::Unfinished(std::mem::take(&mut st.unfinished)));
@@ -387,6 +410,31 @@ mod tests {
             assert_eq!(b.recv().await.expect("a message"), ack(1));
             assert_eq!(b.recv().await.expect("a message"), ack(2));
             assert_eq!(b.recv().await.expect("a message"), msg(3));
+        });
+    }
+
+    #[test]
+    fn a_push_from_another_thread_than_the_writers_goes_through_the_writer() {
+        let (q, b) = through();
+        let (count, w) = counting_waker();
+        let mut batch = VecDeque::new();
+        // The writer looks from this thread; the push comes from another one.
+        assert!(take(&q, &w, &mut batch, 256).is_pending());
+        let pushed = std::thread::scope(|s| {
+            s.spawn(|| q.push(msg(1)))
+                .join()
+                .expect("the pushing thread")
+        });
+        assert_eq!(pushed, Pushed::Queued, "not written from another thread");
+        assert_eq!(count.get(), 1, "the writer is woken for it");
+        assert_eq!(take(&q, &w, &mut batch, 256), MSGS);
+        assert_eq!(cids(&batch), vec![1]);
+        batch.clear();
+        // Back on the writer's thread, with the writer idle again: written at once.
+        assert!(take(&q, &w, &mut batch, 256).is_pending());
+        assert_eq!(q.push(msg(2)), Pushed::Written(1));
+        bounded(async {
+            assert_eq!(b.recv().await.expect("a message"), msg(2));
         });
     }
 
