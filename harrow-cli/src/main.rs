@@ -67,8 +67,8 @@ enum Command {
         /// Only one section of the suite (`pool`: the pool throughput table; `pool-small`: its
         /// small items' batched rows alone, more rounds, for profiling; `rpc-BACKEND`: one
         /// backend's RPC round trips alone, many of them, for profiling; `stream-BACKEND`: its
-        /// stream echo alone, longer, for profiling; `fail-BACKEND`: its failing calls beside
-        /// as many succeeding ones, for profiling; `spawn-BACKEND`: its spawn-to-first-reply
+        /// stream echo alone, longer, for profiling; `fail-BACKEND`: its failing calls taking
+        /// turns with as many succeeding ones, for profiling; `spawn-BACKEND`: its spawn-to-first-reply
         /// beside the bare spawn, many times).
         #[arg(long, value_name = "SECTION", value_parser = ["pool", "pool-small", "rpc-thread", "rpc-process", "rpc-subint", "rpc-pyprocess", "stream-thread", "stream-process", "stream-subint", "stream-pyprocess", "fail-thread", "fail-process", "fail-subint", "fail-pyprocess", "spawn-thread", "spawn-process", "spawn-subint", "spawn-pyprocess"])]
         only: Option<String>,

@@ -107,7 +107,7 @@ pub(crate) fn run(as_json: bool, quick: bool, scale: bool) -> i32 {
 /// `harrow bench --only SECTION`: one section of the suite alone (`pool`; `pool-small`: only
 /// its small items' batched rows, more rounds, for profiling; `rpc-BACKEND`: that backend's
 /// RPC round trips alone; `stream-BACKEND`: its stream echo alone; `fail-BACKEND`: its failing
-/// calls beside succeeding ones; the last three for profiling; `spawn-BACKEND`: its
+/// calls taking turns with succeeding ones; the last three for profiling; `spawn-BACKEND`: its
 /// spawn-to-first-reply beside the bare spawn, many more times than in the suite); returns the
 /// exit code.
 pub(crate) fn run_only(section: &str, as_json: bool, quick: bool) -> i32 {
