@@ -65,6 +65,113 @@ pub fn block_on_gated<F: Future>(mut gate: spin::SpinGate, fut: F) -> F::Output 
     }
 }
 
+/// A parker that threads use in turn, one at a time, kept from one `block_on` to the next: for
+/// threads that take turns running the same tasks, such as a co-driven actor's helper and its
+/// own thread (see `harrow_runtime_core::CoDriver`). A reader registers its socket with the
+/// parker it is polled in; here that is the same parker whichever of the threads polls it, so
+/// its registration stays put, and the edges that came while no thread waited are taken by the
+/// next one that does. (With a parker per thread, a reader left registered with the parker of a
+/// thread that now does other work would wait there for edges nobody takes.)
+///
+/// Each thread keeps what it learns about spinning in a [`ParkTurn`] of its own. One thread at a
+/// time: a `block_on` that finds another thread in it runs in async-io instead (correct, but the
+/// readers it polls leave the parker until a later turn registers them again).
+#[derive(Clone)]
+pub struct SharedParker {
+    #[cfg(target_os = "linux")]
+    shared: Option<std::sync::Arc<imp::Shared>>,
+}
+
+impl std::fmt::Debug for SharedParker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedParker").finish_non_exhaustive()
+    }
+}
+
+impl SharedParker {
+    /// A parker with its own epoll instance; without one (none left, or not Linux) every
+    /// `block_on` runs in async-io.
+    pub fn new() -> SharedParker {
+        #[cfg(target_os = "linux")]
+        {
+            let shared = match imp::Shared::new() {
+                Ok(shared) => Some(std::sync::Arc::new(shared)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no epoll instance of its own: parking in async-io");
+                    None
+                }
+            };
+            SharedParker { shared }
+        }
+        #[cfg(not(target_os = "linux"))]
+        SharedParker {}
+    }
+
+    /// Runs `fut` to completion on this thread, which waits in the parker (spinning before it
+    /// sleeps as [`block_on`] does, as `turn` says).
+    pub fn block_on<F: Future>(&self, turn: &mut ParkTurn, fut: F) -> F::Output {
+        #[cfg(target_os = "linux")]
+        if let Some(shared) = &self.shared {
+            return shared.block_on(&mut turn.parking, fut);
+        }
+        let _ = turn;
+        async_io::block_on(fut)
+    }
+}
+
+impl Default for SharedParker {
+    fn default() -> Self {
+        SharedParker::new()
+    }
+}
+
+/// One thread's side of a [`SharedParker`]: what its waits taught it about spinning, and
+/// whether it follows its peer onto its CPU as [`block_on_following`] does.
+pub struct ParkTurn {
+    #[cfg(target_os = "linux")]
+    parking: imp::Parking,
+}
+
+impl std::fmt::Debug for ParkTurn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParkTurn").finish_non_exhaustive()
+    }
+}
+
+impl ParkTurn {
+    /// A turn whose spins `gate` decides (tests force or forbid the spin with
+    /// [`SpinGate::always`](spin::SpinGate::always)).
+    #[doc(hidden)]
+    pub fn gated(gate: spin::SpinGate) -> ParkTurn {
+        #[cfg(target_os = "linux")]
+        {
+            let mut parking = imp::Parking::new(false);
+            parking.gate = gate;
+            ParkTurn { parking }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = gate;
+            ParkTurn {}
+        }
+    }
+
+    /// A thread's turn; with `follow`, it follows its peer ([`block_on_following`]).
+    pub fn new(follow: bool) -> ParkTurn {
+        #[cfg(target_os = "linux")]
+        {
+            ParkTurn {
+                parking: imp::Parking::new(follow),
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = follow;
+            ParkTurn {}
+        }
+    }
+}
+
 #[cfg(target_os = "linux")]
 pub(crate) use imp::Registration;
 
@@ -76,10 +183,14 @@ pub(crate) trait Watch: Send + Sync {
     /// Whether bytes are waiting (a load: no system call).
     fn has_data(&self) -> bool;
     /// Asks the peer to send a wake-up byte with its next write, then fences: the caller looks
-    /// at [`has_data`](Watch::has_data) again before it sleeps.
-    fn arm(&self);
-    /// The thread is awake: no wake-up byte is needed.
-    fn disarm(&self);
+    /// at [`has_data`](Watch::has_data) again before it sleeps. `token` (never 0) names the
+    /// parker that asks.
+    fn arm(&self, token: u32);
+    /// The thread is awake: no wake-up byte is needed, unless another parker asked for one since
+    /// (the reader moved to another thread, whose parker armed with a token of its own: a
+    /// parker that disarmed from an outdated list of its watched transports would leave that
+    /// thread asleep with no bell coming).
+    fn disarm(&self, token: u32);
     /// The socket had an edge: take its wake-up bytes and note its end. `hung_up`: the edge
     /// said the peer closed (or the socket failed), so read to the end, not only to a short read.
     fn on_edge(&self, hung_up: bool);
@@ -129,7 +240,7 @@ mod imp {
     /// one cache line (`repr(C)`, aligned to a line), so that a wake-up from another CPU moves
     /// one line, not two. (Apart, the thread stream echo lost 8 % to the second line.)
     #[repr(C, align(64))]
-    struct Poller {
+    pub(super) struct Poller {
         state: AtomicU8,
         /// Where the last wake-up from a waker ([`ParkWaker`]) came from.
         source: WakeSource,
@@ -144,7 +255,13 @@ mod imp {
         /// When a waker last found the thread asleep and woke it ([`spin::now_ns`]): for the
         /// thread's [`spin::wake_delay`].
         woke_at: AtomicU64,
+        /// What this poller arms its watched transports with (see [`Watch::disarm`]).
+        token: u32,
     }
+
+    /// The token of the next poller ([`Poller::token`]); 0 means disarmed and 1 is a reader
+    /// with no parker.
+    static NEXT_TOKEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(2);
 
     /// One registered socket: whether an edge arrived since its reader last consumed one,
     /// whether the peer has closed its end (sticky), and the reader's waker.
@@ -216,6 +333,7 @@ mod imp {
                 watched: Mutex::new(Arc::from(Vec::new())),
                 source: WakeSource::for_this_thread(),
                 woke_at: AtomicU64::new(0),
+                token: NEXT_TOKEN.fetch_add(1, Ordering::Relaxed).max(2),
             })
         }
 
@@ -240,7 +358,7 @@ mod imp {
             for interest in watched {
                 if let Some(watch) = &interest.watch {
                     if interest.waker().is_some() {
-                        watch.arm();
+                        watch.arm(self.token);
                     }
                 }
             }
@@ -250,9 +368,9 @@ mod imp {
             woke
         }
 
-        fn disarm_watched(watched: &[Arc<Interest>]) {
+        fn disarm_watched(&self, watched: &[Arc<Interest>]) {
             for watch in watched.iter().filter_map(|i| i.watch.as_ref()) {
-                watch.disarm();
+                watch.disarm(self.token);
             }
         }
 
@@ -378,16 +496,15 @@ mod imp {
     }
 
     /// Makes `poller` this thread's current one until dropped, then restores the previous one
-    /// and closes `poller`'s descriptors (also when the future panics).
+    /// (also when the future panics).
     struct Enter {
-        poller: Arc<Poller>,
         previous: Option<Arc<Poller>>,
     }
 
     impl Enter {
         fn new(poller: Arc<Poller>) -> Enter {
-            let previous = CURRENT.with(|c| c.borrow_mut().replace(poller.clone()));
-            Enter { poller, previous }
+            let previous = CURRENT.with(|c| c.borrow_mut().replace(poller));
+            Enter { previous }
         }
     }
 
@@ -395,7 +512,15 @@ mod imp {
         fn drop(&mut self) {
             let previous = self.previous.take();
             CURRENT.with(|c| *c.borrow_mut() = previous);
-            self.poller.close();
+        }
+    }
+
+    /// Closes a poller when dropped (also when the future panics).
+    struct CloseOnDrop(Arc<Poller>);
+
+    impl Drop for CloseOnDrop {
+        fn drop(&mut self) {
+            self.0.close();
         }
     }
 
@@ -408,15 +533,111 @@ mod imp {
                 return async_io::block_on(fut);
             }
         };
+        let _close = CloseOnDrop(poller.clone());
+        let waker = Waker::from(Arc::new(ParkWaker(poller.clone())));
+        let parking = Parking {
+            gate: std::mem::take(gate),
+            shared_cpu: SharedCpu::new(),
+            events: Vec::with_capacity(EVENTS),
+            follow,
+        };
+        /// Hands the gate back (also when the future panics).
+        struct GiveBack<'a>(&'a mut SpinGate, Parking);
+        impl Drop for GiveBack<'_> {
+            fn drop(&mut self) {
+                *self.0 = std::mem::take(&mut self.1.gate);
+            }
+        }
+        let mut back = GiveBack(gate, parking);
+        run(&poller, &waker, &mut back.1, fut)
+    }
+
+    /// A poller that threads use in turn ([`super::SharedParker`]), with its waker.
+    pub(super) struct Shared {
+        poller: Arc<Poller>,
+        waker: Waker,
+        /// A thread runs in it.
+        in_use: AtomicBool,
+    }
+
+    impl Shared {
+        pub(super) fn new() -> io::Result<Shared> {
+            let poller = Arc::new(Poller::new()?);
+            let waker = Waker::from(Arc::new(ParkWaker(poller.clone())));
+            Ok(Shared {
+                poller,
+                waker,
+                in_use: AtomicBool::new(false),
+            })
+        }
+
+        pub(super) fn block_on<F: Future>(&self, parking: &mut Parking, fut: F) -> F::Output {
+            if self.in_use.swap(true, Ordering::Acquire) {
+                tracing::debug!("a shared parker in use by another thread: parking in async-io");
+                return async_io::block_on(fut);
+            }
+            /// Frees the parker (also when the future panics).
+            struct Free<'a>(&'a AtomicBool);
+            impl Drop for Free<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+            let _free = Free(&self.in_use);
+            // Wake-ups from this thread are its own from now on.
+            self.poller.source.claim();
+            run(&self.poller, &self.waker, parking, fut)
+        }
+    }
+
+    impl Drop for Shared {
+        fn drop(&mut self) {
+            self.poller.close();
+        }
+    }
+
+    /// What a parking thread keeps from one wait to the next.
+    pub(super) struct Parking {
+        pub(super) gate: SpinGate,
+        pub(super) shared_cpu: SharedCpu,
+        pub(super) events: Vec<epoll::Event>,
+        /// Whether the thread follows its peer ([`super::block_on_following`]).
+        pub(super) follow: bool,
+    }
+
+    impl Parking {
+        pub(super) fn new(follow: bool) -> Parking {
+            Parking {
+                gate: SpinGate::new(),
+                shared_cpu: SharedCpu::new(),
+                events: Vec::with_capacity(EVENTS),
+                follow,
+            }
+        }
+    }
+
+    /// Runs `fut` to completion on `poller` (in which no other thread runs meanwhile), woken
+    /// through `waker` (a [`ParkWaker`] of `poller`). On an error of its instance, the poller is closed and
+    /// `fut` finishes in async-io.
+    fn run<F: Future>(
+        poller: &Arc<Poller>,
+        waker: &Waker,
+        parking: &mut Parking,
+        fut: F,
+    ) -> F::Output {
+        let mut fut = pin!(fut);
         let Some(fds) = poller.fds() else {
             return async_io::block_on(fut);
         };
         let enter = Enter::new(poller.clone());
-        let waker = Waker::from(Arc::new(ParkWaker(poller.clone())));
-        let mut cx = Context::from_waker(&waker);
-        let mut fut = pin!(fut);
-        let mut events = Vec::with_capacity(EVENTS);
-        let mut shared_cpu = SharedCpu::new();
+        let mut cx = Context::from_waker(waker);
+        let Parking {
+            gate,
+            shared_cpu,
+            events,
+            follow,
+        } = parking;
+        let follow = *follow;
         // When the sockets' edges were last taken (a sleep takes them, and so does a spin's
         // look where a socket carries data).
         let mut looked = Instant::now();
@@ -429,7 +650,7 @@ mod imp {
             // watched transports: their edges (a peer's end above all) are taken at least
             // once per `LOOK_EVERY` all the same.
             if looked.elapsed() >= LOOK_EVERY {
-                poller.poll_now(&fds, &mut events);
+                poller.poll_now(&fds, events);
                 looked = Instant::now();
             }
             let spin = gate.spin();
@@ -456,7 +677,7 @@ mod imp {
                         }
                     }
                     if found.is_none() && sockets {
-                        poller.poll_now(&fds, &mut events);
+                        poller.poll_now(&fds, events);
                         if poller.state.load(Ordering::Acquire) != RUNNING {
                             found = Some(None);
                         }
@@ -483,7 +704,7 @@ mod imp {
             // A watched transport's writer rings its bell only when asked to.
             let watched = poller.watched();
             if !watched.is_empty() && poller.arm_watched(&watched) {
-                Poller::disarm_watched(&watched);
+                poller.disarm_watched(&watched);
                 continue;
             }
             // Before the state says parked: a waker that finds it parked records a later
@@ -495,14 +716,14 @@ mod imp {
                 .is_err()
             {
                 // Woken while it was polled.
-                Poller::disarm_watched(&watched);
+                poller.disarm_watched(&watched);
                 continue;
             }
-            let waited = poller.wait(&fds, &mut events);
+            let waited = poller.wait(&fds, events);
             looked = Instant::now();
             let woke = poller.woke_at.load(Ordering::Acquire);
             gate.slept(spin::wake_delay(slept_at, woke, looked));
-            Poller::disarm_watched(&watched);
+            poller.disarm_watched(&watched);
             if follow {
                 // Only a ring says where its writer ran; any other wake-up ends the run. (The
                 // rings are looked at only on a crowded machine: an actor may read many.)
@@ -523,6 +744,7 @@ mod imp {
                 // async-io (the readers leave the closed instance on their next read).
                 tracing::warn!(error = %e, "epoll_wait failed: parking in async-io from now on");
                 drop(enter);
+                poller.close();
                 return async_io::block_on(fut.as_mut());
             }
         }

@@ -122,6 +122,8 @@ const WRITER_CPU: usize = 8;
 const TAIL: usize = 64;
 /// Set by a reader about to sleep: the writer rings the bell with its next write (and clears it).
 const ARMED: usize = 128;
+/// The token a reader with no parker arms its ring with (see [`Endpoint::arm`]).
+const NO_PARKER: u32 = 1;
 /// Set by a writer that found the ring full: the reader rings the bell once it made room.
 const WRITER_WAITS: usize = 192;
 /// Set by a reader that stopped reading for good.
@@ -614,15 +616,23 @@ impl Endpoint {
     }
 
     /// Asks the peer to ring the bell with its next write; the caller looks at the ring again
-    /// afterwards.
-    fn arm(&self) {
+    /// afterwards. `token` (not 0) names who asks: the peer rings for any value but 0.
+    fn arm(&self, token: u32) {
         self.bells_owed.fetch_add(1, Ordering::Relaxed);
-        self.field32(self.inn, ARMED).store(1, Ordering::Relaxed);
+        self.field32(self.inn, ARMED)
+            .store(token, Ordering::Relaxed);
         fence(Ordering::SeqCst);
     }
 
-    fn disarm(&self) {
-        self.field32(self.inn, ARMED).store(0, Ordering::Relaxed);
+    /// Takes back the request `token` made, if it still stands: one made since by another
+    /// thread's parker (the reader moved there) stays.
+    fn disarm(&self, token: u32) {
+        let _ = self.field32(self.inn, ARMED).compare_exchange(
+            token,
+            0,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     /// Takes the bells queued on the socket (noting its end, or a byte that is not a bell) and
@@ -723,12 +733,12 @@ impl crate::park::Watch for Endpoint {
         Endpoint::has_data(self)
     }
 
-    fn arm(&self) {
-        Endpoint::arm(self);
+    fn arm(&self, token: u32) {
+        Endpoint::arm(self, token);
     }
 
-    fn disarm(&self) {
-        Endpoint::disarm(self);
+    fn disarm(&self, token: u32) {
+        Endpoint::disarm(self, token);
     }
 
     fn on_edge(&self, hung_up: bool) {
@@ -806,7 +816,7 @@ impl AsyncRead for ShmReader {
                 this.ep.drain(true);
                 continue;
             }
-            this.ep.arm();
+            this.ep.arm(NO_PARKER);
             let n = this.ep.read_ring(buf)?;
             if n > 0 {
                 return Poll::Ready(Ok(n));
@@ -978,18 +988,35 @@ mod tests {
     #[test]
     fn an_armed_reader_gets_one_bell_and_a_disarmed_one_none() {
         let (writer, reader) = two_sides();
-        reader.arm();
+        reader.arm(NO_PARKER);
         writer.write_ring(&[1]).unwrap();
         writer.write_ring(&[2]).unwrap();
         let mut buf = [0u8; 8];
         let (n, _) = rustix::net::recv(&reader.sock, &mut buf, RecvFlags::DONTWAIT).unwrap();
         assert_eq!(&buf[..n], &[DOORBELL], "one bell for two writes");
-        reader.disarm();
+        reader.disarm(NO_PARKER);
         writer.write_ring(&[3]).unwrap();
         assert_eq!(
             rustix::net::recv(&reader.sock, &mut buf, RecvFlags::DONTWAIT).unwrap_err(),
             rustix::io::Errno::AGAIN
         );
+    }
+
+    #[test]
+    fn a_disarm_takes_back_only_its_own_request() {
+        let (writer, reader) = two_sides();
+        // Armed by one parker, then by another's (the reader moved to its thread): the first
+        // one's late disarm must not take back the second's request, or that thread sleeps
+        // with no bell coming.
+        reader.arm(7);
+        reader.arm(8);
+        reader.disarm(7);
+        writer.write_ring(&[1]).unwrap();
+        assert_eq!(queued_bells(&reader), 1, "the second parker's bell");
+        reader.arm(8);
+        reader.disarm(8);
+        writer.write_ring(&[2]).unwrap();
+        assert_eq!(queued_bells(&reader), 0, "its own request, taken back");
     }
 
     /// The bells queued on `ep`'s socket, taken.
@@ -1016,10 +1043,10 @@ mod tests {
         let mut most = 0;
         for i in 0..200u32 {
             // The reader sleeps, the writer rings, the edge wakes the reader, which reads.
-            reader.arm();
+            reader.arm(NO_PARKER);
             writer.write_ring(&i.to_le_bytes()).unwrap();
             reader.on_edge(false);
-            reader.disarm();
+            reader.disarm(NO_PARKER);
             let mut buf = [0u8; 4];
             assert_eq!(reader.read_ring(&mut buf).unwrap(), 4);
             assert_eq!(u32::from_le_bytes(buf), i);
@@ -1046,7 +1073,7 @@ mod tests {
     #[test]
     fn an_edge_with_an_empty_ring_drains_and_sees_a_byte_that_is_not_a_bell() {
         let (writer, reader) = two_sides();
-        reader.arm();
+        reader.arm(NO_PARKER);
         writer.write_ring(&[1]).unwrap();
         let mut buf = [0u8; 1];
         assert_eq!(reader.read_ring(&mut buf).unwrap(), 1);
@@ -1054,7 +1081,7 @@ mod tests {
         reader.on_edge(false);
         assert_eq!(queued_bells(&reader), 0);
         // A peer that writes on the socket itself, with data in the ring or not, is found out.
-        reader.arm();
+        reader.arm(NO_PARKER);
         writer.write_ring(&[2]).unwrap();
         rustix::net::send(&writer.sock, b"x", SendFlags::empty()).unwrap();
         reader.on_edge(false);
@@ -1069,7 +1096,7 @@ mod tests {
     #[test]
     fn a_hang_up_edge_drains_to_the_end_even_with_data_in_the_ring() {
         let (writer, reader) = two_sides();
-        reader.arm();
+        reader.arm(NO_PARKER);
         writer.write_ring(&[1]).unwrap();
         writer.sock.shutdown(Shutdown::Write).unwrap();
         reader.on_edge(true);

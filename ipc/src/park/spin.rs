@@ -253,7 +253,7 @@ pub struct WakeSource {
     /// polling thread woke itself).
     cpu: AtomicUsize,
     /// The thread that polls ([`thread_mark`]).
-    poller: usize,
+    poller: AtomicUsize,
 }
 
 /// Where a wake-up came from ([`WakeSource::take`]).
@@ -276,8 +276,13 @@ impl WakeSource {
     pub fn for_this_thread() -> WakeSource {
         WakeSource {
             cpu: AtomicUsize::new(NO_CPU),
-            poller: thread_mark(),
+            poller: AtomicUsize::new(thread_mark()),
         }
+    }
+
+    /// The calling thread polls from now on (a parker that threads use in turn).
+    pub fn claim(&self) {
+        self.poller.store(thread_mark(), Ordering::Relaxed);
     }
 
     /// Called by a waker, before it publishes the wake-up (a release store or swap of the
@@ -285,7 +290,7 @@ impl WakeSource {
     /// itself.
     #[inline]
     pub fn record(&self) {
-        let from = if thread_mark() == self.poller {
+        let from = if thread_mark() == self.poller.load(Ordering::Relaxed) {
             FROM_ITSELF
         } else {
             this_cpu().unwrap_or(NO_CPU)
