@@ -361,7 +361,17 @@ pub fn run_actor_in_process_codriven(
     init: ActorInit,
     codriver: &CoDriver,
 ) -> ActorExit {
-    run_actor_parked(channel, init, Park::CoDriven(codriver))
+    run_actor_parked(channel, init, Park::CoDriven(codriver, false))
+}
+
+/// [`run_actor`] with a helper thread that runs the actor's tasks whenever it waits for work of
+/// its own, as [`run_actor_in_process_codriven`] does, for an actor whose channels are sockets:
+/// a Python process child, whose interpreter's serving thread is the helper. The two threads
+/// take turns waiting in one epoll instance, kept for the whole run, in which the actor's
+/// sockets stay registered whichever thread reads them (see
+/// [`SharedParker`](harrow_portal::ipc::park::SharedParker)).
+pub fn run_actor_codriven(channel: Channel, init: ActorInit, codriver: &CoDriver) -> ActorExit {
+    run_actor_parked(channel, init, Park::CoDriven(codriver, true))
 }
 
 /// How an actor's thread waits, and who else runs its tasks.
@@ -370,8 +380,9 @@ enum Park<'a> {
     Reactor,
     /// On a futex (the channel is in memory).
     InProcess,
-    /// On a futex, with a helper running the tasks when it can.
-    CoDriven(&'a CoDriver),
+    /// With a helper running the tasks when it can; on a futex, or (`true`: the channels are
+    /// sockets) each thread in an epoll instance of its own.
+    CoDriven(&'a CoDriver, bool),
 }
 
 fn run_actor_parked(channel: Channel, init: ActorInit, park: Park<'_>) -> ActorExit {
@@ -386,7 +397,7 @@ fn run_actor_parked(channel: Channel, init: ActorInit, park: Park<'_>) -> ActorE
     // A co-driven actor's tasks run on either of two threads, so its readers are tasks too;
     // the others' thread drives them beside the executor.
     let readers = Handoff::new();
-    let beside = !matches!(park, Park::CoDriven(_));
+    let beside = !matches!(park, Park::CoDriven(..));
     let ctx = ActorCtx::new(
         init.spec.id.clone(),
         init.backend.clone(),
@@ -420,7 +431,7 @@ fn run_actor_parked(channel: Channel, init: ActorInit, park: Park<'_>) -> ActorE
         Park::Reactor => {
             harrow_ipc::park::block_on_following(Beside::new(exec.run(main), &readers))
         }
-        Park::CoDriven(co) => {
+        Park::CoDriven(co, sockets) => {
             /// Unbinds the helper on every path, a panic included.
             struct Unbind<'a>(&'a CoDriver, std::time::Duration);
             impl Drop for Unbind<'_> {
@@ -428,7 +439,7 @@ fn run_actor_parked(channel: Channel, init: ActorInit, park: Park<'_>) -> ActorE
                     self.0.unbind(self.1);
                 }
             }
-            co.bind(exec.clone(), ctx.clone());
+            co.bind(exec.clone(), ctx.clone(), sockets);
             let _unbind = Unbind(co, helper_bound);
             let signal = co.clone();
             let main = exec.spawn(async move {

@@ -52,3 +52,20 @@ pub fn run_child(
         ActorInit::from_spec(spec.clone(), backend).with_resolver(resolver),
     )
 }
+
+/// [`run_child`] with a helper thread that runs the actor's tasks while it waits for work of
+/// its own (see [`CoDriver`](crate::CoDriver) and [`run_actor_codriven`](crate::run_actor_codriven)):
+/// a Python process child, whose interpreter's serving thread is the helper.
+pub fn run_child_codriven(
+    channel: Channel,
+    spec: &SpawnSpec,
+    backend: &str,
+    resolver: Arc<dyn Resolver>,
+    codriver: &crate::CoDriver,
+) -> ActorExit {
+    crate::run_actor_codriven(
+        channel,
+        ActorInit::from_spec(spec.clone(), backend).with_resolver(resolver),
+        codriver,
+    )
+}

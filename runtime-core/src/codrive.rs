@@ -20,6 +20,12 @@
 //!   stream, a nursery it opened), it says so with [`away`](CoDriver::away) and the owner runs
 //!   the tasks at once.
 //!
+//! A Python process child is co-driven the same way, by the thread serving its main
+//! interpreter ([`run_actor_codriven`](crate::run_actor_codriven)). Its channels are sockets and
+//! rings, watched from an epoll instance, with which a reader registers its socket when polled:
+//! both threads wait in one instance, in turn ([`SharedParker`]), so that a reader stays
+//! registered where the thread whose turn it is waits.
+//!
 //! The watchdog ticks only while helpers turn busy: it sleeps until the first busy turn, and
 //! after [`QUIET`] with no busy turn anywhere until the next one, so idle actors (and a process
 //! that never co-drives) cost no timer wake-ups.
@@ -35,6 +41,7 @@ use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 use futures_lite::FutureExt;
+use harrow_ipc::park::{ParkTurn, SharedParker};
 use harrow_ipc::wait::Event;
 use harrow_ipc::wait::{deadline, wait_until};
 use harrow_portal::Executor;
@@ -57,6 +64,11 @@ pub const QUIET: Duration = Duration::from_millis(100);
 
 /// Tasks the helper runs in one poll before it hands back to its parker (which polls again).
 const TICKS_PER_YIELD: u32 = 64;
+
+/// How long a helper coming back waits for the owner to leave the actor's parker (for sockets:
+/// [`SharedParker`]), which it does as soon as it sees the helper back. Past it the helper goes
+/// on; the parker then runs its wait in async-io, correct but slower.
+const OWNER_LEAVES: Duration = Duration::from_millis(100);
 
 /// Neither driving nor watched: the owner runs the actor's tasks.
 const AWAY: u8 = 0;
@@ -110,11 +122,26 @@ struct Inner {
     helper_in: AtomicBool,
     /// The helper left `drive_until` while `ending` was set.
     helper_left: Event,
+    /// The owner runs the actor's tasks in the actor's [`SharedParker`] (sockets only).
+    owner_in_parker: AtomicBool,
+    /// The owner left the parker.
+    owner_left: Event,
+}
+
+thread_local! {
+    /// What the helper thread learnt about spinning in the parkers of the actors it co-drove
+    /// (`None` while in use).
+    static HELPER_TURN: std::cell::Cell<Option<ParkTurn>> = const { std::cell::Cell::new(None) };
 }
 
 struct Bound {
     exec: Executor,
     ctx: ActorCtx,
+    /// For an actor whose channels are sockets (a process child's): the parker both threads
+    /// wait in, in turn, so that its readers' sockets stay registered in one epoll instance
+    /// whichever thread runs them. `None`: the channels are in memory, and each thread parks
+    /// on a futex.
+    parker: Option<SharedParker>,
 }
 
 impl Inner {
@@ -149,8 +176,8 @@ impl CoDriver {
     /// say [`away`](Self::away)) within [`TAKEOVER`], the actor's own thread runs its tasks.
     pub fn drive_until(&self, until: Pin<&mut (dyn Future<Output = ()> + Send)>) -> bool {
         let inner = &*self.inner;
-        let (exec, ctx) = match inner.bound().as_ref() {
-            Some(b) => (b.exec.clone(), b.ctx.clone()),
+        let (exec, ctx, parker) = match inner.bound().as_ref() {
+            Some(b) => (b.exec.clone(), b.ctx.clone(), b.parker.clone()),
             None => return false,
         };
         inner.helper_in.store(true, SeqCst);
@@ -162,6 +189,13 @@ impl CoDriver {
         // it sleeps: `own`); from `BUSY`, the state of every call's end, nobody does.
         if inner.state.swap(DRIVING, SeqCst) == AWAY {
             inner.changed.notify(usize::MAX);
+        }
+        if parker.is_some() && inner.owner_in_parker.load(SeqCst) {
+            // The owner leaves the parker as soon as it sees the state above.
+            let left = wait_until(&inner.owner_left, || !inner.owner_in_parker.load(SeqCst));
+            if block_on_in_process(deadline(OWNER_LEAVES, left)).is_none() {
+                tracing::debug!("the actor's own thread is slow to leave its parker");
+            }
         }
         /// Leaves `Driving` for `Away` if what runs below panics: the owner must not wait for
         /// a helper that is gone.
@@ -201,7 +235,15 @@ impl CoDriver {
                 cx.waker().wake_by_ref();
                 Poll::Pending
             });
-            block_on_in_process(drive)
+            match &parker {
+                Some(parker) => {
+                    let mut turn = HELPER_TURN.take().unwrap_or_else(|| ParkTurn::new(true));
+                    let done = parker.block_on(&mut turn, drive);
+                    HELPER_TURN.set(Some(turn));
+                    done
+                }
+                None => block_on_in_process(drive),
+            }
         };
         drop(unwind);
         self.leave(if done { BUSY } else { AWAY });
@@ -240,7 +282,9 @@ impl CoDriver {
     /// Owner: binds the running actor (its executor and context) and this thread as its owner.
     /// Without a watchdog (its thread could not start) nothing is bound: the owner then runs
     /// every task itself.
-    pub(crate) fn bind(&self, exec: Executor, ctx: ActorCtx) {
+    /// With `sockets`, the actor's channels are sockets: both threads wait in one
+    /// [`SharedParker`], in turn.
+    pub(crate) fn bind(&self, exec: Executor, ctx: ActorCtx, sockets: bool) {
         let inner = &*self.inner;
         if !watchdog::watch(&self.inner) {
             return;
@@ -249,7 +293,8 @@ impl CoDriver {
         inner.ending.store(false, SeqCst);
         inner.main_done.store(false, SeqCst);
         inner.state.store(AWAY, SeqCst);
-        *inner.bound() = Some(Bound { exec, ctx });
+        let parker = sockets.then(SharedParker::new);
+        *inner.bound() = Some(Bound { exec, ctx, parker });
     }
 
     /// The actor's main task ended (on whichever thread ran it): the owner returns.
@@ -263,6 +308,8 @@ impl CoDriver {
     /// Owner: runs the actor's tasks whenever the helper does not, until `main` ends.
     pub(crate) fn own<T>(&self, exec: &Executor, mut main: async_executor::Task<T>) -> T {
         let inner = &*self.inner;
+        let parker = inner.bound().as_ref().and_then(|b| b.parker.clone());
+        let mut turn = ParkTurn::new(true);
         loop {
             if inner.main_done.load(SeqCst) {
                 // Ended, or about to (it says so just before it returns): collect its value.
@@ -276,7 +323,12 @@ impl CoDriver {
                     None
                 };
                 let done = async { Some((&mut main).await) };
-                if let Some(v) = block_on_in_process(exec.run(done.or(stop))) {
+                let run = exec.run(done.or(stop));
+                let out = match &parker {
+                    Some(parker) => self.in_parker(parker, &mut turn, run).flatten(),
+                    None => block_on_in_process(run),
+                };
+                if let Some(v) = out {
                     return v;
                 }
                 continue;
@@ -286,6 +338,35 @@ impl CoDriver {
             // what it looks at, and a wake-up before the park makes the park return at once.
             std::thread::park();
         }
+    }
+
+    /// Owner: runs `fut` in the actor's parker, unless the helper came back meanwhile (`None`).
+    /// The helper waits for the owner to leave the parker before it uses it: one thread at a
+    /// time.
+    fn in_parker<F: Future>(
+        &self,
+        parker: &SharedParker,
+        turn: &mut ParkTurn,
+        fut: F,
+    ) -> Option<F::Output> {
+        let inner = &*self.inner;
+        /// Says the owner left (also when a task panics).
+        struct Leave<'a>(&'a Inner);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.owner_in_parker.store(false, SeqCst);
+                self.0.owner_left.notify(usize::MAX);
+            }
+        }
+        // Said before the state is looked at again, and the helper says it is back before it
+        // looks at this (both sequentially consistent): either the owner sees the helper back,
+        // or the helper waits for the owner to leave.
+        inner.owner_in_parker.store(true, SeqCst);
+        let _leave = Leave(inner);
+        if inner.state.load(SeqCst) != AWAY {
+            return None;
+        }
+        Some(parker.block_on(turn, fut))
     }
 
     /// Owner: the runtime ends. The helper stops driving (waited for up to `bound`) and

@@ -36,8 +36,8 @@ mod supervisor;
 mod thread;
 
 pub use actor::{
-    ActorCtx, ActorExit, ActorInit, current_actor, run_actor, run_actor_in_process,
-    run_actor_in_process_codriven, shield,
+    ActorCtx, ActorExit, ActorInit, current_actor, run_actor, run_actor_codriven,
+    run_actor_in_process, run_actor_in_process_codriven, shield,
 };
 pub use backend::{
     BoxFuture, Capabilities, Child, Exit, HardKill, SpawnBackend, SpawnError, Timeouts,

@@ -333,7 +333,7 @@ fn run_python(boot: ChildBootstrap) -> i32 {
 /// Runs the actor of `boot` serving `resolver` on this thread until it ends; returns the exit
 /// status the process should end with (see [`maybe_run_child`]).
 pub fn run_child(boot: ChildBootstrap, resolver: Arc<dyn Resolver>) -> i32 {
-    run_child_as(boot, resolver, "process")
+    run_child_as(boot, resolver, "process", None)
 }
 
 /// [`run_child`] reporting `backend` as the child's backend.
@@ -341,6 +341,7 @@ pub(crate) fn run_child_as(
     boot: ChildBootstrap,
     resolver: Arc<dyn Resolver>,
     backend: &str,
+    codriver: Option<&harrow_runtime_core::CoDriver>,
 ) -> i32 {
     init_tracing();
     let name = boot.spec.id.clone();
@@ -360,7 +361,12 @@ pub(crate) fn run_child_as(
             return EXIT_BOOTSTRAP_FAILED;
         }
     };
-    let exit = harrow_runtime_core::bootstrap::run_child(channel, &boot.spec, backend, resolver);
+    let exit = match codriver {
+        Some(co) => harrow_runtime_core::bootstrap::run_child_codriven(
+            channel, &boot.spec, backend, resolver, co,
+        ),
+        None => harrow_runtime_core::bootstrap::run_child(channel, &boot.spec, backend, resolver),
+    };
     let code = match exit {
         ActorExit::HandshakeFailed(why) => {
             eprintln!("harrow child {name}: handshake with the parent failed: {why}");

@@ -18,7 +18,7 @@ use std::time::Duration;
 use harrow_python::nest::Offers;
 use harrow_python::{InterpConfig, MainInterp, Nesting, PyResolver};
 use harrow_runtime_core::{
-    BoxFuture, Capabilities, Child, HardKill, SpawnBackend, SpawnError, SpawnSpec,
+    BoxFuture, Capabilities, Child, CoDriver, HardKill, SpawnBackend, SpawnError, SpawnSpec,
 };
 
 use crate::ProcessBackend;
@@ -178,11 +178,28 @@ pub(crate) fn run_python_child(boot: ChildBootstrap, offers: impl FnOnce(&mut Of
         config: Arc::new(main.handle().config().clone()),
     };
     let resolver = PyResolver::nested(main.handle(), nesting);
-    let code = run_child_as(boot, Arc::new(resolver), NAME);
+    // The serving thread runs the actor's tasks while it waits for a call, so that a call
+    // reaches it from the link's reader it runs, not through the actor's thread.
+    let code = if codrive() {
+        let co = CoDriver::new();
+        let shared = main.handle().shared().clone();
+        shared.set_codriver(Some(co.clone()));
+        let code = run_child_as(boot, Arc::new(resolver), NAME, Some(&co));
+        shared.set_codriver(None);
+        code
+    } else {
+        run_child_as(boot, Arc::new(resolver), NAME, None)
+    };
     if let Err(why) = main.shutdown(bound) {
         eprintln!("harrow child {name}: {why}");
     }
     code
+}
+
+/// Whether a Python process child co-drives its actor (`HARROW_PYPROCESS_CODRIVE=0` turns it
+/// off, for comparisons).
+fn codrive() -> bool {
+    std::env::var("HARROW_PYPROCESS_CODRIVE").map_or(true, |v| v.trim() != "0")
 }
 
 /// What a Python process actor's code can start children on: this backend (`"pyprocess"`) and
