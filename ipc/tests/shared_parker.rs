@@ -22,6 +22,12 @@ fn yield_msg(i: u64) -> Msg {
 /// An executor with a task that reads `rx` and forwards what it reads to the receiver returned.
 fn reading(rx: Channel) -> (Arc<Executor<'static>>, flume::Receiver<Msg>) {
     let ex: Arc<Executor<'static>> = Arc::new(Executor::new());
+    let got = forwarding(&ex, rx);
+    (ex, got)
+}
+
+/// A task on `ex` that reads `rx` and forwards what it reads to the receiver returned.
+fn forwarding(ex: &Executor<'static>, rx: Channel) -> flume::Receiver<Msg> {
     let (fwd, got) = flume::unbounded();
     ex.spawn(async move {
         while let Ok(msg) = rx.recv().await {
@@ -31,7 +37,7 @@ fn reading(rx: Channel) -> (Arc<Executor<'static>>, flume::Receiver<Msg>) {
         }
     })
     .detach();
-    (ex, got)
+    got
 }
 
 /// A thread that, at each turn it is given, runs the executor in the shared parker until the
@@ -125,15 +131,7 @@ fn a_second_thread_in_the_parker_at_once_still_completes() {
     let (tx_a, rx_a) = shm::pair().expect("a channel pair");
     let (tx_b, rx_b) = shm::pair().expect("a channel pair");
     let (ex, got_a) = reading(rx_a);
-    let (fwd, got_b) = flume::unbounded();
-    ex.spawn(async move {
-        while let Ok(msg) = rx_b.recv().await {
-            if fwd.send_async(msg).await.is_err() {
-                break;
-            }
-        }
-    })
-    .detach();
+    let got_b = forwarding(&ex, rx_b);
     let parker = SharedParker::new();
     let a = Turns::start(parker.clone(), ex.clone(), got_a, None);
     let b = Turns::start(parker, ex, got_b, None);
