@@ -74,8 +74,11 @@ pub fn block_on_gated<F: Future>(mut gate: spin::SpinGate, fut: F) -> F::Output 
 /// thread that now does other work would wait there for edges nobody takes.)
 ///
 /// Each thread keeps what it learns about spinning in a [`ParkTurn`] of its own. One thread at a
-/// time: a `block_on` that finds another thread in it runs in async-io instead (correct, but the
-/// readers it polls leave the parker until a later turn registers them again).
+/// time: a `block_on` that finds another thread in the parker waits for it to leave. (Running
+/// the tasks elsewhere meanwhile would not do: a reader registered in the parker, and no longer
+/// polled by the thread in it, would wait there for edges nobody takes once that thread left.)
+/// So the thread in it must be bound to leave: a co-driven actor's own thread leaves as soon as
+/// the helper is back.
 #[derive(Clone)]
 pub struct SharedParker {
     #[cfg(target_os = "linux")]
@@ -108,7 +111,7 @@ impl SharedParker {
     }
 
     /// Runs `fut` to completion on this thread, which waits in the parker (spinning before it
-    /// sleeps as [`block_on`] does, as `turn` says).
+    /// sleeps as [`block_on`] does, as `turn` says), once no other thread is in it.
     pub fn block_on<F: Future>(&self, turn: &mut ParkTurn, fut: F) -> F::Output {
         #[cfg(target_os = "linux")]
         if let Some(shared) = &self.shared {
@@ -116,6 +119,16 @@ impl SharedParker {
         }
         let _ = turn;
         async_io::block_on(fut)
+    }
+
+    /// Whether a thread is in the parker now (for tests).
+    #[doc(hidden)]
+    pub fn in_use(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        if let Some(shared) = &self.shared {
+            return shared.in_use();
+        }
+        false
     }
 }
 
@@ -556,7 +569,9 @@ mod imp {
     pub(super) struct Shared {
         poller: Arc<Poller>,
         waker: Waker,
-        /// A thread runs in it.
+        /// Held by the thread that runs in it.
+        turn: Mutex<()>,
+        /// A thread runs in it (for tests).
         in_use: AtomicBool,
     }
 
@@ -567,20 +582,25 @@ mod imp {
             Ok(Shared {
                 poller,
                 waker,
+                turn: Mutex::new(()),
                 in_use: AtomicBool::new(false),
             })
         }
 
+        pub(super) fn in_use(&self) -> bool {
+            self.in_use.load(Ordering::Relaxed)
+        }
+
         pub(super) fn block_on<F: Future>(&self, parking: &mut Parking, fut: F) -> F::Output {
-            if self.in_use.swap(true, Ordering::Acquire) {
-                tracing::debug!("a shared parker in use by another thread: parking in async-io");
-                return async_io::block_on(fut);
-            }
-            /// Frees the parker (also when the future panics).
+            // Released on every path, a panicking future included (a poisoned lock guards
+            // nothing that a panic could have left half-done).
+            let _turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
+            self.in_use.store(true, Ordering::Relaxed);
+            /// Says the parker is free (also when the future panics), before the lock goes.
             struct Free<'a>(&'a AtomicBool);
             impl Drop for Free<'_> {
                 fn drop(&mut self) {
-                    self.0.store(false, Ordering::Release);
+                    self.0.store(false, Ordering::Relaxed);
                 }
             }
             let _free = Free(&self.in_use);

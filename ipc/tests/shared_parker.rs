@@ -124,27 +124,30 @@ fn turns_that_never_spin_take_every_message() {
 }
 
 #[test]
-fn a_second_thread_in_the_parker_at_once_still_completes() {
-    // One thread waits in the parker for a message on one channel; another thread's
-    // `block_on` on the same parker meanwhile runs in async-io instead, and gets its message
-    // on another channel.
+fn a_second_thread_waits_for_the_first_to_leave_the_parker() {
+    // One thread waits in the parker for a message on one channel; another thread's turn on
+    // the same parker waits for it to leave, and then reads what came for it meanwhile. (Had
+    // the second thread run the tasks outside the parker, a reader last polled by the first
+    // would stay registered in the parker, where nobody waits once the first left.)
     let (tx_a, rx_a) = shm::pair().expect("a channel pair");
     let (tx_b, rx_b) = shm::pair().expect("a channel pair");
     let (ex, got_a) = reading(rx_a);
     let got_b = forwarding(&ex, rx_b);
     let parker = SharedParker::new();
     let a = Turns::start(parker.clone(), ex.clone(), got_a, None);
-    let b = Turns::start(parker, ex, got_b, None);
+    let b = Turns::start(parker.clone(), ex, got_b, None);
     a.turn.send(()).expect("a's turn");
-    // Thread a is in the parker (or about to be) until its message comes.
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    while !parker.in_use() {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "a never entered the parker"
+        );
+        std::thread::yield_now();
+    }
     b.turn.send(()).expect("b's turn");
+    // b's message is read by a (it runs every task) and waits for b.
     future::block_on(tx_b.send(yield_msg(2))).expect("send");
-    assert_eq!(
-        b.took
-            .recv_timeout(Duration::from_secs(10))
-            .expect("b's message within 10 s"),
-        yield_msg(2)
-    );
     future::block_on(tx_a.send(yield_msg(1))).expect("send");
     assert_eq!(
         a.took
@@ -152,6 +155,24 @@ fn a_second_thread_in_the_parker_at_once_still_completes() {
             .expect("a's message within 10 s"),
         yield_msg(1)
     );
+    assert_eq!(
+        b.took
+            .recv_timeout(Duration::from_secs(10))
+            .expect("b's message within 10 s"),
+        yield_msg(2)
+    );
+    // And the reader of each channel still reads, from either thread's turn.
+    for (i, t) in [(3, &a), (4, &b)] {
+        t.turn.send(()).expect("a turn");
+        let tx = if i == 3 { &tx_a } else { &tx_b };
+        future::block_on(tx.send(yield_msg(i))).expect("send");
+        assert_eq!(
+            t.took
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("message {i} not read within 10 s: {e}")),
+            yield_msg(i)
+        );
+    }
     for t in [a, b] {
         drop(t.turn);
         t.thread.join().expect("a turn thread");

@@ -66,8 +66,8 @@ pub const QUIET: Duration = Duration::from_millis(100);
 const TICKS_PER_YIELD: u32 = 64;
 
 /// How long a helper coming back waits for the owner to leave the actor's parker (for sockets:
-/// [`SharedParker`]), which it does as soon as it sees the helper back. Past it the helper goes
-/// on; the parker then runs its wait in async-io, correct but slower.
+/// [`SharedParker`]), which it does as soon as it sees the helper back. Past it the owner keeps
+/// the tasks, and the helper waits for its work by its own means this time.
 const OWNER_LEAVES: Duration = Duration::from_millis(100);
 
 /// Neither driving nor watched: the owner runs the actor's tasks.
@@ -169,8 +169,10 @@ impl CoDriver {
 
     /// Helper: runs the actor's tasks on this thread until `until` completes, parking as an
     /// in-process actor does when there is nothing to run. Returns whether `until` completed;
-    /// `false` at once when no actor runtime is bound (not started yet, or ended), or when the
-    /// runtime began ending meanwhile: then the caller waits for its work by its own means.
+    /// `false` at once when no actor runtime is bound (not started yet, or ended), when the
+    /// runtime began ending meanwhile, or (channels that are sockets) when the actor's own
+    /// thread did not leave the actor's parker within [`OWNER_LEAVES`]: then the caller waits
+    /// for its work by its own means.
     ///
     /// After `true` the helper counts as busy: if it does not come back to `drive_until` (or
     /// say [`away`](Self::away)) within [`TAKEOVER`], the actor's own thread runs its tasks.
@@ -191,10 +193,14 @@ impl CoDriver {
             inner.changed.notify(usize::MAX);
         }
         if parker.is_some() && inner.owner_in_parker.load(SeqCst) {
-            // The owner leaves the parker as soon as it sees the state above.
+            // The owner leaves the parker as soon as it sees the state above. If it does not
+            // within the bound, it keeps the tasks: the helper waits for its work by its own
+            // means this time.
             let left = wait_until(&inner.owner_left, || !inner.owner_in_parker.load(SeqCst));
             if block_on_in_process(deadline(OWNER_LEAVES, left)).is_none() {
                 tracing::debug!("the actor's own thread is slow to leave its parker");
+                self.leave(AWAY);
+                return false;
             }
         }
         /// Leaves `Driving` for `Away` if what runs below panics: the owner must not wait for
