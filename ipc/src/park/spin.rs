@@ -558,11 +558,13 @@ fn apart(here: Option<usize>, waker: Option<usize>) -> bool {
 static SHORT_BUSY_WAITS: AtomicBool = AtomicBool::new(false);
 
 /// Keeps every spin of this process to the short busy-wait before its yields
-/// ([`SpinStart::Short`]), for a process whose exchanges have more threads than two: a Python
-/// process child (the actor's thread, the thread serving the main interpreter, and its parent's
-/// caller on two cores), where a thread that busy-waits longer holds back one that needs its
-/// CPU. `harrow-python` calls it when it starts serving the main interpreter on a thread of
-/// its own.
+/// ([`SpinStart::Short`]), for a process whose exchanges may have more threads than two: a
+/// Python process child (the actor's thread, the thread serving the main interpreter, and its
+/// parent's caller on two cores), where a thread that busy-waits longer holds back one that
+/// needs its CPU. `harrow-python` calls it when it starts serving the main interpreter on a
+/// thread of its own. (Since such a child is co-driven, most of its round trips have two
+/// threads; with or without this call they ran alike, so it stays, for the exchanges that
+/// still have three.)
 pub fn keep_busy_waits_short() {
     SHORT_BUSY_WAITS.store(true, Ordering::Relaxed);
 }
