@@ -548,12 +548,8 @@ mod imp {
         };
         let _close = CloseOnDrop(poller.clone());
         let waker = Waker::from(Arc::new(ParkWaker(poller.clone())));
-        let parking = Parking {
-            gate: std::mem::take(gate),
-            shared_cpu: SharedCpu::new(),
-            events: Vec::with_capacity(EVENTS),
-            follow,
-        };
+        let mut parking = Parking::new(follow);
+        parking.gate = std::mem::take(gate);
         /// Hands the gate back (also when the future panics).
         struct GiveBack<'a>(&'a mut SpinGate, Parking);
         impl Drop for GiveBack<'_> {
@@ -571,8 +567,6 @@ mod imp {
         waker: Waker,
         /// Held by the thread that runs in it.
         turn: Mutex<()>,
-        /// A thread runs in it (for tests).
-        in_use: AtomicBool,
     }
 
     impl Shared {
@@ -583,27 +577,20 @@ mod imp {
                 poller,
                 waker,
                 turn: Mutex::new(()),
-                in_use: AtomicBool::new(false),
             })
         }
 
         pub(super) fn in_use(&self) -> bool {
-            self.in_use.load(Ordering::Relaxed)
+            matches!(
+                self.turn.try_lock(),
+                Err(std::sync::TryLockError::WouldBlock)
+            )
         }
 
         pub(super) fn block_on<F: Future>(&self, parking: &mut Parking, fut: F) -> F::Output {
             // Released on every path, a panicking future included (a poisoned lock guards
             // nothing that a panic could have left half-done).
             let _turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
-            self.in_use.store(true, Ordering::Relaxed);
-            /// Says the parker is free (also when the future panics), before the lock goes.
-            struct Free<'a>(&'a AtomicBool);
-            impl Drop for Free<'_> {
-                fn drop(&mut self) {
-                    self.0.store(false, Ordering::Relaxed);
-                }
-            }
-            let _free = Free(&self.in_use);
             // Wake-ups from this thread are its own from now on.
             self.poller.source.claim();
             run(&self.poller, &self.waker, parking, fut)
@@ -637,8 +624,8 @@ mod imp {
     }
 
     /// Runs `fut` to completion on `poller` (in which no other thread runs meanwhile), woken
-    /// through `waker` (a [`ParkWaker`] of `poller`). On an error of its instance, the poller is closed and
-    /// `fut` finishes in async-io.
+    /// through `waker` (a [`ParkWaker`] of `poller`). On an error of its instance, the poller
+    /// is closed and `fut` finishes in async-io.
     fn run<F: Future>(
         poller: &Arc<Poller>,
         waker: &Waker,
