@@ -11,7 +11,13 @@
 //!   `DEP_HARROW_PYTHON_REASON` (why not, and what to do), `DEP_HARROW_PYTHON_LIBDIR`,
 //!   `DEP_HARROW_PYTHON_VERSION` and `DEP_HARROW_PYTHON_EXE`), so that they need not repeat the
 //!   decision. It prints no warning itself: each dependent says what an unsuitable Python means
-//!   for it.
+//!   for it;
+//! - compiles `src/ffi/harrow.py` with that Python into `$OUT_DIR/harrow_code.bin` (the 4-byte
+//!   magic number of the bytecode, then the code object in `marshal` format), so that no process
+//!   compiles it at run time: a Python process child or a process's first subint actor would
+//!   otherwise spend about 10 ms on it. The file is empty when that Python cannot be run (cross
+//!   builds, no Python): the module is then compiled at run time, once per process, as it is
+//!   when the running libpython's magic number is not the one written here.
 
 fn main() {
     pyo3_build_config::use_pyo3_cfgs();
@@ -19,19 +25,24 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(harrow_python)");
     println!("cargo::rerun-if-env-changed=PYO3_PYTHON");
     println!("cargo::rerun-if-env-changed=HARROW_NO_PYTHON");
+    println!("cargo::rerun-if-changed={HARROW_PY}");
     let config = pyo3_build_config::get();
     let v = config.version();
     let exe = config.executable().unwrap_or_default().to_owned();
-    match unsupported(config) {
+    let code = match unsupported(config) {
         None => {
             println!("cargo::rustc-cfg=harrow_python");
             println!("cargo::metadata=supported=yes");
+            compiled_harrow_py(&exe)
         }
         Some(reason) => {
             println!("cargo::metadata=supported=no");
             println!("cargo::metadata=reason={reason}");
+            Vec::new()
         }
-    }
+    };
+    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    std::fs::write(out.join("harrow_code.bin"), code).expect("OUT_DIR is writable");
     println!(
         "cargo::metadata=libdir={}",
         config.lib_dir().unwrap_or_default()
@@ -43,6 +54,40 @@ fn main() {
         "cargo::rustc-env=HARROW_SUBINT_PY_VERSION={}.{}",
         v.major, v.minor
     );
+}
+
+/// The `harrow` module's source, relative to this crate.
+const HARROW_PY: &str = "src/ffi/harrow.py";
+
+/// Compiles `harrow.py` as `Py_CompileString` does at run time (no inherited future flags,
+/// filename `<string>`), at optimization level 0 (the run time uses these bytes only at that
+/// level), and writes the bytecode's magic number followed by `marshal.dumps(code, 4)` to
+/// stdout. The source path is the first argument.
+const COMPILE: &str = "import importlib.util, marshal, sys\n\
+    src = open(sys.argv[1], encoding='utf-8').read()\n\
+    code = compile(src, '<string>', 'exec', dont_inherit=True, optimize=0)\n\
+    sys.stdout.buffer.write(importlib.util.MAGIC_NUMBER + marshal.dumps(code, 4))\n";
+
+/// `harrow.py` compiled by `exe` (see [`COMPILE`]), or nothing when `exe` cannot do it: the
+/// module is then compiled at run time.
+fn compiled_harrow_py(exe: &str) -> Vec<u8> {
+    if exe.is_empty() {
+        return Vec::new();
+    }
+    let src = std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default())
+        .join(HARROW_PY);
+    // `-I`: isolated from the environment and the user's site (nothing but the standard library
+    // is imported), `-B`: no bytecode files written.
+    let out = std::process::Command::new(exe)
+        .args(["-I", "-B", "-c", COMPILE])
+        .arg(&src)
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        // A magic number and at least one byte of code.
+        Ok(out) if out.status.success() && out.stdout.len() > 4 => out.stdout,
+        _ => Vec::new(),
+    }
 }
 
 /// What to do about an unsuitable Python.

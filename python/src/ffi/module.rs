@@ -26,10 +26,16 @@ const HARROW_SRC: &CStr = {
     }
 };
 
-/// `harrow.py` compiled by the first interpreter of the process and marshalled: plain bytes
-/// (no Python object), from which every later interpreter loads a code object of its own
-/// instead of compiling the source again (compiling it is most of building the module: about
-/// 10 ms against well under 1 ms to load it).
+/// `harrow.py` compiled by the Python this crate was built against, at build time (`build.rs`):
+/// its bytecode's 4-byte magic number, then the code object in `marshal` format; empty when the
+/// build could not run that Python. Compiling the module is most of building it (about 10 ms,
+/// against well under 1 ms to load it), and a Python process child or a process's first subint
+/// actor would otherwise pay that on every start.
+static BUILT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/harrow_code.bin"));
+
+/// `harrow.py` compiled and marshalled by the first interpreter of the process, when [`BUILT`]
+/// cannot be used: plain bytes (no Python object), from which every later interpreter loads a
+/// code object of its own instead of compiling the source again.
 static HARROW_CODE: OnceLock<Box<[u8]>> = OnceLock::new();
 
 /// The marshal format version written: 4 is what CPython 3.12 and 3.13 write themselves
@@ -40,23 +46,28 @@ const MARSHAL_VERSION: c_int = 4;
 /// `PyRun_String` used to give it.
 const HARROW_FILENAME: &CStr = c"<string>";
 
-/// A new code object of `harrow.py` in the current interpreter: loaded from [`HARROW_CODE`],
-/// or compiled (and then marshalled into it, for the next interpreters).
+/// A new code object of `harrow.py` in the current interpreter: loaded from [`BUILT`] when it
+/// was written for this libpython, else from [`HARROW_CODE`], else compiled (and then
+/// marshalled into it, for the next interpreters).
 ///
 /// # Safety
 /// GIL held.
 unsafe fn harrow_code() -> PyResult<Obj> {
+    // SAFETY: GIL held (caller).
+    if let Some(bytes) = unsafe { built_for_this_python(BUILT) } {
+        // SAFETY: GIL held (caller); `bytes` were written by `marshal` of a Python with this
+        // libpython's magic number.
+        match unsafe { load_code(bytes) } {
+            Ok(code) => return Ok(code),
+            // Unreadable after all: compiled below instead.
+            // SAFETY: GIL held.
+            Err(_) => unsafe { err_clear() },
+        }
+    }
     if let Some(bytes) = HARROW_CODE.get() {
         // SAFETY: GIL held (caller); `bytes` is a marshalled code object written by this
-        // libpython, alive for the process; the result belongs to the current interpreter.
-        let code = unsafe {
-            ffi::PyMarshal_ReadObjectFromString(
-                bytes.as_ptr().cast(),
-                bytes.len() as ffi::Py_ssize_t,
-            )
-        };
-        // SAFETY: a new reference (or null with an error set).
-        return unsafe { Obj::owned(code) };
+        // libpython, alive for the process.
+        return unsafe { load_code(bytes) };
     }
     // SAFETY: GIL held (caller); NUL-terminated source and filename.
     let code = unsafe {
@@ -92,6 +103,76 @@ unsafe fn harrow_code() -> PyResult<Obj> {
         Err(_) => unsafe { err_clear() },
     }
     Ok(code)
+}
+
+/// A code object of the current interpreter read from `bytes` (`marshal` format).
+///
+/// # Safety
+/// GIL held.
+unsafe fn load_code(bytes: &[u8]) -> PyResult<Obj> {
+    // SAFETY: GIL held (caller); `bytes` is alive for the call; the result belongs to the
+    // current interpreter.
+    let code = unsafe {
+        ffi::PyMarshal_ReadObjectFromString(bytes.as_ptr().cast(), bytes.len() as ffi::Py_ssize_t)
+    };
+    // SAFETY: a new reference (or null with an error set).
+    unsafe { Obj::owned(code) }
+}
+
+/// The marshalled code in `built` (laid out as [`BUILT`] is) if it can stand for compiling
+/// `harrow.py` here: its magic number is the running libpython's (bytecode and `marshal`
+/// format agree within a magic number), and the interpreter runs at optimization level 0 (the
+/// level it was compiled at; `Py_CompileString` would honour `-O`). `None` otherwise, with no
+/// error left set.
+///
+/// # Safety
+/// GIL held.
+unsafe fn built_for_this_python(built: &[u8]) -> Option<&[u8]> {
+    let (magic, code) = built.split_first_chunk::<4>()?;
+    if code.is_empty() {
+        return None;
+    }
+    // SAFETY: GIL held (caller); `importlib._bootstrap_external` is loaded by every
+    // interpreter's initialization.
+    let running = unsafe { ffi::PyImport_GetMagicNumber() };
+    if running == -1 {
+        // SAFETY: GIL held.
+        unsafe { err_clear() };
+        return None;
+    }
+    // SAFETY: GIL held (caller).
+    let unoptimized = unsafe { optimization_level() } == Some(0);
+    let same = u32::try_from(running).ok() == Some(u32::from_le_bytes(*magic));
+    (same && unoptimized).then_some(code)
+}
+
+/// The interpreter's optimization level (`sys.flags.optimize`: 0, or 1 and 2 for `-O` and
+/// `-OO`), or `None` (with no error left set) if it cannot be read.
+///
+/// # Safety
+/// GIL held.
+unsafe fn optimization_level() -> Option<c_long> {
+    // SAFETY: GIL held (caller); a borrowed reference or null (no error set).
+    let flags = unsafe { ffi::PySys_GetObject(c"flags".as_ptr()) };
+    if flags.is_null() {
+        return None;
+    }
+    // SAFETY: GIL held; `flags` is alive (borrowed from `sys`).
+    let level = unsafe { ffi::PyObject_GetAttrString(flags, c"optimize".as_ptr()) };
+    // SAFETY: a new reference (or null with an error set).
+    let Ok(level) = (unsafe { Obj::owned(level) }) else {
+        // SAFETY: GIL held.
+        unsafe { err_clear() };
+        return None;
+    };
+    // SAFETY: GIL held; `level` is alive.
+    let n = unsafe { ffi::PyLong_AsLong(level.as_ptr()) };
+    if n == -1 {
+        // SAFETY: GIL held.
+        unsafe { err_clear() };
+        return None;
+    }
+    Some(n)
 }
 
 const SHARED_CAPSULE: &CStr = c"harrow._shared";
@@ -1222,5 +1303,88 @@ pub(crate) unsafe fn async_capsule(call: AsyncCall) -> Result<Obj, Box<AsyncCall
         Ok(c) => Ok(c),
         // SAFETY: the capsule was not made: `boxed` is still ours.
         Err(_) => Err(unsafe { Box::from_raw(boxed) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` with the main interpreter's GIL held (Python initialised first if needed).
+    fn with_main_gil<T>(f: impl FnOnce() -> T) -> T {
+        crate::ensure_main().expect("the main interpreter starts");
+        // SAFETY: the main interpreter is initialised and its GIL released (`ensure_main`).
+        let state = unsafe { ffi::PyGILState_Ensure() };
+        let out = f();
+        // SAFETY: pairs the `PyGILState_Ensure` above, on this thread.
+        unsafe { ffi::PyGILState_Release(state) };
+        out
+    }
+
+    #[test]
+    fn the_code_built_with_the_crate_is_the_sources_code() {
+        with_main_gil(|| {
+            // SAFETY: GIL held.
+            let level = unsafe { optimization_level() };
+            // SAFETY: GIL held.
+            let built = unsafe { built_for_this_python(BUILT) };
+            if level != Some(0) {
+                assert!(built.is_none(), "used at optimization level {level:?}");
+                return;
+            }
+            let built = built.expect(
+                "build.rs compiled harrow.py with the Python this crate links (PYO3_PYTHON)",
+            );
+            // SAFETY: GIL held.
+            let loaded = unsafe { load_code(built) }.expect("the built code loads");
+            // SAFETY: GIL held; NUL-terminated source and filename.
+            let compiled = unsafe {
+                ffi::Py_CompileString(
+                    HARROW_SRC.as_ptr(),
+                    HARROW_FILENAME.as_ptr(),
+                    ffi::Py_file_input,
+                )
+            };
+            // SAFETY: a new reference (or null with an error set).
+            let compiled = unsafe { Obj::owned(compiled) }.expect("harrow.py compiles");
+            // SAFETY: GIL held; both objects alive.
+            let same = unsafe {
+                ffi::PyObject_RichCompareBool(loaded.as_ptr(), compiled.as_ptr(), ffi::Py_EQ)
+            };
+            assert_eq!(same, 1, "the built code object differs from the source's");
+            // SAFETY: GIL held.
+            let again = unsafe { harrow_code() }.expect("harrow_code");
+            // SAFETY: GIL held; both objects alive.
+            let same = unsafe {
+                ffi::PyObject_RichCompareBool(again.as_ptr(), compiled.as_ptr(), ffi::Py_EQ)
+            };
+            assert_eq!(same, 1, "harrow_code differs from the source's code");
+        });
+    }
+
+    #[test]
+    fn code_built_for_another_python_is_not_used() {
+        with_main_gil(|| {
+            // SAFETY: GIL held.
+            let running = unsafe { ffi::PyImport_GetMagicNumber() };
+            assert_ne!(running, -1, "the running magic number");
+            let magic = (running as u32).to_le_bytes();
+            let other = (running as u32 ^ 0xffff).to_le_bytes();
+            let code: &[u8] = &[0xe3, 0, 0];
+            let with = |m: [u8; 4], code: &[u8]| [&m[..], code].concat();
+            // SAFETY: GIL held.
+            let used = |b: &[u8]| unsafe { built_for_this_python(b) }.is_some();
+            assert!(!used(&[]), "an empty build");
+            assert!(!used(&magic), "a magic number and no code");
+            assert!(!used(&magic[..3]), "a cut magic number");
+            assert!(!used(&with(other, code)), "another Python's magic number");
+            // SAFETY: GIL held.
+            if unsafe { optimization_level() } == Some(0) {
+                assert!(used(&with(magic, code)), "this Python's magic number");
+            }
+            // SAFETY: GIL held.
+            let error = unsafe { ffi::PyErr_Occurred() };
+            assert!(error.is_null(), "no error left set");
+        });
     }
 }
