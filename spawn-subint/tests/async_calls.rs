@@ -69,6 +69,47 @@ fn async_calls_of_one_actor_run_concurrently() -> Result<()> {
     Ok(())
 }
 
+/// Calls started together, some ending before any await (returned or raised), some suspending:
+/// each gets its own answer, and the actor then ends cleanly (a call that ended before it was
+/// counted as started would leave the interpreter waiting for it at shutdown).
+#[test]
+fn calls_that_never_suspend_and_calls_that_do_answer_in_any_mix() -> Result<()> {
+    let t = aio("aio-mix")?;
+    let h = t.handle();
+    for round in 0..20 {
+        let calls: Vec<_> = (0..8_i64)
+            .map(|i| match i % 4 {
+                0 => (start(&h, &f("echo"), Value::Int(i)), Ok(Value::Int(i))),
+                1 => (
+                    start(&h, &f("add"), list([Value::Int(i), Value::Int(1)])),
+                    Ok(Value::Int(i + 1)),
+                ),
+                2 => (
+                    start(&h, &f("fail_at_once"), Value::Null),
+                    Err("ValueError: failed before any await"),
+                ),
+                _ => (
+                    start(&h, &f("in_a_task_from_the_start"), Value::Null),
+                    Ok(Value::Bool(true)),
+                ),
+            })
+            .collect();
+        for (i, (c, want)) in calls.into_iter().enumerate() {
+            let got = bounded(BOUND, c)?;
+            match (got, want) {
+                (Ok(v), Ok(w)) => assert_eq!(v, w, "round {round}, call {i}"),
+                (Err(e), Err(w)) => {
+                    assert_eq!(e.kind(), ErrorKind::Raised, "round {round}, call {i}: {e}");
+                    assert_eq!(e.to_string(), w, "round {round}, call {i}");
+                }
+                (got, want) => panic!("round {round}, call {i}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
+    Ok(())
+}
+
 fn progress(h: &harrow_spawn_subint::InterpHandle) -> Result<(Vec<Value>, Vec<Value>)> {
     match call_ok(h, &f("progress"), Value::Null)?.into_list() {
         Ok(mut v) if v.len() == 2 => {

@@ -213,6 +213,7 @@ def _describe(f):
 
 _loop = None
 _tasks = {}  # task -> the call's capsule
+_starting = []  # (call, awaitable) of calls whose tasks start in the loop's next turn
 _wake_fd = -1  # read end of the pipe the Rust side writes to when it queues a job or a cancel
 # The async call whose task (or a task it started) is running: its nurseries and portals await.
 _call_var = _contextvars.ContextVar("harrow_async_call", default=None)
@@ -234,16 +235,39 @@ async def _await(aw):
 
 
 def _start_task(call, aw):
-    """Runs awaitable ``aw`` (the running call ``call``) as a task of the interpreter's loop."""
+    """Runs awaitable ``aw`` (the running call ``call``) as a task of the interpreter's loop,
+    started in the loop's next turn (``_start_tasks``)."""
+    _starting.append((call, aw))
+    if len(_starting) == 1 and _loop is not None and _loop.is_running():
+        _loop.call_soon(_start_tasks)
+
+
+def _start_tasks():
+    """Starts the tasks of the calls queued by ``_start_task``, in order. Each starts eagerly:
+    its coroutine runs here up to its first suspension, so one that never suspends (a quick
+    ``async def``) ends without another turn of the loop. A task is started only from the
+    running loop, never within ``_start_task``: the Rust side counts a call as started when
+    ``_start_task`` returns, and its end must come after that."""
     import asyncio
 
     loop = _get_loop()
-    coro = aw if asyncio.iscoroutine(aw) else _await(aw)
-    ctx = _contextvars.Context()
-    ctx.run(_call_var.set, call)
-    task = loop.create_task(coro, context=ctx)
-    _tasks[task] = call
-    task.add_done_callback(_task_done)
+    while _starting:
+        call, aw = _starting.pop(0)
+        try:
+            coro = aw if asyncio.iscoroutine(aw) else _await(aw)
+            ctx = _contextvars.Context()
+            ctx.run(_call_var.set, call)
+            task = asyncio.Task(coro, loop=loop, context=ctx, eager_start=True)
+        except BaseException as e:
+            _native_finish(call, 2, e)
+            if not _tasks and not _starting:
+                loop.stop()
+            continue
+        _tasks[task] = call
+        if task.done():
+            _task_done(task)
+        else:
+            task.add_done_callback(_task_done)
 
 
 def _task_done(task):
@@ -274,7 +298,7 @@ def _task_done(task):
             else:
                 state, value = 2, exc
         _native_finish(call, state, value)
-    if not _tasks:
+    if not _tasks and not _starting:
         task.get_loop().stop()
 
 
@@ -296,6 +320,8 @@ def _on_wake():
 def _run_loop():
     """Runs the loop until no call's task is left (the Rust side calls it while tasks live)."""
     loop = _get_loop()
+    if _starting:
+        loop.call_soon(_start_tasks)
     loop.call_soon(_on_wake)
     loop.run_forever()
 

@@ -111,6 +111,17 @@ async def echo(value=None):
     return value
 
 
+async def fail_at_once():
+    """Raises before its first await: the call fails without its task ever suspending."""
+    raise ValueError("failed before any await")
+
+
+async def in_a_task_from_the_start():
+    """Whether the call runs as a task from its first line (``asyncio.timeout`` needs one)."""
+    async with asyncio.timeout(5):
+        return asyncio.current_task() is not None
+
+
 async def exit_async():
     import os
 
