@@ -66,11 +66,12 @@ enum Command {
         scale: bool,
         /// Only one section of the suite (`pool`: the pool throughput table; `pool-small`: its
         /// small items' batched rows alone, more rounds, for profiling; `rpc-BACKEND`: one
-        /// backend's RPC round trips alone, many of them, for profiling; `stream-BACKEND`: its
+        /// backend's RPC round trips alone, many of them, for profiling; `async-BACKEND`: the
+        /// same with an `async def` function (subint, pyprocess); `stream-BACKEND`: its
         /// stream echo alone, longer, for profiling; `fail-BACKEND`: its failing calls taking
         /// turns with as many succeeding ones, for profiling; `spawn-BACKEND`: its spawn-to-first-reply
         /// beside the bare spawn, many times).
-        #[arg(long, value_name = "SECTION", value_parser = ["pool", "pool-small", "rpc-thread", "rpc-process", "rpc-subint", "rpc-pyprocess", "stream-thread", "stream-process", "stream-subint", "stream-pyprocess", "fail-thread", "fail-process", "fail-subint", "fail-pyprocess", "spawn-thread", "spawn-process", "spawn-subint", "spawn-pyprocess"])]
+        #[arg(long, value_name = "SECTION", value_parser = ["pool", "pool-small", "rpc-thread", "rpc-process", "rpc-subint", "rpc-pyprocess", "async-subint", "async-pyprocess", "stream-thread", "stream-process", "stream-subint", "stream-pyprocess", "fail-thread", "fail-process", "fail-subint", "fail-pyprocess", "spawn-thread", "spawn-process", "spawn-subint", "spawn-pyprocess"])]
         only: Option<String>,
     },
     /// Run a Python function in N Python actors in parallel (subinterpreters, or child

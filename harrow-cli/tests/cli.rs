@@ -256,6 +256,32 @@ fn bench_only_rpc_times_one_backend_and_names_unknown_ones() -> Result<()> {
 }
 
 #[test]
+fn bench_only_async_times_async_def_calls_of_a_python_backend() -> Result<()> {
+    if harrow::subint_status().is_err() {
+        let r = harrow(&["bench", "--only", "async-subint", "--quick"])?;
+        ensure!(!r.status.success(), "no subint here, yet it ran: {r}");
+        return Ok(());
+    }
+    let (r, v) = harrow_json(&["bench", "--only", "async-subint", "--quick", "--json"])?;
+    ensure!(
+        v["backend"] == "subint" && v["function"] == "async def" && v["round_trips"] == 2_000,
+        "{r}"
+    );
+    let p50 = v["p50_us"].as_f64();
+    let p99 = v["p99_us"].as_f64();
+    ensure!(
+        p50.is_some_and(|p50| p50 > 0.0 && p99.is_some_and(|p99| p99 >= p50)),
+        "{r}"
+    );
+    ensure!(r.stderr.contains("async def round trips"), "{r}");
+    placement_is_reported(&v, &r.stdout)?;
+    // A backend with no async def functions is not a section.
+    let r = harrow(&["bench", "--only", "async-thread", "--quick"])?;
+    ensure!(!r.status.success(), "async-thread ran: {r}");
+    Ok(())
+}
+
+#[test]
 fn bench_only_fail_times_failing_calls_beside_succeeding_ones() -> Result<()> {
     let (r, v) = harrow_json(&["bench", "--only", "fail-thread", "--quick", "--json"])?;
     ensure!(v["backend"] == "thread" && v["calls_each"] == 2_000, "{r}");

@@ -252,22 +252,33 @@ async fn rpc_and_stream(
     Ok([rtt, echo])
 }
 
-/// `n` round trips to one actor of `p`, after 50 warm-up calls: each one's latency (µs).
+/// `n` round trips to one actor of `p` (to its `async def` echo with `async_def`), after 50
+/// warm-up calls: each one's latency (µs).
 pub(super) async fn rpc_only(
     n: &ActorNursery,
     p: &Plan,
     calls: usize,
+    async_def: bool,
     prog: &Progress,
 ) -> anyhow::Result<Samples> {
-    prog.step(&format!("{}: {calls} RPC round trips", p.name));
+    let (echo, what) = if async_def {
+        let echo = p
+            .async_echo
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("the {} backend runs no async def functions", p.name))?;
+        (echo, "async def round trips")
+    } else {
+        (p.echo.as_str(), "RPC round trips")
+    };
+    prog.step(&format!("{}: {calls} {what}", p.name));
     let child = start(n, p, format!("{}-rpc", p.name)).await?;
     for i in 0..50 {
-        child.run(&p.echo, Value::Int(i)).await?;
+        child.run(echo, Value::Int(i)).await?;
     }
     let mut lat = Samples::default();
     for i in 0..calls {
         let one = Instant::now();
-        child.run(&p.echo, Value::Int(i as i64)).await?;
+        child.run(echo, Value::Int(i as i64)).await?;
         lat.push(us(one.elapsed()));
     }
     child.cancel().await;

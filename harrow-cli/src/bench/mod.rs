@@ -106,8 +106,9 @@ pub(crate) fn run(as_json: bool, quick: bool, scale: bool) -> i32 {
 
 /// `harrow bench --only SECTION`: one section of the suite alone (`pool`; `pool-small`: only
 /// its small items' batched rows, more rounds, for profiling; `rpc-BACKEND`: that backend's
-/// RPC round trips alone; `stream-BACKEND`: its stream echo alone; `fail-BACKEND`: its failing
-/// calls taking turns with succeeding ones; the last three for profiling; `spawn-BACKEND`: its
+/// RPC round trips alone; `async-BACKEND`: its `async def` round trips alone (Python
+/// backends); `stream-BACKEND`: its stream echo alone; `fail-BACKEND`: its failing calls taking
+/// turns with succeeding ones; the last four for profiling; `spawn-BACKEND`: its
 /// spawn-to-first-reply beside the bare spawn, many more times than in the suite); returns the
 /// exit code.
 pub(crate) fn run_only(section: &str, as_json: bool, quick: bool) -> i32 {
@@ -116,7 +117,9 @@ pub(crate) fn run_only(section: &str, as_json: bool, quick: bool) -> i32 {
         "pool-small" => run_pool_only(as_json, quick, true),
         other => {
             if let Some(backend) = other.strip_prefix("rpc-") {
-                run_rpc_only(backend, as_json, quick)
+                run_rpc_only(backend, as_json, quick, false)
+            } else if let Some(backend) = other.strip_prefix("async-") {
+                run_rpc_only(backend, as_json, quick, true)
             } else if let Some(backend) = other.strip_prefix("stream-") {
                 run_stream_only(backend, as_json, quick)
             } else if let Some(backend) = other.strip_prefix("fail-") {
@@ -126,7 +129,7 @@ pub(crate) fn run_only(section: &str, as_json: bool, quick: bool) -> i32 {
             } else {
                 Err(anyhow::anyhow!(
                     "no bench section {other:?} (known: pool, pool-small, rpc-BACKEND, \
-                     stream-BACKEND, fail-BACKEND, spawn-BACKEND)"
+                     async-BACKEND, stream-BACKEND, fail-BACKEND, spawn-BACKEND)"
                 ))
             }
         }
@@ -199,17 +202,20 @@ fn on_one_backend<T>(
     Ok((out, placement))
 }
 
-/// One backend's RPC round trips alone: no baseline and no other rows, so that a profiler
-/// sees only them (`quick`: 2,000 round trips instead of 200,000).
-fn run_rpc_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()> {
+/// One backend's RPC round trips alone (to an `async def` function with `async_def`): no
+/// baseline and no other rows, so that a profiler sees only them (`quick`: 2,000 round trips
+/// instead of 200,000).
+fn run_rpc_only(backend: &str, as_json: bool, quick: bool, async_def: bool) -> anyhow::Result<()> {
     let n = if quick { 2_000 } else { 200_000 };
-    let (lat, placement) = on_one_backend(backend, "RPC", async |nursery, plan, prog| {
-        backend::rpc_only(nursery, plan, n, prog).await
+    let what = if async_def { "async def" } else { "RPC" };
+    let (lat, placement) = on_one_backend(backend, what, async |nursery, plan, prog| {
+        backend::rpc_only(nursery, plan, n, async_def, prog).await
     })?;
     let (p50, p99, mean) = (lat.median(), lat.quantile(0.99), lat.mean());
     if as_json {
         let out = serde_json::json!({
             "backend": backend,
+            "function": if async_def { "async def" } else { "def" },
             "round_trips": n,
             "mean_us": stats::round(mean),
             "p50_us": stats::round(p50),
@@ -219,7 +225,7 @@ fn run_rpc_only(backend: &str, as_json: bool, quick: bool) -> anyhow::Result<()>
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
-            "{backend} RPC round trip, {n} calls: mean {mean:.2} µs, p50 {p50:.2} µs, \
+            "{backend} {what} round trip, {n} calls: mean {mean:.2} µs, p50 {p50:.2} µs, \
              p99 {p99:.2} µs"
         );
         println!("{}", placement.line());

@@ -303,13 +303,7 @@ def _task_done(task):
 
 
 def _on_wake():
-    import os
-
-    try:
-        while os.read(_wake_fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
+    _native_drain(_wake_fd)
     for task, call in list(_tasks.items()):
         if not task.done() and _native_call_cancelled(call):
             task.cancel()

@@ -181,7 +181,7 @@ const CALL_CAPSULE: &CStr = c"harrow._call";
 
 /// Immutable method tables: plain C data (names, flags, function pointers), no Python object,
 /// so sharing them between interpreters is what CPython's own multi-phase modules do.
-struct Defs([ffi::PyMethodDef; 9]);
+struct Defs([ffi::PyMethodDef; 10]);
 // SAFETY: the table is never written after compile time; CPython only reads it.
 unsafe impl Sync for Defs {}
 
@@ -256,6 +256,14 @@ static DEFS: Defs = Defs([
             PyCFunction: super::nest::native_nest,
         },
         ml_flags: ffi::METH_VARARGS,
+        ml_doc: std::ptr::null(),
+    },
+    ffi::PyMethodDef {
+        ml_name: c"_native_drain".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: native_drain,
+        },
+        ml_flags: ffi::METH_O,
         ml_doc: std::ptr::null(),
     },
 ]);
@@ -388,6 +396,7 @@ impl HarrowModule {
             (6, c"_native_finish"),
             (7, c"_native_call_cancelled"),
             (8, c"_native_nest"),
+            (9, c"_native_drain"),
         ] {
             // SAFETY: GIL held; a static method table entry and a live capsule as `self`.
             let f =
@@ -1224,6 +1233,55 @@ unsafe fn native_finish_body(
     unsafe { (state_hooks.finish_async)(call, state, value) };
     // SAFETY: GIL held.
     unsafe { none() }
+}
+
+/// `_native_drain(fd)`: reads the non-blocking descriptor `fd` (the wake pipe's read end) until
+/// it has nothing more, as a loop of `os.read` until `BlockingIOError` would, without raising
+/// and catching that exception on every wake-up of the event loop (about 1 µs each). Other
+/// errors raise `OSError`.
+unsafe extern "C" fn native_drain(
+    _slf: *mut ffi::PyObject,
+    fd: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this C function with its interpreter's GIL held; a panic in the body
+    // becomes a Python exception.
+    guarded("draining the wake pipe", std::ptr::null_mut(), || {
+        // SAFETY: GIL held; `fd` is an object (an int, else a `TypeError` is set).
+        let n = unsafe { ffi::PyLong_AsLong(fd) };
+        // SAFETY: GIL held.
+        if n == -1 && unsafe { convert::err_set() } {
+            return std::ptr::null_mut();
+        }
+        let Ok(fd) = c_int::try_from(n) else {
+            // SAFETY: GIL held.
+            unsafe { raise_type_error("_native_drain takes a file descriptor") };
+            return std::ptr::null_mut();
+        };
+        let mut buf = [0_u8; 256];
+        loop {
+            // SAFETY: reads at most `buf.len()` bytes into `buf`, a local buffer.
+            let got = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if got > 0 {
+                continue;
+            }
+            if got == 0 {
+                break;
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => break,
+                _ => {
+                    // SAFETY: a static CPython sets at init, only read.
+                    let os_error = unsafe { ffi::PyExc_OSError };
+                    // SAFETY: GIL held; `errno` is still the failed `read`'s.
+                    unsafe { ffi::PyErr_SetFromErrno(os_error) };
+                    return std::ptr::null_mut();
+                }
+            }
+        }
+        // SAFETY: GIL held.
+        unsafe { none() }
+    })
 }
 
 unsafe extern "C" fn native_call_cancelled(
