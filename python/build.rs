@@ -76,10 +76,11 @@ fn compiled_harrow_py(exe: &str) -> Vec<u8> {
     }
     let src = std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default())
         .join(HARROW_PY);
-    // `-I`: isolated from the environment and the user's site (nothing but the standard library
-    // is imported), `-B`: no bytecode files written.
+    // `-I`: isolated from the environment and the user's site directory; `-S`: no `site` (no
+    // `sitecustomize` that could print to stdout): only the standard library is imported; `-B`:
+    // no bytecode files written.
     let out = std::process::Command::new(exe)
-        .args(["-I", "-B", "-c", COMPILE])
+        .args(["-I", "-S", "-B", "-c", COMPILE])
         .arg(&src)
         .stdin(std::process::Stdio::null())
         .output();
