@@ -247,12 +247,15 @@ def _start_tasks():
     its coroutine runs here up to its first suspension, so one that never suspends (a quick
     ``async def``) ends without another turn of the loop. A task is started only from the
     running loop, never within ``_start_task``: the Rust side counts a call as started when
-    ``_start_task`` returns, and its end must come after that."""
+    ``_start_task`` returns, and its end must come after that. The queue is emptied only once
+    every call in it has started, so no task's end stops the loop before the last one starts."""
     import asyncio
 
     loop = _get_loop()
-    while _starting:
-        call, aw = _starting.pop(0)
+    i = 0
+    while i < len(_starting):
+        call, aw = _starting[i]
+        i += 1
         try:
             coro = aw if asyncio.iscoroutine(aw) else _await(aw)
             ctx = _contextvars.Context()
@@ -260,14 +263,15 @@ def _start_tasks():
             task = asyncio.Task(coro, loop=loop, context=ctx, eager_start=True)
         except BaseException as e:
             _native_finish(call, 2, e)
-            if not _tasks and not _starting:
-                loop.stop()
             continue
         _tasks[task] = call
         if task.done():
             _task_done(task)
         else:
             task.add_done_callback(_task_done)
+    _starting.clear()
+    if not _tasks:
+        loop.stop()
 
 
 def _task_done(task):
