@@ -110,6 +110,32 @@ fn calls_that_never_suspend_and_calls_that_do_answer_in_any_mix() -> Result<()> 
     Ok(())
 }
 
+/// `sys.exit()` in an `async def` is an ordinary error of that call, as in a plain function,
+/// whether it comes before the coroutine's first suspension or after: the actor and its event
+/// loop go on.
+#[test]
+fn sys_exit_in_async_code_fails_only_that_call() -> Result<()> {
+    let t = aio("aio-sys-exit")?;
+    let h = t.handle();
+    for (func, want) in [
+        ("exit_before_any_await", "SystemExit: 5"),
+        ("exit_after_an_await", "SystemExit: 6"),
+    ] {
+        for _ in 0..3 {
+            let err = call(&h, &f(func), Value::Null)?.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Raised, "{func}: {err}");
+            assert_eq!(err.to_string(), want, "{func}");
+            assert_eq!(
+                call_ok(&h, &f("echo"), Value::Int(7))?,
+                Value::Int(7),
+                "{func}"
+            );
+        }
+    }
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
+    Ok(())
+}
+
 fn progress(h: &harrow_spawn_subint::InterpHandle) -> Result<(Vec<Value>, Vec<Value>)> {
     match call_ok(h, &f("progress"), Value::Null)?.into_list() {
         Ok(mut v) if v.len() == 2 => {

@@ -321,7 +321,14 @@ def _run_loop():
     if _starting:
         loop.call_soon(_start_tasks)
     loop.call_soon(_on_wake)
-    loop.run_forever()
+    try:
+        loop.run_forever()
+    except (SystemExit, KeyboardInterrupt):
+        # A task's step records these as the task's exception and then raises them out of the
+        # loop (asyncio's rule for them). The task's done callback, already scheduled, fails
+        # its call with it in the loop's next turn: ``sys.exit()`` in async code is an error of
+        # that call, as in a plain function, not the end of the interpreter.
+        pass
 
 
 async def _agen_collect(agen):

@@ -116,6 +116,21 @@ async def fail_at_once():
     raise ValueError("failed before any await")
 
 
+async def exit_before_any_await():
+    """``sys.exit`` in async code before it suspends: an ordinary error of the call."""
+    import sys
+
+    sys.exit(5)
+
+
+async def exit_after_an_await():
+    """``sys.exit`` in async code after it suspended: an ordinary error of the call."""
+    import sys
+
+    await asyncio.sleep(0)
+    sys.exit(6)
+
+
 async def in_a_task_from_the_start():
     """Whether the call runs as a task from its first line (``asyncio.timeout`` needs one)."""
     async with asyncio.timeout(5):
