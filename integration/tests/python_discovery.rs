@@ -87,18 +87,18 @@ fn cross_backend_peers(f: &PyFactory) -> Outcome {
             )
             .await?;
         assert_eq!(got.as_str(), Some("from-proc"));
-        // Python cancels the process actor directly; the link to it then fails.
+        // Python cancels the process actor directly. A later call fails either way: refused as
+        // cancelled by py while the process actor tears down, or with the link gone once it
+        // has (which of the two is a race between that call and the teardown).
         let v = py
             .run(
                 &f.func("cancel_peer"),
                 Value::Map(vec![("name".into(), "proc".into())]),
             )
             .await?;
-        assert_eq!(
-            v,
-            Value::List(vec![Value::Bool(true), "HarrowError".into()]),
-            "{v:?}"
-        );
+        let refused = Value::List(vec![Value::Bool(true), "Cancelled by py".into()]);
+        let gone = Value::List(vec![Value::Bool(true), "HarrowError".into()]);
+        assert!(v == gone || v == refused, "{v:?}");
         Ok(())
     })
     .unwrap_or_else(|e| panic!("{e}"));
