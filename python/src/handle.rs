@@ -44,6 +44,7 @@ impl Clone for WakeWhenGone {
 
 impl Drop for WakeWhenGone {
     fn drop(&mut self) {
+        self.0.job_maybe.store(true, Ordering::Release);
         self.0.job_queued.wake();
     }
 }
@@ -172,6 +173,7 @@ impl InterpHandle {
     /// Queues `job` for the serving thread and wakes its co-driving wait for one.
     fn send_job(&self, job: Job) -> Result<(), flume::SendError<Job>> {
         self.jobs.send(job)?;
+        self.shared.job_maybe.store(true, Ordering::Release);
         self.shared.job_queued.wake();
         Ok(())
     }

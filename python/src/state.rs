@@ -305,6 +305,10 @@ pub struct Shared {
     /// job queue) is gone: what the thread's co-driving wait for a job registers with (a
     /// `flume` receive future registered a hook, and dropped it, on every wait).
     pub(crate) job_queued: AtomicWaker,
+    /// Set before every wake of [`job_queued`](Self::job_queued): the co-driving wait looks at
+    /// the queue (a `try_recv` takes the channel's lock) only when this was set since its last
+    /// look. It is polled after every task the thread runs, several times per call.
+    pub(crate) job_maybe: AtomicBool,
 }
 
 impl Shared {
@@ -331,6 +335,7 @@ impl Shared {
             sent_from: AtomicUsize::new(usize::MAX),
             codriver: Mutex::new(None),
             job_queued: AtomicWaker::new(),
+            job_maybe: AtomicBool::new(true),
         });
         REGISTRY
             .lock()

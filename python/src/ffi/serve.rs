@@ -434,12 +434,18 @@ impl Server {
     fn drive_for_job(&self) -> Option<Result<Job, flume::RecvError>> {
         let co = self.shared.codriver()?;
         let jobs = &self.jobs;
-        let queued = &self.shared.job_queued;
+        let (queued, maybe) = (&self.shared.job_queued, &self.shared.job_maybe);
         let mut got = None;
         {
             let next = std::pin::pin!(std::future::poll_fn(|cx| {
-                // Registered before the look: a handle queues a job (or goes), then wakes.
+                // Registered before the look: a handle queues a job (or goes), sets `maybe`,
+                // then wakes. Unset, no job came since the last look, or its wake is still to
+                // come, or it came before a look that took a job: `serve` looks at the queue
+                // after every job before it waits here again.
                 queued.register(cx.waker());
+                if !maybe.swap(false, Ordering::AcqRel) {
+                    return std::task::Poll::Pending;
+                }
                 got = match jobs.try_recv() {
                     Ok(job) => Some(Ok(job)),
                     Err(flume::TryRecvError::Disconnected) => {
