@@ -124,7 +124,9 @@ fn calls_queued_from_two_threads_at_once_are_all_answered() -> Result<()> {
                         wrong.push(format!("round {round}, call {i}: {got:?}, want {want:?}"))
                     }
                     None => {
-                        return Err(format!("round {round}, call {i}: no answer in {BOUND:?}").into());
+                        return Err(
+                            format!("round {round}, call {i}: no answer in {BOUND:?}").into()
+                        );
                     }
                 }
             }
