@@ -227,7 +227,32 @@ def _get_loop():
         _loop = asyncio.new_event_loop()
         asyncio.set_event_loop(_loop)
         _loop.add_reader(_wake_fd, _on_wake)
+        _loop.set_exception_handler(_exception_handler)
     return _loop
+
+
+# The coroutine whose task ``_start_tasks`` is starting eagerly right now. A ``SystemExit`` or
+# ``KeyboardInterrupt`` it raises comes out of the task's constructor, after asyncio recorded
+# it as the task's exception (its rule for these two). It fails the call, but the task, which
+# the constructor never returned, is freed at once (within the constructor) and would log its
+# exception as never retrieved.
+_starting_coro = None
+
+
+def _exception_handler(loop, context):
+    """The loop's exception handler: asyncio's own, but for the log of a task freed as its
+    eager start raised ``SystemExit`` or ``KeyboardInterrupt``, which failed its call. That
+    task's coroutine is gone from it by then: the exception is known as the coroutine's by its
+    traceback, which holds the coroutine's frame."""
+    exc = context.get("exception")
+    code = getattr(_starting_coro, "cr_code", None)
+    if code is not None and isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code is code:
+                return
+            tb = tb.tb_next
+    loop.default_exception_handler(context)
 
 
 async def _await(aw):
@@ -249,6 +274,7 @@ def _start_tasks():
     running loop, never within ``_start_task``: the Rust side counts a call as started when
     ``_start_task`` returns, and its end must come after that. The queue is emptied only once
     every call in it has started, so no task's end stops the loop before the last one starts."""
+    global _starting_coro
     import asyncio
 
     loop = _get_loop()
@@ -260,10 +286,13 @@ def _start_tasks():
             coro = aw if asyncio.iscoroutine(aw) else _await(aw)
             ctx = _contextvars.Context()
             ctx.run(_call_var.set, call)
+            _starting_coro = coro
             task = asyncio.Task(coro, loop=loop, context=ctx, eager_start=True)
         except BaseException as e:
             _native_finish(call, 2, e)
             continue
+        finally:
+            _starting_coro = None
         _tasks[task] = call
         if task.done():
             _task_done(task)

@@ -131,6 +131,29 @@ async def exit_after_an_await():
     sys.exit(6)
 
 
+_asyncio_records = []
+
+
+def watch_asyncio_log():
+    """Keeps what asyncio logs from now on (its logger's records), for ``asyncio_log``."""
+    import logging
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            _asyncio_records.append(record.getMessage())
+
+    logging.getLogger("asyncio").addHandler(Keep())
+
+
+def asyncio_log():
+    """What asyncio logged since ``watch_asyncio_log`` (garbage collected first: a task that
+    was never awaited logs its unretrieved exception when it is freed)."""
+    import gc
+
+    gc.collect()
+    return list(_asyncio_records)
+
+
 async def in_a_task_from_the_start():
     """Whether the call runs as a task from its first line (``asyncio.timeout`` needs one)."""
     async with asyncio.timeout(5):
