@@ -24,6 +24,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering, fence};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -55,6 +56,63 @@ pub async fn wait_until_some<T>(event: &Event, mut probe: impl FnMut() -> Option
             return t;
         }
         listener.await;
+    }
+}
+
+/// An [`Event`] notified often and waited on rarely: it counts its waiters, so that a
+/// notification with nobody waiting is a fence and one atomic load. (An `event-listener`
+/// notification takes the event's lock every time, listeners or not.) Waiters wait through
+/// [`Watched::wait_until`] only; [`Watched::notify_all`] wakes every one of them.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use harrow_ipc::wait::Watched;
+/// # futures_lite::future::block_on(async {
+/// let (flag, watched) = (AtomicBool::new(false), Watched::new());
+/// watched.notify_all(); // nobody waits: no lock taken
+/// let waiter = watched.wait_until(|| flag.load(Ordering::SeqCst));
+/// flag.store(true, Ordering::SeqCst);
+/// watched.notify_all();
+/// waiter.await;
+/// # });
+/// ```
+#[derive(Debug, Default)]
+pub struct Watched {
+    event: Event,
+    waiters: AtomicUsize,
+}
+
+impl Watched {
+    /// A new event, with nobody waiting.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wakes every waiter, once the caller has made the change they may wait for.
+    pub fn notify_all(&self) {
+        // Either this load sees a waiter's count, or that waiter's look at its condition, made
+        // after it counted itself, sees the change made before this fence.
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.event.notify(usize::MAX);
+        }
+    }
+
+    /// Resolves once `cond` returns true; whoever makes it true calls
+    /// [`notify_all`](Self::notify_all) afterwards. Unbounded by itself, as [`wait_until`].
+    pub async fn wait_until(&self, cond: impl FnMut() -> bool) {
+        /// Uncounts the waiter when the wait ends or is dropped.
+        struct Counted<'a>(&'a AtomicUsize);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let _counted = Counted(&self.waiters);
+        // Pairs with the fence in `notify_all`.
+        fence(Ordering::SeqCst);
+        wait_until(&self.event, cond).await
     }
 }
 
@@ -175,6 +233,54 @@ mod tests {
         state.0.store(true, Ordering::SeqCst);
         state.1.notify(usize::MAX);
         assert_eq!(h.join().unwrap(), Some(()));
+    }
+
+    /// A notifier and a waiter race, 20,000 times: each change is made while the waiter may be
+    /// counting itself, looking at its condition or listening. A notification lost to that race
+    /// would leave a wait to its bound.
+    #[test]
+    fn a_watched_event_loses_no_notification_to_a_waiter_counting_itself() {
+        const ROUNDS: u64 = 20_000;
+        let state = Arc::new((std::sync::atomic::AtomicU64::new(0), Watched::new()));
+        let s2 = state.clone();
+        let waiter = std::thread::spawn(move || {
+            for round in 1..=ROUNDS {
+                let done = block_on(deadline(
+                    Duration::from_secs(10),
+                    s2.1.wait_until(|| s2.0.load(Ordering::Relaxed) >= round),
+                ));
+                if done.is_none() {
+                    return Err(round);
+                }
+            }
+            Ok(())
+        });
+        for _ in 0..ROUNDS {
+            state.0.fetch_add(1, Ordering::Relaxed);
+            state.1.notify_all();
+            // Now and then, let the waiter be parked before the next change.
+            if state.0.load(Ordering::Relaxed) % 64 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        assert_eq!(
+            waiter.join().unwrap(),
+            Ok(()),
+            "a wait missed its notification"
+        );
+        // Every wait ended, and uncounted itself.
+        assert_eq!(state.1.waiters.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_dropped_wait_on_a_watched_event_uncounts_itself() {
+        let watched = Watched::new();
+        let waited = block_on(deadline(
+            Duration::from_millis(5),
+            watched.wait_until(|| false),
+        ));
+        assert!(waited.is_none());
+        assert_eq!(watched.waiters.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -273,7 +273,7 @@ impl Drop for LinkReader {
         self.shared
             .shutdown(LinkEnd::Broken(reason.clone()), reason, false);
         self.shared.reader_done.store(true, Ordering::Release);
-        self.shared.progress.notify(usize::MAX);
+        self.shared.progress.notify_all();
     }
 }
 
@@ -338,7 +338,7 @@ impl Link {
         let done = || {
             shared.writer_done.load(Ordering::Acquire) && shared.reader_done.load(Ordering::Acquire)
         };
-        wait_until(&shared.progress, done).await
+        shared.progress.wait_until(done).await
     }
 
     /// Waits (bounded) until every served call has finished and its last message was handed to
@@ -351,7 +351,7 @@ impl Link {
                     || shared.written.load(Ordering::Acquire)
                         >= shared.enqueued.load(Ordering::Acquire))
         };
-        deadline(bound, wait_until(&shared.progress, drained))
+        deadline(bound, shared.progress.wait_until(drained))
             .await
             .is_some()
     }
@@ -402,8 +402,9 @@ pub(crate) struct Shared {
     received: AtomicU64,
     writer_done: AtomicBool,
     reader_done: AtomicBool,
-    /// Writer progress and served calls finishing (for `drain`).
-    progress: Event,
+    /// Writer progress and served calls finishing (for `drain` and `io_stopped`): notified
+    /// several times per call, waited on only at the link's end.
+    progress: harrow_ipc::wait::Watched,
     end: Mutex<Option<LinkEnd>>,
     end_ev: Event,
     acks: AtomicU64,
@@ -607,6 +608,6 @@ impl Shared {
         self.dead_ev.notify(usize::MAX);
         self.reader_waker.wake();
         self.ack_ev.notify(usize::MAX);
-        self.progress.notify(usize::MAX);
+        self.progress.notify_all();
     }
 }

@@ -161,7 +161,7 @@ impl Link {
             received: AtomicU64::new(0),
             writer_done: AtomicBool::new(false),
             reader_done: AtomicBool::new(false),
-            progress: Event::new(),
+            progress: harrow_ipc::wait::Watched::new(),
             end: Mutex::new(None),
             end_ev: Event::new(),
             acks: AtomicU64::new(0),

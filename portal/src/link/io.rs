@@ -62,7 +62,7 @@ pub(super) async fn writer(shared: Arc<Shared>, tx: ChannelTx, out: Arc<WriterQu
     run.or(deadline).await;
     tx.close();
     shared.writer_done.store(true, Ordering::Release);
-    shared.progress.notify(usize::MAX);
+    shared.progress.notify_all();
 }
 
 /// Writes the rest of `n` messages a push handed to the transport without finishing them
@@ -72,7 +72,7 @@ async fn finish_unfinished(shared: &Arc<Shared>, tx: &ChannelTx, n: u64) -> bool
     match tx.send_batch(&mut VecDeque::new()).await {
         Ok(()) => {
             shared.written.fetch_add(n, Ordering::AcqRel);
-            shared.progress.notify(usize::MAX);
+            shared.progress.notify_all();
             true
         }
         Err(e) => {
@@ -100,7 +100,7 @@ async fn write_batch(shared: &Arc<Shared>, tx: &ChannelTx, batch: &mut VecDeque<
             }
         }
     }
-    shared.progress.notify(usize::MAX);
+    shared.progress.notify_all();
     true
 }
 
@@ -222,7 +222,7 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
     shared.reader_idle();
     debug!(local = %shared.local.id, "reader stopped");
     shared.reader_done.store(true, Ordering::Release);
-    shared.progress.notify(usize::MAX);
+    shared.progress.notify_all();
 }
 
 /// The channel failed under the reader: the link ends as broken.

@@ -115,7 +115,7 @@ impl Shared {
                     Pushed::Written(n) => {
                         // As the writer counts its writes (`drain` and the heartbeat read it).
                         self.written.fetch_add(n, Ordering::AcqRel);
-                        self.progress.notify(usize::MAX);
+                        self.progress.notify_all();
                         true
                     }
                 }
@@ -203,7 +203,7 @@ impl Shared {
             {
                 d.tx.flush_now();
                 self.written.fetch_add(1, Ordering::AcqRel);
-                self.progress.notify(usize::MAX);
+                self.progress.notify_all();
             }
         }
     }
@@ -241,7 +241,7 @@ pub(super) async fn direct_waker(shared: Arc<Shared>) {
                 d.wake_pending.store(false, Ordering::SeqCst);
                 d.tx.flush_now();
                 shared.written.fetch_add(1, Ordering::AcqRel);
-                shared.progress.notify(usize::MAX);
+                shared.progress.notify_all();
                 continue;
             }
             if d.broken.load(Ordering::Acquire) || shared.is_dead() {
@@ -267,5 +267,5 @@ pub(super) async fn direct_waker(shared: Arc<Shared>) {
     }
     shared.close_outlet();
     shared.writer_done.store(true, Ordering::Release);
-    shared.progress.notify(usize::MAX);
+    shared.progress.notify_all();
 }

@@ -90,7 +90,7 @@ impl Shared {
                     });
                 }
                 drop(cst);
-                self.progress.notify(usize::MAX);
+                self.progress.notify_all();
             }
             Ok(fut) => {
                 // User code runs below: not under the link's lock.
@@ -228,7 +228,7 @@ impl Shared {
             timer.detach(); // it may be this very task; it finds nothing owed and ends
         }
         entry.chan.notify();
-        self.progress.notify(usize::MAX);
+        self.progress.notify_all();
         Some(entry)
     }
 
@@ -355,7 +355,7 @@ impl Shared {
                 drop(entry); // drops the call's future
             }
         }
-        self.progress.notify(usize::MAX);
+        self.progress.notify_all();
     }
 
     /// A `CancelActor` from the peer: refuse new calls, cancel every served one, and ack once
