@@ -1,6 +1,6 @@
-//! The two waiting primitives every harrow crate uses: waiting for a condition signalled through
-//! an [`Event`] ([`wait_until`], [`wait_until_some`]), and bounding a future in time
-//! ([`deadline`]).
+//! The waiting primitives every harrow crate uses: waiting for a condition signalled through an
+//! [`Event`] ([`wait_until`], [`wait_until_some`]; a [`Watched`] event where notifications far
+//! outnumber waits), and bounding a future in time ([`deadline`]).
 //!
 //! They live here, in the lowest crate, so that the link engine, the runtime and the backends
 //! share one implementation; `harrow-runtime-core` re-exports the deadline as `move_on_after`.
