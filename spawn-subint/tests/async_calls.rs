@@ -317,3 +317,21 @@ fn os_exit_in_async_code_ends_the_actor_and_its_other_calls() -> Result<()> {
     }
     Ok(())
 }
+
+/// The event loop's wake pipe is drained by `harrow._native_drain`, which stops at a short
+/// read: whatever was written (nothing, its buffer's size, one byte either side, or many times
+/// it), nothing is left behind.
+#[test]
+fn the_wake_pipe_drain_leaves_nothing_behind() -> Result<()> {
+    let t = InterpThread::spawn(config("aio-drain").expose("harrow_testfns"))?;
+    let h = t.handle();
+    for n in [0, 1, 255, 256, 257, 512, 10_000] {
+        assert_eq!(
+            call_ok(&h, "harrow_testfns:drained_pipe", Value::Int(n))?,
+            s("empty"),
+            "{n} bytes"
+        );
+    }
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
+    Ok(())
+}

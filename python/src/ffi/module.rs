@@ -1237,8 +1237,8 @@ unsafe fn native_finish_body(
 
 /// `_native_drain(fd)`: reads the non-blocking descriptor `fd` (the wake pipe's read end) until
 /// it has nothing more, as a loop of `os.read` until `BlockingIOError` would, without raising
-/// and catching that exception on every wake-up of the event loop (about 1 µs each). Other
-/// errors raise `OSError`.
+/// and catching that exception on every wake-up of the event loop (about 1 µs each); a short
+/// read ends it. Other errors raise `OSError`.
 unsafe extern "C" fn native_drain(
     _slf: *mut ffi::PyObject,
     fd: *mut ffi::PyObject,
@@ -1262,6 +1262,12 @@ unsafe extern "C" fn native_drain(
             // SAFETY: reads at most `buf.len()` bytes into `buf`, a local buffer.
             let got = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
             if got > 0 {
+                // A short read took all the pipe held: bytes written later make it readable
+                // again for the loop (its selector is level-triggered), so no second `read`
+                // to find it empty.
+                if got.unsigned_abs() < buf.len() {
+                    break;
+                }
                 continue;
             }
             if got == 0 {

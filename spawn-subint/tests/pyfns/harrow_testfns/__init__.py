@@ -462,3 +462,24 @@ def release_code_files():
     """Closes what `hold_code_file` kept open."""
     while _held_code_files:
         _held_code_files.pop().close()
+
+
+def drained_pipe(n):
+    """Writes ``n`` bytes into a fresh non-blocking pipe, drains it with the event loop's
+    ``harrow._native_drain``, and says whether anything was left."""
+    import os
+
+    r, w = os.pipe()
+    try:
+        os.set_blocking(r, False)
+        if n:
+            os.write(w, b"x" * n)
+        harrow._native_drain(r)
+        try:
+            os.read(r, 1)
+            return "left"
+        except BlockingIOError:
+            return "empty"
+    finally:
+        os.close(r)
+        os.close(w)
