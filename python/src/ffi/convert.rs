@@ -318,6 +318,23 @@ pub(crate) unsafe fn str_obj(s: &str) -> PyResult<Obj> {
     // SAFETY: a new reference (or null with an error set).
     unsafe { Obj::owned(p) }
 }
+
+/// A new reference to the interned `str` of `s`: the object that dictionaries keyed by an
+/// identifier hold (a module's globals, `sys.modules` for an import by this name), so a lookup
+/// with it finds its entry by identity, without comparing the text.
+///
+/// # Safety
+/// GIL held.
+pub(crate) unsafe fn interned_str(s: &str) -> PyResult<Obj> {
+    // SAFETY: GIL held (caller).
+    let mut p = unsafe { str_obj(s) }?.into_ptr();
+    // SAFETY: GIL held; `p` is a new reference to a `str`, replaced by a new reference to the
+    // interned one (the old one released).
+    unsafe { ffi::PyUnicode_InternInPlace(&mut p) };
+    // SAFETY: a new reference (never null: interning replaces a valid pointer).
+    unsafe { Obj::owned(p) }
+}
+
 /// Fetches and clears the set exception as `"Type: message"` text.
 ///
 /// # Safety

@@ -140,17 +140,18 @@ impl FnCache {
         })
     }
 
-    /// Remembers `resolved` as `path`'s resolution, `module` being `sys.modules[module]`.
+    /// Remembers `resolved` as `path`'s resolution, `module` being `sys.modules[mod_name]`.
+    ///
+    /// Both names are kept interned: `mod_name` is the key the import stored (when it imported
+    /// the module), and a function's name in its module's globals is an interned identifier, so
+    /// a hit's two dictionary lookups find their entries by identity.
     ///
     /// # Safety
     /// The owning thread of the cache's interpreter, GIL held.
-    unsafe fn store(&self, path: &FnPath, module: &Obj, resolved: &Resolved) {
+    unsafe fn store(&self, path: &FnPath, mod_name: Obj, module: &Obj, resolved: &Resolved) {
         // GIL held (caller) for each call below.
-        // SAFETY: see above; a new `str`, or null with an error set.
-        let mod_name = unsafe { convert::str_obj(path.module()) };
-        // SAFETY: as above.
-        let fn_name = unsafe { convert::str_obj(path.function()) };
-        let (Ok(mod_name), Ok(fn_name)) = (mod_name, fn_name) else {
+        // SAFETY: see above; a new reference, or null with an error set.
+        let Ok(fn_name) = (unsafe { convert::interned_str(path.function()) }) else {
             // SAFETY: see above; not caching is no failure of the call.
             unsafe { err_clear() };
             return;
@@ -225,10 +226,18 @@ impl Setup {
         let module_name = path.module();
         // Every call below: GIL held on the owning thread (caller); every object lives in an
         // `Obj`.
-        let cmod = CString::new(module_name).map_err(|_| bad_name("module name has NUL"))?;
+        if module_name.contains('\0') {
+            return Err(bad_name("module name has NUL"));
+        }
+        // Imported by its interned name: an import of a module not yet loaded stores that
+        // object as its `sys.modules` key, which the cache then looks up by identity.
+        // SAFETY: see above.
+        let name = unsafe { convert::interned_str(module_name) }
+            // SAFETY: see above; an exception is set.
+            .map_err(|_| unsafe { self.error(ErrorKind::Raised) })?;
         let m = super::calls::user(shared, || {
-            // SAFETY: see above; `cmod` is NUL-terminated.
-            let m = unsafe { ffi::PyImport_ImportModule(cmod.as_ptr()) };
+            // SAFETY: see above; `name` is a `str`.
+            let m = unsafe { ffi::PyImport_Import(name.as_ptr()) };
             // SAFETY: a new reference (or null with an error set).
             unsafe { Obj::owned(m) }
         });
@@ -270,11 +279,15 @@ impl Setup {
         // which is the module the import returned unless the import itself replaced it.
         // SAFETY: see above; this interpreter's `sys.modules` (borrowed).
         let modules = unsafe { ffi::PyImport_GetModuleDict() };
-        // SAFETY: see above; `cmod` is NUL-terminated; a borrowed result (or null).
-        let held = unsafe { ffi::PyDict_GetItemString(modules, cmod.as_ptr()) };
+        // SAFETY: see above; `name` is a `str`; a borrowed result (or null, maybe with an
+        // error set, which is not this call's).
+        let held = unsafe { ffi::PyDict_GetItemWithError(modules, name.as_ptr()) };
         if held == m.as_ptr() {
             // SAFETY: see above.
-            unsafe { self.fns.store(path, &m, &resolved) };
+            unsafe { self.fns.store(path, name, &m, &resolved) };
+        } else {
+            // SAFETY: see above.
+            unsafe { err_clear() };
         }
         Ok(resolved)
     }
