@@ -648,6 +648,9 @@ mod imp {
         // When the sockets' edges were last taken (a sleep takes them, and so does a spin's
         // look where a socket carries data).
         let mut looked = Instant::now();
+        // The loop's turn right after a sleep, which took the edges and read the clock: the
+        // turn reads it no more.
+        let mut after_sleep = false;
         loop {
             poller.state.store(RUNNING, Ordering::Release);
             if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
@@ -655,8 +658,8 @@ mod imp {
             }
             // A thread kept busy never sleeps, and a spin does not look at the sockets of
             // watched transports: their edges (a peer's end above all) are taken at least
-            // once per `LOOK_EVERY` all the same.
-            if looked.elapsed() >= LOOK_EVERY {
+            // once per `LOOK_EVERY` all the same (a turn after a sleep looks at the next one).
+            if !std::mem::take(&mut after_sleep) && looked.elapsed() >= LOOK_EVERY {
                 poller.poll_now(&fds, events);
                 looked = Instant::now();
             }
@@ -728,6 +731,7 @@ mod imp {
             }
             let waited = poller.wait(&fds, events);
             looked = Instant::now();
+            after_sleep = true;
             let woke = poller.woke_at.load(Ordering::Acquire);
             gate.slept(spin::wake_delay(slept_at, woke, looked));
             poller.disarm_watched(&watched);
