@@ -292,6 +292,11 @@ pub struct Shared {
     pub loop_running: AtomicBool,
     /// Why the actor ends on its own (`os._exit` was called), if it does.
     pub exit_reason: Mutex<Option<String>>,
+    /// What Python code called to end the actor (`"os._exit(3)"`), once it did: set by the
+    /// harness's `os._exit` (`_native_exit_called`), read after the call that ran it.
+    pub(crate) exit_called: Mutex<Option<String>>,
+    /// `exit_called` is set: the one thing read after every call while it is not.
+    pub(crate) exit_seen: AtomicBool,
     /// Set when shutdown began: the thread takes no new call.
     pub closing: AtomicBool,
     /// The CPU the last call was queued from (`usize::MAX`: unknown), so that the serving
@@ -329,6 +334,8 @@ impl Shared {
             leaked: AtomicBool::new(false),
             stage: Mutex::new(None),
             exit_reason: Mutex::new(None),
+            exit_called: Mutex::new(None),
+            exit_seen: AtomicBool::new(false),
             wake_w: Mutex::new(-1),
             loop_running: AtomicBool::new(false),
             closing: AtomicBool::new(false),

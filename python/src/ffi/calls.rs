@@ -140,13 +140,12 @@ impl Setup {
         unsafe { err_clear() };
         // The first call to end after `os._exit` was called is the one that called it (or ran
         // the code that did); the others keep their own outcome.
-        let noticed = shared.exit_reason.lock().is_some();
-        let exit = if noticed {
-            None
-        } else {
-            // SAFETY: owning thread, GIL held.
-            unsafe { self.exit_called() }
-        };
+        let exit =
+            if shared.exit_seen.load(Ordering::Acquire) && shared.exit_reason.lock().is_none() {
+                shared.exit_called.lock().clone()
+            } else {
+                None
+            };
         let ends = exit.is_some();
         let result = match exit {
             None => result,
@@ -226,40 +225,6 @@ impl Setup {
         if let Some(reply) = call.reply.lock().take() {
             reply.send(Err(err));
         }
-    }
-
-    /// What ended the actor from Python (`"os._exit(3)"`), if `os._exit` was called.
-    ///
-    /// # Safety
-    /// Owning thread, GIL held.
-    unsafe fn exit_called(&self) -> Option<String> {
-        let (module, name) = (
-            self.harrow.module.as_ptr(),
-            self.harrow.exit_called_name.as_ptr(),
-        );
-        // A global of the harness module, read from the module's dictionary: what an attribute
-        // lookup would find (the module is a plain module and the name no attribute of its
-        // type), without the attribute machinery, after every call.
-        // SAFETY: GIL held (caller); the module is this interpreter's, valid; its dictionary is
-        // borrowed and lives as long as the module.
-        let globals = unsafe { ffi::PyModule_GetDict(module) };
-        if globals.is_null() {
-            return None;
-        }
-        // SAFETY: GIL held; a dict and an interned `str`; a borrowed result (or null, with an
-        // error set only if the lookup failed).
-        let v = unsafe { ffi::PyDict_GetItemWithError(globals, name) };
-        if v.is_null() {
-            // SAFETY: GIL held; a failed lookup's error (if any) is not the call's.
-            unsafe { err_clear() };
-            return None;
-        }
-        // SAFETY: GIL held; `v` is a valid object, borrowed from the dict, not used after.
-        if unsafe { ffi::PyUnicode_Check(v) } == 0 {
-            return None;
-        }
-        // SAFETY: GIL held; `v` is a `str` held by the dict for this read.
-        unsafe { convert::utf8(v) }.ok()
     }
 
     /// # Safety

@@ -53,15 +53,12 @@ class ActorExit(BaseException):
     the process. ``os.abort()`` and a C extension calling ``exit()`` cannot be intercepted."""
 
 
-_exit_called = None
-
-
 def _os_exit(status=0):
     """``os._exit`` in a harrow actor: ends the actor (its call fails), not the process."""
-    global _exit_called
-    _exit_called = "os._exit(%r)" % (status,)
+    called = "os._exit(%r)" % (status,)
+    _native_exit_called(called)
     raise ActorExit(
-        "%s was called: it ends this actor only (the process goes on)" % _exit_called
+        "%s was called: it ends this actor only (the process goes on)" % called
     )
 
 

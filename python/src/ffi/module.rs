@@ -181,7 +181,7 @@ const CALL_CAPSULE: &CStr = c"harrow._call";
 
 /// Immutable method tables: plain C data (names, flags, function pointers), no Python object,
 /// so sharing them between interpreters is what CPython's own multi-phase modules do.
-struct Defs([ffi::PyMethodDef; 10]);
+struct Defs([ffi::PyMethodDef; 11]);
 // SAFETY: the table is never written after compile time; CPython only reads it.
 unsafe impl Sync for Defs {}
 
@@ -266,6 +266,14 @@ static DEFS: Defs = Defs([
         ml_flags: ffi::METH_O,
         ml_doc: std::ptr::null(),
     },
+    ffi::PyMethodDef {
+        ml_name: c"_native_exit_called".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: native_exit_called,
+        },
+        ml_flags: ffi::METH_O,
+        ml_doc: std::ptr::null(),
+    },
 ]);
 
 fn def(i: usize) -> *mut ffi::PyMethodDef {
@@ -333,9 +341,6 @@ pub(crate) struct HarrowModule {
     pub(crate) agen_stream: Obj,
     /// `_frame_text(tb)`: the two lines of one traceback entry (see [`super::exc`]).
     pub(crate) frame_text: Obj,
-    /// The interned name `"_exit_called"`, looked up in the module after every call (made
-    /// once: a lookup by C string would make a new `str` per call).
-    pub(crate) exit_called_name: Obj,
 }
 
 impl HarrowModule {
@@ -397,6 +402,7 @@ impl HarrowModule {
             (7, c"_native_call_cancelled"),
             (8, c"_native_nest"),
             (9, c"_native_drain"),
+            (10, c"_native_exit_called"),
         ] {
             // SAFETY: GIL held; a static method table entry and a live capsule as `self`.
             let f =
@@ -467,12 +473,6 @@ impl HarrowModule {
             agen_collect: get(c"_agen_collect")?,
             agen_stream: get(c"_agen_stream")?,
             frame_text: get(c"_frame_text")?,
-            exit_called_name: {
-                // SAFETY: GIL held; a NUL-terminated name.
-                let name = unsafe { ffi::PyUnicode_InternFromString(c"_exit_called".as_ptr()) };
-                // SAFETY: a new reference (or null with an error set).
-                unsafe { Obj::owned(name) }?
-            },
             module,
         })
     }
@@ -1233,6 +1233,35 @@ unsafe fn native_finish_body(
     unsafe { (state_hooks.finish_async)(call, state, value) };
     // SAFETY: GIL held.
     unsafe { none() }
+}
+
+/// `_native_exit_called(text)`: the harness's `os._exit` notes what was called
+/// (`"os._exit(3)"`) before it raises `ActorExit`; the call that ran it fails and the actor
+/// ends (see `Setup::settle`). The first note is kept.
+unsafe extern "C" fn native_exit_called(
+    slf: *mut ffi::PyObject,
+    text: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this C function with its interpreter's GIL held; a panic in the body
+    // becomes a Python exception.
+    guarded("noting os._exit", std::ptr::null_mut(), || {
+        // SAFETY: GIL held; `slf` is the shared capsule bound to this function.
+        let Some(shared) = (unsafe { shared_from(slf) }) else {
+            return std::ptr::null_mut();
+        };
+        // SAFETY: GIL held; `text` is an object (a `str`, else an error is set).
+        let Ok(text) = (unsafe { convert::utf8(text) }) else {
+            return std::ptr::null_mut();
+        };
+        let mut noted = shared.exit_called.lock();
+        if noted.is_none() {
+            *noted = Some(text);
+        }
+        drop(noted);
+        shared.exit_seen.store(true, Ordering::Release);
+        // SAFETY: GIL held.
+        unsafe { none() }
+    })
 }
 
 /// `_native_drain(fd)`: reads the non-blocking descriptor `fd` (the wake pipe's read end) until
