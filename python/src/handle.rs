@@ -123,12 +123,11 @@ impl InterpHandle {
     ) -> PyCall {
         let job = JobState::new(func.clone());
         job.set_env(env);
-        let (tx, rx) = crate::reply::reply();
+        let (tx, rx) = crate::reply::reply(&job);
         let mut call = PyCall {
             reply: rx,
             spin: None,
             in_flight: None,
-            job: Arc::clone(&job),
             shared: Arc::clone(&self.shared),
             finished: false,
             immediate: None,
@@ -259,7 +258,6 @@ pub struct PyCall {
     spin: Option<Arc<SpinGate>>,
     /// Set while the call counts as in flight on its interpreter (taken when it ends).
     in_flight: Option<Arc<SpinGate>>,
-    job: Arc<JobState>,
     shared: Arc<Shared>,
     finished: bool,
     immediate: Option<Result<Value, CallError>>,
@@ -268,7 +266,7 @@ pub struct PyCall {
 impl std::fmt::Debug for PyCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PyCall")
-            .field("func", &self.job.func)
+            .field("func", &self.reply.job().func)
             .field("finished", &self.finished)
             .finish_non_exhaustive()
     }
@@ -286,7 +284,7 @@ impl PyCall {
     /// or whatever the code returned if it finished first).
     pub fn cancel(&self) {
         if !self.finished {
-            self.job.cancel();
+            self.reply.job().cancel();
             self.shared.request_cancel();
         }
     }
@@ -342,7 +340,7 @@ impl Drop for PyCall {
         // straight to its caller, and its future be dropped before it looked): nothing runs
         // that a cancel could stop, and a cancel request would wake the re-arming injector.
         if !self.finished && self.immediate.is_none() && !self.reply.is_closed() {
-            self.job.cancel();
+            self.reply.job().cancel();
             self.shared.request_cancel();
         }
     }
@@ -354,12 +352,12 @@ mod tests {
 
     /// A call's future as `PyHandle::call` makes it, without an interpreter behind it.
     fn a_call(shared: &Arc<Shared>) -> (PyCall, crate::reply::ReplyTx) {
-        let (tx, rx) = crate::reply::reply();
+        let job = JobState::new(FnPath::parse("m:f").expect("a valid path"));
+        let (tx, rx) = crate::reply::reply(&job);
         let call = PyCall {
             reply: rx,
             spin: None,
             in_flight: None,
-            job: JobState::new(FnPath::parse("m:f").expect("a valid path")),
             shared: Arc::clone(shared),
             finished: false,
             immediate: None,
@@ -373,13 +371,13 @@ mod tests {
         // Answered straight to its caller: the reply slot closed without an answer in it, and
         // the future dropped before it looked.
         let (call, tx) = a_call(&shared);
-        let job = Arc::clone(&call.job);
+        let job = Arc::clone(call.reply.job());
         tx.answered_elsewhere();
         drop(call);
         assert!(!job.is_cancelled(), "an ended call is not cancelled");
         // A call still running when its future is dropped is cancelled.
         let (call, tx) = a_call(&shared);
-        let job = Arc::clone(&call.job);
+        let job = Arc::clone(call.reply.job());
         drop(call);
         assert!(job.is_cancelled(), "a dropped running call is cancelled");
         drop(tx);

@@ -140,6 +140,9 @@ pub struct JobState {
     /// The call's open cancel scopes (nursery blocks, deadlines), innermost last: its waits end
     /// with `Cancelled` when one fires.
     scopes: parking_lot::Mutex<Vec<crate::nest::Scope>>,
+    /// Where the call's answer goes (see [`crate::reply`]): in the job, which the call's future
+    /// and its serving thread both hold, so that it costs no allocation of its own.
+    reply: crate::reply::Slot,
 }
 
 /// After `harrow.Cancelled` was raised in a call, how long the injector waits before raising it
@@ -157,7 +160,13 @@ impl JobState {
             held_until: parking_lot::Mutex::new(None),
             env: parking_lot::Mutex::new(None),
             scopes: parking_lot::Mutex::new(Vec::new()),
+            reply: crate::reply::Slot::default(),
         })
+    }
+
+    /// The call's reply slot.
+    pub(crate) fn reply_slot(&self) -> &crate::reply::Slot {
+        &self.reply
     }
 
     /// Keeps the injector from raising `harrow.Cancelled` in the call for `d` (see
