@@ -396,6 +396,15 @@ mod imp {
             self.fds.lock().unwrap_or_else(|p| p.into_inner()).clone()
         }
 
+        /// Wakes the thread from its `epoll_wait`, if the descriptors are still open: the
+        /// `eventfd` is written under the lock (a non-blocking write), which costs no reference
+        /// counts. Only the waker that found the thread asleep writes, so nobody waits here.
+        fn wake_up(&self) {
+            if let Some(fds) = &*self.fds.lock().unwrap_or_else(|p| p.into_inner()) {
+                wake_up(&fds.wake);
+            }
+        }
+
         /// Closes the descriptors (once the last copy in use is dropped) and forgets the
         /// registrations.
         fn close(&self) {
@@ -485,9 +494,7 @@ mod imp {
             if self.0.state.swap(NOTIFIED, Ordering::AcqRel) == PARKED {
                 // Read by the thread once the wake-up (below) has reached it.
                 self.0.woke_at.store(spin::now_ns(), Ordering::Release);
-                if let Some(fds) = self.0.fds() {
-                    wake_up(&fds.wake);
-                }
+                self.0.wake_up();
             }
         }
     }
