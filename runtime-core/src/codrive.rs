@@ -222,9 +222,19 @@ impl CoDriver {
             // own, which has nothing to do before the job's answer. Unlike `Executor::run`, no
             // worker queue is made and dropped per wait.
             let mut tick = std::pin::pin!(exec.tick());
+            // The waker registered in `helper_waker` (its data and vtable), which stands until
+            // `unbind`'s one wake: registered again only for another waker.
+            let mut registered: Option<(usize, &'static std::task::RawWakerVTable)> = None;
             let drive = std::future::poll_fn(|cx| {
-                // Registered before the look: `unbind` sets `ending`, then wakes.
-                inner.helper_waker.register(cx.waker());
+                // Registered before the look: `unbind` sets `ending`, then wakes. (While the
+                // registration stands, `helper_waker` holds a clone of its waker, so another
+                // waker cannot have the same data.)
+                let w = cx.waker();
+                let this = (w.data() as usize, w.vtable());
+                if registered != Some(this) {
+                    inner.helper_waker.register(w);
+                    registered = Some(this);
+                }
                 for _ in 0..TICKS_PER_YIELD {
                     if until.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(true);

@@ -436,24 +436,53 @@ impl Server {
         let jobs = &self.jobs;
         let (queued, maybe) = (&self.shared.job_queued, &self.shared.job_maybe);
         let mut got = None;
+        // The waker `queued` holds for this wait while no wake has taken it.
+        let mut held: Option<std::task::Waker> = None;
         {
+            let take = || match jobs.try_recv() {
+                Ok(job) => Some(Ok(job)),
+                Err(flume::TryRecvError::Disconnected) => Some(Err(flume::RecvError::Disconnected)),
+                Err(flume::TryRecvError::Empty) => None,
+            };
             let next = std::pin::pin!(std::future::poll_fn(|cx| {
+                // The co-driver looks here after every task it runs. Every wake of `queued`
+                // follows setting `maybe`: while it is unset, the waker registered since the
+                // last look that found it set still stands (a wake that took it anyway, its
+                // `maybe` not yet seen here, makes the co-driver look again). No locked
+                // instruction then.
+                let standing = held.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+                if standing && !maybe.load(Ordering::Acquire) {
+                    return std::task::Poll::Pending;
+                }
+                // Set: a job came (or a handle went), and its wake may still come and take the
+                // waker registered before. Looked at before registering again.
+                if maybe.swap(false, Ordering::AcqRel) {
+                    held = None;
+                    if let Some(job) = take() {
+                        got = Some(job);
+                        return std::task::Poll::Ready(());
+                    }
+                }
                 // Registered before the look: a handle queues a job (or goes), sets `maybe`,
                 // then wakes. Unset, no job came since the last look, or its wake is still to
                 // come, or it came before a look that took a job: `serve` looks at the queue
                 // after every job before it waits here again.
                 queued.register(cx.waker());
                 if !maybe.swap(false, Ordering::AcqRel) {
+                    if held.as_ref().is_none_or(|w| !w.will_wake(cx.waker())) {
+                        held = Some(cx.waker().clone());
+                    }
                     return std::task::Poll::Pending;
                 }
-                got = match jobs.try_recv() {
-                    Ok(job) => Some(Ok(job)),
-                    Err(flume::TryRecvError::Disconnected) => {
-                        Some(Err(flume::RecvError::Disconnected))
+                // Set again, its wake maybe still to come: the next look registers anew.
+                held = None;
+                match take() {
+                    Some(job) => {
+                        got = Some(job);
+                        std::task::Poll::Ready(())
                     }
-                    Err(flume::TryRecvError::Empty) => return std::task::Poll::Pending,
-                };
-                std::task::Poll::Ready(())
+                    None => std::task::Poll::Pending,
+                }
             }));
             co.drive_until(next);
         }
