@@ -291,8 +291,15 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Beside<M, A> {
     /// nothing was.
     fn poll_woken(&mut self) -> bool {
         let hot = &self.handoff.shared.hot;
-        let incoming = hot.incoming.swap(false, Ordering::SeqCst);
-        let summary = hot.summary.swap(0, Ordering::SeqCst);
+        // Each looked at before it is taken: taking what is unset would be a locked
+        // instruction for nothing. (A wake-up that a look misses is seen by the look after
+        // `parked` is set, in `poll`.)
+        let incoming =
+            hot.incoming.load(Ordering::Relaxed) && hot.incoming.swap(false, Ordering::SeqCst);
+        let summary = match hot.summary.load(Ordering::Relaxed) {
+            0 => 0,
+            _ => hot.summary.swap(0, Ordering::SeqCst),
+        };
         if incoming {
             self.take_incoming();
         }
@@ -327,14 +334,18 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Future for Besi
             *lock(&this.handoff.shared.outer) = Some(outer.clone());
             this.outer = Some(outer);
         }
+        // Not parked: a wake-up only sets its flag or bit. (Only saying parked must be
+        // sequentially consistent, with the looks after it; a waker that still sees this
+        // store's old value only wakes the loop once more.)
         this.handoff
             .shared
             .hot
             .parked
-            .store(false, Ordering::SeqCst);
+            .store(false, Ordering::Release);
         for _ in 0..ROUNDS {
             let slots = this.poll_woken();
-            let main = this.handoff.shared.hot.main.swap(false, Ordering::SeqCst);
+            let hot = &this.handoff.shared.hot;
+            let main = hot.main.load(Ordering::Relaxed) && hot.main.swap(false, Ordering::SeqCst);
             if main {
                 let mut main_cx = Context::from_waker(&this.main_waker);
                 if let Poll::Ready(v) = this.main.as_mut().poll(&mut main_cx) {
@@ -354,7 +365,7 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Future for Besi
                 .shared
                 .hot
                 .parked
-                .store(false, Ordering::SeqCst);
+                .store(false, Ordering::Release);
         }
         // Busy: let the loop underneath look at its own wake-ups, then come back.
         this.handoff.shared.hot.parked.store(true, Ordering::SeqCst);
