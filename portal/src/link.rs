@@ -450,7 +450,10 @@ pub(crate) struct Served {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, LinkState> {
         let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        self.state_gen.fetch_add(1, Ordering::Release);
+        // Only ever changed under the lock: a load and a store, not a locked add.
+        let generation = self.state_gen.load(Ordering::Relaxed);
+        self.state_gen
+            .store(generation.wrapping_add(1), Ordering::Release);
         guard
     }
 

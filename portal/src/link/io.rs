@@ -184,13 +184,17 @@ async fn next_or_dead(shared: &Shared, rx: &mut ChannelRx) -> Option<Result<Msg,
 
 pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
     let mut routes = RouteCache::default();
+    // Messages read so far, published in `received` (this reader is its only writer: a store,
+    // not a locked add, per message).
+    let mut received = shared.received.load(Ordering::Relaxed);
     'read: loop {
         // What is there already (an in-memory queue's messages, the frames a byte stream's
         // last read brought in), routed without a future per message; then wait.
         while let Some(next) = rx.try_recv_now() {
             match next {
                 Ok(msg) => {
-                    shared.received.fetch_add(1, Ordering::Relaxed);
+                    received += 1;
+                    shared.received.store(received, Ordering::Relaxed);
                     shared.handle(msg, &mut routes);
                 }
                 Err(e) => {
@@ -209,7 +213,8 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
         match next {
             None => break,
             Some(Ok(msg)) => {
-                shared.received.fetch_add(1, Ordering::Relaxed);
+                received += 1;
+                shared.received.store(received, Ordering::Relaxed);
                 shared.reader_busy();
                 shared.handle(msg, &mut routes);
             }
