@@ -101,8 +101,9 @@ impl std::fmt::Debug for CoDriver {
 
 #[derive(Default)]
 struct Inner {
-    /// The running actor's executor and context (`None` before and after its runtime).
-    bound: Mutex<Option<Bound>>,
+    /// The running actor's executor and context (`None` before and after its runtime). One
+    /// reference count per `drive_until`, not one per part.
+    bound: Mutex<Option<Arc<Bound>>>,
     /// The helper's state: `AWAY`, `DRIVING` or `BUSY`.
     state: AtomicU8,
     /// When the helper last turned busy, in nanoseconds since the watchdog's epoch.
@@ -145,7 +146,7 @@ struct Bound {
 }
 
 impl Inner {
-    fn bound(&self) -> MutexGuard<'_, Option<Bound>> {
+    fn bound(&self) -> MutexGuard<'_, Option<Arc<Bound>>> {
         self.bound.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -178,10 +179,10 @@ impl CoDriver {
     /// say [`away`](Self::away)) within [`TAKEOVER`], the actor's own thread runs its tasks.
     pub fn drive_until(&self, until: Pin<&mut (dyn Future<Output = ()> + Send)>) -> bool {
         let inner = &*self.inner;
-        let (exec, ctx, parker) = match inner.bound().as_ref() {
-            Some(b) => (b.exec.clone(), b.ctx.clone(), b.parker.clone()),
-            None => return false,
+        let Some(bound) = inner.bound().clone() else {
+            return false;
         };
+        let (exec, ctx, parker) = (&bound.exec, &bound.ctx, &bound.parker);
         inner.helper_in.store(true, SeqCst);
         if inner.ending.load(SeqCst) {
             self.leave(AWAY);
@@ -310,7 +311,7 @@ impl CoDriver {
         inner.main_done.store(false, SeqCst);
         inner.state.store(AWAY, SeqCst);
         let parker = sockets.then(SharedParker::new);
-        *inner.bound() = Some(Bound { exec, ctx, parker });
+        *inner.bound() = Some(Arc::new(Bound { exec, ctx, parker }));
     }
 
     /// The actor's main task ended (on whichever thread ran it): the owner returns.
