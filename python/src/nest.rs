@@ -248,8 +248,14 @@ impl Op {
 /// ([`JobState::set_env`](crate::JobState::set_env)).
 #[derive(Clone)]
 pub struct ActorEnv {
-    actor: ActorCtx,
+    base: Arc<EnvBase>,
     call: Option<CalleeContext>,
+}
+
+/// What every call of one actor reaches alike: one reference count per call, not one per
+/// part (see [`ActorEnv::for_call`]).
+pub(crate) struct EnvBase {
+    actor: ActorCtx,
     offers: Arc<Offers>,
     /// The backend that made this actor: its children's default, under its own name (a
     /// subint actor's `"subint"` children, a Python process actor's `"pyprocess"` ones, unless
@@ -258,10 +264,40 @@ pub struct ActorEnv {
     config: Arc<InterpConfig>,
 }
 
+impl fmt::Debug for EnvBase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvBase")
+            .field("actor", self.actor.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EnvBase {
+    /// What the calls of `actor` reach, besides the call itself.
+    pub(crate) fn new(
+        actor: ActorCtx,
+        offers: Arc<Offers>,
+        subint: Arc<dyn SpawnBackend>,
+        config: Arc<InterpConfig>,
+    ) -> Arc<EnvBase> {
+        Arc::new(EnvBase {
+            actor,
+            offers,
+            subint,
+            config,
+        })
+    }
+
+    /// Whether these are `actor`'s.
+    pub(crate) fn is_of(&self, actor: &ActorCtx) -> bool {
+        self.actor.ptr_eq(actor)
+    }
+}
+
 impl fmt::Debug for ActorEnv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ActorEnv")
-            .field("actor", self.actor.id())
+            .field("actor", self.base.actor.id())
             .finish_non_exhaustive()
     }
 }
@@ -284,26 +320,28 @@ impl ActorEnv {
         config: Arc<InterpConfig>,
     ) -> Self {
         ActorEnv {
-            actor,
+            base: EnvBase::new(actor, offers, subint, config),
             call,
-            offers,
-            subint,
-            config,
         }
     }
 
+    /// The environment of `call`, served by the actor `base` is of.
+    pub(crate) fn for_call(base: Arc<EnvBase>, call: Option<CalleeContext>) -> Self {
+        ActorEnv { base, call }
+    }
+
     pub(crate) fn identity(&self) -> Identity {
-        let id = self.actor.id();
+        let id = self.base.actor.id();
         Identity {
             name: id.name.clone(),
             uid: id.uid.clone(),
-            backend: self.actor.backend().to_owned(),
+            backend: self.base.actor.backend().to_owned(),
         }
     }
 
     /// The portal to this actor's parent (none before the handshake, which precedes any call).
     pub(crate) fn parent(&self) -> Option<Handle> {
-        self.actor.parent().map(|p| {
+        self.base.actor.parent().map(|p| {
             Handle::Portal(Arc::new(PyPortal {
                 portal: p,
                 child: None,
@@ -313,7 +351,7 @@ impl ActorEnv {
     }
 
     pub(crate) fn backend_names(&self) -> Vec<String> {
-        self.offers.backend_names_with(self.subint.name())
+        self.base.offers.backend_names_with(self.base.subint.name())
     }
 
     /// Runs `fut` as a task on the actor's executor; dropping the returned future drops it.
@@ -324,7 +362,7 @@ impl ActorEnv {
         fut: impl Future<Output = T> + Send + 'static,
     ) -> async_executor::Task<T> {
         crate::handle::away_here();
-        self.actor.executor().spawn(fut)
+        self.base.actor.executor().spawn(fut)
     }
 
     /// Starts operation `op` on `target` with `arg`. Errors in the input are returned at once;
@@ -369,7 +407,9 @@ impl ActorEnv {
         let (body_tx, body_rx) = flume::bounded::<Option<String>>(1);
         if let Some(call) = &self.call {
             // A cancelled call keeps running until its nursery has torn its children down.
-            call.reserve_cleanup(harrow_runtime_core::teardown_bound(&self.actor.timeouts()));
+            call.reserve_cleanup(harrow_runtime_core::teardown_bound(
+                &self.base.actor.timeouts(),
+            ));
         }
         let task = self.spawn(async move {
             open_nursery(|n| async move {
@@ -407,7 +447,7 @@ impl ActorEnv {
         let get_str = |k: &str| spec.get(k).and_then(Value::as_str).map(str::to_owned);
         let name = get_str("name").ok_or_else(|| Fail::Usage("a child needs a name".into()))?;
         // By default a child runs on this actor's own backend.
-        let backend_name = get_str("backend").unwrap_or_else(|| self.subint.name().to_owned());
+        let backend_name = get_str("backend").unwrap_or_else(|| self.base.subint.name().to_owned());
         let (backend, aspec) = self.child_spec(&backend_name, &spec)?;
         let nursery = n.nursery.clone();
         if run {
@@ -470,9 +510,9 @@ impl ActorEnv {
             .get("params")
             .filter(|v| !matches!(v, Value::Null))
             .cloned();
-        let backend = match self.offers.backends.get(name) {
+        let backend = match self.base.offers.backends.get(name) {
             Some(b) => b.clone(),
-            None if name == self.subint.name() => self.subint.clone(),
+            None if name == self.base.subint.name() => self.base.subint.clone(),
             None => {
                 return Err(Fail::Usage(format!(
                     "no backend {name:?} is offered to Python actors here (offered: {})",
@@ -484,7 +524,7 @@ impl ActorEnv {
             aspec.params = match params {
                 Some(p) => p,
                 None => {
-                    let mut config = (*self.config).clone();
+                    let mut config = (*self.base.config).clone();
                     if let Some(modules) = strings("modules")? {
                         config.modules = modules;
                     }
@@ -498,8 +538,8 @@ impl ActorEnv {
             aspec.params = p;
         }
         if let Some(r) = spec.get("resolver").and_then(Value::as_str) {
-            let Some(res) = self.offers.resolvers.get(r) else {
-                let mut names: Vec<_> = self.offers.resolvers.keys().cloned().collect();
+            let Some(res) = self.base.offers.resolvers.get(r) else {
+                let mut names: Vec<_> = self.base.offers.resolvers.keys().cloned().collect();
                 names.sort();
                 return Err(Fail::Usage(format!(
                     "no function registry {r:?} is offered to Python actors here (offered: {})",
@@ -540,7 +580,7 @@ impl ActorEnv {
                 }
             }
             Op::CancelActor => {
-                let bound = self.actor.timeouts().cancel_ack;
+                let bound = self.base.actor.timeouts().cancel_ack;
                 let task = self.spawn(async move {
                     match &p.child {
                         // A child: the whole ladder; true when it ended by itself.

@@ -1,7 +1,7 @@
 //! [`PyResolver`]: serves an actor's calls with Python functions in its interpreter (a
 //! subinterpreter, or a process child's main interpreter).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use harrow_ipc::Value;
 use harrow_portal::{CallError, CallFuture, CalleeContext, Invocation, MsgStream, Resolver};
@@ -20,6 +20,9 @@ use crate::host::{CallHost, HostFuture, StreamHost};
 pub struct PyResolver {
     interp: InterpHandle,
     nest: Option<Arc<Nesting>>,
+    /// What every call of the actor reaches alike, made on its first call (see
+    /// [`ActorEnv::for_call`](crate::nest::ActorEnv::for_call)).
+    env_base: Arc<OnceLock<Arc<crate::nest::EnvBase>>>,
 }
 
 /// What a Python actor's calls need to make their Python code a full actor (nurseries,
@@ -39,7 +42,11 @@ pub struct Nesting {
 impl PyResolver {
     /// A resolver running calls on `interp`.
     pub fn new(interp: InterpHandle) -> Self {
-        PyResolver { interp, nest: None }
+        PyResolver {
+            interp,
+            nest: None,
+            env_base: Arc::default(),
+        }
     }
 
     /// A resolver of an actor whose Python code may open nurseries and use portals.
@@ -47,6 +54,7 @@ impl PyResolver {
         PyResolver {
             interp,
             nest: Some(Arc::new(nest)),
+            env_base: Arc::default(),
         }
     }
 }
@@ -60,14 +68,33 @@ impl Resolver for PyResolver {
         // The resolver runs on the actor's runtime thread, where its context is current: the
         // Python code reaches the actor (its nurseries, portals, parent) through it.
         let env = self.nest.as_ref().and_then(|n| {
-            harrow_runtime_core::current_actor().map(|actor| {
-                crate::nest::ActorEnv::new(
-                    actor,
+            harrow_runtime_core::with_current_actor(|actor| {
+                let actor = actor?;
+                let base = match self.env_base.get() {
+                    Some(base) if base.is_of(actor) => base.clone(),
+                    // Another actor's (a resolver is made per actor: not expected): its own.
+                    Some(_) => crate::nest::EnvBase::new(
+                        actor.clone(),
+                        n.offers.clone(),
+                        n.subint.clone(),
+                        n.config.clone(),
+                    ),
+                    None => self
+                        .env_base
+                        .get_or_init(|| {
+                            crate::nest::EnvBase::new(
+                                actor.clone(),
+                                n.offers.clone(),
+                                n.subint.clone(),
+                                n.config.clone(),
+                            )
+                        })
+                        .clone(),
+                };
+                Some(crate::nest::ActorEnv::for_call(
+                    base,
                     Some(call.ctx.clone()),
-                    n.offers.clone(),
-                    n.subint.clone(),
-                    n.config.clone(),
-                )
+                ))
             })
         });
         let host: Arc<dyn CallHost> = Arc::new(CalleeHost { ctx: call.ctx });

@@ -57,6 +57,11 @@ impl fmt::Debug for ActorCtx {
 }
 
 impl ActorCtx {
+    /// Whether `self` and `other` are the context of one actor (the same run of it).
+    pub fn ptr_eq(&self, other: &ActorCtx) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     // Crate-private, called from the two places that start an actor's thread (the root and
     // `run_actor_parked`), each naming every part.
     #[allow(clippy::too_many_arguments)]
@@ -217,6 +222,12 @@ impl Drop for CurrentGuard {
 /// so any function an actor serves can open a nursery of its own.
 pub fn current_actor() -> Option<ActorCtx> {
     CURRENT.with(|c| c.borrow().clone())
+}
+
+/// [`current_actor`], lent to `f` instead of cloned (no reference count taken: for a look on
+/// every call). `f` must not enter another actor's context.
+pub fn with_current_actor<R>(f: impl FnOnce(Option<&ActorCtx>) -> R) -> R {
+    CURRENT.with(|c| f(c.borrow().as_ref()))
 }
 
 /// What a child's runtime needs to start: the [`SpawnSpec`] its backend received, the backend's

@@ -37,7 +37,7 @@ mod thread;
 
 pub use actor::{
     ActorCtx, ActorExit, ActorInit, current_actor, run_actor, run_actor_codriven,
-    run_actor_in_process, run_actor_in_process_codriven, shield,
+    run_actor_in_process, run_actor_in_process_codriven, shield, with_current_actor,
 };
 pub use backend::{
     BoxFuture, Capabilities, Child, Exit, HardKill, SpawnBackend, SpawnError, Timeouts,

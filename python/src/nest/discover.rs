@@ -135,7 +135,7 @@ impl ActorEnv {
         target: Option<&Handle>,
         arg: Value,
     ) -> Result<OpFuture, Fail> {
-        let actor = self.actor.clone();
+        let actor = self.base.actor.clone();
         match op {
             DiscOp::Find | DiscOp::FindUid => {
                 let key = name_arg(op, &arg)?;
