@@ -58,9 +58,10 @@ impl Shared {
             });
         }
         let ctx = CalleeContext::new(self.clone(), chan.clone());
+        // The call's path moves into the invocation (`chan.func` names it from here on).
         let started = match &self.resolver {
             Some(resolver) => resolver.start(Invocation {
-                func: func.clone(),
+                func,
                 kind,
                 args,
                 ctx,
@@ -78,7 +79,7 @@ impl Shared {
         }
         match started {
             Err(err) => {
-                debug!(%cid, %func, %err, "resolver refused the call");
+                debug!(%cid, func = %chan.func, %err, "resolver refused the call");
                 st.served.remove(&cid);
                 drop(st);
                 let mut cst = chan.lock();
