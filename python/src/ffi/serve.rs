@@ -455,9 +455,9 @@ impl Server {
                     return std::task::Poll::Pending;
                 }
                 // Set: a job came (or a handle went), and its wake may still come and take the
-                // waker registered before. Looked at before registering again.
+                // waker registered before. Looked at before registering again (below, if no
+                // job was there).
                 if maybe.swap(false, Ordering::AcqRel) {
-                    held = None;
                     if let Some(job) = take() {
                         got = Some(job);
                         return std::task::Poll::Ready(());
