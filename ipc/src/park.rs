@@ -265,6 +265,9 @@ mod imp {
         /// The registered interests that have a [`Watch`] (copied on write: the parker takes
         /// the list with one reference count per loop).
         watched: Mutex<Arc<[Arc<Interest>]>>,
+        /// `watched` is not empty: a parker with no watched transport (a root whose children
+        /// are in-process) takes no lock and no count for it.
+        any_watched: AtomicBool,
         /// When a waker last found the thread asleep and woke it ([`spin::now_ns`]): for the
         /// thread's [`spin::wake_delay`].
         woke_at: AtomicU64,
@@ -313,6 +316,23 @@ mod imp {
         }
     }
 
+    /// A poller's watched interests, as its parker takes them for one turn of its loop.
+    enum WatchedList {
+        Empty,
+        Listed(Arc<[Arc<Interest>]>),
+    }
+
+    impl std::ops::Deref for WatchedList {
+        type Target = [Arc<Interest>];
+
+        fn deref(&self) -> &[Arc<Interest>] {
+            match self {
+                WatchedList::Empty => &[],
+                WatchedList::Listed(list) => list,
+            }
+        }
+    }
+
     /// The descriptors of a [`Poller`]. The thread in `block_on` holds a copy it waits on
     /// without locking; others take theirs under the lock, for one call.
     #[derive(Clone)]
@@ -344,23 +364,30 @@ mod imp {
                 next_key: AtomicU64::new(0),
                 interests: Mutex::new(HashMap::new()),
                 watched: Mutex::new(Arc::from(Vec::new())),
+                any_watched: AtomicBool::new(false),
                 source: WakeSource::for_this_thread(),
                 woke_at: AtomicU64::new(0),
                 token: NEXT_TOKEN.fetch_add(1, Ordering::Relaxed).max(2),
             })
         }
 
-        fn watched(&self) -> Arc<[Arc<Interest>]> {
-            self.watched
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
+        fn watched(&self) -> WatchedList {
+            if !self.any_watched.load(Ordering::Acquire) {
+                return WatchedList::Empty;
+            }
+            WatchedList::Listed(
+                self.watched
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            )
         }
 
         fn set_watched(&self, f: impl FnOnce(&mut Vec<Arc<Interest>>)) {
             let mut slot = self.watched.lock().unwrap_or_else(|p| p.into_inner());
             let mut list = slot.to_vec();
             f(&mut list);
+            self.any_watched.store(!list.is_empty(), Ordering::Release);
             *slot = Arc::from(list);
         }
 
