@@ -70,26 +70,19 @@ impl Resolver for PyResolver {
         let env = self.nest.as_ref().and_then(|n| {
             harrow_runtime_core::with_current_actor(|actor| {
                 let actor = actor?;
-                let base = match self.env_base.get() {
-                    Some(base) if base.is_of(actor) => base.clone(),
-                    // Another actor's (a resolver is made per actor: not expected): its own.
-                    Some(_) => crate::nest::EnvBase::new(
+                let make = || {
+                    crate::nest::EnvBase::new(
                         actor.clone(),
                         n.offers.clone(),
                         n.subint.clone(),
                         n.config.clone(),
-                    ),
-                    None => self
-                        .env_base
-                        .get_or_init(|| {
-                            crate::nest::EnvBase::new(
-                                actor.clone(),
-                                n.offers.clone(),
-                                n.subint.clone(),
-                                n.config.clone(),
-                            )
-                        })
-                        .clone(),
+                    )
+                };
+                let base = match self.env_base.get() {
+                    Some(base) if base.is_of(actor) => base.clone(),
+                    // Another actor's (a resolver is made per actor: not expected): its own.
+                    Some(_) => make(),
+                    None => self.env_base.get_or_init(make).clone(),
                 };
                 Some(crate::nest::ActorEnv::for_call(
                     base,
