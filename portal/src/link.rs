@@ -394,6 +394,7 @@ pub(crate) struct Shared {
     /// The reader while it waits for the channel: woken by `shutdown` like `dead_ev`'s
     /// listeners, without a listener to poll each time the reader waits.
     reader_waker: atomic_waker::AtomicWaker,
+    /// The id of this side's next call; advanced only under `state`'s lock.
     next_cid: AtomicU64,
     parity: u64,
     enqueued: AtomicU64,
@@ -491,7 +492,10 @@ impl Shared {
         if let Some(reason) = &st.dead {
             return Err(Error::Closed(reason.clone()));
         }
-        let cid = Cid(self.next_cid.fetch_add(2, Ordering::Relaxed));
+        // Only ever advanced under the link's lock: a load and a store, not a locked add.
+        let next = self.next_cid.load(Ordering::Relaxed);
+        self.next_cid.store(next + 2, Ordering::Relaxed);
+        let cid = Cid(next);
         let chan = Arc::new(Chan::new(cid, Side::Caller, kind, path.clone()));
         st.calls.insert(cid, chan.clone());
         self.enqueue_urgent(Msg::Start {
