@@ -436,8 +436,6 @@ impl Server {
         let jobs = &self.jobs;
         let (queued, maybe) = (&self.shared.job_queued, &self.shared.job_maybe);
         let mut got = None;
-        // The waker `queued` holds for this wait while no wake has taken it.
-        let mut held: Option<std::task::Waker> = None;
         {
             let take = || match jobs.try_recv() {
                 Ok(job) => Some(Ok(job)),
@@ -445,19 +443,11 @@ impl Server {
                 Err(flume::TryRecvError::Empty) => None,
             };
             let next = std::pin::pin!(std::future::poll_fn(|cx| {
-                // The co-driver looks here after every task it runs. Every wake of `queued`
-                // follows setting `maybe`: while it is unset, the waker registered since the
-                // last look that found it set still stands (a wake that took it anyway, its
-                // `maybe` not yet seen here, makes the co-driver look again). No locked
-                // instruction then.
-                let standing = held.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
-                if standing && !maybe.load(Ordering::Acquire) {
-                    return std::task::Poll::Pending;
-                }
-                // Set: a job came (or a handle went), and its wake may still come and take the
-                // waker registered before. Looked at before registering again (below, if no
-                // job was there).
-                if maybe.swap(false, Ordering::AcqRel) {
+                // A flagged job is taken before anything is registered: the look that finds
+                // one ends the wait. (Every look registers otherwise: a wake whose flag an
+                // earlier look took may still be under way and take the registration, so an
+                // unset flag does not say that the registration stands.)
+                if maybe.load(Ordering::Acquire) && maybe.swap(false, Ordering::AcqRel) {
                     if let Some(job) = take() {
                         got = Some(job);
                         return std::task::Poll::Ready(());
@@ -469,13 +459,8 @@ impl Server {
                 // after every job before it waits here again.
                 queued.register(cx.waker());
                 if !maybe.swap(false, Ordering::AcqRel) {
-                    if held.as_ref().is_none_or(|w| !w.will_wake(cx.waker())) {
-                        held = Some(cx.waker().clone());
-                    }
                     return std::task::Poll::Pending;
                 }
-                // Set again, its wake maybe still to come: the next look registers anew.
-                held = None;
                 match take() {
                     Some(job) => {
                         got = Some(job);
