@@ -344,12 +344,30 @@ impl CalleeContext {
     /// exactly as if its future had returned `result` (a `Cancelled` error after a cancel gives
     /// the canonical cancelled answer). The call's future must still end, soon: what it ends
     /// with is dropped. Nothing is sent when the call has already ended (cancelled and dropped,
-    /// its cleanup time up, the link closed); a second answer is ignored.
+    /// its cleanup time up, the link closed); a second answer is ignored. (A call that said
+    /// [`ends_with_answer_now`](Self::ends_with_answer_now) may have its future dropped here
+    /// instead.)
     ///
     /// For unary calls only: a context's or stream's messages go through the link's executor,
     /// and an answer sent around them could overtake them.
     pub fn answer_now(&self, result: Result<Value, CallError>) {
         self.shared.answer_served_now(self.chan.cid, result);
+    }
+
+    /// Says that this call's future has nothing left to do once
+    /// [`answer_now`](Self::answer_now) has answered it: it only waits for that answer (and for
+    /// a cancel). Call it in [`Resolver::start`](crate::Resolver::start), before the future is
+    /// first polled.
+    ///
+    /// The link then keeps the waiting future with the call, without a task of its own: a task
+    /// is made only when something wakes the future (its cancel, or an answer that comes
+    /// through it after all). Once `answer_now` has answered the call, a future that was not
+    /// woken is dropped right there, on the answering thread, without another poll. A call
+    /// answered by another thread is then spared a task's making, scheduling and end.
+    pub fn ends_with_answer_now(&self) {
+        self.chan
+            .ends_with_answer_now
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether a cancel for this call has arrived.

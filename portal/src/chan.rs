@@ -65,6 +65,12 @@ pub(crate) struct Chan {
     /// ([`wait_cancel`](Chan::wait_cancel)): woken by [`notify_cancel`](Chan::notify_cancel)
     /// only, so that the task's stream traffic does not wake (and re-arm) that wait.
     cancel: Slot,
+    /// Callee: the call's future has nothing left to do once
+    /// [`answer_now`](crate::CalleeContext::answer_now) answered it
+    /// ([`CalleeContext::ends_with_answer_now`](crate::CalleeContext::ends_with_answer_now)).
+    /// Set by the resolver and read by the link's reader, on the same thread, before the
+    /// future's first poll.
+    pub(crate) ends_with_answer_now: AtomicBool,
 }
 
 /// One waiting task's waker, registered under the chan's lock. `waiting` spares
@@ -473,6 +479,7 @@ impl Chan {
             owner: Slot::default(),
             sender: Slot::default(),
             cancel: Slot::default(),
+            ends_with_answer_now: AtomicBool::new(false),
         }
     }
 

@@ -445,7 +445,42 @@ struct LinkState {
 
 pub(crate) struct Served {
     chan: Arc<Chan>,
-    task: Option<async_executor::Task<()>>,
+    /// What runs the call's future after a first poll that left it pending.
+    run: ServedBy,
+}
+
+/// What runs a served call's future after its first poll (in the link's reader) left it
+/// pending.
+pub(crate) enum ServedBy {
+    /// Nothing yet: the first poll has not returned.
+    Nothing,
+    /// A task of its own.
+    Task(async_executor::Task<()>),
+    /// Nothing until something wakes it: a call that ends with `answer_now`
+    /// ([`serve::Parked`]).
+    Parked(Arc<serve::Parked>),
+}
+
+impl Served {
+    /// The call ended with an answer: its future, if it still runs, finishes on its own (a
+    /// parked one that was not woken is dropped: it said it has nothing left to do).
+    fn detach(mut self) {
+        match std::mem::replace(&mut self.run, ServedBy::Nothing) {
+            ServedBy::Nothing => {}
+            ServedBy::Task(task) => task.detach(),
+            ServedBy::Parked(parked) => parked.end(true),
+        }
+    }
+}
+
+impl Drop for Served {
+    /// Dropping a served call's entry drops its future (a task's is cancelled).
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.run, ServedBy::Nothing) {
+            ServedBy::Nothing | ServedBy::Task(_) => {}
+            ServedBy::Parked(parked) => parked.end(false),
+        }
+    }
 }
 
 impl Shared {
@@ -603,7 +638,7 @@ impl Shared {
                 }
             }
             entry.chan.notify_cancel();
-            drop(entry.task);
+            drop(entry); // drops the call's future
         }
         if graceful {
             // Every served call has ended now: the acks owed go out with their answers.

@@ -337,9 +337,15 @@ impl Drop for PyCall {
     fn drop(&mut self) {
         self.end_in_flight();
         // A closed reply slot means the call ended (a unary call's answer may have gone
-        // straight to its caller, and its future be dropped before it looked): nothing runs
-        // that a cancel could stop, and a cancel request would wake the re-arming injector.
-        if !self.finished && self.immediate.is_none() && !self.reply.is_closed() {
+        // straight to its caller, and its future be dropped before it looked); so does a job
+        // marked done (the future dropped where that answer was sent, just before the slot
+        // closes): nothing runs that a cancel could stop, and a cancel request would wake the
+        // re-arming injector.
+        if !self.finished
+            && self.immediate.is_none()
+            && !self.reply.is_closed()
+            && !self.reply.job().is_done()
+        {
             self.reply.job().cancel();
             self.shared.request_cancel();
         }
@@ -375,6 +381,17 @@ mod tests {
         tx.answered_elsewhere();
         drop(call);
         assert!(!job.is_cancelled(), "an ended call is not cancelled");
+        // Dropped where its answer is sent straight to the caller (the link's `answer_now`),
+        // after its job was marked done and before its reply slot closes.
+        let (call, tx) = a_call(&shared);
+        let job = Arc::clone(call.reply.job());
+        job.set_done();
+        drop(call);
+        assert!(
+            !job.is_cancelled(),
+            "a call whose job is done is not cancelled"
+        );
+        tx.answered_elsewhere();
         // A call still running when its future is dropped is cancelled.
         let (call, tx) = a_call(&shared);
         let job = Arc::clone(call.reply.job());

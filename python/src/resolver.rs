@@ -65,6 +65,11 @@ impl Resolver for PyResolver {
         let ctx = call.ctx.clone();
         // Before the Python code can run: a cancel from now on lets it clean up.
         ctx.observe_cancel();
+        if call.kind == harrow_ipc::CallKind::Unary {
+            // Its answer goes from the interpreter thread (`CalleeHost::answer_now`); the
+            // future below then only sees that done.
+            ctx.ends_with_answer_now();
+        }
         // The resolver runs on the actor's runtime thread, where its context is current: the
         // Python code reaches the actor (its nurseries, portals, parent) through it.
         let env = self.nest.as_ref().and_then(|n| {

@@ -2,15 +2,16 @@
 //! `CancelActor` acks owed for them.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use futures_lite::FutureExt;
 use harrow_ipc::{ActorId, CallKind, Cid, ErrorKind, FnPath, Msg, RemoteError, Value};
 use tracing::debug;
 
-use super::{LinkEnd, LinkState, Served, Shared};
+use super::{LinkEnd, LinkState, Served, ServedBy, Shared};
 use crate::chan::{Chan, Side};
 use crate::{CallError, CalleeContext, Error, Invocation};
 
@@ -54,7 +55,7 @@ impl Shared {
             };
             slot.insert(Served {
                 chan: chan.clone(),
-                task: None,
+                run: ServedBy::Nothing,
             });
         }
         let ctx = CalleeContext::new(self.clone(), chan.clone());
@@ -124,6 +125,10 @@ impl Shared {
         let mut run = ServedRun(crate::panic_trace::Watched::new(
             crate::callee::CallScope::new(scope_ctx, AssertUnwindSafe(fut).catch_unwind()),
         ));
+        if chan.ends_with_answer_now.load(Ordering::Relaxed) {
+            self.run_parked(cid, chan, run);
+            return;
+        }
         // Polled without a waker of its own: if it is pending, the task below polls it again at
         // once, which registers the task's waker wherever the future waits.
         let mut cx = Context::from_waker(Waker::noop());
@@ -131,8 +136,6 @@ impl Shared {
             self.complete_served(cid, result);
             return;
         }
-        let shared = self.clone();
-        let task_chan = chan.clone();
         let mut st = self.lock();
         let Some(entry) = st.served.get_mut(&cid) else {
             // Cancelled (or the link closed) in its first poll: answered already; the future
@@ -141,8 +144,63 @@ impl Shared {
             drop(run);
             return;
         };
-        let chan = task_chan;
-        entry.task = Some(self.exec.spawn(async move {
+        entry.run = ServedBy::Task(self.served_task(cid, chan, run));
+    }
+
+    /// [`run_served`](Self::run_served) for a call that ends with `answer_now`: its first poll
+    /// registers a [`Parked`] waker, and while nothing wakes it the pending future stays in
+    /// the call's entry, with no task.
+    fn run_parked(self: &Arc<Self>, cid: Cid, chan: Arc<Chan>, mut run: ServedRun) {
+        let parked = Arc::new(Parked {
+            shared: self.clone(),
+            cid,
+            chan,
+            st: Mutex::new(ParkedState::default()),
+        });
+        let waker = Waker::from(parked.clone());
+        let mut cx = Context::from_waker(&waker);
+        if let Poll::Ready(result) = std::pin::Pin::new(&mut run).poll(&mut cx) {
+            self.complete_served(cid, result);
+            return;
+        }
+        drop(waker);
+        {
+            let mut st = self.lock();
+            let Some(entry) = st.served.get_mut(&cid) else {
+                // Ended in its first poll (cancelled, the link closed).
+                drop(st);
+                drop(run);
+                return;
+            };
+            entry.run = ServedBy::Parked(parked.clone());
+        }
+        // The entry names it from here on: an end (`Parked::end`) may come at any time now.
+        let mut pst = parked.lock();
+        if pst.ended {
+            drop(pst);
+            drop(run);
+            return;
+        }
+        pst.run = Some(run);
+        // Woken during the first poll or since (a cancel, an answer through the future): the
+        // wake found nothing to move into a task then; it does now.
+        let woken = std::mem::take(&mut pst.woken);
+        drop(pst);
+        if woken {
+            parked.wake_by_ref();
+        }
+    }
+
+    /// The task that runs a served call's future until it ends, or until its cleanup time after
+    /// a cancel is up.
+    fn served_task(
+        self: &Arc<Self>,
+        cid: Cid,
+        chan: Arc<Chan>,
+        run: ServedRun,
+    ) -> async_executor::Task<()> {
+        let shared = self.clone();
+        self.exec.spawn(async move {
             let run = async { Some(run.await) };
             let expired = async {
                 cleanup_expired(&chan).await;
@@ -157,7 +215,7 @@ impl Shared {
                     });
                 }
             }
-        }));
+        })
     }
 
     /// The `ContextCancelled` answer for a served call cancelled by `st.cancelled_by`.
@@ -247,8 +305,8 @@ impl Shared {
         let entry = self.end_served(cid, |shared, chan, st| {
             Some(shared.answer_msg(cid, chan, st, result))
         });
-        if let Some(task) = entry.and_then(|e| e.task) {
-            task.detach(); // it is this very task, about to finish
+        if let Some(entry) = entry {
+            entry.detach(); // its task is this very task, about to finish
         }
     }
 
@@ -265,8 +323,8 @@ impl Shared {
         let entry = self.end_served_with(cid, true, |shared, chan, st| {
             Some(shared.answer_msg(cid, chan, st, Ok(result)))
         });
-        if let Some(task) = entry.and_then(|e| e.task) {
-            task.detach();
+        if let Some(entry) = entry {
+            entry.detach();
         }
     }
 
@@ -327,7 +385,13 @@ impl Shared {
     /// `ContextCancelled { canceller }`.
     pub(crate) fn cancel_served(&self, cids: &[Cid], canceller: &ActorId) {
         for &cid in cids {
-            let Some(chan) = self.lock().served.get(&cid).map(|e| e.chan.clone()) else {
+            let Some((chan, parked)) = self.lock().served.get(&cid).map(|e| {
+                let parked = match &e.run {
+                    ServedBy::Parked(p) => Some(p.clone()),
+                    _ => None,
+                };
+                (e.chan.clone(), parked)
+            }) else {
                 continue;
             };
             let aware = {
@@ -349,6 +413,10 @@ impl Shared {
                 st.cancel_aware
             };
             chan.notify_cancel();
+            if aware && let Some(parked) = parked {
+                // A parked future runs its cleanup in a task, whatever it waited for.
+                parked.wake_by_ref();
+            }
             if !aware {
                 let entry = self.end_served(cid, |shared, chan, st| {
                     Some(shared.cancelled_answer(chan, st))
@@ -473,6 +541,82 @@ async fn cleanup_expired(chan: &Chan) {
         match chan.lock().cleanup_until {
             Some(later) if later > until => until = later, // extended meanwhile
             _ => return,
+        }
+    }
+}
+
+/// A served call's future kept with its call, without a task, while nothing wakes it
+/// ([`CalleeContext::ends_with_answer_now`]). It is also the waker of that future: a wake moves
+/// the future into a task, which runs it as any other served call's.
+pub(crate) struct Parked {
+    shared: Arc<Shared>,
+    cid: Cid,
+    chan: Arc<Chan>,
+    st: Mutex<ParkedState>,
+}
+
+#[derive(Default)]
+struct ParkedState {
+    /// The pending future, while no task runs it.
+    run: Option<ServedRun>,
+    /// The task a wake moved it into.
+    task: Option<async_executor::Task<()>>,
+    /// Woken while the future was not here (during its first poll): a task is due.
+    woken: bool,
+    /// The call ended: nothing runs the future any more.
+    ended: bool,
+}
+
+impl Parked {
+    fn lock(&self) -> MutexGuard<'_, ParkedState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The call ended and its entry is gone: the future, if still here, is dropped (on this
+    /// thread, outside every lock); its task, if a wake made one, is detached (`detach`: it
+    /// finishes on its own) or cancelled.
+    pub(crate) fn end(&self, detach: bool) {
+        let (run, task) = {
+            let mut st = self.lock();
+            st.ended = true;
+            (st.run.take(), st.task.take())
+        };
+        drop(run);
+        match task {
+            Some(task) if detach => task.detach(),
+            _ => {}
+        }
+    }
+}
+
+impl Wake for Parked {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let run = {
+            let mut st = self.lock();
+            if st.ended {
+                return;
+            }
+            match st.run.take() {
+                Some(run) => run,
+                None => {
+                    // Not here yet (its first poll runs), or already in its task.
+                    st.woken = st.task.is_none();
+                    return;
+                }
+            }
+        };
+        let task = self.shared.served_task(self.cid, self.chan.clone(), run);
+        let mut st = self.lock();
+        if st.ended {
+            // Ended meanwhile: the task goes as its entry did (it had said its future may go).
+            drop(st);
+            drop(task);
+        } else {
+            st.task = Some(task);
         }
     }
 }

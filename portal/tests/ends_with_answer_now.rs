@@ -1,0 +1,357 @@
+//! `CalleeContext::ends_with_answer_now`: a served call whose future only waits for an answer
+//! sent with `answer_now` is kept without a task of its own. Answered that way, the future is
+//! dropped without another poll; anything else that wakes it (its cancel, an answer through
+//! the future, a wake during its first poll) runs it to its end as any served call; the link's
+//! end drops it.
+
+mod common;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+
+use common::*;
+use harrow_portal::ipc::{ActorId, CallKind, Cid, ErrorKind, FnPath, Msg, Value};
+use harrow_portal::{
+    CallError, CallFuture, CalleeContext, Executor, FnRegistry, Invocation, Link, LinkConfig,
+    Resolver,
+};
+
+/// Sends on its channel when the future holding it is dropped.
+struct DropSignal(async_channel::Sender<()>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+/// Serves, each call saying `ends_with_answer_now` and counting its future's polls in `polls`:
+///
+/// - `t:answered`: a thread of its own answers with `answer_now` once `answers` delivers; the
+///   future waits for `release` (a value it returns) or its cancel (then it fails cancelled);
+/// - `t:aware`: observes its cancel but does not wait for it: it waits for `release` only,
+///   and looks at `is_cancelled` at each poll (it fails cancelled once it sees it);
+/// - `t:self_woken`: wakes its own waker in its first poll and returns the argument at its
+///   second;
+/// - `t:echo` (not parked).
+#[derive(Debug)]
+struct ParkResolver {
+    answers: async_channel::Receiver<Value>,
+    release: async_channel::Receiver<Value>,
+    running: async_channel::Sender<()>,
+    dropped: async_channel::Sender<()>,
+    polls: Arc<AtomicUsize>,
+    echo: FnRegistry,
+}
+
+/// `ctx`'s call ended cancelled: the error a cancelled function returns.
+fn cancelled() -> CallError {
+    CallError::new(ErrorKind::Cancelled, "Cancelled", "cancelled")
+}
+
+impl Resolver for ParkResolver {
+    fn start(&self, call: Invocation) -> Result<CallFuture, CallError> {
+        let func = call.func.to_string();
+        if func == "t:echo" {
+            return self.echo.start(call);
+        }
+        assert_eq!(call.kind, CallKind::Unary);
+        let ctx: CalleeContext = call.ctx;
+        ctx.observe_cancel();
+        ctx.ends_with_answer_now();
+        let polls = self.polls.clone();
+        let signal = DropSignal(self.dropped.clone());
+        match func.as_str() {
+            "t:answered" => {
+                let answers = self.answers.clone();
+                let running = self.running.clone();
+                let answering = ctx.clone();
+                std::thread::spawn(move || {
+                    let _ = running.send_blocking(());
+                    if let Ok(v) = answers.recv_blocking() {
+                        answering.answer_now(Ok(v));
+                    }
+                });
+                let release = self.release.clone();
+                Ok(Box::pin(async move {
+                    let _signal = signal;
+                    let counted = std::future::poll_fn(|_| {
+                        polls.fetch_add(1, Ordering::SeqCst);
+                        Poll::Ready(())
+                    });
+                    counted.await;
+                    use futures_lite::FutureExt;
+                    let released = async { Ok(release.recv().await.unwrap_or(Value::Null)) };
+                    let cancel = async {
+                        ctx.cancelled().await;
+                        Err(cancelled())
+                    };
+                    released.or(cancel).await
+                }))
+            }
+            "t:aware" => {
+                let running = self.running.clone();
+                let release = self.release.clone();
+                Ok(Box::pin(async move {
+                    let _signal = signal;
+                    let _ = running.send(()).await;
+                    let mut recv = std::pin::pin!(release.recv());
+                    std::future::poll_fn(|cx| {
+                        polls.fetch_add(1, Ordering::SeqCst);
+                        if ctx.is_cancelled() {
+                            return Poll::Ready(Err(cancelled()));
+                        }
+                        recv.as_mut().poll(cx).map(|v| Ok(v.unwrap_or(Value::Null)))
+                    })
+                    .await
+                }))
+            }
+            "t:self_woken" => {
+                let args = call.args;
+                Ok(Box::pin(async move {
+                    let _signal = signal;
+                    let mut first = true;
+                    std::future::poll_fn(|cx| {
+                        polls.fetch_add(1, Ordering::SeqCst);
+                        if std::mem::take(&mut first) {
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Ok(args.clone()))
+                    })
+                    .await
+                }))
+            }
+            other => Err(CallError::new(
+                ErrorKind::NotFound,
+                "NotFound",
+                format!("{other}: not served here"),
+            )),
+        }
+    }
+}
+
+struct Setup {
+    callee: Link,
+    caller: harrow_portal::ipc::Channel,
+    answers: async_channel::Sender<Value>,
+    release: async_channel::Sender<Value>,
+    running: async_channel::Receiver<()>,
+    dropped: async_channel::Receiver<()>,
+    polls: Arc<AtomicUsize>,
+}
+
+async fn setup(exec: &Executor, t: Transport) -> Setup {
+    let (answers, answers_rx) = async_channel::unbounded();
+    let (release, release_rx) = async_channel::unbounded();
+    let (running_tx, running) = async_channel::unbounded();
+    let (dropped_tx, dropped) = async_channel::unbounded();
+    let polls = Arc::new(AtomicUsize::new(0));
+    let mut echo = FnRegistry::new();
+    echo.unary("t:echo", |v| async move { Ok(v) }).unwrap();
+    let resolver = ParkResolver {
+        answers: answers_rx,
+        release: release_rx,
+        running: running_tx,
+        dropped: dropped_tx,
+        polls: polls.clone(),
+        echo,
+    };
+    let (ca, cb) = pair(t);
+    let (b, hello) = bounded(
+        "hello exchange",
+        futures_lite::future::zip(
+            Link::establish(
+                cb,
+                local("b"),
+                Some(Arc::new(resolver)),
+                exec,
+                LinkConfig::default(),
+            ),
+            // The raw caller is "a": its cids are even.
+            raw_hello(&ca, &ActorId::new("a")),
+        ),
+    )
+    .await;
+    assert!(matches!(hello, Msg::Hello { .. }), "{hello:?}");
+    Setup {
+        callee: b.expect("link b"),
+        caller: ca,
+        answers,
+        release,
+        running,
+        dropped,
+        polls,
+    }
+}
+
+fn start(cid: u64, func: &str, args: Value) -> Msg {
+    Msg::Start {
+        cid: Cid(cid),
+        func: FnPath::parse(func).unwrap(),
+        kind: CallKind::Unary,
+        args,
+    }
+}
+
+async fn recv(s: &Setup) -> Msg {
+    bounded("a message", s.caller.recv()).await.unwrap()
+}
+
+/// The link still serves: an echo call is answered, and nothing else came before it.
+async fn still_serving(s: &Setup, cid: u64) {
+    s.caller
+        .send(start(cid, "t:echo", Value::Int(9)))
+        .await
+        .unwrap();
+    assert_eq!(recv(s).await, Msg::StartAck { cid: Cid(cid) });
+    assert_eq!(
+        recv(s).await,
+        Msg::Return {
+            cid: Cid(cid),
+            value: Value::Int(9)
+        }
+    );
+    assert_eq!(s.callee.served_calls(), 0);
+}
+
+/// Expects call `cid`'s cancelled answer, naming `canceller`.
+async fn expect_cancelled(s: &Setup, cid: u64, canceller: &ActorId) {
+    assert_eq!(recv(s).await, Msg::StartAck { cid: Cid(cid) });
+    match recv(s).await {
+        Msg::Error {
+            cid: Some(c),
+            error,
+        } if c == Cid(cid) => {
+            assert!(error.is_cancelled(), "{error}");
+            assert_eq!(error.canceller.as_ref(), Some(canceller), "{error}");
+        }
+        other => panic!("expected the cancelled answer, got {other:?}"),
+    }
+}
+
+async fn answered_now_the_future_is_dropped_without_another_poll(exec: Executor, t: Transport) {
+    let s = setup(&exec, t).await;
+    s.caller
+        .send(start(2, "t:answered", Value::Null))
+        .await
+        .unwrap();
+    bounded("the call runs", s.running.recv()).await.unwrap();
+    s.answers.send(Value::Int(42)).await.unwrap();
+    assert_eq!(recv(&s).await, Msg::StartAck { cid: Cid(2) });
+    assert_eq!(
+        recv(&s).await,
+        Msg::Return {
+            cid: Cid(2),
+            value: Value::Int(42)
+        }
+    );
+    bounded("the future is dropped", s.dropped.recv())
+        .await
+        .unwrap();
+    // Its first poll, in the link's reader, and no other: it was never released.
+    assert_eq!(s.polls.load(Ordering::SeqCst), 1);
+    still_serving(&s, 4).await;
+}
+
+async fn a_cancel_runs_the_future_it_woke_to_its_end(exec: Executor, t: Transport) {
+    let s = setup(&exec, t).await;
+    s.caller
+        .send(start(2, "t:answered", Value::Null))
+        .await
+        .unwrap();
+    bounded("the call runs", s.running.recv()).await.unwrap();
+    let canceller = ActorId::new("the-canceller");
+    s.callee.cancel_calls(&canceller);
+    expect_cancelled(&s, 2, &canceller).await;
+    bounded("the future ends", s.dropped.recv()).await.unwrap();
+    // An answer now comes too late: the call is over (the answering thread ends with it).
+    s.answers.send(Value::Int(1)).await.unwrap();
+    still_serving(&s, 4).await;
+}
+
+async fn a_cancel_reaches_a_parked_future_that_does_not_wait_for_it(exec: Executor, t: Transport) {
+    let s = setup(&exec, t).await;
+    s.caller
+        .send(start(2, "t:aware", Value::Null))
+        .await
+        .unwrap();
+    bounded("the call runs", s.running.recv()).await.unwrap();
+    let canceller = ActorId::new("the-canceller");
+    s.callee.cancel_calls(&canceller);
+    // Nothing the future waits for wakes it: the cancel itself must move it into a task,
+    // whose poll sees the cancel (long before the cleanup bound would answer for it).
+    expect_cancelled(&s, 2, &canceller).await;
+    bounded("the future ends", s.dropped.recv()).await.unwrap();
+    assert!(s.polls.load(Ordering::SeqCst) >= 2);
+    still_serving(&s, 4).await;
+}
+
+async fn a_wake_in_the_first_poll_is_not_lost(exec: Executor, t: Transport) {
+    let s = setup(&exec, t).await;
+    s.caller
+        .send(start(2, "t:self_woken", Value::Int(7)))
+        .await
+        .unwrap();
+    assert_eq!(recv(&s).await, Msg::StartAck { cid: Cid(2) });
+    assert_eq!(
+        recv(&s).await,
+        Msg::Return {
+            cid: Cid(2),
+            value: Value::Int(7)
+        }
+    );
+    assert_eq!(s.polls.load(Ordering::SeqCst), 2);
+    bounded("the future ends", s.dropped.recv()).await.unwrap();
+    still_serving(&s, 4).await;
+}
+
+async fn an_answer_through_the_future_still_reaches_the_caller(exec: Executor, t: Transport) {
+    let s = setup(&exec, t).await;
+    s.caller
+        .send(start(2, "t:answered", Value::Null))
+        .await
+        .unwrap();
+    bounded("the call runs", s.running.recv()).await.unwrap();
+    s.release.send(Value::Int(11)).await.unwrap();
+    assert_eq!(recv(&s).await, Msg::StartAck { cid: Cid(2) });
+    assert_eq!(
+        recv(&s).await,
+        Msg::Return {
+            cid: Cid(2),
+            value: Value::Int(11)
+        }
+    );
+    bounded("the future ends", s.dropped.recv()).await.unwrap();
+    // A late answer from the other thread is not sent.
+    s.answers.send(Value::Int(1)).await.unwrap();
+    still_serving(&s, 4).await;
+}
+
+async fn the_links_end_drops_a_parked_future(exec: Executor, t: Transport) {
+    let s = setup(&exec, t).await;
+    s.caller
+        .send(start(2, "t:answered", Value::Null))
+        .await
+        .unwrap();
+    bounded("the call runs", s.running.recv()).await.unwrap();
+    assert_eq!(s.callee.served_calls(), 1);
+    s.callee.close();
+    bounded("the future is dropped", s.dropped.recv())
+        .await
+        .unwrap();
+    assert_eq!(s.callee.served_calls(), 0);
+    // The answering thread's answer, after the end, goes nowhere.
+    s.answers.send(Value::Int(1)).await.unwrap();
+}
+
+both_transports!(
+    answered_now_the_future_is_dropped_without_another_poll,
+    a_cancel_runs_the_future_it_woke_to_its_end,
+    a_cancel_reaches_a_parked_future_that_does_not_wait_for_it,
+    a_wake_in_the_first_poll_is_not_lost,
+    an_answer_through_the_future_still_reaches_the_caller,
+    the_links_end_drops_a_parked_future,
+);
