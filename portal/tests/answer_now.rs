@@ -6,11 +6,10 @@ mod common;
 
 use std::sync::Arc;
 
+use common::unary_start as start;
 use common::*;
-use harrow_portal::ipc::{ActorId, CallKind, Cid, ErrorKind, FnPath, Msg, Value};
-use harrow_portal::{
-    CallError, CallFuture, Executor, FnRegistry, Invocation, Link, LinkConfig, Resolver,
-};
+use harrow_portal::ipc::{ActorId, CallKind, Cid, ErrorKind, Msg, Value};
+use harrow_portal::{CallError, CallFuture, Executor, FnRegistry, Invocation, Link, Resolver};
 
 /// What the test tells the thread that answers a `t:later` call.
 enum Answer {
@@ -98,38 +97,13 @@ async fn setup(exec: &Executor, t: Transport) -> Setup {
         running: running_tx,
         echo,
     };
-    let (ca, cb) = pair(t);
-    let (b, hello) = bounded(
-        "hello exchange",
-        futures_lite::future::zip(
-            Link::establish(
-                cb,
-                local("b"),
-                Some(Arc::new(resolver)),
-                exec,
-                LinkConfig::default(),
-            ),
-            // The raw caller is "a": its cids are even.
-            raw_hello(&ca, &ActorId::new("a")),
-        ),
-    )
-    .await;
-    assert!(matches!(hello, Msg::Hello { .. }), "{hello:?}");
+    let (callee, caller) = callee_with_raw_caller(exec, t, Arc::new(resolver)).await;
     Setup {
-        callee: b.expect("link b"),
-        caller: ca,
+        callee,
+        caller,
         answers,
         release,
         running,
-    }
-}
-
-fn start(cid: u64, func: &str, args: Value) -> Msg {
-    Msg::Start {
-        cid: Cid(cid),
-        func: FnPath::parse(func).unwrap(),
-        kind: CallKind::Unary,
-        args,
     }
 }
 

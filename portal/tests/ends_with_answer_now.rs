@@ -11,21 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
+use common::unary_start as start;
 use common::*;
-use harrow_portal::ipc::{ActorId, CallKind, Cid, ErrorKind, FnPath, Msg, Value};
+use harrow_portal::ipc::{ActorId, CallKind, Cid, ErrorKind, Msg, Value};
 use harrow_portal::{
-    CallError, CallFuture, CalleeContext, Executor, FnRegistry, Invocation, Link, LinkConfig,
-    Resolver,
+    CallError, CallFuture, CalleeContext, Executor, FnRegistry, Invocation, Link, Resolver,
 };
-
-/// Sends on its channel when the future holding it is dropped.
-struct DropSignal(async_channel::Sender<()>);
-
-impl Drop for DropSignal {
-    fn drop(&mut self) {
-        let _ = self.0.try_send(());
-    }
-}
 
 /// Serves, each call saying `ends_with_answer_now` and counting its future's polls in `polls`:
 ///
@@ -41,7 +32,7 @@ struct ParkResolver {
     answers: async_channel::Receiver<Value>,
     release: async_channel::Receiver<Value>,
     running: async_channel::Sender<()>,
-    dropped: async_channel::Sender<()>,
+    dropped: async_channel::Sender<&'static str>,
     polls: Arc<AtomicUsize>,
     echo: FnRegistry,
 }
@@ -62,7 +53,7 @@ impl Resolver for ParkResolver {
         ctx.observe_cancel();
         ctx.ends_with_answer_now();
         let polls = self.polls.clone();
-        let signal = DropSignal(self.dropped.clone());
+        let signal = DropProbe(self.dropped.clone(), "dropped");
         match func.as_str() {
             "t:answered" => {
                 let answers = self.answers.clone();
@@ -139,7 +130,7 @@ struct Setup {
     answers: async_channel::Sender<Value>,
     release: async_channel::Sender<Value>,
     running: async_channel::Receiver<()>,
-    dropped: async_channel::Receiver<()>,
+    dropped: async_channel::Receiver<&'static str>,
     polls: Arc<AtomicUsize>,
 }
 
@@ -159,26 +150,10 @@ async fn setup(exec: &Executor, t: Transport) -> Setup {
         polls: polls.clone(),
         echo,
     };
-    let (ca, cb) = pair(t);
-    let (b, hello) = bounded(
-        "hello exchange",
-        futures_lite::future::zip(
-            Link::establish(
-                cb,
-                local("b"),
-                Some(Arc::new(resolver)),
-                exec,
-                LinkConfig::default(),
-            ),
-            // The raw caller is "a": its cids are even.
-            raw_hello(&ca, &ActorId::new("a")),
-        ),
-    )
-    .await;
-    assert!(matches!(hello, Msg::Hello { .. }), "{hello:?}");
+    let (callee, caller) = callee_with_raw_caller(exec, t, Arc::new(resolver)).await;
     Setup {
-        callee: b.expect("link b"),
-        caller: ca,
+        callee,
+        caller,
         answers,
         release,
         running,
@@ -187,17 +162,26 @@ async fn setup(exec: &Executor, t: Transport) -> Setup {
     }
 }
 
-fn start(cid: u64, func: &str, args: Value) -> Msg {
-    Msg::Start {
-        cid: Cid(cid),
-        func: FnPath::parse(func).unwrap(),
-        kind: CallKind::Unary,
-        args,
-    }
-}
-
 async fn recv(s: &Setup) -> Msg {
     bounded("a message", s.caller.recv()).await.unwrap()
+}
+
+/// Starts call `cid` of `func` and waits until its function runs.
+async fn start_running(s: &Setup, cid: u64, func: &str) {
+    s.caller.send(start(cid, func, Value::Null)).await.unwrap();
+    bounded("the call runs", s.running.recv()).await.unwrap();
+}
+
+/// Expects call `cid`'s ack, then its `Return` of `value`.
+async fn expect_return(s: &Setup, cid: u64, value: Value) {
+    assert_eq!(recv(s).await, Msg::StartAck { cid: Cid(cid) });
+    assert_eq!(
+        recv(s).await,
+        Msg::Return {
+            cid: Cid(cid),
+            value
+        }
+    );
 }
 
 /// The link still serves: an echo call is answered, and nothing else came before it.
@@ -206,14 +190,7 @@ async fn still_serving(s: &Setup, cid: u64) {
         .send(start(cid, "t:echo", Value::Int(9)))
         .await
         .unwrap();
-    assert_eq!(recv(s).await, Msg::StartAck { cid: Cid(cid) });
-    assert_eq!(
-        recv(s).await,
-        Msg::Return {
-            cid: Cid(cid),
-            value: Value::Int(9)
-        }
-    );
+    expect_return(s, cid, Value::Int(9)).await;
     assert_eq!(s.callee.served_calls(), 0);
 }
 
@@ -234,23 +211,10 @@ async fn expect_cancelled(s: &Setup, cid: u64, canceller: &ActorId) {
 
 async fn answered_now_the_future_is_dropped_without_another_poll(exec: Executor, t: Transport) {
     let s = setup(&exec, t).await;
-    s.caller
-        .send(start(2, "t:answered", Value::Null))
-        .await
-        .unwrap();
-    bounded("the call runs", s.running.recv()).await.unwrap();
+    start_running(&s, 2, "t:answered").await;
     s.answers.send(Value::Int(42)).await.unwrap();
-    assert_eq!(recv(&s).await, Msg::StartAck { cid: Cid(2) });
-    assert_eq!(
-        recv(&s).await,
-        Msg::Return {
-            cid: Cid(2),
-            value: Value::Int(42)
-        }
-    );
-    bounded("the future is dropped", s.dropped.recv())
-        .await
-        .unwrap();
+    expect_return(&s, 2, Value::Int(42)).await;
+    expect_probe(&s.dropped, "dropped").await;
     // Its first poll, in the link's reader, and no other: it was never released.
     assert_eq!(s.polls.load(Ordering::SeqCst), 1);
     still_serving(&s, 4).await;
@@ -258,15 +222,11 @@ async fn answered_now_the_future_is_dropped_without_another_poll(exec: Executor,
 
 async fn a_cancel_runs_the_future_it_woke_to_its_end(exec: Executor, t: Transport) {
     let s = setup(&exec, t).await;
-    s.caller
-        .send(start(2, "t:answered", Value::Null))
-        .await
-        .unwrap();
-    bounded("the call runs", s.running.recv()).await.unwrap();
+    start_running(&s, 2, "t:answered").await;
     let canceller = ActorId::new("the-canceller");
     s.callee.cancel_calls(&canceller);
     expect_cancelled(&s, 2, &canceller).await;
-    bounded("the future ends", s.dropped.recv()).await.unwrap();
+    expect_probe(&s.dropped, "dropped").await;
     // An answer now comes too late: the call is over (the answering thread ends with it).
     s.answers.send(Value::Int(1)).await.unwrap();
     still_serving(&s, 4).await;
@@ -274,17 +234,13 @@ async fn a_cancel_runs_the_future_it_woke_to_its_end(exec: Executor, t: Transpor
 
 async fn a_cancel_reaches_a_parked_future_that_does_not_wait_for_it(exec: Executor, t: Transport) {
     let s = setup(&exec, t).await;
-    s.caller
-        .send(start(2, "t:aware", Value::Null))
-        .await
-        .unwrap();
-    bounded("the call runs", s.running.recv()).await.unwrap();
+    start_running(&s, 2, "t:aware").await;
     let canceller = ActorId::new("the-canceller");
     s.callee.cancel_calls(&canceller);
     // Nothing the future waits for wakes it: the cancel itself must move it into a task,
     // whose poll sees the cancel (long before the cleanup bound would answer for it).
     expect_cancelled(&s, 2, &canceller).await;
-    bounded("the future ends", s.dropped.recv()).await.unwrap();
+    expect_probe(&s.dropped, "dropped").await;
     assert!(s.polls.load(Ordering::SeqCst) >= 2);
     still_serving(&s, 4).await;
 }
@@ -295,36 +251,18 @@ async fn a_wake_in_the_first_poll_is_not_lost(exec: Executor, t: Transport) {
         .send(start(2, "t:self_woken", Value::Int(7)))
         .await
         .unwrap();
-    assert_eq!(recv(&s).await, Msg::StartAck { cid: Cid(2) });
-    assert_eq!(
-        recv(&s).await,
-        Msg::Return {
-            cid: Cid(2),
-            value: Value::Int(7)
-        }
-    );
+    expect_return(&s, 2, Value::Int(7)).await;
     assert_eq!(s.polls.load(Ordering::SeqCst), 2);
-    bounded("the future ends", s.dropped.recv()).await.unwrap();
+    expect_probe(&s.dropped, "dropped").await;
     still_serving(&s, 4).await;
 }
 
 async fn an_answer_through_the_future_still_reaches_the_caller(exec: Executor, t: Transport) {
     let s = setup(&exec, t).await;
-    s.caller
-        .send(start(2, "t:answered", Value::Null))
-        .await
-        .unwrap();
-    bounded("the call runs", s.running.recv()).await.unwrap();
+    start_running(&s, 2, "t:answered").await;
     s.release.send(Value::Int(11)).await.unwrap();
-    assert_eq!(recv(&s).await, Msg::StartAck { cid: Cid(2) });
-    assert_eq!(
-        recv(&s).await,
-        Msg::Return {
-            cid: Cid(2),
-            value: Value::Int(11)
-        }
-    );
-    bounded("the future ends", s.dropped.recv()).await.unwrap();
+    expect_return(&s, 2, Value::Int(11)).await;
+    expect_probe(&s.dropped, "dropped").await;
     // A late answer from the other thread is not sent.
     s.answers.send(Value::Int(1)).await.unwrap();
     still_serving(&s, 4).await;
@@ -332,16 +270,10 @@ async fn an_answer_through_the_future_still_reaches_the_caller(exec: Executor, t
 
 async fn the_links_end_drops_a_parked_future(exec: Executor, t: Transport) {
     let s = setup(&exec, t).await;
-    s.caller
-        .send(start(2, "t:answered", Value::Null))
-        .await
-        .unwrap();
-    bounded("the call runs", s.running.recv()).await.unwrap();
+    start_running(&s, 2, "t:answered").await;
     assert_eq!(s.callee.served_calls(), 1);
     s.callee.close();
-    bounded("the future is dropped", s.dropped.recv())
-        .await
-        .unwrap();
+    expect_probe(&s.dropped, "dropped").await;
     assert_eq!(s.callee.served_calls(), 0);
     // The answering thread's answer, after the end, goes nowhere.
     s.answers.send(Value::Int(1)).await.unwrap();

@@ -4,13 +4,14 @@
 
 mod common;
 
+use common::unary_start as start;
 use common::*;
-use harrow_portal::ipc::{ActorId, CallKind, Cid, FnPath, Msg, Value};
-use harrow_portal::{FnRegistry, Link, LinkConfig};
+use harrow_portal::ipc::{Cid, Msg, Value};
+use harrow_portal::{FnRegistry, Link};
 
 /// A callee `b` serving `t:wait` (says "entered" on `entered`, then answers once `release`
 /// delivers) and `t:echo`, linked to a raw caller whose end is returned.
-async fn callee_with_raw_caller(
+async fn wait_and_echo(
     exec: &harrow_portal::Executor,
     t: Transport,
 ) -> (
@@ -32,38 +33,15 @@ async fn callee_with_raw_caller(
     })
     .unwrap();
     reg.unary("t:echo", |v| async move { Ok(v) }).unwrap();
-    let (ca, cb) = pair(t);
-    let serve = Link::establish(
-        cb,
-        local("b"),
-        Some(std::sync::Arc::new(reg)),
-        exec,
-        LinkConfig::default(),
-    );
-    // The raw caller is "a": it sorts lower, so its cids are even.
-    let (b, hello) = bounded(
-        "hello exchange",
-        futures_lite::future::zip(serve, raw_hello(&ca, &ActorId::new("a"))),
-    )
-    .await;
-    assert!(matches!(hello, Msg::Hello { .. }), "{hello:?}");
-    (b.expect("link b"), ca, entered, release)
-}
-
-fn start(cid: u64, func: &str, args: Value) -> Msg {
-    Msg::Start {
-        cid: Cid(cid),
-        func: FnPath::parse(func).unwrap(),
-        kind: CallKind::Unary,
-        args,
-    }
+    let (b, ca) = common::callee_with_raw_caller(exec, t, std::sync::Arc::new(reg)).await;
+    (b, ca, entered, release)
 }
 
 async fn a_call_answered_later_sends_its_ack_then_its_answer(
     exec: harrow_portal::Executor,
     t: Transport,
 ) {
-    let (_b, ca, entered, release) = callee_with_raw_caller(&exec, t).await;
+    let (_b, ca, entered, release) = wait_and_echo(&exec, t).await;
     ca.send(start(2, "t:wait", Value::Null)).await.unwrap();
     bounded("the call runs", entered.recv()).await.unwrap();
     // Another call, answered at once, while the first is still running: its messages come
@@ -98,7 +76,7 @@ async fn a_call_alone_answered_later_has_its_ack_before_its_answer(
     exec: harrow_portal::Executor,
     t: Transport,
 ) {
-    let (_b, ca, entered, release) = callee_with_raw_caller(&exec, t).await;
+    let (_b, ca, entered, release) = wait_and_echo(&exec, t).await;
     ca.send(start(2, "t:wait", Value::Null)).await.unwrap();
     bounded("the call runs", entered.recv()).await.unwrap();
     release.send(Value::from("done")).await.unwrap();
@@ -116,7 +94,7 @@ async fn a_call_alone_answered_later_has_its_ack_before_its_answer(
 }
 
 async fn a_held_ack_leaves_when_the_link_closes(exec: harrow_portal::Executor, t: Transport) {
-    let (b, ca, entered, _release) = callee_with_raw_caller(&exec, t).await;
+    let (b, ca, entered, _release) = wait_and_echo(&exec, t).await;
     ca.send(start(2, "t:wait", Value::Null)).await.unwrap();
     bounded("the call runs", entered.recv()).await.unwrap();
     b.close();
@@ -141,7 +119,7 @@ async fn a_call_id_in_use_is_refused_and_the_first_call_goes_on(
     exec: harrow_portal::Executor,
     t: Transport,
 ) {
-    let (_b, ca, entered, release) = callee_with_raw_caller(&exec, t).await;
+    let (_b, ca, entered, release) = wait_and_echo(&exec, t).await;
     ca.send(start(2, "t:wait", Value::Null)).await.unwrap();
     bounded("the call runs", entered.recv()).await.unwrap();
     // The same id again while the first call runs: refused, with no effect on the first.

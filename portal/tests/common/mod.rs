@@ -179,6 +179,34 @@ pub async fn raw_hello(ch: &Channel, id: &ActorId) -> Msg {
     bounded("peer hello", ch.recv()).await.expect("peer hello")
 }
 
+/// A callee `b` serving with `resolver`, linked to a raw caller named "a" (it sorts lower, so
+/// its cids are even), whose end is returned: the test speaks the protocol itself.
+pub async fn callee_with_raw_caller(
+    exec: &Executor,
+    t: Transport,
+    resolver: Arc<dyn Resolver>,
+) -> (Link, Channel) {
+    let (ca, cb) = pair(t);
+    let serve = Link::establish(cb, local("b"), Some(resolver), exec, LinkConfig::default());
+    let (b, hello) = bounded(
+        "hello exchange",
+        future::zip(serve, raw_hello(&ca, &ActorId::new("a"))),
+    )
+    .await;
+    assert!(matches!(hello, Msg::Hello { .. }), "{hello:?}");
+    (b.expect("link b"), ca)
+}
+
+/// A raw caller's `Start` of unary call `cid` of `func` with `args`.
+pub fn unary_start(cid: u64, func: &str, args: Value) -> Msg {
+    Msg::Start {
+        cid: ipc::Cid(cid),
+        func: ipc::FnPath::parse(func).expect("a valid function path"),
+        kind: ipc::CallKind::Unary,
+        args,
+    }
+}
+
 /// Sends a message on a channel when dropped: proves a call's future was really dropped.
 pub struct DropProbe(pub async_channel::Sender<&'static str>, pub &'static str);
 
