@@ -599,6 +599,52 @@ fn threads_are_refused_by_default_and_joined_when_allowed() -> Result<()> {
     Ok(())
 }
 
+/// An idle interpreter thread keeps its GIL only while no other thread of its interpreter
+/// could want it: a Python thread that a call started runs while the actor waits for calls.
+#[test]
+fn a_python_thread_runs_while_its_interpreter_waits_for_calls() -> Result<()> {
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+
+    let t = InterpThread::spawn(config("basic-idle-thread").allow_threads(true))?;
+    let h = t.handle();
+    let (reader, writer) = std::io::pipe()?;
+    let (tx, rx) = std::sync::mpsc::channel::<i64>();
+    let lines = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(reader).lines() {
+            let Ok(n) = line.map(|l| l.trim().parse::<i64>().unwrap_or(-1)) else {
+                break;
+            };
+            if tx.send(n).is_err() {
+                break;
+            }
+        }
+    });
+    let fd = Value::Int(i64::from(writer.as_raw_fd()));
+    let at_return = call_ok(&h, "harrow_testfns:write_while_idle", fd)?
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("write_while_idle returned no count"))?;
+    // No call runs from here on: what the thread writes next, it writes while the interpreter's
+    // own thread waits for a call.
+    loop {
+        let n = rx.recv_timeout(BOUND)?;
+        assert!(n >= 1, "a line that is not a count");
+        if n > at_return + 1 {
+            break;
+        }
+    }
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:stop_writing", Value::Null)?,
+        Value::Bool(true)
+    );
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
+    drop(writer);
+    lines
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reader panicked"))?;
+    Ok(())
+}
+
 #[test]
 fn queued_calls_fail_cleanly_at_shutdown() -> Result<()> {
     let t = spawn("basic-queue")?;

@@ -27,6 +27,13 @@ use crate::state::{JobState, Shared};
 /// calls wait in the queue until a nested one returns.
 const MAX_NESTED: u32 = 32;
 
+/// Whether an idle interpreter thread may keep its GIL (`HARROW_SUBINT_KEEP_GIL=0`: no; read
+/// once per process).
+fn keep_gil_allowed() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HARROW_SUBINT_KEEP_GIL").map_or(true, |v| v.trim() != "0"))
+}
+
 /// The interpreter thread's call server: what a call waiting with the GIL released needs in
 /// order to run the actor's other queued calls meanwhile. Lives in [`serve`]'s frame.
 struct Server {
@@ -135,14 +142,20 @@ pub unsafe fn serve(
         }
         // A job already queued runs at once, the thread state staying attached (calls queued
         // back to back pay no GIL release and re-take between them). Otherwise, idle: release
-        // the GIL while waiting (essential in legacy mode, where it is shared).
+        // the GIL while waiting (essential in legacy mode, where it is shared), unless nobody
+        // else can want it (`keeps_gil_idle`).
         let job = match server.jobs.try_recv() {
             Ok(job) => Ok(job),
             Err(flume::TryRecvError::Disconnected) => Err(flume::RecvError::Disconnected),
             Err(flume::TryRecvError::Empty) => {
-                // SAFETY: GIL held with the thread state current; no Python object is touched
-                // until the guard re-attaches it.
-                let _released = unsafe { Released::save() };
+                // SAFETY: GIL held with the thread state current (both).
+                let _released = if unsafe { server.keeps_gil_idle() } {
+                    None
+                } else {
+                    // SAFETY: as above; no Python object is touched until the guard
+                    // re-attaches the state.
+                    Some(unsafe { Released::save() })
+                };
                 match server.drive_for_job() {
                     Some(job) => job,
                     None => {
@@ -385,6 +398,39 @@ unsafe fn wait_released<T>(
 }
 
 impl Server {
+    /// Whether this thread keeps its interpreter's GIL while it waits for the next job,
+    /// sparing every call that finds it idle a release and a re-take (about 500 instructions
+    /// and a mutex and a condition variable in CPython): only when nobody else can want that
+    /// GIL. That is, the interpreter has a GIL of its own (not legacy mode, not the main
+    /// interpreter, whose GIL other threads of the process may take) and this thread's state is
+    /// its only one. A Python thread that a call started has its state in the interpreter's
+    /// list before the call ends (CPython makes it in the starting thread), so the next wait
+    /// releases the GIL for it; no other thread makes a state in a subinterpreter of harrow's.
+    /// `HARROW_SUBINT_KEEP_GIL=0` turns this off.
+    ///
+    /// # Safety
+    /// Owning thread, GIL held with its thread state current.
+    unsafe fn keeps_gil_idle(&self) -> bool {
+        if self.config.legacy || !keep_gil_allowed() {
+            return false;
+        }
+        // The GIL is held with this thread's state current (caller), so the interpreter and
+        // its list of thread states are alive; the list's writers here are the interpreter's
+        // own threads, which hold its GIL to add or remove a state.
+        // SAFETY: GIL held, a thread state current (above).
+        let me = unsafe { ffi::PyThreadState_Get() };
+        // SAFETY: `me` is this thread's live state.
+        let interp = unsafe { ffi::PyThreadState_GetInterpreter(me) };
+        // SAFETY: reading the main interpreter's pointer is always valid once initialised.
+        if interp == unsafe { ffi::PyInterpreterState_Main() } {
+            return false;
+        }
+        // SAFETY: GIL held: the list is not changing under us (above).
+        let head = unsafe { ffi::PyInterpreterState_ThreadHead(interp) };
+        // SAFETY: as above; `me` is in that list.
+        head == me && unsafe { ffi::PyThreadState_Next(me) }.is_null()
+    }
+
     /// Runs one call (see `Setup::run`) and does what it asks of this server.
     ///
     /// # Safety

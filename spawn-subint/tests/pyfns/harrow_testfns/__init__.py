@@ -318,6 +318,38 @@ def start_spinning_thread():
     return True
 
 
+_writer = None
+
+
+def write_while_idle(fd):
+    """Starts a thread that writes 1, 2, 3, ... (a line each) to `fd` until `stop_writing()`;
+    returns how many it had written when the call returned."""
+    import os
+    import threading
+
+    global _writer
+    state = {"n": 0}
+    stop = threading.Event()
+
+    def run():
+        while not stop.is_set():
+            state["n"] += 1
+            os.write(fd, b"%d\n" % state["n"])
+            stop.wait(0.005)
+
+    t = threading.Thread(target=run, name="writer")
+    _writer = (t, stop)
+    t.start()
+    return state["n"]
+
+
+def stop_writing():
+    t, stop = _writer
+    stop.set()
+    t.join()
+    return True
+
+
 def legacy_only():
     """Imports a single-phase-init extension: refused in own-GIL interpreters."""
     try:
