@@ -48,6 +48,18 @@ pub use msg::{
 pub use serde_value::{ValueError, from_value, from_value_ref, to_value};
 pub use value::{DEFAULT_MAX_DEPTH, Value};
 
+/// An on/off knob from the environment: on unless `var` is set to `0` (spaces around it
+/// ignored). harrow's switches that turn a fast path off for comparisons read this way
+/// (`HARROW_PROCESS_SHM`, `HARROW_SUBINT_CODRIVE`, ...).
+pub fn env_switch(var: &str) -> bool {
+    switch_on(std::env::var_os(var).as_deref())
+}
+
+/// An [`env_switch`]'s reading of its variable's value (`None`: unset).
+fn switch_on(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_none_or(|v| v.to_str().is_none_or(|v| v.trim() != "0"))
+}
+
 /// Any failure of this crate, for callers that do not need to know which layer failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -77,3 +89,19 @@ pub enum Error {
 
 /// `Result` with this crate's [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    #[test]
+    fn a_switch_is_off_only_when_set_to_zero() {
+        assert!(super::switch_on(None), "unset: on");
+        for off in ["0", " 0\n"] {
+            assert!(!super::switch_on(Some(OsStr::new(off))), "{off:?}: off");
+        }
+        for on in ["1", "", "no", "00"] {
+            assert!(super::switch_on(Some(OsStr::new(on))), "{on:?}: on");
+        }
+    }
+}

@@ -101,7 +101,7 @@ pub const ENV: &str = "HARROW_PROCESS_SHM";
 
 /// Whether links between processes go through shared memory: unless [`ENV`] is `0`.
 pub fn enabled_by_env() -> bool {
-    std::env::var_os(ENV).is_none_or(|v| v != "0")
+    crate::env_switch(ENV)
 }
 
 /// The first eight bytes of a segment.

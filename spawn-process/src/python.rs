@@ -199,7 +199,7 @@ pub(crate) fn run_python_child(boot: ChildBootstrap, offers: impl FnOnce(&mut Of
 /// Whether a Python process child co-drives its actor (`HARROW_PYPROCESS_CODRIVE=0` turns it
 /// off, for comparisons).
 fn codrive() -> bool {
-    std::env::var("HARROW_PYPROCESS_CODRIVE").map_or(true, |v| v.trim() != "0")
+    harrow_runtime_core::ipc::env_switch("HARROW_PYPROCESS_CODRIVE")
 }
 
 /// What a Python process actor's code can start children on: this backend (`"pyprocess"`) and

@@ -182,7 +182,7 @@ pub(crate) fn start_on(
 /// (`HARROW_SUBINT_CODRIVE=0` turns it off: every call then goes through the actor's thread).
 fn codrive() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("HARROW_SUBINT_CODRIVE").map_or(true, |v| v.trim() != "0"))
+    *ON.get_or_init(|| harrow_ipc::env_switch("HARROW_SUBINT_CODRIVE"))
 }
 
 struct SubintChild {

@@ -31,7 +31,7 @@ const MAX_NESTED: u32 = 32;
 /// once per process).
 fn keep_gil_allowed() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("HARROW_SUBINT_KEEP_GIL").map_or(true, |v| v.trim() != "0"))
+    *ON.get_or_init(|| harrow_ipc::env_switch("HARROW_SUBINT_KEEP_GIL"))
 }
 
 /// The interpreter thread's call server: what a call waiting with the GIL released needs in
