@@ -1,6 +1,9 @@
 //! The caller side: [`Portal`], [`Context`], [`MsgStream`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use harrow_ipc::wait::deadline;
@@ -203,8 +206,8 @@ pub struct OneWayStream {
 
 impl OneWayStream {
     /// The next item; `Ok(None)` after the last one.
-    pub async fn recv(&mut self) -> Result<Option<Value>> {
-        self.rx.recv().await
+    pub fn recv(&mut self) -> impl Future<Output = Result<Option<Value>>> + Send + '_ {
+        self.rx.recv()
     }
 
     /// The context behind it: its outcome, cancel, result.
@@ -481,6 +484,84 @@ impl Drop for Context {
 /// (between threads of one process) wakes its peer during a burst by itself, and gains nothing.
 const SEND_TURN: u32 = 512;
 
+/// The future of one stream item's send ([`TxInner::send`]). Lazy, as an `async fn` is: the
+/// item leaves at the first poll, not when the future is made, and a send dropped before it
+/// left has sent nothing. Written out rather than `async` so that it holds only the item, or
+/// the boxed wait for credit: 48 bytes that every item builds and moves, against 128 for the
+/// `async fn` it replaced.
+pub(crate) struct SendItem<'a> {
+    inner: &'a TxInner,
+    state: SendState<'a>,
+}
+
+enum SendState<'a> {
+    /// Not polled yet: the item's depth is checked first.
+    New(Value),
+    /// Checked; leaves at the next poll if there is credit (after a turn given to the
+    /// executor, [`SEND_TURN`]).
+    Ready(Value),
+    /// No credit when it tried: the wait for it.
+    Waiting(Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>),
+    /// Finished (or being polled).
+    Done,
+}
+
+impl Future for SendItem<'_> {
+    type Output = Result<()>;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Result<()>> {
+        let inner = self.inner;
+        if let SendState::Waiting(wait) = &mut self.state {
+            let polled = wait.as_mut().poll(cx);
+            if polled.is_ready() {
+                self.state = SendState::Done;
+            }
+            return polled;
+        }
+        let value = match std::mem::replace(&mut self.state, SendState::Done) {
+            SendState::New(value) => {
+                if let Err(e) = crate::error::check_depth(&value, || {
+                    format!("stream item of {}", inner.chan.func)
+                }) {
+                    return Poll::Ready(Err(e));
+                }
+                value
+            }
+            SendState::Ready(value) => value,
+            SendState::Waiting(_) | SendState::Done => {
+                return Poll::Ready(Err(Error::Protocol(format!(
+                    "a send on the stream of {} was polled after it finished",
+                    inner.chan.func
+                ))));
+            }
+        };
+        let mut st = inner.chan.lock();
+        if inner.turn_due(&mut st) {
+            // The executor's turn, before the item leaves.
+            drop(st);
+            self.state = SendState::Ready(value);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        match inner.send_with_credit(&mut st, value) {
+            Ok(sent) => Poll::Ready(sent),
+            Err(unsent) => {
+                // The wait for credit gives the executor its turn.
+                st.sent_in_a_row = 0;
+                drop(st);
+                let mut wait: Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> =
+                    Box::pin(inner.send_when_credited(unsent));
+                let polled = wait.as_mut().poll(cx);
+                if polled.is_pending() {
+                    self.state = SendState::Waiting(wait);
+                }
+                polled
+            }
+        }
+    }
+}
+
 /// The state behind the sending half: sends `Stop` when the last sending handle is dropped.
 #[derive(Debug)]
 struct TxInner {
@@ -521,29 +602,12 @@ impl TxInner {
     ///
     /// The item leaves at once, without the wait's future, when there is credit: the common
     /// case of a stream that keeps up. The wait is boxed, so this future stays small to create
-    /// and move for every item.
-    async fn send(&self, value: Value) -> Result<()> {
-        crate::error::check_depth(&value, || format!("stream item of {}", self.chan.func))?;
-        let mut value = value;
-        loop {
-            {
-                let mut st = self.chan.lock();
-                if !self.turn_due(&mut st) {
-                    match self.send_with_credit(&mut st, value) {
-                        Ok(sent) => return sent,
-                        Err(unsent) => {
-                            // The wait for credit gives the executor its turn.
-                            st.sent_in_a_row = 0;
-                            value = unsent;
-                            break;
-                        }
-                    }
-                }
-            }
-            // Before the item leaves, so that a send dropped here has sent nothing.
-            futures_lite::future::yield_now().await;
+    /// and move for every item ([`SendItem`]).
+    fn send(&self, value: Value) -> SendItem<'_> {
+        SendItem {
+            inner: self,
+            state: SendState::New(value),
         }
-        Box::pin(self.send_when_credited(value)).await
     }
 
     /// Under the chan's lock: sends `value` if the stream may send and has credit (`Ok` with
@@ -677,8 +741,10 @@ impl MsgStream {
 
     /// Sends one item, waiting for credit when the peer's window is full.
     /// Fails after [`close`](MsgStream::close) or when the peer is gone.
-    pub async fn send(&self, value: Value) -> Result<()> {
-        self.tx.send(value).await
+    // Not an `async fn`: the future is the sender's own, not wrapped in one more state
+    // machine that every item would build and move.
+    pub fn send(&self, value: Value) -> impl Future<Output = Result<()>> + Send + '_ {
+        self.tx.send(value)
     }
 
     /// Sends one typed item (converted through serde).
@@ -691,8 +757,9 @@ impl MsgStream {
     }
 
     /// Receives the next item; `Ok(None)` once the peer stopped its side.
-    pub async fn recv(&mut self) -> Result<Option<Value>> {
-        self.rx.recv().await
+    // Not an `async fn`, as `send`.
+    pub fn recv(&mut self) -> impl Future<Output = Result<Option<Value>>> + Send + '_ {
+        self.rx.recv()
     }
 
     /// Receives the next typed item.
@@ -875,8 +942,8 @@ impl StreamTx {
     }
 
     /// See [`MsgStream::send`].
-    pub async fn send(&self, value: Value) -> Result<()> {
-        self.inner.send(value).await
+    pub fn send(&self, value: Value) -> impl Future<Output = Result<()>> + Send + '_ {
+        self.inner.send(value)
     }
 
     /// See [`MsgStream::send_typed`].
@@ -916,10 +983,10 @@ pub struct StreamRx {
 
 impl StreamRx {
     /// See [`MsgStream::recv`].
-    pub async fn recv(&mut self) -> Result<Option<Value>> {
+    pub fn recv(&mut self) -> impl Future<Output = Result<Option<Value>>> + Send + '_ {
         let shared = &self.shared;
         let chan = &self.chan;
-        chan.wait_owner(|st| {
+        chan.wait_owner(move |st| {
             // A cancelled callee learns it at once (its remaining input is moot); a caller gets
             // what the callee sent before the error.
             if chan.side == Side::Callee {
@@ -947,7 +1014,6 @@ impl StreamRx {
                 Some(Err(e)) => Some(Err(e.clone())),
             }
         })
-        .await
     }
 
     /// This half as a [`Stream`](futures_lite::Stream) of items. It ends after the peer's `Stop`

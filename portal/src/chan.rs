@@ -510,8 +510,11 @@ impl Chan {
     /// such wait at a time per chan: a unary call's `run`, or the stream receiver's `recv`,
     /// which takes `&mut self`). The waker is registered under the state's lock, so a change
     /// made after the probe (under that lock, then [`notify`](Chan::notify)) always wakes it.
-    pub(crate) async fn wait_owner<R>(&self, f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
-        self.wait_in(&self.owner, f).await
+    pub(crate) fn wait_owner<R>(
+        &self,
+        f: impl FnMut(&mut ChanState) -> Option<R>,
+    ) -> impl Future<Output = R> {
+        self.wait_in(&self.owner, f)
     }
 
     /// [`notify`](Chan::notify), and wakes the [`wait_cancel`](Chan::wait_cancel) waiter: for a
@@ -541,12 +544,21 @@ impl Chan {
 
     /// [`wait`](Chan::wait) for a served call's task on `cancelled_by` and `cleanup_until` (one
     /// such wait per chan), woken by [`notify_cancel`](Chan::notify_cancel) only.
-    pub(crate) async fn wait_cancel<R>(&self, f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
-        self.wait_in(&self.cancel, f).await
+    pub(crate) fn wait_cancel<R>(
+        &self,
+        f: impl FnMut(&mut ChanState) -> Option<R>,
+    ) -> impl Future<Output = R> {
+        self.wait_in(&self.cancel, f)
     }
 
-    async fn wait_in<R>(&self, slot: &Slot, mut f: impl FnMut(&mut ChanState) -> Option<R>) -> R {
-        std::future::poll_fn(|cx| {
+    /// The wait itself: a bare `poll_fn`, not an `async fn` around one, so that a wait taken
+    /// per stream item is a small future to build and move (its captures, nothing more).
+    fn wait_in<R>(
+        &self,
+        slot: &Slot,
+        mut f: impl FnMut(&mut ChanState) -> Option<R>,
+    ) -> impl Future<Output = R> {
+        std::future::poll_fn(move |cx| {
             let mut st = self.lock();
             if let Some(r) = f(&mut st) {
                 slot.done();
@@ -555,7 +567,6 @@ impl Chan {
             slot.register(cx.waker());
             Poll::Pending
         })
-        .await
     }
 
     /// [`wait`](Chan::wait) for a stream sender (credit): in the sender slot when no other

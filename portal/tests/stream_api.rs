@@ -152,7 +152,46 @@ async fn a_callee_can_cancel_its_own_context(exec: Executor, t: Transport) {
     assert_eq!(ctx.cancelled_by(), Some(b.local().id.clone()));
 }
 
+/// Every stream item builds a send and a receive future and moves it into its caller's state:
+/// they stay small (the wait for credit is boxed, and neither is an `async fn` around another).
+async fn a_streams_send_and_receive_futures_are_small(exec: Executor, t: Transport) {
+    let (reg, _probe) = standard_registry();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    let (mut ctx, _) = bounded("open", a.portal().open_context("t:ctx_echo", Value::Null))
+        .await
+        .unwrap();
+    let mut s = bounded("stream", ctx.open_stream()).await.unwrap();
+    let send = std::mem::size_of_val(&s.send(Value::Int(1)));
+    let recv = std::mem::size_of_val(&s.recv());
+    assert!(send <= 64, "a send's future is {send} bytes");
+    assert!(recv <= 64, "a receive's future is {recv} bytes");
+    // Made and dropped unpolled: nothing was sent, and the stream works on.
+    bounded("send", s.send(Value::Int(7))).await.unwrap();
+    assert_eq!(
+        bounded("echo", s.recv()).await.unwrap(),
+        Some(Value::Int(7))
+    );
+    // A send polled again after it finished says so, without a panic, and sends nothing more.
+    {
+        let mut send = std::pin::pin!(s.send(Value::Int(8)));
+        let first = futures_lite::future::poll_once(send.as_mut()).await;
+        assert!(matches!(first, Some(Ok(()))), "{first:?}");
+        let again = futures_lite::future::poll_once(send.as_mut()).await;
+        assert!(
+            matches!(again, Some(Err(harrow_portal::Error::Protocol(_)))),
+            "{again:?}"
+        );
+    }
+    assert_eq!(
+        bounded("echo", s.recv()).await.unwrap(),
+        Some(Value::Int(8))
+    );
+    s.close().await.unwrap();
+    assert_eq!(bounded("end", s.recv()).await.unwrap(), None);
+}
+
 both_transports!(
+    a_streams_send_and_receive_futures_are_small,
     a_callee_can_cancel_its_own_context,
     a_sink_and_a_stream_carry_a_whole_echo,
     a_sink_fails_once_the_stream_is_over,
