@@ -209,7 +209,8 @@ impl Queue {
                 // Trade buffers rather than move each message.
                 std::mem::swap(&mut st.msgs, msgs);
             } else {
-                st.msgs.extend(msgs.drain(..));
+                // Moved as slices, not one message at a time.
+                st.msgs.append(msgs);
             }
             if wake {
                 (st.claim_waiter(side, &mut replaced), false)
@@ -351,10 +352,10 @@ impl SendHalf for MemTx {
         }
         // Behind what was gathered: both go in under one lock of the queue, with one wake-up.
         let mut all = std::mem::take(&mut side.gathered);
-        all.extend(msgs.drain(..));
+        all.append(msgs);
         let result = self.q.push_all(&mut all, &mut side, true);
         // A shut queue: the messages not delivered go back to the caller.
-        msgs.extend(all.drain(..));
+        msgs.append(&mut all);
         side.gathered = all;
         Box::pin(std::future::ready(result))
     }
