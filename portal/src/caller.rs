@@ -618,8 +618,13 @@ impl TxInner {
         st: &mut crate::chan::ChanState,
         value: Value,
     ) -> std::result::Result<Result<()>, Value> {
-        if let Some(err) = self.send_blocker(st) {
-            return Ok(Err(err));
+        // Nothing that could stop the item (the common case, checked inline per item); the
+        // reason otherwise.
+        let open = !st.local_stopped && st.outcome.is_none() && !st.wire_done;
+        if !open {
+            if let Some(err) = self.send_blocker(st) {
+                return Ok(Err(err));
+            }
         }
         let config = &self.shared.config;
         if !st.may_send(config) {
