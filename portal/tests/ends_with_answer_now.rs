@@ -7,8 +7,8 @@
 mod common;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::Poll;
 
 use common::unary_start as start;
@@ -23,7 +23,11 @@ use harrow_portal::{
 /// - `t:answered`: a thread of its own answers with `answer_now` once `answers` delivers; the
 ///   future waits for `release` (a value it returns) or its cancel (then it fails cancelled);
 /// - `t:aware`: observes its cancel but does not wait for it: it waits for `release` only,
-///   and looks at `is_cancelled` at each poll (it fails cancelled once it sees it);
+///   and looks at `is_cancelled` at each poll (it fails cancelled once it sees it); it says
+///   it runs at the end of its first poll, once it is pending (so a cancel after that is one
+///   its first poll did not see);
+/// - `t:aware_self_cancelled`: `t:aware`, whose first poll, once pending, cancels the link's
+///   served calls itself (through `link`), by "the-canceller", before it returns;
 /// - `t:self_woken`: wakes its own waker in its first poll and returns the argument at its
 ///   second;
 /// - `t:echo` (not parked).
@@ -33,6 +37,7 @@ struct ParkResolver {
     release: async_channel::Receiver<Value>,
     running: async_channel::Sender<()>,
     dropped: async_channel::Sender<&'static str>,
+    link: Arc<OnceLock<(Weak<Link>, ActorId)>>,
     polls: Arc<AtomicUsize>,
     echo: FnRegistry,
 }
@@ -82,19 +87,30 @@ impl Resolver for ParkResolver {
                     released.or(cancel).await
                 }))
             }
-            "t:aware" => {
+            "t:aware" | "t:aware_self_cancelled" => {
                 let running = self.running.clone();
                 let release = self.release.clone();
+                let link = (func == "t:aware_self_cancelled").then(|| self.link.clone());
                 Ok(Box::pin(async move {
                     let _signal = signal;
-                    let _ = running.send(()).await;
                     let mut recv = std::pin::pin!(release.recv());
+                    let mut first = true;
                     std::future::poll_fn(|cx| {
                         polls.fetch_add(1, Ordering::SeqCst);
                         if ctx.is_cancelled() {
                             return Poll::Ready(Err(cancelled()));
                         }
-                        recv.as_mut().poll(cx).map(|v| Ok(v.unwrap_or(Value::Null)))
+                        let polled = recv.as_mut().poll(cx).map(|v| Ok(v.unwrap_or(Value::Null)));
+                        if polled.is_pending() && std::mem::take(&mut first) {
+                            // Still inside the first poll: the link has not parked it yet.
+                            if let Some((link, canceller)) = link.as_ref().and_then(|l| l.get()) {
+                                if let Some(link) = link.upgrade() {
+                                    link.cancel_calls(canceller);
+                                }
+                            }
+                            let _ = running.send_blocking(());
+                        }
+                        polled
                     })
                     .await
                 }))
@@ -125,13 +141,15 @@ impl Resolver for ParkResolver {
 }
 
 struct Setup {
-    callee: Link,
+    callee: Arc<Link>,
     caller: harrow_portal::ipc::Channel,
     answers: async_channel::Sender<Value>,
     release: async_channel::Sender<Value>,
     running: async_channel::Receiver<()>,
     dropped: async_channel::Receiver<&'static str>,
     polls: Arc<AtomicUsize>,
+    /// Who `t:aware_self_cancelled` cancels its call as.
+    self_canceller: ActorId,
 }
 
 async fn setup(exec: &Executor, t: Transport) -> Setup {
@@ -140,6 +158,7 @@ async fn setup(exec: &Executor, t: Transport) -> Setup {
     let (running_tx, running) = async_channel::unbounded();
     let (dropped_tx, dropped) = async_channel::unbounded();
     let polls = Arc::new(AtomicUsize::new(0));
+    let link = Arc::new(OnceLock::new());
     let mut echo = FnRegistry::new();
     echo.unary("t:echo", |v| async move { Ok(v) }).unwrap();
     let resolver = ParkResolver {
@@ -147,10 +166,15 @@ async fn setup(exec: &Executor, t: Transport) -> Setup {
         release: release_rx,
         running: running_tx,
         dropped: dropped_tx,
+        link: link.clone(),
         polls: polls.clone(),
         echo,
     };
     let (callee, caller) = callee_with_raw_caller(exec, t, Arc::new(resolver)).await;
+    // Weak: the link holds the resolver.
+    let callee = Arc::new(callee);
+    let self_canceller = ActorId::new("the-canceller");
+    let _ = link.set((Arc::downgrade(&callee), self_canceller.clone()));
     Setup {
         callee,
         caller,
@@ -159,6 +183,7 @@ async fn setup(exec: &Executor, t: Transport) -> Setup {
         running,
         dropped,
         polls,
+        self_canceller,
     }
 }
 
@@ -215,8 +240,9 @@ async fn answered_now_the_future_is_dropped_without_another_poll(exec: Executor,
     s.answers.send(Value::Int(42)).await.unwrap();
     expect_return(&s, 2, Value::Int(42)).await;
     expect_probe(&s.dropped, "dropped").await;
-    // Its first poll, in the link's reader, and no other: it was never released.
-    assert_eq!(s.polls.load(Ordering::SeqCst), 1);
+    // At most its first poll, in the link's reader (none when the answer came before it: the
+    // call was over), and no other: it was never released.
+    assert!(s.polls.load(Ordering::SeqCst) <= 1);
     still_serving(&s, 4).await;
 }
 
@@ -239,6 +265,22 @@ async fn a_cancel_reaches_a_parked_future_that_does_not_wait_for_it(exec: Execut
     s.callee.cancel_calls(&canceller);
     // Nothing the future waits for wakes it: the cancel itself must move it into a task,
     // whose poll sees the cancel (long before the cleanup bound would answer for it).
+    expect_cancelled(&s, 2, &canceller).await;
+    expect_probe(&s.dropped, "dropped").await;
+    assert!(s.polls.load(Ordering::SeqCst) >= 2);
+    still_serving(&s, 4).await;
+}
+
+async fn a_cancel_during_the_first_poll_reaches_the_future_once_parked(
+    exec: Executor,
+    t: Transport,
+) {
+    let s = setup(&exec, t).await;
+    // Its first poll found no cancel, is pending, and then cancels the call before it returns.
+    start_running(&s, 2, "t:aware_self_cancelled").await;
+    let canceller = s.self_canceller.clone();
+    // The cancel's wake came before the future was parked: it is acted on once it is, and a
+    // task polls the future, which sees its cancel (the cleanup bound is far off).
     expect_cancelled(&s, 2, &canceller).await;
     expect_probe(&s.dropped, "dropped").await;
     assert!(s.polls.load(Ordering::SeqCst) >= 2);
@@ -283,6 +325,7 @@ both_transports!(
     answered_now_the_future_is_dropped_without_another_poll,
     a_cancel_runs_the_future_it_woke_to_its_end,
     a_cancel_reaches_a_parked_future_that_does_not_wait_for_it,
+    a_cancel_during_the_first_poll_reaches_the_future_once_parked,
     a_wake_in_the_first_poll_is_not_lost,
     an_answer_through_the_future_still_reaches_the_caller,
     the_links_end_drops_a_parked_future,

@@ -157,6 +157,21 @@ impl Shared {
             chan,
             st: Mutex::new(ParkedState::default()),
         });
+        // The entry names it before its first poll: a cancel that lands during that poll finds
+        // it and wakes it (the wake is noted, and acted on below), and an end of the call
+        // during the poll marks it ended. Named only after the poll, a cancel in between found
+        // nothing to wake, and a future that does not wait for its cancel stayed parked with
+        // no task to run its cleanup or to enforce its bound.
+        {
+            let mut st = self.lock();
+            let Some(entry) = st.served.get_mut(&cid) else {
+                // Ended while it was resolved (cancelled, the link closed).
+                drop(st);
+                drop(run);
+                return;
+            };
+            entry.run = ServedBy::Parked(parked.clone());
+        }
         let waker = Waker::from(parked.clone());
         let mut cx = Context::from_waker(&waker);
         if let Poll::Ready(result) = std::pin::Pin::new(&mut run).poll(&mut cx) {
@@ -164,17 +179,7 @@ impl Shared {
             return;
         }
         drop(waker);
-        {
-            let mut st = self.lock();
-            let Some(entry) = st.served.get_mut(&cid) else {
-                // Ended in its first poll (cancelled, the link closed).
-                drop(st);
-                drop(run);
-                return;
-            };
-            entry.run = ServedBy::Parked(parked.clone());
-        }
-        // The entry names it from here on: an end (`Parked::end`) may come at any time now.
+        // An end (`Parked::end`) may come at any time.
         let mut pst = parked.lock();
         if pst.ended {
             drop(pst);
