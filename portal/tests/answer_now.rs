@@ -108,7 +108,7 @@ async fn setup(exec: &Executor, t: Transport) -> Setup {
 }
 
 async fn recv(s: &Setup) -> Msg {
-    bounded("a message", s.caller.recv()).await.unwrap()
+    next_msg(&s.caller).await
 }
 
 /// After the call's answer: its future ends (with something else, which must not be sent),

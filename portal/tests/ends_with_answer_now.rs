@@ -188,7 +188,7 @@ async fn setup(exec: &Executor, t: Transport) -> Setup {
 }
 
 async fn recv(s: &Setup) -> Msg {
-    bounded("a message", s.caller.recv()).await.unwrap()
+    next_msg(&s.caller).await
 }
 
 /// Starts call `cid` of `func` and waits until its function runs.

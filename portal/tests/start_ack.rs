@@ -49,7 +49,7 @@ async fn a_call_answered_later_sends_its_ack_then_its_answer(
     ca.send(start(4, "t:echo", Value::Int(4))).await.unwrap();
     let mut got = Vec::new();
     while got.len() < 3 {
-        got.push(bounded("a message", ca.recv()).await.unwrap());
+        got.push(next_msg(&ca).await);
     }
     assert_eq!(
         got,

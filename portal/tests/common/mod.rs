@@ -197,6 +197,11 @@ pub async fn callee_with_raw_caller(
     (b.expect("link b"), ca)
 }
 
+/// The next message a raw peer receives on `ch`, bounded.
+pub async fn next_msg(ch: &Channel) -> Msg {
+    bounded("a message", ch.recv()).await.unwrap()
+}
+
 /// A raw caller's `Start` of unary call `cid` of `func` with `args`.
 pub fn unary_start(cid: u64, func: &str, args: Value) -> Msg {
     Msg::Start {
