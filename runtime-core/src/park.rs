@@ -5,13 +5,13 @@
 //! costs an `eventfd` write, the `epoll_wait` return and a drain of the `eventfd` besides the
 //! scheduler wake-up. An actor whose channel to its parent is in memory (the thread and subint
 //! backends) has no file descriptor of its own to watch, so [`block_on_in_process`] parks it on
-//! a futex instead (`futures_lite::future::block_on`): a wake-up is one `futex` call. Timers and
-//! any descriptor such an actor does use (a process child it starts, say) are still served, by
-//! whichever thread drives the reactor (the root's, or async-io's own thread), which then wakes
-//! the actor like any other waker. An actor whose parent channel is a socket (the process
-//! backend's children), and the root, park in `harrow_ipc::park::block_on` instead: an epoll
-//! instance of the thread's own that watches the sockets its unix channels read, so that a
-//! message wakes the thread directly.
+//! a futex instead (`std::thread::park`): a wake-up is one atomic swap and one `futex` call, with
+//! no lock on either side. Timers and any descriptor such an actor does use (a process child it
+//! starts, say) are still served, by whichever thread drives the reactor (the root's, or
+//! async-io's own thread), which then wakes the actor like any other waker. An actor whose
+//! parent channel is a socket (the process backend's children), and the root, park in
+//! `harrow_ipc::park::block_on` instead: an epoll instance of the thread's own that watches the
+//! sockets its unix channels read, so that a message wakes the thread directly.
 //!
 //! Both parkers spin briefly before they sleep, when the machine has a core to spare and recent
 //! spins paid (`harrow_ipc::park::spin`: `HARROW_PARK_SPIN_US`, 50 µs by default, 0 turns it
@@ -44,14 +44,14 @@ use harrow_ipc::park::spin::{
     SharedCpu, SpinGate, Spun, WakeSource, WokenBy, crowded, now_ns, spin_watch_starting,
     wake_delay,
 };
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 pub use harrow_ipc::park::spin::{DEFAULT_SPIN, park_spin};
 
-/// The longest one poll of the spinning wrapper keeps re-polling before it hands back to the
-/// `block_on` loop underneath.
+/// The longest one turn of the spinning wait keeps re-polling before it starts a new turn (its
+/// clock, its look at how the last sleep went).
 pub const BUDGET: Duration = Duration::from_millis(2);
 
 /// Runs `fut` to completion on this thread, parking on a futex (not in the reactor) whenever it
@@ -60,17 +60,75 @@ pub const BUDGET: Duration = Duration::from_millis(2);
 pub fn block_on_in_process<F: Future>(fut: F) -> F::Output {
     let spin = park_spin();
     if spin.is_zero() {
-        return futures_lite::future::block_on(fut);
+        return block_on_parked(fut);
     }
-    futures_lite::future::block_on(SpinThenPark::new(fut, None))
+    SpinThenPark::new(fut, None).run()
 }
 
 /// The inner future is being polled or the thread spins; no wake-up since the last poll began.
 const RUNNING: u8 = 0;
 /// Woken since the last poll began: poll again.
 const WOKEN: u8 = 1;
-/// Handed back to the `block_on` loop: a wake-up must go through the outer waker.
+/// The thread sleeps (or is about to) in [`std::thread::park`]: a wake-up must unpark it.
 const PARKED: u8 = 2;
+
+/// Puts the thread to sleep until `state` no longer says [`PARKED`].
+///
+/// The thread's park token is shared by everything on the thread that parks (a nested wait, a
+/// blocking channel in user code), so a wake-up meant for another wait can end this sleep, and
+/// one meant for this wait can end another's: each wait's own state says whether it was woken,
+/// and a sleep ended by another's wake-up goes back to sleep.
+fn sleep_while_parked(state: &AtomicU8) {
+    while state.load(Ordering::Acquire) == PARKED {
+        std::thread::park();
+    }
+}
+
+/// A waker that unparks the thread that made it, when that thread sleeps.
+struct ThreadFlag {
+    state: AtomicU8,
+    thread: std::thread::Thread,
+}
+
+impl Wake for ThreadFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.state.swap(WOKEN, Ordering::AcqRel) == PARKED {
+            self.thread.unpark();
+        }
+    }
+}
+
+/// [`block_on_in_process`] without the spin: polls `fut`, and sleeps in [`std::thread::park`]
+/// whenever it waits. A wake-up of a sleeping thread is one atomic swap and one `futex` call,
+/// with no lock on either side (a parker made of a mutex and a condition variable, as
+/// `futures_lite::future::block_on`'s, takes and releases its mutex on both).
+fn block_on_parked<F: Future>(fut: F) -> F::Output {
+    let flag = Arc::new(ThreadFlag {
+        state: AtomicU8::new(RUNNING),
+        thread: std::thread::current(),
+    });
+    let waker = Waker::from(flag.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        flag.state.store(RUNNING, Ordering::Release);
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        // Woken during the poll: poll again.
+        if flag
+            .state
+            .compare_exchange(RUNNING, PARKED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            sleep_while_parked(&flag.state);
+        }
+    }
+}
 
 /// The inner future's waker: flips the flag, and only wakes the parked thread when it parked.
 ///
@@ -88,12 +146,12 @@ const PARKED: u8 = 2;
 /// system allocator serves with a plain `malloc`.
 #[repr(C, align(16))]
 struct Flag {
-    /// The `block_on` loop's waker (this thread's, and wakers' after a park).
-    outer: Mutex<Option<Waker>>,
+    /// The thread that waits (unparked by a waker that finds it parked).
+    thread: std::thread::Thread,
     /// When a waker last found the thread parked and woke it ([`now_ns`]): for the thread's
     /// [`wake_delay`].
     woke_at: AtomicU64,
-    _before: [u8; HOT_AT - std::mem::size_of::<Mutex<Option<Waker>>>() - 8],
+    _before: [u8; HOT_AT - std::mem::size_of::<std::thread::Thread>() - 8],
     state: AtomicU8,
     /// Where the last wake-up came from.
     source: WakeSource,
@@ -106,20 +164,16 @@ const HOT_AT: usize = 48;
 const FLAG_SIZE: usize = HOT_AT + 16 + 48;
 
 impl Flag {
-    /// A flag for a wait on this thread.
+    /// A flag for a wait on this thread (made on the thread that waits).
     fn new() -> Flag {
         Flag {
-            outer: Mutex::new(None),
+            thread: std::thread::current(),
             woke_at: AtomicU64::new(0),
-            _before: [0; HOT_AT - std::mem::size_of::<Mutex<Option<Waker>>>() - 8],
+            _before: [0; HOT_AT - std::mem::size_of::<std::thread::Thread>() - 8],
             state: AtomicU8::new(RUNNING),
             source: WakeSource::for_this_thread(),
             _after: [0; FLAG_SIZE - HOT_AT - 8 - std::mem::size_of::<WakeSource>()],
         }
-    }
-
-    fn outer(&self) -> std::sync::MutexGuard<'_, Option<Waker>> {
-        self.outer.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -134,10 +188,7 @@ impl Wake for Flag {
         if self.state.swap(WOKEN, Ordering::AcqRel) == PARKED {
             // Read by the thread once this wake-up (below) has reached it.
             self.woke_at.store(now_ns(), Ordering::Release);
-            let outer = self.outer().clone();
-            if let Some(w) = outer {
-                w.wake();
-            }
+            self.thread.unpark();
         }
     }
 }
@@ -202,67 +253,70 @@ impl<F: Future> SpinThenPark<F> {
     }
 }
 
-impl<F: Future> Future for SpinThenPark<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
-        {
-            let mut outer = this.flag.outer();
-            if !outer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *outer = Some(cx.waker().clone());
+impl<F: Future> SpinThenPark<F> {
+    /// Runs the future to its end on this thread, spinning and sleeping in turns.
+    fn run(&mut self) -> F::Output {
+        loop {
+            if let Some(v) = self.turn() {
+                return v;
             }
         }
+    }
+
+    /// Polls the future until it is done (`Some`), or until it has waited once (spun, then slept
+    /// until woken) or kept the thread busy for [`BUDGET`] (`None`: call again).
+    fn turn(&mut self) -> Option<F::Output> {
         let began = Instant::now();
-        if let Some(parked_at) = this.parked_at.take() {
-            let woke = this.flag.woke_at.load(Ordering::Acquire);
-            this.gate.slept(wake_delay(parked_at, woke, began));
-            if let WokenBy::Cpu(waker) = this.flag.source.take() {
-                this.shared_cpu.after_slept(waker, crowded());
+        if let Some(parked_at) = self.parked_at.take() {
+            let woke = self.flag.woke_at.load(Ordering::Acquire);
+            self.gate.slept(wake_delay(parked_at, woke, began));
+            if let WokenBy::Cpu(waker) = self.flag.source.take() {
+                self.shared_cpu.after_slept(waker, crowded());
             }
         }
         loop {
-            this.flag.state.store(RUNNING, Ordering::Release);
-            if let Poll::Ready(v) = this
+            self.flag.state.store(RUNNING, Ordering::Release);
+            if let Poll::Ready(v) = self
                 .fut
                 .as_mut()
-                .poll(&mut Context::from_waker(&this.waker))
+                .poll(&mut Context::from_waker(&self.waker))
             {
-                return Poll::Ready(v);
+                return Some(v);
             }
             if began.elapsed() >= BUDGET {
-                // Busy for a while: hand back to the `block_on` loop, then come back.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+                // Busy for a while: start a new turn (its clock, its look at the last sleep).
+                return None;
             }
-            let spin = this.gate.spin();
+            let spin = self.gate.spin();
             if !spin.is_zero() {
-                match spin_watch_starting(spin, this.shared_cpu.spin_start(), || {
-                    this.flag.state.load(Ordering::Acquire) != RUNNING
+                let state = &self.flag.state;
+                match spin_watch_starting(spin, self.shared_cpu.spin_start(), || {
+                    state.load(Ordering::Acquire) != RUNNING
                 }) {
                     Spun::Caught { after_yield } => {
                         // A wake-up this thread gave itself (a task it ran woke another) was
                         // there before the spin began: it says nothing of whether spins pay.
-                        if let WokenBy::Cpu(waker) = this.flag.source.take() {
-                            this.gate.hit();
-                            this.shared_cpu.after_caught(after_yield, waker);
+                        if let WokenBy::Cpu(waker) = self.flag.source.take() {
+                            self.gate.hit();
+                            self.shared_cpu.after_caught(after_yield, waker);
                         }
                         continue;
                     }
-                    Spun::Missed => this.gate.miss(),
+                    Spun::Missed => self.gate.miss(),
                 }
             }
             // Before the flag says parked: a waker that finds it parked records a later moment.
             let parking = Instant::now();
-            match this.flag.state.compare_exchange(
+            match self.flag.state.compare_exchange(
                 RUNNING,
                 PARKED,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    this.parked_at = Some(parking);
-                    return Poll::Pending;
+                    self.parked_at = Some(parking);
+                    sleep_while_parked(&self.flag.state);
+                    return None;
                 }
                 // Woken between the last look and the hand-over: poll again.
                 Err(_) => continue,
@@ -276,16 +330,96 @@ mod tests {
     use super::*;
     use harrow_ipc::park::spin::{testing, this_cpu};
 
-    /// `block_on_in_process` spinning `spin` before every park, whatever the load says.
-    fn block_on<F: Future>(spin: Duration, fut: F) -> F::Output {
-        futures_lite::future::block_on(SpinThenPark::new(fut, Some(SpinGate::always(spin))))
+    /// `block_on_in_process` spinning `spin` before every park, whatever the load says; with
+    /// `None`, as it waits when it may not spin.
+    fn block_on<F: Future>(spin: impl Into<Option<Duration>>, fut: F) -> F::Output {
+        match spin.into() {
+            Some(spin) => SpinThenPark::new(fut, Some(SpinGate::always(spin))).run(),
+            None => block_on_parked(fut),
+        }
+    }
+
+    /// A future that counts its polls, and is ready once `ready` is set (by whoever wakes it)
+    /// before a poll.
+    struct CountedWait {
+        polls: Arc<AtomicU64>,
+        ready: Arc<std::sync::atomic::AtomicBool>,
+        waker: Arc<std::sync::Mutex<Option<Waker>>>,
+    }
+
+    impl Future for CountedWait {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            // Counted last: whoever sees the count has seen the look at `ready` it ends.
+            let ready = self.ready.load(Ordering::Acquire);
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            self.polls.fetch_add(1, Ordering::AcqRel);
+            if ready {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    #[test]
+    fn an_unpark_that_is_not_a_wake_up_does_not_poll_the_future_again() {
+        // The thread's park token is everybody's: anything may unpark it (a blocking channel
+        // in user code, a nested wait's waker). Only the wait's own waker may end its sleep.
+        for spin in [Some(Duration::ZERO), None] {
+            let polls = Arc::new(AtomicU64::new(0));
+            let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let waker = Arc::new(std::sync::Mutex::new(None::<Waker>));
+            let wait = CountedWait {
+                polls: polls.clone(),
+                ready: ready.clone(),
+                waker: waker.clone(),
+            };
+            let (thread_tx, thread_rx) = std::sync::mpsc::channel();
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let waiter = std::thread::spawn(move || {
+                thread_tx.send(std::thread::current()).unwrap();
+                block_on(spin, wait);
+                done_tx.send(()).unwrap();
+            });
+            let thread = thread_rx.recv().unwrap();
+            // Once the first poll has run (bounded: 30 s) ...
+            let start = Instant::now();
+            while polls.load(Ordering::Acquire) == 0 {
+                assert!(start.elapsed() < Duration::from_secs(30), "never polled");
+                std::thread::yield_now();
+            }
+            // ... unparks that are not its waker's, whether the thread sleeps yet or not ...
+            for _ in 0..10 {
+                thread.unpark();
+                std::thread::yield_now();
+            }
+            // ... then the wake-up.
+            ready.store(true, Ordering::Release);
+            let w = waker.lock().unwrap().clone().expect("a waker");
+            w.wake();
+            done_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the wait ended once woken");
+            waiter.join().unwrap();
+            assert_eq!(
+                polls.load(Ordering::Acquire),
+                2,
+                "polled once, then once after its wake-up ({spin:?})"
+            );
+        }
     }
 
     #[test]
     fn a_wake_from_another_thread_while_spinning_or_parked_is_seen() {
-        // Replies arriving at once (caught while spinning) and after a pause (after parking).
-        for pause in [Duration::ZERO, Duration::from_millis(5)] {
-            let spin = Duration::from_micros(50);
+        // Replies arriving at once (caught while spinning) and after a pause (after parking);
+        // through the spinning wait, and through the one without a spin.
+        let waits = [Some(Duration::from_micros(50)), None];
+        for (spin, pause) in waits
+            .into_iter()
+            .flat_map(|spin| [Duration::ZERO, Duration::from_millis(5)].map(|pause| (spin, pause)))
+        {
             let (tx, rx) = async_channel::bounded::<u32>(1);
             let (back_tx, back_rx) = async_channel::bounded::<u32>(1);
             let echo = std::thread::spawn(move || {
@@ -458,7 +592,7 @@ mod tests {
         gate.miss();
         gate.miss();
         let mut parker = SpinThenPark::new(testing::wakes_itself_once(), Some(gate));
-        futures_lite::future::block_on(&mut parker);
+        parker.run();
         assert_eq!(
             parker.gate.backed_off(),
             (1, true),
@@ -470,7 +604,7 @@ mod tests {
         gate.miss();
         gate.miss();
         let mut parker = SpinThenPark::new(fut, Some(gate));
-        futures_lite::future::block_on(&mut parker);
+        parker.run();
         waker_thread.join().expect("the waking thread");
         assert_eq!(
             parker.gate.backed_off(),
