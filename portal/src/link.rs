@@ -14,6 +14,7 @@
 //! reader, `route` dispatches each incoming message, `serve` runs the calls the peer
 //! makes into this side. This module holds the shared state, the caller side and shutdown.
 
+mod by_cid;
 mod handshake;
 mod io;
 mod outlet;
@@ -324,7 +325,7 @@ impl Link {
     /// A call that observes its own cancellation gets up to `LinkConfig::cancel_cleanup` (or
     /// what it extended that to) to finish; the others are dropped at once.
     pub fn cancel_calls(&self, canceller: &ActorId) {
-        let cids: Vec<Cid> = self.shared.lock().served.keys().copied().collect();
+        let cids: Vec<Cid> = self.shared.lock().served.cids();
         debug!(local = %self.shared.local.id, n = cids.len(), %canceller, "cancelling served calls");
         self.shared.cancel_served(&cids, canceller);
     }
@@ -428,13 +429,14 @@ impl fmt::Debug for Shared {
 struct LinkState {
     /// Why the link is unusable for new operations.
     dead: Option<String>,
-    /// Our calls into the peer, by cid. Ids this end allocates, so foldhash (a peer cannot
-    /// choose keys that collide).
-    calls: foldhash::HashMap<Cid, Arc<Chan>>,
-    /// The peer's calls we serve, by cid. The peer chooses these ids, so no hash table: an
-    /// ordered map costs O(log n) whatever the ids, and with the few calls a link serves at
-    /// once, less per lookup than a hash that a peer could not make collide (SipHash).
-    served: BTreeMap<Cid, Served>,
+    /// Our calls into the peer, by cid: the first in place, more in a map ([`by_cid`]). Ids
+    /// this end allocates, so foldhash (a peer cannot choose keys that collide).
+    calls: by_cid::ByCid<Arc<Chan>, foldhash::HashMap<Cid, Arc<Chan>>>,
+    /// The peer's calls we serve, by cid: the first in place, more in a map. The peer chooses
+    /// these ids, so no hash table: an ordered map costs O(log n) whatever the ids, and with
+    /// the few calls a link serves at once, less per lookup than a hash that a peer could not
+    /// make collide (SipHash).
+    served: by_cid::ByCid<Served, BTreeMap<Cid, Served>>,
     /// Set once the peer sent `CancelActor`: later `Start`s are refused.
     refuse_starts: Option<ActorId>,
     /// `CancelAck`s owed to the peer: sent once every served call has ended (or at the bound).
@@ -613,15 +615,15 @@ impl Shared {
             st.dead = Some(reason.clone());
             self.dead.store(true, Ordering::Release);
             (
-                std::mem::take(&mut st.calls),
-                std::mem::take(&mut st.served),
+                st.calls.take_sorted(),
+                st.served.take_sorted(),
                 st.ack_timer.take(),
             )
         };
         drop(ack_timer);
         debug!(local = %self.local.id, peer = %self.peer.id, %reason, calls = calls.len(),
             served = served.len(), "link shutting down");
-        for chan in calls.into_values() {
+        for (_, chan) in calls {
             chan.finish(Err(Error::Closed(reason.clone())));
         }
         for (_, entry) in served {

@@ -40,7 +40,11 @@ impl Shared {
                 });
                 return;
             }
-            let std::collections::btree_map::Entry::Vacant(slot) = st.served.entry(cid) else {
+            let entry = Served {
+                chan: chan.clone(),
+                run: ServedBy::Nothing,
+            };
+            if st.served.insert_new(cid, entry).is_err() {
                 let msg = format!("call id {cid} is already in use for another call");
                 self.enqueue(Msg::Error {
                     cid: Some(cid),
@@ -52,11 +56,7 @@ impl Shared {
                     )),
                 });
                 return;
-            };
-            slot.insert(Served {
-                chan: chan.clone(),
-                run: ServedBy::Nothing,
-            });
+            }
         }
         let ctx = CalleeContext::new(self.clone(), chan.clone());
         // The call's path moves into the invocation (`chan.func` names it from here on).
@@ -438,7 +438,7 @@ impl Shared {
         let cids: Vec<Cid> = {
             let mut st = self.lock();
             st.refuse_starts = Some(self.peer.id.clone());
-            st.served.keys().copied().collect()
+            st.served.cids()
         };
         debug!(local = %self.local.id, peer = %self.peer.id, %reason, n = cids.len(),
             "CancelActor: cancelling served calls");
