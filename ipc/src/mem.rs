@@ -393,8 +393,11 @@ impl SendHalf for MemTx {
         let mut side = self.side();
         if !side.gathered.is_empty() {
             let mut gathered = std::mem::take(&mut side.gathered);
-            // A shut queue: the peer is gone, and so is what was gathered for it.
-            let _ = self.q.push_all(&mut gathered, &mut side, true);
+            // A shut queue: the peer is gone, and so is what was gathered for it. (Matched, so
+            // that a push that went through costs no out-of-line drop of its `Ok`.)
+            if let Err(e) = self.q.push_all(&mut gathered, &mut side, true) {
+                drop(e);
+            }
             gathered.clear();
             side.gathered = gathered;
             return;
