@@ -436,11 +436,13 @@ fn run_actor_parked(channel: Channel, init: ActorInit, park: Park<'_>) -> ActorE
     let helper_bound = init.spec.timeouts().hard_kill;
     let main = actor_main(channel, init, ctx.clone());
     let exit = match park {
-        Park::InProcess => crate::park::block_on_in_process(Beside::new(exec.run(main), &readers)),
+        Park::InProcess => {
+            crate::park::block_on_in_process(Beside::with_tasks(main, &exec, &readers))
+        }
         // The channel to the parent is a socket: sleep in an epoll instance that watches it
         // (and the sockets of peers and children read on this thread) directly.
         Park::Reactor => {
-            harrow_ipc::park::block_on_following(Beside::new(exec.run(main), &readers))
+            harrow_ipc::park::block_on_following(Beside::with_tasks(main, &exec, &readers))
         }
         Park::CoDriven(co, sockets) => {
             /// Unbinds the helper on every path, a panic included.

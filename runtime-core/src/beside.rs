@@ -1,5 +1,6 @@
 //! Driving the readers of an actor's links on the actor's thread beside its executor, not as
-//! tasks of it.
+//! tasks of it; and the executor itself beside the actor's main future, each polled only when
+//! woken.
 //!
 //! Every message that arrives on a link wakes the link's reader. As a task of the actor's
 //! executor, that wake-up schedules the task (a push onto the executor's queue and a wake-up of
@@ -9,6 +10,12 @@
 //! reader; the executor is polled only when one of its own tasks was woken. Readers are made
 //! inside the actor's main future (wherever a link is established), so they are handed over
 //! through a [`Handoff`].
+//!
+//! The executor's tasks are run by a future of their own ([`Beside::with_tasks`]: the
+//! executor's `run` of a future that never ends), woken by the executor when a task is
+//! scheduled. Run as `exec.run(main)`, every wake-up of the main future also made the executor
+//! look through its queues for a task (about 200 instructions and six locked ones, on the root
+//! once per call it makes), and every task run polled the main future first.
 //!
 //! A wake-up comes from another thread (the peer's, which sent the message), so what it writes
 //! travels between CPUs: a slot's bit and the flags the loop reads share one cache line
@@ -42,6 +49,8 @@ struct Hot {
     parked: AtomicBool,
     /// The main future was woken since `Beside` last polled it.
     main: AtomicBool,
+    /// The executor's tasks future was woken (a task was scheduled) since it was last polled.
+    tasks: AtomicBool,
     /// Futures were handed over since `Beside` last took them.
     incoming: AtomicBool,
 }
@@ -80,6 +89,7 @@ impl<A> Shared<A> {
     fn anything_woken(&self) -> bool {
         self.hot.summary.load(Ordering::SeqCst) != 0
             || self.hot.main.load(Ordering::SeqCst)
+            || self.hot.tasks.load(Ordering::SeqCst)
             || self.hot.incoming.load(Ordering::SeqCst)
     }
 }
@@ -87,6 +97,7 @@ impl<A> Shared<A> {
 /// Which future a [`SlotWaker`] wakes.
 enum Target {
     Main,
+    Tasks,
     Incoming,
     /// A slot: its bit in its word (`None`: `Hot::first`) and its word's bit in `summary`.
     Slot {
@@ -111,6 +122,7 @@ impl<A> Wake for SlotWaker<A> {
         let hot = &self.shared.hot;
         match &self.target {
             Target::Main => hot.main.store(true, Ordering::SeqCst),
+            Target::Tasks => hot.tasks.store(true, Ordering::SeqCst),
             Target::Incoming => hot.incoming.store(true, Ordering::SeqCst),
             Target::Slot {
                 word,
@@ -152,8 +164,9 @@ impl<A: Send + 'static> Handoff<A> {
                 summary: AtomicU64::new(0),
                 first: AtomicU64::new(0),
                 parked: AtomicBool::new(false),
-                // The main future is polled on the first poll.
+                // The main future and the tasks are polled on the first poll.
                 main: AtomicBool::new(true),
+                tasks: AtomicBool::new(true),
                 incoming: AtomicBool::new(false),
             },
             outer: Mutex::new(None),
@@ -180,6 +193,9 @@ impl<A: Send + 'static> Handoff<A> {
     }
 }
 
+/// The future that runs an executor's tasks.
+type Tasks = Pin<Box<dyn Future<Output = ()>>>;
+
 /// One future driven beside the main one.
 struct Slot<A> {
     fut: Option<A>,
@@ -192,6 +208,10 @@ struct Slot<A> {
 pub(crate) struct Beside<M, A> {
     main: Pin<Box<M>>,
     main_waker: Waker,
+    /// The executor's tasks ([`with_tasks`](Beside::with_tasks)), polled when woken; `None`
+    /// without, or once ended.
+    tasks: Option<Tasks>,
+    tasks_waker: Waker,
     slots: Vec<Slot<A>>,
     /// The wake-up bits of slots 64 and on, 64 slots a word.
     words: Vec<Arc<AtomicU64>>,
@@ -211,12 +231,41 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Beside<M, A> {
                 target: Target::Main,
                 shared: handoff.shared.clone(),
             })),
+            tasks: None,
+            tasks_waker: Waker::from(Arc::new(SlotWaker {
+                target: Target::Tasks,
+                shared: handoff.shared.clone(),
+            })),
             slots: Vec::new(),
             words: Vec::new(),
             free: Vec::new(),
             handoff: handoff.clone(),
             outer: None,
         }
+    }
+
+    /// Drives `main`, the tasks of `exec` beside it (until `main` ends), and what is put into
+    /// `handoff`: `exec.run(main)`, but each of `main` and the tasks polled only when woken.
+    pub(crate) fn with_tasks(
+        main: M,
+        exec: &Arc<async_executor::Executor<'static>>,
+        handoff: &Handoff<A>,
+    ) -> Beside<M, A> {
+        let exec = exec.clone();
+        Beside::with_tasks_future(
+            main,
+            Box::pin(async move {
+                exec.run(std::future::pending::<()>()).await;
+            }),
+            handoff,
+        )
+    }
+
+    /// [`with_tasks`](Beside::with_tasks) with the future that runs the tasks.
+    fn with_tasks_future(main: M, tasks: Tasks, handoff: &Handoff<A>) -> Beside<M, A> {
+        let mut beside = Beside::new(main, handoff);
+        beside.tasks = Some(tasks);
+        beside
     }
 
     /// The wake-up bits of word `w` (0: `Hot::first`).
@@ -354,7 +403,15 @@ impl<M: Future, A: Future<Output = ()> + Unpin + Send + 'static> Future for Besi
                     return Poll::Ready(v);
                 }
             }
-            if slots || main {
+            let tasks =
+                hot.tasks.load(Ordering::Relaxed) && hot.tasks.swap(false, Ordering::SeqCst);
+            if tasks && let Some(run) = this.tasks.as_mut() {
+                let mut tasks_cx = Context::from_waker(&this.tasks_waker);
+                if run.as_mut().poll(&mut tasks_cx).is_ready() {
+                    this.tasks = None;
+                }
+            }
+            if slots || main || tasks {
                 continue;
             }
             this.handoff.shared.hot.parked.store(true, Ordering::SeqCst);
@@ -452,6 +509,66 @@ mod tests {
 
     fn poll_once<F: Future>(f: &mut Pin<&mut F>, waker: &Waker) -> Poll<F::Output> {
         f.as_mut().poll(&mut Context::from_waker(waker))
+    }
+
+    #[test]
+    fn the_main_future_and_the_tasks_are_each_polled_only_when_woken() {
+        let (main, main_fut) = Probe::new();
+        let (tasks, tasks_fut) = Probe::new();
+        let handoff = Handoff::<Counted>::new();
+        let beside = Beside::with_tasks_future(main_fut, Box::pin(tasks_fut), &handoff);
+        let mut beside = std::pin::pin!(beside);
+        let (wakes, outer) = counting_waker();
+        assert!(poll_once(&mut beside, &outer).is_pending());
+        assert_eq!(
+            (main.polls(), tasks.polls()),
+            (1, 1),
+            "both polled at first"
+        );
+        // The main future woken: the tasks are not looked at ...
+        main.wake();
+        assert_eq!(wakes.get(), 1, "the parked loop is woken");
+        assert!(poll_once(&mut beside, &outer).is_pending());
+        assert_eq!((main.polls(), tasks.polls()), (2, 1));
+        // ... and a task scheduled does not poll the main future.
+        tasks.wake();
+        assert_eq!(wakes.get(), 2);
+        assert!(poll_once(&mut beside, &outer).is_pending());
+        assert_eq!((main.polls(), tasks.polls()), (2, 2));
+        // Tasks that end (they do not, from an executor's `run`) are not polled again.
+        tasks.finish();
+        assert!(poll_once(&mut beside, &outer).is_pending());
+        assert_eq!(tasks.polls(), 3);
+        main.finish();
+        assert!(poll_once(&mut beside, &outer).is_ready());
+        assert_eq!((main.polls(), tasks.polls()), (3, 3));
+    }
+
+    #[test]
+    fn an_executors_tasks_run_beside_the_main_future_until_it_ends() {
+        let exec: Arc<async_executor::Executor<'static>> = Arc::default();
+        let (main, main_fut) = Probe::new();
+        let handoff = Handoff::<Counted>::new();
+        let beside = Beside::with_tasks(main_fut, &exec, &handoff);
+        let mut beside = std::pin::pin!(beside);
+        let (wakes, outer) = counting_waker();
+        assert!(poll_once(&mut beside, &outer).is_pending());
+        // A task spawned while the loop is parked wakes it, and runs at its next poll.
+        let (task, task_fut) = Probe::new();
+        exec.spawn(task_fut).detach();
+        assert!(wakes.get() >= 1, "the parked loop is woken");
+        assert!(poll_once(&mut beside, &outer).is_pending());
+        assert_eq!(task.polls(), 1);
+        assert_eq!(
+            main.polls(),
+            1,
+            "a task's run does not poll the main future"
+        );
+        task.finish();
+        assert!(poll_once(&mut beside, &outer).is_pending());
+        assert_eq!(task.polls(), 2);
+        main.finish();
+        assert!(poll_once(&mut beside, &outer).is_ready());
     }
 
     #[test]

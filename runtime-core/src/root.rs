@@ -158,8 +158,8 @@ where
     let root_ctx = ctx.clone();
     // The root's links to process children are sockets: its thread sleeps in an epoll instance
     // that watches them directly (timers and other descriptors: async-io's own thread).
-    let result = harrow_ipc::park::block_on(Beside::new(
-        exec.run(async move {
+    let result = harrow_ipc::park::block_on(Beside::with_tasks(
+        async move {
             let watcher = exec_spawn(&ctx, watcher);
             let self_cancel = exec_spawn(&ctx, self_cancel);
             let r = main.await;
@@ -172,7 +172,8 @@ where
             drop(watcher);
             drop(self_cancel);
             r
-        }),
+        },
+        &exec,
         &readers,
     ));
     root_ctx.discovery().release();
