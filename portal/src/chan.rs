@@ -687,6 +687,19 @@ impl Chan {
         set
     }
 
+    /// The callee's answer arrived: the call was answered (whatever ended it first), and
+    /// `outcome` is its outcome unless it already had one. One lock of the chan for both.
+    pub(crate) fn answer_arrived(&self, outcome: Result<Value, Error>) {
+        {
+            let mut st = self.lock();
+            st.answered = true;
+            if st.outcome.is_none() {
+                st.outcome = Some(outcome);
+            }
+        }
+        self.notify();
+    }
+
     pub(crate) fn is_finished(&self) -> bool {
         self.lock().outcome.is_some()
     }

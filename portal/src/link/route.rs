@@ -90,8 +90,7 @@ impl Shared {
             Msg::Return { cid, value } => {
                 let chan = self.lock().calls.remove(&cid);
                 if let Some(chan) = chan {
-                    chan.lock().answered = true;
-                    chan.finish(Ok(value));
+                    chan.answer_arrived(Ok(value));
                 }
             }
             Msg::Error {
@@ -100,10 +99,7 @@ impl Shared {
             } => {
                 let chan = self.lock().calls.remove(&cid);
                 match chan {
-                    Some(chan) => {
-                        chan.lock().answered = true;
-                        chan.finish(Err(Error::from(*error)));
-                    }
+                    Some(chan) => chan.answer_arrived(Err(Error::from(*error))),
                     None => debug!(%cid, %error, "error for an unknown call ignored"),
                 }
             }
