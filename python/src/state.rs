@@ -152,13 +152,19 @@ pub(crate) const CLEANUP_GRACE: Duration = Duration::from_millis(100);
 impl JobState {
     /// The cancel state of a new call of `func`.
     pub fn new(func: FnPath) -> Arc<Self> {
+        JobState::with_env(func, None)
+    }
+
+    /// [`new`](Self::new), with the actor `env` its Python code reaches (see
+    /// [`set_env`](Self::set_env)) given from the start.
+    pub(crate) fn with_env(func: FnPath, env: Option<crate::nest::ActorEnv>) -> Arc<Self> {
         Arc::new(JobState {
             func,
             cancel: CancelFlag::new(),
             done: AtomicBool::new(false),
             delivered_at: parking_lot::Mutex::new(None),
             held_until: parking_lot::Mutex::new(None),
-            env: parking_lot::Mutex::new(None),
+            env: parking_lot::Mutex::new(env),
             scopes: parking_lot::Mutex::new(Vec::new()),
             reply: crate::reply::Slot::default(),
         })
