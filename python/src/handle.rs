@@ -121,33 +121,6 @@ impl InterpHandle {
         host: Option<Arc<dyn CallHost>>,
         env: Option<crate::nest::ActorEnv>,
     ) -> PyCall {
-        let exposed = self.check_exposed(&func);
-        self.queue_call(func, kind, args, host, env, exposed)
-    }
-
-    /// [`call_in`](Self::call_in) of a function whose module the caller has already checked
-    /// with [`check_exposed`](Self::check_exposed) (the resolver, before the call starts).
-    pub(crate) fn call_in_exposed(
-        &self,
-        func: FnPath,
-        kind: CallKind,
-        args: Value,
-        host: Option<Arc<dyn CallHost>>,
-        env: Option<crate::nest::ActorEnv>,
-    ) -> PyCall {
-        self.queue_call(func, kind, args, host, env, Ok(()))
-    }
-
-    /// Queues the call, or answers it at once with `exposed`'s error.
-    fn queue_call(
-        &self,
-        func: FnPath,
-        kind: CallKind,
-        args: Value,
-        host: Option<Arc<dyn CallHost>>,
-        env: Option<crate::nest::ActorEnv>,
-        exposed: Result<(), CallError>,
-    ) -> PyCall {
         let job = JobState::with_env(func.clone(), env);
         let (tx, rx) = crate::reply::reply(&job);
         let mut call = PyCall {
@@ -158,7 +131,7 @@ impl InterpHandle {
             finished: false,
             immediate: None,
         };
-        if let Err(e) = exposed {
+        if let Err(e) = self.check_exposed(&func) {
             call.immediate = Some(Err(e));
             return call;
         }

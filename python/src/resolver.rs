@@ -98,7 +98,7 @@ impl Resolver for PyResolver {
         let host: Arc<dyn CallHost> = Arc::new(CalleeHost { ctx: call.ctx });
         let mut py = self
             .interp
-            .call_in_exposed(call.func, call.kind, call.args, Some(host), env);
+            .call_in(call.func, call.kind, call.args, Some(host), env);
         Ok(Box::pin(async move {
             use futures_lite::FutureExt;
             let first = async { Some((&mut py).await) }
