@@ -446,66 +446,9 @@ impl<M, A> Drop for Beside<M, A> {
 mod tests {
     use super::*;
 
-    use std::sync::atomic::AtomicUsize;
-
     use harrow_ipc::wait::testing::counting_waker;
 
-    /// A future that counts its polls and ends when told.
-    struct Counted {
-        polls: Arc<AtomicUsize>,
-        done: Arc<AtomicBool>,
-        waker: Arc<Mutex<Option<Waker>>>,
-    }
-
-    impl Future for Counted {
-        type Output = ();
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            self.polls.fetch_add(1, Ordering::SeqCst);
-            if self.done.load(Ordering::SeqCst) {
-                return Poll::Ready(());
-            }
-            *self.waker.lock().unwrap() = Some(cx.waker().clone());
-            Poll::Pending
-        }
-    }
-
-    struct Probe {
-        polls: Arc<AtomicUsize>,
-        done: Arc<AtomicBool>,
-        waker: Arc<Mutex<Option<Waker>>>,
-    }
-
-    impl Probe {
-        fn new() -> (Probe, Counted) {
-            let p = Probe {
-                polls: Arc::default(),
-                done: Arc::default(),
-                waker: Arc::default(),
-            };
-            let c = Counted {
-                polls: p.polls.clone(),
-                done: p.done.clone(),
-                waker: p.waker.clone(),
-            };
-            (p, c)
-        }
-        fn polls(&self) -> usize {
-            self.polls.load(Ordering::SeqCst)
-        }
-        fn wake(&self) {
-            let w = self
-                .waker
-                .lock()
-                .unwrap()
-                .take()
-                .expect("the future was polled");
-            w.wake();
-        }
-        fn finish(&self) {
-            self.done.store(true, Ordering::SeqCst);
-            self.wake();
-        }
-    }
+    use crate::test_probe::{Counted, Probe};
 
     fn poll_once<F: Future>(f: &mut Pin<&mut F>, waker: &Waker) -> Poll<F::Output> {
         f.as_mut().poll(&mut Context::from_waker(waker))

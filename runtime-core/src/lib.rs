@@ -33,6 +33,8 @@ mod root;
 mod scope;
 mod spec;
 mod supervisor;
+#[cfg(test)]
+mod test_probe;
 mod thread;
 
 pub use actor::{

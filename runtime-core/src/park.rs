@@ -339,43 +339,12 @@ mod tests {
         }
     }
 
-    /// A future that counts its polls, and is ready once `ready` is set (by whoever wakes it)
-    /// before a poll.
-    struct CountedWait {
-        polls: Arc<AtomicU64>,
-        ready: Arc<std::sync::atomic::AtomicBool>,
-        waker: Arc<std::sync::Mutex<Option<Waker>>>,
-    }
-
-    impl Future for CountedWait {
-        type Output = ();
-
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            // Counted last: whoever sees the count has seen the look at `ready` it ends.
-            let ready = self.ready.load(Ordering::Acquire);
-            *self.waker.lock().unwrap() = Some(cx.waker().clone());
-            self.polls.fetch_add(1, Ordering::AcqRel);
-            if ready {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        }
-    }
-
     #[test]
     fn an_unpark_that_is_not_a_wake_up_does_not_poll_the_future_again() {
         // The thread's park token is everybody's: anything may unpark it (a blocking channel
         // in user code, a nested wait's waker). Only the wait's own waker may end its sleep.
         for spin in [Some(Duration::ZERO), None] {
-            let polls = Arc::new(AtomicU64::new(0));
-            let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let waker = Arc::new(std::sync::Mutex::new(None::<Waker>));
-            let wait = CountedWait {
-                polls: polls.clone(),
-                ready: ready.clone(),
-                waker: waker.clone(),
-            };
+            let (probe, wait) = crate::test_probe::Probe::new();
             let (thread_tx, thread_rx) = std::sync::mpsc::channel();
             let (done_tx, done_rx) = std::sync::mpsc::channel();
             let waiter = std::thread::spawn(move || {
@@ -386,7 +355,7 @@ mod tests {
             let thread = thread_rx.recv().unwrap();
             // Once the first poll has run (bounded: 30 s) ...
             let start = Instant::now();
-            while polls.load(Ordering::Acquire) == 0 {
+            while probe.polls() == 0 {
                 assert!(start.elapsed() < Duration::from_secs(30), "never polled");
                 std::thread::yield_now();
             }
@@ -396,15 +365,13 @@ mod tests {
                 std::thread::yield_now();
             }
             // ... then the wake-up.
-            ready.store(true, Ordering::Release);
-            let w = waker.lock().unwrap().clone().expect("a waker");
-            w.wake();
+            probe.finish();
             done_rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("the wait ended once woken");
             waiter.join().unwrap();
             assert_eq!(
-                polls.load(Ordering::Acquire),
+                probe.polls(),
                 2,
                 "polled once, then once after its wake-up ({spin:?})"
             );
