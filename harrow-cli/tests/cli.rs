@@ -394,6 +394,12 @@ fn bench_quick_json_has_the_documented_fields() -> Result<()> {
             "no batch sizes: {}",
             r.stdout
         );
+        ensure!(
+            v.pointer("/rpc_batches_per_repetition")
+                .is_some_and(serde_json::Value::is_string),
+            "the RPC row's batches are not described: {}",
+            r.stdout
+        );
         for figure in [
             "rpc_round_trip/harrow_us",
             "rpc_round_trip/baseline_us",

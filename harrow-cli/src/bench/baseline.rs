@@ -153,39 +153,37 @@ impl RawTransport {
         }
     }
 
-    /// The mean round trip over `k` ping-pongs at the raw transport's best placement; each
-    /// one's latency (µs) goes to `each`.
+    /// A batch of `k` ping-pongs with both ends placed by the scheduler: the mean round trip
+    /// and each one's latency (µs). With [`pinned_batch`](Self::pinned_batch), one of the two
+    /// batches of which the faster is the baseline's ([`faster`]).
     ///
-    /// Two batches of `k` are run: with both ends placed by the scheduler, and with both held on
-    /// the CPU this thread is on. The faster one counts. A blocking ping-pong's speed depends on
-    /// where the scheduler puts its two ends far more than on the channel: on a virtual machine
-    /// whose idle CPUs halt, a round trip between two CPUs pays two wake-ups of a halted CPU
-    /// (about 40 µs in all here), and one on a single CPU two context switches (about 1.6 µs),
-    /// and the scheduler picks either from one run to the next. Where waking another CPU is
-    /// cheap (halt polling, bare metal), the free placement wins instead. Either way the
-    /// baseline is the best the raw transport does on this machine, stable from run to run.
-    pub(super) fn ping_pong(&mut self, k: usize, each: &mut Samples) -> anyhow::Result<Duration> {
+    /// A blocking ping-pong's speed depends on where the scheduler puts its two ends far more
+    /// than on the channel: on a virtual machine whose idle CPUs halt, a round trip between two
+    /// CPUs pays two wake-ups of a halted CPU (about 40 µs in all here), and one on a single
+    /// CPU two context switches (about 1.6 µs), and the scheduler picks either from one run to
+    /// the next. Where waking another CPU is cheap (halt polling, bare metal), the free
+    /// placement wins instead. Either way the faster of the two is the best the raw transport
+    /// does on this machine, stable from run to run.
+    pub(super) fn free_batch(&mut self, k: usize) -> anyhow::Result<(Duration, Samples)> {
+        let mut lat = Samples::default();
+        let mean = self.batch(k, &mut lat)?;
+        Ok((mean, lat))
+    }
+
+    /// A batch of `k` ping-pongs with both ends held on the CPU this thread is on; `None` where
+    /// they cannot be held there (see [`free_batch`](Self::free_batch)).
+    pub(super) fn pinned_batch(&mut self, k: usize) -> anyhow::Result<Option<(Duration, Samples)>> {
         let peer = match self {
             RawTransport::Flume(f) => f.peer,
             RawTransport::Socket(s) => s.child.id(),
         };
-        let mut free = Samples::default();
-        let free_mean = self.batch(k, &mut free)?;
-        let mut pinned = Samples::default();
-        let pinned_mean = match OnOneCpu::hold(peer) {
-            Some(held) => {
-                let mean = self.batch(k, &mut pinned);
-                drop(held);
-                Some(mean?)
-            }
-            None => None,
+        let Some(held) = OnOneCpu::hold(peer) else {
+            return Ok(None);
         };
-        let (mean, lat) = match pinned_mean {
-            Some(p) if p < free_mean => (p, pinned),
-            _ => (free_mean, free),
-        };
-        each.extend(lat);
-        Ok(mean)
+        let mut lat = Samples::default();
+        let mean = self.batch(k, &mut lat);
+        drop(held);
+        Ok(Some((mean?, lat)))
     }
 
     fn batch(&mut self, k: usize, each: &mut Samples) -> anyhow::Result<Duration> {
@@ -201,6 +199,17 @@ impl RawTransport {
             RawTransport::Flume(_) => flume_stream(items),
             RawTransport::Socket(s) => s.stream(items),
         }
+    }
+}
+
+/// The faster of two batches (mean, latencies); the first where the second is missing.
+pub(super) fn faster(
+    a: (Duration, Samples),
+    b: Option<(Duration, Samples)>,
+) -> (Duration, Samples) {
+    match b {
+        Some(b) if b.0 < a.0 => b,
+        _ => a,
     }
 }
 
@@ -449,5 +458,31 @@ impl Drop for SocketEcho {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(mean_us: u64, lat: &[f64]) -> (Duration, Samples) {
+        let mut s = Samples::default();
+        for &v in lat {
+            s.push(v);
+        }
+        (Duration::from_micros(mean_us), s)
+    }
+
+    #[test]
+    fn the_faster_batch_counts_with_its_own_latencies() {
+        let (mean, lat) = faster(batch(9, &[9.0, 9.5]), Some(batch(4, &[4.0])));
+        assert_eq!((mean, lat.len()), (Duration::from_micros(4), 1));
+        let (mean, lat) = faster(batch(4, &[4.0, 4.5]), Some(batch(9, &[9.0])));
+        assert_eq!((mean, lat.len()), (Duration::from_micros(4), 2));
+        // A tie keeps the first; a missing second batch leaves the first.
+        let (_, lat) = faster(batch(5, &[5.0, 5.0]), Some(batch(5, &[5.0])));
+        assert_eq!(lat.len(), 2);
+        let (mean, _) = faster(batch(7, &[7.0]), None);
+        assert_eq!(mean, Duration::from_micros(7));
     }
 }

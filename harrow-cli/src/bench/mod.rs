@@ -42,10 +42,11 @@ struct Sizes {
     /// Round trips in all, split over `reps` batches: for the rows that compare harrow with
     /// harrow (failing and succeeding calls, peer and parent-child, `async def` and `def`).
     round_trips: usize,
-    /// Round trips in all of the RPC row, which compares harrow with a raw ping-pong, split
-    /// over `reps` batches. Its batches are longer than the others: beside CPU hogs, a batch
-    /// must outlast many of their time slices for its mean to be the exchange's steady cost
-    /// (docs/performance-log.md, "Loaded RPC batches that outlast a time slice").
+    /// Round trips in each of the RPC row's two series, harrow's and the raw ping-pong's, split
+    /// over `reps` rounds; each round runs two batches of that size on each side and counts the
+    /// faster (`backend::rpc_batch`). Its batches are longer than the others: beside CPU hogs,
+    /// a batch must outlast many of their time slices for its mean to be the exchange's steady
+    /// cost (docs/performance-log.md, "Loaded RPC batches that outlast a time slice").
     rpc_round_trips: usize,
     /// Items per stream echo (one per round).
     items: i64,

@@ -102,6 +102,10 @@ impl Report {
             "each figure: median (min–max) over its repetitions, each alternating with its baseline's; \
              ratio = median / baseline median, how many times slower than the baseline (for items/s: baseline / harrow)"
         );
+        println!(
+            "RPC round trips: each repetition is the faster of two batches on each side \
+             (taking turns: harrow, baseline free, harrow, baseline held on one CPU)"
+        );
         println!();
         println!(
             "{:<8} {:<24} {:>30}  {:<53} {:>30} {:>8}",
@@ -230,6 +234,7 @@ impl Report {
             "quick": self.quick,
             "repetitions": self.sizes.reps,
             "rpc_round_trips_per_repetition": (self.sizes.rpc_round_trips / self.sizes.reps).max(1),
+            "rpc_batches_per_repetition": "two on each side, the faster counted, taking turns: harrow, the baseline free, harrow, the baseline held on one CPU; the p50 and p99 are those of the counted batches",
             "round_trips_per_repetition": (self.sizes.round_trips / self.sizes.reps).max(1),
             "cpus": cpus(),
             "load_average_before": self.load.0,
