@@ -238,9 +238,9 @@ async fn rpc_and_stream(
     }
     for _ in 0..s.reps {
         // Two batches a side, taking turns, each side's faster counted: see `rpc_batch`.
-        let first = rpc_batch(&child, p, per_batch).await?;
+        let first = rpc_batch(&child, &p.echo, per_batch).await?;
         let free = raw.free_batch(per_batch)?;
-        let second = rpc_batch(&child, p, per_batch).await?;
+        let second = rpc_batch(&child, &p.echo, per_batch).await?;
         let pinned = raw.pinned_batch(per_batch)?;
         for (row, lat, (mean, each)) in [
             (
@@ -265,7 +265,8 @@ async fn rpc_and_stream(
     Ok([rtt, echo])
 }
 
-/// One batch of `calls` round trips to `child`: their mean and each one's latency (µs).
+/// One batch of `calls` round trips to `child`'s function `echo`: their mean and each one's
+/// latency (µs).
 ///
 /// The RPC row runs two such batches per round, taking turns with the baseline's two (free,
 /// then held on one CPU: [`RawTransport::free_batch`]), and counts the faster, as the baseline
@@ -277,14 +278,14 @@ async fn rpc_and_stream(
 /// chances to meet the better placement to harrow's one.
 async fn rpc_batch(
     child: &ChildHandle,
-    p: &Plan,
+    echo: &str,
     calls: usize,
 ) -> anyhow::Result<(Duration, Samples)> {
     let mut lat = Samples::default();
     let t = Instant::now();
     for i in 0..calls {
         let one = Instant::now();
-        child.run(&p.echo, Value::Int(i as i64)).await?;
+        child.run(echo, Value::Int(i as i64)).await?;
         lat.push(us(one.elapsed()));
     }
     Ok((t.elapsed() / calls.max(1) as u32, lat))
@@ -313,12 +314,7 @@ pub(super) async fn rpc_only(
     for i in 0..50 {
         child.run(echo, Value::Int(i)).await?;
     }
-    let mut lat = Samples::default();
-    for i in 0..calls {
-        let one = Instant::now();
-        child.run(echo, Value::Int(i as i64)).await?;
-        lat.push(us(one.elapsed()));
-    }
+    let (_, lat) = rpc_batch(&child, echo, calls).await?;
     child.cancel().await;
     Ok(lat)
 }
