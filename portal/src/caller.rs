@@ -182,6 +182,21 @@ impl Portal {
         self.shared.cancel_actor(timeout, reason).await
     }
 
+    /// Sends `CancelActor` without waiting: the answer waits for its `CancelAck`, as often as
+    /// needed ([`CancelRequest::ack`]). `None` when the channel is already closed.
+    ///
+    /// For a caller that stops waiting for the ack at one bound but still wants to hear it
+    /// later: a nursery's teardown ladder, which honours what a late ack says about the peer's
+    /// own children's teardown while it waits for the peer to exit.
+    pub fn request_cancel_actor(&self) -> Option<CancelRequest> {
+        let reason = format!("cancel requested by {}", self.shared.local.id);
+        let acks_before = self.shared.send_cancel_actor(reason)?;
+        Some(CancelRequest {
+            shared: self.shared.clone(),
+            acks_before,
+        })
+    }
+
     /// [`cancel_actor`](Portal::cancel_actor) with an explicit reason (for the peer's logs).
     pub async fn cancel_actor_with_reason(&self, timeout: Duration, reason: &str) -> bool {
         self.shared
@@ -193,6 +208,22 @@ impl Portal {
     /// Whether the link under this portal is closed (calls fail with [`Error::Closed`]).
     pub fn is_closed(&self) -> bool {
         self.shared.is_dead()
+    }
+}
+
+/// A `CancelActor` sent by [`Portal::request_cancel_actor`], whose `CancelAck` may still come.
+#[derive(Debug)]
+pub struct CancelRequest {
+    shared: Arc<Shared>,
+    acks_before: u64,
+}
+
+impl CancelRequest {
+    /// Waits at most `timeout` for the peer's ack: `Some(teardown)` once it acked (now or
+    /// before this call), as [`Portal::cancel_actor_ack`] answers; `None` on timeout or once
+    /// the channel closed. Never waits longer than `timeout`.
+    pub async fn ack(&self, timeout: Duration) -> Option<Option<Duration>> {
+        self.shared.cancel_ack(self.acks_before, timeout).await
     }
 }
 

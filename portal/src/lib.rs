@@ -68,7 +68,9 @@ mod registry;
 mod typed;
 
 pub use callee::{CallError, CallFuture, CalleeContext, Invocation, Resolver, current_call};
-pub use caller::{Context, ContextCanceller, MsgStream, OneWayStream, Portal, StreamRx, StreamTx};
+pub use caller::{
+    CancelRequest, Context, ContextCanceller, MsgStream, OneWayStream, Portal, StreamRx, StreamTx,
+};
 pub use endpoint::Endpoint;
 pub use error::{Error, Result};
 pub use harrow_ipc as ipc;

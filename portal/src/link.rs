@@ -572,6 +572,13 @@ impl Shared {
         bound: Duration,
         reason: String,
     ) -> Option<Option<Duration>> {
+        let acks_before = self.send_cancel_actor(reason)?;
+        self.cancel_ack(acks_before, bound).await
+    }
+
+    /// Sends `CancelActor`; `None` when the link is already dead. The answer is the count of
+    /// acks received before it, for [`cancel_ack`](Self::cancel_ack).
+    pub(crate) fn send_cancel_actor(&self, reason: String) -> Option<u64> {
         if self.is_dead() {
             return None;
         }
@@ -580,9 +587,19 @@ impl Shared {
             return None;
         }
         debug!(local = %self.local.id, peer = %self.peer.id, "CancelActor sent");
+        Some(before)
+    }
+
+    /// Waits at most `bound` for a `CancelAck` counted after `acks_before`: `Some(teardown)`
+    /// once one arrived (`teardown` as the peer said it), `None` on timeout or a dead link.
+    pub(crate) async fn cancel_ack(
+        &self,
+        acks_before: u64,
+        bound: Duration,
+    ) -> Option<Option<Duration>> {
         // Acked (true) or dead (false), whichever is seen first.
         let acked_or_dead = || {
-            if self.acks.load(Ordering::Acquire) > before {
+            if self.acks.load(Ordering::Acquire) > acks_before {
                 Some(true)
             } else if self.is_dead() {
                 Some(false)

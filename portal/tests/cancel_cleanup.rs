@@ -206,6 +206,45 @@ async fn cancel_ack_says_how_long_the_teardown_still_takes(exec: Executor, t: Tr
     assert!(asked.elapsed() >= Duration::from_millis(600));
 }
 
+async fn a_late_cancel_ack_is_still_heard(exec: Executor, t: Transport) {
+    let (reg, _probe) = cleanup_registry();
+    let mut config = LinkConfig::default();
+    config.cancel_cleanup = Duration::from_millis(300);
+    let (a, b) = link_pair(&exec, t, None, Some(Arc::new(reg)), config).await;
+    let p = a.portal();
+    let call = exec.spawn({
+        let p = p.clone();
+        async move { p.run("t:long_teardown", Value::Int(600)).await }
+    });
+    bounded("served", async {
+        while b.served_calls() == 0 {
+            async_io::Timer::after(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    let request = p.request_cancel_actor().expect("the link is open");
+    // The peer acks at its 300 ms cleanup bound (the call's teardown runs on): not within 50 ms.
+    assert_eq!(request.ack(Duration::from_millis(50)).await, None);
+    // The same request still hears the ack, with what the teardown still needs.
+    let teardown = bounded("late ack", request.ack(BOUND))
+        .await
+        .expect("acked")
+        .expect("a teardown deadline");
+    assert!(teardown > Duration::from_millis(1000), "{teardown:?}");
+    // Once heard, it is the answer at once, however often asked.
+    assert_eq!(
+        request.ack(Duration::ZERO).await,
+        Some(Some(teardown)),
+        "the ack already came"
+    );
+    let err = bounded("call", call).await.unwrap_err();
+    assert_eq!(err.remote_error().unwrap().type_name, "TeardownError");
+    // A closed link has no cancel to request.
+    a.close();
+    bounded("a ends", a.closed()).await;
+    assert!(p.request_cancel_actor().is_none());
+}
+
 async fn a_cancelled_stream_never_looks_finished(exec: Executor, t: Transport) {
     for _ in 0..20 {
         let (reg, _probe) = cleanup_registry();
@@ -302,6 +341,7 @@ both_transports!(
     a_cleanup_ending_as_cancelled_is_confirmed,
     a_stuck_cleanup_is_dropped_at_the_bound,
     cancel_actor_acks_after_cleanup_with_answers_first,
+    a_late_cancel_ack_is_still_heard,
     cancel_ack_says_how_long_the_teardown_still_takes,
     a_cancelled_stream_never_looks_finished,
     a_group_source_is_relayed_whole,

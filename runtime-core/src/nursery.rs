@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 use harrow_ipc::{ActorId, Value};
-use harrow_portal::{Link, LinkEnd, LocalInfo, Portal};
+use harrow_portal::{CancelRequest, Link, LinkEnd, LocalInfo, Portal};
 
 use crate::actor::{ActorCtx, current_actor};
 use crate::backend::{Child, Exit, SpawnBackend, SpawnError, Timeouts};
@@ -804,22 +804,28 @@ async fn ladder(child: &mut dyn Child, link: &Link, t: Timeouts, escalate: &Canc
     // 1. CancelActor, unless the channel is already gone. The ack comes once the child's calls
     // ended; a child still tearing down its own children says for how long.
     let mut subtree = Duration::ZERO;
+    let mut late_ack = None;
     if !escalated() && !link.is_closed() {
-        let acked = async { Some(link.portal().cancel_actor_ack(t.cancel_ack).await) }
-            .or(async {
-                escalate.cancelled().await;
-                None
-            })
-            .await;
-        tracing::debug!(child = %child.id(), ?acked, "cancel requested");
-        if let Some(Some(Some(teardown))) = acked {
-            // Honour the child's own (bounded) ladder, within a bound of ours.
-            subtree = teardown.min(t.ladder_bound() * MAX_SUBTREE_LADDERS);
+        if let Some(request) = link.portal().request_cancel_actor() {
+            let acked = async { Some(request.ack(t.cancel_ack).await) }
+                .or(async {
+                    escalate.cancelled().await;
+                    None
+                })
+                .await;
+            tracing::debug!(child = %child.id(), ?acked, "cancel requested");
+            match acked {
+                Some(Some(Some(teardown))) => subtree = subtree_budget(teardown, &t),
+                Some(Some(None)) | None => {}
+                // Not acked within the bound: an ack that comes while we wait for the exit
+                // still counts.
+                Some(None) => late_ack = Some(request),
+            }
         }
     }
     // 2. Wait for it to exit (and for its subtree, if it said it is tearing one down).
     if !escalated() {
-        let exit = async { Some(child.join(t.graceful_exit + subtree).await) }
+        let exit = async { Some(graceful_join(child, late_ack.as_ref(), t, subtree).await) }
             .or(async {
                 escalate.cancelled().await;
                 None
@@ -844,6 +850,45 @@ async fn ladder(child: &mut dyn Child, link: &Link, t: Timeouts, escalate: &Canc
         Exit::Running => Exit::Leaked(child.describe()),
         ended => ended,
     }
+}
+
+/// The ladder's step 2: joins `child` for `graceful_exit` plus `subtree`. With `late_ack` (the
+/// ack did not come within its bound), an ack that arrives during the join still extends it by
+/// what it says the child's subtree needs, counted from the join's start: a child that was only
+/// slow to ack is given the same time as one that acked in time, and no more.
+async fn graceful_join(
+    child: &mut dyn Child,
+    late_ack: Option<&CancelRequest>,
+    t: Timeouts,
+    subtree: Duration,
+) -> Exit {
+    let base = t.graceful_exit + subtree;
+    let Some(request) = late_ack else {
+        return child.join(base).await;
+    };
+    let start = Instant::now();
+    enum First {
+        Exit(Exit),
+        Ack(Option<Option<Duration>>),
+    }
+    let first = async { First::Exit(child.join(base).await) }
+        .or(async { First::Ack(request.ack(base).await) })
+        .await;
+    let more = match first {
+        First::Exit(exit) => return exit,
+        First::Ack(Some(Some(teardown))) => subtree_budget(teardown, &t),
+        First::Ack(_) => Duration::ZERO,
+    };
+    tracing::debug!(child = %child.id(), ?more, "late cancel ack");
+    child
+        .join((base + more).saturating_sub(start.elapsed()))
+        .await
+}
+
+/// How long the ladder waits for a child's subtree that the child's ack said still needs
+/// `teardown`: that, capped.
+fn subtree_budget(teardown: Duration, t: &Timeouts) -> Duration {
+    teardown.min(t.ladder_bound() * MAX_SUBTREE_LADDERS)
 }
 
 /// The most a child may say (in its `CancelAck`) that its own subtree's teardown still takes,

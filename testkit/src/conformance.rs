@@ -693,6 +693,32 @@ pub fn cancel_mid_stream<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
 /// says so in its ack and the root waits for it: only the grandchild can be reported leaked, and
 /// that is reported in the child's answer, never the innocent child itself.
 pub fn subtree_budget<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    cancel_middle_with_stuck_child(f, f.backend())
+}
+
+/// late-subtree-ack: as subtree-budget, but the middle actor's `CancelAck` (which says its
+/// subtree still needs time) reaches the root after the ack's bound. The root still honours
+/// what it says: the middle ends `Exited`, never hard-killed for an ack that was only slow.
+pub fn late_subtree_ack<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    let t = Timeouts::quick();
+    let slow = BreakableBackend::with_faults(
+        f.backend(),
+        Faults::none().delay_kind(
+            Direction::FromChild,
+            "CancelAck",
+            t.cancel_ack + Duration::from_millis(150),
+        ),
+    );
+    cancel_middle_with_stuck_child(f, slow)
+}
+
+/// The root cancels a `middle` actor (started through `middle_backend`) while it tears down a
+/// grandchild stuck where it cannot be cancelled; the middle must end `Exited` and its answer
+/// report the grandchild.
+fn cancel_middle_with_stuck_child<F: BackendFactory + ?Sized>(
+    f: &F,
+    middle_backend: Arc<dyn SpawnBackend>,
+) -> Outcome {
     let caps = f.backend().capabilities();
     if !caps.nested {
         return Outcome::Skipped("the backend's actors cannot start children".into());
@@ -701,9 +727,9 @@ pub fn subtree_budget<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     let marker = scratch.dir.join("busy");
     let marker_s = marker.to_string_lossy().into_owned();
     let (outcome, answer, took) = expect_ok(run_root(root_config(), |n| {
-        let marker = &marker;
+        let (marker, middle_backend) = (&marker, middle_backend.clone());
         async move {
-            let middle = n.start_actor("middle", f.backend(), f.spec()).await?;
+            let middle = n.start_actor("middle", middle_backend, f.spec()).await?;
             let (ctx, _) = middle
                 .open_context(
                     &f.func("ctx_hold_stuck_child"),
@@ -1339,6 +1365,7 @@ macro_rules! conformance_suite {
             cancel_cleanup_error,
             cancel_mid_stream,
             subtree_budget,
+            late_subtree_ack,
             context_started,
             one_way_stream,
             started_twice_and_stream_before_started,
