@@ -1285,7 +1285,14 @@ pub fn spawn_cancel_soak<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
                 ]);
                 let (ctx, total) = parent.open_context(&f.func("spawn_tree"), args).await?;
                 assert_eq!(total, Value::Int(3), "a parent and its two children");
-                assert_eq!(parent.cancel().await, ChildOutcome::Exited);
+                let cancelling = Instant::now();
+                let outcome = parent.cancel().await;
+                assert_eq!(
+                    outcome,
+                    ChildOutcome::Exited,
+                    "cycle {cycles}: the parent's teardown took {:?}",
+                    cancelling.elapsed()
+                );
                 drop(ctx);
                 cycles += 1;
             } else if cycles % 50 == 25 {
