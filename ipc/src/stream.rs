@@ -447,7 +447,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> SendHalf for StreamTx<W> {
     }
 
     /// Writes the whole batch in one poll of the sink if this half was made to
-    /// ([`channel_writing_now`]) and its test passes, the writer lock is free, nothing of an
+    /// (`channel_writing_now`) and its test passes, the writer lock is free, nothing of an
     /// earlier frame is left to write, every message encodes and the batch is within one
     /// write's bytes ([`SentNow`]).
     fn send_batch_now(&self, msgs: &mut VecDeque<Msg>) -> SentNow {

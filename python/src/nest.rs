@@ -4,13 +4,13 @@
 //! The interpreter thread is not the actor's runtime thread: the actor's executor runs on the
 //! runtime thread (`rt-<name>`, inside `run_actor`), the Python code on the interpreter thread.
 //! So every operation Python asks for is a future run as a task **on the actor's executor**
-//! ([`ActorEnv::spawn`]), and the interpreter thread waits for that task with its GIL released
+//! (`ActorEnv::spawn`), and the interpreter thread waits for that task with its GIL released
 //! (serving the actor's other calls meanwhile, and waking up early on a cancel: see the Python
 //! layer). Dropping the wait drops the task, which is how a cancelled Python call abandons an
 //! operation.
 //!
-//! The Python layer calls [`ActorEnv::op`] with an operation code, a target handle and one
-//! argument, and gets a future of an [`Out`]: one entry point keeps the FFI layer small.
+//! The Python layer calls `ActorEnv::op` with an operation code, a target handle and one
+//! argument, and gets a future of an `Out`: one entry point keeps the FFI layer small.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -172,7 +172,7 @@ impl CoDriver {
     /// in-process actor does when there is nothing to run. Returns whether `until` completed;
     /// `false` at once when no actor runtime is bound (not started yet, or ended), when the
     /// runtime began ending meanwhile, or (channels that are sockets) when the actor's own
-    /// thread did not leave the actor's parker within [`OWNER_LEAVES`]: then the caller waits
+    /// thread did not leave the actor's parker within 100 ms: then the caller waits
     /// for its work by its own means.
     ///
     /// After `true` the helper counts as busy: if it does not come back to `drive_until` (or

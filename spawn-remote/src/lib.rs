@@ -47,7 +47,7 @@
 //!
 //! - **Errors** name the actor and quote the launcher's stderr: a launcher that exits at once,
 //!   prints something else than the start line, is refused by the host, or finds no binary,
-//!   fails `start_actor` with [`SpawnError`](harrow_runtime_core::SpawnError) within
+//!   fails `start_actor` with [`SpawnError`] within
 //!   [`RemoteBackend::start_timeout`].
 //! - **Hard kill** kills the launcher (the remote child sees end of input and exits as an orphan
 //!   does) and, for ssh (or with [`RemoteBackend::remote_kill`]), also kills the remote process

@@ -1,7 +1,7 @@
 //! Scenarios for restarting supervision and actor pools, for every backend: each is a plain
 //! function of a [`BackendFactory`], like the conformance scenarios, stamped out per backend by
 //! [`supervision_suite!`](crate::supervision_suite). Children crash through
-//! [`CrashingBackend`](crate::faults::CrashingBackend), so no backend needs a function that dies.
+//! [`CrashingBackend`], so no backend needs a function that dies.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Everything that touches CPython (the only `unsafe` in the crate), compiled only when the
 //! configured Python is one harrow supports (`cfg(harrow_python)`: CPython >= 3.12 with a shared
 //! libpython). The backends drive an interpreter's life; this module serves its calls
-//! ([`serve`]).
+//! (`serve`).
 //!
 //! The files, by job: `module.rs` builds the per-interpreter `harrow` module (`harrow.py` plus
 //! native functions) and owns the interface it needs from the call server (`ServerHooks`);
@@ -14,9 +14,9 @@
 //! Invariants every `unsafe` block here relies on:
 //! - The main interpreter is initialised once ([`ensure_main`]) and its GIL released at once.
 //! - Each interpreter whose calls are served is served by ONE OS thread (its owning thread,
-//!   the one calling [`serve`]); every Python object of that interpreter is created, used and
+//!   the one calling `serve`); every Python object of that interpreter is created, used and
 //!   released on that thread while it holds that interpreter's GIL (Python threads that user
-//!   code starts aside). [`obj::Obj`] is `!Send` to enforce it.
+//!   code starts aside). `obj::Obj` is `!Send` to enforce it.
 //! - Other threads only ever call `_PyEval_AddPendingCall` on an interpreter (no thread state
 //!   needed), and only while holding `Shared::interp`'s lock with a non-null pointer; the owning
 //!   thread nulls the pointer under that lock before `Py_EndInterpreter`.
