@@ -62,7 +62,7 @@ enum Command {
         /// Only the scale table: trees of 10, 100 and 1,000 thread / 200 process / 100 subint
         /// idle actors; spawn and teardown time and memory per actor (with `--quick`: one
         /// tree of 5 per backend).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "only")]
         scale: bool,
         /// Only one section of the suite (`pool`: the pool throughput table; `pool-small`: its
         /// small items' batched rows alone, more rounds, for profiling; `rpc-BACKEND`: one

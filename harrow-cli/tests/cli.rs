@@ -256,6 +256,18 @@ fn bench_only_rpc_times_one_backend_and_names_unknown_ones() -> Result<()> {
 }
 
 #[test]
+fn bench_scale_and_only_together_are_a_usage_error() -> Result<()> {
+    // Each picks what the run measures; together one would be ignored without a word.
+    let r = harrow(&["bench", "--scale", "--only", "rpc-thread", "--quick"])?;
+    ensure!(r.status.code() == Some(2), "{r}");
+    ensure!(
+        r.stderr.contains("--scale") && r.stderr.contains("--only"),
+        "the conflicting flags are not named: {r}"
+    );
+    Ok(())
+}
+
+#[test]
 fn bench_only_async_times_async_def_calls_of_a_python_backend() -> Result<()> {
     if harrow::subint_status().is_err() {
         let r = harrow(&["bench", "--only", "async-subint", "--quick"])?;
