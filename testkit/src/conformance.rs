@@ -693,31 +693,40 @@ pub fn cancel_mid_stream<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
 /// says so in its ack and the root waits for it: only the grandchild can be reported leaked, and
 /// that is reported in the child's answer, never the innocent child itself.
 pub fn subtree_budget<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
-    cancel_middle_with_stuck_child(f, f.backend())
+    cancel_middle_with_stuck_child(f, f.backend(), Timeouts::quick())
 }
 
 /// late-subtree-ack: as subtree-budget, but the middle actor's `CancelAck` (which says its
 /// subtree still needs time) reaches the root after the ack's bound. The root still honours
 /// what it says: the middle ends `Exited`, never hard-killed for an ack that was only slow.
+///
+/// The graceful exit is 1 s here (not the quick 0.4 s), so that the late ack lands well inside
+/// the wait it extends even on a loaded machine; the middle's own ladder for its stuck child
+/// (0.2 + 1 + 0.4 s) still outlasts that wait, so without honouring the ack the middle would be
+/// hard-killed.
 pub fn late_subtree_ack<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
-    let t = Timeouts::quick();
+    let t = Timeouts {
+        graceful_exit: Duration::from_secs(1),
+        ..Timeouts::quick()
+    };
     let slow = BreakableBackend::with_faults(
         f.backend(),
         Faults::none().delay_kind(
             Direction::FromChild,
             "CancelAck",
-            t.cancel_ack + Duration::from_millis(150),
+            t.cancel_ack + Duration::from_millis(50),
         ),
     );
-    cancel_middle_with_stuck_child(f, slow)
+    cancel_middle_with_stuck_child(f, slow, t)
 }
 
-/// The root cancels a `middle` actor (started through `middle_backend`) while it tears down a
-/// grandchild stuck where it cannot be cancelled; the middle must end `Exited` and its answer
-/// report the grandchild.
+/// The root (under `t`) cancels a `middle` actor (started through `middle_backend`) while it
+/// tears down a grandchild stuck where it cannot be cancelled; the middle must end `Exited` and
+/// its answer report the grandchild.
 fn cancel_middle_with_stuck_child<F: BackendFactory + ?Sized>(
     f: &F,
     middle_backend: Arc<dyn SpawnBackend>,
+    t: Timeouts,
 ) -> Outcome {
     let caps = f.backend().capabilities();
     if !caps.nested {
@@ -726,7 +735,7 @@ fn cancel_middle_with_stuck_child<F: BackendFactory + ?Sized>(
     let scratch = ScratchDir::new("budget");
     let marker = scratch.dir.join("busy");
     let marker_s = marker.to_string_lossy().into_owned();
-    let (outcome, answer, took) = expect_ok(run_root(root_config(), |n| {
+    let (outcome, answer, took) = expect_ok(run_root(root_config().timeouts(t), |n| {
         let (marker, middle_backend) = (&marker, middle_backend.clone());
         async move {
             let middle = n.start_actor("middle", middle_backend, f.spec()).await?;
@@ -756,7 +765,7 @@ fn cancel_middle_with_stuck_child<F: BackendFactory + ?Sized>(
         ChildOutcome::Exited,
         "the middle actor is not the stuck one (its teardown took {took:?}; the ladder's \
          bound per level is {:?})",
-        Timeouts::quick().ladder_bound()
+        t.ladder_bound()
     );
     let err = answer.expect_err("the middle's call was torn down");
     let remote = err
