@@ -178,8 +178,7 @@ impl Portal {
     /// nothing left to do but exit). The ack comes once the peer's calls ended (their cleanup
     /// ran, bounded), so their answers arrived before it.
     pub async fn cancel_actor_ack(&self, timeout: Duration) -> Option<Option<Duration>> {
-        let reason = format!("cancel requested by {}", self.shared.local.id);
-        self.shared.cancel_actor(timeout, reason).await
+        self.request_cancel_actor()?.ack(timeout).await
     }
 
     /// Sends `CancelActor` without waiting: the answer waits for its `CancelAck`, as often as
