@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_lite::future;
 use harrow_portal::ipc::{ErrorKind, RemoteError, Value};
-use harrow_portal::{CallError, Executor, FnRegistry, LinkConfig};
+use harrow_portal::{CallError, Executor, FnRegistry, Link, LinkConfig};
 
 /// Functions that observe their own cancellation. `probe` gets "cleanup-start" when a cancel
 /// arrives and "cleanup-done" when the cleanup finished.
@@ -158,6 +158,16 @@ async fn a_stuck_cleanup_is_dropped_at_the_bound(exec: Executor, t: Transport) {
     assert_eq!(b.served_calls(), 0);
 }
 
+/// Waits (bounded) until `b` serves a call: the call under test has reached its callee.
+async fn until_served(b: &Link) {
+    bounded("served", async {
+        while b.served_calls() == 0 {
+            async_io::Timer::after(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+}
+
 async fn cancel_actor_acks_after_cleanup_with_answers_first(exec: Executor, t: Transport) {
     let (reg, _probe) = cleanup_registry();
     let (a, b) = caller_callee(&exec, t, reg).await;
@@ -165,12 +175,7 @@ async fn cancel_actor_acks_after_cleanup_with_answers_first(exec: Executor, t: T
     // Polled by hand in this task, so that what it sees is exactly what the link had routed.
     let mut call = std::pin::pin!(p.run("t:unary_cleanup_fails", Value::Int(100)));
     assert!(future::poll_once(&mut call).await.is_none());
-    bounded("served", async {
-        while b.served_calls() == 0 {
-            async_io::Timer::after(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
+    until_served(&b).await;
     let ack = bounded("cancel_actor", a.portal().cancel_actor_ack(BOUND)).await;
     assert_eq!(ack, Some(None), "acked, with nothing left to tear down");
     // The call's answer preceded the ack: the call has its outcome already.
@@ -188,12 +193,7 @@ async fn cancel_ack_says_how_long_the_teardown_still_takes(exec: Executor, t: Tr
     let (a, b) = link_pair(&exec, t, None, Some(Arc::new(reg)), config).await;
     let p = a.portal();
     let call = exec.spawn(async move { p.run("t:long_teardown", Value::Int(600)).await });
-    bounded("served", async {
-        while b.served_calls() == 0 {
-            async_io::Timer::after(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
+    until_served(&b).await;
     let asked = Instant::now();
     let ack = bounded("cancel_actor", a.portal().cancel_actor_ack(BOUND)).await;
     let teardown = ack.expect("acked").expect("a teardown deadline");
@@ -216,12 +216,7 @@ async fn a_late_cancel_ack_is_still_heard(exec: Executor, t: Transport) {
         let p = p.clone();
         async move { p.run("t:long_teardown", Value::Int(600)).await }
     });
-    bounded("served", async {
-        while b.served_calls() == 0 {
-            async_io::Timer::after(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
+    until_served(&b).await;
     let request = p.request_cancel_actor().expect("the link is open");
     // The peer acks at its 300 ms cleanup bound (the call's teardown runs on): not within 50 ms.
     assert_eq!(request.ack(Duration::from_millis(50)).await, None);
