@@ -32,6 +32,8 @@ struct ChildSlot {
     outcome: Mutex<Option<Exit>>,
     result: Mutex<Option<std::result::Result<Value, harrow_portal::Error>>>,
     result_ready: CancelToken,
+    /// Started by [`ActorNursery::run_in_actor`]: its one call's task records `result`.
+    run: bool,
     /// A contained child (started by a supervisor or a pool): its crash is recorded here for its
     /// supervisor instead of failing the nursery.
     contained: bool,
@@ -44,7 +46,6 @@ struct ChildSlot {
 pub struct ChildHandle {
     portal: Portal,
     slot: Arc<ChildSlot>,
-    is_run: bool,
 }
 
 impl fmt::Debug for ChildHandle {
@@ -80,8 +81,13 @@ impl ChildHandle {
     }
 
     /// For a child started with [`ActorNursery::run_in_actor`]: waits for its call's result.
+    ///
+    /// A child cancelled before its call returned ([`cancel`](Self::cancel), or its nursery's
+    /// teardown) has the call's answer to that cancel: a cancellation, or the failure the call
+    /// had or raised while cleaning up (which also fails the nursery). A child that was killed
+    /// or went away without answering has `Error::Closed`.
     pub async fn result(&self) -> std::result::Result<Value, harrow_portal::Error> {
-        if !self.is_run {
+        if !self.slot.run {
             return Err(harrow_portal::Error::Protocol(format!(
                 "actor {} was started with start_actor, not run_in_actor: it has no result",
                 self.slot.id
@@ -281,31 +287,24 @@ impl ActorNursery {
         let pending = self.inner.pending_results.add();
         let task = self.inner.actor.executor().spawn(async move {
             let _pending = pending;
-            let call = portal.run(&func, args);
-            // The call ends early if this child is torn down (its result is then Cancelled).
-            let result = match async { Some(call.await) }
-                .or(async {
-                    slot.teardown.cancelled().await;
-                    None
-                })
-                .await
-            {
-                Some(r) => r,
-                None => Err(harrow_portal::Error::Closed(format!(
-                    "actor {} was torn down before its call returned",
-                    slot.id
-                ))),
-            };
+            // Awaited to its end even when the child is torn down: the teardown's cancel makes
+            // the child answer the call after its cleanup ran (Cancelled, or the failure it had
+            // or raised meanwhile), and the supervisor closes the link once the child is gone,
+            // which ends a call still waiting (a killed or leaked child's).
+            let result = portal.run(&func, args).await;
             if let Err(e) = &result {
                 // Consequences of our own teardown (a call cancelled because we cancelled the
                 // child, a channel we closed) are not failures; anything the child raised is,
                 // even if it arrives after the teardown started (the child answers a cancel with
                 // the failure it had, or raised while cleaning up), so that simultaneous failures
-                // are all reported. A cancel nobody here asked for is a failure too.
+                // are all reported. A cancel nobody here asked for is a failure too; one this
+                // actor asked for (through the child's portal, say) is not.
                 let tearing_down = slot.teardown.is_cancelled()
                     || nursery.inner.cancel.is_cancelled()
                     || nursery.inner.actor.self_cancel_token().is_cancelled();
-                let consequence = (e.is_cancelled() || e.is_closed()) && tearing_down;
+                let ours = e.canceller() == Some(nursery.inner.actor.id());
+                let consequence =
+                    (e.is_cancelled() && (tearing_down || ours)) || (e.is_closed() && tearing_down);
                 if !consequence {
                     nursery.fail(ChildFailure::remote(
                         slot.id.clone(),
@@ -436,6 +435,7 @@ impl ActorNursery {
             outcome: Mutex::new(None),
             result: Mutex::new(None),
             result_ready: CancelToken::new(),
+            run: is_run,
             contained,
             crash: Mutex::new(None),
         });
@@ -464,11 +464,7 @@ impl ActorNursery {
                 drop(actor_guard);
             })
             .detach();
-        Ok(ChildHandle {
-            portal,
-            slot,
-            is_run,
-        })
+        Ok(ChildHandle { portal, slot })
     }
 
     /// Supervises one child until it must go, then runs the ladder.
@@ -567,6 +563,15 @@ impl ActorNursery {
             _ => tracing::debug!(child = %slot.id, ?outcome, "child ended"),
         }
         *slot.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        if slot.run {
+            // The link is closed, so the run's call has ended: its task records the answer at
+            // its next poll (bounded, in case that task is gone).
+            let _ = move_on_after(
+                link_flush_bound(&self.inner.actor),
+                slot.result_ready.cancelled(),
+            )
+            .await;
+        }
         if !slot.result_ready.is_cancelled() {
             *slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(
                 harrow_portal::Error::Closed(format!("actor {} ended", slot.id)),

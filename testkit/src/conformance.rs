@@ -624,6 +624,109 @@ pub fn failure_tree<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
+/// cancelled-run-answers: `run_in_actor` children cancelled before their call returned, with
+/// [`ChildHandle::cancel`](harrow_runtime_core::ChildHandle::cancel) or through their portal.
+/// Each one's `result()` is its call's answer to the cancel, never lost to the teardown: the
+/// failure of a call that failed while the cancel was under way (which fails the nursery too,
+/// with its source), and a cancellation for a call that just stopped (which fails nothing: this
+/// actor asked for it).
+pub fn cancelled_run_answers<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    let gate = ScratchDir::new("cancelled-run");
+    // Generous bounds: the child fails while its teardown is under way, and that must come back
+    // however slow a loaded machine is; how fast is not what is tested.
+    let config = root_config().timeouts(Timeouts {
+        cancel_ack: Duration::from_secs(5),
+        graceful_exit: Duration::from_secs(10),
+        hard_kill: Duration::from_secs(2),
+    });
+    let path = gate.path();
+    let err = run_root(config, |n| {
+        let gate = &gate;
+        async move {
+            let args = Value::Map(vec![
+                ("dir".into(), Value::from(path.as_str())),
+                ("msg".into(), Value::from("cleanup failed")),
+            ]);
+            let sleep_ms = f.func("sleep_ms");
+            let sleep = |name: &'static str| {
+                n.run_in_actor(
+                    name,
+                    f.backend(),
+                    &sleep_ms,
+                    Value::Int(3_600_000),
+                    f.spec(),
+                )
+            };
+            // Started first: its call is on the link before the spawns below return.
+            let stopper = sleep("stopper").await?;
+            let failing = n
+                .run_in_actor(
+                    "cleaner",
+                    f.backend(),
+                    &f.func("fail_at_gate"),
+                    args,
+                    f.spec(),
+                )
+                .await?;
+            let sleeper = sleep("sleeper").await?;
+
+            // Cancelled by this actor through its portal, not its handle: still this actor's
+            // own doing, so a cancellation and no failure.
+            assert!(stopper.portal().cancel_actor(Duration::from_secs(5)).await);
+            let got = stopper.result().await.expect_err("a cancellation");
+            assert!(
+                got.is_cancelled(),
+                "a cancellation reported as something else: {got}"
+            );
+            assert_eq!(got.canceller(), Some(n.actor().id()), "{got}");
+            stopper.ended().await;
+
+            gate.wait_ready(1).await;
+            // The teardown is asked for first (`zip` polls `cancel` first), then the gate opens:
+            // the call fails while its child is being cancelled.
+            let (exit, ()) =
+                futures_lite::future::zip(failing.cancel(), async { gate.open_gate() }).await;
+            assert_eq!(exit, ChildOutcome::Exited, "the failing child");
+            let got = failing.result().await.expect_err("the call's failure");
+            assert!(
+                !got.is_cancelled(),
+                "a failure reported as a cancellation: {got}"
+            );
+            let remote = got
+                .remote_error()
+                .unwrap_or_else(|| panic!("the child's own failure, not {got:?}"));
+            assert_eq!(remote.type_name, f.fail_type_name(), "{got}");
+            assert_eq!(remote.message, "cleanup failed", "{got}");
+            assert_eq!(&remote.source, failing.id(), "{got}");
+
+            // That failure cancels the rest (one-cancels-all); this cancel may come first.
+            let exit = sleeper.cancel().await;
+            assert_eq!(exit, ChildOutcome::Exited, "the sleeping child");
+            let got = sleeper.result().await.expect_err("a cancellation");
+            assert!(
+                got.is_cancelled(),
+                "a cancellation reported as something else: {got}"
+            );
+            assert_eq!(got.canceller(), Some(n.actor().id()), "{got}");
+            Ok(())
+        }
+    })
+    .expect_err("the failure during the cancel fails the nursery");
+    let failures = err.failures();
+    assert_eq!(
+        failures.len(),
+        1,
+        "only the failure, not the cancellation: {err}"
+    );
+    let remote = failures[0]
+        .remote_error()
+        .unwrap_or_else(|| panic!("a remote error: {err}"));
+    assert_eq!(failures[0].actor().name, "cleaner", "{err}");
+    assert_eq!(remote.message, "cleanup failed", "{err}");
+    assert!(err.body_error().is_none(), "{err}");
+    Outcome::Passed
+}
+
 /// cancel-cleanup-error: a cancelled call whose cleanup raises; `cancel()` returns after the
 /// cleanup ran, with the cleanup's error, and the context's result is that error.
 pub fn cancel_cleanup_error<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
@@ -1373,6 +1476,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@each $factory;
             spawn_and_join,
             run_in_actor_result,
+            cancelled_run_answers,
             many_children,
             nested_tree,
             spawn_failure,
