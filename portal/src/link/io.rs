@@ -123,6 +123,30 @@ async fn send_failed(shared: &Arc<Shared>, tx: &ChannelTx, e: SendError) -> bool
                 chan.finish(Err(Error::Value(text)));
             }
         }
+        // An item of a stream of one of our own calls: that call fails, and the callee is told
+        // with a `Cancel`, so that neither side takes a stream missing an item for a whole one.
+        Msg::Yield { cid, .. } if cid.0 % 2 == shared.parity => {
+            let chan = shared.lock().calls.get(&cid).cloned();
+            if let Some(chan) = chan {
+                let err = Error::Value(format!(
+                    "a stream item for {} was not sent: {text}",
+                    chan.func
+                ));
+                shared.abandon_call(&chan, err);
+            }
+        }
+        // A call's failure too large to travel: its caller still gets one, with what fits.
+        Msg::Error {
+            cid: Some(cid),
+            error,
+        } => {
+            let _ = tx
+                .send(Msg::Error {
+                    cid: Some(cid),
+                    error: Box::new(shrunk(*error, &text)),
+                })
+                .await;
+        }
         Msg::Started { cid, .. } | Msg::Yield { cid, .. } | Msg::Return { cid, .. } => {
             let err = RemoteError::new(
                 ErrorKind::Runtime,
@@ -140,6 +164,44 @@ async fn send_failed(shared: &Arc<Shared>, tx: &ChannelTx, e: SendError) -> bool
         _ => {}
     }
     true
+}
+
+/// What fits of an error that could not be sent (`why`): its kind, type, source, relay path and
+/// canceller, and the start of its message, saying what was left out (its traceback, the errors
+/// of a group).
+fn shrunk(error: RemoteError, why: &str) -> RemoteError {
+    const KEEP: usize = 4096;
+    let mut cut = KEEP.min(error.message.len());
+    while !error.message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut left_out = Vec::new();
+    if cut < error.message.len() {
+        left_out.push(format!(
+            "all but {cut} of its message's {} bytes",
+            error.message.len()
+        ));
+    }
+    if !error.traceback.is_empty() {
+        left_out.push("its traceback".to_owned());
+    }
+    if !error.children.is_empty() {
+        left_out.push(format!("its {} nested errors", error.children.len()));
+    }
+    if left_out.is_empty() {
+        left_out.push("nothing".to_owned());
+    }
+    let message = format!(
+        "{} [too large to send ({why}); left out: {}]",
+        &error.message[..cut],
+        left_out.join(", ")
+    );
+    RemoteError {
+        message,
+        traceback: String::new(),
+        children: Vec::new(),
+        ..error
+    }
 }
 
 /// The next message, or `None` once the link is shut down (checked after the channel, so a

@@ -1,0 +1,126 @@
+//! Messages too large for the transport's frame limit: the call they belong to fails, with an
+//! error that says so, on both sides; nothing hangs and no stream looks whole with an item
+//! missing. (Over `unix` with a 64 KiB limit; `mem` does not encode, so it has no frame limit.)
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use harrow_portal::ipc::codec::CodecConfig;
+use harrow_portal::ipc::{Value, unix};
+use harrow_portal::{CallError, Error, Executor, Link, LinkConfig};
+
+const LIMIT: usize = 64 << 10;
+
+/// A caller "a" linked over a socketpair whose frames may hold `LIMIT` bytes to a callee "b"
+/// serving the standard functions and `t:big_err(n)`, which fails with a message of `n` bytes.
+async fn small_frames(exec: &Executor) -> (Link, Link) {
+    let (mut reg, _probe) = standard_registry();
+    reg.unary("t:big_err", |v| async move {
+        let n = v.as_i64().unwrap_or(0) as usize;
+        Err::<Value, _>(CallError::raised("BigError", "e".repeat(n)))
+    })
+    .unwrap();
+    let codec = CodecConfig {
+        max_frame: LIMIT,
+        ..CodecConfig::default()
+    };
+    let (ca, cb) = unix::pair_with(codec).expect("socketpair");
+    let (la, lb) = bounded(
+        "hello exchange",
+        futures_lite::future::zip(
+            Link::establish(ca, local("a"), None, exec, LinkConfig::default()),
+            Link::establish(
+                cb,
+                local("b"),
+                Some(Arc::new(reg)),
+                exec,
+                LinkConfig::default(),
+            ),
+        ),
+    )
+    .await;
+    (la.expect("link a"), lb.expect("link b"))
+}
+
+#[test]
+fn an_item_too_large_to_send_fails_its_call_never_a_stream_missing_it() {
+    run_test(Transport::Unix, |exec, _| async move {
+        let (a, _b) = small_frames(&exec).await;
+        let (mut ctx, _) = bounded("open", a.portal().open_context("t:ctx_echo", Value::Int(0)))
+            .await
+            .unwrap();
+        let mut s = ctx.open_stream().await.unwrap();
+        bounded("send 1", s.send(Value::Int(1))).await.unwrap();
+        // Queued for the writer, which finds it too large after `send` returned.
+        let _ = bounded("send big", s.send(Value::Bytes(vec![7; 2 * LIMIT]))).await;
+        let _ = bounded("send 2", s.send(Value::Int(2))).await;
+        let _ = s.close().await;
+        let mut echoed = Vec::new();
+        let end = loop {
+            match bounded("recv", s.recv()).await {
+                Ok(Some(v)) => echoed.push(v),
+                other => break other,
+            }
+        };
+        let err = end.expect_err("an error, never the end of a stream that lost an item");
+        assert!(matches!(err, Error::Value(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("t:ctx_echo") && text.contains("not sent"),
+            "{text}"
+        );
+        assert!(
+            !echoed.iter().any(|v| matches!(v, Value::Bytes(_))),
+            "{echoed:?}"
+        );
+        let result = bounded("result", ctx.result()).await;
+        assert!(matches!(&result, Err(Error::Value(_))), "{result:?}");
+        // The link is fine: the next call works.
+        assert_eq!(
+            bounded("echo", a.portal().run("t:echo", Value::Int(5)))
+                .await
+                .unwrap(),
+            Value::Int(5)
+        );
+    });
+}
+
+#[test]
+fn a_failure_too_large_to_send_still_answers_its_call() {
+    run_test(Transport::Unix, |exec, _| async move {
+        let (a, _b) = small_frames(&exec).await;
+        let n = 3 * LIMIT;
+        let err = bounded(
+            "the big failure's answer",
+            a.portal().run("t:big_err", Value::Int(n as i64)),
+        )
+        .await
+        .expect_err("the call fails");
+        let remote = err.remote_error().unwrap_or_else(|| panic!("{err:?}"));
+        assert_eq!(remote.type_name, "BigError", "{err}");
+        assert_eq!(remote.source.name, "b", "{err}");
+        assert!(remote.message.starts_with(&"e".repeat(4096)), "{err}");
+        assert!(remote.message.len() < LIMIT, "{}", remote.message.len());
+        assert!(
+            remote.message.contains("too large to send")
+                && remote
+                    .message
+                    .contains(&format!("all but 4096 of its message's {n} bytes")),
+            "{}",
+            &remote.message[4096..]
+        );
+        // One that fits is sent whole.
+        let err = bounded(
+            "a small failure",
+            a.portal().run("t:big_err", Value::Int(10)),
+        )
+        .await
+        .expect_err("the call fails");
+        assert_eq!(
+            err.remote_error().map(|r| r.message.as_str()),
+            Some("eeeeeeeeee")
+        );
+    });
+}
