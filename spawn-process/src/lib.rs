@@ -212,6 +212,19 @@ impl ProcessBackend {
             actor: id.clone(),
             reason,
         };
+        if crate::bootstrap::is_child() {
+            // Started as a child actor, and its program went on to its own work instead of
+            // running it: each generation would start the next, without end.
+            return Err(SpawnError::Unavailable {
+                actor: id.clone(),
+                backend: "process",
+                reason: format!(
+                    "this process ({}) was started as a harrow child actor, but its program \
+                     never ran the actor: call harrow::maybe_run_child first thing in main",
+                    std::process::id()
+                ),
+            });
+        }
         let program = match &self.program {
             Some(p) => p.clone(),
             None => std::env::current_exe().map_err(|e| SpawnError::Unavailable {

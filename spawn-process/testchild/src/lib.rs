@@ -16,6 +16,12 @@ use harrow_testkit::testfns;
 /// The environment variable that makes the helper binary misbehave as a child (see [`Mode`]).
 pub const MODE_ENV: &str = "HARROW_TESTCHILD_MODE";
 
+/// The environment variable that makes the helper binary, started as a child, forget to run its
+/// actor: it skips `maybe_run_child` and goes on as a root that starts a process child of its
+/// own, then writes how that start ended to the file this variable names and exits. (Its own
+/// child, were it started, exits at once: the chain stops there even without the refusal.)
+pub const FORGETS_ENV: &str = "HARROW_TESTCHILD_FORGETS";
+
 /// The environment variable that makes the helper binary run a small root program (see the
 /// binary's `main`), instead of saying it is only a helper.
 pub const ROOT_ENV: &str = "HARROW_TESTCHILD_ROOT";

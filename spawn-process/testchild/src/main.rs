@@ -8,11 +8,13 @@
 //!   (the zero-configuration `ProcessBackend::new()`), has it print to stdout and stderr, and
 //!   exits; the output test reads what reaches its stdout and stderr. `output-plain` does the
 //!   same with the output prefix turned off.
+//! - Started as a child with `HARROW_TESTCHILD_FORGETS` set, it skips `maybe_run_child` and
+//!   runs a root instead, as a program that forgot it would.
 //! - Otherwise it says what it is and exits with status 2.
 
 use std::io::{Read, Write};
 
-use harrow_process_testchild::{MODE_ENV, Mode, ROOT_ENV, child_registry};
+use harrow_process_testchild::{FORGETS_ENV, MODE_ENV, Mode, ROOT_ENV, child_registry};
 use harrow_runtime_core::ipc::codec::{CodecConfig, encode};
 use harrow_runtime_core::ipc::{Msg, PROTOCOL_VERSION, Value, shm};
 use harrow_runtime_core::{ActorSpec, RootConfig, Timeouts, run_root};
@@ -20,6 +22,9 @@ use harrow_spawn_process::{ProcessBackend, is_child, maybe_run_child, take_boots
 
 fn main() -> anyhow::Result<()> {
     if is_child() {
+        if let Some(report) = std::env::var_os(FORGETS_ENV) {
+            return forgets_its_actor(report.into());
+        }
         if let Some(mode) = std::env::var(MODE_ENV)
             .ok()
             .as_deref()
@@ -84,6 +89,29 @@ fn misbehave(mode: Mode) -> anyhow::Result<()> {
     let mut sink = [0u8; 4096];
     while stream.read(&mut sink)? > 0 {}
     Ok(())
+}
+
+/// A child actor's program that goes on as a root without running its actor ([`FORGETS_ENV`]).
+fn forgets_its_actor(report: std::path::PathBuf) -> anyhow::Result<()> {
+    const GRANDCHILD_ENV: &str = "HARROW_TESTCHILD_FORGETFUL_GRANDCHILD";
+    if std::env::var_os(GRANDCHILD_ENV).is_some() {
+        return Ok(());
+    }
+    let config = RootConfig::default()
+        .handle_sigint(false)
+        .timeouts(Timeouts::quick());
+    let started = run_root(config, |n| async move {
+        let backend = ProcessBackend::new().with_env(GRANDCHILD_ENV, "1");
+        n.start_actor("grandchild", backend.into_shared(), ActorSpec::new())
+            .await?;
+        Ok(())
+    });
+    let text = match started {
+        Ok(()) => "the grandchild started".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    std::fs::write(&report, text)?;
+    std::process::exit(1);
 }
 
 fn output_root(prefix: bool) -> anyhow::Result<()> {

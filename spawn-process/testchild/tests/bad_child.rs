@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use harrow_process_testchild::{MODE_ENV, Mode};
+use harrow_process_testchild::{FORGETS_ENV, MODE_ENV, Mode};
 use harrow_runtime_core::ipc::Value;
 use harrow_runtime_core::{ActorSpec, RootConfig, Timeouts, run_root};
 use harrow_spawn_process::ProcessBackend;
@@ -63,6 +63,51 @@ fn misbehaving_children_fail_spawn_clearly() {
                 Ok(())
             })
             .unwrap_or_else(|e| panic!("{e}"));
+        },
+    );
+}
+
+/// A program started as a child actor that never runs it (no `maybe_run_child` in its `main`)
+/// and goes on as a root: its process spawns are refused, saying why, so that it cannot start
+/// a copy of itself that does the same, generation after generation.
+#[test]
+fn a_child_that_never_runs_its_actor_starts_no_process_children() {
+    harrow_testkit::harness(
+        "a_child_that_never_runs_its_actor_starts_no_process_children",
+        harrow_testkit::DEFAULT_BOUND,
+        harrow_testkit::DEFAULT_SETTLE,
+        || {
+            let report = std::env::temp_dir().join(format!(
+                "harrow-forgetful-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_file(&report);
+            let config = RootConfig::default()
+                .handle_sigint(false)
+                .timeouts(Timeouts::quick());
+            let path = report.clone();
+            run_root(config, |n| async move {
+                let backend = ProcessBackend::new()
+                    .with_program(BIN)
+                    .with_env(FORGETS_ENV, &path)
+                    .into_shared();
+                let err = n
+                    .start_actor("forgetful", backend, ActorSpec::new())
+                    .await
+                    .expect_err("it never says Hello");
+                assert!(err.to_string().contains("forgetful"), "{err}");
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+            // Written before it exited, so before its start failed here.
+            let text = std::fs::read_to_string(&report).expect("the child's report");
+            let _ = std::fs::remove_file(&report);
+            assert!(
+                text.contains("was started as a harrow child actor")
+                    && text.contains("maybe_run_child"),
+                "{text}"
+            );
         },
     );
 }
