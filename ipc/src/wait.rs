@@ -116,6 +116,17 @@ impl Watched {
     }
 }
 
+/// The moment `bound` from now; for a bound too long to represent (a user's `Duration::MAX`), a
+/// moment a century away, which no wait reaches. So a deadline made from any duration never
+/// overflows.
+pub fn instant_after(bound: Duration) -> std::time::Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = std::time::Instant::now();
+    now.checked_add(bound)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
+}
+
 /// Runs `fut` for at most `bound`: `Some(output)` if it finished first, `None` if the bound passed
 /// first (the future is then dropped, which cancels it).
 ///

@@ -473,7 +473,7 @@ impl CalleeContext {
         if !st.cancel_aware {
             return;
         }
-        let until = std::time::Instant::now() + extra;
+        let until = harrow_ipc::wait::instant_after(extra);
         if st.cleanup_until.is_none_or(|t| t < until) {
             st.cleanup_until = Some(until);
         }

@@ -178,7 +178,7 @@ impl JobState {
     /// Keeps the injector from raising `harrow.Cancelled` in the call for `d` (see
     /// `held_until`). Harrow operations the call starts meanwhile still see its cancel.
     pub(crate) fn hold_injection(&self, d: Duration) {
-        *self.held_until.lock() = Some(std::time::Instant::now() + d);
+        *self.held_until.lock() = Some(harrow_ipc::wait::instant_after(d));
     }
 
     fn injection_held(&self) -> bool {

@@ -261,7 +261,7 @@ impl ActorInit {
     /// within the parent's bound.
     pub fn from_spec(spec: SpawnSpec, backend: impl Into<String>) -> Self {
         let mut link_config = LinkConfig::default();
-        link_config.cancel_cleanup = spec.timeouts().cancel_ack * 3 / 4;
+        link_config.cancel_cleanup = spec.timeouts().cancel_ack / 4 * 3;
         ActorInit {
             spec,
             backend: backend.into(),
@@ -509,7 +509,11 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
         tracing::debug!(%canceller, "actor cancelled by a peer");
         link.cancel_calls(&canceller);
         ctx.discovery().cancel_peer_calls(&canceller);
-        let bound = init.spec.timeouts().ladder_bound() + Duration::from_millis(500);
+        let bound = init
+            .spec
+            .timeouts()
+            .ladder_bound()
+            .saturating_add(Duration::from_millis(500));
         link.drain(bound).await;
         if !ctx.wait_tracked(bound).await {
             tracing::warn!("teardown of this actor's children did not finish within {bound:?}");
@@ -541,7 +545,11 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
     };
     // Served calls are cancelled; wait for them to be dropped so that the nurseries they held
     // have handed their teardown to the actor, then for those teardowns and any shields.
-    let bound = init.spec.timeouts().ladder_bound() + Duration::from_millis(500);
+    let bound = init
+        .spec
+        .timeouts()
+        .ladder_bound()
+        .saturating_add(Duration::from_millis(500));
     link.drain(bound).await;
     if !ctx.wait_tracked(bound).await {
         tracing::warn!("teardown of this actor's children did not finish within {bound:?}");
@@ -557,7 +565,9 @@ async fn actor_main(channel: Channel, init: ActorInit, ctx: ActorCtx) -> ActorEx
 /// `CancelAck` leave, and no I/O task outlives the actor's executor.
 async fn close_and_flush(link: &Link, config: &LinkConfig) {
     link.close();
-    let bound = config.close_flush_timeout + Duration::from_millis(100);
+    let bound = config
+        .close_flush_timeout
+        .saturating_add(Duration::from_millis(100));
     if crate::scope::move_on_after(bound, link.io_stopped())
         .await
         .is_none()

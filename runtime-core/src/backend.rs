@@ -136,7 +136,9 @@ impl Timeouts {
 
     /// The longest the whole ladder can take for one child.
     pub fn ladder_bound(&self) -> Duration {
-        self.cancel_ack + self.graceful_exit + self.hard_kill
+        self.cancel_ack
+            .saturating_add(self.graceful_exit)
+            .saturating_add(self.hard_kill)
     }
 }
 

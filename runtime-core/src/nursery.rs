@@ -527,7 +527,7 @@ impl ActorNursery {
         };
         // One bound for both waits below, the same as the second alone had before the first
         // was added: a child's teardown takes no longer than it did.
-        let flush_until = Instant::now() + link_flush_bound(&self.inner.actor);
+        let flush_until = harrow_ipc::wait::instant_after(link_flush_bound(&self.inner.actor));
         if !matches!(outcome, Exit::Running | Exit::Leaked(_)) {
             // The child is gone, but what it sent before it went may still be in the channel
             // (its last answers: a context's error sent as it tore down, say), and its exit can
@@ -867,7 +867,7 @@ async fn graceful_join(
     t: Timeouts,
     subtree: Duration,
 ) -> Exit {
-    let base = t.graceful_exit + subtree;
+    let base = t.graceful_exit.saturating_add(subtree);
     let Some(request) = late_ack else {
         return child.join(base).await;
     };
@@ -893,7 +893,7 @@ async fn graceful_join(
 /// How long the ladder waits for a child's subtree that the child's ack said still needs
 /// `teardown`: that, capped.
 fn subtree_budget(teardown: Duration, t: &Timeouts) -> Duration {
-    teardown.min(t.ladder_bound() * MAX_SUBTREE_LADDERS)
+    teardown.min(t.ladder_bound().saturating_mul(MAX_SUBTREE_LADDERS))
 }
 
 /// The most a child may say (in its `CancelAck`) that its own subtree's teardown still takes,
@@ -902,10 +902,13 @@ const MAX_SUBTREE_LADDERS: u32 = 8;
 
 /// How long a full teardown of one child can take, plus a margin: a bound for callers.
 pub fn teardown_bound(t: &Timeouts) -> Duration {
-    t.ladder_bound() + Duration::from_millis(500)
+    t.ladder_bound().saturating_add(Duration::from_millis(500))
 }
 
 /// How long a closed link's writer may flush before its supervisor stops waiting for it.
 fn link_flush_bound(actor: &ActorCtx) -> Duration {
-    actor.link_config().close_flush_timeout + Duration::from_millis(100)
+    actor
+        .link_config()
+        .close_flush_timeout
+        .saturating_add(Duration::from_millis(100))
 }

@@ -930,7 +930,7 @@ async fn work_loop(
             }
             // The worker died: wait (bounded by its ladder) for its outcome, then replace it.
             let bound = crate::nursery::teardown_bound(&nursery.actor().timeouts());
-            if crate::scope::move_on_after(bound * 2, worker.ended())
+            if crate::scope::move_on_after(bound.saturating_mul(2), worker.ended())
                 .await
                 .is_none()
             {

@@ -159,7 +159,7 @@ impl Child for ProcessChild {
 
     fn join(&mut self, bound: Duration) -> BoxFuture<'_, Exit> {
         Box::pin(async move {
-            let deadline = Instant::now() + bound;
+            let deadline = harrow_runtime_core::ipc::wait::instant_after(bound);
             let Some(status) = self.wait_exit(deadline).await else {
                 return Exit::Running;
             };

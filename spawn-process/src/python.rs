@@ -164,7 +164,9 @@ pub(crate) fn run_python_child(boot: ChildBootstrap, offers: impl FnOnce(&mut Of
             return EXIT_BOOTSTRAP_FAILED;
         }
     };
-    let bound = config.thread_join_bound + Duration::from_secs(2);
+    let bound = config
+        .thread_join_bound
+        .saturating_add(Duration::from_secs(2));
     let main = match MainInterp::start(config) {
         Ok(main) => main,
         Err(e) => {

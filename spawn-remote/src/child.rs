@@ -93,7 +93,10 @@ impl Launched {
 
     /// Waits at most `bound` for the launcher to end; says how it ended, for error messages.
     pub(crate) async fn wait_briefly(&mut self, bound: Duration) -> String {
-        match self.wait_until(Instant::now() + bound).await {
+        match self
+            .wait_until(harrow_runtime_core::ipc::wait::instant_after(bound))
+            .await
+        {
             Some(status) => status.to_string(),
             None => format!("still running after {bound:?}"),
         }
@@ -178,7 +181,7 @@ impl RemoteChild {
     }
 
     async fn join_inner(&mut self, bound: Duration) -> Exit {
-        let deadline = Instant::now() + bound;
+        let deadline = harrow_runtime_core::ipc::wait::instant_after(bound);
         let Some(status) = self.launched.wait_until(deadline).await else {
             return Exit::Running;
         };

@@ -344,7 +344,7 @@ impl SpawnBackend for RemoteBackend {
         // start bound (a launcher that is allowed 20 s to start is not cut off at 5 s).
         config.hello_timeout = config
             .hello_timeout
-            .max(self.start_timeout + Duration::from_secs(1));
+            .max(self.start_timeout.saturating_add(Duration::from_secs(1)));
         if config.heartbeat_timeout.is_none() {
             if let Some(bound) = self.heartbeat_timeout {
                 config.heartbeat_timeout = Some(bound);

@@ -158,7 +158,11 @@ fn watch_input(input: &File, spec: &SpawnSpec) -> Result<(), String> {
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| format!("cannot watch stdin: {e}"))?;
-    let grace = spec.timeouts().ladder_bound() * 2 + Duration::from_secs(2);
+    let grace = spec
+        .timeouts()
+        .ladder_bound()
+        .saturating_mul(2)
+        .saturating_add(Duration::from_secs(2));
     std::thread::Builder::new()
         .name("hw-remote-watch".into())
         .spawn(move || {

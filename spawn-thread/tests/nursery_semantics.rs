@@ -483,3 +483,46 @@ fn a_cancel_that_ends_a_nursery_bodys_stream_is_reported_as_the_cancel() {
         },
     );
 }
+
+/// Bounds of any length are accepted, `Duration::MAX` included (read as "no bound" in practice):
+/// the ladder's sums and the deadlines made from them saturate instead of overflowing.
+#[test]
+fn bounds_as_long_as_duration_max_do_not_overflow() {
+    bounded("bounds_as_long_as_duration_max_do_not_overflow", || {
+        let mut config = RootConfig::default()
+            .handle_sigint(false)
+            .timeouts(Timeouts {
+                cancel_ack: Duration::MAX,
+                graceful_exit: Duration::MAX,
+                hard_kill: Duration::MAX,
+            });
+        config.link_config.hello_timeout = Duration::MAX;
+        config.link_config.cancel_timeout = Duration::MAX;
+        config.link_config.close_flush_timeout = Duration::MAX;
+        config.link_config.cancel_cleanup = Duration::MAX;
+        let exits = run_root(config, |n| async move {
+            let f = Factory;
+            let child = n.start_actor("long", f.backend(), f.spec()).await?;
+            assert_eq!(
+                child.run("testfns:echo", Value::Int(1)).await?,
+                Value::Int(1)
+            );
+            let (ctx, _) = child
+                .open_context("testfns:ctx_wait_forever", Value::Null)
+                .await?;
+            ctx.cancel().await?;
+            let run = n
+                .run_in_actor(
+                    "runner",
+                    f.backend(),
+                    "testfns:sleep_ms",
+                    Value::Int(600_000),
+                    f.spec(),
+                )
+                .await?;
+            Ok(vec![child.cancel().await, run.cancel().await])
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(exits, vec![ChildOutcome::Exited, ChildOutcome::Exited]);
+    });
+}

@@ -326,7 +326,11 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
             let now = Instant::now();
             // This side's own executor was stalled (a served function blocked its thread): what
             // the peer sent meanwhile may not be read yet, so the silence is not the peer's.
-            if now.duration_since(last_tick) > tick * 2 + Duration::from_millis(50) {
+            if now.duration_since(last_tick)
+                > tick
+                    .saturating_mul(2)
+                    .saturating_add(Duration::from_millis(50))
+            {
                 quiet_since = now;
             }
             last_tick = now;

@@ -411,8 +411,9 @@ impl Shared {
                 }
                 if st.cancel_aware {
                     // The bound, or later if the call asked for more (before the cancel too).
-                    let bound =
-                        Instant::now() + self.config.cancel_cleanup.max(st.cleanup_reserved);
+                    let bound = harrow_ipc::wait::instant_after(
+                        self.config.cancel_cleanup.max(st.cleanup_reserved),
+                    );
                     st.cleanup_until = Some(st.cleanup_until.map_or(bound, |t| t.max(bound)));
                 }
                 st.cancel_aware

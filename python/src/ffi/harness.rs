@@ -137,7 +137,7 @@ impl Setup {
         shared: &Shared,
         config: &InterpConfig,
     ) -> Vec<String> {
-        let deadline = Instant::now() + config.thread_join_bound;
+        let deadline = harrow_ipc::wait::instant_after(config.thread_join_bound);
         // Every call below: owning thread, GIL held (caller), no user code running.
         loop {
             // SAFETY: see above.

@@ -162,7 +162,7 @@ fn poll_in(fd: c_int, timeout_ms: c_int) -> bool {
 }
 
 fn read_until_marker(fd: c_int, bound: Duration) -> (Vec<u8>, bool) {
-    let deadline = Instant::now() + bound;
+    let deadline = harrow_ipc::wait::instant_after(bound);
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
