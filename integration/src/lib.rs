@@ -57,6 +57,9 @@ impl BackendFactory for SubintFactory {
     fn fail_type_name(&self) -> &'static str {
         "ValueError"
     }
+    fn ends_on_its_own(&self) -> bool {
+        true
+    }
     fn warm_up(&self) {
         // The main interpreter and the cancel injector live as long as the process.
         if let Err(e) = harrow_spawn_subint::warm_up() {
@@ -105,6 +108,9 @@ impl BackendFactory for PyProcessFactory {
         "ValueError"
     }
     fn always_has_traceback(&self) -> bool {
+        true
+    }
+    fn ends_on_its_own(&self) -> bool {
         true
     }
     fn bad_spec(&self) -> Option<ActorSpec> {

@@ -262,6 +262,13 @@ pub struct PyCall {
     immediate: Option<Result<Value, CallError>>,
 }
 
+impl PyCall {
+    /// The state of the interpreter the call runs in.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
 impl std::fmt::Debug for PyCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PyCall")

@@ -107,16 +107,38 @@ impl Resolver for PyResolver {
                     None
                 })
                 .await;
-            match first {
+            let result = match first {
                 Some(result) => result,
                 None => {
                     // Raise `harrow.Cancelled` in it and wait for it to end.
                     py.cancel();
-                    py.await
+                    (&mut py).await
                 }
+            };
+            if py
+                .shared()
+                .exit_seen
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                end_after_exit(py.shared());
             }
+            result
         }))
     }
+}
+
+/// `os._exit` was called in this actor, and its interpreter serves no more calls: the actor ends
+/// too (its other calls are cancelled, its children torn down, its link closed), so that its
+/// parent sees it go, and reports it, instead of keeping an actor that fails every call.
+fn end_after_exit(shared: &crate::state::Shared) {
+    if shared.exit_reason.lock().is_none() {
+        return;
+    }
+    harrow_runtime_core::with_current_actor(|actor| {
+        if let Some(actor) = actor {
+            actor.cancel_self(actor.id().clone());
+        }
+    });
 }
 
 /// How long a cancelled call whose Python code has ended may take to convert its outcome.

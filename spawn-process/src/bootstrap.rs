@@ -21,6 +21,10 @@ use crate::spec::{
 pub const EXIT_BOOTSTRAP_FAILED: i32 = 2;
 /// The exit status of a child whose `Hello` exchange with its parent failed.
 pub const EXIT_HANDSHAKE_FAILED: i32 = 3;
+/// The exit status of a Python process actor whose Python code called `os._exit()` (which
+/// `harrow` turns into `harrow.ActorExit` for the call, then ends the actor), saying so on
+/// stderr: its parent reports it as a failure, as it would any child that ended on its own.
+pub const EXIT_PYTHON_EXIT: i32 = 4;
 
 static TAKEN: AtomicBool = AtomicBool::new(false);
 
@@ -276,7 +280,8 @@ fn remove_bootstrap_env() {
 /// In a child, `resolver` builds the functions the actor serves (usually the same registry the
 /// parent registers), the actor runs until cancelled or orphaned, and the process exits: status
 /// 0 after a cancel or a lost parent, [`EXIT_HANDSHAKE_FAILED`] if the `Hello` exchange failed,
-/// [`EXIT_BOOTSTRAP_FAILED`] (with a message on stderr) if the bootstrap was unusable. With the
+/// [`EXIT_BOOTSTRAP_FAILED`] (with a message on stderr) if the bootstrap was unusable, and
+/// [`EXIT_PYTHON_EXIT`] for a Python process actor that called `os._exit()`. With the
 /// `child-log` feature and `RUST_LOG` set, a `tracing` fmt subscriber writing to stderr is
 /// installed; events carry the actor's span.
 ///

@@ -92,8 +92,8 @@ use harrow_runtime_core::{
 };
 
 pub use bootstrap::{
-    ChildBootstrap, EXIT_BOOTSTRAP_FAILED, EXIT_HANDSHAKE_FAILED, IntoResolver, is_child,
-    maybe_run_child, run_child, take_bootstrap,
+    ChildBootstrap, EXIT_BOOTSTRAP_FAILED, EXIT_HANDSHAKE_FAILED, EXIT_PYTHON_EXIT, IntoResolver,
+    is_child, maybe_run_child, run_child, take_bootstrap,
 };
 pub use error::{Error, Result};
 /// What the Python code of a Python process actor can start children on, by name (see

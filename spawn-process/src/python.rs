@@ -192,10 +192,19 @@ pub(crate) fn run_python_child(boot: ChildBootstrap, offers: impl FnOnce(&mut Of
     } else {
         run_child_as(boot, Arc::new(resolver), NAME, None)
     };
+    // Its Python code called `os._exit()`: the call failed with `ActorExit` and the actor
+    // ended; the process says so, for its parent to report.
+    let ended = main.handle().shared().exit_reason.lock().clone();
     if let Err(why) = main.shutdown(bound) {
         eprintln!("harrow child {name}: {why}");
     }
-    code
+    match ended {
+        Some(reason) => {
+            eprintln!("harrow child {name}: {reason}");
+            crate::EXIT_PYTHON_EXIT
+        }
+        None => code,
+    }
 }
 
 /// Whether a Python process child co-drives its actor (`HARROW_PYPROCESS_CODRIVE=0` turns it

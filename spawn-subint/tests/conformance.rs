@@ -64,6 +64,9 @@ impl BackendFactory for SubintFactory {
     fn fail_type_name(&self) -> &'static str {
         "ValueError"
     }
+    fn ends_on_its_own(&self) -> bool {
+        true
+    }
     fn always_has_traceback(&self) -> bool {
         true
     }

@@ -43,6 +43,12 @@ pub trait BackendFactory: Send + Sync + 'static {
     fn bad_spec(&self) -> Option<ActorSpec> {
         None
     }
+    /// Whether this backend's actors can end on their own in the middle of a call: they serve
+    /// `exit_mid_call`, which ends its process (`exit(3)`) or, in Python, calls `os._exit(3)`.
+    /// Not a thread actor's: its process is the test's.
+    fn ends_on_its_own(&self) -> bool {
+        false
+    }
     /// Called after a scenario that left a child running code that cannot be stopped (a Rust
     /// busy loop on a detached thread): release it so the process can clean up.
     fn release_stuck(&self) {}
@@ -724,6 +730,44 @@ pub fn cancelled_run_answers<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     assert_eq!(failures[0].actor().name, "cleaner", "{err}");
     assert_eq!(remote.message, "cleanup failed", "{err}");
     assert!(err.body_error().is_none(), "{err}");
+    Outcome::Passed
+}
+
+/// exit-mid-call: a child ends on its own in the middle of a call (its process exits, or its
+/// Python code calls `os._exit`). The call fails, and the child's end is a crash that fails the
+/// nursery at once (one-cancels-all), naming the child: never an actor left behind that fails
+/// every later call while its nursery goes on as if nothing happened.
+pub fn exit_mid_call<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    if !f.ends_on_its_own() {
+        return Outcome::Skipped("the backend's actors cannot end on their own mid-call".into());
+    }
+    let answer = std::sync::Mutex::new(None);
+    let err = run_root(root_config(), |n| {
+        let answer = &answer;
+        async move {
+            let child = n.start_actor("ender", f.backend(), f.spec()).await?;
+            let got = child.run(&f.func("exit_mid_call"), Value::Null).await;
+            *answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(got);
+            // The crash cancels this body; a nursery that missed it ends here, without error.
+            let _ = harrow_runtime_core::move_on_after(
+                Duration::from_secs(20),
+                std::future::pending::<()>(),
+            )
+            .await;
+            Ok(())
+        }
+    })
+    .expect_err("a child that ended on its own fails its nursery");
+    let failures = err.failures();
+    assert_eq!(failures.len(), 1, "{err}");
+    assert!(failures[0].is_crash(), "a crash: {err}");
+    assert_eq!(failures[0].actor().name, "ender", "{err}");
+    assert!(err.body_error().is_none(), "{err}");
+    // The call's own answer, when the body saw it before its cancel: a failure, never a value.
+    if let Some(got) = answer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let e = got.expect_err("the call that ended its actor fails");
+        assert!(!e.is_cancelled(), "a failure, not a cancellation: {e}");
+    }
     Outcome::Passed
 }
 
@@ -1477,6 +1521,7 @@ macro_rules! conformance_suite {
             spawn_and_join,
             run_in_actor_result,
             cancelled_run_answers,
+            exit_mid_call,
             many_children,
             nested_tree,
             spawn_failure,

@@ -326,6 +326,11 @@ fn register(
             Ok(Value::Null)
         }
     })?;
+    // exit_mid_call(): ends this process with status 3 (only for actors in a process of their
+    // own: see `BackendFactory::ends_on_its_own`)
+    r.unary("testfns:exit_mid_call", |_| async move {
+        std::process::exit(3);
+    })?;
     // busy_marker(path): writes the file `path`, then never yields (until release_stuck())
     r.unary("testfns:busy_marker", |v| async move {
         let path = v

@@ -168,9 +168,10 @@ impl Setup {
         };
         // A unary call's answer goes to its caller from here when the host can send it (one
         // hand-off less: not through the runtime thread); its future then only ends (woken by
-        // the closed reply slot, after the caller was).
+        // the closed reply slot, after the caller was). Not the call that ended the actor: its
+        // future must see its end, to end the actor after answering (`PyResolver`).
         let result = match &ctx.host {
-            Some(host) if ctx.kind == CallKind::Unary => match host.answer_now(result) {
+            Some(host) if ctx.kind == CallKind::Unary && !ends => match host.answer_now(result) {
                 Ok(()) => {
                     reply.answered_elsewhere();
                     return ends;

@@ -108,6 +108,9 @@ impl BackendFactory for ProcessFactory {
     fn fail_type_name(&self) -> &'static str {
         std::any::type_name::<testfns::TestError>()
     }
+    fn ends_on_its_own(&self) -> bool {
+        true
+    }
 }
 
 /// What the helper binary serves: the standard test functions (nested children are the same
