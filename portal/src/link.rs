@@ -216,6 +216,18 @@ pub enum LinkEnd {
     Closed,
 }
 
+impl std::fmt::Display for LinkEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkEnd::CancelRequested { canceller, reason } => {
+                write!(f, "{canceller} asked for a cancel: {reason}")
+            }
+            LinkEnd::Broken(why) => f.write_str(why),
+            LinkEnd::Closed => f.write_str("closed locally"),
+        }
+    }
+}
+
 /// The protocol engine over one channel, serving both directions.
 ///
 /// Created by [`Link::establish`], which exchanges `Hello` and then runs the engine's tasks on the

@@ -164,6 +164,19 @@ pub enum Exit {
     Leaked(String),
 }
 
+/// As a predicate of the child: "it exited", "it failed: ...".
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Running => f.write_str("is still running"),
+            Exit::Exited => f.write_str("exited"),
+            Exit::Failed(why) => write!(f, "failed: {why}"),
+            Exit::Killed => f.write_str("was killed"),
+            Exit::Leaked(why) => write!(f, "was leaked: {why}"),
+        }
+    }
+}
+
 /// Why a child could not be spawned.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

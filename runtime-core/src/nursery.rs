@@ -510,14 +510,14 @@ impl ActorNursery {
                 // The child went away without being asked to: did it exit cleanly?
                 let outcome = ladder(&mut *child, &link, timeouts, &escalate).await;
                 if outcome != Exit::Exited && slot.contained {
-                    let why = format!("its channel ended ({end:?}) and it {outcome:?}");
+                    let why = format!("its channel ended ({end}) and it {outcome}");
                     tracing::debug!(child = %slot.id, %why, "contained child crashed");
                     *slot.crash.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 } else if outcome != Exit::Exited {
                     self.fail(ChildFailure::crashed(
                         slot.id.clone(),
                         slot.backend.clone(),
-                        format!("its channel ended ({end:?}) and it {outcome:?}"),
+                        format!("its channel ended ({end}) and it {outcome}"),
                     ));
                 } else {
                     tracing::debug!(child = %slot.id, ?end, "child left on its own");
