@@ -1,7 +1,8 @@
 //! `harrow run-py MODULE:FUNCTION --actors N --inputs FILE|-`: maps a Python function over the
 //! items of FILE (or standard input), one JSON value a line, on a pool of N Python actors (subint, or process with `--backend process`). Each
 //! result is printed as it comes, as one JSON line
-//! (`{"index": I, "ok": VALUE}` or `{"index": I, "error": {"type": T, "message": M}}`), in input
+//! (`{"index": I, "ok": VALUE}` or `{"index": I, "error": {"type": T, "message": M}}`, a group
+//! with its members under `"errors"`, each with its `"source"` too), in input
 //! order unless `--unordered`; progress goes to stderr. `--batch N` sends N items per call
 //! through the batch runner every Python actor serves (`harrow:run_batch`). Ctrl-C cancels the
 //! pool (exit code 130).
@@ -49,17 +50,35 @@ fn result_line(index: u64, r: &harrow::PoolResult) -> String {
             crate::json::to_json_text(v)
         ),
         Err(e) => {
-            let (ty, msg) = match e.remote_error() {
-                Some(remote) => (remote.type_name.clone(), remote.message.clone()),
-                None => ("harrow.PoolError".to_owned(), e.to_string()),
+            let error = match e.remote_error() {
+                Some(remote) => {
+                    // Which worker raised it is left out at the top, so that a run's lines
+                    // do not depend on which worker took the item.
+                    let mut j = error_json(remote);
+                    if let Some(o) = j.as_object_mut() {
+                        o.remove("source");
+                    }
+                    j
+                }
+                None => serde_json::json!({"type": "harrow.PoolError", "message": e.to_string()}),
             };
-            format!(
-                "{{\"index\":{index},\"error\":{{\"type\":{},\"message\":{}}}}}",
-                serde_json::Value::from(ty),
-                serde_json::Value::from(msg)
-            )
+            format!("{{\"index\":{index},\"error\":{error}}}")
         }
     }
+}
+
+/// A remote error as JSON: its type, message and source, and a group's members (`errors`),
+/// each the same way (members of a group raised in a worker: their sources tell them apart).
+fn error_json(e: &harrow::RemoteError) -> serde_json::Value {
+    let mut j = serde_json::json!({
+        "type": e.type_name,
+        "message": e.message,
+        "source": e.source.to_string(),
+    });
+    if !e.children.is_empty() {
+        j["errors"] = e.children.iter().map(error_json).collect();
+    }
+    j
 }
 
 /// Runs the pool; returns the exit code (1 if any item failed).
@@ -170,6 +189,36 @@ mod tests {
         let j: serde_json::Value = serde_json::from_str(&err).unwrap();
         assert_eq!(j["index"], 4);
         assert_eq!(j["error"]["type"], "harrow.PoolError");
+        // A group's members, each with its source.
+        let actor = |name: &str| harrow::ActorId::new(name);
+        let mut group = harrow::RemoteError::new(
+            harrow::ErrorKind::Group,
+            "ErrorGroup",
+            "2 failures",
+            actor("w"),
+        );
+        for name in ["c", "d"] {
+            group.children.push(harrow::RemoteError::new(
+                harrow::ErrorKind::Raised,
+                "ValueError",
+                format!("from {name}"),
+                actor(name),
+            ));
+        }
+        let err = result_line(
+            5,
+            &Err(harrow::PoolError::Call(harrow::portal::Error::from(group))),
+        );
+        let j: serde_json::Value = serde_json::from_str(&err).unwrap();
+        assert_eq!(j["error"]["type"], "ErrorGroup");
+        assert!(j["error"].get("source").is_none(), "{j}");
+        assert_eq!(j["error"]["errors"][1]["message"], "from d");
+        assert!(
+            j["error"]["errors"][1]["source"]
+                .as_str()
+                .unwrap()
+                .starts_with("d[")
+        );
     }
 
     #[test]

@@ -322,11 +322,20 @@ fn run_actors(job: Job1, place: Where) -> i32 {
                     Err(e) => {
                         failed += 1;
                         match e.remote_error() {
+                            Some(remote) if !remote.children.is_empty() => {
+                                // A group: every member, with its source, as a tree.
+                                println!("{actor}: error: {remote}");
+                            }
                             Some(remote) => {
-                                println!(
-                                    "{actor}: error: {}: {}",
-                                    remote.type_name, remote.message
-                                );
+                                // An empty message prints the type alone, as Python does.
+                                if remote.message.is_empty() {
+                                    println!("{actor}: error: {}", remote.type_name);
+                                } else {
+                                    println!(
+                                        "{actor}: error: {}: {}",
+                                        remote.type_name, remote.message
+                                    );
+                                }
                                 // Only when the module itself was not found: a module that
                                 // was found but whose own imports failed says so in its error.
                                 if remote.kind == harrow::ErrorKind::NotFound
@@ -359,10 +368,21 @@ fn run_actors(job: Job1, place: Where) -> i32 {
             i32::from(failed > 0)
         }
         Err(e) if e.is_interrupted() => {
-            eprintln!(
-                "harrow run-py: interrupted (SIGINT): every actor was cancelled ({} after start)",
-                human(t0.elapsed())
-            );
+            let leaked: Vec<String> = e.leaks().map(|l| l.actor().to_string()).collect();
+            if leaked.is_empty() {
+                eprintln!(
+                    "harrow run-py: interrupted (SIGINT): every actor was cancelled ({} after start)",
+                    human(t0.elapsed())
+                );
+            } else {
+                eprintln!(
+                    "harrow run-py: interrupted (SIGINT): the actors were cancelled, but {} could \
+                     not be stopped and leaked (still running in this process until it exits) \
+                     ({} after start)",
+                    leaked.join(", "),
+                    human(t0.elapsed())
+                );
+            }
             130
         }
         Err(e) => {

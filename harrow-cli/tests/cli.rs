@@ -119,8 +119,11 @@ impl PyDir {
         )?;
         std::fs::write(
             dir.join("hostile.py"),
-            "import os\n\
+            "import os, harrow\n\
              def exit():\n    os._exit(0)\n\
+             def fail_with(msg):\n    raise ValueError(msg)\n\
+             def empty():\n    raise ValueError()\n\
+             def group():\n    with harrow.open_nursery() as n:\n        n.run_in_actor('hostile:fail_with', 'from c', name='c', modules=['hostile'])\n\
              def floats():\n    return [float('nan'), float('inf'), -float('inf'), 1.5]\n\
              def use_asyncio():\n    import asyncio\n    return asyncio.run(asyncio.sleep(0, 'ran'))\n\
              async def scaled(x, *, by=1, label=''):\n    import asyncio\n    await asyncio.sleep(0)\n    return [x * by, label]\n",
@@ -572,12 +575,26 @@ fn run_py_hostile_input_is_reported_never_lost() -> Result<()> {
     if harrow::subint_status().is_err() {
         return Ok(());
     }
-    // os._exit() ends that actor only: reported as a failure, the command goes on and says so.
+    // os._exit() ends that actor only (the command goes on), which its nursery reports as a
+    // crash naming the call.
     let r = harrow(&["run-py", "hostile:exit", "--actors", "2", "--path", p])?;
     ensure!(r.status.code() == Some(1), "{r}");
-    ensure!(r.stdout.contains("py-0: error: harrow.ActorExit"), "{r}");
-    ensure!(r.stdout.contains("os._exit(0)"), "{r}");
-    ensure!(r.stderr.contains("2 failed"), "{r}");
+    ensure!(r.stderr.contains("crashed"), "{r}");
+    ensure!(
+        r.stderr.contains("os._exit(0) was called in hostile:exit"),
+        "{r}"
+    );
+    // A nursery's failure shows its members, each with its source; an empty message shows the
+    // type alone.
+    let r = harrow(&["run-py", "hostile:group", "--path", p])?;
+    ensure!(r.status.code() == Some(1), "{r}");
+    ensure!(
+        r.stdout.contains("py-0: error: ErrorGroup: 1 failure"),
+        "{r}"
+    );
+    ensure!(r.stdout.contains("+-- 1: ValueError: from c (in c["), "{r}");
+    let r = harrow(&["run-py", "hostile:empty", "--path", p])?;
+    ensure!(r.stdout.trim_end() == "py-0: error: ValueError", "{r}");
     // Non-finite floats are explicit.
     let r = harrow(&["run-py", "hostile:floats", "--path", p])?;
     ensure!(r.status.success(), "{r}");

@@ -111,7 +111,9 @@ impl InterpConfig {
                 .join("site-packages");
             if !site.is_dir() {
                 return Err(crate::Error::Config(format!(
-                    "virtual environment {} has no {} (it must be made with Python                      {python_version}, the one harrow is linked against: `python{python_version}                      -m venv {}`)",
+                    "virtual environment {} has no {} (it must be made with Python \
+                     {python_version}, the one harrow is linked against: `python{python_version} \
+                     -m venv {}`)",
                     venv.display(),
                     site.strip_prefix(venv).unwrap_or(&site).display(),
                     venv.display()

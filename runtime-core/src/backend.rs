@@ -164,7 +164,7 @@ pub enum Exit {
     Leaked(String),
 }
 
-/// As a predicate of the child: "it exited", "it failed: ...".
+// As a predicate of the child: "it exited", "it failed: ...".
 impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
