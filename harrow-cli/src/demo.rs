@@ -158,9 +158,17 @@ async fn start(n: &ActorNursery, live: &Live, plan: &Plan) -> anyhow::Result<Chi
     live.add(plan.name, plan.backend.as_ref());
     live.event(plan.name, "starting", "start_actor");
     let t0 = Instant::now();
-    let child = n
+    let child = match n
         .start_actor(plan.name, plan.backend.clone(), plan.spec.clone())
-        .await?;
+        .await
+    {
+        Ok(child) => child,
+        Err(e) => {
+            // The summary's outcome column says so (the error itself is reported as a problem).
+            live.with_row(plan.name, |r| r.state = "spawn failed");
+            return Err(e.into());
+        }
+    };
     let took = t0.elapsed();
     live.with_row(plan.name, |r| r.spawn = Some(took));
     live.event(

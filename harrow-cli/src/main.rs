@@ -41,13 +41,13 @@ enum Command {
         #[arg(long, value_name = "URL")]
         remote: Option<String>,
         /// With --remote: upload this binary to --remote-path when missing or different.
-        #[arg(long)]
+        #[arg(long, requires = "remote")]
         upload: bool,
         /// With --remote: where the binary is on the remote host (default: this binary's path).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", requires = "remote")]
         remote_path: Option<String>,
         /// With --remote: an ssh `-o` option such as `IdentityFile=~/.ssh/key` (repeatable).
-        #[arg(long = "ssh-option", value_name = "NAME=VALUE")]
+        #[arg(long = "ssh-option", value_name = "NAME=VALUE", requires = "remote")]
         ssh_options: Vec<String>,
     },
     /// Run the benchmark suite: each figure beside a baseline measured in the same run, as a
@@ -84,7 +84,7 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         actors: usize,
         /// The argument as JSON: `null` (the default) calls `f()`, anything else `f(arg)`.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         args: Option<String>,
         /// Keyword arguments as a JSON object: `{"x": 1}` calls `f(arg, x=1)` (`f(x=1)` without
         /// `--args`).

@@ -115,9 +115,10 @@ fn validate(
 /// Python's own library).
 fn found_in(module: &str, paths: &[PathBuf]) -> bool {
     let rel = module.replace('.', "/");
-    paths.iter().any(|p| {
-        p.join(format!("{rel}.py")).is_file() || p.join(&rel).join("__init__.py").is_file()
-    })
+    // A directory without `__init__.py` is a namespace package, which Python imports too.
+    paths
+        .iter()
+        .any(|p| p.join(format!("{rel}.py")).is_file() || p.join(&rel).is_dir())
 }
 
 /// Where a pool run's items come from, and in which order its results are printed.

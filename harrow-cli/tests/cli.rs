@@ -733,3 +733,33 @@ fn demo_remote_over_ssh_adds_a_remote_actor() -> Result<()> {
     );
     Ok(())
 }
+
+/// Flags that only mean something beside another are refused alone, naming it; a negative
+/// number is an argument, not an unknown flag.
+#[test]
+fn flags_need_what_they_qualify_and_negative_args_are_values() -> Result<()> {
+    for flag in [
+        &["demo", "--upload"][..],
+        &["demo", "--remote-path", "/x"],
+        &["demo", "--ssh-option", "Port=22"],
+    ] {
+        let r = harrow(flag)?;
+        ensure!(r.status.code() == Some(2), "{r}");
+        ensure!(r.stderr.contains("--remote"), "{r}");
+    }
+    if harrow::subint_status().is_err() {
+        return Ok(());
+    }
+    let dir = PyDir::new("negative")?;
+    let r = harrow(&[
+        "run-py",
+        "tiny:double",
+        "--args",
+        "-5",
+        "--path",
+        dir.path(),
+    ])?;
+    ensure!(r.status.success(), "{r}");
+    ensure!(r.stdout.trim_end() == "py-0: -10", "{r}");
+    Ok(())
+}
