@@ -151,11 +151,17 @@ where
 {
     fn from(err: E) -> Self {
         let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
+        // The error's type, as its users know it: `type_name` gives the module it is defined
+        // in, which for this crate's own error is private.
+        let mut type_name = std::any::type_name::<E>();
         // A remote error (possibly inside a portal error) is relayed, not wrapped.
         let boxed = match boxed.downcast::<crate::Error>() {
             Ok(portal_err) => match *portal_err {
                 crate::Error::Remote(remote) => return CallError::relay(*remote),
-                other => Box::new(other) as Box<dyn std::error::Error + Send + Sync>,
+                other => {
+                    type_name = "harrow_portal::Error";
+                    Box::new(other) as Box<dyn std::error::Error + Send + Sync>
+                }
             },
             Err(b) => b,
         };
@@ -179,7 +185,7 @@ where
             message.push_str(&s.to_string());
             source = s.source();
         }
-        let err = CallError::raised(std::any::type_name::<E>(), message);
+        let err = CallError::raised(type_name, message);
         match backtrace_text() {
             Some(bt) => err.with_traceback(bt),
             None => err,

@@ -51,4 +51,26 @@ async fn error_through_intermediate_keeps_source_and_gains_hop(exec: Executor, t
     assert_eq!(re.relay_path, vec![b_id.id]);
 }
 
-both_transports!(error_through_intermediate_keeps_source_and_gains_hop);
+/// A portal error that is not a remote one (a call to a closed link, say), passed on with `?`,
+/// reaches the caller under the type's public name, not the private module it is defined in.
+async fn a_local_portal_error_passed_on_has_its_public_type_name(exec: Executor, t: Transport) {
+    let mut reg = FnRegistry::new();
+    reg.unary("mid:closed", |_| async move {
+        let closed: Result<Value, _> =
+            Err(harrow_portal::Error::Closed("the peer went away".into()));
+        Ok(closed?)
+    })
+    .unwrap();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    let err = bounded("closed", a.portal().run("mid:closed", Value::Null))
+        .await
+        .unwrap_err();
+    let re = err.remote_error().expect("remote");
+    assert_eq!(re.type_name, "harrow_portal::Error", "{err}");
+    assert!(re.message.contains("the peer went away"), "{err}");
+}
+
+both_transports!(
+    error_through_intermediate_keeps_source_and_gains_hop,
+    a_local_portal_error_passed_on_has_its_public_type_name
+);
