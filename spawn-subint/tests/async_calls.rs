@@ -335,3 +335,16 @@ fn the_wake_pipe_drain_leaves_nothing_behind() -> Result<()> {
     assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
+
+/// A plain `with harrow.open_nursery()` in an `async def` call is refused, saying what to use
+/// there (not that the code runs outside a call).
+#[test]
+fn a_plain_nursery_in_async_code_says_to_use_async_with() -> Result<()> {
+    let t = aio("aio-plain-with")?;
+    let text = call_ok(&t.handle(), &f("plain_nursery_in_async"), Value::Null)?;
+    let text = text.as_str().unwrap_or_default().to_owned();
+    assert!(text.contains("in an async def function"), "{text}");
+    assert!(text.contains("async with harrow.open_nursery()"), "{text}");
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
+    Ok(())
+}

@@ -136,9 +136,20 @@ unsafe fn native_nest_body(
         shared.current.lock().clone()
     };
     let Some(job) = job else {
-        let msg = "harrow nurseries, portals and current_actor() are usable only inside a call \
-                   served by a harrow actor (an async def function uses `async with \
-                   harrow.open_nursery()` and awaits the operations)";
+        // No plain call runs: this is an `async def` call's task (the event loop runs), or
+        // code outside any call.
+        let msg = if shared
+            .loop_running
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            "in an async def function, harrow's nurseries and portals are used with `async \
+             with harrow.open_nursery()` and awaited operations (a plain `with` and blocking \
+             calls are for plain def functions)"
+        } else {
+            "harrow nurseries, portals and current_actor() are usable only inside a call \
+             served by a harrow actor (an async def function uses `async with \
+             harrow.open_nursery()` and awaits the operations)"
+        };
         // SAFETY: owning thread, GIL held.
         return unsafe { harrow_error(shared, msg) };
     };

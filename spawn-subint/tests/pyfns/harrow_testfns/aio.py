@@ -165,3 +165,13 @@ async def exit_async():
 
     await asyncio.sleep(0)
     os._exit(2)
+
+
+async def plain_nursery_in_async():
+    """A plain ``with harrow.open_nursery()`` in an async def: the error's text."""
+    try:
+        with harrow.open_nursery():
+            pass
+    except harrow.HarrowError as e:
+        return str(e)
+    return "no error"
