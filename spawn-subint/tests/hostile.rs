@@ -88,6 +88,19 @@ fn values_too_deep_are_refused() -> Result<()> {
 }
 
 #[test]
+fn a_returned_value_that_cannot_be_sent_says_so() -> Result<()> {
+    let t = spawn("lone-surrogate")?;
+    let err = call(&t.handle(), "harrow_testfns:lone_surrogate", Value::Null)?.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("UnicodeEncodeError: cannot send the returned value: "),
+        "{text}"
+    );
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
+    Ok(())
+}
+
+#[test]
 fn a_found_module_whose_import_fails_says_so() -> Result<()> {
     let t = InterpThread::spawn(config("broken-import").expose("harrow_testfns.broken_import"))?;
     let err = call(&t.handle(), "harrow_testfns.broken_import:f", Value::Null)?.unwrap_err();

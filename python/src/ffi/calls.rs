@@ -401,8 +401,30 @@ impl Setup {
                 format!("cannot send the returned value: {m}"),
             )),
             // SAFETY: GIL held, an exception is set.
-            Err(ConvError::Py(_)) => Err(unsafe { self.error(ErrorKind::Raised) }),
+            Err(ConvError::Py(_)) => Err(unsafe { self.conversion_error() }),
         }
+    }
+
+    /// [`error`](Self::error) for an exception raised while converting what a call returned
+    /// or yielded (a `str` holding a lone surrogate, say): said as such, so that it does not
+    /// read as the function's own failure.
+    ///
+    /// # Safety
+    /// GIL held, an exception set.
+    unsafe fn conversion_error(&self) -> CallError {
+        // SAFETY: forwarded (caller).
+        let err = unsafe { self.error(ErrorKind::Raised) };
+        if err.kind() != ErrorKind::Raised {
+            // A cancel that landed meanwhile, say: that is the outcome.
+            return err;
+        }
+        // Only its type, message and traceback are kept: the source is set when it is sent.
+        let e = err.into_remote(&harrow_ipc::ActorId::new("converting"));
+        CallError::raised(
+            e.type_name,
+            format!("cannot send the returned value: {}", e.message),
+        )
+        .with_traceback(e.traceback)
     }
 
     /// `(is_generator_function, wants_ctx)`.

@@ -515,3 +515,8 @@ def drained_pipe(n):
     finally:
         os.close(r)
         os.close(w)
+
+
+def lone_surrogate():
+    """Returns a str that cannot be encoded as UTF-8."""
+    return "\ud800"
