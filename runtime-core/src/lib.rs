@@ -49,7 +49,9 @@ pub use discovery::{ActorEntry, DiscoveryError, find_actor, query_actors, wait_f
 pub use error::{BoxError, ChildFailure, Error, NurseryError, Result};
 pub use harrow_ipc as ipc;
 pub use harrow_portal as portal;
-pub use nursery::{ActorNursery, ChildHandle, ChildOutcome, open_nursery, teardown_bound};
+pub use nursery::{
+    ActorNursery, ChildHandle, ChildOutcome, MAX_ACTOR_NAME, open_nursery, teardown_bound,
+};
 pub use pool::{ActorPool, PoolConfig, PoolError, PoolMap, PoolResult, PoolTask};
 pub use root::{RootConfig, RootHandle, exit_code, run_root, spawn_root};
 pub use scope::{

@@ -219,6 +219,9 @@ impl ActorNursery {
     /// ([`ActorInit::introduce_in_process`](crate::ActorInit::introduce_in_process); the thread
     /// backend does): then this returns without waiting for that thread to run, and the first
     /// calls wait in the channel until it does.
+    ///
+    /// A name is non-empty, without `/` or NUL, and at most [`MAX_ACTOR_NAME`] bytes; another is
+    /// refused with [`SpawnError::BadSpec`] on every backend.
     pub async fn start_actor(
         &self,
         name: &str,
@@ -343,6 +346,21 @@ impl ActorNursery {
             return Err(SpawnError::BadSpec {
                 actor: id,
                 reason: format!("actor name {name:?} must be non-empty, without '/' or NUL"),
+            }
+            .into());
+        }
+        if name.len() > MAX_ACTOR_NAME {
+            // The same on every backend (a process child's would not fit its environment).
+            let shown = (0..=40)
+                .rev()
+                .find(|&i| name.is_char_boundary(i))
+                .unwrap_or(0);
+            return Err(SpawnError::BadSpec {
+                actor: ActorId::new(&name[..shown]),
+                reason: format!(
+                    "actor name of {} bytes is longer than the {MAX_ACTOR_NAME} allowed",
+                    name.len()
+                ),
             }
             .into());
         }
@@ -899,6 +917,9 @@ fn subtree_budget(teardown: Duration, t: &Timeouts) -> Duration {
 /// The most a child may say (in its `CancelAck`) that its own subtree's teardown still takes,
 /// in ladders of ours: a child cannot make its parent wait without bound.
 const MAX_SUBTREE_LADDERS: u32 = 8;
+
+/// The longest actor name `start_actor` takes, in bytes.
+pub const MAX_ACTOR_NAME: usize = 1024;
 
 /// How long a full teardown of one child can take, plus a margin: a bound for callers.
 pub fn teardown_bound(t: &Timeouts) -> Duration {

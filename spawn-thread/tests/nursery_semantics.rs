@@ -123,7 +123,8 @@ fn bad_actor_names_are_refused_and_the_nursery_stays_usable() {
     bounded("bad_actor_names_are_refused", || {
         run_root(config(), |n| async move {
             let f = Factory;
-            for bad in ["", "a/b", "nul\0"] {
+            let long = "x".repeat(100_000);
+            for bad in ["", "a/b", "nul\0", long.as_str()] {
                 let err = n
                     .start_actor(bad, f.backend(), f.spec())
                     .await
