@@ -9,7 +9,7 @@ use std::sync::Arc;
 use common::*;
 use harrow_portal::ipc::codec::CodecConfig;
 use harrow_portal::ipc::{Value, unix};
-use harrow_portal::{CallError, Error, Executor, Link, LinkConfig};
+use harrow_portal::{CallError, Error, Executor, FnRegistry, Link, LinkConfig};
 
 const LIMIT: usize = 64 << 10;
 
@@ -121,6 +121,75 @@ fn a_failure_too_large_to_send_still_answers_its_call() {
         assert_eq!(
             err.remote_error().map(|r| r.message.as_str()),
             Some("eeeeeeeeee")
+        );
+    });
+}
+
+/// A callee's stream item too large to send answers the call with a `SendError`, and the
+/// function, which would otherwise wait for credit its caller never grants, is stopped.
+#[test]
+fn a_callee_item_too_large_answers_the_call_and_stops_the_function() {
+    run_test(Transport::Unix, |exec, _| async move {
+        let (stopped_tx, stopped) = async_channel::unbounded::<&'static str>();
+        let mut reg = FnRegistry::new();
+        reg.context("t:big_then_more", move |ctx, _| {
+            let stopped_tx = stopped_tx.clone();
+            async move {
+                struct Stopped(async_channel::Sender<&'static str>);
+                impl Drop for Stopped {
+                    fn drop(&mut self) {
+                        let _ = self.0.try_send("stopped");
+                    }
+                }
+                let _stopped = Stopped(stopped_tx);
+                ctx.started(Value::Null).await?;
+                let s = ctx.open_stream().await?;
+                s.send(Value::Bytes(vec![7; 2 * LIMIT])).await?;
+                loop {
+                    s.send(Value::Int(1)).await?;
+                }
+            }
+        })
+        .unwrap();
+        let codec = CodecConfig {
+            max_frame: LIMIT,
+            ..CodecConfig::default()
+        };
+        let (ca, cb) = unix::pair_with(codec).expect("socketpair");
+        let (a, _b) = bounded(
+            "hello exchange",
+            futures_lite::future::zip(
+                Link::establish(ca, local("a"), None, &exec, LinkConfig::default()),
+                Link::establish(
+                    cb,
+                    local("b"),
+                    Some(Arc::new(reg)),
+                    &exec,
+                    LinkConfig::default(),
+                ),
+            ),
+        )
+        .await;
+        let a = a.expect("link a");
+        let (mut ctx, _) = bounded(
+            "open",
+            a.portal().open_context("t:big_then_more", Value::Null),
+        )
+        .await
+        .unwrap();
+        let mut s = ctx.open_stream().await.unwrap();
+        let end = loop {
+            match bounded("recv", s.recv()).await {
+                Ok(Some(_)) => continue,
+                other => break other,
+            }
+        };
+        let err = end.expect_err("the SendError, never an end of stream");
+        let remote = err.remote_error().unwrap_or_else(|| panic!("{err:?}"));
+        assert_eq!(remote.type_name, "SendError", "{err}");
+        assert_eq!(
+            bounded("the function stops", stopped.recv()).await,
+            Ok("stopped")
         );
     });
 }

@@ -160,6 +160,10 @@ async fn send_failed(shared: &Arc<Shared>, tx: &ChannelTx, e: SendError) -> bool
                     error: Box::new(err),
                 })
                 .await;
+            // The call is answered (with that failure): a function still running stops, as if
+            // cancelled by this actor, and nothing more of it is sent (its caller has moved on,
+            // and would never grant the credit a producer waits for).
+            shared.stop_served_after_answer(cid);
         }
         _ => {}
     }

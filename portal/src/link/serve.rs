@@ -388,6 +388,17 @@ impl Shared {
     /// its cleanup bound to end; its answer is then whatever it ended with (a failure raised
     /// during cleanup reaches the caller). Any other call is dropped at once and answered with
     /// `ContextCancelled { canceller }`.
+    /// A served call whose answer was already sent for it (a message of its own could not be
+    /// sent, and a `SendError` went instead): nothing more of it goes out, and its function,
+    /// if it still runs, is cancelled by this actor.
+    pub(crate) fn stop_served_after_answer(&self, cid: Cid) {
+        let chan = self.lock().served.get(&cid).map(|e| e.chan.clone());
+        if let Some(chan) = chan {
+            chan.lock().wire_done = true;
+            self.cancel_served(&[cid], &self.local.id.clone());
+        }
+    }
+
     pub(crate) fn cancel_served(&self, cids: &[Cid], canceller: &ActorId) {
         for &cid in cids {
             let Some((chan, parked)) = self.lock().served.get(&cid).map(|e| {
