@@ -191,6 +191,15 @@ impl InterpHandle {
         self.shared.wake();
     }
 
+    /// The hard kill: [`begin_shutdown`](Self::begin_shutdown), and while the interpreter's
+    /// event loop runs, `harrow.Cancelled` is raised in what it runs, re-armed until the loop
+    /// ends, so that an `async def` call that never awaits (a busy loop) is interrupted too,
+    /// as a plain call is. Idempotent.
+    pub fn hard_kill(&self) {
+        self.shared.hard_killed.store(true, Ordering::SeqCst);
+        self.begin_shutdown();
+    }
+
     /// Starts shutting the interpreter down without waiting: no new call is taken, queued calls
     /// are rejected, the running call is cancelled. Idempotent.
     pub fn begin_shutdown(&self) {

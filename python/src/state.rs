@@ -285,6 +285,10 @@ pub struct Shared {
     pub current: Mutex<Option<Arc<JobState>>>,
     /// True while the owning thread runs user Python code (not harness code).
     pub in_user: AtomicBool,
+    /// The actor was hard-killed ([`InterpHandle::hard_kill`](crate::InterpHandle::hard_kill)):
+    /// while the event loop runs, `harrow.Cancelled` is raised in whatever it runs (an `async
+    /// def` call that never awaits included), re-armed until the loop ends.
+    pub(crate) hard_killed: AtomicBool,
     /// `with harrow.shield():` nesting depth on the owning thread.
     pub shield_depth: AtomicU32,
     /// `PyThread_get_thread_ident()` of the owning thread.
@@ -341,6 +345,7 @@ impl Shared {
             interp: Mutex::new(0),
             current: Mutex::new(None),
             in_user: AtomicBool::new(false),
+            hard_killed: AtomicBool::new(false),
             shield_depth: AtomicU32::new(0),
             owner_ident: AtomicU64::new(0),
             types: PyTypes::default(),
@@ -426,6 +431,12 @@ impl Shared {
             .lock()
             .as_ref()
             .is_some_and(|j| j.is_cancelled() && !j.is_done())
+            || self.loop_interrupted()
+    }
+
+    /// Hard-killed while the event loop runs: its tasks are interrupted (see `hard_killed`).
+    pub(crate) fn loop_interrupted(&self) -> bool {
+        self.hard_killed.load(Ordering::SeqCst) && self.loop_running.load(Ordering::SeqCst)
     }
 
     /// Wakes the interpreter's event loop if it runs, so that it takes queued calls and

@@ -209,9 +209,10 @@ impl Child for SubintChild {
     }
 
     fn hard_kill(&mut self) -> BoxFuture<'_, Result<(), String>> {
-        // Interrupt the running Python (re-armed `harrow.Cancelled`) and stop taking calls. The
-        // runtime drops its channel end, so the actor runtime sees its parent gone and returns.
-        self.interp.begin_shutdown();
+        // Interrupt the running Python (re-armed `harrow.Cancelled`, in a plain call or in the
+        // event loop's tasks) and stop taking calls. The runtime drops its channel end, so the
+        // actor runtime sees its parent gone and returns.
+        self.interp.hard_kill();
         Box::pin(async { Ok(()) })
     }
 

@@ -200,10 +200,22 @@ impl InterpThread {
         self.joined(joined, bound)
     }
 
-    /// [`begin_shutdown`](Self::begin_shutdown) then [`join`](Self::join).
+    /// [`begin_shutdown`](Self::begin_shutdown) then [`join`](Self::join), within `bound` in
+    /// all. The first half is graceful: the running plain call is interrupted (as it always
+    /// is), and `async def` calls are cancelled at their `await` and clean up. If the thread
+    /// has not ended by then, the event loop's tasks are interrupted as well
+    /// (`InterpHandle::hard_kill`): an `async def` call that never awaits (a busy loop) is not
+    /// left running in a leaked interpreter.
     pub fn shutdown(mut self, bound: Duration) -> Exit {
         self.begin_shutdown();
-        self.join(bound)
+        let graceful = bound / 2;
+        if self.exit.is_none() {
+            match self.thread.join_blocking(graceful) {
+                Joined::Running => self.handle.hard_kill(),
+                joined => return self.joined(joined, bound),
+            }
+        }
+        self.join(bound.saturating_sub(graceful))
     }
 
     fn joined(&mut self, joined: Joined<Exit>, bound: Duration) -> Exit {

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use anyhow::{Result, anyhow};
 use common::*;
 use harrow_ipc::{CallKind, ErrorKind, FnPath, Value};
@@ -346,5 +348,28 @@ fn a_plain_nursery_in_async_code_says_to_use_async_with() -> Result<()> {
     assert!(text.contains("in an async def function"), "{text}");
     assert!(text.contains("async with harrow.open_nursery()"), "{text}");
     assert_eq!(t.shutdown(BOUND), Exit::Exited);
+    Ok(())
+}
+
+/// An `async def` call that never awaits (a busy loop) cannot be cancelled at an `await`; the
+/// shutdown's hard kill interrupts it in the event loop, so the interpreter ends instead of
+/// being leaked, and the call fails (never a value).
+#[test]
+fn the_hard_kill_interrupts_an_async_call_that_never_awaits() -> Result<()> {
+    let t = aio("aio-spin")?;
+    let h = t.handle();
+    let marker = std::env::temp_dir().join(format!("harrow-aio-spin-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let spinning = start(&h, &f("spin_forever"), s(&marker.to_string_lossy()));
+    assert!(
+        wait_until(BOUND, || marker.exists()),
+        "the call never started"
+    );
+    let _ = std::fs::remove_file(&marker);
+    // The production bound is the spec's hard-kill bound (1 s by default); a little more here,
+    // for a loaded machine. Half of it is the graceful cancel, which the busy loop ignores.
+    assert_eq!(t.shutdown(Duration::from_secs(4)), Exit::Exited);
+    let got = bounded(BOUND, spinning)?;
+    assert!(got.is_err(), "{got:?}");
     Ok(())
 }

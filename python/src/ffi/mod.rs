@@ -240,6 +240,13 @@ unsafe fn pending_cancel_body(arg: *mut c_void) -> c_int {
     if shared.owner_ident.load(std::sync::atomic::Ordering::SeqCst) != me {
         return 0;
     }
+    // Hard-killed while the event loop runs: whatever it runs is interrupted, shielded or not
+    // (an `async def` call that never awaits cannot be reached any other way).
+    if shared.loop_interrupted() {
+        // SAFETY: the owning thread of the interpreter whose types `shared` holds, GIL held.
+        unsafe { module::raise(&shared.types.cancelled, None) };
+        return -1;
+    }
     if shared.in_user.load(std::sync::atomic::Ordering::SeqCst)
         && shared
             .shield_depth

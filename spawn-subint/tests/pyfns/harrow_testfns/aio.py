@@ -175,3 +175,10 @@ async def plain_nursery_in_async():
     except harrow.HarrowError as e:
         return str(e)
     return "no error"
+
+
+async def spin_forever(marker):
+    """Creates the file ``marker``, then loops without ever awaiting."""
+    open(marker, "w").close()
+    while True:
+        pass
