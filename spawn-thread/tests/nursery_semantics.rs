@@ -508,6 +508,11 @@ fn bounds_as_long_as_duration_max_do_not_overflow() {
                 child.run("testfns:echo", Value::Int(1)).await?,
                 Value::Int(1)
             );
+            let found = n.actor().wait_for_actor("long", Duration::MAX).await?;
+            assert_eq!(
+                found.run("testfns:echo", Value::Int(2)).await?,
+                Value::Int(2)
+            );
             let (ctx, _) = child
                 .open_context("testfns:ctx_wait_forever", Value::Null)
                 .await?;

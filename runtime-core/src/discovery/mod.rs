@@ -582,9 +582,12 @@ impl ActorCtx {
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         };
         // Each hop relays; the margin lets the root's own bound answer first.
-        let found = deadline(timeout + Duration::from_secs(1), request(self, req))
-            .await
-            .unwrap_or(Ok(Resp::Entry(None)))?;
+        let found = deadline(
+            timeout.saturating_add(Duration::from_secs(1)),
+            request(self, req),
+        )
+        .await
+        .unwrap_or(Ok(Resp::Entry(None)))?;
         match entry_of(found)? {
             Some(e) => self.portal_to(&e).await,
             None => Err(DiscoveryError::Timeout {
