@@ -529,6 +529,11 @@ impl ActorPool {
     /// at most `size + queue` items are ahead of the next one to be yielded, so memory stays
     /// bounded whatever the stream's consumer does. Dropping the stream stops feeding.
     ///
+    /// Every input gets exactly one answer. A pool cancelled (or left without a worker) during
+    /// the map answers the inputs it had not sent with [`PoolError::Cancelled`] (or
+    /// [`PoolError::NoWorkers`]) after the others, pulled from `inputs` as the stream is read:
+    /// the stream ends when `inputs` does, never early.
+    ///
     /// With [`PoolConfig::batch`] the items go in batches through its runner.
     pub fn map<I>(&self, func: &str, inputs: I, ordered: bool) -> PoolMap
     where
@@ -578,6 +583,8 @@ impl ActorPool {
         let func = func.to_owned();
         let inputs = inputs.into_iter();
         let (progress, stop) = (yielded.clone(), feeder_stop.clone());
+        let leftover: Arc<Mutex<Option<Leftover>>> = Arc::default();
+        let left = leftover.clone();
         let nursery = &self.handle.nursery;
         let track = nursery.actor().track();
         nursery
@@ -585,9 +592,9 @@ impl ActorPool {
             .executor()
             .spawn(async move {
                 let _track = track;
+                let mut inputs = inputs.peekable();
+                let mut seq = 0u64;
                 let feed = async {
-                    let mut inputs = inputs.peekable();
-                    let mut seq = 0u64;
                     while inputs.peek().is_some() {
                         // The ordered window: never run too far ahead of the consumer.
                         wait_until(&progress.event, || {
@@ -628,6 +635,15 @@ impl ActorPool {
                 };
                 let pool_stopped = pool.handle.shared.stop.clone();
                 feed.or(stop.cancelled()).or(pool_stopped.cancelled()).await;
+                // Cut short (the pool was cancelled, or has no worker left): the inputs not
+                // sent are answered by the stream, one by one, after the rest.
+                if inputs.peek().is_some() {
+                    *left.lock().unwrap_or_else(|p| p.into_inner()) = Some(Leftover {
+                        rest: Box::new(inputs),
+                        seq,
+                        error: pool.closed_error(),
+                    });
+                }
                 // Our sender drops here: the stream ends once the last item is answered.
                 drop(pool);
             })
@@ -640,6 +656,7 @@ impl ActorPool {
             buffered: BTreeMap::new(),
             progress: yielded,
             feeder_stop,
+            leftover,
         }
     }
 
@@ -691,6 +708,18 @@ pub struct PoolMap {
     buffered: BTreeMap<u64, Answer>,
     progress: Arc<Progress>,
     feeder_stop: CancelToken,
+    /// The inputs a cut-short feeder did not send, answered with its error after the rest.
+    leftover: Arc<Mutex<Option<Leftover>>>,
+}
+
+/// What a map's feeder left unsent when the pool stopped taking items: every such input still
+/// gets its answer (the error), pulled from the iterator as the stream is read, so that no
+/// input is missing from the stream and an endless iterator costs nothing up front.
+struct Leftover {
+    rest: Box<dyn Iterator<Item = Value> + Send>,
+    /// The index of the next one.
+    seq: u64,
+    error: PoolError,
 }
 
 impl fmt::Debug for PoolMap {
@@ -755,7 +784,22 @@ impl Stream for PoolMap {
                         self.next = k;
                         continue;
                     }
-                    return Poll::Ready(None);
+                    let left = {
+                        let mut slot = self.leftover.lock().unwrap_or_else(|p| p.into_inner());
+                        let next = slot.as_mut().and_then(|l| {
+                            l.rest.next()?;
+                            l.seq += 1;
+                            Some((l.seq - 1, l.error.clone()))
+                        });
+                        if next.is_none() {
+                            *slot = None;
+                        }
+                        next
+                    };
+                    return match left {
+                        Some((idx, error)) => self.yielded(idx, Err(error)),
+                        None => Poll::Ready(None),
+                    };
                 }
                 Poll::Ready(Some(a)) => {
                     if !self.ordered || a.seq == self.next {

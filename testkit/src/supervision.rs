@@ -392,6 +392,43 @@ pub fn pool_backpressure_and_cancel<F: BackendFactory + ?Sized>(f: &F) -> Outcom
     Outcome::Passed
 }
 
+/// pool map cut short: a pool cancelled while a map has items running, queued and not yet fed.
+/// Every input still gets exactly one answer, in order: the ones done before the cancel their
+/// value, every other one `Cancelled`; a map on the cancelled pool answers each input the same
+/// way (an endless one as far as it is read). Never a stream that just stops early.
+pub fn pool_map_cut_short<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    const INPUTS: u64 = 20;
+    let (answers, after) = expect_ok(run_root(root_config(), |n| async move {
+        let pool = ActorPool::start(&n, f.backend(), f.spec(), PoolConfig::new("cut", 1)).await?;
+        let inputs = (0..INPUTS).map(|i| Value::Int(if i == 0 { 0 } else { 60_000 }));
+        let mut m = pool.map(&f.func("sleep_ms"), inputs, true);
+        let mut answers = vec![m.next().await.expect("the first answer")];
+        pool.cancel().await;
+        while let Some(a) = m.next().await {
+            answers.push(a);
+        }
+        let endless = std::iter::repeat(Value::Int(1));
+        let after: Vec<_> = pool
+            .map(&f.func("echo"), endless, true)
+            .take(5)
+            .collect()
+            .await;
+        Ok((answers, after))
+    }));
+    let idx: Vec<u64> = answers.iter().map(|(i, _)| *i).collect();
+    assert_eq!(idx, (0..INPUTS).collect::<Vec<_>>(), "{answers:?}");
+    assert!(answers[0].1.is_ok(), "{:?}", answers[0]);
+    for (i, r) in &answers[1..] {
+        assert!(matches!(r, Err(PoolError::Cancelled)), "{i}: {r:?}");
+    }
+    let idx: Vec<u64> = after.iter().map(|(i, _)| *i).collect();
+    assert_eq!(idx, [0, 1, 2, 3, 4], "{after:?}");
+    for (i, r) in &after {
+        assert!(matches!(r, Err(PoolError::Cancelled)), "{i}: {r:?}");
+    }
+    Outcome::Passed
+}
+
 /// pool worker death: a worker that dies is replaced and its item reported failed, or run
 /// again on the replacement with `retries`.
 pub fn pool_worker_death<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
@@ -490,6 +527,7 @@ macro_rules! supervision_suite {
             supervisor_restart_policies,
             pool_map,
             pool_backpressure_and_cancel,
+            pool_map_cut_short,
             pool_worker_death,
             pool_and_supervisor_end_with_their_nursery
         );
