@@ -335,14 +335,28 @@ impl Supervisor {
             .retain(|tx| tx.try_send(event.clone()).is_ok());
     }
 
-    /// Tears down the given children, last started first, and waits for each.
-    async fn stop_children(&self, idxs: impl DoubleEndedIterator<Item = usize>) {
+    /// Tears down the given children, last started first, and waits for each. A child that
+    /// had crashed on its own before (its notice not yet taken) is reported `Failed`, never
+    /// taken for the stop; the errors of those are returned.
+    async fn stop_children(&self, idxs: impl DoubleEndedIterator<Item = usize>) -> Vec<String> {
+        let mut crashed = Vec::new();
         for i in idxs.rev() {
             let h = self.state().current[i].take();
             if let Some(h) = h {
                 h.cancel().await;
+                if h.crash().is_some()
+                    && let Err(error) = ending(&h)
+                {
+                    self.emit(SupervisorEvent::Failed {
+                        child: self.inner.spec.children[i].name.clone(),
+                        id: Some(h.id().clone()),
+                        error: error.clone(),
+                    });
+                    crashed.push(error);
+                }
             }
         }
+        crashed
     }
 }
 
@@ -395,7 +409,7 @@ impl ActorNursery {
                     id: h.id().clone(),
                 }),
                 Err(e) => {
-                    sup.stop_children(0..i).await;
+                    let _ = sup.stop_children(0..i).await;
                     sup.inner.done.cancel();
                     return Err(e);
                 }
@@ -438,7 +452,22 @@ async fn start_child(
         .await?;
     sup.state().current[i] = Some(h.clone());
     if let Some(f) = &sup.inner.spec.on_started {
-        f(&c.name, &h);
+        // A panicking callback must not take the supervisor down with it (its task would end
+        // without a word, and `cancel` and `wait` would never return): it is reported.
+        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&c.name, &h)));
+        if let Err(panic) = called {
+            let error = format!(
+                "the on_started callback panicked for {}: {}",
+                h.id(),
+                crate::thread::panic_message(&*panic)
+            );
+            tracing::warn!(supervisor = %sup.inner.id, "{error}");
+            sup.emit(SupervisorEvent::Failed {
+                child: c.name.clone(),
+                id: Some(h.id().clone()),
+                error,
+            });
+        }
     }
     let watched = h.clone();
     let tx = ended.clone();
@@ -460,7 +489,7 @@ fn ending(h: &ChildHandle) -> std::result::Result<(), String> {
     }
     match h.outcome() {
         Some(ChildOutcome::Exited) | None => Ok(()),
-        Some(other) => Err(format!("actor {} ended: {other:?}", h.id())),
+        Some(other) => Err(format!("actor {} {other}", h.id())),
     }
 }
 
@@ -508,6 +537,8 @@ async fn supervise(
                 continue;
             };
             if stopping() {
+                // It ended before the stop reached it: a crash is still reported (by the
+                // final stop, which finds it so), never taken for the stop.
                 break SupervisorEnd::Cancelled;
             }
             match ending(&h) {
@@ -562,7 +593,7 @@ async fn supervise(
                 errors: errors.clone(),
             });
             // Stop every child first, so the nursery's failure reports them ended.
-            sup.stop_children(0..n).await;
+            let _ = sup.stop_children(0..n).await;
             nursery.escalate(ChildFailure::gave_up(
                 sup.inner.id.clone(),
                 "supervisor".into(),
@@ -590,7 +621,14 @@ async fn supervise(
                 .filter(|&j| j != i && st.current[j].is_some())
                 .collect()
         };
-        sup.stop_children(others.iter().copied()).await;
+        // A sibling that crashed too meanwhile is reported (and its error kept), not taken
+        // for one stopped for the strategy; it restarts with the group.
+        for e in sup.stop_children(others.iter().copied()).await {
+            if errors.len() >= KEEP_ERRORS {
+                errors.pop_front();
+            }
+            errors.push_back(e);
+        }
         sup.state().current[i] = None;
         let count = {
             let mut st = sup.state();
@@ -624,6 +662,6 @@ async fn supervise(
         }
     };
     // Stop restarting came first; now the children go, last started first.
-    sup.stop_children(0..n).await;
+    let _ = sup.stop_children(0..n).await;
     end
 }

@@ -193,6 +193,70 @@ pub fn supervisor_rest_for_one<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
+/// crashes the supervisor must not miss: a child that crashes just before the supervisor is
+/// cancelled, and, under one-for-all, a sibling that crashes while the first crash's restart
+/// stops it. Each is a `Failed` event naming its child, never taken for the stop.
+pub fn supervisor_reports_every_crash<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    let crashing = CrashingBackend::wrap(f.backend());
+    expect_ok(run_root(root_config(), |n| {
+        let crashing = crashing.clone();
+        async move {
+            let failed = |name: &'static str| {
+                move |e: &SupervisorEvent| {
+                    matches!(e, SupervisorEvent::Failed { child, error, .. }
+                        if child == name && error.contains("crashed"))
+                }
+            };
+            // One-for-all: both children crash at once.
+            let spec = ["a", "b"].iter().fold(
+                SupervisorSpec::new("all", Strategy::OneForAll)
+                    .intensity(10, Duration::from_secs(60)),
+                |spec, name| spec.child(SupervisedChild::new(*name, crashing.clone(), f.spec())),
+            );
+            let sup = n.start_supervisor(spec).await?;
+            let mut events = Watch::new(sup.events());
+            let ids: Vec<ActorId> = ["a", "b"]
+                .iter()
+                .map(|c| sup.child(c).expect("running").id().clone())
+                .collect();
+            assert!(crashing.crash(&ids[0]) && crashing.crash(&ids[1]));
+            events.until("the crash of a", failed("a")).await;
+            events.until("the crash of b", failed("b")).await;
+            sup.cancel().await;
+
+            // A crash just before the cancel.
+            let spec = SupervisorSpec::new("last", Strategy::OneForOne)
+                .intensity(10, Duration::from_secs(60))
+                .child(SupervisedChild::new("c", crashing.clone(), f.spec()));
+            let sup = n.start_supervisor(spec).await?;
+            let mut events = Watch::new(sup.events());
+            let c = sup.child("c").expect("running");
+            assert!(crashing.crash(c.id()));
+            c.ended().await;
+            assert_eq!(sup.cancel().await, SupervisorEnd::Cancelled);
+            events.until("the crash of c", failed("c")).await;
+
+            // A panicking `on_started` callback is reported; the supervisor goes on and ends.
+            let spec = SupervisorSpec::new("hook", Strategy::OneForOne)
+                .child(SupervisedChild::new("d", f.backend(), f.spec()))
+                .on_started(|_, _| panic!("a bug in the callback"));
+            let sup = n.start_supervisor(spec).await?;
+            let mut events = Watch::new(sup.events());
+            events
+                .until("the callback's panic", |e| {
+                    matches!(e, SupervisorEvent::Failed { child, error, .. }
+                        if child == "d" && error.contains("a bug in the callback"))
+                })
+                .await;
+            let d = sup.portal("d").expect("d runs");
+            assert_eq!(d.run(&f.func("echo"), Value::Int(4)).await?, Value::Int(4));
+            assert_eq!(sup.cancel().await, SupervisorEnd::Cancelled);
+            Ok(())
+        }
+    }));
+    Outcome::Passed
+}
+
 /// intensity: more than N restarts within T, and the supervisor gives up, tears its children
 /// down and fails its nursery with the last errors.
 pub fn supervisor_gives_up<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
@@ -524,6 +588,7 @@ macro_rules! supervision_suite {
             supervisor_one_for_all,
             supervisor_rest_for_one,
             supervisor_gives_up,
+            supervisor_reports_every_crash,
             supervisor_restart_policies,
             pool_map,
             pool_backpressure_and_cancel,
