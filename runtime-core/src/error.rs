@@ -101,11 +101,18 @@ impl ChildFailure {
             FailureKind::GaveUp(why, errors) => RemoteError::new(
                 ErrorKind::Runtime,
                 "SupervisorGaveUp",
-                format!(
-                    "supervisor {} gave up: {why}; last errors: {}",
-                    self.actor,
-                    errors.join("; ")
-                ),
+                if errors.is_empty() {
+                    format!(
+                        "supervisor {} gave up: {why}; its children had ended cleanly",
+                        self.actor
+                    )
+                } else {
+                    format!(
+                        "supervisor {} gave up: {why}; last errors: {}",
+                        self.actor,
+                        errors.join("; ")
+                    )
+                },
                 self.actor.clone(),
             )
             .relayed_by(local.clone()),

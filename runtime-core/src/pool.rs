@@ -29,6 +29,8 @@ pub struct PoolConfig {
     pub size: usize,
     /// How many submitted items may wait for a worker beyond those running: `submit` waits
     /// (backpressure) and `try_submit` fails while the queue is full. Default: `2 × size`.
+    /// At least 1: a queue of 0 acts as 1 (an item handed from the queue to a free worker
+    /// passes through it).
     pub queue: usize,
     /// How many times an item whose worker died is run again on the replacement before it is
     /// reported failed (default 0: reported at once).
@@ -983,7 +985,7 @@ async fn work_loop(
             }
             let reason = worker
                 .crash()
-                .or_else(|| worker.outcome().map(|o| format!("{o:?}")))
+                .or_else(|| worker.outcome().map(|o| format!("it {o}")))
                 .unwrap_or_else(|| "its channel closed".into());
             tracing::debug!(worker = %worker.id(), %reason, "pool worker died; replacing it");
             // The job sent ahead was in flight on the dead worker too (unless it had an

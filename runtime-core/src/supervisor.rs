@@ -598,8 +598,10 @@ async fn supervise(
                 sup.inner.id.clone(),
                 "supervisor".into(),
                 format!(
-                    "{restarts} restarts within {:?} exceed its intensity of {}",
-                    spec.within, spec.max_restarts
+                    "restart {restarts} within {:?} (after {} made) exceeds its intensity of {}",
+                    spec.within,
+                    restarts - 1,
+                    spec.max_restarts
                 ),
                 errors.clone(),
             ));
