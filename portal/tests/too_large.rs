@@ -9,45 +9,46 @@ use std::sync::Arc;
 use common::*;
 use harrow_portal::ipc::codec::CodecConfig;
 use harrow_portal::ipc::{Value, unix};
-use harrow_portal::{CallError, Error, Executor, FnRegistry, Link, LinkConfig};
+use harrow_portal::{CallError, Error, Executor, FnRegistry, Link, LinkConfig, Resolver};
 
 const LIMIT: usize = 64 << 10;
 
-/// A caller "a" linked over a socketpair whose frames may hold `LIMIT` bytes to a callee "b"
-/// serving the standard functions and `t:big_err(n)`, which fails with a message of `n` bytes.
-async fn small_frames(exec: &Executor) -> (Link, Link) {
+/// The standard functions and `t:big_err(n)`, which fails with a message of `n` bytes.
+fn big_err_registry() -> FnRegistry {
     let (mut reg, _probe) = standard_registry();
     reg.unary("t:big_err", |v| async move {
         let n = v.as_i64().unwrap_or(0) as usize;
         Err::<Value, _>(CallError::raised("BigError", "e".repeat(n)))
     })
     .unwrap();
+    reg
+}
+
+/// A caller "a" linked over a socketpair whose frames may hold `LIMIT` bytes to a callee "b"
+/// serving `reg`.
+async fn small_frames(exec: &Executor, reg: FnRegistry) -> (Link, Link) {
     let codec = CodecConfig {
         max_frame: LIMIT,
         ..CodecConfig::default()
     };
-    let (ca, cb) = unix::pair_with(codec).expect("socketpair");
-    let (la, lb) = bounded(
-        "hello exchange",
-        futures_lite::future::zip(
-            Link::establish(ca, local("a"), None, exec, LinkConfig::default()),
-            Link::establish(
-                cb,
-                local("b"),
-                Some(Arc::new(reg)),
-                exec,
-                LinkConfig::default(),
-            ),
-        ),
+    let ends = unix::pair_with(codec).expect("socketpair");
+    let b = Some(Arc::new(reg) as Arc<dyn Resolver>);
+    establish_pair(
+        exec,
+        ends,
+        local("a"),
+        None,
+        local("b"),
+        b,
+        LinkConfig::default(),
     )
-    .await;
-    (la.expect("link a"), lb.expect("link b"))
+    .await
 }
 
 #[test]
 fn an_item_too_large_to_send_fails_its_call_never_a_stream_missing_it() {
     run_test(Transport::Unix, |exec, _| async move {
-        let (a, _b) = small_frames(&exec).await;
+        let (a, _b) = small_frames(&exec, big_err_registry()).await;
         let (mut ctx, _) = bounded("open", a.portal().open_context("t:ctx_echo", Value::Int(0)))
             .await
             .unwrap();
@@ -90,7 +91,7 @@ fn an_item_too_large_to_send_fails_its_call_never_a_stream_missing_it() {
 #[test]
 fn a_failure_too_large_to_send_still_answers_its_call() {
     run_test(Transport::Unix, |exec, _| async move {
-        let (a, _b) = small_frames(&exec).await;
+        let (a, _b) = small_frames(&exec, big_err_registry()).await;
         let n = 3 * LIMIT;
         let err = bounded(
             "the big failure's answer",
@@ -151,26 +152,7 @@ fn a_callee_item_too_large_answers_the_call_and_stops_the_function() {
             }
         })
         .unwrap();
-        let codec = CodecConfig {
-            max_frame: LIMIT,
-            ..CodecConfig::default()
-        };
-        let (ca, cb) = unix::pair_with(codec).expect("socketpair");
-        let (a, _b) = bounded(
-            "hello exchange",
-            futures_lite::future::zip(
-                Link::establish(ca, local("a"), None, &exec, LinkConfig::default()),
-                Link::establish(
-                    cb,
-                    local("b"),
-                    Some(Arc::new(reg)),
-                    &exec,
-                    LinkConfig::default(),
-                ),
-            ),
-        )
-        .await;
-        let a = a.expect("link a");
+        let (a, _b) = small_frames(&exec, reg).await;
         let (mut ctx, _) = bounded(
             "open",
             a.portal().open_context("t:big_then_more", Value::Null),

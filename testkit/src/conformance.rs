@@ -416,6 +416,16 @@ pub fn multierror<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
+/// The root's config with a ladder far longer than any scenario needs, for scenarios whose
+/// children fail while being torn down: what they report is tested, not how fast.
+fn generous_config() -> RootConfig {
+    root_config().timeouts(Timeouts {
+        cancel_ack: Duration::from_secs(5),
+        graceful_exit: Duration::from_secs(10),
+        hard_kill: Duration::from_secs(2),
+    })
+}
+
 /// How many children fail together in [`many_failures_together`].
 pub const FAILING_TOGETHER: usize = 25;
 
@@ -519,11 +529,7 @@ fn failing_together_once<F: BackendFactory + ?Sized>(f: &F) {
     // fast they end. (With the default ladder, the cancel that the first failure starts may
     // escalate against a child that a loaded machine has not scheduled within 1.5 s of the gate
     // opening, ending it before it fails.)
-    let config = root_config().timeouts(Timeouts {
-        cancel_ack: Duration::from_secs(5),
-        graceful_exit: Duration::from_secs(10),
-        hard_kill: Duration::from_secs(2),
-    });
+    let config = generous_config();
     let path = gate.path();
     let err = run_root(config, |n| {
         let gate = &gate;
@@ -640,11 +646,7 @@ pub fn cancelled_run_answers<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     let gate = ScratchDir::new("cancelled-run");
     // Generous bounds: the child fails while its teardown is under way, and that must come back
     // however slow a loaded machine is; how fast is not what is tested.
-    let config = root_config().timeouts(Timeouts {
-        cancel_ack: Duration::from_secs(5),
-        graceful_exit: Duration::from_secs(10),
-        hard_kill: Duration::from_secs(2),
-    });
+    let config = generous_config();
     let path = gate.path();
     let err = run_root(config, |n| {
         let gate = &gate;

@@ -149,7 +149,19 @@ pub async fn link_pair_named(
     b_resolver: Option<Arc<dyn Resolver>>,
     config: LinkConfig,
 ) -> (Link, Link) {
-    let (ca, cb) = pair(t);
+    establish_pair(exec, pair(t), a, a_resolver, b, b_resolver, config).await
+}
+
+/// Establishes two linked ends over the channels `ends`, concurrently.
+pub async fn establish_pair(
+    exec: &Executor,
+    (ca, cb): (Channel, Channel),
+    a: LocalInfo,
+    a_resolver: Option<Arc<dyn Resolver>>,
+    b: LocalInfo,
+    b_resolver: Option<Arc<dyn Resolver>>,
+    config: LinkConfig,
+) -> (Link, Link) {
     let (la, lb) = bounded(
         "hello exchange",
         future::zip(
