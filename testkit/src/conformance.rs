@@ -656,7 +656,7 @@ pub fn cancelled_run_answers<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
                 ("msg".into(), Value::from("cleanup failed")),
             ]);
             let sleep_ms = f.func("sleep_ms");
-            let sleep = |name: &'static str| {
+            let start_sleeping = |name: &'static str| {
                 n.run_in_actor(
                     name,
                     f.backend(),
@@ -666,7 +666,7 @@ pub fn cancelled_run_answers<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
                 )
             };
             // Started first: its call is on the link before the spawns below return.
-            let stopper = sleep("stopper").await?;
+            let stopper = start_sleeping("stopper").await?;
             let failing = n
                 .run_in_actor(
                     "cleaner",
@@ -676,7 +676,7 @@ pub fn cancelled_run_answers<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
                     f.spec(),
                 )
                 .await?;
-            let sleeper = sleep("sleeper").await?;
+            let sleeper = start_sleeping("sleeper").await?;
 
             // Cancelled by this actor through its portal, not its handle: still this actor's
             // own doing, so a cancellation and no failure.
