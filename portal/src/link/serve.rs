@@ -383,11 +383,6 @@ impl Shared {
         }
     }
 
-    /// Cancels served calls `cids` on behalf of `canceller`. A call that observes its own
-    /// cancellation is told (its stream operations fail, `cancelled()` resolves) and gets until
-    /// its cleanup bound to end; its answer is then whatever it ended with (a failure raised
-    /// during cleanup reaches the caller). Any other call is dropped at once and answered with
-    /// `ContextCancelled { canceller }`.
     /// A served call whose answer was already sent for it (a message of its own could not be
     /// sent, and a `SendError` went instead): nothing more of it goes out, and its function,
     /// if it still runs, is cancelled by this actor.
@@ -399,6 +394,11 @@ impl Shared {
         }
     }
 
+    /// Cancels served calls `cids` on behalf of `canceller`. A call that observes its own
+    /// cancellation is told (its stream operations fail, `cancelled()` resolves) and gets until
+    /// its cleanup bound to end; its answer is then whatever it ended with (a failure raised
+    /// during cleanup reaches the caller). Any other call is dropped at once and answered with
+    /// `ContextCancelled { canceller }`.
     pub(crate) fn cancel_served(&self, cids: &[Cid], canceller: &ActorId) {
         for &cid in cids {
             let Some((chan, parked)) = self.lock().served.get(&cid).map(|e| {
