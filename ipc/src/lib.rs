@@ -43,7 +43,8 @@ pub use channel::{
     BoxFuture, Channel, ChannelRx, ChannelTx, RecvError, RecvHalf, SendError, SendHalf, SentNow,
 };
 pub use msg::{
-    ActorId, CallKind, Cid, ErrorKind, FnPath, FnPathError, Msg, PROTOCOL_VERSION, RemoteError,
+    ActorId, CallKind, Cid, ErrorKind, FnPath, FnPathError, Msg, PROTOCOL_VERSION, REFUSED_TYPE,
+    RemoteError,
 };
 pub use serde_value::{ValueError, from_value, from_value_ref, to_value};
 pub use value::{DEFAULT_MAX_DEPTH, Value};

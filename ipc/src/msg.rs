@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::Value;
 
 /// The protocol version spoken by this build. Peers with another version are refused at `Hello`.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The identity of one actor: a human-chosen name plus a unique id.
 ///
@@ -402,6 +402,9 @@ pub enum ErrorKind {
     Group,
 }
 
+/// The type name of a call refused before it started ([`RemoteError::refused`]).
+pub const REFUSED_TYPE: &str = "CallRefused";
+
 /// A failure that crossed (or will cross) an actor boundary.
 ///
 /// It stays one value however many hops it travels: each forwarding actor is appended to
@@ -464,6 +467,23 @@ impl RemoteError {
         }
     }
 
+    /// A call refused unstarted: `func` reached `source` after `source` began to end (cancelled
+    /// on behalf of `canceller`), so it never ran. A cancellation ([`is_cancelled`]) whose type
+    /// name is [`REFUSED_TYPE`], so that a caller can tell it from a call cancelled while it ran
+    /// ([`is_refused`]) and, say, run it elsewhere.
+    ///
+    /// [`is_cancelled`]: RemoteError::is_cancelled
+    /// [`is_refused`]: RemoteError::is_refused
+    pub fn refused(source: ActorId, canceller: ActorId, func: &str) -> Self {
+        let message = format!(
+            "{func} refused: this actor is being cancelled (requested by {canceller}); it did not run"
+        );
+        RemoteError {
+            canceller: Some(canceller),
+            ..RemoteError::new(ErrorKind::Cancelled, REFUSED_TYPE, message, source)
+        }
+    }
+
     /// Sets the traceback text.
     pub fn with_traceback(mut self, traceback: impl Into<String>) -> Self {
         self.traceback = traceback.into();
@@ -507,6 +527,12 @@ impl RemoteError {
     /// Whether this is a `ContextCancelled`.
     pub fn is_cancelled(&self) -> bool {
         self.kind == ErrorKind::Cancelled
+    }
+
+    /// Whether this is a call refused before it started ([`RemoteError::refused`]): the function
+    /// did not run.
+    pub fn is_refused(&self) -> bool {
+        self.kind == ErrorKind::Cancelled && self.type_name == REFUSED_TYPE
     }
 }
 
@@ -666,6 +692,13 @@ pub enum Msg {
     /// its heartbeat timeout ends as broken (a silent partition). Carries nothing and is never
     /// answered.
     Heartbeat,
+    /// Either way: this side reads no more items of the call's stream (it closed or dropped its
+    /// receiving side before the peer's side ended). The peer's later sends fail, and items
+    /// already on their way are dropped on arrival.
+    StopReading {
+        /// The call.
+        cid: Cid,
+    },
 }
 
 impl Msg {
@@ -678,6 +711,7 @@ impl Msg {
             | Msg::Yield { cid, .. }
             | Msg::Credit { cid, .. }
             | Msg::Stop { cid }
+            | Msg::StopReading { cid }
             | Msg::Return { cid, .. }
             | Msg::Cancel { cid } => Some(*cid),
             Msg::Error { cid, .. } => *cid,
@@ -704,6 +738,7 @@ impl Msg {
             Msg::CancelActor { .. } => "CancelActor",
             Msg::CancelAck { .. } => "CancelAck",
             Msg::Heartbeat => "Heartbeat",
+            Msg::StopReading { .. } => "StopReading",
         }
     }
 }

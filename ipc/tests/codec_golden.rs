@@ -71,9 +71,10 @@ fn variant_index(msg: &Msg) -> usize {
         Msg::CancelActor { .. } => 10,
         Msg::CancelAck { .. } => 11,
         Msg::Heartbeat => 12,
+        Msg::StopReading { .. } => 13,
     }
 }
-const MSG_VARIANTS: usize = 13;
+const MSG_VARIANTS: usize = 14;
 
 /// Every ErrorKind the wire knows, in declaration order.
 const ERROR_KINDS: [ErrorKind; 8] = [
@@ -182,6 +183,7 @@ fn samples() -> Vec<(String, Msg)> {
             },
         ),
         ("heartbeat".into(), Msg::Heartbeat),
+        ("stop_reading".into(), Msg::StopReading { cid: Cid(12) }),
         (
             "error_group".into(),
             Msg::Error {

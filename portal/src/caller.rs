@@ -208,6 +208,20 @@ impl Portal {
     pub fn is_closed(&self) -> bool {
         self.shared.is_dead()
     }
+
+    /// Refuses every call the peer starts on this link from now on, on behalf of `canceller`:
+    /// each is answered at once with a cancellation that says it did not run
+    /// ([`RemoteError::refused`](harrow_ipc::RemoteError::refused)), as after a `CancelActor`.
+    /// For an actor that has begun to end on its own; the calls already served go on.
+    pub fn refuse_calls(&self, canceller: &ActorId) {
+        self.shared.refuse_starts(canceller);
+    }
+
+    /// How many calls the peer started on this link were refused (after
+    /// [`refuse_calls`](Portal::refuse_calls), or after the peer's `CancelActor`).
+    pub fn refused_calls(&self) -> u64 {
+        self.shared.refused()
+    }
 }
 
 /// A `CancelActor` sent by [`Portal::request_cancel_actor`], whose `CancelAck` may still come.
@@ -608,6 +622,18 @@ impl TxInner {
                 self.chan.func
             )));
         }
+        let blocker = self.ended_blocker(st);
+        if blocker.is_none() && st.peer_stopped_reading {
+            return Some(Error::NotRead(format!(
+                "the peer of {} closed its side of the stream: it reads no more items",
+                self.chan.func
+            )));
+        }
+        blocker
+    }
+
+    /// Why nothing more may be sent because the call ended (or this side closed).
+    fn ended_blocker(&self, st: &crate::chan::ChanState) -> Option<Error> {
         match self.chan.side {
             Side::Caller => match &st.outcome {
                 Some(Ok(_)) => Some(Error::Protocol(format!(
@@ -650,7 +676,8 @@ impl TxInner {
     ) -> std::result::Result<Result<()>, Value> {
         // Nothing that could stop the item (the common case, checked inline per item); the
         // reason otherwise.
-        let open = !st.local_stopped && st.outcome.is_none() && !st.wire_done;
+        let open =
+            !st.local_stopped && st.outcome.is_none() && !st.wire_done && !st.peer_stopped_reading;
         if !open {
             if let Some(err) = self.send_blocker(st) {
                 return Ok(Err(err));
@@ -1014,6 +1041,21 @@ impl StreamTx {
 pub struct StreamRx {
     shared: Arc<Shared>,
     chan: Arc<Chan>,
+}
+
+impl Drop for StreamRx {
+    fn drop(&mut self) {
+        // Dropped while the peer may still send: tell it, so that a sender waiting for credit
+        // fails instead of waiting for ever (and items on their way are dropped on arrival).
+        let mut st = self.chan.lock();
+        let over = st.peer_stopped || st.outcome.is_some() || st.wire_done;
+        if st.rx_open && !over && !st.stopped_reading {
+            st.stopped_reading = true;
+            st.items.clear();
+            drop(st);
+            self.shared.enqueue(Msg::StopReading { cid: self.chan.cid });
+        }
+    }
 }
 
 impl StreamRx {

@@ -281,6 +281,9 @@ pub(crate) struct ChanState {
     largest: RecentLargest,
     pub(crate) items: VecDeque<Value>,
     pub(crate) peer_stopped: bool,
+    /// This side reads no more (its receiving side was dropped; `StopReading` sent): items
+    /// that still arrive are dropped.
+    pub(crate) stopped_reading: bool,
     /// Credit granted to the peer and not yet used by it.
     pub(crate) allowance: u32,
     /// Items consumed since the last grant.
@@ -300,6 +303,8 @@ pub(crate) struct ChanState {
     /// The peer's latest report of the items it consumed.
     acked: u64,
     pub(crate) local_stopped: bool,
+    /// The peer reads no more (`StopReading`): sends fail.
+    pub(crate) peer_stopped_reading: bool,
     /// A sender waits in `Chan::sender`.
     pub(crate) sender_slot_taken: bool,
     /// Items sent at once, without the sending task giving its executor a turn since.
@@ -314,6 +319,9 @@ impl ChanState {
             self.largest.note(size, self.window);
         }
         self.allowance -= 1;
+        if self.stopped_reading {
+            return;
+        }
         self.items.push_back(value);
         self.max_buffered = self.max_buffered.max(self.items.len());
     }

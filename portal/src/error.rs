@@ -33,12 +33,27 @@ pub enum Error {
     /// A bounded wait ran out.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The peer closed (or dropped) its receiving side of the stream before this side's ended:
+    /// it reads no more, so nothing more can be sent. A producer may take it as its cue to stop.
+    #[error("stream not read: {0}")]
+    NotRead(String),
 }
 
 impl Error {
     /// Whether this is a `ContextCancelled` from the peer.
     pub fn is_cancelled(&self) -> bool {
         matches!(self, Error::Remote(e) if e.is_cancelled())
+    }
+
+    /// Whether the peer refused the call before it started: it was ending, and the function
+    /// did not run ([`RemoteError::is_refused`]).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Error::Remote(e) if e.is_refused())
+    }
+
+    /// Whether the peer stopped reading this stream ([`Error::NotRead`]).
+    pub fn is_not_read(&self) -> bool {
+        matches!(self, Error::NotRead(_))
     }
 
     /// Whether the failure came from the remote side (including cancellation).

@@ -449,8 +449,11 @@ struct LinkState {
     /// the few calls a link serves at once, less per lookup than a hash that a peer could not
     /// make collide (SipHash).
     served: by_cid::ByCid<Served, BTreeMap<Cid, Served>>,
-    /// Set once the peer sent `CancelActor`: later `Start`s are refused.
+    /// Set once the peer sent `CancelActor` (or this actor began to end on its own): later
+    /// `Start`s are refused.
     refuse_starts: Option<ActorId>,
+    /// How many `Start`s were refused so far.
+    refused: u64,
     /// `CancelAck`s owed to the peer: sent once every served call has ended (or at the bound).
     acks_owed: u32,
     /// Sends the owed acks at the bound if calls are still cleaning up then.

@@ -49,7 +49,46 @@ async fn cancel_actor_cancels_calls_acks_and_ends_link(exec: Executor, t: Transp
         .await
         .unwrap_err();
     assert_eq!(err.remote_error().unwrap().kind, ErrorKind::Cancelled);
+    assert!(err.is_refused(), "{err:?}");
+    assert_eq!(b.portal().refused_calls(), 1);
     assert!(bounded("drain", b.drain(BOUND)).await);
+}
+
+/// `refuse_calls`: every later call from the peer is answered at once as refused unstarted
+/// (the function never runs), naming who asked; the calls already served go on.
+async fn refused_calls_do_not_run_and_served_ones_go_on(exec: Executor, t: Transport) {
+    let (reg, probe) = standard_registry();
+    let (a, b) = caller_callee(&exec, t, reg).await;
+    let p = a.portal();
+    let running = exec.spawn({
+        let p = p.clone();
+        async move { p.run("t:block", Value::Null).await }
+    });
+    expect_probe(&probe, "started").await;
+    let ending = ActorId::new("ending");
+    b.portal().refuse_calls(&ending);
+    b.portal().refuse_calls(&ActorId::new("later")); // the first reason stands
+    for _ in 0..2 {
+        let err = bounded("refused", p.run("t:block", Value::Null))
+            .await
+            .unwrap_err();
+        assert!(err.is_refused() && err.is_cancelled(), "{err:?}");
+        assert_eq!(err.canceller(), Some(&ending));
+        let msg = &err.remote_error().unwrap().message;
+        assert!(
+            msg.contains("t:block") && msg.contains("did not run"),
+            "{msg}"
+        );
+    }
+    assert_eq!(b.portal().refused_calls(), 2);
+    // Neither refused call reached the function; the one running before still runs.
+    assert!(probe.try_recv().is_err());
+    assert_eq!(b.served_calls(), 1);
+    assert!(!running.is_finished());
+    b.cancel_calls(&ending);
+    expect_probe(&probe, "dropped").await;
+    let err = bounded("running", running).await.unwrap_err();
+    assert!(err.is_cancelled() && !err.is_refused(), "{err:?}");
 }
 
 async fn cancel_actor_without_ack_returns_false_in_time(exec: Executor, t: Transport) {
@@ -113,4 +152,5 @@ both_transports!(
     cancel_actor_cancels_calls_acks_and_ends_link,
     cancel_actor_without_ack_returns_false_in_time,
     cancel_actor_on_closed_link_is_false,
+    refused_calls_do_not_run_and_served_ones_go_on,
 );

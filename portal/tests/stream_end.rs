@@ -56,6 +56,47 @@ async fn recv_after_peer_stop_ends_cleanly_every_time(exec: Executor, t: Transpo
     );
 }
 
+/// A caller that stops reading before the end (drops its stream, or just its receiving half)
+/// tells the callee: a producer waiting for credit fails at once with `NotRead`, so the call
+/// ends and its answer arrives; it never waits for credit that will not come.
+async fn a_stream_dropped_before_its_end_stops_its_producer(exec: Executor, t: Transport) {
+    let (reg, _probe) = standard_registry();
+    let (a, b) = caller_callee(&exec, t, reg).await;
+    for whole in [true, false] {
+        // Far more items than the window: the producer waits for credit after the first ones.
+        let (mut ctx, _) = bounded(
+            "open",
+            a.portal()
+                .open_context("t:ctx_produce", Value::Int(1_000_000)),
+        )
+        .await
+        .unwrap();
+        let mut s = ctx.open_stream().await.unwrap();
+        for i in 0..3 {
+            assert_eq!(
+                bounded("recv", s.recv()).await.unwrap(),
+                Some(Value::Int(i))
+            );
+        }
+        let kept_tx = if whole {
+            drop(s);
+            None
+        } else {
+            let (tx, rx) = s.split();
+            drop(rx);
+            Some(tx)
+        };
+        let err = bounded("result", ctx.result()).await.unwrap_err();
+        let remote = err.remote_error().expect("the producer's error");
+        assert!(
+            remote.message.contains("reads no more"),
+            "{err:?} (whole stream dropped: {whole})"
+        );
+        drop(kept_tx);
+        assert!(bounded("drain", b.drain(BOUND)).await);
+    }
+}
+
 async fn send_after_local_close_errors(exec: Executor, t: Transport) {
     let (reg, _probe) = standard_registry();
     let (a, _b) = caller_callee(&exec, t, reg).await;
@@ -215,6 +256,7 @@ both_transports!(
     receiving_half_as_a_stream,
     echo_stream_both_ways,
     recv_after_peer_stop_ends_cleanly_every_time,
+    a_stream_dropped_before_its_end_stops_its_producer,
     send_after_local_close_errors,
     callee_send_after_close_errors_and_reaches_caller,
     typed_stream_items,

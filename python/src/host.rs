@@ -48,12 +48,27 @@ pub trait CallHost: Send + Sync + 'static {
     }
 }
 
+/// How a [`StreamHost::send`] error begins when the peer stopped reading the stream (closed or
+/// dropped its receiving side: [`harrow_portal::Error::NotRead`], whose message begins so). A
+/// generator streaming its items takes it as the end of its stream: it is closed, and the call
+/// returns.
+pub(crate) const NOT_READ: &str = "stream not read: ";
+
 /// The Rust side of one open stream (`stream` in Python).
 pub trait StreamHost: Send + 'static {
-    /// `stream.send(value)`.
+    /// `stream.send(value)`. An error beginning with [`NOT_READ`]: the peer reads no more.
     fn send(&mut self, value: Value) -> HostFuture<'_, ()>;
     /// `stream.recv()`: the next item, `None` once the peer stopped its side.
     fn recv(&mut self) -> HostFuture<'_, Option<Value>>;
     /// `stream.close()`: finishes this side. Idempotent.
     fn close(&mut self) -> HostFuture<'_, ()>;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_portal_stream_not_read_begins_with_the_marker() {
+        let e = harrow_portal::Error::NotRead("gone".into());
+        assert!(e.to_string().starts_with(super::NOT_READ), "{e}");
+    }
 }

@@ -217,6 +217,9 @@ pub(crate) enum Op {
     Recv = 12,
     /// `stream.close()` (target stream) -> None.
     Close = 13,
+    /// The `with` block of the stream's context ended (target stream) -> None: it reads no more.
+    /// Its receiving half is dropped, which tells the peer; never waits.
+    StopReading = 14,
 }
 
 impl Op {
@@ -237,6 +240,7 @@ impl Op {
             11 => Send,
             12 => Recv,
             13 => Close,
+            14 => StopReading,
             _ => return None,
         })
     }
@@ -392,7 +396,7 @@ impl ActorEnv {
                 Some(Handle::Context(c)) => Ok(self.context_op(c, op, arg)),
                 _ => Err(wrong("context")),
             },
-            Op::Send | Op::Recv | Op::Close => match target {
+            Op::Send | Op::Recv | Op::Close | Op::StopReading => match target {
                 Some(Handle::Stream(s)) => Ok(self.stream_op(s, op, arg)),
                 _ => Err(wrong("stream")),
             },
@@ -670,6 +674,13 @@ impl ActorEnv {
 
     fn stream_op(&self, s: &Arc<PyStream>, op: Op, arg: Value) -> OpFuture {
         let s = s.clone();
+        if op == Op::StopReading {
+            // The receiving half goes now, unless a receive holds it (that one then ends).
+            if let Ok(mut lent) = Lent::take(&s) {
+                drop(lent.value.take());
+            }
+            return Box::pin(async { Ok(Out::None) });
+        }
         let task = self.spawn(async move {
             let out = match op {
                 // The sending half is shared: one task may send while another receives.
@@ -1123,11 +1134,11 @@ mod tests {
 
     #[test]
     fn op_codes_round_trip() {
-        for i in 0..14 {
+        for i in 0..15 {
             let op = Op::from_i64(i).expect("a known op");
             assert_eq!(op as i64, i);
         }
-        assert_eq!(Op::from_i64(14), None);
+        assert_eq!(Op::from_i64(15), None);
         assert_eq!(Op::from_i64(-1), None);
     }
 

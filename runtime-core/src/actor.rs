@@ -157,9 +157,14 @@ impl ActorCtx {
     }
 
     /// Asks this whole actor to cancel itself on behalf of `canceller`: every call it serves ends
-    /// with `ContextCancelled { canceller }`, its nurseries are torn down, and it exits. For the
-    /// root this cancels the root's nursery.
+    /// with `ContextCancelled { canceller }`, its nurseries are torn down, and it exits. From
+    /// now on, a call its parent starts is refused unstarted
+    /// ([`RemoteError::refused`](harrow_ipc::RemoteError::refused)). For the root this cancels
+    /// the root's nursery.
     pub fn cancel_self(&self, canceller: ActorId) {
+        if let Some(parent) = self.parent() {
+            parent.refuse_calls(&canceller);
+        }
         let mut slot = self
             .inner
             .self_cancel

@@ -93,8 +93,11 @@ pub enum PoolError {
     /// The function failed (raised, or the call could not be made).
     #[error("pool call failed: {0}")]
     Call(harrow_portal::Error),
-    /// The worker running it died (it was replaced); after the configured retries, if any.
-    #[error("pool worker {worker} died running this item: {reason}")]
+    /// The worker it was sent to ended before it answered (it crashed, or ended on its own)
+    /// and was replaced; after the configured retries, if any. The item may or may not have
+    /// run: an item the worker refused unstarted, because it was ending, is run on the
+    /// replacement instead, and does not count as a retry.
+    #[error("pool worker {worker} ended before it answered this item: {reason}")]
     WorkerDied {
         /// The worker that died.
         worker: ActorId,
@@ -841,6 +844,15 @@ fn call_outcome(
     }
 }
 
+/// Whether a call's outcome is its item's answer even though its worker has died since: a
+/// result, or what the function raised (not a cancellation, a refusal or a closed link).
+fn is_answer(r: &std::result::Result<Value, harrow_portal::Error>) -> bool {
+    match r {
+        Ok(_) => true,
+        Err(e) => e.is_remote() && !e.is_cancelled(),
+    }
+}
+
 /// One worker slot: takes items from the queue and runs them on its actor, replacing the actor
 /// when it dies.
 async fn work(shared: &Shared, nursery: &ActorNursery, slot: usize, worker: ChildHandle) {
@@ -904,7 +916,7 @@ async fn work_loop(
                         None => {
                             let mut call = match j.call.take() {
                                 Some(call) => call,
-                                None => j.send(shared, &worker),
+                                None => j.send(&worker),
                             };
                             loop {
                                 // While a batch runs, the next job is sent ahead to the same
@@ -945,7 +957,7 @@ async fn work_loop(
                                     Ev::Stop => break None,
                                     Ev::Ahead(next) => {
                                         let mut a = InFlight::new(shared, next);
-                                        a.call = Some(a.send(shared, &worker));
+                                        a.call = Some(a.send(&worker));
                                         ahead = Some(a);
                                     }
                                 }
@@ -954,6 +966,11 @@ async fn work_loop(
                     };
                     match r {
                         None => Some(Err(PoolError::Cancelled)),
+                        // The worker is ending and did not run it: run it on the replacement.
+                        Some(Err(e)) if e.is_refused() && !stopping() => {
+                            j.refused = true;
+                            None
+                        }
                         Some(r) => call_outcome(
                             r,
                             stopping(),
@@ -988,10 +1005,19 @@ async fn work_loop(
                 .or_else(|| worker.outcome().map(|o| format!("it {o}")))
                 .unwrap_or_else(|| "its channel closed".into());
             tracing::debug!(worker = %worker.id(), %reason, "pool worker died; replacing it");
-            // The job sent ahead was in flight on the dead worker too (unless it had an
-            // answer already): it is failed or run again like the job itself.
+            // The job sent ahead was in flight on the dead worker too, unless it has its answer
+            // (a result, or what its function raised; an answer that arrived while the worker
+            // ended is taken now): it is failed or run again like the job itself.
+            if let Some(a) = ahead.as_mut() {
+                if let Some(call) = a.call.as_mut() {
+                    if let Some(r) = futures_lite::future::poll_once(call).await {
+                        a.done = Some(r);
+                        a.call = None;
+                    }
+                }
+            }
             let mut dead = match ahead.take() {
-                Some(a) if matches!(a.done, Some(Ok(_))) => {
+                Some(a) if a.done.as_ref().is_some_and(is_answer) => {
                     ahead = Some(a);
                     None
                 }
@@ -999,9 +1025,13 @@ async fn work_loop(
             };
             for j in [&mut job, &mut dead] {
                 let Some(f) = j.as_mut() else { continue };
+                let unrun = std::mem::take(&mut f.refused)
+                    || matches!(&f.done, Some(Err(e)) if e.is_refused());
                 f.call = None;
                 f.done = None;
-                if f.attempts < shared.config.retries {
+                if unrun {
+                    tracing::debug!(seq = f.job.seq, "the item did not run; running it again");
+                } else if f.attempts < shared.config.retries {
                     f.attempts += 1;
                     tracing::debug!(
                         seq = f.job.seq,
@@ -1059,6 +1089,9 @@ struct InFlight<'a> {
     call: Option<CallFuture>,
     done: Option<std::result::Result<Value, harrow_portal::Error>>,
     attempts: u32,
+    /// The worker refused the call unstarted (it was ending): the item runs on the
+    /// replacement, and that is not one of its retries.
+    refused: bool,
     _running: Running<'a>,
 }
 
@@ -1070,18 +1103,15 @@ impl<'a> InFlight<'a> {
             call: None,
             done: None,
             attempts: 0,
+            refused: false,
             _running: Running(&shared.running),
         }
     }
 
-    /// The call of this job on `worker` (sent once polled). The arguments are kept only
-    /// while the item may still be run again.
-    fn send(&mut self, shared: &Shared, worker: &ChildHandle) -> CallFuture {
-        let args = if self.attempts < shared.config.retries {
-            self.job.args.clone()
-        } else {
-            std::mem::take(&mut self.job.args)
-        };
+    /// The call of this job on `worker` (sent once polled). The arguments are kept: the item
+    /// runs again if the worker dies under it (with retries left) or refuses it unstarted.
+    fn send(&mut self, worker: &ChildHandle) -> CallFuture {
+        let args = self.job.args.clone();
         let portal = worker.portal().clone();
         let func = self.job.func.clone();
         Box::pin(async move { portal.run(&func, args).await })

@@ -142,6 +142,24 @@ fn context_stream(_: &Factory) -> Outcome {
     Outcome::Passed
 }
 
+fn stop_reading_early(_: &Factory) -> Outcome {
+    // Breaking out of a stream of an endless generator ends the context: the producer is told
+    // nobody reads (it waited for credit for ever before).
+    for with_block in [true, false] {
+        let v = with_py(async |py| {
+            Ok(py
+                .run(&Factory.func("stop_reading_early"), Value::Bool(with_block))
+                .await?)
+        });
+        let want = Value::List(vec![
+            Value::List((0..3).map(Value::Int).collect()),
+            Value::Null,
+        ]);
+        assert_eq!(v, want, "with a stream block: {with_block}");
+    }
+    Outcome::Passed
+}
+
 fn result_after_a_deadline(_: &Factory) -> Outcome {
     // A context's result() given up by a deadline leaves the context running: waiting again
     // gets its result (it used to end the context and leave nothing to wait for).
@@ -464,6 +482,7 @@ mod nested {
         parent_portal,
         cancel_child,
         context_stream,
+        stop_reading_early,
         result_after_a_deadline,
         recv_after_a_deadline,
         kwargs,

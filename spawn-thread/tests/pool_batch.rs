@@ -2,19 +2,24 @@
 //! with a Rust batch runner that follows the runner contract.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_lite::StreamExt;
 use harrow_runtime_core::ipc::Value;
-use harrow_runtime_core::portal::{CallError, FnRegistry};
+use harrow_runtime_core::portal::{CallError, FnRegistry, current_call};
 use harrow_runtime_core::{
-    ActorPool, ActorSpec, PoolConfig, PoolError, RootConfig, Timeouts, move_on_after, run_root,
+    ActorPool, ActorSpec, PoolConfig, PoolError, RootConfig, Timeouts, current_actor,
+    move_on_after, run_root,
 };
 use harrow_spawn_thread::ThreadBackend;
 use harrow_testkit::faults::CrashingBackend;
 
+/// Set once a `t:end_self` batch has ended its actor.
+static ENDING: AtomicBool = AtomicBool::new(false);
+
 /// `t:square(x)` fails on negative numbers; `t:run_batch([func, items])` is the batch runner
-/// (it knows only `t:square`).
+/// (it knows `t:square`, and the test functions `t:hang_below_4` and `t:end_self`).
 fn registry() -> Arc<FnRegistry> {
     fn square(x: i64) -> Result<i64, String> {
         if x < 0 {
@@ -46,6 +51,33 @@ fn registry() -> Arc<FnRegistry> {
                 Value::List(items.clone()),
                 Value::List(vec![]),
             ]));
+        }
+        if func == "t:end_self" {
+            // Ends its own actor, then holds the actor's drain (its cleanup) until the actor
+            // has refused a call from its parent: the pool's next batch, sent to it meanwhile.
+            let call =
+                current_call().ok_or_else(|| CallError::raised("RuntimeError", "no call"))?;
+            let me =
+                current_actor().ok_or_else(|| CallError::raised("RuntimeError", "no actor"))?;
+            let parent = me
+                .parent()
+                .ok_or_else(|| CallError::raised("RuntimeError", "orphan"))?;
+            call.reserve_cleanup(Duration::from_secs(30));
+            me.cancel_self(me.id().clone());
+            ENDING.store(true, Ordering::SeqCst);
+            let refused = move_on_after(Duration::from_secs(30), async {
+                while parent.refused_calls() == 0 {
+                    async_io::Timer::after(Duration::from_millis(2)).await;
+                }
+            })
+            .await;
+            return match refused {
+                Some(()) => Ok(Value::List(vec![
+                    Value::List(items.clone()),
+                    Value::List(vec![]),
+                ])),
+                None => Err(CallError::raised("TimeoutError", "nothing was refused")),
+            };
         }
         if func != "t:square" {
             return Err(CallError::raised("LookupError", func.clone()));
@@ -162,6 +194,58 @@ fn a_dying_worker_fails_each_item_of_the_batches_it_had_in_flight() {
                     }
                 }
                 assert_eq!(pool.replaced(), 1);
+                pool.cancel().await;
+                Ok(())
+            })
+            .expect("the tree runs");
+        },
+    )
+}
+
+#[test]
+fn a_batch_its_ending_worker_refused_runs_on_the_replacement() {
+    harrow_testkit::harness(
+        "a_batch_its_ending_worker_refused_runs_on_the_replacement",
+        Duration::from_secs(60),
+        harrow_testkit::DEFAULT_SETTLE,
+        || {
+            let config = RootConfig::default().handle_sigint(false);
+            run_root(config, |n| async move {
+                let spec = ActorSpec::with_resolver(registry());
+                let pool_config = PoolConfig::new("ending", 1);
+                let pool = ActorPool::start(&n, ThreadBackend::shared(), spec, pool_config).await?;
+                let worker = pool.workers()[0].id().clone();
+                let mut first =
+                    pool.map_batched("t:end_self", (0..2).map(Value::Int), true, "t:run_batch", 2);
+                let ending = move_on_after(Duration::from_secs(30), async {
+                    while !ENDING.load(Ordering::SeqCst) {
+                        async_io::Timer::after(Duration::from_millis(2)).await;
+                    }
+                })
+                .await;
+                assert!(ending.is_some(), "the first batch ended its worker");
+                // Sent ahead to the worker while its first batch runs: refused unstarted.
+                let second: Vec<_> = pool
+                    .map_batched("t:square", (2..4).map(Value::Int), true, "t:run_batch", 2)
+                    .collect()
+                    .await;
+                assert_eq!(
+                    second
+                        .into_iter()
+                        .map(|(_, r)| r.map_err(|e| e.to_string()))
+                        .collect::<Vec<_>>(),
+                    vec![Ok(Value::Int(4)), Ok(Value::Int(9))],
+                    "run on the replacement, not reported as a death"
+                );
+                assert_eq!(pool.replaced(), 1);
+                assert_ne!(pool.workers()[0].id(), &worker);
+                // The batch that ended its actor was cancelled by it while it ran, and answered
+                // with its value after its cleanup (a cancel-aware call decides its answer).
+                let mut answers = Vec::new();
+                while let Some((_, r)) = first.next().await {
+                    answers.push(r.map_err(|e| e.to_string()));
+                }
+                assert_eq!(answers, vec![Ok(Value::Int(0)), Ok(Value::Int(1))]);
                 pool.cancel().await;
                 Ok(())
             })

@@ -122,6 +122,12 @@ impl Shared {
                     chan.notify();
                 }
             }
+            Msg::StopReading { cid } => {
+                if let Some(chan) = self.chan_for_stream(cid, cache) {
+                    chan.lock().peer_stopped_reading = true;
+                    chan.notify();
+                }
+            }
             Msg::Stop { cid } => {
                 if let Some(chan) = self.chan_for_stream(cid, cache) {
                     chan.lock().peer_stopped = true;

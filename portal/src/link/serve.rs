@@ -30,10 +30,9 @@ impl Shared {
                 return;
             }
             if let Some(canceller) = &st.refuse_starts {
-                let mut err = RemoteError::cancelled(self.local.id.clone(), canceller.clone());
-                err.message = format!(
-                    "{func} refused: this actor is being cancelled (requested by {canceller})"
-                );
+                let err =
+                    RemoteError::refused(self.local.id.clone(), canceller.clone(), func.as_str());
+                st.refused += 1;
                 self.enqueue(Msg::Error {
                     cid: Some(cid),
                     error: Box::new(err),
@@ -444,12 +443,25 @@ impl Shared {
         self.progress.notify_all();
     }
 
+    /// Refuses every later `Start` from the peer, as cancelled by `canceller` (the first reason
+    /// given stands).
+    pub(crate) fn refuse_starts(&self, canceller: &ActorId) {
+        self.lock()
+            .refuse_starts
+            .get_or_insert_with(|| canceller.clone());
+    }
+
+    /// How many `Start`s from the peer were refused ([`Shared::refuse_starts`]).
+    pub(crate) fn refused(&self) -> u64 {
+        self.lock().refused
+    }
+
     /// A `CancelActor` from the peer: refuse new calls, cancel every served one, and ack once
     /// they all ended (or at the cleanup bound, saying how long the rest still needs).
     pub(super) fn cancel_actor_requested(self: &Arc<Self>, reason: String) {
         let cids: Vec<Cid> = {
             let mut st = self.lock();
-            st.refuse_starts = Some(self.peer.id.clone());
+            st.refuse_starts.get_or_insert_with(|| self.peer.id.clone());
             st.served.cids()
         };
         debug!(local = %self.local.id, peer = %self.peer.id, %reason, n = cids.len(),

@@ -374,7 +374,29 @@ impl Setup {
             match kind {
                 CallKind::Unary => items.push(value),
                 // SAFETY: see above.
-                CallKind::Context => blocked(unsafe { ctx.stream_item(Some(value)) })?,
+                CallKind::Context => match unsafe { ctx.stream_item(Some(value)) } {
+                    // The caller stopped reading: the generator is closed (its `finally`
+                    // runs), and the call returns as when it ends.
+                    Blocked::Failed(m) if m.starts_with(crate::host::NOT_READ) => {
+                        let closed = user(shared, || {
+                            // SAFETY: see above; `close` takes no arguments.
+                            let r = unsafe {
+                                ffi::PyObject_CallMethod(
+                                    gen_obj.as_ptr(),
+                                    c"close".as_ptr(),
+                                    std::ptr::null(),
+                                )
+                            };
+                            // SAFETY: a new reference, or NULL with an exception set.
+                            unsafe { Obj::owned(r) }.map(drop)
+                        });
+                        ctx.user_code_ended();
+                        // SAFETY: see above; an exception is set.
+                        closed.map_err(|_| unsafe { self.error(ErrorKind::Raised) })?;
+                        return Ok(Value::Null);
+                    }
+                    other => blocked(other)?,
+                },
             }
         }
         drop(gen_obj);

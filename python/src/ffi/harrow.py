@@ -551,7 +551,8 @@ def _before_end():
     _N_SEND,
     _N_RECV,
     _N_CLOSE,
-) = range(14)
+    _N_STOP_READING,
+) = range(15)
 (
     _N_PUSH_NURSERY,
     _N_PUSH_DEADLINE,
@@ -832,20 +833,33 @@ class PortalContext:
     """The caller's side of a context: ``first`` (the callee's ``started`` value),
     ``open_stream()``, ``result()``, ``cancel()``."""
 
-    __slots__ = ("_h", "first", "_outcome")
+    __slots__ = ("_h", "first", "_outcome", "_streams")
 
     def __init__(self, h, first):
         self._h = h
         self.first = first
         self._outcome = None
+        self._streams = []  # opened here: they read no more once the context's block ends
 
     def open_stream(self):
         """Opens the context's bidirectional stream (send/recv/iteration, with credit). In an
         ``async def`` call: a coroutine to await."""
         call = _call_var.get()
         if call is not None:
-            return _astream(call, self._h)
-        return PortalStream(_native_nest(_N_CTX_OPEN_STREAM, self._h, None))
+            return _astream(call, self._h, self._streams)
+        s = PortalStream(_native_nest(_N_CTX_OPEN_STREAM, self._h, None))
+        self._streams.append(s)
+        return s
+
+    def _stop_reading(self):
+        # The block ended: its streams read no more, so that a producer waiting for credit on
+        # the other side is told (its send fails) instead of waiting for ever.
+        for s in self._streams:
+            s._stop_reading()
+
+    async def _astop_reading(self):
+        for s in self._streams:
+            await s._stop_reading()
 
     def result(self):
         """Waits for the callee's return value (its failure raises ``RemoteError``). In an
@@ -890,7 +904,9 @@ class PortalContext:
         return (self, self.first)
 
     def __exit__(self, exc_type, exc, tb):
+        # A block that raised cancels the context below; one that ended reads no more.
         if exc is None:
+            self._stop_reading()
             self.result()
         elif self._outcome is None:
             with shield():
@@ -963,6 +979,14 @@ class PortalStream:
             return _aop(call, _N_CLOSE, self._h, None)
         _native_nest(_N_CLOSE, self._h, None)
 
+    def _stop_reading(self):
+        # Reads no more: the peer is told (its sends fail), what arrives is dropped. Never waits.
+        # In an async call: a coroutine to await.
+        call = _call_var.get()
+        if call is not None:
+            return _aop(call, _N_STOP_READING, self._h, None)
+        _native_nest(_N_STOP_READING, self._h, None)
+
     def __aiter__(self):
         return self
 
@@ -977,7 +1001,8 @@ class PortalStream:
 
     # Closed only when the block ended normally: a close is the end of the stream, and a block
     # that raised did not finish (the context is cancelled when its own block ends so). Nor does
-    # a failing close then replace the block's exception.
+    # a failing close then replace the block's exception. What the peer still sends may be read
+    # after the block; the context's block ending ends the reading.
     async def __aexit__(self, exc_type, exc, tb):
         if exc is None:
             await self.close()
@@ -1001,8 +1026,10 @@ class PortalStream:
         return False
 
 
-async def _astream(call, h):
-    return PortalStream(await _aop(call, _N_CTX_OPEN_STREAM, h, None))
+async def _astream(call, h, streams):
+    s = PortalStream(await _aop(call, _N_CTX_OPEN_STREAM, h, None))
+    streams.append(s)
+    return s
 
 
 class _AsyncOpenContext:
@@ -1032,6 +1059,7 @@ class _AsyncOpenContext:
     async def __aexit__(self, exc_type, exc, tb):
         ctx = self._ctx
         if exc is None:
+            await ctx._astop_reading()
             await ctx.result()
         elif ctx._outcome is None:
             try:

@@ -192,6 +192,29 @@ def stream_to_child(count):
         return {"first": first, "got": got, "result": ctx.result()}
 
 
+def stop_reading_early(with_block):
+    """stop_reading_early(with_block): opens a context with a child's endless generator
+    ``gen_count(10**9)``, reads 3 items and breaks out (in a ``with ctx.open_stream()`` block,
+    or without one); the context's block then ends. [the items, the context's result]: the
+    generator is told its items are not read, is closed, and the call returns."""
+    with harrow.open_nursery() as n:
+        child = n.start_actor("producer", modules=["harrow_testfns.conformance"])
+        got = []
+        with child.open_context("harrow_testfns.conformance:gen_count", 10**9) as (ctx, _):
+            if with_block:
+                with ctx.open_stream() as s:
+                    for item in s:
+                        got.append(item)
+                        if len(got) == 3:
+                            break
+            else:
+                for item in ctx.open_stream():
+                    got.append(item)
+                    if len(got) == 3:
+                        break
+        return [got, ctx.result()]
+
+
 def ctx_returns_later(ctx, ms):
     """ctx_returns_later(ms): started(None), then returns "done" after ``ms``."""
     ctx.started(None)
