@@ -207,7 +207,12 @@ pub enum SupervisorEvent {
 #[non_exhaustive]
 pub enum SupervisorEnd {
     /// Every child ended for good (none of them is to be restarted).
-    Completed,
+    Completed {
+        /// How the children that ended for good by failing failed (their last run crashed,
+        /// failed or leaked, and their policy is [`Restart::Never`]), in the order they ended;
+        /// empty when every child exited cleanly.
+        failed: Vec<String>,
+    },
     /// It was cancelled ([`Supervisor::cancel`]) or its nursery tore down.
     Cancelled,
     /// It gave up (and failed its nursery) with these last errors.
@@ -506,6 +511,8 @@ async fn supervise(
     let mut restarts_at: VecDeque<Instant> = VecDeque::new();
     let mut errors: VecDeque<String> = VecDeque::new();
     let stopping = || sup.inner.stop.is_cancelled() || nursery.teardown_token().is_cancelled();
+    // The failures of the children that ended for good by failing (for `Completed`).
+    let mut failed_for_good: Vec<String> = Vec::new();
     // Children whose spawn failed on a restart: they are retried (and counted) like a crash.
     let mut pending: VecDeque<(usize, String)> = VecDeque::new();
     let end = loop {
@@ -513,7 +520,9 @@ async fn supervise(
             break SupervisorEnd::Cancelled;
         }
         if sup.state().current.iter().all(Option::is_none) && pending.is_empty() {
-            break SupervisorEnd::Completed;
+            break SupervisorEnd::Completed {
+                failed: std::mem::take(&mut failed_for_good),
+            };
         }
         let (i, failure) = if let Some((i, e)) = pending.pop_front() {
             (i, Some(e))
@@ -560,17 +569,20 @@ async fn supervise(
             }
         };
         let failed = failure.is_some();
-        if let Some(e) = failure {
-            if errors.len() >= KEEP_ERRORS {
-                errors.pop_front();
-            }
-            errors.push_back(e);
-        }
         let restart = match spec.children[i].restart {
             Restart::Always => true,
             Restart::OnFailure => failed,
             Restart::Never => false,
         };
+        if let Some(e) = failure {
+            if !restart {
+                failed_for_good.push(e.clone());
+            }
+            if errors.len() >= KEEP_ERRORS {
+                errors.pop_front();
+            }
+            errors.push_back(e);
+        }
         if !restart {
             sup.state().current[i] = None;
             continue;

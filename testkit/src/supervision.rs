@@ -306,7 +306,8 @@ pub fn supervisor_gives_up<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
 }
 
 /// per-child policies: after a normal exit only `Always` restarts; after a crash `Always` and
-/// `OnFailure` do, `Never` does not.
+/// `OnFailure` do, `Never` does not; a supervisor with no child left completes, naming the
+/// crashes of those that ended for good.
 pub fn supervisor_restart_policies<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     let crashing = CrashingBackend::wrap(f.backend());
     expect_ok(run_root(root_config(), |n| {
@@ -375,6 +376,39 @@ pub fn supervisor_restart_policies<F: BackendFactory + ?Sized>(f: &F) -> Outcome
                     .any(|e| matches!(e, SupervisorEvent::Restarted { .. })),
                 "{rest:?}"
             );
+            // When no child is left to run, the supervisor completes, with the failures of
+            // those that ended for good by crashing: an exit and a crash are told apart.
+            for crash in [false, true] {
+                let spec = SupervisorSpec::new("ending", Strategy::OneForOne)
+                    .child(child("exits", Restart::Never))
+                    .child(child("maybe-crashes", Restart::Never));
+                let sup = n.start_supervisor(spec).await?;
+                assert_eq!(
+                    sup.child("exits").expect("runs").cancel().await,
+                    ChildOutcome::Exited
+                );
+                let last = sup.child("maybe-crashes").expect("runs");
+                if crash {
+                    assert!(crashing.crash(last.id()));
+                } else {
+                    assert_eq!(last.cancel().await, ChildOutcome::Exited);
+                }
+                let end = move_on_after(EVENT_BOUND, sup.wait()).await;
+                match end {
+                    Some(SupervisorEnd::Completed { failed }) if crash => {
+                        assert_eq!(failed.len(), 1, "{failed:?}");
+                        assert!(
+                            failed[0].contains(&last.id().to_string())
+                                && failed[0].contains("crashed"),
+                            "{failed:?}"
+                        );
+                    }
+                    Some(SupervisorEnd::Completed { failed }) => {
+                        assert!(failed.is_empty(), "{failed:?}")
+                    }
+                    other => panic!("the supervisor did not complete: {other:?}"),
+                }
+            }
             Ok(())
         }
     }));
