@@ -61,6 +61,11 @@ struct Live {
     t0: Instant,
     rows: Mutex<Vec<Row>>,
     problems: Mutex<Vec<String>>,
+    /// The children whose cancel has not returned yet: actor, handle, stuck, hard kill. One
+    /// left when the root ends was torn down by its nursery instead (the body was cancelled
+    /// by a failure meanwhile, such as the stuck Rust thread's leak): its outcome is read from
+    /// its handle then, and judged the same way.
+    cancelling: Mutex<Vec<(&'static str, ChildHandle, bool, HardKill)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -337,9 +342,24 @@ async fn teardown(live: &Live, plan: &Plan, child: &ChildHandle, stuck: bool) {
         },
     );
     let t0 = Instant::now();
+    lock(&live.cancelling).push((name, child.clone(), stuck, hard));
     let outcome = child.cancel().await;
     let took = t0.elapsed();
-    let (state, text) = match &outcome {
+    lock(&live.cancelling).retain(|(actor, ..)| *actor != name);
+    judge(live, name, stuck, hard, &outcome, Some(took));
+}
+
+/// Records a child's teardown outcome and checks it is what its backend promises. `took`: how
+/// long its cancel took, when the demo saw it return.
+fn judge(
+    live: &Live,
+    name: &str,
+    stuck: bool,
+    hard: HardKill,
+    outcome: &ChildOutcome,
+    took: Option<Duration>,
+) {
+    let (state, text) = match outcome {
         ChildOutcome::Exited => ("exited", "exited".to_owned()),
         ChildOutcome::Killed => ("killed", "killed".to_owned()),
         ChildOutcome::Leaked(what) => ("leaked", format!("leaked (reported): {what}")),
@@ -358,10 +378,14 @@ async fn teardown(live: &Live, plan: &Plan, child: &ChildHandle, stuck: bool) {
         _ => "",
     };
     live.with_row(name, |r| {
-        r.teardown = Some(took);
+        r.teardown = took;
         r.outcome = state.to_owned();
     });
-    live.event(name, state, format!("{text} after {}{why}", human(took)));
+    let when = match took {
+        Some(took) => format!("after {}", human(took)),
+        None => "(torn down by its nursery: the demo's body was cancelled meanwhile)".into(),
+    };
+    live.event(name, state, format!("{text} {when}{why}"));
     let expected = match (stuck, hard) {
         (false, _) => state == "exited",
         (true, HardKill::Detaches) => state == "leaked",
@@ -480,10 +504,11 @@ fn plans(
 
 /// Runs the demo; returns the process exit code (0: everything as expected).
 pub(crate) fn run(remote: RemoteArgs) -> i32 {
-    println!(
-        "harrow demo: backends compiled in: {}",
-        harrow::compiled_backends().join(", ")
-    );
+    let mut compiled = harrow::compiled_backends();
+    if harrow::remote_compiled() {
+        compiled.push("remote (with --remote)");
+    }
+    println!("harrow demo: backends compiled in: {}", compiled.join(", "));
     let py = match harrow::subint_status() {
         Ok(()) => match crate::pymod::PyDir::create() {
             Ok(dir) => Some(dir),
@@ -530,6 +555,7 @@ pub(crate) fn run(remote: RemoteArgs) -> i32 {
         t0: Instant::now(),
         rows: Mutex::new(Vec::new()),
         problems: Mutex::new(Vec::new()),
+        cancelling: Mutex::new(Vec::new()),
     };
     let result = run_root(RootConfig::default().timeouts(timeouts), |n| {
         let (live, workers, stuck) = (&live, &workers, &stuck);
@@ -595,6 +621,13 @@ pub(crate) fn run(remote: RemoteArgs) -> i32 {
             Ok(())
         }
     });
+    // A cancel cut short: the root has torn that child down since, and recorded its outcome.
+    for (name, child, stuck, hard) in std::mem::take(&mut *lock(&live.cancelling)) {
+        match child.outcome() {
+            Some(outcome) => judge(&live, name, stuck, hard, &outcome, None),
+            None => live.problem(name, "no teardown outcome was recorded"),
+        }
+    }
     // The stuck Rust thread was detached: let it go now.
     crate::fns::release_spinners();
     let total = live.t0.elapsed();

@@ -95,7 +95,8 @@ pub use harrow_runtime_core::{
 /// conformance suite every backend must pass).
 pub use harrow_runtime_core::{
     ActorExit, ActorInit, BoxFuture, CancelToken, Capabilities, Child, DedicatedThread, Exit,
-    HardKill, Joined, SpawnBackend, SpawnError, SpawnSpec, SpecError, bootstrap, run_actor,
+    HardKill, Joined, SpawnBackend, SpawnError, SpawnSpec, SpecError, TreeGrant, bootstrap,
+    run_actor, run_actor_in_process,
 };
 
 #[cfg(feature = "thread")]
@@ -186,7 +187,8 @@ pub fn subint_backend() -> SubintBackend {
 }
 
 /// The backends compiled into this build, by name (a compiled-in backend may still be
-/// unavailable at run time: see [`subint_status`]).
+/// unavailable at run time: see [`subint_status`]). The remote backend, which needs a host to
+/// reach, is [`remote_compiled`].
 #[allow(clippy::vec_init_then_push)] // which pushes happen depends on the features
 pub fn compiled_backends() -> Vec<&'static str> {
     #[allow(unused_mut)]
@@ -198,6 +200,12 @@ pub fn compiled_backends() -> Vec<&'static str> {
     #[cfg(feature = "subint")]
     v.push("subint");
     v
+}
+
+/// Whether the remote backend (feature `remote`: actors on other hosts, through OpenSSH) is
+/// compiled into this build.
+pub fn remote_compiled() -> bool {
+    cfg!(feature = "remote")
 }
 
 /// The backends that can start actors in this process, by name: the compiled-in ones, less

@@ -394,9 +394,17 @@ impl ActorNursery {
         let backend_name = backend.name().to_owned();
         tracing::debug!(child = %id, backend = %backend_name, "spawning");
 
-        let mut child = match move_on_after(come_up, backend.spawn(spawn_spec)).await {
-            Some(Ok(child)) => child,
-            Some(Err(e)) => return Err(e.into()),
+        let spawned = unpanicked(|| backend.spawn(spawn_spec));
+        let mut child = match move_on_after(come_up, spawned).await {
+            Some(Ok(Ok(child))) => child,
+            Some(Ok(Err(e))) => return Err(e.into()),
+            Some(Err(panic)) => {
+                return Err(SpawnError::Failed {
+                    actor: id,
+                    reason: format!("backend {backend_name}'s spawn {panic}"),
+                }
+                .into());
+            }
             None => {
                 return Err(SpawnError::Failed {
                     actor: id,
@@ -405,10 +413,24 @@ impl ActorNursery {
                 .into());
             }
         };
-        let Some(channel) = child.take_channel() else {
-            let reason = "backend returned a child without a channel".to_owned();
-            abandon(child, actor.timeouts()).await;
-            return Err(SpawnError::Failed { actor: id, reason }.into());
+        let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child.take_channel()));
+        let channel = match taken {
+            Ok(Some(channel)) => channel,
+            Ok(None) => {
+                let reason = "backend returned a child without a channel".to_owned();
+                let ended = abandon(child, actor.timeouts()).await;
+                let reason = format!("{reason}{}", ended_text(&ended));
+                return Err(SpawnError::Failed { actor: id, reason }.into());
+            }
+            Err(panic) => {
+                let reason = format!(
+                    "backend {backend_name}'s take_channel {}",
+                    crate::thread::panic_message(&*panic)
+                );
+                let ended = abandon(child, actor.timeouts()).await;
+                let reason = format!("{reason}{}", ended_text(&ended));
+                return Err(SpawnError::Failed { actor: id, reason }.into());
+            }
         };
         let local = LocalInfo {
             id: actor.id().clone(),
@@ -429,10 +451,10 @@ impl ActorNursery {
         let link = match established {
             Ok(link) => link,
             Err(e) => {
-                abandon(child, actor.timeouts()).await;
+                let ended = abandon(child, actor.timeouts()).await;
                 return Err(SpawnError::Handshake {
                     actor: id,
-                    reason: e.to_string(),
+                    reason: format!("{e}{}", ended_text(&ended)),
                 }
                 .into());
             }
@@ -440,7 +462,8 @@ impl ActorNursery {
         if link.peer().id != id {
             let reason = format!("it introduced itself as {}", link.peer().id);
             link.close();
-            abandon(child, actor.timeouts()).await;
+            let ended = abandon(child, actor.timeouts()).await;
+            let reason = format!("{reason}{}", ended_text(&ended));
             return Err(SpawnError::Handshake { actor: id, reason }.into());
         }
         // Discovery: the child gets the tree's secret and is findable once this returns.
@@ -810,15 +833,86 @@ fn teardown_consequence(e: &BoxError) -> bool {
     portal.is_some_and(|p| p.is_cancelled() || p.is_closed())
 }
 
-/// Gives up on a child that never came up: hard kill and a bounded join.
-async fn abandon(mut child: Box<dyn Child>, t: Timeouts) {
-    let _ = move_on_after(t.hard_kill, child.hard_kill()).await;
-    if matches!(
-        child.join(t.hard_kill).await,
-        Exit::Running | Exit::Leaked(_)
-    ) {
-        tracing::warn!(child = %child.describe(), "child that failed to come up is leaked");
+/// Gives up on a child that never came up: hard kill and a bounded join; how it ended (what a
+/// child still running is leaked as).
+async fn abandon(mut child: Box<dyn Child>, t: Timeouts) -> Exit {
+    let killed = hard_kill(&mut *child, t.hard_kill).await;
+    match join(&mut *child, t.hard_kill).await {
+        Exit::Running | Exit::Leaked(_) => {
+            let mut what = describe(&*child);
+            if let Some(Err(e)) = killed {
+                what = format!("{what}; its hard kill failed: {e}");
+            }
+            tracing::warn!(child = %what, "child that failed to come up is leaked");
+            Exit::Leaked(what)
+        }
+        ended => ended,
     }
+}
+
+/// What a spawn error adds about how the child that never came up ended: nothing when it just
+/// exited (the error says why), else its failure, or that it was leaked.
+fn ended_text(ended: &Exit) -> String {
+    match ended {
+        Exit::Exited => String::new(),
+        Exit::Leaked(what) => format!(" (it could not be stopped and was leaked: {what})"),
+        other => format!(" (the child {other})"),
+    }
+}
+
+/// The least a backend's `Child::join` may run past its bound before the runtime stops waiting
+/// for it: a join may overrun a little (draining a child's output after it ended, say), but a
+/// backend that ignores the bound must not hang its parent.
+const JOIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the future a backend method makes, with a panic (in the method or in its future) as
+/// `Err(message)`.
+async fn unpanicked<'a, T>(
+    make: impl FnOnce() -> crate::backend::BoxFuture<'a, T>,
+) -> Result<T, String> {
+    let panicked = |panic: Box<dyn std::any::Any + Send>| crate::thread::panic_message(&*panic);
+    let fut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)).map_err(panicked)?;
+    std::panic::AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .map_err(panicked)
+}
+
+/// `child.join(bound)`, never longer than `bound` plus the larger of `bound` and
+/// [`JOIN_GRACE`] (a join that overruns that is taken as `Running`), and a panicking join is
+/// the child's failure.
+async fn join(child: &mut dyn Child, bound: Duration) -> Exit {
+    let joined = unpanicked(|| child.join(bound));
+    let cap = bound.saturating_add(bound.max(JOIN_GRACE));
+    match move_on_after(cap, joined).await {
+        Some(Ok(exit)) => exit,
+        Some(Err(panic)) => Exit::Failed(format!("the backend's join {panic}")),
+        None => {
+            tracing::warn!(child = %child.id(), ?bound, "the backend's join overran its bound");
+            Exit::Running
+        }
+    }
+}
+
+/// `child.hard_kill()`, bounded by `bound`; a panic is its error.
+async fn hard_kill(child: &mut dyn Child, bound: Duration) -> Option<Result<(), String>> {
+    match move_on_after(bound, unpanicked(|| child.hard_kill())).await? {
+        Ok(r) => Some(r),
+        Err(panic) => Some(Err(format!("the backend's hard kill {panic}"))),
+    }
+}
+
+/// `child.describe()`, or what is known when it panics.
+fn describe(child: &dyn Child) -> String {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child.describe())).unwrap_or_else(
+        |panic| {
+            format!(
+                "{} (the backend's describe {})",
+                child.id(),
+                crate::thread::panic_message(&*panic)
+            )
+        },
+    )
 }
 
 /// The teardown ladder for one child; every step is bounded (`docs/ARCHITECTURE.md`).
@@ -864,13 +958,13 @@ async fn ladder(child: &mut dyn Child, link: &Link, t: Timeouts, escalate: &Canc
     // or never obeyed the cancel) sees its parent gone and exits as an orphan would.
     tracing::debug!(child = %child.id(), "hard kill");
     link.close();
-    let killed = move_on_after(t.hard_kill, child.hard_kill()).await;
+    let killed = hard_kill(child, t.hard_kill).await;
     if let Some(Err(e)) = &killed {
         tracing::warn!(child = %child.id(), error = %e, "hard kill failed");
     }
     // 4. Bounded join; a child still running is leaked.
-    match child.join(t.hard_kill).await {
-        Exit::Running => Exit::Leaked(child.describe()),
+    match join(child, t.hard_kill).await {
+        Exit::Running => Exit::Leaked(describe(child)),
         ended => ended,
     }
 }
@@ -887,14 +981,14 @@ async fn graceful_join(
 ) -> Exit {
     let base = t.graceful_exit.saturating_add(subtree);
     let Some(request) = late_ack else {
-        return child.join(base).await;
+        return join(child, base).await;
     };
     let start = Instant::now();
     enum First {
         Exit(Exit),
         Ack(Option<Option<Duration>>),
     }
-    let first = async { First::Exit(child.join(base).await) }
+    let first = async { First::Exit(join(child, base).await) }
         .or(async { First::Ack(request.ack(base).await) })
         .await;
     let more = match first {
@@ -903,9 +997,7 @@ async fn graceful_join(
         First::Ack(_) => Duration::ZERO,
     };
     tracing::debug!(child = %child.id(), ?more, "late cancel ack");
-    child
-        .join((base + more).saturating_sub(start.elapsed()))
-        .await
+    join(child, (base + more).saturating_sub(start.elapsed())).await
 }
 
 /// How long the ladder waits for a child's subtree that the child's ack said still needs

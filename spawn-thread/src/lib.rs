@@ -34,6 +34,10 @@ use harrow_runtime_core::{
     SpawnError, SpawnSpec, run_actor_in_process, thread_name,
 };
 
+/// The smallest stack an actor thread gets ([`ThreadBackend::with_stack_size`]): room for the
+/// actor's runtime (its executor, link and the handshake) with a margin for small functions.
+pub const MIN_STACK_SIZE: usize = 256 * 1024;
+
 /// Actors on dedicated OS threads, running Rust functions.
 #[derive(Debug, Default, Clone)]
 pub struct ThreadBackend {
@@ -51,9 +55,11 @@ impl ThreadBackend {
         Arc::new(ThreadBackend::new())
     }
 
-    /// Sets the stack size of actor threads.
+    /// Sets the stack size of actor threads, at least [`MIN_STACK_SIZE`] (a smaller one is
+    /// raised to it: an actor's own runtime needs that much before any function of yours runs,
+    /// and a thread that overflows its stack aborts the whole process).
     pub fn with_stack_size(mut self, bytes: usize) -> Self {
-        self.stack_size = Some(bytes);
+        self.stack_size = Some(bytes.max(MIN_STACK_SIZE));
         self
     }
 }
