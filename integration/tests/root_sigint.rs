@@ -11,7 +11,8 @@ fn scenario(backend: &str, which: &str) -> Command {
     cmd
 }
 
-fn check(backend: &str, which: &str, plan: SigintPlan) {
+/// Runs the scenario and checks it ended as a SIGINT'd root must; returns its output.
+fn check(backend: &str, which: &str, plan: SigintPlan) -> Vec<String> {
     let run = run_with_sigint(scenario(backend, which), &plan)
         .unwrap_or_else(|e| panic!("{backend}/{which}: {e}"));
     let out = run.output.join("\n");
@@ -34,12 +35,13 @@ fn check(backend: &str, which: &str, plan: SigintPlan) {
         "{backend}/{which}: processes left behind: {:?}",
         run.left_behind
     );
+    run.output
 }
 
 fn each_backend(which: &str, plan: impl Fn() -> SigintPlan) {
     for backend in harrow_integration::backend_names() {
         harrow_testkit::run_bounded(which, Duration::from_secs(90), || {
-            check(backend, which, plan())
+            check(backend, which, plan());
         });
     }
 }
@@ -69,4 +71,21 @@ fn sigint_after_the_root_returned_takes_its_default_action() {
         assert_eq!(run.signal, Some(2), "ended by SIGINT: {:?}", run.output);
         assert_eq!(run.exit_code, None);
     });
+}
+
+#[test]
+fn sigint_to_the_process_group_leaves_the_teardown_to_the_root() {
+    // A terminal's Ctrl-C reaches every process of the foreground group: children in processes
+    // of their own must leave it to the root, which cancels them gracefully.
+    for backend in harrow_integration::backend_names() {
+        harrow_testkit::run_bounded("group", Duration::from_secs(90), || {
+            let plan = SigintPlan::at("calling").to_group();
+            let run = check(backend, "call", plan);
+            let out = run.join("\n");
+            assert!(
+                !out.contains("crashed") && !out.contains("killed by signal"),
+                "{backend}: a child did not leave the SIGINT to its root:\n{out}"
+            );
+        });
+    }
 }

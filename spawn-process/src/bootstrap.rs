@@ -110,6 +110,22 @@ pub fn take_bootstrap() -> Result<Option<ChildBootstrap>> {
         var: PARENT_PID_ENV,
         reason: format!("{parent_text:?} is not a pid"),
     })?;
+    // A terminal's Ctrl-C reaches every process of its foreground group, this child too: the
+    // root alone answers it, by cancelling the tree gracefully (this actor's cleanup runs, and
+    // a second Ctrl-C makes the root hard-kill it). Ignored here, first thing, and before a
+    // Python child's interpreter starts (CPython keeps an ignored SIGINT ignored).
+    // SAFETY: `signal` with SIG_IGN installs no handler (no code runs on the signal); nothing
+    // else in this process looks at SIGINT's disposition yet.
+    #[allow(unsafe_code)]
+    let ignored = unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    if ignored == libc::SIG_ERR {
+        // Not fatal: the child then ends on a terminal's Ctrl-C, as before.
+        eprintln!(
+            "harrow child process {}: cannot ignore SIGINT: {}",
+            std::process::id(),
+            std::io::Error::last_os_error()
+        );
+    }
     // Race-free orphan check: set the death signal first, then look at who the parent is. (The
     // parent starts its children with `posix_spawn`, which cannot set it: this is where it is
     // armed. A parent that died before this line is caught by the check.)

@@ -34,6 +34,9 @@ pub struct SigintPlan {
     pub marker_bound: Duration,
     /// Bound on waiting for the exit after the last SIGINT.
     pub exit_bound: Duration,
+    /// Signal the whole process group, as a terminal's Ctrl-C does (the scenario runs in a
+    /// group of its own), rather than the scenario's process alone.
+    pub to_group: bool,
 }
 
 impl SigintPlan {
@@ -44,7 +47,15 @@ impl SigintPlan {
             second_at: None,
             marker_bound: Duration::from_secs(60),
             exit_bound: Duration::from_secs(30),
+            to_group: false,
         }
+    }
+
+    /// Every SIGINT goes to the scenario's whole process group (its children included), as
+    /// from a terminal.
+    pub fn to_group(mut self) -> Self {
+        self.to_group = true;
+        self
     }
 
     /// A second SIGINT once a line containing `text` appeared.
@@ -148,11 +159,16 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-fn sigint(child: &Child) -> Result<(), SigintError> {
+fn sigint(child: &Child, to_group: bool) -> Result<(), SigintError> {
     let pid = rustix::process::Pid::from_raw(child.id() as i32)
         .ok_or_else(|| SigintError::Signal(std::io::Error::other("pid 0")))?;
-    rustix::process::kill_process(pid, rustix::process::Signal::INT)
-        .map_err(|e| SigintError::Signal(e.into()))
+    let sent = if to_group {
+        // The scenario leads a group of its own (`run_with_sigint`), whose id is its pid.
+        rustix::process::kill_process_group(pid, rustix::process::Signal::INT)
+    } else {
+        rustix::process::kill_process(pid, rustix::process::Signal::INT)
+    };
+    sent.map_err(|e| SigintError::Signal(e.into()))
 }
 
 /// Runs `cmd`, sending SIGINT as `plan` says, and reports how it ended. Never waits unbounded:
@@ -161,6 +177,10 @@ pub fn run_with_sigint(mut cmd: Command, plan: &SigintPlan) -> Result<SigintRun,
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .stdin(Stdio::null());
+    if plan.to_group {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
     let mut child = cmd.spawn().map_err(SigintError::Spawn)?;
     let (tx, rx) = mpsc::channel::<String>();
     let mut readers = Vec::new();
@@ -217,7 +237,7 @@ pub fn run_with_sigint(mut cmd: Command, plan: &SigintPlan) -> Result<SigintRun,
             output: output.join("\n"),
         });
     }
-    sigint(&child)?;
+    sigint(&child, plan.to_group)?;
     let first = Instant::now();
     let mut last = first;
     if let Some(second) = &plan.second_at {
@@ -229,7 +249,7 @@ pub fn run_with_sigint(mut cmd: Command, plan: &SigintPlan) -> Result<SigintRun,
                 output: output.join("\n"),
             });
         }
-        sigint(&child)?;
+        sigint(&child, plan.to_group)?;
         last = Instant::now();
     }
     let deadline = last + plan.exit_bound;
