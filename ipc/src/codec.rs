@@ -24,7 +24,8 @@ pub enum DecodeError {
     /// small frames.
     #[error(
         "frame of {len} bytes before the handshake completed exceeds the pre-handshake maximum \
-         of {max} bytes"
+         of {max} bytes{}",
+        prefix_as_text(*.len)
     )]
     HandshakeFrameTooLarge {
         /// The announced length.
@@ -189,8 +190,24 @@ pub fn decode_frame_with(bytes: &[u8], config: &CodecConfig) -> Result<(Msg, usi
     Ok((decode_body(body, config)?, end))
 }
 
+/// What a length prefix says when it reads as text: a peer that wrote something other than
+/// frames on the channel (a program's banner on its stdout, say) is the likely cause.
+fn prefix_as_text(len: u64) -> String {
+    let bytes = (len as u32).to_le_bytes();
+    if bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        let text: String = bytes.iter().map(|b| char::from(*b)).collect();
+        format!(
+            " (its length prefix reads as the text {text:?}: did the peer write something other \
+             than harrow frames, such as a banner?)"
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// Reads a frame's announced body length, if the prefix is complete, rejecting lengths above the
-/// maximum (the pre-handshake one while `handshaking`).
+/// maximum (the pre-handshake one while `handshaking`, checked first: before the handshake, a
+/// length above either is most likely not a frame at all).
 fn frame_len(
     bytes: &[u8],
     config: &CodecConfig,
@@ -200,16 +217,19 @@ fn frame_len(
         return Ok(None);
     };
     let len = u32::from_le_bytes(*prefix);
+    if handshaking
+        && len as usize > config.handshake_limit()
+        && config.handshake_limit() < config.frame_limit()
+    {
+        return Err(DecodeError::HandshakeFrameTooLarge {
+            len: len.into(),
+            max: config.handshake_limit(),
+        });
+    }
     if len as usize > config.frame_limit() {
         return Err(DecodeError::FrameTooLarge {
             len: len.into(),
             max: config.frame_limit(),
-        });
-    }
-    if handshaking && len as usize > config.handshake_limit() {
-        return Err(DecodeError::HandshakeFrameTooLarge {
-            len: len.into(),
-            max: config.handshake_limit(),
         });
     }
     Ok(Some(len as usize))

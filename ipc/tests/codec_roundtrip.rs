@@ -117,6 +117,7 @@ fn msg_strategy() -> impl Strategy<Value = Msg> {
         ".{0,20}".prop_map(|reason| Msg::CancelActor { reason }),
         prop::option::of(any::<u64>()).prop_map(|teardown_ms| Msg::CancelAck { teardown_ms }),
         Just(Msg::Heartbeat),
+        any::<u64>().prop_map(|c| Msg::StopReading { cid: Cid(c) }),
     ]
 }
 
@@ -437,6 +438,16 @@ fn a_handshaking_decoder_refuses_large_frames_until_the_handshake_ends() {
         }
     );
     assert!(err.to_string().contains("before the handshake"), "{err}");
+    // A banner where the first frame should be: said as such, before the general limit.
+    let mut decoder = FrameDecoder::handshaking(config);
+    decoder.extend(b"login: welcome\n");
+    let err = decoder.decode_next().unwrap_err();
+    assert!(
+        matches!(err, DecodeError::HandshakeFrameTooLarge { .. })
+            && err.to_string().contains("\"logi\"")
+            && err.to_string().contains("banner"),
+        "{err}"
+    );
     assert!(matches!(
         decoder.read_buf(),
         Err(DecodeError::HandshakeFrameTooLarge { .. })

@@ -197,8 +197,17 @@ impl RemoteChild {
         } else if status.success() {
             Exit::Exited
         } else {
+            // OpenSSH's 255 is its own failure, or a remote program ended by a signal (the
+            // signal is not passed on): say both, so that a SIGKILLed remote actor does not
+            // read as a broken ssh alone.
+            let hint = if status.code() == Some(255) && self.launcher.contains("ssh") {
+                " (ssh exits with 255 when its connection failed or when the remote program \
+                 was killed by a signal)"
+            } else {
+                ""
+            };
             Exit::Failed(format!(
-                "the launcher `{}` ended with {status}; its stderr: {}",
+                "the launcher `{}` ended with {status}{hint}; its stderr: {}",
                 self.launcher,
                 self.tail.text()
             ))

@@ -302,6 +302,11 @@ fn broken(shared: &Shared, e: RecvError) {
         RecvError::Closed => format!("the channel to {} closed", shared.peer.id),
         other => format!("reading from {} failed: {other}", shared.peer.id),
     };
+    if matches!(e, RecvError::Decode(_)) {
+        // The peer broke the protocol (a peer's bug, or a hostile one): said where it is seen.
+        tracing::warn!(local = %shared.local.id, peer = %shared.peer.id, %reason,
+            "link dropped: malformed input from the peer");
+    }
     shared.shutdown(LinkEnd::Broken(reason.clone()), reason, false);
 }
 

@@ -435,7 +435,15 @@ pub(crate) async fn connect(
         let stream = Async::<std::os::unix::net::UnixStream>::connect(&path)
             .await
             .map_err(|e| {
-                DiscoveryError::Unreachable(format!("cannot connect to {}: {e}", path.display()))
+                use std::io::ErrorKind::{ConnectionRefused, NotFound};
+                let why = match e.kind() {
+                    NotFound | ConnectionRefused => "its process no longer listens",
+                    _ => "its process's socket refused the connection",
+                };
+                DiscoveryError::Unreachable(format!(
+                    "actor {uid} in process {pid} is unreachable ({why}): {}: {e}",
+                    path.display()
+                ))
             })?;
         {
             let (mut r, mut w) = (&stream, &stream);
