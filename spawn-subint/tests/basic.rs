@@ -107,12 +107,24 @@ fn unsupported_values_are_clear_errors() -> Result<()> {
         ("object", "'object'"),
         ("nested", "'set'"),
         ("bigint", "does not fit in a signed 64-bit integer"),
+        ("big_index", "does not fit in a signed 64-bit integer"),
+        ("bad_index", "'_Index'"),
     ] {
         let err = call(&h, "harrow_testfns:bad_return", s(kind))?.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Raised, "{kind}");
         assert!(err.to_string().starts_with("TypeError"), "{kind}: {err}");
         assert!(err.to_string().contains(needle), "{kind}: {err}");
     }
+    // Integers of other types (with `__index__`, as numpy's are) are sent as ints.
+    let ints = call(&h, "harrow_testfns:index_ints", Value::Null)?.expect("index ints");
+    assert_eq!(
+        ints,
+        list([
+            Value::Int(7),
+            Value::Map(vec![(s("k"), Value::Int(-3))]),
+            Value::Int(i64::MAX),
+        ])
+    );
     // An unhashable dict key in the argument.
     let arg = Value::Map(vec![(list([]), Value::Null)]);
     let err = call(&h, "harrow_testfns:echo", arg)?.unwrap_err();

@@ -194,9 +194,22 @@ unsafe fn to_value_at(o: *mut ffi::PyObject, depth: usize) -> Result<Value, Conv
         }
         return Ok(Value::Map(entries));
     }
+    // An integer of another type (numpy's `int64`, say: what `arr.sum()` returns): what its
+    // `__index__` says, which is lossless by that method's contract. One whose `__index__`
+    // raises is unsupported like any other type.
+    // SAFETY: GIL held, `o` valid.
+    if unsafe { ffi::PyIndex_Check(o) } != 0 {
+        // SAFETY: GIL held, `o` valid; a new reference (or null with an error set).
+        match unsafe { Obj::owned(ffi::PyNumber_Index(o)) } {
+            // SAFETY: GIL held; `int` is an int, so this does not come back here.
+            Ok(int) => return unsafe { to_value_at(int.as_ptr(), depth) },
+            // SAFETY: GIL held; the error `__index__` raised is replaced by ours below.
+            Err(PyErrSet) => unsafe { ffi::PyErr_Clear() },
+        }
+    }
     Err(ConvError::Unsupported(format!(
-        "unsupported Python type '{}' (harrow values are None, bool, int, float, str, bytes, \
-         list, tuple and dict)",
+        "unsupported Python type '{}' (harrow values are None, bool, int and integers with \
+         __index__, float, str, bytes, list, tuple and dict)",
         // SAFETY: GIL held, `o` valid.
         unsafe { type_name(o) }
     )))

@@ -114,7 +114,28 @@ def shaped_texts(shape):
     raise AssertionError("fail_shaped(%r) did not raise" % (shape,))
 
 
+class _Index:
+    """An integer of its own type: sent as what its ``__index__`` says."""
+
+    def __init__(self, n, ok=True):
+        self.n, self.ok = n, ok
+
+    def __index__(self):
+        if not self.ok:
+            raise TypeError("no index today")
+        return self.n
+
+
+def index_ints(v=None):
+    """index_ints() -> objects with ``__index__`` (numpy's integers are such), as ints."""
+    return [_Index(7), {"k": _Index(-3)}, _Index(2**63 - 1)]
+
+
 def bad_return(kind):
+    if kind == "bad_index":
+        return _Index(1, ok=False)
+    if kind == "big_index":
+        return _Index(2**80)
     if kind == "set":
         return {1, 2}
     if kind == "bigint":
