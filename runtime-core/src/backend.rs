@@ -104,6 +104,12 @@ impl Capabilities {
 }
 
 /// The bounds of the teardown ladder. Every wait in teardown is one of these.
+///
+/// Each bound is how long its step waits, taken as given: a zero `cancel_ack` or
+/// `graceful_exit` skips to the hard kill at once, and with a zero `hard_kill` a child that
+/// cannot be killed (a thread actor) is reported leaked even when it was about to exit. Keep
+/// them at least as long as a child needs to notice a cancel ([`Timeouts::quick`] is the
+/// shortest the test suite uses).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Timeouts {
     /// How long to wait for a `CancelAck` (default 0.5 s).

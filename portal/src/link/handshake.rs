@@ -18,6 +18,11 @@ impl Link {
     ///
     /// `resolver` serves the peer's calls; with `None`, every `Start` is answered with a
     /// `NotFound` error.
+    ///
+    /// The link's reader, writer and served calls are tasks of `exec`: something must run
+    /// that executor (a thread looping on `exec.run(..)`, say) for as long as the link lives.
+    /// Nothing runs it for you; on an executor nobody runs, the handshake completes (it runs in
+    /// the caller's task) but no answer is ever read, and each call waits until its own bound.
     pub async fn establish(
         channel: Channel,
         local: LocalInfo,
