@@ -180,7 +180,10 @@ fn watch_input(input: &File, spec: &SpawnSpec) -> Result<(), String> {
                 }
             }
             std::thread::sleep(grace);
-            eprintln!(
+            // Not `eprintln!`: stderr is most likely the same gone connection, and a failed
+            // write would panic this thread, leaving a busy actor running for ever (it did).
+            let _ = writeln!(
+                std::io::stderr(),
                 "harrow remote child {}: the parent's connection ended {grace:?} ago and the \
                  actor has not exited: exiting now",
                 std::process::id()
