@@ -56,7 +56,8 @@ pub(crate) const NOT_READ: &str = "stream not read: ";
 
 /// The Rust side of one open stream (`stream` in Python).
 pub trait StreamHost: Send + 'static {
-    /// `stream.send(value)`. An error beginning with [`NOT_READ`]: the peer reads no more.
+    /// `stream.send(value)`. An error beginning with `"stream not read: "`: the peer reads no
+    /// more.
     fn send(&mut self, value: Value) -> HostFuture<'_, ()>;
     /// `stream.recv()`: the next item, `None` once the peer stopped its side.
     fn recv(&mut self) -> HostFuture<'_, Option<Value>>;
