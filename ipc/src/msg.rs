@@ -476,7 +476,8 @@ impl RemoteError {
     /// [`is_refused`]: RemoteError::is_refused
     pub fn refused(source: ActorId, canceller: ActorId, func: &str) -> Self {
         let message = format!(
-            "{func} refused: this actor is being cancelled (requested by {canceller}); it did not run"
+            "{func} refused: this actor is being cancelled (requested by {canceller}); it did \
+             not run"
         );
         RemoteError {
             canceller: Some(canceller),

@@ -203,53 +203,71 @@ fn a_dying_worker_fails_each_item_of_the_batches_it_had_in_flight() {
 }
 
 #[test]
-fn a_batch_its_ending_worker_refused_runs_on_the_replacement() {
+fn a_batch_its_ending_worker_refused_runs_again_or_is_answered_refused() {
     harrow_testkit::harness(
-        "a_batch_its_ending_worker_refused_runs_on_the_replacement",
+        "a_batch_its_ending_worker_refused_runs_again_or_is_answered_refused",
         Duration::from_secs(60),
         harrow_testkit::DEFAULT_SETTLE,
         || {
             let config = RootConfig::default().handle_sigint(false);
             run_root(config, |n| async move {
-                let spec = ActorSpec::with_resolver(registry());
-                let pool_config = PoolConfig::new("ending", 1);
-                let pool = ActorPool::start(&n, ThreadBackend::shared(), spec, pool_config).await?;
-                let worker = pool.workers()[0].id().clone();
-                let mut first =
-                    pool.map_batched("t:end_self", (0..2).map(Value::Int), true, "t:run_batch", 2);
-                let ending = move_on_after(Duration::from_secs(30), async {
-                    while !ENDING.load(Ordering::SeqCst) {
-                        async_io::Timer::after(Duration::from_millis(2)).await;
-                    }
-                })
-                .await;
-                assert!(ending.is_some(), "the first batch ended its worker");
-                // Sent ahead to the worker while its first batch runs: refused unstarted.
-                let second: Vec<_> = pool
-                    .map_batched("t:square", (2..4).map(Value::Int), true, "t:run_batch", 2)
-                    .collect()
-                    .await;
-                assert_eq!(
-                    second
-                        .into_iter()
-                        .map(|(_, r)| r.map_err(|e| e.to_string()))
-                        .collect::<Vec<_>>(),
-                    vec![Ok(Value::Int(4)), Ok(Value::Int(9))],
-                    "run on the replacement, not reported as a death"
-                );
-                assert_eq!(pool.replaced(), 1);
-                assert_ne!(pool.workers()[0].id(), &worker);
-                // The batch that ended its actor was cancelled by it while it ran, and answered
-                // with its value after its cleanup (a cancel-aware call decides its answer).
-                let mut answers = Vec::new();
-                while let Some((_, r)) = first.next().await {
-                    answers.push(r.map_err(|e| e.to_string()));
+                for retries in [1, 0] {
+                    refused_batch(&n, retries).await?;
                 }
-                assert_eq!(answers, vec![Ok(Value::Int(0)), Ok(Value::Int(1))]);
-                pool.cancel().await;
                 Ok(())
             })
             .expect("the tree runs");
         },
     )
+}
+
+/// A pool of one worker whose first batch ends the worker's actor; a second batch, sent ahead
+/// to it meanwhile, is refused unstarted. With retries, its arguments were kept and it runs on
+/// the replacement; without, it is answered `Refused`. Never `WorkerDied`.
+async fn refused_batch(
+    n: &harrow_runtime_core::ActorNursery,
+    retries: u32,
+) -> Result<(), harrow_runtime_core::BoxError> {
+    ENDING.store(false, Ordering::SeqCst);
+    let spec = ActorSpec::with_resolver(registry());
+    let pool_config = PoolConfig::new(format!("ending{retries}"), 1).retries(retries);
+    let pool = ActorPool::start(n, ThreadBackend::shared(), spec, pool_config).await?;
+    let worker = pool.workers()[0].id().clone();
+    let mut first = pool.map_batched("t:end_self", (0..2).map(Value::Int), true, "t:run_batch", 2);
+    let ending = move_on_after(Duration::from_secs(30), async {
+        while !ENDING.load(Ordering::SeqCst) {
+            async_io::Timer::after(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert!(ending.is_some(), "the first batch ended its worker");
+    let second: Vec<_> = pool
+        .map_batched("t:square", (2..4).map(Value::Int), true, "t:run_batch", 2)
+        .collect()
+        .await;
+    let refused = |r: &Result<Value, PoolError>| matches!(r, Err(PoolError::Refused { worker: w, .. }) if w == &worker);
+    if retries > 0 {
+        let got: Vec<_> = second
+            .into_iter()
+            .map(|(_, r)| r.map_err(|e| e.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![Ok(Value::Int(4)), Ok(Value::Int(9))],
+            "run on the replacement"
+        );
+    } else {
+        assert!(second.iter().all(|(_, r)| refused(r)), "{second:?}");
+    }
+    assert_eq!(pool.replaced(), 1);
+    assert_ne!(pool.workers()[0].id(), &worker);
+    // The batch that ended its actor was cancelled by it while it ran, and answered with its
+    // value after its cleanup (a cancel-aware call decides its answer).
+    let mut answers = Vec::new();
+    while let Some((_, r)) = first.next().await {
+        answers.push(r.map_err(|e| e.to_string()));
+    }
+    assert_eq!(answers, vec![Ok(Value::Int(0)), Ok(Value::Int(1))]);
+    pool.cancel().await;
+    Ok(())
 }

@@ -149,7 +149,8 @@ fn descendants_of(root: u32) -> BTreeSet<u32> {
     out
 }
 
-fn alive(pid: u32) -> bool {
+/// Whether process `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
             s.rfind(')')

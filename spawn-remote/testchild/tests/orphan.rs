@@ -11,17 +11,9 @@ use harrow_runtime_core::ipc::Value;
 use harrow_runtime_core::{ActorSpec, RootConfig, Timeouts, run_root};
 use harrow_spawn_remote::RemoteBackend;
 use harrow_testkit::run_bounded;
+use harrow_testkit::sigint::alive;
 
 const BIN: &str = env!("CARGO_BIN_EXE_harrow-remote-testchild");
-
-fn alive(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rfind(')')
-                .is_some_and(|i| !s[i + 1..].trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
 
 #[test]
 fn a_busy_child_whose_launcher_died_exits_on_its_own() {
@@ -47,6 +39,7 @@ fn a_busy_child_whose_launcher_died_exits_on_its_own() {
                 .run("proc:pid", Value::Null)
                 .await?
                 .as_i64()
+                .and_then(|p| u32::try_from(p).ok())
                 .expect("a pid");
             let path = Value::from(marker.to_string_lossy().as_ref());
             // The call never returns; it is dropped once its marker shows the loop running.
