@@ -199,8 +199,10 @@ unsafe fn to_value_at(o: *mut ffi::PyObject, depth: usize) -> Result<Value, Conv
     // raises is unsupported like any other type.
     // SAFETY: GIL held, `o` valid.
     if unsafe { ffi::PyIndex_Check(o) } != 0 {
-        // SAFETY: GIL held, `o` valid; a new reference (or null with an error set).
-        match unsafe { Obj::owned(ffi::PyNumber_Index(o)) } {
+        // SAFETY: GIL held, `o` valid.
+        let index = unsafe { ffi::PyNumber_Index(o) };
+        // SAFETY: a new reference (or null with an error set).
+        match unsafe { Obj::owned(index) } {
             // SAFETY: GIL held; `int` is an int, so this does not come back here.
             Ok(int) => return unsafe { to_value_at(int.as_ptr(), depth) },
             // SAFETY: GIL held; the error `__index__` raised is replaced by ours below.
