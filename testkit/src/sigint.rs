@@ -149,6 +149,41 @@ fn descendants_of(root: u32) -> BTreeSet<u32> {
     out
 }
 
+/// Waits at most `bound` for process `pid` (not necessarily ours) to end; true once it has.
+/// Woken by the process's exit itself (a pidfd), without polling; on a kernel without pidfds
+/// (before 5.3), it checks every 50 ms instead.
+pub fn wait_gone(pid: u32, bound: Duration) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    use rustix::process::{Pid, PidfdFlags, pidfd_open};
+    let Some(p) = Pid::from_raw(pid as i32) else {
+        return true;
+    };
+    let deadline = Instant::now() + bound;
+    match pidfd_open(p, PidfdFlags::empty()) {
+        Err(rustix::io::Errno::SRCH) => true,
+        Ok(fd) => loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            };
+            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+            match poll(&mut fds, Some(&timeout)) {
+                Ok(_) if !fds[0].revents().is_empty() => return true,
+                Err(rustix::io::Errno::INTR) => {}
+                _ if Instant::now() >= deadline => return !alive(pid),
+                _ => {}
+            }
+        },
+        Err(_) => {
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            !alive(pid)
+        }
+    }
+}
+
 /// Whether process `pid` exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -4,14 +4,14 @@
 //! that write failing used to kill the watch instead, and the child spun on for ever (three
 //! such children of `harrow demo --remote` ran for 90 minutes).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_lite::FutureExt;
 use harrow_runtime_core::ipc::Value;
 use harrow_runtime_core::{ActorSpec, RootConfig, Timeouts, run_root};
 use harrow_spawn_remote::RemoteBackend;
 use harrow_testkit::run_bounded;
-use harrow_testkit::sigint::alive;
+use harrow_testkit::sigint::wait_gone;
 
 const BIN: &str = env!("CARGO_BIN_EXE_harrow-remote-testchild");
 
@@ -61,15 +61,11 @@ fn a_busy_child_whose_launcher_died_exits_on_its_own() {
     });
     let _ = std::fs::remove_file(&marker);
     // The watch's grace is twice the quick ladder plus 2 s; give it ten times that.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while alive(pid) {
-        if Instant::now() >= deadline {
-            // Not left spinning behind the failed test.
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
-            panic!("the busy remote child {pid} outlived its launcher by a minute");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !wait_gone(pid, Duration::from_secs(60)) {
+        // Not left spinning behind the failed test.
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+        panic!("the busy remote child {pid} outlived its launcher by a minute");
     }
 }
