@@ -845,22 +845,17 @@ fn call_outcome(
         // What the function raised is the worker's answer, even when the worker has gone by the
         // time it is looked at (it crashed right after, or the teardown finished meanwhile):
         // neither a cancellation nor a reason to run the item again.
-        Err(e) if worker_alive || (e.is_remote() && !e.is_cancelled()) => {
-            Some(Err(PoolError::Call(e)))
-        }
+        Err(e) if worker_alive || raised(&e) => Some(Err(PoolError::Call(e))),
         Err(_) if stopping => Some(Err(PoolError::Cancelled)),
         // The worker died under the call.
         Err(_) => None,
     }
 }
 
-/// Whether a call's outcome is its item's answer even though its worker has died since: a
-/// result, or what the function raised (not a cancellation, a refusal or a closed link).
-fn is_answer(r: &std::result::Result<Value, harrow_portal::Error>) -> bool {
-    match r {
-        Ok(_) => true,
-        Err(e) => e.is_remote() && !e.is_cancelled(),
-    }
+/// Whether a call's failure is what its function raised (not a cancellation, a refusal or a
+/// closed link): the item's answer even when its worker has died since.
+fn raised(e: &harrow_portal::Error) -> bool {
+    e.is_remote() && !e.is_cancelled()
 }
 
 /// One worker slot: takes items from the queue and runs them on its actor, replacing the actor
@@ -976,9 +971,10 @@ async fn work_loop(
                     };
                     match r {
                         None => Some(Err(PoolError::Cancelled)),
-                        // The worker is ending and did not run it: run it on the replacement.
+                        // The worker is ending and did not run it: handled with its death (kept
+                        // as the job's outcome, as a refused job sent ahead is).
                         Some(Err(e)) if e.is_refused() && !stopping() => {
-                            j.refused = true;
+                            j.done = Some(Err(e));
                             None
                         }
                         Some(r) => call_outcome(
@@ -1027,7 +1023,11 @@ async fn work_loop(
                 }
             }
             let mut dead = match ahead.take() {
-                Some(a) if a.done.as_ref().is_some_and(is_answer) => {
+                Some(a)
+                    if a.done
+                        .as_ref()
+                        .is_some_and(|r| r.as_ref().map_or_else(raised, |_| true)) =>
+                {
                     ahead = Some(a);
                     None
                 }
@@ -1035,8 +1035,7 @@ async fn work_loop(
             };
             for j in [&mut job, &mut dead] {
                 let Some(f) = j.as_mut() else { continue };
-                let unrun = std::mem::take(&mut f.refused)
-                    || matches!(&f.done, Some(Err(e)) if e.is_refused());
+                let unrun = matches!(&f.done, Some(Err(e)) if e.is_refused());
                 f.call = None;
                 f.done = None;
                 if unrun && f.args_kept {
@@ -1107,9 +1106,6 @@ struct InFlight<'a> {
     call: Option<CallFuture>,
     done: Option<std::result::Result<Value, harrow_portal::Error>>,
     attempts: u32,
-    /// The worker refused the call unstarted (it was ending): the item runs on the
-    /// replacement if its arguments were kept, and that is not one of its retries.
-    refused: bool,
     /// Whether the arguments were kept when the call was sent (retries were left).
     args_kept: bool,
     _running: Running<'a>,
@@ -1123,7 +1119,6 @@ impl<'a> InFlight<'a> {
             call: None,
             done: None,
             attempts: 0,
-            refused: false,
             args_kept: false,
             _running: Running(&shared.running),
         }
