@@ -16,6 +16,7 @@
 
 mod by_cid;
 mod handshake;
+mod hold;
 mod io;
 mod outlet;
 mod queue;
@@ -26,7 +27,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -104,6 +105,24 @@ pub struct LinkConfig {
     /// actors on other hosts (`RootConfig::link_config` for the root's children; a remote child
     /// sets one on its link to its parent).
     pub heartbeat_timeout: Option<Duration>,
+    /// The estimated bytes (by [`Value::approx_size`] for values) this side may have queued for
+    /// the peer and not yet written before it starts none of the peer's new calls (default
+    /// 64 MiB; `usize::MAX` turns the bound off). A peer that sends calls and does not read
+    /// their answers would otherwise make this side hold every answer.
+    ///
+    /// Past the bound the peer's new calls are held, in order, and start once the backlog is
+    /// down to half the bound; everything else the peer sends is still read and routed. Once
+    /// the held calls weigh as much as the bound too, this side stops reading from the peer
+    /// until the backlog shrinks (see
+    /// [`backlog_stall_timeout`](Self::backlog_stall_timeout)). Links over a transport that
+    /// hands messages straight to an in-process peer (`mem`) have no backlog and hold nothing.
+    pub max_backlog: usize,
+    /// While this side has stopped reading from the peer (its held calls are at
+    /// [`max_backlog`](Self::max_backlog)) and nothing at all was written to it for this long,
+    /// the link ends as [`LinkEnd::Broken`], saying so (default 60 s; `None` waits for ever).
+    /// Only a peer that neither reads nor stops calling gets there, or two peers that each
+    /// stopped reading the other, which nothing else would end.
+    pub backlog_stall_timeout: Option<Duration>,
 }
 
 impl LinkConfig {
@@ -155,6 +174,8 @@ impl Default for LinkConfig {
             cancel_cleanup: Duration::from_millis(400),
             heartbeat_interval: Some(Duration::from_secs(1)),
             heartbeat_timeout: None,
+            max_backlog: 64 << 20,
+            backlog_stall_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -331,6 +352,18 @@ impl Link {
         self.shared.lock().served.len()
     }
 
+    /// The estimated bytes queued for the peer and not yet written (see
+    /// [`LinkConfig::max_backlog`]); 0 on a link over an in-memory transport.
+    pub fn outgoing_backlog(&self) -> usize {
+        self.shared.backlog()
+    }
+
+    /// How many of the peer's calls wait to start because the outgoing backlog is over
+    /// [`LinkConfig::max_backlog`].
+    pub fn held_calls(&self) -> usize {
+        self.shared.held_calls()
+    }
+
     /// Cancels every call this link is serving for the peer, on behalf of `canceller`: each
     /// answers its caller with `ContextCancelled { canceller }`.
     ///
@@ -414,6 +447,11 @@ pub(crate) struct Shared {
     written: AtomicU64,
     /// Messages received from the peer (any kind): the heartbeat watch compares it over time.
     received: AtomicU64,
+    /// The peer's calls the reader holds back, not cancelled (`hold`).
+    held: AtomicUsize,
+    /// The reader stopped reading until the backlog shrinks (`hold`): the heartbeat watch does
+    /// not count the peer's silence meanwhile.
+    reading_stopped: AtomicBool,
     writer_done: AtomicBool,
     reader_done: AtomicBool,
     /// Writer progress and served calls finishing (for `drain` and `io_stopped`): notified

@@ -164,6 +164,8 @@ impl Link {
             enqueued: AtomicU64::new(0),
             written: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            held: std::sync::atomic::AtomicUsize::new(0),
+            reading_stopped: AtomicBool::new(false),
             writer_done: AtomicBool::new(false),
             reader_done: AtomicBool::new(false),
             progress: harrow_ipc::wait::Watched::new(),

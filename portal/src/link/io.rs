@@ -48,6 +48,7 @@ pub(super) async fn writer(shared: Arc<Shared>, tx: ChannelTx, out: Arc<WriterQu
                     if !write_batch(&shared, &tx, &mut batch).await {
                         return;
                     }
+                    shared.backlog_written(out.wrote());
                 }
             }
         }
@@ -208,25 +209,44 @@ fn shrunk(error: RemoteError, why: &str) -> RemoteError {
     }
 }
 
-/// The next message, or `None` once the link is shut down (checked after the channel, so a
-/// message already there still goes first). A half that can be polled without a future (`mem`)
-/// is, so that a wait costs no boxed future; the shutdown wakes the reader through
-/// `Shared::reader_waker`, not an event listener.
-async fn next_or_dead(shared: &Shared, rx: &mut ChannelRx) -> Option<Result<Msg, RecvError>> {
+/// What the reader waits for.
+enum Next {
+    /// What the channel gave.
+    Msg(Result<Msg, RecvError>),
+    /// Held calls may start now (`hold`).
+    Release,
+    /// The link is shut down.
+    Dead,
+}
+
+/// What the reader does once the channel has nothing: `Dead` once the link is shut down, and
+/// `Release` once held calls may start, else keep waiting.
+fn idle_next(shared: &Shared) -> Poll<Next> {
+    if shared.is_dead() {
+        Poll::Ready(Next::Dead)
+    } else if shared.release_due() {
+        Poll::Ready(Next::Release)
+    } else {
+        Poll::Pending
+    }
+}
+
+/// The next message; `Dead` once the link is shut down (checked after the channel, so a
+/// message already there still goes first), `Release` once held calls may start. A half that
+/// can be polled without a future (`mem`) is, so that a wait costs no boxed future; the
+/// shutdown and the backlog's shrinking wake the reader through `Shared::reader_waker`, not an
+/// event listener.
+async fn next_or_dead(shared: &Shared, rx: &mut ChannelRx) -> Next {
     let mut direct = true;
     let polled = poll_fn(|cx| match rx.poll_recv_now(cx) {
         None => {
             direct = false;
-            Poll::Ready(None)
+            Poll::Ready(Next::Dead)
         }
-        Some(Poll::Ready(r)) => Poll::Ready(Some(r)),
+        Some(Poll::Ready(r)) => Poll::Ready(Next::Msg(r)),
         Some(Poll::Pending) => {
             shared.reader_waker.register(cx.waker());
-            if shared.is_dead() {
-                Poll::Ready(None)
-            } else {
-                Poll::Pending
-            }
+            idle_next(shared)
         }
     })
     .await;
@@ -236,14 +256,10 @@ async fn next_or_dead(shared: &Shared, rx: &mut ChannelRx) -> Option<Result<Msg,
     let mut recv = pin!(rx.recv());
     poll_fn(|cx| {
         if let Poll::Ready(r) = recv.as_mut().poll(cx) {
-            return Poll::Ready(Some(r));
+            return Poll::Ready(Next::Msg(r));
         }
         shared.reader_waker.register(cx.waker());
-        if shared.is_dead() {
-            Poll::Ready(None)
-        } else {
-            Poll::Pending
-        }
+        idle_next(shared)
     })
     .await
 }
@@ -255,8 +271,12 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
     let mut received = shared.received.load(Ordering::Relaxed);
     'read: loop {
         // What is there already (an in-memory queue's messages, the frames a byte stream's
-        // last read brought in), routed without a future per message; then wait.
-        while let Some(next) = rx.try_recv_now() {
+        // last read brought in), routed without a future per message; then wait. Unless the
+        // peer's held calls are at the backlog's bound: then nothing more is read until the
+        // backlog shrinks (`hold`).
+        while !shared.held_full(&routes.starts)
+            && let Some(next) = rx.try_recv_now()
+        {
             match next {
                 Ok(msg) => {
                     received += 1;
@@ -275,22 +295,32 @@ pub(super) async fn reader(shared: Arc<Shared>, mut rx: ChannelRx) {
         // What the routing handed over (a served call's answer) wakes the peer now, not after
         // a hop through the outlet's waker task.
         shared.reader_idle();
+        if shared.held_full(&routes.starts) {
+            if !shared.wait_backlog(&routes.starts).await {
+                break;
+            }
+            continue;
+        }
         let next = next_or_dead(&shared, &mut rx).await;
         match next {
-            None => break,
-            Some(Ok(msg)) => {
+            Next::Dead => break,
+            Next::Release => {}
+            Next::Msg(Ok(msg)) => {
                 received += 1;
                 shared.received.store(received, Ordering::Relaxed);
                 shared.reader_busy();
                 shared.handle(msg, &mut routes);
             }
-            Some(Err(e)) => {
+            Next::Msg(Err(e)) => {
                 broken(&shared, e);
                 break;
             }
         }
     }
     shared.reader_idle();
+    // The held calls are dropped with the reader's routes: the link is shut down, and their
+    // callers are told so by their own end of it.
+    shared.held.store(0, Ordering::Relaxed);
     debug!(local = %shared.local.id, "reader stopped");
     shared.reader_done.store(true, Ordering::Release);
     shared.progress.notify_all();
@@ -335,10 +365,12 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
             let now = Instant::now();
             // This side's own executor was stalled (a served function blocked its thread): what
             // the peer sent meanwhile may not be read yet, so the silence is not the peer's.
+            // So is a reader that stopped reading while the backlog shrinks (`hold`).
             if now.duration_since(last_tick)
                 > tick
                     .saturating_mul(2)
                     .saturating_add(Duration::from_millis(50))
+                || shared.reading_stopped.load(Ordering::Relaxed)
             {
                 quiet_since = now;
             }

@@ -33,7 +33,7 @@ use std::task::Poll;
 use atomic_waker::AtomicWaker;
 use harrow_ipc::{ChannelTx, Msg};
 
-use super::queue::{Pushed, WriterQueue};
+use super::queue::{Pushed, WriterQueue, weight};
 use super::{LinkEnd, Shared};
 
 pub(crate) enum Outlet {
@@ -108,8 +108,12 @@ impl Shared {
     pub(crate) fn enqueue(&self, msg: Msg) -> bool {
         match &self.out {
             Outlet::Writer(out) => {
+                let weight = match self.config.max_backlog {
+                    usize::MAX => 0,
+                    cap => weight(&msg, cap),
+                };
                 self.enqueued.fetch_add(1, Ordering::AcqRel);
-                match out.push(msg) {
+                match out.push(msg, weight) {
                     Pushed::Refused => {
                         self.enqueued.fetch_sub(1, Ordering::AcqRel);
                         false

@@ -29,11 +29,12 @@
 //! whole batch of them has gathered, or at the close).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
-use harrow_ipc::{ChannelTx, Msg, SentNow};
+use harrow_ipc::{ChannelTx, Msg, RemoteError, SentNow};
 
 /// How many queued messages the writer hands the transport at once.
 pub(crate) const WRITE_BATCH: usize = 256;
@@ -49,14 +50,57 @@ fn goes_at_once(msg: &Msg) -> bool {
     !matches!(msg, Msg::Yield { .. }) && !quiet(msg)
 }
 
+/// What a message weighs in a link's backlog: an estimate of its size in memory (its values by
+/// [`Value::approx_size`](harrow_ipc::Value::approx_size), counted up to `cap`, plus a fixed
+/// part for the rest).
+pub(crate) fn weight(msg: &Msg, cap: usize) -> usize {
+    const FIXED: usize = 64;
+    FIXED
+        + match msg {
+            Msg::Start { args: value, .. }
+            | Msg::Started { value, .. }
+            | Msg::Yield { value, .. }
+            | Msg::Return { value, .. } => value.approx_size(cap),
+            Msg::Error { error, .. } => error_weight(error, cap),
+            Msg::CancelActor { reason } => reason.len(),
+            _ => 0,
+        }
+}
+
+/// [`weight`] of an error: its texts and those of the errors it holds, counted up to `cap`.
+fn error_weight(error: &RemoteError, cap: usize) -> usize {
+    let mut total = 0usize;
+    let mut pending = vec![error];
+    while let Some(e) = pending.pop() {
+        total = total
+            .saturating_add(e.message.len() + e.traceback.len() + e.type_name.len())
+            .saturating_add(std::mem::size_of::<RemoteError>());
+        if total > cap {
+            break;
+        }
+        pending.extend(&e.children);
+    }
+    total
+}
+
 pub(crate) struct WriterQueue {
     state: Mutex<State>,
     /// The writer task while it waits for a message.
     writer: AtomicWaker,
+    /// The [`weight`] of the messages queued and of those the writer took and has not written
+    /// yet: the link's backlog, read without the lock (it changes only under it).
+    backlog: AtomicUsize,
 }
 
 struct State {
     msgs: VecDeque<Msg>,
+    /// The [`weight`] of each message in `msgs`, in the same order.
+    weights: VecDeque<usize>,
+    /// The sum of `weights`.
+    queued: usize,
+    /// The weight of the messages the writer took and has not reported written
+    /// ([`WriterQueue::wrote`]).
+    taken: usize,
     /// No more messages: the link's outlet closed it, or the writer is gone.
     closed: bool,
     /// The writer holds messages it took from here and has not written yet, or is about to
@@ -118,6 +162,9 @@ impl WriterQueue {
         WriterQueue {
             state: Mutex::new(State {
                 msgs: VecDeque::new(),
+                weights: VecDeque::new(),
+                queued: 0,
+                taken: 0,
                 closed: false,
                 busy: false,
                 woken: false,
@@ -127,7 +174,31 @@ impl WriterQueue {
                 writer_thread: 0,
             }),
             writer: AtomicWaker::new(),
+            backlog: AtomicUsize::new(0),
         }
+    }
+
+    /// The estimated bytes of the messages queued and not yet written ([`weight`]).
+    pub(crate) fn backlog(&self) -> usize {
+        // SeqCst, as `wrote`'s store: with the held-calls count, whose store and load are
+        // SeqCst too, either the reader sees the backlog shrink or the writer sees calls held
+        // and wakes it (`hold`).
+        self.backlog.load(Ordering::SeqCst)
+    }
+
+    /// Publishes the backlog; called under the lock, after `queued` or `taken` changed.
+    fn publish(&self, st: &State) {
+        self.backlog
+            .store(st.queued.saturating_add(st.taken), Ordering::Release);
+    }
+
+    /// For the writer: everything it took so far is written (or will never be: the channel is
+    /// gone). Returns the backlog left.
+    pub(crate) fn wrote(&self) -> usize {
+        let mut st = self.lock();
+        st.taken = 0;
+        self.backlog.store(st.queued, Ordering::SeqCst);
+        st.queued
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -136,7 +207,7 @@ impl WriterQueue {
 
     /// Queues `msg`, or writes it (after what is queued) when the writer is idle and the
     /// transport can without waiting; see the module docs.
-    pub(crate) fn push(&self, msg: Msg) -> Pushed {
+    pub(crate) fn push(&self, msg: Msg, weight: usize) -> Pushed {
         let mut st = self.lock();
         if st.closed {
             return Pushed::Refused;
@@ -145,6 +216,9 @@ impl WriterQueue {
         let at_once =
             goes_at_once(&msg) && (st.writer_thread == 0 || st.writer_thread == this_thread());
         st.msgs.push_back(msg);
+        st.weights.push_back(weight);
+        st.queued = st.queued.saturating_add(weight);
+        self.publish(&st);
         if st.woken || (st.busy && !st.waiting) {
             // The writer comes for it (it looks again before it waits), behind what it has.
             return Pushed::Queued;
@@ -153,7 +227,15 @@ impl WriterQueue {
             let st = &mut *st;
             if let Some(tx) = &st.through {
                 let n = st.msgs.len() as u64;
-                match tx.send_batch_now(&mut st.msgs) {
+                let sent = tx.send_batch_now(&mut st.msgs);
+                if sent != SentNow::NotNow {
+                    // All of them left the queue (an unfinished write is the transport's,
+                    // bounded by its buffer).
+                    st.weights.clear();
+                    st.queued = 0;
+                    self.publish(st);
+                }
+                match sent {
                     SentNow::Sent => return Pushed::Written(n),
                     SentNow::NotNow => {}
                     SentNow::Unfinished => {
@@ -188,6 +270,10 @@ impl WriterQueue {
         let (msgs, through) = {
             let mut st = self.lock();
             st.closed = true;
+            st.weights.clear();
+            st.queued = 0;
+            st.taken = 0;
+            self.publish(&st);
             (std::mem::take(&mut st.msgs), st.through.take())
         };
         drop(msgs);
@@ -223,6 +309,16 @@ impl WriterQueue {
         }
         st.busy = true;
         let n = st.msgs.len().min(full.saturating_sub(batch.len()).max(1));
+        let weight = if n == st.msgs.len() {
+            st.weights.clear();
+            std::mem::take(&mut st.queued)
+        } else {
+            let w: usize = st.weights.drain(..n).sum();
+            st.queued -= w;
+            w
+        };
+        // Still the writer's until it says it wrote them: the backlog is unchanged.
+        st.taken = st.taken.saturating_add(weight);
         if n == st.msgs.len() && batch.is_empty() {
             // All of it: the two deques trade places, and each keeps its allocation.
             std::mem::swap(&mut st.msgs, batch);
@@ -241,6 +337,11 @@ mod tests {
     use harrow_ipc::wait::testing::counting_waker;
 
     use super::*;
+
+    fn push(q: &WriterQueue, m: Msg) -> Pushed {
+        let w = weight(&m, usize::MAX);
+        q.push(m, w)
+    }
 
     fn msg(i: u64) -> Msg {
         Msg::Stop { cid: Cid(i) }
@@ -273,7 +374,7 @@ mod tests {
         let q = WriterQueue::new(None);
         let (_, w) = counting_waker();
         for i in 0..6 {
-            assert_eq!(q.push(msg(i)), Pushed::Queued);
+            assert_eq!(push(&q, msg(i)), Pushed::Queued);
         }
         let mut batch = VecDeque::new();
         assert_eq!(take(&q, &w, &mut batch, 2), MSGS);
@@ -297,7 +398,7 @@ mod tests {
         let mut batch = VecDeque::new();
         assert!(take(&q, &w, &mut batch, 256).is_pending());
         for i in 0..100 {
-            assert_eq!(q.push(msg(i)), Pushed::Queued);
+            assert_eq!(push(&q, msg(i)), Pushed::Queued);
         }
         assert_eq!(
             count.get(),
@@ -307,7 +408,7 @@ mod tests {
         assert_eq!(take(&q, &w, &mut batch, 256), MSGS);
         assert_eq!(batch.len(), 100);
         assert!(take(&q, &w, &mut batch, 256).is_pending());
-        assert_eq!(q.push(msg(100)), Pushed::Queued);
+        assert_eq!(push(&q, msg(100)), Pushed::Queued);
         assert_eq!(
             count.get(),
             2,
@@ -321,9 +422,9 @@ mod tests {
         let (count, w) = counting_waker();
         let mut batch = VecDeque::new();
         assert!(take(&q, &w, &mut batch, 256).is_pending());
-        assert_eq!(q.push(msg(1)), Pushed::Queued);
+        assert_eq!(push(&q, msg(1)), Pushed::Queued);
         q.close();
-        assert_eq!(q.push(msg(2)), Pushed::Refused, "closed: refused");
+        assert_eq!(push(&q, msg(2)), Pushed::Refused, "closed: refused");
         assert!(count.get() >= 1);
         assert_eq!(take(&q, &w, &mut batch, 256), MSGS);
         assert_eq!(cids(&batch), [1]);
@@ -341,9 +442,9 @@ mod tests {
         assert_eq!(take(&q, &w, &mut batch, 256), CLOSED);
 
         let q = WriterQueue::new(None);
-        assert_eq!(q.push(msg(1)), Pushed::Queued);
+        assert_eq!(push(&q, msg(1)), Pushed::Queued);
         q.abandon();
-        assert_eq!(q.push(msg(2)), Pushed::Refused);
+        assert_eq!(push(&q, msg(2)), Pushed::Refused);
         assert_eq!(take(&q, &w, &mut batch, 256), CLOSED);
         assert!(batch.is_empty());
     }
@@ -355,7 +456,7 @@ mod tests {
             let q = q.clone();
             std::thread::spawn(move || {
                 for i in 0..20_000 {
-                    assert_eq!(q.push(msg(i)), Pushed::Queued);
+                    assert_eq!(push(&q, msg(i)), Pushed::Queued);
                 }
                 q.close();
             })
@@ -400,10 +501,10 @@ mod tests {
         let (count, w) = counting_waker();
         let mut batch = VecDeque::new();
         assert!(take(&q, &w, &mut batch, 256).is_pending());
-        assert_eq!(q.push(ack(1)), Pushed::Queued, "a quiet one waits");
-        assert_eq!(q.push(ack(2)), Pushed::Queued);
+        assert_eq!(push(&q, ack(1)), Pushed::Queued, "a quiet one waits");
+        assert_eq!(push(&q, ack(2)), Pushed::Queued);
         assert_eq!(count.get(), 0, "quiet ones do not wake the writer");
-        assert_eq!(q.push(msg(3)), Pushed::Written(3), "the acks go with it");
+        assert_eq!(push(&q, msg(3)), Pushed::Written(3), "the acks go with it");
         assert_eq!(count.get(), 0, "nothing left for the writer");
         assert!(take(&q, &w, &mut batch, 256).is_pending());
         bounded(async {
@@ -421,7 +522,7 @@ mod tests {
         // The writer looks from this thread; the push comes from another one.
         assert!(take(&q, &w, &mut batch, 256).is_pending());
         let pushed = std::thread::scope(|s| {
-            s.spawn(|| q.push(msg(1)))
+            s.spawn(|| push(&q, msg(1)))
                 .join()
                 .expect("the pushing thread")
         });
@@ -432,7 +533,7 @@ mod tests {
         batch.clear();
         // Back on the writer's thread, with the writer idle again: written at once.
         assert!(take(&q, &w, &mut batch, 256).is_pending());
-        assert_eq!(q.push(msg(2)), Pushed::Written(1));
+        assert_eq!(push(&q, msg(2)), Pushed::Written(1));
         bounded(async {
             assert_eq!(b.recv().await.expect("a message"), msg(2));
         });
@@ -444,16 +545,16 @@ mod tests {
         let (count, w) = counting_waker();
         let mut batch = VecDeque::new();
         // Before the writer first looks, a push goes at once.
-        assert_eq!(q.push(msg(0)), Pushed::Written(1));
-        assert_eq!(q.push(ack(1)), Pushed::Queued);
+        assert_eq!(push(&q, msg(0)), Pushed::Written(1));
+        assert_eq!(push(&q, ack(1)), Pushed::Queued);
         // The writer takes the ack: until it looks again, it is busy with it.
         assert_eq!(take(&q, &w, &mut batch, 256), MSGS);
         assert_eq!(
-            q.push(msg(2)),
+            push(&q, msg(2)),
             Pushed::Queued,
             "behind what the writer holds"
         );
-        assert_eq!(q.push(msg(3)), Pushed::Queued);
+        assert_eq!(push(&q, msg(3)), Pushed::Queued);
         assert_eq!(count.get(), 0, "a running writer looks again by itself");
         assert_eq!(take(&q, &w, &mut batch, 256), MSGS);
         assert_eq!(batch.len(), 3);
@@ -468,12 +569,12 @@ mod tests {
         let (count, w) = counting_waker();
         let mut batch = VecDeque::new();
         assert!(take(&q, &w, &mut batch, 256).is_pending());
-        assert_eq!(q.push(ack(1)), Pushed::Queued);
+        assert_eq!(push(&q, ack(1)), Pushed::Queued);
         assert_eq!(count.get(), 0);
         // A writer that looks takes the ack and holds it, then waits for more.
         assert_eq!(take(&q, &w, &mut batch, 256), MSGS);
         assert!(take(&q, &w, &mut batch, 256).is_pending());
-        assert_eq!(q.push(msg(2)), Pushed::Queued, "no transport: queued");
+        assert_eq!(push(&q, msg(2)), Pushed::Queued, "no transport: queued");
         assert_eq!(count.get(), 1, "the loud one wakes the holding writer");
         assert_eq!(take(&q, &w, &mut batch, 256), MSGS);
         assert_eq!(batch.len(), 2);
@@ -486,10 +587,10 @@ mod tests {
         let mut batch = VecDeque::new();
         assert!(take(&q, &w, &mut batch, WRITE_BATCH).is_pending());
         for i in 0..WRITE_BATCH as u64 - 1 {
-            assert_eq!(q.push(ack(i)), Pushed::Queued);
+            assert_eq!(push(&q, ack(i)), Pushed::Queued);
         }
         assert_eq!(count.get(), 0);
-        assert_eq!(q.push(ack(9_999)), Pushed::Queued);
+        assert_eq!(push(&q, ack(9_999)), Pushed::Queued);
         assert_eq!(count.get(), 1, "a whole batch of them goes");
     }
 
@@ -504,7 +605,7 @@ mod tests {
             value: harrow_ipc::Value::Int(1),
         };
         assert_eq!(
-            q.push(item),
+            push(&q, item),
             Pushed::Queued,
             "items go in the writer's batches"
         );
@@ -522,9 +623,13 @@ mod tests {
             value: harrow_ipc::Value::Bytes(vec![i as u8; harrow_ipc::shm::RING_BYTES + 1_000]),
         };
         assert!(take(&q, &w, &mut batch, 256).is_pending());
-        assert_eq!(q.push(big(0)), Pushed::Queued, "not all of it went");
+        assert_eq!(push(&q, big(0)), Pushed::Queued, "not all of it went");
         assert_eq!(count.get(), 1, "the writer is woken to finish it");
-        assert_eq!(q.push(msg(1)), Pushed::Queued, "behind the unfinished one");
+        assert_eq!(
+            push(&q, msg(1)),
+            Pushed::Queued,
+            "behind the unfinished one"
+        );
         assert_eq!(
             take(&q, &w, &mut batch, 256),
             Poll::Ready(Taken::Unfinished(1)),
@@ -547,5 +652,54 @@ mod tests {
             };
             futures_lite::future::zip(writer, reader).await;
         });
+    }
+
+    #[test]
+    fn the_backlog_counts_what_is_queued_and_taken_until_written() {
+        let q = WriterQueue::new(None);
+        let (_, w) = counting_waker();
+        let big = |i: u64, n: usize| Msg::Return {
+            cid: Cid(i),
+            value: harrow_ipc::Value::Bytes(vec![0; n]),
+        };
+        assert_eq!(q.backlog(), 0);
+        assert_eq!(q.push(big(0, 1000), 1000), Pushed::Queued);
+        assert_eq!(q.push(big(1, 500), 500), Pushed::Queued);
+        assert_eq!(q.push(msg(2), 10), Pushed::Queued);
+        assert_eq!(q.backlog(), 1510);
+        let mut batch = VecDeque::new();
+        assert_eq!(take(&q, &w, &mut batch, 1), MSGS);
+        assert_eq!(q.backlog(), 1510, "taken is not written");
+        assert_eq!(q.wrote(), 510, "what is left queued");
+        assert_eq!(q.backlog(), 510);
+        assert_eq!(take(&q, &w, &mut batch, 10), MSGS);
+        assert_eq!(q.wrote(), 0);
+        assert_eq!(q.backlog(), 0);
+        q.push(msg(3), 7);
+        q.abandon();
+        assert_eq!(q.backlog(), 0, "nothing is left once the writer is gone");
+    }
+
+    #[test]
+    fn a_message_weighs_its_values() {
+        let v = harrow_ipc::Value::Bytes(vec![0; 10_000]);
+        let ret = Msg::Return {
+            cid: Cid(1),
+            value: v.clone(),
+        };
+        assert!(weight(&ret, usize::MAX) >= 10_000);
+        assert!(weight(&msg(1), usize::MAX) < 100);
+        let mut error = RemoteError::new(
+            harrow_ipc::ErrorKind::Runtime,
+            "E",
+            "m".repeat(5_000),
+            harrow_ipc::ActorId::new("x"),
+        );
+        error.children = vec![error.clone(), error.clone()];
+        let err = Msg::Error {
+            cid: Some(Cid(1)),
+            error: Box::new(error),
+        };
+        assert!(weight(&err, usize::MAX) >= 15_000, "its nested errors too");
     }
 }

@@ -7,6 +7,7 @@ use harrow_ipc::{Cid, Msg, Value};
 use tracing::debug;
 
 use super::Shared;
+use super::hold::Held;
 use crate::Error;
 use crate::chan::{Chan, Side};
 
@@ -25,6 +26,8 @@ pub(super) struct RouteCache {
     entry: Option<(Cid, u64, Arc<Chan>)>,
     /// Items for `entry`'s stream, in arrival order.
     held: Vec<Value>,
+    /// The peer's calls held back while the outgoing backlog is over its bound.
+    pub(super) starts: Held,
 }
 
 impl RouteCache {
@@ -63,15 +66,12 @@ impl Shared {
         }
         self.queue_held(cache);
         match msg {
-            Msg::Start {
-                cid,
-                func,
-                kind,
-                args,
-            } => self.serve_start(cid, func, kind, args),
+            start @ Msg::Start { .. } => self.start_or_hold(start, &mut cache.starts),
             Msg::Cancel { cid } => {
                 debug!(%cid, "Cancel from the caller");
-                self.cancel_served(&[cid], &self.peer.id.clone());
+                if !self.cancel_held(cid, &mut cache.starts) {
+                    self.cancel_served(&[cid], &self.peer.id.clone());
+                }
             }
             // Nothing on this side waits for the ack (a context waits for `Started`, a unary
             // call for its answer): taking the link's lock and waking the caller for it would
@@ -134,7 +134,10 @@ impl Shared {
                     chan.notify();
                 }
             }
-            Msg::CancelActor { reason } => self.cancel_actor_requested(reason),
+            Msg::CancelActor { reason } => {
+                self.refuse_held(&mut cache.starts);
+                self.cancel_actor_requested(reason);
+            }
             Msg::CancelAck { teardown_ms } => {
                 *self
                     .last_ack_teardown
@@ -168,7 +171,7 @@ impl Shared {
     /// An item without credit is a protocol violation: the call fails, and the items after it
     /// are dropped with it.
     fn queue_held(self: &Arc<Self>, cache: &mut RouteCache) {
-        let RouteCache { entry, held } = cache;
+        let RouteCache { entry, held, .. } = cache;
         if held.is_empty() {
             return;
         }
@@ -207,9 +210,11 @@ impl Shared {
     }
 
     /// The reader routed everything there was: what it holds is queued, and its cache is
-    /// cleared (so it never keeps a finished call's chan alive while it waits).
+    /// cleared (so it never keeps a finished call's chan alive while it waits). Held calls
+    /// start if the backlog allows.
     pub(super) fn routed(self: &Arc<Self>, cache: &mut RouteCache) {
         self.queue_held(cache);
         cache.entry = None;
+        self.release_held(&mut cache.starts);
     }
 }
