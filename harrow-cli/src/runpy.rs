@@ -173,11 +173,11 @@ pub(crate) fn run(
         eprintln!("harrow run-py: {why}");
         return USAGE;
     }
-    if let Some(venv) = &place.venv {
-        if !venv.is_dir() {
-            eprintln!("harrow run-py: --venv {}: not a directory", venv.display());
-            return USAGE;
-        }
+    if let Some(venv) = &place.venv
+        && !venv.is_dir()
+    {
+        eprintln!("harrow run-py: --venv {}: not a directory", venv.display());
+        return USAGE;
     }
     match inputs {
         Some(items) => run_on_pool(job, items, !pool.unordered, pool.batch, place),

@@ -717,7 +717,7 @@ mod tests {
                     while tx.send_now(stop(accepted)).is_ok() {
                         accepted += 1;
                         sent.store(accepted, std::sync::atomic::Ordering::Release);
-                        if accepted % 7 == 0 {
+                        if accepted.is_multiple_of(7) {
                             tx.flush_now();
                         }
                     }

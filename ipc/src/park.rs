@@ -396,10 +396,10 @@ mod imp {
         fn arm_watched(&self, watched: &[Arc<Interest>]) -> bool {
             let mut woke = false;
             for interest in watched {
-                if let Some(watch) = &interest.watch {
-                    if interest.waker().is_some() {
-                        watch.arm(self.token);
-                    }
+                if let Some(watch) = &interest.watch
+                    && interest.waker().is_some()
+                {
+                    watch.arm(self.token);
                 }
             }
             for interest in watched {
@@ -860,10 +860,10 @@ mod imp {
             fd: BorrowedFd<'_>,
             register: impl FnOnce() -> Option<Registration>,
         ) -> Option<&'a Registration> {
-            if slot.as_ref().is_some_and(|r| !r.is_here()) {
-                if let Some(r) = slot.take() {
-                    r.deregister(fd);
-                }
+            if slot.as_ref().is_some_and(|r| !r.is_here())
+                && let Some(r) = slot.take()
+            {
+                r.deregister(fd);
             }
             if slot.is_none() {
                 *slot = register();

@@ -379,14 +379,14 @@ impl Mapping {
     }
 
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
-        debug_assert!(offset % 8 == 0 && offset + 8 <= DATA_OFFSET);
+        debug_assert!(offset.is_multiple_of(8) && offset + 8 <= DATA_OFFSET);
         // SAFETY: `offset` is one of the header's fixed, 8-byte aligned offsets (the mapping is
         // page aligned), inside the mapping; an atomic may be shared with other processes.
         unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU64>() }
     }
 
     fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        debug_assert!(offset % 4 == 0 && offset + 4 <= DATA_OFFSET);
+        debug_assert!(offset.is_multiple_of(4) && offset + 4 <= DATA_OFFSET);
         // SAFETY: as in `u64_at`.
         unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU32>() }
     }

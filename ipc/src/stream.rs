@@ -306,10 +306,10 @@ impl<W: AsyncWrite + Unpin> Drop for WritingGuard<'_, W> {
     fn drop(&mut self) {
         let mut flags = self.tx.flags();
         flags.writing = false;
-        if flags.close_requested {
-            if let Some(sink) = self.w.sink.take() {
-                close_sink(sink);
-            }
+        if flags.close_requested
+            && let Some(sink) = self.w.sink.take()
+        {
+            close_sink(sink);
         }
     }
 }
@@ -511,10 +511,10 @@ impl<W: AsyncWrite + Unpin + Send + 'static> SendHalf for StreamTx<W> {
         }
         // Not writing: the lock is free, or held by a send between encoding and writing, which
         // sees `close_requested` and closes itself.
-        if let Some(mut w) = self.writer.try_lock() {
-            if let Some(sink) = w.sink.take() {
-                close_sink(sink);
-            }
+        if let Some(mut w) = self.writer.try_lock()
+            && let Some(sink) = w.sink.take()
+        {
+            close_sink(sink);
         }
     }
 }

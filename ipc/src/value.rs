@@ -314,7 +314,7 @@ impl<'a> CloneFrame<'a> {
             Value::List(items) => items.get(self.next),
             Value::Map(entries) => entries
                 .get(self.next / 2)
-                .map(|(k, v)| if self.next % 2 == 0 { k } else { v }),
+                .map(|(k, v)| if self.next.is_multiple_of(2) { k } else { v }),
             _ => None,
         };
         self.next += 1;

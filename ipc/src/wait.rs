@@ -270,7 +270,7 @@ mod tests {
             state.0.fetch_add(1, Ordering::Relaxed);
             state.1.notify_all();
             // Now and then, let the waiter be parked before the next change.
-            if state.0.load(Ordering::Relaxed) % 64 == 0 {
+            if state.0.load(Ordering::Relaxed).is_multiple_of(64) {
                 std::thread::yield_now();
             }
         }

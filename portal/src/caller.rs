@@ -678,10 +678,8 @@ impl TxInner {
         // reason otherwise.
         let open =
             !st.local_stopped && st.outcome.is_none() && !st.wire_done && !st.peer_stopped_reading;
-        if !open {
-            if let Some(err) = self.send_blocker(st) {
-                return Ok(Err(err));
-            }
+        if !open && let Some(err) = self.send_blocker(st) {
+            return Ok(Err(err));
         }
         let config = &self.shared.config;
         if !st.may_send(config) {
@@ -1066,10 +1064,10 @@ impl StreamRx {
         chan.wait_owner(move |st| {
             // A cancelled callee learns it at once (its remaining input is moot); a caller gets
             // what the callee sent before the error.
-            if chan.side == Side::Callee {
-                if let Some(Err(e)) = &st.outcome {
-                    return Some(Err(e.clone()));
-                }
+            if chan.side == Side::Callee
+                && let Some(Err(e)) = &st.outcome
+            {
+                return Some(Err(e.clone()));
             }
             if let Some(v) = st.items.pop_front() {
                 if let Some(grant) = st.consume_one() {

@@ -103,10 +103,10 @@ impl Resolver for ParkResolver {
                         let polled = recv.as_mut().poll(cx).map(|v| Ok(v.unwrap_or(Value::Null)));
                         if polled.is_pending() && std::mem::take(&mut first) {
                             // Still inside the first poll: the link has not parked it yet.
-                            if let Some((link, canceller)) = link.as_ref().and_then(|l| l.get()) {
-                                if let Some(link) = link.upgrade() {
-                                    link.cancel_calls(canceller);
-                                }
+                            if let Some((link, canceller)) = link.as_ref().and_then(|l| l.get())
+                                && let Some(link) = link.upgrade()
+                            {
+                                link.cancel_calls(canceller);
                             }
                             let _ = running.send_blocking(());
                         }

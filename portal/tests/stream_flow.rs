@@ -94,7 +94,7 @@ fn registry(sent: async_channel::Sender<i64>) -> FnRegistry {
         while let Some(v) = s.recv().await? {
             sum += v.as_i64().unwrap_or(0);
             n += 1;
-            if n % 97 == 0 {
+            if n.is_multiple_of(97) {
                 // A slow consumer, now and then.
                 async_io::Timer::after(Duration::from_millis(1)).await;
             }

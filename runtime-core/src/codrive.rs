@@ -486,10 +486,10 @@ mod watchdog {
     /// A helper turned busy: the watchdog must be ticking.
     pub(super) fn busy_turn() {
         TURNS.fetch_add(1, SeqCst);
-        if DEEP.load(SeqCst) {
-            if let Some(t) = thread() {
-                t.unpark();
-            }
+        if DEEP.load(SeqCst)
+            && let Some(t) = thread()
+        {
+            t.unpark();
         }
     }
 

@@ -922,22 +922,23 @@ async fn ladder(child: &mut dyn Child, link: &Link, t: Timeouts, escalate: &Canc
     // ended; a child still tearing down its own children says for how long.
     let mut subtree = Duration::ZERO;
     let mut late_ack = None;
-    if !escalated() && !link.is_closed() {
-        if let Some(request) = link.portal().request_cancel_actor() {
-            let acked = async { Some(request.ack(t.cancel_ack).await) }
-                .or(async {
-                    escalate.cancelled().await;
-                    None
-                })
-                .await;
-            tracing::debug!(child = %child.id(), ?acked, "cancel requested");
-            match acked {
-                Some(Some(Some(teardown))) => subtree = subtree_budget(teardown, &t),
-                Some(Some(None)) | None => {}
-                // Not acked within the bound: an ack that comes while we wait for the exit
-                // still counts.
-                Some(None) => late_ack = Some(request),
-            }
+    if !escalated()
+        && !link.is_closed()
+        && let Some(request) = link.portal().request_cancel_actor()
+    {
+        let acked = async { Some(request.ack(t.cancel_ack).await) }
+            .or(async {
+                escalate.cancelled().await;
+                None
+            })
+            .await;
+        tracing::debug!(child = %child.id(), ?acked, "cancel requested");
+        match acked {
+            Some(Some(Some(teardown))) => subtree = subtree_budget(teardown, &t),
+            Some(Some(None)) | None => {}
+            // Not acked within the bound: an ack that comes while we wait for the exit
+            // still counts.
+            Some(None) => late_ack = Some(request),
         }
     }
     // 2. Wait for it to exit (and for its subtree, if it said it is tearing one down).

@@ -439,7 +439,7 @@ mod tests {
         assert_eq!(align_of::<Flag>(), 16);
         // What a waker writes (`source`'s first word, then `state`) and the spinner reads: 16
         // bytes at a 16-aligned offset, which no 64-byte line boundary splits ...
-        const { assert!(HOT_AT % 16 == 0) };
+        const { assert!(HOT_AT.is_multiple_of(16)) };
         assert_eq!(offset_of!(Flag, state), HOT_AT);
         assert_eq!(offset_of!(Flag, source), HOT_AT + 8);
         // ... with the flag's own 48 bytes on either side: whichever line holds them holds

@@ -245,17 +245,17 @@ impl Job {
         };
         let mut failed: Vec<(usize, PoolError)> = Vec::new();
         for e in errors {
-            if let Some([Value::Int(i), Value::Str(ty), Value::Str(msg)]) = e.as_list() {
-                if let Some(i) = usize::try_from(*i).ok().filter(|i| *i < n) {
-                    let remote = harrow_ipc::RemoteError::new(
-                        harrow_ipc::ErrorKind::Raised,
-                        ty.clone(),
-                        msg.clone(),
-                        worker.clone(),
-                    );
-                    let err = PoolError::Call(harrow_portal::Error::Remote(Box::new(remote)));
-                    failed.push((i, err));
-                }
+            if let Some([Value::Int(i), Value::Str(ty), Value::Str(msg)]) = e.as_list()
+                && let Some(i) = usize::try_from(*i).ok().filter(|i| *i < n)
+            {
+                let remote = harrow_ipc::RemoteError::new(
+                    harrow_ipc::ErrorKind::Raised,
+                    ty.clone(),
+                    msg.clone(),
+                    worker.clone(),
+                );
+                let err = PoolError::Call(harrow_portal::Error::Remote(Box::new(remote)));
+                failed.push((i, err));
             }
         }
         // In item order, one error per item (the last one given wins, as a plain overwrite
@@ -1014,13 +1014,12 @@ async fn work_loop(
             // The job sent ahead was in flight on the dead worker too, unless it has its answer
             // (a result, or what its function raised; an answer that arrived while the worker
             // ended is taken now): it is failed or run again like the job itself.
-            if let Some(a) = ahead.as_mut() {
-                if let Some(call) = a.call.as_mut() {
-                    if let Some(r) = futures_lite::future::poll_once(call).await {
-                        a.done = Some(r);
-                        a.call = None;
-                    }
-                }
+            if let Some(a) = ahead.as_mut()
+                && let Some(call) = a.call.as_mut()
+                && let Some(r) = futures_lite::future::poll_once(call).await
+            {
+                a.done = Some(r);
+                a.call = None;
             }
             let mut dead = match ahead.take() {
                 Some(a)
@@ -1141,11 +1140,11 @@ impl<'a> InFlight<'a> {
 
     /// Drives the call (a job sent ahead), keeping its outcome.
     fn poll_call(&mut self, cx: &mut Context<'_>) {
-        if let Some(call) = &mut self.call {
-            if let Poll::Ready(r) = call.as_mut().poll(cx) {
-                self.done = Some(r);
-                self.call = None;
-            }
+        if let Some(call) = &mut self.call
+            && let Poll::Ready(r) = call.as_mut().poll(cx)
+        {
+            self.done = Some(r);
+            self.call = None;
         }
     }
 

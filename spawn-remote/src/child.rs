@@ -54,16 +54,14 @@ impl Launched {
     }
 
     fn try_reap(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            if let Some(proc) = self.proc.as_mut() {
-                match proc.try_wait() {
-                    Ok(Some(status)) => self.status = Some(status),
-                    Ok(None) => {}
-                    // Reaped elsewhere (SIGCHLD ignored): it is gone.
-                    Err(_) => {
-                        self.status = Some(std::os::unix::process::ExitStatusExt::from_raw(0))
-                    }
-                }
+        if self.status.is_none()
+            && let Some(proc) = self.proc.as_mut()
+        {
+            match proc.try_wait() {
+                Ok(Some(status)) => self.status = Some(status),
+                Ok(None) => {}
+                // Reaped elsewhere (SIGCHLD ignored): it is gone.
+                Err(_) => self.status = Some(std::os::unix::process::ExitStatusExt::from_raw(0)),
             }
         }
         self.status
@@ -185,10 +183,10 @@ impl RemoteChild {
         let Some(status) = self.launched.wait_until(deadline).await else {
             return Exit::Running;
         };
-        if let Some(killer) = self.killer.as_mut() {
-            if killer.wait_until(deadline).await.is_none() {
-                killer.kill();
-            }
+        if let Some(killer) = self.killer.as_mut()
+            && killer.wait_until(deadline).await.is_none()
+        {
+            killer.kill();
         }
         let left = deadline.saturating_duration_since(Instant::now());
         self.launched.finish_stderr(left.max(STDERR_GRACE)).await;

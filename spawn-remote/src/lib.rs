@@ -345,14 +345,13 @@ impl SpawnBackend for RemoteBackend {
         config.hello_timeout = config
             .hello_timeout
             .max(self.start_timeout.saturating_add(Duration::from_secs(1)));
-        if config.heartbeat_timeout.is_none() {
-            if let Some(bound) = self.heartbeat_timeout {
-                config.heartbeat_timeout = Some(bound);
-                // The child sends heartbeats on its own schedule (every second by default); this
-                // side's only need to reach a child whose timeout is set (30 s by default).
-                config.heartbeat_interval =
-                    config.heartbeat_interval.or(Some(Duration::from_secs(1)));
-            }
+        if config.heartbeat_timeout.is_none()
+            && let Some(bound) = self.heartbeat_timeout
+        {
+            config.heartbeat_timeout = Some(bound);
+            // The child sends heartbeats on its own schedule (every second by default); this
+            // side's only need to reach a child whose timeout is set (30 s by default).
+            config.heartbeat_interval = config.heartbeat_interval.or(Some(Duration::from_secs(1)));
         }
         config
     }

@@ -157,10 +157,10 @@ impl WarmSubintBackend {
             return None;
         }
         let got = lock(&self.inner.ready).pop_front();
-        if got.is_some() {
-            if let Some(tx) = lock(&self.inner.wake).as_ref() {
-                let _ = tx.send(());
-            }
+        if got.is_some()
+            && let Some(tx) = lock(&self.inner.wake).as_ref()
+        {
+            let _ = tx.send(());
         }
         got
     }

@@ -180,10 +180,11 @@ impl Breaker {
             Direction::ToChild => self.inner.to_child.fetch_add(1, Ordering::SeqCst) + 1,
             Direction::FromChild => self.inner.from_child.fetch_add(1, Ordering::SeqCst) + 1,
         };
-        if let Some((d, limit)) = self.inner.faults.break_after {
-            if d == dir && n >= limit {
-                self.break_now();
-            }
+        if let Some((d, limit)) = self.inner.faults.break_after
+            && d == dir
+            && n >= limit
+        {
+            self.break_now();
         }
     }
 

@@ -144,10 +144,10 @@ static MARKED: AtomicBool = AtomicBool::new(false);
 pub fn isolated<T: TestOutcome>(bound: Duration, test: impl FnOnce() -> T) -> T {
     match placement() {
         Placement::Alone => {
-            if let Ok(path) = std::env::var(ISOLATED_ENV) {
-                if !MARKED.swap(true, Ordering::SeqCst) {
-                    eprintln!("{STARTED_MARKER}{path}");
-                }
+            if let Ok(path) = std::env::var(ISOLATED_ENV)
+                && !MARKED.swap(true, Ordering::SeqCst)
+            {
+                eprintln!("{STARTED_MARKER}{path}");
             }
             test()
         }

@@ -502,10 +502,10 @@ fn read_children() -> Result<BTreeMap<u32, ChildInfo>> {
         let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        if let Some((child, ppid)) = parse_stat(pid, &stat) {
-            if ppid == me {
-                children.insert(pid, child);
-            }
+        if let Some((child, ppid)) = parse_stat(pid, &stat)
+            && ppid == me
+        {
+            children.insert(pid, child);
         }
     }
     Ok(children)

@@ -175,14 +175,13 @@ fn target_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(dir));
     }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe
             .ancestors()
             .skip(1)
             .find(|d| d.join("CACHEDIR.TAG").is_file())
-        {
-            return Some(dir.to_path_buf());
-        }
+    {
+        return Some(dir.to_path_buf());
     }
     let start = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)

@@ -158,7 +158,7 @@ fn timed_chunks(flag: &AtomicU64) -> Option<f64> {
                     return None;
                 }
                 spins = spins.wrapping_add(1);
-                if spins % 4096 == 0 && start.elapsed() > BUDGET {
+                if spins.is_multiple_of(4096) && start.elapsed() > BUDGET {
                     return best;
                 }
                 std::hint::spin_loop();

@@ -684,7 +684,7 @@ pub fn spin_watch_starting(
                 }
                 looks += 1;
                 // The clock every 8 looks (about 1.6 µs).
-                if looks % 8 == 0 && began.elapsed() >= busy {
+                if looks.is_multiple_of(8) && began.elapsed() >= busy {
                     break;
                 }
             }

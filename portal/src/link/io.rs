@@ -95,10 +95,10 @@ async fn write_batch(shared: &Arc<Shared>, tx: &ChannelTx, batch: &mut VecDeque<
         // Sent, plus the one handed back in an error: all left the queue.
         let done = before - batch.len();
         shared.written.fetch_add(done as u64, Ordering::AcqRel);
-        if let Err(e) = result {
-            if !send_failed(shared, tx, e).await {
-                return false;
-            }
+        if let Err(e) = result
+            && !send_failed(shared, tx, e).await
+        {
+            return false;
         }
     }
     shared.progress.notify_all();

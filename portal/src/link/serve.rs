@@ -262,18 +262,18 @@ impl Shared {
         let entry = st.served.remove(&cid)?;
         {
             let mut cst = entry.chan.lock();
-            if !cst.wire_done {
-                if let Some(msg) = answer(self, &entry.chan, &cst) {
-                    cst.wire_done = true;
-                    if from_outside {
-                        if !cst.ack_sent {
-                            cst.ack_sent = true;
-                            self.enqueue_urgent(Msg::StartAck { cid });
-                        }
-                        self.enqueue_urgent(msg);
-                    } else {
-                        self.enqueue(msg);
+            if !cst.wire_done
+                && let Some(msg) = answer(self, &entry.chan, &cst)
+            {
+                cst.wire_done = true;
+                if from_outside {
+                    if !cst.ack_sent {
+                        cst.ack_sent = true;
+                        self.enqueue_urgent(Msg::StartAck { cid });
                     }
+                    self.enqueue_urgent(msg);
+                } else {
+                    self.enqueue(msg);
                 }
             }
         }

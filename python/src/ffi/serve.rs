@@ -493,11 +493,12 @@ impl Server {
                 // one ends the wait. (Every look registers otherwise: a wake whose flag an
                 // earlier look took may still be under way and take the registration, so an
                 // unset flag does not say that the registration stands.)
-                if maybe.load(Ordering::Acquire) && maybe.swap(false, Ordering::AcqRel) {
-                    if let Some(job) = take() {
-                        got = Some(job);
-                        return std::task::Poll::Ready(());
-                    }
+                if maybe.load(Ordering::Acquire)
+                    && maybe.swap(false, Ordering::AcqRel)
+                    && let Some(job) = take()
+                {
+                    got = Some(job);
+                    return std::task::Poll::Ready(());
                 }
                 // Registered before the look: a handle queues a job (or goes), sets `maybe`,
                 // then wakes. Unset, no job came since the last look, or its wake is still to
