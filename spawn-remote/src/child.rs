@@ -16,6 +16,10 @@ use crate::launch::StderrTail;
 const NO_PIDFD_POLL: Duration = Duration::from_millis(10);
 /// The longest a join waits for the stderr thread after the launcher ended.
 const STDERR_GRACE: Duration = Duration::from_millis(500);
+/// How long past its bound a join after a hard kill waits for the remote kill (a second
+/// launcher run: an ssh connection takes about a second). With [`STDERR_GRACE`] it stays
+/// within the overrun the runtime allows a join (the larger of its bound and 2 s).
+const KILL_OVERRUN: Duration = Duration::from_secs(1);
 
 /// One launcher process: killed and reaped when dropped (a reaper thread waits for it, so a drop
 /// never blocks).
@@ -153,6 +157,8 @@ pub(crate) struct RemoteChild {
     kill_cmd: Option<Command>,
     /// That command, once run.
     killer: Option<Launched>,
+    /// Why the remote kill could not run, when it could not.
+    kill_error: Option<String>,
     tail: Arc<StderrTail>,
 }
 
@@ -174,6 +180,7 @@ impl RemoteChild {
             remote_pid,
             kill_cmd,
             killer: None,
+            kill_error: None,
             tail,
         }
     }
@@ -183,15 +190,34 @@ impl RemoteChild {
         let Some(status) = self.launched.wait_until(deadline).await else {
             return Exit::Running;
         };
-        if let Some(killer) = self.killer.as_mut()
-            && killer.wait_until(deadline).await.is_none()
-        {
-            killer.kill();
-        }
+        // Whether the remote kill, if there was one, is known to have run.
+        let unconfirmed = match self.killer.as_mut() {
+            None => self.kill_error.clone(),
+            Some(killer) => match killer.wait_until(deadline + KILL_OVERRUN).await {
+                Some(status) if status.success() => None,
+                Some(status) => Some(format!("the remote kill ended with {status}")),
+                None => {
+                    killer.kill();
+                    Some(format!(
+                        "the remote kill did not finish within {:?}",
+                        bound + KILL_OVERRUN
+                    ))
+                }
+            },
+        };
         let left = deadline.saturating_duration_since(Instant::now());
         self.launched.finish_stderr(left.max(STDERR_GRACE)).await;
         if self.launched.killed {
-            Exit::Killed
+            match unconfirmed {
+                None => Exit::Killed,
+                // The launcher is gone, the remote process perhaps not: said so, not `Killed`.
+                Some(why) => Exit::Leaked(format!(
+                    "remote pid {} via `{}`: its launcher was killed, but {why}; the remote \
+                     program ends by itself once it finds its input closed (within its \
+                     teardown bound and grace)",
+                    self.remote_pid, self.launcher
+                )),
+            }
         } else if status.success() {
             Exit::Exited
         } else {
@@ -231,7 +257,8 @@ impl Child for RemoteChild {
             match cmd.spawn() {
                 Ok(p) => self.killer = Some(Launched::new(p)),
                 Err(e) => {
-                    tracing::warn!(actor = %self.id, error = %e, "cannot run the remote kill")
+                    tracing::warn!(actor = %self.id, error = %e, "cannot run the remote kill");
+                    self.kill_error = Some(format!("the remote kill could not run: {e}"));
                 }
             }
         }

@@ -51,8 +51,11 @@
 //!   [`RemoteBackend::start_timeout`].
 //! - **Hard kill** kills the launcher (the remote child sees end of input and exits as an orphan
 //!   does) and, for ssh (or with [`RemoteBackend::remote_kill`]), also kills the remote process
-//!   through a second launcher run. A remote child whose input ended also exits by itself once
-//!   its teardown bound has passed, even if its actor is stuck: no remote orphans.
+//!   through a second launcher run. The child is reported `Killed` once that run succeeded;
+//!   when it failed, or did not finish within the hard-kill bound plus a second, the child is
+//!   reported leaked, with the reason: its launcher is dead, its remote program perhaps not.
+//!   A remote child whose input ended also exits by itself once its teardown bound has passed,
+//!   even if its actor is stuck: no remote orphans.
 //! - **Liveness**: idle links send heartbeats (`LinkConfig::heartbeat_interval`); a parent that sets
 //!   `LinkConfig::heartbeat_timeout` (in `RootConfig::link_config`) detects a silent partition
 //!   within it, and the remote child always watches its parent
