@@ -537,7 +537,11 @@ impl ActorNursery {
         let outcome = match why {
             // The child answers the cancel only after its calls ended, with what they ended
             // with: a failure raised before or during that cleanup arrives before its ack.
-            Why::Teardown => ladder(&mut *child, &link, timeouts, &escalate).await,
+            Why::Teardown => {
+                let outcome = ladder(&mut *child, &link, timeouts, &escalate).await;
+                self.failed_in_teardown(&slot, &outcome);
+                outcome
+            }
             Why::LinkEnded(LinkEnd::CancelRequested { canceller, reason }) => {
                 // The child asked *us* to cancel (it sent CancelActor up its link).
                 tracing::debug!(child = %slot.id, %canceller, %reason, "child asked its parent to cancel");
@@ -545,7 +549,9 @@ impl ActorNursery {
                 // That link is done: closing it tells the child, which then exits as an orphan
                 // would, without waiting for a CancelActor of its own.
                 link.close();
-                ladder(&mut *child, &link, timeouts, &escalate).await
+                let outcome = ladder(&mut *child, &link, timeouts, &escalate).await;
+                self.failed_in_teardown(&slot, &outcome);
+                outcome
             }
             Why::LinkEnded(end) => {
                 // The child went away without being asked to: did it exit cleanly?
@@ -622,6 +628,27 @@ impl ActorNursery {
         // Discovery: it (and whatever it started) is no longer findable.
         crate::discovery::child_gone(&self.inner.actor, &slot.id).await;
         slot.finished.cancel();
+    }
+
+    /// A child torn down by the ladder that ended with a failure of its own (an exit status
+    /// that is not the clean exit a cancel ends with, a panic, `os._exit` while cleaning up;
+    /// never the hard kill, which is `Killed`): a crash like any other, reported, not taken for
+    /// the teardown. A contained child's goes to its supervisor or pool.
+    fn failed_in_teardown(&self, slot: &ChildSlot, outcome: &Exit) {
+        let Exit::Failed(_) = outcome else {
+            return;
+        };
+        let why = format!("while it was being torn down, it {outcome}");
+        if slot.contained {
+            tracing::debug!(child = %slot.id, %why, "contained child crashed");
+            *slot.crash.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        } else {
+            self.fail(ChildFailure::crashed(
+                slot.id.clone(),
+                slot.backend.clone(),
+                why,
+            ));
+        }
     }
 
     /// Records a failure and cancels everything else (one-cancels-all).

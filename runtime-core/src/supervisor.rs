@@ -214,7 +214,13 @@ pub enum SupervisorEnd {
         failed: Vec<String>,
     },
     /// It was cancelled ([`Supervisor::cancel`]) or its nursery tore down.
-    Cancelled,
+    Cancelled {
+        /// The failures of the children that had ended for good by failing before (as in
+        /// [`Completed`](Self::Completed)) and of those found crashed, or that failed, as they
+        /// were stopped (a crash that raced the stop is never taken for it), in that order;
+        /// empty when none failed.
+        failed: Vec<String>,
+    },
     /// It gave up (and failed its nursery) with these last errors.
     GaveUp(Vec<String>),
 }
@@ -326,7 +332,10 @@ impl Supervisor {
     /// Waits until the supervisor has ended and says how.
     pub async fn wait(&self) -> SupervisorEnd {
         self.inner.done.cancelled().await;
-        self.state().end.clone().unwrap_or(SupervisorEnd::Cancelled)
+        self.state()
+            .end
+            .clone()
+            .unwrap_or(SupervisorEnd::Cancelled { failed: Vec::new() })
     }
 
     fn emit(&self, event: SupervisorEvent) {
@@ -517,7 +526,9 @@ async fn supervise(
     let mut pending: VecDeque<(usize, String)> = VecDeque::new();
     let end = loop {
         if stopping() {
-            break SupervisorEnd::Cancelled;
+            break SupervisorEnd::Cancelled {
+                failed: std::mem::take(&mut failed_for_good),
+            };
         }
         if sup.state().current.iter().all(Option::is_none) && pending.is_empty() {
             break SupervisorEnd::Completed {
@@ -538,7 +549,9 @@ async fn supervise(
                 })
                 .await;
             let Some((i, id)) = next else {
-                break SupervisorEnd::Cancelled;
+                break SupervisorEnd::Cancelled {
+                    failed: std::mem::take(&mut failed_for_good),
+                };
             };
             // A stale notice: an incarnation we stopped ourselves (a restart of all or of the
             // rest), already replaced.
@@ -548,7 +561,9 @@ async fn supervise(
             if stopping() {
                 // It ended before the stop reached it: a crash is still reported (by the
                 // final stop, which finds it so), never taken for the stop.
-                break SupervisorEnd::Cancelled;
+                break SupervisorEnd::Cancelled {
+                    failed: std::mem::take(&mut failed_for_good),
+                };
             }
             match ending(&h) {
                 Ok(()) => {
@@ -596,6 +611,16 @@ async fn supervise(
             restarts_at.pop_front();
         }
         if restarts_at.len() as u32 >= spec.max_restarts {
+            // Stop every child first, so the nursery's failure reports them ended. The one
+            // that ended is reported already; a sibling found crashed as it is stopped is
+            // reported too, and its error kept with the others.
+            sup.state().current[i] = None;
+            for e in sup.stop_children(0..n).await {
+                if errors.len() >= KEEP_ERRORS {
+                    errors.pop_front();
+                }
+                errors.push_back(e);
+            }
             let errors: Vec<String> = errors.into_iter().collect();
             let restarts = restarts_at.len() as u32 + 1;
             tracing::warn!(supervisor = %sup.inner.id, restarts, ?errors, "supervisor gives up");
@@ -604,8 +629,6 @@ async fn supervise(
                 within: spec.within,
                 errors: errors.clone(),
             });
-            // Stop every child first, so the nursery's failure reports them ended.
-            let _ = sup.stop_children(0..n).await;
             nursery.escalate(ChildFailure::gave_up(
                 sup.inner.id.clone(),
                 "supervisor".into(),
@@ -675,7 +698,14 @@ async fn supervise(
             }
         }
     };
-    // Stop restarting came first; now the children go, last started first.
-    let _ = sup.stop_children(0..n).await;
-    end
+    // Stop restarting came first; now the children go, last started first (none are left
+    // after a give-up or a completion). A child found crashed then is a failure of the end.
+    let crashed = sup.stop_children(0..n).await;
+    match end {
+        SupervisorEnd::Cancelled { mut failed } => {
+            failed.extend(crashed);
+            SupervisorEnd::Cancelled { failed }
+        }
+        other => other,
+    }
 }

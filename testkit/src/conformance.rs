@@ -21,7 +21,7 @@ use harrow_runtime_core::{
     ActorSpec, ChildOutcome, HardKill, NurseryError, RootConfig, SpawnBackend, Timeouts, run_root,
 };
 
-use crate::faults::{BreakableBackend, Direction, FailingBackend, Faults};
+use crate::faults::{BreakableBackend, CrashingBackend, Direction, FailingBackend, Faults};
 
 /// What the suite needs from a backend: the backend itself, and how to make its children serve
 /// the standard test functions ([`testfns`](crate::testfns) in Rust, or their Python twins).
@@ -809,6 +809,41 @@ pub fn cancel_cleanup_error<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
+/// crash-during-teardown: a child that fails while its nursery tears it down (its exit is not
+/// the clean one a cancel ends with) is the nursery's failure, named, never taken for the
+/// teardown, whether the body returned or the child was cancelled on its own.
+pub fn crash_during_teardown<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    let crashing = CrashingBackend::wrap(f.backend());
+    for alone in [false, true] {
+        let crashing = crashing.clone();
+        let err = run_root(root_config(), |n| async move {
+            let child = n
+                .start_actor("fails-late", crashing.clone(), f.spec())
+                .await?;
+            assert!(crashing.crash_on_teardown(child.id()));
+            assert_eq!(
+                child.run(&f.func("echo"), Value::Int(1)).await?,
+                Value::Int(1)
+            );
+            if alone {
+                match child.cancel().await {
+                    ChildOutcome::Failed(why) => assert!(why.contains("on purpose"), "{why}"),
+                    other => panic!("the cancel's outcome: {other:?}"),
+                }
+            }
+            Ok(())
+        })
+        .expect_err("the child's failure is the nursery's");
+        let text = err.to_string();
+        assert!(
+            text.contains("fails-late") && text.contains("torn down"),
+            "{text}"
+        );
+        assert!(text.contains("on purpose"), "{text}");
+    }
+    Outcome::Passed
+}
+
 /// cancel-mid-stream: a context cancelled in the middle of a stream; the receiver gets an error
 /// (the cancel), never a normal end.
 pub fn cancel_mid_stream<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
@@ -1536,6 +1571,7 @@ macro_rules! conformance_suite {
             many_failures_together_repeated,
             failure_tree,
             cancel_cleanup_error,
+            crash_during_teardown,
             cancel_mid_stream,
             subtree_budget,
             late_subtree_ack,

@@ -413,6 +413,26 @@ impl CrashingBackend {
     }
 }
 
+impl CrashingBackend {
+    /// Makes `actor` fail when it is torn down: it runs on untouched, and once asked to stop,
+    /// its clean exit is reported as a failure (as a child that exits with an error status
+    /// while it is cancelled is). False if no child of this backend is called so.
+    pub fn crash_on_teardown(&self, actor: &ActorId) -> bool {
+        let flag = self
+            .crashed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(id, _)| id == actor)
+            .map(|(_, f)| f.clone());
+        let Some(flag) = flag else {
+            return false;
+        };
+        flag.store(true, Ordering::SeqCst);
+        true
+    }
+}
+
 impl SpawnBackend for CrashingBackend {
     fn name(&self) -> &'static str {
         self.inner.name()

@@ -163,7 +163,10 @@ fn crash_b<F: BackendFactory + ?Sized>(f: &F, strategy: Strategy) -> BTreeSet<St
                     renewed.insert((*c).to_owned());
                 }
             }
-            assert_eq!(sup.cancel().await, SupervisorEnd::Cancelled);
+            assert_eq!(
+                sup.cancel().await,
+                SupervisorEnd::Cancelled { failed: vec![] }
+            );
             events
                 .until("stop", |e| matches!(e, SupervisorEvent::Stopped))
                 .await;
@@ -233,7 +236,15 @@ pub fn supervisor_reports_every_crash<F: BackendFactory + ?Sized>(f: &F) -> Outc
             let c = sup.child("c").expect("running");
             assert!(crashing.crash(c.id()));
             c.ended().await;
-            assert_eq!(sup.cancel().await, SupervisorEnd::Cancelled);
+            // Restarted before the cancel (only the event says it), or found crashed by the
+            // stop (the end says it too).
+            match sup.cancel().await {
+                SupervisorEnd::Cancelled { failed } => assert!(
+                    failed.len() <= 1 && failed.iter().all(|e| e.contains(&c.id().to_string())),
+                    "{failed:?}"
+                ),
+                other => panic!("{other:?}"),
+            }
             events.until("the crash of c", failed("c")).await;
 
             // A panicking `on_started` callback is reported; the supervisor goes on and ends.
@@ -250,10 +261,102 @@ pub fn supervisor_reports_every_crash<F: BackendFactory + ?Sized>(f: &F) -> Outc
                 .await;
             let d = sup.portal("d").expect("d runs");
             assert_eq!(d.run(&f.func("echo"), Value::Int(4)).await?, Value::Int(4));
-            assert_eq!(sup.cancel().await, SupervisorEnd::Cancelled);
+            assert_eq!(
+                sup.cancel().await,
+                SupervisorEnd::Cancelled { failed: vec![] }
+            );
             Ok(())
         }
     }));
+    Outcome::Passed
+}
+
+/// A supervisor's end carries every failure it did not restart: a `Never` child's crash before
+/// a cancel, a child that fails as the cancel stops it, and, on a give-up, a sibling that fails
+/// as it is stopped, beside the crash that made it give up (reported once).
+pub fn supervisor_reports_crashes_at_its_end<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    let crashing = CrashingBackend::wrap(f.backend());
+    let err = run_root(root_config(), |n| {
+        let crashing = crashing.clone();
+        async move {
+            let child = |name: &str, restart| {
+                SupervisedChild::new(name, crashing.clone(), f.spec()).restart(restart)
+            };
+            // A `Never` child crashed, then the supervisor is cancelled while another child
+            // runs; that one fails as it is stopped.
+            let spec = SupervisorSpec::new("ends", Strategy::OneForOne)
+                .child(child("never", Restart::Never))
+                .child(child("stays", Restart::Always));
+            let sup = n.start_supervisor(spec).await?;
+            let mut events = Watch::new(sup.events());
+            let never = sup.child("never").expect("runs").id().clone();
+            let stays = sup.child("stays").expect("runs").id().clone();
+            assert!(crashing.crash(&never));
+            events
+                .until(
+                    "the crash of never",
+                    |e| matches!(e, SupervisorEvent::Failed { child, .. } if child == "never"),
+                )
+                .await;
+            assert!(crashing.crash_on_teardown(&stays));
+            let SupervisorEnd::Cancelled { failed } = sup.cancel().await else {
+                panic!("not a cancel")
+            };
+            assert_eq!(failed.len(), 2, "{failed:?}");
+            assert!(failed[0].contains(&never.to_string()), "{failed:?}");
+            assert!(
+                failed[1].contains(&stays.to_string()) && failed[1].contains("torn down"),
+                "{failed:?}"
+            );
+            events
+                .until(
+                    "the failure of stays",
+                    |e| matches!(e, SupervisorEvent::Failed { child, .. } if child == "stays"),
+                )
+                .await;
+
+            // A give-up: `a` crashes past an intensity of 0, and `b` fails as it is stopped.
+            let spec = SupervisorSpec::new("gives-up", Strategy::OneForOne)
+                .intensity(0, Duration::from_secs(60))
+                .child(child("a", Restart::Always))
+                .child(child("b", Restart::Always));
+            let sup = n.start_supervisor(spec).await?;
+            let mut events = Watch::new(sup.events());
+            let a = sup.child("a").expect("runs").id().clone();
+            let b = sup.child("b").expect("runs").id().clone();
+            assert!(crashing.crash_on_teardown(&b));
+            assert!(crashing.crash(&a));
+            let SupervisorEnd::GaveUp(errors) = sup.wait().await else {
+                panic!("no give-up")
+            };
+            assert_eq!(errors.len(), 2, "{errors:?}");
+            assert!(errors[0].contains(&a.to_string()), "{errors:?}");
+            assert!(errors[1].contains(&b.to_string()), "{errors:?}");
+            let seen = events
+                .until("the end", |e| matches!(e, SupervisorEvent::Stopped))
+                .await;
+            let failures_of = |id: &ActorId| {
+                seen.iter()
+                    .filter(|e| matches!(e, SupervisorEvent::Failed { id: Some(i), .. } if i == id))
+                    .count()
+            };
+            assert_eq!(failures_of(&a), 1, "a's crash reported once: {seen:?}");
+            assert_eq!(failures_of(&b), 1, "{seen:?}");
+            assert!(
+                seen.iter()
+                    .any(|e| matches!(e, SupervisorEvent::GaveUp { errors: e2, .. }
+                    if *e2 == errors)),
+                "{seen:?}"
+            );
+            Ok(())
+        }
+    })
+    .expect_err("the give-up fails the nursery");
+    let text = err.to_string();
+    assert!(
+        text.contains("gives-up") || text.contains("gave up"),
+        "{text}"
+    );
     Outcome::Passed
 }
 
@@ -365,8 +468,13 @@ pub fn supervisor_restart_policies<F: BackendFactory + ?Sized>(f: &F) -> Outcome
             assert!(sup.child("on-failure-2").is_some());
             assert!(sup.child("never").is_none());
             assert_eq!(sup.restarts(), 2);
-            // Cancelling stops restarting first: nothing restarts during the teardown.
-            assert_eq!(sup.cancel().await, SupervisorEnd::Cancelled);
+            // Cancelling stops restarting first: nothing restarts during the teardown. The end
+            // carries the crash of `never`, which ended for good.
+            let SupervisorEnd::Cancelled { failed } = sup.cancel().await else {
+                panic!("not a cancel")
+            };
+            assert_eq!(failed.len(), 1, "{failed:?}");
+            assert!(failed[0].contains("crashed"), "{failed:?}");
             let rest = events
                 .until("stop", |e| matches!(e, SupervisorEvent::Stopped))
                 .await;
@@ -623,6 +731,7 @@ macro_rules! supervision_suite {
             supervisor_rest_for_one,
             supervisor_gives_up,
             supervisor_reports_every_crash,
+            supervisor_reports_crashes_at_its_end,
             supervisor_restart_policies,
             pool_map,
             pool_backpressure_and_cancel,
