@@ -132,15 +132,20 @@ fn a_join_that_ignores_its_bound_is_cut_short_and_the_child_reported_leaked() {
 #[test]
 fn a_panicking_join_is_the_childs_failure() {
     harrow_testkit::run_bounded("join panics", Duration::from_secs(60), || {
-        let outcome = run_root(config(), |n| async move {
+        let outcome = Arc::new(std::sync::Mutex::new(None));
+        let seen = outcome.clone();
+        // A child that failed as it was torn down fails its nursery too.
+        let err = run_root(config(), |n| async move {
             let child = n
                 .start_actor("panics", backend(Twist::JoinPanics), ActorSpec::new())
                 .await?;
-            Ok(child.cancel().await)
+            *seen.lock().unwrap() = Some(child.cancel().await);
+            Ok(())
         })
-        .expect("the root ends");
-        match outcome {
-            ChildOutcome::Failed(why) => {
+        .expect_err("the child's failure is the nursery's");
+        assert!(err.to_string().contains("join panicked: twisted join"), "{err}");
+        match outcome.lock().unwrap().take() {
+            Some(ChildOutcome::Failed(why)) => {
                 assert!(why.contains("join panicked: twisted join"), "{why}")
             }
             other => panic!("{other:?}"),
