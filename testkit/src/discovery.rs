@@ -94,8 +94,8 @@ pub fn discovery_find<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
 }
 
 /// discovery-wait-for: `wait_for_actor` waits for an actor that does not exist yet (the waiter
-/// is provably waiting before it starts), returns at once for one that exists, and times out
-/// with a typed error for one that never comes.
+/// is provably waiting before it starts), returns at once for one that exists (whatever the
+/// bound, `Duration::MAX` included), and times out with a typed error for one that never comes.
 pub fn discovery_wait_for<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     expect_ok(run_root(root_config(), |n| async move {
         let root = n.actor().clone();
@@ -135,6 +135,14 @@ pub fn discovery_wait_for<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
             let (v, started) = futures_lite::future::zip(call, start).await;
             started?;
             assert_eq!(v?, Value::Int(7));
+            // The longest wait there is, for one that exists: found at once.
+            let args = map(&[
+                ("name", s("later")),
+                ("func", s(&f.func("add"))),
+                ("args", args2(1, 2)),
+                ("timeout_ms", Value::Int(-1)),
+            ]);
+            assert_eq!(a.run(&func, args).await?, Value::Int(3));
         }
         Ok(())
     }));
@@ -274,7 +282,8 @@ pub fn lookup_after_exit<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
 }
 
 /// name-conflicts: two live actors with one name: by name the earliest registered is found,
-/// by uid each; when the first exits the name finds the second. Extra names register too, and
+/// by uid each; when the first exits the name finds the second. An extra name claimed by both
+/// finds the first to claim it. Extra names register too, and
 /// a portal to oneself is refused with a clear error.
 pub fn name_conflicts<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     expect_ok(run_root(root_config(), |n| async move {
@@ -293,6 +302,11 @@ pub fn name_conflicts<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
             .filter(|e| e.id.name == "twin")
             .count();
         assert_eq!(twins, 2);
+        // An extra name goes to whoever claimed it first, not to the earliest registered.
+        root.register_names_for(t2.id(), &["claimed"]).await?;
+        root.register_names_for(t1.id(), &["claimed"]).await?;
+        let p = root.find_actor("claimed").await?.expect("claimed");
+        assert_eq!(p.peer(), t2.id(), "the first claimant");
         t1.cancel().await;
         let p = root.find_actor("twin").await?.expect("the other twin");
         assert_eq!(p.peer(), t2.id());

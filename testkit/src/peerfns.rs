@@ -41,15 +41,17 @@ pub(crate) fn register(r: &mut FnRegistry) -> Result<(), harrow_runtime_core::ip
         let args = v.get("args").cloned().unwrap_or(Value::Null);
         Ok(find(&name).await?.run(&func, args).await?)
     })?;
-    // peer_wait_call({name, func, args, timeout_ms}): waits for `name` (bounded), then calls
+    // peer_wait_call({name, func, args, timeout_ms}): waits for `name` (bounded; a negative
+    // timeout_ms waits as long as a wait can: `Duration::MAX`), then calls
     r.unary("testfns:peer_wait_call", |v| async move {
         let name = str_field("peer_wait_call", &v, "name")?;
         let func = str_field("peer_wait_call", &v, "func")?;
         let args = v.get("args").cloned().unwrap_or(Value::Null);
         let ms = v.get("timeout_ms").and_then(Value::as_i64).unwrap_or(5000);
+        let timeout = u64::try_from(ms).map_or(Duration::MAX, Duration::from_millis);
         let me = current_actor().ok_or_else(|| CallError::raised("RuntimeError", "no actor"))?;
         let p = me
-            .wait_for_actor(&name, Duration::from_millis(ms.max(0) as u64))
+            .wait_for_actor(&name, timeout)
             .await
             .map_err(discovery_err)?;
         Ok(p.run(&func, args).await?)

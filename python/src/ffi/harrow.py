@@ -1349,7 +1349,7 @@ def _peer(found):
 
 def find_actor(name):
     """A ``PeerPortal`` to the live actor answering to ``name`` (its own name or an extra one;
-    the earliest registered when several do), or None when there is none. A portal to this
+    the first to claim the name when several do), or None when there is none. A portal to this
     actor itself is refused (``HarrowError``): call its functions directly."""
     return _peer(_native_nest(_N_FIND_ACTOR, None, _name(name)))
 

@@ -8,8 +8,9 @@
 //!   [`ActorCtx::query_actors`], and the free functions of this module that use
 //!   [`current_actor`](crate::current_actor)) travel up the tree to the root as calls of the
 //!   internal function `harrow.discovery:registrar`, each hop relaying. Names may repeat: a
-//!   lookup by name returns the **earliest registered** live actor with that name (stable while
-//!   it lives); a lookup by uid returns exactly that actor.
+//!   lookup by name returns the live actor that **claimed that name first** (its own name when
+//!   it registered, an extra one when it was added; stable while it lives); a lookup by uid
+//!   returns exactly that actor.
 //! - **Peer portals**: a found actor is reached over a link of its own, with the whole protocol
 //!   (calls, contexts, streams with credit, `cancel_actor`). In the same process the link runs
 //!   over the in-process `mem` transport; across processes over the target process's unix socket
@@ -536,7 +537,7 @@ fn entry_of(resp: Resp) -> Result<Option<ActorEntry>, DiscoveryError> {
 // The public API.
 
 impl ActorCtx {
-    /// The live actor answering to `name` (the earliest registered, if several do), without
+    /// The live actor answering to `name` (the first to claim it, if several do), without
     /// connecting to it.
     pub async fn lookup_actor(&self, name: &str) -> Result<Option<ActorEntry>, DiscoveryError> {
         entry_of(
@@ -550,7 +551,7 @@ impl ActorCtx {
         )
     }
 
-    /// A portal to the live actor answering to `name` (the earliest registered, if several
+    /// A portal to the live actor answering to `name` (the first to claim it, if several
     /// do), or `None` when there is none.
     pub async fn find_actor(&self, name: &str) -> Result<Option<Portal>, DiscoveryError> {
         match self.lookup_actor(name).await? {
@@ -579,7 +580,10 @@ impl ActorCtx {
     ) -> Result<Portal, DiscoveryError> {
         let req = Req::Wait {
             name: name.to_owned(),
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            // The request travels as a signed integer: a longer wait (`Duration::MAX`, say)
+            // is as good as for ever.
+            timeout_ms: u64::try_from(timeout.as_millis().min(i64::MAX as u128))
+                .unwrap_or(i64::MAX as u64),
         };
         // Each hop relays; the margin lets the root's own bound answer first.
         let found = deadline(

@@ -62,8 +62,9 @@ impl ActorEntry {
     }
 }
 
-/// The table. Lookups by name return the **earliest registered** live actor answering to that
-/// name, so the answer does not change while that actor lives.
+/// The table. Lookups by name return the live actor that **claimed that name first** (its own
+/// name when it registered, an extra name when it was added), so the answer does not change
+/// while that actor lives.
 #[derive(Debug, Default)]
 pub(crate) struct Registrar {
     state: Mutex<State>,
@@ -74,6 +75,36 @@ pub(crate) struct Registrar {
 struct State {
     entries: Vec<ActorEntry>,
     next_seq: u64,
+    /// When each live actor (by uid) claimed each of its extra names: a number of the same
+    /// sequence as `ActorEntry::seq`, which is when it claimed its own name.
+    claims: HashMap<(String, String), u64>,
+}
+
+impl State {
+    /// Records the claims of `uid` on those of `names` it had not claimed yet.
+    fn claim(&mut self, uid: &str, names: &[String]) {
+        for n in names {
+            let key = (uid.to_owned(), n.clone());
+            if !self.claims.contains_key(&key) {
+                self.next_seq += 1;
+                self.claims.insert(key, self.next_seq);
+            }
+        }
+    }
+
+    /// When `e` claimed `name`, if it answers to it (the earlier of its two claims, should its
+    /// own name be among its extra names too).
+    fn claimed(&self, e: &ActorEntry, name: &str) -> Option<u64> {
+        let own = (e.id.name == name).then_some(e.seq);
+        let extra = self
+            .claims
+            .get(&(e.id.uid.clone(), name.to_owned()))
+            .copied();
+        match (own, extra) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 impl State {
@@ -117,6 +148,8 @@ impl Registrar {
     pub(crate) fn register(&self, mut entry: ActorEntry) {
         {
             let mut st = self.lock();
+            let uid = entry.id.uid.clone();
+            let names = entry.names.clone();
             if let Some(old) = st.entries.iter_mut().find(|e| e.id.uid == entry.id.uid) {
                 for n in entry.names {
                     if !old.names.contains(&n) {
@@ -128,6 +161,7 @@ impl Registrar {
                 entry.seq = st.next_seq;
                 st.entries.push(entry);
             }
+            st.claim(&uid, &names);
         }
         self.changed.notify(usize::MAX);
     }
@@ -138,11 +172,12 @@ impl Registrar {
             let mut st = self.lock();
             match st.entries.iter_mut().find(|e| e.id.uid == uid) {
                 Some(e) => {
-                    for n in names {
-                        if !e.names.contains(&n) {
-                            e.names.push(n);
+                    for n in &names {
+                        if !e.names.contains(n) {
+                            e.names.push(n.clone());
                         }
                     }
+                    st.claim(uid, &names);
                     true
                 }
                 None => false,
@@ -158,6 +193,7 @@ impl Registrar {
         let mut gone = vec![uid.to_owned()];
         let mut removed = Vec::new();
         while let Some(u) = gone.pop() {
+            st.claims.retain(|(uid, _), _| *uid != u);
             st.entries.retain(|e| {
                 if e.id.uid == u {
                     removed.push(e.id.clone());
@@ -177,9 +213,9 @@ impl Registrar {
         let st = self.lock();
         st.entries
             .iter()
-            .filter(|e| e.answers_to(name))
-            .min_by_key(|e| e.seq)
-            .map(|e| st.routed(e))
+            .filter_map(|e| Some((st.claimed(e, name)?, e)))
+            .min_by_key(|(claimed, _)| *claimed)
+            .map(|(_, e)| st.routed(e))
     }
 
     pub(crate) fn find_uid(&self, uid: &str) -> Option<ActorEntry> {
@@ -211,6 +247,29 @@ impl Registrar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_is_held_by_its_first_claimant_while_it_lives() {
+        let r = Registrar::default();
+        let s1 = ActorId::new("s1");
+        let s2 = ActorId::new("s2");
+        r.register(ActorEntry::new(s1.clone(), 1, "thread", None));
+        r.register(ActorEntry::new(s2.clone(), 1, "process", None));
+        // s2 registered later but claims the name first: it holds it until it is gone.
+        assert!(r.add_names(&s2.uid, vec!["svc".into()]));
+        assert!(r.add_names(&s1.uid, vec!["svc".into()]));
+        assert_eq!(r.find("svc").unwrap().id, s2);
+        // Claiming it again does not move s1 ahead.
+        assert!(r.add_names(&s1.uid, vec!["svc".into()]));
+        assert_eq!(r.find("svc").unwrap().id, s2);
+        r.remove(&s2.uid);
+        assert_eq!(r.find("svc").unwrap().id, s1);
+        // An actor's own name was claimed when it registered.
+        let late = ActorId::new("late");
+        r.register(ActorEntry::new(late.clone(), 1, "thread", None));
+        assert!(r.add_names(&s1.uid, vec!["late".into()]));
+        assert_eq!(r.find("late").unwrap().id, late);
+    }
 
     #[test]
     fn earliest_wins_and_subtrees_go_together() {

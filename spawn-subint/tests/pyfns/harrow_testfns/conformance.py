@@ -318,9 +318,10 @@ def peer_call(args):
 
 
 def peer_wait_call(args):
-    """peer_wait_call({name, func, args, timeout_ms}): waits for ``name`` (bounded), then
-    calls."""
-    timeout = max(int(args.get("timeout_ms", 5000)), 0) / 1000.0
+    """peer_wait_call({name, func, args, timeout_ms}): waits for ``name`` (bounded; a negative
+    timeout_ms waits as long as a wait can), then calls."""
+    ms = int(args.get("timeout_ms", 5000))
+    timeout = 1e12 if ms < 0 else ms / 1000.0
     p = harrow.wait_for_actor(args["name"], timeout)
     return p.run(args["func"], args.get("args"))
 
