@@ -86,8 +86,9 @@ pub use harrow_runtime_core::{
 
 /// Restarting supervision and actor pools, above nurseries.
 pub use harrow_runtime_core::{
-    ActorPool, OnStarted, PoolConfig, PoolError, PoolMap, PoolResult, PoolTask, Restart, Strategy,
-    SupervisedChild, Supervisor, SupervisorEnd, SupervisorEvent, SupervisorEvents, SupervisorSpec,
+    ActorPool, MAX_POOL_QUEUE, MAX_POOL_SIZE, OnStarted, PoolConfig, PoolError, PoolMap,
+    PoolResult, PoolTask, Restart, Strategy, SupervisedChild, Supervisor, SupervisorEnd,
+    SupervisorEvent, SupervisorEvents, SupervisorSpec,
 };
 
 /// The backend contract, complete: what a crate needs to implement [`SpawnBackend`] for a new

@@ -52,7 +52,9 @@ pub use harrow_portal as portal;
 pub use nursery::{
     ActorNursery, ChildHandle, ChildOutcome, MAX_ACTOR_NAME, open_nursery, teardown_bound,
 };
-pub use pool::{ActorPool, PoolConfig, PoolError, PoolMap, PoolResult, PoolTask};
+pub use pool::{
+    ActorPool, MAX_POOL_QUEUE, MAX_POOL_SIZE, PoolConfig, PoolError, PoolMap, PoolResult, PoolTask,
+};
 pub use root::{RootConfig, RootHandle, exit_code, run_root, spawn_root};
 pub use scope::{
     CancelFlag, CancelToken, CancelWatch, Cancelled, DeadlineExceeded, FailAfter, MoveOnAfter,

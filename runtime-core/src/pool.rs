@@ -23,14 +23,16 @@ use crate::spec::ActorSpec;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct PoolConfig {
-    /// The workers' name prefix (`<name>-<i>`, `<name>-<i>.<n>` for a replacement).
+    /// The workers' name prefix (`<name>-<i>`, `<name>-<i>.<n>` for a replacement): short
+    /// enough that the longest such name is a valid actor name.
     pub name: String,
-    /// How many workers.
+    /// How many workers: at least 1, at most [`MAX_POOL_SIZE`].
     pub size: usize,
     /// How many submitted items may wait for a worker beyond those running: `submit` waits
     /// (backpressure) and `try_submit` fails while the queue is full. Default: `2 × size`.
     /// At least 1: a queue of 0 acts as 1 (an item handed from the queue to a free worker
-    /// passes through it).
+    /// passes through it); at most [`MAX_POOL_QUEUE`], as its slots are allocated when the
+    /// pool starts.
     pub queue: usize,
     /// How many times an item whose worker died is run again on the replacement before it is
     /// reported failed (default 0: reported at once).
@@ -84,7 +86,44 @@ impl PoolConfig {
         self.retries = retries;
         self
     }
+
+    /// Why [`ActorPool::start`] cannot start a pool of this configuration, if it cannot.
+    fn unusable(&self) -> Option<String> {
+        if self.size == 0 {
+            return Some("a pool needs at least one worker".into());
+        }
+        if self.size > MAX_POOL_SIZE {
+            return Some(format!(
+                "a pool of {} workers is more than the {MAX_POOL_SIZE} allowed",
+                self.size
+            ));
+        }
+        if self.queue > MAX_POOL_QUEUE {
+            return Some(format!(
+                "a queue of {} items is more than the {MAX_POOL_QUEUE} allowed (its slots are \
+                 allocated when the pool starts)",
+                self.queue
+            ));
+        }
+        // A worker's name is `name-<slot>.<generation>` (a replacement's generation may be
+        // any u64): it must be a valid actor name for every replacement, not only the first.
+        let longest = self.name.len() + 1 + (self.size - 1).to_string().len() + 1 + 20;
+        if longest > crate::MAX_ACTOR_NAME {
+            return Some(format!(
+                "a pool name of {} bytes leaves no room for its workers' names (`name-<slot>.\
+                 <generation>`, at most {} bytes)",
+                self.name.len(),
+                crate::MAX_ACTOR_NAME
+            ));
+        }
+        None
+    }
 }
+
+/// The most workers a pool may have.
+pub const MAX_POOL_SIZE: usize = 1 << 16;
+/// The longest queue a pool may have ([`PoolConfig::queue`]): its slots are allocated up front.
+pub const MAX_POOL_QUEUE: usize = 1 << 16;
 
 /// Why one pool item has no result.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -358,10 +397,10 @@ impl ActorPool {
         spec: ActorSpec,
         config: PoolConfig,
     ) -> Result<ActorPool> {
-        if config.size == 0 {
+        if let Some(reason) = config.unusable() {
             return Err(crate::SpawnError::BadSpec {
                 actor: ActorId::new(&config.name),
-                reason: "a pool needs at least one worker".into(),
+                reason,
             }
             .into());
         }
@@ -590,7 +629,11 @@ impl ActorPool {
     {
         let shared = &self.handle.shared;
         let per_job = batch.as_ref().map_or(1, |(_, size)| *size);
-        let window = ((shared.config.size + shared.config.queue.max(1)) * per_job) as u64;
+        let window = (shared
+            .config
+            .size
+            .saturating_add(shared.config.queue.max(1)) as u64)
+            .saturating_mul(per_job as u64);
         let (tx, rx) = async_channel::unbounded();
         let yielded = Arc::new(Progress::default());
         let feeder_stop = CancelToken::new();
@@ -613,7 +656,11 @@ impl ActorPool {
                     while inputs.peek().is_some() {
                         // The ordered window: never run too far ahead of the consumer.
                         wait_until(&progress.event, || {
-                            progress.yielded.load(Ordering::SeqCst) + window > seq
+                            progress
+                                .yielded
+                                .load(Ordering::SeqCst)
+                                .saturating_add(window)
+                                > seq
                         })
                         .await;
                         let job = match &batch {

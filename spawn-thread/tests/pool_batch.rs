@@ -271,3 +271,54 @@ async fn refused_batch(
     pool.cancel().await;
     Ok(())
 }
+
+#[test]
+fn a_pool_configuration_out_of_bounds_is_refused_and_a_huge_batch_works() {
+    harrow_testkit::harness(
+        "a_pool_configuration_out_of_bounds_is_refused_and_a_huge_batch_works",
+        Duration::from_secs(60),
+        harrow_testkit::DEFAULT_SETTLE,
+        || {
+            let config = RootConfig::default()
+                .handle_sigint(false)
+                .timeouts(Timeouts::quick());
+            run_root(config, |n| async move {
+                let spec = ActorSpec::with_resolver(registry());
+                let longest = harrow_runtime_core::MAX_ACTOR_NAME;
+                let refused = [
+                    (PoolConfig::new("p", 0), "at least one worker"),
+                    (PoolConfig::new("p", usize::MAX), "workers is more than"),
+                    (
+                        PoolConfig::new("p", harrow_runtime_core::MAX_POOL_SIZE + 1),
+                        "workers is more than",
+                    ),
+                    (PoolConfig::new("p", 1).queue(usize::MAX), "a queue of"),
+                    // Its first worker's name would fit, a replacement's would not.
+                    (PoolConfig::new("x".repeat(longest - 2), 1), "no room"),
+                ];
+                for (pool_config, why) in refused {
+                    let err =
+                        ActorPool::start(&n, ThreadBackend::shared(), spec.clone(), pool_config)
+                            .await
+                            .expect_err("refused");
+                    let text = err.to_string();
+                    assert!(text.contains(why), "{text}");
+                }
+                assert!(n.children().is_empty(), "no worker was started");
+                // A batch size larger than any input is one batch.
+                let pool_config = PoolConfig::new("huge", 1).batch("t:run_batch", usize::MAX);
+                let pool = ActorPool::start(&n, ThreadBackend::shared(), spec, pool_config).await?;
+                let results: Vec<_> = pool
+                    .map("t:square", (0..5).map(Value::Int), true)
+                    .collect()
+                    .await;
+                let values: Vec<_> = results.into_iter().map(|(_, r)| r.ok()).collect();
+                let squares: Vec<_> = (0..5).map(|i| Some(Value::Int(i * i))).collect();
+                assert_eq!(values, squares);
+                pool.cancel().await;
+                Ok(())
+            })
+            .expect("the tree runs");
+        },
+    )
+}
