@@ -140,7 +140,8 @@ impl SupervisorSpec {
         self
     }
 
-    /// Adds a child (children start in the order they are added).
+    /// Adds a child (children start in the order they are added). Each child's name must be
+    /// its own: a supervisor with two children of one name does not start.
     pub fn child(mut self, child: SupervisedChild) -> Self {
         self.children.push(child);
         self
@@ -400,6 +401,19 @@ impl ActorNursery {
     /// them by its spec. If it gives up, this nursery fails with a
     /// [`ChildFailure`] for which [`is_gave_up`](ChildFailure::is_gave_up) holds.
     pub async fn start_supervisor(&self, spec: SupervisorSpec) -> Result<Supervisor> {
+        // A child is named in `child`, `portal` and the events: two of one name could not
+        // be told apart.
+        let mut names = std::collections::BTreeSet::new();
+        if let Some(twice) = spec.children.iter().find(|c| !names.insert(&c.name)) {
+            return Err(crate::SpawnError::BadSpec {
+                actor: ActorId::new(&spec.name),
+                reason: format!(
+                    "two children of supervisor {} are named {:?}: a child is known by its name",
+                    spec.name, twice.name
+                ),
+            }
+            .into());
+        }
         let sup = Supervisor {
             inner: Arc::new(SupInner {
                 id: ActorId::new(&spec.name),

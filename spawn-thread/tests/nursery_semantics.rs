@@ -131,6 +131,27 @@ fn bad_actor_names_are_refused_and_the_nursery_stays_usable() {
                     .expect_err("a bad name");
                 assert!(err.to_string().contains("bad spec"), "{err}");
             }
+            // A supervisor whose two children share a name: neither could be told apart.
+            let spec = harrow_runtime_core::SupervisorSpec::new(
+                "twins",
+                harrow_runtime_core::Strategy::OneForOne,
+            )
+            .child(harrow_runtime_core::SupervisedChild::new(
+                "d",
+                f.backend(),
+                f.spec(),
+            ))
+            .child(harrow_runtime_core::SupervisedChild::new(
+                "d",
+                f.backend(),
+                f.spec(),
+            ));
+            let err = n
+                .start_supervisor(spec)
+                .await
+                .expect_err("two children named d");
+            assert!(err.to_string().contains("named \"d\""), "{err}");
+            assert!(n.children().is_empty(), "nothing was started");
             let child = n.start_actor("fine", f.backend(), f.spec()).await?;
             assert_eq!(
                 child.run("testfns:echo", Value::Int(1)).await?,
