@@ -411,6 +411,27 @@ impl Link {
         self.shared
             .shutdown(LinkEnd::Closed, "the link was closed locally".into(), true);
     }
+
+    /// [`close`](Self::close), because this actor is being cancelled by `canceller`: this
+    /// side's pending calls into the peer end as cancelled by `canceller`
+    /// ([`Error::is_cancelled`]), not as closed. For a parent whose child asked it to cancel
+    /// (`LinkEnd::CancelRequested`): its calls into that child are part of what is cancelled,
+    /// not a failure of the link.
+    pub fn close_cancelled(&self, canceller: &ActorId) {
+        let local = self.shared.local.id.clone();
+        let canceller = canceller.clone();
+        self.shared.shutdown_with(
+            LinkEnd::Closed,
+            format!("the link was closed locally: {local} is cancelled by {canceller}"),
+            true,
+            || {
+                Error::from(harrow_ipc::RemoteError::cancelled(
+                    local.clone(),
+                    canceller.clone(),
+                ))
+            },
+        );
+    }
 }
 
 impl Drop for Link {
@@ -677,6 +698,18 @@ impl Shared {
     /// Ends the link: local operations fail with `Closed(reason)`, served calls are cancelled
     /// (with an answer to the peer when `graceful`), the writer flushes and closes the channel.
     pub(crate) fn shutdown(&self, end: LinkEnd, reason: String, graceful: bool) {
+        let closed = reason.clone();
+        self.shutdown_with(end, reason, graceful, || Error::Closed(closed.clone()));
+    }
+
+    /// [`shutdown`](Self::shutdown), this side's pending calls ending with `pending()`.
+    pub(crate) fn shutdown_with(
+        &self,
+        end: LinkEnd,
+        reason: String,
+        graceful: bool,
+        pending: impl Fn() -> Error,
+    ) {
         let (calls, served, ack_timer) = {
             let mut st = self.lock();
             if st.dead.is_some() {
@@ -694,7 +727,7 @@ impl Shared {
         debug!(local = %self.local.id, peer = %self.peer.id, %reason, calls = calls.len(),
             served = served.len(), "link shutting down");
         for (_, chan) in calls {
-            chan.finish(Err(Error::Closed(reason.clone())));
+            chan.finish(Err(pending()));
         }
         for (_, entry) in served {
             {

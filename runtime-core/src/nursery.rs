@@ -545,10 +545,11 @@ impl ActorNursery {
             Why::LinkEnded(LinkEnd::CancelRequested { canceller, reason }) => {
                 // The child asked *us* to cancel (it sent CancelActor up its link).
                 tracing::debug!(child = %slot.id, %canceller, %reason, "child asked its parent to cancel");
-                self.inner.actor.cancel_self(canceller);
+                self.inner.actor.cancel_self(canceller.clone());
                 // That link is done: closing it tells the child, which then exits as an orphan
-                // would, without waiting for a CancelActor of its own.
-                link.close();
+                // would, without waiting for a CancelActor of its own. Our calls into it end
+                // as cancelled by it (this actor is), not as a closed link's failures.
+                link.close_cancelled(&canceller);
                 let outcome = ladder(&mut *child, &link, timeouts, &escalate).await;
                 self.failed_in_teardown(&slot, &outcome);
                 outcome
@@ -810,6 +811,12 @@ where
         Ended::Body(Err(e)) if teardown_consequence(&e) => {
             if let Some(by) = call.as_ref().and_then(|c| c.cancelled_by()) {
                 tracing::debug!(error = %e, "the nursery body ended with its call's cancel");
+                Ended::CallCancelled(by)
+            } else if let Some(by) = nursery.inner.actor.self_canceller() {
+                // The whole actor is cancelling itself (a child asked it to, say, and its
+                // calls into that child ended so): the call that holds the nursery is about
+                // to be cancelled by the same canceller.
+                tracing::debug!(error = %e, %by, "the nursery body ended with its actor's cancel");
                 Ended::CallCancelled(by)
             } else if nursery.inner.cancel.is_cancelled() {
                 tracing::debug!(error = %e, "the nursery body ended with its teardown");

@@ -1212,7 +1212,9 @@ pub fn cancel_by_caller_is_quiet<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
 }
 
 /// cancel-by-third-party: actor A cancels actor B while the root holds a context into B; the root
-/// sees `ContextCancelled` with canceller = A. (A is B's child and cancels its parent.)
+/// sees `ContextCancelled` with canceller = A. (A is B's child and cancels its parent.) Then B
+/// waits on A's call that cancels it, five times: the context ends cancelled by A (or with the
+/// call's answer, when it came first), never with the failure of a closed link.
 pub fn cancel_by_third_party<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     if !f.backend().capabilities().nested {
         return Outcome::Skipped("the backend's actors cannot start children".into());
@@ -1229,6 +1231,23 @@ pub fn cancel_by_third_party<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
         assert!(err.is_cancelled(), "{err}");
         let canceller = err.canceller().expect("a canceller");
         assert_eq!(canceller.name, "canceller", "{err}");
+        // B waits on the very call of the child that cancels it: that call ends with B's
+        // cancel (or, if its answer came first, with it), never as a closed link's failure.
+        for _ in 0..5 {
+            let b = n.start_actor("B", f.backend(), f.spec()).await?;
+            let (ctx, _) = b
+                .open_context(&f.func("ctx_call_canceller"), Value::Null)
+                .await?;
+            match ctx.result().await {
+                Ok(v) => assert_eq!(v, Value::Bool(true), "the cancel was acked"),
+                Err(err) => {
+                    assert!(err.is_cancelled(), "not a cancellation: {err}");
+                    let canceller = err.canceller().expect("a canceller");
+                    assert_eq!(canceller.name, "canceller", "{err}");
+                }
+            }
+            b.cancel().await;
+        }
         Ok(())
     }));
     Outcome::Passed

@@ -380,7 +380,7 @@ fn register(
             parent.cancel_actor(Duration::from_secs(5)).await,
         ))
     })?;
-    let f = factory;
+    let f = factory.clone();
     r.serve_context(CTX_SPAWN_CANCELLER, move |ctx, ()| {
         let f = f.clone();
         async move {
@@ -401,6 +401,21 @@ fn register(
             })
             .await?;
             Ok(())
+        }
+    })?;
+    // ctx_call_canceller(): started(null), starts a child and waits for its `cancel_parent`
+    // call, whose answer it returns: this actor is cancelled by the child it waits on.
+    let f = factory;
+    r.context("testfns:ctx_call_canceller", move |ctx, _| {
+        let f = f.clone();
+        async move {
+            ctx.started(Value::Null).await?;
+            let v = open_nursery(|n| async move {
+                let c = n.start_actor("canceller", f.backend(), f.spec()).await?;
+                Ok(c.run(&f.func("cancel_parent"), Value::Null).await?)
+            })
+            .await?;
+            Ok(v)
         }
     })?;
     Ok(())

@@ -201,6 +201,51 @@ def gen_count(n):
         yield i
 
 
+def gen_marked(marker):
+    """gen_marked(marker): an endless one-way stream of 0, 1, 2...; its ``finally`` writes the
+    file ``marker``."""
+    i = 0
+    try:
+        while True:
+            yield i
+            i += 1
+    finally:
+        open(marker, "w").close()
+
+
+async def agen_marked(marker):
+    """agen_marked(marker): ``gen_marked`` as an async generator."""
+    i = 0
+    try:
+        while True:
+            yield i
+            i += 1
+    finally:
+        open(marker, "w").close()
+
+
+def gen_cleanup_fails(v=None):
+    """gen_cleanup_fails(): an endless stream whose ``finally`` raises TypeError."""
+    i = 0
+    try:
+        while True:
+            yield i
+            i += 1
+    finally:
+        raise TypeError("producer cleanup failed")
+
+
+async def agen_cleanup_fails(v=None):
+    """agen_cleanup_fails(): ``gen_cleanup_fails`` as an async generator."""
+    i = 0
+    try:
+        while True:
+            yield i
+            i += 1
+    finally:
+        raise TypeError("producer cleanup failed")
+
+
 # ---- nested: Python actors starting children of their own ------------------------------------
 
 _ME = __name__
@@ -301,6 +346,16 @@ def ctx_spawn_canceller(ctx, v=None):
             harrow.sleep(3600)
 
 
+@harrow.context
+def ctx_call_canceller(ctx, v=None):
+    """ctx_call_canceller(): started(None), starts a child and waits for its ``cancel_parent``
+    call, whose answer it returns: this actor is cancelled by the child it waits on."""
+    ctx.started(None)
+    with harrow.open_nursery() as n:
+        c = n.start_actor("canceller", modules=[__name__])
+        return c.run(_fn("cancel_parent"))
+
+
 # ---- discovery: twins of harrow_testkit's peer functions (testkit/src/peerfns.rs) ------------
 
 
@@ -319,9 +374,9 @@ def peer_call(args):
 
 def peer_wait_call(args):
     """peer_wait_call({name, func, args, timeout_ms}): waits for ``name`` (bounded; a negative
-    timeout_ms waits as long as a wait can), then calls."""
+    timeout_ms waits a year, the longest Python allows), then calls."""
     ms = int(args.get("timeout_ms", 5000))
-    timeout = 1e12 if ms < 0 else ms / 1000.0
+    timeout = 365 * 24 * 3600.0 if ms < 0 else ms / 1000.0
     p = harrow.wait_for_actor(args["name"], timeout)
     return p.run(args["func"], args.get("args"))
 
