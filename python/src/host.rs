@@ -71,5 +71,12 @@ mod tests {
     fn a_portal_stream_not_read_begins_with_the_marker() {
         let e = harrow_portal::Error::NotRead("gone".into());
         assert!(e.to_string().starts_with(super::NOT_READ), "{e}");
+        // The Python module looks for the same marker (`_NOT_READ`).
+        let py = include_str!("ffi/harrow.py");
+        assert!(
+            py.contains(&format!("_NOT_READ = {:?}", super::NOT_READ)),
+            "harrow.py's _NOT_READ is not {:?}",
+            super::NOT_READ
+        );
     }
 }

@@ -160,6 +160,86 @@ fn stop_reading_early(_: &Factory) -> Outcome {
     Outcome::Passed
 }
 
+fn producer_stopped(_: &Factory) -> Outcome {
+    // A generator, plain or async, whose reader breaks out is closed in its call: its
+    // `finally` has run by the time the call returns.
+    let dir = std::env::temp_dir().join(format!("harrow-producer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch dir");
+    for is_async in [false, true] {
+        let marker = dir.join(format!("finally-{is_async}"));
+        let args = Value::Map(vec![
+            (
+                Value::from("marker"),
+                Value::from(marker.to_string_lossy().as_ref()),
+            ),
+            (Value::from("is_async"), Value::Bool(is_async)),
+        ]);
+        let v = with_py(async |py| Ok(py.run(&Factory.func("producer_stopped"), args).await?));
+        let want = Value::List(vec![
+            Value::List((0..3).map(Value::Int).collect()),
+            Value::Null,
+            Value::Bool(true),
+        ]);
+        assert_eq!(v, want, "async: {is_async}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Outcome::Passed
+}
+
+fn producer_cleanup_fails(_: &Factory) -> Outcome {
+    // The consumer fails mid-stream; the producer's cleanup fails too: both are reported,
+    // for a plain and an async generator alike (the cleanup ran in its call).
+    for is_async in [false, true] {
+        let v = with_py(async |py| {
+            Ok(py
+                .run(
+                    &Factory.func("producer_cleanup_fails"),
+                    Value::Bool(is_async),
+                )
+                .await?)
+        });
+        let pair = |a: &str, b: &str| Value::List(vec![Value::from(a), Value::from(b)]);
+        let want = Value::List(vec![
+            pair("KeyError", "KeyError"),
+            pair("RemoteError", "TypeError"),
+        ]);
+        assert_eq!(v, want, "async: {is_async}");
+    }
+    Outcome::Passed
+}
+
+fn block_raises_after_the_teardown(_: &Factory) -> Outcome {
+    // A block that raises after its nursery's teardown began: its exception is a member of
+    // the group the caller gets, beside the child's failure, and counted in its message.
+    let err = with_py(async |py| {
+        Ok(py
+            .run(
+                &Factory.func("block_raises_after_the_teardown"),
+                Value::Null,
+            )
+            .await
+            .expect_err("the child and the block fail"))
+    });
+    let group = err.remote_error().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(group.kind, ErrorKind::Group, "{err}");
+    let mut members: Vec<_> = group
+        .children
+        .iter()
+        .map(|c| (c.type_name.as_str(), c.message.as_str()))
+        .collect();
+    members.sort();
+    assert_eq!(
+        members,
+        [
+            ("KeyError", "'after the teardown'"),
+            ("ValueError", "child")
+        ],
+        "{err}"
+    );
+    assert!(group.message.starts_with("2 failures"), "{err}");
+    Outcome::Passed
+}
+
 fn result_after_a_deadline(_: &Factory) -> Outcome {
     // A context's result() given up by a deadline leaves the context running: waiting again
     // gets its result (it used to end the context and leave nothing to wait for).
@@ -483,6 +563,9 @@ mod nested {
         cancel_child,
         context_stream,
         stop_reading_early,
+        producer_stopped,
+        producer_cleanup_fails,
+        block_raises_after_the_teardown,
         result_after_a_deadline,
         recv_after_a_deadline,
         kwargs,

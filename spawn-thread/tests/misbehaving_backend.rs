@@ -143,7 +143,10 @@ fn a_panicking_join_is_the_childs_failure() {
             Ok(())
         })
         .expect_err("the child's failure is the nursery's");
-        assert!(err.to_string().contains("join panicked: twisted join"), "{err}");
+        assert!(
+            err.to_string().contains("join panicked: twisted join"),
+            "{err}"
+        );
         match outcome.lock().unwrap().take() {
             Some(ChildOutcome::Failed(why)) => {
                 assert!(why.contains("join panicked: twisted join"), "{why}")

@@ -375,9 +375,13 @@ impl Setup {
                 CallKind::Unary => items.push(value),
                 // SAFETY: see above.
                 CallKind::Context => match unsafe { ctx.stream_item(Some(value)) } {
-                    // The caller stopped reading: the generator is closed (its `finally`
-                    // runs), and the call returns as when it ends.
-                    Blocked::Failed(m) if m.starts_with(crate::host::NOT_READ) => {
+                    Blocked::Done(()) => {}
+                    // The stream cannot go on: the generator is closed here, in the call (its
+                    // `finally` runs now, not whenever it is collected), and a failure of that
+                    // cleanup is the call's answer. Otherwise, when the caller stopped
+                    // reading, the call returns as when it ends; else it ends with what
+                    // stopped the stream (its cancel, a broken link).
+                    other => {
                         let closed = user(shared, || {
                             // SAFETY: see above; `close` takes no arguments.
                             let r = unsafe {
@@ -393,9 +397,13 @@ impl Setup {
                         ctx.user_code_ended();
                         // SAFETY: see above; an exception is set.
                         closed.map_err(|_| unsafe { self.error(ErrorKind::Raised) })?;
-                        return Ok(Value::Null);
+                        return match other {
+                            Blocked::Failed(m) if m.starts_with(crate::host::NOT_READ) => {
+                                Ok(Value::Null)
+                            }
+                            other => blocked(other).map(|()| Value::Null),
+                        };
                     }
-                    other => blocked(other)?,
                 },
             }
         }

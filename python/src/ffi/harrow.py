@@ -47,6 +47,10 @@ class HarrowError(Exception):
     """A protocol or transport failure reported by the harrow runtime."""
 
 
+# How the message of a send to a stream its peer no longer reads begins (`host::NOT_READ`).
+_NOT_READ = "stream not read: "
+
+
 class ActorExit(BaseException):
     """``os._exit()`` was called in this actor: the call fails and the actor ends. The process
     goes on: in a harrow actor ``os._exit`` (and ``posix._exit``) raise this instead of ending
@@ -362,8 +366,20 @@ async def _agen_collect(agen):
 
 
 async def _agen_stream(ctx, agen):
-    async for item in agen:
-        ctx._op(_YIELD, item)
+    # As for a plain generator (`drive_generator`): when the stream cannot go on, the generator
+    # is closed here, in the call (its `finally` runs now, and a failure of it is the call's
+    # answer); a caller that stopped reading ends the call as the generator's end would.
+    try:
+        async for item in agen:
+            ctx._op(_YIELD, item)
+    except HarrowError as e:
+        await agen.aclose()
+        if str(e).startswith(_NOT_READ):
+            return
+        raise
+    except BaseException:
+        await agen.aclose()
+        raise
     ctx._op(_END, None)
 
 
@@ -703,7 +719,14 @@ class NurseryError(ExceptionGroup):
                     remote = dict(remote, children=children)
                     break
             else:
+                # The nursery kept no member for it (it was raised after the teardown began):
+                # it is one all the same, here and in what a caller gets.
                 members.append(exc)
+                if not isinstance(exc, Cancelled):
+                    children.append(_block_member(remote, exc))
+                    remote = dict(
+                        remote, children=children, message=_recount(remote.get("message"), 1)
+                    )
         if not members:
             members = [RemoteError(remote)]
         self = super().__new__(cls, remote.get("message") or "nursery failed", members)
@@ -728,6 +751,36 @@ def _as_member(text_member, exc):
     if isinstance(exc, RemoteError):
         return exc._harrow_remote
     return dict(text_member, type_name=type(exc).__name__, message=str(exc))
+
+
+def _recount(message, more):
+    """A nursery group's message (`N failure(s) in the nursery of X`) counting ``more`` more
+    failures; any other message as it is."""
+    head, _, rest = (message or "").partition(" ")
+    _, _, where = rest.partition(" ")
+    if not head.isdigit() or not rest.startswith(("failure ", "failures ")):
+        return message
+    n = int(head) + more
+    return "%d failure%s %s" % (n, "" if n == 1 else "s", where)
+
+
+def _block_member(group, exc):
+    """The wire form of a nursery block's exception ``exc`` that the nursery kept no member for:
+    a ``RemoteError``'s own, else one raised in this actor (the group's source), with the
+    exception's type, message and traceback."""
+    if isinstance(exc, RemoteError):
+        return exc._harrow_remote
+    name, msg, tb = _format_exc(exc)
+    return dict(
+        group,
+        kind="Raised",
+        type_name=name,
+        message=msg,
+        traceback=tb,
+        relay_path=[],
+        canceller=None,
+        children=[],
+    )
 
 
 def _nursery_error(remote):

@@ -215,6 +215,60 @@ def stop_reading_early(with_block):
         return [got, ctx.result()]
 
 
+def producer_stopped(args):
+    """producer_stopped({marker, is_async}): reads 3 items of a child's endless generator
+    (``gen_marked``, or ``agen_marked``) and breaks out of the stream. [the items, the
+    context's result, whether the generator's ``finally`` ran before the call returned]."""
+    import os
+
+    marker, is_async = args["marker"], bool(args["is_async"])
+    func = "agen_marked" if is_async else "gen_marked"
+    with harrow.open_nursery() as n:
+        child = n.start_actor("producer", modules=["harrow_testfns.conformance"])
+        got = []
+        with child.open_context("harrow_testfns.conformance:" + func, marker) as (ctx, _):
+            with ctx.open_stream() as s:
+                for item in s:
+                    got.append(item)
+                    if len(got) == 3:
+                        break
+        result = ctx.result()
+        return [got, result, os.path.exists(marker)]
+
+
+def producer_cleanup_fails(is_async):
+    """producer_cleanup_fails(is_async): raises KeyError after 3 items of a child's endless
+    generator whose ``finally`` raises TypeError (``gen_cleanup_fails`` or its async twin).
+    The sorted [type, type_name] of each member of the group the nursery raises."""
+    func = "agen_cleanup_fails" if is_async else "gen_cleanup_fails"
+    try:
+        with harrow.open_nursery() as n:
+            child = n.start_actor("producer", modules=["harrow_testfns.conformance"])
+            with child.open_context("harrow_testfns.conformance:" + func) as (ctx, _):
+                with ctx.open_stream() as s:
+                    for item in s:
+                        if item == 2:
+                            raise KeyError("consumer failed")
+    except ExceptionGroup as e:
+        return sorted(
+            [type(m).__name__, getattr(m, "type_name", type(m).__name__)] for m in e.exceptions
+        )
+    return None
+
+
+def block_raises_after_the_teardown(v=None):
+    """block_raises_after_the_teardown(): a child fails, the block sees its nursery's
+    teardown (its sleep is cancelled) and then raises KeyError; the NurseryError ends the
+    call."""
+    with harrow.open_nursery() as n:
+        n.run_in_actor(_fn("fail"), "child", name="failing")
+        try:
+            harrow.sleep(30)
+        except harrow.Cancelled:
+            pass
+        raise KeyError("after the teardown")
+
+
 def ctx_returns_later(ctx, ms):
     """ctx_returns_later(ms): started(None), then returns "done" after ``ms``."""
     ctx.started(None)
