@@ -816,24 +816,32 @@ pub fn crash_during_teardown<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     let crashing = CrashingBackend::wrap(f.backend());
     for alone in [false, true] {
         let crashing = crashing.clone();
-        let err = run_root(root_config(), |n| async move {
-            let child = n
-                .start_actor("fails-late", crashing.clone(), f.spec())
-                .await?;
-            assert!(crashing.crash_on_teardown(child.id()));
-            assert_eq!(
-                child.run(&f.func("echo"), Value::Int(1)).await?,
-                Value::Int(1)
-            );
-            if alone {
-                match child.cancel().await {
-                    ChildOutcome::Failed(why) => assert!(why.contains("on purpose"), "{why}"),
-                    other => panic!("the cancel's outcome: {other:?}"),
+        let outcome = std::sync::Mutex::new(None);
+        let err = run_root(root_config(), |n| {
+            let outcome = &outcome;
+            async move {
+                let child = n
+                    .start_actor("fails-late", crashing.clone(), f.spec())
+                    .await?;
+                assert!(crashing.crash_on_teardown(child.id()));
+                assert_eq!(
+                    child.run(&f.func("echo"), Value::Int(1)).await?,
+                    Value::Int(1)
+                );
+                if alone {
+                    let ended = child.cancel().await;
+                    *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(ended);
                 }
+                Ok(())
             }
-            Ok(())
         })
         .expect_err("the child's failure is the nursery's");
+        // The nursery's failure cancels the body, which may be before `cancel` returned.
+        match outcome.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            None => {}
+            Some(ChildOutcome::Failed(why)) => assert!(why.contains("on purpose"), "{why}"),
+            Some(other) => panic!("the cancel's outcome: {other:?}"),
+        }
         let text = err.to_string();
         assert!(
             text.contains("fails-late") && text.contains("torn down"),
