@@ -210,33 +210,34 @@ fn producer_cleanup_fails(_: &Factory) -> Outcome {
 
 fn block_raises_after_the_teardown(_: &Factory) -> Outcome {
     // A block that raises after its nursery's teardown began: its exception is a member of
-    // the group the caller gets, beside the child's failure, and counted in its message.
-    let err = with_py(async |py| {
-        Ok(py
-            .run(
-                &Factory.func("block_raises_after_the_teardown"),
-                Value::Null,
-            )
-            .await
-            .expect_err("the child and the block fail"))
-    });
-    let group = err.remote_error().unwrap_or_else(|| panic!("{err}"));
-    assert_eq!(group.kind, ErrorKind::Group, "{err}");
-    let mut members: Vec<_> = group
-        .children
-        .iter()
-        .map(|c| (c.type_name.as_str(), c.message.as_str()))
-        .collect();
-    members.sort();
-    assert_eq!(
-        members,
-        [
-            ("KeyError", "'after the teardown'"),
-            ("ValueError", "child")
-        ],
-        "{err}"
-    );
-    assert!(group.message.starts_with("2 failures"), "{err}");
+    // the group the caller gets, beside the child's failure, and counted in its message; a
+    // `SystemExit` too (as a RemoteError of its type: an ExceptionGroup holds no other).
+    for (exit, block) in [
+        (false, ("KeyError", "'after the teardown'")),
+        (true, ("SystemExit", "3")),
+    ] {
+        let err = with_py(async |py| {
+            Ok(py
+                .run(
+                    &Factory.func("block_raises_after_the_teardown"),
+                    Value::Bool(exit),
+                )
+                .await
+                .expect_err("the child and the block fail"))
+        });
+        let group = err.remote_error().unwrap_or_else(|| panic!("{err}"));
+        assert_eq!(group.kind, ErrorKind::Group, "{err}");
+        let mut members: Vec<_> = group
+            .children
+            .iter()
+            .map(|c| (c.type_name.as_str(), c.message.as_str()))
+            .collect();
+        members.sort();
+        let mut want = vec![block, ("ValueError", "child")];
+        want.sort();
+        assert_eq!(members, want, "{err}");
+        assert!(group.message.starts_with("2 failures"), "{err}");
+    }
     Outcome::Passed
 }
 

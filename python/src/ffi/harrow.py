@@ -1199,6 +1199,19 @@ class Nursery:
         return Portal(_native_nest(_N_RUN_IN_ACTOR, self._h, spec))
 
 
+def _block_of(group, body, exc, cancel):
+    """What a nursery block that ended with ``exc`` adds to its group: ``(body, member)``, or
+    None. A cancel adds nothing. An ``Exception`` is a member as itself; any other
+    ``BaseException`` (``SystemExit``, ``KeyboardInterrupt``: not a cancel, and not one an
+    ``ExceptionGroup`` may hold) as a ``RemoteError`` of its type and message, so that it is
+    reported, here and to a caller, rather than dropped."""
+    if exc is None or cancel:
+        return None
+    if isinstance(exc, Exception):
+        return (body, exc)
+    return (body, RemoteError(_block_member(group._harrow_remote, exc)))
+
+
 class open_nursery:
     """``with harrow.open_nursery() as n:`` supervises the children started in the block.
 
@@ -1230,8 +1243,9 @@ class open_nursery:
         try:
             _native_nest(_N_CLOSE_NURSERY, self._h, body)
         except NurseryError as group:
-            if isinstance(exc, Exception):
-                raise NurseryError(group._harrow_remote, (body, exc)) from None
+            block = _block_of(group, body, exc, body == "harrow.Cancelled")
+            if block is not None:
+                raise NurseryError(group._harrow_remote, block) from None
             raise
         return False
 
@@ -1259,8 +1273,9 @@ class open_nursery:
         try:
             await _aop(call, _N_CLOSE_NURSERY, self._h, body)
         except NurseryError as group:
-            if isinstance(exc, Exception):
-                raise NurseryError(group._harrow_remote, (body, exc)) from None
+            block = _block_of(group, body, exc, body == "harrow.Cancelled")
+            if block is not None:
+                raise NurseryError(group._harrow_remote, block) from None
             raise
         return False
 

@@ -256,16 +256,20 @@ def producer_cleanup_fails(is_async):
     return None
 
 
-def block_raises_after_the_teardown(v=None):
-    """block_raises_after_the_teardown(): a child fails, the block sees its nursery's
-    teardown (its sleep is cancelled) and then raises KeyError; the NurseryError ends the
-    call."""
+def block_raises_after_the_teardown(exit=False):
+    """block_raises_after_the_teardown(exit): a child fails, the block sees its nursery's
+    teardown (its sleep is cancelled) and then raises KeyError (or, with ``exit``, calls
+    ``sys.exit(3)``); the NurseryError ends the call."""
+    import sys
+
     with harrow.open_nursery() as n:
         n.run_in_actor(_fn("fail"), "child", name="failing")
         try:
             harrow.sleep(30)
         except harrow.Cancelled:
             pass
+        if exit:
+            sys.exit(3)
         raise KeyError("after the teardown")
 
 
