@@ -241,6 +241,21 @@ fn block_raises_after_the_teardown(_: &Factory) -> Outcome {
     Outcome::Passed
 }
 
+fn an_error_that_is_not_utf8(_: &Factory) -> Outcome {
+    // A message with a lone surrogate keeps its text (the surrogate escaped) and its traceback.
+    let err = with_py(async |py| {
+        Ok(py
+            .run(&Factory.func("raise_surrogate"), Value::Null)
+            .await
+            .expect_err("it raises"))
+    });
+    let e = err.remote_error().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(e.type_name, "ValueError", "{err}");
+    assert_eq!(e.message, "bad byte: \\udcff in a file name", "{err}");
+    assert!(e.traceback.contains("raise_surrogate"), "{err}");
+    Outcome::Passed
+}
+
 fn result_after_a_deadline(_: &Factory) -> Outcome {
     // A context's result() given up by a deadline leaves the context running: waiting again
     // gets its result (it used to end the context and leave nothing to wait for).
@@ -567,6 +582,7 @@ mod nested {
         producer_stopped,
         producer_cleanup_fails,
         block_raises_after_the_teardown,
+        an_error_that_is_not_utf8,
         result_after_a_deadline,
         recv_after_a_deadline,
         kwargs,

@@ -411,7 +411,19 @@ def _format_exc(e):
         tb = _format_tb(e, name, msg)
     except BaseException:
         tb = ""
-    return (name, msg, tb)
+    return (name, _utf8(msg), _utf8(tb))
+
+
+def _utf8(text):
+    # Text that cannot be UTF-8 (a lone surrogate: a file name decoded with `os.fsdecode`)
+    # would lose the whole message or traceback on its way out: such characters are escaped.
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 _TB = []

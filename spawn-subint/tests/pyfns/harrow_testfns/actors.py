@@ -273,6 +273,12 @@ def block_raises_after_the_teardown(exit=False):
         raise KeyError("after the teardown")
 
 
+def raise_surrogate(v=None):
+    """raise_surrogate(): raises ValueError with a lone surrogate in its message (a file name
+    decoded with ``os.fsdecode``)."""
+    raise ValueError("bad byte: \udcff in a file name")
+
+
 def ctx_returns_later(ctx, ms):
     """ctx_returns_later(ms): started(None), then returns "done" after ``ms``."""
     ctx.started(None)
