@@ -397,39 +397,33 @@ impl CrashingBackend {
     /// Makes `actor` crash: its channel breaks now and its exit is reported as a failure. False
     /// if no child of this backend is called so.
     pub fn crash(&self, actor: &ActorId) -> bool {
-        let flag = self
-            .crashed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|(id, _)| id == actor)
-            .map(|(_, f)| f.clone());
-        let (Some(flag), Some(breaker)) = (flag, self.inner.breaker(actor)) else {
+        let (Some(flag), Some(breaker)) = (self.flag(actor), self.inner.breaker(actor)) else {
             return false;
         };
         flag.store(true, Ordering::SeqCst);
         breaker.break_now();
         true
     }
-}
 
-impl CrashingBackend {
     /// Makes `actor` fail when it is torn down: it runs on untouched, and once asked to stop,
     /// its clean exit is reported as a failure (as a child that exits with an error status
     /// while it is cancelled is). False if no child of this backend is called so.
     pub fn crash_on_teardown(&self, actor: &ActorId) -> bool {
-        let flag = self
-            .crashed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|(id, _)| id == actor)
-            .map(|(_, f)| f.clone());
-        let Some(flag) = flag else {
+        let Some(flag) = self.flag(actor) else {
             return false;
         };
         flag.store(true, Ordering::SeqCst);
         true
+    }
+
+    /// The flag that makes `actor`'s clean exit a failure.
+    fn flag(&self, actor: &ActorId) -> Option<Arc<AtomicBool>> {
+        self.crashed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(id, _)| id == actor)
+            .map(|(_, f)| f.clone())
     }
 }
 
