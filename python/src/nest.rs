@@ -131,6 +131,23 @@ impl From<harrow_portal::Error> for Fail {
     }
 }
 
+/// How a call of this actor (`me`) into another failed, as Python gets it: ended here as
+/// cancelled by another actor, the call is part of this actor's own cancel (its calls into the
+/// child that asked it to cancel end so: `Link::close_cancelled`), `harrow.Cancelled`, even
+/// before the cancel reached the Python call itself; anything else as it is.
+fn call_fail(e: harrow_portal::Error, me: &ActorId) -> Fail {
+    match &e {
+        harrow_portal::Error::Remote(r)
+            if r.is_cancelled()
+                && &r.source == me
+                && r.canceller.as_ref().is_some_and(|c| c != me) =>
+        {
+            Fail::Cancelled
+        }
+        _ => e.into(),
+    }
+}
+
 impl From<harrow_runtime_core::Error> for Fail {
     fn from(e: harrow_runtime_core::Error) -> Self {
         match e {
@@ -564,13 +581,16 @@ impl ActorEnv {
         match op {
             Op::Run | Op::OpenContext => {
                 let (func, args) = func_args(arg)?;
+                let me = self.base.actor.id().clone();
                 if op == Op::Run {
                     let task = self.spawn(async move { p.portal.run(&func, args).await });
-                    Ok(Box::pin(async move { Ok(Out::Value(task.await?)) }))
+                    Ok(Box::pin(async move {
+                        Ok(Out::Value(task.await.map_err(|e| call_fail(e, &me))?))
+                    }))
                 } else {
                     let task = self.spawn(async move { p.portal.open_context(&func, args).await });
                     Ok(Box::pin(async move {
-                        let (ctx, first) = task.await?;
+                        let (ctx, first) = task.await.map_err(|e| call_fail(e, &me))?;
                         Ok(Out::Opened(
                             Handle::Context(Arc::new(PyContext {
                                 canceller: ctx.canceller(),

@@ -241,6 +241,36 @@ fn block_raises_after_the_teardown(_: &Factory) -> Outcome {
     Outcome::Passed
 }
 
+fn parent_waits_on_its_canceller(_: &Factory) -> Outcome {
+    // A Python actor waiting on the very call of its child that asks it to cancel: the wait
+    // raises harrow.Cancelled (it used to raise HarrowError, a closed link's failure), and the
+    // actor's answer is a cancellation by that child; or, when the call's answer came first,
+    // that answer.
+    let dir = std::env::temp_dir().join(format!("harrow-canceller-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch dir");
+    for i in 0..3 {
+        let marker = dir.join(format!("raised-{i}"));
+        let arg = Value::from(marker.to_string_lossy().as_ref());
+        let got = with_py(async |py| {
+            Ok(py
+                .run(&Factory.func("parent_waits_on_its_canceller"), arg)
+                .await)
+        });
+        match got {
+            Ok(v) => assert_eq!(v, Value::Bool(true)),
+            Err(err) => {
+                assert!(err.is_cancelled(), "not a cancellation: {err}");
+                let canceller = err.canceller().expect("a canceller");
+                assert_eq!(canceller.name, "canceller", "{err}");
+                let raised = std::fs::read_to_string(&marker).expect("the wait raised");
+                assert_eq!(raised, "harrow.Cancelled");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Outcome::Passed
+}
+
 fn an_error_that_is_not_utf8(_: &Factory) -> Outcome {
     // A message with a lone surrogate keeps its text (the surrogate escaped) and its traceback.
     let err = with_py(async |py| {
@@ -583,6 +613,7 @@ mod nested {
         producer_cleanup_fails,
         block_raises_after_the_teardown,
         an_error_that_is_not_utf8,
+        parent_waits_on_its_canceller,
         result_after_a_deadline,
         recv_after_a_deadline,
         kwargs,
