@@ -557,16 +557,8 @@ impl ActorNursery {
             Why::LinkEnded(end) => {
                 // The child went away without being asked to: did it exit cleanly?
                 let outcome = ladder(&mut *child, &link, timeouts, &escalate).await;
-                if outcome != Exit::Exited && slot.contained {
-                    let why = format!("its channel ended ({end}) and it {outcome}");
-                    tracing::debug!(child = %slot.id, %why, "contained child crashed");
-                    *slot.crash.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-                } else if outcome != Exit::Exited {
-                    self.fail(ChildFailure::crashed(
-                        slot.id.clone(),
-                        slot.backend.clone(),
-                        format!("its channel ended ({end}) and it {outcome}"),
-                    ));
+                if outcome != Exit::Exited {
+                    self.crashed(&slot, format!("its channel ended ({end}) and it {outcome}"));
                 } else {
                     tracing::debug!(child = %slot.id, ?end, "child left on its own");
                 }
@@ -639,7 +631,12 @@ impl ActorNursery {
         let Exit::Failed(_) = outcome else {
             return;
         };
-        let why = format!("while it was being torn down, it {outcome}");
+        self.crashed(slot, format!("while it was being torn down, it {outcome}"));
+    }
+
+    /// A child crashed (`why`): a contained child's crash is recorded for its supervisor or
+    /// pool; any other's is this nursery's failure.
+    fn crashed(&self, slot: &ChildSlot, why: String) {
         if slot.contained {
             tracing::debug!(child = %slot.id, %why, "contained child crashed");
             *slot.crash.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);

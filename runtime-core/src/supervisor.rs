@@ -467,6 +467,14 @@ impl ActorNursery {
     }
 }
 
+/// Keeps `e` among the last [`KEEP_ERRORS`] errors, dropping the oldest.
+fn keep_error(errors: &mut VecDeque<String>, e: String) {
+    if errors.len() >= KEEP_ERRORS {
+        errors.pop_front();
+    }
+    errors.push_back(e);
+}
+
 /// Starts incarnation of child `i` and a watcher that says when it ended.
 async fn start_child(
     nursery: &ActorNursery,
@@ -607,10 +615,7 @@ async fn supervise(
             if !restart {
                 failed_for_good.push(e.clone());
             }
-            if errors.len() >= KEEP_ERRORS {
-                errors.pop_front();
-            }
-            errors.push_back(e);
+            keep_error(&mut errors, e);
         }
         if !restart {
             sup.state().current[i] = None;
@@ -630,10 +635,7 @@ async fn supervise(
             // reported too, and its error kept with the others.
             sup.state().current[i] = None;
             for e in sup.stop_children(0..n).await {
-                if errors.len() >= KEEP_ERRORS {
-                    errors.pop_front();
-                }
-                errors.push_back(e);
+                keep_error(&mut errors, e);
             }
             let errors: Vec<String> = errors.into_iter().collect();
             let restarts = restarts_at.len() as u32 + 1;
@@ -675,10 +677,7 @@ async fn supervise(
         // A sibling that crashed too meanwhile is reported (and its error kept), not taken
         // for one stopped for the strategy; it restarts with the group.
         for e in sup.stop_children(others.iter().copied()).await {
-            if errors.len() >= KEEP_ERRORS {
-                errors.pop_front();
-            }
-            errors.push_back(e);
+            keep_error(&mut errors, e);
         }
         sup.state().current[i] = None;
         let count = {
