@@ -3,11 +3,12 @@
 //! finish in time: its launcher is dead then, but the remote program may not be, and it ends
 //! only later, by itself, once it finds its input closed.
 
+mod common;
+
 use std::time::Duration;
 
-use futures_lite::FutureExt;
-use harrow_runtime_core::ipc::Value;
-use harrow_runtime_core::{ActorSpec, Exit, RootConfig, Timeouts, run_root};
+use common::start_busy;
+use harrow_runtime_core::{Exit, RootConfig, Timeouts, run_root};
 use harrow_spawn_remote::RemoteBackend;
 use harrow_testkit::run_bounded;
 use harrow_testkit::sigint::wait_gone;
@@ -40,26 +41,8 @@ fn kill_a_busy_child(tag: &str, on_kill: &str) -> (Result<Exit, String>, u32) {
         let marker = marker.clone();
         let child_pid = child_pid.clone();
         run_root(config, |n| async move {
-            let child = n.start_actor("busy", backend, ActorSpec::new()).await?;
-            let pid = child
-                .run("proc:pid", Value::Null)
-                .await?
-                .as_i64()
-                .and_then(|p| u32::try_from(p).ok())
-                .expect("a pid");
+            let (child, pid) = start_busy(&n, backend, &marker).await?;
             child_pid.store(pid, std::sync::atomic::Ordering::Relaxed);
-            let path = Value::from(marker.to_string_lossy().as_ref());
-            let busy = async {
-                let _ = child.run("testfns:busy_marker", path).await;
-                false
-            };
-            let started = async {
-                while !marker.exists() {
-                    async_io::Timer::after(Duration::from_millis(10)).await;
-                }
-                true
-            };
-            assert!(busy.or(started).await, "the busy loop started");
             Ok(child.cancel().await)
         })
         .map_err(|e| e.to_string())

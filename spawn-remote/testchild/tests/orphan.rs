@@ -4,11 +4,12 @@
 //! that write failing used to kill the watch instead, and the child spun on for ever (three
 //! such children of `harrow demo --remote` ran for 90 minutes).
 
+mod common;
+
 use std::time::Duration;
 
-use futures_lite::FutureExt;
-use harrow_runtime_core::ipc::Value;
-use harrow_runtime_core::{ActorSpec, RootConfig, Timeouts, run_root};
+use common::start_busy;
+use harrow_runtime_core::{RootConfig, Timeouts, run_root};
 use harrow_spawn_remote::RemoteBackend;
 use harrow_testkit::run_bounded;
 use harrow_testkit::sigint::wait_gone;
@@ -34,26 +35,7 @@ fn a_busy_child_whose_launcher_died_exits_on_its_own() {
     let pid = run_bounded("busy orphan", Duration::from_secs(60), || {
         let marker = marker.clone();
         run_root(config, |n| async move {
-            let child = n.start_actor("busy", backend, ActorSpec::new()).await?;
-            let pid = child
-                .run("proc:pid", Value::Null)
-                .await?
-                .as_i64()
-                .and_then(|p| u32::try_from(p).ok())
-                .expect("a pid");
-            let path = Value::from(marker.to_string_lossy().as_ref());
-            // The call never returns; it is dropped once its marker shows the loop running.
-            let busy = async {
-                let _ = child.run("testfns:busy_marker", path).await;
-                false
-            };
-            let started = async {
-                while !marker.exists() {
-                    async_io::Timer::after(Duration::from_millis(10)).await;
-                }
-                true
-            };
-            assert!(busy.or(started).await, "the busy loop started");
+            let (child, pid) = start_busy(&n, backend, &marker).await?;
             child.cancel().await;
             Ok(pid)
         })
