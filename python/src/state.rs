@@ -146,7 +146,8 @@ pub struct JobState {
 }
 
 /// After `harrow.Cancelled` was raised in a call, how long the injector waits before raising it
-/// again (for code that swallows it): the cleanup that the first one started gets to run.
+/// again (for code that swallows it). A cleanup handling it is left alone however long it runs
+/// (see `handling_exception` in the FFI module); this grace covers the cleanup's first steps.
 pub(crate) const CLEANUP_GRACE: Duration = Duration::from_millis(100);
 
 impl JobState {
@@ -287,7 +288,8 @@ pub struct Shared {
     pub in_user: AtomicBool,
     /// The actor was hard-killed ([`InterpHandle::hard_kill`](crate::InterpHandle::hard_kill)):
     /// while the event loop runs, `harrow.Cancelled` is raised in whatever it runs (an `async
-    /// def` call that never awaits included), re-armed until the loop ends.
+    /// def` call that never awaits included), re-armed until the loop ends; a plain call gets it
+    /// inside an `except` or `finally` block too (a cleanup that does not end).
     pub(crate) hard_killed: AtomicBool,
     /// `with harrow.shield():` nesting depth on the owning thread.
     pub shield_depth: AtomicU32,

@@ -187,6 +187,22 @@ fn cancel_lands_at_the_current_await_and_cleanup_runs() -> Result<()> {
 }
 
 #[test]
+fn an_async_cleanup_longer_than_the_re_arm_is_not_interrupted() -> Result<()> {
+    let t = aio("aio-slow-cleanup")?;
+    let h = t.handle();
+    let a = start(&h, &f("slow_cleanup_fails"), Value::Float(0.4));
+    assert!(wait_until(BOUND, || progress(&h)
+        .map(|(st, _)| st.contains(&s("slow")))
+        .unwrap_or(false)));
+    a.cancel();
+    let err = bounded(BOUND, a)?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Raised, "{err}");
+    assert!(err.to_string().contains("async cleanup failed"), "{err}");
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
+    Ok(())
+}
+
+#[test]
 fn async_generators_collect_or_stream() -> Result<()> {
     let t = aio("aio-agen")?;
     let h = t.handle();

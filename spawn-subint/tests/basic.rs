@@ -509,6 +509,36 @@ fn code_that_swallows_the_cancel_gets_it_again() -> Result<()> {
 }
 
 #[test]
+fn a_cleanup_longer_than_the_re_arm_is_not_interrupted_and_its_failure_is_the_answer() -> Result<()>
+{
+    let t = spawn("basic-slow-cleanup")?;
+    let h = t.handle();
+    // The cleanup handles the cancel for 0.4 s (Python code, then a blocking sleep): the
+    // re-armed injection (every 20 ms) leaves it alone, and its failure is the answer.
+    let (fut, _ends) = start_ctx(&h, "harrow_testfns:slow_cleanup_fails", Value::Float(0.4))?;
+    fut.cancel();
+    let err = bounded(BOUND, fut)?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Raised, "{err}");
+    assert!(err.to_string().contains("cleanup failed"), "{err}");
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
+    Ok(())
+}
+
+#[test]
+fn a_cleanup_that_does_not_end_is_cut_short_by_the_hard_kill() -> Result<()> {
+    let t = spawn("basic-endless-cleanup")?;
+    let h = t.handle();
+    let (fut, _ends) = start_ctx(&h, "harrow_testfns:endless_cleanup", Value::Null)?;
+    fut.cancel();
+    // The graceful half of the bound passes with the cleanup running; the hard kill then
+    // raises the cancel inside it, so the interpreter ends instead of leaking.
+    assert_eq!(t.shutdown(Duration::from_secs(2)), Exit::Exited);
+    let err = bounded(BOUND, fut)?.unwrap_err();
+    assert!(err.kind() == ErrorKind::Cancelled, "{err}");
+    Ok(())
+}
+
+#[test]
 fn shield_defers_the_cancel() -> Result<()> {
     let t = spawn("basic-shield")?;
     let h = t.handle();

@@ -773,18 +773,24 @@ pub fn exit_mid_call<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
-/// cancel-cleanup-error: a cancelled call whose cleanup raises; `cancel()` returns after the
-/// cleanup ran, with the cleanup's error, and the context's result is that error.
+/// cancel-cleanup-error: a cancelled call whose cleanup runs for 0.2 s and raises; `cancel()`
+/// returns after the cleanup ran, with the cleanup's error, and the context's result is that
+/// error.
 pub fn cancel_cleanup_error<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     // What is tested is the outcome, not its speed: the error may carry a backtrace (with
     // RUST_BACKTRACE set, formatting one in a debug build can take longer than the default
     // bound on a loaded machine).
-    let mut config = root_config();
+    // The child's cleanup bound (three quarters of its `cancel_ack`) is well over the 0.2 s the
+    // cleanup takes.
+    let mut config = root_config().timeouts(Timeouts {
+        cancel_ack: Duration::from_secs(2),
+        ..Timeouts::quick()
+    });
     config.link_config.cancel_timeout = Duration::from_secs(10);
     expect_ok(run_root(config, |n| async move {
         let child = n.start_actor("cleaner", f.backend(), f.spec()).await?;
         let (ctx, _) = child
-            .open_context(&f.func("ctx_cleanup_fails"), Value::Null)
+            .open_context(&f.func("ctx_cleanup_fails"), Value::Int(200))
             .await?;
         let err = ctx.cancel().await.expect_err("the cleanup's failure");
         assert!(

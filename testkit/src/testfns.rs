@@ -90,9 +90,9 @@ pub const CTX_SHIELDED: ContextEndpoint<Shielded, (), (), (), ()> =
 /// cancelled.
 pub const SPAWN_TREE: ContextEndpoint<Tree, i64, (), (), ()> =
     ContextEndpoint::new("testfns:spawn_tree");
-/// `ctx_cleanup_fails()`: `started(None)`, waits until cancelled, then fails in its cleanup with
-/// `TestError("cleanup failed")`.
-pub const CTX_CLEANUP_FAILS: ContextEndpoint<(), (), (), (), ()> =
+/// `ctx_cleanup_fails(ms)`: `started(None)`, waits until cancelled, then runs a cleanup of `ms`
+/// milliseconds (none: at once) that fails with `TestError("cleanup failed")`.
+pub const CTX_CLEANUP_FAILS: ContextEndpoint<Option<u64>, (), (), (), ()> =
     ContextEndpoint::new("testfns:ctx_cleanup_fails");
 /// `ctx_spawn_canceller()`: `started(None)`, starts a child that asks this actor to cancel
 /// itself, then waits until cancelled.
@@ -360,10 +360,10 @@ fn register(
             Ok(Value::Null)
         }
     })?;
-    r.serve_context(CTX_CLEANUP_FAILS, |ctx, ()| async move {
+    r.serve_context(CTX_CLEANUP_FAILS, |ctx, ms| async move {
         ctx.started(&()).await?;
         ctx.cancelled().await;
-        async_io::Timer::after(Duration::from_millis(20)).await;
+        async_io::Timer::after(Duration::from_millis(ms.unwrap_or(0))).await;
         Err(TestError("cleanup failed".into()).into())
     })?;
     // gen_count(n): a one-way stream of the ints 0..n (the Python twin is a generator)

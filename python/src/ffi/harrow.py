@@ -1,8 +1,10 @@
 """harrow: the actor runtime's module inside this subinterpreter (built per interpreter).
 
 - ``Cancelled``: raised in running code when its call (or its actor) is cancelled. A
-  ``BaseException``: ``except Exception`` does not swallow it, ``finally`` blocks run. Code that
-  swallows it anyway gets it again until the call ends or the hard-kill bound passes.
+  ``BaseException``: ``except Exception`` does not swallow it, ``finally`` blocks run, and
+  code handling it (its cleanup) is not interrupted again. Code that swallows it (leaves the
+  ``except`` block without raising) gets it again until the call ends or the hard-kill bound
+  passes.
 - ``with shield():`` defers cancellation until the block exits.
 - ``sleep(seconds)``: like ``time.sleep`` but cancellable at once; the actor serves its other
   calls meanwhile.

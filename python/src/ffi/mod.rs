@@ -252,8 +252,10 @@ unsafe fn pending_cancel_body(arg: *mut c_void) -> c_int {
             .shield_depth
             .load(std::sync::atomic::Ordering::SeqCst)
             == 0
-        // SAFETY: the owning thread of `shared`'s interpreter, GIL held.
-        && !unsafe { handling_failure(shared) }
+        // A cleanup is left alone until the hard kill, which cuts it short.
+        && (shared.hard_killed.load(std::sync::atomic::Ordering::SeqCst)
+            // SAFETY: GIL held.
+            || !unsafe { handling_exception() })
         && shared.take_cancel_delivery()
     {
         // SAFETY: the owning thread of the interpreter whose types `shared` holds, GIL held.
@@ -263,33 +265,28 @@ unsafe fn pending_cancel_body(arg: *mut c_void) -> c_int {
     0
 }
 
-/// Whether the running code is handling an exception other than `harrow.Cancelled`: an
-/// `except`, `finally` or `with` exit block running because that exception was raised. The
-/// exception may be a failure still unwinding (out of a shield, through a `finally`), which is
-/// the call's outcome: an asynchronous `harrow.Cancelled` raised there would replace it, and the
-/// caller would see a cancellation instead of the failure. So the injection waits until the
-/// block is left (the injector re-arms it); `harrow.checkpoint()`, `harrow.sleep()` and the
-/// harrow operations still see the cancel inside it.
+/// Whether the running code is handling an exception: an `except`, `finally` or `with` exit
+/// block running because that exception was raised. The injection waits until the block is
+/// left (the injector re-arms it), or until the actor's hard kill; `harrow.checkpoint()`,
+/// `harrow.sleep()` and the harrow operations still see the cancel inside it.
+///
+/// - Another exception may be a failure still unwinding (out of a shield, through a `finally`),
+///   which is the call's outcome: an asynchronous `harrow.Cancelled` raised there would replace
+///   it, and the caller would see a cancellation instead of the failure.
+/// - `harrow.Cancelled` itself being handled is the cancel's cleanup running: raised again
+///   there, it would cut the cleanup short and lose the failure the cleanup may end with. The
+///   re-arm is for code that swallowed the cancel, that is left the block without raising.
 ///
 /// # Safety
-/// The owning thread of `shared`'s interpreter, GIL held.
-unsafe fn handling_failure(shared: &Shared) -> bool {
+/// GIL held.
+unsafe fn handling_exception() -> bool {
     // SAFETY: GIL held; a new reference, or null (or `None`) when nothing is being handled.
     let exc = unsafe { ffi::PyErr_GetHandledException() };
     if exc.is_null() {
         return false;
     }
     // SAFETY: reading the address of the `None` singleton.
-    let handling = exc != unsafe { ffi::Py_None() } && {
-        let cancelled = shared
-            .types
-            .cancelled
-            .load(std::sync::atomic::Ordering::SeqCst)
-            .cast::<ffi::PyObject>();
-        // SAFETY: GIL held; `exc` is live (we hold a reference) and `cancelled` a live type
-        // object of this interpreter (held until `release_types`).
-        !cancelled.is_null() && unsafe { ffi::PyErr_GivenExceptionMatches(exc, cancelled) } == 0
-    };
+    let handling = exc != unsafe { ffi::Py_None() };
     // SAFETY: GIL held; drops the reference `PyErr_GetHandledException` returned.
     unsafe { ffi::Py_DECREF(exc) };
     handling

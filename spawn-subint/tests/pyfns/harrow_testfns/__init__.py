@@ -237,20 +237,47 @@ swallowed = 0
 
 
 def swallow_some(ctx, times):
-    """Swallows the first `times` cancellations, then a busy loop."""
+    """Swallows the first `times` cancellations (leaving its ``except`` block each time), then
+    busy-loops without catching the next."""
     global swallowed
     swallowed = 0
-    while True:
+    while swallowed < times:
         try:
+            # In the `try`: the cancel may land as soon as `started` returned.
             if swallowed == 0:
                 ctx.started("running")
             while True:
                 pass
         except BaseException:
             swallowed += 1
-            if swallowed >= times:
-                while True:
-                    pass
+    while True:
+        pass
+
+
+def slow_cleanup_fails(ctx, seconds):
+    """Its cancel's cleanup runs for ``seconds`` (Python code, then a blocking sleep: longer than
+    the cancel's re-arm interval) and then fails: that failure is the call's answer."""
+    try:
+        ctx.started("running")
+        while True:
+            pass
+    except harrow.Cancelled:
+        deadline = time.monotonic() + seconds / 2
+        while time.monotonic() < deadline:
+            pass
+        time.sleep(seconds / 2)
+        raise ValueError("cleanup failed")
+
+
+def endless_cleanup(ctx):
+    """Handles its cancel for ever (Python code, no checkpoint): only the hard kill ends it."""
+    try:
+        ctx.started("running")
+        while True:
+            harrow.sleep(3600)
+    except harrow.Cancelled:
+        while True:
+            pass
 
 
 def swallowed_count():

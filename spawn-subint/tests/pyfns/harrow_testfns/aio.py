@@ -1,6 +1,7 @@
 """async def functions, async generators, keyword arguments and @harrow.context."""
 
 import asyncio
+import time
 
 import harrow
 
@@ -45,6 +46,20 @@ async def wait_forever(tag):
         await asyncio.sleep(3600)
     finally:
         cleaned.append(tag)
+
+
+async def slow_cleanup_fails(seconds):
+    """Its cancel's cleanup runs Python code for ``seconds``, awaits, and then fails: that failure
+    is the call's answer."""
+    started.append("slow")
+    try:
+        await asyncio.sleep(3600)
+    finally:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pass
+        await asyncio.sleep(0)
+        raise ValueError("async cleanup failed")
 
 
 def progress():

@@ -180,9 +180,9 @@ def fail_at_gate(args):
         raise ValueError(args.get("msg", "failed at the gate"))
 
 
-def ctx_cleanup_fails(ctx, v=None):
-    """ctx_cleanup_fails(): started(None), waits until cancelled, then fails in its cleanup with
-    ValueError("cleanup failed")."""
+def ctx_cleanup_fails(ctx, ms=None):
+    """ctx_cleanup_fails(ms): started(None), waits until cancelled, then runs a cleanup of ``ms``
+    milliseconds (None: at once) that fails with ValueError("cleanup failed")."""
     # `started` inside the `try`: the cancel is injected as an asynchronous exception, which can
     # land between `started` returning and the next statement.
     try:
@@ -190,9 +190,12 @@ def ctx_cleanup_fails(ctx, v=None):
         while True:
             harrow.sleep(3600)
     except harrow.Cancelled:
-        # Shielded, so that the cancel (re-raised while outstanding) does not pre-empt it.
-        with harrow.shield():
-            raise ValueError("cleanup failed")
+        # No shield: the re-armed cancel leaves a cleanup alone while it handles the cancel,
+        # however long it runs (Python code here, longer than the re-arm interval).
+        deadline = time.monotonic() + (ms or 0) / 1000
+        while time.monotonic() < deadline:
+            pass
+        raise ValueError("cleanup failed")
 
 
 def gen_count(n):
