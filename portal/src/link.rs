@@ -447,7 +447,7 @@ pub(crate) struct Shared {
     pub(crate) local: LocalInfo,
     pub(crate) peer: PeerInfo,
     pub(crate) config: LinkConfig,
-    exec: Executor,
+    pub(crate) exec: Executor,
     resolver: Option<Arc<dyn Resolver>>,
     /// Where outgoing messages go: the writer's queue, or the transport itself.
     out: outlet::Outlet,
@@ -545,6 +545,20 @@ impl Served {
             ServedBy::Nothing => {}
             ServedBy::Task(task) => task.detach(),
             ServedBy::Parked(parked) => parked.end(true),
+        }
+    }
+}
+
+impl Served {
+    /// The call was cancelled and its entry is gone (the link closed), but it observes its
+    /// cancel: its future goes on in a task of its own, which ends it at its cleanup bound
+    /// (`cleanup_until`, set by the caller).
+    fn clean_up(mut self) {
+        match std::mem::replace(&mut self.run, ServedBy::Nothing) {
+            // Its first poll runs (in the reader); it finds its entry gone and drops the future.
+            ServedBy::Nothing => {}
+            ServedBy::Task(task) => task.detach(),
+            ServedBy::Parked(parked) => parked.clean_up(),
         }
     }
 }
@@ -730,7 +744,7 @@ impl Shared {
             chan.finish(Err(pending()));
         }
         for (_, entry) in served {
-            {
+            let aware = {
                 let mut st = entry.chan.lock();
                 st.cancelled_by.get_or_insert_with(|| self.local.id.clone());
                 if st.outcome.is_none() {
@@ -741,9 +755,22 @@ impl Shared {
                     let answer = self.cancelled_answer(&entry.chan, &st);
                     self.enqueue(answer);
                 }
-            }
+                if st.cancel_aware && st.cleanup_until.is_none() {
+                    // Cancelled by this actor now: the same cleanup time a cancel gives.
+                    st.cleanup_until = Some(harrow_ipc::wait::instant_after(
+                        self.config.cancel_cleanup.max(st.cleanup_reserved),
+                    ));
+                }
+                st.cancel_aware
+            };
             entry.chan.notify_cancel();
-            drop(entry); // drops the call's future
+            if aware {
+                // It observes its cancel: its cleanup runs to its end or to its bound, as for a
+                // cancel, though no answer can go any more.
+                entry.clean_up();
+            } else {
+                drop(entry); // drops the call's future
+            }
         }
         if graceful {
             // Every served call has ended now: the acks owed go out with their answers.

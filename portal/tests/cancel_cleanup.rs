@@ -158,6 +158,45 @@ async fn a_stuck_cleanup_is_dropped_at_the_bound(exec: Executor, t: Transport) {
     assert_eq!(b.served_calls(), 0);
 }
 
+/// A link that closes (either end) cancels the calls it serves; one that observes its cancel
+/// still runs its cleanup to its end, or to its bound, as for a cancel from its caller.
+async fn a_closed_link_lets_a_cancel_aware_call_clean_up(exec: Executor, t: Transport) {
+    for callee_closes in [false, true] {
+        let (reg, probe) = cleanup_registry();
+        let (a, b) = caller_callee(&exec, t, reg).await;
+        let (_ctx, _) = bounded(
+            "open",
+            a.portal().open_context("t:cleanup_fails", Value::Int(50)),
+        )
+        .await
+        .unwrap();
+        until_served(&b).await;
+        if callee_closes {
+            b.close();
+        } else {
+            a.close();
+        }
+        expect_probe(&probe, "cleanup-start").await;
+        expect_probe(&probe, "cleanup-done").await;
+        bounded("closed", b.closed()).await;
+    }
+    // One whose cleanup does not end is dropped at the bound.
+    let (reg, probe) = cleanup_registry();
+    let mut config = LinkConfig::default();
+    config.cancel_cleanup = Duration::from_millis(150);
+    let (a, b) = link_pair(&exec, t, None, Some(Arc::new(reg)), config).await;
+    let (_ctx, _) = bounded(
+        "open",
+        a.portal().open_context("t:aware_but_stuck", Value::Null),
+    )
+    .await
+    .unwrap();
+    until_served(&b).await;
+    a.close();
+    expect_probe(&probe, "dropped").await;
+    assert_eq!(b.served_calls(), 0);
+}
+
 /// Waits (bounded) until `b` serves a call: the call under test has reached its callee.
 async fn until_served(b: &Link) {
     bounded("served", async {
@@ -335,6 +374,7 @@ both_transports!(
     cancel_returns_the_cleanup_error_after_the_cleanup,
     a_cleanup_ending_as_cancelled_is_confirmed,
     a_stuck_cleanup_is_dropped_at_the_bound,
+    a_closed_link_lets_a_cancel_aware_call_clean_up,
     cancel_actor_acks_after_cleanup_with_answers_first,
     a_late_cancel_ack_is_still_heard,
     cancel_ack_says_how_long_the_teardown_still_takes,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use futures_lite::FutureExt;
 use harrow_ipc::{ActorId, CallKind, Cid, ErrorKind, FnPath, Msg, RemoteError, Value};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{LinkEnd, LinkState, Served, ServedBy, Shared};
 use crate::chan::{Chan, Side};
@@ -306,11 +306,25 @@ impl Shared {
         cid: Cid,
         result: std::result::Result<std::result::Result<Value, CallError>, Panicked>,
     ) {
+        let mut result = Some(result);
         let entry = self.end_served(cid, |shared, chan, st| {
-            Some(shared.answer_msg(cid, chan, st, result))
+            result.take().map(|r| shared.answer_msg(cid, chan, st, r))
         });
         if let Some(entry) = entry {
             entry.detach(); // its task is this very task, about to finish
+        }
+        // A call whose link closed while it cleaned up has no caller to tell: its failure is
+        // logged rather than dropped without a word.
+        let failure = match result {
+            Some(Ok(Err(e))) if e.kind() != ErrorKind::Cancelled => Some(e.to_string()),
+            Some(Err((payload, _))) => Some(format!("panic: {}", panic_text(payload.as_ref()))),
+            _ => None,
+        };
+        if let Some(failure) = failure
+            && self.is_dead()
+        {
+            warn!(%cid, local = %self.local.id, peer = %self.peer.id, %failure,
+                "a served call failed after its link closed; its caller cannot be told");
         }
     }
 
@@ -615,6 +629,15 @@ impl Parked {
             Some(task) if detach => task.detach(),
             _ => {}
         }
+    }
+}
+
+impl Parked {
+    /// [`Served::clean_up`](super::Served::clean_up) for a parked future: moved into its task
+    /// (as a wake does), which is then left to finish on its own.
+    pub(crate) fn clean_up(self: &Arc<Self>) {
+        self.wake_by_ref();
+        self.end(true);
     }
 }
 
