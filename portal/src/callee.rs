@@ -538,8 +538,34 @@ impl<F: Future + Unpin> Future for CallScope<F> {
             }
         }
         let CallScope { ctx, inner } = &mut *self;
-        let prev = CURRENT_CALL.with(|c| std::mem::replace(&mut *c.borrow_mut(), ctx.take()));
-        let _restore = Restore { slot: ctx, prev };
-        Pin::new(inner).poll(cx)
+        let polled = {
+            let prev = CURRENT_CALL.with(|c| std::mem::replace(&mut *c.borrow_mut(), ctx.take()));
+            let _restore = Restore { slot: ctx, prev };
+            Pin::new(inner).poll(cx)
+        };
+        // The function goes on without reading its stream: the caller is told now. (One that
+        // ended has its answer told instead.)
+        if polled.is_pending()
+            && let Some(ctx) = ctx.as_ref()
+            && ctx
+                .chan
+                .stop_reading_due
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            ctx.chan
+                .stop_reading_due
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            crate::caller::send_stop_reading(&ctx.shared, &ctx.chan);
+        }
+        polled
     }
+}
+
+/// Whether `chan` is the call whose function is being polled on this thread right now (its
+/// [`CallScope`]).
+pub(crate) fn polling(chan: &Arc<Chan>) -> bool {
+    CURRENT_CALL.with(|c| {
+        c.try_borrow()
+            .is_ok_and(|cur| cur.as_ref().is_some_and(|ctx| Arc::ptr_eq(&ctx.chan, chan)))
+    })
 }

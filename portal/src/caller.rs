@@ -260,8 +260,15 @@ impl OneWayStream {
     }
 
     /// The call's result once the stream ended (the number of items, for `FnRegistry::stream`).
+    ///
+    /// Items not read by then are given up: the stream is dropped first, which tells the
+    /// producer ([`Error::NotRead`] for its further sends, so a producer that had more to send
+    /// usually ends with that error), rather than leave it waiting for credit while this waits
+    /// for its end.
     pub async fn result(self) -> Result<Value> {
-        self.ctx.result().await
+        let OneWayStream { rx, ctx } = self;
+        drop(rx);
+        ctx.result().await
     }
 }
 
@@ -337,12 +344,14 @@ impl Context {
     /// used or cancelled. ([`result`](Self::result) consumes it: given up, it drops the context,
     /// which cancels the call.)
     pub async fn wait_outcome(&self) -> Result<Value> {
+        let _awaited = Awaited::new(&self.shared, &self.chan);
         self.chan.wait(|st| st.outcome.clone()).await
     }
 
     /// Waits at most `bound` for the final result, keeping the context: `None` when it has not
     /// ended in time (the context is untouched and can still be used or cancelled).
     pub async fn wait_result(&self, bound: Duration) -> Option<Result<Value>> {
+        let _awaited = Awaited::new(&self.shared, &self.chan);
         deadline(bound, self.chan.wait(|st| st.outcome.clone())).await
     }
 
@@ -387,6 +396,7 @@ impl Context {
     /// ```
     pub async fn guard<F: Future>(&self, fut: F) -> Result<F::Output> {
         use futures_lite::FutureExt;
+        let _awaited = Awaited::new(&self.shared, &self.chan);
         async { Ok(fut.await) }
             .or(async {
                 self.chan
@@ -441,7 +451,7 @@ impl Context {
     /// Cancels the context and waits (bounded by the link's `cancel_timeout`) for the callee to
     /// confirm, which it does after its cleanup ran (bounded by its `cancel_cleanup`).
     ///
-    /// `Ok(())` when the callee confirmed the cancel, or had already finished. `Err(Error::Remote)`
+    /// `Ok(())` when the callee confirmed the cancel, or had already returned. `Err(Error::Remote)`
     /// when the callee failed instead (before the cancel landed, or while cleaning up): a cancel
     /// never hides a failure. `Err(Error::Closed)` when the link closed; `Err(Error::Timeout)`
     /// when the callee did not confirm in time (the call is then forgotten locally and ends as
@@ -473,10 +483,22 @@ pub struct ContextCanceller {
 impl ContextCanceller {
     /// [`Context::cancel`]: cancels the context and waits (bounded) for the callee to confirm.
     pub async fn cancel(&self) -> Result<()> {
+        /// What a cancel returns for the context's `outcome`.
+        fn answered(outcome: Result<Value>) -> Result<()> {
+            match outcome {
+                // Cancelled as asked, or it returned before the cancel landed.
+                Ok(_) => Ok(()),
+                Err(e) if e.is_cancelled() => Ok(()),
+                // The link closed, or the callee failed (before the cancel, or in its cleanup):
+                // that is the outcome, and it is not hidden behind the cancel.
+                Err(e) => Err(e),
+            }
+        }
         {
             let mut st = self.chan.lock();
-            if st.outcome.is_some() {
-                return Ok(());
+            if let Some(outcome) = &st.outcome {
+                // Ended already (a failure included: the cancel does not hide it).
+                return answered(outcome.clone());
             }
             if !st.cancel_sent {
                 st.cancel_sent = true;
@@ -486,12 +508,7 @@ impl ContextCanceller {
         let bound = self.shared.config.cancel_timeout;
         let confirmed = deadline(bound, self.chan.wait(|st| st.outcome.clone())).await;
         match confirmed {
-            // Cancelled as asked, or it returned before the cancel landed.
-            Some(Ok(_)) => Ok(()),
-            Some(Err(e)) if e.is_cancelled() => Ok(()),
-            // The link closed, or the callee failed (before the cancel, or in its cleanup): that
-            // is the outcome, and it is not hidden behind the cancel.
-            Some(Err(e)) => Err(e),
+            Some(outcome) => answered(outcome),
             None => {
                 let err = RemoteError::cancelled(
                     self.shared.peer.id.clone(),
@@ -762,9 +779,69 @@ impl Drop for TxInner {
         // then would make the caller read a normal end of stream before the failure. Its
         // direction ends with the call instead (`Return` is an end of stream, `Error` an error),
         // or with an explicit `close()`.
-        if self.chan.side == Side::Caller {
-            let _ = self.close();
+        if self.chan.side != Side::Caller {
+            return;
         }
+        let mut st = self.chan.lock();
+        if st.local_stopped || st.outcome.is_some() {
+            return;
+        }
+        st.local_stopped = true;
+        if st.awaited > 0 {
+            // The context is awaited, not being dropped: the input is complete.
+            drop(st);
+            self.shared.enqueue(Msg::Stop { cid: self.chan.cid });
+        } else {
+            // Locals drop in reverse order, so a context dropped in the same scope (a cancel)
+            // goes right after its stream: its `Cancel` must not follow a `Stop` that the callee
+            // would take for the caller's input being complete. The `Stop` goes when the
+            // context is next awaited, or after a moment if it is neither awaited nor dropped.
+            st.stop_due = true;
+            drop(st);
+            let (shared, chan) = (self.shared.clone(), self.chan.clone());
+            self.shared
+                .exec
+                .spawn(async move {
+                    async_io::Timer::after(DROPPED_STOP_GRACE).await;
+                    send_due_stop(&shared, &chan);
+                })
+                .detach();
+        }
+        self.chan.notify();
+    }
+}
+
+/// How long the `Stop` of a caller's stream whose sending handles were all dropped waits for its
+/// context to be dropped too (which makes it a cancel, and no `Stop` goes), unless the context is
+/// awaited meanwhile ([`TxInner`]'s drop).
+const DROPPED_STOP_GRACE: Duration = Duration::from_millis(10);
+
+/// Sends the `Stop` of a dropped sending side if it is still due (the context was neither
+/// cancelled nor dropped meanwhile).
+fn send_due_stop(shared: &Shared, chan: &Chan) {
+    let mut st = chan.lock();
+    if std::mem::take(&mut st.stop_due) && st.outcome.is_none() && !st.cancel_sent {
+        drop(st);
+        shared.enqueue(Msg::Stop { cid: chan.cid });
+    }
+}
+
+/// A wait on a caller's context outcome, for as long as it runs: a stream's sending side
+/// dropped before or meanwhile ends at once (see [`TxInner`]'s drop).
+struct Awaited<'a>(&'a Chan);
+
+impl<'a> Awaited<'a> {
+    fn new(shared: &Shared, chan: &'a Chan) -> Self {
+        chan.lock().awaited += 1;
+        send_due_stop(shared, chan);
+        Awaited(chan)
+    }
+}
+
+impl Drop for Awaited<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.awaited = st.awaited.saturating_sub(1);
     }
 }
 
@@ -776,9 +853,11 @@ impl Drop for TxInner {
 /// `credit_window_max` while the items are small ([`LinkConfig`](crate::LinkConfig)).
 /// [`send`](MsgStream::send) waits while the sender has no credit. End of stream is explicit:
 /// `recv` returns `Ok(None)` once the peer closed its side (or the call returned); `send` after
-/// [`close`](MsgStream::close) is `Err(Error::Protocol)`. On the caller's side, dropping every sending handle closes the
-/// sending side; on the callee's side the direction ends with the call (or `close()`), so that a
-/// function failing mid-stream is seen as that failure, never as a normal end.
+/// [`close`](MsgStream::close) is `Err(Error::Protocol)`. On the caller's side, dropping every
+/// sending handle closes the sending side, unless the context is dropped right after (a cancel,
+/// which the callee sees as one, not as the end of its input); on the callee's side the
+/// direction ends with the call (or `close()`), so that a function failing mid-stream is seen as
+/// that failure, never as a normal end.
 #[derive(Debug)]
 pub struct MsgStream {
     tx: StreamTx,
@@ -1051,8 +1130,26 @@ impl Drop for StreamRx {
             st.stopped_reading = true;
             st.items.clear();
             drop(st);
-            self.shared.enqueue(Msg::StopReading { cid: self.chan.cid });
+            if self.chan.side == Side::Callee && crate::callee::polling(&self.chan) {
+                // Dropped by its function as it runs, which may be on its way out with a
+                // failure: told once the poll ended without ending the call (`CallScope`).
+                self.chan
+                    .stop_reading_due
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                self.shared.enqueue(Msg::StopReading { cid: self.chan.cid });
+            }
         }
+    }
+}
+
+/// Tells the caller of served call `chan` that its function reads no more of its stream
+/// (deferred by [`StreamRx`]'s drop to the end of the function's poll), unless the call ended.
+pub(crate) fn send_stop_reading(shared: &Shared, chan: &Chan) {
+    let st = chan.lock();
+    if !(st.wire_done || st.peer_stopped) {
+        drop(st);
+        shared.enqueue(Msg::StopReading { cid: chan.cid });
     }
 }
 

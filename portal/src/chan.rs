@@ -71,6 +71,12 @@ pub(crate) struct Chan {
     /// Set by the resolver and read by the link's reader, on the same thread, before the
     /// future's first poll.
     pub(crate) ends_with_answer_now: AtomicBool,
+    /// Callee: its function dropped its stream's receiving end while it was polled, and the
+    /// `StopReading` that tells the caller waits for that poll's end: if the poll ends the
+    /// call, its answer goes instead (a function failing mid-stream drops its stream on the way
+    /// out, and a `StopReading` ahead of its `Error` would fail the caller's sends as "not
+    /// read" instead of with that failure).
+    pub(crate) stop_reading_due: AtomicBool,
 }
 
 /// One waiting task's waker, registered under the chan's lock. `waiting` spares
@@ -303,6 +309,13 @@ pub(crate) struct ChanState {
     /// The peer's latest report of the items it consumed.
     acked: u64,
     pub(crate) local_stopped: bool,
+    /// Caller: its last sending handle was dropped while its context lived and nobody awaited
+    /// it; the `Stop` waits a moment for the context's own drop (a cancel), see
+    /// `caller::DROPPED_STOP_GRACE`.
+    pub(crate) stop_due: bool,
+    /// Caller: how many waits on the context's outcome run now (a dropped sending handle's
+    /// `Stop` then goes at once: the context is not being dropped).
+    pub(crate) awaited: u32,
     /// The peer reads no more (`StopReading`): sends fail.
     pub(crate) peer_stopped_reading: bool,
     /// A sender waits in `Chan::sender`.
@@ -488,6 +501,7 @@ impl Chan {
             sender: Slot::default(),
             cancel: Slot::default(),
             ends_with_answer_now: AtomicBool::new(false),
+            stop_reading_due: AtomicBool::new(false),
         }
     }
 

@@ -1106,8 +1106,12 @@ impl<T: DeserializeOwned> TypedOneWayStream<T> {
     }
 
     /// The call's result once the stream ended (the number of items, for a Rust server).
+    ///
+    /// Items not read by then are given up, as [`OneWayStream::result`](crate::OneWayStream::result) says.
     pub async fn result(self) -> Result<Value> {
-        self.ctx.result().await
+        let TypedOneWayStream { rx, ctx } = self;
+        drop(rx);
+        ctx.result().await
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use harrow_portal::ipc::{ErrorKind, Value};
-use harrow_portal::{Executor, LinkConfig, LinkEnd};
+use harrow_portal::{CallError, Executor, LinkConfig, LinkEnd};
 
 async fn self_cancel_is_confirmed_and_the_stream_errors(exec: Executor, t: Transport) {
     let (reg, probe) = standard_registry();
@@ -50,6 +50,30 @@ async fn cancel_of_finished_context_is_ok(exec: Executor, t: Transport) {
     let r = bounded("result", ctx.result()).await;
     // The function returned before or after the Cancel arrived: either way no hang, no panic.
     assert!(r.is_ok() || r.as_ref().unwrap_err().is_cancelled(), "{r:?}");
+}
+
+/// A cancel never hides a failure: one that came before the cancel is what the cancel returns,
+/// every time it is asked.
+async fn cancel_after_a_failure_returns_the_failure(exec: Executor, t: Transport) {
+    let (mut reg, _probe) = standard_registry();
+    reg.context("t:ctx_fails", |ctx, _| async move {
+        ctx.started(Value::Null).await?;
+        Err::<Value, _>(CallError::raised("ValueError", "failed first"))
+    })
+    .unwrap();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    let (ctx, _) = bounded("open", a.portal().open_context("t:ctx_fails", Value::Null))
+        .await
+        .unwrap();
+    let outcome = bounded("failure", ctx.wait_result(Duration::from_secs(10))).await;
+    assert!(outcome.unwrap().is_err(), "the failure arrived");
+    for _ in 0..2 {
+        let err = bounded("cancel", ctx.cancel()).await.unwrap_err();
+        assert!(!err.is_cancelled(), "{err}");
+        assert_eq!(err.remote_error().unwrap().message, "failed first", "{err}");
+    }
+    let err = bounded("result", ctx.result()).await.unwrap_err();
+    assert_eq!(err.remote_error().unwrap().message, "failed first", "{err}");
 }
 
 async fn dropping_run_future_cancels_the_callee_task(exec: Executor, t: Transport) {
@@ -187,6 +211,7 @@ async fn cancel_without_confirmation_times_out(exec: Executor, t: Transport) {
 }
 
 both_transports!(
+    cancel_after_a_failure_returns_the_failure,
     self_cancel_is_confirmed_and_the_stream_errors,
     cancel_of_finished_context_is_ok,
     dropping_run_future_cancels_the_callee_task,

@@ -280,6 +280,29 @@ mod one_way {
         );
     }
 
+    /// `result()` with items left unread gives them up and tells the producer, which stops
+    /// (it was waiting for credit): no wait for ever, and the answer is the producer's, never
+    /// a success it did not have.
+    async fn the_result_of_a_stream_read_in_part_does_not_wait_for_ever(
+        exec: Executor,
+        t: Transport,
+    ) {
+        let (a, _b) = caller_callee(&exec, t, registry()).await;
+        let mut s = bounded(
+            "open",
+            a.portal().open_stream_from("s:count", Value::Int(100_000)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            bounded("recv", s.recv()).await.unwrap(),
+            Some(Value::Int(0))
+        );
+        let err = bounded("result", s.result()).await.unwrap_err();
+        assert!(!err.is_cancelled(), "{err}");
+        assert!(err.to_string().contains("stream not read"), "{err}");
+    }
+
     async fn a_failing_stream_ends_in_its_error(exec: Executor, t: Transport) {
         let (a, _b) = caller_callee(&exec, t, registry()).await;
         let mut s = bounded(
@@ -318,6 +341,7 @@ mod one_way {
 
     both_transports!(
         a_stream_function_streams_without_ceremony,
+        the_result_of_a_stream_read_in_part_does_not_wait_for_ever,
         a_failing_stream_ends_in_its_error,
         a_remote_failure_reaches_a_busy_caller,
     );

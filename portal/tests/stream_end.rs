@@ -97,6 +97,126 @@ async fn a_stream_dropped_before_its_end_stops_its_producer(exec: Executor, t: T
     }
 }
 
+/// A callee that fails while its caller still sends: the caller's send fails with that
+/// failure, never with "not read" (the function dropped its stream on its way out), every time.
+/// One that stops reading and goes on still tells its caller, whose sends then fail so.
+async fn a_callee_failing_mid_stream_fails_the_callers_send_with_its_failure(
+    exec: Executor,
+    t: Transport,
+) {
+    let (mut reg, _probe) = standard_registry();
+    reg.context("t:fail_after_three", |ctx, _| async move {
+        ctx.started(Value::Null).await?;
+        let mut s = ctx.open_stream().await?;
+        for _ in 0..3 {
+            s.recv().await?;
+        }
+        Err::<Value, _>(harrow_portal::CallError::raised(
+            "ValueError",
+            "failed mid-stream",
+        ))
+    })
+    .unwrap();
+    reg.context("t:stop_reading_after_three", |ctx, _| async move {
+        ctx.started(Value::Null).await?;
+        let mut s = ctx.open_stream().await?;
+        for _ in 0..3 {
+            s.recv().await?;
+        }
+        drop(s);
+        ctx.cancelled().await;
+        Ok(Value::Null)
+    })
+    .unwrap();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    for (func, expected) in [
+        ("t:fail_after_three", "failed mid-stream"),
+        ("t:stop_reading_after_three", "reads no more"),
+    ] {
+        for _ in 0..50 {
+            let (mut ctx, _) = bounded("open", a.portal().open_context(func, Value::Null))
+                .await
+                .unwrap();
+            let s = ctx.open_stream().await.unwrap();
+            let err = bounded("send until it fails", async {
+                let mut i = 0;
+                loop {
+                    if let Err(e) = s.send(Value::Int(i)).await {
+                        break e;
+                    }
+                    i += 1;
+                }
+            })
+            .await;
+            assert!(err.to_string().contains(expected), "{func}: {err}");
+            drop(s);
+            let _ = bounded("cancel", ctx.cancel()).await;
+        }
+    }
+}
+
+/// A context dropped with its stream (the stream first, as locals drop) is a cancel: its
+/// callee never reads a normal end of the caller's input, in any of 200 rounds.
+async fn a_context_dropped_with_its_stream_is_never_a_normal_end(exec: Executor, t: Transport) {
+    let (ends_tx, ends) = async_channel::unbounded::<&'static str>();
+    let mut reg = FnRegistry::new();
+    reg.context("t:sum_until_end", move |ctx, _| {
+        // Says how the input ended; a future dropped by its cancel says "cancelled".
+        struct Ends(async_channel::Sender<&'static str>, &'static str);
+        impl Drop for Ends {
+            fn drop(&mut self) {
+                let _ = self.0.try_send(self.1);
+            }
+        }
+        let mut ends = Ends(ends_tx.clone(), "cancelled");
+        async move {
+            ctx.started(Value::Null).await?;
+            let mut s = ctx.open_stream().await?;
+            ends.1 = loop {
+                match s.recv().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break "a normal end",
+                    Err(e) if e.is_cancelled() => break "cancelled",
+                    Err(_) => break "another error",
+                }
+            };
+            drop(ends);
+            Ok(Value::Null)
+        }
+    })
+    .unwrap();
+    let (a, _b) = caller_callee(&exec, t, reg).await;
+    for round in 0..200 {
+        {
+            let (mut ctx, _) = bounded(
+                "open",
+                a.portal().open_context("t:sum_until_end", Value::Null),
+            )
+            .await
+            .unwrap();
+            let s = ctx.open_stream().await.unwrap();
+            for i in 0..round % 4 {
+                bounded("send", s.send(Value::Int(i))).await.unwrap();
+            }
+        }
+        let end = bounded("the callee's end", ends.recv()).await.unwrap();
+        assert_eq!(end, "cancelled", "round {round}");
+    }
+    // A stream dropped alone, its context kept: that is the caller's input complete.
+    let (mut ctx, _) = bounded(
+        "open",
+        a.portal().open_context("t:sum_until_end", Value::Null),
+    )
+    .await
+    .unwrap();
+    drop(ctx.open_stream().await.unwrap());
+    assert_eq!(
+        bounded("the callee's end", ends.recv()).await.unwrap(),
+        "a normal end"
+    );
+    assert_eq!(bounded("result", ctx.result()).await.unwrap(), Value::Null);
+}
+
 async fn send_after_local_close_errors(exec: Executor, t: Transport) {
     let (reg, _probe) = standard_registry();
     let (a, _b) = caller_callee(&exec, t, reg).await;
@@ -257,6 +377,8 @@ both_transports!(
     echo_stream_both_ways,
     recv_after_peer_stop_ends_cleanly_every_time,
     a_stream_dropped_before_its_end_stops_its_producer,
+    a_callee_failing_mid_stream_fails_the_callers_send_with_its_failure,
+    a_context_dropped_with_its_stream_is_never_a_normal_end,
     send_after_local_close_errors,
     callee_send_after_close_errors_and_reaches_caller,
     typed_stream_items,

@@ -308,6 +308,17 @@ async fn typed_one_way_streams(exec: Executor, t: Transport) {
         bounded("result", down.result()).await.unwrap(),
         Value::Int(4)
     );
+    // Read in part: `result()` gives the rest up and tells the producer, which stops.
+    let mut down = bounded("open", p.stream_from(COUNTDOWN, &1_000_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        bounded("first", down.recv()).await.unwrap(),
+        Some(1_000_000)
+    );
+    let err = bounded("result", down.result()).await.unwrap_err();
+    assert!(!err.is_cancelled(), "{err}");
+    assert!(err.to_string().contains("stream not read"), "{err}");
     // A failing item ends the stream in that failure, never a normal end.
     let mut down = bounded("open", p.stream_from(COUNTDOWN, &14))
         .await
