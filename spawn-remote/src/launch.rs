@@ -13,7 +13,7 @@ use async_io::Async;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use harrow_runtime_core::ipc::codec::CodecConfig;
 use harrow_runtime_core::ipc::{PROTOCOL_VERSION, stream};
-use harrow_runtime_core::{Child, DedicatedThread, SpawnError, SpawnSpec, move_on_after};
+use harrow_runtime_core::{Child, DedicatedThread, Joined, SpawnError, SpawnSpec, move_on_after};
 
 use crate::child::{Launched, RemoteChild};
 use crate::remote::{REMOTE_CHILD_ARG, START_LINE};
@@ -123,8 +123,18 @@ impl RemoteBackend {
             .ok_or_else(|| format!("the program path {} is not UTF-8", local.display()))
     }
 
-    /// The command that runs `script` (POSIX shell text) on the remote side.
+    /// The command that runs `script` (POSIX shell text) on the remote side, in a process group
+    /// of its own: a terminal's Ctrl-C reaches the root alone, which cancels its remote
+    /// children gracefully through their launchers (an `ssh` in the terminal's group would die
+    /// of it at once, and the child with it).
     pub(crate) fn command_for(&self, script: &str) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.launcher_command(script);
+        cmd.process_group(0);
+        cmd
+    }
+
+    fn launcher_command(&self, script: &str) -> Command {
         match &self.launcher {
             Launcher::Ssh(t) => {
                 let mut cmd = Command::new("ssh");
@@ -196,6 +206,19 @@ pub(crate) async fn spawn(
         actor: id.clone(),
         reason,
     };
+    if crate::remote::started_but_not_run() {
+        // Started as a remote child actor, and its program went on to its own work instead of
+        // running it: each generation would start the next, without end.
+        return Err(SpawnError::Unavailable {
+            actor: id.clone(),
+            backend: "remote",
+            reason: format!(
+                "this process ({}) was started as a harrow remote child actor, but its program \
+                 never ran the actor: call harrow::remote::maybe_run_child first thing in main",
+                std::process::id()
+            ),
+        });
+    }
     let encoded = spec.encode().map_err(|e| SpawnError::BadSpec {
         actor: id.clone(),
         reason: e.to_string(),
@@ -293,7 +316,12 @@ pub(crate) async fn spawn(
     let channel = stream::channel(stdout, stdin, CodecConfig::default());
     tracing::debug!(actor = %id, %launcher, remote_pid, "remote actor started");
     let kill = if backend.remote_kill_enabled() {
-        Some(backend.command_for(&format!("kill -KILL {remote_pid} 2>/dev/null; exit 0")))
+        // Succeeds when the process is gone: killed now, or ended before (`kill` fails and `ps`
+        // no longer lists it); fails when it is still there (a `kill` refused).
+        Some(backend.command_for(&format!(
+            "kill -KILL {remote_pid} 2>/dev/null && exit 0; \
+             ps -p {remote_pid} >/dev/null 2>&1 && exit 1; exit 0"
+        )))
     } else {
         None
     };
@@ -390,19 +418,76 @@ fn sha256_file(path: &std::path::Path) -> Result<String, String> {
         .collect())
 }
 
+/// A local binary's digest, known for as long as the file keeps its size and modification time.
+struct Digest {
+    path: PathBuf,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    sha256: String,
+}
+
+/// The digests taken so far in this process (a program uploads one or two binaries).
+static DIGESTS: Mutex<Vec<Digest>> = Mutex::new(Vec::new());
+
+/// The local binary's SHA-256 and size. Hashed once per file version, on a thread of its own:
+/// tens of megabytes take a second or more in a debug build, which would stall every task of
+/// the executor the start runs on (other starts, heartbeats).
+async fn local_digest(path: &std::path::Path, bound: Duration) -> Result<(String, u64), String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let (len, modified) = (meta.len(), meta.modified().ok());
+    let known = |d: &Digest| d.path == path && d.len == len && d.modified == modified;
+    if let Some(d) = DIGESTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|d| known(d))
+    {
+        return Ok((d.sha256.clone(), len));
+    }
+    let owned = path.to_owned();
+    let mut thread = DedicatedThread::spawn("hw-sha256", move || sha256_file(&owned))
+        .map_err(|e| format!("cannot start a thread to hash {}: {e}", path.display()))?;
+    let sha256 = match thread.join(bound).await {
+        Joined::Finished(r) => r?,
+        Joined::Running => {
+            thread.detach();
+            return Err(format!(
+                "hashing {} took longer than {bound:?}",
+                path.display()
+            ));
+        }
+        other => return Err(format!("hashing {} failed: {other:?}", path.display())),
+    };
+    let mut digests = DIGESTS.lock().unwrap_or_else(|p| p.into_inner());
+    digests.retain(|d| d.path != path);
+    digests.push(Digest {
+        path: path.to_owned(),
+        len,
+        modified,
+        sha256: sha256.clone(),
+    });
+    Ok((sha256, len))
+}
+
 /// Uploads the binary when the remote copy is missing or differs; returns whether it was sent.
+///
+/// Bounded: the check (the launcher's start and the remote hash) by the backend's
+/// `start_timeout`, the transfer and the remote store by its `upload_timeout`.
 pub(crate) async fn upload(backend: &RemoteBackend) -> Result<bool, String> {
     let local = backend.local_program()?;
-    let hash = sha256_file(&local)?;
+    let (hash, size) = local_digest(&local, backend.upload_timeout).await?;
     let path = sh_quote(&backend.remote_binary()?);
-    // The file is written beside its target and renamed, so a running copy is never modified
-    // and a broken transfer leaves no half binary.
+    // The file is written beside its target, checked for its full size and renamed, so a
+    // running copy is never modified and a broken transfer leaves no half binary.
     let script = format!(
         "p={path}; h=$(sha256sum \"$p\" 2>/dev/null | cut -d' ' -f1); \
          if [ \"$h\" = {hash} ]; then echo HARROW-UPLOAD-SAME; exit 0; fi; \
          echo HARROW-UPLOAD-SEND; d=$(dirname \"$p\"); mkdir -p \"$d\" || exit 1; \
-         t=\"$p.upload.$$\"; cat > \"$t\" && chmod 755 \"$t\" && mv -f \"$t\" \"$p\" \
-         && echo HARROW-UPLOAD-DONE"
+         t=\"$p.upload.$$\"; \
+         if cat > \"$t\" && [ $(wc -c < \"$t\") -eq {size} ] && chmod 755 \"$t\" \
+         && mv -f \"$t\" \"$p\"; then echo HARROW-UPLOAD-DONE; \
+         else rm -f \"$t\"; echo HARROW-UPLOAD-INCOMPLETE; exit 1; fi"
     );
     let launcher = backend.launcher_text();
     let mut cmd = backend.command_for(&script);
@@ -426,33 +511,49 @@ pub(crate) async fn upload(backend: &RemoteBackend) -> Result<bool, String> {
     let mut stdin = async_fd(stdin).map_err(|e| e.to_string())?;
     let mut stdout = async_fd(stdout).map_err(|e| e.to_string())?;
     let mut out = String::new();
-    let mut buf = [0u8; 256];
     // The answer to the hash check.
-    let first = loop {
-        let n = stdout.read(&mut buf).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            break None;
-        }
-        out.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if out.contains("HARROW-UPLOAD-SAME") {
-            break Some(false);
-        }
-        if out.contains("HARROW-UPLOAD-SEND") {
-            break Some(true);
+    let check = async {
+        let mut buf = [0u8; 256];
+        loop {
+            let n = stdout.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Ok::<_, String>(None);
+            }
+            out.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if out.contains("HARROW-UPLOAD-SAME") {
+                return Ok(Some(false));
+            }
+            if out.contains("HARROW-UPLOAD-SEND") {
+                return Ok(Some(true));
+            }
         }
     };
-    let sent = match first {
-        None => {
-            let status = launched.wait_briefly(STDERR_GRACE).await;
+    let first = move_on_after(backend.start_timeout, check).await;
+    let send = match first {
+        Some(Ok(Some(send))) => send,
+        other => {
+            let what = match other {
+                None => format!(
+                    "the launcher `{launcher}` did not answer the upload check within {:?}",
+                    backend.start_timeout
+                ),
+                Some(Err(e)) => format!("cannot read the launcher's stdout: {e}"),
+                _ => {
+                    let status = launched.wait_briefly(STDERR_GRACE).await;
+                    format!(
+                        "the launcher `{launcher}` ended ({status}) before the upload check \
+                         answered"
+                    )
+                }
+            };
+            launched.kill();
             launched.finish_stderr(STDERR_GRACE).await;
-            return Err(format!(
-                "the launcher `{launcher}` ended ({status}) before the upload check answered; \
-                 launcher stderr: {}",
-                tail.text()
-            ));
+            return Err(format!("{what}; launcher stderr: {}", tail.text()));
         }
-        Some(false) => false,
-        Some(true) => {
+    };
+    let mut sent_bytes = 0u64;
+    let transfer = async {
+        if send {
             // A regular file cannot be polled: read it in chunks (local disk), write each
             // to the launcher asynchronously.
             let mut file =
@@ -465,34 +566,48 @@ pub(crate) async fn upload(backend: &RemoteBackend) -> Result<bool, String> {
                 if n == 0 {
                     break;
                 }
-                stdin.write_all(&chunk[..n]).await.map_err(|e| {
-                    format!(
-                        "sending {} failed: {e}; launcher stderr: {}",
-                        local.display(),
-                        tail.text()
-                    )
-                })?;
+                stdin
+                    .write_all(&chunk[..n])
+                    .await
+                    .map_err(|e| format!("sending {} failed: {e}", local.display()))?;
+                sent_bytes += n as u64;
             }
-            true
         }
+        drop(stdin);
+        let mut rest = String::new();
+        stdout
+            .read_to_string(&mut rest)
+            .await
+            .map_err(|e| e.to_string())?;
+        out.push_str(&rest);
+        Ok::<_, String>(())
     };
-    drop(stdin);
-    let mut rest = String::new();
-    stdout
-        .read_to_string(&mut rest)
-        .await
-        .map_err(|e| e.to_string())?;
-    out.push_str(&rest);
-    let status = launched.wait_briefly(Duration::from_secs(30)).await;
-    launched.finish_stderr(STDERR_GRACE).await;
-    if sent && !out.contains("HARROW-UPLOAD-DONE") {
-        return Err(format!(
-            "the remote side did not store the binary ({status}); launcher stderr: {}",
-            tail.text()
-        ));
+    let transferred = move_on_after(backend.upload_timeout, transfer).await;
+    let failure = match transferred {
+        None => Some(format!(
+            "the upload did not finish within {:?} ({sent_bytes} of {size} bytes sent; \
+             `RemoteBackend::upload_timeout` sets the bound)",
+            backend.upload_timeout
+        )),
+        Some(Err(e)) => Some(e),
+        Some(Ok(())) if send && !out.contains("HARROW-UPLOAD-DONE") => {
+            let status = launched.wait_briefly(STDERR_GRACE).await;
+            Some(format!(
+                "the remote side did not store the binary ({status}, {sent_bytes} of {size} \
+                 bytes sent)"
+            ))
+        }
+        Some(Ok(())) => None,
+    };
+    if let Some(what) = failure {
+        launched.kill();
+        launched.finish_stderr(STDERR_GRACE).await;
+        return Err(format!("{what}; launcher stderr: {}", tail.text()));
     }
-    tracing::debug!(%launcher, sent, "upload check done");
-    Ok(sent)
+    launched.wait_briefly(STDERR_GRACE).await;
+    launched.finish_stderr(STDERR_GRACE).await;
+    tracing::debug!(%launcher, sent = send, "upload check done");
+    Ok(send)
 }
 
 #[cfg(test)]

@@ -124,6 +124,7 @@ pub struct RemoteBackend {
     upload: bool,
     remote_kill: bool,
     start_timeout: Duration,
+    upload_timeout: Duration,
     child_heartbeat_timeout: Option<Duration>,
     heartbeat_timeout: Option<Duration>,
 }
@@ -166,6 +167,7 @@ impl RemoteBackend {
             upload: false,
             remote_kill: false,
             start_timeout: Duration::from_secs(4),
+            upload_timeout: Duration::from_secs(60),
             child_heartbeat_timeout: Some(Duration::from_secs(30)),
             heartbeat_timeout: Some(DEFAULT_HEARTBEAT_TIMEOUT),
         }
@@ -250,6 +252,16 @@ impl RemoteBackend {
         self
     }
 
+    /// How long an upload's transfer may take, from the first byte sent to the remote side
+    /// having stored the binary (default 60 s); the check before it (the launcher's start and
+    /// the remote hash) is bounded by [`start_timeout`](Self::start_timeout). With
+    /// [`upload`](Self::upload) on, the nursery's bound on this backend's spawns is raised by
+    /// this much too.
+    pub fn upload_timeout(mut self, bound: Duration) -> Self {
+        self.upload_timeout = bound;
+        self
+    }
+
     /// How long a remote child waits for any sign of life (a message, a heartbeat) from its
     /// parent before it ends its link and exits (default 30 s; `None`: never). This is what
     /// keeps a child cut off by a partition from running on. The parent side's bound is its
@@ -281,11 +293,13 @@ impl RemoteBackend {
     }
 
     /// Uploads the binary now if the remote copy is missing or differs; returns whether it
-    /// sent it. For starting many actors without checking each time.
+    /// sent it. For starting many actors without checking each time. Bounded as the upload of a
+    /// start is ([`upload_timeout`](Self::upload_timeout)).
     ///
     /// # Errors
     ///
-    /// When the launcher fails or the remote side cannot store the file, with its stderr.
+    /// When the launcher fails or the remote side cannot store the file (or does not answer in
+    /// time), with its stderr.
     pub async fn upload_now(&self) -> Result<bool, String> {
         launch::upload(self).await
     }
@@ -304,16 +318,33 @@ impl RemoteBackend {
             Some((u, h)) => (Some(u), h),
             None => (None, rest),
         };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.contains(']') || h.ends_with(']') => {
-                let port = p
-                    .parse::<u16>()
-                    .map_err(|_| format!("{url:?}: {p:?} is not a port"))?;
-                (h, Some(port))
-            }
-            _ => (hostport, None),
+        let port_of = |p: &str| {
+            p.parse::<u16>()
+                .map_err(|_| format!("{url:?}: {p:?} is not a port"))
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
+            // An IPv6 address: `[addr]` or `[addr]:port`.
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?}: a `[` without its `]`"))?;
+            match after {
+                "" => (host, None),
+                _ => match after.strip_prefix(':') {
+                    Some(p) => (host, Some(port_of(p)?)),
+                    None => return Err(format!("{url:?}: {after:?} after the address")),
+                },
+            }
+        } else {
+            match hostport.split_once(':') {
+                Some((_, p)) if p.contains(':') => {
+                    return Err(format!(
+                        "{url:?}: an IPv6 address goes in brackets (ssh://[::1]:22)"
+                    ));
+                }
+                Some((h, p)) => (h, Some(port_of(p)?)),
+                None => (hostport, None),
+            }
+        };
         if host.is_empty() || user.is_some_and(str::is_empty) {
             return Err(format!("{url:?}: expected ssh://[user@]host[:port]"));
         }
@@ -345,9 +376,14 @@ impl SpawnBackend for RemoteBackend {
         let mut config = parent.clone();
         // The nursery's bound on a spawn and its Hello: never shorter than this backend's own
         // start bound (a launcher that is allowed 20 s to start is not cut off at 5 s).
-        config.hello_timeout = config
-            .hello_timeout
-            .max(self.start_timeout.saturating_add(Duration::from_secs(1)));
+        let mut own = self.start_timeout.saturating_add(Duration::from_secs(1));
+        if self.upload {
+            // The upload's check and transfer come before the start.
+            own = own
+                .saturating_add(self.start_timeout)
+                .saturating_add(self.upload_timeout);
+        }
+        config.hello_timeout = config.hello_timeout.max(own);
         if config.heartbeat_timeout.is_none()
             && let Some(bound) = self.heartbeat_timeout
         {
@@ -410,12 +446,28 @@ mod tests {
             (t.host.as_str(), t.user.as_deref(), t.port),
             ("localhost", None, None)
         );
+        for (url, host, port) in [
+            ("ssh://[::1]", "::1", None),
+            ("ssh://[::1]:2222", "::1", Some(2222)),
+            ("ssh://al@[fe80::1%eth0]:22", "fe80::1%eth0", Some(22)),
+        ] {
+            let b = RemoteBackend::from_url(url).unwrap();
+            let Launcher::Ssh(t) = b.launcher() else {
+                panic!("not ssh")
+            };
+            assert_eq!((t.host.as_str(), t.port), (host, port), "{url}");
+        }
         for bad in [
             "localhost",
             "ssh://",
             "ssh://@h",
             "ssh://h:notaport",
             "http://h",
+            "ssh://::1",
+            "ssh://fe80::1",
+            "ssh://[::1",
+            "ssh://[::1]x",
+            "ssh://[]",
         ] {
             assert!(RemoteBackend::from_url(bad).is_err(), "{bad}");
         }

@@ -38,6 +38,15 @@ pub fn is_child() -> bool {
         .is_some_and(|a| a == REMOTE_CHILD_ARG)
 }
 
+/// Set once [`maybe_run_child`] runs the actor in this process.
+static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process was started as a remote child but its program went on without running
+/// the actor (it never called [`maybe_run_child`]).
+pub(crate) fn started_but_not_run() -> bool {
+    !RUNNING.load(std::sync::atomic::Ordering::SeqCst) && is_child()
+}
+
 /// Hands control to the harrow runtime when this process is a remote child actor; returns at
 /// once otherwise. Call it first thing in `main` (beside the process backend's
 /// `maybe_run_child`, when the program uses both).
@@ -53,6 +62,7 @@ where
     if !is_child() {
         return;
     }
+    RUNNING.store(true, std::sync::atomic::Ordering::SeqCst);
     let code = match run(resolver) {
         Ok(code) => code,
         Err(e) => {
@@ -68,6 +78,7 @@ fn run<F>(resolver: F) -> Result<i32, String>
 where
     F: FnOnce() -> Arc<dyn Resolver>,
 {
+    ignore_sigint();
     let stdin = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
@@ -192,4 +203,22 @@ fn watch_input(input: &File, spec: &SpawnSpec) -> Result<(), String> {
         })
         .map(drop)
         .map_err(|e| format!("cannot start the input watch thread: {e}"))
+}
+
+/// A Ctrl-C is the root's to answer (it cancels the tree gracefully); a remote child that a
+/// local launcher runs in the terminal's process group must not die of it. (The parent starts
+/// its launchers in process groups of their own; this covers launchers that pass the signal on.)
+fn ignore_sigint() {
+    // SAFETY: `signal` with SIG_IGN installs no handler (no code runs on the signal); nothing
+    // else in this process looks at SIGINT's disposition yet.
+    #[allow(unsafe_code)]
+    let ignored = unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    if ignored == libc::SIG_ERR {
+        // Not fatal: the child then ends on a Ctrl-C that reaches it, as before.
+        eprintln!(
+            "harrow remote child {}: cannot ignore SIGINT: {}",
+            std::process::id(),
+            std::io::Error::last_os_error()
+        );
+    }
 }

@@ -14,6 +14,10 @@ use harrow_testkit::conformance::BackendFactory;
 use harrow_testkit::sshd::Sshd;
 use harrow_testkit::testfns;
 
+/// Set in a child's environment (to a depth), the helper binary plays a program that forgot
+/// `remote::maybe_run_child`: it starts a remote actor of its own instead of serving.
+pub const FORGETS_ENV: &str = "HARROW_TESTCHILD_FORGETS";
+
 /// An ssh backend to the process's private sshd, running `program` there (the same machine, so
 /// the same path).
 ///

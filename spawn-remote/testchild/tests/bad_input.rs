@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use harrow_remote_testchild::{local_backend, ssh_backend};
+use harrow_remote_testchild::{FORGETS_ENV, local_backend, ssh_backend};
 use harrow_runtime_core::ipc::Value;
 use harrow_runtime_core::{ActorSpec, ChildOutcome, RootConfig, Timeouts, run_root};
 use harrow_spawn_remote::RemoteBackend;
@@ -152,6 +152,116 @@ fn local_launcher_end_to_end() {
     assert_eq!(sum, Value::Int(42));
     assert_ne!(pid, Value::Int(i64::from(std::process::id())));
     assert_eq!(outcome, ChildOutcome::Exited);
+}
+
+/// A program that forgot `remote::maybe_run_child` does not start copies of itself without end:
+/// its own remote start is refused, saying why, and that reaches the parent in the launcher's
+/// stderr.
+#[test]
+fn a_program_that_forgot_maybe_run_child_is_refused_its_remote_starts() {
+    let forgets = format!("{FORGETS_ENV}=1");
+    let b = RemoteBackend::command(["env", forgets.as_str(), "sh", "-c", "exec \"$@\"", "x"])
+        .program(BIN)
+        .remote_path(BIN)
+        .start_timeout(Duration::from_secs(10));
+    let text = start_error("forgot_maybe_run_child", b);
+    assert!(
+        text.contains("never ran the actor") && text.contains("remote::maybe_run_child"),
+        "says what the program forgot: {text}"
+    );
+    assert!(
+        !text.contains("the end of the chain"),
+        "no second generation: {text}"
+    );
+}
+
+/// A terminal's Ctrl-C is the root's: a remote child's launcher runs in a process group of its
+/// own, and the remote child ignores SIGINT (for a launcher that passes it on).
+#[test]
+fn a_remote_child_is_out_of_the_terminals_reach() {
+    let backend = local_backend(BIN).into_shared();
+    let answered = run_bounded("out_of_the_terminals_reach", BOUND, || {
+        run_root(config(), |n| async move {
+            let child = n.start_actor("local", backend, ActorSpec::new()).await?;
+            let pid = child.run("proc:pid", Value::Null).await?;
+            let pid = pid.as_i64().expect("a pid") as i32;
+            let own_group = std::process::Command::new("ps")
+                .args(["-o", "pgid=", "-p"])
+                .arg(pid.to_string())
+                .output()?;
+            let theirs = String::from_utf8_lossy(&own_group.stdout).trim().to_owned();
+            let ours = std::process::Command::new("ps")
+                .args(["-o", "pgid=", "-p"])
+                .arg(std::process::id().to_string())
+                .output()?;
+            let ours = String::from_utf8_lossy(&ours.stdout).trim().to_owned();
+            assert!(!theirs.is_empty() && theirs != ours, "{theirs} vs {ours}");
+            let signalled = std::process::Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status()?;
+            assert!(signalled.success());
+            Ok(child.run("testfns:echo", Value::from("still here")).await?)
+        })
+    })
+    .expect("the child survives a SIGINT");
+    assert_eq!(answered, Value::from("still here"));
+}
+
+/// An upload cut short installs nothing: the remote side checks the size before it renames the
+/// file into place, and removes what it got.
+#[test]
+fn a_broken_upload_leaves_no_binary() {
+    let dir = std::env::temp_dir().join(format!("harrow-upload-cut-{}", std::process::id()));
+    let target = dir.join("bin");
+    // The launcher passes on the first 3,000 bytes of the transfer, then its input ends.
+    let b = RemoteBackend::command(["sh", "-c", "head -c 3000 | \"$@\"", "x"])
+        .program(BIN)
+        .remote_path(target.display().to_string())
+        .upload(true);
+    let got = run_bounded("a_broken_upload_leaves_no_binary", BOUND, || {
+        futures_lite::future::block_on(b.upload_now())
+    });
+    let err = got.expect_err("the upload fails");
+    // The launcher's input ends while the transfer goes on (a broken pipe), or after it.
+    assert!(
+        err.contains("Broken pipe") || err.contains("did not store"),
+        "{err}"
+    );
+    // (The partial file is removed by the remote side, which may still run: not waited for.)
+    assert!(!target.exists(), "no binary installed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An upload is bounded: a launcher that never answers the check fails within the start bound,
+/// one that stops reading the transfer within the upload bound, each saying which.
+#[test]
+fn an_upload_that_stalls_is_bounded() {
+    let target = std::env::temp_dir().join(format!("harrow-upload-stall-{}", std::process::id()));
+    let silent = RemoteBackend::command(["sh", "-c", "exec sleep 60", "x"])
+        .program(BIN)
+        .remote_path(target.display().to_string())
+        .start_timeout(Duration::from_millis(500))
+        .upload(true);
+    let stalled =
+        RemoteBackend::command(["sh", "-c", "echo HARROW-UPLOAD-SEND; exec sleep 60", "x"])
+            .program(BIN)
+            .remote_path(target.display().to_string())
+            .upload_timeout(Duration::from_millis(500))
+            .upload(true);
+    let (silent, stalled) = run_bounded("an_upload_that_stalls_is_bounded", BOUND, || {
+        futures_lite::future::block_on(async {
+            (silent.upload_now().await, stalled.upload_now().await)
+        })
+    });
+    let silent = silent.expect_err("no answer");
+    assert!(
+        silent.contains("did not answer the upload check"),
+        "{silent}"
+    );
+    let stalled = stalled.expect_err("no room");
+    assert!(stalled.contains("did not finish within"), "{stalled}");
+    assert!(stalled.contains("bytes sent"), "{stalled}");
+    assert!(!target.exists());
 }
 
 /// The upload sends the binary when the remote copy is missing, not when it has the same hash,
