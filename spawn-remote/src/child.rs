@@ -207,7 +207,11 @@ impl RemoteChild {
         };
         let left = deadline.saturating_duration_since(Instant::now());
         self.launched.finish_stderr(left.max(STDERR_GRACE)).await;
-        if self.launched.killed {
+        // Killed by this side's SIGKILL, not ended by itself just before it (a child that died
+        // before its `Hello`: its launcher's status and stderr say why, not "killed").
+        let killed_here = self.launched.killed
+            && std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL);
+        if killed_here {
             match unconfirmed {
                 None => Exit::Killed,
                 // The launcher is gone, the remote process perhaps not: said so, not `Killed`.

@@ -18,6 +18,10 @@ use harrow_testkit::testfns;
 /// `remote::maybe_run_child`: it starts a remote actor of its own instead of serving.
 pub const FORGETS_ENV: &str = "HARROW_TESTCHILD_FORGETS";
 
+/// Set in a child's environment, the helper binary's resolver panics as the remote child
+/// builds it (after its start line, before its `Hello`).
+pub const RESOLVER_PANICS_ENV: &str = "HARROW_TESTCHILD_RESOLVER_PANICS";
+
 /// An ssh backend to the process's private sshd, running `program` there (the same machine, so
 /// the same path).
 ///

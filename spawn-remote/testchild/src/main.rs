@@ -4,13 +4,16 @@
 
 use std::time::Duration;
 
-use harrow_remote_testchild::{FORGETS_ENV, registry};
+use harrow_remote_testchild::{FORGETS_ENV, RESOLVER_PANICS_ENV, registry};
 use harrow_runtime_core::{ActorSpec, RootConfig, run_root};
 use harrow_spawn_remote::RemoteBackend;
 
 fn main() {
     if let Ok(depth) = std::env::var(FORGETS_ENV) {
         forgetful(&depth);
+    }
+    if std::env::var_os(RESOLVER_PANICS_ENV).is_some() {
+        harrow_spawn_remote::maybe_run_child(|| panic!("no registry today"));
     }
     harrow_spawn_remote::maybe_run_child(registry);
     harrow_spawn_process::maybe_run_child(registry);

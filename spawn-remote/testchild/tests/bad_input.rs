@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use harrow_remote_testchild::{FORGETS_ENV, local_backend, ssh_backend};
+use harrow_remote_testchild::{FORGETS_ENV, RESOLVER_PANICS_ENV, local_backend, ssh_backend};
 use harrow_runtime_core::ipc::Value;
 use harrow_runtime_core::{ActorSpec, ChildOutcome, RootConfig, Timeouts, run_root};
 use harrow_spawn_remote::RemoteBackend;
@@ -172,6 +172,22 @@ fn a_program_that_forgot_maybe_run_child_is_refused_its_remote_starts() {
     assert!(
         !text.contains("the end of the chain"),
         "no second generation: {text}"
+    );
+}
+
+/// A child that dies before its `Hello` (its resolver panics) is reported as what it was, with
+/// its stderr, never as killed.
+#[test]
+fn a_child_dying_before_its_hello_is_not_reported_killed() {
+    let panics = format!("{RESOLVER_PANICS_ENV}=1");
+    let b = RemoteBackend::command(["env", panics.as_str(), "sh", "-c", "exec \"$@\"", "x"])
+        .program(BIN)
+        .remote_path(BIN);
+    let text = start_error("dying_before_its_hello", b);
+    assert!(!text.contains("killed"), "{text}");
+    assert!(
+        text.contains("no registry today"),
+        "quotes its stderr: {text}"
     );
 }
 
