@@ -451,7 +451,7 @@ impl ActorNursery {
         let link = match established {
             Ok(link) => link,
             Err(e) => {
-                let ended = abandon(child, actor.timeouts()).await;
+                let ended = abandon_after_handshake(child, actor.timeouts()).await;
                 return Err(SpawnError::Handshake {
                     actor: id,
                     reason: format!("{e}{}", ended_text(&ended)),
@@ -462,7 +462,7 @@ impl ActorNursery {
         if link.peer().id != id {
             let reason = format!("it introduced itself as {}", link.peer().id);
             link.close();
-            let ended = abandon(child, actor.timeouts()).await;
+            let ended = abandon_after_handshake(child, actor.timeouts()).await;
             let reason = format!("{reason}{}", ended_text(&ended));
             return Err(SpawnError::Handshake { actor: id, reason }.into());
         }
@@ -862,6 +862,20 @@ fn teardown_consequence(e: &BoxError) -> bool {
         _ => e.downcast_ref::<harrow_portal::Error>(),
     };
     portal.is_some_and(|p| p.is_cancelled() || p.is_closed())
+}
+
+/// How long a child whose handshake failed may take to end by itself before it is killed: one
+/// that closed its channel is usually on its way out (a panic, a bootstrap that failed), and its
+/// exit says why, where a kill would say only that it was killed.
+const HANDSHAKE_EXIT_GRACE: Duration = Duration::from_millis(500);
+
+/// [`abandon`] for a child whose handshake failed: it first gets
+/// [`HANDSHAKE_EXIT_GRACE`] (at most its `graceful_exit`) to end by itself.
+async fn abandon_after_handshake(mut child: Box<dyn Child>, t: Timeouts) -> Exit {
+    match join(&mut *child, t.graceful_exit.min(HANDSHAKE_EXIT_GRACE)).await {
+        Exit::Running => abandon(child, t).await,
+        ended => ended,
+    }
 }
 
 /// Gives up on a child that never came up: hard kill and a bounded join; how it ended (what a

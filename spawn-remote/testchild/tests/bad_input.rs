@@ -39,6 +39,13 @@ fn start_error(test: &str, backend: RemoteBackend) -> String {
     text
 }
 
+/// A local launcher that starts the helper binary with `var` (`NAME=value`) in its environment.
+fn with_env(var: &str) -> RemoteBackend {
+    RemoteBackend::command(["env", var, "sh", "-c", "exec \"$@\"", "x"])
+        .program(BIN)
+        .remote_path(BIN)
+}
+
 fn sshd_or_skip(test: &str) -> Option<&'static Sshd> {
     match Sshd::shared() {
         Ok(s) => Some(s),
@@ -159,11 +166,7 @@ fn local_launcher_end_to_end() {
 /// stderr.
 #[test]
 fn a_program_that_forgot_maybe_run_child_is_refused_its_remote_starts() {
-    let forgets = format!("{FORGETS_ENV}=1");
-    let b = RemoteBackend::command(["env", forgets.as_str(), "sh", "-c", "exec \"$@\"", "x"])
-        .program(BIN)
-        .remote_path(BIN)
-        .start_timeout(Duration::from_secs(10));
+    let b = with_env(&format!("{FORGETS_ENV}=1")).start_timeout(Duration::from_secs(10));
     let text = start_error("forgot_maybe_run_child", b);
     assert!(
         text.contains("never ran the actor") && text.contains("remote::maybe_run_child"),
@@ -179,10 +182,7 @@ fn a_program_that_forgot_maybe_run_child_is_refused_its_remote_starts() {
 /// its stderr, never as killed.
 #[test]
 fn a_child_dying_before_its_hello_is_not_reported_killed() {
-    let panics = format!("{RESOLVER_PANICS_ENV}=1");
-    let b = RemoteBackend::command(["env", panics.as_str(), "sh", "-c", "exec \"$@\"", "x"])
-        .program(BIN)
-        .remote_path(BIN);
+    let b = with_env(&format!("{RESOLVER_PANICS_ENV}=1"));
     let text = start_error("dying_before_its_hello", b);
     assert!(!text.contains("killed"), "{text}");
     assert!(
