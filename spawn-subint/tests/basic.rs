@@ -80,6 +80,15 @@ fn every_value_kind_round_trips() -> Result<()> {
         call_ok(&h, "harrow_testfns:keys", m)?,
         list([s("b"), Value::Int(7)])
     );
+    // A key that is a list (a tuple on the wire) is a tuple in Python, its lists too: a dict
+    // keyed by tuples makes the round trip.
+    let key = list([Value::Int(1), list([Value::Int(2), s("x")])]);
+    let m = Value::Map(vec![(key.clone(), s("v"))]);
+    assert_eq!(call_ok(&h, "harrow_testfns:echo", m.clone())?, m);
+    assert_eq!(
+        call_ok(&h, "harrow_testfns:key_types", m)?,
+        list([s("tuple"), s("tuple")])
+    );
     // A list is one list argument: `add` unpacks it.
     assert_eq!(
         call_ok(
@@ -125,8 +134,8 @@ fn unsupported_values_are_clear_errors() -> Result<()> {
             Value::Int(i64::MAX),
         ])
     );
-    // An unhashable dict key in the argument.
-    let arg = Value::Map(vec![(list([]), Value::Null)]);
+    // An unhashable dict key in the argument (a map: a list key is a tuple).
+    let arg = Value::Map(vec![(Value::Map(vec![]), Value::Null)]);
     let err = call(&h, "harrow_testfns:echo", arg)?.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BadArguments, "{err}");
     assert!(err.to_string().contains("unhashable"), "{err}");

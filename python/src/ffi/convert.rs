@@ -309,7 +309,7 @@ unsafe fn from_value_at(v: &Value, depth: usize) -> PyResult<Obj> {
             let dict = unsafe { Obj::owned(p) }?;
             for (k, val) in entries {
                 // SAFETY: GIL held.
-                let ko = unsafe { from_value_at(k, depth + 1) }?;
+                let ko = unsafe { key_from_value_at(k, depth + 1) }?;
                 // SAFETY: GIL held.
                 let vo = unsafe { from_value_at(val, depth + 1) }?;
                 // SAFETY: GIL held; all three valid; the dict takes its own references.
@@ -320,6 +320,34 @@ unsafe fn from_value_at(v: &Value, depth: usize) -> PyResult<Obj> {
             Ok(dict)
         }
     }
+}
+
+/// [`from_value_at`] for a dict key: a list (a tuple on its way here: the wire has no tuples)
+/// becomes a tuple, its lists too, since a list cannot be a key. So a dict keyed by tuples
+/// arrives as it was sent.
+///
+/// # Safety
+/// GIL held.
+unsafe fn key_from_value_at(v: &Value, depth: usize) -> PyResult<Obj> {
+    let Value::List(items) = v else {
+        // SAFETY: forwarded.
+        return unsafe { from_value_at(v, depth) };
+    };
+    if depth > MAX_DEPTH {
+        // SAFETY: forwarded (it raises the depth error).
+        return unsafe { from_value_at(v, depth) };
+    }
+    // SAFETY: GIL held; a new tuple of `len` empty slots.
+    let p = unsafe { ffi::PyTuple_New(items.len() as ffi::Py_ssize_t) };
+    // SAFETY: a new reference (or null with an error set).
+    let tuple = unsafe { Obj::owned(p) }?;
+    for (i, item) in items.iter().enumerate() {
+        // SAFETY: GIL held.
+        let o = unsafe { key_from_value_at(item, depth + 1) }?;
+        // SAFETY: GIL held; `i` is in range of the new tuple; steals `o`'s reference.
+        unsafe { ffi::PyTuple_SetItem(tuple.as_ptr(), i as ffi::Py_ssize_t, o.into_ptr()) };
+    }
+    Ok(tuple)
 }
 
 /// A new `str`.

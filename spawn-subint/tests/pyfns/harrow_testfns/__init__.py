@@ -19,6 +19,12 @@ def echo(value=None):
     return value
 
 
+def key_types(d):
+    """The type names of the first key and of its last element."""
+    k = next(iter(d))
+    return [type(k).__name__, type(k[-1]).__name__]
+
+
 def keys(d):
     """The keys of a dict argument, in order (a map arrives as one dict)."""
     return list(d)
