@@ -245,7 +245,7 @@ fn parent_waits_on_its_canceller(_: &Factory) -> Outcome {
     // A Python actor waiting on the very call of its child that asks it to cancel: the wait
     // raises harrow.Cancelled (it used to raise HarrowError, a closed link's failure), and the
     // actor's answer is a cancellation by that child; or, when the call's answer came first,
-    // that answer.
+    // that answer, or that cancellation landing after it (in the nursery's block).
     let dir = std::env::temp_dir().join(format!("harrow-canceller-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch dir");
     for i in 0..3 {
@@ -262,8 +262,13 @@ fn parent_waits_on_its_canceller(_: &Factory) -> Outcome {
                 assert!(err.is_cancelled(), "not a cancellation: {err}");
                 let canceller = err.canceller().expect("a canceller");
                 assert_eq!(canceller.name, "canceller", "{err}");
-                let raised = std::fs::read_to_string(&marker).expect("the wait raised");
-                assert_eq!(raised, "harrow.Cancelled");
+                // The wait raised the cancel, or returned before it (the cancel then ended the
+                // nursery's block).
+                let raised = std::fs::read_to_string(&marker).expect("the wait ended");
+                assert!(
+                    raised == "harrow.Cancelled" || raised == "returned",
+                    "the wait raised {raised}"
+                );
             }
         }
     }

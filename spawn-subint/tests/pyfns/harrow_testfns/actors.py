@@ -276,15 +276,20 @@ def block_raises_after_the_teardown(exit=False):
 def parent_waits_on_its_canceller(marker):
     """parent_waits_on_its_canceller(marker): waits on a child's call that asks this actor to
     cancel itself; what the wait raised, if it raised, is written to ``marker``
-    (``module.Type``) before it goes on."""
+    (``module.Type``) before it goes on, else ``returned`` (the answer came before the cancel,
+    which may then end the nursery's block)."""
     with harrow.open_nursery() as n:
         c = n.start_actor("canceller", modules=["harrow_testfns.conformance"])
         try:
-            return c.run("harrow_testfns.conformance:cancel_parent")
+            got = c.run("harrow_testfns.conformance:cancel_parent")
         except BaseException as e:
             with open(marker, "w") as f:
                 f.write(type(e).__module__ + "." + type(e).__name__)
             raise
+        with harrow.shield():
+            with open(marker, "w") as f:
+                f.write("returned")
+        return got
 
 
 def raise_surrogate(v=None):
