@@ -66,6 +66,24 @@ pub fn cancelled_error() -> CallError {
     )
 }
 
+/// `err`, unless it is a cancellation of a call that was not cancelled (`cancelled` false):
+/// then the function's failure. A `harrow.Cancelled` that user code raised itself, or that
+/// escaped the scope whose cancel it was (a deadline's, re-raised after it), ended a call nobody
+/// cancelled; reported as the call's cancellation, it would hide a failure.
+pub(crate) fn unless_cancelled(err: CallError, cancelled: bool) -> CallError {
+    if cancelled || err.kind() != ErrorKind::Cancelled {
+        return err;
+    }
+    let r = err.into_remote(&harrow_ipc::ActorId::new("-"));
+    let why = "raised in a call that was not cancelled";
+    let message = if r.message.is_empty() {
+        why.to_owned()
+    } else {
+        format!("{} ({why})", r.message)
+    };
+    CallError::new(ErrorKind::Raised, r.type_name, message).with_traceback(r.traceback)
+}
+
 /// The error of a call whose module `config` does not expose.
 pub fn not_exposed(config: &InterpConfig, module: &str) -> CallError {
     CallError::new(

@@ -203,6 +203,17 @@ fn an_async_cleanup_longer_than_the_re_arm_is_not_interrupted() -> Result<()> {
 }
 
 #[test]
+fn a_cancelled_raised_in_an_async_call_nobody_cancelled_is_a_failure() -> Result<()> {
+    let t = aio("aio-spurious-cancel")?;
+    let h = t.handle();
+    let err = bounded(BOUND, start(&h, &f("raises_cancelled"), Value::Null))?.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Raised, "{err}");
+    assert!(err.to_string().contains("not cancelled"), "{err}");
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
+    Ok(())
+}
+
+#[test]
 fn async_generators_collect_or_stream() -> Result<()> {
     let t = aio("aio-agen")?;
     let h = t.handle();

@@ -115,7 +115,12 @@ fn unsupported_values_are_clear_errors() -> Result<()> {
         ("set", "'set'"),
         ("object", "'object'"),
         ("nested", "'set'"),
-        ("bigint", "does not fit in a signed 64-bit integer"),
+        ("bigint", "int 1208925819614629174706176 does not fit"),
+        // Past Python's int-to-decimal limit: shown in hex.
+        (
+            "huge",
+            "hex digits) does not fit in a signed 64-bit integer",
+        ),
         ("big_index", "does not fit in a signed 64-bit integer"),
         ("bad_index", "'_Index'"),
     ] {
@@ -544,6 +549,19 @@ fn a_cleanup_that_does_not_end_is_cut_short_by_the_hard_kill() -> Result<()> {
     assert_eq!(t.shutdown(Duration::from_secs(2)), Exit::Exited);
     let err = bounded(BOUND, fut)?.unwrap_err();
     assert!(err.kind() == ErrorKind::Cancelled, "{err}");
+    Ok(())
+}
+
+#[test]
+fn a_cancelled_raised_in_a_call_nobody_cancelled_is_a_failure() -> Result<()> {
+    let t = spawn("basic-spurious-cancel")?;
+    let h = t.handle();
+    for how in ["raise", "deadline"] {
+        let err = call(&h, "harrow_testfns:raises_cancelled", s(how))?.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Raised, "{how}: {err}");
+        assert!(err.to_string().contains("not cancelled"), "{how}: {err}");
+    }
+    assert_eq!(t.shutdown(BOUND), Exit::Exited);
     Ok(())
 }
 

@@ -323,12 +323,15 @@ fn names_and_misuse(_: &Factory) -> Outcome {
                 "ValueError",
                 "ValueError",
                 "TypeError",
+                "ValueError",
+                "ValueError",
                 "HarrowError",
                 "HarrowError"
             ],
             "{errs:?}"
         );
-        assert!(errs[4].1.contains("itself"), "{errs:?}");
+        assert!(errs[4].1.contains("too long"), "{errs:?}");
+        assert!(errs[6].1.contains("itself"), "{errs:?}");
         Ok(())
     }));
     Outcome::Passed

@@ -93,7 +93,10 @@ impl Setup {
         *shared.current.lock() = None;
         let result = match outcome {
             Ok(Outcome::Value(v)) => Ok(v),
-            Err(e) => Err(e),
+            Err(e) => Err(crate::job::unless_cancelled(
+                e,
+                job.is_cancelled() || shared.closing.load(Ordering::SeqCst),
+            )),
             Ok(Outcome::Async(aw)) => {
                 let call = AsyncCall {
                     ctx,

@@ -111,11 +111,31 @@ unsafe fn to_value_at(o: *mut ffi::PyObject, depth: usize) -> Result<Value, Conv
                 .ok()
                 // SAFETY: GIL held; `s` is a `str`.
                 .and_then(|s| unsafe { utf8(s.as_ptr()) }.ok());
-            let repr = repr.unwrap_or_default();
-            let shown: String = repr.chars().take(60).collect();
+            let shown = match repr {
+                Some(repr) => shortened(&repr, ""),
+                None => {
+                    // Beyond Python's limit on int-to-decimal conversions (4300 digits by
+                    // default): in hex, which has none.
+                    // SAFETY: GIL held; the conversion's error is dropped.
+                    unsafe { crate::ffi::obj::err_clear() };
+                    // SAFETY: GIL held, `o` is an int; a new reference (or null).
+                    let hex = unsafe { Obj::owned(ffi::PyNumber_ToBase(o, 16)) }
+                        .ok()
+                        // SAFETY: GIL held; `s` is a `str`.
+                        .and_then(|s| unsafe { utf8(s.as_ptr()) }.ok());
+                    // SAFETY: GIL held.
+                    unsafe { crate::ffi::obj::err_clear() };
+                    match hex {
+                        Some(h) => {
+                            let digits = h.trim_start_matches('-').len().saturating_sub(2);
+                            shortened(&h, &format!(" ({digits} hex digits)"))
+                        }
+                        None => "(too large to show)".to_owned(),
+                    }
+                }
+            };
             return Err(ConvError::Unsupported(format!(
-                "int {shown}{} does not fit in a signed 64-bit integer",
-                if repr.len() > shown.len() { "..." } else { "" }
+                "int {shown} does not fit in a signed 64-bit integer"
             )));
         }
         // SAFETY: GIL held.
@@ -348,6 +368,13 @@ unsafe fn key_from_value_at(v: &Value, depth: usize) -> PyResult<Obj> {
         unsafe { ffi::PyTuple_SetItem(tuple.as_ptr(), i as ffi::Py_ssize_t, o.into_ptr()) };
     }
     Ok(tuple)
+}
+
+/// `text`'s first 60 characters (and "..." when there are more), then `then`.
+fn shortened(text: &str, then: &str) -> String {
+    let shown: String = text.chars().take(60).collect();
+    let more = if text.len() > shown.len() { "..." } else { "" };
+    format!("{shown}{more}{then}")
 }
 
 /// A new `str`.

@@ -14,7 +14,9 @@
   concurrently with the actor's other async calls; a cancel raises ``CancelledError`` at the
   current ``await`` (reported as ``Cancelled``).
 - ``Context`` (the ``ctx`` a context function gets): ``started(value=None)``, ``open_stream()``,
-  ``cancelled``.
+  ``cancelled``. Its operations and its stream's block, in an ``async def`` context function
+  too. A waiting plain call serves the actor's other calls nested on its stack (last in, first
+  out): it goes on once every call started during its wait has returned.
 - ``Stream``: ``send(v)``, ``recv()`` (raises ``EndOfStream`` once the peer stopped its side),
   ``close()``, iteration (ends at end of stream), ``with`` (closes on exit).
 - The actor: ``with open_nursery() as n:`` (``n.start_actor(name, backend=None, ...)``,
@@ -28,7 +30,8 @@
   the event loop; a cancel of the call raises ``Cancelled`` at the await.
 - Discovery: ``find_actor(name)``, ``find_actor_by_uid(uid)`` (a ``PeerPortal`` or None),
   ``wait_for_actor(name, timeout)`` (``TimeoutError`` when none came), ``lookup_actor(name)``,
-  ``query_actors()`` (``ActorInfo``s), ``current_actor().register_names(*names)``.
+  ``query_actors()`` (``ActorInfo``s), ``current_actor().register_names(*names)``; in calls of
+  plain functions only (in an ``async def`` call they raise ``HarrowError``).
 """
 
 # The C module itself: the `contextvars` wrapper module is one more file to find and load in
@@ -108,9 +111,12 @@ def sleep(seconds):
     In a call, the actor's thread releases the GIL and serves the actor's other calls while it
     sleeps. Elsewhere (a Python thread) it sleeps in slices of at most 10 ms.
     """
-    if _native_sleep(float(seconds)):
+    seconds = float(seconds)
+    if seconds != seconds:
+        raise ValueError("sleep needs a number of seconds, not nan")
+    if _native_sleep(seconds):
         return
-    deadline = _time.monotonic() + float(seconds)
+    deadline = _time.monotonic() + seconds
     while True:
         _native_checkpoint()
         left = deadline - _time.monotonic()
@@ -1422,7 +1428,13 @@ def _seconds(timeout):
     t = float(timeout)
     if not (t >= 0.0 and t < float("inf")):
         raise ValueError("a timeout is a finite number of seconds >= 0, not %r" % (timeout,))
+    if t > _MAX_WAIT:
+        raise ValueError("a timeout of %r s is too long (at most a year)" % (timeout,))
     return t
+
+
+# The longest discovery wait (as the native side's bound): a year.
+_MAX_WAIT = 365 * 24 * 3600.0
 
 
 def _peer(found):

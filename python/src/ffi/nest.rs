@@ -142,9 +142,15 @@ unsafe fn native_nest_body(
             .loop_running
             .load(std::sync::atomic::Ordering::SeqCst)
         {
-            "in an async def function, harrow's nurseries and portals are used with `async \
-             with harrow.open_nursery()` and awaited operations (a plain `with` and blocking \
-             calls are for plain def functions)"
+            if crate::nest::discover::DiscOp::from_i64(op).is_some() {
+                "discovery (find_actor, wait_for_actor, lookup_actor, query_actors, \
+                 register_names) is usable in calls of plain def functions only, not in an \
+                 async def call (nor in plain functions it calls)"
+            } else {
+                "in an async def function, harrow's nurseries and portals are used with \
+                 `async with harrow.open_nursery()` and awaited operations (a plain `with` and \
+                 blocking calls are for plain def functions)"
+            }
         } else {
             "harrow nurseries, portals and current_actor() are usable only inside a call \
              served by a harrow actor (an async def function uses `async with \

@@ -268,7 +268,8 @@ unsafe fn finish_async(call: &AsyncCall, state: std::ffi::c_long, value: *mut ff
             // SAFETY: GIL held; steals the new reference.
             unsafe { ffi::PyErr_SetRaisedException(value) };
             // SAFETY: GIL held, an exception set.
-            Err(unsafe { setup.error(ErrorKind::Raised) })
+            let err = unsafe { setup.error(ErrorKind::Raised) };
+            Err(crate::job::unless_cancelled(err, call.cancel_requested()))
         }
     };
     // SAFETY: owning thread, GIL held.

@@ -146,6 +146,8 @@ def bad_return(kind):
         return {1, 2}
     if kind == "bigint":
         return 2**80
+    if kind == "huge":
+        return 10**5000
     if kind == "object":
         return object()
     if kind == "nested":
@@ -284,6 +286,21 @@ def endless_cleanup(ctx):
     except harrow.Cancelled:
         while True:
             pass
+
+
+def raises_cancelled(how="raise"):
+    """Ends with a ``harrow.Cancelled`` of its own (``raise``), or one of a deadline re-raised
+    after its scope (``deadline``): a call nobody cancelled."""
+    if how == "raise":
+        raise harrow.Cancelled("spurious")
+    caught = None
+    with harrow.move_on_after(0.01):
+        try:
+            harrow.sleep(5)
+        except harrow.Cancelled as e:
+            caught = e
+            raise
+    raise caught
 
 
 def swallowed_count():

@@ -62,6 +62,12 @@ async def slow_cleanup_fails(seconds):
         raise ValueError("async cleanup failed")
 
 
+async def raises_cancelled():
+    """Ends with a ``harrow.Cancelled`` of its own: a call nobody cancelled."""
+    await asyncio.sleep(0)
+    raise harrow.Cancelled("spurious")
+
+
 def progress():
     """[started, cleaned] (a plain function: runs between the loop's steps)."""
     return [list(started), list(cleaned)]

@@ -152,6 +152,8 @@ def misuse(v=None):
         lambda: harrow.wait_for_actor("x", -1),
         lambda: harrow.wait_for_actor("x", float("nan")),
         lambda: harrow.wait_for_actor("x", "soon"),
+        lambda: harrow.wait_for_actor("x", 1e10),
+        lambda: harrow.sleep(float("nan")),
         lambda: harrow.find_actor(harrow.current_actor().name),
         lambda: harrow.current_actor().register_names(""),
     ):
