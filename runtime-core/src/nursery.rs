@@ -30,6 +30,8 @@ struct ChildSlot {
     teardown: CancelToken,
     finished: CancelToken,
     outcome: Mutex<Option<Exit>>,
+    /// Set once `outcome` is (before `finished`, which also waits for the run's result).
+    outcome_known: CancelToken,
     result: Mutex<Option<std::result::Result<Value, harrow_portal::Error>>>,
     result_ready: CancelToken,
     /// Started by [`ActorNursery::run_in_actor`]: its one call's task records `result`.
@@ -297,17 +299,30 @@ impl ActorNursery {
             let result = portal.run(&func, args).await;
             if let Err(e) = &result {
                 // Consequences of our own teardown (a call cancelled because we cancelled the
-                // child, a channel we closed) are not failures; anything the child raised is,
-                // even if it arrives after the teardown started (the child answers a cancel with
-                // the failure it had, or raised while cleaning up), so that simultaneous failures
-                // are all reported. A cancel nobody here asked for is a failure too; one this
-                // actor asked for (through the child's portal, say) is not.
+                // child) are not failures; anything the child raised is, even if it arrives
+                // after the teardown started (the child answers a cancel with the failure it
+                // had, or raised while cleaning up), so that simultaneous failures are all
+                // reported. A cancel nobody here asked for is a failure too; one this actor
+                // asked for (through the child's portal, say) is not.
                 let tearing_down = slot.teardown.is_cancelled()
                     || nursery.inner.cancel.is_cancelled()
                     || nursery.inner.actor.self_cancel_token().is_cancelled();
                 let ours = e.canceller() == Some(nursery.inner.actor.id());
-                let consequence =
-                    (e.is_cancelled() && (tearing_down || ours)) || (e.is_closed() && tearing_down);
+                let consequence = if e.is_closed() {
+                    // The link closed with the call unanswered: how the child ended says why.
+                    // One that exited cleanly left mid-call on its own, which nothing else
+                    // reports, teardown or not (a child stopped by a cancel answers the call
+                    // first); a crash, a kill or a leak is its supervisor's to report, once.
+                    slot.outcome_known.cancelled().await;
+                    let outcome = slot
+                        .outcome
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    outcome != Some(Exit::Exited)
+                } else {
+                    e.is_cancelled() && (tearing_down || ours)
+                };
                 if !consequence {
                     nursery.fail(ChildFailure::remote(
                         slot.id.clone(),
@@ -473,6 +488,7 @@ impl ActorNursery {
             backend: backend_name,
             teardown: CancelToken::new(),
             finished: CancelToken::new(),
+            outcome_known: CancelToken::new(),
             outcome: Mutex::new(None),
             result: Mutex::new(None),
             result_ready: CancelToken::new(),
@@ -603,6 +619,7 @@ impl ActorNursery {
             _ => tracing::debug!(child = %slot.id, ?outcome, "child ended"),
         }
         *slot.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        slot.outcome_known.cancel();
         if slot.run {
             // The link is closed, so the run's call has ended: its task records the answer at
             // its next poll (bounded, in case that task is gone).
@@ -716,6 +733,17 @@ impl ActorNursery {
         let mut err = NurseryError::new(Some(self.inner.actor.id().clone()));
         err.body = st.body.take();
         err.failures = std::mem::take(&mut st.failures);
+        // A body that failed with a child's failure (`handle.result().await?` on a
+        // `run_in_actor` child) passed on what is already one of the failures: once is enough.
+        if let Some(body) = &err.body
+            && let Some(remote) = portal_error(body).and_then(harrow_portal::Error::remote_error)
+            && err
+                .failures
+                .iter()
+                .any(|f| f.remote_error() == Some(remote))
+        {
+            err.body = None;
+        }
         err.interrupted = st.interrupted;
         err.cancelled_by = st.cancelled_by.take().map(Box::new);
         (!err.is_empty()).then_some(err)
@@ -856,12 +884,18 @@ where
 /// Whether a body's error is one a nursery's teardown causes: a call cancelled or a channel
 /// closed (the teardown cancels the children and closes their links), or no new child.
 fn teardown_consequence(e: &BoxError) -> bool {
-    let portal = match e.downcast_ref::<Error>() {
-        Some(Error::NurseryClosed) => return true,
+    if let Some(Error::NurseryClosed) = e.downcast_ref::<Error>() {
+        return true;
+    }
+    portal_error(e).is_some_and(|p| p.is_cancelled() || p.is_closed())
+}
+
+/// The portal error a body's error is, if it is one (directly or as this crate's `Portal`).
+fn portal_error(e: &BoxError) -> Option<&harrow_portal::Error> {
+    match e.downcast_ref::<Error>() {
         Some(Error::Portal(p)) => Some(p),
         _ => e.downcast_ref::<harrow_portal::Error>(),
-    };
-    portal.is_some_and(|p| p.is_cancelled() || p.is_closed())
+    }
 }
 
 /// How long a child whose handshake failed may take to end by itself before it is killed: one

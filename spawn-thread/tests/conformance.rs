@@ -35,3 +35,14 @@ harrow_testkit::conformance_suite!(factory());
 
 // Discovery and peer portals (harrow-testkit's discovery scenarios).
 harrow_testkit::discovery_suite!(factory());
+
+// A failure passed on by a body is reported once (not in the shared suite: its function has no
+// Python twin).
+#[test]
+fn failure_passed_on_is_reported_once() {
+    harrow_testkit::conformance::run(
+        "failure_passed_on_once",
+        &*factory(),
+        harrow_testkit::conformance::failure_passed_on_once,
+    );
+}

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harrow_runtime_core::ipc::{ErrorKind, Value};
+use harrow_runtime_core::ipc::{ErrorKind, RemoteError, Value};
 use harrow_runtime_core::portal::Error as PortalError;
 use harrow_runtime_core::{
     ActorSpec, ChildOutcome, HardKill, NurseryError, RootConfig, SpawnBackend, Timeouts, run_root,
@@ -770,6 +770,118 @@ pub fn exit_mid_call<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
         let e = got.expect_err("the call that ended its actor fails");
         assert!(!e.is_cancelled(), "a failure, not a cancellation: {e}");
     }
+    Outcome::Passed
+}
+
+/// failure-passed-on-once: a body that fails with a `run_in_actor` child's failure
+/// (`handle.result().await?`) passes on a failure its nursery holds already: it is reported
+/// once, at every level of a tree of such calls (it was doubled at each level).
+pub fn failure_passed_on_once<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    let err = run_root(root_config(), |n| async move {
+        let h = n
+            .run_in_actor(
+                "top",
+                f.backend(),
+                &f.func("result_tree"),
+                Value::Int(3),
+                f.spec(),
+            )
+            .await?;
+        h.result().await?;
+        Ok(())
+    })
+    .expect_err("the leaf fails");
+    assert!(err.body_error().is_none(), "{err}");
+    assert_eq!(err.failures().len(), 1, "{err}");
+    fn leaves(e: &RemoteError) -> usize {
+        usize::from(e.message == "leaf") + e.children.iter().map(leaves).sum::<usize>()
+    }
+    assert_eq!(
+        leaves(err.as_remote()),
+        1,
+        "one leaf in the whole tree: {err}"
+    );
+    Outcome::Passed
+}
+
+/// run-in-actor-crash-once: a `run_in_actor` child whose process ends with a failure status in
+/// the middle of its call is reported once, as a crash (not also as its call's closed link).
+pub fn run_in_actor_crash_once<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    if !f.ends_on_its_own() {
+        return Outcome::Skipped("the backend's actors cannot end on their own mid-call".into());
+    }
+    let err = run_root(root_config(), |n| async move {
+        n.run_in_actor(
+            "ender",
+            f.backend(),
+            &f.func("exit_mid_call"),
+            Value::Null,
+            f.spec(),
+        )
+        .await?;
+        // The crash cancels this body.
+        let _ = harrow_runtime_core::move_on_after(
+            Duration::from_secs(20),
+            std::future::pending::<()>(),
+        )
+        .await;
+        Ok(())
+    })
+    .expect_err("the child's crash fails the nursery");
+    assert_eq!(err.failures().len(), 1, "{err}");
+    assert!(err.failures()[0].is_crash(), "{err}");
+    Outcome::Passed
+}
+
+/// clean-exit-beside-a-failure: a child that exits cleanly (status 0) in the middle of its call
+/// while a sibling fails at the same moment is reported beside it: its link closing then is not
+/// the teardown's doing (a child the teardown stops answers its call first).
+pub fn clean_exit_beside_a_failure<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
+    if !f.ends_on_its_own() {
+        return Outcome::Skipped("the backend's actors cannot end on their own mid-call".into());
+    }
+    let gate = ScratchDir::new("exitgate");
+    let path = gate.path();
+    let err = run_root(generous_config(), |n| {
+        let gate = &gate;
+        async move {
+            let dir = ("dir".into(), Value::from(path.as_str()));
+            let failer = Value::Map(vec![dir.clone(), ("msg".into(), "failer".into())]);
+            let quitter = Value::Map(vec![dir, ("code".into(), Value::Int(0))]);
+            n.run_in_actor(
+                "failer",
+                f.backend(),
+                &f.func("fail_at_gate"),
+                failer,
+                f.spec(),
+            )
+            .await?;
+            n.run_in_actor(
+                "quitter",
+                f.backend(),
+                &f.func("exit_at_gate"),
+                quitter,
+                f.spec(),
+            )
+            .await?;
+            gate.wait_ready(2).await;
+            gate.open_gate();
+            let _ = harrow_runtime_core::move_on_after(
+                Duration::from_secs(20),
+                std::future::pending::<()>(),
+            )
+            .await;
+            Ok(())
+        }
+    })
+    .expect_err("both end");
+    let mut names: Vec<&str> = err
+        .failures()
+        .iter()
+        .map(|f| f.actor().name.as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["failer", "quitter"], "{err}");
     Outcome::Passed
 }
 

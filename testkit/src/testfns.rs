@@ -289,6 +289,46 @@ fn register(
         wait_at_gate(&dir).await?;
         Err(TestError(msg).into())
     })?;
+    // exit_at_gate({dir, code}): waits at the gate in `dir` (observing its cancel, as
+    // fail_at_gate), then ends its process with status `code` (only for actors in a process of
+    // their own)
+    r.unary("testfns:exit_at_gate", |v| async move {
+        if let Some(call) = harrow_runtime_core::portal::current_call() {
+            call.observe_cancel();
+        }
+        let (dir, _) = gate_args("exit_at_gate", &v)?;
+        let code = v.get("code").and_then(Value::as_i64).unwrap_or(0);
+        wait_at_gate(&dir).await?;
+        std::process::exit(i32::try_from(code).unwrap_or(1));
+    })?;
+    // result_tree(depth): at depth 1 raises TestError("leaf"); deeper, a nursery with one
+    // run_in_actor child running result_tree(depth - 1), whose result it returns (its failure
+    // passed on with `?`)
+    let f = factory.clone();
+    r.unary("testfns:result_tree", move |v| {
+        let f = f.clone();
+        async move {
+            let depth = v.as_i64().unwrap_or(1);
+            if depth <= 1 {
+                return Err(TestError("leaf".into()).into());
+            }
+            let got = open_nursery(|n| async move {
+                let below = Value::Int(depth - 1);
+                let h = n
+                    .run_in_actor(
+                        "below",
+                        f.backend(),
+                        &f.func("result_tree"),
+                        below,
+                        f.spec(),
+                    )
+                    .await?;
+                Ok(h.result().await?)
+            })
+            .await?;
+            Ok(got)
+        }
+    })?;
     // fail_tree({depth, breadth, dir}): at depth 1, fail_at_gate({dir, msg: "leaf <name>"});
     // deeper, a nursery of `breadth` run_in_actor children running fail_tree(depth - 1), whose
     // failures it raises as one group (`?` on the nursery's error)
