@@ -73,6 +73,26 @@ fn sigint_after_the_root_returned_takes_its_default_action() {
     });
 }
 
+/// A SIGINT that arrives while the root is ending (its body has returned) is never lost: the
+/// root reports the interruption (130), or, once it has returned, the signal ends the process.
+#[test]
+fn a_sigint_as_the_root_ends_is_not_lost() {
+    harrow_testkit::run_bounded("at-end", Duration::from_secs(90), || {
+        for round in 0..20 {
+            let out = scenario("thread", "at-end")
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run the scenario: {e}"));
+            let code = out.status.code();
+            let signal = std::os::unix::process::ExitStatusExt::signal(&out.status);
+            assert!(
+                code == Some(130) || signal == Some(2),
+                "round {round}: exit {code:?}, signal {signal:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+}
+
 #[test]
 fn sigint_to_the_process_group_leaves_the_teardown_to_the_root() {
     // A terminal's Ctrl-C reaches every process of the foreground group: children in processes

@@ -78,8 +78,9 @@ impl RootConfig {
 ///
 /// With [`RootConfig::handle_sigint`], the first SIGINT cancels the whole tree gracefully and a
 /// second one makes every teardown skip to the hard kill; the result is then an error with
-/// [`NurseryError::is_interrupted`] (exit code 130 by convention, see [`exit_code`]). Once no root
-/// is running, SIGINT takes its default action again (the process ends).
+/// [`NurseryError::is_interrupted`] (exit code 130 by convention, see [`exit_code`]), also when
+/// the SIGINT came as the root was ending (its body had returned). Once no root is running,
+/// SIGINT takes its default action again (the process ends).
 ///
 /// ```
 /// use harrow_runtime_core::{run_root, RootConfig};
@@ -127,6 +128,10 @@ where
     // The subscription stays in this frame, so it ends with `run_root` whatever becomes of the
     // watcher task; the task only holds its receiving end.
     let sigint_rx = sigint.as_ref().map(|s| s.receiver());
+    // How many SIGINTs the watcher took: one that came while the tree was already ending (the
+    // nursery's outcome taken) still makes the root's outcome an interruption.
+    let sigints = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watcher_sigints = sigints.clone();
     let watcher = async move {
         let Some(sigint_rx) = sigint_rx else {
             return std::future::pending::<()>().await;
@@ -134,6 +139,7 @@ where
         let mut seen = 0;
         while sigint_rx.recv().await.is_ok() {
             seen += 1;
+            watcher_sigints.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if seen == 1 {
                 tracing::warn!("SIGINT: cancelling the actor tree (again to force)");
                 watch_nursery.interrupt();
@@ -177,12 +183,31 @@ where
         &readers,
     ));
     root_ctx.discovery().release();
+    let root_id = root_ctx.id().clone();
     drop(root_ctx);
     // Cancelled tasks still queued hold the actor's context (and so the executor): run the queue
     // dry so that they drop their futures now.
     while exec.try_tick() {}
+    // A SIGINT taken while this root ran, the last ones included (the watcher may have ended
+    // before it read them), is reported: never a Ctrl-C that neither ended the process nor
+    // showed in the outcome.
+    let interrupted = sigints.load(std::sync::atomic::Ordering::SeqCst) > 0
+        || sigint
+            .as_ref()
+            .is_some_and(|s| s.receiver().try_recv().is_ok());
     drop(sigint);
-    result
+    match result {
+        Ok(_) if interrupted => {
+            let mut err = NurseryError::new(Some(root_id));
+            err.interrupted = true;
+            Err(err)
+        }
+        Err(mut err) if interrupted => {
+            err.interrupted = true;
+            Err(err)
+        }
+        other => other,
+    }
 }
 
 /// Runs a root on a thread of its own and returns at once with a [`RootHandle`], a future of

@@ -1,4 +1,4 @@
-//! `sigint_scenario <backend> <spawn|call|twice|after>`: a root with children on `backend`, printing
+//! `sigint_scenario <backend> <spawn|call|twice|after|at-end>`: a root with children on `backend`, printing
 //! phase markers (`harrow-phase: ...`) for the SIGINT harness. Exits with the root's exit code
 //! (130 when interrupted).
 
@@ -25,7 +25,7 @@ fn main() {
         .try_init();
     let args: Vec<String> = std::env::args().collect();
     let (Some(backend), Some(scenario)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: sigint_scenario <backend> <spawn|call|twice|after>");
+        eprintln!("usage: sigint_scenario <backend> <spawn|call|twice|after|at-end>");
         std::process::exit(2);
     };
     let Some(f) = harrow_integration::backend_factory(backend) else {
@@ -56,6 +56,19 @@ fn main() {
         std::thread::sleep(Duration::from_secs(60));
         eprintln!("still alive 60 s after SIGINT");
         std::process::exit(3);
+    }
+    if scenario == "at-end" {
+        // A SIGINT sent just as the root's body returns: it arrives while the root is ending.
+        let result = run_root(RootConfig::default(), |_n| async {
+            let sent = std::process::Command::new("kill")
+                .args(["-INT", &std::process::id().to_string()])
+                .status()?;
+            if !sent.success() {
+                return Err("kill -INT failed".into());
+            }
+            Ok(())
+        });
+        std::process::exit(exit_code(&result));
     }
     let scenario = scenario.clone();
     let result = run_root(RootConfig::default().timeouts(timeouts), |n| async move {
