@@ -74,7 +74,8 @@ fn sigint_after_the_root_returned_takes_its_default_action() {
 }
 
 /// A SIGINT that arrives while the root is ending (its body has returned) is never lost: the
-/// root reports the interruption (130), or, once it has returned, the signal ends the process.
+/// root reports the interruption (130), or, once it has returned, the signal ends the process
+/// (which waits 10 s for it after a root that returned Ok).
 #[test]
 fn a_sigint_as_the_root_ends_is_not_lost() {
     harrow_testkit::run_bounded("at-end", Duration::from_secs(90), || {

@@ -82,6 +82,10 @@ impl RootConfig {
 /// the SIGINT came as the root was ending (its body had returned). Once no root is running,
 /// SIGINT takes its default action again (the process ends).
 ///
+/// A panic in `body` fails the nursery as its body's error would (one-cancels-all, the tree torn
+/// down within the ladder's bounds), then goes on out of `run_root` once everything the root
+/// created is released.
+///
 /// ```
 /// use harrow_runtime_core::{run_root, RootConfig};
 /// let v = run_root(RootConfig::default().handle_sigint(false), |_nursery| async { Ok(42) });
@@ -160,7 +164,25 @@ where
         }
         self_cancel_nursery.cancel_all();
     };
-    let main = run_nursery(nursery, body);
+    // A panic in the body is the body's failure while the tree is torn down (every child
+    // stopped, every resource released), and is resumed once `run_root` has cleaned up: a
+    // panicking body must not leave its children running.
+    let panicked: Arc<std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>> = Arc::default();
+    let body_panic = panicked.clone();
+    let main = run_nursery(nursery, move |n| {
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(n)));
+        async move {
+            let outcome = match made {
+                Ok(fut) => std::panic::AssertUnwindSafe(fut).catch_unwind().await,
+                Err(payload) => Err(payload),
+            };
+            outcome.unwrap_or_else(|payload| {
+                let text = crate::thread::panic_message(&*payload);
+                *body_panic.lock().unwrap_or_else(|p| p.into_inner()) = Some(payload);
+                Err(format!("the root's body {text}").into())
+            })
+        }
+    });
     let root_ctx = ctx.clone();
     // The root's links to process children are sockets: its thread sleeps in an epoll instance
     // that watches them directly (timers and other descriptors: async-io's own thread).
@@ -196,6 +218,10 @@ where
             .as_ref()
             .is_some_and(|s| s.receiver().try_recv().is_ok());
     drop(sigint);
+    let payload = panicked.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(payload) = payload {
+        std::panic::resume_unwind(payload);
+    }
     match result {
         Ok(_) if interrupted => {
             let mut err = NurseryError::new(Some(root_id));

@@ -68,6 +68,11 @@ fn main() {
             }
             Ok(())
         });
+        if result.is_ok() {
+            // The root returned before the signal reached it: the signal, not lost, then ends
+            // the process (its default action) while it goes on, as a program would.
+            std::thread::sleep(Duration::from_secs(10));
+        }
         std::process::exit(exit_code(&result));
     }
     let scenario = scenario.clone();
