@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use harrow_runtime_core::ipc::Value;
-use harrow_runtime_core::{DiscoveryError, NurseryError, RootConfig, Timeouts, run_root};
+use harrow_runtime_core::{
+    DiscoveryError, NurseryError, RootConfig, Timeouts, move_on_after, run_root,
+};
 
 use crate::conformance::{BackendFactory, Outcome};
 
@@ -215,6 +217,22 @@ pub fn peer_cancels_actor<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
             assert!(p.cancel_actor(BOUND).await, "B acks");
             n.actor().id().clone()
         };
+        // While B ends and leaves the registry, looking it up is a portal or none, never
+        // an error for an actor found ended.
+        let uid = b.id().uid.clone();
+        let gone = move_on_after(BOUND, async {
+            loop {
+                let by_name = n.actor().find_actor("B").await;
+                let by_uid = n.actor().find_actor_by_uid(&uid).await;
+                match (by_name, by_uid) {
+                    (Ok(None), Ok(None)) => break,
+                    (Ok(_), Ok(_)) => futures_lite::future::yield_now().await,
+                    other => panic!("a lookup of an ending actor failed: {other:?}"),
+                }
+            }
+        })
+        .await;
+        assert!(gone.is_some(), "B left the registry");
         for ctx in held {
             let err = ctx.result().await.expect_err("B was cancelled");
             assert!(err.is_cancelled(), "{err}");

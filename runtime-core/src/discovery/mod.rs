@@ -72,9 +72,15 @@ pub enum DiscoveryError {
     /// A peer portal to the calling actor itself was asked for.
     #[error("actor {0} asked for a portal to itself: use its own functions directly")]
     SelfPortal(ActorId),
-    /// The actor was found but could not be reached (it has ended, or its process is gone).
+    /// The actor was found but could not be reached (no route to it, a broken link on the
+    /// way, no handshake in time).
     #[error("peer unreachable: {0}")]
     Unreachable(String),
+    /// The actor was found but has ended (it is on its way out of the registry): its process
+    /// no longer listens, or it no longer takes peer links. [`ActorCtx::find_actor`] and
+    /// [`ActorCtx::find_actor_by_uid`] answer `None` for it.
+    #[error("peer gone: {0}")]
+    Gone(String),
     /// The peer handshake failed.
     #[error(transparent)]
     Handshake(#[from] handshake::HandshakeError),
@@ -552,10 +558,11 @@ impl ActorCtx {
     }
 
     /// A portal to the live actor answering to `name` (the first to claim it, if several
-    /// do), or `None` when there is none.
+    /// do), or `None` when there is none. An actor still registered but found ended when it is
+    /// reached (it is on its way out of the registry) counts as none.
     pub async fn find_actor(&self, name: &str) -> Result<Option<Portal>, DiscoveryError> {
         match self.lookup_actor(name).await? {
-            Some(e) => self.portal_to(&e).await.map(Some),
+            Some(e) => live(self.portal_to(&e).await),
             None => Ok(None),
         }
     }
@@ -566,7 +573,7 @@ impl ActorCtx {
             uid: uid.to_owned(),
         };
         match entry_of(request(self, req).await?)? {
-            Some(e) => self.portal_to(&e).await.map(Some),
+            Some(e) => live(self.portal_to(&e).await),
             None => Ok(None),
         }
     }
@@ -656,9 +663,8 @@ impl ActorCtx {
             let req = Req::FindUid {
                 uid: entry.id.uid.clone(),
             };
-            entry_of(request(self, req).await?)?.ok_or_else(|| {
-                DiscoveryError::Unreachable(format!("actor {} has ended", entry.id))
-            })?
+            entry_of(request(self, req).await?)?
+                .ok_or_else(|| DiscoveryError::Gone(format!("actor {} has ended", entry.id)))?
         };
         let channel = match route::next_hop(self, &entry).await? {
             route::Hop::Direct => direct_channel(self, &entry, bound).await?,
@@ -701,6 +707,18 @@ impl ActorCtx {
     }
 }
 
+/// A found actor's portal, or `None` for one that was found ended when reached.
+fn live(portal: Result<Portal, DiscoveryError>) -> Result<Option<Portal>, DiscoveryError> {
+    match portal {
+        Ok(p) => Ok(Some(p)),
+        Err(DiscoveryError::Gone(why)) => {
+            tracing::debug!(%why, "found actor is gone");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A channel straight to `entry`'s actor, which lives in this actor's host domain: in memory
 /// within this process, over its process's unix socket (after the peer handshake) otherwise.
 async fn direct_channel(
@@ -711,7 +729,7 @@ async fn direct_channel(
     if entry.pid == std::process::id() {
         let (mine, theirs) = harrow_ipc::mem::pair();
         if !tree::hand_to(&entry.id.uid, theirs) {
-            return Err(DiscoveryError::Unreachable(format!(
+            return Err(DiscoveryError::Gone(format!(
                 "actor {} has ended",
                 entry.id
             )));

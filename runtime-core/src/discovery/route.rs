@@ -76,6 +76,12 @@ pub(crate) async fn next_hop(ctx: &ActorCtx, target: &ActorEntry) -> Result<Hop,
         let child = lock(&ctx.discovery().children).get(next).cloned();
         return match child {
             Some(p) if !p.is_closed() => Ok(Hop::Tree(p)),
+            // The target itself is that child: it has ended.
+            _ if *next == target.id.uid => Err(DiscoveryError::Gone(format!(
+                "{} has ended (its parent {} has no link to it)",
+                target.id,
+                ctx.id()
+            ))),
             _ => Err(DiscoveryError::Unreachable(format!(
                 "{} is on the route to {} but its child {next} is gone",
                 ctx.id(),
@@ -120,6 +126,11 @@ pub(crate) async fn open(
     };
     match deadline(bound, fut).await {
         Some(Ok(v)) => Ok(v),
+        // The last hop is the target itself, and its link is gone: it has ended.
+        Some(Err(e)) if hop == target.id && e.is_closed() => Err(DiscoveryError::Gone(format!(
+            "{} has ended: {e}",
+            target.id
+        ))),
         Some(Err(e)) => Err(DiscoveryError::Unreachable(format!(
             "routed through {hop} to {}: {e}",
             target.id

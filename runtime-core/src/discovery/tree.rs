@@ -436,14 +436,17 @@ pub(crate) async fn connect(
             .await
             .map_err(|e| {
                 use std::io::ErrorKind::{ConnectionRefused, NotFound};
-                let why = match e.kind() {
-                    NotFound | ConnectionRefused => "its process no longer listens",
-                    _ => "its process's socket refused the connection",
-                };
-                DiscoveryError::Unreachable(format!(
-                    "actor {uid} in process {pid} is unreachable ({why}): {}: {e}",
-                    path.display()
-                ))
+                match e.kind() {
+                    NotFound | ConnectionRefused => DiscoveryError::Gone(format!(
+                        "actor {uid} in process {pid}: its process no longer listens: {}: {e}",
+                        path.display()
+                    )),
+                    _ => DiscoveryError::Unreachable(format!(
+                        "actor {uid} in process {pid} is unreachable (its process's socket \
+                         refused the connection): {}: {e}",
+                        path.display()
+                    )),
+                }
             })?;
         {
             let (mut r, mut w) = (&stream, &stream);
@@ -452,8 +455,12 @@ pub(crate) async fn connect(
                 .inspect_err(|e| tracing::warn!(%uid, error = %e, "peer handshake failed"))
                 .map_err(|e| match e {
                     HandshakeError::UnknownTarget(_) => {
-                        DiscoveryError::Unreachable(format!("actor {uid} is gone ({e})"))
+                        DiscoveryError::Gone(format!("actor {uid} is gone ({e})"))
                     }
+                    // The process closed the connection it had accepted: it is ending.
+                    HandshakeError::Io(_) => DiscoveryError::Gone(format!(
+                        "actor {uid} in process {pid}: the process closed the connection ({e})"
+                    )),
                     other => DiscoveryError::Handshake(other),
                 })?;
         }

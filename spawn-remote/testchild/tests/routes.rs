@@ -464,11 +464,11 @@ fn routed_refusals<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
             .await;
         let msg = expect_refused(res, "a missing child");
         assert!(msg.contains("no-such-child"), "{msg}");
-        // R ends: an entry kept from before leads nowhere.
+        // R ends: an entry kept from before leads nowhere, and says that R is gone.
         r.cancel().await;
         let err = root.portal_to(&re).await.expect_err("R has ended");
         assert!(
-            matches!(err, harrow_runtime_core::DiscoveryError::Unreachable(_)),
+            matches!(err, harrow_runtime_core::DiscoveryError::Gone(_)),
             "{err}"
         );
         Ok(())
