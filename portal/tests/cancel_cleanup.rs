@@ -163,7 +163,10 @@ async fn a_stuck_cleanup_is_dropped_at_the_bound(exec: Executor, t: Transport) {
 async fn a_closed_link_lets_a_cancel_aware_call_clean_up(exec: Executor, t: Transport) {
     for callee_closes in [false, true] {
         let (reg, probe) = cleanup_registry();
-        let (a, b) = caller_callee(&exec, t, reg).await;
+        // A cleanup bound far over the 50 ms the cleanup takes, however loaded the machine.
+        let mut config = LinkConfig::default();
+        config.cancel_cleanup = Duration::from_secs(10);
+        let (a, b) = link_pair(&exec, t, None, Some(Arc::new(reg)), config).await;
         let (_ctx, _) = bounded(
             "open",
             a.portal().open_context("t:cleanup_fails", Value::Int(50)),
