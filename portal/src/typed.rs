@@ -1107,7 +1107,8 @@ impl<T: DeserializeOwned> TypedOneWayStream<T> {
 
     /// The call's result once the stream ended (the number of items, for a Rust server).
     ///
-    /// Items not read by then are given up, as [`OneWayStream::result`](crate::OneWayStream::result) says.
+    /// Items not read by then are given up, as
+    /// [`OneWayStream::result`](crate::OneWayStream::result) says.
     pub async fn result(self) -> Result<Value> {
         let TypedOneWayStream { rx, ctx } = self;
         drop(rx);

@@ -1,6 +1,6 @@
-//! `sigint_scenario <backend> <spawn|call|twice|after|at-end>`: a root with children on `backend`, printing
-//! phase markers (`harrow-phase: ...`) for the SIGINT harness. Exits with the root's exit code
-//! (130 when interrupted).
+//! `sigint_scenario <backend> <spawn|call|twice|after|at-end>`: a root with children on
+//! `backend`, printing phase markers (`harrow-phase: ...`) for the SIGINT harness. Exits with
+//! the root's exit code (130 when interrupted).
 
 use std::time::Duration;
 

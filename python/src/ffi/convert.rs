@@ -119,7 +119,9 @@ unsafe fn to_value_at(o: *mut ffi::PyObject, depth: usize) -> Result<Value, Conv
                     // SAFETY: GIL held; the conversion's error is dropped.
                     unsafe { crate::ffi::obj::err_clear() };
                     // SAFETY: GIL held, `o` is an int; a new reference (or null).
-                    let hex = unsafe { Obj::owned(ffi::PyNumber_ToBase(o, 16)) }
+                    let hex = unsafe { ffi::PyNumber_ToBase(o, 16) };
+                    // SAFETY: a new reference (or null with an error set).
+                    let hex = unsafe { Obj::owned(hex) }
                         .ok()
                         // SAFETY: GIL held; `s` is a `str`.
                         .and_then(|s| unsafe { utf8(s.as_ptr()) }.ok());
