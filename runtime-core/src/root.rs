@@ -169,41 +169,67 @@ where
     // panicking body must not leave its children running.
     let panicked: Arc<std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>> = Arc::default();
     let body_panic = panicked.clone();
+    // (A panic while the body's future is polled unwinds out of the `block_on` below and is
+    // caught there: no cost on each poll of the body.)
     let main = run_nursery(nursery, move |n| {
         let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(n)));
         async move {
-            let outcome = match made {
-                Ok(fut) => std::panic::AssertUnwindSafe(fut).catch_unwind().await,
-                Err(payload) => Err(payload),
-            };
-            outcome.unwrap_or_else(|payload| {
-                let text = crate::thread::panic_message(&*payload);
-                *body_panic.lock().unwrap_or_else(|p| p.into_inner()) = Some(payload);
-                Err(format!("the root's body {text}").into())
-            })
+            match made {
+                Ok(fut) => fut.await,
+                Err(payload) => {
+                    let text = crate::thread::panic_message(&*payload);
+                    *body_panic.lock().unwrap_or_else(|p| p.into_inner()) = Some(payload);
+                    Err(format!("the root's body {text}").into())
+                }
+            }
         }
     });
     let root_ctx = ctx.clone();
+    let teardown_ctx = ctx.clone();
     // The root's links to process children are sockets: its thread sleeps in an epoll instance
     // that watches them directly (timers and other descriptors: async-io's own thread).
-    let result = harrow_ipc::park::block_on(Beside::with_tasks(
-        async move {
-            let watcher = exec_spawn(&ctx, watcher);
-            let self_cancel = exec_spawn(&ctx, self_cancel);
-            let r = main.await;
-            // Children's teardowns are done; wait for stray detached teardowns (bounded).
-            ctx.wait_tracked(crate::nursery::teardown_bound(&ctx.timeouts()))
-                .await;
-            ctx.discovery()
-                .shutdown(ctx.link_config().close_flush_timeout)
-                .await;
-            drop(watcher);
-            drop(self_cancel);
-            r
-        },
-        &exec,
-        &readers,
-    ));
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        harrow_ipc::park::block_on(Beside::with_tasks(
+            async move {
+                let watcher = exec_spawn(&ctx, watcher);
+                let self_cancel = exec_spawn(&ctx, self_cancel);
+                let r = main.await;
+                // Children's teardowns are done; wait for stray detached teardowns (bounded).
+                ctx.wait_tracked(crate::nursery::teardown_bound(&ctx.timeouts()))
+                    .await;
+                ctx.discovery()
+                    .shutdown(ctx.link_config().close_flush_timeout)
+                    .await;
+                drop(watcher);
+                drop(self_cancel);
+                r
+            },
+            &exec,
+            &readers,
+        ))
+    }));
+    let result = match ran {
+        Ok(r) => r,
+        Err(payload) => {
+            // The body panicked as it was polled: the unwinding dropped its future and its
+            // nursery, whose drop handed the children's teardown to the executor (tracked).
+            // That teardown runs to its end, within its bound, before the panic goes on: on
+            // the executor alone (the links' readers ran beside it, so children that do not
+            // answer in time are killed by the ladder).
+            let ctx = teardown_ctx;
+            let bound = crate::nursery::teardown_bound(&ctx.timeouts());
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                async_io::block_on(exec.run(async {
+                    ctx.wait_tracked(bound).await;
+                    ctx.discovery()
+                        .shutdown(ctx.link_config().close_flush_timeout)
+                        .await;
+                }))
+            }));
+            *panicked.lock().unwrap_or_else(|p| p.into_inner()) = Some(payload);
+            Err(NurseryError::new(None))
+        }
+    };
     root_ctx.discovery().release();
     let root_id = root_ctx.id().clone();
     drop(root_ctx);

@@ -553,3 +553,37 @@ fn bounds_as_long_as_duration_max_do_not_overflow() {
         assert_eq!(exits, vec![ChildOutcome::Exited, ChildOutcome::Exited]);
     });
 }
+
+#[test]
+fn a_panicking_body_tears_its_thread_children_down_first() {
+    // The harness checks that no thread, fd or task of the root outlives the test.
+    bounded(
+        "a_panicking_body_tears_its_thread_children_down_first",
+        || {
+            let started = std::time::Instant::now();
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_root(config(), |n| async move {
+                    let f = Factory;
+                    let child = n.start_actor("daemon", f.backend(), f.spec()).await?;
+                    let v = child.run("testfns:echo", Value::Int(1)).await?;
+                    if v == Value::Int(1) {
+                        panic!("boom in the body");
+                    }
+                    Ok(())
+                })
+            }));
+            let payload = caught.expect_err("the panic goes on");
+            assert!(harrow_runtime_core::panic_message(&*payload).contains("boom in the body"));
+            eprintln!(
+                "panicking body: run_root ended after {:?}",
+                started.elapsed()
+            );
+            let again = run_root(config(), |n| async move {
+                let f = Factory;
+                let child = n.start_actor("again", f.backend(), f.spec()).await?;
+                Ok(child.run("testfns:echo", Value::Int(2)).await?)
+            });
+            assert_eq!(again.expect("another root runs"), Value::Int(2));
+        },
+    );
+}

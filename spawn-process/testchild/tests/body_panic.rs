@@ -42,5 +42,13 @@ fn a_panicking_root_body_tears_its_tree_down_first() {
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "the child {pid} was stopped and reaped before run_root returned"
         );
+        // The thread runs another root as before.
+        let config = RootConfig::default().handle_sigint(false);
+        let again = run_root(config, |n| async move {
+            let backend = Arc::new(ProcessBackend::new().with_program(BIN));
+            let child = n.start_actor("again", backend, ActorSpec::new()).await?;
+            Ok(child.run("testfns:echo", Value::Int(7)).await?)
+        });
+        assert_eq!(again.expect("a second root runs"), Value::Int(7));
     });
 }
