@@ -735,6 +735,14 @@ pub fn cancelled_run_answers<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
+/// Waits for this body's cancel (a child's failure cancels it), at most 20 s: a nursery that
+/// missed the failure ends here, without error, and its test fails on that.
+async fn until_cancelled() {
+    let _ =
+        harrow_runtime_core::move_on_after(Duration::from_secs(20), std::future::pending::<()>())
+            .await;
+}
+
 /// exit-mid-call: a child ends on its own in the middle of a call (its process exits, or its
 /// Python code calls `os._exit`). The call fails, and the child's end is a crash that fails the
 /// nursery at once (one-cancels-all), naming the child: never an actor left behind that fails
@@ -751,11 +759,7 @@ pub fn exit_mid_call<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
             let got = child.run(&f.func("exit_mid_call"), Value::Null).await;
             *answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(got);
             // The crash cancels this body; a nursery that missed it ends here, without error.
-            let _ = harrow_runtime_core::move_on_after(
-                Duration::from_secs(20),
-                std::future::pending::<()>(),
-            )
-            .await;
+            until_cancelled().await;
             Ok(())
         }
     })
@@ -820,11 +824,7 @@ pub fn run_in_actor_crash_once<F: BackendFactory + ?Sized>(f: &F) -> Outcome {
         )
         .await?;
         // The crash cancels this body.
-        let _ = harrow_runtime_core::move_on_after(
-            Duration::from_secs(20),
-            std::future::pending::<()>(),
-        )
-        .await;
+        until_cancelled().await;
         Ok(())
     })
     .expect_err("the child's crash fails the nursery");
@@ -866,11 +866,7 @@ pub fn clean_exit_beside_a_failure<F: BackendFactory + ?Sized>(f: &F) -> Outcome
             .await?;
             gate.wait_ready(2).await;
             gate.open_gate();
-            let _ = harrow_runtime_core::move_on_after(
-                Duration::from_secs(20),
-                std::future::pending::<()>(),
-            )
-            .await;
+            until_cancelled().await;
             Ok(())
         }
     })
