@@ -194,12 +194,7 @@ where
                 let watcher = exec_spawn(&ctx, watcher);
                 let self_cancel = exec_spawn(&ctx, self_cancel);
                 let r = main.await;
-                // Children's teardowns are done; wait for stray detached teardowns (bounded).
-                ctx.wait_tracked(crate::nursery::teardown_bound(&ctx.timeouts()))
-                    .await;
-                ctx.discovery()
-                    .shutdown(ctx.link_config().close_flush_timeout)
-                    .await;
+                wind_down(&ctx).await;
                 drop(watcher);
                 drop(self_cancel);
                 r
@@ -216,15 +211,8 @@ where
             // That teardown runs to its end, within its bound, before the panic goes on: on
             // the executor alone (the links' readers ran beside it, so children that do not
             // answer in time are killed by the ladder).
-            let ctx = teardown_ctx;
-            let bound = crate::nursery::teardown_bound(&ctx.timeouts());
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                async_io::block_on(exec.run(async {
-                    ctx.wait_tracked(bound).await;
-                    ctx.discovery()
-                        .shutdown(ctx.link_config().close_flush_timeout)
-                        .await;
-                }))
+                async_io::block_on(exec.run(wind_down(&teardown_ctx)))
             }));
             *panicked.lock().unwrap_or_else(|p| p.into_inner()) = Some(payload);
             Err(NurseryError::new(None))
@@ -260,6 +248,17 @@ where
         }
         other => other,
     }
+}
+
+/// The root's last steps once its nursery has ended: the teardowns handed to its executor
+/// (detached ones, a dropped nursery's) run to their end, within their bound, and its discovery
+/// shuts down.
+async fn wind_down(ctx: &ActorCtx) {
+    ctx.wait_tracked(crate::nursery::teardown_bound(&ctx.timeouts()))
+        .await;
+    ctx.discovery()
+        .shutdown(ctx.link_config().close_flush_timeout)
+        .await;
 }
 
 /// Runs a root on a thread of its own and returns at once with a [`RootHandle`], a future of
